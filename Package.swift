@@ -1,0 +1,45 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "proxyside",
+    products: [
+        .executable(name: "second-chance", targets: ["second-chance"]),
+        .executable(name: "glb-lab", targets: ["glb-lab"]),
+        .executable(name: "nfq-baseline", targets: ["nfq-baseline"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // C libraries, found through pkg-config.
+        .systemLibrary(
+            name: "CNetfilterQueue", pkgConfig: "libnetfilter_queue",
+            providers: [.apt(["libnetfilter-queue-dev"])]),
+        .systemLibrary(name: "CMnl", pkgConfig: "libmnl", providers: [.apt(["libmnl-dev"])]),
+        // Syscalls Swift cannot call directly (variadic syscall(2), signal handlers, atomics on raw memory).
+        .target(name: "CLinuxShims"),
+
+        // Pure packet and decision code: no syscalls, unit-tested.
+        .target(name: "ProxysideCore"),
+        // Thin system layers: NFQUEUE, sock_diag, raw sockets, BPF, namespaces, metrics.
+        .target(
+            name: "ProxysideSystem",
+            dependencies: ["ProxysideCore", "CNetfilterQueue", "CMnl", "CLinuxShims"]),
+
+        .executableTarget(
+            name: "second-chance",
+            dependencies: ["ProxysideSystem", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        // Director simulator, packet sender/receiver and load generator for the lab, tests and benchmarks.
+        .executableTarget(
+            name: "glb-lab",
+            dependencies: ["ProxysideSystem", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        // The yardstick: a bare C libnetfilter_queue loop.
+        .executableTarget(name: "nfq-baseline", dependencies: ["CNetfilterQueue", "CMnl"]),
+
+        .testTarget(name: "ProxysideCoreTests", dependencies: ["ProxysideCore", "ProxysideSystem"]),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: ["ProxysideCore", "ProxysideSystem", "second-chance", "glb-lab"]),
+    ]
+)

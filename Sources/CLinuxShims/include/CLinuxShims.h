@@ -1,0 +1,47 @@
+#ifndef PROXYSIDE_CLINUXSHIMS_H
+#define PROXYSIDE_CLINUXSHIMS_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <errno.h>
+#include <unistd.h>
+#include <sched.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <netinet/in.h>
+#include <netinet/ip.h>
+#include <sys/eventfd.h>
+
+/// One eBPF instruction (struct bpf_insn), kept here so Swift can build programs without linux/bpf.h.
+typedef struct {
+    uint8_t code;
+    uint8_t regs;   /* dst_reg in the low nibble, src_reg in the high nibble */
+    int16_t off;
+    int32_t imm;
+} proxyside_bpf_insn;
+
+/// Loads an XDP program. Returns the program fd, or -errno; the verifier log goes to `log`.
+int proxyside_bpf_load_xdp(const proxyside_bpf_insn *insns, uint32_t count,
+                           char *log, uint32_t log_size);
+
+/// Runs a program once through BPF_PROG_TEST_RUN. Returns 0 or -errno.
+int proxyside_bpf_test_run(int prog_fd, const void *data_in, uint32_t size_in,
+                           void *data_out, uint32_t *size_out, uint32_t *retval);
+
+/// Makes SIGTERM, SIGINT (and SIGHUP when hup_fd >= 0) write 8 bytes to an eventfd, async-signal-safely.
+int proxyside_install_signal_eventfds(int shutdown_fd, int hup_fd);
+
+/// Relaxed atomics over plain memory, for counters written by one thread and read by others.
+static inline void proxyside_counter_add(uint64_t *p, uint64_t n) {
+    __atomic_fetch_add(p, n, __ATOMIC_RELAXED);
+}
+static inline uint64_t proxyside_counter_load(const uint64_t *p) {
+    return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+static inline int proxyside_errno(void) { return errno; }
+
+/// setns(2) for network namespaces (glibc hides setns and CLONE_NEWNET without _GNU_SOURCE).
+int proxyside_setns_net(int fd);
+
+#endif

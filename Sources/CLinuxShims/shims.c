@@ -1,0 +1,87 @@
+#define _GNU_SOURCE
+#include "CLinuxShims.h"
+
+#include <linux/bpf.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sched.h>
+
+int proxyside_bpf_load_xdp(const proxyside_bpf_insn *insns, uint32_t count,
+                           char *log, uint32_t log_size) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.prog_type = BPF_PROG_TYPE_XDP;
+    attr.insns = (uint64_t)(uintptr_t)insns;
+    attr.insn_cnt = count;
+    /* The SYN-cookie helpers are GPL-only. */
+    attr.license = (uint64_t)(uintptr_t)"GPL";
+    if (log != NULL && log_size > 0) {
+        log[0] = 0;
+        attr.log_buf = (uint64_t)(uintptr_t)log;
+        attr.log_size = log_size;
+        attr.log_level = 1;
+    }
+    long fd = syscall(SYS_bpf, BPF_PROG_LOAD, &attr, sizeof(attr));
+    if (fd < 0 && errno == ENOSPC && log != NULL) {
+        /* The log was too small; retry without it so the load itself is judged. */
+        attr.log_buf = 0; attr.log_size = 0; attr.log_level = 0;
+        fd = syscall(SYS_bpf, BPF_PROG_LOAD, &attr, sizeof(attr));
+    }
+    return fd < 0 ? -errno : (int)fd;
+}
+
+int proxyside_bpf_test_run(int prog_fd, const void *data_in, uint32_t size_in,
+                           void *data_out, uint32_t *size_out, uint32_t *retval) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.test.prog_fd = (uint32_t)prog_fd;
+    attr.test.data_in = (uint64_t)(uintptr_t)data_in;
+    attr.test.data_size_in = size_in;
+    attr.test.data_out = (uint64_t)(uintptr_t)data_out;
+    attr.test.data_size_out = *size_out;
+    attr.test.repeat = 1;
+    if (syscall(SYS_bpf, BPF_PROG_TEST_RUN, &attr, sizeof(attr)) < 0)
+        return -errno;
+    *size_out = attr.test.data_size_out;
+    *retval = attr.test.retval;
+    return 0;
+}
+
+static int shutdown_event_fd = -1;
+static int hup_event_fd = -1;
+
+static void write_event(int fd) {
+    if (fd < 0) return;
+    int saved = errno;
+    uint64_t one = 1;
+    ssize_t ignored = write(fd, &one, sizeof(one));
+    (void)ignored;
+    errno = saved;
+}
+
+static void on_shutdown_signal(int sig) { (void)sig; write_event(shutdown_event_fd); }
+static void on_hup_signal(int sig) { (void)sig; write_event(hup_event_fd); }
+
+int proxyside_install_signal_eventfds(int shutdown_fd, int hup_fd) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    shutdown_event_fd = shutdown_fd;
+    sa.sa_handler = on_shutdown_signal;
+    if (sigaction(SIGTERM, &sa, NULL) < 0 || sigaction(SIGINT, &sa, NULL) < 0)
+        return -errno;
+    if (hup_fd >= 0) {
+        hup_event_fd = hup_fd;
+        sa.sa_handler = on_hup_signal;
+        if (sigaction(SIGHUP, &sa, NULL) < 0)
+            return -errno;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    return 0;
+}
+
+int proxyside_setns_net(int fd) {
+    return setns(fd, CLONE_NEWNET) == 0 ? 0 : -errno;
+}

@@ -1,0 +1,98 @@
+/// Every counter the daemon keeps, in a fixed order so per-thread blocks can be plain arrays.
+public enum CounterName: Hashable, Sendable {
+    case total
+    case local(LocalReason)
+    case forwarded
+    case dropped(DropReason)
+    /// The forwarded packet could not be sent (e.g. no route); the original was dropped.
+    case forwardFailed
+    /// An inner IPv6 packet could not be handed to the local stack.
+    case injectFailed
+    case lookups
+    case lookupCacheHits
+    case cookieChecks
+
+    public static let all: [CounterName] =
+        [.total] + LocalReason.allCases.map { .local($0) } + [.forwarded]
+        + DropReason.allCases.map { .dropped($0) } + [.forwardFailed, .injectFailed, .lookups, .lookupCacheHits, .cookieChecks]
+
+    public static let count = all.count
+
+    /// Position in a counter block; a switch, not a dictionary, because this runs per packet.
+    @inline(__always)
+    public var index: Int {
+        let localBase = 1
+        let forwardedIndex = localBase + LocalReason.allCases.count
+        let dropBase = forwardedIndex + 1
+        let tailBase = dropBase + DropReason.allCases.count
+        switch self {
+        case .total: return 0
+        case .local(let reason): return localBase + LocalReason.allCases.firstIndex(of: reason)!
+        case .forwarded: return forwardedIndex
+        case .dropped(let reason): return dropBase + DropReason.allCases.firstIndex(of: reason)!
+        case .forwardFailed: return tailBase
+        case .injectFailed: return tailBase + 1
+        case .lookups: return tailBase + 2
+        case .lookupCacheHits: return tailBase + 3
+        case .cookieChecks: return tailBase + 4
+        }
+    }
+
+    /// The metric name and labels, in Prometheus text form (without the value).
+    public var metric: String {
+        switch self {
+        case .total: "second_chance_packets_total"
+        case .local(let reason): "second_chance_packets_local_total{reason=\"\(reason.rawValue)\"}"
+        case .forwarded: "second_chance_packets_forwarded_total"
+        case .dropped(let reason): "second_chance_packets_dropped_total{reason=\"\(reason.rawValue)\"}"
+        case .forwardFailed: "second_chance_forward_send_failures_total"
+        case .injectFailed: "second_chance_inject_failures_total"
+        case .lookups: "second_chance_socket_lookups_total"
+        case .lookupCacheHits: "second_chance_socket_lookup_cache_hits_total"
+        case .cookieChecks: "second_chance_syn_cookie_checks_total"
+        }
+    }
+
+    /// The short name `second-chance stats` prints, matching glb-redirect's where one exists.
+    public var shortName: String {
+        switch self {
+        case .total: "total_packets"
+        case .local(let reason): reason.rawValue
+        case .forwarded: "forwarded"
+        case .dropped(let reason): "dropped_malformed_\(reason.rawValue)"
+        case .forwardFailed: "forward_send_failures"
+        case .injectFailed: "inject_failures"
+        case .lookups: "socket_lookups"
+        case .lookupCacheHits: "socket_lookup_cache_hits"
+        case .cookieChecks: "syn_cookie_checks"
+        }
+    }
+}
+
+public enum CounterReport {
+    /// Prometheus text exposition of summed counter values (indexed as `CounterName.index`).
+    public static func prometheus(_ values: [UInt64], queues: [UInt16]) -> String {
+        var out = "# HELP second_chance_packets_total GUE packets read from NFQUEUE.\n"
+        out += "# TYPE second_chance_packets_total counter\n"
+        var typed: Set<String> = ["second_chance_packets_total"]
+        for name in CounterName.all {
+            let base = String(name.metric.prefix { $0 != "{" })
+            if typed.insert(base).inserted { out += "# TYPE \(base) counter\n" }
+            out += "\(name.metric) \(values[name.index])\n"
+        }
+        out += "# TYPE second_chance_queues gauge\n"
+        for queue in queues { out += "second_chance_queues{queue=\"\(queue)\"} 1\n" }
+        return out
+    }
+
+    /// `name value` lines, glb-redirect style, dropped counters summed into `dropped_malformed` too.
+    public static func text(_ values: [UInt64]) -> String {
+        var out = ""
+        var malformed: UInt64 = 0
+        for name in CounterName.all {
+            if case .dropped = name { malformed += values[name.index] }
+            out += "\(name.shortName): \(values[name.index])\n"
+        }
+        return out + "dropped_malformed: \(malformed)\n"
+    }
+}

@@ -1,0 +1,130 @@
+import Glibc
+import ProxysideCore
+
+/// The checks `second-chance doctor` runs, each with a fix an operator can apply.
+public struct HostCheck: Sendable {
+    public enum Level: String, Sendable { case ok = " ok ", warn = "warn", fail = "FAIL", info = "info" }
+    public var level: Level
+    public var subject: String
+    public var finding: String
+    public var fix: String?
+
+    public var line: String {
+        "[\(level.rawValue)] \(subject): \(finding)" + (fix.map { "\n        fix: \($0)" } ?? "")
+    }
+}
+
+public enum HostChecks {
+    public static func readSysctl(_ path: String) -> String? {
+        let fd = open("/proc/sys/" + path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var bytes = [UInt8](repeating: 0, count: 256)
+        let count = read(fd, &bytes, bytes.count)
+        guard count > 0 else { return nil }
+        return String(decoding: bytes[0..<count], as: UTF8.self).trimmingPrefix(while: \.isWhitespace).split(separator: "\n").first.map(String.init)
+    }
+
+    /// Runs a command and returns its standard output (nil when it cannot run or fails).
+    public static func commandOutput(_ command: String) -> String? {
+        guard let pipe = popen(command + " 2>/dev/null", "r") else { return nil }
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = fread(&chunk, 1, chunk.count, pipe)
+            if count <= 0 { break }
+            out += chunk[0..<count]
+        }
+        return pclose(pipe) == 0 ? String(decoding: out, as: UTF8.self) : nil
+    }
+
+    /// The NFQUEUE rules for the GUE port found in `iptables-save -t raw` output: (queue spec, bypass).
+    public static func gueQueueRules(in rules: String, port: UInt16) -> [(rule: String, bypass: Bool)] {
+        rules.split(separator: "\n").filter { line in
+            line.hasPrefix("-A PREROUTING") && line.contains("--dport \(port)") && line.contains("NFQUEUE")
+        }.map { (String($0), $0.contains("--queue-bypass")) }
+    }
+
+    public static func run(port: UInt16, queues: [UInt16], namespace: String?) -> [HostCheck] {
+        var checks: [HostCheck] = []
+        if geteuid() != 0 {
+            checks.append(HostCheck(level: .fail, subject: "privileges", finding: "not running as root",
+                                    fix: "run as root, or grant CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF and CAP_SYS_ADMIN (for --netns)"))
+        }
+        let hasQueue = access("/proc/net/netfilter/nfnetlink_queue", F_OK) == 0
+        checks.append(hasQueue
+            ? HostCheck(level: .ok, subject: "nfnetlink_queue", finding: "available")
+            : HostCheck(level: .fail, subject: "nfnetlink_queue", finding: "not available (/proc/net/netfilter/nfnetlink_queue missing)",
+                        fix: "modprobe nfnetlink_queue xt_NFQUEUE (see kmod/modules-load.d/proxyside.conf)"))
+
+        switch Result(catching: { try FouStatus.query(port: port) }) {
+        case .success(.gue):
+            checks.append(HostCheck(level: .ok, subject: "fou", finding: "GUE on port \(port): --decap auto uses kernel decapsulation"))
+        case .success(let status):
+            checks.append(HostCheck(level: .info, subject: "fou", finding: "\(status): --decap auto uses userspace decapsulation",
+                                    fix: status == .unavailable ? nil : "for kernel decapsulation: ip fou add port \(port) gue"))
+        case .failure(let error):
+            checks.append(HostCheck(level: .warn, subject: "fou", finding: "cannot ask generic netlink: \(error)"))
+        }
+
+        if let rules = commandOutput("iptables-save -t raw") {
+            let found = gueQueueRules(in: rules, port: port)
+            if found.isEmpty {
+                checks.append(HostCheck(level: .fail, subject: "iptables", finding: "no raw PREROUTING NFQUEUE rule for UDP \(port)",
+                                        fix: "iptables -t raw -A PREROUTING -p udp --dport \(port) -j NFQUEUE --queue-num \(queues.first ?? 0) --queue-bypass (examples/iptables/rules.v4)"))
+            } else {
+                for rule in found {
+                    let missing = queues.filter { queue in
+                        !(rule.rule.contains("--queue-num \(queue)") || rule.rule.contains("--queue-balance"))
+                    }
+                    checks.append(HostCheck(
+                        level: rule.bypass && missing.isEmpty ? .ok : .warn, subject: "iptables", finding: rule.rule,
+                        fix: rule.bypass ? (missing.isEmpty ? nil : "the rule does not feed queue(s) \(missing)") : "add --queue-bypass so GUE still flows (to fou or nowhere) if second-chance is down"))
+                }
+            }
+        } else {
+            checks.append(HostCheck(level: .warn, subject: "iptables", finding: "iptables-save is not available", fix: "apt-get install iptables"))
+        }
+
+        let rpAll = readSysctl("net/ipv4/conf/all/rp_filter") ?? "?"
+        checks.append(rpAll == "1"
+            ? HostCheck(level: .warn, subject: "rp_filter", finding: "net.ipv4.conf.all.rp_filter = 1 (strict)",
+                        fix: "sysctl -w net.ipv4.conf.all.rp_filter=2 (decapsulated packets carry client sources; see kmod/sysctl.d/60-proxyside.conf)")
+            : HostCheck(level: .ok, subject: "rp_filter", finding: "net.ipv4.conf.all.rp_filter = \(rpAll)"))
+
+        let forward = readSysctl("net/ipv4/ip_forward") ?? "?"
+        checks.append(HostCheck(
+            level: forward == "1" ? .warn : .ok, subject: "ip_forward", finding: "net.ipv4.ip_forward = \(forward)",
+            fix: forward == "1" ? "second-chance sends forwarded GUE itself and needs no forwarding; with it on, a decapsulated packet for a VIP that is not on lo is routed onwards instead of answered: keep VIPs on lo, or sysctl -w net.ipv4.ip_forward=0" : nil))
+
+        let cookies = readSysctl("net/ipv4/tcp_syncookies") ?? "?"
+        checks.append(cookies == "0"
+            ? HostCheck(level: .warn, subject: "tcp_syncookies", finding: "0: an overflowing listener drops SYNs and no cookie ACK is valid",
+                        fix: "sysctl -w net.ipv4.tcp_syncookies=1")
+            : HostCheck(level: .ok, subject: "tcp_syncookies", finding: cookies))
+        let timestamps = readSysctl("net/ipv4/tcp_timestamps") ?? "?"
+        checks.append(HostCheck(
+            level: timestamps == "1" ? .info : .ok, subject: "tcp_timestamps", finding: timestamps,
+            fix: timestamps == "1" ? "with 1 the per-connection timestamp offset is secret: SYN-cookie replies built in userspace cannot carry window scaling or SACK; 2 keeps them" : nil))
+
+        switch Result(catching: { try SynCookieOracle() }) {
+        case .success: checks.append(HostCheck(level: .ok, subject: "SYN-cookie check", finding: "BPF raw SYN-cookie helpers load"))
+        case .failure(let error):
+            checks.append(HostCheck(level: .warn, subject: "SYN-cookie check", finding: "\(error)",
+                                    fix: "cookie ACKs will be forwarded instead of accepted; run as root on Linux 6.0 or later"))
+        }
+
+        do {
+            let namespaceHandle = try namespace.map { try NetworkNamespace(nameOrPath: $0) }
+            let diag = try SockDiag(namespace: namespaceHandle)
+            let probe = FlowKey(source: IPv4Address(0xc612_ffff), sourcePort: 1, destination: IPv4Address(0xc612_fffe), destinationPort: 1)
+            let answer = diag.lookup(probe)
+            checks.append(answer == .failed
+                ? HostCheck(level: .fail, subject: "sock_diag", finding: "exact lookups fail", fix: "modprobe inet_diag tcp_diag")
+                : HostCheck(level: .ok, subject: "sock_diag", finding: "exact TCP lookups work" + (namespace.map { " in \($0)" } ?? "")))
+        } catch {
+            checks.append(HostCheck(level: .fail, subject: "sock_diag", finding: "\(error)", fix: "modprobe inet_diag tcp_diag; check --netns"))
+        }
+        return checks
+    }
+}

@@ -1,0 +1,173 @@
+import CNetfilterQueue
+import Glibc
+
+/// libmnl's MNL_SOCKET_BUFFER_SIZE for 4 KiB pages (the macro calls sysconf and is not imported).
+let netlinkBufferSize = 8192
+
+/// One NFQUEUE queue, read and answered over the libmnl-based libnetfilter_queue API.
+///
+/// Packets are read without blocking until the socket is empty (or `batchSize` is reached), and
+/// their verdicts go back to the kernel as one netlink datagram: one sendto per batch, not per packet.
+public final class NetfilterQueue {
+    public enum Action {
+        case accept
+        /// Accept with bytes `range` of the queued packet as its new payload (userspace decapsulation).
+        case acceptReplacing(Range<Int>)
+        case drop
+    }
+
+    public let number: UInt16
+    public private(set) var receiveErrors: UInt64 = 0
+    private let socket: OpaquePointer
+    private let portID: UInt32
+    private let receiveBuffer: UnsafeMutableRawPointer
+    private let receiveBufferSize: Int
+    private let verdictBuffer: UnsafeMutableRawPointer
+    private let verdictBufferSize = 1 << 21
+    private var verdictLength = 0
+    private var sequence: UInt32 = 1
+
+    public static let copyRange: UInt32 = 0xffff
+
+    public init(number: UInt16, maximumQueueLength: UInt32 = 8192, socketBufferBytes: Int32 = 16 << 20) throws {
+        self.number = number
+        guard let socket = mnl_socket_open(NETLINK_NETFILTER) else { throw SystemError("socket(NETLINK_NETFILTER)") }
+        self.socket = socket
+        receiveBufferSize = Int(Self.copyRange) + netlinkBufferSize
+        receiveBuffer = .allocate(byteCount: receiveBufferSize, alignment: 16)
+        verdictBuffer = .allocate(byteCount: verdictBufferSize, alignment: 16)
+        guard mnl_socket_bind(socket, 0, pid_t(MNL_SOCKET_AUTOPID)) == 0 else {
+            let error = SystemError("bind(NETLINK_NETFILTER)")
+            mnl_socket_close(socket)
+            throw error
+        }
+        portID = mnl_socket_get_portid(socket)
+
+        let fd = mnl_socket_get_fd(socket)
+        var one: Int32 = 1
+        // A full socket buffer must not turn into ENOBUFS on every read: the kernel drops (and counts) instead.
+        _ = setsockopt(fd, Int32(SOL_NETLINK), NETLINK_NO_ENOBUFS, &one, socklen_t(MemoryLayout<Int32>.size))
+        var bytes = socketBufferBytes
+        if setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, socklen_t(MemoryLayout<Int32>.size)) != 0 {
+            _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, socklen_t(MemoryLayout<Int32>.size))
+        }
+
+        try configure { nlh in nfq_nlmsg_cfg_put_cmd(nlh, UInt16(AF_INET), UInt8(NFQNL_CFG_CMD_BIND.rawValue)) }
+        try configure { nlh in
+            nfq_nlmsg_cfg_put_params(nlh, UInt8(NFQNL_COPY_PACKET.rawValue), Int32(Self.copyRange))
+            nfq_nlmsg_cfg_put_qmaxlen(nlh, maximumQueueLength)
+        }
+    }
+
+    deinit {
+        mnl_socket_close(socket)
+        receiveBuffer.deallocate()
+        verdictBuffer.deallocate()
+    }
+
+    public var fileDescriptor: Int32 { mnl_socket_get_fd(socket) }
+
+    /// Sends one config message and waits for its acknowledgement, turning errors into advice.
+    private func configure(_ fill: (UnsafeMutablePointer<nlmsghdr>) -> Void) throws {
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: netlinkBufferSize, alignment: 16)
+        defer { buffer.deallocate() }
+        let nlh = nfq_nlmsg_put(buffer.assumingMemoryBound(to: CChar.self), Int32(NFQNL_MSG_CONFIG.rawValue), UInt32(number))!
+        nlh.pointee.nlmsg_flags |= UInt16(NLM_F_ACK)
+        sequence &+= 1
+        nlh.pointee.nlmsg_seq = sequence
+        fill(nlh)
+        guard mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) >= 0 else { throw SystemError("sendto(NFQUEUE config)") }
+        let received = mnl_socket_recvfrom(socket, buffer, netlinkBufferSize)
+        guard received >= 0 else { throw SystemError("recv(NFQUEUE config)") }
+        if mnl_cb_run(buffer, received, sequence, portID, nil, nil) < 0 {
+            let code = errno
+            switch code {
+            case EPERM: throw SystemError("bind NFQUEUE \(number)", errno: code, hint: "needs CAP_NET_ADMIN: run as root")
+            case EBUSY: throw SystemError("bind NFQUEUE \(number)", errno: code, hint: "queue \(number) is already bound by another process")
+            default: throw SystemError("configure NFQUEUE \(number)", errno: code)
+            }
+        }
+    }
+
+    /// Reads and answers packets until `stop` is signalled. Then it answers what is still queued
+    /// and returns: no packet read is left without a verdict.
+    public func run(stop: EventFD, batchSize: Int = 64, idle: () -> Void = {},
+                    handler: (UnsafeMutableRawBufferPointer) -> Action) throws {
+        let fd = fileDescriptor
+        var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0)]
+        var stopping = false
+        while true {
+            let ready = poll(&fds, 2, stopping ? 0 : 1000)
+            if ready < 0 && errno != EINTR { throw SystemError("poll") }
+            if fds[1].revents != 0 { stopping = true }
+            var handled = 0
+            while handled < batchSize {
+                let received = recv(fd, receiveBuffer, receiveBufferSize, Int32(MSG_DONTWAIT))
+                if received < 0 {
+                    if errno == EAGAIN || errno == EWOULDBLOCK { break }
+                    if errno == EINTR { continue }
+                    if errno == ENOBUFS { receiveErrors += 1; continue }
+                    throw SystemError("recv(NFQUEUE \(number))")
+                }
+                handled += handleDatagram(Int(received), handler)
+            }
+            try flushVerdicts()
+            if handled == 0 {
+                if stopping { return }
+                idle()
+            }
+        }
+    }
+
+    private func handleDatagram(_ length: Int, _ handler: (UnsafeMutableRawBufferPointer) -> Action) -> Int {
+        var remaining = Int32(length)
+        var message: UnsafePointer<nlmsghdr>? = UnsafePointer(receiveBuffer.assumingMemoryBound(to: nlmsghdr.self))
+        var handled = 0
+        let packetType = UInt16(NFNL_SUBSYS_QUEUE << 8) | UInt16(NFQNL_MSG_PACKET.rawValue)
+        var attributes = [UnsafeMutablePointer<nlattr>?](repeating: nil, count: Int(__NFQA_MAX.rawValue))
+        while let nlh = message, mnl_nlmsg_ok(nlh, remaining) {
+            defer { message = UnsafePointer(mnl_nlmsg_next(nlh, &remaining)) }
+            guard nlh.pointee.nlmsg_type == packetType else {
+                if nlh.pointee.nlmsg_type == UInt16(NLMSG_ERROR) { receiveErrors += 1 }
+                continue
+            }
+            for index in attributes.indices { attributes[index] = nil }
+            guard nfq_nlmsg_parse(nlh, &attributes) >= 0,
+                let headerAttribute = attributes[Int(NFQA_PACKET_HDR.rawValue)],
+                let payloadAttribute = attributes[Int(NFQA_PAYLOAD.rawValue)]
+            else { receiveErrors += 1; continue }
+            let header = mnl_attr_get_payload(headerAttribute).assumingMemoryBound(to: nfqnl_msg_packet_hdr.self)
+            let id = UInt32(bigEndian: header.pointee.packet_id)
+            let payload = UnsafeMutableRawBufferPointer(
+                start: mnl_attr_get_payload(payloadAttribute), count: Int(mnl_attr_get_payload_len(payloadAttribute)))
+            let action = handler(payload)
+            appendVerdict(id: id, action, payload)
+            handled += 1
+        }
+        return handled
+    }
+
+    private func appendVerdict(id: UInt32, _ action: Action, _ payload: UnsafeMutableRawBufferPointer) {
+        let replacement: UnsafeMutableRawBufferPointer?
+        if case .acceptReplacing(let range) = action { replacement = UnsafeMutableRawBufferPointer(rebasing: payload[range]) } else { replacement = nil }
+        let needed = 64 + (replacement?.count ?? 0)
+        if verdictLength + needed > verdictBufferSize { try? flushVerdicts() }
+        let nlh = nfq_nlmsg_put((verdictBuffer + verdictLength).assumingMemoryBound(to: CChar.self), Int32(NFQNL_MSG_VERDICT.rawValue), UInt32(number))!
+        switch action {
+        case .accept: nfq_nlmsg_verdict_put(nlh, Int32(bitPattern: id), NF_ACCEPT)
+        case .drop: nfq_nlmsg_verdict_put(nlh, Int32(bitPattern: id), NF_DROP)
+        case .acceptReplacing:
+            nfq_nlmsg_verdict_put(nlh, Int32(bitPattern: id), NF_ACCEPT)
+            nfq_nlmsg_verdict_put_pkt(nlh, replacement!.baseAddress, UInt32(replacement!.count))
+        }
+        verdictLength += Int((nlh.pointee.nlmsg_len + 3) & ~3)
+    }
+
+    /// Sends every pending verdict in one datagram.
+    public func flushVerdicts() throws {
+        guard verdictLength > 0 else { return }
+        defer { verdictLength = 0 }
+        let sent = retryingOnInterrupt { mnl_socket_sendto(socket, verdictBuffer, verdictLength) }
+        guard sent >= 0 else { throw SystemError("sendto(NFQUEUE \(number) verdicts)") }
+    }
+}

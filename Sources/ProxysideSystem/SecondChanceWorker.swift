@@ -1,0 +1,131 @@
+import ProxysideCore
+
+/// How a packet this host owns reaches the local stack.
+public enum DecapsulationMode: String, Sendable, CaseIterable {
+    /// fou (ip fou add port 19523 gue) decapsulates: accept the GUE packet unchanged.
+    case kernel
+    /// No fou: accept with the inner IPv4 packet as the new payload; inner IPv6 is sent to the
+    /// local stack through a raw IPv6 socket (an IPv4 hook cannot carry it) and the original dropped.
+    case userspace
+}
+
+public struct SecondChanceConfiguration: Sendable {
+    public var selfAddress: IPv4Address
+    public var decapsulation: DecapsulationMode
+    public var namespace: String?
+    public var cacheLifetimeNanoseconds: UInt64
+    public var negativeCacheLifetimeNanoseconds: UInt64
+    public var batchSize: Int
+    public var checkCookies: Bool
+
+    public init(selfAddress: IPv4Address, decapsulation: DecapsulationMode, namespace: String? = nil,
+                cacheLifetimeNanoseconds: UInt64 = 1_000_000_000, negativeCacheLifetimeNanoseconds: UInt64 = 0,
+                batchSize: Int = 64, checkCookies: Bool = true) {
+        self.selfAddress = selfAddress
+        self.decapsulation = decapsulation
+        self.namespace = namespace
+        self.cacheLifetimeNanoseconds = cacheLifetimeNanoseconds
+        self.negativeCacheLifetimeNanoseconds = negativeCacheLifetimeNanoseconds
+        self.batchSize = batchSize
+        self.checkCookies = checkCookies
+    }
+}
+
+/// The host's answers to the decider: sock_diag with a per-thread cache, and the kernel's cookie check.
+struct KernelFlowOwnership: FlowOwnership {
+    let sockDiag: SockDiag
+    let cookieState: KernelCookieState
+    let oracle: SynCookieOracle?
+    let counters: CounterBlock
+    var cache: FlowCache
+    var now: UInt64 = 0
+
+    mutating func lookup(_ flow: FlowKey) -> SocketLookup {
+        if let cached = cache.answer(for: flow, now: now) {
+            counters.add(.lookupCacheHits)
+            return cached
+        }
+        counters.add(.lookups)
+        let answer = sockDiag.lookup(flow)
+        cache.remember(answer, for: flow, now: now)
+        return answer
+    }
+
+    mutating func listenerAcceptsCookies(_ flow: FlowKey) -> Bool {
+        oracle != nil && cookieState.acceptsCookies(now: now)
+    }
+
+    mutating func isValidCookie(_ packet: UnsafeRawBufferPointer, _ segment: TCPSegment) -> Bool {
+        guard let oracle else { return false }
+        counters.add(.cookieChecks)
+        return oracle.isValidCookie(packet, segment)
+    }
+}
+
+/// One NFQUEUE queue and everything its thread needs; nothing here is shared between threads
+/// except the counter block, which the stats server only reads.
+public final class SecondChanceWorker: @unchecked Sendable {
+    public let queue: NetfilterQueue
+    public let counters = CounterBlock()
+    let configuration: SecondChanceConfiguration
+    let decider: Decider
+    let sender: RawIPSender
+    var ownership: KernelFlowOwnership
+
+    public init(queueNumber: UInt16, configuration: SecondChanceConfiguration, oracle: SynCookieOracle?) throws {
+        self.configuration = configuration
+        let namespace = try configuration.namespace.map { try NetworkNamespace(nameOrPath: $0) }
+        queue = try NetfilterQueue(number: queueNumber)
+        sender = try RawIPSender(ipv6: configuration.decapsulation == .userspace)
+        decider = Decider(selfAddress: configuration.selfAddress)
+        ownership = KernelFlowOwnership(
+            sockDiag: try SockDiag(namespace: namespace), cookieState: try KernelCookieState(namespace: namespace),
+            oracle: configuration.checkCookies ? oracle : nil, counters: counters,
+            cache: FlowCache(positiveLifetime: configuration.cacheLifetimeNanoseconds,
+                             negativeLifetime: configuration.negativeCacheLifetimeNanoseconds))
+    }
+
+    public func run(stop: EventFD) throws {
+        try queue.run(stop: stop, batchSize: configuration.batchSize,
+                      idle: { [self] in ownership.cache.evictExpired(now: MonotonicClock.nanoseconds()) },
+                      handler: { [self] packet in handle(packet) })
+    }
+
+    /// Decides one packet and carries the decision out.
+    @inline(__always)
+    public func handle(_ packet: UnsafeMutableRawBufferPointer) -> NetfilterQueue.Action {
+        counters.add(.total)
+        ownership.now = MonotonicClock.nanoseconds()
+        let decision = decider.decide(UnsafeRawBufferPointer(packet), ownership: &ownership)
+        if case .tcp(let segment) = decision.inner, !segment.flags.isDisjoint(with: [.syn, .fin, .rst]) {
+            ownership.cache.forget(segment.flow)
+        }
+        switch decision.verdict {
+        case .drop(let reason):
+            counters.add(.dropped(reason))
+            return .drop
+        case .local(let reason):
+            counters.add(.local(reason))
+            return deliverLocally(packet, decision.gue!)
+        case .forward(let hop):
+            let gue = decision.gue!
+            GUEForwarding.rewrite(packet, gue, source: configuration.selfAddress, destination: hop)
+            let error = sender.sendIPv4(UnsafeRawBufferPointer(rebasing: packet[0..<gue.innerEnd]))
+            counters.add(error == 0 ? .forwarded : .forwardFailed)
+            return .drop
+        }
+    }
+
+    private func deliverLocally(_ packet: UnsafeMutableRawBufferPointer, _ gue: GUEPacket) -> NetfilterQueue.Action {
+        switch (configuration.decapsulation, gue.innerFamily) {
+        case (.kernel, _):
+            return .accept
+        case (.userspace, .ipv4):
+            return .acceptReplacing(gue.innerOffset..<gue.innerEnd)
+        case (.userspace, .ipv6):
+            let error = sender.sendIPv6(UnsafeRawBufferPointer(rebasing: packet[gue.innerOffset..<gue.innerEnd]))
+            if error != 0 { counters.add(.injectFailed) }
+            return .drop
+        }
+    }
+}

@@ -1,0 +1,80 @@
+import CMnl
+import Glibc
+import ProxysideCore
+
+/// Exact TCP socket lookups through sock_diag (inet_diag over NETLINK_SOCK_DIAG).
+///
+/// The kernel resolves an exact request with the same lookup the receive path uses (established
+/// hash, which holds request and TIME_WAIT sockets too, then listeners), so a reply in LISTEN state
+/// means "no connection here".
+public final class SockDiag {
+    private let socket: OpaquePointer
+    private let portID: UInt32
+    private var sequence: UInt32 = 1
+    private let buffer: UnsafeMutableRawPointer
+    private static let bufferSize = 8192
+    private static let tcpListen: UInt8 = 10
+    /// struct inet_diag_req_v2.
+    private static let requestSize = 56
+
+    /// Opens the netlink socket inside `namespace` (when given), so lookups see that namespace's sockets.
+    public init(namespace: NetworkNamespace? = nil) throws {
+        let opened: OpaquePointer? = try namespace.run { mnl_socket_open(NETLINK_SOCK_DIAG) }
+        guard let socket = opened else { throw SystemError("socket(NETLINK_SOCK_DIAG)") }
+        guard mnl_socket_bind(socket, 0, pid_t(MNL_SOCKET_AUTOPID)) == 0 else {
+            let error = SystemError("bind(NETLINK_SOCK_DIAG)")
+            mnl_socket_close(socket)
+            throw error
+        }
+        self.socket = socket
+        portID = mnl_socket_get_portid(socket)
+        buffer = .allocate(byteCount: Self.bufferSize, alignment: 16)
+    }
+
+    deinit {
+        mnl_socket_close(socket)
+        buffer.deallocate()
+    }
+
+    public func lookup(_ flow: FlowKey) -> SocketLookup {
+        let nlh = mnl_nlmsg_put_header(buffer)!
+        nlh.pointee.nlmsg_type = UInt16(SOCK_DIAG_BY_FAMILY)
+        nlh.pointee.nlmsg_flags = UInt16(NLM_F_REQUEST)
+        sequence &+= 1
+        nlh.pointee.nlmsg_seq = sequence
+        let request = UnsafeMutableRawBufferPointer(start: mnl_nlmsg_put_extra_header(nlh, Self.requestSize), count: Self.requestSize)
+        request.initializeMemory(as: UInt8.self, repeating: 0)
+        request[0] = UInt8(flow.isIPv6 ? AF_INET6 : AF_INET)
+        request[1] = UInt8(IPPROTO_TCP)
+        request.storeBytes(of: UInt32.max, toByteOffset: 4, as: UInt32.self)  // all states
+        // The socket's view: its local end is the packet's destination (the VIP), its remote end the client.
+        request.setBE16(8, flow.destinationPort)
+        request.setBE16(10, flow.sourcePort)
+        if flow.isIPv6 {
+            for (index, byte) in flow.destination.bytes.enumerated() { request[12 + index] = byte }
+            for (index, byte) in flow.source.bytes.enumerated() { request[28 + index] = byte }
+        } else {
+            request.setBE32(12, UInt32(truncatingIfNeeded: flow.destination.low))
+            request.setBE32(28, UInt32(truncatingIfNeeded: flow.source.low))
+        }
+        request.storeBytes(of: UInt32.max, toByteOffset: 48, as: UInt32.self)  // INET_DIAG_NOCOOKIE
+        request.storeBytes(of: UInt32.max, toByteOffset: 52, as: UInt32.self)
+
+        guard mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) >= 0 else { return .failed }
+        while true {
+            let received = retryingOnInterrupt { mnl_socket_recvfrom(socket, buffer, Self.bufferSize) }
+            guard received >= Int(MemoryLayout<nlmsghdr>.size) else { return .failed }
+            let reply = buffer.assumingMemoryBound(to: nlmsghdr.self)
+            // A reply to an earlier, abandoned request: skip it.
+            if reply.pointee.nlmsg_seq != sequence { continue }
+            let payload = mnl_nlmsg_get_payload(reply)!
+            if reply.pointee.nlmsg_type == UInt16(NLMSG_ERROR) {
+                let code = payload.load(as: Int32.self)
+                return code == -ENOENT ? .none : .failed
+            }
+            guard reply.pointee.nlmsg_type == UInt16(SOCK_DIAG_BY_FAMILY) else { return .failed }
+            let state = payload.load(fromByteOffset: 1, as: UInt8.self)
+            return state == Self.tcpListen ? .listener : .connected
+        }
+    }
+}

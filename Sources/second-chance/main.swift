@@ -1,0 +1,197 @@
+import ArgumentParser
+import Glibc
+import ProxysideCore
+import ProxysideSystem
+
+@main
+struct SecondChance: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "second-chance",
+        abstract: "Gives GLB GUE packets a second chance: take them here if this host owns the flow, else forward them to the next hop.",
+        subcommands: [Run.self, Stats.self, Doctor.self])
+}
+
+func log(_ message: String) {
+    FileHandleStandardError.write("second-chance: \(message)\n")
+}
+
+enum FileHandleStandardError {
+    static func write(_ text: String) {
+        var bytes = Array(text.utf8)
+        _ = Glibc.write(2, &bytes, bytes.count)
+    }
+}
+
+struct ValidationFailure: Error, CustomStringConvertible {
+    let description: String
+}
+
+extension IPv4Address: ExpressibleByArgument {
+    public init?(argument: String) { self.init(argument) }
+}
+
+func defaultControlPath(queue: UInt16) -> String { "/run/second-chance/queue-\(queue).sock" }
+
+func parseEndpoint(_ text: String) throws -> (IPv4Address, UInt16) {
+    guard let colon = text.lastIndex(of: ":"), let address = IPv4Address(text[..<colon]),
+        let port = UInt16(text[text.index(after: colon)...])
+    else { throw ValidationFailure(description: "expected ADDRESS:PORT, got '\(text)'") }
+    return (address, port)
+}
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Process GUE packets from NFQUEUE.")
+
+    @Option(name: .customLong("queue"), help: "NFQUEUE number; repeat for --queue-balance ranges (one thread each).")
+    var queues: [UInt16] = []
+
+    @Option(name: .customLong("self"), help: "This proxy's IPv4 address: the source of forwarded packets.")
+    var selfAddress: IPv4Address
+
+    @Option(help: "auto (kernel if fou decapsulates GUE on --gue-port), userspace or kernel.")
+    var decap: String = "auto"
+
+    @Option(help: "The GUE UDP port.")
+    var guePort: UInt16 = GUEPacket.port
+
+    @Option(help: "Look sockets up in this network namespace (name under /run/netns, or a path).")
+    var netns: String?
+
+    @Option(help: "Serve Prometheus metrics on ADDRESS:PORT.")
+    var metrics: String?
+
+    @Option(help: "Control socket for `second-chance stats` (default /run/second-chance/queue-FIRST.sock).")
+    var control: String?
+
+    @Option(help: "How long a connected flow's lookup is reused, in milliseconds (0: ask the kernel per packet).")
+    var flowCacheMs: UInt64 = 1000
+
+    @Option(help: "How long a 'not here' lookup is reused, in milliseconds. Unsafe with several queues or directors per flow; 0 by default.")
+    var negativeCacheMs: UInt64 = 0
+
+    @Option(help: "Verdicts sent to the kernel per batch at most.")
+    var batch: Int = 64
+
+    @Flag(help: "Do not recognise SYN-cookie ACKs (no BPF).")
+    var noCookieCheck = false
+
+    func validate() throws {
+        guard !queues.isEmpty else { throw ValidationError("give at least one --queue") }
+        guard Set(queues).count == queues.count else { throw ValidationError("a --queue is given twice") }
+        guard ["auto", "userspace", "kernel"].contains(decap) else { throw ValidationError("--decap is auto, userspace or kernel") }
+        guard (1...1024).contains(batch) else { throw ValidationError("--batch is 1...1024") }
+        if let metrics { _ = try parseEndpoint(metrics) }
+    }
+
+    func run() throws {
+        let mode: DecapsulationMode
+        switch decap {
+        case "kernel": mode = .kernel
+        case "userspace": mode = .userspace
+        default:
+            let fou = (try? FouStatus.query(port: guePort)) ?? .unavailable
+            mode = fou == .gue ? .kernel : .userspace
+            log("decapsulation: \(mode.rawValue) (\(fou))")
+        }
+        var oracle: SynCookieOracle?
+        if !noCookieCheck {
+            do { oracle = try SynCookieOracle() } catch {
+                log("warning: SYN-cookie ACKs will not be recognised: \(error)")
+            }
+        }
+        let configuration = SecondChanceConfiguration(
+            selfAddress: selfAddress, decapsulation: mode, namespace: netns,
+            cacheLifetimeNanoseconds: flowCacheMs * 1_000_000, negativeCacheLifetimeNanoseconds: negativeCacheMs * 1_000_000,
+            batchSize: batch, checkCookies: !noCookieCheck)
+
+        let stop = try EventFD()
+        try Signals.install(shutdown: stop)
+        let workers: [SecondChanceWorker]
+        do {
+            workers = try queues.map { try SecondChanceWorker(queueNumber: $0, configuration: configuration, oracle: oracle) }
+        } catch {
+            throw ValidationFailure(description: "\(error)")
+        }
+
+        let controlPath = control ?? defaultControlPath(queue: queues[0])
+        if let slash = controlPath.lastIndex(of: "/"), slash != controlPath.startIndex {
+            mkdir(String(controlPath[..<slash]), 0o755)
+        }
+        let blocks = workers.map(\.counters)
+        let queueList = queues
+        let server = try StatsServer(metrics: try metrics.map(parseEndpoint), controlPath: controlPath) { format in
+            let values = CounterBlock.sum(blocks)
+            switch format {
+            case .prometheus: return CounterReport.prometheus(values, queues: queueList)
+            case .text: return CounterReport.text(values)
+            }
+        }
+        let serverThread = try WorkerThread { server.serve(stop: stop) }
+        log("serving queue(s) \(queues.map(String.init).joined(separator: ",")) as \(selfAddress), control \(controlPath)"
+            + (metrics.map { ", metrics http://\($0)/metrics" } ?? ""))
+
+        let failures = FailureList()
+        let threads = try workers.map { worker in
+            try WorkerThread {
+                do { try worker.run(stop: stop) } catch {
+                    failures.append("queue \(worker.queue.number): \(error)")
+                    stop.signal()
+                }
+            }
+        }
+        threads.forEach { $0.join() }
+        stop.signal()
+        serverThread.join()
+        if let failure = failures.first { throw ValidationFailure(description: failure) }
+        log("stopped; all read packets answered")
+    }
+}
+
+/// Errors reported by worker threads.
+final class FailureList: @unchecked Sendable {
+    private var lock = pthread_mutex_t()
+    private var items: [String] = []
+    init() { pthread_mutex_init(&lock, nil) }
+    func append(_ item: String) {
+        pthread_mutex_lock(&lock)
+        items.append(item)
+        pthread_mutex_unlock(&lock)
+    }
+    var first: String? {
+        pthread_mutex_lock(&lock)
+        defer { pthread_mutex_unlock(&lock) }
+        return items.first
+    }
+}
+
+struct Stats: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print a running daemon's counters.")
+
+    @Option(help: "The daemon's first queue (to find its default control socket).")
+    var queue: UInt16 = 0
+
+    @Option(help: "The daemon's control socket.")
+    var control: String?
+
+    func run() throws {
+        do {
+            print(try readControlSocket(control ?? defaultControlPath(queue: queue)), terminator: "")
+        } catch {
+            throw ValidationFailure(description: "\(error)")
+        }
+    }
+}
+
+struct Doctor: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Check this host's setup and say how to fix what is wrong.")
+
+    @Option(name: .customLong("queue")) var queues: [UInt16] = [0]
+    @Option var guePort: UInt16 = GUEPacket.port
+    @Option var netns: String?
+
+    func run() throws {
+        let checks = HostChecks.run(port: guePort, queues: queues, namespace: netns)
+        for check in checks { print(check.line) }
+        if checks.contains(where: { $0.level == .fail }) { throw ExitCode(1) }
+    }
+}
