@@ -33,7 +33,7 @@ let package = Package(
         // Director simulator, packet sender/receiver and load generator for the lab, tests and benchmarks.
         .executableTarget(
             name: "glb-lab",
-            dependencies: ["ProxysideSystem", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+            dependencies: ["ProxysideSystem", "CLinuxShims", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         // The yardstick: a bare C libnetfilter_queue loop.
         .executableTarget(name: "nfq-baseline", dependencies: ["CNetfilterQueue", "CMnl"]),
 

@@ -1,1 +1,249 @@
-print("placeholder")
+import ArgumentParser
+import CLinuxShims
+import Glibc
+import ProxysideCore
+import ProxysideSystem
+
+@main
+struct GLBLab: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "glb-lab",
+        abstract: "Lab tools: a GLB director simulator, an echo service, long-lived clients and a GUE sender.",
+        subcommands: [Director.self, Echo.self, Clients.self, Blast.self])
+}
+
+extension IPv4Address: ExpressibleByArgument {
+    public init?(argument: String) { self.init(argument) }
+}
+
+func say(_ message: String) {
+    var bytes = Array("glb-lab: \(message)\n".utf8)
+    _ = write(2, &bytes, bytes.count)
+}
+
+struct LabFailure: Error, CustomStringConvertible { let description: String }
+
+func parseHostPort(_ text: String) throws -> (IPAddress, UInt16) {
+    var host = Substring(text)
+    guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]) else {
+        throw LabFailure(description: "expected ADDRESS:PORT or [ADDRESS]:PORT, got '\(text)'")
+    }
+    host = text[..<colon]
+    if host.hasPrefix("[") && host.hasSuffix("]") { host = host.dropFirst().dropLast() }
+    guard let address = IPAddress(host) else { throw LabFailure(description: "bad address in '\(text)'") }
+    return (address, port)
+}
+
+/// Reads client packets for the VIPs from NFQUEUE and sends them GUE-encapsulated to the proxies the
+/// rendezvous table picks (primary as destination, the rest as hops). SIGHUP re-reads the table.
+struct Director: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "GLB director simulator (NFQUEUE in, GUE out).")
+
+    @Option var queue: UInt16 = 1
+    @Option(name: .customLong("self"), help: "The director's address: outer source of GUE packets.") var selfAddress: IPv4Address
+    @Option(help: "Table file: lines 'PROXY-ADDRESS [active|draining]'.") var table: String
+    @Option(help: "Proxies per flow (primary + hops).") var hops: Int = 2
+
+    func run() throws {
+        let stop = try EventFD()
+        let reload = try EventFD()
+        try Signals.install(shutdown: stop, reload: reload)
+        var current = try loadTable()
+        say("director: \(current.proxies.map { "\($0.address) \($0.state.rawValue)" }.joined(separator: ", "))")
+        let queue = try NetfilterQueue(number: queue)
+        let sender = try RawIPSender()
+        var encapsulated = 0, dropped = 0
+        var scratch: [UInt8] = []
+        try queue.run(stop: stop, idle: {
+            if reload.consume() {
+                do {
+                    current = try loadTable()
+                    say("director: table reloaded: \(current.proxies.map { "\($0.address) \($0.state.rawValue)" }.joined(separator: ", "))")
+                } catch { say("director: keeping the old table: \(error)") }
+            }
+        }) { packet in
+            if reload.consume() { current = (try? loadTable()) ?? current }
+            guard let flow = Self.flow(UnsafeRawBufferPointer(packet)) else { dropped += 1; return .drop }
+            let hash = RendezvousTable.flowHash(flow)
+            let route = current.route(flowHash: hash)
+            scratch = PacketBuilder.gue(
+                from: selfAddress, to: route[0], sourcePort: UInt16(truncatingIfNeeded: hash) | 0x8000,
+                inner: Array(packet), hops: Array(route.dropFirst()))
+            scratch.withUnsafeBytes { _ = sender.sendIPv4($0) }
+            encapsulated += 1
+            return .drop
+        }
+        say("director: stopped after \(encapsulated) packets (\(dropped) unparsable)")
+    }
+
+    func loadTable() throws -> RendezvousTable {
+        guard let file = fopen(table, "r") else { throw LabFailure(description: "cannot open \(table)") }
+        defer { fclose(file) }
+        var text = ""
+        var buffer = [CChar](repeating: 0, count: 1024)
+        while fgets(&buffer, Int32(buffer.count), file) != nil {
+            text += String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        }
+        return try RendezvousTable.parse(text, maximumHops: hops)
+    }
+
+    /// The client flow of a plain IPv4/IPv6 TCP or UDP packet.
+    static func flow(_ bytes: UnsafeRawBufferPointer) -> FlowKey? {
+        guard bytes.count >= 1 else { return nil }
+        if bytes[0] >> 4 == 4, bytes.count >= 24 {
+            let ihl = Int(bytes[0] & 0x0f) * 4
+            let ports = bytes.count >= ihl + 4 ? (bytes.be16(ihl), bytes.be16(ihl + 2)) : (0, 0)
+            return FlowKey(source: IPv4Address(bytes.be32(12)), sourcePort: ports.0, destination: IPv4Address(bytes.be32(16)), destinationPort: ports.1)
+        }
+        if bytes[0] >> 4 == 6, bytes.count >= 44 {
+            return FlowKey(
+                source: IPv6Address(high: bytes.be64(8), low: bytes.be64(16)), sourcePort: bytes.be16(40),
+                destination: IPv6Address(high: bytes.be64(24), low: bytes.be64(32)), destinationPort: bytes.be16(42))
+        }
+        return nil
+    }
+}
+
+/// A TCP echo service: one thread per connection, which is plenty for a lab.
+struct Echo: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "TCP echo service on ADDRESS:PORT (repeatable).")
+
+    @Option(name: .customLong("listen")) var listens: [String]
+
+    func run() throws {
+        let stop = try EventFD()
+        try Signals.install(shutdown: stop)
+        let fds = try listens.map { spec -> Int32 in
+            let (address, port) = try parseHostPort(spec)
+            return try LabSockets.listenTCP(on: address, port: port)
+        }
+        say("echo: listening on \(listens.joined(separator: ", "))")
+        var pollfds = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) } + [pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0)]
+        while true {
+            guard poll(&pollfds, nfds_t(pollfds.count), -1) >= 0 || errno == EINTR else { break }
+            if pollfds.last!.revents != 0 { break }
+            for index in fds.indices where pollfds[index].revents != 0 {
+                let client = accept(fds[index], nil, nil)
+                guard client >= 0 else { continue }
+                _ = try? WorkerThread {
+                    var buffer = [UInt8](repeating: 0, count: 65536)
+                    while true {
+                        let count = recv(client, &buffer, buffer.count, 0)
+                        if count <= 0 || !LabSockets.sendAll(client, Array(buffer[0..<count])) { break }
+                    }
+                    close(client)
+                }
+            }
+        }
+    }
+}
+
+/// Long-lived clients: each keeps one connection and does an echo round trip every interval,
+/// so a connection broken by a table change shows up as a failure.
+struct Clients: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Long-lived echo clients; prints per-second totals.")
+
+    @Option var target: String
+    @Option var connections: Int = 8
+    @Option var seconds: Int = 10
+    @Option var intervalMs: Int = 100
+    @Option(help: "Open this many new short connections per second too.") var newPerSecond: Int = 0
+
+    func run() throws {
+        let (address, port) = try parseHostPort(target)
+        var fds = try (0..<connections).map { _ in try LabSockets.connectTCP(to: address, port: port) }
+        var roundTrips = 0, failures = 0, newOK = 0, newFailed = 0
+        let start = MonotonicClock.nanoseconds()
+        let end = start + UInt64(seconds) * 1_000_000_000
+        var nextNew = start
+        var iteration = 0
+        while MonotonicClock.nanoseconds() < end {
+            for index in fds.indices where fds[index] >= 0 {
+                let message = Array("ping \(iteration) \(index)\n".utf8)
+                if LabSockets.sendAll(fds[index], message), LabSockets.receiveExactly(fds[index], message.count) == message {
+                    roundTrips += 1
+                } else {
+                    failures += 1
+                    close(fds[index])
+                    fds[index] = -1
+                }
+            }
+            while newPerSecond > 0 && MonotonicClock.nanoseconds() >= nextNew {
+                nextNew += 1_000_000_000 / UInt64(newPerSecond)
+                if let fd = try? LabSockets.connectTCP(to: address, port: port) {
+                    let message = Array("new\n".utf8)
+                    if LabSockets.sendAll(fd, message), LabSockets.receiveExactly(fd, message.count) == message { newOK += 1 } else { newFailed += 1 }
+                    close(fd)
+                } else { newFailed += 1 }
+            }
+            iteration += 1
+            usleep(UInt32(intervalMs * 1000))
+        }
+        for fd in fds where fd >= 0 { close(fd) }
+        let alive = fds.filter { $0 >= 0 }.count
+        print("clients: connections=\(connections) alive=\(alive) round_trips=\(roundTrips) failures=\(failures) new_ok=\(newOK) new_failed=\(newFailed)")
+        if failures > 0 || newFailed > 0 { throw ExitCode(1) }
+    }
+}
+
+/// Sends a bounded stream of GUE packets with sendmmsg, for benchmarks.
+struct Blast: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Send COUNT GUE packets (bounded in count and time) to a proxy.")
+
+    @Option var to: IPv4Address
+    @Option var count: Int = 1_000_000
+    @Option var maxSeconds: Int = 20
+    @Option(help: "syn, ack (flows from --client to the VIP) or forward (same, with --hop as next hop).") var kind: String = "syn"
+    @Option var client: IPv4Address
+    @Option var vip: IPv4Address
+    @Option var vipPort: UInt16 = 80
+    @Option(help: "Client source ports start here; --flows ports are used in turn.") var firstPort: UInt16 = 20000
+    @Option var flows: Int = 64
+    @Option var hop: IPv4Address?
+
+    func run() throws {
+        guard (1...40000).contains(flows), count > 0 else { throw LabFailure(description: "--flows is 1...40000 and --count positive") }
+        let flags: TCPFlags = kind == "syn" ? .syn : .ack
+        let hops = kind == "forward" ? [hop ?? vip] : []
+        let payloads: [[UInt8]] = (0..<flows).map { index in
+            let inner = PacketBuilder.tcp(
+                source: .v4(client), sourcePort: firstPort &+ UInt16(index), destination: .v4(vip), destinationPort: vipPort,
+                flags: flags, sequence: 1000, acknowledgement: kind == "syn" ? 0 : 1)
+            return PacketBuilder.guePayload(inner: inner, hops: hops)
+        }
+        let fd = try LabSockets.bindUDP(.v4(IPv4Address(0)), port: 0)
+        defer { close(fd) }
+        var destination = sockaddr_in()
+        destination.sin_family = sa_family_t(AF_INET)
+        destination.sin_port = GUEPacket.port.bigEndian
+        destination.sin_addr.s_addr = to.value.bigEndian
+        let batch = 64
+        let storage = payloads.map { payload -> UnsafeMutableRawBufferPointer in
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: payload.count, alignment: 8)
+            buffer.copyBytes(from: payload)
+            return buffer
+        }
+        defer { storage.forEach { $0.deallocate() } }
+        var buffers = [UnsafeMutableRawPointer?](repeating: nil, count: batch)
+        var lengths = [Int](repeating: 0, count: batch)
+        var sent = 0
+        let start = MonotonicClock.nanoseconds()
+        let deadline = start + UInt64(maxSeconds) * 1_000_000_000
+        while sent < count && MonotonicClock.nanoseconds() < deadline {
+            let now = min(batch, count - sent)
+            for index in 0..<now {
+                let payload = storage[(sent + index) % storage.count]
+                buffers[index] = payload.baseAddress
+                lengths[index] = payload.count
+            }
+            let result = withUnsafePointer(to: &destination) { pointer in
+                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    proxyside_send_batch(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size), &buffers, &lengths, UInt32(now))
+                }
+            }
+            if result > 0 { sent += Int(result) }
+        }
+        let seconds = Double(MonotonicClock.nanoseconds() - start) / 1e9
+        print("blast: sent=\(sent) milliseconds=\(Int(seconds * 1000)) rate=\(Int(Double(sent) / seconds))")
+    }
+}

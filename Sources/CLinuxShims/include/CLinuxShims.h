@@ -41,6 +41,10 @@ static inline uint64_t proxyside_counter_load(const uint64_t *p) {
 
 static inline int proxyside_errno(void) { return errno; }
 
+/// sendmmsg(2) of `count` buffers to one destination. Returns how many were sent, or -errno.
+int proxyside_send_batch(int fd, const struct sockaddr *destination, socklen_t destination_length,
+                         void *const *buffers, const size_t *lengths, unsigned count);
+
 /// setns(2) for network namespaces (glibc hides setns and CLONE_NEWNET without _GNU_SOURCE).
 int proxyside_setns_net(int fd);
 

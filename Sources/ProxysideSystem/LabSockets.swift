@@ -1,0 +1,101 @@
+import Glibc
+import ProxysideCore
+
+/// Socket helpers for the lab, the tests and the benchmarks (IPv4 and IPv6 TCP/UDP by address).
+public enum LabSockets {
+    public static func withSockaddr<T>(_ address: IPAddress, _ port: UInt16, _ body: (UnsafePointer<sockaddr>, socklen_t) -> T) -> T {
+        switch address {
+        case .v4(let v4):
+            var sin = sockaddr_in()
+            sin.sin_family = sa_family_t(AF_INET)
+            sin.sin_port = port.bigEndian
+            sin.sin_addr.s_addr = v4.value.bigEndian
+            return withUnsafePointer(to: &sin) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        case .v6(let v6):
+            var sin6 = sockaddr_in6()
+            sin6.sin6_family = sa_family_t(AF_INET6)
+            sin6.sin6_port = port.bigEndian
+            withUnsafeMutableBytes(of: &sin6.sin6_addr) { target in for (index, byte) in v6.bytes.enumerated() { target[index] = byte } }
+            return withUnsafePointer(to: &sin6) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } }
+        }
+    }
+
+    static func family(_ address: IPAddress) -> Int32 {
+        if case .v6 = address { return AF_INET6 }
+        return AF_INET
+    }
+
+    public static func setTimeouts(_ fd: Int32, seconds: Int) {
+        var timeout = timeval(tv_sec: seconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    /// A connected TCP socket (blocking, with timeouts).
+    public static func connectTCP(to address: IPAddress, port: UInt16, timeoutSeconds: Int = 3) throws -> Int32 {
+        let fd = socket(family(address), Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw SystemError("socket") }
+        setTimeouts(fd, seconds: timeoutSeconds)
+        let result = withSockaddr(address, port) { connect(fd, $0, $1) }
+        guard result == 0 else {
+            let error = SystemError("connect \(address):\(port)")
+            close(fd)
+            throw error
+        }
+        return fd
+    }
+
+    public static func listenTCP(on address: IPAddress, port: UInt16, backlog: Int32 = 1024) throws -> Int32 {
+        let fd = socket(family(address), Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw SystemError("socket") }
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        // The VIP may not be configured yet when the service starts, as on a real proxy.
+        setsockopt(fd, Int32(IPPROTO_IP), IP_FREEBIND, &one, socklen_t(MemoryLayout<Int32>.size))
+        let result = withSockaddr(address, port) { bind(fd, $0, $1) }
+        guard result == 0, listen(fd, backlog) == 0 else {
+            let error = SystemError("bind/listen \(address):\(port)")
+            close(fd)
+            throw error
+        }
+        return fd
+    }
+
+    /// A UDP socket bound to address:port (port 0: any).
+    public static func bindUDP(_ address: IPAddress, port: UInt16, receiveTimeoutSeconds: Int = 2) throws -> Int32 {
+        let fd = socket(family(address), Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw SystemError("socket") }
+        setTimeouts(fd, seconds: receiveTimeoutSeconds)
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        let result = withSockaddr(address, port) { bind(fd, $0, $1) }
+        guard result == 0 else {
+            let error = SystemError("bind udp \(address):\(port)")
+            close(fd)
+            throw error
+        }
+        return fd
+    }
+
+    public static func sendAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+        var offset = 0
+        while offset < bytes.count {
+            let sent = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL)) }
+            if sent <= 0 { return false }
+            offset += sent
+        }
+        return true
+    }
+
+    /// Reads exactly `count` bytes, or nil on EOF, error or timeout.
+    public static func receiveExactly(_ fd: Int32, _ count: Int) -> [UInt8]? {
+        var out = [UInt8](repeating: 0, count: count)
+        var offset = 0
+        while offset < count {
+            let received = out.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + offset, count - offset, 0) }
+            if received <= 0 { return nil }
+            offset += received
+        }
+        return out
+    }
+}
