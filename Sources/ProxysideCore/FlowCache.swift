@@ -31,9 +31,12 @@ public struct FlowCache {
         switch answer {
         case .connected: lifetime = positiveLifetime
         case .none, .listener: lifetime = negativeLifetime
-        case .failed: return
+        case .failed: lifetime = 0
         }
-        guard lifetime > 0 else { return }
+        guard lifetime > 0 else {
+            forget(flow)
+            return
+        }
         if entries.count >= capacity { evictExpired(now: now) }
         if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
         entries[flow] = (answer, now + lifetime)

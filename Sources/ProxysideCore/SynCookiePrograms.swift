@@ -6,6 +6,14 @@ public struct BPFInstruction: Equatable, Sendable {
     public var offset: Int16
     public var immediate: Int32
 
+    public init(code: UInt8, destination: UInt8, source: UInt8, offset: Int16, immediate: Int32) {
+        self.code = code
+        self.destination = destination
+        self.source = source
+        self.offset = offset
+        self.immediate = immediate
+    }
+
     /// dst_reg in the low nibble, src_reg in the high one (little-endian bitfields).
     public var registers: UInt8 { destination & 0x0f | source << 4 }
 

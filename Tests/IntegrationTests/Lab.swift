@@ -1,0 +1,204 @@
+import Foundation
+import Glibc
+import ProxysideCore
+import ProxysideSystem
+import XCTest
+
+/// The lab topology (examples/lab/topology.sh) with second-chance and echo services on both proxies.
+/// Everything it starts is stopped and its namespaces deleted in `tearDown`, also after a failure.
+final class Lab {
+    static let client = IPv4Address("198.18.0.1")!
+    static let director = IPv4Address("198.18.0.2")!
+    static let p1 = IPv4Address("198.18.0.11")!
+    static let p2 = IPv4Address("198.18.0.12")!
+    static let vip = IPv4Address("198.19.0.10")!
+    static let client6 = IPv6Address("2001:2::1")!
+    static let vip6 = IPv6Address("2001:2:0:ff::10")!
+
+    static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    /// Where `swift build` put the executables: beside the test bundle, unless PROXYSIDE_BIN says otherwise.
+    static var binaries: URL {
+        if let path = ProcessInfo.processInfo.environment["PROXYSIDE_BIN"] { return URL(fileURLWithPath: path) }
+        return URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    }
+
+    let prefix: String
+    let directory: URL
+    private(set) var processes: [(name: String, process: Process, log: URL)] = []
+
+    init(prefix: String) throws {
+        guard geteuid() == 0 else { throw XCTSkip("needs root for network namespaces and NFQUEUE") }
+        self.prefix = prefix
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("proxyside-\(prefix)-\(getpid())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        try Lab.shell(Lab.packageRoot.appendingPathComponent("examples/lab/topology.sh").path + " up \(prefix)")
+    }
+
+    func namespace(_ host: String) -> String { "\(prefix)-\(host)" }
+
+    func controlPath(_ host: String) -> String { directory.appendingPathComponent("\(host).sock").path }
+
+    /// Starts a binary from the build inside a host's namespace.
+    @discardableResult
+    func start(_ host: String, _ binary: String, _ arguments: [String]) throws -> Process {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["ip", "netns", "exec", namespace(host), Lab.binaries.appendingPathComponent(binary).path] + arguments
+        let log = directory.appendingPathComponent("\(host)-\(binary)-\(processes.count).log")
+        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
+        let handle = try FileHandle(forWritingTo: log)
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        processes.append((host + " " + binary, process, log))
+        return process
+    }
+
+    func startSecondChance(_ host: String, _ selfAddress: IPv4Address, extra: [String] = []) throws {
+        try start(host, "second-chance", ["run", "--queue", "0", "--self", selfAddress.description, "--control", controlPath(host)] + extra)
+        try waitFor("second-chance control socket on \(host)") { FileManager.default.fileExists(atPath: self.controlPath(host)) }
+    }
+
+    func startEcho(_ host: String) throws {
+        try start(host, "glb-lab", ["echo", "--listen", "\(Lab.vip):80", "--listen", "[\(Lab.vip6)]:80"])
+    }
+
+    func log(of process: Process) -> String {
+        guard let entry = processes.first(where: { $0.process === process }) else { return "" }
+        return (try? String(contentsOf: entry.log, encoding: .utf8)) ?? ""
+    }
+
+    /// Counters of a proxy's second-chance, by short name.
+    func stats(_ host: String) throws -> [String: UInt64] {
+        var out: [String: UInt64] = [:]
+        for line in try readControlSocket(controlPath(host)).split(separator: "\n") {
+            let parts = line.split(separator: ":")
+            if parts.count == 2, let value = UInt64(parts[1].trimmingCharacters(in: .whitespaces)) { out[String(parts[0])] = value }
+        }
+        return out
+    }
+
+    /// Runs `body` on this thread inside a host's namespace; sockets made there stay there.
+    func inside<T>(_ host: String, _ body: () throws -> T) throws -> T {
+        try NetworkNamespace(nameOrPath: namespace(host)).run(body)
+    }
+
+    func tearDown() {
+        for entry in processes where entry.process.isRunning {
+            entry.process.terminate()
+        }
+        for entry in processes {
+            let deadline = Date().addingTimeInterval(5)
+            while entry.process.isRunning && Date() < deadline { usleep(20_000) }
+            if entry.process.isRunning { kill(entry.process.processIdentifier, SIGKILL) }
+        }
+        _ = try? Lab.shell(Lab.packageRoot.appendingPathComponent("examples/lab/topology.sh").path + " down \(prefix)")
+        try? FileManager.default.removeItem(at: directory)
+    }
+
+    @discardableResult
+    static func shell(_ command: String) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/bash")
+        process.arguments = ["-c", command]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else { throw LabError("`\(command)` failed (\(process.terminationStatus)): \(output)") }
+        return output
+    }
+
+    func waitFor(_ what: String, seconds: Double = 5, _ condition: () throws -> Bool) throws {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if try condition() { return }
+            usleep(20_000)
+        }
+        throw LabError("timed out waiting for \(what)")
+    }
+}
+
+struct LabError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// A raw socket that sees copies of every packet of one IP protocol arriving in a namespace.
+final class Capture {
+    let fd: Int32
+    let ipv6: Bool
+
+    init(protocol proto: Int32, ipv6: Bool = false) throws {
+        self.ipv6 = ipv6
+        fd = socket(ipv6 ? AF_INET6 : AF_INET, Int32(SOCK_RAW.rawValue), proto)
+        guard fd >= 0 else { throw SystemError("raw socket") }
+        LabSockets.setTimeouts(fd, seconds: 1)
+    }
+
+    deinit { close(fd) }
+
+    /// The first packet (IPv4: whole packet; IPv6: transport only, as the kernel gives it) that
+    /// satisfies `match` within `seconds`.
+    func first(within seconds: Double = 3, where match: ([UInt8]) -> Bool) -> [UInt8]? {
+        let deadline = Date().addingTimeInterval(seconds)
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while Date() < deadline {
+            let count = recv(fd, &buffer, buffer.count, 0)
+            if count > 0 {
+                let packet = Array(buffer[0..<count])
+                if match(packet) { return packet }
+            }
+        }
+        return nil
+    }
+
+    /// Everything captured until nothing arrives for the receive timeout.
+    func drain() -> [[UInt8]] {
+        var out: [[UInt8]] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = recv(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT))
+            if count <= 0 { return out }
+            out.append(Array(buffer[0..<count]))
+        }
+    }
+}
+
+extension Array where Element == UInt8 {
+    /// TCP fields of an IPv4 packet: (source, sourcePort, destination, destinationPort, flags, seq, ack, payloadLength).
+    var ipv4TCP: (IPv4Address, UInt16, IPv4Address, UInt16, TCPFlags, UInt32, UInt32, Int)? {
+        guard count >= 40, self[0] >> 4 == 4, self[9] == 6 else { return nil }
+        let ihl = Int(self[0] & 0x0f) * 4
+        guard count >= ihl + 20 else { return nil }
+        let dataOffset = Int(self[ihl + 12] >> 4) * 4
+        let payload = Int(be16(2)) - ihl - dataOffset
+        return (IPv4Address(be32(12)), be16(ihl), IPv4Address(be32(16)), be16(ihl + 2), TCPFlags(rawValue: self[ihl + 13]),
+                be32(ihl + 4), be32(ihl + 8), payload)
+    }
+}
+
+/// Sends GUE payloads from the client's namespace, as a director would (UDP to port 19523).
+func sendGUE(_ lab: Lab, from host: String = "c", source: IPv4Address = Lab.client, sourcePort: UInt16, to proxy: IPv4Address,
+             inner: [UInt8], hops: [IPv4Address], nextHop: UInt8 = 0, zeroChecksum: Bool = false) throws {
+    try sendUDP(lab, from: host, source: source, sourcePort: sourcePort, to: proxy,
+                payload: PacketBuilder.guePayload(inner: inner, hops: hops, nextHop: nextHop), zeroChecksum: zeroChecksum)
+}
+
+func sendUDP(_ lab: Lab, from host: String = "c", source: IPv4Address = Lab.client, sourcePort: UInt16, to proxy: IPv4Address,
+             payload: [UInt8], zeroChecksum: Bool = false) throws {
+    try lab.inside(host) {
+        let fd = try LabSockets.bindUDP(.v4(source), port: sourcePort)
+        defer { close(fd) }
+        if zeroChecksum {
+            var one: Int32 = 1
+            setsockopt(fd, SOL_SOCKET, SO_NO_CHECK, &one, socklen_t(MemoryLayout<Int32>.size))
+        }
+        let sent = LabSockets.withSockaddr(.v4(proxy), GUEPacket.port) { address, length in
+            payload.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, 0, address, length) }
+        }
+        guard sent == payload.count else { throw SystemError("sendto GUE") }
+    }
+}

@@ -1,0 +1,294 @@
+import Foundation
+import Glibc
+import ProxysideCore
+import ProxysideSystem
+import XCTest
+
+/// second-chance on two proxies in namespaces, driven through NFQUEUE, sock_diag, raw sockets and
+/// the proxies' real TCP stacks.
+final class SecondChanceTests: XCTestCase {
+    var lab: Lab!
+
+    override func setUpWithError() throws {
+        lab = try Lab(prefix: "psit")
+        try lab.startEcho("p1")
+        try lab.startEcho("p2")
+        try lab.startSecondChance("p1", Lab.p1)
+        try lab.startSecondChance("p2", Lab.p2)
+    }
+
+    override func tearDown() {
+        lab?.tearDown()
+    }
+
+    func synAck(from capture: Capture, port: UInt16) -> (seq: UInt32, ack: UInt32)? {
+        capture.first { packet in
+            guard let tcp = packet.ipv4TCP else { return false }
+            return tcp.0 == Lab.vip && tcp.1 == 80 && tcp.3 == port && tcp.4.contains([.syn, .ack])
+        }?.ipv4TCP.map { ($0.5, $0.6) }
+    }
+
+    func testSYNViaP1IsAnsweredByTheVIPOnP1() throws {
+        let capture = try lab.inside("c") { try Capture(protocol: Int32(IPPROTO_TCP)) }
+        let syn = PacketBuilder.tcp(source: .v4(Lab.client), sourcePort: 40001, destination: .v4(Lab.vip), destinationPort: 80,
+                                    flags: .syn, sequence: 1000)
+        try sendGUE(lab, sourcePort: 30001, to: Lab.p1, inner: syn, hops: [Lab.p2])
+        let reply = try XCTUnwrap(synAck(from: capture, port: 40001), "no SYN-ACK from the VIP reached the client")
+        XCTAssertEqual(reply.ack, 1001)
+        XCTAssertEqual(try lab.stats("p1")["accepted_syn"], 1)
+        XCTAssertEqual(try lab.stats("p2")["total_packets"], 0)
+    }
+
+    func testUnknownACKIsForwardedAlongTheHopsWithItsBytesIntact() throws {
+        // The client plays the last hop: it listens on the GUE port and also captures raw UDP to see checksums.
+        let (receiver, capture) = try lab.inside("c") { (try LabSockets.bindUDP(.v4(Lab.client), port: GUEPacket.port), try Capture(protocol: Int32(IPPROTO_UDP))) }
+        defer { close(receiver) }
+        for zeroChecksum in [false, true] {
+            let sourcePort: UInt16 = zeroChecksum ? 30003 : 30002
+            let ack = PacketBuilder.tcp(source: .v4(Lab.client), sourcePort: 40002, destination: .v4(Lab.vip), destinationPort: 80,
+                                        flags: [.ack, .psh], sequence: 5, acknowledgement: 7, payload: Array("payload".utf8))
+            try sendGUE(lab, sourcePort: sourcePort, to: Lab.p1, inner: ack, hops: [Lab.p2, Lab.client], zeroChecksum: zeroChecksum)
+
+            var buffer = [UInt8](repeating: 0, count: 2048)
+            var from = sockaddr_in()
+            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let count = withUnsafeMutablePointer(to: &from) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(receiver, &buffer, buffer.count, 0, $0, &length) }
+            }
+            XCTAssertGreaterThan(count, 0, "nothing arrived at the last hop (zero checksum: \(zeroChecksum))")
+            guard count > 0 else { continue }
+            let payload = Array(buffer[0..<count])
+            XCTAssertEqual(IPv4Address(UInt32(bigEndian: from.sin_addr.s_addr)), Lab.p2, "sent by the second hop")
+            XCTAssertEqual(UInt16(bigEndian: from.sin_port), sourcePort, "UDP source port kept")
+            XCTAssertEqual(payload[6], 2, "next_hop advanced twice")
+            XCTAssertEqual(payload[7], 2, "hop count unchanged")
+            XCTAssertEqual(Array(payload[16...]), ack, "inner packet unchanged")
+
+            let raw = try XCTUnwrap(capture.first { $0.count > 28 && $0[9] == 17 && $0.be16(22) == GUEPacket.port && $0.be16(20) == sourcePort })
+            XCTAssertEqual(raw[8], 64, "TTL kept: forwarding hops do not route the packet")
+            XCTAssertEqual(raw.be16(26) == 0, zeroChecksum, "a zero UDP checksum stays zero, a set one stays set (and valid: the socket got it)")
+        }
+        XCTAssertEqual(try lab.stats("p1")["forwarded"], 2)
+        XCTAssertEqual(try lab.stats("p2")["forwarded"], 2)
+    }
+
+    /// A connection made through the director straight to P2, then the table changes so that its
+    /// packets reach P1 first with P2 as the next hop.
+    func establishOnP2ThenDrain(ipv6: Bool) throws -> (fd: Int32, port: UInt16, capture: Capture) {
+        let table = lab.directory.appendingPathComponent("table").path
+        try "\(Lab.p2)\n".write(toFile: table, atomically: true, encoding: .utf8)
+        let director = try lab.start("d", "glb-lab", ["director", "--self", Lab.director.description, "--table", table])
+        usleep(300_000)
+        let vip: IPAddress = ipv6 ? .v6(Lab.vip6) : .v4(Lab.vip)
+        let (fd, capture) = try lab.inside("c") {
+            (try LabSockets.connectTCP(to: vip, port: 80), try Capture(protocol: Int32(IPPROTO_TCP), ipv6: ipv6))
+        }
+        var local = sockaddr_in6()
+        var length = socklen_t(MemoryLayout<sockaddr_in6>.size)
+        _ = withUnsafeMutablePointer(to: &local) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        let port = UInt16(bigEndian: local.sin6_port)  // same offset in sockaddr_in and sockaddr_in6
+
+        let first = Array("before the drain\n".utf8)
+        XCTAssertTrue(LabSockets.sendAll(fd, first))
+        XCTAssertEqual(LabSockets.receiveExactly(fd, first.count), first)
+        let establishedOnP2 = try lab.stats("p2")["accepted_established"] ?? 0
+        XCTAssertGreaterThan(establishedOnP2, 0)
+
+        try "\(Lab.p1)\n\(Lab.p2) draining\n".write(toFile: table, atomically: true, encoding: .utf8)
+        kill(director.processIdentifier, SIGHUP)
+        try lab.waitFor("the director to reload") { lab.log(of: director).contains("table reloaded") }
+        let forwardedBefore = try lab.stats("p1")["forwarded"] ?? 0
+        let second = Array("after the drain: P1 forwards to P2\n".utf8)
+        XCTAssertTrue(LabSockets.sendAll(fd, second))
+        XCTAssertEqual(LabSockets.receiveExactly(fd, second.count), second, "the flow survived the table change")
+        XCTAssertGreaterThan(try lab.stats("p1")["forwarded"] ?? 0, forwardedBefore, "P1 gave the packets their second chance")
+        XCTAssertGreaterThan(try lab.stats("p2")["accepted_established"] ?? 0, establishedOnP2)
+
+        // A new connection now lands on P1 and stays there.
+        let fresh = try lab.inside("c") { try LabSockets.connectTCP(to: vip, port: 80) }
+        defer { close(fresh) }
+        let hello = Array("new flow\n".utf8)
+        XCTAssertTrue(LabSockets.sendAll(fresh, hello))
+        XCTAssertEqual(LabSockets.receiveExactly(fresh, hello.count), hello)
+        return (fd, port, capture)
+    }
+
+    func testEstablishedFlowOnP2SurvivesWhenItsPacketsArriveAtP1() throws {
+        let flow = try establishOnP2ThenDrain(ipv6: false)
+        close(flow.fd)
+    }
+
+    func testIPv6FlowSurvivesTheDrainToo() throws {
+        let flow = try establishOnP2ThenDrain(ipv6: true)
+        close(flow.fd)
+    }
+
+    func testFragmentationNeededViaP1ReachesTheStackThatOwnsTheFlow() throws {
+        let flow = try establishOnP2ThenDrain(ipv6: false)
+        defer { close(flow.fd) }
+        // The server's next sequence number, from the segments it sent us: the kernel ignores
+        // ICMP quoting a sequence number outside its send window.
+        var serverNext: UInt32?
+        for packet in flow.capture.drain() {
+            guard let tcp = packet.ipv4TCP, tcp.0 == Lab.vip, tcp.3 == flow.port else { continue }
+            let end = tcp.5 &+ UInt32(tcp.7) &+ (tcp.4.contains(.syn) || tcp.4.contains(.fin) ? 1 : 0)
+            if serverNext.map({ Int32(bitPattern: end &- $0) > 0 }) ?? true { serverNext = end }
+        }
+        let sequence = try XCTUnwrap(serverNext, "captured no segment from the server")
+        let quoted = PacketBuilder.tcp(source: .v4(Lab.vip), sourcePort: 80, destination: .v4(Lab.client), destinationPort: flow.port,
+                                       flags: [.ack, .psh], sequence: sequence, payload: [UInt8](repeating: 0x41, count: 1400))
+        let icmp = PacketBuilder.icmpFragmentationNeeded(from: Lab.director, to: Lab.vip, mtu: 1200, original: quoted)
+        try sendGUE(lab, sourcePort: 30010, to: Lab.p1, inner: icmp, hops: [Lab.p2])
+
+        try lab.waitFor("P2 to learn the path MTU") {
+            try Lab.shell("ip -n \(lab.namespace("p2")) route get \(Lab.client) from \(Lab.vip)").contains("mtu 1200")
+        }
+        XCTAssertFalse(try Lab.shell("ip -n \(lab.namespace("p1")) route get \(Lab.client) from \(Lab.vip)").contains("mtu 1200"))
+    }
+
+    func testLastHopAndSelfHopAreTakenLocallyAndHopsCannotLoop() throws {
+        let capture = try lab.inside("c") { try Capture(protocol: Int32(IPPROTO_TCP)) }
+        func ack(_ port: UInt16) -> [UInt8] {
+            PacketBuilder.tcp(source: .v4(Lab.client), sourcePort: port, destination: .v4(Lab.vip), destinationPort: 80, flags: .ack, sequence: 1, acknowledgement: 1)
+        }
+        // No hops left: P1's stack takes it and, knowing no such flow, resets it.
+        try sendGUE(lab, sourcePort: 30020, to: Lab.p1, inner: ack(40020), hops: [])
+        XCTAssertNotNil(capture.first { $0.ipv4TCP.map { $0.0 == Lab.vip && $0.3 == 40020 && $0.4.contains(.rst) } ?? false },
+                        "the last-resort packet reached P1's TCP stack")
+        XCTAssertEqual(try lab.stats("p1")["accepted_last_resort"], 1)
+
+        try sendGUE(lab, sourcePort: 30021, to: Lab.p1, inner: ack(40021), hops: [Lab.p1])
+        try lab.waitFor("the self hop to be counted") { try lab.stats("p1")["forwarded_to_self"] == 1 }
+        XCTAssertEqual(try lab.stats("p1")["forwarded"], 0)
+
+        // A hop list bouncing between the proxies: next_hop only grows, so it ends after four forwards.
+        try sendGUE(lab, sourcePort: 30022, to: Lab.p1, inner: ack(40022), hops: [Lab.p2, Lab.p1, Lab.p2, Lab.p1])
+        func totals() throws -> (UInt64, UInt64) {
+            let (s1, s2) = (try lab.stats("p1"), try lab.stats("p2"))
+            return ((s1["forwarded"] ?? 0) + (s2["forwarded"] ?? 0), (s1["accepted_last_resort"] ?? 0) + (s2["accepted_last_resort"] ?? 0))
+        }
+        try lab.waitFor("the bouncing packet to come to rest") { try totals().1 == 2 }
+        usleep(500_000)
+        let (forwarded, lastResort) = try totals()
+        XCTAssertEqual(forwarded, 4)
+        XCTAssertEqual(lastResort, 2)
+    }
+
+    func testMalformedPacketsAreDroppedAndCountedAndTheDaemonKeepsAnswering() throws {
+        let inner = PacketBuilder.tcp(source: .v4(Lab.client), sourcePort: 40030, destination: .v4(Lab.vip), destinationPort: 80, flags: .ack)
+        let good = PacketBuilder.guePayload(inner: inner, hops: [Lab.p2])
+        let inner6 = PacketBuilder.tcp(source: .v6(Lab.client6), sourcePort: 40031, destination: .v6(Lab.vip6), destinationPort: 80, flags: .ack)
+        let good6 = PacketBuilder.guePayload(inner: inner6, hops: [])
+        func edit(_ bytes: [UInt8], _ change: (inout [UInt8]) -> Void) -> [UInt8] { var copy = bytes; change(&copy); return copy }
+        let innerStart = 12
+        let cases: [(DropReason, [UInt8])] = [
+            (.gueTruncated, []),
+            (.gueTruncated, [0x01, 0x04, 0x00]),
+            (.gueVersion, edit(good) { $0[0] |= 0x40 }),
+            (.gueVersion, edit(good) { $0[0] |= 0x20 }),
+            (.gueFlags, edit(good) { $0[3] = 1 }),
+            (.gueHeaderLength, edit(good) { $0[0] = 0 }),
+            (.gueHeaderLength, edit(good) { $0[7] = 3 }),
+            (.guePrivateType, edit(good) { $0[5] = 1 }),
+            (.innerProtocol, edit(good) { $0[1] = 17 }),
+            (.innerProtocol, edit(good) { $0[1] = 47 }),
+            (.gueTruncated, Array(good.prefix(10))),
+            (.innerTruncated, Array(good.prefix(innerStart + 10))),
+            (.innerVersion, edit(good) { $0[innerStart] = 0x65 }),
+            (.innerTruncated, edit(good) { $0.setBE16(innerStart + 2, 1400) }),
+            (.innerTransport, edit(good) { $0[innerStart + 9] = 47 }),
+            (.innerTruncated, edit(Array(good.prefix(innerStart + 30))) { $0.setBE16(innerStart + 2, 30) }),
+            (.innerTruncated, edit(good) { $0[innerStart] = 0x43 }),
+            (.innerTruncated, Array(good6.prefix(8 + 30))),
+            (.innerTruncated, edit(good6) { $0.setBE16(8 + 4, 900) }),
+            (.innerTransport, edit(good6) { $0[8 + 6] = 47 }),
+            (.innerVersion, edit(good6) { $0[1] = 4 }),
+            (.innerTruncated, PacketBuilder.guePayload(
+                inner: PacketBuilder.ip(source: .v4(Lab.client), destination: .v4(Lab.vip), protocol: 1, transport: [3, 4, 0, 0], checksumOffset: nil), hops: [])),
+            (.innerTruncated, PacketBuilder.guePayload(
+                inner: PacketBuilder.ip(source: .v4(Lab.client), destination: .v4(Lab.vip), protocol: 1, transport: [3, 4, 0, 0, 0, 0, 5, 0, 0x45, 0], checksumOffset: nil), hops: [])),
+            (.innerTruncated, edit(good6) { packet in
+                // Nine destination-options headers: more than the walk allows.
+                packet[8 + 6] = 60
+                let options = (0..<9).flatMap { index in [index == 8 ? 6 : 60, 0, 1, 4, 0, 0, 0, 0] as [UInt8] }
+                packet.insert(contentsOf: options, at: 8 + 40)
+                packet.setBE16(8 + 4, UInt16(packet.count - 8 - 40))
+            }),
+        ]
+        for (index, (_, payload)) in cases.enumerated() {
+            try sendUDP(lab, sourcePort: 31000 + UInt16(index), to: Lab.p1, payload: payload)
+        }
+        var expected: [String: UInt64] = [:]
+        for (reason, _) in cases { expected["dropped_malformed_\(reason.rawValue)", default: 0] += 1 }
+        try lab.waitFor("all malformed packets to be counted") { try lab.stats("p1")["dropped_malformed"] == UInt64(cases.count) }
+        let stats = try lab.stats("p1")
+        for (name, count) in expected { XCTAssertEqual(stats[name], count, name) }
+        XCTAssertEqual(stats["total_packets"], UInt64(cases.count))
+
+        // Still answering.
+        let capture = try lab.inside("c") { try Capture(protocol: Int32(IPPROTO_TCP)) }
+        let syn = PacketBuilder.tcp(source: .v4(Lab.client), sourcePort: 40032, destination: .v4(Lab.vip), destinationPort: 80, flags: .syn, sequence: 9)
+        try sendGUE(lab, sourcePort: 30032, to: Lab.p1, inner: syn, hops: [Lab.p2])
+        XCTAssertNotNil(synAck(from: capture, port: 40032))
+    }
+
+    func testIPv6SYNInsideIPv4GUEIsAnsweredOverIPv6() throws {
+        let capture = try lab.inside("c") { try Capture(protocol: Int32(IPPROTO_TCP), ipv6: true) }
+        let syn = PacketBuilder.tcp(source: .v6(Lab.client6), sourcePort: 40040, destination: .v6(Lab.vip6), destinationPort: 80,
+                                    flags: .syn, sequence: 77)
+        try sendGUE(lab, sourcePort: 30040, to: Lab.p1, inner: syn, hops: [Lab.p2])
+        // Raw IPv6 sockets receive the transport header only.
+        let reply = capture.first { $0.count >= 20 && $0.be16(0) == 80 && $0.be16(2) == 40040 && $0[13] & 0x12 == 0x12 }
+        let segment = try XCTUnwrap(reply, "no IPv6 SYN-ACK from the VIP")
+        XCTAssertEqual(segment.be32(8), 78)
+        XCTAssertEqual(try lab.stats("p1")["accepted_syn"], 1)
+    }
+
+    func testValidSYNCookieACKIsTakenAndAnInvalidOneForwarded() throws {
+        // A listener that never accepts, with a one-entry SYN queue; the client never answers SYN-ACKs.
+        let listener = try lab.inside("p1") { try LabSockets.listenTCP(on: .v4(Lab.vip), port: 8080, backlog: 1) }
+        defer { close(listener) }
+        try Lab.shell("ip netns exec \(lab.namespace("c")) iptables -A OUTPUT -p tcp --tcp-flags RST RST -j DROP")
+        let capture = try lab.inside("c") { try Capture(protocol: Int32(IPPROTO_TCP)) }
+        func send(_ port: UInt16, _ flags: TCPFlags, seq: UInt32, ack: UInt32 = 0, hops: [IPv4Address] = [Lab.p2]) throws {
+            let packet = PacketBuilder.tcp(source: .v4(Lab.client), sourcePort: port, destination: .v4(Lab.vip), destinationPort: 8080,
+                                           flags: flags, sequence: seq, acknowledgement: ack,
+                                           options: flags == .syn ? [2, 4, 0x05, 0xb4] : [])
+            try sendGUE(lab, sourcePort: 30050, to: Lab.p1, inner: packet, hops: hops)
+        }
+        for port in UInt16(41000)..<41004 { try send(port, .syn, seq: 100) }
+        usleep(200_000)
+        try send(41100, .syn, seq: 5000)  // the SYN queue is full now: this one gets a cookie
+        let cookieReply = capture.first { $0.ipv4TCP.map { $0.0 == Lab.vip && $0.3 == 41100 && $0.4.contains([.syn, .ack]) } ?? false }
+        let cookie = try XCTUnwrap(cookieReply?.ipv4TCP?.5, "P1's kernel sent no SYN-ACK")
+        let netstat = try Lab.shell("ip netns exec \(lab.namespace("p1")) cat /proc/net/netstat")
+        XCTAssertGreaterThan(KernelCookieState.tcpExtCounter("SyncookiesSent", in: netstat) ?? 0, 0, "the kernel issued cookies")
+        sleep(1)  // let the daemon's once-a-second look at SyncookiesSent notice the rise
+
+        let before = try lab.stats("p1")
+        try send(41100, .ack, seq: 5001, ack: cookie &+ 2)  // wrong cookie
+        try send(41100, .ack, seq: 5001, ack: cookie &+ 1)  // the kernel's cookie
+        try lab.waitFor("both ACKs to be decided") { (try lab.stats("p1")["total_packets"] ?? 0) >= (before["total_packets"] ?? 0) + 2 }
+        let after = try lab.stats("p1")
+        XCTAssertEqual((after["accepted_syn_cookie"] ?? 0) - (before["accepted_syn_cookie"] ?? 0), 1, "the valid cookie ACK was taken")
+        XCTAssertEqual((after["forwarded"] ?? 0) - (before["forwarded"] ?? 0), 1, "the invalid one went on to P2")
+        XCTAssertGreaterThanOrEqual((after["syn_cookie_checks"] ?? 0) - (before["syn_cookie_checks"] ?? 0), 2)
+        let syncookiesRecv = try Lab.shell("ip netns exec \(lab.namespace("p1")) cat /proc/net/netstat")
+        XCTAssertGreaterThan(KernelCookieState.tcpExtCounter("SyncookiesRecv", in: syncookiesRecv) ?? 0, 0, "P1's kernel took the cookie ACK")
+    }
+
+    func testSecondDaemonOnTheSameQueueFailsClearlyAndSIGTERMStopsCleanly() throws {
+        let duplicate = try lab.start("p1", "second-chance", ["run", "--queue", "0", "--self", Lab.p1.description, "--control", lab.controlPath("dup")])
+        duplicate.waitUntilExit()
+        XCTAssertNotEqual(duplicate.terminationStatus, 0)
+        XCTAssertTrue(lab.log(of: duplicate).contains("already bound by another process"), lab.log(of: duplicate))
+
+        let spare = try lab.start("p1", "second-chance", ["run", "--queue", "7", "--self", Lab.p1.description, "--control", lab.controlPath("spare")])
+        try lab.waitFor("the spare daemon") { FileManager.default.fileExists(atPath: lab.controlPath("spare")) }
+        spare.terminate()
+        spare.waitUntilExit()
+        XCTAssertEqual(spare.terminationStatus, 0)
+        XCTAssertTrue(lab.log(of: spare).contains("stopped; all read packets answered"))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: lab.controlPath("spare")), "control socket removed")
+    }
+}
