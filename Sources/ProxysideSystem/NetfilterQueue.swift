@@ -82,8 +82,11 @@ public final class NetfilterQueue {
         if mnl_cb_run(buffer, received, sequence, portID, nil, nil) < 0 {
             let code = errno
             switch code {
-            case EPERM: throw SystemError("bind NFQUEUE \(number)", errno: code, hint: "needs CAP_NET_ADMIN: run as root")
-            case EBUSY: throw SystemError("bind NFQUEUE \(number)", errno: code, hint: "queue \(number) is already bound by another process")
+            // The kernel answers EPERM both without CAP_NET_ADMIN and when another socket owns the queue.
+            case EPERM where geteuid() != 0:
+                throw SystemError("bind NFQUEUE \(number)", errno: code, hint: "needs CAP_NET_ADMIN: run as root")
+            case EPERM, EBUSY:
+                throw SystemError("bind NFQUEUE \(number)", errno: code, hint: "queue \(number) is already bound by another process")
             default: throw SystemError("configure NFQUEUE \(number)", errno: code)
             }
         }
