@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs what building, testing and the lab need (Debian/Ubuntu, as root). Idempotent.
+set -euo pipefail
+packages=(libnetfilter-queue-dev libmnl-dev pkg-config iptables iproute2 gcc)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+command -v swift >/dev/null || { echo "setup: swift (6.0 or later) must be on PATH" >&2; exit 1; }
