@@ -71,7 +71,7 @@ public enum CounterName: Hashable, Sendable {
 
 public enum CounterReport {
     /// Prometheus text exposition of summed counter values (indexed as `CounterName.index`).
-    public static func prometheus(_ values: [UInt64], queues: [UInt16]) -> String {
+    public static func prometheus(_ values: [UInt64], queueTotals: [(queue: UInt16, packets: UInt64)]) -> String {
         var out = "# HELP second_chance_packets_total GUE packets read from NFQUEUE.\n"
         out += "# TYPE second_chance_packets_total counter\n"
         var typed: Set<String> = ["second_chance_packets_total"]
@@ -80,8 +80,9 @@ public enum CounterReport {
             if typed.insert(base).inserted { out += "# TYPE \(base) counter\n" }
             out += "\(name.metric) \(values[name.index])\n"
         }
-        out += "# TYPE second_chance_queues gauge\n"
-        for queue in queues { out += "second_chance_queues{queue=\"\(queue)\"} 1\n" }
+        out += "# HELP second_chance_queue_packets_total GUE packets read, per NFQUEUE queue (one thread each).\n"
+        out += "# TYPE second_chance_queue_packets_total counter\n"
+        for entry in queueTotals { out += "second_chance_queue_packets_total{queue=\"\(entry.queue)\"} \(entry.packets)\n" }
         return out
     }
 

@@ -117,12 +117,12 @@ struct Run: ParsableCommand {
         if let slash = controlPath.lastIndex(of: "/"), slash != controlPath.startIndex {
             mkdir(String(controlPath[..<slash]), 0o755)
         }
-        let blocks = workers.map(\.counters)
-        let queueList = queues
+        let blocks = workers.map { ($0.queue.number, $0.counters) }
         let server = try StatsServer(metrics: try metrics.map(parseEndpoint), controlPath: controlPath) { format in
-            let values = CounterBlock.sum(blocks)
+            let values = CounterBlock.sum(blocks.map(\.1))
             switch format {
-            case .prometheus: return CounterReport.prometheus(values, queues: queueList)
+            case .prometheus:
+                return CounterReport.prometheus(values, queueTotals: blocks.map { ($0.0, $0.1.value(.total)) })
             case .text: return CounterReport.text(values)
             }
         }

@@ -291,4 +291,89 @@ final class SecondChanceTests: XCTestCase {
         XCTAssertTrue(lab.log(of: spare).contains("stopped; all read packets answered"))
         XCTAssertFalse(FileManager.default.fileExists(atPath: lab.controlPath("spare")), "control socket removed")
     }
+
+    func testQueueBalanceRunsAThreadPerQueueAndMetricsAreServed() throws {
+        // Eight client addresses spread over queues 3 and 4 (the balance hash covers addresses).
+        let sources = (21...28).map { IPv4Address("198.18.0.\($0)")! }
+        for source in sources { try Lab.shell("ip -n \(lab.namespace("c")) addr add \(source)/24 dev eth0") }
+        try Lab.shell("ip netns exec \(lab.namespace("p2")) iptables -t raw -I PREROUTING -p udp --dport 19523 -s 198.18.0.16/28 -j NFQUEUE --queue-balance 3:4")
+        try lab.start("p2", "second-chance", ["run", "--queue", "3", "--queue", "4", "--self", Lab.p2.description,
+                                              "--control", lab.controlPath("balanced"), "--metrics", "\(Lab.p2):9523"])
+        try lab.waitFor("the balanced daemon") { FileManager.default.fileExists(atPath: lab.controlPath("balanced")) }
+        for (index, source) in sources.enumerated() {
+            let syn = PacketBuilder.tcp(source: .v4(source), sourcePort: 42000 + UInt16(index), destination: .v4(Lab.vip), destinationPort: 80, flags: .syn)
+            try sendGUE(lab, source: source, sourcePort: 30060, to: Lab.p2, inner: syn, hops: [])
+        }
+        try lab.waitFor("all SYNs to be taken") { try lab.stats("balanced")["accepted_syn"] == UInt64(sources.count) }
+
+        let metrics = try lab.inside("c") { () -> String in
+            let fd = try LabSockets.connectTCP(to: .v4(Lab.p2), port: 9523)
+            defer { close(fd) }
+            XCTAssertTrue(LabSockets.sendAll(fd, Array("GET /metrics HTTP/1.0\r\n\r\n".utf8)))
+            var out: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            while true {
+                let count = recv(fd, &buffer, buffer.count, 0)
+                if count <= 0 { break }
+                out += buffer[0..<count]
+            }
+            return String(decoding: out, as: UTF8.self)
+        }
+        XCTAssertTrue(metrics.hasPrefix("HTTP/1.1 200 OK"), metrics)
+        XCTAssertTrue(metrics.contains("second_chance_packets_local_total{reason=\"accepted_syn\"} \(sources.count)"), metrics)
+        let perQueue = metrics.split(separator: "\n").filter { $0.hasPrefix("second_chance_queue_packets_total") }
+        XCTAssertEqual(perQueue.count, 2)
+        XCTAssertTrue(perQueue.allSatisfy { !$0.hasSuffix(" 0") }, "both queue threads handled packets: \(perQueue)")
+        XCTAssertEqual(try lab.stats("p2")["total_packets"], 0, "the queue-0 daemon saw none of them")
+    }
+
+    func testNetnsLooksSocketsUpInTheNamedNamespace() throws {
+        // A "pod" namespace holding an established connection 198.18.9.1 -> 198.18.9.10:80.
+        let pod = lab.namespace("pod")
+        try Lab.shell("ip netns add \(pod) && ip -n \(pod) link set lo up && ip -n \(pod) addr add 198.18.9.1/32 dev lo && ip -n \(pod) addr add 198.18.9.10/32 dev lo")
+        defer { _ = try? Lab.shell("ip netns del \(pod)") }
+        let (listener, clientFD, serverFD) = try lab.inside("pod") { () -> (Int32, Int32, Int32) in
+            let listener = try LabSockets.listenTCP(on: .v4(IPv4Address("198.18.9.10")!), port: 80)
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            _ = LabSockets.withSockaddr(.v4(IPv4Address("198.18.9.1")!), 45000) { bind(fd, $0, $1) }
+            guard LabSockets.withSockaddr(.v4(IPv4Address("198.18.9.10")!), 80, { connect(fd, $0, $1) }) == 0 else { throw SystemError("connect in pod") }
+            return (listener, fd, accept(listener, nil, nil))
+        }
+        defer { close(listener); close(clientFD); close(serverFD) }
+
+        let source = IPv4Address("198.18.0.31")!
+        try Lab.shell("ip -n \(lab.namespace("c")) addr add \(source)/24 dev eth0")
+        try Lab.shell("ip netns exec \(lab.namespace("p1")) iptables -t raw -I PREROUTING -p udp --dport 19523 -s \(source) -j NFQUEUE --queue-num 5")
+        try lab.start("p1", "second-chance", ["run", "--queue", "5", "--self", Lab.p1.description, "--control", lab.controlPath("pod"), "--netns", pod])
+        try lab.waitFor("the --netns daemon") { FileManager.default.fileExists(atPath: lab.controlPath("pod")) }
+
+        let ack = PacketBuilder.tcp(source: .v4(IPv4Address("198.18.9.1")!), sourcePort: 45000, destination: .v4(IPv4Address("198.18.9.10")!),
+                                    destinationPort: 80, flags: .ack, sequence: 1, acknowledgement: 1)
+        try sendGUE(lab, source: source, sourcePort: 30070, to: Lab.p1, inner: ack, hops: [Lab.p2])
+        try lab.waitFor("the pod's flow to be found") { try lab.stats("pod")["accepted_established"] == 1 }
+        // The same packet to a daemon that looks in its own namespace finds nothing and forwards it.
+        try sendGUE(lab, sourcePort: 30071, to: Lab.p2, inner: ack, hops: [Lab.client])
+        try lab.waitFor("p2 to forward") { try lab.stats("p2")["forwarded"] == 1 }
+        XCTAssertEqual(try lab.stats("pod")["forwarded"], 0)
+    }
+
+    func testDoctorPassesOnAProxyAndExplainsWhatIsMissingElsewhere() throws {
+        let proxy = try lab.start("p1", "second-chance", ["doctor"])
+        proxy.waitUntilExit()
+        let report = lab.log(of: proxy)
+        XCTAssertEqual(proxy.terminationStatus, 0, report)
+        XCTAssertTrue(report.contains("[ ok ] iptables: -A PREROUTING -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass"), report)
+        XCTAssertTrue(report.contains("[ ok ] sock_diag"), report)
+        XCTAssertTrue(report.contains("SYN-cookie check"), report)
+
+        try Lab.shell("ip netns exec \(lab.namespace("c")) sysctl -qw net.ipv4.conf.all.rp_filter=1 net.ipv4.tcp_syncookies=0")
+        let client = try lab.start("c", "second-chance", ["doctor"])
+        client.waitUntilExit()
+        let advice = lab.log(of: client)
+        XCTAssertEqual(client.terminationStatus, 1, advice)
+        XCTAssertTrue(advice.contains("[FAIL] iptables: no raw PREROUTING NFQUEUE rule for UDP 19523"), advice)
+        XCTAssertTrue(advice.contains("fix: iptables -t raw -A PREROUTING -p udp --dport 19523 -j NFQUEUE"), advice)
+        XCTAssertTrue(advice.contains("[warn] rp_filter"), advice)
+        XCTAssertTrue(advice.contains("[warn] tcp_syncookies"), advice)
+    }
 }

@@ -124,8 +124,9 @@ final class CacheAndTableTests: XCTestCase {
     func testCounterNamesAreDistinctAndIndexed() {
         XCTAssertEqual(Set(CounterName.all.map(\.index)).count, CounterName.count)
         XCTAssertEqual(CounterName.all.map(\.index), Array(0..<CounterName.count))
-        let text = CounterReport.prometheus([UInt64](repeating: 3, count: CounterName.count), queues: [0])
+        let text = CounterReport.prometheus([UInt64](repeating: 3, count: CounterName.count), queueTotals: [(0, 7)])
         XCTAssertTrue(text.contains("second_chance_packets_dropped_total{reason=\"gue_hlen\"} 3"))
+        XCTAssertTrue(text.contains("second_chance_queue_packets_total{queue=\"0\"} 7"))
         XCTAssertTrue(CounterReport.text([UInt64](repeating: 1, count: CounterName.count)).contains("dropped_malformed: \(DropReason.allCases.count)"))
     }
 }
