@@ -1,4 +1,5 @@
 import CMnl
+import CLinuxShims
 import Glibc
 
 /// What the kernel's fou module says about a UDP port, asked over generic netlink (as `ip fou show`).

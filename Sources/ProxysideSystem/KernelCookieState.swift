@@ -1,3 +1,4 @@
+import CLinuxShims
 import Glibc
 
 /// Whether the kernel in a network namespace is currently accepting SYN-cookie ACKs.

@@ -1,3 +1,4 @@
+import CLinuxShims
 import Glibc
 import ProxysideCore
 
@@ -32,10 +33,20 @@ public enum LabSockets {
     }
 
     /// A connected TCP socket (blocking, with timeouts).
-    public static func connectTCP(to address: IPAddress, port: UInt16, timeoutSeconds: Int = 3) throws -> Int32 {
+    public static func connectTCP(to address: IPAddress, port: UInt16, from source: IPAddress? = nil, localPort: UInt16 = 0,
+                                  timeoutSeconds: Int = 3) throws -> Int32 {
         let fd = socket(family(address), Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw SystemError("socket") }
         setTimeouts(fd, seconds: timeoutSeconds)
+        if let source {
+            var one: Int32 = 1
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+            guard withSockaddr(source, localPort, { bind(fd, $0, $1) }) == 0 else {
+                let error = SystemError("bind \(source):\(localPort)")
+                close(fd)
+                throw error
+            }
+        }
         let result = withSockaddr(address, port) { connect(fd, $0, $1) }
         guard result == 0 else {
             let error = SystemError("connect \(address):\(port)")

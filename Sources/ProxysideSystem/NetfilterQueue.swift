@@ -1,4 +1,5 @@
 import CNetfilterQueue
+import CLinuxShims
 import Glibc
 
 /// libmnl's MNL_SOCKET_BUFFER_SIZE for 4 KiB pages (the macro calls sysconf and is not imported).
@@ -94,7 +95,9 @@ public final class NetfilterQueue {
 
     /// Reads and answers packets until `stop` is signalled. Then it answers what is still queued
     /// and returns: no packet read is left without a verdict.
-    public func run(stop: EventFD, batchSize: Int = 64, idle: () -> Void = {},
+    /// `beforeVerdicts` runs once per batch, before the batch's verdicts are sent (the daemon sends
+    /// the batch's forwarded packets there).
+    public func run(stop: EventFD, batchSize: Int = 64, idle: () -> Void = {}, beforeVerdicts: () -> Void = {},
                     handler: (UnsafeMutableRawBufferPointer) -> Action) throws {
         let fd = fileDescriptor
         var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0)]
@@ -114,6 +117,7 @@ public final class NetfilterQueue {
                 }
                 handled += handleDatagram(Int(received), handler)
             }
+            beforeVerdicts()
             try flushVerdicts()
             if handled == 0 {
                 if stopping { return }

@@ -70,6 +70,7 @@ public final class SecondChanceWorker: @unchecked Sendable {
     let configuration: SecondChanceConfiguration
     let decider: Decider
     let sender: RawIPSender
+    let forwards = ForwardBatch()
     var ownership: KernelFlowOwnership
 
     public init(queueNumber: UInt16, configuration: SecondChanceConfiguration, oracle: SynCookieOracle?) throws {
@@ -86,9 +87,19 @@ public final class SecondChanceWorker: @unchecked Sendable {
     }
 
     public func run(stop: EventFD) throws {
-        try queue.run(stop: stop, batchSize: configuration.batchSize,
+        try queue.run(stop: stop, batchSize: min(configuration.batchSize, ForwardBatch.capacity),
                       idle: { [self] in ownership.cache.evictExpired(now: MonotonicClock.nanoseconds()) },
+                      beforeVerdicts: { [self] in flushForwards() },
                       handler: { [self] packet in handle(packet) })
+    }
+
+    /// Sends the batch's forwarded packets (one sendmmsg) and counts them.
+    public func flushForwards() {
+        let queued = forwards.count
+        guard queued > 0 else { return }
+        let failed = forwards.flush(sender)
+        counters.add(.forwarded, UInt64(queued - failed))
+        if failed > 0 { counters.add(.forwardFailed, UInt64(failed)) }
     }
 
     /// Decides one packet and carries the decision out.
@@ -110,8 +121,11 @@ public final class SecondChanceWorker: @unchecked Sendable {
         case .forward(let hop):
             let gue = decision.gue!
             GUEForwarding.rewrite(packet, gue, source: configuration.selfAddress, destination: hop)
-            let error = sender.sendIPv4(UnsafeRawBufferPointer(rebasing: packet[0..<gue.innerEnd]))
-            counters.add(error == 0 ? .forwarded : .forwardFailed)
+            let outgoing = UnsafeRawBufferPointer(rebasing: packet[0..<gue.innerEnd])
+            if !forwards.append(outgoing) {
+                let error = sender.sendIPv4(outgoing)
+                counters.add(error == 0 ? .forwarded : .forwardFailed)
+            }
             return .drop
         }
     }

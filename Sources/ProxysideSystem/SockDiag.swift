@@ -1,4 +1,5 @@
 import CMnl
+import CLinuxShims
 import Glibc
 import ProxysideCore
 

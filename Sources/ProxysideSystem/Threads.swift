@@ -1,3 +1,4 @@
+import CLinuxShims
 import Glibc
 
 /// A joinable POSIX thread running one closure (queue workers and servers are long-lived loops).

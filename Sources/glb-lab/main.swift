@@ -9,7 +9,7 @@ struct GLBLab: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "glb-lab",
         abstract: "Lab tools: a GLB director simulator, an echo service, long-lived clients and a GUE sender.",
-        subcommands: [Director.self, Echo.self, Clients.self, Blast.self])
+        subcommands: [Director.self, Echo.self, Clients.self, Blast.self, Watch.self])
 }
 
 extension IPv4Address: ExpressibleByArgument {
@@ -148,10 +148,15 @@ struct Clients: ParsableCommand {
     @Option var seconds: Int = 10
     @Option var intervalMs: Int = 100
     @Option(help: "Open this many new short connections per second too.") var newPerSecond: Int = 0
+    @Option(help: "Bind the long-lived connections to this local address...") var source: IPv4Address?
+    @Option(help: "...and to consecutive ports from this one.") var firstPort: UInt16 = 0
 
     func run() throws {
         let (address, port) = try parseHostPort(target)
-        var fds = try (0..<connections).map { _ in try LabSockets.connectTCP(to: address, port: port) }
+        var fds = try (0..<connections).map { index -> Int32 in
+            guard let source else { return try LabSockets.connectTCP(to: address, port: port) }
+            return try LabSockets.connectTCP(to: address, port: port, from: .v4(source), localPort: firstPort &+ UInt16(index))
+        }
         var roundTrips = 0, failures = 0, newOK = 0, newFailed = 0
         let start = MonotonicClock.nanoseconds()
         let end = start + UInt64(seconds) * 1_000_000_000
@@ -245,5 +250,45 @@ struct Blast: ParsableCommand {
         }
         let seconds = Double(MonotonicClock.nanoseconds() - start) / 1e9
         print("blast: sent=\(sent) milliseconds=\(Int(seconds * 1000)) rate=\(Int(Double(sent) / seconds))")
+    }
+}
+
+/// Measures a running second-chance the way nfq-baseline measures itself: packets handled and the
+/// time from the first to the last, sampled from its control socket every 5 ms.
+struct Watch: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Time a second-chance run from its counters (first to last packet).")
+
+    @Option var control: String
+    @Option(help: "Stop after this long without a new packet, once packets have arrived.") var idleMs: Int = 1000
+    @Option var maxSeconds: Int = 60
+
+    func total() -> UInt64? {
+        guard let text = try? readControlSocket(control) else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix("total_packets: ") {
+            return UInt64(line.dropFirst("total_packets: ".count))
+        }
+        return nil
+    }
+
+    func run() throws {
+        guard let start = total() else { throw LabFailure(description: "cannot read \(control)") }
+        var last = start
+        var firstChange: UInt64?, lastChange: UInt64 = 0
+        let deadline = MonotonicClock.nanoseconds() + UInt64(maxSeconds) * 1_000_000_000
+        while MonotonicClock.nanoseconds() < deadline {
+            usleep(5000)
+            let now = MonotonicClock.nanoseconds()
+            guard let value = total() else { continue }
+            if value != last {
+                if firstChange == nil { firstChange = now }
+                lastChange = now
+                last = value
+            } else if firstChange != nil && now - lastChange > UInt64(idleMs) * 1_000_000 {
+                break
+            }
+        }
+        let packets = last - start
+        let seconds = Double(lastChange - (firstChange ?? lastChange)) / 1e9
+        print("second-chance: packets=\(packets) milliseconds=\(Int(seconds * 1000)) rate=\(seconds > 0 ? Int(Double(packets) / seconds) : 0)")
     }
 }

@@ -45,6 +45,10 @@ static inline int proxyside_errno(void) { return errno; }
 int proxyside_send_batch(int fd, const struct sockaddr *destination, socklen_t destination_length,
                          void *const *buffers, const size_t *lengths, unsigned count);
 
+/// sendmmsg(2) of `count` IPv4 packets, each to its own destination. Returns how many were sent, or -errno.
+int proxyside_send_batch_ipv4(int fd, const struct sockaddr_in *destinations,
+                              void *const *buffers, const size_t *lengths, unsigned count);
+
 /// setns(2) for network namespaces (glibc hides setns and CLONE_NEWNET without _GNU_SOURCE).
 int proxyside_setns_net(int fd);
 

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# NFQUEUE throughput: second-chance against a bare C libnetfilter_queue loop (nfq-baseline), in one
+# run, for three GUE streams: SYNs (taken locally), ACKs of established flows (sock_diag, cached)
+# and ACKs of unknown flows (forwarded to the next hop). Both receivers are timed from their first
+# to their last packet. Bounded: COUNT packets per run (default 500000), at most 10 s each.
+#   scripts/bench.sh [COUNT]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "bench: run as root" >&2; exit 1; }
+count=${1:-500000}
+scripts/setup.sh
+swift build -c release >/dev/null
+bin=$(swift build -c release --show-bin-path)
+prefix=bench
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    examples/lab/topology.sh down "$prefix"
+    rm -rf "$work"
+}
+trap cleanup EXIT
+examples/lab/topology.sh up "$prefix"
+P=$prefix-p1
+VIP=198.19.0.10
+# P2 is the next hop of forwarded packets: it drops them unseen.
+ip netns exec "$prefix-p2" iptables -t raw -I PREROUTING -p udp --dport 19523 -j DROP
+# 64 established connections on P1 (from a local address), for the established-ACK stream.
+ip -n "$P" addr add 198.18.0.50/32 dev lo
+ip netns exec "$P" "$bin/glb-lab" echo --listen "$VIP:80" 2>/dev/null & pids+=($!)
+sleep 0.3
+ip netns exec "$P" "$bin/glb-lab" clients --target "$VIP:80" --source 198.18.0.50 --first-port 20000 \
+    --connections 64 --seconds 600 --interval-ms 600000 >/dev/null 2>&1 & pids+=($!)
+sleep 0.5
+
+blast() {
+    case "$1" in
+        syn) ip netns exec "$prefix-c" "$bin/glb-lab" blast --to 198.18.0.11 --count "$count" --max-seconds 10 --kind syn --client 198.18.0.1 --vip "$VIP" --vip-port 81 --first-port 30000 --flows 4096 ;;
+        established) ip netns exec "$prefix-c" "$bin/glb-lab" blast --to 198.18.0.11 --count "$count" --max-seconds 10 --kind ack --client 198.18.0.50 --vip "$VIP" --vip-port 80 --first-port 20000 --flows 64 ;;
+        forward) ip netns exec "$prefix-c" "$bin/glb-lab" blast --to 198.18.0.11 --count "$count" --max-seconds 10 --kind forward --client 198.18.0.1 --vip "$VIP" --vip-port 80 --first-port 40000 --flows 4096 --hop 198.18.0.12 ;;
+    esac
+}
+rate() { sed -n 's/.*rate=\([0-9]*\).*/\1/p' | tail -1; }
+
+run_baseline() {
+    ip netns exec "$P" "$bin/nfq-baseline" 0 1000 "$2" > "$work/baseline" & base=$!
+    sleep 0.3
+    sent=$(blast "$1" | rate)
+    wait "$base"
+    rate < "$work/baseline"
+}
+
+# baseline: accept each packet unchanged; baseline+decap: accept each with its inner packet as payload.
+printf '%-12s %10s %12s %15s %15s %8s %8s\n' stream sent/s baseline/s baseline+decap/s second-chance/s ratio ratio-decap
+for stream in syn established forward; do
+    baseline=$(run_baseline "$stream" plain)
+    decap=$(run_baseline "$stream" decap)
+
+    ip netns exec "$P" "$bin/second-chance" run --queue 0 --self 198.18.0.11 --control "$work/sc.sock" 2>"$work/sc.log" & sc=$!
+    for _ in $(seq 100); do [ -S "$work/sc.sock" ] && break; sleep 0.05; done
+    "$bin/glb-lab" watch --control "$work/sc.sock" --idle-ms 1000 > "$work/watch" & watcher=$!
+    sleep 0.2
+    blast "$stream" > "$work/sent"
+    wait "$watcher"
+    ours=$(rate < "$work/watch")
+    "$bin/second-chance" stats --control "$work/sc.sock" > "$work/stats.$stream"
+    kill "$sc"; wait "$sc" || true
+    sent=$(sed -n 's/.*rate=\([0-9]*\).*/\1/p' "$work/sent")
+    ratio=$(awk -v a="$ours" -v b="$baseline" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
+    ratio_decap=$(awk -v a="$ours" -v b="$decap" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
+    printf '%-12s %10s %12s %15s %15s %8s %8s\n' "$stream" "$sent" "$baseline" "$decap" "$ours" "${ratio}x" "${ratio_decap}x"
+    grep -E "^(accepted_syn|accepted_established|forwarded|socket_lookups|socket_lookup_cache_hits):" "$work/stats.$stream" | tr '\n' ' ' | sed 's/^/             counters: /'
+    echo
+done
