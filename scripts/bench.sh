@@ -6,22 +6,10 @@
 #   scripts/bench.sh [COUNT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "bench: run as root" >&2; exit 1; }
 count=${1:-500000}
-scripts/setup.sh
-swift build -c release >/dev/null
-bin=$(swift build -c release --show-bin-path)
+. scripts/lab-common.sh
 prefix=bench
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    examples/lab/topology.sh down "$prefix"
-    rm -rf "$work"
-}
-trap cleanup EXIT
-examples/lab/topology.sh up "$prefix"
+lab_begin "$prefix"
 P=$prefix-p1
 VIP=198.19.0.10
 # P2 is the next hop of forwarded packets: it drops them unseen.

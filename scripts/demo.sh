@@ -4,22 +4,9 @@
 # proxies' roles; every connection must survive. Runs as root; cleans up after itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "demo: run as root (network namespaces, NFQUEUE)" >&2; exit 1; }
-scripts/setup.sh
-swift build -c release --product second-chance
-swift build -c release --product glb-lab
-bin=$(swift build -c release --show-bin-path)
+. scripts/lab-common.sh
 prefix=demo
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    examples/lab/topology.sh down "$prefix"
-    rm -rf "$work"
-}
-trap cleanup EXIT
-examples/lab/topology.sh up "$prefix"
+lab_begin "$prefix"
 VIP=198.19.0.10
 for p in p1 p2; do
     ip netns exec "$prefix-$p" "$bin/glb-lab" echo --listen "$VIP:80" 2>>"$work/log" & pids+=($!)

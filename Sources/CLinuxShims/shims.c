@@ -86,25 +86,6 @@ int proxyside_setns_net(int fd) {
     return setns(fd, CLONE_NEWNET) == 0 ? 0 : -errno;
 }
 
-int proxyside_send_batch(int fd, const struct sockaddr *destination, socklen_t destination_length,
-                         void *const *buffers, const size_t *lengths, unsigned count) {
-    enum { max_batch = 256 };
-    struct mmsghdr headers[max_batch];
-    struct iovec iovecs[max_batch];
-    if (count > max_batch) count = max_batch;
-    memset(headers, 0, sizeof(headers[0]) * count);
-    for (unsigned i = 0; i < count; i++) {
-        iovecs[i].iov_base = buffers[i];
-        iovecs[i].iov_len = lengths[i];
-        headers[i].msg_hdr.msg_name = (void *)destination;
-        headers[i].msg_hdr.msg_namelen = destination_length;
-        headers[i].msg_hdr.msg_iov = &iovecs[i];
-        headers[i].msg_hdr.msg_iovlen = 1;
-    }
-    int sent = sendmmsg(fd, headers, count, 0);
-    return sent < 0 ? -errno : sent;
-}
-
 int proxyside_send_batch_ipv4(int fd, const struct sockaddr_in *destinations,
                               void *const *buffers, const size_t *lengths, unsigned count) {
     enum { max_batch = 256 };

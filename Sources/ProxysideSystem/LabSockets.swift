@@ -32,59 +32,55 @@ public enum LabSockets {
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     }
 
-    /// A connected TCP socket (blocking, with timeouts).
-    public static func connectTCP(to address: IPAddress, port: UInt16, from source: IPAddress? = nil, localPort: UInt16 = 0,
-                                  timeoutSeconds: Int = 3) throws -> Int32 {
-        let fd = socket(family(address), Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    static func makeSocket(_ address: IPAddress, _ type: __socket_type) throws -> Int32 {
+        let fd = socket(family(address), Int32(type.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw SystemError("socket") }
-        setTimeouts(fd, seconds: timeoutSeconds)
-        if let source {
-            var one: Int32 = 1
-            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-            guard withSockaddr(source, localPort, { bind(fd, $0, $1) }) == 0 else {
-                let error = SystemError("bind \(source):\(localPort)")
-                close(fd)
-                throw error
-            }
-        }
-        let result = withSockaddr(address, port) { connect(fd, $0, $1) }
-        guard result == 0 else {
-            let error = SystemError("connect \(address):\(port)")
+        return fd
+    }
+
+    /// Runs a setup call on `fd`; on failure closes it and throws, naming `what`.
+    static func orClose(_ fd: Int32, _ what: @autoclosure () -> String, _ call: () -> Int32) throws {
+        guard call() == 0 else {
+            let error = SystemError(what())
             close(fd)
             throw error
         }
+    }
+
+    static func setFlag(_ fd: Int32, _ level: Int32, _ option: Int32) {
+        var one: Int32 = 1
+        setsockopt(fd, level, option, &one, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    /// A connected TCP socket (blocking, with timeouts), optionally from a given local address and port.
+    public static func connectTCP(to address: IPAddress, port: UInt16, from source: IPAddress? = nil, localPort: UInt16 = 0,
+                                  timeoutSeconds: Int = 3) throws -> Int32 {
+        let fd = try makeSocket(address, SOCK_STREAM)
+        setTimeouts(fd, seconds: timeoutSeconds)
+        if let source {
+            setFlag(fd, SOL_SOCKET, SO_REUSEADDR)
+            try orClose(fd, "bind \(source):\(localPort)") { withSockaddr(source, localPort) { bind(fd, $0, $1) } }
+        }
+        try orClose(fd, "connect \(address):\(port)") { withSockaddr(address, port) { connect(fd, $0, $1) } }
         return fd
     }
 
     public static func listenTCP(on address: IPAddress, port: UInt16, backlog: Int32 = 1024) throws -> Int32 {
-        let fd = socket(family(address), Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw SystemError("socket") }
-        var one: Int32 = 1
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        let fd = try makeSocket(address, SOCK_STREAM)
+        setFlag(fd, SOL_SOCKET, SO_REUSEADDR)
         // The VIP may not be configured yet when the service starts, as on a real proxy.
-        setsockopt(fd, Int32(IPPROTO_IP), IP_FREEBIND, &one, socklen_t(MemoryLayout<Int32>.size))
-        let result = withSockaddr(address, port) { bind(fd, $0, $1) }
-        guard result == 0, listen(fd, backlog) == 0 else {
-            let error = SystemError("bind/listen \(address):\(port)")
-            close(fd)
-            throw error
-        }
+        setFlag(fd, Int32(IPPROTO_IP), IP_FREEBIND)
+        try orClose(fd, "bind \(address):\(port)") { withSockaddr(address, port) { bind(fd, $0, $1) } }
+        try orClose(fd, "listen \(address):\(port)") { listen(fd, backlog) }
         return fd
     }
 
     /// A UDP socket bound to address:port (port 0: any).
     public static func bindUDP(_ address: IPAddress, port: UInt16, receiveTimeoutSeconds: Int = 2) throws -> Int32 {
-        let fd = socket(family(address), Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw SystemError("socket") }
+        let fd = try makeSocket(address, SOCK_DGRAM)
         setTimeouts(fd, seconds: receiveTimeoutSeconds)
-        var one: Int32 = 1
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        let result = withSockaddr(address, port) { bind(fd, $0, $1) }
-        guard result == 0 else {
-            let error = SystemError("bind udp \(address):\(port)")
-            close(fd)
-            throw error
-        }
+        setFlag(fd, SOL_SOCKET, SO_REUSEADDR)
+        try orClose(fd, "bind udp \(address):\(port)") { withSockaddr(address, port) { bind(fd, $0, $1) } }
         return fd
     }
 

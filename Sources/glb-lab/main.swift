@@ -229,6 +229,7 @@ struct Blast: ParsableCommand {
             return buffer
         }
         defer { storage.forEach { $0.deallocate() } }
+        let destinations = [sockaddr_in](repeating: destination, count: batch)
         var buffers = [UnsafeMutableRawPointer?](repeating: nil, count: batch)
         var lengths = [Int](repeating: 0, count: batch)
         var sent = 0
@@ -241,11 +242,7 @@ struct Blast: ParsableCommand {
                 buffers[index] = payload.baseAddress
                 lengths[index] = payload.count
             }
-            let result = withUnsafePointer(to: &destination) { pointer in
-                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    proxyside_send_batch(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size), &buffers, &lengths, UInt32(now))
-                }
-            }
+            let result = proxyside_send_batch_ipv4(fd, destinations, &buffers, &lengths, UInt32(now))
             if result > 0 { sent += Int(result) }
         }
         let seconds = Double(MonotonicClock.nanoseconds() - start) / 1e9

@@ -41,10 +41,6 @@ static inline uint64_t proxyside_counter_load(const uint64_t *p) {
 
 static inline int proxyside_errno(void) { return errno; }
 
-/// sendmmsg(2) of `count` buffers to one destination. Returns how many were sent, or -errno.
-int proxyside_send_batch(int fd, const struct sockaddr *destination, socklen_t destination_length,
-                         void *const *buffers, const size_t *lengths, unsigned count);
-
 /// sendmmsg(2) of `count` IPv4 packets, each to its own destination. Returns how many were sent, or -errno.
 int proxyside_send_batch_ipv4(int fd, const struct sockaddr_in *destinations,
                               void *const *buffers, const size_t *lengths, unsigned count);
