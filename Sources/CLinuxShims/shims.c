@@ -104,3 +104,21 @@ int proxyside_send_batch_ipv4(int fd, const struct sockaddr_in *destinations,
     int sent = sendmmsg(fd, headers, count, 0);
     return sent < 0 ? -errno : sent;
 }
+
+int proxyside_receive_batch(int fd, void *const *buffers, size_t size, size_t *lengths, unsigned count) {
+    enum { max_batch = 256 };
+    struct mmsghdr headers[max_batch];
+    struct iovec iovecs[max_batch];
+    if (count > max_batch) count = max_batch;
+    memset(headers, 0, sizeof(headers[0]) * count);
+    for (unsigned i = 0; i < count; i++) {
+        iovecs[i].iov_base = buffers[i];
+        iovecs[i].iov_len = size;
+        headers[i].msg_hdr.msg_iov = &iovecs[i];
+        headers[i].msg_hdr.msg_iovlen = 1;
+    }
+    int received = recvmmsg(fd, headers, count, MSG_DONTWAIT, NULL);
+    if (received < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
+    for (int i = 0; i < received; i++) lengths[i] = headers[i].msg_len;
+    return received;
+}

@@ -21,8 +21,12 @@ public final class NetfilterQueue {
     public private(set) var receiveErrors: UInt64 = 0
     private let socket: OpaquePointer
     private let portID: UInt32
-    private let receiveBuffer: UnsafeMutableRawPointer
+    /// One receive slot per packet of a batch: packets stay readable until their verdicts are sent.
+    private let receiveSlots: UnsafeMutableRawPointer
     private let receiveBufferSize: Int
+    private var batch: [QueuedPacket] = []
+    private var actions: [Action] = []
+    public static let maximumBatch = 64
     private let verdictBuffer: UnsafeMutableRawPointer
     private let verdictBufferSize = 1 << 21
     private var verdictLength = 0
@@ -35,7 +39,9 @@ public final class NetfilterQueue {
         guard let socket = mnl_socket_open(NETLINK_NETFILTER) else { throw SystemError("socket(NETLINK_NETFILTER)") }
         self.socket = socket
         receiveBufferSize = Int(Self.copyRange) + netlinkBufferSize
-        receiveBuffer = .allocate(byteCount: receiveBufferSize, alignment: 16)
+        receiveSlots = .allocate(byteCount: receiveBufferSize * Self.maximumBatch, alignment: 16)
+        batch.reserveCapacity(Self.maximumBatch)
+        actions.reserveCapacity(Self.maximumBatch)
         verdictBuffer = .allocate(byteCount: verdictBufferSize, alignment: 16)
         guard mnl_socket_bind(socket, 0, pid_t(MNL_SOCKET_AUTOPID)) == 0 else {
             let error = SystemError("bind(NETLINK_NETFILTER)")
@@ -62,7 +68,7 @@ public final class NetfilterQueue {
 
     deinit {
         mnl_socket_close(socket)
-        receiveBuffer.deallocate()
+        receiveSlots.deallocate()
         verdictBuffer.deallocate()
     }
 
@@ -93,43 +99,68 @@ public final class NetfilterQueue {
         }
     }
 
-    /// Reads and answers packets until `stop` is signalled. Then it answers what is still queued
-    /// and returns: no packet read is left without a verdict.
-    /// `beforeVerdicts` runs once per batch, before the batch's verdicts are sent (the daemon sends
-    /// the batch's forwarded packets there).
-    public func run(stop: EventFD, batchSize: Int = 64, idle: () -> Void = {}, beforeVerdicts: () -> Void = {},
-                    handler: (UnsafeMutableRawBufferPointer) -> Action) throws {
+    /// A packet read from the queue; its payload may be edited in place until its verdict is sent.
+    public struct QueuedPacket {
+        public var id: UInt32
+        public var payload: UnsafeMutableRawBufferPointer
+    }
+
+    /// Reads and answers packets until `stop` is signalled, then answers what is still queued and
+    /// returns: no packet read is left without a verdict.
+    ///
+    /// Packets are read without blocking until the socket is empty or `batchSize` is reached; the
+    /// whole batch goes to `handleBatch`, which appends one action per packet, and the verdicts go
+    /// back as one netlink datagram.
+    public func run(stop: EventFD, batchSize: Int = 64, idle: () -> Void = {},
+                    handleBatch: (UnsafeBufferPointer<QueuedPacket>, inout [Action]) -> Void) throws {
         let fd = fileDescriptor
+        let batchSize = max(1, min(batchSize, Self.maximumBatch))
         var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0)]
         var stopping = false
         while true {
             let ready = poll(&fds, 2, stopping ? 0 : 1000)
             if ready < 0 && errno != EINTR { throw SystemError("poll") }
             if fds[1].revents != 0 { stopping = true }
-            var handled = 0
-            while handled < batchSize {
-                let received = recv(fd, receiveBuffer, receiveBufferSize, Int32(MSG_DONTWAIT))
+            batch.removeAll(keepingCapacity: true)
+            var slot = 0
+            while slot < batchSize {
+                let buffer = receiveSlots + slot * receiveBufferSize
+                let received = recv(fd, buffer, receiveBufferSize, Int32(MSG_DONTWAIT))
                 if received < 0 {
                     if errno == EAGAIN || errno == EWOULDBLOCK { break }
                     if errno == EINTR { continue }
                     if errno == ENOBUFS { receiveErrors += 1; continue }
                     throw SystemError("recv(NFQUEUE \(number))")
                 }
-                handled += handleDatagram(Int(received), handler)
+                collectPackets(buffer, Int(received))
+                slot += 1
             }
-            beforeVerdicts()
+            if !batch.isEmpty {
+                actions.removeAll(keepingCapacity: true)
+                batch.withUnsafeBufferPointer { handleBatch($0, &actions) }
+                precondition(actions.count == batch.count, "one action per packet")
+                for (packet, action) in zip(batch, actions) { appendVerdict(id: packet.id, action, packet.payload) }
+            }
             try flushVerdicts()
-            if handled == 0 {
+            if batch.isEmpty {
                 if stopping { return }
                 idle()
             }
         }
     }
 
-    private func handleDatagram(_ length: Int, _ handler: (UnsafeMutableRawBufferPointer) -> Action) -> Int {
+    /// The same, one packet at a time.
+    public func run(stop: EventFD, batchSize: Int = 64, idle: () -> Void = {},
+                    handler: (UnsafeMutableRawBufferPointer) -> Action) throws {
+        try run(stop: stop, batchSize: batchSize, idle: idle) { packets, actions in
+            for packet in packets { actions.append(handler(packet.payload)) }
+        }
+    }
+
+    /// Appends the packets of one datagram (normally exactly one) to the batch.
+    private func collectPackets(_ datagram: UnsafeMutableRawPointer, _ length: Int) {
         var remaining = Int32(length)
-        var message: UnsafePointer<nlmsghdr>? = UnsafePointer(receiveBuffer.assumingMemoryBound(to: nlmsghdr.self))
-        var handled = 0
+        var message: UnsafePointer<nlmsghdr>? = UnsafePointer(datagram.assumingMemoryBound(to: nlmsghdr.self))
         let packetType = UInt16(NFNL_SUBSYS_QUEUE << 8) | UInt16(NFQNL_MSG_PACKET.rawValue)
         var attributes = [UnsafeMutablePointer<nlattr>?](repeating: nil, count: Int(__NFQA_MAX.rawValue))
         while let nlh = message, mnl_nlmsg_ok(nlh, remaining) {
@@ -144,14 +175,10 @@ public final class NetfilterQueue {
                 let payloadAttribute = attributes[Int(NFQA_PAYLOAD.rawValue)]
             else { receiveErrors += 1; continue }
             let header = mnl_attr_get_payload(headerAttribute).assumingMemoryBound(to: nfqnl_msg_packet_hdr.self)
-            let id = UInt32(bigEndian: header.pointee.packet_id)
-            let payload = UnsafeMutableRawBufferPointer(
-                start: mnl_attr_get_payload(payloadAttribute), count: Int(mnl_attr_get_payload_len(payloadAttribute)))
-            let action = handler(payload)
-            appendVerdict(id: id, action, payload)
-            handled += 1
+            batch.append(QueuedPacket(
+                id: UInt32(bigEndian: header.pointee.packet_id),
+                payload: UnsafeMutableRawBufferPointer(start: mnl_attr_get_payload(payloadAttribute), count: Int(mnl_attr_get_payload_len(payloadAttribute)))))
         }
-        return handled
     }
 
     private func appendVerdict(id: UInt32, _ action: Action, _ payload: UnsafeMutableRawBufferPointer) {

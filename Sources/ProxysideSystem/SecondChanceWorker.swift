@@ -39,11 +39,17 @@ struct KernelFlowOwnership: FlowOwnership {
     let counters: CounterBlock
     var cache: FlowCache
     var now: UInt64 = 0
+    /// Answers fetched for the current batch in one round trip (see `SecondChanceWorker.decideBatch`).
+    var prefetched: [FlowKey: SocketLookup] = [:]
 
     mutating func lookup(_ flow: FlowKey) -> SocketLookup {
         if let cached = cache.answer(for: flow, now: now) {
             counters.add(.lookupCacheHits)
             return cached
+        }
+        if let answer = prefetched[flow] {
+            cache.remember(answer, for: flow, now: now)
+            return answer
         }
         counters.add(.lookups)
         let answer = sockDiag.lookup(flow)
@@ -60,6 +66,23 @@ struct KernelFlowOwnership: FlowOwnership {
         counters.add(.cookieChecks)
         return oracle.isValidCookie(packet, segment)
     }
+}
+
+/// Phase one of a batch: runs the decision only to learn which flows it would ask the socket table
+/// about (and the cache cannot answer). Cookie checks are not run here.
+struct LookupRecorder: FlowOwnership {
+    let cache: FlowCache
+    let now: UInt64
+    var flows: [FlowKey] = []
+    var seen: Set<FlowKey> = []
+
+    mutating func lookup(_ flow: FlowKey) -> SocketLookup {
+        if let cached = cache.answer(for: flow, now: now) { return cached }
+        if seen.insert(flow).inserted { flows.append(flow) }
+        return .none
+    }
+    mutating func listenerAcceptsCookies(_ flow: FlowKey) -> Bool { false }
+    mutating func isValidCookie(_ packet: UnsafeRawBufferPointer, _ segment: TCPSegment) -> Bool { false }
 }
 
 /// One NFQUEUE queue and everything its thread needs; nothing here is shared between threads
@@ -89,8 +112,28 @@ public final class SecondChanceWorker: @unchecked Sendable {
     public func run(stop: EventFD) throws {
         try queue.run(stop: stop, batchSize: min(configuration.batchSize, ForwardBatch.capacity),
                       idle: { [self] in ownership.cache.evictExpired(now: MonotonicClock.nanoseconds()) },
-                      beforeVerdicts: { [self] in flushForwards() },
-                      handler: { [self] packet in handle(packet) })
+                      handleBatch: { [self] packets, actions in decideBatch(packets, &actions) })
+    }
+
+    /// Decides a batch: first asks the socket table about every flow the batch needs, in one round
+    /// trip, then decides each packet with those answers and sends the forwarded ones together.
+    ///
+    /// Answers taken before the batch's verdicts are sent cannot miss a socket that a packet of the
+    /// same batch creates: a client sends a flow's next packet only after our stack answered one
+    /// whose verdict went out in an earlier batch.
+    public func decideBatch(_ packets: UnsafeBufferPointer<NetfilterQueue.QueuedPacket>, _ actions: inout [NetfilterQueue.Action]) {
+        if packets.count > 1 {
+            var recorder = LookupRecorder(cache: ownership.cache, now: MonotonicClock.nanoseconds())
+            for packet in packets { _ = decider.decide(UnsafeRawBufferPointer(packet.payload), ownership: &recorder) }
+            if !recorder.flows.isEmpty {
+                counters.add(.lookups, UInt64(recorder.flows.count))
+                let answers = ownership.sockDiag.lookup(batch: recorder.flows)
+                ownership.prefetched = Dictionary(uniqueKeysWithValues: zip(recorder.flows, answers))
+            }
+        }
+        for packet in packets { actions.append(handle(packet.payload)) }
+        ownership.prefetched.removeAll(keepingCapacity: true)
+        flushForwards()
     }
 
     /// Sends the batch's forwarded packets (one sendmmsg) and counts them.

@@ -1,3 +1,4 @@
+import CLinuxShims
 import CMnl
 import CLinuxShims
 import Glibc
@@ -13,6 +14,7 @@ public final class SockDiag {
     private let portID: UInt32
     private var sequence: UInt32 = 1
     private let buffer: UnsafeMutableRawPointer
+    private let requestBuffer: UnsafeMutableRawPointer
     private static let bufferSize = 8192
     private static let tcpListen: UInt8 = 10
     /// struct inet_diag_req_v2.
@@ -30,15 +32,96 @@ public final class SockDiag {
         self.socket = socket
         portID = mnl_socket_get_portid(socket)
         buffer = .allocate(byteCount: Self.bufferSize, alignment: 16)
+        requestBuffer = .allocate(byteCount: Self.maximumBatch * 128, alignment: 16)
     }
 
     deinit {
         mnl_socket_close(socket)
         buffer.deallocate()
+        requestBuffer.deallocate()
+        for slot in batchBuffers { slot?.deallocate() }
     }
 
     public func lookup(_ flow: FlowKey) -> SocketLookup {
-        let nlh = mnl_nlmsg_put_header(buffer)!
+        let nlh = putRequest(flow, at: buffer)
+        guard mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) >= 0 else { return .failed }
+        while true {
+            let received = retryingOnInterrupt { mnl_socket_recvfrom(socket, buffer, Self.bufferSize) }
+            guard received >= Int(MemoryLayout<nlmsghdr>.size) else { return .failed }
+            let reply = buffer.assumingMemoryBound(to: nlmsghdr.self)
+            // A reply to an earlier, abandoned request: skip it.
+            if reply.pointee.nlmsg_seq != sequence { continue }
+            return Self.answer(reply)
+        }
+    }
+
+    public static let maximumBatch = 64
+    private lazy var batchBuffers: [UnsafeMutableRawPointer?] = (0..<Self.maximumBatch).map { _ in
+        UnsafeMutableRawPointer.allocate(byteCount: Self.replySize, alignment: 16)
+    }
+    private var batchLengths = [Int](repeating: 0, count: maximumBatch)
+    private static let replySize = 1024
+
+    /// Looks up several flows with one sendmsg (the kernel answers every request in the datagram)
+    /// and one recvmmsg. Flows beyond `maximumBatch` are looked up in further rounds.
+    public func lookup(batch flows: [FlowKey]) -> [SocketLookup] {
+        var answers = [SocketLookup](repeating: .failed, count: flows.count)
+        var start = 0
+        while start < flows.count {
+            let end = min(flows.count, start + Self.maximumBatch)
+            lookupRound(flows, start..<end, &answers)
+            start = end
+        }
+        return answers
+    }
+
+    private func lookupRound(_ flows: [FlowKey], _ range: Range<Int>, _ answers: inout [SocketLookup]) {
+        let firstSequence = sequence &+ 1
+        var length = 0
+        for index in range {
+            let nlh = putRequest(flows[index], at: requestBuffer + length)
+            length += Int(nlh.pointee.nlmsg_len)
+        }
+        guard mnl_socket_sendto(socket, requestBuffer, length) >= 0 else { return }
+        var pending = range.count
+        var idleRounds = 0
+        while pending > 0 {
+            let received = batchBuffers.withUnsafeBufferPointer { buffers in
+                batchLengths.withUnsafeMutableBufferPointer { lengths in
+                    proxyside_receive_batch(mnl_socket_get_fd(socket), buffers.baseAddress, Self.replySize, lengths.baseAddress, UInt32(pending))
+                }
+            }
+            if received < 0 { return }
+            if received == 0 {
+                // The kernel answers synchronously within sendmsg; nothing queued means nothing more is coming.
+                idleRounds += 1
+                if idleRounds > 2 { return }
+                continue
+            }
+            for slot in 0..<Int(received) where batchLengths[slot] >= MemoryLayout<nlmsghdr>.size {
+                let reply = batchBuffers[slot]!.assumingMemoryBound(to: nlmsghdr.self)
+                let offset = Int(reply.pointee.nlmsg_seq &- firstSequence)
+                guard offset >= 0, offset < range.count else { continue }  // a stale reply
+                answers[range.lowerBound + offset] = Self.answer(reply)
+                pending -= 1
+            }
+        }
+    }
+
+    private static func answer(_ reply: UnsafeMutablePointer<nlmsghdr>) -> SocketLookup {
+        let payload = mnl_nlmsg_get_payload(reply)!
+        if reply.pointee.nlmsg_type == UInt16(NLMSG_ERROR) {
+            let code = payload.load(as: Int32.self)
+            return code == -ENOENT ? .none : .failed
+        }
+        guard reply.pointee.nlmsg_type == UInt16(SOCK_DIAG_BY_FAMILY) else { return .failed }
+        let state = payload.load(fromByteOffset: 1, as: UInt8.self)
+        return state == tcpListen ? .listener : .connected
+    }
+
+    /// Writes one exact-lookup request at `at` and returns it.
+    private func putRequest(_ flow: FlowKey, at: UnsafeMutableRawPointer) -> UnsafeMutablePointer<nlmsghdr> {
+        let nlh = mnl_nlmsg_put_header(at)!
         nlh.pointee.nlmsg_type = UInt16(SOCK_DIAG_BY_FAMILY)
         nlh.pointee.nlmsg_flags = UInt16(NLM_F_REQUEST)
         sequence &+= 1
@@ -60,22 +143,6 @@ public final class SockDiag {
         }
         request.storeBytes(of: UInt32.max, toByteOffset: 48, as: UInt32.self)  // INET_DIAG_NOCOOKIE
         request.storeBytes(of: UInt32.max, toByteOffset: 52, as: UInt32.self)
-
-        guard mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) >= 0 else { return .failed }
-        while true {
-            let received = retryingOnInterrupt { mnl_socket_recvfrom(socket, buffer, Self.bufferSize) }
-            guard received >= Int(MemoryLayout<nlmsghdr>.size) else { return .failed }
-            let reply = buffer.assumingMemoryBound(to: nlmsghdr.self)
-            // A reply to an earlier, abandoned request: skip it.
-            if reply.pointee.nlmsg_seq != sequence { continue }
-            let payload = mnl_nlmsg_get_payload(reply)!
-            if reply.pointee.nlmsg_type == UInt16(NLMSG_ERROR) {
-                let code = payload.load(as: Int32.self)
-                return code == -ENOENT ? .none : .failed
-            }
-            guard reply.pointee.nlmsg_type == UInt16(SOCK_DIAG_BY_FAMILY) else { return .failed }
-            let state = payload.load(fromByteOffset: 1, as: UInt8.self)
-            return state == Self.tcpListen ? .listener : .connected
-        }
+        return nlh
     }
 }
