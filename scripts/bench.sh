@@ -57,7 +57,9 @@ for stream in syn established forward; do
     sent=$(sed -n 's/.*rate=\([0-9]*\).*/\1/p' "$work/sent")
     ratio=$(awk -v a="$ours" -v b="$baseline" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
     ratio_decap=$(awk -v a="$ours" -v b="$decap" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
-    printf '%-12s %10s %12s %15s %15s %8s %8s\n' "$stream" "$sent" "$baseline" "$decap" "$ours" "${ratio}x" "${ratio_decap}x"
+    # Marked when second-chance kept up with its sender: the figure is the sender's rate, a floor.
+    bound=$(awk -v a="$ours" -v s="$sent" 'BEGIN { print (a >= 0.98 * s ? " (sender-bound)" : "") }')
+    printf '%-12s %10s %12s %15s %15s %8s %8s%s\n' "$stream" "$sent" "$baseline" "$decap" "$ours" "${ratio}x" "${ratio_decap}x" "$bound"
     grep -E "^(accepted_syn|accepted_established|forwarded|socket_lookups|socket_lookup_cache_hits):" "$work/stats.$stream" | tr '\n' ' ' | sed 's/^/             counters: /'
     echo
 done
