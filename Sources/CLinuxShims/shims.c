@@ -86,37 +86,39 @@ int proxyside_setns_net(int fd) {
     return setns(fd, CLONE_NEWNET) == 0 ? 0 : -errno;
 }
 
-int proxyside_send_batch_ipv4(int fd, const struct sockaddr_in *destinations,
-                              void *const *buffers, const size_t *lengths, unsigned count) {
-    enum { max_batch = 256 };
-    struct mmsghdr headers[max_batch];
-    struct iovec iovecs[max_batch];
+enum { max_batch = 256 };
+
+/* One iovec per message; lengths may be NULL (then every buffer is `size` bytes). */
+static unsigned prepare_messages(struct mmsghdr *headers, struct iovec *iovecs, void *const *buffers,
+                                 const size_t *lengths, size_t size, unsigned count) {
     if (count > max_batch) count = max_batch;
     memset(headers, 0, sizeof(headers[0]) * count);
     for (unsigned i = 0; i < count; i++) {
         iovecs[i].iov_base = buffers[i];
-        iovecs[i].iov_len = lengths[i];
-        headers[i].msg_hdr.msg_name = (void *)&destinations[i];
-        headers[i].msg_hdr.msg_namelen = sizeof(destinations[i]);
+        iovecs[i].iov_len = lengths ? lengths[i] : size;
         headers[i].msg_hdr.msg_iov = &iovecs[i];
         headers[i].msg_hdr.msg_iovlen = 1;
+    }
+    return count;
+}
+
+int proxyside_send_batch_ipv4(int fd, const struct sockaddr_in *destinations,
+                              void *const *buffers, const size_t *lengths, unsigned count) {
+    struct mmsghdr headers[max_batch];
+    struct iovec iovecs[max_batch];
+    count = prepare_messages(headers, iovecs, buffers, lengths, 0, count);
+    for (unsigned i = 0; i < count; i++) {
+        headers[i].msg_hdr.msg_name = (void *)&destinations[i];
+        headers[i].msg_hdr.msg_namelen = sizeof(destinations[i]);
     }
     int sent = sendmmsg(fd, headers, count, 0);
     return sent < 0 ? -errno : sent;
 }
 
 int proxyside_receive_batch(int fd, void *const *buffers, size_t size, size_t *lengths, unsigned count) {
-    enum { max_batch = 256 };
     struct mmsghdr headers[max_batch];
     struct iovec iovecs[max_batch];
-    if (count > max_batch) count = max_batch;
-    memset(headers, 0, sizeof(headers[0]) * count);
-    for (unsigned i = 0; i < count; i++) {
-        iovecs[i].iov_base = buffers[i];
-        iovecs[i].iov_len = size;
-        headers[i].msg_hdr.msg_iov = &iovecs[i];
-        headers[i].msg_hdr.msg_iovlen = 1;
-    }
+    count = prepare_messages(headers, iovecs, buffers, NULL, size, count);
     int received = recvmmsg(fd, headers, count, MSG_DONTWAIT, NULL);
     if (received < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
     for (int i = 0; i < received; i++) lengths[i] = headers[i].msg_len;
