@@ -55,34 +55,69 @@ public struct Decider: Sendable {
 
     public init(selfAddress: IPv4Address) { self.selfAddress = selfAddress }
 
-    public func decide<Ownership: FlowOwnership>(_ packet: UnsafeRawBufferPointer, ownership: inout Ownership) -> Decision {
+    /// A packet whose outer GUE and inner headers parsed.
+    public struct ParsedPacket: Sendable {
+        public var gue: GUEPacket
+        public var inner: InnerPacket
+    }
+
+    public enum Parsed: Sendable {
+        case parsed(ParsedPacket)
+        /// Dropped at step 1; the decision carries the GUE header when that much parsed.
+        case malformed(Decision)
+    }
+
+    /// Step 1 of the decision.
+    public func parse(_ packet: UnsafeRawBufferPointer) -> Parsed {
         let gue: GUEPacket
         switch GUEPacket.parse(packet) {
-        case .failure(let reason): return Decision(verdict: .drop(reason))
+        case .failure(let reason): return .malformed(Decision(verdict: .drop(reason)))
         case .success(let parsed): gue = parsed
         }
-        let inner: InnerPacket
         switch InnerPacket.classify(packet, gue) {
-        case .failure(let reason): return Decision(verdict: .drop(reason), gue: gue)
-        case .success(let classified): inner = classified
+        case .failure(let reason): return .malformed(Decision(verdict: .drop(reason), gue: gue))
+        case .success(let inner): return .parsed(ParsedPacket(gue: gue, inner: inner))
         }
-        return Decision(verdict: verdict(packet, gue, inner, &ownership), gue: gue, inner: inner)
+    }
+
+    /// Steps 2-4: what is taken without asking the socket table, and otherwise the flow to ask about.
+    public enum FirstStep: Equatable, Sendable {
+        case local(LocalReason)
+        /// `segment` is present for TCP (the SYN-cookie check needs it), absent for path-MTU messages.
+        case lookUp(FlowKey, segment: TCPSegment?)
+    }
+
+    public static func firstStep(_ inner: InnerPacket) -> FirstStep {
+        switch inner {
+        case .udp: .local(.udp)
+        case .icmp: .local(.icmp)
+        case .fragment: .local(.fragment)
+        case .pathMTU(let flow): .lookUp(flow, segment: nil)
+        case .tcp(let segment): segment.flags.contains(.syn) ? .local(.syn) : .lookUp(segment.flow, segment: segment)
+        }
+    }
+
+    public func decide<Ownership: FlowOwnership>(_ packet: UnsafeRawBufferPointer, ownership: inout Ownership) -> Decision {
+        switch parse(packet) {
+        case .malformed(let dropped): dropped
+        case .parsed(let parsed): decide(packet, parsed, ownership: &ownership)
+        }
+    }
+
+    public func decide<Ownership: FlowOwnership>(
+        _ packet: UnsafeRawBufferPointer, _ parsed: ParsedPacket, ownership: inout Ownership
+    ) -> Decision {
+        Decision(verdict: verdict(packet, parsed.gue, parsed.inner, &ownership), gue: parsed.gue, inner: parsed.inner)
     }
 
     func verdict<Ownership: FlowOwnership>(
         _ packet: UnsafeRawBufferPointer, _ gue: GUEPacket, _ inner: InnerPacket, _ ownership: inout Ownership
     ) -> Verdict {
         let flow: FlowKey
-        var segment: TCPSegment?
-        switch inner {
-        case .udp: return .local(.udp)
-        case .icmp: return .local(.icmp)
-        case .fragment: return .local(.fragment)
-        case .pathMTU(let embeddedFlow): flow = embeddedFlow
-        case .tcp(let tcp):
-            if tcp.flags.contains(.syn) { return .local(.syn) }
-            flow = tcp.flow
-            segment = tcp
+        let segment: TCPSegment?
+        switch Self.firstStep(inner) {
+        case .local(let reason): return .local(reason)
+        case .lookUp(let lookupFlow, let tcp): (flow, segment) = (lookupFlow, tcp)
         }
 
         let lookup = ownership.lookup(flow)

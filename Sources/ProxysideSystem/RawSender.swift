@@ -60,29 +60,22 @@ public final class RawIPSender: @unchecked Sendable {
 
 }
 
-/// Forwarded packets of one NFQUEUE batch, copied out of the receive buffer (which the next read
-/// reuses) and sent with one sendmmsg before the batch's verdicts go back to the kernel.
+/// Forwarded packets of one NFQUEUE batch, sent with one sendmmsg before the batch's verdicts go
+/// back to the kernel. It keeps pointers, not copies: NetfilterQueue leaves every packet of a batch
+/// in its own receive slot until then.
 public final class ForwardBatch {
-    public static let capacity = 64
-    private static let slotSize = 2048
-    private let arena: UnsafeMutableRawPointer
+    public static let capacity = NetfilterQueue.maximumBatch
     private var buffers = [UnsafeMutableRawPointer?](repeating: nil, count: capacity)
     private var lengths = [Int](repeating: 0, count: capacity)
     private var destinations = [sockaddr_in](repeating: sockaddr_in(), count: capacity)
     public private(set) var count = 0
 
-    public init() {
-        arena = .allocate(byteCount: Self.capacity * Self.slotSize, alignment: 16)
-    }
+    public init() {}
 
-    deinit { arena.deallocate() }
-
-    /// Queues a packet; false when it does not fit a slot (the caller sends it alone).
+    /// Queues a packet (valid until `flush`); false when the batch is full (the caller sends it alone).
     public func append(_ packet: UnsafeRawBufferPointer) -> Bool {
-        guard count < Self.capacity, packet.count <= Self.slotSize, packet.count >= 20 else { return false }
-        let slot = arena + count * Self.slotSize
-        slot.copyMemory(from: packet.baseAddress!, byteCount: packet.count)
-        buffers[count] = slot
+        guard count < Self.capacity, packet.count >= 20 else { return false }
+        buffers[count] = UnsafeMutableRawPointer(mutating: packet.baseAddress!)
         lengths[count] = packet.count
         destinations[count].sin_family = sa_family_t(AF_INET)
         destinations[count].sin_addr.s_addr = packet.be32(16).bigEndian
@@ -90,11 +83,9 @@ public final class ForwardBatch {
         return true
     }
 
-    public var isFull: Bool { count == Self.capacity }
-
     /// Sends everything queued; returns how many packets could not be sent.
     public func flush(_ sender: RawIPSender) -> Int {
-        var sent = 0
+        var sent = 0, failed = 0
         while sent < count {
             let result = buffers.withUnsafeMutableBufferPointer { buffers in
                 lengths.withUnsafeBufferPointer { lengths in
@@ -106,14 +97,10 @@ public final class ForwardBatch {
             }
             if result == -EINTR { continue }
             // A packet the kernel refuses (no route, say) stops sendmmsg: count it and go on after it.
-            if result <= 0 { sent += 1; failures += 1; continue }
+            if result <= 0 { sent += 1; failed += 1; continue }
             sent += Int(result)
         }
-        let failed = failures
-        failures = 0
         count = 0
         return failed
     }
-
-    private var failures = 0
 }

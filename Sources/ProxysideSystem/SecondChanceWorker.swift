@@ -39,18 +39,14 @@ struct KernelFlowOwnership: FlowOwnership {
     let counters: CounterBlock
     var cache: FlowCache
     var now: UInt64 = 0
-    /// Answers fetched for the current batch in one round trip (see `SecondChanceWorker.decideBatch`).
+    /// The current batch's answers, from the cache or from one sock_diag round trip
+    /// (see `SecondChanceWorker.decideBatch`).
     var prefetched: [FlowKey: SocketLookup] = [:]
 
     mutating func lookup(_ flow: FlowKey) -> SocketLookup {
-        if let cached = cache.answer(for: flow, now: now) {
-            counters.add(.lookupCacheHits)
-            return cached
-        }
-        if let answer = prefetched[flow] {
-            cache.remember(answer, for: flow, now: now)
-            return answer
-        }
+        if let answer = prefetched[flow] { return answer }
+        // decideBatch prefetches every flow Decider.firstStep names, so this is not reached from
+        // there; it keeps the ownership correct on its own.
         counters.add(.lookups)
         let answer = sockDiag.lookup(flow)
         cache.remember(answer, for: flow, now: now)
@@ -66,23 +62,6 @@ struct KernelFlowOwnership: FlowOwnership {
         counters.add(.cookieChecks)
         return oracle.isValidCookie(packet, segment)
     }
-}
-
-/// Phase one of a batch: runs the decision only to learn which flows it would ask the socket table
-/// about (and the cache cannot answer). Cookie checks are not run here.
-struct LookupRecorder: FlowOwnership {
-    let cache: FlowCache
-    let now: UInt64
-    var flows: [FlowKey] = []
-    var seen: Set<FlowKey> = []
-
-    mutating func lookup(_ flow: FlowKey) -> SocketLookup {
-        if let cached = cache.answer(for: flow, now: now) { return cached }
-        if seen.insert(flow).inserted { flows.append(flow) }
-        return .none
-    }
-    mutating func listenerAcceptsCookies(_ flow: FlowKey) -> Bool { false }
-    mutating func isValidCookie(_ packet: UnsafeRawBufferPointer, _ segment: TCPSegment) -> Bool { false }
 }
 
 /// One NFQUEUE queue and everything its thread needs; nothing here is shared between threads
@@ -110,28 +89,48 @@ public final class SecondChanceWorker: @unchecked Sendable {
     }
 
     public func run(stop: EventFD) throws {
-        try queue.run(stop: stop, batchSize: min(configuration.batchSize, ForwardBatch.capacity),
+        try queue.run(stop: stop, batchSize: configuration.batchSize,
                       idle: { [self] in ownership.cache.evictExpired(now: MonotonicClock.nanoseconds()) },
                       handleBatch: { [self] packets, actions in decideBatch(packets, &actions) })
     }
 
-    /// Decides a batch: first asks the socket table about every flow the batch needs, in one round
-    /// trip, then decides each packet with those answers and sends the forwarded ones together.
+    private var parsed: [Decider.Parsed] = []
+    private var pending: [FlowKey] = []
+
+    /// Decides a batch: parses every packet, answers the batch's flows from the cache or with one
+    /// sock_diag round trip, decides each packet with those answers, and sends the forwarded ones
+    /// together.
     ///
     /// Answers taken before the batch's verdicts are sent cannot miss a socket that a packet of the
     /// same batch creates: a client sends a flow's next packet only after our stack answered one
     /// whose verdict went out in an earlier batch.
     public func decideBatch(_ packets: UnsafeBufferPointer<NetfilterQueue.QueuedPacket>, _ actions: inout [NetfilterQueue.Action]) {
-        if packets.count > 1 {
-            var recorder = LookupRecorder(cache: ownership.cache, now: MonotonicClock.nanoseconds())
-            for packet in packets { _ = decider.decide(UnsafeRawBufferPointer(packet.payload), ownership: &recorder) }
-            if !recorder.flows.isEmpty {
-                counters.add(.lookups, UInt64(recorder.flows.count))
-                let answers = ownership.sockDiag.lookup(batch: recorder.flows)
-                ownership.prefetched = Dictionary(uniqueKeysWithValues: zip(recorder.flows, answers))
+        let now = MonotonicClock.nanoseconds()
+        ownership.now = now
+        parsed.removeAll(keepingCapacity: true)
+        pending.removeAll(keepingCapacity: true)
+        for packet in packets {
+            let result = decider.parse(UnsafeRawBufferPointer(packet.payload))
+            parsed.append(result)
+            guard case .parsed(let parsedPacket) = result, case .lookUp(let flow, _) = Decider.firstStep(parsedPacket.inner),
+                ownership.prefetched[flow] == nil
+            else { continue }
+            if let cached = ownership.cache.answer(for: flow, now: now) {
+                counters.add(.lookupCacheHits)
+                ownership.prefetched[flow] = cached
+            } else {
+                ownership.prefetched[flow] = .failed  // a placeholder, replaced below
+                pending.append(flow)
             }
         }
-        for packet in packets { actions.append(handle(packet.payload)) }
+        if !pending.isEmpty {
+            counters.add(.lookups, UInt64(pending.count))
+            for (flow, answer) in zip(pending, ownership.sockDiag.lookup(batch: pending)) {
+                ownership.prefetched[flow] = answer
+                ownership.cache.remember(answer, for: flow, now: now)
+            }
+        }
+        for (packet, result) in zip(packets, parsed) { actions.append(carryOut(packet.payload, result)) }
         ownership.prefetched.removeAll(keepingCapacity: true)
         flushForwards()
     }
@@ -145,12 +144,15 @@ public final class SecondChanceWorker: @unchecked Sendable {
         if failed > 0 { counters.add(.forwardFailed, UInt64(failed)) }
     }
 
-    /// Decides one packet and carries the decision out.
+    /// Decides one parsed packet and carries the decision out.
     @inline(__always)
-    public func handle(_ packet: UnsafeMutableRawBufferPointer) -> NetfilterQueue.Action {
+    func carryOut(_ packet: UnsafeMutableRawBufferPointer, _ parsed: Decider.Parsed) -> NetfilterQueue.Action {
         counters.add(.total)
-        ownership.now = MonotonicClock.nanoseconds()
-        let decision = decider.decide(UnsafeRawBufferPointer(packet), ownership: &ownership)
+        let decision: Decision
+        switch parsed {
+        case .malformed(let dropped): decision = dropped
+        case .parsed(let parsedPacket): decision = decider.decide(UnsafeRawBufferPointer(packet), parsedPacket, ownership: &ownership)
+        }
         if case .tcp(let segment) = decision.inner, !segment.flags.isDisjoint(with: [.syn, .fin, .rst]) {
             ownership.cache.forget(segment.flow)
         }

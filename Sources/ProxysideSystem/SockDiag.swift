@@ -1,6 +1,5 @@
 import CLinuxShims
 import CMnl
-import CLinuxShims
 import Glibc
 import ProxysideCore
 

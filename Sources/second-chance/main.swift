@@ -79,7 +79,7 @@ struct Run: ParsableCommand {
         guard !queues.isEmpty else { throw ValidationError("give at least one --queue") }
         guard Set(queues).count == queues.count else { throw ValidationError("a --queue is given twice") }
         guard ["auto", "userspace", "kernel"].contains(decap) else { throw ValidationError("--decap is auto, userspace or kernel") }
-        guard (1...1024).contains(batch) else { throw ValidationError("--batch is 1...1024") }
+        guard (1...NetfilterQueue.maximumBatch).contains(batch) else { throw ValidationError("--batch is 1...\(NetfilterQueue.maximumBatch)") }
         if let metrics { _ = try parseEndpoint(metrics) }
     }
 
