@@ -96,6 +96,7 @@ public final class SecondChanceWorker: @unchecked Sendable {
 
     private var parsed: [Decider.Parsed] = []
     private var pending: [FlowKey] = []
+    private var cachedFlows: Set<FlowKey> = []
 
     /// Decides a batch: parses every packet, answers the batch's flows from the cache or with one
     /// sock_diag round trip, decides each packet with those answers, and sends the forwarded ones
@@ -109,15 +110,21 @@ public final class SecondChanceWorker: @unchecked Sendable {
         ownership.now = now
         parsed.removeAll(keepingCapacity: true)
         pending.removeAll(keepingCapacity: true)
+        cachedFlows.removeAll(keepingCapacity: true)
         for packet in packets {
             let result = decider.parse(UnsafeRawBufferPointer(packet.payload))
             parsed.append(result)
-            guard case .parsed(let parsedPacket) = result, case .lookUp(let flow, _) = Decider.firstStep(parsedPacket.inner),
-                ownership.prefetched[flow] == nil
+            guard case .parsed(let parsedPacket) = result, case .lookUp(let flow, _) = Decider.firstStep(parsedPacket.inner)
             else { continue }
+            // Cache hits count per packet, as without batching; each flow is looked up once.
+            if ownership.prefetched[flow] != nil {
+                if cachedFlows.contains(flow) { counters.add(.lookupCacheHits) }
+                continue
+            }
             if let cached = ownership.cache.answer(for: flow, now: now) {
                 counters.add(.lookupCacheHits)
                 ownership.prefetched[flow] = cached
+                cachedFlows.insert(flow)
             } else {
                 ownership.prefetched[flow] = .failed  // a placeholder, replaced below
                 pending.append(flow)
