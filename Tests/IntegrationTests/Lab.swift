@@ -54,6 +54,13 @@ final class Lab {
         return process
     }
 
+    /// Runs a binary from the build inside a host's namespace to its end: (exit status, output).
+    func runToEnd(_ host: String, _ binary: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
+        let process = try start(host, binary, arguments)
+        process.waitUntilExit()
+        return (process.terminationStatus, log(of: process))
+    }
+
     func startSecondChance(_ host: String, _ selfAddress: IPv4Address, extra: [String] = []) throws {
         try start(host, "second-chance", ["run", "--queue", "0", "--self", selfAddress.description, "--control", controlPath(host)] + extra)
         try waitFor("second-chance control socket on \(host)") { FileManager.default.fileExists(atPath: self.controlPath(host)) }

@@ -278,10 +278,9 @@ final class SecondChanceTests: XCTestCase {
     }
 
     func testSecondDaemonOnTheSameQueueFailsClearlyAndSIGTERMStopsCleanly() throws {
-        let duplicate = try lab.start("p1", "second-chance", ["run", "--queue", "0", "--self", Lab.p1.description, "--control", lab.controlPath("dup")])
-        duplicate.waitUntilExit()
-        XCTAssertNotEqual(duplicate.terminationStatus, 0)
-        XCTAssertTrue(lab.log(of: duplicate).contains("already bound by another process"), lab.log(of: duplicate))
+        let duplicate = try lab.runToEnd("p1", "second-chance", ["run", "--queue", "0", "--self", Lab.p1.description, "--control", lab.controlPath("dup")])
+        XCTAssertNotEqual(duplicate.status, 0)
+        XCTAssertTrue(duplicate.output.contains("already bound by another process"), duplicate.output)
 
         let spare = try lab.start("p1", "second-chance", ["run", "--queue", "7", "--self", Lab.p1.description, "--control", lab.controlPath("spare")])
         try lab.waitFor("the spare daemon") { FileManager.default.fileExists(atPath: lab.controlPath("spare")) }
@@ -358,19 +357,15 @@ final class SecondChanceTests: XCTestCase {
     }
 
     func testDoctorPassesOnAProxyAndExplainsWhatIsMissingElsewhere() throws {
-        let proxy = try lab.start("p1", "second-chance", ["doctor"])
-        proxy.waitUntilExit()
-        let report = lab.log(of: proxy)
-        XCTAssertEqual(proxy.terminationStatus, 0, report)
+        let (status, report) = try lab.runToEnd("p1", "second-chance", ["doctor"])
+        XCTAssertEqual(status, 0, report)
         XCTAssertTrue(report.contains("[ ok ] iptables: -A PREROUTING -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass"), report)
         XCTAssertTrue(report.contains("[ ok ] sock_diag"), report)
         XCTAssertTrue(report.contains("SYN-cookie check"), report)
 
         try Lab.shell("ip netns exec \(lab.namespace("c")) sysctl -qw net.ipv4.conf.all.rp_filter=1 net.ipv4.tcp_syncookies=0")
-        let client = try lab.start("c", "second-chance", ["doctor"])
-        client.waitUntilExit()
-        let advice = lab.log(of: client)
-        XCTAssertEqual(client.terminationStatus, 1, advice)
+        let (clientStatus, advice) = try lab.runToEnd("c", "second-chance", ["doctor"])
+        XCTAssertEqual(clientStatus, 1, advice)
         XCTAssertTrue(advice.contains("[FAIL] iptables: no raw PREROUTING NFQUEUE rule for UDP 19523"), advice)
         XCTAssertTrue(advice.contains("fix: iptables -t raw -A PREROUTING -p udp --dport 19523 -j NFQUEUE"), advice)
         XCTAssertTrue(advice.contains("[warn] rp_filter"), advice)
