@@ -11,10 +11,17 @@ public enum CounterName: Hashable, Sendable {
     case lookups
     case lookupCacheHits
     case cookieChecks
+    /// ACKs to a listener accepting cookies whose ack-1 was not a valid cookie (they went on per the hop list).
+    case cookieAcksInvalid
+    /// SYNs answered by the responder with a kernel cookie (and dropped).
+    case cookiesSent
+    /// SYNs the responder could not answer (cookie or send failed); they went to the kernel.
+    case cookieReplyFailed
 
     public static let all: [CounterName] =
         [.total] + LocalReason.allCases.map { .local($0) } + [.forwarded]
-        + DropReason.allCases.map { .dropped($0) } + [.forwardFailed, .injectFailed, .lookups, .lookupCacheHits, .cookieChecks]
+        + DropReason.allCases.map { .dropped($0) }
+        + [.forwardFailed, .injectFailed, .lookups, .lookupCacheHits, .cookieChecks, .cookieAcksInvalid, .cookiesSent, .cookieReplyFailed]
 
     public static let count = all.count
 
@@ -35,6 +42,9 @@ public enum CounterName: Hashable, Sendable {
         case .lookups: return tailBase + 2
         case .lookupCacheHits: return tailBase + 3
         case .cookieChecks: return tailBase + 4
+        case .cookieAcksInvalid: return tailBase + 5
+        case .cookiesSent: return tailBase + 6
+        case .cookieReplyFailed: return tailBase + 7
         }
     }
 
@@ -50,6 +60,9 @@ public enum CounterName: Hashable, Sendable {
         case .lookups: "second_chance_socket_lookups_total"
         case .lookupCacheHits: "second_chance_socket_lookup_cache_hits_total"
         case .cookieChecks: "second_chance_syn_cookie_checks_total"
+        case .cookieAcksInvalid: "second_chance_syn_cookie_acks_invalid_total"
+        case .cookiesSent: "second_chance_syn_cookies_sent_total"
+        case .cookieReplyFailed: "second_chance_syn_cookie_reply_failures_total"
         }
     }
 
@@ -65,6 +78,9 @@ public enum CounterName: Hashable, Sendable {
         case .lookups: "socket_lookups"
         case .lookupCacheHits: "socket_lookup_cache_hits"
         case .cookieChecks: "syn_cookie_checks"
+        case .cookieAcksInvalid: "cookie_acks_invalid"
+        case .cookiesSent: "cookies_sent"
+        case .cookieReplyFailed: "cookie_reply_failures"
         }
     }
 }

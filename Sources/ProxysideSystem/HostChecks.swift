@@ -106,13 +106,13 @@ public enum HostChecks {
         let timestamps = readSysctl("net/ipv4/tcp_timestamps") ?? "?"
         checks.append(HostCheck(
             level: timestamps == "1" ? .info : .ok, subject: "tcp_timestamps", finding: timestamps,
-            fix: timestamps == "1" ? "with 1 the per-connection timestamp offset is secret: SYN-cookie replies built in userspace cannot carry window scaling or SACK; 2 keeps them" : nil))
+            fix: timestamps == "1" ? "with 1 the per-connection timestamp offset is secret: the SYN-cookie responder's handshakes carry no window scaling or SACK (the kernel's own cookies keep them); sysctl -w net.ipv4.tcp_timestamps=2 keeps them" : nil))
 
         switch Result(catching: { try SynCookieOracle() }) {
-        case .success: checks.append(HostCheck(level: .ok, subject: "SYN-cookie check", finding: "BPF raw SYN-cookie helpers load"))
+        case .success: checks.append(HostCheck(level: .ok, subject: "SYN cookies", finding: "BPF raw SYN-cookie helpers load (cookie ACK check and responder)"))
         case .failure(let error):
-            checks.append(HostCheck(level: .warn, subject: "SYN-cookie check", finding: "\(error)",
-                                    fix: "cookie ACKs will be forwarded instead of accepted; run as root on Linux 6.0 or later"))
+            checks.append(HostCheck(level: .warn, subject: "SYN cookies", finding: "\(error)",
+                                    fix: "cookie ACKs will be forwarded instead of accepted and the responder stays off; run as root on Linux 6.0 or later"))
         }
 
         do {

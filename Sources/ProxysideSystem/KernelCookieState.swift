@@ -20,7 +20,7 @@ public final class KernelCookieState {
     /// Opens the files inside `namespace`; /proc/net and /proc/sys/net keep the namespace they were opened in.
     public init(namespace: NetworkNamespace? = nil) throws {
         let fds: (Int32, Int32) = try namespace.run {
-            (open("/proc/sys/net/ipv4/tcp_syncookies", O_RDONLY | O_CLOEXEC), open("/proc/net/netstat", O_RDONLY | O_CLOEXEC))
+            (open("/proc/sys/net/ipv4/tcp_syncookies", O_RDONLY | O_CLOEXEC), open("/proc/thread-self/net/netstat", O_RDONLY | O_CLOEXEC))
         }
         guard fds.0 >= 0, fds.1 >= 0 else {
             if fds.0 >= 0 { close(fds.0) }

@@ -37,6 +37,8 @@ struct KernelFlowOwnership: FlowOwnership {
     let cookieState: KernelCookieState
     let oracle: SynCookieOracle?
     let counters: CounterBlock
+    /// Present while the responder runs: listeners it serves accept cookies whatever the netns counters say.
+    let responder: SynCookieResponder?
     var cache: FlowCache
     var now: UInt64 = 0
     /// The current batch's answers, from the cache or from one sock_diag round trip
@@ -54,13 +56,16 @@ struct KernelFlowOwnership: FlowOwnership {
     }
 
     mutating func listenerAcceptsCookies(_ flow: FlowKey) -> Bool {
-        oracle != nil && cookieState.acceptsCookies(now: now)
+        oracle != nil && (responder?.listener(for: flow) != nil || cookieState.acceptsCookies(now: now))
     }
 
     mutating func isValidCookie(_ packet: UnsafeRawBufferPointer, _ segment: TCPSegment) -> Bool {
         guard let oracle else { return false }
         counters.add(.cookieChecks)
-        return oracle.isValidCookie(packet, segment)
+        let valid = oracle.isValidCookie(packet, segment)
+        if !valid { counters.add(.cookieAcksInvalid) }
+        responder?.listener(for: segment.flow)?.record.add(valid ? .cookieAcksValid : .cookieAcksInvalid)
+        return valid
     }
 }
 
@@ -75,15 +80,20 @@ public final class SecondChanceWorker: @unchecked Sendable {
     let forwards = ForwardBatch()
     var ownership: KernelFlowOwnership
 
-    public init(queueNumber: UInt16, configuration: SecondChanceConfiguration, oracle: SynCookieOracle?) throws {
+    /// `monitor`, when given, runs the SYN-cookie responder for the listeners it publishes.
+    public init(queueNumber: UInt16, configuration: SecondChanceConfiguration, oracle: SynCookieOracle?,
+                monitor: ListenerMonitor? = nil) throws {
         self.configuration = configuration
         let namespace = try configuration.namespace.map { try NetworkNamespace(nameOrPath: $0) }
         queue = try NetfilterQueue(number: queueNumber)
-        sender = try RawIPSender(ipv6: configuration.decapsulation == .userspace)
+        let responder = monitor.flatMap { monitor in
+            oracle.map { SynCookieResponder(board: monitor.board, oracle: $0, passInterval: monitor.configuration.passIntervalNanoseconds) }
+        }
+        sender = try RawIPSender(ipv6: configuration.decapsulation == .userspace || responder != nil)
         decider = Decider(selfAddress: configuration.selfAddress)
         ownership = KernelFlowOwnership(
             sockDiag: try SockDiag(namespace: namespace), cookieState: try KernelCookieState(namespace: namespace),
-            oracle: configuration.checkCookies ? oracle : nil, counters: counters,
+            oracle: configuration.checkCookies ? oracle : nil, counters: counters, responder: responder,
             cache: FlowCache(positiveLifetime: configuration.cacheLifetimeNanoseconds,
                              negativeLifetime: configuration.negativeCacheLifetimeNanoseconds))
     }
@@ -104,10 +114,13 @@ public final class SecondChanceWorker: @unchecked Sendable {
     ///
     /// Answers taken before the batch's verdicts are sent cannot miss a socket that a packet of the
     /// same batch creates: a client sends a flow's next packet only after our stack answered one
-    /// whose verdict went out in an earlier batch.
+    /// whose verdict went out in an earlier batch. The exception is a cookie ACK, which makes the
+    /// connection without any earlier answer: `carryOut` marks its flow connected for the rest of
+    /// the batch.
     public func decideBatch(_ packets: UnsafeBufferPointer<NetfilterQueue.QueuedPacket>, _ actions: inout [NetfilterQueue.Action]) {
         let now = MonotonicClock.nanoseconds()
         ownership.now = now
+        ownership.responder?.refresh()
         parsed.removeAll(keepingCapacity: true)
         pending.removeAll(keepingCapacity: true)
         cachedFlows.removeAll(keepingCapacity: true)
@@ -160,13 +173,34 @@ public final class SecondChanceWorker: @unchecked Sendable {
         case .malformed(let dropped): decision = dropped
         case .parsed(let parsedPacket): decision = decider.decide(UnsafeRawBufferPointer(packet), parsedPacket, ownership: &ownership)
         }
-        if case .tcp(let segment) = decision.inner, !segment.flags.isDisjoint(with: [.syn, .fin, .rst]) {
-            ownership.cache.forget(segment.flow)
+        if case .tcp(let segment) = decision.inner {
+            if !segment.flags.isDisjoint(with: [.syn, .fin, .rst]) {
+                ownership.cache.forget(segment.flow)
+            } else if decision.verdict == .local(.synCookie) {
+                // The kernel makes the connection when this verdict goes out; the client's data
+                // often follows its ACK in the same batch, looked up before that happened.
+                ownership.prefetched[segment.flow] = .connected
+                ownership.cache.remember(.connected, for: segment.flow, now: ownership.now)
+            }
         }
         switch decision.verdict {
         case .drop(let reason):
             counters.add(.dropped(reason))
             return .drop
+        case .local(.syn):
+            if let responder = ownership.responder, case .tcp(let segment) = decision.inner,
+                segment.flags.intersection([.syn, .ack, .fin, .rst]) == .syn
+            {
+                switch responder.answer(UnsafeRawBufferPointer(packet), segment, end: decision.gue!.innerEnd, now: ownership.now, sender: sender) {
+                case .answered:
+                    counters.add(.cookiesSent)
+                    return .drop
+                case .failed: counters.add(.cookieReplyFailed)
+                case .toKernel: break
+                }
+            }
+            counters.add(.local(.syn))
+            return deliverLocally(packet, decision.gue!)
         case .local(let reason):
             counters.add(.local(reason))
             return deliverLocally(packet, decision.gue!)

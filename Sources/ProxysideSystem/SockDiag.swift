@@ -39,6 +39,7 @@ public final class SockDiag {
         buffer.deallocate()
         requestBuffer.deallocate()
         for slot in batchBuffers { slot?.deallocate() }
+        dumpBuffer.deallocate()
     }
 
     public func lookup(_ flow: FlowKey) -> SocketLookup {
@@ -116,6 +117,103 @@ public final class SockDiag {
         guard reply.pointee.nlmsg_type == UInt16(SOCK_DIAG_BY_FAMILY) else { return .failed }
         let state = payload.load(fromByteOffset: 1, as: UInt8.self)
         return state == tcpListen ? .listener : .connected
+    }
+
+    private static let tcpNewSynRecv: UInt8 = 12
+    /// INET_DIAG_SKMEMINFO, and the receive buffer's index in it (SK_MEMINFO_RCVBUF).
+    private static let skMemInfoAttribute: UInt16 = 7
+    private static let skMemInfoReceiveBuffer = 1
+    private static let diagMessageSize = 72
+
+    /// Every TCP listener of the namespace with its queues: one dump of LISTEN and NEW_SYN_RECV
+    /// sockets per family; request sockets are counted for the listener that owns their address and
+    /// port (the exact address first, then the wildcards, as a SYN finds it).
+    public func dumpListeners() throws -> [ListenerObservation] {
+        var listeners: [ListenerKey: ListenerObservation] = [:]
+        var requests: [ListenerKey: UInt32] = [:]
+        for family in [AF_INET, AF_INET6] {
+            try dump(family: UInt8(family), states: 1 << UInt32(Self.tcpListen) | 1 << UInt32(Self.tcpNewSynRecv)) { message, attributes in
+                let key = ListenerKey(address: Self.localAddress(message), port: message.be16(4))
+                if message[1] == Self.tcpListen {
+                    var receiveBuffer: UInt32 = 0
+                    if let memory = attributes[Self.skMemInfoAttribute], memory.count >= 4 * (Self.skMemInfoReceiveBuffer + 1) {
+                        receiveBuffer = memory.loadUnaligned(fromByteOffset: 4 * Self.skMemInfoReceiveBuffer, as: UInt32.self)
+                    }
+                    listeners[key] = ListenerObservation(
+                        key: key, backlog: message.loadUnaligned(fromByteOffset: 60, as: UInt32.self),
+                        acceptQueue: message.loadUnaligned(fromByteOffset: 56, as: UInt32.self), requestSockets: 0,
+                        receiveBuffer: receiveBuffer)
+                } else {
+                    requests[key, default: 0] += 1
+                }
+            }
+        }
+        for (key, count) in requests {
+            let flow = FlowKey(listenerKey: key)
+            if let owner = ListenerKey.candidates(for: flow).first(where: { listeners[$0] != nil }) {
+                listeners[owner]!.requestSockets += count
+            }
+        }
+        return Array(listeners.values)
+    }
+
+    private static func localAddress(_ message: UnsafeRawBufferPointer) -> IPAddress {
+        message[0] == UInt8(AF_INET6)
+            ? .v6(IPv6Address(high: message.be64(8), low: message.be64(16)))
+            : .v4(IPv4Address(message.be32(8)))
+    }
+
+    private let dumpBuffer = UnsafeMutableRawPointer.allocate(byteCount: SockDiag.dumpBufferSize, alignment: 16)
+    private static let dumpBufferSize = 65536
+
+    /// Runs one sock_diag dump; `each` gets every inet_diag_msg and its attributes by type.
+    private func dump(family: UInt8, states: UInt32,
+                      _ each: (UnsafeRawBufferPointer, [UInt16: UnsafeRawBufferPointer]) -> Void) throws {
+        let nlh = mnl_nlmsg_put_header(buffer)!
+        nlh.pointee.nlmsg_type = UInt16(SOCK_DIAG_BY_FAMILY)
+        nlh.pointee.nlmsg_flags = UInt16(NLM_F_REQUEST | NLM_F_DUMP)
+        sequence &+= 1
+        nlh.pointee.nlmsg_seq = sequence
+        let request = UnsafeMutableRawBufferPointer(start: mnl_nlmsg_put_extra_header(nlh, Self.requestSize), count: Self.requestSize)
+        request.initializeMemory(as: UInt8.self, repeating: 0)
+        request[0] = family
+        request[1] = UInt8(IPPROTO_TCP)
+        request[2] = 1 << (Self.skMemInfoAttribute - 1)
+        request.storeBytes(of: states, toByteOffset: 4, as: UInt32.self)
+        request.storeBytes(of: UInt32.max, toByteOffset: 48, as: UInt32.self)
+        request.storeBytes(of: UInt32.max, toByteOffset: 52, as: UInt32.self)
+        guard mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) >= 0 else { throw SystemError("sock_diag dump request") }
+        while true {
+            let received = retryingOnInterrupt { mnl_socket_recvfrom(socket, dumpBuffer, Self.dumpBufferSize) }
+            guard received > 0 else { throw SystemError("sock_diag dump") }
+            var remaining = Int32(received)
+            var message: UnsafePointer<nlmsghdr>? = UnsafePointer(dumpBuffer.assumingMemoryBound(to: nlmsghdr.self))
+            while let current = message, mnl_nlmsg_ok(current, remaining) {
+                defer { message = UnsafePointer(mnl_nlmsg_next(current, &remaining)) }
+                guard current.pointee.nlmsg_seq == sequence else { continue }
+                switch Int32(current.pointee.nlmsg_type) {
+                case NLMSG_DONE: return
+                case NLMSG_ERROR:
+                    let code = mnl_nlmsg_get_payload(current)!.load(as: Int32.self)
+                    throw SystemError("sock_diag dump", errno: -code)
+                case Int32(SOCK_DIAG_BY_FAMILY):
+                    let payloadLength = Int(mnl_nlmsg_get_payload_len(current))
+                    guard payloadLength >= Self.diagMessageSize else { continue }
+                    let payload = UnsafeRawPointer(mnl_nlmsg_get_payload(current)!)
+                    var attributes: [UInt16: UnsafeRawBufferPointer] = [:]
+                    var attribute = UnsafePointer<nlattr>?(payload.advanced(by: Self.diagMessageSize).assumingMemoryBound(to: nlattr.self))
+                    var attributeBytes = Int32(payloadLength - Self.diagMessageSize)
+                    while let current = attribute, mnl_attr_ok(current, attributeBytes) {
+                        let length = Int(mnl_attr_get_payload_len(current))
+                        attributes[mnl_attr_get_type(current)] = UnsafeRawBufferPointer(start: mnl_attr_get_payload(current), count: length)
+                        attributeBytes -= Int32(current.pointee.nla_len + 3) & ~3
+                        attribute = UnsafePointer(mnl_attr_next(current))
+                    }
+                    each(UnsafeRawBufferPointer(start: payload, count: Self.diagMessageSize), attributes)
+                default: continue
+                }
+            }
+        }
     }
 
     /// Writes one exact-lookup request at `at` and returns it.

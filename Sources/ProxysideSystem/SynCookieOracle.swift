@@ -8,22 +8,26 @@ import ProxysideCore
 public final class SynCookieOracle {
     private let checkIPv4: Int32
     private let checkIPv6: Int32
+    private let generateIPv4: Int32
+    private let generateIPv6: Int32
     private var scratch = [UInt8](repeating: 0, count: 128)
     private var output = [UInt8](repeating: 0, count: 128)
 
     public init() throws {
-        checkIPv4 = try Self.load(SynCookieProgram.instructions(.check, ipv6: false))
+        var loaded: [Int32] = []
         do {
-            checkIPv6 = try Self.load(SynCookieProgram.instructions(.check, ipv6: true))
+            for (kind, ipv6) in [(SynCookieProgram.Kind.check, false), (.check, true), (.generate, false), (.generate, true)] {
+                loaded.append(try Self.load(SynCookieProgram.instructions(kind, ipv6: ipv6, tcpLength: kind == .generate ? SynCookieReply.generatorTCPLength : 20)))
+            }
         } catch {
-            close(checkIPv4)
+            loaded.forEach { close($0) }
             throw error
         }
+        (checkIPv4, checkIPv6, generateIPv4, generateIPv6) = (loaded[0], loaded[1], loaded[2], loaded[3])
     }
 
     deinit {
-        close(checkIPv4)
-        close(checkIPv6)
+        [checkIPv4, checkIPv6, generateIPv4, generateIPv6].forEach { close($0) }
     }
 
     static func load(_ program: [BPFInstruction]) throws -> Int32 {
@@ -60,5 +64,13 @@ public final class SynCookieOracle {
         for index in 0..<ipLength { scratch[index] = packet[segment.ipHeaderOffset + index] }
         for index in 0..<20 { scratch[ipLength + index] = packet[segment.tcpOffset + index] }
         return run(segment.flow.isIPv6 ? checkIPv6 : checkIPv4, ipLength + 20) == 0
+    }
+
+    /// The cookie the kernel would send in answer to the SYN `segment`, and the MSS it encodes
+    /// (the largest entry of the kernel's MSS table not above the client's).
+    public func cookie(forSYN packet: UnsafeRawBufferPointer, _ segment: TCPSegment, options: SynOptions) -> (cookie: UInt32, mss: UInt16)? {
+        let length = scratch.withUnsafeMutableBytes { SynCookieReply.generatorInput(packet, segment, options: options, into: $0) }
+        guard let length, let result = run(segment.flow.isIPv6 ? generateIPv6 : generateIPv4, length), result >= 0 else { return nil }
+        return (UInt32(truncatingIfNeeded: result), UInt16(truncatingIfNeeded: result >> 32))
     }
 }

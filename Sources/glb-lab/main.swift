@@ -109,13 +109,14 @@ struct Echo: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "TCP echo service on ADDRESS:PORT (repeatable).")
 
     @Option(name: .customLong("listen")) var listens: [String]
+    @Option(help: "listen(2) backlog.") var backlog: Int32 = 1024
 
     func run() throws {
         let stop = try EventFD()
         try Signals.install(shutdown: stop)
         let fds = try listens.map { spec -> Int32 in
             let (address, port) = try parseHostPort(spec)
-            return try LabSockets.listenTCP(on: address, port: port)
+            return try LabSockets.listenTCP(on: address, port: port, backlog: backlog)
         }
         say("echo: listening on \(listens.joined(separator: ", "))")
         var pollfds = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) } + [pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0)]
@@ -199,21 +200,40 @@ struct Blast: ParsableCommand {
     @Option var count: Int = 1_000_000
     @Option var maxSeconds: Int = 20
     @Option(help: "syn, ack (flows from --client to the VIP) or forward (same, with --hop as next hop).") var kind: String = "syn"
-    @Option var client: IPv4Address
-    @Option var vip: IPv4Address
+    @Option(help: "The inner source (IPv4 or IPv6).") var client: String
+    @Option(help: "The inner destination, of the client's family.") var vip: String
     @Option var vipPort: UInt16 = 80
     @Option(help: "Client source ports start here; --flows ports are used in turn.") var firstPort: UInt16 = 20000
     @Option var flows: Int = 64
     @Option var hop: IPv4Address?
+    @Option(help: "Spoof the client address: flow N comes from --client + (N % this), for SYN floods.") var spoofAddresses: Int = 1
+    @Option(help: "Packets per second at most (0: as fast as possible).") var rate: Int = 0
 
     func run() throws {
-        guard (1...40000).contains(flows), count > 0 else { throw LabFailure(description: "--flows is 1...40000 and --count positive") }
+        guard (1...40000).contains(flows), count > 0, (1...65536).contains(spoofAddresses), rate >= 0 else {
+            throw LabFailure(description: "--flows is 1...40000, --spoof-addresses 1...65536, --count positive, --rate not negative")
+        }
+        guard let clientAddress = IPAddress(client), let vipAddress = IPAddress(vip) else {
+            throw LabFailure(description: "--client and --vip are IPv4 or IPv6 addresses")
+        }
         let flags: TCPFlags = kind == "syn" ? .syn : .ack
-        let hops = kind == "forward" ? [hop ?? vip] : []
+        var hops: [IPv4Address] = []
+        if kind == "forward" {
+            guard case .v4(let vip4) = vipAddress else { throw LabFailure(description: "forward needs --hop or an IPv4 --vip") }
+            hops = [hop ?? vip4]
+        }
+        // A real SYN's options, so that the responder's option handling is what gets measured.
+        let synOptions: [UInt8] = [2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7]
         let payloads: [[UInt8]] = (0..<flows).map { index in
+            let offset = UInt32(index % spoofAddresses)
+            let source: IPAddress = switch clientAddress {
+            case .v4(let v4): .v4(IPv4Address(v4.value &+ offset))
+            case .v6(let v6): .v6(IPv6Address(high: v6.high, low: v6.low &+ UInt64(offset)))
+            }
             let inner = PacketBuilder.tcp(
-                source: .v4(client), sourcePort: firstPort &+ UInt16(index), destination: .v4(vip), destinationPort: vipPort,
-                flags: flags, sequence: 1000, acknowledgement: kind == "syn" ? 0 : 1)
+                source: source, sourcePort: firstPort &+ UInt16(index), destination: vipAddress, destinationPort: vipPort,
+                flags: flags, sequence: 1000 &+ UInt32(index) &* 7919, acknowledgement: kind == "syn" ? 0 : 1,
+                options: kind == "syn" ? synOptions : [])
             return PacketBuilder.guePayload(inner: inner, hops: hops)
         }
         let fd = try LabSockets.bindUDP(.v4(IPv4Address(0)), port: 0)
@@ -236,7 +256,12 @@ struct Blast: ParsableCommand {
         let start = MonotonicClock.nanoseconds()
         let deadline = start + UInt64(maxSeconds) * 1_000_000_000
         while sent < count && MonotonicClock.nanoseconds() < deadline {
-            let now = min(batch, count - sent)
+            if rate > 0 {
+                let due = start + UInt64(sent) * 1_000_000_000 / UInt64(rate)
+                let now = MonotonicClock.nanoseconds()
+                if due > now { usleep(UInt32(min(due - now, 100_000_000) / 1000)); continue }
+            }
+            let now = min(batch, rate > 0 ? max(1, rate / 100) : batch, count - sent)
             for index in 0..<now {
                 let payload = storage[(sent + index) % storage.count]
                 buffers[index] = payload.baseAddress

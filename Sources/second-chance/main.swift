@@ -72,8 +72,26 @@ struct Run: ParsableCommand {
     @Option(help: "Verdicts sent to the kernel per batch at most.")
     var batch: Int = 64
 
-    @Flag(help: "Do not recognise SYN-cookie ACKs (no BPF).")
+    @Flag(help: "Do not recognise SYN-cookie ACKs (no BPF; also turns the responder off).")
     var noCookieCheck = false
+
+    @Option(help: "SYN-cookie responder: auto (a listener's SYNs are answered while its SYN queue overflows), off, or always (needs net.ipv4.tcp_syncookies=2).")
+    var synCookies: String = "auto"
+
+    @Option(help: "Responder: activate when a listener's SYN queue holds this share of its backlog (percent).")
+    var cookieActivatePercent: UInt32 = 100
+
+    @Option(help: "Responder: deactivate once the SYN queue stays below this share (percent)...")
+    var cookieDeactivatePercent: UInt32 = 50
+
+    @Option(help: "...for this long (milliseconds).")
+    var cookieHoldMs: UInt64 = 5000
+
+    @Option(help: "Responder: how often listeners are scanned through sock_diag (milliseconds; overflow counters trigger a scan at once).")
+    var listenerScanMs: UInt64 = 200
+
+    @Option(help: "Responder: while active, one SYN per listener and interval still goes to the kernel, to keep its overflow mark (milliseconds).")
+    var cookiePassMs: UInt64 = 1000
 
     func validate() throws {
         guard !queues.isEmpty else { throw ValidationError("give at least one --queue") }
@@ -81,6 +99,37 @@ struct Run: ParsableCommand {
         guard ["auto", "userspace", "kernel"].contains(decap) else { throw ValidationError("--decap is auto, userspace or kernel") }
         guard (1...NetfilterQueue.maximumBatch).contains(batch) else { throw ValidationError("--batch is 1...\(NetfilterQueue.maximumBatch)") }
         if let metrics { _ = try parseEndpoint(metrics) }
+        guard ResponderMode(rawValue: synCookies) != nil else { throw ValidationError("--syn-cookies is auto, off or always") }
+        guard cookieDeactivatePercent <= cookieActivatePercent, (1...100).contains(cookieActivatePercent) else {
+            throw ValidationError("--cookie-activate-percent is 1...100 and at least --cookie-deactivate-percent")
+        }
+        guard listenerScanMs >= 10, cookiePassMs >= 10 else { throw ValidationError("--listener-scan-ms and --cookie-pass-ms are at least 10") }
+    }
+
+    /// The SYN-cookie responder's monitor, unless it is off or cannot work here.
+    func makeMonitor(oracle: SynCookieOracle?) throws -> ListenerMonitor? {
+        var mode = ResponderMode(rawValue: synCookies)!
+        if mode != .off && oracle == nil {
+            guard mode == .auto else { throw ValidationFailure(description: "--syn-cookies always needs the BPF cookie programs (see the warning above)") }
+            log("warning: SYN-cookie responder off: no BPF cookie programs")
+            mode = .off
+        }
+        guard mode != .off else { return nil }
+        var policy = OverflowPolicy()
+        policy.activatePercent = cookieActivatePercent
+        policy.deactivatePercent = cookieDeactivatePercent
+        policy.holdNanoseconds = cookieHoldMs * 1_000_000
+        let configuration = ResponderConfiguration(mode: mode, policy: policy, scanIntervalNanoseconds: listenerScanMs * 1_000_000,
+                                                   passIntervalNanoseconds: cookiePassMs * 1_000_000)
+        do {
+            let monitor = try ListenerMonitor(configuration: configuration, namespace: netns, log: { log($0) })
+            if monitor.settings.syncookies == 1 && !monitor.settings.timestampsEncodable {
+                log("note: net.ipv4.tcp_timestamps=\(monitor.settings.timestamps): cookie handshakes from the responder carry no timestamp, so no window scaling or SACK (set it to 2 to keep them)")
+            }
+            return monitor
+        } catch {
+            throw ValidationFailure(description: "\(error)")
+        }
     }
 
     func run() throws {
@@ -106,9 +155,14 @@ struct Run: ParsableCommand {
 
         let stop = try EventFD()
         try Signals.install(shutdown: stop)
+        let monitor = try makeMonitor(oracle: configuration.checkCookies ? oracle : nil)
         let workers: [SecondChanceWorker]
         do {
-            workers = try queues.map { try SecondChanceWorker(queueNumber: $0, configuration: configuration, oracle: oracle) }
+            // Each queue thread gets its own programs: a test run uses one scratch buffer per oracle.
+            workers = try queues.enumerated().map { index, queue in
+                let threadOracle = index == 0 ? oracle : try oracle.map { _ in try SynCookieOracle() }
+                return try SecondChanceWorker(queueNumber: queue, configuration: configuration, oracle: threadOracle, monitor: monitor)
+            }
         } catch {
             throw ValidationFailure(description: "\(error)")
         }
@@ -123,10 +177,12 @@ struct Run: ParsableCommand {
             switch format {
             case .prometheus:
                 return CounterReport.prometheus(values, queueTotals: blocks.map { ($0.0, $0.1.value(.total)) })
-            case .text: return CounterReport.text(values)
+                    + (monitor.map(ResponderReport.prometheus) ?? "")
+            case .text: return CounterReport.text(values) + (monitor.map(ResponderReport.text) ?? "")
             }
         }
         let serverThread = try WorkerThread { server.serve(stop: stop) }
+        let monitorThread = try monitor.map { monitor in try WorkerThread { monitor.run(stop: stop) } }
         log("serving queue(s) \(queues.map(String.init).joined(separator: ",")) as \(selfAddress), control \(controlPath)"
             + (metrics.map { ", metrics http://\($0)/metrics" } ?? ""))
 
@@ -142,6 +198,7 @@ struct Run: ParsableCommand {
         threads.forEach { $0.join() }
         stop.signal()
         serverThread.join()
+        monitorThread?.join()
         if let failure = failures.first { throw ValidationFailure(description: failure) }
         log("stopped; all read packets answered")
     }

@@ -361,7 +361,7 @@ final class SecondChanceTests: XCTestCase {
         XCTAssertEqual(status, 0, report)
         XCTAssertTrue(report.contains("[ ok ] iptables: -A PREROUTING -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass"), report)
         XCTAssertTrue(report.contains("[ ok ] sock_diag"), report)
-        XCTAssertTrue(report.contains("SYN-cookie check"), report)
+        XCTAssertTrue(report.contains("SYN cookies"), report)
 
         try Lab.shell("ip netns exec \(lab.namespace("c")) sysctl -qw net.ipv4.conf.all.rp_filter=1 net.ipv4.tcp_syncookies=0")
         let (clientStatus, advice) = try lab.runToEnd("c", "second-chance", ["doctor"])

@@ -4,6 +4,10 @@
 # Addresses (198.18.0.0/15 and 2001:2::/48 only, inside the namespaces):
 #   C 198.18.0.1  D 198.18.0.2  P1 198.18.0.11  P2 198.18.0.12   (IPv6 2001:2::1, ::2, ::11, ::12)
 #   VIP 198.19.0.10 and 2001:2:0:ff::10 on P1's and P2's lo; C reaches the VIPs through D.
+#   The links behind the client carry 1600-byte frames, as a GLB network must: a full-size client
+#   segment grows by 40 bytes of IPv4, UDP and GUE on its way from the director to a proxy.
+#   Spoofed SYN-flood sources 198.18.200.0/24 and 2001:2:0:200::/64: the proxies route replies to
+#   them to a gateway whose MAC no namespace owns, so they die on the bridge (no RST comes back).
 set -euo pipefail
 action=${1:?up or down}
 prefix=${2:-psl}
@@ -23,16 +27,17 @@ if [ "$action" = down ]; then down; exit 0; fi
 down
 trap 'down' ERR
 ip netns add "${prefix}-sw"
-ip -n "${prefix}-sw" link add br0 type bridge
+# No multicast snooping: a fresh port would miss neighbour solicitations until its MLD report.
+ip -n "${prefix}-sw" link add br0 type bridge mcast_snooping 0
 ip -n "${prefix}-sw" link set br0 up
 ip -n "${prefix}-sw" link set lo up
 for h in "${hosts[@]}"; do
     ns="${prefix}-$h"
     ip netns add "$ns"
-    ip link add "${prefix}-$h" type veth peer name eth0 netns "$ns"
+    ip link add "${prefix}-$h" mtu 1600 type veth peer name eth0 mtu "$([ "$h" = c ] && echo 1500 || echo 1600)" netns "$ns"
     ip link set "${prefix}-$h" netns "${prefix}-sw"
     ip -n "${prefix}-sw" link set "${prefix}-$h" master br0 up
-    ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+    ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 net.ipv6.conf.eth0.accept_dad=0
     ip -n "$ns" link set lo up
     ip -n "$ns" addr add "${v4[$h]}/24" dev eth0
     ip -n "$ns" addr add "${v6[$h]}/64" dev eth0 nodad
@@ -43,6 +48,10 @@ for p in p1 p2; do
     ip -n "$ns" addr add "$VIP/32" dev lo
     ip -n "$ns" addr add "$VIP6/128" dev lo
     ip netns exec "$ns" iptables -t raw -A PREROUTING -p udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass
+    ip -n "$ns" neigh add 198.18.0.254 lladdr 02:00:00:00:00:fe dev eth0 nud permanent
+    ip -n "$ns" route add 198.18.200.0/24 via 198.18.0.254
+    ip -n "$ns" -6 neigh add 2001:2::fe lladdr 02:00:00:00:00:fe dev eth0 nud permanent
+    ip -n "$ns" -6 route add 2001:2:0:200::/64 via 2001:2::fe
 done
 ip -n "${prefix}-c" route add "$VIP/32" via "${v4[d]}"
 ip -n "${prefix}-c" -6 route add "$VIP6/128" via "${v6[d]}"

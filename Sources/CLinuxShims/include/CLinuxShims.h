@@ -38,6 +38,9 @@ static inline void proxyside_counter_add(uint64_t *p, uint64_t n) {
 static inline uint64_t proxyside_counter_load(const uint64_t *p) {
     return __atomic_load_n(p, __ATOMIC_RELAXED);
 }
+static inline void proxyside_counter_store(uint64_t *p, uint64_t v) {
+    __atomic_store_n(p, v, __ATOMIC_RELAXED);
+}
 
 static inline int proxyside_errno(void) { return errno; }
 

@@ -1,0 +1,159 @@
+/// A listening socket, by the address and port it is bound to (the wildcard address included).
+public struct ListenerKey: Hashable, Sendable, CustomStringConvertible {
+    public var isIPv6: Bool
+    public var address: IPv6Address
+    public var port: UInt16
+
+    public init(address: IPAddress, port: UInt16) {
+        switch address {
+        case .v4(let v4): (isIPv6, self.address) = (false, IPv6Address(high: 0, low: UInt64(v4.value)))
+        case .v6(let v6): (isIPv6, self.address) = (true, v6)
+        }
+        self.port = port
+    }
+
+    public var ipAddress: IPAddress {
+        isIPv6 ? .v6(address) : .v4(IPv4Address(UInt32(truncatingIfNeeded: address.low)))
+    }
+
+    public var isWildcard: Bool { address.high == 0 && address.low == 0 }
+
+    /// The same port on the family's wildcard address.
+    public var wildcard: ListenerKey {
+        ListenerKey(address: isIPv6 ? .v6(IPv6Address(high: 0, low: 0)) : .v4(IPv4Address(0)), port: port)
+    }
+
+    /// The listener a flow's SYN reaches, most specific first: the VIP itself, then the family's
+    /// wildcard, then (IPv4) a dual-stack IPv6 wildcard.
+    public static func candidates(for flow: FlowKey) -> [ListenerKey] {
+        let exact = ListenerKey(address: flow.destinationAddress, port: flow.destinationPort)
+        var keys = [exact, exact.wildcard]
+        if !flow.isIPv6 { keys.append(ListenerKey(address: .v6(IPv6Address(high: 0, low: 0)), port: flow.destinationPort)) }
+        return keys
+    }
+
+    public var description: String { isIPv6 ? "[\(ipAddress)]:\(port)" : "\(ipAddress):\(port)" }
+}
+
+extension FlowKey {
+    /// A flow to `key` from nowhere: what a request socket bound to `key` was reached by.
+    public init(listenerKey key: ListenerKey) {
+        switch key.ipAddress {
+        case .v4(let v4): self.init(source: IPv4Address(0), sourcePort: 0, destination: v4, destinationPort: key.port)
+        case .v6(let v6): self.init(source: IPv6Address(high: 0, low: 0), sourcePort: 0, destination: v6, destinationPort: key.port)
+        }
+    }
+}
+
+/// One look at a listener through sock_diag.
+public struct ListenerObservation: Equatable, Sendable {
+    public var key: ListenerKey
+    /// sk_max_ack_backlog (inet_diag's idiag_wqueue for a listener): both queues' limit.
+    public var backlog: UInt32
+    /// Completed connections not yet accepted (idiag_rqueue).
+    public var acceptQueue: UInt32
+    /// Request sockets (NEW_SYN_RECV) of this listener: the SYN queue.
+    public var requestSockets: UInt32
+    /// The listener's sk_rcvbuf, from which the kernel picks the child's window scale.
+    public var receiveBuffer: UInt32
+
+    public init(key: ListenerKey, backlog: UInt32, acceptQueue: UInt32, requestSockets: UInt32, receiveBuffer: UInt32) {
+        self.key = key
+        self.backlog = backlog
+        self.acceptQueue = acceptQueue
+        self.requestSockets = requestSockets
+        self.receiveBuffer = receiveBuffer
+    }
+}
+
+/// When the responder answers SYNs for a listener.
+public enum ResponderMode: String, Sendable, CaseIterable {
+    /// While the listener's SYN queue overflows.
+    case auto
+    case off
+    /// For every listener, always (needs net.ipv4.tcp_syncookies=2).
+    case always
+}
+
+public struct OverflowPolicy: Equatable, Sendable {
+    /// Activate when the SYN queue holds at least this share of the backlog.
+    public var activatePercent: UInt32 = 100
+    /// Deactivate once it stays below this share for `holdNanoseconds`.
+    public var deactivatePercent: UInt32 = 50
+    public var holdNanoseconds: UInt64 = 5_000_000_000
+    /// The kernel accepts cookies for two minutes after its own last one (tcp_synq_overflow). While
+    /// active, SYNs let through refresh that mark only if the queue is still full; a listener not
+    /// seen full for this long is deactivated before the mark can lapse under a client's ACK.
+    public var markLifetimeNanoseconds: UInt64 = 90_000_000_000
+
+    public init() {}
+
+    func activationThreshold(_ backlog: UInt32) -> UInt32 { max(1, backlog * activatePercent / 100) }
+    func calmThreshold(_ backlog: UInt32) -> UInt32 { backlog * deactivatePercent / 100 }
+}
+
+/// Decides, from periodic sock_diag observations, which listeners the responder serves.
+public struct ListenerOverflowTracker: Sendable {
+    public struct State: Sendable {
+        public var observation: ListenerObservation
+        public var active = false
+        public var lastFull: UInt64?
+        public var calmSince: UInt64?
+        public var activations: UInt64 = 0
+    }
+
+    public enum Event: Equatable, Sendable {
+        case activated(ListenerObservation)
+        case deactivated(ListenerKey, reason: String)
+    }
+
+    public let policy: OverflowPolicy
+    /// True with tcp_syncookies=1: the kernel's per-listener overflow mark must be kept fresh.
+    public var kernelNeedsOverflowMark: Bool
+    public private(set) var states: [ListenerKey: State] = [:]
+
+    public init(policy: OverflowPolicy, kernelNeedsOverflowMark: Bool = true) {
+        self.policy = policy
+        self.kernelNeedsOverflowMark = kernelNeedsOverflowMark
+    }
+
+    public var activeKeys: [ListenerKey] { states.filter { $0.value.active }.map(\.key) }
+
+    /// Takes one complete scan (every listener of the namespace) and returns what changed.
+    public mutating func update(_ observations: [ListenerObservation], now: UInt64) -> [Event] {
+        var events: [Event] = []
+        var seen = Set<ListenerKey>()
+        for observation in observations {
+            seen.insert(observation.key)
+            var state = states[observation.key] ?? State(observation: observation)
+            state.observation = observation
+            let full = observation.backlog > 0 && observation.requestSockets >= policy.activationThreshold(observation.backlog)
+            if full { state.lastFull = now }
+            if observation.requestSockets >= policy.calmThreshold(observation.backlog) && observation.backlog > 0 {
+                state.calmSince = nil
+            } else if state.calmSince == nil {
+                state.calmSince = now
+            }
+            if !state.active {
+                if full {
+                    state.active = true
+                    state.activations += 1
+                    state.calmSince = nil
+                    events.append(.activated(observation))
+                }
+            } else if let calm = state.calmSince, now &- calm >= policy.holdNanoseconds {
+                state.active = false
+                events.append(.deactivated(observation.key, reason: "SYN queue \(observation.requestSockets)/\(observation.backlog) below \(policy.deactivatePercent)% for \(policy.holdNanoseconds / 1_000_000) ms"))
+            } else if kernelNeedsOverflowMark, let lastFull = state.lastFull, now &- lastFull >= policy.markLifetimeNanoseconds {
+                state.active = false
+                events.append(.deactivated(observation.key, reason: "SYN queue not full for \(policy.markLifetimeNanoseconds / 1_000_000_000) s: the kernel's overflow mark may lapse"))
+            }
+            states[observation.key] = state
+        }
+        for (key, state) in states where !seen.contains(key) {
+            if state.active { events.append(.deactivated(key, reason: "listener closed")) }
+            states[key] = nil
+        }
+        return events
+    }
+}

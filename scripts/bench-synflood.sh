@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# SYN flood against a listener with backlog 16 on P1, while a client opens new connections through
+# the director: (a) the kernel answers every SYN itself (second-chance --syn-cookies off), and
+# (b) second-chance's responder answers them once the SYN queue overflows. Same flood, same run.
+# Prints legitimate-connection success and CPU per SYN (second-chance's own, and the namespace-
+# independent total from /proc/stat, which includes softirq work). Bounded in count and time.
+#   scripts/bench-synflood.sh [SECONDS] [SYNS_PER_SECOND]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-10}
+rate=${2:-50000}
+. scripts/lab-common.sh
+prefix=bsyn
+lab_begin "$prefix"
+P=$prefix-p1
+VIP=198.19.0.10
+ip netns exec "$P" sysctl -qw net.ipv4.tcp_timestamps=2
+ip netns exec "$P" "$bin/glb-lab" echo --listen "$VIP:8080" --backlog 16 2>/dev/null & pids+=($!)
+echo 198.18.0.11 > "$work/table"
+ip netns exec "$prefix-d" "$bin/glb-lab" director --self 198.18.0.2 --table "$work/table" 2>/dev/null & pids+=($!)
+sleep 0.5
+
+cpu_total() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }   # user nice system irq softirq (ticks)
+cpu_process() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+ticks=$(getconf CLK_TCK)
+
+printf '%-24s %8s %10s %12s %14s %14s %12s\n' mode syns syns/s legit_ok legit_failed cpu_us/syn sc_cpu_us/syn
+for mode in off auto; do
+    rm -f "$work/sc.sock"
+    ip netns exec "$P" "$bin/second-chance" run --queue 0 --self 198.18.0.11 --control "$work/sc.sock" --syn-cookies "$mode" 2>"$work/sc.$mode.log" & sc=$!
+    for _ in $(seq 100); do [ -S "$work/sc.sock" ] && break; sleep 0.05; done
+    ip netns exec "$prefix-c" "$bin/glb-lab" clients --target "$VIP:8080" --connections 0 --new-per-second 20 --seconds "$seconds" \
+        --interval-ms 10 > "$work/clients.$mode" 2>&1 & clients=$!
+    total0=$(cpu_total); process0=$(cpu_process "$sc")
+    ip netns exec "$prefix-c" "$bin/glb-lab" blast --to 198.18.0.11 --kind syn --client 198.18.200.1 --spoof-addresses 250 \
+        --vip "$VIP" --vip-port 8080 --flows 40000 --count $((seconds * rate)) --rate "$rate" --max-seconds "$seconds" > "$work/blast.$mode"
+    total1=$(cpu_total); process1=$(cpu_process "$sc")
+    wait "$clients" || true
+    "$bin/second-chance" stats --control "$work/sc.sock" > "$work/stats.$mode"
+    kill "$sc"; wait "$sc" || true
+    sent=$(sed -n 's/.*sent=\([0-9]*\).*/\1/p' "$work/blast.$mode")
+    sent_rate=$(sed -n 's/.*rate=\([0-9]*\).*/\1/p' "$work/blast.$mode")
+    ok=$(sed -n 's/.*new_ok=\([0-9]*\).*/\1/p' "$work/clients.$mode")
+    failed=$(sed -n 's/.*new_failed=\([0-9]*\).*/\1/p' "$work/clients.$mode")
+    per_syn=$(awk -v d=$((total1 - total0)) -v n="$sent" -v t="$ticks" 'BEGIN { printf "%.2f", d / t * 1e6 / n }')
+    sc_per_syn=$(awk -v d=$((process1 - process0)) -v n="$sent" -v t="$ticks" 'BEGIN { printf "%.2f", d / t * 1e6 / n }')
+    label=$([ "$mode" = off ] && echo "(a) kernel cookies" || echo "(b) second-chance")
+    printf '%-24s %8s %10s %12s %14s %14s %12s\n' "$label" "$sent" "$sent_rate" "$ok" "$failed" "$per_syn" "$sc_per_syn"
+    grep -E "^(cookies_sent|accepted_syn|accepted_syn_cookie|kernel_SyncookiesSent|kernel_SyncookiesRecv|kernel_ListenOverflows):" "$work/stats.$mode" | tr '\n' ' ' | sed 's/^/    counters: /'
+    echo
+    grep -E "SYN cookies (on|off)" "$work/sc.$mode.log" | head -3 | sed 's/^/    /' || true
+done
