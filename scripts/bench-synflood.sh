@@ -22,6 +22,7 @@ sleep 0.5
 
 cpu_total() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }   # user nice system irq softirq (ticks)
 cpu_process() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+tcpext() { ip netns exec "$P" awk -v name="$1" '/^TcpExt:/ { if (!n) { for (i = 1; i <= NF; i++) if ($i == name) n = i } else print $n }' /proc/net/netstat; }
 ticks=$(getconf CLK_TCK)
 
 printf '%-24s %8s %10s %12s %14s %14s %12s\n' mode syns syns/s legit_ok legit_failed cpu_us/syn sc_cpu_us/syn
@@ -31,11 +32,12 @@ for mode in off auto; do
     for _ in $(seq 100); do [ -S "$work/sc.sock" ] && break; sleep 0.05; done
     ip netns exec "$prefix-c" "$bin/glb-lab" clients --target "$VIP:8080" --connections 0 --new-per-second 20 --seconds "$seconds" \
         --interval-ms 10 > "$work/clients.$mode" 2>&1 & clients=$!
-    total0=$(cpu_total); process0=$(cpu_process "$sc")
+    total0=$(cpu_total); process0=$(cpu_process "$sc"); sent0=$(tcpext SyncookiesSent); recv0=$(tcpext SyncookiesRecv)
     ip netns exec "$prefix-c" "$bin/glb-lab" blast --to 198.18.0.11 --kind syn --client 198.18.200.1 --spoof-addresses 250 \
         --vip "$VIP" --vip-port 8080 --flows 40000 --count $((seconds * rate)) --rate "$rate" --max-seconds "$seconds" > "$work/blast.$mode"
     total1=$(cpu_total); process1=$(cpu_process "$sc")
     wait "$clients" || true
+    kernel_sent=$(( $(tcpext SyncookiesSent) - sent0 )); kernel_recv=$(( $(tcpext SyncookiesRecv) - recv0 ))
     "$bin/second-chance" stats --control "$work/sc.sock" > "$work/stats.$mode"
     kill "$sc"; wait "$sc" || true
     sent=$(sed -n 's/.*sent=\([0-9]*\).*/\1/p' "$work/blast.$mode")
@@ -46,7 +48,7 @@ for mode in off auto; do
     sc_per_syn=$(awk -v d=$((process1 - process0)) -v n="$sent" -v t="$ticks" 'BEGIN { printf "%.2f", d / t * 1e6 / n }')
     label=$([ "$mode" = off ] && echo "(a) kernel cookies" || echo "(b) second-chance")
     printf '%-24s %8s %10s %12s %14s %14s %12s\n' "$label" "$sent" "$sent_rate" "$ok" "$failed" "$per_syn" "$sc_per_syn"
-    grep -E "^(cookies_sent|accepted_syn|accepted_syn_cookie|kernel_SyncookiesSent|kernel_SyncookiesRecv|kernel_ListenOverflows):" "$work/stats.$mode" | tr '\n' ' ' | sed 's/^/    counters: /'
-    echo
+    grep -E "^(cookies_sent|accepted_syn|accepted_syn_cookie):" "$work/stats.$mode" | tr '\n' ' ' | sed 's/^/    counters: /'
+    echo "kernel SyncookiesSent +$kernel_sent SyncookiesRecv +$kernel_recv"
     grep -E "SYN cookies (on|off)" "$work/sc.$mode.log" | head -3 | sed 's/^/    /' || true
 done

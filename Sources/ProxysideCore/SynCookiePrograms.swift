@@ -65,3 +65,33 @@ public enum SynCookieProgram {
         ] + body + [.moveImmediate(0, 1), .exit]
     }
 }
+
+extension SynCookieProgram {
+    /// Batch generation: the input holds up to `batchSlots` slots of `batchStride` bytes, each an IP
+    /// header and the 24-byte TCP header of `SynCookieReply.generatorInput`; the helper's result
+    /// replaces each slot's first 8 bytes. One test run answers a whole NFQUEUE batch's SYNs (a
+    /// system call each would cost more than the cookies). The program is unrolled (no loop for the
+    /// verifier to bound) and stops at the first slot that does not fit in the data.
+    public static let batchStride = 64
+    public static let batchSlots = 32
+
+    public static func batchGenerate(ipv6: Bool, slots: Int = batchSlots) -> [BPFInstruction] {
+        let ipLength = Int32(ipHeaderLength(ipv6: ipv6))
+        let tcpLength = Int32(SynCookieReply.generatorTCPLength)
+        let perSlot = 10
+        var program: [BPFInstruction] = [.loadWord(6, 1, 0), .loadWord(7, 1, 4)]  // data, data_end
+        for slot in 0..<slots {
+            let base = Int32(slot * batchStride)
+            program += [
+                .move(8, 6), .addImmediate(8, base + ipLength + tcpLength),
+                .jumpIfGreater(8, 7, Int16(perSlot - 3 + (slots - slot - 1) * perSlot)),  // to the exit
+                .move(1, 6), .addImmediate(1, base),
+                .move(2, 1), .addImmediate(2, ipLength),
+                .moveImmediate(3, tcpLength),
+                .call(helper(.generate, ipv6: ipv6)),
+                .storeDoubleWord(6, 0, Int16(base)),
+            ]
+        }
+        return program + [.moveImmediate(0, Int32(xdpPass)), .exit]
+    }
+}

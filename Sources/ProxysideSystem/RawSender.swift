@@ -83,9 +83,11 @@ public final class ForwardBatch {
         return true
     }
 
-    /// Sends everything queued; returns how many packets could not be sent.
-    public func flush(_ sender: RawIPSender) -> Int {
-        var sent = 0, failed = 0
+    /// Sends everything queued; returns the positions (in append order) of packets that could not be sent.
+    @discardableResult
+    public func flush(_ sender: RawIPSender) -> [Int] {
+        var sent = 0
+        var failed: [Int] = []
         while sent < count {
             let result = buffers.withUnsafeMutableBufferPointer { buffers in
                 lengths.withUnsafeBufferPointer { lengths in
@@ -97,7 +99,7 @@ public final class ForwardBatch {
             }
             if result == -EINTR { continue }
             // A packet the kernel refuses (no route, say) stops sendmmsg: count it and go on after it.
-            if result <= 0 { sent += 1; failed += 1; continue }
+            if result <= 0 { failed.append(sent); sent += 1; continue }
             sent += Int(result)
         }
         count = 0

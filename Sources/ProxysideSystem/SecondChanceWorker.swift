@@ -120,7 +120,6 @@ public final class SecondChanceWorker: @unchecked Sendable {
     public func decideBatch(_ packets: UnsafeBufferPointer<NetfilterQueue.QueuedPacket>, _ actions: inout [NetfilterQueue.Action]) {
         let now = MonotonicClock.nanoseconds()
         ownership.now = now
-        ownership.responder?.refresh()
         parsed.removeAll(keepingCapacity: true)
         pending.removeAll(keepingCapacity: true)
         cachedFlows.removeAll(keepingCapacity: true)
@@ -150,7 +149,8 @@ public final class SecondChanceWorker: @unchecked Sendable {
                 ownership.cache.remember(answer, for: flow, now: now)
             }
         }
-        for (packet, result) in zip(packets, parsed) { actions.append(carryOut(packet.payload, result)) }
+        ownership.responder?.prepare(packets, parsed, now: now, sender: sender)
+        for (index, (packet, result)) in zip(packets, parsed).enumerated() { actions.append(carryOut(packet.payload, result, index: index)) }
         ownership.prefetched.removeAll(keepingCapacity: true)
         flushForwards()
     }
@@ -159,14 +159,14 @@ public final class SecondChanceWorker: @unchecked Sendable {
     public func flushForwards() {
         let queued = forwards.count
         guard queued > 0 else { return }
-        let failed = forwards.flush(sender)
+        let failed = forwards.flush(sender).count
         counters.add(.forwarded, UInt64(queued - failed))
         if failed > 0 { counters.add(.forwardFailed, UInt64(failed)) }
     }
 
     /// Decides one parsed packet and carries the decision out.
     @inline(__always)
-    func carryOut(_ packet: UnsafeMutableRawBufferPointer, _ parsed: Decider.Parsed) -> NetfilterQueue.Action {
+    func carryOut(_ packet: UnsafeMutableRawBufferPointer, _ parsed: Decider.Parsed, index: Int) -> NetfilterQueue.Action {
         counters.add(.total)
         let decision: Decision
         switch parsed {
@@ -188,16 +188,12 @@ public final class SecondChanceWorker: @unchecked Sendable {
             counters.add(.dropped(reason))
             return .drop
         case .local(.syn):
-            if let responder = ownership.responder, case .tcp(let segment) = decision.inner,
-                segment.flags.intersection([.syn, .ack, .fin, .rst]) == .syn
-            {
-                switch responder.answer(UnsafeRawBufferPointer(packet), segment, end: decision.gue!.innerEnd, now: ownership.now, sender: sender) {
-                case .answered:
-                    counters.add(.cookiesSent)
-                    return .drop
-                case .failed: counters.add(.cookieReplyFailed)
-                case .toKernel: break
-                }
+            switch ownership.responder?.outcome(at: index) {
+            case .answered:
+                counters.add(.cookiesSent)
+                return .drop
+            case .failed: counters.add(.cookieReplyFailed)
+            case .toKernel, nil: break
             }
             counters.add(.local(.syn))
             return deliverLocally(packet, decision.gue!)

@@ -10,8 +10,10 @@ public final class SynCookieOracle {
     private let checkIPv6: Int32
     private let generateIPv4: Int32
     private let generateIPv6: Int32
-    private var scratch = [UInt8](repeating: 0, count: 128)
-    private var output = [UInt8](repeating: 0, count: 128)
+    private let batchIPv4: Int32
+    private let batchIPv6: Int32
+    private var scratch = [UInt8](repeating: 0, count: SynCookieProgram.batchSlots * SynCookieProgram.batchStride)
+    private var output = [UInt8](repeating: 0, count: SynCookieProgram.batchSlots * SynCookieProgram.batchStride)
 
     public init() throws {
         var loaded: [Int32] = []
@@ -19,15 +21,18 @@ public final class SynCookieOracle {
             for (kind, ipv6) in [(SynCookieProgram.Kind.check, false), (.check, true), (.generate, false), (.generate, true)] {
                 loaded.append(try Self.load(SynCookieProgram.instructions(kind, ipv6: ipv6, tcpLength: kind == .generate ? SynCookieReply.generatorTCPLength : 20)))
             }
+            loaded.append(try Self.load(SynCookieProgram.batchGenerate(ipv6: false)))
+            loaded.append(try Self.load(SynCookieProgram.batchGenerate(ipv6: true)))
         } catch {
             loaded.forEach { close($0) }
             throw error
         }
         (checkIPv4, checkIPv6, generateIPv4, generateIPv6) = (loaded[0], loaded[1], loaded[2], loaded[3])
+        (batchIPv4, batchIPv6) = (loaded[4], loaded[5])
     }
 
     deinit {
-        [checkIPv4, checkIPv6, generateIPv4, generateIPv6].forEach { close($0) }
+        [checkIPv4, checkIPv6, generateIPv4, generateIPv6, batchIPv4, batchIPv6].forEach { close($0) }
     }
 
     static func load(_ program: [BPFInstruction]) throws -> Int32 {
@@ -44,8 +49,8 @@ public final class SynCookieOracle {
         return fd
     }
 
-    /// Runs `program` over ipHeader + tcpHeader; returns the helper's signed 64-bit result.
-    private func run(_ program: Int32, _ length: Int) -> Int64? {
+    /// Runs `program` over the scratch buffer's first `length` bytes; true when it passed.
+    private func runProgram(_ program: Int32, _ length: Int) -> Bool {
         var outputSize = UInt32(output.count)
         var returnValue: UInt32 = 0
         let result = scratch.withUnsafeBytes { input in
@@ -53,8 +58,51 @@ public final class SynCookieOracle {
                 proxyside_bpf_test_run(program, input.baseAddress, UInt32(length), out.baseAddress, &outputSize, &returnValue)
             }
         }
-        guard result == 0, returnValue == SynCookieProgram.xdpPass, outputSize >= 8 else { return nil }
+        return result == 0 && returnValue == SynCookieProgram.xdpPass && Int(outputSize) >= length
+    }
+
+    /// Runs a single-input program; returns the helper's signed 64-bit result.
+    private func run(_ program: Int32, _ length: Int) -> Int64? {
+        guard runProgram(program, length) else { return nil }
         return output.withUnsafeBytes { Int64(littleEndian: $0.loadUnaligned(as: Int64.self)) }
+    }
+
+    public struct SynRequest {
+        public var packet: UnsafeRawBufferPointer
+        public var segment: TCPSegment
+        public var options: SynOptions
+        public init(packet: UnsafeRawBufferPointer, segment: TCPSegment, options: SynOptions) {
+            self.packet = packet
+            self.segment = segment
+            self.options = options
+        }
+    }
+
+    /// Cookies for many SYNs of one family, `SynCookieProgram.batchSlots` per test run.
+    public func cookies(forSYNs requests: ArraySlice<SynRequest>, ipv6: Bool) -> [(cookie: UInt32, mss: UInt16)?] {
+        var results: [(cookie: UInt32, mss: UInt16)?] = []
+        results.reserveCapacity(requests.count)
+        let stride = SynCookieProgram.batchStride
+        var start = requests.startIndex
+        while start < requests.endIndex {
+            let chunk = requests[start..<min(requests.endIndex, start + SynCookieProgram.batchSlots)]
+            var filled: [Bool] = []
+            for (slot, request) in chunk.enumerated() {
+                let written = scratch.withUnsafeMutableBytes { buffer in
+                    SynCookieReply.generatorInput(request.packet, request.segment, options: request.options,
+                                                  into: UnsafeMutableRawBufferPointer(rebasing: buffer[(slot * stride)..<((slot + 1) * stride)]))
+                }
+                filled.append(written != nil)
+            }
+            let passed = runProgram(ipv6 ? batchIPv6 : batchIPv4, chunk.count * stride)
+            for slot in 0..<chunk.count {
+                guard passed, filled[slot] else { results.append(nil); continue }
+                let value = output.withUnsafeBytes { Int64(littleEndian: $0.loadUnaligned(fromByteOffset: slot * stride, as: Int64.self)) }
+                results.append(value < 0 ? nil : (UInt32(truncatingIfNeeded: value), UInt16(truncatingIfNeeded: value >> 32)))
+            }
+            start = chunk.endIndex
+        }
+        return results
     }
 
     /// True when ack-1 of `segment` is a cookie the kernel issued for its 4-tuple and ISN.

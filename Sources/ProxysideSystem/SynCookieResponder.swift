@@ -299,7 +299,9 @@ public final class ListenerMonitor: @unchecked Sendable {
     }
 }
 
-/// A queue thread's side of the responder: answers SYNs for published listeners with kernel cookies.
+/// A queue thread's side of the responder: answers a batch's SYNs for published listeners with
+/// kernel cookies, all of them with one BPF test run and one sendmmsg (IPv4) before the batch's
+/// verdicts are decided.
 final class SynCookieResponder {
     enum Outcome {
         /// Not served (or kept for the kernel): deliver the SYN as usual.
@@ -315,6 +317,14 @@ final class SynCookieResponder {
     let passInterval: UInt64
     private(set) var snapshot = ResponderBoard.Snapshot()
     private var lastPassed: [ListenerKey: UInt64] = [:]
+    private var outcomes: [Outcome] = []
+    private var requests: [[SynCookieOracle.SynRequest]] = [[], []]
+    private var requestContext: [[(index: Int, listener: ResponderListener)]] = [[], []]
+    private let replies = ForwardBatch()
+    private var replyIndexes: [Int] = []
+    private var replyRecords: [ListenerRecord] = []
+    private static let replySlot = 128
+    private let replyPool = UnsafeMutableRawPointer.allocate(byteCount: ForwardBatch.capacity * replySlot, alignment: 16)
 
     init(board: ResponderBoard, oracle: SynCookieOracle, passInterval: UInt64) {
         self.board = board
@@ -322,39 +332,89 @@ final class SynCookieResponder {
         self.passInterval = passInterval
     }
 
-    /// Picks up the monitor's latest snapshot (once per batch).
-    func refresh() {
+    deinit { replyPool.deallocate() }
+
+    func outcome(at index: Int) -> Outcome { index < outcomes.count ? outcomes[index] : .toKernel }
+
+    /// The published listener a flow's ACK reaches, if the responder serves it.
+    func listener(for flow: FlowKey) -> ResponderListener? { snapshot.listener(for: flow) }
+
+    /// Decides and answers every SYN of a batch; `outcome(at:)` then tells each packet's fate.
+    func prepare(_ packets: UnsafeBufferPointer<NetfilterQueue.QueuedPacket>, _ parsed: [Decider.Parsed], now: UInt64, sender: RawIPSender) {
         if board.generation != snapshot.generation {
             snapshot = board.snapshot()
             lastPassed = lastPassed.filter { snapshot.listeners[$0.key] != nil }
         }
+        outcomes.removeAll(keepingCapacity: true)
+        outcomes.append(contentsOf: repeatElement(.toKernel, count: packets.count))
+        guard !snapshot.listeners.isEmpty else { return }
+        for family in 0..<2 {
+            requests[family].removeAll(keepingCapacity: true)
+            requestContext[family].removeAll(keepingCapacity: true)
+        }
+        for (index, result) in parsed.enumerated() {
+            guard case .parsed(let packet) = result, case .tcp(let segment) = packet.inner,
+                segment.flags.intersection([.syn, .ack, .fin, .rst]) == .syn,
+                let listener = snapshot.listener(for: segment.flow), !listener.acceptQueueFull
+            else { continue }
+            let key = listener.record.key
+            if snapshot.settings.syncookies != 2, now &- (lastPassed[key] ?? 0) >= passInterval {
+                lastPassed[key] = now
+                listener.record.add(.synsPassedToKernel)
+                continue
+            }
+            let bytes = UnsafeRawBufferPointer(packets[index].payload)
+            guard let options = SynOptions.parse(bytes, tcpOffset: segment.tcpOffset, end: packet.gue.innerEnd) else {
+                outcomes[index] = .failed
+                continue
+            }
+            let family = segment.flow.isIPv6 ? 1 : 0
+            requests[family].append(.init(packet: bytes, segment: segment, options: options))
+            requestContext[family].append((index, listener))
+        }
+        for family in 0..<2 where !requests[family].isEmpty {
+            let cookies = oracle.cookies(forSYNs: requests[family][...], ipv6: family == 1)
+            for (position, cookie) in cookies.enumerated() {
+                let (index, listener) = requestContext[family][position]
+                guard let (value, mss) = cookie else { outcomes[index] = .failed; continue }
+                let request = requests[family][position]
+                let offer = SynCookieReply.offer(request.options, settings: snapshot.settings, ourWindowScale: listener.windowScale,
+                                                 nowMilliseconds: now / 1_000_000)
+                let window = TCPWindow.synAckWindow(listenerReceiveBuffer: listener.receiveBuffer,
+                                                    mss: offer.timestamp == nil ? mss : mss - 12)
+                let reply = SynCookieReply.build(request.packet, request.segment, cookie: value, mss: mss, offer: offer,
+                                                 window: window, ttl: snapshot.settings.defaultTTL)
+                outcomes[index] = send(reply, ipv6: family == 1, index: index, record: listener.record, sender: sender)
+            }
+        }
+        flushReplies(sender)
     }
 
-    func answer(_ packet: UnsafeRawBufferPointer, _ segment: TCPSegment, end: Int, now: UInt64, sender: RawIPSender) -> Outcome {
-        guard let listener = snapshot.listener(for: segment.flow), !listener.acceptQueueFull else { return .toKernel }
-        let key = listener.record.key
-        if snapshot.settings.syncookies != 2, now &- (lastPassed[key] ?? 0) >= passInterval {
-            lastPassed[key] = now
-            listener.record.add(.synsPassedToKernel)
-            return .toKernel
+    /// IPv4 replies wait for one sendmmsg (counted as answered, corrected if the send fails);
+    /// IPv6 ones go out at once.
+    private func send(_ reply: [UInt8], ipv6: Bool, index: Int, record: ListenerRecord, sender: RawIPSender) -> Outcome {
+        if ipv6 {
+            guard reply.withUnsafeBytes({ sender.sendIPv6($0) }) == 0 else { return .failed }
+            record.add(.cookiesSent)
+            return .answered
         }
-        guard let options = SynOptions.parse(packet, tcpOffset: segment.tcpOffset, end: end),
-            let (cookie, mss) = oracle.cookie(forSYN: packet, segment, options: options)
-        else { return .failed }
-        let offer = SynCookieReply.offer(options, settings: snapshot.settings, ourWindowScale: listener.windowScale,
-                                         nowMilliseconds: now / 1_000_000)
-        let reply = SynCookieReply.build(packet, segment, cookie: cookie, mss: mss, offer: offer,
-                                         window: TCPWindow.synAckWindow(listenerReceiveBuffer: listener.receiveBuffer,
-                                                                        mss: offer.timestamp == nil ? mss : mss - 12),
-                                         ttl: snapshot.settings.defaultTTL)
-        let error = reply.withUnsafeBytes { segment.flow.isIPv6 ? sender.sendIPv6($0) : sender.sendIPv4($0) }
-        guard error == 0 else { return .failed }
-        listener.record.add(.cookiesSent)
+        if replies.count == ForwardBatch.capacity { flushReplies(sender) }
+        let slot = replyPool + replies.count * Self.replySlot
+        reply.withUnsafeBytes { slot.copyMemory(from: $0.baseAddress!, byteCount: min($0.count, Self.replySlot)) }
+        _ = replies.append(UnsafeRawBufferPointer(start: slot, count: min(reply.count, Self.replySlot)))
+        replyIndexes.append(index)
+        replyRecords.append(record)
         return .answered
     }
 
-    /// The published listener a flow's ACK reaches, if the responder serves it.
-    func listener(for flow: FlowKey) -> ResponderListener? { snapshot.listener(for: flow) }
+    private func flushReplies(_ sender: RawIPSender) {
+        guard replies.count > 0 else { return }
+        let failed = replies.flush(sender)
+        for position in failed { outcomes[replyIndexes[position]] = .failed }
+        for (position, record) in replyRecords.enumerated() where !failed.contains(position) { record.add(.cookiesSent) }
+        replyIndexes.removeAll(keepingCapacity: true)
+        replyRecords.removeAll(keepingCapacity: true)
+    }
 }
 
 /// The responder's per-listener counters and the namespace's TcpExt cookie counters, for the stats server.

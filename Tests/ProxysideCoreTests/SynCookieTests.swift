@@ -200,3 +200,19 @@ extension Array where Element == UInt8 {
         return (IPv4Address(be32(12)), IPv4Address(be32(16)), be16(20), be16(22), be32(24), be32(28), self[33])
     }
 }
+
+final class SynCookieBatchProgramTests: XCTestCase {
+    func testEveryBoundsCheckJumpsToTheExitAndEverySlotIsStored() {
+        for ipv6 in [false, true] {
+            let program = SynCookieProgram.batchGenerate(ipv6: ipv6, slots: 4)
+            let exit = program.count - 2
+            XCTAssertEqual(program[exit], BPFInstruction(code: 0xb7, destination: 0, source: 0, offset: 0, immediate: Int32(SynCookieProgram.xdpPass)))
+            let jumps = program.enumerated().filter { $0.element.code == 0x2d }
+            XCTAssertEqual(jumps.count, 4)
+            for (position, jump) in jumps { XCTAssertEqual(position + 1 + Int(jump.offset), exit) }
+            let stores = program.filter { $0.code == 0x7b }.map(\.offset)
+            XCTAssertEqual(stores, [0, 64, 128, 192])
+            XCTAssertEqual(program.filter { $0.code == 0x85 }.map(\.immediate), Array(repeating: ipv6 ? 205 : 204, count: 4))
+        }
+    }
+}
