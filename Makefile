@@ -1,4 +1,4 @@
-.PHONY: all build test demo bench clean install
+.PHONY: all build test test-quick demo bench bench-synflood clean install
 
 PREFIX ?= /usr/local
 
@@ -10,11 +10,17 @@ build:
 test:
 	scripts/test.sh
 
+test-quick:
+	scripts/test.sh --quick
+
 demo:
 	scripts/demo.sh
 
 bench:
 	scripts/bench.sh
+
+bench-synflood:
+	scripts/bench-synflood.sh
 
 install: build
 	install -D -m 0755 "$$(swift build -c release --show-bin-path)/second-chance" $(DESTDIR)$(PREFIX)/sbin/second-chance

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Runs every test: unit and fuzz tests, then integration tests in network namespaces (root).
+# Runs every test: unit and fuzz tests, then integration tests in network namespaces (root),
+# including the slow one (a SYN flood of 150 s). --quick leaves the slow one out.
+#   scripts/test.sh [--quick]
 set -euo pipefail
+if [ "${1:-}" = --quick ]; then export PROXYSIDE_SLOW_TESTS=0; else export PROXYSIDE_SLOW_TESTS=1; fi
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "test: run as root (network namespaces, NFQUEUE, BPF)" >&2; exit 1; }
 scripts/setup.sh
