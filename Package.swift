@@ -22,6 +22,8 @@ let package = Package(
 
         // Pure packet and decision code: no syscalls, unit-tested.
         .target(name: "ProxysideCore"),
+        // bindkeeper's request and reply formats (no system calls).
+        .target(name: "BindkeeperCore"),
         // Thin system layers: NFQUEUE, sock_diag, raw sockets, BPF, namespaces, metrics.
         .target(
             name: "ProxysideSystem",
@@ -38,6 +40,7 @@ let package = Package(
         .executableTarget(name: "nfq-baseline", dependencies: ["CNetfilterQueue", "CMnl"]),
 
         .testTarget(name: "ProxysideCoreTests", dependencies: ["ProxysideCore", "ProxysideSystem"]),
+        .testTarget(name: "BindkeeperCoreTests", dependencies: ["BindkeeperCore"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["ProxysideCore", "ProxysideSystem", "second-chance", "glb-lab"]),
