@@ -134,6 +134,18 @@ final class SynCookieResponderTests: XCTestCase {
         XCTAssertGreaterThan(windows.client.2, 65535, "the client may send more than 64 KiB unacknowledged")
     }
 
+    /// Starts second-chance on P1, floods the IPv4 listener until the responder serves it, then
+    /// connects once (answered by the responder) and moves 1 MiB.
+    func floodThenConnectWithOurCookie() throws -> (client: (UInt8, UInt8, UInt32), server: (UInt8, UInt8, UInt32)) {
+        try startSecondChance(["--cookie-pass-ms", "60000"])
+        try flood(400)
+        try waitUntilActive("\(Lab.vip):\(Self.port)")
+        let before = try lab.stats("p1")["cookies_sent"]!
+        let windows = try connectAndTransfer(to: .v4(Lab.vip), bytes: 1 << 20)
+        XCTAssertEqual(try lab.stats("p1")["cookies_sent"]! - before, 1, "the client's SYN was answered by the responder")
+        return windows
+    }
+
     func testResponderAnswersAnOverflowingListenerAndTheKernelTakesItsCookies() throws {
         try sysctl("p1", "net.ipv4.tcp_timestamps=2")
         try listen(.v4(Lab.vip))
@@ -156,12 +168,7 @@ final class SynCookieResponderTests: XCTestCase {
             guard bound == 0, Glibc.listen(fd, 16) == 0 else { throw SystemError("listen with SO_RCVBUF") }
             return fd
         }
-        try startSecondChance(["--cookie-pass-ms", "60000"])
-        try flood(400)
-        try waitUntilActive("\(Lab.vip):\(Self.port)")
-        let before = try lab.stats("p1")["cookies_sent"]!
-        let windows = try connectAndTransfer(to: .v4(Lab.vip), bytes: 1 << 20)
-        XCTAssertEqual(try lab.stats("p1")["cookies_sent"]! - before, 1)
+        let windows = try floodThenConnectWithOurCookie()
         XCTAssertEqual(windows.server.1, 3, "sk_rcvbuf 512 KiB: full space 2^18, scale 3")
         XCTAssertEqual(windows.client.0, windows.server.1)
     }
@@ -178,12 +185,7 @@ final class SynCookieResponderTests: XCTestCase {
     func testWithSecretTimestampOffsetsTheHandshakeCarriesNoOptions() throws {
         try sysctl("p1", "net.ipv4.tcp_timestamps=1")
         try listen(.v4(Lab.vip))
-        try startSecondChance(["--cookie-pass-ms", "60000"])
-        try flood(400)
-        try waitUntilActive("\(Lab.vip):\(Self.port)")
-        let before = try lab.stats("p1")["cookies_sent"]!
-        let windows = try connectAndTransfer(to: .v4(Lab.vip), bytes: 1 << 20)
-        XCTAssertEqual(try lab.stats("p1")["cookies_sent"]! - before, 1)
+        let windows = try floodThenConnectWithOurCookie()
         XCTAssertEqual(windows.client.0, 0)
         XCTAssertEqual(windows.server.1, 0)
         XCTAssertEqual(windows.server.0, 0)
