@@ -23,26 +23,20 @@ public struct ListenerKey: Hashable, Sendable, CustomStringConvertible {
         ListenerKey(address: isIPv6 ? .v6(IPv6Address(high: 0, low: 0)) : .v4(IPv4Address(0)), port: port)
     }
 
-    /// The listener a flow's SYN reaches, most specific first: the VIP itself, then the family's
-    /// wildcard, then (IPv4) a dual-stack IPv6 wildcard.
-    public static func candidates(for flow: FlowKey) -> [ListenerKey] {
-        let exact = ListenerKey(address: flow.destinationAddress, port: flow.destinationPort)
-        var keys = [exact, exact.wildcard]
-        if !flow.isIPv6 { keys.append(ListenerKey(address: .v6(IPv6Address(high: 0, low: 0)), port: flow.destinationPort)) }
+    /// The listeners a SYN to this address and port reaches, most specific first: the address
+    /// itself, then the family's wildcard, then (IPv4) a dual-stack IPv6 wildcard.
+    public var lookupOrder: [ListenerKey] {
+        var keys = [self, wildcard]
+        if !isIPv6 { keys.append(ListenerKey(address: .v6(IPv6Address(high: 0, low: 0)), port: port)) }
         return keys
     }
 
-    public var description: String { isIPv6 ? "[\(ipAddress)]:\(port)" : "\(ipAddress):\(port)" }
-}
-
-extension FlowKey {
-    /// A flow to `key` from nowhere: what a request socket bound to `key` was reached by.
-    public init(listenerKey key: ListenerKey) {
-        switch key.ipAddress {
-        case .v4(let v4): self.init(source: IPv4Address(0), sourcePort: 0, destination: v4, destinationPort: key.port)
-        case .v6(let v6): self.init(source: IPv6Address(high: 0, low: 0), sourcePort: 0, destination: v6, destinationPort: key.port)
-        }
+    /// The listeners a flow's SYN reaches, most specific first.
+    public static func candidates(for flow: FlowKey) -> [ListenerKey] {
+        ListenerKey(address: flow.destinationAddress, port: flow.destinationPort).lookupOrder
     }
+
+    public var description: String { isIPv6 ? "[\(ipAddress)]:\(port)" : "\(ipAddress):\(port)" }
 }
 
 /// One look at a listener through sock_diag.

@@ -149,8 +149,7 @@ public final class SockDiag {
             }
         }
         for (key, count) in requests {
-            let flow = FlowKey(listenerKey: key)
-            if let owner = ListenerKey.candidates(for: flow).first(where: { listeners[$0] != nil }) {
+            if let owner = key.lookupOrder.first(where: { listeners[$0] != nil }) {
                 listeners[owner]!.requestSockets += count
             }
         }

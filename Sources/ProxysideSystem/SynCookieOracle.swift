@@ -8,8 +8,6 @@ import ProxysideCore
 public final class SynCookieOracle {
     private let checkIPv4: Int32
     private let checkIPv6: Int32
-    private let generateIPv4: Int32
-    private let generateIPv6: Int32
     private let batchIPv4: Int32
     private let batchIPv6: Int32
     private var scratch = [UInt8](repeating: 0, count: SynCookieProgram.batchSlots * SynCookieProgram.batchStride)
@@ -18,21 +16,19 @@ public final class SynCookieOracle {
     public init() throws {
         var loaded: [Int32] = []
         do {
-            for (kind, ipv6) in [(SynCookieProgram.Kind.check, false), (.check, true), (.generate, false), (.generate, true)] {
-                loaded.append(try Self.load(SynCookieProgram.instructions(kind, ipv6: ipv6, tcpLength: kind == .generate ? SynCookieReply.generatorTCPLength : 20)))
-            }
+            loaded.append(try Self.load(SynCookieProgram.instructions(.check, ipv6: false)))
+            loaded.append(try Self.load(SynCookieProgram.instructions(.check, ipv6: true)))
             loaded.append(try Self.load(SynCookieProgram.batchGenerate(ipv6: false)))
             loaded.append(try Self.load(SynCookieProgram.batchGenerate(ipv6: true)))
         } catch {
             loaded.forEach { close($0) }
             throw error
         }
-        (checkIPv4, checkIPv6, generateIPv4, generateIPv6) = (loaded[0], loaded[1], loaded[2], loaded[3])
-        (batchIPv4, batchIPv6) = (loaded[4], loaded[5])
+        (checkIPv4, checkIPv6, batchIPv4, batchIPv6) = (loaded[0], loaded[1], loaded[2], loaded[3])
     }
 
     deinit {
-        [checkIPv4, checkIPv6, generateIPv4, generateIPv6, batchIPv4, batchIPv6].forEach { close($0) }
+        [checkIPv4, checkIPv6, batchIPv4, batchIPv6].forEach { close($0) }
     }
 
     static func load(_ program: [BPFInstruction]) throws -> Int32 {
@@ -61,7 +57,7 @@ public final class SynCookieOracle {
         return result == 0 && returnValue == SynCookieProgram.xdpPass && Int(outputSize) >= length
     }
 
-    /// Runs a single-input program; returns the helper's signed 64-bit result.
+    /// Runs a single-input program (the check); returns the helper's signed 64-bit result.
     private func run(_ program: Int32, _ length: Int) -> Int64? {
         guard runProgram(program, length) else { return nil }
         return output.withUnsafeBytes { Int64(littleEndian: $0.loadUnaligned(as: Int64.self)) }
@@ -78,7 +74,9 @@ public final class SynCookieOracle {
         }
     }
 
-    /// Cookies for many SYNs of one family, `SynCookieProgram.batchSlots` per test run.
+    /// The cookies the kernel would send in answer to many SYNs of one family, with the MSS each
+    /// encodes (the largest entry of the kernel's MSS table not above the client's),
+    /// `SynCookieProgram.batchSlots` per test run.
     public func cookies(forSYNs requests: ArraySlice<SynRequest>, ipv6: Bool) -> [(cookie: UInt32, mss: UInt16)?] {
         var results: [(cookie: UInt32, mss: UInt16)?] = []
         results.reserveCapacity(requests.count)
@@ -112,13 +110,5 @@ public final class SynCookieOracle {
         for index in 0..<ipLength { scratch[index] = packet[segment.ipHeaderOffset + index] }
         for index in 0..<20 { scratch[ipLength + index] = packet[segment.tcpOffset + index] }
         return run(segment.flow.isIPv6 ? checkIPv6 : checkIPv4, ipLength + 20) == 0
-    }
-
-    /// The cookie the kernel would send in answer to the SYN `segment`, and the MSS it encodes
-    /// (the largest entry of the kernel's MSS table not above the client's).
-    public func cookie(forSYN packet: UnsafeRawBufferPointer, _ segment: TCPSegment, options: SynOptions) -> (cookie: UInt32, mss: UInt16)? {
-        let length = scratch.withUnsafeMutableBytes { SynCookieReply.generatorInput(packet, segment, options: options, into: $0) }
-        guard let length, let result = run(segment.flow.isIPv6 ? generateIPv6 : generateIPv4, length), result >= 0 else { return nil }
-        return (UInt32(truncatingIfNeeded: result), UInt16(truncatingIfNeeded: result >> 32))
     }
 }
