@@ -7,6 +7,7 @@ let package = Package(
         .executable(name: "second-chance", targets: ["second-chance"]),
         .executable(name: "glb-lab", targets: ["glb-lab"]),
         .executable(name: "nfq-baseline", targets: ["nfq-baseline"]),
+        .executable(name: "bindkeeper", targets: ["bindkeeper"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -22,13 +23,19 @@ let package = Package(
 
         // Pure packet and decision code: no syscalls, unit-tested.
         .target(name: "ProxysideCore"),
-        // bindkeeper's request and reply formats (no system calls).
+        // bindkeeper's wire forms, bind keys, policy, templates, hand-over state (no system calls).
         .target(name: "BindkeeperCore"),
         // Thin system layers: NFQUEUE, sock_diag, raw sockets, BPF, namespaces, metrics.
         .target(
             name: "ProxysideSystem",
             dependencies: ["ProxysideCore", "CNetfilterQueue", "CMnl", "CLinuxShims"]),
 
+        // bindkeeper's system layer: owned sockets, SCM_RIGHTS, the broker loop, the HAProxy supervisor.
+        .target(name: "BindkeeperSystem", dependencies: ["BindkeeperCore", "ProxysideSystem", "CLinuxShims"]),
+
+        .executableTarget(
+            name: "bindkeeper",
+            dependencies: ["BindkeeperSystem", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
             name: "second-chance",
             dependencies: ["ProxysideSystem", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
@@ -43,6 +50,6 @@ let package = Package(
         .testTarget(name: "BindkeeperCoreTests", dependencies: ["BindkeeperCore"]),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["ProxysideCore", "ProxysideSystem", "second-chance", "glb-lab"]),
+            dependencies: ["ProxysideCore", "ProxysideSystem", "BindkeeperCore", "BindkeeperSystem", "second-chance", "glb-lab", "bindkeeper"]),
     ]
 )

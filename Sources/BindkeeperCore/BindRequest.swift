@@ -1,147 +1,208 @@
-import Foundation
+import Glibc
 
 /// What a client asks bindkeeper to bind, and the key under which the socket is kept: two requests
 /// with the same key get the same kernel socket; a request whose key matches but whose options
 /// differ gets an error, never a silently different socket.
-public struct BindRequest: Equatable, Sendable {
-    public enum Kind: String, Sendable { case tcp, udp, unix }
+public struct BindRequest: Hashable, Sendable {
+    public enum Kind: String, Sendable, CaseIterable { case tcp, udp, unix }
 
     public var kind: Kind
-    /// An IPv4 or IPv6 literal (IPv6 may carry a %scope), or the path of a Unix socket.
+    /// A canonical IPv4 or IPv6 literal (IPv6 may carry a %scope), or the path of a Unix socket.
     public var address: String
     public var port: UInt16
+    /// listen(2) backlog (stream sockets); nil: the broker's default.
     public var backlog: Int32?
     /// IPV6_V6ONLY for IPv6 sockets; nil: the kernel's default (net.ipv6.bindv6only).
     public var ipv6Only: Bool?
-    /// Unix sockets: the file's mode.
+    /// IP_FREEBIND: bind an address not (yet) configured here, such as a VIP.
+    public var freebind: Bool?
+    /// Unix sockets: the file's mode, owner and group (names or numbers).
     public var mode: UInt32?
+    public var owner: String?
+    public var group: String?
 
-    public init(kind: Kind, address: String, port: UInt16, backlog: Int32? = nil, ipv6Only: Bool? = nil, mode: UInt32? = nil) {
+    public init(kind: Kind, address: String, port: UInt16, backlog: Int32? = nil, ipv6Only: Bool? = nil,
+                freebind: Bool? = nil, mode: UInt32? = nil, owner: String? = nil, group: String? = nil) {
         self.kind = kind
         self.address = address
         self.port = port
         self.backlog = backlog
         self.ipv6Only = ipv6Only
+        self.freebind = freebind
         self.mode = mode
+        self.owner = owner
+        self.group = group
     }
+
+    public var isIPv6: Bool { kind != .unix && address.contains(":") }
+    public var isStream: Bool { kind != .udp }
 
     /// The socket's identity: family, type, address and port. Options are compared separately.
     public var key: String {
         switch kind {
-        case .unix: return "unix:\(address)"
-        case .tcp, .udp: return address.contains(":") ? "\(kind.rawValue)://[\(address)]:\(port)" : "\(kind.rawValue)://\(address):\(port)"
+        case .unix: "unix:\(address)"
+        case .tcp, .udp: isIPv6 ? "\(kind.rawValue)://[\(address)]:\(port)" : "\(kind.rawValue)://\(address):\(port)"
         }
     }
 
-    /// Why `other` cannot be served by the socket made for `self` (same key), or nil.
+    /// The key with every option that was given, in a fixed order: parses back to an equal request.
+    public var url: String {
+        var options: [String] = []
+        if let backlog { options.append("backlog=\(backlog)") }
+        if let ipv6Only { options.append("v6only=\(ipv6Only ? 1 : 0)") }
+        if let freebind { options.append("freebind=\(freebind ? 1 : 0)") }
+        if let mode { options.append("mode=0\(String(mode, radix: 8))") }
+        if let owner { options.append("owner=\(owner)") }
+        if let group { options.append("group=\(group)") }
+        return options.isEmpty ? key : key + "?" + options.joined(separator: "&")
+    }
+
+    /// Why `other` (same key) cannot be served by the socket made for `self`, or nil. An option the
+    /// other request leaves out takes the existing socket's value.
     public func conflict(with other: BindRequest) -> String? {
-        if let mine = ipv6Only, let theirs = other.ipv6Only, mine != theirs {
-            return "\(key) exists with v6only=\(mine), requested v6only=\(theirs)"
+        func differs<T: Equatable>(_ name: String, _ mine: T?, _ theirs: T?, _ show: (T) -> String) -> String? {
+            guard let theirs, mine != theirs else { return nil }
+            return "\(key) exists with \(name)=\(mine.map(show) ?? "default"), requested \(name)=\(show(theirs))"
         }
-        if let mine = mode, let theirs = other.mode, mine != theirs {
-            return "\(key) exists with mode \(String(mine, radix: 8)), requested \(String(theirs, radix: 8))"
+        return differs("v6only", ipv6Only, other.ipv6Only) { $0 ? "1" : "0" }
+            ?? differs("backlog", backlog, other.backlog) { "\($0)" }
+            ?? differs("freebind", freebind, other.freebind) { $0 ? "1" : "0" }
+            ?? differs("mode", mode, other.mode) { "0" + String($0, radix: 8) }
+            ?? differs("owner", owner, other.owner) { $0 }
+            ?? differs("group", group, other.group) { $0 }
+    }
+
+    // MARK: Parsing
+
+    /// `tcp://198.19.0.10:443`, `udp://[::]:53?v6only=1`, `tcp://[fe80::1%eth0]:80?backlog=512`,
+    /// `unix:/run/app.sock?mode=0660&owner=haproxy`.
+    public static func parse(url text: String) -> Result<BindRequest, BindError> {
+        let (base, query) = split(text, at: "?")
+        var request: BindRequest
+        if base.hasPrefix("unix:") {
+            let path = String(base.dropFirst("unix:".count))
+            switch validated(kind: .unix, address: path, port: 0) {
+            case .success(let valid): request = valid
+            case .failure(let error): return .failure(error)
+            }
+        } else {
+            let (scheme, rest) = split(base, at: "://")
+            guard let kind = Kind(rawValue: scheme), kind != .unix, let rest else {
+                return .failure(BindError("\(text): expected tcp://ADDRESS:PORT, udp://ADDRESS:PORT or unix:PATH"))
+            }
+            let host: Substring, portText: Substring
+            if rest.hasPrefix("[") {
+                guard let close = rest.firstIndex(of: "]"), rest[rest.index(after: close)...].hasPrefix(":") else {
+                    return .failure(BindError("\(text): an IPv6 address goes in brackets, then :PORT"))
+                }
+                host = rest[rest.index(after: rest.startIndex)..<close]
+                portText = rest[rest.index(close, offsetBy: 2)...]
+            } else {
+                guard let colon = rest.lastIndex(of: ":") else { return .failure(BindError("\(text): no port")) }
+                host = rest[..<colon]
+                portText = rest[rest.index(after: colon)...]
+            }
+            guard let port = UInt16(portText) else { return .failure(BindError("\(text): port must be 0...65535")) }
+            switch validated(kind: kind, address: String(host), port: port) {
+            case .success(let valid): request = valid
+            case .failure(let error): return .failure(error)
+            }
+        }
+        for item in (query ?? "").split(separator: "&") {
+            let (name, value) = split(String(item), at: "=")
+            if let error = request.setOption(name, value ?? "") { return .failure(BindError("\(text): \(error)")) }
+        }
+        return .success(request)
+    }
+
+    /// Checks the address for its kind and puts it in canonical form (so 0:0::0 and :: are one key).
+    public static func validated(kind: Kind, address: String, port: UInt16) -> Result<BindRequest, BindError> {
+        if kind == .unix {
+            guard address.hasPrefix("/"), address.utf8.count < 108, !address.utf8.contains(0) else {
+                return .failure(BindError("a Unix socket path must be absolute and shorter than 108 bytes"))
+            }
+            return .success(BindRequest(kind: .unix, address: address, port: 0))
+        }
+        guard let canonical = canonicalAddress(address) else {
+            return .failure(BindError("\(address) is not an IPv4 or IPv6 address literal"))
+        }
+        return .success(BindRequest(kind: kind, address: canonical, port: port))
+    }
+
+    /// Sets one option by its name in URLs and JSON; an error message when it does not apply.
+    mutating func setOption(_ name: String, _ value: String) -> String? {
+        func flag() -> Bool? { ["1", "true", "yes"].contains(value) ? true : ["0", "false", "no"].contains(value) ? false : nil }
+        switch name {
+        case "backlog":
+            guard kind != .udp else { return "backlog applies to stream sockets" }
+            guard let number = Int32(value), number > 0 else { return "backlog must be a positive integer" }
+            backlog = number
+        case "v6only":
+            guard isIPv6 else { return "v6only applies to IPv6 addresses" }
+            guard let flag = flag() else { return "v6only is 0 or 1" }
+            ipv6Only = flag
+        case "freebind":
+            guard kind != .unix else { return "freebind applies to IP sockets" }
+            guard let flag = flag() else { return "freebind is 0 or 1" }
+            freebind = flag
+        case "mode":
+            guard kind == .unix else { return "mode applies to Unix sockets" }
+            guard let number = UInt32(value, radix: 8), number <= 0o7777 else { return "mode is octal, such as 0660" }
+            mode = number
+        case "owner", "group":
+            guard kind == .unix else { return "\(name) applies to Unix sockets" }
+            guard !value.isEmpty, value.allSatisfy({ $0.isLetter || $0.isNumber || "_-.".contains($0) }) else {
+                return "\(name) must be a user or group name or number"
+            }
+            if name == "owner" { owner = value } else { group = value }
+        default:
+            return "unknown option \(name)"
         }
         return nil
     }
+
+    static func canonicalAddress(_ text: String) -> String? {
+        let (host, scope) = split(text, at: "%")
+        if let scope {
+            guard host.contains(":"), !scope.isEmpty, scope.utf8.count < 16,
+                  scope.allSatisfy({ $0.isLetter || $0.isNumber || "_-.@".contains($0) }) else { return nil }
+        }
+        var storage = in6_addr()
+        let family = host.contains(":") ? AF_INET6 : AF_INET
+        guard inet_pton(family, host, &storage) == 1 else { return nil }
+        var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+        guard inet_ntop(family, &storage, &buffer, socklen_t(buffer.count)) != nil else { return nil }
+        let canonical = String(cString: buffer)
+        return scope.map { canonical + "%" + $0 } ?? canonical
+    }
+
+    static func split(_ text: String, at separator: String) -> (String, String?) {
+        guard let range = text.range(of: separator) else { return (text, nil) }
+        return (String(text[..<range.lowerBound]), String(text[range.upperBound...]))
+    }
 }
 
-/// multibinder's wire format: JSON-RPC 2.0, one request per message on a Unix stream socket, the
-/// bound socket returned with SCM_RIGHTS beside a `true` result.
-public enum MultibinderProtocol {
-    public static let defaultBacklog: Int32 = 1000
+public struct BindError: Error, Equatable, Sendable, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
 
-    public struct RPCError: Error, Equatable, Sendable {
-        public var code: Int
-        public var message: String
-        public static func parse(_ detail: String) -> Self { .init(code: -32700, message: "Parse error: \(detail)") }
-        public static func invalidRequest(_ detail: String) -> Self { .init(code: -32600, message: "Invalid Request: \(detail)") }
-        public static let methodNotFound = Self(code: -32601, message: "Method not found")
-        public static func invalidParams(_ detail: String) -> Self { .init(code: -32602, message: "Invalid params: \(detail)") }
-        /// multibinder's own code for a failed bind.
-        public static func bindFailed(_ detail: String) -> Self { .init(code: 10000, message: "Could not bind: \(detail)") }
+/// The kernel caps listen(2)'s backlog at net.core.somaxconn of the socket's namespace
+/// (`__sys_listen`); this reports what a request gets.
+public struct BacklogReport: Equatable, Sendable {
+    public var requested: Int32
+    public var effective: Int32
+    public var explicit: Bool
+
+    public init(requested: Int32?, default defaultBacklog: Int32, somaxconn: Int32) {
+        self.requested = requested ?? defaultBacklog
+        explicit = requested != nil
+        effective = min(self.requested, somaxconn)
     }
 
-    /// A request's id, echoed verbatim (JSON-RPC allows a string, a number or null).
-    public enum RequestID: Equatable, Sendable {
-        case number(Int64), string(String), null
-        var json: Any {
-            switch self {
-            case .number(let value): value
-            case .string(let value): value
-            case .null: NSNull()
-            }
-        }
-    }
-
-    public struct Request: Equatable, Sendable {
-        public var id: RequestID
-        public var bind: BindRequest
-    }
-
-    public static let maximumMessage = 65536
-
-    /// A request that cannot be served, with its id when that much was readable.
-    public struct Failure: Error, Equatable, Sendable {
-        public var id: RequestID
-        public var error: RPCError
-    }
-
-    /// Parses one message. The error comes with the request's id when that much was readable.
-    public static func parse(_ message: [UInt8]) -> Result<Request, Failure> {
-        guard message.count <= maximumMessage else { return .failure(Failure(id: .null, error: .invalidRequest("message longer than \(maximumMessage) bytes"))) }
-        guard let object = try? JSONSerialization.jsonObject(with: Data(message)), let request = object as? [String: Any] else {
-            return .failure(Failure(id: .null, error: .parse("not a JSON object")))
-        }
-        let id: RequestID
-        switch request["id"] {
-        case let number as NSNumber where Double(number.int64Value) == number.doubleValue: id = .number(number.int64Value)
-        case let text as String: id = .string(text)
-        default: id = .null
-        }
-        if let version = request["jsonrpc"], version as? String != "2.0" { return .failure(Failure(id: id, error: .invalidRequest("jsonrpc must be \"2.0\""))) }
-        guard let method = request["method"] as? String else { return .failure(Failure(id: id, error: .invalidRequest("no method"))) }
-        guard method == "bind" else { return .failure(Failure(id: id, error: .methodNotFound)) }
-        guard let params = request["params"] as? [Any], let first = params.first as? [String: Any] else {
-            return .failure(Failure(id: id, error: .invalidParams("params must be [{\"address\": ..., \"port\": ...}]")))
-        }
-        switch bindRequest(first) {
-        case .success(let bind): return .success(Request(id: id, bind: bind))
-        case .failure(let error): return .failure(Failure(id: id, error: error))
-        }
-    }
-
-    static func bindRequest(_ params: [String: Any]) -> Result<BindRequest, RPCError> {
-        let kind = (params["type"] as? String).flatMap(BindRequest.Kind.init(rawValue:)) ?? .tcp
-        if params["type"] != nil, params["type"] as? String != kind.rawValue { return .failure(.invalidParams("type is tcp, udp or unix")) }
-        guard let address = params["address"] as? String, !address.isEmpty, address.utf8.count < 108 else {
-            return .failure(.invalidParams("address must be a non-empty string"))
-        }
-        var port: UInt16 = 0
-        if kind != .unix {
-            guard let number = params["port"] as? NSNumber, let value = UInt16(exactly: number.doubleValue) else {
-                return .failure(.invalidParams("port must be 0...65535"))
-            }
-            port = value
-        }
-        var backlog: Int32?
-        if let value = params["backlog"] {
-            guard let number = value as? NSNumber, let exact = Int32(exactly: number.doubleValue), exact > 0 else {
-                return .failure(.invalidParams("backlog must be a positive integer"))
-            }
-            backlog = exact
-        }
-        return .success(BindRequest(kind: kind, address: address, port: port, backlog: backlog,
-                                    ipv6Only: params["v6only"] as? Bool, mode: (params["mode"] as? NSNumber).map { $0.uint32Value }))
-    }
-
-    public static func result(id: RequestID) -> [UInt8] { encode(["jsonrpc": "2.0", "id": id.json, "result": true]) }
-
-    /// An error reply; never a backtrace.
-    public static func error(id: RequestID, _ error: RPCError) -> [UInt8] {
-        encode(["jsonrpc": "2.0", "id": id.json, "error": ["code": error.code, "message": error.message]])
-    }
-
-    static func encode(_ object: [String: Any]) -> [UInt8] {
-        Array((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8))
+    /// A warning when the application asked for more than it gets.
+    public var warning: String? {
+        guard explicit, effective < requested else { return nil }
+        return "backlog \(requested) capped to \(effective) by net.core.somaxconn"
     }
 }

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/syscall.h>
 #include <sched.h>
+#include <sys/mman.h>
 
 int proxyside_bpf_load_xdp(const proxyside_bpf_insn *insns, uint32_t count,
                            char *log, uint32_t log_size) {
@@ -123,4 +124,85 @@ int proxyside_receive_batch(int fd, void *const *buffers, size_t size, size_t *l
     if (received < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
     for (int i = 0; i < received; i++) lengths[i] = headers[i].msg_len;
     return received;
+}
+
+enum { max_signal = 65 };
+static int signal_event_fds[max_signal];
+
+static void on_forwarded_signal(int sig) {
+    if (sig > 0 && sig < max_signal) write_event(signal_event_fds[sig]);
+}
+
+int proxyside_signal_to_eventfd(int signo, int fd) {
+    if (signo <= 0 || signo >= max_signal) return -EINVAL;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    signal_event_fds[signo] = fd;
+    sa.sa_handler = on_forwarded_signal;
+    return sigaction(signo, &sa, NULL) < 0 ? -errno : 0;
+}
+
+enum { max_passed_fds = 253 };  /* SCM_MAX_FD */
+
+ssize_t proxyside_send_with_fds(int socket, const void *bytes, size_t length, const int *fds, unsigned count, int flags) {
+    if (count > max_passed_fds) return -EINVAL;
+    union { struct cmsghdr header; char space[CMSG_SPACE(sizeof(int) * max_passed_fds)]; } control;
+    struct iovec iov = { .iov_base = (void *)bytes, .iov_len = length };
+    struct msghdr message;
+    memset(&message, 0, sizeof(message));
+    message.msg_iov = &iov;
+    message.msg_iovlen = 1;
+    if (count > 0) {
+        memset(&control, 0, sizeof(control));
+        message.msg_control = control.space;
+        message.msg_controllen = CMSG_SPACE(sizeof(int) * count);
+        struct cmsghdr *cmsg = CMSG_FIRSTHDR(&message);
+        cmsg->cmsg_level = SOL_SOCKET;
+        cmsg->cmsg_type = SCM_RIGHTS;
+        cmsg->cmsg_len = CMSG_LEN(sizeof(int) * count);
+        memcpy(CMSG_DATA(cmsg), fds, sizeof(int) * count);
+    }
+    ssize_t sent = sendmsg(socket, &message, MSG_NOSIGNAL | flags);
+    return sent < 0 ? -errno : sent;
+}
+
+ssize_t proxyside_receive_with_fds(int socket, void *bytes, size_t length, int *fds, unsigned max_fds, unsigned *count, int flags) {
+    union { struct cmsghdr header; char space[CMSG_SPACE(sizeof(int) * max_passed_fds)]; } control;
+    struct iovec iov = { .iov_base = bytes, .iov_len = length };
+    struct msghdr message;
+    memset(&message, 0, sizeof(message));
+    message.msg_iov = &iov;
+    message.msg_iovlen = 1;
+    message.msg_control = control.space;
+    message.msg_controllen = sizeof(control.space);
+    *count = 0;
+    ssize_t received = recvmsg(socket, &message, MSG_CMSG_CLOEXEC | flags);
+    if (received < 0) return -errno;
+    for (struct cmsghdr *cmsg = CMSG_FIRSTHDR(&message); cmsg != NULL; cmsg = CMSG_NXTHDR(&message, cmsg)) {
+        if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) continue;
+        unsigned n = (unsigned)((cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        int *passed = (int *)CMSG_DATA(cmsg);
+        for (unsigned i = 0; i < n; i++) {
+            if (*count < max_fds) fds[(*count)++] = passed[i];
+            else close(passed[i]);
+        }
+    }
+    return received;
+}
+
+int proxyside_memfd(const char *name) {
+    int fd = memfd_create(name, 0);
+    return fd < 0 ? -errno : fd;
+}
+
+int proxyside_peer_credentials(int socket, int32_t *pid, uint32_t *uid, uint32_t *gid) {
+    struct ucred credentials;
+    socklen_t length = sizeof(credentials);
+    if (getsockopt(socket, SOL_SOCKET, SO_PEERCRED, &credentials, &length) < 0) return -errno;
+    *pid = credentials.pid;
+    *uid = credentials.uid;
+    *gid = credentials.gid;
+    return 0;
 }

@@ -8,8 +8,8 @@ import ProxysideSystem
 struct GLBLab: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "glb-lab",
-        abstract: "Lab tools: a GLB director simulator, an echo service, long-lived clients and a GUE sender.",
-        subcommands: [Director.self, Echo.self, Clients.self, Blast.self, Watch.self])
+        abstract: "Lab tools: a GLB director simulator, an echo service, long-lived clients, an HTTP connection load and a GUE sender.",
+        subcommands: [Director.self, Echo.self, Clients.self, HTTPLoad.self, Blast.self, Watch.self])
 }
 
 extension IPv4Address: ExpressibleByArgument {
@@ -190,6 +190,83 @@ struct Clients: ParsableCommand {
         print("clients: connections=\(connections) alive=\(alive) round_trips=\(roundTrips) failures=\(failures) new_ok=\(newOK) new_failed=\(newFailed)")
         if failures > 0 || newFailed > 0 { throw ExitCode(1) }
     }
+}
+
+/// New connections, continuously, each one HTTP request whose answer must be a 200: a connection
+/// refused, reset or left unanswered while a server reloads counts as a failure. Bounded in time
+/// and in count.
+struct HTTPLoad: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "http-load", abstract: "Open new HTTP connections continuously; count failures by kind.")
+
+    @Option var target: String
+    @Option(help: "Connections in flight at once (one thread each).") var concurrency: Int = 4
+    @Option var seconds: Int = 10
+    @Option(help: "Stop after this many connections in all.") var maxConnections: Int = 1_000_000
+    @Option(help: "Per-connection timeout.") var timeoutSeconds: Int = 3
+
+    final class Tally: @unchecked Sendable {
+        let lock = ThreadLock()
+        var counts: [String: Int] = [:]
+        func add(_ kind: String) { lock.locked { counts[kind, default: 0] += 1 } }
+    }
+
+    func run() throws {
+        let (address, port) = try parseHostPort(target)
+        let tally = Tally()
+        let end = MonotonicClock.nanoseconds() + UInt64(seconds) * 1_000_000_000
+        let budget = maxConnections, timeout = timeoutSeconds
+        let started = Counter()
+        let request = Array("GET / HTTP/1.0\r\nHost: lab\r\n\r\n".utf8)
+        let threads = try (0..<max(1, concurrency)).map { _ in
+            try WorkerThread {
+                while MonotonicClock.nanoseconds() < end && started.next() <= budget {
+                    tally.add(Self.attempt(address, port, request, timeout))
+                }
+            }
+        }
+        for thread in threads { thread.join() }
+        let counts = tally.counts
+        let attempts = counts.values.reduce(0, +), ok = counts["ok"] ?? 0
+        let kinds = ["refused", "reset", "timeout", "short", "other"].map { "\($0)=\(counts[$0] ?? 0)" }.joined(separator: " ")
+        print("http-load: attempts=\(attempts) ok=\(ok) failed=\(attempts - ok) \(kinds) per_second=\(attempts / max(1, seconds))")
+    }
+
+    static func attempt(_ address: IPAddress, _ port: UInt16, _ request: [UInt8], _ timeout: Int) -> String {
+        let fd: Int32
+        do { fd = try LabSockets.connectTCP(to: address, port: port, timeoutSeconds: timeout) } catch let error as SystemError {
+            return error.errno == ECONNREFUSED ? "refused" : error.errno == EAGAIN || error.errno == ETIMEDOUT || error.errno == EINPROGRESS ? "timeout" : "other"
+        } catch { return "other" }
+        defer { close(fd) }
+        guard LabSockets.sendAll(fd, request) else { return errno == ECONNRESET || errno == EPIPE ? "reset" : "other" }
+        var response: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = recv(fd, &chunk, chunk.count, 0)
+            if count == 0 { break }
+            if count < 0 { return errno == ECONNRESET ? "reset" : errno == EAGAIN ? "timeout" : "other" }
+            response += chunk[0..<count]
+        }
+        let status = String(decoding: response.prefix(12), as: UTF8.self)
+        return status.hasPrefix("HTTP/1.") && status.hasSuffix(" 200") ? "ok" : "short"
+    }
+}
+
+/// A mutex for the few counters threads share.
+final class ThreadLock: @unchecked Sendable {
+    private var mutex = pthread_mutex_t()
+    init() { pthread_mutex_init(&mutex, nil) }
+    func locked<T>(_ body: () -> T) -> T {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return body()
+    }
+}
+
+/// Hands out 1, 2, 3, ... across threads.
+final class Counter: @unchecked Sendable {
+    private let lock = ThreadLock()
+    private var value = 0
+    func next() -> Int { lock.locked { value += 1; return value } }
 }
 
 /// Sends a bounded stream of GUE packets with sendmmsg, for benchmarks.

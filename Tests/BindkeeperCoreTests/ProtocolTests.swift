@@ -1,21 +1,53 @@
-import BindkeeperCore
+@testable import BindkeeperCore
 import Foundation
 import XCTest
 
 final class ProtocolTests: XCTestCase {
-    func parse(_ text: String) -> Result<MultibinderProtocol.Request, MultibinderProtocol.Failure> {
-        MultibinderProtocol.parse(Array(text.utf8))
+    /// Everything a reader yields for `bytes` fed in one piece.
+    func read(_ bytes: [UInt8]) -> [RequestReader.Next] {
+        var reader = RequestReader()
+        reader.append(bytes)
+        var out: [RequestReader.Next] = []
+        while let next = reader.next() { out.append(next) }
+        return out
+    }
+
+    func request(_ text: String) throws -> Wire.Request {
+        guard case .request(let request)? = read(Array(text.utf8)).first else { throw BindError("not a request: \(text)") }
+        return request
     }
 
     func testMultibinderRequestsParseAsTheRubyClientSendsThem() throws {
-        let request = try parse(#"{"jsonrpc":"2.0","method":"bind","id":7,"params":[{"address":"198.19.0.10","port":443,"backlog":4096}]}"#).get()
-        XCTAssertEqual(request.id, .number(7))
-        XCTAssertEqual(request.bind, BindRequest(kind: .tcp, address: "198.19.0.10", port: 443, backlog: 4096))
-        XCTAssertEqual(request.bind.key, "tcp://198.19.0.10:443")
-        let v6 = try parse(#"{"jsonrpc":"2.0","method":"bind","id":"a","params":[{"address":"::","port":80,"type":"udp","v6only":true}]}"#).get()
+        let request = try request(#"{"jsonrpc":"2.0","method":"bind","params":[{"address":"198.19.0.10","port":443,"backlog":4096}]}"#)
+        XCTAssertEqual(request.wire, .multibinder)
+        XCTAssertEqual(request.id, .null)
+        XCTAssertEqual(request.method, .bind([BindRequest(kind: .tcp, address: "198.19.0.10", port: 443, backlog: 4096)]))
+        let v6 = try self.request(#"{"jsonrpc":"2.0","method":"bind","id":"a","params":[{"address":"0:0::0","port":80,"type":"udp","v6only":true}]}"#)
         XCTAssertEqual(v6.id, .string("a"))
-        XCTAssertEqual(v6.bind.key, "udp://[::]:80")
-        XCTAssertEqual(v6.bind.ipv6Only, true)
+        guard case .bind(let binds) = v6.method else { return XCTFail() }
+        XCTAssertEqual(binds[0].key, "udp://[::]:80")
+        XCTAssertEqual(binds[0].ipv6Only, true)
+    }
+
+    func testMessagesSplitAtTheEndOfEachJSONValueWhateverTheReadsLookLike() throws {
+        let one = #"{"jsonrpc":"2.0","method":"bind","id":1,"params":[{"address":"127.0.0.1","port":1,"x":"}{\"]"}]}"#
+        let two = #" {"jsonrpc":"2.0","method":"bind","id":2,"params":[{"address":"::1","port":2}]}"#
+        let bytes = Array((one + two).utf8)
+        // One byte at a time: nothing until a value closes; a brace inside a string does not count.
+        var reader = RequestReader()
+        var outcomes: [RequestReader.Next] = []
+        for byte in bytes {
+            reader.append([byte])
+            while let next = reader.next() { outcomes.append(next) }
+        }
+        XCTAssertEqual(outcomes.count, 2)
+        guard case .failure(let failure, false) = outcomes[0] else { return XCTFail("\(outcomes[0])") }
+        XCTAssertEqual(failure.id, .number(1))
+        XCTAssertEqual(failure.error.code, -32602)  // unknown option x
+        guard case .request(let second) = outcomes[1] else { return XCTFail() }
+        XCTAssertEqual(second.id, .number(2))
+        // Both at once: the same two outcomes.
+        XCTAssertEqual(read(bytes), outcomes)
     }
 
     func testBadRequestsGetJSONRPCErrorsWithTheirId() {
@@ -24,32 +56,156 @@ final class ProtocolTests: XCTestCase {
             (#"{"jsonrpc":"1.0","method":"bind","id":1}"#, -32600),
             (#"{"jsonrpc":"2.0","id":1}"#, -32600),
             (#"{"jsonrpc":"2.0","method":"unbind","id":1,"params":[]}"#, -32601),
+            (#"{"jsonrpc":"2.0","method":"list","id":1}"#, -32601),
             (#"{"jsonrpc":"2.0","method":"bind","id":1,"params":{}}"#, -32602),
-            (#"{"jsonrpc":"2.0","method":"bind","id":1,"params":[{"address":"x","port":70000}]}"#, -32602),
-            (#"{"jsonrpc":"2.0","method":"bind","id":1,"params":[{"address":"x","port":1,"backlog":-5}]}"#, -32602),
+            (#"{"jsonrpc":"2.0","method":"bind","id":1,"params":[{"address":"127.0.0.1","port":70000}]}"#, -32602),
+            (#"{"jsonrpc":"2.0","method":"bind","id":1,"params":[{"address":"127.0.0.1","port":1,"backlog":-5}]}"#, -32602),
             (#"{"jsonrpc":"2.0","method":"bind","id":1,"params":[{"address":"","port":1}]}"#, -32602),
-            (#"{"jsonrpc":"2.0","method":"bind","id":1,"params":[{"address":"x","port":1,"type":"sctp"}]}"#, -32602),
+            (#"{"jsonrpc":"2.0","method":"bind","id":1,"params":[{"address":"localhost","port":1}]}"#, -32602),
+            (#"{"jsonrpc":"2.0","method":"bind","id":1,"params":[{"address":"127.0.0.1","port":1,"type":"sctp"}]}"#, -32602),
+            (#"{"jsonrpc":"2.0","method":"bind","id":1,"params":[{"address":"127.0.0.1","port":1,"v6only":true}]}"#, -32602),
+            (#"{"jsonrpc":"2.0","method":"bind","id":1,"params":[{"address":"relative.sock","type":"unix"}]}"#, -32602),
         ]
         for (text, code) in cases {
-            guard case .failure(let failure) = parse(text) else { XCTFail("accepted: \(text)"); continue }
-            let (id, error) = (failure.id, failure.error)
-            XCTAssertEqual(error.code, code, text)
-            if code != -32700 { XCTAssertEqual(id, .number(1), text) }
-            let reply = try? JSONSerialization.jsonObject(with: Data(MultibinderProtocol.error(id: id, error))) as? [String: Any]
+            let outcomes = read(Array(text.utf8))
+            guard case .failure(let failure, let fatal)? = outcomes.first else { XCTFail("accepted: \(text)"); continue }
+            XCTAssertFalse(fatal, text)
+            XCTAssertEqual(failure.error.code, code, text)
+            if code != -32700 { XCTAssertEqual(failure.id, .number(1), text) }
+            let reply = try? JSONSerialization.jsonObject(with: Data(Wire.multibinder.error(id: failure.id, failure.error))) as? [String: Any]
             XCTAssertEqual(reply?["jsonrpc"] as? String, "2.0")
             XCTAssertEqual((reply?["error"] as? [String: Any])?["code"] as? Int, code)
             XCTAssertNil((reply?["error"] as? [String: Any])?["backtrace"])
         }
-        XCTAssertEqual(try? parse(String(repeating: " ", count: 70000)).get(), nil)
     }
 
-    func testResultsAndConflicts() throws {
-        let reply = try JSONSerialization.jsonObject(with: Data(MultibinderProtocol.result(id: .number(3)))) as? [String: Any]
-        XCTAssertEqual(reply?["result"] as? Bool, true)
-        XCTAssertEqual(reply?["id"] as? Int, 3)
-        let a = BindRequest(kind: .tcp, address: "::", port: 443, ipv6Only: true)
-        XCTAssertNil(a.conflict(with: BindRequest(kind: .tcp, address: "::", port: 443)))
-        XCTAssertNotNil(a.conflict(with: BindRequest(kind: .tcp, address: "::", port: 443, ipv6Only: false)))
-        XCTAssertEqual(BindRequest(kind: .unix, address: "/run/x.sock", port: 0, mode: 0o660).key, "unix:/run/x.sock")
+    func testOversizedMessagesEndTheConnection() {
+        guard case .failure(let failure, true)? = read(Array(("{\"a\":\"" + String(repeating: "x", count: 70000)).utf8)).first else {
+            return XCTFail("an unbounded message was buffered")
+        }
+        XCTAssertEqual(failure.error.code, -32600)
+        // A frame announcing more than the limit is refused before its body arrives.
+        guard case .failure(_, true)? = read([0, 0x20, 0, 0, 1]).first else { return XCTFail() }
+    }
+
+    func testFramedRequestsRoundTripAndBatch() throws {
+        let binds = [BindRequest.parse(url: "tcp://[::]:443?backlog=4096&v6only=1"), BindRequest.parse(url: "unix:/run/app.sock?mode=0660&owner=www-data")].map { try! $0.get() }
+        let bytes = Wire.framed.request(id: .number(9), method: "bind", binds: binds)
+        XCTAssertEqual(bytes[0], 0)
+        let outcomes = read(bytes + Wire.framed.request(id: .number(10), method: "list"))
+        XCTAssertEqual(outcomes, [.request(Wire.Request(wire: .framed, id: .number(9), method: .bind(binds))),
+                                  .request(Wire.Request(wire: .framed, id: .number(10), method: .list))])
+        // Objects work as well as URLs; an unknown method or a wrong version is an error, not a guess.
+        let object = Wire.framed.encode(["v": 1, "id": 1, "method": "bind", "binds": [["type": "udp", "address": "127.0.0.1", "port": 53]]])
+        guard case .request(let parsed)? = read(object).first else { return XCTFail() }
+        XCTAssertEqual(parsed.method, .bind([BindRequest(kind: .udp, address: "127.0.0.1", port: 53)]))
+        for body in [["v": 2, "id": 1, "method": "list"], ["v": 1, "id": 1, "method": "shutdown"], ["v": 1, "id": 1, "method": "bind", "binds": []]] as [[String: Any]] {
+            guard case .failure(let failure, false)? = read(Wire.framed.encode(body)).first else { return XCTFail("\(body)") }
+            XCTAssertEqual(failure.id, .number(1))
+        }
+        let tooMany = (0..<(Wire.maximumBatch + 1)).map { _ in binds[0] }
+        guard case .failure(_, false)? = read(Wire.framed.request(id: .null, method: "bind", binds: tooMany)).first else { return XCTFail() }
+        // The client side reads the replies back.
+        var replies = FrameReader()
+        replies.append(Wire.framed.result(id: .number(9), ["sockets": []]) + Wire.framed.error(id: .number(10), .methodNotFound).prefix(5))
+        XCTAssertEqual(try replies.next()?["id"] as? Int, 9)
+        XCTAssertNil(try replies.next())
+    }
+
+    func testURLsKeysAndConflicts() throws {
+        let request = try BindRequest.parse(url: "tcp://[fe80::1%eth0]:80?backlog=512&freebind=1").get()
+        XCTAssertEqual(request.key, "tcp://[fe80::1%eth0]:80")
+        XCTAssertEqual(try BindRequest.parse(url: request.url).get(), request)
+        XCTAssertEqual(try BindRequest.parse(url: "tcp://0000::0:443").get().key, "tcp://[::]:443")
+        for bad in ["tcp://1.2.3.4", "sctp://1.2.3.4:5", "tcp://[::1:5", "tcp://1.2.3.4:5?bogus=1", "udp://1.2.3.4:5?backlog=3",
+                    "tcp://1.2.3.4:5?mode=0600", "unix:/x?v6only=1", "unix:rel", "tcp://1.2.3.4:5?v6only=1"] {
+            XCTAssertThrowsError(try BindRequest.parse(url: bad).get(), bad)
+        }
+        let existing = BindRequest(kind: .tcp, address: "::", port: 443, backlog: 1024, ipv6Only: true)
+        XCTAssertNil(existing.conflict(with: BindRequest(kind: .tcp, address: "::", port: 443)))
+        XCTAssertNil(existing.conflict(with: existing))
+        XCTAssertNotNil(existing.conflict(with: BindRequest(kind: .tcp, address: "::", port: 443, ipv6Only: false)))
+        XCTAssertNotNil(existing.conflict(with: BindRequest(kind: .tcp, address: "::", port: 443, backlog: 10)))
+        XCTAssertNotNil(BindRequest(kind: .unix, address: "/run/x.sock", port: 0, mode: 0o660).conflict(with: BindRequest(kind: .unix, address: "/run/x.sock", port: 0, mode: 0o600)))
+    }
+
+    func testBacklogReportAgainstSomaxconn() {
+        let capped = BacklogReport(requested: 10240, default: 65535, somaxconn: 4096)
+        XCTAssertEqual(capped.effective, 4096)
+        XCTAssertEqual(capped.warning, "backlog 10240 capped to 4096 by net.core.somaxconn")
+        XCTAssertNil(BacklogReport(requested: nil, default: 65535, somaxconn: 4096).warning)  // the default is meant to be capped
+        XCTAssertEqual(BacklogReport(requested: 128, default: 65535, somaxconn: 4096).effective, 128)
+    }
+}
+
+final class PolicyAndHandoverTests: XCTestCase {
+    func policy(_ text: String) -> Result<Policy, BindError> {
+        Policy.parse(Array(text.utf8), brokerUID: 500, resolveUser: { $0 == "haproxy" ? 110 : nil }, resolveGroup: { $0 == "web" ? 33 : nil })
+    }
+
+    func testPolicyAllowsWhatItListsAndNothingElse() throws {
+        let policy = try self.policy(#"{"control":{"mode":"0660","group":"web"},"allow":[{"user":"haproxy","binds":["tcp://*:80","tcp://[::]:443"]},{"gid":33,"binds":["tcp://127.0.0.1:8000-8999","unix:/run/web/*"]}]}"#).get()
+        XCTAssertEqual(policy.controlMode, 0o660)
+        let url = { (text: String) in try! BindRequest.parse(url: text).get() }
+        XCTAssertNil(policy.denial(uid: 0, gid: 0, request: url("tcp://1.2.3.4:1")))
+        XCTAssertNil(policy.denial(uid: 500, gid: 500, request: url("tcp://1.2.3.4:1")))
+        XCTAssertNil(policy.denial(uid: 110, gid: 1, request: url("tcp://198.19.0.10:80")))
+        XCTAssertNil(policy.denial(uid: 110, gid: 1, request: url("tcp://[::]:443")))
+        XCTAssertNotNil(policy.denial(uid: 110, gid: 1, request: url("udp://198.19.0.10:80")))
+        XCTAssertNotNil(policy.denial(uid: 110, gid: 1, request: url("tcp://198.19.0.10:443")))
+        XCTAssertNil(policy.denial(uid: 7, gid: 33, request: url("tcp://127.0.0.1:8500")))
+        XCTAssertNotNil(policy.denial(uid: 7, gid: 33, request: url("tcp://127.0.0.1:9000")))
+        XCTAssertNil(policy.denial(uid: 7, gid: 33, request: url("unix:/run/web/a/b.sock")))
+        XCTAssertNotNil(policy.denial(uid: 7, gid: 33, request: url("unix:/run/other.sock")))
+        XCTAssertNotNil(policy.denial(uid: 8, gid: 8, request: url("tcp://127.0.0.1:8500")))
+        // Typos are errors at start-up.
+        for bad in [#"{"allow":[{"user":"nobody-here","binds":["*"]}]}"#, #"{"allow":[{"uid":1,"gid":2,"binds":["*"]}]}"#,
+                    #"{"allow":[{"uid":1,"binds":["tcp://host:1"]}]}"#, #"{"alow":[]}"#, #"{"control":{"mode":"rw"}}"#] {
+            XCTAssertThrowsError(try self.policy(bad).get(), bad)
+        }
+    }
+
+    func testGlobs() {
+        XCTAssertTrue(BindPattern.glob("/run/*.sock", matches: "/run/a.sock"))
+        XCTAssertTrue(BindPattern.glob("/run/*", matches: "/run/"))
+        XCTAssertFalse(BindPattern.glob("/run/*.sock", matches: "/run/a.sockx"))
+        XCTAssertFalse(BindPattern.glob("/a*a", matches: "/a"))
+        XCTAssertTrue(BindPattern.glob("/a*b*c", matches: "/abbc"))
+    }
+
+    func testListenFDsAndFDStoreNames() throws {
+        let environment = ListenFDs.environment(names: ["http", "tcp-__-443"], pid: 42)
+        let parsed = ListenFDs.parse(environment, pid: 42)
+        XCTAssertEqual(parsed.map(\.fd), [3, 4])
+        XCTAssertEqual(parsed.map(\.name), ["http", "tcp-__-443"])
+        XCTAssertTrue(ListenFDs.parse(environment, pid: 43).isEmpty)
+        XCTAssertEqual(ListenFDs.defaultName(for: try BindRequest.parse(url: "tcp://[::]:443").get()), "tcp-__-443")
+        XCTAssertFalse(ListenFDs.isValidName("a:b"))
+        for url in ["tcp://[::]:443?backlog=4096&v6only=1", "udp://198.18.0.1:53", "unix:/run/a%b:c.sock?mode=0600", "tcp://[fe80::1%lo]:80"] {
+            let request = try BindRequest.parse(url: url).get()
+            let name = try XCTUnwrap(FDStoreName.encode(request))
+            XCTAssertFalse(name.contains(":"), name)
+            XCTAssertTrue(ListenFDs.isValidName(name), name)
+            XCTAssertEqual(FDStoreName.decode(name), request)
+        }
+        XCTAssertNil(FDStoreName.decode("control"))
+    }
+
+    func testBrokerStateSurvivesEncoding() throws {
+        let state = BrokerState(control: 3, sockets: [.init(fd: 7, request: try BindRequest.parse(url: "tcp://127.0.0.1:80?backlog=9").get(), handedOut: 4)],
+                                clients: [.init(fd: 9, wire: .multibinder, pending: Array("{\"json".utf8)), .init(fd: 10, wire: nil, pending: [])])
+        XCTAssertEqual(try BrokerState.decode(state.encoded()).get(), state)
+        XCTAssertThrowsError(try BrokerState.decode(Array("{}".utf8)).get())
+    }
+
+    func testTemplatesRenderBindsAsInheritedFds() throws {
+        let template = try ConfigTemplate.parse("frontend a\n  bind {{bind tcp://127.0.0.1:80}}\n  bind {{ bind tcp://[::]:80?v6only=1 }} v4v6\n  bind {{bind tcp://127.0.0.1:80}}\n").get()
+        XCTAssertEqual(template.binds.map(\.url), ["tcp://127.0.0.1:80", "tcp://[::]:80?v6only=1"])
+        XCTAssertEqual(template.render(fds: ["tcp://127.0.0.1:80": 5, "tcp://[::]:80?v6only=1": 6]),
+                       "frontend a\n  bind fd@5\n  bind fd@6 v4v6\n  bind fd@5\n")
+        XCTAssertEqual(try ConfigTemplate.parse("no binds here {").get().binds, [])
+        for (bad, line) in [("a\n{{bind tcp://x:1}}", 2), ("{{env HOME}}", 1), ("a\nb\n{{bind tcp://1.2.3.4:5", 3)] {
+            XCTAssertThrowsError(try ConfigTemplate.parse(bad).get()) { XCTAssertTrue("\($0)".contains("line \(line)"), "\($0)") }
+        }
     }
 }

@@ -55,4 +55,21 @@ int proxyside_receive_batch(int fd, void *const *buffers, size_t size, size_t *l
 /// setns(2) for network namespaces (glibc hides setns and CLONE_NEWNET without _GNU_SOURCE).
 int proxyside_setns_net(int fd);
 
+/// Makes signal `signo` write 8 bytes to an eventfd, async-signal-safely (SIGUSR1, SIGUSR2, ...).
+int proxyside_signal_to_eventfd(int signo, int fd);
+
+/// sendmsg(2) of `length` bytes with `count` fds in SCM_RIGHTS (none when count is 0), MSG_NOSIGNAL
+/// and `flags`. Returns bytes sent, or -errno.
+ssize_t proxyside_send_with_fds(int socket, const void *bytes, size_t length, const int *fds, unsigned count, int flags);
+
+/// recvmsg(2) into `bytes`, collecting up to `max_fds` SCM_RIGHTS fds (close-on-exec) into `fds`,
+/// their number into `*count`. Fds beyond `max_fds` are closed. Returns bytes read, or -errno.
+ssize_t proxyside_receive_with_fds(int socket, void *bytes, size_t length, int *fds, unsigned max_fds, unsigned *count, int flags);
+
+/// SO_PEERCRED of a connected Unix socket (struct ucred needs _GNU_SOURCE). Returns 0 or -errno.
+int proxyside_peer_credentials(int socket, int32_t *pid, uint32_t *uid, uint32_t *gid);
+
+/// memfd_create(2) without close-on-exec (for state handed across exec). Returns the fd, or -errno.
+int proxyside_memfd(const char *name);
+
 #endif

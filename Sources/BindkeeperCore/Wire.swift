@@ -1,0 +1,344 @@
+import Foundation
+
+/// bindkeeper's control socket speaks two forms on one Unix stream socket, told apart by a
+/// connection's first byte:
+///
+/// - **multibinder** (JSON-RPC 2.0, unframed): `{"jsonrpc":"2.0","method":"bind","id":..,
+///   "params":[{"address":..,"port":..,"backlog":..}]}`, answered by `{"jsonrpc":"2.0","id":..,
+///   "result":true}` with the socket in SCM_RIGHTS. Messages are split at the end of each top-level
+///   JSON value, so requests that arrive together or in pieces are read as sent.
+/// - **framed, version 1**: each message is a 4-byte big-endian length and that many bytes of JSON
+///   (at most `Wire.maximumFrame`, so the first byte is always 0):
+///   `{"v":1,"id":..,"method":"bind","binds":["tcp://[::]:443?backlog=4096", {...}]}` (up to
+///   `Wire.maximumBatch` binds, all or none), `"method":"list"`, `"method":"reexec"`. Replies are
+///   framed the same way: `{"v":1,"id":..,"result":{...}}` or `{"v":1,"id":..,"error":{"code":..,
+///   "message":..}}`; a bind result lists one entry per socket, in the order of the fds.
+public enum Wire: Sendable {
+    case multibinder, framed
+
+    public static let maximumMultibinderMessage = 65536
+    public static let maximumFrame = 1 << 20
+    /// SCM_RIGHTS carries at most 253 fds (SCM_MAX_FD) per message.
+    public static let maximumBatch = 250
+    public static let version = 1
+
+    /// A request's id, echoed verbatim (JSON-RPC allows a string, a number or null).
+    public enum RequestID: Equatable, Sendable {
+        case number(Int64), string(String), null
+
+        init(json: Any?) {
+            switch json {
+            case let number as NSNumber where Double(number.int64Value) == number.doubleValue: self = .number(number.int64Value)
+            case let text as String: self = .string(text)
+            default: self = .null
+            }
+        }
+
+        var json: Any {
+            switch self {
+            case .number(let value): value
+            case .string(let value): value
+            case .null: NSNull()
+            }
+        }
+    }
+
+    public struct RPCError: Error, Equatable, Sendable {
+        public var code: Int
+        public var message: String
+        public init(code: Int, message: String) { self.code = code; self.message = message }
+        public static func parse(_ detail: String) -> Self { .init(code: -32700, message: "Parse error: \(detail)") }
+        public static func invalidRequest(_ detail: String) -> Self { .init(code: -32600, message: "Invalid Request: \(detail)") }
+        public static let methodNotFound = Self(code: -32601, message: "Method not found")
+        public static func invalidParams(_ detail: String) -> Self { .init(code: -32602, message: "Invalid params: \(detail)") }
+        /// multibinder's own code for a failed bind.
+        public static func bindFailed(_ detail: String) -> Self { .init(code: 10000, message: "Could not bind: \(detail)") }
+        public static func permissionDenied(_ detail: String) -> Self { .init(code: 10001, message: "Permission denied: \(detail)") }
+        public static func conflict(_ detail: String) -> Self { .init(code: 10002, message: "Conflicting options: \(detail)") }
+    }
+
+    public enum Method: Equatable, Sendable {
+        case bind([BindRequest])
+        case list
+        case reexec
+    }
+
+    public struct Request: Equatable, Sendable {
+        public var wire: Wire
+        public var id: RequestID
+        public var method: Method
+    }
+
+    /// A request that cannot be served: answered with `error`, with the id when that much was readable.
+    public struct Failure: Error, Equatable, Sendable {
+        public var wire: Wire
+        public var id: RequestID
+        public var error: RPCError
+    }
+
+    // MARK: Replies
+
+    /// multibinder's reply to a bind: `true`; the framed form's reply: `result`.
+    public func result(id: RequestID, _ result: [String: Any]) -> [UInt8] {
+        switch self {
+        case .multibinder: encode(["jsonrpc": "2.0", "id": id.json, "result": true])
+        case .framed: encode(["v": Wire.version, "id": id.json, "result": result])
+        }
+    }
+
+    /// An error reply; never a backtrace.
+    public func error(id: RequestID, _ error: RPCError) -> [UInt8] {
+        let body: [String: Any] = ["code": error.code, "message": error.message]
+        switch self {
+        case .multibinder: return encode(["jsonrpc": "2.0", "id": id.json, "error": body])
+        case .framed: return encode(["v": Wire.version, "id": id.json, "error": body])
+        }
+    }
+
+    /// A request in this form (the client side of the framed form, and tests of both).
+    public func request(id: RequestID, method: String, binds: [BindRequest] = []) -> [UInt8] {
+        switch self {
+        case .multibinder:
+            let params: [[String: Any]] = binds.map { Wire.jsonParams($0) }
+            return encode(["jsonrpc": "2.0", "id": id.json, "method": method, "params": params])
+        case .framed:
+            return encode(["v": Wire.version, "id": id.json, "method": method, "binds": binds.map(\.url)])
+        }
+    }
+
+    func encode(_ object: [String: Any]) -> [UInt8] {
+        let body = Array((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8))
+        switch self {
+        case .multibinder: return body
+        case .framed: return Wire.frameHeader(body.count) + body
+        }
+    }
+
+    static func frameHeader(_ length: Int) -> [UInt8] {
+        [UInt8(truncatingIfNeeded: length >> 24), UInt8(truncatingIfNeeded: length >> 16), UInt8(truncatingIfNeeded: length >> 8), UInt8(truncatingIfNeeded: length)]
+    }
+
+    // MARK: Requests
+
+    /// Parses one message of this form.
+    public func parse(_ message: [UInt8]) -> Result<Request, Failure> {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(message)), let request = object as? [String: Any] else {
+            return .failure(Failure(wire: self, id: .null, error: .parse("not a JSON object")))
+        }
+        let id = RequestID(json: request["id"])
+        func fail(_ error: RPCError) -> Result<Request, Failure> { .failure(Failure(wire: self, id: id, error: error)) }
+        switch self {
+        case .multibinder:
+            if let version = request["jsonrpc"], version as? String != "2.0" { return fail(.invalidRequest("jsonrpc must be \"2.0\"")) }
+        case .framed:
+            guard request["v"] as? Int == Wire.version else { return fail(.invalidRequest("v must be \(Wire.version)")) }
+        }
+        guard let method = request["method"] as? String else { return fail(.invalidRequest("no method")) }
+        switch (self, method) {
+        case (.multibinder, "bind"):
+            guard let params = request["params"] as? [Any], params.count == 1, let first = params.first as? [String: Any] else {
+                return fail(.invalidParams("params must be [{\"address\": ..., \"port\": ...}]"))
+            }
+            switch Wire.bindRequest(json: first) {
+            case .success(let bind): return .success(Request(wire: self, id: id, method: .bind([bind])))
+            case .failure(let error): return fail(.invalidParams(error.description))
+            }
+        case (.framed, "bind"):
+            guard let binds = request["binds"] as? [Any], !binds.isEmpty, binds.count <= Wire.maximumBatch else {
+                return fail(.invalidParams("binds must list 1 to \(Wire.maximumBatch) sockets"))
+            }
+            var requests: [BindRequest] = []
+            for (index, item) in binds.enumerated() {
+                let parsed: Result<BindRequest, BindError>
+                switch item {
+                case let url as String: parsed = BindRequest.parse(url: url)
+                case let object as [String: Any]: parsed = Wire.bindRequest(json: object)
+                default: parsed = .failure(BindError("not a URL or an object"))
+                }
+                switch parsed {
+                case .success(let bind): requests.append(bind)
+                case .failure(let error): return fail(.invalidParams("binds[\(index)]: \(error)"))
+                }
+            }
+            return .success(Request(wire: self, id: id, method: .bind(requests)))
+        case (.framed, "list"): return .success(Request(wire: self, id: id, method: .list))
+        case (.framed, "reexec"): return .success(Request(wire: self, id: id, method: .reexec))
+        default: return fail(.methodNotFound)
+        }
+    }
+
+    /// A bind in JSON: multibinder's `address`, `port`, `backlog`, plus `type`, `v6only`,
+    /// `freebind`, `mode` (a number, or an octal string), `owner`, `group`.
+    static func bindRequest(json params: [String: Any]) -> Result<BindRequest, BindError> {
+        let known: Set<String> = ["type", "address", "port", "backlog", "v6only", "freebind", "mode", "owner", "group"]
+        if let unknown = params.keys.sorted().first(where: { !known.contains($0) }) { return .failure(BindError("unknown option \(unknown)")) }
+        var kind = BindRequest.Kind.tcp
+        if let type = params["type"] {
+            guard let name = type as? String, let parsed = BindRequest.Kind(rawValue: name) else { return .failure(BindError("type is tcp, udp or unix")) }
+            kind = parsed
+        }
+        guard let address = params["address"] as? String, !address.isEmpty else { return .failure(BindError("address must be a non-empty string")) }
+        var port: UInt16 = 0
+        if kind != .unix {
+            guard let number = params["port"] as? NSNumber, let value = UInt16(exactly: number.doubleValue) else {
+                return .failure(BindError("port must be 0...65535"))
+            }
+            port = value
+        }
+        var request: BindRequest
+        switch BindRequest.validated(kind: kind, address: address, port: port) {
+        case .success(let valid): request = valid
+        case .failure(let error): return .failure(error)
+        }
+        for name in ["backlog", "v6only", "freebind", "mode", "owner", "group"] {
+            guard let value = params[name], !(value is NSNull) else { continue }
+            let text: String
+            switch value {
+            case let flag as Bool where name == "v6only" || name == "freebind": text = flag ? "1" : "0"
+            case let number as NSNumber where name == "mode": text = String(number.uint32Value, radix: 8)
+            case let number as NSNumber where name != "v6only" && name != "freebind":
+                guard let exact = Int64(exactly: number.doubleValue) else { return .failure(BindError("\(name) must be an integer")) }
+                text = String(exact)
+            case let string as String: text = string
+            default: return .failure(BindError("\(name) has the wrong type"))
+            }
+            if let error = request.setOption(name, text) { return .failure(BindError(error)) }
+        }
+        return .success(request)
+    }
+
+    static func jsonParams(_ request: BindRequest) -> [String: Any] {
+        var params: [String: Any] = ["type": request.kind.rawValue, "address": request.address]
+        if request.kind != .unix { params["port"] = Int(request.port) }
+        if let backlog = request.backlog { params["backlog"] = Int(backlog) }
+        if let ipv6Only = request.ipv6Only { params["v6only"] = ipv6Only }
+        if let freebind = request.freebind { params["freebind"] = freebind }
+        if let mode = request.mode { params["mode"] = "0" + String(mode, radix: 8) }
+        if let owner = request.owner { params["owner"] = owner }
+        if let group = request.group { params["group"] = group }
+        return params
+    }
+}
+
+/// Reads one client connection's byte stream into requests. The first byte picks the form: 0 starts
+/// a frame, anything else is multibinder's JSON. Bounded: a message over the form's limit is answered
+/// with an error and ends the connection.
+public struct RequestReader: Sendable {
+    public private(set) var wire: Wire?
+    private var buffer: [UInt8] = []
+    /// multibinder form: how far the current value has been scanned, and the scanner's state there.
+    private var scanned = 0
+    private var depth = 0
+    private var inString = false
+    private var escaped = false
+
+    public init(wire: Wire? = nil) { self.wire = wire }
+
+    public enum Next: Equatable, Sendable {
+        case request(Wire.Request)
+        /// Answer with this error; `fatal` ends the connection (the stream cannot be resynchronised).
+        case failure(Wire.Failure, fatal: Bool)
+    }
+
+    public var bufferedBytes: Int { buffer.count }
+    /// Bytes read but not yet part of a whole message (handed to a re-executed broker).
+    public var pending: [UInt8] { buffer }
+
+    public mutating func append<C: Collection>(_ bytes: C) where C.Element == UInt8 {
+        if wire == nil, let first = bytes.first(where: { !Self.isWhitespace($0) }) {
+            wire = first == 0 ? .framed : .multibinder
+        }
+        buffer.append(contentsOf: bytes)
+    }
+
+    /// The next whole message, or nil until more bytes arrive.
+    public mutating func next() -> Next? {
+        switch wire {
+        case nil: return nil
+        case .framed: return nextFrame()
+        case .multibinder: return nextMultibinder()
+        }
+    }
+
+    private mutating func nextFrame() -> Next? {
+        guard buffer.count >= 4 else { return nil }
+        let length = buffer[0..<4].reduce(0) { $0 << 8 | Int($1) }
+        guard length <= Wire.maximumFrame else {
+            buffer.removeAll()
+            return .failure(Wire.Failure(wire: .framed, id: .null, error: .invalidRequest("frame of \(length) bytes exceeds \(Wire.maximumFrame)")), fatal: true)
+        }
+        guard buffer.count >= 4 + length else { return nil }
+        let message = Array(buffer[4..<(4 + length)])
+        buffer.removeFirst(4 + length)
+        return Self.outcome(Wire.framed.parse(message))
+    }
+
+    /// Splits at the end of a top-level JSON object or array; anything else at the top level runs to
+    /// the next `{` and is answered as a parse error.
+    private mutating func nextMultibinder() -> Next? {
+        while let first = buffer.first, Self.isWhitespace(first) { buffer.removeFirst(); scanned = 0 }
+        guard let first = buffer.first else { return nil }
+        if first != UInt8(ascii: "{") && first != UInt8(ascii: "[") {
+            let end = buffer.firstIndex(of: UInt8(ascii: "{")) ?? buffer.count
+            buffer.removeFirst(end)
+            scanned = 0
+            return .failure(Wire.Failure(wire: .multibinder, id: .null, error: .parse("not a JSON object")), fatal: false)
+        }
+        var index = scanned
+        while index < buffer.count {
+            let byte = buffer[index]
+            index += 1
+            if inString {
+                if escaped { escaped = false } else if byte == UInt8(ascii: "\\") { escaped = true } else if byte == UInt8(ascii: "\"") { inString = false }
+            } else if byte == UInt8(ascii: "\"") {
+                inString = true
+            } else if byte == UInt8(ascii: "{") || byte == UInt8(ascii: "[") {
+                depth += 1
+            } else if byte == UInt8(ascii: "}") || byte == UInt8(ascii: "]") {
+                depth -= 1
+                if depth == 0 {
+                    let message = Array(buffer[0..<index])
+                    buffer.removeFirst(index)
+                    scanned = 0
+                    return Self.outcome(Wire.multibinder.parse(message))
+                }
+            }
+        }
+        scanned = index
+        guard buffer.count <= Wire.maximumMultibinderMessage else {
+            buffer.removeAll()
+            (scanned, depth, inString, escaped) = (0, 0, false, false)
+            return .failure(Wire.Failure(wire: .multibinder, id: .null, error: .invalidRequest("message longer than \(Wire.maximumMultibinderMessage) bytes")), fatal: true)
+        }
+        return nil
+    }
+
+    private static func outcome(_ result: Result<Wire.Request, Wire.Failure>) -> Next {
+        switch result {
+        case .success(let request): .request(request)
+        case .failure(let failure): .failure(failure, fatal: false)
+        }
+    }
+
+    private static func isWhitespace(_ byte: UInt8) -> Bool { byte == 0x20 || byte == 0x0A || byte == 0x0D || byte == 0x09 }
+}
+
+/// The client side of a framed exchange: splits replies.
+public struct FrameReader: Sendable {
+    private var buffer: [UInt8] = []
+    public init() {}
+    public mutating func append<C: Collection>(_ bytes: C) where C.Element == UInt8 { buffer.append(contentsOf: bytes) }
+
+    /// The next whole reply as a JSON object, nil until more bytes arrive; throws on a bad frame.
+    public mutating func next() throws -> [String: Any]? {
+        guard buffer.count >= 4 else { return nil }
+        let length = buffer[0..<4].reduce(0) { $0 << 8 | Int($1) }
+        guard length <= Wire.maximumFrame else { throw BindError("reply frame of \(length) bytes") }
+        guard buffer.count >= 4 + length else { return nil }
+        defer { buffer.removeFirst(4 + length) }
+        guard let object = try JSONSerialization.jsonObject(with: Data(buffer[4..<(4 + length)])) as? [String: Any] else {
+            throw BindError("reply is not a JSON object")
+        }
+        return object
+    }
+}

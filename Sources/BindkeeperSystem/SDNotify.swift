@@ -1,0 +1,27 @@
+import BindkeeperCore
+import Glibc
+import ProxysideSystem
+
+/// sd_notify(3) without libsystemd: datagrams to $NOTIFY_SOCKET, fds in SCM_RIGHTS (FDSTORE=1).
+public final class SDNotify {
+    private let fd: Int32
+
+    /// nil when not started by a service manager that listens.
+    public init?(environment: [String: String]) {
+        guard let path = environment["NOTIFY_SOCKET"], !path.isEmpty,
+              let fd = try? UnixAddress.connect(path, type: Int32(SOCK_DGRAM.rawValue)) else { return nil }
+        self.fd = fd
+    }
+
+    deinit { close(fd) }
+
+    public func send(_ state: String, fds: [Int32] = []) throws {
+        _ = try FDPassing.send(fd, ArraySlice(state.utf8), fds: fds)
+    }
+
+    /// Puts a socket in the service's fd store under `name` (systemd keeps it across restarts of the
+    /// service, and with FileDescriptorStorePreserve=yes across stops).
+    public func store(_ socket: Int32, name: String) throws {
+        try send("FDSTORE=1\nFDNAME=\(name)", fds: [socket])
+    }
+}

@@ -1,0 +1,194 @@
+import BindkeeperCore
+import Foundation
+import CLinuxShims
+import Glibc
+import ProxysideSystem
+
+/// Creates the sockets bindkeeper owns, and reads what the kernel says about them.
+public enum OwnedSocket {
+    /// Opens, binds and (for stream sockets) listens, close-on-exec. `backlog` is what listen(2) is
+    /// given; the kernel caps it at somaxconn.
+    public static func open(_ request: BindRequest, backlog: Int32) throws -> Int32 {
+        let type = (request.kind == .udp ? Int32(SOCK_DGRAM.rawValue) : Int32(SOCK_STREAM.rawValue)) | Int32(SOCK_CLOEXEC.rawValue)
+        let family = request.kind == .unix ? AF_UNIX : request.isIPv6 ? AF_INET6 : AF_INET
+        let fd = socket(family, type, 0)
+        guard fd >= 0 else { throw SystemError("socket") }
+        do {
+            switch request.kind {
+            case .unix: try bindUnix(fd, request)
+            case .tcp, .udp: try bindIP(fd, request)
+            }
+            if request.isStream, listen(fd, backlog) != 0 { throw SystemError("listen \(request.key)") }
+            return fd
+        } catch {
+            close(fd)
+            throw error
+        }
+    }
+
+    private static func bindIP(_ fd: Int32, _ request: BindRequest) throws {
+        if request.kind == .tcp { try setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR") }
+        if let ipv6Only = request.ipv6Only { try setOption(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, ipv6Only ? 1 : 0, "IPV6_V6ONLY") }
+        if request.freebind == true { try setOption(fd, Int32(IPPROTO_IP), IP_FREEBIND, 1, "IP_FREEBIND") }
+        var storage = sockaddr_storage()
+        let length = try socketAddress(request, into: &storage)
+        let bound = withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
+        guard bound == 0 else {
+            throw SystemError("bind \(request.key)", hint: errno == EADDRNOTAVAIL ? "the address is not configured here; freebind=1 binds it anyway" : nil)
+        }
+    }
+
+    static func socketAddress(_ request: BindRequest, into storage: inout sockaddr_storage) throws -> socklen_t {
+        let (host, scope) = splitScope(request.address)
+        if request.isIPv6 {
+            var address = sockaddr_in6()
+            address.sin6_family = sa_family_t(AF_INET6)
+            address.sin6_port = request.port.bigEndian
+            guard inet_pton(AF_INET6, host, &address.sin6_addr) == 1 else { throw SystemError("address \(request.address)", errno: EINVAL) }
+            if let scope {
+                let index = UInt32(scope) ?? if_nametoindex(scope)
+                guard index != 0 else { throw SystemError("scope \(scope)", errno: ENODEV, hint: "no such interface") }
+                address.sin6_scope_id = index
+            }
+            withUnsafeMutableBytes(of: &storage) { target in withUnsafeBytes(of: address) { target.copyMemory(from: $0) } }
+            return socklen_t(MemoryLayout<sockaddr_in6>.size)
+        }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = request.port.bigEndian
+        guard inet_pton(AF_INET, host, &address.sin_addr) == 1 else { throw SystemError("address \(request.address)", errno: EINVAL) }
+        withUnsafeMutableBytes(of: &storage) { target in withUnsafeBytes(of: address) { target.copyMemory(from: $0) } }
+        return socklen_t(MemoryLayout<sockaddr_in>.size)
+    }
+
+    private static func splitScope(_ address: String) -> (String, String?) {
+        guard let percent = address.firstIndex(of: "%") else { return (address, nil) }
+        return (String(address[..<percent]), String(address[address.index(after: percent)...]))
+    }
+
+    /// A path left behind by a dead process is replaced; one that something still listens on, or
+    /// that is not a socket, is an error.
+    private static func bindUnix(_ fd: Int32, _ request: BindRequest) throws {
+        var status = stat()
+        if lstat(request.address, &status) == 0 {
+            guard status.st_mode & S_IFMT == S_IFSOCK else { throw SystemError("bind \(request.key)", errno: EEXIST, hint: "the path exists and is not a socket") }
+            if (try? UnixAddress.connect(request.address)).map({ close($0) }) != nil {
+                throw SystemError("bind \(request.key)", errno: EADDRINUSE, hint: "another process listens on this path")
+            }
+            unlink(request.address)
+        }
+        try UnixAddress.bind(fd, request.address)
+        if let mode = request.mode, chmod(request.address, mode_t(mode)) != 0 { throw SystemError("chmod \(request.address)") }
+        if request.owner != nil || request.group != nil {
+            let uid = try request.owner.map { try Accounts.uid($0) } ?? uid_t.max
+            let gid = try request.group.map { try Accounts.gid($0) } ?? gid_t.max
+            guard chown(request.address, uid, gid) == 0 else { throw SystemError("chown \(request.address)") }
+        }
+    }
+
+    static func setOption(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32, _ label: String) throws {
+        var value = value
+        guard setsockopt(fd, level, name, &value, socklen_t(MemoryLayout<Int32>.size)) == 0 else { throw SystemError("setsockopt \(label)") }
+    }
+
+    /// SO_COOKIE: the kernel's identity of a socket, the same through every fd that refers to it.
+    public static func cookie(_ fd: Int32) -> UInt64? {
+        var cookie: UInt64 = 0
+        var length = socklen_t(MemoryLayout<UInt64>.size)
+        return getsockopt(fd, SOL_SOCKET, 57 /* SO_COOKIE */, &cookie, &length) == 0 ? cookie : nil
+    }
+
+    public static func setCloseOnExec(_ fd: Int32, _ on: Bool) {
+        let flags = fcntl(fd, F_GETFD)
+        guard flags >= 0 else { return }
+        _ = fcntl(fd, F_SETFD, on ? flags | FD_CLOEXEC : flags & ~FD_CLOEXEC)
+    }
+
+    /// net.core.somaxconn of the caller's network namespace.
+    public static func somaxconn() -> Int32 {
+        let text = (try? String(contentsOfFile: "/proc/sys/net/core/somaxconn", encoding: .utf8)) ?? ""
+        return Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 4096
+    }
+}
+
+/// Unix stream socket addresses: bind, connect.
+public enum UnixAddress {
+    static func withAddress<T>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> T) throws -> T {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        var bytes = Array(path.utf8)
+        // "@name" is an abstract address (as in NOTIFY_SOCKET): a leading NUL, and only its own length counts.
+        let abstract = bytes.first == UInt8(ascii: "@")
+        if abstract { bytes[0] = 0 }
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { throw SystemError("socket path \(path)", errno: ENAMETOOLONG) }
+        withUnsafeMutableBytes(of: &address.sun_path) { target in for (index, byte) in bytes.enumerated() { target[index] = byte } }
+        let length = abstract ? socklen_t(MemoryLayout<sa_family_t>.size + bytes.count) : socklen_t(MemoryLayout<sockaddr_un>.size)
+        return withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, length) } }
+    }
+
+    public static func bind(_ fd: Int32, _ path: String) throws {
+        guard try withAddress(path, { Glibc.bind(fd, $0, $1) }) == 0 else { throw SystemError("bind \(path)") }
+    }
+
+    /// A connected, close-on-exec stream socket.
+    public static func connect(_ path: String, type: Int32 = Int32(SOCK_STREAM.rawValue)) throws -> Int32 {
+        let fd = socket(AF_UNIX, type | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw SystemError("socket(AF_UNIX)") }
+        guard try withAddress(path, { retryingConnect(fd, $0, $1) }) == 0 else {
+            let error = SystemError("connect \(path)")
+            close(fd)
+            throw error
+        }
+        return fd
+    }
+
+    private static func retryingConnect(_ fd: Int32, _ address: UnsafePointer<sockaddr>, _ length: socklen_t) -> Int32 {
+        while true {
+            let result = Glibc.connect(fd, address, length)
+            if result == 0 || errno != EINTR { return result }
+        }
+    }
+}
+
+/// Users and groups by name or number.
+public enum Accounts {
+    public static func uid(_ name: String) throws -> uid_t {
+        if let number = uid_t(name) { return number }
+        guard let entry = getpwnam(name) else { throw SystemError("user \(name)", errno: ENOENT, hint: "no such user") }
+        return entry.pointee.pw_uid
+    }
+
+    public static func gid(_ name: String) throws -> gid_t {
+        if let number = gid_t(name) { return number }
+        guard let entry = getgrnam(name) else { throw SystemError("group \(name)", errno: ENOENT, hint: "no such group") }
+        return entry.pointee.gr_gid
+    }
+}
+
+/// Passing fds over Unix sockets (SCM_RIGHTS).
+public enum FDPassing {
+    /// Sends bytes with fds attached; returns the bytes sent (fewer on a short write, the fds then
+    /// travel with the first byte), or throws; EAGAIN is returned as 0 for non-blocking callers.
+    public static func send(_ socket: Int32, _ bytes: ArraySlice<UInt8>, fds: [Int32], flags: Int32 = 0) throws -> Int {
+        let sent = bytes.withUnsafeBytes { buffer in
+            fds.withUnsafeBufferPointer { proxyside_send_with_fds(socket, buffer.baseAddress, buffer.count, $0.baseAddress, UInt32($0.count), flags) }
+        }
+        if sent >= 0 { return sent }
+        if -Int32(sent) == EAGAIN || -Int32(sent) == EINTR { return 0 }
+        throw SystemError("sendmsg", errno: -Int32(sent))
+    }
+
+    /// Receives up to `capacity` bytes and the fds that came with them (close-on-exec).
+    public static func receive(_ socket: Int32, capacity: Int = 65536, flags: Int32 = 0) throws -> (bytes: [UInt8], fds: [Int32]) {
+        var bytes = [UInt8](repeating: 0, count: capacity)
+        var fds = [Int32](repeating: -1, count: 253)
+        var count: UInt32 = 0
+        while true {
+            let received = bytes.withUnsafeMutableBytes { buffer in
+                proxyside_receive_with_fds(socket, buffer.baseAddress, buffer.count, &fds, UInt32(fds.count), &count, flags)
+            }
+            if received >= 0 { return (Array(bytes[0..<received]), Array(fds[0..<Int(count)])) }
+            if -Int32(received) != EINTR { throw SystemError("recvmsg", errno: -Int32(received)) }
+        }
+    }
+}

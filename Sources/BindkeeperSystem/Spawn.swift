@@ -1,0 +1,49 @@
+import Glibc
+import ProxysideSystem
+
+/// posix_spawn(3) with fds placed where the child expects them. Fds without close-on-exec are
+/// inherited at their own numbers; signals this program catches or ignores start at their defaults.
+public enum Spawn {
+    public static func run(_ path: String, _ arguments: [String], environment: [String: String]? = nil,
+                           placing fds: [(from: Int32, to: Int32)] = []) throws -> pid_t {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        for (from, to) in fds { posix_spawn_file_actions_adddup2(&actions, from, to) }
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        for signal in [SIGPIPE, SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGCHLD] { sigaddset(&defaults, signal) }
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        posix_spawnattr_setsigmask(&attributes, &empty)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
+        let argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
+        defer { for pointer in argv { free(pointer) } }
+        var envp: [UnsafeMutablePointer<CChar>?] = environment.map { $0.map { strdup("\($0.key)=\($0.value)") } + [nil] } ?? []
+        defer { for pointer in envp { free(pointer) } }
+        var pid: pid_t = 0
+        let result = envp.withUnsafeMutableBufferPointer { custom in
+            let environment = custom.isEmpty ? environ : custom.baseAddress
+            return path.contains("/")
+                ? posix_spawn(&pid, path, &actions, &attributes, argv, environment)
+                : posix_spawnp(&pid, path, &actions, &attributes, argv, environment)
+        }
+        guard result == 0 else { throw SystemError("spawn \(path)", errno: result) }
+        return pid
+    }
+
+    /// Waits for a child; its exit status, or 128 + the signal that ended it.
+    public static func wait(_ pid: pid_t) -> Int32 {
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 { if errno != EINTR { return -1 } }
+        return exitCode(status)
+    }
+
+    public static func exitCode(_ status: Int32) -> Int32 {
+        status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+    }
+}
