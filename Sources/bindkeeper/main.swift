@@ -38,6 +38,9 @@ struct Serve: ParsableCommand {
     @Option(help: "Serve Prometheus metrics on ADDRESS:PORT (IPv4).")
     var metrics: String?
 
+    @Option(help: "Cut off a client whose message stays incomplete this many seconds.")
+    var stalledSeconds: UInt64 = 10
+
     func run() throws {
         var policy = Policy(brokerUID: geteuid())
         if let config {
@@ -48,6 +51,7 @@ struct Serve: ParsableCommand {
         var options = BrokerOptions(controlPath: socket, policy: policy)
         guard backlog > 0 else { throw ValidationError("--backlog must be positive") }
         options.defaultBacklog = backlog
+        options.stalledMessageSeconds = max(1, stalledSeconds)
         if let metrics {
             guard let colon = metrics.lastIndex(of: ":"), let address = IPv4Address(metrics[..<colon]),
                   let port = UInt16(metrics[metrics.index(after: colon)...]) else { throw ValidationError("--metrics takes IPv4:PORT") }

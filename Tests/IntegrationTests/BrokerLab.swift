@@ -1,0 +1,144 @@
+import BindkeeperCore
+import BindkeeperSystem
+import Foundation
+import Glibc
+import ProxysideSystem
+import XCTest
+
+/// One network namespace with addresses in 198.18.0.0/15 (and 2001:2::/48) on its loopback, for
+/// bindkeeper, its clients and HAProxy. Everything started here is killed and the namespace deleted
+/// in `tearDown`, also after a failure.
+final class BrokerLab {
+    static let address = "198.18.2.1"
+    static let vip = "198.19.2.10"
+    static let address6 = "2001:2:0:2::1"
+
+    let namespace: String
+    let directory: URL
+    var socketPath: String { directory.appendingPathComponent("bindkeeper.sock").path }
+    private(set) var logs: [(name: String, url: URL)] = []
+    private var processes: [Process] = []
+
+    init(_ name: String) throws {
+        guard geteuid() == 0 else { throw XCTSkip("needs root for network namespaces") }
+        namespace = "psbk-\(name)-\(getpid())"
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("bindkeeper-\(name)-\(getpid())")
+        try? FileManager.default.removeItem(at: directory)
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        _ = try? Lab.shell("ip netns del \(namespace) 2>/dev/null")
+        try Lab.shell("""
+            ip netns add \(namespace) && ip -n \(namespace) link set lo up && \
+            ip -n \(namespace) addr add \(Self.address)/32 dev lo && ip -n \(namespace) addr add \(Self.vip)/32 dev lo && \
+            ip -n \(namespace) addr add \(Self.address6)/128 dev lo nodad
+            """)
+    }
+
+    func binary(_ name: String) -> String { Lab.binaries.appendingPathComponent(name).path }
+
+    /// Starts a command inside the namespace, its output in a log file.
+    @discardableResult
+    func start(_ name: String, _ command: [String], environment: [String: String]? = nil) throws -> Process {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["ip", "netns", "exec", namespace] + command
+        if let environment { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
+        let log = directory.appendingPathComponent("\(name)-\(logs.count).log")
+        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
+        let handle = try FileHandle(forWritingTo: log)
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        processes.append(process)
+        logs.append((name, log))
+        return process
+    }
+
+    /// Runs a command inside the namespace to its end: (status, output).
+    func run(_ command: [String], environment: [String: String]? = nil) throws -> (status: Int32, output: String) {
+        let process = try start(command.first.map { URL(fileURLWithPath: $0).lastPathComponent } ?? "run", command, environment: environment)
+        process.waitUntilExit()
+        return (process.terminationStatus, try String(contentsOf: logs.last!.url, encoding: .utf8))
+    }
+
+    @discardableResult
+    func startBroker(_ extra: [String] = [], environment: [String: String]? = nil) throws -> Process {
+        let process = try start("broker", [binary("bindkeeper"), "serve", "--socket", socketPath] + extra, environment: environment)
+        try waitForBroker()
+        return process
+    }
+
+    func waitForBroker() throws {
+        try waitFor("the broker's control socket") { (try? UnixAddress.connect(self.socketPath)).map { close($0); return true } ?? false }
+    }
+
+    func client() throws -> BindkeeperClient { try BindkeeperClient(path: socketPath) }
+
+    /// Everything logged so far, for failure messages.
+    var allLogs: String {
+        logs.map { "--- \($0.name)\n" + ((try? String(contentsOf: $0.url, encoding: .utf8)) ?? "") }.joined(separator: "\n")
+    }
+
+    func inside<T>(_ body: () throws -> T) throws -> T { try NetworkNamespace(nameOrPath: namespace).run(body) }
+
+    func waitFor(_ what: String, seconds: Double = 10, _ condition: () throws -> Bool) throws {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if try condition() { return }
+            usleep(20_000)
+        }
+        throw LabError("timed out waiting for \(what)\n\(allLogs)")
+    }
+
+    func tearDown() {
+        for process in processes where process.isRunning { process.terminate() }
+        let deadline = Date().addingTimeInterval(3)
+        while processes.contains(where: \.isRunning) && Date() < deadline { usleep(20_000) }
+        // Whatever is left in the namespace (HAProxy instances, children of killed supervisors).
+        _ = try? Lab.shell("ip netns pids \(namespace) | xargs -r kill -9; ip netns del \(namespace)")
+        try? FileManager.default.removeItem(at: directory)
+    }
+}
+
+/// The socket's inode (the same through every fd that refers to it, as SO_COOKIE).
+func inode(_ fd: Int32) -> UInt64 {
+    var status = stat()
+    return fstat(fd, &status) == 0 ? UInt64(status.st_ino) : 0
+}
+
+func isListening(_ fd: Int32) -> Bool {
+    var value: Int32 = 0
+    var length = socklen_t(MemoryLayout<Int32>.size)
+    return getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &value, &length) == 0 && value == 1
+}
+
+/// A raw connection to the control socket for speaking the wire forms by hand.
+final class RawControlClient {
+    let fd: Int32
+    init(_ path: String) throws {
+        fd = try UnixAddress.connect(path)
+        LabSockets.setTimeouts(fd, seconds: 5)
+    }
+    deinit { close(fd) }
+
+    func send(_ bytes: [UInt8]) { _ = LabSockets.sendAll(fd, bytes) }
+    func send(_ text: String) { send(Array(text.utf8)) }
+
+    /// One multibinder reply (a JSON object) and the fds that came with it; nil at EOF or timeout.
+    func reply() -> (object: [String: Any], fds: [Int32])? {
+        guard let (bytes, fds) = try? FDPassing.receive(fd), !bytes.isEmpty,
+              let object = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any] else { return nil }
+        return (object, fds)
+    }
+
+    /// True when the broker closed the connection within the receive timeout.
+    func isClosedByPeer() -> Bool {
+        var byte: UInt8 = 0
+        while true {
+            let count = recv(fd, &byte, 1, 0)
+            if count == 0 { return true }
+            if count < 0 { return errno == ECONNRESET }
+        }
+    }
+}
+
+func errorCode(_ reply: [String: Any]?) -> Int? { (reply?["error"] as? [String: Any])?["code"] as? Int }

@@ -1,0 +1,151 @@
+import Foundation
+import Glibc
+import XCTest
+
+/// Real HAProxy (Debian's) run by `bindkeeper haproxy`, reloaded while a bounded load opens new
+/// connections continuously.
+final class HAProxyReloadTests: XCTestCase {
+    var lab: BrokerLab!
+
+    override func setUpWithError() throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/haproxy") else { throw XCTSkip("haproxy is not installed (scripts/setup.sh installs it)") }
+        lab = try BrokerLab(String(name.split(separator: " ").last!.prefix(12)).filter(\.isLetter))
+        try lab.startBroker()
+    }
+
+    override func tearDown() { lab?.tearDown() }
+
+    /// A frontend that answers every request itself, on `bind`.
+    @discardableResult
+    func writeTemplate(_ name: String, bind: String, extra: String = "") throws -> String {
+        let path = lab.directory.appendingPathComponent("\(name).cfg.tmpl").path
+        try """
+            global
+                maxconn 4000
+            defaults
+                mode http
+                timeout connect 2s
+                timeout client 5s
+                timeout server 5s
+            frontend www
+                bind \(bind)
+                http-request return status 200 content-type text/plain string "ok\\n"
+            \(extra)
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    func startSupervisor(_ name: String, template: String) throws -> (process: Process, pidFile: String) {
+        let pidFile = lab.directory.appendingPathComponent("\(name).pid").path
+        let process = try lab.start("supervisor-\(name)", [lab.binary("bindkeeper"), "haproxy", "--socket", lab.socketPath, "-f", template,
+                                                          "-p", pidFile, "--stop-timeout", "5", "--", "/usr/sbin/haproxy"])
+        try lab.waitFor("haproxy \(name) to start") { FileManager.default.fileExists(atPath: pidFile) }
+        return (process, pidFile)
+    }
+
+    func load(port: Int, seconds: Int, concurrency: Int) throws -> Process {
+        try lab.start("load", [lab.binary("glb-lab"), "http-load", "--target", "\(BrokerLab.vip):\(port)", "--seconds", String(seconds),
+                               "--concurrency", String(concurrency), "--timeout-seconds", "3"])
+    }
+
+    /// The load generator's counts: attempts, ok, failed, and each failure kind.
+    func counts(_ process: Process) throws -> [String: Int] {
+        process.waitUntilExit()
+        let log = try XCTUnwrap(lab.logs.last { $0.name == "load" }?.url)
+        let line = try XCTUnwrap(try String(contentsOf: log, encoding: .utf8).split(separator: "\n").last { $0.hasPrefix("http-load:") })
+        return Dictionary(uniqueKeysWithValues: line.split(separator: " ").dropFirst().compactMap { pair -> (String, Int)? in
+            let parts = pair.split(separator: "=")
+            return parts.count == 2 ? (String(parts[0]), Int(parts[1]) ?? -1) : nil
+        })
+    }
+
+    func reloads(_ name: String) -> Int {
+        lab.logs.filter { $0.name == "supervisor-\(name)" }
+            .map { ((try? String(contentsOf: $0.url, encoding: .utf8)) ?? "").components(separatedBy: "reloaded: haproxy pid").count - 1 }
+            .reduce(0, +)
+    }
+
+    /// `count` reloads, each one started only after the previous one took effect.
+    func reload(_ name: String, _ supervisor: Process, count: Int, intervalMs: UInt32) throws {
+        for index in 1...count {
+            let before = reloads(name)
+            kill(supervisor.processIdentifier, SIGUSR2)
+            try lab.waitFor("reload \(index) of \(name)") { self.reloads(name) > before }
+            usleep(intervalMs * 1000)
+        }
+    }
+
+    func testFiftyReloadsUnderLoadDropNothingWithSharedSockets() throws {
+        let reloadCount = 50, seconds = 14, concurrency = 64
+        let shared = try writeTemplate("shared", bind: "{{bind tcp://\(BrokerLab.vip):80?backlog=4096}}")
+        let plain = try writeTemplate("plain", bind: "\(BrokerLab.vip):81")
+
+        let sharedSupervisor = try startSupervisor("shared", template: shared)
+        let sharedLoad = try load(port: 80, seconds: seconds, concurrency: concurrency)
+        usleep(500_000)
+        try reload("shared", sharedSupervisor.process, count: reloadCount, intervalMs: 150)
+        let sharedCounts = try counts(sharedLoad)
+
+        // The same supervisor, reloads and load, but HAProxy binds its own SO_REUSEPORT sockets.
+        let plainSupervisor = try startSupervisor("plain", template: plain)
+        let plainLoad = try load(port: 81, seconds: seconds, concurrency: concurrency)
+        usleep(500_000)
+        try reload("plain", plainSupervisor.process, count: reloadCount, intervalMs: 150)
+        let plainCounts = try counts(plainLoad)
+
+        print("reload-under-load: \(reloadCount) reloads each; bindkeeper (shared socket): attempts=\(sharedCounts["attempts"] ?? 0) failed=\(sharedCounts["failed"] ?? 0); "
+              + "plain SO_REUSEPORT: attempts=\(plainCounts["attempts"] ?? 0) failed=\(plainCounts["failed"] ?? 0) reset=\(plainCounts["reset"] ?? 0) refused=\(plainCounts["refused"] ?? 0)")
+        XCTAssertEqual(reloads("shared"), reloadCount)
+        XCTAssertEqual(reloads("plain"), reloadCount)
+        XCTAssertGreaterThan(sharedCounts["attempts"] ?? 0, 10_000, "the load ran")
+        XCTAssertEqual(sharedCounts["failed"], 0, "no connection fails across reloads on a shared socket: \(sharedCounts)")
+        XCTAssertGreaterThan(plainCounts["attempts"] ?? 0, 10_000, "the load ran")
+        // Old instances were told to finish (-sf) and left; only the current one remains.
+        try lab.waitFor("old instances to leave") {
+            (try? String(contentsOfFile: sharedSupervisor.pidFile, encoding: .utf8))?.split(separator: "\n").count == 1
+        }
+    }
+
+    func testAFailedCheckLeavesTheRunningInstanceServing() throws {
+        let template = try writeTemplate("guarded", bind: "{{bind tcp://\(BrokerLab.vip):82}}")
+        let supervisor = try startSupervisor("guarded", template: template)
+        let firstPid = try String(contentsOfFile: supervisor.pidFile, encoding: .utf8)
+
+        // A configuration HAProxy rejects: --check says so, and a reload does not proceed.
+        try writeTemplate("guarded", bind: "{{bind tcp://\(BrokerLab.vip):82}}", extra: "    no_such_keyword here\n")
+        let check = try lab.run([lab.binary("bindkeeper"), "haproxy", "--check", "--socket", lab.socketPath, "-f", template, "--", "/usr/sbin/haproxy"])
+        XCTAssertNotEqual(check.status, 0, check.output)
+        kill(supervisor.process.processIdentifier, SIGUSR2)
+        try lab.waitFor("the refused reload") { self.lab.allLogs.contains("reload refused") }
+        XCTAssertEqual(try String(contentsOfFile: supervisor.pidFile, encoding: .utf8), firstPid)
+        let during = try counts(try load(port: 82, seconds: 1, concurrency: 2))
+        XCTAssertGreaterThan(during["ok"] ?? 0, 0)
+        XCTAssertEqual(during["failed"], 0)
+
+        // A template naming a socket the broker refuses is refused the same way.
+        try writeTemplate("guarded", bind: "{{bind tcp://198.18.9.9:82}}")
+        kill(supervisor.process.processIdentifier, SIGUSR2)
+        try lab.waitFor("the second refused reload") { self.lab.allLogs.components(separatedBy: "reload refused").count == 3 }
+        XCTAssertEqual(try String(contentsOfFile: supervisor.pidFile, encoding: .utf8), firstPid)
+
+        // Fixed: the reload goes through, on the same kernel socket.
+        try writeTemplate("guarded", bind: "{{bind tcp://\(BrokerLab.vip):82}}")
+        let good = try lab.run([lab.binary("bindkeeper"), "haproxy", "--check", "--socket", lab.socketPath, "-f", template, "--", "/usr/sbin/haproxy"])
+        XCTAssertEqual(good.status, 0, good.output)
+        kill(supervisor.process.processIdentifier, SIGUSR2)
+        try lab.waitFor("the reload") { self.reloads("guarded") == 1 }
+        try lab.waitFor("the old instance to leave") {
+            let pids = (try? String(contentsOfFile: supervisor.pidFile, encoding: .utf8)) ?? ""
+            return pids != firstPid && pids.split(separator: "\n").count == 1
+        }
+        let after = try counts(try load(port: 82, seconds: 1, concurrency: 2))
+        XCTAssertGreaterThan(after["ok"] ?? 0, 0)
+        XCTAssertEqual(after["failed"], 0)
+
+        // SIGTERM: instances are soft-stopped, the supervisor exits 0 and removes its pid file.
+        supervisor.process.terminate()
+        supervisor.process.waitUntilExit()
+        XCTAssertEqual(supervisor.process.terminationStatus, 0, lab.allLogs)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: supervisor.pidFile))
+    }
+}
