@@ -50,6 +50,7 @@ let package = Package(
         .testTarget(name: "BindkeeperCoreTests", dependencies: ["BindkeeperCore"]),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["ProxysideCore", "ProxysideSystem", "BindkeeperCore", "BindkeeperSystem", "second-chance", "glb-lab", "bindkeeper"]),
+            dependencies: ["ProxysideCore", "ProxysideSystem", "BindkeeperCore", "BindkeeperSystem", "second-chance", "glb-lab", "bindkeeper"],
+            exclude: ["Fixtures"]),
     ]
 )

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The lab: client, GLB director simulator, two proxies running second-chance and an echo service on
 # the VIP. Long-lived connections and new ones run while the director drains P1, then swaps the
-# proxies' roles; every connection must survive. Runs as root; cleans up after itself.
+# proxies' roles; every connection must survive. Then each proxy runs HAProxy on a socket bindkeeper
+# owns, and both HAProxys are reloaded again and again while new connections keep arriving through
+# the director: none may fail. Runs as root; cleans up after itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lab-common.sh
@@ -39,5 +41,51 @@ if [ "$status" = 0 ]; then
 else
     echo "demo: some connections failed (log: see above)" >&2
     cat "$work/log" >&2
+    exit "$status"
 fi
-exit "$status"
+
+echo
+echo "demo: bindkeeper on each proxy owns $VIP:8080; HAProxy answers on it (bindkeeper haproxy, fd@N)"
+printf '198.18.0.11 active\n198.18.0.12 active\n' > "$work/table"; kill -HUP "$director"
+cat > "$work/www.cfg.tmpl" <<CFG
+global
+    maxconn 4000
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 5s
+    timeout server 5s
+frontend www
+    bind {{bind tcp://$VIP:8080?backlog=4096&freebind=1}}
+    http-request return status 200 content-type text/plain string "ok\n"
+CFG
+for p in p1 p2; do
+    ip netns exec "$prefix-$p" "$bin/bindkeeper" serve --socket "$work/$p-bk.sock" 2>>"$work/log" & pids+=($!)
+    for _ in $(seq 50); do [ -S "$work/$p-bk.sock" ] && break; sleep 0.1; done
+    ip netns exec "$prefix-$p" "$bin/bindkeeper" haproxy --socket "$work/$p-bk.sock" -f "$work/www.cfg.tmpl" \
+        --rendered "$work/$p-www.cfg" -p "$work/$p-haproxy.pid" --stop-timeout 5 -- /usr/sbin/haproxy 2>>"$work/$p-haproxy.log" &
+    eval "supervisor_$p=\$!"; pids+=($!)
+done
+for _ in $(seq 50); do [ -s "$work/p1-haproxy.pid" ] && [ -s "$work/p2-haproxy.pid" ] && break; sleep 0.1; done
+echo "demo: new HTTP connections from the client through the director for 10 s; both HAProxys reloaded every second"
+ip netns exec "$prefix-c" "$bin/glb-lab" http-load --target "$VIP:8080" --seconds 10 --concurrency 8 > "$work/load" & load=$!
+sleep 0.5
+for _ in $(seq 9); do
+    kill -USR2 "$supervisor_p1" "$supervisor_p2"
+    sleep 1
+done
+wait "$load" || true
+cat "$work/load"
+for p in p1 p2; do
+    echo "--- $p: $(grep -c 'reloaded:' "$work/$p-haproxy.log" || true) reloads; bindkeeper list:"
+    "$bin/bindkeeper" list --socket "$work/$p-bk.sock"
+done
+failed=$(tr ' ' '\n' < "$work/load" | awk -F= '$1 == "failed" {print $2}')
+ok=$(tr ' ' '\n' < "$work/load" | awk -F= '$1 == "ok" {print $2}')
+if [ "${failed:-1}" = 0 ] && [ "${ok:-0}" -gt 0 ]; then
+    echo "demo: $ok connections through 18 HAProxy reloads, none failed"
+else
+    echo "demo: connections failed during HAProxy reloads" >&2
+    cat "$work/log" "$work"/p?-haproxy.log >&2
+    exit 1
+fi

@@ -90,7 +90,11 @@ public final class Broker: @unchecked Sendable {
         try Signals.install(shutdown: shutdown)
         guard proxyside_signal_to_eventfd(SIGUSR1, reexecSignal.fd) == 0 else { throw SystemError("sigaction SIGUSR1") }
         try adopt(environment)
-        if control < 0 { control = try Self.listenControl(options) }
+        if control < 0 {
+            control = try Self.listenControl(options)
+            // In the store, the control socket outlives a crash too: clients queue, not fail, until the restart.
+            do { try notifier?.store(control, name: FDStoreName.control) } catch { log("fd store control socket: \(error)") }
+        }
         if let metrics = options.metrics {
             metricsServer = try StatsServer(metrics: metrics, controlPath: nil) { [unowned self] _ in self.prometheus() }
         }
@@ -437,7 +441,7 @@ public final class Broker: @unchecked Sendable {
         setenv(BrokerState.environmentName, String(memfd), 1)
         statistics.reexecs += 1
         log("re-executing with \(state.sockets.count) sockets and \(state.clients.count) clients")
-        try? notifier?.send("RELOADING=1")
+        try? notifier?.send("RELOADING=1\nMONOTONIC_USEC=\(MonotonicClock.nanoseconds() / 1000)")
         let arguments = CommandLine.arguments
         var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
         execv("/proc/self/exe", &argv)

@@ -9,7 +9,7 @@ public final class SDNotify {
     /// nil when not started by a service manager that listens.
     public init?(environment: [String: String]) {
         guard let path = environment["NOTIFY_SOCKET"], !path.isEmpty,
-              let fd = try? UnixAddress.connect(path, type: Int32(SOCK_DGRAM.rawValue)) else { return nil }
+              let fd = try? UnixAddress.connect(path, type: UnixAddress.datagram) else { return nil }
         self.fd = fd
     }
 

@@ -113,6 +113,8 @@ public enum OwnedSocket {
 
 /// Unix stream socket addresses: bind, connect.
 public enum UnixAddress {
+    public static let datagram = Int32(SOCK_DGRAM.rawValue)
+
     static func withAddress<T>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> T) throws -> T {
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)

@@ -80,11 +80,12 @@ struct List: ParsableCommand {
         }
         let sockets = listing["sockets"] as? [[String: Any]] ?? []
         print("broker pid \(listing["pid"] ?? "?"), \(sockets.count) sockets, \(listing["clients_connected"] ?? 0) clients connected, \(listing["clients_served"] ?? 0) served")
-        print("KEY".padding(toLength: 40, withPad: " ", startingAt: 0) + " BACKLOG(req/eff)  ACCEPTQ  SYNQ  HANDED-OUT  COOKIE")
+        let width = sockets.map { ($0["url"] as? String ?? "").count }.max().map { max($0, 28) } ?? 28
+        print("SOCKET".padding(toLength: width, withPad: " ", startingAt: 0) + " BACKLOG(req/eff)  ACCEPTQ  SYNQ  HANDED-OUT  COOKIE")
         for socket in sockets {
             let backlog = (socket["backlog"] as? [String: Any]).map { "\($0["requested"] ?? "-")/\($0["effective"] ?? "-")" } ?? "-"
             let line = [
-                (socket["url"] as? String ?? "").padding(toLength: 40, withPad: " ", startingAt: 0),
+                (socket["url"] as? String ?? "").padding(toLength: width, withPad: " ", startingAt: 0),
                 backlog.padding(toLength: 17, withPad: " ", startingAt: 0),
                 "\(socket["accept_queue"] ?? "-")".padding(toLength: 8, withPad: " ", startingAt: 0),
                 "\(socket["syn_queue"] ?? "-")".padding(toLength: 5, withPad: " ", startingAt: 0),

@@ -302,26 +302,35 @@ final class BindkeeperTests: XCTestCase {
         try collect { notices.contains { $0.hasPrefix("READY=1") } }
         let requests = [url("tcp://\(BrokerLab.address):8600?backlog=100"), url("udp://\(BrokerLab.address):8600"), url("unix:\(lab.directory.path)/app.sock")]
         let before = try lab.client().bind(requests)
-        try collect { store.count == 3 }
-        XCTAssertFalse(store.contains { $0.name == "control" }, "the control socket comes from the path, not the store, unless systemd passed it")
+        try collect { store.count == 4 }
+        XCTAssertEqual(store.first?.name, "control")
 
         kill(broker.processIdentifier, SIGKILL)
         broker.waitUntilExit()
         // While no broker runs, the kernel socket lives on in the store: connections still queue.
         let queued = try lab.inside { try LabSockets.connectTCP(to: IPAddress(BrokerLab.address)!, port: 8600) }
         defer { close(queued) }
+        // ...and so do clients of the control socket: this request is answered by the next broker.
+        let early = try RawControlClient(lab.socketPath)
+        early.send(Wire.multibinder.request(id: .number(1), method: "bind", binds: [requests[0]]))
 
         let names = store.map(\.name).joined(separator: ":")
-        let pid = try Spawn.run("/usr/bin/env", ["ip", "netns", "exec", lab.namespace, "/bin/sh", "-c", "LISTEN_PID=$$ exec \"$0\" \"$@\"",
+        let restartLog = lab.directory.appendingPathComponent("restarted-broker.log").path
+        let pid = try Spawn.run("/usr/bin/env", ["ip", "netns", "exec", lab.namespace, "/bin/sh", "-c", "LISTEN_PID=$$ exec \"$0\" \"$@\" 2>\(restartLog)",
                                                  lab.binary("bindkeeper"), "serve", "--socket", lab.socketPath],
                                 environment: ProcessInfo.processInfo.environment.merging(
                                     ["LISTEN_FDS": String(store.count), "LISTEN_FDNAMES": names, "NOTIFY_SOCKET": notifyPath]) { $1 },
                                 placing: store.enumerated().map { ($0.element.fd, Int32(3 + $0.offset)) })
         defer { kill(pid, SIGTERM); _ = Spawn.wait(pid) }
         try lab.waitForBroker()
+        let answered = try XCTUnwrap(early.reply(), "the request made while no broker ran")
+        XCTAssertEqual(answered.fds.first.flatMap(OwnedSocket.cookie), OwnedSocket.cookie(before[0].fd))
+        answered.fds.forEach { close($0) }
         let after = try lab.client().bind(requests)
         XCTAssertEqual(after.map { OwnedSocket.cookie($0.fd) }, before.map { OwnedSocket.cookie($0.fd) }, "the same kernel sockets")
         XCTAssertEqual(try lab.client().list()["sockets"].map { ($0 as? [Any])?.count }, 3)
+        let restarted = (try? String(contentsOfFile: restartLog, encoding: .utf8)) ?? ""
+        XCTAssertTrue(restarted.contains("recovered 3 sockets from the service manager and the control socket"), restarted)
         let accepted = accept(after[0].fd, nil, nil)
         XCTAssertGreaterThanOrEqual(accepted, 0, "the connection made while the broker was dead is served")
         close(accepted)
