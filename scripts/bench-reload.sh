@@ -37,18 +37,7 @@ ip netns exec "$ns" "$bin/bindkeeper" serve --socket "$work/bk.sock" 2>>"$work/b
 for _ in $(seq 50); do [ -S "$work/bk.sock" ] && break; sleep 0.1; done
 
 template() {  # template NAME BIND
-    cat > "$work/$1.cfg.tmpl" <<CFG
-global
-    maxconn 4000
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 5s
-    timeout server 5s
-frontend www
-    bind $2
-    http-request return status 200 content-type text/plain string "ok\n"
-CFG
+    sed "s|@BIND@|$2|" examples/lab/haproxy-answer.cfg.in > "$work/$1.cfg.tmpl"
 }
 
 seconds=$(( reloads * (interval_ms + 60) / 1000 + 3 ))

@@ -47,18 +47,7 @@ fi
 echo
 echo "demo: bindkeeper on each proxy owns $VIP:8080; HAProxy answers on it (bindkeeper haproxy, fd@N)"
 printf '198.18.0.11 active\n198.18.0.12 active\n' > "$work/table"; kill -HUP "$director"
-cat > "$work/www.cfg.tmpl" <<CFG
-global
-    maxconn 4000
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 5s
-    timeout server 5s
-frontend www
-    bind {{bind tcp://$VIP:8080?backlog=4096&freebind=1}}
-    http-request return status 200 content-type text/plain string "ok\n"
-CFG
+sed "s|@BIND@|{{bind tcp://$VIP:8080?backlog=4096\&freebind=1}}|" examples/lab/haproxy-answer.cfg.in > "$work/www.cfg.tmpl"
 for p in p1 p2; do
     ip netns exec "$prefix-$p" "$bin/bindkeeper" serve --socket "$work/$p-bk.sock" 2>>"$work/log" & pids+=($!)
     for _ in $(seq 50); do [ -S "$work/$p-bk.sock" ] && break; sleep 0.1; done

@@ -81,12 +81,7 @@ final class BrokerLab {
     func inside<T>(_ body: () throws -> T) throws -> T { try NetworkNamespace(nameOrPath: namespace).run(body) }
 
     func waitFor(_ what: String, seconds: Double = 10, _ condition: () throws -> Bool) throws {
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            if try condition() { return }
-            usleep(20_000)
-        }
-        throw LabError("timed out waiting for \(what)\n\(allLogs)")
+        try Lab.waitFor(what, seconds: seconds, context: { self.allLogs }, condition)
     }
 
     func tearDown() {

@@ -19,19 +19,8 @@ final class HAProxyReloadTests: XCTestCase {
     @discardableResult
     func writeTemplate(_ name: String, bind: String, extra: String = "") throws -> String {
         let path = lab.directory.appendingPathComponent("\(name).cfg.tmpl").path
-        try """
-            global
-                maxconn 4000
-            defaults
-                mode http
-                timeout connect 2s
-                timeout client 5s
-                timeout server 5s
-            frontend www
-                bind \(bind)
-                http-request return status 200 content-type text/plain string "ok\\n"
-            \(extra)
-            """.write(toFile: path, atomically: true, encoding: .utf8)
+        let answer = try String(contentsOf: Lab.packageRoot.appendingPathComponent("examples/lab/haproxy-answer.cfg.in"), encoding: .utf8)
+        try (answer.replacingOccurrences(of: "@BIND@", with: bind) + extra).write(toFile: path, atomically: true, encoding: .utf8)
         return path
     }
 

@@ -119,12 +119,17 @@ final class Lab {
     }
 
     func waitFor(_ what: String, seconds: Double = 5, _ condition: () throws -> Bool) throws {
+        try Lab.waitFor(what, seconds: seconds, condition)
+    }
+
+    /// Polls `condition` every 20 ms; the error names `what` and, when given, `context` (logs).
+    static func waitFor(_ what: String, seconds: Double, context: () -> String = { "" }, _ condition: () throws -> Bool) throws {
         let deadline = Date().addingTimeInterval(seconds)
         while Date() < deadline {
             if try condition() { return }
             usleep(20_000)
         }
-        throw LabError("timed out waiting for \(what)")
+        throw LabError("timed out waiting for \(what)\n\(context())")
     }
 }
 
