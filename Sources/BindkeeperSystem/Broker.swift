@@ -72,8 +72,8 @@ public final class Broker: @unchecked Sendable {
     private var order: [String] = []
     private var clients: [Int32: Client] = [:]
     private let notifier: SDNotify?
-    private let shutdown = try! EventFD()
-    private let reexecSignal = try! EventFD()
+    private let shutdown: EventFD
+    private let reexecSignal: EventFD
     private var reexecRequested = false
     private var statistics = Statistics()
     private var published = Statistics()
@@ -85,6 +85,8 @@ public final class Broker: @unchecked Sendable {
                 log: @escaping @Sendable (String) -> Void) throws {
         self.options = options
         self.log = log
+        shutdown = try EventFD()
+        reexecSignal = try EventFD()
         notifier = SDNotify(environment: environment)
         raiseFileLimit()
         try Signals.install(shutdown: shutdown)

@@ -98,8 +98,9 @@ public final class HAProxySupervisor {
     /// Starts HAProxy and supervises it until SIGTERM/SIGINT (soft-stops every instance, then
     /// exits) or until no instance is left. SIGUSR2 or SIGHUP reloads.
     public func run() -> Int32 {
-        let stop = try! EventFD(), reload = try! EventFD(), child = try! EventFD()
+        let stop: EventFD, reload: EventFD, child: EventFD
         do {
+            (stop, reload, child) = (try EventFD(), try EventFD(), try EventFD())
             try Signals.install(shutdown: stop, reload: reload)
             guard proxyside_signal_to_eventfd(SIGUSR2, reload.fd) == 0, proxyside_signal_to_eventfd(SIGCHLD, child.fd) == 0 else {
                 throw SystemError("sigaction")

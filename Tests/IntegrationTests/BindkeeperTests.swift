@@ -221,7 +221,7 @@ final class BindkeeperTests: XCTestCase {
         try lab.startBroker()
         let unixPath = lab.directory.appendingPathComponent("app.sock").path
         let bound = try lab.client().bind([url("udp://[::]:5353?v6only=1"), url("unix:\(unixPath)?mode=0640&owner=65534&group=65534"),
-                                           url("tcp://\(BrokerLab.vip):80?freebind=1")])
+                                           url("tcp://\(BrokerLab.vip):80?freebind=1"), url("tcp://[fe80::1%lo]:81?freebind=1")])
         defer { bound.forEach { close($0.fd) } }
         var value: Int32 = 0
         var length = socklen_t(4)
@@ -237,6 +237,13 @@ final class BindkeeperTests: XCTestCase {
         let connected = try UnixAddress.connect(unixPath)
         close(connected)
         XCTAssertTrue(isListening(bound[2].fd))
+        // The scope names an interface of the broker's namespace: its index is in the bound address.
+        var address = sockaddr_in6()
+        var addressLength = socklen_t(MemoryLayout<sockaddr_in6>.size)
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(bound[3].fd, $0, &addressLength) } }
+        XCTAssertEqual(address.sin6_scope_id, try lab.inside { if_nametoindex("lo") })
+        XCTAssertNotEqual(address.sin6_scope_id, 0)
+        XCTAssertThrowsError(try lab.client().bind([url("tcp://[fe80::1%nosuchif]:81?freebind=1")])) { XCTAssertTrue("\($0)".contains("no such interface"), "\($0)") }
         // A path some other process listens on is not taken over.
         let otherPath = lab.directory.appendingPathComponent("other.sock").path
         let other = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
