@@ -3,13 +3,16 @@
 ///
 /// A "connected" answer can only turn wrong when the socket closes, and then the flow has no owner
 /// anywhere until the client sends a new SYN, which passes through us and calls `forget` (as do FIN
-/// and RST). A "not here" answer can turn wrong without us seeing it when the flow's SYN was handled
-/// by another queue thread, so it is kept only when the operator asks for it (`negativeLifetime`).
+/// and RST). A "not here" answer turns wrong when a socket for the flow appears, and only a packet
+/// taken locally makes one (a SYN, a cookie ACK), possibly on another queue thread. So a "not here"
+/// answer is kept with the flow's epoch read before the lookup started (`FlowEpochs`, which every
+/// thread bumps for such a packet before and after its verdict) and is used only while that epoch
+/// is unchanged.
 public struct FlowCache {
     public let positiveLifetime: UInt64
     public let negativeLifetime: UInt64
     public let capacity: Int
-    private var entries: [FlowKey: (answer: SocketLookup, expires: UInt64)] = [:]
+    private var entries: [FlowKey: (answer: SocketLookup, expires: UInt64, epoch: UInt64)] = [:]
 
     /// Lifetimes in nanoseconds; zero disables that kind of entry.
     public init(positiveLifetime: UInt64, negativeLifetime: UInt64 = 0, capacity: Int = 65536) {
@@ -21,12 +24,15 @@ public struct FlowCache {
 
     public var count: Int { entries.count }
 
-    public func answer(for flow: FlowKey, now: UInt64) -> SocketLookup? {
+    /// The remembered answer, if still valid; `epoch` is the flow's epoch now.
+    public func answer(for flow: FlowKey, now: UInt64, epoch: UInt64 = 0) -> SocketLookup? {
         guard let entry = entries[flow], entry.expires > now else { return nil }
+        if entry.answer != .connected && entry.epoch != epoch { return nil }
         return entry.answer
     }
 
-    public mutating func remember(_ answer: SocketLookup, for flow: FlowKey, now: UInt64) {
+    /// `epoch`: the flow's epoch read before the lookup that gave `answer` was sent.
+    public mutating func remember(_ answer: SocketLookup, for flow: FlowKey, now: UInt64, epoch: UInt64 = 0) {
         let lifetime: UInt64
         switch answer {
         case .connected: lifetime = positiveLifetime
@@ -39,7 +45,7 @@ public struct FlowCache {
         }
         if entries.count >= capacity { evictExpired(now: now) }
         if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
-        entries[flow] = (answer, now + lifetime)
+        entries[flow] = (answer, now + lifetime, epoch)
     }
 
     public mutating func forget(_ flow: FlowKey) {

@@ -3,8 +3,12 @@ public enum GUEForwarding {
     /// Turns the packet into the one the next hop receives: next_hop + 1, outer source = us,
     /// outer destination = the hop. UDP ports, TTL and the inner packet are untouched. The IP header
     /// checksum is recomputed; a non-zero UDP checksum is updated incrementally (a zero one means
-    /// "none" and stays zero).
-    public static func rewrite(_ bytes: UnsafeMutableRawBufferPointer, _ gue: GUEPacket, source: IPv4Address, destination: IPv4Address) {
+    /// "none" and stays zero). `forKernelForwarding` raises the TTL by one first, since the kernel's
+    /// forwarding path takes one off: the hop sees the TTL the director set. The caller checks that
+    /// the TTL is below 255.
+    public static func rewrite(_ bytes: UnsafeMutableRawBufferPointer, _ gue: GUEPacket, source: IPv4Address, destination: IPv4Address,
+                               forKernelForwarding: Bool = false) {
+        if forKernelForwarding { bytes[8] += 1 }
         let nextHopWordOffset = gue.nextHopOffset  // next_hop is the high byte of this 16-bit word
         let oldWord = UnsafeRawBufferPointer(bytes).be16(nextHopWordOffset)
         let newWord = UInt16(UInt8(truncatingIfNeeded: Int(gue.nextHop) + 1)) << 8 | (oldWord & 0x00ff)

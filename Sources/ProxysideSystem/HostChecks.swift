@@ -46,7 +46,37 @@ public enum HostChecks {
         }.map { (String($0), $0.contains("--queue-bypass")) }
     }
 
-    public static func run(port: UInt16, queues: [UInt16], namespace: String?) -> [HostCheck] {
+    /// What `--forward kernel` needs: the rewritten packet carries this host's address as its
+    /// source and arrives from outside, so the kernel must forward (ip_forward) and accept a local
+    /// source on the way in (accept_local; strict rp_filter refuses it when the address is on
+    /// another interface). Redirects would go to ourselves: they are only noise.
+    public static func kernelForwarding() -> [HostCheck] {
+        var checks: [HostCheck] = []
+        let forward = readSysctl("net/ipv4/ip_forward") ?? "?"
+        checks.append(forward == "1"
+            ? HostCheck(level: .ok, subject: "ip_forward", finding: "1: the kernel forwards rewritten GUE (--forward kernel)")
+            : HostCheck(level: .fail, subject: "ip_forward", finding: "net.ipv4.ip_forward = \(forward): --forward kernel needs 1",
+                        fix: "sysctl -w net.ipv4.ip_forward=1, or use --forward raw"))
+        let devices = (commandOutput("ls /proc/sys/net/ipv4/conf") ?? "").split(separator: "\n").map(String.init).filter { $0 != "all" && $0 != "default" }
+        let acceptAll = readSysctl("net/ipv4/conf/all/accept_local") == "1"
+        let accepting = devices.filter { readSysctl("net/ipv4/conf/\($0)/accept_local") == "1" }
+        checks.append(acceptAll || !accepting.isEmpty
+            ? HostCheck(level: .ok, subject: "accept_local", finding: acceptAll ? "net.ipv4.conf.all.accept_local = 1" : "1 on \(accepting.joined(separator: ", "))")
+            : HostCheck(level: .fail, subject: "accept_local", finding: "0 everywhere: the kernel drops a forwarded packet whose source is this host",
+                        fix: "sysctl -w net.ipv4.conf.<GUE interface>.accept_local=1 (or .all.), or use --forward raw"))
+        let strict = (["all"] + devices).filter { readSysctl("net/ipv4/conf/\($0)/rp_filter") == "1" }
+        if !strict.isEmpty {
+            checks.append(HostCheck(level: .warn, subject: "rp_filter", finding: "strict (1) on \(strict.joined(separator: ", ")): a packet with this host's source is refused unless the address is on the interface it arrives on",
+                                    fix: "sysctl -w net.ipv4.conf.all.rp_filter=2 and the same for the GUE interface"))
+        }
+        if readSysctl("net/ipv4/conf/all/send_redirects") == "1" {
+            checks.append(HostCheck(level: .info, subject: "send_redirects", finding: "on: forwarding out of the interface a packet came in on sends this host ICMP redirects",
+                                    fix: "sysctl -w net.ipv4.conf.all.send_redirects=0 and the same for the GUE interface"))
+        }
+        return checks
+    }
+
+    public static func run(port: UInt16, queues: [UInt16], namespace: String?, forwarding: ForwardingMode = .raw) -> [HostCheck] {
         var checks: [HostCheck] = []
         if geteuid() != 0 {
             checks.append(HostCheck(level: .fail, subject: "privileges", finding: "not running as root",
@@ -93,10 +123,14 @@ public enum HostChecks {
                         fix: "sysctl -w net.ipv4.conf.all.rp_filter=2 (decapsulated packets carry client sources; see kmod/sysctl.d/60-proxyside.conf)")
             : HostCheck(level: .ok, subject: "rp_filter", finding: "net.ipv4.conf.all.rp_filter = \(rpAll)"))
 
-        let forward = readSysctl("net/ipv4/ip_forward") ?? "?"
-        checks.append(HostCheck(
-            level: forward == "1" ? .warn : .ok, subject: "ip_forward", finding: "net.ipv4.ip_forward = \(forward)",
-            fix: forward == "1" ? "second-chance sends forwarded GUE itself and needs no forwarding; with it on, a decapsulated packet for a VIP that is not on lo is routed onwards instead of answered: keep VIPs on lo, or sysctl -w net.ipv4.ip_forward=0" : nil))
+        if forwarding == .kernel {
+            checks += kernelForwarding()
+        } else {
+            let forward = readSysctl("net/ipv4/ip_forward") ?? "?"
+            checks.append(HostCheck(
+                level: forward == "1" ? .warn : .ok, subject: "ip_forward", finding: "net.ipv4.ip_forward = \(forward)",
+                fix: forward == "1" ? "with --forward raw second-chance sends forwarded GUE itself and needs no forwarding; with it on, a decapsulated packet for a VIP that is not on lo is routed onwards instead of answered: keep VIPs on lo, or sysctl -w net.ipv4.ip_forward=0" : nil))
+        }
 
         let cookies = readSysctl("net/ipv4/tcp_syncookies") ?? "?"
         checks.append(cookies == "0"

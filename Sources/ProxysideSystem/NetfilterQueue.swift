@@ -111,7 +111,8 @@ public final class NetfilterQueue {
     /// Packets are read without blocking until the socket is empty or `batchSize` is reached; the
     /// whole batch goes to `handleBatch`, which appends one action per packet, and the verdicts go
     /// back as one netlink datagram.
-    public func run(stop: EventFD, batchSize: Int = 64, idle: () -> Void = {},
+    /// `afterVerdicts` runs once a batch's verdicts have been sent (the kernel has acted on them).
+    public func run(stop: EventFD, batchSize: Int = 64, idle: () -> Void = {}, afterVerdicts: () -> Void = {},
                     handleBatch: (UnsafeBufferPointer<QueuedPacket>, inout [Action]) -> Void) throws {
         let fd = fileDescriptor
         let batchSize = max(1, min(batchSize, Self.maximumBatch))
@@ -142,6 +143,7 @@ public final class NetfilterQueue {
                 for (packet, action) in zip(batch, actions) { appendVerdict(id: packet.id, action, packet.payload) }
             }
             try flushVerdicts()
+            if !batch.isEmpty { afterVerdicts() }
             if batch.isEmpty {
                 if stopping { return }
                 idle()

@@ -9,6 +9,16 @@ public enum DecapsulationMode: String, Sendable, CaseIterable {
     case userspace
 }
 
+/// How a packet for the next hop leaves.
+public enum ForwardingMode: String, Sendable, CaseIterable {
+    /// Sent from a raw socket; the queued original is dropped. Needs nothing of the host.
+    case raw
+    /// The rewritten packet is the verdict's payload and the kernel forwards it (no extra syscall or
+    /// copy per packet). Needs net.ipv4.ip_forward=1 and accept_local=1 on the interface GUE
+    /// arrives on (its source is now this host), and a FORWARD chain that lets it pass.
+    case kernel
+}
+
 public struct SecondChanceConfiguration: Sendable {
     public var selfAddress: IPv4Address
     public var decapsulation: DecapsulationMode
@@ -17,10 +27,11 @@ public struct SecondChanceConfiguration: Sendable {
     public var negativeCacheLifetimeNanoseconds: UInt64
     public var batchSize: Int
     public var checkCookies: Bool
+    public var forwarding: ForwardingMode
 
     public init(selfAddress: IPv4Address, decapsulation: DecapsulationMode, namespace: String? = nil,
-                cacheLifetimeNanoseconds: UInt64 = 1_000_000_000, negativeCacheLifetimeNanoseconds: UInt64 = 0,
-                batchSize: Int = 64, checkCookies: Bool = true) {
+                cacheLifetimeNanoseconds: UInt64 = 1_000_000_000, negativeCacheLifetimeNanoseconds: UInt64 = 1_000_000_000,
+                batchSize: Int = 64, checkCookies: Bool = true, forwarding: ForwardingMode = .raw) {
         self.selfAddress = selfAddress
         self.decapsulation = decapsulation
         self.namespace = namespace
@@ -28,6 +39,7 @@ public struct SecondChanceConfiguration: Sendable {
         self.negativeCacheLifetimeNanoseconds = negativeCacheLifetimeNanoseconds
         self.batchSize = batchSize
         self.checkCookies = checkCookies
+        self.forwarding = forwarding
     }
 }
 
@@ -40,6 +52,8 @@ struct KernelFlowOwnership: FlowOwnership {
     /// Present while the responder runs: listeners it serves accept cookies whatever the netns counters say.
     let responder: SynCookieResponder?
     var cache: FlowCache
+    /// Shared with every queue thread: what keeps cached "not here" answers honest.
+    let epochs: FlowEpochs
     var now: UInt64 = 0
     /// The current batch's answers, from the cache or from one sock_diag round trip
     /// (see `SecondChanceWorker.decideBatch`).
@@ -50,8 +64,9 @@ struct KernelFlowOwnership: FlowOwnership {
         // decideBatch prefetches every flow Decider.firstStep names, so this is not reached from
         // there; it keeps the ownership correct on its own.
         counters.add(.lookups)
+        let epoch = epochs.current(flow)
         let answer = sockDiag.lookup(flow)
-        cache.remember(answer, for: flow, now: now)
+        cache.remember(answer, for: flow, now: now, epoch: epoch)
         return answer
     }
 
@@ -70,7 +85,7 @@ struct KernelFlowOwnership: FlowOwnership {
 }
 
 /// One NFQUEUE queue and everything its thread needs; nothing here is shared between threads
-/// except the counter block, which the stats server only reads.
+/// except the counter block, which the stats server only reads, and the flow epochs.
 public final class SecondChanceWorker: @unchecked Sendable {
     public let queue: NetfilterQueue
     public let counters = CounterBlock()
@@ -82,7 +97,7 @@ public final class SecondChanceWorker: @unchecked Sendable {
 
     /// `monitor`, when given, runs the SYN-cookie responder for the listeners it publishes.
     public init(queueNumber: UInt16, configuration: SecondChanceConfiguration, oracle: SynCookieOracle?,
-                monitor: ListenerMonitor? = nil) throws {
+                monitor: ListenerMonitor? = nil, epochs: FlowEpochs = FlowEpochs()) throws {
         self.configuration = configuration
         let namespace = try configuration.namespace.map { try NetworkNamespace(nameOrPath: $0) }
         queue = try NetfilterQueue(number: queueNumber)
@@ -95,17 +110,25 @@ public final class SecondChanceWorker: @unchecked Sendable {
             sockDiag: try SockDiag(namespace: namespace), cookieState: try KernelCookieState(namespace: namespace),
             oracle: configuration.checkCookies ? oracle : nil, counters: counters, responder: responder,
             cache: FlowCache(positiveLifetime: configuration.cacheLifetimeNanoseconds,
-                             negativeLifetime: configuration.negativeCacheLifetimeNanoseconds))
+                             negativeLifetime: configuration.negativeCacheLifetimeNanoseconds),
+            epochs: epochs)
     }
 
     public func run(stop: EventFD) throws {
         try queue.run(stop: stop, batchSize: configuration.batchSize,
                       idle: { [self] in ownership.cache.evictExpired(now: MonotonicClock.nanoseconds()) },
+                      afterVerdicts: { [self] in
+                          for flow in socketsMade { ownership.epochs.bump(flow) }
+                          socketsMade.removeAll(keepingCapacity: true)
+                      },
                       handleBatch: { [self] packets, actions in decideBatch(packets, &actions) })
     }
 
     private var parsed: [Decider.Parsed] = []
     private var pending: [FlowKey] = []
+    private var pendingEpochs: [UInt64] = []
+    /// Flows of packets this batch lets make a local socket: their epochs go up again after the verdicts.
+    private var socketsMade: [FlowKey] = []
     private var cachedFlows: Set<FlowKey> = []
 
     /// Decides a batch: parses every packet, answers the batch's flows from the cache or with one
@@ -122,6 +145,7 @@ public final class SecondChanceWorker: @unchecked Sendable {
         ownership.now = now
         parsed.removeAll(keepingCapacity: true)
         pending.removeAll(keepingCapacity: true)
+        pendingEpochs.removeAll(keepingCapacity: true)
         cachedFlows.removeAll(keepingCapacity: true)
         for packet in packets {
             let result = decider.parse(UnsafeRawBufferPointer(packet.payload))
@@ -133,20 +157,22 @@ public final class SecondChanceWorker: @unchecked Sendable {
                 if cachedFlows.contains(flow) { counters.add(.lookupCacheHits) }
                 continue
             }
-            if let cached = ownership.cache.answer(for: flow, now: now) {
+            let epoch = ownership.epochs.current(flow)
+            if let cached = ownership.cache.answer(for: flow, now: now, epoch: epoch) {
                 counters.add(.lookupCacheHits)
                 ownership.prefetched[flow] = cached
                 cachedFlows.insert(flow)
             } else {
                 ownership.prefetched[flow] = .failed  // a placeholder, replaced below
                 pending.append(flow)
+                pendingEpochs.append(epoch)
             }
         }
         if !pending.isEmpty {
             counters.add(.lookups, UInt64(pending.count))
-            for (flow, answer) in zip(pending, ownership.sockDiag.lookup(batch: pending)) {
+            for ((flow, epoch), answer) in zip(zip(pending, pendingEpochs), ownership.sockDiag.lookup(batch: pending)) {
                 ownership.prefetched[flow] = answer
-                ownership.cache.remember(answer, for: flow, now: now)
+                ownership.cache.remember(answer, for: flow, now: now, epoch: epoch)
             }
         }
         ownership.responder?.prepare(packets, parsed, now: now, sender: sender)
@@ -174,6 +200,11 @@ public final class SecondChanceWorker: @unchecked Sendable {
         case .parsed(let parsedPacket): decision = decider.decide(UnsafeRawBufferPointer(packet), parsedPacket, ownership: &ownership)
         }
         if case .tcp(let segment) = decision.inner {
+            if decision.verdict == .local(.syn) || decision.verdict == .local(.synCookie) {
+                // This packet may make a socket: no thread may trust a "not here" from before it.
+                ownership.epochs.bump(segment.flow)
+                socketsMade.append(segment.flow)
+            }
             if !segment.flags.isDisjoint(with: [.syn, .fin, .rst]) {
                 ownership.cache.forget(segment.flow)
             } else if decision.verdict == .local(.synCookie) {
@@ -202,6 +233,11 @@ public final class SecondChanceWorker: @unchecked Sendable {
             return deliverLocally(packet, decision.gue!)
         case .forward(let hop):
             let gue = decision.gue!
+            if configuration.forwarding == .kernel && packet[8] < 255 {
+                GUEForwarding.rewrite(packet, gue, source: configuration.selfAddress, destination: hop, forKernelForwarding: true)
+                counters.add(.forwarded)
+                return .acceptReplacing(0..<gue.innerEnd)
+            }
             GUEForwarding.rewrite(packet, gue, source: configuration.selfAddress, destination: hop)
             let outgoing = UnsafeRawBufferPointer(rebasing: packet[0..<gue.innerEnd])
             if !forwards.append(outgoing) {

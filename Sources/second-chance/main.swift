@@ -66,8 +66,11 @@ struct Run: ParsableCommand {
     @Option(help: "How long a connected flow's lookup is reused, in milliseconds (0: ask the kernel per packet).")
     var flowCacheMs: UInt64 = 1000
 
-    @Option(help: "How long a 'not here' lookup is reused, in milliseconds. Unsafe with several queues or directors per flow; 0 by default.")
-    var negativeCacheMs: UInt64 = 0
+    @Option(help: "How long a 'not here' lookup is reused, in milliseconds (0: ask the kernel per packet). A SYN or cookie ACK taken on any queue thread voids it for its flow.")
+    var negativeCacheMs: UInt64 = 1000
+
+    @Option(help: "How forwarded packets leave: raw (a raw socket; needs nothing of the host) or kernel (the kernel forwards the rewritten packet: faster; needs ip_forward=1 and accept_local=1, see doctor --forward kernel).")
+    var forward: String = "raw"
 
     @Option(help: "Verdicts sent to the kernel per batch at most.")
     var batch: Int = 64
@@ -97,6 +100,7 @@ struct Run: ParsableCommand {
         guard !queues.isEmpty else { throw ValidationError("give at least one --queue") }
         guard Set(queues).count == queues.count else { throw ValidationError("a --queue is given twice") }
         guard ["auto", "userspace", "kernel"].contains(decap) else { throw ValidationError("--decap is auto, userspace or kernel") }
+        guard ForwardingMode(rawValue: forward) != nil else { throw ValidationError("--forward is raw or kernel") }
         guard (1...NetfilterQueue.maximumBatch).contains(batch) else { throw ValidationError("--batch is 1...\(NetfilterQueue.maximumBatch)") }
         if let metrics { _ = try parseEndpoint(metrics) }
         guard ResponderMode(rawValue: synCookies) != nil else { throw ValidationError("--syn-cookies is auto, off or always") }
@@ -148,10 +152,17 @@ struct Run: ParsableCommand {
                 log("warning: SYN-cookie ACKs will not be recognised: \(error)")
             }
         }
+        let forwarding = ForwardingMode(rawValue: forward)!
+        if forwarding == .kernel {
+            let problems = HostChecks.kernelForwarding().filter { $0.level == .fail }
+            guard problems.isEmpty else {
+                throw ValidationFailure(description: "--forward kernel: " + problems.map(\.line).joined(separator: "\n"))
+            }
+        }
         let configuration = SecondChanceConfiguration(
             selfAddress: selfAddress, decapsulation: mode, namespace: netns,
             cacheLifetimeNanoseconds: flowCacheMs * 1_000_000, negativeCacheLifetimeNanoseconds: negativeCacheMs * 1_000_000,
-            batchSize: batch, checkCookies: !noCookieCheck)
+            batchSize: batch, checkCookies: !noCookieCheck, forwarding: forwarding)
 
         let stop = try EventFD()
         try Signals.install(shutdown: stop)
@@ -159,9 +170,10 @@ struct Run: ParsableCommand {
         let workers: [SecondChanceWorker]
         do {
             // Each queue thread gets its own programs: a test run uses one scratch buffer per oracle.
+            let epochs = FlowEpochs()
             workers = try queues.enumerated().map { index, queue in
                 let threadOracle = index == 0 ? oracle : try oracle.map { _ in try SynCookieOracle() }
-                return try SecondChanceWorker(queueNumber: queue, configuration: configuration, oracle: threadOracle, monitor: monitor)
+                return try SecondChanceWorker(queueNumber: queue, configuration: configuration, oracle: threadOracle, monitor: monitor, epochs: epochs)
             }
         } catch {
             throw ValidationFailure(description: "\(error)")
@@ -245,9 +257,11 @@ struct Doctor: ParsableCommand {
     @Option(name: .customLong("queue")) var queues: [UInt16] = [0]
     @Option var guePort: UInt16 = GUEPacket.port
     @Option var netns: String?
+    @Option(help: "The forwarding mode to check the host for: raw or kernel.") var forward: String = "raw"
 
     func run() throws {
-        let checks = HostChecks.run(port: guePort, queues: queues, namespace: netns)
+        guard let mode = ForwardingMode(rawValue: forward) else { throw ValidationError("--forward is raw or kernel") }
+        let checks = HostChecks.run(port: guePort, queues: queues, namespace: netns, forwarding: mode)
         for check in checks { print(check.line) }
         if checks.contains(where: { $0.level == .fail }) { throw ExitCode(1) }
     }

@@ -62,8 +62,18 @@ final class Lab {
     }
 
     func startSecondChance(_ host: String, _ selfAddress: IPv4Address, extra: [String] = []) throws {
+        try? FileManager.default.removeItem(atPath: controlPath(host))
         try start(host, "second-chance", ["run", "--queue", "0", "--self", selfAddress.description, "--control", controlPath(host)] + extra)
         try waitFor("second-chance control socket on \(host)") { FileManager.default.fileExists(atPath: self.controlPath(host)) }
+    }
+
+    /// Stops the host's second-chance and starts it again with `extra` flags.
+    func restartSecondChance(_ host: String, _ selfAddress: IPv4Address, extra: [String]) throws {
+        for entry in processes where entry.name == "\(host) second-chance" && entry.process.isRunning {
+            entry.process.terminate()
+            entry.process.waitUntilExit()
+        }
+        try startSecondChance(host, selfAddress, extra: extra)
     }
 
     func startEcho(_ host: String) throws {

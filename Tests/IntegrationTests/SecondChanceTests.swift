@@ -40,6 +40,24 @@ final class SecondChanceTests: XCTestCase {
     }
 
     func testUnknownACKIsForwardedAlongTheHopsWithItsBytesIntact() throws {
+        try checkForwardingAlongTheHops()
+    }
+
+    /// The same with `--forward kernel` on both proxies: the kernel forwards the rewritten packet,
+    /// and the hop still sees the TTL the sender set.
+    func testKernelForwardingKeepsTheBytesAndTheTTLToo() throws {
+        for (host, address) in [("p1", Lab.p1), ("p2", Lab.p2)] {
+            let refused = try lab.runToEnd(host, "second-chance", ["run", "--queue", "7", "--self", address.description, "--forward", "kernel",
+                                                                   "--control", lab.controlPath("\(host)-refused")])
+            XCTAssertNotEqual(refused.status, 0)
+            XCTAssertTrue(refused.output.contains("ip_forward"), "the missing sysctls are named: \(refused.output)")
+            try Lab.shell("ip netns exec \(lab.namespace(host)) sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.eth0.accept_local=1 net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.eth0.send_redirects=0")
+            try lab.restartSecondChance(host, address, extra: ["--forward", "kernel"])
+        }
+        try checkForwardingAlongTheHops()
+    }
+
+    func checkForwardingAlongTheHops() throws {
         // The client plays the last hop: it listens on the GUE port and also captures raw UDP to see checksums.
         let (receiver, capture) = try lab.inside("c") { (try LabSockets.bindUDP(.v4(Lab.client), port: GUEPacket.port), try Capture(protocol: Int32(IPPROTO_UDP))) }
         defer { close(receiver) }
@@ -324,6 +342,57 @@ final class SecondChanceTests: XCTestCase {
         XCTAssertEqual(perQueue.count, 2)
         XCTAssertTrue(perQueue.allSatisfy { !$0.hasSuffix(" 0") }, "both queue threads handled packets: \(perQueue)")
         XCTAssertEqual(try lab.stats("p2")["total_packets"], 0, "the queue-0 daemon saw none of them")
+    }
+
+    /// A "not here" answer cached on one queue thread must not outlive a SYN another thread let
+    /// this host take: the SYN bumps the flow's epoch, which every thread checks.
+    func testANotHereCachedOnOneThreadIsVoidedByASYNTakenOnAnother() throws {
+        let sources = (21...28).map { IPv4Address("198.18.0.\($0)")! }
+        for source in sources { try Lab.shell("ip -n \(lab.namespace("c")) addr add \(source)/24 dev eth0") }
+        try Lab.shell("ip netns exec \(lab.namespace("p2")) iptables -t raw -I PREROUTING -p udp --dport 19523 -s 198.18.0.16/28 -j NFQUEUE --queue-balance 3:4")
+        try lab.start("p2", "second-chance", ["run", "--queue", "3", "--queue", "4", "--self", Lab.p2.description, "--negative-cache-ms", "60000",
+                                              "--control", lab.controlPath("balanced"), "--metrics", "\(Lab.p2):9523"])
+        try lab.waitFor("the balanced daemon") { FileManager.default.fileExists(atPath: lab.controlPath("balanced")) }
+        func queueTotals() throws -> [String] {
+            try lab.inside("c") { () -> String in
+                let fd = try LabSockets.connectTCP(to: .v4(Lab.p2), port: 9523)
+                defer { close(fd) }
+                _ = LabSockets.sendAll(fd, Array("GET /metrics HTTP/1.0\r\n\r\n".utf8))
+                var out: [UInt8] = []
+                var buffer = [UInt8](repeating: 0, count: 4096)
+                while true { let count = recv(fd, &buffer, buffer.count, 0); if count <= 0 { break }; out += buffer[0..<count] }
+                return String(decoding: out, as: UTF8.self)
+            }.split(separator: "\n").filter { $0.hasPrefix("second_chance_queue_packets_total") }.map(String.init).sorted()
+        }
+        // Which queue thread each source reaches (the balance hash covers addresses): probe with a RST each.
+        var queueOf: [IPv4Address: [String]] = [:]
+        for (index, source) in sources.enumerated() {
+            let before = try queueTotals()
+            let probe = PacketBuilder.tcp(source: .v4(source), sourcePort: 5000, destination: .v4(Lab.vip), destinationPort: 9, flags: .rst)
+            try sendGUE(lab, source: source, sourcePort: 30070 + UInt16(index), to: Lab.p2, inner: probe, hops: [])
+            try lab.waitFor("the probe from \(source)") { try queueTotals() != before }
+            queueOf[source] = zip(before, try queueTotals()).filter { $0 != $1 }.map(\.0)
+        }
+        guard let first = sources.first, let other = sources.first(where: { queueOf[$0] != queueOf[first] }) else {
+            throw XCTSkip("all eight sources hashed to one queue")
+        }
+        let flow = (client: Lab.client, port: UInt16(41000))
+        let ack = PacketBuilder.tcp(source: .v4(flow.client), sourcePort: flow.port, destination: .v4(Lab.vip), destinationPort: 80,
+                                    flags: .ack, sequence: 2, acknowledgement: 2)
+        // 1. On the first thread, an ACK of an unknown flow: not here, forwarded to P1, and the answer cached.
+        try sendGUE(lab, source: first, sourcePort: 30080, to: Lab.p2, inner: ack, hops: [Lab.p1])
+        try lab.waitFor("the forward") { try lab.stats("balanced")["forwarded"] == 1 }
+        // 2. On the other thread, the flow's SYN: taken, so P2 now holds a request socket for it.
+        let syn = PacketBuilder.tcp(source: .v4(flow.client), sourcePort: flow.port, destination: .v4(Lab.vip), destinationPort: 80,
+                                    flags: .syn, sequence: 1)
+        try sendGUE(lab, source: other, sourcePort: 30081, to: Lab.p2, inner: syn, hops: [Lab.p1])
+        try lab.waitFor("the SYN") { try lab.stats("balanced")["accepted_syn"] == 1 }
+        // 3. The first thread again: its cached "not here" is void; the flow is P2's now.
+        try sendGUE(lab, source: first, sourcePort: 30080, to: Lab.p2, inner: ack, hops: [Lab.p1])
+        try lab.waitFor("the second ACK") { try lab.stats("balanced")["total_packets"] == UInt64(sources.count) + 3 }
+        let stats = try lab.stats("balanced")
+        XCTAssertEqual(stats["forwarded"], 1, "the stale answer was not used: \(stats)")
+        XCTAssertEqual(stats["accepted_established"], 1, "the request socket was found: \(stats)")
     }
 
     func testNetnsLooksSocketsUpInTheNamedNamespace() throws {

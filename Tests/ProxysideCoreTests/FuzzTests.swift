@@ -103,6 +103,18 @@ final class CacheAndTableTests: XCTestCase {
         XCTAssertLessThanOrEqual(negative.count, 2, "bounded")
     }
 
+    func testNotHereAnswersHoldOnlyWhileTheFlowsEpochStands() {
+        var cache = FlowCache(positiveLifetime: 100, negativeLifetime: 100)
+        cache.remember(.none, for: flow, now: 0, epoch: 7)
+        XCTAssertEqual(cache.answer(for: flow, now: 1, epoch: 7), SocketLookup.none)
+        XCTAssertNil(cache.answer(for: flow, now: 1, epoch: 8), "a SYN or cookie ACK taken since voids it")
+        cache.remember(.listener, for: flow, now: 0, epoch: 3)
+        XCTAssertNil(cache.answer(for: flow, now: 1, epoch: 4))
+        // A connected answer does not depend on epochs: the socket can only go away, and then FIN/RST/SYN clear it.
+        cache.remember(.connected, for: flow, now: 0, epoch: 3)
+        XCTAssertEqual(cache.answer(for: flow, now: 1, epoch: 99), .connected)
+    }
+
     func testRendezvousTablePrefersActiveProxiesAndIsStable() throws {
         let table = try RendezvousTable.parse("198.18.0.11\n198.18.0.12 # second\n")
         let drained = try RendezvousTable.parse("198.18.0.11 draining\n198.18.0.12\n")

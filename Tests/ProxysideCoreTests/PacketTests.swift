@@ -281,6 +281,19 @@ final class ForwardingTests: XCTestCase {
         }
     }
 
+    func testRewriteForKernelForwardingRaisesTheTTLTheKernelWillLower() throws {
+        for checksum in [true, false] {
+            var packet = gue(tcp4(.ack), hops: [p2], checksum: checksum)
+            let original = packet
+            let parsed = try parse(packet).get()
+            packet.withUnsafeMutableBytes { GUEForwarding.rewrite($0, parsed, source: p1, destination: p2, forKernelForwarding: true) }
+            XCTAssertEqual(packet[8], original[8] + 1)
+            XCTAssertEqual(InternetChecksum.checksum(Array(packet[0..<20])), 0, "IP header checksum covers the TTL")
+            XCTAssertEqual(try parse(packet).get().nextHop, 1)
+            if checksum { XCTAssertTrue(udpChecksumIsValid(packet), "the TTL is not in the UDP pseudo-header") }
+        }
+    }
+
     func testIncrementalUDPChecksumAgreesWithRecomputationForManyHeaders() throws {
         var generator = SystemRandomNumberGenerator()
         for _ in 0..<500 {

@@ -31,6 +31,10 @@ ip netns add "${prefix}-sw"
 ip -n "${prefix}-sw" link add br0 type bridge mcast_snooping 0
 ip -n "${prefix}-sw" link set br0 up
 ip -n "${prefix}-sw" link set lo up
+# The bridge stands for a switch: frames it forwards skip iptables (br_netfilter may be built in),
+# as on a real network, where no host pays for filtering another host's traffic.
+ip netns exec "${prefix}-sw" sysctl -qw net.bridge.bridge-nf-call-iptables=0 net.bridge.bridge-nf-call-ip6tables=0 \
+    net.bridge.bridge-nf-call-arptables=0 2>/dev/null || true
 for h in "${hosts[@]}"; do
     ns="${prefix}-$h"
     ip netns add "$ns"

@@ -42,6 +42,14 @@ static inline void proxyside_counter_store(uint64_t *p, uint64_t v) {
     __atomic_store_n(p, v, __ATOMIC_RELAXED);
 }
 
+/// Sequentially consistent reads and increments, for values that order work between threads.
+static inline uint64_t proxyside_ordered_load(const uint64_t *p) {
+    return __atomic_load_n(p, __ATOMIC_SEQ_CST);
+}
+static inline void proxyside_ordered_increment(uint64_t *p) {
+    __atomic_fetch_add(p, 1, __ATOMIC_SEQ_CST);
+}
+
 static inline int proxyside_errno(void) { return errno; }
 
 /// sendmmsg(2) of `count` IPv4 packets, each to its own destination. Returns how many were sent, or -errno.

@@ -1,0 +1,28 @@
+import CLinuxShims
+import ProxysideCore
+
+/// One counter per bucket of flows, shared by every queue thread. A thread that lets a packet make
+/// a local socket (a SYN, a cookie ACK) bumps its flow's counter before the verdict goes out and
+/// again once the kernel has acted on it; a "not here" answer is kept with the counter read before
+/// its lookup and trusted only while the counter is unchanged (`FlowCache`). So no thread forwards
+/// a flow on a cached answer older than a socket another thread let this host make.
+public final class FlowEpochs: @unchecked Sendable {
+    private static let buckets = 1 << 16
+    private let counters: UnsafeMutablePointer<UInt64>
+
+    public init() {
+        counters = .allocate(capacity: Self.buckets)
+        counters.initialize(repeating: 0, count: Self.buckets)
+    }
+
+    deinit { counters.deallocate() }
+
+    @inline(__always)
+    private func slot(_ flow: FlowKey) -> UnsafeMutablePointer<UInt64> {
+        counters + (flow.hashValue & (Self.buckets - 1))
+    }
+
+    public func current(_ flow: FlowKey) -> UInt64 { proxyside_ordered_load(slot(flow)) }
+
+    public func bump(_ flow: FlowKey) { proxyside_ordered_increment(slot(flow)) }
+}
