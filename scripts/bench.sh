@@ -5,8 +5,9 @@
 # --forward kernel (forward-kernel). Both receivers are timed from their first to their last packet.
 # Bounded: COUNT packets per run (default 500000), at most 10 s each.
 #   scripts/bench.sh [COUNT]
-# STREAMS="forward forward-kernel" runs some streams only; SECOND_CHANCE_ARGS adds flags to
-# second-chance's run (for instance "--negative-cache-ms 0").
+# ROUNDS (default 5) rounds per stream, medians reported. STREAMS="forward forward-kernel" runs
+# some streams only; SECOND_CHANCE_ARGS adds flags to second-chance's run
+# (for instance "--negative-cache-ms 0").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 count=${1:-500000}
@@ -32,7 +33,7 @@ sender_cpu=$(( $(nproc) - 1 ))
 
 blast() {
     case "$1" in
-        syn) taskset -c "$sender_cpu" ip netns exec "$prefix-c" "$bin/glb-lab" blast --to 198.18.0.11 --count "$count" --max-seconds 10 --kind syn --client 198.18.0.1 --vip "$VIP" --vip-port 81 --first-port 30000 --flows 4096 ;;
+        syn) taskset -c "$sender_cpu" ip netns exec "$prefix-c" "$bin/glb-lab" blast --to 198.18.0.11 --count "$count" --max-seconds 10 --kind syn --client 198.18.200.1 --vip "$VIP" --vip-port 81 --first-port 30000 --flows 4096 ;;
         established) taskset -c "$sender_cpu" ip netns exec "$prefix-c" "$bin/glb-lab" blast --to 198.18.0.11 --count "$count" --max-seconds 10 --kind ack --client 198.18.0.50 --vip "$VIP" --vip-port 80 --first-port 20000 --flows 64 ;;
         forward|forward-kernel) taskset -c "$sender_cpu" ip netns exec "$prefix-c" "$bin/glb-lab" blast --to 198.18.0.11 --count "$count" --max-seconds 10 --kind forward --client 198.18.0.1 --vip "$VIP" --vip-port 80 --first-port 40000 --flows 4096 --hop 198.18.0.12 ;;
     esac
@@ -47,13 +48,9 @@ run_baseline() {
     rate < "$work/baseline"
 }
 
-# baseline: accept each packet unchanged; baseline+decap: accept each with its inner packet as payload.
-printf '%-15s %10s %12s %15s %15s %8s %8s\n' stream sent/s baseline/s baseline+decap/s second-chance/s ratio ratio-decap
-for stream in ${STREAMS:-syn established forward forward-kernel}; do
-    baseline=$(run_baseline "$stream" plain)
-    decap=$(run_baseline "$stream" decap)
-
-    extra=()
+# One second-chance run of a stream: prints its packets/s; its counters go to $work/stats.STREAM.
+run_second_chance() {
+    local stream=$1 extra=()
     if [ "$stream" = forward-kernel ]; then
         ip netns exec "$P" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.eth0.accept_local=1 net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.eth0.send_redirects=0
         extra=(--forward kernel)
@@ -65,18 +62,40 @@ for stream in ${STREAMS:-syn established forward forward-kernel}; do
     sleep 0.2
     blast "$stream" > "$work/sent"
     wait "$watcher"
-    ours=$(rate < "$work/watch")
     "$bin/second-chance" stats --control "$work/sc.sock" > "$work/stats.$stream"
+    # What reached the next hop (its DROP rule counts every GUE packet that arrived).
+    echo "p2_received: $(ip netns exec "$prefix-p2" iptables -t raw -L PREROUTING -v -x -n | awk '$3 == "DROP" {print $1; exit}')" >> "$work/stats.$stream"
     kill "$sc"; wait "$sc" || true
     ip netns exec "$P" sysctl -qw net.ipv4.ip_forward=0 net.ipv4.conf.eth0.accept_local=0
-    sent=$(sed -n 's/.*rate=\([0-9]*\).*/\1/p' "$work/sent")
-    ratio=$(awk -v a="$ours" -v b="$baseline" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
-    ratio_decap=$(awk -v a="$ours" -v b="$decap" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
-    # Marked when second-chance kept up with its sender: the figure is the sender's rate, a floor.
-    bound=$(awk -v a="$ours" -v s="$sent" 'BEGIN { print (a >= 0.98 * s ? " (sender-bound)" : "") }')
-    printf '%-15s %10s %12s %15s %15s %8s %8s%s\n' "$stream" "$sent" "$baseline" "$decap" "$ours" "${ratio}x" "${ratio_decap}x" "$bound"
-    grep -E "^(accepted_syn|accepted_established|forwarded|socket_lookups|socket_lookup_cache_hits):" "$work/stats.$stream" | tr '\n' ' ' | sed 's/^/             counters: /'
-    # What reached the next hop (its DROP rule counts every GUE packet that arrived).
-    printf 'p2_received: %s\n' "$(ip netns exec "$prefix-p2" iptables -t raw -L PREROUTING -v -x -n | awk '$3 == "DROP" {print $1; exit}')"
+    rate < "$work/watch"
+}
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : int((v[NR / 2] + v[NR / 2 + 1]) / 2)) }'; }
+
+# baseline: accept each packet unchanged; baseline+decap: accept each with its inner packet as
+# payload. Each round runs the three receivers one after the other; the row shows the medians.
+rounds=${ROUNDS:-5}
+echo "$rounds rounds per stream: medians of packets/s and of each round's ratios; every round's ratio second-chance/baseline"
+printf '%-15s %12s %15s %15s %8s %8s\n' stream baseline/s baseline+decap/s second-chance/s ratio ratio-decap
+for stream in ${STREAMS:-syn established forward forward-kernel}; do
+    baselines="" decaps="" ours_all="" sents="" per_round="" ratios="" decap_ratios=""
+    for round in $(seq "$rounds"); do
+        baseline=$(run_baseline "$stream" plain)
+        decap=$(run_baseline "$stream" decap)
+        ours=$(run_second_chance "$stream")
+        sent=$(sed -n 's/.*rate=\([0-9]*\).*/\1/p' "$work/sent")
+        baselines+=" $baseline" decaps+=" $decap" ours_all+=" $ours" sents+=" $sent"
+        # Marked * when second-chance kept up with its sender: that figure is a floor, not its ceiling.
+        per_round+=" $(awk -v a="$ours" -v b="$baseline" -v s="$sent" 'BEGIN { printf "%.2f%s", (b > 0 ? a / b : 0), (a >= 0.98 * s ? "*" : "") }')"
+        ratios+=" $(awk -v a="$ours" -v b="$baseline" 'BEGIN { printf "%d", (b > 0 ? 1000 * a / b : 0) }')"
+        decap_ratios+=" $(awk -v a="$ours" -v b="$decap" 'BEGIN { printf "%d", (b > 0 ? 1000 * a / b : 0) }')"
+    done
+    baseline=$(echo "$baselines" | median) decap=$(echo "$decaps" | median) ours=$(echo "$ours_all" | median)
+    # The ratios are the medians of each round's ratio (each round's receivers met the same sender).
+    ratio=$(echo "$ratios" | median | awk '{ printf "%.2f", $1 / 1000 }')
+    ratio_decap=$(echo "$decap_ratios" | median | awk '{ printf "%.2f", $1 / 1000 }')
+    printf '%-15s %12s %15s %15s %8s %8s\n' "$stream" "$baseline" "$decap" "$ours" "${ratio}x" "${ratio_decap}x"
+    echo "                rounds:${per_round} (* sender-bound); sent/s:${sents}"
+    grep -E "^(accepted_syn|accepted_established|forwarded|socket_lookups|socket_lookup_cache_hits|p2_received):" "$work/stats.$stream" | tr '\n' ' ' | sed 's/^/                last round: /'
     echo
 done

@@ -25,6 +25,8 @@ public final class NetfilterQueue {
     private let receiveSlots: UnsafeMutableRawPointer
     private let receiveBufferSize: Int
     private var batch: [QueuedPacket] = []
+    private lazy var slotPointers: [UnsafeMutableRawPointer?] = (0..<Self.maximumBatch).map { receiveSlots + $0 * receiveBufferSize }
+    private var slotLengths = [Int](repeating: 0, count: NetfilterQueue.maximumBatch)
     private var actions: [Action] = []
     public static let maximumBatch = 64
     private let verdictBuffer: UnsafeMutableRawPointer
@@ -123,18 +125,17 @@ public final class NetfilterQueue {
             if ready < 0 && errno != EINTR { throw SystemError("poll") }
             if fds[1].revents != 0 { stopping = true }
             batch.removeAll(keepingCapacity: true)
-            var slot = 0
-            while slot < batchSize {
-                let buffer = receiveSlots + slot * receiveBufferSize
-                let received = recv(fd, buffer, receiveBufferSize, Int32(MSG_DONTWAIT))
-                if received < 0 {
-                    if errno == EAGAIN || errno == EWOULDBLOCK { break }
-                    if errno == EINTR { continue }
-                    if errno == ENOBUFS { receiveErrors += 1; continue }
-                    throw SystemError("recv(NFQUEUE \(number))")
+            // One recvmmsg for the whole batch: a datagram per slot, read without waiting.
+            while true {
+                let received = proxyside_receive_batch(fd, slotPointers, receiveBufferSize, &slotLengths, UInt32(batchSize))
+                if received >= 0 {
+                    for slot in 0..<Int(received) { collectPackets(slotPointers[slot]!, slotLengths[slot]) }
+                    break
                 }
-                collectPackets(buffer, Int(received))
-                slot += 1
+                if -received == EINTR { continue }
+                // The socket's buffer overflowed: the kernel dropped packets (counted), reading goes on.
+                if -received == ENOBUFS { receiveErrors += 1; continue }
+                throw SystemError("recvmmsg(NFQUEUE \(number))", errno: -received)
             }
             if !batch.isEmpty {
                 actions.removeAll(keepingCapacity: true)

@@ -375,15 +375,7 @@ final class BindkeeperTests: XCTestCase {
         let raw = try RawControlClient(lab.socketPath)
         raw.send("{]")
         _ = raw.reply()
-        let body = try lab.inside { () -> String in
-            let fd = try LabSockets.connectTCP(to: IPAddress(BrokerLab.address)!, port: 9523)
-            defer { close(fd) }
-            _ = LabSockets.sendAll(fd, Array("GET /metrics HTTP/1.0\r\n\r\n".utf8))
-            var out: [UInt8] = []
-            var chunk = [UInt8](repeating: 0, count: 4096)
-            while true { let count = recv(fd, &chunk, chunk.count, 0); if count <= 0 { break }; out += chunk[0..<count] }
-            return String(decoding: out, as: UTF8.self)
-        }
+        let body = try lab.inside { try Lab.httpGet(IPAddress(BrokerLab.address)!, port: 9523) }
         XCTAssertTrue(body.contains("bindkeeper_sockets 1\n"), body)
         XCTAssertTrue(body.contains("bindkeeper_bind_errors_total 1\n"), body)
         XCTAssertTrue(body.contains("bindkeeper_bad_requests_total 1\n"), body)

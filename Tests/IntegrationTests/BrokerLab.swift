@@ -38,16 +38,8 @@ final class BrokerLab {
     /// Starts a command inside the namespace, its output in a log file.
     @discardableResult
     func start(_ name: String, _ command: [String], environment: [String: String]? = nil) throws -> Process {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["ip", "netns", "exec", namespace] + command
-        if let environment { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         let log = directory.appendingPathComponent("\(name)-\(logs.count).log")
-        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
-        let handle = try FileHandle(forWritingTo: log)
-        process.standardOutput = handle
-        process.standardError = handle
-        try process.run()
+        let process = try Lab.launch(inside: namespace, command, log: log, environment: environment)
         processes.append(process)
         logs.append((name, log))
         return process

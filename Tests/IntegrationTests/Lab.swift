@@ -41,17 +41,39 @@ final class Lab {
     /// Starts a binary from the build inside a host's namespace.
     @discardableResult
     func start(_ host: String, _ binary: String, _ arguments: [String]) throws -> Process {
+        let log = directory.appendingPathComponent("\(host)-\(binary)-\(processes.count).log")
+        let process = try Lab.launch(inside: namespace(host), [Lab.binaries.appendingPathComponent(binary).path] + arguments, log: log)
+        processes.append((host + " " + binary, process, log))
+        return process
+    }
+
+    /// Runs `command` in a network namespace, its output (both streams) in `log`.
+    static func launch(inside namespace: String, _ command: [String], log: URL, environment: [String: String]? = nil) throws -> Process {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["ip", "netns", "exec", namespace(host), Lab.binaries.appendingPathComponent(binary).path] + arguments
-        let log = directory.appendingPathComponent("\(host)-\(binary)-\(processes.count).log")
+        process.arguments = ["ip", "netns", "exec", namespace] + command
+        if let environment { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         _ = FileManager.default.createFile(atPath: log.path, contents: nil)
         let handle = try FileHandle(forWritingTo: log)
         process.standardOutput = handle
         process.standardError = handle
         try process.run()
-        processes.append((host + " " + binary, process, log))
         return process
+    }
+
+    /// GET over HTTP/1.0 from the calling thread's namespace: the whole response, headers included.
+    static func httpGet(_ address: IPAddress, port: UInt16, path: String = "/metrics") throws -> String {
+        let fd = try LabSockets.connectTCP(to: address, port: port)
+        defer { close(fd) }
+        _ = LabSockets.sendAll(fd, Array("GET \(path) HTTP/1.0\r\n\r\n".utf8))
+        var out: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = recv(fd, &buffer, buffer.count, 0)
+            if count <= 0 { break }
+            out += buffer[0..<count]
+        }
+        return String(decoding: out, as: UTF8.self)
     }
 
     /// Runs a binary from the build inside a host's namespace to its end: (exit status, output).

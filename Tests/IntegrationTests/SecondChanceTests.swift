@@ -323,19 +323,7 @@ final class SecondChanceTests: XCTestCase {
         }
         try lab.waitFor("all SYNs to be taken") { try lab.stats("balanced")["accepted_syn"] == UInt64(sources.count) }
 
-        let metrics = try lab.inside("c") { () -> String in
-            let fd = try LabSockets.connectTCP(to: .v4(Lab.p2), port: 9523)
-            defer { close(fd) }
-            XCTAssertTrue(LabSockets.sendAll(fd, Array("GET /metrics HTTP/1.0\r\n\r\n".utf8)))
-            var out: [UInt8] = []
-            var buffer = [UInt8](repeating: 0, count: 4096)
-            while true {
-                let count = recv(fd, &buffer, buffer.count, 0)
-                if count <= 0 { break }
-                out += buffer[0..<count]
-            }
-            return String(decoding: out, as: UTF8.self)
-        }
+        let metrics = try lab.inside("c") { try Lab.httpGet(.v4(Lab.p2), port: 9523) }
         XCTAssertTrue(metrics.hasPrefix("HTTP/1.1 200 OK"), metrics)
         XCTAssertTrue(metrics.contains("second_chance_packets_local_total{reason=\"accepted_syn\"} \(sources.count)"), metrics)
         let perQueue = metrics.split(separator: "\n").filter { $0.hasPrefix("second_chance_queue_packets_total") }
@@ -354,15 +342,7 @@ final class SecondChanceTests: XCTestCase {
                                               "--control", lab.controlPath("balanced"), "--metrics", "\(Lab.p2):9523"])
         try lab.waitFor("the balanced daemon") { FileManager.default.fileExists(atPath: lab.controlPath("balanced")) }
         func queueTotals() throws -> [String] {
-            try lab.inside("c") { () -> String in
-                let fd = try LabSockets.connectTCP(to: .v4(Lab.p2), port: 9523)
-                defer { close(fd) }
-                _ = LabSockets.sendAll(fd, Array("GET /metrics HTTP/1.0\r\n\r\n".utf8))
-                var out: [UInt8] = []
-                var buffer = [UInt8](repeating: 0, count: 4096)
-                while true { let count = recv(fd, &buffer, buffer.count, 0); if count <= 0 { break }; out += buffer[0..<count] }
-                return String(decoding: out, as: UTF8.self)
-            }.split(separator: "\n").filter { $0.hasPrefix("second_chance_queue_packets_total") }.map(String.init).sorted()
+            try lab.inside("c") { try Lab.httpGet(.v4(Lab.p2), port: 9523) }.split(separator: "\n").filter { $0.hasPrefix("second_chance_queue_packets_total") }.map(String.init).sorted()
         }
         // Which queue thread each source reaches (the balance hash covers addresses): probe with a RST each.
         var queueOf: [IPv4Address: [String]] = [:]

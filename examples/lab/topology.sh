@@ -7,7 +7,8 @@
 #   The links behind the client carry 1600-byte frames, as a GLB network must: a full-size client
 #   segment grows by 40 bytes of IPv4, UDP and GUE on its way from the director to a proxy.
 #   Spoofed SYN-flood sources 198.18.200.0/24 and 2001:2:0:200::/64: the proxies route replies to
-#   them to a gateway whose MAC no namespace owns, so they die on the bridge (no RST comes back).
+#   them to a gateway whose MAC no namespace owns, so they die on the bridge's sink port (no RST
+#   comes back, no host processes them).
 set -euo pipefail
 action=${1:?up or down}
 prefix=${2:-psl}
@@ -31,6 +32,11 @@ ip netns add "${prefix}-sw"
 ip -n "${prefix}-sw" link add br0 type bridge mcast_snooping 0
 ip -n "${prefix}-sw" link set br0 up
 ip -n "${prefix}-sw" link set lo up
+# The sink: frames for the MAC no host owns (the proxies' route to spoofed sources) go to a port
+# whose far end is down and end there, instead of being flooded to every host.
+ip -n "${prefix}-sw" link add sink type veth peer name sink-end
+ip -n "${prefix}-sw" link set sink master br0 up
+bridge -n "${prefix}-sw" fdb add 02:00:00:00:00:fe dev sink master static
 # The bridge stands for a switch: frames it forwards skip iptables (br_netfilter may be built in),
 # as on a real network, where no host pays for filtering another host's traffic.
 ip netns exec "${prefix}-sw" sysctl -qw net.bridge.bridge-nf-call-iptables=0 net.bridge.bridge-nf-call-ip6tables=0 \
