@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "test: run as root (network namespaces, NFQUEUE, BPF)" >&2; exit 1; }
 scripts/setup.sh
 # Leftovers of an interrupted run would make the topology fail to come up.
-for ns in $(ip netns list | awk '/^(psit|psck)-/ {print $1}'); do ip netns del "$ns"; done
+for ns in $(ip netns list | awk '/^(psit|psck|psbk)-/ {print $1}'); do
+    ip netns pids "$ns" | xargs -r kill -9
+    ip netns del "$ns"
+done
 swift build --build-tests
 swift test --skip-build --disable-swift-testing

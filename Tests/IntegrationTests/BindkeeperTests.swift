@@ -11,7 +11,7 @@ final class BindkeeperTests: XCTestCase {
     var lab: BrokerLab!
 
     override func setUpWithError() throws {
-        lab = try BrokerLab(String(name.split(separator: " ").last!.prefix(12)).filter(\.isLetter))
+        lab = try BrokerLab(testName)
         raiseFileLimit()
     }
 

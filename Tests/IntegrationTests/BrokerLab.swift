@@ -86,6 +86,13 @@ final class BrokerLab {
     }
 }
 
+extension XCTestCase {
+    /// The test method's name, letters only ("-[Class testX]" on Darwin, "Class.testX" on Linux).
+    var testName: String {
+        String(name.split(whereSeparator: { $0 == " " || $0 == "." }).last.map { $0.filter(\.isLetter) }?.prefix(40) ?? "test")
+    }
+}
+
 /// The socket's inode (the same through every fd that refers to it, as SO_COOKIE).
 func inode(_ fd: Int32) -> UInt64 {
     var status = stat()

@@ -9,7 +9,7 @@ final class HAProxyReloadTests: XCTestCase {
 
     override func setUpWithError() throws {
         guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/haproxy") else { throw XCTSkip("haproxy is not installed (scripts/setup.sh installs it)") }
-        lab = try BrokerLab(String(name.split(separator: " ").last!.prefix(12)).filter(\.isLetter))
+        lab = try BrokerLab(testName)
         try lab.startBroker()
     }
 
