@@ -130,7 +130,7 @@ public final class Broker: @unchecked Sendable {
                 if entry.revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 { readFrom(client) }
             }
             cutOffStalledClients()
-            publishStatistics()
+            if metricsServer != nil { publishStatistics() }
             if reexecRequested {
                 reexecRequested = false
                 reexec()

@@ -1,16 +1,24 @@
 import CLinuxShims
 import ProxysideCore
 
-/// One queue thread's counters: written by that thread only, read by the stats servers.
-public final class CounterBlock: @unchecked Sendable {
-    private let storage: UnsafeMutablePointer<UInt64>
+/// Zeroed 64-bit words that several threads read and write through the atomic shims.
+final class SharedWords: @unchecked Sendable {
+    let base: UnsafeMutablePointer<UInt64>
 
-    public init() {
-        storage = .allocate(capacity: CounterName.count)
-        storage.initialize(repeating: 0, count: CounterName.count)
+    init(count: Int) {
+        base = .allocate(capacity: count)
+        base.initialize(repeating: 0, count: count)
     }
 
-    deinit { storage.deallocate() }
+    deinit { base.deallocate() }
+}
+
+/// One queue thread's counters: written by that thread only, read by the stats servers.
+public final class CounterBlock: @unchecked Sendable {
+    private let words = SharedWords(count: CounterName.count)
+    private var storage: UnsafeMutablePointer<UInt64> { words.base }
+
+    public init() {}
 
     @inline(__always)
     public func add(_ name: CounterName, _ amount: UInt64 = 1) {

@@ -8,18 +8,13 @@ import ProxysideCore
 /// a flow on a cached answer older than a socket another thread let this host make.
 public final class FlowEpochs: @unchecked Sendable {
     private static let buckets = 1 << 16
-    private let counters: UnsafeMutablePointer<UInt64>
+    private let counters = SharedWords(count: buckets)
 
-    public init() {
-        counters = .allocate(capacity: Self.buckets)
-        counters.initialize(repeating: 0, count: Self.buckets)
-    }
-
-    deinit { counters.deallocate() }
+    public init() {}
 
     @inline(__always)
     private func slot(_ flow: FlowKey) -> UnsafeMutablePointer<UInt64> {
-        counters + (flow.hashValue & (Self.buckets - 1))
+        counters.base + (flow.hashValue & (Self.buckets - 1))
     }
 
     public func current(_ flow: FlowKey) -> UInt64 { proxyside_ordered_load(slot(flow)) }
