@@ -200,6 +200,9 @@ public struct BacklogReport: Equatable, Sendable {
         effective = min(self.requested, somaxconn)
     }
 
+    /// As replies and `list` show it.
+    public var json: [String: Int] { ["requested": Int(requested), "effective": Int(effective)] }
+
     /// A warning when the application asked for more than it gets.
     public var warning: String? {
         guard explicit, effective < requested else { return nil }

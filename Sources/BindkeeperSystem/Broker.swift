@@ -155,9 +155,11 @@ public final class Broker: @unchecked Sendable {
         }
     }
 
+    /// One read buffer for every client: the loop reads one client at a time.
+    private var readBuffer = [UInt8](repeating: 0, count: 65536)
+
     private func readFrom(_ client: Client) {
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        let count = read(client.fd, &buffer, buffer.count)
+        let count = read(client.fd, &readBuffer, readBuffer.count)
         if count < 0 {
             if errno == EAGAIN || errno == EINTR { return }
             drop(client, "read: \(String(cString: strerror(errno)))")
@@ -172,7 +174,7 @@ public final class Broker: @unchecked Sendable {
             drop(client, nil)
             return
         }
-        client.reader.append(buffer[0..<count])
+        client.reader.append(readBuffer[0..<count])
         while !client.closing, let next = client.reader.next() {
             switch next {
             case .request(let request):
@@ -185,8 +187,7 @@ public final class Broker: @unchecked Sendable {
             }
         }
         client.incompleteSince = client.reader.bufferedBytes > 0 ? (client.incompleteSince ?? MonotonicClock.nanoseconds()) : nil
-        flush(client)
-        if client.closing && client.outbox.isEmpty { drop(client, nil) }
+        flush(client)  // drops a closing client once its last reply is out
     }
 
     private func cutOffStalledClients() {
@@ -250,7 +251,7 @@ public final class Broker: @unchecked Sendable {
                     let entry = sockets[key]!
                     var item: [String: Any] = ["key": key, "url": entry.request.url]
                     if let backlog = entry.backlog {
-                        item["backlog"] = ["requested": Int(backlog.requested), "effective": Int(backlog.effective)]
+                        item["backlog"] = backlog.json
                         if let warning = backlog.warning { item["warning"] = warning }
                     }
                     return item
@@ -289,7 +290,7 @@ public final class Broker: @unchecked Sendable {
         var keys: [String] = []
         for request in requests {
             if sockets[request.key] == nil {
-                let report = request.isStream ? BacklogReport(requested: request.backlog, default: options.defaultBacklog, somaxconn: OwnedSocket.somaxconn()) : nil
+                let report = backlogReport(for: request)
                 do {
                     let fd = try OwnedSocket.open(request, backlog: report?.requested ?? 0)
                     add(Entry(request: request, fd: fd, handedOut: 0, backlog: report), stored: false)
@@ -303,6 +304,11 @@ public final class Broker: @unchecked Sendable {
             keys.append(request.key)
         }
         return .success(keys)
+    }
+
+    /// What listen(2) gets for a stream socket, against this namespace's somaxconn; nil for UDP.
+    private func backlogReport(for request: BindRequest) -> BacklogReport? {
+        request.isStream ? BacklogReport(requested: request.backlog, default: options.defaultBacklog, somaxconn: OwnedSocket.somaxconn()) : nil
     }
 
     private func add(_ entry: Entry, stored: Bool) {
@@ -323,7 +329,7 @@ public final class Broker: @unchecked Sendable {
             guard let entry = sockets[key] else { return nil }
             var item: [String: Any] = ["key": key, "url": entry.request.url, "fd": Int(entry.fd), "handed_out": entry.handedOut,
                                        "cookie": OwnedSocket.cookie(entry.fd) ?? 0]
-            if let backlog = entry.backlog { item["backlog"] = ["requested": Int(backlog.requested), "effective": Int(backlog.effective)] }
+            if let backlog = entry.backlog { item["backlog"] = backlog.json }
             if entry.request.kind == .tcp, let address = IPAddress(entry.request.address.split(separator: "%").first.map(String.init) ?? ""),
                let observed = queues[ListenerKey(address: address, port: entry.request.port)] {
                 item["accept_queue"] = Int(observed.acceptQueue)
@@ -356,8 +362,7 @@ public final class Broker: @unchecked Sendable {
             OwnedSocket.setCloseOnExec(control, true)
             for socket in state.sockets {
                 OwnedSocket.setCloseOnExec(socket.fd, true)
-                let report = socket.request.isStream ? BacklogReport(requested: socket.request.backlog, default: options.defaultBacklog, somaxconn: OwnedSocket.somaxconn()) : nil
-                add(Entry(request: socket.request, fd: socket.fd, handedOut: socket.handedOut, backlog: report), stored: true)
+                add(Entry(request: socket.request, fd: socket.fd, handedOut: socket.handedOut, backlog: backlogReport(for: socket.request)), stored: true)
             }
             for saved in state.clients {
                 OwnedSocket.setCloseOnExec(saved.fd, true)
@@ -374,8 +379,7 @@ public final class Broker: @unchecked Sendable {
             if name == FDStoreName.control {
                 control = fd
             } else if let request = FDStoreName.decode(name) {
-                let report = request.isStream ? BacklogReport(requested: request.backlog, default: options.defaultBacklog, somaxconn: OwnedSocket.somaxconn()) : nil
-                add(Entry(request: request, fd: fd, handedOut: 0, backlog: report), stored: true)
+                add(Entry(request: request, fd: fd, handedOut: 0, backlog: backlogReport(for: request)), stored: true)
             } else {
                 log("passed fd \(fd) named \(name) is not a bindkeeper socket; closed")
                 close(fd)
@@ -493,6 +497,7 @@ public final class Broker: @unchecked Sendable {
             "# TYPE bindkeeper_conflicts_total counter", "bindkeeper_conflicts_total \(s.conflicts)",
             "# TYPE bindkeeper_bad_requests_total counter", "bindkeeper_bad_requests_total \(s.badRequests)",
             "# TYPE bindkeeper_clients_cut_off_total counter", "bindkeeper_clients_cut_off_total \(s.clientsCutOff)",
+            "# TYPE bindkeeper_incomplete_at_eof_total counter", "bindkeeper_incomplete_at_eof_total \(s.incompleteAtEOF)",
             "# TYPE bindkeeper_reexecs_total counter", "bindkeeper_reexecs_total \(s.reexecs)",
             "# TYPE bindkeeper_socket_handed_out_total counter",
         ]

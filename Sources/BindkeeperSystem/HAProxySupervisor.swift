@@ -58,7 +58,8 @@ public final class HAProxySupervisor {
     func prepare(to path: String) throws -> Prepared {
         let text = try String(contentsOfFile: options.template, encoding: .utf8)
         let template = try ConfigTemplate.parse(text).get()
-        let bound = try BindkeeperClient(path: options.socketPath).bind(template.binds)
+        // A template that binds nothing through the broker needs no broker.
+        let bound = template.binds.isEmpty ? [] : try BindkeeperClient(path: options.socketPath).bind(template.binds)
         for socket in bound {
             OwnedSocket.setCloseOnExec(socket.fd, false)
             if let warning = socket.warning { log("\(socket.key): \(warning)") }

@@ -26,6 +26,18 @@ public enum HostChecks {
         return String(decoding: bytes[0..<count], as: UTF8.self).trimmingPrefix(while: \.isWhitespace).split(separator: "\n").first.map(String.init)
     }
 
+    /// The names in a directory, without "." and "..".
+    static func directoryEntries(_ path: String) -> [String] {
+        guard let directory = opendir(path) else { return [] }
+        defer { closedir(directory) }
+        var names: [String] = []
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+
     /// Runs a command and returns its standard output (nil when it cannot run or fails).
     public static func commandOutput(_ command: String) -> String? {
         guard let pipe = popen(command + " 2>/dev/null", "r") else { return nil }
@@ -57,7 +69,7 @@ public enum HostChecks {
             ? HostCheck(level: .ok, subject: "ip_forward", finding: "1: the kernel forwards rewritten GUE (--forward kernel)")
             : HostCheck(level: .fail, subject: "ip_forward", finding: "net.ipv4.ip_forward = \(forward): --forward kernel needs 1",
                         fix: "sysctl -w net.ipv4.ip_forward=1, or use --forward raw"))
-        let devices = (commandOutput("ls /proc/sys/net/ipv4/conf") ?? "").split(separator: "\n").map(String.init).filter { $0 != "all" && $0 != "default" }
+        let devices = directoryEntries("/proc/sys/net/ipv4/conf").filter { $0 != "all" && $0 != "default" }
         let acceptAll = readSysctl("net/ipv4/conf/all/accept_local") == "1"
         let accepting = devices.filter { readSysctl("net/ipv4/conf/\($0)/accept_local") == "1" }
         checks.append(acceptAll || !accepting.isEmpty

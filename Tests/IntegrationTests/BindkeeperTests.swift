@@ -375,7 +375,15 @@ final class BindkeeperTests: XCTestCase {
         let raw = try RawControlClient(lab.socketPath)
         raw.send("{]")
         _ = raw.reply()
-        let body = try lab.inside { try Lab.httpGet(IPAddress(BrokerLab.address)!, port: 9523) }
+        let cutShort = try RawControlClient(lab.socketPath)
+        cutShort.send(#"{"jsonrpc":"2.0","method":"bi"#)
+        shutdown(cutShort.fd, Int32(SHUT_WR))
+        XCTAssertTrue(cutShort.isClosedByPeer())
+        var body = ""
+        try lab.waitFor("the EOF to be counted") {
+            body = try lab.inside { try Lab.httpGet(IPAddress(BrokerLab.address)!, port: 9523) }
+            return body.contains("bindkeeper_incomplete_at_eof_total 1\n")
+        }
         XCTAssertTrue(body.contains("bindkeeper_sockets 1\n"), body)
         XCTAssertTrue(body.contains("bindkeeper_bind_errors_total 1\n"), body)
         XCTAssertTrue(body.contains("bindkeeper_bad_requests_total 1\n"), body)
