@@ -34,6 +34,7 @@ install: build
 	install -D -m 0644 systemd/listen-fds-app@.service $(DESTDIR)/lib/systemd/system/listen-fds-app@.service
 	install -D -m 0644 kmod/modules-load.d/proxyside.conf $(DESTDIR)/usr/lib/modules-load.d/proxyside.conf
 	install -D -m 0644 kmod/sysctl.d/60-proxyside.conf $(DESTDIR)/usr/lib/sysctl.d/60-proxyside.conf
+	[ -e $(DESTDIR)/etc/default/second-chance ] || install -D -m 0644 examples/second-chance/default $(DESTDIR)/etc/default/second-chance
 
 clean:
 	rm -rf .build

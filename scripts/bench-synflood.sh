@@ -11,6 +11,7 @@ seconds=${1:-10}
 rate=${2:-50000}
 . scripts/lab-common.sh
 prefix=bsyn
+LAB_PEERS=198.18.0.1,198.18.0.2,198.18.0.11,198.18.0.12  # the client blasts GUE as a director would
 lab_begin "$prefix"
 P=$prefix-p1
 VIP=198.19.0.10
@@ -28,7 +29,7 @@ ticks=$(getconf CLK_TCK)
 printf '%-24s %8s %10s %12s %14s %14s %12s\n' mode syns syns/s legit_ok legit_failed cpu_us/syn sc_cpu_us/syn
 for mode in off auto; do
     rm -f "$work/sc.sock"
-    ip netns exec "$P" "$bin/second-chance" run --queue 0 --self 198.18.0.11 --control "$work/sc.sock" --syn-cookies "$mode" 2>"$work/sc.$mode.log" & sc=$!
+    ip netns exec "$P" "$bin/second-chance" run --queue 0 --self 198.18.0.11 "${lab_peers[@]}" --allow-source 198.18.0.1 --control "$work/sc.sock" --syn-cookies "$mode" 2>"$work/sc.$mode.log" & sc=$!
     for _ in $(seq 100); do [ -S "$work/sc.sock" ] && break; sleep 0.05; done
     ip netns exec "$prefix-c" "$bin/glb-lab" clients --target "$VIP:8080" --connections 0 --new-per-second 20 --seconds "$seconds" \
         --interval-ms 10 > "$work/clients.$mode" 2>&1 & clients=$!

@@ -13,9 +13,11 @@ cd "$(dirname "$0")/.."
 count=${1:-500000}
 . scripts/lab-common.sh
 prefix=bench
+LAB_PEERS=198.18.0.1,198.18.0.2,198.18.0.11,198.18.0.12  # the client blasts GUE as a director would
 lab_begin "$prefix"
 P=$prefix-p1
 VIP=198.19.0.10
+# The client sends the GUE streams itself, standing in for the director: it is a peer here too.
 # P2 is the next hop of forwarded packets: it drops them unseen.
 ip netns exec "$prefix-p2" iptables -t raw -I PREROUTING -p udp --dport 19523 -j DROP
 # 64 established connections on P1 (from a local address), for the established-ACK stream.
@@ -56,7 +58,7 @@ run_second_chance() {
         extra=(--forward kernel)
     fi
     ip netns exec "$prefix-p2" iptables -t raw -Z PREROUTING
-    taskset -c "$receiver_cpu" ip netns exec "$P" "$bin/second-chance" run --queue 0 --self 198.18.0.11 --control "$work/sc.sock" "${extra[@]}" ${SECOND_CHANCE_ARGS:-} 2>"$work/sc.log" & sc=$!
+    taskset -c "$receiver_cpu" ip netns exec "$P" "$bin/second-chance" run --queue 0 --self 198.18.0.11 "${lab_peers[@]}" --allow-source 198.18.0.1 --control "$work/sc.sock" "${extra[@]}" ${SECOND_CHANCE_ARGS:-} 2>"$work/sc.log" & sc=$!
     for _ in $(seq 100); do [ -S "$work/sc.sock" ] && break; sleep 0.05; done
     taskset -c "$sender_cpu" "$bin/glb-lab" watch --control "$work/sc.sock" --idle-ms 1000 > "$work/watch" & watcher=$!
     sleep 0.2

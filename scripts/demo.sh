@@ -13,8 +13,8 @@ VIP=198.19.0.10
 for p in p1 p2; do
     ip netns exec "$prefix-$p" "$bin/glb-lab" echo --listen "$VIP:80" 2>>"$work/log" & pids+=($!)
 done
-ip netns exec "$prefix-p1" "$bin/second-chance" run --queue 0 --self 198.18.0.11 --control "$work/p1.sock" 2>>"$work/log" & pids+=($!)
-ip netns exec "$prefix-p2" "$bin/second-chance" run --queue 0 --self 198.18.0.12 --control "$work/p2.sock" 2>>"$work/log" & pids+=($!)
+ip netns exec "$prefix-p1" "$bin/second-chance" run --queue 0 --self 198.18.0.11 "${lab_peers[@]}" --control "$work/p1.sock" 2>>"$work/log" & pids+=($!)
+ip netns exec "$prefix-p2" "$bin/second-chance" run --queue 0 --self 198.18.0.12 "${lab_peers[@]}" --control "$work/p2.sock" 2>>"$work/log" & pids+=($!)
 printf '198.18.0.11 active\n198.18.0.12 active\n' > "$work/table"
 ip netns exec "$prefix-d" "$bin/glb-lab" director --self 198.18.0.2 --table "$work/table" 2>>"$work/log" & director=$!; pids+=($director)
 for _ in $(seq 50); do [ -S "$work/p1.sock" ] && [ -S "$work/p2.sock" ] && break; sleep 0.1; done
@@ -34,7 +34,7 @@ echo
 cat "$work/clients"
 for p in p1 p2; do
     echo "--- second-chance on $p"
-    "$bin/second-chance" stats --control "$work/$p.sock" | grep -E "^(total_packets|accepted_syn|accepted_established|forwarded|accepted_last_resort|dropped_malformed):"
+    "$bin/second-chance" stats --control "$work/$p.sock" | grep -E "^(total_packets|accepted_syn|accepted_established|forwarded|accepted_last_resort|dropped_malformed|dropped_untrusted_source|dropped_not_local_destination):"
 done
 if [ "$status" = 0 ]; then
     echo "demo: every connection survived both table changes"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building, testing and the lab need (Debian/Ubuntu, as root). Idempotent.
 set -euo pipefail
-# haproxy and ruby: bindkeeper's reload tests and its multibinder-compatibility client; util-linux: setpriv.
-packages=(libnetfilter-queue-dev libmnl-dev pkg-config iptables iproute2 gcc haproxy ruby python3 util-linux)
+# haproxy and ruby: bindkeeper's reload tests and its multibinder-compatibility client; util-linux: setpriv;
+# systemd: systemd-analyze verifies the units.
+packages=(libnetfilter-queue-dev libmnl-dev pkg-config iptables iproute2 gcc haproxy ruby python3 util-linux systemd)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -9,3 +9,5 @@
 #include <linux/sock_diag.h>
 #include <linux/inet_diag.h>
 #include <linux/fou.h>
+#include <linux/rtnetlink.h>
+#include <linux/if_addr.h>

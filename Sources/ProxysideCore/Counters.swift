@@ -4,6 +4,8 @@ public enum CounterName: Hashable, Sendable {
     case local(LocalReason)
     case forwarded
     case dropped(DropReason)
+    /// Well-formed, but outside the trust boundary.
+    case refused(Refusal)
     /// The forwarded packet could not be sent (e.g. no route); the original was dropped.
     case forwardFailed
     /// An inner IPv6 packet could not be handed to the local stack.
@@ -20,7 +22,7 @@ public enum CounterName: Hashable, Sendable {
 
     public static let all: [CounterName] =
         [.total] + LocalReason.allCases.map { .local($0) } + [.forwarded]
-        + DropReason.allCases.map { .dropped($0) }
+        + DropReason.allCases.map { .dropped($0) } + Refusal.allCases.map { .refused($0) }
         + [.forwardFailed, .injectFailed, .lookups, .lookupCacheHits, .cookieChecks, .cookieAcksInvalid, .cookiesSent, .cookieReplyFailed]
 
     public static let count = all.count
@@ -31,12 +33,14 @@ public enum CounterName: Hashable, Sendable {
         let localBase = 1
         let forwardedIndex = localBase + LocalReason.allCases.count
         let dropBase = forwardedIndex + 1
-        let tailBase = dropBase + DropReason.allCases.count
+        let refusalBase = dropBase + DropReason.allCases.count
+        let tailBase = refusalBase + Refusal.allCases.count
         switch self {
         case .total: return 0
         case .local(let reason): return localBase + LocalReason.allCases.firstIndex(of: reason)!
         case .forwarded: return forwardedIndex
         case .dropped(let reason): return dropBase + DropReason.allCases.firstIndex(of: reason)!
+        case .refused(let refusal): return refusalBase + Refusal.allCases.firstIndex(of: refusal)!
         case .forwardFailed: return tailBase
         case .injectFailed: return tailBase + 1
         case .lookups: return tailBase + 2
@@ -55,6 +59,7 @@ public enum CounterName: Hashable, Sendable {
         case .local(let reason): "second_chance_packets_local_total{reason=\"\(reason.rawValue)\"}"
         case .forwarded: "second_chance_packets_forwarded_total"
         case .dropped(let reason): "second_chance_packets_dropped_total{reason=\"\(reason.rawValue)\"}"
+        case .refused(let refusal): "second_chance_packets_dropped_total{reason=\"\(refusal.rawValue)\"}"
         case .forwardFailed: "second_chance_forward_send_failures_total"
         case .injectFailed: "second_chance_inject_failures_total"
         case .lookups: "second_chance_socket_lookups_total"
@@ -73,6 +78,7 @@ public enum CounterName: Hashable, Sendable {
         case .local(let reason): reason.rawValue
         case .forwarded: "forwarded"
         case .dropped(let reason): "dropped_malformed_\(reason.rawValue)"
+        case .refused(let refusal): "dropped_\(refusal.rawValue)"
         case .forwardFailed: "forward_send_failures"
         case .injectFailed: "inject_failures"
         case .lookups: "socket_lookups"
@@ -86,8 +92,9 @@ public enum CounterName: Hashable, Sendable {
 }
 
 public enum CounterReport {
-    /// Prometheus text exposition of summed counter values (indexed as `CounterName.index`).
-    public static func prometheus(_ values: [UInt64], queueTotals: [(queue: UInt16, packets: UInt64)]) -> String {
+    /// Prometheus text exposition of summed counter values (indexed as `CounterName.index`) and of
+    /// each queue's own and kernel counters.
+    public static func prometheus(_ values: [UInt64], queues: [QueueReport]) -> String {
         var out = "# HELP second_chance_packets_total GUE packets read from NFQUEUE.\n"
         out += "# TYPE second_chance_packets_total counter\n"
         var typed: Set<String> = ["second_chance_packets_total"]
@@ -96,20 +103,37 @@ public enum CounterReport {
             if typed.insert(base).inserted { out += "# TYPE \(base) counter\n" }
             out += "\(name.metric) \(values[name.index])\n"
         }
-        out += "# HELP second_chance_queue_packets_total GUE packets read, per NFQUEUE queue (one thread each).\n"
-        out += "# TYPE second_chance_queue_packets_total counter\n"
-        for entry in queueTotals { out += "second_chance_queue_packets_total{queue=\"\(entry.queue)\"} \(entry.packets)\n" }
+        func family(_ name: String, _ type: String, _ help: String, _ value: (QueueReport) -> UInt64?) {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
+            for queue in queues {
+                if let value = value(queue) { out += "\(name){queue=\"\(queue.queue)\"} \(value)\n" }
+            }
+        }
+        family("second_chance_queue_packets_total", "counter", "GUE packets read, per NFQUEUE queue (one thread each).") { $0.packets }
+        family("second_chance_queue_receive_errors_total", "counter", "Failed reads and non-packet messages on the queue's socket.") { $0.receiveErrors }
+        family("second_chance_queue_kernel_dropped_total", "counter", "Packets the kernel dropped because the queue was full (queue_dropped).") { $0.kernel?.queueDropped }
+        family("second_chance_queue_user_dropped_total", "counter", "Packets the kernel dropped because the queue's socket buffer was full (user_dropped).") { $0.kernel?.userDropped }
+        family("second_chance_queue_waiting", "gauge", "Packets queued in the kernel, waiting for a verdict.") { $0.kernel?.waiting }
         return out
     }
 
     /// `name value` lines, glb-redirect style, dropped counters summed into `dropped_malformed` too.
-    public static func text(_ values: [UInt64]) -> String {
+    /// Then each queue's counters, prefixed `queue_N_`.
+    public static func text(_ values: [UInt64], queues: [QueueReport] = []) -> String {
         var out = ""
         var malformed: UInt64 = 0
         for name in CounterName.all {
             if case .dropped = name { malformed += values[name.index] }
             out += "\(name.shortName): \(values[name.index])\n"
         }
-        return out + "dropped_malformed: \(malformed)\n"
+        out += "dropped_malformed: \(malformed)\n"
+        for queue in queues {
+            out += "queue_\(queue.queue)_packets: \(queue.packets)\nqueue_\(queue.queue)_receive_errors: \(queue.receiveErrors)\n"
+            if let kernel = queue.kernel {
+                out += "queue_\(queue.queue)_kernel_dropped: \(kernel.queueDropped)\nqueue_\(queue.queue)_user_dropped: \(kernel.userDropped)\n"
+                out += "queue_\(queue.queue)_waiting: \(kernel.waiting)\n"
+            }
+        }
+        return out
     }
 }

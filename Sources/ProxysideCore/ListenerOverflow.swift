@@ -82,8 +82,10 @@ public struct OverflowPolicy: Equatable, Sendable {
 
     public init() {}
 
-    func activationThreshold(_ backlog: UInt32) -> UInt32 { max(1, backlog * activatePercent / 100) }
-    func calmThreshold(_ backlog: UInt32) -> UInt32 { backlog * deactivatePercent / 100 }
+    /// In 64 bits: a backlog near 2^31 (listen(INT_MAX) under a raised somaxconn) times a percentage
+    /// does not fit in 32.
+    func activationThreshold(_ backlog: UInt32) -> UInt64 { max(1, UInt64(backlog) * UInt64(activatePercent) / 100) }
+    func calmThreshold(_ backlog: UInt32) -> UInt64 { UInt64(backlog) * UInt64(deactivatePercent) / 100 }
 }
 
 /// Decides, from periodic sock_diag observations, which listeners the responder serves.
@@ -121,9 +123,9 @@ public struct ListenerOverflowTracker: Sendable {
             seen.insert(observation.key)
             var state = states[observation.key] ?? State(observation: observation)
             state.observation = observation
-            let full = observation.backlog > 0 && observation.requestSockets >= policy.activationThreshold(observation.backlog)
+            let full = observation.backlog > 0 && UInt64(observation.requestSockets) >= policy.activationThreshold(observation.backlog)
             if full { state.lastFull = now }
-            if observation.requestSockets >= policy.calmThreshold(observation.backlog) && observation.backlog > 0 {
+            if UInt64(observation.requestSockets) >= policy.calmThreshold(observation.backlog) && observation.backlog > 0 {
                 state.calmSince = nil
             } else if state.calmSince == nil {
                 state.calmSince = now

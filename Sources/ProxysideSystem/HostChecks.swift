@@ -16,14 +16,10 @@ public struct HostCheck: Sendable {
 }
 
 public enum HostChecks {
+    /// The first line of a sysctl (`net/ipv4/ip_forward`), without leading blanks.
     public static func readSysctl(_ path: String) -> String? {
-        let fd = open("/proc/sys/" + path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var bytes = [UInt8](repeating: 0, count: 256)
-        let count = read(fd, &bytes, bytes.count)
-        guard count > 0 else { return nil }
-        return String(decoding: bytes[0..<count], as: UTF8.self).trimmingPrefix(while: \.isWhitespace).split(separator: "\n").first.map(String.init)
+        ProcFile.read("/proc/sys/" + path, limit: 256)
+            .flatMap { $0.trimmingPrefix(while: \.isWhitespace).split(separator: "\n").first.map(String.init) }
     }
 
     /// The names in a directory, without "." and "..".
@@ -51,11 +47,81 @@ public enum HostChecks {
         return pclose(pipe) == 0 ? String(decoding: out, as: UTF8.self) : nil
     }
 
-    /// The NFQUEUE rules for the GUE port found in `iptables-save -t raw` output: (queue spec, bypass).
-    public static func gueQueueRules(in rules: String, port: UInt16) -> [(rule: String, bypass: Bool)] {
-        rules.split(separator: "\n").filter { line in
-            line.hasPrefix("-A PREROUTING") && line.contains("--dport \(port)") && line.contains("NFQUEUE")
-        }.map { (String($0), $0.contains("--queue-bypass")) }
+    /// A rule that sends GUE to NFQUEUE, as iptables-save or nft prints it.
+    public struct QueueRule: Equatable, Sendable {
+        public var rule: String
+        /// --queue-bypass / bypass: packets pass when no daemon reads the queue.
+        public var bypass: Bool
+        /// Limited to some sources (-s, an ipset, ip saddr): the GLB peers, one hopes.
+        public var restricted: Bool
+
+        public init(rule: String, bypass: Bool, restricted: Bool) {
+            self.rule = rule
+            self.bypass = bypass
+            self.restricted = restricted
+        }
+    }
+
+    /// What doctor learns from the raw PREROUTING rules for the GUE port.
+    public struct GUERules: Equatable, Sendable {
+        public var queueRules: [QueueRule] = []
+        /// A later rule drops the port's other traffic: what the queue rules do not take is not
+        /// left to fou.
+        public var dropsTheRest = false
+    }
+
+    /// The NFQUEUE rules for the GUE port in `iptables-save -t raw` output.
+    public static func gueRules(iptablesSave rules: String, port: UInt16) -> GUERules {
+        var found = GUERules()
+        for line in rules.split(separator: "\n") where line.hasPrefix("-A PREROUTING") && line.contains("--dport \(port)") {
+            let words = line.split(separator: " ")
+            if line.contains("-j NFQUEUE") {
+                let restricted = words.contains("-s") || line.contains("--match-set")
+                found.queueRules.append(QueueRule(rule: String(line), bypass: line.contains("--queue-bypass"), restricted: restricted))
+            } else if line.hasSuffix("-j DROP") && !words.contains("-s") && !line.contains("--match-set") {
+                found.dropsTheRest = !found.queueRules.isEmpty
+            }
+        }
+        return found
+    }
+
+    /// The queue rules for the GUE port in `nft list ruleset` output (a `queue` statement; nft
+    /// prints `queue num 0 bypass` or `queue flags bypass to 0` depending on its version).
+    public static func gueRules(nftRuleset rules: String, port: UInt16) -> GUERules {
+        var found = GUERules()
+        for raw in rules.split(separator: "\n") {
+            let line = raw.trimmingPrefix(while: \.isWhitespace)
+            let words = line.split(separator: " ")
+            guard line.contains("dport \(port)"), !line.hasPrefix("#") else { continue }
+            if words.contains("queue") {
+                found.queueRules.append(QueueRule(rule: String(line), bypass: line.contains("bypass"), restricted: line.contains("saddr")))
+            } else if words.last == "drop" && !line.contains("saddr") {
+                found.dropsTheRest = !found.queueRules.isEmpty
+            }
+        }
+        return found
+    }
+
+    /// Doctor's findings about the queue rules of either tool.
+    public static func ruleChecks(_ rules: GUERules, tool: String, port: UInt16, queues: [UInt16]) -> [HostCheck] {
+        var checks: [HostCheck] = []
+        for rule in rules.queueRules {
+            let missing = queues.filter { queue in
+                !(rule.rule.contains("--queue-num \(queue)") || rule.rule.contains("--queue-balance") || rule.rule.contains("num \(queue)")
+                  || rule.rule.contains("to \(queue)") || rule.rule.contains("to \(queue)-"))
+            }
+            let fix = !rule.bypass ? "add --queue-bypass (nft: bypass) so GUE still flows (to fou or nowhere) if second-chance is down"
+                : missing.isEmpty ? nil : "the rule does not feed queue(s) \(missing)"
+            checks.append(HostCheck(level: rule.bypass && missing.isEmpty ? .ok : .warn, subject: tool, finding: rule.rule, fix: fix))
+        }
+        if rules.queueRules.contains(where: { !$0.restricted }) {
+            checks.append(HostCheck(level: .warn, subject: tool, finding: "the NFQUEUE rule takes GUE from every host, not only the GLB peers",
+                                    fix: "limit it to the directors and proxies (-s or an ipset; nft: ip saddr @glb_peers) and drop the rest of UDP \(port), as in examples/iptables"))
+        } else if !rules.dropsTheRest {
+            checks.append(HostCheck(level: .warn, subject: tool, finding: "GUE from hosts that are not peers is not dropped: with fou it is decapsulated without any check",
+                                    fix: "after the peer rules: -A PREROUTING -p udp --dport \(port) -j DROP (examples/iptables/rules.v4)"))
+        }
+        return checks
     }
 
     /// What `--forward kernel` needs: the rewritten packet carries this host's address as its
@@ -88,7 +154,9 @@ public enum HostChecks {
         return checks
     }
 
-    public static func run(port: UInt16, queues: [UInt16], namespace: String?, forwarding: ForwardingMode = .raw) -> [HostCheck] {
+    /// `allowedSources`: the daemon's --allow-source prefixes, when the caller knows them.
+    public static func run(port: UInt16, queues: [UInt16], namespace: String?, forwarding: ForwardingMode = .raw,
+                           allowedSources: [IPv4Prefix]? = nil) -> [HostCheck] {
         var checks: [HostCheck] = []
         if geteuid() != 0 {
             checks.append(HostCheck(level: .fail, subject: "privileges", finding: "not running as root",
@@ -110,23 +178,27 @@ public enum HostChecks {
             checks.append(HostCheck(level: .warn, subject: "fou", finding: "cannot ask generic netlink: \(error)"))
         }
 
-        if let rules = commandOutput("iptables-save -t raw") {
-            let found = gueQueueRules(in: rules, port: port)
-            if found.isEmpty {
-                checks.append(HostCheck(level: .fail, subject: "iptables", finding: "no raw PREROUTING NFQUEUE rule for UDP \(port)",
-                                        fix: "iptables -t raw -A PREROUTING -p udp --dport \(port) -j NFQUEUE --queue-num \(queues.first ?? 0) --queue-bypass (examples/iptables/rules.v4)"))
+        let iptables = commandOutput("iptables-save -t raw").map { gueRules(iptablesSave: $0, port: port) }
+        let nft = commandOutput("nft list ruleset").map { gueRules(nftRuleset: $0, port: port) }
+        if let iptables, !iptables.queueRules.isEmpty { checks += ruleChecks(iptables, tool: "iptables", port: port, queues: queues) }
+        if let nft, !nft.queueRules.isEmpty { checks += ruleChecks(nft, tool: "nft", port: port, queues: queues) }
+        if (iptables?.queueRules ?? []).isEmpty && (nft?.queueRules ?? []).isEmpty {
+            checks.append(HostCheck(level: .fail, subject: "iptables", finding: "no raw PREROUTING NFQUEUE rule for UDP \(port) (iptables or nft)",
+                                    fix: "iptables -t raw -A PREROUTING -s PEERS -p udp --dport \(port) -j NFQUEUE --queue-num \(queues.first ?? 0) --queue-bypass, then the same without -s and -j DROP (examples/iptables/rules.v4)"))
+        }
+        if iptables == nil && nft == nil {
+            checks.append(HostCheck(level: .warn, subject: "iptables", finding: "neither iptables-save nor nft is available", fix: "apt-get install iptables"))
+        }
+        if let allowedSources {
+            if allowedSources.isEmpty {
+                checks.append(HostCheck(level: .fail, subject: "--allow-source", finding: "no GLB peers given: second-chance run refuses to start",
+                                        fix: "SECOND_CHANCE_ALLOW_SOURCE in /etc/default/second-chance: the directors, their health checkers and the proxies"))
+            } else if allowedSources.contains(.everything) {
+                checks.append(HostCheck(level: .warn, subject: "--allow-source", finding: "0.0.0.0/0: GUE from any host is read, and any host chooses where this proxy forwards",
+                                        fix: "list the directors, their health checkers and the proxies instead"))
             } else {
-                for rule in found {
-                    let missing = queues.filter { queue in
-                        !(rule.rule.contains("--queue-num \(queue)") || rule.rule.contains("--queue-balance"))
-                    }
-                    checks.append(HostCheck(
-                        level: rule.bypass && missing.isEmpty ? .ok : .warn, subject: "iptables", finding: rule.rule,
-                        fix: rule.bypass ? (missing.isEmpty ? nil : "the rule does not feed queue(s) \(missing)") : "add --queue-bypass so GUE still flows (to fou or nowhere) if second-chance is down"))
-                }
+                checks.append(HostCheck(level: .ok, subject: "--allow-source", finding: allowedSources.map(\.description).joined(separator: ", ")))
             }
-        } else {
-            checks.append(HostCheck(level: .warn, subject: "iptables", finding: "iptables-save is not available", fix: "apt-get install iptables"))
         }
 
         let rpAll = readSysctl("net/ipv4/conf/all/rp_filter") ?? "?"

@@ -1,6 +1,7 @@
 import CNetfilterQueue
 import CLinuxShims
 import Glibc
+import Synchronization
 
 /// libmnl's MNL_SOCKET_BUFFER_SIZE for 4 KiB pages (the macro calls sysconf and is not imported).
 let netlinkBufferSize = 8192
@@ -18,7 +19,8 @@ public final class NetfilterQueue {
     }
 
     public let number: UInt16
-    public private(set) var receiveErrors: UInt64 = 0
+    /// Failed reads and messages that were not packets; read by the stats server.
+    public let receiveErrors = Atomic<UInt64>(0)
     private let socket: OpaquePointer
     private let portID: UInt32
     /// One receive slot per packet of a batch: packets stay readable until their verdicts are sent.
@@ -36,7 +38,9 @@ public final class NetfilterQueue {
 
     public static let copyRange: UInt32 = 0xffff
 
-    public init(number: UInt16, maximumQueueLength: UInt32 = 8192, socketBufferBytes: Int32 = 16 << 20) throws {
+    /// `failOpen`: when the queue holds `maximumQueueLength` packets the kernel accepts further ones
+    /// unread instead of dropping them (NFQA_CFG_F_FAIL_OPEN).
+    public init(number: UInt16, maximumQueueLength: UInt32 = 8192, failOpen: Bool = false, socketBufferBytes: Int32 = 16 << 20) throws {
         self.number = number
         guard let socket = mnl_socket_open(NETLINK_NETFILTER) else { throw SystemError("socket(NETLINK_NETFILTER)") }
         self.socket = socket
@@ -65,6 +69,9 @@ public final class NetfilterQueue {
         try configure { nlh in
             nfq_nlmsg_cfg_put_params(nlh, UInt8(NFQNL_COPY_PACKET.rawValue), Int32(Self.copyRange))
             nfq_nlmsg_cfg_put_qmaxlen(nlh, maximumQueueLength)
+            let failOpenFlag = UInt32(NFQA_CFG_F_FAIL_OPEN)
+            mnl_attr_put_u32(nlh, UInt16(NFQA_CFG_FLAGS.rawValue), (failOpen ? failOpenFlag : 0).bigEndian)
+            mnl_attr_put_u32(nlh, UInt16(NFQA_CFG_MASK.rawValue), failOpenFlag.bigEndian)
         }
     }
 
@@ -134,7 +141,7 @@ public final class NetfilterQueue {
                 }
                 if -received == EINTR { continue }
                 // The socket's buffer overflowed: the kernel dropped packets (counted), reading goes on.
-                if -received == ENOBUFS { receiveErrors += 1; continue }
+                if -received == ENOBUFS { receiveErrors.add(1, ordering: .relaxed); continue }
                 throw SystemError("recvmmsg(NFQUEUE \(number))", errno: -received)
             }
             if !batch.isEmpty {
@@ -169,14 +176,14 @@ public final class NetfilterQueue {
         while let nlh = message, mnl_nlmsg_ok(nlh, remaining) {
             defer { message = UnsafePointer(mnl_nlmsg_next(nlh, &remaining)) }
             guard nlh.pointee.nlmsg_type == packetType else {
-                if nlh.pointee.nlmsg_type == UInt16(NLMSG_ERROR) { receiveErrors += 1 }
+                if nlh.pointee.nlmsg_type == UInt16(NLMSG_ERROR) { receiveErrors.add(1, ordering: .relaxed) }
                 continue
             }
             for index in attributes.indices { attributes[index] = nil }
             guard nfq_nlmsg_parse(nlh, &attributes) >= 0,
                 let headerAttribute = attributes[Int(NFQA_PACKET_HDR.rawValue)],
                 let payloadAttribute = attributes[Int(NFQA_PAYLOAD.rawValue)]
-            else { receiveErrors += 1; continue }
+            else { receiveErrors.add(1, ordering: .relaxed); continue }
             let header = mnl_attr_get_payload(headerAttribute).assumingMemoryBound(to: nfqnl_msg_packet_hdr.self)
             batch.append(QueuedPacket(
                 id: UInt32(bigEndian: header.pointee.packet_id),

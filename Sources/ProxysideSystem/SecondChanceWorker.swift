@@ -21,6 +21,8 @@ public enum ForwardingMode: String, Sendable, CaseIterable {
 
 public struct SecondChanceConfiguration: Sendable {
     public var selfAddress: IPv4Address
+    /// The GLB peers: who is heard, who may be a hop.
+    public var peers: PeerPolicy
     public var decapsulation: DecapsulationMode
     public var namespace: String?
     public var cacheLifetimeNanoseconds: UInt64
@@ -28,11 +30,16 @@ public struct SecondChanceConfiguration: Sendable {
     public var batchSize: Int
     public var checkCookies: Bool
     public var forwarding: ForwardingMode
+    /// NFQUEUE's queue length and what the kernel does when it is reached.
+    public var queueMaximumLength: UInt32
+    public var failOpen: Bool
 
-    public init(selfAddress: IPv4Address, decapsulation: DecapsulationMode, namespace: String? = nil,
+    public init(selfAddress: IPv4Address, peers: PeerPolicy, decapsulation: DecapsulationMode, namespace: String? = nil,
                 cacheLifetimeNanoseconds: UInt64 = 1_000_000_000, negativeCacheLifetimeNanoseconds: UInt64 = 1_000_000_000,
-                batchSize: Int = 64, checkCookies: Bool = true, forwarding: ForwardingMode = .raw) {
+                batchSize: Int = 64, checkCookies: Bool = true, forwarding: ForwardingMode = .raw,
+                queueMaximumLength: UInt32 = 8192, failOpen: Bool = false) {
         self.selfAddress = selfAddress
+        self.peers = peers
         self.decapsulation = decapsulation
         self.namespace = namespace
         self.cacheLifetimeNanoseconds = cacheLifetimeNanoseconds
@@ -40,6 +47,8 @@ public struct SecondChanceConfiguration: Sendable {
         self.batchSize = batchSize
         self.checkCookies = checkCookies
         self.forwarding = forwarding
+        self.queueMaximumLength = queueMaximumLength
+        self.failOpen = failOpen
     }
 }
 
@@ -90,22 +99,28 @@ public final class SecondChanceWorker: @unchecked Sendable {
     public let queue: NetfilterQueue
     public let counters = CounterBlock()
     let configuration: SecondChanceConfiguration
-    let decider: Decider
+    var decider: Decider
+    /// Where this host's current addresses come from, and the generation `decider.local` holds.
+    let addresses: LocalAddressBoard
+    var addressGeneration: UInt64
     let sender: RawIPSender
     let forwards = ForwardBatch()
     var ownership: KernelFlowOwnership
 
     /// `monitor`, when given, runs the SYN-cookie responder for the listeners it publishes.
-    public init(queueNumber: UInt16, configuration: SecondChanceConfiguration, oracle: SynCookieOracle?,
-                monitor: ListenerMonitor? = nil, epochs: FlowEpochs = FlowEpochs()) throws {
+    public init(queueNumber: UInt16, configuration: SecondChanceConfiguration, addresses: LocalAddressBoard,
+                oracle: SynCookieOracle?, monitor: ListenerMonitor? = nil, epochs: FlowEpochs = FlowEpochs()) throws {
         self.configuration = configuration
         let namespace = try configuration.namespace.map { try NetworkNamespace(nameOrPath: $0) }
-        queue = try NetfilterQueue(number: queueNumber)
+        queue = try NetfilterQueue(number: queueNumber, maximumQueueLength: configuration.queueMaximumLength, failOpen: configuration.failOpen)
         let responder = monitor.flatMap { monitor in
             oracle.map { SynCookieResponder(board: monitor.board, oracle: $0, passInterval: monitor.configuration.passIntervalNanoseconds) }
         }
         sender = try RawIPSender(ipv6: configuration.decapsulation == .userspace || responder != nil)
-        decider = Decider(selfAddress: configuration.selfAddress)
+        self.addresses = addresses
+        let (generation, local) = addresses.snapshot()
+        addressGeneration = generation
+        decider = Decider(selfAddress: configuration.selfAddress, peers: configuration.peers, local: local)
         ownership = KernelFlowOwnership(
             sockDiag: try SockDiag(namespace: namespace), cookieState: try KernelCookieState(namespace: namespace),
             oracle: configuration.checkCookies ? oracle : nil, counters: counters, responder: responder,
@@ -143,6 +158,7 @@ public final class SecondChanceWorker: @unchecked Sendable {
     public func decideBatch(_ packets: UnsafeBufferPointer<NetfilterQueue.QueuedPacket>, _ actions: inout [NetfilterQueue.Action]) {
         let now = MonotonicClock.nanoseconds()
         ownership.now = now
+        if addresses.generation != addressGeneration { (addressGeneration, decider.local) = addresses.snapshot() }
         parsed.removeAll(keepingCapacity: true)
         pending.removeAll(keepingCapacity: true)
         pendingEpochs.removeAll(keepingCapacity: true)
@@ -175,7 +191,7 @@ public final class SecondChanceWorker: @unchecked Sendable {
                 ownership.cache.remember(answer, for: flow, now: now, epoch: epoch)
             }
         }
-        ownership.responder?.prepare(packets, parsed, now: now, sender: sender)
+        ownership.responder?.prepare(packets, parsed, now: now, sender: sender, decider: decider)
         for (index, (packet, result)) in zip(packets, parsed).enumerated() { actions.append(carryOut(packet.payload, result, index: index)) }
         ownership.prefetched.removeAll(keepingCapacity: true)
         flushForwards()
@@ -196,7 +212,7 @@ public final class SecondChanceWorker: @unchecked Sendable {
         counters.add(.total)
         let decision: Decision
         switch parsed {
-        case .malformed(let dropped): decision = dropped
+        case .rejected(let rejected): decision = rejected
         case .parsed(let parsedPacket): decision = decider.decide(UnsafeRawBufferPointer(packet), parsedPacket, ownership: &ownership)
         }
         if case .tcp(let segment) = decision.inner {
@@ -217,6 +233,9 @@ public final class SecondChanceWorker: @unchecked Sendable {
         switch decision.verdict {
         case .drop(let reason):
             counters.add(.dropped(reason))
+            return .drop
+        case .refuse(let refusal):
+            counters.add(.refused(refusal))
             return .drop
         case .local(.syn):
             switch ownership.responder?.outcome(at: index) {

@@ -340,7 +340,10 @@ final class SynCookieResponder {
     func listener(for flow: FlowKey) -> ResponderListener? { snapshot.listener(for: flow) }
 
     /// Decides and answers every SYN of a batch; `outcome(at:)` then tells each packet's fate.
-    func prepare(_ packets: UnsafeBufferPointer<NetfilterQueue.QueuedPacket>, _ parsed: [Decider.Parsed], now: UInt64, sender: RawIPSender) {
+    /// Only SYNs the decider would deliver here are answered: the reply's source is the SYN's
+    /// destination, so a wildcard listener must never make it one this host does not own.
+    func prepare(_ packets: UnsafeBufferPointer<NetfilterQueue.QueuedPacket>, _ parsed: [Decider.Parsed], now: UInt64, sender: RawIPSender,
+                 decider: Decider) {
         if board.generation != snapshot.generation {
             snapshot = board.snapshot()
             lastPassed = lastPassed.filter { snapshot.listeners[$0.key] != nil }
@@ -355,7 +358,8 @@ final class SynCookieResponder {
         for (index, result) in parsed.enumerated() {
             guard case .parsed(let packet) = result, case .tcp(let segment) = packet.inner,
                 segment.flags.intersection([.syn, .ack, .fin, .rst]) == .syn,
-                let listener = snapshot.listener(for: segment.flow), !listener.acceptQueueFull
+                let listener = snapshot.listener(for: segment.flow), !listener.acceptQueueFull,
+                decider.localRefusal(UnsafeRawBufferPointer(packets[index].payload), packet.gue) == nil
             else { continue }
             let key = listener.record.key
             if snapshot.settings.syncookies != 2, now &- (lastPassed[key] ?? 0) >= passInterval {

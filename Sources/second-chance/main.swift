@@ -32,6 +32,22 @@ extension IPv4Address: ExpressibleByArgument {
 
 func defaultControlPath(queue: UInt16) -> String { "/run/second-chance/queue-\(queue).sock" }
 
+/// One or more prefixes, comma-separated (so one environment variable can carry a list).
+func parsePrefixes(_ text: String) throws -> [IPv4Prefix] {
+    try text.split(separator: ",", omittingEmptySubsequences: false).map { part in
+        guard let prefix = IPv4Prefix(part) else {
+            throw ValidationError("'\(part)' is not an IPv4 prefix (ADDRESS/LENGTH with no host bits set, or one ADDRESS)")
+        }
+        return prefix
+    }
+}
+
+/// An operator's milliseconds in nanoseconds, refused above `limit` instead of overflowing.
+func nanoseconds(milliseconds value: UInt64, _ flag: String, limit: UInt64) throws -> UInt64 {
+    guard value <= limit else { throw ValidationError("\(flag) is at most \(limit)") }
+    return value * 1_000_000
+}
+
 func parseEndpoint(_ text: String) throws -> (IPv4Address, UInt16) {
     guard let colon = text.lastIndex(of: ":"), let address = IPv4Address(text[..<colon]),
         let port = UInt16(text[text.index(after: colon)...])
@@ -47,6 +63,27 @@ struct Run: ParsableCommand {
 
     @Option(name: .customLong("self"), help: "This proxy's IPv4 address: the source of forwarded packets.")
     var selfAddress: IPv4Address
+
+    @Option(name: .customLong("allow-source"),
+            help: ArgumentHelp("GUE is read only from these IPv4 prefixes (repeat, or separate with commas): the directors, their health checkers and the proxies. Required; 0.0.0.0/0 hears every host.", valueName: "CIDR"),
+            transform: parsePrefixes)
+    var allowSourceLists: [[IPv4Prefix]] = []
+    var allowSources: [IPv4Prefix] { allowSourceLists.flatMap { $0 } }
+
+    @Option(name: .customLong("allow-hop"),
+            help: ArgumentHelp("Packets are forwarded only to next hops in these prefixes (repeat, or separate with commas; default: the --allow-source prefixes). Loopback, multicast and broadcast never are.", valueName: "CIDR"),
+            transform: parsePrefixes)
+    var allowHopLists: [[IPv4Prefix]] = []
+    var allowHops: [IPv4Prefix] { allowHopLists.flatMap { $0 } }
+
+    @Option(help: "GUE listing more hops than this is dropped (glb-director lists 1 or 3).")
+    var maxHops: UInt8 = PeerPolicy.defaultMaximumHops
+
+    @Option(help: "Packets the kernel holds for each queue while second-chance is busy (NFQA_CFG_QUEUE_MAXLEN); beyond it the kernel drops them, counted in queue_dropped.")
+    var queueMaxlen: UInt32 = 8192
+
+    @Flag(help: "When a queue is full, the kernel accepts packets instead of dropping them (NFQA_CFG_F_FAIL_OPEN): with fou they are decapsulated unchecked, without fou they reach a closed UDP port and are lost.")
+    var failOpen = false
 
     @Option(help: "auto (kernel if fou decapsulates GUE on --gue-port), userspace or kernel.")
     var decap: String = "auto"
@@ -97,7 +134,13 @@ struct Run: ParsableCommand {
     var cookiePassMs: UInt64 = 1000
 
     func validate() throws {
+        guard !allowSources.isEmpty else {
+            throw ValidationError("give at least one --allow-source CIDR: the directors and proxies whose GUE is heard (--allow-source 0.0.0.0/0 hears every host)")
+        }
         guard !queues.isEmpty else { throw ValidationError("give at least one --queue") }
+        guard queueMaxlen >= 1 else { throw ValidationError("--queue-maxlen is at least 1") }
+        // Every duration is multiplied into nanoseconds: refuse what would overflow, and what no one means.
+        _ = try durations()
         guard Set(queues).count == queues.count else { throw ValidationError("a --queue is given twice") }
         guard ["auto", "userspace", "kernel"].contains(decap) else { throw ValidationError("--decap is auto, userspace or kernel") }
         guard ForwardingMode(rawValue: forward) != nil else { throw ValidationError("--forward is raw or kernel") }
@@ -108,6 +151,16 @@ struct Run: ParsableCommand {
             throw ValidationError("--cookie-activate-percent is 1...100 and at least --cookie-deactivate-percent")
         }
         guard listenerScanMs >= 10, cookiePassMs >= 10 else { throw ValidationError("--listener-scan-ms and --cookie-pass-ms are at least 10") }
+    }
+
+    /// The operator's durations in nanoseconds, each refused above a day (an hour for the caches).
+    func durations() throws -> (flowCache: UInt64, negativeCache: UInt64, hold: UInt64, scan: UInt64, pass: UInt64) {
+        let hour: UInt64 = 3_600_000, day: UInt64 = 86_400_000
+        return (try nanoseconds(milliseconds: flowCacheMs, "--flow-cache-ms", limit: hour),
+                try nanoseconds(milliseconds: negativeCacheMs, "--negative-cache-ms", limit: hour),
+                try nanoseconds(milliseconds: cookieHoldMs, "--cookie-hold-ms", limit: day),
+                try nanoseconds(milliseconds: listenerScanMs, "--listener-scan-ms", limit: day),
+                try nanoseconds(milliseconds: cookiePassMs, "--cookie-pass-ms", limit: day))
     }
 
     /// The SYN-cookie responder's monitor, unless it is off or cannot work here.
@@ -122,9 +175,10 @@ struct Run: ParsableCommand {
         var policy = OverflowPolicy()
         policy.activatePercent = cookieActivatePercent
         policy.deactivatePercent = cookieDeactivatePercent
-        policy.holdNanoseconds = cookieHoldMs * 1_000_000
-        let configuration = ResponderConfiguration(mode: mode, policy: policy, scanIntervalNanoseconds: listenerScanMs * 1_000_000,
-                                                   passIntervalNanoseconds: cookiePassMs * 1_000_000)
+        let durations = try durations()
+        policy.holdNanoseconds = durations.hold
+        let configuration = ResponderConfiguration(mode: mode, policy: policy, scanIntervalNanoseconds: durations.scan,
+                                                   passIntervalNanoseconds: durations.pass)
         do {
             let monitor = try ListenerMonitor(configuration: configuration, namespace: netns, log: { log($0) })
             if monitor.settings.syncookies == 1 && !monitor.settings.timestampsEncodable {
@@ -159,10 +213,28 @@ struct Run: ParsableCommand {
                 throw ValidationFailure(description: "--forward kernel: " + problems.map(\.line).joined(separator: "\n"))
             }
         }
+        if allowSources.contains(.everything) {
+            log("warning: --allow-source 0.0.0.0/0: GUE from any host is read, and any host that can reach UDP \(guePort) chooses where this proxy forwards (within --allow-hop)")
+        }
+        let peers = PeerPolicy(sources: allowSources, hops: allowHops.isEmpty ? nil : allowHops, maximumHops: maxHops)
+        let watcher: LocalAddressWatcher
+        do {
+            // Forwarded packets leave with --self as their source: it must be this host's own.
+            guard try LocalAddressWatcher.dump().ipv4.contains(selfAddress) else {
+                throw ValidationFailure(description: "--self \(selfAddress) is not an address of this host")
+            }
+            let namespaces: [NetworkNamespace?] = [nil] + (try netns.map { [try NetworkNamespace(nameOrPath: $0)] } ?? [])
+            watcher = try LocalAddressWatcher(namespaces: namespaces, log: { log($0) })
+        } catch let error as ValidationFailure {
+            throw error
+        } catch {
+            throw ValidationFailure(description: "\(error)")
+        }
+        let durations = try durations()
         let configuration = SecondChanceConfiguration(
-            selfAddress: selfAddress, decapsulation: mode, namespace: netns,
-            cacheLifetimeNanoseconds: flowCacheMs * 1_000_000, negativeCacheLifetimeNanoseconds: negativeCacheMs * 1_000_000,
-            batchSize: batch, checkCookies: !noCookieCheck, forwarding: forwarding)
+            selfAddress: selfAddress, peers: peers, decapsulation: mode, namespace: netns,
+            cacheLifetimeNanoseconds: durations.flowCache, negativeCacheLifetimeNanoseconds: durations.negativeCache,
+            batchSize: batch, checkCookies: !noCookieCheck, forwarding: forwarding, queueMaximumLength: queueMaxlen, failOpen: failOpen)
 
         let stop = try EventFD()
         try Signals.install(shutdown: stop)
@@ -173,7 +245,8 @@ struct Run: ParsableCommand {
             let epochs = FlowEpochs()
             workers = try queues.enumerated().map { index, queue in
                 let threadOracle = index == 0 ? oracle : try oracle.map { _ in try SynCookieOracle() }
-                return try SecondChanceWorker(queueNumber: queue, configuration: configuration, oracle: threadOracle, monitor: monitor, epochs: epochs)
+                return try SecondChanceWorker(queueNumber: queue, configuration: configuration, addresses: watcher.board, oracle: threadOracle,
+                                              monitor: monitor, epochs: epochs)
             }
         } catch {
             throw ValidationFailure(description: "\(error)")
@@ -183,19 +256,25 @@ struct Run: ParsableCommand {
         if let slash = controlPath.lastIndex(of: "/"), slash != controlPath.startIndex {
             mkdir(String(controlPath[..<slash]), 0o755)
         }
-        let blocks = workers.map { ($0.queue.number, $0.counters) }
         let server = try StatsServer(metrics: try metrics.map(parseEndpoint), controlPath: controlPath) { format in
-            let values = CounterBlock.sum(blocks.map(\.1))
+            let values = CounterBlock.sum(workers.map(\.counters))
+            let kernel = ProcFile.kernelQueueStatistics()
+            let queues = workers.map { worker in
+                QueueReport(queue: worker.queue.number, packets: worker.counters.value(.total),
+                            receiveErrors: worker.queue.receiveErrors.load(ordering: .relaxed), kernel: kernel[worker.queue.number])
+            }
             switch format {
-            case .prometheus:
-                return CounterReport.prometheus(values, queueTotals: blocks.map { ($0.0, $0.1.value(.total)) })
-                    + (monitor.map(ResponderReport.prometheus) ?? "")
-            case .text: return CounterReport.text(values) + (monitor.map(ResponderReport.text) ?? "")
+            case .prometheus: return CounterReport.prometheus(values, queues: queues) + (monitor.map(ResponderReport.prometheus) ?? "")
+            case .text: return CounterReport.text(values, queues: queues) + (monitor.map(ResponderReport.text) ?? "")
             }
         }
         let serverThread = try WorkerThread { server.serve(stop: stop) }
         let monitorThread = try monitor.map { monitor in try WorkerThread { monitor.run(stop: stop) } }
+        let watcherThread = try WorkerThread { watcher.run(stop: stop) }
+        let local = watcher.addresses
         log("serving queue(s) \(queues.map(String.init).joined(separator: ",")) as \(selfAddress), control \(controlPath)"
+            + "; hearing \(peers.sources.prefixes.map(\.description).joined(separator: ",")), hops \(peers.hops.prefixes.map(\.description).joined(separator: ","))"
+            + "; delivering to \(local.ipv4.count) IPv4 and \(local.ipv6.count) IPv6 local addresses"
             + (metrics.map { ", metrics http://\($0)/metrics" } ?? ""))
 
         let failures = FailureList()
@@ -211,6 +290,7 @@ struct Run: ParsableCommand {
         stop.signal()
         serverThread.join()
         monitorThread?.join()
+        watcherThread.join()
         if let failure = failures.first { throw ValidationFailure(description: failure) }
         log("stopped; all read packets answered")
     }
@@ -258,10 +338,14 @@ struct Doctor: ParsableCommand {
     @Option var guePort: UInt16 = GUEPacket.port
     @Option var netns: String?
     @Option(help: "The forwarding mode to check the host for: raw or kernel.") var forward: String = "raw"
+    @Option(name: .customLong("allow-source"), help: ArgumentHelp("The daemon's --allow-source, to check it too.", valueName: "CIDR"),
+            transform: parsePrefixes)
+    var allowSourceLists: [[IPv4Prefix]] = []
 
     func run() throws {
         guard let mode = ForwardingMode(rawValue: forward) else { throw ValidationError("--forward is raw or kernel") }
-        let checks = HostChecks.run(port: guePort, queues: queues, namespace: netns, forwarding: mode)
+        let checks = HostChecks.run(port: guePort, queues: queues, namespace: netns, forwarding: mode,
+                                    allowedSources: allowSourceLists.isEmpty ? nil : allowSourceLists.flatMap { $0 })
         for check in checks { print(check.line) }
         if checks.contains(where: { $0.level == .fail }) { throw ExitCode(1) }
     }

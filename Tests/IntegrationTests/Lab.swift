@@ -14,6 +14,9 @@ final class Lab {
     static let vip = IPv4Address("198.19.0.10")!
     static let client6 = IPv6Address("2001:2::1")!
     static let vip6 = IPv6Address("2001:2:0:ff::10")!
+    /// Most tests send GUE from the client (and extra client addresses) as if it were the director:
+    /// the whole lab subnet is a peer for them. The trust-boundary tests name the real peers.
+    static let labPeers = ["--allow-source", "198.18.0.0/24"]
 
     static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     /// Where `swift build` put the executables: beside the test bundle, unless PROXYSIDE_BIN says otherwise.
@@ -31,7 +34,8 @@ final class Lab {
         self.prefix = prefix
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("proxyside-\(prefix)-\(getpid())")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        try Lab.shell(Lab.packageRoot.appendingPathComponent("examples/lab/topology.sh").path + " up \(prefix)")
+        // Tests send GUE from the client too; the daemons' --allow-source decides (Lab.labPeers).
+        try Lab.shell("LAB_PEERS=198.18.0.0/24 " + Lab.packageRoot.appendingPathComponent("examples/lab/topology.sh").path + " up \(prefix)")
     }
 
     func namespace(_ host: String) -> String { "\(prefix)-\(host)" }
@@ -85,7 +89,8 @@ final class Lab {
 
     func startSecondChance(_ host: String, _ selfAddress: IPv4Address, extra: [String] = []) throws {
         try? FileManager.default.removeItem(atPath: controlPath(host))
-        try start(host, "second-chance", ["run", "--queue", "0", "--self", selfAddress.description, "--control", controlPath(host)] + extra)
+        try start(host, "second-chance", ["run", "--queue", "0", "--self", selfAddress.description, "--control", controlPath(host)]
+                  + (extra.contains("--allow-source") ? [] : Lab.labPeers) + extra)
         try waitFor("second-chance control socket on \(host)") { FileManager.default.fileExists(atPath: self.controlPath(host)) }
     }
 

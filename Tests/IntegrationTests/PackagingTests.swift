@@ -1,4 +1,6 @@
 import Foundation
+import ProxysideCore
+import ProxysideSystem
 import XCTest
 
 /// The systemd units as systemd itself reads them (`systemd-analyze verify`), with the built binary
@@ -20,5 +22,52 @@ final class PackagingTests: XCTestCase {
         // systemd before 254 does not know FileDescriptorStorePreserve= and says so; nothing else may be said.
         let problems = output.split(separator: "\n").filter { !$0.contains("FileDescriptorStorePreserve") && !$0.isEmpty }
         XCTAssertEqual(problems, [], output)
+    }
+}
+
+/// second-chance@.service with the shipped /etc/default/second-chance, as systemd would expand it,
+/// on a lab proxy whose address the example names: doctor passes and the daemon hears only peers.
+final class ShippedConfigurationTests: XCTestCase {
+    func testTheUnitWithTheExampleDefaultsRunsRestricted() throws {
+        let lab = try Lab(prefix: "pspk")
+        defer { lab.tearDown() }
+        var environment: [String: String] = [:]
+        let defaults = try String(contentsOf: Lab.packageRoot.appendingPathComponent("examples/second-chance/default"), encoding: .utf8)
+        for line in defaults.split(separator: "\n") where !line.hasPrefix("#") {
+            let parts = line.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            if parts.count == 2 { environment[String(parts[0])] = String(parts[1]) }
+        }
+        XCTAssertEqual(environment["SECOND_CHANCE_SELF"], Lab.p1.description, "the example names the lab's P1")
+        let unit = try String(contentsOf: Lab.packageRoot.appendingPathComponent("systemd/second-chance@.service"), encoding: .utf8)
+        /// A command line of the unit with %i, ${VAR} (one word) and $VAR (split at blanks) expanded, as systemd does.
+        func command(_ key: String) throws -> [String] {
+            let line = try XCTUnwrap(unit.split(separator: "\n").first { $0.hasPrefix(key + "=") }).dropFirst(key.count + 1)
+            return line.split(separator: " ").flatMap { word -> [String] in
+                let word = word.replacingOccurrences(of: "%i", with: "0")
+                    .replacingOccurrences(of: "/usr/local/sbin/second-chance", with: Lab.binaries.appendingPathComponent("second-chance").path)
+                    .replacingOccurrences(of: "/run/second-chance/queue-0.sock", with: lab.controlPath("p1"))
+                if word.hasPrefix("${"), word.hasSuffix("}") { return [environment[String(word.dropFirst(2).dropLast())] ?? ""] }
+                if word.hasPrefix("$") { return (environment[String(word.dropFirst())] ?? "").split(separator: " ").map(String.init) }
+                return [word]
+            }
+        }
+        let doctorLog = lab.directory.appendingPathComponent("doctor.log")
+        let doctor = try Lab.launch(inside: lab.namespace("p1"), try command("ExecStartPre"), log: doctorLog)
+        doctor.waitUntilExit()
+        let report = try String(contentsOf: doctorLog, encoding: .utf8)
+        XCTAssertEqual(doctor.terminationStatus, 0, report)
+        XCTAssertTrue(report.contains("[ ok ] --allow-source: 198.18.0.2/32, 198.18.0.11/32, 198.18.0.12/32"), report)
+
+        let start = try command("ExecStart")
+        XCTAssertTrue(start.contains("--allow-source"), "\(start)")
+        let daemon = try Lab.launch(inside: lab.namespace("p1"), start, log: lab.directory.appendingPathComponent("daemon.log"))
+        defer { daemon.terminate(); daemon.waitUntilExit() }
+        try lab.waitFor("the unit's daemon") { FileManager.default.fileExists(atPath: lab.controlPath("p1")) }
+        let syn = PacketBuilder.tcp(source: .v4(Lab.client), sourcePort: 40001, destination: .v4(Lab.vip), destinationPort: 80, flags: .syn)
+        try sendGUE(lab, from: "d", source: Lab.director, sourcePort: 30001, to: Lab.p1, inner: syn, hops: [])
+        try sendGUE(lab, sourcePort: 30002, to: Lab.p1, inner: syn, hops: [])
+        try lab.waitFor("both packets") { try lab.stats("p1")["total_packets"] == 2 }
+        XCTAssertEqual(try lab.stats("p1")["accepted_syn"], 1, "the director is heard")
+        XCTAssertEqual(try lab.stats("p1")["dropped_untrusted_source"], 1, "the client is not")
     }
 }

@@ -47,7 +47,7 @@ final class SecondChanceTests: XCTestCase {
     /// and the hop still sees the TTL the sender set.
     func testKernelForwardingKeepsTheBytesAndTheTTLToo() throws {
         for (host, address) in [("p1", Lab.p1), ("p2", Lab.p2)] {
-            let refused = try lab.runToEnd(host, "second-chance", ["run", "--queue", "7", "--self", address.description, "--forward", "kernel",
+            let refused = try lab.runToEnd(host, "second-chance", ["run", "--queue", "7", "--self", address.description, "--forward", "kernel"] + Lab.labPeers + [
                                                                    "--control", lab.controlPath("\(host)-refused")])
             XCTAssertNotEqual(refused.status, 0)
             XCTAssertTrue(refused.output.contains("ip_forward"), "the missing sysctls are named: \(refused.output)")
@@ -296,11 +296,11 @@ final class SecondChanceTests: XCTestCase {
     }
 
     func testSecondDaemonOnTheSameQueueFailsClearlyAndSIGTERMStopsCleanly() throws {
-        let duplicate = try lab.runToEnd("p1", "second-chance", ["run", "--queue", "0", "--self", Lab.p1.description, "--control", lab.controlPath("dup")])
+        let duplicate = try lab.runToEnd("p1", "second-chance", ["run", "--queue", "0", "--self", Lab.p1.description, "--control", lab.controlPath("dup")] + Lab.labPeers)
         XCTAssertNotEqual(duplicate.status, 0)
         XCTAssertTrue(duplicate.output.contains("already bound by another process"), duplicate.output)
 
-        let spare = try lab.start("p1", "second-chance", ["run", "--queue", "7", "--self", Lab.p1.description, "--control", lab.controlPath("spare")])
+        let spare = try lab.start("p1", "second-chance", ["run", "--queue", "7", "--self", Lab.p1.description, "--control", lab.controlPath("spare")] + Lab.labPeers)
         try lab.waitFor("the spare daemon") { FileManager.default.fileExists(atPath: lab.controlPath("spare")) }
         spare.terminate()
         spare.waitUntilExit()
@@ -314,7 +314,7 @@ final class SecondChanceTests: XCTestCase {
         let sources = (21...28).map { IPv4Address("198.18.0.\($0)")! }
         for source in sources { try Lab.shell("ip -n \(lab.namespace("c")) addr add \(source)/24 dev eth0") }
         try Lab.shell("ip netns exec \(lab.namespace("p2")) iptables -t raw -I PREROUTING -p udp --dport 19523 -s 198.18.0.16/28 -j NFQUEUE --queue-balance 3:4")
-        try lab.start("p2", "second-chance", ["run", "--queue", "3", "--queue", "4", "--self", Lab.p2.description,
+        try lab.start("p2", "second-chance", ["run", "--queue", "3", "--queue", "4", "--self", Lab.p2.description] + Lab.labPeers + [
                                               "--control", lab.controlPath("balanced"), "--metrics", "\(Lab.p2):9523"])
         try lab.waitFor("the balanced daemon") { FileManager.default.fileExists(atPath: lab.controlPath("balanced")) }
         for (index, source) in sources.enumerated() {
@@ -338,7 +338,7 @@ final class SecondChanceTests: XCTestCase {
         let sources = (21...28).map { IPv4Address("198.18.0.\($0)")! }
         for source in sources { try Lab.shell("ip -n \(lab.namespace("c")) addr add \(source)/24 dev eth0") }
         try Lab.shell("ip netns exec \(lab.namespace("p2")) iptables -t raw -I PREROUTING -p udp --dport 19523 -s 198.18.0.16/28 -j NFQUEUE --queue-balance 3:4")
-        try lab.start("p2", "second-chance", ["run", "--queue", "3", "--queue", "4", "--self", Lab.p2.description, "--negative-cache-ms", "60000",
+        try lab.start("p2", "second-chance", ["run", "--queue", "3", "--queue", "4", "--self", Lab.p2.description] + Lab.labPeers + ["--negative-cache-ms", "60000",
                                               "--control", lab.controlPath("balanced"), "--metrics", "\(Lab.p2):9523"])
         try lab.waitFor("the balanced daemon") { FileManager.default.fileExists(atPath: lab.controlPath("balanced")) }
         func queueTotals() throws -> [String] {
@@ -388,11 +388,14 @@ final class SecondChanceTests: XCTestCase {
             return (listener, fd, accept(listener, nil, nil))
         }
         defer { close(listener); close(clientFD); close(serverFD) }
+        // The connection outlives its client address; without it the client is no longer this
+        // host, which second-chance requires of the source of anything it delivers.
+        try Lab.shell("ip -n \(pod) addr del 198.18.9.1/32 dev lo")
 
         let source = IPv4Address("198.18.0.31")!
         try Lab.shell("ip -n \(lab.namespace("c")) addr add \(source)/24 dev eth0")
         try Lab.shell("ip netns exec \(lab.namespace("p1")) iptables -t raw -I PREROUTING -p udp --dport 19523 -s \(source) -j NFQUEUE --queue-num 5")
-        try lab.start("p1", "second-chance", ["run", "--queue", "5", "--self", Lab.p1.description, "--control", lab.controlPath("pod"), "--netns", pod])
+        try lab.start("p1", "second-chance", ["run", "--queue", "5", "--self", Lab.p1.description, "--control", lab.controlPath("pod"), "--netns", pod] + Lab.labPeers)
         try lab.waitFor("the --netns daemon") { FileManager.default.fileExists(atPath: lab.controlPath("pod")) }
 
         let ack = PacketBuilder.tcp(source: .v4(IPv4Address("198.18.9.1")!), sourcePort: 45000, destination: .v4(IPv4Address("198.18.9.10")!),
@@ -406,9 +409,12 @@ final class SecondChanceTests: XCTestCase {
     }
 
     func testDoctorPassesOnAProxyAndExplainsWhatIsMissingElsewhere() throws {
-        let (status, report) = try lab.runToEnd("p1", "second-chance", ["doctor"])
+        let (status, report) = try lab.runToEnd("p1", "second-chance", ["doctor", "--allow-source", "198.18.0.2,198.18.0.11"])
         XCTAssertEqual(status, 0, report)
-        XCTAssertTrue(report.contains("[ ok ] iptables: -A PREROUTING -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass"), report)
+        XCTAssertTrue(report.contains("[ ok ] iptables: -A PREROUTING -s 198.18.0.0/24 -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass"), report)
+        XCTAssertTrue(report.contains("[ ok ] --allow-source: 198.18.0.2/32, 198.18.0.11/32"), report)
+        XCTAssertFalse(report.contains("takes GUE from every host"), report)
+        XCTAssertFalse(report.contains("is not dropped"), report)
         XCTAssertTrue(report.contains("[ ok ] sock_diag"), report)
         XCTAssertTrue(report.contains("SYN cookies"), report)
 
@@ -416,8 +422,14 @@ final class SecondChanceTests: XCTestCase {
         let (clientStatus, advice) = try lab.runToEnd("c", "second-chance", ["doctor"])
         XCTAssertEqual(clientStatus, 1, advice)
         XCTAssertTrue(advice.contains("[FAIL] iptables: no raw PREROUTING NFQUEUE rule for UDP 19523"), advice)
-        XCTAssertTrue(advice.contains("fix: iptables -t raw -A PREROUTING -p udp --dport 19523 -j NFQUEUE"), advice)
+        XCTAssertTrue(advice.contains("fix: iptables -t raw -A PREROUTING -s PEERS -p udp --dport 19523 -j NFQUEUE"), advice)
         XCTAssertTrue(advice.contains("[warn] rp_filter"), advice)
         XCTAssertTrue(advice.contains("[warn] tcp_syncookies"), advice)
+
+        // A rule that hears every host, and a daemon told to hear every host, are both named.
+        try Lab.shell("ip netns exec \(lab.namespace("c")) iptables -t raw -A PREROUTING -p udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass")
+        let (_, open) = try lab.runToEnd("c", "second-chance", ["doctor", "--allow-source", "0.0.0.0/0"])
+        XCTAssertTrue(open.contains("[warn] iptables: the NFQUEUE rule takes GUE from every host"), open)
+        XCTAssertTrue(open.contains("[warn] --allow-source: 0.0.0.0/0"), open)
     }
 }

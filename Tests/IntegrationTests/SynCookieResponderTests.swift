@@ -205,6 +205,38 @@ final class SynCookieResponderTests: XCTestCase {
         XCTAssertEqual(windows.client.0, windows.server.1)
     }
 
+    /// A SYN-ACK's source is its SYN's destination: a wildcard listener the responder serves must
+    /// never make it answer for an address this host does not own.
+    func testAWildcardListenerNeverMakesTheResponderAnswerForAForeignAddress() throws {
+        try listen(.v4(IPv4Address(0)))
+        try startSecondChance(["--cookie-pass-ms", "60000"])
+        try flood(400)
+        try waitUntilActive("0.0.0.0:\(Self.port)")
+        let capture = try lab.inside("d") { try Capture(protocol: Int32(IPPROTO_TCP)) }
+        let before = try lab.stats("p1")
+        func synAck(from source: IPv4Address, port: UInt16) -> [UInt8]? {
+            capture.first(within: 2) { packet in
+                guard let tcp = packet.ipv4TCP else { return false }
+                return tcp.0 == source && tcp.3 == port && tcp.4.contains([.syn, .ack])
+            }
+        }
+        // For the client's address, which P1 does not own: refused before the responder sees it.
+        let foreign = PacketBuilder.tcp(source: .v4(Lab.director), sourcePort: 42000, destination: .v4(Lab.client),
+                                        destinationPort: Self.port, flags: .syn, sequence: 77)
+        try sendGUE(lab, sourcePort: 31001, to: Lab.p1, inner: foreign, hops: [])
+        try lab.waitFor("the foreign SYN to be refused") {
+            try lab.stats("p1")["dropped_not_local_destination"] == before["dropped_not_local_destination"]! + 1
+        }
+        XCTAssertNil(synAck(from: Lab.client, port: 42000), "a SYN-ACK left P1 with a source it does not own")
+        XCTAssertEqual(try lab.stats("p1")["cookies_sent"], before["cookies_sent"])
+        // The same listener still gets its SYNs for the VIP answered.
+        let local = PacketBuilder.tcp(source: .v4(Lab.director), sourcePort: 42001, destination: .v4(Lab.vip),
+                                      destinationPort: Self.port, flags: .syn, sequence: 78)
+        try sendGUE(lab, sourcePort: 31002, to: Lab.p1, inner: local, hops: [])
+        XCTAssertNotNil(synAck(from: Lab.vip, port: 42001), "the VIP's SYN was answered")
+        XCTAssertEqual(try lab.stats("p1")["cookies_sent"], before["cookies_sent"]! + 1)
+    }
+
     func testInvalidCookieACKIsForwardedNotTaken() throws {
         try listen(.v4(Lab.vip))
         try startSecondChance()

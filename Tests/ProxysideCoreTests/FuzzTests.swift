@@ -34,7 +34,7 @@ final class FuzzTests: XCTestCase {
 
     func testMutatedPacketsNeverCrashTheDecision() {
         var random = SystemRandomNumberGenerator()
-        let decider = Decider(selfAddress: p1)
+        let decider = p1Decider
         var ownership = AnswerEverything(state: 42)
         let seeds = seeds()
         var outcomes: [String: Int] = [:]
@@ -73,7 +73,7 @@ final class FuzzTests: XCTestCase {
             outcomes["\(decision.verdict)".prefix { $0 != "(" }.description, default: 0] += 1
         }
         // The mutations reach every kind of outcome, so the fuzzing is not stuck at the first check.
-        for kind in ["local", "forward", "drop"] { XCTAssertGreaterThan(outcomes[kind] ?? 0, iterations / 100, kind) }
+        for kind in ["local", "forward", "drop", "refuse"] { XCTAssertGreaterThan(outcomes[kind] ?? 0, iterations / 100, kind) }
     }
 }
 
@@ -136,9 +136,18 @@ final class CacheAndTableTests: XCTestCase {
     func testCounterNamesAreDistinctAndIndexed() {
         XCTAssertEqual(Set(CounterName.all.map(\.index)).count, CounterName.count)
         XCTAssertEqual(CounterName.all.map(\.index), Array(0..<CounterName.count))
-        let text = CounterReport.prometheus([UInt64](repeating: 3, count: CounterName.count), queueTotals: [(0, 7)])
+        let text = CounterReport.prometheus([UInt64](repeating: 3, count: CounterName.count), queues: [QueueReport(queue: 0, packets: 7, receiveErrors: 2,
+                                                                                                       kernel: KernelQueueStatistics(waiting: 1, queueDropped: 4, userDropped: 5))])
         XCTAssertTrue(text.contains("second_chance_packets_dropped_total{reason=\"gue_hlen\"} 3"))
         XCTAssertTrue(text.contains("second_chance_queue_packets_total{queue=\"0\"} 7"))
+        XCTAssertTrue(text.contains("second_chance_queue_receive_errors_total{queue=\"0\"} 2"))
+        XCTAssertTrue(text.contains("second_chance_queue_kernel_dropped_total{queue=\"0\"} 4"))
+        XCTAssertTrue(text.contains("second_chance_queue_user_dropped_total{queue=\"0\"} 5"))
+        XCTAssertTrue(text.contains("second_chance_queue_waiting{queue=\"0\"} 1"))
+        XCTAssertTrue(text.contains("second_chance_packets_dropped_total{reason=\"untrusted_source\"} 3"))
+        let lines = CounterReport.text([UInt64](repeating: 1, count: CounterName.count))
+        XCTAssertTrue(lines.contains("dropped_untrusted_hop: 1\n"))
+        XCTAssertTrue(lines.contains("dropped_not_local_destination: 1\n"))
         XCTAssertTrue(CounterReport.text([UInt64](repeating: 1, count: CounterName.count)).contains("dropped_malformed: \(DropReason.allCases.count)"))
     }
 }

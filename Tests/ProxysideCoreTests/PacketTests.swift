@@ -8,6 +8,11 @@ let p2 = IPv4Address("198.18.0.12")!
 let vip = IPv4Address("198.19.0.10")!
 let client6 = IPv6Address("2001:2::1")!
 let vip6 = IPv6Address("2001:2:0:ff::10")!
+/// The lab's peers (directors and proxies) and P1's addresses, as the daemon would see them.
+let labPeers = PeerPolicy(sources: [IPv4Prefix("198.18.0.0/24")!])
+let p1Addresses = LocalAddresses(ipv4: [p1, vip, IPv4Address("127.0.0.1")!], ipv6: [vip6, IPv6Address("::1")!, IPv6Address("2001:2::11")!],
+                                 broadcast: [IPv4Address("198.18.0.255")!])
+let p1Decider = Decider(selfAddress: p1, peers: labPeers, local: p1Addresses)
 
 func tcp4(_ flags: TCPFlags, port: UInt16 = 40000, payload: [UInt8] = []) -> [UInt8] {
     PacketBuilder.tcp(source: .v4(client), sourcePort: port, destination: .v4(vip), destinationPort: 80, flags: flags,
@@ -201,7 +206,7 @@ struct TableOwnership: FlowOwnership {
 }
 
 final class DecisionTests: XCTestCase {
-    let decider = Decider(selfAddress: p1)
+    let decider = p1Decider
     let flow = FlowKey(source: client, sourcePort: 40000, destination: vip, destinationPort: 80)
 
     func decide(_ packet: [UInt8], _ ownership: inout TableOwnership) -> Verdict {

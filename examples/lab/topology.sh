@@ -6,6 +6,8 @@
 #   VIP 198.19.0.10 and 2001:2:0:ff::10 on P1's and P2's lo; C reaches the VIPs through D.
 #   The links behind the client carry 1600-byte frames, as a GLB network must: a full-size client
 #   segment grows by 40 bytes of IPv4, UDP and GUE on its way from the director to a proxy.
+#   GUE is queued to second-chance only from LAB_PEERS (default: D, P1 and P2), the rest of UDP
+#   19523 is dropped, as examples/iptables/rules.v4 does on a real proxy.
 #   Spoofed SYN-flood sources 198.18.200.0/24 and 2001:2:0:200::/64: the proxies route replies to
 #   them to a gateway whose MAC no namespace owns, so they die on the bridge's sink port (no RST
 #   comes back, no host processes them).
@@ -17,6 +19,7 @@ declare -A v4=([c]=198.18.0.1 [d]=198.18.0.2 [p1]=198.18.0.11 [p2]=198.18.0.12)
 declare -A v6=([c]=2001:2::1 [d]=2001:2::2 [p1]=2001:2::11 [p2]=2001:2::12)
 VIP=198.19.0.10
 VIP6=2001:2:0:ff::10
+peers=${LAB_PEERS:-198.18.0.2,198.18.0.11,198.18.0.12}
 
 down() {
     for h in "${hosts[@]}" sw; do ip netns del "${prefix}-$h" 2>/dev/null || true; done
@@ -57,7 +60,8 @@ for p in p1 p2; do
     ns="${prefix}-$p"
     ip -n "$ns" addr add "$VIP/32" dev lo
     ip -n "$ns" addr add "$VIP6/128" dev lo
-    ip netns exec "$ns" iptables -t raw -A PREROUTING -p udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass
+    ip netns exec "$ns" iptables -t raw -A PREROUTING -s "$peers" -p udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass
+    ip netns exec "$ns" iptables -t raw -A PREROUTING -p udp --dport 19523 -j DROP
     ip -n "$ns" neigh add 198.18.0.254 lladdr 02:00:00:00:00:fe dev eth0 nud permanent
     ip -n "$ns" route add 198.18.200.0/24 via 198.18.0.254
     ip -n "$ns" -6 neigh add 2001:2::fe lladdr 02:00:00:00:00:fe dev eth0 nud permanent

@@ -1,0 +1,140 @@
+/// An IPv4 prefix, as an operator writes it: `198.18.0.0/24`, or a bare address for a /32.
+public struct IPv4Prefix: Hashable, Sendable, CustomStringConvertible {
+    public let network: IPv4Address
+    public let length: UInt8
+
+    /// Refuses host bits outside the prefix: `198.18.0.5/24` is more likely a typo than a wish.
+    public init?(_ text: some StringProtocol) {
+        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
+        guard (1...2).contains(parts.count), let address = IPv4Address(parts[0]) else { return nil }
+        var length: UInt8 = 32
+        if parts.count == 2 {
+            guard (1...2).contains(parts[1].count), parts[1].allSatisfy(\.isASCII), let parsed = UInt8(parts[1]), parsed <= 32
+            else { return nil }
+            length = parsed
+        }
+        guard address.value & ~Self.mask(length) == 0 else { return nil }
+        (network, self.length) = (address, length)
+    }
+
+    public init(network: IPv4Address, length: UInt8) {
+        precondition(length <= 32)
+        self.network = IPv4Address(network.value & Self.mask(length))
+        self.length = length
+    }
+
+    static func mask(_ length: UInt8) -> UInt32 { length == 0 ? 0 : UInt32.max << (32 - UInt32(length)) }
+
+    public var mask: UInt32 { Self.mask(length) }
+
+    @inline(__always)
+    public func contains(_ address: IPv4Address) -> Bool { address.value & mask == network.value }
+
+    public var description: String { "\(network)/\(length)" }
+
+    public static let everything = IPv4Prefix(network: IPv4Address(0), length: 0)
+}
+
+/// A few prefixes, matched in order: operators list a handful of peer ranges, not a routing table.
+public struct IPv4PrefixSet: Sendable, Equatable {
+    public let prefixes: [IPv4Prefix]
+    /// (network, mask) pairs for the per-packet match.
+    private let entries: [(UInt32, UInt32)]
+
+    public init(_ prefixes: [IPv4Prefix]) {
+        self.prefixes = prefixes
+        entries = prefixes.map { ($0.network.value, $0.mask) }
+    }
+
+    @inline(__always)
+    public func contains(_ address: IPv4Address) -> Bool {
+        for (network, mask) in entries where address.value & mask == network { return true }
+        return false
+    }
+
+    public var containsEverything: Bool { prefixes.contains { $0.length == 0 } }
+
+    public static func == (a: IPv4PrefixSet, b: IPv4PrefixSet) -> Bool { a.prefixes == b.prefixes }
+}
+
+/// Who is heard and who may be a hop: the operator's list of GLB peers.
+public struct PeerPolicy: Sendable, Equatable {
+    /// Outer sources whose GUE is read at all: the directors and the proxies.
+    public var sources: IPv4PrefixSet
+    /// Next hops a packet may be forwarded to: the proxies.
+    public var hops: IPv4PrefixSet
+    /// More hops than this is no packet a director sends (glb-director sends 1 or 3).
+    public var maximumHops: UInt8
+
+    public static let defaultMaximumHops: UInt8 = 4
+
+    public init(sources: [IPv4Prefix], hops: [IPv4Prefix]? = nil, maximumHops: UInt8 = PeerPolicy.defaultMaximumHops) {
+        self.sources = IPv4PrefixSet(sources)
+        self.hops = IPv4PrefixSet(hops ?? sources)
+        self.maximumHops = maximumHops
+    }
+
+    /// Addresses no packet is ever forwarded to, whatever the allowed hops say: "this network"
+    /// (0/8), loopback (127/8), multicast (224/4) and the reserved range with the limited
+    /// broadcast address (240/4).
+    @inline(__always)
+    public static func isForbiddenHop(_ address: IPv4Address) -> Bool {
+        let first = address.value >> 24
+        return first == 0 || first == 127 || first >= 224
+    }
+}
+
+/// The addresses this host answers for: interface addresses and VIPs on `lo`, kept current from
+/// rtnetlink. A decapsulated packet is delivered only to one of them.
+public struct LocalAddresses: Sendable, Equatable {
+    public var ipv4: Set<IPv4Address>
+    public var ipv6: Set<IPv6Address>
+    /// Directed broadcast addresses of this host's IPv4 subnets: never a hop.
+    public var broadcast: Set<IPv4Address>
+
+    public init(ipv4: Set<IPv4Address> = [], ipv6: Set<IPv6Address> = [], broadcast: Set<IPv4Address> = []) {
+        self.ipv4 = ipv4
+        self.ipv6 = ipv6
+        self.broadcast = broadcast
+    }
+
+    public static let none = LocalAddresses()
+
+    public mutating func formUnion(_ other: LocalAddresses) {
+        ipv4.formUnion(other.ipv4)
+        ipv6.formUnion(other.ipv6)
+        broadcast.formUnion(other.broadcast)
+    }
+
+    /// Whether a packet from outside may be delivered to `address` here. Loopback and IPv6
+    /// link-local addresses are this host's too, but nothing from the network may reach them: a
+    /// decapsulated packet must not reach services that trust `lo` (the kernel calls such a
+    /// destination martian).
+    @inline(__always)
+    public func accepts(destination address: IPv4Address) -> Bool {
+        address.value >> 24 != 127 && ipv4.contains(address)
+    }
+
+    @inline(__always)
+    public func accepts(destination address: IPv6Address) -> Bool {
+        !Self.isLoopbackOrLinkLocal(address) && ipv6.contains(address)
+    }
+
+    /// Whether `address` may stand as the source of a packet delivered here: never loopback,
+    /// multicast or this host's own (an inner IPv6 packet reaches the stack through `lo`, where such
+    /// a source would look like this host talking to itself).
+    @inline(__always)
+    public func isMartianSource(_ address: IPv4Address) -> Bool {
+        let first = address.value >> 24
+        return first == 0 || first == 127 || first >= 224 || ipv4.contains(address)
+    }
+
+    @inline(__always)
+    public func isMartianSource(_ address: IPv6Address) -> Bool {
+        (address.high == 0 && address.low <= 1) || address.high >> 56 == 0xff || ipv6.contains(address)
+    }
+
+    static func isLoopbackOrLinkLocal(_ address: IPv6Address) -> Bool {
+        (address.high == 0 && address.low == 1) || address.high >> 54 == 0x3fa  // ::1, fe80::/10
+    }
+}

@@ -1,0 +1,47 @@
+/// What the kernel says about one NFQUEUE queue (/proc/net/netfilter/nfnetlink_queue): the only
+/// place where packets lost before second-chance read them are counted.
+public struct KernelQueueStatistics: Equatable, Sendable {
+    /// Packets queued now, waiting for a verdict.
+    public var waiting: UInt64
+    /// Dropped (or, with --fail-open, accepted unread) because the queue held --queue-maxlen packets.
+    public var queueDropped: UInt64
+    /// Dropped because the netlink socket's receive buffer was full.
+    public var userDropped: UInt64
+
+    public init(waiting: UInt64, queueDropped: UInt64, userDropped: UInt64) {
+        self.waiting = waiting
+        self.queueDropped = queueDropped
+        self.userDropped = userDropped
+    }
+
+    /// Parses the file's lines: `queue portid waiting copy_mode copy_range queue_dropped
+    /// user_dropped id_sequence 1`. Lines that do not have that shape are skipped.
+    public static func parse(_ text: some StringProtocol) -> [UInt16: KernelQueueStatistics] {
+        var out: [UInt16: KernelQueueStatistics] = [:]
+        for line in text.split(separator: "\n") {
+            let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            guard fields.count >= 7, let queue = UInt16(fields[0]), let waiting = UInt64(fields[2]),
+                let queueDropped = UInt64(fields[5]), let userDropped = UInt64(fields[6])
+            else { continue }
+            out[queue] = KernelQueueStatistics(waiting: waiting, queueDropped: queueDropped, userDropped: userDropped)
+        }
+        return out
+    }
+}
+
+/// One queue's line in the report: what its thread counted and what the kernel counted.
+public struct QueueReport: Sendable {
+    public var queue: UInt16
+    public var packets: UInt64
+    /// Reads that failed or returned messages that were not packets.
+    public var receiveErrors: UInt64
+    /// Absent when the kernel's table could not be read or does not list the queue.
+    public var kernel: KernelQueueStatistics?
+
+    public init(queue: UInt16, packets: UInt64, receiveErrors: UInt64, kernel: KernelQueueStatistics?) {
+        self.queue = queue
+        self.packets = packets
+        self.receiveErrors = receiveErrors
+        self.kernel = kernel
+    }
+}
