@@ -7,7 +7,8 @@
 #   scripts/bench.sh [COUNT]
 # ROUNDS (default 5) rounds per stream, medians reported. STREAMS="forward forward-kernel" runs
 # some streams only; SECOND_CHANCE_ARGS adds flags to second-chance's run
-# (for instance "--negative-cache-ms 0").
+# (for instance "--negative-cache-ms 0"). PREVIOUS=/path/to/an/earlier/second-chance adds that build
+# to every round (run without the --allow-source flags, which it may not know), and its ratio.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 count=${1:-500000}
@@ -27,6 +28,11 @@ sleep 0.3
 ip netns exec "$P" "$bin/glb-lab" clients --target "$VIP:80" --source 198.18.0.50 --first-port 20000 \
     --connections 64 --seconds 600 --interval-ms 600000 >/dev/null 2>&1 & pids+=($!)
 sleep 0.5
+# The connections outlive their client address: without it their client is no longer this host, as a
+# real client is not (second-chance delivers nothing from one of the host's own addresses). The
+# kernel's answers to the stream's ACKs go to the bridge's sink.
+ip -n "$P" addr del 198.18.0.50/32 dev lo
+ip -n "$P" route add 198.18.0.50/32 via 198.18.0.254
 
 # The receiver under test (the baseline loop or second-chance) has CPU 0 to itself; the sender, its
 # softirq work and the counter watcher run on the last CPU, so neither competes with the other.
@@ -51,14 +57,16 @@ run_baseline() {
 }
 
 # One second-chance run of a stream: prints its packets/s; its counters go to $work/stats.STREAM.
+# A second argument names another build to run instead (the previous one: no peer flags).
 run_second_chance() {
-    local stream=$1 extra=()
+    local stream=$1 program=${2:-$bin/second-chance} extra=()
+    if [ -z "${2:-}" ]; then extra=("${lab_peers[@]}" --allow-source 198.18.0.1); fi
     if [ "$stream" = forward-kernel ]; then
         ip netns exec "$P" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.eth0.accept_local=1 net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.eth0.send_redirects=0
-        extra=(--forward kernel)
+        extra+=(--forward kernel)
     fi
     ip netns exec "$prefix-p2" iptables -t raw -Z PREROUTING
-    taskset -c "$receiver_cpu" ip netns exec "$P" "$bin/second-chance" run --queue 0 --self 198.18.0.11 "${lab_peers[@]}" --allow-source 198.18.0.1 --control "$work/sc.sock" "${extra[@]}" ${SECOND_CHANCE_ARGS:-} 2>"$work/sc.log" & sc=$!
+    taskset -c "$receiver_cpu" ip netns exec "$P" "$program" run --queue 0 --self 198.18.0.11 --control "$work/sc.sock" "${extra[@]}" ${SECOND_CHANCE_ARGS:-} 2>"$work/sc.log" & sc=$!
     for _ in $(seq 100); do [ -S "$work/sc.sock" ] && break; sleep 0.05; done
     taskset -c "$sender_cpu" "$bin/glb-lab" watch --control "$work/sc.sock" --idle-ms 1000 > "$work/watch" & watcher=$!
     sleep 0.2
@@ -78,14 +86,22 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{ v[NR] = $1 } END { prin
 # payload. Each round runs the three receivers one after the other; the row shows the medians.
 rounds=${ROUNDS:-5}
 echo "$rounds rounds per stream: medians of packets/s and of each round's ratios; every round's ratio second-chance/baseline"
-printf '%-15s %12s %15s %15s %8s %8s\n' stream baseline/s baseline+decap/s second-chance/s ratio ratio-decap
+printf '%-15s %12s %15s %15s %8s %8s' stream baseline/s baseline+decap/s second-chance/s ratio ratio-decap
+[ -n "${PREVIOUS:-}" ] && printf ' %12s %12s' previous/s vs-previous
+echo
 for stream in ${STREAMS:-syn established forward forward-kernel}; do
-    baselines="" decaps="" ours_all="" sents="" per_round="" ratios="" decap_ratios=""
+    baselines="" decaps="" ours_all="" sents="" per_round="" ratios="" decap_ratios="" previous_all="" previous_ratios=""
     for round in $(seq "$rounds"); do
         baseline=$(run_baseline "$stream" plain)
         decap=$(run_baseline "$stream" decap)
+        # The previous build first: the counters and sender figures shown are this build's.
+        [ -n "${PREVIOUS:-}" ] && previous=$(run_second_chance "$stream" "$PREVIOUS")
         ours=$(run_second_chance "$stream")
         sent=$(sed -n 's/.*rate=\([0-9]*\).*/\1/p' "$work/sent")
+        if [ -n "${PREVIOUS:-}" ]; then
+            previous_all+=" $previous"
+            previous_ratios+=" $(awk -v a="$ours" -v b="$previous" 'BEGIN { printf "%d", (b > 0 ? 1000 * a / b : 0) }')"
+        fi
         baselines+=" $baseline" decaps+=" $decap" ours_all+=" $ours" sents+=" $sent"
         # Marked * when second-chance kept up with its sender: that figure is a floor, not its ceiling.
         per_round+=" $(awk -v a="$ours" -v b="$baseline" -v s="$sent" 'BEGIN { printf "%.2f%s", (b > 0 ? a / b : 0), (a >= 0.98 * s ? "*" : "") }')"
@@ -96,7 +112,11 @@ for stream in ${STREAMS:-syn established forward forward-kernel}; do
     # The ratios are the medians of each round's ratio (each round's receivers met the same sender).
     ratio=$(echo "$ratios" | median | awk '{ printf "%.2f", $1 / 1000 }')
     ratio_decap=$(echo "$decap_ratios" | median | awk '{ printf "%.2f", $1 / 1000 }')
-    printf '%-15s %12s %15s %15s %8s %8s\n' "$stream" "$baseline" "$decap" "$ours" "${ratio}x" "${ratio_decap}x"
+    printf '%-15s %12s %15s %15s %8s %8s' "$stream" "$baseline" "$decap" "$ours" "${ratio}x" "${ratio_decap}x"
+    if [ -n "${PREVIOUS:-}" ]; then
+        printf ' %12s %11sx' "$(echo "$previous_all" | median)" "$(echo "$previous_ratios" | median | awk '{ printf "%.2f", $1 / 1000 }')"
+    fi
+    echo
     echo "                rounds:${per_round} (* sender-bound); sent/s:${sents}"
     grep -E "^(accepted_syn|accepted_established|forwarded|socket_lookups|socket_lookup_cache_hits|p2_received):" "$work/stats.$stream" | tr '\n' ' ' | sed 's/^/                last round: /'
     echo

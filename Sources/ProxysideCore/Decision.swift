@@ -193,9 +193,9 @@ public struct Decider: Sendable {
 
         guard gue.nextHop < gue.hopCount else { return .local(.lastResort) }
         let hop = gue.hop(Int(gue.nextHop), in: packet)
-        guard !PeerPolicy.isForbiddenHop(hop), !local.broadcast.contains(hop) else { return .refuse(.untrustedHop) }
+        guard !PeerPolicy.isForbiddenHop(hop), !local.isBroadcast(hop) else { return .refuse(.untrustedHop) }
         // Defensive, as glb-redirect: never send a packet to ourselves, under any of our addresses.
-        if hop == selfAddress || hop == gue.outerDestination || local.ipv4.contains(hop) { return .local(.forwardedToSelf) }
+        if hop == selfAddress || hop == gue.outerDestination || local.owns(hop) { return .local(.forwardedToSelf) }
         return peers.hops.contains(hop) ? .forward(to: hop) : .refuse(.untrustedHop)
     }
 }

@@ -158,7 +158,9 @@ public final class SecondChanceWorker: @unchecked Sendable {
     public func decideBatch(_ packets: UnsafeBufferPointer<NetfilterQueue.QueuedPacket>, _ actions: inout [NetfilterQueue.Action]) {
         let now = MonotonicClock.nanoseconds()
         ownership.now = now
-        if addresses.generation != addressGeneration { (addressGeneration, decider.local) = addresses.snapshot() }
+        if addresses.generation != addressGeneration { (addressGeneration, self.decider.local) = addresses.snapshot() }
+        // One copy of the decider per batch: the loops below read it without an access check per packet.
+        let decider = self.decider
         parsed.removeAll(keepingCapacity: true)
         pending.removeAll(keepingCapacity: true)
         pendingEpochs.removeAll(keepingCapacity: true)
@@ -192,7 +194,9 @@ public final class SecondChanceWorker: @unchecked Sendable {
             }
         }
         ownership.responder?.prepare(packets, parsed, now: now, sender: sender, decider: decider)
-        for (index, (packet, result)) in zip(packets, parsed).enumerated() { actions.append(carryOut(packet.payload, result, index: index)) }
+        for (index, (packet, result)) in zip(packets, parsed).enumerated() {
+            actions.append(carryOut(packet.payload, result, index: index, decider: decider))
+        }
         ownership.prefetched.removeAll(keepingCapacity: true)
         flushForwards()
     }
@@ -208,7 +212,7 @@ public final class SecondChanceWorker: @unchecked Sendable {
 
     /// Decides one parsed packet and carries the decision out.
     @inline(__always)
-    func carryOut(_ packet: UnsafeMutableRawBufferPointer, _ parsed: Decider.Parsed, index: Int) -> NetfilterQueue.Action {
+    func carryOut(_ packet: UnsafeMutableRawBufferPointer, _ parsed: Decider.Parsed, index: Int, decider: Decider) -> NetfilterQueue.Action {
         counters.add(.total)
         let decision: Decision
         switch parsed {
