@@ -21,10 +21,8 @@ public enum FouStatus: Equatable, CustomStringConvertible {
     }
 
     public static func query(port: UInt16, namespace: NetworkNamespace? = nil) throws -> FouStatus {
-        let opened: OpaquePointer? = try namespace.run { mnl_socket_open(NETLINK_GENERIC) }
-        guard let socket = opened else { throw SystemError("socket(NETLINK_GENERIC)") }
+        let socket = try Netlink.open(NETLINK_GENERIC, name: "NETLINK_GENERIC", namespace: namespace)
         defer { mnl_socket_close(socket) }
-        guard mnl_socket_bind(socket, 0, pid_t(MNL_SOCKET_AUTOPID)) == 0 else { throw SystemError("bind(NETLINK_GENERIC)") }
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: 16384, alignment: 16)
         defer { buffer.deallocate() }
 

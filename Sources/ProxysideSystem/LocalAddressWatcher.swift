@@ -49,12 +49,9 @@ public final class LocalAddressWatcher: @unchecked Sendable {
         do {
             for namespace in namespaces {
                 // Subscribe before the first dump, so no change falls between the two.
-                guard let socket: OpaquePointer = try namespace.run({ mnl_socket_open(NETLINK_ROUTE) }) else {
-                    throw SystemError("socket(NETLINK_ROUTE)")
-                }
+                let socket = try Netlink.open(NETLINK_ROUTE, name: "NETLINK_ROUTE", groups: UInt32(RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR),
+                                              namespace: namespace)
                 opened.append(socket)
-                let groups = UInt32(RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
-                guard mnl_socket_bind(socket, groups, pid_t(MNL_SOCKET_AUTOPID)) == 0 else { throw SystemError("bind(NETLINK_ROUTE)") }
                 let fd = mnl_socket_get_fd(socket)
                 _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
             }
@@ -108,11 +105,8 @@ public final class LocalAddressWatcher: @unchecked Sendable {
 
     /// Every address of a namespace (RTM_GETADDR dump), as `ip addr` lists them.
     public static func dump(namespace: NetworkNamespace? = nil) throws -> LocalAddresses {
-        guard let socket: OpaquePointer = try namespace.run({ mnl_socket_open(NETLINK_ROUTE) }) else {
-            throw SystemError("socket(NETLINK_ROUTE)")
-        }
+        let socket = try Netlink.open(NETLINK_ROUTE, name: "NETLINK_ROUTE", namespace: namespace)
         defer { mnl_socket_close(socket) }
-        guard mnl_socket_bind(socket, 0, pid_t(MNL_SOCKET_AUTOPID)) == 0 else { throw SystemError("bind(NETLINK_ROUTE)") }
         let size = 32768
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 16)
         defer { buffer.deallocate() }

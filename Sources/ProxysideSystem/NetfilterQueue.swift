@@ -42,18 +42,13 @@ public final class NetfilterQueue {
     /// unread instead of dropping them (NFQA_CFG_F_FAIL_OPEN).
     public init(number: UInt16, maximumQueueLength: UInt32 = 8192, failOpen: Bool = false, socketBufferBytes: Int32 = 16 << 20) throws {
         self.number = number
-        guard let socket = mnl_socket_open(NETLINK_NETFILTER) else { throw SystemError("socket(NETLINK_NETFILTER)") }
+        let socket = try Netlink.open(NETLINK_NETFILTER, name: "NETLINK_NETFILTER")
         self.socket = socket
         receiveBufferSize = Int(Self.copyRange) + netlinkBufferSize
         receiveSlots = .allocate(byteCount: receiveBufferSize * Self.maximumBatch, alignment: 16)
         batch.reserveCapacity(Self.maximumBatch)
         actions.reserveCapacity(Self.maximumBatch)
         verdictBuffer = .allocate(byteCount: verdictBufferSize, alignment: 16)
-        guard mnl_socket_bind(socket, 0, pid_t(MNL_SOCKET_AUTOPID)) == 0 else {
-            let error = SystemError("bind(NETLINK_NETFILTER)")
-            mnl_socket_close(socket)
-            throw error
-        }
         portID = mnl_socket_get_portid(socket)
 
         let fd = mnl_socket_get_fd(socket)

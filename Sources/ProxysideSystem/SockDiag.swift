@@ -21,14 +21,7 @@ public final class SockDiag {
 
     /// Opens the netlink socket inside `namespace` (when given), so lookups see that namespace's sockets.
     public init(namespace: NetworkNamespace? = nil) throws {
-        let opened: OpaquePointer? = try namespace.run { mnl_socket_open(NETLINK_SOCK_DIAG) }
-        guard let socket = opened else { throw SystemError("socket(NETLINK_SOCK_DIAG)") }
-        guard mnl_socket_bind(socket, 0, pid_t(MNL_SOCKET_AUTOPID)) == 0 else {
-            let error = SystemError("bind(NETLINK_SOCK_DIAG)")
-            mnl_socket_close(socket)
-            throw error
-        }
-        self.socket = socket
+        socket = try Netlink.open(NETLINK_SOCK_DIAG, name: "NETLINK_SOCK_DIAG", namespace: namespace)
         portID = mnl_socket_get_portid(socket)
         buffer = .allocate(byteCount: Self.bufferSize, alignment: 16)
         requestBuffer = .allocate(byteCount: Self.maximumBatch * 128, alignment: 16)
