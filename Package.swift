@@ -47,7 +47,7 @@ let package = Package(
         .executableTarget(name: "nfq-baseline", dependencies: ["CNetfilterQueue", "CMnl"]),
 
         .testTarget(name: "ProxysideCoreTests", dependencies: ["ProxysideCore", "ProxysideSystem"]),
-        .testTarget(name: "BindkeeperCoreTests", dependencies: ["BindkeeperCore"]),
+        .testTarget(name: "BindkeeperCoreTests", dependencies: ["BindkeeperCore", "ProxysideCore"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["ProxysideCore", "ProxysideSystem", "BindkeeperCore", "BindkeeperSystem", "second-chance", "glb-lab", "bindkeeper"],

@@ -116,17 +116,47 @@ public struct BindRequest: Hashable, Sendable {
     }
 
     /// Checks the address for its kind and puts it in canonical form (so 0:0::0 and :: are one key).
+    /// Every way a request arrives (URL, JSON, framed batch, re-exec state, fd-store name) comes
+    /// through here, so whatever is accepted has one spelling and round-trips through all of them.
     public static func validated(kind: Kind, address: String, port: UInt16) -> Result<BindRequest, BindError> {
         if kind == .unix {
-            guard address.hasPrefix("/"), address.utf8.count < 108, !address.utf8.contains(0) else {
-                return .failure(BindError("a Unix socket path must be absolute and shorter than 108 bytes"))
-            }
+            if let problem = unixPathProblem(address) { return .failure(BindError("unix:\(address): \(problem)")) }
             return .success(BindRequest(kind: .unix, address: address, port: 0))
         }
         guard let canonical = canonicalAddress(address) else {
             return .failure(BindError("\(address) is not an IPv4 or IPv6 address literal"))
         }
         return .success(BindRequest(kind: kind, address: canonical, port: port))
+    }
+
+    /// Bytes a Unix socket path may hold: letters, digits and `. _ - + , = @ ~ /`. Enough for any
+    /// sane path, and nothing that a URL, an fd-store name, a metrics label or a log line would
+    /// have to escape (`?`, `&`, `%`, quotes, blanks and control characters are all refused).
+    static func isPathByte(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"): true
+        default: "._-+,=@~/".utf8.contains(byte)
+        }
+    }
+
+    /// Why `path` is not an absolute, canonical Unix socket path, or nil: no empty, `.` or `..`
+    /// components (so no `//` and no trailing `/`), shorter than sun_path.
+    public static func unixPathProblem(_ path: String) -> String? {
+        guard path.hasPrefix("/") else { return "the path must be absolute" }
+        guard path.utf8.count < 108 else { return "the path must be shorter than 108 bytes" }
+        guard path.utf8.allSatisfy(isPathByte) else { return "the path may hold only letters, digits and . _ - + , = @ ~ /" }
+        let components = path.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).dropFirst()
+        guard components.allSatisfy({ !$0.isEmpty && !$0.elementsEqual(".".utf8) && !$0.elementsEqual("..".utf8) }) else {
+            return "the path must be canonical: no empty, '.' or '..' components, no trailing '/'"
+        }
+        return nil
+    }
+
+    /// The directory a Unix socket goes in, and its name there.
+    public var unixLocation: (directory: String, name: String) {
+        let slash = address.lastIndex(of: "/")!
+        let directory = String(address[..<slash])
+        return (directory.isEmpty ? "/" : directory, String(address[address.index(after: slash)...]))
     }
 
     /// Sets one option by its name in URLs and JSON; an error message when it does not apply.
@@ -147,7 +177,10 @@ public struct BindRequest: Hashable, Sendable {
             freebind = flag
         case "mode":
             guard kind == .unix else { return "mode applies to Unix sockets" }
-            guard let number = UInt32(value, radix: 8), number <= 0o7777 else { return "mode is octal, such as 0660" }
+            // Permission bits only: no setuid, setgid or sticky bit on a file root makes for a client.
+            guard value.utf8.count <= 5, let number = UInt32(value, radix: 8), number <= 0o777 else {
+                return "mode is octal permission bits, at most 0777, such as 0660"
+            }
             mode = number
         case "owner", "group":
             guard kind == .unix else { return "\(name) applies to Unix sockets" }

@@ -76,7 +76,14 @@ public struct BrokerState: Equatable, Sendable {
         public var fd: Int32
         public var request: BindRequest
         public var handedOut: UInt64
-        public init(fd: Int32, request: BindRequest, handedOut: UInt64) { self.fd = fd; self.request = request; self.handedOut = handedOut }
+        /// The uid whose request made the socket (counted against its --max-sockets-per-user).
+        public var creator: UInt32?
+        public init(fd: Int32, request: BindRequest, handedOut: UInt64, creator: UInt32? = nil) {
+            self.fd = fd
+            self.request = request
+            self.handedOut = handedOut
+            self.creator = creator
+        }
     }
 
     public struct Client: Equatable, Sendable {
@@ -102,7 +109,11 @@ public struct BrokerState: Equatable, Sendable {
     public func encoded() -> [UInt8] {
         let object: [String: Any] = [
             "control": Int(control),
-            "sockets": sockets.map { ["fd": Int($0.fd), "url": $0.request.url, "handed_out": $0.handedOut] as [String: Any] },
+            "sockets": sockets.map { socket in
+                var entry: [String: Any] = ["fd": Int(socket.fd), "url": socket.request.url, "handed_out": socket.handedOut]
+                if let creator = socket.creator { entry["creator"] = Int(creator) }
+                return entry
+            },
             "clients": clients.map { ["fd": Int($0.fd), "wire": $0.wire.map { $0 == .framed ? "framed" : "multibinder" } ?? "",
                                       "pending": Data($0.pending).base64EncodedString()] as [String: Any] },
         ]
@@ -117,7 +128,8 @@ public struct BrokerState: Equatable, Sendable {
         for socket in sockets {
             guard let fd = socket["fd"] as? Int, let url = socket["url"] as? String,
                   let request = try? BindRequest.parse(url: url).get() else { return .failure(BindError("state: bad socket entry")) }
-            state.sockets.append(Socket(fd: Int32(fd), request: request, handedOut: (socket["handed_out"] as? NSNumber)?.uint64Value ?? 0))
+            state.sockets.append(Socket(fd: Int32(fd), request: request, handedOut: (socket["handed_out"] as? NSNumber)?.uint64Value ?? 0,
+                                        creator: (socket["creator"] as? Int).flatMap { UInt32(exactly: $0) }))
         }
         for client in clients {
             guard let fd = client["fd"] as? Int, let pending = (client["pending"] as? String).flatMap({ Data(base64Encoded: $0) }) else {

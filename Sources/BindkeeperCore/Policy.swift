@@ -9,11 +9,13 @@ import Foundation
 ///       "allow": [
 ///         {"user": "haproxy", "binds": ["tcp://*:80", "tcp://*:443", "tcp://[::]:443"]},
 ///         {"uid": 1000, "binds": ["tcp://127.0.0.1:8000-8999"]},
-///         {"group": "web", "binds": ["unix:/run/web/*"]}
+///         {"group": "web", "binds": ["unix:/run/web/*"], "owners": ["haproxy"], "groups": ["haproxy"]}
 ///       ]
 ///     }
 ///
-/// `control` sets the control socket file's mode and owning group (who may connect at all).
+/// `control` sets the control socket file's mode and owning group (who may connect at all). A Unix
+/// socket's `owner` and `group` may be the requester's own uid and gid; any other needs the rule's
+/// `owners` / `groups` (names or numbers).
 public struct Policy: Equatable, Sendable {
     public enum Subject: Equatable, Sendable {
         case uid(UInt32), gid(UInt32), anyone
@@ -22,6 +24,16 @@ public struct Policy: Equatable, Sendable {
     public struct Rule: Equatable, Sendable {
         public var subject: Subject
         public var patterns: [BindPattern]
+        /// Owners and groups a Unix socket of this rule may be given besides the requester's own.
+        public var owners: Set<UInt32> = []
+        public var groups: Set<UInt32> = []
+
+        public init(subject: Subject, patterns: [BindPattern], owners: Set<UInt32> = [], groups: Set<UInt32> = []) {
+            self.subject = subject
+            self.patterns = patterns
+            self.owners = owners
+            self.groups = groups
+        }
     }
 
     public var rules: [Rule]
@@ -37,18 +49,27 @@ public struct Policy: Equatable, Sendable {
         self.brokerUID = brokerUID
     }
 
-    /// nil when allowed; otherwise why not.
-    public func denial(uid: UInt32, gid: UInt32, request: BindRequest) -> String? {
+    /// nil when allowed; otherwise why not. `owner` and `group` are the request's Unix socket owner
+    /// and group, resolved to numbers (nil when the request names none).
+    public func denial(uid: UInt32, gid: UInt32, request: BindRequest, owner: UInt32? = nil, group: UInt32? = nil) -> String? {
         if uid == 0 || uid == brokerUID { return nil }
+        var ownership: String?
         for rule in rules {
             let applies = switch rule.subject {
             case .uid(let allowed): allowed == uid
             case .gid(let allowed): allowed == gid
             case .anyone: true
             }
-            if applies, rule.patterns.contains(where: { $0.matches(request) }) { return nil }
+            guard applies, rule.patterns.contains(where: { $0.matches(request) }) else { continue }
+            if let owner, owner != uid, !rule.owners.contains(owner) {
+                ownership = "uid \(uid) may not give \(request.key) to owner \(owner)"
+            } else if let group, group != gid, !rule.groups.contains(group) {
+                ownership = "uid \(uid) may not give \(request.key) to group \(group)"
+            } else {
+                return nil
+            }
         }
-        return "uid \(uid) gid \(gid) may not bind \(request.key)"
+        return ownership ?? "uid \(uid) gid \(gid) may not bind \(request.key)"
     }
 
     /// Parses a policy file. Names of users and groups are resolved by `resolveUser`/`resolveGroup`
@@ -91,8 +112,31 @@ public struct Policy: Equatable, Sendable {
             default:
                 return .failure(BindError("policy: allow[\(index)] names exactly one of user, uid, group, gid or \"anyone\": true"))
             }
+            if let unknown = rule.keys.sorted().first(where: { !["user", "uid", "group", "gid", "anyone", "binds", "owners", "groups"].contains($0) }) {
+                return .failure(BindError("policy: allow[\(index)]: unknown key \(unknown)"))
+            }
             guard let patterns = rule["binds"] as? [String], !patterns.isEmpty else {
                 return .failure(BindError("policy: allow[\(index)].binds must list patterns"))
+            }
+            func ids(_ key: String, _ resolve: (String) -> UInt32?) -> Result<Set<UInt32>, BindError> {
+                guard let list = rule[key] else { return .success([]) }
+                guard let names = list as? [Any] else { return .failure(BindError("policy: allow[\(index)].\(key) must list names or numbers")) }
+                var out: Set<UInt32> = []
+                for name in names {
+                    switch name {
+                    case let number as Int where number >= 0 && number < Int(UInt32.max): out.insert(UInt32(number))
+                    case let text as String:
+                        guard let id = resolve(text) else { return .failure(BindError("policy: allow[\(index)].\(key): no such \(key.dropLast()) \(text)")) }
+                        out.insert(id)
+                    default: return .failure(BindError("policy: allow[\(index)].\(key) must list names or numbers"))
+                    }
+                }
+                return .success(out)
+            }
+            let owners: Set<UInt32>, groups: Set<UInt32>
+            switch (ids("owners", resolveUser), ids("groups", resolveGroup)) {
+            case (.success(let o), .success(let g)): (owners, groups) = (o, g)
+            case (.failure(let error), _), (_, .failure(let error)): return .failure(error)
             }
             var parsed: [BindPattern] = []
             for pattern in patterns {
@@ -101,14 +145,14 @@ public struct Policy: Equatable, Sendable {
                 case .failure(let error): return .failure(BindError("policy: allow[\(index)]: \(error)"))
                 }
             }
-            policy.rules.append(Rule(subject: subject, patterns: parsed))
+            policy.rules.append(Rule(subject: subject, patterns: parsed, owners: owners, groups: groups))
         }
         return .success(policy)
     }
 }
 
 /// A pattern over bind keys: `tcp://*:443`, `udp://198.19.0.10:*`, `tcp://[::]:8000-8999`,
-/// `*://*:*`, `unix:/run/web/*` (`*` in a path matches any run of characters, `/` included).
+/// `*://*:*`, `unix:/run/web/*` (in a path `*` matches within one component, `**` across them).
 public struct BindPattern: Equatable, Sendable {
     public var kind: BindRequest.Kind?
     /// nil: any address (IP) or path; otherwise a canonical address or a path glob.
@@ -119,7 +163,11 @@ public struct BindPattern: Equatable, Sendable {
         if text == "*" { return .success(BindPattern(kind: nil, address: nil, ports: 0...UInt16.max)) }
         if text.hasPrefix("unix:") {
             let glob = String(text.dropFirst(5))
-            guard glob.hasPrefix("/") || glob == "*" else { return .failure(BindError("\(text): a Unix pattern is an absolute path")) }
+            // The pattern must be a canonical path too, with `*` allowed: `/run/web/../etc/*` is not.
+            let literal = glob.replacingOccurrences(of: "*", with: "x")
+            guard glob == "*" || BindRequest.unixPathProblem(literal) == nil else {
+                return .failure(BindError("\(text): a Unix pattern is an absolute, canonical path (\(BindRequest.unixPathProblem(literal) ?? ""))"))
+            }
             return .success(BindPattern(kind: .unix, address: glob == "*" ? nil : glob, ports: 0...0))
         }
         let (scheme, rest) = BindRequest.split(text, at: "://")
@@ -160,17 +208,30 @@ public struct BindPattern: Equatable, Sendable {
         return ports.contains(request.port)
     }
 
-    /// `*` matches any run of characters; everything else literally.
+    /// `*` matches any run of bytes but `/`, `**` any run at all; everything else literally.
+    /// Dynamic programming over (pattern, text) positions: linear in their product, no backtracking.
     static func glob(_ pattern: String, matches text: String) -> Bool {
-        let parts = pattern.split(separator: "*", omittingEmptySubsequences: false).map(String.init)
-        guard parts.count > 1 else { return pattern == text }
-        guard text.hasPrefix(parts[0]), text.dropFirst(parts[0].count).hasSuffix(parts.last!) else { return false }
-        var rest = Substring(text.dropFirst(parts[0].count).dropLast(parts.last!.count))
-        if parts[0].count + parts.last!.count > text.count { return false }
-        for middle in parts.dropFirst().dropLast() where !middle.isEmpty {
-            guard let range = rest.range(of: middle) else { return false }
-            rest = rest[range.upperBound...]
+        let p = Array(pattern.utf8), t = Array(text.utf8)
+        let star = UInt8(ascii: "*"), slash = UInt8(ascii: "/")
+        // matched[j]: pattern[..<i] matches text[..<j], for the current i.
+        var matched = [Bool](repeating: false, count: t.count + 1)
+        matched[0] = true
+        var i = 0
+        while i < p.count {
+            var next = [Bool](repeating: false, count: t.count + 1)
+            if p[i] == star {
+                let crossesComponents = i + 1 < p.count && p[i + 1] == star
+                for j in 0...t.count {
+                    // Zero bytes, or one more byte than a shorter match, as long as it may be eaten.
+                    next[j] = matched[j] || (j > 0 && next[j - 1] && (crossesComponents || t[j - 1] != slash))
+                }
+                i += crossesComponents ? 2 : 1
+            } else {
+                for j in 1...max(1, t.count) where j <= t.count { next[j] = matched[j - 1] && t[j - 1] == p[i] }
+                i += 1
+            }
+            matched = next
         }
-        return true
+        return matched[t.count]
     }
 }

@@ -55,6 +55,7 @@ public enum Wire: Sendable {
         public static func bindFailed(_ detail: String) -> Self { .init(code: 10000, message: "Could not bind: \(detail)") }
         public static func permissionDenied(_ detail: String) -> Self { .init(code: 10001, message: "Permission denied: \(detail)") }
         public static func conflict(_ detail: String) -> Self { .init(code: 10002, message: "Conflicting options: \(detail)") }
+        public static func limit(_ detail: String) -> Self { .init(code: 10003, message: "Limit reached: \(detail)") }
     }
 
     public enum Method: Equatable, Sendable {
@@ -195,7 +196,9 @@ public enum Wire: Sendable {
             let text: String
             switch value {
             case let flag as Bool where name == "v6only" || name == "freebind": text = flag ? "1" : "0"
-            case let number as NSNumber where name == "mode": text = String(number.uint32Value, radix: 8)
+            case let number as NSNumber where name == "mode":
+                guard let exact = UInt32(exactly: number.doubleValue) else { return .failure(BindError("mode must be a permission number")) }
+                text = String(exact, radix: 8)
             case let number as NSNumber where name != "v6only" && name != "freebind":
                 guard let exact = Int64(exactly: number.doubleValue) else { return .failure(BindError("\(name) must be an integer")) }
                 text = String(exact)
@@ -221,11 +224,15 @@ public enum Wire: Sendable {
 }
 
 /// Reads one client connection's byte stream into requests. The first byte picks the form: 0 starts
-/// a frame, anything else is multibinder's JSON. Bounded: a message over the form's limit is answered
-/// with an error and ends the connection.
+/// a frame, anything else is multibinder's JSON. Bounded and linear: bytes are consumed by moving a
+/// start index (the buffer is compacted once per append, not once per message), blanks and junk
+/// between messages are never kept, and a message over the form's limit is answered with an error
+/// and ends the connection. So the buffer never holds more than one message plus one read.
 public struct RequestReader: Sendable {
     public private(set) var wire: Wire?
     private var buffer: [UInt8] = []
+    /// Where the unconsumed bytes start.
+    private var head = 0
     /// multibinder form: how far the current value has been scanned, and the scanner's state there.
     private var scanned = 0
     private var depth = 0
@@ -240,15 +247,24 @@ public struct RequestReader: Sendable {
         case failure(Wire.Failure, fatal: Bool)
     }
 
-    public var bufferedBytes: Int { buffer.count }
+    public var bufferedBytes: Int { buffer.count - head }
     /// Bytes read but not yet part of a whole message (handed to a re-executed broker).
-    public var pending: [UInt8] { buffer }
+    public var pending: [UInt8] { Array(buffer[head...]) }
 
     public mutating func append<C: Collection>(_ bytes: C) where C.Element == UInt8 {
-        if wire == nil, let first = bytes.first(where: { !Self.isWhitespace($0) }) {
-            wire = first == 0 ? .framed : .multibinder
+        if head > 0 {
+            buffer.removeFirst(head)
+            scanned -= head
+            head = 0
         }
-        buffer.append(contentsOf: bytes)
+        if wire == nil {
+            // Blanks before the first message are not kept; its first byte picks the form.
+            guard let start = bytes.firstIndex(where: { !Self.isWhitespace($0) }) else { return }
+            wire = bytes[start] == 0 ? .framed : .multibinder
+            buffer.append(contentsOf: bytes[start...])
+        } else {
+            buffer.append(contentsOf: bytes)
+        }
     }
 
     /// The next whole message, or nil until more bytes arrive.
@@ -260,28 +276,36 @@ public struct RequestReader: Sendable {
         }
     }
 
+    private mutating func discardAll() {
+        buffer.removeAll(keepingCapacity: true)
+        (head, scanned, depth, inString, escaped) = (0, 0, 0, false, false)
+    }
+
     private mutating func nextFrame() -> Next? {
-        guard buffer.count >= 4 else { return nil }
-        let length = buffer[0..<4].reduce(0) { $0 << 8 | Int($1) }
+        guard bufferedBytes >= 4 else { return nil }
+        let length = buffer[head..<(head + 4)].reduce(0) { $0 << 8 | Int($1) }
         guard length <= Wire.maximumFrame else {
-            buffer.removeAll()
+            discardAll()
             return .failure(Wire.Failure(wire: .framed, id: .null, error: .invalidRequest("frame of \(length) bytes exceeds \(Wire.maximumFrame)")), fatal: true)
         }
-        guard buffer.count >= 4 + length else { return nil }
-        let message = Array(buffer[4..<(4 + length)])
-        buffer.removeFirst(4 + length)
+        guard bufferedBytes >= 4 + length else { return nil }
+        let message = Array(buffer[(head + 4)..<(head + 4 + length)])
+        head += 4 + length
         return Self.outcome(Wire.framed.parse(message))
     }
 
     /// Splits at the end of a top-level JSON object or array; anything else at the top level runs to
     /// the next `{` and is answered as a parse error.
     private mutating func nextMultibinder() -> Next? {
-        while let first = buffer.first, Self.isWhitespace(first) { buffer.removeFirst(); scanned = 0 }
-        guard let first = buffer.first else { return nil }
+        if scanned <= head {
+            while head < buffer.count, Self.isWhitespace(buffer[head]) { head += 1 }
+            scanned = head
+        }
+        guard head < buffer.count else { return nil }
+        let first = buffer[head]
         if first != UInt8(ascii: "{") && first != UInt8(ascii: "[") {
-            let end = buffer.firstIndex(of: UInt8(ascii: "{")) ?? buffer.count
-            buffer.removeFirst(end)
-            scanned = 0
+            head = buffer[head...].firstIndex(of: UInt8(ascii: "{")) ?? buffer.count
+            scanned = head
             return .failure(Wire.Failure(wire: .multibinder, id: .null, error: .parse("not a JSON object")), fatal: false)
         }
         var index = scanned
@@ -297,17 +321,16 @@ public struct RequestReader: Sendable {
             } else if byte == UInt8(ascii: "}") || byte == UInt8(ascii: "]") {
                 depth -= 1
                 if depth == 0 {
-                    let message = Array(buffer[0..<index])
-                    buffer.removeFirst(index)
-                    scanned = 0
+                    let message = Array(buffer[head..<index])
+                    head = index
+                    scanned = index
                     return Self.outcome(Wire.multibinder.parse(message))
                 }
             }
         }
         scanned = index
-        guard buffer.count <= Wire.maximumMultibinderMessage else {
-            buffer.removeAll()
-            (scanned, depth, inString, escaped) = (0, 0, false, false)
+        guard bufferedBytes <= Wire.maximumMultibinderMessage else {
+            discardAll()
             return .failure(Wire.Failure(wire: .multibinder, id: .null, error: .invalidRequest("message longer than \(Wire.maximumMultibinderMessage) bytes")), fatal: true)
         }
         return nil

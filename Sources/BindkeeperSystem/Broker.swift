@@ -13,6 +13,12 @@ public struct BrokerOptions: Sendable {
     public var maximumClients = 4096
     /// A client whose message stays incomplete this long is cut off (it holds a slot, not the loop).
     public var stalledMessageSeconds: UInt64 = 10
+    /// A client that sends no whole request for this long is cut off (it may not hold a slot forever).
+    public var idleSeconds: UInt64 = 60
+    /// Connections one uid may hold; beyond it a new one is closed at once.
+    public var maximumClientsPerUser = 64
+    /// Sockets one uid (not root, not the broker's) may have created.
+    public var maximumSocketsPerUser = 256
     /// Replies a client has not read, in bytes, before it is cut off.
     public var maximumUnreadReplies = 1 << 20
     public var metrics: (address: IPv4Address, port: UInt16)?
@@ -32,6 +38,8 @@ public final class Broker: @unchecked Sendable {
         var fd: Int32
         var handedOut: UInt64
         var backlog: BacklogReport?
+        /// Whose request made it; nil when unknown (recovered from the fd store).
+        var creator: UInt32?
     }
 
     /// SO_PEERCRED: who connected (uid 0 and the broker's own uid may do anything).
@@ -47,6 +55,8 @@ public final class Broker: @unchecked Sendable {
         var outbox: [(bytes: [UInt8], offset: Int, fds: [Int32])] = []
         var unread = 0
         var incompleteSince: UInt64?
+        /// When it connected or last sent a whole request.
+        var lastRequest = MonotonicClock.nanoseconds()
         var closing = false
         var peer = Peer()
 
@@ -62,6 +72,9 @@ public final class Broker: @unchecked Sendable {
     public struct Statistics: Sendable {
         public var binds = 0, bindsCreated = 0, bindErrors = 0, denied = 0, conflicts = 0, badRequests = 0
         public var clientsAccepted = 0, clientsConnected = 0, clientsCutOff = 0, incompleteAtEOF = 0
+        /// Connections refused for --max-clients-per-user, idle clients cut off, binds refused for
+        /// --max-sockets-per-user.
+        public var clientsOverLimit = 0, clientsIdle = 0, socketLimitRefusals = 0
         public var reexecs = 0
         public var sockets: [(key: String, handedOut: UInt64)] = []
     }
@@ -71,6 +84,9 @@ public final class Broker: @unchecked Sendable {
     private var sockets: [String: Entry] = [:]
     private var order: [String] = []
     private var clients: [Int32: Client] = [:]
+    private var clientsPerUser: [UInt32: Int] = [:]
+    /// When a limit was last logged: a flood of refusals is counted, and logged once a second.
+    private var lastLimitLog: UInt64 = 0
     private let notifier: SDNotify?
     private let shutdown: EventFD
     private let reexecSignal: EventFD
@@ -91,6 +107,9 @@ public final class Broker: @unchecked Sendable {
         raiseFileLimit()
         try Signals.install(shutdown: shutdown)
         guard proxyside_signal_to_eventfd(SIGUSR1, reexecSignal.fd) == 0 else { throw SystemError("sigaction SIGUSR1") }
+        // A re-exec blocks these before exec(2): one that arrived meanwhile is pending, and is
+        // delivered to the handlers just installed instead of killing the new program.
+        Self.setSignalsBlocked(false)
         try adopt(environment)
         if control < 0 {
             control = try Self.listenControl(options)
@@ -150,9 +169,28 @@ public final class Broker: @unchecked Sendable {
             guard fd >= 0 else { return }
             OwnedSocket.setCloseOnExec(fd, true)
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-            clients[fd] = Client(fd: fd)
+            let client = Client(fd: fd)
+            guard clientsPerUser[client.peer.uid, default: 0] < options.maximumClientsPerUser else {
+                statistics.clientsOverLimit += 1
+                logLimited("uid \(client.peer.uid) holds \(options.maximumClientsPerUser) connections (--max-clients-per-user); refused one")
+                close(fd)
+                continue
+            }
+            register(client)
             statistics.clientsAccepted += 1
         }
+    }
+
+    private func register(_ client: Client) {
+        clients[client.fd] = client
+        clientsPerUser[client.peer.uid, default: 0] += 1
+    }
+
+    private func logLimited(_ message: String) {
+        let now = MonotonicClock.nanoseconds()
+        guard now &- lastLimitLog >= 1_000_000_000 else { return }
+        lastLimitLog = now
+        log(message)
     }
 
     /// One read buffer for every client: the loop reads one client at a time.
@@ -178,6 +216,7 @@ public final class Broker: @unchecked Sendable {
         while !client.closing, let next = client.reader.next() {
             switch next {
             case .request(let request):
+                client.lastRequest = MonotonicClock.nanoseconds()
                 handle(request, from: client)
             case .failure(let failure, let fatal):
                 statistics.badRequests += 1
@@ -193,9 +232,13 @@ public final class Broker: @unchecked Sendable {
     private func cutOffStalledClients() {
         let now = MonotonicClock.nanoseconds()
         for client in clients.values {
-            if let since = client.incompleteSince, now - since > options.stalledMessageSeconds * 1_000_000_000 {
+            if let since = client.incompleteSince, now &- since > options.stalledMessageSeconds * 1_000_000_000 {
                 statistics.clientsCutOff += 1
                 drop(client, "client pid \(client.peer.pid) sent an incomplete message for \(options.stalledMessageSeconds) s; cut off")
+            } else if client.outbox.isEmpty, now &- client.lastRequest > options.idleSeconds * 1_000_000_000 {
+                statistics.clientsIdle += 1
+                drop(client, nil)
+                logLimited("client pid \(client.peer.pid) uid \(client.peer.uid) sent no request for \(options.idleSeconds) s; cut off")
             }
         }
     }
@@ -234,6 +277,7 @@ public final class Broker: @unchecked Sendable {
     private func drop(_ client: Client, _ reason: String?) {
         if let reason { log(reason) }
         guard clients.removeValue(forKey: client.fd) != nil else { return }
+        if let count = clientsPerUser[client.peer.uid] { clientsPerUser[client.peer.uid] = count > 1 ? count - 1 : nil }
         close(client.fd)
     }
 
@@ -275,16 +319,34 @@ public final class Broker: @unchecked Sendable {
         }
     }
 
-    /// All or none: every request is checked (policy, conflicts) before any socket is made.
+    /// All or none: every request is checked (policy, conflicts, the user's socket limit) before
+    /// any socket is made.
     private func bind(_ requests: [BindRequest], peer: Peer) -> Result<[String], Wire.RPCError> {
+        var creating: Set<String> = []
         for request in requests {
-            if let denial = options.policy.denial(uid: peer.uid, gid: peer.gid, request: request) {
+            let owner: UInt32?, group: UInt32?
+            do {
+                owner = try request.owner.map { try Accounts.uid($0) }
+                group = try request.group.map { try Accounts.gid($0) }
+            } catch {
+                return .failure(.bindFailed("\(error)"))
+            }
+            if let denial = options.policy.denial(uid: peer.uid, gid: peer.gid, request: request, owner: owner, group: group) {
                 statistics.denied += 1
                 return .failure(.permissionDenied(denial))
             }
             if let existing = sockets[request.key], let conflict = existing.request.conflict(with: request) {
                 statistics.conflicts += 1
                 return .failure(.conflict(conflict))
+            }
+            if sockets[request.key] == nil { creating.insert(request.key) }
+        }
+        if peer.uid != 0, peer.uid != options.policy.brokerUID, !creating.isEmpty {
+            let owned = sockets.values.filter { $0.creator == peer.uid }.count
+            guard owned + creating.count <= options.maximumSocketsPerUser else {
+                statistics.socketLimitRefusals += 1
+                logLimited("uid \(peer.uid) has \(owned) sockets (--max-sockets-per-user \(options.maximumSocketsPerUser)); refused \(creating.count) more")
+                return .failure(.limit("uid \(peer.uid) may have the broker create at most \(options.maximumSocketsPerUser) sockets; it has \(owned)"))
             }
         }
         var keys: [String] = []
@@ -293,7 +355,7 @@ public final class Broker: @unchecked Sendable {
                 let report = backlogReport(for: request)
                 do {
                     let fd = try OwnedSocket.open(request, backlog: report?.requested ?? 0)
-                    add(Entry(request: request, fd: fd, handedOut: 0, backlog: report), stored: false)
+                    add(Entry(request: request, fd: fd, handedOut: 0, backlog: report, creator: peer.uid), stored: false)
                     statistics.bindsCreated += 1
                     if let warning = report?.warning { log("\(request.key): \(warning)") }
                     log("bound \(request.url)" + (report.map { " (backlog \($0.effective))" } ?? ""))
@@ -362,11 +424,12 @@ public final class Broker: @unchecked Sendable {
             OwnedSocket.setCloseOnExec(control, true)
             for socket in state.sockets {
                 OwnedSocket.setCloseOnExec(socket.fd, true)
-                add(Entry(request: socket.request, fd: socket.fd, handedOut: socket.handedOut, backlog: backlogReport(for: socket.request)), stored: true)
+                add(Entry(request: socket.request, fd: socket.fd, handedOut: socket.handedOut, backlog: backlogReport(for: socket.request),
+                          creator: socket.creator), stored: true)
             }
             for saved in state.clients {
                 OwnedSocket.setCloseOnExec(saved.fd, true)
-                clients[saved.fd] = Client(fd: saved.fd, wire: saved.wire, pending: saved.pending)
+                register(Client(fd: saved.fd, wire: saved.wire, pending: saved.pending))
             }
             log("re-executed: kept \(state.sockets.count) sockets, \(state.clients.count) clients and the control socket")
             return
@@ -388,22 +451,21 @@ public final class Broker: @unchecked Sendable {
         log("recovered \(sockets.count) sockets from the service manager" + (control >= 0 ? " and the control socket" : ""))
     }
 
+    /// The control socket, placed like every Unix socket the broker makes (no symlink followed,
+    /// mode and group set before it appears at its path).
     private static func listenControl(_ options: BrokerOptions) throws -> Int32 {
-        let path = options.controlPath
-        var status = stat()
-        if lstat(path, &status) == 0 {
-            if (try? UnixAddress.connect(path)).map({ close($0) }) != nil {
-                throw SystemError("control socket \(path)", errno: EADDRINUSE, hint: "another broker is serving it")
-            }
-            unlink(path)
+        var request: BindRequest
+        switch BindRequest.validated(kind: .unix, address: options.controlPath, port: 0) {
+        case .success(let valid): request = valid
+        case .failure(let error): throw SystemError("control socket: \(error)", errno: EINVAL)
         }
+        request.mode = options.policy.controlMode ?? 0o660
+        request.group = options.policy.controlGroup
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard fd >= 0 else { throw SystemError("socket(AF_UNIX)") }
         do {
-            try UnixAddress.bind(fd, path)
-            guard chmod(path, mode_t(options.policy.controlMode ?? 0o660)) == 0 else { throw SystemError("chmod \(path)") }
-            if let group = options.policy.controlGroup, chown(path, uid_t.max, try Accounts.gid(group)) != 0 { throw SystemError("chown \(path)") }
-            guard listen(fd, 1024) == 0 else { throw SystemError("listen \(path)") }
+            try OwnedSocket.placeUnix(fd, request)
+            guard listen(fd, 1024) == 0 else { throw SystemError("listen \(options.controlPath)") }
         } catch {
             close(fd)
             throw error
@@ -432,7 +494,7 @@ public final class Broker: @unchecked Sendable {
         }
         let state = BrokerState(
             control: control,
-            sockets: order.compactMap { sockets[$0] }.map { .init(fd: $0.fd, request: $0.request, handedOut: $0.handedOut) },
+            sockets: order.compactMap { sockets[$0] }.map { .init(fd: $0.fd, request: $0.request, handedOut: $0.handedOut, creator: $0.creator) },
             clients: clients.values.filter { !$0.closing }.map { .init(fd: $0.fd, wire: $0.reader.wire, pending: $0.reader.pending) })
         let memfd = proxyside_memfd("bindkeeper-state")
         guard memfd >= 0 else { log("re-exec: memfd: \(String(cString: strerror(-memfd)))"); return }
@@ -450,13 +512,24 @@ public final class Broker: @unchecked Sendable {
         try? notifier?.send("RELOADING=1\nMONOTONIC_USEC=\(MonotonicClock.nanoseconds() / 1000)")
         let arguments = CommandLine.arguments
         var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+        // From exec(2) until the new program has its handlers, these signals' default action
+        // would end it: they stay pending instead.
+        Self.setSignalsBlocked(true)
         execv("/proc/self/exe", &argv)
         let failure = errno
+        Self.setSignalsBlocked(false)
         for pointer in argv { free(pointer) }
         for fd in kept { OwnedSocket.setCloseOnExec(fd, true) }
         unsetenv(BrokerState.environmentName)
         close(memfd)
         log("re-exec failed: \(String(cString: strerror(failure))); still serving")
+    }
+
+    static func setSignalsBlocked(_ blocked: Bool) {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for signal in [SIGUSR1, SIGTERM, SIGINT] { sigaddset(&set, signal) }
+        sigprocmask(blocked ? SIG_BLOCK : SIG_UNBLOCK, &set, nil)
     }
 
     // MARK: Metrics
@@ -499,9 +572,14 @@ public final class Broker: @unchecked Sendable {
             "# TYPE bindkeeper_clients_cut_off_total counter", "bindkeeper_clients_cut_off_total \(s.clientsCutOff)",
             "# TYPE bindkeeper_incomplete_at_eof_total counter", "bindkeeper_incomplete_at_eof_total \(s.incompleteAtEOF)",
             "# TYPE bindkeeper_reexecs_total counter", "bindkeeper_reexecs_total \(s.reexecs)",
+            "# TYPE bindkeeper_clients_over_limit_total counter", "bindkeeper_clients_over_limit_total \(s.clientsOverLimit)",
+            "# TYPE bindkeeper_clients_idle_cut_off_total counter", "bindkeeper_clients_idle_cut_off_total \(s.clientsIdle)",
+            "# TYPE bindkeeper_socket_limit_refusals_total counter", "bindkeeper_socket_limit_refusals_total \(s.socketLimitRefusals)",
             "# TYPE bindkeeper_socket_handed_out_total counter",
         ]
-        for socket in s.sockets { lines.append("bindkeeper_socket_handed_out_total{key=\"\(socket.key)\"} \(socket.handedOut)") }
+        for socket in s.sockets {
+            lines.append("bindkeeper_socket_handed_out_total{key=\"\(PrometheusText.escapeLabel(socket.key))\"} \(socket.handedOut)")
+        }
         return lines.joined(separator: "\n") + "\n"
     }
 }

@@ -15,7 +15,7 @@ public enum OwnedSocket {
         guard fd >= 0 else { throw SystemError("socket") }
         do {
             switch request.kind {
-            case .unix: try bindUnix(fd, request)
+            case .unix: try placeUnix(fd, request)
             case .tcp, .udp: try bindIP(fd, request)
             }
             if request.isStream, listen(fd, backlog) != 0 { throw SystemError("listen \(request.key)") }
@@ -66,24 +66,84 @@ public enum OwnedSocket {
         return (String(address[..<percent]), String(address[address.index(after: percent)...]))
     }
 
-    /// A path left behind by a dead process is replaced; one that something still listens on, or
-    /// that is not a socket, is an error.
-    private static func bindUnix(_ fd: Int32, _ request: BindRequest) throws {
+    /// Places a Unix socket at its path so that no client can steer the broker anywhere else:
+    ///
+    /// - the directory is opened without following a symlink in any component (`..` and `.` never
+    ///   reach here: paths are canonical);
+    /// - the socket is bound in a private directory the broker makes inside it (mode 0700, its
+    ///   own), with the requested mode from the start (umask) and the requested owner set there,
+    ///   where no one else can swap a name;
+    /// - it is then renamed into place, never replacing what is there (RENAME_NOREPLACE).
+    ///
+    /// A socket left behind by a dead process is removed first: only a socket, only when nothing
+    /// answers on it, checked through a handle of that very inode.
+    public static func placeUnix(_ fd: Int32, _ request: BindRequest) throws {
+        let (directoryPath, name) = request.unixLocation
+        let directory = proxyside_open_directory_no_symlinks(directoryPath)
+        guard directory >= 0 else {
+            throw SystemError("open \(directoryPath)", errno: -directory, hint: -directory == ELOOP ? "a component of the path is a symlink" : nil)
+        }
+        defer { close(directory) }
+        try removeDeadSocket(directory, name, request)
+        let uid = try request.owner.map { try Accounts.uid($0) } ?? uid_t.max
+        let gid = try request.group.map { try Accounts.gid($0) } ?? gid_t.max
+
+        let privateName = ".bindkeeper-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        guard mkdirat(directory, privateName, 0o700) == 0 else { throw SystemError("mkdir \(directoryPath)/\(privateName)") }
+        defer { unlinkat(directory, privateName, AT_REMOVEDIR) }
+        let privateDirectory = openat(directory, privateName, proxyside_o_path | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard privateDirectory >= 0 else { throw SystemError("open \(directoryPath)/\(privateName)") }
+        defer { close(privateDirectory) }
         var status = stat()
-        if lstat(request.address, &status) == 0 {
-            guard status.st_mode & S_IFMT == S_IFSOCK else { throw SystemError("bind \(request.key)", errno: EEXIST, hint: "the path exists and is not a socket") }
-            if (try? UnixAddress.connect(request.address)).map({ close($0) }) != nil {
-                throw SystemError("bind \(request.key)", errno: EADDRINUSE, hint: "another process listens on this path")
+        guard fstat(privateDirectory, &status) == 0, status.st_uid == geteuid(), status.st_mode & 0o7777 == 0o700 else {
+            throw SystemError("bind \(request.key)", errno: EPERM, hint: "the broker's private directory was replaced")
+        }
+        let staged = "s"
+        do {
+            try bindUnix(fd, path: "/proc/self/fd/\(privateDirectory)/\(staged)", mode: request.mode)
+            if uid != uid_t.max || gid != gid_t.max, fchownat(privateDirectory, staged, uid, gid, AT_SYMLINK_NOFOLLOW) != 0 {
+                throw SystemError("chown \(request.address)")
             }
-            unlink(request.address)
+            let renamed = proxyside_rename_no_replace(privateDirectory, staged, directory, name)
+            guard renamed == 0 else {
+                throw SystemError("bind \(request.key)", errno: -renamed, hint: -renamed == EEXIST ? "something else appeared at the path" : nil)
+            }
+        } catch {
+            unlinkat(privateDirectory, staged, 0)
+            throw error
         }
-        try UnixAddress.bind(fd, request.address)
-        if let mode = request.mode, chmod(request.address, mode_t(mode)) != 0 { throw SystemError("chmod \(request.address)") }
-        if request.owner != nil || request.group != nil {
-            let uid = try request.owner.map { try Accounts.uid($0) } ?? uid_t.max
-            let gid = try request.group.map { try Accounts.gid($0) } ?? gid_t.max
-            guard chown(request.address, uid, gid) == 0 else { throw SystemError("chown \(request.address)") }
+    }
+
+    /// Binds at `path` with exactly `mode` (the process umask otherwise): the file is created with
+    /// 0777 & ~umask, so no chmod by name is needed afterwards. The broker binds from one thread.
+    private static func bindUnix(_ fd: Int32, path: String, mode: UInt32?) throws {
+        guard let mode else { return try UnixAddress.bind(fd, path) }
+        let previous = umask(mode_t(~mode & 0o777))
+        defer { umask(previous) }
+        try UnixAddress.bind(fd, path)
+    }
+
+    private static func removeDeadSocket(_ directory: Int32, _ name: String, _ request: BindRequest) throws {
+        var status = stat()
+        guard fstatat(directory, name, &status, AT_SYMLINK_NOFOLLOW) == 0 else {
+            if errno == ENOENT { return }
+            throw SystemError("stat \(request.address)")
         }
+        guard status.st_mode & S_IFMT == S_IFSOCK else {
+            throw SystemError("bind \(request.key)", errno: EEXIST, hint: "the path exists and is not a socket")
+        }
+        let handle = openat(directory, name, proxyside_o_path | O_NOFOLLOW | O_CLOEXEC)
+        guard handle >= 0 else { throw SystemError("open \(request.address)") }
+        defer { close(handle) }
+        var opened = stat()
+        guard fstat(handle, &opened) == 0, opened.st_mode & S_IFMT == S_IFSOCK else {
+            throw SystemError("bind \(request.key)", errno: EEXIST, hint: "the path exists and is not a socket")
+        }
+        if let live = try? UnixAddress.connect("/proc/self/fd/\(handle)") {
+            close(live)
+            throw SystemError("bind \(request.key)", errno: EADDRINUSE, hint: "another process listens on this path")
+        }
+        guard unlinkat(directory, name, 0) == 0 || errno == ENOENT else { throw SystemError("unlink \(request.address)") }
     }
 
     static func setOption(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32, _ label: String) throws {

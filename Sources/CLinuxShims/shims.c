@@ -206,3 +206,43 @@ int proxyside_peer_credentials(int socket, int32_t *pid, uint32_t *uid, uint32_t
     *gid = credentials.gid;
     return 0;
 }
+
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <stdio.h>
+
+_Static_assert(proxyside_o_path == O_PATH, "O_PATH");
+
+int proxyside_open_directory_no_symlinks(const char *path) {
+    struct open_how how;
+    memset(&how, 0, sizeof(how));
+    how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+    how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    long fd = syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof(how));
+    if (fd >= 0) return (int)fd;
+    if (errno != ENOSYS) return -errno;
+    /* Before Linux 5.6: walk the path one component at a time, refusing symlinks. */
+    if (path[0] != '/') return -EINVAL;
+    int current = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (current < 0) return -errno;
+    char component[256];
+    const char *cursor = path + 1;
+    while (*cursor) {
+        const char *slash = strchr(cursor, '/');
+        size_t length = slash ? (size_t)(slash - cursor) : strlen(cursor);
+        if (length == 0 || length >= sizeof(component)) { close(current); return -EINVAL; }
+        memcpy(component, cursor, length);
+        component[length] = 0;
+        int next = openat(current, component, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        int saved = errno;
+        close(current);
+        if (next < 0) return -saved;
+        current = next;
+        cursor += length + (slash ? 1 : 0);
+    }
+    return current;
+}
+
+int proxyside_rename_no_replace(int from_directory, const char *from, int to_directory, const char *to) {
+    return syscall(SYS_renameat2, from_directory, from, to_directory, to, RENAME_NOREPLACE) < 0 ? -errno : 0;
+}

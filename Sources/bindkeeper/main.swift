@@ -38,8 +38,17 @@ struct Serve: ParsableCommand {
     @Option(help: "Serve Prometheus metrics on ADDRESS:PORT (IPv4).")
     var metrics: String?
 
-    @Option(help: "Cut off a client whose message stays incomplete this many seconds.")
+    @Option(help: "Cut off a client whose message stays incomplete this many seconds (1...86400).")
     var stalledSeconds: UInt64 = 10
+
+    @Option(help: "Cut off a client that has sent no whole request for this many seconds (1...86400).")
+    var idleSeconds: UInt64 = 60
+
+    @Option(help: "Connections one uid may hold at once; more are refused and counted.")
+    var maxClientsPerUser = 64
+
+    @Option(help: "Sockets one uid other than root and the broker's own may have the broker create.")
+    var maxSocketsPerUser = 256
 
     func run() throws {
         var policy = Policy(brokerUID: geteuid())
@@ -51,7 +60,14 @@ struct Serve: ParsableCommand {
         var options = BrokerOptions(controlPath: socket, policy: policy)
         guard backlog > 0 else { throw ValidationError("--backlog must be positive") }
         options.defaultBacklog = backlog
-        options.stalledMessageSeconds = max(1, stalledSeconds)
+        guard (1...86400).contains(stalledSeconds), (1...86400).contains(idleSeconds) else {
+            throw ValidationError("--stalled-seconds and --idle-seconds are 1...86400")
+        }
+        guard maxClientsPerUser >= 1, maxSocketsPerUser >= 0 else { throw ValidationError("--max-clients-per-user is at least 1, --max-sockets-per-user at least 0") }
+        options.stalledMessageSeconds = stalledSeconds
+        options.idleSeconds = idleSeconds
+        options.maximumClientsPerUser = maxClientsPerUser
+        options.maximumSocketsPerUser = maxSocketsPerUser
         if let metrics {
             guard let colon = metrics.lastIndex(of: ":"), let address = IPv4Address(metrics[..<colon]),
                   let port = UInt16(metrics[metrics.index(after: colon)...]) else { throw ValidationError("--metrics takes IPv4:PORT") }

@@ -155,7 +155,8 @@ final class PolicyAndHandoverTests: XCTestCase {
         XCTAssertNotNil(policy.denial(uid: 110, gid: 1, request: url("tcp://198.19.0.10:443")))
         XCTAssertNil(policy.denial(uid: 7, gid: 33, request: url("tcp://127.0.0.1:8500")))
         XCTAssertNotNil(policy.denial(uid: 7, gid: 33, request: url("tcp://127.0.0.1:9000")))
-        XCTAssertNil(policy.denial(uid: 7, gid: 33, request: url("unix:/run/web/a/b.sock")))
+        XCTAssertNil(policy.denial(uid: 7, gid: 33, request: url("unix:/run/web/b.sock")))
+        XCTAssertNotNil(policy.denial(uid: 7, gid: 33, request: url("unix:/run/web/a/b.sock")), "* stays within one component")
         XCTAssertNotNil(policy.denial(uid: 7, gid: 33, request: url("unix:/run/other.sock")))
         XCTAssertNotNil(policy.denial(uid: 8, gid: 8, request: url("tcp://127.0.0.1:8500")))
         // Typos are errors at start-up.
@@ -181,7 +182,7 @@ final class PolicyAndHandoverTests: XCTestCase {
         XCTAssertTrue(ListenFDs.parse(environment, pid: 43).isEmpty)
         XCTAssertEqual(ListenFDs.defaultName(for: try BindRequest.parse(url: "tcp://[::]:443").get()), "tcp-__-443")
         XCTAssertFalse(ListenFDs.isValidName("a:b"))
-        for url in ["tcp://[::]:443?backlog=4096&v6only=1", "udp://198.18.0.1:53", "unix:/run/a%b:c.sock?mode=0600", "tcp://[fe80::1%lo]:80"] {
+        for url in ["tcp://[::]:443?backlog=4096&v6only=1", "udp://198.18.0.1:53", "unix:/run/a+b,c=d@e~f.sock?mode=0600", "tcp://[fe80::1%lo]:80"] {
             let request = try BindRequest.parse(url: url).get()
             let name = try XCTUnwrap(FDStoreName.encode(request))
             XCTAssertFalse(name.contains(":"), name)

@@ -5,17 +5,8 @@ import XCTest
 /// at random points, must give answers or errors, never a crash, and never grow its buffer past the
 /// form's limit.
 final class ReaderFuzzTests: XCTestCase {
-    struct Generator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state = state &* 6364136223846793005 &+ 1442695040888963407
-            return state >> 33
-        }
-        mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
-    }
-
     func testRandomAndMutatedStreams() {
-        var random = Generator(state: 0x5eed)
+        var random = SeededGenerator.fromEnvironment(name: #function)
         let seeds: [[UInt8]] = [
             Wire.multibinder.request(id: .number(1), method: "bind", binds: [BindRequest(kind: .tcp, address: "198.18.0.1", port: 80, backlog: 10)]),
             Wire.framed.request(id: .string("x"), method: "bind", binds: [BindRequest(kind: .unix, address: "/run/a.sock", port: 0, mode: 0o600)]),
@@ -30,14 +21,7 @@ final class ReaderFuzzTests: XCTestCase {
                 stream = (0..<random.below(300)).map { _ in UInt8(truncatingIfNeeded: random.next()) }
             } else {
                 stream = seeds[random.below(seeds.count)]
-                for _ in 0..<(1 + random.below(6)) where !stream.isEmpty {
-                    let at = random.below(stream.count)
-                    switch random.below(3) {
-                    case 0: stream[at] = alphabet[random.below(alphabet.count)]
-                    case 1: stream.remove(at: at)
-                    default: stream.insert(alphabet[random.below(alphabet.count)], at: at)
-                    }
-                }
+                random.mutate(&stream, alphabet: alphabet, times: 6)
                 stream += seeds[random.below(seeds.count)]
             }
             var reader = RequestReader()
@@ -64,23 +48,20 @@ final class ReaderFuzzTests: XCTestCase {
     }
 
     func testRandomURLsAndPolicyPatternsNeverCrash() {
-        var random = Generator(state: 42)
+        var random = SeededGenerator.fromEnvironment(name: #function)
         let alphabet = Array("tcpudnix:/[]%.0123456789abcdef?&=*-vonlyfrebiskmdgw".utf8)
         let seeds = ["tcp://198.18.0.1:80?backlog=10", "udp://[::]:53?v6only=1", "tcp://[fe80::1%lo]:443?freebind=1",
                      "unix:/run/a.sock?mode=0600&owner=www&group=www", "tcp://*:8000-8999"].map { Array($0.utf8) }
         var parsed = 0
         for _ in 0..<50_000 {
             var bytes = seeds[random.below(seeds.count)]
-            for _ in 0..<(1 + random.below(3)) where !bytes.isEmpty {
-                let at = random.below(bytes.count)
-                if random.below(2) == 0 { bytes[at] = alphabet[random.below(alphabet.count)] } else { bytes.remove(at: at) }
-            }
+            random.mutate(&bytes, alphabet: alphabet, times: 3)
             let text = String(decoding: bytes, as: UTF8.self)
             if case .success(let request) = BindRequest.parse(url: text) {
                 parsed += 1
                 // Whatever parses has one canonical URL, which parses back to the same request.
-                XCTAssertEqual(try? BindRequest.parse(url: request.url).get(), request, text)
-                XCTAssertEqual(FDStoreName.encode(request).flatMap(FDStoreName.decode), request, text)
+                XCTAssertEqual(try? BindRequest.parse(url: request.url).get(), request, "\(random.report) \(text.debugDescription)")
+                XCTAssertEqual(FDStoreName.encode(request).flatMap(FDStoreName.decode), request, "\(random.report) \(text.debugDescription)")
             }
             _ = BindPattern.parse(text)
             _ = FDStoreName.decode(text)

@@ -80,4 +80,14 @@ int proxyside_peer_credentials(int socket, int32_t *pid, uint32_t *uid, uint32_t
 /// memfd_create(2) without close-on-exec (for state handed across exec). Returns the fd, or -errno.
 int proxyside_memfd(const char *name);
 
+/// O_PATH, which glibc's headers show only with _GNU_SOURCE (shims.c checks the value).
+static const int proxyside_o_path = 010000000;
+
+/// An O_PATH descriptor of the directory `path` (absolute), resolved without following any symlink
+/// (openat2 RESOLVE_NO_SYMLINKS, or a component walk with O_NOFOLLOW). Returns the fd, or -errno.
+int proxyside_open_directory_no_symlinks(const char *path);
+
+/// renameat2(2) with RENAME_NOREPLACE: fails with EEXIST instead of replacing. Returns 0 or -errno.
+int proxyside_rename_no_replace(int from_directory, const char *from, int to_directory, const char *to);
+
 #endif

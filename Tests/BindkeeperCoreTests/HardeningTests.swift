@@ -1,0 +1,213 @@
+@testable import BindkeeperCore
+import Foundation
+import ProxysideCore
+import XCTest
+
+/// What a grantee may send: paths, modes, owners and byte streams meant to reach past the grant or
+/// to wear the broker down.
+final class HardeningTests: XCTestCase {
+    func url(_ text: String) -> Result<BindRequest, BindError> { BindRequest.parse(url: text) }
+
+    func multibinder(_ params: String) -> Result<Wire.Request, Wire.Failure> {
+        Wire.multibinder.parse(Array(#"{"jsonrpc":"2.0","method":"bind","id":1,"params":[\#(params)]}"#.utf8))
+    }
+
+    func testUnixPathsAreAbsoluteAndCanonicalWhateverTheyArriveIn() throws {
+        let refused = ["run/x.sock", "/run/../etc/x.sock", "/run/./x.sock", "//run/x.sock", "/run//x.sock", "/run/x/", "/", "",
+                       "/run/a b.sock", "/run/a?x", "/run/a\"x", "/run/a\nx", "/run/a%x", "/run/a&x", "/run/a\u{1}x", "/run/\u{e9}.sock",
+                       "/run/a#x", "/run/a\\x", "/run/" + String(repeating: "a", count: 110)]
+        for path in refused {
+            XCTAssertThrowsError(try url("unix:" + path).get(), path)
+            let json = String(decoding: try JSONSerialization.data(withJSONObject: ["type": "unix", "address": path]), as: UTF8.self)
+            guard case .failure(let failure) = multibinder(json) else { return XCTFail("JSON accepted \(path)") }
+            XCTAssertEqual(failure.error.code, -32602)
+            let framed = Wire.framed.parse(Array(String(decoding: try JSONSerialization.data(withJSONObject: ["v": 1, "id": 1, "method": "bind", "binds": [["type": "unix", "address": path]]]), as: UTF8.self).utf8))
+            guard case .failure = framed else { return XCTFail("framed accepted \(path)") }
+        }
+        for path in ["/run/web/app.sock", "/run/web/a-b_c.d+e,f=g@h~i", "/x"] {
+            XCTAssertEqual(try url("unix:" + path).get().address, path)
+        }
+        XCTAssertEqual(try url("unix:/run/web/app.sock").get().unixLocation.directory, "/run/web")
+        XCTAssertEqual(try url("unix:/x").get().unixLocation.directory, "/")
+        XCTAssertEqual(try url("unix:/x").get().unixLocation.name, "x")
+    }
+
+    func testModesArePermissionBitsOnly() throws {
+        XCTAssertEqual(try url("unix:/run/a.sock?mode=0777").get().mode, 0o777)
+        for mode in ["04777", "01000", "2777", "7777", "0o777", "-1", "00000777", ""] {
+            XCTAssertThrowsError(try url("unix:/run/a.sock?mode=" + mode).get(), mode)
+        }
+        for number in ["2559", "4294967807", "-1", "1.5"] {
+            guard case .failure = multibinder(#"{"type":"unix","address":"/run/a.sock","mode":\#(number)}"#) else { return XCTFail(number) }
+        }
+        guard case .success = multibinder(#"{"type":"unix","address":"/run/a.sock","mode":432}"#) else { return XCTFail("0660 as a number") }
+    }
+
+    func testPatternsMatchWithinOneComponentUnlessTheySayOtherwise() throws {
+        XCTAssertTrue(BindPattern.glob("/run/web/*", matches: "/run/web/a.sock"))
+        XCTAssertFalse(BindPattern.glob("/run/web/*", matches: "/run/web/a/b.sock"))
+        XCTAssertFalse(BindPattern.glob("/run/*/x.sock", matches: "/run/a/b/x.sock"))
+        XCTAssertTrue(BindPattern.glob("/run/web/**", matches: "/run/web/a/b.sock"))
+        XCTAssertTrue(BindPattern.glob("/run/**/x.sock", matches: "/run/a/b/x.sock"))
+        XCTAssertFalse(BindPattern.glob("/run/web/**", matches: "/run/webx/a.sock"))
+        XCTAssertTrue(BindPattern.glob("/run/*-*.sock", matches: "/run/a-b.sock"))
+        XCTAssertFalse(BindPattern.glob("/run/*-*.sock", matches: "/run/a-b/c.sock"))
+        // Long runs of stars do not make matching slow.
+        XCTAssertFalse(BindPattern.glob("/" + String(repeating: "*a", count: 50) + "b", matches: "/" + String(repeating: "a", count: 100)))
+        for bad in ["unix:/run/web/../*", "unix:run/*", "unix:/run//*", "unix:/run/web/./*", "unix:/run/web/*/"] {
+            XCTAssertThrowsError(try BindPattern.parse(bad).get(), bad)
+        }
+    }
+
+    func testOwnersAndGroupsOtherThanTheRequestersNeedThePolicy() throws {
+        let text = #"{"allow":[{"uid":33,"binds":["unix:/run/web/*"]},{"uid":34,"binds":["unix:/run/api/*"],"owners":["haproxy"],"groups":[110]}]}"#
+        let policy = try Policy.parse(Array(text.utf8), brokerUID: 500, resolveUser: { $0 == "haproxy" ? 110 : nil }, resolveGroup: { _ in nil }).get()
+        let web = try url("unix:/run/web/a.sock").get(), api = try url("unix:/run/api/a.sock").get()
+        XCTAssertNil(policy.denial(uid: 33, gid: 33, request: web, owner: 33, group: 33), "its own uid and gid")
+        XCTAssertNil(policy.denial(uid: 33, gid: 33, request: web))
+        XCTAssertEqual(policy.denial(uid: 33, gid: 33, request: web, owner: 0), "uid 33 may not give unix:/run/web/a.sock to owner 0")
+        XCTAssertEqual(policy.denial(uid: 33, gid: 33, request: web, group: 0), "uid 33 may not give unix:/run/web/a.sock to group 0")
+        XCTAssertNil(policy.denial(uid: 34, gid: 34, request: api, owner: 110, group: 110))
+        XCTAssertNotNil(policy.denial(uid: 34, gid: 34, request: api, owner: 0))
+        XCTAssertNil(policy.denial(uid: 0, gid: 0, request: web, owner: 0, group: 0), "root may")
+        XCTAssertThrowsError(try Policy.parse(Array(#"{"allow":[{"uid":1,"binds":["*"],"owners":["nobody-here"]}]}"#.utf8), brokerUID: 0,
+                                              resolveUser: { _ in nil }, resolveGroup: { _ in nil }).get())
+        XCTAssertThrowsError(try Policy.parse(Array(#"{"allow":[{"uid":1,"binds":["*"],"ownerz":[]}]}"#.utf8), brokerUID: 0,
+                                              resolveUser: { _ in nil }, resolveGroup: { _ in nil }).get())
+    }
+
+    /// Whatever is accepted, by any door, comes back the same through every other: the URL, the
+    /// JSON form, the fd store's name, the re-exec state; its metrics label stays one label.
+    func testEveryAcceptedRequestRoundTripsThroughEveryForm() throws {
+        var random = SeededGenerator.fromEnvironment(name: #function)
+        let alphabet = Array("abcXYZ019._-+,=@~/:%?&=\"\\ \n\t#[]*".utf8)
+        let seeds = ["unix:/run/web/app.sock?mode=0660&owner=www&group=33", "tcp://198.18.0.1:80?backlog=10", "udp://[::]:53?v6only=1",
+                     "tcp://[fe80::1%lo]:443?freebind=1", "unix:/a"].map { Array($0.utf8) }
+        var accepted = 0
+        for _ in 0..<50_000 {
+            var bytes = seeds[random.below(seeds.count)]
+            random.mutate(&bytes, alphabet: alphabet, times: 4)
+            let text = String(decoding: bytes, as: UTF8.self)
+            guard case .success(let request) = BindRequest.parse(url: text) else { continue }
+            accepted += 1
+            XCTAssertEqual(try? BindRequest.parse(url: request.url).get(), request, "URL: \(random.report) \(text.debugDescription)")
+            XCTAssertEqual(try? Wire.bindRequest(json: Wire.jsonParams(request)).get(), request, "JSON: \(random.report) \(text.debugDescription)")
+            XCTAssertEqual(FDStoreName.encode(request).flatMap(FDStoreName.decode), request, "fd store: \(random.report) \(text.debugDescription)")
+            let state = BrokerState(control: 3, sockets: [.init(fd: 4, request: request, handedOut: 1, creator: 33)], clients: [])
+            XCTAssertEqual(try? BrokerState.decode(state.encoded()).get(), state, "state: \(random.report) \(text.debugDescription)")
+            let label = PrometheusText.escapeLabel(request.key)
+            XCTAssertFalse(label.contains("\n"))
+            XCTAssertFalse(label.replacingOccurrences(of: "\\\\", with: "").replacingOccurrences(of: "\\\"", with: "").contains("\""))
+        }
+        XCTAssertGreaterThan(accepted, 1000, "the mutations leave many requests whole")
+    }
+
+    func testLabelsAreEscapedAsTheTextFormatRequires() {
+        XCTAssertEqual(PrometheusText.escapeLabel(#"a"b\c"# + "\nd"), #"a\"b\\c\nd"#)
+        XCTAssertEqual(PrometheusText.escapeLabel("tcp://[::]:443"), "tcp://[::]:443")
+    }
+
+    /// CPU time per byte of a 4 MiB stream against a 64 KiB one, read 64 KiB at a time as the
+    /// broker reads: a reader that moves its buffer per message or per blank byte is quadratic and
+    /// fails this by far; a linear one stays near 1.
+    func testReadingIsLinearAndBoundedForAnyBytes() {
+        let message = Array(#"{"jsonrpc":"2.0","method":"bind","id":1,"params":[{"address":"198.18.0.1","port":80}]}"#.utf8)
+        let frame = Wire.framed.request(id: .number(1), method: "list")
+        func repeated(_ unit: [UInt8], _ count: Int) -> [UInt8] {
+            var out: [UInt8] = []
+            out.reserveCapacity(count + unit.count)
+            while out.count < count { out.append(contentsOf: unit) }
+            return Array(out.prefix(count))
+        }
+        // Junk: bytes that are neither blank, nor `{`, nor 0 (which would start the framed form).
+        let excluded: Set<UInt8> = [0, 0x7b, 0x20, 0x0a, 0x0d, 0x09]
+        let junk: [UInt8] = (0..<251).map { (index: Int) -> UInt8 in UInt8(index * 131 % 251) }.filter { !excluded.contains($0) }
+        let streams: [(String, (Int) -> [UInt8])] = [
+            ("small messages", { repeated(message, $0) }),
+            ("small frames", { repeated(frame, $0) }),
+            ("blanks after a message", { Array("{}".utf8) + [UInt8](repeating: 0x20, count: $0 - 2) }),
+            ("junk", { repeated(junk, $0) }),
+            ("one open value", { [0x7b] + [UInt8](repeating: 0x61, count: $0 - 1) }),
+        ]
+        for (name, make) in streams {
+            func cost(_ bytes: [UInt8]) -> (seconds: Double, largest: Int) {
+                var reader = RequestReader()
+                var largest = 0
+                let start = threadCPUSeconds()
+                var offset = 0
+                while offset < bytes.count {
+                    let end = min(bytes.count, offset + 65536)
+                    reader.append(bytes[offset..<end])
+                    offset = end
+                    while let next = reader.next() {
+                        if case .failure(_, true) = next { reader = RequestReader() }
+                    }
+                    largest = max(largest, reader.bufferedBytes)
+                }
+                return (threadCPUSeconds() - start, largest)
+            }
+            let small = make(64 << 10), large = make(4 << 20)
+            // The small stream 64 times over costs what a linear reader spends on the large one.
+            var smallSeconds = 0.0
+            for _ in 0..<64 { smallSeconds += cost(small).seconds }
+            let (largeSeconds, largest) = cost(large)
+            XCTAssertLessThan(largeSeconds, 3 * smallSeconds + 0.05, "\(name): \(largeSeconds) s for 4 MiB, \(smallSeconds) s for 64 x 64 KiB")
+            // Reads of any size: 256 KiB in one piece against 16 KiB pieces. A reader quadratic in
+            // what one read brings (moving its buffer per message or per blank) fails this by 16x.
+            func wholeCost(_ bytes: [UInt8]) -> Double {
+                var reader = RequestReader()
+                let start = threadCPUSeconds()
+                reader.append(bytes)
+                while let next = reader.next() { if case .failure(_, true) = next { break } }
+                return threadCPUSeconds() - start
+            }
+            let piece = make(16 << 10), whole = make(256 << 10)
+            var pieces = 0.0
+            for _ in 0..<16 { pieces += wholeCost(piece) }
+            let wholeSeconds = wholeCost(whole)
+            XCTAssertLessThan(wholeSeconds, 4 * pieces + 0.05, "\(name): \(wholeSeconds) s for 256 KiB in one read, \(pieces) s for 16 x 16 KiB")
+            let limit = name == "small frames" ? Wire.maximumFrame + 4 : Wire.maximumMultibinderMessage
+            XCTAssertLessThanOrEqual(largest, limit + 65536, "\(name): buffered \(largest) bytes")
+        }
+    }
+}
+
+func threadCPUSeconds() -> Double {
+    var time = timespec()
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &time)
+    return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
+}
+
+/// A random generator whose seed comes from PROXYSIDE_SEED or is drawn and printed, so a failure
+/// can be replayed: `PROXYSIDE_SEED=N swift test --filter ...`.
+struct SeededGenerator {
+    let seed: UInt64
+    var state: UInt64
+
+    static func fromEnvironment(name: String) -> SeededGenerator {
+        let seed = ProcessInfo.processInfo.environment["PROXYSIDE_SEED"].flatMap(UInt64.init) ?? UInt64.random(in: 0...UInt64.max)
+        print("\(name): PROXYSIDE_SEED=\(seed)")
+        return SeededGenerator(seed: seed, state: seed)
+    }
+
+    var report: String { "(PROXYSIDE_SEED=\(seed))" }
+
+    mutating func next() -> UInt64 {
+        state = state &* 6364136223846793005 &+ 1442695040888963407
+        return state >> 33
+    }
+
+    mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
+
+    /// 1 to `times` edits at random places: a byte replaced or inserted from `alphabet`, or removed.
+    mutating func mutate(_ bytes: inout [UInt8], alphabet: [UInt8], times: Int) {
+        for _ in 0..<(1 + below(times)) where !bytes.isEmpty {
+            let at = below(bytes.count)
+            switch below(3) {
+            case 0: bytes[at] = alphabet[below(alphabet.count)]
+            case 1: bytes.remove(at: at)
+            default: bytes.insert(alphabet[below(alphabet.count)], at: at)
+            }
+        }
+    }
+}

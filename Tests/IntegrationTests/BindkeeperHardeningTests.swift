@@ -1,0 +1,293 @@
+import BindkeeperCore
+import BindkeeperSystem
+import Foundation
+import Glibc
+import ProxysideCore
+import ProxysideSystem
+import XCTest
+
+/// bindkeeper as a grantee would attack it: uid 4242 (no account needed; setpriv runs as it) owns
+/// one directory and may bind Unix sockets below it, and tries to reach anything else, to stall the
+/// broker or to wear it down.
+final class BindkeeperHardeningTests: XCTestCase {
+    var lab: BrokerLab!
+    var grant = "", elsewhere = "", victim = ""
+    static let grantee = ["setpriv", "--reuid=4242", "--regid=4242", "--clear-groups"]
+
+    override func setUpWithError() throws {
+        lab = try BrokerLab(testName)
+        grant = lab.directory.appendingPathComponent("grant").path
+        elsewhere = lab.directory.appendingPathComponent("elsewhere").path
+        victim = elsewhere + "/victim"
+        try Lab.shell("mkdir -m 0755 \(grant) \(elsewhere) && chown 4242:4242 \(grant) && echo secret > \(victim) && chmod 0600 \(victim)")
+    }
+
+    override func tearDown() { lab?.tearDown() }
+
+    func startBroker(_ extra: [String] = [], binds: [String] = []) throws -> Process {
+        let policy = lab.directory.appendingPathComponent("policy.json")
+        let patterns = (["unix:\(grant)/**"] + binds).map { "\"\($0)\"" }.joined(separator: ",")
+        try #"{"control":{"mode":"0666"},"allow":[{"uid":4242,"binds":[\#(patterns)]}]}"#.write(to: policy, atomically: true, encoding: .utf8)
+        return try lab.startBroker(["--config", policy.path] + extra)
+    }
+
+    /// `bindkeeper exec` as the grantee: (status, output).
+    func asGrantee(_ urls: [String]) throws -> (status: Int32, output: String) {
+        try lab.run(Self.grantee + [lab.binary("bindkeeper"), "exec", "--socket", lab.socketPath] + urls.flatMap { ["--bind", $0] } + ["--", "true"])
+    }
+
+    func status(_ path: String) -> stat? {
+        var status = stat()
+        return lstat(path, &status) == 0 ? status : nil
+    }
+
+    /// The victim is as it was, and nothing else appeared outside the grant.
+    func assertNothingOutsideTheGrantChanged(_ context: String = "") throws {
+        let victimStatus = try XCTUnwrap(status(victim))
+        XCTAssertEqual(victimStatus.st_mode & 0o7777, 0o600, "victim mode \(context)")
+        XCTAssertEqual(victimStatus.st_uid, 0, "victim owner \(context)")
+        XCTAssertEqual(try String(contentsOfFile: victim, encoding: .utf8), "secret\n")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: elsewhere), ["victim"], context)
+    }
+
+    func testAGranteesRequestsNeverReachOutsideTheGrant() throws {
+        try startBroker()
+        let dotDot = try asGrantee(["unix:\(grant)/../elsewhere/s.sock?mode=0666&owner=4242"])
+        XCTAssertNotEqual(dotDot.status, 0)
+        XCTAssertTrue(dotDot.output.contains("canonical"), dotDot.output)
+
+        try lab.run(Self.grantee + ["ln", "-s", elsewhere, grant + "/link"])
+        let throughLink = try asGrantee(["unix:\(grant)/link/s.sock?mode=0666&owner=4242"])
+        XCTAssertNotEqual(throughLink.status, 0)
+        XCTAssertTrue(throughLink.output.contains("symlink"), throughLink.output)
+
+        try lab.run(Self.grantee + ["ln", "-s", victim, grant + "/planted.sock"])
+        let planted = try asGrantee(["unix:\(grant)/planted.sock?mode=0666&owner=4242"])
+        XCTAssertNotEqual(planted.status, 0)
+        XCTAssertTrue(planted.output.contains("not a socket"), planted.output)
+        XCTAssertEqual(status(grant + "/planted.sock").map { $0.st_mode & S_IFMT }, S_IFLNK, "the grantee's symlink was left alone")
+
+        let setuid = try asGrantee(["unix:\(grant)/setuid.sock?mode=04777"])
+        XCTAssertNotEqual(setuid.status, 0)
+        XCTAssertTrue(setuid.output.contains("at most 0777"), setuid.output)
+        for option in ["owner=0", "group=0"] {
+            let given = try asGrantee(["unix:\(grant)/given.sock?\(option)"])
+            XCTAssertNotEqual(given.status, 0)
+            XCTAssertTrue(given.output.contains("may not give"), given.output)
+        }
+        XCTAssertNil(status(grant + "/given.sock"))
+
+        // What the grant allows works: the grantee's own socket, with its mode, under its name.
+        let own = try asGrantee(["unix:\(grant)/own.sock?mode=0640&owner=4242&group=4242"])
+        XCTAssertEqual(own.status, 0, own.output)
+        let ownStatus = try XCTUnwrap(status(grant + "/own.sock"))
+        XCTAssertEqual(ownStatus.st_mode & S_IFMT, S_IFSOCK)
+        XCTAssertEqual(ownStatus.st_mode & 0o7777, 0o640)
+        XCTAssertEqual(ownStatus.st_uid, 4242)
+        XCTAssertEqual(ownStatus.st_gid, 4242)
+        let connected = try UnixAddress.connect(grant + "/own.sock")
+        close(connected)
+
+        // A socket left by a dead process is replaced; a file that is not a socket is not.
+        let dead = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        try UnixAddress.bind(dead, grant + "/dead.sock")
+        close(dead)
+        let replaced = try asGrantee(["unix:\(grant)/dead.sock?owner=4242"])
+        XCTAssertEqual(replaced.status, 0, replaced.output)
+        try lab.run(Self.grantee + ["sh", "-c", "echo mine > \(grant)/file.sock"])
+        let file = try asGrantee(["unix:\(grant)/file.sock"])
+        XCTAssertNotEqual(file.status, 0)
+        XCTAssertEqual(try String(contentsOfFile: grant + "/file.sock", encoding: .utf8), "mine\n")
+
+        XCTAssertFalse(try FileManager.default.contentsOfDirectory(atPath: grant).contains { $0.hasPrefix(".bindkeeper") }, "no staging directory is left")
+        try assertNothingOutsideTheGrantChanged()
+    }
+
+    /// The grantee knows the order in which its sockets will be made: it waits for each name and
+    /// swaps it for a symlink to the victim the moment it appears (one rename), while 2000 sockets
+    /// are made in its directory with its uid as owner.
+    func testNamesSwappedDuringBindsChangeNothingOutsideTheGrant() throws {
+        try startBroker()
+        let racer = """
+            import os, sys, time
+            grant, victim, batches, per = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+            deadline = time.time() + 60
+            swaps = 0
+            for batch in range(batches):
+                for index in range(per):
+                    path = os.path.join(grant, "r-%d-%d.sock" % (batch, index))
+                    link = os.path.join(grant, "link-%d-%d" % (batch, index))
+                    os.symlink(victim, link)
+                    spins = 0
+                    while not os.path.lexists(path):
+                        spins += 1
+                        if spins % 4096 == 0 and (time.time() > deadline or os.path.exists(os.path.join(grant, "stop"))):
+                            break
+                    try:
+                        os.rename(link, path)
+                        swaps += 1
+                    except OSError:
+                        pass
+            print("swaps", swaps, flush=True)
+            """
+        let script = lab.directory.appendingPathComponent("racer.py").path
+        try racer.write(toFile: script, atomically: true, encoding: .utf8)
+        let racing = try lab.start("racer", Self.grantee + ["/usr/bin/python3", script, grant, victim, "40", "50"])
+        var made = 0, refused = 0
+        for batch in 0..<40 {
+            let urls = (0..<50).map { try! BindRequest.parse(url: "unix:\(grant)/r-\(batch)-\($0).sock?mode=0666&owner=4242").get() }
+            do { made += try lab.client().bind(urls).map { close($0.fd) }.count } catch { refused += 1 }
+        }
+        try "".write(toFile: grant + "/stop", atomically: true, encoding: .utf8)
+        racing.waitUntilExit()
+        let log = lab.allLogs
+        XCTAssertTrue(log.contains("swaps"), log)
+        XCTAssertGreaterThan(made, 0, "some binds went through: \(refused) batches refused")
+        try assertNothingOutsideTheGrantChanged("after \(made) sockets and \(refused) refused batches")
+        // Still serving.
+        let after = try lab.client().bind([try BindRequest.parse(url: "unix:\(grant)/after.sock").get()])
+        after.forEach { close($0.fd) }
+    }
+
+    func testBadClientsCannotStallOrExhaustTheBroker() throws {
+        try startBroker(["--idle-seconds", "3", "--max-sockets-per-user", "3", "--metrics", "\(BrokerLab.address):9524"],
+                        binds: ["tcp://\(BrokerLab.address):9000-9100"])
+        func metric(_ name: String) throws -> Int {
+            let text = try lab.inside { try Lab.httpGet(IPAddress(BrokerLab.address)!, port: 9524) }
+            return text.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Int($0.split(separator: " ")[1]) } ?? -1
+        }
+        let request = #"{"jsonrpc":"2.0","method":"bind","id":7,"params":[{"address":"198.18.2.1","port":9050}]}"#
+
+        // 10 MB of blanks before a request, and a request one byte at a time: both answered.
+        let blanks = try RawControlClient(lab.socketPath)
+        let chunk = [UInt8](repeating: 0x20, count: 1 << 20)
+        for _ in 0..<10 { blanks.send(chunk) }
+        blanks.send(request)
+        let afterBlanks = try XCTUnwrap(blanks.reply(), "no reply after 10 MB of blanks")
+        XCTAssertEqual(afterBlanks.object["result"] as? Bool, true)
+        afterBlanks.fds.forEach { close($0) }
+        let slow = try RawControlClient(lab.socketPath)
+        for byte in Array(request.utf8) {
+            slow.send([byte])
+            usleep(500)
+        }
+        let afterBytes = try XCTUnwrap(slow.reply(), "no reply to the byte-at-a-time client")
+        afterBytes.fds.forEach { close($0) }
+
+        // 5000 connections from one uid: 64 are kept, the rest refused at once, and others are served.
+        let holder = """
+            import socket, sys, time
+            held = []
+            for _ in range(5000):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    s.connect(sys.argv[1]); held.append(s)
+                except OSError:
+                    s.close()
+            print("connected", len(held), flush=True)
+            time.sleep(float(sys.argv[2]))
+            """
+        let script = lab.directory.appendingPathComponent("holder.py").path
+        try holder.write(toFile: script, atomically: true, encoding: .utf8)
+        let holding = try lab.start("holder", ["sh", "-c", "ulimit -n 8192; exec \"$0\" \"$@\""] + Self.grantee + ["/usr/bin/python3", script, lab.socketPath, "8"])
+        var connected = 0
+        try lab.waitFor("the holder's connections") {
+            connected = lab.allLogs.split(separator: "\n").first { $0.hasPrefix("connected ") }.flatMap { Int($0.dropFirst(10)) } ?? 0
+            return connected > 0
+        }
+        XCTAssertEqual(connected, 5000, "a blocking connect waits for the broker to accept")
+        // Every connection beyond the uid's 64 is refused as soon as the broker accepts it.
+        var refused = 0
+        try lab.waitFor("the connections beyond the limit to be refused") {
+            refused = try metric("bindkeeper_clients_over_limit_total")
+            return refused == connected - 64
+        }
+        let served = try lab.client().bind([try BindRequest.parse(url: "tcp://\(BrokerLab.address):9051").get()])
+        XCTAssertEqual(served.count, 1)
+        served.forEach { close($0.fd) }
+        try lab.waitFor("idle clients to be cut off", seconds: 8) { try metric("bindkeeper_clients_idle_cut_off_total") >= 64 }
+        holding.terminate()
+
+        // A uid at its socket limit gets an error; sockets that exist are still handed to it, and
+        // others still get theirs.
+        let three = try asGrantee((9001...9003).map { "tcp://\(BrokerLab.address):\($0)" })
+        XCTAssertEqual(three.status, 0, three.output)
+        let fourth = try asGrantee(["tcp://\(BrokerLab.address):9004"])
+        XCTAssertNotEqual(fourth.status, 0)
+        XCTAssertTrue(fourth.output.contains("Limit reached"), fourth.output)
+        XCTAssertEqual(try asGrantee(["tcp://\(BrokerLab.address):9001"]).status, 0)
+        let root = try lab.client().bind([try BindRequest.parse(url: "tcp://\(BrokerLab.address):9005").get()])
+        root.forEach { close($0.fd) }
+        XCTAssertEqual(try metric("bindkeeper_socket_limit_refusals_total"), 1)
+    }
+
+    func openFDs(_ pid: pid_t) throws -> Int { try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count }
+
+    func testFailedRequestsLeaveNoFdBehind() throws {
+        let broker = try startBroker()
+        let first = try lab.client().bind([try BindRequest.parse(url: "tcp://\(BrokerLab.address):9200?backlog=10").get()])
+        first.forEach { close($0.fd) }
+        let raw = try RawControlClient(lab.socketPath)
+        // Counted with this connection open and the earlier client's gone (the broker drops it on its EOF).
+        var brokerBefore = 0
+        try lab.waitFor("the broker's fds to settle") {
+            let first = try openFDs(broker.processIdentifier)
+            usleep(100_000)
+            brokerBefore = try openFDs(broker.processIdentifier)
+            return first == brokerBefore
+        }
+        let failing = [
+            #"{"jsonrpc":"2.0","method":"bind","id":1,"params":[{"address":"198.18.2.1","port":9200,"backlog":20}]}"#,
+            #"{"jsonrpc":"2.0","method":"bind","id":2,"params":[{"type":"unix","address":"/tmp/a?b"}]}"#,
+            #"{"jsonrpc":"2.0","method":"bind","id":3,"params":[{"type":"unix","address":"\#(grant)/x.sock","owner":"no-such-user"}]}"#,
+            #"{"jsonrpc":"2.0","method":"bind","id":4,"params":[{"address":"198.18.99.1","port":1}]}"#,
+            #"{"jsonrpc":"2.0","method":"nope","id":5}"#,
+        ]
+        for index in 0..<1000 {
+            raw.send(failing[index % failing.count])
+            let reply = try XCTUnwrap(raw.reply(), "reply \(index)")
+            XCTAssertNotNil(reply.object["error"], "\(reply.object)")
+            XCTAssertEqual(reply.fds, [])
+        }
+        usleep(100_000)
+        XCTAssertEqual(try openFDs(broker.processIdentifier), brokerBefore, "the broker's fds")
+        // None of it reached the re-exec state: the broker re-executes with what it has.
+        let reexec = try lab.run([lab.binary("bindkeeper"), "reexec", "--socket", lab.socketPath])
+        XCTAssertEqual(reexec.status, 0, reexec.output)
+        try lab.waitFor("the re-exec") { lab.allLogs.contains("re-executed: kept 1 sockets") }
+
+        // The client library: a batch that fails after earlier batches brought fds closes them all.
+        let mine = try openFDs(getpid())
+        let many = (0..<250).map { try! BindRequest.parse(url: "tcp://\(BrokerLab.address):\(9300 + $0)?freebind=1").get() }
+        for _ in 0..<4 {
+            XCTAssertThrowsError(try lab.client().bind(many + [try BindRequest.parse(url: "tcp://\(BrokerLab.address):9200?backlog=20").get()]))
+        }
+        XCTAssertEqual(try openFDs(getpid()), mine, "the client's fds")
+    }
+
+    func testFailedReloadsLeaveNoFdBehindInTheSupervisor() throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/haproxy") else { throw XCTSkip("haproxy is not installed (scripts/setup.sh installs it)") }
+        try startBroker()
+        let answer = try String(contentsOf: Lab.packageRoot.appendingPathComponent("examples/lab/haproxy-answer.cfg.in"), encoding: .utf8)
+        let template = lab.directory.appendingPathComponent("site.cfg.tmpl").path
+        try answer.replacingOccurrences(of: "@BIND@", with: "{{bind tcp://\(BrokerLab.address):8600}}").write(toFile: template, atomically: true, encoding: .utf8)
+        let pidFile = lab.directory.appendingPathComponent("site.pid").path
+        let supervisor = try lab.start("supervisor", [lab.binary("bindkeeper"), "haproxy", "--socket", lab.socketPath, "-f", template,
+                                                      "-p", pidFile, "--stop-timeout", "2", "--", "/usr/sbin/haproxy"])
+        try lab.waitFor("haproxy to start") { FileManager.default.fileExists(atPath: pidFile) }
+        let before = try openFDs(supervisor.processIdentifier)
+        let broken = [
+            answer.replacingOccurrences(of: "@BIND@", with: "{{bind tcp://\(BrokerLab.address):8600}}") + "    no_such_directive\n",
+            answer.replacingOccurrences(of: "@BIND@", with: "{{bind tcp://\(BrokerLab.address):8600}}\n    bind {{bind tcp://[fe80::1%nosuchif]:1}}"),
+        ]
+        func refusals() -> Int { lab.allLogs.components(separatedBy: "reload refused").count - 1 }
+        for index in 0..<20 {
+            try broken[index % 2].write(toFile: template, atomically: true, encoding: .utf8)
+            let seen = refusals()
+            kill(supervisor.processIdentifier, SIGHUP)
+            try lab.waitFor("reload \(index) to be refused") { refusals() > seen }
+        }
+        XCTAssertEqual(try openFDs(supervisor.processIdentifier), before, "the supervisor's fds after 20 failed reloads")
+        XCTAssertTrue(supervisor.isRunning)
+    }
+}
