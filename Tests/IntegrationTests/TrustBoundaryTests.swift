@@ -179,6 +179,15 @@ final class TrustBoundaryTests: XCTestCase {
         try lab.restartSecondChance("p1", Lab.p1, extra: ["--allow-source", "0.0.0.0/0"])
         let log = lab.processes.filter { $0.name == "p1 second-chance" }.map { lab.log(of: $0.process) }.joined()
         XCTAssertTrue(log.contains("warning: --allow-source 0.0.0.0/0"), log)
+
+        // The largest values each option accepts make a daemon that serves.
+        try lab.restartSecondChance("p1", Lab.p1, extra: Self.peers + [
+            "--flow-cache-ms", "3600000", "--negative-cache-ms", "3600000", "--cookie-hold-ms", "86400000", "--listener-scan-ms", "86400000",
+            "--cookie-pass-ms", "86400000", "--cookie-activate-percent", "100", "--cookie-deactivate-percent", "100", "--max-hops", "255",
+            "--queue-maxlen", String(UInt32.max), "--batch", "64",
+        ])
+        try fromDirector(tcp(.v4(Lab.client), 40601, .v4(Lab.vip), 80, .syn), sourcePort: 30601, hops: [IPv4Address](repeating: Lab.p2, count: 30))
+        try lab.waitFor("the SYN with 30 hops") { try counter("p1", "accepted_syn") == 1 }
     }
 
     /// Packets the kernel could not queue are counted where the operator looks, and --fail-open
