@@ -46,11 +46,14 @@ let package = Package(
         // The yardstick: a bare C libnetfilter_queue loop.
         .executableTarget(name: "nfq-baseline", dependencies: ["CNetfilterQueue", "CMnl"]),
 
-        .testTarget(name: "ProxysideCoreTests", dependencies: ["ProxysideCore", "ProxysideSystem"]),
-        .testTarget(name: "BindkeeperCoreTests", dependencies: ["BindkeeperCore", "ProxysideCore"]),
+        // Reproducible randomness for the randomized tests.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .testTarget(name: "ProxysideCoreTests", dependencies: ["ProxysideCore", "ProxysideSystem", "TestSupport"]),
+        .testTarget(name: "BindkeeperCoreTests", dependencies: ["BindkeeperCore", "ProxysideCore", "TestSupport"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["ProxysideCore", "ProxysideSystem", "BindkeeperCore", "BindkeeperSystem", "second-chance", "glb-lab", "bindkeeper"],
             exclude: ["Fixtures"]),
+        // Tests/Fuzz holds libFuzzer targets and their seeds, built by scripts/fuzz.sh with swiftc.
     ]
 )

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: unit and fuzz tests, then integration tests in network namespaces (root),
-# including the slow one (a SYN flood of 150 s). --quick leaves the slow one out.
+# including the slow one (a SYN flood of 150 s), then a bounded coverage-guided fuzzing run of each
+# libFuzzer target (scripts/fuzz.sh, PROXYSIDE_FUZZ_SECONDS each, default 30). --quick leaves the
+# slow test and the fuzzing run out. Randomized tests print their seed; PROXYSIDE_SEED=N replays one.
 #   scripts/test.sh [--quick]
 set -euo pipefail
 if [ "${1:-}" = --quick ]; then export PROXYSIDE_SLOW_TESTS=0; else export PROXYSIDE_SLOW_TESTS=1; fi
@@ -14,3 +16,4 @@ for ns in $(ip netns list | awk '/^(psit|psck|psbk|pstb|pspk)-/ {print $1}'); do
 done
 swift build --build-tests
 swift test --skip-build --disable-swift-testing
+if [ "$PROXYSIDE_SLOW_TESTS" = 1 ]; then scripts/fuzz.sh "${PROXYSIDE_FUZZ_SECONDS:-30}"; fi

@@ -1,6 +1,7 @@
 @testable import BindkeeperCore
 import Foundation
 import ProxysideCore
+import TestSupport
 import XCTest
 
 /// What a grantee may send: paths, modes, owners and byte streams meant to reach past the grant or
@@ -176,38 +177,4 @@ func threadCPUSeconds() -> Double {
     var time = timespec()
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &time)
     return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
-}
-
-/// A random generator whose seed comes from PROXYSIDE_SEED or is drawn and printed, so a failure
-/// can be replayed: `PROXYSIDE_SEED=N swift test --filter ...`.
-struct SeededGenerator {
-    let seed: UInt64
-    var state: UInt64
-
-    static func fromEnvironment(name: String) -> SeededGenerator {
-        let seed = ProcessInfo.processInfo.environment["PROXYSIDE_SEED"].flatMap(UInt64.init) ?? UInt64.random(in: 0...UInt64.max)
-        print("\(name): PROXYSIDE_SEED=\(seed)")
-        return SeededGenerator(seed: seed, state: seed)
-    }
-
-    var report: String { "(PROXYSIDE_SEED=\(seed))" }
-
-    mutating func next() -> UInt64 {
-        state = state &* 6364136223846793005 &+ 1442695040888963407
-        return state >> 33
-    }
-
-    mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
-
-    /// 1 to `times` edits at random places: a byte replaced or inserted from `alphabet`, or removed.
-    mutating func mutate(_ bytes: inout [UInt8], alphabet: [UInt8], times: Int) {
-        for _ in 0..<(1 + below(times)) where !bytes.isEmpty {
-            let at = below(bytes.count)
-            switch below(3) {
-            case 0: bytes[at] = alphabet[below(alphabet.count)]
-            case 1: bytes.remove(at: at)
-            default: bytes.insert(alphabet[below(alphabet.count)], at: at)
-            }
-        }
-    }
 }

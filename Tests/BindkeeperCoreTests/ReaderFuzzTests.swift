@@ -1,4 +1,5 @@
 @testable import BindkeeperCore
+import TestSupport
 import XCTest
 
 /// The request reader takes bytes from any local client: random streams and mutated requests, cut

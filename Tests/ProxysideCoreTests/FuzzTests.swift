@@ -1,4 +1,5 @@
 import ProxysideCore
+import TestSupport
 import XCTest
 
 /// Mutation fuzzing of the parsers and the whole decision: random bit flips, truncations, length
@@ -33,7 +34,7 @@ final class FuzzTests: XCTestCase {
     }
 
     func testMutatedPacketsNeverCrashTheDecision() {
-        var random = SystemRandomNumberGenerator()
+        var random = SeededGenerator.fromEnvironment(name: #function)
         let decider = p1Decider
         var ownership = AnswerEverything(state: 42)
         let seeds = seeds()
@@ -61,13 +62,14 @@ final class FuzzTests: XCTestCase {
                     packet = Array(packet.prefix(cut)) + other.dropFirst(cut)
                 }
             }
+            let input = packet
             let decision = packet.withUnsafeBytes { decider.decide($0, ownership: &ownership) }
             if let gue = decision.gue {
-                XCTAssertLessThanOrEqual(gue.innerEnd, packet.count)
-                XCTAssertLessThanOrEqual(gue.innerOffset, gue.innerEnd)
+                XCTAssertLessThanOrEqual(gue.innerEnd, packet.count, "\(random.report) \(input)")
+                XCTAssertLessThanOrEqual(gue.innerOffset, gue.innerEnd, "\(random.report) \(input)")
                 if case .forward = decision.verdict {
                     packet.withUnsafeMutableBytes { GUEForwarding.rewrite($0, gue, source: p1, destination: p2) }
-                    XCTAssertEqual(InternetChecksum.checksum(Array(packet[0..<gue.outerHeaderLength])), 0)
+                    XCTAssertEqual(InternetChecksum.checksum(Array(packet[0..<gue.outerHeaderLength])), 0, "\(random.report) \(input)")
                 }
             }
             outcomes["\(decision.verdict)".prefix { $0 != "(" }.description, default: 0] += 1

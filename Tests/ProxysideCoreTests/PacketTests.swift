@@ -1,4 +1,5 @@
 import ProxysideCore
+import TestSupport
 import XCTest
 
 let client = IPv4Address("198.18.0.1")!
@@ -63,7 +64,7 @@ final class ChecksumTests: XCTestCase {
     }
 
     func testIncrementalUpdateMatchesRecomputation() {
-        var generator = SystemRandomNumberGenerator()
+        var generator = SeededGenerator.fromEnvironment(name: #function)
         for _ in 0..<2000 {
             var data = (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }
             let before = InternetChecksum.checksum(data)
@@ -73,7 +74,8 @@ final class ChecksumTests: XCTestCase {
             data.setBE32(offset, new)
             let updated = InternetChecksum.update(before, old: old, new: new)
             // 0x0000 and 0xffff are the same number in one's complement.
-            XCTAssertTrue(updated == InternetChecksum.checksum(data) || (updated | InternetChecksum.checksum(data)) == 0xffff)
+            XCTAssertTrue(updated == InternetChecksum.checksum(data) || (updated | InternetChecksum.checksum(data)) == 0xffff,
+                          "\(generator.report) \(data)")
         }
     }
 }
@@ -300,7 +302,7 @@ final class ForwardingTests: XCTestCase {
     }
 
     func testIncrementalUDPChecksumAgreesWithRecomputationForManyHeaders() throws {
-        var generator = SystemRandomNumberGenerator()
+        var generator = SeededGenerator.fromEnvironment(name: #function)
         for _ in 0..<500 {
             let hops = (0..<Int.random(in: 1...6, using: &generator)).map { _ in IPv4Address(UInt32.random(in: 0...UInt32.max, using: &generator)) }
             let inner = tcp4(.ack, port: UInt16.random(in: 1...65535, using: &generator),
@@ -311,8 +313,8 @@ final class ForwardingTests: XCTestCase {
             let parsed = try parse(packet).get()
             let me = IPv4Address(UInt32.random(in: 0...UInt32.max, using: &generator))
             packet.withUnsafeMutableBytes { GUEForwarding.rewrite($0, parsed, source: me, destination: hops[0]) }
-            XCTAssertTrue(udpChecksumIsValid(packet))
-            XCTAssertNotEqual(packet.be16(26), 0)
+            XCTAssertTrue(udpChecksumIsValid(packet), "\(generator.report) \(packet)")
+            XCTAssertNotEqual(packet.be16(26), 0, "\(generator.report) \(packet)")
         }
     }
 }

@@ -1,4 +1,5 @@
 @testable import ProxysideCore
+import TestSupport
 import XCTest
 
 final class SynCookieTests: XCTestCase {
@@ -34,14 +35,26 @@ final class SynCookieTests: XCTestCase {
         XCTAssertNil(parsed(truncated))
     }
 
+    /// Random headers at random offsets: a result exactly when the header fits before `end`, and
+    /// then only values the kernel would take.
     func testSynOptionsParserSurvivesRandomHeaders() {
-        var generator = SystemRandomNumberGenerator()
+        var generator = SeededGenerator.fromEnvironment(name: #function)
+        var parsed = 0
         for _ in 0..<20_000 {
             let length = Int.random(in: 0...64, using: &generator)
             let bytes = (0..<length).map { _ in UInt8.random(in: 0...255, using: &generator) }
             let offset = Int.random(in: -2...24, using: &generator)
-            _ = bytes.withUnsafeBytes { SynOptions.parse($0, tcpOffset: offset, end: Int.random(in: 0...length, using: &generator)) }
+            let end = Int.random(in: 0...length, using: &generator)
+            let options = bytes.withUnsafeBytes { SynOptions.parse($0, tcpOffset: offset, end: end) }
+            let fits = offset >= 0 && end - offset >= 20 && end - offset >= Int(bytes[offset + 12] >> 4) * 4 && bytes[offset + 12] >> 4 >= 5
+            XCTAssertEqual(options != nil, fits, "\(generator.report) offset \(offset) end \(end) \(bytes)")
+            if let options {
+                parsed += 1
+                XCTAssertLessThanOrEqual(options.windowScale ?? 0, TCPWindow.maximumScale)
+                XCTAssertNotEqual(options.mss, 0)
+            }
         }
+        XCTAssertGreaterThan(parsed, 200, "the random headers reach the option walk")
     }
 
     func testCookieTimestampCarriesOptionsAndNeverRunsAhead() {

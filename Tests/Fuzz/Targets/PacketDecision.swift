@@ -1,0 +1,36 @@
+// libFuzzer target: one queued packet through the whole decision, as second-chance reads it.
+// The input's first byte picks the socket table's answers; the rest is the packet. Built with
+// ProxysideCore's sources into one module by scripts/fuzz.sh.
+
+struct FuzzOwnership: FlowOwnership {
+    var answers: UInt8
+    mutating func lookup(_ flow: FlowKey) -> SocketLookup { [.connected, .listener, .none, .failed][Int(answers & 3)] }
+    mutating func listenerAcceptsCookies(_ flow: FlowKey) -> Bool { answers & 4 != 0 }
+    mutating func isValidCookie(_ packet: UnsafeRawBufferPointer, _ segment: TCPSegment) -> Bool {
+        // The real check copies these bytes: they must lie inside the packet.
+        precondition(segment.ipHeaderOffset >= 0 && segment.tcpOffset + 20 <= packet.count)
+        return answers & 8 != 0
+    }
+}
+
+let fuzzLocal = LocalAddresses(ipv4: [IPv4Address(0xc612_000b), IPv4Address(0xc613_000a)], ipv6: [IPv6Address(high: 0x2001_0002_0000_00ff, low: 0x10)],
+                               broadcast: [IPv4Address(0xc612_00ff)])
+let fuzzDecider = Decider(selfAddress: IPv4Address(0xc612_000b), peers: PeerPolicy(sources: [IPv4Prefix("198.18.0.0/16")!]), local: fuzzLocal)
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzPacketDecision(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+    guard size >= 1 else { return 0 }
+    var packet = Array(UnsafeBufferPointer(start: data + 1, count: size - 1))
+    var ownership = FuzzOwnership(answers: data[0])
+    let decision = packet.withUnsafeBytes { fuzzDecider.decide($0, ownership: &ownership) }
+    if let gue = decision.gue {
+        precondition(gue.innerOffset <= gue.innerEnd && gue.innerEnd <= packet.count)
+        if case .forward(let hop) = decision.verdict {
+            packet.withUnsafeMutableBytes { GUEForwarding.rewrite($0, gue, source: fuzzDecider.selfAddress, destination: hop, forKernelForwarding: data[0] & 16 != 0) }
+        }
+        if case .local = decision.verdict, case .tcp(let segment)? = decision.inner {
+            _ = packet.withUnsafeBytes { SynOptions.parse($0, tcpOffset: segment.tcpOffset, end: gue.innerEnd) }
+        }
+    }
+    return 0
+}
