@@ -52,6 +52,7 @@ struct Director: ParsableCommand {
         say("director: \(current.proxies.map { "\($0.address) \($0.state.rawValue)" }.joined(separator: ", "))")
         let queue = try NetfilterQueue(number: queue)
         let sender = try RawIPSender()
+        say("director: serving queue \(queue.number)")
         var encapsulated = 0, dropped = 0
         var scratch: [UInt8] = []
         try queue.run(stop: stop, idle: {

@@ -266,7 +266,7 @@ final class BindkeeperHardeningTests: XCTestCase {
     }
 
     func testFailedReloadsLeaveNoFdBehindInTheSupervisor() throws {
-        guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/haproxy") else { throw XCTSkip("haproxy is not installed (scripts/setup.sh installs it)") }
+        guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/haproxy") else { throw LabError("haproxy is not installed (scripts/setup.sh installs it)") }
         try startBroker()
         let answer = try String(contentsOf: Lab.packageRoot.appendingPathComponent("examples/lab/haproxy-answer.cfg.in"), encoding: .utf8)
         let template = lab.directory.appendingPathComponent("site.cfg.tmpl").path

@@ -58,7 +58,7 @@ final class BindkeeperTests: XCTestCase {
         // A connection made to the broker's socket is accepted through the client's fd.
         let connection = try lab.inside { try LabSockets.connectTCP(to: IPAddress(BrokerLab.address)!, port: 8080) }
         defer { close(connection) }
-        let accepted = accept(again[0].fd, nil, nil)
+        let accepted = try acceptConnection(again[0].fd)
         XCTAssertGreaterThanOrEqual(accepted, 0)
         close(accepted)
     }
@@ -100,7 +100,15 @@ final class BindkeeperTests: XCTestCase {
         let deafFD = deaf.fd
         let flooding = try WorkerThread { _ = LabSockets.sendAll(deafFD, flood) }
 
-        final class Results: @unchecked Sendable { var counts = [Int](repeating: 0, count: 16); var errors: [String] = [] }
+        /// Written by the 16 threads: each owns its slot; errors go through the lock.
+        final class Results: @unchecked Sendable {
+            private let lock = NSLock()
+            private var counts = [Int](repeating: 0, count: 16)
+            private var errors: [String] = []
+            func add(_ count: Int, at index: Int) { lock.withLock { counts[index] += count } }
+            func fail(_ error: String) { lock.withLock { errors.append(error) } }
+            var snapshot: (counts: [Int], errors: [String]) { lock.withLock { (counts, errors) } }
+        }
         let results = Results()
         let path = lab.socketPath
         let threads = try (0..<16).map { index in
@@ -110,14 +118,14 @@ final class BindkeeperTests: XCTestCase {
                     for port in 0..<20 {
                         let bound = try client.bind([try BindRequest.parse(url: "tcp://\(BrokerLab.address):\(30000 + index * 20 + port)").get()])
                         bound.forEach { close($0.fd) }
-                        results.counts[index] += bound.count
+                        results.add(bound.count, at: index)
                     }
-                } catch { results.errors.append("\(error)") }
+                } catch { results.fail("\(error)") }
             }
         }
         threads.forEach { $0.join() }
-        XCTAssertEqual(results.errors, [])
-        XCTAssertEqual(results.counts, [Int](repeating: 20, count: 16))
+        XCTAssertEqual(results.snapshot.errors, [])
+        XCTAssertEqual(results.snapshot.counts, [Int](repeating: 20, count: 16))
         // Both slow clients are cut off; the broker goes on.
         XCTAssertTrue(stalled.isClosedByPeer(), "a stalled message is cut off")
         XCTAssertTrue(deaf.isClosedByPeer(), "a client that never reads is cut off")
@@ -276,7 +284,7 @@ final class BindkeeperTests: XCTestCase {
         XCTAssertEqual(OwnedSocket.cookie(try XCTUnwrap(second.fds.first, "\(second.object)")), cookie)
         let fresh = try lab.client().bind([url("tcp://\(BrokerLab.address):8500")])
         XCTAssertEqual(OwnedSocket.cookie(fresh[0].fd), cookie)
-        let accepted = accept(fresh[0].fd, nil, nil)
+        let accepted = try acceptConnection(fresh[0].fd)
         XCTAssertGreaterThanOrEqual(accepted, 0, "the connection made before the re-execs is still queued")
         close(accepted)
         (second.fds + fresh.map(\.fd)).forEach { close($0) }
@@ -338,7 +346,7 @@ final class BindkeeperTests: XCTestCase {
         XCTAssertEqual(try lab.client().list()["sockets"].map { ($0 as? [Any])?.count }, 3)
         let restarted = (try? String(contentsOfFile: restartLog, encoding: .utf8)) ?? ""
         XCTAssertTrue(restarted.contains("recovered 3 sockets from the service manager and the control socket"), restarted)
-        let accepted = accept(after[0].fd, nil, nil)
+        let accepted = try acceptConnection(after[0].fd)
         XCTAssertGreaterThanOrEqual(accepted, 0, "the connection made while the broker was dead is served")
         close(accepted)
         (before + after).forEach { close($0.fd) }

@@ -20,7 +20,7 @@ final class BrokerLab {
     private var processes: [Process] = []
 
     init(_ name: String) throws {
-        guard geteuid() == 0 else { throw XCTSkip("needs root for network namespaces") }
+        guard geteuid() == 0 else { throw LabError("needs root for network namespaces (scripts/test.sh runs as root)") }
         namespace = "psbk-\(name)-\(getpid())"
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("bindkeeper-\(name)-\(getpid())")
         try? FileManager.default.removeItem(at: directory)

@@ -8,7 +8,7 @@ final class HAProxyReloadTests: XCTestCase {
     var lab: BrokerLab!
 
     override func setUpWithError() throws {
-        guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/haproxy") else { throw XCTSkip("haproxy is not installed (scripts/setup.sh installs it)") }
+        guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/haproxy") else { throw LabError("haproxy is not installed (scripts/setup.sh installs it)") }
         lab = try BrokerLab(testName)
         try lab.startBroker()
     }

@@ -30,7 +30,8 @@ final class Lab {
     private(set) var processes: [(name: String, process: Process, log: URL)] = []
 
     init(prefix: String) throws {
-        guard geteuid() == 0 else { throw XCTSkip("needs root for network namespaces and NFQUEUE") }
+        // A test that cannot run fails, saying why: a skip would pass for a test that never ran.
+        guard geteuid() == 0 else { throw LabError("needs root for network namespaces and NFQUEUE (scripts/test.sh runs as root)") }
         self.prefix = prefix
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("proxyside-\(prefix)-\(getpid())")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -168,6 +169,25 @@ final class Lab {
         }
         throw LabError("timed out waiting for \(what)\n\(context())")
     }
+}
+
+extension Dictionary where Key == String, Value == UInt64 {
+    /// A counter that must be there: its absence fails the test with the counters seen, instead of
+    /// crashing the test process as a force-unwrap would.
+    func value(_ name: String) throws -> UInt64 {
+        guard let value = self[name] else { throw LabError("no counter \(name) in \(self)") }
+        return value
+    }
+}
+
+/// accept(2) that gives up after `seconds`: a test waiting for a connection that never comes fails
+/// instead of hanging the suite.
+func acceptConnection(_ listener: Int32, within seconds: Int32 = 5) throws -> Int32 {
+    var ready = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
+    guard poll(&ready, 1, seconds * 1000) == 1 else { throw LabError("no connection to accept within \(seconds) s") }
+    let fd = accept(listener, nil, nil)
+    guard fd >= 0 else { throw LabError("accept: \(String(cString: strerror(errno)))") }
+    return fd
 }
 
 struct LabError: Error, CustomStringConvertible {

@@ -18,7 +18,8 @@ final class SynCookieResponderTests: XCTestCase {
         lab = try Lab(prefix: "psck")
         let table = lab.directory.appendingPathComponent("table").path
         try "\(Lab.p1)\n".write(toFile: table, atomically: true, encoding: .utf8)
-        try lab.start("d", "glb-lab", ["director", "--self", Lab.director.description, "--table", table])
+        let director = try lab.start("d", "glb-lab", ["director", "--self", Lab.director.description, "--table", table])
+        try lab.waitFor("the director") { lab.log(of: director).contains("director: serving queue") }
     }
 
     override func tearDown() {
@@ -77,9 +78,7 @@ final class SynCookieResponderTests: XCTestCase {
     func connectAndTransfer(to vip: IPAddress, bytes: Int) throws -> (client: (UInt8, UInt8, UInt32), server: (UInt8, UInt8, UInt32)) {
         let client = try lab.inside("c") { try LabSockets.connectTCP(to: vip, port: Self.port, timeoutSeconds: 5) }
         defer { close(client) }
-        let accepted = accept(listener, nil, nil)
-        XCTAssertGreaterThanOrEqual(accepted, 0, "the kernel made no connection for the handshake")
-        guard accepted >= 0 else { throw LabError("no connection accepted") }
+        let accepted = try acceptConnection(listener)
         defer { close(accepted) }
         LabSockets.setTimeouts(accepted, seconds: 5)
         let received = ReceivedBytes()
@@ -121,10 +120,11 @@ final class SynCookieResponderTests: XCTestCase {
         let windows = try connectAndTransfer(to: vip, bytes: 4 << 20)
         let after = try lab.stats("p1")
 
-        XCTAssertEqual(after["cookies_sent"]! - before["cookies_sent"]!, 1, "the client's SYN was answered by the responder")
-        XCTAssertEqual(after["accepted_syn_cookie"]! - before["accepted_syn_cookie"]!, 1, "its ACK was taken as a cookie ACK")
-        XCTAssertEqual(after["syn_cookie_checks"]! - before["syn_cookie_checks"]!, 1, "no later packet was checked")
-        XCTAssertGreaterThan(after["accepted_established"]! - before["accepted_established"]!, 100, "the data went to the connection")
+        // A SYN retransmitted before its SYN-ACK arrived is answered again: one or two, not none or many.
+        XCTAssertTrue((1...2).contains(try after.value("cookies_sent") - before.value("cookies_sent")), "the client's SYN was answered by the responder")
+        XCTAssertEqual(try after.value("accepted_syn_cookie") - before.value("accepted_syn_cookie"), 1, "its ACK was taken as a cookie ACK")
+        XCTAssertEqual(try after.value("syn_cookie_checks") - before.value("syn_cookie_checks"), 1, "no later packet was checked")
+        XCTAssertGreaterThan(try after.value("accepted_established") - before.value("accepted_established"), 100, "the data went to the connection")
         XCTAssertGreaterThan(try tcpExt("SyncookiesRecv"), recvBefore, "the kernel validated the cookie")
         XCTAssertEqual(try listenerStats(listenerName)["cookie_acks_valid"], 1)
         // The scale we advertised is the one the kernel gave the child, and the window is used in full.
@@ -140,9 +140,9 @@ final class SynCookieResponderTests: XCTestCase {
         try startSecondChance(["--cookie-pass-ms", "60000"])
         try flood(400)
         try waitUntilActive("\(Lab.vip):\(Self.port)")
-        let before = try lab.stats("p1")["cookies_sent"]!
+        let before = try lab.stats("p1").value("cookies_sent")
         let windows = try connectAndTransfer(to: .v4(Lab.vip), bytes: 1 << 20)
-        XCTAssertEqual(try lab.stats("p1")["cookies_sent"]! - before, 1, "the client's SYN was answered by the responder")
+        XCTAssertTrue((1...2).contains(try lab.stats("p1").value("cookies_sent") - before), "the client's SYN was answered by the responder (once, or again for a retransmission)")
         return windows
     }
 
@@ -225,7 +225,7 @@ final class SynCookieResponderTests: XCTestCase {
                                         destinationPort: Self.port, flags: .syn, sequence: 77)
         try sendGUE(lab, sourcePort: 31001, to: Lab.p1, inner: foreign, hops: [])
         try lab.waitFor("the foreign SYN to be refused") {
-            try lab.stats("p1")["dropped_not_local_destination"] == before["dropped_not_local_destination"]! + 1
+            try lab.stats("p1")["dropped_not_local_destination"] == before.value("dropped_not_local_destination") + 1
         }
         XCTAssertNil(synAck(from: Lab.client, port: 42000), "a SYN-ACK left P1 with a source it does not own")
         XCTAssertEqual(try lab.stats("p1")["cookies_sent"], before["cookies_sent"])
@@ -234,7 +234,7 @@ final class SynCookieResponderTests: XCTestCase {
                                       destinationPort: Self.port, flags: .syn, sequence: 78)
         try sendGUE(lab, sourcePort: 31002, to: Lab.p1, inner: local, hops: [])
         XCTAssertNotNil(synAck(from: Lab.vip, port: 42001), "the VIP's SYN was answered")
-        XCTAssertEqual(try lab.stats("p1")["cookies_sent"], before["cookies_sent"]! + 1)
+        XCTAssertEqual(try lab.stats("p1")["cookies_sent"], try before.value("cookies_sent") + 1)
     }
 
     func testInvalidCookieACKIsForwardedNotTaken() throws {
@@ -267,7 +267,7 @@ final class SynCookieResponderTests: XCTestCase {
         _ = try connectAndTransfer(to: .v4(Lab.vip), bytes: 64 << 10)
         let after = try lab.stats("p1")
         XCTAssertEqual(after["cookies_sent"], before["cookies_sent"], "the kernel answers again")
-        XCTAssertEqual(after["accepted_syn"]! - before["accepted_syn"]!, 1)
+        XCTAssertEqual(try after.value("accepted_syn") - before.value("accepted_syn"), 1)
         let log = lab.processes.map { lab.log(of: $0.process) }.joined()
         XCTAssertTrue(log.contains("SYN cookies off for \(Lab.vip):\(Self.port): SYN queue"), log)
     }
@@ -290,12 +290,12 @@ final class SynCookieResponderTests: XCTestCase {
         // The client's SYN may be the one let through to the kernel; a few connections settle it.
         for _ in 0..<3 where !answered {
             _ = try connectAndTransfer(to: .v4(Lab.vip), bytes: 256 << 10)
-            answered = try lab.stats("p1")["cookies_sent"]! > before["cookies_sent"]!
+            answered = try lab.stats("p1").value("cookies_sent") > before.value("cookies_sent")
         }
         XCTAssertTrue(answered, "the responder answered a client after 150 s of flood")
-        XCTAssertGreaterThan(try lab.stats("p1")["accepted_syn_cookie"]!, before["accepted_syn_cookie"]!)
+        XCTAssertGreaterThan(try lab.stats("p1").value("accepted_syn_cookie"), try before.value("accepted_syn_cookie"))
         XCTAssertGreaterThan(try tcpExt("SyncookiesRecv"), recvBefore)
-        XCTAssertGreaterThan(try listenerStats("\(Lab.vip):\(Self.port)")["syns_passed_to_kernel"]!, 100,
+        XCTAssertGreaterThan(try listenerStats("\(Lab.vip):\(Self.port)").value("syns_passed_to_kernel"), 100,
                              "about one SYN a second kept the kernel's overflow mark")
     }
 }
