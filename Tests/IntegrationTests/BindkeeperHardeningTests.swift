@@ -291,3 +291,81 @@ final class BindkeeperHardeningTests: XCTestCase {
         XCTAssertTrue(supervisor.isRunning)
     }
 }
+
+/// What the README promises of bindkeeper and no other test drives.
+final class BindkeeperPromiseTests: XCTestCase {
+    var lab: BrokerLab!
+
+    override func setUpWithError() throws { lab = try BrokerLab(testName) }
+    override func tearDown() { lab?.tearDown() }
+
+    func exec(as gid: String?, _ url: String) throws -> (status: Int32, output: String) {
+        let user = gid.map { ["setpriv", "--reuid=4242", "--regid=\($0)", "--clear-groups"] } ?? []
+        return try lab.run(user + [lab.binary("bindkeeper"), "exec", "--socket", lab.socketPath, "--bind", url, "--", "true"])
+    }
+
+    /// A policy by group name, and the control socket's group: members get in and bind what the
+    /// group may; others cannot even connect. Denials and conflicts carry their codes.
+    func testGroupPolicyControlGroupAndErrorCodes() throws {
+        let nogroup = try XCTUnwrap(getgrnam("nogroup")?.pointee.gr_gid)
+        let policy = lab.directory.appendingPathComponent("policy.json")
+        try #"{"control":{"mode":"0660","group":"nogroup"},"allow":[{"group":"nogroup","binds":["tcp://198.18.2.1:9101"]}]}"#
+            .write(to: policy, atomically: true, encoding: .utf8)
+        try lab.startBroker(["--config", policy.path])
+        var status = stat()
+        XCTAssertEqual(stat(lab.socketPath, &status), 0)
+        XCTAssertEqual(status.st_gid, nogroup)
+        XCTAssertEqual(status.st_mode & 0o777, 0o660)
+
+        let member = try exec(as: String(nogroup), "tcp://\(BrokerLab.address):9101")
+        XCTAssertEqual(member.status, 0, member.output)
+        let denied = try exec(as: String(nogroup), "tcp://\(BrokerLab.address):9102")
+        XCTAssertNotEqual(denied.status, 0)
+        XCTAssertTrue(denied.output.contains("(10001)"), denied.output)
+        let outsider = try exec(as: "4242", "tcp://\(BrokerLab.address):9101")
+        XCTAssertNotEqual(outsider.status, 0)
+        XCTAssertTrue(outsider.output.contains("Permission denied"), outsider.output)
+
+        XCTAssertEqual(try exec(as: nil, "tcp://\(BrokerLab.address):9103?backlog=10").status, 0)
+        let conflict = try exec(as: nil, "tcp://\(BrokerLab.address):9103?backlog=20")
+        XCTAssertNotEqual(conflict.status, 0)
+        XCTAssertTrue(conflict.output.contains("(10002)"), conflict.output)
+
+        let listing = try lab.run([lab.binary("bindkeeper"), "list", "--json", "--socket", lab.socketPath])
+        XCTAssertEqual(listing.status, 0, listing.output)
+        let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(listing.output.utf8)) as? [String: Any], listing.output)
+        let keys = (object["sockets"] as? [[String: Any]] ?? []).compactMap { $0["key"] as? String }
+        XCTAssertEqual(keys, ["tcp://\(BrokerLab.address):9101", "tcp://\(BrokerLab.address):9103"])
+    }
+
+    /// SIGHUP reloads like SIGUSR2; a new HAProxy that passes its check but dies while starting
+    /// leaves the running one serving.
+    func testSupervisorReloadsOnSIGHUPAndSurvivesANewHAProxyThatDies() throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/haproxy") else { throw LabError("haproxy is not installed (scripts/setup.sh installs it)") }
+        try lab.startBroker()
+        let answer = try String(contentsOf: Lab.packageRoot.appendingPathComponent("examples/lab/haproxy-answer.cfg.in"), encoding: .utf8)
+        let good = answer.replacingOccurrences(of: "@BIND@", with: "{{bind tcp://\(BrokerLab.address):8600}}")
+        let template = lab.directory.appendingPathComponent("site.cfg.tmpl").path
+        try good.write(toFile: template, atomically: true, encoding: .utf8)
+        let pidFile = lab.directory.appendingPathComponent("site.pid").path
+        let supervisor = try lab.start("supervisor", [lab.binary("bindkeeper"), "haproxy", "--socket", lab.socketPath, "-f", template,
+                                                      "-p", pidFile, "--stop-timeout", "2", "--", "/usr/sbin/haproxy"])
+        try lab.waitFor("haproxy to start") { FileManager.default.fileExists(atPath: pidFile) }
+        func served() throws -> Bool { try lab.inside { try Lab.httpGet(IPAddress(BrokerLab.address)!, port: 8600, path: "/") }.contains("200") }
+        XCTAssertTrue(try served())
+
+        kill(supervisor.processIdentifier, SIGHUP)
+        try lab.waitFor("the SIGHUP reload") { lab.allLogs.contains("reloaded: haproxy pid") }
+        XCTAssertTrue(try served())
+
+        // A second frontend on a port another socket holds: `haproxy -c` binds nothing and passes,
+        // the new instance cannot bind and exits.
+        let taken = try lab.inside { try LabSockets.listenTCP(on: IPAddress(BrokerLab.address)!, port: 8601) }
+        defer { close(taken) }
+        try (good + "frontend taken\n    bind \(BrokerLab.address):8601\n    http-request return status 200\n").write(toFile: template, atomically: true, encoding: .utf8)
+        kill(supervisor.processIdentifier, SIGHUP)
+        try lab.waitFor("the new instance to die") { lab.allLogs.contains("during start-up; pid") }
+        XCTAssertTrue(try served(), "the running instance keeps serving")
+        XCTAssertTrue(supervisor.isRunning)
+    }
+}
