@@ -362,7 +362,10 @@ final class SynCookieResponder {
                 decider.localRefusal(UnsafeRawBufferPointer(packets[index].payload), packet.gue) == nil
             else { continue }
             let key = listener.record.key
-            if snapshot.settings.syncookies != 2, now &- (lastPassed[key] ?? 0) >= passInterval {
+            // The kernel accepts a cookie ACK only within two minutes of a cookie of its own for the
+            // listener (tcp_synq_no_recent_overflow), with tcp_syncookies=2 too: one SYN per interval
+            // goes to the kernel, which answers it with a cookie and so keeps that mark.
+            if now &- (lastPassed[key] ?? 0) >= passInterval {
                 lastPassed[key] = now
                 listener.record.add(.synsPassedToKernel)
                 continue

@@ -116,9 +116,11 @@ final class SynCookieResponderTests: XCTestCase {
         try flood(400, ipv6: ipv6)
         try waitUntilActive(listenerName)
         let before = try lab.stats("p1")
-        let recvBefore = try tcpExt("SyncookiesRecv")
+        let recvBefore = try tcpExt("SyncookiesRecv"), sentBefore = try tcpExt("SyncookiesSent")
         let windows = try connectAndTransfer(to: vip, bytes: 4 << 20)
         let after = try lab.stats("p1")
+        // The answered GUE SYN was dropped: the kernel, whose queue is full, made no cookie of its own.
+        XCTAssertEqual(try tcpExt("SyncookiesSent"), sentBefore, "the SYN the responder answered never reached the kernel")
 
         // A SYN retransmitted before its SYN-ACK arrived is answered again: one or two, not none or many.
         XCTAssertTrue((1...2).contains(try after.value("cookies_sent") - before.value("cookies_sent")), "the client's SYN was answered by the responder")
@@ -270,6 +272,69 @@ final class SynCookieResponderTests: XCTestCase {
         XCTAssertEqual(try after.value("accepted_syn") - before.value("accepted_syn"), 1)
         let log = lab.processes.map { lab.log(of: $0.process) }.joined()
         XCTAssertTrue(log.contains("SYN cookies off for \(Lab.vip):\(Self.port): SYN queue"), log)
+    }
+
+    /// --syn-cookies off: an overflowing listener is the kernel's alone, and its cookies still work.
+    func testResponderOffLeavesTheKernelToAnswer() throws {
+        try listen(.v4(Lab.vip))
+        try startSecondChance(["--syn-cookies", "off"])
+        try flood(400)
+        let sent = try tcpExt("SyncookiesSent")
+        _ = try connectAndTransfer(to: .v4(Lab.vip), bytes: 64 << 10)
+        let stats = try lab.stats("p1")
+        XCTAssertEqual(stats["cookies_sent"], 0)
+        XCTAssertGreaterThan(try tcpExt("SyncookiesSent"), sent, "the kernel answered with its own cookie")
+        XCTAssertEqual(try listenerStats("\(Lab.vip):\(Self.port)"), [:], "no listener is watched")
+    }
+
+    /// --syn-cookies always (with tcp_syncookies=2): SYNs are answered with no overflow at all. The
+    /// kernel still wants a recent cookie of its own before it takes one: the first SYN goes to it.
+    func testResponderAlwaysAnswersWithoutOverflow() throws {
+        try sysctl("p1", "net.ipv4.tcp_syncookies=2")
+        try listen(.v4(Lab.vip))
+        try startSecondChance(["--syn-cookies", "always", "--cookie-pass-ms", "60000"])
+        try waitUntilActive("\(Lab.vip):\(Self.port)")
+        _ = try connectAndTransfer(to: .v4(Lab.vip), bytes: 64 << 10)
+        XCTAssertGreaterThanOrEqual(try listenerStats("\(Lab.vip):\(Self.port)").value("syns_passed_to_kernel"), 1, "the kernel got a SYN to answer")
+        _ = try connectAndTransfer(to: .v4(Lab.vip), bytes: 64 << 10)
+        let stats = try lab.stats("p1")
+        XCTAssertTrue((1...2).contains(try stats.value("cookies_sent")), "the second connection's SYN was answered by the responder: \(stats)")
+        // Both ACKs carried cookies (with tcp_syncookies=2 the kernel's answer is one too).
+        XCTAssertEqual(stats["accepted_syn_cookie"], 2)
+    }
+
+    /// --no-cookie-check: no BPF, no responder, and an ACK of a kernel cookie is not recognised
+    /// (here the only proxy takes it last).
+    func testNoCookieCheckRecognisesNoCookieACK() throws {
+        try listen(.v4(Lab.vip))
+        try startSecondChance(["--no-cookie-check"])
+        try flood(400)
+        let sent = try tcpExt("SyncookiesSent")
+        _ = try connectAndTransfer(to: .v4(Lab.vip), bytes: 64 << 10)
+        let stats = try lab.stats("p1")
+        XCTAssertGreaterThan(try tcpExt("SyncookiesSent"), sent, "the kernel issued the cookie")
+        XCTAssertEqual(stats["syn_cookie_checks"], 0)
+        XCTAssertEqual(stats["accepted_syn_cookie"], 0)
+        XCTAssertEqual(stats["cookies_sent"], 0)
+        XCTAssertGreaterThan(try stats.value("accepted_last_resort"), 0, "the cookie ACK went by the hop list")
+    }
+
+    /// --cookie-activate-percent: 10 request sockets on a backlog of 16 are enough at 50%.
+    func testActivationFollowsThePercentage() throws {
+        try listen(.v4(Lab.vip))
+        try startSecondChance(["--cookie-activate-percent", "50", "--cookie-deactivate-percent", "25"])
+        try flood(10, rate: 1000)
+        try waitUntilActive("\(Lab.vip):\(Self.port)")
+        let log = lab.processes.map { lab.log(of: $0.process) }.joined()
+        XCTAssertTrue(log.contains("SYN cookies on for \(Lab.vip):\(Self.port)"), log)
+    }
+
+    /// A rise of the kernel's overflow counters starts a scan at once, whatever --listener-scan-ms.
+    func testOverflowCountersTriggerAScanAtOnce() throws {
+        try listen(.v4(Lab.vip))
+        try lab.startSecondChance("p1", Lab.p1, extra: ["--listener-scan-ms", "60000", "--cookie-hold-ms", "500"])
+        try flood(400)
+        try waitUntilActive("\(Lab.vip):\(Self.port)", seconds: 15)
     }
 
     /// The kernel accepts cookies only within two minutes of its own last one; a flood longer than
