@@ -178,6 +178,30 @@ final class PromiseTests: XCTestCase {
         XCTAssertEqual(try lab.stats("p1").value("forwarded"), 2)
     }
 
+    /// When the socket table cannot be asked, the packet is taken here: this host's flows live on,
+    /// at the risk of resetting one another proxy owns. sock_diag is made to fail by a preloaded
+    /// library (Fixtures/fail_sock_diag.c).
+    func testAPacketIsTakenHereWhenTheSocketTableCannotBeRead() throws {
+        let library = lab.directory.appendingPathComponent("fail_sock_diag.so").path
+        try Lab.shell("gcc -shared -fPIC -o \(library) \(Lab.packageRoot.appendingPathComponent("Tests/IntegrationTests/Fixtures/fail_sock_diag.c").path) -ldl")
+        for entry in lab.processes where entry.name == "p1 second-chance" && entry.process.isRunning {
+            entry.process.terminate()
+            entry.process.waitUntilExit()
+        }
+        try? FileManager.default.removeItem(atPath: lab.controlPath("p1"))
+        let daemon = try Lab.launch(inside: lab.namespace("p1"), [Lab.binaries.appendingPathComponent("second-chance").path, "run", "--queue", "0",
+                                                                  "--self", Lab.p1.description, "--control", lab.controlPath("p1"), "--syn-cookies", "off"]
+                                    + Lab.labPeers, log: lab.directory.appendingPathComponent("failing.log"), environment: ["LD_PRELOAD": library])
+        defer { daemon.terminate(); daemon.waitUntilExit() }
+        try lab.waitFor("the daemon with failing lookups") { FileManager.default.fileExists(atPath: lab.controlPath("p1")) }
+        try sendGUE(lab, sourcePort: 30080, to: Lab.p1, inner: ack(40080), hops: [Lab.p2])
+        try lab.waitFor("the ACK") { try lab.stats("p1").value("total_packets") == 1 }
+        let stats = try lab.stats("p1")
+        XCTAssertEqual(stats["accepted_lookup_failed"], 1, "\(stats)")
+        XCTAssertEqual(stats["forwarded"], 0)
+        XCTAssertEqual(try lab.stats("p2").value("total_packets"), 0)
+    }
+
     /// --batch bounds the verdicts per batch; a daemon with batches of one decides a burst too.
     func testBatchesOfOneDecideABurst() throws {
         try lab.restartSecondChance("p1", Lab.p1, extra: Lab.labPeers + ["--batch", "1"])

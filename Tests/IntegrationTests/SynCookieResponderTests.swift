@@ -274,6 +274,64 @@ final class SynCookieResponderTests: XCTestCase {
         XCTAssertTrue(log.contains("SYN cookies off for \(Lab.vip):\(Self.port): SYN queue"), log)
     }
 
+    /// The client's data right behind its cookie ACK, both in one batch (the daemon is stopped while
+    /// they queue): the data must go to the connection the ACK makes, not by the hop list.
+    func testDataInTheSameBatchAsItsCookieACKReachesTheConnection() throws {
+        try listen(.v4(Lab.vip))
+        try startSecondChance(["--cookie-pass-ms", "60000"])
+        try flood(400)
+        try waitUntilActive("\(Lab.vip):\(Self.port)")
+        // The client's own stack knows nothing of this handshake: its RSTs would end it.
+        try Lab.shell("ip netns exec \(lab.namespace("c")) iptables -A OUTPUT -p tcp --tcp-flags RST RST -j DROP")
+        let capture = try lab.inside("c") { try Capture(protocol: Int32(IPPROTO_TCP)) }
+        func segment(_ flags: TCPFlags, seq: UInt32, ack: UInt32 = 0, payload: [UInt8] = []) -> [UInt8] {
+            PacketBuilder.tcp(source: .v4(Lab.client), sourcePort: 43000, destination: .v4(Lab.vip), destinationPort: Self.port, flags: flags,
+                              sequence: seq, acknowledgement: ack, options: flags == .syn ? [2, 4, 0x05, 0xb4] : [], payload: payload)
+        }
+        try sendGUE(lab, sourcePort: 31100, to: Lab.p1, inner: segment(.syn, seq: 1000), hops: [Lab.p2])
+        let synAck = try XCTUnwrap(capture.first { $0.ipv4TCP.map { $0.0 == Lab.vip && $0.3 == 43000 && $0.4.contains([.syn, .ack]) } ?? false }?.ipv4TCP)
+        XCTAssertEqual(try lab.stats("p1").value("cookies_sent") > 0, true)
+        let daemon = try XCTUnwrap(lab.processes.last { $0.name == "p1 second-chance" && $0.process.isRunning }).process
+        kill(daemon.processIdentifier, SIGSTOP)
+        try sendGUE(lab, sourcePort: 31100, to: Lab.p1, inner: segment(.ack, seq: 1001, ack: synAck.5 &+ 1), hops: [Lab.p2])
+        try sendGUE(lab, sourcePort: 31100, to: Lab.p1, inner: segment([.ack, .psh], seq: 1001, ack: synAck.5 &+ 1, payload: Array("hello".utf8)),
+                    hops: [Lab.p2])
+        kill(daemon.processIdentifier, SIGCONT)
+        let accepted = try acceptConnection(listener)
+        defer { close(accepted) }
+        LabSockets.setTimeouts(accepted, seconds: 5)
+        XCTAssertEqual(LabSockets.receiveExactly(accepted, 5), Array("hello".utf8), "the data reached the new connection")
+        let stats = try lab.stats("p1")
+        XCTAssertEqual(stats["accepted_syn_cookie"], 1)
+        XCTAssertEqual(stats["forwarded"], 0, "nothing went by the hop list: \(stats)")
+    }
+
+    /// A listener whose accept queue is full is left to the kernel: the responder answers none of
+    /// its SYNs (a connection it made could not be queued).
+    func testAListenerWithAFullAcceptQueueIsLeftToTheKernel() throws {
+        try listen(.v4(Lab.vip))
+        try startSecondChance(["--cookie-pass-ms", "60000"])
+        try flood(400)
+        try waitUntilActive("\(Lab.vip):\(Self.port)")
+        // 17 connections the listener (backlog 16) never accepts: its accept queue is over full.
+        var clients: [Int32] = []
+        defer { clients.forEach { close($0) } }
+        for _ in 0..<17 { clients.append(try lab.inside("c") { try LabSockets.connectTCP(to: .v4(Lab.vip), port: Self.port, timeoutSeconds: 5) }) }
+        try lab.waitFor("the monitor to see the full accept queue") {
+            try readControlSocket(lab.controlPath("p1")).split(separator: "\n").contains { $0.hasPrefix("listener \(Lab.vip):\(Self.port) ") }
+                && (try listenerStats("\(Lab.vip):\(Self.port)")["cookies_sent"] ?? 0) >= 17
+        }
+        sleep(1)  // the monitor scans every 50 ms: it has seen the full accept queue many times over
+        let before = try lab.stats("p1").value("cookies_sent")
+        let capture = try lab.inside("c") { try Capture(protocol: Int32(IPPROTO_TCP)) }
+        let syn = PacketBuilder.tcp(source: .v4(Lab.client), sourcePort: 43100, destination: .v4(Lab.vip), destinationPort: Self.port, flags: .syn,
+                                    sequence: 1, options: [2, 4, 0x05, 0xb4])
+        try sendGUE(lab, sourcePort: 31101, to: Lab.p1, inner: syn, hops: [])
+        try lab.waitFor("the SYN") { try lab.stats("p1").value("accepted_syn") > 0 }
+        XCTAssertEqual(try lab.stats("p1").value("cookies_sent"), before, "the responder left the SYN to the kernel")
+        XCTAssertNil(capture.first(within: 1) { $0.ipv4TCP.map { $0.0 == Lab.vip && $0.3 == 43100 } ?? false }, "and the kernel dropped it")
+    }
+
     /// --syn-cookies off: an overflowing listener is the kernel's alone, and its cookies still work.
     func testResponderOffLeavesTheKernelToAnswer() throws {
         try listen(.v4(Lab.vip))
