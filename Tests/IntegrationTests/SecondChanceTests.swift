@@ -301,13 +301,33 @@ final class SecondChanceTests: XCTestCase {
         XCTAssertNotEqual(duplicate.status, 0)
         XCTAssertTrue(duplicate.output.contains("already bound by another process"), duplicate.output)
 
+        // SIGTERM with packets waiting: a daemon on queue 7 (fed by its own rule) is stopped while 50
+        // SYNs queue, then told to stop and let go on: every one is answered before it exits.
+        try Lab.shell("ip netns exec \(lab.namespace("p1")) iptables -t raw -I PREROUTING -p udp --dport 19523 -s 198.18.0.40 -j NFQUEUE --queue-num 7")
+        try Lab.shell("ip -n \(lab.namespace("c")) addr add 198.18.0.40/24 dev eth0")
         let spare = try lab.start("p1", "second-chance", ["run", "--queue", "7", "--self", Lab.p1.description, "--control", lab.controlPath("spare")] + Lab.labPeers)
         try lab.waitFor("the spare daemon") { FileManager.default.fileExists(atPath: lab.controlPath("spare")) }
+        let capture = try lab.inside("c") { try Capture(protocol: Int32(IPPROTO_TCP)) }
+        kill(spare.processIdentifier, SIGSTOP)
+        let ports = UInt16(44000)..<44050
+        for port in ports {
+            let syn = PacketBuilder.tcp(source: .v4(Lab.client), sourcePort: port, destination: .v4(Lab.vip), destinationPort: 80, flags: .syn, sequence: 1)
+            try sendGUE(lab, source: IPv4Address("198.18.0.40")!, sourcePort: 30090, to: Lab.p1, inner: syn, hops: [])
+        }
         spare.terminate()
+        kill(spare.processIdentifier, SIGCONT)
         spare.waitUntilExit()
         XCTAssertEqual(spare.terminationStatus, 0)
         XCTAssertTrue(lab.log(of: spare).contains("stopped; all read packets answered"))
         XCTAssertFalse(FileManager.default.fileExists(atPath: lab.controlPath("spare")), "control socket removed")
+        var answered = Set<UInt16>()
+        try? lab.waitFor("the SYN-ACKs", seconds: 3) {
+            for packet in capture.drain() {
+                if let tcp = packet.ipv4TCP, tcp.0 == Lab.vip, tcp.4.contains([.syn, .ack]) { answered.insert(tcp.3) }
+            }
+            return answered == Set(ports)
+        }
+        XCTAssertEqual(answered, Set(ports), "every SYN queued before the stop was decided and answered by P1's stack")
     }
 
     /// A daemon on queues 3 and 4 fed by --queue-balance 3:4 from client addresses 198.18.0.16/28,
