@@ -119,23 +119,10 @@ public final class LocalAddressWatcher: @unchecked Sendable {
         guard mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) >= 0 else { throw SystemError("RTM_GETADDR request") }
 
         var addresses = LocalAddresses.none
-        while true {
-            let received = retryingOnInterrupt { mnl_socket_recvfrom(socket, buffer, size) }
-            guard received > 0 else { throw SystemError("RTM_GETADDR dump") }
-            var remaining = Int32(received)
-            var message: UnsafePointer<nlmsghdr>? = UnsafePointer(buffer.assumingMemoryBound(to: nlmsghdr.self))
-            while let current = message, mnl_nlmsg_ok(current, remaining) {
-                defer { message = UnsafePointer(mnl_nlmsg_next(current, &remaining)) }
-                switch Int32(current.pointee.nlmsg_type) {
-                case NLMSG_DONE: return addresses
-                case NLMSG_ERROR:
-                    let code = mnl_nlmsg_get_payload(current)!.load(as: Int32.self)
-                    throw SystemError("RTM_GETADDR dump", errno: -code)
-                case Int32(RTM_NEWADDR): add(current, to: &addresses)
-                default: continue
-                }
-            }
+        try Netlink.receiveDump(socket, buffer: buffer, size: size, sequence: 1, name: "RTM_GETADDR dump") { message in
+            if message.pointee.nlmsg_type == UInt16(RTM_NEWADDR) { add(message, to: &addresses) }
         }
+        return addresses
     }
 
     /// One RTM_NEWADDR: IFA_LOCAL is this host's address where present (IFA_ADDRESS is then the

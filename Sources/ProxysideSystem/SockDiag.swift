@@ -175,36 +175,21 @@ public final class SockDiag {
         request.storeBytes(of: UInt32.max, toByteOffset: 48, as: UInt32.self)
         request.storeBytes(of: UInt32.max, toByteOffset: 52, as: UInt32.self)
         guard mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) >= 0 else { throw SystemError("sock_diag dump request") }
-        while true {
-            let received = retryingOnInterrupt { mnl_socket_recvfrom(socket, dumpBuffer, Self.dumpBufferSize) }
-            guard received > 0 else { throw SystemError("sock_diag dump") }
-            var remaining = Int32(received)
-            var message: UnsafePointer<nlmsghdr>? = UnsafePointer(dumpBuffer.assumingMemoryBound(to: nlmsghdr.self))
-            while let current = message, mnl_nlmsg_ok(current, remaining) {
-                defer { message = UnsafePointer(mnl_nlmsg_next(current, &remaining)) }
-                guard current.pointee.nlmsg_seq == sequence else { continue }
-                switch Int32(current.pointee.nlmsg_type) {
-                case NLMSG_DONE: return
-                case NLMSG_ERROR:
-                    let code = mnl_nlmsg_get_payload(current)!.load(as: Int32.self)
-                    throw SystemError("sock_diag dump", errno: -code)
-                case Int32(SOCK_DIAG_BY_FAMILY):
-                    let payloadLength = Int(mnl_nlmsg_get_payload_len(current))
-                    guard payloadLength >= Self.diagMessageSize else { continue }
-                    let payload = UnsafeRawPointer(mnl_nlmsg_get_payload(current)!)
-                    var attributes: [UInt16: UnsafeRawBufferPointer] = [:]
-                    var attribute = UnsafePointer<nlattr>?(payload.advanced(by: Self.diagMessageSize).assumingMemoryBound(to: nlattr.self))
-                    var attributeBytes = Int32(payloadLength - Self.diagMessageSize)
-                    while let current = attribute, mnl_attr_ok(current, attributeBytes) {
-                        let length = Int(mnl_attr_get_payload_len(current))
-                        attributes[mnl_attr_get_type(current)] = UnsafeRawBufferPointer(start: mnl_attr_get_payload(current), count: length)
-                        attributeBytes -= Int32(current.pointee.nla_len + 3) & ~3
-                        attribute = UnsafePointer(mnl_attr_next(current))
-                    }
-                    each(UnsafeRawBufferPointer(start: payload, count: Self.diagMessageSize), attributes)
-                default: continue
-                }
+        try Netlink.receiveDump(socket, buffer: dumpBuffer, size: Self.dumpBufferSize, sequence: sequence, name: "sock_diag dump") { message in
+            guard message.pointee.nlmsg_type == UInt16(SOCK_DIAG_BY_FAMILY) else { return }
+            let payloadLength = Int(mnl_nlmsg_get_payload_len(message))
+            guard payloadLength >= Self.diagMessageSize else { return }
+            let payload = UnsafeRawPointer(mnl_nlmsg_get_payload(message)!)
+            var attributes: [UInt16: UnsafeRawBufferPointer] = [:]
+            var attribute = UnsafePointer<nlattr>?(payload.advanced(by: Self.diagMessageSize).assumingMemoryBound(to: nlattr.self))
+            var attributeBytes = Int32(payloadLength - Self.diagMessageSize)
+            while let current = attribute, mnl_attr_ok(current, attributeBytes) {
+                let length = Int(mnl_attr_get_payload_len(current))
+                attributes[mnl_attr_get_type(current)] = UnsafeRawBufferPointer(start: mnl_attr_get_payload(current), count: length)
+                attributeBytes -= Int32(current.pointee.nla_len + 3) & ~3
+                attribute = UnsafePointer(mnl_attr_next(current))
             }
+            each(UnsafeRawBufferPointer(start: payload, count: Self.diagMessageSize), attributes)
         }
     }
 

@@ -1,4 +1,5 @@
 @testable import BindkeeperCore
+import ProxysideCore
 import TestSupport
 import XCTest
 
@@ -48,21 +49,31 @@ final class ReaderFuzzTests: XCTestCase {
         XCTAssertGreaterThan(failures, 1000)
     }
 
+    /// Mutated URLs: whatever parses, by any door, comes back the same through every other (the
+    /// URL, the JSON form, the fd store's name, the re-exec state), and its metrics label stays one
+    /// label; patterns, fd-store names and templates built from the same bytes never crash.
     func testRandomURLsAndPolicyPatternsNeverCrash() {
         var random = SeededGenerator.fromEnvironment(name: #function)
-        let alphabet = Array("tcpudnix:/[]%.0123456789abcdef?&=*-vonlyfrebiskmdgw".utf8)
+        let alphabet = Array("tcpudnix:/[]%.0123456789abcdef?&=*-vonlyfrebiskmdgwXYZ_+,@~\"\\ \n\t#".utf8)
         let seeds = ["tcp://198.18.0.1:80?backlog=10", "udp://[::]:53?v6only=1", "tcp://[fe80::1%lo]:443?freebind=1",
-                     "unix:/run/a.sock?mode=0600&owner=www&group=www", "tcp://*:8000-8999"].map { Array($0.utf8) }
+                     "unix:/run/a.sock?mode=0600&owner=www&group=www", "unix:/run/web/app.sock?mode=0660&owner=www&group=33",
+                     "unix:/a", "tcp://*:8000-8999"].map { Array($0.utf8) }
         var parsed = 0
         for _ in 0..<50_000 {
             var bytes = seeds[random.below(seeds.count)]
-            random.mutate(&bytes, alphabet: alphabet, times: 3)
+            random.mutate(&bytes, alphabet: alphabet, times: 4)
             let text = String(decoding: bytes, as: UTF8.self)
+            let context = "\(random.report) \(text.debugDescription)"
             if case .success(let request) = BindRequest.parse(url: text) {
                 parsed += 1
-                // Whatever parses has one canonical URL, which parses back to the same request.
-                XCTAssertEqual(try? BindRequest.parse(url: request.url).get(), request, "\(random.report) \(text.debugDescription)")
-                XCTAssertEqual(FDStoreName.encode(request).flatMap(FDStoreName.decode), request, "\(random.report) \(text.debugDescription)")
+                XCTAssertEqual(try? BindRequest.parse(url: request.url).get(), request, "URL: \(context)")
+                XCTAssertEqual(try? Wire.bindRequest(json: Wire.jsonParams(request)).get(), request, "JSON: \(context)")
+                XCTAssertEqual(FDStoreName.encode(request).flatMap(FDStoreName.decode), request, "fd store: \(context)")
+                let state = BrokerState(control: 3, sockets: [.init(fd: 4, request: request, handedOut: 1, creator: 33)], clients: [])
+                XCTAssertEqual(try? BrokerState.decode(state.encoded()).get(), state, "state: \(context)")
+                let label = PrometheusText.escapeLabel(request.key)
+                XCTAssertFalse(label.contains("\n"), context)
+                XCTAssertFalse(label.replacingOccurrences(of: "\\\\", with: "").replacingOccurrences(of: "\\\"", with: "").contains("\""), context)
             }
             _ = BindPattern.parse(text)
             _ = FDStoreName.decode(text)

@@ -1,5 +1,6 @@
 import ProxysideCore
 import ProxysideSystem
+import Glibc
 import XCTest
 
 /// doctor's reading of the firewall rules that feed second-chance.
@@ -68,5 +69,25 @@ final class HostCheckTests: XCTestCase {
         XCTAssertEqual(lines(good), ["[ ok ] iptables: -A PREROUTING -s 198.18.0.2/32 -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass"])
         let otherQueue = HostChecks.ruleChecks(good, tool: "iptables", port: 19523, queues: [3]).map(\.line)
         XCTAssertTrue(otherQueue.first?.contains("does not feed queue(s) [3]") == true, "\(otherQueue)")
+    }
+}
+
+/// The netlink dumps the daemon relies on, in the test's own namespace (no root needed).
+final class NetlinkDumpTests: XCTestCase {
+    func testThisHostsAddressesComeFromRtnetlink() throws {
+        let addresses = try LocalAddressWatcher.dump()
+        XCTAssertTrue(addresses.owns(IPv4Address("127.0.0.1")!), "\(addresses.ipv4)")
+        XCTAssertFalse(addresses.accepts(destination: IPv4Address("127.0.0.1")!), "loopback is never a destination from outside")
+    }
+
+    func testListenersComeFromSockDiag() throws {
+        let fd = try LabSockets.listenTCP(on: .v4(IPv4Address("127.0.0.1")!), port: 0, backlog: 7)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        let key = ListenerKey(address: .v4(IPv4Address("127.0.0.1")!), port: UInt16(bigEndian: address.sin_port))
+        let listener = try XCTUnwrap(try SockDiag().dumpListeners().first { $0.key == key })
+        XCTAssertEqual(listener.backlog, 7)
     }
 }
