@@ -96,11 +96,15 @@ public final class Broker: @unchecked Sendable {
     private let statisticsLock = NSLock()
     private var metricsServer: StatsServer?
     private let log: @Sendable (String) -> Void
+    /// The program's path, resolved at start: a re-exec runs whatever is installed there now (after
+    /// an upgrade, the new binary; /proc/self/exe would name the deleted old one).
+    private let executable: String
 
     public init(options: BrokerOptions, environment: [String: String] = ProcessInfo.processInfo.environment,
                 log: @escaping @Sendable (String) -> Void) throws {
         self.options = options
         self.log = log
+        executable = Self.executablePath()
         shutdown = try EventFD()
         reexecSignal = try EventFD()
         notifier = SDNotify(environment: environment)
@@ -515,14 +519,23 @@ public final class Broker: @unchecked Sendable {
         // From exec(2) until the new program has its handlers, these signals' default action
         // would end it: they stay pending instead.
         Self.setSignalsBlocked(true)
-        execv("/proc/self/exe", &argv)
+        execv(executable, &argv)
         let failure = errno
         Self.setSignalsBlocked(false)
         for pointer in argv { free(pointer) }
         for fd in kept { OwnedSocket.setCloseOnExec(fd, true) }
         unsetenv(BrokerState.environmentName)
         close(memfd)
-        log("re-exec failed: \(String(cString: strerror(failure))); still serving")
+        log("re-exec of \(executable) failed: \(String(cString: strerror(failure))); still serving")
+    }
+
+    /// Where this program was started from (/proc/self/exe's target, read before any upgrade).
+    static func executablePath() -> String {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        guard length > 0 else { return "/proc/self/exe" }
+        let path = String(decoding: buffer[0..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return path.hasSuffix(" (deleted)") ? String(path.dropLast(" (deleted)".count)) : path
     }
 
     static func setSignalsBlocked(_ blocked: Bool) {

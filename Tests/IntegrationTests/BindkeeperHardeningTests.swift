@@ -338,6 +338,40 @@ final class BindkeeperPromiseTests: XCTestCase {
         XCTAssertEqual(keys, ["tcp://\(BrokerLab.address):9101", "tcp://\(BrokerLab.address):9103"])
     }
 
+    /// `reexec` after an upgrade runs the file now installed where the broker was started from (a
+    /// new file renamed over the old one, as packages install), keeping every socket; an upgrade
+    /// that is no program at all leaves the running broker serving.
+    func testReexecRunsTheInstalledBinaryAfterAnUpgrade() throws {
+        let installed = lab.directory.appendingPathComponent("sbin/bindkeeper").path
+        try Lab.shell("mkdir -p \(lab.directory.path)/sbin && cp \(lab.binary("bindkeeper")) \(installed)")
+        let broker = try lab.start("broker", [installed, "serve", "--socket", lab.socketPath])
+        try lab.waitForBroker()
+        let bound = try lab.client().bind([try BindRequest.parse(url: "tcp://\(BrokerLab.address):9200").get()])
+        let cookie = OwnedSocket.cookie(bound[0].fd)
+        bound.forEach { close($0.fd) }
+        func exe() -> String { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(broker.processIdentifier)/exe")) ?? "" }
+        func upgrade(_ command: String) throws {
+            try Lab.shell("\(command) > \(installed).new && chmod 0755 \(installed).new && mv \(installed).new \(installed)")
+        }
+        // The new version: the same program with a byte appended (a different file that still runs).
+        try upgrade("cat \(lab.binary("bindkeeper")) - <<< x")
+        XCTAssertTrue(exe().hasSuffix(" (deleted)"), "the running broker's file was replaced: \(exe())")
+        XCTAssertEqual(try lab.run([lab.binary("bindkeeper"), "reexec", "--socket", lab.socketPath]).status, 0)
+        try lab.waitFor("the re-exec") { lab.allLogs.contains("re-executed: kept 1 sockets") }
+        XCTAssertEqual(exe(), installed, "the installed file runs now")
+        let after = try lab.client().bind([try BindRequest.parse(url: "tcp://\(BrokerLab.address):9200").get()])
+        XCTAssertEqual(OwnedSocket.cookie(after[0].fd), cookie, "the same socket")
+        after.forEach { close($0.fd) }
+
+        try upgrade("echo 'not a program'")
+        XCTAssertEqual(try lab.run([lab.binary("bindkeeper"), "reexec", "--socket", lab.socketPath]).status, 0)
+        try lab.waitFor("the failed re-exec") { lab.allLogs.contains("re-exec of \(installed) failed") }
+        XCTAssertTrue(broker.isRunning)
+        let still = try lab.client().bind([try BindRequest.parse(url: "tcp://\(BrokerLab.address):9200").get()])
+        XCTAssertEqual(OwnedSocket.cookie(still[0].fd), cookie, "still serving the same socket")
+        still.forEach { close($0.fd) }
+    }
+
     /// SIGHUP reloads like SIGUSR2; a new HAProxy that passes its check but dies while starting
     /// leaves the running one serving.
     func testSupervisorReloadsOnSIGHUPAndSurvivesANewHAProxyThatDies() throws {
