@@ -109,8 +109,14 @@ public final class NetfilterQueue {
         public var payload: UnsafeMutableRawBufferPointer
     }
 
-    /// Reads and answers packets until `stop` is signalled, then answers what is still queued and
-    /// returns: no packet read is left without a verdict.
+    /// How long a stop may go on answering what is queued: under a sustained flood the queue never
+    /// empties, and a stop must still end.
+    public static let drainAfterStopNanoseconds: UInt64 = 250_000_000
+
+    /// Reads and answers packets until `stop` is signalled, then answers what is still queued for
+    /// at most `drainAfterStopNanoseconds` and returns: no packet read is left without a verdict.
+    /// What the kernel still holds then is dropped as the queue goes away; later packets take the
+    /// rule's --queue-bypass.
     ///
     /// Packets are read without blocking until the socket is empty or `batchSize` is reached; the
     /// whole batch goes to `handleBatch`, which appends one action per packet, and the verdicts go
@@ -122,10 +128,14 @@ public final class NetfilterQueue {
         let batchSize = max(1, min(batchSize, Self.maximumBatch))
         var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0)]
         var stopping = false
+        var stopDeadline: UInt64 = 0
         while true {
             let ready = poll(&fds, 2, stopping ? 0 : 1000)
             if ready < 0 && errno != EINTR { throw SystemError("poll") }
-            if fds[1].revents != 0 { stopping = true }
+            if fds[1].revents != 0 && !stopping {
+                stopping = true
+                stopDeadline = MonotonicClock.nanoseconds() + Self.drainAfterStopNanoseconds
+            }
             batch.removeAll(keepingCapacity: true)
             // One recvmmsg for the whole batch: a datagram per slot, read without waiting.
             while true {
@@ -147,10 +157,8 @@ public final class NetfilterQueue {
             }
             try flushVerdicts()
             if !batch.isEmpty { afterVerdicts() }
-            if batch.isEmpty {
-                if stopping { return }
-                idle()
-            }
+            if stopping && (batch.isEmpty || MonotonicClock.nanoseconds() >= stopDeadline) { return }
+            if batch.isEmpty { idle() }
         }
     }
 
