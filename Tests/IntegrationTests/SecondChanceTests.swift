@@ -425,7 +425,8 @@ final class SecondChanceTests: XCTestCase {
         let source = IPv4Address("198.18.0.31")!
         try Lab.shell("ip -n \(lab.namespace("c")) addr add \(source)/24 dev eth0")
         try Lab.shell("ip netns exec \(lab.namespace("p1")) iptables -t raw -I PREROUTING -p udp --dport 19523 -s \(source) -j NFQUEUE --queue-num 5")
-        try lab.start("p1", "second-chance", ["run", "--queue", "5", "--self", Lab.p1.description, "--control", lab.controlPath("pod"), "--netns", pod] + Lab.labPeers)
+        try lab.start("p1", "second-chance", ["run", "--queue", "5", "--self", Lab.p1.description, "--control", lab.controlPath("pod"),
+                                              "--netns", "/run/netns/\(pod)"] + Lab.labPeers)
         try lab.waitFor("the --netns daemon") { FileManager.default.fileExists(atPath: lab.controlPath("pod")) }
 
         let ack = PacketBuilder.tcp(source: .v4(IPv4Address("198.18.9.1")!), sourcePort: 45000, destination: .v4(IPv4Address("198.18.9.10")!),

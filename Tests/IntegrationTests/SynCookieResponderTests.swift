@@ -257,6 +257,21 @@ final class SynCookieResponderTests: XCTestCase {
         XCTAssertEqual(try lab.stats("p2")["accepted_last_resort"], 1, "the last hop takes it (and its kernel refuses it)")
     }
 
+    /// --cookie-deactivate-percent 0: a queue can never be below none of its backlog, so the
+    /// responder stays on after the queue drained (the default 50% turns it off: the test below).
+    func testDeactivationFollowsThePercentage() throws {
+        try sysctl("p1", "net.ipv4.tcp_synack_retries=1")
+        try listen(.v4(Lab.vip))
+        try startSecondChance(["--cookie-deactivate-percent", "0"])
+        try flood(400)
+        try waitUntilActive("\(Lab.vip):\(Self.port)")
+        try lab.waitFor("the SYN queue to drain", seconds: 20) {
+            try !Lab.shell("ip netns exec \(lab.namespace("p1")) ss -tanH state syn-recv").contains(":\(Self.port)")
+        }
+        sleep(2)  // four times --cookie-hold-ms (500 ms), scanned every 50 ms
+        XCTAssertEqual(try listenerStats("\(Lab.vip):\(Self.port)")["active"], 1, "still on with an empty queue")
+    }
+
     func testResponderTurnsOffAfterTheQueueDrains() throws {
         // Request sockets of the spoofed SYNs expire after one SYN-ACK retransmission (about 3 s).
         try sysctl("p1", "net.ipv4.tcp_synack_retries=1")
