@@ -184,8 +184,9 @@ public struct BindRequest: Hashable, Sendable {
             mode = number
         case "owner", "group":
             guard kind == .unix else { return "\(name) applies to Unix sockets" }
-            guard !value.isEmpty, value.allSatisfy({ $0.isLetter || $0.isNumber || "_-.".contains($0) }) else {
-                return "\(name) must be a user or group name or number"
+            // 32 bytes, as useradd allows: so every URL, however long its parts, fits an fd-store name.
+            guard (1...32).contains(value.utf8.count), value.allSatisfy({ $0.isLetter || $0.isNumber || "_-.".contains($0) }) else {
+                return "\(name) must be a user or group name or number (at most 32 characters)"
             }
             if name == "owner" { owner = value } else { group = value }
         default:

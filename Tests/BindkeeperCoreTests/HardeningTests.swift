@@ -33,6 +33,25 @@ final class HardeningTests: XCTestCase {
         XCTAssertEqual(try url("unix:/x").get().unixLocation.name, "x")
     }
 
+    /// Found by the BindAddresses fuzz target: a 200-character group name made a URL too long for an
+    /// fd-store name, so the socket could not survive a crash. Names are at most 32 bytes now, and
+    /// the longest URL of each kind fits.
+    func testTheLongestRequestsStillFitAnFDStoreName() throws {
+        XCTAssertThrowsError(try url("unix:/run/a.sock?group=" + String(repeating: "3", count: 33)).get())
+        XCTAssertThrowsError(try url("unix:/run/a.sock?owner=" + String(repeating: "w", count: 33)).get())
+        let names = String(repeating: "n", count: 32)
+        let longest = [
+            "unix:/" + String(repeating: "p", count: 106) + "?mode=0777&owner=\(names)&group=\(names)",
+            "tcp://[1111:2222:3333:4444:5555:6666:7777:8888%" + String(repeating: "i", count: 15) + "]:65535?backlog=2147483647&v6only=1&freebind=1",
+        ]
+        for text in longest {
+            let request = try url(text).get()
+            let name = try XCTUnwrap(FDStoreName.encode(request), text)
+            XCTAssertLessThanOrEqual(name.utf8.count, 255)
+            XCTAssertEqual(FDStoreName.decode(name), request)
+        }
+    }
+
     func testModesArePermissionBitsOnly() throws {
         XCTAssertEqual(try url("unix:/run/a.sock?mode=0777").get().mode, 0o777)
         for mode in ["04777", "01000", "2777", "7777", "0o777", "-1", "00000777", ""] {
