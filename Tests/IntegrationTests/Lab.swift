@@ -180,6 +180,16 @@ extension Dictionary where Key == String, Value == UInt64 {
     }
 }
 
+/// SIGSTOP, and wait until the process has really stopped: kill(2) returns before a process running
+/// on another core is stopped, and it may read a packet or two meanwhile.
+func stopProcess(_ pid: pid_t) throws {
+    kill(pid, SIGSTOP)
+    try Lab.waitFor("process \(pid) to stop", seconds: 5) {
+        let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
+        return stat.split(separator: ")").last?.split(separator: " ").first == "T"
+    }
+}
+
 /// accept(2) that gives up after `seconds`: a test waiting for a connection that never comes fails
 /// instead of hanging the suite.
 func acceptConnection(_ listener: Int32, within seconds: Int32 = 5) throws -> Int32 {

@@ -308,7 +308,7 @@ final class SecondChanceTests: XCTestCase {
         let spare = try lab.start("p1", "second-chance", ["run", "--queue", "7", "--self", Lab.p1.description, "--control", lab.controlPath("spare")] + Lab.labPeers)
         try lab.waitFor("the spare daemon") { FileManager.default.fileExists(atPath: lab.controlPath("spare")) }
         let capture = try lab.inside("c") { try Capture(protocol: Int32(IPPROTO_TCP)) }
-        kill(spare.processIdentifier, SIGSTOP)
+        try stopProcess(spare.processIdentifier)
         let ports = UInt16(44000)..<44050
         for port in ports {
             let syn = PacketBuilder.tcp(source: .v4(Lab.client), sourcePort: port, destination: .v4(Lab.vip), destinationPort: 80, flags: .syn, sequence: 1)

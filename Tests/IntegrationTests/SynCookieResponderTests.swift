@@ -308,7 +308,7 @@ final class SynCookieResponderTests: XCTestCase {
         let synAck = try XCTUnwrap(capture.first { $0.ipv4TCP.map { $0.0 == Lab.vip && $0.3 == 43000 && $0.4.contains([.syn, .ack]) } ?? false }?.ipv4TCP)
         XCTAssertEqual(try lab.stats("p1").value("cookies_sent") > 0, true)
         let daemon = try XCTUnwrap(lab.processes.last { $0.name == "p1 second-chance" && $0.process.isRunning }).process
-        kill(daemon.processIdentifier, SIGSTOP)
+        try stopProcess(daemon.processIdentifier)
         try sendGUE(lab, sourcePort: 31100, to: Lab.p1, inner: segment(.ack, seq: 1001, ack: synAck.5 &+ 1), hops: [Lab.p2])
         try sendGUE(lab, sourcePort: 31100, to: Lab.p1, inner: segment([.ack, .psh], seq: 1001, ack: synAck.5 &+ 1, payload: Array("hello".utf8)),
                     hops: [Lab.p2])

@@ -199,7 +199,7 @@ final class TrustBoundaryTests: XCTestCase {
             let passed = try lab.inside("p1") { try LabSockets.bindUDP(.v4(Lab.p1), port: GUEPacket.port, receiveTimeoutSeconds: 1) }
             defer { close(passed) }
             let daemon = try XCTUnwrap(lab.processes.last { $0.name == "p1 second-chance" && $0.process.isRunning }).process
-            kill(daemon.processIdentifier, SIGSTOP)
+            try stopProcess(daemon.processIdentifier)
             for index in 0..<10 {
                 try fromDirector(tcp(.v4(Lab.client), 40500 + UInt16(index), .v4(Lab.vip), 80, .syn), sourcePort: 30500 + UInt16(index), hops: [])
             }
