@@ -26,7 +26,9 @@ public func fuzzPacketDecision(_ data: UnsafePointer<UInt8>, _ size: Int) -> CIn
     if let gue = decision.gue {
         precondition(gue.innerOffset <= gue.innerEnd && gue.innerEnd <= packet.count)
         if case .forward(let hop) = decision.verdict {
-            packet.withUnsafeMutableBytes { GUEForwarding.rewrite($0, gue, source: fuzzDecider.selfAddress, destination: hop, forKernelForwarding: data[0] & 16 != 0) }
+            // As the worker does: a TTL of 255 cannot be raised for the kernel's forwarding, and goes the raw way.
+            let kernel = data[0] & 16 != 0 && packet[8] < 255
+            packet.withUnsafeMutableBytes { GUEForwarding.rewrite($0, gue, source: fuzzDecider.selfAddress, destination: hop, forKernelForwarding: kernel) }
         }
         if case .local = decision.verdict, case .tcp(let segment)? = decision.inner {
             _ = packet.withUnsafeBytes { SynOptions.parse($0, tcpOffset: segment.tcpOffset, end: gue.innerEnd) }
