@@ -1,23 +1,8 @@
 import Foundation
+import ProxysideCore
 
-/// systemd's socket-passing convention (sd_listen_fds(3)): fds from 3 on, LISTEN_FDS their count,
-/// LISTEN_PID the process meant to take them, LISTEN_FDNAMES their names joined by ':'.
-public enum ListenFDs {
-    public static let first: Int32 = 3
-
-    /// The variables for `names.count` fds placed at 3, 4, ... in process `pid`.
-    public static func environment(names: [String], pid: Int32) -> [String: String] {
-        ["LISTEN_FDS": String(names.count), "LISTEN_PID": String(pid), "LISTEN_FDNAMES": names.joined(separator: ":")]
-    }
-
-    /// The fds passed to process `pid`, with their names ("unknown" where none was given), or []
-    /// when the variables are absent or meant for another process.
-    public static func parse(_ environment: [String: String], pid: Int32) -> [(fd: Int32, name: String)] {
-        guard environment["LISTEN_PID"] == String(pid), let count = environment["LISTEN_FDS"].flatMap(Int32.init), count > 0, count < 65536 else { return [] }
-        let names = environment["LISTEN_FDNAMES"].map { $0.split(separator: ":", omittingEmptySubsequences: false).map(String.init) } ?? []
-        return (0..<count).map { index in (first + index, Int(index) < names.count ? names[Int(index)] : "unknown") }
-    }
-
+/// bindkeeper's names for the sockets it passes by systemd's convention (`ListenFDs`).
+extension ListenFDs {
     /// A name an application can look for: letters, digits, '.', '_' and '-' only
     /// (`tcp://[::]:443` becomes `tcp-__-443`).
     public static func defaultName(for request: BindRequest) -> String {

@@ -56,6 +56,7 @@ public enum Wire: Sendable {
         public static func permissionDenied(_ detail: String) -> Self { .init(code: 10001, message: "Permission denied: \(detail)") }
         public static func conflict(_ detail: String) -> Self { .init(code: 10002, message: "Conflicting options: \(detail)") }
         public static func limit(_ detail: String) -> Self { .init(code: 10003, message: "Limit reached: \(detail)") }
+        public static func reexecRefused(_ detail: String) -> Self { .init(code: 10004, message: "Re-exec refused: \(detail)") }
     }
 
     public enum Method: Equatable, Sendable {

@@ -91,6 +91,8 @@ public final class Broker: @unchecked Sendable {
     private let shutdown: EventFD
     private let reexecSignal: EventFD
     private var reexecRequested = false
+    /// What `version` printed when a client's request checked the installed file.
+    private var checkedImage: String?
     private var statistics = Statistics()
     private var published = Statistics()
     private let statisticsLock = NSLock()
@@ -104,16 +106,16 @@ public final class Broker: @unchecked Sendable {
                 log: @escaping @Sendable (String) -> Void) throws {
         self.options = options
         self.log = log
-        executable = Self.executablePath()
+        executable = ProgramImage.startPath()
         shutdown = try EventFD()
         reexecSignal = try EventFD()
         notifier = SDNotify(environment: environment)
         raiseFileLimit()
         try Signals.install(shutdown: shutdown)
-        guard proxyside_signal_to_eventfd(SIGUSR1, reexecSignal.fd) == 0 else { throw SystemError("sigaction SIGUSR1") }
+        try Signals.forward(SIGUSR1, to: reexecSignal)
         // A re-exec blocks these before exec(2): one that arrived meanwhile is pending, and is
         // delivered to the handlers just installed instead of killing the new program.
-        Self.setSignalsBlocked(false)
+        ProgramImage.setHandledSignalsBlocked(false)
         try adopt(environment)
         if control < 0 {
             control = try Self.listenControl(options)
@@ -171,7 +173,7 @@ public final class Broker: @unchecked Sendable {
         while clients.count < options.maximumClients {
             let fd = accept(control, nil, nil)
             guard fd >= 0 else { return }
-            OwnedSocket.setCloseOnExec(fd, true)
+            Descriptors.setCloseOnExec(fd, true)
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
             let client = Client(fd: fd)
             guard clientsPerUser[client.peer.uid, default: 0] < options.maximumClientsPerUser else {
@@ -318,8 +320,16 @@ public final class Broker: @unchecked Sendable {
                 enqueue(wire.error(id: request.id, .permissionDenied("uid \(client.peer.uid) may not re-execute the broker")), fds: [], to: client)
                 return
             }
-            enqueue(wire.result(id: request.id, ["pid": Int(getpid())]), fds: [], to: client)
-            reexecRequested = true
+            // The installed file is checked before the answer, so the client learns of a bad upgrade.
+            switch ProgramImage.check(executable) {
+            case .success(let line):
+                checkedImage = line
+                enqueue(wire.result(id: request.id, ["pid": Int(getpid()), "image": line]), fds: [], to: client)
+                reexecRequested = true
+            case .failure(let error):
+                log("re-exec refused: \(error); still serving")
+                enqueue(wire.error(id: request.id, .reexecRefused("\(executable): \(error)")), fds: [], to: client)
+            }
         }
     }
 
@@ -412,6 +422,8 @@ public final class Broker: @unchecked Sendable {
 
     /// Takes over a re-executed broker's state, or the sockets systemd hands back from the fd store.
     private func adopt(_ environment: [String: String]) throws {
+        // The re-exec's fd list names what the state below describes: not for children.
+        unsetenv(ListenFDs.reexecVariable)
         if let text = environment[BrokerState.environmentName], let fd = Int32(text) {
             unsetenv(BrokerState.environmentName)
             var bytes: [UInt8] = []
@@ -425,14 +437,14 @@ public final class Broker: @unchecked Sendable {
             close(fd)
             let state = try BrokerState.decode(bytes).get()
             control = state.control
-            OwnedSocket.setCloseOnExec(control, true)
+            Descriptors.setCloseOnExec(control, true)
             for socket in state.sockets {
-                OwnedSocket.setCloseOnExec(socket.fd, true)
+                Descriptors.setCloseOnExec(socket.fd, true)
                 add(Entry(request: socket.request, fd: socket.fd, handedOut: socket.handedOut, backlog: backlogReport(for: socket.request),
                           creator: socket.creator), stored: true)
             }
             for saved in state.clients {
-                OwnedSocket.setCloseOnExec(saved.fd, true)
+                Descriptors.setCloseOnExec(saved.fd, true)
                 register(Client(fd: saved.fd, wire: saved.wire, pending: saved.pending))
             }
             log("re-executed: kept \(state.sockets.count) sockets, \(state.clients.count) clients and the control socket")
@@ -442,7 +454,7 @@ public final class Broker: @unchecked Sendable {
         guard !passed.isEmpty else { return }
         for name in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] { unsetenv(name) }
         for (fd, name) in passed {
-            OwnedSocket.setCloseOnExec(fd, true)
+            Descriptors.setCloseOnExec(fd, true)
             if name == FDStoreName.control {
                 control = fd
             } else if let request = FDStoreName.decode(name) {
@@ -487,6 +499,15 @@ public final class Broker: @unchecked Sendable {
     /// Replaces the program in place: sockets, the control socket and connected clients stay open
     /// across exec(2), described in a memfd. On failure the broker goes on serving.
     private func reexec() {
+        // A file that does not run is found before this image is given up.
+        let checked: String
+        switch checkedImage.map({ .success($0) }) ?? ProgramImage.check(executable) {
+        case .success(let line): checked = line
+        case .failure(let error):
+            log("re-exec refused: \(error); still serving")
+            return
+        }
+        checkedImage = nil
         for client in clients.values {
             // Replies already promised go out first (briefly blocking); the client keeps its connection.
             let flags = fcntl(client.fd, F_GETFL)
@@ -508,41 +529,16 @@ public final class Broker: @unchecked Sendable {
             close(memfd)
             return
         }
-        let kept = [control] + state.sockets.map(\.fd) + state.clients.map(\.fd)
-        for fd in kept { OwnedSocket.setCloseOnExec(fd, false) }
-        setenv(BrokerState.environmentName, String(memfd), 1)
+        let kept = [(control, "control")] + state.sockets.map { ($0.fd, "socket") } + state.clients.map { ($0.fd, "client") }
         statistics.reexecs += 1
-        log("re-executing with \(state.sockets.count) sockets and \(state.clients.count) clients")
+        log("re-executing \(executable) (\(checked)) with \(state.sockets.count) sockets and \(state.clients.count) clients")
         try? notifier?.send("RELOADING=1\nMONOTONIC_USEC=\(MonotonicClock.nanoseconds() / 1000)")
-        let arguments = CommandLine.arguments
-        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
-        // From exec(2) until the new program has its handlers, these signals' default action
-        // would end it: they stay pending instead.
-        Self.setSignalsBlocked(true)
-        execv(executable, &argv)
-        let failure = errno
-        Self.setSignalsBlocked(false)
-        for pointer in argv { free(pointer) }
-        for fd in kept { OwnedSocket.setCloseOnExec(fd, true) }
-        unsetenv(BrokerState.environmentName)
+        let failure = ProgramImage.execute(executable, arguments: CommandLine.arguments, keeping: kept,
+                                           extraEnvironment: [BrokerState.environmentName: String(memfd)])
+        statistics.reexecs -= 1
         close(memfd)
+        try? notifier?.send("READY=1")
         log("re-exec of \(executable) failed: \(String(cString: strerror(failure))); still serving")
-    }
-
-    /// Where this program was started from (/proc/self/exe's target, read before any upgrade).
-    static func executablePath() -> String {
-        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        guard length > 0 else { return "/proc/self/exe" }
-        let path = String(decoding: buffer[0..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        return path.hasSuffix(" (deleted)") ? String(path.dropLast(" (deleted)".count)) : path
-    }
-
-    static func setSignalsBlocked(_ blocked: Bool) {
-        var set = sigset_t()
-        sigemptyset(&set)
-        for signal in [SIGUSR1, SIGTERM, SIGINT] { sigaddset(&set, signal) }
-        sigprocmask(blocked ? SIG_BLOCK : SIG_UNBLOCK, &set, nil)
     }
 
     // MARK: Metrics

@@ -61,7 +61,7 @@ public final class HAProxySupervisor {
         // A template that binds nothing through the broker needs no broker.
         let bound = template.binds.isEmpty ? [] : try BindkeeperClient(path: options.socketPath).bind(template.binds)
         for socket in bound {
-            OwnedSocket.setCloseOnExec(socket.fd, false)
+            Descriptors.setCloseOnExec(socket.fd, false)
             if let warning = socket.warning { log("\(socket.key): \(warning)") }
         }
         let fds = Dictionary(zip(template.binds.map(\.url), bound.map(\.fd)), uniquingKeysWith: { first, _ in first })
@@ -103,9 +103,8 @@ public final class HAProxySupervisor {
         do {
             (stop, reload, child) = (try EventFD(), try EventFD(), try EventFD())
             try Signals.install(shutdown: stop, reload: reload)
-            guard proxyside_signal_to_eventfd(SIGUSR2, reload.fd) == 0, proxyside_signal_to_eventfd(SIGCHLD, child.fd) == 0 else {
-                throw SystemError("sigaction")
-            }
+            try Signals.forward(SIGUSR2, to: reload)
+            try Signals.forward(SIGCHLD, to: child)
             try start(replacing: [])
         } catch {
             log("start: \(error)")

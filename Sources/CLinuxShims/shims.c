@@ -246,3 +246,9 @@ int proxyside_open_directory_no_symlinks(const char *path) {
 int proxyside_rename_no_replace(int from_directory, const char *from, int to_directory, const char *to) {
     return syscall(SYS_renameat2, from_directory, from, to_directory, to, RENAME_NOREPLACE) < 0 ? -errno : 0;
 }
+
+int proxyside_accept_cloexec(int fd) {
+    int client;
+    do { client = accept4(fd, NULL, NULL, SOCK_CLOEXEC); } while (client < 0 && errno == EINTR);
+    return client;
+}

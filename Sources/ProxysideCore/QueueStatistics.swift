@@ -45,3 +45,33 @@ public struct QueueReport: Sendable {
         self.kernel = kernel
     }
 }
+
+/// Which program image serves: its release, its build, and how it came to run.
+public struct ImageReport: Sendable {
+    public var version: String
+    public var build: String
+    /// Re-executions of this process so far.
+    public var reexecs: UInt64
+    /// Queue sockets taken over from an earlier process (re-exec or fd store) instead of bound anew.
+    public var adoptedQueues: Int
+
+    public init(version: String, build: String, reexecs: UInt64, adoptedQueues: Int) {
+        self.version = version
+        self.build = build
+        self.reexecs = reexecs
+        self.adoptedQueues = adoptedQueues
+    }
+
+    public var text: String {
+        "version: \(version)\nbuild: \(build)\nreexecs: \(reexecs)\nadopted_queues: \(adoptedQueues)\n"
+    }
+
+    public var prometheus: String {
+        "# HELP second_chance_build_info The running release and build.\n# TYPE second_chance_build_info gauge\n"
+            + "second_chance_build_info{version=\"\(PrometheusText.escapeLabel(version))\",build=\"\(PrometheusText.escapeLabel(build))\"} 1\n"
+            + "# HELP second_chance_reexecs Re-executions of this process (SIGUSR1, second-chance reexec).\n# TYPE second_chance_reexecs gauge\n"
+            + "second_chance_reexecs \(reexecs)\n"
+            + "# HELP second_chance_adopted_queues Queue sockets taken over with what they held (re-exec, fd store).\n"
+            + "# TYPE second_chance_adopted_queues gauge\nsecond_chance_adopted_queues \(adoptedQueues)\n"
+    }
+}

@@ -4,23 +4,6 @@ import ProxysideCore
 
 /// Socket helpers for the lab, the tests and the benchmarks (IPv4 and IPv6 TCP/UDP by address).
 public enum LabSockets {
-    public static func withSockaddr<T>(_ address: IPAddress, _ port: UInt16, _ body: (UnsafePointer<sockaddr>, socklen_t) -> T) -> T {
-        switch address {
-        case .v4(let v4):
-            var sin = sockaddr_in()
-            sin.sin_family = sa_family_t(AF_INET)
-            sin.sin_port = port.bigEndian
-            sin.sin_addr.s_addr = v4.value.bigEndian
-            return withUnsafePointer(to: &sin) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        case .v6(let v6):
-            var sin6 = sockaddr_in6()
-            sin6.sin6_family = sa_family_t(AF_INET6)
-            sin6.sin6_port = port.bigEndian
-            withUnsafeMutableBytes(of: &sin6.sin6_addr) { target in for (index, byte) in v6.bytes.enumerated() { target[index] = byte } }
-            return withUnsafePointer(to: &sin6) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } }
-        }
-    }
-
     static func family(_ address: IPAddress) -> Int32 {
         if case .v6 = address { return AF_INET6 }
         return AF_INET
@@ -59,9 +42,9 @@ public enum LabSockets {
         setTimeouts(fd, seconds: timeoutSeconds)
         if let source {
             setFlag(fd, SOL_SOCKET, SO_REUSEADDR)
-            try orClose(fd, "bind \(source):\(localPort)") { withSockaddr(source, localPort) { bind(fd, $0, $1) } }
+            try orClose(fd, "bind \(source):\(localPort)") { SocketAddress.with(source, localPort) { bind(fd, $0, $1) } }
         }
-        try orClose(fd, "connect \(address):\(port)") { withSockaddr(address, port) { connect(fd, $0, $1) } }
+        try orClose(fd, "connect \(address):\(port)") { SocketAddress.with(address, port) { connect(fd, $0, $1) } }
         return fd
     }
 
@@ -70,7 +53,7 @@ public enum LabSockets {
         setFlag(fd, SOL_SOCKET, SO_REUSEADDR)
         // The VIP may not be configured yet when the service starts, as on a real proxy.
         setFlag(fd, Int32(IPPROTO_IP), IP_FREEBIND)
-        try orClose(fd, "bind \(address):\(port)") { withSockaddr(address, port) { bind(fd, $0, $1) } }
+        try orClose(fd, "bind \(address):\(port)") { SocketAddress.with(address, port) { bind(fd, $0, $1) } }
         try orClose(fd, "listen \(address):\(port)") { listen(fd, backlog) }
         return fd
     }
@@ -80,18 +63,8 @@ public enum LabSockets {
         let fd = try makeSocket(address, SOCK_DGRAM)
         setTimeouts(fd, seconds: receiveTimeoutSeconds)
         setFlag(fd, SOL_SOCKET, SO_REUSEADDR)
-        try orClose(fd, "bind udp \(address):\(port)") { withSockaddr(address, port) { bind(fd, $0, $1) } }
+        try orClose(fd, "bind udp \(address):\(port)") { SocketAddress.with(address, port) { bind(fd, $0, $1) } }
         return fd
-    }
-
-    public static func sendAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
-        var offset = 0
-        while offset < bytes.count {
-            let sent = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL)) }
-            if sent <= 0 { return false }
-            offset += sent
-        }
-        return true
     }
 
     /// Reads exactly `count` bytes, or nil on EOF, error or timeout.

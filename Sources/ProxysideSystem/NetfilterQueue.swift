@@ -19,6 +19,8 @@ public final class NetfilterQueue {
     }
 
     public let number: UInt16
+    /// Whether the socket was taken over from an earlier process rather than bound here.
+    public private(set) var adopted = false
     /// Failed reads and messages that were not packets; read by the stats server.
     public let receiveErrors = Atomic<UInt64>(0)
     private let socket: OpaquePointer
@@ -35,14 +37,43 @@ public final class NetfilterQueue {
     private let verdictBufferSize = 1 << 21
     private var verdictLength = 0
     private var sequence: UInt32 = 1
+    /// Set on an adopted socket until the first packet read: see `init(adopting:)`.
+    private var requeueUnanswered = false
+    /// The sequence number of the requeue request, whose answer is awaited among the packets.
+    private var requeueSequence: UInt32 = 0
+    /// Whether packets an earlier process left unanswered were found and requeued; read by the stats server.
+    public let requeuedUnanswered = Atomic<Bool>(false)
 
     public static let copyRange: UInt32 = 0xffff
 
     /// `failOpen`: when the queue holds `maximumQueueLength` packets the kernel accepts further ones
     /// unread instead of dropping them (NFQA_CFG_F_FAIL_OPEN).
-    public init(number: UInt16, maximumQueueLength: UInt32 = 8192, failOpen: Bool = false, socketBufferBytes: Int32 = 16 << 20) throws {
-        self.number = number
+    public convenience init(number: UInt16, maximumQueueLength: UInt32 = 8192, failOpen: Bool = false, socketBufferBytes: Int32 = 16 << 20) throws {
         let socket = try Netlink.open(NETLINK_NETFILTER, name: "NETLINK_NETFILTER")
+        self.init(number: number, socket: socket, socketBufferBytes: socketBufferBytes)
+        try configure { nlh in nfq_nlmsg_cfg_put_cmd(nlh, UInt16(AF_INET), UInt8(NFQNL_CFG_CMD_BIND.rawValue)) }
+        try configure { nlh in Self.putParameters(nlh, maximumQueueLength: maximumQueueLength, failOpen: failOpen) }
+    }
+
+    /// Takes over a netlink socket already bound to queue `number` by an earlier process (handed
+    /// over by a re-exec or by the service manager's fd store): packets that arrived meanwhile are
+    /// waiting in it. The parameters are sent again without waiting for an answer, since queued
+    /// packets come before it (an error shows as a receive error). Packets the earlier process
+    /// read but never answered are requeued (NF_REPEAT) once the first packet shows where its
+    /// reading stopped.
+    public convenience init(adopting fd: Int32, number: UInt16, maximumQueueLength: UInt32 = 8192, failOpen: Bool = false,
+                            socketBufferBytes: Int32 = 16 << 20) throws {
+        guard let socket = mnl_socket_fdopen(fd) else { throw SystemError("adopt NFQUEUE \(number) socket (fd \(fd))") }
+        self.init(number: number, socket: socket, socketBufferBytes: socketBufferBytes)
+        requeueUnanswered = true
+        adopted = true
+        let nlh = startMessage(Int32(NFQNL_MSG_CONFIG.rawValue), in: verdictBuffer)
+        Self.putParameters(nlh, maximumQueueLength: maximumQueueLength, failOpen: failOpen)
+        guard mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) >= 0 else { throw SystemError("sendto(NFQUEUE \(number) config)") }
+    }
+
+    private init(number: UInt16, socket: OpaquePointer, socketBufferBytes: Int32) {
+        self.number = number
         self.socket = socket
         receiveBufferSize = Int(Self.copyRange) + netlinkBufferSize
         receiveSlots = .allocate(byteCount: receiveBufferSize * Self.maximumBatch, alignment: 16)
@@ -52,6 +83,7 @@ public final class NetfilterQueue {
         portID = mnl_socket_get_portid(socket)
 
         let fd = mnl_socket_get_fd(socket)
+        Descriptors.setCloseOnExec(fd, true)
         var one: Int32 = 1
         // A full socket buffer must not turn into ENOBUFS on every read: the kernel drops (and counts) instead.
         _ = setsockopt(fd, Int32(SOL_NETLINK), NETLINK_NO_ENOBUFS, &one, socklen_t(MemoryLayout<Int32>.size))
@@ -59,15 +91,22 @@ public final class NetfilterQueue {
         if setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, socklen_t(MemoryLayout<Int32>.size)) != 0 {
             _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, socklen_t(MemoryLayout<Int32>.size))
         }
+    }
 
-        try configure { nlh in nfq_nlmsg_cfg_put_cmd(nlh, UInt16(AF_INET), UInt8(NFQNL_CFG_CMD_BIND.rawValue)) }
-        try configure { nlh in
-            nfq_nlmsg_cfg_put_params(nlh, UInt8(NFQNL_COPY_PACKET.rawValue), Int32(Self.copyRange))
-            nfq_nlmsg_cfg_put_qmaxlen(nlh, maximumQueueLength)
-            let failOpenFlag = UInt32(NFQA_CFG_F_FAIL_OPEN)
-            mnl_attr_put_u32(nlh, UInt16(NFQA_CFG_FLAGS.rawValue), (failOpen ? failOpenFlag : 0).bigEndian)
-            mnl_attr_put_u32(nlh, UInt16(NFQA_CFG_MASK.rawValue), failOpenFlag.bigEndian)
-        }
+    private static func putParameters(_ nlh: UnsafeMutablePointer<nlmsghdr>, maximumQueueLength: UInt32, failOpen: Bool) {
+        nfq_nlmsg_cfg_put_params(nlh, UInt8(NFQNL_COPY_PACKET.rawValue), Int32(Self.copyRange))
+        nfq_nlmsg_cfg_put_qmaxlen(nlh, maximumQueueLength)
+        let failOpenFlag = UInt32(NFQA_CFG_F_FAIL_OPEN)
+        mnl_attr_put_u32(nlh, UInt16(NFQA_CFG_FLAGS.rawValue), (failOpen ? failOpenFlag : 0).bigEndian)
+        mnl_attr_put_u32(nlh, UInt16(NFQA_CFG_MASK.rawValue), failOpenFlag.bigEndian)
+    }
+
+    /// A message to this queue at `buffer`, with the next sequence number.
+    private func startMessage(_ type: Int32, in buffer: UnsafeMutableRawPointer) -> UnsafeMutablePointer<nlmsghdr> {
+        let nlh = nfq_nlmsg_put(buffer.assumingMemoryBound(to: CChar.self), type, UInt32(number))!
+        sequence &+= 1
+        nlh.pointee.nlmsg_seq = sequence
+        return nlh
     }
 
     deinit {
@@ -82,10 +121,8 @@ public final class NetfilterQueue {
     private func configure(_ fill: (UnsafeMutablePointer<nlmsghdr>) -> Void) throws {
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: netlinkBufferSize, alignment: 16)
         defer { buffer.deallocate() }
-        let nlh = nfq_nlmsg_put(buffer.assumingMemoryBound(to: CChar.self), Int32(NFQNL_MSG_CONFIG.rawValue), UInt32(number))!
+        let nlh = startMessage(Int32(NFQNL_MSG_CONFIG.rawValue), in: buffer)
         nlh.pointee.nlmsg_flags |= UInt16(NLM_F_ACK)
-        sequence &+= 1
-        nlh.pointee.nlmsg_seq = sequence
         fill(nlh)
         guard mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) >= 0 else { throw SystemError("sendto(NFQUEUE config)") }
         let received = mnl_socket_recvfrom(socket, buffer, netlinkBufferSize)
@@ -122,7 +159,11 @@ public final class NetfilterQueue {
     /// whole batch goes to `handleBatch`, which appends one action per packet, and the verdicts go
     /// back as one netlink datagram.
     /// `afterVerdicts` runs once a batch's verdicts have been sent (the kernel has acted on them).
-    public func run(stop: EventFD, batchSize: Int = 64, idle: () -> Void = {}, afterVerdicts: () -> Void = {},
+    ///
+    /// When `drainOnStop` answers false (a re-exec: the socket, and what the kernel holds, go to
+    /// the next image), the loop returns as soon as the batch in hand is answered.
+    public func run(stop: EventFD, batchSize: Int = 64, drainOnStop: () -> Bool = { true }, idle: () -> Void = {},
+                    afterVerdicts: () -> Void = {},
                     handleBatch: (UnsafeBufferPointer<QueuedPacket>, inout [Action]) -> Void) throws {
         let fd = fileDescriptor
         let batchSize = max(1, min(batchSize, Self.maximumBatch))
@@ -134,7 +175,7 @@ public final class NetfilterQueue {
             if ready < 0 && errno != EINTR { throw SystemError("poll") }
             if fds[1].revents != 0 && !stopping {
                 stopping = true
-                stopDeadline = MonotonicClock.nanoseconds() + Self.drainAfterStopNanoseconds
+                stopDeadline = MonotonicClock.nanoseconds() + (drainOnStop() ? Self.drainAfterStopNanoseconds : 0)
             }
             batch.removeAll(keepingCapacity: true)
             // One recvmmsg for the whole batch: a datagram per slot, read without waiting.
@@ -148,6 +189,10 @@ public final class NetfilterQueue {
                 // The socket's buffer overflowed: the kernel dropped packets (counted), reading goes on.
                 if -received == ENOBUFS { receiveErrors.add(1, ordering: .relaxed); continue }
                 throw SystemError("recvmmsg(NFQUEUE \(number))", errno: -received)
+            }
+            if requeueUnanswered, let first = batch.first {
+                requeueUnanswered = false
+                try requeue(through: first.id &- 1)
             }
             if !batch.isEmpty {
                 actions.removeAll(keepingCapacity: true)
@@ -179,7 +224,7 @@ public final class NetfilterQueue {
         while let nlh = message, mnl_nlmsg_ok(nlh, remaining) {
             defer { message = UnsafePointer(mnl_nlmsg_next(nlh, &remaining)) }
             guard nlh.pointee.nlmsg_type == packetType else {
-                if nlh.pointee.nlmsg_type == UInt16(NLMSG_ERROR) { receiveErrors.add(1, ordering: .relaxed) }
+                if nlh.pointee.nlmsg_type == UInt16(NLMSG_ERROR) { noteError(nlh) }
                 continue
             }
             for index in attributes.indices { attributes[index] = nil }
@@ -192,6 +237,31 @@ public final class NetfilterQueue {
                 id: UInt32(bigEndian: header.pointee.packet_id),
                 payload: UnsafeMutableRawBufferPointer(start: mnl_attr_get_payload(payloadAttribute), count: Int(mnl_attr_get_payload_len(payloadAttribute)))))
         }
+    }
+
+    /// An answer to a message of ours: the requeue request's tells whether anything was requeued
+    /// (ENOENT: nothing was left unanswered); any other error is a receive error.
+    private func noteError(_ nlh: UnsafePointer<nlmsghdr>) {
+        let error = mnl_nlmsg_get_payload(nlh).assumingMemoryBound(to: nlmsgerr.self).pointee.error
+        if requeueSequence != 0 && nlh.pointee.nlmsg_seq == requeueSequence {
+            requeueSequence = 0
+            if error == 0 { requeuedUnanswered.store(true, ordering: .relaxed) }
+            if error == 0 || error == -ENOENT { return }
+        }
+        if error != 0 { receiveErrors.add(1, ordering: .relaxed) }
+    }
+
+    /// Verdict NF_REPEAT for every queued packet up to `lastID` (one NFQNL_MSG_VERDICT_BATCH): the
+    /// packets go through the hook again and are queued anew, to be read and decided here.
+    private func requeue(through lastID: UInt32) throws {
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: netlinkBufferSize, alignment: 16)
+        defer { buffer.deallocate() }
+        let nlh = startMessage(Int32(NFQNL_MSG_VERDICT_BATCH.rawValue), in: buffer)
+        nlh.pointee.nlmsg_flags |= UInt16(NLM_F_ACK)
+        requeueSequence = nlh.pointee.nlmsg_seq
+        nfq_nlmsg_verdict_put(nlh, Int32(bitPattern: lastID), NF_REPEAT)
+        let sent = retryingOnInterrupt { mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) }
+        guard sent >= 0 else { throw SystemError("sendto(NFQUEUE \(number) requeue)") }
     }
 
     private func appendVerdict(id: UInt32, _ action: Action, _ payload: UnsafeMutableRawBufferPointer) {

@@ -108,11 +108,17 @@ public final class SecondChanceWorker: @unchecked Sendable {
     var ownership: KernelFlowOwnership
 
     /// `monitor`, when given, runs the SYN-cookie responder for the listeners it publishes.
-    public init(queueNumber: UInt16, configuration: SecondChanceConfiguration, addresses: LocalAddressBoard,
+    /// `adopting`: the queue's netlink socket, already bound by an earlier process.
+    public init(queueNumber: UInt16, adopting adopted: Int32? = nil, configuration: SecondChanceConfiguration, addresses: LocalAddressBoard,
                 oracle: SynCookieOracle?, monitor: ListenerMonitor? = nil, epochs: FlowEpochs = FlowEpochs()) throws {
         self.configuration = configuration
         let namespace = try configuration.namespace.map { try NetworkNamespace(nameOrPath: $0) }
-        queue = try NetfilterQueue(number: queueNumber, maximumQueueLength: configuration.queueMaximumLength, failOpen: configuration.failOpen)
+        if let adopted {
+            queue = try NetfilterQueue(adopting: adopted, number: queueNumber, maximumQueueLength: configuration.queueMaximumLength,
+                                       failOpen: configuration.failOpen)
+        } else {
+            queue = try NetfilterQueue(number: queueNumber, maximumQueueLength: configuration.queueMaximumLength, failOpen: configuration.failOpen)
+        }
         let responder = monitor.flatMap { monitor in
             oracle.map { SynCookieResponder(board: monitor.board, oracle: $0, passInterval: monitor.configuration.passIntervalNanoseconds) }
         }
@@ -129,8 +135,10 @@ public final class SecondChanceWorker: @unchecked Sendable {
             epochs: epochs)
     }
 
-    public func run(stop: EventFD) throws {
-        try queue.run(stop: stop, batchSize: configuration.batchSize,
+    /// Decides packets until `stop`; then drains the queue for a moment unless `drainOnStop` says
+    /// the queue is being handed to a new image.
+    public func run(stop: EventFD, drainOnStop: () -> Bool = { true }) throws {
+        try queue.run(stop: stop, batchSize: configuration.batchSize, drainOnStop: drainOnStop,
                       idle: { [self] in ownership.cache.evictExpired(now: MonotonicClock.nanoseconds()) },
                       afterVerdicts: { [self] in
                           for flow in socketsMade { ownership.epochs.bump(flow) }

@@ -19,9 +19,18 @@ public struct SystemError: Error, CustomStringConvertible, Equatable {
     }
 }
 
+/// File descriptor flags.
+public enum Descriptors {
+    public static func setCloseOnExec(_ fd: Int32, _ on: Bool) {
+        let flags = fcntl(fd, F_GETFD)
+        guard flags >= 0 else { return }
+        _ = fcntl(fd, F_SETFD, on ? flags | FD_CLOEXEC : flags & ~FD_CLOEXEC)
+    }
+}
+
 /// Retries a call interrupted by a signal, as NIOPosix's syscall wrappers do.
 @inline(__always)
-func retryingOnInterrupt<T: BinaryInteger>(_ body: () -> T) -> T {
+public func retryingOnInterrupt<T: BinaryInteger>(_ body: () -> T) -> T {
     while true {
         let result = body()
         if result >= 0 || errno != EINTR { return result }
@@ -66,5 +75,10 @@ public enum Signals {
     public static func install(shutdown: EventFD, reload: EventFD? = nil) throws {
         let result = proxyside_install_signal_eventfds(shutdown.fd, reload?.fd ?? -1)
         guard result == 0 else { throw SystemError("sigaction", errno: -result) }
+    }
+
+    /// `signal` signals `event` instead of its default action.
+    public static func forward(_ signal: Int32, to event: EventFD) throws {
+        guard proxyside_signal_to_eventfd(signal, event.fd) == 0 else { throw SystemError("sigaction \(signal)") }
     }
 }

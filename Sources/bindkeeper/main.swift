@@ -11,7 +11,7 @@ struct Bindkeeper: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bindkeeper",
         abstract: "Owns LISTEN sockets and hands the same kernel socket to every process that asks, for reloads that drop nothing.",
-        subcommands: [Serve.self, List.self, Reexec.self, Exec.self, HAProxy.self])
+        subcommands: [Serve.self, List.self, Reexec.self, Exec.self, HAProxy.self, Version.self])
 }
 
 let defaultSocket = ProcessInfo.processInfo.environment["BINDKEEPER_SOCKET"] ?? "/run/bindkeeper.sock"
@@ -19,6 +19,11 @@ let defaultSocket = ProcessInfo.processInfo.environment["BINDKEEPER_SOCKET"] ?? 
 func log(_ message: String) {
     let line = Array("bindkeeper[\(getpid())]: \(message)\n".utf8)
     _ = line.withUnsafeBytes { write(STDERR_FILENO, $0.baseAddress, $0.count) }
+}
+
+struct Version: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print the release and the build (a hash of this executable).")
+    func run() { print(ProgramImage.versionLine("bindkeeper")) }
 }
 
 struct Failure: Error, CustomStringConvertible { let description: String }

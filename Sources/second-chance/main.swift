@@ -1,14 +1,16 @@
 import ArgumentParser
+import Foundation
 import Glibc
 import ProxysideCore
 import ProxysideSystem
+import Synchronization
 
 @main
 struct SecondChance: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "second-chance",
         abstract: "Gives GLB GUE packets a second chance: take them here if this host owns the flow, else forward them to the next hop.",
-        subcommands: [Run.self, Stats.self, Doctor.self])
+        subcommands: [Run.self, Stats.self, Doctor.self, Reexec.self, Version.self])
 }
 
 func log(_ message: String) {
@@ -236,8 +238,21 @@ struct Run: ParsableCommand {
             cacheLifetimeNanoseconds: durations.flowCache, negativeCacheLifetimeNanoseconds: durations.negativeCache,
             batchSize: batch, checkCookies: !noCookieCheck, forwarding: forwarding, queueMaximumLength: queueMaxlen, failOpen: failOpen)
 
+        // Sockets an earlier process left: a re-exec of this one, or systemd's fd store after a crash.
+        let environment = ProcessInfo.processInfo.environment
+        var inherited: [String: Int32] = [:]
+        for (fd, name) in ListenFDs.inherited(environment, pid: getpid()) { inherited[name] = fd }
+        let inheritedNames = Set(inherited.keys)
+        let reexecs = environment[Self.reexecsVariable].flatMap(UInt64.init) ?? 0
+        for name in ListenFDs.variables + [Self.reexecsVariable] { unsetenv(name) }
+        let notifier = SDNotify(environment: environment)
+
         let stop = try EventFD()
         try Signals.install(shutdown: stop)
+        let reexecSignal = try EventFD()
+        try Signals.forward(SIGUSR1, to: reexecSignal)
+        // A re-exec blocks these across exec(2): one that came meanwhile is delivered now, to the handlers.
+        ProgramImage.setHandledSignalsBlocked(false)
         let monitor = try makeMonitor(oracle: configuration.checkCookies ? oracle : nil)
         let workers: [SecondChanceWorker]
         do {
@@ -245,47 +260,110 @@ struct Run: ParsableCommand {
             let epochs = FlowEpochs()
             workers = try queues.enumerated().map { index, queue in
                 let threadOracle = index == 0 ? oracle : try oracle.map { _ in try SynCookieOracle() }
-                return try SecondChanceWorker(queueNumber: queue, configuration: configuration, addresses: watcher.board, oracle: threadOracle,
+                return try SecondChanceWorker(queueNumber: queue, adopting: inherited.removeValue(forKey: Self.queueName(queue)),
+                                              configuration: configuration, addresses: watcher.board, oracle: threadOracle,
                                               monitor: monitor, epochs: epochs)
             }
         } catch {
             throw ValidationFailure(description: "\(error)")
         }
-
         let controlPath = control ?? defaultControlPath(queue: queues[0])
         if let slash = controlPath.lastIndex(of: "/"), slash != controlPath.startIndex {
             mkdir(String(controlPath[..<slash]), 0o755)
         }
-        let server = try StatsServer(metrics: try metrics.map(parseEndpoint), controlPath: controlPath) { format in
+        let executable = ProgramImage.startPath()
+        let reexecGo = try EventFD()
+        let reexecutor = Reexecutor(executable: executable)
+        let serverInherited = inherited.filter { [StatsServer.metricsName, StatsServer.controlName].contains($0.key) }
+        for (name, fd) in inherited where serverInherited[name] == nil {
+            log("an inherited socket named \(name) is not one of this configuration's; closed")
+            close(fd)
+        }
+        let render: @Sendable (StatsServer.Format) -> String = { format in
             let values = CounterBlock.sum(workers.map(\.counters))
             let kernel = ProcFile.kernelQueueStatistics()
             let queues = workers.map { worker in
                 QueueReport(queue: worker.queue.number, packets: worker.counters.value(.total),
                             receiveErrors: worker.queue.receiveErrors.load(ordering: .relaxed), kernel: kernel[worker.queue.number])
             }
+            let image = ImageReport(version: ProxysideVersion.number, build: ProgramImage.build, reexecs: reexecs,
+                                    adoptedQueues: workers.filter(\.queue.adopted).count)
+            let responder = monitor.map { format == .prometheus ? ResponderReport.prometheus($0) : ResponderReport.text($0) } ?? ""
             switch format {
-            case .prometheus: return CounterReport.prometheus(values, queues: queues) + (monitor.map(ResponderReport.prometheus) ?? "")
-            case .text: return CounterReport.text(values, queues: queues) + (monitor.map(ResponderReport.text) ?? "")
+            case .prometheus: return CounterReport.prometheus(values, queues: queues) + image.prometheus + responder
+            case .text: return image.text + CounterReport.text(values, queues: queues) + responder
             }
         }
+        let command: @Sendable (String) -> ControlReply? = { (line: String) -> ControlReply? in
+            guard line == "reexec" else { return nil }
+            // The answer goes out and the connection closes before the main thread may exec.
+            let checked = reexecutor.check(by: "the control socket")
+            guard checked.approved else { return ControlReply(checked.text) }
+            return ControlReply(checked.text, afterClose: { reexecGo.signal() })
+        }
+        let server = try StatsServer(metrics: try metrics.map(parseEndpoint), controlPath: controlPath, inherited: serverInherited,
+                                     render: render, command: command)
         let serverThread = try WorkerThread { server.serve(stop: stop) }
         let monitorThread = try monitor.map { monitor in try WorkerThread { monitor.run(stop: stop) } }
         let watcherThread = try WorkerThread { watcher.run(stop: stop) }
+
+        // The queue threads stop on their own event: for a re-exec only they stop, answering what
+        // they read; the kernel holds what comes meanwhile for the next image.
+        let queueStop = try EventFD()
+        let handingOver = Atomic<Bool>(false)
+        let failures = FailureList()
+        func startQueueThreads() throws -> [WorkerThread] {
+            try workers.map { worker in
+                try WorkerThread {
+                    do { try worker.run(stop: queueStop, drainOnStop: { !handingOver.load(ordering: .relaxed) }) } catch {
+                        failures.append("queue \(worker.queue.number): \(error)")
+                        stop.signal()
+                    }
+                }
+            }
+        }
+        var threads = try startQueueThreads()
         let local = watcher.addresses
+        let queueSockets = workers.map { ($0.queue.fileDescriptor, Self.queueName($0.queue.number)) }
+        for (fd, name) in queueSockets + server.descriptors where !inheritedNames.contains(name) {
+            // In the service manager's store the queue outlives a crash: packets wait for the restart.
+            do { try notifier?.store(fd, name: name) } catch { log("fd store \(name): \(error)") }
+        }
+        let adoptedCount = workers.filter(\.queue.adopted).count
         log("serving queue(s) \(queues.map(String.init).joined(separator: ",")) as \(selfAddress), control \(controlPath)"
             + "; hearing \(peers.sources.prefixes.map(\.description).joined(separator: ",")), hops \(peers.hops.prefixes.map(\.description).joined(separator: ","))"
             + "; delivering to \(local.ipv4.count) IPv4 and \(local.ipv6.count) IPv6 local addresses"
             + (metrics.map { ", metrics http://\($0)/metrics" } ?? ""))
+        let took = adoptedCount > 0 ? "; took over \(adoptedCount) bound queue socket(s) with what they held" : ""
+        log(ProgramImage.versionLine("second-chance") + took)
+        try? notifier?.send("READY=1\nSTATUS=serving queue(s) \(queues.map(String.init).joined(separator: ","))")
 
-        let failures = FailureList()
-        let threads = try workers.map { worker in
-            try WorkerThread {
-                do { try worker.run(stop: stop) } catch {
-                    failures.append("queue \(worker.queue.number): \(error)")
-                    stop.signal()
-                }
+        var events = [pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0), pollfd(fd: reexecSignal.fd, events: Int16(POLLIN), revents: 0),
+                      pollfd(fd: reexecGo.fd, events: Int16(POLLIN), revents: 0)]
+        while true {
+            guard poll(&events, nfds_t(events.count), -1) >= 0 || errno == EINTR else { throw ValidationFailure(description: "poll: \(SystemError("poll"))") }
+            if events[0].revents != 0 { break }
+            if events[1].revents != 0 {
+                reexecSignal.consume()
+                if reexecutor.check(by: "SIGUSR1").approved { reexecGo.signal() }
             }
+            guard events[2].revents != 0 else { continue }
+            reexecGo.consume()
+            handingOver.store(true, ordering: .relaxed)
+            queueStop.signal()
+            threads.forEach { $0.join() }
+            if failures.first != nil { break }
+            try? notifier?.send("RELOADING=1\nMONOTONIC_USEC=\(MonotonicClock.nanoseconds() / 1000)")
+            log("re-executing \(executable) (\(reexecutor.checked)); the queue sockets stay bound, every packet read is answered")
+            let failure = ProgramImage.execute(executable, arguments: CommandLine.arguments, keeping: queueSockets + server.descriptors,
+                                               extraEnvironment: [Self.reexecsVariable: String(reexecs + 1)])
+            log("re-exec of \(executable) failed: \(String(cString: strerror(failure))); still serving")
+            queueStop.consume()
+            handingOver.store(false, ordering: .relaxed)
+            threads = try startQueueThreads()
+            try? notifier?.send("READY=1")
         }
+        queueStop.signal()
         threads.forEach { $0.join() }
         stop.signal()
         serverThread.join()
@@ -293,6 +371,37 @@ struct Run: ParsableCommand {
         watcherThread.join()
         if let failure = failures.first { throw ValidationFailure(description: failure) }
         log("stopped; all read packets answered")
+    }
+
+    /// How many times this process has re-executed itself, carried across exec(2).
+    static let reexecsVariable = "SECOND_CHANCE_REEXECS"
+
+    /// The name of queue `number`'s netlink socket in the fd store and across a re-exec.
+    static func queueName(_ number: UInt16) -> String { "nfqueue-\(number)" }
+}
+
+/// Checks that the installed program runs before the main thread re-executes it.
+final class Reexecutor: Sendable {
+    let executable: String
+    private let lastCheck = Mutex<String>("")
+
+    init(executable: String) {
+        self.executable = executable
+    }
+
+    /// What the check printed (`second-chance version`), for the log.
+    var checked: String { lastCheck.withLock { $0 } }
+
+    /// The answer for whoever asked (`by`, for the log), and whether the re-exec may go ahead.
+    func check(by requester: String) -> (text: String, approved: Bool) {
+        switch ProgramImage.check(executable) {
+        case .success(let line):
+            lastCheck.withLock { $0 = line }
+            return ("re-executing \(executable): \(line)\n", true)
+        case .failure(let error):
+            log("re-exec asked by \(requester) refused: \(error); still serving")
+            return ("error: \(error); still serving\n", false)
+        }
     }
 }
 
@@ -329,6 +438,58 @@ struct Stats: ParsableCommand {
             throw ValidationFailure(description: "\(error)")
         }
     }
+}
+
+struct Reexec: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Re-execute a running daemon from its installed file, keeping its queues bound (as SIGUSR1 does); wait until it serves again.")
+
+    @Option(help: "The daemon's first queue (to find its default control socket).")
+    var queue: UInt16 = 0
+
+    @Option(help: "The daemon's control socket.")
+    var control: String?
+
+    @Option(help: "How long to wait for the new image to serve (seconds, 1...600).")
+    var waitSeconds: UInt32 = 10
+
+    func validate() throws {
+        guard (1...600).contains(waitSeconds) else { throw ValidationError("--wait-seconds is 1...600") }
+    }
+
+    func run() throws {
+        let path = control ?? defaultControlPath(queue: queue)
+        func field(_ name: String, _ text: String) -> String? {
+            text.split(separator: "\n").first { $0.hasPrefix(name + ": ") }.map { String($0.dropFirst(name.count + 2)) }
+        }
+        do {
+            let before = try readControlSocket(path)
+            let reexecs = field("reexecs", before).flatMap(UInt64.init) ?? 0
+            let reply = try readControlSocket(path, request: "reexec")
+            guard reply.hasPrefix("re-executing") else {
+                FileHandleStandardError.write(reply.isEmpty ? "second-chance: no answer to reexec\n" : reply)
+                throw ExitCode(1)
+            }
+            print(reply, terminator: "")
+            let deadline = MonotonicClock.nanoseconds() + UInt64(waitSeconds) * 1_000_000_000
+            while MonotonicClock.nanoseconds() < deadline {
+                if let now = try? readControlSocket(path), let count = field("reexecs", now).flatMap(UInt64.init), count > reexecs {
+                    print("serving again: build \(field("build", now) ?? "unknown")")
+                    return
+                }
+                usleep(20_000)
+            }
+            FileHandleStandardError.write("second-chance: the daemon did not serve again within \(waitSeconds) s (see its log)\n")
+            throw ExitCode(1)
+        } catch let error as SystemError {
+            throw ValidationFailure(description: "\(error)")
+        }
+    }
+}
+
+struct Version: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print the release and the build (a hash of this executable).")
+    func run() { print(ProgramImage.versionLine("second-chance")) }
 }
 
 struct Doctor: ParsableCommand {

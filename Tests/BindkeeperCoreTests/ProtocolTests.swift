@@ -1,4 +1,5 @@
 @testable import BindkeeperCore
+import ProxysideCore
 import Foundation
 import XCTest
 

@@ -363,9 +363,15 @@ final class BindkeeperPromiseTests: XCTestCase {
         XCTAssertEqual(OwnedSocket.cookie(after[0].fd), cookie, "the same socket")
         after.forEach { close($0.fd) }
 
-        try upgrade("echo 'not a program'")
-        XCTAssertEqual(try lab.run([lab.binary("bindkeeper"), "reexec", "--socket", lab.socketPath]).status, 0)
-        try lab.waitFor("the failed re-exec") { lab.allLogs.contains("re-exec of \(installed) failed") }
+        // Not a program, and a program that does not start: both are refused before the exec.
+        for broken in ["echo 'not a program'", "printf '#!/bin/sh\\nexit 3\\n'"] {
+            try upgrade(broken)
+            let refused = try lab.run([lab.binary("bindkeeper"), "reexec", "--socket", lab.socketPath])
+            XCTAssertNotEqual(refused.status, 0, refused.output)
+            XCTAssertTrue(refused.output.contains("10004") || refused.output.contains("Re-exec refused"), refused.output)
+        }
+        try lab.waitFor("the refusals logged") { lab.allLogs.components(separatedBy: "re-exec refused").count == 3 }
+        XCTAssertTrue(lab.allLogs.contains("exited with 3"), lab.allLogs)
         XCTAssertTrue(broker.isRunning)
         let still = try lab.client().bind([try BindRequest.parse(url: "tcp://\(BrokerLab.address):9200").get()])
         XCTAssertEqual(OwnedSocket.cookie(still[0].fd), cookie, "still serving the same socket")

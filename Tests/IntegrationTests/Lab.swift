@@ -45,9 +45,16 @@ final class Lab {
 
     /// Starts a binary from the build inside a host's namespace.
     @discardableResult
-    func start(_ host: String, _ binary: String, _ arguments: [String]) throws -> Process {
+    func start(_ host: String, _ binary: String, _ arguments: [String], environment: [String: String]? = nil) throws -> Process {
+        try start(host, program: Lab.binaries.appendingPathComponent(binary).path, arguments, environment: environment)
+    }
+
+    /// Starts the program at `path` inside a host's namespace; it is named by its file name.
+    @discardableResult
+    func start(_ host: String, program path: String, _ arguments: [String], environment: [String: String]? = nil) throws -> Process {
+        let binary = URL(fileURLWithPath: path).lastPathComponent
         let log = directory.appendingPathComponent("\(host)-\(binary)-\(processes.count).log")
-        let process = try Lab.launch(inside: namespace(host), [Lab.binaries.appendingPathComponent(binary).path] + arguments, log: log)
+        let process = try Lab.launch(inside: namespace(host), [path] + arguments, log: log, environment: environment)
         processes.append((host + " " + binary, process, log))
         return process
     }
@@ -70,7 +77,7 @@ final class Lab {
     static func httpGet(_ address: IPAddress, port: UInt16, path: String = "/metrics") throws -> String {
         let fd = try LabSockets.connectTCP(to: address, port: port)
         defer { close(fd) }
-        _ = LabSockets.sendAll(fd, Array("GET \(path) HTTP/1.0\r\n\r\n".utf8))
+        _ = SocketAddress.sendAll(fd, Array("GET \(path) HTTP/1.0\r\n\r\n".utf8))
         var out: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 4096)
         while true {
@@ -275,7 +282,7 @@ func sendUDP(_ lab: Lab, from host: String = "c", source: IPv4Address = Lab.clie
             var one: Int32 = 1
             setsockopt(fd, SOL_SOCKET, SO_NO_CHECK, &one, socklen_t(MemoryLayout<Int32>.size))
         }
-        let sent = LabSockets.withSockaddr(.v4(proxy), GUEPacket.port) { address, length in
+        let sent = SocketAddress.with(.v4(proxy), GUEPacket.port) { address, length in
             payload.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, 0, address, length) }
         }
         guard sent == payload.count else { throw SystemError("sendto GUE") }

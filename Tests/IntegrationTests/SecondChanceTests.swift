@@ -107,7 +107,7 @@ final class SecondChanceTests: XCTestCase {
         let port = UInt16(bigEndian: local.sin6_port)  // same offset in sockaddr_in and sockaddr_in6
 
         let first = Array("before the drain\n".utf8)
-        XCTAssertTrue(LabSockets.sendAll(fd, first))
+        XCTAssertTrue(SocketAddress.sendAll(fd, first))
         XCTAssertEqual(LabSockets.receiveExactly(fd, first.count), first)
         let establishedOnP2 = try lab.stats("p2")["accepted_established"] ?? 0
         XCTAssertGreaterThan(establishedOnP2, 0)
@@ -117,7 +117,7 @@ final class SecondChanceTests: XCTestCase {
         try lab.waitFor("the director to reload") { lab.log(of: director).contains("table reloaded") }
         let forwardedBefore = try lab.stats("p1")["forwarded"] ?? 0
         let second = Array("after the drain: P1 forwards to P2\n".utf8)
-        XCTAssertTrue(LabSockets.sendAll(fd, second))
+        XCTAssertTrue(SocketAddress.sendAll(fd, second))
         XCTAssertEqual(LabSockets.receiveExactly(fd, second.count), second, "the flow survived the table change")
         // The echo can overtake the counters: P1 counts a forward once its send returned.
         try lab.waitFor("P1 to count the packets it gave their second chance") { try lab.stats("p1").value("forwarded") > forwardedBefore }
@@ -127,7 +127,7 @@ final class SecondChanceTests: XCTestCase {
         let fresh = try lab.inside("c") { try LabSockets.connectTCP(to: vip, port: 80) }
         defer { close(fresh) }
         let hello = Array("new flow\n".utf8)
-        XCTAssertTrue(LabSockets.sendAll(fresh, hello))
+        XCTAssertTrue(SocketAddress.sendAll(fresh, hello))
         XCTAssertEqual(LabSockets.receiveExactly(fresh, hello.count), hello)
         return (fd, port, capture)
     }
@@ -413,8 +413,8 @@ final class SecondChanceTests: XCTestCase {
         let (listener, clientFD, serverFD) = try lab.inside("pod") { () -> (Int32, Int32, Int32) in
             let listener = try LabSockets.listenTCP(on: .v4(IPv4Address("198.18.9.10")!), port: 80)
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            _ = LabSockets.withSockaddr(.v4(IPv4Address("198.18.9.1")!), 45000) { bind(fd, $0, $1) }
-            guard LabSockets.withSockaddr(.v4(IPv4Address("198.18.9.10")!), 80, { connect(fd, $0, $1) }) == 0 else { throw SystemError("connect in pod") }
+            _ = SocketAddress.with(.v4(IPv4Address("198.18.9.1")!), 45000) { bind(fd, $0, $1) }
+            guard SocketAddress.with(.v4(IPv4Address("198.18.9.10")!), 80, { connect(fd, $0, $1) }) == 0 else { throw SystemError("connect in pod") }
             return (listener, fd, try acceptConnection(listener))
         }
         defer { close(listener); close(clientFD); close(serverFD) }

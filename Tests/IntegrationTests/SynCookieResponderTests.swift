@@ -90,7 +90,7 @@ final class SynCookieResponderTests: XCTestCase {
                 received.add(count)
             }
         }
-        XCTAssertTrue(LabSockets.sendAll(client, [UInt8](repeating: 0x5a, count: bytes)), "sending \(bytes) bytes")
+        XCTAssertTrue(SocketAddress.sendAll(client, [UInt8](repeating: 0x5a, count: bytes)), "sending \(bytes) bytes")
         let clientWindow = windowInfo(client)
         shutdown(client, Int32(SHUT_WR))
         reader.join()
@@ -166,7 +166,7 @@ final class SynCookieResponderTests: XCTestCase {
             setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
             var one: Int32 = 1
             setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-            let bound = LabSockets.withSockaddr(.v4(Lab.vip), Self.port) { bind(fd, $0, $1) }
+            let bound = SocketAddress.with(.v4(Lab.vip), Self.port) { bind(fd, $0, $1) }
             guard bound == 0, Glibc.listen(fd, 16) == 0 else { throw SystemError("listen with SO_RCVBUF") }
             return fd
         }

@@ -90,4 +90,8 @@ int proxyside_open_directory_no_symlinks(const char *path);
 /// renameat2(2) with RENAME_NOREPLACE: fails with EEXIST instead of replacing. Returns 0 or -errno.
 int proxyside_rename_no_replace(int from_directory, const char *from, int to_directory, const char *to);
 
+/* accept4(SOCK_CLOEXEC), retried on EINTR: a connection accepted while another thread execs
+   must not survive into the new image. */
+int proxyside_accept_cloexec(int fd);
+
 #endif

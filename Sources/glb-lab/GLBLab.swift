@@ -9,7 +9,7 @@ struct GLBLab: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "glb-lab",
         abstract: "Lab tools: a GLB director simulator, an echo service, long-lived clients, an HTTP connection load and a GUE sender.",
-        subcommands: [Director.self, Echo.self, Clients.self, HTTPLoad.self, Blast.self, Watch.self])
+        subcommands: [Director.self, Echo.self, Clients.self, HTTPLoad.self, Blast.self, Watch.self, Supervise.self])
 }
 
 extension IPv4Address: ExpressibleByArgument {
@@ -55,15 +55,17 @@ struct Director: ParsableCommand {
         say("director: serving queue \(queue.number)")
         var encapsulated = 0, dropped = 0
         var scratch: [UInt8] = []
-        try queue.run(stop: stop, idle: {
-            if reload.consume() {
-                do {
-                    current = try loadTable()
-                    say("director: table reloaded: \(current.proxies.map { "\($0.address) \($0.state.rawValue)" }.joined(separator: ", "))")
-                } catch { say("director: keeping the old table: \(error)") }
-            }
-        }) { packet in
-            if reload.consume() { current = (try? loadTable()) ?? current }
+        // SIGHUP is seen between packets or when the queue is idle, whichever comes first; either
+        // way the reload is logged (tests wait for that line).
+        func reloadIfAsked() {
+            guard reload.consume() else { return }
+            do {
+                current = try loadTable()
+                say("director: table reloaded: \(current.proxies.map { "\($0.address) \($0.state.rawValue)" }.joined(separator: ", "))")
+            } catch { say("director: keeping the old table: \(error)") }
+        }
+        try queue.run(stop: stop, idle: reloadIfAsked) { packet in
+            reloadIfAsked()
             guard let flow = Self.flow(UnsafeRawBufferPointer(packet)) else { dropped += 1; return .drop }
             let hash = RendezvousTable.flowHash(flow)
             let route = current.route(flowHash: hash)
@@ -131,7 +133,7 @@ struct Echo: ParsableCommand {
                     var buffer = [UInt8](repeating: 0, count: 65536)
                     while true {
                         let count = recv(client, &buffer, buffer.count, 0)
-                        if count <= 0 || !LabSockets.sendAll(client, Array(buffer[0..<count])) { break }
+                        if count <= 0 || !SocketAddress.sendAll(client, Array(buffer[0..<count])) { break }
                     }
                     close(client)
                 }
@@ -159,7 +161,9 @@ struct Clients: ParsableCommand {
             guard let source else { return try LabSockets.connectTCP(to: address, port: port) }
             return try LabSockets.connectTCP(to: address, port: port, from: .v4(source), localPort: firstPort &+ UInt16(index))
         }
-        var roundTrips = 0, failures = 0, newOK = 0, newFailed = 0
+        // A round trip or a new connection slower than 200 ms waited for a retransmission.
+        var roundTrips = 0, failures = 0, newOK = 0, newFailed = 0, slow = 0, newSlow = 0
+        let slowNanoseconds: UInt64 = 200_000_000
         let start = MonotonicClock.nanoseconds()
         let end = start + UInt64(seconds) * 1_000_000_000
         var nextNew = start
@@ -167,8 +171,10 @@ struct Clients: ParsableCommand {
         while MonotonicClock.nanoseconds() < end {
             for index in fds.indices where fds[index] >= 0 {
                 let message = Array("ping \(iteration) \(index)\n".utf8)
-                if LabSockets.sendAll(fds[index], message), LabSockets.receiveExactly(fds[index], message.count) == message {
+                let sent = MonotonicClock.nanoseconds()
+                if SocketAddress.sendAll(fds[index], message), LabSockets.receiveExactly(fds[index], message.count) == message {
                     roundTrips += 1
+                    if MonotonicClock.nanoseconds() - sent > slowNanoseconds { slow += 1 }
                 } else {
                     failures += 1
                     close(fds[index])
@@ -177,9 +183,13 @@ struct Clients: ParsableCommand {
             }
             while newPerSecond > 0 && MonotonicClock.nanoseconds() >= nextNew {
                 nextNew += 1_000_000_000 / UInt64(newPerSecond)
+                let opened = MonotonicClock.nanoseconds()
                 if let fd = try? LabSockets.connectTCP(to: address, port: port) {
                     let message = Array("new\n".utf8)
-                    if LabSockets.sendAll(fd, message), LabSockets.receiveExactly(fd, message.count) == message { newOK += 1 } else { newFailed += 1 }
+                    if SocketAddress.sendAll(fd, message), LabSockets.receiveExactly(fd, message.count) == message {
+                        newOK += 1
+                        if MonotonicClock.nanoseconds() - opened > slowNanoseconds { newSlow += 1 }
+                    } else { newFailed += 1 }
                     close(fd)
                 } else { newFailed += 1 }
             }
@@ -188,7 +198,7 @@ struct Clients: ParsableCommand {
         }
         for fd in fds where fd >= 0 { close(fd) }
         let alive = fds.filter { $0 >= 0 }.count
-        print("clients: connections=\(connections) alive=\(alive) round_trips=\(roundTrips) failures=\(failures) new_ok=\(newOK) new_failed=\(newFailed)")
+        print("clients: connections=\(connections) alive=\(alive) round_trips=\(roundTrips) failures=\(failures) slow=\(slow) new_ok=\(newOK) new_failed=\(newFailed) new_slow=\(newSlow)")
         if failures > 0 || newFailed > 0 { throw ExitCode(1) }
     }
 }
@@ -238,7 +248,7 @@ struct HTTPLoad: ParsableCommand {
             return error.errno == ECONNREFUSED ? "refused" : error.errno == EAGAIN || error.errno == ETIMEDOUT || error.errno == EINPROGRESS ? "timeout" : "other"
         } catch { return "other" }
         defer { close(fd) }
-        guard LabSockets.sendAll(fd, request) else { return errno == ECONNRESET || errno == EPIPE ? "reset" : "other" }
+        guard SocketAddress.sendAll(fd, request) else { return errno == ECONNRESET || errno == EPIPE ? "reset" : "other" }
         var response: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
         while true {

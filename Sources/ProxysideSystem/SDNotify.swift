@@ -1,6 +1,4 @@
-import BindkeeperCore
 import Glibc
-import ProxysideSystem
 
 /// sd_notify(3) without libsystemd: datagrams to $NOTIFY_SOCKET, fds in SCM_RIGHTS (FDSTORE=1).
 public final class SDNotify {

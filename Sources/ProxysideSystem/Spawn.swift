@@ -1,5 +1,4 @@
 import Glibc
-import ProxysideSystem
 
 /// posix_spawn(3) with fds placed where the child expects them. Fds without close-on-exec are
 /// inherited at their own numbers; signals this program catches or ignores start at their defaults.
