@@ -24,7 +24,7 @@ let package = Package(
         // Pure packet and decision code: no syscalls, unit-tested.
         .target(name: "ProxysideCore"),
         // bindkeeper's wire forms, bind keys, policy, templates, hand-over state (no system calls).
-        .target(name: "BindkeeperCore", dependencies: ["ProxysideCore"]),
+        .target(name: "BindkeeperCore"),
         // Thin system layers: NFQUEUE, sock_diag, raw sockets, BPF, namespaces, metrics.
         .target(
             name: "ProxysideSystem",

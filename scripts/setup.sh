@@ -2,8 +2,9 @@
 # Installs what building, testing and the lab need (Debian/Ubuntu, as root). Idempotent.
 set -euo pipefail
 # haproxy and ruby: bindkeeper's reload tests and its multibinder-compatibility client; util-linux: setpriv;
-# systemd: systemd-analyze verifies the units.
-packages=(libnetfilter-queue-dev libmnl-dev pkg-config iptables iproute2 gcc haproxy ruby python3 util-linux systemd)
+# systemd: systemd-analyze verifies the units; systemd-container: systemd-nspawn boots a real systemd
+# for the units' tests (RealSystemdTests).
+packages=(libnetfilter-queue-dev libmnl-dev pkg-config iptables iproute2 gcc haproxy ruby python3 util-linux systemd systemd-container)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "test: run as root (network namespaces, NFQUEUE, BPF)" >&2; exit 1; }
 scripts/setup.sh
 # Leftovers of an interrupted run would make the topology fail to come up.
-for ns in $(ip netns list | awk '/^(psit|psck|psbk|pstb|pspk|pspr|pslc|psrs)-/ {print $1}'); do
+pkill -KILL -f 'systemd-nspawn .*--machine=pssd-' || true
+for ns in $(ip netns list | awk '/^(psit|psck|psbk|pstb|pspk|pspr|pslc|psrs|pssd)-/ {print $1}'); do
     ip netns pids "$ns" | xargs -r kill -9
     ip netns del "$ns"
 done

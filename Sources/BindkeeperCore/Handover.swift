@@ -1,8 +1,7 @@
 import Foundation
-import ProxysideCore
 
-/// bindkeeper's names for the sockets it passes by systemd's convention (`ListenFDs`).
-extension ListenFDs {
+/// The names `bindkeeper exec` gives the sockets it passes by systemd's convention (LISTEN_FDNAMES).
+public enum PassedSocketName {
     /// A name an application can look for: letters, digits, '.', '_' and '-' only
     /// (`tcp://[::]:443` becomes `tcp-__-443`).
     public static func defaultName(for request: BindRequest) -> String {

@@ -155,8 +155,8 @@ struct Exec: ParsableCommand {
                 url = String(bind[bind.index(after: equals)...])
             }
             let request = try BindRequest.parse(url: url).mapError { ValidationError($0.description) }.get()
-            let chosen = name ?? ListenFDs.defaultName(for: request)
-            guard ListenFDs.isValidName(chosen) else { throw ValidationError("\(chosen): a name has no ':' or spaces") }
+            let chosen = name ?? PassedSocketName.defaultName(for: request)
+            guard PassedSocketName.isValidName(chosen) else { throw ValidationError("\(chosen): a name has no ':' or spaces") }
             names.append(chosen)
             requests.append(request)
         }

@@ -181,13 +181,13 @@ final class PolicyAndHandoverTests: XCTestCase {
         XCTAssertEqual(parsed.map(\.fd), [3, 4])
         XCTAssertEqual(parsed.map(\.name), ["http", "tcp-__-443"])
         XCTAssertTrue(ListenFDs.parse(environment, pid: 43).isEmpty)
-        XCTAssertEqual(ListenFDs.defaultName(for: try BindRequest.parse(url: "tcp://[::]:443").get()), "tcp-__-443")
-        XCTAssertFalse(ListenFDs.isValidName("a:b"))
+        XCTAssertEqual(PassedSocketName.defaultName(for: try BindRequest.parse(url: "tcp://[::]:443").get()), "tcp-__-443")
+        XCTAssertFalse(PassedSocketName.isValidName("a:b"))
         for url in ["tcp://[::]:443?backlog=4096&v6only=1", "udp://198.18.0.1:53", "unix:/run/a+b,c=d@e~f.sock?mode=0600", "tcp://[fe80::1%lo]:80"] {
             let request = try BindRequest.parse(url: url).get()
             let name = try XCTUnwrap(FDStoreName.encode(request))
             XCTAssertFalse(name.contains(":"), name)
-            XCTAssertTrue(ListenFDs.isValidName(name), name)
+            XCTAssertTrue(PassedSocketName.isValidName(name), name)
             XCTAssertEqual(FDStoreName.decode(name), request)
         }
         XCTAssertNil(FDStoreName.decode("control"))

@@ -122,8 +122,13 @@ final class Lab {
 
     /// Counters of a proxy's second-chance, by short name.
     func stats(_ host: String) throws -> [String: UInt64] {
+        try stats(fromControl: controlPath(host))
+    }
+
+    /// Counters from the control socket at `path`, by short name.
+    func stats(fromControl path: String) throws -> [String: UInt64] {
         var out: [String: UInt64] = [:]
-        for line in try readControlSocket(controlPath(host)).split(separator: "\n") {
+        for line in try readControlSocket(path).split(separator: "\n") {
             let parts = line.split(separator: ":")
             if parts.count == 2, let value = UInt64(parts[1].trimmingCharacters(in: .whitespaces)) { out[String(parts[0])] = value }
         }

@@ -9,71 +9,17 @@ import XCTest
 /// queued meanwhile is decided, not lost.
 final class RestartTests: XCTestCase {
     var lab: Lab!
-    static let servicePort: UInt16 = 7777
+    var traffic: DatagramTraffic!
 
     override func setUpWithError() throws {
         lab = try Lab(prefix: "psrs")
+        traffic = DatagramTraffic(lab: lab)
     }
 
     override func tearDown() { lab?.tearDown() }
 
-    // MARK: Traffic that counts itself
-
-    /// A UDP service on the VIP in P1 with room for every datagram a test sends.
-    func openService() throws -> Int32 {
-        try lab.inside("p1") {
-            let fd = try LabSockets.bindUDP(.v4(Lab.vip), port: Self.servicePort, receiveTimeoutSeconds: 1)
-            var bytes: Int32 = 16 << 20
-            setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, socklen_t(MemoryLayout<Int32>.size))
-            return fd
-        }
-    }
-
-    /// Datagrams numbered `numbers` to the service, GUE-encapsulated from the client as a
-    /// director would, one every `pace` microseconds.
-    func send(_ numbers: Range<UInt32>, pace: UInt32 = 0) throws {
-        try Self.send(numbers, pace: pace, from: lab.namespace("c"))
-    }
-
-    static func send(_ numbers: Range<UInt32>, pace: UInt32, from namespace: String) throws {
-        try NetworkNamespace(nameOrPath: namespace).run {
-            let fd = try LabSockets.bindUDP(.v4(Lab.client), port: 30100)
-            defer { close(fd) }
-            for number in numbers {
-                var datagram: [UInt8] = [0x9c, 0x41, UInt8(Self.servicePort >> 8), UInt8(Self.servicePort & 0xff), 0, 12, 0, 0]
-                datagram += [UInt8(number >> 24), UInt8((number >> 16) & 0xff), UInt8((number >> 8) & 0xff), UInt8(number & 0xff)]
-                let inner = PacketBuilder.ip(source: .v4(Lab.client), destination: .v4(Lab.vip), protocol: 17, transport: datagram, checksumOffset: 6)
-                let payload = PacketBuilder.guePayload(inner: inner, hops: [Lab.p2])
-                let sent = SocketAddress.with(.v4(Lab.p1), GUEPacket.port) { address, length in
-                    payload.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, 0, address, length) }
-                }
-                guard sent == payload.count else { throw SystemError("sendto GUE") }
-                if pace > 0 { usleep(pace) }
-            }
-        }
-    }
-
-    /// The numbers the service received, until it has been quiet for a second.
-    func received(_ service: Int32) -> Set<UInt32> {
-        var numbers: Set<UInt32> = []
-        var buffer = [UInt8](repeating: 0, count: 64)
-        while recv(service, &buffer, buffer.count, 0) == 4 {
-            numbers.insert(UInt32(buffer[0]) << 24 | UInt32(buffer[1]) << 16 | UInt32(buffer[2]) << 8 | UInt32(buffer[3]))
-        }
-        return numbers
-    }
-
-    func assertAllReceived(_ numbers: Set<UInt32>, _ expected: Range<UInt32>, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
-        let missing = Set(expected).subtracting(numbers).sorted()
-        XCTAssertTrue(missing.isEmpty, "\(what): \(missing.count) of \(expected.count) lost, first \(missing.prefix(10))", file: file, line: line)
-    }
-
     func daemon(_ host: String = "p1") throws -> Process {
         try XCTUnwrap(lab.processes.last { $0.name == "\(host) second-chance" && $0.process.isRunning }?.process)
-    }
-
-    func waiting(_ host: String) throws -> UInt64 {
-        try lab.inside(host) { ProcFile.kernelQueueStatistics()[0]?.waiting ?? 0 }
     }
 
     // MARK: Re-exec
@@ -83,13 +29,13 @@ final class RestartTests: XCTestCase {
     func testReexecUnderTrafficDecidesEveryPacket() throws {
         try lab.startSecondChance("p1", Lab.p1)
         let process = try daemon()
-        let service = try openService()
+        let service = try traffic.openService()
         defer { close(service) }
         let done = DispatchSemaphore(value: 0)
         let failure = Mutex<String?>(nil)
         let client = lab.namespace("c")
         DispatchQueue.global().async {
-            do { try Self.send(0..<4000, pace: 400, from: client) } catch { failure.withLock { $0 = "\(error)" } }
+            do { try DatagramTraffic.send(0..<4000, pace: 400, from: client) } catch { failure.withLock { $0 = "\(error)" } }
             done.signal()
         }
         for round in 1...3 {
@@ -99,7 +45,7 @@ final class RestartTests: XCTestCase {
         }
         XCTAssertEqual(done.wait(timeout: .now() + 30), .success, "the sender finished")
         XCTAssertNil(failure.withLock { $0 })
-        assertAllReceived(received(service), 0..<4000, "datagrams sent across three re-execs")
+        traffic.assertAllReceived(traffic.received(service), 0..<4000, "datagrams sent across three re-execs")
         XCTAssertTrue(process.isRunning)
         let stats = try lab.stats("p1")
         XCTAssertEqual(stats["adopted_queues"], 1)
@@ -155,10 +101,10 @@ final class RestartTests: XCTestCase {
         XCTAssertTrue(process.isRunning)
         XCTAssertEqual(try field("build"), newBuild, "the upgraded image still serves")
         XCTAssertEqual(try field("reexecs"), "1")
-        let service = try openService()
+        let service = try traffic.openService()
         defer { close(service) }
-        try send(0..<20)
-        assertAllReceived(received(service), 0..<20, "datagrams after the refused re-execs")
+        try traffic.send(0..<20)
+        traffic.assertAllReceived(traffic.received(service), 0..<20, "datagrams after the refused re-execs")
     }
 
     // MARK: Crash and the fd store
@@ -194,10 +140,10 @@ final class RestartTests: XCTestCase {
 
         kill(first.processIdentifier, SIGKILL)
         first.waitUntilExit()
-        let service = try openService()
+        let service = try traffic.openService()
         defer { close(service) }
-        try send(0..<500)
-        try lab.waitFor("the datagrams to wait in the kernel's queue") { try self.waiting("p1") == 500 }
+        try traffic.send(0..<500)
+        try lab.waitFor("the datagrams to wait in the kernel's queue") { try self.traffic.waiting("p1") == 500 }
 
         let names = store.map(\.name).joined(separator: ":")
         let restartLog = lab.directory.appendingPathComponent("restarted.log").path
@@ -206,7 +152,7 @@ final class RestartTests: XCTestCase {
                                 environment: ProcessInfo.processInfo.environment.merging(["LISTEN_FDS": String(store.count), "LISTEN_FDNAMES": names]) { $1 },
                                 placing: store.enumerated().map { ($0.element.fd, Int32(3 + $0.offset)) })
         defer { kill(pid, SIGTERM); _ = Spawn.wait(pid) }
-        assertAllReceived(received(service), 0..<500, "datagrams that arrived while no daemon ran")
+        traffic.assertAllReceived(traffic.received(service), 0..<500, "datagrams that arrived while no daemon ran")
         let stats = try lab.stats("p1")
         XCTAssertEqual(stats["adopted_queues"], 1)
         XCTAssertEqual(stats["accepted_udp"], 500)
@@ -219,14 +165,14 @@ final class RestartTests: XCTestCase {
     /// with the first packet it reads, and they reach the service.
     func testPacketsAReaderDiedWithAreRequeuedByTheNextDaemon() throws {
         let queue = try lab.inside("p1") { try NetfilterQueue(number: 0) }
-        let service = try openService()
+        let service = try traffic.openService()
         defer { close(service) }
-        try send(0..<5)
+        try traffic.send(0..<5)
         var buffer = [UInt8](repeating: 0, count: 70_000)
         var timeout = timeval(tv_sec: 3, tv_usec: 0)
         setsockopt(queue.fileDescriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         for _ in 0..<5 { XCTAssertGreaterThan(recv(queue.fileDescriptor, &buffer, buffer.count, 0), 0, "a queued packet read") }
-        XCTAssertEqual(try waiting("p1"), 5, "read, not answered")
+        XCTAssertEqual(try traffic.waiting("p1"), 5, "read, not answered")
 
         let control = lab.controlPath("p1")
         let log = lab.directory.appendingPathComponent("adopting.log").path
@@ -237,9 +183,9 @@ final class RestartTests: XCTestCase {
                                 placing: [(queue.fileDescriptor, 3)])
         defer { kill(pid, SIGTERM); _ = Spawn.wait(pid) }
         try lab.waitFor("the control socket") { FileManager.default.fileExists(atPath: control) }
-        try send(5..<6)
-        assertAllReceived(received(service), 0..<6, "datagrams read by the dead reader, and one after")
-        XCTAssertEqual(try waiting("p1"), 0)
+        try traffic.send(5..<6)
+        traffic.assertAllReceived(traffic.received(service), 0..<6, "datagrams read by the dead reader, and one after")
+        XCTAssertEqual(try traffic.waiting("p1"), 0)
         withExtendedLifetime(queue) {}
     }
 }
