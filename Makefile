@@ -1,4 +1,4 @@
-.PHONY: all build test test-quick demo bench bench-synflood bench-reload clean install
+.PHONY: all build test test-quick demo bench bench-synflood bench-reload bench-lifecycle clean install
 
 PREFIX ?= /usr/local
 
@@ -24,6 +24,9 @@ bench-synflood:
 
 bench-reload:
 	scripts/bench-reload.sh
+
+bench-lifecycle:
+	scripts/bench-lifecycle.sh
 
 install: build
 	install -D -m 0755 "$$(swift build -c release --show-bin-path)/second-chance" $(DESTDIR)$(PREFIX)/sbin/second-chance

@@ -48,9 +48,9 @@ public final class NetfilterQueue {
 
     /// `failOpen`: when the queue holds `maximumQueueLength` packets the kernel accepts further ones
     /// unread instead of dropping them (NFQA_CFG_F_FAIL_OPEN).
-    public convenience init(number: UInt16, maximumQueueLength: UInt32 = 8192, failOpen: Bool = false, socketBufferBytes: Int32 = 16 << 20) throws {
+    public convenience init(number: UInt16, maximumQueueLength: UInt32 = NetfilterQueue.defaultMaximumLength, failOpen: Bool = false) throws {
         let socket = try Netlink.open(NETLINK_NETFILTER, name: "NETLINK_NETFILTER")
-        self.init(number: number, socket: socket, socketBufferBytes: socketBufferBytes)
+        self.init(number: number, socket: socket, socketBufferBytes: Self.socketBufferBytes(for: maximumQueueLength))
         try configure { nlh in nfq_nlmsg_cfg_put_cmd(nlh, UInt16(AF_INET), UInt8(NFQNL_CFG_CMD_BIND.rawValue)) }
         try configure { nlh in Self.putParameters(nlh, maximumQueueLength: maximumQueueLength, failOpen: failOpen) }
     }
@@ -61,15 +61,27 @@ public final class NetfilterQueue {
     /// packets come before it (an error shows as a receive error). Packets the earlier process
     /// read but never answered are requeued (NF_REPEAT) once the first packet shows where its
     /// reading stopped.
-    public convenience init(adopting fd: Int32, number: UInt16, maximumQueueLength: UInt32 = 8192, failOpen: Bool = false,
-                            socketBufferBytes: Int32 = 16 << 20) throws {
+    public convenience init(adopting fd: Int32, number: UInt16, maximumQueueLength: UInt32 = NetfilterQueue.defaultMaximumLength,
+                            failOpen: Bool = false) throws {
         guard let socket = mnl_socket_fdopen(fd) else { throw SystemError("adopt NFQUEUE \(number) socket (fd \(fd))") }
-        self.init(number: number, socket: socket, socketBufferBytes: socketBufferBytes)
+        self.init(number: number, socket: socket, socketBufferBytes: Self.socketBufferBytes(for: maximumQueueLength))
         requeueUnanswered = true
         adopted = true
         let nlh = startMessage(Int32(NFQNL_MSG_CONFIG.rawValue), in: verdictBuffer)
         Self.putParameters(nlh, maximumQueueLength: maximumQueueLength, failOpen: failOpen)
         guard mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) >= 0 else { throw SystemError("sendto(NFQUEUE \(number) config)") }
+    }
+
+    /// Packets the kernel holds while no one reads: about a second at 65 000 packets/s, so that a
+    /// restart through the fd store loses nothing at that rate. Each waiting packet holds its buffer.
+    public static let defaultMaximumLength: UInt32 = 65536
+    public static let maximumLengthLimit: UInt32 = 1 << 20
+
+    /// Every queued packet is also a message waiting in the socket; a full socket drops the packet
+    /// (user_dropped) before the queue is full, so the buffer grows with the queue: 1 KiB a packet,
+    /// at least 16 MiB (memory is only used while packets wait).
+    static func socketBufferBytes(for maximumQueueLength: UInt32) -> Int32 {
+        Int32(clamping: max(16 << 20, Int(min(maximumQueueLength, maximumLengthLimit)) * 1024))
     }
 
     private init(number: UInt16, socket: OpaquePointer, socketBufferBytes: Int32) {

@@ -37,7 +37,7 @@ public struct SecondChanceConfiguration: Sendable {
     public init(selfAddress: IPv4Address, peers: PeerPolicy, decapsulation: DecapsulationMode, namespace: String? = nil,
                 cacheLifetimeNanoseconds: UInt64 = 1_000_000_000, negativeCacheLifetimeNanoseconds: UInt64 = 1_000_000_000,
                 batchSize: Int = 64, checkCookies: Bool = true, forwarding: ForwardingMode = .raw,
-                queueMaximumLength: UInt32 = 8192, failOpen: Bool = false) {
+                queueMaximumLength: UInt32 = NetfilterQueue.defaultMaximumLength, failOpen: Bool = false) {
         self.selfAddress = selfAddress
         self.peers = peers
         self.decapsulation = decapsulation

@@ -56,18 +56,24 @@ public final class StatsServer: @unchecked Sendable {
         return fd
     }
 
+    /// A listening socket at `path`, which appears there only once it listens and has its mode
+    /// (bound under a temporary name, then renamed over whatever was there): a client that finds
+    /// the path is never refused.
     static func listenUnix(_ path: String) throws -> Int32 {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw SystemError("socket(AF_UNIX)") }
-        unlink(path)
+        let staging = "\(path).\(getpid()).new"
+        unlink(staging)
         do {
-            try UnixAddress.bind(fd, path)
+            try UnixAddress.bind(fd, staging)
             guard listen(fd, 16) == 0 else { throw SystemError("listen \(path)") }
+            chmod(staging, 0o660)
+            guard rename(staging, path) == 0 else { throw SystemError("rename \(staging) to \(path)") }
         } catch {
+            unlink(staging)
             close(fd)
             throw error
         }
-        chmod(path, 0o660)
         return fd
     }
 

@@ -82,7 +82,7 @@ struct Run: ParsableCommand {
     var maxHops: UInt8 = PeerPolicy.defaultMaximumHops
 
     @Option(help: "Packets the kernel holds for each queue while second-chance is busy (NFQA_CFG_QUEUE_MAXLEN); beyond it the kernel drops them, counted in queue_dropped.")
-    var queueMaxlen: UInt32 = 8192
+    var queueMaxlen: UInt32 = NetfilterQueue.defaultMaximumLength
 
     @Flag(help: "When a queue is full, the kernel accepts packets instead of dropping them (NFQA_CFG_F_FAIL_OPEN): with fou they are decapsulated unchecked, without fou they reach a closed UDP port and are lost.")
     var failOpen = false
@@ -140,7 +140,9 @@ struct Run: ParsableCommand {
             throw ValidationError("give at least one --allow-source CIDR: the directors and proxies whose GUE is heard (--allow-source 0.0.0.0/0 hears every host)")
         }
         guard !queues.isEmpty else { throw ValidationError("give at least one --queue") }
-        guard queueMaxlen >= 1 else { throw ValidationError("--queue-maxlen is at least 1") }
+        guard (1...NetfilterQueue.maximumLengthLimit).contains(queueMaxlen) else {
+            throw ValidationError("--queue-maxlen is 1...\(NetfilterQueue.maximumLengthLimit)")
+        }
         // Every duration is multiplied into nanoseconds: refuse what would overflow, and what no one means.
         _ = try durations()
         guard Set(queues).count == queues.count else { throw ValidationError("a --queue is given twice") }
@@ -308,7 +310,9 @@ struct Run: ParsableCommand {
         let watcherThread = try WorkerThread { watcher.run(stop: stop) }
 
         // The queue threads stop on their own event: for a re-exec only they stop, answering what
-        // they read; the kernel holds what comes meanwhile for the next image.
+        // they read; the kernel holds what comes meanwhile for the next image. Nothing else needs
+        // to cross the exec: the flow caches and epochs only spare sock_diag lookups (an empty
+        // cache asks the kernel), and the responder's monitor finds overflowing listeners again.
         let queueStop = try EventFD()
         let handingOver = Atomic<Bool>(false)
         let failures = FailureList()
@@ -422,18 +426,25 @@ final class FailureList: @unchecked Sendable {
     }
 }
 
-struct Stats: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Print a running daemon's counters.")
-
+/// Where a running daemon answers: its control socket, named or found from its first queue.
+struct ControlSocketOptions: ParsableArguments {
     @Option(help: "The daemon's first queue (to find its default control socket).")
     var queue: UInt16 = 0
 
     @Option(help: "The daemon's control socket.")
     var control: String?
 
+    var path: String { control ?? defaultControlPath(queue: queue) }
+}
+
+struct Stats: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print a running daemon's counters.")
+
+    @OptionGroup var daemon: ControlSocketOptions
+
     func run() throws {
         do {
-            print(try readControlSocket(control ?? defaultControlPath(queue: queue)), terminator: "")
+            print(try readControlSocket(daemon.path), terminator: "")
         } catch {
             throw ValidationFailure(description: "\(error)")
         }
@@ -444,11 +455,7 @@ struct Reexec: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Re-execute a running daemon from its installed file, keeping its queues bound (as SIGUSR1 does); wait until it serves again.")
 
-    @Option(help: "The daemon's first queue (to find its default control socket).")
-    var queue: UInt16 = 0
-
-    @Option(help: "The daemon's control socket.")
-    var control: String?
+    @OptionGroup var daemon: ControlSocketOptions
 
     @Option(help: "How long to wait for the new image to serve (seconds, 1...600).")
     var waitSeconds: UInt32 = 10
@@ -458,7 +465,7 @@ struct Reexec: ParsableCommand {
     }
 
     func run() throws {
-        let path = control ?? defaultControlPath(queue: queue)
+        let path = daemon.path
         func field(_ name: String, _ text: String) -> String? {
             text.split(separator: "\n").first { $0.hasPrefix(name + ": ") }.map { String($0.dropFirst(name.count + 2)) }
         }

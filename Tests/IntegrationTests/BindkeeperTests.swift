@@ -294,31 +294,13 @@ final class BindkeeperTests: XCTestCase {
     /// systemd's fd store, played by the test: the broker stores each socket with FDSTORE=1; after
     /// kill -9 a new broker gets them back at fd 3.. with LISTEN_FDS/LISTEN_FDNAMES.
     func testSocketsSurviveKillDashNineThroughTheFDStore() throws {
-        let notifyPath = lab.directory.appendingPathComponent("notify.sock").path
-        let manager = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        try UnixAddress.bind(manager, notifyPath)
-        LabSockets.setTimeouts(manager, seconds: 3)
-        defer { close(manager) }
-        var store: [(name: String, fd: Int32)] = []
-        var notices: [String] = []
-        func collect(until done: () -> Bool) throws {
-            try lab.waitFor("notifications") {
-                while let (bytes, fds) = try? FDPassing.receive(manager, flags: Int32(MSG_DONTWAIT)) {
-                    let text = String(decoding: bytes, as: UTF8.self)
-                    notices.append(text)
-                    if text.contains("FDSTORE=1"), let name = text.split(separator: "\n").first(where: { $0.hasPrefix("FDNAME=") }), let fd = fds.first {
-                        store.append((String(name.dropFirst(7)), fd))
-                    }
-                }
-                return done()
-            }
-        }
-        let broker = try lab.startBroker(environment: ["NOTIFY_SOCKET": notifyPath])
-        try collect { notices.contains { $0.hasPrefix("READY=1") } }
+        let manager = try ServiceManagerSocket(path: lab.directory.appendingPathComponent("notify.sock").path)
+        let broker = try lab.startBroker(environment: ["NOTIFY_SOCKET": manager.path])
+        try manager.collect { $0.isReady }
         let requests = [url("tcp://\(BrokerLab.address):8600?backlog=100"), url("udp://\(BrokerLab.address):8600"), url("unix:\(lab.directory.path)/app.sock")]
         let before = try lab.client().bind(requests)
-        try collect { store.count == 4 }
-        XCTAssertEqual(store.first?.name, "control")
+        try manager.collect { $0.store.count == 4 }
+        XCTAssertEqual(manager.store.first?.name, "control")
 
         kill(broker.processIdentifier, SIGKILL)
         broker.waitUntilExit()
@@ -329,13 +311,11 @@ final class BindkeeperTests: XCTestCase {
         let early = try RawControlClient(lab.socketPath)
         early.send(Wire.multibinder.request(id: .number(1), method: "bind", binds: [requests[0]]))
 
-        let names = store.map(\.name).joined(separator: ":")
         let restartLog = lab.directory.appendingPathComponent("restarted-broker.log").path
         let pid = try Spawn.run("/usr/bin/env", ["ip", "netns", "exec", lab.namespace, "/bin/sh", "-c", "LISTEN_PID=$$ exec \"$0\" \"$@\" 2>\(restartLog)",
                                                  lab.binary("bindkeeper"), "serve", "--socket", lab.socketPath],
-                                environment: ProcessInfo.processInfo.environment.merging(
-                                    ["LISTEN_FDS": String(store.count), "LISTEN_FDNAMES": names, "NOTIFY_SOCKET": notifyPath]) { $1 },
-                                placing: store.enumerated().map { ($0.element.fd, Int32(3 + $0.offset)) })
+                                environment: ProcessInfo.processInfo.environment.merging(manager.listenEnvironment) { $1 },
+                                placing: manager.placements)
         defer { kill(pid, SIGTERM); _ = Spawn.wait(pid) }
         try lab.waitForBroker()
         let answered = try XCTUnwrap(early.reply(), "the request made while no broker ran")
@@ -350,7 +330,6 @@ final class BindkeeperTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(accepted, 0, "the connection made while the broker was dead is served")
         close(accepted)
         (before + after).forEach { close($0.fd) }
-        store.forEach { close($0.fd) }
     }
 
     func testExecPassesSocketsBySystemdConvention() throws {

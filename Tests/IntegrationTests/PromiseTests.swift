@@ -145,6 +145,8 @@ final class PromiseTests: XCTestCase {
         let tooBig = PacketBuilder.icmpv6PacketTooBig(from: IPv6Address("2001:2::2")!, to: Lab.vip6, mtu: 1280, original: quoted)
         try sendGUE(lab, sourcePort: 30042, to: Lab.p1, inner: tooBig, hops: [Lab.p2])
         try lab.waitFor("the Packet Too Big to reach P2") { try lab.stats("p2")["accepted_last_resort"] == 1 }
+        // P2 can count it before P1 has counted the forward (counted once its send returned).
+        try lab.waitFor("P1 to count the forward") { try lab.stats("p1")["forwarded"] == 1 }
         let stats = try lab.stats("p1")
         XCTAssertEqual(stats["accepted_udp"], 1)
         XCTAssertEqual(stats["accepted_icmp"], 1)

@@ -113,30 +113,12 @@ final class RestartTests: XCTestCase {
     /// FDNAME=nfqueue-0) and control socket; after kill -9 the datagrams that arrive wait in the
     /// kernel's queue, and the daemon restarted with them (LISTEN_FDS) decides every one.
     func testKillDashNineThenRestartWithTheStoredQueueLosesNothing() throws {
-        let notifyPath = lab.directory.appendingPathComponent("notify.sock").path
-        let manager = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        try UnixAddress.bind(manager, notifyPath)
-        defer { close(manager) }
-        var store: [(name: String, fd: Int32)] = []
-        var notices: [String] = []
-        func collect(until done: () -> Bool) throws {
-            try lab.waitFor("notifications") {
-                while let (bytes, fds) = try? FDPassing.receive(manager, flags: Int32(MSG_DONTWAIT)) {
-                    let text = String(decoding: bytes, as: UTF8.self)
-                    notices.append(text)
-                    if text.contains("FDSTORE=1"), let name = text.split(separator: "\n").first(where: { $0.hasPrefix("FDNAME=") }), let fd = fds.first {
-                        store.append((String(name.dropFirst(7)), fd))
-                    }
-                }
-                return done()
-            }
-        }
-        defer { store.forEach { close($0.fd) } }
+        let manager = try ServiceManagerSocket(path: lab.directory.appendingPathComponent("notify.sock").path)
         let control = lab.controlPath("p1")
         let arguments = ["run", "--queue", "0", "--self", Lab.p1.description, "--control", control] + Lab.labPeers
-        let first = try lab.start("p1", "second-chance", arguments, environment: ["NOTIFY_SOCKET": notifyPath])
-        try collect { notices.contains { $0.hasPrefix("READY=1") } && store.count == 2 }
-        XCTAssertEqual(Set(store.map(\.name)), ["nfqueue-0", "control"])
+        let first = try lab.start("p1", "second-chance", arguments, environment: ["NOTIFY_SOCKET": manager.path])
+        try manager.collect { $0.isReady && $0.store.count == 2 }
+        XCTAssertEqual(Set(manager.store.map(\.name)), ["nfqueue-0", "control"])
 
         kill(first.processIdentifier, SIGKILL)
         first.waitUntilExit()
@@ -145,12 +127,11 @@ final class RestartTests: XCTestCase {
         try traffic.send(0..<500)
         try lab.waitFor("the datagrams to wait in the kernel's queue") { try self.traffic.waiting("p1") == 500 }
 
-        let names = store.map(\.name).joined(separator: ":")
         let restartLog = lab.directory.appendingPathComponent("restarted.log").path
         let pid = try Spawn.run("/usr/bin/env", ["ip", "netns", "exec", lab.namespace("p1"), "/bin/sh", "-c", "LISTEN_PID=$$ exec \"$0\" \"$@\" 2>\(restartLog)",
                                                  Lab.binaries.appendingPathComponent("second-chance").path] + arguments,
-                                environment: ProcessInfo.processInfo.environment.merging(["LISTEN_FDS": String(store.count), "LISTEN_FDNAMES": names]) { $1 },
-                                placing: store.enumerated().map { ($0.element.fd, Int32(3 + $0.offset)) })
+                                environment: ProcessInfo.processInfo.environment.merging(manager.listenEnvironment) { $1 },
+                                placing: manager.placements)
         defer { kill(pid, SIGTERM); _ = Spawn.wait(pid) }
         traffic.assertAllReceived(traffic.received(service), 0..<500, "datagrams that arrived while no daemon ran")
         let stats = try lab.stats("p1")

@@ -166,7 +166,7 @@ final class TrustBoundaryTests: XCTestCase {
                                (["--cookie-hold-ms", huge], "--cookie-hold-ms"), (["--listener-scan-ms", huge], "--listener-scan-ms"),
                                (["--cookie-pass-ms", huge], "--cookie-pass-ms"), (["--allow-source", "198.18.0.5/24"], "198.18.0.5/24"),
                                (["--allow-hop", "198.18.0.0/40"], "198.18.0.0/40"), (["--max-hops", "256"], "--max-hops"),
-                               (["--queue-maxlen", "0"], "--queue-maxlen")] {
+                               (["--queue-maxlen", "0"], "--queue-maxlen"), (["--queue-maxlen", String(UInt32.max)], "--queue-maxlen")] {
             let result = try lab.runToEnd("p1", "second-chance", base + Self.peers + flags)
             XCTAssertEqual(result.status, 64, "a usage error, not a crash: \(flags) \(result.output)")
             XCTAssertTrue(result.output.contains(named), result.output)
@@ -184,7 +184,7 @@ final class TrustBoundaryTests: XCTestCase {
         try lab.restartSecondChance("p1", Lab.p1, extra: Self.peers + [
             "--flow-cache-ms", "3600000", "--negative-cache-ms", "3600000", "--cookie-hold-ms", "86400000", "--listener-scan-ms", "86400000",
             "--cookie-pass-ms", "86400000", "--cookie-activate-percent", "100", "--cookie-deactivate-percent", "100", "--max-hops", "255",
-            "--queue-maxlen", String(UInt32.max), "--batch", "64",
+            "--queue-maxlen", String(NetfilterQueue.maximumLengthLimit), "--batch", "64",
         ])
         try fromDirector(tcp(.v4(Lab.client), 40601, .v4(Lab.vip), 80, .syn), sourcePort: 30601, hops: [IPv4Address](repeating: Lab.p2, count: 30))
         try lab.waitFor("the SYN with 30 hops") { try counter("p1", "accepted_syn") == 1 }

@@ -1,0 +1,50 @@
+import Foundation
+import Glibc
+import ProxysideSystem
+
+/// systemd's side of sd_notify, played by a test: a datagram socket at a path given to a daemon
+/// as NOTIFY_SOCKET, keeping the fds it stores (FDSTORE=1, FDNAME=) as systemd's fd store would.
+final class ServiceManagerSocket {
+    let path: String
+    private let fd: Int32
+    private(set) var notices: [String] = []
+    private(set) var store: [(name: String, fd: Int32)] = []
+
+    init(path: String) throws {
+        self.path = path
+        fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        try UnixAddress.bind(fd, path)
+    }
+
+    deinit {
+        close(fd)
+        store.forEach { close($0.fd) }
+    }
+
+    /// Reads notifications until `done` holds (or the lab's wait times out).
+    func collect(until done: (ServiceManagerSocket) -> Bool) throws {
+        try Lab.waitFor("notifications", seconds: 5) {
+            while let (bytes, fds) = try? FDPassing.receive(fd, flags: Int32(MSG_DONTWAIT)) {
+                let text = String(decoding: bytes, as: UTF8.self)
+                notices.append(text)
+                let lines = text.split(separator: "\n")
+                if lines.contains("FDSTORE=1"), let name = lines.first(where: { $0.hasPrefix("FDNAME=") }), let stored = fds.first {
+                    store.append((String(name.dropFirst(7)), stored))
+                } else {
+                    fds.forEach { close($0) }
+                }
+            }
+            return done(self)
+        }
+    }
+
+    var isReady: Bool { notices.contains { $0.hasPrefix("READY=1") } }
+
+    /// The environment that hands the stored fds to a process placed at 3, 4, ... (LISTEN_PID is
+    /// set by the shell that execs it).
+    var listenEnvironment: [String: String] {
+        ["LISTEN_FDS": String(store.count), "LISTEN_FDNAMES": store.map(\.name).joined(separator: ":"), "NOTIFY_SOCKET": path]
+    }
+
+    var placements: [(from: Int32, to: Int32)] { store.enumerated().map { ($0.element.fd, Int32(3 + $0.offset)) } }
+}

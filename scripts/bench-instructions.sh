@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Instructions per packet of second-chance's pure decision path (parse, classify, flow cache,
+# decide, forwarding rewrite), counted by callgrind: independent of machine noise, so a change can
+# be compared with the one before it on any machine. Each stream runs COUNT packets and none; the
+# difference divided by COUNT is the cost of one packet.
+#   scripts/bench-instructions.sh [COUNT]   (default 200000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+count=${1:-200000}
+command -v valgrind >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get install -y -qq valgrind >/dev/null; }
+out=.build-bench
+mkdir -p "$out"
+swiftc -O -parse-as-library -module-name DecisionPath Sources/ProxysideCore/*.swift Tests/Bench/DecisionPath.swift -o "$out/DecisionPath" \
+    2> >(grep -v "ld.gold: warning" >&2)
+instructions() {  # instructions STREAM COUNT: total instructions of one run
+    valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out" "$out/DecisionPath" "$1" "$2" >/dev/null 2>&1
+    awk '/^(summary|totals):/ {print $2; exit}' "$out/callgrind.out"
+}
+echo "bench-instructions: $(date -u +%FT%TZ), $(swiftc --version 2>&1 | head -1), $count packets per stream"
+printf '%-15s %12s\n' stream instr/packet
+for stream in syn established forward forward-kernel; do
+    base=$(instructions "$stream" 0) total=$(instructions "$stream" "$count")
+    awk -v s="$stream" -v b="$base" -v t="$total" -v n="$count" 'BEGIN { printf "%-15s %12.1f\n", s, (t - b) / n }'
+done
