@@ -25,10 +25,11 @@ scripts/setup.sh
 swift build -c release >/dev/null
 bin=$(swift build -c release --show-bin-path)
 prefix=psbl work=$(mktemp -d)
-pids=()
+pids=() plain_pid=
 cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}" $plain_pid; do kill "$pid" 2>/dev/null || true; done
     [ -f "$work/p1.pid" ] && kill -9 "$(cat "$work/p1.pid")" 2>/dev/null || true
+    sleep 0.2
     examples/lab/topology.sh down "$prefix" >/dev/null 2>&1 || true
     rm -rf "$work"
 }
@@ -36,12 +37,11 @@ trap cleanup EXIT
 examples/lab/topology.sh up "$prefix" >/dev/null
 in_ns() { local host=$1; shift; ip netns exec "$prefix-$host" "$@"; }
 
-# The director sends every flow to P1 first, P2 second; P1 answers with an echo service on the VIP.
-printf '198.18.0.11\n198.18.0.12\n' > "$work/table"
-in_ns d "$bin/glb-lab" director --self 198.18.0.2 --table "$work/table" 2>"$work/director.log" & pids+=($!)
-in_ns p1 "$bin/glb-lab" echo --listen 198.19.0.10:80 2>"$work/echo.log" & pids+=($!)
-in_ns p2 "$bin/second-chance" run --queue 0 --self 198.18.0.12 --allow-source 198.18.0.0/24 --control "$work/p2.sock" \
-    2>"$work/p2.log" & pids+=($!)
+# The director sends every flow to P1, which answers with an echo service on the VIP. (Background
+# processes are started by `ip netns exec` itself, so that $! is theirs.)
+printf '198.18.0.11\n' > "$work/table"
+ip netns exec "$prefix-d" "$bin/glb-lab" director --self 198.18.0.2 --table "$work/table" 2>"$work/director.log" & pids+=($!)
+ip netns exec "$prefix-p1" "$bin/glb-lab" echo --listen 198.19.0.10:80 2>"$work/echo.log" & pids+=($!)
 
 # P1's daemon runs from a file of its own, so that an upgrade can replace it.
 mkdir -p "$work/sbin"
@@ -56,14 +56,15 @@ stat_value() { stats | awk -F': ' -v name="$1" '$1 == name {print $2}'; }
 wait_until() {  # wait_until SECONDS COMMAND...
     local deadline=$((SECONDS + $1)); shift
     until "$@"; do
-        [ $SECONDS -lt $deadline ] || { echo "bench-lifecycle: timed out: $*" >&2; return 1; }
+        [ $SECONDS -lt $deadline ] || { echo "bench-lifecycle: timed out: $*; P1's log ends:" >&2; tail -5 "$work/p1.log" >&2; return 1; }
         sleep 0.02
     done
 }
 serving() { stats >/dev/null; }
-plain_pid=
+reexecs_are() { [ "$(stat_value reexecs)" = "$1" ]; }
+pid_changed() { [ "$(cat "$work/p1.pid")" != "$1" ]; }
 start_plain() {
-    in_ns p1 "${daemon[@]}" 2>>"$work/p1.log" & plain_pid=$!
+    ip netns exec "$prefix-p1" "${daemon[@]}" 2>>"$work/p1.log" & plain_pid=$!
     wait_until 10 serving
 }
 stop_plain() { kill -TERM "$plain_pid"; wait "$plain_pid" || true; }
@@ -83,11 +84,11 @@ one_cycle() {  # one_cycle KIND
         reexec)
             reexecs=$((reexecs + 1))
             kill -USR1 "$(cat "$work/p1.pid")"
-            wait_until 10 test "$(stat_value reexecs)" = "$reexecs" ;;
+            wait_until 10 reexecs_are "$reexecs" ;;
         kill-9)
             local old; old=$(cat "$work/p1.pid")
             kill -9 "$old"
-            wait_until 10 sh -c "[ \"\$(cat '$work/p1.pid')\" != '$old' ]"
+            wait_until 10 pid_changed "$old"
             wait_until 10 serving
             reexecs=0 ;;
         upgrade)
@@ -107,7 +108,7 @@ run_row() {  # run_row KIND
     local retrans_c retrans_p1 noports drops
     retrans_c=$(counter c TcpRetransSegs) retrans_p1=$(counter p1 TcpRetransSegs)
     noports=$(counter p1 UdpNoPorts) drops=$(queue_drops)
-    in_ns c "$bin/glb-lab" clients --target 198.19.0.10:80 --connections "$connections" --seconds "$seconds" \
+    ip netns exec "$prefix-c" "$bin/glb-lab" clients --target 198.19.0.10:80 --connections "$connections" --seconds "$seconds" \
         --interval-ms 100 --new-per-second "$new_per_second" > "$work/clients.out" 2>&1 &
     local load=$!
     sleep 2
@@ -116,7 +117,7 @@ run_row() {  # run_row KIND
         sleep 0.9
     done
     wait "$load" || true
-    local line; line=$(grep '^clients:' "$work/clients.out" || echo "clients: (no result)")
+    local line; line=$(grep '^clients:' "$work/clients.out") || { echo "bench-lifecycle: the clients failed:" >&2; cat "$work/clients.out" >&2; exit 1; }
     field() { echo "$line" | tr ' ' '\n' | awk -F= -v name="$1" '$1 == name {print $2}'; }
     local row
     row=$(printf '%-11s %6s %7s %6s %6s %7s %7s %7s %8s %8s %8s %7s' "$kind" "$cycles" \
@@ -136,7 +137,7 @@ run_row none
 run_row stop-start
 stop_plain
 # From here a holder of the fd store restarts the daemon, as systemd would.
-in_ns p1 "$bin/glb-lab" supervise --notify-socket "$work/notify.sock" --pid-file "$work/p1.pid" --restart-ms 100 -- "${daemon[@]}" \
+ip netns exec "$prefix-p1" "$bin/glb-lab" supervise --notify-socket "$work/notify.sock" --pid-file "$work/p1.pid" --restart-ms 100 -- "${daemon[@]}" \
     2>>"$work/p1.log" & pids+=($!)
 wait_until 10 serving
 run_row reexec

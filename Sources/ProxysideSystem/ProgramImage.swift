@@ -42,6 +42,19 @@ public enum ProgramImage {
         return String(repeating: "0", count: 16 - hex.count) + hex
     }()
 
+    /// The process's environment, read from environ(7) (without Foundation, whose loading alone
+    /// would add tens of milliseconds to every start and re-exec).
+    public static func environment() -> [String: String] {
+        var out: [String: String] = [:]
+        var entry = environ
+        while let pointer = entry.pointee {
+            let text = String(cString: pointer)
+            if let equals = text.firstIndex(of: "=") { out[String(text[..<equals])] = String(text[text.index(after: equals)...]) }
+            entry += 1
+        }
+        return out
+    }
+
     /// "NAME VERSION build HASH", as `NAME version` prints it.
     public static func versionLine(_ name: String) -> String { "\(name) \(ProxysideVersion.number) build \(build)" }
 

@@ -17,6 +17,8 @@ struct Supervise: ParsableCommand {
     @Argument(parsing: .captureForPassthrough) var program: [String]
 
     func run() throws {
+        // Passthrough keeps the "--" that ends the options.
+        let program = self.program.first == "--" ? Array(self.program.dropFirst()) : self.program
         guard !program.isEmpty, restartMs <= 60_000 else { throw LabFailure(description: "give the daemon's command; --restart-ms is at most 60000") }
         let stop = try EventFD()
         try Signals.install(shutdown: stop)

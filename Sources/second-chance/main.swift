@@ -1,5 +1,4 @@
 import ArgumentParser
-import Foundation
 import Glibc
 import ProxysideCore
 import ProxysideSystem
@@ -241,7 +240,7 @@ struct Run: ParsableCommand {
             batchSize: batch, checkCookies: !noCookieCheck, forwarding: forwarding, queueMaximumLength: queueMaxlen, failOpen: failOpen)
 
         // Sockets an earlier process left: a re-exec of this one, or systemd's fd store after a crash.
-        let environment = ProcessInfo.processInfo.environment
+        let environment = ProgramImage.environment()
         var inherited: [String: Int32] = [:]
         for (fd, name) in ListenFDs.inherited(environment, pid: getpid()) { inherited[name] = fd }
         let inheritedNames = Set(inherited.keys)
