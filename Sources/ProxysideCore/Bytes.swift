@@ -2,8 +2,6 @@
 // only assert (debug builds), so every parser guards its offsets before reading.
 
 extension UnsafeRawBufferPointer {
-    @inline(__always) public func u8(_ offset: Int) -> UInt8 { self[offset] }
-
     @inline(__always) public func be16(_ offset: Int) -> UInt16 {
         UInt16(self[offset]) << 8 | UInt16(self[offset + 1])
     }

@@ -16,8 +16,6 @@ public struct ListenerKey: Hashable, Sendable, CustomStringConvertible {
         isIPv6 ? .v6(address) : .v4(IPv4Address(UInt32(truncatingIfNeeded: address.low)))
     }
 
-    public var isWildcard: Bool { address.high == 0 && address.low == 0 }
-
     /// The same port on the family's wildcard address.
     public var wildcard: ListenerKey {
         ListenerKey(address: isIPv6 ? .v6(IPv6Address(high: 0, low: 0)) : .v4(IPv4Address(0)), port: port)

@@ -50,8 +50,6 @@ static inline void proxyside_ordered_increment(uint64_t *p) {
     __atomic_fetch_add(p, 1, __ATOMIC_SEQ_CST);
 }
 
-static inline int proxyside_errno(void) { return errno; }
-
 /// sendmmsg(2) of `count` IPv4 packets, each to its own destination. Returns how many were sent, or -errno.
 int proxyside_send_batch_ipv4(int fd, const struct sockaddr_in *destinations,
                               void *const *buffers, const size_t *lengths, unsigned count);
