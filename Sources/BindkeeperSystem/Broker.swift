@@ -422,8 +422,8 @@ public final class Broker: @unchecked Sendable {
 
     /// Takes over a re-executed broker's state, or the sockets systemd hands back from the fd store.
     private func adopt(_ environment: [String: String]) throws {
-        // The re-exec's fd list names what the state below describes: not for children.
-        unsetenv(ListenFDs.reexecVariable)
+        // Fds handed to this process (the state below, or systemd's) are for it alone, not its children.
+        for name in ListenFDs.variables { unsetenv(name) }
         if let text = environment[BrokerState.environmentName], let fd = Int32(text) {
             unsetenv(BrokerState.environmentName)
             var bytes: [UInt8] = []
@@ -452,7 +452,6 @@ public final class Broker: @unchecked Sendable {
         }
         let passed = ListenFDs.parse(environment, pid: getpid())
         guard !passed.isEmpty else { return }
-        for name in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] { unsetenv(name) }
         for (fd, name) in passed {
             Descriptors.setCloseOnExec(fd, true)
             if name == FDStoreName.control {

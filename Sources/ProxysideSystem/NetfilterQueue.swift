@@ -41,8 +41,6 @@ public final class NetfilterQueue {
     private var requeueUnanswered = false
     /// The sequence number of the requeue request, whose answer is awaited among the packets.
     private var requeueSequence: UInt32 = 0
-    /// Whether packets an earlier process left unanswered were found and requeued; read by the stats server.
-    public let requeuedUnanswered = Atomic<Bool>(false)
 
     public static let copyRange: UInt32 = 0xffff
 
@@ -251,14 +249,13 @@ public final class NetfilterQueue {
         }
     }
 
-    /// An answer to a message of ours: the requeue request's tells whether anything was requeued
-    /// (ENOENT: nothing was left unanswered); any other error is a receive error.
+    /// An answer to a message of ours. The requeue request's ENOENT only says nothing was left
+    /// unanswered; any other error is a receive error.
     private func noteError(_ nlh: UnsafePointer<nlmsghdr>) {
         let error = mnl_nlmsg_get_payload(nlh).assumingMemoryBound(to: nlmsgerr.self).pointee.error
         if requeueSequence != 0 && nlh.pointee.nlmsg_seq == requeueSequence {
             requeueSequence = 0
-            if error == 0 { requeuedUnanswered.store(true, ordering: .relaxed) }
-            if error == 0 || error == -ENOENT { return }
+            if error == -ENOENT { return }
         }
         if error != 0 { receiveErrors.add(1, ordering: .relaxed) }
     }

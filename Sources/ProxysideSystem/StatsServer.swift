@@ -25,10 +25,7 @@ public final class StatsServer: @unchecked Sendable {
         self.controlPath = controlPath
         if let metrics { listeners.append((try inherited[Self.metricsName] ?? Self.listenTCP(metrics.address, metrics.port), true)) }
         if let controlPath { listeners.append((try inherited[Self.controlName] ?? Self.listenUnix(controlPath), false)) }
-        for (name, fd) in inherited where !listeners.contains(where: { $0.fd == fd }) {
-            _ = name
-            close(fd)
-        }
+        for fd in inherited.values where !listeners.contains(where: { $0.fd == fd }) { close(fd) }
         for listener in listeners { Descriptors.setCloseOnExec(listener.fd, true) }
     }
 

@@ -272,6 +272,7 @@ struct Run: ParsableCommand {
         if let slash = controlPath.lastIndex(of: "/"), slash != controlPath.startIndex {
             mkdir(String(controlPath[..<slash]), 0o755)
         }
+        let adoptedCount = workers.filter(\.queue.adopted).count
         let executable = ProgramImage.startPath()
         let reexecGo = try EventFD()
         let reexecutor = Reexecutor(executable: executable)
@@ -288,7 +289,7 @@ struct Run: ParsableCommand {
                             receiveErrors: worker.queue.receiveErrors.load(ordering: .relaxed), kernel: kernel[worker.queue.number])
             }
             let image = ImageReport(version: ProxysideVersion.number, build: ProgramImage.build, reexecs: reexecs,
-                                    adoptedQueues: workers.filter(\.queue.adopted).count)
+                                    adoptedQueues: adoptedCount)
             let responder = monitor.map { format == .prometheus ? ResponderReport.prometheus($0) : ResponderReport.text($0) } ?? ""
             switch format {
             case .prometheus: return CounterReport.prometheus(values, queues: queues) + image.prometheus + responder
@@ -332,7 +333,6 @@ struct Run: ParsableCommand {
             // In the service manager's store the queue outlives a crash: packets wait for the restart.
             do { try notifier?.store(fd, name: name) } catch { log("fd store \(name): \(error)") }
         }
-        let adoptedCount = workers.filter(\.queue.adopted).count
         log("serving queue(s) \(queues.map(String.init).joined(separator: ",")) as \(selfAddress), control \(controlPath)"
             + "; hearing \(peers.sources.prefixes.map(\.description).joined(separator: ",")), hops \(peers.hops.prefixes.map(\.description).joined(separator: ","))"
             + "; delivering to \(local.ipv4.count) IPv4 and \(local.ipv6.count) IPv6 local addresses"

@@ -111,6 +111,13 @@ final class Lab {
         try startSecondChance(host, selfAddress, extra: extra)
     }
 
+    /// Both proxies as most tests want them: an echo service on the VIP and second-chance on each.
+    func startProxies(extra: [String] = []) throws {
+        for host in ["p1", "p2"] { try startEcho(host) }
+        try startSecondChance("p1", Lab.p1, extra: extra)
+        try startSecondChance("p2", Lab.p2, extra: extra)
+    }
+
     func startEcho(_ host: String) throws {
         try start(host, "glb-lab", ["echo", "--listen", "\(Lab.vip):80", "--listen", "[\(Lab.vip6)]:80"])
     }

@@ -11,10 +11,7 @@ final class PromiseTests: XCTestCase {
 
     override func setUpWithError() throws {
         lab = try Lab(prefix: "pspr")
-        try lab.startEcho("p1")
-        try lab.startEcho("p2")
-        try lab.startSecondChance("p1", Lab.p1)
-        try lab.startSecondChance("p2", Lab.p2)
+        try lab.startProxies()
     }
 
     override func tearDown() { lab?.tearDown() }

@@ -13,10 +13,7 @@ final class TrustBoundaryTests: XCTestCase {
 
     override func setUpWithError() throws {
         lab = try Lab(prefix: "pstb")
-        try lab.startEcho("p1")
-        try lab.startEcho("p2")
-        try lab.startSecondChance("p1", Lab.p1, extra: Self.peers)
-        try lab.startSecondChance("p2", Lab.p2, extra: Self.peers)
+        try lab.startProxies(extra: Self.peers)
     }
 
     override func tearDown() {
