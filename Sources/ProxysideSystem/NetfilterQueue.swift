@@ -61,7 +61,18 @@ public final class NetfilterQueue {
     /// reading stopped.
     public convenience init(adopting fd: Int32, number: UInt16, maximumQueueLength: UInt32 = NetfilterQueue.defaultMaximumLength,
                             failOpen: Bool = false) throws {
+        // The name came from the environment: the fd must be what it claims before anything is sent to it.
+        var domain: Int32 = 0, proto: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &length) == 0, getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &length) == 0,
+              domain == AF_NETLINK, proto == NETLINK_NETFILTER
+        else { throw SystemError("adopt NFQUEUE \(number): fd \(fd) is not a netfilter netlink socket", errno: EINVAL) }
         guard let socket = mnl_socket_fdopen(fd) else { throw SystemError("adopt NFQUEUE \(number) socket (fd \(fd))") }
+        let boundPort = ProcFile.kernelQueueStatistics()[number]?.portID
+        guard boundPort == mnl_socket_get_portid(socket) else {
+            mnl_socket_close(socket)
+            throw SystemError("adopt NFQUEUE \(number): fd \(fd) is not the socket bound to queue \(number)", errno: EINVAL)
+        }
         self.init(number: number, socket: socket, socketBufferBytes: Self.socketBufferBytes(for: maximumQueueLength))
         requeueUnanswered = true
         adopted = true

@@ -169,4 +169,29 @@ final class RestartTests: XCTestCase {
         XCTAssertEqual(try traffic.waiting("p1"), 0)
         withExtendedLifetime(queue) {}
     }
+
+    /// The fd names come from the environment, which only systemd or the daemon itself should set;
+    /// a socket passed as `nfqueue-0` that is no netfilter socket, or is bound to another queue,
+    /// is refused with the reason instead of being read or written as queue 0.
+    func testAnInheritedSocketThatIsNotTheQueuesIsRefused() throws {
+        let udp = try lab.inside("p1") { try LabSockets.bindUDP(.v4(Lab.p1), port: 40999) }
+        defer { close(udp) }
+        let otherQueue = try lab.inside("p1") { try NetfilterQueue(number: 5) }
+        for (fd, reason) in [(udp, "is not a netfilter netlink socket"), (otherQueue.fileDescriptor, "is not the socket bound to queue 0")] {
+            let log = lab.directory.appendingPathComponent("refused-\(fd).log").path
+            let pid = try Spawn.run("/usr/bin/env", ["ip", "netns", "exec", lab.namespace("p1"), "/bin/sh", "-c", "LISTEN_PID=$$ exec \"$0\" \"$@\" 2>\(log)",
+                                                     Lab.binaries.appendingPathComponent("second-chance").path, "run", "--queue", "0",
+                                                     "--self", Lab.p1.description, "--control", lab.controlPath("refused")] + Lab.labPeers,
+                                    environment: ProcessInfo.processInfo.environment.merging(["LISTEN_FDS": "1", "LISTEN_FDNAMES": "nfqueue-0"]) { $1 },
+                                    placing: [(fd, 3)])
+            // A daemon that took the socket would serve on: the wait is bounded, and the test then fails.
+            var status: Int32 = 0
+            defer { if waitpid(pid, &status, WNOHANG) == 0 { kill(pid, SIGKILL); _ = Spawn.wait(pid) } }
+            try lab.waitFor("second-chance to refuse the socket", seconds: 10) { waitpid(pid, &status, WNOHANG) == pid }
+            XCTAssertNotEqual(Spawn.exitCode(status), 0)
+            let output = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+            XCTAssertTrue(output.contains(reason), output)
+        }
+        withExtendedLifetime(otherQueue) {}
+    }
 }

@@ -141,8 +141,8 @@ final class TrustBoundaryTests: XCTestCase {
     func testKernelQueueTableParses() {
         let text = "    0  12345     3 2 65535     7     9       42  1\n    5 -4000     0 2 65535     0     0        1  1\ngarbage\n1 2\n"
         let table = KernelQueueStatistics.parse(text)
-        XCTAssertEqual(table[0], KernelQueueStatistics(waiting: 3, queueDropped: 7, userDropped: 9))
-        XCTAssertEqual(table[5], KernelQueueStatistics(waiting: 0, queueDropped: 0, userDropped: 0))
+        XCTAssertEqual(table[0], KernelQueueStatistics(portID: 12345, waiting: 3, queueDropped: 7, userDropped: 9))
+        XCTAssertEqual(table[5], KernelQueueStatistics(portID: UInt32(bitPattern: -4000), waiting: 0, queueDropped: 0, userDropped: 0))
         XCTAssertEqual(table.count, 2)
     }
 }
