@@ -1,58 +1,83 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+let argumentParser = Target.Dependency.product(name: "ArgumentParser", package: "swift-argument-parser")
+
 let package = Package(
     name: "proxyside",
     products: [
         .executable(name: "second-chance", targets: ["second-chance"]),
+        .executable(name: "bindkeeper", targets: ["bindkeeper"]),
         .executable(name: "glb-lab", targets: ["glb-lab"]),
         .executable(name: "nfq-baseline", targets: ["nfq-baseline"]),
-        .executable(name: "bindkeeper", targets: ["bindkeeper"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     ],
     targets: [
-        // C libraries, found through pkg-config.
+        // C libraries, found through pkg-config, and the calls Swift cannot make directly
+        // (variadic syscall(2), signal handlers, sendmsg with SCM_RIGHTS).
         .systemLibrary(
             name: "CNetfilterQueue", pkgConfig: "libnetfilter_queue",
             providers: [.apt(["libnetfilter-queue-dev"])]),
         .systemLibrary(name: "CMnl", pkgConfig: "libmnl", providers: [.apt(["libmnl-dev"])]),
-        // Syscalls Swift cannot call directly (variadic syscall(2), signal handlers, atomics on raw memory).
         .target(name: "CLinuxShims"),
 
-        // Pure packet and decision code: no syscalls, unit-tested.
-        .target(name: "ProxysideCore"),
-        // bindkeeper's wire forms, bind keys, policy, templates, hand-over state (no system calls).
-        .target(name: "BindkeeperCore"),
-        // Thin system layers: NFQUEUE, sock_diag, raw sockets, BPF, namespaces, metrics.
+        // Pure: addresses, flows, listener keys, prefixes, checksums, byte access. No system calls.
+        .target(name: "NetTypes"),
+        // The thin system layer both daemons stand on: errors, descriptors, sockets, signals,
+        // threads, namespaces, /proc, netlink and sock_diag.
+        .target(name: "LinuxSys", dependencies: ["NetTypes", "CLinuxShims", "CMnl"]),
+        // Metrics text, the stats and control server, the release.
+        .target(name: "Telemetry", dependencies: ["NetTypes", "LinuxSys", "CLinuxShims"]),
+
+        // second-chance's pure packet and decision code: GUE, inner packets, the decision, the flow
+        // cache, the forwarding rewrite, the overflow tracker, the SYN-ACK writer, BPF programs.
+        .target(name: "SecondChanceCore", dependencies: ["NetTypes"]),
+        // second-chance on Linux: NFQUEUE, the raw sender, the cookie oracle, the worker, the responder.
         .target(
-            name: "ProxysideSystem",
-            dependencies: ["ProxysideCore", "CNetfilterQueue", "CMnl", "CLinuxShims"]),
+            name: "SecondChance",
+            dependencies: ["SecondChanceCore", "NetTypes", "LinuxSys", "Telemetry", "CNetfilterQueue", "CMnl", "CLinuxShims"]),
 
-        // bindkeeper's system layer: owned sockets, SCM_RIGHTS, the broker loop, the HAProxy supervisor.
-        .target(name: "BindkeeperSystem", dependencies: ["BindkeeperCore", "ProxysideSystem", "CLinuxShims"]),
+        // bindkeeper's pure parts: requests, policy, templates, wire forms, hand-over state.
+        .target(name: "BindkeeperCore"),
+        // bindkeeper on Linux: the broker, owned sockets, the client, the HAProxy supervisor.
+        .target(
+            name: "Bindkeeper",
+            dependencies: ["BindkeeperCore", "NetTypes", "LinuxSys", "Telemetry", "CLinuxShims"]),
 
-        .executableTarget(
-            name: "bindkeeper",
-            dependencies: ["BindkeeperSystem", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        // Packet builders, the rendezvous table and sockets for the lab, the tests and the
+        // benchmarks only: no production target depends on it.
+        .target(name: "LabKit", dependencies: ["NetTypes", "LinuxSys", "SecondChanceCore"]),
+
         .executableTarget(
             name: "second-chance",
-            dependencies: ["ProxysideSystem", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
-        // Director simulator, packet sender/receiver and load generator for the lab, tests and benchmarks.
+            dependencies: ["SecondChance", "SecondChanceCore", "NetTypes", "LinuxSys", "Telemetry", argumentParser]),
+        .executableTarget(
+            name: "bindkeeper",
+            dependencies: ["Bindkeeper", "BindkeeperCore", "NetTypes", "LinuxSys", "Telemetry", argumentParser]),
+        // Director simulator, packet sender and receiver, load generator and fd-store player.
         .executableTarget(
             name: "glb-lab",
-            dependencies: ["ProxysideSystem", "CLinuxShims", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+            dependencies: [
+                "LabKit", "SecondChance", "SecondChanceCore", "NetTypes", "LinuxSys", "Telemetry", "CLinuxShims", argumentParser,
+            ]),
         // The yardstick: a bare C libnetfilter_queue loop.
         .executableTarget(name: "nfq-baseline", dependencies: ["CNetfilterQueue", "CMnl"]),
 
         // Reproducible randomness for the randomized tests.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
-        .testTarget(name: "ProxysideCoreTests", dependencies: ["ProxysideCore", "ProxysideSystem", "TestSupport"]),
-        .testTarget(name: "BindkeeperCoreTests", dependencies: ["BindkeeperCore", "ProxysideCore", "TestSupport"]),
+        .testTarget(
+            name: "SecondChanceCoreTests",
+            dependencies: ["SecondChanceCore", "SecondChance", "NetTypes", "LinuxSys", "Telemetry", "LabKit", "TestSupport"]),
+        .testTarget(
+            name: "BindkeeperCoreTests", dependencies: ["BindkeeperCore", "NetTypes", "LinuxSys", "Telemetry", "TestSupport"]),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["ProxysideCore", "ProxysideSystem", "BindkeeperCore", "BindkeeperSystem", "second-chance", "glb-lab", "bindkeeper"],
+            dependencies: [
+                "SecondChanceCore", "SecondChance", "BindkeeperCore", "Bindkeeper", "NetTypes", "LinuxSys", "Telemetry",
+                "LabKit", "second-chance", "glb-lab", "bindkeeper",
+            ],
             exclude: ["Fixtures"]),
         // Tests/Fuzz holds libFuzzer targets and their seeds, built by scripts/fuzz.sh with swiftc.
     ]

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing of the parsers that read outside bytes: libFuzzer, through
-# `swiftc -sanitize=fuzzer,address`, over each target in Tests/Fuzz/Targets compiled together with
-# the sources of the module it tests. Seeds are in Tests/Fuzz/corpus/TARGET; what a run learns goes
-# to .build-fuzz/corpus/TARGET. A crash fails the run and leaves its input in .build-fuzz/artifacts
+# `swiftc -sanitize=fuzzer,address`, over each target in Tests/Fuzz/Targets linked with the
+# modules it tests, compiled with the same instrumentation. Seeds are in Tests/Fuzz/corpus/TARGET;
+# what a run learns goes to .build-fuzz/corpus/TARGET. A crash fails the run and leaves its input in .build-fuzz/artifacts
 # (turn it into a unit test). Bounded: SECONDS per target (default 30).
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 set -euo pipefail
@@ -14,19 +14,27 @@ targets=("$@")
 out=.build-fuzz
 mkdir -p "$out/artifacts"
 
-sources() {
+. scripts/swift-modules.sh
+# Testable: a target may check internal forms too (the JSON a request travels in).
+flags="-O -sanitize=fuzzer,address -enable-testing"
+
+modules() {
     case $1 in
-        PacketDecision|SynOptions) echo Sources/ProxysideCore/*.swift ;;
-        RequestReader|BindAddresses) echo Sources/BindkeeperCore/*.swift ;;
+        PacketDecision|SynOptions) echo NetTypes SecondChanceCore ;;
+        RequestReader|BindAddresses) echo BindkeeperCore ;;
         *) echo "fuzz: no target $1" >&2; exit 2 ;;
     esac
 }
 
 failed=()
 for target in "${targets[@]}"; do
-    # shellcheck disable=SC2046
-    swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name "Fuzz$target" $(sources "$target") \
-        "Tests/Fuzz/Targets/$target.swift" -o "$out/$target" 2> >(grep -v "ld.gold: warning" >&2)
+    read -r -a needed <<< "$(modules "$target")"
+    swift_modules "$out/modules" "$flags" "${needed[@]}"
+    objects=()
+    for module in "${needed[@]}"; do objects+=("$out/modules/$module.o"); done
+    # shellcheck disable=SC2086
+    swiftc $flags -parse-as-library -module-name "Fuzz$target" -I "$out/modules" "Tests/Fuzz/Targets/$target.swift" \
+        "${objects[@]}" -o "$out/$target" 2> >(grep -v "ld.gold: warning" >&2)
     mkdir -p "$out/corpus/$target"
     # The Swift runtime's own crash handler would trip over ASan: libFuzzer reports the crash.
     if SWIFT_BACKTRACE=enable=no "$out/$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 -detect_leaks=0 -print_final_stats=1 \

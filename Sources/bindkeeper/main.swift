@@ -1,13 +1,13 @@
 import ArgumentParser
+import Bindkeeper
 import BindkeeperCore
-import BindkeeperSystem
 import Foundation
 import Glibc
-import ProxysideCore
-import ProxysideSystem
+import LinuxSys
+import NetTypes
 
 @main
-struct Bindkeeper: ParsableCommand {
+struct BindkeeperCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bindkeeper",
         abstract: "Owns LISTEN sockets and hands the same kernel socket to every process that asks, for reloads that drop nothing.",

@@ -1,8 +1,12 @@
 import ArgumentParser
 import CLinuxShims
 import Glibc
-import ProxysideCore
-import ProxysideSystem
+import LabKit
+import LinuxSys
+import NetTypes
+import SecondChance
+import SecondChanceCore
+import Telemetry
 
 @main
 struct GLBLab: ParsableCommand {
@@ -80,13 +84,7 @@ struct Director: ParsableCommand {
     }
 
     func loadTable() throws -> RendezvousTable {
-        guard let file = fopen(table, "r") else { throw LabFailure(description: "cannot open \(table)") }
-        defer { fclose(file) }
-        var text = ""
-        var buffer = [CChar](repeating: 0, count: 1024)
-        while fgets(&buffer, Int32(buffer.count), file) != nil {
-            text += String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        }
+        guard let text = ProcFile.read(table) else { throw LabFailure(description: "cannot read \(table)") }
         return try RendezvousTable.parse(text, maximumHops: hops)
     }
 

@@ -1,7 +1,6 @@
 import ArgumentParser
 import Glibc
-import ProxysideCore
-import ProxysideSystem
+import LinuxSys
 
 /// Plays systemd for a Type=notify daemon with an fd store, where no systemd runs: the daemon gets
 /// NOTIFY_SOCKET, the fds it stores (FDSTORE=1, FDNAME=) are kept, and when it exits it is started

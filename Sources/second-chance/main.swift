@@ -1,11 +1,14 @@
 import ArgumentParser
 import Glibc
-import ProxysideCore
-import ProxysideSystem
+import LinuxSys
+import NetTypes
+import SecondChance
+import SecondChanceCore
 import Synchronization
+import Telemetry
 
 @main
-struct SecondChance: ParsableCommand {
+struct SecondChanceCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "second-chance",
         abstract: "Gives GLB GUE packets a second chance: take them here if this host owns the flow, else forward them to the next hop.",

@@ -1,7 +1,10 @@
 // The pure per-packet path of second-chance (parse, classify, the flow cache, decide, rewrite) on
 // one kind of packet, COUNT times, with no system call: scripts/bench-instructions.sh runs it under
-// callgrind and divides the instructions by COUNT. Built with ProxysideCore's sources into one
-// module. Usage: DecisionPath syn|established|forward|forward-kernel COUNT
+// callgrind and divides the instructions by COUNT. Built with the lab's packet builder against
+// NetTypes and SecondChanceCore. Usage: DecisionPath syn|established|forward|forward-kernel COUNT
+
+import NetTypes
+import SecondChanceCore
 
 /// The socket table's answers, as the worker's batch prefetch would give them: from the flow cache.
 struct CachedOwnership: FlowOwnership {

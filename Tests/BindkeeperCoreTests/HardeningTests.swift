@@ -1,6 +1,6 @@
 @testable import BindkeeperCore
 import Foundation
-import ProxysideCore
+import Telemetry
 import TestSupport
 import XCTest
 

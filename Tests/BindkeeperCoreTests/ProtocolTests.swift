@@ -1,6 +1,6 @@
 @testable import BindkeeperCore
-import ProxysideCore
 import Foundation
+import LinuxSys
 import XCTest
 
 final class ProtocolTests: XCTestCase {

@@ -1,5 +1,5 @@
 @testable import BindkeeperCore
-import ProxysideCore
+import Telemetry
 import TestSupport
 import XCTest
 

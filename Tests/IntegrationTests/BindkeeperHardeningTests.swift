@@ -1,9 +1,10 @@
+import Bindkeeper
 import BindkeeperCore
-import BindkeeperSystem
 import Foundation
 import Glibc
-import ProxysideCore
-import ProxysideSystem
+import LabKit
+import LinuxSys
+import NetTypes
 import XCTest
 
 /// bindkeeper as a grantee would attack it: uid 4242 (no account needed; setpriv runs as it) owns

@@ -1,9 +1,10 @@
+import Bindkeeper
 import BindkeeperCore
-import BindkeeperSystem
 import Foundation
 import Glibc
-import ProxysideCore
-import ProxysideSystem
+import LabKit
+import LinuxSys
+import NetTypes
 import XCTest
 
 /// bindkeeper through real sockets: SCM_RIGHTS, SO_PEERCRED, sock_diag, re-exec, fd-store recovery.

@@ -1,8 +1,7 @@
-import BindkeeperCore
-import BindkeeperSystem
+import Bindkeeper
 import Foundation
 import Glibc
-import ProxysideSystem
+import LinuxSys
 import XCTest
 
 /// One network namespace with addresses in 198.18.0.0/15 (and 2001:2::/48) on its loopback, for
@@ -110,7 +109,7 @@ final class RawControlClient {
     let fd: Int32
     init(_ path: String) throws {
         fd = try UnixAddress.connect(path)
-        LabSockets.setTimeouts(fd, seconds: 5)
+        SocketOptions.setTimeouts(fd, seconds: 5)
     }
     deinit { close(fd) }
 

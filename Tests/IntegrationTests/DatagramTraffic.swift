@@ -1,7 +1,8 @@
 import Foundation
 import Glibc
-import ProxysideCore
-import ProxysideSystem
+import LabKit
+import LinuxSys
+import SecondChanceCore
 import XCTest
 
 /// Numbered UDP datagrams from the client to a service on the VIP in P1, GUE-encapsulated as a

@@ -1,7 +1,10 @@
 import Foundation
 import Glibc
-import ProxysideCore
-import ProxysideSystem
+import LabKit
+import LinuxSys
+import NetTypes
+import SecondChanceCore
+import Telemetry
 import XCTest
 
 /// The lab topology (examples/lab/topology.sh) with second-chance and echo services on both proxies.
@@ -233,7 +236,7 @@ final class Capture {
         self.ipv6 = ipv6
         fd = socket(ipv6 ? AF_INET6 : AF_INET, Int32(SOCK_RAW.rawValue), proto)
         guard fd >= 0 else { throw SystemError("raw socket") }
-        LabSockets.setTimeouts(fd, seconds: 1)
+        SocketOptions.setTimeouts(fd, seconds: 1)
     }
 
     deinit { close(fd) }

@@ -1,7 +1,5 @@
 import Foundation
 import Glibc
-import ProxysideCore
-import ProxysideSystem
 import XCTest
 
 /// second-chance stopping while packets keep coming.

@@ -1,6 +1,5 @@
 import Foundation
-import ProxysideCore
-import ProxysideSystem
+import LabKit
 import XCTest
 
 /// The systemd units as systemd itself reads them (`systemd-analyze verify`), with the built binary

@@ -1,7 +1,9 @@
 import Foundation
 import Glibc
-import ProxysideCore
-import ProxysideSystem
+import LabKit
+import LinuxSys
+import NetTypes
+import SecondChanceCore
 import XCTest
 
 /// What the README promises of second-chance and no other test drives: each flag and path below

@@ -1,10 +1,10 @@
+import Bindkeeper
 import BindkeeperCore
-import BindkeeperSystem
 import Foundation
 import Glibc
-import ProxysideCore
-import ProxysideSystem
+import LabKit
 import Synchronization
+import Telemetry
 import XCTest
 
 /// The shipped units under a real systemd (PID 1 of a container booted in P1's namespace): the fd

@@ -1,8 +1,10 @@
 import Foundation
 import Glibc
-import ProxysideCore
-import ProxysideSystem
+import LabKit
+import LinuxSys
+import SecondChance
 import Synchronization
+import Telemetry
 import XCTest
 
 /// second-chance re-executing, upgrading and crashing while GUE keeps coming: what the kernel

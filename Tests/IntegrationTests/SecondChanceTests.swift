@@ -1,7 +1,10 @@
 import Foundation
 import Glibc
-import ProxysideCore
-import ProxysideSystem
+import LabKit
+import LinuxSys
+import NetTypes
+import SecondChance
+import SecondChanceCore
 import XCTest
 
 /// second-chance on two proxies in namespaces, driven through NFQUEUE, sock_diag, raw sockets and

@@ -1,6 +1,6 @@
 import Foundation
 import Glibc
-import ProxysideSystem
+import LinuxSys
 
 /// systemd's side of sd_notify, played by a test: a datagram socket at a path given to a daemon
 /// as NOTIFY_SOCKET, keeping the fds it stores (FDSTORE=1, FDNAME=) as systemd's fd store would.

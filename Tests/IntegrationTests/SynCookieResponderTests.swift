@@ -1,7 +1,10 @@
 import Foundation
 import Glibc
-import ProxysideCore
-import ProxysideSystem
+import LabKit
+import LinuxSys
+import NetTypes
+import SecondChance
+import Telemetry
 import XCTest
 
 /// The SYN-cookie responder on P1: a listener with backlog 16 that does not accept, flooded with
@@ -80,7 +83,7 @@ final class SynCookieResponderTests: XCTestCase {
         defer { close(client) }
         let accepted = try acceptConnection(listener)
         defer { close(accepted) }
-        LabSockets.setTimeouts(accepted, seconds: 5)
+        SocketOptions.setTimeouts(accepted, seconds: 5)
         let received = ReceivedBytes()
         let reader = try WorkerThread {
             var buffer = [UInt8](repeating: 0, count: 65536)
@@ -315,7 +318,7 @@ final class SynCookieResponderTests: XCTestCase {
         kill(daemon.processIdentifier, SIGCONT)
         let accepted = try acceptConnection(listener)
         defer { close(accepted) }
-        LabSockets.setTimeouts(accepted, seconds: 5)
+        SocketOptions.setTimeouts(accepted, seconds: 5)
         XCTAssertEqual(LabSockets.receiveExactly(accepted, 5), Array("hello".utf8), "the data reached the new connection")
         let stats = try lab.stats("p1")
         XCTAssertEqual(stats["accepted_syn_cookie"], 1)

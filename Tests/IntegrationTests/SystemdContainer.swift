@@ -1,6 +1,5 @@
 import Foundation
 import Glibc
-import ProxysideSystem
 import XCTest
 
 /// A real systemd as PID 1: systemd-nspawn boots this machine's /usr on an empty root

@@ -1,7 +1,10 @@
 import Foundation
 import Glibc
-import ProxysideCore
-import ProxysideSystem
+import LabKit
+import LinuxSys
+import NetTypes
+import SecondChance
+import SecondChanceCore
 import XCTest
 
 /// second-chance as an outsider meets it: GUE from hosts that are not peers, hop lists pointing

@@ -1,6 +1,8 @@
 // libFuzzer target: bind URLs, policy patterns and policy files. Whatever parses must come back
 // unchanged through every other form it travels in.
 
+@testable import BindkeeperCore
+
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzBindAddresses(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))

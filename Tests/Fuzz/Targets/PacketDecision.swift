@@ -1,6 +1,9 @@
 // libFuzzer target: one queued packet through the whole decision, as second-chance reads it.
 // The input's first byte picks the socket table's answers; the rest is the packet. Built with
-// ProxysideCore's sources into one module by scripts/fuzz.sh.
+// SecondChanceCore and NetTypes by scripts/fuzz.sh.
+
+import NetTypes
+import SecondChanceCore
 
 struct FuzzOwnership: FlowOwnership {
     var answers: UInt8

@@ -1,6 +1,8 @@
 // libFuzzer target: bindkeeper's request reader over any byte stream, cut into reads of the sizes
 // the input's first byte picks. The buffer must stay within one message and one read.
 
+import BindkeeperCore
+
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzRequestReader(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     guard size >= 1 else { return 0 }

@@ -1,5 +1,7 @@
 // libFuzzer target: the SYN option parser over any TCP header and packet end.
 
+import SecondChanceCore
+
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzSynOptions(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     guard size >= 2 else { return 0 }

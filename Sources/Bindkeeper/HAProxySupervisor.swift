@@ -1,0 +1,191 @@
+import BindkeeperCore
+import CLinuxShims
+import Foundation
+import Glibc
+import LinuxSys
+
+public struct HAProxyOptions: Sendable {
+    public var socketPath: String
+    public var template: String
+    /// Where the rendered configuration goes (HAProxy reads it at start and on reload).
+    public var rendered: String
+    public var pidFile: String?
+    /// The HAProxy binary and arguments of the operator's own (not -f, -p, -D, -W, -sf, -st).
+    public var haproxy: [String]
+    /// How long stopping instances may take to finish their connections before SIGTERM.
+    public var stopTimeoutSeconds: Int = 30
+
+    public init(socketPath: String, template: String, rendered: String?, pidFile: String?, haproxy: [String]) {
+        self.socketPath = socketPath
+        self.template = template
+        self.rendered = rendered ?? Self.renderedPath(for: template)
+        self.pidFile = pidFile
+        self.haproxy = haproxy
+    }
+
+    /// `site.cfg.tmpl` renders to `site.cfg`; any other name gets `.rendered` appended.
+    public static func renderedPath(for template: String) -> String {
+        template.hasSuffix(".tmpl") ? String(template.dropLast(5)) : template + ".rendered"
+    }
+
+    public static let reservedArguments: Set<String> = ["-f", "-p", "-D", "-W", "-Ws", "-sf", "-st", "-x", "-c"]
+}
+
+/// Runs HAProxy on sockets bindkeeper owns and reloads it without dropping a connection: each
+/// reload renders the template again (the broker hands back the same kernel sockets), has HAProxy
+/// check the result, and only then starts a new HAProxy with `-sf` and the pids of the running ones,
+/// which it knows as their parent: no pidfile is read, so none can be stale. A failed check or a
+/// new HAProxy that dies during start-up leaves the running instance serving.
+public final class HAProxySupervisor {
+    private let options: HAProxyOptions
+    private let log: (String) -> Void
+    /// Running instances, oldest first; the last one is the current one.
+    private var instances: [pid_t] = []
+
+    public init(options: HAProxyOptions, log: @escaping (String) -> Void) {
+        self.options = options
+        self.log = log
+    }
+
+    /// A rendered configuration and the fds it names (still open, not close-on-exec).
+    struct Prepared {
+        var path: String
+        var fds: [Int32]
+        func release() { for fd in fds { close(fd) } }
+    }
+
+    /// Renders the template to `path` with sockets from the broker.
+    func prepare(to path: String) throws -> Prepared {
+        let text = try String(contentsOfFile: options.template, encoding: .utf8)
+        let template = try ConfigTemplate.parse(text).get()
+        // A template that binds nothing through the broker needs no broker.
+        let bound = template.binds.isEmpty ? [] : try BindkeeperClient(path: options.socketPath).bind(template.binds)
+        for socket in bound {
+            Descriptors.setCloseOnExec(socket.fd, false)
+            if let warning = socket.warning { log("\(socket.key): \(warning)") }
+        }
+        let fds = Dictionary(zip(template.binds.map(\.url), bound.map(\.fd)), uniquingKeysWith: { first, _ in first })
+        let prepared = Prepared(path: path, fds: bound.map(\.fd))
+        do {
+            try template.render(fds: fds).write(toFile: path, atomically: true, encoding: .utf8)
+        } catch {
+            prepared.release()
+            throw error
+        }
+        return prepared
+    }
+
+    /// HAProxy's own check of a rendered configuration: its exit status.
+    func check(_ path: String) throws -> Int32 {
+        Spawn.wait(try Spawn.run(options.haproxy[0], Array(options.haproxy.dropFirst()) + ["-c", "-q", "-f", path]))
+    }
+
+    /// `--check`: renders and checks, as a reload would, without starting anything.
+    public func checkOnly() -> Int32 {
+        let path = options.rendered + ".check"
+        defer { unlink(path) }
+        do {
+            let prepared = try prepare(to: path)
+            defer { prepared.release() }
+            let status = try check(path)
+            log(status == 0 ? "configuration is valid" : "configuration check failed (haproxy exited \(status))")
+            return status
+        } catch {
+            log("\(error)")
+            return 1
+        }
+    }
+
+    /// Starts HAProxy and supervises it until SIGTERM/SIGINT (soft-stops every instance, then
+    /// exits) or until no instance is left. SIGUSR2 or SIGHUP reloads.
+    public func run() -> Int32 {
+        let stop: EventFD, reload: EventFD, child: EventFD
+        do {
+            (stop, reload, child) = (try EventFD(), try EventFD(), try EventFD())
+            try Signals.install(shutdown: stop, reload: reload)
+            try Signals.forward(SIGUSR2, to: reload)
+            try Signals.forward(SIGCHLD, to: child)
+            try start(replacing: [])
+        } catch {
+            log("start: \(error)")
+            return 1
+        }
+        var fds = [stop.fd, reload.fd, child.fd].map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+        while true {
+            guard poll(&fds, 3, 1000) >= 0 || errno == EINTR else { return 1 }
+            if fds[0].revents != 0 { return shutDown() }
+            if fds[1].revents != 0 {
+                reload.consume()
+                do { try start(replacing: instances) } catch { log("reload refused, the running instance keeps serving: \(error)") }
+            }
+            child.consume()
+            reap()
+            if instances.isEmpty {
+                log("no HAProxy instance is left; exiting")
+                removePidFile()
+                return 1
+            }
+        }
+    }
+
+    private func start(replacing running: [pid_t]) throws {
+        let next = options.rendered + ".next"
+        let prepared = try prepare(to: next)
+        defer { prepared.release() }
+        let status = try check(next)
+        guard status == 0 else {
+            unlink(next)
+            throw SystemError("configuration check", errno: EINVAL, hint: "haproxy -c exited \(status)")
+        }
+        guard rename(next, options.rendered) == 0 else { throw SystemError("rename \(next)") }
+        var arguments = Array(options.haproxy.dropFirst()) + ["-db", "-f", options.rendered]
+        if !running.isEmpty { arguments += ["-sf"] + running.map { String($0) } }
+        let pid = try Spawn.run(options.haproxy[0], arguments)
+        instances.append(pid)
+        log(running.isEmpty ? "started haproxy pid \(pid)" : "reloaded: haproxy pid \(pid) replaces \(running.map(String.init).joined(separator: " "))")
+        writePidFile()
+    }
+
+    private func reap() {
+        while true {
+            var status: Int32 = 0
+            let pid = waitpid(-1, &status, WNOHANG)
+            guard pid > 0 else { return }
+            guard let index = instances.firstIndex(of: pid) else { continue }
+            let wasCurrent = index == instances.count - 1
+            instances.remove(at: index)
+            let code = Spawn.exitCode(status)
+            if wasCurrent && !instances.isEmpty {
+                log("haproxy pid \(pid) exited (\(code)) during start-up; pid \(instances.last!) keeps serving")
+            } else if wasCurrent {
+                log("haproxy pid \(pid) exited (\(code))")
+            }
+            writePidFile()
+        }
+    }
+
+    private func shutDown() -> Int32 {
+        for pid in instances { kill(pid, SIGUSR1) }
+        let deadline = MonotonicClock.nanoseconds() + UInt64(options.stopTimeoutSeconds) * 1_000_000_000
+        while !instances.isEmpty && MonotonicClock.nanoseconds() < deadline {
+            reap()
+            usleep(50_000)
+        }
+        for pid in instances { kill(pid, SIGTERM) }
+        while !instances.isEmpty { _ = Spawn.wait(instances.removeLast()) }
+        removePidFile()
+        log("stopped")
+        return 0
+    }
+
+    /// The running pids, current first, replaced atomically (rename) so a reader never sees half.
+    private func writePidFile() {
+        guard let pidFile = options.pidFile else { return }
+        let text = instances.reversed().map { String($0) }.joined(separator: "\n") + "\n"
+        try? text.write(toFile: pidFile, atomically: true, encoding: .utf8)
+    }
+
+    private func removePidFile() {
+        if let pidFile = options.pidFile { unlink(pidFile) }
+    }
+}

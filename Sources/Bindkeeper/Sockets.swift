@@ -1,0 +1,181 @@
+import BindkeeperCore
+import CLinuxShims
+import Foundation
+import Glibc
+import LinuxSys
+
+/// Creates the sockets bindkeeper owns, and reads what the kernel says about them.
+public enum OwnedSocket {
+    /// Opens, binds and (for stream sockets) listens, close-on-exec. `backlog` is what listen(2) is
+    /// given; the kernel caps it at somaxconn.
+    public static func open(_ request: BindRequest, backlog: Int32) throws -> Int32 {
+        let type = (request.kind == .udp ? Int32(SOCK_DGRAM.rawValue) : Int32(SOCK_STREAM.rawValue)) | Int32(SOCK_CLOEXEC.rawValue)
+        let family = request.kind == .unix ? AF_UNIX : request.isIPv6 ? AF_INET6 : AF_INET
+        let fd = socket(family, type, 0)
+        guard fd >= 0 else { throw SystemError("socket") }
+        do {
+            switch request.kind {
+            case .unix: try placeUnix(fd, request)
+            case .tcp, .udp: try bindIP(fd, request)
+            }
+            if request.isStream, listen(fd, backlog) != 0 { throw SystemError("listen \(request.key)") }
+            return fd
+        } catch {
+            close(fd)
+            throw error
+        }
+    }
+
+    private static func bindIP(_ fd: Int32, _ request: BindRequest) throws {
+        if request.kind == .tcp { try setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR") }
+        if let ipv6Only = request.ipv6Only { try setOption(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, ipv6Only ? 1 : 0, "IPV6_V6ONLY") }
+        if request.freebind == true { try setOption(fd, Int32(IPPROTO_IP), IP_FREEBIND, 1, "IP_FREEBIND") }
+        var storage = sockaddr_storage()
+        let length = try socketAddress(request, into: &storage)
+        let bound = withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
+        guard bound == 0 else {
+            throw SystemError("bind \(request.key)", hint: errno == EADDRNOTAVAIL ? "the address is not configured here; freebind=1 binds it anyway" : nil)
+        }
+    }
+
+    static func socketAddress(_ request: BindRequest, into storage: inout sockaddr_storage) throws -> socklen_t {
+        let (host, scope) = splitScope(request.address)
+        if request.isIPv6 {
+            var address = sockaddr_in6()
+            address.sin6_family = sa_family_t(AF_INET6)
+            address.sin6_port = request.port.bigEndian
+            guard inet_pton(AF_INET6, host, &address.sin6_addr) == 1 else { throw SystemError("address \(request.address)", errno: EINVAL) }
+            if let scope {
+                let index = UInt32(scope) ?? if_nametoindex(scope)
+                guard index != 0 else { throw SystemError("scope \(scope)", errno: ENODEV, hint: "no such interface") }
+                address.sin6_scope_id = index
+            }
+            withUnsafeMutableBytes(of: &storage) { target in withUnsafeBytes(of: address) { target.copyMemory(from: $0) } }
+            return socklen_t(MemoryLayout<sockaddr_in6>.size)
+        }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = request.port.bigEndian
+        guard inet_pton(AF_INET, host, &address.sin_addr) == 1 else { throw SystemError("address \(request.address)", errno: EINVAL) }
+        withUnsafeMutableBytes(of: &storage) { target in withUnsafeBytes(of: address) { target.copyMemory(from: $0) } }
+        return socklen_t(MemoryLayout<sockaddr_in>.size)
+    }
+
+    private static func splitScope(_ address: String) -> (String, String?) {
+        guard let percent = address.firstIndex(of: "%") else { return (address, nil) }
+        return (String(address[..<percent]), String(address[address.index(after: percent)...]))
+    }
+
+    /// Places a Unix socket at its path so that no client can steer the broker anywhere else:
+    ///
+    /// - the directory is opened without following a symlink in any component (`..` and `.` never
+    ///   reach here: paths are canonical);
+    /// - the socket is bound in a private directory the broker makes inside it (mode 0700, its
+    ///   own), with the requested mode from the start (umask) and the requested owner set there,
+    ///   where no one else can swap a name;
+    /// - it is then renamed into place, never replacing what is there (RENAME_NOREPLACE).
+    ///
+    /// A socket left behind by a dead process is removed first: only a socket, only when nothing
+    /// answers on it, checked through a handle of that very inode.
+    public static func placeUnix(_ fd: Int32, _ request: BindRequest) throws {
+        let (directoryPath, name) = request.unixLocation
+        let directory = proxyside_open_directory_no_symlinks(directoryPath)
+        guard directory >= 0 else {
+            throw SystemError("open \(directoryPath)", errno: -directory, hint: -directory == ELOOP ? "a component of the path is a symlink" : nil)
+        }
+        defer { close(directory) }
+        try removeDeadSocket(directory, name, request)
+        let uid = try request.owner.map { try Accounts.uid($0) } ?? uid_t.max
+        let gid = try request.group.map { try Accounts.gid($0) } ?? gid_t.max
+
+        let privateName = ".bindkeeper-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        guard mkdirat(directory, privateName, 0o700) == 0 else { throw SystemError("mkdir \(directoryPath)/\(privateName)") }
+        defer { unlinkat(directory, privateName, AT_REMOVEDIR) }
+        let privateDirectory = openat(directory, privateName, proxyside_o_path | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard privateDirectory >= 0 else { throw SystemError("open \(directoryPath)/\(privateName)") }
+        defer { close(privateDirectory) }
+        var status = stat()
+        guard fstat(privateDirectory, &status) == 0, status.st_uid == geteuid(), status.st_mode & 0o7777 == 0o700 else {
+            throw SystemError("bind \(request.key)", errno: EPERM, hint: "the broker's private directory was replaced")
+        }
+        let staged = "s"
+        do {
+            try bindUnix(fd, path: "/proc/self/fd/\(privateDirectory)/\(staged)", mode: request.mode)
+            if uid != uid_t.max || gid != gid_t.max, fchownat(privateDirectory, staged, uid, gid, AT_SYMLINK_NOFOLLOW) != 0 {
+                throw SystemError("chown \(request.address)")
+            }
+            let renamed = proxyside_rename_no_replace(privateDirectory, staged, directory, name)
+            guard renamed == 0 else {
+                throw SystemError("bind \(request.key)", errno: -renamed, hint: -renamed == EEXIST ? "something else appeared at the path" : nil)
+            }
+        } catch {
+            unlinkat(privateDirectory, staged, 0)
+            throw error
+        }
+    }
+
+    /// Binds at `path` with exactly `mode` (the process umask otherwise): the file is created with
+    /// 0777 & ~umask, so no chmod by name is needed afterwards. The broker binds from one thread.
+    private static func bindUnix(_ fd: Int32, path: String, mode: UInt32?) throws {
+        guard let mode else { return try UnixAddress.bind(fd, path) }
+        let previous = umask(mode_t(~mode & 0o777))
+        defer { umask(previous) }
+        try UnixAddress.bind(fd, path)
+    }
+
+    private static func removeDeadSocket(_ directory: Int32, _ name: String, _ request: BindRequest) throws {
+        var status = stat()
+        guard fstatat(directory, name, &status, AT_SYMLINK_NOFOLLOW) == 0 else {
+            if errno == ENOENT { return }
+            throw SystemError("stat \(request.address)")
+        }
+        guard status.st_mode & S_IFMT == S_IFSOCK else {
+            throw SystemError("bind \(request.key)", errno: EEXIST, hint: "the path exists and is not a socket")
+        }
+        let handle = openat(directory, name, proxyside_o_path | O_NOFOLLOW | O_CLOEXEC)
+        guard handle >= 0 else { throw SystemError("open \(request.address)") }
+        defer { close(handle) }
+        var opened = stat()
+        guard fstat(handle, &opened) == 0, opened.st_mode & S_IFMT == S_IFSOCK else {
+            throw SystemError("bind \(request.key)", errno: EEXIST, hint: "the path exists and is not a socket")
+        }
+        if let live = try? UnixAddress.connect("/proc/self/fd/\(handle)") {
+            close(live)
+            throw SystemError("bind \(request.key)", errno: EADDRINUSE, hint: "another process listens on this path")
+        }
+        guard unlinkat(directory, name, 0) == 0 || errno == ENOENT else { throw SystemError("unlink \(request.address)") }
+    }
+
+    static func setOption(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32, _ label: String) throws {
+        var value = value
+        guard setsockopt(fd, level, name, &value, socklen_t(MemoryLayout<Int32>.size)) == 0 else { throw SystemError("setsockopt \(label)") }
+    }
+
+    /// SO_COOKIE: the kernel's identity of a socket, the same through every fd that refers to it.
+    public static func cookie(_ fd: Int32) -> UInt64? {
+        var cookie: UInt64 = 0
+        var length = socklen_t(MemoryLayout<UInt64>.size)
+        return getsockopt(fd, SOL_SOCKET, 57 /* SO_COOKIE */, &cookie, &length) == 0 ? cookie : nil
+    }
+
+    /// net.core.somaxconn of the caller's network namespace.
+    public static func somaxconn() -> Int32 {
+        let text = (try? String(contentsOfFile: "/proc/sys/net/core/somaxconn", encoding: .utf8)) ?? ""
+        return Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 4096
+    }
+}
+
+/// Users and groups by name or number.
+public enum Accounts {
+    public static func uid(_ name: String) throws -> uid_t {
+        if let number = uid_t(name) { return number }
+        guard let entry = getpwnam(name) else { throw SystemError("user \(name)", errno: ENOENT, hint: "no such user") }
+        return entry.pointee.pw_uid
+    }
+
+    public static func gid(_ name: String) throws -> gid_t {
+        if let number = gid_t(name) { return number }
+        guard let entry = getgrnam(name) else { throw SystemError("group \(name)", errno: ENOENT, hint: "no such group") }
+        return entry.pointee.gr_gid
+    }
+}

@@ -1,0 +1,222 @@
+import CLinuxShims
+import CMnl
+import Glibc
+import NetTypes
+
+/// Exact TCP socket lookups through sock_diag (inet_diag over NETLINK_SOCK_DIAG).
+///
+/// The kernel resolves an exact request with the same lookup the receive path uses (established
+/// hash, which holds request and TIME_WAIT sockets too, then listeners), so a reply in LISTEN state
+/// means "no connection here".
+public final class SockDiag {
+    private let socket: OpaquePointer
+    private let portID: UInt32
+    private var sequence: UInt32 = 1
+    private let buffer: UnsafeMutableRawPointer
+    private let requestBuffer: UnsafeMutableRawPointer
+    private static let bufferSize = 8192
+    private static let tcpListen: UInt8 = 10
+    /// struct inet_diag_req_v2.
+    private static let requestSize = 56
+
+    /// Opens the netlink socket inside `namespace` (when given), so lookups see that namespace's sockets.
+    public init(namespace: NetworkNamespace? = nil) throws {
+        socket = try Netlink.open(NETLINK_SOCK_DIAG, name: "NETLINK_SOCK_DIAG", namespace: namespace)
+        portID = mnl_socket_get_portid(socket)
+        buffer = .allocate(byteCount: Self.bufferSize, alignment: 16)
+        requestBuffer = .allocate(byteCount: Self.maximumBatch * 128, alignment: 16)
+    }
+
+    deinit {
+        mnl_socket_close(socket)
+        buffer.deallocate()
+        requestBuffer.deallocate()
+        for slot in batchBuffers { slot?.deallocate() }
+        dumpBuffer.deallocate()
+    }
+
+    public func lookup(_ flow: FlowKey) -> SocketLookup {
+        let nlh = putRequest(flow, at: buffer)
+        guard mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) >= 0 else { return .failed }
+        while true {
+            let received = retryingOnInterrupt { mnl_socket_recvfrom(socket, buffer, Self.bufferSize) }
+            guard received >= Int(MemoryLayout<nlmsghdr>.size) else { return .failed }
+            let reply = buffer.assumingMemoryBound(to: nlmsghdr.self)
+            // A reply to an earlier, abandoned request: skip it.
+            if reply.pointee.nlmsg_seq != sequence { continue }
+            return Self.answer(reply)
+        }
+    }
+
+    public static let maximumBatch = 64
+    private lazy var batchBuffers: [UnsafeMutableRawPointer?] = (0..<Self.maximumBatch).map { _ in
+        UnsafeMutableRawPointer.allocate(byteCount: Self.replySize, alignment: 16)
+    }
+    private var batchLengths = [Int](repeating: 0, count: maximumBatch)
+    private static let replySize = 1024
+
+    /// Looks up several flows with one sendmsg (the kernel answers every request in the datagram)
+    /// and one recvmmsg. Flows beyond `maximumBatch` are looked up in further rounds.
+    public func lookup(batch flows: [FlowKey]) -> [SocketLookup] {
+        var answers = [SocketLookup](repeating: .failed, count: flows.count)
+        var start = 0
+        while start < flows.count {
+            let end = min(flows.count, start + Self.maximumBatch)
+            lookupRound(flows, start..<end, &answers)
+            start = end
+        }
+        return answers
+    }
+
+    private func lookupRound(_ flows: [FlowKey], _ range: Range<Int>, _ answers: inout [SocketLookup]) {
+        let firstSequence = sequence &+ 1
+        var length = 0
+        for index in range {
+            let nlh = putRequest(flows[index], at: requestBuffer + length)
+            length += Int(nlh.pointee.nlmsg_len)
+        }
+        guard mnl_socket_sendto(socket, requestBuffer, length) >= 0 else { return }
+        var pending = range.count
+        var idleRounds = 0
+        while pending > 0 {
+            let received = batchBuffers.withUnsafeBufferPointer { buffers in
+                batchLengths.withUnsafeMutableBufferPointer { lengths in
+                    proxyside_receive_batch(mnl_socket_get_fd(socket), buffers.baseAddress, Self.replySize, lengths.baseAddress, UInt32(pending))
+                }
+            }
+            if received < 0 { return }
+            if received == 0 {
+                // The kernel answers synchronously within sendmsg; nothing queued means nothing more is coming.
+                idleRounds += 1
+                if idleRounds > 2 { return }
+                continue
+            }
+            for slot in 0..<Int(received) where batchLengths[slot] >= MemoryLayout<nlmsghdr>.size {
+                let reply = batchBuffers[slot]!.assumingMemoryBound(to: nlmsghdr.self)
+                let offset = Int(reply.pointee.nlmsg_seq &- firstSequence)
+                guard offset >= 0, offset < range.count else { continue }  // a stale reply
+                answers[range.lowerBound + offset] = Self.answer(reply)
+                pending -= 1
+            }
+        }
+    }
+
+    private static func answer(_ reply: UnsafeMutablePointer<nlmsghdr>) -> SocketLookup {
+        let payload = mnl_nlmsg_get_payload(reply)!
+        if reply.pointee.nlmsg_type == UInt16(NLMSG_ERROR) {
+            let code = payload.load(as: Int32.self)
+            return code == -ENOENT ? .none : .failed
+        }
+        guard reply.pointee.nlmsg_type == UInt16(SOCK_DIAG_BY_FAMILY) else { return .failed }
+        let state = payload.load(fromByteOffset: 1, as: UInt8.self)
+        return state == tcpListen ? .listener : .connected
+    }
+
+    private static let tcpNewSynRecv: UInt8 = 12
+    /// INET_DIAG_SKMEMINFO, and the receive buffer's index in it (SK_MEMINFO_RCVBUF).
+    private static let skMemInfoAttribute: UInt16 = 7
+    private static let skMemInfoReceiveBuffer = 1
+    private static let diagMessageSize = 72
+
+    /// Every TCP listener of the namespace with its queues: one dump of LISTEN and NEW_SYN_RECV
+    /// sockets per family; request sockets are counted for the listener that owns their address and
+    /// port (the exact address first, then the wildcards, as a SYN finds it).
+    public func dumpListeners() throws -> [ListenerObservation] {
+        var listeners: [ListenerKey: ListenerObservation] = [:]
+        var requests: [ListenerKey: UInt32] = [:]
+        for family in [AF_INET, AF_INET6] {
+            try dump(family: UInt8(family), states: 1 << UInt32(Self.tcpListen) | 1 << UInt32(Self.tcpNewSynRecv)) { message, attributes in
+                let key = ListenerKey(address: Self.localAddress(message), port: message.be16(4))
+                if message[1] == Self.tcpListen {
+                    var receiveBuffer: UInt32 = 0
+                    if let memory = attributes[Self.skMemInfoAttribute], memory.count >= 4 * (Self.skMemInfoReceiveBuffer + 1) {
+                        receiveBuffer = memory.loadUnaligned(fromByteOffset: 4 * Self.skMemInfoReceiveBuffer, as: UInt32.self)
+                    }
+                    listeners[key] = ListenerObservation(
+                        key: key, backlog: message.loadUnaligned(fromByteOffset: 60, as: UInt32.self),
+                        acceptQueue: message.loadUnaligned(fromByteOffset: 56, as: UInt32.self), requestSockets: 0,
+                        receiveBuffer: receiveBuffer)
+                } else {
+                    requests[key, default: 0] += 1
+                }
+            }
+        }
+        for (key, count) in requests {
+            if let owner = key.lookupOrder.first(where: { listeners[$0] != nil }) {
+                listeners[owner]!.requestSockets += count
+            }
+        }
+        return Array(listeners.values)
+    }
+
+    private static func localAddress(_ message: UnsafeRawBufferPointer) -> IPAddress {
+        message[0] == UInt8(AF_INET6)
+            ? .v6(IPv6Address(high: message.be64(8), low: message.be64(16)))
+            : .v4(IPv4Address(message.be32(8)))
+    }
+
+    private let dumpBuffer = UnsafeMutableRawPointer.allocate(byteCount: SockDiag.dumpBufferSize, alignment: 16)
+    private static let dumpBufferSize = 65536
+
+    /// Runs one sock_diag dump; `each` gets every inet_diag_msg and its attributes by type.
+    private func dump(family: UInt8, states: UInt32,
+                      _ each: (UnsafeRawBufferPointer, [UInt16: UnsafeRawBufferPointer]) -> Void) throws {
+        let nlh = mnl_nlmsg_put_header(buffer)!
+        nlh.pointee.nlmsg_type = UInt16(SOCK_DIAG_BY_FAMILY)
+        nlh.pointee.nlmsg_flags = UInt16(NLM_F_REQUEST | NLM_F_DUMP)
+        sequence &+= 1
+        nlh.pointee.nlmsg_seq = sequence
+        let request = UnsafeMutableRawBufferPointer(start: mnl_nlmsg_put_extra_header(nlh, Self.requestSize), count: Self.requestSize)
+        request.initializeMemory(as: UInt8.self, repeating: 0)
+        request[0] = family
+        request[1] = UInt8(IPPROTO_TCP)
+        request[2] = 1 << (Self.skMemInfoAttribute - 1)
+        request.storeBytes(of: states, toByteOffset: 4, as: UInt32.self)
+        request.storeBytes(of: UInt32.max, toByteOffset: 48, as: UInt32.self)
+        request.storeBytes(of: UInt32.max, toByteOffset: 52, as: UInt32.self)
+        guard mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) >= 0 else { throw SystemError("sock_diag dump request") }
+        try Netlink.receiveDump(socket, buffer: dumpBuffer, size: Self.dumpBufferSize, sequence: sequence, name: "sock_diag dump") { message in
+            guard message.pointee.nlmsg_type == UInt16(SOCK_DIAG_BY_FAMILY) else { return }
+            let payloadLength = Int(mnl_nlmsg_get_payload_len(message))
+            guard payloadLength >= Self.diagMessageSize else { return }
+            let payload = UnsafeRawPointer(mnl_nlmsg_get_payload(message)!)
+            var attributes: [UInt16: UnsafeRawBufferPointer] = [:]
+            var attribute = UnsafePointer<nlattr>?(payload.advanced(by: Self.diagMessageSize).assumingMemoryBound(to: nlattr.self))
+            var attributeBytes = Int32(payloadLength - Self.diagMessageSize)
+            while let current = attribute, mnl_attr_ok(current, attributeBytes) {
+                let length = Int(mnl_attr_get_payload_len(current))
+                attributes[mnl_attr_get_type(current)] = UnsafeRawBufferPointer(start: mnl_attr_get_payload(current), count: length)
+                attributeBytes -= Int32(current.pointee.nla_len + 3) & ~3
+                attribute = UnsafePointer(mnl_attr_next(current))
+            }
+            each(UnsafeRawBufferPointer(start: payload, count: Self.diagMessageSize), attributes)
+        }
+    }
+
+    /// Writes one exact-lookup request at `at` and returns it.
+    private func putRequest(_ flow: FlowKey, at: UnsafeMutableRawPointer) -> UnsafeMutablePointer<nlmsghdr> {
+        let nlh = mnl_nlmsg_put_header(at)!
+        nlh.pointee.nlmsg_type = UInt16(SOCK_DIAG_BY_FAMILY)
+        nlh.pointee.nlmsg_flags = UInt16(NLM_F_REQUEST)
+        sequence &+= 1
+        nlh.pointee.nlmsg_seq = sequence
+        let request = UnsafeMutableRawBufferPointer(start: mnl_nlmsg_put_extra_header(nlh, Self.requestSize), count: Self.requestSize)
+        request.initializeMemory(as: UInt8.self, repeating: 0)
+        request[0] = UInt8(flow.isIPv6 ? AF_INET6 : AF_INET)
+        request[1] = UInt8(IPPROTO_TCP)
+        request.storeBytes(of: UInt32.max, toByteOffset: 4, as: UInt32.self)  // all states
+        // The socket's view: its local end is the packet's destination (the VIP), its remote end the client.
+        request.setBE16(8, flow.destinationPort)
+        request.setBE16(10, flow.sourcePort)
+        if flow.isIPv6 {
+            for (index, byte) in flow.destination.bytes.enumerated() { request[12 + index] = byte }
+            for (index, byte) in flow.source.bytes.enumerated() { request[28 + index] = byte }
+        } else {
+            request.setBE32(12, UInt32(truncatingIfNeeded: flow.destination.low))
+            request.setBE32(28, UInt32(truncatingIfNeeded: flow.source.low))
+        }
+        request.storeBytes(of: UInt32.max, toByteOffset: 48, as: UInt32.self)  // INET_DIAG_NOCOOKIE
+        request.storeBytes(of: UInt32.max, toByteOffset: 52, as: UInt32.self)
+        return nlh
+    }
+}

@@ -1,0 +1,22 @@
+import Glibc
+
+/// setsockopt(2) for the options every socket maker here sets.
+public enum SocketOptions {
+    /// Receive and send timeouts: a blocking call on `fd` gives up (EAGAIN) after `seconds`.
+    public static func setTimeouts(_ fd: Int32, seconds: Int) {
+        setTimeout(fd, SO_RCVTIMEO, seconds: seconds)
+        setTimeout(fd, SO_SNDTIMEO, seconds: seconds)
+    }
+
+    public static func setTimeout(_ fd: Int32, _ option: Int32, seconds: Int) {
+        var timeout = timeval(tv_sec: seconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, option, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    /// Turns a boolean option on.
+    @discardableResult
+    public static func enable(_ fd: Int32, _ level: Int32, _ option: Int32) -> Bool {
+        var one: Int32 = 1
+        return setsockopt(fd, level, option, &one, socklen_t(MemoryLayout<Int32>.size)) == 0
+    }
+}

@@ -1,0 +1,49 @@
+/// The TCP 4-tuple of a flow as seen from the client: source = client, destination = VIP.
+/// IPv4 addresses sit in the low 32 bits of `low`.
+public struct FlowKey: Hashable, Sendable, CustomStringConvertible {
+    public var isIPv6: Bool
+    public var source: IPv6Address
+    public var destination: IPv6Address
+    public var sourcePort: UInt16
+    public var destinationPort: UInt16
+
+    public init(source: IPv4Address, sourcePort: UInt16, destination: IPv4Address, destinationPort: UInt16) {
+        isIPv6 = false
+        self.source = IPv6Address(high: 0, low: UInt64(source.value))
+        self.destination = IPv6Address(high: 0, low: UInt64(destination.value))
+        self.sourcePort = sourcePort
+        self.destinationPort = destinationPort
+    }
+
+    public init(source: IPv6Address, sourcePort: UInt16, destination: IPv6Address, destinationPort: UInt16) {
+        isIPv6 = true
+        self.source = source
+        self.destination = destination
+        self.sourcePort = sourcePort
+        self.destinationPort = destinationPort
+    }
+
+    public var sourceAddress: IPAddress {
+        isIPv6 ? .v6(source) : .v4(IPv4Address(UInt32(truncatingIfNeeded: source.low)))
+    }
+
+    public var destinationAddress: IPAddress {
+        isIPv6 ? .v6(destination) : .v4(IPv4Address(UInt32(truncatingIfNeeded: destination.low)))
+    }
+
+    public var description: String {
+        isIPv6
+            ? "[\(sourceAddress)]:\(sourcePort) -> [\(destinationAddress)]:\(destinationPort)"
+            : "\(sourceAddress):\(sourcePort) -> \(destinationAddress):\(destinationPort)"
+    }
+}
+
+public struct TCPFlags: OptionSet, Sendable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    public static let fin = TCPFlags(rawValue: 0x01)
+    public static let syn = TCPFlags(rawValue: 0x02)
+    public static let rst = TCPFlags(rawValue: 0x04)
+    public static let psh = TCPFlags(rawValue: 0x08)
+    public static let ack = TCPFlags(rawValue: 0x10)
+}

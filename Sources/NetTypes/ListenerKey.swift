@@ -1,0 +1,38 @@
+/// A listening socket, by the address and port it is bound to (the wildcard address included).
+public struct ListenerKey: Hashable, Sendable, CustomStringConvertible {
+    public var isIPv6: Bool
+    public var address: IPv6Address
+    public var port: UInt16
+
+    public init(address: IPAddress, port: UInt16) {
+        switch address {
+        case .v4(let v4): (isIPv6, self.address) = (false, IPv6Address(high: 0, low: UInt64(v4.value)))
+        case .v6(let v6): (isIPv6, self.address) = (true, v6)
+        }
+        self.port = port
+    }
+
+    public var ipAddress: IPAddress {
+        isIPv6 ? .v6(address) : .v4(IPv4Address(UInt32(truncatingIfNeeded: address.low)))
+    }
+
+    /// The same port on the family's wildcard address.
+    public var wildcard: ListenerKey {
+        ListenerKey(address: isIPv6 ? .v6(IPv6Address(high: 0, low: 0)) : .v4(IPv4Address(0)), port: port)
+    }
+
+    /// The listeners a SYN to this address and port reaches, most specific first: the address
+    /// itself, then the family's wildcard, then (IPv4) a dual-stack IPv6 wildcard.
+    public var lookupOrder: [ListenerKey] {
+        var keys = [self, wildcard]
+        if !isIPv6 { keys.append(ListenerKey(address: .v6(IPv6Address(high: 0, low: 0)), port: port)) }
+        return keys
+    }
+
+    /// The listeners a flow's SYN reaches, most specific first.
+    public static func candidates(for flow: FlowKey) -> [ListenerKey] {
+        ListenerKey(address: flow.destinationAddress, port: flow.destinationPort).lookupOrder
+    }
+
+    public var description: String { isIPv6 ? "[\(ipAddress)]:\(port)" : "\(ipAddress):\(port)" }
+}

@@ -1,0 +1,32 @@
+/// What the socket table says about a flow.
+public enum SocketLookup: Equatable, Sendable {
+    /// A socket in any connected state, a request socket (SYN_RECV) or TIME_WAIT.
+    case connected
+    /// Only a listener matches: the flow is not established here.
+    case listener
+    /// Nothing listens on the destination.
+    case none
+    /// The table could not be read.
+    case failed
+}
+
+/// One look at a listener through sock_diag.
+public struct ListenerObservation: Equatable, Sendable {
+    public var key: ListenerKey
+    /// sk_max_ack_backlog (inet_diag's idiag_wqueue for a listener): both queues' limit.
+    public var backlog: UInt32
+    /// Completed connections not yet accepted (idiag_rqueue).
+    public var acceptQueue: UInt32
+    /// Request sockets (NEW_SYN_RECV) of this listener: the SYN queue.
+    public var requestSockets: UInt32
+    /// The listener's sk_rcvbuf, from which the kernel picks the child's window scale.
+    public var receiveBuffer: UInt32
+
+    public init(key: ListenerKey, backlog: UInt32, acceptQueue: UInt32, requestSockets: UInt32, receiveBuffer: UInt32) {
+        self.key = key
+        self.backlog = backlog
+        self.acceptQueue = acceptQueue
+        self.requestSockets = requestSockets
+        self.receiveBuffer = receiveBuffer
+    }
+}

@@ -1,0 +1,250 @@
+import CLinuxShims
+import Glibc
+import LinuxSys
+import NetTypes
+
+/// The checks `second-chance doctor` runs, each with a fix an operator can apply.
+public struct HostCheck: Sendable {
+    public enum Level: String, Sendable { case ok = " ok ", warn = "warn", fail = "FAIL", info = "info" }
+    public var level: Level
+    public var subject: String
+    public var finding: String
+    public var fix: String?
+
+    public var line: String {
+        "[\(level.rawValue)] \(subject): \(finding)" + (fix.map { "\n        fix: \($0)" } ?? "")
+    }
+}
+
+public enum HostChecks {
+    /// The first line of a sysctl (`net/ipv4/ip_forward`), without leading blanks.
+    public static func readSysctl(_ path: String) -> String? {
+        ProcFile.read("/proc/sys/" + path, limit: 256)
+            .flatMap { $0.trimmingPrefix(while: \.isWhitespace).split(separator: "\n").first.map(String.init) }
+    }
+
+    /// The names in a directory, without "." and "..".
+    static func directoryEntries(_ path: String) -> [String] {
+        guard let directory = opendir(path) else { return [] }
+        defer { closedir(directory) }
+        var names: [String] = []
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+
+    /// Runs a command and returns its standard output (nil when it cannot run or fails).
+    public static func commandOutput(_ command: String) -> String? {
+        guard let pipe = popen(command + " 2>/dev/null", "r") else { return nil }
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = fread(&chunk, 1, chunk.count, pipe)
+            if count <= 0 { break }
+            out += chunk[0..<count]
+        }
+        return pclose(pipe) == 0 ? String(decoding: out, as: UTF8.self) : nil
+    }
+
+    /// A rule that sends GUE to NFQUEUE, as iptables-save or nft prints it.
+    public struct QueueRule: Equatable, Sendable {
+        public var rule: String
+        /// --queue-bypass / bypass: packets pass when no daemon reads the queue.
+        public var bypass: Bool
+        /// Limited to some sources (-s, an ipset, ip saddr): the GLB peers, one hopes.
+        public var restricted: Bool
+
+        public init(rule: String, bypass: Bool, restricted: Bool) {
+            self.rule = rule
+            self.bypass = bypass
+            self.restricted = restricted
+        }
+    }
+
+    /// What doctor learns from the raw PREROUTING rules for the GUE port.
+    public struct GUERules: Equatable, Sendable {
+        public var queueRules: [QueueRule] = []
+        /// A later rule drops the port's other traffic: what the queue rules do not take is not
+        /// left to fou.
+        public var dropsTheRest = false
+    }
+
+    /// The NFQUEUE rules for the GUE port in `iptables-save -t raw` output.
+    public static func gueRules(iptablesSave rules: String, port: UInt16) -> GUERules {
+        var found = GUERules()
+        for line in rules.split(separator: "\n") where line.hasPrefix("-A PREROUTING") && line.contains("--dport \(port)") {
+            let words = line.split(separator: " ")
+            if line.contains("-j NFQUEUE") {
+                let restricted = words.contains("-s") || line.contains("--match-set")
+                found.queueRules.append(QueueRule(rule: String(line), bypass: line.contains("--queue-bypass"), restricted: restricted))
+            } else if line.hasSuffix("-j DROP") && !words.contains("-s") && !line.contains("--match-set") {
+                found.dropsTheRest = !found.queueRules.isEmpty
+            }
+        }
+        return found
+    }
+
+    /// The queue rules for the GUE port in `nft list ruleset` output (a `queue` statement; nft
+    /// prints `queue num 0 bypass` or `queue flags bypass to 0` depending on its version).
+    public static func gueRules(nftRuleset rules: String, port: UInt16) -> GUERules {
+        var found = GUERules()
+        for raw in rules.split(separator: "\n") {
+            let line = raw.trimmingPrefix(while: \.isWhitespace)
+            let words = line.split(separator: " ")
+            guard line.contains("dport \(port)"), !line.hasPrefix("#") else { continue }
+            if words.contains("queue") {
+                found.queueRules.append(QueueRule(rule: String(line), bypass: line.contains("bypass"), restricted: line.contains("saddr")))
+            } else if words.last == "drop" && !line.contains("saddr") {
+                found.dropsTheRest = !found.queueRules.isEmpty
+            }
+        }
+        return found
+    }
+
+    /// Doctor's findings about the queue rules of either tool.
+    public static func ruleChecks(_ rules: GUERules, tool: String, port: UInt16, queues: [UInt16]) -> [HostCheck] {
+        var checks: [HostCheck] = []
+        for rule in rules.queueRules {
+            let missing = queues.filter { queue in
+                !(rule.rule.contains("--queue-num \(queue)") || rule.rule.contains("--queue-balance") || rule.rule.contains("num \(queue)")
+                  || rule.rule.contains("to \(queue)") || rule.rule.contains("to \(queue)-"))
+            }
+            let fix = !rule.bypass ? "add --queue-bypass (nft: bypass) so GUE still flows (to fou or nowhere) if second-chance is down"
+                : missing.isEmpty ? nil : "the rule does not feed queue(s) \(missing)"
+            checks.append(HostCheck(level: rule.bypass && missing.isEmpty ? .ok : .warn, subject: tool, finding: rule.rule, fix: fix))
+        }
+        if rules.queueRules.contains(where: { !$0.restricted }) {
+            checks.append(HostCheck(level: .warn, subject: tool, finding: "the NFQUEUE rule takes GUE from every host, not only the GLB peers",
+                                    fix: "limit it to the directors and proxies (-s or an ipset; nft: ip saddr @glb_peers) and drop the rest of UDP \(port), as in examples/iptables"))
+        } else if !rules.dropsTheRest {
+            checks.append(HostCheck(level: .warn, subject: tool, finding: "GUE from hosts that are not peers is not dropped: with fou it is decapsulated without any check",
+                                    fix: "after the peer rules: -A PREROUTING -p udp --dport \(port) -j DROP (examples/iptables/rules.v4)"))
+        }
+        return checks
+    }
+
+    /// What `--forward kernel` needs: the rewritten packet carries this host's address as its
+    /// source and arrives from outside, so the kernel must forward (ip_forward) and accept a local
+    /// source on the way in (accept_local; strict rp_filter refuses it when the address is on
+    /// another interface). Redirects would go to ourselves: they are only noise.
+    public static func kernelForwarding() -> [HostCheck] {
+        var checks: [HostCheck] = []
+        let forward = readSysctl("net/ipv4/ip_forward") ?? "?"
+        checks.append(forward == "1"
+            ? HostCheck(level: .ok, subject: "ip_forward", finding: "1: the kernel forwards rewritten GUE (--forward kernel)")
+            : HostCheck(level: .fail, subject: "ip_forward", finding: "net.ipv4.ip_forward = \(forward): --forward kernel needs 1",
+                        fix: "sysctl -w net.ipv4.ip_forward=1, or use --forward raw"))
+        let devices = directoryEntries("/proc/sys/net/ipv4/conf").filter { $0 != "all" && $0 != "default" }
+        let acceptAll = readSysctl("net/ipv4/conf/all/accept_local") == "1"
+        let accepting = devices.filter { readSysctl("net/ipv4/conf/\($0)/accept_local") == "1" }
+        checks.append(acceptAll || !accepting.isEmpty
+            ? HostCheck(level: .ok, subject: "accept_local", finding: acceptAll ? "net.ipv4.conf.all.accept_local = 1" : "1 on \(accepting.joined(separator: ", "))")
+            : HostCheck(level: .fail, subject: "accept_local", finding: "0 everywhere: the kernel drops a forwarded packet whose source is this host",
+                        fix: "sysctl -w net.ipv4.conf.<GUE interface>.accept_local=1 (or .all.), or use --forward raw"))
+        let strict = (["all"] + devices).filter { readSysctl("net/ipv4/conf/\($0)/rp_filter") == "1" }
+        if !strict.isEmpty {
+            checks.append(HostCheck(level: .warn, subject: "rp_filter", finding: "strict (1) on \(strict.joined(separator: ", ")): a packet with this host's source is refused unless the address is on the interface it arrives on",
+                                    fix: "sysctl -w net.ipv4.conf.all.rp_filter=2 and the same for the GUE interface"))
+        }
+        if readSysctl("net/ipv4/conf/all/send_redirects") == "1" {
+            checks.append(HostCheck(level: .info, subject: "send_redirects", finding: "on: forwarding out of the interface a packet came in on sends this host ICMP redirects",
+                                    fix: "sysctl -w net.ipv4.conf.all.send_redirects=0 and the same for the GUE interface"))
+        }
+        return checks
+    }
+
+    /// `allowedSources`: the daemon's --allow-source prefixes, when the caller knows them.
+    public static func run(port: UInt16, queues: [UInt16], namespace: String?, forwarding: ForwardingMode = .raw,
+                           allowedSources: [IPv4Prefix]? = nil) -> [HostCheck] {
+        var checks: [HostCheck] = []
+        if geteuid() != 0 {
+            checks.append(HostCheck(level: .fail, subject: "privileges", finding: "not running as root",
+                                    fix: "run as root, or grant CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF and CAP_SYS_ADMIN (for --netns)"))
+        }
+        let hasQueue = access("/proc/net/netfilter/nfnetlink_queue", F_OK) == 0
+        checks.append(hasQueue
+            ? HostCheck(level: .ok, subject: "nfnetlink_queue", finding: "available")
+            : HostCheck(level: .fail, subject: "nfnetlink_queue", finding: "not available (/proc/net/netfilter/nfnetlink_queue missing)",
+                        fix: "modprobe nfnetlink_queue xt_NFQUEUE (see kmod/modules-load.d/proxyside.conf)"))
+
+        switch Result(catching: { try FouStatus.query(port: port) }) {
+        case .success(.gue):
+            checks.append(HostCheck(level: .ok, subject: "fou", finding: "GUE on port \(port): --decap auto uses kernel decapsulation"))
+        case .success(let status):
+            checks.append(HostCheck(level: .info, subject: "fou", finding: "\(status): --decap auto uses userspace decapsulation",
+                                    fix: status == .unavailable ? nil : "for kernel decapsulation: ip fou add port \(port) gue"))
+        case .failure(let error):
+            checks.append(HostCheck(level: .warn, subject: "fou", finding: "cannot ask generic netlink: \(error)"))
+        }
+
+        let iptables = commandOutput("iptables-save -t raw").map { gueRules(iptablesSave: $0, port: port) }
+        let nft = commandOutput("nft list ruleset").map { gueRules(nftRuleset: $0, port: port) }
+        if let iptables, !iptables.queueRules.isEmpty { checks += ruleChecks(iptables, tool: "iptables", port: port, queues: queues) }
+        if let nft, !nft.queueRules.isEmpty { checks += ruleChecks(nft, tool: "nft", port: port, queues: queues) }
+        if (iptables?.queueRules ?? []).isEmpty && (nft?.queueRules ?? []).isEmpty {
+            checks.append(HostCheck(level: .fail, subject: "iptables", finding: "no raw PREROUTING NFQUEUE rule for UDP \(port) (iptables or nft)",
+                                    fix: "iptables -t raw -A PREROUTING -s PEERS -p udp --dport \(port) -j NFQUEUE --queue-num \(queues.first ?? 0) --queue-bypass, then the same without -s and -j DROP (examples/iptables/rules.v4)"))
+        }
+        if iptables == nil && nft == nil {
+            checks.append(HostCheck(level: .warn, subject: "iptables", finding: "neither iptables-save nor nft is available", fix: "apt-get install iptables"))
+        }
+        if let allowedSources {
+            if allowedSources.isEmpty {
+                checks.append(HostCheck(level: .fail, subject: "--allow-source", finding: "no GLB peers given: second-chance run refuses to start",
+                                        fix: "SECOND_CHANCE_ALLOW_SOURCE in /etc/default/second-chance: the directors, their health checkers and the proxies"))
+            } else if allowedSources.contains(.everything) {
+                checks.append(HostCheck(level: .warn, subject: "--allow-source", finding: "0.0.0.0/0: GUE from any host is read, and any host chooses where this proxy forwards",
+                                        fix: "list the directors, their health checkers and the proxies instead"))
+            } else {
+                checks.append(HostCheck(level: .ok, subject: "--allow-source", finding: allowedSources.map(\.description).joined(separator: ", ")))
+            }
+        }
+
+        let rpAll = readSysctl("net/ipv4/conf/all/rp_filter") ?? "?"
+        checks.append(rpAll == "1"
+            ? HostCheck(level: .warn, subject: "rp_filter", finding: "net.ipv4.conf.all.rp_filter = 1 (strict)",
+                        fix: "sysctl -w net.ipv4.conf.all.rp_filter=2 (decapsulated packets carry client sources; see kmod/sysctl.d/60-proxyside.conf)")
+            : HostCheck(level: .ok, subject: "rp_filter", finding: "net.ipv4.conf.all.rp_filter = \(rpAll)"))
+
+        if forwarding == .kernel {
+            checks += kernelForwarding()
+        } else {
+            let forward = readSysctl("net/ipv4/ip_forward") ?? "?"
+            checks.append(HostCheck(
+                level: forward == "1" ? .warn : .ok, subject: "ip_forward", finding: "net.ipv4.ip_forward = \(forward)",
+                fix: forward == "1" ? "with --forward raw second-chance sends forwarded GUE itself and needs no forwarding; with it on, a decapsulated packet for a VIP that is not on lo is routed onwards instead of answered: keep VIPs on lo, or sysctl -w net.ipv4.ip_forward=0" : nil))
+        }
+
+        let cookies = readSysctl("net/ipv4/tcp_syncookies") ?? "?"
+        checks.append(cookies == "0"
+            ? HostCheck(level: .warn, subject: "tcp_syncookies", finding: "0: an overflowing listener drops SYNs and no cookie ACK is valid",
+                        fix: "sysctl -w net.ipv4.tcp_syncookies=1")
+            : HostCheck(level: .ok, subject: "tcp_syncookies", finding: cookies))
+        let timestamps = readSysctl("net/ipv4/tcp_timestamps") ?? "?"
+        checks.append(HostCheck(
+            level: timestamps == "1" ? .info : .ok, subject: "tcp_timestamps", finding: timestamps,
+            fix: timestamps == "1" ? "with 1 the per-connection timestamp offset is secret: the SYN-cookie responder's handshakes carry no window scaling or SACK (the kernel's own cookies keep them); sysctl -w net.ipv4.tcp_timestamps=2 keeps them" : nil))
+
+        switch Result(catching: { try SynCookieOracle() }) {
+        case .success: checks.append(HostCheck(level: .ok, subject: "SYN cookies", finding: "BPF raw SYN-cookie helpers load (cookie ACK check and responder)"))
+        case .failure(let error):
+            checks.append(HostCheck(level: .warn, subject: "SYN cookies", finding: "\(error)",
+                                    fix: "cookie ACKs will be forwarded instead of accepted and the responder stays off; run as root on Linux 6.0 or later"))
+        }
+
+        do {
+            let namespaceHandle = try namespace.map { try NetworkNamespace(nameOrPath: $0) }
+            let diag = try SockDiag(namespace: namespaceHandle)
+            let probe = FlowKey(source: IPv4Address(0xc612_ffff), sourcePort: 1, destination: IPv4Address(0xc612_fffe), destinationPort: 1)
+            let answer = diag.lookup(probe)
+            checks.append(answer == .failed
+                ? HostCheck(level: .fail, subject: "sock_diag", finding: "exact lookups fail", fix: "modprobe inet_diag tcp_diag")
+                : HostCheck(level: .ok, subject: "sock_diag", finding: "exact TCP lookups work" + (namespace.map { " in \($0)" } ?? "")))
+        } catch {
+            checks.append(HostCheck(level: .fail, subject: "sock_diag", finding: "\(error)", fix: "modprobe inet_diag tcp_diag; check --netns"))
+        }
+        return checks
+    }
+}

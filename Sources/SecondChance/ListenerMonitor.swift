@@ -1,0 +1,132 @@
+import CLinuxShims
+import Glibc
+import LinuxSys
+import NetTypes
+import SecondChanceCore
+
+public struct ResponderConfiguration: Sendable {
+    public var mode: ResponderMode
+    public var policy: OverflowPolicy
+    public var scanIntervalNanoseconds: UInt64
+    /// While active, one SYN per listener and interval (per queue thread) still reaches the kernel,
+    /// which answers it with its own cookie while the queue is full and so keeps its overflow mark.
+    public var passIntervalNanoseconds: UInt64
+
+    public init(mode: ResponderMode = .auto, policy: OverflowPolicy = OverflowPolicy(),
+                scanIntervalNanoseconds: UInt64 = 200_000_000, passIntervalNanoseconds: UInt64 = 1_000_000_000) {
+        self.mode = mode
+        self.policy = policy
+        self.scanIntervalNanoseconds = scanIntervalNanoseconds
+        self.passIntervalNanoseconds = passIntervalNanoseconds
+    }
+}
+
+/// Watches the namespace's listeners through sock_diag and publishes the ones whose SYN queue
+/// overflows (or all of them, in `always` mode). The netns counters of SYN-queue overflow make it
+/// scan at once instead of waiting for the next interval.
+public final class ListenerMonitor: @unchecked Sendable {
+    public let board = ResponderBoard()
+    public let configuration: ResponderConfiguration
+    private let sockDiag: SockDiag
+    private let settingsReader: TCPSettingsReader
+    private let netstatFD: Int32
+    private var tracker: ListenerOverflowTracker
+    private var overflowSignal: UInt64?
+    private let log: @Sendable (String) -> Void
+    public private(set) var settings: TCPHostSettings
+    /// TcpExt counters exported with the metrics (read on every poll).
+    public static let kernelCounters = ["TCPReqQFullDoCookies", "TCPReqQFullDrop", "ListenOverflows", "SyncookiesSent", "SyncookiesRecv", "SyncookiesFailed"]
+    private let kernelValues = AtomicWords(count: kernelCounters.count)
+
+    public init(configuration: ResponderConfiguration, namespace: String?, log: @escaping @Sendable (String) -> Void) throws {
+        self.configuration = configuration
+        self.log = log
+        let namespace = try namespace.map { try NetworkNamespace(nameOrPath: $0) }
+        sockDiag = try SockDiag(namespace: namespace)
+        settingsReader = try TCPSettingsReader(namespace: namespace)
+        netstatFD = try namespace.run { open("/proc/thread-self/net/netstat", O_RDONLY | O_CLOEXEC) }
+        guard netstatFD >= 0 else { throw SystemError("open /proc/net/netstat") }
+        settings = settingsReader.read()
+        tracker = ListenerOverflowTracker(policy: configuration.policy, kernelNeedsOverflowMark: settings.syncookies != 2)
+        if configuration.mode == .always && settings.syncookies != 2 {
+            throw SystemError("--syn-cookies always", errno: EINVAL,
+                              hint: "the kernel accepts cookies for listeners that did not overflow only with net.ipv4.tcp_syncookies=2 (now \(settings.syncookies))")
+        }
+        if configuration.mode != .off && settings.syncookies == 0 {
+            throw SystemError("--syn-cookies \(configuration.mode.rawValue)", errno: EINVAL,
+                              hint: "net.ipv4.tcp_syncookies=0: the kernel accepts no cookie; set it to 1 or use --syn-cookies off")
+        }
+    }
+
+    deinit {
+        close(netstatFD)
+    }
+
+    public func kernelCounter(_ index: Int) -> UInt64 { kernelValues.load(index) }
+
+    /// Scans until `stop` is signalled: every scan interval, and at once when overflow counters rise.
+    public func run(stop: EventFD) {
+        var lastScan: UInt64 = 0
+        let poll = min(configuration.scanIntervalNanoseconds, 50_000_000)
+        while true {
+            var descriptor = pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0)
+            if Glibc.poll(&descriptor, 1, Int32(poll / 1_000_000)) > 0 { return }
+            let now = MonotonicClock.nanoseconds()
+            let overflowed = readKernelCounters()
+            if overflowed || now &- lastScan >= configuration.scanIntervalNanoseconds {
+                lastScan = now
+                scan(now: now)
+            }
+        }
+    }
+
+    /// Reads the TcpExt counters; true when a SYN-queue or accept-queue overflow counter rose.
+    private func readKernelCounters() -> Bool {
+        guard let text = KernelCookieState.readAll(netstatFD) else { return false }
+        for (index, name) in Self.kernelCounters.enumerated() {
+            if let value = KernelCookieState.tcpExtCounter(name, in: text) {
+                kernelValues.store(index, value)
+            }
+        }
+        let signal = kernelCounter(0) &+ kernelCounter(1) &+ kernelCounter(2)
+        defer { overflowSignal = signal }
+        return overflowSignal.map { signal != $0 } ?? false
+    }
+
+    public func scan(now: UInt64) {
+        settings = settingsReader.read()
+        tracker.kernelNeedsOverflowMark = settings.syncookies != 2
+        let observations: [ListenerObservation]
+        do { observations = try sockDiag.dumpListeners() } catch {
+            log("listener scan failed, keeping the last one: \(error)")
+            return
+        }
+        for event in tracker.update(observations, now: now) {
+            switch event {
+            case .activated(let observation):
+                board.record(for: observation.key)?.add(.activations)
+                log("SYN cookies on for \(observation.key): SYN queue \(observation.requestSockets)/\(observation.backlog), accept queue \(observation.acceptQueue)")
+            case .deactivated(let key, let reason):
+                log("SYN cookies off for \(key): \(reason)")
+            }
+        }
+        var published: [ListenerKey: ResponderListener] = [:]
+        for (key, state) in tracker.states {
+            let serve = configuration.mode == .always || (configuration.mode == .auto && state.active)
+            let record = board.record(for: key, create: serve)
+            record?.setActive(serve)
+            guard serve, let record else { continue }
+            let observation = state.observation
+            // A listener starts with tcp_rmem[1]; any other size was set with SO_RCVBUF, which the
+            // kernel treats as a cap on the child's window. (Unknown: assume the default.)
+            let receiveBuffer = observation.receiveBuffer == 0 ? settings.tcpReceiveMemoryDefault : observation.receiveBuffer
+            let locked = receiveBuffer != settings.tcpReceiveMemoryDefault
+            published[key] = ResponderListener(
+                record: record,
+                windowScale: TCPWindow.receiveScale(listenerReceiveBuffer: receiveBuffer, receiveBufferLocked: locked, settings: settings),
+                receiveBuffer: receiveBuffer,
+                acceptQueueFull: observation.backlog > 0 && observation.acceptQueue >= observation.backlog)
+        }
+        board.publish(published, settings: settings)
+    }
+}

@@ -1,0 +1,311 @@
+import CLinuxShims
+import CNetfilterQueue
+import Glibc
+import LinuxSys
+import Synchronization
+
+/// libmnl's MNL_SOCKET_BUFFER_SIZE for 4 KiB pages (the macro calls sysconf and is not imported).
+let netlinkBufferSize = 8192
+
+/// One NFQUEUE queue, read and answered over the libmnl-based libnetfilter_queue API.
+///
+/// Packets are read without blocking until the socket is empty (or `batchSize` is reached), and
+/// their verdicts go back to the kernel as one netlink datagram: one sendto per batch, not per packet.
+public final class NetfilterQueue {
+    public enum Action {
+        case accept
+        /// Accept with bytes `range` of the queued packet as its new payload (userspace decapsulation).
+        case acceptReplacing(Range<Int>)
+        case drop
+    }
+
+    public let number: UInt16
+    /// Whether the socket was taken over from an earlier process rather than bound here.
+    public private(set) var adopted = false
+    /// Failed reads and messages that were not packets; read by the stats server.
+    public let receiveErrors = Atomic<UInt64>(0)
+    private let socket: OpaquePointer
+    private let portID: UInt32
+    /// One receive slot per packet of a batch: packets stay readable until their verdicts are sent.
+    private let receiveSlots: UnsafeMutableRawPointer
+    private let receiveBufferSize: Int
+    private var batch: [QueuedPacket] = []
+    private lazy var slotPointers: [UnsafeMutableRawPointer?] = (0..<Self.maximumBatch).map { receiveSlots + $0 * receiveBufferSize }
+    private var slotLengths = [Int](repeating: 0, count: NetfilterQueue.maximumBatch)
+    private var actions: [Action] = []
+    public static let maximumBatch = 64
+    private let verdictBuffer: UnsafeMutableRawPointer
+    private let verdictBufferSize = 1 << 21
+    private var verdictLength = 0
+    private var sequence: UInt32 = 1
+    /// Set on an adopted socket until the first packet read: see `init(adopting:)`.
+    private var requeueUnanswered = false
+    /// The sequence number of the requeue request, whose answer is awaited among the packets.
+    private var requeueSequence: UInt32 = 0
+
+    public static let copyRange: UInt32 = 0xffff
+
+    /// `failOpen`: when the queue holds `maximumQueueLength` packets the kernel accepts further ones
+    /// unread instead of dropping them (NFQA_CFG_F_FAIL_OPEN).
+    public convenience init(number: UInt16, maximumQueueLength: UInt32 = NetfilterQueue.defaultMaximumLength, failOpen: Bool = false) throws {
+        let socket = try Netlink.open(NETLINK_NETFILTER, name: "NETLINK_NETFILTER")
+        self.init(number: number, socket: socket, socketBufferBytes: Self.socketBufferBytes(for: maximumQueueLength))
+        try configure { nlh in nfq_nlmsg_cfg_put_cmd(nlh, UInt16(AF_INET), UInt8(NFQNL_CFG_CMD_BIND.rawValue)) }
+        try configure { nlh in Self.putParameters(nlh, maximumQueueLength: maximumQueueLength, failOpen: failOpen) }
+    }
+
+    /// Takes over a netlink socket already bound to queue `number` by an earlier process (handed
+    /// over by a re-exec or by the service manager's fd store): packets that arrived meanwhile are
+    /// waiting in it. The parameters are sent again without waiting for an answer, since queued
+    /// packets come before it (an error shows as a receive error). Packets the earlier process
+    /// read but never answered are requeued (NF_REPEAT) once the first packet shows where its
+    /// reading stopped.
+    public convenience init(adopting fd: Int32, number: UInt16, maximumQueueLength: UInt32 = NetfilterQueue.defaultMaximumLength,
+                            failOpen: Bool = false) throws {
+        // The name came from the environment: the fd must be what it claims before anything is sent to it.
+        var domain: Int32 = 0, proto: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &length) == 0, getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &length) == 0,
+              domain == AF_NETLINK, proto == NETLINK_NETFILTER
+        else { throw SystemError("adopt NFQUEUE \(number): fd \(fd) is not a netfilter netlink socket", errno: EINVAL) }
+        guard let socket = mnl_socket_fdopen(fd) else { throw SystemError("adopt NFQUEUE \(number) socket (fd \(fd))") }
+        let boundPort = ProcFile.kernelQueueStatistics()[number]?.portID
+        guard boundPort == mnl_socket_get_portid(socket) else {
+            mnl_socket_close(socket)
+            throw SystemError("adopt NFQUEUE \(number): fd \(fd) is not the socket bound to queue \(number)", errno: EINVAL)
+        }
+        self.init(number: number, socket: socket, socketBufferBytes: Self.socketBufferBytes(for: maximumQueueLength))
+        requeueUnanswered = true
+        adopted = true
+        let nlh = startMessage(Int32(NFQNL_MSG_CONFIG.rawValue), in: verdictBuffer)
+        Self.putParameters(nlh, maximumQueueLength: maximumQueueLength, failOpen: failOpen)
+        guard mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) >= 0 else { throw SystemError("sendto(NFQUEUE \(number) config)") }
+    }
+
+    /// Packets the kernel holds while no one reads: about a second at 65 000 packets/s, so that a
+    /// restart through the fd store loses nothing at that rate. Each waiting packet holds its buffer.
+    public static let defaultMaximumLength: UInt32 = 65536
+    public static let maximumLengthLimit: UInt32 = 1 << 20
+
+    /// Every queued packet is also a message waiting in the socket; a full socket drops the packet
+    /// (user_dropped) before the queue is full, so the buffer grows with the queue: 1 KiB a packet,
+    /// at least 16 MiB (memory is only used while packets wait).
+    static func socketBufferBytes(for maximumQueueLength: UInt32) -> Int32 {
+        Int32(clamping: max(16 << 20, Int(min(maximumQueueLength, maximumLengthLimit)) * 1024))
+    }
+
+    private init(number: UInt16, socket: OpaquePointer, socketBufferBytes: Int32) {
+        self.number = number
+        self.socket = socket
+        receiveBufferSize = Int(Self.copyRange) + netlinkBufferSize
+        receiveSlots = .allocate(byteCount: receiveBufferSize * Self.maximumBatch, alignment: 16)
+        batch.reserveCapacity(Self.maximumBatch)
+        actions.reserveCapacity(Self.maximumBatch)
+        verdictBuffer = .allocate(byteCount: verdictBufferSize, alignment: 16)
+        portID = mnl_socket_get_portid(socket)
+
+        let fd = mnl_socket_get_fd(socket)
+        Descriptors.setCloseOnExec(fd, true)
+        var one: Int32 = 1
+        // A full socket buffer must not turn into ENOBUFS on every read: the kernel drops (and counts) instead.
+        _ = setsockopt(fd, Int32(SOL_NETLINK), NETLINK_NO_ENOBUFS, &one, socklen_t(MemoryLayout<Int32>.size))
+        var bytes = socketBufferBytes
+        if setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, socklen_t(MemoryLayout<Int32>.size)) != 0 {
+            _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, socklen_t(MemoryLayout<Int32>.size))
+        }
+    }
+
+    private static func putParameters(_ nlh: UnsafeMutablePointer<nlmsghdr>, maximumQueueLength: UInt32, failOpen: Bool) {
+        nfq_nlmsg_cfg_put_params(nlh, UInt8(NFQNL_COPY_PACKET.rawValue), Int32(Self.copyRange))
+        nfq_nlmsg_cfg_put_qmaxlen(nlh, maximumQueueLength)
+        let failOpenFlag = UInt32(NFQA_CFG_F_FAIL_OPEN)
+        mnl_attr_put_u32(nlh, UInt16(NFQA_CFG_FLAGS.rawValue), (failOpen ? failOpenFlag : 0).bigEndian)
+        mnl_attr_put_u32(nlh, UInt16(NFQA_CFG_MASK.rawValue), failOpenFlag.bigEndian)
+    }
+
+    /// A message to this queue at `buffer`, with the next sequence number.
+    private func startMessage(_ type: Int32, in buffer: UnsafeMutableRawPointer) -> UnsafeMutablePointer<nlmsghdr> {
+        let nlh = nfq_nlmsg_put(buffer.assumingMemoryBound(to: CChar.self), type, UInt32(number))!
+        sequence &+= 1
+        nlh.pointee.nlmsg_seq = sequence
+        return nlh
+    }
+
+    deinit {
+        mnl_socket_close(socket)
+        receiveSlots.deallocate()
+        verdictBuffer.deallocate()
+    }
+
+    public var fileDescriptor: Int32 { mnl_socket_get_fd(socket) }
+
+    /// Sends one config message and waits for its acknowledgement, turning errors into advice.
+    private func configure(_ fill: (UnsafeMutablePointer<nlmsghdr>) -> Void) throws {
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: netlinkBufferSize, alignment: 16)
+        defer { buffer.deallocate() }
+        let nlh = startMessage(Int32(NFQNL_MSG_CONFIG.rawValue), in: buffer)
+        nlh.pointee.nlmsg_flags |= UInt16(NLM_F_ACK)
+        fill(nlh)
+        guard mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) >= 0 else { throw SystemError("sendto(NFQUEUE config)") }
+        let received = mnl_socket_recvfrom(socket, buffer, netlinkBufferSize)
+        guard received >= 0 else { throw SystemError("recv(NFQUEUE config)") }
+        if mnl_cb_run(buffer, received, sequence, portID, nil, nil) < 0 {
+            let code = errno
+            switch code {
+            // The kernel answers EPERM both without CAP_NET_ADMIN and when another socket owns the queue.
+            case EPERM where geteuid() != 0:
+                throw SystemError("bind NFQUEUE \(number)", errno: code, hint: "needs CAP_NET_ADMIN: run as root")
+            case EPERM, EBUSY:
+                throw SystemError("bind NFQUEUE \(number)", errno: code, hint: "queue \(number) is already bound by another process")
+            default: throw SystemError("configure NFQUEUE \(number)", errno: code)
+            }
+        }
+    }
+
+    /// A packet read from the queue; its payload may be edited in place until its verdict is sent.
+    public struct QueuedPacket {
+        public var id: UInt32
+        public var payload: UnsafeMutableRawBufferPointer
+    }
+
+    /// How long a stop may go on answering what is queued: under a sustained flood the queue never
+    /// empties, and a stop must still end.
+    public static let drainAfterStopNanoseconds: UInt64 = 250_000_000
+
+    /// Reads and answers packets until `stop` is signalled, then answers what is still queued for
+    /// at most `drainAfterStopNanoseconds` and returns: no packet read is left without a verdict.
+    /// What the kernel still holds then is dropped as the queue goes away; later packets take the
+    /// rule's --queue-bypass.
+    ///
+    /// Packets are read without blocking until the socket is empty or `batchSize` is reached; the
+    /// whole batch goes to `handleBatch`, which appends one action per packet, and the verdicts go
+    /// back as one netlink datagram.
+    /// `afterVerdicts` runs once a batch's verdicts have been sent (the kernel has acted on them).
+    ///
+    /// When `drainOnStop` answers false (a re-exec: the socket, and what the kernel holds, go to
+    /// the next image), the loop returns as soon as the batch in hand is answered.
+    public func run(stop: EventFD, batchSize: Int = 64, drainOnStop: () -> Bool = { true }, idle: () -> Void = {},
+                    afterVerdicts: () -> Void = {},
+                    handleBatch: (UnsafeBufferPointer<QueuedPacket>, inout [Action]) -> Void) throws {
+        let fd = fileDescriptor
+        let batchSize = max(1, min(batchSize, Self.maximumBatch))
+        var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0)]
+        var stopping = false
+        var stopDeadline: UInt64 = 0
+        while true {
+            let ready = poll(&fds, 2, stopping ? 0 : 1000)
+            if ready < 0 && errno != EINTR { throw SystemError("poll") }
+            if fds[1].revents != 0 && !stopping {
+                stopping = true
+                stopDeadline = MonotonicClock.nanoseconds() + (drainOnStop() ? Self.drainAfterStopNanoseconds : 0)
+            }
+            batch.removeAll(keepingCapacity: true)
+            // One recvmmsg for the whole batch: a datagram per slot, read without waiting.
+            while true {
+                let received = proxyside_receive_batch(fd, slotPointers, receiveBufferSize, &slotLengths, UInt32(batchSize))
+                if received >= 0 {
+                    for slot in 0..<Int(received) { collectPackets(slotPointers[slot]!, slotLengths[slot]) }
+                    break
+                }
+                if -received == EINTR { continue }
+                // The socket's buffer overflowed: the kernel dropped packets (counted), reading goes on.
+                if -received == ENOBUFS { receiveErrors.add(1, ordering: .relaxed); continue }
+                throw SystemError("recvmmsg(NFQUEUE \(number))", errno: -received)
+            }
+            if requeueUnanswered, let first = batch.first {
+                requeueUnanswered = false
+                try requeue(through: first.id &- 1)
+            }
+            if !batch.isEmpty {
+                actions.removeAll(keepingCapacity: true)
+                batch.withUnsafeBufferPointer { handleBatch($0, &actions) }
+                precondition(actions.count == batch.count, "one action per packet")
+                for (packet, action) in zip(batch, actions) { appendVerdict(id: packet.id, action, packet.payload) }
+            }
+            try flushVerdicts()
+            if !batch.isEmpty { afterVerdicts() }
+            if stopping && (batch.isEmpty || MonotonicClock.nanoseconds() >= stopDeadline) { return }
+            if batch.isEmpty { idle() }
+        }
+    }
+
+    /// The same, one packet at a time.
+    public func run(stop: EventFD, batchSize: Int = 64, idle: () -> Void = {},
+                    handler: (UnsafeMutableRawBufferPointer) -> Action) throws {
+        try run(stop: stop, batchSize: batchSize, idle: idle) { packets, actions in
+            for packet in packets { actions.append(handler(packet.payload)) }
+        }
+    }
+
+    /// Appends the packets of one datagram (normally exactly one) to the batch.
+    private func collectPackets(_ datagram: UnsafeMutableRawPointer, _ length: Int) {
+        var remaining = Int32(length)
+        var message: UnsafePointer<nlmsghdr>? = UnsafePointer(datagram.assumingMemoryBound(to: nlmsghdr.self))
+        let packetType = UInt16(NFNL_SUBSYS_QUEUE << 8) | UInt16(NFQNL_MSG_PACKET.rawValue)
+        var attributes = [UnsafeMutablePointer<nlattr>?](repeating: nil, count: Int(__NFQA_MAX.rawValue))
+        while let nlh = message, mnl_nlmsg_ok(nlh, remaining) {
+            defer { message = UnsafePointer(mnl_nlmsg_next(nlh, &remaining)) }
+            guard nlh.pointee.nlmsg_type == packetType else {
+                if nlh.pointee.nlmsg_type == UInt16(NLMSG_ERROR) { noteError(nlh) }
+                continue
+            }
+            for index in attributes.indices { attributes[index] = nil }
+            guard nfq_nlmsg_parse(nlh, &attributes) >= 0,
+                let headerAttribute = attributes[Int(NFQA_PACKET_HDR.rawValue)],
+                let payloadAttribute = attributes[Int(NFQA_PAYLOAD.rawValue)]
+            else { receiveErrors.add(1, ordering: .relaxed); continue }
+            let header = mnl_attr_get_payload(headerAttribute).assumingMemoryBound(to: nfqnl_msg_packet_hdr.self)
+            batch.append(QueuedPacket(
+                id: UInt32(bigEndian: header.pointee.packet_id),
+                payload: UnsafeMutableRawBufferPointer(start: mnl_attr_get_payload(payloadAttribute), count: Int(mnl_attr_get_payload_len(payloadAttribute)))))
+        }
+    }
+
+    /// An answer to a message of ours. The requeue request's ENOENT only says nothing was left
+    /// unanswered; any other error is a receive error.
+    private func noteError(_ nlh: UnsafePointer<nlmsghdr>) {
+        let error = mnl_nlmsg_get_payload(nlh).assumingMemoryBound(to: nlmsgerr.self).pointee.error
+        if requeueSequence != 0 && nlh.pointee.nlmsg_seq == requeueSequence {
+            requeueSequence = 0
+            if error == -ENOENT { return }
+        }
+        if error != 0 { receiveErrors.add(1, ordering: .relaxed) }
+    }
+
+    /// Verdict NF_REPEAT for every queued packet up to `lastID` (one NFQNL_MSG_VERDICT_BATCH): the
+    /// packets go through the hook again and are queued anew, to be read and decided here.
+    private func requeue(through lastID: UInt32) throws {
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: netlinkBufferSize, alignment: 16)
+        defer { buffer.deallocate() }
+        let nlh = startMessage(Int32(NFQNL_MSG_VERDICT_BATCH.rawValue), in: buffer)
+        nlh.pointee.nlmsg_flags |= UInt16(NLM_F_ACK)
+        requeueSequence = nlh.pointee.nlmsg_seq
+        nfq_nlmsg_verdict_put(nlh, Int32(bitPattern: lastID), NF_REPEAT)
+        let sent = retryingOnInterrupt { mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) }
+        guard sent >= 0 else { throw SystemError("sendto(NFQUEUE \(number) requeue)") }
+    }
+
+    private func appendVerdict(id: UInt32, _ action: Action, _ payload: UnsafeMutableRawBufferPointer) {
+        let replacement: UnsafeMutableRawBufferPointer?
+        if case .acceptReplacing(let range) = action { replacement = UnsafeMutableRawBufferPointer(rebasing: payload[range]) } else { replacement = nil }
+        let needed = 64 + (replacement?.count ?? 0)
+        if verdictLength + needed > verdictBufferSize { try? flushVerdicts() }
+        let nlh = nfq_nlmsg_put((verdictBuffer + verdictLength).assumingMemoryBound(to: CChar.self), Int32(NFQNL_MSG_VERDICT.rawValue), UInt32(number))!
+        switch action {
+        case .accept: nfq_nlmsg_verdict_put(nlh, Int32(bitPattern: id), NF_ACCEPT)
+        case .drop: nfq_nlmsg_verdict_put(nlh, Int32(bitPattern: id), NF_DROP)
+        case .acceptReplacing:
+            nfq_nlmsg_verdict_put(nlh, Int32(bitPattern: id), NF_ACCEPT)
+            nfq_nlmsg_verdict_put_pkt(nlh, replacement!.baseAddress, UInt32(replacement!.count))
+        }
+        verdictLength += Int((nlh.pointee.nlmsg_len + 3) & ~3)
+    }
+
+    /// Sends every pending verdict in one datagram.
+    public func flushVerdicts() throws {
+        guard verdictLength > 0 else { return }
+        defer { verdictLength = 0 }
+        let sent = retryingOnInterrupt { mnl_socket_sendto(socket, verdictBuffer, verdictLength) }
+        guard sent >= 0 else { throw SystemError("sendto(NFQUEUE \(number) verdicts)") }
+    }
+}

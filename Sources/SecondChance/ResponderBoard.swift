@@ -1,0 +1,69 @@
+import LinuxSys
+import NetTypes
+import SecondChanceCore
+import Synchronization
+
+/// What the queue threads need to answer a SYN for one listener.
+public struct ResponderListener: Sendable {
+    public var record: ListenerRecord
+    public var windowScale: UInt8
+    public var receiveBuffer: UInt32
+    /// The accept queue is full: the kernel would drop the handshake's ACK, so SYNs go to the kernel.
+    public var acceptQueueFull: Bool
+}
+
+/// The monitor's latest view, shared with the queue threads: they copy it when the generation changes.
+public final class ResponderBoard: Sendable {
+    public struct Snapshot: Sendable {
+        public var generation: UInt64 = 0
+        public var listeners: [ListenerKey: ResponderListener] = [:]
+        public var settings = TCPHostSettings()
+
+        public func listener(for flow: FlowKey) -> ResponderListener? {
+            for key in ListenerKey.candidates(for: flow) {
+                if let listener = listeners[key] { return listener }
+            }
+            return nil
+        }
+    }
+
+    public static let maximumRecords = 4096
+    private struct State {
+        var current = Snapshot()
+        var records: [ListenerKey: ListenerRecord] = [:]
+    }
+    private let state = Mutex(State())
+    /// The snapshot's generation, read per batch by every queue thread without taking the lock.
+    private let generationWord = AtomicWords(count: 1)
+
+    public init() {}
+
+    public var generation: UInt64 { generationWord.load(0) }
+
+    public func snapshot() -> Snapshot { state.withLock { $0.current } }
+
+    /// The record for `key`; made when `create` (at most `maximumRecords`, then nil).
+    func record(for key: ListenerKey, create: Bool = true) -> ListenerRecord? {
+        state.withLock { state in
+            if let record = state.records[key] { return record }
+            guard create, state.records.count < Self.maximumRecords else { return nil }
+            let record = ListenerRecord(key: key)
+            state.records[key] = record
+            return record
+        }
+    }
+
+    public var allRecords: [ListenerRecord] {
+        state.withLock { $0.records.values.sorted { $0.key.description < $1.key.description } }
+    }
+
+    func publish(_ listeners: [ListenerKey: ResponderListener], settings: TCPHostSettings) {
+        let generation = state.withLock { state in
+            state.current.generation &+= 1
+            state.current.listeners = listeners
+            state.current.settings = settings
+            return state.current.generation
+        }
+        generationWord.store(0, generation)
+    }
+}

@@ -1,0 +1,296 @@
+import LinuxSys
+import NetTypes
+import SecondChanceCore
+
+/// How a packet this host owns reaches the local stack.
+public enum DecapsulationMode: String, Sendable, CaseIterable {
+    /// fou (ip fou add port 19523 gue) decapsulates: accept the GUE packet unchanged.
+    case kernel
+    /// No fou: accept with the inner IPv4 packet as the new payload; inner IPv6 is sent to the
+    /// local stack through a raw IPv6 socket (an IPv4 hook cannot carry it) and the original dropped.
+    case userspace
+}
+
+/// How a packet for the next hop leaves.
+public enum ForwardingMode: String, Sendable, CaseIterable {
+    /// Sent from a raw socket; the queued original is dropped. Needs nothing of the host.
+    case raw
+    /// The rewritten packet is the verdict's payload and the kernel forwards it (no extra syscall or
+    /// copy per packet). Needs net.ipv4.ip_forward=1 and accept_local=1 on the interface GUE
+    /// arrives on (its source is now this host), and a FORWARD chain that lets it pass.
+    case kernel
+}
+
+public struct SecondChanceConfiguration: Sendable {
+    public var selfAddress: IPv4Address
+    /// The GLB peers: who is heard, who may be a hop.
+    public var peers: PeerPolicy
+    public var decapsulation: DecapsulationMode
+    public var namespace: String?
+    public var cacheLifetimeNanoseconds: UInt64
+    public var negativeCacheLifetimeNanoseconds: UInt64
+    public var batchSize: Int
+    public var checkCookies: Bool
+    public var forwarding: ForwardingMode
+    /// NFQUEUE's queue length and what the kernel does when it is reached.
+    public var queueMaximumLength: UInt32
+    public var failOpen: Bool
+
+    public init(selfAddress: IPv4Address, peers: PeerPolicy, decapsulation: DecapsulationMode, namespace: String? = nil,
+                cacheLifetimeNanoseconds: UInt64 = 1_000_000_000, negativeCacheLifetimeNanoseconds: UInt64 = 1_000_000_000,
+                batchSize: Int = 64, checkCookies: Bool = true, forwarding: ForwardingMode = .raw,
+                queueMaximumLength: UInt32 = NetfilterQueue.defaultMaximumLength, failOpen: Bool = false) {
+        self.selfAddress = selfAddress
+        self.peers = peers
+        self.decapsulation = decapsulation
+        self.namespace = namespace
+        self.cacheLifetimeNanoseconds = cacheLifetimeNanoseconds
+        self.negativeCacheLifetimeNanoseconds = negativeCacheLifetimeNanoseconds
+        self.batchSize = batchSize
+        self.checkCookies = checkCookies
+        self.forwarding = forwarding
+        self.queueMaximumLength = queueMaximumLength
+        self.failOpen = failOpen
+    }
+}
+
+/// The host's answers to the decider: sock_diag with a per-thread cache, and the kernel's cookie check.
+struct KernelFlowOwnership: FlowOwnership {
+    let sockDiag: SockDiag
+    let cookieState: KernelCookieState
+    let oracle: SynCookieOracle?
+    let counters: CounterBlock
+    /// Present while the responder runs: listeners it serves accept cookies whatever the netns counters say.
+    let responder: SynCookieResponder?
+    var cache: FlowCache
+    /// Shared with every queue thread: what keeps cached "not here" answers honest.
+    let epochs: FlowEpochs
+    var now: UInt64 = 0
+    /// The current batch's answers, from the cache or from one sock_diag round trip
+    /// (see `SecondChanceWorker.decideBatch`).
+    var prefetched: [FlowKey: SocketLookup] = [:]
+
+    mutating func lookup(_ flow: FlowKey) -> SocketLookup {
+        if let answer = prefetched[flow] { return answer }
+        // decideBatch prefetches every flow Decider.firstStep names, so this is not reached from
+        // there; it keeps the ownership correct on its own.
+        counters.add(.lookups)
+        let epoch = epochs.current(flow)
+        let answer = sockDiag.lookup(flow)
+        cache.remember(answer, for: flow, now: now, epoch: epoch)
+        return answer
+    }
+
+    mutating func listenerAcceptsCookies(_ flow: FlowKey) -> Bool {
+        oracle != nil && (responder?.listener(for: flow) != nil || cookieState.acceptsCookies(now: now))
+    }
+
+    mutating func isValidCookie(_ packet: UnsafeRawBufferPointer, _ segment: TCPSegment) -> Bool {
+        guard let oracle else { return false }
+        counters.add(.cookieChecks)
+        let valid = oracle.isValidCookie(packet, segment)
+        if !valid { counters.add(.cookieAcksInvalid) }
+        responder?.listener(for: segment.flow)?.record.add(valid ? .cookieAcksValid : .cookieAcksInvalid)
+        return valid
+    }
+}
+
+/// One NFQUEUE queue and everything its thread needs; nothing here is shared between threads
+/// except the counter block, which the stats server only reads, and the flow epochs.
+public final class SecondChanceWorker: @unchecked Sendable {
+    public let queue: NetfilterQueue
+    public let counters = CounterBlock()
+    let configuration: SecondChanceConfiguration
+    var decider: Decider
+    /// Where this host's current addresses come from, and the generation `decider.local` holds.
+    let addresses: LocalAddressBoard
+    var addressGeneration: UInt64
+    let sender: RawIPSender
+    let forwards = ForwardBatch()
+    var ownership: KernelFlowOwnership
+
+    /// `monitor`, when given, runs the SYN-cookie responder for the listeners it publishes.
+    /// `adopting`: the queue's netlink socket, already bound by an earlier process.
+    public init(queueNumber: UInt16, adopting adopted: Int32? = nil, configuration: SecondChanceConfiguration, addresses: LocalAddressBoard,
+                oracle: SynCookieOracle?, monitor: ListenerMonitor? = nil, epochs: FlowEpochs = FlowEpochs()) throws {
+        self.configuration = configuration
+        let namespace = try configuration.namespace.map { try NetworkNamespace(nameOrPath: $0) }
+        if let adopted {
+            queue = try NetfilterQueue(adopting: adopted, number: queueNumber, maximumQueueLength: configuration.queueMaximumLength,
+                                       failOpen: configuration.failOpen)
+        } else {
+            queue = try NetfilterQueue(number: queueNumber, maximumQueueLength: configuration.queueMaximumLength, failOpen: configuration.failOpen)
+        }
+        let responder = monitor.flatMap { monitor in
+            oracle.map { SynCookieResponder(board: monitor.board, oracle: $0, passInterval: monitor.configuration.passIntervalNanoseconds) }
+        }
+        sender = try RawIPSender(ipv6: configuration.decapsulation == .userspace || responder != nil)
+        self.addresses = addresses
+        let (generation, local) = addresses.snapshot()
+        addressGeneration = generation
+        decider = Decider(selfAddress: configuration.selfAddress, peers: configuration.peers, local: local)
+        ownership = KernelFlowOwnership(
+            sockDiag: try SockDiag(namespace: namespace), cookieState: try KernelCookieState(namespace: namespace),
+            oracle: configuration.checkCookies ? oracle : nil, counters: counters, responder: responder,
+            cache: FlowCache(positiveLifetime: configuration.cacheLifetimeNanoseconds,
+                             negativeLifetime: configuration.negativeCacheLifetimeNanoseconds),
+            epochs: epochs)
+    }
+
+    /// Decides packets until `stop`; then drains the queue for a moment unless `drainOnStop` says
+    /// the queue is being handed to a new image.
+    public func run(stop: EventFD, drainOnStop: () -> Bool = { true }) throws {
+        try queue.run(stop: stop, batchSize: configuration.batchSize, drainOnStop: drainOnStop,
+                      idle: { [self] in ownership.cache.evictExpired(now: MonotonicClock.nanoseconds()) },
+                      afterVerdicts: { [self] in
+                          for flow in socketsMade { ownership.epochs.bump(flow) }
+                          socketsMade.removeAll(keepingCapacity: true)
+                      },
+                      handleBatch: { [self] packets, actions in decideBatch(packets, &actions) })
+    }
+
+    private var parsed: [Decider.Parsed] = []
+    private var pending: [FlowKey] = []
+    private var pendingEpochs: [UInt64] = []
+    /// Flows of packets this batch lets make a local socket: their epochs go up again after the verdicts.
+    private var socketsMade: [FlowKey] = []
+    private var cachedFlows: Set<FlowKey> = []
+
+    /// Decides a batch: parses every packet, answers the batch's flows from the cache or with one
+    /// sock_diag round trip, decides each packet with those answers, and sends the forwarded ones
+    /// together.
+    ///
+    /// Answers taken before the batch's verdicts are sent cannot miss a socket that a packet of the
+    /// same batch creates: a client sends a flow's next packet only after our stack answered one
+    /// whose verdict went out in an earlier batch. The exception is a cookie ACK, which makes the
+    /// connection without any earlier answer: `carryOut` marks its flow connected for the rest of
+    /// the batch.
+    public func decideBatch(_ packets: UnsafeBufferPointer<NetfilterQueue.QueuedPacket>, _ actions: inout [NetfilterQueue.Action]) {
+        let now = MonotonicClock.nanoseconds()
+        ownership.now = now
+        if addresses.generation != addressGeneration { (addressGeneration, self.decider.local) = addresses.snapshot() }
+        // One copy of the decider per batch: the loops below read it without an access check per packet.
+        let decider = self.decider
+        parsed.removeAll(keepingCapacity: true)
+        pending.removeAll(keepingCapacity: true)
+        pendingEpochs.removeAll(keepingCapacity: true)
+        cachedFlows.removeAll(keepingCapacity: true)
+        for packet in packets {
+            let result = decider.parse(UnsafeRawBufferPointer(packet.payload))
+            parsed.append(result)
+            guard case .parsed(let parsedPacket) = result, case .lookUp(let flow, _) = Decider.firstStep(parsedPacket.inner)
+            else { continue }
+            // Cache hits count per packet, as without batching; each flow is looked up once.
+            if ownership.prefetched[flow] != nil {
+                if cachedFlows.contains(flow) { counters.add(.lookupCacheHits) }
+                continue
+            }
+            let epoch = ownership.epochs.current(flow)
+            if let cached = ownership.cache.answer(for: flow, now: now, epoch: epoch) {
+                counters.add(.lookupCacheHits)
+                ownership.prefetched[flow] = cached
+                cachedFlows.insert(flow)
+            } else {
+                ownership.prefetched[flow] = .failed  // a placeholder, replaced below
+                pending.append(flow)
+                pendingEpochs.append(epoch)
+            }
+        }
+        if !pending.isEmpty {
+            counters.add(.lookups, UInt64(pending.count))
+            for ((flow, epoch), answer) in zip(zip(pending, pendingEpochs), ownership.sockDiag.lookup(batch: pending)) {
+                ownership.prefetched[flow] = answer
+                ownership.cache.remember(answer, for: flow, now: now, epoch: epoch)
+            }
+        }
+        ownership.responder?.prepare(packets, parsed, now: now, sender: sender, decider: decider)
+        for (index, (packet, result)) in zip(packets, parsed).enumerated() {
+            actions.append(carryOut(packet.payload, result, index: index, decider: decider))
+        }
+        ownership.prefetched.removeAll(keepingCapacity: true)
+        flushForwards()
+    }
+
+    /// Sends the batch's forwarded packets (one sendmmsg) and counts them.
+    public func flushForwards() {
+        let queued = forwards.count
+        guard queued > 0 else { return }
+        let failed = forwards.flush(sender).count
+        counters.add(.forwarded, UInt64(queued - failed))
+        if failed > 0 { counters.add(.forwardFailed, UInt64(failed)) }
+    }
+
+    /// Decides one parsed packet and carries the decision out.
+    @inline(__always)
+    func carryOut(_ packet: UnsafeMutableRawBufferPointer, _ parsed: Decider.Parsed, index: Int, decider: Decider) -> NetfilterQueue.Action {
+        counters.add(.total)
+        let decision: Decision
+        switch parsed {
+        case .rejected(let rejected): decision = rejected
+        case .parsed(let parsedPacket): decision = decider.decide(UnsafeRawBufferPointer(packet), parsedPacket, ownership: &ownership)
+        }
+        if case .tcp(let segment) = decision.inner {
+            if decision.verdict == .local(.syn) || decision.verdict == .local(.synCookie) {
+                // This packet may make a socket: no thread may trust a "not here" from before it.
+                ownership.epochs.bump(segment.flow)
+                socketsMade.append(segment.flow)
+            }
+            if !segment.flags.isDisjoint(with: [.syn, .fin, .rst]) {
+                ownership.cache.forget(segment.flow)
+            } else if decision.verdict == .local(.synCookie) {
+                // The kernel makes the connection when this verdict goes out; the client's data
+                // often follows its ACK in the same batch, looked up before that happened.
+                ownership.prefetched[segment.flow] = .connected
+                ownership.cache.remember(.connected, for: segment.flow, now: ownership.now)
+            }
+        }
+        switch decision.verdict {
+        case .drop(let reason):
+            counters.add(.dropped(reason))
+            return .drop
+        case .refuse(let refusal):
+            counters.add(.refused(refusal))
+            return .drop
+        case .local(.syn):
+            switch ownership.responder?.outcome(at: index) {
+            case .answered:
+                counters.add(.cookiesSent)
+                return .drop
+            case .failed: counters.add(.cookieReplyFailed)
+            case .toKernel, nil: break
+            }
+            counters.add(.local(.syn))
+            return deliverLocally(packet, decision.gue!)
+        case .local(let reason):
+            counters.add(.local(reason))
+            return deliverLocally(packet, decision.gue!)
+        case .forward(let hop):
+            let gue = decision.gue!
+            if configuration.forwarding == .kernel && packet[8] < 255 {
+                GUEForwarding.rewrite(packet, gue, source: configuration.selfAddress, destination: hop, forKernelForwarding: true)
+                counters.add(.forwarded)
+                return .acceptReplacing(0..<gue.innerEnd)
+            }
+            GUEForwarding.rewrite(packet, gue, source: configuration.selfAddress, destination: hop)
+            let outgoing = UnsafeRawBufferPointer(rebasing: packet[0..<gue.innerEnd])
+            if !forwards.append(outgoing) {
+                let error = sender.sendIPv4(outgoing)
+                counters.add(error == 0 ? .forwarded : .forwardFailed)
+            }
+            return .drop
+        }
+    }
+
+    private func deliverLocally(_ packet: UnsafeMutableRawBufferPointer, _ gue: GUEPacket) -> NetfilterQueue.Action {
+        switch (configuration.decapsulation, gue.innerFamily) {
+        case (.kernel, _):
+            return .accept
+        case (.userspace, .ipv4):
+            return .acceptReplacing(gue.innerOffset..<gue.innerEnd)
+        case (.userspace, .ipv6):
+            let error = sender.sendIPv6(UnsafeRawBufferPointer(rebasing: packet[gue.innerOffset..<gue.innerEnd]))
+            if error != 0 { counters.add(.injectFailed) }
+            return .drop
+        }
+    }
+}

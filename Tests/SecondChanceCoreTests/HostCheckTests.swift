@@ -1,0 +1,95 @@
+import Glibc
+import LabKit
+import LinuxSys
+import NetTypes
+import SecondChance
+import XCTest
+
+/// doctor's reading of the firewall rules that feed second-chance.
+final class HostCheckTests: XCTestCase {
+    func testIPTablesRulesAreReadWithTheirSourceRestriction() {
+        let shipped = """
+            *raw
+            :PREROUTING ACCEPT [0:0]
+            -A PREROUTING -s 198.18.0.2/32 -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass
+            -A PREROUTING -m set --match-set glb-peers src -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass
+            -A PREROUTING -p udp -m udp --dport 19523 -j DROP
+            COMMIT
+            """
+        let rules = HostChecks.gueRules(iptablesSave: shipped, port: 19523)
+        XCTAssertEqual(rules.queueRules.map(\.restricted), [true, true])
+        XCTAssertEqual(rules.queueRules.map(\.bypass), [true, true])
+        XCTAssertTrue(rules.dropsTheRest)
+
+        let open = HostChecks.gueRules(iptablesSave: "-A PREROUTING -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0\n", port: 19523)
+        XCTAssertEqual(open.queueRules, [.init(rule: "-A PREROUTING -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0", bypass: false, restricted: false)])
+        XCTAssertFalse(open.dropsTheRest)
+        // A DROP before any queue rule drops GUE from the peers too: it is not "the rest".
+        let dropFirst = HostChecks.gueRules(iptablesSave: "-A PREROUTING -p udp -m udp --dport 19523 -j DROP\n", port: 19523)
+        XCTAssertFalse(dropFirst.dropsTheRest)
+        XCTAssertTrue(HostChecks.gueRules(iptablesSave: shipped, port: 6081).queueRules.isEmpty)
+    }
+
+    func testNftRulesAreReadInBothPrintedForms() {
+        let ruleset = """
+            table ip proxyside {
+            \tset glb_peers {
+            \t\ttype ipv4_addr
+            \t\tflags interval
+            \t\telements = { 198.18.0.2, 198.18.0.11-198.18.0.12 }
+            \t}
+            \tchain prerouting {
+            \t\ttype filter hook prerouting priority raw; policy accept;
+            \t\tip saddr @glb_peers udp dport 19523 queue flags bypass to 0
+            \t\tip saddr 198.18.0.12 udp dport 19523 queue num 1 bypass
+            \t\tudp dport 19523 drop
+            \t}
+            }
+            """
+        let rules = HostChecks.gueRules(nftRuleset: ruleset, port: 19523)
+        XCTAssertEqual(rules.queueRules.count, 2)
+        XCTAssertTrue(rules.queueRules.allSatisfy { $0.restricted && $0.bypass })
+        XCTAssertTrue(rules.dropsTheRest)
+        let open = HostChecks.gueRules(nftRuleset: "udp dport 19523 queue num 0\n", port: 19523)
+        XCTAssertEqual(open.queueRules.map(\.restricted), [false])
+        XCTAssertEqual(open.queueRules.map(\.bypass), [false])
+    }
+
+    func testDoctorWarnsAboutRulesThatHearEveryone() {
+        func lines(_ rules: HostChecks.GUERules) -> [String] {
+            HostChecks.ruleChecks(rules, tool: "iptables", port: 19523, queues: [0]).map(\.line)
+        }
+        let open = HostChecks.gueRules(iptablesSave: "-A PREROUTING -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass\n", port: 19523)
+        XCTAssertTrue(lines(open).contains { $0.hasPrefix("[warn] iptables: the NFQUEUE rule takes GUE from every host") }, "\(lines(open))")
+        let noDrop = HostChecks.gueRules(iptablesSave: "-A PREROUTING -s 198.18.0.2/32 -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass\n",
+                                         port: 19523)
+        XCTAssertTrue(lines(noDrop).contains { $0.hasPrefix("[warn] iptables: GUE from hosts that are not peers is not dropped") }, "\(lines(noDrop))")
+        let good = HostChecks.gueRules(iptablesSave: """
+            -A PREROUTING -s 198.18.0.2/32 -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass
+            -A PREROUTING -p udp -m udp --dport 19523 -j DROP
+            """, port: 19523)
+        XCTAssertEqual(lines(good), ["[ ok ] iptables: -A PREROUTING -s 198.18.0.2/32 -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass"])
+        let otherQueue = HostChecks.ruleChecks(good, tool: "iptables", port: 19523, queues: [3]).map(\.line)
+        XCTAssertTrue(otherQueue.first?.contains("does not feed queue(s) [3]") == true, "\(otherQueue)")
+    }
+}
+
+/// The netlink dumps the daemon relies on, in the test's own namespace (no root needed).
+final class NetlinkDumpTests: XCTestCase {
+    func testThisHostsAddressesComeFromRtnetlink() throws {
+        let addresses = try LocalAddressWatcher.dump()
+        XCTAssertTrue(addresses.owns(IPv4Address("127.0.0.1")!), "\(addresses.ipv4)")
+        XCTAssertFalse(addresses.accepts(destination: IPv4Address("127.0.0.1")!), "loopback is never a destination from outside")
+    }
+
+    func testListenersComeFromSockDiag() throws {
+        let fd = try LabSockets.listenTCP(on: .v4(IPv4Address("127.0.0.1")!), port: 0, backlog: 7)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        let key = ListenerKey(address: .v4(IPv4Address("127.0.0.1")!), port: UInt16(bigEndian: address.sin_port))
+        let listener = try XCTUnwrap(try SockDiag().dumpListeners().first { $0.key == key })
+        XCTAssertEqual(listener.backlog, 7)
+    }
+}
