@@ -2,6 +2,7 @@
 import PackageDescription
 
 let argumentParser = Target.Dependency.product(name: "ArgumentParser", package: "swift-argument-parser")
+let logging = Target.Dependency.product(name: "Logging", package: "swift-log")
 
 let package = Package(
     name: "proxyside",
@@ -13,6 +14,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
     ],
     targets: [
         // C libraries, found through pkg-config, and the calls Swift cannot make directly
@@ -28,8 +30,8 @@ let package = Package(
         // The thin system layer both daemons stand on: errors, descriptors, sockets, signals,
         // threads, namespaces, /proc, netlink and sock_diag.
         .target(name: "LinuxSys", dependencies: ["NetTypes", "CLinuxShims", "CMnl"]),
-        // Metrics text, the stats and control server, the release.
-        .target(name: "Telemetry", dependencies: ["NetTypes", "LinuxSys", "CLinuxShims"]),
+        // Logging (swift-log, one line per event on stderr), metrics text, the stats and control server.
+        .target(name: "Telemetry", dependencies: ["NetTypes", "LinuxSys", "CLinuxShims", logging]),
 
         // second-chance's pure packet and decision code: GUE, inner packets, the decision, the flow
         // cache, the forwarding rewrite, the overflow tracker, the SYN-ACK writer, BPF programs.
@@ -37,14 +39,14 @@ let package = Package(
         // second-chance on Linux: NFQUEUE, the raw sender, the cookie oracle, the worker, the responder.
         .target(
             name: "SecondChance",
-            dependencies: ["SecondChanceCore", "NetTypes", "LinuxSys", "Telemetry", "CNetfilterQueue", "CMnl", "CLinuxShims"]),
+            dependencies: ["SecondChanceCore", "NetTypes", "LinuxSys", "Telemetry", "CNetfilterQueue", "CMnl", "CLinuxShims", logging]),
 
         // bindkeeper's pure parts: requests, policy, templates, wire forms, hand-over state.
         .target(name: "BindkeeperCore"),
         // bindkeeper on Linux: the broker, owned sockets, the client, the HAProxy supervisor.
         .target(
             name: "Bindkeeper",
-            dependencies: ["BindkeeperCore", "NetTypes", "LinuxSys", "Telemetry", "CLinuxShims"]),
+            dependencies: ["BindkeeperCore", "NetTypes", "LinuxSys", "Telemetry", "CLinuxShims", logging]),
 
         // Packet builders, the rendezvous table and sockets for the lab, the tests and the
         // benchmarks only: no production target depends on it.
@@ -52,15 +54,16 @@ let package = Package(
 
         .executableTarget(
             name: "second-chance",
-            dependencies: ["SecondChance", "SecondChanceCore", "NetTypes", "LinuxSys", "Telemetry", argumentParser]),
+            dependencies: ["SecondChance", "SecondChanceCore", "NetTypes", "LinuxSys", "Telemetry", argumentParser, logging]),
         .executableTarget(
             name: "bindkeeper",
-            dependencies: ["Bindkeeper", "BindkeeperCore", "NetTypes", "LinuxSys", "Telemetry", argumentParser]),
+            dependencies: ["Bindkeeper", "BindkeeperCore", "NetTypes", "LinuxSys", "Telemetry", argumentParser, logging]),
         // Director simulator, packet sender and receiver, load generator and fd-store player.
         .executableTarget(
             name: "glb-lab",
             dependencies: [
                 "LabKit", "SecondChance", "SecondChanceCore", "NetTypes", "LinuxSys", "Telemetry", "CLinuxShims", argumentParser,
+                logging,
             ]),
         // The yardstick: a bare C libnetfilter_queue loop.
         .executableTarget(name: "nfq-baseline", dependencies: ["CNetfilterQueue", "CMnl"]),

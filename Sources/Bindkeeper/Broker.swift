@@ -2,6 +2,7 @@ import BindkeeperCore
 import CLinuxShims
 import Foundation
 import Glibc
+import Logging
 import LinuxSys
 import NetTypes
 import Telemetry
@@ -98,15 +99,15 @@ public final class Broker: @unchecked Sendable {
     private var published = Statistics()
     private let statisticsLock = NSLock()
     private var metricsServer: StatsServer?
-    private let log: @Sendable (String) -> Void
+    private let logger: Logger
     /// The program's path, resolved at start: a re-exec runs whatever is installed there now (after
     /// an upgrade, the new binary; /proc/self/exe would name the deleted old one).
     private let executable: String
 
     public init(options: BrokerOptions, environment: [String: String] = ProcessInfo.processInfo.environment,
-                log: @escaping @Sendable (String) -> Void) throws {
+                logger: Logger) throws {
         self.options = options
-        self.log = log
+        self.logger = logger
         executable = ProgramImage.startPath()
         shutdown = try EventFD()
         reexecSignal = try EventFD()
@@ -121,7 +122,7 @@ public final class Broker: @unchecked Sendable {
         if control < 0 {
             control = try Self.listenControl(options)
             // In the store, the control socket outlives a crash too: clients queue, not fail, until the restart.
-            do { try notifier?.store(control, name: FDStoreName.control) } catch { log("fd store control socket: \(error)") }
+            do { try notifier?.store(control, name: FDStoreName.control) } catch { logger.info("fd store control socket: \(error)") }
         }
         if let metrics = options.metrics {
             metricsServer = try StatsServer(metrics: metrics, controlPath: nil) { [unowned self] _ in self.prometheus() }
@@ -146,7 +147,7 @@ public final class Broker: @unchecked Sendable {
                 fds.append(pollfd(fd: client.fd, events: Int16(events), revents: 0))
             }
             let ready = poll(&fds, nfds_t(fds.count), 1000)
-            if ready < 0 && errno != EINTR { log("poll: \(String(cString: strerror(errno)))"); break }
+            if ready < 0 && errno != EINTR { logger.info("poll: \(String(cString: strerror(errno)))"); break }
             if fds[0].revents != 0 { break }
             if fds[1].revents != 0 { reexecSignal.consume(); reexecRequested = true }
             if fds[2].revents != 0 { acceptClients() }
@@ -165,7 +166,7 @@ public final class Broker: @unchecked Sendable {
         for client in clients.values { flush(client); close(client.fd) }
         clients.removeAll()
         closeControl()
-        log("stopped")
+        logger.info("stopped")
     }
 
     // MARK: Clients
@@ -197,7 +198,7 @@ public final class Broker: @unchecked Sendable {
         let now = MonotonicClock.nanoseconds()
         guard now &- lastLimitLog >= 1_000_000_000 else { return }
         lastLimitLog = now
-        log(message)
+        logger.info("\(message)")
     }
 
     /// One read buffer for every client: the loop reads one client at a time.
@@ -213,7 +214,7 @@ public final class Broker: @unchecked Sendable {
         if count == 0 {
             if client.reader.bufferedBytes > 0 {
                 statistics.incompleteAtEOF += 1
-                log("client pid \(client.peer.pid) closed in the middle of a message (\(client.reader.bufferedBytes) bytes)")
+                logger.info("client pid \(client.peer.pid) closed in the middle of a message (\(client.reader.bufferedBytes) bytes)")
             }
             flush(client)
             drop(client, nil)
@@ -227,7 +228,7 @@ public final class Broker: @unchecked Sendable {
                 handle(request, from: client)
             case .failure(let failure, let fatal):
                 statistics.badRequests += 1
-                log("client pid \(client.peer.pid): \(failure.error.message)")
+                logger.info("client pid \(client.peer.pid): \(failure.error.message)")
                 enqueue(failure.wire.error(id: failure.id, failure.error), fds: [], to: client)
                 if fatal { client.closing = true }
             }
@@ -257,7 +258,7 @@ public final class Broker: @unchecked Sendable {
             statistics.clientsCutOff += 1
             client.outbox.removeAll()
             client.closing = true
-            log("client pid \(client.peer.pid) does not read its replies; cut off")
+            logger.info("client pid \(client.peer.pid) does not read its replies; cut off")
         }
     }
 
@@ -282,7 +283,7 @@ public final class Broker: @unchecked Sendable {
     }
 
     private func drop(_ client: Client, _ reason: String?) {
-        if let reason { log(reason) }
+        if let reason { logger.info("\(reason)") }
         guard clients.removeValue(forKey: client.fd) != nil else { return }
         if let count = clientsPerUser[client.peer.uid] { clientsPerUser[client.peer.uid] = count > 1 ? count - 1 : nil }
         close(client.fd)
@@ -310,7 +311,7 @@ public final class Broker: @unchecked Sendable {
                 enqueue(wire.result(id: request.id, result), fds: entries.map { sockets[$0]!.fd }, to: client)
             case .failure(let error):
                 statistics.bindErrors += 1
-                log("client pid \(client.peer.pid) uid \(client.peer.uid): \(error.message)")
+                logger.info("client pid \(client.peer.pid) uid \(client.peer.uid): \(error.message)")
                 enqueue(wire.error(id: request.id, error), fds: [], to: client)
             }
         case .list:
@@ -328,7 +329,7 @@ public final class Broker: @unchecked Sendable {
                 enqueue(wire.result(id: request.id, ["pid": Int(getpid()), "image": line]), fds: [], to: client)
                 reexecRequested = true
             case .failure(let error):
-                log("re-exec refused: \(error); still serving")
+                logger.info("re-exec refused: \(error); still serving")
                 enqueue(wire.error(id: request.id, .reexecRefused("\(executable): \(error)")), fds: [], to: client)
             }
         }
@@ -372,8 +373,8 @@ public final class Broker: @unchecked Sendable {
                     let fd = try OwnedSocket.open(request, backlog: report?.requested ?? 0)
                     add(Entry(request: request, fd: fd, handedOut: 0, backlog: report, creator: peer.uid), stored: false)
                     statistics.bindsCreated += 1
-                    if let warning = report?.warning { log("\(request.key): \(warning)") }
-                    log("bound \(request.url)" + (report.map { " (backlog \($0.effective))" } ?? ""))
+                    if let warning = report?.warning { logger.info("\(request.key): \(warning)") }
+                    logger.info("bound \(request.url)\(report.map { " (backlog \($0.effective))" } ?? "")")
                 } catch {
                     return .failure(.bindFailed("\(error)"))
                 }
@@ -393,9 +394,9 @@ public final class Broker: @unchecked Sendable {
         order.append(entry.request.key)
         guard let notifier, !stored else { return }
         if let name = FDStoreName.encode(entry.request) {
-            do { try notifier.store(entry.fd, name: name) } catch { log("fd store \(entry.request.key): \(error)") }
+            do { try notifier.store(entry.fd, name: name) } catch { logger.info("fd store \(entry.request.key): \(error)") }
         } else {
-            log("\(entry.request.key): name too long for the fd store; it will not survive a crash")
+            logger.info("\(entry.request.key): name too long for the fd store; it will not survive a crash")
         }
     }
 
@@ -448,7 +449,7 @@ public final class Broker: @unchecked Sendable {
                 Descriptors.setCloseOnExec(saved.fd, true)
                 register(Client(fd: saved.fd, wire: saved.wire, pending: saved.pending))
             }
-            log("re-executed: kept \(state.sockets.count) sockets, \(state.clients.count) clients and the control socket")
+            logger.info("re-executed: kept \(state.sockets.count) sockets, \(state.clients.count) clients and the control socket")
             return
         }
         let passed = ListenFDs.parse(environment, pid: getpid())
@@ -460,11 +461,11 @@ public final class Broker: @unchecked Sendable {
             } else if let request = FDStoreName.decode(name) {
                 add(Entry(request: request, fd: fd, handedOut: 0, backlog: backlogReport(for: request)), stored: true)
             } else {
-                log("passed fd \(fd) named \(name) is not a bindkeeper socket; closed")
+                logger.info("passed fd \(fd) named \(name) is not a bindkeeper socket; closed")
                 close(fd)
             }
         }
-        log("recovered \(sockets.count) sockets from the service manager" + (control >= 0 ? " and the control socket" : ""))
+        logger.info("recovered \(sockets.count) sockets from the service manager\(control >= 0 ? " and the control socket" : "")")
     }
 
     /// The control socket, placed like every Unix socket the broker makes (no symlink followed,
@@ -504,7 +505,7 @@ public final class Broker: @unchecked Sendable {
         switch checkedImage.map({ .success($0) }) ?? ProgramImage.check(executable) {
         case .success(let line): checked = line
         case .failure(let error):
-            log("re-exec refused: \(error); still serving")
+            logger.info("re-exec refused: \(error); still serving")
             return
         }
         checkedImage = nil
@@ -521,23 +522,23 @@ public final class Broker: @unchecked Sendable {
             sockets: order.compactMap { sockets[$0] }.map { .init(fd: $0.fd, request: $0.request, handedOut: $0.handedOut, creator: $0.creator) },
             clients: clients.values.filter { !$0.closing }.map { .init(fd: $0.fd, wire: $0.reader.wire, pending: $0.reader.pending) })
         let memfd = proxyside_memfd("bindkeeper-state")
-        guard memfd >= 0 else { log("re-exec: memfd: \(String(cString: strerror(-memfd)))"); return }
+        guard memfd >= 0 else { logger.info("re-exec: memfd: \(String(cString: strerror(-memfd)))"); return }
         let bytes = state.encoded()
         guard bytes.withUnsafeBytes({ write(memfd, $0.baseAddress, $0.count) }) == bytes.count else {
-            log("re-exec: writing state failed")
+            logger.info("re-exec: writing state failed")
             close(memfd)
             return
         }
         let kept = [(control, "control")] + state.sockets.map { ($0.fd, "socket") } + state.clients.map { ($0.fd, "client") }
         statistics.reexecs += 1
-        log("re-executing \(executable) (\(checked)) with \(state.sockets.count) sockets and \(state.clients.count) clients")
+        logger.info("re-executing \(executable) (\(checked)) with \(state.sockets.count) sockets and \(state.clients.count) clients")
         try? notifier?.send("RELOADING=1\nMONOTONIC_USEC=\(MonotonicClock.nanoseconds() / 1000)")
         let failure = ProgramImage.execute(executable, arguments: CommandLine.arguments, keeping: kept,
                                            extraEnvironment: [BrokerState.environmentName: String(memfd)])
         statistics.reexecs -= 1
         close(memfd)
         try? notifier?.send("READY=1")
-        log("re-exec of \(executable) failed: \(String(cString: strerror(failure))); still serving")
+        logger.info("re-exec of \(executable) failed: \(String(cString: strerror(failure))); still serving")
     }
 
     // MARK: Metrics

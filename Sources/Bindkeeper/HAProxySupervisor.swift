@@ -2,6 +2,7 @@ import BindkeeperCore
 import CLinuxShims
 import Foundation
 import Glibc
+import Logging
 import LinuxSys
 
 public struct HAProxyOptions: Sendable {
@@ -38,13 +39,13 @@ public struct HAProxyOptions: Sendable {
 /// new HAProxy that dies during start-up leaves the running instance serving.
 public final class HAProxySupervisor {
     private let options: HAProxyOptions
-    private let log: (String) -> Void
+    private let logger: Logger
     /// Running instances, oldest first; the last one is the current one.
     private var instances: [pid_t] = []
 
-    public init(options: HAProxyOptions, log: @escaping (String) -> Void) {
+    public init(options: HAProxyOptions, logger: Logger) {
         self.options = options
-        self.log = log
+        self.logger = logger
     }
 
     /// A rendered configuration and the fds it names (still open, not close-on-exec).
@@ -62,7 +63,7 @@ public final class HAProxySupervisor {
         let bound = template.binds.isEmpty ? [] : try BindkeeperClient(path: options.socketPath).bind(template.binds)
         for socket in bound {
             Descriptors.setCloseOnExec(socket.fd, false)
-            if let warning = socket.warning { log("\(socket.key): \(warning)") }
+            if let warning = socket.warning { logger.info("\(socket.key): \(warning)") }
         }
         let fds = Dictionary(zip(template.binds.map(\.url), bound.map(\.fd)), uniquingKeysWith: { first, _ in first })
         let prepared = Prepared(path: path, fds: bound.map(\.fd))
@@ -88,10 +89,10 @@ public final class HAProxySupervisor {
             let prepared = try prepare(to: path)
             defer { prepared.release() }
             let status = try check(path)
-            log(status == 0 ? "configuration is valid" : "configuration check failed (haproxy exited \(status))")
+            logger.info("\(status == 0 ? "configuration is valid" : "configuration check failed (haproxy exited \(status))")")
             return status
         } catch {
-            log("\(error)")
+            logger.info("\(error)")
             return 1
         }
     }
@@ -107,7 +108,7 @@ public final class HAProxySupervisor {
             try Signals.forward(SIGCHLD, to: child)
             try start(replacing: [])
         } catch {
-            log("start: \(error)")
+            logger.info("start: \(error)")
             return 1
         }
         var fds = [stop.fd, reload.fd, child.fd].map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
@@ -116,12 +117,12 @@ public final class HAProxySupervisor {
             if fds[0].revents != 0 { return shutDown() }
             if fds[1].revents != 0 {
                 reload.consume()
-                do { try start(replacing: instances) } catch { log("reload refused, the running instance keeps serving: \(error)") }
+                do { try start(replacing: instances) } catch { logger.info("reload refused, the running instance keeps serving: \(error)") }
             }
             child.consume()
             reap()
             if instances.isEmpty {
-                log("no HAProxy instance is left; exiting")
+                logger.info("no HAProxy instance is left; exiting")
                 removePidFile()
                 return 1
             }
@@ -142,7 +143,7 @@ public final class HAProxySupervisor {
         if !running.isEmpty { arguments += ["-sf"] + running.map { String($0) } }
         let pid = try Spawn.run(options.haproxy[0], arguments)
         instances.append(pid)
-        log(running.isEmpty ? "started haproxy pid \(pid)" : "reloaded: haproxy pid \(pid) replaces \(running.map(String.init).joined(separator: " "))")
+        logger.info("\(running.isEmpty ? "started haproxy pid \(pid)" : "reloaded: haproxy pid \(pid) replaces \(running.map(String.init).joined(separator: " "))")")
         writePidFile()
     }
 
@@ -156,9 +157,9 @@ public final class HAProxySupervisor {
             instances.remove(at: index)
             let code = Spawn.exitCode(status)
             if wasCurrent && !instances.isEmpty {
-                log("haproxy pid \(pid) exited (\(code)) during start-up; pid \(instances.last!) keeps serving")
+                logger.info("haproxy pid \(pid) exited (\(code)) during start-up; pid \(instances.last!) keeps serving")
             } else if wasCurrent {
-                log("haproxy pid \(pid) exited (\(code))")
+                logger.info("haproxy pid \(pid) exited (\(code))")
             }
             writePidFile()
         }
@@ -174,7 +175,7 @@ public final class HAProxySupervisor {
         for pid in instances { kill(pid, SIGTERM) }
         while !instances.isEmpty { _ = Spawn.wait(instances.removeLast()) }
         removePidFile()
-        log("stopped")
+        logger.info("stopped")
         return 0
     }
 

@@ -1,5 +1,6 @@
 import CLinuxShims
 import Glibc
+import Logging
 import LinuxSys
 import NetTypes
 import SecondChanceCore
@@ -32,15 +33,15 @@ public final class ListenerMonitor: @unchecked Sendable {
     private let netstatFD: Int32
     private var tracker: ListenerOverflowTracker
     private var overflowSignal: UInt64?
-    private let log: @Sendable (String) -> Void
+    private let logger: Logger
     public private(set) var settings: TCPHostSettings
     /// TcpExt counters exported with the metrics (read on every poll).
     public static let kernelCounters = ["TCPReqQFullDoCookies", "TCPReqQFullDrop", "ListenOverflows", "SyncookiesSent", "SyncookiesRecv", "SyncookiesFailed"]
     private let kernelValues = AtomicWords(count: kernelCounters.count)
 
-    public init(configuration: ResponderConfiguration, namespace: String?, log: @escaping @Sendable (String) -> Void) throws {
+    public init(configuration: ResponderConfiguration, namespace: String?, logger: Logger) throws {
         self.configuration = configuration
-        self.log = log
+        self.logger = logger
         let namespace = try namespace.map { try NetworkNamespace(nameOrPath: $0) }
         sockDiag = try SockDiag(namespace: namespace)
         settingsReader = try TCPSettingsReader(namespace: namespace)
@@ -98,16 +99,16 @@ public final class ListenerMonitor: @unchecked Sendable {
         tracker.kernelNeedsOverflowMark = settings.syncookies != 2
         let observations: [ListenerObservation]
         do { observations = try sockDiag.dumpListeners() } catch {
-            log("listener scan failed, keeping the last one: \(error)")
+            logger.info("listener scan failed, keeping the last one: \(error)")
             return
         }
         for event in tracker.update(observations, now: now) {
             switch event {
             case .activated(let observation):
                 board.record(for: observation.key)?.add(.activations)
-                log("SYN cookies on for \(observation.key): SYN queue \(observation.requestSockets)/\(observation.backlog), accept queue \(observation.acceptQueue)")
+                logger.info("SYN cookies on for \(observation.key): SYN queue \(observation.requestSockets)/\(observation.backlog), accept queue \(observation.acceptQueue)")
             case .deactivated(let key, let reason):
-                log("SYN cookies off for \(key): \(reason)")
+                logger.info("SYN cookies off for \(key): \(reason)")
             }
         }
         var published: [ListenerKey: ResponderListener] = [:]

@@ -1,6 +1,7 @@
 import CLinuxShims
 import CMnl
 import Glibc
+import Logging
 import LinuxSys
 import NetTypes
 import SecondChanceCore
@@ -40,13 +41,13 @@ public final class LocalAddressWatcher: @unchecked Sendable {
     public let board: LocalAddressBoard
     private let namespaces: [NetworkNamespace?]
     private let subscriptions: [OpaquePointer]
-    private let log: @Sendable (String) -> Void
+    private let logger: Logger
 
     /// Watches the calling thread's namespace (nil) and any others given; their addresses are
     /// taken together.
-    public init(namespaces: [NetworkNamespace?] = [nil], log: @escaping @Sendable (String) -> Void) throws {
+    public init(namespaces: [NetworkNamespace?] = [nil], logger: Logger) throws {
         self.namespaces = namespaces
-        self.log = log
+        self.logger = logger
         var opened: [OpaquePointer] = []
         do {
             for namespace in namespaces {
@@ -78,7 +79,7 @@ public final class LocalAddressWatcher: @unchecked Sendable {
         defer { buffer.deallocate() }
         while true {
             let ready = poll(&fds, nfds_t(fds.count), stale ? 1000 : -1)
-            if ready < 0 && errno != EINTR { log("local addresses: poll: \(SystemError("poll"))"); return }
+            if ready < 0 && errno != EINTR { logger.info("local addresses: poll: \(SystemError("poll"))"); return }
             if fds.last!.revents != 0 { return }
             for index in subscriptions.indices where fds[index].revents != 0 {
                 // What changed does not matter, only that something did: read the notifications
@@ -91,10 +92,10 @@ public final class LocalAddressWatcher: @unchecked Sendable {
                 let addresses = try Self.current(namespaces)
                 stale = false
                 if board.publish(addresses) {
-                    log("local addresses: \(addresses.ipv4.count) IPv4, \(addresses.ipv6.count) IPv6")
+                    logger.info("local addresses: \(addresses.ipv4.count) IPv4, \(addresses.ipv6.count) IPv6")
                 }
             } catch {
-                log("local addresses: \(error); keeping the previous set, retrying")
+                logger.info("local addresses: \(error); keeping the previous set, retrying")
             }
         }
     }

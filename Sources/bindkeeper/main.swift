@@ -3,6 +3,7 @@ import Bindkeeper
 import BindkeeperCore
 import Foundation
 import Glibc
+import Logging
 import LinuxSys
 import NetTypes
 
@@ -16,10 +17,7 @@ struct BindkeeperCommand: ParsableCommand {
 
 let defaultSocket = ProcessInfo.processInfo.environment["BINDKEEPER_SOCKET"] ?? "/run/bindkeeper.sock"
 
-func log(_ message: String) {
-    let line = Array("bindkeeper[\(getpid())]: \(message)\n".utf8)
-    _ = line.withUnsafeBytes { write(STDERR_FILENO, $0.baseAddress, $0.count) }
-}
+let logger = Logger.process("bindkeeper[\(getpid())]")
 
 struct Version: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Print the release and the build (a hash of this executable).")
@@ -78,8 +76,8 @@ struct Serve: ParsableCommand {
                   let port = UInt16(metrics[metrics.index(after: colon)...]) else { throw ValidationError("--metrics takes IPv4:PORT") }
             options.metrics = (address, port)
         }
-        let broker = try Broker(options: options) { log($0) }
-        log("serving on \(socket)")
+        let broker = try Broker(options: options, logger: logger)
+        logger.info("serving on \(socket)")
         broker.run()
     }
 }
@@ -161,7 +159,7 @@ struct Exec: ParsableCommand {
             requests.append(request)
         }
         let bound = try BindkeeperClient(path: socket).bind(requests)
-        for socket in bound where socket.warning != nil { log("\(socket.key): \(socket.warning!)") }
+        for socket in bound where socket.warning != nil { logger.info("\(socket.key): \(socket.warning!)") }
         // Move the fds out of the way first, then into 3, 4, ... (a received fd may already sit there).
         let high = bound.map { fcntl($0.fd, F_DUPFD_CLOEXEC, 1024) }
         for socket in bound { close(socket.fd) }
@@ -211,7 +209,7 @@ struct HAProxy: ParsableCommand {
         }
         var options = HAProxyOptions(socketPath: socket, template: template, rendered: rendered, pidFile: pidFile, haproxy: haproxy)
         options.stopTimeoutSeconds = stopTimeout
-        let supervisor = HAProxySupervisor(options: options) { log($0) }
+        let supervisor = HAProxySupervisor(options: options, logger: logger)
         throw ExitCode(check ? supervisor.checkOnly() : supervisor.run())
     }
 }

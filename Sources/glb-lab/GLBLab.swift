@@ -1,6 +1,7 @@
 import ArgumentParser
 import CLinuxShims
 import Glibc
+import Logging
 import LabKit
 import LinuxSys
 import NetTypes
@@ -20,10 +21,7 @@ extension IPv4Address: ExpressibleByArgument {
     public init?(argument: String) { self.init(argument) }
 }
 
-func say(_ message: String) {
-    var bytes = Array("glb-lab: \(message)\n".utf8)
-    _ = write(2, &bytes, bytes.count)
-}
+let logger = Logger.process("glb-lab")
 
 struct LabFailure: Error, CustomStringConvertible { let description: String }
 
@@ -53,10 +51,10 @@ struct Director: ParsableCommand {
         let reload = try EventFD()
         try Signals.install(shutdown: stop, reload: reload)
         var current = try loadTable()
-        say("director: \(current.proxies.map { "\($0.address) \($0.state.rawValue)" }.joined(separator: ", "))")
+        logger.info("director: \(current.proxies.map { "\($0.address) \($0.state.rawValue)" }.joined(separator: ", "))")
         let queue = try NetfilterQueue(number: queue)
         let sender = try RawIPSender()
-        say("director: serving queue \(queue.number)")
+        logger.info("director: serving queue \(queue.number)")
         var encapsulated = 0, dropped = 0
         var scratch: [UInt8] = []
         // SIGHUP is seen between packets or when the queue is idle, whichever comes first; either
@@ -65,8 +63,8 @@ struct Director: ParsableCommand {
             guard reload.consume() else { return }
             do {
                 current = try loadTable()
-                say("director: table reloaded: \(current.proxies.map { "\($0.address) \($0.state.rawValue)" }.joined(separator: ", "))")
-            } catch { say("director: keeping the old table: \(error)") }
+                logger.info("director: table reloaded: \(current.proxies.map { "\($0.address) \($0.state.rawValue)" }.joined(separator: ", "))")
+            } catch { logger.info("director: keeping the old table: \(error)") }
         }
         try queue.run(stop: stop, idle: reloadIfAsked) { packet in
             reloadIfAsked()
@@ -80,7 +78,7 @@ struct Director: ParsableCommand {
             encapsulated += 1
             return .drop
         }
-        say("director: stopped after \(encapsulated) packets (\(dropped) unparsable)")
+        logger.info("director: stopped after \(encapsulated) packets (\(dropped) unparsable)")
     }
 
     func loadTable() throws -> RendezvousTable {
@@ -119,7 +117,7 @@ struct Echo: ParsableCommand {
             let (address, port) = try parseHostPort(spec)
             return try LabSockets.listenTCP(on: address, port: port, backlog: backlog)
         }
-        say("echo: listening on \(listens.joined(separator: ", "))")
+        logger.info("echo: listening on \(listens.joined(separator: ", "))")
         var pollfds = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) } + [pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0)]
         while true {
             guard poll(&pollfds, nfds_t(pollfds.count), -1) >= 0 || errno == EINTR else { break }

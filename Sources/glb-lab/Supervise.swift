@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import Logging
 import LinuxSys
 
 /// Plays systemd for a Type=notify daemon with an fd store, where no systemd runs: the daemon gets
@@ -62,7 +63,7 @@ struct Supervise: ParsableCommand {
             }
             if stopping || restarts >= maxRestarts { break }
             restarts += 1
-            say("supervise: daemon \(pid) exited (\(Spawn.exitCode(status))); restart \(restarts) with \(store.count) stored fds")
+            logger.info("supervise: daemon \(pid) exited (\(Spawn.exitCode(status))); restart \(restarts) with \(store.count) stored fds")
             usleep(restartMs * 1000)
         }
         store.forEach { close($0.fd) }

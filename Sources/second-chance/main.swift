@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import Logging
 import LinuxSys
 import NetTypes
 import SecondChance
@@ -15,16 +16,7 @@ struct SecondChanceCommand: ParsableCommand {
         subcommands: [Run.self, Stats.self, Doctor.self, Reexec.self, Version.self])
 }
 
-func log(_ message: String) {
-    FileHandleStandardError.write("second-chance: \(message)\n")
-}
-
-enum FileHandleStandardError {
-    static func write(_ text: String) {
-        var bytes = Array(text.utf8)
-        _ = Glibc.write(2, &bytes, bytes.count)
-    }
-}
+let logger = Logger.process("second-chance")
 
 struct ValidationFailure: Error, CustomStringConvertible {
     let description: String
@@ -174,7 +166,7 @@ struct Run: ParsableCommand {
         var mode = ResponderMode(rawValue: synCookies)!
         if mode != .off && oracle == nil {
             guard mode == .auto else { throw ValidationFailure(description: "--syn-cookies always needs the BPF cookie programs (see the warning above)") }
-            log("warning: SYN-cookie responder off: no BPF cookie programs")
+            logger.warning("warning: SYN-cookie responder off: no BPF cookie programs")
             mode = .off
         }
         guard mode != .off else { return nil }
@@ -186,9 +178,9 @@ struct Run: ParsableCommand {
         let configuration = ResponderConfiguration(mode: mode, policy: policy, scanIntervalNanoseconds: durations.scan,
                                                    passIntervalNanoseconds: durations.pass)
         do {
-            let monitor = try ListenerMonitor(configuration: configuration, namespace: netns, log: { log($0) })
+            let monitor = try ListenerMonitor(configuration: configuration, namespace: netns, logger: logger)
             if monitor.settings.syncookies == 1 && !monitor.settings.timestampsEncodable {
-                log("note: net.ipv4.tcp_timestamps=\(monitor.settings.timestamps): cookie handshakes from the responder carry no timestamp, so no window scaling or SACK (set it to 2 to keep them)")
+                logger.info("note: net.ipv4.tcp_timestamps=\(monitor.settings.timestamps): cookie handshakes from the responder carry no timestamp, so no window scaling or SACK (set it to 2 to keep them)")
             }
             return monitor
         } catch {
@@ -204,12 +196,12 @@ struct Run: ParsableCommand {
         default:
             let fou = (try? FouStatus.query(port: guePort)) ?? .unavailable
             mode = fou == .gue ? .kernel : .userspace
-            log("decapsulation: \(mode.rawValue) (\(fou))")
+            logger.info("decapsulation: \(mode.rawValue) (\(fou))")
         }
         var oracle: SynCookieOracle?
         if !noCookieCheck {
             do { oracle = try SynCookieOracle() } catch {
-                log("warning: SYN-cookie ACKs will not be recognised: \(error)")
+                logger.warning("warning: SYN-cookie ACKs will not be recognised: \(error)")
             }
         }
         let forwarding = ForwardingMode(rawValue: forward)!
@@ -220,7 +212,7 @@ struct Run: ParsableCommand {
             }
         }
         if allowSources.contains(.everything) {
-            log("warning: --allow-source 0.0.0.0/0: GUE from any host is read, and any host that can reach UDP \(guePort) chooses where this proxy forwards (within --allow-hop)")
+            logger.warning("warning: --allow-source 0.0.0.0/0: GUE from any host is read, and any host that can reach UDP \(guePort) chooses where this proxy forwards (within --allow-hop)")
         }
         let peers = PeerPolicy(sources: allowSources, hops: allowHops.isEmpty ? nil : allowHops, maximumHops: maxHops)
         let watcher: LocalAddressWatcher
@@ -230,7 +222,7 @@ struct Run: ParsableCommand {
                 throw ValidationFailure(description: "--self \(selfAddress) is not an address of this host")
             }
             let namespaces: [NetworkNamespace?] = [nil] + (try netns.map { [try NetworkNamespace(nameOrPath: $0)] } ?? [])
-            watcher = try LocalAddressWatcher(namespaces: namespaces, log: { log($0) })
+            watcher = try LocalAddressWatcher(namespaces: namespaces, logger: logger)
         } catch let error as ValidationFailure {
             throw error
         } catch {
@@ -281,7 +273,7 @@ struct Run: ParsableCommand {
         let reexecutor = Reexecutor(executable: executable)
         let serverInherited = inherited.filter { [StatsServer.metricsName, StatsServer.controlName].contains($0.key) }
         for (name, fd) in inherited where serverInherited[name] == nil {
-            log("an inherited socket named \(name) is not one of this configuration's; closed")
+            logger.info("an inherited socket named \(name) is not one of this configuration's; closed")
             close(fd)
         }
         let render: @Sendable (StatsServer.Format) -> String = { format in
@@ -334,14 +326,14 @@ struct Run: ParsableCommand {
         let queueSockets = workers.map { ($0.queue.fileDescriptor, Self.queueName($0.queue.number)) }
         for (fd, name) in queueSockets + server.descriptors where !inheritedNames.contains(name) {
             // In the service manager's store the queue outlives a crash: packets wait for the restart.
-            do { try notifier?.store(fd, name: name) } catch { log("fd store \(name): \(error)") }
+            do { try notifier?.store(fd, name: name) } catch { logger.info("fd store \(name): \(error)") }
         }
-        log("serving queue(s) \(queues.map(String.init).joined(separator: ",")) as \(selfAddress), control \(controlPath)"
-            + "; hearing \(peers.sources.prefixes.map(\.description).joined(separator: ",")), hops \(peers.hops.prefixes.map(\.description).joined(separator: ","))"
-            + "; delivering to \(local.ipv4.count) IPv4 and \(local.ipv6.count) IPv6 local addresses"
-            + (metrics.map { ", metrics http://\($0)/metrics" } ?? ""))
+        let sources = peers.sources.prefixes.map(\.description).joined(separator: ",")
+        let hops = peers.hops.prefixes.map(\.description).joined(separator: ",")
+        let metricsURL = metrics.map { ", metrics http://\($0)/metrics" } ?? ""
+        logger.info("serving queue(s) \(queues.map(String.init).joined(separator: ",")) as \(selfAddress), control \(controlPath); hearing \(sources), hops \(hops); delivering to \(local.ipv4.count) IPv4 and \(local.ipv6.count) IPv6 local addresses\(metricsURL)")
         let took = adoptedCount > 0 ? "; took over \(adoptedCount) bound queue socket(s) with what they held" : ""
-        log(ProgramImage.versionLine("second-chance") + took)
+        logger.info("\(ProgramImage.versionLine("second-chance") + took)")
         try? notifier?.send("READY=1\nSTATUS=serving queue(s) \(queues.map(String.init).joined(separator: ","))")
 
         var events = [pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0), pollfd(fd: reexecSignal.fd, events: Int16(POLLIN), revents: 0),
@@ -360,10 +352,10 @@ struct Run: ParsableCommand {
             threads.forEach { $0.join() }
             if failures.first != nil { break }
             try? notifier?.send("RELOADING=1\nMONOTONIC_USEC=\(MonotonicClock.nanoseconds() / 1000)")
-            log("re-executing \(executable) (\(reexecutor.checked)); the queue sockets stay bound, every packet read is answered")
+            logger.info("re-executing \(executable) (\(reexecutor.checked)); the queue sockets stay bound, every packet read is answered")
             let failure = ProgramImage.execute(executable, arguments: CommandLine.arguments, keeping: queueSockets + server.descriptors,
                                                extraEnvironment: [Self.reexecsVariable: String(reexecs + 1)])
-            log("re-exec of \(executable) failed: \(String(cString: strerror(failure))); still serving")
+            logger.info("re-exec of \(executable) failed: \(String(cString: strerror(failure))); still serving")
             queueStop.consume()
             handingOver.store(false, ordering: .relaxed)
             threads = try startQueueThreads()
@@ -376,7 +368,7 @@ struct Run: ParsableCommand {
         monitorThread?.join()
         watcherThread.join()
         if let failure = failures.first { throw ValidationFailure(description: failure) }
-        log("stopped; all read packets answered")
+        logger.info("stopped; all read packets answered")
     }
 
     /// How many times this process has re-executed itself, carried across exec(2).
@@ -405,7 +397,7 @@ final class Reexecutor: Sendable {
             lastCheck.withLock { $0 = line }
             return ("re-executing \(executable): \(line)\n", true)
         case .failure(let error):
-            log("re-exec asked by \(requester) refused: \(error); still serving")
+            logger.info("re-exec asked by \(requester) refused: \(error); still serving")
             return ("error: \(error); still serving\n", false)
         }
     }
@@ -476,7 +468,7 @@ struct Reexec: ParsableCommand {
             let reexecs = field("reexecs", before).flatMap(UInt64.init) ?? 0
             let reply = try readControlSocket(path, request: "reexec")
             guard reply.hasPrefix("re-executing") else {
-                FileHandleStandardError.write(reply.isEmpty ? "second-chance: no answer to reexec\n" : reply)
+                if reply.isEmpty { logger.error("no answer to reexec") } else { StandardError.write(reply) }
                 throw ExitCode(1)
             }
             print(reply, terminator: "")
@@ -488,7 +480,7 @@ struct Reexec: ParsableCommand {
                 }
                 usleep(20_000)
             }
-            FileHandleStandardError.write("second-chance: the daemon did not serve again within \(waitSeconds) s (see its log)\n")
+            logger.error("the daemon did not serve again within \(waitSeconds) s (see its log)")
             throw ExitCode(1)
         } catch let error as SystemError {
             throw ValidationFailure(description: "\(error)")

@@ -31,25 +31,6 @@ int proxyside_bpf_test_run(int prog_fd, const void *data_in, uint32_t size_in,
 /// Makes SIGTERM, SIGINT (and SIGHUP when hup_fd >= 0) write 8 bytes to an eventfd, async-signal-safely.
 int proxyside_install_signal_eventfds(int shutdown_fd, int hup_fd);
 
-/// Relaxed atomics over plain memory, for counters written by one thread and read by others.
-static inline void proxyside_counter_add(uint64_t *p, uint64_t n) {
-    __atomic_fetch_add(p, n, __ATOMIC_RELAXED);
-}
-static inline uint64_t proxyside_counter_load(const uint64_t *p) {
-    return __atomic_load_n(p, __ATOMIC_RELAXED);
-}
-static inline void proxyside_counter_store(uint64_t *p, uint64_t v) {
-    __atomic_store_n(p, v, __ATOMIC_RELAXED);
-}
-
-/// Sequentially consistent reads and increments, for values that order work between threads.
-static inline uint64_t proxyside_ordered_load(const uint64_t *p) {
-    return __atomic_load_n(p, __ATOMIC_SEQ_CST);
-}
-static inline void proxyside_ordered_increment(uint64_t *p) {
-    __atomic_fetch_add(p, 1, __ATOMIC_SEQ_CST);
-}
-
 /// sendmmsg(2) of `count` IPv4 packets, each to its own destination. Returns how many were sent, or -errno.
 int proxyside_send_batch_ipv4(int fd, const struct sockaddr_in *destinations,
                               void *const *buffers, const size_t *lengths, unsigned count);
