@@ -52,18 +52,21 @@ let package = Package(
         // benchmarks only: no production target depends on it.
         .target(name: "LabKit", dependencies: ["NetTypes", "LinuxSys", "SecondChanceCore"]),
 
+        // The command-line forms of the shared types, for the three programs.
+        .target(name: "ProxysideArguments", dependencies: ["NetTypes", argumentParser]),
+
         .executableTarget(
             name: "second-chance",
-            dependencies: ["SecondChance", "SecondChanceCore", "NetTypes", "LinuxSys", "Telemetry", argumentParser, logging]),
+            dependencies: ["SecondChance", "SecondChanceCore", "NetTypes", "LinuxSys", "Telemetry", "ProxysideArguments", argumentParser, logging]),
         .executableTarget(
             name: "bindkeeper",
-            dependencies: ["Bindkeeper", "BindkeeperCore", "NetTypes", "LinuxSys", "Telemetry", argumentParser, logging]),
+            dependencies: ["Bindkeeper", "BindkeeperCore", "NetTypes", "LinuxSys", "Telemetry", "ProxysideArguments", argumentParser, logging]),
         // Director simulator, packet sender and receiver, load generator and fd-store player.
         .executableTarget(
             name: "glb-lab",
             dependencies: [
-                "LabKit", "SecondChance", "SecondChanceCore", "NetTypes", "LinuxSys", "Telemetry", "CLinuxShims", argumentParser,
-                logging,
+                "LabKit", "SecondChance", "SecondChanceCore", "NetTypes", "LinuxSys", "Telemetry", "CLinuxShims",
+                "ProxysideArguments", argumentParser, logging,
             ]),
         // The yardstick: a bare C libnetfilter_queue loop.
         .executableTarget(name: "nfq-baseline", dependencies: ["CNetfilterQueue", "CMnl"]),

@@ -23,7 +23,7 @@ public struct BrokerOptions: Sendable {
     public var maximumSocketsPerUser = 256
     /// Replies a client has not read, in bytes, before it is cut off.
     public var maximumUnreadReplies = 1 << 20
-    public var metrics: (address: IPv4Address, port: UInt16)?
+    public var metrics: Endpoint?
 
     public init(controlPath: String, policy: Policy) {
         self.controlPath = controlPath

@@ -1,5 +1,4 @@
 import BindkeeperCore
-import CLinuxShims
 import Foundation
 import Glibc
 import Logging

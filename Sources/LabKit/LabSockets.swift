@@ -1,17 +1,11 @@
-import CLinuxShims
 import Glibc
 import LinuxSys
 import NetTypes
 
 /// Socket helpers for the lab, the tests and the benchmarks (IPv4 and IPv6 TCP/UDP by address).
 public enum LabSockets {
-    static func family(_ address: IPAddress) -> Int32 {
-        if case .v6 = address { return AF_INET6 }
-        return AF_INET
-    }
-
     static func makeSocket(_ address: IPAddress, _ type: __socket_type) throws -> Int32 {
-        let fd = socket(family(address), Int32(type.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let fd = socket(address.family, Int32(type.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw SystemError("socket") }
         return fd
     }

@@ -32,3 +32,13 @@ public enum SocketAddress {
         return true
     }
 }
+
+extension IPAddress {
+    /// AF_INET or AF_INET6.
+    public var family: Int32 {
+        switch self {
+        case .v4: AF_INET
+        case .v6: AF_INET6
+        }
+    }
+}

@@ -1,4 +1,3 @@
-import CLinuxShims
 import Glibc
 
 /// A failed system call, with errno and a hint an operator can act on.

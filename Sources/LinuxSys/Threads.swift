@@ -1,4 +1,3 @@
-import CLinuxShims
 import Glibc
 
 /// A joinable POSIX thread running one closure (queue workers and servers are long-lived loops).

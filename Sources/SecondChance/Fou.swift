@@ -1,4 +1,3 @@
-import CLinuxShims
 import CMnl
 import Glibc
 import LinuxSys

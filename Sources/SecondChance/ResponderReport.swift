@@ -1,4 +1,3 @@
-import CLinuxShims
 import Glibc
 
 /// The responder's per-listener counters and the namespace's TcpExt cookie counters, for the stats server.

@@ -1,4 +1,3 @@
-import CLinuxShims
 import Glibc
 import LinuxSys
 import SecondChanceCore

@@ -19,12 +19,12 @@ public final class StatsServer: @unchecked Sendable {
 
     /// Listens on `metrics` and `controlPath`, or takes the sockets named in `inherited` (from an
     /// earlier process) for them. `command` answers a request line other than `stats` (nil: unknown).
-    public init(metrics: (address: IPv4Address, port: UInt16)?, controlPath: String?, inherited: [String: Int32] = [:],
+    public init(metrics: Endpoint?, controlPath: String?, inherited: [String: Int32] = [:],
                 render: @escaping @Sendable (Format) -> String, command: @escaping @Sendable (String) -> ControlReply? = { _ in nil }) throws {
         self.render = render
         self.command = command
         self.controlPath = controlPath
-        if let metrics { listeners.append((try inherited[Self.metricsName] ?? Self.listenTCP(metrics.address, metrics.port), true)) }
+        if let metrics { listeners.append((try inherited[Self.metricsName] ?? Self.listenTCP(metrics), true)) }
         if let controlPath { listeners.append((try inherited[Self.controlName] ?? Self.listenUnix(controlPath), false)) }
         for fd in inherited.values where !listeners.contains(where: { $0.fd == fd }) { close(fd) }
         for listener in listeners { Descriptors.setCloseOnExec(listener.fd, true) }
@@ -40,13 +40,13 @@ public final class StatsServer: @unchecked Sendable {
         listeners.map { ($0.fd, $0.isHTTP ? Self.metricsName : Self.controlName) }
     }
 
-    static func listenTCP(_ address: IPv4Address, _ port: UInt16) throws -> Int32 {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    static func listenTCP(_ endpoint: Endpoint) throws -> Int32 {
+        let fd = socket(endpoint.address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw SystemError("socket(metrics)") }
         SocketOptions.enable(fd, SOL_SOCKET, SO_REUSEADDR)
-        let bound = SocketAddress.with(.v4(address), port) { bind(fd, $0, $1) }
+        let bound = SocketAddress.with(endpoint.address, endpoint.port) { bind(fd, $0, $1) }
         guard bound == 0, listen(fd, 64) == 0 else {
-            let error = SystemError("bind metrics \(address):\(port)")
+            let error = SystemError("bind metrics \(endpoint)")
             close(fd)
             throw error
         }

@@ -1,7 +1,7 @@
 import ArgumentParser
 import Glibc
-import Logging
 import LinuxSys
+import ProxysideArguments
 
 /// Plays systemd for a Type=notify daemon with an fd store, where no systemd runs: the daemon gets
 /// NOTIFY_SOCKET, the fds it stores (FDSTORE=1, FDNAME=) are kept, and when it exits it is started
@@ -19,7 +19,7 @@ struct Supervise: ParsableCommand {
     func run() throws {
         // Passthrough keeps the "--" that ends the options.
         let program = self.program.first == "--" ? Array(self.program.dropFirst()) : self.program
-        guard !program.isEmpty, restartMs <= 60_000 else { throw LabFailure(description: "give the daemon's command; --restart-ms is at most 60000") }
+        guard !program.isEmpty, restartMs <= 60_000 else { throw CommandFailure("give the daemon's command; --restart-ms is at most 60000") }
         let stop = try EventFD()
         try Signals.install(shutdown: stop)
         let notify = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)

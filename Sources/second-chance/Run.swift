@@ -1,55 +1,12 @@
 import ArgumentParser
 import Glibc
-import Logging
 import LinuxSys
 import NetTypes
+import ProxysideArguments
 import SecondChance
 import SecondChanceCore
 import Synchronization
 import Telemetry
-
-@main
-struct SecondChanceCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "second-chance",
-        abstract: "Gives GLB GUE packets a second chance: take them here if this host owns the flow, else forward them to the next hop.",
-        subcommands: [Run.self, Stats.self, Doctor.self, Reexec.self, Version.self])
-}
-
-let logger = Logger.process("second-chance")
-
-struct ValidationFailure: Error, CustomStringConvertible {
-    let description: String
-}
-
-extension IPv4Address: ExpressibleByArgument {
-    public init?(argument: String) { self.init(argument) }
-}
-
-func defaultControlPath(queue: UInt16) -> String { "/run/second-chance/queue-\(queue).sock" }
-
-/// One or more prefixes, comma-separated (so one environment variable can carry a list).
-func parsePrefixes(_ text: String) throws -> [IPv4Prefix] {
-    try text.split(separator: ",", omittingEmptySubsequences: false).map { part in
-        guard let prefix = IPv4Prefix(part) else {
-            throw ValidationError("'\(part)' is not an IPv4 prefix (ADDRESS/LENGTH with no host bits set, or one ADDRESS)")
-        }
-        return prefix
-    }
-}
-
-/// An operator's milliseconds in nanoseconds, refused above `limit` instead of overflowing.
-func nanoseconds(milliseconds value: UInt64, _ flag: String, limit: UInt64) throws -> UInt64 {
-    guard value <= limit else { throw ValidationError("\(flag) is at most \(limit)") }
-    return value * 1_000_000
-}
-
-func parseEndpoint(_ text: String) throws -> (IPv4Address, UInt16) {
-    guard let colon = text.lastIndex(of: ":"), let address = IPv4Address(text[..<colon]),
-        let port = UInt16(text[text.index(after: colon)...])
-    else { throw ValidationFailure(description: "expected ADDRESS:PORT, got '\(text)'") }
-    return (address, port)
-}
 
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Process GUE packets from NFQUEUE.")
@@ -82,7 +39,7 @@ struct Run: ParsableCommand {
     var failOpen = false
 
     @Option(help: "auto (kernel if fou decapsulates GUE on --gue-port), userspace or kernel.")
-    var decap: String = "auto"
+    var decap: DecapsulationChoice = .auto
 
     @Option(help: "The GUE UDP port.")
     var guePort: UInt16 = GUEPacket.port
@@ -90,8 +47,8 @@ struct Run: ParsableCommand {
     @Option(help: "Look sockets up in this network namespace (name under /run/netns, or a path).")
     var netns: String?
 
-    @Option(help: "Serve Prometheus metrics on ADDRESS:PORT.")
-    var metrics: String?
+    @Option(help: "Serve Prometheus metrics on ADDRESS:PORT (IPv4).")
+    var metrics: Endpoint?
 
     @Option(help: "Control socket for `second-chance stats` (default /run/second-chance/queue-FIRST.sock).")
     var control: String?
@@ -103,7 +60,7 @@ struct Run: ParsableCommand {
     var negativeCacheMs: UInt64 = 1000
 
     @Option(help: "How forwarded packets leave: raw (a raw socket; needs nothing of the host) or kernel (the kernel forwards the rewritten packet: faster; needs ip_forward=1 and accept_local=1, see doctor --forward kernel).")
-    var forward: String = "raw"
+    var forward: ForwardingMode = .raw
 
     @Option(help: "Verdicts sent to the kernel per batch at most.")
     var batch: Int = 64
@@ -112,7 +69,7 @@ struct Run: ParsableCommand {
     var noCookieCheck = false
 
     @Option(help: "SYN-cookie responder: auto (a listener's SYNs are answered while its SYN queue overflows), off, or always (needs net.ipv4.tcp_syncookies=2).")
-    var synCookies: String = "auto"
+    var synCookies: ResponderMode = .auto
 
     @Option(help: "Responder: activate when a listener's SYN queue holds this share of its backlog (percent).")
     var cookieActivatePercent: UInt32 = 100
@@ -140,11 +97,8 @@ struct Run: ParsableCommand {
         // Every duration is multiplied into nanoseconds: refuse what would overflow, and what no one means.
         _ = try durations()
         guard Set(queues).count == queues.count else { throw ValidationError("a --queue is given twice") }
-        guard ["auto", "userspace", "kernel"].contains(decap) else { throw ValidationError("--decap is auto, userspace or kernel") }
-        guard ForwardingMode(rawValue: forward) != nil else { throw ValidationError("--forward is raw or kernel") }
         guard (1...NetfilterQueue.maximumBatch).contains(batch) else { throw ValidationError("--batch is 1...\(NetfilterQueue.maximumBatch)") }
-        if let metrics { _ = try parseEndpoint(metrics) }
-        guard ResponderMode(rawValue: synCookies) != nil else { throw ValidationError("--syn-cookies is auto, off or always") }
+        if let metrics, metrics.ipv4 == nil { throw ValidationError("--metrics takes an IPv4 ADDRESS:PORT") }
         guard cookieDeactivatePercent <= cookieActivatePercent, (1...100).contains(cookieActivatePercent) else {
             throw ValidationError("--cookie-activate-percent is 1...100 and at least --cookie-deactivate-percent")
         }
@@ -163,9 +117,9 @@ struct Run: ParsableCommand {
 
     /// The SYN-cookie responder's monitor, unless it is off or cannot work here.
     func makeMonitor(oracle: SynCookieOracle?) throws -> ListenerMonitor? {
-        var mode = ResponderMode(rawValue: synCookies)!
+        var mode = synCookies
         if mode != .off && oracle == nil {
-            guard mode == .auto else { throw ValidationFailure(description: "--syn-cookies always needs the BPF cookie programs (see the warning above)") }
+            guard mode == .auto else { throw CommandFailure("--syn-cookies always needs the BPF cookie programs (see the warning above)") }
             logger.warning("warning: SYN-cookie responder off: no BPF cookie programs")
             mode = .off
         }
@@ -184,16 +138,16 @@ struct Run: ParsableCommand {
             }
             return monitor
         } catch {
-            throw ValidationFailure(description: "\(error)")
+            throw CommandFailure("\(error)")
         }
     }
 
     func run() throws {
         let mode: DecapsulationMode
         switch decap {
-        case "kernel": mode = .kernel
-        case "userspace": mode = .userspace
-        default:
+        case .kernel: mode = .kernel
+        case .userspace: mode = .userspace
+        case .auto:
             let fou = (try? FouStatus.query(port: guePort)) ?? .unavailable
             mode = fou == .gue ? .kernel : .userspace
             logger.info("decapsulation: \(mode.rawValue) (\(fou))")
@@ -204,11 +158,11 @@ struct Run: ParsableCommand {
                 logger.warning("warning: SYN-cookie ACKs will not be recognised: \(error)")
             }
         }
-        let forwarding = ForwardingMode(rawValue: forward)!
+        let forwarding = forward
         if forwarding == .kernel {
             let problems = HostChecks.kernelForwarding().filter { $0.level == .fail }
             guard problems.isEmpty else {
-                throw ValidationFailure(description: "--forward kernel: " + problems.map(\.line).joined(separator: "\n"))
+                throw CommandFailure("--forward kernel: " + problems.map(\.line).joined(separator: "\n"))
             }
         }
         if allowSources.contains(.everything) {
@@ -219,14 +173,14 @@ struct Run: ParsableCommand {
         do {
             // Forwarded packets leave with --self as their source: it must be this host's own.
             guard try LocalAddressWatcher.dump().ipv4.contains(selfAddress) else {
-                throw ValidationFailure(description: "--self \(selfAddress) is not an address of this host")
+                throw CommandFailure("--self \(selfAddress) is not an address of this host")
             }
             let namespaces: [NetworkNamespace?] = [nil] + (try netns.map { [try NetworkNamespace(nameOrPath: $0)] } ?? [])
             watcher = try LocalAddressWatcher(namespaces: namespaces, logger: logger)
-        } catch let error as ValidationFailure {
+        } catch let error as CommandFailure {
             throw error
         } catch {
-            throw ValidationFailure(description: "\(error)")
+            throw CommandFailure("\(error)")
         }
         let durations = try durations()
         let configuration = SecondChanceConfiguration(
@@ -261,7 +215,7 @@ struct Run: ParsableCommand {
                                               monitor: monitor, epochs: epochs)
             }
         } catch {
-            throw ValidationFailure(description: "\(error)")
+            throw CommandFailure("\(error)")
         }
         let controlPath = control ?? defaultControlPath(queue: queues[0])
         if let slash = controlPath.lastIndex(of: "/"), slash != controlPath.startIndex {
@@ -298,7 +252,7 @@ struct Run: ParsableCommand {
             guard checked.approved else { return ControlReply(checked.text) }
             return ControlReply(checked.text, afterClose: { reexecGo.signal() })
         }
-        let server = try StatsServer(metrics: try metrics.map(parseEndpoint), controlPath: controlPath, inherited: serverInherited,
+        let server = try StatsServer(metrics: metrics, controlPath: controlPath, inherited: serverInherited,
                                      render: render, command: command)
         let serverThread = try WorkerThread { server.serve(stop: stop) }
         let monitorThread = try monitor.map { monitor in try WorkerThread { monitor.run(stop: stop) } }
@@ -310,12 +264,13 @@ struct Run: ParsableCommand {
         // cache asks the kernel), and the responder's monitor finds overflowing listeners again.
         let queueStop = try EventFD()
         let handingOver = Atomic<Bool>(false)
-        let failures = FailureList()
+        // Errors reported by the queue threads; the first one ends the daemon.
+        let failures = Mutex<[String]>([])
         func startQueueThreads() throws -> [WorkerThread] {
             try workers.map { worker in
                 try WorkerThread {
                     do { try worker.run(stop: queueStop, drainOnStop: { !handingOver.load(ordering: .relaxed) }) } catch {
-                        failures.append("queue \(worker.queue.number): \(error)")
+                        failures.withLock { $0.append("queue \(worker.queue.number): \(error)") }
                         stop.signal()
                     }
                 }
@@ -339,7 +294,7 @@ struct Run: ParsableCommand {
         var events = [pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0), pollfd(fd: reexecSignal.fd, events: Int16(POLLIN), revents: 0),
                       pollfd(fd: reexecGo.fd, events: Int16(POLLIN), revents: 0)]
         while true {
-            guard poll(&events, nfds_t(events.count), -1) >= 0 || errno == EINTR else { throw ValidationFailure(description: "poll: \(SystemError("poll"))") }
+            guard poll(&events, nfds_t(events.count), -1) >= 0 || errno == EINTR else { throw CommandFailure("poll: \(SystemError("poll"))") }
             if events[0].revents != 0 { break }
             if events[1].revents != 0 {
                 reexecSignal.consume()
@@ -350,7 +305,7 @@ struct Run: ParsableCommand {
             handingOver.store(true, ordering: .relaxed)
             queueStop.signal()
             threads.forEach { $0.join() }
-            if failures.first != nil { break }
+            if failures.withLock({ !$0.isEmpty }) { break }
             try? notifier?.send("RELOADING=1\nMONOTONIC_USEC=\(MonotonicClock.nanoseconds() / 1000)")
             logger.info("re-executing \(executable) (\(reexecutor.checked)); the queue sockets stay bound, every packet read is answered")
             let failure = ProgramImage.execute(executable, arguments: CommandLine.arguments, keeping: queueSockets + server.descriptors,
@@ -367,7 +322,7 @@ struct Run: ParsableCommand {
         serverThread.join()
         monitorThread?.join()
         watcherThread.join()
-        if let failure = failures.first { throw ValidationFailure(description: failure) }
+        if let failure = failures.withLock({ $0.first }) { throw CommandFailure(failure) }
         logger.info("stopped; all read packets answered")
     }
 
@@ -400,115 +355,5 @@ final class Reexecutor: Sendable {
             logger.info("re-exec asked by \(requester) refused: \(error); still serving")
             return ("error: \(error); still serving\n", false)
         }
-    }
-}
-
-/// Errors reported by worker threads.
-final class FailureList: @unchecked Sendable {
-    private var lock = pthread_mutex_t()
-    private var items: [String] = []
-    init() { pthread_mutex_init(&lock, nil) }
-    func append(_ item: String) {
-        pthread_mutex_lock(&lock)
-        items.append(item)
-        pthread_mutex_unlock(&lock)
-    }
-    var first: String? {
-        pthread_mutex_lock(&lock)
-        defer { pthread_mutex_unlock(&lock) }
-        return items.first
-    }
-}
-
-/// Where a running daemon answers: its control socket, named or found from its first queue.
-struct ControlSocketOptions: ParsableArguments {
-    @Option(help: "The daemon's first queue (to find its default control socket).")
-    var queue: UInt16 = 0
-
-    @Option(help: "The daemon's control socket.")
-    var control: String?
-
-    var path: String { control ?? defaultControlPath(queue: queue) }
-}
-
-struct Stats: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Print a running daemon's counters.")
-
-    @OptionGroup var daemon: ControlSocketOptions
-
-    func run() throws {
-        do {
-            print(try readControlSocket(daemon.path), terminator: "")
-        } catch {
-            throw ValidationFailure(description: "\(error)")
-        }
-    }
-}
-
-struct Reexec: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "Re-execute a running daemon from its installed file, keeping its queues bound (as SIGUSR1 does); wait until it serves again.")
-
-    @OptionGroup var daemon: ControlSocketOptions
-
-    @Option(help: "How long to wait for the new image to serve (seconds, 1...600).")
-    var waitSeconds: UInt32 = 10
-
-    func validate() throws {
-        guard (1...600).contains(waitSeconds) else { throw ValidationError("--wait-seconds is 1...600") }
-    }
-
-    func run() throws {
-        let path = daemon.path
-        func field(_ name: String, _ text: String) -> String? {
-            text.split(separator: "\n").first { $0.hasPrefix(name + ": ") }.map { String($0.dropFirst(name.count + 2)) }
-        }
-        do {
-            let before = try readControlSocket(path)
-            let reexecs = field("reexecs", before).flatMap(UInt64.init) ?? 0
-            let reply = try readControlSocket(path, request: "reexec")
-            guard reply.hasPrefix("re-executing") else {
-                if reply.isEmpty { logger.error("no answer to reexec") } else { StandardError.write(reply) }
-                throw ExitCode(1)
-            }
-            print(reply, terminator: "")
-            let deadline = MonotonicClock.nanoseconds() + UInt64(waitSeconds) * 1_000_000_000
-            while MonotonicClock.nanoseconds() < deadline {
-                if let now = try? readControlSocket(path), let count = field("reexecs", now).flatMap(UInt64.init), count > reexecs {
-                    print("serving again: build \(field("build", now) ?? "unknown")")
-                    return
-                }
-                usleep(20_000)
-            }
-            logger.error("the daemon did not serve again within \(waitSeconds) s (see its log)")
-            throw ExitCode(1)
-        } catch let error as SystemError {
-            throw ValidationFailure(description: "\(error)")
-        }
-    }
-}
-
-struct Version: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Print the release and the build (a hash of this executable).")
-    func run() { print(ProgramImage.versionLine("second-chance")) }
-}
-
-struct Doctor: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Check this host's setup and say how to fix what is wrong.")
-
-    @Option(name: .customLong("queue")) var queues: [UInt16] = [0]
-    @Option var guePort: UInt16 = GUEPacket.port
-    @Option var netns: String?
-    @Option(help: "The forwarding mode to check the host for: raw or kernel.") var forward: String = "raw"
-    @Option(name: .customLong("allow-source"), help: ArgumentHelp("The daemon's --allow-source, to check it too.", valueName: "CIDR"),
-            transform: parsePrefixes)
-    var allowSourceLists: [[IPv4Prefix]] = []
-
-    func run() throws {
-        guard let mode = ForwardingMode(rawValue: forward) else { throw ValidationError("--forward is raw or kernel") }
-        let checks = HostChecks.run(port: guePort, queues: queues, namespace: netns, forwarding: mode,
-                                    allowedSources: allowSourceLists.isEmpty ? nil : allowSourceLists.flatMap { $0 })
-        for check in checks { print(check.line) }
-        if checks.contains(where: { $0.level == .fail }) { throw ExitCode(1) }
     }
 }

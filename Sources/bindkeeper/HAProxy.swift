@@ -1,0 +1,43 @@
+import ArgumentParser
+import Bindkeeper
+import Glibc
+import ProxysideArguments
+
+struct HAProxy: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "haproxy",
+        abstract: "Run HAProxy on the broker's sockets: {{bind URL}} in the template becomes fd@N; SIGUSR2 or SIGHUP reloads (checked first).")
+
+    @Option(help: "The broker's control socket.")
+    var socket = defaultSocket
+
+    @Option(name: .customShort("f"), help: "The configuration template.")
+    var template: String
+
+    @Option(help: "Where the rendered configuration goes (default: the template without .tmpl).")
+    var rendered: String?
+
+    @Option(name: .customShort("p"), help: "Pid file the supervisor keeps (current pid first).")
+    var pidFile: String?
+
+    @Option(help: "Seconds stopping instances may finish their connections before SIGTERM.")
+    var stopTimeout = 30
+
+    @Flag(help: "Render and have HAProxy check the result, then exit with its status (for ExecReload).")
+    var check = false
+
+    @Argument(parsing: .captureForPassthrough, help: "-- HAPROXY [ARGUMENTS]")
+    var command: [String] = []
+
+    func run() throws {
+        let haproxy = command.first == "--" ? Array(command.dropFirst()) : command
+        guard !haproxy.isEmpty else { throw ValidationError("give the HAProxy binary after --, such as -- /usr/sbin/haproxy") }
+        if let reserved = haproxy.dropFirst().first(where: { HAProxyOptions.reservedArguments.contains($0) }) {
+            throw ValidationError("\(reserved) is set by bindkeeper; leave it out of the HAProxy arguments")
+        }
+        var options = HAProxyOptions(socketPath: socket, template: template, rendered: rendered, pidFile: pidFile, haproxy: haproxy)
+        options.stopTimeoutSeconds = stopTimeout
+        let supervisor = HAProxySupervisor(options: options, logger: logger)
+        throw ExitCode(check ? supervisor.checkOnly() : supervisor.run())
+    }
+}

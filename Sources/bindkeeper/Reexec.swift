@@ -1,0 +1,16 @@
+import ArgumentParser
+import Bindkeeper
+import Glibc
+import ProxysideArguments
+
+struct Reexec: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Re-execute the broker in place (after an upgrade); sockets and clients stay connected.")
+
+    @Option(help: "The broker's control socket.")
+    var socket = defaultSocket
+
+    func run() throws {
+        let pid = try BindkeeperClient(path: socket).reexec()
+        print("broker pid \(pid) is re-executing")
+    }
+}

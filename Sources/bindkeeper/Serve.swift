@@ -1,0 +1,62 @@
+import ArgumentParser
+import Bindkeeper
+import BindkeeperCore
+import Foundation
+import Glibc
+import NetTypes
+import ProxysideArguments
+
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run the broker (SIGUSR1 re-executes it, keeping every socket).")
+
+    @Option(help: "The control socket (multibinder's JSON-RPC and bindkeeper's framed form).")
+    var socket = defaultSocket
+
+    @Option(help: "Policy file (JSON): who may bind what, the control socket's mode and group.")
+    var config: String?
+
+    @Option(help: "listen(2) backlog for requests that name none (the kernel caps it at net.core.somaxconn).")
+    var backlog: Int32 = 65535
+
+    @Option(help: "Serve Prometheus metrics on ADDRESS:PORT (IPv4).")
+    var metrics: Endpoint?
+
+    @Option(help: "Cut off a client whose message stays incomplete this many seconds (1...86400).")
+    var stalledSeconds: UInt64 = 10
+
+    @Option(help: "Cut off a client that has sent no whole request for this many seconds (1...86400).")
+    var idleSeconds: UInt64 = 60
+
+    @Option(help: "Connections one uid may hold at once; more are refused and counted.")
+    var maxClientsPerUser = 64
+
+    @Option(help: "Sockets one uid other than root and the broker's own may have the broker create.")
+    var maxSocketsPerUser = 256
+
+    func run() throws {
+        var policy = Policy(brokerUID: geteuid())
+        if let config {
+            guard let data = FileManager.default.contents(atPath: config) else { throw CommandFailure("cannot read \(config)") }
+            policy = try Policy.parse(Array(data), brokerUID: geteuid(),
+                                      resolveUser: { try? Accounts.uid($0) }, resolveGroup: { try? Accounts.gid($0) }).get()
+        }
+        var options = BrokerOptions(controlPath: socket, policy: policy)
+        guard backlog > 0 else { throw ValidationError("--backlog must be positive") }
+        options.defaultBacklog = backlog
+        guard (1...86400).contains(stalledSeconds), (1...86400).contains(idleSeconds) else {
+            throw ValidationError("--stalled-seconds and --idle-seconds are 1...86400")
+        }
+        guard maxClientsPerUser >= 1, maxSocketsPerUser >= 0 else { throw ValidationError("--max-clients-per-user is at least 1, --max-sockets-per-user at least 0") }
+        options.stalledMessageSeconds = stalledSeconds
+        options.idleSeconds = idleSeconds
+        options.maximumClientsPerUser = maxClientsPerUser
+        options.maximumSocketsPerUser = maxSocketsPerUser
+        if let metrics {
+            guard metrics.ipv4 != nil else { throw ValidationError("--metrics takes IPv4:PORT") }
+            options.metrics = metrics
+        }
+        let broker = try Broker(options: options, logger: logger)
+        logger.info("serving on \(socket)")
+        broker.run()
+    }
+}

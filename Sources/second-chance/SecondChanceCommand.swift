@@ -1,0 +1,43 @@
+import ArgumentParser
+import Glibc
+import Logging
+import NetTypes
+import SecondChance
+import SecondChanceCore
+import Telemetry
+
+@main
+struct SecondChanceCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "second-chance",
+        abstract: "Gives GLB GUE packets a second chance: take them here if this host owns the flow, else forward them to the next hop.",
+        subcommands: [Run.self, Stats.self, Doctor.self, Reexec.self, Version.self])
+}
+
+let logger = Logger.process("second-chance")
+
+func defaultControlPath(queue: UInt16) -> String { "/run/second-chance/queue-\(queue).sock" }
+
+/// One or more prefixes, comma-separated (so one environment variable can carry a list).
+func parsePrefixes(_ text: String) throws -> [IPv4Prefix] {
+    try text.split(separator: ",", omittingEmptySubsequences: false).map { part in
+        guard let prefix = IPv4Prefix(part) else {
+            throw ValidationError("'\(part)' is not an IPv4 prefix (ADDRESS/LENGTH with no host bits set, or one ADDRESS)")
+        }
+        return prefix
+    }
+}
+
+/// An operator's milliseconds in nanoseconds, refused above `limit` instead of overflowing.
+func nanoseconds(milliseconds value: UInt64, _ flag: String, limit: UInt64) throws -> UInt64 {
+    guard value <= limit else { throw ValidationError("\(flag) is at most \(limit)") }
+    return value * 1_000_000
+}
+
+/// --decap: a mode, or `auto` to pick one from the host's fou.
+enum DecapsulationChoice: String, CaseIterable, ExpressibleByArgument {
+    case auto, userspace, kernel
+}
+
+extension ForwardingMode: ExpressibleByArgument {}
+extension ResponderMode: ExpressibleByArgument {}
