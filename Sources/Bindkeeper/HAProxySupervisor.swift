@@ -1,8 +1,8 @@
 import BindkeeperCore
 import Foundation
 import Glibc
-import Logging
 import LinuxSys
+import Logging
 
 public struct HAProxyOptions: Sendable {
     public var socketPath: String

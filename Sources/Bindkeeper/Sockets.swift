@@ -3,6 +3,7 @@ import CLinuxShims
 import Foundation
 import Glibc
 import LinuxSys
+import Telemetry
 
 /// Creates the sockets bindkeeper owns, and reads what the kernel says about them.
 public enum OwnedSocket {

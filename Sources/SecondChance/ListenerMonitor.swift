@@ -1,6 +1,6 @@
 import Glibc
-import Logging
 import LinuxSys
+import Logging
 import NetTypes
 import SecondChanceCore
 

@@ -16,6 +16,16 @@ public final class ListenerRecord: Sendable {
             }
         }
 
+        var help: String {
+            switch self {
+            case .activations: "Times the responder started answering this listener's SYNs."
+            case .cookiesSent: "SYNs of this listener answered with a kernel cookie."
+            case .cookieAcksValid: "ACKs to this listener carrying a valid cookie."
+            case .cookieAcksInvalid: "ACKs to this listener accepting cookies whose cookie was not valid."
+            case .synsPassedToKernel: "SYNs let through to the kernel while active, to keep its overflow mark."
+            }
+        }
+
         var shortName: String {
             switch self {
             case .activations: "activations"

@@ -1,7 +1,7 @@
 import CMnl
 import Glibc
-import Logging
 import LinuxSys
+import Logging
 import NetTypes
 import SecondChanceCore
 import Synchronization

@@ -3,6 +3,7 @@ import CNetfilterQueue
 import Glibc
 import LinuxSys
 import Synchronization
+import Telemetry
 
 /// libmnl's MNL_SOCKET_BUFFER_SIZE for 4 KiB pages (the macro calls sysconf and is not imported).
 let netlinkBufferSize = 8192

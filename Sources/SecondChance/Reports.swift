@@ -39,40 +39,39 @@ public struct ImageReport: Sendable {
         "version: \(version)\nbuild: \(build)\nreexecs: \(reexecs)\nadopted_queues: \(adoptedQueues)\n"
     }
 
-    public var prometheus: String {
-        "# HELP second_chance_build_info The running release and build.\n# TYPE second_chance_build_info gauge\n"
-            + "second_chance_build_info{version=\"\(PrometheusText.escapeLabel(version))\",build=\"\(PrometheusText.escapeLabel(build))\"} 1\n"
-            + "# HELP second_chance_reexecs Re-executions of this process (SIGUSR1, second-chance reexec).\n# TYPE second_chance_reexecs gauge\n"
-            + "second_chance_reexecs \(reexecs)\n"
-            + "# HELP second_chance_adopted_queues Queue sockets taken over with what they held (re-exec, fd store).\n"
-            + "# TYPE second_chance_adopted_queues gauge\nsecond_chance_adopted_queues \(adoptedQueues)\n"
+    public func write(to out: inout PrometheusText) {
+        out.family("second_chance_build_info", .gauge, help: "The running release and build.")
+        out.sample("second_chance_build_info", ["version": version, "build": build], 1)
+        out.single("second_chance_reexecs", .gauge, help: "Re-executions of this process (SIGUSR1, second-chance reexec).", reexecs)
+        out.single("second_chance_adopted_queues", .gauge,
+                   help: "Queue sockets taken over with what they held (re-exec, fd store).", adoptedQueues)
     }
 }
 
 public enum CounterReport {
-    /// Prometheus text exposition of summed counter values (indexed as `CounterName.index`) and of
-    /// each queue's own and kernel counters.
-    public static func prometheus(_ values: [UInt64], queues: [QueueReport]) -> String {
-        var out = "# HELP second_chance_packets_total GUE packets read from NFQUEUE.\n"
-        out += "# TYPE second_chance_packets_total counter\n"
-        var typed: Set<String> = ["second_chance_packets_total"]
+    /// Summed counter values (indexed as `CounterName.index`) and each queue's own and kernel
+    /// counters, as metrics.
+    public static func write(_ values: [UInt64], queues: [QueueReport], to out: inout PrometheusText) {
         for name in CounterName.all {
-            let base = String(name.metric.prefix { $0 != "{" })
-            if typed.insert(base).inserted { out += "# TYPE \(base) counter\n" }
-            out += "\(name.metric) \(values[name.index])\n"
+            let (family, reason) = name.metric
+            out.family(family, .counter, help: name.help)
+            if let reason { out.sample(family, ["reason": reason], values[name.index]) } else { out.sample(family, values[name.index]) }
         }
-        func family(_ name: String, _ type: String, _ help: String, _ value: (QueueReport) -> UInt64?) {
-            out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
+        func family(_ name: String, _ kind: PrometheusText.Kind, _ help: String, _ value: (QueueReport) -> UInt64?) {
+            out.family(name, kind, help: help)
             for queue in queues {
-                if let value = value(queue) { out += "\(name){queue=\"\(queue.queue)\"} \(value)\n" }
+                if let value = value(queue) { out.sample(name, ["queue": String(queue.queue)], value) }
             }
         }
-        family("second_chance_queue_packets_total", "counter", "GUE packets read, per NFQUEUE queue (one thread each).") { $0.packets }
-        family("second_chance_queue_receive_errors_total", "counter", "Failed reads and non-packet messages on the queue's socket.") { $0.receiveErrors }
-        family("second_chance_queue_kernel_dropped_total", "counter", "Packets the kernel dropped because the queue was full (queue_dropped).") { $0.kernel?.queueDropped }
-        family("second_chance_queue_user_dropped_total", "counter", "Packets the kernel dropped because the queue's socket buffer was full (user_dropped).") { $0.kernel?.userDropped }
-        family("second_chance_queue_waiting", "gauge", "Packets queued in the kernel, waiting for a verdict.") { $0.kernel?.waiting }
-        return out
+        family("second_chance_queue_packets_total", .counter, "GUE packets read, per NFQUEUE queue (one thread each).") { $0.packets }
+        family("second_chance_queue_receive_errors_total", .counter, "Failed reads and non-packet messages on the queue's socket.") {
+            $0.receiveErrors
+        }
+        family("second_chance_queue_kernel_dropped_total", .counter,
+               "Packets the kernel dropped because the queue was full (queue_dropped).") { $0.kernel?.queueDropped }
+        family("second_chance_queue_user_dropped_total", .counter,
+               "Packets the kernel dropped because the queue's socket buffer was full (user_dropped).") { $0.kernel?.userDropped }
+        family("second_chance_queue_waiting", .gauge, "Packets queued in the kernel, waiting for a verdict.") { $0.kernel?.waiting }
     }
 
     /// `name value` lines, glb-redirect style, dropped counters summed into `dropped_malformed` too.

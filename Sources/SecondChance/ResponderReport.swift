@@ -1,22 +1,22 @@
 import Glibc
+import Telemetry
 
 /// The responder's per-listener counters and the namespace's TcpExt cookie counters, for the stats server.
 public enum ResponderReport {
-    public static func prometheus(_ monitor: ListenerMonitor) -> String {
-        var out = "# HELP second_chance_listener_syn_cookies_active 1 while the responder answers this listener's SYNs.\n"
-        out += "# TYPE second_chance_listener_syn_cookies_active gauge\n"
+    public static func write(_ monitor: ListenerMonitor, to out: inout PrometheusText) {
         let records = monitor.board.allRecords
-        for record in records { out += "second_chance_listener_syn_cookies_active{listener=\"\(record.key)\"} \(record.isActive ? 1 : 0)\n" }
+        out.family("second_chance_listener_syn_cookies_active", .gauge, help: "1 while the responder answers this listener's SYNs.")
+        for record in records {
+            out.sample("second_chance_listener_syn_cookies_active", ["listener": record.key.description], record.isActive ? 1 : 0)
+        }
         for counter in ListenerRecord.Counter.allCases {
-            out += "# TYPE \(counter.metric) counter\n"
-            for record in records { out += "\(counter.metric){listener=\"\(record.key)\"} \(record.value(counter))\n" }
+            out.family(counter.metric, .counter, help: counter.help)
+            for record in records { out.sample(counter.metric, ["listener": record.key.description], record.value(counter)) }
         }
-        out += "# HELP second_chance_kernel_tcpext TcpExt counters of the namespace whose listeners are watched.\n"
-        out += "# TYPE second_chance_kernel_tcpext counter\n"
+        out.family("second_chance_kernel_tcpext", .counter, help: "TcpExt counters of the namespace whose listeners are watched.")
         for (index, name) in ListenerMonitor.kernelCounters.enumerated() {
-            out += "second_chance_kernel_tcpext{name=\"\(name)\"} \(monitor.kernelCounter(index))\n"
+            out.sample("second_chance_kernel_tcpext", ["name": name], monitor.kernelCounter(index))
         }
-        return out
     }
 
     /// One line per listener the responder has seen overflow (or serves), then the kernel counters.

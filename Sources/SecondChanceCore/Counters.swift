@@ -52,22 +52,40 @@ public enum CounterName: Hashable, Sendable {
         }
     }
 
-    /// The metric name and labels, in Prometheus text form (without the value).
-    public var metric: String {
+    /// The metric family, and the value of its `reason` label where the family has one.
+    public var metric: (family: String, reason: String?) {
         switch self {
-        case .total: "second_chance_packets_total"
-        case .local(let reason): "second_chance_packets_local_total{reason=\"\(reason.rawValue)\"}"
-        case .forwarded: "second_chance_packets_forwarded_total"
-        case .dropped(let reason): "second_chance_packets_dropped_total{reason=\"\(reason.rawValue)\"}"
-        case .refused(let refusal): "second_chance_packets_dropped_total{reason=\"\(refusal.rawValue)\"}"
-        case .forwardFailed: "second_chance_forward_send_failures_total"
-        case .injectFailed: "second_chance_inject_failures_total"
-        case .lookups: "second_chance_socket_lookups_total"
-        case .lookupCacheHits: "second_chance_socket_lookup_cache_hits_total"
-        case .cookieChecks: "second_chance_syn_cookie_checks_total"
-        case .cookieAcksInvalid: "second_chance_syn_cookie_acks_invalid_total"
-        case .cookiesSent: "second_chance_syn_cookies_sent_total"
-        case .cookieReplyFailed: "second_chance_syn_cookie_reply_failures_total"
+        case .total: ("second_chance_packets_total", nil)
+        case .local(let reason): ("second_chance_packets_local_total", reason.rawValue)
+        case .forwarded: ("second_chance_packets_forwarded_total", nil)
+        case .dropped(let reason): ("second_chance_packets_dropped_total", reason.rawValue)
+        case .refused(let refusal): ("second_chance_packets_dropped_total", refusal.rawValue)
+        case .forwardFailed: ("second_chance_forward_send_failures_total", nil)
+        case .injectFailed: ("second_chance_inject_failures_total", nil)
+        case .lookups: ("second_chance_socket_lookups_total", nil)
+        case .lookupCacheHits: ("second_chance_socket_lookup_cache_hits_total", nil)
+        case .cookieChecks: ("second_chance_syn_cookie_checks_total", nil)
+        case .cookieAcksInvalid: ("second_chance_syn_cookie_acks_invalid_total", nil)
+        case .cookiesSent: ("second_chance_syn_cookies_sent_total", nil)
+        case .cookieReplyFailed: ("second_chance_syn_cookie_reply_failures_total", nil)
+        }
+    }
+
+    /// What the metric family counts.
+    public var help: String {
+        switch self {
+        case .total: "GUE packets read from NFQUEUE."
+        case .local: "Packets taken by this host, by reason."
+        case .forwarded: "Packets forwarded to the next hop."
+        case .dropped, .refused: "Packets dropped: malformed, or refused at the trust boundary, by reason."
+        case .forwardFailed: "Forwarded packets that could not be sent (the original was dropped)."
+        case .injectFailed: "Inner IPv6 packets that could not be handed to the local stack."
+        case .lookups: "Socket-table look-ups through sock_diag."
+        case .lookupCacheHits: "Socket-table answers taken from the flow cache."
+        case .cookieChecks: "ACKs checked for a SYN cookie."
+        case .cookieAcksInvalid: "ACKs to a listener accepting cookies whose cookie was not valid."
+        case .cookiesSent: "SYNs answered by the responder with a kernel cookie."
+        case .cookieReplyFailed: "SYNs the responder could not answer (they went to the kernel)."
         }
     }
 

@@ -1,7 +1,37 @@
-/// The Prometheus text exposition format's rules that both daemons' metrics share.
-public enum PrometheusText {
-    /// A label value as the format requires: backslash, double quote and line feed escaped, so no
-    /// value can end its label or its line early.
+/// The Prometheus text exposition format, for both daemons' metrics: each family once, with its
+/// HELP and TYPE lines before its samples, and label values escaped so that no value can end its
+/// label or its line early.
+public struct PrometheusText {
+    public enum Kind: String { case counter, gauge }
+
+    public private(set) var text = ""
+    private var families: Set<String> = []
+
+    public init() {}
+
+    /// Starts family `name` (a second call for the same name writes nothing).
+    public mutating func family(_ name: String, _ kind: Kind, help: String) {
+        guard families.insert(name).inserted else { return }
+        text += "# HELP \(name) \(help)\n# TYPE \(name) \(kind.rawValue)\n"
+    }
+
+    public mutating func sample(_ name: String, _ value: some BinaryInteger) { sample(name, [:], value) }
+
+    public mutating func sample(_ name: String, _ labels: KeyValuePairs<String, String>, _ value: some BinaryInteger) {
+        text += name
+        if !labels.isEmpty {
+            text += "{" + labels.map { "\($0.key)=\"\(Self.escapeLabel($0.value))\"" }.joined(separator: ",") + "}"
+        }
+        text += " \(value)\n"
+    }
+
+    /// A family with one unlabelled sample.
+    public mutating func single(_ name: String, _ kind: Kind, help: String, _ value: some BinaryInteger) {
+        family(name, kind, help: help)
+        sample(name, value)
+    }
+
+    /// A label value as the format requires: backslash, double quote and line feed escaped.
     public static func escapeLabel(_ value: String) -> String {
         var out = ""
         out.reserveCapacity(value.utf8.count)

@@ -239,10 +239,15 @@ struct Run: ParsableCommand {
             }
             let image = ImageReport(version: ProxysideVersion.number, build: ProgramImage.build, reexecs: reexecs,
                                     adoptedQueues: adoptedCount)
-            let responder = monitor.map { format == .prometheus ? ResponderReport.prometheus($0) : ResponderReport.text($0) } ?? ""
             switch format {
-            case .prometheus: return CounterReport.prometheus(values, queues: queues) + image.prometheus + responder
-            case .text: return image.text + CounterReport.text(values, queues: queues) + responder
+            case .prometheus:
+                var out = PrometheusText()
+                CounterReport.write(values, queues: queues, to: &out)
+                image.write(to: &out)
+                if let monitor { ResponderReport.write(monitor, to: &out) }
+                return out.text
+            case .text:
+                return image.text + CounterReport.text(values, queues: queues) + (monitor.map(ResponderReport.text) ?? "")
             }
         }
         let command: @Sendable (String) -> ControlReply? = { (line: String) -> ControlReply? in

@@ -5,6 +5,7 @@ import Glibc
 import LabKit
 import LinuxSys
 import NetTypes
+import Telemetry
 import XCTest
 
 /// bindkeeper through real sockets: SCM_RIGHTS, SO_PEERCRED, sock_diag, re-exec, fd-store recovery.
@@ -373,6 +374,8 @@ final class BindkeeperTests: XCTestCase {
             return body.contains("bindkeeper_incomplete_at_eof_total 1\n")
         }
         XCTAssertTrue(body.contains("bindkeeper_sockets 1\n"), body)
+        XCTAssertTrue(body.contains("# HELP bindkeeper_sockets Sockets the broker owns.\n# TYPE bindkeeper_sockets gauge\n"), body)
+        XCTAssertEqual(body.components(separatedBy: "# HELP ").count, body.components(separatedBy: "# TYPE ").count, "a HELP per family")
         XCTAssertTrue(body.contains("bindkeeper_bind_errors_total 1\n"), body)
         XCTAssertTrue(body.contains("bindkeeper_bad_requests_total 1\n"), body)
         XCTAssertTrue(body.contains("bindkeeper_socket_handed_out_total{key=\"tcp://198.18.2.1:8800\"} 1"), body)

@@ -2,6 +2,7 @@ import Bindkeeper
 import Foundation
 import Glibc
 import LinuxSys
+import Telemetry
 import XCTest
 
 /// One network namespace with addresses in 198.18.0.0/15 (and 2001:2::/48) on its loopback, for

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Telemetry
 import XCTest
 
 /// Real HAProxy (Debian's) run by `bindkeeper haproxy`, reloaded while a bounded load opens new

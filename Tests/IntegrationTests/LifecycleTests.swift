@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Telemetry
 import XCTest
 
 /// second-chance stopping while packets keep coming.

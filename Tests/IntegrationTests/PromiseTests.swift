@@ -4,6 +4,7 @@ import LabKit
 import LinuxSys
 import NetTypes
 import SecondChanceCore
+import Telemetry
 import XCTest
 
 /// What the README promises of second-chance and no other test drives: each flag and path below

@@ -5,6 +5,7 @@ import LinuxSys
 import NetTypes
 import SecondChance
 import SecondChanceCore
+import Telemetry
 import XCTest
 
 /// second-chance on two proxies in namespaces, driven through NFQUEUE, sock_diag, raw sockets and

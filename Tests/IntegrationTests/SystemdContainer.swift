@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Telemetry
 import XCTest
 
 /// A real systemd as PID 1: systemd-nspawn boots this machine's /usr on an empty root

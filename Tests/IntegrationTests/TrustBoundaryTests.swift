@@ -5,6 +5,7 @@ import LinuxSys
 import NetTypes
 import SecondChance
 import SecondChanceCore
+import Telemetry
 import XCTest
 
 /// second-chance as an outsider meets it: GUE from hosts that are not peers, hop lists pointing

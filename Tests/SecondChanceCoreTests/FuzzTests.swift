@@ -3,6 +3,7 @@ import LinuxSys
 import NetTypes
 import SecondChance
 import SecondChanceCore
+import Telemetry
 import TestSupport
 import XCTest
 
@@ -142,8 +143,14 @@ final class CacheAndTableTests: XCTestCase {
     func testCounterNamesAreDistinctAndIndexed() {
         XCTAssertEqual(Set(CounterName.all.map(\.index)).count, CounterName.count)
         XCTAssertEqual(CounterName.all.map(\.index), Array(0..<CounterName.count))
-        let text = CounterReport.prometheus([UInt64](repeating: 3, count: CounterName.count), queues: [QueueReport(queue: 0, packets: 7, receiveErrors: 2,
-                                                                                                       kernel: KernelQueueStatistics(waiting: 1, queueDropped: 4, userDropped: 5))])
+        var metrics = PrometheusText()
+        CounterReport.write([UInt64](repeating: 3, count: CounterName.count), queues: [QueueReport(queue: 0, packets: 7, receiveErrors: 2,
+                                                                                               kernel: KernelQueueStatistics(waiting: 1, queueDropped: 4, userDropped: 5))],
+                            to: &metrics)
+        ImageReport(version: "1.0", build: "a\"b", reexecs: 2, adoptedQueues: 1).write(to: &metrics)
+        let text = metrics.text
+        assertWellFormedExposition(text)
+        XCTAssertTrue(text.contains("second_chance_build_info{version=\"1.0\",build=\"a\\\"b\"} 1"), text)
         XCTAssertTrue(text.contains("second_chance_packets_dropped_total{reason=\"gue_hlen\"} 3"))
         XCTAssertTrue(text.contains("second_chance_queue_packets_total{queue=\"0\"} 7"))
         XCTAssertTrue(text.contains("second_chance_queue_receive_errors_total{queue=\"0\"} 2"))
@@ -180,5 +187,22 @@ final class SynCookieProgramTests: XCTestCase {
 enum BPFInstructionRegisters {
     static func pack(destination: UInt8, source: UInt8) -> UInt8 {
         BPFInstruction(code: 0, destination: destination, source: source, offset: 0, immediate: 0).registers
+    }
+}
+
+/// Every family is declared once, HELP then TYPE, before its samples, and every sample belongs to
+/// the family declared last.
+func assertWellFormedExposition(_ text: String, file: StaticString = #filePath, line: UInt = #line) {
+    var declared = Set<String>(), current = ""
+    for row in text.split(separator: "\n").map(String.init) {
+        if row.hasPrefix("# HELP ") {
+            current = String(row.dropFirst(7).prefix { $0 != " " })
+            XCTAssertTrue(declared.insert(current).inserted, "\(current) declared twice", file: file, line: line)
+        } else if row.hasPrefix("# TYPE ") {
+            XCTAssertTrue(row.hasPrefix("# TYPE \(current) "), "TYPE without its HELP: \(row)", file: file, line: line)
+        } else {
+            let name = row.prefix { $0 != "{" && $0 != " " }
+            XCTAssertEqual(String(name), current, "sample outside its family: \(row)", file: file, line: line)
+        }
     }
 }

@@ -1,0 +1,124 @@
+import CLinuxShims
+import Foundation
+import Glibc
+import LinuxSys
+import Logging
+import Synchronization
+
+// The broker: clients.
+extension Broker {
+    func acceptClients() {
+        while clients.count < options.maximumClients {
+            let fd = accept(control, nil, nil)
+            guard fd >= 0 else { return }
+            Descriptors.setCloseOnExec(fd, true)
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            let client = Client(fd: fd)
+            guard clientsPerUser[client.peer.uid, default: 0] < options.maximumClientsPerUser else {
+                statistics.clientsOverLimit += 1
+                logLimited("uid \(client.peer.uid) holds \(options.maximumClientsPerUser) connections (--max-clients-per-user); refused one")
+                close(fd)
+                continue
+            }
+            register(client)
+            statistics.clientsAccepted += 1
+        }
+    }
+
+    func register(_ client: Client) {
+        clients[client.fd] = client
+        clientsPerUser[client.peer.uid, default: 0] += 1
+    }
+
+    func logLimited(_ message: String) {
+        let now = MonotonicClock.nanoseconds()
+        guard now &- lastLimitLog >= 1_000_000_000 else { return }
+        lastLimitLog = now
+        logger.info("\(message)")
+    }
+
+    func readFrom(_ client: Client) {
+        let count = read(client.fd, &readBuffer, readBuffer.count)
+        if count < 0 {
+            if errno == EAGAIN || errno == EINTR { return }
+            drop(client, "read: \(String(cString: strerror(errno)))")
+            return
+        }
+        if count == 0 {
+            if client.reader.bufferedBytes > 0 {
+                statistics.incompleteAtEOF += 1
+                logger.info("client pid \(client.peer.pid) closed in the middle of a message (\(client.reader.bufferedBytes) bytes)")
+            }
+            flush(client)
+            drop(client, nil)
+            return
+        }
+        client.reader.append(readBuffer[0..<count])
+        while !client.closing, let next = client.reader.next() {
+            switch next {
+            case .request(let request):
+                client.lastRequest = MonotonicClock.nanoseconds()
+                handle(request, from: client)
+            case .failure(let failure, let fatal):
+                statistics.badRequests += 1
+                logger.info("client pid \(client.peer.pid): \(failure.error.message)")
+                enqueue(failure.wire.error(id: failure.id, failure.error), fds: [], to: client)
+                if fatal { client.closing = true }
+            }
+        }
+        client.incompleteSince = client.reader.bufferedBytes > 0 ? (client.incompleteSince ?? MonotonicClock.nanoseconds()) : nil
+        flush(client)  // drops a closing client once its last reply is out
+    }
+
+    func cutOffStalledClients() {
+        let now = MonotonicClock.nanoseconds()
+        for client in clients.values {
+            if let since = client.incompleteSince, now &- since > options.stalledMessageSeconds * 1_000_000_000 {
+                statistics.clientsCutOff += 1
+                drop(client, "client pid \(client.peer.pid) sent an incomplete message for \(options.stalledMessageSeconds) s; cut off")
+            } else if client.outbox.isEmpty, now &- client.lastRequest > options.idleSeconds * 1_000_000_000 {
+                statistics.clientsIdle += 1
+                drop(client, nil)
+                logLimited("client pid \(client.peer.pid) uid \(client.peer.uid) sent no request for \(options.idleSeconds) s; cut off")
+            }
+        }
+    }
+
+    func enqueue(_ bytes: [UInt8], fds: [Int32], to client: Client) {
+        client.outbox.append((bytes, 0, fds))
+        client.unread += bytes.count
+        if client.unread > options.maximumUnreadReplies {
+            statistics.clientsCutOff += 1
+            client.outbox.removeAll()
+            client.closing = true
+            logger.info("client pid \(client.peer.pid) does not read its replies; cut off")
+        }
+    }
+
+    func flush(_ client: Client) {
+        while let first = client.outbox.first {
+            let sent: Int
+            do {
+                sent = try FDPassing.send(client.fd, first.bytes[first.offset...], fds: first.offset == 0 ? first.fds : [], flags: Int32(MSG_DONTWAIT))
+            } catch {
+                drop(client, nil)
+                return
+            }
+            if sent == 0 { return }
+            client.unread -= sent
+            if first.offset + sent == first.bytes.count {
+                client.outbox.removeFirst()
+            } else {
+                client.outbox[0].offset += sent
+            }
+        }
+        if client.closing { drop(client, nil) }
+    }
+
+    func drop(_ client: Client, _ reason: String?) {
+        if let reason { logger.info("\(reason)") }
+        guard clients.removeValue(forKey: client.fd) != nil else { return }
+        if let count = clientsPerUser[client.peer.uid] { clientsPerUser[client.peer.uid] = count > 1 ? count - 1 : nil }
+        close(client.fd)
+    }
+}

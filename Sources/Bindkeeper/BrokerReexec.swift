@@ -1,0 +1,54 @@
+import BindkeeperCore
+import CLinuxShims
+import Foundation
+import Glibc
+import LinuxSys
+import Logging
+import Synchronization
+
+// The broker: re-exec.
+extension Broker {
+    /// Replaces the program in place: sockets, the control socket and connected clients stay open
+    /// across exec(2), described in a memfd. On failure the broker goes on serving.
+    func reexec() {
+        // A file that does not run is found before this image is given up.
+        let checked: String
+        switch checkedImage.map({ .success($0) }) ?? ProgramImage.check(executable) {
+        case .success(let line): checked = line
+        case .failure(let error):
+            logger.info("re-exec refused: \(error); still serving")
+            return
+        }
+        checkedImage = nil
+        for client in clients.values {
+            // Replies already promised go out first (briefly blocking); the client keeps its connection.
+            let flags = fcntl(client.fd, F_GETFL)
+            _ = fcntl(client.fd, F_SETFL, flags & ~O_NONBLOCK)
+            SocketOptions.setTimeout(client.fd, SO_SNDTIMEO, seconds: 1)
+            flush(client)
+            _ = fcntl(client.fd, F_SETFL, flags)
+        }
+        let state = BrokerState(
+            control: control,
+            sockets: order.compactMap { sockets[$0] }.map { .init(fd: $0.fd, request: $0.request, handedOut: $0.handedOut, creator: $0.creator) },
+            clients: clients.values.filter { !$0.closing }.map { .init(fd: $0.fd, wire: $0.reader.wire, pending: $0.reader.pending) })
+        let memfd = proxyside_memfd("bindkeeper-state")
+        guard memfd >= 0 else { logger.info("re-exec: memfd: \(String(cString: strerror(-memfd)))"); return }
+        let bytes = state.encoded()
+        guard bytes.withUnsafeBytes({ write(memfd, $0.baseAddress, $0.count) }) == bytes.count else {
+            logger.info("re-exec: writing state failed")
+            close(memfd)
+            return
+        }
+        let kept = [(control, "control")] + state.sockets.map { ($0.fd, "socket") } + state.clients.map { ($0.fd, "client") }
+        statistics.reexecs += 1
+        logger.info("re-executing \(executable) (\(checked)) with \(state.sockets.count) sockets and \(state.clients.count) clients")
+        try? notifier?.send("RELOADING=1\nMONOTONIC_USEC=\(MonotonicClock.nanoseconds() / 1000)")
+        let failure = ProgramImage.execute(executable, arguments: CommandLine.arguments, keeping: kept,
+                                           extraEnvironment: [BrokerState.environmentName: String(memfd)])
+        statistics.reexecs -= 1
+        close(memfd)
+        try? notifier?.send("READY=1")
+        logger.info("re-exec of \(executable) failed: \(String(cString: strerror(failure))); still serving")
+    }
+}

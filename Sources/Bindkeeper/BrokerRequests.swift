@@ -1,0 +1,144 @@
+import BindkeeperCore
+import CLinuxShims
+import Foundation
+import Glibc
+import LinuxSys
+import Logging
+import NetTypes
+import Synchronization
+
+// The broker: requests.
+extension Broker {
+    func handle(_ request: Wire.Request, from client: Client) {
+        let wire = request.wire
+        switch request.method {
+        case .bind(let binds):
+            statistics.binds += binds.count
+            switch bind(binds, peer: client.peer) {
+            case .success(let entries):
+                for key in entries { sockets[key]!.handedOut += 1 }
+                let result: [String: Any] = ["sockets": entries.map { key -> [String: Any] in
+                    let entry = sockets[key]!
+                    var item: [String: Any] = ["key": key, "url": entry.request.url]
+                    if let backlog = entry.backlog {
+                        item["backlog"] = backlog.json
+                        if let warning = backlog.warning { item["warning"] = warning }
+                    }
+                    return item
+                }]
+                enqueue(wire.result(id: request.id, result), fds: entries.map { sockets[$0]!.fd }, to: client)
+            case .failure(let error):
+                statistics.bindErrors += 1
+                logger.info("client pid \(client.peer.pid) uid \(client.peer.uid): \(error.message)")
+                enqueue(wire.error(id: request.id, error), fds: [], to: client)
+            }
+        case .list:
+            enqueue(wire.result(id: request.id, listing()), fds: [], to: client)
+        case .reexec:
+            guard client.peer.uid == 0 || client.peer.uid == options.policy.brokerUID else {
+                statistics.denied += 1
+                enqueue(wire.error(id: request.id, .permissionDenied("uid \(client.peer.uid) may not re-execute the broker")), fds: [], to: client)
+                return
+            }
+            // The installed file is checked before the answer, so the client learns of a bad upgrade.
+            switch ProgramImage.check(executable) {
+            case .success(let line):
+                checkedImage = line
+                enqueue(wire.result(id: request.id, ["pid": Int(getpid()), "image": line]), fds: [], to: client)
+                reexecRequested = true
+            case .failure(let error):
+                logger.info("re-exec refused: \(error); still serving")
+                enqueue(wire.error(id: request.id, .reexecRefused("\(executable): \(error)")), fds: [], to: client)
+            }
+        }
+    }
+
+    /// All or none: every request is checked (policy, conflicts, the user's socket limit) before
+    /// any socket is made.
+    func bind(_ requests: [BindRequest], peer: Peer) -> Result<[String], Wire.RPCError> {
+        var creating: Set<String> = []
+        for request in requests {
+            let owner: UInt32?, group: UInt32?
+            do {
+                owner = try request.owner.map { try Accounts.uid($0) }
+                group = try request.group.map { try Accounts.gid($0) }
+            } catch {
+                return .failure(.bindFailed("\(error)"))
+            }
+            if let denial = options.policy.denial(uid: peer.uid, gid: peer.gid, request: request, owner: owner, group: group) {
+                statistics.denied += 1
+                return .failure(.permissionDenied(denial))
+            }
+            if let existing = sockets[request.key], let conflict = existing.request.conflict(with: request) {
+                statistics.conflicts += 1
+                return .failure(.conflict(conflict))
+            }
+            if sockets[request.key] == nil { creating.insert(request.key) }
+        }
+        if peer.uid != 0, peer.uid != options.policy.brokerUID, !creating.isEmpty {
+            let owned = sockets.values.filter { $0.creator == peer.uid }.count
+            guard owned + creating.count <= options.maximumSocketsPerUser else {
+                statistics.socketLimitRefusals += 1
+                logLimited("uid \(peer.uid) has \(owned) sockets (--max-sockets-per-user \(options.maximumSocketsPerUser)); refused \(creating.count) more")
+                return .failure(.limit("uid \(peer.uid) may have the broker create at most \(options.maximumSocketsPerUser) sockets; it has \(owned)"))
+            }
+        }
+        var keys: [String] = []
+        for request in requests {
+            if sockets[request.key] == nil {
+                let report = backlogReport(for: request)
+                do {
+                    let fd = try OwnedSocket.open(request, backlog: report?.requested ?? 0)
+                    add(Entry(request: request, fd: fd, handedOut: 0, backlog: report, creator: peer.uid), stored: false)
+                    statistics.bindsCreated += 1
+                    if let warning = report?.warning { logger.info("\(request.key): \(warning)") }
+                    logger.info("bound \(request.url)\(report.map { " (backlog \($0.effective))" } ?? "")")
+                } catch {
+                    return .failure(.bindFailed("\(error)"))
+                }
+            }
+            keys.append(request.key)
+        }
+        return .success(keys)
+    }
+
+    /// What listen(2) gets for a stream socket, against this namespace's somaxconn; nil for UDP.
+    func backlogReport(for request: BindRequest) -> BacklogReport? {
+        request.isStream ? BacklogReport(requested: request.backlog, default: options.defaultBacklog, somaxconn: OwnedSocket.somaxconn()) : nil
+    }
+
+    func add(_ entry: Entry, stored: Bool) {
+        sockets[entry.request.key] = entry
+        order.append(entry.request.key)
+        guard let notifier, !stored else { return }
+        if let name = FDStoreName.encode(entry.request) {
+            do { try notifier.store(entry.fd, name: name) } catch { logger.info("fd store \(entry.request.key): \(error)") }
+        } else {
+            logger.info("\(entry.request.key): name too long for the fd store; it will not survive a crash")
+        }
+    }
+
+    func listing() -> [String: Any] {
+        let listeners: [ListenerObservation]
+        do { listeners = try SockDiag().dumpListeners() } catch {
+            logger.warning("list: listener queues unknown: \(error)")
+            listeners = []
+        }
+        let queues = Dictionary(listeners.map { ($0.key, $0) }, uniquingKeysWith: { first, _ in first })
+        let items: [[String: Any]] = order.compactMap { key in
+            guard let entry = sockets[key] else { return nil }
+            var item: [String: Any] = ["key": key, "url": entry.request.url, "fd": Int(entry.fd), "handed_out": entry.handedOut,
+                                       "cookie": OwnedSocket.cookie(entry.fd) ?? 0]
+            if let backlog = entry.backlog { item["backlog"] = backlog.json }
+            if entry.request.kind == .tcp, let address = IPAddress(entry.request.address.split(separator: "%").first.map(String.init) ?? ""),
+               let observed = queues[ListenerKey(address: address, port: entry.request.port)] {
+                item["accept_queue"] = Int(observed.acceptQueue)
+                item["syn_queue"] = Int(observed.requestSockets)
+                item["kernel_backlog"] = Int(observed.backlog)
+            }
+            return item
+        }
+        return ["pid": Int(getpid()), "control": options.controlPath, "sockets": items,
+                "clients_connected": clients.count, "clients_served": statistics.clientsAccepted]
+    }
+}
