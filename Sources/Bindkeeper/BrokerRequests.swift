@@ -17,15 +17,10 @@ extension Broker {
             switch bind(binds, peer: client.peer) {
             case .success(let entries):
                 for key in entries { sockets[key]!.handedOut += 1 }
-                let result: [String: Any] = ["sockets": entries.map { key -> [String: Any] in
+                let result = Reply.Bind(sockets: entries.map { key in
                     let entry = sockets[key]!
-                    var item: [String: Any] = ["key": key, "url": entry.request.url]
-                    if let backlog = entry.backlog {
-                        item["backlog"] = backlog.json
-                        if let warning = backlog.warning { item["warning"] = warning }
-                    }
-                    return item
-                }]
+                    return .init(key: key, url: entry.request.url, backlog: entry.backlog, warning: entry.backlog?.warning)
+                })
                 enqueue(wire.result(id: request.id, result), fds: entries.map { sockets[$0]!.fd }, to: client)
             case .failure(let error):
                 statistics.bindErrors += 1
@@ -44,7 +39,7 @@ extension Broker {
             switch ProgramImage.check(executable) {
             case .success(let line):
                 checkedImage = line
-                enqueue(wire.result(id: request.id, ["pid": Int(getpid()), "image": line]), fds: [], to: client)
+                enqueue(wire.result(id: request.id, Reply.Reexec(pid: getpid(), image: line)), fds: [], to: client)
                 reexecRequested = true
             case .failure(let error):
                 logger.info("re-exec refused: \(error); still serving")
@@ -118,27 +113,26 @@ extension Broker {
         }
     }
 
-    func listing() -> [String: Any] {
+    func listing() -> Reply.Listing {
         let listeners: [ListenerObservation]
         do { listeners = try SockDiag().dumpListeners() } catch {
             logger.warning("list: listener queues unknown: \(error)")
             listeners = []
         }
         let queues = Dictionary(listeners.map { ($0.key, $0) }, uniquingKeysWith: { first, _ in first })
-        let items: [[String: Any]] = order.compactMap { key in
+        let items: [Reply.Listing.Socket] = order.compactMap { key in
             guard let entry = sockets[key] else { return nil }
-            var item: [String: Any] = ["key": key, "url": entry.request.url, "fd": Int(entry.fd), "handed_out": entry.handedOut,
-                                       "cookie": OwnedSocket.cookie(entry.fd) ?? 0]
-            if let backlog = entry.backlog { item["backlog"] = backlog.json }
+            var item = Reply.Listing.Socket(key: key, url: entry.request.url, fd: entry.fd, handedOut: entry.handedOut,
+                                            cookie: OwnedSocket.cookie(entry.fd) ?? 0, backlog: entry.backlog)
             if entry.request.kind == .tcp, let address = IPAddress(entry.request.address.split(separator: "%").first.map(String.init) ?? ""),
                let observed = queues[ListenerKey(address: address, port: entry.request.port)] {
-                item["accept_queue"] = Int(observed.acceptQueue)
-                item["syn_queue"] = Int(observed.requestSockets)
-                item["kernel_backlog"] = Int(observed.backlog)
+                item.acceptQueue = observed.acceptQueue
+                item.synQueue = observed.requestSockets
+                item.kernelBacklog = observed.backlog
             }
             return item
         }
-        return ["pid": Int(getpid()), "control": options.controlPath, "sockets": items,
-                "clients_connected": clients.count, "clients_served": statistics.clientsAccepted]
+        return Reply.Listing(pid: getpid(), control: options.controlPath, sockets: items, clientsConnected: clients.count,
+                             clientsServed: statistics.clientsAccepted)
     }
 }

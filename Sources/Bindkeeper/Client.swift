@@ -41,14 +41,14 @@ public final class BindkeeperClient {
             var start = 0
             while start < requests.count {
                 let batch = Array(requests[start..<min(requests.count, start + Wire.maximumBatch)])
-                let (result, fds) = try call("bind", binds: batch)
-                let sockets = (result["sockets"] as? [[String: Any]]) ?? []
+                let (result, fds) = try call("bind", Reply.Bind.self, binds: batch)
+                let sockets = result.sockets
                 guard sockets.count == fds.count else {
                     for fd in fds { close(fd) }
                     throw ReplyError(code: -1, message: "reply lists \(sockets.count) sockets but carried \(fds.count) fds")
                 }
                 for (socket, fd) in zip(sockets, fds) {
-                    bound.append(Bound(key: socket["key"] as? String ?? "", url: socket["url"] as? String ?? "", fd: fd, warning: socket["warning"] as? String))
+                    bound.append(Bound(key: socket.key, url: socket.url, fd: fd, warning: socket.warning))
                 }
                 start += batch.count
             }
@@ -59,12 +59,14 @@ public final class BindkeeperClient {
         return bound
     }
 
-    public func list() throws -> [String: Any] { try call("list").result }
+    public func list() throws -> Reply.Listing { try call("list", Reply.Listing.self).result }
 
-    public func reexec() throws -> Int { (try call("reexec").result["pid"] as? Int) ?? 0 }
+    public func reexec() throws -> Reply.Reexec { try call("reexec", Reply.Reexec.self).result }
 
     /// One request and its reply. Fds that arrive with anything but a successful reply are closed.
-    private func call(_ method: String, binds: [BindRequest] = []) throws -> (result: [String: Any], fds: [Int32]) {
+    private func call<Result: Codable>(_ method: String, _ type: Result.Type, binds: [BindRequest] = []) throws
+        -> (result: Result, fds: [Int32])
+    {
         defer {
             for fd in received { close(fd) }
             received = []
@@ -77,14 +79,23 @@ public final class BindkeeperClient {
             offset += try FDPassing.send(fd, message[offset...], fds: [])
         }
         while true {
-            if let reply = try reader.next() {
+            if let bytes = try reader.next() {
                 let fds = received
                 received = []
-                if let error = reply["error"] as? [String: Any] {
+                let reply: Wire.Envelope<Result>
+                do { reply = try JSONText.decode(Wire.Envelope<Result>.self, from: bytes) } catch {
                     for fd in fds { close(fd) }
-                    throw ReplyError(code: error["code"] as? Int ?? 0, message: error["message"] as? String ?? "error")
+                    throw ReplyError(code: -1, message: "unreadable reply: \(error)")
                 }
-                return ((reply["result"] as? [String: Any]) ?? [:], fds)
+                if let error = reply.error {
+                    for fd in fds { close(fd) }
+                    throw ReplyError(code: error.code, message: error.message)
+                }
+                guard let result = reply.result else {
+                    for fd in fds { close(fd) }
+                    throw ReplyError(code: -1, message: "a reply with neither result nor error")
+                }
+                return (result, fds)
             }
             let (bytes, fds) = try FDPassing.receive(fd)
             received += fds

@@ -223,7 +223,7 @@ public struct BindError: Error, Equatable, Sendable, CustomStringConvertible {
 
 /// The kernel caps listen(2)'s backlog at net.core.somaxconn of the socket's namespace
 /// (`__sys_listen`); this reports what a request gets.
-public struct BacklogReport: Equatable, Sendable {
+public struct BacklogReport: Equatable, Sendable, Codable {
     public var requested: Int32
     public var effective: Int32
     public var explicit: Bool
@@ -234,8 +234,15 @@ public struct BacklogReport: Equatable, Sendable {
         effective = min(self.requested, somaxconn)
     }
 
-    /// As replies and `list` show it.
-    public var json: [String: Int] { ["requested": Int(requested), "effective": Int(effective)] }
+    /// As replies and `list` show it: requested and effective.
+    enum CodingKeys: String, CodingKey { case requested, effective }
+
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        requested = try container.decode(Int32.self, forKey: .requested)
+        effective = try container.decode(Int32.self, forKey: .effective)
+        explicit = true
+    }
 
     /// A warning when the application asked for more than it gets.
     public var warning: String? {

@@ -90,37 +90,46 @@ public struct BrokerState: Equatable, Sendable {
 
     public static let environmentName = "BINDKEEPER_STATE_FD"
 
+    /// The JSON form: `{"control": FD, "sockets": [{"fd", "url", "handed_out", "creator"}],
+    /// "clients": [{"fd", "wire": "framed"|"multibinder"|"", "pending": BASE64}]}`. Broker
+    /// releases read each other's state across an upgrade, so the form only grows.
+    private struct Form: Codable {
+        struct Socket: Codable {
+            var fd: Int32
+            var url: String
+            var handedOut: UInt64?
+            var creator: UInt32?
+            enum CodingKeys: String, CodingKey { case fd, url, handedOut = "handed_out", creator }
+        }
+
+        struct Client: Codable {
+            var fd: Int32
+            var wire: String
+            var pending: Data
+        }
+
+        var control: Int32
+        var sockets: [Socket]
+        var clients: [Client]
+    }
+
     public func encoded() -> [UInt8] {
-        let object: [String: Any] = [
-            "control": Int(control),
-            "sockets": sockets.map { socket in
-                var entry: [String: Any] = ["fd": Int(socket.fd), "url": socket.request.url, "handed_out": socket.handedOut]
-                if let creator = socket.creator { entry["creator"] = Int(creator) }
-                return entry
-            },
-            "clients": clients.map { ["fd": Int($0.fd), "wire": $0.wire.map { $0 == .framed ? "framed" : "multibinder" } ?? "",
-                                      "pending": Data($0.pending).base64EncodedString()] as [String: Any] },
-        ]
-        return Array((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data())
+        JSONText.encode(Form(
+            control: control,
+            sockets: sockets.map { .init(fd: $0.fd, url: $0.request.url, handedOut: $0.handedOut, creator: $0.creator) },
+            clients: clients.map { .init(fd: $0.fd, wire: $0.wire.map { $0 == .framed ? "framed" : "multibinder" } ?? "", pending: Data($0.pending)) }))
     }
 
     public static func decode(_ bytes: [UInt8]) -> Result<BrokerState, BindError> {
-        guard let object = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any],
-              let control = object["control"] as? Int, let sockets = object["sockets"] as? [[String: Any]],
-              let clients = object["clients"] as? [[String: Any]] else { return .failure(BindError("state: not a broker state")) }
-        var state = BrokerState(control: Int32(control), sockets: [], clients: [])
-        for socket in sockets {
-            guard let fd = socket["fd"] as? Int, let url = socket["url"] as? String,
-                  let request = try? BindRequest.parse(url: url).get() else { return .failure(BindError("state: bad socket entry")) }
-            state.sockets.append(Socket(fd: Int32(fd), request: request, handedOut: (socket["handed_out"] as? NSNumber)?.uint64Value ?? 0,
-                                        creator: (socket["creator"] as? Int).flatMap { UInt32(exactly: $0) }))
+        guard let form = try? JSONText.decode(Form.self, from: bytes) else { return .failure(BindError("state: not a broker state")) }
+        var state = BrokerState(control: form.control, sockets: [], clients: [])
+        for socket in form.sockets {
+            guard let request = try? BindRequest.parse(url: socket.url).get() else { return .failure(BindError("state: bad socket entry")) }
+            state.sockets.append(Socket(fd: socket.fd, request: request, handedOut: socket.handedOut ?? 0, creator: socket.creator))
         }
-        for client in clients {
-            guard let fd = client["fd"] as? Int, let pending = (client["pending"] as? String).flatMap({ Data(base64Encoded: $0) }) else {
-                return .failure(BindError("state: bad client entry"))
-            }
-            let wire: Wire? = switch client["wire"] as? String { case "framed": .framed; case "multibinder": .multibinder; default: nil }
-            state.clients.append(Client(fd: Int32(fd), wire: wire, pending: Array(pending)))
+        for client in form.clients {
+            let wire: Wire? = switch client.wire { case "framed": .framed; case "multibinder": .multibinder; default: nil }
+            state.clients.append(Client(fd: client.fd, wire: wire, pending: Array(client.pending)))
         }
         return .success(state)
     }

@@ -76,7 +76,7 @@ public struct Policy: Equatable, Sendable {
     /// (the system's databases), so a typo is an error at start-up, not a silent deny later.
     public static func parse(_ data: [UInt8], brokerUID: UInt32,
                              resolveUser: (String) -> UInt32?, resolveGroup: (String) -> UInt32?) -> Result<Policy, BindError> {
-        guard let object = try? JSONSerialization.jsonObject(with: Data(data)), let root = object as? [String: Any] else {
+        guard let root = JSONValue.parse(data)?.object else {
             return .failure(BindError("policy: not a JSON object"))
         }
         if let unknown = root.keys.sorted().first(where: { $0 != "control" && $0 != "allow" }) {
@@ -84,48 +84,53 @@ public struct Policy: Equatable, Sendable {
         }
         var policy = Policy(brokerUID: brokerUID)
         if let control = root["control"] {
-            guard let control = control as? [String: Any] else { return .failure(BindError("policy: control must be an object")) }
+            guard let control = control.object else { return .failure(BindError("policy: control must be an object")) }
             if let mode = control["mode"] {
-                guard let text = mode as? String, let value = UInt32(text, radix: 8), value <= 0o777 else {
+                guard let text = mode.string, let value = UInt32(text, radix: 8), value <= 0o777 else {
                     return .failure(BindError("policy: control.mode is an octal string such as \"0660\""))
                 }
                 policy.controlMode = value
             }
             if let group = control["group"] {
-                guard let name = group as? String, resolveGroup(name) != nil else { return .failure(BindError("policy: control.group: no such group")) }
+                guard let name = group.string, resolveGroup(name) != nil else { return .failure(BindError("policy: control.group: no such group")) }
                 policy.controlGroup = name
             }
         }
-        for (index, item) in ((root["allow"] as? [Any]) ?? []).enumerated() {
-            guard let rule = item as? [String: Any] else { return .failure(BindError("policy: allow[\(index)] must be an object")) }
+        for (index, item) in (root["allow"]?.array ?? []).enumerated() {
+            guard let rule = item.object else { return .failure(BindError("policy: allow[\(index)] must be an object")) }
             let subject: Subject
-            switch (rule["user"], rule["uid"], rule["group"], rule["gid"], rule["anyone"]) {
-            case (let name as String, nil, nil, nil, nil):
+            switch (rule["user"], rule["uid"]?.integer.flatMap(UInt32.init(exactly:)), rule["group"],
+                    rule["gid"]?.integer.flatMap(UInt32.init(exactly:)), rule["anyone"]) {
+            case (.string(let name)?, nil, nil, nil, nil) where rule["uid"] == nil:
                 guard let uid = resolveUser(name) else { return .failure(BindError("policy: allow[\(index)]: no such user \(name)")) }
                 subject = .uid(uid)
-            case (nil, let uid as Int, nil, nil, nil) where uid >= 0: subject = .uid(UInt32(uid))
-            case (nil, nil, let name as String, nil, nil):
+            case (nil, let uid?, nil, nil, nil): subject = .uid(uid)
+            case (nil, nil, .string(let name)?, nil, nil) where rule["gid"] == nil:
                 guard let gid = resolveGroup(name) else { return .failure(BindError("policy: allow[\(index)]: no such group \(name)")) }
                 subject = .gid(gid)
-            case (nil, nil, nil, let gid as Int, nil) where gid >= 0: subject = .gid(UInt32(gid))
-            case (nil, nil, nil, nil, true as Bool): subject = .anyone
+            case (nil, nil, nil, let gid?, nil): subject = .gid(gid)
+            case (nil, nil, nil, nil, .bool(true)?) where rule["uid"] == nil && rule["gid"] == nil: subject = .anyone
             default:
                 return .failure(BindError("policy: allow[\(index)] names exactly one of user, uid, group, gid or \"anyone\": true"))
             }
             if let unknown = rule.keys.sorted().first(where: { !["user", "uid", "group", "gid", "anyone", "binds", "owners", "groups"].contains($0) }) {
                 return .failure(BindError("policy: allow[\(index)]: unknown key \(unknown)"))
             }
-            guard let patterns = rule["binds"] as? [String], !patterns.isEmpty else {
+            guard let patterns = rule["binds"]?.array?.compactMap(\.string), patterns.count == rule["binds"]?.array?.count,
+                  !patterns.isEmpty else {
                 return .failure(BindError("policy: allow[\(index)].binds must list patterns"))
             }
             func ids(_ key: String, _ resolve: (String) -> UInt32?) -> Result<Set<UInt32>, BindError> {
                 guard let list = rule[key] else { return .success([]) }
-                guard let names = list as? [Any] else { return .failure(BindError("policy: allow[\(index)].\(key) must list names or numbers")) }
+                guard let names = list.array else { return .failure(BindError("policy: allow[\(index)].\(key) must list names or numbers")) }
                 var out: Set<UInt32> = []
                 for name in names {
+                    if let number = name.integer, number >= 0, number < Int64(UInt32.max) {
+                        out.insert(UInt32(number))
+                        continue
+                    }
                     switch name {
-                    case let number as Int where number >= 0 && number < Int(UInt32.max): out.insert(UInt32(number))
-                    case let text as String:
+                    case .string(let text):
                         guard let id = resolve(text) else { return .failure(BindError("policy: allow[\(index)].\(key): no such \(key.dropLast()) \(text)")) }
                         out.insert(id)
                     default: return .failure(BindError("policy: allow[\(index)].\(key) must list names or numbers"))

@@ -23,27 +23,30 @@ public enum Wire: Sendable {
     public static let version = 1
 
     /// A request's id, echoed verbatim (JSON-RPC allows a string, a number or null).
-    public enum RequestID: Equatable, Sendable {
+    public enum RequestID: Codable, Equatable, Sendable {
         case number(Int64), string(String), null
 
-        init(json: Any?) {
+        init(json: JSONValue?) {
             switch json {
-            case let number as NSNumber where Double(number.int64Value) == number.doubleValue: self = .number(number.int64Value)
-            case let text as String: self = .string(text)
-            default: self = .null
+            case .string(let text): self = .string(text)
+            case let value?: self = value.integer.map(RequestID.number) ?? .null
+            case nil: self = .null
             }
         }
 
-        var json: Any {
+        public init(from decoder: Decoder) throws { self.init(json: try JSONValue(from: decoder)) }
+
+        public func encode(to encoder: Encoder) throws {
+            var container = encoder.singleValueContainer()
             switch self {
-            case .number(let value): value
-            case .string(let value): value
-            case .null: NSNull()
+            case .number(let value): try container.encode(value)
+            case .string(let value): try container.encode(value)
+            case .null: try container.encodeNil()
             }
         }
     }
 
-    public struct RPCError: Error, Equatable, Sendable {
+    public struct RPCError: Error, Equatable, Sendable, Codable {
         public var code: Int
         public var message: String
         public init(code: Int, message: String) { self.code = code; self.message = message }
@@ -80,36 +83,68 @@ public enum Wire: Sendable {
 
     // MARK: Replies
 
-    /// multibinder's reply to a bind: `true`; the framed form's reply: `result`.
-    public func result(id: RequestID, _ result: [String: Any]) -> [UInt8] {
+    /// One message of either form. Absent members are not written.
+    public struct Envelope<Result: Codable>: Codable {
+        /// "2.0" in the multibinder form.
+        public var jsonrpc: String?
+        /// `Wire.version` in the framed form.
+        public var v: Int?
+        public var id: RequestID
+        public var method: String?
+        /// multibinder's bind parameters.
+        public var params: [JSONValue]?
+        /// The framed form's binds, as URLs.
+        public var binds: [String]?
+        public var result: Result?
+        public var error: RPCError?
+
+        // An id of null is written as null, not left out.
+        public func encode(to encoder: Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encodeIfPresent(jsonrpc, forKey: .jsonrpc)
+            try container.encodeIfPresent(v, forKey: .v)
+            try container.encode(id, forKey: .id)
+            try container.encodeIfPresent(method, forKey: .method)
+            try container.encodeIfPresent(params, forKey: .params)
+            try container.encodeIfPresent(binds, forKey: .binds)
+            try container.encodeIfPresent(result, forKey: .result)
+            try container.encodeIfPresent(error, forKey: .error)
+        }
+    }
+
+    private func envelope<Result: Codable>(id: RequestID, result: Result? = nil, error: RPCError? = nil) -> Envelope<Result> {
         switch self {
-        case .multibinder: encode(["jsonrpc": "2.0", "id": id.json, "result": true])
-        case .framed: encode(["v": Wire.version, "id": id.json, "result": result])
+        case .multibinder: Envelope(jsonrpc: "2.0", id: id, result: result, error: error)
+        case .framed: Envelope(v: Wire.version, id: id, result: result, error: error)
+        }
+    }
+
+    /// multibinder's reply to a bind: `true`; the framed form's reply: `result`.
+    public func result(id: RequestID, _ result: some Codable) -> [UInt8] {
+        switch self {
+        case .multibinder: encode(envelope(id: id, result: true))
+        case .framed: encode(envelope(id: id, result: result))
         }
     }
 
     /// An error reply; never a backtrace.
     public func error(id: RequestID, _ error: RPCError) -> [UInt8] {
-        let body: [String: Any] = ["code": error.code, "message": error.message]
-        switch self {
-        case .multibinder: return encode(["jsonrpc": "2.0", "id": id.json, "error": body])
-        case .framed: return encode(["v": Wire.version, "id": id.json, "error": body])
-        }
+        encode(envelope(id: id, result: Bool?.none, error: error))
     }
 
     /// A request in this form (the client side of the framed form, and tests of both).
     public func request(id: RequestID, method: String, binds: [BindRequest] = []) -> [UInt8] {
+        var message: Envelope<Bool> = envelope(id: id)
+        message.method = method
         switch self {
-        case .multibinder:
-            let params: [[String: Any]] = binds.map { Wire.jsonParams($0) }
-            return encode(["jsonrpc": "2.0", "id": id.json, "method": method, "params": params])
-        case .framed:
-            return encode(["v": Wire.version, "id": id.json, "method": method, "binds": binds.map(\.url)])
+        case .multibinder: message.params = binds.map { .object(Wire.jsonParams($0)) }
+        case .framed: message.binds = binds.map(\.url)
         }
+        return encode(message)
     }
 
-    func encode(_ object: [String: Any]) -> [UInt8] {
-        let body = Array((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8))
+    func encode(_ message: some Encodable) -> [UInt8] {
+        let body = JSONText.encode(message)
         switch self {
         case .multibinder: return body
         case .framed: return Wire.frameHeader(body.count) + body
@@ -124,21 +159,21 @@ public enum Wire: Sendable {
 
     /// Parses one message of this form.
     public func parse(_ message: [UInt8]) -> Result<Request, Failure> {
-        guard let object = try? JSONSerialization.jsonObject(with: Data(message)), let request = object as? [String: Any] else {
+        guard let request = JSONValue.parse(message)?.object else {
             return .failure(Failure(wire: self, id: .null, error: .parse("not a JSON object")))
         }
         let id = RequestID(json: request["id"])
         func fail(_ error: RPCError) -> Result<Request, Failure> { .failure(Failure(wire: self, id: id, error: error)) }
         switch self {
         case .multibinder:
-            if let version = request["jsonrpc"], version as? String != "2.0" { return fail(.invalidRequest("jsonrpc must be \"2.0\"")) }
+            if let version = request["jsonrpc"], version.string != "2.0" { return fail(.invalidRequest("jsonrpc must be \"2.0\"")) }
         case .framed:
-            guard request["v"] as? Int == Wire.version else { return fail(.invalidRequest("v must be \(Wire.version)")) }
+            guard request["v"]?.integer == Int64(Wire.version) else { return fail(.invalidRequest("v must be \(Wire.version)")) }
         }
-        guard let method = request["method"] as? String else { return fail(.invalidRequest("no method")) }
+        guard let method = request["method"]?.string else { return fail(.invalidRequest("no method")) }
         switch (self, method) {
         case (.multibinder, "bind"):
-            guard let params = request["params"] as? [Any], params.count == 1, let first = params.first as? [String: Any] else {
+            guard let params = request["params"]?.array, params.count == 1, let first = params[0].object else {
                 return fail(.invalidParams("params must be [{\"address\": ..., \"port\": ...}]"))
             }
             switch Wire.bindRequest(json: first) {
@@ -146,15 +181,15 @@ public enum Wire: Sendable {
             case .failure(let error): return fail(.invalidParams(error.description))
             }
         case (.framed, "bind"):
-            guard let binds = request["binds"] as? [Any], !binds.isEmpty, binds.count <= Wire.maximumBatch else {
+            guard let binds = request["binds"]?.array, !binds.isEmpty, binds.count <= Wire.maximumBatch else {
                 return fail(.invalidParams("binds must list 1 to \(Wire.maximumBatch) sockets"))
             }
             var requests: [BindRequest] = []
             for (index, item) in binds.enumerated() {
                 let parsed: Result<BindRequest, BindError>
                 switch item {
-                case let url as String: parsed = BindRequest.parse(url: url)
-                case let object as [String: Any]: parsed = Wire.bindRequest(json: object)
+                case .string(let url): parsed = BindRequest.parse(url: url)
+                case .object(let object): parsed = Wire.bindRequest(json: object)
                 default: parsed = .failure(BindError("not a URL or an object"))
                 }
                 switch parsed {
@@ -171,18 +206,18 @@ public enum Wire: Sendable {
 
     /// A bind in JSON: multibinder's `address`, `port`, `backlog`, plus `type`, `v6only`,
     /// `freebind`, `mode` (a number, or an octal string), `owner`, `group`.
-    static func bindRequest(json params: [String: Any]) -> Result<BindRequest, BindError> {
+    static func bindRequest(json params: [String: JSONValue]) -> Result<BindRequest, BindError> {
         let known: Set<String> = ["type", "address", "port", "backlog", "v6only", "freebind", "mode", "owner", "group"]
         if let unknown = params.keys.sorted().first(where: { !known.contains($0) }) { return .failure(BindError("unknown option \(unknown)")) }
         var kind = BindRequest.Kind.tcp
         if let type = params["type"] {
-            guard let name = type as? String, let parsed = BindRequest.Kind(rawValue: name) else { return .failure(BindError("type is tcp, udp or unix")) }
+            guard let name = type.string, let parsed = BindRequest.Kind(rawValue: name) else { return .failure(BindError("type is tcp, udp or unix")) }
             kind = parsed
         }
-        guard let address = params["address"] as? String, !address.isEmpty else { return .failure(BindError("address must be a non-empty string")) }
+        guard let address = params["address"]?.string, !address.isEmpty else { return .failure(BindError("address must be a non-empty string")) }
         var port: UInt16 = 0
         if kind != .unix {
-            guard let number = params["port"] as? NSNumber, let value = UInt16(exactly: number.doubleValue) else {
+            guard let number = params["port"]?.integer, let value = UInt16(exactly: number) else {
                 return .failure(BindError("port must be 0...65535"))
             }
             port = value
@@ -193,17 +228,20 @@ public enum Wire: Sendable {
         case .failure(let error): return .failure(error)
         }
         for name in ["backlog", "v6only", "freebind", "mode", "owner", "group"] {
-            guard let value = params[name], !(value is NSNull) else { continue }
+            guard let value = params[name], value != .null else { continue }
+            let flag = name == "v6only" || name == "freebind"
             let text: String
             switch value {
-            case let flag as Bool where name == "v6only" || name == "freebind": text = flag ? "1" : "0"
-            case let number as NSNumber where name == "mode":
-                guard let exact = UInt32(exactly: number.doubleValue) else { return .failure(BindError("mode must be a permission number")) }
-                text = String(exact, radix: 8)
-            case let number as NSNumber where name != "v6only" && name != "freebind":
-                guard let exact = Int64(exactly: number.doubleValue) else { return .failure(BindError("\(name) must be an integer")) }
-                text = String(exact)
-            case let string as String: text = string
+            case .bool(let on) where flag: text = on ? "1" : "0"
+            case .integer, .number:
+                if name == "mode" {
+                    guard let exact = value.integer.flatMap({ UInt32(exactly: $0) }) else { return .failure(BindError("mode must be a permission number")) }
+                    text = String(exact, radix: 8)
+                } else {
+                    guard let exact = value.integer else { return .failure(BindError("\(name) must be an integer")) }
+                    text = String(exact)
+                }
+            case .string(let string): text = string
             default: return .failure(BindError("\(name) has the wrong type"))
             }
             if let error = request.setOption(name, text) { return .failure(BindError(error)) }
@@ -211,15 +249,15 @@ public enum Wire: Sendable {
         return .success(request)
     }
 
-    static func jsonParams(_ request: BindRequest) -> [String: Any] {
-        var params: [String: Any] = ["type": request.kind.rawValue, "address": request.address]
-        if request.kind != .unix { params["port"] = Int(request.port) }
-        if let backlog = request.backlog { params["backlog"] = Int(backlog) }
-        if let ipv6Only = request.ipv6Only { params["v6only"] = ipv6Only }
-        if let freebind = request.freebind { params["freebind"] = freebind }
-        if let mode = request.mode { params["mode"] = "0" + String(mode, radix: 8) }
-        if let owner = request.owner { params["owner"] = owner }
-        if let group = request.group { params["group"] = group }
+    static func jsonParams(_ request: BindRequest) -> [String: JSONValue] {
+        var params: [String: JSONValue] = ["type": .string(request.kind.rawValue), "address": .string(request.address)]
+        if request.kind != .unix { params["port"] = .integer(Int64(request.port)) }
+        if let backlog = request.backlog { params["backlog"] = .integer(Int64(backlog)) }
+        if let ipv6Only = request.ipv6Only { params["v6only"] = .bool(ipv6Only) }
+        if let freebind = request.freebind { params["freebind"] = .bool(freebind) }
+        if let mode = request.mode { params["mode"] = .string("0" + String(mode, radix: 8)) }
+        if let owner = request.owner { params["owner"] = .string(owner) }
+        if let group = request.group { params["group"] = .string(group) }
         return params
     }
 }
@@ -353,16 +391,13 @@ public struct FrameReader: Sendable {
     public init() {}
     public mutating func append<C: Collection>(_ bytes: C) where C.Element == UInt8 { buffer.append(contentsOf: bytes) }
 
-    /// The next whole reply as a JSON object, nil until more bytes arrive; throws on a bad frame.
-    public mutating func next() throws -> [String: Any]? {
+    /// The next whole reply's JSON, nil until more bytes arrive; throws on a bad frame.
+    public mutating func next() throws -> [UInt8]? {
         guard buffer.count >= 4 else { return nil }
         let length = buffer[0..<4].reduce(0) { $0 << 8 | Int($1) }
         guard length <= Wire.maximumFrame else { throw BindError("reply frame of \(length) bytes") }
         guard buffer.count >= 4 + length else { return nil }
         defer { buffer.removeFirst(4 + length) }
-        guard let object = try JSONSerialization.jsonObject(with: Data(buffer[4..<(4 + length)])) as? [String: Any] else {
-            throw BindError("reply is not a JSON object")
-        }
-        return object
+        return Array(buffer[4..<(4 + length)])
     }
 }

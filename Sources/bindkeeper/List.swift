@@ -1,5 +1,6 @@
 import ArgumentParser
 import Bindkeeper
+import BindkeeperCore
 import Foundation
 import Glibc
 import ProxysideArguments
@@ -16,24 +17,18 @@ struct List: ParsableCommand {
     func run() throws {
         let listing = try BindkeeperClient(path: socket).list()
         if json {
-            print(String(decoding: try JSONSerialization.data(withJSONObject: listing, options: [.sortedKeys, .prettyPrinted]), as: UTF8.self))
+            print(String(decoding: JSONText.encode(listing, pretty: true), as: UTF8.self))
             return
         }
-        let sockets = listing["sockets"] as? [[String: Any]] ?? []
-        print("broker pid \(listing["pid"] ?? "?"), \(sockets.count) sockets, \(listing["clients_connected"] ?? 0) clients connected, \(listing["clients_served"] ?? 0) served")
-        let width = sockets.map { ($0["url"] as? String ?? "").count }.max().map { max($0, 28) } ?? 28
-        print("SOCKET".padding(toLength: width, withPad: " ", startingAt: 0) + " BACKLOG(req/eff)  ACCEPTQ  SYNQ  HANDED-OUT  COOKIE")
-        for socket in sockets {
-            let backlog = (socket["backlog"] as? [String: Any]).map { "\($0["requested"] ?? "-")/\($0["effective"] ?? "-")" } ?? "-"
-            let line = [
-                (socket["url"] as? String ?? "").padding(toLength: width, withPad: " ", startingAt: 0),
-                backlog.padding(toLength: 17, withPad: " ", startingAt: 0),
-                "\(socket["accept_queue"] ?? "-")".padding(toLength: 8, withPad: " ", startingAt: 0),
-                "\(socket["syn_queue"] ?? "-")".padding(toLength: 5, withPad: " ", startingAt: 0),
-                "\(socket["handed_out"] ?? 0)".padding(toLength: 11, withPad: " ", startingAt: 0),
-                "\(socket["cookie"] ?? "-")",
-            ]
-            print(line.joined(separator: " "))
+        print("broker pid \(listing.pid), \(listing.sockets.count) sockets, \(listing.clientsConnected) clients connected, \(listing.clientsServed) served")
+        let width = listing.sockets.map(\.url.count).max().map { max($0, 28) } ?? 28
+        func column(_ text: String, _ width: Int) -> String { text.padding(toLength: width, withPad: " ", startingAt: 0) }
+        func text(_ value: (some CustomStringConvertible)?) -> String { value.map(\.description) ?? "-" }
+        print(column("SOCKET", width) + " BACKLOG(req/eff)  ACCEPTQ  SYNQ  HANDED-OUT  COOKIE")
+        for socket in listing.sockets {
+            let backlog = socket.backlog.map { "\($0.requested)/\($0.effective)" } ?? "-"
+            print([column(socket.url, width), column(backlog, 17), column(text(socket.acceptQueue), 8), column(text(socket.synQueue), 5),
+                   column(String(socket.handedOut), 11), String(socket.cookie)].joined(separator: " "))
         }
     }
 }

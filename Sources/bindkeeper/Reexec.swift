@@ -10,7 +10,7 @@ struct Reexec: ParsableCommand {
     var socket = defaultSocket
 
     func run() throws {
-        let pid = try BindkeeperClient(path: socket).reexec()
-        print("broker pid \(pid) is re-executing")
+        let reply = try BindkeeperClient(path: socket).reexec()
+        print("broker pid \(reply.pid) is re-executing")
     }
 }

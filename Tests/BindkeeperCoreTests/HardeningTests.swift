@@ -19,10 +19,12 @@ final class HardeningTests: XCTestCase {
                        "/run/a#x", "/run/a\\x", "/run/" + String(repeating: "a", count: 110)]
         for path in refused {
             XCTAssertThrowsError(try url("unix:" + path).get(), path)
-            let json = String(decoding: try JSONSerialization.data(withJSONObject: ["type": "unix", "address": path]), as: UTF8.self)
+            let bind = JSONValue.object(["type": .string("unix"), "address": .string(path)])
+            let json = String(decoding: JSONText.encode(bind), as: UTF8.self)
             guard case .failure(let failure) = multibinder(json) else { return XCTFail("JSON accepted \(path)") }
             XCTAssertEqual(failure.error.code, -32602)
-            let framed = Wire.framed.parse(Array(String(decoding: try JSONSerialization.data(withJSONObject: ["v": 1, "id": 1, "method": "bind", "binds": [["type": "unix", "address": path]]]), as: UTF8.self).utf8))
+            let framed = Wire.framed.parse(JSONText.encode(JSONValue.object(["v": .integer(1), "id": .integer(1), "method": .string("bind"),
+                                                                                 "binds": .array([bind])])))
             guard case .failure = framed else { return XCTFail("framed accepted \(path)") }
         }
         for path in ["/run/web/app.sock", "/run/web/a-b_c.d+e,f=g@h~i", "/x"] {

@@ -86,10 +86,10 @@ final class BindkeeperTests: XCTestCase {
             reply.fds.forEach { close($0) }
         }
         let listing = try lab.client().list()
-        let sockets = try XCTUnwrap(listing["sockets"] as? [[String: Any]])
+        let sockets = listing.sockets
         XCTAssertEqual(sockets.count, 1024)
-        XCTAssertEqual(sockets.first?["handed_out"] as? Int, 2)
-        XCTAssertEqual(sockets.first?["kernel_backlog"] as? Int, 128, "sock_diag reports the listener")
+        XCTAssertEqual(sockets.first?.handedOut, 2)
+        XCTAssertEqual(sockets.first?.kernelBacklog, 128, "sock_diag reports the listener")
     }
 
     func testConcurrentClientsAreServedWhileSlowClientsStall() throws {
@@ -132,7 +132,7 @@ final class BindkeeperTests: XCTestCase {
         XCTAssertTrue(stalled.isClosedByPeer(), "a stalled message is cut off")
         XCTAssertTrue(deaf.isClosedByPeer(), "a client that never reads is cut off")
         flooding.join()
-        XCTAssertEqual((try lab.client().list()["sockets"] as? [Any])?.count, 320)
+        XCTAssertEqual(try lab.client().list().sockets.count, 320)
     }
 
     func testBadInputGetsErrorsAndTheBrokerKeepsServing() throws {
@@ -178,7 +178,7 @@ final class BindkeeperTests: XCTestCase {
         }
         // Batches are all or none.
         XCTAssertThrowsError(try lab.client().bind([url("tcp://\(BrokerLab.address):8445"), url("tcp://[::]:8444?v6only=0")]))
-        XCTAssertFalse((try lab.client().list()["sockets"] as? [[String: Any]] ?? []).contains { $0["key"] as? String == "tcp://\(BrokerLab.address):8445" })
+        XCTAssertFalse(try lab.client().list().sockets.contains { $0.key == "tcp://\(BrokerLab.address):8445" })
         // Still serving.
         let after = try lab.client().bind([url("tcp://\(BrokerLab.address):8443")])
         XCTAssertEqual(after.count, 1)
@@ -220,9 +220,9 @@ final class BindkeeperTests: XCTestCase {
         XCTAssertEqual(bound[0].warning, "backlog 1024 capped to 256 by net.core.somaxconn")
         XCTAssertNil(bound[1].warning)
         XCTAssertNil(bound[2].warning, "the default is meant to be capped")
-        let sockets = try XCTUnwrap(try lab.client().list()["sockets"] as? [[String: Any]])
-        XCTAssertEqual(sockets.map { $0["kernel_backlog"] as? Int }, [256, 64, 256])
-        XCTAssertEqual(sockets.map { ($0["backlog"] as? [String: Any])?["effective"] as? Int }, [256, 64, 256])
+        let sockets = try lab.client().list().sockets
+        XCTAssertEqual(sockets.map(\.kernelBacklog), [256, 64, 256])
+        XCTAssertEqual(sockets.map(\.backlog?.effective), [256, 64, 256])
         let text = try lab.run([lab.binary("bindkeeper"), "list", "--socket", lab.socketPath])
         XCTAssertTrue(text.output.contains("1024/256"), text.output)
     }
@@ -325,7 +325,7 @@ final class BindkeeperTests: XCTestCase {
         answered.fds.forEach { close($0) }
         let after = try lab.client().bind(requests)
         XCTAssertEqual(after.map { OwnedSocket.cookie($0.fd) }, before.map { OwnedSocket.cookie($0.fd) }, "the same kernel sockets")
-        XCTAssertEqual(try lab.client().list()["sockets"].map { ($0 as? [Any])?.count }, 3)
+        XCTAssertEqual(try lab.client().list().sockets.count, 3)
         let restarted = (try? String(contentsOfFile: restartLog, encoding: .utf8)) ?? ""
         XCTAssertTrue(restarted.contains("recovered 3 sockets from the service manager and the control socket"), restarted)
         let accepted = try acceptConnection(after[0].fd)
