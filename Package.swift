@@ -39,7 +39,10 @@ let package = Package(
         // second-chance on Linux: NFQUEUE, the raw sender, the cookie oracle, the worker, the responder.
         .target(
             name: "SecondChance",
-            dependencies: ["SecondChanceCore", "NetTypes", "LinuxSys", "Telemetry", "CNetfilterQueue", "CMnl", "CLinuxShims", logging]),
+            dependencies: [
+                "SecondChanceCore", "NetTypes", "LinuxSys", "Telemetry", "CNetfilterQueue", "CMnl", "CLinuxShims",
+                logging,
+            ]),
 
         // bindkeeper's pure parts: requests, policy, templates, wire forms, hand-over state.
         .target(name: "BindkeeperCore"),
@@ -57,10 +60,16 @@ let package = Package(
 
         .executableTarget(
             name: "second-chance",
-            dependencies: ["SecondChance", "SecondChanceCore", "NetTypes", "LinuxSys", "Telemetry", "ProxysideArguments", argumentParser, logging]),
+            dependencies: [
+                "SecondChance", "SecondChanceCore", "NetTypes", "LinuxSys", "Telemetry", "ProxysideArguments",
+                argumentParser, logging,
+            ]),
         .executableTarget(
             name: "bindkeeper",
-            dependencies: ["Bindkeeper", "BindkeeperCore", "NetTypes", "LinuxSys", "Telemetry", "ProxysideArguments", argumentParser, logging]),
+            dependencies: [
+                "Bindkeeper", "BindkeeperCore", "NetTypes", "LinuxSys", "Telemetry", "ProxysideArguments",
+                argumentParser, logging,
+            ]),
         // Director simulator, packet sender and receiver, load generator and fd-store player.
         .executableTarget(
             name: "glb-lab",
@@ -75,9 +84,12 @@ let package = Package(
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(
             name: "SecondChanceCoreTests",
-            dependencies: ["SecondChanceCore", "SecondChance", "NetTypes", "LinuxSys", "Telemetry", "LabKit", "TestSupport"]),
+            dependencies: [
+                "SecondChanceCore", "SecondChance", "NetTypes", "LinuxSys", "Telemetry", "LabKit", "TestSupport",
+            ]),
         .testTarget(
-            name: "BindkeeperCoreTests", dependencies: ["BindkeeperCore", "NetTypes", "LinuxSys", "Telemetry", "TestSupport"]),
+            name: "BindkeeperCoreTests",
+            dependencies: ["BindkeeperCore", "NetTypes", "LinuxSys", "Telemetry", "TestSupport"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: [

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test: unit and fuzz tests, then integration tests in network namespaces (root),
-# including the slow one (a SYN flood of 150 s), then a bounded coverage-guided fuzzing run of each
+# Runs every test: the format check, unit and fuzz tests, then integration tests in network
+# namespaces (root), including the slow one (a SYN flood of 150 s), then a bounded coverage-guided fuzzing run of each
 # libFuzzer target (scripts/fuzz.sh, PROXYSIDE_FUZZ_SECONDS each, default 30). --quick leaves the
 # slow test and the fuzzing run out. Randomized tests print their seed; PROXYSIDE_SEED=N replays one.
 #   scripts/test.sh [--quick]
@@ -15,6 +15,7 @@ for ns in $(ip netns list | awk '/^(psit|psck|psbk|pstb|pspk|pspr|pslc|psrs|pssd
     ip netns pids "$ns" | xargs -r kill -9
     ip netns del "$ns"
 done
+scripts/format.sh
 swift build --build-tests
 swift test --skip-build --disable-swift-testing
 if [ "$PROXYSIDE_SLOW_TESTS" = 1 ]; then scripts/fuzz.sh "${PROXYSIDE_FUZZ_SECONDS:-30}"; fi

@@ -107,8 +107,10 @@ public final class Broker: @unchecked Sendable {
     /// One read buffer for every client: the loop reads one client at a time.
     var readBuffer = [UInt8](repeating: 0, count: 65536)
 
-    public init(options: BrokerOptions, environment: [String: String] = ProcessInfo.processInfo.environment,
-                logger: Logger) throws {
+    public init(
+        options: BrokerOptions, environment: [String: String] = ProcessInfo.processInfo.environment,
+        logger: Logger
+    ) throws {
         self.options = options
         self.logger = logger
         executable = ProgramImage.startPath()
@@ -125,10 +127,13 @@ public final class Broker: @unchecked Sendable {
         if control < 0 {
             control = try Self.listenControl(options)
             // In the store, the control socket outlives a crash too: clients queue, not fail, until the restart.
-            do { try notifier?.store(control, name: FDStoreName.control) } catch { logger.info("fd store control socket: \(error)") }
+            do { try notifier?.store(control, name: FDStoreName.control) } catch {
+                logger.info("fd store control socket: \(error)")
+            }
         }
         if let metrics = options.metrics {
-            metricsServer = try StatsServer(metrics: metrics, controlPath: nil) { [unowned self] _ in self.prometheus() }
+            metricsServer = try StatsServer(metrics: metrics, controlPath: nil) { [unowned self] _ in self.prometheus()
+            }
         }
         try? notifier?.send("READY=1\nSTATUS=serving \(sockets.count) sockets on \(options.controlPath)")
     }
@@ -144,7 +149,8 @@ public final class Broker: @unchecked Sendable {
             fds.removeAll(keepingCapacity: true)
             fds.append(pollfd(fd: shutdown.fd, events: Int16(POLLIN), revents: 0))
             fds.append(pollfd(fd: reexecSignal.fd, events: Int16(POLLIN), revents: 0))
-            fds.append(pollfd(fd: control, events: clients.count < options.maximumClients ? Int16(POLLIN) : 0, revents: 0))
+            fds.append(
+                pollfd(fd: control, events: clients.count < options.maximumClients ? Int16(POLLIN) : 0, revents: 0))
             for client in clients.values {
                 let events = (client.closing ? 0 : POLLIN) | (client.outbox.isEmpty ? 0 : POLLOUT)
                 fds.append(pollfd(fd: client.fd, events: Int16(events), revents: 0))

@@ -28,14 +28,22 @@ extension Broker {
             Descriptors.setCloseOnExec(control, true)
             for socket in state.sockets {
                 Descriptors.setCloseOnExec(socket.fd, true)
-                add(Entry(request: socket.request, fd: socket.fd, handedOut: socket.handedOut, backlog: backlogReport(for: socket.request),
-                          creator: socket.creator), stored: true)
+                add(
+                    Entry(
+                        request: socket.request, fd: socket.fd, handedOut: socket.handedOut,
+                        backlog: backlogReport(for: socket.request),
+                        creator: socket.creator), stored: true)
             }
             for saved in state.clients {
                 Descriptors.setCloseOnExec(saved.fd, true)
                 register(Client(fd: saved.fd, wire: saved.wire, pending: saved.pending))
             }
-            logger.info("re-executed: kept \(state.sockets.count) sockets, \(state.clients.count) clients and the control socket")
+            logger.info(
+                """
+                re-executed: kept \(state.sockets.count) sockets, \(state.clients.count) clients and the control \
+                socket
+                """
+            )
             return
         }
         let passed = ListenFDs.parse(environment, pid: getpid())
@@ -51,7 +59,12 @@ extension Broker {
                 close(fd)
             }
         }
-        logger.info("recovered \(sockets.count) sockets from the service manager\(control >= 0 ? " and the control socket" : "")")
+        logger.info(
+            """
+            recovered \(sockets.count) sockets from the service \
+            manager\(control >= 0 ? " and the control socket" : "")
+            """
+        )
     }
 
     /// The control socket, placed like every Unix socket the broker makes (no symlink followed,
@@ -64,7 +77,8 @@ extension Broker {
         }
         request.mode = options.policy.controlMode ?? 0o660
         request.group = options.policy.controlGroup
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        let fd = socket(
+            AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard fd >= 0 else { throw SystemError("socket(AF_UNIX)") }
         do {
             try OwnedSocket.placeUnix(fd, request)

@@ -16,7 +16,12 @@ extension Broker {
             let client = Client(fd: fd)
             guard clientsPerUser[client.peer.uid, default: 0] < options.maximumClientsPerUser else {
                 statistics.clientsOverLimit += 1
-                logLimited("uid \(client.peer.uid) holds \(options.maximumClientsPerUser) connections (--max-clients-per-user); refused one")
+                logLimited(
+                    """
+                    uid \(client.peer.uid) holds \(options.maximumClientsPerUser) connections \
+                    (--max-clients-per-user); refused one
+                    """
+                )
                 close(fd)
                 continue
             }
@@ -47,7 +52,12 @@ extension Broker {
         if count == 0 {
             if client.reader.bufferedBytes > 0 {
                 statistics.incompleteAtEOF += 1
-                logger.info("client pid \(client.peer.pid) closed in the middle of a message (\(client.reader.bufferedBytes) bytes)")
+                logger.info(
+                    """
+                    client pid \(client.peer.pid) closed in the middle of a message (\(client.reader.bufferedBytes) \
+                    bytes)
+                    """
+                )
             }
             flush(client)
             drop(client, nil)
@@ -66,7 +76,8 @@ extension Broker {
                 if fatal { client.closing = true }
             }
         }
-        client.incompleteSince = client.reader.bufferedBytes > 0 ? (client.incompleteSince ?? MonotonicClock.nanoseconds()) : nil
+        client.incompleteSince =
+            client.reader.bufferedBytes > 0 ? (client.incompleteSince ?? MonotonicClock.nanoseconds()) : nil
         flush(client)  // drops a closing client once its last reply is out
     }
 
@@ -75,11 +86,22 @@ extension Broker {
         for client in clients.values {
             if let since = client.incompleteSince, now &- since > options.stalledMessageSeconds * 1_000_000_000 {
                 statistics.clientsCutOff += 1
-                drop(client, "client pid \(client.peer.pid) sent an incomplete message for \(options.stalledMessageSeconds) s; cut off")
+                drop(
+                    client,
+                    """
+                    client pid \(client.peer.pid) sent an incomplete message for \(options.stalledMessageSeconds) s; \
+                    cut off
+                    """
+                )
             } else if client.outbox.isEmpty, now &- client.lastRequest > options.idleSeconds * 1_000_000_000 {
                 statistics.clientsIdle += 1
                 drop(client, nil)
-                logLimited("client pid \(client.peer.pid) uid \(client.peer.uid) sent no request for \(options.idleSeconds) s; cut off")
+                logLimited(
+                    """
+                    client pid \(client.peer.pid) uid \(client.peer.uid) sent no request for \(options.idleSeconds) \
+                    s; cut off
+                    """
+                )
             }
         }
     }
@@ -99,7 +121,9 @@ extension Broker {
         while let first = client.outbox.first {
             let sent: Int
             do {
-                sent = try FDPassing.send(client.fd, first.bytes[first.offset...], fds: first.offset == 0 ? first.fds : [], flags: Int32(MSG_DONTWAIT))
+                sent = try FDPassing.send(
+                    client.fd, first.bytes[first.offset...], fds: first.offset == 0 ? first.fds : [],
+                    flags: Int32(MSG_DONTWAIT))
             } catch {
                 drop(client, nil)
                 return

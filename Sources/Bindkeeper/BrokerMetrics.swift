@@ -26,21 +26,31 @@ extension Broker {
         out.single("bindkeeper_sockets_created_total", .counter, help: "Sockets made for a request.", s.bindsCreated)
         out.single("bindkeeper_bind_errors_total", .counter, help: "Bind requests that failed.", s.bindErrors)
         out.single("bindkeeper_denied_total", .counter, help: "Requests the policy refused.", s.denied)
-        out.single("bindkeeper_conflicts_total", .counter, help: "Requests that conflicted with a socket's settings.", s.conflicts)
-        out.single("bindkeeper_bad_requests_total", .counter, help: "Messages that were not valid requests.", s.badRequests)
-        out.single("bindkeeper_clients_cut_off_total", .counter,
-                   help: "Clients cut off for a stalled message or unread replies.", s.clientsCutOff)
-        out.single("bindkeeper_incomplete_at_eof_total", .counter,
-                   help: "Clients that closed in the middle of a message.", s.incompleteAtEOF)
+        out.single(
+            "bindkeeper_conflicts_total", .counter, help: "Requests that conflicted with a socket's settings.",
+            s.conflicts)
+        out.single(
+            "bindkeeper_bad_requests_total", .counter, help: "Messages that were not valid requests.", s.badRequests)
+        out.single(
+            "bindkeeper_clients_cut_off_total", .counter,
+            help: "Clients cut off for a stalled message or unread replies.", s.clientsCutOff)
+        out.single(
+            "bindkeeper_incomplete_at_eof_total", .counter,
+            help: "Clients that closed in the middle of a message.", s.incompleteAtEOF)
         out.single("bindkeeper_reexecs_total", .counter, help: "Re-executions of the broker.", s.reexecs)
-        out.single("bindkeeper_clients_over_limit_total", .counter,
-                   help: "Connections refused for --max-clients-per-user.", s.clientsOverLimit)
-        out.single("bindkeeper_clients_idle_cut_off_total", .counter,
-                   help: "Clients cut off after --idle-seconds without a request.", s.clientsIdle)
-        out.single("bindkeeper_socket_limit_refusals_total", .counter,
-                   help: "Bind requests refused for --max-sockets-per-user.", s.socketLimitRefusals)
+        out.single(
+            "bindkeeper_clients_over_limit_total", .counter,
+            help: "Connections refused for --max-clients-per-user.", s.clientsOverLimit)
+        out.single(
+            "bindkeeper_clients_idle_cut_off_total", .counter,
+            help: "Clients cut off after --idle-seconds without a request.", s.clientsIdle)
+        out.single(
+            "bindkeeper_socket_limit_refusals_total", .counter,
+            help: "Bind requests refused for --max-sockets-per-user.", s.socketLimitRefusals)
         out.family("bindkeeper_socket_handed_out_total", .counter, help: "Times each socket was handed to a client.")
-        for socket in s.sockets { out.sample("bindkeeper_socket_handed_out_total", ["key": socket.key], socket.handedOut) }
+        for socket in s.sockets {
+            out.sample("bindkeeper_socket_handed_out_total", ["key": socket.key], socket.handedOut)
+        }
         return out.text
     }
 }

@@ -30,8 +30,12 @@ extension Broker {
         }
         let state = BrokerState(
             control: control,
-            sockets: order.compactMap { sockets[$0] }.map { .init(fd: $0.fd, request: $0.request, handedOut: $0.handedOut, creator: $0.creator) },
-            clients: clients.values.filter { !$0.closing }.map { .init(fd: $0.fd, wire: $0.reader.wire, pending: $0.reader.pending) })
+            sockets: order.compactMap { sockets[$0] }.map {
+                .init(fd: $0.fd, request: $0.request, handedOut: $0.handedOut, creator: $0.creator)
+            },
+            clients: clients.values.filter { !$0.closing }.map {
+                .init(fd: $0.fd, wire: $0.reader.wire, pending: $0.reader.pending)
+            })
         let memfd = proxyside_memfd("bindkeeper-state")
         guard memfd >= 0 else { logger.info("re-exec: memfd: \(String(cString: strerror(-memfd)))"); return }
         let bytes = state.encoded()
@@ -40,12 +44,19 @@ extension Broker {
             close(memfd)
             return
         }
-        let kept = [(control, "control")] + state.sockets.map { ($0.fd, "socket") } + state.clients.map { ($0.fd, "client") }
+        let kept =
+            [(control, "control")] + state.sockets.map { ($0.fd, "socket") } + state.clients.map { ($0.fd, "client") }
         statistics.reexecs += 1
-        logger.info("re-executing \(executable) (\(checked)) with \(state.sockets.count) sockets and \(state.clients.count) clients")
+        logger.info(
+            """
+            re-executing \(executable) (\(checked)) with \(state.sockets.count) sockets and \(state.clients.count) \
+            clients
+            """
+        )
         try? notifier?.send("RELOADING=1\nMONOTONIC_USEC=\(MonotonicClock.nanoseconds() / 1000)")
-        let failure = ProgramImage.execute(executable, arguments: CommandLine.arguments, keeping: kept,
-                                           extraEnvironment: [BrokerState.environmentName: String(memfd)])
+        let failure = ProgramImage.execute(
+            executable, arguments: CommandLine.arguments, keeping: kept,
+            extraEnvironment: [BrokerState.environmentName: String(memfd)])
         statistics.reexecs -= 1
         close(memfd)
         try? notifier?.send("READY=1")

@@ -17,10 +17,12 @@ extension Broker {
             switch bind(binds, peer: client.peer) {
             case .success(let entries):
                 for key in entries { sockets[key]!.handedOut += 1 }
-                let result = Reply.Bind(sockets: entries.map { key in
-                    let entry = sockets[key]!
-                    return .init(key: key, url: entry.request.url, backlog: entry.backlog, warning: entry.backlog?.warning)
-                })
+                let result = Reply.Bind(
+                    sockets: entries.map { key in
+                        let entry = sockets[key]!
+                        return .init(
+                            key: key, url: entry.request.url, backlog: entry.backlog, warning: entry.backlog?.warning)
+                    })
                 enqueue(wire.result(id: request.id, result), fds: entries.map { sockets[$0]!.fd }, to: client)
             case .failure(let error):
                 statistics.bindErrors += 1
@@ -32,7 +34,10 @@ extension Broker {
         case .reexec:
             guard client.peer.uid == 0 || client.peer.uid == options.policy.brokerUID else {
                 statistics.denied += 1
-                enqueue(wire.error(id: request.id, .permissionDenied("uid \(client.peer.uid) may not re-execute the broker")), fds: [], to: client)
+                enqueue(
+                    wire.error(
+                        id: request.id, .permissionDenied("uid \(client.peer.uid) may not re-execute the broker")),
+                    fds: [], to: client)
                 return
             }
             // The installed file is checked before the answer, so the client learns of a bad upgrade.
@@ -60,7 +65,9 @@ extension Broker {
             } catch {
                 return .failure(.bindFailed("\(error)"))
             }
-            if let denial = options.policy.denial(uid: peer.uid, gid: peer.gid, request: request, owner: owner, group: group) {
+            if let denial = options.policy.denial(
+                uid: peer.uid, gid: peer.gid, request: request, owner: owner, group: group)
+            {
                 statistics.denied += 1
                 return .failure(.permissionDenied(denial))
             }
@@ -74,8 +81,19 @@ extension Broker {
             let owned = sockets.values.filter { $0.creator == peer.uid }.count
             guard owned + creating.count <= options.maximumSocketsPerUser else {
                 statistics.socketLimitRefusals += 1
-                logLimited("uid \(peer.uid) has \(owned) sockets (--max-sockets-per-user \(options.maximumSocketsPerUser)); refused \(creating.count) more")
-                return .failure(.limit("uid \(peer.uid) may have the broker create at most \(options.maximumSocketsPerUser) sockets; it has \(owned)"))
+                logLimited(
+                    """
+                    uid \(peer.uid) has \(owned) sockets (--max-sockets-per-user \(options.maximumSocketsPerUser)); \
+                    refused \(creating.count) more
+                    """
+                )
+                return .failure(
+                    .limit(
+                        """
+                        uid \(peer.uid) may have the broker create at most \(options.maximumSocketsPerUser) sockets; \
+                        it has \(owned)
+                        """
+                    ))
             }
         }
         var keys: [String] = []
@@ -84,7 +102,9 @@ extension Broker {
                 let report = backlogReport(for: request)
                 do {
                     let fd = try OwnedSocket.open(request, backlog: report?.requested ?? 0)
-                    add(Entry(request: request, fd: fd, handedOut: 0, backlog: report, creator: peer.uid), stored: false)
+                    add(
+                        Entry(request: request, fd: fd, handedOut: 0, backlog: report, creator: peer.uid), stored: false
+                    )
                     statistics.bindsCreated += 1
                     if let warning = report?.warning { logger.info("\(request.key): \(warning)") }
                     logger.info("bound \(request.url)\(report.map { " (backlog \($0.effective))" } ?? "")")
@@ -99,7 +119,9 @@ extension Broker {
 
     /// What listen(2) gets for a stream socket, against this namespace's somaxconn; nil for UDP.
     func backlogReport(for request: BindRequest) -> BacklogReport? {
-        request.isStream ? BacklogReport(requested: request.backlog, default: options.defaultBacklog, somaxconn: OwnedSocket.somaxconn()) : nil
+        request.isStream
+            ? BacklogReport(
+                requested: request.backlog, default: options.defaultBacklog, somaxconn: OwnedSocket.somaxconn()) : nil
     }
 
     func add(_ entry: Entry, stored: Bool) {
@@ -107,7 +129,9 @@ extension Broker {
         order.append(entry.request.key)
         guard let notifier, !stored else { return }
         if let name = FDStoreName.encode(entry.request) {
-            do { try notifier.store(entry.fd, name: name) } catch { logger.info("fd store \(entry.request.key): \(error)") }
+            do { try notifier.store(entry.fd, name: name) } catch {
+                logger.info("fd store \(entry.request.key): \(error)")
+            }
         } else {
             logger.info("\(entry.request.key): name too long for the fd store; it will not survive a crash")
         }
@@ -122,17 +146,21 @@ extension Broker {
         let queues = Dictionary(listeners.map { ($0.key, $0) }, uniquingKeysWith: { first, _ in first })
         let items: [Reply.Listing.Socket] = order.compactMap { key in
             guard let entry = sockets[key] else { return nil }
-            var item = Reply.Listing.Socket(key: key, url: entry.request.url, fd: entry.fd, handedOut: entry.handedOut,
-                                            cookie: OwnedSocket.cookie(entry.fd) ?? 0, backlog: entry.backlog)
-            if entry.request.kind == .tcp, let address = IPAddress(entry.request.address.split(separator: "%").first.map(String.init) ?? ""),
-               let observed = queues[ListenerKey(address: address, port: entry.request.port)] {
+            var item = Reply.Listing.Socket(
+                key: key, url: entry.request.url, fd: entry.fd, handedOut: entry.handedOut,
+                cookie: OwnedSocket.cookie(entry.fd) ?? 0, backlog: entry.backlog)
+            if entry.request.kind == .tcp,
+                let address = IPAddress(entry.request.address.split(separator: "%").first.map(String.init) ?? ""),
+                let observed = queues[ListenerKey(address: address, port: entry.request.port)]
+            {
                 item.acceptQueue = observed.acceptQueue
                 item.synQueue = observed.requestSockets
                 item.kernelBacklog = observed.backlog
             }
             return item
         }
-        return Reply.Listing(pid: getpid(), control: options.controlPath, sockets: items, clientsConnected: clients.count,
-                             clientsServed: statistics.clientsAccepted)
+        return Reply.Listing(
+            pid: getpid(), control: options.controlPath, sockets: items, clientsConnected: clients.count,
+            clientsServed: statistics.clientsAccepted)
     }
 }

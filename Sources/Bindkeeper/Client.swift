@@ -27,7 +27,9 @@ public final class BindkeeperClient {
         do {
             fd = try UnixAddress.connect(path)
         } catch let error as SystemError {
-            throw SystemError(error.call, errno: error.errno, hint: "is bindkeeper serving \(path)? (bindkeeper serve --socket \(path))")
+            throw SystemError(
+                error.call, errno: error.errno,
+                hint: "is bindkeeper serving \(path)? (bindkeeper serve --socket \(path))")
         }
     }
 
@@ -45,7 +47,8 @@ public final class BindkeeperClient {
                 let sockets = result.sockets
                 guard sockets.count == fds.count else {
                     for fd in fds { close(fd) }
-                    throw ReplyError(code: -1, message: "reply lists \(sockets.count) sockets but carried \(fds.count) fds")
+                    throw ReplyError(
+                        code: -1, message: "reply lists \(sockets.count) sockets but carried \(fds.count) fds")
                 }
                 for (socket, fd) in zip(sockets, fds) {
                     bound.append(Bound(key: socket.key, url: socket.url, fd: fd, warning: socket.warning))
@@ -100,7 +103,9 @@ public final class BindkeeperClient {
             let (bytes, fds) = try FDPassing.receive(fd)
             received += fds
             // A reply never carries more fds than one batch of sockets: anything beyond is not ours to keep.
-            guard received.count <= Wire.maximumBatch else { throw ReplyError(code: -1, message: "the broker sent \(received.count) fds") }
+            guard received.count <= Wire.maximumBatch else {
+                throw ReplyError(code: -1, message: "the broker sent \(received.count) fds")
+            }
             guard !bytes.isEmpty else { throw ReplyError(code: -1, message: "the broker closed the connection") }
             reader.append(bytes)
         }

@@ -88,7 +88,8 @@ public final class HAProxySupervisor {
             let prepared = try prepare(to: path)
             defer { prepared.release() }
             let status = try check(path)
-            logger.info("\(status == 0 ? "configuration is valid" : "configuration check failed (haproxy exited \(status))")")
+            logger.info(
+                "\(status == 0 ? "configuration is valid" : "configuration check failed (haproxy exited \(status))")")
             return status
         } catch {
             logger.info("\(error)")
@@ -116,7 +117,9 @@ public final class HAProxySupervisor {
             if fds[0].revents != 0 { return shutDown() }
             if fds[1].revents != 0 {
                 reload.consume()
-                do { try start(replacing: instances) } catch { logger.info("reload refused, the running instance keeps serving: \(error)") }
+                do { try start(replacing: instances) } catch {
+                    logger.info("reload refused, the running instance keeps serving: \(error)")
+                }
             }
             child.consume()
             reap()
@@ -142,7 +145,11 @@ public final class HAProxySupervisor {
         if !running.isEmpty { arguments += ["-sf"] + running.map { String($0) } }
         let pid = try Spawn.run(options.haproxy[0], arguments)
         instances.append(pid)
-        logger.info("\(running.isEmpty ? "started haproxy pid \(pid)" : "reloaded: haproxy pid \(pid) replaces \(running.map(String.init).joined(separator: " "))")")
+        if running.isEmpty {
+            logger.info("started haproxy pid \(pid)")
+        } else {
+            logger.info("reloaded: haproxy pid \(pid) replaces \(running.map(String.init).joined(separator: " "))")
+        }
         writePidFile()
     }
 

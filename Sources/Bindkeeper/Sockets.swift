@@ -10,7 +10,9 @@ public enum OwnedSocket {
     /// Opens, binds and (for stream sockets) listens, close-on-exec. `backlog` is what listen(2) is
     /// given; the kernel caps it at somaxconn.
     public static func open(_ request: BindRequest, backlog: Int32) throws -> Int32 {
-        let type = (request.kind == .udp ? Int32(SOCK_DGRAM.rawValue) : Int32(SOCK_STREAM.rawValue)) | Int32(SOCK_CLOEXEC.rawValue)
+        let type =
+            (request.kind == .udp ? Int32(SOCK_DGRAM.rawValue) : Int32(SOCK_STREAM.rawValue))
+            | Int32(SOCK_CLOEXEC.rawValue)
         let family = request.kind == .unix ? AF_UNIX : request.isIPv6 ? AF_INET6 : AF_INET
         let fd = socket(family, type, 0)
         guard fd >= 0 else { throw SystemError("socket") }
@@ -29,13 +31,19 @@ public enum OwnedSocket {
 
     private static func bindIP(_ fd: Int32, _ request: BindRequest) throws {
         if request.kind == .tcp { try setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR") }
-        if let ipv6Only = request.ipv6Only { try setOption(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, ipv6Only ? 1 : 0, "IPV6_V6ONLY") }
+        if let ipv6Only = request.ipv6Only {
+            try setOption(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, ipv6Only ? 1 : 0, "IPV6_V6ONLY")
+        }
         if request.freebind == true { try setOption(fd, Int32(IPPROTO_IP), IP_FREEBIND, 1, "IP_FREEBIND") }
         var storage = sockaddr_storage()
         let length = try socketAddress(request, into: &storage)
-        let bound = withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
+        let bound = withUnsafePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
+        }
         guard bound == 0 else {
-            throw SystemError("bind \(request.key)", hint: errno == EADDRNOTAVAIL ? "the address is not configured here; freebind=1 binds it anyway" : nil)
+            throw SystemError(
+                "bind \(request.key)",
+                hint: errno == EADDRNOTAVAIL ? "the address is not configured here; freebind=1 binds it anyway" : nil)
         }
     }
 
@@ -45,19 +53,25 @@ public enum OwnedSocket {
             var address = sockaddr_in6()
             address.sin6_family = sa_family_t(AF_INET6)
             address.sin6_port = request.port.bigEndian
-            guard inet_pton(AF_INET6, host, &address.sin6_addr) == 1 else { throw SystemError("address \(request.address)", errno: EINVAL) }
+            guard inet_pton(AF_INET6, host, &address.sin6_addr) == 1 else {
+                throw SystemError("address \(request.address)", errno: EINVAL)
+            }
             if let scope {
                 let index = UInt32(scope) ?? if_nametoindex(scope)
                 guard index != 0 else { throw SystemError("scope \(scope)", errno: ENODEV, hint: "no such interface") }
                 address.sin6_scope_id = index
             }
-            withUnsafeMutableBytes(of: &storage) { target in withUnsafeBytes(of: address) { target.copyMemory(from: $0) } }
+            withUnsafeMutableBytes(of: &storage) { target in
+                withUnsafeBytes(of: address) { target.copyMemory(from: $0) }
+            }
             return socklen_t(MemoryLayout<sockaddr_in6>.size)
         }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = request.port.bigEndian
-        guard inet_pton(AF_INET, host, &address.sin_addr) == 1 else { throw SystemError("address \(request.address)", errno: EINVAL) }
+        guard inet_pton(AF_INET, host, &address.sin_addr) == 1 else {
+            throw SystemError("address \(request.address)", errno: EINVAL)
+        }
         withUnsafeMutableBytes(of: &storage) { target in withUnsafeBytes(of: address) { target.copyMemory(from: $0) } }
         return socklen_t(MemoryLayout<sockaddr_in>.size)
     }
@@ -82,7 +96,9 @@ public enum OwnedSocket {
         let (directoryPath, name) = request.unixLocation
         let directory = proxyside_open_directory_no_symlinks(directoryPath)
         guard directory >= 0 else {
-            throw SystemError("open \(directoryPath)", errno: -directory, hint: -directory == ELOOP ? "a component of the path is a symlink" : nil)
+            throw SystemError(
+                "open \(directoryPath)", errno: -directory,
+                hint: -directory == ELOOP ? "a component of the path is a symlink" : nil)
         }
         defer { close(directory) }
         try removeDeadSocket(directory, name, request)
@@ -90,7 +106,9 @@ public enum OwnedSocket {
         let gid = try request.group.map { try Accounts.gid($0) } ?? gid_t.max
 
         let privateName = ".bindkeeper-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        guard mkdirat(directory, privateName, 0o700) == 0 else { throw SystemError("mkdir \(directoryPath)/\(privateName)") }
+        guard mkdirat(directory, privateName, 0o700) == 0 else {
+            throw SystemError("mkdir \(directoryPath)/\(privateName)")
+        }
         defer { unlinkat(directory, privateName, AT_REMOVEDIR) }
         let privateDirectory = openat(directory, privateName, proxyside_o_path | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         guard privateDirectory >= 0 else { throw SystemError("open \(directoryPath)/\(privateName)") }
@@ -102,12 +120,16 @@ public enum OwnedSocket {
         let staged = "s"
         do {
             try bindUnix(fd, path: "/proc/self/fd/\(privateDirectory)/\(staged)", mode: request.mode)
-            if uid != uid_t.max || gid != gid_t.max, fchownat(privateDirectory, staged, uid, gid, AT_SYMLINK_NOFOLLOW) != 0 {
+            if uid != uid_t.max || gid != gid_t.max,
+                fchownat(privateDirectory, staged, uid, gid, AT_SYMLINK_NOFOLLOW) != 0
+            {
                 throw SystemError("chown \(request.address)")
             }
             let renamed = proxyside_rename_no_replace(privateDirectory, staged, directory, name)
             guard renamed == 0 else {
-                throw SystemError("bind \(request.key)", errno: -renamed, hint: -renamed == EEXIST ? "something else appeared at the path" : nil)
+                throw SystemError(
+                    "bind \(request.key)", errno: -renamed,
+                    hint: -renamed == EEXIST ? "something else appeared at the path" : nil)
             }
         } catch {
             unlinkat(privateDirectory, staged, 0)
@@ -144,12 +166,16 @@ public enum OwnedSocket {
             close(live)
             throw SystemError("bind \(request.key)", errno: EADDRINUSE, hint: "another process listens on this path")
         }
-        guard unlinkat(directory, name, 0) == 0 || errno == ENOENT else { throw SystemError("unlink \(request.address)") }
+        guard unlinkat(directory, name, 0) == 0 || errno == ENOENT else {
+            throw SystemError("unlink \(request.address)")
+        }
     }
 
     static func setOption(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32, _ label: String) throws {
         var value = value
-        guard setsockopt(fd, level, name, &value, socklen_t(MemoryLayout<Int32>.size)) == 0 else { throw SystemError("setsockopt \(label)") }
+        guard setsockopt(fd, level, name, &value, socklen_t(MemoryLayout<Int32>.size)) == 0 else {
+            throw SystemError("setsockopt \(label)")
+        }
     }
 
     /// SO_COOKIE: the kernel's identity of a socket, the same through every fd that refers to it.
@@ -176,7 +202,9 @@ public enum Accounts {
 
     public static func gid(_ name: String) throws -> gid_t {
         if let number = gid_t(name) { return number }
-        guard let entry = getgrnam(name) else { throw SystemError("group \(name)", errno: ENOENT, hint: "no such group") }
+        guard let entry = getgrnam(name) else {
+            throw SystemError("group \(name)", errno: ENOENT, hint: "no such group")
+        }
         return entry.pointee.gr_gid
     }
 }

@@ -21,8 +21,10 @@ public struct BindRequest: Hashable, Sendable {
     public var owner: String?
     public var group: String?
 
-    public init(kind: Kind, address: String, port: UInt16, backlog: Int32? = nil, ipv6Only: Bool? = nil,
-                freebind: Bool? = nil, mode: UInt32? = nil, owner: String? = nil, group: String? = nil) {
+    public init(
+        kind: Kind, address: String, port: UInt16, backlog: Int32? = nil, ipv6Only: Bool? = nil,
+        freebind: Bool? = nil, mode: UInt32? = nil, owner: String? = nil, group: String? = nil
+    ) {
         self.kind = kind
         self.address = address
         self.port = port
@@ -134,7 +136,9 @@ public struct BindRequest: Hashable, Sendable {
     /// have to escape (`?`, `&`, `%`, quotes, blanks and control characters are all refused).
     static func isPathByte(_ byte: UInt8) -> Bool {
         switch byte {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"): true
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+            UInt8(ascii: "0")...UInt8(ascii: "9"):
+            true
         default: "._-+,=@~/".utf8.contains(byte)
         }
     }
@@ -144,9 +148,12 @@ public struct BindRequest: Hashable, Sendable {
     public static func unixPathProblem(_ path: String) -> String? {
         guard path.hasPrefix("/") else { return "the path must be absolute" }
         guard path.utf8.count < 108 else { return "the path must be shorter than 108 bytes" }
-        guard path.utf8.allSatisfy(isPathByte) else { return "the path may hold only letters, digits and . _ - + , = @ ~ /" }
+        guard path.utf8.allSatisfy(isPathByte) else {
+            return "the path may hold only letters, digits and . _ - + , = @ ~ /"
+        }
         let components = path.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).dropFirst()
-        guard components.allSatisfy({ !$0.isEmpty && !$0.elementsEqual(".".utf8) && !$0.elementsEqual("..".utf8) }) else {
+        guard components.allSatisfy({ !$0.isEmpty && !$0.elementsEqual(".".utf8) && !$0.elementsEqual("..".utf8) })
+        else {
             return "the path must be canonical: no empty, '.' or '..' components, no trailing '/'"
         }
         return nil
@@ -161,7 +168,9 @@ public struct BindRequest: Hashable, Sendable {
 
     /// Sets one option by its name in URLs and JSON; an error message when it does not apply.
     mutating func setOption(_ name: String, _ value: String) -> String? {
-        func flag() -> Bool? { ["1", "true", "yes"].contains(value) ? true : ["0", "false", "no"].contains(value) ? false : nil }
+        func flag() -> Bool? {
+            ["1", "true", "yes"].contains(value) ? true : ["0", "false", "no"].contains(value) ? false : nil
+        }
         switch name {
         case "backlog":
             guard kind != .udp else { return "backlog applies to stream sockets" }
@@ -185,7 +194,9 @@ public struct BindRequest: Hashable, Sendable {
         case "owner", "group":
             guard kind == .unix else { return "\(name) applies to Unix sockets" }
             // 32 bytes, as useradd allows: so every URL, however long its parts, fits an fd-store name.
-            guard (1...32).contains(value.utf8.count), value.allSatisfy({ $0.isLetter || $0.isNumber || "_-.".contains($0) }) else {
+            guard (1...32).contains(value.utf8.count),
+                value.allSatisfy({ $0.isLetter || $0.isNumber || "_-.".contains($0) })
+            else {
                 return "\(name) must be a user or group name or number (at most 32 characters)"
             }
             if name == "owner" { owner = value } else { group = value }
@@ -199,7 +210,8 @@ public struct BindRequest: Hashable, Sendable {
         let (host, scope) = split(text, at: "%")
         if let scope {
             guard host.contains(":"), !scope.isEmpty, scope.utf8.count < 16,
-                  scope.allSatisfy({ $0.isLetter || $0.isNumber || "_-.@".contains($0) }) else { return nil }
+                scope.allSatisfy({ $0.isLetter || $0.isNumber || "_-.@".contains($0) })
+            else { return nil }
         }
         var storage = in6_addr()
         let family = host.contains(":") ? AF_INET6 : AF_INET

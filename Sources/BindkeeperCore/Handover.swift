@@ -5,13 +5,16 @@ public enum PassedSocketName {
     /// A name an application can look for: letters, digits, '.', '_' and '-' only
     /// (`tcp://[::]:443` becomes `tcp-__-443`).
     public static func defaultName(for request: BindRequest) -> String {
-        let raw = request.kind == .unix ? "unix-" + request.address : "\(request.kind.rawValue)-\(request.address)-\(request.port)"
+        let raw =
+            request.kind == .unix
+            ? "unix-" + request.address : "\(request.kind.rawValue)-\(request.address)-\(request.port)"
         return String(raw.map { $0.isASCII && ($0.isLetter || $0.isNumber || "._-".contains($0)) ? $0 : "_" })
     }
 
     /// Checks a name given with `--bind NAME=URL`: systemd refuses ':' and control characters.
     public static func isValidName(_ name: String) -> Bool {
-        !name.isEmpty && name.utf8.count <= 255 && name.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7F && $0 != UInt8(ascii: ":") }
+        !name.isEmpty && name.utf8.count <= 255
+            && name.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7F && $0 != UInt8(ascii: ":") }
     }
 }
 
@@ -39,7 +42,8 @@ public enum FDStoreName {
         while let byte = iterator.next() {
             if byte == UInt8(ascii: "%") {
                 guard let high = iterator.next(), let low = iterator.next(),
-                      let value = UInt8(String(decoding: [high, low], as: UTF8.self), radix: 16) else { return nil }
+                    let value = UInt8(String(decoding: [high, low], as: UTF8.self), radix: 16)
+                else { return nil }
                 bytes.append(value)
             } else {
                 bytes.append(byte)
@@ -114,21 +118,38 @@ public struct BrokerState: Equatable, Sendable {
     }
 
     public func encoded() -> [UInt8] {
-        JSONText.encode(Form(
-            control: control,
-            sockets: sockets.map { .init(fd: $0.fd, url: $0.request.url, handedOut: $0.handedOut, creator: $0.creator) },
-            clients: clients.map { .init(fd: $0.fd, wire: $0.wire.map { $0 == .framed ? "framed" : "multibinder" } ?? "", pending: Data($0.pending)) }))
+        JSONText.encode(
+            Form(
+                control: control,
+                sockets: sockets.map {
+                    .init(fd: $0.fd, url: $0.request.url, handedOut: $0.handedOut, creator: $0.creator)
+                },
+                clients: clients.map {
+                    .init(
+                        fd: $0.fd, wire: $0.wire.map { $0 == .framed ? "framed" : "multibinder" } ?? "",
+                        pending: Data($0.pending))
+                }))
     }
 
     public static func decode(_ bytes: [UInt8]) -> Result<BrokerState, BindError> {
-        guard let form = try? JSONText.decode(Form.self, from: bytes) else { return .failure(BindError("state: not a broker state")) }
+        guard let form = try? JSONText.decode(Form.self, from: bytes) else {
+            return .failure(BindError("state: not a broker state"))
+        }
         var state = BrokerState(control: form.control, sockets: [], clients: [])
         for socket in form.sockets {
-            guard let request = try? BindRequest.parse(url: socket.url).get() else { return .failure(BindError("state: bad socket entry")) }
-            state.sockets.append(Socket(fd: socket.fd, request: request, handedOut: socket.handedOut ?? 0, creator: socket.creator))
+            guard let request = try? BindRequest.parse(url: socket.url).get() else {
+                return .failure(BindError("state: bad socket entry"))
+            }
+            state.sockets.append(
+                Socket(fd: socket.fd, request: request, handedOut: socket.handedOut ?? 0, creator: socket.creator))
         }
         for client in form.clients {
-            let wire: Wire? = switch client.wire { case "framed": .framed; case "multibinder": .multibinder; default: nil }
+            let wire: Wire? =
+                switch client.wire {
+                case "framed": .framed;
+                case "multibinder": .multibinder;
+                default: nil
+                }
             state.clients.append(Client(fd: client.fd, wire: wire, pending: Array(client.pending)))
         }
         return .success(state)

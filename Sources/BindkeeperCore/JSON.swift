@@ -83,7 +83,8 @@ public enum JSONValue: Codable, Equatable, Sendable {
 public enum JSONText {
     public static func encode(_ value: some Encodable, pretty: Bool = false) -> [UInt8] {
         let encoder = JSONEncoder()
-        encoder.outputFormatting = pretty ? [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes]
+        encoder.outputFormatting =
+            pretty ? [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes]
         // Only a non-finite number fails to encode, and none is written here; "{}" rather than a trap.
         return (try? encoder.encode(value)).map(Array.init) ?? Array("{}".utf8)
     }

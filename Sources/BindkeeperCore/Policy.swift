@@ -51,15 +51,18 @@ public struct Policy: Equatable, Sendable {
 
     /// nil when allowed; otherwise why not. `owner` and `group` are the request's Unix socket owner
     /// and group, resolved to numbers (nil when the request names none).
-    public func denial(uid: UInt32, gid: UInt32, request: BindRequest, owner: UInt32? = nil, group: UInt32? = nil) -> String? {
+    public func denial(uid: UInt32, gid: UInt32, request: BindRequest, owner: UInt32? = nil, group: UInt32? = nil)
+        -> String?
+    {
         if uid == 0 || uid == brokerUID { return nil }
         var ownership: String?
         for rule in rules {
-            let applies = switch rule.subject {
-            case .uid(let allowed): allowed == uid
-            case .gid(let allowed): allowed == gid
-            case .anyone: true
-            }
+            let applies =
+                switch rule.subject {
+                case .uid(let allowed): allowed == uid
+                case .gid(let allowed): allowed == gid
+                case .anyone: true
+                }
             guard applies, rule.patterns.contains(where: { $0.matches(request) }) else { continue }
             if let owner, owner != uid, !rule.owners.contains(owner) {
                 ownership = "uid \(uid) may not give \(request.key) to owner \(owner)"
@@ -74,8 +77,10 @@ public struct Policy: Equatable, Sendable {
 
     /// Parses a policy file. Names of users and groups are resolved by `resolveUser`/`resolveGroup`
     /// (the system's databases), so a typo is an error at start-up, not a silent deny later.
-    public static func parse(_ data: [UInt8], brokerUID: UInt32,
-                             resolveUser: (String) -> UInt32?, resolveGroup: (String) -> UInt32?) -> Result<Policy, BindError> {
+    public static func parse(
+        _ data: [UInt8], brokerUID: UInt32,
+        resolveUser: (String) -> UInt32?, resolveGroup: (String) -> UInt32?
+    ) -> Result<Policy, BindError> {
         guard let root = JSONValue.parse(data)?.object else {
             return .failure(BindError("policy: not a JSON object"))
         }
@@ -92,37 +97,54 @@ public struct Policy: Equatable, Sendable {
                 policy.controlMode = value
             }
             if let group = control["group"] {
-                guard let name = group.string, resolveGroup(name) != nil else { return .failure(BindError("policy: control.group: no such group")) }
+                guard let name = group.string, resolveGroup(name) != nil else {
+                    return .failure(BindError("policy: control.group: no such group"))
+                }
                 policy.controlGroup = name
             }
         }
         for (index, item) in (root["allow"]?.array ?? []).enumerated() {
-            guard let rule = item.object else { return .failure(BindError("policy: allow[\(index)] must be an object")) }
+            guard let rule = item.object else {
+                return .failure(BindError("policy: allow[\(index)] must be an object"))
+            }
             let subject: Subject
-            switch (rule["user"], rule["uid"]?.integer.flatMap(UInt32.init(exactly:)), rule["group"],
-                    rule["gid"]?.integer.flatMap(UInt32.init(exactly:)), rule["anyone"]) {
+            switch (
+                rule["user"], rule["uid"]?.integer.flatMap(UInt32.init(exactly:)), rule["group"],
+                rule["gid"]?.integer.flatMap(UInt32.init(exactly:)), rule["anyone"]
+            ) {
             case (.string(let name)?, nil, nil, nil, nil) where rule["uid"] == nil:
-                guard let uid = resolveUser(name) else { return .failure(BindError("policy: allow[\(index)]: no such user \(name)")) }
+                guard let uid = resolveUser(name) else {
+                    return .failure(BindError("policy: allow[\(index)]: no such user \(name)"))
+                }
                 subject = .uid(uid)
             case (nil, let uid?, nil, nil, nil): subject = .uid(uid)
             case (nil, nil, .string(let name)?, nil, nil) where rule["gid"] == nil:
-                guard let gid = resolveGroup(name) else { return .failure(BindError("policy: allow[\(index)]: no such group \(name)")) }
+                guard let gid = resolveGroup(name) else {
+                    return .failure(BindError("policy: allow[\(index)]: no such group \(name)"))
+                }
                 subject = .gid(gid)
             case (nil, nil, nil, let gid?, nil): subject = .gid(gid)
             case (nil, nil, nil, nil, .bool(true)?) where rule["uid"] == nil && rule["gid"] == nil: subject = .anyone
             default:
-                return .failure(BindError("policy: allow[\(index)] names exactly one of user, uid, group, gid or \"anyone\": true"))
+                return .failure(
+                    BindError("policy: allow[\(index)] names exactly one of user, uid, group, gid or \"anyone\": true"))
             }
-            if let unknown = rule.keys.sorted().first(where: { !["user", "uid", "group", "gid", "anyone", "binds", "owners", "groups"].contains($0) }) {
+            if let unknown = rule.keys.sorted().first(where: {
+                !["user", "uid", "group", "gid", "anyone", "binds", "owners", "groups"].contains($0)
+            }) {
                 return .failure(BindError("policy: allow[\(index)]: unknown key \(unknown)"))
             }
-            guard let patterns = rule["binds"]?.array?.compactMap(\.string), patterns.count == rule["binds"]?.array?.count,
-                  !patterns.isEmpty else {
+            guard let patterns = rule["binds"]?.array?.compactMap(\.string),
+                patterns.count == rule["binds"]?.array?.count,
+                !patterns.isEmpty
+            else {
                 return .failure(BindError("policy: allow[\(index)].binds must list patterns"))
             }
             func ids(_ key: String, _ resolve: (String) -> UInt32?) -> Result<Set<UInt32>, BindError> {
                 guard let list = rule[key] else { return .success([]) }
-                guard let names = list.array else { return .failure(BindError("policy: allow[\(index)].\(key) must list names or numbers")) }
+                guard let names = list.array else {
+                    return .failure(BindError("policy: allow[\(index)].\(key) must list names or numbers"))
+                }
                 var out: Set<UInt32> = []
                 for name in names {
                     if let number = name.integer, number >= 0, number < Int64(UInt32.max) {
@@ -131,7 +153,10 @@ public struct Policy: Equatable, Sendable {
                     }
                     switch name {
                     case .string(let text):
-                        guard let id = resolve(text) else { return .failure(BindError("policy: allow[\(index)].\(key): no such \(key.dropLast()) \(text)")) }
+                        guard let id = resolve(text) else {
+                            return .failure(
+                                BindError("policy: allow[\(index)].\(key): no such \(key.dropLast()) \(text)"))
+                        }
                         out.insert(id)
                     default: return .failure(BindError("policy: allow[\(index)].\(key) must list names or numbers"))
                     }
@@ -171,20 +196,31 @@ public struct BindPattern: Equatable, Sendable {
             // The pattern must be a canonical path too, with `*` allowed: `/run/web/../etc/*` is not.
             let literal = glob.replacingOccurrences(of: "*", with: "x")
             guard glob == "*" || BindRequest.unixPathProblem(literal) == nil else {
-                return .failure(BindError("\(text): a Unix pattern is an absolute, canonical path (\(BindRequest.unixPathProblem(literal) ?? ""))"))
+                return .failure(
+                    BindError(
+                        """
+                        \(text): a Unix pattern is an absolute, canonical path \
+                        (\(BindRequest.unixPathProblem(literal) ?? ""))
+                        """
+                    ))
             }
             return .success(BindPattern(kind: .unix, address: glob == "*" ? nil : glob, ports: 0...0))
         }
         let (scheme, rest) = BindRequest.split(text, at: "://")
         guard let rest, scheme == "*" || BindRequest.Kind(rawValue: scheme).map({ $0 != .unix }) == true,
-              let colon = rest.lastIndex(of: ":") else {
-            return .failure(BindError("\(text): expected KIND://ADDRESS:PORTS (KIND tcp, udp or *; ADDRESS or *; PORTS n, a-b or *)"))
+            let colon = rest.lastIndex(of: ":")
+        else {
+            return .failure(
+                BindError(
+                    "\(text): expected KIND://ADDRESS:PORTS (KIND tcp, udp or *; ADDRESS or *; PORTS n, a-b or *)"))
         }
         var host = String(rest[..<colon])
         if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
         var address: String?
         if host != "*" {
-            guard let canonical = BindRequest.canonicalAddress(host) else { return .failure(BindError("\(text): \(host) is not an address")) }
+            guard let canonical = BindRequest.canonicalAddress(host) else {
+                return .failure(BindError("\(text): \(host) is not an address"))
+            }
             address = canonical
         }
         let portText = rest[rest.index(after: colon)...]
@@ -192,7 +228,9 @@ public struct BindPattern: Equatable, Sendable {
         if portText == "*" {
             ports = 0...UInt16.max
         } else if let dash = portText.firstIndex(of: "-") {
-            guard let low = UInt16(portText[..<dash]), let high = UInt16(portText[portText.index(after: dash)...]), low <= high else {
+            guard let low = UInt16(portText[..<dash]), let high = UInt16(portText[portText.index(after: dash)...]),
+                low <= high
+            else {
                 return .failure(BindError("\(text): bad port range"))
             }
             ports = low...high
@@ -200,7 +238,8 @@ public struct BindPattern: Equatable, Sendable {
             guard let port = UInt16(portText) else { return .failure(BindError("\(text): bad port")) }
             ports = port...port
         }
-        return .success(BindPattern(kind: scheme == "*" ? nil : BindRequest.Kind(rawValue: scheme), address: address, ports: ports))
+        return .success(
+            BindPattern(kind: scheme == "*" ? nil : BindRequest.Kind(rawValue: scheme), address: address, ports: ports))
     }
 
     public func matches(_ request: BindRequest) -> Bool {

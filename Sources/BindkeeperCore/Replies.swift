@@ -34,11 +34,15 @@ public enum Reply {
 
             enum CodingKeys: String, CodingKey {
                 case key, url, fd, cookie, backlog
-                case handedOut = "handed_out", acceptQueue = "accept_queue", synQueue = "syn_queue", kernelBacklog = "kernel_backlog"
+                case handedOut = "handed_out", acceptQueue = "accept_queue", synQueue = "syn_queue", kernelBacklog =
+                    "kernel_backlog"
             }
 
-            public init(key: String, url: String, fd: Int32, handedOut: UInt64, cookie: UInt64, backlog: BacklogReport?) {
-                (self.key, self.url, self.fd, self.handedOut, self.cookie, self.backlog) = (key, url, fd, handedOut, cookie, backlog)
+            public init(key: String, url: String, fd: Int32, handedOut: UInt64, cookie: UInt64, backlog: BacklogReport?)
+            {
+                (self.key, self.url, self.fd, self.handedOut, self.cookie, self.backlog) = (
+                    key, url, fd, handedOut, cookie, backlog
+                )
             }
         }
 

@@ -24,10 +24,14 @@ public struct ConfigTemplate: Equatable, Sendable {
         while let open = rest.range(of: "{{") {
             let line = text[..<open.lowerBound].reduce(1) { $1 == "\n" ? $0 + 1 : $0 }
             pieces.append(.text(String(rest[..<open.lowerBound])))
-            guard let close = rest[open.upperBound...].range(of: "}}") else { return .failure(BindError("line \(line): '{{' without '}}'")) }
+            guard let close = rest[open.upperBound...].range(of: "}}") else {
+                return .failure(BindError("line \(line): '{{' without '}}'"))
+            }
             let words = rest[open.upperBound..<close.lowerBound].split(separator: " ", omittingEmptySubsequences: true)
             guard words.count == 2, words[0] == "bind" else {
-                return .failure(BindError("line \(line): expected {{bind URL}}, found {{\(rest[open.upperBound..<close.lowerBound])}}"))
+                return .failure(
+                    BindError(
+                        "line \(line): expected {{bind URL}}, found {{\(rest[open.upperBound..<close.lowerBound])}}"))
             }
             switch BindRequest.parse(url: String(words[1])) {
             case .success(let request): pieces.append(.bind(request))

@@ -51,15 +51,27 @@ public enum Wire: Sendable {
         public var message: String
         public init(code: Int, message: String) { self.code = code; self.message = message }
         public static func parse(_ detail: String) -> Self { .init(code: -32700, message: "Parse error: \(detail)") }
-        public static func invalidRequest(_ detail: String) -> Self { .init(code: -32600, message: "Invalid Request: \(detail)") }
+        public static func invalidRequest(_ detail: String) -> Self {
+            .init(code: -32600, message: "Invalid Request: \(detail)")
+        }
         public static let methodNotFound = Self(code: -32601, message: "Method not found")
-        public static func invalidParams(_ detail: String) -> Self { .init(code: -32602, message: "Invalid params: \(detail)") }
+        public static func invalidParams(_ detail: String) -> Self {
+            .init(code: -32602, message: "Invalid params: \(detail)")
+        }
         /// multibinder's own code for a failed bind.
-        public static func bindFailed(_ detail: String) -> Self { .init(code: 10000, message: "Could not bind: \(detail)") }
-        public static func permissionDenied(_ detail: String) -> Self { .init(code: 10001, message: "Permission denied: \(detail)") }
-        public static func conflict(_ detail: String) -> Self { .init(code: 10002, message: "Conflicting options: \(detail)") }
+        public static func bindFailed(_ detail: String) -> Self {
+            .init(code: 10000, message: "Could not bind: \(detail)")
+        }
+        public static func permissionDenied(_ detail: String) -> Self {
+            .init(code: 10001, message: "Permission denied: \(detail)")
+        }
+        public static func conflict(_ detail: String) -> Self {
+            .init(code: 10002, message: "Conflicting options: \(detail)")
+        }
         public static func limit(_ detail: String) -> Self { .init(code: 10003, message: "Limit reached: \(detail)") }
-        public static func reexecRefused(_ detail: String) -> Self { .init(code: 10004, message: "Re-exec refused: \(detail)") }
+        public static func reexecRefused(_ detail: String) -> Self {
+            .init(code: 10004, message: "Re-exec refused: \(detail)")
+        }
     }
 
     public enum Method: Equatable, Sendable {
@@ -112,7 +124,9 @@ public enum Wire: Sendable {
         }
     }
 
-    private func envelope<Result: Codable>(id: RequestID, result: Result? = nil, error: RPCError? = nil) -> Envelope<Result> {
+    private func envelope<Result: Codable>(id: RequestID, result: Result? = nil, error: RPCError? = nil) -> Envelope<
+        Result
+    > {
         switch self {
         case .multibinder: Envelope(jsonrpc: "2.0", id: id, result: result, error: error)
         case .framed: Envelope(v: Wire.version, id: id, result: result, error: error)
@@ -152,7 +166,10 @@ public enum Wire: Sendable {
     }
 
     static func frameHeader(_ length: Int) -> [UInt8] {
-        [UInt8(truncatingIfNeeded: length >> 24), UInt8(truncatingIfNeeded: length >> 16), UInt8(truncatingIfNeeded: length >> 8), UInt8(truncatingIfNeeded: length)]
+        [
+            UInt8(truncatingIfNeeded: length >> 24), UInt8(truncatingIfNeeded: length >> 16),
+            UInt8(truncatingIfNeeded: length >> 8), UInt8(truncatingIfNeeded: length),
+        ]
     }
 
     // MARK: Requests
@@ -166,9 +183,13 @@ public enum Wire: Sendable {
         func fail(_ error: RPCError) -> Result<Request, Failure> { .failure(Failure(wire: self, id: id, error: error)) }
         switch self {
         case .multibinder:
-            if let version = request["jsonrpc"], version.string != "2.0" { return fail(.invalidRequest("jsonrpc must be \"2.0\"")) }
+            if let version = request["jsonrpc"], version.string != "2.0" {
+                return fail(.invalidRequest("jsonrpc must be \"2.0\""))
+            }
         case .framed:
-            guard request["v"]?.integer == Int64(Wire.version) else { return fail(.invalidRequest("v must be \(Wire.version)")) }
+            guard request["v"]?.integer == Int64(Wire.version) else {
+                return fail(.invalidRequest("v must be \(Wire.version)"))
+            }
         }
         guard let method = request["method"]?.string else { return fail(.invalidRequest("no method")) }
         switch (self, method) {
@@ -208,13 +229,19 @@ public enum Wire: Sendable {
     /// `freebind`, `mode` (a number, or an octal string), `owner`, `group`.
     static func bindRequest(json params: [String: JSONValue]) -> Result<BindRequest, BindError> {
         let known: Set<String> = ["type", "address", "port", "backlog", "v6only", "freebind", "mode", "owner", "group"]
-        if let unknown = params.keys.sorted().first(where: { !known.contains($0) }) { return .failure(BindError("unknown option \(unknown)")) }
+        if let unknown = params.keys.sorted().first(where: { !known.contains($0) }) {
+            return .failure(BindError("unknown option \(unknown)"))
+        }
         var kind = BindRequest.Kind.tcp
         if let type = params["type"] {
-            guard let name = type.string, let parsed = BindRequest.Kind(rawValue: name) else { return .failure(BindError("type is tcp, udp or unix")) }
+            guard let name = type.string, let parsed = BindRequest.Kind(rawValue: name) else {
+                return .failure(BindError("type is tcp, udp or unix"))
+            }
             kind = parsed
         }
-        guard let address = params["address"]?.string, !address.isEmpty else { return .failure(BindError("address must be a non-empty string")) }
+        guard let address = params["address"]?.string, !address.isEmpty else {
+            return .failure(BindError("address must be a non-empty string"))
+        }
         var port: UInt16 = 0
         if kind != .unix {
             guard let number = params["port"]?.integer, let value = UInt16(exactly: number) else {
@@ -235,7 +262,9 @@ public enum Wire: Sendable {
             case .bool(let on) where flag: text = on ? "1" : "0"
             case .integer, .number:
                 if name == "mode" {
-                    guard let exact = value.integer.flatMap({ UInt32(exactly: $0) }) else { return .failure(BindError("mode must be a permission number")) }
+                    guard let exact = value.integer.flatMap({ UInt32(exactly: $0) }) else {
+                        return .failure(BindError("mode must be a permission number"))
+                    }
                     text = String(exact, radix: 8)
                 } else {
                     guard let exact = value.integer else { return .failure(BindError("\(name) must be an integer")) }
@@ -325,7 +354,10 @@ public struct RequestReader: Sendable {
         let length = buffer[head..<(head + 4)].reduce(0) { $0 << 8 | Int($1) }
         guard length <= Wire.maximumFrame else {
             discardAll()
-            return .failure(Wire.Failure(wire: .framed, id: .null, error: .invalidRequest("frame of \(length) bytes exceeds \(Wire.maximumFrame)")), fatal: true)
+            return .failure(
+                Wire.Failure(
+                    wire: .framed, id: .null,
+                    error: .invalidRequest("frame of \(length) bytes exceeds \(Wire.maximumFrame)")), fatal: true)
         }
         guard bufferedBytes >= 4 + length else { return nil }
         let message = Array(buffer[(head + 4)..<(head + 4 + length)])
@@ -345,14 +377,21 @@ public struct RequestReader: Sendable {
         if first != UInt8(ascii: "{") && first != UInt8(ascii: "[") {
             head = buffer[head...].firstIndex(of: UInt8(ascii: "{")) ?? buffer.count
             scanned = head
-            return .failure(Wire.Failure(wire: .multibinder, id: .null, error: .parse("not a JSON object")), fatal: false)
+            return .failure(
+                Wire.Failure(wire: .multibinder, id: .null, error: .parse("not a JSON object")), fatal: false)
         }
         var index = scanned
         while index < buffer.count {
             let byte = buffer[index]
             index += 1
             if inString {
-                if escaped { escaped = false } else if byte == UInt8(ascii: "\\") { escaped = true } else if byte == UInt8(ascii: "\"") { inString = false }
+                if escaped {
+                    escaped = false
+                } else if byte == UInt8(ascii: "\\") {
+                    escaped = true
+                } else if byte == UInt8(ascii: "\"") {
+                    inString = false
+                }
             } else if byte == UInt8(ascii: "\"") {
                 inString = true
             } else if byte == UInt8(ascii: "{") || byte == UInt8(ascii: "[") {
@@ -370,7 +409,10 @@ public struct RequestReader: Sendable {
         scanned = index
         guard bufferedBytes <= Wire.maximumMultibinderMessage else {
             discardAll()
-            return .failure(Wire.Failure(wire: .multibinder, id: .null, error: .invalidRequest("message longer than \(Wire.maximumMultibinderMessage) bytes")), fatal: true)
+            return .failure(
+                Wire.Failure(
+                    wire: .multibinder, id: .null,
+                    error: .invalidRequest("message longer than \(Wire.maximumMultibinderMessage) bytes")), fatal: true)
         }
         return nil
     }
@@ -382,7 +424,9 @@ public struct RequestReader: Sendable {
         }
     }
 
-    private static func isWhitespace(_ byte: UInt8) -> Bool { byte == 0x20 || byte == 0x0A || byte == 0x0D || byte == 0x09 }
+    private static func isWhitespace(_ byte: UInt8) -> Bool {
+        byte == 0x20 || byte == 0x0A || byte == 0x0D || byte == 0x09
+    }
 }
 
 /// The client side of a framed exchange: splits replies.

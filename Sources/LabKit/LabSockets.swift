@@ -20,13 +20,17 @@ public enum LabSockets {
     }
 
     /// A connected TCP socket (blocking, with timeouts), optionally from a given local address and port.
-    public static func connectTCP(to address: IPAddress, port: UInt16, from source: IPAddress? = nil, localPort: UInt16 = 0,
-                                  timeoutSeconds: Int = 3) throws -> Int32 {
+    public static func connectTCP(
+        to address: IPAddress, port: UInt16, from source: IPAddress? = nil, localPort: UInt16 = 0,
+        timeoutSeconds: Int = 3
+    ) throws -> Int32 {
         let fd = try makeSocket(address, SOCK_STREAM)
         SocketOptions.setTimeouts(fd, seconds: timeoutSeconds)
         if let source {
             SocketOptions.enable(fd, SOL_SOCKET, SO_REUSEADDR)
-            try orClose(fd, "bind \(source):\(localPort)") { SocketAddress.with(source, localPort) { bind(fd, $0, $1) } }
+            try orClose(fd, "bind \(source):\(localPort)") {
+                SocketAddress.with(source, localPort) { bind(fd, $0, $1) }
+            }
         }
         try orClose(fd, "connect \(address):\(port)") { SocketAddress.with(address, port) { connect(fd, $0, $1) } }
         return fd

@@ -1,5 +1,6 @@
 import NetTypes
 import SecondChanceCore
+
 /// Builders for the packets the lab, the tests and the benchmarks put on the wire.
 public enum PacketBuilder {
     /// A TCP segment in an IPv4 or IPv6 packet, with correct checksums.
@@ -21,7 +22,8 @@ public enum PacketBuilder {
         segment.appendBE16(0)  // urgent pointer
         segment += options
         segment += payload
-        return ip(source: source, destination: destination, protocol: 6, transport: segment, checksumOffset: 16, ttl: ttl)
+        return ip(
+            source: source, destination: destination, protocol: 6, transport: segment, checksumOffset: 16, ttl: ttl)
     }
 
     /// An IPv4 or IPv6 packet around `transport`, filling the transport checksum at `checksumOffset`.
@@ -33,13 +35,19 @@ public enum PacketBuilder {
         switch (source, destination) {
         case (.v4(let s), .v4(let d)):
             if let checksumOffset {
-                let pseudo = proto == 1 ? 0 : InternetChecksum.pseudoHeaderSum(source: s, destination: d, protocol: proto, length: transport.count)
+                let pseudo =
+                    proto == 1
+                    ? 0
+                    : InternetChecksum.pseudoHeaderSum(
+                        source: s, destination: d, protocol: proto, length: transport.count)
                 transport.setBE16(checksumOffset, InternetChecksum.checksum(transport, initial: pseudo))
             }
-            return ipv4Header(source: s, destination: d, protocol: proto, payloadLength: transport.count, ttl: ttl) + transport
+            return ipv4Header(source: s, destination: d, protocol: proto, payloadLength: transport.count, ttl: ttl)
+                + transport
         case (.v6(let s), .v6(let d)):
             if let checksumOffset {
-                let pseudo = InternetChecksum.pseudoHeaderSum(source: s, destination: d, nextHeader: proto, length: transport.count)
+                let pseudo = InternetChecksum.pseudoHeaderSum(
+                    source: s, destination: d, nextHeader: proto, length: transport.count)
                 transport.setBE16(checksumOffset, InternetChecksum.checksum(transport, initial: pseudo))
             }
             var header: [UInt8] = [0x60, 0, 0, 0]
@@ -70,19 +78,25 @@ public enum PacketBuilder {
     }
 
     /// ICMP "fragmentation needed" (type 3 code 4) quoting `original` (its first header bytes).
-    public static func icmpFragmentationNeeded(from source: IPv4Address, to destination: IPv4Address, mtu: UInt16, original: [UInt8]) -> [UInt8] {
+    public static func icmpFragmentationNeeded(
+        from source: IPv4Address, to destination: IPv4Address, mtu: UInt16, original: [UInt8]
+    ) -> [UInt8] {
         var message: [UInt8] = [3, 4, 0, 0, 0, 0]
         message.appendBE16(mtu)
         message += original.prefix(28 + 20)
-        return ip(source: .v4(source), destination: .v4(destination), protocol: 1, transport: message, checksumOffset: 2)
+        return ip(
+            source: .v4(source), destination: .v4(destination), protocol: 1, transport: message, checksumOffset: 2)
     }
 
     /// ICMPv6 Packet Too Big quoting `original`.
-    public static func icmpv6PacketTooBig(from source: IPv6Address, to destination: IPv6Address, mtu: UInt32, original: [UInt8]) -> [UInt8] {
+    public static func icmpv6PacketTooBig(
+        from source: IPv6Address, to destination: IPv6Address, mtu: UInt32, original: [UInt8]
+    ) -> [UInt8] {
         var message: [UInt8] = [2, 0, 0, 0]
         message.appendBE32(mtu)
         message += original.prefix(1232)
-        return ip(source: .v6(source), destination: .v6(destination), protocol: 58, transport: message, checksumOffset: 2)
+        return ip(
+            source: .v6(source), destination: .v6(destination), protocol: 58, transport: message, checksumOffset: 2)
     }
 
     /// The GUE header and GLB private data (everything a UDP socket sends as payload) before `inner`.
@@ -110,10 +124,12 @@ public enum PacketBuilder {
         udp.appendBE16(0)
         udp += payload
         if udpChecksum {
-            let pseudo = InternetChecksum.pseudoHeaderSum(source: source, destination: destination, protocol: 17, length: udp.count)
+            let pseudo = InternetChecksum.pseudoHeaderSum(
+                source: source, destination: destination, protocol: 17, length: udp.count)
             let check = InternetChecksum.checksum(udp, initial: pseudo)
             udp.setBE16(6, check == 0 ? 0xffff : check)
         }
-        return ipv4Header(source: source, destination: destination, protocol: 17, payloadLength: udp.count, ttl: ttl) + udp
+        return ipv4Header(source: source, destination: destination, protocol: 17, payloadLength: udp.count, ttl: ttl)
+            + udp
     }
 }

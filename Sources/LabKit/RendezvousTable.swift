@@ -1,4 +1,5 @@
 import NetTypes
+
 /// Rendezvous (highest random weight) hashing over proxies, as glb-director builds its tables:
 /// each flow ranks every proxy by hash(flow, proxy); the first active one is the primary, the rest
 /// follow as second-chance hops. A draining proxy ranks after every active one, so its existing
@@ -64,8 +65,10 @@ public struct RendezvousTable: Sendable {
     /// A stable hash of a flow's addresses and ports (FNV-1a, then mixed), the same in every process.
     public static func flowHash(_ flow: FlowKey) -> UInt64 {
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for word in [flow.source.high, flow.source.low, flow.destination.high, flow.destination.low,
-                     UInt64(flow.sourcePort) << 16 | UInt64(flow.destinationPort)] {
+        for word in [
+            flow.source.high, flow.source.low, flow.destination.high, flow.destination.low,
+            UInt64(flow.sourcePort) << 16 | UInt64(flow.destinationPort),
+        ] {
             for shift in stride(from: 0, to: 64, by: 8) {
                 hash = (hash ^ (word >> UInt64(shift) & 0xff)) &* 0x100_0000_01b3
             }

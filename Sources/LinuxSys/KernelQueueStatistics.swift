@@ -24,10 +24,12 @@ public struct KernelQueueStatistics: Equatable, Sendable {
         for line in text.split(separator: "\n") {
             let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
             guard fields.count >= 7, let queue = UInt16(fields[0]),
-                let portID = UInt32(fields[1]) ?? Int32(fields[1]).map(UInt32.init(bitPattern:)), let waiting = UInt64(fields[2]),
+                let portID = UInt32(fields[1]) ?? Int32(fields[1]).map(UInt32.init(bitPattern:)),
+                let waiting = UInt64(fields[2]),
                 let queueDropped = UInt64(fields[5]), let userDropped = UInt64(fields[6])
             else { continue }
-            out[queue] = KernelQueueStatistics(portID: portID, waiting: waiting, queueDropped: queueDropped, userDropped: userDropped)
+            out[queue] = KernelQueueStatistics(
+                portID: portID, waiting: waiting, queueDropped: queueDropped, userDropped: userDropped)
         }
         return out
     }

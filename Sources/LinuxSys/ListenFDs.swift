@@ -17,8 +17,13 @@ public enum ListenFDs {
     /// The fds passed to process `pid`, with their names ("unknown" where none was given), or []
     /// when the variables are absent or meant for another process.
     public static func parse(_ environment: [String: String], pid: Int32) -> [(fd: Int32, name: String)] {
-        guard environment["LISTEN_PID"] == String(pid), let count = environment["LISTEN_FDS"].flatMap(Int32.init), count > 0, count < 65536 else { return [] }
-        let names = environment["LISTEN_FDNAMES"].map { $0.split(separator: ":", omittingEmptySubsequences: false).map(String.init) } ?? []
+        guard environment["LISTEN_PID"] == String(pid), let count = environment["LISTEN_FDS"].flatMap(Int32.init),
+            count > 0, count < 65536
+        else { return [] }
+        let names =
+            environment["LISTEN_FDNAMES"].map {
+                $0.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+            } ?? []
         return (0..<count).map { index in (first + index, Int(index) < names.count ? names[Int(index)] : "unknown") }
     }
 
@@ -32,7 +37,8 @@ public enum ListenFDs {
         var out: [(fd: Int32, name: String)] = []
         for pair in value.split(separator: ":") {
             guard let equals = pair.lastIndex(of: "="), let fd = Int32(pair[pair.index(after: equals)...]), fd >= 0,
-                  equals != pair.startIndex else { return nil }
+                equals != pair.startIndex
+            else { return nil }
             out.append((fd, String(pair[..<equals])))
         }
         return out

@@ -5,8 +5,12 @@ import Glibc
 public enum Netlink {
     /// A bound socket of netlink `family` (NETLINK_ROUTE, NETLINK_SOCK_DIAG, ...) in `namespace`
     /// (the calling thread's when nil), subscribed to multicast `groups`. `name` names it in errors.
-    public static func open(_ family: Int32, name: String, groups: UInt32 = 0, namespace: NetworkNamespace? = nil) throws -> OpaquePointer {
-        guard let socket: OpaquePointer = try namespace.run({ mnl_socket_open(family) }) else { throw SystemError("socket(\(name))") }
+    public static func open(_ family: Int32, name: String, groups: UInt32 = 0, namespace: NetworkNamespace? = nil)
+        throws -> OpaquePointer
+    {
+        guard let socket: OpaquePointer = try namespace.run({ mnl_socket_open(family) }) else {
+            throw SystemError("socket(\(name))")
+        }
         guard mnl_socket_bind(socket, groups, pid_t(MNL_SOCKET_AUTOPID)) == 0 else {
             let error = SystemError("bind(\(name))")
             mnl_socket_close(socket)
@@ -17,8 +21,10 @@ public enum Netlink {
 
     /// Reads a dump's replies into `buffer` until NLMSG_DONE, handing every other message of
     /// `sequence` to `each`; an NLMSG_ERROR reply throws with its errno.
-    public static func receiveDump(_ socket: OpaquePointer, buffer: UnsafeMutableRawPointer, size: Int, sequence: UInt32, name: String,
-                            _ each: (UnsafePointer<nlmsghdr>) -> Void) throws {
+    public static func receiveDump(
+        _ socket: OpaquePointer, buffer: UnsafeMutableRawPointer, size: Int, sequence: UInt32, name: String,
+        _ each: (UnsafePointer<nlmsghdr>) -> Void
+    ) throws {
         while true {
             let received = retryingOnInterrupt { mnl_socket_recvfrom(socket, buffer, size) }
             guard received > 0 else { throw SystemError(name) }

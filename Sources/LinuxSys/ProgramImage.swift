@@ -48,7 +48,9 @@ public enum ProgramImage {
         var entry = environ
         while let pointer = entry.pointee {
             let text = String(cString: pointer)
-            if let equals = text.firstIndex(of: "=") { out[String(text[..<equals])] = String(text[text.index(after: equals)...]) }
+            if let equals = text.firstIndex(of: "=") {
+                out[String(text[..<equals])] = String(text[text.index(after: equals)...])
+            }
             entry += 1
         }
         return out
@@ -117,7 +119,8 @@ public enum ProgramImage {
         let line = String(decoding: output.prefix { $0 != UInt8(ascii: "\n") }, as: UTF8.self)
         let code = Spawn.exitCode(status)
         guard code == 0, !line.isEmpty else {
-            return .failure(SystemError("\(path) version exited with \(code)" + (line.isEmpty ? "" : ": \(line)"), errno: ENOEXEC))
+            return .failure(
+                SystemError("\(path) version exited with \(code)" + (line.isEmpty ? "" : ": \(line)"), errno: ENOEXEC))
         }
         return .success(line)
     }
@@ -125,8 +128,10 @@ public enum ProgramImage {
     /// Replaces this process with the program at `path`, keeping `fds` open at their numbers (named
     /// in the environment, see `ListenFDs.reexecVariable`). Returns only if exec(2) failed: the
     /// fds are then close-on-exec again and the environment as it was; the errno is returned.
-    public static func execute(_ path: String, arguments: [String], keeping fds: [(fd: Int32, name: String)],
-                               extraEnvironment: [String: String] = [:]) -> Int32 {
+    public static func execute(
+        _ path: String, arguments: [String], keeping fds: [(fd: Int32, name: String)],
+        extraEnvironment: [String: String] = [:]
+    ) -> Int32 {
         for (fd, _) in fds { Descriptors.setCloseOnExec(fd, false) }
         let variables = [ListenFDs.reexecVariable: ListenFDs.reexecValue(fds)].merging(extraEnvironment) { $1 }
         for (name, value) in variables { setenv(name, value, 1) }

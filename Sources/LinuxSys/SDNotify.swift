@@ -7,7 +7,8 @@ public final class SDNotify {
     /// nil when not started by a service manager that listens.
     public init?(environment: [String: String]) {
         guard let path = environment["NOTIFY_SOCKET"], !path.isEmpty,
-              let fd = try? UnixAddress.connect(path, type: UnixAddress.datagram) else { return nil }
+            let fd = try? UnixAddress.connect(path, type: UnixAddress.datagram)
+        else { return nil }
         self.fd = fd
     }
 

@@ -81,7 +81,9 @@ public final class SockDiag {
         while pending > 0 {
             let received = batchBuffers.withUnsafeBufferPointer { buffers in
                 batchLengths.withUnsafeMutableBufferPointer { lengths in
-                    proxyside_receive_batch(mnl_socket_get_fd(socket), buffers.baseAddress, Self.replySize, lengths.baseAddress, UInt32(pending))
+                    proxyside_receive_batch(
+                        mnl_socket_get_fd(socket), buffers.baseAddress, Self.replySize, lengths.baseAddress,
+                        UInt32(pending))
                 }
             }
             if received < 0 { return }
@@ -125,12 +127,16 @@ public final class SockDiag {
         var listeners: [ListenerKey: ListenerObservation] = [:]
         var requests: [ListenerKey: UInt32] = [:]
         for family in [AF_INET, AF_INET6] {
-            try dump(family: UInt8(family), states: 1 << UInt32(Self.tcpListen) | 1 << UInt32(Self.tcpNewSynRecv)) { message, attributes in
+            try dump(family: UInt8(family), states: 1 << UInt32(Self.tcpListen) | 1 << UInt32(Self.tcpNewSynRecv)) {
+                message, attributes in
                 let key = ListenerKey(address: Self.localAddress(message), port: message.be16(4))
                 if message[1] == Self.tcpListen {
                     var receiveBuffer: UInt32 = 0
-                    if let memory = attributes[Self.skMemInfoAttribute], memory.count >= 4 * (Self.skMemInfoReceiveBuffer + 1) {
-                        receiveBuffer = memory.loadUnaligned(fromByteOffset: 4 * Self.skMemInfoReceiveBuffer, as: UInt32.self)
+                    if let memory = attributes[Self.skMemInfoAttribute],
+                        memory.count >= 4 * (Self.skMemInfoReceiveBuffer + 1)
+                    {
+                        receiveBuffer = memory.loadUnaligned(
+                            fromByteOffset: 4 * Self.skMemInfoReceiveBuffer, as: UInt32.self)
                     }
                     listeners[key] = ListenerObservation(
                         key: key, backlog: message.loadUnaligned(fromByteOffset: 60, as: UInt32.self),
@@ -159,14 +165,17 @@ public final class SockDiag {
     private static let dumpBufferSize = 65536
 
     /// Runs one sock_diag dump; `each` gets every inet_diag_msg and its attributes by type.
-    private func dump(family: UInt8, states: UInt32,
-                      _ each: (UnsafeRawBufferPointer, [UInt16: UnsafeRawBufferPointer]) -> Void) throws {
+    private func dump(
+        family: UInt8, states: UInt32,
+        _ each: (UnsafeRawBufferPointer, [UInt16: UnsafeRawBufferPointer]) -> Void
+    ) throws {
         let nlh = mnl_nlmsg_put_header(buffer)!
         nlh.pointee.nlmsg_type = UInt16(SOCK_DIAG_BY_FAMILY)
         nlh.pointee.nlmsg_flags = UInt16(NLM_F_REQUEST | NLM_F_DUMP)
         sequence &+= 1
         nlh.pointee.nlmsg_seq = sequence
-        let request = UnsafeMutableRawBufferPointer(start: mnl_nlmsg_put_extra_header(nlh, Self.requestSize), count: Self.requestSize)
+        let request = UnsafeMutableRawBufferPointer(
+            start: mnl_nlmsg_put_extra_header(nlh, Self.requestSize), count: Self.requestSize)
         request.initializeMemory(as: UInt8.self, repeating: 0)
         request[0] = family
         request[1] = UInt8(IPPROTO_TCP)
@@ -174,18 +183,24 @@ public final class SockDiag {
         request.storeBytes(of: states, toByteOffset: 4, as: UInt32.self)
         request.storeBytes(of: UInt32.max, toByteOffset: 48, as: UInt32.self)
         request.storeBytes(of: UInt32.max, toByteOffset: 52, as: UInt32.self)
-        guard mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) >= 0 else { throw SystemError("sock_diag dump request") }
-        try Netlink.receiveDump(socket, buffer: dumpBuffer, size: Self.dumpBufferSize, sequence: sequence, name: "sock_diag dump") { message in
+        guard mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) >= 0 else {
+            throw SystemError("sock_diag dump request")
+        }
+        try Netlink.receiveDump(
+            socket, buffer: dumpBuffer, size: Self.dumpBufferSize, sequence: sequence, name: "sock_diag dump"
+        ) { message in
             guard message.pointee.nlmsg_type == UInt16(SOCK_DIAG_BY_FAMILY) else { return }
             let payloadLength = Int(mnl_nlmsg_get_payload_len(message))
             guard payloadLength >= Self.diagMessageSize else { return }
             let payload = UnsafeRawPointer(mnl_nlmsg_get_payload(message)!)
             var attributes: [UInt16: UnsafeRawBufferPointer] = [:]
-            var attribute = UnsafePointer<nlattr>?(payload.advanced(by: Self.diagMessageSize).assumingMemoryBound(to: nlattr.self))
+            var attribute = UnsafePointer<nlattr>?(
+                payload.advanced(by: Self.diagMessageSize).assumingMemoryBound(to: nlattr.self))
             var attributeBytes = Int32(payloadLength - Self.diagMessageSize)
             while let current = attribute, mnl_attr_ok(current, attributeBytes) {
                 let length = Int(mnl_attr_get_payload_len(current))
-                attributes[mnl_attr_get_type(current)] = UnsafeRawBufferPointer(start: mnl_attr_get_payload(current), count: length)
+                attributes[mnl_attr_get_type(current)] = UnsafeRawBufferPointer(
+                    start: mnl_attr_get_payload(current), count: length)
                 attributeBytes -= Int32(current.pointee.nla_len + 3) & ~3
                 attribute = UnsafePointer(mnl_attr_next(current))
             }
@@ -200,7 +215,8 @@ public final class SockDiag {
         nlh.pointee.nlmsg_flags = UInt16(NLM_F_REQUEST)
         sequence &+= 1
         nlh.pointee.nlmsg_seq = sequence
-        let request = UnsafeMutableRawBufferPointer(start: mnl_nlmsg_put_extra_header(nlh, Self.requestSize), count: Self.requestSize)
+        let request = UnsafeMutableRawBufferPointer(
+            start: mnl_nlmsg_put_extra_header(nlh, Self.requestSize), count: Self.requestSize)
         request.initializeMemory(as: UInt8.self, repeating: 0)
         request[0] = UInt8(flow.isIPv6 ? AF_INET6 : AF_INET)
         request[1] = UInt8(IPPROTO_TCP)

@@ -3,8 +3,10 @@ import Glibc
 /// posix_spawn(3) with fds placed where the child expects them. Fds without close-on-exec are
 /// inherited at their own numbers; signals this program catches or ignores start at their defaults.
 public enum Spawn {
-    public static func run(_ path: String, _ arguments: [String], environment: [String: String]? = nil,
-                           placing fds: [(from: Int32, to: Int32)] = []) throws -> pid_t {
+    public static func run(
+        _ path: String, _ arguments: [String], environment: [String: String]? = nil,
+        placing fds: [(from: Int32, to: Int32)] = []
+    ) throws -> pid_t {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -22,7 +24,8 @@ public enum Spawn {
         posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
         let argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
         defer { for pointer in argv { free(pointer) } }
-        var envp: [UnsafeMutablePointer<CChar>?] = environment.map { $0.map { strdup("\($0.key)=\($0.value)") } + [nil] } ?? []
+        var envp: [UnsafeMutablePointer<CChar>?] =
+            environment.map { $0.map { strdup("\($0.key)=\($0.value)") } + [nil] } ?? []
         defer { for pointer in envp { free(pointer) } }
         var pid: pid_t = 0
         let result = envp.withUnsafeMutableBufferPointer { custom in

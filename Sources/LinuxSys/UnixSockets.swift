@@ -12,10 +12,18 @@ public enum UnixAddress {
         // "@name" is an abstract address (as in NOTIFY_SOCKET): a leading NUL, and only its own length counts.
         let abstract = bytes.first == UInt8(ascii: "@")
         if abstract { bytes[0] = 0 }
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { throw SystemError("socket path \(path)", errno: ENAMETOOLONG) }
-        withUnsafeMutableBytes(of: &address.sun_path) { target in for (index, byte) in bytes.enumerated() { target[index] = byte } }
-        let length = abstract ? socklen_t(MemoryLayout<sa_family_t>.size + bytes.count) : socklen_t(MemoryLayout<sockaddr_un>.size)
-        return withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, length) } }
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+            throw SystemError("socket path \(path)", errno: ENAMETOOLONG)
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { target in
+            for (index, byte) in bytes.enumerated() { target[index] = byte }
+        }
+        let length =
+            abstract
+            ? socklen_t(MemoryLayout<sa_family_t>.size + bytes.count) : socklen_t(MemoryLayout<sockaddr_un>.size)
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, length) }
+        }
     }
 
     public static func bind(_ fd: Int32, _ path: String) throws {
@@ -48,7 +56,10 @@ public enum FDPassing {
     /// travel with the first byte), or throws; EAGAIN is returned as 0 for non-blocking callers.
     public static func send(_ socket: Int32, _ bytes: ArraySlice<UInt8>, fds: [Int32], flags: Int32 = 0) throws -> Int {
         let sent = bytes.withUnsafeBytes { buffer in
-            fds.withUnsafeBufferPointer { proxyside_send_with_fds(socket, buffer.baseAddress, buffer.count, $0.baseAddress, UInt32($0.count), flags) }
+            fds.withUnsafeBufferPointer {
+                proxyside_send_with_fds(
+                    socket, buffer.baseAddress, buffer.count, $0.baseAddress, UInt32($0.count), flags)
+            }
         }
         if sent >= 0 { return sent }
         if -Int32(sent) == EAGAIN || -Int32(sent) == EINTR { return 0 }
@@ -56,13 +67,16 @@ public enum FDPassing {
     }
 
     /// Receives up to `capacity` bytes and the fds that came with them (close-on-exec).
-    public static func receive(_ socket: Int32, capacity: Int = 65536, flags: Int32 = 0) throws -> (bytes: [UInt8], fds: [Int32]) {
+    public static func receive(_ socket: Int32, capacity: Int = 65536, flags: Int32 = 0) throws -> (
+        bytes: [UInt8], fds: [Int32]
+    ) {
         var bytes = [UInt8](repeating: 0, count: capacity)
         var fds = [Int32](repeating: -1, count: 253)
         var count: UInt32 = 0
         while true {
             let received = bytes.withUnsafeMutableBytes { buffer in
-                proxyside_receive_with_fds(socket, buffer.baseAddress, buffer.count, &fds, UInt32(fds.count), &count, flags)
+                proxyside_receive_with_fds(
+                    socket, buffer.baseAddress, buffer.count, &fds, UInt32(fds.count), &count, flags)
             }
             if received >= 0 { return (Array(bytes[0..<received]), Array(fds[0..<Int(count)])) }
             if -Int32(received) != EINTR { throw SystemError("recvmsg", errno: -Int32(received)) }

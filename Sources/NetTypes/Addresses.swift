@@ -18,8 +18,10 @@ public struct IPv4Address: Hashable, Sendable, Comparable, CustomStringConvertib
     }
 
     public var octets: [UInt8] {
-        [UInt8(value >> 24), UInt8(truncatingIfNeeded: value >> 16),
-         UInt8(truncatingIfNeeded: value >> 8), UInt8(truncatingIfNeeded: value)]
+        [
+            UInt8(value >> 24), UInt8(truncatingIfNeeded: value >> 16),
+            UInt8(truncatingIfNeeded: value >> 8), UInt8(truncatingIfNeeded: value),
+        ]
     }
 
     public var description: String { octets.map(String.init).joined(separator: ".") }
@@ -81,7 +83,9 @@ public struct IPv6Address: Hashable, Sendable, CustomStringConvertible {
         var out: [UInt8] = []
         out.reserveCapacity(16)
         for half in [high, low] {
-            for shift in stride(from: 56, through: 0, by: -8) { out.append(UInt8(truncatingIfNeeded: half >> UInt64(shift))) }
+            for shift in stride(from: 56, through: 0, by: -8) {
+                out.append(UInt8(truncatingIfNeeded: half >> UInt64(shift)))
+            }
         }
         return out
     }
@@ -111,7 +115,13 @@ public enum IPAddress: Hashable, Sendable, CustomStringConvertible {
     case v6(IPv6Address)
 
     public init?(_ text: some StringProtocol) {
-        if let v4 = IPv4Address(text) { self = .v4(v4) } else if let v6 = IPv6Address(text) { self = .v6(v6) } else { return nil }
+        if let v4 = IPv4Address(text) {
+            self = .v4(v4)
+        } else if let v6 = IPv6Address(text) {
+            self = .v6(v6)
+        } else {
+            return nil
+        }
     }
 
     public var description: String {

@@ -43,14 +43,18 @@ public enum InternetChecksum {
     }
 
     /// Sum of the IPv4 pseudo-header for a transport segment.
-    public static func pseudoHeaderSum(source: IPv4Address, destination: IPv4Address, protocol proto: UInt8, length: Int) -> UInt64 {
+    public static func pseudoHeaderSum(
+        source: IPv4Address, destination: IPv4Address, protocol proto: UInt8, length: Int
+    ) -> UInt64 {
         UInt64(source.value >> 16) + UInt64(source.value & 0xffff)
             + UInt64(destination.value >> 16) + UInt64(destination.value & 0xffff)
             + UInt64(proto) + UInt64(length)
     }
 
     /// Sum of the IPv6 pseudo-header for a transport segment.
-    public static func pseudoHeaderSum(source: IPv6Address, destination: IPv6Address, nextHeader: UInt8, length: Int) -> UInt64 {
+    public static func pseudoHeaderSum(source: IPv6Address, destination: IPv6Address, nextHeader: UInt8, length: Int)
+        -> UInt64
+    {
         var sum: UInt64 = 0
         for half in [source.high, source.low, destination.high, destination.low] {
             sum &+= (half >> 48) + ((half >> 32) & 0xffff) + ((half >> 16) & 0xffff) + (half & 0xffff)

@@ -11,7 +11,9 @@ public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
     /// `ADDRESS:PORT`, with an IPv6 address in brackets (a bare one is taken too: the port follows
     /// the last colon).
     public init?(_ text: some StringProtocol) {
-        guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]) else { return nil }
+        guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]) else {
+            return nil
+        }
         var host = text[..<colon]
         if host.hasPrefix("[") && host.hasSuffix("]") { host = host.dropFirst().dropLast() }
         guard let address = IPAddress(host) else { return nil }

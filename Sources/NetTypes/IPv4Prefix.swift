@@ -9,7 +9,8 @@ public struct IPv4Prefix: Hashable, Sendable, CustomStringConvertible {
         guard (1...2).contains(parts.count), let address = IPv4Address(parts[0]) else { return nil }
         var length: UInt8 = 32
         if parts.count == 2 {
-            guard (1...2).contains(parts[1].count), parts[1].allSatisfy(\.isASCII), let parsed = UInt8(parts[1]), parsed <= 32
+            guard (1...2).contains(parts[1].count), parts[1].allSatisfy(\.isASCII), let parsed = UInt8(parts[1]),
+                parsed <= 32
             else { return nil }
             length = parsed
         }

@@ -31,7 +31,8 @@ public enum FouStatus: Equatable, CustomStringConvertible {
         nlh.pointee.nlmsg_type = UInt16(GENL_ID_CTRL)
         nlh.pointee.nlmsg_flags = UInt16(NLM_F_REQUEST | NLM_F_ACK)
         nlh.pointee.nlmsg_seq = 1
-        var genl = mnl_nlmsg_put_extra_header(nlh, MemoryLayout<genlmsghdr>.size)!.assumingMemoryBound(to: genlmsghdr.self)
+        var genl = mnl_nlmsg_put_extra_header(nlh, MemoryLayout<genlmsghdr>.size)!.assumingMemoryBound(
+            to: genlmsghdr.self)
         genl.pointee.cmd = UInt8(CTRL_CMD_GETFAMILY)
         genl.pointee.version = 1
         mnl_attr_put_strz(nlh, UInt16(CTRL_ATTR_FAMILY_NAME), FOU_GENL_NAME)
@@ -40,8 +41,9 @@ public enum FouStatus: Equatable, CustomStringConvertible {
         guard received > 0 else { throw SystemError("recv(genl)") }
         var reply = buffer.assumingMemoryBound(to: nlmsghdr.self)
         if reply.pointee.nlmsg_type == UInt16(NLMSG_ERROR) { return .unavailable }
-        guard let familyID = attributes(of: reply, headerSize: MemoryLayout<genlmsghdr>.size)[UInt16(CTRL_ATTR_FAMILY_ID)]
-            .map({ mnl_attr_get_u16($0) })
+        guard
+            let familyID = attributes(of: reply, headerSize: MemoryLayout<genlmsghdr>.size)[UInt16(CTRL_ATTR_FAMILY_ID)]
+                .map({ mnl_attr_get_u16($0) })
         else { return .unavailable }
         // Drain the ACK that follows.
         _ = mnl_socket_recvfrom(socket, buffer, 16384)
@@ -62,9 +64,13 @@ public enum FouStatus: Equatable, CustomStringConvertible {
             var remaining = Int32(received)
             reply = buffer.assumingMemoryBound(to: nlmsghdr.self)
             while mnl_nlmsg_ok(reply, remaining) {
-                if reply.pointee.nlmsg_type == UInt16(NLMSG_DONE) || reply.pointee.nlmsg_type == UInt16(NLMSG_ERROR) { return status }
+                if reply.pointee.nlmsg_type == UInt16(NLMSG_DONE) || reply.pointee.nlmsg_type == UInt16(NLMSG_ERROR) {
+                    return status
+                }
                 let attrs = attributes(of: reply, headerSize: MemoryLayout<genlmsghdr>.size)
-                if let portAttribute = attrs[UInt16(FOU_ATTR_PORT)], UInt16(bigEndian: mnl_attr_get_u16(portAttribute)) == port {
+                if let portAttribute = attrs[UInt16(FOU_ATTR_PORT)],
+                    UInt16(bigEndian: mnl_attr_get_u16(portAttribute)) == port
+                {
                     let type = attrs[UInt16(FOU_ATTR_TYPE)].map { mnl_attr_get_u8($0) } ?? 0
                     status = type == UInt8(FOU_ENCAP_GUE) ? .gue : .directFou
                 }
@@ -73,7 +79,9 @@ public enum FouStatus: Equatable, CustomStringConvertible {
         }
     }
 
-    static func attributes(of nlh: UnsafeMutablePointer<nlmsghdr>, headerSize: Int) -> [UInt16: UnsafeMutablePointer<nlattr>] {
+    static func attributes(of nlh: UnsafeMutablePointer<nlmsghdr>, headerSize: Int) -> [UInt16: UnsafeMutablePointer<
+        nlattr
+    >] {
         var out: [UInt16: UnsafeMutablePointer<nlattr>] = [:]
         let end = UnsafeRawPointer(nlh) + Int(nlh.pointee.nlmsg_len)
         var attribute = mnl_nlmsg_get_payload_offset(nlh, headerSize)!.assumingMemoryBound(to: nlattr.self)

@@ -28,7 +28,9 @@ public enum HostChecks {
         defer { closedir(directory) }
         var names: [String] = []
         while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            let name = withUnsafeBytes(of: entry.pointee.d_name) {
+                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+            }
             if name != "." && name != ".." { names.append(name) }
         }
         return names
@@ -73,11 +75,13 @@ public enum HostChecks {
     /// The NFQUEUE rules for the GUE port in `iptables-save -t raw` output.
     public static func gueRules(iptablesSave rules: String, port: UInt16) -> GUERules {
         var found = GUERules()
-        for line in rules.split(separator: "\n") where line.hasPrefix("-A PREROUTING") && line.contains("--dport \(port)") {
+        for line in rules.split(separator: "\n")
+        where line.hasPrefix("-A PREROUTING") && line.contains("--dport \(port)") {
             let words = line.split(separator: " ")
             if line.contains("-j NFQUEUE") {
                 let restricted = words.contains("-s") || line.contains("--match-set")
-                found.queueRules.append(QueueRule(rule: String(line), bypass: line.contains("--queue-bypass"), restricted: restricted))
+                found.queueRules.append(
+                    QueueRule(rule: String(line), bypass: line.contains("--queue-bypass"), restricted: restricted))
             } else if line.hasSuffix("-j DROP") && !words.contains("-s") && !line.contains("--match-set") {
                 found.dropsTheRest = !found.queueRules.isEmpty
             }
@@ -94,7 +98,8 @@ public enum HostChecks {
             let words = line.split(separator: " ")
             guard line.contains("dport \(port)"), !line.hasPrefix("#") else { continue }
             if words.contains("queue") {
-                found.queueRules.append(QueueRule(rule: String(line), bypass: line.contains("bypass"), restricted: line.contains("saddr")))
+                found.queueRules.append(
+                    QueueRule(rule: String(line), bypass: line.contains("bypass"), restricted: line.contains("saddr")))
             } else if words.last == "drop" && !line.contains("saddr") {
                 found.dropsTheRest = !found.queueRules.isEmpty
             }
@@ -107,19 +112,44 @@ public enum HostChecks {
         var checks: [HostCheck] = []
         for rule in rules.queueRules {
             let missing = queues.filter { queue in
-                !(rule.rule.contains("--queue-num \(queue)") || rule.rule.contains("--queue-balance") || rule.rule.contains("num \(queue)")
-                  || rule.rule.contains("to \(queue)") || rule.rule.contains("to \(queue)-"))
+                !(rule.rule.contains("--queue-num \(queue)") || rule.rule.contains("--queue-balance")
+                    || rule.rule.contains("num \(queue)")
+                    || rule.rule.contains("to \(queue)") || rule.rule.contains("to \(queue)-"))
             }
-            let fix = !rule.bypass ? "add --queue-bypass (nft: bypass) so GUE still flows (to fou or nowhere) if second-chance is down"
+            let fix =
+                !rule.bypass
+                ? "add --queue-bypass (nft: bypass) so GUE still flows (to fou or nowhere) if second-chance is down"
                 : missing.isEmpty ? nil : "the rule does not feed queue(s) \(missing)"
-            checks.append(HostCheck(level: rule.bypass && missing.isEmpty ? .ok : .warn, subject: tool, finding: rule.rule, fix: fix))
+            checks.append(
+                HostCheck(
+                    level: rule.bypass && missing.isEmpty ? .ok : .warn, subject: tool, finding: rule.rule, fix: fix))
         }
         if rules.queueRules.contains(where: { !$0.restricted }) {
-            checks.append(HostCheck(level: .warn, subject: tool, finding: "the NFQUEUE rule takes GUE from every host, not only the GLB peers",
-                                    fix: "limit it to the directors and proxies (-s or an ipset; nft: ip saddr @glb_peers) and drop the rest of UDP \(port), as in examples/iptables"))
+            checks.append(
+                HostCheck(
+                    level: .warn, subject: tool,
+                    finding: "the NFQUEUE rule takes GUE from every host, not only the GLB peers",
+                    fix:
+                        """
+                        limit it to the directors and proxies (-s or an ipset; nft: ip saddr @glb_peers) and drop the \
+                        rest of UDP \(port), as in examples/iptables
+                        """
+                ))
         } else if !rules.dropsTheRest {
-            checks.append(HostCheck(level: .warn, subject: tool, finding: "GUE from hosts that are not peers is not dropped: with fou it is decapsulated without any check",
-                                    fix: "after the peer rules: -A PREROUTING -p udp --dport \(port) -j DROP (examples/iptables/rules.v4)"))
+            checks.append(
+                HostCheck(
+                    level: .warn, subject: tool,
+                    finding:
+                        """
+                        GUE from hosts that are not peers is not dropped: with fou it is decapsulated without any \
+                        check
+                        """,
+                    fix:
+                        """
+                        after the peer rules: -A PREROUTING -p udp --dport \(port) -j DROP \
+                        (examples/iptables/rules.v4)
+                        """
+                ))
         }
         return checks
     }
@@ -131,118 +161,224 @@ public enum HostChecks {
     public static func kernelForwarding() -> [HostCheck] {
         var checks: [HostCheck] = []
         let forward = readSysctl("net/ipv4/ip_forward") ?? "?"
-        checks.append(forward == "1"
-            ? HostCheck(level: .ok, subject: "ip_forward", finding: "1: the kernel forwards rewritten GUE (--forward kernel)")
-            : HostCheck(level: .fail, subject: "ip_forward", finding: "net.ipv4.ip_forward = \(forward): --forward kernel needs 1",
-                        fix: "sysctl -w net.ipv4.ip_forward=1, or use --forward raw"))
+        checks.append(
+            forward == "1"
+                ? HostCheck(
+                    level: .ok, subject: "ip_forward",
+                    finding: "1: the kernel forwards rewritten GUE (--forward kernel)")
+                : HostCheck(
+                    level: .fail, subject: "ip_forward",
+                    finding: "net.ipv4.ip_forward = \(forward): --forward kernel needs 1",
+                    fix: "sysctl -w net.ipv4.ip_forward=1, or use --forward raw"))
         let devices = directoryEntries("/proc/sys/net/ipv4/conf").filter { $0 != "all" && $0 != "default" }
         let acceptAll = readSysctl("net/ipv4/conf/all/accept_local") == "1"
         let accepting = devices.filter { readSysctl("net/ipv4/conf/\($0)/accept_local") == "1" }
-        checks.append(acceptAll || !accepting.isEmpty
-            ? HostCheck(level: .ok, subject: "accept_local", finding: acceptAll ? "net.ipv4.conf.all.accept_local = 1" : "1 on \(accepting.joined(separator: ", "))")
-            : HostCheck(level: .fail, subject: "accept_local", finding: "0 everywhere: the kernel drops a forwarded packet whose source is this host",
-                        fix: "sysctl -w net.ipv4.conf.<GUE interface>.accept_local=1 (or .all.), or use --forward raw"))
+        checks.append(
+            acceptAll || !accepting.isEmpty
+                ? HostCheck(
+                    level: .ok, subject: "accept_local",
+                    finding: acceptAll
+                        ? "net.ipv4.conf.all.accept_local = 1" : "1 on \(accepting.joined(separator: ", "))")
+                : HostCheck(
+                    level: .fail, subject: "accept_local",
+                    finding: "0 everywhere: the kernel drops a forwarded packet whose source is this host",
+                    fix: "sysctl -w net.ipv4.conf.<GUE interface>.accept_local=1 (or .all.), or use --forward raw"))
         let strict = (["all"] + devices).filter { readSysctl("net/ipv4/conf/\($0)/rp_filter") == "1" }
         if !strict.isEmpty {
-            checks.append(HostCheck(level: .warn, subject: "rp_filter", finding: "strict (1) on \(strict.joined(separator: ", ")): a packet with this host's source is refused unless the address is on the interface it arrives on",
-                                    fix: "sysctl -w net.ipv4.conf.all.rp_filter=2 and the same for the GUE interface"))
+            checks.append(
+                HostCheck(
+                    level: .warn, subject: "rp_filter",
+                    finding:
+                        """
+                        strict (1) on \(strict.joined(separator: ", ")): a packet with this host's source is refused \
+                        unless the address is on the interface it arrives on
+                        """,
+                    fix: "sysctl -w net.ipv4.conf.all.rp_filter=2 and the same for the GUE interface"))
         }
         if readSysctl("net/ipv4/conf/all/send_redirects") == "1" {
-            checks.append(HostCheck(level: .info, subject: "send_redirects", finding: "on: forwarding out of the interface a packet came in on sends this host ICMP redirects",
-                                    fix: "sysctl -w net.ipv4.conf.all.send_redirects=0 and the same for the GUE interface"))
+            checks.append(
+                HostCheck(
+                    level: .info, subject: "send_redirects",
+                    finding: "on: forwarding out of the interface a packet came in on sends this host ICMP redirects",
+                    fix: "sysctl -w net.ipv4.conf.all.send_redirects=0 and the same for the GUE interface"))
         }
         return checks
     }
 
     /// `allowedSources`: the daemon's --allow-source prefixes, when the caller knows them.
-    public static func run(port: UInt16, queues: [UInt16], namespace: String?, forwarding: ForwardingMode = .raw,
-                           allowedSources: [IPv4Prefix]? = nil) -> [HostCheck] {
+    public static func run(
+        port: UInt16, queues: [UInt16], namespace: String?, forwarding: ForwardingMode = .raw,
+        allowedSources: [IPv4Prefix]? = nil
+    ) -> [HostCheck] {
         var checks: [HostCheck] = []
         if geteuid() != 0 {
-            checks.append(HostCheck(level: .fail, subject: "privileges", finding: "not running as root",
-                                    fix: "run as root, or grant CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF and CAP_SYS_ADMIN (for --netns)"))
+            checks.append(
+                HostCheck(
+                    level: .fail, subject: "privileges", finding: "not running as root",
+                    fix: "run as root, or grant CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF and CAP_SYS_ADMIN (for --netns)"))
         }
         let hasQueue = access("/proc/net/netfilter/nfnetlink_queue", F_OK) == 0
-        checks.append(hasQueue
-            ? HostCheck(level: .ok, subject: "nfnetlink_queue", finding: "available")
-            : HostCheck(level: .fail, subject: "nfnetlink_queue", finding: "not available (/proc/net/netfilter/nfnetlink_queue missing)",
-                        fix: "modprobe nfnetlink_queue xt_NFQUEUE (see kmod/modules-load.d/proxyside.conf)"))
+        checks.append(
+            hasQueue
+                ? HostCheck(level: .ok, subject: "nfnetlink_queue", finding: "available")
+                : HostCheck(
+                    level: .fail, subject: "nfnetlink_queue",
+                    finding: "not available (/proc/net/netfilter/nfnetlink_queue missing)",
+                    fix: "modprobe nfnetlink_queue xt_NFQUEUE (see kmod/modules-load.d/proxyside.conf)"))
 
         switch Result(catching: { try FouStatus.query(port: port) }) {
         case .success(.gue):
-            checks.append(HostCheck(level: .ok, subject: "fou", finding: "GUE on port \(port): --decap auto uses kernel decapsulation"))
+            checks.append(
+                HostCheck(
+                    level: .ok, subject: "fou", finding: "GUE on port \(port): --decap auto uses kernel decapsulation"))
         case .success(let status):
-            checks.append(HostCheck(level: .info, subject: "fou", finding: "\(status): --decap auto uses userspace decapsulation",
-                                    fix: status == .unavailable ? nil : "for kernel decapsulation: ip fou add port \(port) gue"))
+            checks.append(
+                HostCheck(
+                    level: .info, subject: "fou", finding: "\(status): --decap auto uses userspace decapsulation",
+                    fix: status == .unavailable ? nil : "for kernel decapsulation: ip fou add port \(port) gue"))
         case .failure(let error):
             checks.append(HostCheck(level: .warn, subject: "fou", finding: "cannot ask generic netlink: \(error)"))
         }
 
         let iptables = commandOutput("iptables-save -t raw").map { gueRules(iptablesSave: $0, port: port) }
         let nft = commandOutput("nft list ruleset").map { gueRules(nftRuleset: $0, port: port) }
-        if let iptables, !iptables.queueRules.isEmpty { checks += ruleChecks(iptables, tool: "iptables", port: port, queues: queues) }
+        if let iptables, !iptables.queueRules.isEmpty {
+            checks += ruleChecks(iptables, tool: "iptables", port: port, queues: queues)
+        }
         if let nft, !nft.queueRules.isEmpty { checks += ruleChecks(nft, tool: "nft", port: port, queues: queues) }
         if (iptables?.queueRules ?? []).isEmpty && (nft?.queueRules ?? []).isEmpty {
-            checks.append(HostCheck(level: .fail, subject: "iptables", finding: "no raw PREROUTING NFQUEUE rule for UDP \(port) (iptables or nft)",
-                                    fix: "iptables -t raw -A PREROUTING -s PEERS -p udp --dport \(port) -j NFQUEUE --queue-num \(queues.first ?? 0) --queue-bypass, then the same without -s and -j DROP (examples/iptables/rules.v4)"))
+            checks.append(
+                HostCheck(
+                    level: .fail, subject: "iptables",
+                    finding: "no raw PREROUTING NFQUEUE rule for UDP \(port) (iptables or nft)",
+                    fix:
+                        """
+                        iptables -t raw -A PREROUTING -s PEERS -p udp --dport \(port) -j NFQUEUE --queue-num \
+                        \(queues.first ?? 0) --queue-bypass, then the same without -s and -j DROP \
+                        (examples/iptables/rules.v4)
+                        """
+                ))
         }
         if iptables == nil && nft == nil {
-            checks.append(HostCheck(level: .warn, subject: "iptables", finding: "neither iptables-save nor nft is available", fix: "apt-get install iptables"))
+            checks.append(
+                HostCheck(
+                    level: .warn, subject: "iptables", finding: "neither iptables-save nor nft is available",
+                    fix: "apt-get install iptables"))
         }
         if let allowedSources {
             if allowedSources.isEmpty {
-                checks.append(HostCheck(level: .fail, subject: "--allow-source", finding: "no GLB peers given: second-chance run refuses to start",
-                                        fix: "SECOND_CHANCE_ALLOW_SOURCE in /etc/default/second-chance: the directors, their health checkers and the proxies"))
+                checks.append(
+                    HostCheck(
+                        level: .fail, subject: "--allow-source",
+                        finding: "no GLB peers given: second-chance run refuses to start",
+                        fix:
+                            """
+                            SECOND_CHANCE_ALLOW_SOURCE in /etc/default/second-chance: the directors, their health \
+                            checkers and the proxies
+                            """
+                    ))
             } else if allowedSources.contains(.everything) {
-                checks.append(HostCheck(level: .warn, subject: "--allow-source", finding: "0.0.0.0/0: GUE from any host is read, and any host chooses where this proxy forwards",
-                                        fix: "list the directors, their health checkers and the proxies instead"))
+                checks.append(
+                    HostCheck(
+                        level: .warn, subject: "--allow-source",
+                        finding: "0.0.0.0/0: GUE from any host is read, and any host chooses where this proxy forwards",
+                        fix: "list the directors, their health checkers and the proxies instead"))
             } else {
-                checks.append(HostCheck(level: .ok, subject: "--allow-source", finding: allowedSources.map(\.description).joined(separator: ", ")))
+                checks.append(
+                    HostCheck(
+                        level: .ok, subject: "--allow-source",
+                        finding: allowedSources.map(\.description).joined(separator: ", ")))
             }
         }
 
         let rpAll = readSysctl("net/ipv4/conf/all/rp_filter") ?? "?"
-        checks.append(rpAll == "1"
-            ? HostCheck(level: .warn, subject: "rp_filter", finding: "net.ipv4.conf.all.rp_filter = 1 (strict)",
-                        fix: "sysctl -w net.ipv4.conf.all.rp_filter=2 (decapsulated packets carry client sources; see kmod/sysctl.d/60-proxyside.conf)")
-            : HostCheck(level: .ok, subject: "rp_filter", finding: "net.ipv4.conf.all.rp_filter = \(rpAll)"))
+        checks.append(
+            rpAll == "1"
+                ? HostCheck(
+                    level: .warn, subject: "rp_filter", finding: "net.ipv4.conf.all.rp_filter = 1 (strict)",
+                    fix:
+                        """
+                        sysctl -w net.ipv4.conf.all.rp_filter=2 (decapsulated packets carry client sources; see \
+                        kmod/sysctl.d/60-proxyside.conf)
+                        """
+                )
+                : HostCheck(level: .ok, subject: "rp_filter", finding: "net.ipv4.conf.all.rp_filter = \(rpAll)"))
 
         if forwarding == .kernel {
             checks += kernelForwarding()
         } else {
             let forward = readSysctl("net/ipv4/ip_forward") ?? "?"
-            checks.append(HostCheck(
-                level: forward == "1" ? .warn : .ok, subject: "ip_forward", finding: "net.ipv4.ip_forward = \(forward)",
-                fix: forward == "1" ? "with --forward raw second-chance sends forwarded GUE itself and needs no forwarding; with it on, a decapsulated packet for a VIP that is not on lo is routed onwards instead of answered: keep VIPs on lo, or sysctl -w net.ipv4.ip_forward=0" : nil))
+            checks.append(
+                HostCheck(
+                    level: forward == "1" ? .warn : .ok, subject: "ip_forward",
+                    finding: "net.ipv4.ip_forward = \(forward)",
+                    fix: forward == "1"
+                        ? """
+                        with --forward raw second-chance sends forwarded GUE itself and needs no forwarding; with it \
+                        on, a decapsulated packet for a VIP that is not on lo is routed onwards instead of answered: \
+                        keep VIPs on lo, or sysctl -w net.ipv4.ip_forward=0
+                        """
+                        : nil))
         }
 
         let cookies = readSysctl("net/ipv4/tcp_syncookies") ?? "?"
-        checks.append(cookies == "0"
-            ? HostCheck(level: .warn, subject: "tcp_syncookies", finding: "0: an overflowing listener drops SYNs and no cookie ACK is valid",
-                        fix: "sysctl -w net.ipv4.tcp_syncookies=1")
-            : HostCheck(level: .ok, subject: "tcp_syncookies", finding: cookies))
+        checks.append(
+            cookies == "0"
+                ? HostCheck(
+                    level: .warn, subject: "tcp_syncookies",
+                    finding: "0: an overflowing listener drops SYNs and no cookie ACK is valid",
+                    fix: "sysctl -w net.ipv4.tcp_syncookies=1")
+                : HostCheck(level: .ok, subject: "tcp_syncookies", finding: cookies))
         let timestamps = readSysctl("net/ipv4/tcp_timestamps") ?? "?"
-        checks.append(HostCheck(
-            level: timestamps == "1" ? .info : .ok, subject: "tcp_timestamps", finding: timestamps,
-            fix: timestamps == "1" ? "with 1 the per-connection timestamp offset is secret: the SYN-cookie responder's handshakes carry no window scaling or SACK (the kernel's own cookies keep them); sysctl -w net.ipv4.tcp_timestamps=2 keeps them" : nil))
+        checks.append(
+            HostCheck(
+                level: timestamps == "1" ? .info : .ok, subject: "tcp_timestamps", finding: timestamps,
+                fix: timestamps == "1"
+                    ? """
+                    with 1 the per-connection timestamp offset is secret: the SYN-cookie responder's handshakes carry \
+                    no window scaling or SACK (the kernel's own cookies keep them); sysctl -w \
+                    net.ipv4.tcp_timestamps=2 keeps them
+                    """
+                    : nil))
 
         switch Result(catching: { try SynCookieOracle() }) {
-        case .success: checks.append(HostCheck(level: .ok, subject: "SYN cookies", finding: "BPF raw SYN-cookie helpers load (cookie ACK check and responder)"))
+        case .success:
+            checks.append(
+                HostCheck(
+                    level: .ok, subject: "SYN cookies",
+                    finding: "BPF raw SYN-cookie helpers load (cookie ACK check and responder)"))
         case .failure(let error):
-            checks.append(HostCheck(level: .warn, subject: "SYN cookies", finding: "\(error)",
-                                    fix: "cookie ACKs will be forwarded instead of accepted and the responder stays off; run as root on Linux 6.0 or later"))
+            checks.append(
+                HostCheck(
+                    level: .warn, subject: "SYN cookies", finding: "\(error)",
+                    fix:
+                        """
+                        cookie ACKs will be forwarded instead of accepted and the responder stays off; run as root on \
+                        Linux 6.0 or later
+                        """
+                ))
         }
 
         do {
             let namespaceHandle = try namespace.map { try NetworkNamespace(nameOrPath: $0) }
             let diag = try SockDiag(namespace: namespaceHandle)
-            let probe = FlowKey(source: IPv4Address(0xc612_ffff), sourcePort: 1, destination: IPv4Address(0xc612_fffe), destinationPort: 1)
+            let probe = FlowKey(
+                source: IPv4Address(0xc612_ffff), sourcePort: 1, destination: IPv4Address(0xc612_fffe),
+                destinationPort: 1)
             let answer = diag.lookup(probe)
-            checks.append(answer == .failed
-                ? HostCheck(level: .fail, subject: "sock_diag", finding: "exact lookups fail", fix: "modprobe inet_diag tcp_diag")
-                : HostCheck(level: .ok, subject: "sock_diag", finding: "exact TCP lookups work" + (namespace.map { " in \($0)" } ?? "")))
+            checks.append(
+                answer == .failed
+                    ? HostCheck(
+                        level: .fail, subject: "sock_diag", finding: "exact lookups fail",
+                        fix: "modprobe inet_diag tcp_diag")
+                    : HostCheck(
+                        level: .ok, subject: "sock_diag",
+                        finding: "exact TCP lookups work" + (namespace.map { " in \($0)" } ?? "")))
         } catch {
-            checks.append(HostCheck(level: .fail, subject: "sock_diag", finding: "\(error)", fix: "modprobe inet_diag tcp_diag; check --netns"))
+            checks.append(
+                HostCheck(
+                    level: .fail, subject: "sock_diag", finding: "\(error)",
+                    fix: "modprobe inet_diag tcp_diag; check --netns"))
         }
         return checks
     }

@@ -20,7 +20,10 @@ public final class KernelCookieState {
     /// Opens the files inside `namespace`; /proc/net and /proc/sys/net keep the namespace they were opened in.
     public init(namespace: NetworkNamespace? = nil) throws {
         let fds: (Int32, Int32) = try namespace.run {
-            (open("/proc/sys/net/ipv4/tcp_syncookies", O_RDONLY | O_CLOEXEC), open("/proc/thread-self/net/netstat", O_RDONLY | O_CLOEXEC))
+            (
+                open("/proc/sys/net/ipv4/tcp_syncookies", O_RDONLY | O_CLOEXEC),
+                open("/proc/thread-self/net/netstat", O_RDONLY | O_CLOEXEC)
+            )
         }
         guard fds.0 >= 0, fds.1 >= 0 else {
             if fds.0 >= 0 { close(fds.0) }
@@ -40,7 +43,9 @@ public final class KernelCookieState {
     public func refresh(now: UInt64) {
         guard lastRead == 0 || now &- lastRead >= 1_000_000_000 else { return }
         lastRead = now
-        if let text = Self.readAll(sysctlFD), let value = Int(text.trimmingPrefix(while: \.isWhitespace).prefix { $0.isNumber }) {
+        if let text = Self.readAll(sysctlFD),
+            let value = Int(text.trimmingPrefix(while: \.isWhitespace).prefix { $0.isNumber })
+        {
             syncookiesSetting = value
         }
         if let text = Self.readAll(netstatFD), let sent = Self.tcpExtCounter("SyncookiesSent", in: text) {
@@ -73,7 +78,9 @@ public final class KernelCookieState {
         for (index, line) in lines.enumerated() where line.hasPrefix("TcpExt:") && index + 1 < lines.count {
             let names = line.split(separator: " ")
             let values = lines[index + 1].split(separator: " ")
-            guard values.first == "TcpExt:", let position = names.firstIndex(where: { $0 == name }), position < values.count else { continue }
+            guard values.first == "TcpExt:", let position = names.firstIndex(where: { $0 == name }),
+                position < values.count
+            else { continue }
             return UInt64(values[position])
         }
         return nil

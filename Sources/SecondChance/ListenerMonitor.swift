@@ -12,8 +12,10 @@ public struct ResponderConfiguration: Sendable {
     /// which answers it with its own cookie while the queue is full and so keeps its overflow mark.
     public var passIntervalNanoseconds: UInt64
 
-    public init(mode: ResponderMode = .auto, policy: OverflowPolicy = OverflowPolicy(),
-                scanIntervalNanoseconds: UInt64 = 200_000_000, passIntervalNanoseconds: UInt64 = 1_000_000_000) {
+    public init(
+        mode: ResponderMode = .auto, policy: OverflowPolicy = OverflowPolicy(),
+        scanIntervalNanoseconds: UInt64 = 200_000_000, passIntervalNanoseconds: UInt64 = 1_000_000_000
+    ) {
         self.mode = mode
         self.policy = policy
         self.scanIntervalNanoseconds = scanIntervalNanoseconds
@@ -35,7 +37,10 @@ public final class ListenerMonitor: @unchecked Sendable {
     private let logger: Logger
     public private(set) var settings: TCPHostSettings
     /// TcpExt counters exported with the metrics (read on every poll).
-    public static let kernelCounters = ["TCPReqQFullDoCookies", "TCPReqQFullDrop", "ListenOverflows", "SyncookiesSent", "SyncookiesRecv", "SyncookiesFailed"]
+    public static let kernelCounters = [
+        "TCPReqQFullDoCookies", "TCPReqQFullDrop", "ListenOverflows", "SyncookiesSent", "SyncookiesRecv",
+        "SyncookiesFailed",
+    ]
     private let kernelValues = AtomicWords(count: kernelCounters.count)
 
     public init(configuration: ResponderConfiguration, namespace: String?, logger: Logger) throws {
@@ -47,14 +52,22 @@ public final class ListenerMonitor: @unchecked Sendable {
         netstatFD = try namespace.run { open("/proc/thread-self/net/netstat", O_RDONLY | O_CLOEXEC) }
         guard netstatFD >= 0 else { throw SystemError("open /proc/net/netstat") }
         settings = settingsReader.read()
-        tracker = ListenerOverflowTracker(policy: configuration.policy, kernelNeedsOverflowMark: settings.syncookies != 2)
+        tracker = ListenerOverflowTracker(
+            policy: configuration.policy, kernelNeedsOverflowMark: settings.syncookies != 2)
         if configuration.mode == .always && settings.syncookies != 2 {
-            throw SystemError("--syn-cookies always", errno: EINVAL,
-                              hint: "the kernel accepts cookies for listeners that did not overflow only with net.ipv4.tcp_syncookies=2 (now \(settings.syncookies))")
+            throw SystemError(
+                "--syn-cookies always", errno: EINVAL,
+                hint:
+                    """
+                    the kernel accepts cookies for listeners that did not overflow only with \
+                    net.ipv4.tcp_syncookies=2 (now \(settings.syncookies))
+                    """
+            )
         }
         if configuration.mode != .off && settings.syncookies == 0 {
-            throw SystemError("--syn-cookies \(configuration.mode.rawValue)", errno: EINVAL,
-                              hint: "net.ipv4.tcp_syncookies=0: the kernel accepts no cookie; set it to 1 or use --syn-cookies off")
+            throw SystemError(
+                "--syn-cookies \(configuration.mode.rawValue)", errno: EINVAL,
+                hint: "net.ipv4.tcp_syncookies=0: the kernel accepts no cookie; set it to 1 or use --syn-cookies off")
         }
     }
 
@@ -105,7 +118,12 @@ public final class ListenerMonitor: @unchecked Sendable {
             switch event {
             case .activated(let observation):
                 board.record(for: observation.key)?.add(.activations)
-                logger.info("SYN cookies on for \(observation.key): SYN queue \(observation.requestSockets)/\(observation.backlog), accept queue \(observation.acceptQueue)")
+                logger.info(
+                    """
+                    SYN cookies on for \(observation.key): SYN queue \
+                    \(observation.requestSockets)/\(observation.backlog), accept queue \(observation.acceptQueue)
+                    """
+                )
             case .deactivated(let key, let reason):
                 logger.info("SYN cookies off for \(key): \(reason)")
             }
@@ -119,11 +137,13 @@ public final class ListenerMonitor: @unchecked Sendable {
             let observation = state.observation
             // A listener starts with tcp_rmem[1]; any other size was set with SO_RCVBUF, which the
             // kernel treats as a cap on the child's window. (Unknown: assume the default.)
-            let receiveBuffer = observation.receiveBuffer == 0 ? settings.tcpReceiveMemoryDefault : observation.receiveBuffer
+            let receiveBuffer =
+                observation.receiveBuffer == 0 ? settings.tcpReceiveMemoryDefault : observation.receiveBuffer
             let locked = receiveBuffer != settings.tcpReceiveMemoryDefault
             published[key] = ResponderListener(
                 record: record,
-                windowScale: TCPWindow.receiveScale(listenerReceiveBuffer: receiveBuffer, receiveBufferLocked: locked, settings: settings),
+                windowScale: TCPWindow.receiveScale(
+                    listenerReceiveBuffer: receiveBuffer, receiveBufferLocked: locked, settings: settings),
                 receiveBuffer: receiveBuffer,
                 acceptQueueFull: observation.backlog > 0 && observation.acceptQueue >= observation.backlog)
         }

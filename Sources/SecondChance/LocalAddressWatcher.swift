@@ -51,8 +51,9 @@ public final class LocalAddressWatcher: @unchecked Sendable {
         do {
             for namespace in namespaces {
                 // Subscribe before the first dump, so no change falls between the two.
-                let socket = try Netlink.open(NETLINK_ROUTE, name: "NETLINK_ROUTE", groups: UInt32(RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR),
-                                              namespace: namespace)
+                let socket = try Netlink.open(
+                    NETLINK_ROUTE, name: "NETLINK_ROUTE", groups: UInt32(RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR),
+                    namespace: namespace)
                 opened.append(socket)
                 let fd = mnl_socket_get_fd(socket)
                 _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
@@ -83,7 +84,8 @@ public final class LocalAddressWatcher: @unchecked Sendable {
             for index in subscriptions.indices where fds[index].revents != 0 {
                 // What changed does not matter, only that something did: read the notifications
                 // away (ENOBUFS means some were lost, which a fresh dump covers too).
-                while recv(fds[index].fd, buffer, 16384, Int32(MSG_DONTWAIT)) > 0 || errno == ENOBUFS || errno == EINTR {}
+                while recv(fds[index].fd, buffer, 16384, Int32(MSG_DONTWAIT)) > 0 || errno == ENOBUFS || errno == EINTR
+                {}
                 stale = true
             }
             guard stale else { continue }
@@ -116,9 +118,12 @@ public final class LocalAddressWatcher: @unchecked Sendable {
         nlh.pointee.nlmsg_type = UInt16(RTM_GETADDR)
         nlh.pointee.nlmsg_flags = UInt16(NLM_F_REQUEST | NLM_F_DUMP)
         nlh.pointee.nlmsg_seq = 1
-        let request = mnl_nlmsg_put_extra_header(nlh, MemoryLayout<ifaddrmsg>.size)!.assumingMemoryBound(to: ifaddrmsg.self)
+        let request = mnl_nlmsg_put_extra_header(nlh, MemoryLayout<ifaddrmsg>.size)!.assumingMemoryBound(
+            to: ifaddrmsg.self)
         request.pointee.ifa_family = UInt8(AF_UNSPEC)
-        guard mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) >= 0 else { throw SystemError("RTM_GETADDR request") }
+        guard mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) >= 0 else {
+            throw SystemError("RTM_GETADDR request")
+        }
 
         var addresses = LocalAddresses.none
         try Netlink.receiveDump(socket, buffer: buffer, size: size, sequence: 1, name: "RTM_GETADDR dump") { message in
@@ -135,10 +140,12 @@ public final class LocalAddressWatcher: @unchecked Sendable {
         let payload = UnsafeRawPointer(mnl_nlmsg_get_payload(message)!)
         let family = Int32(payload.load(as: ifaddrmsg.self).ifa_family)
         var local: UnsafeRawBufferPointer?, address: UnsafeRawBufferPointer?, broadcast: UnsafeRawBufferPointer?
-        var attribute = UnsafePointer<nlattr>?(payload.advanced(by: MemoryLayout<ifaddrmsg>.size).assumingMemoryBound(to: nlattr.self))
+        var attribute = UnsafePointer<nlattr>?(
+            payload.advanced(by: MemoryLayout<ifaddrmsg>.size).assumingMemoryBound(to: nlattr.self))
         var attributeBytes = Int32(payloadLength - MemoryLayout<ifaddrmsg>.size)
         while let current = attribute, mnl_attr_ok(current, attributeBytes) {
-            let value = UnsafeRawBufferPointer(start: mnl_attr_get_payload(current), count: Int(mnl_attr_get_payload_len(current)))
+            let value = UnsafeRawBufferPointer(
+                start: mnl_attr_get_payload(current), count: Int(mnl_attr_get_payload_len(current)))
             switch Int(mnl_attr_get_type(current)) {
             case IFA_LOCAL: local = value
             case IFA_ADDRESS: address = value

@@ -31,7 +31,9 @@ public final class NetfilterQueue {
     private let receiveSlots: UnsafeMutableRawPointer
     private let receiveBufferSize: Int
     private var batch: [QueuedPacket] = []
-    private lazy var slotPointers: [UnsafeMutableRawPointer?] = (0..<Self.maximumBatch).map { receiveSlots + $0 * receiveBufferSize }
+    private lazy var slotPointers: [UnsafeMutableRawPointer?] = (0..<Self.maximumBatch).map {
+        receiveSlots + $0 * receiveBufferSize
+    }
     private var slotLengths = [Int](repeating: 0, count: NetfilterQueue.maximumBatch)
     private var actions: [Action] = []
     public static let maximumBatch = 64
@@ -48,7 +50,9 @@ public final class NetfilterQueue {
 
     /// `failOpen`: when the queue holds `maximumQueueLength` packets the kernel accepts further ones
     /// unread instead of dropping them (NFQA_CFG_F_FAIL_OPEN).
-    public convenience init(number: UInt16, maximumQueueLength: UInt32 = NetfilterQueue.defaultMaximumLength, failOpen: Bool = false) throws {
+    public convenience init(
+        number: UInt16, maximumQueueLength: UInt32 = NetfilterQueue.defaultMaximumLength, failOpen: Bool = false
+    ) throws {
         let socket = try Netlink.open(NETLINK_NETFILTER, name: "NETLINK_NETFILTER")
         self.init(number: number, socket: socket, socketBufferBytes: Self.socketBufferBytes(for: maximumQueueLength))
         try configure { nlh in nfq_nlmsg_cfg_put_cmd(nlh, UInt16(AF_INET), UInt8(NFQNL_CFG_CMD_BIND.rawValue)) }
@@ -61,26 +65,32 @@ public final class NetfilterQueue {
     /// packets come before it (an error shows as a receive error). Packets the earlier process
     /// read but never answered are requeued (NF_REPEAT) once the first packet shows where its
     /// reading stopped.
-    public convenience init(adopting fd: Int32, number: UInt16, maximumQueueLength: UInt32 = NetfilterQueue.defaultMaximumLength,
-                            failOpen: Bool = false) throws {
+    public convenience init(
+        adopting fd: Int32, number: UInt16, maximumQueueLength: UInt32 = NetfilterQueue.defaultMaximumLength,
+        failOpen: Bool = false
+    ) throws {
         // The name came from the environment: the fd must be what it claims before anything is sent to it.
         var domain: Int32 = 0, proto: Int32 = 0
         var length = socklen_t(MemoryLayout<Int32>.size)
-        guard getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &length) == 0, getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &length) == 0,
-              domain == AF_NETLINK, proto == NETLINK_NETFILTER
+        guard getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &length) == 0,
+            getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &length) == 0,
+            domain == AF_NETLINK, proto == NETLINK_NETFILTER
         else { throw SystemError("adopt NFQUEUE \(number): fd \(fd) is not a netfilter netlink socket", errno: EINVAL) }
         guard let socket = mnl_socket_fdopen(fd) else { throw SystemError("adopt NFQUEUE \(number) socket (fd \(fd))") }
         let boundPort = ProcFile.kernelQueueStatistics()[number]?.portID
         guard boundPort == mnl_socket_get_portid(socket) else {
             mnl_socket_close(socket)
-            throw SystemError("adopt NFQUEUE \(number): fd \(fd) is not the socket bound to queue \(number)", errno: EINVAL)
+            throw SystemError(
+                "adopt NFQUEUE \(number): fd \(fd) is not the socket bound to queue \(number)", errno: EINVAL)
         }
         self.init(number: number, socket: socket, socketBufferBytes: Self.socketBufferBytes(for: maximumQueueLength))
         requeueUnanswered = true
         adopted = true
         let nlh = startMessage(Int32(NFQNL_MSG_CONFIG.rawValue), in: verdictBuffer)
         Self.putParameters(nlh, maximumQueueLength: maximumQueueLength, failOpen: failOpen)
-        guard mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) >= 0 else { throw SystemError("sendto(NFQUEUE \(number) config)") }
+        guard mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) >= 0 else {
+            throw SystemError("sendto(NFQUEUE \(number) config)")
+        }
     }
 
     /// Packets the kernel holds while no one reads: about a second at 65 000 packets/s, so that a
@@ -116,7 +126,8 @@ public final class NetfilterQueue {
         }
     }
 
-    private static func putParameters(_ nlh: UnsafeMutablePointer<nlmsghdr>, maximumQueueLength: UInt32, failOpen: Bool) {
+    private static func putParameters(_ nlh: UnsafeMutablePointer<nlmsghdr>, maximumQueueLength: UInt32, failOpen: Bool)
+    {
         nfq_nlmsg_cfg_put_params(nlh, UInt8(NFQNL_COPY_PACKET.rawValue), Int32(Self.copyRange))
         nfq_nlmsg_cfg_put_qmaxlen(nlh, maximumQueueLength)
         let failOpenFlag = UInt32(NFQA_CFG_F_FAIL_OPEN)
@@ -147,7 +158,9 @@ public final class NetfilterQueue {
         let nlh = startMessage(Int32(NFQNL_MSG_CONFIG.rawValue), in: buffer)
         nlh.pointee.nlmsg_flags |= UInt16(NLM_F_ACK)
         fill(nlh)
-        guard mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) >= 0 else { throw SystemError("sendto(NFQUEUE config)") }
+        guard mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) >= 0 else {
+            throw SystemError("sendto(NFQUEUE config)")
+        }
         let received = mnl_socket_recvfrom(socket, buffer, netlinkBufferSize)
         guard received >= 0 else { throw SystemError("recv(NFQUEUE config)") }
         if mnl_cb_run(buffer, received, sequence, portID, nil, nil) < 0 {
@@ -157,7 +170,8 @@ public final class NetfilterQueue {
             case EPERM where geteuid() != 0:
                 throw SystemError("bind NFQUEUE \(number)", errno: code, hint: "needs CAP_NET_ADMIN: run as root")
             case EPERM, EBUSY:
-                throw SystemError("bind NFQUEUE \(number)", errno: code, hint: "queue \(number) is already bound by another process")
+                throw SystemError(
+                    "bind NFQUEUE \(number)", errno: code, hint: "queue \(number) is already bound by another process")
             default: throw SystemError("configure NFQUEUE \(number)", errno: code)
             }
         }
@@ -185,12 +199,16 @@ public final class NetfilterQueue {
     ///
     /// When `drainOnStop` answers false (a re-exec: the socket, and what the kernel holds, go to
     /// the next image), the loop returns as soon as the batch in hand is answered.
-    public func run(stop: EventFD, batchSize: Int = 64, drainOnStop: () -> Bool = { true }, idle: () -> Void = {},
-                    afterVerdicts: () -> Void = {},
-                    handleBatch: (UnsafeBufferPointer<QueuedPacket>, inout [Action]) -> Void) throws {
+    public func run(
+        stop: EventFD, batchSize: Int = 64, drainOnStop: () -> Bool = { true }, idle: () -> Void = {},
+        afterVerdicts: () -> Void = {},
+        handleBatch: (UnsafeBufferPointer<QueuedPacket>, inout [Action]) -> Void
+    ) throws {
         let fd = fileDescriptor
         let batchSize = max(1, min(batchSize, Self.maximumBatch))
-        var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0)]
+        var fds = [
+            pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0),
+        ]
         var stopping = false
         var stopDeadline: UInt64 = 0
         while true {
@@ -203,7 +221,8 @@ public final class NetfilterQueue {
             batch.removeAll(keepingCapacity: true)
             // One recvmmsg for the whole batch: a datagram per slot, read without waiting.
             while true {
-                let received = proxyside_receive_batch(fd, slotPointers, receiveBufferSize, &slotLengths, UInt32(batchSize))
+                let received = proxyside_receive_batch(
+                    fd, slotPointers, receiveBufferSize, &slotLengths, UInt32(batchSize))
                 if received >= 0 {
                     for slot in 0..<Int(received) { collectPackets(slotPointers[slot]!, slotLengths[slot]) }
                     break
@@ -231,8 +250,10 @@ public final class NetfilterQueue {
     }
 
     /// The same, one packet at a time.
-    public func run(stop: EventFD, batchSize: Int = 64, idle: () -> Void = {},
-                    handler: (UnsafeMutableRawBufferPointer) -> Action) throws {
+    public func run(
+        stop: EventFD, batchSize: Int = 64, idle: () -> Void = {},
+        handler: (UnsafeMutableRawBufferPointer) -> Action
+    ) throws {
         try run(stop: stop, batchSize: batchSize, idle: idle) { packets, actions in
             for packet in packets { actions.append(handler(packet.payload)) }
         }
@@ -256,9 +277,12 @@ public final class NetfilterQueue {
                 let payloadAttribute = attributes[Int(NFQA_PAYLOAD.rawValue)]
             else { receiveErrors.add(1, ordering: .relaxed); continue }
             let header = mnl_attr_get_payload(headerAttribute).assumingMemoryBound(to: nfqnl_msg_packet_hdr.self)
-            batch.append(QueuedPacket(
-                id: UInt32(bigEndian: header.pointee.packet_id),
-                payload: UnsafeMutableRawBufferPointer(start: mnl_attr_get_payload(payloadAttribute), count: Int(mnl_attr_get_payload_len(payloadAttribute)))))
+            batch.append(
+                QueuedPacket(
+                    id: UInt32(bigEndian: header.pointee.packet_id),
+                    payload: UnsafeMutableRawBufferPointer(
+                        start: mnl_attr_get_payload(payloadAttribute),
+                        count: Int(mnl_attr_get_payload_len(payloadAttribute)))))
         }
     }
 
@@ -288,10 +312,16 @@ public final class NetfilterQueue {
 
     private func appendVerdict(id: UInt32, _ action: Action, _ payload: UnsafeMutableRawBufferPointer) {
         let replacement: UnsafeMutableRawBufferPointer?
-        if case .acceptReplacing(let range) = action { replacement = UnsafeMutableRawBufferPointer(rebasing: payload[range]) } else { replacement = nil }
+        if case .acceptReplacing(let range) = action {
+            replacement = UnsafeMutableRawBufferPointer(rebasing: payload[range])
+        } else {
+            replacement = nil
+        }
         let needed = 64 + (replacement?.count ?? 0)
         if verdictLength + needed > verdictBufferSize { try? flushVerdicts() }
-        let nlh = nfq_nlmsg_put((verdictBuffer + verdictLength).assumingMemoryBound(to: CChar.self), Int32(NFQNL_MSG_VERDICT.rawValue), UInt32(number))!
+        let nlh = nfq_nlmsg_put(
+            (verdictBuffer + verdictLength).assumingMemoryBound(to: CChar.self), Int32(NFQNL_MSG_VERDICT.rawValue),
+            UInt32(number))!
         switch action {
         case .accept: nfq_nlmsg_verdict_put(nlh, Int32(bitPattern: id), NF_ACCEPT)
         case .drop: nfq_nlmsg_verdict_put(nlh, Int32(bitPattern: id), NF_DROP)

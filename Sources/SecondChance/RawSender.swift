@@ -16,7 +16,9 @@ public final class RawIPSender: @unchecked Sendable {
         guard fd4 >= 0 else { throw SystemError("socket(AF_INET, SOCK_RAW)", hint: "needs CAP_NET_RAW") }
         if ipv6 {
             fd6 = socket(AF_INET6, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), Int32(IPPROTO_RAW))
-            guard fd6 >= 0 else { close(fd4); throw SystemError("socket(AF_INET6, SOCK_RAW)", hint: "needs CAP_NET_RAW") }
+            guard fd6 >= 0 else {
+                close(fd4); throw SystemError("socket(AF_INET6, SOCK_RAW)", hint: "needs CAP_NET_RAW")
+            }
         }
     }
 
@@ -34,7 +36,9 @@ public final class RawIPSender: @unchecked Sendable {
         address.sin_addr.s_addr = packet.be32(16).bigEndian
         let sent = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { target in
-                retryingOnInterrupt { sendto(fd4, packet.baseAddress, packet.count, 0, target, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+                retryingOnInterrupt {
+                    sendto(fd4, packet.baseAddress, packet.count, 0, target, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
             }
         }
         return sent < 0 ? errno : 0
@@ -53,7 +57,9 @@ public final class RawIPSender: @unchecked Sendable {
         }
         let sent = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { target in
-                retryingOnInterrupt { sendto(fd6, packet.baseAddress, packet.count, 0, target, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
+                retryingOnInterrupt {
+                    sendto(fd6, packet.baseAddress, packet.count, 0, target, socklen_t(MemoryLayout<sockaddr_in6>.size))
+                }
             }
         }
         return sent < 0 ? errno : 0
@@ -93,8 +99,9 @@ public final class ForwardBatch {
             let result = buffers.withUnsafeMutableBufferPointer { buffers in
                 lengths.withUnsafeBufferPointer { lengths in
                     destinations.withUnsafeBufferPointer { destinations in
-                        proxyside_send_batch_ipv4(sender.fd4, destinations.baseAddress! + sent, buffers.baseAddress! + sent,
-                                                  lengths.baseAddress! + sent, UInt32(count - sent))
+                        proxyside_send_batch_ipv4(
+                            sender.fd4, destinations.baseAddress! + sent, buffers.baseAddress! + sent,
+                            lengths.baseAddress! + sent, UInt32(count - sent))
                     }
                 }
             }

@@ -42,9 +42,12 @@ public struct ImageReport: Sendable {
     public func write(to out: inout PrometheusText) {
         out.family("second_chance_build_info", .gauge, help: "The running release and build.")
         out.sample("second_chance_build_info", ["version": version, "build": build], 1)
-        out.single("second_chance_reexecs", .gauge, help: "Re-executions of this process (SIGUSR1, second-chance reexec).", reexecs)
-        out.single("second_chance_adopted_queues", .gauge,
-                   help: "Queue sockets taken over with what they held (re-exec, fd store).", adoptedQueues)
+        out.single(
+            "second_chance_reexecs", .gauge, help: "Re-executions of this process (SIGUSR1, second-chance reexec).",
+            reexecs)
+        out.single(
+            "second_chance_adopted_queues", .gauge,
+            help: "Queue sockets taken over with what they held (re-exec, fd store).", adoptedQueues)
     }
 }
 
@@ -55,7 +58,11 @@ public enum CounterReport {
         for name in CounterName.all {
             let (family, reason) = name.metric
             out.family(family, .counter, help: name.help)
-            if let reason { out.sample(family, ["reason": reason], values[name.index]) } else { out.sample(family, values[name.index]) }
+            if let reason {
+                out.sample(family, ["reason": reason], values[name.index])
+            } else {
+                out.sample(family, values[name.index])
+            }
         }
         func family(_ name: String, _ kind: PrometheusText.Kind, _ help: String, _ value: (QueueReport) -> UInt64?) {
             out.family(name, kind, help: help)
@@ -63,15 +70,25 @@ public enum CounterReport {
                 if let value = value(queue) { out.sample(name, ["queue": String(queue.queue)], value) }
             }
         }
-        family("second_chance_queue_packets_total", .counter, "GUE packets read, per NFQUEUE queue (one thread each).") { $0.packets }
-        family("second_chance_queue_receive_errors_total", .counter, "Failed reads and non-packet messages on the queue's socket.") {
+        family("second_chance_queue_packets_total", .counter, "GUE packets read, per NFQUEUE queue (one thread each).")
+        { $0.packets }
+        family(
+            "second_chance_queue_receive_errors_total", .counter,
+            "Failed reads and non-packet messages on the queue's socket."
+        ) {
             $0.receiveErrors
         }
-        family("second_chance_queue_kernel_dropped_total", .counter,
-               "Packets the kernel dropped because the queue was full (queue_dropped).") { $0.kernel?.queueDropped }
-        family("second_chance_queue_user_dropped_total", .counter,
-               "Packets the kernel dropped because the queue's socket buffer was full (user_dropped).") { $0.kernel?.userDropped }
-        family("second_chance_queue_waiting", .gauge, "Packets queued in the kernel, waiting for a verdict.") { $0.kernel?.waiting }
+        family(
+            "second_chance_queue_kernel_dropped_total", .counter,
+            "Packets the kernel dropped because the queue was full (queue_dropped)."
+        ) { $0.kernel?.queueDropped }
+        family(
+            "second_chance_queue_user_dropped_total", .counter,
+            "Packets the kernel dropped because the queue's socket buffer was full (user_dropped)."
+        ) { $0.kernel?.userDropped }
+        family("second_chance_queue_waiting", .gauge, "Packets queued in the kernel, waiting for a verdict.") {
+            $0.kernel?.waiting
+        }
     }
 
     /// `name value` lines, glb-redirect style, dropped counters summed into `dropped_malformed` too.
@@ -85,9 +102,17 @@ public enum CounterReport {
         }
         out += "dropped_malformed: \(malformed)\n"
         for queue in queues {
-            out += "queue_\(queue.queue)_packets: \(queue.packets)\nqueue_\(queue.queue)_receive_errors: \(queue.receiveErrors)\n"
+            out +=
+                """
+                queue_\(queue.queue)_packets: \(queue.packets)\nqueue_\(queue.queue)_receive_errors: \
+                \(queue.receiveErrors)\n
+                """
             if let kernel = queue.kernel {
-                out += "queue_\(queue.queue)_kernel_dropped: \(kernel.queueDropped)\nqueue_\(queue.queue)_user_dropped: \(kernel.userDropped)\n"
+                out +=
+                    """
+                    queue_\(queue.queue)_kernel_dropped: \(kernel.queueDropped)\nqueue_\(queue.queue)_user_dropped: \
+                    \(kernel.userDropped)\n
+                    """
                 out += "queue_\(queue.queue)_waiting: \(kernel.waiting)\n"
             }
         }

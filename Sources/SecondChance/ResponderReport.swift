@@ -5,15 +5,23 @@ import Telemetry
 public enum ResponderReport {
     public static func write(_ monitor: ListenerMonitor, to out: inout PrometheusText) {
         let records = monitor.board.allRecords
-        out.family("second_chance_listener_syn_cookies_active", .gauge, help: "1 while the responder answers this listener's SYNs.")
+        out.family(
+            "second_chance_listener_syn_cookies_active", .gauge,
+            help: "1 while the responder answers this listener's SYNs.")
         for record in records {
-            out.sample("second_chance_listener_syn_cookies_active", ["listener": record.key.description], record.isActive ? 1 : 0)
+            out.sample(
+                "second_chance_listener_syn_cookies_active", ["listener": record.key.description],
+                record.isActive ? 1 : 0)
         }
         for counter in ListenerRecord.Counter.allCases {
             out.family(counter.metric, .counter, help: counter.help)
-            for record in records { out.sample(counter.metric, ["listener": record.key.description], record.value(counter)) }
+            for record in records {
+                out.sample(counter.metric, ["listener": record.key.description], record.value(counter))
+            }
         }
-        out.family("second_chance_kernel_tcpext", .counter, help: "TcpExt counters of the namespace whose listeners are watched.")
+        out.family(
+            "second_chance_kernel_tcpext", .counter,
+            help: "TcpExt counters of the namespace whose listeners are watched.")
         for (index, name) in ListenerMonitor.kernelCounters.enumerated() {
             out.sample("second_chance_kernel_tcpext", ["name": name], monitor.kernelCounter(index))
         }
@@ -27,7 +35,9 @@ public enum ResponderReport {
             for counter in ListenerRecord.Counter.allCases { out += " \(counter.shortName) \(record.value(counter))" }
             out += "\n"
         }
-        for (index, name) in ListenerMonitor.kernelCounters.enumerated() { out += "kernel_\(name): \(monitor.kernelCounter(index))\n" }
+        for (index, name) in ListenerMonitor.kernelCounters.enumerated() {
+            out += "kernel_\(name): \(monitor.kernelCounter(index))\n"
+        }
         return out
     }
 }

@@ -36,10 +36,12 @@ public struct SecondChanceConfiguration: Sendable {
     public var queueMaximumLength: UInt32
     public var failOpen: Bool
 
-    public init(selfAddress: IPv4Address, peers: PeerPolicy, decapsulation: DecapsulationMode, namespace: String? = nil,
-                cacheLifetimeNanoseconds: UInt64 = 1_000_000_000, negativeCacheLifetimeNanoseconds: UInt64 = 1_000_000_000,
-                batchSize: Int = 64, checkCookies: Bool = true, forwarding: ForwardingMode = .raw,
-                queueMaximumLength: UInt32 = NetfilterQueue.defaultMaximumLength, failOpen: Bool = false) {
+    public init(
+        selfAddress: IPv4Address, peers: PeerPolicy, decapsulation: DecapsulationMode, namespace: String? = nil,
+        cacheLifetimeNanoseconds: UInt64 = 1_000_000_000, negativeCacheLifetimeNanoseconds: UInt64 = 1_000_000_000,
+        batchSize: Int = 64, checkCookies: Bool = true, forwarding: ForwardingMode = .raw,
+        queueMaximumLength: UInt32 = NetfilterQueue.defaultMaximumLength, failOpen: Bool = false
+    ) {
         self.selfAddress = selfAddress
         self.peers = peers
         self.decapsulation = decapsulation
@@ -111,18 +113,27 @@ public final class SecondChanceWorker: @unchecked Sendable {
 
     /// `monitor`, when given, runs the SYN-cookie responder for the listeners it publishes.
     /// `adopting`: the queue's netlink socket, already bound by an earlier process.
-    public init(queueNumber: UInt16, adopting adopted: Int32? = nil, configuration: SecondChanceConfiguration, addresses: LocalAddressBoard,
-                oracle: SynCookieOracle?, monitor: ListenerMonitor? = nil, epochs: FlowEpochs = FlowEpochs()) throws {
+    public init(
+        queueNumber: UInt16, adopting adopted: Int32? = nil, configuration: SecondChanceConfiguration,
+        addresses: LocalAddressBoard,
+        oracle: SynCookieOracle?, monitor: ListenerMonitor? = nil, epochs: FlowEpochs = FlowEpochs()
+    ) throws {
         self.configuration = configuration
         let namespace = try configuration.namespace.map { try NetworkNamespace(nameOrPath: $0) }
         if let adopted {
-            queue = try NetfilterQueue(adopting: adopted, number: queueNumber, maximumQueueLength: configuration.queueMaximumLength,
-                                       failOpen: configuration.failOpen)
+            queue = try NetfilterQueue(
+                adopting: adopted, number: queueNumber, maximumQueueLength: configuration.queueMaximumLength,
+                failOpen: configuration.failOpen)
         } else {
-            queue = try NetfilterQueue(number: queueNumber, maximumQueueLength: configuration.queueMaximumLength, failOpen: configuration.failOpen)
+            queue = try NetfilterQueue(
+                number: queueNumber, maximumQueueLength: configuration.queueMaximumLength,
+                failOpen: configuration.failOpen)
         }
         let responder = monitor.flatMap { monitor in
-            oracle.map { SynCookieResponder(board: monitor.board, oracle: $0, passInterval: monitor.configuration.passIntervalNanoseconds) }
+            oracle.map {
+                SynCookieResponder(
+                    board: monitor.board, oracle: $0, passInterval: monitor.configuration.passIntervalNanoseconds)
+            }
         }
         sender = try RawIPSender(ipv6: configuration.decapsulation == .userspace || responder != nil)
         self.addresses = addresses
@@ -132,21 +143,23 @@ public final class SecondChanceWorker: @unchecked Sendable {
         ownership = KernelFlowOwnership(
             sockDiag: try SockDiag(namespace: namespace), cookieState: try KernelCookieState(namespace: namespace),
             oracle: configuration.checkCookies ? oracle : nil, counters: counters, responder: responder,
-            cache: FlowCache(positiveLifetime: configuration.cacheLifetimeNanoseconds,
-                             negativeLifetime: configuration.negativeCacheLifetimeNanoseconds),
+            cache: FlowCache(
+                positiveLifetime: configuration.cacheLifetimeNanoseconds,
+                negativeLifetime: configuration.negativeCacheLifetimeNanoseconds),
             epochs: epochs)
     }
 
     /// Decides packets until `stop`; then drains the queue for a moment unless `drainOnStop` says
     /// the queue is being handed to a new image.
     public func run(stop: EventFD, drainOnStop: () -> Bool = { true }) throws {
-        try queue.run(stop: stop, batchSize: configuration.batchSize, drainOnStop: drainOnStop,
-                      idle: { [self] in ownership.cache.evictExpired(now: MonotonicClock.nanoseconds()) },
-                      afterVerdicts: { [self] in
-                          for flow in socketsMade { ownership.epochs.bump(flow) }
-                          socketsMade.removeAll(keepingCapacity: true)
-                      },
-                      handleBatch: { [self] packets, actions in decideBatch(packets, &actions) })
+        try queue.run(
+            stop: stop, batchSize: configuration.batchSize, drainOnStop: drainOnStop,
+            idle: { [self] in ownership.cache.evictExpired(now: MonotonicClock.nanoseconds()) },
+            afterVerdicts: { [self] in
+                for flow in socketsMade { ownership.epochs.bump(flow) }
+                socketsMade.removeAll(keepingCapacity: true)
+            },
+            handleBatch: { [self] packets, actions in decideBatch(packets, &actions) })
     }
 
     private var parsed: [Decider.Parsed] = []
@@ -165,7 +178,9 @@ public final class SecondChanceWorker: @unchecked Sendable {
     /// whose verdict went out in an earlier batch. The exception is a cookie ACK, which makes the
     /// connection without any earlier answer: `carryOut` marks its flow connected for the rest of
     /// the batch.
-    public func decideBatch(_ packets: UnsafeBufferPointer<NetfilterQueue.QueuedPacket>, _ actions: inout [NetfilterQueue.Action]) {
+    public func decideBatch(
+        _ packets: UnsafeBufferPointer<NetfilterQueue.QueuedPacket>, _ actions: inout [NetfilterQueue.Action]
+    ) {
         let now = MonotonicClock.nanoseconds()
         ownership.now = now
         if addresses.generation != addressGeneration { (addressGeneration, self.decider.local) = addresses.snapshot() }
@@ -178,7 +193,8 @@ public final class SecondChanceWorker: @unchecked Sendable {
         for packet in packets {
             let result = decider.parse(UnsafeRawBufferPointer(packet.payload))
             parsed.append(result)
-            guard case .parsed(let parsedPacket) = result, case .lookUp(let flow, _) = Decider.firstStep(parsedPacket.inner)
+            guard case .parsed(let parsedPacket) = result,
+                case .lookUp(let flow, _) = Decider.firstStep(parsedPacket.inner)
             else { continue }
             // Cache hits count per packet, as without batching; each flow is looked up once.
             if ownership.prefetched[flow] != nil {
@@ -222,12 +238,15 @@ public final class SecondChanceWorker: @unchecked Sendable {
 
     /// Decides one parsed packet and carries the decision out.
     @inline(__always)
-    func carryOut(_ packet: UnsafeMutableRawBufferPointer, _ parsed: Decider.Parsed, index: Int, decider: Decider) -> NetfilterQueue.Action {
+    func carryOut(_ packet: UnsafeMutableRawBufferPointer, _ parsed: Decider.Parsed, index: Int, decider: Decider)
+        -> NetfilterQueue.Action
+    {
         counters.add(.total)
         let decision: Decision
         switch parsed {
         case .rejected(let rejected): decision = rejected
-        case .parsed(let parsedPacket): decision = decider.decide(UnsafeRawBufferPointer(packet), parsedPacket, ownership: &ownership)
+        case .parsed(let parsedPacket):
+            decision = decider.decide(UnsafeRawBufferPointer(packet), parsedPacket, ownership: &ownership)
         }
         if case .tcp(let segment) = decision.inner {
             if decision.verdict == .local(.syn) || decision.verdict == .local(.synCookie) {
@@ -267,7 +286,8 @@ public final class SecondChanceWorker: @unchecked Sendable {
         case .forward(let hop):
             let gue = decision.gue!
             if configuration.forwarding == .kernel && packet[8] < 255 {
-                GUEForwarding.rewrite(packet, gue, source: configuration.selfAddress, destination: hop, forKernelForwarding: true)
+                GUEForwarding.rewrite(
+                    packet, gue, source: configuration.selfAddress, destination: hop, forKernelForwarding: true)
                 counters.add(.forwarded)
                 return .acceptReplacing(0..<gue.innerEnd)
             }

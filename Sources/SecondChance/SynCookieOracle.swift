@@ -33,15 +33,20 @@ public final class SynCookieOracle {
     }
 
     static func load(_ program: [BPFInstruction]) throws -> Int32 {
-        let encoded = program.map { proxyside_bpf_insn(code: $0.code, regs: $0.registers, off: $0.offset, imm: $0.immediate) }
+        let encoded = program.map {
+            proxyside_bpf_insn(code: $0.code, regs: $0.registers, off: $0.offset, imm: $0.immediate)
+        }
         var log = [CChar](repeating: 0, count: 16384)
         let fd = encoded.withUnsafeBufferPointer { insns in
             proxyside_bpf_load_xdp(insns.baseAddress, UInt32(insns.count), &log, UInt32(log.count))
         }
         guard fd >= 0 else {
             let verifier = String(decoding: log.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            throw SystemError("bpf(BPF_PROG_LOAD) SYN-cookie program", errno: -fd,
-                              hint: verifier.isEmpty ? "needs CAP_BPF and CAP_NET_ADMIN (root) and a kernel with bpf_tcp_raw_*_syncookie helpers (5.20+)" : verifier)
+            throw SystemError(
+                "bpf(BPF_PROG_LOAD) SYN-cookie program", errno: -fd,
+                hint: verifier.isEmpty
+                    ? "needs CAP_BPF and CAP_NET_ADMIN (root) and a kernel with bpf_tcp_raw_*_syncookie helpers (5.20+)"
+                    : verifier)
         }
         return fd
     }
@@ -52,7 +57,8 @@ public final class SynCookieOracle {
         var returnValue: UInt32 = 0
         let result = scratch.withUnsafeBytes { input in
             output.withUnsafeMutableBytes { out in
-                proxyside_bpf_test_run(program, input.baseAddress, UInt32(length), out.baseAddress, &outputSize, &returnValue)
+                proxyside_bpf_test_run(
+                    program, input.baseAddress, UInt32(length), out.baseAddress, &outputSize, &returnValue)
             }
         }
         return result == 0 && returnValue == SynCookieProgram.xdpPass && Int(outputSize) >= length
@@ -88,16 +94,20 @@ public final class SynCookieOracle {
             var filled: [Bool] = []
             for (slot, request) in chunk.enumerated() {
                 let written = scratch.withUnsafeMutableBytes { buffer in
-                    SynCookieReply.generatorInput(request.packet, request.segment, options: request.options,
-                                                  into: UnsafeMutableRawBufferPointer(rebasing: buffer[(slot * stride)..<((slot + 1) * stride)]))
+                    SynCookieReply.generatorInput(
+                        request.packet, request.segment, options: request.options,
+                        into: UnsafeMutableRawBufferPointer(rebasing: buffer[(slot * stride)..<((slot + 1) * stride)]))
                 }
                 filled.append(written != nil)
             }
             let passed = runProgram(ipv6 ? batchIPv6 : batchIPv4, chunk.count * stride)
             for slot in 0..<chunk.count {
                 guard passed, filled[slot] else { results.append(nil); continue }
-                let value = output.withUnsafeBytes { Int64(littleEndian: $0.loadUnaligned(fromByteOffset: slot * stride, as: Int64.self)) }
-                results.append(value < 0 ? nil : (UInt32(truncatingIfNeeded: value), UInt16(truncatingIfNeeded: value >> 32)))
+                let value = output.withUnsafeBytes {
+                    Int64(littleEndian: $0.loadUnaligned(fromByteOffset: slot * stride, as: Int64.self))
+                }
+                results.append(
+                    value < 0 ? nil : (UInt32(truncatingIfNeeded: value), UInt16(truncatingIfNeeded: value >> 32)))
             }
             start = chunk.endIndex
         }
@@ -107,7 +117,9 @@ public final class SynCookieOracle {
     /// True when ack-1 of `segment` is a cookie the kernel issued for its 4-tuple and ISN.
     public func isValidCookie(_ packet: UnsafeRawBufferPointer, _ segment: TCPSegment) -> Bool {
         let ipLength = SynCookieProgram.ipHeaderLength(ipv6: segment.flow.isIPv6)
-        guard segment.tcpOffset + 20 <= packet.count, segment.ipHeaderOffset + ipLength <= packet.count else { return false }
+        guard segment.tcpOffset + 20 <= packet.count, segment.ipHeaderOffset + ipLength <= packet.count else {
+            return false
+        }
         for index in 0..<ipLength { scratch[index] = packet[segment.ipHeaderOffset + index] }
         for index in 0..<20 { scratch[ipLength + index] = packet[segment.tcpOffset + index] }
         return run(segment.flow.isIPv6 ? checkIPv6 : checkIPv4, ipLength + 20) == 0

@@ -28,7 +28,8 @@ final class SynCookieResponder {
     private var replyRecords: [ListenerRecord] = []
     /// One slot per reply a sendmmsg batch holds, and one for an IPv6 reply.
     private static let replySlot = 128
-    private let replyPool = UnsafeMutableRawPointer.allocate(byteCount: (ForwardBatch.capacity + 1) * replySlot, alignment: 16)
+    private let replyPool = UnsafeMutableRawPointer.allocate(
+        byteCount: (ForwardBatch.capacity + 1) * replySlot, alignment: 16)
 
     init(board: ResponderBoard, oracle: SynCookieOracle, passInterval: UInt64) {
         self.board = board
@@ -46,8 +47,11 @@ final class SynCookieResponder {
     /// Decides and answers every SYN of a batch; `outcome(at:)` then tells each packet's fate.
     /// Only SYNs the decider would deliver here are answered: the reply's source is the SYN's
     /// destination, so a wildcard listener must never make it one this host does not own.
-    func prepare(_ packets: UnsafeBufferPointer<NetfilterQueue.QueuedPacket>, _ parsed: [Decider.Parsed], now: UInt64, sender: RawIPSender,
-                 decider: Decider) {
+    func prepare(
+        _ packets: UnsafeBufferPointer<NetfilterQueue.QueuedPacket>, _ parsed: [Decider.Parsed], now: UInt64,
+        sender: RawIPSender,
+        decider: Decider
+    ) {
         if board.generation != snapshot.generation {
             snapshot = board.snapshot()
             lastPassed = lastPassed.filter { snapshot.listeners[$0.key] != nil }
@@ -88,8 +92,9 @@ final class SynCookieResponder {
             for (position, cookie) in cookies.enumerated() {
                 let (index, listener) = requestContext[family][position]
                 guard let (value, mss) = cookie else { outcomes[index] = .failed; continue }
-                outcomes[index] = answer(requests[family][position], cookie: value, mss: mss, listener: listener, index: index,
-                                         now: now, sender: sender)
+                outcomes[index] = answer(
+                    requests[family][position], cookie: value, mss: mss, listener: listener, index: index,
+                    now: now, sender: sender)
             }
         }
         flushReplies(sender)
@@ -97,18 +102,23 @@ final class SynCookieResponder {
 
     /// Writes the SYN-ACK into a slot of the pool: IPv4 replies wait there for one sendmmsg
     /// (counted as answered, corrected if the send fails); IPv6 ones go out at once from the last slot.
-    private func answer(_ request: SynCookieOracle.SynRequest, cookie: UInt32, mss: UInt16, listener: ResponderListener,
-                        index: Int, now: UInt64, sender: RawIPSender) -> Outcome {
+    private func answer(
+        _ request: SynCookieOracle.SynRequest, cookie: UInt32, mss: UInt16, listener: ResponderListener,
+        index: Int, now: UInt64, sender: RawIPSender
+    ) -> Outcome {
         let ipv6 = request.segment.flow.isIPv6
         if !ipv6 && replies.count == ForwardBatch.capacity { flushReplies(sender) }
         let slotIndex = ipv6 ? ForwardBatch.capacity : replies.count
         let slot = UnsafeMutableRawBufferPointer(start: replyPool + slotIndex * Self.replySlot, count: Self.replySlot)
-        let offer = SynCookieReply.offer(request.options, settings: snapshot.settings, ourWindowScale: listener.windowScale,
-                                         nowMilliseconds: now / 1_000_000)
-        let window = TCPWindow.synAckWindow(listenerReceiveBuffer: listener.receiveBuffer,
-                                            mss: offer.timestamp == nil ? mss : mss - 12)
-        let length = SynCookieReply.write(into: slot, answering: request.packet, request.segment, cookie: cookie, mss: mss,
-                                          offer: offer, window: window, ttl: snapshot.settings.defaultTTL)
+        let offer = SynCookieReply.offer(
+            request.options, settings: snapshot.settings, ourWindowScale: listener.windowScale,
+            nowMilliseconds: now / 1_000_000)
+        let window = TCPWindow.synAckWindow(
+            listenerReceiveBuffer: listener.receiveBuffer,
+            mss: offer.timestamp == nil ? mss : mss - 12)
+        let length = SynCookieReply.write(
+            into: slot, answering: request.packet, request.segment, cookie: cookie, mss: mss,
+            offer: offer, window: window, ttl: snapshot.settings.defaultTTL)
         let reply = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(slot)[0..<length])
         if ipv6 {
             guard sender.sendIPv6(reply) == 0 else { return .failed }
@@ -125,7 +135,9 @@ final class SynCookieResponder {
         guard replies.count > 0 else { return }
         let failed = replies.flush(sender)
         for position in failed { outcomes[replyIndexes[position]] = .failed }
-        for (position, record) in replyRecords.enumerated() where !failed.contains(position) { record.add(.cookiesSent) }
+        for (position, record) in replyRecords.enumerated() where !failed.contains(position) {
+            record.add(.cookiesSent)
+        }
         replyIndexes.removeAll(keepingCapacity: true)
         replyRecords.removeAll(keepingCapacity: true)
     }

@@ -33,7 +33,9 @@ final class TCPSettingsReader {
         var settings = TCPHostSettings()
         for (field, fd) in files where fd >= 0 {
             guard let text = KernelCookieState.readAll(fd) else { continue }
-            let numbers = text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).compactMap { UInt32($0) }
+            let numbers = text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).compactMap {
+                UInt32($0)
+            }
             guard let first = numbers.first else { continue }
             switch field {
             case .syncookies: settings.syncookies = Int(first)
@@ -41,7 +43,9 @@ final class TCPSettingsReader {
             case .sack: settings.sack = first != 0
             case .windowScaling: settings.windowScaling = first != 0
             case .tcpReceiveMemory:
-                if numbers.count == 3 { (settings.tcpReceiveMemoryDefault, settings.tcpReceiveMemoryMaximum) = (numbers[1], numbers[2]) }
+                if numbers.count == 3 {
+                    (settings.tcpReceiveMemoryDefault, settings.tcpReceiveMemoryMaximum) = (numbers[1], numbers[2])
+                }
             case .receiveMemoryMaximum: settings.receiveMemoryMaximum = first
             case .defaultTTL: settings.defaultTTL = UInt8(clamping: first)
             }

@@ -23,7 +23,10 @@ public enum CounterName: Hashable, Sendable {
     public static let all: [CounterName] =
         [.total] + LocalReason.allCases.map { .local($0) } + [.forwarded]
         + DropReason.allCases.map { .dropped($0) } + Refusal.allCases.map { .refused($0) }
-        + [.forwardFailed, .injectFailed, .lookups, .lookupCacheHits, .cookieChecks, .cookieAcksInvalid, .cookiesSent, .cookieReplyFailed]
+        + [
+            .forwardFailed, .injectFailed, .lookups, .lookupCacheHits, .cookieChecks, .cookieAcksInvalid, .cookiesSent,
+            .cookieReplyFailed,
+        ]
 
     public static let count = all.count
 

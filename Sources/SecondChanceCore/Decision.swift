@@ -1,4 +1,5 @@
 import NetTypes
+
 /// Why a packet was taken by this host.
 public enum LocalReason: String, CaseIterable, Sendable {
     case syn = "accepted_syn"
@@ -88,8 +89,12 @@ public struct Decider: Sendable {
         case .failure(let reason): return .rejected(Decision(verdict: .drop(reason)))
         case .success(let parsed): gue = parsed
         }
-        guard peers.sources.contains(gue.outerSource) else { return .rejected(Decision(verdict: .refuse(.untrustedSource), gue: gue)) }
-        guard gue.hopCount <= peers.maximumHops else { return .rejected(Decision(verdict: .refuse(.tooManyHops), gue: gue)) }
+        guard peers.sources.contains(gue.outerSource) else {
+            return .rejected(Decision(verdict: .refuse(.untrustedSource), gue: gue))
+        }
+        guard gue.hopCount <= peers.maximumHops else {
+            return .rejected(Decision(verdict: .refuse(.tooManyHops), gue: gue))
+        }
         switch InnerPacket.classify(packet, gue) {
         case .failure(let reason): return .rejected(Decision(verdict: .drop(reason), gue: gue))
         case .success(let inner): return .parsed(ParsedPacket(gue: gue, inner: inner))
@@ -113,7 +118,9 @@ public struct Decider: Sendable {
         }
     }
 
-    public func decide<Ownership: FlowOwnership>(_ packet: UnsafeRawBufferPointer, ownership: inout Ownership) -> Decision {
+    public func decide<Ownership: FlowOwnership>(_ packet: UnsafeRawBufferPointer, ownership: inout Ownership)
+        -> Decision
+    {
         switch parse(packet) {
         case .rejected(let decision): decision
         case .parsed(let parsed): decide(packet, parsed, ownership: &ownership)

@@ -1,4 +1,5 @@
 import NetTypes
+
 /// Remembers recent socket-table answers so that a busy flow does not cost a netlink round trip
 /// per packet.
 ///

@@ -1,4 +1,5 @@
 import NetTypes
+
 /// In-place edits of a queued GUE packet.
 public enum GUEForwarding {
     /// Turns the packet into the one the next hop receives: next_hop + 1, outer source = us,
@@ -7,8 +8,10 @@ public enum GUEForwarding {
     /// "none" and stays zero). `forKernelForwarding` raises the TTL by one first, since the kernel's
     /// forwarding path takes one off: the hop sees the TTL the director set. The caller checks that
     /// the TTL is below 255.
-    public static func rewrite(_ bytes: UnsafeMutableRawBufferPointer, _ gue: GUEPacket, source: IPv4Address, destination: IPv4Address,
-                               forKernelForwarding: Bool = false) {
+    public static func rewrite(
+        _ bytes: UnsafeMutableRawBufferPointer, _ gue: GUEPacket, source: IPv4Address, destination: IPv4Address,
+        forKernelForwarding: Bool = false
+    ) {
         if forKernelForwarding { bytes[8] += 1 }
         let nextHopWordOffset = gue.nextHopOffset  // next_hop is the high byte of this 16-bit word
         let oldWord = UnsafeRawBufferPointer(bytes).be16(nextHopWordOffset)
@@ -18,7 +21,8 @@ public enum GUEForwarding {
         bytes.setBE32(12, source.value)
         bytes.setBE32(16, destination.value)
         bytes.setBE16(10, 0)
-        let headerSum = InternetChecksum.partialSum(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(bytes)[0..<gue.outerHeaderLength]))
+        let headerSum = InternetChecksum.partialSum(
+            UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(bytes)[0..<gue.outerHeaderLength]))
         bytes.setBE16(10, InternetChecksum.finish(headerSum))
 
         let udpChecksumOffset = gue.udpOffset + 6

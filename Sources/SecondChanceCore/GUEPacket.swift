@@ -1,4 +1,5 @@
 import NetTypes
+
 /// Why a queued packet was dropped before any decision: each reason is counted separately.
 public enum DropReason: String, CaseIterable, Sendable, Error {
     case outerTruncated = "outer_truncated"
@@ -84,10 +85,11 @@ public struct GUEPacket: Equatable, Sendable {
         guard bytes.be16(privateOffset) == 0 else { return .failure(.guePrivateType) }
         guard let family = InnerFamily(rawValue: bytes[gue + 1]) else { return .failure(.innerProtocol) }
 
-        return .success(GUEPacket(
-            outerSource: IPv4Address(bytes.be32(12)), outerDestination: IPv4Address(bytes.be32(16)),
-            outerHeaderLength: ihl, udpSourcePort: bytes.be16(udp), udpChecksum: bytes.be16(udp + 6),
-            innerFamily: family, nextHop: bytes[privateOffset + 2], hopCount: hopCount,
-            privateOffset: privateOffset, innerOffset: privateOffset + hlen * 4, innerEnd: end))
+        return .success(
+            GUEPacket(
+                outerSource: IPv4Address(bytes.be32(12)), outerDestination: IPv4Address(bytes.be32(16)),
+                outerHeaderLength: ihl, udpSourcePort: bytes.be16(udp), udpChecksum: bytes.be16(udp + 6),
+                innerFamily: family, nextHop: bytes[privateOffset + 2], hopCount: hopCount,
+                privateOffset: privateOffset, innerOffset: privateOffset + hlen * 4, innerEnd: end))
     }
 }

@@ -56,8 +56,11 @@ public enum InnerPacket: Equatable, Sendable {
             let flow = FlowKey(
                 source: IPv4Address(bytes.be32(start + 12)), sourcePort: bytes.be16(transport),
                 destination: IPv4Address(bytes.be32(start + 16)), destinationPort: bytes.be16(transport + 2))
-            return .success(.tcp(TCPSegment(
-                flow: flow, flags: TCPFlags(rawValue: bytes[transport + 13]), ipHeaderOffset: start, tcpOffset: transport)))
+            return .success(
+                .tcp(
+                    TCPSegment(
+                        flow: flow, flags: TCPFlags(rawValue: bytes[transport + 13]), ipHeaderOffset: start,
+                        tcpOffset: transport)))
         case icmpV4:
             guard packetEnd - transport >= 8 else { return .failure(.innerTruncated) }
             // Type 3 code 4: fragmentation needed. Everything else belongs to the first host.
@@ -68,9 +71,11 @@ public enum InnerPacket: Equatable, Sendable {
             guard embeddedIHL >= 20, packetEnd - embedded >= embeddedIHL + 4 else { return .failure(.innerTruncated) }
             guard bytes[embedded + 9] == tcpProtocol else { return .success(.icmp) }
             let ports = embedded + embeddedIHL
-            return .success(.pathMTU(FlowKey(
-                source: IPv4Address(bytes.be32(embedded + 16)), sourcePort: bytes.be16(ports + 2),
-                destination: IPv4Address(bytes.be32(embedded + 12)), destinationPort: bytes.be16(ports))))
+            return .success(
+                .pathMTU(
+                    FlowKey(
+                        source: IPv4Address(bytes.be32(embedded + 16)), sourcePort: bytes.be16(ports + 2),
+                        destination: IPv4Address(bytes.be32(embedded + 12)), destinationPort: bytes.be16(ports))))
         default:
             return .failure(.innerTransport)
         }
@@ -116,8 +121,11 @@ public enum InnerPacket: Equatable, Sendable {
             let flow = FlowKey(
                 source: ipv6(bytes, start + 8), sourcePort: bytes.be16(transport),
                 destination: ipv6(bytes, start + 24), destinationPort: bytes.be16(transport + 2))
-            return .success(.tcp(TCPSegment(
-                flow: flow, flags: TCPFlags(rawValue: bytes[transport + 13]), ipHeaderOffset: start, tcpOffset: transport)))
+            return .success(
+                .tcp(
+                    TCPSegment(
+                        flow: flow, flags: TCPFlags(rawValue: bytes[transport + 13]), ipHeaderOffset: start,
+                        tcpOffset: transport)))
         case icmpV6:
             guard packetEnd - transport >= 8 else { return .failure(.innerTruncated) }
             // Type 2: Packet Too Big.
@@ -126,9 +134,11 @@ public enum InnerPacket: Equatable, Sendable {
             guard packetEnd - embedded >= 44, bytes[embedded] >> 4 == 6 else { return .failure(.innerTruncated) }
             guard bytes[embedded + 6] == tcpProtocol else { return .success(.icmp) }
             let ports = embedded + 40
-            return .success(.pathMTU(FlowKey(
-                source: ipv6(bytes, embedded + 24), sourcePort: bytes.be16(ports + 2),
-                destination: ipv6(bytes, embedded + 8), destinationPort: bytes.be16(ports))))
+            return .success(
+                .pathMTU(
+                    FlowKey(
+                        source: ipv6(bytes, embedded + 24), sourcePort: bytes.be16(ports + 2),
+                        destination: ipv6(bytes, embedded + 8), destinationPort: bytes.be16(ports))))
         default:
             return .failure(.innerTransport)
         }

@@ -63,9 +63,13 @@ public struct ListenerOverflowTracker: Sendable {
             seen.insert(observation.key)
             var state = states[observation.key] ?? State(observation: observation)
             state.observation = observation
-            let full = observation.backlog > 0 && UInt64(observation.requestSockets) >= policy.activationThreshold(observation.backlog)
+            let full =
+                observation.backlog > 0
+                && UInt64(observation.requestSockets) >= policy.activationThreshold(observation.backlog)
             if full { state.lastFull = now }
-            if UInt64(observation.requestSockets) >= policy.calmThreshold(observation.backlog) && observation.backlog > 0 {
+            if UInt64(observation.requestSockets) >= policy.calmThreshold(observation.backlog)
+                && observation.backlog > 0
+            {
                 state.calmSince = nil
             } else if state.calmSince == nil {
                 state.calmSince = now
@@ -79,10 +83,28 @@ public struct ListenerOverflowTracker: Sendable {
                 }
             } else if let calm = state.calmSince, now &- calm >= policy.holdNanoseconds {
                 state.active = false
-                events.append(.deactivated(observation.key, reason: "SYN queue \(observation.requestSockets)/\(observation.backlog) below \(policy.deactivatePercent)% for \(policy.holdNanoseconds / 1_000_000) ms"))
-            } else if kernelNeedsOverflowMark, let lastFull = state.lastFull, now &- lastFull >= policy.markLifetimeNanoseconds {
+                events.append(
+                    .deactivated(
+                        observation.key,
+                        reason:
+                            """
+                            SYN queue \(observation.requestSockets)/\(observation.backlog) below \
+                            \(policy.deactivatePercent)% for \(policy.holdNanoseconds / 1_000_000) ms
+                            """
+                    ))
+            } else if kernelNeedsOverflowMark, let lastFull = state.lastFull,
+                now &- lastFull >= policy.markLifetimeNanoseconds
+            {
                 state.active = false
-                events.append(.deactivated(observation.key, reason: "SYN queue not full for \(policy.markLifetimeNanoseconds / 1_000_000_000) s: the kernel's overflow mark may lapse"))
+                events.append(
+                    .deactivated(
+                        observation.key,
+                        reason:
+                            """
+                            SYN queue not full for \(policy.markLifetimeNanoseconds / 1_000_000_000) s: the kernel's \
+                            overflow mark may lapse
+                            """
+                    ))
             }
             states[observation.key] = state
         }

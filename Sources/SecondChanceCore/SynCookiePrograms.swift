@@ -17,13 +17,27 @@ public struct BPFInstruction: Equatable, Sendable {
     /// dst_reg in the low nibble, src_reg in the high one (little-endian bitfields).
     public var registers: UInt8 { destination & 0x0f | source << 4 }
 
-    static func loadWord(_ dst: UInt8, _ src: UInt8, _ off: Int16) -> Self { .init(code: 0x61, destination: dst, source: src, offset: off, immediate: 0) }
-    static func move(_ dst: UInt8, _ src: UInt8) -> Self { .init(code: 0xbf, destination: dst, source: src, offset: 0, immediate: 0) }
-    static func moveImmediate(_ dst: UInt8, _ imm: Int32) -> Self { .init(code: 0xb7, destination: dst, source: 0, offset: 0, immediate: imm) }
-    static func addImmediate(_ dst: UInt8, _ imm: Int32) -> Self { .init(code: 0x07, destination: dst, source: 0, offset: 0, immediate: imm) }
-    static func jumpIfGreater(_ dst: UInt8, _ src: UInt8, _ off: Int16) -> Self { .init(code: 0x2d, destination: dst, source: src, offset: off, immediate: 0) }
-    static func call(_ helper: Int32) -> Self { .init(code: 0x85, destination: 0, source: 0, offset: 0, immediate: helper) }
-    static func storeDoubleWord(_ dst: UInt8, _ src: UInt8, _ off: Int16) -> Self { .init(code: 0x7b, destination: dst, source: src, offset: off, immediate: 0) }
+    static func loadWord(_ dst: UInt8, _ src: UInt8, _ off: Int16) -> Self {
+        .init(code: 0x61, destination: dst, source: src, offset: off, immediate: 0)
+    }
+    static func move(_ dst: UInt8, _ src: UInt8) -> Self {
+        .init(code: 0xbf, destination: dst, source: src, offset: 0, immediate: 0)
+    }
+    static func moveImmediate(_ dst: UInt8, _ imm: Int32) -> Self {
+        .init(code: 0xb7, destination: dst, source: 0, offset: 0, immediate: imm)
+    }
+    static func addImmediate(_ dst: UInt8, _ imm: Int32) -> Self {
+        .init(code: 0x07, destination: dst, source: 0, offset: 0, immediate: imm)
+    }
+    static func jumpIfGreater(_ dst: UInt8, _ src: UInt8, _ off: Int16) -> Self {
+        .init(code: 0x2d, destination: dst, source: src, offset: off, immediate: 0)
+    }
+    static func call(_ helper: Int32) -> Self {
+        .init(code: 0x85, destination: 0, source: 0, offset: 0, immediate: helper)
+    }
+    static func storeDoubleWord(_ dst: UInt8, _ src: UInt8, _ off: Int16) -> Self {
+        .init(code: 0x7b, destination: dst, source: src, offset: off, immediate: 0)
+    }
     static let exit = Self(code: 0x95, destination: 0, source: 0, offset: 0, immediate: 0)
 }
 

@@ -1,4 +1,5 @@
 import NetTypes
+
 /// The host's TCP sysctls that decide what a SYN-cookie handshake can carry (read per network
 /// namespace; defaults are the kernel's).
 public struct TCPHostSettings: Equatable, Sendable {
@@ -77,7 +78,9 @@ public enum TCPWindow {
     /// The window scale the kernel gives a child made from a cookie (cookie_v4_check, then
     /// tcp_select_initial_window on the listener): from the largest buffer the socket may grow to,
     /// unless the application fixed SO_RCVBUF, which caps the window at the buffer's full space.
-    public static func receiveScale(listenerReceiveBuffer: UInt32, receiveBufferLocked: Bool, settings: TCPHostSettings) -> UInt8 {
+    public static func receiveScale(listenerReceiveBuffer: UInt32, receiveBufferLocked: Bool, settings: TCPHostSettings)
+        -> UInt8
+    {
         let full = fullSpace(receiveBuffer: listenerReceiveBuffer)
         let clamp: UInt32 = receiveBufferLocked ? full : UInt32(UInt16.max) << UInt32(maximumScale)
         var space = min(full, clamp)
@@ -138,8 +141,10 @@ public enum SynCookieReply {
     /// Writes the generate helper's input (IP header, then the normalized TCP header) to `into`,
     /// which must hold ip header length + 24 bytes. Returns the bytes written, or nil when the SYN
     /// is too short.
-    public static func generatorInput(_ packet: UnsafeRawBufferPointer, _ segment: TCPSegment, options: SynOptions,
-                                      into: UnsafeMutableRawBufferPointer) -> Int? {
+    public static func generatorInput(
+        _ packet: UnsafeRawBufferPointer, _ segment: TCPSegment, options: SynOptions,
+        into: UnsafeMutableRawBufferPointer
+    ) -> Int? {
         let ipLength = segment.flow.isIPv6 ? 40 : 20
         guard segment.ipHeaderOffset + ipLength <= packet.count, segment.tcpOffset + 20 <= packet.count,
             into.count >= ipLength + generatorTCPLength
@@ -168,7 +173,9 @@ public enum SynCookieReply {
         }
     }
 
-    public static func offer(_ options: SynOptions, settings: TCPHostSettings, ourWindowScale: UInt8, nowMilliseconds: UInt64) -> Offer {
+    public static func offer(
+        _ options: SynOptions, settings: TCPHostSettings, ourWindowScale: UInt8, nowMilliseconds: UInt64
+    ) -> Offer {
         guard settings.timestampsEncodable, let echo = options.timestamp else {
             return Offer(timestamp: nil, sack: false, windowScales: nil)
         }
@@ -177,8 +184,9 @@ public enum SynCookieReply {
         // ECN is not offered: a cookie child gets ECN only if both ends agree, and not offering it is
         // always consistent with what the kernel decodes.
         let bits = CookieTimestamp.options(windowScale: scales?.client, sack: sack, ecn: false)
-        return Offer(timestamp: (CookieTimestamp.value(nowMilliseconds: nowMilliseconds, options: bits), echo),
-                     sack: sack, windowScales: scales)
+        return Offer(
+            timestamp: (CookieTimestamp.value(nowMilliseconds: nowMilliseconds, options: bits), echo),
+            sack: sack, windowScales: scales)
     }
 
     /// The longest reply: an IPv6 header, a TCP header, MSS, timestamp with SACK, window scale.
@@ -193,7 +201,9 @@ public enum SynCookieReply {
     /// SACK-permitted folded into the timestamp's padding, window scale. An offer without a
     /// timestamp has neither SACK nor scaling. Returns the offset after them.
     @discardableResult
-    public static func writeOptions(mss: UInt16, offer: Offer, into out: UnsafeMutableRawBufferPointer, at offset: Int) -> Int {
+    public static func writeOptions(mss: UInt16, offer: Offer, into out: UnsafeMutableRawBufferPointer, at offset: Int)
+        -> Int
+    {
         var index = offset
         out[index] = 2
         out[index + 1] = 4
@@ -215,9 +225,11 @@ public enum SynCookieReply {
     /// Writes the SYN-ACK for `segment` (a client SYN) into `out`, from the SYN's destination back
     /// to its source, with both checksums; returns its length. `out` holds at least `maximumLength`
     /// bytes. Nothing is allocated: under a SYN flood this runs for every SYN answered.
-    public static func write(into out: UnsafeMutableRawBufferPointer, answering packet: UnsafeRawBufferPointer,
-                             _ segment: TCPSegment, cookie: UInt32, mss: UInt16, offer: Offer, window: UInt16,
-                             ttl: UInt8) -> Int {
+    public static func write(
+        into out: UnsafeMutableRawBufferPointer, answering packet: UnsafeRawBufferPointer,
+        _ segment: TCPSegment, cookie: UInt32, mss: UInt16, offer: Offer, window: UInt16,
+        ttl: UInt8
+    ) -> Int {
         let flow = segment.flow
         let ipLength = flow.isIPv6 ? 40 : 20
         let tcpLength = 20 + optionsLength(offer)
@@ -240,13 +252,16 @@ public enum SynCookieReply {
             out.setBE16(4, UInt16(tcpLength))
             out[6] = 6
             out[7] = ttl
-            for (offset, half) in [(8, flow.destination.high), (16, flow.destination.low),
-                                   (24, flow.source.high), (32, flow.source.low)] {
+            for (offset, half) in [
+                (8, flow.destination.high), (16, flow.destination.low),
+                (24, flow.source.high), (32, flow.source.low),
+            ] {
                 out.setBE32(offset, UInt32(truncatingIfNeeded: half >> 32))
                 out.setBE32(offset + 4, UInt32(truncatingIfNeeded: half))
             }
-            pseudo = InternetChecksum.pseudoHeaderSum(source: flow.destination, destination: flow.source, nextHeader: 6,
-                                                      length: tcpLength)
+            pseudo = InternetChecksum.pseudoHeaderSum(
+                source: flow.destination, destination: flow.source, nextHeader: 6,
+                length: tcpLength)
         } else {
             let source = IPv4Address(UInt32(truncatingIfNeeded: flow.destination.low))
             let destination = IPv4Address(UInt32(truncatingIfNeeded: flow.source.low))
@@ -257,9 +272,11 @@ public enum SynCookieReply {
             out.setBE16(10, 0)
             out.setBE32(12, source.value)
             out.setBE32(16, destination.value)
-            let header = InternetChecksum.partialSum(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(out)[0..<20]))
+            let header = InternetChecksum.partialSum(
+                UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(out)[0..<20]))
             out.setBE16(10, InternetChecksum.finish(header))
-            pseudo = InternetChecksum.pseudoHeaderSum(source: source, destination: destination, protocol: 6, length: tcpLength)
+            pseudo = InternetChecksum.pseudoHeaderSum(
+                source: source, destination: destination, protocol: 6, length: tcpLength)
         }
         let segmentBytes = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(out)[tcp..<total])
         out.setBE16(tcp + 16, InternetChecksum.finish(InternetChecksum.partialSum(segmentBytes, initial: pseudo)))

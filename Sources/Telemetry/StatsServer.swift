@@ -19,13 +19,18 @@ public final class StatsServer: @unchecked Sendable {
 
     /// Listens on `metrics` and `controlPath`, or takes the sockets named in `inherited` (from an
     /// earlier process) for them. `command` answers a request line other than `stats` (nil: unknown).
-    public init(metrics: Endpoint?, controlPath: String?, inherited: [String: Int32] = [:],
-                render: @escaping @Sendable (Format) -> String, command: @escaping @Sendable (String) -> ControlReply? = { _ in nil }) throws {
+    public init(
+        metrics: Endpoint?, controlPath: String?, inherited: [String: Int32] = [:],
+        render: @escaping @Sendable (Format) -> String,
+        command: @escaping @Sendable (String) -> ControlReply? = { _ in nil }
+    ) throws {
         self.render = render
         self.command = command
         self.controlPath = controlPath
         if let metrics { listeners.append((try inherited[Self.metricsName] ?? Self.listenTCP(metrics), true)) }
-        if let controlPath { listeners.append((try inherited[Self.controlName] ?? Self.listenUnix(controlPath), false)) }
+        if let controlPath {
+            listeners.append((try inherited[Self.controlName] ?? Self.listenUnix(controlPath), false))
+        }
         for fd in inherited.values where !listeners.contains(where: { $0.fd == fd }) { close(fd) }
         for listener in listeners { Descriptors.setCloseOnExec(listener.fd, true) }
     }
@@ -101,11 +106,17 @@ public final class StatsServer: @unchecked Sendable {
         if http {
             var request = [UInt8](repeating: 0, count: 4096)
             let count = read(client, &request, request.count)
-            let line = count > 0 ? String(decoding: request[0..<count], as: UTF8.self).prefix { $0 != "\r" && $0 != "\n" } : ""
+            let line =
+                count > 0 ? String(decoding: request[0..<count], as: UTF8.self).prefix { $0 != "\r" && $0 != "\n" } : ""
             let parts = line.split(separator: " ")
             if parts.count >= 2, parts[0] == "GET", parts[1] == "/metrics" || parts[1] == "/" {
                 let text = render(.prometheus)
-                body = "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: \(text.utf8.count)\r\nConnection: close\r\n\r\n" + text
+                body =
+                    """
+                    HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: \
+                    \(text.utf8.count)\r\nConnection: close\r\n\r\n
+                    """
+                    + text
             } else {
                 body = "HTTP/1.1 404 Not Found\r\nContent-Length: 10\r\nConnection: close\r\n\r\nnot found\n"
             }
@@ -114,7 +125,8 @@ public final class StatsServer: @unchecked Sendable {
             var request = [UInt8](repeating: 0, count: 256)
             var descriptor = pollfd(fd: client, events: Int16(POLLIN), revents: 0)
             let count = poll(&descriptor, 1, 1000) > 0 ? read(client, &request, request.count) : 0
-            let line = count > 0 ? String(decoding: request[0..<count].prefix { $0 != UInt8(ascii: "\n") }, as: UTF8.self) : ""
+            let line =
+                count > 0 ? String(decoding: request[0..<count].prefix { $0 != UInt8(ascii: "\n") }, as: UTF8.self) : ""
             switch line {
             case "", "stats": body = render(.text)
             default:
@@ -161,7 +173,9 @@ public func readControlSocket(_ path: String, request: String = "stats") throws 
     var chunk = [UInt8](repeating: 0, count: 4096)
     while true {
         let count = retryingOnInterrupt { read(fd, &chunk, chunk.count) }
-        if count < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { throw SystemError("read \(path)", hint: "no answer within 15 s") }
+        if count < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
+            throw SystemError("read \(path)", hint: "no answer within 15 s")
+        }
         if count <= 0 { break }
         out += chunk[0..<count]
     }

@@ -8,7 +8,11 @@ import Telemetry
 struct BindkeeperCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bindkeeper",
-        abstract: "Owns LISTEN sockets and hands the same kernel socket to every process that asks, for reloads that drop nothing.",
+        abstract:
+            """
+            Owns LISTEN sockets and hands the same kernel socket to every process that asks, for reloads that drop \
+            nothing.
+            """,
         subcommands: [Serve.self, List.self, Reexec.self, Exec.self, HAProxy.self, Version.self])
 }
 

@@ -7,12 +7,19 @@ import ProxysideArguments
 
 struct Exec: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run a program with sockets from the broker, passed as systemd passes them (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES).")
+        abstract:
+            """
+            Run a program with sockets from the broker, passed as systemd passes them (LISTEN_FDS, LISTEN_PID, \
+            LISTEN_FDNAMES).
+            """
+    )
 
     @Option(help: "The broker's control socket.")
     var socket = defaultSocket
 
-    @Option(name: .customLong("bind"), help: "[NAME=]URL, such as http=tcp://[::]:443?backlog=4096 (repeatable; fds from 3 in this order).")
+    @Option(
+        name: .customLong("bind"),
+        help: "[NAME=]URL, such as http=tcp://[::]:443?backlog=4096 (repeatable; fds from 3 in this order).")
     var binds: [String] = []
 
     @Argument(parsing: .captureForPassthrough, help: "-- PROGRAM [ARGUMENTS]")
@@ -31,7 +38,9 @@ struct Exec: ParsableCommand {
             }
             let request = try BindRequest.parse(url: url).mapError { ValidationError($0.description) }.get()
             let chosen = name ?? PassedSocketName.defaultName(for: request)
-            guard PassedSocketName.isValidName(chosen) else { throw ValidationError("\(chosen): a name has no ':' or spaces") }
+            guard PassedSocketName.isValidName(chosen) else {
+                throw ValidationError("\(chosen): a name has no ':' or spaces")
+            }
             names.append(chosen)
             requests.append(request)
         }

@@ -6,7 +6,12 @@ import ProxysideArguments
 struct HAProxy: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "haproxy",
-        abstract: "Run HAProxy on the broker's sockets: {{bind URL}} in the template becomes fd@N; SIGUSR2 or SIGHUP reloads (checked first).")
+        abstract:
+            """
+            Run HAProxy on the broker's sockets: {{bind URL}} in the template becomes fd@N; SIGUSR2 or SIGHUP reloads \
+            (checked first).
+            """
+    )
 
     @Option(help: "The broker's control socket.")
     var socket = defaultSocket
@@ -31,11 +36,14 @@ struct HAProxy: ParsableCommand {
 
     func run() throws {
         let haproxy = command.first == "--" ? Array(command.dropFirst()) : command
-        guard !haproxy.isEmpty else { throw ValidationError("give the HAProxy binary after --, such as -- /usr/sbin/haproxy") }
+        guard !haproxy.isEmpty else {
+            throw ValidationError("give the HAProxy binary after --, such as -- /usr/sbin/haproxy")
+        }
         if let reserved = haproxy.dropFirst().first(where: { HAProxyOptions.reservedArguments.contains($0) }) {
             throw ValidationError("\(reserved) is set by bindkeeper; leave it out of the HAProxy arguments")
         }
-        var options = HAProxyOptions(socketPath: socket, template: template, rendered: rendered, pidFile: pidFile, haproxy: haproxy)
+        var options = HAProxyOptions(
+            socketPath: socket, template: template, rendered: rendered, pidFile: pidFile, haproxy: haproxy)
         options.stopTimeoutSeconds = stopTimeout
         let supervisor = HAProxySupervisor(options: options, logger: logger)
         throw ExitCode(check ? supervisor.checkOnly() : supervisor.run())

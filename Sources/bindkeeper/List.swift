@@ -6,7 +6,8 @@ import Glibc
 import ProxysideArguments
 
 struct List: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "List the broker's sockets, their queues and the clients served.")
+    static let configuration = CommandConfiguration(
+        abstract: "List the broker's sockets, their queues and the clients served.")
 
     @Option(help: "The broker's control socket.")
     var socket = defaultSocket
@@ -20,15 +21,26 @@ struct List: ParsableCommand {
             print(String(decoding: JSONText.encode(listing, pretty: true), as: UTF8.self))
             return
         }
-        print("broker pid \(listing.pid), \(listing.sockets.count) sockets, \(listing.clientsConnected) clients connected, \(listing.clientsServed) served")
+        print(
+            """
+            broker pid \(listing.pid), \(listing.sockets.count) sockets, \(listing.clientsConnected) clients \
+            connected, \(listing.clientsServed) served
+            """
+        )
         let width = listing.sockets.map(\.url.count).max().map { max($0, 28) } ?? 28
-        func column(_ text: String, _ width: Int) -> String { text.padding(toLength: width, withPad: " ", startingAt: 0) }
+        func column(_ text: String, _ width: Int) -> String {
+            text.padding(toLength: width, withPad: " ", startingAt: 0)
+        }
         func text(_ value: (some CustomStringConvertible)?) -> String { value.map(\.description) ?? "-" }
         print(column("SOCKET", width) + " BACKLOG(req/eff)  ACCEPTQ  SYNQ  HANDED-OUT  COOKIE")
         for socket in listing.sockets {
             let backlog = socket.backlog.map { "\($0.requested)/\($0.effective)" } ?? "-"
-            print([column(socket.url, width), column(backlog, 17), column(text(socket.acceptQueue), 8), column(text(socket.synQueue), 5),
-                   column(String(socket.handedOut), 11), String(socket.cookie)].joined(separator: " "))
+            print(
+                [
+                    column(socket.url, width), column(backlog, 17), column(text(socket.acceptQueue), 8),
+                    column(text(socket.synQueue), 5),
+                    column(String(socket.handedOut), 11), String(socket.cookie),
+                ].joined(separator: " "))
         }
     }
 }

@@ -4,7 +4,8 @@ import Glibc
 import ProxysideArguments
 
 struct Reexec: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Re-execute the broker in place (after an upgrade); sockets and clients stay connected.")
+    static let configuration = CommandConfiguration(
+        abstract: "Re-execute the broker in place (after an upgrade); sockets and clients stay connected.")
 
     @Option(help: "The broker's control socket.")
     var socket = defaultSocket

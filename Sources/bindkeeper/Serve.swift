@@ -7,7 +7,8 @@ import NetTypes
 import ProxysideArguments
 
 struct Serve: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Run the broker (SIGUSR1 re-executes it, keeping every socket).")
+    static let configuration = CommandConfiguration(
+        abstract: "Run the broker (SIGUSR1 re-executes it, keeping every socket).")
 
     @Option(help: "The control socket (multibinder's JSON-RPC and bindkeeper's framed form).")
     var socket = defaultSocket
@@ -36,9 +37,13 @@ struct Serve: ParsableCommand {
     func run() throws {
         var policy = Policy(brokerUID: geteuid())
         if let config {
-            guard let data = FileManager.default.contents(atPath: config) else { throw CommandFailure("cannot read \(config)") }
-            policy = try Policy.parse(Array(data), brokerUID: geteuid(),
-                                      resolveUser: { try? Accounts.uid($0) }, resolveGroup: { try? Accounts.gid($0) }).get()
+            guard let data = FileManager.default.contents(atPath: config) else {
+                throw CommandFailure("cannot read \(config)")
+            }
+            policy = try Policy.parse(
+                Array(data), brokerUID: geteuid(),
+                resolveUser: { try? Accounts.uid($0) }, resolveGroup: { try? Accounts.gid($0) }
+            ).get()
         }
         var options = BrokerOptions(controlPath: socket, policy: policy)
         guard backlog > 0 else { throw ValidationError("--backlog must be positive") }
@@ -46,7 +51,9 @@ struct Serve: ParsableCommand {
         guard (1...86400).contains(stalledSeconds), (1...86400).contains(idleSeconds) else {
             throw ValidationError("--stalled-seconds and --idle-seconds are 1...86400")
         }
-        guard maxClientsPerUser >= 1, maxSocketsPerUser >= 0 else { throw ValidationError("--max-clients-per-user is at least 1, --max-sockets-per-user at least 0") }
+        guard maxClientsPerUser >= 1, maxSocketsPerUser >= 0 else {
+            throw ValidationError("--max-clients-per-user is at least 1, --max-sockets-per-user at least 0")
+        }
         options.stalledMessageSeconds = stalledSeconds
         options.idleSeconds = idleSeconds
         options.maximumClientsPerUser = maxClientsPerUser

@@ -9,24 +9,28 @@ import SecondChanceCore
 
 /// Sends a bounded stream of GUE packets with sendmmsg, for benchmarks.
 struct Blast: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Send COUNT GUE packets (bounded in count and time) to a proxy.")
+    static let configuration = CommandConfiguration(
+        abstract: "Send COUNT GUE packets (bounded in count and time) to a proxy.")
 
     @Option var to: IPv4Address
     @Option var count: Int = 1_000_000
     @Option var maxSeconds: Int = 20
-    @Option(help: "syn, ack (flows from --client to the VIP) or forward (same, with --hop as next hop).") var kind: String = "syn"
+    @Option(help: "syn, ack (flows from --client to the VIP) or forward (same, with --hop as next hop).") var kind:
+        String = "syn"
     @Option(help: "The inner source (IPv4 or IPv6).") var client: String
     @Option(help: "The inner destination, of the client's family.") var vip: String
     @Option var vipPort: UInt16 = 80
     @Option(help: "Client source ports start here; --flows ports are used in turn.") var firstPort: UInt16 = 20000
     @Option var flows: Int = 64
     @Option var hop: IPv4Address?
-    @Option(help: "Spoof the client address: flow N comes from --client + (N % this), for SYN floods.") var spoofAddresses: Int = 1
+    @Option(help: "Spoof the client address: flow N comes from --client + (N % this), for SYN floods.")
+    var spoofAddresses: Int = 1
     @Option(help: "Packets per second at most (0: as fast as possible).") var rate: Int = 0
 
     func run() throws {
         guard (1...40000).contains(flows), count > 0, (1...65536).contains(spoofAddresses), rate >= 0 else {
-            throw CommandFailure("--flows is 1...40000, --spoof-addresses 1...65536, --count positive, --rate not negative")
+            throw CommandFailure(
+                "--flows is 1...40000, --spoof-addresses 1...65536, --count positive, --rate not negative")
         }
         guard let clientAddress = IPAddress(client), let vipAddress = IPAddress(vip) else {
             throw CommandFailure("--client and --vip are IPv4 or IPv6 addresses")
@@ -41,12 +45,14 @@ struct Blast: ParsableCommand {
         let synOptions: [UInt8] = [2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7]
         let payloads: [[UInt8]] = (0..<flows).map { index in
             let offset = UInt32(index % spoofAddresses)
-            let source: IPAddress = switch clientAddress {
-            case .v4(let v4): .v4(IPv4Address(v4.value &+ offset))
-            case .v6(let v6): .v6(IPv6Address(high: v6.high, low: v6.low &+ UInt64(offset)))
-            }
+            let source: IPAddress =
+                switch clientAddress {
+                case .v4(let v4): .v4(IPv4Address(v4.value &+ offset))
+                case .v6(let v6): .v6(IPv6Address(high: v6.high, low: v6.low &+ UInt64(offset)))
+                }
             let inner = PacketBuilder.tcp(
-                source: source, sourcePort: firstPort &+ UInt16(index), destination: vipAddress, destinationPort: vipPort,
+                source: source, sourcePort: firstPort &+ UInt16(index), destination: vipAddress,
+                destinationPort: vipPort,
                 flags: flags, sequence: 1000 &+ UInt32(index) &* 7919, acknowledgement: kind == "syn" ? 0 : 1,
                 options: kind == "syn" ? synOptions : [])
             return PacketBuilder.guePayload(inner: inner, hops: hops)

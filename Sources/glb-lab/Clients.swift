@@ -22,7 +22,8 @@ struct Clients: ParsableCommand {
         let (address, port) = (target.address, target.port)
         var fds = try (0..<connections).map { index -> Int32 in
             guard let source else { return try LabSockets.connectTCP(to: address, port: port) }
-            return try LabSockets.connectTCP(to: address, port: port, from: .v4(source), localPort: firstPort &+ UInt16(index))
+            return try LabSockets.connectTCP(
+                to: address, port: port, from: .v4(source), localPort: firstPort &+ UInt16(index))
         }
         // A round trip or a new connection slower than 200 ms waited for a retransmission.
         var roundTrips = 0, failures = 0, newOK = 0, newFailed = 0, slow = 0, newSlow = 0
@@ -35,7 +36,9 @@ struct Clients: ParsableCommand {
             for index in fds.indices where fds[index] >= 0 {
                 let message = Array("ping \(iteration) \(index)\n".utf8)
                 let sent = MonotonicClock.nanoseconds()
-                if SocketAddress.sendAll(fds[index], message), LabSockets.receiveExactly(fds[index], message.count) == message {
+                if SocketAddress.sendAll(fds[index], message),
+                    LabSockets.receiveExactly(fds[index], message.count) == message
+                {
                     roundTrips += 1
                     if MonotonicClock.nanoseconds() - sent > slowNanoseconds { slow += 1 }
                 } else {
@@ -52,16 +55,25 @@ struct Clients: ParsableCommand {
                     if SocketAddress.sendAll(fd, message), LabSockets.receiveExactly(fd, message.count) == message {
                         newOK += 1
                         if MonotonicClock.nanoseconds() - opened > slowNanoseconds { newSlow += 1 }
-                    } else { newFailed += 1 }
+                    } else {
+                        newFailed += 1
+                    }
                     close(fd)
-                } else { newFailed += 1 }
+                } else {
+                    newFailed += 1
+                }
             }
             iteration += 1
             usleep(UInt32(intervalMs * 1000))
         }
         for fd in fds where fd >= 0 { close(fd) }
         let alive = fds.filter { $0 >= 0 }.count
-        print("clients: connections=\(connections) alive=\(alive) round_trips=\(roundTrips) failures=\(failures) slow=\(slow) new_ok=\(newOK) new_failed=\(newFailed) new_slow=\(newSlow)")
+        print(
+            """
+            clients: connections=\(connections) alive=\(alive) round_trips=\(roundTrips) failures=\(failures) \
+            slow=\(slow) new_ok=\(newOK) new_failed=\(newFailed) new_slow=\(newSlow)
+            """
+        )
         if failures > 0 || newFailed > 0 { throw ExitCode(1) }
     }
 }

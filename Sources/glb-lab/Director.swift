@@ -12,7 +12,8 @@ struct Director: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "GLB director simulator (NFQUEUE in, GUE out).")
 
     @Option var queue: UInt16 = 1
-    @Option(name: .customLong("self"), help: "The director's address: outer source of GUE packets.") var selfAddress: IPv4Address
+    @Option(name: .customLong("self"), help: "The director's address: outer source of GUE packets.") var selfAddress:
+        IPv4Address
     @Option(help: "Table file: lines 'PROXY-ADDRESS [active|draining]'.") var table: String
     @Option(help: "Proxies per flow (primary + hops).") var hops: Int = 2
 
@@ -33,7 +34,12 @@ struct Director: ParsableCommand {
             guard reload.consume() else { return }
             do {
                 current = try loadTable()
-                logger.info("director: table reloaded: \(current.proxies.map { "\($0.address) \($0.state.rawValue)" }.joined(separator: ", "))")
+                logger.info(
+                    """
+                    director: table reloaded: \
+                    \(current.proxies.map { "\($0.address) \($0.state.rawValue)" }.joined(separator: ", "))
+                    """
+                )
             } catch { logger.info("director: keeping the old table: \(error)") }
         }
         try queue.run(stop: stop, idle: reloadIfAsked) { packet in
@@ -62,7 +68,9 @@ struct Director: ParsableCommand {
         if bytes[0] >> 4 == 4, bytes.count >= 24 {
             let ihl = Int(bytes[0] & 0x0f) * 4
             let ports = bytes.count >= ihl + 4 ? (bytes.be16(ihl), bytes.be16(ihl + 2)) : (0, 0)
-            return FlowKey(source: IPv4Address(bytes.be32(12)), sourcePort: ports.0, destination: IPv4Address(bytes.be32(16)), destinationPort: ports.1)
+            return FlowKey(
+                source: IPv4Address(bytes.be32(12)), sourcePort: ports.0, destination: IPv4Address(bytes.be32(16)),
+                destinationPort: ports.1)
         }
         if bytes[0] >> 4 == 6, bytes.count >= 44 {
             return FlowKey(

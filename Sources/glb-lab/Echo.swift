@@ -17,7 +17,10 @@ struct Echo: ParsableCommand {
         try Signals.install(shutdown: stop)
         let fds = try listens.map { try LabSockets.listenTCP(on: $0.address, port: $0.port, backlog: backlog) }
         logger.info("echo: listening on \(listens.map(\.description).joined(separator: ", "))")
-        var pollfds = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) } + [pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0)]
+        var pollfds =
+            fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) } + [
+                pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0)
+            ]
         while true {
             guard poll(&pollfds, nfds_t(pollfds.count), -1) >= 0 || errno == EINTR else { break }
             if pollfds.last!.revents != 0 { break }

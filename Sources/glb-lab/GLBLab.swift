@@ -7,7 +7,11 @@ import Telemetry
 struct GLBLab: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "glb-lab",
-        abstract: "Lab tools: a GLB director simulator, an echo service, long-lived clients, an HTTP connection load and a GUE sender.",
+        abstract:
+            """
+            Lab tools: a GLB director simulator, an echo service, long-lived clients, an HTTP connection load and a \
+            GUE sender.
+            """,
         subcommands: [Director.self, Echo.self, Clients.self, HTTPLoad.self, Blast.self, Watch.self, Supervise.self])
 }
 

@@ -10,7 +10,8 @@ import Synchronization
 /// refused, reset or left unanswered while a server reloads counts as a failure. Bounded in time
 /// and in count.
 struct HTTPLoad: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "http-load", abstract: "Open new HTTP connections continuously; count failures by kind.")
+    static let configuration = CommandConfiguration(
+        commandName: "http-load", abstract: "Open new HTTP connections continuously; count failures by kind.")
 
     @Option var target: Endpoint
     @Option(help: "Connections in flight at once (one thread each).") var concurrency: Int = 4
@@ -36,17 +37,29 @@ struct HTTPLoad: ParsableCommand {
         for thread in threads { thread.join() }
         let counts = tally.withLock { $0 }
         let attempts = counts.values.reduce(0, +), ok = counts["ok"] ?? 0
-        let kinds = ["refused", "reset", "timeout", "short", "other"].map { "\($0)=\(counts[$0] ?? 0)" }.joined(separator: " ")
-        print("http-load: attempts=\(attempts) ok=\(ok) failed=\(attempts - ok) \(kinds) per_second=\(attempts / max(1, seconds))")
+        let kinds = ["refused", "reset", "timeout", "short", "other"].map { "\($0)=\(counts[$0] ?? 0)" }.joined(
+            separator: " ")
+        print(
+            """
+            http-load: attempts=\(attempts) ok=\(ok) failed=\(attempts - ok) \(kinds) \
+            per_second=\(attempts / max(1, seconds))
+            """
+        )
     }
 
     static func attempt(_ address: IPAddress, _ port: UInt16, _ request: [UInt8], _ timeout: Int) -> String {
         let fd: Int32
-        do { fd = try LabSockets.connectTCP(to: address, port: port, timeoutSeconds: timeout) } catch let error as SystemError {
-            return error.errno == ECONNREFUSED ? "refused" : error.errno == EAGAIN || error.errno == ETIMEDOUT || error.errno == EINPROGRESS ? "timeout" : "other"
+        do { fd = try LabSockets.connectTCP(to: address, port: port, timeoutSeconds: timeout) } catch let error
+            as SystemError
+        {
+            return error.errno == ECONNREFUSED
+                ? "refused"
+                : error.errno == EAGAIN || error.errno == ETIMEDOUT || error.errno == EINPROGRESS ? "timeout" : "other"
         } catch { return "other" }
         defer { close(fd) }
-        guard SocketAddress.sendAll(fd, request) else { return errno == ECONNRESET || errno == EPIPE ? "reset" : "other" }
+        guard SocketAddress.sendAll(fd, request) else {
+            return errno == ECONNRESET || errno == EPIPE ? "reset" : "other"
+        }
         var response: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
         while true {

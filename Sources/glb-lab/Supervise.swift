@@ -8,7 +8,8 @@ import ProxysideArguments
 /// again after --restart-ms with them (LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID). SIGTERM stops the
 /// daemon and then the supervisor.
 struct Supervise: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Restart a daemon when it exits, handing back the fds it stored (an fd store without systemd).")
+    static let configuration = CommandConfiguration(
+        abstract: "Restart a daemon when it exits, handing back the fds it stored (an fd store without systemd).")
 
     @Option(help: "Where the daemon's notifications arrive (a datagram socket made here).") var notifySocket: String
     @Option(help: "Pause before a restart, in milliseconds.") var restartMs: UInt32 = 100
@@ -19,7 +20,9 @@ struct Supervise: ParsableCommand {
     func run() throws {
         // Passthrough keeps the "--" that ends the options.
         let program = self.program.first == "--" ? Array(self.program.dropFirst()) : self.program
-        guard !program.isEmpty, restartMs <= 60_000 else { throw CommandFailure("give the daemon's command; --restart-ms is at most 60000") }
+        guard !program.isEmpty, restartMs <= 60_000 else {
+            throw CommandFailure("give the daemon's command; --restart-ms is at most 60000")
+        }
         let stop = try EventFD()
         try Signals.install(shutdown: stop)
         let notify = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -36,8 +39,9 @@ struct Supervise: ParsableCommand {
                 setenv("LISTEN_FDS", String(store.count), 1)
                 setenv("LISTEN_FDNAMES", store.map(\.name).joined(separator: ":"), 1)
             }
-            let pid = try Spawn.run("/bin/sh", ["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""] + program,
-                                    placing: store.enumerated().map { ($0.element.fd, Int32(3 + $0.offset)) })
+            let pid = try Spawn.run(
+                "/bin/sh", ["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""] + program,
+                placing: store.enumerated().map { ($0.element.fd, Int32(3 + $0.offset)) })
             let line = Array("\(pid)\n".utf8)
             let file = open(pidFile, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
             guard file >= 0 else { throw SystemError("open \(pidFile)") }
@@ -46,14 +50,22 @@ struct Supervise: ParsableCommand {
             var status: Int32 = 0
             var stopping = false
             while true {
-                var fds = [pollfd(fd: notify, events: Int16(POLLIN), revents: 0), pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0)]
+                var fds = [
+                    pollfd(fd: notify, events: Int16(POLLIN), revents: 0),
+                    pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0),
+                ]
                 _ = poll(&fds, 2, 50)
                 while let (bytes, received) = try? FDPassing.receive(notify, flags: Int32(MSG_DONTWAIT)) {
                     let lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n")
-                    guard lines.contains("FDSTORE=1"), let name = lines.first(where: { $0.hasPrefix("FDNAME=") }).map({ String($0.dropFirst(7)) })
+                    guard lines.contains("FDSTORE=1"),
+                        let name = lines.first(where: { $0.hasPrefix("FDNAME=") }).map({ String($0.dropFirst(7)) })
                     else { received.forEach { close($0) }; continue }
                     // systemd keeps one fd per socket; a daemon that stores again after a restart sends the same ones.
-                    if store.contains(where: { $0.name == name }) { received.forEach { close($0) } } else if let fd = received.first { store.append((name, fd)) }
+                    if store.contains(where: { $0.name == name }) {
+                        received.forEach { close($0) }
+                    } else if let fd = received.first {
+                        store.append((name, fd))
+                    }
                 }
                 if fds[1].revents != 0 && !stopping {
                     stopping = true
@@ -63,7 +75,12 @@ struct Supervise: ParsableCommand {
             }
             if stopping || restarts >= maxRestarts { break }
             restarts += 1
-            logger.info("supervise: daemon \(pid) exited (\(Spawn.exitCode(status))); restart \(restarts) with \(store.count) stored fds")
+            logger.info(
+                """
+                supervise: daemon \(pid) exited (\(Spawn.exitCode(status))); restart \(restarts) with \(store.count) \
+                stored fds
+                """
+            )
             usleep(restartMs * 1000)
         }
         store.forEach { close($0.fd) }

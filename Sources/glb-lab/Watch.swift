@@ -7,7 +7,8 @@ import Telemetry
 /// Measures a running second-chance the way nfq-baseline measures itself: packets handled and the
 /// time from the first to the last, sampled from its control socket every 5 ms.
 struct Watch: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Time a second-chance run from its counters (first to last packet).")
+    static let configuration = CommandConfiguration(
+        abstract: "Time a second-chance run from its counters (first to last packet).")
 
     @Option var control: String
     @Option(help: "Stop after this long without a new packet, once packets have arrived.") var idleMs: Int = 1000
@@ -40,6 +41,11 @@ struct Watch: ParsableCommand {
         }
         let packets = last - start
         let seconds = Double(lastChange - (firstChange ?? lastChange)) / 1e9
-        print("second-chance: packets=\(packets) milliseconds=\(Int(seconds * 1000)) rate=\(seconds > 0 ? Int(Double(packets) / seconds) : 0)")
+        print(
+            """
+            second-chance: packets=\(packets) milliseconds=\(Int(seconds * 1000)) \
+            rate=\(seconds > 0 ? Int(Double(packets) / seconds) : 0)
+            """
+        )
     }
 }

@@ -31,7 +31,12 @@ struct Stats: ParsableCommand {
 
 struct Reexec: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Re-execute a running daemon from its installed file, keeping its queues bound (as SIGUSR1 does); wait until it serves again.")
+        abstract:
+            """
+            Re-execute a running daemon from its installed file, keeping its queues bound (as SIGUSR1 does); wait \
+            until it serves again.
+            """
+    )
 
     @OptionGroup var daemon: ControlSocketOptions
 
@@ -58,7 +63,9 @@ struct Reexec: ParsableCommand {
             print(reply, terminator: "")
             let deadline = MonotonicClock.nanoseconds() + UInt64(waitSeconds) * 1_000_000_000
             while MonotonicClock.nanoseconds() < deadline {
-                if let now = try? readControlSocket(path), let count = field("reexecs", now).flatMap(UInt64.init), count > reexecs {
+                if let now = try? readControlSocket(path), let count = field("reexecs", now).flatMap(UInt64.init),
+                    count > reexecs
+                {
                     print("serving again: build \(field("build", now) ?? "unknown")")
                     return
                 }

@@ -17,25 +17,49 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("self"), help: "This proxy's IPv4 address: the source of forwarded packets.")
     var selfAddress: IPv4Address
 
-    @Option(name: .customLong("allow-source"),
-            help: ArgumentHelp("GUE is read only from these IPv4 prefixes (repeat, or separate with commas): the directors, their health checkers and the proxies. Required; 0.0.0.0/0 hears every host.", valueName: "CIDR"),
-            transform: parsePrefixes)
+    @Option(
+        name: .customLong("allow-source"),
+        help: ArgumentHelp(
+            """
+            GUE is read only from these IPv4 prefixes (repeat, or separate with commas): the directors, their health \
+            checkers and the proxies. Required; 0.0.0.0/0 hears every host.
+            """,
+            valueName: "CIDR"),
+        transform: parsePrefixes)
     var allowSourceLists: [[IPv4Prefix]] = []
     var allowSources: [IPv4Prefix] { allowSourceLists.flatMap { $0 } }
 
-    @Option(name: .customLong("allow-hop"),
-            help: ArgumentHelp("Packets are forwarded only to next hops in these prefixes (repeat, or separate with commas; default: the --allow-source prefixes). Loopback, multicast and broadcast never are.", valueName: "CIDR"),
-            transform: parsePrefixes)
+    @Option(
+        name: .customLong("allow-hop"),
+        help: ArgumentHelp(
+            """
+            Packets are forwarded only to next hops in these prefixes (repeat, or separate with commas; default: the \
+            --allow-source prefixes). Loopback, multicast and broadcast never are.
+            """,
+            valueName: "CIDR"),
+        transform: parsePrefixes)
     var allowHopLists: [[IPv4Prefix]] = []
     var allowHops: [IPv4Prefix] { allowHopLists.flatMap { $0 } }
 
     @Option(help: "GUE listing more hops than this is dropped (glb-director lists 1 or 3).")
     var maxHops: UInt8 = PeerPolicy.defaultMaximumHops
 
-    @Option(help: "Packets the kernel holds for each queue while second-chance is busy (NFQA_CFG_QUEUE_MAXLEN); beyond it the kernel drops them, counted in queue_dropped.")
+    @Option(
+        help:
+            """
+            Packets the kernel holds for each queue while second-chance is busy (NFQA_CFG_QUEUE_MAXLEN); beyond it \
+            the kernel drops them, counted in queue_dropped.
+            """
+    )
     var queueMaxlen: UInt32 = NetfilterQueue.defaultMaximumLength
 
-    @Flag(help: "When a queue is full, the kernel accepts packets instead of dropping them (NFQA_CFG_F_FAIL_OPEN): with fou they are decapsulated unchecked, without fou they reach a closed UDP port and are lost.")
+    @Flag(
+        help:
+            """
+            When a queue is full, the kernel accepts packets instead of dropping them (NFQA_CFG_F_FAIL_OPEN): with \
+            fou they are decapsulated unchecked, without fou they reach a closed UDP port and are lost.
+            """
+    )
     var failOpen = false
 
     @Option(help: "auto (kernel if fou decapsulates GUE on --gue-port), userspace or kernel.")
@@ -56,10 +80,22 @@ struct Run: ParsableCommand {
     @Option(help: "How long a connected flow's lookup is reused, in milliseconds (0: ask the kernel per packet).")
     var flowCacheMs: UInt64 = 1000
 
-    @Option(help: "How long a 'not here' lookup is reused, in milliseconds (0: ask the kernel per packet). A SYN or cookie ACK taken on any queue thread voids it for its flow.")
+    @Option(
+        help:
+            """
+            How long a 'not here' lookup is reused, in milliseconds (0: ask the kernel per packet). A SYN or cookie \
+            ACK taken on any queue thread voids it for its flow.
+            """
+    )
     var negativeCacheMs: UInt64 = 1000
 
-    @Option(help: "How forwarded packets leave: raw (a raw socket; needs nothing of the host) or kernel (the kernel forwards the rewritten packet: faster; needs ip_forward=1 and accept_local=1, see doctor --forward kernel).")
+    @Option(
+        help:
+            """
+            How forwarded packets leave: raw (a raw socket; needs nothing of the host) or kernel (the kernel forwards \
+            the rewritten packet: faster; needs ip_forward=1 and accept_local=1, see doctor --forward kernel).
+            """
+    )
     var forward: ForwardingMode = .raw
 
     @Option(help: "Verdicts sent to the kernel per batch at most.")
@@ -68,7 +104,13 @@ struct Run: ParsableCommand {
     @Flag(help: "Do not recognise SYN-cookie ACKs (no BPF; also turns the responder off).")
     var noCookieCheck = false
 
-    @Option(help: "SYN-cookie responder: auto (a listener's SYNs are answered while its SYN queue overflows), off, or always (needs net.ipv4.tcp_syncookies=2).")
+    @Option(
+        help:
+            """
+            SYN-cookie responder: auto (a listener's SYNs are answered while its SYN queue overflows), off, or always \
+            (needs net.ipv4.tcp_syncookies=2).
+            """
+    )
     var synCookies: ResponderMode = .auto
 
     @Option(help: "Responder: activate when a listener's SYN queue holds this share of its backlog (percent).")
@@ -80,15 +122,32 @@ struct Run: ParsableCommand {
     @Option(help: "...for this long (milliseconds).")
     var cookieHoldMs: UInt64 = 5000
 
-    @Option(help: "Responder: how often listeners are scanned through sock_diag (milliseconds; overflow counters trigger a scan at once).")
+    @Option(
+        help:
+            """
+            Responder: how often listeners are scanned through sock_diag (milliseconds; overflow counters trigger a \
+            scan at once).
+            """
+    )
     var listenerScanMs: UInt64 = 200
 
-    @Option(help: "Responder: while active, one SYN per listener and interval still goes to the kernel, to keep its overflow mark (milliseconds).")
+    @Option(
+        help:
+            """
+            Responder: while active, one SYN per listener and interval still goes to the kernel, to keep its overflow \
+            mark (milliseconds).
+            """
+    )
     var cookiePassMs: UInt64 = 1000
 
     func validate() throws {
         guard !allowSources.isEmpty else {
-            throw ValidationError("give at least one --allow-source CIDR: the directors and proxies whose GUE is heard (--allow-source 0.0.0.0/0 hears every host)")
+            throw ValidationError(
+                """
+                give at least one --allow-source CIDR: the directors and proxies whose GUE is heard (--allow-source \
+                0.0.0.0/0 hears every host)
+                """
+            )
         }
         guard !queues.isEmpty else { throw ValidationError("give at least one --queue") }
         guard (1...NetfilterQueue.maximumLengthLimit).contains(queueMaxlen) else {
@@ -97,29 +156,37 @@ struct Run: ParsableCommand {
         // Every duration is multiplied into nanoseconds: refuse what would overflow, and what no one means.
         _ = try durations()
         guard Set(queues).count == queues.count else { throw ValidationError("a --queue is given twice") }
-        guard (1...NetfilterQueue.maximumBatch).contains(batch) else { throw ValidationError("--batch is 1...\(NetfilterQueue.maximumBatch)") }
+        guard (1...NetfilterQueue.maximumBatch).contains(batch) else {
+            throw ValidationError("--batch is 1...\(NetfilterQueue.maximumBatch)")
+        }
         if let metrics, metrics.ipv4 == nil { throw ValidationError("--metrics takes an IPv4 ADDRESS:PORT") }
         guard cookieDeactivatePercent <= cookieActivatePercent, (1...100).contains(cookieActivatePercent) else {
             throw ValidationError("--cookie-activate-percent is 1...100 and at least --cookie-deactivate-percent")
         }
-        guard listenerScanMs >= 10, cookiePassMs >= 10 else { throw ValidationError("--listener-scan-ms and --cookie-pass-ms are at least 10") }
+        guard listenerScanMs >= 10, cookiePassMs >= 10 else {
+            throw ValidationError("--listener-scan-ms and --cookie-pass-ms are at least 10")
+        }
     }
 
     /// The operator's durations in nanoseconds, each refused above a day (an hour for the caches).
     func durations() throws -> (flowCache: UInt64, negativeCache: UInt64, hold: UInt64, scan: UInt64, pass: UInt64) {
         let hour: UInt64 = 3_600_000, day: UInt64 = 86_400_000
-        return (try nanoseconds(milliseconds: flowCacheMs, "--flow-cache-ms", limit: hour),
-                try nanoseconds(milliseconds: negativeCacheMs, "--negative-cache-ms", limit: hour),
-                try nanoseconds(milliseconds: cookieHoldMs, "--cookie-hold-ms", limit: day),
-                try nanoseconds(milliseconds: listenerScanMs, "--listener-scan-ms", limit: day),
-                try nanoseconds(milliseconds: cookiePassMs, "--cookie-pass-ms", limit: day))
+        return (
+            try nanoseconds(milliseconds: flowCacheMs, "--flow-cache-ms", limit: hour),
+            try nanoseconds(milliseconds: negativeCacheMs, "--negative-cache-ms", limit: hour),
+            try nanoseconds(milliseconds: cookieHoldMs, "--cookie-hold-ms", limit: day),
+            try nanoseconds(milliseconds: listenerScanMs, "--listener-scan-ms", limit: day),
+            try nanoseconds(milliseconds: cookiePassMs, "--cookie-pass-ms", limit: day)
+        )
     }
 
     /// The SYN-cookie responder's monitor, unless it is off or cannot work here.
     func makeMonitor(oracle: SynCookieOracle?) throws -> ListenerMonitor? {
         var mode = synCookies
         if mode != .off && oracle == nil {
-            guard mode == .auto else { throw CommandFailure("--syn-cookies always needs the BPF cookie programs (see the warning above)") }
+            guard mode == .auto else {
+                throw CommandFailure("--syn-cookies always needs the BPF cookie programs (see the warning above)")
+            }
             logger.warning("warning: SYN-cookie responder off: no BPF cookie programs")
             mode = .off
         }
@@ -129,12 +196,18 @@ struct Run: ParsableCommand {
         policy.deactivatePercent = cookieDeactivatePercent
         let durations = try durations()
         policy.holdNanoseconds = durations.hold
-        let configuration = ResponderConfiguration(mode: mode, policy: policy, scanIntervalNanoseconds: durations.scan,
-                                                   passIntervalNanoseconds: durations.pass)
+        let configuration = ResponderConfiguration(
+            mode: mode, policy: policy, scanIntervalNanoseconds: durations.scan,
+            passIntervalNanoseconds: durations.pass)
         do {
             let monitor = try ListenerMonitor(configuration: configuration, namespace: netns, logger: logger)
             if monitor.settings.syncookies == 1 && !monitor.settings.timestampsEncodable {
-                logger.info("note: net.ipv4.tcp_timestamps=\(monitor.settings.timestamps): cookie handshakes from the responder carry no timestamp, so no window scaling or SACK (set it to 2 to keep them)")
+                logger.info(
+                    """
+                    note: net.ipv4.tcp_timestamps=\(monitor.settings.timestamps): cookie handshakes from the \
+                    responder carry no timestamp, so no window scaling or SACK (set it to 2 to keep them)
+                    """
+                )
             }
             return monitor
         } catch {
@@ -166,7 +239,12 @@ struct Run: ParsableCommand {
             }
         }
         if allowSources.contains(.everything) {
-            logger.warning("warning: --allow-source 0.0.0.0/0: GUE from any host is read, and any host that can reach UDP \(guePort) chooses where this proxy forwards (within --allow-hop)")
+            logger.warning(
+                """
+                warning: --allow-source 0.0.0.0/0: GUE from any host is read, and any host that can reach UDP \
+                \(guePort) chooses where this proxy forwards (within --allow-hop)
+                """
+            )
         }
         let peers = PeerPolicy(sources: allowSources, hops: allowHops.isEmpty ? nil : allowHops, maximumHops: maxHops)
         let watcher: LocalAddressWatcher
@@ -175,7 +253,8 @@ struct Run: ParsableCommand {
             guard try LocalAddressWatcher.dump().ipv4.contains(selfAddress) else {
                 throw CommandFailure("--self \(selfAddress) is not an address of this host")
             }
-            let namespaces: [NetworkNamespace?] = [nil] + (try netns.map { [try NetworkNamespace(nameOrPath: $0)] } ?? [])
+            let namespaces: [NetworkNamespace?] =
+                [nil] + (try netns.map { [try NetworkNamespace(nameOrPath: $0)] } ?? [])
             watcher = try LocalAddressWatcher(namespaces: namespaces, logger: logger)
         } catch let error as CommandFailure {
             throw error
@@ -186,7 +265,8 @@ struct Run: ParsableCommand {
         let configuration = SecondChanceConfiguration(
             selfAddress: selfAddress, peers: peers, decapsulation: mode, namespace: netns,
             cacheLifetimeNanoseconds: durations.flowCache, negativeCacheLifetimeNanoseconds: durations.negativeCache,
-            batchSize: batch, checkCookies: !noCookieCheck, forwarding: forwarding, queueMaximumLength: queueMaxlen, failOpen: failOpen)
+            batchSize: batch, checkCookies: !noCookieCheck, forwarding: forwarding, queueMaximumLength: queueMaxlen,
+            failOpen: failOpen)
 
         // Sockets an earlier process left: a re-exec of this one, or systemd's fd store after a crash.
         let environment = ProgramImage.environment()
@@ -210,9 +290,10 @@ struct Run: ParsableCommand {
             let epochs = FlowEpochs()
             workers = try queues.enumerated().map { index, queue in
                 let threadOracle = index == 0 ? oracle : try oracle.map { _ in try SynCookieOracle() }
-                return try SecondChanceWorker(queueNumber: queue, adopting: inherited.removeValue(forKey: Self.queueName(queue)),
-                                              configuration: configuration, addresses: watcher.board, oracle: threadOracle,
-                                              monitor: monitor, epochs: epochs)
+                return try SecondChanceWorker(
+                    queueNumber: queue, adopting: inherited.removeValue(forKey: Self.queueName(queue)),
+                    configuration: configuration, addresses: watcher.board, oracle: threadOracle,
+                    monitor: monitor, epochs: epochs)
             }
         } catch {
             throw CommandFailure("\(error)")
@@ -234,11 +315,14 @@ struct Run: ParsableCommand {
             let values = CounterBlock.sum(workers.map(\.counters))
             let kernel = ProcFile.kernelQueueStatistics()
             let queues = workers.map { worker in
-                QueueReport(queue: worker.queue.number, packets: worker.counters.value(.total),
-                            receiveErrors: worker.queue.receiveErrors.load(ordering: .relaxed), kernel: kernel[worker.queue.number])
+                QueueReport(
+                    queue: worker.queue.number, packets: worker.counters.value(.total),
+                    receiveErrors: worker.queue.receiveErrors.load(ordering: .relaxed),
+                    kernel: kernel[worker.queue.number])
             }
-            let image = ImageReport(version: ProxysideVersion.number, build: ProgramImage.build, reexecs: reexecs,
-                                    adoptedQueues: adoptedCount)
+            let image = ImageReport(
+                version: ProxysideVersion.number, build: ProgramImage.build, reexecs: reexecs,
+                adoptedQueues: adoptedCount)
             switch format {
             case .prometheus:
                 var out = PrometheusText()
@@ -247,7 +331,8 @@ struct Run: ParsableCommand {
                 if let monitor { ResponderReport.write(monitor, to: &out) }
                 return out.text
             case .text:
-                return image.text + CounterReport.text(values, queues: queues) + (monitor.map(ResponderReport.text) ?? "")
+                return image.text + CounterReport.text(values, queues: queues)
+                    + (monitor.map(ResponderReport.text) ?? "")
             }
         }
         let command: @Sendable (String) -> ControlReply? = { (line: String) -> ControlReply? in
@@ -257,8 +342,9 @@ struct Run: ParsableCommand {
             guard checked.approved else { return ControlReply(checked.text) }
             return ControlReply(checked.text, afterClose: { reexecGo.signal() })
         }
-        let server = try StatsServer(metrics: metrics, controlPath: controlPath, inherited: serverInherited,
-                                     render: render, command: command)
+        let server = try StatsServer(
+            metrics: metrics, controlPath: controlPath, inherited: serverInherited,
+            render: render, command: command)
         let serverThread = try WorkerThread { server.serve(stop: stop) }
         let monitorThread = try monitor.map { monitor in try WorkerThread { monitor.run(stop: stop) } }
         let watcherThread = try WorkerThread { watcher.run(stop: stop) }
@@ -274,7 +360,8 @@ struct Run: ParsableCommand {
         func startQueueThreads() throws -> [WorkerThread] {
             try workers.map { worker in
                 try WorkerThread {
-                    do { try worker.run(stop: queueStop, drainOnStop: { !handingOver.load(ordering: .relaxed) }) } catch {
+                    do { try worker.run(stop: queueStop, drainOnStop: { !handingOver.load(ordering: .relaxed) }) } catch
+                    {
                         failures.withLock { $0.append("queue \(worker.queue.number): \(error)") }
                         stop.signal()
                     }
@@ -291,15 +378,26 @@ struct Run: ParsableCommand {
         let sources = peers.sources.prefixes.map(\.description).joined(separator: ",")
         let hops = peers.hops.prefixes.map(\.description).joined(separator: ",")
         let metricsURL = metrics.map { ", metrics http://\($0)/metrics" } ?? ""
-        logger.info("serving queue(s) \(queues.map(String.init).joined(separator: ",")) as \(selfAddress), control \(controlPath); hearing \(sources), hops \(hops); delivering to \(local.ipv4.count) IPv4 and \(local.ipv6.count) IPv6 local addresses\(metricsURL)")
+        logger.info(
+            """
+            serving queue(s) \(queues.map(String.init).joined(separator: ",")) as \(selfAddress), control \
+            \(controlPath); hearing \(sources), hops \(hops); delivering to \(local.ipv4.count) IPv4 and \
+            \(local.ipv6.count) IPv6 local addresses\(metricsURL)
+            """
+        )
         let took = adoptedCount > 0 ? "; took over \(adoptedCount) bound queue socket(s) with what they held" : ""
         logger.info("\(ProgramImage.versionLine("second-chance") + took)")
         try? notifier?.send("READY=1\nSTATUS=serving queue(s) \(queues.map(String.init).joined(separator: ","))")
 
-        var events = [pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0), pollfd(fd: reexecSignal.fd, events: Int16(POLLIN), revents: 0),
-                      pollfd(fd: reexecGo.fd, events: Int16(POLLIN), revents: 0)]
+        var events = [
+            pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0),
+            pollfd(fd: reexecSignal.fd, events: Int16(POLLIN), revents: 0),
+            pollfd(fd: reexecGo.fd, events: Int16(POLLIN), revents: 0),
+        ]
         while true {
-            guard poll(&events, nfds_t(events.count), -1) >= 0 || errno == EINTR else { throw CommandFailure("poll: \(SystemError("poll"))") }
+            guard poll(&events, nfds_t(events.count), -1) >= 0 || errno == EINTR else {
+                throw CommandFailure("poll: \(SystemError("poll"))")
+            }
             if events[0].revents != 0 { break }
             if events[1].revents != 0 {
                 reexecSignal.consume()
@@ -312,9 +410,15 @@ struct Run: ParsableCommand {
             threads.forEach { $0.join() }
             if failures.withLock({ !$0.isEmpty }) { break }
             try? notifier?.send("RELOADING=1\nMONOTONIC_USEC=\(MonotonicClock.nanoseconds() / 1000)")
-            logger.info("re-executing \(executable) (\(reexecutor.checked)); the queue sockets stay bound, every packet read is answered")
-            let failure = ProgramImage.execute(executable, arguments: CommandLine.arguments, keeping: queueSockets + server.descriptors,
-                                               extraEnvironment: [Self.reexecsVariable: String(reexecs + 1)])
+            logger.info(
+                """
+                re-executing \(executable) (\(reexecutor.checked)); the queue sockets stay bound, every packet read \
+                is answered
+                """
+            )
+            let failure = ProgramImage.execute(
+                executable, arguments: CommandLine.arguments, keeping: queueSockets + server.descriptors,
+                extraEnvironment: [Self.reexecsVariable: String(reexecs + 1)])
             logger.info("re-exec of \(executable) failed: \(String(cString: strerror(failure))); still serving")
             queueStop.consume()
             handingOver.store(false, ordering: .relaxed)

@@ -10,7 +10,11 @@ import Telemetry
 struct SecondChanceCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "second-chance",
-        abstract: "Gives GLB GUE packets a second chance: take them here if this host owns the flow, else forward them to the next hop.",
+        abstract:
+            """
+            Gives GLB GUE packets a second chance: take them here if this host owns the flow, else forward them to \
+            the next hop.
+            """,
         subcommands: [Run.self, Stats.self, Doctor.self, Reexec.self, Version.self])
 }
 
@@ -22,7 +26,8 @@ func defaultControlPath(queue: UInt16) -> String { "/run/second-chance/queue-\(q
 func parsePrefixes(_ text: String) throws -> [IPv4Prefix] {
     try text.split(separator: ",", omittingEmptySubsequences: false).map { part in
         guard let prefix = IPv4Prefix(part) else {
-            throw ValidationError("'\(part)' is not an IPv4 prefix (ADDRESS/LENGTH with no host bits set, or one ADDRESS)")
+            throw ValidationError(
+                "'\(part)' is not an IPv4 prefix (ADDRESS/LENGTH with no host bits set, or one ADDRESS)")
         }
         return prefix
     }

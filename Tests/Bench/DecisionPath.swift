@@ -27,17 +27,21 @@ struct DecisionPath {
             print("usage: DecisionPath syn|established|forward|forward-kernel COUNT")
             return
         }
-        let director = IPv4Address("198.18.0.2")!, proxy = IPv4Address("198.18.0.11")!, next = IPv4Address("198.18.0.12")!
+        let director = IPv4Address("198.18.0.2")!, proxy = IPv4Address("198.18.0.11")!,
+            next = IPv4Address("198.18.0.12")!
         let vip = IPv4Address("198.19.0.10")!, client = IPv4Address("198.18.200.1")!
         let local = LocalAddresses(ipv4: [proxy, vip], ipv6: [], broadcast: [])
-        let decider = Decider(selfAddress: proxy, peers: PeerPolicy(sources: [IPv4Prefix("198.18.0.0/24")!]), local: local)
+        let decider = Decider(
+            selfAddress: proxy, peers: PeerPolicy(sources: [IPv4Prefix("198.18.0.0/24")!]), local: local)
         let kind = arguments[1]
         let flags: TCPFlags = kind == "syn" ? .syn : .ack
-        let inner = PacketBuilder.tcp(source: .v4(client), sourcePort: 40000, destination: .v4(vip), destinationPort: 80, flags: flags,
-                                      payload: Array(repeating: 0x61, count: 64))
+        let inner = PacketBuilder.tcp(
+            source: .v4(client), sourcePort: 40000, destination: .v4(vip), destinationPort: 80, flags: flags,
+            payload: Array(repeating: 0x61, count: 64))
         let template = PacketBuilder.gue(from: director, to: proxy, sourcePort: 0x8123, inner: inner, hops: [next])
-        var ownership = CachedOwnership(cache: FlowCache(positiveLifetime: 1_000_000_000, negativeLifetime: 1_000_000_000),
-                                        answer: kind == "established" ? .connected : .none)
+        var ownership = CachedOwnership(
+            cache: FlowCache(positiveLifetime: 1_000_000_000, negativeLifetime: 1_000_000_000),
+            answer: kind == "established" ? .connected : .none)
         var packet = template
         var verdicts = 0
         for _ in 0..<count {
@@ -46,7 +50,8 @@ struct DecisionPath {
             let decision = packet.withUnsafeBytes { decider.decide($0, ownership: &ownership) }
             if case .forward(let hop) = decision.verdict, let gue = decision.gue {
                 packet.withUnsafeMutableBytes {
-                    GUEForwarding.rewrite($0, gue, source: proxy, destination: hop, forKernelForwarding: kind == "forward-kernel")
+                    GUEForwarding.rewrite(
+                        $0, gue, source: proxy, destination: hop, forKernelForwarding: kind == "forward-kernel")
                 }
             }
             if case .local = decision.verdict { verdicts &+= 1 }

@@ -1,8 +1,9 @@
-@testable import BindkeeperCore
 import Foundation
 import Telemetry
 import TestSupport
 import XCTest
+
+@testable import BindkeeperCore
 
 /// What a grantee may send: paths, modes, owners and byte streams meant to reach past the grant or
 /// to wear the broker down.
@@ -14,17 +15,24 @@ final class HardeningTests: XCTestCase {
     }
 
     func testUnixPathsAreAbsoluteAndCanonicalWhateverTheyArriveIn() throws {
-        let refused = ["run/x.sock", "/run/../etc/x.sock", "/run/./x.sock", "//run/x.sock", "/run//x.sock", "/run/x/", "/", "",
-                       "/run/a b.sock", "/run/a?x", "/run/a\"x", "/run/a\nx", "/run/a%x", "/run/a&x", "/run/a\u{1}x", "/run/\u{e9}.sock",
-                       "/run/a#x", "/run/a\\x", "/run/" + String(repeating: "a", count: 110)]
+        let refused = [
+            "run/x.sock", "/run/../etc/x.sock", "/run/./x.sock", "//run/x.sock", "/run//x.sock", "/run/x/", "/", "",
+            "/run/a b.sock", "/run/a?x", "/run/a\"x", "/run/a\nx", "/run/a%x", "/run/a&x", "/run/a\u{1}x",
+            "/run/\u{e9}.sock",
+            "/run/a#x", "/run/a\\x", "/run/" + String(repeating: "a", count: 110),
+        ]
         for path in refused {
             XCTAssertThrowsError(try url("unix:" + path).get(), path)
             let bind = JSONValue.object(["type": .string("unix"), "address": .string(path)])
             let json = String(decoding: JSONText.encode(bind), as: UTF8.self)
             guard case .failure(let failure) = multibinder(json) else { return XCTFail("JSON accepted \(path)") }
             XCTAssertEqual(failure.error.code, -32602)
-            let framed = Wire.framed.parse(JSONText.encode(JSONValue.object(["v": .integer(1), "id": .integer(1), "method": .string("bind"),
-                                                                                 "binds": .array([bind])])))
+            let framed = Wire.framed.parse(
+                JSONText.encode(
+                    JSONValue.object([
+                        "v": .integer(1), "id": .integer(1), "method": .string("bind"),
+                        "binds": .array([bind]),
+                    ])))
             guard case .failure = framed else { return XCTFail("framed accepted \(path)") }
         }
         for path in ["/run/web/app.sock", "/run/web/a-b_c.d+e,f=g@h~i", "/x"] {
@@ -44,7 +52,8 @@ final class HardeningTests: XCTestCase {
         let names = String(repeating: "n", count: 32)
         let longest = [
             "unix:/" + String(repeating: "p", count: 106) + "?mode=0777&owner=\(names)&group=\(names)",
-            "tcp://[1111:2222:3333:4444:5555:6666:7777:8888%" + String(repeating: "i", count: 15) + "]:65535?backlog=2147483647&v6only=1&freebind=1",
+            "tcp://[1111:2222:3333:4444:5555:6666:7777:8888%" + String(repeating: "i", count: 15)
+                + "]:65535?backlog=2147483647&v6only=1&freebind=1",
         ]
         for text in longest {
             let request = try url(text).get()
@@ -60,9 +69,13 @@ final class HardeningTests: XCTestCase {
             XCTAssertThrowsError(try url("unix:/run/a.sock?mode=" + mode).get(), mode)
         }
         for number in ["2559", "4294967807", "-1", "1.5"] {
-            guard case .failure = multibinder(#"{"type":"unix","address":"/run/a.sock","mode":\#(number)}"#) else { return XCTFail(number) }
+            guard case .failure = multibinder(#"{"type":"unix","address":"/run/a.sock","mode":\#(number)}"#) else {
+                return XCTFail(number)
+            }
         }
-        guard case .success = multibinder(#"{"type":"unix","address":"/run/a.sock","mode":432}"#) else { return XCTFail("0660 as a number") }
+        guard case .success = multibinder(#"{"type":"unix","address":"/run/a.sock","mode":432}"#) else {
+            return XCTFail("0660 as a number")
+        }
     }
 
     func testPatternsMatchWithinOneComponentUnlessTheySayOtherwise() throws {
@@ -75,27 +88,43 @@ final class HardeningTests: XCTestCase {
         XCTAssertTrue(BindPattern.glob("/run/*-*.sock", matches: "/run/a-b.sock"))
         XCTAssertFalse(BindPattern.glob("/run/*-*.sock", matches: "/run/a-b/c.sock"))
         // Long runs of stars do not make matching slow.
-        XCTAssertFalse(BindPattern.glob("/" + String(repeating: "*a", count: 50) + "b", matches: "/" + String(repeating: "a", count: 100)))
+        XCTAssertFalse(
+            BindPattern.glob(
+                "/" + String(repeating: "*a", count: 50) + "b", matches: "/" + String(repeating: "a", count: 100)))
         for bad in ["unix:/run/web/../*", "unix:run/*", "unix:/run//*", "unix:/run/web/./*", "unix:/run/web/*/"] {
             XCTAssertThrowsError(try BindPattern.parse(bad).get(), bad)
         }
     }
 
     func testOwnersAndGroupsOtherThanTheRequestersNeedThePolicy() throws {
-        let text = #"{"allow":[{"uid":33,"binds":["unix:/run/web/*"]},{"uid":34,"binds":["unix:/run/api/*"],"owners":["haproxy"],"groups":[110]}]}"#
-        let policy = try Policy.parse(Array(text.utf8), brokerUID: 500, resolveUser: { $0 == "haproxy" ? 110 : nil }, resolveGroup: { _ in nil }).get()
+        let text =
+            #"{"allow":[{"uid":33,"binds":["unix:/run/web/*"]},"#
+            + #"{"uid":34,"binds":["unix:/run/api/*"],"owners":["haproxy"],"groups":[110]}]}"#
+        let policy = try Policy.parse(
+            Array(text.utf8), brokerUID: 500, resolveUser: { $0 == "haproxy" ? 110 : nil }, resolveGroup: { _ in nil }
+        ).get()
         let web = try url("unix:/run/web/a.sock").get(), api = try url("unix:/run/api/a.sock").get()
         XCTAssertNil(policy.denial(uid: 33, gid: 33, request: web, owner: 33, group: 33), "its own uid and gid")
         XCTAssertNil(policy.denial(uid: 33, gid: 33, request: web))
-        XCTAssertEqual(policy.denial(uid: 33, gid: 33, request: web, owner: 0), "uid 33 may not give unix:/run/web/a.sock to owner 0")
-        XCTAssertEqual(policy.denial(uid: 33, gid: 33, request: web, group: 0), "uid 33 may not give unix:/run/web/a.sock to group 0")
+        XCTAssertEqual(
+            policy.denial(uid: 33, gid: 33, request: web, owner: 0),
+            "uid 33 may not give unix:/run/web/a.sock to owner 0")
+        XCTAssertEqual(
+            policy.denial(uid: 33, gid: 33, request: web, group: 0),
+            "uid 33 may not give unix:/run/web/a.sock to group 0")
         XCTAssertNil(policy.denial(uid: 34, gid: 34, request: api, owner: 110, group: 110))
         XCTAssertNotNil(policy.denial(uid: 34, gid: 34, request: api, owner: 0))
         XCTAssertNil(policy.denial(uid: 0, gid: 0, request: web, owner: 0, group: 0), "root may")
-        XCTAssertThrowsError(try Policy.parse(Array(#"{"allow":[{"uid":1,"binds":["*"],"owners":["nobody-here"]}]}"#.utf8), brokerUID: 0,
-                                              resolveUser: { _ in nil }, resolveGroup: { _ in nil }).get())
-        XCTAssertThrowsError(try Policy.parse(Array(#"{"allow":[{"uid":1,"binds":["*"],"ownerz":[]}]}"#.utf8), brokerUID: 0,
-                                              resolveUser: { _ in nil }, resolveGroup: { _ in nil }).get())
+        XCTAssertThrowsError(
+            try Policy.parse(
+                Array(#"{"allow":[{"uid":1,"binds":["*"],"owners":["nobody-here"]}]}"#.utf8), brokerUID: 0,
+                resolveUser: { _ in nil }, resolveGroup: { _ in nil }
+            ).get())
+        XCTAssertThrowsError(
+            try Policy.parse(
+                Array(#"{"allow":[{"uid":1,"binds":["*"],"ownerz":[]}]}"#.utf8), brokerUID: 0,
+                resolveUser: { _ in nil }, resolveGroup: { _ in nil }
+            ).get())
     }
 
     func testLabelsAreEscapedAsTheTextFormatRequires() {
@@ -107,7 +136,8 @@ final class HardeningTests: XCTestCase {
     /// broker reads: a reader that moves its buffer per message or per blank byte is quadratic and
     /// fails this by far; a linear one stays near 1.
     func testReadingIsLinearAndBoundedForAnyBytes() {
-        let message = Array(#"{"jsonrpc":"2.0","method":"bind","id":1,"params":[{"address":"198.18.0.1","port":80}]}"#.utf8)
+        let message = Array(
+            #"{"jsonrpc":"2.0","method":"bind","id":1,"params":[{"address":"198.18.0.1","port":80}]}"#.utf8)
         let frame = Wire.framed.request(id: .number(1), method: "list")
         func repeated(_ unit: [UInt8], _ count: Int) -> [UInt8] {
             var out: [UInt8] = []
@@ -117,7 +147,9 @@ final class HardeningTests: XCTestCase {
         }
         // Junk: bytes that are neither blank, nor `{`, nor 0 (which would start the framed form).
         let excluded: Set<UInt8> = [0, 0x7b, 0x20, 0x0a, 0x0d, 0x09]
-        let junk: [UInt8] = (0..<251).map { (index: Int) -> UInt8 in UInt8(index * 131 % 251) }.filter { !excluded.contains($0) }
+        let junk: [UInt8] = (0..<251).map { (index: Int) -> UInt8 in UInt8(index * 131 % 251) }.filter {
+            !excluded.contains($0)
+        }
         let streams: [(String, (Int) -> [UInt8])] = [
             ("small messages", { repeated(message, $0) }),
             ("small frames", { repeated(frame, $0) }),
@@ -147,7 +179,9 @@ final class HardeningTests: XCTestCase {
             var smallSeconds = 0.0
             for _ in 0..<64 { smallSeconds += cost(small).seconds }
             let (largeSeconds, largest) = cost(large)
-            XCTAssertLessThan(largeSeconds, 3 * smallSeconds + 0.05, "\(name): \(largeSeconds) s for 4 MiB, \(smallSeconds) s for 64 x 64 KiB")
+            XCTAssertLessThan(
+                largeSeconds, 3 * smallSeconds + 0.05,
+                "\(name): \(largeSeconds) s for 4 MiB, \(smallSeconds) s for 64 x 64 KiB")
             // Reads of any size: 256 KiB in one piece against 16 KiB pieces. A reader quadratic in
             // what one read brings (moving its buffer per message or per blank) fails this by 16x.
             func wholeCost(_ bytes: [UInt8]) -> Double {
@@ -161,7 +195,9 @@ final class HardeningTests: XCTestCase {
             var pieces = 0.0
             for _ in 0..<16 { pieces += wholeCost(piece) }
             let wholeSeconds = wholeCost(whole)
-            XCTAssertLessThan(wholeSeconds, 4 * pieces + 0.05, "\(name): \(wholeSeconds) s for 256 KiB in one read, \(pieces) s for 16 x 16 KiB")
+            XCTAssertLessThan(
+                wholeSeconds, 4 * pieces + 0.05,
+                "\(name): \(wholeSeconds) s for 256 KiB in one read, \(pieces) s for 16 x 16 KiB")
             let limit = name == "small frames" ? Wire.maximumFrame + 4 : Wire.maximumMultibinderMessage
             XCTAssertLessThanOrEqual(largest, limit + 65536, "\(name): buffered \(largest) bytes")
         }

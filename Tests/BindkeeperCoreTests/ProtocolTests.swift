@@ -1,7 +1,8 @@
-@testable import BindkeeperCore
 import Foundation
 import LinuxSys
 import XCTest
+
+@testable import BindkeeperCore
 
 final class ProtocolTests: XCTestCase {
     /// Everything a reader yields for `bytes` fed in one piece.
@@ -14,16 +15,23 @@ final class ProtocolTests: XCTestCase {
     }
 
     func request(_ text: String) throws -> Wire.Request {
-        guard case .request(let request)? = read(Array(text.utf8)).first else { throw BindError("not a request: \(text)") }
+        guard case .request(let request)? = read(Array(text.utf8)).first else {
+            throw BindError("not a request: \(text)")
+        }
         return request
     }
 
     func testMultibinderRequestsParseAsTheRubyClientSendsThem() throws {
-        let request = try request(#"{"jsonrpc":"2.0","method":"bind","params":[{"address":"198.19.0.10","port":443,"backlog":4096}]}"#)
+        let request = try request(
+            #"{"jsonrpc":"2.0","method":"bind","params":[{"address":"198.19.0.10","port":443,"backlog":4096}]}"#)
         XCTAssertEqual(request.wire, .multibinder)
         XCTAssertEqual(request.id, .null)
-        XCTAssertEqual(request.method, .bind([BindRequest(kind: .tcp, address: "198.19.0.10", port: 443, backlog: 4096)]))
-        let v6 = try self.request(#"{"jsonrpc":"2.0","method":"bind","id":"a","params":[{"address":"0:0::0","port":80,"type":"udp","v6only":true}]}"#)
+        XCTAssertEqual(
+            request.method, .bind([BindRequest(kind: .tcp, address: "198.19.0.10", port: 443, backlog: 4096)]))
+        let v6 = try self.request(
+            #"{"jsonrpc":"2.0","method":"bind","id":"a","#
+                + #""params":[{"address":"0:0::0","port":80,"type":"udp","v6only":true}]}"#
+        )
         XCTAssertEqual(v6.id, .string("a"))
         guard case .bind(let binds) = v6.method else { return XCTFail() }
         XCTAssertEqual(binds[0].key, "udp://[::]:80")
@@ -60,16 +68,27 @@ final class ProtocolTests: XCTestCase {
             (#"{"jsonrpc":"2.0","method":"list","id":1}"#, -32601),
             (#"{"jsonrpc":"2.0","method":"bind","id":1,"params":{}}"#, -32602),
             (#"{"jsonrpc":"2.0","method":"bind","id":1,"params":[{"address":"127.0.0.1","port":70000}]}"#, -32602),
-            (#"{"jsonrpc":"2.0","method":"bind","id":1,"params":[{"address":"127.0.0.1","port":1,"backlog":-5}]}"#, -32602),
+            (
+                #"{"jsonrpc":"2.0","method":"bind","id":1,"params":[{"address":"127.0.0.1","port":1,"backlog":-5}]}"#,
+                -32602
+            ),
             (#"{"jsonrpc":"2.0","method":"bind","id":1,"params":[{"address":"","port":1}]}"#, -32602),
             (#"{"jsonrpc":"2.0","method":"bind","id":1,"params":[{"address":"localhost","port":1}]}"#, -32602),
-            (#"{"jsonrpc":"2.0","method":"bind","id":1,"params":[{"address":"127.0.0.1","port":1,"type":"sctp"}]}"#, -32602),
-            (#"{"jsonrpc":"2.0","method":"bind","id":1,"params":[{"address":"127.0.0.1","port":1,"v6only":true}]}"#, -32602),
+            (
+                #"{"jsonrpc":"2.0","method":"bind","id":1,"params":[{"address":"127.0.0.1","port":1,"type":"sctp"}]}"#,
+                -32602
+            ),
+            (
+                #"{"jsonrpc":"2.0","method":"bind","id":1,"params":[{"address":"127.0.0.1","port":1,"v6only":true}]}"#,
+                -32602
+            ),
             (#"{"jsonrpc":"2.0","method":"bind","id":1,"params":[{"address":"relative.sock","type":"unix"}]}"#, -32602),
         ]
         for (text, code) in cases {
             let outcomes = read(Array(text.utf8))
-            guard case .failure(let failure, let fatal)? = outcomes.first else { XCTFail("accepted: \(text)"); continue }
+            guard case .failure(let failure, let fatal)? = outcomes.first else {
+                XCTFail("accepted: \(text)"); continue
+            }
             XCTAssertFalse(fatal, text)
             XCTAssertEqual(failure.error.code, code, text)
             if code != -32700 { XCTAssertEqual(failure.id, .number(1), text) }
@@ -81,7 +100,10 @@ final class ProtocolTests: XCTestCase {
     }
 
     func testOversizedMessagesEndTheConnection() {
-        guard case .failure(let failure, true)? = read(Array(("{\"a\":\"" + String(repeating: "x", count: 70000)).utf8)).first else {
+        guard
+            case .failure(let failure, true)? = read(Array(("{\"a\":\"" + String(repeating: "x", count: 70000)).utf8))
+                .first
+        else {
             return XCTFail("an unbounded message was buffered")
         }
         XCTAssertEqual(failure.error.code, -32600)
@@ -90,16 +112,30 @@ final class ProtocolTests: XCTestCase {
     }
 
     func testFramedRequestsRoundTripAndBatch() throws {
-        let binds = [BindRequest.parse(url: "tcp://[::]:443?backlog=4096&v6only=1"), BindRequest.parse(url: "unix:/run/app.sock?mode=0660&owner=www-data")].map { try! $0.get() }
+        let binds = [
+            BindRequest.parse(url: "tcp://[::]:443?backlog=4096&v6only=1"),
+            BindRequest.parse(url: "unix:/run/app.sock?mode=0660&owner=www-data"),
+        ].map { try! $0.get() }
         let bytes = Wire.framed.request(id: .number(9), method: "bind", binds: binds)
         XCTAssertEqual(bytes[0], 0)
         let outcomes = read(bytes + Wire.framed.request(id: .number(10), method: "list"))
-        XCTAssertEqual(outcomes, [.request(Wire.Request(wire: .framed, id: .number(9), method: .bind(binds))),
-                                  .request(Wire.Request(wire: .framed, id: .number(10), method: .list))])
+        XCTAssertEqual(
+            outcomes,
+            [
+                .request(Wire.Request(wire: .framed, id: .number(9), method: .bind(binds))),
+                .request(Wire.Request(wire: .framed, id: .number(10), method: .list)),
+            ])
         // Objects work as well as URLs; an unknown method or a wrong version is an error, not a guess.
-        let object = Wire.framed.encode(JSONValue.object(["v": .integer(1), "id": .integer(1), "method": .string("bind"),
-                                                           "binds": .array([.object(["type": .string("udp"), "address": .string("127.0.0.1"),
-                                                                                     "port": .integer(53)])])]))
+        let object = Wire.framed.encode(
+            JSONValue.object([
+                "v": .integer(1), "id": .integer(1), "method": .string("bind"),
+                "binds": .array([
+                    .object([
+                        "type": .string("udp"), "address": .string("127.0.0.1"),
+                        "port": .integer(53),
+                    ])
+                ]),
+            ]))
         guard case .request(let parsed)? = read(object).first else { return XCTFail() }
         XCTAssertEqual(parsed.method, .bind([BindRequest(kind: .udp, address: "127.0.0.1", port: 53)]))
         let bodies: [JSONValue] = [
@@ -108,14 +144,19 @@ final class ProtocolTests: XCTestCase {
             .object(["v": .integer(1), "id": .integer(1), "method": .string("bind"), "binds": .array([])]),
         ]
         for body in bodies {
-            guard case .failure(let failure, false)? = read(Wire.framed.encode(body)).first else { return XCTFail("\(body)") }
+            guard case .failure(let failure, false)? = read(Wire.framed.encode(body)).first else {
+                return XCTFail("\(body)")
+            }
             XCTAssertEqual(failure.id, .number(1))
         }
         let tooMany = (0..<(Wire.maximumBatch + 1)).map { _ in binds[0] }
-        guard case .failure(_, false)? = read(Wire.framed.request(id: .null, method: "bind", binds: tooMany)).first else { return XCTFail() }
+        guard case .failure(_, false)? = read(Wire.framed.request(id: .null, method: "bind", binds: tooMany)).first
+        else { return XCTFail() }
         // The client side reads the replies back.
         var replies = FrameReader()
-        replies.append(Wire.framed.result(id: .number(9), Reply.Bind(sockets: [])) + Wire.framed.error(id: .number(10), .methodNotFound).prefix(5))
+        replies.append(
+            Wire.framed.result(id: .number(9), Reply.Bind(sockets: []))
+                + Wire.framed.error(id: .number(10), .methodNotFound).prefix(5))
         let reply = try JSONText.decode(Wire.Envelope<Reply.Bind>.self, from: try XCTUnwrap(replies.next()))
         XCTAssertEqual(reply.id, .number(9))
         XCTAssertEqual(reply.result, Reply.Bind(sockets: []))
@@ -127,8 +168,10 @@ final class ProtocolTests: XCTestCase {
         XCTAssertEqual(request.key, "tcp://[fe80::1%eth0]:80")
         XCTAssertEqual(try BindRequest.parse(url: request.url).get(), request)
         XCTAssertEqual(try BindRequest.parse(url: "tcp://0000::0:443").get().key, "tcp://[::]:443")
-        for bad in ["tcp://1.2.3.4", "sctp://1.2.3.4:5", "tcp://[::1:5", "tcp://1.2.3.4:5?bogus=1", "udp://1.2.3.4:5?backlog=3",
-                    "tcp://1.2.3.4:5?mode=0600", "unix:/x?v6only=1", "unix:rel", "tcp://1.2.3.4:5?v6only=1"] {
+        for bad in [
+            "tcp://1.2.3.4", "sctp://1.2.3.4:5", "tcp://[::1:5", "tcp://1.2.3.4:5?bogus=1", "udp://1.2.3.4:5?backlog=3",
+            "tcp://1.2.3.4:5?mode=0600", "unix:/x?v6only=1", "unix:rel", "tcp://1.2.3.4:5?v6only=1",
+        ] {
             XCTAssertThrowsError(try BindRequest.parse(url: bad).get(), bad)
         }
         let existing = BindRequest(kind: .tcp, address: "::", port: 443, backlog: 1024, ipv6Only: true)
@@ -136,25 +179,34 @@ final class ProtocolTests: XCTestCase {
         XCTAssertNil(existing.conflict(with: existing))
         XCTAssertNotNil(existing.conflict(with: BindRequest(kind: .tcp, address: "::", port: 443, ipv6Only: false)))
         XCTAssertNotNil(existing.conflict(with: BindRequest(kind: .tcp, address: "::", port: 443, backlog: 10)))
-        XCTAssertNotNil(BindRequest(kind: .unix, address: "/run/x.sock", port: 0, mode: 0o660).conflict(with: BindRequest(kind: .unix, address: "/run/x.sock", port: 0, mode: 0o600)))
+        XCTAssertNotNil(
+            BindRequest(kind: .unix, address: "/run/x.sock", port: 0, mode: 0o660).conflict(
+                with: BindRequest(kind: .unix, address: "/run/x.sock", port: 0, mode: 0o600)))
     }
 
     func testBacklogReportAgainstSomaxconn() {
         let capped = BacklogReport(requested: 10240, default: 65535, somaxconn: 4096)
         XCTAssertEqual(capped.effective, 4096)
         XCTAssertEqual(capped.warning, "backlog 10240 capped to 4096 by net.core.somaxconn")
-        XCTAssertNil(BacklogReport(requested: nil, default: 65535, somaxconn: 4096).warning)  // the default is meant to be capped
+        XCTAssertNil(
+            BacklogReport(requested: nil, default: 65535, somaxconn: 4096).warning, "the default is meant to be capped")
         XCTAssertEqual(BacklogReport(requested: 128, default: 65535, somaxconn: 4096).effective, 128)
     }
 }
 
 final class PolicyAndHandoverTests: XCTestCase {
     func policy(_ text: String) -> Result<Policy, BindError> {
-        Policy.parse(Array(text.utf8), brokerUID: 500, resolveUser: { $0 == "haproxy" ? 110 : nil }, resolveGroup: { $0 == "web" ? 33 : nil })
+        Policy.parse(
+            Array(text.utf8), brokerUID: 500, resolveUser: { $0 == "haproxy" ? 110 : nil },
+            resolveGroup: { $0 == "web" ? 33 : nil })
     }
 
     func testPolicyAllowsWhatItListsAndNothingElse() throws {
-        let policy = try self.policy(#"{"control":{"mode":"0660","group":"web"},"allow":[{"user":"haproxy","binds":["tcp://*:80","tcp://[::]:443"]},{"gid":33,"binds":["tcp://127.0.0.1:8000-8999","unix:/run/web/*"]}]}"#).get()
+        let policy = try self.policy(
+            #"{"control":{"mode":"0660","group":"web"},"#
+                + #""allow":[{"user":"haproxy","binds":["tcp://*:80","tcp://[::]:443"]},"#
+                + #"{"gid":33,"binds":["tcp://127.0.0.1:8000-8999","unix:/run/web/*"]}]}"#
+        ).get()
         XCTAssertEqual(policy.controlMode, 0o660)
         let url = { (text: String) in try! BindRequest.parse(url: text).get() }
         XCTAssertNil(policy.denial(uid: 0, gid: 0, request: url("tcp://1.2.3.4:1")))
@@ -166,12 +218,15 @@ final class PolicyAndHandoverTests: XCTestCase {
         XCTAssertNil(policy.denial(uid: 7, gid: 33, request: url("tcp://127.0.0.1:8500")))
         XCTAssertNotNil(policy.denial(uid: 7, gid: 33, request: url("tcp://127.0.0.1:9000")))
         XCTAssertNil(policy.denial(uid: 7, gid: 33, request: url("unix:/run/web/b.sock")))
-        XCTAssertNotNil(policy.denial(uid: 7, gid: 33, request: url("unix:/run/web/a/b.sock")), "* stays within one component")
+        XCTAssertNotNil(
+            policy.denial(uid: 7, gid: 33, request: url("unix:/run/web/a/b.sock")), "* stays within one component")
         XCTAssertNotNil(policy.denial(uid: 7, gid: 33, request: url("unix:/run/other.sock")))
         XCTAssertNotNil(policy.denial(uid: 8, gid: 8, request: url("tcp://127.0.0.1:8500")))
         // Typos are errors at start-up.
-        for bad in [#"{"allow":[{"user":"nobody-here","binds":["*"]}]}"#, #"{"allow":[{"uid":1,"gid":2,"binds":["*"]}]}"#,
-                    #"{"allow":[{"uid":1,"binds":["tcp://host:1"]}]}"#, #"{"alow":[]}"#, #"{"control":{"mode":"rw"}}"#] {
+        for bad in [
+            #"{"allow":[{"user":"nobody-here","binds":["*"]}]}"#, #"{"allow":[{"uid":1,"gid":2,"binds":["*"]}]}"#,
+            #"{"allow":[{"uid":1,"binds":["tcp://host:1"]}]}"#, #"{"alow":[]}"#, #"{"control":{"mode":"rw"}}"#,
+        ] {
             XCTAssertThrowsError(try self.policy(bad).get(), bad)
         }
     }
@@ -190,9 +245,13 @@ final class PolicyAndHandoverTests: XCTestCase {
         XCTAssertEqual(parsed.map(\.fd), [3, 4])
         XCTAssertEqual(parsed.map(\.name), ["http", "tcp-__-443"])
         XCTAssertTrue(ListenFDs.parse(environment, pid: 43).isEmpty)
-        XCTAssertEqual(PassedSocketName.defaultName(for: try BindRequest.parse(url: "tcp://[::]:443").get()), "tcp-__-443")
+        XCTAssertEqual(
+            PassedSocketName.defaultName(for: try BindRequest.parse(url: "tcp://[::]:443").get()), "tcp-__-443")
         XCTAssertFalse(PassedSocketName.isValidName("a:b"))
-        for url in ["tcp://[::]:443?backlog=4096&v6only=1", "udp://198.18.0.1:53", "unix:/run/a+b,c=d@e~f.sock?mode=0600", "tcp://[fe80::1%lo]:80"] {
+        for url in [
+            "tcp://[::]:443?backlog=4096&v6only=1", "udp://198.18.0.1:53", "unix:/run/a+b,c=d@e~f.sock?mode=0600",
+            "tcp://[fe80::1%lo]:80",
+        ] {
             let request = try BindRequest.parse(url: url).get()
             let name = try XCTUnwrap(FDStoreName.encode(request))
             XCTAssertFalse(name.contains(":"), name)
@@ -203,20 +262,34 @@ final class PolicyAndHandoverTests: XCTestCase {
     }
 
     func testBrokerStateSurvivesEncoding() throws {
-        let state = BrokerState(control: 3, sockets: [.init(fd: 7, request: try BindRequest.parse(url: "tcp://127.0.0.1:80?backlog=9").get(), handedOut: 4)],
-                                clients: [.init(fd: 9, wire: .multibinder, pending: Array("{\"json".utf8)), .init(fd: 10, wire: nil, pending: [])])
+        let state = BrokerState(
+            control: 3,
+            sockets: [
+                .init(fd: 7, request: try BindRequest.parse(url: "tcp://127.0.0.1:80?backlog=9").get(), handedOut: 4)
+            ],
+            clients: [
+                .init(fd: 9, wire: .multibinder, pending: Array("{\"json".utf8)), .init(fd: 10, wire: nil, pending: []),
+            ])
         XCTAssertEqual(try BrokerState.decode(state.encoded()).get(), state)
         XCTAssertThrowsError(try BrokerState.decode(Array("{}".utf8)).get())
     }
 
     func testTemplatesRenderBindsAsInheritedFds() throws {
-        let template = try ConfigTemplate.parse("frontend a\n  bind {{bind tcp://127.0.0.1:80}}\n  bind {{ bind tcp://[::]:80?v6only=1 }} v4v6\n  bind {{bind tcp://127.0.0.1:80}}\n").get()
+        let template = try ConfigTemplate.parse(
+            """
+            frontend a\n  bind {{bind tcp://127.0.0.1:80}}\n  bind {{ bind tcp://[::]:80?v6only=1 }} v4v6\n  bind \
+            {{bind tcp://127.0.0.1:80}}\n
+            """
+        ).get()
         XCTAssertEqual(template.binds.map(\.url), ["tcp://127.0.0.1:80", "tcp://[::]:80?v6only=1"])
-        XCTAssertEqual(template.render(fds: ["tcp://127.0.0.1:80": 5, "tcp://[::]:80?v6only=1": 6]),
-                       "frontend a\n  bind fd@5\n  bind fd@6 v4v6\n  bind fd@5\n")
+        XCTAssertEqual(
+            template.render(fds: ["tcp://127.0.0.1:80": 5, "tcp://[::]:80?v6only=1": 6]),
+            "frontend a\n  bind fd@5\n  bind fd@6 v4v6\n  bind fd@5\n")
         XCTAssertEqual(try ConfigTemplate.parse("no binds here {").get().binds, [])
         for (bad, line) in [("a\n{{bind tcp://x:1}}", 2), ("{{env HOME}}", 1), ("a\nb\n{{bind tcp://1.2.3.4:5", 3)] {
-            XCTAssertThrowsError(try ConfigTemplate.parse(bad).get()) { XCTAssertTrue("\($0)".contains("line \(line)"), "\($0)") }
+            XCTAssertThrowsError(try ConfigTemplate.parse(bad).get()) {
+                XCTAssertTrue("\($0)".contains("line \(line)"), "\($0)")
+            }
         }
     }
 
@@ -231,21 +304,30 @@ final class PolicyAndHandoverTests: XCTestCase {
             XCTAssertEqual(reply.result, true)
             XCTAssertEqual(reply.jsonrpc, "2.0")
         }
-        XCTAssertEqual(String(decoding: Wire.multibinder.error(id: .null, .methodNotFound), as: UTF8.self),
-                       #"{"error":{"code":-32601,"message":"Method not found"},"id":null,"jsonrpc":"2.0"}"#)
+        XCTAssertEqual(
+            String(decoding: Wire.multibinder.error(id: .null, .methodNotFound), as: UTF8.self),
+            #"{"error":{"code":-32601,"message":"Method not found"},"id":null,"jsonrpc":"2.0"}"#)
         let request = try BindRequest.parse(url: "unix:/run/web/a.sock?mode=0660").get()
-        let state = BrokerState(control: 3, sockets: [.init(fd: 4, request: request, handedOut: 2, creator: 33)],
-                                clients: [.init(fd: 5, wire: .framed, pending: [0, 0, 0xff, 0x7b]), .init(fd: 6, wire: nil, pending: [])])
+        let state = BrokerState(
+            control: 3, sockets: [.init(fd: 4, request: request, handedOut: 2, creator: 33)],
+            clients: [.init(fd: 5, wire: .framed, pending: [0, 0, 0xff, 0x7b]), .init(fd: 6, wire: nil, pending: [])])
         XCTAssertEqual(try BrokerState.decode(state.encoded()).get(), state)
-        let earlier = #"{"clients":[{"fd":5,"pending":"AAD/ew==","wire":"framed"}],"control":3,"#
+        let earlier =
+            #"{"clients":[{"fd":5,"pending":"AAD/ew==","wire":"framed"}],"control":3,"#
             + #""sockets":[{"creator":33,"fd":4,"handed_out":2,"url":"unix:\/run\/web\/a.sock?mode=0660"}]}"#
         XCTAssertEqual(try BrokerState.decode(Array(earlier.utf8)).get().sockets, state.sockets)
         XCTAssertEqual(try BrokerState.decode(Array(earlier.utf8)).get().clients, [state.clients[0]])
         XCTAssertThrowsError(try BrokerState.decode(Array(#"{"control":"3","sockets":[],"clients":[]}"#.utf8)).get())
-        let listing = Reply.Listing(pid: 9, control: "/run/b.sock", sockets: [.init(key: "k", url: "u", fd: 7, handedOut: 1, cookie: 5,
-                                                                                   backlog: BacklogReport(requested: 8, default: 4, somaxconn: 4))],
-                                    clientsConnected: 1, clientsServed: 2)
-        XCTAssertEqual(try JSONText.decode(Reply.Listing.self, from: JSONText.encode(listing)).sockets[0].backlog?.effective, 4)
+        let listing = Reply.Listing(
+            pid: 9, control: "/run/b.sock",
+            sockets: [
+                .init(
+                    key: "k", url: "u", fd: 7, handedOut: 1, cookie: 5,
+                    backlog: BacklogReport(requested: 8, default: 4, somaxconn: 4))
+            ],
+            clientsConnected: 1, clientsServed: 2)
+        XCTAssertEqual(
+            try JSONText.decode(Reply.Listing.self, from: JSONText.encode(listing)).sockets[0].backlog?.effective, 4)
         XCTAssertTrue(String(decoding: JSONText.encode(listing), as: UTF8.self).contains(#""handed_out":1"#))
     }
 }

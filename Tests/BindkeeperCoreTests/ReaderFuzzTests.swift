@@ -1,7 +1,8 @@
-@testable import BindkeeperCore
 import Telemetry
 import TestSupport
 import XCTest
+
+@testable import BindkeeperCore
 
 /// The request reader takes bytes from any local client: random streams and mutated requests, cut
 /// at random points, must give answers or errors, never a crash, and never grow its buffer past the
@@ -10,10 +11,16 @@ final class ReaderFuzzTests: XCTestCase {
     func testRandomAndMutatedStreams() {
         var random = SeededGenerator.fromEnvironment(name: #function)
         let seeds: [[UInt8]] = [
-            Wire.multibinder.request(id: .number(1), method: "bind", binds: [BindRequest(kind: .tcp, address: "198.18.0.1", port: 80, backlog: 10)]),
-            Wire.framed.request(id: .string("x"), method: "bind", binds: [BindRequest(kind: .unix, address: "/run/a.sock", port: 0, mode: 0o600)]),
+            Wire.multibinder.request(
+                id: .number(1), method: "bind",
+                binds: [BindRequest(kind: .tcp, address: "198.18.0.1", port: 80, backlog: 10)]),
+            Wire.framed.request(
+                id: .string("x"), method: "bind",
+                binds: [BindRequest(kind: .unix, address: "/run/a.sock", port: 0, mode: 0o600)]),
             Wire.framed.request(id: .null, method: "list"),
-            Array(#"{"jsonrpc":"2.0","method":"bind","params":[{"address":"::1","port":1,"v6only":true,"type":"udp"}]}"#.utf8),
+            Array(
+                #"{"jsonrpc":"2.0","method":"bind","params":[{"address":"::1","port":1,"v6only":true,"type":"udp"}]}"#
+                    .utf8),
         ]
         let alphabet = Array(#"{}[]":,\ 0123456789abcdef-.%/?&="#.utf8)
         var requests = 0, failures = 0
@@ -55,9 +62,11 @@ final class ReaderFuzzTests: XCTestCase {
     func testRandomURLsAndPolicyPatternsNeverCrash() {
         var random = SeededGenerator.fromEnvironment(name: #function)
         let alphabet = Array("tcpudnix:/[]%.0123456789abcdef?&=*-vonlyfrebiskmdgwXYZ_+,@~\"\\ \n\t#".utf8)
-        let seeds = ["tcp://198.18.0.1:80?backlog=10", "udp://[::]:53?v6only=1", "tcp://[fe80::1%lo]:443?freebind=1",
-                     "unix:/run/a.sock?mode=0600&owner=www&group=www", "unix:/run/web/app.sock?mode=0660&owner=www&group=33",
-                     "unix:/a", "tcp://*:8000-8999"].map { Array($0.utf8) }
+        let seeds = [
+            "tcp://198.18.0.1:80?backlog=10", "udp://[::]:53?v6only=1", "tcp://[fe80::1%lo]:443?freebind=1",
+            "unix:/run/a.sock?mode=0600&owner=www&group=www", "unix:/run/web/app.sock?mode=0660&owner=www&group=33",
+            "unix:/a", "tcp://*:8000-8999",
+        ].map { Array($0.utf8) }
         var parsed = 0
         for _ in 0..<50_000 {
             var bytes = seeds[random.below(seeds.count)]
@@ -69,11 +78,14 @@ final class ReaderFuzzTests: XCTestCase {
                 XCTAssertEqual(try? BindRequest.parse(url: request.url).get(), request, "URL: \(context)")
                 XCTAssertEqual(try? Wire.bindRequest(json: Wire.jsonParams(request)).get(), request, "JSON: \(context)")
                 XCTAssertEqual(FDStoreName.encode(request).flatMap(FDStoreName.decode), request, "fd store: \(context)")
-                let state = BrokerState(control: 3, sockets: [.init(fd: 4, request: request, handedOut: 1, creator: 33)], clients: [])
+                let state = BrokerState(
+                    control: 3, sockets: [.init(fd: 4, request: request, handedOut: 1, creator: 33)], clients: [])
                 XCTAssertEqual(try? BrokerState.decode(state.encoded()).get(), state, "state: \(context)")
                 let label = PrometheusText.escapeLabel(request.key)
                 XCTAssertFalse(label.contains("\n"), context)
-                XCTAssertFalse(label.replacingOccurrences(of: "\\\\", with: "").replacingOccurrences(of: "\\\"", with: "").contains("\""), context)
+                XCTAssertFalse(
+                    label.replacingOccurrences(of: "\\\\", with: "").replacingOccurrences(of: "\\\"", with: "")
+                        .contains("\""), context)
             }
             _ = BindPattern.parse(text)
             _ = FDStoreName.decode(text)

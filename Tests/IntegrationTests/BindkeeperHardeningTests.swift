@@ -20,7 +20,12 @@ final class BindkeeperHardeningTests: XCTestCase {
         grant = lab.directory.appendingPathComponent("grant").path
         elsewhere = lab.directory.appendingPathComponent("elsewhere").path
         victim = elsewhere + "/victim"
-        try Lab.shell("mkdir -m 0755 \(grant) \(elsewhere) && chown 4242:4242 \(grant) && echo secret > \(victim) && chmod 0600 \(victim)")
+        try Lab.shell(
+            """
+            mkdir -m 0755 \(grant) \(elsewhere) && chown 4242:4242 \(grant) && echo secret > \(victim) && chmod 0600 \
+            \(victim)
+            """
+        )
     }
 
     override func tearDown() { lab?.tearDown() }
@@ -28,13 +33,16 @@ final class BindkeeperHardeningTests: XCTestCase {
     func startBroker(_ extra: [String] = [], binds: [String] = []) throws -> Process {
         let policy = lab.directory.appendingPathComponent("policy.json")
         let patterns = (["unix:\(grant)/**"] + binds).map { "\"\($0)\"" }.joined(separator: ",")
-        try #"{"control":{"mode":"0666"},"allow":[{"uid":4242,"binds":[\#(patterns)]}]}"#.write(to: policy, atomically: true, encoding: .utf8)
+        try #"{"control":{"mode":"0666"},"allow":[{"uid":4242,"binds":[\#(patterns)]}]}"#.write(
+            to: policy, atomically: true, encoding: .utf8)
         return try lab.startBroker(["--config", policy.path] + extra)
     }
 
     /// `bindkeeper exec` as the grantee: (status, output).
     func asGrantee(_ urls: [String]) throws -> (status: Int32, output: String) {
-        try lab.run(Self.grantee + [lab.binary("bindkeeper"), "exec", "--socket", lab.socketPath] + urls.flatMap { ["--bind", $0] } + ["--", "true"])
+        try lab.run(
+            Self.grantee + [lab.binary("bindkeeper"), "exec", "--socket", lab.socketPath]
+                + urls.flatMap { ["--bind", $0] } + ["--", "true"])
     }
 
     func status(_ path: String) -> stat? {
@@ -66,7 +74,9 @@ final class BindkeeperHardeningTests: XCTestCase {
         let planted = try asGrantee(["unix:\(grant)/planted.sock?mode=0666&owner=4242"])
         XCTAssertNotEqual(planted.status, 0)
         XCTAssertTrue(planted.output.contains("not a socket"), planted.output)
-        XCTAssertEqual(status(grant + "/planted.sock").map { $0.st_mode & S_IFMT }, S_IFLNK, "the grantee's symlink was left alone")
+        XCTAssertEqual(
+            status(grant + "/planted.sock").map { $0.st_mode & S_IFMT }, S_IFLNK, "the grantee's symlink was left alone"
+        )
 
         let setuid = try asGrantee(["unix:\(grant)/setuid.sock?mode=04777"])
         XCTAssertNotEqual(setuid.status, 0)
@@ -100,7 +110,9 @@ final class BindkeeperHardeningTests: XCTestCase {
         XCTAssertNotEqual(file.status, 0)
         XCTAssertEqual(try String(contentsOfFile: grant + "/file.sock", encoding: .utf8), "mine\n")
 
-        XCTAssertFalse(try FileManager.default.contentsOfDirectory(atPath: grant).contains { $0.hasPrefix(".bindkeeper") }, "no staging directory is left")
+        XCTAssertFalse(
+            try FileManager.default.contentsOfDirectory(atPath: grant).contains { $0.hasPrefix(".bindkeeper") },
+            "no staging directory is left")
         try assertNothingOutsideTheGrantChanged()
     }
 
@@ -122,7 +134,8 @@ final class BindkeeperHardeningTests: XCTestCase {
                     spins = 0
                     while not os.path.lexists(path):
                         spins += 1
-                        if spins % 4096 == 0 and (time.time() > deadline or os.path.exists(os.path.join(grant, "stop"))):
+                        stop = os.path.join(grant, "stop")
+                        if spins % 4096 == 0 and (time.time() > deadline or os.path.exists(stop)):
                             break
                     try:
                         os.rename(link, path)
@@ -136,7 +149,9 @@ final class BindkeeperHardeningTests: XCTestCase {
         let racing = try lab.start("racer", Self.grantee + ["/usr/bin/python3", script, grant, victim, "40", "50"])
         var made = 0, refused = 0
         for batch in 0..<40 {
-            let urls = (0..<50).map { try! BindRequest.parse(url: "unix:\(grant)/r-\(batch)-\($0).sock?mode=0666&owner=4242").get() }
+            let urls = (0..<50).map {
+                try! BindRequest.parse(url: "unix:\(grant)/r-\(batch)-\($0).sock?mode=0666&owner=4242").get()
+            }
             do { made += try lab.client().bind(urls).map { close($0.fd) }.count } catch { refused += 1 }
         }
         try "".write(toFile: grant + "/stop", atomically: true, encoding: .utf8)
@@ -151,11 +166,14 @@ final class BindkeeperHardeningTests: XCTestCase {
     }
 
     func testBadClientsCannotStallOrExhaustTheBroker() throws {
-        try startBroker(["--idle-seconds", "3", "--max-sockets-per-user", "3", "--metrics", "\(BrokerLab.address):9524"],
-                        binds: ["tcp://\(BrokerLab.address):9000-9100"])
+        try startBroker(
+            ["--idle-seconds", "3", "--max-sockets-per-user", "3", "--metrics", "\(BrokerLab.address):9524"],
+            binds: ["tcp://\(BrokerLab.address):9000-9100"])
         func metric(_ name: String) throws -> Int {
             let text = try lab.inside { try Lab.httpGet(IPAddress(BrokerLab.address)!, port: 9524) }
-            return text.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Int($0.split(separator: " ")[1]) } ?? -1
+            return text.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap {
+                Int($0.split(separator: " ")[1])
+            } ?? -1
         }
         let request = #"{"jsonrpc":"2.0","method":"bind","id":7,"params":[{"address":"198.18.2.1","port":9050}]}"#
 
@@ -190,10 +208,17 @@ final class BindkeeperHardeningTests: XCTestCase {
             """
         let script = lab.directory.appendingPathComponent("holder.py").path
         try holder.write(toFile: script, atomically: true, encoding: .utf8)
-        let holding = try lab.start("holder", ["sh", "-c", "ulimit -n 8192; exec \"$0\" \"$@\""] + Self.grantee + ["/usr/bin/python3", script, lab.socketPath, "8"])
+        let holding = try lab.start(
+            "holder",
+            ["sh", "-c", "ulimit -n 8192; exec \"$0\" \"$@\""] + Self.grantee + [
+                "/usr/bin/python3", script, lab.socketPath, "8",
+            ])
         var connected = 0
         try lab.waitFor("the holder's connections") {
-            connected = lab.allLogs.split(separator: "\n").first { $0.hasPrefix("connected ") }.flatMap { Int($0.dropFirst(10)) } ?? 0
+            connected =
+                lab.allLogs.split(separator: "\n").first { $0.hasPrefix("connected ") }.flatMap {
+                    Int($0.dropFirst(10))
+                } ?? 0
             return connected > 0
         }
         XCTAssertEqual(connected, 5000, "a blocking connect waits for the broker to accept")
@@ -206,7 +231,9 @@ final class BindkeeperHardeningTests: XCTestCase {
         let served = try lab.client().bind([try BindRequest.parse(url: "tcp://\(BrokerLab.address):9051").get()])
         XCTAssertEqual(served.count, 1)
         served.forEach { close($0.fd) }
-        try lab.waitFor("idle clients to be cut off", seconds: 8) { try metric("bindkeeper_clients_idle_cut_off_total") >= 64 }
+        try lab.waitFor("idle clients to be cut off", seconds: 8) {
+            try metric("bindkeeper_clients_idle_cut_off_total") >= 64
+        }
         holding.terminate()
 
         // A uid at its socket limit gets an error; sockets that exist are still handed to it, and
@@ -222,11 +249,15 @@ final class BindkeeperHardeningTests: XCTestCase {
         XCTAssertEqual(try metric("bindkeeper_socket_limit_refusals_total"), 1)
     }
 
-    func openFDs(_ pid: pid_t) throws -> Int { try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count }
+    func openFDs(_ pid: pid_t) throws -> Int {
+        try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count
+    }
 
     func testFailedRequestsLeaveNoFdBehind() throws {
         let broker = try startBroker()
-        let first = try lab.client().bind([try BindRequest.parse(url: "tcp://\(BrokerLab.address):9200?backlog=10").get()])
+        let first = try lab.client().bind([
+            try BindRequest.parse(url: "tcp://\(BrokerLab.address):9200?backlog=10").get()
+        ])
         first.forEach { close($0.fd) }
         let raw = try RawControlClient(lab.socketPath)
         // Counted with this connection open and the earlier client's gone (the broker drops it on its EOF).
@@ -240,7 +271,8 @@ final class BindkeeperHardeningTests: XCTestCase {
         let failing = [
             #"{"jsonrpc":"2.0","method":"bind","id":1,"params":[{"address":"198.18.2.1","port":9200,"backlog":20}]}"#,
             #"{"jsonrpc":"2.0","method":"bind","id":2,"params":[{"type":"unix","address":"/tmp/a?b"}]}"#,
-            #"{"jsonrpc":"2.0","method":"bind","id":3,"params":[{"type":"unix","address":"\#(grant)/x.sock","owner":"no-such-user"}]}"#,
+            #"{"jsonrpc":"2.0","method":"bind","id":3,"#
+                + #""params":[{"type":"unix","address":"\#(grant)/x.sock","owner":"no-such-user"}]}"#,
             #"{"jsonrpc":"2.0","method":"bind","id":4,"params":[{"address":"198.18.99.1","port":1}]}"#,
             #"{"jsonrpc":"2.0","method":"nope","id":5}"#,
         ]
@@ -259,27 +291,42 @@ final class BindkeeperHardeningTests: XCTestCase {
 
         // The client library: a batch that fails after earlier batches brought fds closes them all.
         let mine = try openFDs(getpid())
-        let many = (0..<250).map { try! BindRequest.parse(url: "tcp://\(BrokerLab.address):\(9300 + $0)?freebind=1").get() }
+        let many = (0..<250).map {
+            try! BindRequest.parse(url: "tcp://\(BrokerLab.address):\(9300 + $0)?freebind=1").get()
+        }
         for _ in 0..<4 {
-            XCTAssertThrowsError(try lab.client().bind(many + [try BindRequest.parse(url: "tcp://\(BrokerLab.address):9200?backlog=20").get()]))
+            XCTAssertThrowsError(
+                try lab.client().bind(
+                    many + [try BindRequest.parse(url: "tcp://\(BrokerLab.address):9200?backlog=20").get()]))
         }
         XCTAssertEqual(try openFDs(getpid()), mine, "the client's fds")
     }
 
     func testFailedReloadsLeaveNoFdBehindInTheSupervisor() throws {
-        guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/haproxy") else { throw LabError("haproxy is not installed (scripts/setup.sh installs it)") }
+        guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/haproxy") else {
+            throw LabError("haproxy is not installed (scripts/setup.sh installs it)")
+        }
         try startBroker()
-        let answer = try String(contentsOf: Lab.packageRoot.appendingPathComponent("examples/lab/haproxy-answer.cfg.in"), encoding: .utf8)
+        let answer = try String(
+            contentsOf: Lab.packageRoot.appendingPathComponent("examples/lab/haproxy-answer.cfg.in"), encoding: .utf8)
         let template = lab.directory.appendingPathComponent("site.cfg.tmpl").path
-        try answer.replacingOccurrences(of: "@BIND@", with: "{{bind tcp://\(BrokerLab.address):8600}}").write(toFile: template, atomically: true, encoding: .utf8)
+        try answer.replacingOccurrences(of: "@BIND@", with: "{{bind tcp://\(BrokerLab.address):8600}}").write(
+            toFile: template, atomically: true, encoding: .utf8)
         let pidFile = lab.directory.appendingPathComponent("site.pid").path
-        let supervisor = try lab.start("supervisor", [lab.binary("bindkeeper"), "haproxy", "--socket", lab.socketPath, "-f", template,
-                                                      "-p", pidFile, "--stop-timeout", "2", "--", "/usr/sbin/haproxy"])
+        let supervisor = try lab.start(
+            "supervisor",
+            [
+                lab.binary("bindkeeper"), "haproxy", "--socket", lab.socketPath, "-f", template,
+                "-p", pidFile, "--stop-timeout", "2", "--", "/usr/sbin/haproxy",
+            ])
         try lab.waitFor("haproxy to start") { FileManager.default.fileExists(atPath: pidFile) }
         let before = try openFDs(supervisor.processIdentifier)
         let broken = [
-            answer.replacingOccurrences(of: "@BIND@", with: "{{bind tcp://\(BrokerLab.address):8600}}") + "    no_such_directive\n",
-            answer.replacingOccurrences(of: "@BIND@", with: "{{bind tcp://\(BrokerLab.address):8600}}\n    bind {{bind tcp://[fe80::1%nosuchif]:1}}"),
+            answer.replacingOccurrences(of: "@BIND@", with: "{{bind tcp://\(BrokerLab.address):8600}}")
+                + "    no_such_directive\n",
+            answer.replacingOccurrences(
+                of: "@BIND@",
+                with: "{{bind tcp://\(BrokerLab.address):8600}}\n    bind {{bind tcp://[fe80::1%nosuchif]:1}}"),
         ]
         func refusals() -> Int { lab.allLogs.components(separatedBy: "reload refused").count - 1 }
         for index in 0..<20 {
@@ -288,7 +335,8 @@ final class BindkeeperHardeningTests: XCTestCase {
             kill(supervisor.processIdentifier, SIGHUP)
             try lab.waitFor("reload \(index) to be refused") { refusals() > seen }
         }
-        XCTAssertEqual(try openFDs(supervisor.processIdentifier), before, "the supervisor's fds after 20 failed reloads")
+        XCTAssertEqual(
+            try openFDs(supervisor.processIdentifier), before, "the supervisor's fds after 20 failed reloads")
         XCTAssertTrue(supervisor.isRunning)
     }
 }
@@ -302,7 +350,8 @@ final class BindkeeperPromiseTests: XCTestCase {
 
     func exec(as gid: String?, _ url: String) throws -> (status: Int32, output: String) {
         let user = gid.map { ["setpriv", "--reuid=4242", "--regid=\($0)", "--clear-groups"] } ?? []
-        return try lab.run(user + [lab.binary("bindkeeper"), "exec", "--socket", lab.socketPath, "--bind", url, "--", "true"])
+        return try lab.run(
+            user + [lab.binary("bindkeeper"), "exec", "--socket", lab.socketPath, "--bind", url, "--", "true"])
     }
 
     /// A policy by group name, and the control socket's group: members get in and bind what the
@@ -310,8 +359,10 @@ final class BindkeeperPromiseTests: XCTestCase {
     func testGroupPolicyControlGroupAndErrorCodes() throws {
         let nogroup = try XCTUnwrap(getgrnam("nogroup")?.pointee.gr_gid)
         let policy = lab.directory.appendingPathComponent("policy.json")
-        try #"{"control":{"mode":"0660","group":"nogroup"},"allow":[{"group":"nogroup","binds":["tcp://198.18.2.1:9101"]}]}"#
-            .write(to: policy, atomically: true, encoding: .utf8)
+        let text =
+            #"{"control":{"mode":"0660","group":"nogroup"},"#
+            + #""allow":[{"group":"nogroup","binds":["tcp://198.18.2.1:9101"]}]}"#
+        try text.write(to: policy, atomically: true, encoding: .utf8)
         try lab.startBroker(["--config", policy.path])
         var status = stat()
         XCTAssertEqual(stat(lab.socketPath, &status), 0)
@@ -334,7 +385,8 @@ final class BindkeeperPromiseTests: XCTestCase {
 
         let listing = try lab.run([lab.binary("bindkeeper"), "list", "--json", "--socket", lab.socketPath])
         XCTAssertEqual(listing.status, 0, listing.output)
-        let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(listing.output.utf8)) as? [String: Any], listing.output)
+        let object = try XCTUnwrap(
+            try JSONSerialization.jsonObject(with: Data(listing.output.utf8)) as? [String: Any], listing.output)
         let keys = (object["sockets"] as? [[String: Any]] ?? []).compactMap { $0["key"] as? String }
         XCTAssertEqual(keys, ["tcp://\(BrokerLab.address):9101", "tcp://\(BrokerLab.address):9103"])
     }
@@ -350,9 +402,12 @@ final class BindkeeperPromiseTests: XCTestCase {
         let bound = try lab.client().bind([try BindRequest.parse(url: "tcp://\(BrokerLab.address):9200").get()])
         let cookie = OwnedSocket.cookie(bound[0].fd)
         bound.forEach { close($0.fd) }
-        func exe() -> String { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(broker.processIdentifier)/exe")) ?? "" }
+        func exe() -> String {
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(broker.processIdentifier)/exe")) ?? ""
+        }
         func upgrade(_ command: String) throws {
-            try Lab.shell("\(command) > \(installed).new && chmod 0755 \(installed).new && mv \(installed).new \(installed)")
+            try Lab.shell(
+                "\(command) > \(installed).new && chmod 0755 \(installed).new && mv \(installed).new \(installed)")
         }
         // The new version: the same program with a byte appended (a different file that still runs).
         try upgrade("cat \(lab.binary("bindkeeper")) - <<< x")
@@ -369,7 +424,8 @@ final class BindkeeperPromiseTests: XCTestCase {
             try upgrade(broken)
             let refused = try lab.run([lab.binary("bindkeeper"), "reexec", "--socket", lab.socketPath])
             XCTAssertNotEqual(refused.status, 0, refused.output)
-            XCTAssertTrue(refused.output.contains("10004") || refused.output.contains("Re-exec refused"), refused.output)
+            XCTAssertTrue(
+                refused.output.contains("10004") || refused.output.contains("Re-exec refused"), refused.output)
         }
         try lab.waitFor("the refusals logged") { lab.allLogs.components(separatedBy: "re-exec refused").count == 3 }
         XCTAssertTrue(lab.allLogs.contains("exited with 3"), lab.allLogs)
@@ -382,17 +438,26 @@ final class BindkeeperPromiseTests: XCTestCase {
     /// SIGHUP reloads like SIGUSR2; a new HAProxy that passes its check but dies while starting
     /// leaves the running one serving.
     func testSupervisorReloadsOnSIGHUPAndSurvivesANewHAProxyThatDies() throws {
-        guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/haproxy") else { throw LabError("haproxy is not installed (scripts/setup.sh installs it)") }
+        guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/haproxy") else {
+            throw LabError("haproxy is not installed (scripts/setup.sh installs it)")
+        }
         try lab.startBroker()
-        let answer = try String(contentsOf: Lab.packageRoot.appendingPathComponent("examples/lab/haproxy-answer.cfg.in"), encoding: .utf8)
+        let answer = try String(
+            contentsOf: Lab.packageRoot.appendingPathComponent("examples/lab/haproxy-answer.cfg.in"), encoding: .utf8)
         let good = answer.replacingOccurrences(of: "@BIND@", with: "{{bind tcp://\(BrokerLab.address):8600}}")
         let template = lab.directory.appendingPathComponent("site.cfg.tmpl").path
         try good.write(toFile: template, atomically: true, encoding: .utf8)
         let pidFile = lab.directory.appendingPathComponent("site.pid").path
-        let supervisor = try lab.start("supervisor", [lab.binary("bindkeeper"), "haproxy", "--socket", lab.socketPath, "-f", template,
-                                                      "-p", pidFile, "--stop-timeout", "2", "--", "/usr/sbin/haproxy"])
+        let supervisor = try lab.start(
+            "supervisor",
+            [
+                lab.binary("bindkeeper"), "haproxy", "--socket", lab.socketPath, "-f", template,
+                "-p", pidFile, "--stop-timeout", "2", "--", "/usr/sbin/haproxy",
+            ])
         try lab.waitFor("haproxy to start") { FileManager.default.fileExists(atPath: pidFile) }
-        func served() throws -> Bool { try lab.inside { try Lab.httpGet(IPAddress(BrokerLab.address)!, port: 8600, path: "/") }.contains("200") }
+        func served() throws -> Bool {
+            try lab.inside { try Lab.httpGet(IPAddress(BrokerLab.address)!, port: 8600, path: "/") }.contains("200")
+        }
         XCTAssertTrue(try served())
 
         kill(supervisor.processIdentifier, SIGHUP)
@@ -403,7 +468,8 @@ final class BindkeeperPromiseTests: XCTestCase {
         // the new instance cannot bind and exits.
         let taken = try lab.inside { try LabSockets.listenTCP(on: IPAddress(BrokerLab.address)!, port: 8601) }
         defer { close(taken) }
-        try (good + "frontend taken\n    bind \(BrokerLab.address):8601\n    http-request return status 200\n").write(toFile: template, atomically: true, encoding: .utf8)
+        try (good + "frontend taken\n    bind \(BrokerLab.address):8601\n    http-request return status 200\n").write(
+            toFile: template, atomically: true, encoding: .utf8)
         kill(supervisor.processIdentifier, SIGHUP)
         try lab.waitFor("the new instance to die") { lab.allLogs.contains("during start-up; pid") }
         XCTAssertTrue(try served(), "the running instance keeps serving")

@@ -32,9 +32,14 @@ final class BindkeeperTests: XCTestCase {
 
     func testMultibinderRubyClientAndFramedClientGetTheSameKernelSocket() throws {
         try lab.startBroker()
-        let script = Lab.packageRoot.appendingPathComponent("Tests/IntegrationTests/Fixtures/multibinder_client.rb").path
-        let (status, output) = try lab.run(["ruby", script, BrokerLab.address, "8080", BrokerLab.address, "8080", BrokerLab.address6, "8081", "198.18.2", "9"],
-                                           environment: ["BINDER_SOCK": lab.socketPath])
+        let script = Lab.packageRoot.appendingPathComponent("Tests/IntegrationTests/Fixtures/multibinder_client.rb")
+            .path
+        let (status, output) = try lab.run(
+            [
+                "ruby", script, BrokerLab.address, "8080", BrokerLab.address, "8080", BrokerLab.address6, "8081",
+                "198.18.2", "9",
+            ],
+            environment: ["BINDER_SOCK": lab.socketPath])
         XCTAssertEqual(status, 0, output)
         // Padded, so that a line of another shape fails an assertion rather than an index.
         let lines = output.split(separator: "\n").map { $0.split(separator: " ").map(String.init) + ["", "", "", ""] }
@@ -49,7 +54,9 @@ final class BindkeeperTests: XCTestCase {
         XCTAssertTrue(output.contains("not an IPv4 or IPv6 address"), output)
 
         // The framed client gets that same socket too, by inode and by SO_COOKIE.
-        let bound = try lab.client().bind([url("tcp://\(BrokerLab.address):8080"), url("tcp://[\(BrokerLab.address6)]:8081")])
+        let bound = try lab.client().bind([
+            url("tcp://\(BrokerLab.address):8080"), url("tcp://[\(BrokerLab.address6)]:8081"),
+        ])
         defer { bound.forEach { close($0.fd) } }
         XCTAssertEqual(String(inode(bound[0].fd)), lines[0][2])
         XCTAssertEqual(String(inode(bound[1].fd)), lines[2][2])
@@ -118,7 +125,9 @@ final class BindkeeperTests: XCTestCase {
                 do {
                     let client = try BindkeeperClient(path: path)
                     for port in 0..<20 {
-                        let bound = try client.bind([try BindRequest.parse(url: "tcp://\(BrokerLab.address):\(30000 + index * 20 + port)").get()])
+                        let bound = try client.bind([
+                            try BindRequest.parse(url: "tcp://\(BrokerLab.address):\(30000 + index * 20 + port)").get()
+                        ])
                         bound.forEach { close($0.fd) }
                         results.add(bound.count, at: index)
                     }
@@ -156,12 +165,16 @@ final class BindkeeperTests: XCTestCase {
         raw.send(#"{"jsonrpc":"2.0","method":"bind","id":8,"params":[{"address":"198.18.9.9","port":80}]}"#)
         let refused = raw.reply()?.object
         XCTAssertEqual(errorCode(refused), 10000)
-        XCTAssertTrue(((refused?["error"] as? [String: Any])?["message"] as? String ?? "").contains("freebind"), "\(String(describing: refused))")
+        XCTAssertTrue(
+            ((refused?["error"] as? [String: Any])?["message"] as? String ?? "").contains("freebind"),
+            "\(String(describing: refused))")
         XCTAssertNil((refused?["error"] as? [String: Any])?["backtrace"])
 
         // A huge message: an error, then the connection ends.
         let huge = try RawControlClient(lab.socketPath)
-        huge.send("{\"jsonrpc\":\"2.0\",\"method\":\"bind\",\"params\":[{\"address\":\"" + String(repeating: "9", count: 100_000))
+        huge.send(
+            "{\"jsonrpc\":\"2.0\",\"method\":\"bind\",\"params\":[{\"address\":\""
+                + String(repeating: "9", count: 100_000))
         XCTAssertEqual(errorCode(huge.reply()?.object), -32600)
         XCTAssertTrue(huge.isClosedByPeer())
         // EOF in the middle of a message, and a framed message cut short.
@@ -177,7 +190,8 @@ final class BindkeeperTests: XCTestCase {
             XCTAssertTrue("\($0)".contains("Conflicting options"), "\($0)")
         }
         // Batches are all or none.
-        XCTAssertThrowsError(try lab.client().bind([url("tcp://\(BrokerLab.address):8445"), url("tcp://[::]:8444?v6only=0")]))
+        XCTAssertThrowsError(
+            try lab.client().bind([url("tcp://\(BrokerLab.address):8445"), url("tcp://[::]:8444?v6only=0")]))
         XCTAssertFalse(try lab.client().list().sockets.contains { $0.key == "tcp://\(BrokerLab.address):8445" })
         // Still serving.
         let after = try lab.client().bind([url("tcp://\(BrokerLab.address):8443")])
@@ -187,27 +201,40 @@ final class BindkeeperTests: XCTestCase {
 
     func testPolicyDeniesAndAllowsByPeerCredentials() throws {
         let policy = lab.directory.appendingPathComponent("policy.json")
-        try #"{"control":{"mode":"0666"},"allow":[{"uid":65534,"binds":["tcp://198.18.2.1:9000-9009"]}]}"#.write(to: policy, atomically: true, encoding: .utf8)
+        try #"{"control":{"mode":"0666"},"allow":[{"uid":65534,"binds":["tcp://198.18.2.1:9000-9009"]}]}"#.write(
+            to: policy, atomically: true, encoding: .utf8)
         try lab.startBroker(["--config", policy.path])
         var status = stat()
         XCTAssertEqual(stat(lab.socketPath, &status), 0)
         XCTAssertEqual(status.st_mode & 0o777, 0o666)
-        let asNobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", lab.binary("bindkeeper"), "exec", "--socket", lab.socketPath]
-        let allowed = try lab.run(asNobody + ["--bind", "tcp://\(BrokerLab.address):9001", "--", "sh", "-c", "test \"$LISTEN_FDS\" = 1 && echo bound"])
+        let asNobody = [
+            "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", lab.binary("bindkeeper"), "exec", "--socket",
+            lab.socketPath,
+        ]
+        let allowed = try lab.run(
+            asNobody + [
+                "--bind", "tcp://\(BrokerLab.address):9001", "--", "sh", "-c", "test \"$LISTEN_FDS\" = 1 && echo bound",
+            ])
         XCTAssertEqual(allowed.status, 0, allowed.output)
         XCTAssertTrue(allowed.output.contains("bound"), allowed.output)
         let denied = try lab.run(asNobody + ["--bind", "tcp://\(BrokerLab.address):80", "--", "true"])
         XCTAssertNotEqual(denied.status, 0)
         XCTAssertTrue(denied.output.contains("Permission denied: uid 65534"), denied.output)
         // Re-executing the broker is for root and the broker's own user.
-        let reexec = try lab.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", lab.binary("bindkeeper"), "reexec", "--socket", lab.socketPath])
+        let reexec = try lab.run([
+            "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", lab.binary("bindkeeper"), "reexec",
+            "--socket", lab.socketPath,
+        ])
         XCTAssertNotEqual(reexec.status, 0)
         XCTAssertTrue(reexec.output.contains("may not re-execute"), reexec.output)
     }
 
     func testControlSocketModeKeepsOthersOut() throws {
         try lab.startBroker()
-        let denied = try lab.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", lab.binary("bindkeeper"), "list", "--socket", lab.socketPath])
+        let denied = try lab.run([
+            "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", lab.binary("bindkeeper"), "list", "--socket",
+            lab.socketPath,
+        ])
         XCTAssertNotEqual(denied.status, 0)
         XCTAssertTrue(denied.output.contains("Permission denied"), denied.output)
     }
@@ -215,7 +242,10 @@ final class BindkeeperTests: XCTestCase {
     func testBacklogIsReportedAgainstTheNamespacesSomaxconn() throws {
         try lab.run(["sysctl", "-q", "-w", "net.core.somaxconn=256"])
         try lab.startBroker()
-        let bound = try lab.client().bind([url("tcp://\(BrokerLab.address):7000?backlog=1024"), url("tcp://\(BrokerLab.address):7001?backlog=64"), url("tcp://\(BrokerLab.address):7002")])
+        let bound = try lab.client().bind([
+            url("tcp://\(BrokerLab.address):7000?backlog=1024"), url("tcp://\(BrokerLab.address):7001?backlog=64"),
+            url("tcp://\(BrokerLab.address):7002"),
+        ])
         defer { bound.forEach { close($0.fd) } }
         XCTAssertEqual(bound[0].warning, "backlog 1024 capped to 256 by net.core.somaxconn")
         XCTAssertNil(bound[1].warning)
@@ -230,8 +260,10 @@ final class BindkeeperTests: XCTestCase {
     func testUDPAndUnixSocketsWithTheirOptions() throws {
         try lab.startBroker()
         let unixPath = lab.directory.appendingPathComponent("app.sock").path
-        let bound = try lab.client().bind([url("udp://[::]:5353?v6only=1"), url("unix:\(unixPath)?mode=0640&owner=65534&group=65534"),
-                                           url("tcp://\(BrokerLab.vip):80?freebind=1"), url("tcp://[fe80::1%lo]:81?freebind=1")])
+        let bound = try lab.client().bind([
+            url("udp://[::]:5353?v6only=1"), url("unix:\(unixPath)?mode=0640&owner=65534&group=65534"),
+            url("tcp://\(BrokerLab.vip):80?freebind=1"), url("tcp://[fe80::1%lo]:81?freebind=1"),
+        ])
         defer { bound.forEach { close($0.fd) } }
         var value: Int32 = 0
         var length = socklen_t(4)
@@ -250,17 +282,23 @@ final class BindkeeperTests: XCTestCase {
         // The scope names an interface of the broker's namespace: its index is in the bound address.
         var address = sockaddr_in6()
         var addressLength = socklen_t(MemoryLayout<sockaddr_in6>.size)
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(bound[3].fd, $0, &addressLength) } }
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(bound[3].fd, $0, &addressLength) }
+        }
         XCTAssertEqual(address.sin6_scope_id, try lab.inside { if_nametoindex("lo") })
         XCTAssertNotEqual(address.sin6_scope_id, 0)
-        XCTAssertThrowsError(try lab.client().bind([url("tcp://[fe80::1%nosuchif]:81?freebind=1")])) { XCTAssertTrue("\($0)".contains("no such interface"), "\($0)") }
+        XCTAssertThrowsError(try lab.client().bind([url("tcp://[fe80::1%nosuchif]:81?freebind=1")])) {
+            XCTAssertTrue("\($0)".contains("no such interface"), "\($0)")
+        }
         // A path some other process listens on is not taken over.
         let otherPath = lab.directory.appendingPathComponent("other.sock").path
         let other = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         try UnixAddress.bind(other, otherPath)
         listen(other, 1)
         defer { close(other) }
-        XCTAssertThrowsError(try lab.client().bind([url("unix:\(otherPath)")])) { XCTAssertTrue("\($0)".contains("another process"), "\($0)") }
+        XCTAssertThrowsError(try lab.client().bind([url("unix:\(otherPath)")])) {
+            XCTAssertTrue("\($0)".contains("another process"), "\($0)")
+        }
     }
 
     func testReexecKeepsSocketsControlSocketAndConnectedClients() throws {
@@ -299,7 +337,10 @@ final class BindkeeperTests: XCTestCase {
         let manager = try ServiceManagerSocket(path: lab.directory.appendingPathComponent("notify.sock").path)
         let broker = try lab.startBroker(environment: ["NOTIFY_SOCKET": manager.path])
         try manager.collect { $0.isReady }
-        let requests = [url("tcp://\(BrokerLab.address):8600?backlog=100"), url("udp://\(BrokerLab.address):8600"), url("unix:\(lab.directory.path)/app.sock")]
+        let requests = [
+            url("tcp://\(BrokerLab.address):8600?backlog=100"), url("udp://\(BrokerLab.address):8600"),
+            url("unix:\(lab.directory.path)/app.sock"),
+        ]
         let before = try lab.client().bind(requests)
         try manager.collect { $0.store.count == 4 }
         XCTAssertEqual(manager.store.first?.name, "control")
@@ -314,20 +355,28 @@ final class BindkeeperTests: XCTestCase {
         early.send(Wire.multibinder.request(id: .number(1), method: "bind", binds: [requests[0]]))
 
         let restartLog = lab.directory.appendingPathComponent("restarted-broker.log").path
-        let pid = try Spawn.run("/usr/bin/env", ["ip", "netns", "exec", lab.namespace, "/bin/sh", "-c", "LISTEN_PID=$$ exec \"$0\" \"$@\" 2>\(restartLog)",
-                                                 lab.binary("bindkeeper"), "serve", "--socket", lab.socketPath],
-                                environment: ProcessInfo.processInfo.environment.merging(manager.listenEnvironment) { $1 },
-                                placing: manager.placements)
+        let pid = try Spawn.run(
+            "/usr/bin/env",
+            [
+                "ip", "netns", "exec", lab.namespace, "/bin/sh", "-c",
+                "LISTEN_PID=$$ exec \"$0\" \"$@\" 2>\(restartLog)",
+                lab.binary("bindkeeper"), "serve", "--socket", lab.socketPath,
+            ],
+            environment: ProcessInfo.processInfo.environment.merging(manager.listenEnvironment) { $1 },
+            placing: manager.placements)
         defer { kill(pid, SIGTERM); _ = Spawn.wait(pid) }
         try lab.waitForBroker()
         let answered = try XCTUnwrap(early.reply(), "the request made while no broker ran")
         XCTAssertEqual(answered.fds.first.flatMap(OwnedSocket.cookie), OwnedSocket.cookie(before[0].fd))
         answered.fds.forEach { close($0) }
         let after = try lab.client().bind(requests)
-        XCTAssertEqual(after.map { OwnedSocket.cookie($0.fd) }, before.map { OwnedSocket.cookie($0.fd) }, "the same kernel sockets")
+        XCTAssertEqual(
+            after.map { OwnedSocket.cookie($0.fd) }, before.map { OwnedSocket.cookie($0.fd) }, "the same kernel sockets"
+        )
         XCTAssertEqual(try lab.client().list().sockets.count, 3)
         let restarted = (try? String(contentsOfFile: restartLog, encoding: .utf8)) ?? ""
-        XCTAssertTrue(restarted.contains("recovered 3 sockets from the service manager and the control socket"), restarted)
+        XCTAssertTrue(
+            restarted.contains("recovered 3 sockets from the service manager and the control socket"), restarted)
         let accepted = try acceptConnection(after[0].fd)
         XCTAssertGreaterThanOrEqual(accepted, 0, "the connection made while the broker was dead is served")
         close(accepted)
@@ -346,8 +395,13 @@ final class BindkeeperTests: XCTestCase {
             connection.sendall(b"served by " + os.environ["LISTEN_FDNAMES"].split(":")[0].encode())
             connection.close()
             """
-        let process = try lab.start("app", [lab.binary("bindkeeper"), "exec", "--socket", lab.socketPath,
-                                            "--bind", "web=tcp://\(BrokerLab.address):8700", "--bind", "udp://[::]:8701", "--", "python3", "-c", server])
+        let process = try lab.start(
+            "app",
+            [
+                lab.binary("bindkeeper"), "exec", "--socket", lab.socketPath,
+                "--bind", "web=tcp://\(BrokerLab.address):8700", "--bind", "udp://[::]:8701", "--", "python3", "-c",
+                server,
+            ])
         try lab.waitFor("the app's first line") { lab.allLogs.contains("web:udp-__-8701") }
         let fd = try lab.inside { try LabSockets.connectTCP(to: IPAddress(BrokerLab.address)!, port: 8700) }
         defer { close(fd) }
@@ -374,8 +428,12 @@ final class BindkeeperTests: XCTestCase {
             return body.contains("bindkeeper_incomplete_at_eof_total 1\n")
         }
         XCTAssertTrue(body.contains("bindkeeper_sockets 1\n"), body)
-        XCTAssertTrue(body.contains("# HELP bindkeeper_sockets Sockets the broker owns.\n# TYPE bindkeeper_sockets gauge\n"), body)
-        XCTAssertEqual(body.components(separatedBy: "# HELP ").count, body.components(separatedBy: "# TYPE ").count, "a HELP per family")
+        XCTAssertTrue(
+            body.contains("# HELP bindkeeper_sockets Sockets the broker owns.\n# TYPE bindkeeper_sockets gauge\n"), body
+        )
+        XCTAssertEqual(
+            body.components(separatedBy: "# HELP ").count, body.components(separatedBy: "# TYPE ").count,
+            "a HELP per family")
         XCTAssertTrue(body.contains("bindkeeper_bind_errors_total 1\n"), body)
         XCTAssertTrue(body.contains("bindkeeper_bad_requests_total 1\n"), body)
         XCTAssertTrue(body.contains("bindkeeper_socket_handed_out_total{key=\"tcp://198.18.2.1:8800\"} 1"), body)

@@ -26,9 +26,11 @@ final class BrokerLab {
         try? FileManager.default.removeItem(at: directory)
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         _ = try? Lab.shell("ip netns del \(namespace) 2>/dev/null")
-        try Lab.shell("""
+        try Lab.shell(
+            """
             ip netns add \(namespace) && ip -n \(namespace) link set lo up && \
-            ip -n \(namespace) addr add \(Self.address)/32 dev lo && ip -n \(namespace) addr add \(Self.vip)/32 dev lo && \
+            ip -n \(namespace) addr add \(Self.address)/32 dev lo && \
+            ip -n \(namespace) addr add \(Self.vip)/32 dev lo && \
             ip -n \(namespace) addr add \(Self.address6)/128 dev lo nodad
             """)
     }
@@ -47,27 +49,35 @@ final class BrokerLab {
 
     /// Runs a command inside the namespace to its end: (status, output).
     func run(_ command: [String], environment: [String: String]? = nil) throws -> (status: Int32, output: String) {
-        let process = try start(command.first.map { URL(fileURLWithPath: $0).lastPathComponent } ?? "run", command, environment: environment)
+        let process = try start(
+            command.first.map { URL(fileURLWithPath: $0).lastPathComponent } ?? "run", command, environment: environment
+        )
         process.waitUntilExit()
         return (process.terminationStatus, try String(contentsOf: logs.last!.url, encoding: .utf8))
     }
 
     @discardableResult
     func startBroker(_ extra: [String] = [], environment: [String: String]? = nil) throws -> Process {
-        let process = try start("broker", [binary("bindkeeper"), "serve", "--socket", socketPath] + extra, environment: environment)
+        let process = try start(
+            "broker", [binary("bindkeeper"), "serve", "--socket", socketPath] + extra, environment: environment)
         try waitForBroker()
         return process
     }
 
     func waitForBroker() throws {
-        try waitFor("the broker's control socket") { (try? UnixAddress.connect(self.socketPath)).map { close($0); return true } ?? false }
+        try waitFor("the broker's control socket") {
+            (try? UnixAddress.connect(self.socketPath)).map {
+                close($0); return true
+            } ?? false
+        }
     }
 
     func client() throws -> BindkeeperClient { try BindkeeperClient(path: socketPath) }
 
     /// Everything logged so far, for failure messages.
     var allLogs: String {
-        logs.map { "--- \($0.name)\n" + ((try? String(contentsOf: $0.url, encoding: .utf8)) ?? "") }.joined(separator: "\n")
+        logs.map { "--- \($0.name)\n" + ((try? String(contentsOf: $0.url, encoding: .utf8)) ?? "") }.joined(
+            separator: "\n")
     }
 
     func inside<T>(_ body: () throws -> T) throws -> T { try NetworkNamespace(nameOrPath: namespace).run(body) }
@@ -89,7 +99,9 @@ final class BrokerLab {
 extension XCTestCase {
     /// The test method's name, letters only ("-[Class testX]" on Darwin, "Class.testX" on Linux).
     var testName: String {
-        String(name.split(whereSeparator: { $0 == " " || $0 == "." }).last.map { $0.filter(\.isLetter) }?.prefix(40) ?? "test")
+        String(
+            name.split(whereSeparator: { $0 == " " || $0 == "." }).last.map { $0.filter(\.isLetter) }?.prefix(40)
+                ?? "test")
     }
 }
 
@@ -120,7 +132,8 @@ final class RawControlClient {
     /// One multibinder reply (a JSON object) and the fds that came with it; nil at EOF or timeout.
     func reply() -> (object: [String: Any], fds: [Int32])? {
         guard let (bytes, fds) = try? FDPassing.receive(fd), !bytes.isEmpty,
-              let object = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any] else { return nil }
+            let object = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any]
+        else { return nil }
         return (object, fds)
     }
 

@@ -32,9 +32,17 @@ struct DatagramTraffic {
             let fd = try LabSockets.bindUDP(.v4(Lab.client), port: 30100)
             defer { close(fd) }
             for number in numbers {
-                var datagram: [UInt8] = [0x9c, 0x41, UInt8(DatagramTraffic.servicePort >> 8), UInt8(DatagramTraffic.servicePort & 0xff), 0, 12, 0, 0]
-                datagram += [UInt8(number >> 24), UInt8((number >> 16) & 0xff), UInt8((number >> 8) & 0xff), UInt8(number & 0xff)]
-                let inner = PacketBuilder.ip(source: .v4(Lab.client), destination: .v4(Lab.vip), protocol: 17, transport: datagram, checksumOffset: 6)
+                var datagram: [UInt8] = [
+                    0x9c, 0x41, UInt8(DatagramTraffic.servicePort >> 8), UInt8(DatagramTraffic.servicePort & 0xff), 0,
+                    12, 0, 0,
+                ]
+                datagram += [
+                    UInt8(number >> 24), UInt8((number >> 16) & 0xff), UInt8((number >> 8) & 0xff),
+                    UInt8(number & 0xff),
+                ]
+                let inner = PacketBuilder.ip(
+                    source: .v4(Lab.client), destination: .v4(Lab.vip), protocol: 17, transport: datagram,
+                    checksumOffset: 6)
                 let payload = PacketBuilder.guePayload(inner: inner, hops: [Lab.p2])
                 let sent = SocketAddress.with(.v4(Lab.p1), GUEPacket.port) { address, length in
                     payload.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, 0, address, length) }
@@ -50,14 +58,20 @@ struct DatagramTraffic {
         var numbers: Set<UInt32> = []
         var buffer = [UInt8](repeating: 0, count: 64)
         while recv(service, &buffer, buffer.count, 0) == 4 {
-            numbers.insert(UInt32(buffer[0]) << 24 | UInt32(buffer[1]) << 16 | UInt32(buffer[2]) << 8 | UInt32(buffer[3]))
+            numbers.insert(
+                UInt32(buffer[0]) << 24 | UInt32(buffer[1]) << 16 | UInt32(buffer[2]) << 8 | UInt32(buffer[3]))
         }
         return numbers
     }
 
-    func assertAllReceived(_ numbers: Set<UInt32>, _ expected: Range<UInt32>, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
+    func assertAllReceived(
+        _ numbers: Set<UInt32>, _ expected: Range<UInt32>, _ what: String, file: StaticString = #filePath,
+        line: UInt = #line
+    ) {
         let missing = Set(expected).subtracting(numbers).sorted()
-        XCTAssertTrue(missing.isEmpty, "\(what): \(missing.count) of \(expected.count) lost, first \(missing.prefix(10))", file: file, line: line)
+        XCTAssertTrue(
+            missing.isEmpty, "\(what): \(missing.count) of \(expected.count) lost, first \(missing.prefix(10))",
+            file: file, line: line)
     }
 
     /// Packets the kernel holds in queue 0 of a host, waiting for a verdict.

@@ -9,7 +9,9 @@ final class HAProxyReloadTests: XCTestCase {
     var lab: BrokerLab!
 
     override func setUpWithError() throws {
-        guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/haproxy") else { throw LabError("haproxy is not installed (scripts/setup.sh installs it)") }
+        guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/haproxy") else {
+            throw LabError("haproxy is not installed (scripts/setup.sh installs it)")
+        }
         lab = try BrokerLab(testName)
         try lab.startBroker()
     }
@@ -20,38 +22,55 @@ final class HAProxyReloadTests: XCTestCase {
     @discardableResult
     func writeTemplate(_ name: String, bind: String, extra: String = "") throws -> String {
         let path = lab.directory.appendingPathComponent("\(name).cfg.tmpl").path
-        let answer = try String(contentsOf: Lab.packageRoot.appendingPathComponent("examples/lab/haproxy-answer.cfg.in"), encoding: .utf8)
-        try (answer.replacingOccurrences(of: "@BIND@", with: bind) + extra).write(toFile: path, atomically: true, encoding: .utf8)
+        let answer = try String(
+            contentsOf: Lab.packageRoot.appendingPathComponent("examples/lab/haproxy-answer.cfg.in"), encoding: .utf8)
+        try (answer.replacingOccurrences(of: "@BIND@", with: bind) + extra).write(
+            toFile: path, atomically: true, encoding: .utf8)
         return path
     }
 
     func startSupervisor(_ name: String, template: String) throws -> (process: Process, pidFile: String) {
         let pidFile = lab.directory.appendingPathComponent("\(name).pid").path
-        let process = try lab.start("supervisor-\(name)", [lab.binary("bindkeeper"), "haproxy", "--socket", lab.socketPath, "-f", template,
-                                                          "-p", pidFile, "--stop-timeout", "5", "--", "/usr/sbin/haproxy"])
+        let process = try lab.start(
+            "supervisor-\(name)",
+            [
+                lab.binary("bindkeeper"), "haproxy", "--socket", lab.socketPath, "-f", template,
+                "-p", pidFile, "--stop-timeout", "5", "--", "/usr/sbin/haproxy",
+            ])
         try lab.waitFor("haproxy \(name) to start") { FileManager.default.fileExists(atPath: pidFile) }
         return (process, pidFile)
     }
 
     func load(port: Int, seconds: Int, concurrency: Int) throws -> Process {
-        try lab.start("load", [lab.binary("glb-lab"), "http-load", "--target", "\(BrokerLab.vip):\(port)", "--seconds", String(seconds),
-                               "--concurrency", String(concurrency), "--timeout-seconds", "3"])
+        try lab.start(
+            "load",
+            [
+                lab.binary("glb-lab"), "http-load", "--target", "\(BrokerLab.vip):\(port)", "--seconds",
+                String(seconds),
+                "--concurrency", String(concurrency), "--timeout-seconds", "3",
+            ])
     }
 
     /// The load generator's counts: attempts, ok, failed, and each failure kind.
     func counts(_ process: Process) throws -> [String: Int] {
         process.waitUntilExit()
         let log = try XCTUnwrap(lab.logs.last { $0.name == "load" }?.url)
-        let line = try XCTUnwrap(try String(contentsOf: log, encoding: .utf8).split(separator: "\n").last { $0.hasPrefix("http-load:") })
-        return Dictionary(uniqueKeysWithValues: line.split(separator: " ").dropFirst().compactMap { pair -> (String, Int)? in
-            let parts = pair.split(separator: "=")
-            return parts.count == 2 ? (String(parts[0]), Int(parts[1]) ?? -1) : nil
-        })
+        let line = try XCTUnwrap(
+            try String(contentsOf: log, encoding: .utf8).split(separator: "\n").last { $0.hasPrefix("http-load:") })
+        return Dictionary(
+            uniqueKeysWithValues: line.split(separator: " ").dropFirst().compactMap { pair -> (String, Int)? in
+                let parts = pair.split(separator: "=")
+                return parts.count == 2 ? (String(parts[0]), Int(parts[1]) ?? -1) : nil
+            })
     }
 
     func reloads(_ name: String) -> Int {
         lab.logs.filter { $0.name == "supervisor-\(name)" }
-            .map { ((try? String(contentsOf: $0.url, encoding: .utf8)) ?? "").components(separatedBy: "reloaded: haproxy pid").count - 1 }
+            .map {
+                ((try? String(contentsOf: $0.url, encoding: .utf8)) ?? "").components(
+                    separatedBy: "reloaded: haproxy pid"
+                ).count - 1
+            }
             .reduce(0, +)
     }
 
@@ -83,12 +102,21 @@ final class HAProxyReloadTests: XCTestCase {
         try reload("plain", plainSupervisor.process, count: reloadCount, intervalMs: 150)
         let plainCounts = try counts(plainLoad)
 
-        print("reload-under-load: \(reloadCount) reloads each; bindkeeper (shared socket): attempts=\(sharedCounts["attempts"] ?? 0) failed=\(sharedCounts["failed"] ?? 0); "
-              + "plain SO_REUSEPORT: attempts=\(plainCounts["attempts"] ?? 0) failed=\(plainCounts["failed"] ?? 0) reset=\(plainCounts["reset"] ?? 0) refused=\(plainCounts["refused"] ?? 0)")
+        print(
+            """
+            reload-under-load: \(reloadCount) reloads each; bindkeeper (shared socket): \
+            attempts=\(sharedCounts["attempts"] ?? 0) failed=\(sharedCounts["failed"] ?? 0); 
+            """
+                + """
+                plain SO_REUSEPORT: attempts=\(plainCounts["attempts"] ?? 0) failed=\(plainCounts["failed"] ?? 0) \
+                reset=\(plainCounts["reset"] ?? 0) refused=\(plainCounts["refused"] ?? 0)
+                """
+        )
         XCTAssertEqual(reloads("shared"), reloadCount)
         XCTAssertEqual(reloads("plain"), reloadCount)
         XCTAssertGreaterThan(sharedCounts["attempts"] ?? 0, 10_000, "the load ran")
-        XCTAssertEqual(sharedCounts["failed"], 0, "no connection fails across reloads on a shared socket: \(sharedCounts)")
+        XCTAssertEqual(
+            sharedCounts["failed"], 0, "no connection fails across reloads on a shared socket: \(sharedCounts)")
         XCTAssertGreaterThan(plainCounts["attempts"] ?? 0, 10_000, "the load ran")
         // Old instances were told to finish (-sf) and left; only the current one remains.
         try lab.waitFor("old instances to leave") {
@@ -103,7 +131,10 @@ final class HAProxyReloadTests: XCTestCase {
 
         // A configuration HAProxy rejects: --check says so, and a reload does not proceed.
         try writeTemplate("guarded", bind: "{{bind tcp://\(BrokerLab.vip):82}}", extra: "    no_such_keyword here\n")
-        let check = try lab.run([lab.binary("bindkeeper"), "haproxy", "--check", "--socket", lab.socketPath, "-f", template, "--", "/usr/sbin/haproxy"])
+        let check = try lab.run([
+            lab.binary("bindkeeper"), "haproxy", "--check", "--socket", lab.socketPath, "-f", template, "--",
+            "/usr/sbin/haproxy",
+        ])
         XCTAssertNotEqual(check.status, 0, check.output)
         kill(supervisor.process.processIdentifier, SIGUSR2)
         try lab.waitFor("the refused reload") { self.lab.allLogs.contains("reload refused") }
@@ -115,12 +146,17 @@ final class HAProxyReloadTests: XCTestCase {
         // A template naming a socket the broker refuses is refused the same way.
         try writeTemplate("guarded", bind: "{{bind tcp://198.18.9.9:82}}")
         kill(supervisor.process.processIdentifier, SIGUSR2)
-        try lab.waitFor("the second refused reload") { self.lab.allLogs.components(separatedBy: "reload refused").count == 3 }
+        try lab.waitFor("the second refused reload") {
+            self.lab.allLogs.components(separatedBy: "reload refused").count == 3
+        }
         XCTAssertEqual(try String(contentsOfFile: supervisor.pidFile, encoding: .utf8), firstPid)
 
         // Fixed: the reload goes through, on the same kernel socket.
         try writeTemplate("guarded", bind: "{{bind tcp://\(BrokerLab.vip):82}}")
-        let good = try lab.run([lab.binary("bindkeeper"), "haproxy", "--check", "--socket", lab.socketPath, "-f", template, "--", "/usr/sbin/haproxy"])
+        let good = try lab.run([
+            lab.binary("bindkeeper"), "haproxy", "--check", "--socket", lab.socketPath, "-f", template, "--",
+            "/usr/sbin/haproxy",
+        ])
         XCTAssertEqual(good.status, 0, good.output)
         kill(supervisor.process.processIdentifier, SIGUSR2)
         try lab.waitFor("the reload") { self.reloads("guarded") == 1 }

@@ -21,7 +21,8 @@ final class Lab {
     /// the whole lab subnet is a peer for them. The trust-boundary tests name the real peers.
     static let labPeers = ["--allow-source", "198.18.0.0/24"]
 
-    static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
     /// Where `swift build` put the executables: beside the test bundle, unless PROXYSIDE_BIN says otherwise.
     static var binaries: URL {
         if let path = ProcessInfo.processInfo.environment["PROXYSIDE_BIN"] { return URL(fileURLWithPath: path) }
@@ -34,12 +35,16 @@ final class Lab {
 
     init(prefix: String) throws {
         // A test that cannot run fails, saying why: a skip would pass for a test that never ran.
-        guard geteuid() == 0 else { throw LabError("needs root for network namespaces and NFQUEUE (scripts/test.sh runs as root)") }
+        guard geteuid() == 0 else {
+            throw LabError("needs root for network namespaces and NFQUEUE (scripts/test.sh runs as root)")
+        }
         self.prefix = prefix
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("proxyside-\(prefix)-\(getpid())")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         // Tests send GUE from the client too; the daemons' --allow-source decides (Lab.labPeers).
-        try Lab.shell("LAB_PEERS=198.18.0.0/24 " + Lab.packageRoot.appendingPathComponent("examples/lab/topology.sh").path + " up \(prefix)")
+        try Lab.shell(
+            "LAB_PEERS=198.18.0.0/24 " + Lab.packageRoot.appendingPathComponent("examples/lab/topology.sh").path
+                + " up \(prefix)")
     }
 
     func namespace(_ host: String) -> String { "\(prefix)-\(host)" }
@@ -48,13 +53,17 @@ final class Lab {
 
     /// Starts a binary from the build inside a host's namespace.
     @discardableResult
-    func start(_ host: String, _ binary: String, _ arguments: [String], environment: [String: String]? = nil) throws -> Process {
+    func start(_ host: String, _ binary: String, _ arguments: [String], environment: [String: String]? = nil) throws
+        -> Process
+    {
         try start(host, program: Lab.binaries.appendingPathComponent(binary).path, arguments, environment: environment)
     }
 
     /// Starts the program at `path` inside a host's namespace; it is named by its file name.
     @discardableResult
-    func start(_ host: String, program path: String, _ arguments: [String], environment: [String: String]? = nil) throws -> Process {
+    func start(_ host: String, program path: String, _ arguments: [String], environment: [String: String]? = nil) throws
+        -> Process
+    {
         let binary = URL(fileURLWithPath: path).lastPathComponent
         let log = directory.appendingPathComponent("\(host)-\(binary)-\(processes.count).log")
         let process = try Lab.launch(inside: namespace(host), [path] + arguments, log: log, environment: environment)
@@ -63,7 +72,9 @@ final class Lab {
     }
 
     /// Runs `command` in a network namespace, its output (both streams) in `log`.
-    static func launch(inside namespace: String, _ command: [String], log: URL, environment: [String: String]? = nil) throws -> Process {
+    static func launch(inside namespace: String, _ command: [String], log: URL, environment: [String: String]? = nil)
+        throws -> Process
+    {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["ip", "netns", "exec", namespace] + command
@@ -100,9 +111,13 @@ final class Lab {
 
     func startSecondChance(_ host: String, _ selfAddress: IPv4Address, extra: [String] = []) throws {
         try? FileManager.default.removeItem(atPath: controlPath(host))
-        try start(host, "second-chance", ["run", "--queue", "0", "--self", selfAddress.description, "--control", controlPath(host)]
-                  + (extra.contains("--allow-source") ? [] : Lab.labPeers) + extra)
-        try waitFor("second-chance control socket on \(host)") { FileManager.default.fileExists(atPath: self.controlPath(host)) }
+        try start(
+            host, "second-chance",
+            ["run", "--queue", "0", "--self", selfAddress.description, "--control", controlPath(host)]
+                + (extra.contains("--allow-source") ? [] : Lab.labPeers) + extra)
+        try waitFor("second-chance control socket on \(host)") {
+            FileManager.default.fileExists(atPath: self.controlPath(host))
+        }
     }
 
     /// Stops the host's second-chance and starts it again with `extra` flags.
@@ -140,7 +155,9 @@ final class Lab {
         var out: [String: UInt64] = [:]
         for line in try readControlSocket(path).split(separator: "\n") {
             let parts = line.split(separator: ":")
-            if parts.count == 2, let value = UInt64(parts[1].trimmingCharacters(in: .whitespaces)) { out[String(parts[0])] = value }
+            if parts.count == 2, let value = UInt64(parts[1].trimmingCharacters(in: .whitespaces)) {
+                out[String(parts[0])] = value
+            }
         }
         return out
     }
@@ -174,7 +191,9 @@ final class Lab {
         try process.run()
         let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
-        guard process.terminationStatus == 0 else { throw LabError("`\(command)` failed (\(process.terminationStatus)): \(output)") }
+        guard process.terminationStatus == 0 else {
+            throw LabError("`\(command)` failed (\(process.terminationStatus)): \(output)")
+        }
         return output
     }
 
@@ -183,7 +202,9 @@ final class Lab {
     }
 
     /// Polls `condition` every 20 ms; the error names `what` and, when given, `context` (logs).
-    static func waitFor(_ what: String, seconds: Double, context: () -> String = { "" }, _ condition: () throws -> Bool) throws {
+    static func waitFor(_ what: String, seconds: Double, context: () -> String = { "" }, _ condition: () throws -> Bool)
+        throws
+    {
         let deadline = Date().addingTimeInterval(seconds)
         while Date() < deadline {
             if try condition() { return }
@@ -269,27 +290,35 @@ final class Capture {
 }
 
 extension Array where Element == UInt8 {
-    /// TCP fields of an IPv4 packet: (source, sourcePort, destination, destinationPort, flags, seq, ack, payloadLength).
+    /// TCP fields of an IPv4 packet: (source, sourcePort, destination, destinationPort, flags, seq, ack,
+    /// payloadLength).
     var ipv4TCP: (IPv4Address, UInt16, IPv4Address, UInt16, TCPFlags, UInt32, UInt32, Int)? {
         guard count >= 40, self[0] >> 4 == 4, self[9] == 6 else { return nil }
         let ihl = Int(self[0] & 0x0f) * 4
         guard count >= ihl + 20 else { return nil }
         let dataOffset = Int(self[ihl + 12] >> 4) * 4
         let payload = Int(be16(2)) - ihl - dataOffset
-        return (IPv4Address(be32(12)), be16(ihl), IPv4Address(be32(16)), be16(ihl + 2), TCPFlags(rawValue: self[ihl + 13]),
-                be32(ihl + 4), be32(ihl + 8), payload)
+        return (
+            IPv4Address(be32(12)), be16(ihl), IPv4Address(be32(16)), be16(ihl + 2), TCPFlags(rawValue: self[ihl + 13]),
+            be32(ihl + 4), be32(ihl + 8), payload
+        )
     }
 }
 
 /// Sends GUE payloads from the client's namespace, as a director would (UDP to port 19523).
-func sendGUE(_ lab: Lab, from host: String = "c", source: IPv4Address = Lab.client, sourcePort: UInt16, to proxy: IPv4Address,
-             inner: [UInt8], hops: [IPv4Address], nextHop: UInt8 = 0, zeroChecksum: Bool = false) throws {
-    try sendUDP(lab, from: host, source: source, sourcePort: sourcePort, to: proxy,
-                payload: PacketBuilder.guePayload(inner: inner, hops: hops, nextHop: nextHop), zeroChecksum: zeroChecksum)
+func sendGUE(
+    _ lab: Lab, from host: String = "c", source: IPv4Address = Lab.client, sourcePort: UInt16, to proxy: IPv4Address,
+    inner: [UInt8], hops: [IPv4Address], nextHop: UInt8 = 0, zeroChecksum: Bool = false
+) throws {
+    try sendUDP(
+        lab, from: host, source: source, sourcePort: sourcePort, to: proxy,
+        payload: PacketBuilder.guePayload(inner: inner, hops: hops, nextHop: nextHop), zeroChecksum: zeroChecksum)
 }
 
-func sendUDP(_ lab: Lab, from host: String = "c", source: IPv4Address = Lab.client, sourcePort: UInt16, to proxy: IPv4Address,
-             payload: [UInt8], zeroChecksum: Bool = false) throws {
+func sendUDP(
+    _ lab: Lab, from host: String = "c", source: IPv4Address = Lab.client, sourcePort: UInt16, to proxy: IPv4Address,
+    payload: [UInt8], zeroChecksum: Bool = false
+) throws {
     try lab.inside(host) {
         let fd = try LabSockets.bindUDP(.v4(source), port: sourcePort)
         defer { close(fd) }

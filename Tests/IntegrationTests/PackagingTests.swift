@@ -6,20 +6,34 @@ import XCTest
 /// in place of the installed one.
 final class PackagingTests: XCTestCase {
     func testSystemdUnitsVerify() throws {
-        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-analyze") else { throw LabError("systemd-analyze is not installed (scripts/setup.sh installs systemd)") }
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-analyze") else {
+            throw LabError("systemd-analyze is not installed (scripts/setup.sh installs systemd)")
+        }
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("units-\(getpid())")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
-        for unit in ["bindkeeper.service", "haproxy-multi@.service", "listen-fds-app@.service", "second-chance@.service"] {
-            let text = try String(contentsOf: Lab.packageRoot.appendingPathComponent("systemd/\(unit)"), encoding: .utf8)
-                .replacingOccurrences(of: "/usr/local/bin/bindkeeper", with: Lab.binaries.appendingPathComponent("bindkeeper").path)
-                .replacingOccurrences(of: "/usr/local/sbin/second-chance", with: Lab.binaries.appendingPathComponent("second-chance").path)
+        for unit in [
+            "bindkeeper.service", "haproxy-multi@.service", "listen-fds-app@.service", "second-chance@.service",
+        ] {
+            let text = try String(
+                contentsOf: Lab.packageRoot.appendingPathComponent("systemd/\(unit)"), encoding: .utf8
+            )
+            .replacingOccurrences(
+                of: "/usr/local/bin/bindkeeper", with: Lab.binaries.appendingPathComponent("bindkeeper").path
+            )
+            .replacingOccurrences(
+                of: "/usr/local/sbin/second-chance", with: Lab.binaries.appendingPathComponent("second-chance").path)
             try text.write(to: directory.appendingPathComponent(unit), atomically: true, encoding: .utf8)
         }
-        let units = ["bindkeeper.service", "haproxy-multi@www.service", "listen-fds-app@blue.service", "second-chance@0.service"]
-        let output = try Lab.shell("cd \(directory.path) && systemd-analyze verify --man=no " + units.joined(separator: " ") + " 2>&1 || true")
+        let units = [
+            "bindkeeper.service", "haproxy-multi@www.service", "listen-fds-app@blue.service", "second-chance@0.service",
+        ]
+        let output = try Lab.shell(
+            "cd \(directory.path) && systemd-analyze verify --man=no " + units.joined(separator: " ") + " 2>&1 || true")
         // systemd before 254 does not know FileDescriptorStorePreserve= and says so; nothing else may be said.
-        let problems = output.split(separator: "\n").filter { !$0.contains("FileDescriptorStorePreserve") && !$0.isEmpty }
+        let problems = output.split(separator: "\n").filter {
+            !$0.contains("FileDescriptorStorePreserve") && !$0.isEmpty
+        }
         XCTAssertEqual(problems, [], output)
     }
 }
@@ -32,24 +46,39 @@ final class ShippedConfigurationTests: XCTestCase {
         let lab = try Lab(prefix: "pspk")
         defer { lab.tearDown() }
         let examples = Lab.packageRoot.appendingPathComponent("examples/iptables").path
-        try Lab.shell("ip netns exec \(lab.namespace("p1")) iptables-restore < \(examples)/rules.v4 && ip netns exec \(lab.namespace("p1")) ip6tables-restore < \(examples)/rules.v6")
+        try Lab.shell(
+            """
+            ip netns exec \(lab.namespace("p1")) iptables-restore < \(examples)/rules.v4 && ip netns exec \
+            \(lab.namespace("p1")) ip6tables-restore < \(examples)/rules.v6
+            """
+        )
         var environment: [String: String] = [:]
-        let defaults = try String(contentsOf: Lab.packageRoot.appendingPathComponent("examples/second-chance/default"), encoding: .utf8)
+        let defaults = try String(
+            contentsOf: Lab.packageRoot.appendingPathComponent("examples/second-chance/default"), encoding: .utf8)
         for line in defaults.split(separator: "\n") where !line.hasPrefix("#") {
             let parts = line.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             if parts.count == 2 { environment[String(parts[0])] = String(parts[1]) }
         }
         XCTAssertEqual(environment["SECOND_CHANCE_SELF"], Lab.p1.description, "the example names the lab's P1")
-        let unit = try String(contentsOf: Lab.packageRoot.appendingPathComponent("systemd/second-chance@.service"), encoding: .utf8)
+        let unit = try String(
+            contentsOf: Lab.packageRoot.appendingPathComponent("systemd/second-chance@.service"), encoding: .utf8)
         /// A command line of the unit with %i, ${VAR} (one word) and $VAR (split at blanks) expanded, as systemd does.
         func command(_ key: String) throws -> [String] {
-            let line = try XCTUnwrap(unit.split(separator: "\n").first { $0.hasPrefix(key + "=") }).dropFirst(key.count + 1)
+            let line = try XCTUnwrap(unit.split(separator: "\n").first { $0.hasPrefix(key + "=") }).dropFirst(
+                key.count + 1)
             return line.split(separator: " ").flatMap { word -> [String] in
                 let word = word.replacingOccurrences(of: "%i", with: "0")
-                    .replacingOccurrences(of: "/usr/local/sbin/second-chance", with: Lab.binaries.appendingPathComponent("second-chance").path)
+                    .replacingOccurrences(
+                        of: "/usr/local/sbin/second-chance",
+                        with: Lab.binaries.appendingPathComponent("second-chance").path
+                    )
                     .replacingOccurrences(of: "/run/second-chance/queue-0.sock", with: lab.controlPath("p1"))
-                if word.hasPrefix("${"), word.hasSuffix("}") { return [environment[String(word.dropFirst(2).dropLast())] ?? ""] }
-                if word.hasPrefix("$") { return (environment[String(word.dropFirst())] ?? "").split(separator: " ").map(String.init) }
+                if word.hasPrefix("${"), word.hasSuffix("}") {
+                    return [environment[String(word.dropFirst(2).dropLast())] ?? ""]
+                }
+                if word.hasPrefix("$") {
+                    return (environment[String(word.dropFirst())] ?? "").split(separator: " ").map(String.init)
+                }
                 return [word]
             }
         }
@@ -59,21 +88,35 @@ final class ShippedConfigurationTests: XCTestCase {
         let report = try String(contentsOf: doctorLog, encoding: .utf8)
         XCTAssertEqual(doctor.terminationStatus, 0, report)
         XCTAssertTrue(report.contains("[ ok ] --allow-source: 198.18.0.2/32, 198.18.0.11/32, 198.18.0.12/32"), report)
-        XCTAssertTrue(report.contains("[ ok ] iptables: -A PREROUTING -s 198.18.0.2/32 -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass"), report)
+        XCTAssertTrue(
+            report.contains(
+                """
+                [ ok ] iptables: -A PREROUTING -s 198.18.0.2/32 -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 \
+                --queue-bypass
+                """
+            ), report)
         XCTAssertFalse(report.contains("[warn] iptables"), report)
 
         let start = try command("ExecStart")
         XCTAssertTrue(start.contains("--allow-source"), "\(start)")
-        let daemon = try Lab.launch(inside: lab.namespace("p1"), start, log: lab.directory.appendingPathComponent("daemon.log"))
+        let daemon = try Lab.launch(
+            inside: lab.namespace("p1"), start, log: lab.directory.appendingPathComponent("daemon.log"))
         defer { daemon.terminate(); daemon.waitUntilExit() }
         try lab.waitFor("the unit's daemon") { FileManager.default.fileExists(atPath: lab.controlPath("p1")) }
-        let syn = PacketBuilder.tcp(source: .v4(Lab.client), sourcePort: 40001, destination: .v4(Lab.vip), destinationPort: 80, flags: .syn)
+        let syn = PacketBuilder.tcp(
+            source: .v4(Lab.client), sourcePort: 40001, destination: .v4(Lab.vip), destinationPort: 80, flags: .syn)
         try sendGUE(lab, from: "d", source: Lab.director, sourcePort: 30001, to: Lab.p1, inner: syn, hops: [])
         try sendGUE(lab, sourcePort: 30002, to: Lab.p1, inner: syn, hops: [])
         // The rules drop the client's GUE before it is queued; the director's is heard.
         try lab.waitFor("the director's SYN") { try lab.stats("p1")["accepted_syn"] == 1 }
-        let dropped = try Lab.shell("ip netns exec \(lab.namespace("p1")) iptables -t raw -L PREROUTING -v -x -n | awk '$3 == \"DROP\" {print $1}'")
-        XCTAssertEqual(dropped.trimmingCharacters(in: .whitespacesAndNewlines), "1", "the client's packet met the DROP rule")
+        let dropped = try Lab.shell(
+            """
+            ip netns exec \(lab.namespace("p1")) iptables -t raw -L PREROUTING -v -x -n | awk '$3 == \"DROP\" {print \
+            $1}'
+            """
+        )
+        XCTAssertEqual(
+            dropped.trimmingCharacters(in: .whitespacesAndNewlines), "1", "the client's packet met the DROP rule")
         XCTAssertEqual(try lab.stats("p1")["total_packets"], 1)
     }
 }

@@ -20,17 +20,22 @@ final class RealSystemdTests: XCTestCase {
         traffic = DatagramTraffic(lab: lab)
         let units = Lab.packageRoot.appendingPathComponent("systemd").path
         let answer = lab.directory.appendingPathComponent("answer.cfg.tmpl")
-        let template = try String(contentsOf: Lab.packageRoot.appendingPathComponent("examples/lab/haproxy-answer.cfg.in"), encoding: .utf8)
-        try template.replacingOccurrences(of: "@BIND@", with: "{{bind tcp://\(Lab.vip):8080?backlog=1024}}").write(to: answer, atomically: true, encoding: .utf8)
+        let template = try String(
+            contentsOf: Lab.packageRoot.appendingPathComponent("examples/lab/haproxy-answer.cfg.in"), encoding: .utf8)
+        try template.replacingOccurrences(of: "@BIND@", with: "{{bind tcp://\(Lab.vip):8080?backlog=1024}}").write(
+            to: answer, atomically: true, encoding: .utf8)
         let defaults = lab.directory.appendingPathComponent("second-chance.default")
-        try "SECOND_CHANCE_SELF=\(Lab.p1)\nSECOND_CHANCE_ALLOW_SOURCE=198.18.0.0/24\nSECOND_CHANCE_ARGS=\n".write(to: defaults, atomically: true, encoding: .utf8)
-        container = try SystemdContainer(lab: lab, host: "p1", files: [
-            ("\(units)/second-chance@.service", "/etc/systemd/system/second-chance@.service"),
-            ("\(units)/bindkeeper.service", "/etc/systemd/system/bindkeeper.service"),
-            ("\(units)/haproxy-multi@.service", "/etc/systemd/system/haproxy-multi@.service"),
-            (defaults.path, "/etc/default/second-chance"),
-            (answer.path, "/etc/haproxy/answer.cfg.tmpl"),
-        ])
+        try "SECOND_CHANCE_SELF=\(Lab.p1)\nSECOND_CHANCE_ALLOW_SOURCE=198.18.0.0/24\nSECOND_CHANCE_ARGS=\n".write(
+            to: defaults, atomically: true, encoding: .utf8)
+        container = try SystemdContainer(
+            lab: lab, host: "p1",
+            files: [
+                ("\(units)/second-chance@.service", "/etc/systemd/system/second-chance@.service"),
+                ("\(units)/bindkeeper.service", "/etc/systemd/system/bindkeeper.service"),
+                ("\(units)/haproxy-multi@.service", "/etc/systemd/system/haproxy-multi@.service"),
+                (defaults.path, "/etc/default/second-chance"),
+                (answer.path, "/etc/haproxy/answer.cfg.tmpl"),
+            ])
     }
 
     override func tearDown() {
@@ -58,7 +63,9 @@ final class RealSystemdTests: XCTestCase {
 
         try container.systemctl("kill", "--signal=KILL", "--kill-whom=main", unit)
         try traffic.send(0..<300)
-        try lab.waitFor("the datagrams to wait in the queue the fd store holds") { try self.traffic.waiting("p1") == 300 }
+        try lab.waitFor("the datagrams to wait in the queue the fd store holds") {
+            try self.traffic.waiting("p1") == 300
+        }
         try lab.waitFor("systemd to restart the daemon", seconds: 10) {
             let pid = try self.mainPID(unit)
             return pid != 0 && pid != first && (try? readControlSocket(control)) != nil
@@ -71,7 +78,9 @@ final class RealSystemdTests: XCTestCase {
         let failure = Mutex<String?>(nil)
         let done = DispatchSemaphore(value: 0)
         DispatchQueue.global().async {
-            do { try DatagramTraffic.send(1000..<3000, pace: 400, from: client) } catch { failure.withLock { $0 = "\(error)" } }
+            do { try DatagramTraffic.send(1000..<3000, pace: 400, from: client) } catch {
+                failure.withLock { $0 = "\(error)" }
+            }
             done.signal()
         }
         for _ in 1...3 {
@@ -110,7 +119,9 @@ final class RealSystemdTests: XCTestCase {
         let accepted = try acceptConnection(after[0].fd)
         XCTAssertGreaterThanOrEqual(accepted, 0, "the connection made while the broker was down is served")
         close(accepted)
-        XCTAssertTrue(container.journal("bindkeeper.service").contains("recovered 1 sockets from the service manager"), container.journal("bindkeeper.service"))
+        XCTAssertTrue(
+            container.journal("bindkeeper.service").contains("recovered 1 sockets from the service manager"),
+            container.journal("bindkeeper.service"))
     }
 
     /// haproxy-multi@ on bindkeeper's socket, reloaded five times by systemctl while new HTTP
@@ -121,13 +132,15 @@ final class RealSystemdTests: XCTestCase {
         try lab.waitFor("HAProxy to answer") {
             (try? lab.inside("p1") { try Lab.httpGet(.v4(Lab.vip), port: 8080, path: "/") })?.contains("200") == true
         }
-        let load = try lab.start("p1", "glb-lab", ["http-load", "--target", "\(Lab.vip):8080", "--seconds", "6", "--concurrency", "4"])
+        let load = try lab.start(
+            "p1", "glb-lab", ["http-load", "--target", "\(Lab.vip):8080", "--seconds", "6", "--concurrency", "4"])
         for _ in 1...5 {
             usleep(800_000)
             try container.systemctl("reload", "haproxy-multi@answer.service")
         }
         load.waitUntilExit()
-        let line = try XCTUnwrap(lab.log(of: load).split(separator: "\n").last { $0.hasPrefix("http-load:") }, lab.log(of: load))
+        let line = try XCTUnwrap(
+            lab.log(of: load).split(separator: "\n").last { $0.hasPrefix("http-load:") }, lab.log(of: load))
         XCTAssertTrue(line.contains(" failed=0 "), String(line))
         let ok = line.split(separator: " ").first { $0.hasPrefix("ok=") }.flatMap { Int($0.dropFirst(3)) } ?? 0
         XCTAssertGreaterThan(ok, 100, String(line))

@@ -37,7 +37,9 @@ final class RestartTests: XCTestCase {
         let failure = Mutex<String?>(nil)
         let client = lab.namespace("c")
         DispatchQueue.global().async {
-            do { try DatagramTraffic.send(0..<4000, pace: 400, from: client) } catch { failure.withLock { $0 = "\(error)" } }
+            do { try DatagramTraffic.send(0..<4000, pace: 400, from: client) } catch {
+                failure.withLock { $0 = "\(error)" }
+            }
             done.signal()
         }
         for round in 1...3 {
@@ -63,16 +65,23 @@ final class RestartTests: XCTestCase {
         let binary = Lab.binaries.appendingPathComponent("second-chance").path
         try Lab.shell("mkdir -p \(lab.directory.path)/sbin && cp \(binary) \(installed)")
         let control = lab.controlPath("p1")
-        let process = try lab.start("p1", program: installed, ["run", "--queue", "0", "--self", Lab.p1.description, "--control", control] + Lab.labPeers)
+        let process = try lab.start(
+            "p1", program: installed,
+            ["run", "--queue", "0", "--self", Lab.p1.description, "--control", control] + Lab.labPeers)
         try lab.waitFor("the control socket") { FileManager.default.fileExists(atPath: control) }
         func field(_ name: String) throws -> String? {
-            try readControlSocket(control).split(separator: "\n").first { $0.hasPrefix(name + ": ") }.map { String($0.dropFirst(name.count + 2)) }
+            try readControlSocket(control).split(separator: "\n").first { $0.hasPrefix(name + ": ") }.map {
+                String($0.dropFirst(name.count + 2))
+            }
         }
         let before = try XCTUnwrap(field("build"))
         func upgrade(_ command: String) throws {
-            try Lab.shell("\(command) > \(installed).new && chmod 0755 \(installed).new && mv \(installed).new \(installed)")
+            try Lab.shell(
+                "\(command) > \(installed).new && chmod 0755 \(installed).new && mv \(installed).new \(installed)")
         }
-        func exe() -> String { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(process.processIdentifier)/exe")) ?? "" }
+        func exe() -> String {
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(process.processIdentifier)/exe")) ?? ""
+        }
         func reexec() throws -> (status: Int32, output: String) {
             try lab.runToEnd("p1", "second-chance", ["reexec", "--control", control])
         }
@@ -91,7 +100,9 @@ final class RestartTests: XCTestCase {
         XCTAssertTrue(process.isRunning, "the same process")
 
         // Not a program, and a program that fails: refused before anything is given up.
-        for (broken, reason) in [("echo 'not a program'", "Exec format error"), ("printf '#!/bin/sh\\nexit 3\\n'", "exited with 3")] {
+        for (broken, reason) in [
+            ("echo 'not a program'", "Exec format error"), ("printf '#!/bin/sh\\nexit 3\\n'", "exited with 3"),
+        ] {
             try upgrade(broken)
             let refused = try reexec()
             XCTAssertNotEqual(refused.status, 0, refused.output)
@@ -130,10 +141,15 @@ final class RestartTests: XCTestCase {
         try lab.waitFor("the datagrams to wait in the kernel's queue") { try self.traffic.waiting("p1") == 500 }
 
         let restartLog = lab.directory.appendingPathComponent("restarted.log").path
-        let pid = try Spawn.run("/usr/bin/env", ["ip", "netns", "exec", lab.namespace("p1"), "/bin/sh", "-c", "LISTEN_PID=$$ exec \"$0\" \"$@\" 2>\(restartLog)",
-                                                 Lab.binaries.appendingPathComponent("second-chance").path] + arguments,
-                                environment: ProcessInfo.processInfo.environment.merging(manager.listenEnvironment) { $1 },
-                                placing: manager.placements)
+        let pid = try Spawn.run(
+            "/usr/bin/env",
+            [
+                "ip", "netns", "exec", lab.namespace("p1"), "/bin/sh", "-c",
+                "LISTEN_PID=$$ exec \"$0\" \"$@\" 2>\(restartLog)",
+                Lab.binaries.appendingPathComponent("second-chance").path,
+            ] + arguments,
+            environment: ProcessInfo.processInfo.environment.merging(manager.listenEnvironment) { $1 },
+            placing: manager.placements)
         defer { kill(pid, SIGTERM); _ = Spawn.wait(pid) }
         traffic.assertAllReceived(traffic.received(service), 0..<500, "datagrams that arrived while no daemon ran")
         let stats = try lab.stats("p1")
@@ -154,16 +170,24 @@ final class RestartTests: XCTestCase {
         var buffer = [UInt8](repeating: 0, count: 70_000)
         var timeout = timeval(tv_sec: 3, tv_usec: 0)
         setsockopt(queue.fileDescriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        for _ in 0..<5 { XCTAssertGreaterThan(recv(queue.fileDescriptor, &buffer, buffer.count, 0), 0, "a queued packet read") }
+        for _ in 0..<5 {
+            XCTAssertGreaterThan(recv(queue.fileDescriptor, &buffer, buffer.count, 0), 0, "a queued packet read")
+        }
         XCTAssertEqual(try traffic.waiting("p1"), 5, "read, not answered")
 
         let control = lab.controlPath("p1")
         let log = lab.directory.appendingPathComponent("adopting.log").path
-        let pid = try Spawn.run("/usr/bin/env", ["ip", "netns", "exec", lab.namespace("p1"), "/bin/sh", "-c", "LISTEN_PID=$$ exec \"$0\" \"$@\" 2>\(log)",
-                                                 Lab.binaries.appendingPathComponent("second-chance").path, "run", "--queue", "0",
-                                                 "--self", Lab.p1.description, "--control", control] + Lab.labPeers,
-                                environment: ProcessInfo.processInfo.environment.merging(["LISTEN_FDS": "1", "LISTEN_FDNAMES": "nfqueue-0"]) { $1 },
-                                placing: [(queue.fileDescriptor, 3)])
+        let pid = try Spawn.run(
+            "/usr/bin/env",
+            [
+                "ip", "netns", "exec", lab.namespace("p1"), "/bin/sh", "-c",
+                "LISTEN_PID=$$ exec \"$0\" \"$@\" 2>\(log)",
+                Lab.binaries.appendingPathComponent("second-chance").path, "run", "--queue", "0",
+                "--self", Lab.p1.description, "--control", control,
+            ] + Lab.labPeers,
+            environment: ProcessInfo.processInfo.environment.merging(["LISTEN_FDS": "1", "LISTEN_FDNAMES": "nfqueue-0"])
+            { $1 },
+            placing: [(queue.fileDescriptor, 3)])
         defer { kill(pid, SIGTERM); _ = Spawn.wait(pid) }
         try lab.waitFor("the control socket") { FileManager.default.fileExists(atPath: control) }
         try traffic.send(5..<6)
@@ -179,13 +203,23 @@ final class RestartTests: XCTestCase {
         let udp = try lab.inside("p1") { try LabSockets.bindUDP(.v4(Lab.p1), port: 40999) }
         defer { close(udp) }
         let otherQueue = try lab.inside("p1") { try NetfilterQueue(number: 5) }
-        for (fd, reason) in [(udp, "is not a netfilter netlink socket"), (otherQueue.fileDescriptor, "is not the socket bound to queue 0")] {
+        for (fd, reason) in [
+            (udp, "is not a netfilter netlink socket"),
+            (otherQueue.fileDescriptor, "is not the socket bound to queue 0"),
+        ] {
             let log = lab.directory.appendingPathComponent("refused-\(fd).log").path
-            let pid = try Spawn.run("/usr/bin/env", ["ip", "netns", "exec", lab.namespace("p1"), "/bin/sh", "-c", "LISTEN_PID=$$ exec \"$0\" \"$@\" 2>\(log)",
-                                                     Lab.binaries.appendingPathComponent("second-chance").path, "run", "--queue", "0",
-                                                     "--self", Lab.p1.description, "--control", lab.controlPath("refused")] + Lab.labPeers,
-                                    environment: ProcessInfo.processInfo.environment.merging(["LISTEN_FDS": "1", "LISTEN_FDNAMES": "nfqueue-0"]) { $1 },
-                                    placing: [(fd, 3)])
+            let pid = try Spawn.run(
+                "/usr/bin/env",
+                [
+                    "ip", "netns", "exec", lab.namespace("p1"), "/bin/sh", "-c",
+                    "LISTEN_PID=$$ exec \"$0\" \"$@\" 2>\(log)",
+                    Lab.binaries.appendingPathComponent("second-chance").path, "run", "--queue", "0",
+                    "--self", Lab.p1.description, "--control", lab.controlPath("refused"),
+                ] + Lab.labPeers,
+                environment: ProcessInfo.processInfo.environment.merging([
+                    "LISTEN_FDS": "1", "LISTEN_FDNAMES": "nfqueue-0",
+                ]) { $1 },
+                placing: [(fd, 3)])
             // A daemon that took the socket would serve on: the wait is bounded, and the test then fails.
             var status: Int32 = 0
             defer { if waitpid(pid, &status, WNOHANG) == 0 { kill(pid, SIGKILL); _ = Spawn.wait(pid) } }

@@ -31,8 +31,9 @@ final class SecondChanceTests: XCTestCase {
 
     func testSYNViaP1IsAnsweredByTheVIPOnP1() throws {
         let capture = try lab.inside("c") { try Capture(protocol: Int32(IPPROTO_TCP)) }
-        let syn = PacketBuilder.tcp(source: .v4(Lab.client), sourcePort: 40001, destination: .v4(Lab.vip), destinationPort: 80,
-                                    flags: .syn, sequence: 1000)
+        let syn = PacketBuilder.tcp(
+            source: .v4(Lab.client), sourcePort: 40001, destination: .v4(Lab.vip), destinationPort: 80,
+            flags: .syn, sequence: 1000)
         try sendGUE(lab, sourcePort: 30001, to: Lab.p1, inner: syn, hops: [Lab.p2])
         let reply = try XCTUnwrap(synAck(from: capture, port: 40001), "no SYN-ACK from the VIP reached the client")
         XCTAssertEqual(reply.ack, 1001)
@@ -48,11 +49,20 @@ final class SecondChanceTests: XCTestCase {
     /// and the hop still sees the TTL the sender set.
     func testKernelForwardingKeepsTheBytesAndTheTTLToo() throws {
         for (host, address) in [("p1", Lab.p1), ("p2", Lab.p2)] {
-            let refused = try lab.runToEnd(host, "second-chance", ["run", "--queue", "7", "--self", address.description, "--forward", "kernel"] + Lab.labPeers + [
-                                                                   "--control", lab.controlPath("\(host)-refused")])
+            let refused = try lab.runToEnd(
+                host, "second-chance",
+                ["run", "--queue", "7", "--self", address.description, "--forward", "kernel"] + Lab.labPeers + [
+                    "--control", lab.controlPath("\(host)-refused"),
+                ])
             XCTAssertNotEqual(refused.status, 0)
             XCTAssertTrue(refused.output.contains("ip_forward"), "the missing sysctls are named: \(refused.output)")
-            try Lab.shell("ip netns exec \(lab.namespace(host)) sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.eth0.accept_local=1 net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.eth0.send_redirects=0")
+            try Lab.shell(
+                """
+                ip netns exec \(lab.namespace(host)) sysctl -qw net.ipv4.ip_forward=1 \
+                net.ipv4.conf.eth0.accept_local=1 net.ipv4.conf.all.send_redirects=0 \
+                net.ipv4.conf.eth0.send_redirects=0
+                """
+            )
             try lab.restartSecondChance(host, address, extra: ["--forward", "kernel"])
         }
         try checkForwardingAlongTheHops()
@@ -60,19 +70,26 @@ final class SecondChanceTests: XCTestCase {
 
     func checkForwardingAlongTheHops() throws {
         // The client plays the last hop: it listens on the GUE port and also captures raw UDP to see checksums.
-        let (receiver, capture) = try lab.inside("c") { (try LabSockets.bindUDP(.v4(Lab.client), port: GUEPacket.port), try Capture(protocol: Int32(IPPROTO_UDP))) }
+        let (receiver, capture) = try lab.inside("c") {
+            (try LabSockets.bindUDP(.v4(Lab.client), port: GUEPacket.port), try Capture(protocol: Int32(IPPROTO_UDP)))
+        }
         defer { close(receiver) }
         for zeroChecksum in [false, true] {
             let sourcePort: UInt16 = zeroChecksum ? 30003 : 30002
-            let ack = PacketBuilder.tcp(source: .v4(Lab.client), sourcePort: 40002, destination: .v4(Lab.vip), destinationPort: 80,
-                                        flags: [.ack, .psh], sequence: 5, acknowledgement: 7, payload: Array("payload".utf8))
-            try sendGUE(lab, sourcePort: sourcePort, to: Lab.p1, inner: ack, hops: [Lab.p2, Lab.client], zeroChecksum: zeroChecksum)
+            let ack = PacketBuilder.tcp(
+                source: .v4(Lab.client), sourcePort: 40002, destination: .v4(Lab.vip), destinationPort: 80,
+                flags: [.ack, .psh], sequence: 5, acknowledgement: 7, payload: Array("payload".utf8))
+            try sendGUE(
+                lab, sourcePort: sourcePort, to: Lab.p1, inner: ack, hops: [Lab.p2, Lab.client],
+                zeroChecksum: zeroChecksum)
 
             var buffer = [UInt8](repeating: 0, count: 2048)
             var from = sockaddr_in()
             var length = socklen_t(MemoryLayout<sockaddr_in>.size)
             let count = withUnsafeMutablePointer(to: &from) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(receiver, &buffer, buffer.count, 0, $0, &length) }
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    recvfrom(receiver, &buffer, buffer.count, 0, $0, &length)
+                }
             }
             XCTAssertGreaterThan(count, 0, "nothing arrived at the last hop (zero checksum: \(zeroChecksum))")
             guard count > 0 else { continue }
@@ -83,9 +100,14 @@ final class SecondChanceTests: XCTestCase {
             XCTAssertEqual(payload[7], 2, "hop count unchanged")
             XCTAssertEqual(Array(payload[16...]), ack, "inner packet unchanged")
 
-            let raw = try XCTUnwrap(capture.first { $0.count > 28 && $0[9] == 17 && $0.be16(22) == GUEPacket.port && $0.be16(20) == sourcePort })
+            let raw = try XCTUnwrap(
+                capture.first {
+                    $0.count > 28 && $0[9] == 17 && $0.be16(22) == GUEPacket.port && $0.be16(20) == sourcePort
+                })
             XCTAssertEqual(raw[8], 64, "TTL kept: forwarding hops do not route the packet")
-            XCTAssertEqual(raw.be16(26) == 0, zeroChecksum, "a zero UDP checksum stays zero, a set one stays set (and valid: the socket got it)")
+            XCTAssertEqual(
+                raw.be16(26) == 0, zeroChecksum,
+                "a zero UDP checksum stays zero, a set one stays set (and valid: the socket got it)")
         }
         XCTAssertEqual(try lab.stats("p1")["forwarded"], 2)
         XCTAssertEqual(try lab.stats("p2")["forwarded"], 2)
@@ -96,7 +118,8 @@ final class SecondChanceTests: XCTestCase {
     func establishOnP2ThenDrain(ipv6: Bool) throws -> (fd: Int32, port: UInt16, capture: Capture) {
         let table = lab.directory.appendingPathComponent("table").path
         try "\(Lab.p2)\n".write(toFile: table, atomically: true, encoding: .utf8)
-        let director = try lab.start("d", "glb-lab", ["director", "--self", Lab.director.description, "--table", table])
+        let director = try lab.start(
+            "d", "glb-lab", ["director", "--self", Lab.director.description, "--table", table])
         try lab.waitFor("the director") { lab.log(of: director).contains("director: serving queue") }
         let vip: IPAddress = ipv6 ? .v6(Lab.vip6) : .v4(Lab.vip)
         let (fd, capture) = try lab.inside("c") {
@@ -104,7 +127,9 @@ final class SecondChanceTests: XCTestCase {
         }
         var local = sockaddr_in6()
         var length = socklen_t(MemoryLayout<sockaddr_in6>.size)
-        _ = withUnsafeMutablePointer(to: &local) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        _ = withUnsafeMutablePointer(to: &local) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
         let port = UInt16(bigEndian: local.sin6_port)  // same offset in sockaddr_in and sockaddr_in6
 
         let first = Array("before the drain\n".utf8)
@@ -121,8 +146,12 @@ final class SecondChanceTests: XCTestCase {
         XCTAssertTrue(SocketAddress.sendAll(fd, second))
         XCTAssertEqual(LabSockets.receiveExactly(fd, second.count), second, "the flow survived the table change")
         // The echo can overtake the counters: P1 counts a forward once its send returned.
-        try lab.waitFor("P1 to count the packets it gave their second chance") { try lab.stats("p1").value("forwarded") > forwardedBefore }
-        try lab.waitFor("P2 to count them as its own") { try lab.stats("p2").value("accepted_established") > establishedOnP2 }
+        try lab.waitFor("P1 to count the packets it gave their second chance") {
+            try lab.stats("p1").value("forwarded") > forwardedBefore
+        }
+        try lab.waitFor("P2 to count them as its own") {
+            try lab.stats("p2").value("accepted_established") > establishedOnP2
+        }
 
         // A new connection now lands on P1 and stays there.
         let fresh = try lab.inside("c") { try LabSockets.connectTCP(to: vip, port: 80) }
@@ -155,26 +184,31 @@ final class SecondChanceTests: XCTestCase {
             if serverNext.map({ Int32(bitPattern: end &- $0) > 0 }) ?? true { serverNext = end }
         }
         let sequence = try XCTUnwrap(serverNext, "captured no segment from the server")
-        let quoted = PacketBuilder.tcp(source: .v4(Lab.vip), sourcePort: 80, destination: .v4(Lab.client), destinationPort: flow.port,
-                                       flags: [.ack, .psh], sequence: sequence, payload: [UInt8](repeating: 0x41, count: 1400))
+        let quoted = PacketBuilder.tcp(
+            source: .v4(Lab.vip), sourcePort: 80, destination: .v4(Lab.client), destinationPort: flow.port,
+            flags: [.ack, .psh], sequence: sequence, payload: [UInt8](repeating: 0x41, count: 1400))
         let icmp = PacketBuilder.icmpFragmentationNeeded(from: Lab.director, to: Lab.vip, mtu: 1200, original: quoted)
         try sendGUE(lab, sourcePort: 30010, to: Lab.p1, inner: icmp, hops: [Lab.p2])
 
         try lab.waitFor("P2 to learn the path MTU") {
             try Lab.shell("ip -n \(lab.namespace("p2")) route get \(Lab.client) from \(Lab.vip)").contains("mtu 1200")
         }
-        XCTAssertFalse(try Lab.shell("ip -n \(lab.namespace("p1")) route get \(Lab.client) from \(Lab.vip)").contains("mtu 1200"))
+        XCTAssertFalse(
+            try Lab.shell("ip -n \(lab.namespace("p1")) route get \(Lab.client) from \(Lab.vip)").contains("mtu 1200"))
     }
 
     func testLastHopAndSelfHopAreTakenLocallyAndHopsCannotLoop() throws {
         let capture = try lab.inside("c") { try Capture(protocol: Int32(IPPROTO_TCP)) }
         func ack(_ port: UInt16) -> [UInt8] {
-            PacketBuilder.tcp(source: .v4(Lab.client), sourcePort: port, destination: .v4(Lab.vip), destinationPort: 80, flags: .ack, sequence: 1, acknowledgement: 1)
+            PacketBuilder.tcp(
+                source: .v4(Lab.client), sourcePort: port, destination: .v4(Lab.vip), destinationPort: 80, flags: .ack,
+                sequence: 1, acknowledgement: 1)
         }
         // No hops left: P1's stack takes it and, knowing no such flow, resets it.
         try sendGUE(lab, sourcePort: 30020, to: Lab.p1, inner: ack(40020), hops: [])
-        XCTAssertNotNil(capture.first { $0.ipv4TCP.map { $0.0 == Lab.vip && $0.3 == 40020 && $0.4.contains(.rst) } ?? false },
-                        "the last-resort packet reached P1's TCP stack")
+        XCTAssertNotNil(
+            capture.first { $0.ipv4TCP.map { $0.0 == Lab.vip && $0.3 == 40020 && $0.4.contains(.rst) } ?? false },
+            "the last-resort packet reached P1's TCP stack")
         XCTAssertEqual(try lab.stats("p1")["accepted_last_resort"], 1)
 
         try sendGUE(lab, sourcePort: 30021, to: Lab.p1, inner: ack(40021), hops: [Lab.p1])
@@ -185,7 +219,10 @@ final class SecondChanceTests: XCTestCase {
         try sendGUE(lab, sourcePort: 30022, to: Lab.p1, inner: ack(40022), hops: [Lab.p2, Lab.p1, Lab.p2, Lab.p1])
         func totals() throws -> (UInt64, UInt64) {
             let (s1, s2) = (try lab.stats("p1"), try lab.stats("p2"))
-            return ((s1["forwarded"] ?? 0) + (s2["forwarded"] ?? 0), (s1["accepted_last_resort"] ?? 0) + (s2["accepted_last_resort"] ?? 0))
+            return (
+                (s1["forwarded"] ?? 0) + (s2["forwarded"] ?? 0),
+                (s1["accepted_last_resort"] ?? 0) + (s2["accepted_last_resort"] ?? 0)
+            )
         }
         try lab.waitFor("the bouncing packet to come to rest") { try totals().1 == 2 }
         usleep(500_000)
@@ -195,11 +232,15 @@ final class SecondChanceTests: XCTestCase {
     }
 
     func testMalformedPacketsAreDroppedAndCountedAndTheDaemonKeepsAnswering() throws {
-        let inner = PacketBuilder.tcp(source: .v4(Lab.client), sourcePort: 40030, destination: .v4(Lab.vip), destinationPort: 80, flags: .ack)
+        let inner = PacketBuilder.tcp(
+            source: .v4(Lab.client), sourcePort: 40030, destination: .v4(Lab.vip), destinationPort: 80, flags: .ack)
         let good = PacketBuilder.guePayload(inner: inner, hops: [Lab.p2])
-        let inner6 = PacketBuilder.tcp(source: .v6(Lab.client6), sourcePort: 40031, destination: .v6(Lab.vip6), destinationPort: 80, flags: .ack)
+        let inner6 = PacketBuilder.tcp(
+            source: .v6(Lab.client6), sourcePort: 40031, destination: .v6(Lab.vip6), destinationPort: 80, flags: .ack)
         let good6 = PacketBuilder.guePayload(inner: inner6, hops: [])
-        func edit(_ bytes: [UInt8], _ change: (inout [UInt8]) -> Void) -> [UInt8] { var copy = bytes; change(&copy); return copy }
+        func edit(_ bytes: [UInt8], _ change: (inout [UInt8]) -> Void) -> [UInt8] {
+            var copy = bytes; change(&copy); return copy
+        }
         let innerStart = 12
         let cases: [(DropReason, [UInt8])] = [
             (.gueTruncated, []),
@@ -223,39 +264,57 @@ final class SecondChanceTests: XCTestCase {
             (.innerTruncated, edit(good6) { $0.setBE16(8 + 4, 900) }),
             (.innerTransport, edit(good6) { $0[8 + 6] = 47 }),
             (.innerVersion, edit(good6) { $0[1] = 4 }),
-            (.innerTruncated, PacketBuilder.guePayload(
-                inner: PacketBuilder.ip(source: .v4(Lab.client), destination: .v4(Lab.vip), protocol: 1, transport: [3, 4, 0, 0], checksumOffset: nil), hops: [])),
-            (.innerTruncated, PacketBuilder.guePayload(
-                inner: PacketBuilder.ip(source: .v4(Lab.client), destination: .v4(Lab.vip), protocol: 1, transport: [3, 4, 0, 0, 0, 0, 5, 0, 0x45, 0], checksumOffset: nil), hops: [])),
-            (.innerTruncated, edit(good6) { packet in
-                // Nine destination-options headers: more than the walk allows.
-                packet[8 + 6] = 60
-                let options = (0..<9).flatMap { index in [index == 8 ? 6 : 60, 0, 1, 4, 0, 0, 0, 0] as [UInt8] }
-                packet.insert(contentsOf: options, at: 8 + 40)
-                packet.setBE16(8 + 4, UInt16(packet.count - 8 - 40))
-            }),
+            (
+                .innerTruncated,
+                PacketBuilder.guePayload(
+                    inner: PacketBuilder.ip(
+                        source: .v4(Lab.client), destination: .v4(Lab.vip), protocol: 1, transport: [3, 4, 0, 0],
+                        checksumOffset: nil), hops: [])
+            ),
+            (
+                .innerTruncated,
+                PacketBuilder.guePayload(
+                    inner: PacketBuilder.ip(
+                        source: .v4(Lab.client), destination: .v4(Lab.vip), protocol: 1,
+                        transport: [3, 4, 0, 0, 0, 0, 5, 0, 0x45, 0], checksumOffset: nil), hops: [])
+            ),
+            (
+                .innerTruncated,
+                edit(good6) { packet in
+                    // Nine destination-options headers: more than the walk allows.
+                    packet[8 + 6] = 60
+                    let options = (0..<9).flatMap { index in [index == 8 ? 6 : 60, 0, 1, 4, 0, 0, 0, 0] as [UInt8] }
+                    packet.insert(contentsOf: options, at: 8 + 40)
+                    packet.setBE16(8 + 4, UInt16(packet.count - 8 - 40))
+                }
+            ),
         ]
         for (index, (_, payload)) in cases.enumerated() {
             try sendUDP(lab, sourcePort: 31000 + UInt16(index), to: Lab.p1, payload: payload)
         }
         var expected: [String: UInt64] = [:]
         for (reason, _) in cases { expected["dropped_malformed_\(reason.rawValue)", default: 0] += 1 }
-        try lab.waitFor("all malformed packets to be counted") { try lab.stats("p1")["dropped_malformed"] == UInt64(cases.count) }
+        try lab.waitFor("all malformed packets to be counted") {
+            try lab.stats("p1")["dropped_malformed"] == UInt64(cases.count)
+        }
         let stats = try lab.stats("p1")
         for (name, count) in expected { XCTAssertEqual(stats[name], count, name) }
         XCTAssertEqual(stats["total_packets"], UInt64(cases.count))
 
         // Still answering.
         let capture = try lab.inside("c") { try Capture(protocol: Int32(IPPROTO_TCP)) }
-        let syn = PacketBuilder.tcp(source: .v4(Lab.client), sourcePort: 40032, destination: .v4(Lab.vip), destinationPort: 80, flags: .syn, sequence: 9)
+        let syn = PacketBuilder.tcp(
+            source: .v4(Lab.client), sourcePort: 40032, destination: .v4(Lab.vip), destinationPort: 80, flags: .syn,
+            sequence: 9)
         try sendGUE(lab, sourcePort: 30032, to: Lab.p1, inner: syn, hops: [Lab.p2])
         XCTAssertNotNil(synAck(from: capture, port: 40032))
     }
 
     func testIPv6SYNInsideIPv4GUEIsAnsweredOverIPv6() throws {
         let capture = try lab.inside("c") { try Capture(protocol: Int32(IPPROTO_TCP), ipv6: true) }
-        let syn = PacketBuilder.tcp(source: .v6(Lab.client6), sourcePort: 40040, destination: .v6(Lab.vip6), destinationPort: 80,
-                                    flags: .syn, sequence: 77)
+        let syn = PacketBuilder.tcp(
+            source: .v6(Lab.client6), sourcePort: 40040, destination: .v6(Lab.vip6), destinationPort: 80,
+            flags: .syn, sequence: 77)
         try sendGUE(lab, sourcePort: 30040, to: Lab.p1, inner: syn, hops: [Lab.p2])
         // Raw IPv6 sockets receive the transport header only.
         let reply = capture.first { $0.count >= 20 && $0.be16(0) == 80 && $0.be16(2) == 40040 && $0[13] & 0x12 == 0x12 }
@@ -270,49 +329,72 @@ final class SecondChanceTests: XCTestCase {
         defer { close(listener) }
         try Lab.shell("ip netns exec \(lab.namespace("c")) iptables -A OUTPUT -p tcp --tcp-flags RST RST -j DROP")
         let capture = try lab.inside("c") { try Capture(protocol: Int32(IPPROTO_TCP)) }
-        func send(_ port: UInt16, _ flags: TCPFlags, seq: UInt32, ack: UInt32 = 0, hops: [IPv4Address] = [Lab.p2]) throws {
-            let packet = PacketBuilder.tcp(source: .v4(Lab.client), sourcePort: port, destination: .v4(Lab.vip), destinationPort: 8080,
-                                           flags: flags, sequence: seq, acknowledgement: ack,
-                                           options: flags == .syn ? [2, 4, 0x05, 0xb4] : [])
+        func send(_ port: UInt16, _ flags: TCPFlags, seq: UInt32, ack: UInt32 = 0, hops: [IPv4Address] = [Lab.p2])
+            throws
+        {
+            let packet = PacketBuilder.tcp(
+                source: .v4(Lab.client), sourcePort: port, destination: .v4(Lab.vip), destinationPort: 8080,
+                flags: flags, sequence: seq, acknowledgement: ack,
+                options: flags == .syn ? [2, 4, 0x05, 0xb4] : [])
             try sendGUE(lab, sourcePort: 30050, to: Lab.p1, inner: packet, hops: hops)
         }
         for port in UInt16(41000)..<41004 { try send(port, .syn, seq: 100) }
         try lab.waitFor("the four SYNs to reach P1's stack") { try lab.stats("p1").value("accepted_syn") == 4 }
         try send(41100, .syn, seq: 5000)  // the SYN queue is full now: this one gets a cookie
-        let cookieReply = capture.first { $0.ipv4TCP.map { $0.0 == Lab.vip && $0.3 == 41100 && $0.4.contains([.syn, .ack]) } ?? false }
+        let cookieReply = capture.first {
+            $0.ipv4TCP.map { $0.0 == Lab.vip && $0.3 == 41100 && $0.4.contains([.syn, .ack]) } ?? false
+        }
         let cookie = try XCTUnwrap(cookieReply?.ipv4TCP?.5, "P1's kernel sent no SYN-ACK")
         let netstat = try Lab.shell("ip netns exec \(lab.namespace("p1")) cat /proc/net/netstat")
-        XCTAssertGreaterThan(KernelCookieState.tcpExtCounter("SyncookiesSent", in: netstat) ?? 0, 0, "the kernel issued cookies")
+        XCTAssertGreaterThan(
+            KernelCookieState.tcpExtCounter("SyncookiesSent", in: netstat) ?? 0, 0, "the kernel issued cookies")
         sleep(1)  // let the daemon's once-a-second look at SyncookiesSent notice the rise
 
         let before = try lab.stats("p1")
         try send(41100, .ack, seq: 5001, ack: cookie &+ 2)  // wrong cookie
         try send(41100, .ack, seq: 5001, ack: cookie &+ 1)  // the kernel's cookie
-        try lab.waitFor("both ACKs to be decided") { (try lab.stats("p1")["total_packets"] ?? 0) >= (before["total_packets"] ?? 0) + 2 }
+        try lab.waitFor("both ACKs to be decided") {
+            (try lab.stats("p1")["total_packets"] ?? 0) >= (before["total_packets"] ?? 0) + 2
+        }
         let after = try lab.stats("p1")
-        XCTAssertEqual((after["accepted_syn_cookie"] ?? 0) - (before["accepted_syn_cookie"] ?? 0), 1, "the valid cookie ACK was taken")
+        XCTAssertEqual(
+            (after["accepted_syn_cookie"] ?? 0) - (before["accepted_syn_cookie"] ?? 0), 1,
+            "the valid cookie ACK was taken")
         XCTAssertEqual((after["forwarded"] ?? 0) - (before["forwarded"] ?? 0), 1, "the invalid one went on to P2")
         XCTAssertGreaterThanOrEqual((after["syn_cookie_checks"] ?? 0) - (before["syn_cookie_checks"] ?? 0), 2)
         let syncookiesRecv = try Lab.shell("ip netns exec \(lab.namespace("p1")) cat /proc/net/netstat")
-        XCTAssertGreaterThan(KernelCookieState.tcpExtCounter("SyncookiesRecv", in: syncookiesRecv) ?? 0, 0, "P1's kernel took the cookie ACK")
+        XCTAssertGreaterThan(
+            KernelCookieState.tcpExtCounter("SyncookiesRecv", in: syncookiesRecv) ?? 0, 0,
+            "P1's kernel took the cookie ACK")
     }
 
     func testSecondDaemonOnTheSameQueueFailsClearlyAndSIGTERMStopsCleanly() throws {
-        let duplicate = try lab.runToEnd("p1", "second-chance", ["run", "--queue", "0", "--self", Lab.p1.description, "--control", lab.controlPath("dup")] + Lab.labPeers)
+        let duplicate = try lab.runToEnd(
+            "p1", "second-chance",
+            ["run", "--queue", "0", "--self", Lab.p1.description, "--control", lab.controlPath("dup")] + Lab.labPeers)
         XCTAssertNotEqual(duplicate.status, 0)
         XCTAssertTrue(duplicate.output.contains("already bound by another process"), duplicate.output)
 
         // SIGTERM with packets waiting: a daemon on queue 7 (fed by its own rule) is stopped while 50
         // SYNs queue, then told to stop and let go on: every one is answered before it exits.
-        try Lab.shell("ip netns exec \(lab.namespace("p1")) iptables -t raw -I PREROUTING -p udp --dport 19523 -s 198.18.0.40 -j NFQUEUE --queue-num 7")
+        try Lab.shell(
+            """
+            ip netns exec \(lab.namespace("p1")) iptables -t raw -I PREROUTING -p udp --dport 19523 -s 198.18.0.40 -j \
+            NFQUEUE --queue-num 7
+            """
+        )
         try Lab.shell("ip -n \(lab.namespace("c")) addr add 198.18.0.40/24 dev eth0")
-        let spare = try lab.start("p1", "second-chance", ["run", "--queue", "7", "--self", Lab.p1.description, "--control", lab.controlPath("spare")] + Lab.labPeers)
+        let spare = try lab.start(
+            "p1", "second-chance",
+            ["run", "--queue", "7", "--self", Lab.p1.description, "--control", lab.controlPath("spare")] + Lab.labPeers)
         try lab.waitFor("the spare daemon") { FileManager.default.fileExists(atPath: lab.controlPath("spare")) }
         let capture = try lab.inside("c") { try Capture(protocol: Int32(IPPROTO_TCP)) }
         try stopProcess(spare.processIdentifier)
         let ports = UInt16(44000)..<44050
         for port in ports {
-            let syn = PacketBuilder.tcp(source: .v4(Lab.client), sourcePort: port, destination: .v4(Lab.vip), destinationPort: 80, flags: .syn, sequence: 1)
+            let syn = PacketBuilder.tcp(
+                source: .v4(Lab.client), sourcePort: port, destination: .v4(Lab.vip), destinationPort: 80, flags: .syn,
+                sequence: 1)
             try sendGUE(lab, source: IPv4Address("198.18.0.40")!, sourcePort: 30090, to: Lab.p1, inner: syn, hops: [])
         }
         spare.terminate()
@@ -335,10 +417,18 @@ final class SecondChanceTests: XCTestCase {
     /// and one of those addresses for each queue, found by asking: a RST from each address, until
     /// both queue threads have counted one (the balance hash covers the addresses, and its seed is
     /// drawn at boot, so no fixed choice of addresses is sure to reach both).
-    func balancedDaemon(extra: [String] = []) throws -> (sources: [IPv4Address], first: IPv4Address, other: IPv4Address) {
-        try Lab.shell("ip netns exec \(lab.namespace("p2")) iptables -t raw -I PREROUTING -p udp --dport 19523 -s 198.18.0.16/28 -j NFQUEUE --queue-balance 3:4")
-        try lab.start("p2", "second-chance", ["run", "--queue", "3", "--queue", "4", "--self", Lab.p2.description] + Lab.labPeers + extra
-                      + ["--control", lab.controlPath("balanced"), "--metrics", "\(Lab.p2):9523"])
+    func balancedDaemon(extra: [String] = []) throws -> (sources: [IPv4Address], first: IPv4Address, other: IPv4Address)
+    {
+        try Lab.shell(
+            """
+            ip netns exec \(lab.namespace("p2")) iptables -t raw -I PREROUTING -p udp --dport 19523 -s 198.18.0.16/28 \
+            -j NFQUEUE --queue-balance 3:4
+            """
+        )
+        try lab.start(
+            "p2", "second-chance",
+            ["run", "--queue", "3", "--queue", "4", "--self", Lab.p2.description] + Lab.labPeers + extra
+                + ["--control", lab.controlPath("balanced"), "--metrics", "\(Lab.p2):9523"])
         try lab.waitFor("the balanced daemon") { FileManager.default.fileExists(atPath: lab.controlPath("balanced")) }
         func queueTotals() throws -> [String] {
             try lab.inside("c") { try Lab.httpGet(.v4(Lab.p2), port: 9523) }.split(separator: "\n")
@@ -351,12 +441,15 @@ final class SecondChanceTests: XCTestCase {
             try Lab.shell("ip -n \(lab.namespace("c")) addr add \(source)/24 dev eth0")
             sources.append(source)
             let before = try queueTotals()
-            let probe = PacketBuilder.tcp(source: .v4(source), sourcePort: 5000, destination: .v4(Lab.vip), destinationPort: 9, flags: .rst)
+            let probe = PacketBuilder.tcp(
+                source: .v4(source), sourcePort: 5000, destination: .v4(Lab.vip), destinationPort: 9, flags: .rst)
             try sendGUE(lab, source: source, sourcePort: 30070 + UInt16(last), to: Lab.p2, inner: probe, hops: [])
             try lab.waitFor("the probe from \(source)") { try queueTotals() != before }
             queueOf[source] = zip(before, try queueTotals()).filter { $0 != $1 }.map(\.0)
             if let first = sources.first, let other = sources.first(where: { queueOf[$0] != queueOf[first] }) {
-                try lab.waitFor("the probes to be counted") { try lab.stats("balanced")["total_packets"] == UInt64(sources.count) }
+                try lab.waitFor("the probes to be counted") {
+                    try lab.stats("balanced")["total_packets"] == UInt64(sources.count)
+                }
                 return (sources, first, other)
             }
         }
@@ -367,14 +460,17 @@ final class SecondChanceTests: XCTestCase {
         let (probed, first, other) = try balancedDaemon()
         let sources = [first, other]
         for (index, source) in sources.enumerated() {
-            let syn = PacketBuilder.tcp(source: .v4(source), sourcePort: 42000 + UInt16(index), destination: .v4(Lab.vip), destinationPort: 80, flags: .syn)
+            let syn = PacketBuilder.tcp(
+                source: .v4(source), sourcePort: 42000 + UInt16(index), destination: .v4(Lab.vip), destinationPort: 80,
+                flags: .syn)
             try sendGUE(lab, source: source, sourcePort: 30060, to: Lab.p2, inner: syn, hops: [])
         }
         try lab.waitFor("all SYNs to be taken") { try lab.stats("balanced")["accepted_syn"] == UInt64(sources.count) }
 
         let metrics = try lab.inside("c") { try Lab.httpGet(.v4(Lab.p2), port: 9523) }
         XCTAssertTrue(metrics.hasPrefix("HTTP/1.1 200 OK"), metrics)
-        XCTAssertTrue(metrics.contains("second_chance_packets_local_total{reason=\"accepted_syn\"} \(sources.count)"), metrics)
+        XCTAssertTrue(
+            metrics.contains("second_chance_packets_local_total{reason=\"accepted_syn\"} \(sources.count)"), metrics)
         let perQueue = metrics.split(separator: "\n").filter { $0.hasPrefix("second_chance_queue_packets_total{") }
         XCTAssertEqual(perQueue.count, 2)
         let counted = perQueue.compactMap { $0.split(separator: " ").last.flatMap { UInt64($0) } }
@@ -388,14 +484,16 @@ final class SecondChanceTests: XCTestCase {
     func testANotHereCachedOnOneThreadIsVoidedByASYNTakenOnAnother() throws {
         let (sources, first, other) = try balancedDaemon(extra: ["--negative-cache-ms", "60000"])
         let flow = (client: Lab.client, port: UInt16(41000))
-        let ack = PacketBuilder.tcp(source: .v4(flow.client), sourcePort: flow.port, destination: .v4(Lab.vip), destinationPort: 80,
-                                    flags: .ack, sequence: 2, acknowledgement: 2)
+        let ack = PacketBuilder.tcp(
+            source: .v4(flow.client), sourcePort: flow.port, destination: .v4(Lab.vip), destinationPort: 80,
+            flags: .ack, sequence: 2, acknowledgement: 2)
         // 1. On the first thread, an ACK of an unknown flow: not here, forwarded to P1, and the answer cached.
         try sendGUE(lab, source: first, sourcePort: 30080, to: Lab.p2, inner: ack, hops: [Lab.p1])
         try lab.waitFor("the forward") { try lab.stats("balanced")["forwarded"] == 1 }
         // 2. On the other thread, the flow's SYN: taken, so P2 now holds a request socket for it.
-        let syn = PacketBuilder.tcp(source: .v4(flow.client), sourcePort: flow.port, destination: .v4(Lab.vip), destinationPort: 80,
-                                    flags: .syn, sequence: 1)
+        let syn = PacketBuilder.tcp(
+            source: .v4(flow.client), sourcePort: flow.port, destination: .v4(Lab.vip), destinationPort: 80,
+            flags: .syn, sequence: 1)
         try sendGUE(lab, source: other, sourcePort: 30081, to: Lab.p2, inner: syn, hops: [Lab.p1])
         try lab.waitFor("the SYN") { try lab.stats("balanced")["accepted_syn"] == 1 }
         // 3. The first thread again: its cached "not here" is void; the flow is P2's now.
@@ -409,13 +507,20 @@ final class SecondChanceTests: XCTestCase {
     func testNetnsLooksSocketsUpInTheNamedNamespace() throws {
         // A "pod" namespace holding an established connection 198.18.9.1 -> 198.18.9.10:80.
         let pod = lab.namespace("pod")
-        try Lab.shell("ip netns add \(pod) && ip -n \(pod) link set lo up && ip -n \(pod) addr add 198.18.9.1/32 dev lo && ip -n \(pod) addr add 198.18.9.10/32 dev lo")
+        try Lab.shell(
+            """
+            ip netns add \(pod) && ip -n \(pod) link set lo up && ip -n \(pod) addr add 198.18.9.1/32 dev lo && ip -n \
+            \(pod) addr add 198.18.9.10/32 dev lo
+            """
+        )
         defer { _ = try? Lab.shell("ip netns del \(pod)") }
         let (listener, clientFD, serverFD) = try lab.inside("pod") { () -> (Int32, Int32, Int32) in
             let listener = try LabSockets.listenTCP(on: .v4(IPv4Address("198.18.9.10")!), port: 80)
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
             _ = SocketAddress.with(.v4(IPv4Address("198.18.9.1")!), 45000) { bind(fd, $0, $1) }
-            guard SocketAddress.with(.v4(IPv4Address("198.18.9.10")!), 80, { connect(fd, $0, $1) }) == 0 else { throw SystemError("connect in pod") }
+            guard SocketAddress.with(.v4(IPv4Address("198.18.9.10")!), 80, { connect(fd, $0, $1) }) == 0 else {
+                throw SystemError("connect in pod")
+            }
             return (listener, fd, try acceptConnection(listener))
         }
         defer { close(listener); close(clientFD); close(serverFD) }
@@ -425,13 +530,23 @@ final class SecondChanceTests: XCTestCase {
 
         let source = IPv4Address("198.18.0.31")!
         try Lab.shell("ip -n \(lab.namespace("c")) addr add \(source)/24 dev eth0")
-        try Lab.shell("ip netns exec \(lab.namespace("p1")) iptables -t raw -I PREROUTING -p udp --dport 19523 -s \(source) -j NFQUEUE --queue-num 5")
-        try lab.start("p1", "second-chance", ["run", "--queue", "5", "--self", Lab.p1.description, "--control", lab.controlPath("pod"),
-                                              "--netns", "/run/netns/\(pod)"] + Lab.labPeers)
+        try Lab.shell(
+            """
+            ip netns exec \(lab.namespace("p1")) iptables -t raw -I PREROUTING -p udp --dport 19523 -s \(source) -j \
+            NFQUEUE --queue-num 5
+            """
+        )
+        try lab.start(
+            "p1", "second-chance",
+            [
+                "run", "--queue", "5", "--self", Lab.p1.description, "--control", lab.controlPath("pod"),
+                "--netns", "/run/netns/\(pod)",
+            ] + Lab.labPeers)
         try lab.waitFor("the --netns daemon") { FileManager.default.fileExists(atPath: lab.controlPath("pod")) }
 
-        let ack = PacketBuilder.tcp(source: .v4(IPv4Address("198.18.9.1")!), sourcePort: 45000, destination: .v4(IPv4Address("198.18.9.10")!),
-                                    destinationPort: 80, flags: .ack, sequence: 1, acknowledgement: 1)
+        let ack = PacketBuilder.tcp(
+            source: .v4(IPv4Address("198.18.9.1")!), sourcePort: 45000, destination: .v4(IPv4Address("198.18.9.10")!),
+            destinationPort: 80, flags: .ack, sequence: 1, acknowledgement: 1)
         try sendGUE(lab, source: source, sourcePort: 30070, to: Lab.p1, inner: ack, hops: [Lab.p2])
         try lab.waitFor("the pod's flow to be found") { try lab.stats("pod")["accepted_established"] == 1 }
         // The same packet to a daemon that looks in its own namespace finds nothing and forwards it.
@@ -441,25 +556,39 @@ final class SecondChanceTests: XCTestCase {
     }
 
     func testDoctorPassesOnAProxyAndExplainsWhatIsMissingElsewhere() throws {
-        let (status, report) = try lab.runToEnd("p1", "second-chance", ["doctor", "--allow-source", "198.18.0.2,198.18.0.11"])
+        let (status, report) = try lab.runToEnd(
+            "p1", "second-chance", ["doctor", "--allow-source", "198.18.0.2,198.18.0.11"])
         XCTAssertEqual(status, 0, report)
-        XCTAssertTrue(report.contains("[ ok ] iptables: -A PREROUTING -s 198.18.0.0/24 -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass"), report)
+        XCTAssertTrue(
+            report.contains(
+                """
+                [ ok ] iptables: -A PREROUTING -s 198.18.0.0/24 -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 \
+                --queue-bypass
+                """
+            ), report)
         XCTAssertTrue(report.contains("[ ok ] --allow-source: 198.18.0.2/32, 198.18.0.11/32"), report)
         XCTAssertFalse(report.contains("takes GUE from every host"), report)
         XCTAssertFalse(report.contains("is not dropped"), report)
         XCTAssertTrue(report.contains("[ ok ] sock_diag"), report)
         XCTAssertTrue(report.contains("SYN cookies"), report)
 
-        try Lab.shell("ip netns exec \(lab.namespace("c")) sysctl -qw net.ipv4.conf.all.rp_filter=1 net.ipv4.tcp_syncookies=0")
+        try Lab.shell(
+            "ip netns exec \(lab.namespace("c")) sysctl -qw net.ipv4.conf.all.rp_filter=1 net.ipv4.tcp_syncookies=0")
         let (clientStatus, advice) = try lab.runToEnd("c", "second-chance", ["doctor"])
         XCTAssertEqual(clientStatus, 1, advice)
         XCTAssertTrue(advice.contains("[FAIL] iptables: no raw PREROUTING NFQUEUE rule for UDP 19523"), advice)
-        XCTAssertTrue(advice.contains("fix: iptables -t raw -A PREROUTING -s PEERS -p udp --dport 19523 -j NFQUEUE"), advice)
+        XCTAssertTrue(
+            advice.contains("fix: iptables -t raw -A PREROUTING -s PEERS -p udp --dport 19523 -j NFQUEUE"), advice)
         XCTAssertTrue(advice.contains("[warn] rp_filter"), advice)
         XCTAssertTrue(advice.contains("[warn] tcp_syncookies"), advice)
 
         // A rule that hears every host, and a daemon told to hear every host, are both named.
-        try Lab.shell("ip netns exec \(lab.namespace("c")) iptables -t raw -A PREROUTING -p udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass")
+        try Lab.shell(
+            """
+            ip netns exec \(lab.namespace("c")) iptables -t raw -A PREROUTING -p udp --dport 19523 -j NFQUEUE \
+            --queue-num 0 --queue-bypass
+            """
+        )
         let (_, open) = try lab.runToEnd("c", "second-chance", ["doctor", "--allow-source", "0.0.0.0/0"])
         XCTAssertTrue(open.contains("[warn] iptables: the NFQUEUE rule takes GUE from every host"), open)
         XCTAssertTrue(open.contains("[warn] --allow-source: 0.0.0.0/0"), open)

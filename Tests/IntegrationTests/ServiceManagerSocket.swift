@@ -28,7 +28,9 @@ final class ServiceManagerSocket {
                 let text = String(decoding: bytes, as: UTF8.self)
                 notices.append(text)
                 let lines = text.split(separator: "\n")
-                if lines.contains("FDSTORE=1"), let name = lines.first(where: { $0.hasPrefix("FDNAME=") }), let stored = fds.first {
+                if lines.contains("FDSTORE=1"), let name = lines.first(where: { $0.hasPrefix("FDNAME=") }),
+                    let stored = fds.first
+                {
                     store.append((String(name.dropFirst(7)), stored))
                 } else {
                     fds.forEach { close($0) }
@@ -43,7 +45,10 @@ final class ServiceManagerSocket {
     /// The environment that hands the stored fds to a process placed at 3, 4, ... (LISTEN_PID is
     /// set by the shell that execs it).
     var listenEnvironment: [String: String] {
-        ["LISTEN_FDS": String(store.count), "LISTEN_FDNAMES": store.map(\.name).joined(separator: ":"), "NOTIFY_SOCKET": path]
+        [
+            "LISTEN_FDS": String(store.count), "LISTEN_FDNAMES": store.map(\.name).joined(separator: ":"),
+            "NOTIFY_SOCKET": path,
+        ]
     }
 
     var placements: [(from: Int32, to: Int32)] { store.enumerated().map { ($0.element.fd, Int32(3 + $0.offset)) } }

@@ -21,7 +21,8 @@ final class SynCookieResponderTests: XCTestCase {
         lab = try Lab(prefix: "psck")
         let table = lab.directory.appendingPathComponent("table").path
         try "\(Lab.p1)\n".write(toFile: table, atomically: true, encoding: .utf8)
-        let director = try lab.start("d", "glb-lab", ["director", "--self", Lab.director.description, "--table", table])
+        let director = try lab.start(
+            "d", "glb-lab", ["director", "--self", Lab.director.description, "--table", table])
         try lab.waitFor("the director") { lab.log(of: director).contains("director: serving queue") }
     }
 
@@ -50,7 +51,9 @@ final class SynCookieResponderTests: XCTestCase {
     /// The responder's line for the test listener: field -> value.
     func listenerStats(_ address: String) throws -> [String: UInt64] {
         let text = try readControlSocket(lab.controlPath("p1"))
-        guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("listener \(address) ") }) else { return [:] }
+        guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("listener \(address) ") }) else {
+            return [:]
+        }
         let words = line.split(separator: " ").dropFirst(2).map(String.init)
         var out: [String: UInt64] = [:]
         for index in stride(from: 0, to: words.count - 1, by: 2) { out[words[index]] = UInt64(words[index + 1]) }
@@ -58,12 +61,14 @@ final class SynCookieResponderTests: XCTestCase {
     }
 
     func flood(_ count: Int, rate: Int = 4000, ipv6: Bool = false, firstPort: UInt16 = 20000) throws {
-        let (status, output) = try lab.runToEnd("c", "glb-lab", [
-            "blast", "--to", Lab.p1.description, "--client", ipv6 ? Self.spoofed6 : Self.spoofed,
-            "--vip", ipv6 ? Lab.vip6.description : Lab.vip.description, "--vip-port", String(Self.port),
-            "--count", String(count), "--flows", String(count), "--first-port", String(firstPort),
-            "--spoof-addresses", "200", "--rate", String(rate), "--max-seconds", "200",
-        ])
+        let (status, output) = try lab.runToEnd(
+            "c", "glb-lab",
+            [
+                "blast", "--to", Lab.p1.description, "--client", ipv6 ? Self.spoofed6 : Self.spoofed,
+                "--vip", ipv6 ? Lab.vip6.description : Lab.vip.description, "--vip-port", String(Self.port),
+                "--count", String(count), "--flows", String(count), "--first-port", String(firstPort),
+                "--spoof-addresses", "200", "--rate", String(rate), "--max-seconds", "200",
+            ])
         XCTAssertEqual(status, 0, output)
     }
 
@@ -78,7 +83,9 @@ final class SynCookieResponderTests: XCTestCase {
 
     /// Connects from the client through the director, sends `bytes` while the listener accepts and
     /// reads them, and returns both ends' window facts after the transfer.
-    func connectAndTransfer(to vip: IPAddress, bytes: Int) throws -> (client: (UInt8, UInt8, UInt32), server: (UInt8, UInt8, UInt32)) {
+    func connectAndTransfer(to vip: IPAddress, bytes: Int) throws -> (
+        client: (UInt8, UInt8, UInt32), server: (UInt8, UInt8, UInt32)
+    ) {
         let client = try lab.inside("c") { try LabSockets.connectTCP(to: vip, port: Self.port, timeoutSeconds: 5) }
         defer { close(client) }
         let accepted = try acceptConnection(listener)
@@ -123,13 +130,21 @@ final class SynCookieResponderTests: XCTestCase {
         let windows = try connectAndTransfer(to: vip, bytes: 4 << 20)
         let after = try lab.stats("p1")
         // The answered GUE SYN was dropped: the kernel, whose queue is full, made no cookie of its own.
-        XCTAssertEqual(try tcpExt("SyncookiesSent"), sentBefore, "the SYN the responder answered never reached the kernel")
+        XCTAssertEqual(
+            try tcpExt("SyncookiesSent"), sentBefore, "the SYN the responder answered never reached the kernel")
 
         // A SYN retransmitted before its SYN-ACK arrived is answered again: one or two, not none or many.
-        XCTAssertTrue((1...2).contains(try after.value("cookies_sent") - before.value("cookies_sent")), "the client's SYN was answered by the responder")
-        XCTAssertEqual(try after.value("accepted_syn_cookie") - before.value("accepted_syn_cookie"), 1, "its ACK was taken as a cookie ACK")
-        XCTAssertEqual(try after.value("syn_cookie_checks") - before.value("syn_cookie_checks"), 1, "no later packet was checked")
-        XCTAssertGreaterThan(try after.value("accepted_established") - before.value("accepted_established"), 100, "the data went to the connection")
+        XCTAssertTrue(
+            (1...2).contains(try after.value("cookies_sent") - before.value("cookies_sent")),
+            "the client's SYN was answered by the responder")
+        XCTAssertEqual(
+            try after.value("accepted_syn_cookie") - before.value("accepted_syn_cookie"), 1,
+            "its ACK was taken as a cookie ACK")
+        XCTAssertEqual(
+            try after.value("syn_cookie_checks") - before.value("syn_cookie_checks"), 1, "no later packet was checked")
+        XCTAssertGreaterThan(
+            try after.value("accepted_established") - before.value("accepted_established"), 100,
+            "the data went to the connection")
         XCTAssertGreaterThan(try tcpExt("SyncookiesRecv"), recvBefore, "the kernel validated the cookie")
         XCTAssertEqual(try listenerStats(listenerName)["cookie_acks_valid"], 1)
         // The scale we advertised is the one the kernel gave the child, and the window is used in full.
@@ -147,7 +162,9 @@ final class SynCookieResponderTests: XCTestCase {
         try waitUntilActive("\(Lab.vip):\(Self.port)")
         let before = try lab.stats("p1").value("cookies_sent")
         let windows = try connectAndTransfer(to: .v4(Lab.vip), bytes: 1 << 20)
-        XCTAssertTrue((1...2).contains(try lab.stats("p1").value("cookies_sent") - before), "the client's SYN was answered by the responder (once, or again for a retransmission)")
+        XCTAssertTrue(
+            (1...2).contains(try lab.stats("p1").value("cookies_sent") - before),
+            "the client's SYN was answered by the responder (once, or again for a retransmission)")
         return windows
     }
 
@@ -226,8 +243,9 @@ final class SynCookieResponderTests: XCTestCase {
             }
         }
         // For the client's address, which P1 does not own: refused before the responder sees it.
-        let foreign = PacketBuilder.tcp(source: .v4(Lab.director), sourcePort: 42000, destination: .v4(Lab.client),
-                                        destinationPort: Self.port, flags: .syn, sequence: 77)
+        let foreign = PacketBuilder.tcp(
+            source: .v4(Lab.director), sourcePort: 42000, destination: .v4(Lab.client),
+            destinationPort: Self.port, flags: .syn, sequence: 77)
         try sendGUE(lab, sourcePort: 31001, to: Lab.p1, inner: foreign, hops: [])
         try lab.waitFor("the foreign SYN to be refused") {
             try lab.stats("p1")["dropped_not_local_destination"] == before.value("dropped_not_local_destination") + 1
@@ -235,12 +253,15 @@ final class SynCookieResponderTests: XCTestCase {
         XCTAssertNil(synAck(from: Lab.client, port: 42000), "a SYN-ACK left P1 with a source it does not own")
         XCTAssertEqual(try lab.stats("p1")["cookies_sent"], before["cookies_sent"])
         // The same listener still gets its SYNs for the VIP answered.
-        let local = PacketBuilder.tcp(source: .v4(Lab.director), sourcePort: 42001, destination: .v4(Lab.vip),
-                                      destinationPort: Self.port, flags: .syn, sequence: 78)
+        let local = PacketBuilder.tcp(
+            source: .v4(Lab.director), sourcePort: 42001, destination: .v4(Lab.vip),
+            destinationPort: Self.port, flags: .syn, sequence: 78)
         try sendGUE(lab, sourcePort: 31002, to: Lab.p1, inner: local, hops: [])
         XCTAssertNotNil(synAck(from: Lab.vip, port: 42001), "the VIP's SYN was answered")
         // A reply is counted once its send returned: it can arrive first.
-        try lab.waitFor("the cookie to be counted") { try lab.stats("p1").value("cookies_sent") == before.value("cookies_sent") + 1 }
+        try lab.waitFor("the cookie to be counted") {
+            try lab.stats("p1").value("cookies_sent") == before.value("cookies_sent") + 1
+        }
     }
 
     func testInvalidCookieACKIsForwardedNotTaken() throws {
@@ -249,8 +270,9 @@ final class SynCookieResponderTests: XCTestCase {
         try lab.startSecondChance("p2", Lab.p2)
         try flood(400)
         try waitUntilActive("\(Lab.vip):\(Self.port)")
-        let ack = PacketBuilder.tcp(source: .v4(Lab.client), sourcePort: 41000, destination: .v4(Lab.vip), destinationPort: Self.port,
-                                    flags: .ack, sequence: 5000, acknowledgement: 0x1234_5678)
+        let ack = PacketBuilder.tcp(
+            source: .v4(Lab.client), sourcePort: 41000, destination: .v4(Lab.vip), destinationPort: Self.port,
+            flags: .ack, sequence: 5000, acknowledgement: 0x1234_5678)
         try sendGUE(lab, sourcePort: 31000, to: Lab.p1, inner: ack, hops: [Lab.p2])
         try lab.waitFor("the ACK on P2") { try lab.stats("p2")["total_packets"] == 1 }
         let p1 = try lab.stats("p1")
@@ -258,7 +280,8 @@ final class SynCookieResponderTests: XCTestCase {
         XCTAssertEqual(p1["forwarded"], 1)
         XCTAssertEqual(p1["accepted_syn_cookie"], 0)
         XCTAssertEqual(try listenerStats("\(Lab.vip):\(Self.port)")["cookie_acks_invalid"], 1)
-        XCTAssertEqual(try lab.stats("p2")["accepted_last_resort"], 1, "the last hop takes it (and its kernel refuses it)")
+        XCTAssertEqual(
+            try lab.stats("p2")["accepted_last_resort"], 1, "the last hop takes it (and its kernel refuses it)")
     }
 
     /// --cookie-deactivate-percent 0: a queue can never be below none of its backlog, so the
@@ -304,22 +327,31 @@ final class SynCookieResponderTests: XCTestCase {
         try Lab.shell("ip netns exec \(lab.namespace("c")) iptables -A OUTPUT -p tcp --tcp-flags RST RST -j DROP")
         let capture = try lab.inside("c") { try Capture(protocol: Int32(IPPROTO_TCP)) }
         func segment(_ flags: TCPFlags, seq: UInt32, ack: UInt32 = 0, payload: [UInt8] = []) -> [UInt8] {
-            PacketBuilder.tcp(source: .v4(Lab.client), sourcePort: 43000, destination: .v4(Lab.vip), destinationPort: Self.port, flags: flags,
-                              sequence: seq, acknowledgement: ack, options: flags == .syn ? [2, 4, 0x05, 0xb4] : [], payload: payload)
+            PacketBuilder.tcp(
+                source: .v4(Lab.client), sourcePort: 43000, destination: .v4(Lab.vip), destinationPort: Self.port,
+                flags: flags,
+                sequence: seq, acknowledgement: ack, options: flags == .syn ? [2, 4, 0x05, 0xb4] : [], payload: payload)
         }
         try sendGUE(lab, sourcePort: 31100, to: Lab.p1, inner: segment(.syn, seq: 1000), hops: [Lab.p2])
-        let synAck = try XCTUnwrap(capture.first { $0.ipv4TCP.map { $0.0 == Lab.vip && $0.3 == 43000 && $0.4.contains([.syn, .ack]) } ?? false }?.ipv4TCP)
+        let synAck = try XCTUnwrap(
+            capture.first {
+                $0.ipv4TCP.map { $0.0 == Lab.vip && $0.3 == 43000 && $0.4.contains([.syn, .ack]) } ?? false
+            }?.ipv4TCP)
         XCTAssertEqual(try lab.stats("p1").value("cookies_sent") > 0, true)
         let daemon = try XCTUnwrap(lab.processes.last { $0.name == "p1 second-chance" && $0.process.isRunning }).process
         try stopProcess(daemon.processIdentifier)
-        try sendGUE(lab, sourcePort: 31100, to: Lab.p1, inner: segment(.ack, seq: 1001, ack: synAck.5 &+ 1), hops: [Lab.p2])
-        try sendGUE(lab, sourcePort: 31100, to: Lab.p1, inner: segment([.ack, .psh], seq: 1001, ack: synAck.5 &+ 1, payload: Array("hello".utf8)),
-                    hops: [Lab.p2])
+        try sendGUE(
+            lab, sourcePort: 31100, to: Lab.p1, inner: segment(.ack, seq: 1001, ack: synAck.5 &+ 1), hops: [Lab.p2])
+        try sendGUE(
+            lab, sourcePort: 31100, to: Lab.p1,
+            inner: segment([.ack, .psh], seq: 1001, ack: synAck.5 &+ 1, payload: Array("hello".utf8)),
+            hops: [Lab.p2])
         kill(daemon.processIdentifier, SIGCONT)
         let accepted = try acceptConnection(listener)
         defer { close(accepted) }
         SocketOptions.setTimeouts(accepted, seconds: 5)
-        XCTAssertEqual(LabSockets.receiveExactly(accepted, 5), Array("hello".utf8), "the data reached the new connection")
+        XCTAssertEqual(
+            LabSockets.receiveExactly(accepted, 5), Array("hello".utf8), "the data reached the new connection")
         let stats = try lab.stats("p1")
         XCTAssertEqual(stats["accepted_syn_cookie"], 1)
         XCTAssertEqual(stats["forwarded"], 0, "nothing went by the hop list: \(stats)")
@@ -335,20 +367,29 @@ final class SynCookieResponderTests: XCTestCase {
         // 17 connections the listener (backlog 16) never accepts: its accept queue is over full.
         var clients: [Int32] = []
         defer { clients.forEach { close($0) } }
-        for _ in 0..<17 { clients.append(try lab.inside("c") { try LabSockets.connectTCP(to: .v4(Lab.vip), port: Self.port, timeoutSeconds: 5) }) }
+        for _ in 0..<17 {
+            clients.append(
+                try lab.inside("c") { try LabSockets.connectTCP(to: .v4(Lab.vip), port: Self.port, timeoutSeconds: 5) })
+        }
         try lab.waitFor("the monitor to see the full accept queue") {
-            try readControlSocket(lab.controlPath("p1")).split(separator: "\n").contains { $0.hasPrefix("listener \(Lab.vip):\(Self.port) ") }
+            try readControlSocket(lab.controlPath("p1")).split(separator: "\n").contains {
+                $0.hasPrefix("listener \(Lab.vip):\(Self.port) ")
+            }
                 && (try listenerStats("\(Lab.vip):\(Self.port)")["cookies_sent"] ?? 0) >= 17
         }
         sleep(1)  // the monitor scans every 50 ms: it has seen the full accept queue many times over
         let before = try lab.stats("p1").value("cookies_sent")
         let capture = try lab.inside("c") { try Capture(protocol: Int32(IPPROTO_TCP)) }
-        let syn = PacketBuilder.tcp(source: .v4(Lab.client), sourcePort: 43100, destination: .v4(Lab.vip), destinationPort: Self.port, flags: .syn,
-                                    sequence: 1, options: [2, 4, 0x05, 0xb4])
+        let syn = PacketBuilder.tcp(
+            source: .v4(Lab.client), sourcePort: 43100, destination: .v4(Lab.vip), destinationPort: Self.port,
+            flags: .syn,
+            sequence: 1, options: [2, 4, 0x05, 0xb4])
         try sendGUE(lab, sourcePort: 31101, to: Lab.p1, inner: syn, hops: [])
         try lab.waitFor("the SYN") { try lab.stats("p1").value("accepted_syn") > 0 }
         XCTAssertEqual(try lab.stats("p1").value("cookies_sent"), before, "the responder left the SYN to the kernel")
-        XCTAssertNil(capture.first(within: 1) { $0.ipv4TCP.map { $0.0 == Lab.vip && $0.3 == 43100 } ?? false }, "and the kernel dropped it")
+        XCTAssertNil(
+            capture.first(within: 1) { $0.ipv4TCP.map { $0.0 == Lab.vip && $0.3 == 43100 } ?? false },
+            "and the kernel dropped it")
     }
 
     /// --syn-cookies off: an overflowing listener is the kernel's alone, and its cookies still work.
@@ -372,10 +413,14 @@ final class SynCookieResponderTests: XCTestCase {
         try startSecondChance(["--syn-cookies", "always", "--cookie-pass-ms", "60000"])
         try waitUntilActive("\(Lab.vip):\(Self.port)")
         _ = try connectAndTransfer(to: .v4(Lab.vip), bytes: 64 << 10)
-        XCTAssertGreaterThanOrEqual(try listenerStats("\(Lab.vip):\(Self.port)").value("syns_passed_to_kernel"), 1, "the kernel got a SYN to answer")
+        XCTAssertGreaterThanOrEqual(
+            try listenerStats("\(Lab.vip):\(Self.port)").value("syns_passed_to_kernel"), 1,
+            "the kernel got a SYN to answer")
         _ = try connectAndTransfer(to: .v4(Lab.vip), bytes: 64 << 10)
         let stats = try lab.stats("p1")
-        XCTAssertTrue((1...2).contains(try stats.value("cookies_sent")), "the second connection's SYN was answered by the responder: \(stats)")
+        XCTAssertTrue(
+            (1...2).contains(try stats.value("cookies_sent")),
+            "the second connection's SYN was answered by the responder: \(stats)")
         // Both ACKs carried cookies (with tcp_syncookies=2 the kernel's answer is one too).
         XCTAssertEqual(stats["accepted_syn_cookie"], 2)
     }
@@ -437,8 +482,9 @@ final class SynCookieResponderTests: XCTestCase {
         XCTAssertTrue(answered, "the responder answered a client after 150 s of flood")
         XCTAssertGreaterThan(try lab.stats("p1").value("accepted_syn_cookie"), try before.value("accepted_syn_cookie"))
         XCTAssertGreaterThan(try tcpExt("SyncookiesRecv"), recvBefore)
-        XCTAssertGreaterThan(try listenerStats("\(Lab.vip):\(Self.port)").value("syns_passed_to_kernel"), 100,
-                             "about one SYN a second kept the kernel's overflow mark")
+        XCTAssertGreaterThan(
+            try listenerStats("\(Lab.vip):\(Self.port)").value("syns_passed_to_kernel"), 100,
+            "about one SYN a second kept the kernel's overflow mark")
     }
 }
 

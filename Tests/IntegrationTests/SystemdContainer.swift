@@ -16,16 +16,27 @@ final class SystemdContainer {
     init(lab: Lab, host: String, files: [(String, String)]) throws {
         let directory = lab.directory.appendingPathComponent("container-\(host)")
         let sbin = directory.appendingPathComponent("sbin"), bin = directory.appendingPathComponent("bin")
-        for folder in [sbin, bin] { try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true) }
-        try FileManager.default.copyItem(at: Lab.binaries.appendingPathComponent("second-chance"), to: sbin.appendingPathComponent("second-chance"))
-        try FileManager.default.copyItem(at: Lab.binaries.appendingPathComponent("bindkeeper"), to: bin.appendingPathComponent("bindkeeper"))
+        for folder in [sbin, bin] {
+            try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        }
+        try FileManager.default.copyItem(
+            at: Lab.binaries.appendingPathComponent("second-chance"), to: sbin.appendingPathComponent("second-chance"))
+        try FileManager.default.copyItem(
+            at: Lab.binaries.appendingPathComponent("bindkeeper"), to: bin.appendingPathComponent("bindkeeper"))
         log = directory.appendingPathComponent("boot.log")
         // The units this host's /usr would start and that have no place here stay masked.
-        let masked = ["systemd-networkd.service", "systemd-networkd.socket", "nftables.service", "haproxy.service", "postgresql.service",
-                      "console-getty.service", "systemd-firstboot.service", "apt-daily.timer", "apt-daily-upgrade.timer", "man-db.timer"]
-        var arguments = ["-D", "/", "--volatile=yes", "--register=no", "--keep-unit", "--machine=\(lab.namespace(host))",
-                         "--capability=all", "--console=passive", "--network-namespace-path=/run/netns/\(lab.namespace(host))",
-                         "--bind-ro=\(Self.swiftRuntime)", "--bind-ro=\(sbin.path):/usr/local/sbin", "--bind-ro=\(bin.path):/usr/local/bin"]
+        let masked = [
+            "systemd-networkd.service", "systemd-networkd.socket", "nftables.service", "haproxy.service",
+            "postgresql.service",
+            "console-getty.service", "systemd-firstboot.service", "apt-daily.timer", "apt-daily-upgrade.timer",
+            "man-db.timer",
+        ]
+        var arguments = [
+            "-D", "/", "--volatile=yes", "--register=no", "--keep-unit", "--machine=\(lab.namespace(host))",
+            "--capability=all", "--console=passive", "--network-namespace-path=/run/netns/\(lab.namespace(host))",
+            "--bind-ro=\(Self.swiftRuntime)", "--bind-ro=\(sbin.path):/usr/local/sbin",
+            "--bind-ro=\(bin.path):/usr/local/bin",
+        ]
         arguments += files.map { "--bind-ro=\($0.0):\($0.1)" }
         arguments += ["--boot", "systemd.firstboot=off"] + masked.map { "systemd.mask=\($0)" }
         process = Process()
@@ -43,8 +54,12 @@ final class SystemdContainer {
         let bootLog = log
         let started = process
         defer { if found == 0 { kill(started.processIdentifier, SIGKILL); started.waitUntilExit() } }
-        try Lab.waitFor("systemd-nspawn to start systemd", seconds: 10, context: { (try? String(contentsOf: bootLog, encoding: .utf8)) ?? "" }) {
-            let children = (try? String(contentsOfFile: "/proc/\(nspawn)/task/\(nspawn)/children", encoding: .utf8)) ?? ""
+        try Lab.waitFor(
+            "systemd-nspawn to start systemd", seconds: 10,
+            context: { (try? String(contentsOf: bootLog, encoding: .utf8)) ?? "" }
+        ) {
+            let children =
+                (try? String(contentsOfFile: "/proc/\(nspawn)/task/\(nspawn)/children", encoding: .utf8)) ?? ""
             found = children.split(separator: " ").first.flatMap { pid_t($0) } ?? 0
             // nspawn's first child is a helper (named systemd-nspawn too) until systemd replaces it.
             let name = (try? String(contentsOfFile: "/proc/\(found)/comm", encoding: .utf8)) ?? ""
@@ -61,9 +76,13 @@ final class SystemdContainer {
 
     private func waitForBoot(_ bootLog: URL) throws {
         var state = ""
-        try Lab.waitFor("systemd to finish booting", seconds: 60, context: { state + "\n" + ((try? String(contentsOf: bootLog, encoding: .utf8)) ?? "") }) {
+        try Lab.waitFor(
+            "systemd to finish booting", seconds: 60,
+            context: { state + "\n" + ((try? String(contentsOf: bootLog, encoding: .utf8)) ?? "") }
+        ) {
             // "offline" until its private bus answers; --wait then waits for the start-up jobs.
-            state = try self.run(["systemctl", "is-system-running", "--wait"], seconds: 60).output.trimmingCharacters(in: .whitespacesAndNewlines)
+            state = try self.run(["systemctl", "is-system-running", "--wait"], seconds: 60).output.trimmingCharacters(
+                in: .whitespacesAndNewlines)
             if !["running", "degraded"].contains(state) { usleep(100_000) }
             return ["running", "degraded"].contains(state)
         }
@@ -112,7 +131,9 @@ final class SystemdContainer {
     @discardableResult
     func systemctl(_ arguments: String...) throws -> String {
         let result = try run(["systemctl", "--no-pager"] + arguments)
-        guard result.status == 0 else { throw LabError("systemctl \(arguments.joined(separator: " ")): \(result.output)\n\(journal())") }
+        guard result.status == 0 else {
+            throw LabError("systemctl \(arguments.joined(separator: " ")): \(result.output)\n\(journal())")
+        }
         return result.output
     }
 
@@ -130,7 +151,8 @@ final class SystemdContainer {
     /// Writes a file inside (/etc is the container's own tmpfs).
     func write(_ text: String, to inside: String) throws {
         let target = URL(fileURLWithPath: path(inside))
-        try FileManager.default.createDirectory(at: target.deletingLastPathComponent(), withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            at: target.deletingLastPathComponent(), withIntermediateDirectories: true)
         try text.write(to: target, atomically: false, encoding: .utf8)
     }
 

@@ -13,28 +13,41 @@ import XCTest
 final class FuzzTests: XCTestCase {
     struct AnswerEverything: FlowOwnership {
         var state: UInt64
-        mutating func next() -> UInt64 { state = state &* 6364136223846793005 &+ 1442695040888963407; return state >> 33 }
-        mutating func lookup(_ flow: FlowKey) -> SocketLookup { [.connected, .listener, .none, .failed][Int(next() % 4)] }
+        mutating func next() -> UInt64 {
+            state = state &* 6364136223846793005 &+ 1442695040888963407; return state >> 33
+        }
+        mutating func lookup(_ flow: FlowKey) -> SocketLookup {
+            [.connected, .listener, .none, .failed][Int(next() % 4)]
+        }
         mutating func listenerAcceptsCookies(_ flow: FlowKey) -> Bool { next() % 2 == 0 }
         mutating func isValidCookie(_ packet: UnsafeRawBufferPointer, _ segment: TCPSegment) -> Bool {
             // Touch the bytes the real check copies, to prove the offsets are inside the packet.
             var sum = 0
-            for offset in segment.ipHeaderOffset..<(segment.ipHeaderOffset + (segment.flow.isIPv6 ? 40 : 20)) { sum &+= Int(packet[offset]) }
+            for offset in segment.ipHeaderOffset..<(segment.ipHeaderOffset + (segment.flow.isIPv6 ? 40 : 20)) {
+                sum &+= Int(packet[offset])
+            }
             for offset in segment.tcpOffset..<(segment.tcpOffset + 20) { sum &+= Int(packet[offset]) }
             return sum % 2 == 0
         }
     }
 
     func seeds() -> [[UInt8]] {
-        let quoted = PacketBuilder.tcp(source: .v4(vip), sourcePort: 80, destination: .v4(client), destinationPort: 1, flags: .ack)
-        let quoted6 = PacketBuilder.tcp(source: .v6(vip6), sourcePort: 80, destination: .v6(client6), destinationPort: 1, flags: .ack)
+        let quoted = PacketBuilder.tcp(
+            source: .v4(vip), sourcePort: 80, destination: .v4(client), destinationPort: 1, flags: .ack)
+        let quoted6 = PacketBuilder.tcp(
+            source: .v6(vip6), sourcePort: 80, destination: .v6(client6), destinationPort: 1, flags: .ack)
         return [
             gue(tcp4(.syn)), gue(tcp4(.ack, payload: [1, 2, 3])), gue(tcp4(.ack), hops: [p2, p1, client], nextHop: 1),
             gue(PacketBuilder.icmpFragmentationNeeded(from: director, to: vip, mtu: 1200, original: quoted)),
-            gue(PacketBuilder.tcp(source: .v6(client6), sourcePort: 9, destination: .v6(vip6), destinationPort: 80, flags: .ack)),
+            gue(
+                PacketBuilder.tcp(
+                    source: .v6(client6), sourcePort: 9, destination: .v6(vip6), destinationPort: 80, flags: .ack)),
             gue(PacketBuilder.icmpv6PacketTooBig(from: client6, to: vip6, mtu: 1280, original: quoted6)),
-            gue(PacketBuilder.ip(source: .v6(client6), destination: .v6(vip6), protocol: 0,
-                                 transport: [60, 0, 1, 4, 0, 0, 0, 0, 6, 0, 1, 4, 0, 0, 0, 0] + Array(tcp4(.ack)[20...]), checksumOffset: nil)),
+            gue(
+                PacketBuilder.ip(
+                    source: .v6(client6), destination: .v6(vip6), protocol: 0,
+                    transport: [60, 0, 1, 4, 0, 0, 0, 0, 6, 0, 1, 4, 0, 0, 0, 0] + Array(tcp4(.ack)[20...]),
+                    checksumOffset: nil)),
         ]
     }
 
@@ -50,15 +63,20 @@ final class FuzzTests: XCTestCase {
             for _ in 0..<Int.random(in: 1...4, using: &random) {
                 switch Int.random(in: 0..<6, using: &random) {
                 case 0 where !packet.isEmpty:
-                    packet[Int.random(in: 0..<packet.count, using: &random)] ^= UInt8(1) << UInt8.random(in: 0..<8, using: &random)
+                    packet[Int.random(in: 0..<packet.count, using: &random)] ^=
+                        UInt8(1) << UInt8.random(in: 0..<8, using: &random)
                 case 1 where !packet.isEmpty:
                     packet.removeLast(Int.random(in: 0...min(packet.count, 64), using: &random))
                 case 2:
-                    packet += (0..<Int.random(in: 1...16, using: &random)).map { _ in UInt8.random(in: 0...255, using: &random) }
+                    packet += (0..<Int.random(in: 1...16, using: &random)).map { _ in
+                        UInt8.random(in: 0...255, using: &random)
+                    }
                 case 3 where packet.count > 40:
                     // Length-like fields: IP lengths, UDP length, hlen, hop count, inner lengths.
                     let offset = [2, 24, 28, 35, 38, 40, 44, 48, 52].randomElement(using: &random)!
-                    if offset + 1 < packet.count { packet.setBE16(offset, UInt16.random(in: 0...UInt16.max, using: &random)) }
+                    if offset + 1 < packet.count {
+                        packet.setBE16(offset, UInt16.random(in: 0...UInt16.max, using: &random))
+                    }
                 case 4 where !packet.isEmpty:
                     packet[Int.random(in: 0..<packet.count, using: &random)] = UInt8.random(in: 0...255, using: &random)
                 default:
@@ -74,13 +92,17 @@ final class FuzzTests: XCTestCase {
                 XCTAssertLessThanOrEqual(gue.innerOffset, gue.innerEnd, "\(random.report) \(input)")
                 if case .forward = decision.verdict {
                     packet.withUnsafeMutableBytes { GUEForwarding.rewrite($0, gue, source: p1, destination: p2) }
-                    XCTAssertEqual(InternetChecksum.checksum(Array(packet[0..<gue.outerHeaderLength])), 0, "\(random.report) \(input)")
+                    XCTAssertEqual(
+                        InternetChecksum.checksum(Array(packet[0..<gue.outerHeaderLength])), 0,
+                        "\(random.report) \(input)")
                 }
             }
             outcomes["\(decision.verdict)".prefix { $0 != "(" }.description, default: 0] += 1
         }
         // The mutations reach every kind of outcome, so the fuzzing is not stuck at the first check.
-        for kind in ["local", "forward", "drop", "refuse"] { XCTAssertGreaterThan(outcomes[kind] ?? 0, iterations / 100, kind) }
+        for kind in ["local", "forward", "drop", "refuse"] {
+            XCTAssertGreaterThan(outcomes[kind] ?? 0, iterations / 100, kind)
+        }
     }
 }
 
@@ -105,7 +127,9 @@ final class CacheAndTableTests: XCTestCase {
         XCTAssertEqual(negative.answer(for: flow, now: 5), SocketLookup.none)
         XCTAssertNil(negative.answer(for: flow, now: 10))
         for port in UInt16(2)...10 {
-            negative.remember(.connected, for: FlowKey(source: client, sourcePort: port, destination: vip, destinationPort: 80), now: 0)
+            negative.remember(
+                .connected, for: FlowKey(source: client, sourcePort: port, destination: vip, destinationPort: 80),
+                now: 0)
         }
         XCTAssertLessThanOrEqual(negative.count, 2, "bounded")
     }
@@ -127,7 +151,8 @@ final class CacheAndTableTests: XCTestCase {
         let drained = try RendezvousTable.parse("198.18.0.11 draining\n198.18.0.12\n")
         var primaries: [IPv4Address: Int] = [:]
         for port in UInt16(1)...2000 {
-            let hash = RendezvousTable.flowHash(FlowKey(source: client, sourcePort: port, destination: vip, destinationPort: 80))
+            let hash = RendezvousTable.flowHash(
+                FlowKey(source: client, sourcePort: port, destination: vip, destinationPort: 80))
             let route = table.route(flowHash: hash)
             XCTAssertEqual(Set(route), [p1, p2])
             primaries[route[0], default: 0] += 1
@@ -144,9 +169,14 @@ final class CacheAndTableTests: XCTestCase {
         XCTAssertEqual(Set(CounterName.all.map(\.index)).count, CounterName.count)
         XCTAssertEqual(CounterName.all.map(\.index), Array(0..<CounterName.count))
         var metrics = PrometheusText()
-        CounterReport.write([UInt64](repeating: 3, count: CounterName.count), queues: [QueueReport(queue: 0, packets: 7, receiveErrors: 2,
-                                                                                               kernel: KernelQueueStatistics(waiting: 1, queueDropped: 4, userDropped: 5))],
-                            to: &metrics)
+        CounterReport.write(
+            [UInt64](repeating: 3, count: CounterName.count),
+            queues: [
+                QueueReport(
+                    queue: 0, packets: 7, receiveErrors: 2,
+                    kernel: KernelQueueStatistics(waiting: 1, queueDropped: 4, userDropped: 5))
+            ],
+            to: &metrics)
         ImageReport(version: "1.0", build: "a\"b", reexecs: 2, adoptedQueues: 1).write(to: &metrics)
         let text = metrics.text
         assertWellFormedExposition(text)
@@ -161,7 +191,9 @@ final class CacheAndTableTests: XCTestCase {
         let lines = CounterReport.text([UInt64](repeating: 1, count: CounterName.count))
         XCTAssertTrue(lines.contains("dropped_untrusted_hop: 1\n"))
         XCTAssertTrue(lines.contains("dropped_not_local_destination: 1\n"))
-        XCTAssertTrue(CounterReport.text([UInt64](repeating: 1, count: CounterName.count)).contains("dropped_malformed: \(DropReason.allCases.count)"))
+        XCTAssertTrue(
+            CounterReport.text([UInt64](repeating: 1, count: CounterName.count)).contains(
+                "dropped_malformed: \(DropReason.allCases.count)"))
     }
 }
 

@@ -12,7 +12,8 @@ final class HostCheckTests: XCTestCase {
             *raw
             :PREROUTING ACCEPT [0:0]
             -A PREROUTING -s 198.18.0.2/32 -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass
-            -A PREROUTING -m set --match-set glb-peers src -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass
+            -A PREROUTING -m set --match-set glb-peers src -p udp -m udp --dport 19523 \
+            -j NFQUEUE --queue-num 0 --queue-bypass
             -A PREROUTING -p udp -m udp --dport 19523 -j DROP
             COMMIT
             """
@@ -21,11 +22,19 @@ final class HostCheckTests: XCTestCase {
         XCTAssertEqual(rules.queueRules.map(\.bypass), [true, true])
         XCTAssertTrue(rules.dropsTheRest)
 
-        let open = HostChecks.gueRules(iptablesSave: "-A PREROUTING -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0\n", port: 19523)
-        XCTAssertEqual(open.queueRules, [.init(rule: "-A PREROUTING -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0", bypass: false, restricted: false)])
+        let open = HostChecks.gueRules(
+            iptablesSave: "-A PREROUTING -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0\n", port: 19523)
+        XCTAssertEqual(
+            open.queueRules,
+            [
+                .init(
+                    rule: "-A PREROUTING -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0", bypass: false,
+                    restricted: false)
+            ])
         XCTAssertFalse(open.dropsTheRest)
         // A DROP before any queue rule drops GUE from the peers too: it is not "the rest".
-        let dropFirst = HostChecks.gueRules(iptablesSave: "-A PREROUTING -p udp -m udp --dport 19523 -j DROP\n", port: 19523)
+        let dropFirst = HostChecks.gueRules(
+            iptablesSave: "-A PREROUTING -p udp -m udp --dport 19523 -j DROP\n", port: 19523)
         XCTAssertFalse(dropFirst.dropsTheRest)
         XCTAssertTrue(HostChecks.gueRules(iptablesSave: shipped, port: 6081).queueRules.isEmpty)
     }
@@ -59,16 +68,33 @@ final class HostCheckTests: XCTestCase {
         func lines(_ rules: HostChecks.GUERules) -> [String] {
             HostChecks.ruleChecks(rules, tool: "iptables", port: 19523, queues: [0]).map(\.line)
         }
-        let open = HostChecks.gueRules(iptablesSave: "-A PREROUTING -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass\n", port: 19523)
-        XCTAssertTrue(lines(open).contains { $0.hasPrefix("[warn] iptables: the NFQUEUE rule takes GUE from every host") }, "\(lines(open))")
-        let noDrop = HostChecks.gueRules(iptablesSave: "-A PREROUTING -s 198.18.0.2/32 -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass\n",
-                                         port: 19523)
-        XCTAssertTrue(lines(noDrop).contains { $0.hasPrefix("[warn] iptables: GUE from hosts that are not peers is not dropped") }, "\(lines(noDrop))")
-        let good = HostChecks.gueRules(iptablesSave: """
-            -A PREROUTING -s 198.18.0.2/32 -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass
-            -A PREROUTING -p udp -m udp --dport 19523 -j DROP
-            """, port: 19523)
-        XCTAssertEqual(lines(good), ["[ ok ] iptables: -A PREROUTING -s 198.18.0.2/32 -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass"])
+        let open = HostChecks.gueRules(
+            iptablesSave: "-A PREROUTING -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass\n",
+            port: 19523)
+        XCTAssertTrue(
+            lines(open).contains { $0.hasPrefix("[warn] iptables: the NFQUEUE rule takes GUE from every host") },
+            "\(lines(open))")
+        let noDrop = HostChecks.gueRules(
+            iptablesSave:
+                "-A PREROUTING -s 198.18.0.2/32 -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass\n",
+            port: 19523)
+        XCTAssertTrue(
+            lines(noDrop).contains {
+                $0.hasPrefix("[warn] iptables: GUE from hosts that are not peers is not dropped")
+            }, "\(lines(noDrop))")
+        let good = HostChecks.gueRules(
+            iptablesSave: """
+                -A PREROUTING -s 198.18.0.2/32 -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass
+                -A PREROUTING -p udp -m udp --dport 19523 -j DROP
+                """, port: 19523)
+        XCTAssertEqual(
+            lines(good),
+            [
+                """
+                [ ok ] iptables: -A PREROUTING -s 198.18.0.2/32 -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 \
+                --queue-bypass
+                """
+            ])
         let otherQueue = HostChecks.ruleChecks(good, tool: "iptables", port: 19523, queues: [3]).map(\.line)
         XCTAssertTrue(otherQueue.first?.contains("does not feed queue(s) [3]") == true, "\(otherQueue)")
     }
@@ -79,7 +105,8 @@ final class NetlinkDumpTests: XCTestCase {
     func testThisHostsAddressesComeFromRtnetlink() throws {
         let addresses = try LocalAddressWatcher.dump()
         XCTAssertTrue(addresses.owns(IPv4Address("127.0.0.1")!), "\(addresses.ipv4)")
-        XCTAssertFalse(addresses.accepts(destination: IPv4Address("127.0.0.1")!), "loopback is never a destination from outside")
+        XCTAssertFalse(
+            addresses.accepts(destination: IPv4Address("127.0.0.1")!), "loopback is never a destination from outside")
     }
 
     func testListenersComeFromSockDiag() throws {
@@ -87,7 +114,9 @@ final class NetlinkDumpTests: XCTestCase {
         defer { close(fd) }
         var address = sockaddr_in()
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
         let key = ListenerKey(address: .v4(IPv4Address("127.0.0.1")!), port: UInt16(bigEndian: address.sin_port))
         let listener = try XCTUnwrap(try SockDiag().dumpListeners().first { $0.key == key })
         XCTAssertEqual(listener.backlog, 7)

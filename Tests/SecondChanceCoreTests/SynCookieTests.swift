@@ -1,18 +1,21 @@
 import LabKit
 import NetTypes
-@testable import SecondChanceCore
 import TestSupport
 import XCTest
+
+@testable import SecondChanceCore
 
 final class SynCookieTests: XCTestCase {
     static let client = IPAddress.v4(IPv4Address("198.18.0.1")!)
     static let vip = IPAddress.v4(IPv4Address("198.19.0.10")!)
 
     func syn(options: [UInt8], ipv6: Bool = false) -> [UInt8] {
-        let (source, destination): (IPAddress, IPAddress) = ipv6
+        let (source, destination): (IPAddress, IPAddress) =
+            ipv6
             ? (.v6(IPv6Address("2001:2::1")!), .v6(IPv6Address("2001:2:0:ff::10")!)) : (Self.client, Self.vip)
-        return PacketBuilder.tcp(source: source, sourcePort: 40000, destination: destination, destinationPort: 443,
-                                 flags: .syn, sequence: 0xdead_beef, window: 64240, options: options)
+        return PacketBuilder.tcp(
+            source: source, sourcePort: 40000, destination: destination, destinationPort: 443,
+            flags: .syn, sequence: 0xdead_beef, window: 64240, options: options)
     }
 
     /// Linux's SYN options: MSS 1460, SACK-permitted, timestamp, NOP, window scale 7.
@@ -23,8 +26,9 @@ final class SynCookieTests: XCTestCase {
     }
 
     func testSynOptionsAreReadAsTheKernelReadsThem() {
-        XCTAssertEqual(parsed(syn(options: Self.linuxOptions)),
-                       SynOptions(mss: 1460, windowScale: 7, sackPermitted: true, timestamp: 12345))
+        XCTAssertEqual(
+            parsed(syn(options: Self.linuxOptions)),
+            SynOptions(mss: 1460, windowScale: 7, sackPermitted: true, timestamp: 12345))
         XCTAssertEqual(parsed(syn(options: [])), SynOptions())
         // A window scale above 14 is taken as 14; an MSS of zero is ignored.
         XCTAssertEqual(parsed(syn(options: [1, 3, 3, 20, 2, 4, 0, 0])), SynOptions(windowScale: 14))
@@ -48,7 +52,9 @@ final class SynCookieTests: XCTestCase {
             let offset = Int.random(in: -2...24, using: &generator)
             let end = Int.random(in: 0...length, using: &generator)
             let options = bytes.withUnsafeBytes { SynOptions.parse($0, tcpOffset: offset, end: end) }
-            let fits = offset >= 0 && end - offset >= 20 && end - offset >= Int(bytes[offset + 12] >> 4) * 4 && bytes[offset + 12] >> 4 >= 5
+            let fits =
+                offset >= 0 && end - offset >= 20 && end - offset >= Int(bytes[offset + 12] >> 4) * 4
+                && bytes[offset + 12] >> 4 >= 5
             XCTAssertEqual(options != nil, fits, "\(generator.report) offset \(offset) end \(end) \(bytes)")
             if let options {
                 parsed += 1
@@ -61,7 +67,9 @@ final class SynCookieTests: XCTestCase {
 
     func testCookieTimestampCarriesOptionsAndNeverRunsAhead() {
         for now in [UInt64(0x40), 1_000_000, 1_000_063, 0x1_0000_0005] {
-            for (scale, sack, ecn) in [(UInt8?(7), true, false), (nil, false, false), (0, false, true), (14, true, true)] {
+            for (scale, sack, ecn) in [
+                (UInt8?(7), true, false), (nil, false, false), (0, false, true), (14, true, true),
+            ] {
                 let options = CookieTimestamp.options(windowScale: scale, sack: sack, ecn: ecn)
                 let stamp = CookieTimestamp.value(nowMilliseconds: now, options: options)
                 XCTAssertEqual(stamp & 0x3f, options)
@@ -80,14 +88,20 @@ final class SynCookieTests: XCTestCase {
         settings.tcpReceiveMemoryMaximum = 33_554_432
         settings.receiveMemoryMaximum = 4_194_304
         // Unlocked: the largest buffer the socket may grow to, 32 MiB -> 2^25 -> scale 10.
-        XCTAssertEqual(TCPWindow.receiveScale(listenerReceiveBuffer: 131_072, receiveBufferLocked: false, settings: settings), 10)
+        XCTAssertEqual(
+            TCPWindow.receiveScale(listenerReceiveBuffer: 131_072, receiveBufferLocked: false, settings: settings), 10)
         settings.tcpReceiveMemoryMaximum = 6_291_456
         settings.receiveMemoryMaximum = 212_992
-        XCTAssertEqual(TCPWindow.receiveScale(listenerReceiveBuffer: 131_072, receiveBufferLocked: false, settings: settings), 7)
+        XCTAssertEqual(
+            TCPWindow.receiveScale(listenerReceiveBuffer: 131_072, receiveBufferLocked: false, settings: settings), 7)
         // SO_RCVBUF 262144 -> sk_rcvbuf 524288 -> full space 262144 = 2^18 -> scale 3.
-        XCTAssertEqual(TCPWindow.receiveScale(listenerReceiveBuffer: 524_288, receiveBufferLocked: true, settings: settings), 3)
-        XCTAssertEqual(TCPWindow.receiveScale(listenerReceiveBuffer: 4608, receiveBufferLocked: true, settings: settings), 0)
-        XCTAssertEqual(TCPWindow.receiveScale(listenerReceiveBuffer: UInt32.max, receiveBufferLocked: true, settings: settings), 14)
+        XCTAssertEqual(
+            TCPWindow.receiveScale(listenerReceiveBuffer: 524_288, receiveBufferLocked: true, settings: settings), 3)
+        XCTAssertEqual(
+            TCPWindow.receiveScale(listenerReceiveBuffer: 4608, receiveBufferLocked: true, settings: settings), 0)
+        XCTAssertEqual(
+            TCPWindow.receiveScale(listenerReceiveBuffer: UInt32.max, receiveBufferLocked: true, settings: settings), 14
+        )
         XCTAssertEqual(TCPWindow.synAckWindow(listenerReceiveBuffer: 131_072, mss: 1448), 65160)
         XCTAssertEqual(TCPWindow.synAckWindow(listenerReceiveBuffer: 131_072, mss: 1460), 64240)
         XCTAssertEqual(TCPWindow.synAckWindow(listenerReceiveBuffer: 1 << 24, mss: 1460), 65535)
@@ -130,18 +144,24 @@ final class SynCookieTests: XCTestCase {
             let packet = syn(options: Self.linuxOptions, ipv6: ipv6)
             let ipLength = ipv6 ? 40 : 20
             var output = [UInt8](repeating: 0xff, count: 128)
-            let segment = try XCTUnwrap(packet.withUnsafeBytes { bytes -> TCPSegment? in
-                guard case .success(.tcp(let segment)) = ipv6
-                    ? InnerPacket.classifyIPv6(bytes, start: 0, end: bytes.count) : InnerPacket.classifyIPv4(bytes, start: 0, end: bytes.count)
-                else { return nil }
-                return segment
-            })
+            let segment = try XCTUnwrap(
+                packet.withUnsafeBytes { bytes -> TCPSegment? in
+                    guard
+                        case .success(.tcp(let segment)) = ipv6
+                            ? InnerPacket.classifyIPv6(bytes, start: 0, end: bytes.count)
+                            : InnerPacket.classifyIPv4(bytes, start: 0, end: bytes.count)
+                    else { return nil }
+                    return segment
+                })
             let length = packet.withUnsafeBytes { input in
-                output.withUnsafeMutableBytes { SynCookieReply.generatorInput(input, segment, options: SynOptions(mss: 1460), into: $0) }
+                output.withUnsafeMutableBytes {
+                    SynCookieReply.generatorInput(input, segment, options: SynOptions(mss: 1460), into: $0)
+                }
             }
             XCTAssertEqual(length, ipLength + 24)
             XCTAssertEqual(Array(output[0..<ipLength].dropFirst()), Array(packet[0..<ipLength].dropFirst()))
-            XCTAssertEqual(Array(output[ipLength..<(ipLength + 12)]), Array(packet[ipLength..<(ipLength + 12)]), "ports, ISN")
+            XCTAssertEqual(
+                Array(output[ipLength..<(ipLength + 12)]), Array(packet[ipLength..<(ipLength + 12)]), "ports, ISN")
             XCTAssertEqual(output[ipLength + 12] >> 4, 6, "doff 6: fixed header and MSS")
             XCTAssertEqual(Array(output[(ipLength + 20)..<(ipLength + 24)]), [2, 4, 0x05, 0xb4])
         }
@@ -156,12 +176,15 @@ final class SynCookieTests: XCTestCase {
     }
 
     /// The reply `SynCookieReply.write` makes, in a buffer of the largest reply's size.
-    func synAck(_ packet: [UInt8], _ segment: TCPSegment, cookie: UInt32, offer: SynCookieReply.Offer, window: UInt16) -> [UInt8] {
+    func synAck(_ packet: [UInt8], _ segment: TCPSegment, cookie: UInt32, offer: SynCookieReply.Offer, window: UInt16)
+        -> [UInt8]
+    {
         var out = [UInt8](repeating: 0xee, count: SynCookieReply.maximumLength)
         let length = packet.withUnsafeBytes { input in
             out.withUnsafeMutableBytes {
-                SynCookieReply.write(into: $0, answering: input, segment, cookie: cookie, mss: 1460, offer: offer,
-                                     window: window, ttl: 64)
+                SynCookieReply.write(
+                    into: $0, answering: input, segment, cookie: cookie, mss: 1460, offer: offer,
+                    window: window, ttl: 64)
             }
         }
         return Array(out[0..<length])
@@ -173,17 +196,23 @@ final class SynCookieTests: XCTestCase {
         var settings = TCPHostSettings()
         for ipv6 in [false, true] {
             let packet = syn(options: Self.linuxOptions, ipv6: ipv6)
-            let segment = try XCTUnwrap(packet.withUnsafeBytes { bytes -> TCPSegment? in
-                guard case .success(.tcp(let segment)) = ipv6
-                    ? InnerPacket.classifyIPv6(bytes, start: 0, end: bytes.count) : InnerPacket.classifyIPv4(bytes, start: 0, end: bytes.count)
-                else { return nil }
-                return segment
-            })
-            for (timestamps, sack, scaling) in [(1, true, true), (2, true, true), (2, false, true), (2, true, false), (2, false, false)] {
+            let segment = try XCTUnwrap(
+                packet.withUnsafeBytes { bytes -> TCPSegment? in
+                    guard
+                        case .success(.tcp(let segment)) = ipv6
+                            ? InnerPacket.classifyIPv6(bytes, start: 0, end: bytes.count)
+                            : InnerPacket.classifyIPv4(bytes, start: 0, end: bytes.count)
+                    else { return nil }
+                    return segment
+                })
+            for (timestamps, sack, scaling) in [
+                (1, true, true), (2, true, true), (2, false, true), (2, true, false), (2, false, false),
+            ] {
                 settings.timestamps = timestamps
                 settings.sack = sack
                 settings.windowScaling = scaling
-                let offer = SynCookieReply.offer(parsed(packet, ipv6: ipv6)!, settings: settings, ourWindowScale: 9, nowMilliseconds: 77_777)
+                let offer = SynCookieReply.offer(
+                    parsed(packet, ipv6: ipv6)!, settings: settings, ourWindowScale: 9, nowMilliseconds: 77_777)
                 let written = synAck(packet, segment, cookie: 0xfeed_f00d, offer: offer, window: 64240)
                 let isn = packet.withUnsafeBytes { $0.be32(segment.tcpOffset + 4) }
                 let expected = PacketBuilder.tcp(
@@ -191,18 +220,22 @@ final class SynCookieTests: XCTestCase {
                     destination: segment.flow.sourceAddress, destinationPort: segment.flow.sourcePort,
                     flags: [.syn, .ack], sequence: 0xfeed_f00d, acknowledgement: isn &+ 1, window: 64240,
                     options: optionBytes(offer: offer), ttl: 64)
-                XCTAssertEqual(written, expected, "ipv6 \(ipv6), timestamps \(timestamps), sack \(sack), scaling \(scaling)")
+                XCTAssertEqual(
+                    written, expected, "ipv6 \(ipv6), timestamps \(timestamps), sack \(sack), scaling \(scaling)")
             }
         }
     }
 
     func testSynAckAnswersTheSYN() throws {
         let packet = syn(options: Self.linuxOptions)
-        let segment = FlowKey(source: IPv4Address("198.18.0.1")!, sourcePort: 40000, destination: IPv4Address("198.19.0.10")!, destinationPort: 443)
+        let segment = FlowKey(
+            source: IPv4Address("198.18.0.1")!, sourcePort: 40000, destination: IPv4Address("198.19.0.10")!,
+            destinationPort: 443)
         let tcp = TCPSegment(flow: segment, flags: .syn, ipHeaderOffset: 0, tcpOffset: 20)
         var settings = TCPHostSettings()
         settings.timestamps = 2
-        let offer = SynCookieReply.offer(parsed(packet)!, settings: settings, ourWindowScale: 10, nowMilliseconds: 123_456)
+        let offer = SynCookieReply.offer(
+            parsed(packet)!, settings: settings, ourWindowScale: 10, nowMilliseconds: 123_456)
         let reply = synAck(packet, tcp, cookie: 0x1234_5678, offer: offer, window: 65160)
         let fields = try XCTUnwrap(reply.ipv4TCPFields)
         XCTAssertEqual(fields.source, IPv4Address("198.19.0.10"))
@@ -214,7 +247,9 @@ final class SynCookieTests: XCTestCase {
         XCTAssertEqual(fields.flags, TCPFlags([.syn, .ack]).rawValue)
         XCTAssertEqual(reply.be16(20 + 14), 65160)
         XCTAssertEqual(InternetChecksum.checksum(reply[0..<20].map { $0 }), 0, "IPv4 header checksum")
-        let pseudo = InternetChecksum.pseudoHeaderSum(source: IPv4Address("198.19.0.10")!, destination: IPv4Address("198.18.0.1")!, protocol: 6, length: reply.count - 20)
+        let pseudo = InternetChecksum.pseudoHeaderSum(
+            source: IPv4Address("198.19.0.10")!, destination: IPv4Address("198.18.0.1")!, protocol: 6,
+            length: reply.count - 20)
         XCTAssertEqual(InternetChecksum.checksum(Array(reply[20...]), initial: pseudo), 0, "TCP checksum")
     }
 
@@ -225,7 +260,10 @@ final class SynCookieTests: XCTestCase {
         var tracker = ListenerOverflowTracker(policy: policy)
         let key = ListenerKey(address: Self.vip, port: 443)
         func look(_ requests: UInt32, accept: UInt32 = 0) -> [ListenerObservation] {
-            [ListenerObservation(key: key, backlog: 16, acceptQueue: accept, requestSockets: requests, receiveBuffer: 131_072)]
+            [
+                ListenerObservation(
+                    key: key, backlog: 16, acceptQueue: accept, requestSockets: requests, receiveBuffer: 131_072)
+            ]
         }
         XCTAssertEqual(tracker.update(look(15), now: 1), [])
         XCTAssertEqual(tracker.update(look(16), now: 2), [.activated(look(16)[0])])
@@ -234,32 +272,48 @@ final class SynCookieTests: XCTestCase {
         XCTAssertEqual(tracker.update(look(7), now: 5), [], "below it: the hold starts")
         XCTAssertEqual(tracker.update(look(12), now: 9), [], "back above: the hold is reset")
         XCTAssertEqual(tracker.update(look(7), now: 10), [])
-        guard case .deactivated(key, _) = tracker.update(look(7), now: 15).first else { return XCTFail("not turned off after the hold") }
+        guard case .deactivated(key, _) = tracker.update(look(7), now: 15).first else {
+            return XCTFail("not turned off after the hold")
+        }
         XCTAssertEqual(tracker.activeKeys, [])
         XCTAssertEqual(tracker.update(look(16), now: 16).count, 1)
         XCTAssertEqual(tracker.states[key]?.activations, 2)
         // Never full again for the mark's lifetime: off, though the queue stays above the low mark.
         XCTAssertEqual(tracker.update(look(12), now: 100), [])
-        guard case .deactivated(key, let reason) = tracker.update(look(12), now: 116).first else { return XCTFail("not turned off before the mark lapses") }
+        guard case .deactivated(key, let reason) = tracker.update(look(12), now: 116).first else {
+            return XCTFail("not turned off before the mark lapses")
+        }
         XCTAssertTrue(reason.contains("overflow mark"))
         // With tcp_syncookies=2 there is no mark to keep.
         tracker.kernelNeedsOverflowMark = false
         XCTAssertEqual(tracker.update(look(16), now: 200).count, 1)
         XCTAssertEqual(tracker.update(look(12), now: 400), [])
-        guard case .deactivated(key, "listener closed") = tracker.update([], now: 401).first else { return XCTFail("closed listener kept") }
+        guard case .deactivated(key, "listener closed") = tracker.update([], now: 401).first else {
+            return XCTFail("closed listener kept")
+        }
         XCTAssertTrue(tracker.states.isEmpty)
     }
 
     func testListenerCandidatesGoFromExactToWildcard() {
-        let flow = FlowKey(source: IPv4Address("198.18.0.1")!, sourcePort: 1, destination: IPv4Address("198.19.0.10")!, destinationPort: 443)
-        XCTAssertEqual(ListenerKey.candidates(for: flow).map(\.description), ["198.19.0.10:443", "0.0.0.0:443", "[::]:443"])
-        let flow6 = FlowKey(source: IPv6Address("2001:2::1")!, sourcePort: 1, destination: IPv6Address("2001:2:0:ff::10")!, destinationPort: 443)
+        let flow = FlowKey(
+            source: IPv4Address("198.18.0.1")!, sourcePort: 1, destination: IPv4Address("198.19.0.10")!,
+            destinationPort: 443)
+        XCTAssertEqual(
+            ListenerKey.candidates(for: flow).map(\.description), ["198.19.0.10:443", "0.0.0.0:443", "[::]:443"])
+        let flow6 = FlowKey(
+            source: IPv6Address("2001:2::1")!, sourcePort: 1, destination: IPv6Address("2001:2:0:ff::10")!,
+            destinationPort: 443)
         XCTAssertEqual(ListenerKey.candidates(for: flow6).map(\.description), ["[2001:2:0:ff::10]:443", "[::]:443"])
     }
 }
 
 extension Array where Element == UInt8 {
-    var ipv4TCPFields: (source: IPv4Address, destination: IPv4Address, sourcePort: UInt16, destinationPort: UInt16, sequence: UInt32, acknowledgement: UInt32, flags: UInt8)? {
+    var ipv4TCPFields:
+        (
+            source: IPv4Address, destination: IPv4Address, sourcePort: UInt16, destinationPort: UInt16,
+            sequence: UInt32, acknowledgement: UInt32, flags: UInt8
+        )?
+    {
         guard count >= 40, self[0] == 0x45, self[9] == 6 else { return nil }
         return (IPv4Address(be32(12)), IPv4Address(be32(16)), be16(20), be16(22), be32(24), be32(28), self[33])
     }
@@ -270,13 +324,17 @@ final class SynCookieBatchProgramTests: XCTestCase {
         for ipv6 in [false, true] {
             let program = SynCookieProgram.batchGenerate(ipv6: ipv6, slots: 4)
             let exit = program.count - 2
-            XCTAssertEqual(program[exit], BPFInstruction(code: 0xb7, destination: 0, source: 0, offset: 0, immediate: Int32(SynCookieProgram.xdpPass)))
+            XCTAssertEqual(
+                program[exit],
+                BPFInstruction(
+                    code: 0xb7, destination: 0, source: 0, offset: 0, immediate: Int32(SynCookieProgram.xdpPass)))
             let jumps = program.enumerated().filter { $0.element.code == 0x2d }
             XCTAssertEqual(jumps.count, 4)
             for (position, jump) in jumps { XCTAssertEqual(position + 1 + Int(jump.offset), exit) }
             let stores = program.filter { $0.code == 0x7b }.map(\.offset)
             XCTAssertEqual(stores, [0, 64, 128, 192])
-            XCTAssertEqual(program.filter { $0.code == 0x85 }.map(\.immediate), Array(repeating: ipv6 ? 205 : 204, count: 4))
+            XCTAssertEqual(
+                program.filter { $0.code == 0x85 }.map(\.immediate), Array(repeating: ipv6 ? 205 : 204, count: 4))
         }
     }
 }

@@ -27,8 +27,11 @@ final class TrustBoundaryTests: XCTestCase {
         XCTAssertEqual(IPv4Prefix("198.18.0.0/24")?.description, "198.18.0.0/24")
         XCTAssertEqual(IPv4Prefix("198.18.0.2")?.description, "198.18.0.2/32")
         XCTAssertEqual(IPv4Prefix("0.0.0.0/0"), .everything)
-        for bad in ["", "/24", "198.18.0.0/", "198.18.0.0/33", "198.18.0.5/24", "198.18.0.0/24/1", "198.18.0.0/-1", "198.18.0.0/ 24",
-                    "198.18.0.0/024", "::/0", "198.18.0.0/2x"] {
+        for bad in [
+            "", "/24", "198.18.0.0/", "198.18.0.0/33", "198.18.0.5/24", "198.18.0.0/24/1", "198.18.0.0/-1",
+            "198.18.0.0/ 24",
+            "198.18.0.0/024", "::/0", "198.18.0.0/2x",
+        ] {
             XCTAssertNil(IPv4Prefix(bad), bad)
         }
         let set = IPv4PrefixSet([IPv4Prefix("198.18.0.0/24")!, IPv4Prefix("198.19.1.7")!])
@@ -52,7 +55,8 @@ final class TrustBoundaryTests: XCTestCase {
         let four = [IPv4Address](repeating: p2, count: 4)
         XCTAssertEqual(decide(from(director, tcp4(.ack), hops: four)), .forward(to: p2))
         XCTAssertEqual(decide(from(director, tcp4(.ack), hops: four + [p2])), .refuse(.tooManyHops))
-        XCTAssertEqual(decide(from(director, tcp4(.syn), hops: [IPv4Address](repeating: p2, count: 30))), .refuse(.tooManyHops))
+        XCTAssertEqual(
+            decide(from(director, tcp4(.syn), hops: [IPv4Address](repeating: p2, count: 30))), .refuse(.tooManyHops))
         var strict = p1Decider
         strict.peers.maximumHops = 0
         XCTAssertEqual(decide(from(director, tcp4(.ack), hops: [p2]), decider: strict), .refuse(.tooManyHops))
@@ -61,41 +65,60 @@ final class TrustBoundaryTests: XCTestCase {
     func testOnlyAllowedProxiesAreHops() {
         XCTAssertEqual(decide(from(director, tcp4(.ack), hops: [outsider])), .refuse(.untrustedHop))
         let anywhere = Decider(selfAddress: p1, peers: PeerPolicy(sources: [.everything]), local: p1Addresses)
-        for hop in ["127.0.0.1", "127.1.2.3", "0.0.0.0", "0.1.2.3", "224.0.0.1", "239.255.255.250", "255.255.255.255", "240.0.0.1",
-                    "198.18.0.255"] {
-            XCTAssertEqual(decide(from(director, tcp4(.ack), hops: [IPv4Address(hop)!]), decider: anywhere), .refuse(.untrustedHop), hop)
+        for hop in [
+            "127.0.0.1", "127.1.2.3", "0.0.0.0", "0.1.2.3", "224.0.0.1", "239.255.255.250", "255.255.255.255",
+            "240.0.0.1",
+            "198.18.0.255",
+        ] {
+            XCTAssertEqual(
+                decide(from(director, tcp4(.ack), hops: [IPv4Address(hop)!]), decider: anywhere),
+                .refuse(.untrustedHop), hop)
         }
         // A hop that is one of this host's addresses, not only --self, is this host.
         XCTAssertEqual(decide(from(director, tcp4(.ack), hops: [vip])), .local(.forwardedToSelf))
         // --allow-hop narrower than --allow-source.
-        let onlyP2 = Decider(selfAddress: p1, peers: PeerPolicy(sources: [IPv4Prefix("198.18.0.0/24")!], hops: [IPv4Prefix("198.18.0.12")!]),
-                             local: p1Addresses)
+        let onlyP2 = Decider(
+            selfAddress: p1,
+            peers: PeerPolicy(sources: [IPv4Prefix("198.18.0.0/24")!], hops: [IPv4Prefix("198.18.0.12")!]),
+            local: p1Addresses)
         XCTAssertEqual(decide(from(director, tcp4(.ack), hops: [p2]), decider: onlyP2), .forward(to: p2))
         XCTAssertEqual(decide(from(director, tcp4(.ack), hops: [director]), decider: onlyP2), .refuse(.untrustedHop))
     }
 
     func testOnlyThisHostsAddressesAreDeliveredTo() {
         let foreign4: IPAddress = .v4(client), foreign6: IPAddress = .v6(client6)
-        let udp = PacketBuilder.ip(source: .v4(director), destination: foreign4, protocol: 17, transport: [0, 1, 0, 2, 0, 8, 0, 0], checksumOffset: nil)
-        let udp6 = PacketBuilder.ip(source: .v6(IPv6Address("2001:2::2")!), destination: foreign6, protocol: 17, transport: [0, 1, 0, 2, 0, 8, 0, 0],
-                                    checksumOffset: nil)
-        let echo = PacketBuilder.ip(source: .v4(director), destination: foreign4, protocol: 1, transport: [8, 0, 0, 0, 0, 1, 0, 1], checksumOffset: 2)
-        var fragment = PacketBuilder.ip(source: .v4(director), destination: foreign4, protocol: 6, transport: [UInt8](repeating: 0, count: 8),
-                                        checksumOffset: nil)
+        let udp = PacketBuilder.ip(
+            source: .v4(director), destination: foreign4, protocol: 17, transport: [0, 1, 0, 2, 0, 8, 0, 0],
+            checksumOffset: nil)
+        let udp6 = PacketBuilder.ip(
+            source: .v6(IPv6Address("2001:2::2")!), destination: foreign6, protocol: 17,
+            transport: [0, 1, 0, 2, 0, 8, 0, 0],
+            checksumOffset: nil)
+        let echo = PacketBuilder.ip(
+            source: .v4(director), destination: foreign4, protocol: 1, transport: [8, 0, 0, 0, 0, 1, 0, 1],
+            checksumOffset: 2)
+        var fragment = PacketBuilder.ip(
+            source: .v4(director), destination: foreign4, protocol: 6, transport: [UInt8](repeating: 0, count: 8),
+            checksumOffset: nil)
         fragment.setBE16(6, 0x0010)
-        for (name, inner) in [("SYN", syn(.v4(director), to: foreign4)), ("IPv6 SYN", syn(.v6(client6), to: .v6(IPv6Address("2001:2::99")!))),
-                              ("UDP", udp), ("IPv6 UDP", udp6), ("ICMP", echo), ("fragment", fragment),
-                              ("SYN to loopback", syn(.v4(client), to: .v4(IPv4Address("127.0.0.1")!))),
-                              ("SYN to ::1", syn(.v6(client6), to: .v6(IPv6Address("::1")!))),
-                              ("SYN to link-local", syn(.v6(client6), to: .v6(IPv6Address("fe80::1")!)))] {
+        for (name, inner) in [
+            ("SYN", syn(.v4(director), to: foreign4)),
+            ("IPv6 SYN", syn(.v6(client6), to: .v6(IPv6Address("2001:2::99")!))),
+            ("UDP", udp), ("IPv6 UDP", udp6), ("ICMP", echo), ("fragment", fragment),
+            ("SYN to loopback", syn(.v4(client), to: .v4(IPv4Address("127.0.0.1")!))),
+            ("SYN to ::1", syn(.v6(client6), to: .v6(IPv6Address("::1")!))),
+            ("SYN to link-local", syn(.v6(client6), to: .v6(IPv6Address("fe80::1")!))),
+        ] {
             XCTAssertEqual(decide(from(director, inner)), .refuse(.notLocalDestination), name)
         }
         // Every local reason passes through the same check: last resort, established, forwarded to self.
-        let ackToClient = PacketBuilder.tcp(source: .v4(director), sourcePort: 1, destination: foreign4, destinationPort: 80, flags: .ack)
+        let ackToClient = PacketBuilder.tcp(
+            source: .v4(director), sourcePort: 1, destination: foreign4, destinationPort: 80, flags: .ack)
         XCTAssertEqual(decide(from(director, ackToClient, hops: [])), .refuse(.notLocalDestination))
         XCTAssertEqual(decide(from(director, ackToClient, hops: [p1])), .refuse(.notLocalDestination))
         let foreignFlow = FlowKey(source: director, sourcePort: 1, destination: client, destinationPort: 80)
-        XCTAssertEqual(decide(from(director, ackToClient), sockets: [foreignFlow: .connected]), .refuse(.notLocalDestination))
+        XCTAssertEqual(
+            decide(from(director, ackToClient), sockets: [foreignFlow: .connected]), .refuse(.notLocalDestination))
         // Forwarded packets keep their inner destination: the next proxy checks it.
         XCTAssertEqual(decide(from(director, ackToClient)), .forward(to: p2))
         // This host's addresses, IPv4 and IPv6, interface and VIP.
@@ -106,18 +129,21 @@ final class TrustBoundaryTests: XCTestCase {
 
     func testMartianInnerSourcesAreNotDelivered() {
         for source in ["127.0.0.1", "198.19.0.10", "198.18.0.11", "224.0.0.5", "0.0.0.0"] {
-            XCTAssertEqual(decide(from(director, syn(.v4(IPv4Address(source)!), to: .v4(vip)))), .refuse(.martianSource), source)
+            XCTAssertEqual(
+                decide(from(director, syn(.v4(IPv4Address(source)!), to: .v4(vip)))), .refuse(.martianSource), source)
         }
         for source in ["::1", "::", "ff02::1", "2001:2:0:ff::10"] {
-            XCTAssertEqual(decide(from(director, syn(.v6(IPv6Address(source)!), to: .v6(vip6)))), .refuse(.martianSource), source)
+            XCTAssertEqual(
+                decide(from(director, syn(.v6(IPv6Address(source)!), to: .v6(vip6)))), .refuse(.martianSource), source)
         }
     }
 
     /// glb-healthcheck's GUE probe: hop count 0, an ICMP echo to the proxy's own address whose
     /// payload is the check's identifier. It is answered by the proxy's stack.
     func testTheDirectorsHealthCheckProbeIsTakenHere() {
-        let probe = PacketBuilder.ip(source: .v4(director), destination: .v4(p1), protocol: 1,
-                                     transport: [8, 0, 0, 0, 0, 0, 0, 0] + Array("glbhc_c0ffee".utf8), checksumOffset: 2)
+        let probe = PacketBuilder.ip(
+            source: .v4(director), destination: .v4(p1), protocol: 1,
+            transport: [8, 0, 0, 0, 0, 0, 0, 0] + Array("glbhc_c0ffee".utf8), checksumOffset: 2)
         XCTAssertEqual(decide(from(director, probe, hops: [])), .local(.icmp))
         XCTAssertEqual(decide(from(outsider, probe, hops: [])), .refuse(.untrustedSource))
     }
@@ -127,7 +153,12 @@ final class TrustBoundaryTests: XCTestCase {
             var tracker = ListenerOverflowTracker(policy: OverflowPolicy())
             let key = ListenerKey(address: .v4(vip), port: 80)
             func observe(_ requests: UInt32, at now: UInt64) -> [ListenerOverflowTracker.Event] {
-                tracker.update([ListenerObservation(key: key, backlog: backlog, acceptQueue: 0, requestSockets: requests, receiveBuffer: 1 << 20)], now: now)
+                tracker.update(
+                    [
+                        ListenerObservation(
+                            key: key, backlog: backlog, acceptQueue: 0, requestSockets: requests, receiveBuffer: 1 << 20
+                        )
+                    ], now: now)
             }
             XCTAssertEqual(observe(backlog - 1, at: 1), [])
             XCTAssertEqual(observe(backlog, at: 2).count, 1, "activated at a full queue of \(backlog)")
@@ -136,16 +167,26 @@ final class TrustBoundaryTests: XCTestCase {
             hold.deactivatePercent = 100
             hold.holdNanoseconds = UInt64.max
             var patient = ListenerOverflowTracker(policy: hold)
-            _ = patient.update([ListenerObservation(key: key, backlog: backlog, acceptQueue: 0, requestSockets: backlog, receiveBuffer: 0)], now: UInt64.max)
+            _ = patient.update(
+                [
+                    ListenerObservation(
+                        key: key, backlog: backlog, acceptQueue: 0, requestSockets: backlog, receiveBuffer: 0)
+                ], now: UInt64.max)
             XCTAssertEqual(patient.activeKeys, [key])
         }
     }
 
     func testKernelQueueTableParses() {
-        let text = "    0  12345     3 2 65535     7     9       42  1\n    5 -4000     0 2 65535     0     0        1  1\ngarbage\n1 2\n"
+        let text =
+            """
+                0  12345     3 2 65535     7     9       42  1\n    5 -4000     0 2 65535     0     0        1  \
+            1\ngarbage\n1 2\n
+            """
         let table = KernelQueueStatistics.parse(text)
         XCTAssertEqual(table[0], KernelQueueStatistics(portID: 12345, waiting: 3, queueDropped: 7, userDropped: 9))
-        XCTAssertEqual(table[5], KernelQueueStatistics(portID: UInt32(bitPattern: -4000), waiting: 0, queueDropped: 0, userDropped: 0))
+        XCTAssertEqual(
+            table[5],
+            KernelQueueStatistics(portID: UInt32(bitPattern: -4000), waiting: 0, queueDropped: 0, userDropped: 0))
         XCTAssertEqual(table.count, 2)
     }
 }

@@ -14,7 +14,9 @@ public struct SeededGenerator: RandomNumberGenerator {
 
     /// The seed from the environment, or a fresh one; either way printed with `name`.
     public static func fromEnvironment(name: String) -> SeededGenerator {
-        let seed = ProcessInfo.processInfo.environment["PROXYSIDE_SEED"].flatMap(UInt64.init) ?? UInt64.random(in: 0...UInt64.max)
+        let seed =
+            ProcessInfo.processInfo.environment["PROXYSIDE_SEED"].flatMap(UInt64.init)
+            ?? UInt64.random(in: 0...UInt64.max)
         print("\(name): PROXYSIDE_SEED=\(seed)")
         return SeededGenerator(seed: seed)
     }

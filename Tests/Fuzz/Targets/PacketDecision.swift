@@ -16,9 +16,12 @@ struct FuzzOwnership: FlowOwnership {
     }
 }
 
-let fuzzLocal = LocalAddresses(ipv4: [IPv4Address(0xc612_000b), IPv4Address(0xc613_000a)], ipv6: [IPv6Address(high: 0x2001_0002_0000_00ff, low: 0x10)],
-                               broadcast: [IPv4Address(0xc612_00ff)])
-let fuzzDecider = Decider(selfAddress: IPv4Address(0xc612_000b), peers: PeerPolicy(sources: [IPv4Prefix("198.18.0.0/16")!]), local: fuzzLocal)
+let fuzzLocal = LocalAddresses(
+    ipv4: [IPv4Address(0xc612_000b), IPv4Address(0xc613_000a)],
+    ipv6: [IPv6Address(high: 0x2001_0002_0000_00ff, low: 0x10)],
+    broadcast: [IPv4Address(0xc612_00ff)])
+let fuzzDecider = Decider(
+    selfAddress: IPv4Address(0xc612_000b), peers: PeerPolicy(sources: [IPv4Prefix("198.18.0.0/16")!]), local: fuzzLocal)
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzPacketDecision(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
@@ -31,7 +34,10 @@ public func fuzzPacketDecision(_ data: UnsafePointer<UInt8>, _ size: Int) -> CIn
         if case .forward(let hop) = decision.verdict {
             // As the worker does: a TTL of 255 cannot be raised for the kernel's forwarding, and goes the raw way.
             let kernel = data[0] & 16 != 0 && packet[8] < 255
-            packet.withUnsafeMutableBytes { GUEForwarding.rewrite($0, gue, source: fuzzDecider.selfAddress, destination: hop, forKernelForwarding: kernel) }
+            packet.withUnsafeMutableBytes {
+                GUEForwarding.rewrite(
+                    $0, gue, source: fuzzDecider.selfAddress, destination: hop, forKernelForwarding: kernel)
+            }
         }
         if case .local = decision.verdict, case .tcp(let segment)? = decision.inner {
             _ = packet.withUnsafeBytes { SynOptions.parse($0, tcpOffset: segment.tcpOffset, end: gue.innerEnd) }
