@@ -45,7 +45,7 @@ let package = Package(
             ]),
 
         // bindkeeper's pure parts: requests, policy, templates, wire forms, hand-over state.
-        .target(name: "BindkeeperCore"),
+        .target(name: "BindkeeperCore", dependencies: ["NetTypes"]),
         // bindkeeper on Linux: the broker, owned sockets, the client, the HAProxy supervisor.
         .target(
             name: "Bindkeeper",
@@ -87,6 +87,7 @@ let package = Package(
             dependencies: [
                 "SecondChanceCore", "SecondChance", "NetTypes", "LinuxSys", "Telemetry", "LabKit", "TestSupport",
             ]),
+        .testTarget(name: "LinuxSysTests", dependencies: ["LinuxSys", "NetTypes", "TestSupport"]),
         .testTarget(
             name: "BindkeeperCoreTests",
             dependencies: ["BindkeeperCore", "NetTypes", "LinuxSys", "Telemetry", "TestSupport"]),

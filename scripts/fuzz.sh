@@ -21,7 +21,7 @@ flags="-O -sanitize=fuzzer,address -enable-testing"
 modules() {
     case $1 in
         PacketDecision|SynOptions) echo NetTypes SecondChanceCore ;;
-        RequestReader|BindAddresses) echo BindkeeperCore ;;
+        RequestReader|BindAddresses) echo NetTypes BindkeeperCore ;;
         *) echo "fuzz: no target $1" >&2; exit 2 ;;
     esac
 }

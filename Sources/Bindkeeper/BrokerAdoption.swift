@@ -14,16 +14,9 @@ extension Broker {
         for name in ListenFDs.variables { unsetenv(name) }
         if let text = environment[BrokerState.environmentName], let fd = Int32(text) {
             unsetenv(BrokerState.environmentName)
-            var bytes: [UInt8] = []
-            var chunk = [UInt8](repeating: 0, count: 65536)
-            lseek(fd, 0, SEEK_SET)
-            while true {
-                let count = read(fd, &chunk, chunk.count)
-                if count <= 0 { break }
-                bytes += chunk[0..<count]
-            }
+            let bytes = ProcFile.bytes(fd: fd, limit: Int.max)
             close(fd)
-            let state = try BrokerState.decode(bytes).get()
+            let state = try BrokerState.decode(bytes ?? []).get()
             control = state.control
             Descriptors.setCloseOnExec(control, true)
             for socket in state.sockets {

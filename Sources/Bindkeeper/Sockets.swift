@@ -3,6 +3,7 @@ import CLinuxShims
 import Foundation
 import Glibc
 import LinuxSys
+import NetTypes
 import Telemetry
 
 /// Creates the sockets bindkeeper owns, and reads what the kernel says about them.
@@ -35,11 +36,7 @@ public enum OwnedSocket {
             try setOption(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, ipv6Only ? 1 : 0, "IPV6_V6ONLY")
         }
         if request.freebind == true { try setOption(fd, Int32(IPPROTO_IP), IP_FREEBIND, 1, "IP_FREEBIND") }
-        var storage = sockaddr_storage()
-        let length = try socketAddress(request, into: &storage)
-        let bound = withUnsafePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
-        }
+        let bound = try socketAddress(request).withSockaddr { bind(fd, $0, $1) }
         guard bound == 0 else {
             throw SystemError(
                 "bind \(request.key)",
@@ -47,33 +44,15 @@ public enum OwnedSocket {
         }
     }
 
-    static func socketAddress(_ request: BindRequest, into storage: inout sockaddr_storage) throws -> socklen_t {
+    static func socketAddress(_ request: BindRequest) throws -> SocketAddress {
         let (host, scope) = splitScope(request.address)
-        if request.isIPv6 {
-            var address = sockaddr_in6()
-            address.sin6_family = sa_family_t(AF_INET6)
-            address.sin6_port = request.port.bigEndian
-            guard inet_pton(AF_INET6, host, &address.sin6_addr) == 1 else {
-                throw SystemError("address \(request.address)", errno: EINVAL)
-            }
-            if let scope {
-                let index = UInt32(scope) ?? if_nametoindex(scope)
-                guard index != 0 else { throw SystemError("scope \(scope)", errno: ENODEV, hint: "no such interface") }
-                address.sin6_scope_id = index
-            }
-            withUnsafeMutableBytes(of: &storage) { target in
-                withUnsafeBytes(of: address) { target.copyMemory(from: $0) }
-            }
-            return socklen_t(MemoryLayout<sockaddr_in6>.size)
+        guard let address = IPAddress(host) else { throw SystemError("address \(request.address)", errno: EINVAL) }
+        var scopeID: UInt32 = 0
+        if let scope {
+            scopeID = UInt32(scope) ?? if_nametoindex(scope)
+            guard scopeID != 0 else { throw SystemError("scope \(scope)", errno: ENODEV, hint: "no such interface") }
         }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = request.port.bigEndian
-        guard inet_pton(AF_INET, host, &address.sin_addr) == 1 else {
-            throw SystemError("address \(request.address)", errno: EINVAL)
-        }
-        withUnsafeMutableBytes(of: &storage) { target in withUnsafeBytes(of: address) { target.copyMemory(from: $0) } }
-        return socklen_t(MemoryLayout<sockaddr_in>.size)
+        return SocketAddress(address, port: request.port, scopeID: scopeID)
     }
 
     private static func splitScope(_ address: String) -> (String, String?) {
@@ -182,7 +161,7 @@ public enum OwnedSocket {
     public static func cookie(_ fd: Int32) -> UInt64? {
         var cookie: UInt64 = 0
         var length = socklen_t(MemoryLayout<UInt64>.size)
-        return getsockopt(fd, SOL_SOCKET, 57 /* SO_COOKIE */, &cookie, &length) == 0 ? cookie : nil
+        return getsockopt(fd, SOL_SOCKET, SO_COOKIE, &cookie, &length) == 0 ? cookie : nil
     }
 
     /// net.core.somaxconn of the caller's network namespace.

@@ -1,4 +1,5 @@
 import Glibc
+import NetTypes
 
 /// What a client asks bindkeeper to bind, and the key under which the socket is kept: two requests
 /// with the same key get the same kernel socket; a request whose key matches but whose options
@@ -213,12 +214,8 @@ public struct BindRequest: Hashable, Sendable {
                 scope.allSatisfy({ $0.isLetter || $0.isNumber || "_-.@".contains($0) })
             else { return nil }
         }
-        var storage = in6_addr()
-        let family = host.contains(":") ? AF_INET6 : AF_INET
-        guard inet_pton(family, host, &storage) == 1 else { return nil }
-        var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
-        guard inet_ntop(family, &storage, &buffer, socklen_t(buffer.count)) != nil else { return nil }
-        let canonical = String(cString: buffer)
+        // The one IP parser of the project (NetTypes), whose text is inet_ntop's.
+        guard let canonical = IPAddress(host)?.description else { return nil }
         return scope.map { canonical + "%" + $0 } ?? canonical
     }
 

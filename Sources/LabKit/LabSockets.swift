@@ -29,10 +29,12 @@ public enum LabSockets {
         if let source {
             SocketOptions.enable(fd, SOL_SOCKET, SO_REUSEADDR)
             try orClose(fd, "bind \(source):\(localPort)") {
-                SocketAddress.with(source, localPort) { bind(fd, $0, $1) }
+                SocketAddress(source, port: localPort).withSockaddr { bind(fd, $0, $1) }
             }
         }
-        try orClose(fd, "connect \(address):\(port)") { SocketAddress.with(address, port) { connect(fd, $0, $1) } }
+        try orClose(fd, "connect \(address):\(port)") {
+            SocketAddress(address, port: port).withSockaddr { connect(fd, $0, $1) }
+        }
         return fd
     }
 
@@ -41,7 +43,9 @@ public enum LabSockets {
         SocketOptions.enable(fd, SOL_SOCKET, SO_REUSEADDR)
         // The VIP may not be configured yet when the service starts, as on a real proxy.
         SocketOptions.enable(fd, Int32(IPPROTO_IP), IP_FREEBIND)
-        try orClose(fd, "bind \(address):\(port)") { SocketAddress.with(address, port) { bind(fd, $0, $1) } }
+        try orClose(fd, "bind \(address):\(port)") {
+            SocketAddress(address, port: port).withSockaddr { bind(fd, $0, $1) }
+        }
         try orClose(fd, "listen \(address):\(port)") { listen(fd, backlog) }
         return fd
     }
@@ -51,7 +55,9 @@ public enum LabSockets {
         let fd = try makeSocket(address, SOCK_DGRAM)
         SocketOptions.setTimeouts(fd, seconds: receiveTimeoutSeconds)
         SocketOptions.enable(fd, SOL_SOCKET, SO_REUSEADDR)
-        try orClose(fd, "bind udp \(address):\(port)") { SocketAddress.with(address, port) { bind(fd, $0, $1) } }
+        try orClose(fd, "bind udp \(address):\(port)") {
+            SocketAddress(address, port: port).withSockaddr { bind(fd, $0, $1) }
+        }
         return fd
     }
 

@@ -41,4 +41,40 @@ public enum Netlink {
             }
         }
     }
+
+    /// Starts a request at `buffer`: the netlink header, then a zeroed `Header` (the family's
+    /// fixed header: genlmsghdr, ifaddrmsg, inet_diag_req_v2) for the caller to fill in.
+    public static func putRequest<Header>(
+        at buffer: UnsafeMutableRawPointer, type: UInt16, flags: Int32, sequence: UInt32, _ header: Header.Type
+    ) -> (message: UnsafeMutablePointer<nlmsghdr>, header: UnsafeMutablePointer<Header>) {
+        let message = mnl_nlmsg_put_header(buffer)!
+        message.pointee.nlmsg_type = type
+        message.pointee.nlmsg_flags = UInt16(flags)
+        message.pointee.nlmsg_seq = sequence
+        // mnl_nlmsg_put_extra_header zeroes what it adds.
+        let extra = mnl_nlmsg_put_extra_header(message, MemoryLayout<Header>.size)!
+        return (message, extra.bindMemory(to: Header.self, capacity: 1))
+    }
+
+    /// The attributes that follow a message's `headerSize`-byte family header, by type (the last
+    /// one of a type wins); none when the message is shorter than its header. Each value lies
+    /// inside the message.
+    public static func attributes(of message: UnsafePointer<nlmsghdr>, after headerSize: Int) -> [UInt16:
+        UnsafeRawBufferPointer]
+    {
+        let payloadLength = Int(mnl_nlmsg_get_payload_len(message))
+        guard payloadLength >= headerSize else { return [:] }
+        var out: [UInt16: UnsafeRawBufferPointer] = [:]
+        var remaining = Int32(payloadLength - headerSize)
+        var attribute = UnsafePointer<nlattr>?(
+            UnsafeRawPointer(mnl_nlmsg_get_payload(message)!).advanced(by: headerSize).assumingMemoryBound(
+                to: nlattr.self))
+        while let current = attribute, mnl_attr_ok(current, remaining) {
+            out[mnl_attr_get_type(current)] = UnsafeRawBufferPointer(
+                start: mnl_attr_get_payload(current), count: Int(mnl_attr_get_payload_len(current)))
+            remaining -= Int32(current.pointee.nla_len + 3) & ~3
+            attribute = UnsafePointer(mnl_attr_next(current))
+        }
+        return out
+    }
 }

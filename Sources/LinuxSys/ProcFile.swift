@@ -1,26 +1,63 @@
 import Glibc
 
-/// Small files under /proc, read whole with plain system calls (no Foundation on the daemon's paths).
+/// Small files under /proc and /proc/sys, read whole with plain system calls (no Foundation on
+/// the daemons' paths), and the text formats they hold.
 public enum ProcFile {
     /// The file's text, up to `limit` bytes; nil when it cannot be opened or read.
     public static func read(_ path: String, limit: Int = 1 << 20) -> String? {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
+        return bytes(fd: fd, limit: limit).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    /// The text of a file held open (a /proc file opened inside a namespace, read again on every
+    /// refresh); nil when it cannot be read or is empty.
+    public static func text(fd: Int32, limit: Int = 1 << 20) -> String? {
+        guard let bytes = bytes(fd: fd, limit: limit), !bytes.isEmpty else { return nil }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Everything from offset 0 up to `limit` bytes (pread: the fd's offset is left alone).
+    public static func bytes(fd: Int32, limit: Int = 1 << 20) -> [UInt8]? {
         var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
+        var chunk = [UInt8](repeating: 0, count: 16384)
         while bytes.count < limit {
-            let count = Glibc.read(fd, &chunk, min(chunk.count, limit - bytes.count))
-            if count < 0 && errno == EINTR { continue }
+            let count = chunk.withUnsafeMutableBytes { buffer in
+                retryingOnInterrupt {
+                    pread(fd, buffer.baseAddress, min(buffer.count, limit - bytes.count), off_t(bytes.count))
+                }
+            }
             guard count >= 0 else { return nil }
             if count == 0 { break }
             bytes += chunk[0..<count]
         }
-        return String(decoding: bytes, as: UTF8.self)
+        return bytes
     }
 
     /// The kernel's counters for every NFQUEUE queue of the calling thread's namespace.
     public static func kernelQueueStatistics() -> [UInt16: KernelQueueStatistics] {
         read("/proc/thread-self/net/netfilter/nfnetlink_queue").map { KernelQueueStatistics.parse($0) } ?? [:]
+    }
+
+    /// A counter of /proc/net/netstat or /proc/net/snmp, whose sections are pairs of lines:
+    /// `Section: Name1 Name2 ...` then `Section: value1 value2 ...`.
+    public static func counter(_ name: String, section: String, in text: String) -> UInt64? {
+        let prefix = section + ":"
+        let lines = text.split(separator: "\n")
+        for (index, line) in lines.enumerated() where line.hasPrefix(prefix) && index + 1 < lines.count {
+            let names = line.split(separator: " ")
+            let values = lines[index + 1].split(separator: " ")
+            guard values.first == Substring(prefix), let position = names.firstIndex(where: { $0 == name }),
+                position < values.count
+            else { continue }
+            return UInt64(values[position])
+        }
+        return nil
+    }
+
+    /// The numbers of a sysctl file (`tcp_rmem` holds three); [] when it holds none.
+    public static func sysctlNumbers(_ text: String) -> [UInt32] {
+        text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).compactMap { UInt32($0) }
     }
 }

@@ -15,9 +15,7 @@ public final class SockDiag {
     private let buffer: UnsafeMutableRawPointer
     private let requestBuffer: UnsafeMutableRawPointer
     private static let bufferSize = 8192
-    private static let tcpListen: UInt8 = 10
-    /// struct inet_diag_req_v2.
-    private static let requestSize = 56
+    private static let tcpListen = UInt8(TCP_LISTEN)
 
     /// Opens the netlink socket inside `namespace` (when given), so lookups see that namespace's sockets.
     public init(namespace: NetworkNamespace? = nil) throws {
@@ -109,16 +107,16 @@ public final class SockDiag {
             let code = payload.load(as: Int32.self)
             return code == -ENOENT ? .none : .failed
         }
-        guard reply.pointee.nlmsg_type == UInt16(SOCK_DIAG_BY_FAMILY) else { return .failed }
-        let state = payload.load(fromByteOffset: 1, as: UInt8.self)
-        return state == tcpListen ? .listener : .connected
+        guard reply.pointee.nlmsg_type == UInt16(SOCK_DIAG_BY_FAMILY),
+            Int(mnl_nlmsg_get_payload_len(reply)) >= MemoryLayout<inet_diag_msg>.size
+        else { return .failed }
+        return payload.loadUnaligned(as: inet_diag_msg.self).idiag_state == tcpListen ? .listener : .connected
     }
 
+    /// The kernel's TCP_NEW_SYN_RECV (request sockets), which no user-space header names.
     private static let tcpNewSynRecv: UInt8 = 12
-    /// INET_DIAG_SKMEMINFO, and the receive buffer's index in it (SK_MEMINFO_RCVBUF).
-    private static let skMemInfoAttribute: UInt16 = 7
-    private static let skMemInfoReceiveBuffer = 1
-    private static let diagMessageSize = 72
+    /// The receive buffer's index in INET_DIAG_SKMEMINFO.
+    private static let skMemInfoReceiveBuffer = Int(SK_MEMINFO_RCVBUF)
 
     /// Every TCP listener of the namespace with its queues: one dump of LISTEN and NEW_SYN_RECV
     /// sockets per family; request sockets are counted for the listener that owns their address and
@@ -129,18 +127,19 @@ public final class SockDiag {
         for family in [AF_INET, AF_INET6] {
             try dump(family: UInt8(family), states: 1 << UInt32(Self.tcpListen) | 1 << UInt32(Self.tcpNewSynRecv)) {
                 message, attributes in
-                let key = ListenerKey(address: Self.localAddress(message), port: message.be16(4))
-                if message[1] == Self.tcpListen {
+                let key = ListenerKey(
+                    address: Self.localAddress(message), port: UInt16(bigEndian: message.id.idiag_sport))
+                if message.idiag_state == Self.tcpListen {
                     var receiveBuffer: UInt32 = 0
-                    if let memory = attributes[Self.skMemInfoAttribute],
+                    if let memory = attributes[UInt16(INET_DIAG_SKMEMINFO)],
                         memory.count >= 4 * (Self.skMemInfoReceiveBuffer + 1)
                     {
                         receiveBuffer = memory.loadUnaligned(
                             fromByteOffset: 4 * Self.skMemInfoReceiveBuffer, as: UInt32.self)
                     }
+                    // For a listener, rqueue is the accept queue and wqueue its backlog (inet_diag_msg_common_fill).
                     listeners[key] = ListenerObservation(
-                        key: key, backlog: message.loadUnaligned(fromByteOffset: 60, as: UInt32.self),
-                        acceptQueue: message.loadUnaligned(fromByteOffset: 56, as: UInt32.self), requestSockets: 0,
+                        key: key, backlog: message.idiag_wqueue, acceptQueue: message.idiag_rqueue, requestSockets: 0,
                         receiveBuffer: receiveBuffer)
                 } else {
                     requests[key, default: 0] += 1
@@ -155,10 +154,11 @@ public final class SockDiag {
         return Array(listeners.values)
     }
 
-    private static func localAddress(_ message: UnsafeRawBufferPointer) -> IPAddress {
-        message[0] == UInt8(AF_INET6)
-            ? .v6(IPv6Address(high: message.be64(8), low: message.be64(16)))
-            : .v4(IPv4Address(message.be32(8)))
+    private static func localAddress(_ message: inet_diag_msg) -> IPAddress {
+        withUnsafeBytes(of: message.id.idiag_src) { bytes in
+            message.idiag_family == UInt8(AF_INET6)
+                ? .v6(IPv6Address(high: bytes.be64(0), low: bytes.be64(8))) : .v4(IPv4Address(bytes.be32(0)))
+        }
     }
 
     private let dumpBuffer = UnsafeMutableRawPointer.allocate(byteCount: SockDiag.dumpBufferSize, alignment: 16)
@@ -167,72 +167,58 @@ public final class SockDiag {
     /// Runs one sock_diag dump; `each` gets every inet_diag_msg and its attributes by type.
     private func dump(
         family: UInt8, states: UInt32,
-        _ each: (UnsafeRawBufferPointer, [UInt16: UnsafeRawBufferPointer]) -> Void
+        _ each: (inet_diag_msg, [UInt16: UnsafeRawBufferPointer]) -> Void
     ) throws {
-        let nlh = mnl_nlmsg_put_header(buffer)!
-        nlh.pointee.nlmsg_type = UInt16(SOCK_DIAG_BY_FAMILY)
-        nlh.pointee.nlmsg_flags = UInt16(NLM_F_REQUEST | NLM_F_DUMP)
         sequence &+= 1
-        nlh.pointee.nlmsg_seq = sequence
-        let request = UnsafeMutableRawBufferPointer(
-            start: mnl_nlmsg_put_extra_header(nlh, Self.requestSize), count: Self.requestSize)
-        request.initializeMemory(as: UInt8.self, repeating: 0)
-        request[0] = family
-        request[1] = UInt8(IPPROTO_TCP)
-        request[2] = 1 << (Self.skMemInfoAttribute - 1)
-        request.storeBytes(of: states, toByteOffset: 4, as: UInt32.self)
-        request.storeBytes(of: UInt32.max, toByteOffset: 48, as: UInt32.self)
-        request.storeBytes(of: UInt32.max, toByteOffset: 52, as: UInt32.self)
+        let (nlh, request) = Netlink.putRequest(
+            at: buffer, type: UInt16(SOCK_DIAG_BY_FAMILY), flags: NLM_F_REQUEST | NLM_F_DUMP, sequence: sequence,
+            inet_diag_req_v2.self)
+        request.pointee.sdiag_family = family
+        request.pointee.sdiag_protocol = UInt8(IPPROTO_TCP)
+        request.pointee.idiag_ext = UInt8(1 << (INET_DIAG_SKMEMINFO - 1))
+        request.pointee.idiag_states = states
+        request.pointee.id.idiag_cookie = (UInt32.max, UInt32.max)  // INET_DIAG_NOCOOKIE
         guard mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) >= 0 else {
             throw SystemError("sock_diag dump request")
         }
         try Netlink.receiveDump(
             socket, buffer: dumpBuffer, size: Self.dumpBufferSize, sequence: sequence, name: "sock_diag dump"
         ) { message in
-            guard message.pointee.nlmsg_type == UInt16(SOCK_DIAG_BY_FAMILY) else { return }
-            let payloadLength = Int(mnl_nlmsg_get_payload_len(message))
-            guard payloadLength >= Self.diagMessageSize else { return }
-            let payload = UnsafeRawPointer(mnl_nlmsg_get_payload(message)!)
-            var attributes: [UInt16: UnsafeRawBufferPointer] = [:]
-            var attribute = UnsafePointer<nlattr>?(
-                payload.advanced(by: Self.diagMessageSize).assumingMemoryBound(to: nlattr.self))
-            var attributeBytes = Int32(payloadLength - Self.diagMessageSize)
-            while let current = attribute, mnl_attr_ok(current, attributeBytes) {
-                let length = Int(mnl_attr_get_payload_len(current))
-                attributes[mnl_attr_get_type(current)] = UnsafeRawBufferPointer(
-                    start: mnl_attr_get_payload(current), count: length)
-                attributeBytes -= Int32(current.pointee.nla_len + 3) & ~3
-                attribute = UnsafePointer(mnl_attr_next(current))
-            }
-            each(UnsafeRawBufferPointer(start: payload, count: Self.diagMessageSize), attributes)
+            guard message.pointee.nlmsg_type == UInt16(SOCK_DIAG_BY_FAMILY),
+                Int(mnl_nlmsg_get_payload_len(message)) >= MemoryLayout<inet_diag_msg>.size
+            else { return }
+            let diag = UnsafeRawPointer(mnl_nlmsg_get_payload(message)!).loadUnaligned(as: inet_diag_msg.self)
+            each(diag, Netlink.attributes(of: message, after: MemoryLayout<inet_diag_msg>.size))
         }
     }
 
     /// Writes one exact-lookup request at `at` and returns it.
     private func putRequest(_ flow: FlowKey, at: UnsafeMutableRawPointer) -> UnsafeMutablePointer<nlmsghdr> {
-        let nlh = mnl_nlmsg_put_header(at)!
-        nlh.pointee.nlmsg_type = UInt16(SOCK_DIAG_BY_FAMILY)
-        nlh.pointee.nlmsg_flags = UInt16(NLM_F_REQUEST)
         sequence &+= 1
-        nlh.pointee.nlmsg_seq = sequence
-        let request = UnsafeMutableRawBufferPointer(
-            start: mnl_nlmsg_put_extra_header(nlh, Self.requestSize), count: Self.requestSize)
-        request.initializeMemory(as: UInt8.self, repeating: 0)
-        request[0] = UInt8(flow.isIPv6 ? AF_INET6 : AF_INET)
-        request[1] = UInt8(IPPROTO_TCP)
-        request.storeBytes(of: UInt32.max, toByteOffset: 4, as: UInt32.self)  // all states
+        let (nlh, request) = Netlink.putRequest(
+            at: at, type: UInt16(SOCK_DIAG_BY_FAMILY), flags: NLM_F_REQUEST, sequence: sequence, inet_diag_req_v2.self)
+        request.pointee.sdiag_family = UInt8(flow.isIPv6 ? AF_INET6 : AF_INET)
+        request.pointee.sdiag_protocol = UInt8(IPPROTO_TCP)
+        request.pointee.idiag_states = UInt32.max  // all states
         // The socket's view: its local end is the packet's destination (the VIP), its remote end the client.
-        request.setBE16(8, flow.destinationPort)
-        request.setBE16(10, flow.sourcePort)
-        if flow.isIPv6 {
-            for (index, byte) in flow.destination.bytes.enumerated() { request[12 + index] = byte }
-            for (index, byte) in flow.source.bytes.enumerated() { request[28 + index] = byte }
-        } else {
-            request.setBE32(12, UInt32(truncatingIfNeeded: flow.destination.low))
-            request.setBE32(28, UInt32(truncatingIfNeeded: flow.source.low))
+        request.pointee.id.idiag_sport = flow.destinationPort.bigEndian
+        request.pointee.id.idiag_dport = flow.sourcePort.bigEndian
+        withUnsafeMutableBytes(of: &request.pointee.id.idiag_src) {
+            Self.store(flow.destination, ipv6: flow.isIPv6, into: $0)
         }
-        request.storeBytes(of: UInt32.max, toByteOffset: 48, as: UInt32.self)  // INET_DIAG_NOCOOKIE
-        request.storeBytes(of: UInt32.max, toByteOffset: 52, as: UInt32.self)
+        withUnsafeMutableBytes(of: &request.pointee.id.idiag_dst) {
+            Self.store(flow.source, ipv6: flow.isIPv6, into: $0)
+        }
+        request.pointee.id.idiag_cookie = (UInt32.max, UInt32.max)  // INET_DIAG_NOCOOKIE
         return nlh
+    }
+
+    /// An address as inet_diag_sockid holds it: IPv4 in the first 4 bytes, network order.
+    private static func store(_ address: IPv6Address, ipv6: Bool, into bytes: UnsafeMutableRawBufferPointer) {
+        if ipv6 {
+            for (index, byte) in address.bytes.enumerated() { bytes[index] = byte }
+        } else {
+            bytes.setBE32(0, UInt32(truncatingIfNeeded: address.low))
+        }
     }
 }

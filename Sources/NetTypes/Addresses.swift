@@ -4,13 +4,15 @@ public struct IPv4Address: Hashable, Sendable, Comparable, CustomStringConvertib
 
     public init(_ value: UInt32) { self.value = value }
 
+    /// Dotted-quad text as inet_pton(3) reads it: four decimal octets, no leading zeros (which
+    /// other parsers read as octal).
     public init?(_ text: some StringProtocol) {
         let parts = text.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count == 4 else { return nil }
         var value: UInt32 = 0
         for part in parts {
-            guard !part.isEmpty, part.count <= 3, part.allSatisfy(\.isASCII),
-                let octet = UInt8(part)
+            guard !part.isEmpty, part.count <= 3, part.allSatisfy({ $0.isASCII && $0.isNumber }),
+                part.count == 1 || part.first != "0", let octet = UInt8(part)
             else { return nil }
             value = value << 8 | UInt32(octet)
         }
@@ -48,8 +50,18 @@ public struct IPv6Address: Hashable, Sendable, CustomStringConvertible {
         self.init(high: high, low: low)
     }
 
+    /// Text as inet_pton(3) reads it: up to eight groups of 1 to 4 hex digits, one `::`, and an
+    /// IPv4 address in place of the last two groups (`::ffff:198.18.0.1`).
     public init?(_ text: some StringProtocol) {
-        let text = String(text)
+        var text = String(text)
+        var tail: [UInt16] = []
+        if text.contains("."), let colon = text.lastIndex(of: ":") {
+            guard let v4 = IPv4Address(text[text.index(after: colon)...]) else { return nil }
+            tail = [UInt16(v4.value >> 16), UInt16(truncatingIfNeeded: v4.value)]
+            // "::ffff:" leaves "::ffff", "::" stays "::", "1:2:3:4:5:6:" leaves "1:2:3:4:5:6".
+            let prefix = text[...colon]
+            text = String(prefix.hasSuffix("::") ? prefix : prefix.dropLast())
+        }
         // Split at "::" without Foundation.
         var halves: [String] = []
         if let range = text.firstRange(of: "::") {
@@ -70,8 +82,10 @@ public struct IPv6Address: Hashable, Sendable, CustomStringConvertible {
         guard let head = groups(halves[0]) else { return nil }
         var all = head
         if halves.count == 2 {
-            guard let tail = groups(halves[1]), head.count + tail.count <= 7 else { return nil }
-            all += Array(repeating: 0, count: 8 - head.count - tail.count) + tail
+            guard let rest = groups(halves[1]).map({ $0 + tail }), head.count + rest.count <= 7 else { return nil }
+            all += Array(repeating: 0, count: 8 - head.count - rest.count) + rest
+        } else {
+            all += tail
         }
         guard all.count == 8 else { return nil }
         var bytes: [UInt8] = []
@@ -90,7 +104,9 @@ public struct IPv6Address: Hashable, Sendable, CustomStringConvertible {
         return out
     }
 
-    /// RFC 5952 text: lower case, longest zero run (of two or more groups) compressed.
+    /// Text as inet_ntop(3) writes it (RFC 5952): lower case, the first longest run of two or more
+    /// zero groups compressed, and an IPv4-mapped (`::ffff:198.18.0.1`) or IPv4-compatible
+    /// (`::198.18.0.1`) address with its last 32 bits in dotted quads.
     public var description: String {
         let b = bytes
         let groups = (0..<8).map { UInt16(b[2 * $0]) << 8 | UInt16(b[2 * $0 + 1]) }
@@ -99,11 +115,19 @@ public struct IPv6Address: Hashable, Sendable, CustomStringConvertible {
             if index < 8 && groups[index] == 0 {
                 if runStart < 0 { runStart = index }
             } else if runStart >= 0 {
-                if index - runStart > bestLength { bestStart = runStart; bestLength = index - runStart }
+                if index - runStart > bestLength {
+                    bestStart = runStart
+                    bestLength = index - runStart
+                }
                 runStart = -1
             }
         }
+        let dottedTail = bestStart == 0 && (bestLength == 6 || (bestLength == 5 && groups[5] == 0xffff))
         func hex(_ range: Range<Int>) -> String { range.map { String(groups[$0], radix: 16) }.joined(separator: ":") }
+        if dottedTail {
+            let v4 = IPv4Address(UInt32(groups[6]) << 16 | UInt32(groups[7]))
+            return bestLength == 6 ? "::\(v4)" : "::ffff:\(v4)"
+        }
         if bestStart < 0 { return hex(0..<8) }
         return hex(0..<bestStart) + "::" + hex((bestStart + bestLength)..<8)
     }

@@ -1,6 +1,7 @@
 import CMnl
 import Glibc
 import LinuxSys
+import NetTypes
 
 /// What the kernel's fou module says about a UDP port, asked over generic netlink (as `ip fou show`).
 public enum FouStatus: Equatable, CustomStringConvertible {
@@ -27,12 +28,8 @@ public enum FouStatus: Equatable, CustomStringConvertible {
         defer { buffer.deallocate() }
 
         // CTRL_CMD_GETFAMILY "fou" -> family id.
-        var nlh = mnl_nlmsg_put_header(buffer)!
-        nlh.pointee.nlmsg_type = UInt16(GENL_ID_CTRL)
-        nlh.pointee.nlmsg_flags = UInt16(NLM_F_REQUEST | NLM_F_ACK)
-        nlh.pointee.nlmsg_seq = 1
-        var genl = mnl_nlmsg_put_extra_header(nlh, MemoryLayout<genlmsghdr>.size)!.assumingMemoryBound(
-            to: genlmsghdr.self)
+        var (nlh, genl) = Netlink.putRequest(
+            at: buffer, type: UInt16(GENL_ID_CTRL), flags: NLM_F_REQUEST | NLM_F_ACK, sequence: 1, genlmsghdr.self)
         genl.pointee.cmd = UInt8(CTRL_CMD_GETFAMILY)
         genl.pointee.version = 1
         mnl_attr_put_strz(nlh, UInt16(CTRL_ATTR_FAMILY_NAME), FOU_GENL_NAME)
@@ -42,18 +39,17 @@ public enum FouStatus: Equatable, CustomStringConvertible {
         var reply = buffer.assumingMemoryBound(to: nlmsghdr.self)
         if reply.pointee.nlmsg_type == UInt16(NLMSG_ERROR) { return .unavailable }
         guard
-            let familyID = attributes(of: reply, headerSize: MemoryLayout<genlmsghdr>.size)[UInt16(CTRL_ATTR_FAMILY_ID)]
-                .map({ mnl_attr_get_u16($0) })
+            let familyID = Netlink.attributes(of: reply, after: MemoryLayout<genlmsghdr>.size)[
+                UInt16(CTRL_ATTR_FAMILY_ID)
+            ]
+            .flatMap({ $0.count >= 2 ? $0.loadUnaligned(as: UInt16.self) : nil })
         else { return .unavailable }
         // Drain the ACK that follows.
         _ = mnl_socket_recvfrom(socket, buffer, 16384)
 
         // FOU_CMD_GET dump: one message per configured port.
-        nlh = mnl_nlmsg_put_header(buffer)!
-        nlh.pointee.nlmsg_type = familyID
-        nlh.pointee.nlmsg_flags = UInt16(NLM_F_REQUEST | NLM_F_DUMP)
-        nlh.pointee.nlmsg_seq = 2
-        genl = mnl_nlmsg_put_extra_header(nlh, MemoryLayout<genlmsghdr>.size)!.assumingMemoryBound(to: genlmsghdr.self)
+        (nlh, genl) = Netlink.putRequest(
+            at: buffer, type: familyID, flags: NLM_F_REQUEST | NLM_F_DUMP, sequence: 2, genlmsghdr.self)
         genl.pointee.cmd = UInt8(FOU_CMD_GET)
         genl.pointee.version = UInt8(FOU_GENL_VERSION)
         guard mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) >= 0 else { throw SystemError("sendto(fou)") }
@@ -67,28 +63,15 @@ public enum FouStatus: Equatable, CustomStringConvertible {
                 if reply.pointee.nlmsg_type == UInt16(NLMSG_DONE) || reply.pointee.nlmsg_type == UInt16(NLMSG_ERROR) {
                     return status
                 }
-                let attrs = attributes(of: reply, headerSize: MemoryLayout<genlmsghdr>.size)
-                if let portAttribute = attrs[UInt16(FOU_ATTR_PORT)],
-                    UInt16(bigEndian: mnl_attr_get_u16(portAttribute)) == port
+                let attrs = Netlink.attributes(of: reply, after: MemoryLayout<genlmsghdr>.size)
+                if let portAttribute = attrs[UInt16(FOU_ATTR_PORT)], portAttribute.count >= 2,
+                    portAttribute.be16(0) == port
                 {
-                    let type = attrs[UInt16(FOU_ATTR_TYPE)].map { mnl_attr_get_u8($0) } ?? 0
+                    let type = attrs[UInt16(FOU_ATTR_TYPE)].flatMap(\.first) ?? 0
                     status = type == UInt8(FOU_ENCAP_GUE) ? .gue : .directFou
                 }
                 reply = mnl_nlmsg_next(reply, &remaining)
             }
         }
-    }
-
-    static func attributes(of nlh: UnsafeMutablePointer<nlmsghdr>, headerSize: Int) -> [UInt16: UnsafeMutablePointer<
-        nlattr
-    >] {
-        var out: [UInt16: UnsafeMutablePointer<nlattr>] = [:]
-        let end = UnsafeRawPointer(nlh) + Int(nlh.pointee.nlmsg_len)
-        var attribute = mnl_nlmsg_get_payload_offset(nlh, headerSize)!.assumingMemoryBound(to: nlattr.self)
-        while mnl_attr_ok(attribute, Int32(end - UnsafeRawPointer(attribute))) {
-            out[mnl_attr_get_type(attribute)] = attribute
-            attribute = mnl_attr_next(attribute)
-        }
-        return out
     }
 }

@@ -43,12 +43,12 @@ public final class KernelCookieState {
     public func refresh(now: UInt64) {
         guard lastRead == 0 || now &- lastRead >= 1_000_000_000 else { return }
         lastRead = now
-        if let text = Self.readAll(sysctlFD),
-            let value = Int(text.trimmingPrefix(while: \.isWhitespace).prefix { $0.isNumber })
-        {
-            syncookiesSetting = value
+        if let text = ProcFile.text(fd: sysctlFD), let value = ProcFile.sysctlNumbers(text).first {
+            syncookiesSetting = Int(value)
         }
-        if let text = Self.readAll(netstatFD), let sent = Self.tcpExtCounter("SyncookiesSent", in: text) {
+        if let text = ProcFile.text(fd: netstatFD),
+            let sent = ProcFile.counter("SyncookiesSent", section: "TcpExt", in: text)
+        {
             if let previous = lastSent, sent > previous { lastIncrease = now }
             lastSent = sent
         }
@@ -63,26 +63,5 @@ public final class KernelCookieState {
             return now &- lastIncrease < Self.overflowWindowNanoseconds
         default: return false
         }
-    }
-
-    static func readAll(_ fd: Int32) -> String? {
-        var bytes = [UInt8](repeating: 0, count: 16384)
-        let count = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
-        guard count > 0 else { return nil }
-        return String(decoding: bytes[0..<count], as: UTF8.self)
-    }
-
-    /// Finds `name` in the "TcpExt:" header/value line pair of /proc/net/netstat.
-    public static func tcpExtCounter(_ name: String, in text: String) -> UInt64? {
-        let lines = text.split(separator: "\n")
-        for (index, line) in lines.enumerated() where line.hasPrefix("TcpExt:") && index + 1 < lines.count {
-            let names = line.split(separator: " ")
-            let values = lines[index + 1].split(separator: " ")
-            guard values.first == "TcpExt:", let position = names.firstIndex(where: { $0 == name }),
-                position < values.count
-            else { continue }
-            return UInt64(values[position])
-        }
-        return nil
     }
 }

@@ -52,6 +52,9 @@ public final class ListenerMonitor: @unchecked Sendable {
         netstatFD = try namespace.run { open("/proc/thread-self/net/netstat", O_RDONLY | O_CLOEXEC) }
         guard netstatFD >= 0 else { throw SystemError("open /proc/net/netstat") }
         settings = settingsReader.read()
+        for path in settingsReader.unreadable {
+            logger.warning("warning: cannot read \(path); the responder assumes the kernel's default")
+        }
         tracker = ListenerOverflowTracker(
             policy: configuration.policy, kernelNeedsOverflowMark: settings.syncookies != 2)
         if configuration.mode == .always && settings.syncookies != 2 {
@@ -95,9 +98,9 @@ public final class ListenerMonitor: @unchecked Sendable {
 
     /// Reads the TcpExt counters; true when a SYN-queue or accept-queue overflow counter rose.
     private func readKernelCounters() -> Bool {
-        guard let text = KernelCookieState.readAll(netstatFD) else { return false }
+        guard let text = ProcFile.text(fd: netstatFD) else { return false }
         for (index, name) in Self.kernelCounters.enumerated() {
-            if let value = KernelCookieState.tcpExtCounter(name, in: text) {
+            if let value = ProcFile.counter(name, section: "TcpExt", in: text) {
                 kernelValues.store(index, value)
             }
         }

@@ -114,12 +114,8 @@ public final class LocalAddressWatcher: @unchecked Sendable {
         let size = 32768
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 16)
         defer { buffer.deallocate() }
-        let nlh = mnl_nlmsg_put_header(buffer)!
-        nlh.pointee.nlmsg_type = UInt16(RTM_GETADDR)
-        nlh.pointee.nlmsg_flags = UInt16(NLM_F_REQUEST | NLM_F_DUMP)
-        nlh.pointee.nlmsg_seq = 1
-        let request = mnl_nlmsg_put_extra_header(nlh, MemoryLayout<ifaddrmsg>.size)!.assumingMemoryBound(
-            to: ifaddrmsg.self)
+        let (nlh, request) = Netlink.putRequest(
+            at: buffer, type: UInt16(RTM_GETADDR), flags: NLM_F_REQUEST | NLM_F_DUMP, sequence: 1, ifaddrmsg.self)
         request.pointee.ifa_family = UInt8(AF_UNSPEC)
         guard mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) >= 0 else {
             throw SystemError("RTM_GETADDR request")
@@ -135,26 +131,13 @@ public final class LocalAddressWatcher: @unchecked Sendable {
     /// One RTM_NEWADDR: IFA_LOCAL is this host's address where present (IFA_ADDRESS is then the
     /// peer of a point-to-point link), else IFA_ADDRESS.
     private static func add(_ message: UnsafePointer<nlmsghdr>, to addresses: inout LocalAddresses) {
-        let payloadLength = Int(mnl_nlmsg_get_payload_len(message))
-        guard payloadLength >= MemoryLayout<ifaddrmsg>.size else { return }
-        let payload = UnsafeRawPointer(mnl_nlmsg_get_payload(message)!)
-        let family = Int32(payload.load(as: ifaddrmsg.self).ifa_family)
-        var local: UnsafeRawBufferPointer?, address: UnsafeRawBufferPointer?, broadcast: UnsafeRawBufferPointer?
-        var attribute = UnsafePointer<nlattr>?(
-            payload.advanced(by: MemoryLayout<ifaddrmsg>.size).assumingMemoryBound(to: nlattr.self))
-        var attributeBytes = Int32(payloadLength - MemoryLayout<ifaddrmsg>.size)
-        while let current = attribute, mnl_attr_ok(current, attributeBytes) {
-            let value = UnsafeRawBufferPointer(
-                start: mnl_attr_get_payload(current), count: Int(mnl_attr_get_payload_len(current)))
-            switch Int(mnl_attr_get_type(current)) {
-            case IFA_LOCAL: local = value
-            case IFA_ADDRESS: address = value
-            case IFA_BROADCAST: broadcast = value
-            default: break
-            }
-            attributeBytes -= Int32(current.pointee.nla_len + 3) & ~3
-            attribute = UnsafePointer(mnl_attr_next(current))
-        }
+        guard Int(mnl_nlmsg_get_payload_len(message)) >= MemoryLayout<ifaddrmsg>.size else { return }
+        let family = Int32(UnsafeRawPointer(mnl_nlmsg_get_payload(message)!).load(as: ifaddrmsg.self).ifa_family)
+        let attributes = Netlink.attributes(of: message, after: MemoryLayout<ifaddrmsg>.size)
+        let (local, address, broadcast) = (
+            attributes[UInt16(IFA_LOCAL)], attributes[UInt16(IFA_ADDRESS)],
+            attributes[UInt16(IFA_BROADCAST)]
+        )
         guard let own = local ?? address else { return }
         switch family {
         case AF_INET where own.count == 4:

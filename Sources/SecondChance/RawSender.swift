@@ -31,15 +31,9 @@ public final class RawIPSender: @unchecked Sendable {
     @discardableResult
     public func sendIPv4(_ packet: UnsafeRawBufferPointer) -> Int32 {
         guard packet.count >= 20 else { return EINVAL }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = packet.be32(16).bigEndian
-        let sent = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { target in
-                retryingOnInterrupt {
-                    sendto(fd4, packet.baseAddress, packet.count, 0, target, socklen_t(MemoryLayout<sockaddr_in>.size))
-                }
-            }
+        let destination = SocketAddress(.v4(IPv4Address(packet.be32(16))), port: 0)
+        let sent = destination.withSockaddr { address, length in
+            retryingOnInterrupt { sendto(fd4, packet.baseAddress, packet.count, 0, address, length) }
         }
         return sent < 0 ? errno : 0
     }
@@ -50,17 +44,9 @@ public final class RawIPSender: @unchecked Sendable {
     public func sendIPv6(_ packet: UnsafeRawBufferPointer) -> Int32 {
         guard fd6 >= 0 else { return EBADF }
         guard packet.count >= 40 else { return EINVAL }
-        var address = sockaddr_in6()
-        address.sin6_family = sa_family_t(AF_INET6)
-        withUnsafeMutableBytes(of: &address.sin6_addr) { target in
-            for index in 0..<16 { target[index] = packet[24 + index] }
-        }
-        let sent = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { target in
-                retryingOnInterrupt {
-                    sendto(fd6, packet.baseAddress, packet.count, 0, target, socklen_t(MemoryLayout<sockaddr_in6>.size))
-                }
-            }
+        let destination = SocketAddress(.v6(IPv6Address(high: packet.be64(24), low: packet.be64(32))), port: 0)
+        let sent = destination.withSockaddr { address, length in
+            retryingOnInterrupt { sendto(fd6, packet.baseAddress, packet.count, 0, address, length) }
         }
         return sent < 0 ? errno : 0
     }

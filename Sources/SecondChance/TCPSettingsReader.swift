@@ -29,13 +29,14 @@ final class TCPSettingsReader {
 
     deinit { files.forEach { if $0.1 >= 0 { close($0.1) } } }
 
+    /// The files that could not be opened: their settings stay at the kernel's defaults.
+    var unreadable: [String] { files.filter { $0.1 < 0 }.map(\.0.path) }
+
     func read() -> TCPHostSettings {
         var settings = TCPHostSettings()
         for (field, fd) in files where fd >= 0 {
-            guard let text = KernelCookieState.readAll(fd) else { continue }
-            let numbers = text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).compactMap {
-                UInt32($0)
-            }
+            guard let text = ProcFile.text(fd: fd) else { continue }
+            let numbers = ProcFile.sysctlNumbers(text)
             guard let first = numbers.first else { continue }
             switch field {
             case .syncookies: settings.syncookies = Int(first)

@@ -49,7 +49,7 @@ public final class StatsServer: @unchecked Sendable {
         let fd = socket(endpoint.address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw SystemError("socket(metrics)") }
         SocketOptions.enable(fd, SOL_SOCKET, SO_REUSEADDR)
-        let bound = SocketAddress.with(endpoint.address, endpoint.port) { bind(fd, $0, $1) }
+        let bound = SocketAddress(endpoint).withSockaddr { bind(fd, $0, $1) }
         guard bound == 0, listen(fd, 64) == 0 else {
             let error = SystemError("bind metrics \(endpoint)")
             close(fd)
@@ -167,7 +167,7 @@ public func readControlSocket(_ path: String, request: String = "stats") throws 
     defer { close(fd) }
     // A daemon answers within its 1 s read timeout, or 5 s more for a re-exec's check.
     SocketOptions.setTimeouts(fd, seconds: 15)
-    _ = SocketAddress.sendAll(fd, Array((request + "\n").utf8))
+    _ = SocketIO.sendAll(fd, Array((request + "\n").utf8))
     shutdown(fd, Int32(SHUT_WR))
     var out: [UInt8] = []
     var chunk = [UInt8](repeating: 0, count: 4096)

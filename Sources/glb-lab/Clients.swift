@@ -36,7 +36,7 @@ struct Clients: ParsableCommand {
             for index in fds.indices where fds[index] >= 0 {
                 let message = Array("ping \(iteration) \(index)\n".utf8)
                 let sent = MonotonicClock.nanoseconds()
-                if SocketAddress.sendAll(fds[index], message),
+                if SocketIO.sendAll(fds[index], message),
                     LabSockets.receiveExactly(fds[index], message.count) == message
                 {
                     roundTrips += 1
@@ -52,7 +52,7 @@ struct Clients: ParsableCommand {
                 let opened = MonotonicClock.nanoseconds()
                 if let fd = try? LabSockets.connectTCP(to: address, port: port) {
                     let message = Array("new\n".utf8)
-                    if SocketAddress.sendAll(fd, message), LabSockets.receiveExactly(fd, message.count) == message {
+                    if SocketIO.sendAll(fd, message), LabSockets.receiveExactly(fd, message.count) == message {
                         newOK += 1
                         if MonotonicClock.nanoseconds() - opened > slowNanoseconds { newSlow += 1 }
                     } else {

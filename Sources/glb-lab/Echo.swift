@@ -31,7 +31,7 @@ struct Echo: ParsableCommand {
                     var buffer = [UInt8](repeating: 0, count: 65536)
                     while true {
                         let count = recv(client, &buffer, buffer.count, 0)
-                        if count <= 0 || !SocketAddress.sendAll(client, Array(buffer[0..<count])) { break }
+                        if count <= 0 || !SocketIO.sendAll(client, Array(buffer[0..<count])) { break }
                     }
                     close(client)
                 }

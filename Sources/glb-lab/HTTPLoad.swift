@@ -57,7 +57,7 @@ struct HTTPLoad: ParsableCommand {
                 : error.errno == EAGAIN || error.errno == ETIMEDOUT || error.errno == EINPROGRESS ? "timeout" : "other"
         } catch { return "other" }
         defer { close(fd) }
-        guard SocketAddress.sendAll(fd, request) else {
+        guard SocketIO.sendAll(fd, request) else {
             return errno == ECONNRESET || errno == EPIPE ? "reset" : "other"
         }
         var response: [UInt8] = []

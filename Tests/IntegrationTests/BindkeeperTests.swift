@@ -107,7 +107,7 @@ final class BindkeeperTests: XCTestCase {
         let deaf = try RawControlClient(lab.socketPath)
         let flood = Array(repeating: Wire.framed.request(id: .number(1), method: "list"), count: 20000).flatMap { $0 }
         let deafFD = deaf.fd
-        let flooding = try WorkerThread { _ = SocketAddress.sendAll(deafFD, flood) }
+        let flooding = try WorkerThread { _ = SocketIO.sendAll(deafFD, flood) }
 
         /// Written by the 16 threads: each owns its slot; errors go through the lock.
         final class Results: @unchecked Sendable {

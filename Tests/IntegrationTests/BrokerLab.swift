@@ -126,7 +126,7 @@ final class RawControlClient {
     }
     deinit { close(fd) }
 
-    func send(_ bytes: [UInt8]) { _ = SocketAddress.sendAll(fd, bytes) }
+    func send(_ bytes: [UInt8]) { _ = SocketIO.sendAll(fd, bytes) }
     func send(_ text: String) { send(Array(text.utf8)) }
 
     /// One multibinder reply (a JSON object) and the fds that came with it; nil at EOF or timeout.

@@ -44,7 +44,7 @@ struct DatagramTraffic {
                     source: .v4(Lab.client), destination: .v4(Lab.vip), protocol: 17, transport: datagram,
                     checksumOffset: 6)
                 let payload = PacketBuilder.guePayload(inner: inner, hops: [Lab.p2])
-                let sent = SocketAddress.with(.v4(Lab.p1), GUEPacket.port) { address, length in
+                let sent = SocketAddress(.v4(Lab.p1), port: GUEPacket.port).withSockaddr { address, length in
                     payload.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, 0, address, length) }
                 }
                 guard sent == payload.count else { throw SystemError("sendto GUE") }

@@ -91,7 +91,7 @@ final class Lab {
     static func httpGet(_ address: IPAddress, port: UInt16, path: String = "/metrics") throws -> String {
         let fd = try LabSockets.connectTCP(to: address, port: port)
         defer { close(fd) }
-        _ = SocketAddress.sendAll(fd, Array("GET \(path) HTTP/1.0\r\n\r\n".utf8))
+        _ = SocketIO.sendAll(fd, Array("GET \(path) HTTP/1.0\r\n\r\n".utf8))
         var out: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 4096)
         while true {
@@ -326,7 +326,7 @@ func sendUDP(
             var one: Int32 = 1
             setsockopt(fd, SOL_SOCKET, SO_NO_CHECK, &one, socklen_t(MemoryLayout<Int32>.size))
         }
-        let sent = SocketAddress.with(.v4(proxy), GUEPacket.port) { address, length in
+        let sent = SocketAddress(.v4(proxy), port: GUEPacket.port).withSockaddr { address, length in
             payload.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, 0, address, length) }
         }
         guard sent == payload.count else { throw SystemError("sendto GUE") }

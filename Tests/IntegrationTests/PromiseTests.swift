@@ -200,7 +200,7 @@ final class PromiseTests: XCTestCase {
                 var value = ttl
                 setsockopt(fd, Int32(IPPROTO_IP), IP_TTL, &value, socklen_t(MemoryLayout<Int32>.size))
                 let payload = PacketBuilder.guePayload(inner: ack(40060), hops: [Lab.client])
-                _ = SocketAddress.with(.v4(Lab.p1), GUEPacket.port) { address, length in
+                _ = SocketAddress(.v4(Lab.p1), port: GUEPacket.port).withSockaddr { address, length in
                     payload.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, 0, address, length) }
                 }
             }

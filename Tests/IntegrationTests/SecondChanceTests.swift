@@ -3,7 +3,6 @@ import Glibc
 import LabKit
 import LinuxSys
 import NetTypes
-import SecondChance
 import SecondChanceCore
 import Telemetry
 import XCTest
@@ -133,7 +132,7 @@ final class SecondChanceTests: XCTestCase {
         let port = UInt16(bigEndian: local.sin6_port)  // same offset in sockaddr_in and sockaddr_in6
 
         let first = Array("before the drain\n".utf8)
-        XCTAssertTrue(SocketAddress.sendAll(fd, first))
+        XCTAssertTrue(SocketIO.sendAll(fd, first))
         XCTAssertEqual(LabSockets.receiveExactly(fd, first.count), first)
         let establishedOnP2 = try lab.stats("p2")["accepted_established"] ?? 0
         XCTAssertGreaterThan(establishedOnP2, 0)
@@ -143,7 +142,7 @@ final class SecondChanceTests: XCTestCase {
         try lab.waitFor("the director to reload") { lab.log(of: director).contains("table reloaded") }
         let forwardedBefore = try lab.stats("p1")["forwarded"] ?? 0
         let second = Array("after the drain: P1 forwards to P2\n".utf8)
-        XCTAssertTrue(SocketAddress.sendAll(fd, second))
+        XCTAssertTrue(SocketIO.sendAll(fd, second))
         XCTAssertEqual(LabSockets.receiveExactly(fd, second.count), second, "the flow survived the table change")
         // The echo can overtake the counters: P1 counts a forward once its send returned.
         try lab.waitFor("P1 to count the packets it gave their second chance") {
@@ -157,7 +156,7 @@ final class SecondChanceTests: XCTestCase {
         let fresh = try lab.inside("c") { try LabSockets.connectTCP(to: vip, port: 80) }
         defer { close(fresh) }
         let hello = Array("new flow\n".utf8)
-        XCTAssertTrue(SocketAddress.sendAll(fresh, hello))
+        XCTAssertTrue(SocketIO.sendAll(fresh, hello))
         XCTAssertEqual(LabSockets.receiveExactly(fresh, hello.count), hello)
         return (fd, port, capture)
     }
@@ -347,7 +346,7 @@ final class SecondChanceTests: XCTestCase {
         let cookie = try XCTUnwrap(cookieReply?.ipv4TCP?.5, "P1's kernel sent no SYN-ACK")
         let netstat = try Lab.shell("ip netns exec \(lab.namespace("p1")) cat /proc/net/netstat")
         XCTAssertGreaterThan(
-            KernelCookieState.tcpExtCounter("SyncookiesSent", in: netstat) ?? 0, 0, "the kernel issued cookies")
+            ProcFile.counter("SyncookiesSent", section: "TcpExt", in: netstat) ?? 0, 0, "the kernel issued cookies")
         sleep(1)  // let the daemon's once-a-second look at SyncookiesSent notice the rise
 
         let before = try lab.stats("p1")
@@ -364,7 +363,7 @@ final class SecondChanceTests: XCTestCase {
         XCTAssertGreaterThanOrEqual((after["syn_cookie_checks"] ?? 0) - (before["syn_cookie_checks"] ?? 0), 2)
         let syncookiesRecv = try Lab.shell("ip netns exec \(lab.namespace("p1")) cat /proc/net/netstat")
         XCTAssertGreaterThan(
-            KernelCookieState.tcpExtCounter("SyncookiesRecv", in: syncookiesRecv) ?? 0, 0,
+            ProcFile.counter("SyncookiesRecv", section: "TcpExt", in: syncookiesRecv) ?? 0, 0,
             "P1's kernel took the cookie ACK")
     }
 
@@ -517,8 +516,9 @@ final class SecondChanceTests: XCTestCase {
         let (listener, clientFD, serverFD) = try lab.inside("pod") { () -> (Int32, Int32, Int32) in
             let listener = try LabSockets.listenTCP(on: .v4(IPv4Address("198.18.9.10")!), port: 80)
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            _ = SocketAddress.with(.v4(IPv4Address("198.18.9.1")!), 45000) { bind(fd, $0, $1) }
-            guard SocketAddress.with(.v4(IPv4Address("198.18.9.10")!), 80, { connect(fd, $0, $1) }) == 0 else {
+            _ = SocketAddress(.v4(IPv4Address("198.18.9.1")!), port: 45000).withSockaddr { bind(fd, $0, $1) }
+            guard SocketAddress(.v4(IPv4Address("198.18.9.10")!), port: 80).withSockaddr({ connect(fd, $0, $1) }) == 0
+            else {
                 throw SystemError("connect in pod")
             }
             return (listener, fd, try acceptConnection(listener))

@@ -3,7 +3,6 @@ import Glibc
 import LabKit
 import LinuxSys
 import NetTypes
-import SecondChance
 import Telemetry
 import XCTest
 
@@ -45,7 +44,7 @@ final class SynCookieResponderTests: XCTestCase {
 
     func tcpExt(_ name: String, _ host: String = "p1") throws -> UInt64 {
         let text = try lab.inside(host) { try String(contentsOfFile: "/proc/thread-self/net/netstat", encoding: .utf8) }
-        return try XCTUnwrap(KernelCookieState.tcpExtCounter(name, in: text), name)
+        return try XCTUnwrap(ProcFile.counter(name, section: "TcpExt", in: text), name)
     }
 
     /// The responder's line for the test listener: field -> value.
@@ -100,7 +99,7 @@ final class SynCookieResponderTests: XCTestCase {
                 received.add(count)
             }
         }
-        XCTAssertTrue(SocketAddress.sendAll(client, [UInt8](repeating: 0x5a, count: bytes)), "sending \(bytes) bytes")
+        XCTAssertTrue(SocketIO.sendAll(client, [UInt8](repeating: 0x5a, count: bytes)), "sending \(bytes) bytes")
         let clientWindow = windowInfo(client)
         shutdown(client, Int32(SHUT_WR))
         reader.join()
@@ -186,7 +185,7 @@ final class SynCookieResponderTests: XCTestCase {
             setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
             var one: Int32 = 1
             setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-            let bound = SocketAddress.with(.v4(Lab.vip), Self.port) { bind(fd, $0, $1) }
+            let bound = SocketAddress(.v4(Lab.vip), port: Self.port).withSockaddr { bind(fd, $0, $1) }
             guard bound == 0, Glibc.listen(fd, 16) == 0 else { throw SystemError("listen with SO_RCVBUF") }
             return fd
         }
