@@ -35,6 +35,9 @@ public struct BrokerOptions: Sendable {
 /// The socket broker: owns every socket it binds, hands the same kernel socket to every client that
 /// asks (SCM_RIGHTS), serves many clients from one poll loop (non-blocking, bounded per client), and
 /// keeps its sockets across re-exec and, under systemd, across crashes (the fd store).
+///
+/// `@unchecked Sendable`: all state belongs to the thread that runs `run`; the metrics thread only
+/// calls `snapshot`, which reads `published` under its Mutex.
 public final class Broker: @unchecked Sendable {
     struct Entry {
         var request: BindRequest
@@ -122,7 +125,7 @@ public final class Broker: @unchecked Sendable {
         try Signals.forward(SIGUSR1, to: reexecSignal)
         // A re-exec blocks these before exec(2): one that arrived meanwhile is pending, and is
         // delivered to the handlers just installed instead of killing the new program.
-        ProgramImage.setHandledSignalsBlocked(false)
+        Signals.setHandledBlocked(false)
         try adopt(environment)
         if control < 0 {
             control = try Self.listenControl(options)

@@ -2,7 +2,7 @@ import CLinuxShims
 import Glibc
 
 /// An eventfd that signals shutdown (or reload) to every poll loop.
-public final class EventFD: @unchecked Sendable {
+public final class EventFD: Sendable {
     public let fd: Int32
 
     public init() throws {

@@ -2,7 +2,7 @@ import CLinuxShims
 import Glibc
 
 /// A network namespace, by `ip netns` name or by path (/proc/PID/ns/net, a bind mount).
-public final class NetworkNamespace: @unchecked Sendable {
+public final class NetworkNamespace: Sendable {
     public let path: String
     public let fd: Int32
 

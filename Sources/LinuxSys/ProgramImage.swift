@@ -59,17 +59,6 @@ public enum ProgramImage {
     /// "NAME VERSION build HASH", as `NAME version` prints it.
     public static func versionLine(_ name: String) -> String { "\(name) \(ProxysideVersion.number) build \(build)" }
 
-    /// Signals a daemon handles itself: between exec(2) and the new image's handlers their
-    /// default action would end it, so they stay blocked (pending) across the exec.
-    public static let handledSignals = [SIGUSR1, SIGTERM, SIGINT, SIGHUP]
-
-    public static func setHandledSignalsBlocked(_ blocked: Bool) {
-        var set = sigset_t()
-        sigemptyset(&set)
-        for signal in handledSignals { sigaddset(&set, signal) }
-        sigprocmask(blocked ? SIG_BLOCK : SIG_UNBLOCK, &set, nil)
-    }
-
     /// Runs `path version` and returns its first line if it exits 0 within `seconds`: a file that
     /// does not start (wrong architecture, missing library, truncated copy) is found before the
     /// running image is given up.
@@ -136,10 +125,10 @@ public enum ProgramImage {
         let variables = [ListenFDs.reexecVariable: ListenFDs.reexecValue(fds)].merging(extraEnvironment) { $1 }
         for (name, value) in variables { setenv(name, value, 1) }
         var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
-        setHandledSignalsBlocked(true)
+        Signals.setHandledBlocked(true)
         execv(path, &argv)
         let failure = errno
-        setHandledSignalsBlocked(false)
+        Signals.setHandledBlocked(false)
         for pointer in argv { free(pointer) }
         for (fd, _) in fds { Descriptors.setCloseOnExec(fd, true) }
         for name in variables.keys { unsetenv(name) }

@@ -12,4 +12,20 @@ public enum Signals {
     public static func forward(_ signal: Int32, to event: EventFD) throws {
         guard proxyside_signal_to_eventfd(signal, event.fd) == 0 else { throw SystemError("sigaction \(signal)") }
     }
+
+    /// Signals a daemon handles itself: between exec(2) and the new image's handlers their
+    /// default action would end it, so they stay blocked (pending) across the exec.
+    public static let handled = [SIGUSR1, SIGTERM, SIGINT, SIGHUP]
+
+    public static func setHandledBlocked(_ blocked: Bool) {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for signal in handled { sigaddset(&set, signal) }
+        sigprocmask(blocked ? SIG_BLOCK : SIG_UNBLOCK, &set, nil)
+    }
+
+    /// Back to the default action (before exec(2) of a program that expects it).
+    public static func restoreDefault(_ signal: Int32) {
+        Glibc.signal(signal, SIG_DFL)
+    }
 }

@@ -1,6 +1,8 @@
 import Glibc
 
 /// A joinable POSIX thread running one closure (queue workers and servers are long-lived loops).
+/// `@unchecked Sendable`: `thread` is written once, by pthread_create in `init`, before the object
+/// is shared; `join` only reads it.
 public final class WorkerThread: @unchecked Sendable {
     private var thread = pthread_t()
     private final class Box { let body: () -> Void; init(_ body: @escaping () -> Void) { self.body = body } }

@@ -34,19 +34,15 @@ public enum UnixAddress {
     public static func connect(_ path: String, type: Int32 = Int32(SOCK_STREAM.rawValue)) throws -> Int32 {
         let fd = socket(AF_UNIX, type | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw SystemError("socket(AF_UNIX)") }
-        guard try withAddress(path, { retryingConnect(fd, $0, $1) }) == 0 else {
+        guard
+            try withAddress(path, { address, length in retryingOnInterrupt { Glibc.connect(fd, address, length) } })
+                == 0
+        else {
             let error = SystemError("connect \(path)")
             close(fd)
             throw error
         }
         return fd
-    }
-
-    private static func retryingConnect(_ fd: Int32, _ address: UnsafePointer<sockaddr>, _ length: socklen_t) -> Int32 {
-        while true {
-            let result = Glibc.connect(fd, address, length)
-            if result == 0 || errno != EINTR { return result }
-        }
     }
 }
 

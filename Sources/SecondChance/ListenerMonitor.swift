@@ -26,6 +26,10 @@ public struct ResponderConfiguration: Sendable {
 /// Watches the namespace's listeners through sock_diag and publishes the ones whose SYN queue
 /// overflows (or all of them, in `always` mode). The netns counters of SYN-queue overflow make it
 /// scan at once instead of waiting for the next interval.
+///
+/// `@unchecked Sendable`: the tracker, the settings and the readers belong to the thread that runs
+/// `run` (and `init`); other threads read only `board`, `configuration` and `kernelCounter`, which
+/// are immutable or atomic.
 public final class ListenerMonitor: @unchecked Sendable {
     public let board = ResponderBoard()
     public let configuration: ResponderConfiguration

@@ -36,6 +36,9 @@ public final class LocalAddressBoard: Sendable {
 /// IPv6) in each namespace it watches and dumps every address again whenever one is reported, so a
 /// VIP added to `lo` is deliverable at once and a removed one no longer is. No system call is made
 /// per packet.
+///
+/// `@unchecked Sendable`: the netlink sockets are used by the thread that runs `run` alone; other
+/// threads read `board`, which is thread-safe.
 public final class LocalAddressWatcher: @unchecked Sendable {
     public let board: LocalAddressBoard
     private let namespaces: [NetworkNamespace?]

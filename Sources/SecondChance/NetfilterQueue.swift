@@ -240,7 +240,7 @@ public final class NetfilterQueue {
                 actions.removeAll(keepingCapacity: true)
                 batch.withUnsafeBufferPointer { handleBatch($0, &actions) }
                 precondition(actions.count == batch.count, "one action per packet")
-                for (packet, action) in zip(batch, actions) { appendVerdict(id: packet.id, action, packet.payload) }
+                for (packet, action) in zip(batch, actions) { try appendVerdict(id: packet.id, action, packet.payload) }
             }
             try flushVerdicts()
             if !batch.isEmpty { afterVerdicts() }
@@ -310,7 +310,7 @@ public final class NetfilterQueue {
         guard sent >= 0 else { throw SystemError("sendto(NFQUEUE \(number) requeue)") }
     }
 
-    private func appendVerdict(id: UInt32, _ action: Action, _ payload: UnsafeMutableRawBufferPointer) {
+    private func appendVerdict(id: UInt32, _ action: Action, _ payload: UnsafeMutableRawBufferPointer) throws {
         let replacement: UnsafeMutableRawBufferPointer?
         if case .acceptReplacing(let range) = action {
             replacement = UnsafeMutableRawBufferPointer(rebasing: payload[range])
@@ -318,7 +318,9 @@ public final class NetfilterQueue {
             replacement = nil
         }
         let needed = 64 + (replacement?.count ?? 0)
-        if verdictLength + needed > verdictBufferSize { try? flushVerdicts() }
+        // A failed send ends the loop like the batch's last one: the packets stay queued in the
+        // kernel, for the restarted daemon to requeue, instead of waiting for verdicts never sent.
+        if verdictLength + needed > verdictBufferSize { try flushVerdicts() }
         let nlh = nfq_nlmsg_put(
             (verdictBuffer + verdictLength).assumingMemoryBound(to: CChar.self), Int32(NFQNL_MSG_VERDICT.rawValue),
             UInt32(number))!

@@ -6,19 +6,18 @@ import NetTypes
 /// Sends complete IP packets (header included) as they are, so a forwarded GUE packet keeps its
 /// ports, TTL and our chosen source address. The kernel would drop such a packet if it merely
 /// routed it back out, because its source is local.
-public final class RawIPSender: @unchecked Sendable {
+public final class RawIPSender: Sendable {
     public let fd4: Int32
-    public private(set) var fd6: Int32 = -1
+    public let fd6: Int32
 
     public init(ipv6: Bool = false) throws {
         // IPPROTO_RAW implies IP_HDRINCL (and IPV6_HDRINCL for AF_INET6).
         fd4 = socket(AF_INET, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), Int32(IPPROTO_RAW))
         guard fd4 >= 0 else { throw SystemError("socket(AF_INET, SOCK_RAW)", hint: "needs CAP_NET_RAW") }
-        if ipv6 {
-            fd6 = socket(AF_INET6, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), Int32(IPPROTO_RAW))
-            guard fd6 >= 0 else {
-                close(fd4); throw SystemError("socket(AF_INET6, SOCK_RAW)", hint: "needs CAP_NET_RAW")
-            }
+        fd6 = !ipv6 ? -1 : socket(AF_INET6, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), Int32(IPPROTO_RAW))
+        guard !ipv6 || fd6 >= 0 else {
+            close(fd4)
+            throw SystemError("socket(AF_INET6, SOCK_RAW)", hint: "needs CAP_NET_RAW")
         }
     }
 

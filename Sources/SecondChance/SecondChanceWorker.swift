@@ -99,6 +99,9 @@ struct KernelFlowOwnership: FlowOwnership {
 
 /// One NFQUEUE queue and everything its thread needs; nothing here is shared between threads
 /// except the counter block, which the stats server only reads, and the flow epochs.
+///
+/// `@unchecked Sendable`: created on the main thread and then used by its queue thread alone; the
+/// stats server reads only `counters` and `queue.receiveErrors`, which are atomic.
 public final class SecondChanceWorker: @unchecked Sendable {
     public let queue: NetfilterQueue
     public let counters = CounterBlock()

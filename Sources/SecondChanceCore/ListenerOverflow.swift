@@ -35,7 +35,6 @@ public struct ListenerOverflowTracker: Sendable {
         public var active = false
         public var lastFull: UInt64?
         public var calmSince: UInt64?
-        public var activations: UInt64 = 0
     }
 
     public enum Event: Equatable, Sendable {
@@ -77,7 +76,6 @@ public struct ListenerOverflowTracker: Sendable {
             if !state.active {
                 if full {
                     state.active = true
-                    state.activations += 1
                     state.calmSince = nil
                     events.append(.activated(observation))
                 }

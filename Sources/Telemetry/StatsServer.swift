@@ -7,6 +7,9 @@ import NetTypes
 /// anyone who connects to the control socket (`second-chance stats`). A control client may send
 /// one request line first (`stats`, or a command such as `reexec`, answered by `command`); one
 /// that sends nothing gets the counters.
+///
+/// `@unchecked Sendable`: `listeners` is filled in `init` and only read afterwards, by `serve` on
+/// one thread; the closures are `@Sendable`.
 public final class StatsServer: @unchecked Sendable {
     public enum Format { case prometheus, text }
     /// Names of the listening sockets when they are handed over (fd store, re-exec).

@@ -54,7 +54,7 @@ struct Exec: ParsableCommand {
             close(fd)
         }
         for (name, value) in ListenFDs.environment(names: names, pid: getpid()) { setenv(name, value, 1) }
-        signal(SIGPIPE, SIG_DFL)
+        Signals.restoreDefault(SIGPIPE)
         let argv: [UnsafeMutablePointer<CChar>?] = program.map { strdup($0) } + [nil]
         execvp(program[0], argv)
         throw SystemError("exec \(program[0])")

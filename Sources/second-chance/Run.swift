@@ -282,7 +282,7 @@ struct Run: ParsableCommand {
         let reexecSignal = try EventFD()
         try Signals.forward(SIGUSR1, to: reexecSignal)
         // A re-exec blocks these across exec(2): one that came meanwhile is delivered now, to the handlers.
-        ProgramImage.setHandledSignalsBlocked(false)
+        Signals.setHandledBlocked(false)
         let monitor = try makeMonitor(oracle: configuration.checkCookies ? oracle : nil)
         let workers: [SecondChanceWorker]
         do {
