@@ -312,14 +312,7 @@ final class BindkeeperHardeningTests: XCTestCase {
         let template = lab.directory.appendingPathComponent("site.cfg.tmpl").path
         try answer.replacingOccurrences(of: "@BIND@", with: "{{bind tcp://\(BrokerLab.address):8600}}").write(
             toFile: template, atomically: true, encoding: .utf8)
-        let pidFile = lab.directory.appendingPathComponent("site.pid").path
-        let supervisor = try lab.start(
-            "supervisor",
-            [
-                lab.binary("bindkeeper"), "haproxy", "--socket", lab.socketPath, "-f", template,
-                "-p", pidFile, "--stop-timeout", "2", "--", "/usr/sbin/haproxy",
-            ])
-        try lab.waitFor("haproxy to start") { FileManager.default.fileExists(atPath: pidFile) }
+        let (supervisor, pidFile) = try lab.startSupervisor("site", template: template, stopTimeoutSeconds: 2)
         let before = try openFDs(supervisor.processIdentifier)
         let broken = [
             answer.replacingOccurrences(of: "@BIND@", with: "{{bind tcp://\(BrokerLab.address):8600}}")
@@ -447,14 +440,7 @@ final class BindkeeperPromiseTests: XCTestCase {
         let good = answer.replacingOccurrences(of: "@BIND@", with: "{{bind tcp://\(BrokerLab.address):8600}}")
         let template = lab.directory.appendingPathComponent("site.cfg.tmpl").path
         try good.write(toFile: template, atomically: true, encoding: .utf8)
-        let pidFile = lab.directory.appendingPathComponent("site.pid").path
-        let supervisor = try lab.start(
-            "supervisor",
-            [
-                lab.binary("bindkeeper"), "haproxy", "--socket", lab.socketPath, "-f", template,
-                "-p", pidFile, "--stop-timeout", "2", "--", "/usr/sbin/haproxy",
-            ])
-        try lab.waitFor("haproxy to start") { FileManager.default.fileExists(atPath: pidFile) }
+        let (supervisor, pidFile) = try lab.startSupervisor("site", template: template, stopTimeoutSeconds: 2)
         func served() throws -> Bool {
             try lab.inside { try Lab.httpGet(IPAddress(BrokerLab.address)!, port: 8600, path: "/") }.contains("200")
         }

@@ -39,6 +39,21 @@ final class BrokerLab {
 
     /// Starts a command inside the namespace, its output in a log file.
     @discardableResult
+    /// `bindkeeper haproxy` on `template`, once HAProxy has written its pid file.
+    func startSupervisor(_ name: String, template: String, stopTimeoutSeconds: Int = 5) throws
+        -> (process: Process, pidFile: String)
+    {
+        let pidFile = directory.appendingPathComponent("\(name).pid").path
+        let process = try start(
+            "supervisor-\(name)",
+            [
+                binary("bindkeeper"), "haproxy", "--socket", socketPath, "-f", template,
+                "-p", pidFile, "--stop-timeout", String(stopTimeoutSeconds), "--", "/usr/sbin/haproxy",
+            ])
+        try waitFor("haproxy \(name) to start") { FileManager.default.fileExists(atPath: pidFile) }
+        return (process, pidFile)
+    }
+
     func start(_ name: String, _ command: [String], environment: [String: String]? = nil) throws -> Process {
         let log = directory.appendingPathComponent("\(name)-\(logs.count).log")
         let process = try Lab.launch(inside: namespace, command, log: log, environment: environment)

@@ -29,18 +29,6 @@ final class HAProxyReloadTests: XCTestCase {
         return path
     }
 
-    func startSupervisor(_ name: String, template: String) throws -> (process: Process, pidFile: String) {
-        let pidFile = lab.directory.appendingPathComponent("\(name).pid").path
-        let process = try lab.start(
-            "supervisor-\(name)",
-            [
-                lab.binary("bindkeeper"), "haproxy", "--socket", lab.socketPath, "-f", template,
-                "-p", pidFile, "--stop-timeout", "5", "--", "/usr/sbin/haproxy",
-            ])
-        try lab.waitFor("haproxy \(name) to start") { FileManager.default.fileExists(atPath: pidFile) }
-        return (process, pidFile)
-    }
-
     func load(port: Int, seconds: Int, concurrency: Int) throws -> Process {
         try lab.start(
             "load",
@@ -89,14 +77,14 @@ final class HAProxyReloadTests: XCTestCase {
         let shared = try writeTemplate("shared", bind: "{{bind tcp://\(BrokerLab.vip):80?backlog=4096}}")
         let plain = try writeTemplate("plain", bind: "\(BrokerLab.vip):81")
 
-        let sharedSupervisor = try startSupervisor("shared", template: shared)
+        let sharedSupervisor = try lab.startSupervisor("shared", template: shared)
         let sharedLoad = try load(port: 80, seconds: seconds, concurrency: concurrency)
         usleep(500_000)
         try reload("shared", sharedSupervisor.process, count: reloadCount, intervalMs: 150)
         let sharedCounts = try counts(sharedLoad)
 
         // The same supervisor, reloads and load, but HAProxy binds its own SO_REUSEPORT sockets.
-        let plainSupervisor = try startSupervisor("plain", template: plain)
+        let plainSupervisor = try lab.startSupervisor("plain", template: plain)
         let plainLoad = try load(port: 81, seconds: seconds, concurrency: concurrency)
         usleep(500_000)
         try reload("plain", plainSupervisor.process, count: reloadCount, intervalMs: 150)
@@ -126,7 +114,7 @@ final class HAProxyReloadTests: XCTestCase {
 
     func testAFailedCheckLeavesTheRunningInstanceServing() throws {
         let template = try writeTemplate("guarded", bind: "{{bind tcp://\(BrokerLab.vip):82}}")
-        let supervisor = try startSupervisor("guarded", template: template)
+        let supervisor = try lab.startSupervisor("guarded", template: template)
         let firstPid = try String(contentsOfFile: supervisor.pidFile, encoding: .utf8)
 
         // A configuration HAProxy rejects: --check says so, and a reload does not proceed.

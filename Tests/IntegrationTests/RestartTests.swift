@@ -177,17 +177,7 @@ final class RestartTests: XCTestCase {
 
         let control = lab.controlPath("p1")
         let log = lab.directory.appendingPathComponent("adopting.log").path
-        let pid = try Spawn.run(
-            "/usr/bin/env",
-            [
-                "ip", "netns", "exec", lab.namespace("p1"), "/bin/sh", "-c",
-                "LISTEN_PID=$$ exec \"$0\" \"$@\" 2>\(log)",
-                Lab.binaries.appendingPathComponent("second-chance").path, "run", "--queue", "0",
-                "--self", Lab.p1.description, "--control", control,
-            ] + Lab.labPeers,
-            environment: ProcessInfo.processInfo.environment.merging(["LISTEN_FDS": "1", "LISTEN_FDNAMES": "nfqueue-0"])
-            { $1 },
-            placing: [(queue.fileDescriptor, 3)])
+        let pid = try startPassing(queue.fileDescriptor, control: control, log: log)
         defer { kill(pid, SIGTERM); _ = Spawn.wait(pid) }
         try lab.waitFor("the control socket") { FileManager.default.fileExists(atPath: control) }
         try traffic.send(5..<6)
@@ -208,18 +198,7 @@ final class RestartTests: XCTestCase {
             (otherQueue.fileDescriptor, "is not the socket bound to queue 0"),
         ] {
             let log = lab.directory.appendingPathComponent("refused-\(fd).log").path
-            let pid = try Spawn.run(
-                "/usr/bin/env",
-                [
-                    "ip", "netns", "exec", lab.namespace("p1"), "/bin/sh", "-c",
-                    "LISTEN_PID=$$ exec \"$0\" \"$@\" 2>\(log)",
-                    Lab.binaries.appendingPathComponent("second-chance").path, "run", "--queue", "0",
-                    "--self", Lab.p1.description, "--control", lab.controlPath("refused"),
-                ] + Lab.labPeers,
-                environment: ProcessInfo.processInfo.environment.merging([
-                    "LISTEN_FDS": "1", "LISTEN_FDNAMES": "nfqueue-0",
-                ]) { $1 },
-                placing: [(fd, 3)])
+            let pid = try startPassing(fd, control: lab.controlPath("refused"), log: log)
             // A daemon that took the socket would serve on: the wait is bounded, and the test then fails.
             var status: Int32 = 0
             defer { if waitpid(pid, &status, WNOHANG) == 0 { kill(pid, SIGKILL); _ = Spawn.wait(pid) } }
@@ -229,5 +208,23 @@ final class RestartTests: XCTestCase {
             XCTAssertTrue(output.contains(reason), output)
         }
         withExtendedLifetime(otherQueue) {}
+    }
+
+    /// second-chance for queue 0 in P1, handed `fd` as systemd hands a stored socket: fd 3, named
+    /// `nfqueue-0`; its stderr goes to `log`.
+    func startPassing(_ fd: Int32, control: String, log: String) throws -> pid_t {
+        try Spawn.run(
+            "/usr/bin/env",
+            [
+                "ip", "netns", "exec", lab.namespace("p1"), "/bin/sh", "-c",
+                "LISTEN_PID=$$ exec \"$0\" \"$@\" 2>\(log)",
+                Lab.binaries.appendingPathComponent("second-chance").path, "run", "--queue", "0",
+                "--self", Lab.p1.description, "--control", control,
+            ] + Lab.labPeers,
+            environment: ProcessInfo.processInfo.environment.merging(["LISTEN_FDS": "1", "LISTEN_FDNAMES": "nfqueue-0"])
+            {
+                $1
+            },
+            placing: [(fd, 3)])
     }
 }

@@ -21,6 +21,18 @@ final class SynCookieTests: XCTestCase {
     /// Linux's SYN options: MSS 1460, SACK-permitted, timestamp, NOP, window scale 7.
     static let linuxOptions: [UInt8] = [2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0x30, 0x39, 0, 0, 0, 0, 1, 3, 3, 7]
 
+    /// The SYN's TCP segment, as the decision classifies it.
+    func segment(of packet: [UInt8], ipv6: Bool) -> TCPSegment? {
+        packet.withUnsafeBytes { bytes -> TCPSegment? in
+            guard
+                case .success(.tcp(let segment)) = ipv6
+                    ? InnerPacket.classifyIPv6(bytes, start: 0, end: bytes.count)
+                    : InnerPacket.classifyIPv4(bytes, start: 0, end: bytes.count)
+            else { return nil }
+            return segment
+        }
+    }
+
     func parsed(_ packet: [UInt8], ipv6: Bool = false) -> SynOptions? {
         packet.withUnsafeBytes { SynOptions.parse($0, tcpOffset: ipv6 ? 40 : 20, end: $0.count) }
     }
@@ -144,15 +156,7 @@ final class SynCookieTests: XCTestCase {
             let packet = syn(options: Self.linuxOptions, ipv6: ipv6)
             let ipLength = ipv6 ? 40 : 20
             var output = [UInt8](repeating: 0xff, count: 128)
-            let segment = try XCTUnwrap(
-                packet.withUnsafeBytes { bytes -> TCPSegment? in
-                    guard
-                        case .success(.tcp(let segment)) = ipv6
-                            ? InnerPacket.classifyIPv6(bytes, start: 0, end: bytes.count)
-                            : InnerPacket.classifyIPv4(bytes, start: 0, end: bytes.count)
-                    else { return nil }
-                    return segment
-                })
+            let segment = try XCTUnwrap(segment(of: packet, ipv6: ipv6))
             let length = packet.withUnsafeBytes { input in
                 output.withUnsafeMutableBytes {
                     SynCookieReply.generatorInput(input, segment, options: SynOptions(mss: 1460), into: $0)
@@ -196,15 +200,7 @@ final class SynCookieTests: XCTestCase {
         var settings = TCPHostSettings()
         for ipv6 in [false, true] {
             let packet = syn(options: Self.linuxOptions, ipv6: ipv6)
-            let segment = try XCTUnwrap(
-                packet.withUnsafeBytes { bytes -> TCPSegment? in
-                    guard
-                        case .success(.tcp(let segment)) = ipv6
-                            ? InnerPacket.classifyIPv6(bytes, start: 0, end: bytes.count)
-                            : InnerPacket.classifyIPv4(bytes, start: 0, end: bytes.count)
-                    else { return nil }
-                    return segment
-                })
+            let segment = try XCTUnwrap(segment(of: packet, ipv6: ipv6))
             for (timestamps, sack, scaling) in [
                 (1, true, true), (2, true, true), (2, false, true), (2, true, false), (2, false, false),
             ] {
