@@ -11,9 +11,10 @@ command -v valgrind >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-g
 out=.build-bench
 mkdir -p "$out"
 . scripts/swift-modules.sh
-swift_modules "$out/modules" -O NetTypes SecondChanceCore
+# As SwiftPM's release build compiles them: one module at a time, whole-module, default CMO.
+swift_modules "$out/modules" "-O -enable-default-cmo" NetTypes SecondChanceCore
 # The lab's packet builder makes the packets; it is compiled in, since the rest of LabKit is not pure.
-swiftc -O -parse-as-library -module-name DecisionPath -I "$out/modules" Sources/LabKit/PacketBuilder.swift Tests/Bench/DecisionPath.swift \
+swiftc -O -enable-default-cmo -parse-as-library -module-name DecisionPath -I "$out/modules" Sources/LabKit/PacketBuilder.swift Tests/Bench/DecisionPath.swift \
     "$out/modules/NetTypes.o" "$out/modules/SecondChanceCore.o" -o "$out/DecisionPath" 2> >(grep -v "ld.gold: warning" >&2)
 instructions() {  # instructions STREAM COUNT: total instructions of one run
     valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out" "$out/DecisionPath" "$1" "$2" >/dev/null 2>&1

@@ -4,6 +4,7 @@
 # (b) second-chance's responder answers them once the SYN queue overflows. Same flood, same run.
 # Prints legitimate-connection success and CPU per SYN (second-chance's own, and the namespace-
 # independent total from /proc/stat, which includes softirq work). Bounded in count and time.
+# PREVIOUS=/path/to/an/earlier/second-chance adds (c): that build's responder, same flood.
 #   scripts/bench-synflood.sh [SECONDS] [SYNS_PER_SECOND]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,9 +28,11 @@ tcpext() { ip netns exec "$P" awk -v name="$1" '/^TcpExt:/ { if (!n) { for (i = 
 ticks=$(getconf CLK_TCK)
 
 printf '%-24s %8s %10s %12s %14s %14s %12s\n' mode syns syns/s legit_ok legit_failed cpu_us/syn sc_cpu_us/syn
-for mode in off auto; do
+for mode in off auto ${PREVIOUS:+previous}; do
     rm -f "$work/sc.sock"
-    ip netns exec "$P" "$bin/second-chance" run --queue 0 --self 198.18.0.11 "${lab_peers[@]}" --allow-source 198.18.0.1 --control "$work/sc.sock" --syn-cookies "$mode" 2>"$work/sc.$mode.log" & sc=$!
+    program=$bin/second-chance cookies=$mode
+    [ "$mode" = previous ] && program=$PREVIOUS cookies=auto
+    ip netns exec "$P" "$program" run --queue 0 --self 198.18.0.11 "${lab_peers[@]}" --allow-source 198.18.0.1 --control "$work/sc.sock" --syn-cookies "$cookies" 2>"$work/sc.$mode.log" & sc=$!
     for _ in $(seq 100); do [ -S "$work/sc.sock" ] && break; sleep 0.05; done
     ip netns exec "$prefix-c" "$bin/glb-lab" clients --target "$VIP:8080" --connections 0 --new-per-second 20 --seconds "$seconds" \
         --interval-ms 10 > "$work/clients.$mode" 2>&1 & clients=$!
@@ -47,7 +50,7 @@ for mode in off auto; do
     failed=$(sed -n 's/.*new_failed=\([0-9]*\).*/\1/p' "$work/clients.$mode")
     per_syn=$(awk -v d=$((total1 - total0)) -v n="$sent" -v t="$ticks" 'BEGIN { printf "%.2f", d / t * 1e6 / n }')
     sc_per_syn=$(awk -v d=$((process1 - process0)) -v n="$sent" -v t="$ticks" 'BEGIN { printf "%.2f", d / t * 1e6 / n }')
-    label=$([ "$mode" = off ] && echo "(a) kernel cookies" || echo "(b) second-chance")
+    case $mode in off) label="(a) kernel cookies" ;; auto) label="(b) second-chance" ;; *) label="(c) previous build" ;; esac
     printf '%-24s %8s %10s %12s %14s %14s %12s\n' "$label" "$sent" "$sent_rate" "$ok" "$failed" "$per_syn" "$sc_per_syn"
     grep -E "^(cookies_sent|accepted_syn|accepted_syn_cookie):" "$work/stats.$mode" | tr '\n' ' ' | sed 's/^/    counters: /'
     echo "kernel SyncookiesSent +$kernel_sent SyncookiesRecv +$kernel_recv"

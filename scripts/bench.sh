@@ -57,10 +57,9 @@ run_baseline() {
 }
 
 # One second-chance run of a stream: prints its packets/s; its counters go to $work/stats.STREAM.
-# A second argument names another build to run instead (the previous one: no peer flags).
+# A second argument names another build to run instead (the previous one, with the same flags).
 run_second_chance() {
-    local stream=$1 program=${2:-$bin/second-chance} extra=()
-    if [ -z "${2:-}" ]; then extra=("${lab_peers[@]}" --allow-source 198.18.0.1); fi
+    local stream=$1 program=${2:-$bin/second-chance} extra=("${lab_peers[@]}" --allow-source 198.18.0.1)
     if [ "$stream" = forward-kernel ]; then
         ip netns exec "$P" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.eth0.accept_local=1 net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.eth0.send_redirects=0
         extra+=(--forward kernel)

@@ -2,7 +2,7 @@
 public struct IPv4Address: Hashable, Sendable, Comparable, CustomStringConvertible {
     public var value: UInt32
 
-    public init(_ value: UInt32) { self.value = value }
+    @inlinable public init(_ value: UInt32) { self.value = value }
 
     /// Dotted-quad text as inet_pton(3) reads it: four decimal octets, no leading zeros (which
     /// other parsers read as octal).
@@ -28,7 +28,7 @@ public struct IPv4Address: Hashable, Sendable, Comparable, CustomStringConvertib
 
     public var description: String { octets.map(String.init).joined(separator: ".") }
 
-    public static func < (a: IPv4Address, b: IPv4Address) -> Bool { a.value < b.value }
+    @inlinable public static func < (a: IPv4Address, b: IPv4Address) -> Bool { a.value < b.value }
 }
 
 /// An IPv6 address as two host-order halves.
@@ -36,7 +36,14 @@ public struct IPv6Address: Hashable, Sendable, CustomStringConvertible {
     public var high: UInt64
     public var low: UInt64
 
-    public init(high: UInt64, low: UInt64) {
+    @inlinable public static func == (a: IPv6Address, b: IPv6Address) -> Bool { a.high == b.high && a.low == b.low }
+
+    @inlinable public func hash(into hasher: inout Hasher) {
+        hasher.combine(high)
+        hasher.combine(low)
+    }
+
+    @inlinable public init(high: UInt64, low: UInt64) {
         self.high = high
         self.low = low
     }

@@ -1,7 +1,7 @@
 /// The Internet checksum (RFC 1071) and its incremental update (RFC 1624).
 public enum InternetChecksum {
     /// The unfolded one's-complement sum of `bytes`, added to `initial`.
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func partialSum(_ bytes: UnsafeRawBufferPointer, initial: UInt64 = 0) -> UInt64 {
         var sum = initial
         var index = 0
@@ -14,7 +14,7 @@ public enum InternetChecksum {
         return sum
     }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func fold(_ sum: UInt64) -> UInt16 {
         var s = sum
         while s >> 16 != 0 { s = (s & 0xffff) &+ (s >> 16) }
@@ -22,28 +22,28 @@ public enum InternetChecksum {
     }
 
     /// The checksum field value for data whose sum (checksum field zeroed) is `sum`.
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func finish(_ sum: UInt64) -> UInt16 { ~fold(sum) }
 
-    public static func checksum(_ bytes: [UInt8], initial: UInt64 = 0) -> UInt16 {
+    @inlinable public static func checksum(_ bytes: [UInt8], initial: UInt64 = 0) -> UInt16 {
         bytes.withUnsafeBytes { finish(partialSum($0, initial: initial)) }
     }
 
     /// RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m') for one 16-bit word changing from `old` to `new`.
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func update(_ check: UInt16, old: UInt16, new: UInt16) -> UInt16 {
         let sum = UInt64(~check) &+ UInt64(~old) &+ UInt64(new)
         return ~fold(sum)
     }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func update(_ check: UInt16, old: UInt32, new: UInt32) -> UInt16 {
         let once = update(check, old: UInt16(truncatingIfNeeded: old >> 16), new: UInt16(truncatingIfNeeded: new >> 16))
         return update(once, old: UInt16(truncatingIfNeeded: old), new: UInt16(truncatingIfNeeded: new))
     }
 
     /// Sum of the IPv4 pseudo-header for a transport segment.
-    public static func pseudoHeaderSum(
+    @inlinable public static func pseudoHeaderSum(
         source: IPv4Address, destination: IPv4Address, protocol proto: UInt8, length: Int
     ) -> UInt64 {
         UInt64(source.value >> 16) + UInt64(source.value & 0xffff)
@@ -52,7 +52,9 @@ public enum InternetChecksum {
     }
 
     /// Sum of the IPv6 pseudo-header for a transport segment.
-    public static func pseudoHeaderSum(source: IPv6Address, destination: IPv6Address, nextHeader: UInt8, length: Int)
+    @inlinable public static func pseudoHeaderSum(
+        source: IPv6Address, destination: IPv6Address, nextHeader: UInt8, length: Int
+    )
         -> UInt64
     {
         var sum: UInt64 = 0

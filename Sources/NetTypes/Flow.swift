@@ -7,7 +7,7 @@ public struct FlowKey: Hashable, Sendable, CustomStringConvertible {
     public var sourcePort: UInt16
     public var destinationPort: UInt16
 
-    public init(source: IPv4Address, sourcePort: UInt16, destination: IPv4Address, destinationPort: UInt16) {
+    @inlinable public init(source: IPv4Address, sourcePort: UInt16, destination: IPv4Address, destinationPort: UInt16) {
         isIPv6 = false
         self.source = IPv6Address(high: 0, low: UInt64(source.value))
         self.destination = IPv6Address(high: 0, low: UInt64(destination.value))
@@ -15,12 +15,27 @@ public struct FlowKey: Hashable, Sendable, CustomStringConvertible {
         self.destinationPort = destinationPort
     }
 
-    public init(source: IPv6Address, sourcePort: UInt16, destination: IPv6Address, destinationPort: UInt16) {
+    @inlinable public init(source: IPv6Address, sourcePort: UInt16, destination: IPv6Address, destinationPort: UInt16) {
         isIPv6 = true
         self.source = source
         self.destination = destination
         self.sourcePort = sourcePort
         self.destinationPort = destinationPort
+    }
+
+    // Written out (as the compiler would) so that other modules inline them: the flow cache and
+    // the flow epochs hash a key per packet.
+    @inlinable public static func == (a: FlowKey, b: FlowKey) -> Bool {
+        a.source == b.source && a.destination == b.destination && a.sourcePort == b.sourcePort
+            && a.destinationPort == b.destinationPort && a.isIPv6 == b.isIPv6
+    }
+
+    @inlinable public func hash(into hasher: inout Hasher) {
+        hasher.combine(isIPv6)
+        hasher.combine(source)
+        hasher.combine(destination)
+        hasher.combine(sourcePort)
+        hasher.combine(destinationPort)
     }
 
     public var sourceAddress: IPAddress {
@@ -40,7 +55,7 @@ public struct FlowKey: Hashable, Sendable, CustomStringConvertible {
 
 public struct TCPFlags: OptionSet, Sendable {
     public let rawValue: UInt8
-    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    @inlinable public init(rawValue: UInt8) { self.rawValue = rawValue }
     public static let fin = TCPFlags(rawValue: 0x01)
     public static let syn = TCPFlags(rawValue: 0x02)
     public static let rst = TCPFlags(rawValue: 0x04)

@@ -28,7 +28,7 @@ public struct IPv4Prefix: Hashable, Sendable, CustomStringConvertible {
 
     public var mask: UInt32 { Self.mask(length) }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     public func contains(_ address: IPv4Address) -> Bool { address.value & mask == network.value }
 
     public var description: String { "\(network)/\(length)" }
@@ -40,14 +40,14 @@ public struct IPv4Prefix: Hashable, Sendable, CustomStringConvertible {
 public struct IPv4PrefixSet: Sendable, Equatable {
     public let prefixes: [IPv4Prefix]
     /// (network, mask) pairs for the per-packet match.
-    private let entries: [(UInt32, UInt32)]
+    @usableFromInline let entries: [(UInt32, UInt32)]
 
     public init(_ prefixes: [IPv4Prefix]) {
         self.prefixes = prefixes
         entries = prefixes.map { ($0.network.value, $0.mask) }
     }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     public func contains(_ address: IPv4Address) -> Bool {
         for (network, mask) in entries where address.value & mask == network { return true }
         return false

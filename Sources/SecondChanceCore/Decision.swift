@@ -51,6 +51,12 @@ public struct Decision: Equatable, Sendable {
     /// Present whenever the outer packet parsed; forwarding and decapsulation use its offsets.
     public var gue: GUEPacket?
     public var inner: InnerPacket?
+
+    @usableFromInline init(verdict: Verdict, gue: GUEPacket? = nil, inner: InnerPacket? = nil) {
+        self.verdict = verdict
+        self.gue = gue
+        self.inner = inner
+    }
 }
 
 /// The glb-redirect decision, step by step (see README, "Decision order"), inside the trust
@@ -118,6 +124,9 @@ public struct Decider: Sendable {
         }
     }
 
+    // The decision is generic over the socket table: inlinable, so that the worker's and the
+    // tests' owners are specialized into it instead of being called through a witness table.
+    @inlinable
     public func decide<Ownership: FlowOwnership>(_ packet: UnsafeRawBufferPointer, ownership: inout Ownership)
         -> Decision
     {
@@ -127,6 +136,7 @@ public struct Decider: Sendable {
         }
     }
 
+    @inlinable
     public func decide<Ownership: FlowOwnership>(
         _ packet: UnsafeRawBufferPointer, _ parsed: ParsedPacket, ownership: inout Ownership
     ) -> Decision {
@@ -135,6 +145,7 @@ public struct Decider: Sendable {
 
     /// The glb-redirect verdict, then the boundary: whatever is taken here must be for this host
     /// and from a plausible source, whatever is forwarded must go to an allowed proxy.
+    @inlinable
     func verdict<Ownership: FlowOwnership>(
         _ packet: UnsafeRawBufferPointer, _ gue: GUEPacket, _ inner: InnerPacket, _ ownership: inout Ownership
     ) -> Verdict {
@@ -164,6 +175,7 @@ public struct Decider: Sendable {
         }
     }
 
+    @inlinable
     func ownerVerdict<Ownership: FlowOwnership>(
         _ packet: UnsafeRawBufferPointer, _ gue: GUEPacket, _ inner: InnerPacket, _ ownership: inout Ownership
     ) -> Verdict {
