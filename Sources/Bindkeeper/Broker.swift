@@ -145,7 +145,9 @@ public final class Broker: @unchecked Sendable {
     public func run() {
         if let metricsServer {
             let stop = shutdown
-            _ = try? WorkerThread { metricsServer.serve(stop: stop) }
+            do { _ = try WorkerThread { metricsServer.serve(stop: stop) } } catch {
+                logger.error("metrics: no thread to serve them: \(error)")
+            }
         }
         var fds: [pollfd] = []
         while true {

@@ -164,10 +164,10 @@ public enum OwnedSocket {
         return getsockopt(fd, SOL_SOCKET, SO_COOKIE, &cookie, &length) == 0 ? cookie : nil
     }
 
-    /// net.core.somaxconn of the caller's network namespace.
+    /// net.core.somaxconn of the caller's network namespace (the kernel's default when unreadable).
     public static func somaxconn() -> Int32 {
-        let text = (try? String(contentsOfFile: "/proc/sys/net/core/somaxconn", encoding: .utf8)) ?? ""
-        return Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 4096
+        let value = ProcFile.read("/proc/sys/net/core/somaxconn").flatMap { ProcFile.sysctlNumbers($0).first }
+        return value.map { Int32(clamping: $0) } ?? 4096
     }
 }
 
