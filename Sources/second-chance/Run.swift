@@ -345,7 +345,11 @@ struct Run: ParsableCommand {
         let server = try StatsServer(
             metrics: metrics, controlPath: controlPath, inherited: serverInherited,
             render: render, command: command)
-        let serverThread = try WorkerThread { server.serve(stop: stop) }
+        // The stats and control server stops before an exec(2) and starts again if it fails: a
+        // connection it accepted would be closed unanswered by the exec, while one left in the
+        // listening socket's backlog is answered by the next image.
+        let serverStop = try EventFD()
+        var serverThread = try WorkerThread { server.serve(stop: serverStop) }
         let monitorThread = try monitor.map { monitor in try WorkerThread { monitor.run(stop: stop) } }
         let watcherThread = try WorkerThread { watcher.run(stop: stop) }
 
@@ -409,6 +413,8 @@ struct Run: ParsableCommand {
             queueStop.signal()
             threads.forEach { $0.join() }
             if failures.withLock({ !$0.isEmpty }) { break }
+            serverStop.signal()
+            serverThread.join()
             try? notifier?.send("RELOADING=1\nMONOTONIC_USEC=\(MonotonicClock.nanoseconds() / 1000)")
             logger.info(
                 """
@@ -421,6 +427,8 @@ struct Run: ParsableCommand {
                 extraEnvironment: [Self.reexecsVariable: String(reexecs + 1)])
             logger.info("re-exec of \(executable) failed: \(String(cString: strerror(failure))); still serving")
             queueStop.consume()
+            serverStop.consume()
+            serverThread = try WorkerThread { server.serve(stop: serverStop) }
             handingOver.store(false, ordering: .relaxed)
             threads = try startQueueThreads()
             try? notifier?.send("READY=1")
@@ -428,6 +436,7 @@ struct Run: ParsableCommand {
         queueStop.signal()
         threads.forEach { $0.join() }
         stop.signal()
+        serverStop.signal()
         serverThread.join()
         monitorThread?.join()
         watcherThread.join()

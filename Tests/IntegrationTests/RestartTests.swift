@@ -42,11 +42,36 @@ final class RestartTests: XCTestCase {
             }
             done.signal()
         }
+        // A stats client asking all the while is answered every time: one the old image accepted is
+        // answered before the exec, one that arrives during it waits for the new image.
+        let controlPath = lab.controlPath("p1")
+        let asking = Atomic<Bool>(true)
+        let unanswered = Mutex<[String]>([])
+        let answered = Atomic<Int>(0)
+        let asked = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            while asking.load(ordering: .relaxed) {
+                do {
+                    if try readControlSocket(controlPath).contains("total_packets: ") {
+                        answered.add(1, ordering: .relaxed)
+                    } else {
+                        unanswered.withLock { $0.append("an empty answer") }
+                    }
+                } catch {
+                    unanswered.withLock { $0.append("\(error)") }
+                }
+            }
+            asked.signal()
+        }
         for round in 1...3 {
             try lab.waitFor("traffic before re-exec \(round)") { try lab.stats("p1").value("total_packets") >= 200 }
             kill(process.processIdentifier, SIGUSR1)
             try lab.waitFor("re-exec \(round)", seconds: 10) { try lab.stats("p1").value("reexecs") == UInt64(round) }
         }
+        asking.store(false, ordering: .relaxed)
+        XCTAssertEqual(asked.wait(timeout: .now() + 20), .success, "the stats client finished")
+        XCTAssertEqual(unanswered.withLock { $0 }, [], "stats asked during re-execs")
+        XCTAssertGreaterThan(answered.load(ordering: .relaxed), 10)
         XCTAssertEqual(done.wait(timeout: .now() + 30), .success, "the sender finished")
         XCTAssertNil(failure.withLock { $0 })
         traffic.assertAllReceived(traffic.received(service), 0..<4000, "datagrams sent across three re-execs")
