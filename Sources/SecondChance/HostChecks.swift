@@ -10,6 +10,10 @@ public struct HostCheck: Sendable {
     public var finding: String
     public var fix: String?
 
+    public init(level: Level, subject: String, finding: String, fix: String? = nil) {
+        (self.level, self.subject, self.finding, self.fix) = (level, subject, finding, fix)
+    }
+
     public var line: String {
         "[\(level.rawValue)] \(subject): \(finding)" + (fix.map { "\n        fix: \($0)" } ?? "")
     }
@@ -203,6 +207,62 @@ public enum HostChecks {
                     fix: "sysctl -w net.ipv4.conf.all.send_redirects=0 and the same for the GUE interface"))
         }
         return checks
+    }
+
+    /// `--forward auto`: kernel forwarding where this host lets the kernel forward rewritten GUE
+    /// without loss, the raw socket otherwise. Kernel forwarding needs ip_forward and accept_local
+    /// on, no strict rp_filter, and a forward path that filters nothing (no rule and no drop policy
+    /// on the forward hook, in nft's ruleset and in iptables' FORWARD chain); rules that cannot be
+    /// read count as filtering. Returns the mode and why.
+    public static func automaticForwarding() -> (mode: ForwardingMode, reason: String) {
+        let problems = kernelForwarding().filter { $0.level == .fail || $0.level == .warn }
+        guard problems.isEmpty else {
+            return (.raw, "kernel forwarding would need: " + problems.map(\.finding).joined(separator: "; "))
+        }
+        let nft = commandOutput("nft list ruleset")
+        let iptables = commandOutput("iptables-save")
+        guard nft != nil || iptables != nil else { return (.raw, "the firewall's forward rules cannot be read") }
+        if let nft, !forwardHookAccepts(nftRuleset: nft) {
+            return (.raw, "a chain on the forward hook filters or drops (nft list ruleset)")
+        }
+        if let iptables, !forwardChainAccepts(iptablesSave: iptables) {
+            return (.raw, "the FORWARD chain filters or drops (iptables-save)")
+        }
+        return (.kernel, "ip_forward and accept_local are on and nothing filters forwarded packets")
+    }
+
+    /// Whether no nft chain on the forward hook can stop a packet: every such chain has policy
+    /// accept and holds no rule.
+    public static func forwardHookAccepts(nftRuleset rules: String) -> Bool {
+        var inChain = false, onForwardHook = false, filters = false
+        for raw in rules.split(separator: "\n") {
+            let line = raw.trimmingPrefix(while: \.isWhitespace)
+            if line.hasPrefix("chain ") && line.hasSuffix("{") {
+                (inChain, onForwardHook, filters) = (true, false, false)
+            } else if inChain && line == "}" {
+                if onForwardHook && filters { return false }
+                inChain = false
+            } else if inChain && line.hasPrefix("type ") {
+                if line.contains("hook forward") { onForwardHook = true }
+                if !line.contains("policy accept") && line.contains("policy") { filters = true }
+            } else if inChain && !line.isEmpty && !line.hasPrefix("#") && !line.hasPrefix("comment ") {
+                filters = true
+            }
+        }
+        return true
+    }
+
+    /// Whether iptables' FORWARD chain (filter table) lets every packet through: policy ACCEPT and
+    /// no rule.
+    public static func forwardChainAccepts(iptablesSave rules: String) -> Bool {
+        var table = ""
+        for line in rules.split(separator: "\n") {
+            if line.hasPrefix("*") { table = String(line.dropFirst()) }
+            guard table == "filter" else { continue }
+            if line.hasPrefix(":FORWARD ") && !line.hasPrefix(":FORWARD ACCEPT") { return false }
+            if line.hasPrefix("-A FORWARD ") { return false }
+        }
+        return true
     }
 
     /// `allowedSources`: the daemon's --allow-source prefixes, when the caller knows them.

@@ -12,7 +12,8 @@ struct Doctor: ParsableCommand {
     @Option(name: .customLong("queue")) var queues: [UInt16] = [0]
     @Option var guePort: UInt16 = GUEPacket.port
     @Option var netns: String?
-    @Option(help: "The forwarding mode to check the host for: raw or kernel.") var forward: ForwardingMode = .raw
+    @Option(help: "The forwarding mode to check the host for: auto (what the daemon would pick), raw or kernel.")
+    var forward: ForwardingChoice = .auto
     @Option(
         name: .customLong("allow-source"),
         help: ArgumentHelp("The daemon's --allow-source, to check it too.", valueName: "CIDR"),
@@ -20,9 +21,19 @@ struct Doctor: ParsableCommand {
     var allowSourceLists: [[IPv4Prefix]] = []
 
     func run() throws {
-        let checks = HostChecks.run(
-            port: guePort, queues: queues, namespace: netns, forwarding: forward,
-            allowedSources: allowSourceLists.isEmpty ? nil : allowSourceLists.flatMap { $0 })
+        var mode: ForwardingMode = forward == .kernel ? .kernel : .raw
+        var choice: HostCheck?
+        if forward == .auto {
+            let (automatic, reason) = HostChecks.automaticForwarding()
+            mode = automatic
+            choice = HostCheck(
+                level: .info, subject: "forwarding", finding: "--forward auto picks \(automatic.rawValue): \(reason)")
+        }
+        let checks =
+            HostChecks.run(
+                port: guePort, queues: queues, namespace: netns, forwarding: mode,
+                allowedSources: allowSourceLists.isEmpty ? nil : allowSourceLists.flatMap { $0 })
+            + (choice.map { [$0] } ?? [])
         for check in checks { print(check.line) }
         if checks.contains(where: { $0.level == .fail }) { throw ExitCode(1) }
     }

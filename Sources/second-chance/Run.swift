@@ -92,11 +92,12 @@ struct Run: ParsableCommand {
     @Option(
         help:
             """
-            How forwarded packets leave: raw (a raw socket; needs nothing of the host) or kernel (the kernel forwards \
-            the rewritten packet: faster; needs ip_forward=1 and accept_local=1, see doctor --forward kernel).
+            How forwarded packets leave: auto (kernel where the host allows it, else raw), raw (a raw socket; \
+            needs nothing of the host) or kernel (the kernel forwards the rewritten packet: faster; needs \
+            ip_forward=1, accept_local=1 and a forward path that lets it pass, see doctor --forward kernel).
             """
     )
-    var forward: ForwardingMode = .raw
+    var forward: ForwardingChoice = .auto
 
     @Option(help: "Verdicts sent to the kernel per batch at most.")
     var batch: Int = 64
@@ -231,8 +232,16 @@ struct Run: ParsableCommand {
                 logger.warning("warning: SYN-cookie ACKs will not be recognised: \(error)")
             }
         }
-        let forwarding = forward
-        if forwarding == .kernel {
+        let forwarding: ForwardingMode
+        switch forward {
+        case .raw: forwarding = .raw
+        case .kernel: forwarding = .kernel
+        case .auto:
+            let (mode, reason) = HostChecks.automaticForwarding()
+            forwarding = mode
+            logger.info("forwarding: \(mode.rawValue) (\(reason))")
+        }
+        if forward == .kernel {
             let problems = HostChecks.kernelForwarding().filter { $0.level == .fail }
             guard problems.isEmpty else {
                 throw CommandFailure("--forward kernel: " + problems.map(\.line).joined(separator: "\n"))

@@ -44,5 +44,8 @@ enum DecapsulationChoice: String, CaseIterable, ExpressibleByArgument {
     case auto, userspace, kernel
 }
 
-extension ForwardingMode: ExpressibleByArgument {}
+/// --forward: a mode, or `auto` to take the kernel's forwarding where the host allows it.
+enum ForwardingChoice: String, CaseIterable, ExpressibleByArgument {
+    case auto, raw, kernel
+}
 extension ResponderMode: ExpressibleByArgument {}

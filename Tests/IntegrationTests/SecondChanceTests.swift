@@ -67,6 +67,37 @@ final class SecondChanceTests: XCTestCase {
         try checkForwardingAlongTheHops()
     }
 
+    /// By default (`--forward auto`) the kernel forwards where the host lets it (ip_forward,
+    /// accept_local, nothing filtering the forward path), and the raw socket does where it does not:
+    /// here a FORWARD chain that drops. Either way the packets reach their hop intact.
+    func testForwardAutoTakesTheKernelWhereTheHostAllowsItAndTheRawSocketWhereNot() throws {
+        func started(_ host: String) throws -> String {
+            let process = try XCTUnwrap(lab.processes.last { $0.name == "\(host) second-chance" }?.process)
+            return lab.log(of: process)
+        }
+        for (host, address) in [("p1", Lab.p1), ("p2", Lab.p2)] {
+            try Lab.shell(
+                """
+                ip netns exec \(lab.namespace(host)) sysctl -qw net.ipv4.ip_forward=1 \
+                net.ipv4.conf.eth0.accept_local=1 net.ipv4.conf.all.send_redirects=0 \
+                net.ipv4.conf.eth0.send_redirects=0
+                """
+            )
+            try lab.restartSecondChance(host, address, extra: [])
+            let log = try started(host)
+            XCTAssertTrue(log.contains("forwarding: kernel (ip_forward and accept_local are on"), log)
+        }
+        try checkForwardingAlongTheHops()
+        try Lab.shell("ip netns exec \(lab.namespace("p1")) iptables -P FORWARD DROP")
+        try lab.restartSecondChance("p1", Lab.p1, extra: [])
+        try lab.restartSecondChance("p2", Lab.p2, extra: [])  // its counters start again too
+        XCTAssertTrue(try started("p2").contains("forwarding: kernel ("))
+        let log = try started("p1")
+        XCTAssertTrue(log.contains("forwarding: raw ("), log)
+        XCTAssertTrue(log.contains("FORWARD chain") || log.contains("forward hook"), "the reason is named: \(log)")
+        try checkForwardingAlongTheHops()
+    }
+
     func checkForwardingAlongTheHops() throws {
         // The client plays the last hop: it listens on the GUE port and also captures raw UDP to see checksums.
         let (receiver, capture) = try lab.inside("c") {

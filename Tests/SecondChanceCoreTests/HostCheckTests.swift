@@ -121,4 +121,51 @@ final class NetlinkDumpTests: XCTestCase {
         let listener = try XCTUnwrap(try SockDiag().dumpListeners().first { $0.key == key })
         XCTAssertEqual(listener.backlog, 7)
     }
+
+    /// `--forward auto` takes the kernel's forwarding only where nothing on the forward path can
+    /// stop a packet: any rule or a drop policy, in nft or iptables, keeps the raw socket.
+    func testForwardPathsThatFilterAreSeen() {
+        XCTAssertTrue(HostChecks.forwardHookAccepts(nftRuleset: ""))
+        XCTAssertTrue(
+            HostChecks.forwardHookAccepts(
+                nftRuleset: """
+                    table ip filter {
+                    \tchain FORWARD {
+                    \t\ttype filter hook forward priority filter; policy accept;
+                    \t}
+                    \tchain INPUT {
+                    \t\ttype filter hook input priority filter; policy drop;
+                    \t\tct state established accept
+                    \t}
+                    }
+                    """))
+        XCTAssertFalse(
+            HostChecks.forwardHookAccepts(
+                nftRuleset: """
+                    table ip filter {
+                    \tchain FORWARD {
+                    \t\ttype filter hook forward priority filter; policy drop;
+                    \t}
+                    }
+                    """), "a drop policy")
+        XCTAssertFalse(
+            HostChecks.forwardHookAccepts(
+                nftRuleset: """
+                    table inet fw {
+                    \tchain fwd {
+                    \t\ttype filter hook forward priority 0; policy accept;
+                    \t\tip saddr 198.18.0.0/15 drop
+                    \t}
+                    }
+                    """), "a rule")
+        XCTAssertTrue(
+            HostChecks.forwardChainAccepts(iptablesSave: "*filter\n:INPUT DROP [0:0]\n:FORWARD ACCEPT [0:0]\nCOMMIT\n"))
+        XCTAssertTrue(
+            HostChecks.forwardChainAccepts(iptablesSave: "*raw\n:PREROUTING ACCEPT [0:0]\n-A FORWARD -j DROP\nCOMMIT\n")
+        )
+        XCTAssertFalse(HostChecks.forwardChainAccepts(iptablesSave: "*filter\n:FORWARD DROP [0:0]\nCOMMIT\n"))
+        XCTAssertFalse(
+            HostChecks.forwardChainAccepts(
+                iptablesSave: "*filter\n:FORWARD ACCEPT [0:0]\n-A FORWARD -s 198.18.0.0/15 -j REJECT\n"))
+    }
 }
