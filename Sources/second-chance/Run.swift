@@ -418,12 +418,18 @@ struct Run: ParsableCommand {
             }
             guard events[2].revents != 0 else { continue }
             reexecGo.consume()
+            // The server stops first, while the queues are still served: a slow control client
+            // delays the exec, not the packets.
+            serverStop.signal()
+            serverThread.join()
             handingOver.store(true, ordering: .relaxed)
             queueStop.signal()
             threads.forEach { $0.join() }
-            if failures.withLock({ !$0.isEmpty }) { break }
-            serverStop.signal()
-            serverThread.join()
+            if failures.withLock({ !$0.isEmpty }) {
+                serverStop.consume()
+                serverThread = try WorkerThread { server.serve(stop: serverStop) }  // stopped below, with the rest
+                break
+            }
             try? notifier?.send("RELOADING=1\nMONOTONIC_USEC=\(MonotonicClock.nanoseconds() / 1000)")
             logger.info(
                 """
