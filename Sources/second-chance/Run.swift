@@ -232,14 +232,30 @@ struct Run: ParsableCommand {
                 logger.warning("warning: SYN-cookie ACKs will not be recognised: \(error)")
             }
         }
+        // What an earlier process left: sockets (a re-exec of this one, or systemd's fd store after a
+        // crash), and from a re-exec its count and its forwarding choice.
+        let environment = ProgramImage.environment()
         let forwarding: ForwardingMode
         switch forward {
         case .raw: forwarding = .raw
         case .kernel: forwarding = .kernel
         case .auto:
-            let (mode, reason) = HostChecks.automaticForwarding()
-            forwarding = mode
-            logger.info("forwarding: \(mode.rawValue) (\(reason))")
+            // A re-exec keeps the choice: the firewall's rules, which can be long, are not read again
+            // while the queues wait for this image (the sysctls, quick to read, are).
+            let kept =
+                environment[Self.reexecsVariable] == nil
+                ? nil
+                : environment[Self.forwardingVariable].flatMap(ForwardingMode.init(rawValue:))
+            if let kept,
+                kept == .raw || HostChecks.kernelForwarding().allSatisfy({ $0.level != .fail && $0.level != .warn })
+            {
+                forwarding = kept
+                logger.info("forwarding: \(kept.rawValue) (as chosen before the re-exec)")
+            } else {
+                let (mode, reason) = HostChecks.automaticForwarding()
+                forwarding = mode
+                logger.info("forwarding: \(mode.rawValue) (\(reason))")
+            }
         }
         if forward == .kernel {
             let problems = HostChecks.kernelForwarding().filter { $0.level == .fail }
@@ -277,13 +293,11 @@ struct Run: ParsableCommand {
             batchSize: batch, checkCookies: !noCookieCheck, forwarding: forwarding, queueMaximumLength: queueMaxlen,
             failOpen: failOpen)
 
-        // Sockets an earlier process left: a re-exec of this one, or systemd's fd store after a crash.
-        let environment = ProgramImage.environment()
         var inherited: [String: Int32] = [:]
         for (fd, name) in ListenFDs.inherited(environment, pid: getpid()) { inherited[name] = fd }
         let inheritedNames = Set(inherited.keys)
         let reexecs = environment[Self.reexecsVariable].flatMap(UInt64.init) ?? 0
-        for name in ListenFDs.variables + [Self.reexecsVariable] { unsetenv(name) }
+        for name in ListenFDs.variables + [Self.reexecsVariable, Self.forwardingVariable] { unsetenv(name) }
         let notifier = SDNotify(environment: environment)
 
         let stop = try EventFD()
@@ -439,7 +453,9 @@ struct Run: ParsableCommand {
             )
             let failure = ProgramImage.execute(
                 executable, arguments: CommandLine.arguments, keeping: queueSockets + server.descriptors,
-                extraEnvironment: [Self.reexecsVariable: String(reexecs + 1)])
+                extraEnvironment: [
+                    Self.reexecsVariable: String(reexecs + 1), Self.forwardingVariable: forwarding.rawValue,
+                ])
             logger.info("re-exec of \(executable) failed: \(String(cString: strerror(failure))); still serving")
             queueStop.consume()
             serverStop.consume()
@@ -461,6 +477,8 @@ struct Run: ParsableCommand {
 
     /// How many times this process has re-executed itself, carried across exec(2).
     static let reexecsVariable = "SECOND_CHANCE_REEXECS"
+    /// The forwarding mode `--forward auto` chose, carried across exec(2).
+    static let forwardingVariable = "SECOND_CHANCE_FORWARDING"
 
     /// The name of queue `number`'s netlink socket in the fd store and across a re-exec.
     static func queueName(_ number: UInt16) -> String { "nfqueue-\(number)" }

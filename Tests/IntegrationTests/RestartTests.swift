@@ -80,6 +80,9 @@ final class RestartTests: XCTestCase {
         XCTAssertEqual(stats["adopted_queues"], 1)
         XCTAssertEqual(stats["queue_0_receive_errors"], 0)
         XCTAssertEqual(lab.log(of: process).components(separatedBy: "re-executing").count - 1, 3, lab.log(of: process))
+        XCTAssertEqual(
+            lab.log(of: process).components(separatedBy: "forwarding: raw (as chosen before the re-exec)").count - 1, 3,
+            "each new image keeps the forwarding choice instead of reading the firewall again")
     }
 
     /// `second-chance reexec` runs the file now installed where the daemon was started from (a new
