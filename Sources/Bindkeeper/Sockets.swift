@@ -151,10 +151,7 @@ public enum OwnedSocket {
     }
 
     static func setOption(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32, _ label: String) throws {
-        var value = value
-        guard setsockopt(fd, level, name, &value, socklen_t(MemoryLayout<Int32>.size)) == 0 else {
-            throw SystemError("setsockopt \(label)")
-        }
+        guard SocketOptions.set(fd, level, name, value) else { throw SystemError("setsockopt \(label)") }
     }
 
     /// SO_COOKIE: the kernel's identity of a socket, the same through every fd that refers to it.

@@ -1,7 +1,7 @@
 import Glibc
 
-/// Small files under /proc and /proc/sys, read whole with plain system calls (no Foundation on
-/// the daemons' paths), and the text formats they hold.
+/// Small files read whole with plain system calls (no Foundation on the daemons' paths): those of
+/// /proc and /proc/sys above all, with the text formats they hold.
 public enum ProcFile {
     /// The file's text, up to `limit` bytes; nil when it cannot be opened or read.
     public static func read(_ path: String, limit: Int = 1 << 20) -> String? {

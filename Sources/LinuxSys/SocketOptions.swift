@@ -13,10 +13,14 @@ public enum SocketOptions {
         setsockopt(fd, SOL_SOCKET, option, &timeout, socklen_t(MemoryLayout<timeval>.size))
     }
 
+    /// Sets an integer option; false when the kernel refuses it (errno says why).
+    @discardableResult
+    public static func set(_ fd: Int32, _ level: Int32, _ option: Int32, _ value: Int32) -> Bool {
+        var value = value
+        return setsockopt(fd, level, option, &value, socklen_t(MemoryLayout<Int32>.size)) == 0
+    }
+
     /// Turns a boolean option on.
     @discardableResult
-    public static func enable(_ fd: Int32, _ level: Int32, _ option: Int32) -> Bool {
-        var one: Int32 = 1
-        return setsockopt(fd, level, option, &one, socklen_t(MemoryLayout<Int32>.size)) == 0
-    }
+    public static func enable(_ fd: Int32, _ level: Int32, _ option: Int32) -> Bool { set(fd, level, option, 1) }
 }

@@ -117,12 +117,10 @@ public final class NetfilterQueue {
 
         let fd = mnl_socket_get_fd(socket)
         Descriptors.setCloseOnExec(fd, true)
-        var one: Int32 = 1
         // A full socket buffer must not turn into ENOBUFS on every read: the kernel drops (and counts) instead.
-        _ = setsockopt(fd, Int32(SOL_NETLINK), NETLINK_NO_ENOBUFS, &one, socklen_t(MemoryLayout<Int32>.size))
-        var bytes = socketBufferBytes
-        if setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, socklen_t(MemoryLayout<Int32>.size)) != 0 {
-            _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, socklen_t(MemoryLayout<Int32>.size))
+        SocketOptions.enable(fd, Int32(SOL_NETLINK), NETLINK_NO_ENOBUFS)
+        if !SocketOptions.set(fd, SOL_SOCKET, SO_RCVBUFFORCE, socketBufferBytes) {
+            SocketOptions.set(fd, SOL_SOCKET, SO_RCVBUF, socketBufferBytes)
         }
     }
 

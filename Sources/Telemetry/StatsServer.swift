@@ -138,13 +138,7 @@ public final class StatsServer: @unchecked Sendable {
                 then = reply?.afterClose
             }
         }
-        var bytes = Array(body.utf8)
-        var offset = 0
-        while offset < bytes.count {
-            let written = bytes.withUnsafeMutableBytes { write(client, $0.baseAddress! + offset, $0.count - offset) }
-            if written <= 0 { break }
-            offset += written
-        }
+        _ = SocketIO.sendAll(client, Array(body.utf8))
         return then
     }
 }
