@@ -162,6 +162,22 @@ final class Lab {
         return out
     }
 
+    /// Asserts a proxy's counters once they settle: a daemon counts a packet just after sending or
+    /// accepting it, so a test that has seen the packet may read the counter a moment early.
+    func assertStats(
+        _ host: String, _ expected: [String: UInt64], file: StaticString = #filePath, line: UInt = #line
+    ) throws {
+        let deadline = Date().addingTimeInterval(2)
+        var stats = try stats(host)
+        while Date() < deadline, expected.contains(where: { stats[$0.key] ?? 0 != $0.value }) {
+            usleep(20_000)
+            stats = try self.stats(host)
+        }
+        for (name, value) in expected.sorted(by: { $0.key < $1.key }) {
+            XCTAssertEqual(stats[name] ?? 0, value, "\(host) \(name)", file: file, line: line)
+        }
+    }
+
     /// Runs `body` on this thread inside a host's namespace; sockets made there stay there.
     func inside<T>(_ host: String, _ body: () throws -> T) throws -> T {
         try NetworkNamespace(nameOrPath: namespace(host)).run(body)

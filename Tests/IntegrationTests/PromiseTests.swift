@@ -211,7 +211,7 @@ final class PromiseTests: XCTestCase {
                 "the packet sent with TTL \(ttl) reached the last hop")
             XCTAssertEqual(Int32(arrived[8]), ttl, "TTL \(ttl) kept, whichever path forwarded it")
         }
-        XCTAssertEqual(try lab.stats("p1").value("forwarded"), 2)
+        try lab.assertStats("p1", ["forwarded": 2])
     }
 
     /// When the socket table cannot be asked, the packet is taken here: this host's flows live on,

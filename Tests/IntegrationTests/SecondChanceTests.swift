@@ -36,7 +36,7 @@ final class SecondChanceTests: XCTestCase {
         try sendGUE(lab, sourcePort: 30001, to: Lab.p1, inner: syn, hops: [Lab.p2])
         let reply = try XCTUnwrap(synAck(from: capture, port: 40001), "no SYN-ACK from the VIP reached the client")
         XCTAssertEqual(reply.ack, 1001)
-        XCTAssertEqual(try lab.stats("p1")["accepted_syn"], 1)
+        try lab.assertStats("p1", ["accepted_syn": 1])
         XCTAssertEqual(try lab.stats("p2")["total_packets"], 0)
     }
 
@@ -139,8 +139,8 @@ final class SecondChanceTests: XCTestCase {
                 raw.be16(26) == 0, zeroChecksum,
                 "a zero UDP checksum stays zero, a set one stays set (and valid: the socket got it)")
         }
-        XCTAssertEqual(try lab.stats("p1")["forwarded"], 2)
-        XCTAssertEqual(try lab.stats("p2")["forwarded"], 2)
+        try lab.assertStats("p1", ["forwarded": 2])
+        try lab.assertStats("p2", ["forwarded": 2])
     }
 
     /// A connection made through the director straight to P2, then the table changes so that its
@@ -239,7 +239,7 @@ final class SecondChanceTests: XCTestCase {
         XCTAssertNotNil(
             capture.first { $0.ipv4TCP.map { $0.0 == Lab.vip && $0.3 == 40020 && $0.4.contains(.rst) } ?? false },
             "the last-resort packet reached P1's TCP stack")
-        XCTAssertEqual(try lab.stats("p1")["accepted_last_resort"], 1)
+        try lab.assertStats("p1", ["accepted_last_resort": 1])
 
         try sendGUE(lab, sourcePort: 30021, to: Lab.p1, inner: ack(40021), hops: [Lab.p1])
         try lab.waitFor("the self hop to be counted") { try lab.stats("p1")["forwarded_to_self"] == 1 }
@@ -350,7 +350,7 @@ final class SecondChanceTests: XCTestCase {
         let reply = capture.first { $0.count >= 20 && $0.be16(0) == 80 && $0.be16(2) == 40040 && $0[13] & 0x12 == 0x12 }
         let segment = try XCTUnwrap(reply, "no IPv6 SYN-ACK from the VIP")
         XCTAssertEqual(segment.be32(8), 78)
-        XCTAssertEqual(try lab.stats("p1")["accepted_syn"], 1)
+        try lab.assertStats("p1", ["accepted_syn": 1])
     }
 
     func testValidSYNCookieACKIsTakenAndAnInvalidOneForwarded() throws {
