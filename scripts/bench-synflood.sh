@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # SYN flood against a listener with backlog 16 on P1, while a client opens new connections through
-# the director: (a) the kernel answers every SYN itself (second-chance --syn-cookies off), and
-# (b) second-chance's responder answers them once the SYN queue overflows. Same flood, same run.
+# the director: (a) the kernel answers every SYN itself (second-chance --syn-cookies off);
+# second-chance's responder answers them once the SYN queue overflows, (b) sending its SYN-ACKs
+# through a raw socket (--forward raw) or (c) as the SYN's verdict, forwarded by the kernel
+# (--forward kernel; P1 forwards: ip_forward and accept_local on). Same flood, same run.
 # Prints legitimate-connection success and CPU per SYN (second-chance's own, and the namespace-
 # independent total from /proc/stat, which includes softirq work). Bounded in count and time.
-# PREVIOUS=/path/to/an/earlier/second-chance adds (c): that build's responder, same flood.
+# PREVIOUS=/path/to/an/earlier/second-chance adds (d): that build's responder, same flood.
 #   scripts/bench-synflood.sh [SECONDS] [SYNS_PER_SECOND]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +18,8 @@ LAB_PEERS=198.18.0.1,198.18.0.2,198.18.0.11,198.18.0.12  # the client blasts GUE
 lab_begin "$prefix"
 P=$prefix-p1
 VIP=198.19.0.10
-ip netns exec "$P" sysctl -qw net.ipv4.tcp_timestamps=2
+ip netns exec "$P" sysctl -qw net.ipv4.tcp_timestamps=2 net.ipv4.ip_forward=1 net.ipv4.conf.eth0.accept_local=1 \
+    net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.eth0.send_redirects=0
 ip netns exec "$P" "$bin/glb-lab" echo --listen "$VIP:8080" --backlog 16 2>/dev/null & pids+=($!)
 echo 198.18.0.11 > "$work/table"
 ip netns exec "$prefix-d" "$bin/glb-lab" director --self 198.18.0.2 --table "$work/table" 2>/dev/null & pids+=($!)
@@ -28,11 +31,15 @@ tcpext() { ip netns exec "$P" awk -v name="$1" '/^TcpExt:/ { if (!n) { for (i = 
 ticks=$(getconf CLK_TCK)
 
 printf '%-24s %8s %10s %12s %14s %14s %12s\n' mode syns syns/s legit_ok legit_failed cpu_us/syn sc_cpu_us/syn
-for mode in off auto ${PREVIOUS:+previous}; do
+for mode in off raw kernel ${PREVIOUS:+previous}; do
     rm -f "$work/sc.sock"
-    program=$bin/second-chance cookies=$mode
-    [ "$mode" = previous ] && program=$PREVIOUS cookies=auto
-    ip netns exec "$P" "$program" run --queue 0 --self 198.18.0.11 "${lab_peers[@]}" --allow-source 198.18.0.1 --control "$work/sc.sock" --syn-cookies "$cookies" 2>"$work/sc.$mode.log" & sc=$!
+    program=$bin/second-chance
+    case $mode in
+        off) flags=(--syn-cookies off) ;;
+        raw|kernel) flags=(--syn-cookies auto --forward "$mode") ;;
+        previous) program=$PREVIOUS flags=(--syn-cookies auto) ;;
+    esac
+    ip netns exec "$P" "$program" run --queue 0 --self 198.18.0.11 "${lab_peers[@]}" --allow-source 198.18.0.1 --control "$work/sc.sock" "${flags[@]}" 2>"$work/sc.$mode.log" & sc=$!
     for _ in $(seq 100); do [ -S "$work/sc.sock" ] && break; sleep 0.05; done
     ip netns exec "$prefix-c" "$bin/glb-lab" clients --target "$VIP:8080" --connections 0 --new-per-second 20 --seconds "$seconds" \
         --interval-ms 10 > "$work/clients.$mode" 2>&1 & clients=$!
@@ -50,7 +57,10 @@ for mode in off auto ${PREVIOUS:+previous}; do
     failed=$(sed -n 's/.*new_failed=\([0-9]*\).*/\1/p' "$work/clients.$mode")
     per_syn=$(awk -v d=$((total1 - total0)) -v n="$sent" -v t="$ticks" 'BEGIN { printf "%.2f", d / t * 1e6 / n }')
     sc_per_syn=$(awk -v d=$((process1 - process0)) -v n="$sent" -v t="$ticks" 'BEGIN { printf "%.2f", d / t * 1e6 / n }')
-    case $mode in off) label="(a) kernel cookies" ;; auto) label="(b) second-chance" ;; *) label="(c) previous build" ;; esac
+    case $mode in
+        off) label="(a) kernel cookies" ;; raw) label="(b) responder, raw" ;; kernel) label="(c) responder, verdict" ;;
+        *) label="(d) previous build" ;;
+    esac
     printf '%-24s %8s %10s %12s %14s %14s %12s\n' "$label" "$sent" "$sent_rate" "$ok" "$failed" "$per_syn" "$sc_per_syn"
     grep -E "^(cookies_sent|accepted_syn|accepted_syn_cookie):" "$work/stats.$mode" | tr '\n' ' ' | sed 's/^/    counters: /'
     echo "kernel SyncookiesSent +$kernel_sent SyncookiesRecv +$kernel_recv"

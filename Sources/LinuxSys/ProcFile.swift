@@ -43,17 +43,25 @@ public enum ProcFile {
     /// A counter of /proc/net/netstat or /proc/net/snmp, whose sections are pairs of lines:
     /// `Section: Name1 Name2 ...` then `Section: value1 value2 ...`.
     public static func counter(_ name: String, section: String, in text: String) -> UInt64? {
+        counters([name], section: section, in: text)[0]
+    }
+
+    /// Several counters of one section, the text split once (the responder reads six of them 20
+    /// times a second); nil for each one the section lacks.
+    public static func counters(_ names: [String], section: String, in text: String) -> [UInt64?] {
         let prefix = section + ":"
-        let lines = text.split(separator: "\n")
-        for (index, line) in lines.enumerated() where line.hasPrefix(prefix) && index + 1 < lines.count {
-            let names = line.split(separator: " ")
-            let values = lines[index + 1].split(separator: " ")
-            guard values.first == Substring(prefix), let position = names.firstIndex(where: { $0 == name }),
-                position < values.count
-            else { continue }
-            return UInt64(values[position])
+        let lines = text.utf8.split(separator: UInt8(ascii: "\n"))
+        for (index, line) in lines.enumerated() where index + 1 < lines.count && line.starts(with: prefix.utf8) {
+            let header = line.split(separator: UInt8(ascii: " "))
+            let values = lines[index + 1].split(separator: UInt8(ascii: " "))
+            guard let first = values.first, first.elementsEqual(prefix.utf8) else { continue }
+            return names.map { name in
+                guard let position = header.firstIndex(where: { $0.elementsEqual(name.utf8) }), position < values.count
+                else { return nil }
+                return UInt64(Substring(values[position]))
+            }
         }
-        return nil
+        return names.map { _ in nil }
     }
 
     /// The numbers of a sysctl file (`tcp_rmem` holds three); [] when it holds none.

@@ -103,10 +103,8 @@ public final class ListenerMonitor: @unchecked Sendable {
     /// Reads the TcpExt counters; true when a SYN-queue or accept-queue overflow counter rose.
     private func readKernelCounters() -> Bool {
         guard let text = ProcFile.text(fd: netstatFD) else { return false }
-        for (index, name) in Self.kernelCounters.enumerated() {
-            if let value = ProcFile.counter(name, section: "TcpExt", in: text) {
-                kernelValues.store(index, value)
-            }
+        for (index, value) in ProcFile.counters(Self.kernelCounters, section: "TcpExt", in: text).enumerated() {
+            if let value { kernelValues.store(index, value) }
         }
         let signal = kernelCounter(0) &+ kernelCounter(1) &+ kernelCounter(2)
         defer { overflowSignal = signal }

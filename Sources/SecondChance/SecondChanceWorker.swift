@@ -135,7 +135,8 @@ public final class SecondChanceWorker: @unchecked Sendable {
         let responder = monitor.flatMap { monitor in
             oracle.map {
                 SynCookieResponder(
-                    board: monitor.board, oracle: $0, passInterval: monitor.configuration.passIntervalNanoseconds)
+                    board: monitor.board, oracle: $0, passInterval: monitor.configuration.passIntervalNanoseconds,
+                    repliesInVerdicts: configuration.forwarding == .kernel)
             }
         }
         sender = try RawIPSender(ipv6: configuration.decapsulation == .userspace || responder != nil)
@@ -251,8 +252,10 @@ public final class SecondChanceWorker: @unchecked Sendable {
         case .parsed(let parsedPacket):
             decision = decider.decide(UnsafeRawBufferPointer(packet), parsedPacket, ownership: &ownership)
         }
+        // A SYN the responder answered never reaches the kernel, so it makes no socket.
+        let answeredSYN = decision.verdict == .local(.syn) && ownership.responder?.outcome(at: index).answered == true
         if case .tcp(let segment) = decision.inner {
-            if decision.verdict == .local(.syn) || decision.verdict == .local(.synCookie) {
+            if (decision.verdict == .local(.syn) && !answeredSYN) || decision.verdict == .local(.synCookie) {
                 // This packet may make a socket: no thread may trust a "not here" from before it.
                 ownership.epochs.bump(segment.flow)
                 socketsMade.append(segment.flow)
@@ -278,6 +281,9 @@ public final class SecondChanceWorker: @unchecked Sendable {
             case .answered:
                 counters.add(.cookiesSent)
                 return .drop
+            case .answeredInVerdict:
+                counters.add(.cookiesSent)
+                return .acceptReplacing(0..<ownership.responder!.moveReply(at: index, into: packet))
             case .failed: counters.add(.cookieReplyFailed)
             case .toKernel, nil: break
             }

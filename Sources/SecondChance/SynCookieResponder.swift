@@ -3,21 +3,31 @@ import NetTypes
 import SecondChanceCore
 
 /// A queue thread's side of the responder: answers a batch's SYNs for published listeners with
-/// kernel cookies, all of them with one BPF test run and one sendmmsg (IPv4) before the batch's
-/// verdicts are decided.
+/// kernel cookies, all of them with one BPF test run before the batch's verdicts are decided.
+///
+/// Where the kernel forwards for us (`--forward kernel`), an IPv4 SYN-ACK goes back as the queued
+/// SYN's own verdict payload: the kernel forwards it like a rewritten GUE packet, with no socket
+/// send and no second buffer per SYN. Elsewhere the replies leave through one sendmmsg.
 final class SynCookieResponder {
     enum Outcome {
         /// Not served (or kept for the kernel): deliver the SYN as usual.
         case toKernel
-        /// Answered with a cookie SYN-ACK: drop the SYN.
+        /// Answered with a cookie SYN-ACK already sent: drop the SYN.
         case answered
+        /// Answered with a cookie SYN-ACK that replaces the SYN (`moveReply`) and is accepted.
+        case answeredInVerdict
         /// The cookie or the reply failed: deliver the SYN to the kernel.
         case failed
+
+        /// Whether a SYN-ACK answers the SYN (which the kernel then never sees).
+        var answered: Bool { self == .answered || self == .answeredInVerdict }
     }
 
     let board: ResponderBoard
     let oracle: SynCookieOracle
     let passInterval: UInt64
+    /// Whether IPv4 replies may replace their SYN in its verdict (the kernel forwards them).
+    let repliesInVerdicts: Bool
     private(set) var snapshot = ResponderBoard.Snapshot()
     private var lastPassed: [ListenerKey: UInt64] = [:]
     private var outcomes: [Outcome] = []
@@ -26,20 +36,31 @@ final class SynCookieResponder {
     private let replies = ForwardBatch()
     private var replyIndexes: [Int] = []
     private var replyRecords: [ListenerRecord] = []
-    /// One slot per reply a sendmmsg batch holds, and one for an IPv6 reply.
+    private var replyLengths: [Int] = []
+    /// A slot per packet of a batch (an IPv4 reply stays in its SYN's slot until sent or moved),
+    /// and one for an IPv6 reply.
     private static let replySlot = 128
     private let replyPool = UnsafeMutableRawPointer.allocate(
-        byteCount: (ForwardBatch.capacity + 1) * replySlot, alignment: 16)
+        byteCount: (NetfilterQueue.maximumBatch + 1) * replySlot, alignment: 16)
 
-    init(board: ResponderBoard, oracle: SynCookieOracle, passInterval: UInt64) {
+    init(board: ResponderBoard, oracle: SynCookieOracle, passInterval: UInt64, repliesInVerdicts: Bool) {
         self.board = board
         self.oracle = oracle
         self.passInterval = passInterval
+        self.repliesInVerdicts = repliesInVerdicts
     }
 
     deinit { replyPool.deallocate() }
 
     func outcome(at index: Int) -> Outcome { index < outcomes.count ? outcomes[index] : .toKernel }
+
+    /// Copies the SYN-ACK answering packet `index` over that packet's bytes (called once the
+    /// packet has been decided, since deciding reads them); returns the reply's length.
+    func moveReply(at index: Int, into packet: UnsafeMutableRawBufferPointer) -> Int {
+        let length = replyLengths[index]
+        packet.baseAddress!.copyMemory(from: replyPool + index * Self.replySlot, byteCount: length)
+        return length
+    }
 
     /// The published listener a flow's ACK reaches, if the responder serves it.
     func listener(for flow: FlowKey) -> ResponderListener? { snapshot.listener(for: flow) }
@@ -58,6 +79,10 @@ final class SynCookieResponder {
         }
         outcomes.removeAll(keepingCapacity: true)
         outcomes.append(contentsOf: repeatElement(.toKernel, count: packets.count))
+        if repliesInVerdicts {
+            replyLengths.removeAll(keepingCapacity: true)
+            replyLengths.append(contentsOf: repeatElement(0, count: packets.count))
+        }
         guard !snapshot.listeners.isEmpty else { return }
         for family in 0..<2 {
             requests[family].removeAll(keepingCapacity: true)
@@ -94,21 +119,22 @@ final class SynCookieResponder {
                 guard let (value, mss) = cookie else { outcomes[index] = .failed; continue }
                 outcomes[index] = answer(
                     requests[family][position], cookie: value, mss: mss, listener: listener, index: index,
-                    now: now, sender: sender)
+                    room: packets[index].payload.count, now: now, sender: sender)
             }
         }
         flushReplies(sender)
     }
 
-    /// Writes the SYN-ACK into a slot of the pool: IPv4 replies wait there for one sendmmsg
-    /// (counted as answered, corrected if the send fails); IPv6 ones go out at once from the last slot.
+    /// Writes the SYN-ACK into a slot of the pool. An IPv4 reply that fits in its SYN's buffer
+    /// becomes that SYN's verdict when the kernel forwards for us (`room`: the SYN's length);
+    /// other IPv4 replies wait in their slot for one sendmmsg (counted as answered, corrected if
+    /// the send fails); IPv6 ones go out at once from the last slot.
     private func answer(
         _ request: SynCookieOracle.SynRequest, cookie: UInt32, mss: UInt16, listener: ResponderListener,
-        index: Int, now: UInt64, sender: RawIPSender
+        index: Int, room: Int, now: UInt64, sender: RawIPSender
     ) -> Outcome {
         let ipv6 = request.segment.flow.isIPv6
-        if !ipv6 && replies.count == ForwardBatch.capacity { flushReplies(sender) }
-        let slotIndex = ipv6 ? ForwardBatch.capacity : replies.count
+        let slotIndex = ipv6 ? NetfilterQueue.maximumBatch : index
         let slot = UnsafeMutableRawBufferPointer(start: replyPool + slotIndex * Self.replySlot, count: Self.replySlot)
         let offer = SynCookieReply.offer(
             request.options, settings: snapshot.settings, ourWindowScale: listener.windowScale,
@@ -116,9 +142,20 @@ final class SynCookieResponder {
         let window = TCPWindow.synAckWindow(
             listenerReceiveBuffer: listener.receiveBuffer,
             mss: offer.timestamp == nil ? mss : mss - 12)
+        // A SYN always has room for its reply (its GUE headers alone outweigh the reply's options);
+        // the check keeps that an assumption the code does not rely on.
+        let inVerdict =
+            repliesInVerdicts && !ipv6 && snapshot.settings.defaultTTL < 255
+            && SynCookieReply.length(offer, ipv6: false) <= room
+        // The forwarding path takes one off the TTL: the client sees the kernel's own.
         let length = SynCookieReply.write(
             into: slot, answering: request.packet, request.segment, cookie: cookie, mss: mss,
-            offer: offer, window: window, ttl: snapshot.settings.defaultTTL)
+            offer: offer, window: window, ttl: snapshot.settings.defaultTTL + (inVerdict ? 1 : 0))
+        if inVerdict {
+            replyLengths[index] = length
+            listener.record.add(.cookiesSent)
+            return .answeredInVerdict
+        }
         let reply = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(slot)[0..<length])
         if ipv6 {
             guard sender.sendIPv6(reply) == 0 else { return .failed }

@@ -197,6 +197,9 @@ public enum SynCookieReply {
         4 + (offer.timestamp == nil ? 0 : 12) + (offer.windowScales == nil ? 0 : 4)
     }
 
+    /// Length of the reply to a SYN of this family carrying `offer`.
+    public static func length(_ offer: Offer, ipv6: Bool) -> Int { (ipv6 ? 40 : 20) + 20 + optionsLength(offer) }
+
     /// Writes TCP options in the kernel's SYN-ACK layout (tcp_options_write) at `offset`: MSS,
     /// SACK-permitted folded into the timestamp's padding, window scale. An offer without a
     /// timestamp has neither SACK nor scaling. Returns the offset after them.
@@ -232,8 +235,8 @@ public enum SynCookieReply {
     ) -> Int {
         let flow = segment.flow
         let ipLength = flow.isIPv6 ? 40 : 20
-        let tcpLength = 20 + optionsLength(offer)
-        let total = ipLength + tcpLength
+        let total = length(offer, ipv6: flow.isIPv6)
+        let tcpLength = total - ipLength
         precondition(out.count >= total && segment.tcpOffset + 8 <= packet.count)
         let tcp = ipLength
         out.setBE16(tcp, flow.destinationPort)

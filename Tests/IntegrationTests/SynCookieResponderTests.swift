@@ -176,6 +176,37 @@ final class SynCookieResponderTests: XCTestCase {
         XCTAssertTrue(log.contains("SYN cookies on for \(Lab.vip):\(Self.port)"), log)
     }
 
+    /// Where the kernel forwards for second-chance, the SYN-ACK replaces the queued SYN in its
+    /// verdict and leaves through the forwarding path (counted in Ip ForwDatagrams), not a raw
+    /// socket; the client gets the kernel's TTL and the kernel still takes the cookie.
+    func testWhereTheKernelForwardsTheSYNACKIsTheSYNsVerdict() throws {
+        try sysctl("p1", "net.ipv4.tcp_timestamps=2")
+        try sysctl("p1", "net.ipv4.ip_forward=1")
+        try sysctl("p1", "net.ipv4.conf.eth0.accept_local=1")
+        try sysctl("p1", "net.ipv4.conf.all.send_redirects=0")
+        try sysctl("p1", "net.ipv4.conf.eth0.send_redirects=0")
+        try listen(.v4(Lab.vip))
+        try startSecondChance(["--cookie-pass-ms", "60000", "--forward", "kernel"])
+        try flood(400)
+        try waitUntilActive("\(Lab.vip):\(Self.port)")
+        func forwarded() throws -> UInt64 {
+            let text = try lab.inside("p1") {
+                try String(contentsOfFile: "/proc/thread-self/net/snmp", encoding: .utf8)
+            }
+            return try XCTUnwrap(ProcFile.counter("ForwDatagrams", section: "Ip", in: text))
+        }
+        let forwardedBefore = try forwarded(), sentBefore = try lab.stats("p1").value("cookies_sent")
+        let capture = try lab.inside("c") { try Capture(protocol: Int32(IPPROTO_TCP)) }
+        _ = try connectAndTransfer(to: .v4(Lab.vip), bytes: 1 << 20)
+        let answered = try lab.stats("p1").value("cookies_sent") - sentBefore
+        XCTAssertTrue((1...2).contains(answered), "the client's SYN was answered by the responder")
+        XCTAssertEqual(try forwarded() - forwardedBefore, answered, "each SYN-ACK went by the forwarding path")
+        let synAck = try XCTUnwrap(
+            capture.first { $0.ipv4TCP.map { $0.0 == Lab.vip && $0.4.contains([.syn, .ack]) } ?? false })
+        XCTAssertEqual(synAck[8], 64, "the client sees the kernel's TTL")
+        XCTAssertEqual(try listenerStats("\(Lab.vip):\(Self.port)")["cookie_acks_valid"], 1)
+    }
+
     /// An application that fixed SO_RCVBUF caps the child's window, and so its window scale.
     func testListenerWithFixedReceiveBufferGetsTheKernelsWindowScale() throws {
         try sysctl("p1", "net.ipv4.tcp_timestamps=2")

@@ -137,6 +137,17 @@ final class ProcFileTests: XCTestCase {
         XCTAssertNil(ProcFile.counter("B", section: "TcpExt", in: "TcpExt: A B\nTcpExt: 1\n"), "a short value line")
     }
 
+    func testSeveralCountersOfASectionAtOnce() {
+        XCTAssertEqual(
+            ProcFile.counters(["ListenOverflows", "Missing", "SyncookiesSent"], section: "TcpExt", in: Self.netstat),
+            [3, nil, 12])
+        XCTAssertEqual(ProcFile.counters(["SyncookiesSent"], section: "IpExt", in: Self.netstat), [99])
+        XCTAssertEqual(ProcFile.counters(["A", "B"], section: "Nope", in: Self.netstat), [nil, nil])
+        XCTAssertEqual(
+            ProcFile.counters(["A"], section: "TcpExt", in: "TcpExt: A\nTcpExt: 99999999999999999999\n"), [nil],
+            "a value past UInt64 is no value")
+    }
+
     func testSysctlNumbers() {
         XCTAssertEqual(ProcFile.sysctlNumbers("4096\t131072\t6291456\n"), [4096, 131_072, 6_291_456])
         XCTAssertEqual(ProcFile.sysctlNumbers("1\n"), [1])
