@@ -70,6 +70,14 @@ start_row() {  # start_row MODE NAME PORT
             reloaded() { local n; n=$(grep -c "Loading success" "$log" || true); echo $((n > 0 ? n - 1 : 0)); }
             ;;
     esac
+    # The load starts only once the port listens: a pid file can appear before HAProxy binds, and
+    # the refusals of that moment would be counted against the reloads.
+    for _ in $(seq 100); do
+        [ -n "$(ip netns exec "$ns" ss -Hltn "sport = :$port")" ] && return
+        sleep 0.05
+    done
+    echo "bench-reload: nothing listens on $vip:$port after 5 s ($mode)" >&2
+    return 1
 }
 
 seconds=$(( reloads * (interval_ms + 60) / 1000 + 3 ))
@@ -128,6 +136,7 @@ for mode in bindkeeper plain migrate master-worker; do
     ip netns exec "$ns" "$bin/glb-lab" http-load --target "$vip:$port" --seconds 6 --concurrency "$concurrency" --timeout-seconds 5 > "$work/load" & load=$!
     sleep 2
     kill -KILL "$supervisor" 2>/dev/null || true
+    wait "$supervisor" 2>/dev/null || true  # reaped here, so the shell reports no "Killed"
     ip netns exec "$ns" pkill -KILL -f "$work/$name.cfg" 2>/dev/null || true
     sleep 1
     rm -f "$work/$name.pid" "$work/$name.stats"

@@ -78,6 +78,7 @@ final class HAProxyReloadTests: XCTestCase {
         let plain = try writeTemplate("plain", bind: "\(BrokerLab.vip):81")
 
         let sharedSupervisor = try lab.startSupervisor("shared", template: shared)
+        try lab.waitUntilListening(port: 80)
         let sharedLoad = try load(port: 80, seconds: seconds, concurrency: concurrency)
         usleep(500_000)
         try reload("shared", sharedSupervisor.process, count: reloadCount, intervalMs: 150)
@@ -85,6 +86,7 @@ final class HAProxyReloadTests: XCTestCase {
 
         // The same supervisor, reloads and load, but HAProxy binds its own SO_REUSEPORT sockets.
         let plainSupervisor = try lab.startSupervisor("plain", template: plain)
+        try lab.waitUntilListening(port: 81)
         let plainLoad = try load(port: 81, seconds: seconds, concurrency: concurrency)
         usleep(500_000)
         try reload("plain", plainSupervisor.process, count: reloadCount, intervalMs: 150)
