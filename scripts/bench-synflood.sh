@@ -3,7 +3,9 @@
 # the director: (a) the kernel answers every SYN itself (second-chance --syn-cookies off);
 # second-chance's responder answers them once the SYN queue overflows, (b) sending its SYN-ACKs
 # through a raw socket (--forward raw) or (c) as the SYN's verdict, forwarded by the kernel
-# (--forward kernel; P1 forwards: ip_forward and accept_local on). Same flood, same run.
+# (--forward kernel; P1 forwards: ip_forward and accept_local on). Same flood, same run. A floor
+# row drops the flood in raw PREROUTING, before the queue: what sending and delivering it costs,
+# taken off every row to give what answering a SYN costs, and the ratios of those to the kernel's.
 # Prints legitimate-connection success and CPU per SYN (second-chance's own, and the namespace-
 # independent total from /proc/stat, which includes softirq work). Bounded in count and time.
 # PREVIOUS=/path/to/an/earlier/second-chance adds (d): that build's responder, same flood.
@@ -31,22 +33,25 @@ tcpext() { ip netns exec "$P" awk -v name="$1" '/^TcpExt:/ { if (!n) { for (i = 
 ticks=$(getconf CLK_TCK)
 
 printf '%-24s %8s %10s %12s %14s %14s %12s\n' mode syns syns/s legit_ok legit_failed cpu_us/syn sc_cpu_us/syn
-for mode in off raw kernel ${PREVIOUS:+previous}; do
+declare -A cost
+for mode in floor off raw kernel ${PREVIOUS:+previous}; do
     rm -f "$work/sc.sock"
     program=$bin/second-chance
     case $mode in
-        off) flags=(--syn-cookies off) ;;
+        floor|off) flags=(--syn-cookies off) ;;
         raw|kernel) flags=(--syn-cookies auto --forward "$mode") ;;
         previous) program=$PREVIOUS flags=(--syn-cookies auto) ;;
     esac
     ip netns exec "$P" "$program" run --queue 0 --self 198.18.0.11 "${lab_peers[@]}" --allow-source 198.18.0.1 --control "$work/sc.sock" "${flags[@]}" 2>"$work/sc.$mode.log" & sc=$!
     for _ in $(seq 100); do [ -S "$work/sc.sock" ] && break; sleep 0.05; done
+    [ "$mode" = floor ] && ip netns exec "$P" iptables -t raw -I PREROUTING -s 198.18.0.1 -p udp --dport 19523 -j DROP
     ip netns exec "$prefix-c" "$bin/glb-lab" clients --target "$VIP:8080" --connections 0 --new-per-second 20 --seconds "$seconds" \
         --interval-ms 10 > "$work/clients.$mode" 2>&1 & clients=$!
     total0=$(cpu_total); process0=$(cpu_process "$sc"); sent0=$(tcpext SyncookiesSent); recv0=$(tcpext SyncookiesRecv)
     ip netns exec "$prefix-c" "$bin/glb-lab" blast --to 198.18.0.11 --kind syn --client 198.18.200.1 --spoof-addresses 250 \
         --vip "$VIP" --vip-port 8080 --flows 40000 --count $((seconds * rate)) --rate "$rate" --max-seconds "$seconds" > "$work/blast.$mode"
     total1=$(cpu_total); process1=$(cpu_process "$sc")
+    [ "$mode" = floor ] && ip netns exec "$P" iptables -t raw -D PREROUTING -s 198.18.0.1 -p udp --dport 19523 -j DROP
     wait "$clients" || true
     kernel_sent=$(( $(tcpext SyncookiesSent) - sent0 )); kernel_recv=$(( $(tcpext SyncookiesRecv) - recv0 ))
     "$bin/second-chance" stats --control "$work/sc.sock" > "$work/stats.$mode"
@@ -57,7 +62,9 @@ for mode in off raw kernel ${PREVIOUS:+previous}; do
     failed=$(sed -n 's/.*new_failed=\([0-9]*\).*/\1/p' "$work/clients.$mode")
     per_syn=$(awk -v d=$((total1 - total0)) -v n="$sent" -v t="$ticks" 'BEGIN { printf "%.2f", d / t * 1e6 / n }')
     sc_per_syn=$(awk -v d=$((process1 - process0)) -v n="$sent" -v t="$ticks" 'BEGIN { printf "%.2f", d / t * 1e6 / n }')
+    cost[$mode]=$per_syn
     case $mode in
+        floor) label="(0) floor: flood dropped" ;;
         off) label="(a) kernel cookies" ;; raw) label="(b) responder, raw" ;; kernel) label="(c) responder, verdict" ;;
         *) label="(d) previous build" ;;
     esac
@@ -65,4 +72,9 @@ for mode in off raw kernel ${PREVIOUS:+previous}; do
     grep -E "^(cookies_sent|accepted_syn|accepted_syn_cookie):" "$work/stats.$mode" | tr '\n' ' ' | sed 's/^/    counters: /'
     echo "kernel SyncookiesSent +$kernel_sent SyncookiesRecv +$kernel_recv"
     grep -E "SYN cookies (on|off)" "$work/sc.$mode.log" | head -3 | sed 's/^/    /' || true
+done
+echo "answering a SYN, above the floor (cpu_us/syn minus the floor's), and against the kernel's cookies:"
+for mode in off raw kernel ${PREVIOUS:+previous}; do
+    awk -v m="$mode" -v c="${cost[$mode]}" -v f="${cost[floor]}" -v k="${cost[off]}" \
+        'BEGIN { printf "    %-9s %6.2f us/syn  %.2fx\n", m, c - f, (c - f) / (k - f) }'
 done
