@@ -88,7 +88,9 @@ final class SynCookieResponder {
             requests[family].removeAll(keepingCapacity: true)
             requestContext[family].removeAll(keepingCapacity: true)
         }
-        for (index, result) in parsed.enumerated() {
+        // A reply lives in its SYN's slot: the pool has one per packet of a full batch. (A batch is
+        // longer only if a datagram held several packets; those SYNs are left to the kernel.)
+        for (index, result) in parsed.enumerated().prefix(NetfilterQueue.maximumBatch) {
             guard case .parsed(let packet) = result, case .tcp(let segment) = packet.inner,
                 segment.flags.intersection([.syn, .ack, .fin, .rst]) == .syn,
                 let listener = snapshot.listener(for: segment.flow), !listener.acceptQueueFull,
@@ -162,6 +164,8 @@ final class SynCookieResponder {
             listener.record.add(.cookiesSent)
             return .answered
         }
+        // A batch holds no more packets than a sendmmsg batch; the flush keeps that an assumption.
+        if replies.count == ForwardBatch.capacity { flushReplies(sender) }
         _ = replies.append(reply)
         replyIndexes.append(index)
         replyRecords.append(listener.record)
