@@ -9,6 +9,9 @@
 # Prints legitimate-connection success and CPU per SYN (second-chance's own, and the namespace-
 # independent total from /proc/stat, which includes softirq work). Bounded in count and time.
 # PREVIOUS=/path/to/an/earlier/second-chance adds (d): that build's responder, same flood.
+# ROWS="off kernel" runs some rows only. CPU_QUOTA=N holds second-chance to N % of one core (a
+# cgroup v1 cpu controller group): both paths then saturate at flood rates one sender can offer,
+# and a sweep of rates finds where each starts failing legitimate connections.
 #   scripts/bench-synflood.sh [SECONDS] [SYNS_PER_SECOND]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +21,14 @@ rate=${2:-50000}
 prefix=bsyn
 LAB_PEERS=198.18.0.1,198.18.0.2,198.18.0.11,198.18.0.12  # the client blasts GUE as a director would
 lab_begin "$prefix"
+cg=
+if [ -n "${CPU_QUOTA:-}" ]; then
+    cg=/sys/fs/cgroup/cpu/proxyside-$prefix-$$
+    mkdir "$cg"
+    echo 100000 > "$cg/cpu.cfs_period_us"
+    echo $((CPU_QUOTA * 1000)) > "$cg/cpu.cfs_quota_us"
+    trap 'lab_end; rmdir "$cg"' EXIT
+fi
 P=$prefix-p1
 VIP=198.19.0.10
 ip netns exec "$P" sysctl -qw net.ipv4.tcp_timestamps=2 net.ipv4.ip_forward=1 net.ipv4.conf.eth0.accept_local=1 \
@@ -34,7 +45,7 @@ ticks=$(getconf CLK_TCK)
 
 printf '%-24s %8s %10s %12s %14s %14s %12s\n' mode syns syns/s legit_ok legit_failed cpu_us/syn sc_cpu_us/syn
 declare -A cost
-for mode in floor off raw kernel ${PREVIOUS:+previous}; do
+for mode in ${ROWS:-floor off raw kernel} ${PREVIOUS:+previous}; do
     rm -f "$work/sc.sock"
     program=$bin/second-chance
     case $mode in
@@ -43,6 +54,7 @@ for mode in floor off raw kernel ${PREVIOUS:+previous}; do
         previous) program=$PREVIOUS flags=(--syn-cookies auto) ;;
     esac
     ip netns exec "$P" "$program" run --queue 0 --self 198.18.0.11 "${lab_peers[@]}" --allow-source 198.18.0.1 --control "$work/sc.sock" "${flags[@]}" 2>"$work/sc.$mode.log" & sc=$!
+    [ -n "$cg" ] && echo "$sc" > "$cg/cgroup.procs"
     for _ in $(seq 100); do [ -S "$work/sc.sock" ] && break; sleep 0.05; done
     [ "$mode" = floor ] && ip netns exec "$P" iptables -t raw -I PREROUTING -s 198.18.0.1 -p udp --dport 19523 -j DROP
     ip netns exec "$prefix-c" "$bin/glb-lab" clients --target "$VIP:8080" --connections 0 --new-per-second 20 --seconds "$seconds" \
@@ -73,8 +85,10 @@ for mode in floor off raw kernel ${PREVIOUS:+previous}; do
     echo "kernel SyncookiesSent +$kernel_sent SyncookiesRecv +$kernel_recv"
     grep -E "SYN cookies (on|off)" "$work/sc.$mode.log" | head -3 | sed 's/^/    /' || true
 done
+[ -n "${cost[floor]:-}" ] && [ -n "${cost[off]:-}" ] || exit 0
 echo "answering a SYN, above the floor (cpu_us/syn minus the floor's), and against the kernel's cookies:"
-for mode in off raw kernel ${PREVIOUS:+previous}; do
+for mode in ${ROWS:-floor off raw kernel} ${PREVIOUS:+previous}; do
+    [ "$mode" = floor ] && continue
     awk -v m="$mode" -v c="${cost[$mode]}" -v f="${cost[floor]}" -v k="${cost[off]}" \
         'BEGIN { printf "    %-9s %6.2f us/syn  %.2fx\n", m, c - f, (c - f) / (k - f) }'
 done
