@@ -253,7 +253,8 @@ public final class SecondChanceWorker: @unchecked Sendable {
             decision = decider.decide(UnsafeRawBufferPointer(packet), parsedPacket, ownership: &ownership)
         }
         // A SYN the responder answered never reaches the kernel, so it makes no socket.
-        let answeredSYN = decision.verdict == .local(.syn) && ownership.responder?.outcome(at: index).answered == true
+        let answeredSYN =
+            decision.verdict == .local(.syn) && ownership.responder?.outcome(at: index).answersTheSYN == true
         if case .tcp(let segment) = decision.inner {
             if (decision.verdict == .local(.syn) && !answeredSYN) || decision.verdict == .local(.synCookie) {
                 // This packet may make a socket: no thread may trust a "not here" from before it.

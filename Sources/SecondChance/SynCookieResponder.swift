@@ -20,7 +20,7 @@ final class SynCookieResponder {
         case failed
 
         /// Whether a SYN-ACK answers the SYN (which the kernel then never sees).
-        var answered: Bool { self == .answered || self == .answeredInVerdict }
+        var answersTheSYN: Bool { self == .answered || self == .answeredInVerdict }
     }
 
     let board: ResponderBoard
