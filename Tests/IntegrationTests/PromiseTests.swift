@@ -134,8 +134,7 @@ final class PromiseTests: XCTestCase {
         try sendGUE(
             lab, sourcePort: 30030, to: Lab.p1, inner: flowPacket(client, connection.port, .ack), hops: [Lab.p2])
         try lab.waitFor("the ACK") { try lab.stats("p1").value("total_packets") == 1 }
-        XCTAssertEqual(try lab.stats("p1").value("accepted_established"), 1)
-        XCTAssertEqual(try lab.stats("p1").value("forwarded"), 0)
+        try lab.assertStats("p1", ["accepted_established": 1, "forwarded": 0])
     }
 
     /// Inner UDP and ICMP are taken by the first proxy and answered by its stack; an ICMPv6 Packet
