@@ -307,6 +307,12 @@ struct Run: ParsableCommand {
         // A re-exec blocks these across exec(2): one that came meanwhile is delivered now, to the handlers.
         Signals.setHandledBlocked(false)
         let monitor = try makeMonitor(oracle: configuration.checkCookies ? oracle : nil)
+        if monitor != nil {
+            logger.info(
+                configuration.forwarding == .kernel
+                    ? "SYN-cookie responder: IPv4 SYN-ACKs replace their SYN in its verdict (the kernel forwards them)"
+                    : "SYN-cookie responder: SYN-ACKs leave through the raw socket")
+        }
         let workers: [SecondChanceWorker]
         do {
             // Each queue thread gets its own programs: a test run uses one scratch buffer per oracle.

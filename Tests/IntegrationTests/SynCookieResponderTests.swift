@@ -174,6 +174,7 @@ final class SynCookieResponderTests: XCTestCase {
         try checkCookieHandshake(vip: .v4(Lab.vip), listenerName: "\(Lab.vip):\(Self.port)", ipv6: false)
         let log = lab.processes.map { lab.log(of: $0.process) }.joined()
         XCTAssertTrue(log.contains("SYN cookies on for \(Lab.vip):\(Self.port)"), log)
+        XCTAssertTrue(log.contains("SYN-ACKs leave through the raw socket"), log)
     }
 
     /// Where the kernel forwards for second-chance, the SYN-ACK replaces the queued SYN in its
@@ -205,6 +206,8 @@ final class SynCookieResponderTests: XCTestCase {
             capture.first { $0.ipv4TCP.map { $0.0 == Lab.vip && $0.4.contains([.syn, .ack]) } ?? false })
         XCTAssertEqual(synAck[8], 64, "the client sees the kernel's TTL")
         XCTAssertEqual(try listenerStats("\(Lab.vip):\(Self.port)")["cookie_acks_valid"], 1)
+        let log = lab.processes.map { lab.log(of: $0.process) }.joined()
+        XCTAssertTrue(log.contains("IPv4 SYN-ACKs replace their SYN in its verdict"), log)
     }
 
     /// An application that fixed SO_RCVBUF caps the child's window, and so its window scale.
