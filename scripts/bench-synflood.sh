@@ -45,6 +45,7 @@ ticks=$(getconf CLK_TCK)
 
 printf '%-24s %8s %10s %12s %14s %14s %12s\n' mode syns syns/s legit_ok legit_failed cpu_us/syn sc_cpu_us/syn
 declare -A cost
+flood_drop=(PREROUTING -s 198.18.0.1 -p udp --dport 19523 -j DROP)  # the floor row: the flood stops here
 for mode in ${ROWS:-floor off raw kernel} ${PREVIOUS:+previous}; do
     rm -f "$work/sc.sock"
     program=$bin/second-chance
@@ -53,17 +54,17 @@ for mode in ${ROWS:-floor off raw kernel} ${PREVIOUS:+previous}; do
         raw|kernel) flags=(--syn-cookies auto --forward "$mode") ;;
         previous) program=$PREVIOUS flags=(--syn-cookies auto) ;;
     esac
-    ip netns exec "$P" "$program" run --queue 0 --self 198.18.0.11 "${lab_peers[@]}" --allow-source 198.18.0.1 --control "$work/sc.sock" "${flags[@]}" 2>"$work/sc.$mode.log" & sc=$!
+    ip netns exec "$P" "$program" run --queue 0 --self 198.18.0.11 "${lab_peers[@]}" --allow-source 198.18.0.1 --control "$work/sc.sock" "${flags[@]}" 2>"$work/sc.$mode.log" & sc=$!; pids+=($sc)
     [ -n "$cg" ] && echo "$sc" > "$cg/cgroup.procs"
     for _ in $(seq 100); do [ -S "$work/sc.sock" ] && break; sleep 0.05; done
-    [ "$mode" = floor ] && ip netns exec "$P" iptables -t raw -I PREROUTING -s 198.18.0.1 -p udp --dport 19523 -j DROP
+    [ "$mode" = floor ] && ip netns exec "$P" iptables -t raw -I "${flood_drop[@]}"
     ip netns exec "$prefix-c" "$bin/glb-lab" clients --target "$VIP:8080" --connections 0 --new-per-second 20 --seconds "$seconds" \
         --interval-ms 10 > "$work/clients.$mode" 2>&1 & clients=$!
     total0=$(cpu_total); process0=$(cpu_process "$sc"); sent0=$(tcpext SyncookiesSent); recv0=$(tcpext SyncookiesRecv)
     ip netns exec "$prefix-c" "$bin/glb-lab" blast --to 198.18.0.11 --kind syn --client 198.18.200.1 --spoof-addresses 250 \
         --vip "$VIP" --vip-port 8080 --flows 40000 --count $((seconds * rate)) --rate "$rate" --max-seconds "$seconds" > "$work/blast.$mode"
     total1=$(cpu_total); process1=$(cpu_process "$sc")
-    [ "$mode" = floor ] && ip netns exec "$P" iptables -t raw -D PREROUTING -s 198.18.0.1 -p udp --dport 19523 -j DROP
+    [ "$mode" = floor ] && ip netns exec "$P" iptables -t raw -D "${flood_drop[@]}"
     wait "$clients" || true
     kernel_sent=$(( $(tcpext SyncookiesSent) - sent0 )); kernel_recv=$(( $(tcpext SyncookiesRecv) - recv0 ))
     "$bin/second-chance" stats --control "$work/sc.sock" > "$work/stats.$mode"
