@@ -101,17 +101,12 @@ final class BrokerLab {
         try Lab.waitFor(what, seconds: seconds, context: { self.allLogs }, condition)
     }
 
-    /// Waits until an IPv4 socket listens on `port` in the namespace: a pid file can appear before
-    /// HAProxy binds, and a load started then would count that moment's refusals against reloads.
+    /// Waits until a socket listens on `port` in the namespace (sock_diag, as the daemons ask): a
+    /// pid file can appear before HAProxy binds, and a load started then would count that moment's
+    /// refusals against reloads.
     func waitUntilListening(port: UInt16) throws {
-        let local = String(format: ":%04X", port)
-        try waitFor("a listener on port \(port)") {
-            let table = try inside { ProcFile.read("/proc/thread-self/net/tcp") } ?? ""
-            return table.split(separator: "\n").contains { line in
-                let fields = line.split(separator: " ")
-                return fields.count > 3 && fields[1].hasSuffix(local) && fields[3] == "0A"
-            }
-        }
+        let sockets = try SockDiag(namespace: NetworkNamespace(nameOrPath: namespace))
+        try waitFor("a listener on port \(port)") { try sockets.dumpListeners().contains { $0.key.port == port } }
     }
 
     func tearDown() {
