@@ -252,11 +252,12 @@ public final class SecondChanceWorker: @unchecked Sendable {
         case .parsed(let parsedPacket):
             decision = decider.decide(UnsafeRawBufferPointer(packet), parsedPacket, ownership: &ownership)
         }
-        // A SYN the responder answered never reaches the kernel, so it makes no socket.
-        let answeredSYN =
-            decision.verdict == .local(.syn) && ownership.responder?.outcome(at: index).answersTheSYN == true
+        // What the responder did with a SYN; one it answered never reaches the kernel, so makes no socket.
+        let responderOutcome = decision.verdict == .local(.syn) ? ownership.responder?.outcome(at: index) : nil
         if case .tcp(let segment) = decision.inner {
-            if (decision.verdict == .local(.syn) && !answeredSYN) || decision.verdict == .local(.synCookie) {
+            if (decision.verdict == .local(.syn) && responderOutcome?.answersTheSYN != true)
+                || decision.verdict == .local(.synCookie)
+            {
                 // This packet may make a socket: no thread may trust a "not here" from before it.
                 ownership.epochs.bump(segment.flow)
                 socketsMade.append(segment.flow)
@@ -278,7 +279,7 @@ public final class SecondChanceWorker: @unchecked Sendable {
             counters.add(.refused(refusal))
             return .drop
         case .local(.syn):
-            switch ownership.responder?.outcome(at: index) {
+            switch responderOutcome {
             case .answered:
                 counters.add(.cookiesSent)
                 return .drop
