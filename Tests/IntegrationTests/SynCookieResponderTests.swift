@@ -182,10 +182,7 @@ final class SynCookieResponderTests: XCTestCase {
     /// socket; the client gets the kernel's TTL and the kernel still takes the cookie.
     func testWhereTheKernelForwardsTheSYNACKIsTheSYNsVerdict() throws {
         try sysctl("p1", "net.ipv4.tcp_timestamps=2")
-        try sysctl("p1", "net.ipv4.ip_forward=1")
-        try sysctl("p1", "net.ipv4.conf.eth0.accept_local=1")
-        try sysctl("p1", "net.ipv4.conf.all.send_redirects=0")
-        try sysctl("p1", "net.ipv4.conf.eth0.send_redirects=0")
+        try enableKernelForwarding()
         try listen(.v4(Lab.vip))
         try startSecondChance(["--cookie-pass-ms", "60000", "--forward", "kernel"])
         try flood(400)
@@ -263,8 +260,27 @@ final class SynCookieResponderTests: XCTestCase {
     /// A SYN-ACK's source is its SYN's destination: a wildcard listener the responder serves must
     /// never make it answer for an address this host does not own.
     func testAWildcardListenerNeverMakesTheResponderAnswerForAForeignAddress() throws {
+        try checkWildcardListenerAnswersOnlyLocalAddresses(["--forward", "raw"])
+    }
+
+    /// The same attack where SYN-ACKs replace their SYN in its verdict and the kernel forwards them.
+    func testAWildcardListenerNeverMakesTheResponderAnswerForAForeignAddressInAVerdict() throws {
+        try enableKernelForwarding()
+        try checkWildcardListenerAnswersOnlyLocalAddresses(["--forward", "kernel"])
+    }
+
+    func enableKernelForwarding() throws {
+        for setting in [
+            "net.ipv4.ip_forward=1", "net.ipv4.conf.eth0.accept_local=1", "net.ipv4.conf.all.send_redirects=0",
+            "net.ipv4.conf.eth0.send_redirects=0",
+        ] {
+            try sysctl("p1", setting)
+        }
+    }
+
+    func checkWildcardListenerAnswersOnlyLocalAddresses(_ extra: [String]) throws {
         try listen(.v4(IPv4Address(0)))
-        try startSecondChance(["--cookie-pass-ms", "60000"])
+        try startSecondChance(["--cookie-pass-ms", "60000"] + extra)
         try flood(400)
         try waitUntilActive("0.0.0.0:\(Self.port)")
         let capture = try lab.inside("d") { try Capture(protocol: Int32(IPPROTO_TCP)) }
