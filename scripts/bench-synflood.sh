@@ -9,7 +9,8 @@
 # Prints legitimate-connection success and CPU per SYN (second-chance's own, and the namespace-
 # independent total from /proc/stat, which includes softirq work). Bounded in count and time.
 # PREVIOUS=/path/to/an/earlier/second-chance adds (d): that build's responder, same flood.
-# ROWS="off kernel" runs some rows only. CPU_QUOTA=N holds second-chance to N % of one core (a
+# ROWS="off kernel" runs some rows only; ROUNDS=N runs the rows N times, interleaved, and the
+# summary takes each row's median (machine noise moves single runs by several percent). CPU_QUOTA=N holds second-chance to N % of one core (a
 # cgroup v1 cpu controller group): both paths then saturate at flood rates one sender can offer,
 # and a sweep of rates finds where each starts failing legitimate connections.
 #   scripts/bench-synflood.sh [SECONDS] [SYNS_PER_SECOND]
@@ -45,8 +46,11 @@ ticks=$(getconf CLK_TCK)
 
 printf '%-24s %8s %10s %12s %14s %14s %12s\n' mode syns syns/s legit_ok legit_failed cpu_us/syn sc_cpu_us/syn
 declare -A cost
+rows=(${ROWS:-floor off raw kernel} ${PREVIOUS:+previous})
+for round in $(seq "${ROUNDS:-1}"); do
+[ "${ROUNDS:-1}" -gt 1 ] && echo "round $round"
 flood_drop=(PREROUTING -s 198.18.0.1 -p udp --dport 19523 -j DROP)  # the floor row: the flood stops here
-for mode in ${ROWS:-floor off raw kernel} ${PREVIOUS:+previous}; do
+for mode in "${rows[@]}"; do
     rm -f "$work/sc.sock"
     program=$bin/second-chance
     case $mode in
@@ -75,7 +79,7 @@ for mode in ${ROWS:-floor off raw kernel} ${PREVIOUS:+previous}; do
     failed=$(sed -n 's/.*new_failed=\([0-9]*\).*/\1/p' "$work/clients.$mode")
     per_syn=$(awk -v d=$((total1 - total0)) -v n="$sent" -v t="$ticks" 'BEGIN { printf "%.2f", d / t * 1e6 / n }')
     sc_per_syn=$(awk -v d=$((process1 - process0)) -v n="$sent" -v t="$ticks" 'BEGIN { printf "%.2f", d / t * 1e6 / n }')
-    cost[$mode]=$per_syn
+    cost[$mode]="${cost[$mode]:-} $per_syn"
     case $mode in
         floor) label="(0) floor: flood dropped" ;;
         off) label="(a) kernel cookies" ;; raw) label="(b) responder, raw" ;; kernel) label="(c) responder, verdict" ;;
@@ -86,9 +90,12 @@ for mode in ${ROWS:-floor off raw kernel} ${PREVIOUS:+previous}; do
     echo "kernel SyncookiesSent +$kernel_sent SyncookiesRecv +$kernel_recv"
     grep -E "SYN cookies (on|off)" "$work/sc.$mode.log" | head -3 | sed 's/^/    /' || true
 done
+done
+median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+for mode in "${rows[@]}"; do cost[$mode]=$(echo "${cost[$mode]}" | median); done
 [ -n "${cost[floor]:-}" ] && [ -n "${cost[off]:-}" ] || exit 0
-echo "answering a SYN, above the floor (cpu_us/syn minus the floor's), and against the kernel's cookies:"
-for mode in ${ROWS:-floor off raw kernel} ${PREVIOUS:+previous}; do
+echo "answering a SYN, above the floor (cpu_us/syn minus the floor's), and against the kernel's cookies${ROUNDS:+ (medians of $ROUNDS rounds)}:"
+for mode in "${rows[@]}"; do
     [ "$mode" = floor ] && continue
     awk -v m="$mode" -v c="${cost[$mode]}" -v f="${cost[floor]}" -v k="${cost[off]}" \
         'BEGIN { printf "    %-9s %6.2f us/syn  %.2fx\n", m, c - f, (c - f) / (k - f) }'

@@ -30,16 +30,12 @@ public final class NetfilterQueue {
     /// One receive slot per packet of a batch: packets stay readable until their verdicts are sent.
     private let receiveSlots: UnsafeMutableRawPointer
     private let receiveBufferSize: Int
-    private var batch: [QueuedPacket] = []
-    private lazy var slotPointers: [UnsafeMutableRawPointer?] = (0..<Self.maximumBatch).map {
-        receiveSlots + $0 * receiveBufferSize
-    }
-    private var slotLengths = [Int](repeating: 0, count: NetfilterQueue.maximumBatch)
-    private var actions: [Action] = []
+    private let slotPointers: [UnsafeMutableRawPointer?]
+    /// nfq_nlmsg_parse's attribute table, reused for every packet.
+    private let attributes: UnsafeMutablePointer<UnsafeMutablePointer<nlattr>?>
     public static let maximumBatch = 64
     private let verdictBuffer: UnsafeMutableRawPointer
-    private let verdictBufferSize = 1 << 21
-    private var verdictLength = 0
+    private static let verdictBufferSize = 1 << 21
     private var sequence: UInt32 = 1
     /// Set on an adopted socket until the first packet read: see `init(adopting:)`.
     private var requeueUnanswered = false
@@ -110,9 +106,11 @@ public final class NetfilterQueue {
         self.socket = socket
         receiveBufferSize = Int(Self.copyRange) + netlinkBufferSize
         receiveSlots = .allocate(byteCount: receiveBufferSize * Self.maximumBatch, alignment: 16)
-        batch.reserveCapacity(Self.maximumBatch)
-        actions.reserveCapacity(Self.maximumBatch)
-        verdictBuffer = .allocate(byteCount: verdictBufferSize, alignment: 16)
+        slotPointers = (0..<Self.maximumBatch).map { [receiveSlots, receiveBufferSize] in
+            receiveSlots + $0 * receiveBufferSize
+        }
+        attributes = .allocate(capacity: Int(__NFQA_MAX.rawValue))
+        verdictBuffer = .allocate(byteCount: Self.verdictBufferSize, alignment: 16)
         portID = mnl_socket_get_portid(socket)
 
         let fd = mnl_socket_get_fd(socket)
@@ -144,6 +142,7 @@ public final class NetfilterQueue {
     deinit {
         mnl_socket_close(socket)
         receiveSlots.deallocate()
+        attributes.deallocate()
         verdictBuffer.deallocate()
     }
 
@@ -209,6 +208,14 @@ public final class NetfilterQueue {
         ]
         var stopping = false
         var stopDeadline: UInt64 = 0
+        // Per-batch state lives in locals: a class's stored arrays would pay a dynamic exclusivity
+        // check on every packet.
+        var batch: [QueuedPacket] = []
+        batch.reserveCapacity(Self.maximumBatch)
+        var actions: [Action] = []
+        actions.reserveCapacity(Self.maximumBatch)
+        var slotLengths = [Int](repeating: 0, count: Self.maximumBatch)
+        var verdicts = VerdictWriter(buffer: verdictBuffer, capacity: Self.verdictBufferSize, queue: number)
         while true {
             let ready = poll(&fds, 2, stopping ? 0 : 1000)
             if ready < 0 && errno != EINTR { throw SystemError("poll") }
@@ -222,7 +229,7 @@ public final class NetfilterQueue {
                 let received = proxyside_receive_batch(
                     fd, slotPointers, receiveBufferSize, &slotLengths, UInt32(batchSize))
                 if received >= 0 {
-                    for slot in 0..<Int(received) { collectPackets(slotPointers[slot]!, slotLengths[slot]) }
+                    for slot in 0..<Int(received) { collectPackets(slotPointers[slot]!, slotLengths[slot], into: &batch) }
                     break
                 }
                 if -received == EINTR { continue }
@@ -238,9 +245,17 @@ public final class NetfilterQueue {
                 actions.removeAll(keepingCapacity: true)
                 batch.withUnsafeBufferPointer { handleBatch($0, &actions) }
                 precondition(actions.count == batch.count, "one action per packet")
-                for (packet, action) in zip(batch, actions) { try appendVerdict(id: packet.id, action, packet.payload) }
+                for (packet, action) in zip(batch, actions) {
+                    // A failed send ends the loop like the batch's last one: the packets stay queued in
+                    // the kernel, for the restarted daemon to requeue, instead of waiting for verdicts
+                    // never sent.
+                    if !verdicts.append(id: packet.id, action, packet.payload) {
+                        try send(&verdicts)
+                        _ = verdicts.append(id: packet.id, action, packet.payload)  // fits an empty buffer
+                    }
+                }
             }
-            try flushVerdicts()
+            try send(&verdicts)
             if !batch.isEmpty { afterVerdicts() }
             if stopping && (batch.isEmpty || MonotonicClock.nanoseconds() >= stopDeadline) { return }
             if batch.isEmpty { idle() }
@@ -258,19 +273,20 @@ public final class NetfilterQueue {
     }
 
     /// Appends the packets of one datagram (normally exactly one) to the batch.
-    private func collectPackets(_ datagram: UnsafeMutableRawPointer, _ length: Int) {
+    private func collectPackets(
+        _ datagram: UnsafeMutableRawPointer, _ length: Int, into batch: inout [QueuedPacket]
+    ) {
         var remaining = Int32(length)
         var message: UnsafePointer<nlmsghdr>? = UnsafePointer(datagram.assumingMemoryBound(to: nlmsghdr.self))
         let packetType = UInt16(NFNL_SUBSYS_QUEUE << 8) | UInt16(NFQNL_MSG_PACKET.rawValue)
-        var attributes = [UnsafeMutablePointer<nlattr>?](repeating: nil, count: Int(__NFQA_MAX.rawValue))
         while let nlh = message, mnl_nlmsg_ok(nlh, remaining) {
             defer { message = UnsafePointer(mnl_nlmsg_next(nlh, &remaining)) }
             guard nlh.pointee.nlmsg_type == packetType else {
                 if nlh.pointee.nlmsg_type == UInt16(NLMSG_ERROR) { noteError(nlh) }
                 continue
             }
-            for index in attributes.indices { attributes[index] = nil }
-            guard nfq_nlmsg_parse(nlh, &attributes) >= 0,
+            attributes.update(repeating: nil, count: Int(__NFQA_MAX.rawValue))
+            guard nfq_nlmsg_parse(nlh, attributes) >= 0,
                 let headerAttribute = attributes[Int(NFQA_PACKET_HDR.rawValue)],
                 let payloadAttribute = attributes[Int(NFQA_PAYLOAD.rawValue)]
             else { receiveErrors.add(1, ordering: .relaxed); continue }
@@ -308,20 +324,34 @@ public final class NetfilterQueue {
         guard sent >= 0 else { throw SystemError("sendto(NFQUEUE \(number) requeue)") }
     }
 
-    private func appendVerdict(id: UInt32, _ action: Action, _ payload: UnsafeMutableRawBufferPointer) throws {
-        let replacement: UnsafeMutableRawBufferPointer?
+    /// Sends every verdict `verdicts` holds in one datagram.
+    private func send(_ verdicts: inout VerdictWriter) throws {
+        guard verdicts.length > 0 else { return }
+        defer { verdicts.length = 0 }
+        let sent = retryingOnInterrupt { mnl_socket_sendto(socket, verdictBuffer, verdicts.length) }
+        guard sent >= 0 else { throw SystemError("sendto(NFQUEUE \(number) verdicts)") }
+    }
+}
+
+/// Verdict messages laid end to end in one buffer, sent as one netlink datagram.
+private struct VerdictWriter {
+    let buffer: UnsafeMutableRawPointer
+    let capacity: Int
+    let queue: UInt16
+    var length = 0
+
+    /// Appends the verdict; false (nothing appended) when the buffer must be sent first. An empty
+    /// buffer always has room: a payload is at most `NetfilterQueue.copyRange` bytes.
+    mutating func append(
+        id: UInt32, _ action: NetfilterQueue.Action, _ payload: UnsafeMutableRawBufferPointer
+    ) -> Bool {
+        var replacement: UnsafeMutableRawBufferPointer? = nil
         if case .acceptReplacing(let range) = action {
             replacement = UnsafeMutableRawBufferPointer(rebasing: payload[range])
-        } else {
-            replacement = nil
         }
-        let needed = 64 + (replacement?.count ?? 0)
-        // A failed send ends the loop like the batch's last one: the packets stay queued in the
-        // kernel, for the restarted daemon to requeue, instead of waiting for verdicts never sent.
-        if verdictLength + needed > verdictBufferSize { try flushVerdicts() }
+        guard length + 64 + (replacement?.count ?? 0) <= capacity else { return false }
         let nlh = nfq_nlmsg_put(
-            (verdictBuffer + verdictLength).assumingMemoryBound(to: CChar.self), Int32(NFQNL_MSG_VERDICT.rawValue),
-            UInt32(number))!
+            (buffer + length).assumingMemoryBound(to: CChar.self), Int32(NFQNL_MSG_VERDICT.rawValue), UInt32(queue))!
         switch action {
         case .accept: nfq_nlmsg_verdict_put(nlh, Int32(bitPattern: id), NF_ACCEPT)
         case .drop: nfq_nlmsg_verdict_put(nlh, Int32(bitPattern: id), NF_DROP)
@@ -329,14 +359,7 @@ public final class NetfilterQueue {
             nfq_nlmsg_verdict_put(nlh, Int32(bitPattern: id), NF_ACCEPT)
             nfq_nlmsg_verdict_put_pkt(nlh, replacement!.baseAddress, UInt32(replacement!.count))
         }
-        verdictLength += Int((nlh.pointee.nlmsg_len + 3) & ~3)
-    }
-
-    /// Sends every pending verdict in one datagram.
-    public func flushVerdicts() throws {
-        guard verdictLength > 0 else { return }
-        defer { verdictLength = 0 }
-        let sent = retryingOnInterrupt { mnl_socket_sendto(socket, verdictBuffer, verdictLength) }
-        guard sent >= 0 else { throw SystemError("sendto(NFQUEUE \(number) verdicts)") }
+        length += Int((nlh.pointee.nlmsg_len + 3) & ~3)
+        return true
     }
 }

@@ -55,7 +55,7 @@ public final class RawIPSender: Sendable {
 /// Forwarded packets of one NFQUEUE batch, sent with one sendmmsg before the batch's verdicts go
 /// back to the kernel. It keeps pointers, not copies: NetfilterQueue leaves every packet of a batch
 /// in its own receive slot until then.
-public final class ForwardBatch {
+public struct ForwardBatch {
     public static let capacity = NetfilterQueue.maximumBatch
     private var buffers = [UnsafeMutableRawPointer?](repeating: nil, count: capacity)
     private var lengths = [Int](repeating: 0, count: capacity)
@@ -65,7 +65,7 @@ public final class ForwardBatch {
     public init() {}
 
     /// Queues a packet (valid until `flush`); false when the batch is full (the caller sends it alone).
-    public func append(_ packet: UnsafeRawBufferPointer) -> Bool {
+    public mutating func append(_ packet: UnsafeRawBufferPointer) -> Bool {
         guard count < Self.capacity, packet.count >= 20 else { return false }
         buffers[count] = UnsafeMutableRawPointer(mutating: packet.baseAddress!)
         lengths[count] = packet.count
@@ -77,7 +77,7 @@ public final class ForwardBatch {
 
     /// Sends everything queued; returns the positions (in append order) of packets that could not be sent.
     @discardableResult
-    public func flush(_ sender: RawIPSender) -> [Int] {
+    public mutating func flush(_ sender: RawIPSender) -> [Int] {
         var sent = 0
         var failed: [Int] = []
         while sent < count {

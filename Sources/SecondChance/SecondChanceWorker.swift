@@ -63,7 +63,7 @@ struct KernelFlowOwnership: FlowOwnership {
     let oracle: SynCookieOracle?
     let counters: CounterBlock
     /// Present while the responder runs: listeners it serves accept cookies whatever the netns counters say.
-    let responder: SynCookieResponder?
+    var responder: SynCookieResponder?
     var cache: FlowCache
     /// Shared with every queue thread: what keeps cached "not here" answers honest.
     let epochs: FlowEpochs
@@ -104,15 +104,9 @@ struct KernelFlowOwnership: FlowOwnership {
 /// stats server reads only `counters` and `queue.receiveErrors`, which are atomic.
 public final class SecondChanceWorker: @unchecked Sendable {
     public let queue: NetfilterQueue
-    public let counters = CounterBlock()
-    let configuration: SecondChanceConfiguration
-    var decider: Decider
-    /// Where this host's current addresses come from, and the generation `decider.local` holds.
-    let addresses: LocalAddressBoard
-    var addressGeneration: UInt64
-    let sender: RawIPSender
-    let forwards = ForwardBatch()
-    var ownership: KernelFlowOwnership
+    public var counters: CounterBlock { state.counters }
+    /// The queue thread's decision state, touched once per batch (see `State`).
+    private var state: State
 
     /// `monitor`, when given, runs the SYN-cookie responder for the listeners it publishes.
     /// `adopting`: the queue's netlink socket, already bound by an earlier process.
@@ -121,7 +115,6 @@ public final class SecondChanceWorker: @unchecked Sendable {
         addresses: LocalAddressBoard,
         oracle: SynCookieOracle?, monitor: ListenerMonitor? = nil, epochs: FlowEpochs = FlowEpochs()
     ) throws {
-        self.configuration = configuration
         let namespace = try configuration.namespace.map { try NetworkNamespace(nameOrPath: $0) }
         if let adopted {
             queue = try NetfilterQueue(
@@ -139,189 +132,220 @@ public final class SecondChanceWorker: @unchecked Sendable {
                     repliesInVerdicts: configuration.forwarding == .kernel)
             }
         }
-        sender = try RawIPSender(ipv6: configuration.decapsulation == .userspace || responder != nil)
-        self.addresses = addresses
+        let counters = CounterBlock()
         let (generation, local) = addresses.snapshot()
-        addressGeneration = generation
-        decider = Decider(selfAddress: configuration.selfAddress, peers: configuration.peers, local: local)
-        ownership = KernelFlowOwnership(
-            sockDiag: try SockDiag(namespace: namespace), cookieState: try KernelCookieState(namespace: namespace),
-            oracle: configuration.checkCookies ? oracle : nil, counters: counters, responder: responder,
-            cache: FlowCache(
-                positiveLifetime: configuration.cacheLifetimeNanoseconds,
-                negativeLifetime: configuration.negativeCacheLifetimeNanoseconds),
-            epochs: epochs)
+        state = State(
+            configuration: configuration, counters: counters,
+            decider: Decider(selfAddress: configuration.selfAddress, peers: configuration.peers, local: local),
+            addresses: addresses, addressGeneration: generation,
+            sender: try RawIPSender(ipv6: configuration.decapsulation == .userspace || responder != nil),
+            ownership: KernelFlowOwnership(
+                sockDiag: try SockDiag(namespace: namespace), cookieState: try KernelCookieState(namespace: namespace),
+                oracle: configuration.checkCookies ? oracle : nil, counters: counters, responder: responder,
+                cache: FlowCache(
+                    positiveLifetime: configuration.cacheLifetimeNanoseconds,
+                    negativeLifetime: configuration.negativeCacheLifetimeNanoseconds),
+                epochs: epochs))
     }
 
     /// Decides packets until `stop`; then drains the queue for a moment unless `drainOnStop` says
     /// the queue is being handed to a new image.
     public func run(stop: EventFD, drainOnStop: () -> Bool = { true }) throws {
         try queue.run(
-            stop: stop, batchSize: configuration.batchSize, drainOnStop: drainOnStop,
-            idle: { [self] in ownership.cache.evictExpired(now: MonotonicClock.nanoseconds()) },
-            afterVerdicts: { [self] in
-                for flow in socketsMade { ownership.epochs.bump(flow) }
-                socketsMade.removeAll(keepingCapacity: true)
-            },
-            handleBatch: { [self] packets, actions in decideBatch(packets, &actions) })
+            stop: stop, batchSize: state.configuration.batchSize, drainOnStop: drainOnStop,
+            idle: { [self] in state.ownership.cache.evictExpired(now: MonotonicClock.nanoseconds()) },
+            afterVerdicts: { [self] in state.afterVerdicts() },
+            handleBatch: { [self] packets, actions in state.decideBatch(packets, &actions) })
     }
 
-    private var parsed: [Decider.Parsed] = []
-    private var pending: [FlowKey] = []
-    private var pendingEpochs: [UInt64] = []
-    /// Flows of packets this batch lets make a local socket: their epochs go up again after the verdicts.
-    private var socketsMade: [FlowKey] = []
-    private var cachedFlows: Set<FlowKey> = []
+    /// What the queue thread decides with. A struct reached through one access per batch: were
+    /// these the class's stored properties, every packet would pay dynamic exclusivity checks on
+    /// each of them.
+    struct State {
+        let configuration: SecondChanceConfiguration
+        let counters: CounterBlock
+        var decider: Decider
+        /// Where this host's current addresses come from, and the generation `decider.local` holds.
+        let addresses: LocalAddressBoard
+        var addressGeneration: UInt64
+        let sender: RawIPSender
+        var forwards = ForwardBatch()
+        var ownership: KernelFlowOwnership
+        var parsed: [Decider.Parsed] = []
+        var pending: [FlowKey] = []
+        var pendingEpochs: [UInt64] = []
+        /// Flows of packets this batch lets make a local socket: their epochs go up again after the verdicts.
+        var socketsMade: [FlowKey] = []
+        var cachedFlows: Set<FlowKey> = []
 
-    /// Decides a batch: parses every packet, answers the batch's flows from the cache or with one
-    /// sock_diag round trip, decides each packet with those answers, and sends the forwarded ones
-    /// together.
-    ///
-    /// Answers taken before the batch's verdicts are sent cannot miss a socket that a packet of the
-    /// same batch creates: a client sends a flow's next packet only after our stack answered one
-    /// whose verdict went out in an earlier batch. The exception is a cookie ACK, which makes the
-    /// connection without any earlier answer: `carryOut` marks its flow connected for the rest of
-    /// the batch.
-    public func decideBatch(
-        _ packets: UnsafeBufferPointer<NetfilterQueue.QueuedPacket>, _ actions: inout [NetfilterQueue.Action]
-    ) {
-        let now = MonotonicClock.nanoseconds()
-        ownership.now = now
-        if addresses.generation != addressGeneration { (addressGeneration, self.decider.local) = addresses.snapshot() }
-        // One copy of the decider per batch: the loops below read it without an access check per packet.
-        let decider = self.decider
-        parsed.removeAll(keepingCapacity: true)
-        pending.removeAll(keepingCapacity: true)
-        pendingEpochs.removeAll(keepingCapacity: true)
-        cachedFlows.removeAll(keepingCapacity: true)
-        for packet in packets {
-            let result = decider.parse(UnsafeRawBufferPointer(packet.payload))
-            parsed.append(result)
-            guard case .parsed(let parsedPacket) = result,
-                case .lookUp(let flow, _) = Decider.firstStep(parsedPacket.inner)
-            else { continue }
-            // Cache hits count per packet, as without batching; each flow is looked up once.
-            if ownership.prefetched[flow] != nil {
-                if cachedFlows.contains(flow) { counters.add(.lookupCacheHits) }
-                continue
-            }
-            let epoch = ownership.epochs.current(flow)
-            if let cached = ownership.cache.answer(for: flow, now: now, epoch: epoch) {
-                counters.add(.lookupCacheHits)
-                ownership.prefetched[flow] = cached
-                cachedFlows.insert(flow)
-            } else {
-                ownership.prefetched[flow] = .failed  // a placeholder, replaced below
-                pending.append(flow)
-                pendingEpochs.append(epoch)
-            }
+        init(
+            configuration: SecondChanceConfiguration, counters: CounterBlock, decider: Decider,
+            addresses: LocalAddressBoard, addressGeneration: UInt64, sender: RawIPSender,
+            ownership: KernelFlowOwnership
+        ) {
+            self.configuration = configuration
+            self.counters = counters
+            self.decider = decider
+            self.addresses = addresses
+            self.addressGeneration = addressGeneration
+            self.sender = sender
+            self.ownership = ownership
         }
-        if !pending.isEmpty {
-            counters.add(.lookups, UInt64(pending.count))
-            for ((flow, epoch), answer) in zip(zip(pending, pendingEpochs), ownership.sockDiag.lookup(batch: pending)) {
-                ownership.prefetched[flow] = answer
-                ownership.cache.remember(answer, for: flow, now: now, epoch: epoch)
-            }
-        }
-        ownership.responder?.prepare(packets, parsed, now: now, sender: sender, decider: decider)
-        for (index, (packet, result)) in zip(packets, parsed).enumerated() {
-            actions.append(carryOut(packet.payload, result, index: index, decider: decider))
-        }
-        ownership.prefetched.removeAll(keepingCapacity: true)
-        flushForwards()
-    }
 
-    /// Sends the batch's forwarded packets (one sendmmsg) and counts them.
-    public func flushForwards() {
-        let queued = forwards.count
-        guard queued > 0 else { return }
-        let failed = forwards.flush(sender).count
-        counters.add(.forwarded, UInt64(queued - failed))
-        if failed > 0 { counters.add(.forwardFailed, UInt64(failed)) }
-    }
+        mutating func afterVerdicts() {
+            for flow in socketsMade { ownership.epochs.bump(flow) }
+            socketsMade.removeAll(keepingCapacity: true)
+        }
 
-    /// Decides one parsed packet and carries the decision out.
-    @inline(__always)
-    func carryOut(_ packet: UnsafeMutableRawBufferPointer, _ parsed: Decider.Parsed, index: Int, decider: Decider)
-        -> NetfilterQueue.Action
-    {
-        counters.add(.total)
-        let decision: Decision
-        switch parsed {
-        case .rejected(let rejected): decision = rejected
-        case .parsed(let parsedPacket):
-            decision = decider.decide(UnsafeRawBufferPointer(packet), parsedPacket, ownership: &ownership)
-        }
-        // What the responder did with a SYN; one it answered never reaches the kernel, so makes no socket.
-        let responderOutcome = decision.verdict == .local(.syn) ? ownership.responder?.outcome(at: index) : nil
-        if case .tcp(let segment) = decision.inner {
-            if (decision.verdict == .local(.syn) && responderOutcome?.answersTheSYN != true)
-                || decision.verdict == .local(.synCookie)
-            {
-                // This packet may make a socket: no thread may trust a "not here" from before it.
-                ownership.epochs.bump(segment.flow)
-                socketsMade.append(segment.flow)
+        /// Decides a batch: parses every packet, answers the batch's flows from the cache or with one
+        /// sock_diag round trip, decides each packet with those answers, and sends the forwarded ones
+        /// together.
+        ///
+        /// Answers taken before the batch's verdicts are sent cannot miss a socket that a packet of the
+        /// same batch creates: a client sends a flow's next packet only after our stack answered one
+        /// whose verdict went out in an earlier batch. The exception is a cookie ACK, which makes the
+        /// connection without any earlier answer: `carryOut` marks its flow connected for the rest of
+        /// the batch.
+        mutating func decideBatch(
+            _ packets: UnsafeBufferPointer<NetfilterQueue.QueuedPacket>, _ actions: inout [NetfilterQueue.Action]
+        ) {
+            let now = MonotonicClock.nanoseconds()
+            ownership.now = now
+            if addresses.generation != addressGeneration { (addressGeneration, self.decider.local) = addresses.snapshot() }
+            let decider = self.decider
+            parsed.removeAll(keepingCapacity: true)
+            pending.removeAll(keepingCapacity: true)
+            pendingEpochs.removeAll(keepingCapacity: true)
+            cachedFlows.removeAll(keepingCapacity: true)
+            for packet in packets {
+                let result = decider.parse(UnsafeRawBufferPointer(packet.payload))
+                parsed.append(result)
+                guard case .parsed(let parsedPacket) = result,
+                    case .lookUp(let flow, _) = Decider.firstStep(parsedPacket.inner)
+                else { continue }
+                // Cache hits count per packet, as without batching; each flow is looked up once.
+                if ownership.prefetched[flow] != nil {
+                    if cachedFlows.contains(flow) { counters.add(.lookupCacheHits) }
+                    continue
+                }
+                let epoch = ownership.epochs.current(flow)
+                if let cached = ownership.cache.answer(for: flow, now: now, epoch: epoch) {
+                    counters.add(.lookupCacheHits)
+                    ownership.prefetched[flow] = cached
+                    cachedFlows.insert(flow)
+                } else {
+                    ownership.prefetched[flow] = .failed  // a placeholder, replaced below
+                    pending.append(flow)
+                    pendingEpochs.append(epoch)
+                }
             }
-            if !segment.flags.isDisjoint(with: [.syn, .fin, .rst]) {
-                ownership.cache.forget(segment.flow)
-            } else if decision.verdict == .local(.synCookie) {
-                // The kernel makes the connection when this verdict goes out; the client's data
-                // often follows its ACK in the same batch, looked up before that happened.
-                ownership.prefetched[segment.flow] = .connected
-                ownership.cache.remember(.connected, for: segment.flow, now: ownership.now)
+            if !pending.isEmpty {
+                counters.add(.lookups, UInt64(pending.count))
+                for ((flow, epoch), answer) in zip(zip(pending, pendingEpochs), ownership.sockDiag.lookup(batch: pending)) {
+                    ownership.prefetched[flow] = answer
+                    ownership.cache.remember(answer, for: flow, now: now, epoch: epoch)
+                }
             }
+            ownership.responder?.prepare(packets, parsed, now: now, sender: sender, decider: decider)
+            for (index, (packet, result)) in zip(packets, parsed).enumerated() {
+                actions.append(carryOut(packet.payload, result, index: index, decider: decider))
+            }
+            ownership.prefetched.removeAll(keepingCapacity: true)
+            flushForwards()
         }
-        switch decision.verdict {
-        case .drop(let reason):
-            counters.add(.dropped(reason))
-            return .drop
-        case .refuse(let refusal):
-            counters.add(.refused(refusal))
-            return .drop
-        case .local(.syn):
-            switch responderOutcome {
-            case .answered:
-                counters.add(.cookiesSent)
+
+        /// Sends the batch's forwarded packets (one sendmmsg) and counts them.
+        mutating func flushForwards() {
+            let queued = forwards.count
+            guard queued > 0 else { return }
+            let failed = forwards.flush(sender).count
+            counters.add(.forwarded, UInt64(queued - failed))
+            if failed > 0 { counters.add(.forwardFailed, UInt64(failed)) }
+        }
+
+        /// Decides one parsed packet and carries the decision out.
+        @inline(__always)
+        mutating func carryOut(_ packet: UnsafeMutableRawBufferPointer, _ parsed: Decider.Parsed, index: Int, decider: Decider)
+            -> NetfilterQueue.Action
+        {
+            counters.add(.total)
+            let decision: Decision
+            switch parsed {
+            case .rejected(let rejected): decision = rejected
+            case .parsed(let parsedPacket):
+                decision = decider.decide(UnsafeRawBufferPointer(packet), parsedPacket, ownership: &ownership)
+            }
+            // What the responder did with a SYN; one it answered never reaches the kernel, so makes no socket.
+            let responderOutcome = decision.verdict == .local(.syn) ? ownership.responder?.outcome(at: index) : nil
+            if case .tcp(let segment) = decision.inner {
+                if (decision.verdict == .local(.syn) && responderOutcome?.answersTheSYN != true)
+                    || decision.verdict == .local(.synCookie)
+                {
+                    // This packet may make a socket: no thread may trust a "not here" from before it.
+                    ownership.epochs.bump(segment.flow)
+                    socketsMade.append(segment.flow)
+                }
+                if !segment.flags.isDisjoint(with: [.syn, .fin, .rst]) {
+                    ownership.cache.forget(segment.flow)
+                } else if decision.verdict == .local(.synCookie) {
+                    // The kernel makes the connection when this verdict goes out; the client's data
+                    // often follows its ACK in the same batch, looked up before that happened.
+                    ownership.prefetched[segment.flow] = .connected
+                    ownership.cache.remember(.connected, for: segment.flow, now: ownership.now)
+                }
+            }
+            switch decision.verdict {
+            case .drop(let reason):
+                counters.add(.dropped(reason))
                 return .drop
-            case .answeredInVerdict:
-                counters.add(.cookiesSent)
-                return .acceptReplacing(0..<ownership.responder!.moveReply(at: index, into: packet))
-            case .failed: counters.add(.cookieReplyFailed)
-            case .toKernel, nil: break
+            case .refuse(let refusal):
+                counters.add(.refused(refusal))
+                return .drop
+            case .local(.syn):
+                switch responderOutcome {
+                case .answered:
+                    counters.add(.cookiesSent)
+                    return .drop
+                case .answeredInVerdict:
+                    counters.add(.cookiesSent)
+                    return .acceptReplacing(0..<ownership.responder!.moveReply(at: index, into: packet))
+                case .failed: counters.add(.cookieReplyFailed)
+                case .toKernel, nil: break
+                }
+                counters.add(.local(.syn))
+                return deliverLocally(packet, decision.gue!)
+            case .local(let reason):
+                counters.add(.local(reason))
+                return deliverLocally(packet, decision.gue!)
+            case .forward(let hop):
+                let gue = decision.gue!
+                if configuration.forwarding == .kernel && packet[8] < 255 {
+                    GUEForwarding.rewrite(
+                        packet, gue, source: configuration.selfAddress, destination: hop, forKernelForwarding: true)
+                    counters.add(.forwarded)
+                    return .acceptReplacing(0..<gue.innerEnd)
+                }
+                GUEForwarding.rewrite(packet, gue, source: configuration.selfAddress, destination: hop)
+                let outgoing = UnsafeRawBufferPointer(rebasing: packet[0..<gue.innerEnd])
+                if !forwards.append(outgoing) {
+                    let error = sender.sendIPv4(outgoing)
+                    counters.add(error == 0 ? .forwarded : .forwardFailed)
+                }
+                return .drop
             }
-            counters.add(.local(.syn))
-            return deliverLocally(packet, decision.gue!)
-        case .local(let reason):
-            counters.add(.local(reason))
-            return deliverLocally(packet, decision.gue!)
-        case .forward(let hop):
-            let gue = decision.gue!
-            if configuration.forwarding == .kernel && packet[8] < 255 {
-                GUEForwarding.rewrite(
-                    packet, gue, source: configuration.selfAddress, destination: hop, forKernelForwarding: true)
-                counters.add(.forwarded)
-                return .acceptReplacing(0..<gue.innerEnd)
-            }
-            GUEForwarding.rewrite(packet, gue, source: configuration.selfAddress, destination: hop)
-            let outgoing = UnsafeRawBufferPointer(rebasing: packet[0..<gue.innerEnd])
-            if !forwards.append(outgoing) {
-                let error = sender.sendIPv4(outgoing)
-                counters.add(error == 0 ? .forwarded : .forwardFailed)
-            }
-            return .drop
         }
-    }
 
-    private func deliverLocally(_ packet: UnsafeMutableRawBufferPointer, _ gue: GUEPacket) -> NetfilterQueue.Action {
-        switch (configuration.decapsulation, gue.innerFamily) {
-        case (.kernel, _):
-            return .accept
-        case (.userspace, .ipv4):
-            return .acceptReplacing(gue.innerOffset..<gue.innerEnd)
-        case (.userspace, .ipv6):
-            let error = sender.sendIPv6(UnsafeRawBufferPointer(rebasing: packet[gue.innerOffset..<gue.innerEnd]))
-            if error != 0 { counters.add(.injectFailed) }
-            return .drop
+        private mutating func deliverLocally(_ packet: UnsafeMutableRawBufferPointer, _ gue: GUEPacket) -> NetfilterQueue.Action {
+            switch (configuration.decapsulation, gue.innerFamily) {
+            case (.kernel, _):
+                return .accept
+            case (.userspace, .ipv4):
+                return .acceptReplacing(gue.innerOffset..<gue.innerEnd)
+            case (.userspace, .ipv6):
+                let error = sender.sendIPv6(UnsafeRawBufferPointer(rebasing: packet[gue.innerOffset..<gue.innerEnd]))
+                if error != 0 { counters.add(.injectFailed) }
+                return .drop
+            }
         }
     }
 }

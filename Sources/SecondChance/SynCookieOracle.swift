@@ -11,8 +11,11 @@ public final class SynCookieOracle {
     private let checkIPv6: Int32
     private let batchIPv4: Int32
     private let batchIPv6: Int32
-    private var scratch = [UInt8](repeating: 0, count: SynCookieProgram.batchSlots * SynCookieProgram.batchStride)
-    private var output = [UInt8](repeating: 0, count: SynCookieProgram.batchSlots * SynCookieProgram.batchStride)
+    /// A test run's input and output: one slot per SYN of a batch (fixed buffers, so a run
+    /// allocates nothing).
+    private static let bufferSize = SynCookieProgram.batchSlots * SynCookieProgram.batchStride
+    private let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize, alignment: 16)
+    private let output = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize, alignment: 16)
 
     public init() throws {
         var loaded: [Int32] = []
@@ -30,6 +33,8 @@ public final class SynCookieOracle {
 
     deinit {
         [checkIPv4, checkIPv6, batchIPv4, batchIPv6].forEach { close($0) }
+        scratch.deallocate()
+        output.deallocate()
     }
 
     static func load(_ program: [BPFInstruction]) throws -> Int32 {
@@ -55,19 +60,15 @@ public final class SynCookieOracle {
     private func runProgram(_ program: Int32, _ length: Int) -> Bool {
         var outputSize = UInt32(output.count)
         var returnValue: UInt32 = 0
-        let result = scratch.withUnsafeBytes { input in
-            output.withUnsafeMutableBytes { out in
-                proxyside_bpf_test_run(
-                    program, input.baseAddress, UInt32(length), out.baseAddress, &outputSize, &returnValue)
-            }
-        }
+        let result = proxyside_bpf_test_run(
+            program, scratch.baseAddress, UInt32(length), output.baseAddress, &outputSize, &returnValue)
         return result == 0 && returnValue == SynCookieProgram.xdpPass && Int(outputSize) >= length
     }
 
     /// Runs a single-input program (the check); returns the helper's signed 64-bit result.
     private func run(_ program: Int32, _ length: Int) -> Int64? {
         guard runProgram(program, length) else { return nil }
-        return output.withUnsafeBytes { Int64(littleEndian: $0.loadUnaligned(as: Int64.self)) }
+        return Int64(littleEndian: output.loadUnaligned(as: Int64.self))
     }
 
     public struct SynRequest {
@@ -82,36 +83,32 @@ public final class SynCookieOracle {
     }
 
     /// The cookies the kernel would send in answer to many SYNs of one family, with the MSS each
-    /// encodes (the largest entry of the kernel's MSS table not above the client's),
-    /// `SynCookieProgram.batchSlots` per test run.
-    public func cookies(forSYNs requests: ArraySlice<SynRequest>, ipv6: Bool) -> [(cookie: UInt32, mss: UInt16)?] {
-        var results: [(cookie: UInt32, mss: UInt16)?] = []
-        results.reserveCapacity(requests.count)
+    /// encodes (the largest entry of the kernel's MSS table not above the client's), appended to
+    /// `results` in the order of `requests` (nil where there is none); `SynCookieProgram.batchSlots`
+    /// per test run.
+    public func cookies(
+        forSYNs requests: ArraySlice<SynRequest>, ipv6: Bool, into results: inout [(cookie: UInt32, mss: UInt16)?]
+    ) {
         let stride = SynCookieProgram.batchStride
         var start = requests.startIndex
         while start < requests.endIndex {
             let chunk = requests[start..<min(requests.endIndex, start + SynCookieProgram.batchSlots)]
-            var filled: [Bool] = []
+            var filled: UInt64 = 0  // bit per slot; batchSlots <= 64
             for (slot, request) in chunk.enumerated() {
-                let written = scratch.withUnsafeMutableBytes { buffer in
-                    SynCookieReply.generatorInput(
-                        request.packet, request.segment, options: request.options,
-                        into: UnsafeMutableRawBufferPointer(rebasing: buffer[(slot * stride)..<((slot + 1) * stride)]))
-                }
-                filled.append(written != nil)
+                let written = SynCookieReply.generatorInput(
+                    request.packet, request.segment, options: request.options,
+                    into: UnsafeMutableRawBufferPointer(rebasing: scratch[(slot * stride)..<((slot + 1) * stride)]))
+                if written != nil { filled |= 1 << UInt64(slot) }
             }
             let passed = runProgram(ipv6 ? batchIPv6 : batchIPv4, chunk.count * stride)
             for slot in 0..<chunk.count {
-                guard passed, filled[slot] else { results.append(nil); continue }
-                let value = output.withUnsafeBytes {
-                    Int64(littleEndian: $0.loadUnaligned(fromByteOffset: slot * stride, as: Int64.self))
-                }
+                guard passed, filled & (1 << UInt64(slot)) != 0 else { results.append(nil); continue }
+                let value = Int64(littleEndian: output.loadUnaligned(fromByteOffset: slot * stride, as: Int64.self))
                 results.append(
                     value < 0 ? nil : (UInt32(truncatingIfNeeded: value), UInt16(truncatingIfNeeded: value >> 32)))
             }
             start = chunk.endIndex
         }
-        return results
     }
 
     /// True when ack-1 of `segment` is a cookie the kernel issued for its 4-tuple and ISN.
@@ -120,8 +117,8 @@ public final class SynCookieOracle {
         guard segment.tcpOffset + 20 <= packet.count, segment.ipHeaderOffset + ipLength <= packet.count else {
             return false
         }
-        for index in 0..<ipLength { scratch[index] = packet[segment.ipHeaderOffset + index] }
-        for index in 0..<20 { scratch[ipLength + index] = packet[segment.tcpOffset + index] }
+        scratch.baseAddress!.copyMemory(from: packet.baseAddress! + segment.ipHeaderOffset, byteCount: ipLength)
+        (scratch.baseAddress! + ipLength).copyMemory(from: packet.baseAddress! + segment.tcpOffset, byteCount: 20)
         return run(segment.flow.isIPv6 ? checkIPv6 : checkIPv4, ipLength + 20) == 0
     }
 }

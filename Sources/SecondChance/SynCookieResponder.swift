@@ -8,7 +8,7 @@ import SecondChanceCore
 /// Where the kernel forwards for us (`--forward kernel`), an IPv4 SYN-ACK goes back as the queued
 /// SYN's own verdict payload: the kernel forwards it like a rewritten GUE packet, with no socket
 /// send and no second buffer per SYN. Elsewhere the replies leave through one sendmmsg.
-final class SynCookieResponder {
+struct SynCookieResponder {
     enum Outcome {
         /// Not served (or kept for the kernel): deliver the SYN as usual.
         case toKernel
@@ -33,15 +33,16 @@ final class SynCookieResponder {
     private var outcomes: [Outcome] = []
     private var requests: [[SynCookieOracle.SynRequest]] = [[], []]
     private var requestContext: [[(index: Int, listener: ResponderListener)]] = [[], []]
-    private let replies = ForwardBatch()
+    private var cookies: [(cookie: UInt32, mss: UInt16)?] = []
+    private var replies = ForwardBatch()
     private var replyIndexes: [Int] = []
     private var replyRecords: [ListenerRecord] = []
     private var replyLengths: [Int] = []
     /// A slot per packet of a batch (an IPv4 reply stays in its SYN's slot until sent or moved),
     /// and one for an IPv6 reply.
     private static let replySlot = 128
-    private let replyPool = UnsafeMutableRawPointer.allocate(
-        byteCount: (NetfilterQueue.maximumBatch + 1) * replySlot, alignment: 16)
+    private let pool = ReplyPool(bytes: (NetfilterQueue.maximumBatch + 1) * replySlot)
+    private var replyPool: UnsafeMutableRawPointer { pool.base }
 
     init(board: ResponderBoard, oracle: SynCookieOracle, passInterval: UInt64, repliesInVerdicts: Bool) {
         self.board = board
@@ -49,8 +50,6 @@ final class SynCookieResponder {
         self.passInterval = passInterval
         self.repliesInVerdicts = repliesInVerdicts
     }
-
-    deinit { replyPool.deallocate() }
 
     func outcome(at index: Int) -> Outcome { index < outcomes.count ? outcomes[index] : .toKernel }
 
@@ -68,7 +67,7 @@ final class SynCookieResponder {
     /// Decides and answers every SYN of a batch; `outcome(at:)` then tells each packet's fate.
     /// Only SYNs the decider would deliver here are answered: the reply's source is the SYN's
     /// destination, so a wildcard listener must never make it one this host does not own.
-    func prepare(
+    mutating func prepare(
         _ packets: UnsafeBufferPointer<NetfilterQueue.QueuedPacket>, _ parsed: [Decider.Parsed], now: UInt64,
         sender: RawIPSender,
         decider: Decider
@@ -115,7 +114,8 @@ final class SynCookieResponder {
             requestContext[family].append((index, listener))
         }
         for family in 0..<2 where !requests[family].isEmpty {
-            let cookies = oracle.cookies(forSYNs: requests[family][...], ipv6: family == 1)
+            cookies.removeAll(keepingCapacity: true)
+            oracle.cookies(forSYNs: requests[family][...], ipv6: family == 1, into: &cookies)
             for (position, cookie) in cookies.enumerated() {
                 let (index, listener) = requestContext[family][position]
                 guard let (value, mss) = cookie else { outcomes[index] = .failed; continue }
@@ -131,7 +131,7 @@ final class SynCookieResponder {
     /// becomes that SYN's verdict when the kernel forwards for us (`room`: the SYN's length);
     /// other IPv4 replies wait in their slot for one sendmmsg (counted as answered, corrected if
     /// the send fails); IPv6 ones go out at once from the last slot.
-    private func answer(
+    private mutating func answer(
         _ request: SynCookieOracle.SynRequest, cookie: UInt32, mss: UInt16, listener: ResponderListener,
         index: Int, room: Int, now: UInt64, sender: RawIPSender
     ) -> Outcome {
@@ -172,7 +172,7 @@ final class SynCookieResponder {
         return .answered
     }
 
-    private func flushReplies(_ sender: RawIPSender) {
+    private mutating func flushReplies(_ sender: RawIPSender) {
         guard replies.count > 0 else { return }
         let failed = replies.flush(sender)
         for position in failed { outcomes[replyIndexes[position]] = .failed }
@@ -182,4 +182,11 @@ final class SynCookieResponder {
         replyIndexes.removeAll(keepingCapacity: true)
         replyRecords.removeAll(keepingCapacity: true)
     }
+}
+
+/// The memory SYN-ACKs are written into, one slot per packet of a batch.
+private final class ReplyPool {
+    let base: UnsafeMutableRawPointer
+    init(bytes: Int) { base = .allocate(byteCount: bytes, alignment: 16) }
+    deinit { base.deallocate() }
 }
