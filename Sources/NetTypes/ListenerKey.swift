@@ -23,15 +23,35 @@ public struct ListenerKey: Hashable, Sendable, CustomStringConvertible {
 
     /// The listeners a SYN to this address and port reaches, most specific first: the address
     /// itself, then the family's wildcard, then (IPv4) a dual-stack IPv6 wildcard.
-    public var lookupOrder: [ListenerKey] {
-        var keys = [self, wildcard]
-        if !isIPv6 { keys.append(ListenerKey(address: .v6(IPv6Address(high: 0, low: 0)), port: port)) }
-        return keys
-    }
+    public var lookupOrder: LookupOrder { LookupOrder(self) }
 
     /// The listeners a flow's SYN reaches, most specific first.
-    public static func candidates(for flow: FlowKey) -> [ListenerKey] {
+    public static func candidates(for flow: FlowKey) -> LookupOrder {
         ListenerKey(address: flow.destinationAddress, port: flow.destinationPort).lookupOrder
+    }
+
+    /// `lookupOrder`'s keys, held inline: it is walked per packet, and an array would be an
+    /// allocation each time.
+    public struct LookupOrder: Sequence, IteratorProtocol, Sendable {
+        private let keys: (ListenerKey, ListenerKey, ListenerKey)
+        private let count: Int
+        private var position = 0
+
+        init(_ key: ListenerKey) {
+            let dualStackWildcard = ListenerKey(address: .v6(IPv6Address(high: 0, low: 0)), port: key.port)
+            keys = (key, key.wildcard, dualStackWildcard)
+            count = key.isIPv6 ? 2 : 3
+        }
+
+        public mutating func next() -> ListenerKey? {
+            guard position < count else { return nil }
+            defer { position += 1 }
+            switch position {
+            case 0: return keys.0
+            case 1: return keys.1
+            default: return keys.2
+            }
+        }
     }
 
     public var description: String { isIPv6 ? "[\(ipAddress)]:\(port)" : "\(ipAddress):\(port)" }

@@ -20,6 +20,7 @@ public final class ResponderBoard: Sendable {
         public var settings = TCPHostSettings()
 
         public func listener(for flow: FlowKey) -> ResponderListener? {
+            guard !listeners.isEmpty else { return nil }
             for key in ListenerKey.candidates(for: flow) {
                 if let listener = listeners[key] { return listener }
             }
