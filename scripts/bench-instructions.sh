@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Instructions per packet of second-chance's pure decision path (parse, classify, flow cache,
-# decide, forwarding rewrite), counted by callgrind: independent of machine noise, so a change can
+# decide, forwarding rewrite; for syn-reply the responder's SYN-ACK too), counted by callgrind: independent of machine noise, so a change can
 # be compared with the one before it on any machine. Each stream runs COUNT packets and none; the
 # difference divided by COUNT is the cost of one packet.
 #   scripts/bench-instructions.sh [COUNT]   (default 200000)
@@ -22,7 +22,7 @@ instructions() {  # instructions STREAM COUNT: total instructions of one run
 }
 echo "bench-instructions: $(date -u +%FT%TZ), $(swiftc --version 2>&1 | head -1), $count packets per stream"
 printf '%-15s %12s\n' stream instr/packet
-for stream in syn established forward forward-kernel; do
+for stream in syn syn-reply established forward forward-kernel; do
     base=$(instructions "$stream" 0) total=$(instructions "$stream" "$count")
     awk -v s="$stream" -v b="$base" -v t="$total" -v n="$count" 'BEGIN { printf "%-15s %12.1f\n", s, (t - b) / n }'
 done

@@ -1,32 +1,29 @@
 // Big-endian field access over raw packet memory. Callers check lengths first: these helpers
 // only assert (debug builds), so every parser guards its offsets before reading.
 
+// One unaligned load or store and a byte swap per field, not a load per byte: these run several
+// times per packet.
 extension UnsafeRawBufferPointer {
     @inlinable @inline(__always) public func be16(_ offset: Int) -> UInt16 {
-        UInt16(self[offset]) << 8 | UInt16(self[offset + 1])
+        UInt16(bigEndian: loadUnaligned(fromByteOffset: offset, as: UInt16.self))
     }
 
     @inlinable @inline(__always) public func be32(_ offset: Int) -> UInt32 {
-        UInt32(self[offset]) << 24 | UInt32(self[offset + 1]) << 16
-            | UInt32(self[offset + 2]) << 8 | UInt32(self[offset + 3])
+        UInt32(bigEndian: loadUnaligned(fromByteOffset: offset, as: UInt32.self))
     }
 
     @inlinable @inline(__always) public func be64(_ offset: Int) -> UInt64 {
-        UInt64(be32(offset)) << 32 | UInt64(be32(offset + 4))
+        UInt64(bigEndian: loadUnaligned(fromByteOffset: offset, as: UInt64.self))
     }
 }
 
 extension UnsafeMutableRawBufferPointer {
     @inlinable @inline(__always) public func setBE16(_ offset: Int, _ value: UInt16) {
-        self[offset] = UInt8(truncatingIfNeeded: value >> 8)
-        self[offset + 1] = UInt8(truncatingIfNeeded: value)
+        storeBytes(of: value.bigEndian, toByteOffset: offset, as: UInt16.self)
     }
 
     @inlinable @inline(__always) public func setBE32(_ offset: Int, _ value: UInt32) {
-        self[offset] = UInt8(truncatingIfNeeded: value >> 24)
-        self[offset + 1] = UInt8(truncatingIfNeeded: value >> 16)
-        self[offset + 2] = UInt8(truncatingIfNeeded: value >> 8)
-        self[offset + 3] = UInt8(truncatingIfNeeded: value)
+        storeBytes(of: value.bigEndian, toByteOffset: offset, as: UInt32.self)
     }
 }
 

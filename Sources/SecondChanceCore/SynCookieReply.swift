@@ -118,7 +118,8 @@ public enum CookieTimestamp {
 
     public static func value(nowMilliseconds: UInt64, options: UInt32) -> UInt32 {
         var stamp = (nowMilliseconds >> optionBits) << optionBits | UInt64(options)
-        if stamp > nowMilliseconds { stamp -= 1 << optionBits }
+        // Wrapping, as the kernel's u64: in the first 64 ms of the clock the step back goes below zero.
+        if stamp > nowMilliseconds { stamp &-= 1 << optionBits }
         return UInt32(truncatingIfNeeded: stamp)
     }
 
@@ -149,9 +150,9 @@ public enum SynCookieReply {
         guard segment.ipHeaderOffset + ipLength <= packet.count, segment.tcpOffset + 20 <= packet.count,
             into.count >= ipLength + generatorTCPLength
         else { return nil }
-        for index in 0..<ipLength { into[index] = packet[segment.ipHeaderOffset + index] }
+        into.baseAddress!.copyMemory(from: packet.baseAddress! + segment.ipHeaderOffset, byteCount: ipLength)
         if !segment.flow.isIPv6 { into[0] = 0x45 }  // the helper reads addresses only; options are not copied
-        for index in 0..<20 { into[ipLength + index] = packet[segment.tcpOffset + index] }
+        (into.baseAddress! + ipLength).copyMemory(from: packet.baseAddress! + segment.tcpOffset, byteCount: 20)
         into[ipLength + 12] = UInt8(generatorTCPLength / 4) << 4 | (into[ipLength + 12] & 0x0f)
         into[ipLength + 20] = 2
         into[ipLength + 21] = 4

@@ -75,6 +75,27 @@ final class ChecksumTests: XCTestCase {
         XCTAssertEqual(InternetChecksum.checksum(header), 0xb861)
     }
 
+    /// The word-at-a-time sum against RFC 1071's definition (16-bit words, an odd byte padded), for
+    /// every length up to 67, odd start addresses and a carried-in pseudo-header sum.
+    func testChecksumMatchesTheSixteenBitDefinition() {
+        var generator = SeededGenerator.fromEnvironment(name: #function)
+        for length in 0..<68 {
+            for start in 0..<3 {
+                let bytes = (0..<(start + length)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+                let initial = UInt64.random(in: 0...0x3_ffff, using: &generator)
+                var reference = initial
+                for index in stride(from: start, to: start + length, by: 2) {
+                    reference += UInt64(bytes[index]) << 8 | (index + 1 < start + length ? UInt64(bytes[index + 1]) : 0)
+                }
+                while reference >> 16 != 0 { reference = (reference & 0xffff) + (reference >> 16) }
+                let sum = bytes.withUnsafeBytes {
+                    InternetChecksum.partialSum(UnsafeRawBufferPointer(rebasing: $0[start...]), initial: initial)
+                }
+                XCTAssertEqual(InternetChecksum.finish(sum), ~UInt16(reference), "\(generator.report) \(length) \(start)")
+            }
+        }
+    }
+
     func testIncrementalUpdateMatchesRecomputation() {
         var generator = SeededGenerator.fromEnvironment(name: #function)
         for _ in 0..<2000 {

@@ -78,7 +78,8 @@ final class SynCookieTests: XCTestCase {
     }
 
     func testCookieTimestampCarriesOptionsAndNeverRunsAhead() {
-        for now in [UInt64(0x40), 1_000_000, 1_000_063, 0x1_0000_0005] {
+        // 0 and 5: the clock's first 64 ms, where stepping back wraps (as the kernel's u64 does).
+        for now in [UInt64(0), 5, 0x40, 1_000_000, 1_000_063, 0x1_0000_0005] {
             for (scale, sack, ecn) in [
                 (UInt8?(7), true, false), (nil, false, false), (0, false, true), (14, true, true),
             ] {
