@@ -229,7 +229,9 @@ public final class NetfilterQueue {
                 let received = proxyside_receive_batch(
                     fd, slotPointers, receiveBufferSize, &slotLengths, UInt32(batchSize))
                 if received >= 0 {
-                    for slot in 0..<Int(received) { collectPackets(slotPointers[slot]!, slotLengths[slot], into: &batch) }
+                    for slot in 0..<Int(received) {
+                        collectPackets(slotPointers[slot]!, slotLengths[slot], into: &batch)
+                    }
                     break
                 }
                 if -received == EINTR { continue }

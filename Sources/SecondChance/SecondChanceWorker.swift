@@ -211,7 +211,9 @@ public final class SecondChanceWorker: @unchecked Sendable {
         ) {
             let now = MonotonicClock.nanoseconds()
             ownership.now = now
-            if addresses.generation != addressGeneration { (addressGeneration, self.decider.local) = addresses.snapshot() }
+            if addresses.generation != addressGeneration {
+                (addressGeneration, self.decider.local) = addresses.snapshot()
+            }
             let decider = self.decider
             parsed.removeAll(keepingCapacity: true)
             pending.removeAll(keepingCapacity: true)
@@ -241,7 +243,9 @@ public final class SecondChanceWorker: @unchecked Sendable {
             }
             if !pending.isEmpty {
                 counters.add(.lookups, UInt64(pending.count))
-                for ((flow, epoch), answer) in zip(zip(pending, pendingEpochs), ownership.sockDiag.lookup(batch: pending)) {
+                for ((flow, epoch), answer) in zip(
+                    zip(pending, pendingEpochs), ownership.sockDiag.lookup(batch: pending))
+                {
                     ownership.prefetched[flow] = answer
                     ownership.cache.remember(answer, for: flow, now: now, epoch: epoch)
                 }
@@ -265,7 +269,9 @@ public final class SecondChanceWorker: @unchecked Sendable {
 
         /// Decides one parsed packet and carries the decision out.
         @inline(__always)
-        mutating func carryOut(_ packet: UnsafeMutableRawBufferPointer, _ parsed: Decider.Parsed, index: Int, decider: Decider)
+        mutating func carryOut(
+            _ packet: UnsafeMutableRawBufferPointer, _ parsed: Decider.Parsed, index: Int, decider: Decider
+        )
             -> NetfilterQueue.Action
         {
             counters.add(.total)
@@ -335,7 +341,9 @@ public final class SecondChanceWorker: @unchecked Sendable {
             }
         }
 
-        private mutating func deliverLocally(_ packet: UnsafeMutableRawBufferPointer, _ gue: GUEPacket) -> NetfilterQueue.Action {
+        private mutating func deliverLocally(_ packet: UnsafeMutableRawBufferPointer, _ gue: GUEPacket)
+            -> NetfilterQueue.Action
+        {
             switch (configuration.decapsulation, gue.innerFamily) {
             case (.kernel, _):
                 return .accept

@@ -91,7 +91,8 @@ final class ChecksumTests: XCTestCase {
                 let sum = bytes.withUnsafeBytes {
                     InternetChecksum.partialSum(UnsafeRawBufferPointer(rebasing: $0[start...]), initial: initial)
                 }
-                XCTAssertEqual(InternetChecksum.finish(sum), ~UInt16(reference), "\(generator.report) \(length) \(start)")
+                XCTAssertEqual(
+                    InternetChecksum.finish(sum), ~UInt16(reference), "\(generator.report) \(length) \(start)")
             }
         }
     }
