@@ -12,6 +12,18 @@ public struct ListenerKey: Hashable, Sendable, CustomStringConvertible {
         self.port = port
     }
 
+    // Written out so other modules inline them (the responder looks a listener up per SYN), and
+    // packed as FlowKey's: the port and family in one word, an IPv4 address in another.
+    @inlinable public static func == (a: ListenerKey, b: ListenerKey) -> Bool {
+        a.address == b.address && a.port == b.port && a.isIPv6 == b.isIPv6
+    }
+
+    @inlinable public func hash(into hasher: inout Hasher) {
+        hasher.combine(UInt64(port) << 1 | (isIPv6 ? 1 : 0))
+        if isIPv6 { hasher.combine(address.high) }
+        hasher.combine(address.low)
+    }
+
     public var ipAddress: IPAddress {
         isIPv6 ? .v6(address) : .v4(IPv4Address(UInt32(truncatingIfNeeded: address.low)))
     }
