@@ -116,11 +116,12 @@ int proxyside_send_batch_ipv4(int fd, const struct sockaddr_in *destinations,
     return sent < 0 ? -errno : sent;
 }
 
-int proxyside_receive_batch(int fd, void *const *buffers, size_t size, size_t *lengths, unsigned count) {
+/* wait: block (within the socket's SO_RCVTIMEO) until the first message, then take what is there. */
+int proxyside_receive_batch(int fd, void *const *buffers, size_t size, size_t *lengths, unsigned count, int wait) {
     struct mmsghdr headers[max_batch];
     struct iovec iovecs[max_batch];
     count = prepare_messages(headers, iovecs, buffers, NULL, size, count);
-    int received = recvmmsg(fd, headers, count, MSG_DONTWAIT, NULL);
+    int received = recvmmsg(fd, headers, count, wait ? MSG_WAITFORONE : MSG_DONTWAIT, NULL);
     if (received < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
     for (int i = 0; i < received; i++) lengths[i] = headers[i].msg_len;
     return received;

@@ -81,7 +81,7 @@ public final class SockDiag {
                 batchLengths.withUnsafeMutableBufferPointer { lengths in
                     proxyside_receive_batch(
                         mnl_socket_get_fd(socket), buffers.baseAddress, Self.replySize, lengths.baseAddress,
-                        UInt32(pending))
+                        UInt32(pending), 0)
                 }
             }
             if received < 0 { return }

@@ -9,7 +9,11 @@ public enum SocketOptions {
     }
 
     public static func setTimeout(_ fd: Int32, _ option: Int32, seconds: Int) {
-        var timeout = timeval(tv_sec: seconds, tv_usec: 0)
+        setTimeout(fd, option, milliseconds: seconds * 1000)
+    }
+
+    public static func setTimeout(_ fd: Int32, _ option: Int32, milliseconds: Int) {
+        var timeout = timeval(tv_sec: milliseconds / 1000, tv_usec: milliseconds % 1000 * 1000)
         setsockopt(fd, SOL_SOCKET, option, &timeout, socklen_t(MemoryLayout<timeval>.size))
     }
 

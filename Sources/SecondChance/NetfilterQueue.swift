@@ -183,6 +183,10 @@ public final class NetfilterQueue {
     /// How long a stop may go on answering what is queued: under a sustained flood the queue never
     /// empties, and a stop must still end.
     public static let drainAfterStopNanoseconds: UInt64 = 250_000_000
+    /// How long a read waits for a packet before the loop looks at `stop` again.
+    static let receiveTimeoutMilliseconds = 100
+    /// How often a queue that never runs dry still looks at `stop`.
+    static let stopCheckNanoseconds: UInt64 = 10_000_000
 
     /// Reads and answers packets until `stop` is signalled, then answers what is still queued for
     /// at most `drainAfterStopNanoseconds` and returns: no packet read is left without a verdict.
@@ -203,9 +207,12 @@ public final class NetfilterQueue {
     ) throws {
         let fd = fileDescriptor
         let batchSize = max(1, min(batchSize, Self.maximumBatch))
-        var fds = [
-            pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0),
-        ]
+        // Reads wait for packets in recvmmsg itself, not in a poll before it (a system call per
+        // batch saved); the timeout makes an idle queue look at `stop` and run `idle`.
+        SocketOptions.setTimeout(fd, SO_RCVTIMEO, milliseconds: Self.receiveTimeoutMilliseconds)
+        var stopEvent = pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0)
+        var lastStopCheck: UInt64 = 0
+        var lastReadFoundNothing = true
         var stopping = false
         var stopDeadline: UInt64 = 0
         // Per-batch state lives in locals: a class's stored arrays would pay a dynamic exclusivity
@@ -217,17 +224,24 @@ public final class NetfilterQueue {
         var slotLengths = [Int](repeating: 0, count: Self.maximumBatch)
         var verdicts = VerdictWriter(buffer: verdictBuffer, capacity: Self.verdictBufferSize, queue: number)
         while true {
-            let ready = poll(&fds, 2, stopping ? 0 : 1000)
-            if ready < 0 && errno != EINTR { throw SystemError("poll") }
-            if fds[1].revents != 0 && !stopping {
-                stopping = true
-                stopDeadline = MonotonicClock.nanoseconds() + (drainOnStop() ? Self.drainAfterStopNanoseconds : 0)
+            // `stop` is looked at without waiting: after a read that found nothing (so at least once
+            // per receive timeout while idle) and every `stopCheckNanoseconds` while packets keep coming.
+            if !stopping {
+                let now = MonotonicClock.nanoseconds()
+                if lastReadFoundNothing || now &- lastStopCheck >= Self.stopCheckNanoseconds {
+                    lastStopCheck = now
+                    if poll(&stopEvent, 1, 0) > 0 {
+                        stopping = true
+                        stopDeadline = now + (drainOnStop() ? Self.drainAfterStopNanoseconds : 0)
+                    }
+                }
             }
             batch.removeAll(keepingCapacity: true)
-            // One recvmmsg for the whole batch: a datagram per slot, read without waiting.
+            // One recvmmsg for the whole batch, a datagram per slot: it waits for the first (not
+            // while stopping) and takes what else is there.
             while true {
                 let received = proxyside_receive_batch(
-                    fd, slotPointers, receiveBufferSize, &slotLengths, UInt32(batchSize))
+                    fd, slotPointers, receiveBufferSize, &slotLengths, UInt32(batchSize), stopping ? 0 : 1)
                 if received >= 0 {
                     for slot in 0..<Int(received) {
                         collectPackets(slotPointers[slot]!, slotLengths[slot], into: &batch)
@@ -239,6 +253,7 @@ public final class NetfilterQueue {
                 if -received == ENOBUFS { receiveErrors.add(1, ordering: .relaxed); continue }
                 throw SystemError("recvmmsg(NFQUEUE \(number))", errno: -received)
             }
+            lastReadFoundNothing = batch.isEmpty
             if requeueUnanswered, let first = batch.first {
                 requeueUnanswered = false
                 try requeue(through: first.id &- 1)

@@ -37,7 +37,7 @@ int proxyside_send_batch_ipv4(int fd, const struct sockaddr_in *destinations,
 
 /// recvmmsg(2) without waiting: up to `count` datagrams into `buffers` (each `size` bytes); their
 /// lengths go to `lengths`. Returns how many arrived (0 when none), or -errno.
-int proxyside_receive_batch(int fd, void *const *buffers, size_t size, size_t *lengths, unsigned count);
+int proxyside_receive_batch(int fd, void *const *buffers, size_t size, size_t *lengths, unsigned count, int wait);
 
 /// setns(2) for network namespaces (glibc hides setns and CLONE_NEWNET without _GNU_SOURCE).
 int proxyside_setns_net(int fd);
