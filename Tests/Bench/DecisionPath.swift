@@ -56,6 +56,8 @@ struct DecisionPath {
         let reply = UnsafeMutableRawBufferPointer.allocate(byteCount: SynCookieReply.maximumLength, alignment: 8)
         defer { generatorInput.deallocate(); reply.deallocate() }
         var replyChecksum = 0
+        // Decided once: a string comparison per packet would be counted as the path's cost.
+        let writesReplies = kind == "syn-reply", forKernelForwarding = kind == "forward-kernel"
         for _ in 0..<count {
             // The queue hands a fresh copy each time; a forward rewrites it in place.
             packet.withUnsafeMutableBytes { target in template.withUnsafeBytes { target.copyMemory(from: $0) } }
@@ -63,16 +65,16 @@ struct DecisionPath {
             if case .forward(let hop) = decision.verdict, let gue = decision.gue {
                 packet.withUnsafeMutableBytes {
                     GUEForwarding.rewrite(
-                        $0, gue, source: proxy, destination: hop, forKernelForwarding: kind == "forward-kernel")
+                        $0, gue, source: proxy, destination: hop, forKernelForwarding: forKernelForwarding)
                 }
             }
             if case .local = decision.verdict { verdicts &+= 1 }
-            if kind == "syn-reply", case .tcp(let segment) = decision.inner, let gue = decision.gue {
+            if writesReplies, case .tcp(let segment) = decision.inner, let gue = decision.gue {
                 packet.withUnsafeBytes { bytes in
                     guard let options = SynOptions.parse(bytes, tcpOffset: segment.tcpOffset, end: gue.innerEnd),
                         SynCookieReply.generatorInput(bytes, segment, options: options, into: generatorInput) != nil
                     else { return }
-                    let offer = SynCookieReply.offer(options, settings: settings, ourWindowScale: 7, nowMilliseconds: 1)
+                    let offer = SynCookieReply.offer(options, settings: settings, ourWindowScale: 7, nowMilliseconds: 1_000_000)
                     let window = TCPWindow.synAckWindow(listenerReceiveBuffer: 131_072, mss: 1448)
                     let length = SynCookieReply.write(
                         into: reply, answering: bytes, segment, cookie: 0x1234_5678, mss: 1460, offer: offer,
