@@ -74,7 +74,8 @@ struct DecisionPath {
                     guard let options = SynOptions.parse(bytes, tcpOffset: segment.tcpOffset, end: gue.innerEnd),
                         SynCookieReply.generatorInput(bytes, segment, options: options, into: generatorInput) != nil
                     else { return }
-                    let offer = SynCookieReply.offer(options, settings: settings, ourWindowScale: 7, nowMilliseconds: 1_000_000)
+                    let offer = SynCookieReply.offer(
+                        options, settings: settings, ourWindowScale: 7, nowMilliseconds: 1_000_000)
                     let window = TCPWindow.synAckWindow(listenerReceiveBuffer: 131_072, mss: 1448)
                     let length = SynCookieReply.write(
                         into: reply, answering: bytes, segment, cookie: 0x1234_5678, mss: 1460, offer: offer,
