@@ -214,6 +214,7 @@ public final class SecondChanceWorker: @unchecked Sendable {
             if addresses.generation != addressGeneration {
                 (addressGeneration, self.decider.local) = addresses.snapshot()
             }
+            // A copy: the calls below mutate the state while they read it.
             let decider = self.decider
             parsed.removeAll(keepingCapacity: true)
             pending.removeAll(keepingCapacity: true)
