@@ -12,7 +12,9 @@ struct GLBLab: ParsableCommand {
             Lab tools: a GLB director simulator, an echo service, long-lived clients, an HTTP connection load and a \
             GUE sender.
             """,
-        subcommands: [Director.self, Echo.self, Clients.self, HTTPLoad.self, Blast.self, Watch.self, Supervise.self])
+        subcommands: [
+            Director.self, Echo.self, Clients.self, HTTPLoad.self, Blast.self, Watch.self, Supervise.self, CookieCost.self,
+        ])
 }
 
 let logger = Logger.process("glb-lab")

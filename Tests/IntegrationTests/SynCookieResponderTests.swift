@@ -167,6 +167,15 @@ final class SynCookieResponderTests: XCTestCase {
         return windows
     }
 
+    /// `glb-lab cookie-cost`, the measure of the responder's BPF runs, gets a cookie for every SYN
+    /// at every batch size it times (it fails otherwise) and prints one row per size.
+    func testCookieCostTimesEveryBatchSize() throws {
+        let output = try Lab.shell(Lab.binaries.appendingPathComponent("glb-lab").path + " cookie-cost --runs 20")
+        let rows = output.split(separator: "\n").dropFirst().map { $0.split(separator: " ").compactMap { Int($0) } }
+        XCTAssertEqual(rows.map { $0.first }, [1, 2, 4, 8, 16, 32], output)
+        XCTAssertTrue(rows.allSatisfy { $0.count == 3 && $0[1] > 0 }, output)
+    }
+
     func testResponderAnswersAnOverflowingListenerAndTheKernelTakesItsCookies() throws {
         try sysctl("p1", "net.ipv4.tcp_timestamps=2")
         try listen(.v4(Lab.vip))
