@@ -13,7 +13,8 @@ struct GLBLab: ParsableCommand {
             GUE sender.
             """,
         subcommands: [
-            Director.self, Echo.self, Clients.self, HTTPLoad.self, Blast.self, Watch.self, Supervise.self, CookieCost.self,
+            Director.self, Echo.self, Clients.self, HTTPLoad.self, Blast.self, Watch.self, Supervise.self,
+            CookieCost.self,
         ])
 }
 
