@@ -9,8 +9,8 @@ struct GLBLab: ParsableCommand {
         commandName: "glb-lab",
         abstract:
             """
-            Lab tools: a GLB director simulator, an echo service, long-lived clients, an HTTP connection load and a \
-            GUE sender.
+            Lab tools: a GLB director simulator, an echo service, long-lived clients, an HTTP connection load, a \
+            GUE sender and a timer of the SYN-cookie responder's BPF runs.
             """,
         subcommands: [
             Director.self, Echo.self, Clients.self, HTTPLoad.self, Blast.self, Watch.self, Supervise.self,
