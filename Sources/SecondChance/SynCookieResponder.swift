@@ -41,8 +41,7 @@ struct SynCookieResponder {
     /// A slot per packet of a batch (an IPv4 reply stays in its SYN's slot until sent or moved),
     /// and one for an IPv6 reply.
     private static let replySlot = 128
-    private let pool = ReplyPool(bytes: (NetfilterQueue.maximumBatch + 1) * replySlot)
-    private var replyPool: UnsafeMutableRawPointer { pool.base }
+    private let replyPool = ReplyPool(bytes: (NetfilterQueue.maximumBatch + 1) * replySlot)
 
     init(board: ResponderBoard, oracle: SynCookieOracle, passInterval: UInt64, repliesInVerdicts: Bool) {
         self.board = board
@@ -57,7 +56,7 @@ struct SynCookieResponder {
     /// packet has been decided, since deciding reads them); returns the reply's length.
     func moveReply(at index: Int, into packet: UnsafeMutableRawBufferPointer) -> Int {
         let length = replyLengths[index]
-        packet.baseAddress!.copyMemory(from: replyPool + index * Self.replySlot, byteCount: length)
+        packet.baseAddress!.copyMemory(from: replyPool.base + index * Self.replySlot, byteCount: length)
         return length
     }
 
@@ -137,7 +136,8 @@ struct SynCookieResponder {
     ) -> Outcome {
         let ipv6 = request.segment.flow.isIPv6
         let slotIndex = ipv6 ? NetfilterQueue.maximumBatch : index
-        let slot = UnsafeMutableRawBufferPointer(start: replyPool + slotIndex * Self.replySlot, count: Self.replySlot)
+        let slot = UnsafeMutableRawBufferPointer(
+            start: replyPool.base + slotIndex * Self.replySlot, count: Self.replySlot)
         let offer = SynCookieReply.offer(
             request.options, settings: snapshot.settings, ourWindowScale: listener.windowScale,
             nowMilliseconds: now / 1_000_000)

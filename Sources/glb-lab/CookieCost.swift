@@ -38,7 +38,7 @@ struct CookieCost: ParsableCommand {
             else { throw CommandFailure("the lab's SYN did not parse") }
             requests.append(.init(packet: bytes, segment: segment, options: options))
         }
-        print("syns/run   ns/run   ns/syn  (\(runs) runs each)")
+        print("syns/run\tns/run\tns/syn\t(\(runs) runs each)")
         var results: [(cookie: UInt32, mss: UInt16)?] = []
         for size in [1, 2, 4, 8, 16, 32] {
             let start = MonotonicClock.nanoseconds()
@@ -48,15 +48,7 @@ struct CookieCost: ParsableCommand {
             }
             let perRun = Double(MonotonicClock.nanoseconds() - start) / Double(runs)
             guard results.allSatisfy({ $0 != nil }) else { throw CommandFailure("a cookie run failed") }
-            print(
-                String(size).leftPadded(8), String(Int(perRun)).leftPadded(8),
-                String(Int(perRun / Double(size))).leftPadded(8))
+            print("\(size)\t\(Int(perRun))\t\(Int(perRun / Double(size)))")
         }
-    }
-}
-
-extension String {
-    fileprivate func leftPadded(_ width: Int) -> String {
-        String(repeating: " ", count: max(0, width - count)) + self
     }
 }

@@ -171,7 +171,7 @@ final class SynCookieResponderTests: XCTestCase {
     /// at every batch size it times (it fails otherwise) and prints one row per size.
     func testCookieCostTimesEveryBatchSize() throws {
         let output = try Lab.shell(Lab.binaries.appendingPathComponent("glb-lab").path + " cookie-cost --runs 20")
-        let rows = output.split(separator: "\n").dropFirst().map { $0.split(separator: " ").compactMap { Int($0) } }
+        let rows = output.split(separator: "\n").dropFirst().map { $0.split(separator: "\t").compactMap { Int($0) } }
         XCTAssertEqual(rows.map { $0.first }, [1, 2, 4, 8, 16, 32], output)
         XCTAssertTrue(rows.allSatisfy { $0.count == 3 && $0[1] > 0 }, output)
     }
