@@ -10,9 +10,10 @@
 # independent total from /proc/stat, which includes softirq work). Bounded in count and time.
 # PREVIOUS=/path/to/an/earlier/second-chance adds (d): that build's responder, same flood.
 # ROWS="off kernel" runs some rows only; ROUNDS=N runs the rows N times, interleaved, and the
-# summary takes each row's median (machine noise moves single runs by several percent). CPU_QUOTA=N holds second-chance to N % of one core (a
-# cgroup v1 cpu controller group): both paths then saturate at flood rates one sender can offer,
-# and a sweep of rates finds where each starts failing legitimate connections.
+# summary takes each row's median (machine noise moves single runs by several percent).
+# CPU_QUOTA=N holds second-chance to N % of one core (a cgroup v1 cpu controller group): both paths
+# then saturate at flood rates one sender can offer, and a sweep of rates finds where each starts
+# failing legitimate connections.
 #   scripts/bench-synflood.sh [SECONDS] [SYNS_PER_SECOND]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,49 +48,49 @@ ticks=$(getconf CLK_TCK)
 printf '%-24s %8s %10s %12s %14s %14s %12s\n' mode syns syns/s legit_ok legit_failed cpu_us/syn sc_cpu_us/syn
 declare -A cost
 rows=(${ROWS:-floor off raw kernel} ${PREVIOUS:+previous})
-for round in $(seq "${ROUNDS:-1}"); do
-[ "${ROUNDS:-1}" -gt 1 ] && echo "round $round"
 flood_drop=(PREROUTING -s 198.18.0.1 -p udp --dport 19523 -j DROP)  # the floor row: the flood stops here
-for mode in "${rows[@]}"; do
-    rm -f "$work/sc.sock"
-    program=$bin/second-chance
-    case $mode in
-        floor|off) flags=(--syn-cookies off) ;;
-        raw|kernel) flags=(--syn-cookies auto --forward "$mode") ;;
-        previous) program=$PREVIOUS flags=(--syn-cookies auto) ;;
-    esac
-    ip netns exec "$P" "$program" run --queue 0 --self 198.18.0.11 "${lab_peers[@]}" --allow-source 198.18.0.1 --control "$work/sc.sock" "${flags[@]}" 2>"$work/sc.$mode.log" & sc=$!; pids+=($sc)
-    [ -n "$cg" ] && echo "$sc" > "$cg/cgroup.procs"
-    for _ in $(seq 100); do [ -S "$work/sc.sock" ] && break; sleep 0.05; done
-    [ "$mode" = floor ] && ip netns exec "$P" iptables -t raw -I "${flood_drop[@]}"
-    ip netns exec "$prefix-c" "$bin/glb-lab" clients --target "$VIP:8080" --connections 0 --new-per-second 20 --seconds "$seconds" \
-        --interval-ms 10 > "$work/clients.$mode" 2>&1 & clients=$!
-    total0=$(cpu_total); process0=$(cpu_process "$sc"); sent0=$(tcpext SyncookiesSent); recv0=$(tcpext SyncookiesRecv)
-    ip netns exec "$prefix-c" "$bin/glb-lab" blast --to 198.18.0.11 --kind syn --client 198.18.200.1 --spoof-addresses 250 \
-        --vip "$VIP" --vip-port 8080 --flows 40000 --count $((seconds * rate)) --rate "$rate" --max-seconds "$seconds" > "$work/blast.$mode"
-    total1=$(cpu_total); process1=$(cpu_process "$sc")
-    [ "$mode" = floor ] && ip netns exec "$P" iptables -t raw -D "${flood_drop[@]}"
-    wait "$clients" || true
-    kernel_sent=$(( $(tcpext SyncookiesSent) - sent0 )); kernel_recv=$(( $(tcpext SyncookiesRecv) - recv0 ))
-    "$bin/second-chance" stats --control "$work/sc.sock" > "$work/stats.$mode"
-    kill "$sc"; wait "$sc" || true
-    sent=$(sed -n 's/.*sent=\([0-9]*\).*/\1/p' "$work/blast.$mode")
-    sent_rate=$(sed -n 's/.*rate=\([0-9]*\).*/\1/p' "$work/blast.$mode")
-    ok=$(sed -n 's/.*new_ok=\([0-9]*\).*/\1/p' "$work/clients.$mode")
-    failed=$(sed -n 's/.*new_failed=\([0-9]*\).*/\1/p' "$work/clients.$mode")
-    per_syn=$(awk -v d=$((total1 - total0)) -v n="$sent" -v t="$ticks" 'BEGIN { printf "%.2f", d / t * 1e6 / n }')
-    sc_per_syn=$(awk -v d=$((process1 - process0)) -v n="$sent" -v t="$ticks" 'BEGIN { printf "%.2f", d / t * 1e6 / n }')
-    cost[$mode]="${cost[$mode]:-} $per_syn"
-    case $mode in
-        floor) label="(0) floor: flood dropped" ;;
-        off) label="(a) kernel cookies" ;; raw) label="(b) responder, raw" ;; kernel) label="(c) responder, verdict" ;;
-        *) label="(d) previous build" ;;
-    esac
-    printf '%-24s %8s %10s %12s %14s %14s %12s\n' "$label" "$sent" "$sent_rate" "$ok" "$failed" "$per_syn" "$sc_per_syn"
-    grep -E "^(cookies_sent|accepted_syn|accepted_syn_cookie):" "$work/stats.$mode" | tr '\n' ' ' | sed 's/^/    counters: /'
-    echo "kernel SyncookiesSent +$kernel_sent SyncookiesRecv +$kernel_recv"
-    grep -E "SYN cookies (on|off)" "$work/sc.$mode.log" | head -3 | sed 's/^/    /' || true
-done
+for round in $(seq "${ROUNDS:-1}"); do
+    if [ "${ROUNDS:-1}" -gt 1 ]; then echo "round $round"; fi
+    for mode in "${rows[@]}"; do
+        rm -f "$work/sc.sock"
+        program=$bin/second-chance
+        case $mode in
+            floor|off) flags=(--syn-cookies off) ;;
+            raw|kernel) flags=(--syn-cookies auto --forward "$mode") ;;
+            previous) program=$PREVIOUS flags=(--syn-cookies auto) ;;
+        esac
+        ip netns exec "$P" "$program" run --queue 0 --self 198.18.0.11 "${lab_peers[@]}" --allow-source 198.18.0.1 --control "$work/sc.sock" "${flags[@]}" 2>"$work/sc.$mode.log" & sc=$!; pids+=($sc)
+        [ -n "$cg" ] && echo "$sc" > "$cg/cgroup.procs"
+        for _ in $(seq 100); do [ -S "$work/sc.sock" ] && break; sleep 0.05; done
+        [ "$mode" = floor ] && ip netns exec "$P" iptables -t raw -I "${flood_drop[@]}"
+        ip netns exec "$prefix-c" "$bin/glb-lab" clients --target "$VIP:8080" --connections 0 --new-per-second 20 --seconds "$seconds" \
+            --interval-ms 10 > "$work/clients.$mode" 2>&1 & clients=$!
+        total0=$(cpu_total); process0=$(cpu_process "$sc"); sent0=$(tcpext SyncookiesSent); recv0=$(tcpext SyncookiesRecv)
+        ip netns exec "$prefix-c" "$bin/glb-lab" blast --to 198.18.0.11 --kind syn --client 198.18.200.1 --spoof-addresses 250 \
+            --vip "$VIP" --vip-port 8080 --flows 40000 --count $((seconds * rate)) --rate "$rate" --max-seconds "$seconds" > "$work/blast.$mode"
+        total1=$(cpu_total); process1=$(cpu_process "$sc")
+        [ "$mode" = floor ] && ip netns exec "$P" iptables -t raw -D "${flood_drop[@]}"
+        wait "$clients" || true
+        kernel_sent=$(( $(tcpext SyncookiesSent) - sent0 )); kernel_recv=$(( $(tcpext SyncookiesRecv) - recv0 ))
+        "$bin/second-chance" stats --control "$work/sc.sock" > "$work/stats.$mode"
+        kill "$sc"; wait "$sc" || true
+        sent=$(sed -n 's/.*sent=\([0-9]*\).*/\1/p' "$work/blast.$mode")
+        sent_rate=$(sed -n 's/.*rate=\([0-9]*\).*/\1/p' "$work/blast.$mode")
+        ok=$(sed -n 's/.*new_ok=\([0-9]*\).*/\1/p' "$work/clients.$mode")
+        failed=$(sed -n 's/.*new_failed=\([0-9]*\).*/\1/p' "$work/clients.$mode")
+        per_syn=$(awk -v d=$((total1 - total0)) -v n="$sent" -v t="$ticks" 'BEGIN { printf "%.2f", d / t * 1e6 / n }')
+        sc_per_syn=$(awk -v d=$((process1 - process0)) -v n="$sent" -v t="$ticks" 'BEGIN { printf "%.2f", d / t * 1e6 / n }')
+        cost[$mode]="${cost[$mode]:-} $per_syn"
+        case $mode in
+            floor) label="(0) floor: flood dropped" ;;
+            off) label="(a) kernel cookies" ;; raw) label="(b) responder, raw" ;; kernel) label="(c) responder, verdict" ;;
+            *) label="(d) previous build" ;;
+        esac
+        printf '%-24s %8s %10s %12s %14s %14s %12s\n' "$label" "$sent" "$sent_rate" "$ok" "$failed" "$per_syn" "$sc_per_syn"
+        grep -E "^(cookies_sent|accepted_syn|accepted_syn_cookie):" "$work/stats.$mode" | tr '\n' ' ' | sed 's/^/    counters: /'
+        echo "kernel SyncookiesSent +$kernel_sent SyncookiesRecv +$kernel_recv"
+        grep -E "SYN cookies (on|off)" "$work/sc.$mode.log" | head -3 | sed 's/^/    /' || true
+    done
 done
 median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 for mode in "${rows[@]}"; do cost[$mode]=$(echo "${cost[$mode]}" | median); done

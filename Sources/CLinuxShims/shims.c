@@ -116,7 +116,6 @@ int proxyside_send_batch_ipv4(int fd, const struct sockaddr_in *destinations,
     return sent < 0 ? -errno : sent;
 }
 
-/* wait: block (within the socket's SO_RCVTIMEO) until the first message, then take what is there. */
 int proxyside_receive_batch(int fd, void *const *buffers, size_t size, size_t *lengths, unsigned count, int wait) {
     struct mmsghdr headers[max_batch];
     struct iovec iovecs[max_batch];

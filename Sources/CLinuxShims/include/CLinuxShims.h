@@ -35,8 +35,9 @@ int proxyside_install_signal_eventfds(int shutdown_fd, int hup_fd);
 int proxyside_send_batch_ipv4(int fd, const struct sockaddr_in *destinations,
                               void *const *buffers, const size_t *lengths, unsigned count);
 
-/// recvmmsg(2) without waiting: up to `count` datagrams into `buffers` (each `size` bytes); their
-/// lengths go to `lengths`. Returns how many arrived (0 when none), or -errno.
+/// recvmmsg(2): up to `count` datagrams into `buffers` (each `size` bytes); their lengths go to
+/// `lengths`. With `wait`, blocks until the first (within the socket's SO_RCVTIMEO) and takes what
+/// else is there; without, waits for nothing. Returns how many arrived (0 when none), or -errno.
 int proxyside_receive_batch(int fd, void *const *buffers, size_t size, size_t *lengths, unsigned count, int wait);
 
 /// setns(2) for network namespaces (glibc hides setns and CLONE_NEWNET without _GNU_SOURCE).
