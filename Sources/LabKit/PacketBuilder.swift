@@ -3,6 +3,9 @@ import SecondChanceCore
 
 /// Builders for the packets the lab, the tests and the benchmarks put on the wire.
 public enum PacketBuilder {
+    /// A Linux client's SYN options: MSS 1460, SACK permitted, timestamps (TSval 1), window scale 7.
+    public static let linuxSYNOptions: [UInt8] = [2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7]
+
     /// A TCP segment in an IPv4 or IPv6 packet, with correct checksums.
     public static func tcp(
         source: IPAddress, sourcePort: UInt16, destination: IPAddress, destinationPort: UInt16,

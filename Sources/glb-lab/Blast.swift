@@ -41,8 +41,6 @@ struct Blast: ParsableCommand {
             guard case .v4(let vip4) = vipAddress else { throw CommandFailure("forward needs --hop or an IPv4 --vip") }
             hops = [hop ?? vip4]
         }
-        // A real SYN's options, so that the responder's option handling is what gets measured.
-        let synOptions: [UInt8] = [2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7]
         let payloads: [[UInt8]] = (0..<flows).map { index in
             let offset = UInt32(index % spoofAddresses)
             let source: IPAddress =
@@ -54,7 +52,8 @@ struct Blast: ParsableCommand {
                 source: source, sourcePort: firstPort &+ UInt16(index), destination: vipAddress,
                 destinationPort: vipPort,
                 flags: flags, sequence: 1000 &+ UInt32(index) &* 7919, acknowledgement: kind == "syn" ? 0 : 1,
-                options: kind == "syn" ? synOptions : [])
+                // A real SYN's options, so that the responder's option handling is what gets measured.
+                options: kind == "syn" ? PacketBuilder.linuxSYNOptions : [])
             return PacketBuilder.guePayload(inner: inner, hops: hops)
         }
         let fd = try LabSockets.bindUDP(.v4(IPv4Address(0)), port: 0)

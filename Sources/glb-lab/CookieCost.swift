@@ -26,7 +26,8 @@ struct CookieCost: ParsableCommand {
         for index in 0..<SynCookieProgram.batchSlots {
             let inner = PacketBuilder.tcp(
                 source: .v4(IPv4Address(0xC612_C800 + UInt32(index))), sourcePort: 40000 + UInt16(index),
-                destination: .v4(vip), destinationPort: 80, flags: .syn, options: [2, 4, 5, 180])
+                destination: .v4(vip), destinationPort: 80, flags: .syn,
+                options: PacketBuilder.linuxSYNOptions)
             let packet = PacketBuilder.gue(from: director, to: proxy, sourcePort: 0x8123, inner: inner, hops: [])
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: packet.count, alignment: 8)
             buffer.copyBytes(from: packet)

@@ -38,11 +38,9 @@ struct DecisionPath {
             selfAddress: proxy, peers: PeerPolicy(sources: [IPv4Prefix("198.18.0.0/24")!]), local: local)
         let kind = arguments[1]
         let isSYN = kind.hasPrefix("syn")
-        // A Linux client's SYN options: MSS 1460, SACK permitted, timestamps, window scale 7.
-        let synOptions: [UInt8] = [2, 4, 5, 180, 4, 2, 8, 10, 0, 1, 2, 3, 0, 0, 0, 0, 1, 3, 3, 7]
         let inner = PacketBuilder.tcp(
             source: .v4(client), sourcePort: 40000, destination: .v4(vip), destinationPort: 80,
-            flags: isSYN ? .syn : .ack, options: isSYN ? synOptions : [],
+            flags: isSYN ? .syn : .ack, options: isSYN ? PacketBuilder.linuxSYNOptions : [],
             payload: isSYN ? [] : Array(repeating: 0x61, count: 64))
         let template = PacketBuilder.gue(from: director, to: proxy, sourcePort: 0x8123, inner: inner, hops: [next])
         var ownership = CachedOwnership(
