@@ -104,7 +104,9 @@ struct KernelFlowOwnership: FlowOwnership {
 /// stats server reads only `counters` and `queue.receiveErrors`, which are atomic.
 public final class SecondChanceWorker: @unchecked Sendable {
     public let queue: NetfilterQueue
-    public var counters: CounterBlock { state.counters }
+    /// Also held here, not read through `state`: the stats server reads it from its own thread
+    /// while the queue thread is modifying `state`.
+    public let counters: CounterBlock
     /// The queue thread's decision state, touched once per batch (see `State`).
     private var state: State
 
@@ -132,7 +134,7 @@ public final class SecondChanceWorker: @unchecked Sendable {
                     repliesInVerdicts: configuration.forwarding == .kernel)
             }
         }
-        let counters = CounterBlock()
+        counters = CounterBlock()
         let (generation, local) = addresses.snapshot()
         state = State(
             configuration: configuration, counters: counters,
