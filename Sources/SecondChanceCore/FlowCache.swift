@@ -15,6 +15,8 @@ public struct FlowCache {
     public let negativeLifetime: UInt64
     public let capacity: Int
     private var entries: [FlowKey: (answer: SocketLookup, expires: UInt64, epoch: UInt64)] = [:]
+    /// How many times a full cache was swept (each sweep visits every entry).
+    public private(set) var sweeps = 0
 
     /// Lifetimes in nanoseconds; zero disables that kind of entry.
     public init(positiveLifetime: UInt64, negativeLifetime: UInt64 = 0, capacity: Int = 65536) {
@@ -45,9 +47,17 @@ public struct FlowCache {
             forget(flow)
             return
         }
-        if entries.count >= capacity { evictExpired(now: now) }
-        if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
+        if entries.count >= capacity { makeRoom(now: now) }
         entries[flow] = (answer, now + lifetime, epoch)
+    }
+
+    /// Frees at least an eighth of the cache, so a sweep is paid for by that many inserts. Were a
+    /// sweep allowed to free one entry, flows arriving at the rate entries expire (a rate anyone
+    /// sending through a director can choose) would make every packet sweep the whole cache.
+    private mutating func makeRoom(now: UInt64) {
+        sweeps += 1
+        evictExpired(now: now)
+        if capacity - entries.count < max(1, capacity / 8) { entries.removeAll(keepingCapacity: true) }
     }
 
     public mutating func forget(_ flow: FlowKey) {

@@ -134,6 +134,25 @@ final class CacheAndTableTests: XCTestCase {
         XCTAssertLessThanOrEqual(negative.count, 2, "bounded")
     }
 
+    /// An attacker sends new flows at the rate cached answers expire: each insert into the full
+    /// cache finds one expired entry. Sweeps (each a pass over every entry) stay a small fraction
+    /// of inserts instead of one per packet.
+    func testFlowsArrivingAsFastAsAnswersExpireDoNotSweepPerPacket() {
+        let capacity = 1024
+        var cache = FlowCache(positiveLifetime: 1, negativeLifetime: UInt64(capacity), capacity: capacity)
+        let inserts = 20 * capacity
+        for tick in 0..<inserts {
+            let flow = FlowKey(
+                source: IPv4Address(0xC612_0000 | UInt32(tick & 0xffff)),
+                sourcePort: UInt16(truncatingIfNeeded: tick >> 16),
+                destination: vip, destinationPort: 80)
+            cache.remember(.none, for: flow, now: UInt64(tick))
+            XCTAssertLessThanOrEqual(cache.count, capacity)
+        }
+        XCTAssertGreaterThan(cache.sweeps, 0, "the cache did fill")
+        XCTAssertLessThanOrEqual(cache.sweeps, inserts / (capacity / 8) + 1)
+    }
+
     func testNotHereAnswersHoldOnlyWhileTheFlowsEpochStands() {
         var cache = FlowCache(positiveLifetime: 100, negativeLifetime: 100)
         cache.remember(.none, for: flow, now: 0, epoch: 7)
