@@ -91,8 +91,9 @@ public final class Broker: @unchecked Sendable {
     var order: [String] = []
     var clients: [Int32: Client] = [:]
     var clientsPerUser: [UInt32: Int] = [:]
-    /// When a limit was last logged: a flood of refusals is counted, and logged once a second.
-    var lastLimitLog: UInt64 = 0
+    /// Lines clients cause (bad requests, refusals, cut-offs): every event is counted in the
+    /// statistics, ten a second are logged.
+    var clientLogBudget = LogBudget(linesPerSecond: 10)
     let notifier: SDNotify?
     let shutdown: EventFD
     let reexecSignal: EventFD

@@ -16,7 +16,7 @@ extension Broker {
             let client = Client(fd: fd)
             guard clientsPerUser[client.peer.uid, default: 0] < options.maximumClientsPerUser else {
                 statistics.clientsOverLimit += 1
-                logLimited(
+                logClientEvent(
                     """
                     uid \(client.peer.uid) holds \(options.maximumClientsPerUser) connections \
                     (--max-clients-per-user); refused one
@@ -35,11 +35,11 @@ extension Broker {
         clientsPerUser[client.peer.uid, default: 0] += 1
     }
 
-    func logLimited(_ message: String) {
-        let now = MonotonicClock.nanoseconds()
-        guard now &- lastLimitLog >= 1_000_000_000 else { return }
-        lastLimitLog = now
-        logger.info("\(message)")
+    /// Logs a line a client caused (a bad request, a refusal, a cut-off) within the broker's
+    /// budget for such lines; the statistics count every event whether logged or not.
+    func logClientEvent(_ message: String) {
+        guard let heldBack = clientLogBudget.admit(now: MonotonicClock.nanoseconds()) else { return }
+        logger.info("\(message)\(heldBack > 0 ? " (\(heldBack) such lines not logged before this one)" : "")")
     }
 
     func readFrom(_ client: Client) {
@@ -52,7 +52,7 @@ extension Broker {
         if count == 0 {
             if client.reader.bufferedBytes > 0 {
                 statistics.incompleteAtEOF += 1
-                logger.info(
+                logClientEvent(
                     """
                     client pid \(client.peer.pid) closed in the middle of a message (\(client.reader.bufferedBytes) \
                     bytes)
@@ -71,7 +71,7 @@ extension Broker {
                 handle(request, from: client)
             case .failure(let failure, let fatal):
                 statistics.badRequests += 1
-                logger.info("client pid \(client.peer.pid): \(failure.error.message)")
+                logClientEvent("client pid \(client.peer.pid): \(failure.error.message)")
                 enqueue(failure.wire.error(id: failure.id, failure.error), fds: [], to: client)
                 if fatal { client.closing = true }
             }
@@ -96,7 +96,7 @@ extension Broker {
             } else if client.outbox.isEmpty, now &- client.lastRequest > options.idleSeconds * 1_000_000_000 {
                 statistics.clientsIdle += 1
                 drop(client, nil)
-                logLimited(
+                logClientEvent(
                     """
                     client pid \(client.peer.pid) uid \(client.peer.uid) sent no request for \(options.idleSeconds) \
                     s; cut off
@@ -113,7 +113,7 @@ extension Broker {
             statistics.clientsCutOff += 1
             client.outbox.removeAll()
             client.closing = true
-            logger.info("client pid \(client.peer.pid) does not read its replies; cut off")
+            logClientEvent("client pid \(client.peer.pid) does not read its replies; cut off")
         }
     }
 
@@ -140,7 +140,7 @@ extension Broker {
     }
 
     func drop(_ client: Client, _ reason: String?) {
-        if let reason { logger.info("\(reason)") }
+        if let reason { logClientEvent(reason) }
         guard clients.removeValue(forKey: client.fd) != nil else { return }
         if let count = clientsPerUser[client.peer.uid] { clientsPerUser[client.peer.uid] = count > 1 ? count - 1 : nil }
         close(client.fd)

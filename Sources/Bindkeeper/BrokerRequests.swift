@@ -26,7 +26,7 @@ extension Broker {
                 enqueue(wire.result(id: request.id, result), fds: entries.map { sockets[$0]!.fd }, to: client)
             case .failure(let error):
                 statistics.bindErrors += 1
-                logger.info("client pid \(client.peer.pid) uid \(client.peer.uid): \(error.message)")
+                logClientEvent("client pid \(client.peer.pid) uid \(client.peer.uid): \(error.message)")
                 enqueue(wire.error(id: request.id, error), fds: [], to: client)
             }
         case .list:
@@ -81,7 +81,7 @@ extension Broker {
             let owned = sockets.values.filter { $0.creator == peer.uid }.count
             guard owned + creating.count <= options.maximumSocketsPerUser else {
                 statistics.socketLimitRefusals += 1
-                logLimited(
+                logClientEvent(
                     """
                     uid \(peer.uid) has \(owned) sockets (--max-sockets-per-user \(options.maximumSocketsPerUser)); \
                     refused \(creating.count) more

@@ -60,3 +60,31 @@ public enum StandardError {
         _ = Glibc.write(STDERR_FILENO, &bytes, bytes.count)
     }
 }
+
+/// How many lines others may make a daemon log: `linesPerSecond` a second at most, the rest held
+/// back and counted. Without it a client sending bad requests in a loop writes a line per request,
+/// and journald's rate limit for the service then swallows the daemon's own lines too.
+public struct LogBudget {
+    public let linesPerSecond: Int
+    private var secondStart: UInt64 = 0
+    private var linesThisSecond = 0
+    private var heldBack = 0
+
+    public init(linesPerSecond: Int) { self.linesPerSecond = max(1, linesPerSecond) }
+
+    /// nil when the line is to be held back; otherwise how many were held back since the last line
+    /// logged (for that line to say so). `now`: a monotonic clock in nanoseconds.
+    public mutating func admit(now: UInt64) -> Int? {
+        if now &- secondStart >= 1_000_000_000 {
+            secondStart = now
+            linesThisSecond = 0
+        }
+        guard linesThisSecond < linesPerSecond else {
+            heldBack += 1
+            return nil
+        }
+        linesThisSecond += 1
+        defer { heldBack = 0 }
+        return heldBack
+    }
+}

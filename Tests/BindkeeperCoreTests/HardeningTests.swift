@@ -14,6 +14,18 @@ final class HardeningTests: XCTestCase {
         Wire.multibinder.parse(Array(#"{"jsonrpc":"2.0","method":"bind","id":1,"params":[\#(params)]}"#.utf8))
     }
 
+    func testTheLogBudgetHoldsBackLinesBeyondItsRateAndSaysHowMany() {
+        var budget = LogBudget(linesPerSecond: 3)
+        let second: UInt64 = 1_000_000_000
+        let start = 5 * second
+        XCTAssertEqual((0..<3).map { budget.admit(now: start + UInt64($0)) }, [0, 0, 0])
+        for tick in 3..<1000 { XCTAssertNil(budget.admit(now: start + UInt64(tick))) }
+        XCTAssertEqual(budget.admit(now: start + second), 997, "the next second's first line says what was held back")
+        XCTAssertEqual(budget.admit(now: start + second + 1), 0)
+        // A clock reading below the last one neither traps nor stops the budget.
+        XCTAssertNotNil(budget.admit(now: start))
+    }
+
     func testUnixPathsAreAbsoluteAndCanonicalWhateverTheyArriveIn() throws {
         let refused = [
             "run/x.sock", "/run/../etc/x.sock", "/run/./x.sock", "//run/x.sock", "/run//x.sock", "/run/x/", "/", "",

@@ -249,6 +249,32 @@ final class BindkeeperHardeningTests: XCTestCase {
         XCTAssertEqual(try metric("bindkeeper_socket_limit_refusals_total"), 1)
     }
 
+    /// A client sending bad requests in a loop gets an error for each, while the broker logs ten
+    /// lines a second about them at most: journald's rate limit is left for the broker's own lines.
+    func testBadRequestsInALoopCannotFloodTheLog() throws {
+        try startBroker(binds: ["tcp://\(BrokerLab.address):9000"])
+        let raw = try RawControlClient(lab.socketPath)
+        let request = #"{"jsonrpc":"2.0","method":"frobnicate","id":1}"#
+        let started = MonotonicClock.nanoseconds()
+        for _ in 0..<3000 {
+            raw.send(request)
+            XCTAssertEqual(errorCode(raw.reply()?.object), -32601)
+        }
+        let seconds = Int((MonotonicClock.nanoseconds() - started) / 1_000_000_000) + 1
+        sleep(1)
+        raw.send(request)
+        XCTAssertEqual(errorCode(raw.reply()?.object), -32601, "still answered")
+        let lines = lab.allLogs.split(separator: "\n").filter { $0.contains("Method not found") }
+        XCTAssertLessThanOrEqual(lines.count, 10 * (seconds + 1), "\(lines.count) lines in about \(seconds) s")
+        let held = try XCTUnwrap(
+            lines.last?.split(separator: "(").last?.split(separator: " ").first.flatMap { Int($0) })
+        XCTAssertEqual(held + lines.count, 3001, "every request is either logged or counted as held back")
+        // The broker's own lines are still written.
+        let socket = try lab.client().bind([try BindRequest.parse(url: "tcp://\(BrokerLab.address):9000").get()])
+        socket.forEach { close($0.fd) }
+        try lab.waitFor("the bind to be logged") { lab.allLogs.contains("bound tcp://\(BrokerLab.address):9000") }
+    }
+
     func openFDs(_ pid: pid_t) throws -> Int {
         try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count
     }
