@@ -64,6 +64,8 @@ public final class Broker: @unchecked Sendable {
         /// When it connected or last sent a whole request.
         var lastRequest = MonotonicClock.nanoseconds()
         var closing = false
+        /// Whole requests are still buffered: served next turn, and nothing more is read meanwhile.
+        var backlogged = false
         var peer = Peer()
 
         init(fd: Int32, wire: Wire? = nil, pending: [UInt8] = []) {
@@ -110,6 +112,11 @@ public final class Broker: @unchecked Sendable {
     let executable: String
     /// One read buffer for every client: the loop reads one client at a time.
     var readBuffer = [UInt8](repeating: 0, count: 65536)
+    /// How many requests of one client a turn of the loop answers: a client that sends thousands
+    /// in one write waits its turn like the others instead of holding them up.
+    static let requestsPerTurn = 16
+    /// The kernel's listener queues, dumped once a turn for every `list` answered in it.
+    var listenerQueuesThisTurn: [ListenerKey: ListenerObservation]?
 
     public init(
         options: BrokerOptions, environment: [String: String] = ProcessInfo.processInfo.environment,
@@ -157,11 +164,15 @@ public final class Broker: @unchecked Sendable {
             fds.append(pollfd(fd: reexecSignal.fd, events: Int16(POLLIN), revents: 0))
             fds.append(
                 pollfd(fd: control, events: clients.count < options.maximumClients ? Int16(POLLIN) : 0, revents: 0))
+            var backlog = false
             for client in clients.values {
-                let events = (client.closing ? 0 : POLLIN) | (client.outbox.isEmpty ? 0 : POLLOUT)
+                backlog = backlog || client.backlogged
+                let events =
+                    (client.closing || client.backlogged ? 0 : POLLIN) | (client.outbox.isEmpty ? 0 : POLLOUT)
                 fds.append(pollfd(fd: client.fd, events: Int16(events), revents: 0))
             }
-            let ready = poll(&fds, nfds_t(fds.count), 1000)
+            let ready = poll(&fds, nfds_t(fds.count), backlog ? 0 : 1000)
+            listenerQueuesThisTurn = nil
             if ready < 0 && errno != EINTR { logger.info("poll: \(String(cString: strerror(errno)))"); break }
             if fds[0].revents != 0 { break }
             if fds[1].revents != 0 { reexecSignal.consume(); reexecRequested = true }
@@ -170,6 +181,9 @@ public final class Broker: @unchecked Sendable {
                 guard let client = clients[entry.fd] else { continue }
                 if entry.revents & Int16(POLLOUT) != 0 { flush(client) }
                 if entry.revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 { readFrom(client) }
+            }
+            if backlog {
+                for client in clients.values where client.backlogged { serveRequests(client) }
             }
             cutOffStalledClients()
             if metricsServer != nil { publishStatistics() }

@@ -29,7 +29,10 @@ extension Broker {
             }
             for saved in state.clients {
                 Descriptors.setCloseOnExec(saved.fd, true)
-                register(Client(fd: saved.fd, wire: saved.wire, pending: saved.pending))
+                let client = Client(fd: saved.fd, wire: saved.wire, pending: saved.pending)
+                // Requests it sent before the re-exec and still unanswered are answered in the first turn.
+                client.backlogged = !saved.pending.isEmpty
+                register(client)
             }
             logger.info(
                 """

@@ -64,7 +64,15 @@ extension Broker {
             return
         }
         client.reader.append(readBuffer[0..<count])
-        while !client.closing, let next = client.reader.next() {
+        serveRequests(client)
+    }
+
+    /// Answers the client's buffered requests, `requestsPerTurn` at most; with more left it is
+    /// backlogged: served again next turn, and not read from until it is not.
+    func serveRequests(_ client: Client) {
+        var served = 0
+        while !client.closing, served < Self.requestsPerTurn, let next = client.reader.next() {
+            served += 1
             switch next {
             case .request(let request):
                 client.lastRequest = MonotonicClock.nanoseconds()
@@ -76,8 +84,11 @@ extension Broker {
                 if fatal { client.closing = true }
             }
         }
+        client.backlogged = !client.closing && served == Self.requestsPerTurn
+        // Only the rest of a message the client has not finished sending can stall.
         client.incompleteSince =
-            client.reader.bufferedBytes > 0 ? (client.incompleteSince ?? MonotonicClock.nanoseconds()) : nil
+            client.reader.bufferedBytes > 0 && !client.backlogged
+            ? (client.incompleteSince ?? MonotonicClock.nanoseconds()) : nil
         flush(client)  // drops a closing client once its last reply is out
     }
 

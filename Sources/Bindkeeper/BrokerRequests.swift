@@ -137,13 +137,18 @@ extension Broker {
         }
     }
 
-    func listing() -> Reply.Listing {
+    private func dumpListenerQueues() -> [ListenerKey: ListenerObservation] {
         let listeners: [ListenerObservation]
         do { listeners = try SockDiag().dumpListeners() } catch {
-            logger.warning("list: listener queues unknown: \(error)")
+            logClientEvent("list: listener queues unknown: \(error)")
             listeners = []
         }
-        let queues = Dictionary(listeners.map { ($0.key, $0) }, uniquingKeysWith: { first, _ in first })
+        return Dictionary(listeners.map { ($0.key, $0) }, uniquingKeysWith: { first, _ in first })
+    }
+
+    func listing() -> Reply.Listing {
+        let queues = listenerQueuesThisTurn ?? dumpListenerQueues()
+        listenerQueuesThisTurn = queues
         let items: [Reply.Listing.Socket] = order.compactMap { key in
             guard let entry = sockets[key] else { return nil }
             var item = Reply.Listing.Socket(

@@ -278,6 +278,27 @@ final class BindkeeperHardeningTests: XCTestCase {
         try lab.waitFor("the bind to be logged") { lab.allLogs.contains("bound tcp://\(BrokerLab.address):9000") }
     }
 
+    /// Eight connections send 1500 `list` requests each in one write (each `list` asks the kernel
+    /// for every listener's queues): another client's requests are still answered at once, since a
+    /// turn of the broker's loop answers a few requests per client and dumps the queues once.
+    func testAClientsBurstOfRequestsDoesNotHoldUpTheOthers() throws {
+        try startBroker()
+        let burst = Array(repeating: Wire.framed.request(id: .number(1), method: "list"), count: 1500).flatMap { $0 }
+        let attackers = try (0..<8).map { _ in try RawControlClient(lab.socketPath) }
+        for attacker in attackers { attacker.send(burst) }
+        let victim = try lab.client()
+        var slowest: UInt64 = 0
+        for _ in 0..<10 {
+            let started = MonotonicClock.nanoseconds()
+            _ = try victim.list()
+            slowest = max(slowest, MonotonicClock.nanoseconds() - started)
+        }
+        // Before: the victim waited for whole reads of the others' requests, 4.5 s here at worst.
+        XCTAssertLessThan(slowest, 2_000_000_000, "a list took \(slowest / 1_000_000) ms")
+        XCTAssertEqual(try lab.client().list().sockets.count, 0, "the broker still serves")
+        withExtendedLifetime(attackers) {}
+    }
+
     func openFDs(_ pid: pid_t) throws -> Int {
         try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count
     }

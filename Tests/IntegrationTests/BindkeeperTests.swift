@@ -331,6 +331,35 @@ final class BindkeeperTests: XCTestCase {
         XCTAssertFalse(lab.allLogs.contains("Address already in use"))
     }
 
+    /// A burst of requests the broker is still answering, a turn at a time, when it re-executes (a
+    /// re-exec asked for early in the burst): the new image answers the rest, none is lost. The
+    /// burst (16 KB) arrives in one read, so nothing left in the socket would wake the new image.
+    func testABurstOfRequestsIsAnsweredAcrossAReexec() throws {
+        try lab.startBroker()
+        let raw = try RawControlClient(lab.socketPath)
+        let list = Wire.framed.request(id: .number(1), method: "list")
+        raw.send(
+            Array(repeating: list, count: 100).flatMap { $0 } + Wire.framed.request(id: .number(2), method: "reexec")
+                + Array(repeating: list, count: 300).flatMap { $0 })
+        let count = 401
+        var replies = 0
+        var buffered: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while replies < count {
+            let received = recv(raw.fd, &chunk, chunk.count, 0)
+            guard received > 0 else { break }  // the client's 5 s receive timeout
+            buffered += chunk[0..<received]
+            while buffered.count >= 4 {
+                let length = buffered[0..<4].reduce(0) { $0 << 8 | Int($1) }
+                guard buffered.count >= 4 + length else { break }
+                buffered.removeFirst(4 + length)
+                replies += 1
+            }
+        }
+        XCTAssertEqual(replies, count, lab.allLogs)
+        try lab.waitFor("the re-exec") { lab.allLogs.contains("re-executed: kept") }
+    }
+
     /// systemd's fd store, played by the test: the broker stores each socket with FDSTORE=1; after
     /// kill -9 a new broker gets them back at fd 3.. with LISTEN_FDS/LISTEN_FDNAMES.
     func testSocketsSurviveKillDashNineThroughTheFDStore() throws {
