@@ -50,7 +50,7 @@ extension Broker {
             return
         }
         if count == 0 {
-            if client.reader.bufferedBytes > 0 {
+            if client.reader.bufferedBytes > 0 && !client.backlogged {
                 statistics.incompleteAtEOF += 1
                 logClientEvent(
                     """
