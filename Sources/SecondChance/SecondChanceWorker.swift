@@ -328,7 +328,7 @@ public final class SecondChanceWorker: @unchecked Sendable {
                 return deliverLocally(packet, decision.gue!)
             case .forward(let hop):
                 let gue = decision.gue!
-                if configuration.forwarding == .kernel && packet[8] < 255 {
+                if configuration.forwarding == .kernel && GUEForwarding.kernelCanForward(packet) {
                     GUEForwarding.rewrite(
                         packet, gue, source: configuration.selfAddress, destination: hop, forKernelForwarding: true)
                     counters.add(.forwarded)

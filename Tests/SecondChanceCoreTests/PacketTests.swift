@@ -406,6 +406,12 @@ final class ForwardingTests: XCTestCase {
                 GUEForwarding.rewrite($0, parsed, source: p1, destination: p2, forKernelForwarding: true)
             }
             XCTAssertEqual(packet[8], original[8] + 1)
+            // A TTL already at 255 cannot be raised: such a packet leaves from the raw socket.
+            packet[8] = 254
+            XCTAssertTrue(packet.withUnsafeMutableBytes { GUEForwarding.kernelCanForward($0) })
+            packet[8] = 255
+            XCTAssertFalse(packet.withUnsafeMutableBytes { GUEForwarding.kernelCanForward($0) })
+            packet[8] = original[8] + 1
             XCTAssertEqual(InternetChecksum.checksum(Array(packet[0..<20])), 0, "IP header checksum covers the TTL")
             XCTAssertEqual(try parse(packet).get().nextHop, 1)
             if checksum { XCTAssertTrue(udpChecksumIsValid(packet), "the TTL is not in the UDP pseudo-header") }
