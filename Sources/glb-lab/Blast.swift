@@ -27,6 +27,10 @@ struct Blast: ParsableCommand {
     var spoofAddresses: Int = 1
     @Option(help: "Packets per second at most (0: as fast as possible).") var rate: Int = 0
 
+    func validate() throws {
+        guard (1...3600).contains(maxSeconds) else { throw ValidationError("--max-seconds is 1...3600") }
+    }
+
     func run() throws {
         guard (1...40000).contains(flows), count > 0, (1...65536).contains(spoofAddresses), rate >= 0 else {
             throw CommandFailure(

@@ -18,6 +18,18 @@ struct Clients: ParsableCommand {
     @Option(help: "Bind the long-lived connections to this local address...") var source: IPv4Address?
     @Option(help: "...and to consecutive ports from this one.") var firstPort: UInt16 = 0
 
+    func validate() throws {
+        guard (0...10000).contains(connections), (1...86400).contains(seconds), (1...3_600_000).contains(intervalMs),
+            (0...100_000).contains(newPerSecond)
+        else {
+            throw ValidationError(
+                """
+                --connections is 0...10000, --seconds 1...86400, --interval-ms 1...3600000, \
+                --new-per-second 0...100000
+                """)
+        }
+    }
+
     func run() throws {
         let (address, port) = (target.address, target.port)
         var fds = try (0..<connections).map { index -> Int32 in

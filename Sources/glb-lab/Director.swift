@@ -17,6 +17,11 @@ struct Director: ParsableCommand {
     @Option(help: "Table file: lines 'PROXY-ADDRESS [active|draining]'.") var table: String
     @Option(help: "Proxies per flow (primary + hops).") var hops: Int = 2
 
+    func validate() throws {
+        // GUE's header length (5 bits of 4-byte words) holds the private data's word and 30 hops.
+        guard (1...31).contains(hops) else { throw ValidationError("--hops (proxies per flow) is 1...31") }
+    }
+
     func run() throws {
         let stop = try EventFD()
         let reload = try EventFD()

@@ -19,6 +19,16 @@ struct HTTPLoad: ParsableCommand {
     @Option(help: "Stop after this many connections in all.") var maxConnections: Int = 1_000_000
     @Option(help: "Per-connection timeout.") var timeoutSeconds: Int = 3
 
+    func validate() throws {
+        guard (1...1024).contains(concurrency), (1...86400).contains(seconds), maxConnections > 0,
+            (1...3600).contains(timeoutSeconds)
+        else {
+            throw ValidationError(
+                "--concurrency is 1...1024, --seconds 1...86400, --max-connections positive, --timeout-seconds 1...3600"
+            )
+        }
+    }
+
     func run() throws {
         let (address, port) = (target.address, target.port)
         let tally = Mutex<[String: Int]>([:])

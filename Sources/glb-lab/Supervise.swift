@@ -17,6 +17,10 @@ struct Supervise: ParsableCommand {
     @Option(help: "Stop after this many restarts.") var maxRestarts: Int = 1000
     @Argument(parsing: .captureForPassthrough) var program: [String]
 
+    func validate() throws {
+        guard maxRestarts >= 0 else { throw ValidationError("--max-restarts is not negative") }
+    }
+
     func run() throws {
         // Passthrough keeps the "--" that ends the options.
         let program = self.program.first == "--" ? Array(self.program.dropFirst()) : self.program

@@ -22,6 +22,12 @@ struct Watch: ParsableCommand {
         return nil
     }
 
+    func validate() throws {
+        guard (1...3_600_000).contains(idleMs), (1...86400).contains(maxSeconds) else {
+            throw ValidationError("--idle-ms is 1...3600000, --max-seconds 1...86400")
+        }
+    }
+
     func run() throws {
         guard let start = total() else { throw CommandFailure("cannot read \(control)") }
         var last = start

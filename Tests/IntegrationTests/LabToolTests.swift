@@ -1,0 +1,32 @@
+import Foundation
+import XCTest
+
+/// The lab tools refuse what they cannot honour with a usage error (status 64), not a trap.
+final class LabToolTests: XCTestCase {
+    func testOutOfRangeFlagsAreUsageErrors() throws {
+        let glbLab = Lab.binaries.appendingPathComponent("glb-lab")
+        for arguments in [
+            ["blast", "--to", "198.18.0.1", "--client", "198.18.0.1", "--vip", "198.19.0.1", "--max-seconds=-1"],
+            ["clients", "--target", "198.18.0.1:80", "--connections", "0", "--seconds=-1"],
+            ["clients", "--target", "198.18.0.1:80", "--connections", "0", "--new-per-second=-5"],
+            ["http-load", "--target", "198.18.0.1:80", "--seconds=-1"],
+            ["watch", "--control", "/nonexistent", "--max-seconds=-1"],
+            ["director", "--self", "198.18.0.1", "--table", "/dev/null", "--hops=-1"],
+        ] {
+            let process = Process()
+            process.executableURL = glbLab
+            process.arguments = arguments
+            let output = Pipe()
+            process.standardOutput = output
+            process.standardError = output
+            try process.run()
+            let deadline = Date().addingTimeInterval(10)
+            while process.isRunning && Date() < deadline { usleep(10_000) }
+            if process.isRunning { process.terminate() }
+            process.waitUntilExit()
+            let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            XCTAssertEqual(process.terminationReason, .exit, "\(arguments): \(text)")
+            XCTAssertEqual(process.terminationStatus, 64, "\(arguments): \(text)")
+        }
+    }
+}
