@@ -28,14 +28,18 @@ struct Blast: ParsableCommand {
     @Option(help: "Packets per second at most (0: as fast as possible).") var rate: Int = 0
 
     func validate() throws {
-        guard (1...3600).contains(maxSeconds) else { throw ValidationError("--max-seconds is 1...3600") }
+        guard (1...40000).contains(flows), count > 0, (1...65536).contains(spoofAddresses), rate >= 0,
+            (1...3600).contains(maxSeconds)
+        else {
+            throw ValidationError(
+                """
+                --flows is 1...40000, --spoof-addresses 1...65536, --count positive, --rate not negative, \
+                --max-seconds 1...3600
+                """)
+        }
     }
 
     func run() throws {
-        guard (1...40000).contains(flows), count > 0, (1...65536).contains(spoofAddresses), rate >= 0 else {
-            throw CommandFailure(
-                "--flows is 1...40000, --spoof-addresses 1...65536, --count positive, --rate not negative")
-        }
         guard let clientAddress = IPAddress(client), let vipAddress = IPAddress(vip) else {
             throw CommandFailure("--client and --vip are IPv4 or IPv6 addresses")
         }
