@@ -15,8 +15,11 @@ struct CookieCost: ParsableCommand {
 
     @Option(help: "Test runs per batch size (at most 1000000).") var runs: Int = 20000
 
+    func validate() throws {
+        guard (1...1_000_000).contains(runs) else { throw ValidationError("--runs must be 1 to 1000000") }
+    }
+
     func run() throws {
-        guard (1...1_000_000).contains(runs) else { throw CommandFailure("--runs must be 1 to 1000000") }
         let oracle = try SynCookieOracle()
         let director = IPv4Address("198.18.0.2")!, proxy = IPv4Address("198.18.0.11")!
         let vip = IPv4Address("198.19.0.10")!
