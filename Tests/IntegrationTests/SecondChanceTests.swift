@@ -445,8 +445,10 @@ final class SecondChanceTests: XCTestCase {
 
     /// A daemon on queues 3 and 4 fed by --queue-balance 3:4 from client addresses 198.18.0.16/28,
     /// and one of those addresses for each queue, found by asking: a RST from each address, until
-    /// both queue threads have counted one (the balance hash covers the addresses, and its seed is
-    /// drawn at boot, so no fixed choice of addresses is sure to reach both).
+    /// both queue threads have counted one (the balance hash covers the outer addresses and
+    /// protocol, and its seed is drawn at boot, so no fixed choice of addresses is sure to reach
+    /// both). A probe's queue is the series whose count rose, named by its labels alone: the
+    /// counts differ from one probe to the next whichever queue took them.
     func balancedDaemon(extra: [String] = []) throws -> (sources: [IPv4Address], first: IPv4Address, other: IPv4Address)
     {
         try Lab.shell(
@@ -464,7 +466,7 @@ final class SecondChanceTests: XCTestCase {
             try lab.inside("c") { try Lab.httpGet(.v4(Lab.p2), port: 9523) }.split(separator: "\n")
                 .filter { $0.hasPrefix("second_chance_queue_packets_total{") }.map(String.init).sorted()
         }
-        var queueOf: [IPv4Address: [String]] = [:]
+        var queueOf: [IPv4Address: [Substring]] = [:]
         var sources: [IPv4Address] = []
         for last in 16...31 {
             let source = IPv4Address("198.18.0.\(last)")!
@@ -475,7 +477,7 @@ final class SecondChanceTests: XCTestCase {
                 source: .v4(source), sourcePort: 5000, destination: .v4(Lab.vip), destinationPort: 9, flags: .rst)
             try sendGUE(lab, source: source, sourcePort: 30070 + UInt16(last), to: Lab.p2, inner: probe, hops: [])
             try lab.waitFor("the probe from \(source)") { try queueTotals() != before }
-            queueOf[source] = zip(before, try queueTotals()).filter { $0 != $1 }.map(\.0)
+            queueOf[source] = zip(before, try queueTotals()).filter { $0 != $1 }.map { $0.0.prefix { $0 != " " } }
             if let first = sources.first, let other = sources.first(where: { queueOf[$0] != queueOf[first] }) {
                 try lab.waitFor("the probes to be counted") {
                     try lab.stats("balanced")["total_packets"] == UInt64(sources.count)
