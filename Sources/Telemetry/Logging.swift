@@ -4,6 +4,10 @@ import Logging
 /// One line per event on stderr, `LABEL: message key=value ...`, written with one write(2) so
 /// that lines of several threads never interleave. Under systemd (JOURNAL_STREAM set) each line
 /// starts with its syslog priority, `<N>`, which journald takes as the entry's level.
+///
+/// Messages carry text from outside (a client's request, a file, an interface name), so the
+/// message and every metadata value are escaped here, once for every line of both daemons
+/// (`LogText.escaped`): no text can end a line and start another, with a priority of its choosing.
 public struct LineLogHandler: LogHandler {
     public var metadata: Logger.Metadata = [:]
     public var logLevel: Logger.Level = .info
@@ -21,11 +25,18 @@ public struct LineLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        var line = priorityPrefix ? "<\(Self.syslogPriority(event.level))>" : ""
-        line += "\(label): \(event.message)"
-        let fields = metadata.merging(event.metadata ?? [:]) { _, new in new }
-        for (key, value) in fields.sorted(by: { $0.key < $1.key }) { line += " \(key)=\(value)" }
-        StandardError.write(line + "\n")
+        StandardError.write(format(level: event.level, message: event.message, metadata: event.metadata) + "\n")
+    }
+
+    /// The line for one event, without its line feed.
+    public func format(level: Logger.Level, message: Logger.Message, metadata extra: Logger.Metadata?) -> String {
+        var line = priorityPrefix ? "<\(Self.syslogPriority(level))>" : ""
+        line += "\(label): \(LogText.escaped(message.description))"
+        let fields = metadata.merging(extra ?? [:]) { _, new in new }
+        for (key, value) in fields.sorted(by: { $0.key < $1.key }) {
+            line += " \(LogText.escaped(key))=\(LogText.escaped(value.description, quotingSpaces: true))"
+        }
+        return line
     }
 
     /// sd-daemon(3)'s priorities.
@@ -51,6 +62,55 @@ extension Logger {
 
 extension LoggingSystem {
     fileprivate static let bootstrapOnce: Void = LoggingSystem.bootstrap { LineLogHandler(label: $0) }
+}
+
+/// Text made safe for one log line.
+public enum LogText {
+    /// `text` with every character that could end the line or disguise it written as an escape:
+    /// control characters (C0, DEL, C1) as `\n`, `\r`, `\t` or `\xNN`, the Unicode line and
+    /// paragraph separators and the bidirectional overrides as `\u{NNNN}`, and the backslash itself
+    /// doubled, so that an escape in the log always means the daemon wrote it. With
+    /// `quotingSpaces` (a metadata value), a value with a space, `=` or `"` is put in quotes, so it
+    /// cannot pass for more fields.
+    public static func escaped(_ text: String, quotingSpaces: Bool = false) -> String {
+        var needsQuotes = false
+        var clean = true
+        for scalar in text.unicodeScalars {
+            if needsEscape(scalar) { clean = false }
+            if scalar == " " || scalar == "=" || scalar == "\"" { needsQuotes = true }
+        }
+        needsQuotes = needsQuotes && quotingSpaces
+        if clean && !needsQuotes { return text }
+        var out = needsQuotes ? "\"" : ""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case "\"" where needsQuotes: out += "\\\""
+            case _ where scalar.value < 0x100 && needsEscape(scalar):
+                out += "\\x" + hex(scalar.value, digits: 2)
+            case _ where needsEscape(scalar): out += "\\u{" + hex(scalar.value, digits: 4) + "}"
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out + (needsQuotes ? "\"" : "")
+    }
+
+    @inline(__always)
+    static func needsEscape(_ scalar: Unicode.Scalar) -> Bool {
+        switch scalar.value {
+        case 0..<0x20, 0x7f...0x9f, 0x5c: true
+        case 0x2028, 0x2029, 0x202a...0x202e, 0x2066...0x2069: true
+        default: false
+        }
+    }
+
+    static func hex(_ value: UInt32, digits: Int) -> String {
+        let text = String(value, radix: 16)
+        return String(repeating: "0", count: max(0, digits - text.count)) + text
+    }
 }
 
 /// Text to stderr in one write(2).

@@ -14,6 +14,23 @@ final class HardeningTests: XCTestCase {
         Wire.multibinder.parse(Array(#"{"jsonrpc":"2.0","method":"bind","id":1,"params":[\#(params)]}"#.utf8))
     }
 
+    func testLogLinesEscapeEveryCharacterThatCouldEndOrDisguiseThem() {
+        XCTAssertEqual(LogText.escaped("plain text, ünïcode"), "plain text, ünïcode")
+        XCTAssertEqual(LogText.escaped("a\nb\r\tc\u{0}\u{1b}[31m\u{7f}\u{85}"), #"a\nb\r\tc\x00\x1b[31m\x7f\x85"#)
+        XCTAssertEqual(LogText.escaped("x\u{2028}y\u{202e}z\u{2066}"), #"x\u{2028}y\u{202e}z\u{2066}"#)
+        XCTAssertEqual(LogText.escaped(#"already \n escaped"#), #"already \\n escaped"#, "a backslash is doubled")
+        XCTAssertEqual(LogText.escaped("a b=c", quotingSpaces: true), #""a b=c""#)
+        XCTAssertEqual(LogText.escaped(#"say "x""#, quotingSpaces: true), #""say \"x\"""#)
+        XCTAssertEqual(LogText.escaped("one", quotingSpaces: true), "one")
+
+        let handler = LineLogHandler(label: "daemon", priorityPrefix: true)
+        let line = handler.format(
+            level: .info, message: "bad request: \("x\n<0>FORGED")",
+            metadata: ["peer": .string("p\nq r")])
+        XCTAssertEqual(line, #"<6>daemon: bad request: x\n<0>FORGED peer="p\nq r""#)
+        XCTAssertFalse(line.contains("\n"))
+    }
+
     func testTheLogBudgetHoldsBackLinesBeyondItsRateAndSaysHowMany() {
         var budget = LogBudget(linesPerSecond: 3)
         let second: UInt64 = 1_000_000_000

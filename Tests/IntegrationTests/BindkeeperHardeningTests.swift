@@ -249,6 +249,27 @@ final class BindkeeperHardeningTests: XCTestCase {
         XCTAssertEqual(try metric("bindkeeper_socket_limit_refusals_total"), 1)
     }
 
+    /// A client's text cannot forge a log line: under journald (JOURNAL_STREAM set) a line starting
+    /// `<0>` would be taken as an emergency. The address's line feed and everything after it stay
+    /// on the broker's own line, escaped.
+    func testClientTextCannotStartALogLineOfItsOwn() throws {
+        let policy = lab.directory.appendingPathComponent("policy.json")
+        try #"{"control":{"mode":"0666"},"allow":[]}"#.write(to: policy, atomically: true, encoding: .utf8)
+        try lab.startBroker(["--config", policy.path], environment: ["JOURNAL_STREAM": "8:1"])
+        let raw = try RawControlClient(lab.socketPath)
+        raw.send(
+            #"{"jsonrpc":"2.0","method":"bind","id":1,"params":"#
+                + #"[{"address":"1.2.3.4\n<0>FORGED emergency\u2028line\r\u0000","port":80}]}"#
+        )
+        XCTAssertNotNil(errorCode(raw.reply()?.object), "the bind is refused")
+        try lab.waitFor("the refusal to be logged") { lab.allLogs.contains("FORGED") }
+        for line in lab.allLogs.split(separator: "\n", omittingEmptySubsequences: false) where line.contains("FORGED") {
+            XCTAssertTrue(line.hasPrefix("<6>bindkeeper["), "a line of the broker's own: \(line)")
+            XCTAssertTrue(line.contains(#"1.2.3.4\n<0>FORGED emergency\u{2028}line\r\x00"#), String(line))
+        }
+        XCTAssertFalse(lab.allLogs.contains("\u{2028}"), "no raw line separator either")
+    }
+
     /// A client sending bad requests in a loop gets an error for each, while the broker logs ten
     /// lines a second about them at most: journald's rate limit is left for the broker's own lines.
     func testBadRequestsInALoopCannotFloodTheLog() throws {
