@@ -107,7 +107,10 @@ public struct LocalAddresses: Sendable, Equatable {
     /// Whether `address` may not stand as the source of a packet delivered here: loopback,
     /// multicast or this host's own. The kernel drops such IPv4 sources arriving from outside
     /// (unless accept_local); an inner IPv6 packet reaches the stack through `lo`, where such a
-    /// source would look like this host talking to itself.
+    /// source would look like this host talking to itself. For IPv6 also every address of
+    /// ::/96 (unspecified, loopback, IPv4-compatible) and ::ffff:0:0/96 (IPv4-mapped, RFC 4291
+    /// 2.5.5.2: never on the wire): a dual-stack socket reads ::ffff:127.0.0.1 as loopback and
+    /// ::ffff: plus one of this host's IPv4 addresses as the host itself.
     @inline(__always)
     public func isMartianSource(_ address: IPv4Address) -> Bool {
         let first = address.value >> 24
@@ -116,7 +119,8 @@ public struct LocalAddresses: Sendable, Equatable {
 
     @inline(__always)
     public func isMartianSource(_ address: IPv6Address) -> Bool {
-        (address.high == 0 && address.low <= 1) || address.high >> 56 == 0xff || owns(address)
+        (address.high == 0 && (address.low >> 32 == 0 || address.low >> 32 == 0xffff)) || address.high >> 56 == 0xff
+            || owns(address)
     }
 
     static func isLoopbackOrLinkLocal(_ address: IPv6Address) -> Bool {

@@ -132,7 +132,12 @@ final class TrustBoundaryTests: XCTestCase {
             XCTAssertEqual(
                 decide(from(director, syn(.v4(IPv4Address(source)!), to: .v4(vip)))), .refuse(.martianSource), source)
         }
-        for source in ["::1", "::", "ff02::1", "2001:2:0:ff::10"] {
+        // IPv4-mapped and IPv4-compatible sources (::ffff:0:0/96, ::/96): a dual-stack socket sees
+        // ::ffff:127.0.0.1 as loopback and ::ffff:198.18.0.11 as this host; no host sends either.
+        for source in [
+            "::1", "::", "ff02::1", "2001:2:0:ff::10", "::ffff:127.0.0.1", "::ffff:198.18.0.11", "::ffff:198.19.0.10",
+            "::ffff:198.18.0.1", "::198.18.0.1", "::2",
+        ] {
             XCTAssertEqual(
                 decide(from(director, syn(.v6(IPv6Address(source)!), to: .v6(vip6)))), .refuse(.martianSource), source)
         }
