@@ -76,17 +76,38 @@ public enum HostChecks {
         public var dropsTheRest = false
     }
 
+    /// How a rule matches the outer source: not at all, to some sources (the peers, one hopes), or
+    /// to every source but some (`! -s`, `ip saddr != ...`: that hears the whole Internet).
+    enum SourceMatch { case any, only, allBut }
+
+    /// The source match of an iptables-save rule: `-s` and `--match-set ... src`, each negated by a
+    /// `!` before it.
+    static func sourceMatch(iptablesWords words: [Substring]) -> SourceMatch {
+        var match = SourceMatch.any
+        for (index, word) in words.enumerated() where word == "-s" || word == "--match-set" {
+            if index > 0 && words[index - 1] == "!" { return .allBut }
+            match = .only
+        }
+        return match
+    }
+
+    /// The source match of an nft rule: `ip saddr X` or `ip saddr != X`.
+    static func sourceMatch(nftWords words: [Substring]) -> SourceMatch {
+        guard let index = words.firstIndex(where: { $0 == "saddr" }) else { return .any }
+        return index + 1 < words.count && words[index + 1] == "!=" ? .allBut : .only
+    }
+
     /// The NFQUEUE rules for the GUE port in `iptables-save -t raw` output.
     public static func gueRules(iptablesSave rules: String, port: UInt16) -> GUERules {
         var found = GUERules()
         for line in rules.split(separator: "\n")
         where line.hasPrefix("-A PREROUTING") && line.contains("--dport \(port)") {
-            let words = line.split(separator: " ")
+            let source = sourceMatch(iptablesWords: line.split(separator: " "))
             if line.contains("-j NFQUEUE") {
-                let restricted = words.contains("-s") || line.contains("--match-set")
                 found.queueRules.append(
-                    QueueRule(rule: String(line), bypass: line.contains("--queue-bypass"), restricted: restricted))
-            } else if line.hasSuffix("-j DROP") && !words.contains("-s") && !line.contains("--match-set") {
+                    QueueRule(rule: String(line), bypass: line.contains("--queue-bypass"), restricted: source == .only))
+            } else if line.hasSuffix("-j DROP") && source != .only {
+                // `! -s PEERS -j DROP` drops all the queue rules do not take from the peers too.
                 found.dropsTheRest = !found.queueRules.isEmpty
             }
         }
@@ -101,10 +122,11 @@ public enum HostChecks {
             let line = raw.trimmingPrefix(while: \.isWhitespace)
             let words = line.split(separator: " ")
             guard line.contains("dport \(port)"), !line.hasPrefix("#") else { continue }
+            let source = sourceMatch(nftWords: words)
             if words.contains("queue") {
                 found.queueRules.append(
-                    QueueRule(rule: String(line), bypass: line.contains("bypass"), restricted: line.contains("saddr")))
-            } else if words.last == "drop" && !line.contains("saddr") {
+                    QueueRule(rule: String(line), bypass: line.contains("bypass"), restricted: source == .only))
+            } else if words.last == "drop" && source != .only {
                 found.dropsTheRest = !found.queueRules.isEmpty
             }
         }

@@ -37,6 +37,16 @@ final class HostCheckTests: XCTestCase {
             iptablesSave: "-A PREROUTING -p udp -m udp --dport 19523 -j DROP\n", port: 19523)
         XCTAssertFalse(dropFirst.dropsTheRest)
         XCTAssertTrue(HostChecks.gueRules(iptablesSave: shipped, port: 6081).queueRules.isEmpty)
+
+        // A negated source hears every host but a few: no restriction. A negated DROP drops the rest.
+        let negated = HostChecks.gueRules(
+            iptablesSave: """
+                -A PREROUTING ! -s 198.18.0.0/24 -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass
+                -A PREROUTING -m set ! --match-set glb-peers src -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0
+                -A PREROUTING ! -s 198.18.0.0/24 -p udp -m udp --dport 19523 -j DROP
+                """, port: 19523)
+        XCTAssertEqual(negated.queueRules.map(\.restricted), [false, false])
+        XCTAssertTrue(negated.dropsTheRest)
     }
 
     func testNftRulesAreReadInBothPrintedForms() {
@@ -62,6 +72,9 @@ final class HostCheckTests: XCTestCase {
         let open = HostChecks.gueRules(nftRuleset: "udp dport 19523 queue num 0\n", port: 19523)
         XCTAssertEqual(open.queueRules.map(\.restricted), [false])
         XCTAssertEqual(open.queueRules.map(\.bypass), [false])
+        let negated = HostChecks.gueRules(
+            nftRuleset: "ip saddr != @glb_peers udp dport 19523 queue num 0 bypass\n", port: 19523)
+        XCTAssertEqual(negated.queueRules.map(\.restricted), [false])
     }
 
     func testDoctorWarnsAboutRulesThatHearEveryone() {
