@@ -46,11 +46,19 @@ struct Exec: ParsableCommand {
         }
         let bound = try BindkeeperClient(path: socket).bind(requests)
         for socket in bound where socket.warning != nil { logger.info("\(socket.key): \(socket.warning!)") }
-        // Move the fds out of the way first, then into 3, 4, ... (a received fd may already sit there).
-        let high = bound.map { fcntl($0.fd, F_DUPFD_CLOEXEC, 1024) }
-        for socket in bound { close(socket.fd) }
+        // Move the fds out of the way first, then into 3, 4, ... (a received fd may already sit
+        // there). Just above the target range, not at a fixed number: any fixed one can be past the
+        // open-file limit (1024 is systemd's and most shells' soft limit, and then EINVAL).
+        let above = ListenFDs.first + Int32(bound.count)
+        var high: [Int32] = []
+        for socket in bound {
+            let fd = fcntl(socket.fd, F_DUPFD_CLOEXEC, above)
+            guard fd >= 0 else { throw SystemError("fcntl F_DUPFD_CLOEXEC \(above)") }
+            high.append(fd)
+            close(socket.fd)
+        }
         for (index, fd) in high.enumerated() {
-            guard fd >= 0, dup2(fd, ListenFDs.first + Int32(index)) >= 0 else { throw SystemError("dup2") }
+            guard dup2(fd, ListenFDs.first + Int32(index)) >= 0 else { throw SystemError("dup2") }
             close(fd)
         }
         for (name, value) in ListenFDs.environment(names: names, pid: getpid()) { setenv(name, value, 1) }

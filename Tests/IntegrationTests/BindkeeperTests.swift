@@ -239,6 +239,23 @@ final class BindkeeperTests: XCTestCase {
         XCTAssertTrue(denied.output.contains("Permission denied"), denied.output)
     }
 
+    /// systemd's and most shells' soft open-file limit is 1024: `exec` must place the sockets
+    /// under it (the test process raised its own limit, so the child gets the low one explicitly).
+    func testExecHandsSocketsOverUnderTheDefaultOpenFileLimit() throws {
+        try lab.startBroker()
+        for limit in [1024, 16] {
+            let result = try lab.run([
+                "sh", "-c", "ulimit -n \(limit) && exec \"$0\" \"$@\"", lab.binary("bindkeeper"), "exec", "--socket",
+                lab.socketPath, "--bind", "tcp://\(BrokerLab.address):8081", "--bind",
+                "udp://\(BrokerLab.address):8082",
+                "--", "sh", "-c",
+                "test \"$LISTEN_FDS\" = 2 && test -e /proc/self/fd/4 && ! test -e /proc/self/fd/5 && echo ok",
+            ])
+            XCTAssertEqual(result.status, 0, "ulimit -n \(limit): \(result.output)")
+            XCTAssertTrue(result.output.contains("ok"), "ulimit -n \(limit): \(result.output)")
+        }
+    }
+
     func testBacklogIsReportedAgainstTheNamespacesSomaxconn() throws {
         try lab.run(["sysctl", "-q", "-w", "net.core.somaxconn=256"])
         try lab.startBroker()
