@@ -181,4 +181,21 @@ final class NetlinkDumpTests: XCTestCase {
             HostChecks.forwardChainAccepts(
                 iptablesSave: "*filter\n:FORWARD ACCEPT [0:0]\n-A FORWARD -s 198.18.0.0/15 -j REJECT\n"))
     }
+
+    /// GLB's outer packets are IPv4: fou decapsulates them only where the port is configured for
+    /// IPv4, whatever an IPv6 entry on the same port says.
+    func testFouCountsOnlyTheIPv4EntryOfThePort() {
+        let (v4, v6) = (UInt8(AF_INET), UInt8(AF_INET6))
+        XCTAssertEqual(FouStatus.of([], port: 19523), .portNotConfigured)
+        XCTAssertEqual(FouStatus.of([.init(port: 6080, family: v4, gue: true)], port: 19523), .portNotConfigured)
+        XCTAssertEqual(FouStatus.of([.init(port: 19523, family: v6, gue: true)], port: 19523), .ipv6Only)
+        XCTAssertEqual(
+            FouStatus.of(
+                [.init(port: 19523, family: v4, gue: false), .init(port: 19523, family: v6, gue: true)], port: 19523),
+            .directFou)
+        XCTAssertEqual(
+            FouStatus.of(
+                [.init(port: 19523, family: v6, gue: false), .init(port: 19523, family: v4, gue: true)], port: 19523),
+            .gue)
+    }
 }
