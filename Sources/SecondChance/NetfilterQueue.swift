@@ -302,19 +302,32 @@ public final class NetfilterQueue {
                 if nlh.pointee.nlmsg_type == UInt16(NLMSG_ERROR) { noteError(nlh) }
                 continue
             }
-            attributes.update(repeating: nil, count: Int(__NFQA_MAX.rawValue))
-            guard nfq_nlmsg_parse(nlh, attributes) >= 0,
-                let headerAttribute = attributes[Int(NFQA_PACKET_HDR.rawValue)],
-                let payloadAttribute = attributes[Int(NFQA_PAYLOAD.rawValue)]
-            else { receiveErrors.add(1, ordering: .relaxed); continue }
-            let header = mnl_attr_get_payload(headerAttribute).assumingMemoryBound(to: nfqnl_msg_packet_hdr.self)
-            batch.append(
-                QueuedPacket(
-                    id: UInt32(bigEndian: header.pointee.packet_id),
-                    payload: UnsafeMutableRawBufferPointer(
-                        start: mnl_attr_get_payload(payloadAttribute),
-                        count: Int(mnl_attr_get_payload_len(payloadAttribute)))))
+            let (packet, intact) = Self.queuedPacket(nlh, attributes: attributes)
+            if !intact { receiveErrors.add(1, ordering: .relaxed) }
+            if let packet { batch.append(packet) }
         }
+    }
+
+    /// The packet of one NFQNL_MSG_PACKET message. A damaged message (an attribute that fails
+    /// validation, no payload) whose id is still readable gives the packet with an empty payload,
+    /// which the decision drops as malformed and counts: every packet the kernel queued gets a
+    /// verdict, or it would hold a slot of the queue until the socket closes. `intact` is false
+    /// for any damaged message; the packet is nil only when not even its id can be read.
+    static func queuedPacket(
+        _ nlh: UnsafePointer<nlmsghdr>, attributes: UnsafeMutablePointer<UnsafeMutablePointer<nlattr>?>
+    ) -> (packet: QueuedPacket?, intact: Bool) {
+        attributes.update(repeating: nil, count: Int(__NFQA_MAX.rawValue))
+        // The table keeps what validated before a failure; the kernel puts the header first.
+        let parsed = nfq_nlmsg_parse(nlh, attributes) >= 0
+        guard let headerAttribute = attributes[Int(NFQA_PACKET_HDR.rawValue)] else { return (nil, false) }
+        let header = mnl_attr_get_payload(headerAttribute).assumingMemoryBound(to: nfqnl_msg_packet_hdr.self)
+        let id = UInt32(bigEndian: header.pointee.packet_id)
+        guard parsed, let payloadAttribute = attributes[Int(NFQA_PAYLOAD.rawValue)] else {
+            return (QueuedPacket(id: id, payload: UnsafeMutableRawBufferPointer(start: nil, count: 0)), false)
+        }
+        let payload = UnsafeMutableRawBufferPointer(
+            start: mnl_attr_get_payload(payloadAttribute), count: Int(mnl_attr_get_payload_len(payloadAttribute)))
+        return (QueuedPacket(id: id, payload: payload), true)
     }
 
     /// An answer to a message of ours. The requeue request's ENOENT only says nothing was left
