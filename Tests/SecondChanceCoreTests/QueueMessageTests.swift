@@ -1,9 +1,10 @@
 import CNetfilterQueue
 import Glibc
 import NetTypes
-@testable import SecondChance
 import SecondChanceCore
 import XCTest
+
+@testable import SecondChance
 
 /// How a packet message from the kernel is read: every message whose id can be read gets a verdict.
 final class QueueMessageTests: XCTestCase {
