@@ -53,10 +53,12 @@ extension Broker {
         }
     }
 
-    /// All or none: every request is checked (policy, conflicts, the user's socket limit) before
-    /// any socket is made.
+    /// All or none: every request is checked (policy, conflicts with the broker's sockets and
+    /// within the batch, the user's socket limit) before any socket is made, and the new sockets
+    /// are kept only once every one of them is made.
     func bind(_ requests: [BindRequest], peer: Peer) -> Result<[String], Wire.RPCError> {
         var creating: Set<String> = []
+        var inBatch: [String: BindRequest] = [:]
         for request in requests {
             let owner: UInt32?, group: UInt32?
             do {
@@ -75,6 +77,13 @@ extension Broker {
                 statistics.conflicts += 1
                 return .failure(.conflict(conflict))
             }
+            // Two binds of one key must ask for the same socket: the first would make it, and the
+            // second would get it with options it did not ask for.
+            if let earlier = inBatch[request.key], let conflict = earlier.conflict(with: request) {
+                statistics.conflicts += 1
+                return .failure(.conflict("in one batch: \(conflict)"))
+            }
+            inBatch[request.key] = inBatch[request.key] ?? request
             if sockets[request.key] == nil { creating.insert(request.key) }
         }
         if peer.uid != 0, peer.uid != options.policy.brokerUID, !creating.isEmpty {
@@ -96,25 +105,28 @@ extension Broker {
                     ))
             }
         }
-        var keys: [String] = []
-        for request in requests {
-            if sockets[request.key] == nil {
-                let report = backlogReport(for: request)
-                do {
-                    let fd = try OwnedSocket.open(request, backlog: report?.requested ?? 0)
-                    add(
-                        Entry(request: request, fd: fd, handedOut: 0, backlog: report, creator: peer.uid), stored: false
-                    )
-                    statistics.bindsCreated += 1
-                    if let warning = report?.warning { logger.info("\(request.key): \(warning)") }
-                    logger.info("bound \(request.url)\(report.map { " (backlog \($0.effective))" } ?? "")")
-                } catch {
-                    return .failure(.bindFailed("\(error)"))
-                }
+        var made: [Entry] = []
+        for request in requests
+        where sockets[request.key] == nil && !made.contains(where: { $0.request.key == request.key }) {
+            let report = backlogReport(for: request)
+            do {
+                let fd = try OwnedSocket.open(request, backlog: report?.requested ?? 0)
+                made.append(Entry(request: request, fd: fd, handedOut: 0, backlog: report, creator: peer.uid))
+            } catch {
+                // A Unix socket made here leaves its path behind as a dead socket, inside the
+                // grant, which the next bind of that path replaces (no unlink by name here: the
+                // client may have swapped the path meanwhile).
+                for entry in made { close(entry.fd) }
+                return .failure(.bindFailed("\(error)"))
             }
-            keys.append(request.key)
         }
-        return .success(keys)
+        for entry in made {
+            add(entry, stored: false)
+            statistics.bindsCreated += 1
+            if let warning = entry.backlog?.warning { logger.info("\(entry.request.key): \(warning)") }
+            logger.info("bound \(entry.request.url)\(entry.backlog.map { " (backlog \($0.effective))" } ?? "")")
+        }
+        return .success(requests.map(\.key))
     }
 
     /// What listen(2) gets for a stream socket, against this namespace's somaxconn; nil for UDP.

@@ -193,6 +193,27 @@ final class BindkeeperTests: XCTestCase {
         XCTAssertThrowsError(
             try lab.client().bind([url("tcp://\(BrokerLab.address):8445"), url("tcp://[::]:8444?v6only=0")]))
         XCTAssertFalse(try lab.client().list().sockets.contains { $0.key == "tcp://\(BrokerLab.address):8445" })
+        // Also when the failing bind is one the kernel refuses (the address is not this host's):
+        // the sockets made before it are closed, not kept.
+        XCTAssertThrowsError(
+            try lab.client().bind([url("tcp://\(BrokerLab.address):8446"), url("tcp://198.18.99.1:8447")])
+        ) { XCTAssertTrue("\($0)".contains("Cannot assign requested address"), "\($0)") }
+        XCTAssertFalse(try lab.client().list().sockets.contains { $0.key == "tcp://\(BrokerLab.address):8446" })
+        let free = try lab.inside { try LabSockets.listenTCP(on: IPAddress(BrokerLab.address)!, port: 8446) }
+        close(free)  // nothing held the port
+        // Two binds of one key with different options are refused, not merged.
+        XCTAssertThrowsError(
+            try lab.client().bind([
+                url("tcp://\(BrokerLab.address):8448?backlog=16"), url("tcp://\(BrokerLab.address):8448?backlog=32"),
+            ])
+        ) { XCTAssertTrue("\($0)".contains("in one batch"), "\($0)") }
+        XCTAssertFalse(try lab.client().list().sockets.contains { $0.key == "tcp://\(BrokerLab.address):8448" })
+        let twice = try lab.client().bind([
+            url("tcp://\(BrokerLab.address):8448?backlog=16"), url("tcp://\(BrokerLab.address):8448"),
+        ])
+        XCTAssertEqual(twice.count, 2, "the same socket twice, options alike")
+        XCTAssertEqual(inode(twice[0].fd), inode(twice[1].fd))
+        twice.forEach { close($0.fd) }
         // Still serving.
         let after = try lab.client().bind([url("tcp://\(BrokerLab.address):8443")])
         XCTAssertEqual(after.count, 1)
