@@ -32,10 +32,11 @@ public final class LocalAddressBoard: Sendable {
     }
 }
 
-/// Keeps a `LocalAddressBoard` current from rtnetlink: it subscribes to address changes (IPv4 and
-/// IPv6) in each namespace it watches and dumps every address again whenever one is reported, so a
-/// VIP added to `lo` is deliverable at once and a removed one no longer is. No system call is made
-/// per packet.
+/// Keeps a `LocalAddressBoard` current from rtnetlink: it subscribes to address and route changes
+/// (IPv4 and IPv6) in each namespace it watches and dumps every address and the local routing
+/// table again whenever an address or a local route is reported, so a VIP added to `lo`, or a
+/// range routed to it (`ip route add local 198.19.0.0/24 dev lo`), is deliverable at once and a
+/// removed one no longer is. No system call is made per packet.
 ///
 /// `@unchecked Sendable`: the netlink sockets are used by the thread that runs `run` alone; other
 /// threads read `board`, which is thread-safe.
@@ -55,7 +56,8 @@ public final class LocalAddressWatcher: @unchecked Sendable {
             for namespace in namespaces {
                 // Subscribe before the first dump, so no change falls between the two.
                 let socket = try Netlink.open(
-                    NETLINK_ROUTE, name: "NETLINK_ROUTE", groups: UInt32(RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR),
+                    NETLINK_ROUTE, name: "NETLINK_ROUTE",
+                    groups: UInt32(RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE),
                     namespace: namespace)
                 opened.append(socket)
                 let fd = mnl_socket_get_fd(socket)
@@ -85,18 +87,30 @@ public final class LocalAddressWatcher: @unchecked Sendable {
             if ready < 0 && errno != EINTR { logger.info("local addresses: poll: \(SystemError("poll"))"); return }
             if fds.last!.revents != 0 { return }
             for index in subscriptions.indices where fds[index].revents != 0 {
-                // What changed does not matter, only that something did: read the notifications
-                // away (ENOBUFS means some were lost, which a fresh dump covers too).
-                while recv(fds[index].fd, buffer, 16384, Int32(MSG_DONTWAIT)) > 0 || errno == ENOBUFS || errno == EINTR
-                {}
-                stale = true
+                // What changed does not matter, only that an address or a local route did (a
+                // proxy's main table may change often, and none of that is ours): read the
+                // notifications away. ENOBUFS means some were lost, which a fresh dump covers.
+                while true {
+                    let count = recv(fds[index].fd, buffer, 16384, Int32(MSG_DONTWAIT))
+                    if count > 0 {
+                        if Self.concernsLocalAddresses(buffer, count) { stale = true }
+                    } else if errno == ENOBUFS {
+                        stale = true
+                    } else if errno != EINTR {
+                        break
+                    }
+                }
             }
             guard stale else { continue }
             do {
                 let addresses = try Self.current(namespaces)
                 stale = false
                 if board.publish(addresses) {
-                    logger.info("local addresses: \(addresses.ipv4.count) IPv4, \(addresses.ipv6.count) IPv6")
+                    logger.info(
+                        """
+                        local addresses: \(addresses.ipv4.count) IPv4, \(addresses.ipv6.count) IPv6, local routes: \
+                        \(addresses.ipv4Ranges.count) IPv4, \(addresses.ipv6Ranges.count) IPv6
+                        """)
                 }
             } catch {
                 logger.info("local addresses: \(error); keeping the previous set, retrying")
@@ -110,10 +124,32 @@ public final class LocalAddressWatcher: @unchecked Sendable {
         return all
     }
 
-    /// Every address of a namespace (RTM_GETADDR dump), as `ip addr` lists them.
+    /// Whether a datagram of notifications tells of an address or a local route.
+    static func concernsLocalAddresses(_ buffer: UnsafeMutableRawPointer, _ count: Int) -> Bool {
+        var remaining = Int32(count)
+        var message: UnsafePointer<nlmsghdr>? = UnsafePointer(buffer.assumingMemoryBound(to: nlmsghdr.self))
+        while let current = message, mnl_nlmsg_ok(current, remaining) {
+            defer { message = UnsafePointer(mnl_nlmsg_next(current, &remaining)) }
+            switch Int32(current.pointee.nlmsg_type) {
+            case Int32(RTM_NEWADDR), Int32(RTM_DELADDR): return true
+            case Int32(RTM_NEWROUTE), Int32(RTM_DELROUTE): if localRoute(current) != nil { return true }
+            default: break
+            }
+        }
+        return false
+    }
+
+    /// Every address of a namespace (RTM_GETADDR dump), as `ip addr` lists them, and every local
+    /// route of its local table (RTM_GETROUTE), as `ip route show table local type local` does.
     public static func dump(namespace: NetworkNamespace? = nil) throws -> LocalAddresses {
         let socket = try Netlink.open(NETLINK_ROUTE, name: "NETLINK_ROUTE", namespace: namespace)
         defer { mnl_socket_close(socket) }
+        // The kernel then dumps the local table alone, not a main table that may hold the Internet
+        // (Linux 4.20; older kernels dump every table, which `localRoute` filters here).
+        var strict: Int32 = 1
+        _ = setsockopt(
+            mnl_socket_get_fd(socket), SOL_NETLINK, NETLINK_GET_STRICT_CHK, &strict, socklen_t(MemoryLayout<Int32>.size)
+        )
         let size = 32768
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 16)
         defer { buffer.deallocate() }
@@ -128,7 +164,66 @@ public final class LocalAddressWatcher: @unchecked Sendable {
         try Netlink.receiveDump(socket, buffer: buffer, size: size, sequence: 1, name: "RTM_GETADDR dump") { message in
             if message.pointee.nlmsg_type == UInt16(RTM_NEWADDR) { add(message, to: &addresses) }
         }
+
+        for (sequence, family) in [(UInt32(2), AF_INET), (3, AF_INET6)] {
+            let (nlh, route) = Netlink.putRequest(
+                at: buffer, type: UInt16(RTM_GETROUTE), flags: NLM_F_REQUEST | NLM_F_DUMP, sequence: sequence,
+                rtmsg.self)
+            route.pointee.rtm_family = UInt8(family)
+            route.pointee.rtm_table = UInt8(RT_TABLE_LOCAL.rawValue)
+            guard mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) >= 0 else {
+                throw SystemError("RTM_GETROUTE request")
+            }
+            try Netlink.receiveDump(socket, buffer: buffer, size: size, sequence: sequence, name: "RTM_GETROUTE dump") {
+                message in
+                guard message.pointee.nlmsg_type == UInt16(RTM_NEWROUTE), let route = localRoute(message) else {
+                    return
+                }
+                switch route {
+                // 127.0.0.0/8 is loopback's, which no packet from outside may reach; the host's
+                // own routes (one per address, ::1 and link-local among them) are its addresses.
+                case .v4(let prefix) where prefix.network.value >> 24 != 127:
+                    if prefix.length == 32 {
+                        addresses.ipv4.insert(prefix.network)
+                    } else {
+                        addresses.ipv4Ranges.insert(prefix)
+                    }
+                case .v6(let prefix):
+                    if prefix.length == 128 {
+                        addresses.ipv6.insert(prefix.network)
+                    } else {
+                        addresses.ipv6Ranges.insert(prefix)
+                    }
+                default: break
+                }
+            }
+        }
         return addresses
+    }
+
+    enum LocalRoute { case v4(IPv4Prefix), v6(IPv6Prefix) }
+
+    /// The destination of an RTM_NEWROUTE or RTM_DELROUTE of type local in the local table (a
+    /// route's table is RTA_TABLE where present, as tables above 255 need); nil for any other.
+    static func localRoute(_ message: UnsafePointer<nlmsghdr>) -> LocalRoute? {
+        guard Int(mnl_nlmsg_get_payload_len(message)) >= MemoryLayout<rtmsg>.size else { return nil }
+        let header = UnsafeRawPointer(mnl_nlmsg_get_payload(message)!).loadUnaligned(as: rtmsg.self)
+        let attributes = Netlink.attributes(of: message, after: MemoryLayout<rtmsg>.size)
+        let table =
+            attributes[UInt16(RTA_TABLE.rawValue)].flatMap { $0.count >= 4 ? $0.loadUnaligned(as: UInt32.self) : nil }
+            ?? UInt32(header.rtm_table)
+        guard table == RT_TABLE_LOCAL.rawValue, header.rtm_type == UInt8(RTN_LOCAL) else { return nil }
+        let destination = attributes[UInt16(RTA_DST.rawValue)]
+        switch (Int32(header.rtm_family), destination?.count) {
+        case (AF_INET, 4?) where header.rtm_dst_len <= 32:
+            return .v4(IPv4Prefix(network: IPv4Address(destination!.be32(0)), length: header.rtm_dst_len))
+        case (AF_INET6, 16?) where header.rtm_dst_len <= 128:
+            return .v6(
+                IPv6Prefix(
+                    network: IPv6Address(high: destination!.be64(0), low: destination!.be64(8)),
+                    length: header.rtm_dst_len))
+        default: return nil
+        }
     }
 
     /// One RTM_NEWADDR: IFA_LOCAL is this host's address where present (IFA_ADDRESS is then the

@@ -27,19 +27,26 @@ public struct PeerPolicy: Sendable, Equatable {
     }
 }
 
-/// The addresses this host answers for: interface addresses and VIPs on `lo`, kept current from
-/// rtnetlink. A decapsulated packet is delivered only to one of them.
+/// The addresses this host answers for: interface addresses and VIPs on `lo`, and the ranges of
+/// the local routing table (`ip route add local 198.19.0.0/24 dev lo`, the usual way to serve a
+/// VIP range), kept current from rtnetlink. A decapsulated packet is delivered only to one of them.
 public struct LocalAddresses: Sendable, Equatable {
     public var ipv4: Set<IPv4Address> { didSet { ipv4Values = Self.sorted(ipv4.map(\.value)) } }
     public var ipv6: Set<IPv6Address> { didSet { ipv6Values = Self.sorted(ipv6.map { Pair($0.high, $0.low) }) } }
     /// Directed broadcast addresses of this host's IPv4 subnets: never a hop.
     public var broadcast: Set<IPv4Address> { didSet { broadcastValues = Self.sorted(broadcast.map(\.value)) } }
+    /// Local routes wider than one address (a single address is in `ipv4` and `ipv6`): a handful
+    /// at most, scanned after the addresses.
+    public var ipv4Ranges: Set<IPv4Prefix> { didSet { ipv4RangeSet = IPv4PrefixSet(Self.ordered(ipv4Ranges)) } }
+    public var ipv6Ranges: Set<IPv6Prefix> { didSet { ipv6RangeList = Self.ordered(ipv6Ranges) } }
 
     /// The same, sorted, for the per-packet look-ups: a host has a handful of addresses, and a scan
     /// of a few words beats hashing them.
     private var ipv4Values: [UInt32] = []
     private var ipv6Values: [Pair] = []
     private var broadcastValues: [UInt32] = []
+    private var ipv4RangeSet = IPv4PrefixSet([])
+    private var ipv6RangeList: [IPv6Prefix] = []
 
     struct Pair: Comparable, Sendable {
         var high: UInt64, low: UInt64
@@ -47,28 +54,43 @@ public struct LocalAddresses: Sendable, Equatable {
         static func < (a: Pair, b: Pair) -> Bool { (a.high, a.low) < (b.high, b.low) }
     }
 
-    public init(ipv4: Set<IPv4Address> = [], ipv6: Set<IPv6Address> = [], broadcast: Set<IPv4Address> = []) {
+    public init(
+        ipv4: Set<IPv4Address> = [], ipv6: Set<IPv6Address> = [], broadcast: Set<IPv4Address> = [],
+        ipv4Ranges: Set<IPv4Prefix> = [], ipv6Ranges: Set<IPv6Prefix> = []
+    ) {
         self.ipv4 = ipv4
         self.ipv6 = ipv6
         self.broadcast = broadcast
+        self.ipv4Ranges = ipv4Ranges
+        self.ipv6Ranges = ipv6Ranges
         ipv4Values = Self.sorted(ipv4.map(\.value))
         ipv6Values = Self.sorted(ipv6.map { Pair($0.high, $0.low) })
         broadcastValues = Self.sorted(broadcast.map(\.value))
+        ipv4RangeSet = IPv4PrefixSet(Self.ordered(ipv4Ranges))
+        ipv6RangeList = Self.ordered(ipv6Ranges)
     }
 
     public static let none = LocalAddresses()
 
     public static func == (a: LocalAddresses, b: LocalAddresses) -> Bool {
-        a.ipv4 == b.ipv4 && a.ipv6 == b.ipv6 && a.broadcast == b.broadcast
+        a.ipv4 == b.ipv4 && a.ipv6 == b.ipv6 && a.broadcast == b.broadcast && a.ipv4Ranges == b.ipv4Ranges
+            && a.ipv6Ranges == b.ipv6Ranges
     }
 
     public mutating func formUnion(_ other: LocalAddresses) {
         ipv4.formUnion(other.ipv4)
         ipv6.formUnion(other.ipv6)
         broadcast.formUnion(other.broadcast)
+        ipv4Ranges.formUnion(other.ipv4Ranges)
+        ipv6Ranges.formUnion(other.ipv6Ranges)
     }
 
     static func sorted<T: Comparable>(_ values: [T]) -> [T] { values.sorted() }
+
+    /// In a fixed order (by their text), so that equal sets scan alike.
+    static func ordered<Prefix: CustomStringConvertible>(_ ranges: Set<Prefix>) -> [Prefix] {
+        ranges.sorted { $0.description < $1.description }
+    }
 
     /// Binary search over a sorted array; a few compares for any sane number of addresses.
     @inline(__always)
@@ -82,10 +104,14 @@ public struct LocalAddresses: Sendable, Equatable {
     }
 
     @inline(__always)
-    public func owns(_ address: IPv4Address) -> Bool { Self.contains(ipv4Values, address.value) }
+    public func owns(_ address: IPv4Address) -> Bool {
+        Self.contains(ipv4Values, address.value) || ipv4RangeSet.contains(address)
+    }
 
     @inline(__always)
-    public func owns(_ address: IPv6Address) -> Bool { Self.contains(ipv6Values, Pair(address.high, address.low)) }
+    public func owns(_ address: IPv6Address) -> Bool {
+        Self.contains(ipv6Values, Pair(address.high, address.low)) || ipv6RangeList.contains { $0.contains(address) }
+    }
 
     @inline(__always)
     public func isBroadcast(_ address: IPv4Address) -> Bool { Self.contains(broadcastValues, address.value) }

@@ -193,6 +193,50 @@ final class TrustBoundaryTests: XCTestCase {
         }
     }
 
+    /// A VIP range served by a local route (`ip route add local PREFIX dev lo`), IPv4 and IPv6, is
+    /// this host's: taken while the route exists, refused again once it is gone.
+    func testVIPRangesOfLocalRoutesAreServed() throws {
+        let capture = try lab.inside("c") { try Capture(protocol: Int32(IPPROTO_TCP)) }
+        var port: UInt16 = 40500
+        let (inRange, inRange6) = (IPv4Address("198.19.7.5")!, IPv6Address("2001:db8:77::5")!)
+        func synTo(_ address: IPAddress) throws {
+            port += 1
+            let source: IPAddress
+            if case .v4 = address { source = .v4(Lab.client) } else { source = .v6(Lab.client6) }
+            try fromDirector(tcp(source, port, address, 80, .syn), sourcePort: 30500, hops: [])
+        }
+        try synTo(.v4(inRange))
+        try synTo(.v6(inRange6))
+        try lab.waitFor("SYNs for a range P1 does not serve to be refused") {
+            try counter("p1", "dropped_not_local_destination") == 2
+        }
+        let p1 = lab.namespace("p1")
+        try Lab.shell(
+            "ip -n \(p1) route add local 198.19.7.0/24 dev lo && ip -n \(p1) -6 route add local 2001:db8:77::/64 dev lo"
+        )
+        for address in [IPAddress.v4(inRange), .v6(inRange6)] {
+            let before = try counter("p1", "accepted_syn")
+            try lab.waitFor("\(address) to be served") {
+                try synTo(address)
+                usleep(50_000)
+                return try counter("p1", "accepted_syn") > before
+            }
+        }
+        XCTAssertNotNil(
+            capture.first { $0.ipv4TCP.map { $0.0 == inRange } ?? false }, "P1's stack answered from the range")
+        try Lab.shell(
+            "ip -n \(p1) route del local 198.19.7.0/24 dev lo && ip -n \(p1) -6 route del local 2001:db8:77::/64 dev lo"
+        )
+        for address in [IPAddress.v4(inRange), .v6(inRange6)] {
+            let refusedBefore = try counter("p1", "dropped_not_local_destination")
+            try lab.waitFor("\(address) to be refused again") {
+                try synTo(address)
+                usleep(50_000)
+                return try counter("p1", "dropped_not_local_destination") > refusedBefore
+            }
+        }
+    }
+
     func testRunRefusesWhatItCannotHonour() throws {
         let base = ["run", "--queue", "9", "--self", Lab.p1.description, "--control", lab.controlPath("refused")]
         let missing = try lab.runToEnd("p1", "second-chance", base)

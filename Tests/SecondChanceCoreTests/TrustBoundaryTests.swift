@@ -127,6 +127,30 @@ final class TrustBoundaryTests: XCTestCase {
         XCTAssertEqual(decide(from(director, syn(.v6(client6), to: .v6(IPv6Address("2001:2::11")!)))), .local(.syn))
     }
 
+    /// Ranges of the local routing table are this host's, as the kernel delivers them.
+    func testLocalRouteRangesAreThisHostsAddresses() {
+        var local = LocalAddresses(ipv4: [p1])
+        local.ipv4Ranges = [IPv4Prefix("198.19.7.0/24")!]
+        local.ipv6Ranges = [IPv6Prefix(network: IPv6Address("2001:db8:77::")!, length: 64)]
+        XCTAssertTrue(local.accepts(destination: IPv4Address("198.19.7.200")!))
+        XCTAssertFalse(local.accepts(destination: IPv4Address("198.19.8.1")!))
+        XCTAssertTrue(local.accepts(destination: IPv6Address("2001:db8:77::ffff:1")!))
+        XCTAssertFalse(local.accepts(destination: IPv6Address("2001:db8:78::1")!))
+        XCTAssertTrue(local.isMartianSource(IPv4Address("198.19.7.1")!), "a source in the range is this host")
+        // Masks at every boundary of the two halves.
+        for (network, length, inside, outside) in [
+            ("::", UInt8(0), "ffff::1", nil), ("::", 1, "7fff::", "8000::"),
+            ("2001:db8::", 63, "2001:db8:0:1::", "2001:db8:0:2::"),
+            ("2001:db8::", 64, "2001:db8::ffff", "2001:db8:0:1::"),
+            ("2001:db8::", 65, "2001:db8::7fff:0:0:0", "2001:db8::8000:0:0:0"),
+            ("2001:db8::", 128, "2001:db8::", "2001:db8::1"),
+        ] as [(String, UInt8, String, String?)] {
+            let prefix = IPv6Prefix(network: IPv6Address(network)!, length: length)
+            XCTAssertTrue(prefix.contains(IPv6Address(inside)!), "\(prefix) \(inside)")
+            if let outside { XCTAssertFalse(prefix.contains(IPv6Address(outside)!), "\(prefix) \(outside)") }
+        }
+    }
+
     func testMartianInnerSourcesAreNotDelivered() {
         for source in ["127.0.0.1", "198.19.0.10", "198.18.0.11", "224.0.0.5", "0.0.0.0"] {
             XCTAssertEqual(
