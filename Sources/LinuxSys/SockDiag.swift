@@ -120,7 +120,8 @@ public final class SockDiag {
 
     /// Every TCP listener of the namespace with its queues: one dump of LISTEN and NEW_SYN_RECV
     /// sockets per family; request sockets are counted for the listener that owns their address and
-    /// port (the exact address first, then the wildcards, as a SYN finds it).
+    /// port (the exact address first, then the wildcards, as a SYN finds it). The members of an
+    /// SO_REUSEPORT group are one listener (`ListenerObservation.addMember`).
     public func dumpListeners() throws -> [ListenerObservation] {
         var listeners: [ListenerKey: ListenerObservation] = [:]
         var requests: [ListenerKey: UInt32] = [:]
@@ -138,9 +139,10 @@ public final class SockDiag {
                             fromByteOffset: 4 * Self.skMemInfoReceiveBuffer, as: UInt32.self)
                     }
                     // For a listener, rqueue is the accept queue and wqueue its backlog (inet_diag_msg_common_fill).
-                    listeners[key] = ListenerObservation(
+                    let listener = ListenerObservation(
                         key: key, backlog: message.idiag_wqueue, acceptQueue: message.idiag_rqueue, requestSockets: 0,
                         receiveBuffer: receiveBuffer)
+                    if listeners[key] == nil { listeners[key] = listener } else { listeners[key]!.addMember(listener) }
                 } else {
                     requests[key, default: 0] += 1
                 }

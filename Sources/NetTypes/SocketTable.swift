@@ -29,4 +29,18 @@ public struct ListenerObservation: Equatable, Sendable {
         self.requestSockets = requestSockets
         self.receiveBuffer = receiveBuffer
     }
+
+    /// One more listener on the same address and port: an SO_REUSEPORT group. The kernel spreads
+    /// SYNs over the members by hash and checks each member's queues against its own backlog, and
+    /// sock_diag does not say which member a request socket belongs to; so the group is taken as
+    /// one listener with the members' backlogs and queues added up. The smallest receive buffer
+    /// stands for all (a window scale no member's child exceeds).
+    public mutating func addMember(_ other: ListenerObservation) {
+        // Kernel values: no sum of them is near 2^32, but none may trap if one were.
+        func sum(_ a: UInt32, _ b: UInt32) -> UInt32 { a.addingReportingOverflow(b).overflow ? .max : a &+ b }
+        backlog = sum(backlog, other.backlog)
+        acceptQueue = sum(acceptQueue, other.acceptQueue)
+        requestSockets = sum(requestSockets, other.requestSockets)
+        receiveBuffer = min(receiveBuffer, other.receiveBuffer)
+    }
 }

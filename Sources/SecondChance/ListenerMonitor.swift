@@ -40,6 +40,8 @@ public final class ListenerMonitor: @unchecked Sendable {
     private var overflowSignal: UInt64?
     private let logger: Logger
     public private(set) var settings: TCPHostSettings
+    /// Listeners the responder would serve but has no record for (past `maximumRecords`), at the last scan.
+    private var unservedListeners = 0
     /// TcpExt counters exported with the metrics (read on every poll).
     public static let kernelCounters = [
         "TCPReqQFullDoCookies", "TCPReqQFullDrop", "ListenOverflows", "SyncookiesSent", "SyncookiesRecv",
@@ -133,11 +135,14 @@ public final class ListenerMonitor: @unchecked Sendable {
                 logger.info("SYN cookies off for \(key): \(reason)")
             }
         }
+        board.retainRecords(for: tracker.states.keys)
         var published: [ListenerKey: ResponderListener] = [:]
+        var unserved = 0
         for (key, state) in tracker.states {
             let serve = configuration.mode == .always || (configuration.mode == .auto && state.active)
             let record = board.record(for: key, create: serve)
             record?.setActive(serve)
+            if serve && record == nil { unserved += 1 }
             guard serve, let record else { continue }
             let observation = state.observation
             // A listener starts with tcp_rmem[1]; any other size was set with SO_RCVBUF, which the
@@ -153,5 +158,13 @@ public final class ListenerMonitor: @unchecked Sendable {
                 acceptQueueFull: observation.backlog > 0 && observation.acceptQueue >= observation.backlog)
         }
         board.publish(published, settings: settings)
+        if unserved != unservedListeners {
+            unservedListeners = unserved
+            if unserved > 0 {
+                logger.warning(
+                    "warning: \(unserved) listeners to serve beyond \(ResponderBoard.maximumRecords): their SYNs go to the kernel"
+                )
+            }
+        }
     }
 }

@@ -28,7 +28,9 @@ public final class ResponderBoard: Sendable {
         }
     }
 
-    public static let maximumRecords = 4096
+    /// Records are kept for the namespace's current listeners only (`retainRecords`), so this
+    /// bounds a namespace with more listeners than any proxy has, not the listeners seen over time.
+    public static let maximumRecords = 65536
     private struct State {
         var current = Snapshot()
         var records: [ListenerKey: ListenerRecord] = [:]
@@ -53,6 +55,16 @@ public final class ResponderBoard: Sendable {
             return record
         }
     }
+
+    /// Forgets the records of listeners that are gone: their counters leave the metrics with them,
+    /// and their places serve new listeners. The queue threads' snapshot keeps what it holds until
+    /// the next publish.
+    func retainRecords(for keys: some Sequence<ListenerKey>) {
+        let current = Set(keys)
+        state.withLock { state in state.records = state.records.filter { current.contains($0.key) } }
+    }
+
+    public var recordCount: Int { state.withLock { $0.records.count } }
 
     public var allRecords: [ListenerRecord] {
         state.withLock { $0.records.values.sorted { $0.key.description < $1.key.description } }

@@ -2,7 +2,9 @@ import Foundation
 import Glibc
 import LabKit
 import LinuxSys
+import Logging
 import NetTypes
+import SecondChance
 import Telemetry
 import XCTest
 
@@ -28,6 +30,30 @@ final class SynCookieResponderTests: XCTestCase {
     override func tearDown() {
         if listener >= 0 { close(listener) }
         lab?.tearDown()
+    }
+
+    /// Records follow the listeners that exist: 3000 listeners, closed and replaced by 3000 others,
+    /// are all served in `always` mode (the records of the first ones kept, the 4096 records of
+    /// the old cap were used up and none of the last 1904 was served).
+    func testResponderRecordsFollowTheListenersThatExist() throws {
+        ResourceLimits.raiseOpenFiles()
+        try sysctl("p1", "net.ipv4.tcp_syncookies=2")
+        let monitor = try ListenerMonitor(
+            configuration: ResponderConfiguration(mode: .always), namespace: lab.namespace("p1"),
+            logger: Logger(label: "test"))
+        for round in 0..<2 {
+            let ports = (0..<3000).map { UInt16(20000 + round * 5000 + $0) }
+            let fds = try lab.inside("p1") {
+                try ports.map { try LabSockets.listenTCP(on: .v4(Lab.p1), port: $0, backlog: 16) }
+            }
+            defer { fds.forEach { close($0) } }
+            monitor.scan(now: MonotonicClock.nanoseconds())
+            let served = monitor.board.snapshot().listeners
+            XCTAssertEqual(
+                ports.filter { served[ListenerKey(address: .v4(Lab.p1), port: $0)] != nil }.count, 3000,
+                "round \(round)")
+            XCTAssertLessThanOrEqual(monitor.board.recordCount, 3001, "records of listeners gone are not kept")
+        }
     }
 
     func sysctl(_ host: String, _ setting: String) throws {

@@ -135,6 +135,44 @@ final class NetlinkDumpTests: XCTestCase {
         XCTAssertEqual(listener.backlog, 7)
     }
 
+    /// An SO_REUSEPORT group is one listener whose backlog and queues are its members' together:
+    /// every member's request sockets counted against one member's backlog started the responder
+    /// when no member's queue was near full.
+    func testAnSOReusePortGroupIsOneListenerWithItsMembersBacklogs() throws {
+        let loopback = IPv4Address("127.0.0.1")!
+        func member(port: UInt16, backlog: Int32) throws -> Int32 {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            SocketOptions.enable(fd, SOL_SOCKET, SO_REUSEPORT)
+            guard SocketAddress(.v4(loopback), port: port).withSockaddr({ bind(fd, $0, $1) }) == 0,
+                listen(fd, backlog) == 0
+            else { throw SystemError("bind or listen") }
+            return fd
+        }
+        let first = try member(port: 0, backlog: 8)
+        defer { close(first) }
+        var address = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(first, $0, &length) }
+        }
+        let port = UInt16(bigEndian: address.sin_port)
+        let second = try member(port: port, backlog: 24)
+        defer { close(second) }
+        // Two connections, accepted by no one: the accept queues hold them.
+        let clients = try (0..<2).map { _ in try LabSockets.connectTCP(to: .v4(loopback), port: port) }
+        defer { clients.forEach { close($0) } }
+        let key = ListenerKey(address: .v4(loopback), port: port)
+        var listener: ListenerObservation?
+        for _ in 0..<100 {
+            listener = try SockDiag().dumpListeners().first { $0.key == key }
+            if listener?.acceptQueue == 2 { break }
+            usleep(10_000)
+        }
+        XCTAssertEqual(listener?.backlog, 32, "8 + 24")
+        XCTAssertEqual(listener?.acceptQueue, 2, "both members' accept queues")
+        XCTAssertEqual(try SockDiag().dumpListeners().filter { $0.key == key }.count, 1)
+    }
+
     /// `--forward auto` takes the kernel's forwarding only where nothing on the forward path can
     /// stop a packet: any rule or a drop policy, in nft or iptables, keeps the raw socket.
     func testForwardPathsThatFilterAreSeen() {
