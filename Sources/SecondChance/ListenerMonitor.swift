@@ -162,8 +162,10 @@ public final class ListenerMonitor: @unchecked Sendable {
             unservedListeners = unserved
             if unserved > 0 {
                 logger.warning(
-                    "warning: \(unserved) listeners to serve beyond \(ResponderBoard.maximumRecords): their SYNs go to the kernel"
-                )
+                    """
+                    warning: \(unserved) listeners to serve beyond \(ResponderBoard.maximumRecords): their SYNs go \
+                    to the kernel
+                    """)
             }
         }
     }
