@@ -8,8 +8,8 @@ import NetTypes
 /// one request line first (`stats`, or a command such as `reexec`, answered by `command`); one
 /// that sends nothing gets the counters.
 ///
-/// `@unchecked Sendable`: `listeners` is filled in `init` and only read afterwards, by `serve` on
-/// one thread; the closures are `@Sendable`.
+/// `@unchecked Sendable`: `listeners` is filled in `init` and only read afterwards, by `serve` and
+/// its control thread; the closures are `@Sendable`.
 public final class StatsServer: @unchecked Sendable {
     public enum Format { case prometheus, text }
     /// Names of the listening sockets when they are handed over (fd store, re-exec).
@@ -83,8 +83,18 @@ public final class StatsServer: @unchecked Sendable {
     }
 
     /// Serves until `stop` is signalled. Each request is answered and closed; a slow client is cut
-    /// off after a short receive timeout so it cannot hold the loop.
+    /// off after a short receive timeout so it cannot hold the loop. The control socket has a
+    /// thread of its own: a slow or hostile client of the metrics port (anyone who can reach it)
+    /// holds up other scrapes at most, never `stats` or `reexec`.
     public func serve(stop: EventFD) {
+        let metrics = listeners.filter(\.isHTTP), control = listeners.filter { !$0.isHTTP }
+        guard !metrics.isEmpty, !control.isEmpty, let thread = try? WorkerThread({ self.serve(control, stop: stop) })
+        else { return serve(listeners, stop: stop) }
+        serve(metrics, stop: stop)
+        thread.join()
+    }
+
+    private func serve(_ listeners: [(fd: Int32, isHTTP: Bool)], stop: EventFD) {
         var fds = listeners.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
         fds.append(pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0))
         while true {

@@ -511,6 +511,30 @@ final class SecondChanceTests: XCTestCase {
         XCTAssertEqual(try lab.stats("p2")["total_packets"], 0, "the queue-0 daemon saw none of them")
     }
 
+    /// Clients of the metrics port that connect and send nothing (anyone who reaches the port can)
+    /// hold up scrapes, not the control socket: `stats` is answered at once. On one thread for
+    /// both, each of the eight held it for its one-second read timeout.
+    func testAStalledMetricsClientDoesNotDelayTheControlSocket() throws {
+        try lab.start(
+            "p2", "second-chance",
+            ["run", "--queue", "6", "--self", Lab.p2.description] + Lab.labPeers + [
+                "--control", lab.controlPath("scraped"), "--metrics", "\(Lab.p2):9524",
+            ])
+        try lab.waitFor("the daemon") { FileManager.default.fileExists(atPath: lab.controlPath("scraped")) }
+        let stalled = try lab.inside("c") {
+            try (0..<8).map { _ in try LabSockets.connectTCP(to: .v4(Lab.p2), port: 9524) }
+        }
+        usleep(100_000)  // the server has taken the first of them
+        let started = MonotonicClock.nanoseconds()
+        XCTAssertNotNil(try lab.stats("scraped")["total_packets"])
+        let waited = Double(MonotonicClock.nanoseconds() - started) / 1e9
+        XCTAssertLessThan(waited, 0.5, "stats waited \(waited) s behind the stalled scrapers")
+        // Once they hang up, scrapes are answered again.
+        stalled.forEach { close($0) }
+        let scrape = try lab.inside("c") { try Lab.httpGet(.v4(Lab.p2), port: 9524) }
+        XCTAssertTrue(scrape.hasPrefix("HTTP/1.1 200 OK"), scrape)
+    }
+
     /// A "not here" answer cached on one queue thread must not outlive a SYN another thread let
     /// this host take: the SYN bumps the flow's epoch, which every thread checks.
     func testANotHereCachedOnOneThreadIsVoidedByASYNTakenOnAnother() throws {
