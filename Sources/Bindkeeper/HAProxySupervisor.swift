@@ -34,13 +34,32 @@ public struct HAProxyOptions: Sendable {
 /// Runs HAProxy on sockets bindkeeper owns and reloads it without dropping a connection: each
 /// reload renders the template again (the broker hands back the same kernel sockets), has HAProxy
 /// check the result, and only then starts a new HAProxy with `-sf` and the pids of the running ones,
-/// which it knows as their parent: no pidfile is read, so none can be stale. A failed check or a
-/// new HAProxy that dies during start-up leaves the running instance serving.
+/// which it knows as their parent: no pidfile is read, so none can be stale. A failed check leaves
+/// the running instance serving.
+///
+/// When the current instance exits on its own (killed, crashed, or dead in start-up), the older
+/// ones may already be soft-stopping, having been told to finish by it: nobody would accept, and
+/// connections would wait in the broker's sockets. So a replacement is started at once, rendered
+/// again from the template text of the last instance that ran past its start-up (or the dead
+/// one's, which passed the check), at most `maximumReplacements` a minute; past that the
+/// supervisor gives up as before when no instance is left, and the service manager restarts it.
 public final class HAProxySupervisor {
     private let options: HAProxyOptions
     private let logger: Logger
+    struct Instance {
+        var pid: pid_t
+        /// The template text it was rendered from.
+        var template: String
+        var started: UInt64
+    }
     /// Running instances, oldest first; the last one is the current one.
-    private var instances: [pid_t] = []
+    private var instances: [Instance] = []
+    /// The template of the newest instance that lived past `startupNanoseconds`.
+    private var lastGoodTemplate: String?
+    private var replacements: [UInt64] = []
+    private var stopping = false
+    static let startupNanoseconds: UInt64 = 2_000_000_000
+    static let maximumReplacements = 5
 
     public init(options: HAProxyOptions, logger: Logger) {
         self.options = options
@@ -54,9 +73,8 @@ public final class HAProxySupervisor {
         func release() { for fd in fds { close(fd) } }
     }
 
-    /// Renders the template to `path` with sockets from the broker.
-    func prepare(to path: String) throws -> Prepared {
-        let text = try String(contentsOfFile: options.template, encoding: .utf8)
+    /// Renders template `text` to `path` with sockets from the broker.
+    func prepare(_ text: String, to path: String) throws -> Prepared {
         let template = try ConfigTemplate.parse(text).get()
         // A template that binds nothing through the broker needs no broker.
         let bound = template.binds.isEmpty ? [] : try BindkeeperClient(path: options.socketPath).bind(template.binds)
@@ -85,7 +103,7 @@ public final class HAProxySupervisor {
         let path = options.rendered + ".check"
         defer { unlink(path) }
         do {
-            let prepared = try prepare(to: path)
+            let prepared = try prepare(try String(contentsOfFile: options.template, encoding: .utf8), to: path)
             defer { prepared.release() }
             let status = try check(path)
             logger.info(
@@ -106,7 +124,7 @@ public final class HAProxySupervisor {
             try Signals.install(shutdown: stop, reload: reload)
             try Signals.forward(SIGUSR2, to: reload)
             try Signals.forward(SIGCHLD, to: child)
-            try start(replacing: [])
+            try start(try String(contentsOfFile: options.template, encoding: .utf8))
         } catch {
             logger.info("start: \(error)")
             return 1
@@ -117,12 +135,16 @@ public final class HAProxySupervisor {
             if fds[0].revents != 0 { return shutDown() }
             if fds[1].revents != 0 {
                 reload.consume()
-                do { try start(replacing: instances) } catch {
+                do { try start(try String(contentsOfFile: options.template, encoding: .utf8)) } catch {
                     logger.info("reload refused, the running instance keeps serving: \(error)")
                 }
             }
             child.consume()
             reap()
+            if let current = instances.last, MonotonicClock.nanoseconds() &- current.started >= Self.startupNanoseconds
+            {
+                lastGoodTemplate = current.template
+            }
             if instances.isEmpty {
                 logger.info("no HAProxy instance is left; exiting")
                 removePidFile()
@@ -131,9 +153,11 @@ public final class HAProxySupervisor {
         }
     }
 
-    private func start(replacing running: [pid_t]) throws {
+    /// Starts an instance rendered from `text`, telling the running ones to finish once it serves.
+    private func start(_ text: String) throws {
+        let running = instances.map(\.pid)
         let next = options.rendered + ".next"
-        let prepared = try prepare(to: next)
+        let prepared = try prepare(text, to: next)
         defer { prepared.release() }
         let status = try check(next)
         guard status == 0 else {
@@ -144,7 +168,7 @@ public final class HAProxySupervisor {
         var arguments = Array(options.haproxy.dropFirst()) + ["-db", "-f", options.rendered]
         if !running.isEmpty { arguments += ["-sf"] + running.map { String($0) } }
         let pid = try Spawn.run(options.haproxy[0], arguments)
-        instances.append(pid)
+        instances.append(Instance(pid: pid, template: text, started: MonotonicClock.nanoseconds()))
         if running.isEmpty {
             logger.info("started haproxy pid \(pid)")
         } else {
@@ -158,28 +182,51 @@ public final class HAProxySupervisor {
             var status: Int32 = 0
             let pid = waitpid(-1, &status, WNOHANG)
             guard pid > 0 else { return }
-            guard let index = instances.firstIndex(of: pid) else { continue }
-            let wasCurrent = index == instances.count - 1
-            instances.remove(at: index)
-            let code = Spawn.exitCode(status)
-            if wasCurrent && !instances.isEmpty {
-                logger.info("haproxy pid \(pid) exited (\(code)) during start-up; pid \(instances.last!) keeps serving")
-            } else if wasCurrent {
-                logger.info("haproxy pid \(pid) exited (\(code))")
-            }
+            guard let index = instances.firstIndex(where: { $0.pid == pid }) else { continue }
+            let exited = instances.remove(at: index)
             writePidFile()
+            guard index == instances.count, !stopping else { continue }
+            replace(exited, code: Spawn.exitCode(status))
+        }
+    }
+
+    /// The current instance exited on its own: start another, unless that happened too often.
+    private func replace(_ exited: Instance, code: Int32) {
+        let now = MonotonicClock.nanoseconds()
+        replacements = replacements.filter { now &- $0 < 60_000_000_000 }
+        let livedPastStartup = now &- exited.started >= Self.startupNanoseconds
+        let template = livedPastStartup ? exited.template : lastGoodTemplate ?? exited.template
+        guard replacements.count < Self.maximumReplacements else {
+            logger.info(
+                """
+                haproxy pid \(exited.pid) exited (\(code)); not replaced: \(Self.maximumReplacements) replacements \
+                within a minute\(instances.isEmpty ? "" : ", older instances finish their connections")
+                """)
+            return
+        }
+        replacements.append(now)
+        do {
+            try start(template)
+            logger.info(
+                """
+                haproxy pid \(exited.pid) exited (\(code)); replaced by pid \(instances.last!.pid) from the last good \
+                configuration
+                """)
+        } catch {
+            logger.info("haproxy pid \(exited.pid) exited (\(code)); its replacement failed: \(error)")
         }
     }
 
     private func shutDown() -> Int32 {
-        for pid in instances { kill(pid, SIGUSR1) }
+        stopping = true
+        for instance in instances { kill(instance.pid, SIGUSR1) }
         let deadline = MonotonicClock.nanoseconds() + UInt64(options.stopTimeoutSeconds) * 1_000_000_000
         while !instances.isEmpty && MonotonicClock.nanoseconds() < deadline {
             reap()
             usleep(50_000)
         }
-        for pid in instances { kill(pid, SIGTERM) }
-        while !instances.isEmpty { _ = Spawn.wait(instances.removeLast()) }
+        for instance in instances { kill(instance.pid, SIGTERM) }
+        while !instances.isEmpty { _ = Spawn.wait(instances.removeLast().pid) }
         removePidFile()
         logger.info("stopped")
         return 0
@@ -188,7 +235,7 @@ public final class HAProxySupervisor {
     /// The running pids, current first, replaced atomically (rename) so a reader never sees half.
     private func writePidFile() {
         guard let pidFile = options.pidFile else { return }
-        let text = instances.reversed().map { String($0) }.joined(separator: "\n") + "\n"
+        let text = instances.reversed().map { String($0.pid) }.joined(separator: "\n") + "\n"
         try? text.write(toFile: pidFile, atomically: true, encoding: .utf8)
     }
 

@@ -114,6 +114,28 @@ final class HAProxyReloadTests: XCTestCase {
         }
     }
 
+    /// The current HAProxy killed right after a reload took over: the older one was told to finish,
+    /// so nobody would accept. The supervisor starts a replacement, and every connection made from
+    /// the kill on succeeds (those the killed process held die with it; no one can save them).
+    func testAKilledCurrentInstanceIsReplacedUnderLoad() throws {
+        let template = try writeTemplate("killed", bind: "{{bind tcp://\(BrokerLab.vip):83?backlog=4096}}")
+        let supervisor = try lab.startSupervisor("killed", template: template)
+        try lab.waitUntilListening(port: 83)
+        for round in 1...2 {
+            try reload("killed", supervisor.process, count: 1, intervalMs: 500)
+            let current = try XCTUnwrap(
+                pid_t(
+                    try String(contentsOfFile: supervisor.pidFile, encoding: .utf8).split(separator: "\n").first ?? ""))
+            XCTAssertEqual(kill(current, SIGKILL), 0)
+            let after = try counts(try load(port: 83, seconds: 2, concurrency: 16))
+            XCTAssertGreaterThan(after["ok"] ?? 0, 100, "round \(round): the load ran: \(after)")
+            XCTAssertEqual(after["failed"], 0, "round \(round): every connection succeeded: \(after)")
+            XCTAssertTrue(
+                lab.allLogs.contains("haproxy pid \(current) exited (137); replaced by pid"), "round \(round)")
+        }
+        XCTAssertTrue(supervisor.process.isRunning, "the supervisor keeps running")
+    }
+
     func testAFailedCheckLeavesTheRunningInstanceServing() throws {
         let template = try writeTemplate("guarded", bind: "{{bind tcp://\(BrokerLab.vip):82}}")
         let supervisor = try lab.startSupervisor("guarded", template: template)
