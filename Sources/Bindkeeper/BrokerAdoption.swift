@@ -51,8 +51,10 @@ extension Broker {
             } else if let request = FDStoreName.decode(name) {
                 add(Entry(request: request, fd: fd, handedOut: 0, backlog: backlogReport(for: request)), stored: true)
             } else {
-                logger.info("passed fd \(fd) named \(name) is not a bindkeeper socket; closed")
+                logger.info(
+                    "passed fd \(fd) named \(name) is not a bindkeeper socket; closed and removed from the store")
                 close(fd)
+                try? notifier?.removeStored(name: name)
             }
         }
         logger.info(

@@ -23,4 +23,11 @@ public final class SDNotify {
     public func store(_ socket: Int32, name: String) throws {
         try send("FDSTORE=1\nFDNAME=\(name)", fds: [socket])
     }
+
+    /// Takes every socket named `name` out of the fd store. Closing this process's copy is not
+    /// enough: the store's copy keeps the socket alive (a queue bound, a port listening) with no
+    /// one reading it.
+    public func removeStored(name: String) throws {
+        try send("FDSTOREREMOVE=1\nFDNAME=\(name)")
+    }
 }

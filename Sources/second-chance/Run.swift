@@ -374,6 +374,13 @@ struct Run: ParsableCommand {
         let server = try StatsServer(
             metrics: metrics, controlPath: controlPath, inherited: serverInherited,
             render: render, command: command)
+        // A stored socket this configuration does not use (a queue no longer given, no --metrics)
+        // leaves the store too: kept there, a queue would stay bound with no reader, so that
+        // --queue-bypass never applied and its packets waited until they were dropped.
+        let used = Set(workers.map { Self.queueName($0.queue.number) } + server.descriptors.map(\.name))
+        for name in inheritedNames.subtracting(used).sorted() {
+            do { try notifier?.removeStored(name: name) } catch { logger.info("fd store \(name): \(error)") }
+        }
         // The stats and control server stops before an exec(2) and starts again if it fails: a
         // connection it accepted would be closed unanswered by the exec, while one left in the
         // listening socket's backlog is answered by the next image.

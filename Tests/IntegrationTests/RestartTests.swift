@@ -187,6 +187,36 @@ final class RestartTests: XCTestCase {
         XCTAssertTrue(restarted.contains("took over 1 bound queue socket(s)"), restarted)
     }
 
+    /// A restart with a configuration that no longer reads queue 7 (nor serves metrics) takes
+    /// those sockets out of the store: kept there, queue 7 stayed bound with no reader, so its
+    /// --queue-bypass never applied.
+    func testAStoredSocketTheNewConfigurationDoesNotUseLeavesTheStore() throws {
+        let manager = try ServiceManagerSocket(path: lab.directory.appendingPathComponent("notify.sock").path)
+        let control = lab.controlPath("p1")
+        let arguments = ["run", "--queue", "0", "--self", Lab.p1.description, "--control", control] + Lab.labPeers
+        let first = try lab.start(
+            "p1", "second-chance", arguments + ["--queue", "7", "--metrics", "\(Lab.p1):9525"],
+            environment: ["NOTIFY_SOCKET": manager.path])
+        try manager.collect { $0.isReady && $0.store.count == 4 }
+        XCTAssertEqual(Set(manager.store.map(\.name)), ["nfqueue-0", "nfqueue-7", "control", "metrics"])
+        kill(first.processIdentifier, SIGKILL)
+        first.waitUntilExit()
+
+        let pid = try Spawn.run(
+            "/usr/bin/env",
+            [
+                "ip", "netns", "exec", lab.namespace("p1"), "/bin/sh", "-c", "LISTEN_PID=$$ exec \"$0\" \"$@\"",
+                Lab.binaries.appendingPathComponent("second-chance").path,
+            ] + arguments,
+            environment: ProcessInfo.processInfo.environment.merging(manager.listenEnvironment) { $1 },
+            placing: manager.placements)
+        defer { kill(pid, SIGTERM); _ = Spawn.wait(pid) }
+        try manager.collect { $0.notices.filter { $0.hasPrefix("READY=1") }.count == 2 }
+        XCTAssertEqual(Set(manager.store.map(\.name)), ["nfqueue-0", "control"], "\(manager.notices)")
+        try lab.waitFor("queue 7 to be unbound") { try lab.inside("p1") { ProcFile.kernelQueueStatistics()[7] == nil } }
+        XCTAssertNotNil(try lab.inside("p1") { ProcFile.kernelQueueStatistics()[0] }, "queue 0 is read on")
+    }
+
     /// A reader that dies between reading packets and answering them (the test plays it: it reads
     /// five queued packets and never answers): the daemon that takes its socket over requeues them
     /// with the first packet it reads, and they reach the service.

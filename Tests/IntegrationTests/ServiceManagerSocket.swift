@@ -3,7 +3,8 @@ import Glibc
 import LinuxSys
 
 /// systemd's side of sd_notify, played by a test: a datagram socket at a path given to a daemon
-/// as NOTIFY_SOCKET, keeping the fds it stores (FDSTORE=1, FDNAME=) as systemd's fd store would.
+/// as NOTIFY_SOCKET, keeping the fds it stores (FDSTORE=1, FDNAME=) and closing those it removes
+/// (FDSTOREREMOVE=1) as systemd's fd store would.
 final class ServiceManagerSocket {
     let path: String
     private let fd: Int32
@@ -28,12 +29,15 @@ final class ServiceManagerSocket {
                 let text = String(decoding: bytes, as: UTF8.self)
                 notices.append(text)
                 let lines = text.split(separator: "\n")
-                if lines.contains("FDSTORE=1"), let name = lines.first(where: { $0.hasPrefix("FDNAME=") }),
-                    let stored = fds.first
-                {
-                    store.append((String(name.dropFirst(7)), stored))
+                let name = lines.first(where: { $0.hasPrefix("FDNAME=") }).map { String($0.dropFirst(7)) }
+                if lines.contains("FDSTORE=1"), let name, let stored = fds.first {
+                    store.append((name, stored))
                 } else {
                     fds.forEach { close($0) }
+                }
+                if lines.contains("FDSTOREREMOVE=1"), let name {
+                    store.filter { $0.name == name }.forEach { close($0.fd) }
+                    store.removeAll { $0.name == name }
                 }
             }
             return done(self)
