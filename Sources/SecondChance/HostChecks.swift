@@ -180,11 +180,33 @@ public enum HostChecks {
         return checks
     }
 
+    /// The interfaces GUE from `sources` arrives on: the ones this host routes them through
+    /// (`ip route get`, a look-up that sends nothing; the default route's for 0.0.0.0/0). Empty
+    /// when none is known.
+    public static func gueInterfaces(from sources: [IPv4Prefix]) -> [String] {
+        var interfaces: [String] = []
+        for prefix in sources {
+            let output =
+                prefix.length == 0
+                ? commandOutput("ip -o -4 route show default")
+                : commandOutput(
+                    "ip -o -4 route get \(IPv4Address(prefix.network.value | (prefix.length < 32 ? 1 : 0)))")
+            let words = (output ?? "").split(whereSeparator: \.isWhitespace)
+            if let index = words.firstIndex(of: "dev"), index + 1 < words.count {
+                let name = String(words[index + 1])
+                if name != "lo", !interfaces.contains(name) { interfaces.append(name) }
+            }
+        }
+        return interfaces
+    }
+
     /// What `--forward kernel` needs: the rewritten packet carries this host's address as its
     /// source and arrives from outside, so the kernel must forward (ip_forward) and accept a local
-    /// source on the way in (accept_local; strict rp_filter refuses it when the address is on
-    /// another interface). Redirects would go to ourselves: they are only noise.
-    public static func kernelForwarding() -> [HostCheck] {
+    /// source on the way in (accept_local on the interface it arrives on, or on all: the kernel
+    /// checks only that one; strict rp_filter refuses it when the address is on another interface).
+    /// Redirects would go to ourselves: they are only noise. `interfaces`: where GUE arrives
+    /// (`gueInterfaces`); nil or empty when unknown, and then any interface counts.
+    public static func kernelForwarding(interfaces: [String]? = nil) -> [HostCheck] {
         var checks: [HostCheck] = []
         let forward = readSysctl("net/ipv4/ip_forward") ?? "?"
         checks.append(
@@ -199,16 +221,41 @@ public enum HostChecks {
         let devices = directoryEntries("/proc/sys/net/ipv4/conf").filter { $0 != "all" && $0 != "default" }
         let acceptAll = readSysctl("net/ipv4/conf/all/accept_local") == "1"
         let accepting = devices.filter { readSysctl("net/ipv4/conf/\($0)/accept_local") == "1" }
-        checks.append(
-            acceptAll || !accepting.isEmpty
-                ? HostCheck(
-                    level: .ok, subject: "accept_local",
-                    finding: acceptAll
-                        ? "net.ipv4.conf.all.accept_local = 1" : "1 on \(accepting.joined(separator: ", "))")
-                : HostCheck(
-                    level: .fail, subject: "accept_local",
-                    finding: "0 everywhere: the kernel drops a forwarded packet whose source is this host",
-                    fix: "sysctl -w net.ipv4.conf.<GUE interface>.accept_local=1 (or .all.), or use --forward raw"))
+        if let interfaces, !interfaces.isEmpty {
+            let lacking = acceptAll ? [] : interfaces.filter { !accepting.contains($0) }
+            let elsewhere = accepting.isEmpty ? "" : " (1 on \(accepting.joined(separator: ", ")) does not count)"
+            checks.append(
+                lacking.isEmpty
+                    ? HostCheck(
+                        level: .ok, subject: "accept_local",
+                        finding: acceptAll
+                            ? "net.ipv4.conf.all.accept_local = 1"
+                            : "1 on \(interfaces.joined(separator: ", ")), where GUE arrives")
+                    : HostCheck(
+                        level: .fail, subject: "accept_local",
+                        finding:
+                            """
+                            0 on \(lacking.joined(separator: ", ")), where GUE arrives: the kernel drops a forwarded \
+                            packet whose source is this host\(elsewhere)
+                            """,
+                        fix:
+                            """
+                            \(lacking.map { "sysctl -w net.ipv4.conf.\($0).accept_local=1" }.joined(separator: "; ")), \
+                            or use --forward raw
+                            """))
+        } else {
+            checks.append(
+                acceptAll || !accepting.isEmpty
+                    ? HostCheck(
+                        level: .ok, subject: "accept_local",
+                        finding: acceptAll
+                            ? "net.ipv4.conf.all.accept_local = 1"
+                            : "1 on \(accepting.joined(separator: ", ")) (--allow-source names the GUE interface)")
+                    : HostCheck(
+                        level: .fail, subject: "accept_local",
+                        finding: "0 everywhere: the kernel drops a forwarded packet whose source is this host",
+                        fix: "sysctl -w net.ipv4.conf.<GUE interface>.accept_local=1 (or .all.), or use --forward raw"))
+        }
         let strict = (["all"] + devices).filter { readSysctl("net/ipv4/conf/\($0)/rp_filter") == "1" }
         if !strict.isEmpty {
             checks.append(
@@ -236,8 +283,14 @@ public enum HostChecks {
     /// on, no strict rp_filter, and a forward path that filters nothing (no rule and no drop policy
     /// on the forward hook, in nft's ruleset and in iptables' FORWARD chain); rules that cannot be
     /// read count as filtering. Returns the mode and why.
-    public static func automaticForwarding() -> (mode: ForwardingMode, reason: String) {
-        let problems = kernelForwarding().filter { $0.level == .fail || $0.level == .warn }
+    ///
+    /// With the responder on (`responder`), its IPv4 SYN-ACKs ride in verdicts too: conntrack sees
+    /// them after the queue (raw PREROUTING comes before it) as INVALID, a SYN-ACK without a SYN,
+    /// so a rule after conntrack that drops INVALID (`invalidDrops`) would eat every one.
+    public static func automaticForwarding(interfaces: [String]? = nil, responder: Bool = true) -> (
+        mode: ForwardingMode, reason: String
+    ) {
+        let problems = kernelForwarding(interfaces: interfaces).filter { $0.level == .fail || $0.level == .warn }
         guard problems.isEmpty else {
             return (.raw, "kernel forwarding would need: " + problems.map(\.finding).joined(separator: "; "))
         }
@@ -250,7 +303,45 @@ public enum HostChecks {
         if let iptables, !forwardChainAccepts(iptablesSave: iptables) {
             return (.raw, "the FORWARD chain filters or drops (iptables-save)")
         }
+        let dropsInvalid = invalidDrops(nftRuleset: nft ?? "") + invalidDrops(iptablesSave: iptables ?? "")
+        if responder, let rule = dropsInvalid.first {
+            return (.raw, "\(rule) would drop the SYN-cookie responder's SYN-ACKs (conntrack INVALID)")
+        }
         return (.kernel, "ip_forward and accept_local are on and nothing filters forwarded packets")
+    }
+
+    /// Rules after conntrack on the way in (any table but raw, PREROUTING or FORWARD) that drop or
+    /// reject ctstate INVALID, as iptables-save prints them.
+    public static func invalidDrops(iptablesSave rules: String) -> [String] {
+        var table = "", found: [String] = []
+        for line in rules.split(separator: "\n") {
+            if line.hasPrefix("*") { table = String(line.dropFirst()) }
+            guard table != "raw", line.hasPrefix("-A PREROUTING ") || line.hasPrefix("-A FORWARD "),
+                line.contains("INVALID"), line.contains("-j DROP") || line.contains("-j REJECT")
+            else { continue }
+            found.append("iptables -t \(table) \(line)")
+        }
+        return found
+    }
+
+    /// The same in `nft list ruleset` output: a rule with `invalid` and a drop or reject in a chain
+    /// on the prerouting hook after conntrack (priority above -200; `raw` is -300) or on forward.
+    public static func invalidDrops(nftRuleset rules: String) -> [String] {
+        var afterConntrack = false, found: [String] = []
+        for raw in rules.split(separator: "\n") {
+            let line = raw.trimmingPrefix(while: \.isWhitespace)
+            if line.hasPrefix("chain ") {
+                afterConntrack = false
+            } else if line.hasPrefix("type ") {
+                let words = line.split(whereSeparator: { $0 == " " || $0 == ";" })
+                let priority = words.firstIndex(of: "priority").flatMap { $0 + 1 < words.count ? words[$0 + 1] : nil }
+                let before = priority.map { $0 == "raw" || (Int($0).map { $0 <= -200 } ?? false) } ?? false
+                afterConntrack = line.contains("hook forward") || (line.contains("hook prerouting") && !before)
+            } else if afterConntrack, line.contains("invalid"), line.contains("drop") || line.contains("reject") {
+                found.append("nft: \(line)")
+            }
+        }
+        return found
     }
 
     /// Whether no nft chain on the forward hook can stop a packet: every such chain has policy
@@ -387,7 +478,18 @@ public enum HostChecks {
                 : HostCheck(level: .ok, subject: "rp_filter", finding: "net.ipv4.conf.all.rp_filter = \(rpAll)"))
 
         if forwarding == .kernel {
-            checks += kernelForwarding()
+            checks += kernelForwarding(interfaces: allowedSources.map(gueInterfaces))
+            let rules =
+                invalidDrops(nftRuleset: commandOutput("nft list ruleset") ?? "")
+                + invalidDrops(iptablesSave: commandOutput("iptables-save") ?? "")
+            for rule in rules {
+                checks.append(
+                    HostCheck(
+                        level: .warn, subject: "conntrack",
+                        finding: "\(rule): drops the SYN-cookie responder's SYN-ACKs, INVALID to conntrack",
+                        fix: "exempt them (-p tcp --tcp-flags SYN,ACK SYN,ACK), use --forward raw, or --syn-cookies off"
+                    ))
+            }
         } else {
             let forward = readSysctl("net/ipv4/ip_forward") ?? "?"
             checks.append(

@@ -24,7 +24,9 @@ struct Doctor: ParsableCommand {
         var mode: ForwardingMode = forward == .kernel ? .kernel : .raw
         var choice: HostCheck?
         if forward == .auto {
-            let (automatic, reason) = HostChecks.automaticForwarding()
+            let (automatic, reason) = HostChecks.automaticForwarding(
+                interfaces: allowSourceLists.isEmpty
+                    ? nil : HostChecks.gueInterfaces(from: allowSourceLists.flatMap { $0 }))
             mode = automatic
             choice = HostCheck(
                 level: .info, subject: "forwarding", finding: "--forward auto picks \(automatic.rawValue): \(reason)")

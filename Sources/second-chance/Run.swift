@@ -236,6 +236,8 @@ struct Run: ParsableCommand {
         // crash), and from a re-exec its count and its forwarding choice.
         let environment = ProgramImage.environment()
         let forwarding: ForwardingMode
+        // Where GUE from the peers arrives: accept_local counts there (or on all) only.
+        let gueInterfaces = forward == .raw ? [] : HostChecks.gueInterfaces(from: allowSources)
         switch forward {
         case .raw: forwarding = .raw
         case .kernel: forwarding = .kernel
@@ -247,18 +249,22 @@ struct Run: ParsableCommand {
                 ? nil
                 : environment[Self.forwardingVariable].flatMap(ForwardingMode.init(rawValue:))
             if let kept,
-                kept == .raw || HostChecks.kernelForwarding().allSatisfy({ $0.level != .fail && $0.level != .warn })
+                kept == .raw
+                    || HostChecks.kernelForwarding(interfaces: gueInterfaces).allSatisfy({
+                        $0.level != .fail && $0.level != .warn
+                    })
             {
                 forwarding = kept
                 logger.info("forwarding: \(kept.rawValue) (as chosen before the re-exec)")
             } else {
-                let (mode, reason) = HostChecks.automaticForwarding()
+                let (mode, reason) = HostChecks.automaticForwarding(
+                    interfaces: gueInterfaces, responder: synCookies != .off)
                 forwarding = mode
                 logger.info("forwarding: \(mode.rawValue) (\(reason))")
             }
         }
         if forward == .kernel {
-            let problems = HostChecks.kernelForwarding().filter { $0.level == .fail }
+            let problems = HostChecks.kernelForwarding(interfaces: gueInterfaces).filter { $0.level == .fail }
             guard problems.isEmpty else {
                 throw CommandFailure("--forward kernel: " + problems.map(\.line).joined(separator: "\n"))
             }

@@ -98,6 +98,47 @@ final class SecondChanceTests: XCTestCase {
         try checkForwardingAlongTheHops()
     }
 
+    /// The kernel checks accept_local on the interface a packet arrives on (or all): set on
+    /// another interface it does not let the kernel forward GUE, and `auto` keeps the raw socket.
+    /// A rule after conntrack that drops INVALID would eat the responder's SYN-ACKs in verdicts:
+    /// `auto` keeps the raw socket then too, and doctor names the rule for `--forward kernel`.
+    func testForwardAutoChecksTheGUEInterfaceAndConntrackInvalidDrops() throws {
+        func started() throws -> String {
+            lab.log(of: try XCTUnwrap(lab.processes.last { $0.name == "p1 second-chance" }?.process))
+        }
+        let p1 = lab.namespace("p1")
+        try Lab.shell(
+            """
+            ip netns exec \(p1) sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.lo.accept_local=1 \
+            net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.eth0.send_redirects=0
+            """
+        )
+        try lab.restartSecondChance("p1", Lab.p1, extra: [])
+        var log = try started()
+        XCTAssertTrue(log.contains("forwarding: raw ("), log)
+        XCTAssertTrue(log.contains("0 on eth0, where GUE arrives"), log)
+
+        try Lab.shell(
+            """
+            ip netns exec \(p1) sysctl -qw net.ipv4.conf.eth0.accept_local=1 && ip netns exec \(p1) iptables -t mangle \
+            -A PREROUTING -m conntrack --ctstate INVALID -j DROP
+            """
+        )
+        try lab.restartSecondChance("p1", Lab.p1, extra: [])
+        log = try started()
+        XCTAssertTrue(log.contains("forwarding: raw ("), log)
+        // iptables-nft: the rule is in nft's ruleset too, and found there first.
+        XCTAssertTrue(log.contains("drop would drop the SYN-cookie responder's SYN-ACKs"), log)
+        let (_, report) = try lab.runToEnd(
+            "p1", "second-chance", ["doctor", "--forward", "kernel", "--allow-source", "198.18.0.0/24"])
+        XCTAssertTrue(report.contains("[warn] conntrack: iptables -t mangle -A PREROUTING -m conntrack"), report)
+        XCTAssertTrue(report.contains("[ ok ] accept_local: 1 on eth0, where GUE arrives"), report)
+        // Without the responder the SYN-ACKs do not exist: the kernel forwards.
+        try lab.restartSecondChance("p1", Lab.p1, extra: ["--syn-cookies", "off"])
+        log = try started()
+        XCTAssertTrue(log.contains("forwarding: kernel ("), log)
+    }
+
     func checkForwardingAlongTheHops() throws {
         // The client plays the last hop: it listens on the GUE port and also captures raw UDP to see checksums.
         let (receiver, capture) = try lab.inside("c") {

@@ -220,6 +220,50 @@ final class NetlinkDumpTests: XCTestCase {
                 iptablesSave: "*filter\n:FORWARD ACCEPT [0:0]\n-A FORWARD -s 198.18.0.0/15 -j REJECT\n"))
     }
 
+    /// Rules after conntrack that drop INVALID, where the responder's SYN-ACKs in verdicts meet them.
+    func testConntrackInvalidDropsAfterTheQueueAreFound() {
+        let iptables = """
+            *raw
+            -A PREROUTING -m conntrack --ctstate INVALID -j DROP
+            COMMIT
+            *mangle
+            -A PREROUTING -m conntrack --ctstate INVALID -j DROP
+            -A OUTPUT -m conntrack --ctstate INVALID -j DROP
+            COMMIT
+            *filter
+            -A FORWARD -m state --state INVALID -j REJECT
+            -A INPUT -m conntrack --ctstate INVALID -j DROP
+            COMMIT
+            """
+        XCTAssertEqual(
+            HostChecks.invalidDrops(iptablesSave: iptables),
+            [
+                "iptables -t mangle -A PREROUTING -m conntrack --ctstate INVALID -j DROP",
+                "iptables -t filter -A FORWARD -m state --state INVALID -j REJECT",
+            ])
+        let nft = """
+            table inet fw {
+            \tchain early {
+            \t\ttype filter hook prerouting priority raw; policy accept;
+            \t\tct state invalid drop
+            \t}
+            \tchain pre {
+            \t\ttype filter hook prerouting priority mangle; policy accept;
+            \t\tct state invalid counter drop
+            \t}
+            \tchain numbered {
+            \t\ttype filter hook prerouting priority -250; policy accept;
+            \t\tct state invalid drop
+            \t}
+            \tchain input {
+            \t\ttype filter hook input priority filter; policy accept;
+            \t\tct state invalid drop
+            \t}
+            }
+            """
+        XCTAssertEqual(HostChecks.invalidDrops(nftRuleset: nft), ["nft: ct state invalid counter drop"])
+    }
+
     /// GLB's outer packets are IPv4: fou decapsulates them only where the port is configured for
     /// IPv4, whatever an IPv6 entry on the same port says.
     func testFouCountsOnlyTheIPv4EntryOfThePort() {
