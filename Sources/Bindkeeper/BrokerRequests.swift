@@ -29,6 +29,14 @@ extension Broker {
                 logClientEvent("client pid \(client.peer.pid) uid \(client.peer.uid): \(error.message)")
                 enqueue(wire.error(id: request.id, error), fds: [], to: client)
             }
+        case .release(let releases):
+            switch release(releases, peer: client.peer) {
+            case .success(let keys):
+                enqueue(wire.result(id: request.id, Reply.Release(released: keys)), fds: [], to: client)
+            case .failure(let error):
+                logClientEvent("client pid \(client.peer.pid) uid \(client.peer.uid): \(error.message)")
+                enqueue(wire.error(id: request.id, error), fds: [], to: client)
+            }
         case .list:
             enqueue(wire.result(id: request.id, listing()), fds: [], to: client)
         case .reexec:
@@ -127,6 +135,46 @@ extension Broker {
             logger.info("bound \(entry.request.url)\(entry.backlog.map { " (backlog \($0.effective))" } ?? "")")
         }
         return .success(requests.map(\.key))
+    }
+
+    /// All or none: every socket named must be the broker's, and the client must be allowed to
+    /// bind it as it is (its owner, group and mode included); then the broker closes its copy and
+    /// takes it out of the service manager's store. Processes that hold the socket keep it; once
+    /// the last one closes it the kernel refuses new connections (a Unix socket's path stays, a
+    /// dead socket that the next bind of that path replaces). The socket no longer counts
+    /// against its creator's --max-sockets-per-user.
+    func release(_ requests: [BindRequest], peer: Peer) -> Result<[String], Wire.RPCError> {
+        var keys: [String] = []
+        for request in requests where !keys.contains(request.key) {
+            guard let entry = sockets[request.key] else {
+                return .failure(.bindFailed("\(request.key): the broker holds no such socket"))
+            }
+            let owner: UInt32?, group: UInt32?
+            do {
+                owner = try entry.request.owner.map { try Accounts.uid($0) }
+                group = try entry.request.group.map { try Accounts.gid($0) }
+            } catch {
+                return .failure(.bindFailed("\(error)"))
+            }
+            if let denial = options.policy.denial(
+                uid: peer.uid, gid: peer.gid, request: entry.request, owner: owner, group: group)
+            {
+                statistics.denied += 1
+                return .failure(.permissionDenied(denial))
+            }
+            keys.append(request.key)
+        }
+        for key in keys {
+            let entry = sockets.removeValue(forKey: key)!
+            order.removeAll { $0 == key }
+            close(entry.fd)
+            if let notifier, let name = FDStoreName.encode(entry.request) {
+                do { try notifier.removeStored(name: name) } catch { logger.info("fd store \(key): \(error)") }
+            }
+            statistics.released += 1
+            logger.info("released \(entry.request.url) (uid \(peer.uid))")
+        }
+        return .success(keys)
     }
 
     /// What listen(2) gets for a stream socket, against this namespace's somaxconn; nil for UDP.

@@ -62,6 +62,11 @@ public final class BindkeeperClient {
         return bound
     }
 
+    /// Has the broker close its sockets for `requests` (all or none); the keys it released.
+    public func release(_ requests: [BindRequest]) throws -> [String] {
+        try call("release", Reply.Release.self, binds: requests).result.released
+    }
+
     public func list() throws -> Reply.Listing { try call("list", Reply.Listing.self).result }
 
     public func reexec() throws -> Reply.Reexec { try call("reexec", Reply.Reexec.self).result }

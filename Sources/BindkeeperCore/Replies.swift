@@ -62,6 +62,13 @@ public enum Reply {
         }
     }
 
+    /// `release`: the keys of the sockets the broker let go of.
+    public struct Release: Codable, Equatable, Sendable {
+        public var released: [String]
+
+        public init(released: [String]) { self.released = released }
+    }
+
     /// `reexec`: the broker that will re-execute, and the image it checked.
     public struct Reexec: Codable, Equatable, Sendable {
         public var pid: Int32

@@ -10,7 +10,8 @@ import Foundation
 /// - **framed, version 1**: each message is a 4-byte big-endian length and that many bytes of JSON
 ///   (at most `Wire.maximumFrame`, so the first byte is always 0):
 ///   `{"v":1,"id":..,"method":"bind","binds":["tcp://[::]:443?backlog=4096", {...}]}` (up to
-///   `Wire.maximumBatch` binds, all or none), `"method":"list"`, `"method":"reexec"`. Replies are
+///   `Wire.maximumBatch` binds, all or none), `"method":"release"` with `"binds"` likewise (the
+///   broker closes its sockets for them), `"method":"list"`, `"method":"reexec"`. Replies are
 ///   framed the same way: `{"v":1,"id":..,"result":{...}}` or `{"v":1,"id":..,"error":{"code":..,
 ///   "message":..}}`; a bind result lists one entry per socket, in the order of the fds.
 public enum Wire: Sendable {
@@ -76,6 +77,8 @@ public enum Wire: Sendable {
 
     public enum Method: Equatable, Sendable {
         case bind([BindRequest])
+        /// The broker lets go of these sockets: all or none, each by whoever may bind it.
+        case release([BindRequest])
         case list
         case reexec
     }
@@ -201,7 +204,7 @@ public enum Wire: Sendable {
             case .success(let bind): return .success(Request(wire: self, id: id, method: .bind([bind])))
             case .failure(let error): return fail(.invalidParams(error.description))
             }
-        case (.framed, "bind"):
+        case (.framed, "bind"), (.framed, "release"):
             guard let binds = request["binds"]?.array, !binds.isEmpty, binds.count <= Wire.maximumBatch else {
                 return fail(.invalidParams("binds must list 1 to \(Wire.maximumBatch) sockets"))
             }
@@ -218,7 +221,8 @@ public enum Wire: Sendable {
                 case .failure(let error): return fail(.invalidParams("binds[\(index)]: \(error)"))
                 }
             }
-            return .success(Request(wire: self, id: id, method: .bind(requests)))
+            return .success(
+                Request(wire: self, id: id, method: method == "bind" ? .bind(requests) : .release(requests)))
         case (.framed, "list"): return .success(Request(wire: self, id: id, method: .list))
         case (.framed, "reexec"): return .success(Request(wire: self, id: id, method: .reexec))
         default: return fail(.methodNotFound)

@@ -13,7 +13,7 @@ struct BindkeeperCommand: ParsableCommand {
             Owns LISTEN sockets and hands the same kernel socket to every process that asks, for reloads that drop \
             nothing.
             """,
-        subcommands: [Serve.self, List.self, Reexec.self, Exec.self, HAProxy.self, Version.self])
+        subcommands: [Serve.self, List.self, Release.self, Reexec.self, Exec.self, HAProxy.self, Version.self])
 }
 
 let defaultSocket = ProcessInfo.processInfo.environment["BINDKEEPER_SOCKET"] ?? "/run/bindkeeper.sock"

@@ -249,6 +249,42 @@ final class BindkeeperHardeningTests: XCTestCase {
         XCTAssertEqual(try metric("bindkeeper_socket_limit_refusals_total"), 1)
     }
 
+    /// `release` lets go of sockets, all or none, for whoever may bind them: the grantee frees a
+    /// place under --max-sockets-per-user and rebinds a port with another backlog, but cannot
+    /// release a socket outside its grant, and a socket nobody holds refuses connections.
+    func testReleaseIsAllOrNoneAndOnlyWithinTheGrant() throws {
+        try startBroker(["--max-sockets-per-user", "2"], binds: ["tcp://\(BrokerLab.address):9300-9309"])
+        let (mine, other) = ("tcp://\(BrokerLab.address):9300", "tcp://\(BrokerLab.address):9301")
+        func release(_ urls: [String]) throws -> (status: Int32, output: String) {
+            try lab.run(Self.grantee + [lab.binary("bindkeeper"), "release", "--socket", lab.socketPath] + urls)
+        }
+        XCTAssertEqual(try asGrantee([mine, other]).status, 0)
+        XCTAssertNotEqual(try asGrantee(["tcp://\(BrokerLab.address):9302"]).status, 0, "the limit of 2")
+        // Root's socket, outside the grant: refused, and the batch with it releases nothing.
+        let outside = try lab.client().bind([try BindRequest.parse(url: "tcp://\(BrokerLab.address):9400").get()])
+        outside.forEach { close($0.fd) }
+        let refused = try release([mine, "tcp://\(BrokerLab.address):9400"])
+        XCTAssertNotEqual(refused.status, 0)
+        XCTAssertTrue(refused.output.contains("Permission denied"), refused.output)
+        let unknown = try release(["tcp://\(BrokerLab.address):9305"])
+        XCTAssertTrue(unknown.output.contains("holds no such socket"), unknown.output)
+        XCTAssertEqual(
+            Set(try lab.client().list().sockets.map(\.key)), [mine, other, "tcp://\(BrokerLab.address):9400"])
+
+        let released = try release([mine])
+        XCTAssertEqual(released.status, 0, released.output)
+        XCTAssertTrue(released.output.contains("released \(mine)"), released.output)
+        XCTAssertFalse(try lab.client().list().sockets.contains { $0.key == mine })
+        // Nobody holds it now: the kernel refuses connections instead of completing handshakes.
+        XCTAssertThrowsError(
+            try lab.inside { try LabSockets.connectTCP(to: IPAddress(BrokerLab.address)!, port: 9300) })
+        // The place is free again, and the port can be bound with another backlog.
+        let rebound = try asGrantee(["tcp://\(BrokerLab.address):9300?backlog=64"])
+        XCTAssertEqual(rebound.status, 0, rebound.output)
+        XCTAssertEqual(
+            try lab.client().list().sockets.first { $0.key == mine }?.kernelBacklog, 64, "made anew with backlog 64")
+    }
+
     /// A client's text cannot forge a log line: under journald (JOURNAL_STREAM set) a line starting
     /// `<0>` would be taken as an emergency. The address's line feed and everything after it stay
     /// on the broker's own line, escaped.

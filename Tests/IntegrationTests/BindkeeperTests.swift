@@ -448,6 +448,10 @@ final class BindkeeperTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(accepted, 0, "the connection made while the broker was dead is served")
         close(accepted)
         (before + after).forEach { close($0.fd) }
+        // A released socket leaves the store too: a later crash does not bring it back.
+        XCTAssertEqual(try lab.client().release([requests[1]]), [requests[1].key])
+        try manager.collect { $0.store.count == 3 }
+        XCTAssertFalse(manager.store.contains { $0.name.contains("udp") }, "\(manager.store.map(\.name))")
     }
 
     func testExecPassesSocketsBySystemdConvention() throws {
