@@ -10,6 +10,34 @@ public final class EventFD: Sendable {
         guard fd >= 0 else { throw SystemError("eventfd") }
     }
 
+    /// An eventfd handed over by an earlier process (its counter kept), checked to be one.
+    public init(adopting fd: Int32) throws {
+        var target = [CChar](repeating: 0, count: 64)
+        let length = readlink("/proc/self/fd/\(fd)", &target, target.count - 1)
+        guard length > 0, String(cString: target).hasPrefix("anon_inode:[eventfd]") else {
+            throw SystemError("adopt fd \(fd): not an eventfd", errno: EINVAL)
+        }
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        Descriptors.setCloseOnExec(fd, true)
+        self.fd = fd
+    }
+
+    /// The counter, left as it was (read resets it, so it is written back).
+    public var value: UInt64 {
+        var value: UInt64 = 0
+        guard read(fd, &value, 8) == 8 else { return 0 }
+        _ = write(fd, &value, 8)
+        return value
+    }
+
+    /// Sets the counter to `value` (at most 2^64 - 2, as eventfd holds).
+    public func set(_ value: UInt64) {
+        var old: UInt64 = 0
+        _ = read(fd, &old, 8)
+        var new = min(value, UInt64.max - 1)
+        if new > 0 { _ = write(fd, &new, 8) }
+    }
+
     public func signal() {
         var one: UInt64 = 1
         _ = write(fd, &one, 8)

@@ -41,6 +41,15 @@ public final class NetfilterQueue {
     private var requeueUnanswered = false
     /// The sequence number of the requeue request, whose answer is awaited among the packets.
     private var requeueSequence: UInt32 = 0
+    /// How many restarts in a row found packets an earlier reader died with (an eventfd's counter,
+    /// kept in the service manager's fd store and across a re-exec). Set before `run`.
+    public var replayGuard: ReplayGuard?
+    /// Times the packets an earlier reader died with were dropped instead of requeued.
+    public let crashReplaysDropped = Atomic<UInt64>(0)
+    /// When the last requeue went out; once the daemon has served this long after it, the packets
+    /// it requeued did it no harm and the guard's count starts again.
+    private var requeuedAt: UInt64 = 0
+    static let replaySurvivedNanoseconds: UInt64 = 10_000_000_000
 
     public static let copyRange: UInt32 = 0xffff
 
@@ -273,6 +282,10 @@ public final class NetfilterQueue {
                 }
             }
             try send(&verdicts)
+            if requeuedAt != 0, MonotonicClock.nanoseconds() &- requeuedAt >= Self.replaySurvivedNanoseconds {
+                requeuedAt = 0
+                replayGuard?.survived()
+            }
             if !batch.isEmpty { afterVerdicts() }
             if stopping && (batch.isEmpty || MonotonicClock.nanoseconds() >= stopDeadline) { return }
             if batch.isEmpty { idle() }
@@ -336,20 +349,32 @@ public final class NetfilterQueue {
         let error = mnl_nlmsg_get_payload(nlh).assumingMemoryBound(to: nlmsgerr.self).pointee.error
         if requeueSequence != 0 && nlh.pointee.nlmsg_seq == requeueSequence {
             requeueSequence = 0
-            if error == -ENOENT { return }
+            // Nothing was left unanswered: the earlier reader did not die with packets in hand.
+            if error == -ENOENT {
+                replayGuard?.survived()
+                return
+            }
         }
         if error != 0 { receiveErrors.add(1, ordering: .relaxed) }
     }
 
     /// Verdict NF_REPEAT for every queued packet up to `lastID` (one NFQNL_MSG_VERDICT_BATCH): the
     /// packets go through the hook again and are queued anew, to be read and decided here.
+    ///
+    /// Unless `replayGuard` says the earlier readers died with packets in hand `limit` times in a
+    /// row: then one of those packets may be what kills them, and replaying it would kill this one
+    /// too, and each restart after it. They are dropped instead (NF_DROP, the same batch), counted
+    /// in `crashReplaysDropped`, and the count starts again.
     private func requeue(through lastID: UInt32) throws {
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: netlinkBufferSize, alignment: 16)
         defer { buffer.deallocate() }
         let nlh = startMessage(Int32(NFQNL_MSG_VERDICT_BATCH.rawValue), in: buffer)
         nlh.pointee.nlmsg_flags |= UInt16(NLM_F_ACK)
         requeueSequence = nlh.pointee.nlmsg_seq
-        nfq_nlmsg_verdict_put(nlh, Int32(bitPattern: lastID), NF_REPEAT)
+        let replay = replayGuard?.admitReplay() ?? true
+        if !replay { crashReplaysDropped.add(1, ordering: .relaxed) }
+        requeuedAt = max(1, MonotonicClock.nanoseconds())
+        nfq_nlmsg_verdict_put(nlh, Int32(bitPattern: lastID), replay ? NF_REPEAT : NF_DROP)
         let sent = retryingOnInterrupt { mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) }
         guard sent >= 0 else { throw SystemError("sendto(NFQUEUE \(number) requeue)") }
     }

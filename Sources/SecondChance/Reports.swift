@@ -8,13 +8,19 @@ public struct QueueReport: Sendable {
     public var packets: UInt64
     /// Reads that failed or returned messages that were not packets.
     public var receiveErrors: UInt64
+    /// Times the packets earlier readers kept dying with were dropped instead of replayed (`ReplayGuard`).
+    public var crashReplaysDropped: UInt64
     /// Absent when the kernel's table could not be read or does not list the queue.
     public var kernel: KernelQueueStatistics?
 
-    public init(queue: UInt16, packets: UInt64, receiveErrors: UInt64, kernel: KernelQueueStatistics?) {
+    public init(
+        queue: UInt16, packets: UInt64, receiveErrors: UInt64, crashReplaysDropped: UInt64 = 0,
+        kernel: KernelQueueStatistics?
+    ) {
         self.queue = queue
         self.packets = packets
         self.receiveErrors = receiveErrors
+        self.crashReplaysDropped = crashReplaysDropped
         self.kernel = kernel
     }
 }
@@ -79,6 +85,10 @@ public enum CounterReport {
             $0.receiveErrors
         }
         family(
+            "second_chance_queue_crash_replays_dropped_total", .counter,
+            "Times the packets earlier readers died with, three restarts in a row, were dropped instead of replayed."
+        ) { $0.crashReplaysDropped }
+        family(
             "second_chance_queue_kernel_dropped_total", .counter,
             "Packets the kernel dropped because the queue was full (queue_dropped)."
         ) { $0.kernel?.queueDropped }
@@ -105,7 +115,7 @@ public enum CounterReport {
             out +=
                 """
                 queue_\(queue.queue)_packets: \(queue.packets)\nqueue_\(queue.queue)_receive_errors: \
-                \(queue.receiveErrors)\n
+                \(queue.receiveErrors)\nqueue_\(queue.queue)_crash_replays_dropped: \(queue.crashReplaysDropped)\n
                 """
             if let kernel = queue.kernel {
                 out +=

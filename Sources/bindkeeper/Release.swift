@@ -20,7 +20,9 @@ struct Release: ParsableCommand {
 
     func run() throws {
         guard !urls.isEmpty else { throw ValidationError("give at least one URL") }
-        let requests = try urls.map { try BindRequest.parse(url: $0).mapError { ValidationError($0.description) }.get() }
+        let requests = try urls.map {
+            try BindRequest.parse(url: $0).mapError { ValidationError($0.description) }.get()
+        }
         for key in try BindkeeperClient(path: socket).release(requests) { print("released \(key)") }
     }
 }

@@ -333,6 +333,19 @@ struct Run: ParsableCommand {
         } catch {
             throw CommandFailure("\(error)")
         }
+        // Each queue's count of restarts that found packets an earlier reader died with.
+        var replayCounters: [(fd: Int32, name: String)] = []
+        for worker in workers {
+            let name = ReplayGuard.storeName(queue: worker.queue.number)
+            let counter: EventFD
+            do {
+                counter = try inherited.removeValue(forKey: name).map { try EventFD(adopting: $0) } ?? EventFD()
+            } catch {
+                throw CommandFailure("\(error)")
+            }
+            worker.queue.replayGuard = ReplayGuard(counter: counter)
+            replayCounters.append((counter.fd, name))
+        }
         let controlPath = control ?? defaultControlPath(queue: queues[0])
         if let slash = controlPath.lastIndex(of: "/"), slash != controlPath.startIndex {
             mkdir(String(controlPath[..<slash]), 0o755)
@@ -353,6 +366,7 @@ struct Run: ParsableCommand {
                 QueueReport(
                     queue: worker.queue.number, packets: worker.counters.value(.total),
                     receiveErrors: worker.queue.receiveErrors.load(ordering: .relaxed),
+                    crashReplaysDropped: worker.queue.crashReplaysDropped.load(ordering: .relaxed),
                     kernel: kernel[worker.queue.number])
             }
             let image = ImageReport(
@@ -383,7 +397,9 @@ struct Run: ParsableCommand {
         // A stored socket this configuration does not use (a queue no longer given, no --metrics)
         // leaves the store too: kept there, a queue would stay bound with no reader, so that
         // --queue-bypass never applied and its packets waited until they were dropped.
-        let used = Set(workers.map { Self.queueName($0.queue.number) } + server.descriptors.map(\.name))
+        let used = Set(
+            workers.map { Self.queueName($0.queue.number) } + replayCounters.map(\.name)
+                + server.descriptors.map(\.name))
         for name in inheritedNames.subtracting(used).sorted() {
             do { try notifier?.removeStored(name: name) } catch { logger.info("fd store \(name): \(error)") }
         }
@@ -416,7 +432,7 @@ struct Run: ParsableCommand {
         }
         var threads = try startQueueThreads()
         let local = watcher.addresses
-        let queueSockets = workers.map { ($0.queue.fileDescriptor, Self.queueName($0.queue.number)) }
+        let queueSockets = workers.map { ($0.queue.fileDescriptor, Self.queueName($0.queue.number)) } + replayCounters
         for (fd, name) in queueSockets + server.descriptors where !inheritedNames.contains(name) {
             // In the service manager's store the queue outlives a crash: packets wait for the restart.
             do { try notifier?.store(fd, name: name) } catch { logger.info("fd store \(name): \(error)") }

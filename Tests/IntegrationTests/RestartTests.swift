@@ -158,8 +158,8 @@ final class RestartTests: XCTestCase {
         let control = lab.controlPath("p1")
         let arguments = ["run", "--queue", "0", "--self", Lab.p1.description, "--control", control] + Lab.labPeers
         let first = try lab.start("p1", "second-chance", arguments, environment: ["NOTIFY_SOCKET": manager.path])
-        try manager.collect { $0.isReady && $0.store.count == 2 }
-        XCTAssertEqual(Set(manager.store.map(\.name)), ["nfqueue-0", "control"])
+        try manager.collect { $0.isReady && $0.store.count == 3 }
+        XCTAssertEqual(Set(manager.store.map(\.name)), ["nfqueue-0", "nfqueue-0-restarts", "control"])
 
         kill(first.processIdentifier, SIGKILL)
         first.waitUntilExit()
@@ -197,8 +197,10 @@ final class RestartTests: XCTestCase {
         let first = try lab.start(
             "p1", "second-chance", arguments + ["--queue", "7", "--metrics", "\(Lab.p1):9525"],
             environment: ["NOTIFY_SOCKET": manager.path])
-        try manager.collect { $0.isReady && $0.store.count == 4 }
-        XCTAssertEqual(Set(manager.store.map(\.name)), ["nfqueue-0", "nfqueue-7", "control", "metrics"])
+        try manager.collect { $0.isReady && $0.store.count == 6 }
+        XCTAssertEqual(
+            Set(manager.store.map(\.name)),
+            ["nfqueue-0", "nfqueue-0-restarts", "nfqueue-7", "nfqueue-7-restarts", "control", "metrics"])
         kill(first.processIdentifier, SIGKILL)
         first.waitUntilExit()
 
@@ -212,7 +214,8 @@ final class RestartTests: XCTestCase {
             placing: manager.placements)
         defer { kill(pid, SIGTERM); _ = Spawn.wait(pid) }
         try manager.collect { $0.notices.filter { $0.hasPrefix("READY=1") }.count == 2 }
-        XCTAssertEqual(Set(manager.store.map(\.name)), ["nfqueue-0", "control"], "\(manager.notices)")
+        XCTAssertEqual(
+            Set(manager.store.map(\.name)), ["nfqueue-0", "nfqueue-0-restarts", "control"], "\(manager.notices)")
         try lab.waitFor("queue 7 to be unbound") { try lab.inside("p1") { ProcFile.kernelQueueStatistics()[7] == nil } }
         XCTAssertNotNil(try lab.inside("p1") { ProcFile.kernelQueueStatistics()[0] }, "queue 0 is read on")
     }
@@ -242,6 +245,54 @@ final class RestartTests: XCTestCase {
         traffic.assertAllReceived(traffic.received(service), 0..<6, "datagrams read by the dead reader, and one after")
         XCTAssertEqual(try traffic.waiting("p1"), 0)
         withExtendedLifetime(queue) {}
+    }
+
+    /// Readers that die with the same packets in hand, restart after restart (as a packet that
+    /// crashes the daemon would make them): the packets are replayed into the next reader three
+    /// times, then dropped and counted, and the count starts again.
+    func testPacketsEveryRestartDiesWithAreDroppedAfterThreeReplays() throws {
+        let first = try lab.inside("p1") { try NetfilterQueue(number: 0) }
+        let fd = first.fileDescriptor
+        var timeout = timeval(tv_sec: 1, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var buffer = [UInt8](repeating: 0, count: 70_000)
+        /// A reader reading what is queued and dying with it: nothing is answered. Counts packet
+        /// messages (not the kernel's answers to a reader's requests), until `count` or a quiet second.
+        func readAndDie(_ count: Int) -> Int {
+            var packets = 0
+            while packets < count, recv(fd, &buffer, buffer.count, 0) >= 16 {
+                if UInt16(buffer[4]) | UInt16(buffer[5]) << 8 == 0x0300 { packets += 1 }  // NFQNL_MSG_PACKET
+            }
+            return packets
+        }
+        func waiting() throws -> UInt64 { try lab.inside("p1") { ProcFile.kernelQueueStatistics()[0]?.waiting ?? 0 } }
+        try traffic.send(0..<5)
+        XCTAssertEqual(readAndDie(5), 5)
+        let counter = try EventFD()
+        for restart in 1...4 {
+            // The next reader takes the socket over, reads one new packet (which shows where the
+            // dead one stopped), answers it, and requeues or drops what the dead one held.
+            let queue = try lab.inside("p1") { try NetfilterQueue(adopting: dup(fd), number: 0) }
+            queue.replayGuard = ReplayGuard(counter: counter)
+            try traffic.send(UInt32(4 + restart)..<UInt32(5 + restart))
+            try lab.waitFor("the new packet") { try waiting() == 6 }
+            let stop = try EventFD()
+            stop.signal()
+            try queue.run(stop: stop, drainOnStop: { false }) { packets, actions in
+                for _ in packets { actions.append(.accept) }
+            }
+            if restart <= 3 {
+                XCTAssertEqual(readAndDie(5), 5, "restart \(restart): the five are replayed, and read again")
+                XCTAssertEqual(counter.value, UInt64(restart), "restart \(restart)")
+                XCTAssertEqual(queue.crashReplaysDropped.load(ordering: .relaxed), 0)
+            } else {
+                XCTAssertEqual(readAndDie(1), 0, "restart \(restart): nothing is replayed")
+                XCTAssertEqual(try waiting(), 0, "the five were dropped")
+                XCTAssertEqual(queue.crashReplaysDropped.load(ordering: .relaxed), 1)
+                XCTAssertEqual(counter.value, 0, "the count starts again")
+            }
+        }
+        withExtendedLifetime(first) {}
     }
 
     /// The fd names come from the environment, which only systemd or the daemon itself should set;
