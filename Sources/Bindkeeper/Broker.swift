@@ -117,6 +117,8 @@ public final class Broker: @unchecked Sendable {
     static let requestsPerTurn = 16
     /// The kernel's listener queues, dumped once a turn for every `list` answered in it.
     var listenerQueuesThisTurn: [ListenerKey: ListenerObservation]?
+    /// The SYN queues last counted, and when (`dumpListenerQueues`).
+    var synQueuesCounted: (at: UInt64, queues: [ListenerKey: UInt32])?
 
     public init(
         options: BrokerOptions, environment: [String: String] = ProcessInfo.processInfo.environment,

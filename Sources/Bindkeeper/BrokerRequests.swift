@@ -197,13 +197,29 @@ extension Broker {
         }
     }
 
+    /// The kernel's view of the broker's listeners, for the ports of its own TCP sockets only.
+    /// Their SYN queues cost a walk of every established socket of the namespace (some 20 ms with
+    /// 100 000, on the broker's only thread), so they are counted at most once a second and the
+    /// count reused meanwhile; backlogs and accept queues are read fresh, once a turn.
     private func dumpListenerQueues() -> [ListenerKey: ListenerObservation] {
-        let listeners: [ListenerObservation]
-        do { listeners = try SockDiag().dumpListeners() } catch {
+        let ports = Set(sockets.values.lazy.filter { $0.request.kind == .tcp }.map(\.request.port))
+        let now = MonotonicClock.nanoseconds()
+        let countRequests = synQueuesCounted.map { now &- $0.at >= 1_000_000_000 } ?? true
+        var listeners: [ListenerKey: ListenerObservation]
+        do {
+            listeners = Dictionary(
+                try SockDiag().dumpListeners(ports: ports, requestSockets: countRequests).map { ($0.key, $0) },
+                uniquingKeysWith: { first, _ in first })
+        } catch {
             logClientEvent("list: listener queues unknown: \(error)")
-            listeners = []
+            return [:]
         }
-        return Dictionary(listeners.map { ($0.key, $0) }, uniquingKeysWith: { first, _ in first })
+        if countRequests {
+            synQueuesCounted = (now, listeners.mapValues(\.requestSockets))
+        } else if let counted = synQueuesCounted?.queues {
+            for key in listeners.keys { listeners[key]!.requestSockets = counted[key] ?? 0 }
+        }
+        return listeners
     }
 
     func listing() -> Reply.Listing {

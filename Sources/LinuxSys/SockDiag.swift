@@ -118,18 +118,30 @@ public final class SockDiag {
     /// The receive buffer's index in INET_DIAG_SKMEMINFO.
     private static let skMemInfoReceiveBuffer = Int(SK_MEMINFO_RCVBUF)
 
-    /// Every TCP listener of the namespace with its queues: one dump of LISTEN and NEW_SYN_RECV
-    /// sockets per family; request sockets are counted for the listener that owns their address and
-    /// port (the exact address first, then the wildcards, as a SYN finds it). The members of an
-    /// SO_REUSEPORT group are one listener (`ListenerObservation.addMember`).
-    public func dumpListeners() throws -> [ListenerObservation] {
+    /// Every TCP listener of the namespace (of `ports`, when given) with its queues; request
+    /// sockets are counted for the listener that owns their address and port (the exact address
+    /// first, then the wildcards, as a SYN finds it). The members of an SO_REUSEPORT group are one
+    /// listener (`ListenerObservation.addMember`).
+    ///
+    /// Two dumps for each family, filtered in the kernel: LISTEN sockets, which the kernel finds in
+    /// its listening hash alone, then, with `requestSockets`, NEW_SYN_RECV sockets on the
+    /// listeners' ports only (an INET_DIAG_REQ_BYTECODE filter), skipped when there is no
+    /// listener. Request sockets live in the established hash, which that second dump walks whole
+    /// (the kernel checks every socket's state): with 100 000 established sockets it takes some
+    /// 20 ms, the listeners alone a few microseconds (BENCHMARKS.md). Without `requestSockets`
+    /// every `requestSockets` count is 0.
+    public func dumpListeners(ports: Set<UInt16>? = nil, requestSockets: Bool = true) throws -> [ListenerObservation] {
         var listeners: [ListenerKey: ListenerObservation] = [:]
         var requests: [ListenerKey: UInt32] = [:]
-        for family in [AF_INET, AF_INET6] {
-            try dump(family: UInt8(family), states: 1 << UInt32(Self.tcpListen) | 1 << UInt32(Self.tcpNewSynRecv)) {
+        if let ports, ports.isEmpty { return [] }
+        let families = [UInt8(AF_INET), UInt8(AF_INET6)]
+        for family in families {
+            let listening = ports.flatMap { InetDiagFilter.localPort(in: $0) }
+            try dump(family: family, states: 1 << UInt32(Self.tcpListen), filter: listening) {
                 message, attributes in
                 let key = ListenerKey(
                     address: Self.localAddress(message), port: UInt16(bigEndian: message.id.idiag_sport))
+                guard ports?.contains(key.port) ?? true else { return }
                 if message.idiag_state == Self.tcpListen {
                     var receiveBuffer: UInt32 = 0
                     if let memory = attributes[UInt16(INET_DIAG_SKMEMINFO)],
@@ -143,9 +155,21 @@ public final class SockDiag {
                         key: key, backlog: message.idiag_wqueue, acceptQueue: message.idiag_rqueue, requestSockets: 0,
                         receiveBuffer: receiveBuffer)
                     if listeners[key] == nil { listeners[key] = listener } else { listeners[key]!.addMember(listener) }
-                } else {
-                    requests[key, default: 0] += 1
                 }
+            }
+        }
+        // An IPv6 listener's request sockets for IPv4 clients are IPv6 ones (mapped addresses):
+        // every family's dump asks for every listener's port.
+        guard !listeners.isEmpty else { return [] }
+        guard requestSockets else { return Array(listeners.values) }
+        let requestFilter = InetDiagFilter.localPort(in: listeners.keys.map(\.port))
+        for family in families {
+            try dump(family: family, states: 1 << UInt32(Self.tcpNewSynRecv), filter: requestFilter) {
+                message, _ in
+                // Every reply is a request socket (the kernel reports their state as SYN_RECV).
+                let key = ListenerKey(
+                    address: Self.localAddress(message), port: UInt16(bigEndian: message.id.idiag_sport))
+                requests[key, default: 0] += 1
             }
         }
         for (key, count) in requests {
@@ -166,9 +190,11 @@ public final class SockDiag {
     private let dumpBuffer = UnsafeMutableRawPointer.allocate(byteCount: SockDiag.dumpBufferSize, alignment: 16)
     private static let dumpBufferSize = 65536
 
-    /// Runs one sock_diag dump; `each` gets every inet_diag_msg and its attributes by type.
-    private func dump(
-        family: UInt8, states: UInt32,
+    /// Runs one sock_diag dump of TCP sockets in `states` (a mask of 1 << state), kept by the
+    /// bytecode `filter` when given (`InetDiagFilter`); `each` gets every inet_diag_msg and its
+    /// attributes by type. Public for the cost benchmark (`glb-lab sockdiag-cost`).
+    public func dump(
+        family: UInt8, states: UInt32, filter: [UInt8]? = nil,
         _ each: (inet_diag_msg, [UInt16: UnsafeRawBufferPointer]) -> Void
     ) throws {
         sequence &+= 1
@@ -180,6 +206,11 @@ public final class SockDiag {
         request.pointee.idiag_ext = UInt8(1 << (INET_DIAG_SKMEMINFO - 1))
         request.pointee.idiag_states = states
         request.pointee.id.idiag_cookie = (UInt32.max, UInt32.max)  // INET_DIAG_NOCOOKIE
+        // A filter longer than the request buffer holds (over 670 ports) is left out: the dump is
+        // then only larger, and the caller keeps what it asked for.
+        if let filter, filter.count <= Self.bufferSize - 256 {
+            filter.withUnsafeBytes { mnl_attr_put(nlh, UInt16(INET_DIAG_REQ_BYTECODE), $0.count, $0.baseAddress) }
+        }
         guard mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) >= 0 else {
             throw SystemError("sock_diag dump request")
         }

@@ -97,7 +97,7 @@ public final class ListenerMonitor: @unchecked Sendable {
             let overflowed = readKernelCounters()
             if overflowed || now &- lastScan >= configuration.scanIntervalNanoseconds {
                 lastScan = now
-                scan(now: now)
+                scan(now: now, overflowed: overflowed)
             }
         }
     }
@@ -113,11 +113,20 @@ public final class ListenerMonitor: @unchecked Sendable {
         return overflowSignal.map { signal != $0 } ?? false
     }
 
-    public func scan(now: UInt64) {
+    /// Reads the listeners and publishes what the responder serves. Their SYN queues (request
+    /// sockets) cost a walk of every established socket (`SockDiag.dumpListeners`), so they are
+    /// counted only where a count can change the outcome: while a listener is served, after the
+    /// kernel's overflow counters rose (`overflowed`), or when activation comes before a full queue
+    /// (`--cookie-activate-percent` below 100). Otherwise no SYN queue is full (a full one moves
+    /// those counters), and the listeners alone are read: a busy proxy's idle scans cost next to
+    /// nothing.
+    public func scan(now: UInt64, overflowed: Bool = true) {
         settings = settingsReader.read()
         tracker.kernelNeedsOverflowMark = settings.syncookies != 2
+        let countRequests =
+            overflowed || configuration.policy.activatePercent < 100 || tracker.states.values.contains { $0.active }
         let observations: [ListenerObservation]
-        do { observations = try sockDiag.dumpListeners() } catch {
+        do { observations = try sockDiag.dumpListeners(requestSockets: countRequests) } catch {
             logger.info("listener scan failed, keeping the last one: \(error)")
             return
         }

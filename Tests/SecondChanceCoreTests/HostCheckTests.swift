@@ -135,6 +135,48 @@ final class NetlinkDumpTests: XCTestCase {
         XCTAssertEqual(listener.backlog, 7)
     }
 
+    /// The port filter's layout, as the kernel runs it: kept exactly on the listed ports.
+    func testThePortFilterKeepsExactlyItsPorts() throws {
+        let code = try XCTUnwrap(InetDiagFilter.localPort(in: [8080, 80, 443, 80]))
+        XCTAssertEqual(code.count, 36, "three ports, 12 bytes each")
+        for port: UInt16 in [80, 443, 8080] { XCTAssertTrue(InetDiagFilter.keeps(code, port: port), "\(port)") }
+        for port: UInt16 in [0, 79, 81, 442, 8081, 65535] { XCTAssertFalse(InetDiagFilter.keeps(code, port: port)) }
+        let one = try XCTUnwrap(InetDiagFilter.localPort(in: [65535]))
+        XCTAssertTrue(InetDiagFilter.keeps(one, port: 65535))
+        XCTAssertFalse(InetDiagFilter.keeps(one, port: 0))
+        XCTAssertNil(InetDiagFilter.localPort(in: []))
+        let most = (1...UInt16(InetDiagFilter.maximumPorts)).map { $0 }
+        let largest = try XCTUnwrap(InetDiagFilter.localPort(in: most))
+        XCTAssertTrue(InetDiagFilter.keeps(largest, port: 1) && InetDiagFilter.keeps(largest, port: most.last!))
+        XCTAssertFalse(InetDiagFilter.keeps(largest, port: most.last! + 1))
+        XCTAssertNil(InetDiagFilter.localPort(in: most + [most.last! + 1]), "past what a 16-bit jump reaches")
+    }
+
+    /// The kernel takes the filter (its audit refuses a malformed one) and sends only the
+    /// listeners of the ports asked for.
+    func testTheKernelSendsOnlyTheListenersOfThePortsAskedFor() throws {
+        let loopback = IPv4Address("127.0.0.1")!
+        let fds = try (0..<3).map { _ in try LabSockets.listenTCP(on: .v4(loopback), port: 0, backlog: 8) }
+        defer { fds.forEach { close($0) } }
+        let ports: [UInt16] = fds.map { fd in
+            var address = sockaddr_in()
+            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            _ = withUnsafeMutablePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+            }
+            return UInt16(bigEndian: address.sin_port)
+        }
+        let wanted: Set<UInt16> = [ports[0], ports[2]]
+        let diag = try SockDiag()
+        XCTAssertEqual(Set(try diag.dumpListeners(ports: wanted).map(\.key.port)), wanted)
+        var sent: [UInt16] = []
+        try diag.dump(
+            family: UInt8(AF_INET), states: 1 << UInt32(TCP_LISTEN), filter: InetDiagFilter.localPort(in: wanted)
+        ) { message, _ in sent.append(UInt16(bigEndian: message.id.idiag_sport)) }
+        XCTAssertEqual(Set(sent), wanted, "the kernel sent no other listener")
+        XCTAssertTrue(try diag.dumpListeners(ports: []).isEmpty)
+    }
+
     /// An SO_REUSEPORT group is one listener whose backlog and queues are its members' together:
     /// every member's request sockets counted against one member's backlog started the responder
     /// when no member's queue was near full.
