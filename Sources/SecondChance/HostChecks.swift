@@ -221,40 +221,36 @@ public enum HostChecks {
         let devices = directoryEntries("/proc/sys/net/ipv4/conf").filter { $0 != "all" && $0 != "default" }
         let acceptAll = readSysctl("net/ipv4/conf/all/accept_local") == "1"
         let accepting = devices.filter { readSysctl("net/ipv4/conf/\($0)/accept_local") == "1" }
-        if let interfaces, !interfaces.isEmpty {
-            let lacking = acceptAll ? [] : interfaces.filter { !accepting.contains($0) }
+        // Where GUE arrives, when known; otherwise any interface will do.
+        let gue = interfaces ?? []
+        let lacking =
+            acceptAll
+            ? [] : gue.isEmpty ? (accepting.isEmpty ? ["<GUE interface>"] : []) : gue.filter { !accepting.contains($0) }
+        if lacking.isEmpty {
+            checks.append(
+                HostCheck(
+                    level: .ok, subject: "accept_local",
+                    finding: acceptAll
+                        ? "net.ipv4.conf.all.accept_local = 1"
+                        : gue.isEmpty
+                            ? "1 on \(accepting.joined(separator: ", ")) (--allow-source names the GUE interface)"
+                            : "1 on \(gue.joined(separator: ", ")), where GUE arrives"))
+        } else {
             let elsewhere = accepting.isEmpty ? "" : " (1 on \(accepting.joined(separator: ", ")) does not count)"
             checks.append(
-                lacking.isEmpty
-                    ? HostCheck(
-                        level: .ok, subject: "accept_local",
-                        finding: acceptAll
-                            ? "net.ipv4.conf.all.accept_local = 1"
-                            : "1 on \(interfaces.joined(separator: ", ")), where GUE arrives")
-                    : HostCheck(
-                        level: .fail, subject: "accept_local",
-                        finding:
-                            """
-                            0 on \(lacking.joined(separator: ", ")), where GUE arrives: the kernel drops a forwarded \
-                            packet whose source is this host\(elsewhere)
-                            """,
-                        fix:
-                            """
-                            \(lacking.map { "sysctl -w net.ipv4.conf.\($0).accept_local=1" }.joined(separator: "; ")), \
-                            or use --forward raw
-                            """))
-        } else {
-            checks.append(
-                acceptAll || !accepting.isEmpty
-                    ? HostCheck(
-                        level: .ok, subject: "accept_local",
-                        finding: acceptAll
-                            ? "net.ipv4.conf.all.accept_local = 1"
-                            : "1 on \(accepting.joined(separator: ", ")) (--allow-source names the GUE interface)")
-                    : HostCheck(
-                        level: .fail, subject: "accept_local",
-                        finding: "0 everywhere: the kernel drops a forwarded packet whose source is this host",
-                        fix: "sysctl -w net.ipv4.conf.<GUE interface>.accept_local=1 (or .all.), or use --forward raw"))
+                HostCheck(
+                    level: .fail, subject: "accept_local",
+                    finding: gue.isEmpty
+                        ? "0 everywhere: the kernel drops a forwarded packet whose source is this host"
+                        : """
+                        0 on \(lacking.joined(separator: ", ")), where GUE arrives: the kernel drops a forwarded \
+                        packet whose source is this host\(elsewhere)
+                        """,
+                    fix:
+                        """
+                        \(lacking.map { "sysctl -w net.ipv4.conf.\($0).accept_local=1" }.joined(separator: "; ")) \
+                        (or .all.), or use --forward raw
+                        """))
         }
         let strict = (["all"] + devices).filter { readSysctl("net/ipv4/conf/\($0)/rp_filter") == "1" }
         if !strict.isEmpty {
