@@ -40,9 +40,10 @@ public struct HAProxyOptions: Sendable {
 /// When the current instance exits on its own (killed, crashed, or dead in start-up), the older
 /// ones may already be soft-stopping, having been told to finish by it: nobody would accept, and
 /// connections would wait in the broker's sockets. So a replacement is started at once, rendered
-/// again from the template text of the last instance that ran past its start-up (or the dead
-/// one's, which passed the check), at most `maximumReplacements` a minute; past that the
-/// supervisor gives up as before when no instance is left, and the service manager restarts it.
+/// again from the dead one's template text if it ran past its start-up, else from the one before
+/// it (an instance still running, or the last that ran past its start-up), at most
+/// `maximumReplacements` a minute; past that the supervisor gives up as before when no instance
+/// is left, and the service manager restarts it.
 public final class HAProxySupervisor {
     private let options: HAProxyOptions
     private let logger: Logger
@@ -194,8 +195,11 @@ public final class HAProxySupervisor {
     private func replace(_ exited: Instance, code: Int32) {
         let now = MonotonicClock.nanoseconds()
         replacements = replacements.filter { now &- $0 < 60_000_000_000 }
+        // One that died in start-up had a configuration that passes the check and still fails:
+        // the replacement takes the one before it (still running, or the last that ran).
         let livedPastStartup = now &- exited.started >= Self.startupNanoseconds
-        let template = livedPastStartup ? exited.template : lastGoodTemplate ?? exited.template
+        let template =
+            livedPastStartup ? exited.template : instances.last?.template ?? lastGoodTemplate ?? exited.template
         guard replacements.count < Self.maximumReplacements else {
             logger.info(
                 """

@@ -536,7 +536,8 @@ final class BindkeeperPromiseTests: XCTestCase {
     }
 
     /// SIGHUP reloads like SIGUSR2; a new HAProxy that passes its check but dies while starting
-    /// leaves the running one serving.
+    /// leaves the running one serving, and is replaced from the configuration before it (once:
+    /// that one starts).
     func testSupervisorReloadsOnSIGHUPAndSurvivesANewHAProxyThatDies() throws {
         guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/haproxy") else {
             throw LabError("haproxy is not installed (scripts/setup.sh installs it)")
@@ -564,8 +565,11 @@ final class BindkeeperPromiseTests: XCTestCase {
         try (good + "frontend taken\n    bind \(BrokerLab.address):8601\n    http-request return status 200\n").write(
             toFile: template, atomically: true, encoding: .utf8)
         kill(supervisor.processIdentifier, SIGHUP)
-        try lab.waitFor("the new instance to die") { lab.allLogs.contains("during start-up; pid") }
+        try lab.waitFor("the new instance to die") { lab.allLogs.contains("exited (1); replaced by pid") }
         XCTAssertTrue(try served(), "the running instance keeps serving")
+        sleep(1)
+        XCTAssertTrue(try served(), "and the replacement")
+        XCTAssertEqual(lab.allLogs.components(separatedBy: "replaced by pid").count - 1, 1, lab.allLogs)
         XCTAssertTrue(supervisor.isRunning)
     }
 }
