@@ -412,6 +412,10 @@ final class BindkeeperTests: XCTestCase {
         try manager.collect { $0.store.count == 4 }
         XCTAssertEqual(manager.store.first?.name, "control")
 
+        // A stale entry that is no bindkeeper socket: the next broker closes it and takes it out.
+        let stale = try lab.inside { try LabSockets.bindUDP(IPAddress(BrokerLab.address)!, port: 8609) }
+        manager.storeAsTheService(stale, name: "not-a-socket-url")
+        close(stale)
         kill(broker.processIdentifier, SIGKILL)
         broker.waitUntilExit()
         // While no broker runs, the kernel socket lives on in the store: connections still queue.
@@ -441,6 +445,7 @@ final class BindkeeperTests: XCTestCase {
             after.map { OwnedSocket.cookie($0.fd) }, before.map { OwnedSocket.cookie($0.fd) }, "the same kernel sockets"
         )
         XCTAssertEqual(try lab.client().list().sockets.count, 3)
+        try manager.collect { !$0.store.contains { $0.name == "not-a-socket-url" } }
         let restarted = (try? String(contentsOfFile: restartLog, encoding: .utf8)) ?? ""
         XCTAssertTrue(
             restarted.contains("recovered 3 sockets from the service manager and the control socket"), restarted)

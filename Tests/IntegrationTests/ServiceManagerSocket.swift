@@ -46,6 +46,9 @@ final class ServiceManagerSocket {
 
     var isReady: Bool { notices.contains { $0.hasPrefix("READY=1") } }
 
+    /// Puts `fd` in the store under `name`, as if the service had stored it (a stale entry).
+    func storeAsTheService(_ fd: Int32, name: String) { store.append((name, dup(fd))) }
+
     /// The environment that hands the stored fds to a process placed at 3, 4, ... (LISTEN_PID is
     /// set by the shell that execs it).
     var listenEnvironment: [String: String] {
