@@ -49,6 +49,8 @@ public final class NetfilterQueue {
     /// When the last requeue went out; once the daemon has served this long after it, the packets
     /// it requeued did it no harm and the guard's count starts again.
     private var requeuedAt: UInt64 = 0
+    /// The last requeue dropped instead (counted at once, taken back if there was nothing to drop).
+    private var requeueDropped = false
     static let replaySurvivedNanoseconds: UInt64 = 10_000_000_000
 
     public static let copyRange: UInt32 = 0xffff
@@ -349,9 +351,11 @@ public final class NetfilterQueue {
         let error = mnl_nlmsg_get_payload(nlh).assumingMemoryBound(to: nlmsgerr.self).pointee.error
         if requeueSequence != 0 && nlh.pointee.nlmsg_seq == requeueSequence {
             requeueSequence = 0
-            // Nothing was left unanswered: the earlier reader did not die with packets in hand.
+            // Nothing was left unanswered: the earlier reader did not die with packets in hand
+            // (and a drop in their place dropped nothing).
             if error == -ENOENT {
                 replayGuard?.survived()
+                if requeueDropped { crashReplaysDropped.subtract(1, ordering: .relaxed) }
                 return
             }
         }
@@ -372,6 +376,7 @@ public final class NetfilterQueue {
         nlh.pointee.nlmsg_flags |= UInt16(NLM_F_ACK)
         requeueSequence = nlh.pointee.nlmsg_seq
         let replay = replayGuard?.admitReplay() ?? true
+        requeueDropped = !replay
         if !replay { crashReplaysDropped.add(1, ordering: .relaxed) }
         requeuedAt = max(1, MonotonicClock.nanoseconds())
         nfq_nlmsg_verdict_put(nlh, Int32(bitPattern: lastID), replay ? NF_REPEAT : NF_DROP)
