@@ -94,9 +94,9 @@ public final class LocalAddressWatcher: @unchecked Sendable {
                     let count = recv(fds[index].fd, buffer, 16384, Int32(MSG_DONTWAIT))
                     if count > 0 {
                         if Self.concernsLocalAddresses(buffer, count) { stale = true }
-                    } else if errno == ENOBUFS {
+                    } else if count < 0 && errno == ENOBUFS {
                         stale = true
-                    } else if errno != EINTR {
+                    } else if count == 0 || errno != EINTR {
                         break
                     }
                 }
