@@ -95,7 +95,7 @@ mount -t bpf bpf /newroot/sys/fs/bpf 2>/dev/null
 # modprobe: busybox's, which reads the depmod above (crc32c first: libcrc32c's soft dependency).
 echo '#!/bin/sh' > /newroot/tmp/modprobe && echo 'exec busybox modprobe "\$@"' >> /newroot/tmp/modprobe
 chmod +x /newroot/tmp/modprobe
-chroot /newroot /bin/sh -c 'PATH=/tmp:\$PATH; export PATH; busybox modprobe crc32c_generic 2>/dev/null; cd $PWD && sh $run/command'
+chroot /newroot /bin/sh -c 'PATH=/tmp:\$PATH; export PATH; busybox modprobe crc32c_generic 2>/dev/null; cd $PWD && bash $run/command'
 echo "kernel-lab-status: \$?"
 poweroff -f
 INIT

@@ -3,8 +3,11 @@
 set -euo pipefail
 # haproxy and ruby: bindkeeper's reload tests and its multibinder-compatibility client; util-linux: setpriv;
 # systemd: systemd-analyze verifies the units; systemd-container: systemd-nspawn boots a real systemd
-# for the units' tests (RealSystemdTests).
-packages=(libnetfilter-queue-dev libmnl-dev pkg-config iptables iproute2 gcc haproxy ruby python3 util-linux systemd systemd-container)
+# for the units' tests (RealSystemdTests); qemu-system-x86, busybox-static, cpio and xz-utils: the
+# kernel lab (scripts/kernel-lab.sh, KernelLabTests) boots Debian's kernels; nftables: nft, which loads the
+# shipped rules there.
+packages=(libnetfilter-queue-dev libmnl-dev pkg-config iptables iproute2 gcc haproxy ruby python3 util-linux systemd systemd-container
+    qemu-system-x86 busybox-static cpio xz-utils nftables)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -1,0 +1,45 @@
+import Foundation
+import XCTest
+
+/// Debian's own kernels (6.1 of Debian 12, 6.12 of its backports) booted by `scripts/kernel-lab.sh`
+/// under qemu: what this machine's kernel cannot show (it has no fou, no nft `queue`, no modules).
+final class KernelLabTests: XCTestCase {
+    /// Runs `script` (bash) in a guest of `series`: (status, output).
+    func inGuest(_ series: String, _ script: String) throws -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = Lab.packageRoot.appendingPathComponent("scripts/kernel-lab.sh")
+        process.arguments = [series, "bash", "-c", script]
+        process.environment = ProcessInfo.processInfo.environment.merging(["TIMEOUT": "240"]) { $1 }
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        return (process.terminationStatus, output)
+    }
+
+    /// The shipped nft rules load unchanged and queue; fou takes GUE on the port; doctor sees both.
+    /// The guest's exit status comes back.
+    func testTheShippedNftRulesAndFouOnDebiansKernels() throws {
+        let doctor = Lab.binaries.appendingPathComponent("second-chance").path
+        for series in ["6.1", "6.12"] {
+            let (status, output) = try inGuest(
+                series,
+                """
+                set -e
+                uname -r
+                for m in fou nfnetlink_queue nft_queue veth; do modprobe $m; done
+                ip netns add lab1
+                ip netns exec lab1 nft -f examples/iptables/proxyside.nft
+                ip netns exec lab1 ip fou add port 19523 gue
+                ip netns exec lab1 \(doctor) doctor --queue 0 || true
+                exit 7
+                """)
+            XCTAssertEqual(status, 7, "the command's own status: \(output)")
+            XCTAssertTrue(output.contains("\(series)."), "booted \(series): \(output)")
+            XCTAssertTrue(output.contains("[ ok ] fou: GUE on port 19523"), output)
+            XCTAssertTrue(output.contains("[ ok ] nft: ip saddr @glb_peers udp dport 19523 queue"), output)
+        }
+    }
+}
