@@ -6,17 +6,9 @@ import XCTest
 final class KernelLabTests: XCTestCase {
     /// Runs `script` (bash) in a guest of `series`: (status, output).
     func inGuest(_ series: String, _ script: String) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = Lab.packageRoot.appendingPathComponent("scripts/kernel-lab.sh")
-        process.arguments = [series, "bash", "-c", script]
-        process.environment = ProcessInfo.processInfo.environment.merging(["TIMEOUT": "240"]) { $1 }
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        return (process.terminationStatus, output)
+        try Lab.run(
+            Lab.packageRoot.appendingPathComponent("scripts/kernel-lab.sh").path, [series, "bash", "-c", script],
+            environment: ProcessInfo.processInfo.environment.merging(["TIMEOUT": "240"]) { $1 })
     }
 
     /// The shipped nft rules load unchanged and queue; fou takes GUE on the port; doctor sees both.

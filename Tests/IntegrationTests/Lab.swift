@@ -198,19 +198,26 @@ final class Lab {
 
     @discardableResult
     static func shell(_ command: String) throws -> String {
+        let (status, output) = try run("/bin/bash", ["-c", command])
+        guard status == 0 else { throw LabError("`\(command)` failed (\(status)): \(output)") }
+        return output
+    }
+
+    /// Runs `path` to its end in the test's own namespace: (exit status, both streams).
+    static func run(_ path: String, _ arguments: [String], environment: [String: String]? = nil) throws -> (
+        status: Int32, output: String
+    ) {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/bash")
-        process.arguments = ["-c", command]
+        process.executableURL = URL(fileURLWithPath: path)
+        process.arguments = arguments
+        if let environment { process.environment = environment }
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe
         try process.run()
         let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw LabError("`\(command)` failed (\(process.terminationStatus)): \(output)")
-        }
-        return output
+        return (process.terminationStatus, output)
     }
 
     func waitFor(_ what: String, seconds: Double = 5, _ condition: () throws -> Bool) throws {
