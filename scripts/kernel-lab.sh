@@ -58,7 +58,7 @@ modules=$kernel/root/lib/modules/$release
 
 # The initramfs: busybox, the modules that reach the 9p root, and an init that mounts it, lays a
 # tmpfs over it, runs the command from the shared directory and powers off with its status.
-# In the work tree, not /tmp: the guest's /tmp is a tmpfs of its own.
+# In the work tree, which the guest sees where this machine has it.
 run=$(mktemp -d "$store/run.XXXXXX")
 trap 'rm -rf "$run"' EXIT
 printf '%q ' "$@" > "$run/command"
@@ -88,14 +88,16 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 host /host || { ech
 mount -t tmpfs tmpfs /upper && mkdir -p /upper/u /upper/w
 mount -t overlay overlay -o lowerdir=/host,upperdir=/upper/u,workdir=/upper/w /newroot
 for d in proc sys dev; do mount --move /\$d /newroot/\$d; done
+# /run is the guest's own (the host's namespaces and sockets mean nothing there); /tmp is the
+# host's, written in the overlay: a work tree under /tmp must stay visible.
 mount -t tmpfs tmpfs /newroot/run
-mount -t tmpfs tmpfs /newroot/tmp
 mkdir -p /newroot/lib/modules/$release /newroot/sys/fs/bpf && mount --bind /host$modules /newroot/lib/modules/$release
 mount -t bpf bpf /newroot/sys/fs/bpf 2>/dev/null
 # modprobe: busybox's, which reads the depmod above (crc32c first: libcrc32c's soft dependency).
-echo '#!/bin/sh' > /newroot/tmp/modprobe && echo 'exec busybox modprobe "\$@"' >> /newroot/tmp/modprobe
-chmod +x /newroot/tmp/modprobe
-chroot /newroot /bin/sh -c 'PATH=/tmp:\$PATH; export PATH; busybox modprobe crc32c_generic 2>/dev/null; cd $PWD && bash $run/command'
+mkdir -p /newroot/run/kernel-lab
+echo '#!/bin/sh' > /newroot/run/kernel-lab/modprobe && echo 'exec busybox modprobe "\$@"' >> /newroot/run/kernel-lab/modprobe
+chmod +x /newroot/run/kernel-lab/modprobe
+chroot /newroot /bin/sh -c 'PATH=/run/kernel-lab:\$PATH; export PATH; busybox modprobe crc32c_generic 2>/dev/null; cd $PWD && bash $run/command'
 echo "kernel-lab-status: \$?"
 poweroff -f
 INIT
