@@ -61,6 +61,24 @@ extension Broker {
         }
     }
 
+    /// Why the policy does not let `peer` bind `request` as it stands (its owner and group
+    /// resolved), counted; nil when it may.
+    func refusal(of request: BindRequest, to peer: Peer) -> Wire.RPCError? {
+        let owner: UInt32?, group: UInt32?
+        do {
+            owner = try request.owner.map { try Accounts.uid($0) }
+            group = try request.group.map { try Accounts.gid($0) }
+        } catch {
+            return .bindFailed("\(error)")
+        }
+        guard
+            let denial = options.policy.denial(
+                uid: peer.uid, gid: peer.gid, request: request, owner: owner, group: group)
+        else { return nil }
+        statistics.denied += 1
+        return .permissionDenied(denial)
+    }
+
     /// All or none: every request is checked (policy, conflicts with the broker's sockets and
     /// within the batch, the user's socket limit) before any socket is made, and the new sockets
     /// are kept only once every one of them is made.
@@ -68,19 +86,7 @@ extension Broker {
         var creating: Set<String> = []
         var inBatch: [String: BindRequest] = [:]
         for request in requests {
-            let owner: UInt32?, group: UInt32?
-            do {
-                owner = try request.owner.map { try Accounts.uid($0) }
-                group = try request.group.map { try Accounts.gid($0) }
-            } catch {
-                return .failure(.bindFailed("\(error)"))
-            }
-            if let denial = options.policy.denial(
-                uid: peer.uid, gid: peer.gid, request: request, owner: owner, group: group)
-            {
-                statistics.denied += 1
-                return .failure(.permissionDenied(denial))
-            }
+            if let refusal = refusal(of: request, to: peer) { return .failure(refusal) }
             if let existing = sockets[request.key], let conflict = existing.request.conflict(with: request) {
                 statistics.conflicts += 1
                 return .failure(.conflict(conflict))
@@ -149,19 +155,7 @@ extension Broker {
             guard let entry = sockets[request.key] else {
                 return .failure(.bindFailed("\(request.key): the broker holds no such socket"))
             }
-            let owner: UInt32?, group: UInt32?
-            do {
-                owner = try entry.request.owner.map { try Accounts.uid($0) }
-                group = try entry.request.group.map { try Accounts.gid($0) }
-            } catch {
-                return .failure(.bindFailed("\(error)"))
-            }
-            if let denial = options.policy.denial(
-                uid: peer.uid, gid: peer.gid, request: entry.request, owner: owner, group: group)
-            {
-                statistics.denied += 1
-                return .failure(.permissionDenied(denial))
-            }
+            if let refusal = refusal(of: entry.request, to: peer) { return .failure(refusal) }
             keys.append(request.key)
         }
         for key in keys {

@@ -74,6 +74,9 @@ public final class HAProxySupervisor {
         func release() { for fd in fds { close(fd) } }
     }
 
+    /// The template as it is on disk now.
+    func templateText() throws -> String { try String(contentsOfFile: options.template, encoding: .utf8) }
+
     /// Renders template `text` to `path` with sockets from the broker.
     func prepare(_ text: String, to path: String) throws -> Prepared {
         let template = try ConfigTemplate.parse(text).get()
@@ -104,7 +107,7 @@ public final class HAProxySupervisor {
         let path = options.rendered + ".check"
         defer { unlink(path) }
         do {
-            let prepared = try prepare(try String(contentsOfFile: options.template, encoding: .utf8), to: path)
+            let prepared = try prepare(try templateText(), to: path)
             defer { prepared.release() }
             let status = try check(path)
             logger.info(
@@ -125,7 +128,7 @@ public final class HAProxySupervisor {
             try Signals.install(shutdown: stop, reload: reload)
             try Signals.forward(SIGUSR2, to: reload)
             try Signals.forward(SIGCHLD, to: child)
-            try start(try String(contentsOfFile: options.template, encoding: .utf8))
+            try start(try templateText())
         } catch {
             logger.info("start: \(error)")
             return 1
@@ -136,7 +139,7 @@ public final class HAProxySupervisor {
             if fds[0].revents != 0 { return shutDown() }
             if fds[1].revents != 0 {
                 reload.consume()
-                do { try start(try String(contentsOfFile: options.template, encoding: .utf8)) } catch {
+                do { try start(try templateText()) } catch {
                     logger.info("reload refused, the running instance keeps serving: \(error)")
                 }
             }

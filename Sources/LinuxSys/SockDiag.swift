@@ -206,7 +206,7 @@ public final class SockDiag {
         request.pointee.idiag_ext = UInt8(1 << (INET_DIAG_SKMEMINFO - 1))
         request.pointee.idiag_states = states
         request.pointee.id.idiag_cookie = (UInt32.max, UInt32.max)  // INET_DIAG_NOCOOKIE
-        // A filter longer than the request buffer holds (over 670 ports) is left out: the dump is
+        // A filter longer than the request buffer holds (over 661 ports) is left out: the dump is
         // then only larger, and the caller keeps what it asked for.
         if let filter, filter.count <= Self.bufferSize - 256 {
             filter.withUnsafeBytes { mnl_attr_put(nlh, UInt16(INET_DIAG_REQ_BYTECODE), $0.count, $0.baseAddress) }

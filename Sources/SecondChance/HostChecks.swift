@@ -299,11 +299,15 @@ public enum HostChecks {
         if let iptables, !forwardChainAccepts(iptablesSave: iptables) {
             return (.raw, "the FORWARD chain filters or drops (iptables-save)")
         }
-        let dropsInvalid = invalidDrops(nftRuleset: nft ?? "") + invalidDrops(iptablesSave: iptables ?? "")
-        if responder, let rule = dropsInvalid.first {
+        if responder, let rule = invalidDrops(nftRuleset: nft, iptablesSave: iptables).first {
             return (.raw, "\(rule) would drop the SYN-cookie responder's SYN-ACKs (conntrack INVALID)")
         }
         return (.kernel, "ip_forward and accept_local are on and nothing filters forwarded packets")
+    }
+
+    /// Both tools' rules that drop conntrack INVALID after the queue (either may be unreadable).
+    static func invalidDrops(nftRuleset: String?, iptablesSave: String?) -> [String] {
+        invalidDrops(nftRuleset: nftRuleset ?? "") + invalidDrops(iptablesSave: iptablesSave ?? "")
     }
 
     /// Rules after conntrack on the way in (any table but raw, PREROUTING or FORWARD) that drop or
@@ -475,9 +479,8 @@ public enum HostChecks {
 
         if forwarding == .kernel {
             checks += kernelForwarding(interfaces: allowedSources.map(gueInterfaces))
-            let rules =
-                invalidDrops(nftRuleset: commandOutput("nft list ruleset") ?? "")
-                + invalidDrops(iptablesSave: commandOutput("iptables-save") ?? "")
+            let rules = invalidDrops(
+                nftRuleset: commandOutput("nft list ruleset"), iptablesSave: commandOutput("iptables-save"))
             for rule in rules {
                 checks.append(
                     HostCheck(
