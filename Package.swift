@@ -1,4 +1,4 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 import PackageDescription
 
 let argumentParser = Target.Dependency.product(name: "ArgumentParser", package: "swift-argument-parser")
@@ -24,6 +24,9 @@ let package = Package(
             providers: [.apt(["libnetfilter-queue-dev"])]),
         .systemLibrary(name: "CMnl", pkgConfig: "libmnl", providers: [.apt(["libmnl-dev"])]),
         .target(name: "CLinuxShims"),
+        .systemLibrary(name: "CBPF", pkgConfig: "libbpf", providers: [.apt(["libbpf-dev"])]),
+        // The map layouts and counter slots the tc program and the daemon share.
+        .target(name: "CFastPathABI"),
 
         // Pure: addresses, flows, listener keys, prefixes, checksums, byte access. No system calls.
         .target(name: "NetTypes"),
@@ -36,12 +39,19 @@ let package = Package(
         // second-chance's pure packet and decision code: GUE, inner packets, the decision, the flow
         // cache, the forwarding rewrite, the overflow tracker, the SYN-ACK writer, BPF programs.
         .target(name: "SecondChanceCore", dependencies: ["NetTypes"]),
+        // second-chance's tc program, compiled from bpf/ with clang -target bpf by the build and
+        // embedded (BPFObjectPlugin); the one deliberate second implementation of the decision.
+        .target(name: "FastPathProgram", exclude: ["bpf"], plugins: ["BPFObjectPlugin"]),
+        .plugin(
+            name: "BPFObjectPlugin", capability: .buildTool(), dependencies: ["bpf-embed"],
+            path: "Sources/BPFObjectPlugin"),
+        .executableTarget(name: "bpf-embed"),
         // second-chance on Linux: NFQUEUE, the raw sender, the cookie oracle, the worker, the responder.
         .target(
             name: "SecondChance",
             dependencies: [
                 "SecondChanceCore", "NetTypes", "LinuxSys", "Telemetry", "CNetfilterQueue", "CMnl", "CLinuxShims",
-                logging,
+                "CBPF", "CFastPathABI", "FastPathProgram", logging,
             ]),
 
         // bindkeeper's pure parts: requests, policy, templates, wire forms, hand-over state.
@@ -86,6 +96,7 @@ let package = Package(
             name: "SecondChanceCoreTests",
             dependencies: [
                 "SecondChanceCore", "SecondChance", "NetTypes", "LinuxSys", "Telemetry", "LabKit", "TestSupport",
+                "CFastPathABI",
             ]),
         .testTarget(name: "LinuxSysTests", dependencies: ["LinuxSys", "NetTypes", "TestSupport"]),
         .testTarget(
@@ -95,7 +106,7 @@ let package = Package(
             name: "IntegrationTests",
             dependencies: [
                 "SecondChanceCore", "SecondChance", "BindkeeperCore", "Bindkeeper", "NetTypes", "LinuxSys", "Telemetry",
-                "LabKit", "second-chance", "glb-lab", "bindkeeper",
+                "LabKit", "TestSupport", "CFastPathABI", "second-chance", "glb-lab", "bindkeeper",
             ],
             exclude: ["Fixtures"]),
         // Tests/Fuzz holds libFuzzer targets and their seeds, built by scripts/fuzz.sh with swiftc.

@@ -5,8 +5,9 @@ set -euo pipefail
 # systemd: systemd-analyze verifies the units; systemd-container: systemd-nspawn boots a real systemd
 # for the units' tests (RealSystemdTests); qemu-system-x86, busybox-static, cpio and xz-utils: the
 # kernel lab (scripts/kernel-lab.sh, KernelLabTests) boots Debian's kernels; nftables: nft, which loads the
-# shipped rules there.
-packages=(libnetfilter-queue-dev libmnl-dev pkg-config iptables iproute2 gcc haproxy ruby python3 util-linux systemd systemd-container
+# shipped rules there; libbpf-dev: the tc fast path is loaded with libbpf (its object is compiled by the Swift
+# toolchain's clang).
+packages=(libnetfilter-queue-dev libmnl-dev libbpf-dev pkg-config iptables iproute2 gcc haproxy ruby python3 util-linux systemd systemd-container
     qemu-system-x86 busybox-static cpio xz-utils nftables)
 missing=()
 for package in "${packages[@]}"; do

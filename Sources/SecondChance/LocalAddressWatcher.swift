@@ -180,6 +180,7 @@ public final class LocalAddressWatcher: @unchecked Sendable {
                     return
                 }
                 switch route {
+                case .broadcast(let address): addresses.broadcast.insert(address)
                 // 127.0.0.0/8 is loopback's, which no packet from outside may reach; the host's
                 // own routes (one per address, ::1 and link-local among them) are its addresses.
                 case .v4(let prefix) where prefix.network.value >> 24 != 127:
@@ -201,10 +202,15 @@ public final class LocalAddressWatcher: @unchecked Sendable {
         return addresses
     }
 
-    enum LocalRoute { case v4(IPv4Prefix), v6(IPv6Prefix) }
+    enum LocalRoute {
+        case v4(IPv4Prefix), v6(IPv6Prefix)
+        /// A broadcast route: the kernel adds one for each subnet's directed broadcast address,
+        /// whether or not the address was given one (IFA_BROADCAST).
+        case broadcast(IPv4Address)
+    }
 
-    /// The destination of an RTM_NEWROUTE or RTM_DELROUTE of type local in the local table (a
-    /// route's table is RTA_TABLE where present, as tables above 255 need); nil for any other.
+    /// The destination of an RTM_NEWROUTE or RTM_DELROUTE of type local or broadcast in the local
+    /// table (a route's table is RTA_TABLE where present, as tables above 255 need); nil for any other.
     static func localRoute(_ message: UnsafePointer<nlmsghdr>) -> LocalRoute? {
         guard Int(mnl_nlmsg_get_payload_len(message)) >= MemoryLayout<rtmsg>.size else { return nil }
         let header = UnsafeRawPointer(mnl_nlmsg_get_payload(message)!).loadUnaligned(as: rtmsg.self)
@@ -212,8 +218,15 @@ public final class LocalAddressWatcher: @unchecked Sendable {
         let table =
             attributes[UInt16(RTA_TABLE.rawValue)].flatMap { $0.count >= 4 ? $0.loadUnaligned(as: UInt32.self) : nil }
             ?? UInt32(header.rtm_table)
-        guard table == RT_TABLE_LOCAL.rawValue, header.rtm_type == UInt8(RTN_LOCAL) else { return nil }
+        guard table == RT_TABLE_LOCAL.rawValue,
+            header.rtm_type == UInt8(RTN_LOCAL) || header.rtm_type == UInt8(RTN_BROADCAST)
+        else { return nil }
         let destination = attributes[UInt16(RTA_DST.rawValue)]
+        if header.rtm_type == UInt8(RTN_BROADCAST) {
+            guard header.rtm_family == UInt8(AF_INET), header.rtm_dst_len == 32, let destination, destination.count == 4
+            else { return nil }
+            return .broadcast(IPv4Address(destination.be32(0)))
+        }
         switch (Int32(header.rtm_family), destination?.count) {
         case (AF_INET, 4?) where header.rtm_dst_len <= 32:
             return .v4(IPv4Prefix(network: IPv4Address(destination!.be32(0)), length: header.rtm_dst_len))

@@ -1,0 +1,180 @@
+import CFastPathABI
+import Glibc
+import LinuxSys
+import Logging
+import NetTypes
+import SecondChanceCore
+import Synchronization
+
+/// `--fast-path`: where packets are decided.
+public enum FastPathChoice: String, Sendable, CaseIterable {
+    /// tc where the program loads and attaches, otherwise NFQUEUE alone (said once, with the reason).
+    case auto
+    /// tc, or the daemon does not start.
+    case tc
+    /// NFQUEUE alone; a filter an earlier process left is removed.
+    case off
+}
+
+/// What a clean stop does with the program.
+public enum FastPathStop: String, Sendable, CaseIterable {
+    /// Removed: after the stop every GUE packet meets the NFQUEUE rule.
+    case detach
+    /// Left deciding with the maps as they were (for a restart); the next daemon adopts it.
+    case keep
+}
+
+/// second-chance's tc program at work: loaded, configured, attached at ingress of the interfaces
+/// GUE arrives on, pinned, kept current. A new process adopts the maps of the program it finds
+/// attached (when they have this build's layout) and replaces the program in place, so flows it
+/// decides never see a gap: not across a re-exec, an upgrade, or a crash and restart.
+///
+/// `@unchecked Sendable`: the settings are behind a mutex; everything else is set in `init`.
+public final class FastPath: @unchecked Sendable {
+    public let object: FastPathObject
+    public let maps: FastPathMaps
+    public let interfaces: [String]
+    public let program: FastPathProgramInfo
+    /// The id of the program this one replaced, when maps were adopted from it.
+    public let adoptedFrom: UInt32?
+    /// Where the program and maps are pinned, if a bpffs is mounted at /sys/fs/bpf.
+    public let pinDirectory: String?
+    private let settings: Mutex<FastPathSettings>
+
+    public static let bpffs = "/sys/fs/bpf"
+
+    /// The pin directory for this network namespace: one daemon's program per namespace.
+    public static func defaultPinDirectory() -> String {
+        var info = stat()
+        let namespace = stat("/proc/self/ns/net", &info) == 0 ? String(info.st_ino) : "unknown"
+        return "\(bpffs)/proxyside/second-chance/netns-\(namespace)"
+    }
+
+    public init(
+        settings: FastPathSettings, local: LocalAddresses, interfaces: [String],
+        pinDirectory: String? = FastPath.defaultPinDirectory(), logger: Logger
+    ) throws {
+        guard !interfaces.isEmpty else {
+            throw FastPathError(
+                "no interface to attach to (no route to the peers; give --fast-path-interface)", errno: ENODEV)
+        }
+        for interface in interfaces { _ = try FastPathKernel.interfaceIndex(interface) }
+        // The maps of the program already deciding, if it is ours and of this layout: counters
+        // and sets carry on, and nothing is ever read under another layout.
+        var reusable: [String: Int32] = [:]
+        var adoptedFrom: UInt32?
+        for interface in interfaces {
+            guard let id = FastPathKernel.attachedProgram(interface: interface) else { continue }
+            guard let maps = try? FastPathKernel.openMaps(ofProgram: id) else { continue }
+            let layout = maps["fp_config"].flatMap(FastPathKernel.configuredLayout)
+            if layout == UInt32(FP_LAYOUT), Set(maps.keys) == Set(FastPathObject.mapNames) {
+                reusable = maps
+                adoptedFrom = id
+                break
+            }
+            logger.info(
+                """
+                fast path: the program attached to \(interface) (id \(id)) has maps of another layout \
+                (\(layout.map(String.init) ?? "unreadable")); it is replaced with new maps
+                """
+            )
+            maps.values.forEach { close($0) }
+        }
+        defer { reusable.values.forEach { close($0) } }
+        object = try FastPathObject(reusing: reusable)
+        maps = FastPathMaps(object)
+        self.interfaces = interfaces
+        self.adoptedFrom = adoptedFrom
+        self.settings = Mutex(settings)
+        // Maps first, then the attachment: the program decides nothing with a half-written map.
+        try maps.write(local)
+        try maps.write(settings)
+        for interface in interfaces { try FastPathKernel.attach(programFD: object.programFD, interface: interface) }
+        program = try FastPathKernel.programInfo(fd: object.programFD, id: 0)
+        if let pinDirectory, FastPathKernel.isBPFFilesystem(FastPath.bpffs) {
+            do {
+                try Self.makeDirectories(pinDirectory)
+                try FastPathKernel.pin(object.programFD, at: pinDirectory + "/program")
+                for (name, fd) in object.maps { try FastPathKernel.pin(fd, at: pinDirectory + "/" + name) }
+                self.pinDirectory = pinDirectory
+            } catch {
+                logger.info("fast path: not pinned: \(error)")
+                self.pinDirectory = nil
+            }
+        } else {
+            self.pinDirectory = nil
+        }
+    }
+
+    static func makeDirectories(_ path: String) throws {
+        var prefix = ""
+        for part in path.split(separator: "/") {
+            prefix += "/" + part
+            guard mkdir(prefix, 0o700) == 0 || errno == EEXIST else {
+                throw FastPathError("mkdir \(prefix)", errno: errno)
+            }
+        }
+    }
+
+    /// One line for the log and `stats`.
+    public var summary: String {
+        let adopted = adoptedFrom.map { ", maps adopted from program \($0)" } ?? ""
+        let pinned = pinDirectory.map { ", pinned in \($0)" } ?? ""
+        return
+            "tc on \(interfaces.joined(separator: ",")) (program \(program.id), tag \(program.tag)\(adopted)\(pinned))"
+    }
+
+    public func update(_ local: LocalAddresses) throws { try maps.write(local) }
+
+    /// SYNs go up while the responder serves some listener, and are decided here otherwise.
+    public func setSynsUp(_ up: Bool) throws {
+        let changed = settings.withLock { settings -> FastPathSettings? in
+            guard settings.synsUp != up else { return nil }
+            settings.synsUp = up
+            return settings
+        }
+        if let changed { try maps.write(changed) }
+    }
+
+    public func counters() -> FastPathCounterValues { maps.readCounters() }
+
+    /// Keeps the maps current until `stop`: this host's addresses as the watcher publishes them,
+    /// and whether the responder wants the SYNs.
+    public func run(stop: EventFD, addresses: LocalAddressBoard, responder: ResponderBoard?, logger: Logger) {
+        var generation = addresses.generation
+        var event = pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0)
+        while poll(&event, 1, 50) >= 0 || errno == EINTR {
+            if event.revents != 0 { return }
+            do {
+                if addresses.generation != generation {
+                    let snapshot = addresses.snapshot()
+                    generation = snapshot.generation
+                    try update(snapshot.addresses)
+                }
+                if let responder { try setSynsUp(!responder.snapshot().listeners.isEmpty) }
+            } catch {
+                logger.warning("fast path: \(error)")
+            }
+        }
+    }
+
+    /// The clean stop's choice; a crash leaves the program attached, like `keep`.
+    public func stop(_ choice: FastPathStop, logger: Logger) {
+        guard choice == .detach else {
+            logger.info("fast path: left attached (--fast-path-stop keep); the next daemon adopts it")
+            return
+        }
+        Self.remove(interfaces: interfaces, pinDirectory: pinDirectory, logger: logger)
+    }
+
+    /// Removes second-chance's filter from `interfaces` and its pins.
+    public static func remove(interfaces: [String], pinDirectory: String?, logger: Logger) {
+        for interface in interfaces {
+            do { try FastPathKernel.detach(interface: interface) } catch { logger.warning("fast path: \(error)") }
+        }
+        if let pinDirectory {
+            for name in ["program"] + FastPathObject.mapNames { unlink(pinDirectory + "/" + name) }
+            rmdir(pinDirectory)
+        }
+    }
+}

@@ -1,0 +1,288 @@
+import CBPF
+import CFastPathABI
+import FastPathProgram
+import Glibc
+import LinuxSys
+import NetTypes
+
+/// What failed when the tc program was loaded, attached or read, with the kernel's words for it.
+public struct FastPathError: Error, CustomStringConvertible {
+    public var description: String
+    init(_ what: String, errno code: Int32, log: String = "") {
+        let verifier = log.isEmpty ? "" : "; verifier: " + Self.lastLines(log)
+        description = "\(what): \(String(cString: strerror(code)))\(verifier)"
+    }
+
+    /// The verifier's last lines say what it refused; the whole log can be megabytes.
+    static func lastLines(_ log: String) -> String {
+        log.split(separator: "\n").suffix(3).joined(separator: " | ")
+    }
+}
+
+/// The tc program loaded into the kernel, with its maps: libbpf's object, kept open while it is used.
+///
+/// `@unchecked Sendable`: after `load` nothing here changes; the descriptors are the kernel's.
+public final class FastPathObject: @unchecked Sendable {
+    private let object: OpaquePointer
+    public let programFD: Int32
+    /// The map descriptors by name (fp_config, fp_sources, ...).
+    public let maps: [String: Int32]
+    /// Whether the maps are those of a program already attached (adopted), rather than new.
+    public let adoptedMaps: Bool
+
+    public static let programName = "second_chance_fast_path"
+    public static let mapNames = [
+        "fp_config", "fp_sources", "fp_hops", "fp_local4", "fp_local6", "fp_broadcast4", "fp_counters",
+    ]
+
+    /// Loads the embedded object (the kernel verifies it). `reusing`: maps by name, of the layout
+    /// this build writes, that the new program is to use instead of new ones.
+    public init(reusing: [String: Int32] = [:]) throws {
+        libbpf_set_print(nil)  // failures are reported through errors, never as stray stderr lines
+        let logSize = 1 << 20
+        let log = UnsafeMutablePointer<CChar>.allocate(capacity: logSize)
+        defer { log.deallocate() }
+        log[0] = 0
+        let bytes = FastPathProgram.object
+        var options = bpf_object_open_opts()
+        options.sz = MemoryLayout<bpf_object_open_opts>.size
+        options.kernel_log_buf = log
+        options.kernel_log_size = logSize
+        let opened = bytes.withUnsafeBytes { buffer in
+            "second-chance".withCString { name in
+                options.object_name = name
+                return bpf_object__open_mem(buffer.baseAddress, buffer.count, &options)
+            }
+        }
+        guard let object = opened else { throw FastPathError("opening the embedded BPF object", errno: errno) }
+        var reused = false
+        for (name, fd) in reusing {
+            guard let map = bpf_object__find_map_by_name(object, name) else { continue }
+            let result = bpf_map__reuse_fd(map, fd)
+            if result < 0 {
+                bpf_object__close(object)
+                throw FastPathError("reusing map \(name)", errno: -result)
+            }
+            reused = true
+        }
+        let loaded = bpf_object__load(object)
+        if loaded < 0 {
+            let text = String(cString: log)
+            bpf_object__close(object)
+            throw FastPathError("loading the tc program", errno: -loaded, log: text)
+        }
+        guard let program = bpf_object__find_program_by_name(object, Self.programName) else {
+            bpf_object__close(object)
+            throw FastPathError("the object has no program \(Self.programName)", errno: ENOENT)
+        }
+        var maps: [String: Int32] = [:]
+        for name in Self.mapNames {
+            guard let map = bpf_object__find_map_by_name(object, name) else {
+                bpf_object__close(object)
+                throw FastPathError("the object has no map \(name)", errno: ENOENT)
+            }
+            maps[name] = bpf_map__fd(map)
+        }
+        self.object = object
+        programFD = bpf_program__fd(program)
+        self.maps = maps
+        adoptedMaps = reused
+    }
+
+    deinit { bpf_object__close(object) }
+
+    public func map(_ name: String) -> Int32 { maps[name]! }
+}
+
+/// The program's identity as the kernel reports it.
+public struct FastPathProgramInfo: Sendable, Equatable {
+    public var id: UInt32
+    /// The kernel's hash of the instructions: equal tags, equal programs.
+    public var tag: String
+    public var name: String
+    /// Map ids by name.
+    public var maps: [String: UInt32]
+}
+
+/// tc attachment (a clsact ingress filter, as `tc filter add ... bpf da` makes: every kernel with
+/// BPF has it) and the kernel's view of programs and maps by id.
+public enum FastPathKernel {
+    /// Where second-chance's filter sits in an interface's ingress list: a fixed priority and handle,
+    /// so that a new program replaces the old one in place and a new process finds it.
+    public static let filterPriority: UInt32 = 1
+    public static let filterHandle: UInt32 = 0x19523
+
+    static func hook(_ ifindex: UInt32) -> bpf_tc_hook {
+        var hook = bpf_tc_hook()
+        hook.sz = MemoryLayout<bpf_tc_hook>.size
+        hook.ifindex = Int32(bitPattern: ifindex)
+        hook.attach_point = BPF_TC_INGRESS
+        return hook
+    }
+
+    static func filter(programFD: Int32 = 0, replace: Bool = false) -> bpf_tc_opts {
+        var options = bpf_tc_opts()
+        options.sz = MemoryLayout<bpf_tc_opts>.size
+        options.prog_fd = programFD
+        options.handle = filterHandle
+        options.priority = filterPriority
+        options.flags = replace ? BPF_TC_F_REPLACE.rawValue : 0
+        return options
+    }
+
+    public static func interfaceIndex(_ name: String) throws -> UInt32 {
+        let index = if_nametoindex(name)
+        guard index != 0 else { throw FastPathError("interface \(name)", errno: errno) }
+        return index
+    }
+
+    /// Attaches `programFD`, replacing in one step whatever program held the filter's place.
+    public static func attach(programFD: Int32, interface: String) throws {
+        var hook = hook(try interfaceIndex(interface))
+        let created = bpf_tc_hook_create(&hook)
+        guard created == 0 || created == -EEXIST else {
+            throw FastPathError("adding the clsact qdisc to \(interface)", errno: -created)
+        }
+        var options = filter(programFD: programFD, replace: true)
+        let attached = bpf_tc_attach(&hook, &options)
+        guard attached == 0 else { throw FastPathError("attaching to \(interface) ingress", errno: -attached) }
+    }
+
+    /// The program in second-chance's filter place on `interface`, if there is one.
+    public static func attachedProgram(interface: String) -> UInt32? {
+        guard let index = try? interfaceIndex(interface) else { return nil }
+        var hook = hook(index)
+        var options = filter()
+        guard bpf_tc_query(&hook, &options) == 0, options.prog_id != 0 else { return nil }
+        return options.prog_id
+    }
+
+    /// Removes second-chance's filter (nothing else) from `interface`; the clsact qdisc stays,
+    /// since other filters may use it.
+    public static func detach(interface: String) throws {
+        var hook = hook(try interfaceIndex(interface))
+        var options = filter()
+        let result = bpf_tc_detach(&hook, &options)
+        guard result == 0 || result == -ENOENT else {
+            throw FastPathError("detaching from \(interface)", errno: -result)
+        }
+    }
+
+    /// Name, tag and maps of program `id`.
+    public static func programInfo(id: UInt32) throws -> FastPathProgramInfo {
+        let fd = bpf_prog_get_fd_by_id(id)
+        guard fd >= 0 else { throw FastPathError("program \(id)", errno: errno) }
+        defer { close(fd) }
+        return try programInfo(fd: fd, id: id)
+    }
+
+    static func programInfo(fd: Int32, id: UInt32) throws -> FastPathProgramInfo {
+        var info = bpf_prog_info()
+        var length = UInt32(MemoryLayout<bpf_prog_info>.size)
+        guard bpf_obj_get_info_by_fd(fd, &info, &length) == 0 else { throw FastPathError("program info", errno: errno) }
+        var ids = [UInt32](repeating: 0, count: Int(info.nr_map_ids))
+        if !ids.isEmpty {
+            var again = bpf_prog_info()
+            again.nr_map_ids = UInt32(ids.count)
+            let result = ids.withUnsafeMutableBufferPointer { buffer in
+                again.map_ids = UInt64(UInt(bitPattern: buffer.baseAddress))
+                length = UInt32(MemoryLayout<bpf_prog_info>.size)
+                return bpf_obj_get_info_by_fd(fd, &again, &length)
+            }
+            guard result == 0 else { throw FastPathError("program map ids", errno: errno) }
+        }
+        var maps: [String: UInt32] = [:]
+        for mapID in ids {
+            let mapFD = bpf_map_get_fd_by_id(mapID)
+            guard mapFD >= 0 else { continue }
+            if let name = try? mapName(fd: mapFD) { maps[name] = mapID }
+            close(mapFD)
+        }
+        let tag = withUnsafeBytes(of: info.tag) { $0.map { String($0, radix: 16).leftPadded(2) }.joined() }
+        let name = withUnsafeBytes(of: info.name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        return FastPathProgramInfo(id: info.id == 0 ? id : info.id, tag: tag, name: name, maps: maps)
+    }
+
+    static func mapName(fd: Int32) throws -> String {
+        var info = bpf_map_info()
+        var length = UInt32(MemoryLayout<bpf_map_info>.size)
+        guard bpf_obj_get_info_by_fd(fd, &info, &length) == 0 else { throw FastPathError("map info", errno: errno) }
+        return withUnsafeBytes(of: info.name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+    }
+
+    /// Descriptors of the maps of program `id`, by name; the caller closes them.
+    public static func openMaps(ofProgram id: UInt32) throws -> [String: Int32] {
+        var maps: [String: Int32] = [:]
+        for (name, mapID) in try programInfo(id: id).maps {
+            let fd = bpf_map_get_fd_by_id(mapID)
+            guard fd >= 0 else {
+                maps.values.forEach { close($0) }
+                throw FastPathError("map \(name) (id \(mapID))", errno: errno)
+            }
+            maps[name] = fd
+        }
+        return maps
+    }
+
+    /// The layout written into a configuration map (0: none yet), or nil when it cannot be read as one.
+    public static func configuredLayout(configMap fd: Int32) -> UInt32? {
+        var info = bpf_map_info()
+        var length = UInt32(MemoryLayout<bpf_map_info>.size)
+        guard bpf_obj_get_info_by_fd(fd, &info, &length) == 0,
+            info.value_size == UInt32(MemoryLayout<fp_config>.size), info.key_size == 4, info.max_entries == 1
+        else { return nil }
+        var key: UInt32 = 0
+        var value = fp_config()
+        guard bpf_map_lookup_elem(fd, &key, &value) == 0 else { return nil }
+        return value.layout
+    }
+
+    /// Runs program `fd` once on `frame` (an Ethernet frame) as if it had arrived on interface
+    /// `interfaceIndex` (BPF_PROG_TEST_RUN): the action it returned and the bytes it left. Nothing
+    /// is sent; the program's helpers see this namespace's sockets, routes and neighbours.
+    public static func testRun(programFD fd: Int32, frame: [UInt8], interfaceIndex: UInt32) throws -> (
+        action: UInt32, output: [UInt8]
+    ) {
+        var output = [UInt8](repeating: 0, count: frame.count + 256)
+        var context = __sk_buff()
+        context.ifindex = interfaceIndex
+        var options = bpf_test_run_opts()
+        options.sz = MemoryLayout<bpf_test_run_opts>.size
+        options.repeat = 1
+        let result = frame.withUnsafeBytes { input in
+            output.withUnsafeMutableBytes { out in
+                withUnsafeMutableBytes(of: &context) { contextBytes in
+                    options.data_in = input.baseAddress
+                    options.data_size_in = UInt32(input.count)
+                    options.data_out = out.baseAddress
+                    options.data_size_out = UInt32(out.count)
+                    options.ctx_in = UnsafeRawPointer(contextBytes.baseAddress)
+                    options.ctx_size_in = UInt32(contextBytes.count)
+                    return bpf_prog_test_run_opts(fd, &options)
+                }
+            }
+        }
+        guard result == 0 else { throw FastPathError("BPF_PROG_TEST_RUN", errno: -result) }
+        return (options.retval, Array(output.prefix(Int(options.data_size_out))))
+    }
+
+    /// Pins `fd` at `path` (on a bpffs), replacing what was pinned there.
+    public static func pin(_ fd: Int32, at path: String) throws {
+        unlink(path)
+        guard bpf_obj_pin(fd, path) == 0 else { throw FastPathError("pinning \(path)", errno: errno) }
+    }
+
+    /// Whether a BPF filesystem is mounted at `path` (in this mount namespace), where objects can be pinned.
+    public static func isBPFFilesystem(_ path: String) -> Bool {
+        (ProcFile.read("/proc/self/mounts") ?? "").split(separator: "\n").contains { line in
+            let fields = line.split(separator: " ")
+            return fields.count > 2 && fields[1] == path && fields[2] == "bpf"
+        }
+    }
+}
+
+extension String {
+    fileprivate func leftPadded(_ width: Int) -> String {
+        count >= width ? self : String(repeating: "0", count: width - count) + self
+    }
+}

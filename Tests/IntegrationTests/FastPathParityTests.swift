@@ -1,0 +1,377 @@
+import CFastPathABI
+import Foundation
+import Glibc
+import LabKit
+import LinuxSys
+import NetTypes
+import SecondChanceCore
+import TestSupport
+import XCTest
+
+@testable import SecondChance
+
+/// The tc program against the Swift decider, packet by packet: each packet runs through the loaded
+/// program (BPF_PROG_TEST_RUN, in proxy p1's namespace, where its helpers see p1's sockets, routes
+/// and neighbours) and through the daemon's Decider with the daemon's own socket-table answers
+/// (sock_diag). The program must give the same verdict and the same bytes, or send the packet up
+/// unchanged. The program's counters say which verdict it reached.
+final class FastPathParityTests: XCTestCase {
+    static let tcOK: UInt32 = 0, tcShot: UInt32 = 2, tcRedirect: UInt32 = 7
+
+    struct Harness {
+        let object: FastPathObject
+        let maps: FastPathMaps
+        let decider: Decider
+        var ownership: KernelFlowOwnership
+        let interfaceIndex: UInt32
+        let localMAC: [UInt8]
+        let hopMAC: [UInt8]
+        var outcomes: [String: Int] = [:]
+
+        /// Runs one outer IPv4 packet through both; returns what happened, or fails the test.
+        mutating func compare(
+            _ packet: [UInt8], _ what: @autoclosure () -> String, file: StaticString = #filePath,
+            line: UInt = #line
+        ) throws {
+            let frame = localMAC + [0x02, 0, 0, 0, 0, 0x02] + [0x08, 0x00] + packet
+            let before = maps.readCounters()
+            let (action, output) = try FastPathKernel.testRun(
+                programFD: object.programFD, frame: frame, interfaceIndex: interfaceIndex)
+            let after = maps.readCounters()
+            let delta = zip(after.slots, before.slots).map { $0 &- $1 }
+            let decision = packet.withUnsafeBytes { decider.decide($0, ownership: &ownership) }
+            let counted = delta.enumerated().filter { $0.element != 0 }.map { $0.offset }
+            func fail(_ message: String) {
+                XCTFail(
+                    "\(what()): \(message); program action \(action), slots \(counted), decider \(decision.verdict)\n"
+                        + "packet \(packet.map { String(format: "%02x", $0) }.joined())", file: file, line: line)
+            }
+            let upSlots = Set(FastPathCounters.passedUp.map { Int($0.slot.rawValue) })
+            switch action {
+            case FastPathParityTests.tcOK:
+                guard output == frame else { return fail("sent up, but changed") }
+                guard counted.count <= 1, counted.allSatisfy(upSlots.contains) else {
+                    return fail("sent up, miscounted")
+                }
+                outcomes["up", default: 0] += 1
+                if ProcessInfo.processInfo.environment["FP_DEBUG"] != nil { print("up \(what()) slots \(counted)") }
+            case FastPathParityTests.tcShot:
+                let name: CounterName
+                let label: String
+                switch decision.verdict {
+                case .drop(let reason): (name, label) = (.dropped(reason), reason.rawValue)
+                case .refuse(let refusal): (name, label) = (.refused(refusal), refusal.rawValue)
+                default: return fail("dropped, but the decider does not drop it")
+                }
+                guard let slot = FastPathCounters.slot(for: name), counted == [0, slot].sorted() else {
+                    return fail("dropped for another reason than \(name)")
+                }
+                outcomes[label, default: 0] += 1
+            case FastPathParityTests.tcRedirect:
+                guard let gue = decision.gue else { return fail("redirected an unparsed packet") }
+                switch decision.verdict {
+                case .forward(let hop):
+                    guard counted == [0, Int(FP_FORWARDED.rawValue)].sorted() else { return fail("forward miscounted") }
+                    var expected = packet
+                    expected.withUnsafeMutableBytes {
+                        GUEForwarding.rewrite($0, gue, source: decider.selfAddress, destination: hop)
+                    }
+                    guard Array(output.dropFirst(14)) == Array(expected[0..<gue.innerEnd]) else {
+                        return fail("forwarded bytes differ from the queue's")
+                    }
+                    guard Array(output.prefix(6)) == hopMAC else { return fail("forwarded to the wrong neighbour") }
+                    outcomes["forwarded", default: 0] += 1
+                case .local(let reason):
+                    guard let slot = FastPathCounters.slot(for: .local(reason)), counted == [0, slot].sorted() else {
+                        return fail("delivered for another reason than \(reason)")
+                    }
+                    let etherType: [UInt8] = gue.innerFamily == .ipv6 ? [0x86, 0xdd] : [0x08, 0x00]
+                    guard Array(output.dropFirst(14)) == Array(packet[gue.innerOffset..<gue.innerEnd]),
+                        Array(output[12..<14]) == etherType
+                    else { return fail("decapsulated bytes differ from the inner packet") }
+                    outcomes[reason.rawValue, default: 0] += 1
+                default:
+                    return fail("redirected, but the decider does not take or forward it")
+                }
+            default:
+                fail("unexpected action")
+            }
+        }
+    }
+
+    var lab: Lab!
+
+    override func tearDown() {
+        lab?.tearDown()
+        super.tearDown()
+    }
+
+    static let self4 = Lab.p1, wildcardPort: UInt16 = 8080, closedPort: UInt16 = 9999
+    static let foreignVIP = IPv4Address("198.19.7.7")!
+    static let outsider = IPv4Address("198.18.1.66")!
+
+    /// p1 of the lab with listeners on the VIP (both families) and a wildcard one, one established
+    /// connection per family from the client, and the program loaded with p1's configuration.
+    func makeHarness() throws -> (Harness, established: [FlowKey], keep: [Int32]) {
+        lab = try Lab(prefix: "pspf")
+        // The client reaches the VIP through p1 directly: real connections, with no director. p1
+        // forwards (bpf_fib_lookup answers only where the interface does).
+        try Lab.shell(
+            """
+            ip netns exec pspf-p1 sysctl -qw net.ipv4.conf.eth0.forwarding=1 && \
+            ip -n pspf-c route replace \(Lab.vip)/32 via \(Lab.p1) && \
+            ip -n pspf-c -6 route replace \(Lab.vip6)/128 via 2001:2::11
+            """)
+        let p2MAC = try Lab.shell("ip -n pspf-p2 -br link show eth0").split(separator: " ").filter { !$0.isEmpty }[2]
+        try Lab.shell("ip -n pspf-p1 neigh replace \(Lab.p2) lladdr \(p2MAC) dev eth0 nud permanent")
+        let p1MAC = try Lab.shell("ip -n pspf-p1 -br link show eth0").split(separator: " ").filter { !$0.isEmpty }[2]
+        func mac(_ text: Substring) -> [UInt8] { text.split(separator: ":").map { UInt8($0, radix: 16)! } }
+
+        var keep: [Int32] = []
+        let listeners = try lab.inside("p1") {
+            [
+                try LabSockets.listenTCP(on: .v4(Lab.vip), port: 80),
+                try LabSockets.listenTCP(on: .v6(Lab.vip6), port: 80),
+                try LabSockets.listenTCP(on: .v4(IPv4Address(0)), port: Self.wildcardPort),
+            ]
+        }
+        keep += listeners
+        var established: [FlowKey] = []
+        for (vip, listener) in [(IPAddress.v4(Lab.vip), listeners[0]), (.v6(Lab.vip6), listeners[1])] {
+            let client = try lab.inside("c") { try LabSockets.connectTCP(to: vip, port: 80) }
+            let server = try acceptConnection(listener)
+            keep += [client, server]
+            var address = sockaddr_storage()
+            var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            _ = withUnsafeMutablePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(client, $0, &length) }
+            }
+            let port = withUnsafeBytes(of: &address) { UInt16($0[2]) << 8 | UInt16($0[3]) }
+            switch vip {
+            case .v4:
+                established.append(
+                    FlowKey(source: Lab.client, sourcePort: port, destination: Lab.vip, destinationPort: 80))
+            case .v6:
+                established.append(
+                    FlowKey(source: Lab.client6, sourcePort: port, destination: Lab.vip6, destinationPort: 80))
+            }
+        }
+        let harness = try lab.inside("p1") { () throws -> Harness in
+            let peers = PeerPolicy(sources: [IPv4Prefix("198.18.0.0/24")!])
+            let local = try LocalAddressWatcher.dump()
+            let object = try FastPathObject()
+            let maps = FastPathMaps(object)
+            try maps.write(local)
+            try maps.write(
+                FastPathSettings(
+                    selfAddress: Self.self4, peers: peers, guePort: GUEPacket.port, checkCookies: true,
+                    lookupsElsewhere: false))
+            let counters = CounterBlock()
+            return Harness(
+                object: object, maps: maps, decider: Decider(selfAddress: Self.self4, peers: peers, local: local),
+                ownership: KernelFlowOwnership(
+                    sockDiag: try SockDiag(), cookieState: try KernelCookieState(), oracle: try SynCookieOracle(),
+                    counters: counters, responder: nil,
+                    cache: FlowCache(positiveLifetime: 0, negativeLifetime: 0), epochs: FlowEpochs()),
+                interfaceIndex: try FastPathKernel.interfaceIndex("eth0"), localMAC: mac(p1MAC), hopMAC: mac(p2MAC))
+        }
+        return (harness, established, keep)
+    }
+
+    static func gue(
+        _ inner: [UInt8], from source: IPv4Address = Lab.director, hops: [IPv4Address] = [Lab.p2], nextHop: UInt8 = 0,
+        checksum: Bool = true
+    ) -> [UInt8] {
+        PacketBuilder.gue(
+            from: source, to: self4, sourcePort: 50123, inner: inner, hops: hops, nextHop: nextHop,
+            udpChecksum: checksum)
+    }
+
+    static func tcp(
+        _ source: IPAddress, _ sourcePort: UInt16, _ destination: IPAddress, _ destinationPort: UInt16,
+        _ flags: TCPFlags
+    ) -> [UInt8] {
+        PacketBuilder.tcp(
+            source: source, sourcePort: sourcePort, destination: destination, destinationPort: destinationPort,
+            flags: flags, sequence: 1000, acknowledgement: 2000, options: [1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2],
+            payload: [1, 2, 3])
+    }
+
+    /// The named cases: every verdict the program decides, the attacker's packets among them.
+    static func namedCases(established: [FlowKey]) -> [(String, [UInt8])] {
+        let client = IPAddress.v4(Lab.client), vip = IPAddress.v4(Lab.vip), vip6 = IPAddress.v6(Lab.vip6)
+        let client6 = IPAddress.v6(Lab.client6)
+        let flow4 = established[0], flow6 = established[1]
+        return [
+            ("SYN", gue(tcp(client, 40001, vip, 80, .syn))),
+            ("SYN, IPv6", gue(tcp(client6, 40001, vip6, 80, .syn))),
+            ("established", gue(tcp(client, flow4.sourcePort, vip, 80, .ack))),
+            ("established, IPv6", gue(tcp(client6, flow6.sourcePort, vip6, 80, .ack))),
+            ("established, no UDP checksum", gue(tcp(client, flow4.sourcePort, vip, 80, .ack), checksum: false)),
+            ("listener only: forwarded", gue(tcp(client, 40002, vip, 80, .ack))),
+            ("listener only: forwarded, IPv6", gue(tcp(client6, 40002, vip6, 80, .ack))),
+            ("forwarded, no UDP checksum", gue(tcp(client, 40002, vip, 80, .ack), checksum: false)),
+            ("forwarded, second hop", gue(tcp(client, 40002, vip, 80, .ack), hops: [Lab.p1, Lab.p2], nextHop: 1)),
+            ("nothing listens: forwarded", gue(tcp(client, 40003, vip, closedPort, .ack))),
+            ("no hops left", gue(tcp(client, 40004, vip, 80, .ack), hops: [Lab.p2], nextHop: 1)),
+            ("no hops at all", gue(tcp(client, 40004, vip, 80, .ack), hops: [])),
+            ("next hop is this host", gue(tcp(client, 40005, vip, 80, .ack), hops: [Lab.p1])),
+            ("RST to a listener", gue(tcp(client, 40006, vip, 80, .rst))),
+            // The attacker's packets.
+            ("outsider's SYN", gue(tcp(client, 40010, vip, 80, .syn), from: outsider)),
+            ("outsider's ACK", gue(tcp(client, flow4.sourcePort, vip, 80, .ack), from: outsider)),
+            ("too many hops", gue(tcp(client, 40011, vip, 80, .ack), hops: Array(repeating: Lab.p2, count: 5))),
+            ("hop outside --allow-hop", gue(tcp(client, 40012, vip, 80, .ack), hops: [IPv4Address("198.18.9.9")!])),
+            ("hop on loopback", gue(tcp(client, 40013, vip, 80, .ack), hops: [IPv4Address("127.0.0.1")!])),
+            (
+                "hop is the subnet's broadcast",
+                gue(tcp(client, 40014, vip, 80, .ack), hops: [IPv4Address("198.18.0.255")!])
+            ),
+            ("hop is multicast", gue(tcp(client, 40015, vip, 80, .ack), hops: [IPv4Address("224.0.0.1")!])),
+            ("SYN for a foreign address", gue(tcp(client, 40016, .v4(foreignVIP), 80, .syn))),
+            ("wildcard listener, foreign address", gue(tcp(client, 40017, .v4(foreignVIP), wildcardPort, .syn))),
+            ("wildcard listener, last resort", gue(tcp(client, 40018, .v4(foreignVIP), wildcardPort, .ack), hops: [])),
+            ("SYN to loopback", gue(tcp(client, 40019, .v4(IPv4Address("127.0.0.1")!), 80, .syn))),
+            ("SYN to ::1", gue(tcp(client6, 40019, .v6(IPv6Address("::1")!), 80, .syn))),
+            ("martian source: loopback", gue(tcp(.v4(IPv4Address("127.0.0.1")!), 40020, vip, 80, .syn))),
+            ("martian source: this host", gue(tcp(.v4(Lab.p1), 40021, vip, 80, .syn))),
+            ("martian source: multicast", gue(tcp(.v4(IPv4Address("239.1.1.1")!), 40022, vip, 80, .syn))),
+            (
+                "martian source: ::ffff:127.0.0.1",
+                gue(tcp(.v6(IPv6Address("::ffff:127.0.0.1")!), 40023, vip6, 80, .syn))
+            ),
+            ("martian source: ::1", gue(tcp(.v6(IPv6Address("::1")!), 40024, vip6, 80, .syn))),
+            // Up to the queue: what the program does not decide.
+            (
+                "inner UDP",
+                gue(
+                    PacketBuilder.ip(
+                        source: client, destination: vip, protocol: 17, transport: [0, 1, 0, 2, 0, 8, 0, 0],
+                        checksumOffset: nil))
+            ),
+            (
+                "inner ICMP",
+                gue(
+                    PacketBuilder.ip(
+                        source: client, destination: vip, protocol: 1, transport: [8, 0, 0, 0, 0, 0, 0, 0],
+                        checksumOffset: 2))
+            ),
+        ]
+    }
+
+    /// Random GUE in the shape the property tests use: every field drawn from values that matter
+    /// to the decision (peers and outsiders, allowed and forbidden hops, this host's addresses,
+    /// foreign and martian ones, every flag combination, the sockets p1 has and has not).
+    static func randomPacket(_ random: inout SeededGenerator, established: [FlowKey]) -> [UInt8] {
+        let sources4: [IPv4Address] = [
+            Lab.client, Lab.p1, foreignVIP, IPv4Address("127.0.0.1")!, IPv4Address("0.1.2.3")!,
+        ]
+        let destinations4: [IPv4Address] = [Lab.vip, Lab.p1, foreignVIP, IPv4Address("127.0.0.1")!]
+        let sources6: [IPv6Address] = [
+            Lab.client6, IPv6Address("::1")!, IPv6Address("::ffff:198.18.0.11")!, IPv6Address("fe80::1")!,
+        ]
+        let destinations6: [IPv6Address] = [Lab.vip6, IPv6Address("fe80::1")!, IPv6Address("2001:db8::99")!]
+        let hops: [IPv4Address] = [
+            Lab.p2, Lab.p1, Lab.director, IPv4Address("198.18.9.9")!, IPv4Address("198.18.0.255")!,
+            IPv4Address("127.0.0.1")!,
+        ]
+        let outer: [IPv4Address] = [Lab.director, Lab.p2, outsider]
+        let ports: [UInt16] = [80, wildcardPort, closedPort] + established.map(\.destinationPort)
+        let flags = TCPFlags(rawValue: UInt8.random(in: 0...255, using: &random))
+        let ipv6 = Bool.random(using: &random)
+        var sourcePort = UInt16.random(in: 1024...65535, using: &random)
+        let inner: [UInt8]
+        if ipv6 {
+            var source = sources6.randomElement(using: &random)!
+            let destination = destinations6.randomElement(using: &random)!
+            if Int.random(in: 0..<3, using: &random) == 0 {
+                (source, sourcePort) = (Lab.client6, established[1].sourcePort)
+            }
+            inner = tcp(.v6(source), sourcePort, .v6(destination), ports.randomElement(using: &random)!, flags)
+        } else {
+            var source = sources4.randomElement(using: &random)!
+            let destination = destinations4.randomElement(using: &random)!
+            if Int.random(in: 0..<3, using: &random) == 0 {
+                (source, sourcePort) = (Lab.client, established[0].sourcePort)
+            }
+            inner = tcp(.v4(source), sourcePort, .v4(destination), ports.randomElement(using: &random)!, flags)
+        }
+        let hopList = (0..<Int.random(in: 0...5, using: &random)).map { _ in hops.randomElement(using: &random)! }
+        return gue(
+            inner, from: outer.randomElement(using: &random)!, hops: hopList,
+            nextHop: UInt8.random(in: 0...UInt8(hopList.count + 1), using: &random),
+            checksum: Bool.random(using: &random))
+    }
+
+    /// A mutation as the fuzz tests make them; half of them get a valid outer header again, so
+    /// that they reach the GUE and inner checks instead of the kernel's own.
+    static func mutate(_ packet: [UInt8], _ random: inout SeededGenerator) -> [UInt8] {
+        var packet = packet
+        for _ in 0..<Int.random(in: 1...3, using: &random) {
+            switch Int.random(in: 0..<4, using: &random) {
+            case 0 where packet.count > 28:
+                packet[Int.random(in: 20..<packet.count, using: &random)] ^=
+                    UInt8(1) << UInt8.random(in: 0..<8, using: &random)
+            case 1 where packet.count > 40:
+                packet.removeLast(Int.random(in: 1...min(packet.count - 28, 48), using: &random))
+            case 2 where packet.count > 60:
+                let offset = [24, 28, 29, 32, 35, 38, 40, 42, 44, 48, 52, 56].randomElement(using: &random)!
+                packet[offset] = UInt8.random(in: 0...255, using: &random)
+            default:
+                packet += (0..<Int.random(in: 1...8, using: &random)).map { _ in
+                    UInt8.random(in: 0...255, using: &random)
+                }
+            }
+        }
+        if Bool.random(using: &random) && packet.count >= 28 {
+            packet.setBE16(2, UInt16(packet.count))
+            packet.setBE16(10, 0)
+            packet.setBE16(
+                10,
+                packet.withUnsafeBytes {
+                    InternetChecksum.finish(InternetChecksum.partialSum(UnsafeRawBufferPointer(rebasing: $0[0..<20])))
+                })
+        }
+        return packet
+    }
+
+    func testTheProgramDecidesAsTheDaemonDoesOrSendsThePacketUp() throws {
+        var (harness, established, keep) = try makeHarness()
+        defer { keep.forEach { close($0) } }
+        try lab.inside("p1") {
+            for (name, packet) in Self.namedCases(established: established) { try harness.compare(packet, name) }
+            // Every named case that the program decides is decided, not sent up: the cases above
+            // name 31 decided packets (forwarded, taken, dropped) and 2 inner non-TCP ones.
+            XCTAssertEqual(harness.outcomes["up"], 2, "\(harness.outcomes)")
+            XCTAssertGreaterThanOrEqual(harness.outcomes["forwarded"] ?? 0, 5, "\(harness.outcomes)")
+            XCTAssertEqual(harness.outcomes["accepted_established"], 3, "\(harness.outcomes)")
+            // Outside --allow-hop, loopback, multicast and the subnet's broadcast address (the
+            // kernel's broadcast route: no brd was given): no packet goes to any of them.
+            XCTAssertEqual(harness.outcomes["untrusted_hop"], 4, "\(harness.outcomes)")
+
+            var random = SeededGenerator.fromEnvironment(name: #function)
+            var seeds = Self.namedCases(established: established).map(\.1)
+            let corpus = Lab.packageRoot.appendingPathComponent("Tests/Fuzz/corpus/PacketDecision")
+            for file in try FileManager.default.contentsOfDirectory(atPath: corpus.path).sorted() {
+                seeds.append(Array(try Data(contentsOf: corpus.appendingPathComponent(file))))
+            }
+            for _ in 0..<3000 {
+                try harness.compare(Self.randomPacket(&random, established: established), "random GUE \(random.report)")
+            }
+            for _ in 0..<6000 {
+                let packet = Self.mutate(seeds.randomElement(using: &random)!, &random)
+                try harness.compare(packet, "mutated packet \(random.report)")
+            }
+            print("fast path parity: \(harness.outcomes.sorted { $0.key < $1.key })")
+            // The random packets reach every kind of verdict in the program, not just "up".
+            for verdict in [
+                "forwarded", "accepted_syn", "accepted_established", "untrusted_source", "untrusted_hop",
+                "too_many_hops", "martian_source", "not_local_destination", "accepted_last_resort",
+            ] {
+                XCTAssertGreaterThan(
+                    harness.outcomes[verdict] ?? 0, 0,
+                    "no \(verdict) in \(harness.outcomes)")
+            }
+        }
+    }
+}
