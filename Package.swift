@@ -27,6 +27,8 @@ let package = Package(
         .systemLibrary(name: "CBPF", pkgConfig: "libbpf", providers: [.apt(["libbpf-dev"])]),
         // The map layouts and counter slots the tc program and the daemon share.
         .target(name: "CFastPathABI"),
+        // libbpf's option structs, which LIBBPF_OPTS fills as libbpf checks them.
+        .target(name: "CFastPathLoader", dependencies: ["CBPF"]),
 
         // Pure: addresses, flows, listener keys, prefixes, checksums, byte access. No system calls.
         .target(name: "NetTypes"),
@@ -51,7 +53,7 @@ let package = Package(
             name: "SecondChance",
             dependencies: [
                 "SecondChanceCore", "NetTypes", "LinuxSys", "Telemetry", "CNetfilterQueue", "CMnl", "CLinuxShims",
-                "CBPF", "CFastPathABI", "FastPathProgram", logging,
+                "CBPF", "CFastPathABI", "CFastPathLoader", "FastPathProgram", logging,
             ]),
 
         // bindkeeper's pure parts: requests, policy, templates, wire forms, hand-over state.

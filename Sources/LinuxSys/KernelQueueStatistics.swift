@@ -9,12 +9,16 @@ public struct KernelQueueStatistics: Equatable, Sendable {
     public var queueDropped: UInt64
     /// Dropped because the netlink socket's receive buffer was full.
     public var userDropped: UInt64
+    /// The id of the last packet queued: it moves with every packet that reaches the queue.
+    public var idSequence: UInt64
 
-    public init(portID: UInt32 = 0, waiting: UInt64, queueDropped: UInt64, userDropped: UInt64) {
+    public init(portID: UInt32 = 0, waiting: UInt64, queueDropped: UInt64, userDropped: UInt64, idSequence: UInt64 = 0)
+    {
         self.portID = portID
         self.waiting = waiting
         self.queueDropped = queueDropped
         self.userDropped = userDropped
+        self.idSequence = idSequence
     }
 
     /// Parses the file's lines: `queue portid waiting copy_mode copy_range queue_dropped
@@ -29,7 +33,8 @@ public struct KernelQueueStatistics: Equatable, Sendable {
                 let queueDropped = UInt64(fields[5]), let userDropped = UInt64(fields[6])
             else { continue }
             out[queue] = KernelQueueStatistics(
-                portID: portID, waiting: waiting, queueDropped: queueDropped, userDropped: userDropped)
+                portID: portID, waiting: waiting, queueDropped: queueDropped, userDropped: userDropped,
+                idSequence: fields.count > 7 ? UInt64(fields[7]) ?? 0 : 0)
         }
         return out
     }

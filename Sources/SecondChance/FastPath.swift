@@ -67,8 +67,10 @@ public final class FastPath: @unchecked Sendable {
             guard let id = FastPathKernel.attachedProgram(interface: interface) else { continue }
             guard let maps = try? FastPathKernel.openMaps(ofProgram: id) else { continue }
             let layout = maps["fp_config"].flatMap(FastPathKernel.configuredLayout)
-            if layout == UInt32(FP_LAYOUT), Set(maps.keys) == Set(FastPathObject.mapNames) {
-                reusable = maps
+            if layout == UInt32(FP_LAYOUT), Set(maps.keys).isSuperset(of: FastPathObject.mapNames) {
+                // Its read-only data (.rodata) is the object's own: only the named maps carry on.
+                for (name, fd) in maps where !FastPathObject.mapNames.contains(name) { close(fd) }
+                reusable = maps.filter { FastPathObject.mapNames.contains($0.key) }
                 adoptedFrom = id
                 break
             }
@@ -126,11 +128,11 @@ public final class FastPath: @unchecked Sendable {
 
     public func update(_ local: LocalAddresses) throws { try maps.write(local) }
 
-    /// SYNs go up while the responder serves some listener, and are decided here otherwise.
-    public func setSynsUp(_ up: Bool) throws {
+    /// SYNs and segments that find only a listener go up while the responder serves some listener.
+    public func setResponderServing(_ up: Bool) throws {
         let changed = settings.withLock { settings -> FastPathSettings? in
-            guard settings.synsUp != up else { return nil }
-            settings.synsUp = up
+            guard settings.responderServing != up else { return nil }
+            settings.responderServing = up
             return settings
         }
         if let changed { try maps.write(changed) }
@@ -138,9 +140,9 @@ public final class FastPath: @unchecked Sendable {
 
     public func counters() -> FastPathCounterValues { maps.readCounters() }
 
-    /// Keeps the maps current until `stop`: this host's addresses as the watcher publishes them,
-    /// and whether the responder wants the SYNs.
-    public func run(stop: EventFD, addresses: LocalAddressBoard, responder: ResponderBoard?, logger: Logger) {
+    /// Keeps the address maps current until `stop`, as the watcher publishes them. (Whether the
+    /// responder wants the SYNs comes from its board as it changes: `ResponderBoard.observeServing`.)
+    public func run(stop: EventFD, addresses: LocalAddressBoard, logger: Logger) {
         var generation = addresses.generation
         var event = pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0)
         while poll(&event, 1, 50) >= 0 || errno == EINTR {
@@ -151,7 +153,6 @@ public final class FastPath: @unchecked Sendable {
                     generation = snapshot.generation
                     try update(snapshot.addresses)
                 }
-                if let responder { try setSynsUp(!responder.snapshot().listeners.isEmpty) }
             } catch {
                 logger.warning("fast path: \(error)")
             }

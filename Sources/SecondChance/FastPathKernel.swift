@@ -1,5 +1,6 @@
 import CBPF
 import CFastPathABI
+import CFastPathLoader
 import FastPathProgram
 import Glibc
 import LinuxSys
@@ -38,21 +39,14 @@ public final class FastPathObject: @unchecked Sendable {
     /// Loads the embedded object (the kernel verifies it). `reusing`: maps by name, of the layout
     /// this build writes, that the new program is to use instead of new ones.
     public init(reusing: [String: Int32] = [:]) throws {
-        libbpf_set_print(nil)  // failures are reported through errors, never as stray stderr lines
+        FastPathKernel.silenceLibbpf()
         let logSize = 1 << 20
         let log = UnsafeMutablePointer<CChar>.allocate(capacity: logSize)
         defer { log.deallocate() }
         log[0] = 0
         let bytes = FastPathProgram.object
-        var options = bpf_object_open_opts()
-        options.sz = MemoryLayout<bpf_object_open_opts>.size
-        options.kernel_log_buf = log
-        options.kernel_log_size = logSize
         let opened = bytes.withUnsafeBytes { buffer in
-            "second-chance".withCString { name in
-                options.object_name = name
-                return bpf_object__open_mem(buffer.baseAddress, buffer.count, &options)
-            }
+            proxyside_bpf_open(buffer.baseAddress, buffer.count, "second-chance", log, logSize)
         }
         guard let object = opened else { throw FastPathError("opening the embedded BPF object", errno: errno) }
         var reused = false
@@ -112,25 +106,13 @@ public enum FastPathKernel {
     public static let filterPriority: UInt32 = 1
     public static let filterHandle: UInt32 = 0x19523
 
-    static func hook(_ ifindex: UInt32) -> bpf_tc_hook {
-        var hook = bpf_tc_hook()
-        hook.sz = MemoryLayout<bpf_tc_hook>.size
-        hook.ifindex = Int32(bitPattern: ifindex)
-        hook.attach_point = BPF_TC_INGRESS
-        return hook
-    }
-
-    static func filter(programFD: Int32 = 0, replace: Bool = false) -> bpf_tc_opts {
-        var options = bpf_tc_opts()
-        options.sz = MemoryLayout<bpf_tc_opts>.size
-        options.prog_fd = programFD
-        options.handle = filterHandle
-        options.priority = filterPriority
-        options.flags = replace ? BPF_TC_F_REPLACE.rawValue : 0
-        return options
-    }
+    /// libbpf prints its own messages to stderr; failures here are reported through errors instead,
+    /// in the daemon's log lines.
+    static func silenceLibbpf() { _ = silenced }
+    private static let silenced: Void = { _ = libbpf_set_print(nil) }()
 
     public static func interfaceIndex(_ name: String) throws -> UInt32 {
+        silenceLibbpf()
         let index = if_nametoindex(name)
         guard index != 0 else { throw FastPathError("interface \(name)", errno: errno) }
         return index
@@ -138,32 +120,24 @@ public enum FastPathKernel {
 
     /// Attaches `programFD`, replacing in one step whatever program held the filter's place.
     public static func attach(programFD: Int32, interface: String) throws {
-        var hook = hook(try interfaceIndex(interface))
-        let created = bpf_tc_hook_create(&hook)
-        guard created == 0 || created == -EEXIST else {
-            throw FastPathError("adding the clsact qdisc to \(interface)", errno: -created)
-        }
-        var options = filter(programFD: programFD, replace: true)
-        let attached = bpf_tc_attach(&hook, &options)
+        let index = Int32(bitPattern: try interfaceIndex(interface))
+        let attached = proxyside_tc_attach(index, programFD, filterHandle, filterPriority)
         guard attached == 0 else { throw FastPathError("attaching to \(interface) ingress", errno: -attached) }
     }
 
     /// The program in second-chance's filter place on `interface`, if there is one.
     public static func attachedProgram(interface: String) -> UInt32? {
         guard let index = try? interfaceIndex(interface) else { return nil }
-        var hook = hook(index)
-        var options = filter()
-        guard bpf_tc_query(&hook, &options) == 0, options.prog_id != 0 else { return nil }
-        return options.prog_id
+        let id = proxyside_tc_query(Int32(bitPattern: index), filterHandle, filterPriority)
+        return id == 0 ? nil : id
     }
 
     /// Removes second-chance's filter (nothing else) from `interface`; the clsact qdisc stays,
     /// since other filters may use it.
     public static func detach(interface: String) throws {
-        var hook = hook(try interfaceIndex(interface))
-        var options = filter()
-        let result = bpf_tc_detach(&hook, &options)
-        guard result == 0 || result == -ENOENT else {
+        let index = Int32(bitPattern: try interfaceIndex(interface))
+        let result = proxyside_tc_detach(index, filterHandle, filterPriority)
+        guard result == 0 || result == -ENOENT || result == -EINVAL else {
             throw FastPathError("detaching from \(interface)", errno: -result)
         }
     }
@@ -244,26 +218,16 @@ public enum FastPathKernel {
         action: UInt32, output: [UInt8]
     ) {
         var output = [UInt8](repeating: 0, count: frame.count + 256)
-        var context = __sk_buff()
-        context.ifindex = interfaceIndex
-        var options = bpf_test_run_opts()
-        options.sz = MemoryLayout<bpf_test_run_opts>.size
-        options.repeat = 1
+        var size = UInt32(output.count)
+        var action: UInt32 = 0
         let result = frame.withUnsafeBytes { input in
             output.withUnsafeMutableBytes { out in
-                withUnsafeMutableBytes(of: &context) { contextBytes in
-                    options.data_in = input.baseAddress
-                    options.data_size_in = UInt32(input.count)
-                    options.data_out = out.baseAddress
-                    options.data_size_out = UInt32(out.count)
-                    options.ctx_in = UnsafeRawPointer(contextBytes.baseAddress)
-                    options.ctx_size_in = UInt32(contextBytes.count)
-                    return bpf_prog_test_run_opts(fd, &options)
-                }
+                proxyside_tc_test_run(
+                    fd, input.baseAddress, UInt32(input.count), out.baseAddress, &size, interfaceIndex, &action)
             }
         }
         guard result == 0 else { throw FastPathError("BPF_PROG_TEST_RUN", errno: -result) }
-        return (options.retval, Array(output.prefix(Int(options.data_size_out))))
+        return (action, Array(output.prefix(Int(size))))
     }
 
     /// Pins `fd` at `path` (on a bpffs), replacing what was pinned there.

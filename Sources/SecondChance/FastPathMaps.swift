@@ -13,8 +13,8 @@ public struct FastPathSettings: Equatable, Sendable {
     public var checkCookies: Bool
     /// Sockets live in another namespace (--netns): every look-up goes up.
     public var lookupsElsewhere: Bool
-    /// The SYN-cookie responder serves some listener: SYNs go up to it.
-    public var synsUp: Bool = false
+    /// The SYN-cookie responder serves some listener: SYNs and listeners' segments go up to it.
+    public var responderServing: Bool = false
 
     public init(
         selfAddress: IPv4Address, peers: PeerPolicy, guePort: UInt16, checkCookies: Bool, lookupsElsewhere: Bool
@@ -29,7 +29,7 @@ public struct FastPathSettings: Equatable, Sendable {
     var configuration: fp_config {
         var flags: UInt8 = 0
         if checkCookies { flags |= UInt8(FP_F_CHECK_COOKIES) }
-        if synsUp { flags |= UInt8(FP_F_SYNS_UP) }
+        if responderServing { flags |= UInt8(FP_F_RESPONDER) }
         if lookupsElsewhere { flags |= UInt8(FP_F_LOOKUPS_UP) }
         return fp_config(
             layout: UInt32(FP_LAYOUT), self_ip4: selfAddress.value.bigEndian, gue_port: guePort.bigEndian,

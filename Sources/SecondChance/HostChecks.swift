@@ -27,7 +27,7 @@ public enum HostChecks {
     }
 
     /// The names in a directory, without "." and "..".
-    static func directoryEntries(_ path: String) -> [String] {
+    public static func directoryEntries(_ path: String) -> [String] {
         guard let directory = opendir(path) else { return [] }
         defer { closedir(directory) }
         var names: [String] = []

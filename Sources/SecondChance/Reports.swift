@@ -57,17 +57,50 @@ public struct ImageReport: Sendable {
     }
 }
 
+/// The tc program's state and counters, for `stats` and the metrics.
+public struct FastPathReport: Sendable {
+    /// "tc on IF (program ...)", or "off (why)".
+    public var status: String
+    /// Nil while the program is not attached.
+    public var counters: FastPathCounterValues?
+
+    public init(status: String, counters: FastPathCounterValues?) {
+        self.status = status
+        self.counters = counters
+    }
+}
+
 public enum CounterReport {
     /// Summed counter values (indexed as `CounterName.index`) and each queue's own and kernel
-    /// counters, as metrics.
-    public static func write(_ values: [UInt64], queues: [QueueReport], to out: inout PrometheusText) {
+    /// counters, as metrics. The families the tc program counts too have a `path` label: `queue`
+    /// for what second-chance decided from NFQUEUE, `kernel` for what the program decided.
+    public static func write(
+        _ values: [UInt64], queues: [QueueReport], fastPath: FastPathReport? = nil, to out: inout PrometheusText
+    ) {
+        let kernel = fastPath?.counters?.byCounterName
         for name in CounterName.all {
             let (family, reason) = name.metric
             out.family(family, .counter, help: name.help)
-            if let reason {
-                out.sample(family, ["reason": reason], values[name.index])
-            } else {
-                out.sample(family, values[name.index])
+            let paths: [(String, UInt64)] =
+                [("queue", values[name.index])] + (kernel?[name.index].map { [("kernel", $0)] } ?? [])
+            for (path, value) in paths {
+                if let reason {
+                    out.sample(family, ["reason": reason, "path": path], value)
+                } else {
+                    out.sample(family, ["path": path], value)
+                }
+            }
+        }
+        if let fastPath {
+            out.family("second_chance_fast_path_info", .gauge, help: "Whether the tc program decides, and where.")
+            out.sample("second_chance_fast_path_info", ["status": fastPath.status], fastPath.counters == nil ? 0 : 1)
+            out.family(
+                "second_chance_fast_path_passed_up_total", .counter,
+                help: "Packets the tc program sent up unchanged to the NFQUEUE rule, by reason.")
+            for (slot, reason) in FastPathCounters.passedUp {
+                out.sample(
+                    "second_chance_fast_path_passed_up_total", ["reason": reason],
+                    fastPath.counters?[slot] ?? 0)
             }
         }
         func family(_ name: String, _ kind: PrometheusText.Kind, _ help: String, _ value: (QueueReport) -> UInt64?) {
@@ -101,16 +134,28 @@ public enum CounterReport {
         }
     }
 
-    /// `name value` lines, glb-redirect style, dropped counters summed into `dropped_malformed` too.
-    /// Then each queue's counters, prefixed `queue_N_`.
-    public static func text(_ values: [UInt64], queues: [QueueReport] = []) -> String {
+    /// `name value` lines, glb-redirect style, dropped counters summed into `dropped_malformed` too:
+    /// what both paths decided. Then the tc program's share (`fast_path_` lines) and each queue's
+    /// counters, prefixed `queue_N_`.
+    public static func text(_ values: [UInt64], queues: [QueueReport] = [], fastPath: FastPathReport? = nil) -> String {
         var out = ""
         var malformed: UInt64 = 0
+        let kernel = fastPath?.counters?.byCounterName
         for name in CounterName.all {
-            if case .dropped = name { malformed += values[name.index] }
-            out += "\(name.shortName): \(values[name.index])\n"
+            let value = values[name.index] &+ (kernel?[name.index] ?? 0)
+            if case .dropped = name { malformed &+= value }
+            out += "\(name.shortName): \(value)\n"
         }
         out += "dropped_malformed: \(malformed)\n"
+        if let fastPath {
+            out += "fast_path: \(fastPath.status)\n"
+            if let counters = fastPath.counters {
+                for (slot, name) in FastPathCounters.mirrored {
+                    out += "fast_path_\(name.shortName): \(counters[slot])\n"
+                }
+                for (slot, reason) in FastPathCounters.passedUp { out += "fast_path_up_\(reason): \(counters[slot])\n" }
+            }
+        }
         for queue in queues {
             out +=
                 """

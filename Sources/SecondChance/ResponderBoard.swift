@@ -70,7 +70,20 @@ public final class ResponderBoard: Sendable {
         state.withLock { $0.records.values.sorted { $0.key.description < $1.key.description } }
     }
 
+    /// Told whether the responder serves any listener: before the first one is published (so its
+    /// SYNs come up to the queue by the time the queue threads look for it) and after the last one
+    /// is withdrawn. The tc fast path sends SYNs up while it does.
+    public func observeServing(_ observer: @escaping @Sendable (Bool) -> Void) {
+        servingObserver.withLock { $0 = observer }
+        observer(!snapshot().listeners.isEmpty)
+    }
+
+    private let servingObserver = Mutex<(@Sendable (Bool) -> Void)?>(nil)
+
     func publish(_ listeners: [ListenerKey: ResponderListener], settings: TCPHostSettings) {
+        let observer = servingObserver.withLock { $0 }
+        if !listeners.isEmpty { observer?(true) }
+        defer { if listeners.isEmpty { observer?(false) } }
         let generation = state.withLock { state in
             state.current.generation &+= 1
             state.current.listeners = listeners

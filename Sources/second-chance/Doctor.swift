@@ -19,6 +19,10 @@ struct Doctor: ParsableCommand {
         help: ArgumentHelp("The daemon's --allow-source, to check it too.", valueName: "CIDR"),
         transform: parsePrefixes)
     var allowSourceLists: [[IPv4Prefix]] = []
+    @Option(
+        name: .customLong("fast-path-interface"),
+        help: ArgumentHelp("The daemon's --fast-path-interface, where the tc program is attached.", valueName: "NAME"))
+    var fastPathInterfaces: [String] = []
 
     func run() throws {
         var mode: ForwardingMode = forward == .kernel ? .kernel : .raw
@@ -36,6 +40,9 @@ struct Doctor: ParsableCommand {
                 port: guePort, queues: queues, namespace: netns, forwarding: mode,
                 allowedSources: allowSourceLists.isEmpty ? nil : allowSourceLists.flatMap { $0 })
             + (choice.map { [$0] } ?? [])
+            + FastPathChecks.run(
+                interfaces: fastPathInterfaces.isEmpty
+                    ? HostChecks.gueInterfaces(from: allowSourceLists.flatMap { $0 }) : fastPathInterfaces)
         for check in checks { print(check.line) }
         if checks.contains(where: { $0.level == .fail }) { throw ExitCode(1) }
     }

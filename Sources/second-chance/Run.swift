@@ -99,6 +99,27 @@ struct Run: ParsableCommand {
     )
     var forward: ForwardingChoice = .auto
 
+    @Option(
+        help:
+            """
+            Where packets are decided: auto (a tc program decides in the kernel what needs no userspace where it \
+            loads and attaches, NFQUEUE the rest; otherwise NFQUEUE alone), tc (the same, or no start) or off \
+            (NFQUEUE alone).
+            """
+    )
+    var fastPath: FastPathChoice = .auto
+
+    @Option(
+        name: .customLong("fast-path-interface"),
+        help: ArgumentHelp(
+            "Attach the tc program at ingress of this interface (repeat; default: the routes' to --allow-source).",
+            valueName: "NAME"))
+    var fastPathInterfaces: [String] = []
+
+    @Option(
+        help: "What a clean stop does with the tc program: detach it, or keep it deciding for the next daemon.")
+    var fastPathStop: FastPathStop = .detach
+
     @Option(help: "Verdicts sent to the kernel per batch at most.")
     var batch: Int = 64
 
@@ -333,6 +354,9 @@ struct Run: ParsableCommand {
         } catch {
             throw CommandFailure("\(error)")
         }
+        let kernelPath = try startFastPath(
+            peers: peers, local: watcher.board.snapshot().addresses, responder: monitor?.board,
+            reexecuted: environment[Self.reexecsVariable] != nil)
         // Each queue's count of restarts that found packets an earlier reader died with.
         var replayCounters: [(fd: Int32, name: String)] = []
         for worker in workers {
@@ -361,6 +385,7 @@ struct Run: ParsableCommand {
         }
         let render: @Sendable (StatsServer.Format) -> String = { format in
             let values = CounterBlock.sum(workers.map(\.counters))
+            let fastPathReport = FastPathReport(status: kernelPath.status, counters: kernelPath.path?.counters())
             let kernel = ProcFile.kernelQueueStatistics()
             let queues = workers.map { worker in
                 QueueReport(
@@ -375,12 +400,12 @@ struct Run: ParsableCommand {
             switch format {
             case .prometheus:
                 var out = PrometheusText()
-                CounterReport.write(values, queues: queues, to: &out)
+                CounterReport.write(values, queues: queues, fastPath: fastPathReport, to: &out)
                 image.write(to: &out)
                 if let monitor { ResponderReport.write(monitor, to: &out) }
                 return out.text
             case .text:
-                return image.text + CounterReport.text(values, queues: queues)
+                return image.text + CounterReport.text(values, queues: queues, fastPath: fastPathReport)
                     + (monitor.map(ResponderReport.text) ?? "")
             }
         }
@@ -410,6 +435,11 @@ struct Run: ParsableCommand {
         var serverThread = try WorkerThread { server.serve(stop: serverStop) }
         let monitorThread = try monitor.map { monitor in try WorkerThread { monitor.run(stop: stop) } }
         let watcherThread = try WorkerThread { watcher.run(stop: stop) }
+        let fastPathThread = try kernelPath.path.map { path in
+            try WorkerThread {
+                path.run(stop: stop, addresses: watcher.board, logger: logger)
+            }
+        }
 
         // The queue threads stop on their own event: for a re-exec only they stop, answering what
         // they read; the kernel holds what comes meanwhile for the next image. Nothing else needs
@@ -499,6 +529,9 @@ struct Run: ParsableCommand {
             threads = try startQueueThreads()
             try? notifier?.send("READY=1")
         }
+        // The program goes first, while the queues are still served: what it decided until now, the
+        // queues decide from here on.
+        kernelPath.path?.stop(fastPathStop, logger: logger)
         queueStop.signal()
         threads.forEach { $0.join() }
         stop.signal()
@@ -506,8 +539,39 @@ struct Run: ParsableCommand {
         serverThread.join()
         monitorThread?.join()
         watcherThread.join()
+        fastPathThread?.join()
         if let failure = failures.withLock({ $0.first }) { throw CommandFailure(failure) }
         logger.info("stopped; all read packets answered")
+    }
+
+    /// The tc program, as `--fast-path` asks: attached, or why not (said once).
+    func startFastPath(peers: PeerPolicy, local: LocalAddresses, responder: ResponderBoard?, reexecuted: Bool) throws
+        -> (path: FastPath?, status: String)
+    {
+        let interfaces = fastPathInterfaces.isEmpty ? HostChecks.gueInterfaces(from: allowSources) : fastPathInterfaces
+        guard fastPath != .off else {
+            // A filter an earlier process kept (--fast-path-stop keep, or a crash) must not decide for this one.
+            FastPath.remove(interfaces: interfaces, pinDirectory: FastPath.defaultPinDirectory(), logger: logger)
+            logger.info("fast path: off (--fast-path off); every packet is decided from NFQUEUE")
+            return (nil, "off (--fast-path off)")
+        }
+        var settings = FastPathSettings(
+            selfAddress: selfAddress, peers: peers, guePort: guePort, checkCookies: !noCookieCheck,
+            lookupsElsewhere: netns != nil)
+        settings.responderServing = responder.map { !$0.snapshot().listeners.isEmpty } ?? false
+        do {
+            let path = try FastPath(settings: settings, local: local, interfaces: interfaces, logger: logger)
+            responder?.observeServing { serving in
+                do { try path.setResponderServing(serving) } catch { logger.warning("fast path: \(error)") }
+            }
+            let how = path.adoptedFrom == nil ? "" : (reexecuted ? " after the re-exec" : " after a restart")
+            logger.info("fast path: \(path.summary)\(how); NFQUEUE decides what it sends up")
+            return (path, path.summary)
+        } catch {
+            guard fastPath == .auto else { throw CommandFailure("--fast-path tc: \(error)") }
+            logger.warning("warning: fast path off, every packet is decided from NFQUEUE: \(error)")
+            return (nil, "off (\(error))")
+        }
     }
 
     /// How many times this process has re-executed itself, carried across exec(2).

@@ -49,3 +49,5 @@ enum ForwardingChoice: String, CaseIterable, ExpressibleByArgument {
     case auto, raw, kernel
 }
 extension ResponderMode: ExpressibleByArgument {}
+extension FastPathChoice: ExpressibleByArgument {}
+extension FastPathStop: ExpressibleByArgument {}

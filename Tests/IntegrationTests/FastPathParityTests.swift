@@ -25,7 +25,8 @@ final class FastPathParityTests: XCTestCase {
         var ownership: KernelFlowOwnership
         let interfaceIndex: UInt32
         let localMAC: [UInt8]
-        let hopMAC: [UInt8]
+        /// p1's neighbours by address: where a forwarded packet must be sent.
+        let neighbours: [IPv4Address: [UInt8]]
         var outcomes: [String: Int] = [:]
 
         /// Runs one outer IPv4 packet through both; returns what happened, or fails the test.
@@ -54,7 +55,6 @@ final class FastPathParityTests: XCTestCase {
                     return fail("sent up, miscounted")
                 }
                 outcomes["up", default: 0] += 1
-                if ProcessInfo.processInfo.environment["FP_DEBUG"] != nil { print("up \(what()) slots \(counted)") }
             case FastPathParityTests.tcShot:
                 let name: CounterName
                 let label: String
@@ -79,7 +79,9 @@ final class FastPathParityTests: XCTestCase {
                     guard Array(output.dropFirst(14)) == Array(expected[0..<gue.innerEnd]) else {
                         return fail("forwarded bytes differ from the queue's")
                     }
-                    guard Array(output.prefix(6)) == hopMAC else { return fail("forwarded to the wrong neighbour") }
+                    guard Array(output.prefix(6)) == neighbours[hop] else {
+                        return fail("forwarded to the wrong neighbour")
+                    }
                     outcomes["forwarded", default: 0] += 1
                 case .local(let reason):
                     guard let slot = FastPathCounters.slot(for: .local(reason)), counted == [0, slot].sorted() else {
@@ -126,6 +128,15 @@ final class FastPathParityTests: XCTestCase {
         try Lab.shell("ip -n pspf-p1 neigh replace \(Lab.p2) lladdr \(p2MAC) dev eth0 nud permanent")
         let p1MAC = try Lab.shell("ip -n pspf-p1 -br link show eth0").split(separator: " ").filter { !$0.isEmpty }[2]
         func mac(_ text: Substring) -> [UInt8] { text.split(separator: ":").map { UInt8($0, radix: 16)! } }
+        var neighbours: [IPv4Address: [UInt8]] = [:]
+        for line in try Lab.shell("ip -n pspf-p1 -4 neigh show").split(separator: "\n") {
+            let words = line.split(separator: " ")
+            if let address = words.first.flatMap({ IPv4Address(String($0)) }), let at = words.firstIndex(of: "lladdr"),
+                at + 1 < words.count
+            {
+                neighbours[address] = mac(words[at + 1])
+            }
+        }
 
         var keep: [Int32] = []
         let listeners = try lab.inside("p1") {
@@ -173,7 +184,7 @@ final class FastPathParityTests: XCTestCase {
                     sockDiag: try SockDiag(), cookieState: try KernelCookieState(), oracle: try SynCookieOracle(),
                     counters: counters, responder: nil,
                     cache: FlowCache(positiveLifetime: 0, negativeLifetime: 0), epochs: FlowEpochs()),
-                interfaceIndex: try FastPathKernel.interfaceIndex("eth0"), localMAC: mac(p1MAC), hopMAC: mac(p2MAC))
+                interfaceIndex: try FastPathKernel.interfaceIndex("eth0"), localMAC: mac(p1MAC), neighbours: neighbours)
         }
         return (harness, established, keep)
     }

@@ -20,6 +20,11 @@ final class Lab {
     /// Most tests send GUE from the client (and extra client addresses) as if it were the director:
     /// the whole lab subnet is a peer for them. The trust-boundary tests name the real peers.
     static let labPeers = ["--allow-source", "198.18.0.0/24"]
+    /// The suite runs once with the daemons' default (the tc fast path) and once with
+    /// PROXYSIDE_FAST_PATH=off (NFQUEUE alone); tests of the queue itself say --fast-path off.
+    static let fastPathChoice =
+        ProcessInfo.processInfo.environment["PROXYSIDE_FAST_PATH"].map { ["--fast-path", $0] } ?? []
+    static var fastPathOn: Bool { ProcessInfo.processInfo.environment["PROXYSIDE_FAST_PATH"] != "off" }
 
     static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent()
@@ -114,7 +119,8 @@ final class Lab {
         try start(
             host, "second-chance",
             ["run", "--queue", "0", "--self", selfAddress.description, "--control", controlPath(host)]
-                + (extra.contains("--allow-source") ? [] : Lab.labPeers) + extra)
+                + (extra.contains("--allow-source") ? [] : Lab.labPeers)
+                + (extra.contains("--fast-path") ? [] : Lab.fastPathChoice) + extra)
         try waitFor("second-chance control socket on \(host)") {
             FileManager.default.fileExists(atPath: self.controlPath(host))
         }

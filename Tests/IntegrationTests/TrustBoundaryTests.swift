@@ -284,7 +284,9 @@ final class TrustBoundaryTests: XCTestCase {
     func testQueueOverflowIsCountedAndFailOpenIsTheOperatorsChoice() throws {
         for failOpen in [false, true] {
             try lab.restartSecondChance(
-                "p1", Lab.p1, extra: Self.peers + ["--queue-maxlen", "4"] + (failOpen ? ["--fail-open"] : []))
+                "p1", Lab.p1,
+                // NFQUEUE alone: this is about the queue, whose SYNs the tc program would take.
+                extra: Self.peers + ["--queue-maxlen", "4", "--fast-path", "off"] + (failOpen ? ["--fail-open"] : []))
             // Where fou would take GUE the queue lets pass: here a socket that counts it.
             let passed = try lab.inside("p1") {
                 try LabSockets.bindUDP(.v4(Lab.p1), port: GUEPacket.port, receiveTimeoutSeconds: 1)

@@ -200,13 +200,14 @@ final class CacheAndTableTests: XCTestCase {
         let text = metrics.text
         assertWellFormedExposition(text)
         XCTAssertTrue(text.contains("second_chance_build_info{version=\"1.0\",build=\"a\\\"b\"} 1"), text)
-        XCTAssertTrue(text.contains("second_chance_packets_dropped_total{reason=\"gue_hlen\"} 3"))
+        XCTAssertTrue(text.contains("second_chance_packets_dropped_total{reason=\"gue_hlen\",path=\"queue\"} 3"))
         XCTAssertTrue(text.contains("second_chance_queue_packets_total{queue=\"0\"} 7"))
         XCTAssertTrue(text.contains("second_chance_queue_receive_errors_total{queue=\"0\"} 2"))
         XCTAssertTrue(text.contains("second_chance_queue_kernel_dropped_total{queue=\"0\"} 4"))
         XCTAssertTrue(text.contains("second_chance_queue_user_dropped_total{queue=\"0\"} 5"))
         XCTAssertTrue(text.contains("second_chance_queue_waiting{queue=\"0\"} 1"))
-        XCTAssertTrue(text.contains("second_chance_packets_dropped_total{reason=\"untrusted_source\"} 3"))
+        XCTAssertTrue(
+            text.contains("second_chance_packets_dropped_total{reason=\"untrusted_source\",path=\"queue\"} 3"))
         let lines = CounterReport.text([UInt64](repeating: 1, count: CounterName.count))
         XCTAssertTrue(lines.contains("dropped_untrusted_hop: 1\n"))
         XCTAssertTrue(lines.contains("dropped_not_local_destination: 1\n"))

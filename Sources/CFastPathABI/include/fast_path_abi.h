@@ -31,8 +31,9 @@ struct fp_config {
 
 /* Cookie ACKs may be taken here (--no-cookie-check clears it). */
 #define FP_F_CHECK_COOKIES 0x01
-/* SYNs go up to the queue: the SYN-cookie responder is answering for some listener. */
-#define FP_F_SYNS_UP 0x02
+/* The SYN-cookie responder answers for some listener: SYNs, and segments that find only a
+ * listener (cookie ACKs among them), go up to it, where its per-listener counts are kept. */
+#define FP_F_RESPONDER 0x02
 /* Sockets are looked up in another namespace (--netns): every look-up goes up. */
 #define FP_F_LOOKUPS_UP 0x04
 
@@ -85,7 +86,7 @@ enum fp_counter {
     FP_UP_NOT_ADDRESSED_HERE,/* the outer destination is not this host's */
     FP_UP_INNER_NOT_TCP,     /* inner UDP, ICMP (path MTU included), IPv4 options, IPv6 extensions */
     FP_UP_INNER_FRAGMENT,
-    FP_UP_RESPONDER,         /* a SYN while the SYN-cookie responder serves */
+    FP_UP_RESPONDER,         /* a SYN, or a listener's segment, while the SYN-cookie responder serves */
     FP_UP_LOOKUP_ELSEWHERE,  /* --netns */
     FP_UP_NO_ROUTE,          /* no route or neighbour to the hop (the raw socket resolves it) */
     FP_UP_FAILED,            /* a helper failed (adjusting the packet) */

@@ -9,9 +9,10 @@
  * decisions on the same packets.
  *
  *   malformed GUE, an outsider, too many hops   -> dropped, counted
- *   SYN                                         -> local (up while the SYN-cookie responder serves)
+ *   SYN                                         -> local
  *   a socket in any state but LISTEN            -> local
  *   LISTEN and a cookie the kernel accepts      -> local
+ *   (a SYN, or a segment finding only a listener, goes up while the SYN-cookie responder serves)
  *   no hops left                                -> local
  *   next hop: this host                         -> local
  *   next hop: an allowed proxy                  -> rewritten and sent to it (bpf_fib_lookup)
@@ -471,7 +472,7 @@ int second_chance_fast_path(struct __sk_buff *skb)
     enum fp_counter reason;
     __u8 flags = ((__u8 *)tcp)[13];
     if (flags & TCP_FLAG_SYN) {
-        if (config->flags & FP_F_SYNS_UP)
+        if (config->flags & FP_F_RESPONDER)
             return up(FP_UP_RESPONDER);
         reason = FP_LOCAL_SYN;
         goto local;
@@ -485,6 +486,10 @@ int second_chance_fast_path(struct __sk_buff *skb)
             bpf_sk_release(socket);
             reason = FP_LOCAL_ESTABLISHED;
             goto local;
+        }
+        if (config->flags & FP_F_RESPONDER) {
+            bpf_sk_release(socket);
+            return up(FP_UP_RESPONDER);
         }
         if ((flags & (TCP_FLAG_ACK | TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST)) == TCP_FLAG_ACK &&
             (config->flags & FP_F_CHECK_COOKIES)) {

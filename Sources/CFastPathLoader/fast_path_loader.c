@@ -1,0 +1,52 @@
+#include "fast_path_loader.h"
+
+#include <errno.h>
+#include <linux/bpf.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+struct bpf_object *proxyside_bpf_open(const void *bytes, size_t size, const char *name, char *log, size_t log_size)
+{
+    LIBBPF_OPTS(bpf_object_open_opts, options, .object_name = name, .kernel_log_buf = log,
+                .kernel_log_size = log_size);
+    return bpf_object__open_mem(bytes, size, &options);
+}
+
+int proxyside_tc_attach(int ifindex, int program_fd, uint32_t handle, uint32_t priority)
+{
+    LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = BPF_TC_INGRESS);
+    int created = bpf_tc_hook_create(&hook);
+    if (created != 0 && created != -EEXIST)
+        return created;
+    LIBBPF_OPTS(bpf_tc_opts, filter, .prog_fd = program_fd, .handle = handle, .priority = priority,
+                .flags = BPF_TC_F_REPLACE);
+    return bpf_tc_attach(&hook, &filter);
+}
+
+uint32_t proxyside_tc_query(int ifindex, uint32_t handle, uint32_t priority)
+{
+    LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = BPF_TC_INGRESS);
+    LIBBPF_OPTS(bpf_tc_opts, filter, .handle = handle, .priority = priority);
+    return bpf_tc_query(&hook, &filter) == 0 ? filter.prog_id : 0;
+}
+
+int proxyside_tc_detach(int ifindex, uint32_t handle, uint32_t priority)
+{
+    LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = BPF_TC_INGRESS);
+    LIBBPF_OPTS(bpf_tc_opts, filter, .handle = handle, .priority = priority);
+    return bpf_tc_detach(&hook, &filter);
+}
+
+int proxyside_tc_test_run(int program_fd, const void *frame, uint32_t frame_size, void *out, uint32_t *out_size,
+                          uint32_t ifindex, uint32_t *action)
+{
+    struct __sk_buff context = { .ifindex = ifindex };
+    LIBBPF_OPTS(bpf_test_run_opts, run, .data_in = frame, .data_size_in = frame_size, .data_out = out,
+                .data_size_out = *out_size, .ctx_in = &context, .ctx_size_in = sizeof(context), .repeat = 1);
+    int result = bpf_prog_test_run_opts(program_fd, &run);
+    if (result != 0)
+        return result < 0 ? result : -result;
+    *out_size = run.data_size_out;
+    *action = run.retval;
+    return 0;
+}

@@ -1,0 +1,28 @@
+// libbpf's option structs, filled in C (LIBBPF_OPTS sizes and zeroes them as libbpf checks).
+#ifndef PROXYSIDE_FAST_PATH_LOADER_H
+#define PROXYSIDE_FAST_PATH_LOADER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct bpf_object;
+
+/// Opens an ELF object held in memory; kernel verifier messages go to `log` (NUL-terminated).
+/// NULL and errno on failure.
+struct bpf_object *proxyside_bpf_open(const void *bytes, size_t size, const char *name, char *log, size_t log_size);
+
+/// Attaches (replacing whatever held handle/priority) a tc program at ingress of `ifindex`, adding
+/// the clsact qdisc if needed. 0 or a negative errno.
+int proxyside_tc_attach(int ifindex, int program_fd, uint32_t handle, uint32_t priority);
+
+/// The id of the program at handle/priority on ingress of `ifindex`: 0 when there is none.
+uint32_t proxyside_tc_query(int ifindex, uint32_t handle, uint32_t priority);
+
+/// Removes the filter at handle/priority. 0, -ENOENT, or a negative errno.
+int proxyside_tc_detach(int ifindex, uint32_t handle, uint32_t priority);
+
+/// BPF_PROG_TEST_RUN of a tc program on `frame`, as if it arrived on `ifindex`. 0 or a negative errno.
+int proxyside_tc_test_run(int program_fd, const void *frame, uint32_t frame_size, void *out, uint32_t *out_size,
+                          uint32_t ifindex, uint32_t *action);
+
+#endif

@@ -1,0 +1,88 @@
+import CFastPathABI
+import Glibc
+import LinuxSys
+
+/// `doctor`'s look at the tc fast path: what is attached where, what is pinned, and what
+/// `--fast-path auto` would choose on this kernel (the program is loaded, and so verified, to say).
+public enum FastPathChecks {
+    public static func run(interfaces: [String]) -> [HostCheck] {
+        var checks: [HostCheck] = []
+        let release = ProcFile.read("/proc/sys/kernel/osrelease", limit: 256)?.split(separator: "\n").first ?? "?"
+        do {
+            let object = try FastPathObject()
+            checks.append(
+                HostCheck(
+                    level: .ok, subject: "fast path",
+                    finding:
+                        """
+                        the tc program loads on this kernel (\(release)): --fast-path auto attaches it \
+                        (\(object.maps.count) maps, layout \(FP_LAYOUT))
+                        """))
+        } catch {
+            checks.append(
+                HostCheck(
+                    level: .warn, subject: "fast path",
+                    finding: "the tc program does not load on this kernel (\(release)): \(error)",
+                    fix:
+                        """
+                        --fast-path auto decides every packet from NFQUEUE here; the README lists the kernel \
+                        each helper needs (Linux 6.1 has them all)
+                        """))
+        }
+        if interfaces.isEmpty {
+            checks.append(
+                HostCheck(
+                    level: .info, subject: "fast path",
+                    finding:
+                        "no interface: give --allow-source (the routes to the peers name them) or --fast-path-interface"
+                ))
+        }
+        for interface in interfaces {
+            guard let id = FastPathKernel.attachedProgram(interface: interface) else {
+                checks.append(
+                    HostCheck(level: .info, subject: "fast path", finding: "nothing attached at \(interface) ingress"))
+                continue
+            }
+            let info = try? FastPathKernel.programInfo(id: id)
+            let maps = info.map {
+                $0.maps.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+            }
+            checks.append(
+                HostCheck(
+                    level: info?.name == String(FastPathObject.programName.prefix(15)) ? .ok : .warn,
+                    subject: "fast path",
+                    finding:
+                        """
+                        \(interface) ingress: program \(id) \(info?.name ?? "?") tag \(info?.tag ?? "?"); maps \
+                        \(maps ?? "?")
+                        """))
+            if HostChecks.readSysctl("net/ipv4/conf/\(interface)/forwarding") != "1" {
+                checks.append(
+                    HostCheck(
+                        level: .info, subject: "fast path",
+                        finding:
+                            """
+                            \(interface) does not forward (conf.\(interface).forwarding=0): packets for the next \
+                            hop go up to second-chance's raw socket (bpf_fib_lookup answers only where the \
+                            interface forwards)
+                            """))
+            }
+        }
+        let pins = FastPath.defaultPinDirectory()
+        let pinned = HostChecks.directoryEntries(pins)
+        if !pinned.isEmpty {
+            checks.append(
+                HostCheck(
+                    level: .info, subject: "fast path",
+                    finding: "pinned in \(pins): \(pinned.sorted().joined(separator: " "))"))
+        } else if !FastPathKernel.isBPFFilesystem(FastPath.bpffs) {
+            checks.append(
+                HostCheck(
+                    level: .info, subject: "fast path",
+                    finding:
+                        "no bpffs at \(FastPath.bpffs): the program is not pinned (a new daemon finds it attached)",
+                    fix: "mount -t bpf bpf \(FastPath.bpffs) (systemd mounts it at boot)"))
+        }
+        return checks
+    }
+}

@@ -1,0 +1,150 @@
+import Foundation
+import Glibc
+import LabKit
+import LinuxSys
+import NetTypes
+import SecondChance
+import XCTest
+
+/// The tc program across the daemon's life: established flows go on being decided in the kernel
+/// while second-chance is killed and down, a restart and a re-exec adopt the program's maps, a
+/// clean stop removes it, and `--fast-path off` removes one an earlier daemon left.
+final class FastPathLifecycleTests: XCTestCase {
+    var lab: Lab!
+
+    override func setUpWithError() throws {
+        lab = try Lab(prefix: "psfl")
+        try lab.startEcho("p1")
+    }
+
+    override func tearDown() { lab?.tearDown() }
+
+    var arguments: [String] {
+        ["run", "--queue", "0", "--self", Lab.p1.description, "--control", lab.controlPath("p1")] + Lab.labPeers
+    }
+
+    func filterOnP1() throws -> String {
+        try Lab.shell("ip netns exec \(lab.namespace("p1")) tc filter show dev eth0 ingress")
+    }
+
+    /// A connection from the client to the VIP through the lab's director (GUE to p1).
+    func connectThroughDirector() throws -> Int32 {
+        let table = lab.directory.appendingPathComponent("table").path
+        try "\(Lab.p1)\n".write(toFile: table, atomically: true, encoding: .utf8)
+        let director = try lab.start(
+            "d", "glb-lab", ["director", "--self", Lab.director.description, "--table", table])
+        try lab.waitFor("the director") { lab.log(of: director).contains("director: serving queue") }
+        return try lab.inside("c") { try LabSockets.connectTCP(to: .v4(Lab.vip), port: 80) }
+    }
+
+    func echo(_ fd: Int32, _ index: Int) {
+        let message = Array("message \(index)\n".utf8)
+        XCTAssertTrue(SocketIO.sendAll(fd, message))
+        XCTAssertEqual(LabSockets.receiveExactly(fd, message.count), message, "echo \(index)")
+    }
+
+    func retransmissions(_ host: String) throws -> UInt64 {
+        let snmp = try Lab.shell("ip netns exec \(lab.namespace(host)) cat /proc/net/snmp")
+        return ProcFile.counter("RetransSegs", section: "Tcp", in: snmp) ?? 0
+    }
+
+    func queueOnP1() throws -> KernelQueueStatistics {
+        let text = try Lab.shell("ip netns exec \(lab.namespace("p1")) cat /proc/net/netfilter/nfnetlink_queue")
+        return try XCTUnwrap(KernelQueueStatistics.parse(text)[0], "queue 0 is bound: \(text)")
+    }
+
+    func testEstablishedFlowsKeepMovingWhileTheDaemonIsKilledAndDown() throws {
+        let manager = try ServiceManagerSocket(path: lab.directory.appendingPathComponent("notify.sock").path)
+        let first = try lab.start("p1", "second-chance", arguments, environment: ["NOTIFY_SOCKET": manager.path])
+        try manager.collect { $0.isReady && $0.store.count == 3 }
+        let program = try filterOnP1()
+        XCTAssertTrue(program.contains("second_chance_f"), program)
+
+        let fd = try connectThroughDirector()
+        defer { close(fd) }
+        for index in 0..<5 { echo(fd, index) }
+        let decidedBefore = try lab.stats("p1").value("fast_path_accepted_established")
+        XCTAssertGreaterThan(decidedBefore, 0, "the flow's packets are decided in the kernel")
+
+        kill(first.processIdentifier, SIGKILL)
+        first.waitUntilExit()
+        // The queue stays bound in the service manager's store; the program stays attached.
+        let queueBefore = try queueOnP1()
+        let (clientRetransmits, proxyRetransmits) = (try retransmissions("c"), try retransmissions("p1"))
+        let deadline = Date().addingTimeInterval(3)
+        var index = 5
+        while Date() < deadline {
+            echo(fd, index)
+            index += 1
+            usleep(100_000)
+        }
+        XCTAssertGreaterThan(index, 25, "the flow kept moving while no daemon ran")
+        let queueAfter = try queueOnP1()
+        XCTAssertEqual(queueAfter.idSequence, queueBefore.idSequence, "no packet of the flow reached the queue")
+        XCTAssertEqual(queueAfter.waiting, 0)
+        XCTAssertEqual(try retransmissions("c"), clientRetransmits, "the client retransmitted nothing")
+        XCTAssertEqual(try retransmissions("p1"), proxyRetransmits, "the proxy retransmitted nothing")
+        XCTAssertEqual(try filterOnP1(), program, "the program is the one the killed daemon attached")
+
+        // The restart takes the stored queue and the program's maps: the counts go on.
+        let restartLog = lab.directory.appendingPathComponent("restarted.log").path
+        let pid = try Spawn.run(
+            "/usr/bin/env",
+            [
+                "ip", "netns", "exec", lab.namespace("p1"), "/bin/sh", "-c",
+                "LISTEN_PID=$$ exec \"$0\" \"$@\" 2>\(restartLog)",
+                Lab.binaries.appendingPathComponent("second-chance").path,
+            ] + arguments,
+            environment: ProcessInfo.processInfo.environment.merging(manager.listenEnvironment) { $1 },
+            placing: manager.placements)
+        defer { kill(pid, SIGTERM); _ = Spawn.wait(pid) }
+        try lab.waitFor("the restarted daemon") {
+            ((try? String(contentsOfFile: restartLog, encoding: .utf8)) ?? "").contains("fast path: tc on eth0")
+        }
+        let restarted = (try? String(contentsOfFile: restartLog, encoding: .utf8)) ?? ""
+        XCTAssertTrue(restarted.contains("maps adopted from program"), restarted)
+        XCTAssertTrue(restarted.contains("after a restart"), restarted)
+        echo(fd, index)
+        XCTAssertGreaterThanOrEqual(
+            try lab.stats("p1").value("fast_path_accepted_established"), decidedBefore + UInt64(index - 5),
+            "the counters the program kept while no daemon ran")
+    }
+
+    func testAReexecReplacesTheProgramInPlaceAndACleanStopRemovesIt() throws {
+        let daemon = try lab.start("p1", "second-chance", arguments)
+        try lab.waitFor("the program") { try self.filterOnP1().contains("second_chance_f") }
+        let fd = try connectThroughDirector()
+        defer { close(fd) }
+        echo(fd, 0)
+        let queueBefore = try queueOnP1()
+        let before = try lab.stats("p1")
+        kill(daemon.processIdentifier, SIGUSR1)
+        try lab.waitFor("the re-exec") { try self.lab.stats("p1")["reexecs"] == 1 }
+        for index in 1..<20 { echo(fd, index) }
+        XCTAssertEqual(try queueOnP1().idSequence, queueBefore.idSequence, "no packet of the flow reached the queue")
+        let after = try lab.stats("p1")
+        XCTAssertGreaterThanOrEqual(
+            try after.value("fast_path_accepted_established"),
+            try before.value("fast_path_accepted_established") + 19, "the new program kept the maps' counts")
+        XCTAssertTrue(lab.log(of: daemon).contains("after the re-exec"), lab.log(of: daemon))
+
+        daemon.terminate()
+        daemon.waitUntilExit()
+        XCTAssertFalse(try filterOnP1().contains("second_chance_f"), "a clean stop removes the program")
+    }
+
+    func testFastPathOffRemovesAProgramAnEarlierDaemonLeft() throws {
+        let kept = try lab.start("p1", "second-chance", arguments + ["--fast-path-stop", "keep"])
+        try lab.waitFor("the program") { try self.filterOnP1().contains("second_chance_f") }
+        kept.terminate()
+        kept.waitUntilExit()
+        XCTAssertTrue(try filterOnP1().contains("second_chance_f"), "--fast-path-stop keep leaves it deciding")
+
+        let off = try lab.start("p1", "second-chance", arguments + ["--fast-path", "off"])
+        try lab.waitFor("the daemon") { lab.log(of: off).contains("serving queue") }
+        XCTAssertFalse(try filterOnP1().contains("second_chance_f"), "the earlier daemon's program is gone")
+        XCTAssertTrue(try lab.stats("p1").isEmpty == false)
+        let status = try lab.runToEnd("p1", "second-chance", ["stats", "--control", lab.controlPath("p1")])
+        XCTAssertTrue(status.output.contains("fast_path: off (--fast-path off)"), status.output)
+    }
+}
