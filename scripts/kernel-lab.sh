@@ -97,6 +97,12 @@ mount -t bpf bpf /newroot/sys/fs/bpf 2>/dev/null
 mkdir -p /newroot/run/kernel-lab
 echo '#!/bin/sh' > /newroot/run/kernel-lab/modprobe && echo 'exec busybox modprobe "\$@"' >> /newroot/run/kernel-lab/modprobe
 chmod +x /newroot/run/kernel-lab/modprobe
+# The kernel's own requests (a protocol's sock_diag handler, a qdisc, a match) load modules as on a
+# booted system: its helper runs in this root, and modprobe in the guest's.
+printf '#!/bin/sh\nexec chroot /newroot busybox modprobe "\$@"\n' > /bin/modprobe-lab && chmod +x /bin/modprobe-lab
+echo /bin/modprobe-lab > /newroot/proc/sys/kernel/modprobe
+# Loopback up, as any booted system has it (Foundation's run loop, for one, talks to itself over it).
+busybox ip link set lo up
 chroot /newroot /bin/sh -c 'PATH=/run/kernel-lab:\$PATH; export PATH; busybox modprobe crc32c_generic 2>/dev/null; cd $PWD && bash $run/command'
 echo "kernel-lab-status: \$?"
 poweroff -f

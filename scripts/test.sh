@@ -11,11 +11,14 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 # Leftovers of an interrupted run would make the topology fail to come up.
 pkill -KILL -f 'systemd-nspawn .*--machine=pssd-' || true
-for ns in $(ip netns list | awk '/^(psit|psck|psbk|pstb|pspk|pspr|pslc|psrs|pssd)-/ {print $1}'); do
+for ns in $(ip netns list | awk '/^(psit|psck|psbk|pstb|pspk|pspr|pslc|psrs|pssd|pspf|psfl)-/ {print $1}'); do
     ip netns pids "$ns" | xargs -r kill -9
     ip netns del "$ns"
 done
 scripts/format.sh
 swift build --build-tests
 swift test --skip-build --disable-swift-testing
+# The decision suites again with NFQUEUE alone (--fast-path off): the queue's path stays the reference.
+PROXYSIDE_FAST_PATH=off swift test --skip-build --disable-swift-testing \
+    --filter 'IntegrationTests\.(SecondChanceTests|TrustBoundaryTests|PromiseTests)'
 if [ "$PROXYSIDE_SLOW_TESTS" = 1 ]; then scripts/fuzz.sh "${PROXYSIDE_FUZZ_SECONDS:-30}"; fi

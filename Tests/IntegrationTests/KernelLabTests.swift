@@ -34,4 +34,19 @@ final class KernelLabTests: XCTestCase {
             XCTAssertTrue(output.contains("[ ok ] nft: ip saddr @glb_peers udp dport 19523 queue"), output)
         }
     }
+
+    /// The tc fast path on Debian's kernels: the differential test against the Swift decider, and
+    /// the program's life (established flows decided in the kernel while the daemon is killed and
+    /// down, a re-exec, a clean stop), run by this test bundle inside each guest.
+    func testTheFastPathAndItsDifferentialTestOnDebiansKernels() throws {
+        let bundle = Lab.binaries.appendingPathComponent("proxysidePackageTests.xctest").path
+        for series in ["6.1", "6.12"] {
+            let (status, output) = try inGuest(
+                series,
+                "uname -r; \(bundle) IntegrationTests.FastPathParityTests,IntegrationTests.FastPathLifecycleTests 2>&1")
+            XCTAssertTrue(output.contains("\(series)."), "booted \(series): \(output)")
+            XCTAssertEqual(status, 0, output)
+            XCTAssertTrue(output.contains("Executed 4 tests, with 0 failures"), output)
+        }
+    }
 }
