@@ -139,6 +139,56 @@ final class SecondChanceTests: XCTestCase {
         XCTAssertTrue(log.contains("forwarding: kernel ("), log)
     }
 
+    /// Where the interface GUE arrives on forwards, the tc program sends the packet to the next hop
+    /// itself: the last hop gets the bytes the queue's path sends (checked as for it), and no queue
+    /// saw them.
+    func testTheFastPathForwardsInTheKernelWhereTheInterfaceForwards() throws {
+        for (host, address) in [("p1", Lab.p1), ("p2", Lab.p2)] {
+            try Lab.shell("ip netns exec \(lab.namespace(host)) sysctl -qw net.ipv4.conf.eth0.forwarding=1")
+            try lab.restartSecondChance(host, address, extra: ["--fast-path", "tc"])
+        }
+        // A hop whose neighbour entry the kernel has not resolved yet goes up, to the raw socket,
+        // whose send resolves it: here the hops are known first.
+        for (host, hop, address) in [("p1", "p2", Lab.p2), ("p2", "c", Lab.client)] {
+            let mac = try Lab.shell("ip -n \(lab.namespace(hop)) -br link show eth0").split(separator: " ")
+                .filter { !$0.isEmpty }[2]
+            try Lab.shell("ip -n \(lab.namespace(host)) neigh replace \(address) lladdr \(mac) dev eth0 nud permanent")
+        }
+        try checkForwardingAlongTheHops()
+        for host in ["p1", "p2"] {
+            let stats = try lab.stats(host)
+            XCTAssertEqual(stats["fast_path_forwarded"], 2, "\(host): \(stats)")
+            XCTAssertEqual(stats["queue_0_packets"], 0, "\(host): \(stats)")
+        }
+    }
+
+    /// An inner IPv6 packet the tc program takes reaches the stack on the interface GUE arrived on,
+    /// as an inner IPv4 one does: INPUT rules scoped to that interface see it, `-i lo` does not.
+    func testInnerIPv6TakenInTheKernelArrivesOnTheGUEInterface() throws {
+        try lab.restartSecondChance("p1", Lab.p1, extra: ["--fast-path", "tc"])
+        for interface in ["lo", "eth0"] {
+            try Lab.shell(
+                "ip netns exec \(lab.namespace("p1")) ip6tables -A INPUT -i \(interface) -p tcp --syn --dport 80")
+        }
+        let capture = try lab.inside("c") { try Capture(protocol: Int32(IPPROTO_TCP), ipv6: true) }
+        let syn = PacketBuilder.tcp(
+            source: .v6(Lab.client6), sourcePort: 40070, destination: .v6(Lab.vip6), destinationPort: 80, flags: .syn)
+        try sendGUE(lab, sourcePort: 30070, to: Lab.p1, inner: syn, hops: [Lab.p2])
+        XCTAssertNotNil(
+            capture.first { $0.count >= 20 && $0.be16(0) == 80 && $0.be16(2) == 40070 && $0[13] & 0x12 == 0x12 },
+            "the VIP answered")
+        let counters = try Lab.shell("ip netns exec \(lab.namespace("p1")) ip6tables -L INPUT -v -x -n")
+        let packets = Dictionary(
+            uniqueKeysWithValues: counters.split(separator: "\n").compactMap { line -> (String, UInt64)? in
+                let words = line.split(separator: " ")
+                guard words.count > 5, let count = UInt64(words[0]) else { return nil }
+                return (String(words[4] == "*" ? words[3] : words[4]), count)
+            })
+        XCTAssertEqual(packets["eth0"], 1, counters)
+        XCTAssertEqual(packets["lo"], 0, counters)
+        XCTAssertEqual(try lab.stats("p1")["fast_path_accepted_syn"], 1)
+    }
+
     func checkForwardingAlongTheHops() throws {
         // The client plays the last hop: it listens on the GUE port and also captures raw UDP to see checksums.
         let (receiver, capture) = try lab.inside("c") {
