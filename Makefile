@@ -1,4 +1,4 @@
-.PHONY: all build test test-quick demo bench bench-synflood bench-reload bench-lifecycle clean install
+.PHONY: all build test test-quick demo bench bench-fastpath bench-synflood bench-reload bench-lifecycle clean install
 
 PREFIX ?= /usr/local
 
@@ -18,6 +18,9 @@ demo:
 
 bench:
 	scripts/bench.sh
+
+bench-fastpath:
+	scripts/bench-fastpath.sh
 
 bench-synflood:
 	scripts/bench-synflood.sh

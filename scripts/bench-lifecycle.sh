@@ -8,6 +8,7 @@
 # than 200 ms (a retransmission), TCP retransmissions seen by the client and by P1, GUE packets that
 # met P1's closed port while no daemon was bound (UdpNoPorts), and the kernel queue's drops.
 #   scripts/bench-lifecycle.sh [--cycles 20] [--connections 32] [--new-per-second 50]
+# FAST_PATH=off runs the daemon on NFQUEUE alone (default auto: the tc fast path).
 # Runs as root in the lab's namespaces (prefix psbl); cleans up after itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,7 +50,7 @@ cp "$bin/second-chance" "$work/sbin/second-chance"
 cp "$bin/second-chance" "$work/second-chance.a"
 { cat "$bin/second-chance"; echo "another build"; } > "$work/second-chance.b"
 chmod 0755 "$work/second-chance.a" "$work/second-chance.b"
-daemon=("$work/sbin/second-chance" run --queue 0 --self 198.18.0.11 --allow-source 198.18.0.0/24 --control "$work/p1.sock")
+daemon=("$work/sbin/second-chance" run --queue 0 --self 198.18.0.11 --allow-source 198.18.0.0/24 --control "$work/p1.sock" --fast-path "${FAST_PATH:-auto}")
 
 stats() { "$bin/second-chance" stats --control "$work/p1.sock" 2>/dev/null; }
 stat_value() { stats | awk -F': ' -v name="$1" '$1 == name {print $2}'; }
@@ -144,6 +145,7 @@ run_row reexec
 run_row kill-9
 reexecs=0
 run_row upgrade
+echo "bench-lifecycle: $(stats | grep -E '^fast_path(_total_packets|_up_no_route_to_hop)?:' | tr '\n' ' ')(the last daemon)"
 echo "bench-lifecycle: rtts/new_ok: answered; broken: long-lived connections lost; slow/new_slow: over 200 ms (a retransmission);"
 echo "  retr_cli/retr_p1: TcpRetransSegs in the client's and P1's namespaces; bypassed: GUE that met P1's closed port (no reader bound);"
 echo "  q_drops: the kernel queue's drops (full or undeliverable)"

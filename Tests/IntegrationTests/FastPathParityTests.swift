@@ -360,6 +360,30 @@ final class FastPathParityTests: XCTestCase {
             // kernel's broadcast route: no brd was given): no packet goes to any of them.
             XCTAssertEqual(harness.outcomes["untrusted_hop"], 4, "\(harness.outcomes)")
 
+            // While the responder serves, SYNs and segments that find only a listener go up to it;
+            // with --netns every look-up does. Established flows stay in the kernel in the first case.
+            var settings = FastPathSettings(
+                selfAddress: Self.self4, peers: harness.decider.peers, guePort: GUEPacket.port, checkCookies: true,
+                lookupsElsewhere: false)
+            settings.responderServing = true
+            try harness.maps.write(settings)
+            harness.outcomes = [:]
+            for (name, packet) in Self.namedCases(established: established) { try harness.compare(packet, name) }
+            XCTAssertNil(harness.outcomes["accepted_syn"], "\(harness.outcomes)")
+            XCTAssertEqual(harness.outcomes["accepted_established"], 3, "\(harness.outcomes)")
+            XCTAssertEqual(harness.outcomes["forwarded"], 1, "only the flow no listener matches: \(harness.outcomes)")
+            settings.responderServing = false
+            settings.lookupsElsewhere = true
+            try harness.maps.write(settings)
+            harness.outcomes = [:]
+            for (name, packet) in Self.namedCases(established: established) { try harness.compare(packet, name) }
+            XCTAssertEqual(harness.outcomes["accepted_syn"], 2, "\(harness.outcomes)")
+            XCTAssertNil(harness.outcomes["accepted_established"], "\(harness.outcomes)")
+            XCTAssertNil(harness.outcomes["forwarded"], "\(harness.outcomes)")
+            settings.lookupsElsewhere = false
+            try harness.maps.write(settings)
+            harness.outcomes = [:]
+
             var random = SeededGenerator.fromEnvironment(name: #function)
             var seeds = Self.namedCases(established: established).map(\.1)
             let corpus = Lab.packageRoot.appendingPathComponent("Tests/Fuzz/corpus/PacketDecision")
