@@ -13,6 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 count=${1:-500000}
+# The sender: whole frames from a packet socket (SENDER=udp: glb-lab blast's UDP socket).
+[ "${SENDER:-frames}" = frames ] && SENDER_FRAMES=1
 . scripts/bench-streams.sh
 
 # The proxy's receive work (the tc program's with it) runs on the receiver's CPU, beside the daemon:

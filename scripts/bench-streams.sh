@@ -29,7 +29,11 @@ ip -n "$P" route add 198.18.0.50/32 via 198.18.0.254
 receiver_cpu=0
 sender_cpu=$(( $(nproc) - 1 ))
 
+# SENDER_FRAMES=1: glb-lab blast sends whole frames from a packet socket (past the client's IP stack
+# and qdisc: faster than its UDP socket); the default is the UDP socket.
+p1_mac=$(ip -n "$P" -br link show eth0 | awk '{ print $3 }')
 blast() {
+    set -- "$@" ${SENDER_FRAMES:+--interface eth0 --next-mac "$p1_mac" --source 198.18.0.1}
     case "$1" in
         syn) taskset -c "$sender_cpu" ip netns exec "$prefix-c" "$bin/glb-lab" blast --to 198.18.0.11 --count "$count" --max-seconds 10 --kind syn --client 198.18.200.1 --vip "$VIP" --vip-port 81 --first-port 30000 --flows 4096 "${@:2}" ;;
         established) taskset -c "$sender_cpu" ip netns exec "$prefix-c" "$bin/glb-lab" blast --to 198.18.0.11 --count "$count" --max-seconds 10 --kind ack --client 198.18.0.50 --vip "$VIP" --vip-port 80 --first-port 20000 --flows 64 "${@:2}" ;;

@@ -2,6 +2,9 @@
 #include "CLinuxShims.h"
 
 #include <linux/bpf.h>
+#include <linux/if_packet.h>
+#include <net/if.h>
+#include <unistd.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -108,12 +111,27 @@ int proxyside_send_batch_ipv4(int fd, const struct sockaddr_in *destinations,
     struct mmsghdr headers[max_batch];
     struct iovec iovecs[max_batch];
     count = prepare_messages(headers, iovecs, buffers, lengths, 0, count);
-    for (unsigned i = 0; i < count; i++) {
+    for (unsigned i = 0; destinations && i < count; i++) {
         headers[i].msg_hdr.msg_name = (void *)&destinations[i];
         headers[i].msg_hdr.msg_namelen = sizeof(destinations[i]);
     }
     int sent = sendmmsg(fd, headers, count, 0);
     return sent < 0 ? -errno : sent;
+}
+
+int proxyside_frame_sender(int ifindex) {
+    // Protocol 0: the socket is handed no packets; it only sends.
+    int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    struct sockaddr_ll address = { .sll_family = AF_PACKET, .sll_ifindex = ifindex };
+    int one = 1;
+    if (bind(fd, (struct sockaddr *)&address, sizeof(address)) < 0 ||
+        setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof(one)) < 0) {
+        int error = errno;
+        close(fd);
+        return -error;
+    }
+    return fd;
 }
 
 int proxyside_receive_batch(int fd, void *const *buffers, size_t size, size_t *lengths, unsigned count, int wait) {

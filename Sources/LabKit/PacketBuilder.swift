@@ -119,14 +119,23 @@ public enum PacketBuilder {
         from source: IPv4Address, to destination: IPv4Address, sourcePort: UInt16, inner: [UInt8],
         hops: [IPv4Address], nextHop: UInt8 = 0, udpChecksum: Bool = true, ttl: UInt8 = 64
     ) -> [UInt8] {
-        let payload = guePayload(inner: inner, hops: hops, nextHop: nextHop)
+        udp(
+            from: source, to: destination, sourcePort: sourcePort, destinationPort: GUEPacket.port,
+            payload: guePayload(inner: inner, hops: hops, nextHop: nextHop), checksum: udpChecksum, ttl: ttl)
+    }
+
+    /// An IPv4 UDP datagram around `payload`. `checksum: false` sends zero.
+    public static func udp(
+        from source: IPv4Address, to destination: IPv4Address, sourcePort: UInt16, destinationPort: UInt16,
+        payload: [UInt8], checksum: Bool = true, ttl: UInt8 = 64
+    ) -> [UInt8] {
         var udp: [UInt8] = []
         udp.appendBE16(sourcePort)
-        udp.appendBE16(GUEPacket.port)
+        udp.appendBE16(destinationPort)
         udp.appendBE16(UInt16(8 + payload.count))
         udp.appendBE16(0)
         udp += payload
-        if udpChecksum {
+        if checksum {
             let pseudo = InternetChecksum.pseudoHeaderSum(
                 source: source, destination: destination, protocol: 17, length: udp.count)
             let check = InternetChecksum.checksum(udp, initial: pseudo)

@@ -26,6 +26,15 @@ struct Blast: ParsableCommand {
     @Option(help: "Spoof the client address: flow N comes from --client + (N % this), for SYN floods.")
     var spoofAddresses: Int = 1
     @Option(help: "Packets per second at most (0: as fast as possible).") var rate: Int = 0
+    @Option(
+        help: ArgumentHelp(
+            """
+            Send whole frames out of this interface from a packet socket, past this host's IP stack and qdisc \
+            (faster: with --next-mac and --source).
+            """, valueName: "NAME"))
+    var interface: String?
+    @Option(help: "The frames' destination MAC (the proxy's, or the router's), aa:bb:cc:dd:ee:ff.") var nextMac: String?
+    @Option(help: "The frames' outer IPv4 source (an address of --interface).") var source: IPv4Address?
 
     func validate() throws {
         guard (1...40000).contains(flows), count > 0, (1...65536).contains(spoofAddresses), rate >= 0,
@@ -64,14 +73,22 @@ struct Blast: ParsableCommand {
                 options: kind == "syn" ? PacketBuilder.linuxSYNOptions : [])
             return PacketBuilder.guePayload(inner: inner, hops: hops)
         }
-        let fd = try LabSockets.bindUDP(.v4(IPv4Address(0)), port: 0)
+        let frames = try interface.map { try self.frames(around: payloads, interface: $0) }
+        let fd =
+            try frames == nil
+            ? LabSockets.bindUDP(.v4(IPv4Address(0)), port: 0)
+            : { () throws -> Int32 in
+                let fd = proxyside_frame_sender(Int32(if_nametoindex(interface!)))
+                guard fd >= 0 else { throw SystemError("packet socket on \(interface!)", errno: -fd) }
+                return fd
+            }()
         defer { close(fd) }
         var destination = sockaddr_in()
         destination.sin_family = sa_family_t(AF_INET)
         destination.sin_port = GUEPacket.port.bigEndian
         destination.sin_addr.s_addr = to.value.bigEndian
         let batch = 64
-        let storage = payloads.map { payload -> UnsafeMutableRawBufferPointer in
+        let storage = (frames ?? payloads).map { payload -> UnsafeMutableRawBufferPointer in
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: payload.count, alignment: 8)
             buffer.copyBytes(from: payload)
             return buffer
@@ -95,10 +112,38 @@ struct Blast: ParsableCommand {
                 buffers[index] = payload.baseAddress
                 lengths[index] = payload.count
             }
-            let result = proxyside_send_batch_ipv4(fd, destinations, &buffers, &lengths, UInt32(now))
+            let result =
+                frames == nil
+                ? proxyside_send_batch_ipv4(fd, destinations, &buffers, &lengths, UInt32(now))
+                : proxyside_send_batch_ipv4(fd, nil, &buffers, &lengths, UInt32(now))
             if result > 0 { sent += Int(result) }
         }
         let seconds = Double(MonotonicClock.nanoseconds() - start) / 1e9
         print("blast: sent=\(sent) milliseconds=\(Int(seconds * 1000)) rate=\(Int(Double(sent) / seconds))")
+    }
+
+    /// Each payload as the whole frame a UDP socket would have sent: Ethernet, IPv4 and UDP (with
+    /// its checksum) around it.
+    func frames(around payloads: [[UInt8]], interface: String) throws -> [[UInt8]] {
+        guard let source, let nextMac else { throw CommandFailure("--interface needs --next-mac and --source") }
+        let destinationMAC = nextMac.split(separator: ":").compactMap { UInt8($0, radix: 16) }
+        guard destinationMAC.count == 6 else { throw CommandFailure("--next-mac is six hexadecimal bytes: \(nextMac)") }
+        let sourceMAC = try Self.mac(of: interface)
+        return payloads.map { payload in
+            let packet = PacketBuilder.udp(
+                from: source, to: to, sourcePort: 40000, destinationPort: GUEPacket.port, payload: payload)
+            return destinationMAC + sourceMAC + [0x08, 0x00] + packet
+        }
+    }
+
+    static func mac(of interface: String) throws -> [UInt8] {
+        guard let text = ProcFile.read("/sys/class/net/\(interface)/address", limit: 64) else {
+            throw CommandFailure("no interface \(interface)")
+        }
+        let bytes =
+            text.trimmingPrefix(while: \.isWhitespace).split(separator: "\n").first?.split(separator: ":")
+            .compactMap { UInt8($0, radix: 16) } ?? []
+        guard bytes.count == 6 else { throw CommandFailure("cannot read \(interface)'s MAC") }
+        return bytes
     }
 }

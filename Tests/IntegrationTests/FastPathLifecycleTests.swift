@@ -19,6 +19,10 @@ final class FastPathLifecycleTests: XCTestCase {
 
     override func tearDown() { lab?.tearDown() }
 
+    /// How long a daemon may take to start and load its program: the kernel lab runs these tests
+    /// in software emulation, where the verifier alone takes seconds.
+    static let startup: Double = 30
+
     var arguments: [String] {
         ["run", "--queue", "0", "--self", Lab.p1.description, "--control", lab.controlPath("p1")] + Lab.labPeers
     }
@@ -33,7 +37,9 @@ final class FastPathLifecycleTests: XCTestCase {
         try "\(Lab.p1)\n".write(toFile: table, atomically: true, encoding: .utf8)
         let director = try lab.start(
             "d", "glb-lab", ["director", "--self", Lab.director.description, "--table", table])
-        try lab.waitFor("the director") { lab.log(of: director).contains("director: serving queue") }
+        try lab.waitFor("the director", seconds: Self.startup) {
+            lab.log(of: director).contains("director: serving queue")
+        }
         return try lab.inside("c") { try LabSockets.connectTCP(to: .v4(Lab.vip), port: 80) }
     }
 
@@ -56,7 +62,7 @@ final class FastPathLifecycleTests: XCTestCase {
     func testEstablishedFlowsKeepMovingWhileTheDaemonIsKilledAndDown() throws {
         let manager = try ServiceManagerSocket(path: lab.directory.appendingPathComponent("notify.sock").path)
         let first = try lab.start("p1", "second-chance", arguments, environment: ["NOTIFY_SOCKET": manager.path])
-        try manager.collect { $0.isReady && $0.store.count == 3 }
+        try manager.collect(seconds: Self.startup) { $0.isReady && $0.store.count == 3 }
         let program = try filterOnP1()
         XCTAssertTrue(program.contains("second_chance_f"), program)
 
@@ -88,17 +94,10 @@ final class FastPathLifecycleTests: XCTestCase {
 
         // The restart takes the stored queue and the program's maps: the counts go on.
         let restartLog = lab.directory.appendingPathComponent("restarted.log").path
-        let pid = try Spawn.run(
-            "/usr/bin/env",
-            [
-                "ip", "netns", "exec", lab.namespace("p1"), "/bin/sh", "-c",
-                "LISTEN_PID=$$ exec \"$0\" \"$@\" 2>\(restartLog)",
-                Lab.binaries.appendingPathComponent("second-chance").path,
-            ] + arguments,
-            environment: ProcessInfo.processInfo.environment.merging(manager.listenEnvironment) { $1 },
-            placing: manager.placements)
+        let pid = try manager.restartService(
+            "second-chance", arguments, inside: lab.namespace("p1"), log: restartLog)
         defer { kill(pid, SIGTERM); _ = Spawn.wait(pid) }
-        try lab.waitFor("the restarted daemon") {
+        try lab.waitFor("the restarted daemon", seconds: Self.startup) {
             ((try? String(contentsOfFile: restartLog, encoding: .utf8)) ?? "").contains("fast path: tc on eth0")
         }
         let restarted = (try? String(contentsOfFile: restartLog, encoding: .utf8)) ?? ""
@@ -112,14 +111,14 @@ final class FastPathLifecycleTests: XCTestCase {
 
     func testAReexecReplacesTheProgramInPlaceAndACleanStopRemovesIt() throws {
         let daemon = try lab.start("p1", "second-chance", arguments)
-        try lab.waitFor("the program") { try self.filterOnP1().contains("second_chance_f") }
+        try lab.waitFor("the program", seconds: Self.startup) { try self.filterOnP1().contains("second_chance_f") }
         let fd = try connectThroughDirector()
         defer { close(fd) }
         echo(fd, 0)
         let queueBefore = try queueOnP1()
         let before = try lab.stats("p1")
         kill(daemon.processIdentifier, SIGUSR1)
-        try lab.waitFor("the re-exec") { try self.lab.stats("p1")["reexecs"] == 1 }
+        try lab.waitFor("the re-exec", seconds: Self.startup) { try self.lab.stats("p1")["reexecs"] == 1 }
         for index in 1..<20 { echo(fd, index) }
         XCTAssertEqual(try queueOnP1().idSequence, queueBefore.idSequence, "no packet of the flow reached the queue")
         let after = try lab.stats("p1")
@@ -135,13 +134,13 @@ final class FastPathLifecycleTests: XCTestCase {
 
     func testFastPathOffRemovesAProgramAnEarlierDaemonLeft() throws {
         let kept = try lab.start("p1", "second-chance", arguments + ["--fast-path-stop", "keep"])
-        try lab.waitFor("the program") { try self.filterOnP1().contains("second_chance_f") }
+        try lab.waitFor("the program", seconds: Self.startup) { try self.filterOnP1().contains("second_chance_f") }
         kept.terminate()
         kept.waitUntilExit()
         XCTAssertTrue(try filterOnP1().contains("second_chance_f"), "--fast-path-stop keep leaves it deciding")
 
         let off = try lab.start("p1", "second-chance", arguments + ["--fast-path", "off"])
-        try lab.waitFor("the daemon") { lab.log(of: off).contains("serving queue") }
+        try lab.waitFor("the daemon", seconds: Self.startup) { lab.log(of: off).contains("serving queue") }
         XCTAssertFalse(try filterOnP1().contains("second_chance_f"), "the earlier daemon's program is gone")
         XCTAssertTrue(try lab.stats("p1").isEmpty == false)
         let status = try lab.runToEnd("p1", "second-chance", ["stats", "--control", lab.controlPath("p1")])

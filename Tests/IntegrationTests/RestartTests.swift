@@ -169,15 +169,8 @@ final class RestartTests: XCTestCase {
         try lab.waitFor("the datagrams to wait in the kernel's queue") { try self.traffic.waiting("p1") == 500 }
 
         let restartLog = lab.directory.appendingPathComponent("restarted.log").path
-        let pid = try Spawn.run(
-            "/usr/bin/env",
-            [
-                "ip", "netns", "exec", lab.namespace("p1"), "/bin/sh", "-c",
-                "LISTEN_PID=$$ exec \"$0\" \"$@\" 2>\(restartLog)",
-                Lab.binaries.appendingPathComponent("second-chance").path,
-            ] + arguments,
-            environment: ProcessInfo.processInfo.environment.merging(manager.listenEnvironment) { $1 },
-            placing: manager.placements)
+        let pid = try manager.restartService(
+            "second-chance", arguments, inside: lab.namespace("p1"), log: restartLog)
         defer { kill(pid, SIGTERM); _ = Spawn.wait(pid) }
         traffic.assertAllReceived(traffic.received(service), 0..<500, "datagrams that arrived while no daemon ran")
         let stats = try lab.stats("p1")

@@ -23,8 +23,8 @@ final class ServiceManagerSocket {
     }
 
     /// Reads notifications until `done` holds (or the lab's wait times out).
-    func collect(until done: (ServiceManagerSocket) -> Bool) throws {
-        try Lab.waitFor("notifications", seconds: 5) {
+    func collect(seconds: Double = 5, until done: (ServiceManagerSocket) -> Bool) throws {
+        try Lab.waitFor("notifications", seconds: seconds) {
             while let (bytes, fds) = try? FDPassing.receive(fd, flags: Int32(MSG_DONTWAIT)) {
                 let text = String(decoding: bytes, as: UTF8.self)
                 notices.append(text)
@@ -59,4 +59,18 @@ final class ServiceManagerSocket {
     }
 
     var placements: [(from: Int32, to: Int32)] { store.enumerated().map { ($0.element.fd, Int32(3 + $0.offset)) } }
+
+    /// Starts `binary` (from the build) with `arguments` inside `namespace`, handed the stored fds
+    /// as systemd hands them to the service it restarts; its stderr goes to `log`.
+    func restartService(_ binary: String, _ arguments: [String], inside namespace: String, log: String) throws
+        -> pid_t
+    {
+        try Spawn.run(
+            "/usr/bin/env",
+            [
+                "ip", "netns", "exec", namespace, "/bin/sh", "-c", "LISTEN_PID=$$ exec \"$0\" \"$@\" 2>\(log)",
+                Lab.binaries.appendingPathComponent(binary).path,
+            ] + arguments,
+            environment: ProcessInfo.processInfo.environment.merging(listenEnvironment) { $1 }, placing: placements)
+    }
 }

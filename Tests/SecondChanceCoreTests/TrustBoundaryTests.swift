@@ -212,10 +212,12 @@ final class TrustBoundaryTests: XCTestCase {
             1\ngarbage\n1 2\n
             """
         let table = KernelQueueStatistics.parse(text)
-        XCTAssertEqual(table[0], KernelQueueStatistics(portID: 12345, waiting: 3, queueDropped: 7, userDropped: 9))
+        XCTAssertEqual(
+            table[0], KernelQueueStatistics(portID: 12345, waiting: 3, queueDropped: 7, userDropped: 9, idSequence: 42))
         XCTAssertEqual(
             table[5],
-            KernelQueueStatistics(portID: UInt32(bitPattern: -4000), waiting: 0, queueDropped: 0, userDropped: 0))
+            KernelQueueStatistics(
+                portID: UInt32(bitPattern: -4000), waiting: 0, queueDropped: 0, userDropped: 0, idSequence: 1))
         XCTAssertEqual(table.count, 2)
     }
 }

@@ -31,7 +31,12 @@ int proxyside_bpf_test_run(int prog_fd, const void *data_in, uint32_t size_in,
 /// Makes SIGTERM, SIGINT (and SIGHUP when hup_fd >= 0) write 8 bytes to an eventfd, async-signal-safely.
 int proxyside_install_signal_eventfds(int shutdown_fd, int hup_fd);
 
-/// sendmmsg(2) of `count` IPv4 packets, each to its own destination. Returns how many were sent, or -errno.
+/// sendmmsg(2) of `count` packets, each to its own IPv4 destination (NULL: the socket's own, as for a
+/// bound packet socket). Returns how many were sent, or -errno.
+/// A packet socket that sends whole Ethernet frames out of `ifindex` past the qdisc, and receives
+/// nothing (for the benchmark's sender). Returns the fd or -errno.
+int proxyside_frame_sender(int ifindex);
+
 int proxyside_send_batch_ipv4(int fd, const struct sockaddr_in *destinations,
                               void *const *buffers, const size_t *lengths, unsigned count);
 
