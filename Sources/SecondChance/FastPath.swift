@@ -40,6 +40,8 @@ public final class FastPath: @unchecked Sendable {
     /// Where the program and maps are pinned, if a bpffs is mounted at /sys/fs/bpf.
     public let pinDirectory: String?
     private let settings: Mutex<FastPathSettings>
+    /// Set while the address maps could not be written: the configuration word stays cleared.
+    private let suspended = Atomic<Bool>(false)
 
     public static let bpffs = "/sys/fs/bpf"
 
@@ -91,7 +93,17 @@ public final class FastPath: @unchecked Sendable {
         // Maps first, then the attachment: the program decides nothing with a half-written map.
         try maps.write(local)
         try maps.write(settings)
-        for interface in interfaces { try FastPathKernel.attach(programFD: object.programFD, interface: interface) }
+        var attached: [String] = []
+        do {
+            for interface in interfaces {
+                try FastPathKernel.attach(programFD: object.programFD, interface: interface)
+                attached.append(interface)
+            }
+        } catch {
+            // All or none: a program left on some interfaces would decide there unattended.
+            Self.remove(interfaces: attached, pinDirectory: nil, logger: logger)
+            throw error
+        }
         program = try FastPathKernel.programInfo(fd: object.programFD, id: 0)
         if let pinDirectory, FastPathKernel.isBPFFilesystem(FastPath.bpffs) {
             do {
@@ -135,7 +147,7 @@ public final class FastPath: @unchecked Sendable {
             settings.responderServing = up
             return settings
         }
-        if let changed { try maps.write(changed) }
+        if let changed, !suspended.load(ordering: .acquiring) { try maps.write(changed) }
     }
 
     public func counters() -> FastPathCounterValues { maps.readCounters() }
@@ -147,14 +159,27 @@ public final class FastPath: @unchecked Sendable {
         var event = pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0)
         while poll(&event, 1, 50) >= 0 || errno == EINTR {
             if event.revents != 0 { return }
+            guard addresses.generation != generation else { continue }
+            let snapshot = addresses.snapshot()
+            generation = snapshot.generation
             do {
-                if addresses.generation != generation {
-                    let snapshot = addresses.snapshot()
-                    generation = snapshot.generation
-                    try update(snapshot.addresses)
-                }
+                try update(snapshot.addresses)
             } catch {
-                logger.warning("fast path: \(error)")
+                // A map that could not take this host's addresses would refuse what the queue
+                // accepts: the program sends everything up until an update succeeds.
+                logger.warning("fast path: \(error); every packet goes up to NFQUEUE until the maps take the addresses")
+                suspended.store(true, ordering: .releasing)
+                maps.suspend(settings.withLock { $0 })
+                continue
+            }
+            if suspended.load(ordering: .acquiring) {
+                do {
+                    try maps.write(settings.withLock { $0 })
+                    suspended.store(false, ordering: .releasing)
+                    logger.info("fast path: the maps hold this host's addresses again; deciding in the kernel")
+                } catch {
+                    logger.warning("fast path: \(error)")
+                }
             }
         }
     }

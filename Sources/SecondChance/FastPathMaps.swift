@@ -132,6 +132,15 @@ public struct FastPathMaps: Sendable {
         return FastPathCounterValues(slots: slots)
     }
 
+    /// Makes the program send every packet up (layout 0: not configured), counted as such (it still
+    /// knows the GUE port), until `write` again.
+    public func suspend(_ settings: FastPathSettings) {
+        var zero: UInt32 = 0
+        var value = settings.configuration
+        value.layout = 0
+        _ = bpf_map_update_elem(config, &zero, &value, UInt64(BPF_ANY))
+    }
+
     /// The configuration word as the program reads it.
     public func readConfiguration() -> fp_config? {
         var zero: UInt32 = 0

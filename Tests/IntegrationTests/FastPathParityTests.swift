@@ -380,6 +380,15 @@ final class FastPathParityTests: XCTestCase {
             XCTAssertEqual(harness.outcomes["accepted_syn"], 2, "\(harness.outcomes)")
             XCTAssertNil(harness.outcomes["accepted_established"], "\(harness.outcomes)")
             XCTAssertNil(harness.outcomes["forwarded"], "\(harness.outcomes)")
+            // Suspended (the address maps could not be written): every packet goes up, counted.
+            harness.maps.suspend(settings)
+            harness.outcomes = [:]
+            let before = harness.maps.readCounters()
+            for (name, packet) in Self.namedCases(established: established) { try harness.compare(packet, name) }
+            XCTAssertEqual(harness.outcomes, ["up": Self.namedCases(established: established).count])
+            XCTAssertEqual(
+                harness.maps.readCounters()[FP_UP_UNCONFIGURED] - before[FP_UP_UNCONFIGURED],
+                UInt64(Self.namedCases(established: established).count))
             settings.lookupsElsewhere = false
             try harness.maps.write(settings)
             harness.outcomes = [:]
