@@ -568,6 +568,8 @@ struct Run: ParsableCommand {
             logger.info("fast path: \(path.summary)\(how); NFQUEUE decides what it sends up")
             return (path, path.summary)
         } catch {
+            // A program an earlier daemon left must not go on deciding with maps nobody keeps current.
+            FastPath.remove(interfaces: interfaces, pinDirectory: FastPath.defaultPinDirectory(), logger: logger)
             guard fastPath == .auto else { throw CommandFailure("--fast-path tc: \(error)") }
             logger.warning("warning: fast path off, every packet is decided from NFQUEUE: \(error)")
             return (nil, "off (\(error))")

@@ -5,10 +5,10 @@ import XCTest
 /// under qemu: what this machine's kernel cannot show (it has no fou, no nft `queue`, no modules).
 final class KernelLabTests: XCTestCase {
     /// Runs `script` (bash) in a guest of `series`: (status, output).
-    func inGuest(_ series: String, _ script: String) throws -> (status: Int32, output: String) {
+    func inGuest(_ series: String, _ script: String, seconds: Int = 240) throws -> (status: Int32, output: String) {
         try Lab.run(
             Lab.packageRoot.appendingPathComponent("scripts/kernel-lab.sh").path, [series, "bash", "-c", script],
-            environment: ProcessInfo.processInfo.environment.merging(["TIMEOUT": "240"]) { $1 })
+            environment: ProcessInfo.processInfo.environment.merging(["TIMEOUT": String(seconds)]) { $1 })
     }
 
     /// The shipped nft rules load unchanged and queue; fou takes GUE on the port; doctor sees both.
@@ -35,18 +35,22 @@ final class KernelLabTests: XCTestCase {
         }
     }
 
-    /// The tc fast path on Debian's kernels: the differential test against the Swift decider, and
-    /// the program's life (established flows decided in the kernel while the daemon is killed and
-    /// down, a re-exec, a clean stop), run by this test bundle inside each guest.
+    /// The tc fast path on Debian's kernels, run by this test bundle inside each guest: the
+    /// differential test against the Swift decider on both, and on 6.1 (the oldest kernel it must
+    /// load on) the program's life too: established flows decided in the kernel while the daemon
+    /// is killed and down, a re-exec, a clean stop. Software emulation makes these minutes, not
+    /// seconds: the guest gets 8 of them.
     func testTheFastPathAndItsDifferentialTestOnDebiansKernels() throws {
         let bundle = Lab.binaries.appendingPathComponent("proxysidePackageTests.xctest").path
-        for series in ["6.1", "6.12"] {
-            let (status, output) = try inGuest(
-                series,
-                "uname -r; \(bundle) IntegrationTests.FastPathParityTests,IntegrationTests.FastPathLifecycleTests 2>&1")
+        for (series, suites) in [
+            ("6.1", ["FastPathParityTests", "FastPathLifecycleTests"]), ("6.12", ["FastPathParityTests"]),
+        ] {
+            let filter = suites.map { "IntegrationTests." + $0 }.joined(separator: ",")
+            let (status, output) = try inGuest(series, "uname -r; \(bundle) \(filter) 2>&1", seconds: 480)
             XCTAssertTrue(output.contains("\(series)."), "booted \(series): \(output)")
             XCTAssertEqual(status, 0, output)
-            XCTAssertTrue(output.contains("Executed 4 tests, with 0 failures"), output)
+            let tests = suites.count == 2 ? "4 tests" : "1 test"
+            XCTAssertTrue(output.contains("Executed \(tests), with 0 failures"), output)
         }
     }
 }
