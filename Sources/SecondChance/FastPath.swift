@@ -138,7 +138,7 @@ public final class FastPath: @unchecked Sendable {
             "tc on \(interfaces.joined(separator: ",")) (program \(program.id), tag \(program.tag)\(adopted)\(pinned))"
     }
 
-    public func update(_ local: LocalAddresses) throws { try maps.write(local) }
+    private func update(_ local: LocalAddresses) throws { try maps.write(local) }
 
     /// SYNs and segments that find only a listener go up while the responder serves some listener.
     public func setResponderServing(_ up: Bool) throws {
@@ -152,35 +152,36 @@ public final class FastPath: @unchecked Sendable {
 
     public func counters() -> FastPathCounterValues { maps.readCounters() }
 
-    /// Keeps the address maps current until `stop`, as the watcher publishes them. (Whether the
-    /// responder wants the SYNs comes from its board as it changes: `ResponderBoard.observeServing`.)
-    public func run(stop: EventFD, addresses: LocalAddressBoard, logger: Logger) {
-        var generation = addresses.generation
-        var event = pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0)
-        while poll(&event, 1, 50) >= 0 || errno == EINTR {
-            if event.revents != 0 { return }
-            guard addresses.generation != generation else { continue }
-            let snapshot = addresses.snapshot()
-            generation = snapshot.generation
-            do {
-                try update(snapshot.addresses)
-            } catch {
-                // A map that could not take this host's addresses would refuse what the queue
-                // accepts: the program sends everything up until an update succeeds.
-                logger.warning("fast path: \(error); every packet goes up to NFQUEUE until the maps take the addresses")
-                suspended.store(true, ordering: .releasing)
-                maps.suspend(settings.withLock { $0 })
-                continue
-            }
-            if suspended.load(ordering: .acquiring) {
-                do {
-                    try maps.write(settings.withLock { $0 })
-                    suspended.store(false, ordering: .releasing)
-                    logger.info("fast path: the maps hold this host's addresses again; deciding in the kernel")
-                } catch {
-                    logger.warning("fast path: \(error)")
-                }
-            }
+    /// Writes this host's addresses into the maps (the watcher's board calls it as it publishes;
+    /// `LocalAddressBoard.observe`). A map that cannot take them would refuse what the queue
+    /// accepts: the program then sends everything up until an update succeeds.
+    public func addressesChanged(_ local: LocalAddresses, generation: UInt64, logger: Logger) {
+        // Serialized, newest first: the watcher's thread and the starting one may both call.
+        writtenGeneration.withLock { written in
+            guard written.map({ generation > $0 }) ?? true else { return }
+            written = generation
+            write(local, logger: logger)
+        }
+    }
+
+    private let writtenGeneration = Mutex<UInt64?>(nil)
+
+    private func write(_ local: LocalAddresses, logger: Logger) {
+        do {
+            try update(local)
+        } catch {
+            logger.warning("fast path: \(error); every packet goes up to NFQUEUE until the maps take the addresses")
+            suspended.store(true, ordering: .releasing)
+            maps.suspend(settings.withLock { $0 })
+            return
+        }
+        guard suspended.load(ordering: .acquiring) else { return }
+        do {
+            try maps.write(settings.withLock { $0 })
+            suspended.store(false, ordering: .releasing)
+            logger.info("fast path: the maps hold this host's addresses again; deciding in the kernel")
+        } catch {
+            logger.warning("fast path: \(error)")
         }
     }
 

@@ -20,16 +20,27 @@ public final class LocalAddressBoard: Sendable {
 
     public func snapshot() -> (generation: UInt64, addresses: LocalAddresses) { state.withLock { $0 } }
 
-    /// Replaces the addresses; false when nothing changed.
+    /// Replaces the addresses; false when nothing changed. The observer, if any, is then told, on
+    /// the publishing thread: the tc fast path's maps follow the queue threads' view at once.
     @discardableResult
     public func publish(_ addresses: LocalAddresses) -> Bool {
-        state.withLock { current in
-            guard current.addresses != addresses else { return false }
+        let generation = state.withLock { current -> UInt64? in
+            guard current.addresses != addresses else { return nil }
             current = (current.generation + 1, addresses)
             published.store(current.generation, ordering: .releasing)
-            return true
+            return current.generation
         }
+        guard let generation else { return false }
+        observer.withLock { $0 }?(generation, addresses)
+        return true
     }
+
+    /// Called with every new set of addresses and its generation, after it is published.
+    public func observe(_ body: @escaping @Sendable (UInt64, LocalAddresses) -> Void) {
+        observer.withLock { $0 = body }
+    }
+
+    private let observer = Mutex<(@Sendable (UInt64, LocalAddresses) -> Void)?>(nil)
 }
 
 /// Keeps a `LocalAddressBoard` current from rtnetlink: it subscribes to address and route changes

@@ -355,7 +355,7 @@ struct Run: ParsableCommand {
             throw CommandFailure("\(error)")
         }
         let kernelPath = try startFastPath(
-            peers: peers, local: watcher.board.snapshot().addresses, responder: monitor?.board,
+            peers: peers, addresses: watcher.board, responder: monitor?.board,
             reexecuted: environment[Self.reexecsVariable] != nil)
         // Each queue's count of restarts that found packets an earlier reader died with.
         var replayCounters: [(fd: Int32, name: String)] = []
@@ -435,11 +435,6 @@ struct Run: ParsableCommand {
         var serverThread = try WorkerThread { server.serve(stop: serverStop) }
         let monitorThread = try monitor.map { monitor in try WorkerThread { monitor.run(stop: stop) } }
         let watcherThread = try WorkerThread { watcher.run(stop: stop) }
-        let fastPathThread = try kernelPath.path.map { path in
-            try WorkerThread {
-                path.run(stop: stop, addresses: watcher.board, logger: logger)
-            }
-        }
 
         // The queue threads stop on their own event: for a re-exec only they stop, answering what
         // they read; the kernel holds what comes meanwhile for the next image. Nothing else needs
@@ -539,13 +534,14 @@ struct Run: ParsableCommand {
         serverThread.join()
         monitorThread?.join()
         watcherThread.join()
-        fastPathThread?.join()
         if let failure = failures.withLock({ $0.first }) { throw CommandFailure(failure) }
         logger.info("stopped; all read packets answered")
     }
 
     /// The tc program, as `--fast-path` asks: attached, or why not (said once).
-    func startFastPath(peers: PeerPolicy, local: LocalAddresses, responder: ResponderBoard?, reexecuted: Bool) throws
+    func startFastPath(
+        peers: PeerPolicy, addresses: LocalAddressBoard, responder: ResponderBoard?, reexecuted: Bool
+    ) throws
         -> (path: FastPath?, status: String)
     {
         let interfaces = fastPathInterfaces.isEmpty ? HostChecks.gueInterfaces(from: allowSources) : fastPathInterfaces
@@ -560,7 +556,13 @@ struct Run: ParsableCommand {
             lookupsElsewhere: netns != nil)
         settings.responderServing = responder.map { !$0.snapshot().listeners.isEmpty } ?? false
         do {
-            let path = try FastPath(settings: settings, local: local, interfaces: interfaces, logger: logger)
+            let path = try FastPath(
+                settings: settings, local: addresses.snapshot().addresses, interfaces: interfaces, logger: logger)
+            // From now on the watcher writes every change into the maps as it publishes it; one that
+            // came between the first write and this reaches them here.
+            addresses.observe { path.addressesChanged($1, generation: $0, logger: logger) }
+            let current = addresses.snapshot()
+            path.addressesChanged(current.addresses, generation: current.generation, logger: logger)
             responder?.observeServing { serving in
                 do { try path.setResponderServing(serving) } catch { logger.warning("fast path: \(error)") }
             }
