@@ -138,8 +138,6 @@ public final class FastPath: @unchecked Sendable {
             "tc on \(interfaces.joined(separator: ",")) (program \(program.id), tag \(program.tag)\(adopted)\(pinned))"
     }
 
-    private func update(_ local: LocalAddresses) throws { try maps.write(local) }
-
     /// SYNs and segments that find only a listener go up while the responder serves some listener.
     public func setResponderServing(_ up: Bool) throws {
         let changed = settings.withLock { settings -> FastPathSettings? in
@@ -168,7 +166,7 @@ public final class FastPath: @unchecked Sendable {
 
     private func write(_ local: LocalAddresses, logger: Logger) {
         do {
-            try update(local)
+            try maps.write(local)
         } catch {
             logger.warning("fast path: \(error); every packet goes up to NFQUEUE until the maps take the addresses")
             suspended.store(true, ordering: .releasing)

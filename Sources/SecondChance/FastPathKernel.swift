@@ -177,10 +177,16 @@ public enum FastPathKernel {
         return FastPathProgramInfo(id: info.id == 0 ? id : info.id, tag: tag, name: name, maps: maps)
     }
 
-    static func mapName(fd: Int32) throws -> String {
+    /// The kernel's description of map `fd`: its name, key and value sizes, entries.
+    static func mapInfo(fd: Int32) throws -> bpf_map_info {
         var info = bpf_map_info()
         var length = UInt32(MemoryLayout<bpf_map_info>.size)
         guard bpf_obj_get_info_by_fd(fd, &info, &length) == 0 else { throw FastPathError("map info", errno: errno) }
+        return info
+    }
+
+    static func mapName(fd: Int32) throws -> String {
+        let info = try mapInfo(fd: fd)
         return withUnsafeBytes(of: info.name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
     }
 
@@ -200,9 +206,7 @@ public enum FastPathKernel {
 
     /// The layout written into a configuration map (0: none yet), or nil when it cannot be read as one.
     public static func configuredLayout(configMap fd: Int32) -> UInt32? {
-        var info = bpf_map_info()
-        var length = UInt32(MemoryLayout<bpf_map_info>.size)
-        guard bpf_obj_get_info_by_fd(fd, &info, &length) == 0,
+        guard let info = try? mapInfo(fd: fd),
             info.value_size == UInt32(MemoryLayout<fp_config>.size), info.key_size == 4, info.max_entries == 1
         else { return nil }
         var key: UInt32 = 0

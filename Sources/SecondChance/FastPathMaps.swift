@@ -86,7 +86,7 @@ public struct FastPathMaps: Sendable {
     /// Makes the map's keys exactly `keys` (values 1).
     func replace(_ fd: Int32, keys: Set<[UInt8]>) throws {
         var present: Set<[UInt8]> = []
-        if let size = keys.first?.count ?? (try? keySize(fd)) {
+        if let size = keys.first?.count ?? (try? FastPathKernel.mapInfo(fd: fd)).map({ Int($0.key_size) }) {
             var key = [UInt8](repeating: 0, count: size)
             var next = [UInt8](repeating: 0, count: size)
             var first = true
@@ -110,13 +110,6 @@ public struct FastPathMaps: Sendable {
         for key in present.subtracting(keys) {
             _ = key.withUnsafeBytes { bpf_map_delete_elem(fd, $0.baseAddress) }
         }
-    }
-
-    func keySize(_ fd: Int32) throws -> Int {
-        var info = bpf_map_info()
-        var length = UInt32(MemoryLayout<bpf_map_info>.size)
-        guard bpf_obj_get_info_by_fd(fd, &info, &length) == 0 else { throw FastPathError("map info", errno: errno) }
-        return Int(info.key_size)
     }
 
     /// Every slot summed over the CPUs.

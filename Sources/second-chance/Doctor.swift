@@ -27,10 +27,11 @@ struct Doctor: ParsableCommand {
     func run() throws {
         var mode: ForwardingMode = forward == .kernel ? .kernel : .raw
         var choice: HostCheck?
+        // Where GUE from the peers arrives (the routes to them, read once); nil when not given.
+        let peerInterfaces =
+            allowSourceLists.isEmpty ? nil : HostChecks.gueInterfaces(from: allowSourceLists.flatMap { $0 })
         if forward == .auto {
-            let (automatic, reason) = HostChecks.automaticForwarding(
-                interfaces: allowSourceLists.isEmpty
-                    ? nil : HostChecks.gueInterfaces(from: allowSourceLists.flatMap { $0 }))
+            let (automatic, reason) = HostChecks.automaticForwarding(interfaces: peerInterfaces)
             mode = automatic
             choice = HostCheck(
                 level: .info, subject: "forwarding", finding: "--forward auto picks \(automatic.rawValue): \(reason)")
@@ -40,9 +41,7 @@ struct Doctor: ParsableCommand {
                 port: guePort, queues: queues, namespace: netns, forwarding: mode,
                 allowedSources: allowSourceLists.isEmpty ? nil : allowSourceLists.flatMap { $0 })
             + (choice.map { [$0] } ?? [])
-            + FastPathChecks.run(
-                interfaces: fastPathInterfaces.isEmpty
-                    ? HostChecks.gueInterfaces(from: allowSourceLists.flatMap { $0 }) : fastPathInterfaces)
+            + FastPathChecks.run(interfaces: fastPathInterfaces.isEmpty ? peerInterfaces ?? [] : fastPathInterfaces)
         for check in checks { print(check.line) }
         if checks.contains(where: { $0.level == .fail }) { throw ExitCode(1) }
     }

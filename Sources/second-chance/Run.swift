@@ -257,8 +257,11 @@ struct Run: ParsableCommand {
         // crash), and from a re-exec its count and its forwarding choice.
         let environment = ProgramImage.environment()
         let forwarding: ForwardingMode
-        // Where GUE from the peers arrives: accept_local counts there (or on all) only.
-        let gueInterfaces = forward == .raw ? [] : HostChecks.gueInterfaces(from: allowSources)
+        // Where GUE from the peers arrives (the routes to them, read once): accept_local counts
+        // there, and the tc program goes there unless --fast-path-interface says otherwise.
+        let peerInterfaces =
+            forward == .raw && !fastPathInterfaces.isEmpty ? [] : HostChecks.gueInterfaces(from: allowSources)
+        let gueInterfaces = forward == .raw ? [] : peerInterfaces
         switch forward {
         case .raw: forwarding = .raw
         case .kernel: forwarding = .kernel
@@ -355,7 +358,7 @@ struct Run: ParsableCommand {
             throw CommandFailure("\(error)")
         }
         let kernelPath = try startFastPath(
-            peers: peers, addresses: watcher.board, responder: monitor?.board,
+            peers: peers, peerInterfaces: peerInterfaces, addresses: watcher.board, responder: monitor?.board,
             reexecuted: environment[Self.reexecsVariable] != nil)
         // Each queue's count of restarts that found packets an earlier reader died with.
         var replayCounters: [(fd: Int32, name: String)] = []
@@ -540,11 +543,12 @@ struct Run: ParsableCommand {
 
     /// The tc program, as `--fast-path` asks: attached, or why not (said once).
     func startFastPath(
-        peers: PeerPolicy, addresses: LocalAddressBoard, responder: ResponderBoard?, reexecuted: Bool
+        peers: PeerPolicy, peerInterfaces: [String], addresses: LocalAddressBoard, responder: ResponderBoard?,
+        reexecuted: Bool
     ) throws
         -> (path: FastPath?, status: String)
     {
-        let interfaces = fastPathInterfaces.isEmpty ? HostChecks.gueInterfaces(from: allowSources) : fastPathInterfaces
+        let interfaces = fastPathInterfaces.isEmpty ? peerInterfaces : fastPathInterfaces
         guard fastPath != .off else {
             // A filter an earlier process kept (--fast-path-stop keep, or a crash) must not decide for this one.
             FastPath.remove(interfaces: interfaces, pinDirectory: FastPath.defaultPinDirectory(), logger: logger)
