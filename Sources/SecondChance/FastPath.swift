@@ -138,15 +138,40 @@ public final class FastPath: @unchecked Sendable {
             "tc on \(interfaces.joined(separator: ",")) (program \(program.id), tag \(program.tag)\(adopted)\(pinned))"
     }
 
-    /// SYNs and segments that find only a listener go up while the responder serves some listener.
-    public func setResponderServing(_ up: Bool) throws {
-        let changed = settings.withLock { settings -> FastPathSettings? in
-            guard settings.responderServing != up else { return nil }
-            settings.responderServing = up
-            return settings
+    /// Follows the responder's board (`ResponderBoard.observe`): the listeners it serves, their
+    /// counts, the reply MSS table, then the configuration word with the host's TCP settings.
+    public func responderChanged(
+        _ snapshot: ResponderBoard.Snapshot, records: [ListenerKey], passIntervalNanoseconds: UInt64, logger: Logger
+    ) {
+        responderGeneration.withLock { written in
+            guard written.map({ snapshot.generation > $0 }) ?? true else { return }
+            written = snapshot.generation
+            do {
+                try maps.write(responder: snapshot, records: records)
+            } catch {
+                // The listeners then stay as they were: what the queue's responder serves, the
+                // kernel's may not yet (or still) serve; both answer with the kernel's cookies.
+                logger.warning("fast path: the responder's maps: \(error)")
+            }
+            let changed = settings.withLock { settings -> FastPathSettings? in
+                var next = settings
+                next.responderServing = !snapshot.listeners.isEmpty
+                next.passIntervalNanoseconds = passIntervalNanoseconds
+                next.tcp = snapshot.settings
+                guard next != settings else { return nil }
+                settings = next
+                return next
+            }
+            if let changed, !suspended.load(ordering: .acquiring) {
+                do { try maps.write(changed) } catch { logger.warning("fast path: \(error)") }
+            }
         }
-        if let changed, !suspended.load(ordering: .acquiring) { try maps.write(changed) }
     }
+
+    private let responderGeneration = Mutex<UInt64?>(nil)
+
+    /// The program's counts for these listeners, by `fp_listener_count` slot.
+    public func listenerCounts(_ keys: [ListenerKey]) -> [ListenerKey: [UInt64]] { maps.readListenerCounts(keys) }
 
     public func counters() -> FastPathCounterValues { maps.readCounters() }
 

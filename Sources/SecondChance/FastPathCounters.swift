@@ -32,6 +32,8 @@ public enum FastPathCounters {
         (FP_REFUSED_MARTIAN_SOURCE, .refused(.martianSource)),
         (FP_COOKIE_CHECKS, .cookieChecks),
         (FP_COOKIE_ACKS_INVALID, .cookieAcksInvalid),
+        (FP_COOKIES_SENT, .cookiesSent),
+        (FP_COOKIE_REPLY_FAILED, .cookieReplyFailed),
     ]
 
     /// Slots that count packets sent up to the queue unchanged, by the reason's label.
@@ -42,10 +44,17 @@ public enum FastPathCounters {
         (FP_UP_NOT_ADDRESSED_HERE, "not_addressed_here"),
         (FP_UP_INNER_NOT_TCP, "inner_not_plain_tcp"),
         (FP_UP_INNER_FRAGMENT, "inner_fragment"),
-        (FP_UP_RESPONDER, "responder"),
         (FP_UP_LOOKUP_ELSEWHERE, "lookup_in_other_netns"),
         (FP_UP_NO_ROUTE, "no_route_to_hop"),
         (FP_UP_FAILED, "helper_failed"),
+    ]
+
+    /// The per-listener counts the program keeps (`enum fp_listener_count`), as the listener's record names them.
+    public static let listenerCounts: [(slot: fp_listener_count, counter: ListenerRecord.Counter)] = [
+        (FP_L_COOKIES_SENT, .cookiesSent),
+        (FP_L_COOKIE_ACKS_VALID, .cookieAcksValid),
+        (FP_L_COOKIE_ACKS_INVALID, .cookieAcksInvalid),
+        (FP_L_SYNS_PASSED, .synsPassedToKernel),
     ]
 
     /// The slot counting `name` in the kernel, if the program counts it.

@@ -34,6 +34,7 @@ public final class FastPathObject: @unchecked Sendable {
     public static let programName = "second_chance_fast_path"
     public static let mapNames = [
         "fp_config", "fp_sources", "fp_hops", "fp_local4", "fp_local6", "fp_broadcast4", "fp_counters",
+        "fp_listeners", "fp_listen_count", "fp_reply4", "fp_reply6",
     ]
 
     /// Loads the embedded object (the kernel verifies it). `reusing`: maps by name, of the layout

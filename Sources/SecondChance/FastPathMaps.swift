@@ -13,8 +13,12 @@ public struct FastPathSettings: Equatable, Sendable {
     public var checkCookies: Bool
     /// Sockets live in another namespace (--netns): every look-up goes up.
     public var lookupsElsewhere: Bool
-    /// The SYN-cookie responder serves some listener: SYNs and listeners' segments go up to it.
+    /// The SYN-cookie responder serves some listener (fp_listeners holds them).
     public var responderServing: Bool = false
+    /// The responder's: one SYN per listener, CPU and interval goes to the kernel (--cookie-pass-ms).
+    public var passIntervalNanoseconds: UInt64 = 1_000_000_000
+    /// The host's TCP sysctls, as the monitor last read them.
+    public var tcp = TCPHostSettings()
 
     public init(
         selfAddress: IPv4Address, peers: PeerPolicy, guePort: UInt16, checkCookies: Bool, lookupsElsewhere: Bool
@@ -31,9 +35,20 @@ public struct FastPathSettings: Equatable, Sendable {
         if checkCookies { flags |= UInt8(FP_F_CHECK_COOKIES) }
         if responderServing { flags |= UInt8(FP_F_RESPONDER) }
         if lookupsElsewhere { flags |= UInt8(FP_F_LOOKUPS_UP) }
-        return fp_config(
-            layout: UInt32(FP_LAYOUT), self_ip4: selfAddress.value.bigEndian, gue_port: guePort.bigEndian,
-            max_hops: peers.maximumHops, flags: flags)
+        var options: UInt8 = 0
+        if tcp.timestampsEncodable { options |= UInt8(FP_TCP_TIMESTAMPS_ENCODABLE) }
+        if tcp.sack { options |= UInt8(FP_TCP_SACK) }
+        if tcp.windowScaling { options |= UInt8(FP_TCP_WINDOW_SCALING) }
+        var value = fp_config()
+        value.layout = UInt32(FP_LAYOUT)
+        value.self_ip4 = selfAddress.value.bigEndian
+        value.gue_port = guePort.bigEndian
+        value.max_hops = peers.maximumHops
+        value.flags = flags
+        value.pass_interval_ns = passIntervalNanoseconds
+        value.reply_ttl = tcp.defaultTTL
+        value.tcp_options = options
+        return value
     }
 }
 
@@ -42,6 +57,7 @@ public struct FastPathSettings: Equatable, Sendable {
 /// a map that lacks an entry both the old and the new set have.
 public struct FastPathMaps: Sendable {
     let config: Int32, sources: Int32, hops: Int32, local4: Int32, local6: Int32, broadcast4: Int32, counters: Int32
+    let listeners: Int32, listenerCounts: Int32, replyRoutes4: Int32, replyRoutes6: Int32
 
     public init(_ object: FastPathObject) {
         config = object.map("fp_config")
@@ -51,6 +67,10 @@ public struct FastPathMaps: Sendable {
         local6 = object.map("fp_local6")
         broadcast4 = object.map("fp_broadcast4")
         counters = object.map("fp_counters")
+        listeners = object.map("fp_listeners")
+        listenerCounts = object.map("fp_listen_count")
+        replyRoutes4 = object.map("fp_reply4")
+        replyRoutes6 = object.map("fp_reply6")
     }
 
     /// The prefix sets first, the configuration word (its layout tells the program it may decide) last.
@@ -85,37 +105,126 @@ public struct FastPathMaps: Sendable {
 
     /// Makes the map's keys exactly `keys` (values 1).
     func replace(_ fd: Int32, keys: Set<[UInt8]>) throws {
+        try replace(fd, entries: Dictionary(uniqueKeysWithValues: keys.map { ($0, [1]) }))
+    }
+
+    /// The keys the map holds now.
+    static func keys(of fd: Int32, size: Int) -> Set<[UInt8]> {
         var present: Set<[UInt8]> = []
-        if let size = keys.first?.count ?? (try? FastPathKernel.mapInfo(fd: fd)).map({ Int($0.key_size) }) {
-            var key = [UInt8](repeating: 0, count: size)
-            var next = [UInt8](repeating: 0, count: size)
-            var first = true
-            while true {
-                let found =
-                    first
-                    ? bpf_map_get_next_key(fd, nil, &next)
-                    : key.withUnsafeBytes { bpf_map_get_next_key(fd, $0.baseAddress, &next) }
-                guard found == 0 else { break }
-                present.insert(next)
-                key = next
-                first = false
-            }
+        var key = [UInt8](repeating: 0, count: size)
+        var next = [UInt8](repeating: 0, count: size)
+        var first = true
+        while true {
+            let found =
+                first
+                ? bpf_map_get_next_key(fd, nil, &next)
+                : key.withUnsafeBytes { bpf_map_get_next_key(fd, $0.baseAddress, &next) }
+            guard found == 0 else { break }
+            present.insert(next)
+            key = next
+            first = false
         }
-        var one: UInt8 = 1
-        for key in keys.subtracting(present) {
-            guard key.withUnsafeBytes({ bpf_map_update_elem(fd, $0.baseAddress, &one, UInt64(BPF_ANY)) }) == 0 else {
-                throw FastPathError("adding a map entry", errno: errno)
+        return present
+    }
+
+    /// Makes the map hold exactly `entries`: new and changed ones written, then others removed.
+    func replace(_ fd: Int32, entries: [[UInt8]: [UInt8]]) throws {
+        guard let info = try? FastPathKernel.mapInfo(fd: fd) else { throw FastPathError("reading a map", errno: errno) }
+        let present = Self.keys(of: fd, size: Int(info.key_size))
+        var current = [UInt8](repeating: 0, count: Int(info.value_size))
+        for (key, value) in entries {
+            if present.contains(key),
+                key.withUnsafeBytes({ bpf_map_lookup_elem(fd, $0.baseAddress, &current) }) == 0, current == value
+            {
+                continue
             }
+            let written = key.withUnsafeBytes { key in
+                value.withUnsafeBytes { bpf_map_update_elem(fd, key.baseAddress, $0.baseAddress, UInt64(BPF_ANY)) }
+            }
+            guard written == 0 else { throw FastPathError("adding a map entry", errno: errno) }
         }
-        for key in present.subtracting(keys) {
+        for key in present where entries[key] == nil {
             _ = key.withUnsafeBytes { bpf_map_delete_elem(fd, $0.baseAddress) }
         }
     }
 
+    static func key(_ listener: ListenerKey) -> [UInt8] {
+        var bytes: [UInt8] = [listener.isIPv6 ? 6 : 4, 0] + Self.bytes(of: listener.port.bigEndian)
+        if listener.isIPv6 {
+            bytes += Self.bytes(of: listener.address.high.bigEndian) + Self.bytes(of: listener.address.low.bigEndian)
+        } else {
+            bytes += Self.bytes(of: UInt32(truncatingIfNeeded: listener.address.low).bigEndian)
+            bytes += [UInt8](repeating: 0, count: 12)
+        }
+        return bytes
+    }
+
+    /// The responder's maps: the listeners it serves, a counts entry for every listener with a
+    /// record (kept while the record is, so counts outlive a pause), the reply routes.
+    public func write(responder snapshot: ResponderBoard.Snapshot, records: [ListenerKey]) throws {
+        try replace(
+            replyRoutes4,
+            entries: Dictionary(
+                uniqueKeysWithValues: snapshot.replyRoutes.ipv4.map {
+                    (Self.key($0.prefix), Self.value($0.route))
+                }))
+        try replace(
+            replyRoutes6,
+            entries: Dictionary(
+                uniqueKeysWithValues: snapshot.replyRoutes.ipv6.map {
+                    (Self.key($0.prefix), Self.value($0.route))
+                }))
+        let wanted = Set(records.map(Self.key))
+        let present = Self.keys(of: listenerCounts, size: MemoryLayout<fp_listener_key>.size)
+        var zero = [UInt8](repeating: 0, count: Self.cpus * MemoryLayout<fp_listener_counts>.stride)
+        for key in wanted.subtracting(present) {
+            let made = key.withUnsafeBytes {
+                bpf_map_update_elem(listenerCounts, $0.baseAddress, &zero, UInt64(BPF_NOEXIST))
+            }
+            guard made == 0 || errno == EEXIST else { throw FastPathError("adding a listener's counts", errno: errno) }
+        }
+        var served: [[UInt8]: [UInt8]] = [:]
+        for (key, listener) in snapshot.listeners {
+            var value = fp_listener()
+            value.receive_buffer = listener.receiveBuffer
+            value.window_scale = listener.windowScale
+            value.flags = listener.acceptQueueFull ? UInt8(FP_L_ACCEPT_QUEUE_FULL) : 0
+            served[Self.key(key)] = Self.bytes(of: value)
+        }
+        try replace(listeners, entries: served)
+        for key in present.subtracting(wanted) {
+            _ = key.withUnsafeBytes { bpf_map_delete_elem(listenerCounts, $0.baseAddress) }
+        }
+    }
+
+    static func value(_ route: ReplyRoutes.Route) -> [UInt8] {
+        bytes(of: fp_reply_route(mss: route.mss, reserved: 0, ifindex: route.interfaceIndex))
+    }
+
+    static let cpus = max(1, Int(libbpf_num_possible_cpus()))
+
+    /// The program's counts per listener, summed over the CPUs, by `fp_listener_count` slot.
+    public func readListenerCounts(_ keys: [ListenerKey]) -> [ListenerKey: [UInt64]] {
+        let stride = MemoryLayout<fp_listener_counts>.stride / 8
+        var perCPU = [UInt64](repeating: 0, count: Self.cpus * stride)
+        var out: [ListenerKey: [UInt64]] = [:]
+        for listener in keys {
+            let found = Self.key(listener).withUnsafeBytes {
+                bpf_map_lookup_elem(listenerCounts, $0.baseAddress, &perCPU)
+            }
+            guard found == 0 else { continue }
+            var sums = [UInt64](repeating: 0, count: Int(FP_L_COUNT.rawValue))
+            for cpu in 0..<Self.cpus {
+                for slot in sums.indices { sums[slot] &+= perCPU[cpu * stride + 1 + slot] }
+            }
+            out[listener] = sums
+        }
+        return out
+    }
+
     /// Every slot summed over the CPUs.
     public func readCounters() -> FastPathCounterValues {
-        let cpus = max(1, Int(libbpf_num_possible_cpus()))
-        var perCPU = [UInt64](repeating: 0, count: cpus)
+        var perCPU = [UInt64](repeating: 0, count: Self.cpus)
         var slots = [UInt64](repeating: 0, count: FastPathCounters.slotCount)
         for slot in 0..<slots.count {
             var key = UInt32(slot)

@@ -1,3 +1,4 @@
+import CMnl
 import Glibc
 import LinuxSys
 import Logging
@@ -36,6 +37,12 @@ public final class ListenerMonitor: @unchecked Sendable {
     private let sockDiag: SockDiag
     private let settingsReader: TCPSettingsReader
     private let netstatFD: Int32
+    /// Route and link changes: the reply routes are read again (at most once a second).
+    private let routeEvents: OpaquePointer
+    private let namespace: NetworkNamespace?
+    private var replyRoutes = ReplyRoutes()
+    private var replyRoutesStale = true
+    private var replyRoutesRead: UInt64 = 0
     private var tracker: ListenerOverflowTracker
     private var overflowSignal: UInt64?
     private let logger: Logger
@@ -53,6 +60,12 @@ public final class ListenerMonitor: @unchecked Sendable {
         self.configuration = configuration
         self.logger = logger
         let namespace = try namespace.map { try NetworkNamespace(nameOrPath: $0) }
+        self.namespace = namespace
+        routeEvents = try Netlink.open(
+            NETLINK_ROUTE, name: "NETLINK_ROUTE",
+            groups: UInt32(RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE), namespace: namespace)
+        let events = mnl_socket_get_fd(routeEvents)
+        _ = fcntl(events, F_SETFL, fcntl(events, F_GETFL) | O_NONBLOCK)
         sockDiag = try SockDiag(namespace: namespace)
         settingsReader = try TCPSettingsReader(namespace: namespace)
         netstatFD = try namespace.run { open("/proc/thread-self/net/netstat", O_RDONLY | O_CLOEXEC) }
@@ -82,6 +95,7 @@ public final class ListenerMonitor: @unchecked Sendable {
 
     deinit {
         close(netstatFD)
+        mnl_socket_close(routeEvents)
     }
 
     public func kernelCounter(_ index: Int) -> UInt64 { kernelValues.load(index) }
@@ -90,15 +104,55 @@ public final class ListenerMonitor: @unchecked Sendable {
     public func run(stop: EventFD) {
         var lastScan: UInt64 = 0
         let poll = min(configuration.scanIntervalNanoseconds, 50_000_000)
+        var descriptors = [
+            pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0),
+            pollfd(fd: mnl_socket_get_fd(routeEvents), events: Int16(POLLIN), revents: 0),
+        ]
         while true {
-            var descriptor = pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0)
-            if Glibc.poll(&descriptor, 1, Int32(poll / 1_000_000)) > 0 { return }
+            if Glibc.poll(&descriptors, 2, Int32(poll / 1_000_000)) > 0 {
+                if descriptors[0].revents != 0 { return }
+                if descriptors[1].revents != 0 { drainRouteEvents() }
+            }
             let now = MonotonicClock.nanoseconds()
             let overflowed = readKernelCounters()
             if overflowed || now &- lastScan >= configuration.scanIntervalNanoseconds {
                 lastScan = now
                 scan(now: now, overflowed: overflowed)
             }
+        }
+    }
+
+    /// Reads route and link notifications away: any of them (or lost ones, ENOBUFS) makes the
+    /// reply routes stale.
+    private func drainRouteEvents() {
+        var buffer = [UInt8](repeating: 0, count: 8192)
+        while true {
+            let count = recv(mnl_socket_get_fd(routeEvents), &buffer, buffer.count, Int32(MSG_DONTWAIT))
+            if count > 0 || (count < 0 && errno == ENOBUFS) {
+                replyRoutesStale = true
+            } else if count == 0 || errno != EINTR {
+                return
+            }
+        }
+    }
+
+    /// The reply routes, read again when routes or links changed and a second has passed.
+    private func refreshReplyRoutes(now: UInt64) {
+        guard replyRoutesStale, replyRoutesRead == 0 || now &- replyRoutesRead >= 1_000_000_000 else { return }
+        replyRoutesRead = now
+        do {
+            let table = try ReplyRoutesReader.read(namespace: namespace)
+            replyRoutesStale = false
+            if table.truncated && !replyRoutes.truncated {
+                logger.warning(
+                    """
+                    warning: more than \(ReplyRoutes.maximumRoutes) routes of a family in the main table: its \
+                    SYNs are left to the kernel to answer
+                    """)
+            }
+            replyRoutes = table
+        } catch {
+            logger.info("reading the reply routes failed, keeping the last ones: \(error)")
         }
     }
 
@@ -122,6 +176,7 @@ public final class ListenerMonitor: @unchecked Sendable {
     /// nothing.
     public func scan(now: UInt64, overflowed: Bool = true) {
         settings = settingsReader.read()
+        refreshReplyRoutes(now: now)
         tracker.kernelNeedsOverflowMark = settings.syncookies != 2
         let countRequests =
             overflowed || configuration.policy.activatePercent < 100 || tracker.states.values.contains { $0.active }
@@ -166,7 +221,7 @@ public final class ListenerMonitor: @unchecked Sendable {
                 receiveBuffer: receiveBuffer,
                 acceptQueueFull: observation.backlog > 0 && observation.acceptQueue >= observation.backlog)
         }
-        board.publish(published, settings: settings)
+        board.publish(published, settings: settings, replyRoutes: replyRoutes)
         if unserved != unservedListeners {
             unservedListeners = unserved
             if unserved > 0 {

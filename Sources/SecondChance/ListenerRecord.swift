@@ -3,7 +3,7 @@ import NetTypes
 
 /// Counters of one listener, written by the queue threads and the monitor, read by the stats server.
 public final class ListenerRecord: Sendable {
-    public enum Counter: Int, CaseIterable {
+    public enum Counter: Int, CaseIterable, Sendable {
         case activations, cookiesSent, cookieAcksValid, cookieAcksInvalid, synsPassedToKernel
 
         var metric: String {

@@ -8,6 +8,8 @@ public struct ResponderListener: Sendable {
     public var record: ListenerRecord
     public var windowScale: UInt8
     public var receiveBuffer: UInt32
+    /// The listener's TCP_MAXSEG (0: none set, or unknown): the SYN-ACK offers no more.
+    public var userMSS: UInt16 = 0
     /// The accept queue is full: the kernel would drop the handshake's ACK, so SYNs go to the kernel.
     public var acceptQueueFull: Bool
 }
@@ -18,6 +20,8 @@ public final class ResponderBoard: Sendable {
         public var generation: UInt64 = 0
         public var listeners: [ListenerKey: ResponderListener] = [:]
         public var settings = TCPHostSettings()
+        /// The routes replies leave by, with the MSS the kernel's SYN-ACK advertises along each.
+        public var replyRoutes = ReplyRoutes()
 
         public func listener(for flow: FlowKey) -> ResponderListener? {
             guard !listeners.isEmpty else { return nil }
@@ -70,26 +74,26 @@ public final class ResponderBoard: Sendable {
         state.withLock { $0.records.values.sorted { $0.key.description < $1.key.description } }
     }
 
-    /// Told whether the responder serves any listener: before the first one is published (so its
-    /// SYNs come up to the queue by the time the queue threads look for it) and after the last one
-    /// is withdrawn. The tc fast path sends SYNs up while it does.
-    public func observeServing(_ observer: @escaping @Sendable (Bool) -> Void) {
-        servingObserver.withLock { $0 = observer }
-        observer(!snapshot().listeners.isEmpty)
+    /// Told every published snapshot, with the listeners that have records (served or not), on
+    /// the publishing thread; and at once, with the current one. The tc fast path's responder
+    /// follows the queue threads' view through it.
+    public func observe(_ observer: @escaping @Sendable (Snapshot, [ListenerKey]) -> Void) {
+        let (snapshot, keys) = state.withLock { ($0.current, Array($0.records.keys)) }
+        self.observer.withLock { $0 = observer }
+        observer(snapshot, keys)
     }
 
-    private let servingObserver = Mutex<(@Sendable (Bool) -> Void)?>(nil)
+    private let observer = Mutex<(@Sendable (Snapshot, [ListenerKey]) -> Void)?>(nil)
 
-    func publish(_ listeners: [ListenerKey: ResponderListener], settings: TCPHostSettings) {
-        let observer = servingObserver.withLock { $0 }
-        if !listeners.isEmpty { observer?(true) }
-        defer { if listeners.isEmpty { observer?(false) } }
-        let generation = state.withLock { state in
+    func publish(_ listeners: [ListenerKey: ResponderListener], settings: TCPHostSettings, replyRoutes: ReplyRoutes) {
+        let (snapshot, keys) = state.withLock { state in
             state.current.generation &+= 1
             state.current.listeners = listeners
             state.current.settings = settings
-            return state.current.generation
+            state.current.replyRoutes = replyRoutes
+            return (state.current, Array(state.records.keys))
         }
-        generationWord.store(0, generation)
+        generationWord.store(0, snapshot.generation)
+        observer.withLock { $0 }?(snapshot, keys)
     }
 }

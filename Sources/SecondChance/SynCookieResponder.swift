@@ -117,9 +117,9 @@ struct SynCookieResponder {
             oracle.cookies(forSYNs: requests[family][...], ipv6: family == 1, into: &cookies)
             for (position, cookie) in cookies.enumerated() {
                 let (index, listener) = requestContext[family][position]
-                guard let (value, mss) = cookie else { outcomes[index] = .failed; continue }
+                guard let (value, _) = cookie else { outcomes[index] = .failed; continue }
                 outcomes[index] = answer(
-                    requests[family][position], cookie: value, mss: mss, listener: listener, index: index,
+                    requests[family][position], cookie: value, listener: listener, index: index,
                     room: packets[index].payload.count, now: now, sender: sender)
             }
         }
@@ -131,19 +131,24 @@ struct SynCookieResponder {
     /// other IPv4 replies wait in their slot for one sendmmsg (counted as answered, corrected if
     /// the send fails); IPv6 ones go out at once from the last slot.
     private mutating func answer(
-        _ request: SynCookieOracle.SynRequest, cookie: UInt32, mss: UInt16, listener: ResponderListener,
+        _ request: SynCookieOracle.SynRequest, cookie: UInt32, listener: ResponderListener,
         index: Int, room: Int, now: UInt64, sender: RawIPSender
     ) -> Outcome {
         let ipv6 = request.segment.flow.isIPv6
         let slotIndex = ipv6 ? NetfilterQueue.maximumBatch : index
         let slot = UnsafeMutableRawBufferPointer(
             start: replyPool.base + slotIndex * Self.replySlot, count: Self.replySlot)
+        // The MSS offered is the kernel's own for this client (the cookie carries the client's).
+        guard let route = snapshot.replyRoutes.route(towards: request.segment.flow.sourceAddress) else {
+            return .toKernel  // no route back in the main table: the kernel's to answer
+        }
+        let ourMSS = ReplyRoutes.clamp(route.mss, userMSS: listener.userMSS)
         let offer = SynCookieReply.offer(
             request.options, settings: snapshot.settings, ourWindowScale: listener.windowScale,
             nowMilliseconds: now / 1_000_000)
         let window = TCPWindow.synAckWindow(
             listenerReceiveBuffer: listener.receiveBuffer,
-            mss: offer.timestamp == nil ? mss : mss - 12)
+            mss: offer.timestamp == nil ? ourMSS : ourMSS - 12)
         // A SYN always has room for its reply (its GUE headers alone outweigh the reply's options);
         // the check keeps that an assumption the code does not rely on.
         let inVerdict =
@@ -151,7 +156,7 @@ struct SynCookieResponder {
             && SynCookieReply.length(offer, ipv6: false) <= room
         // The forwarding path takes one off the TTL: the client sees the kernel's own.
         let length = SynCookieReply.write(
-            into: slot, answering: request.packet, request.segment, cookie: cookie, mss: mss,
+            into: slot, answering: request.packet, request.segment, cookie: cookie, mss: ourMSS,
             offer: offer, window: window, ttl: snapshot.settings.defaultTTL + (inVerdict ? 1 : 0))
         if inVerdict {
             replyLengths[index] = length

@@ -358,7 +358,7 @@ struct Run: ParsableCommand {
             throw CommandFailure("\(error)")
         }
         let kernelPath = try startFastPath(
-            peers: peers, peerInterfaces: peerInterfaces, addresses: watcher.board, responder: monitor?.board,
+            peers: peers, peerInterfaces: peerInterfaces, addresses: watcher.board, responder: monitor,
             reexecuted: environment[Self.reexecsVariable] != nil)
         // Each queue's count of restarts that found packets an earlier reader died with.
         var replayCounters: [(fd: Int32, name: String)] = []
@@ -405,11 +405,11 @@ struct Run: ParsableCommand {
                 var out = PrometheusText()
                 CounterReport.write(values, queues: queues, fastPath: fastPathReport, to: &out)
                 image.write(to: &out)
-                if let monitor { ResponderReport.write(monitor, to: &out) }
+                if let monitor { ResponderReport.write(monitor, kernel: kernelPath.path, to: &out) }
                 return out.text
             case .text:
                 return image.text + CounterReport.text(values, queues: queues, fastPath: fastPathReport)
-                    + (monitor.map(ResponderReport.text) ?? "")
+                    + (monitor.map { ResponderReport.text($0, kernel: kernelPath.path) } ?? "")
             }
         }
         let command: @Sendable (String) -> ControlReply? = { (line: String) -> ControlReply? in
@@ -543,7 +543,7 @@ struct Run: ParsableCommand {
 
     /// The tc program, as `--fast-path` asks: attached, or why not (said once).
     func startFastPath(
-        peers: PeerPolicy, peerInterfaces: [String], addresses: LocalAddressBoard, responder: ResponderBoard?,
+        peers: PeerPolicy, peerInterfaces: [String], addresses: LocalAddressBoard, responder: ListenerMonitor?,
         reexecuted: Bool
     ) throws
         -> (path: FastPath?, status: String)
@@ -558,7 +558,6 @@ struct Run: ParsableCommand {
         var settings = FastPathSettings(
             selfAddress: selfAddress, peers: peers, guePort: guePort, checkCookies: !noCookieCheck,
             lookupsElsewhere: netns != nil)
-        settings.responderServing = responder.map { !$0.snapshot().listeners.isEmpty } ?? false
         do {
             let path = try FastPath(
                 settings: settings, local: addresses.snapshot().addresses, interfaces: interfaces, logger: logger)
@@ -567,8 +566,12 @@ struct Run: ParsableCommand {
             addresses.observe { path.addressesChanged($1, generation: $0, logger: logger) }
             let current = addresses.snapshot()
             path.addressesChanged(current.addresses, generation: current.generation, logger: logger)
-            responder?.observeServing { serving in
-                do { try path.setResponderServing(serving) } catch { logger.warning("fast path: \(error)") }
+            if let responder {
+                let interval = responder.configuration.passIntervalNanoseconds
+                responder.board.observe { snapshot, records in
+                    path.responderChanged(
+                        snapshot, records: records, passIntervalNanoseconds: interval, logger: logger)
+                }
             }
             let how = path.adoptedFrom == nil ? "" : (reexecuted ? " after the re-exec" : " after a restart")
             logger.info("fast path: \(path.summary)\(how); NFQUEUE decides what it sends up")

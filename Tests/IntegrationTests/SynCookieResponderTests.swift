@@ -212,14 +212,15 @@ final class SynCookieResponderTests: XCTestCase {
         XCTAssertTrue(log.contains("SYN-ACKs leave through the raw socket"), log)
     }
 
-    /// Where the kernel forwards for second-chance, the SYN-ACK replaces the queued SYN in its
-    /// verdict and leaves through the forwarding path (counted in Ip ForwDatagrams), not a raw
-    /// socket; the client gets the kernel's TTL and the kernel still takes the cookie.
+    /// Where the kernel forwards for second-chance, the queue's responder makes the SYN-ACK replace
+    /// the queued SYN in its verdict: it leaves through the forwarding path (counted in Ip
+    /// ForwDatagrams), not a raw socket; the client gets the kernel's TTL and the kernel still
+    /// takes the cookie. (The queue's responder: the tc program would answer the SYN first.)
     func testWhereTheKernelForwardsTheSYNACKIsTheSYNsVerdict() throws {
         try sysctl("p1", "net.ipv4.tcp_timestamps=2")
         try enableKernelForwarding()
         try listen(.v4(Lab.vip))
-        try startSecondChance(["--cookie-pass-ms", "60000", "--forward", "kernel"])
+        try startSecondChance(["--cookie-pass-ms", "60000", "--forward", "kernel", "--fast-path", "off"])
         try flood(400)
         try waitUntilActive("\(Lab.vip):\(Self.port)")
         func forwarded() throws -> UInt64 {

@@ -18,7 +18,7 @@ typedef uint32_t __u32;
 typedef uint64_t __u64;
 #endif
 
-#define FP_LAYOUT 1
+#define FP_LAYOUT 2
 
 /* Addresses and ports are in network byte order unless a field says otherwise. */
 struct fp_config {
@@ -27,15 +27,71 @@ struct fp_config {
     __u16 gue_port;    /* --gue-port */
     __u8 max_hops;     /* --max-hops */
     __u8 flags;        /* FP_F_* */
+    __u32 reserved;
+    /* The SYN-cookie responder's (fp_listeners says which listeners it serves): */
+    __u64 pass_interval_ns; /* --cookie-pass-ms: one SYN per listener, CPU and interval to the kernel */
+    __u8 reply_ttl;         /* net.ipv4.ip_default_ttl: the SYN-ACK's TTL or hop limit */
+    __u8 tcp_options;       /* FP_TCP_*: what the host's sysctls let a cookie SYN-ACK offer */
+    __u8 reserved2[6];
 };
 
 /* Cookie ACKs may be taken here (--no-cookie-check clears it). */
 #define FP_F_CHECK_COOKIES 0x01
-/* The SYN-cookie responder answers for some listener: SYNs, and segments that find only a
- * listener (cookie ACKs among them), go up to it, where its per-listener counts are kept. */
+/* The SYN-cookie responder serves some listener (fp_listeners): the program answers their SYNs
+ * with the kernel's cookies and counts their cookie ACKs. */
 #define FP_F_RESPONDER 0x02
 /* Sockets are looked up in another namespace (--netns): every look-up goes up. */
 #define FP_F_LOOKUPS_UP 0x04
+
+/* tcp_timestamps=2 (a TSval can carry the options to the kernel), tcp_sack, tcp_window_scaling. */
+#define FP_TCP_TIMESTAMPS_ENCODABLE 0x01
+#define FP_TCP_SACK 0x02
+#define FP_TCP_WINDOW_SCALING 0x04
+
+/* A listener, as sock_diag and bpf_sock name it: its own bound address (zero: the wildcard). */
+struct fp_listener_key {
+    __u8 family;       /* 4 or 6 (a dual-stack IPv6 listener is 6, whatever its SYNs are) */
+    __u8 reserved;
+    __u16 port;
+    __u8 address[16];  /* IPv4: the first 4 bytes */
+};
+
+/* What the monitor knows of a listener it serves (written by the daemon only). */
+struct fp_listener {
+    __u32 receive_buffer; /* the listener's: the SYN-ACK's window is its full space */
+    __u8 window_scale;    /* the scale the kernel gives a cookie child of this listener */
+    __u8 flags;           /* FP_L_* */
+    __u16 reserved;
+};
+
+/* The accept queue is full: the kernel would drop the handshake's ACK, so SYNs go to it. */
+#define FP_L_ACCEPT_QUEUE_FULL 0x01
+
+/* Per listener and CPU, written by the program only (the daemon makes and removes entries). */
+enum fp_listener_count {
+    FP_L_COOKIES_SENT,
+    FP_L_COOKIE_ACKS_VALID,
+    FP_L_COOKIE_ACKS_INVALID,
+    FP_L_SYNS_PASSED,
+    FP_L_COUNT
+};
+
+struct fp_listener_counts {
+    __u64 last_passed_ns; /* when this CPU last let one of the listener's SYNs through */
+    __u64 count[FP_L_COUNT];
+};
+
+#define FP_MAX_LISTENERS 65536
+
+/* How a SYN-ACK reaches a client, by prefix of the main routing table: the MSS the kernel's own
+ * would advertise along the route (dst_metric_advmss) and the interface it leaves by. */
+struct fp_reply_route {
+    __u16 mss;
+    __u16 reserved;
+    __u32 ifindex;
+};
+
+#define FP_MAX_ROUTES 16384
 
 struct fp_ip4_prefix {
     __u32 prefix_length; /* LPM trie key: the length comes first */
@@ -79,6 +135,8 @@ enum fp_counter {
     FP_REFUSED_MARTIAN_SOURCE,
     FP_COOKIE_CHECKS,
     FP_COOKIE_ACKS_INVALID,
+    FP_COOKIES_SENT,
+    FP_COOKIE_REPLY_FAILED,
     /* Sent up unchanged, by reason. */
     FP_UP_UNCONFIGURED,      /* no configuration yet (or of another layout) */
     FP_UP_OUTER_UNCHECKED,   /* what ip_rcv would judge: bad checksum, length, padding, not for this MAC */
@@ -86,7 +144,6 @@ enum fp_counter {
     FP_UP_NOT_ADDRESSED_HERE,/* the outer destination is not this host's */
     FP_UP_INNER_NOT_TCP,     /* inner UDP, ICMP (path MTU included), IPv4 options, IPv6 extensions */
     FP_UP_INNER_FRAGMENT,
-    FP_UP_RESPONDER,         /* a SYN, or a listener's segment, while the SYN-cookie responder serves */
     FP_UP_LOOKUP_ELSEWHERE,  /* --netns */
     FP_UP_NO_ROUTE,          /* no route or neighbour to the hop (the raw socket resolves it) */
     FP_UP_FAILED,            /* a helper failed (adjusting the packet) */

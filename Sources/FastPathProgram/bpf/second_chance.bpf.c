@@ -9,10 +9,10 @@
  * decisions on the same packets.
  *
  *   malformed GUE, an outsider, too many hops   -> dropped, counted
+ *   SYN for a listener the responder serves     -> answered here with the kernel's cookie
  *   SYN                                         -> local
  *   a socket in any state but LISTEN            -> local
  *   LISTEN and a cookie the kernel accepts      -> local
- *   (a SYN, or a segment finding only a listener, goes up while the SYN-cookie responder serves)
  *   no hops left                                -> local
  *   next hop: this host                         -> local
  *   next hop: an allowed proxy                  -> rewritten and sent to it (bpf_fib_lookup)
@@ -84,6 +84,41 @@ struct {
     __type(key, __u32);
     __type(value, __u8);
 } fp_broadcast4 SEC(".maps");
+
+/* The listeners the SYN-cookie responder serves (the daemon's listener monitor decides), and
+ * their counts. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, FP_MAX_LISTENERS);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, struct fp_listener_key);
+    __type(value, struct fp_listener);
+} fp_listeners SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+    __uint(max_entries, FP_MAX_LISTENERS);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, struct fp_listener_key);
+    __type(value, struct fp_listener_counts);
+} fp_listen_count SEC(".maps");
+
+/* How a SYN-ACK reaches a client: the main table's routes, with their MSS (FP_MAX_ROUTES). */
+struct {
+    __uint(type, BPF_MAP_TYPE_LPM_TRIE);
+    __uint(max_entries, FP_MAX_ROUTES);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, struct fp_ip4_prefix);
+    __type(value, struct fp_reply_route);
+} fp_reply4 SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LPM_TRIE);
+    __uint(max_entries, FP_MAX_ROUTES);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, struct fp_ip6_prefix);
+    __type(value, struct fp_reply_route);
+} fp_reply6 SEC(".maps");
 
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -253,20 +288,9 @@ static __always_inline int forward(struct __sk_buff *skb, const struct fp_config
         .ipv4_dst = hop,
         .ifindex = skb->ifindex, /* at tc ingress: the interface it arrived on */
     };
+    /* bpf_fib_lookup answers only where the arrival interface forwards (FWD_DISABLED otherwise,
+     * BPF_FIB_LOOKUP_OUTPUT or not): the packet then goes up, as without a neighbour. */
     long found = bpf_fib_lookup(skb, &route, sizeof(route), 0);
-    if (found == BPF_FIB_LKUP_RET_FWD_DISABLED) {
-        /* ip_forward off: the packet leaves as the raw socket's would, from this host. */
-        route.family = 2;
-        route.l4_protocol = IPPROTO_UDP;
-        route.sport = udp->source;
-        route.dport = udp->dest;
-        route.tot_len = bpf_ntohs(ip->tot_len);
-        route.tos = ip->tos;
-        route.ipv4_src = config->self_ip4;
-        route.ipv4_dst = hop;
-        route.ifindex = skb->ifindex;
-        found = bpf_fib_lookup(skb, &route, sizeof(route), BPF_FIB_LOOKUP_OUTPUT);
-    }
     if (found != BPF_FIB_LKUP_RET_SUCCESS)
         return up(FP_UP_NO_ROUTE);
 
@@ -294,6 +318,394 @@ static __always_inline int forward(struct __sk_buff *skb, const struct fp_config
     count(FP_TOTAL);
     count(FP_FORWARDED);
     return bpf_redirect(route.ifindex, 0);
+}
+
+/*
+ * The SYN-cookie responder (SynCookieResponder and SynCookieReply in the daemon): a SYN for a
+ * listener the monitor serves is answered from here with the kernel's own cookie, and the SYN
+ * never reaches the stack or the queue.
+ */
+
+/* The listener's TCP_MAXSEG (tcp_sock.rx_opt.user_mss), read through BTF: libbpf relocates the
+ * offsets to the running kernel's. */
+struct tcp_options_received___proxyside {
+    __u16 user_mss;
+} __attribute__((preserve_access_index));
+
+struct tcp_sock___proxyside {
+    struct tcp_options_received___proxyside rx_opt;
+} __attribute__((preserve_access_index));
+
+/* What SynOptions.parse reads of a SYN's options. */
+struct syn_options {
+    __u32 timestamp;
+    __u16 mss;
+    __u8 window_scale;
+    __u8 has_window_scale;
+    __u8 sack;
+    __u8 has_timestamp;
+};
+
+#define OPTIONS_MAX 40
+#define SCRATCH 96 /* the longest reply frame: Ethernet, IPv6, TCP with 20 bytes of options */
+
+/* A SYN's option bytes, copied out of the packet (zero past `length`). */
+struct syn_option_bytes {
+    __u8 bytes[64];
+    __u32 length;
+};
+
+/*
+ * tcp_parse_options' walk; malformed options end it. A global function: the verifier checks it
+ * once, on its own, rather than once for every path of the caller that reaches it.
+ */
+__attribute__((noinline)) int parse_syn_options(const struct syn_option_bytes *copy, struct syn_options *out)
+{
+    if (!copy || !out)
+        return 0;
+    __u32 length = copy->length > OPTIONS_MAX ? OPTIONS_MAX : copy->length;
+    const __u8 *bytes = copy->bytes;
+    __u32 index = 0;
+    for (int step = 0; step < OPTIONS_MAX && index < length; step++) {
+        __u8 kind = bytes[index & 63];
+        if (kind == 0)
+            break;
+        if (kind == 1) {
+            index++;
+            continue;
+        }
+        if (index + 1 >= length)
+            break;
+        __u8 size = bytes[(index + 1) & 63];
+        if (size < 2 || index + size > length)
+            break;
+        __u32 at = index + 2; /* below 40: at + 3 stays in the 64 bytes */
+        if (kind == 2 && size == 4) {
+            __u16 mss = (__u16)bytes[at & 63] << 8 | bytes[(at + 1) & 63];
+            if (mss)
+                out->mss = mss;
+        } else if (kind == 3 && size == 3) {
+            __u8 scale = bytes[at & 63];
+            out->window_scale = scale > 14 ? 14 : scale;
+            out->has_window_scale = 1;
+        } else if (kind == 4 && size == 2) {
+            out->sack = 1;
+        } else if (kind == 8 && size == 10) {
+            out->timestamp = (__u32)bytes[at & 63] << 24 | (__u32)bytes[(at + 1) & 63] << 16 |
+                             (__u32)bytes[(at + 2) & 63] << 8 | bytes[(at + 3) & 63];
+            out->has_timestamp = 1;
+        }
+        index += size;
+    }
+    return 0;
+}
+
+static __always_inline void put16(__u8 *at, __u16 value)
+{
+    at[0] = value >> 8;
+    at[1] = value;
+}
+
+static __always_inline void put32(__u8 *at, __u32 value)
+{
+    at[0] = value >> 24;
+    at[1] = value >> 16;
+    at[2] = value >> 8;
+    at[3] = value;
+}
+
+/* The reply: what SynCookieReply.write makes of the SYN, in `frame` after the Ethernet header. */
+struct reply_plan {
+    __u32 cookie;
+    __u32 client_isn;
+    __u32 timestamp_value;
+    __u32 timestamp_echo;
+    __u16 mss;
+    __u16 window;
+    __u16 client_port, listener_port; /* network order */
+    __u8 our_window_scale;
+    __u8 has_timestamp;
+    __u8 has_window_scale;
+    __u8 sack;
+};
+
+/* Writes the TCP header (checksum left zero) at `tcp`; returns its length. */
+static __always_inline __u32 write_synack(__u8 *tcp, const struct reply_plan *plan)
+{
+    __u32 length = 24 + (plan->has_timestamp ? 12 : 0) + (plan->has_window_scale ? 4 : 0);
+    *(__u16 *)tcp = plan->listener_port;
+    *(__u16 *)(tcp + 2) = plan->client_port;
+    put32(tcp + 4, plan->cookie);
+    put32(tcp + 8, plan->client_isn + 1);
+    tcp[12] = (length / 4) << 4;
+    tcp[13] = TCP_FLAG_SYN | TCP_FLAG_ACK;
+    put16(tcp + 14, plan->window);
+    /* tcp_options_write's order: MSS, SACK-permitted in the timestamp's padding, window scale. */
+    put32(tcp + 20, 0x02040000 | plan->mss);
+    if (plan->has_timestamp) {
+        put32(tcp + 24, plan->sack ? 0x0402080a : 0x0101080a);
+        put32(tcp + 28, plan->timestamp_value);
+        put32(tcp + 32, plan->timestamp_echo);
+        if (plan->has_window_scale)
+            put32(tcp + 36, 0x01030300 | plan->our_window_scale);
+    }
+    return length;
+}
+
+/* The TCP checksum over the pseudo-header (the addresses as written at `addresses`) and the segment. */
+static __always_inline __u16 tcp_checksum(__u8 *addresses, __u32 address_bytes, __u8 *tcp, __u32 length)
+{
+    __be32 word = bpf_htonl(IPPROTO_TCP << 16 | length);
+    __s64 sum = bpf_csum_diff(NULL, 0, (__be32 *)addresses, address_bytes, 0);
+    sum = bpf_csum_diff(NULL, 0, &word, 4, (__u32)sum);
+    sum = bpf_csum_diff(NULL, 0, (__be32 *)tcp, length, (__u32)sum);
+    return ~fold((__u32)sum);
+}
+
+/* The listener as fp_listeners names it: its own bound address and port. */
+static __always_inline void listener_key(struct bpf_sock *socket, struct fp_listener_key *key)
+{
+    key->port = bpf_htons((__u16)socket->src_port);
+    __u32 *address = (__u32 *)key->address;
+    if (socket->family == 10 /* AF_INET6 */) {
+        key->family = 6;
+        address[0] = socket->src_ip6[0];
+        address[1] = socket->src_ip6[1];
+        address[2] = socket->src_ip6[2];
+        address[3] = socket->src_ip6[3];
+    } else {
+        key->family = 4;
+        address[0] = socket->src_ip4;
+    }
+}
+
+/* The counts of a listener the responder serves; NULL for any other. */
+static __always_inline struct fp_listener_counts *served_counts(struct bpf_sock *socket)
+{
+    struct fp_listener_key key = {};
+    listener_key(socket, &key);
+    if (!bpf_map_lookup_elem(&fp_listeners, &key))
+        return NULL;
+    return bpf_map_lookup_elem(&fp_listen_count, &key);
+}
+
+enum answer {
+    NOT_ANSWERED, /* the SYN goes on as any SYN: to the kernel (or dropped, if not deliverable) */
+    ANSWERED,
+};
+
+static __always_inline void count_listener(struct fp_listener_counts *counts, enum fp_listener_count slot)
+{
+    if (counts && slot < FP_L_COUNT)
+        counts->count[slot] += 1;
+}
+
+/*
+ * Answers a SYN for a served listener: `*verdict` is the tc action when ANSWERED. Nothing is
+ * changed in the packet until everything the reply needs is known, so a SYN not answered goes on
+ * untouched. Which listeners are served is the monitor's decision (its policy and counts); whether
+ * a cookie may be given is the kernel's, through bpf_tcp_gen_syncookie: it answers -ENOENT unless
+ * the SYN queue is full (or tcp_syncookies=2), refuses when the accept queue is full, clamps the
+ * cookie's MSS to the listener's TCP_MAXSEG, and refreshes the listener's overflow mark, so the
+ * kernel accepts the cookie's ACK.
+ */
+static __always_inline enum answer respond(struct __sk_buff *skb, const struct fp_config *config, void *inner,
+                                           void *end, __u32 hlen, __u32 inner_offset, int ipv6, struct tcphdr *tcp,
+                                           struct bpf_sock_tuple *tuple, __u32 tuple_size, int *verdict)
+{
+    /* The reply's source is the SYN's destination: only an address this host owns. */
+    if (local_refusal(inner, end, ipv6))
+        return NOT_ANSWERED;
+    struct bpf_sock *socket = bpf_skc_lookup_tcp(skb, tuple, tuple_size, BPF_F_CURRENT_NETNS, 0);
+    if (!socket)
+        return NOT_ANSWERED;
+    /* A request socket (the kernel answered this SYN before and waits for its ACK), a connection
+     * or TIME_WAIT: the kernel's to answer. */
+    if (socket->state != BPF_TCP_LISTEN)
+        goto kernel;
+    struct fp_listener_key key = {};
+    listener_key(socket, &key);
+    struct fp_listener *listener = bpf_map_lookup_elem(&fp_listeners, &key);
+    if (!listener || (listener->flags & FP_L_ACCEPT_QUEUE_FULL))
+        goto kernel;
+    struct fp_listener_counts *counts = bpf_map_lookup_elem(&fp_listen_count, &key);
+    /* The kernel accepts a cookie ACK within two minutes of a cookie of its own (with
+     * tcp_syncookies=2 too): one SYN per listener and interval goes to it, answered there (the
+     * cookie helper refreshes that mark as well). The time is kept in the first CPU's slot, so
+     * the interval is the listener's, whichever CPU its SYNs arrive on. */
+    __u64 now = bpf_ktime_get_ns();
+    struct fp_listener_counts *first = bpf_map_lookup_percpu_elem(&fp_listen_count, &key, 0);
+    if (first && (first->last_passed_ns == 0 || now - first->last_passed_ns >= config->pass_interval_ns)) {
+        first->last_passed_ns = now;
+        count_listener(counts, FP_L_SYNS_PASSED);
+        goto kernel;
+    }
+
+    struct reply_plan plan = { .client_port = tcp->source, .listener_port = tcp->dest,
+                               .our_window_scale = listener->window_scale };
+    __u8 scratch[SCRATCH] __attribute__((aligned(8))) = {};
+    struct syn_options options = {};
+    __u32 tcp_length = tcp->doff * 4;
+    if (tcp_length < 20)
+        goto kernel;
+    __u32 tcp_offset = inner_offset + (ipv6 ? 40 : 20);
+    __u32 options_length = (tcp_length - 20) & 0x3f;
+    if (options_length > OPTIONS_MAX)
+        goto kernel;
+    /* Options come in words: none, or at least 4 bytes (the helper takes no empty copy). */
+    struct syn_option_bytes copy = { .length = options_length };
+    if (options_length >= 4 && bpf_skb_load_bytes(skb, tcp_offset + 20, copy.bytes, options_length))
+        goto kernel;
+    parse_syn_options(&copy, &options);
+
+    /* The route back to the client first: its advmss, clamped by TCP_MAXSEG, is the MSS offered. */
+    struct fp_reply_route *route;
+    if (ipv6) {
+        struct ipv6hdr *ip6 = inner;
+        if ((void *)(ip6 + 1) > end)
+            goto kernel;
+        struct fp_ip6_prefix destination = { .prefix_length = 128 };
+        __builtin_memcpy(destination.address, &ip6->saddr, 16);
+        route = bpf_map_lookup_elem(&fp_reply6, &destination);
+    } else {
+        struct iphdr *ip4 = inner;
+        if ((void *)(ip4 + 1) > end)
+            goto kernel;
+        struct fp_ip4_prefix destination = { .prefix_length = 32, .address = ip4->saddr };
+        route = bpf_map_lookup_elem(&fp_reply4, &destination);
+    }
+    if (!route || route->mss == 0)
+        goto kernel; /* no route to the client in the main table: the kernel's SYN-ACK would find none */
+    __u32 egress = route->ifindex;
+    plan.mss = route->mss;
+    struct tcp_sock___proxyside *tp = (void *)bpf_skc_to_tcp_sock(socket);
+    if (tp) {
+        __u16 user_mss = tp->rx_opt.user_mss;
+        if (user_mss && user_mss < plan.mss)
+            plan.mss = user_mss;
+    }
+
+    /* The cookie, from the SYN's addresses, ports, ISN and MSS option alone (the cookie depends
+     * on nothing else): IP header, then a 24-byte TCP header with that one option. */
+    __u32 ip_length = ipv6 ? 40 : 20;
+    if (bpf_skb_load_bytes(skb, tcp_offset - ip_length, scratch, ipv6 ? 40 : 20))
+        goto kernel;
+    if (!ipv6)
+        scratch[0] = 0x45;
+    if (bpf_skb_load_bytes(skb, tcp_offset, scratch + 40, 20))
+        goto kernel;
+    scratch[40 + 12] = (24 / 4) << 4;
+    if (options.mss)
+        put32(scratch + 40 + 20, 0x02040000 | options.mss);
+    else
+        put32(scratch + 40 + 20, 0x01010101); /* no MSS option: the kernel assumes 536 */
+    /* The copy sits where the IP header of this family does (IPv4 at 20 of 40 bytes). */
+    long generated = ipv6 ? bpf_tcp_gen_syncookie(socket, scratch, 40, (struct tcphdr *)(scratch + 40), 24)
+                          : bpf_tcp_gen_syncookie(socket, scratch, 20, (struct tcphdr *)(scratch + 40), 24);
+    if (generated < 0) {
+        if (generated != -2 /* ENOENT: the kernel would give no cookie now */)
+            count(FP_COOKIE_REPLY_FAILED);
+        goto kernel;
+    }
+    bpf_sk_release(socket);
+    socket = NULL;
+    plan.cookie = (__u32)generated;
+    plan.client_isn = bpf_ntohl(tcp->seq);
+
+    /* SynCookieReply.offer: without a timestamp the kernel can decode, the MSS alone. */
+    if ((config->tcp_options & FP_TCP_TIMESTAMPS_ENCODABLE) && options.has_timestamp) {
+        plan.has_timestamp = 1;
+        plan.sack = options.sack && (config->tcp_options & FP_TCP_SACK);
+        plan.has_window_scale = options.has_window_scale && (config->tcp_options & FP_TCP_WINDOW_SCALING);
+        /* CookieTimestamp.value: milliseconds with the options in the low 6 bits, never ahead. */
+        __u64 now_ms = now / 1000000;
+        __u64 stamp = (now_ms >> 6) << 6 | (plan.has_window_scale ? options.window_scale : 0xf) |
+                      (plan.sack ? 1 << 4 : 0);
+        if (stamp > now_ms)
+            stamp -= 1 << 6;
+        plan.timestamp_value = (__u32)stamp;
+        plan.timestamp_echo = options.timestamp;
+    }
+    /* TCPWindow.synAckWindow: the listener's full space in whole segments, at most 65535. */
+    __u32 space = listener->receive_buffer / 2;
+    __u32 segment = plan.mss - (plan.has_timestamp ? 12 : 0);
+    if (segment > 0 && segment < 65536 && space > segment)
+        space -= space % segment;
+    plan.window = space > 65535 ? 65535 : space;
+
+    /* From here the SYN becomes its SYN-ACK. The Ethernet addresses stay zero: the neighbour
+     * subsystem fills them in (bpf_redirect_neigh). */
+    __builtin_memset(scratch, 0, sizeof(scratch));
+    __u32 frame_length;
+    if (ipv6) {
+        struct ipv6hdr *ip6 = inner;
+        if ((void *)(ip6 + 1) > end)
+            goto failed;
+        *(__u16 *)(scratch + 12) = bpf_htons(ETH_P_IPV6);
+        __u8 *ip = scratch + ETH_LENGTH;
+        __u32 length = write_synack(ip + 40, &plan);
+        if (length > 40)
+            goto failed;
+        put32(ip, 0x60000000);
+        put16(ip + 4, length);
+        ip[6] = IPPROTO_TCP;
+        ip[7] = config->reply_ttl;
+        __builtin_memcpy(ip + 8, &ip6->daddr, 16);
+        __builtin_memcpy(ip + 24, &ip6->saddr, 16);
+        __u16 checksum = tcp_checksum(ip + 8, 32, ip + 40, length);
+        __builtin_memcpy(ip + 40 + 16, &checksum, 2);
+        frame_length = ETH_LENGTH + 40 + length;
+    } else {
+        struct iphdr *ip4 = inner;
+        if ((void *)(ip4 + 1) > end)
+            goto failed;
+        *(__u16 *)(scratch + 12) = bpf_htons(ETH_P_IP);
+        __u8 *ip = scratch + ETH_LENGTH;
+        __u32 length = write_synack(ip + 20, &plan);
+        if (length > 40)
+            goto failed;
+        put32(ip, 0x45000000 | (20 + length));
+        put32(ip + 4, 0x00004000); /* identification 0, don't fragment: the kernel's SYN-ACK */
+        ip[8] = config->reply_ttl;
+        ip[9] = IPPROTO_TCP;
+        __builtin_memcpy(ip + 12, &ip4->daddr, 4);
+        __builtin_memcpy(ip + 16, &ip4->saddr, 4);
+        __u16 header = ~fold((__u32)bpf_csum_diff(NULL, 0, (__be32 *)ip, 20, 0));
+        __builtin_memcpy(ip + 10, &header, 2);
+        __u16 checksum = tcp_checksum(ip + 12, 8, ip + 20, length);
+        __builtin_memcpy(ip + 20 + 16, &checksum, 2);
+        frame_length = ETH_LENGTH + 20 + length;
+    }
+    if (frame_length > SCRATCH)
+        goto failed;
+    __s32 outer = OUTER_IP_LENGTH + 8 + 4 + hlen * 4;
+    /* An IPv6 SYN came in IPv4: the frame becomes IPv6 (skb->protocol included) before it is
+     * written over. */
+    if (bpf_skb_adjust_room(skb, -outer, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO) ||
+        (ipv6 && bpf_skb_change_proto(skb, bpf_htons(ETH_P_IPV6), 0)) ||
+        bpf_skb_change_tail(skb, frame_length, 0) ||
+        bpf_skb_store_bytes(skb, 0, scratch, frame_length, BPF_F_RECOMPUTE_CSUM)) {
+        /* Cannot happen for a SYN that arrived whole; it is lost, and counted. */
+        count(FP_COOKIE_REPLY_FAILED);
+        *verdict = TC_ACT_SHOT;
+        return ANSWERED;
+    }
+    count(FP_TOTAL);
+    count(FP_COOKIES_SENT);
+    count_listener(counts, FP_L_COOKIES_SENT);
+    /* Out of the route's interface, with the neighbour (the client's, or its gateway's) the
+     * kernel resolves as for its own SYN-ACK: bpf_redirect_neigh looks the route up itself,
+     * as this host's output, so forwarding need not be on. */
+    *verdict = bpf_redirect_neigh(egress, NULL, 0, 0);
+    return ANSWERED;
+
+failed:
+    count(FP_COOKIE_REPLY_FAILED);
+    return NOT_ANSWERED;
+kernel:
+    if (socket)
+        bpf_sk_release(socket);
+    return NOT_ANSWERED;
 }
 
 SEC("tc")
@@ -472,8 +884,14 @@ int second_chance_fast_path(struct __sk_buff *skb)
     enum fp_counter reason;
     __u8 flags = ((__u8 *)tcp)[13];
     if (flags & TCP_FLAG_SYN) {
-        if (config->flags & FP_F_RESPONDER)
-            return up(FP_UP_RESPONDER);
+        if ((config->flags & FP_F_RESPONDER) && !(flags & (TCP_FLAG_ACK | TCP_FLAG_FIN | TCP_FLAG_RST))) {
+            if (config->flags & FP_F_LOOKUPS_UP)
+                return up(FP_UP_LOOKUP_ELSEWHERE);
+            int verdict = TC_ACT_OK;
+            if (respond(skb, config, inner, end, hlen & MAX_HLEN, inner_offset, ipv6, tcp, &tuple, tuple_size,
+                        &verdict) == ANSWERED)
+                return verdict;
+        }
         reason = FP_LOCAL_SYN;
         goto local;
     }
@@ -487,25 +905,28 @@ int second_chance_fast_path(struct __sk_buff *skb)
             reason = FP_LOCAL_ESTABLISHED;
             goto local;
         }
-        if (config->flags & FP_F_RESPONDER) {
-            bpf_sk_release(socket);
-            return up(FP_UP_RESPONDER);
-        }
         if ((flags & (TCP_FLAG_ACK | TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST)) == TCP_FLAG_ACK &&
             (config->flags & FP_F_CHECK_COOKIES)) {
             /* 0: a cookie this listener accepts; -EACCES: compared, not one; anything else: the
              * listener takes no cookies now (no overflow in two minutes, tcp_syncookies=0). */
             long checked = bpf_tcp_check_syncookie(socket, inner, ipv6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr),
                                                    tcp, sizeof(*tcp));
-            if (checked == 0 || checked == -13 /* EACCES */)
+            struct fp_listener_counts *counts = NULL;
+            if (checked == 0 || checked == -13 /* EACCES */) {
                 count(FP_COOKIE_CHECKS);
+                if (config->flags & FP_F_RESPONDER)
+                    counts = served_counts(socket);
+            }
             if (checked == 0) {
+                count_listener(counts, FP_L_COOKIE_ACKS_VALID);
                 bpf_sk_release(socket);
                 reason = FP_LOCAL_SYN_COOKIE;
                 goto local;
             }
-            if (checked == -13)
+            if (checked == -13) {
                 count(FP_COOKIE_ACKS_INVALID);
+                count_listener(counts, FP_L_COOKIE_ACKS_INVALID);
+            }
         }
         bpf_sk_release(socket);
     }

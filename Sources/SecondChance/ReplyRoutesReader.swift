@@ -1,0 +1,147 @@
+import CMnl
+import Glibc
+import LinuxSys
+import NetTypes
+import SecondChanceCore
+
+/// Reads the main routing table and the links' MTUs (rtnetlink dumps) into `ReplyRoutes`.
+/// Policy routing (rules, other tables) and learned path MTUs are not seen: the table is what the
+/// kernel's SYN-ACK would advertise along the main table's routes.
+public enum ReplyRoutesReader {
+    public static func read(namespace: NetworkNamespace? = nil) throws -> ReplyRoutes {
+        let socket = try Netlink.open(NETLINK_ROUTE, name: "NETLINK_ROUTE", namespace: namespace)
+        defer { mnl_socket_close(socket) }
+        // The kernel then dumps the table asked for alone (Linux 4.20; older ones dump all, filtered here).
+        var strict: Int32 = 1
+        _ = setsockopt(
+            mnl_socket_get_fd(socket), SOL_NETLINK, NETLINK_GET_STRICT_CHK, &strict, socklen_t(MemoryLayout<Int32>.size)
+        )
+        let size = 32768
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 16)
+        defer { buffer.deallocate() }
+
+        var mtus: [UInt32: UInt32] = [:]
+        let (link, linkRequest) = Netlink.putRequest(
+            at: buffer, type: UInt16(RTM_GETLINK), flags: NLM_F_REQUEST | NLM_F_DUMP, sequence: 1, ifinfomsg.self)
+        linkRequest.pointee.ifi_family = UInt8(AF_UNSPEC)
+        guard mnl_socket_sendto(socket, link, Int(link.pointee.nlmsg_len)) >= 0 else {
+            throw SystemError("RTM_GETLINK request")
+        }
+        try Netlink.receiveDump(socket, buffer: buffer, size: size, sequence: 1, name: "RTM_GETLINK dump") { message in
+            guard message.pointee.nlmsg_type == UInt16(RTM_NEWLINK),
+                Int(mnl_nlmsg_get_payload_len(message)) >= MemoryLayout<ifinfomsg>.size
+            else { return }
+            let index = UnsafeRawPointer(mnl_nlmsg_get_payload(message)!).loadUnaligned(as: ifinfomsg.self).ifi_index
+            let attributes = Netlink.attributes(of: message, after: MemoryLayout<ifinfomsg>.size)
+            if let mtu = attributes[UInt16(IFLA_MTU)], mtu.count >= 4, index > 0 {
+                mtus[UInt32(index)] = mtu.loadUnaligned(as: UInt32.self)
+            }
+        }
+
+        var best4: [IPv4Prefix: (priority: UInt32, route: ReplyRoutes.Route)] = [:]
+        var best6: [IPv6Prefix: (priority: UInt32, route: ReplyRoutes.Route)] = [:]
+        for (sequence, family) in [(UInt32(2), AF_INET), (3, AF_INET6)] {
+            let (nlh, route) = Netlink.putRequest(
+                at: buffer, type: UInt16(RTM_GETROUTE), flags: NLM_F_REQUEST | NLM_F_DUMP, sequence: sequence,
+                rtmsg.self)
+            route.pointee.rtm_family = UInt8(family)
+            route.pointee.rtm_table = UInt8(RT_TABLE_MAIN.rawValue)
+            guard mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) >= 0 else {
+                throw SystemError("RTM_GETROUTE request")
+            }
+            try Netlink.receiveDump(socket, buffer: buffer, size: size, sequence: sequence, name: "RTM_GETROUTE dump") {
+                message in
+                guard message.pointee.nlmsg_type == UInt16(RTM_NEWROUTE), let route = mainRoute(message, mtus: mtus)
+                else { return }
+                // Of routes to one prefix the kernel uses the one of lowest priority (metric).
+                switch route.destination {
+                case .v4(let prefix):
+                    if best4[prefix].map({ route.priority < $0.priority }) ?? true {
+                        best4[prefix] = (route.priority, route.route)
+                    }
+                case .v6(let prefix):
+                    if best6[prefix].map({ route.priority < $0.priority }) ?? true {
+                        best6[prefix] = (route.priority, route.route)
+                    }
+                }
+            }
+        }
+        return ReplyRoutes(ipv4: best4.map { ($0.key, $0.value.route) }, ipv6: best6.map { ($0.key, $0.value.route) })
+    }
+
+    enum Destination { case v4(IPv4Prefix), v6(IPv6Prefix) }
+
+    /// A unicast route of the main table: its prefix, priority, advertised MSS and interface; nil
+    /// for any other, or one whose devices are unknown (a nexthop object): nothing is guessed.
+    static func mainRoute(_ message: UnsafePointer<nlmsghdr>, mtus: [UInt32: UInt32]) -> (
+        destination: Destination, priority: UInt32, route: ReplyRoutes.Route
+    )? {
+        guard Int(mnl_nlmsg_get_payload_len(message)) >= MemoryLayout<rtmsg>.size else { return nil }
+        let header = UnsafeRawPointer(mnl_nlmsg_get_payload(message)!).loadUnaligned(as: rtmsg.self)
+        let attributes = Netlink.attributes(of: message, after: MemoryLayout<rtmsg>.size)
+        let word = { (type: UInt32) -> UInt32? in
+            attributes[UInt16(type)].flatMap { $0.count >= 4 ? $0.loadUnaligned(as: UInt32.self) : nil }
+        }
+        let table = word(RTA_TABLE.rawValue) ?? UInt32(header.rtm_table)
+        guard table == RT_TABLE_MAIN.rawValue, header.rtm_type == UInt8(RTN_UNICAST) else { return nil }
+        let ipv6 = header.rtm_family == UInt8(AF_INET6)
+        // The devices: RTA_OIF, or every nexthop of a multipath route (the smallest MTU counts).
+        var devices: [UInt32] = word(RTA_OIF.rawValue).map { [$0] } ?? []
+        if let multipath = attributes[UInt16(RTA_MULTIPATH.rawValue)] {
+            var offset = 0
+            let step = MemoryLayout<rtnexthop>.size
+            while offset + step <= multipath.count {
+                let hop = multipath.loadUnaligned(fromByteOffset: offset, as: rtnexthop.self)
+                guard Int(hop.rtnh_len) >= step else { break }
+                devices.append(UInt32(bitPattern: hop.rtnh_ifindex))
+                offset += (Int(hop.rtnh_len) + 3) & ~3
+            }
+        }
+        let deviceMTUs = devices.compactMap { mtus[$0] }
+        guard !deviceMTUs.isEmpty, deviceMTUs.count == devices.count else { return nil }
+        var advmss: UInt32?
+        var mtu: UInt32?
+        if let metrics = attributes[UInt16(RTA_METRICS.rawValue)] {
+            for (type, value) in nested(metrics) where value.count >= 4 {
+                let number = value.loadUnaligned(as: UInt32.self)
+                if type == RTAX_ADVMSS { advmss = number }
+                if type == RTAX_MTU { mtu = number }
+            }
+        }
+        let mss = ReplyRoutes.Route(
+            mss: ReplyRoutes.advertisedMSS(
+                advmssMetric: advmss, mtuMetric: mtu, deviceMTU: deviceMTUs.min()!, ipv6: ipv6),
+            interfaceIndex: devices[0])
+        let destination = attributes[UInt16(RTA_DST.rawValue)]
+        let priority = word(RTA_PRIORITY.rawValue) ?? 0
+        switch (ipv6, destination?.count) {
+        case (false, nil) where header.rtm_dst_len == 0:
+            return (.v4(IPv4Prefix(network: IPv4Address(0), length: 0)), priority, mss)
+        case (false, 4?) where header.rtm_dst_len <= 32:
+            return (
+                .v4(IPv4Prefix(network: IPv4Address(destination!.be32(0)), length: header.rtm_dst_len)), priority, mss
+            )
+        case (true, nil) where header.rtm_dst_len == 0:
+            return (.v6(IPv6Prefix(network: IPv6Address(high: 0, low: 0), length: 0)), priority, mss)
+        case (true, 16?) where header.rtm_dst_len <= 128:
+            let network = IPv6Address(high: destination!.be64(0), low: destination!.be64(8))
+            return (.v6(IPv6Prefix(network: network, length: header.rtm_dst_len)), priority, mss)
+        default: return nil
+        }
+    }
+
+    /// The attributes nested in `bytes` (type, value), bounds-checked.
+    static func nested(_ bytes: UnsafeRawBufferPointer) -> [(Int, UnsafeRawBufferPointer)] {
+        var out: [(Int, UnsafeRawBufferPointer)] = []
+        var offset = 0
+        while offset + 4 <= bytes.count {
+            let length = Int(bytes.loadUnaligned(fromByteOffset: offset, as: UInt16.self))
+            // The type without NLA_F_NESTED and NLA_F_NET_BYTEORDER.
+            let type = Int(bytes.loadUnaligned(fromByteOffset: offset + 2, as: UInt16.self)) & 0x3fff
+            guard length >= 4, offset + length <= bytes.count else { break }
+            out.append((type, UnsafeRawBufferPointer(rebasing: bytes[(offset + 4)..<(offset + length)])))
+            offset += (length + 3) & ~3
+        }
+        return out
+    }
+}

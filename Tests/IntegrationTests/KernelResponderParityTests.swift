@@ -1,0 +1,175 @@
+import CFastPathABI
+import Foundation
+import Glibc
+import LabKit
+import LinuxSys
+import NetTypes
+import SecondChanceCore
+import XCTest
+
+@testable import SecondChance
+
+/// The tc program's SYN-cookie responder against the queue's (SynCookieReply, the Swift
+/// reference), SYN by SYN through BPF_PROG_TEST_RUN in p1's namespace: the same SYN-ACK, byte for
+/// byte, for every option shape, both families and both timestamp modes, the cookie the kernel's
+/// own (the oracle's raw helpers compute the same one) and the MSS the route back advertises.
+extension FastPathParityTests {
+    func testTheProgramAnswersSYNsAsTheQueuesResponderDoes() throws {
+        var (harness, _, keep) = try makeHarness()
+        defer { keep.forEach { close($0) } }
+        // The route back to the client advertises less than its link would (advmss), as on a
+        // fleet that leaves room for GUE: the reply must say 1360, not the client's 1460.
+        try Lab.shell(
+            """
+            ip -n pspf-p1 route replace 198.18.0.0/24 dev eth0 advmss 1360 && \
+            ip -n pspf-p1 -6 route replace 2001:2::/64 dev eth0 metric 256 mtu 1400 && \
+            ip netns exec pspf-p1 sysctl -qw net.ipv4.tcp_syncookies=2
+            """)
+        try lab.inside("p1") {
+            let routes = try ReplyRoutesReader.read()
+            XCTAssertEqual(routes.route(towards: .v4(Lab.client))?.mss, 1360)
+            XCTAssertEqual(routes.route(towards: .v6(Lab.client6))?.mss, 1340, "IPv6: the route's MTU less 60")
+            let oracle = try SynCookieOracle()
+            for timestamps in [2, 1] {
+                var tcp = TCPHostSettings()
+                tcp.syncookies = 2
+                tcp.timestamps = timestamps
+                var snapshot = ResponderBoard.Snapshot()
+                snapshot.generation = 1
+                snapshot.settings = tcp
+                snapshot.replyRoutes = routes
+                let listener = ResponderListener(
+                    record: ListenerRecord(key: ListenerKey(address: .v4(Lab.vip), port: 80)), windowScale: 7,
+                    receiveBuffer: 131072, acceptQueueFull: false)
+                let keys = [
+                    ListenerKey(address: .v4(Lab.vip), port: 80), ListenerKey(address: .v6(Lab.vip6), port: 80),
+                ]
+                for key in keys { snapshot.listeners[key] = listener }
+                try harness.maps.write(responder: snapshot, records: keys)
+                var settings = FastPathSettings(
+                    selfAddress: Self.self4, peers: harness.decider.peers, guePort: GUEPacket.port,
+                    checkCookies: true, lookupsElsewhere: false)
+                settings.responderServing = true
+                settings.tcp = tcp
+                settings.passIntervalNanoseconds = 3_600_000_000_000
+                try harness.maps.write(settings)
+                let destinations = [
+                    (IPAddress.v4(Lab.vip), IPAddress.v4(Lab.client)), (.v6(Lab.vip6), .v6(Lab.client6)),
+                ]
+                if timestamps == 2 {
+                    // A listener's first SYN goes to the kernel, which keeps its overflow mark.
+                    for (destination, client) in destinations {
+                        let before = harness.maps.readCounters()
+                        let syn = PacketBuilder.tcp(
+                            source: client, sourcePort: 40999, destination: destination, destinationPort: 80,
+                            flags: .syn)
+                        _ = try FastPathKernel.testRun(
+                            programFD: harness.object.programFD, frame: harness.frame(Self.gue(syn)),
+                            interfaceIndex: harness.interfaceIndex)
+                        XCTAssertEqual(harness.maps.readCounters()[FP_LOCAL_SYN] - before[FP_LOCAL_SYN], 1)
+                    }
+                }
+                for (index, (name, options)) in Self.optionShapes.enumerated() {
+                    for (destination, client) in destinations {
+                        let syn = PacketBuilder.tcp(
+                            source: client, sourcePort: 41000 + UInt16(index), destination: destination,
+                            destinationPort: 80, flags: .syn, sequence: 0x1234_5678 &+ UInt32(index), options: options)
+                        try checkAnswer(
+                            to: syn, "\(name), \(destination), tcp_timestamps=\(timestamps)", harness: &harness,
+                            snapshot: snapshot, listener: listener, oracle: oracle)
+                    }
+                }
+            }
+            // An address the host does not own: the wildcard listener never makes it a reply's source.
+            let foreign = Self.gue(
+                PacketBuilder.tcp(
+                    source: .v4(Lab.client), sourcePort: 41999, destination: .v4(Self.foreignVIP),
+                    destinationPort: Self.wildcardPort, flags: .syn, options: [2, 4, 5, 0xb4]))
+            var snapshot = ResponderBoard.Snapshot()
+            snapshot.generation = 2
+            snapshot.replyRoutes = routes
+            let wildcard = ListenerKey(address: .v4(IPv4Address(0)), port: Self.wildcardPort)
+            snapshot.listeners[wildcard] = ResponderListener(
+                record: ListenerRecord(key: wildcard), windowScale: 7, receiveBuffer: 131072, acceptQueueFull: false)
+            try harness.maps.write(responder: snapshot, records: [wildcard])
+            let (action, _) = try FastPathKernel.testRun(
+                programFD: harness.object.programFD, frame: harness.frame(foreign),
+                interfaceIndex: harness.interfaceIndex)
+            XCTAssertEqual(action, Self.tcShot, "refused, never answered")
+            XCTAssertEqual(harness.maps.readCounters()[FP_COOKIES_SENT], UInt64(Self.optionShapes.count * 4))
+        }
+    }
+
+    /// The option shapes a SYN comes with: none, MSS alone, Linux's, Windows', timestamps without
+    /// window scaling, window scaling without timestamps, SACK alone, padding and malformed tails.
+    static let optionShapes: [(String, [UInt8])] = [
+        ("no options", []),
+        ("MSS", [2, 4, 5, 0xb4]),
+        ("Linux", [2, 4, 5, 0xb4, 4, 2, 8, 10, 0, 0, 0x10, 0, 0, 0, 0, 0, 1, 3, 3, 7]),
+        ("Windows", [2, 4, 5, 0xb4, 1, 3, 3, 8, 1, 1, 4, 2]),
+        ("timestamps, no window scale", [2, 4, 5, 0x8c, 1, 1, 8, 10, 0, 0, 0x20, 0, 0, 0, 0, 0]),
+        ("window scale, no timestamps", [2, 4, 5, 0xb4, 1, 3, 3, 14]),
+        ("SACK alone", [4, 2, 1, 1]),
+        ("scale above 14, no MSS", [1, 1, 8, 10, 0, 0, 0x30, 0, 0, 0, 0, 0, 1, 3, 3, 15]),
+        ("malformed after the MSS", [2, 4, 2, 0x18, 8, 0, 0, 0]),
+    ]
+
+    func checkAnswer(
+        to syn: [UInt8], _ what: String, harness: inout Harness, snapshot: ResponderBoard.Snapshot,
+        listener: ResponderListener, oracle: SynCookieOracle
+    ) throws {
+        let packet = Self.gue(syn)
+        let before = harness.maps.readCounters()[FP_COOKIES_SENT]
+        let (action, output) = try FastPathKernel.testRun(
+            programFD: harness.object.programFD, frame: harness.frame(packet), interfaceIndex: harness.interfaceIndex)
+        guard action == Self.tcRedirect, harness.maps.readCounters()[FP_COOKIES_SENT] == before + 1 else {
+            return XCTFail("\(what): not answered (action \(action))")
+        }
+        let ipv6 = syn[0] >> 4 == 6
+        XCTAssertEqual(Array(output[0..<12]), [UInt8](repeating: 0, count: 12), "\(what): the neighbour fills in MACs")
+        XCTAssertEqual(output[12...13].elementsEqual(ipv6 ? [0x86, 0xdd] : [0x08, 0x00]), true, what)
+        let reply = Array(output[14...])
+
+        // The reference: the queue's responder's SYN-ACK for the same SYN, with the cookie the
+        // oracle computes and the TSval the program chose (its option bits checked by the equality).
+        try packet.withUnsafeBytes { bytes in
+            guard case .parsed(let parsed) = harness.decider.parse(bytes), case .tcp(let segment) = parsed.inner,
+                let options = SynOptions.parse(bytes, tcpOffset: segment.tcpOffset, end: parsed.gue.innerEnd)
+            else { return XCTFail("\(what): the decider does not parse it") }
+            var cookies: [(cookie: UInt32, mss: UInt16)?] = []
+            oracle.cookies(
+                forSYNs: [.init(packet: bytes, segment: segment, options: options)][...], ipv6: ipv6, into: &cookies)
+            let cookie = try XCTUnwrap(cookies.first ?? nil, what)
+            let tcp = ipv6 ? 40 : 20
+            XCTAssertEqual(
+                reply.count >= tcp + 20 ? reply.be32(tcp + 4) : 0, cookie.cookie, "\(what): the kernel's cookie")
+            // The TSval follows the MSS option: 01 01 08 0a, or 04 02 08 0a with SACK.
+            let hasTimestamp =
+                reply.count >= tcp + 36
+                && [[1, 1, 8, 10], [4, 2, 8, 10]].contains(Array(reply[(tcp + 24)..<(tcp + 28)]))
+            let now = hasTimestamp ? UInt64(reply.be32(tcp + 28)) : 0
+            let offer = SynCookieReply.offer(
+                options, settings: snapshot.settings, ourWindowScale: listener.windowScale, nowMilliseconds: now)
+            let route = try XCTUnwrap(snapshot.replyRoutes.route(towards: segment.flow.sourceAddress))
+            let window = TCPWindow.synAckWindow(
+                listenerReceiveBuffer: listener.receiveBuffer, mss: offer.timestamp == nil ? route.mss : route.mss - 12)
+            var expected = [UInt8](repeating: 0, count: SynCookieReply.maximumLength)
+            let length = expected.withUnsafeMutableBytes {
+                SynCookieReply.write(
+                    into: $0, answering: bytes, segment, cookie: cookie.cookie, mss: route.mss, offer: offer,
+                    window: window, ttl: snapshot.settings.defaultTTL)
+            }
+            XCTAssertEqual(
+                reply.hex, Array(expected[0..<length]).hex, "\(what): the program's SYN-ACK is the queue's responder's")
+        }
+    }
+}
+
+extension FastPathParityTests.Harness {
+    /// An outer IPv4 packet as p1's eth0 receives it.
+    func frame(_ packet: [UInt8]) -> [UInt8] { localMAC + [0x02, 0, 0, 0, 0, 0x02] + [0x08, 0x00] + packet }
+}
+
+extension Array where Element == UInt8 {
+    var hex: String { map { String(format: "%02x", $0) }.joined() }
+}
