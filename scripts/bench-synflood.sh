@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # SYN flood against a listener with backlog 16 on P1, while a client opens new connections through
-# the director: (a) the kernel answers every SYN itself (second-chance --syn-cookies off);
-# second-chance's responder answers them once the SYN queue overflows, (b) sending its SYN-ACKs
-# through a raw socket (--forward raw) or (c) as the SYN's verdict, forwarded by the kernel
-# (--forward kernel; P1 forwards: ip_forward and accept_local on). Same flood, same run. A floor
+# the director: (a) the kernel answers every SYN itself (second-chance --syn-cookies off, NFQUEUE
+# alone); second-chance's queue responder answers them once the SYN queue overflows, (b) sending its
+# SYN-ACKs through a raw socket (--forward raw) or (c) as the SYN's verdict, forwarded by the kernel
+# (--forward kernel; P1 forwards: ip_forward and accept_local on); with the tc program, (t0) the
+# kernel answers every SYN the program decapsulates (--syn-cookies off --fast-path tc) and (t) the
+# program answers them itself (--fast-path tc). Rows (a)-(c) run with --fast-path off. Same flood,
+# same run. A floor
 # row drops the flood in raw PREROUTING, before the queue: what sending and delivering it costs,
 # taken off every row to give what answering a SYN costs, and the ratios of those to the kernel's.
 # Prints legitimate-connection success and CPU per SYN (second-chance's own, and the namespace-
@@ -47,7 +50,7 @@ ticks=$(getconf CLK_TCK)
 
 printf '%-24s %8s %10s %12s %14s %14s %12s\n' mode syns syns/s legit_ok legit_failed cpu_us/syn sc_cpu_us/syn
 declare -A cost
-rows=(${ROWS:-floor off raw kernel} ${PREVIOUS:+previous})
+rows=(${ROWS:-floor off raw kernel tc-off tc} ${PREVIOUS:+previous})
 flood_drop=(PREROUTING -s 198.18.0.1 -p udp --dport 19523 -j DROP)  # the floor row: the flood stops here
 for round in $(seq "${ROUNDS:-1}"); do
     if [ "${ROUNDS:-1}" -gt 1 ]; then echo "round $round"; fi
@@ -55,8 +58,10 @@ for round in $(seq "${ROUNDS:-1}"); do
         rm -f "$work/sc.sock"
         program=$bin/second-chance
         case $mode in
-            floor|off) flags=(--syn-cookies off) ;;
-            raw|kernel) flags=(--syn-cookies auto --forward "$mode") ;;
+            floor|off) flags=(--syn-cookies off --fast-path off) ;;
+            raw|kernel) flags=(--syn-cookies auto --forward "$mode" --fast-path off) ;;
+            tc-off) flags=(--syn-cookies off --fast-path tc) ;;
+            tc) flags=(--syn-cookies auto --fast-path tc) ;;
             previous) program=$PREVIOUS flags=(--syn-cookies auto) ;;
         esac
         ip netns exec "$P" "$program" run --queue 0 --self 198.18.0.11 "${lab_peers[@]}" --allow-source 198.18.0.1 --control "$work/sc.sock" "${flags[@]}" 2>"$work/sc.$mode.log" & sc=$!; pids+=($sc)
@@ -84,10 +89,12 @@ for round in $(seq "${ROUNDS:-1}"); do
         case $mode in
             floor) label="(0) floor: flood dropped" ;;
             off) label="(a) kernel cookies" ;; raw) label="(b) responder, raw" ;; kernel) label="(c) responder, verdict" ;;
+            tc-off) label="(t0) kernel cookies, tc" ;; tc) label="(t) responder in tc" ;;
             *) label="(d) previous build" ;;
         esac
         printf '%-24s %8s %10s %12s %14s %14s %12s\n' "$label" "$sent" "$sent_rate" "$ok" "$failed" "$per_syn" "$sc_per_syn"
-        grep -E "^(cookies_sent|accepted_syn|accepted_syn_cookie):" "$work/stats.$mode" | tr '\n' ' ' | sed 's/^/    counters: /'
+        grep -E "^(cookies_sent|fast_path_cookies_sent|accepted_syn|accepted_syn_cookie|fast_path):" "$work/stats.$mode" \
+            | tr '\n' ' ' | sed 's/^/    counters: /'
         echo "kernel SyncookiesSent +$kernel_sent SyncookiesRecv +$kernel_recv"
         grep -E "SYN cookies (on|off)" "$work/sc.$mode.log" | head -3 | sed 's/^/    /' || true
     done
@@ -95,9 +102,11 @@ done
 median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 for mode in "${rows[@]}"; do cost[$mode]=$(echo "${cost[$mode]}" | median); done
 [ -n "${cost[floor]:-}" ] && [ -n "${cost[off]:-}" ] || exit 0
-echo "answering a SYN, above the floor (cpu_us/syn minus the floor's), and against the kernel's cookies${ROUNDS:+ (medians of $ROUNDS rounds)}:"
+echo "answering a SYN, above the floor (cpu_us/syn minus the floor's), against the kernel's cookies (a)" \
+    "${cost[tc-off]:+and against the kernel's cookies behind the tc program (t0)}${ROUNDS:+ (medians of $ROUNDS rounds)}:"
 for mode in "${rows[@]}"; do
     [ "$mode" = floor ] && continue
-    awk -v m="$mode" -v c="${cost[$mode]}" -v f="${cost[floor]}" -v k="${cost[off]}" \
-        'BEGIN { printf "    %-9s %6.2f us/syn  %.2fx\n", m, c - f, (c - f) / (k - f) }'
+    awk -v m="$mode" -v c="${cost[$mode]}" -v f="${cost[floor]}" -v k="${cost[off]}" -v t="${cost[tc-off]:-}" \
+        'BEGIN { printf "    %-9s %6.2f us/syn  %.2fx", m, c - f, (c - f) / (k - f);
+                 if (t != "") printf "  %.2fx", (c - f) / (t - f); printf "\n" }'
 done

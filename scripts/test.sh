@@ -18,7 +18,8 @@ done
 scripts/format.sh
 swift build --build-tests
 swift test --skip-build --disable-swift-testing
-# The decision suites again with NFQUEUE alone (--fast-path off): the queue's path stays the reference.
+# The decision and responder suites again with NFQUEUE alone (--fast-path off): the queue's path
+# stays the reference, and its SYN-cookie responder is the one that answers there.
 PROXYSIDE_FAST_PATH=off swift test --skip-build --disable-swift-testing \
-    --filter 'IntegrationTests\.(SecondChanceTests|TrustBoundaryTests|PromiseTests)'
+    --filter 'IntegrationTests\.(SecondChanceTests|TrustBoundaryTests|PromiseTests|SynCookieResponderTests)'
 if [ "$PROXYSIDE_SLOW_TESTS" = 1 ]; then scripts/fuzz.sh "${PROXYSIDE_FUZZ_SECONDS:-30}"; fi

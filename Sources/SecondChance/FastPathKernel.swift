@@ -26,20 +26,26 @@ public struct FastPathError: Error, CustomStringConvertible {
 public final class FastPathObject: @unchecked Sendable {
     private let object: OpaquePointer
     public let programFD: Int32
+    /// The listener probe (`listener_probe`), loaded with the program.
+    public let probeFD: Int32
     /// The map descriptors by name (fp_config, fp_sources, ...).
     public let maps: [String: Int32]
     /// Whether the maps are those of a program already attached (adopted), rather than new.
     public let adoptedMaps: Bool
 
     public static let programName = "second_chance_fast_path"
+    /// Never attached: test-run by the listener monitor (`ListenerProbe`).
+    public static let probeName = "listener_probe"
     public static let mapNames = [
         "fp_config", "fp_sources", "fp_hops", "fp_local4", "fp_local6", "fp_broadcast4", "fp_counters",
         "fp_listeners", "fp_listen_count", "fp_reply4", "fp_reply6",
     ]
 
     /// Loads the embedded object (the kernel verifies it). `reusing`: maps by name, of the layout
-    /// this build writes, that the new program is to use instead of new ones.
-    public init(reusing: [String: Int32] = [:]) throws {
+    /// this build writes, that the new program is to use instead of new ones. `probeOnly`: the
+    /// listener probe alone is loaded (`programFD` is then -1), which verifies in a fraction of
+    /// the time the decision takes.
+    public init(reusing: [String: Int32] = [:], probeOnly: Bool = false) throws {
         FastPathKernel.silenceLibbpf()
         let logSize = 1 << 20
         let log = UnsafeMutablePointer<CChar>.allocate(capacity: logSize)
@@ -60,6 +66,9 @@ public final class FastPathObject: @unchecked Sendable {
             }
             reused = true
         }
+        if probeOnly, let decision = bpf_object__find_program_by_name(object, Self.programName) {
+            _ = bpf_program__set_autoload(decision, false)
+        }
         let loaded = bpf_object__load(object)
         if loaded < 0 {
             let text = String(cString: log)
@@ -69,6 +78,10 @@ public final class FastPathObject: @unchecked Sendable {
         guard let program = bpf_object__find_program_by_name(object, Self.programName) else {
             bpf_object__close(object)
             throw FastPathError("the object has no program \(Self.programName)", errno: ENOENT)
+        }
+        guard let probe = bpf_object__find_program_by_name(object, Self.probeName) else {
+            bpf_object__close(object)
+            throw FastPathError("the object has no program \(Self.probeName)", errno: ENOENT)
         }
         var maps: [String: Int32] = [:]
         for name in Self.mapNames {
@@ -80,6 +93,7 @@ public final class FastPathObject: @unchecked Sendable {
         }
         self.object = object
         programFD = bpf_program__fd(program)
+        probeFD = bpf_program__fd(probe)
         self.maps = maps
         adoptedMaps = reused
     }

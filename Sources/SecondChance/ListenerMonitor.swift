@@ -43,6 +43,11 @@ public final class ListenerMonitor: @unchecked Sendable {
     private var replyRoutes = ReplyRoutes()
     private var replyRoutesStale = true
     private var replyRoutesRead: UInt64 = 0
+    /// Listeners' TCP_MAXSEG, by the tc object's probe (nil where it cannot load), read again
+    /// every `userMSSLifetime`.
+    private let probe: ListenerProbe?
+    private var userMSS: [ListenerKey: (value: UInt16, read: UInt64)] = [:]
+    static let userMSSLifetime: UInt64 = 10_000_000_000
     private var tracker: ListenerOverflowTracker
     private var overflowSignal: UInt64?
     private let logger: Logger
@@ -67,6 +72,13 @@ public final class ListenerMonitor: @unchecked Sendable {
         let events = mnl_socket_get_fd(routeEvents)
         _ = fcntl(events, F_SETFL, fcntl(events, F_GETFL) | O_NONBLOCK)
         sockDiag = try SockDiag(namespace: namespace)
+        do {
+            probe = try ListenerProbe(namespace: namespace)
+        } catch {
+            probe = nil
+            logger.warning(
+                "warning: cannot load the listener probe (\(error)); cookie SYN-ACKs ignore listeners' TCP_MAXSEG")
+        }
         settingsReader = try TCPSettingsReader(namespace: namespace)
         netstatFD = try namespace.run { open("/proc/thread-self/net/netstat", O_RDONLY | O_CLOEXEC) }
         guard netstatFD >= 0 else { throw SystemError("open /proc/net/netstat") }
@@ -120,6 +132,14 @@ public final class ListenerMonitor: @unchecked Sendable {
                 scan(now: now, overflowed: overflowed)
             }
         }
+    }
+
+    /// A served listener's TCP_MAXSEG, probed when first served and then every `userMSSLifetime`.
+    private func listenerMSS(_ key: ListenerKey, now: UInt64) -> UInt16 {
+        if let known = userMSS[key], now &- known.read < Self.userMSSLifetime { return known.value }
+        let value = probe?.userMSS(of: key) ?? 0
+        userMSS[key] = (value, now)
+        return value
     }
 
     /// Reads route and link notifications away: any of them (or lost ones, ENOBUFS) makes the
@@ -219,8 +239,10 @@ public final class ListenerMonitor: @unchecked Sendable {
                 windowScale: TCPWindow.receiveScale(
                     listenerReceiveBuffer: receiveBuffer, receiveBufferLocked: locked, settings: settings),
                 receiveBuffer: receiveBuffer,
-                acceptQueueFull: observation.backlog > 0 && observation.acceptQueue >= observation.backlog)
+                acceptQueueFull: observation.backlog > 0 && observation.acceptQueue >= observation.backlog,
+                userMSS: listenerMSS(key, now: now))
         }
+        userMSS = userMSS.filter { published[$0.key] != nil }
         board.publish(published, settings: settings, replyRoutes: replyRoutes)
         if unserved != unservedListeners {
             unservedListeners = unserved

@@ -8,10 +8,10 @@ public struct ResponderListener: Sendable {
     public var record: ListenerRecord
     public var windowScale: UInt8
     public var receiveBuffer: UInt32
-    /// The listener's TCP_MAXSEG (0: none set, or unknown): the SYN-ACK offers no more.
-    public var userMSS: UInt16 = 0
     /// The accept queue is full: the kernel would drop the handshake's ACK, so SYNs go to the kernel.
     public var acceptQueueFull: Bool
+    /// The listener's TCP_MAXSEG (0: none set, or unknown): the SYN-ACK offers no more.
+    public var userMSS: UInt16 = 0
 }
 
 /// The monitor's latest view, shared with the queue threads: they copy it when the generation changes.

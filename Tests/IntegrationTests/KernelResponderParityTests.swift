@@ -80,6 +80,15 @@ extension FastPathParityTests {
                     }
                 }
             }
+            // The attacker's SYNs. An outsider's, for a served listener: dropped, never answered.
+            let outsider = Self.gue(
+                PacketBuilder.tcp(
+                    source: .v4(Lab.client), sourcePort: 41998, destination: .v4(Lab.vip), destinationPort: 80,
+                    flags: .syn, options: [2, 4, 5, 0xb4]), from: Self.outsider)
+            let (refused, _) = try FastPathKernel.testRun(
+                programFD: harness.object.programFD, frame: harness.frame(outsider),
+                interfaceIndex: harness.interfaceIndex)
+            XCTAssertEqual(refused, Self.tcShot, "an outsider's SYN is dropped")
             // An address the host does not own: the wildcard listener never makes it a reply's source.
             let foreign = Self.gue(
                 PacketBuilder.tcp(

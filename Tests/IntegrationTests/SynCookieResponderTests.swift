@@ -172,6 +172,13 @@ final class SynCookieResponderTests: XCTestCase {
             "the data went to the connection")
         XCTAssertGreaterThan(try tcpExt("SyncookiesRecv"), recvBefore, "the kernel validated the cookie")
         XCTAssertEqual(try listenerStats(listenerName)["cookie_acks_valid"], 1)
+        // With the tc program, the kernel's path answered: the queue never saw the SYN.
+        if Lab.fastPathOn {
+            XCTAssertEqual(
+                try after.value("fast_path_cookies_sent") - before.value("fast_path_cookies_sent"),
+                try after.value("cookies_sent") - before.value("cookies_sent"), "every answer came from the tc program")
+            XCTAssertEqual(try after.value("queue_0_packets"), try before.value("queue_0_packets"), "nothing went up")
+        }
         // The scale we advertised is the one the kernel gave the child, and the window is used in full.
         XCTAssertEqual(windows.client.0, windows.server.1, "client's send scale == server's receive scale")
         XCTAssertEqual(windows.server.0, windows.client.1, "server's send scale == client's receive scale")
@@ -508,6 +515,104 @@ final class SynCookieResponderTests: XCTestCase {
             "the second connection's SYN was answered by the responder: \(stats)")
         // Both ACKs carried cookies (with tcp_syncookies=2 the kernel's answer is one too).
         XCTAssertEqual(stats["accepted_syn_cookie"], 2)
+    }
+
+    /// The SYN-ACK offers the MSS the kernel's own would (the route back's advmss), not the
+    /// client's: on a path that leaves room for GUE, the client's segments fit. The kernel's
+    /// answer to the first SYN and the responder's to the second agree.
+    func testTheCookieSYNACKAdvertisesTheRoutesMSS() throws {
+        try sysctl("p1", "net.ipv4.tcp_syncookies=2")
+        try Lab.shell(
+            """
+            ip -n psck-p1 route replace 198.18.0.0/24 dev eth0 mtu 1400 advmss 1360 && \
+            ip -n psck-p1 -6 route replace 2001:2::/64 dev eth0 metric 256 mtu 1400
+            """)
+        try listen(.v4(Lab.vip))
+        let listener6 = try lab.inside("p1") { try LabSockets.listenTCP(on: .v6(Lab.vip6), port: Self.port) }
+        defer { close(listener6) }
+        // A listener that clamps the MSS itself (HAProxy's `mss`): TCP_MAXSEG set before listen().
+        let clamped = try lab.inside("p1") { () throws -> Int32 in
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var mss: Int32 = 1200
+            setsockopt(fd, Int32(IPPROTO_TCP), TCP_MAXSEG, &mss, 4)
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = (Self.port + 1).bigEndian
+            address.sin_addr.s_addr = Lab.vip.value.bigEndian
+            let bound = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
+            guard bound == 0, Glibc.listen(fd, 16) == 0 else { throw SystemError("listen") }
+            return fd
+        }
+        defer { close(clamped) }
+        try startSecondChance(["--syn-cookies", "always", "--cookie-pass-ms", "60000"])
+        try waitUntilActive("\(Lab.vip):\(Self.port)")
+        try waitUntilActive("\(Lab.vip):\(Self.port + 1)")
+        func clientMSS(_ vip: IPAddress, _ server: Int32, port: UInt16 = Self.port) throws -> Int32 {
+            let client = try lab.inside("c") { try LabSockets.connectTCP(to: vip, port: port, timeoutSeconds: 5) }
+            defer { close(client) }
+            close(try acceptConnection(server))
+            var mss: Int32 = 0
+            var length = socklen_t(4)
+            getsockopt(client, Int32(IPPROTO_TCP), TCP_MAXSEG, &mss, &length)
+            return mss
+        }
+        let before = try lab.stats("p1").value("cookies_sent")
+        // The kernel's SYN-ACK (the listener's first SYN goes to it), then the responder's.
+        XCTAssertLessThanOrEqual(try clientMSS(.v4(Lab.vip), listener), 1360, "the kernel's SYN-ACK")
+        XCTAssertEqual(try clientMSS(.v4(Lab.vip), listener), 1360, "the responder's SYN-ACK offers the route's advmss")
+        XCTAssertLessThanOrEqual(try clientMSS(.v6(Lab.vip6), listener6), 1340)
+        XCTAssertEqual(try clientMSS(.v6(Lab.vip6), listener6), 1340, "IPv6: the route's MTU less 60")
+        XCTAssertLessThanOrEqual(try clientMSS(.v4(Lab.vip), clamped, port: Self.port + 1), 1200)
+        XCTAssertEqual(
+            try clientMSS(.v4(Lab.vip), clamped, port: Self.port + 1), 1200, "the listener's TCP_MAXSEG clamps it")
+        XCTAssertEqual(try lab.stats("p1").value("cookies_sent") - before, 3, "one SYN of each listener was answered")
+        _ = try connectAndTransfer(to: .v4(Lab.vip), bytes: 1 << 20)
+    }
+
+    /// A SYN retransmitted while the kernel holds its request socket (it answered the first one
+    /// itself) is the kernel's to answer: a cookie would give the client an ISN the request does not
+    /// know, and its ACK a reset. The tc program looks the 4-tuple up first.
+    func testASYNWhoseRequestTheKernelHoldsIsLeftToIt() throws {
+        guard Lab.fastPathOn else {
+            throw XCTSkip("the tc program's check; the queue's responder does not look up SYNs")
+        }
+        try listen(.v4(Lab.vip))
+        try startSecondChance(["--cookie-pass-ms", "60000"])
+        try flood(400)
+        try waitUntilActive("\(Lab.vip):\(Self.port)")
+        // The requests that filled the queue before the responder began: their flows' SYNs come again.
+        let held = try Lab.shell("ip netns exec psck-p1 ss -Htn state syn-recv").split(separator: "\n")
+            .compactMap { line -> (IPv4Address, UInt16)? in
+                guard let peer = line.split(separator: " ").last, let colon = peer.lastIndex(of: ":"),
+                    let address = IPv4Address(String(peer[..<colon])),
+                    let port = UInt16(peer[peer.index(after: colon)...])
+                else { return nil }
+                return (address, port)
+            }
+        let (address, port) = try XCTUnwrap(held.first, "the kernel holds requests")
+        let before = try lab.stats("p1")
+        let retransmitted = PacketBuilder.tcp(
+            source: .v4(address), sourcePort: port, destination: .v4(Lab.vip), destinationPort: Self.port, flags: .syn,
+            sequence: 1, options: [2, 4, 5, 0xb4])
+        try sendGUE(lab, sourcePort: 31003, to: Lab.p1, inner: retransmitted, hops: [])
+        let fresh = PacketBuilder.tcp(
+            source: .v4(address), sourcePort: 65000, destination: .v4(Lab.vip), destinationPort: Self.port, flags: .syn,
+            sequence: 1, options: [2, 4, 5, 0xb4])
+        try sendGUE(lab, sourcePort: 31004, to: Lab.p1, inner: fresh, hops: [])
+        try lab.waitFor("both SYNs to be decided") {
+            try lab.stats("p1").value("fast_path_total_packets") >= before.value("fast_path_total_packets") + 2
+        }
+        let after = try lab.stats("p1")
+        XCTAssertEqual(
+            try after.value("fast_path_accepted_syn") - before.value("fast_path_accepted_syn"), 1,
+            "the retransmitted SYN went to the kernel")
+        XCTAssertEqual(
+            try after.value("fast_path_cookies_sent") - before.value("fast_path_cookies_sent"), 1,
+            "the new flow's SYN was answered")
     }
 
     /// --no-cookie-check: no BPF, no responder, and an ACK of a kernel cookie is not recognised

@@ -364,10 +364,15 @@ __attribute__((noinline)) int parse_syn_options(const struct syn_option_bytes *c
     if (!copy || !out)
         return 0;
     __u32 length = copy->length > OPTIONS_MAX ? OPTIONS_MAX : copy->length;
-    const __u8 *bytes = copy->bytes;
     __u32 index = 0;
     for (int step = 0; step < OPTIONS_MAX && index < length; step++) {
-        __u8 kind = bytes[index & 63];
+        /* Below 40 by the loop's test, and said so to the verifier: every read is at most 9
+         * bytes on, inside the 64. */
+        __u32 at = index & 0x3f;
+        if (at >= OPTIONS_MAX)
+            break;
+        const __u8 *option = copy->bytes + at;
+        __u8 kind = option[0];
         if (kind == 0)
             break;
         if (kind == 1) {
@@ -376,23 +381,20 @@ __attribute__((noinline)) int parse_syn_options(const struct syn_option_bytes *c
         }
         if (index + 1 >= length)
             break;
-        __u8 size = bytes[(index + 1) & 63];
+        __u8 size = option[1];
         if (size < 2 || index + size > length)
             break;
-        __u32 at = index + 2; /* below 40: at + 3 stays in the 64 bytes */
         if (kind == 2 && size == 4) {
-            __u16 mss = (__u16)bytes[at & 63] << 8 | bytes[(at + 1) & 63];
+            __u16 mss = (__u16)option[2] << 8 | option[3];
             if (mss)
                 out->mss = mss;
         } else if (kind == 3 && size == 3) {
-            __u8 scale = bytes[at & 63];
-            out->window_scale = scale > 14 ? 14 : scale;
+            out->window_scale = option[2] > 14 ? 14 : option[2];
             out->has_window_scale = 1;
         } else if (kind == 4 && size == 2) {
             out->sack = 1;
         } else if (kind == 8 && size == 10) {
-            out->timestamp = (__u32)bytes[at & 63] << 24 | (__u32)bytes[(at + 1) & 63] << 16 |
-                             (__u32)bytes[(at + 2) & 63] << 8 | bytes[(at + 3) & 63];
+            out->timestamp = (__u32)option[2] << 24 | (__u32)option[3] << 16 | (__u32)option[4] << 8 | option[5];
             out->has_timestamp = 1;
         }
         index += size;
@@ -552,10 +554,17 @@ static __always_inline enum answer respond(struct __sk_buff *skb, const struct f
     __u32 options_length = (tcp_length - 20) & 0x3f;
     if (options_length > OPTIONS_MAX)
         goto kernel;
-    /* Options come in words: none, or at least 4 bytes (the helper takes no empty copy). */
+    /* Options come in words: none, or at least 4 bytes. The helper takes no empty copy, and the
+     * verifier must see that from the length register itself: hidden from the compiler (which
+     * would fold the arithmetic away), the length is rebuilt as 4 + a masked multiple of 4. */
     struct syn_option_bytes copy = { .length = options_length };
-    if (options_length >= 4 && bpf_skb_load_bytes(skb, tcp_offset + 20, copy.bytes, options_length))
-        goto kernel;
+    if (options_length >= 4) {
+        __u32 load_length = options_length;
+        asm volatile("" : "+r"(load_length));
+        load_length = ((load_length - 4) & 0x3c) + 4;
+        if (bpf_skb_load_bytes(skb, tcp_offset + 20, copy.bytes, load_length))
+            goto kernel;
+    }
     parse_syn_options(&copy, &options);
 
     /* The route back to the client first: its advmss, clamped by TCP_MAXSEG, is the MSS offered. */
@@ -955,4 +964,57 @@ local:;
     if (refusal)
         return drop(refusal);
     return deliver(skb, hlen & MAX_HLEN, ipv6, reason);
+}
+
+/*
+ * What the queue's responder cannot learn from sock_diag: a listener's TCP_MAXSEG. Run by the
+ * daemon's listener monitor through BPF_PROG_TEST_RUN (never attached) on a frame holding an IP
+ * and a TCP header towards the listener's address and port; it finds the listener as a SYN would
+ * and writes its user_mss over the frame's first two bytes. TC_ACT_SHOT: no listener there.
+ */
+SEC("tc")
+int listener_probe(struct __sk_buff *skb)
+{
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    struct bpf_sock_tuple tuple = {};
+    __u32 tuple_size;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > end)
+        return TC_ACT_SHOT;
+    if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+        struct ipv6hdr *ip6 = (void *)(eth + 1);
+        struct tcphdr *tcp = (void *)(ip6 + 1);
+        if ((void *)(tcp + 1) > end)
+            return TC_ACT_SHOT;
+        __builtin_memcpy(tuple.ipv6.saddr, &ip6->saddr, 16);
+        __builtin_memcpy(tuple.ipv6.daddr, &ip6->daddr, 16);
+        tuple.ipv6.sport = tcp->source;
+        tuple.ipv6.dport = tcp->dest;
+        tuple_size = sizeof(tuple.ipv6);
+    } else {
+        struct iphdr *ip4 = (void *)(eth + 1);
+        struct tcphdr *tcp = (void *)(ip4 + 1);
+        if ((void *)(tcp + 1) > end)
+            return TC_ACT_SHOT;
+        tuple.ipv4.saddr = ip4->saddr;
+        tuple.ipv4.daddr = ip4->daddr;
+        tuple.ipv4.sport = tcp->source;
+        tuple.ipv4.dport = tcp->dest;
+        tuple_size = sizeof(tuple.ipv4);
+    }
+    struct bpf_sock *socket = bpf_skc_lookup_tcp(skb, &tuple, tuple_size, BPF_F_CURRENT_NETNS, 0);
+    if (!socket)
+        return TC_ACT_SHOT;
+    __u16 user_mss = 0;
+    int found = socket->state == BPF_TCP_LISTEN;
+    struct tcp_sock___proxyside *tp = found ? (void *)bpf_skc_to_tcp_sock(socket) : NULL;
+    if (tp)
+        user_mss = tp->rx_opt.user_mss;
+    bpf_sk_release(socket);
+    if (!found)
+        return TC_ACT_SHOT;
+    if (bpf_skb_store_bytes(skb, 0, &user_mss, sizeof(user_mss), 0))
+        return TC_ACT_SHOT;
+    return TC_ACT_OK;
 }
