@@ -102,8 +102,8 @@ done
 median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 for mode in "${rows[@]}"; do cost[$mode]=$(echo "${cost[$mode]}" | median); done
 [ -n "${cost[floor]:-}" ] && [ -n "${cost[off]:-}" ] || exit 0
-echo "answering a SYN, above the floor (cpu_us/syn minus the floor's), against the kernel's cookies (a)" \
-    "${cost[tc-off]:+and against the kernel's cookies behind the tc program (t0)}${ROUNDS:+ (medians of $ROUNDS rounds)}:"
+against_tc=${cost[tc-off]:+, and against (t0): the kernel cookies behind the tc program}
+echo "answering a SYN, above the floor (cpu_us/syn minus the floor's), against the kernel's cookies (a)$against_tc${ROUNDS:+ (medians of $ROUNDS rounds)}:"
 for mode in "${rows[@]}"; do
     [ "$mode" = floor ] && continue
     awk -v m="$mode" -v c="${cost[$mode]}" -v f="${cost[floor]}" -v k="${cost[off]}" -v t="${cost[tc-off]:-}" \
