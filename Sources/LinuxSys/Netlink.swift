@@ -78,3 +78,55 @@ public enum Netlink {
         return out
     }
 }
+
+/// A NETLINK_ROUTE socket for dumps (addresses, links, one routing table), with its buffer.
+/// Strict checking is on: the kernel then dumps the table asked for alone, not a main table that
+/// may hold the Internet (Linux 4.20; older kernels dump every table, which callers filter).
+public final class RouteDumpSocket {
+    private let socket: OpaquePointer
+    private let buffer: UnsafeMutableRawPointer
+    private static let size = 32768
+
+    public init(namespace: NetworkNamespace? = nil) throws {
+        socket = try Netlink.open(NETLINK_ROUTE, name: "NETLINK_ROUTE", namespace: namespace)
+        var strict: Int32 = 1
+        _ = setsockopt(
+            mnl_socket_get_fd(socket), SOL_NETLINK, NETLINK_GET_STRICT_CHK, &strict, socklen_t(MemoryLayout<Int32>.size)
+        )
+        buffer = .allocate(byteCount: Self.size, alignment: 16)
+    }
+
+    deinit {
+        buffer.deallocate()
+        mnl_socket_close(socket)
+    }
+
+    /// Sends a dump request of `type` whose family header `fill` sets up, and hands every reply to `each`.
+    public func dump<Header>(
+        _ type: Int, sequence: UInt32, name: String, _ header: Header.Type,
+        fill: (UnsafeMutablePointer<Header>) -> Void, _ each: (UnsafePointer<nlmsghdr>) -> Void
+    ) throws {
+        let (message, request) = Netlink.putRequest(
+            at: buffer, type: UInt16(type), flags: NLM_F_REQUEST | NLM_F_DUMP, sequence: sequence, Header.self)
+        fill(request)
+        guard mnl_socket_sendto(socket, message, Int(message.pointee.nlmsg_len)) >= 0 else {
+            throw SystemError("\(name) request")
+        }
+        try Netlink.receiveDump(socket, buffer: buffer, size: Self.size, sequence: sequence, name: "\(name) dump", each)
+    }
+
+    /// Every route of `table` in `family`, as RTM_NEWROUTE messages.
+    public func routes(
+        family: Int32, table: UInt32, sequence: UInt32, _ each: (UnsafePointer<nlmsghdr>) -> Void
+    ) throws {
+        try dump(
+            RTM_GETROUTE, sequence: sequence, name: "RTM_GETROUTE", rtmsg.self,
+            fill: {
+                $0.pointee.rtm_family = UInt8(family)
+                $0.pointee.rtm_table = UInt8(table)
+            }
+        ) { message in
+            if message.pointee.nlmsg_type == UInt16(RTM_NEWROUTE) { each(message) }
+        }
+    }
+}

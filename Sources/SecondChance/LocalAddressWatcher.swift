@@ -153,43 +153,19 @@ public final class LocalAddressWatcher: @unchecked Sendable {
     /// Every address of a namespace (RTM_GETADDR dump), as `ip addr` lists them, and every local
     /// route of its local table (RTM_GETROUTE), as `ip route show table local type local` does.
     public static func dump(namespace: NetworkNamespace? = nil) throws -> LocalAddresses {
-        let socket = try Netlink.open(NETLINK_ROUTE, name: "NETLINK_ROUTE", namespace: namespace)
-        defer { mnl_socket_close(socket) }
-        // The kernel then dumps the local table alone, not a main table that may hold the Internet
-        // (Linux 4.20; older kernels dump every table, which `localRoute` filters here).
-        var strict: Int32 = 1
-        _ = setsockopt(
-            mnl_socket_get_fd(socket), SOL_NETLINK, NETLINK_GET_STRICT_CHK, &strict, socklen_t(MemoryLayout<Int32>.size)
-        )
-        let size = 32768
-        let buffer = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 16)
-        defer { buffer.deallocate() }
-        let (nlh, request) = Netlink.putRequest(
-            at: buffer, type: UInt16(RTM_GETADDR), flags: NLM_F_REQUEST | NLM_F_DUMP, sequence: 1, ifaddrmsg.self)
-        request.pointee.ifa_family = UInt8(AF_UNSPEC)
-        guard mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) >= 0 else {
-            throw SystemError("RTM_GETADDR request")
-        }
-
+        let socket = try RouteDumpSocket(namespace: namespace)
         var addresses = LocalAddresses.none
-        try Netlink.receiveDump(socket, buffer: buffer, size: size, sequence: 1, name: "RTM_GETADDR dump") { message in
+        try socket.dump(
+            RTM_GETADDR, sequence: 1, name: "RTM_GETADDR", ifaddrmsg.self,
+            fill: {
+                $0.pointee.ifa_family = UInt8(AF_UNSPEC)
+            }
+        ) { message in
             if message.pointee.nlmsg_type == UInt16(RTM_NEWADDR) { add(message, to: &addresses) }
         }
-
         for (sequence, family) in [(UInt32(2), AF_INET), (3, AF_INET6)] {
-            let (nlh, route) = Netlink.putRequest(
-                at: buffer, type: UInt16(RTM_GETROUTE), flags: NLM_F_REQUEST | NLM_F_DUMP, sequence: sequence,
-                rtmsg.self)
-            route.pointee.rtm_family = UInt8(family)
-            route.pointee.rtm_table = UInt8(RT_TABLE_LOCAL.rawValue)
-            guard mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) >= 0 else {
-                throw SystemError("RTM_GETROUTE request")
-            }
-            try Netlink.receiveDump(socket, buffer: buffer, size: size, sequence: sequence, name: "RTM_GETROUTE dump") {
-                message in
-                guard message.pointee.nlmsg_type == UInt16(RTM_NEWROUTE), let route = localRoute(message) else {
-                    return
-                }
+            try socket.routes(family: family, table: RT_TABLE_LOCAL.rawValue, sequence: sequence) { message in
+                guard let route = localRoute(message) else { return }
                 switch route {
                 case .broadcast(let address): addresses.broadcast.insert(address)
                 // 127.0.0.0/8 is loopback's, which no packet from outside may reach; the host's

@@ -9,25 +9,14 @@ import SecondChanceCore
 /// kernel's SYN-ACK would advertise along the main table's routes.
 public enum ReplyRoutesReader {
     public static func read(namespace: NetworkNamespace? = nil) throws -> ReplyRoutes {
-        let socket = try Netlink.open(NETLINK_ROUTE, name: "NETLINK_ROUTE", namespace: namespace)
-        defer { mnl_socket_close(socket) }
-        // The kernel then dumps the table asked for alone (Linux 4.20; older ones dump all, filtered here).
-        var strict: Int32 = 1
-        _ = setsockopt(
-            mnl_socket_get_fd(socket), SOL_NETLINK, NETLINK_GET_STRICT_CHK, &strict, socklen_t(MemoryLayout<Int32>.size)
-        )
-        let size = 32768
-        let buffer = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 16)
-        defer { buffer.deallocate() }
-
+        let socket = try RouteDumpSocket(namespace: namespace)
         var mtus: [UInt32: UInt32] = [:]
-        let (link, linkRequest) = Netlink.putRequest(
-            at: buffer, type: UInt16(RTM_GETLINK), flags: NLM_F_REQUEST | NLM_F_DUMP, sequence: 1, ifinfomsg.self)
-        linkRequest.pointee.ifi_family = UInt8(AF_UNSPEC)
-        guard mnl_socket_sendto(socket, link, Int(link.pointee.nlmsg_len)) >= 0 else {
-            throw SystemError("RTM_GETLINK request")
-        }
-        try Netlink.receiveDump(socket, buffer: buffer, size: size, sequence: 1, name: "RTM_GETLINK dump") { message in
+        try socket.dump(
+            RTM_GETLINK, sequence: 1, name: "RTM_GETLINK", ifinfomsg.self,
+            fill: {
+                $0.pointee.ifi_family = UInt8(AF_UNSPEC)
+            }
+        ) { message in
             guard message.pointee.nlmsg_type == UInt16(RTM_NEWLINK),
                 Int(mnl_nlmsg_get_payload_len(message)) >= MemoryLayout<ifinfomsg>.size
             else { return }
@@ -41,18 +30,8 @@ public enum ReplyRoutesReader {
         var best4: [IPv4Prefix: (priority: UInt32, route: ReplyRoutes.Route)] = [:]
         var best6: [IPv6Prefix: (priority: UInt32, route: ReplyRoutes.Route)] = [:]
         for (sequence, family) in [(UInt32(2), AF_INET), (3, AF_INET6)] {
-            let (nlh, route) = Netlink.putRequest(
-                at: buffer, type: UInt16(RTM_GETROUTE), flags: NLM_F_REQUEST | NLM_F_DUMP, sequence: sequence,
-                rtmsg.self)
-            route.pointee.rtm_family = UInt8(family)
-            route.pointee.rtm_table = UInt8(RT_TABLE_MAIN.rawValue)
-            guard mnl_socket_sendto(socket, nlh, Int(nlh.pointee.nlmsg_len)) >= 0 else {
-                throw SystemError("RTM_GETROUTE request")
-            }
-            try Netlink.receiveDump(socket, buffer: buffer, size: size, sequence: sequence, name: "RTM_GETROUTE dump") {
-                message in
-                guard message.pointee.nlmsg_type == UInt16(RTM_NEWROUTE), let route = mainRoute(message, mtus: mtus)
-                else { return }
+            try socket.routes(family: family, table: RT_TABLE_MAIN.rawValue, sequence: sequence) { message in
+                guard let route = mainRoute(message, mtus: mtus) else { return }
                 // Of routes to one prefix the kernel uses the one of lowest priority (metric).
                 switch route.destination {
                 case .v4(let prefix):

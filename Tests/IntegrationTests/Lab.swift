@@ -121,7 +121,8 @@ final class Lab {
             ["run", "--queue", "0", "--self", selfAddress.description, "--control", controlPath(host)]
                 + (extra.contains("--allow-source") ? [] : Lab.labPeers)
                 + (extra.contains("--fast-path") ? [] : Lab.fastPathChoice) + extra)
-        try waitFor("second-chance control socket on \(host)") {
+        // Loading the tc program (the kernel verifies it) takes seconds under software emulation.
+        try waitFor("second-chance control socket on \(host)", seconds: 30) {
             FileManager.default.fileExists(atPath: self.controlPath(host))
         }
     }

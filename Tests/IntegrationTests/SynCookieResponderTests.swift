@@ -150,6 +150,10 @@ final class SynCookieResponderTests: XCTestCase {
     func checkCookieHandshake(vip: IPAddress, listenerName: String, ipv6: Bool) throws {
         try flood(400, ipv6: ipv6)
         try waitUntilActive(listenerName)
+        // The listener's first SYN once served goes to the kernel: one more of the flood's takes
+        // that turn, should the flood have ended before the responder began (a slow machine).
+        try flood(1, ipv6: ipv6, firstPort: 39000)
+        try waitUntilActive(listenerName)
         let before = try lab.stats("p1")
         let recvBefore = try tcpExt("SyncookiesRecv"), sentBefore = try tcpExt("SyncookiesSent")
         let windows = try connectAndTransfer(to: vip, bytes: 4 << 20)
@@ -161,7 +165,7 @@ final class SynCookieResponderTests: XCTestCase {
         // A SYN retransmitted before its SYN-ACK arrived is answered again: one or two, not none or many.
         XCTAssertTrue(
             (1...2).contains(try after.value("cookies_sent") - before.value("cookies_sent")),
-            "the client's SYN was answered by the responder")
+            "the client's SYN was answered by the responder: \(after)")
         XCTAssertEqual(
             try after.value("accepted_syn_cookie") - before.value("accepted_syn_cookie"), 1,
             "its ACK was taken as a cookie ACK")
@@ -581,7 +585,8 @@ final class SynCookieResponderTests: XCTestCase {
             throw XCTSkip("the tc program's check; the queue's responder does not look up SYNs")
         }
         try listen(.v4(Lab.vip))
-        try startSecondChance(["--cookie-pass-ms", "60000"])
+        // Served until the test ends (a slow machine may see the queue drain for a moment).
+        try startSecondChance(["--cookie-pass-ms", "60000", "--cookie-hold-ms", "60000"])
         try flood(400)
         try waitUntilActive("\(Lab.vip):\(Self.port)")
         // The requests that filled the queue before the responder began: their flows' SYNs come again.
@@ -594,6 +599,16 @@ final class SynCookieResponderTests: XCTestCase {
                 return (address, port)
             }
         let (address, port) = try XCTUnwrap(held.first, "the kernel holds requests")
+        // The listener's first SYN once served goes to the kernel (its overflow mark): a new flow's
+        // takes that turn, whether the flood's last SYNs came before or after the responder began.
+        let primer = PacketBuilder.tcp(
+            source: .v4(address), sourcePort: 64999, destination: .v4(Lab.vip), destinationPort: Self.port, flags: .syn,
+            sequence: 1, options: [2, 4, 5, 0xb4])
+        let primed = try lab.stats("p1").value("fast_path_total_packets")
+        try sendGUE(lab, sourcePort: 31002, to: Lab.p1, inner: primer, hops: [])
+        try lab.waitFor("the first SYN to be decided") {
+            try lab.stats("p1").value("fast_path_total_packets") > primed
+        }
         let before = try lab.stats("p1")
         let retransmitted = PacketBuilder.tcp(
             source: .v4(address), sourcePort: port, destination: .v4(Lab.vip), destinationPort: Self.port, flags: .syn,
@@ -609,10 +624,10 @@ final class SynCookieResponderTests: XCTestCase {
         let after = try lab.stats("p1")
         XCTAssertEqual(
             try after.value("fast_path_accepted_syn") - before.value("fast_path_accepted_syn"), 1,
-            "the retransmitted SYN went to the kernel")
+            "the retransmitted SYN went to the kernel: \(after)")
         XCTAssertEqual(
             try after.value("fast_path_cookies_sent") - before.value("fast_path_cookies_sent"), 1,
-            "the new flow's SYN was answered")
+            "the new flow's SYN was answered: \(after)")
     }
 
     /// --no-cookie-check: no BPF, no responder, and an ACK of a kernel cookie is not recognised
