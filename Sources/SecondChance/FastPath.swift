@@ -143,12 +143,13 @@ public final class FastPath: @unchecked Sendable {
     public func responderChanged(
         _ snapshot: ResponderBoard.Snapshot, records: [ListenerKey], passIntervalNanoseconds: UInt64, logger: Logger
     ) {
-        responderGeneration.withLock { written in
-            guard written.map({ snapshot.generation > $0 }) ?? true else { return }
-            written = snapshot.generation
+        responderWritten.withLock { written in
+            guard written.generation.map({ snapshot.generation > $0 }) ?? true else { return }
+            written.generation = snapshot.generation
             do {
-                try maps.write(responder: snapshot, records: records)
+                written.state = try maps.write(responder: snapshot, records: records, after: written.state)
             } catch {
+                written.state = FastPathMaps.ResponderState()  // all of it again next time
                 // The listeners then stay as they were: what the queue's responder serves, the
                 // kernel's may not yet (or still) serve; both answer with the kernel's cookies.
                 logger.warning("fast path: the responder's maps: \(error)")
@@ -168,7 +169,8 @@ public final class FastPath: @unchecked Sendable {
         }
     }
 
-    private let responderGeneration = Mutex<UInt64?>(nil)
+    private let responderWritten = Mutex<(generation: UInt64?, state: FastPathMaps.ResponderState)>(
+        (nil, FastPathMaps.ResponderState()))
 
     /// The program's counts for these listeners, by `fp_listener_count` slot.
     public func listenerCounts(_ keys: [ListenerKey]) -> [ListenerKey: [UInt64]] { maps.readListenerCounts(keys) }

@@ -159,30 +159,38 @@ public struct FastPathMaps: Sendable {
         return bytes
     }
 
+    /// What `write(responder:records:after:)` last wrote: the next call writes only what changed
+    /// (the monitor publishes every scan, up to twenty times a second during a flood).
+    public struct ResponderState: Sendable {
+        var routes = ReplyRoutes()
+        var served: [[UInt8]: [UInt8]] = [:]
+        var records: Set<[UInt8]> = []
+        var complete = false
+    }
+
     /// The responder's maps: the listeners it serves, a counts entry for every listener with a
     /// record (kept while the record is, so counts outlive a pause), the reply routes.
-    public func write(responder snapshot: ResponderBoard.Snapshot, records: [ListenerKey]) throws {
-        try replace(
-            replyRoutes4,
-            entries: Dictionary(
-                uniqueKeysWithValues: snapshot.replyRoutes.ipv4.map {
-                    (Self.key($0.prefix), Self.value($0.route))
-                }))
-        try replace(
-            replyRoutes6,
-            entries: Dictionary(
-                uniqueKeysWithValues: snapshot.replyRoutes.ipv6.map {
-                    (Self.key($0.prefix), Self.value($0.route))
-                }))
-        let wanted = Set(records.map(Self.key))
-        let present = Self.keys(of: listenerCounts, size: MemoryLayout<fp_listener_key>.size)
-        var zero = [UInt8](repeating: 0, count: Self.cpus * MemoryLayout<fp_listener_counts>.stride)
-        for key in wanted.subtracting(present) {
-            let made = key.withUnsafeBytes {
-                bpf_map_update_elem(listenerCounts, $0.baseAddress, &zero, UInt64(BPF_NOEXIST))
-            }
-            guard made == 0 || errno == EEXIST else { throw FastPathError("adding a listener's counts", errno: errno) }
+    public func write(
+        responder snapshot: ResponderBoard.Snapshot, records: [ListenerKey], after previous: ResponderState
+    )
+        throws -> ResponderState
+    {
+        var state = previous
+        state.complete = false
+        if !previous.complete || snapshot.replyRoutes != previous.routes {
+            try replace(
+                replyRoutes4,
+                entries: Dictionary(
+                    uniqueKeysWithValues: snapshot.replyRoutes.ipv4.map { (Self.key($0.prefix), Self.value($0.route)) })
+            )
+            try replace(
+                replyRoutes6,
+                entries: Dictionary(
+                    uniqueKeysWithValues: snapshot.replyRoutes.ipv6.map { (Self.key($0.prefix), Self.value($0.route)) })
+            )
+            state.routes = snapshot.replyRoutes
         }
+        let wanted = Set(records.map(Self.key))
         var served: [[UInt8]: [UInt8]] = [:]
         for (key, listener) in snapshot.listeners {
             var value = fp_listener()
@@ -191,10 +199,27 @@ public struct FastPathMaps: Sendable {
             value.flags = listener.acceptQueueFull ? UInt8(FP_L_ACCEPT_QUEUE_FULL) : 0
             served[Self.key(key)] = Self.bytes(of: value)
         }
+        guard !previous.complete || wanted != previous.records || served != previous.served else {
+            state.complete = true
+            return state
+        }
+        // Counts before the listeners, so a served listener's first SYN finds its entry.
+        let present = Self.keys(of: listenerCounts, size: MemoryLayout<fp_listener_key>.size)
+        var zero = [UInt8](repeating: 0, count: Self.cpus * MemoryLayout<fp_listener_counts>.stride)
+        for key in wanted.subtracting(present) {
+            let made = key.withUnsafeBytes {
+                bpf_map_update_elem(listenerCounts, $0.baseAddress, &zero, UInt64(BPF_NOEXIST))
+            }
+            guard made == 0 || errno == EEXIST else { throw FastPathError("adding a listener's counts", errno: errno) }
+        }
         try replace(listeners, entries: served)
         for key in present.subtracting(wanted) {
             _ = key.withUnsafeBytes { bpf_map_delete_elem(listenerCounts, $0.baseAddress) }
         }
+        state.served = served
+        state.records = wanted
+        state.complete = true
+        return state
     }
 
     static func value(_ route: ReplyRoutes.Route) -> [UInt8] {

@@ -45,7 +45,7 @@ extension FastPathParityTests {
                     ListenerKey(address: .v4(Lab.vip), port: 80), ListenerKey(address: .v6(Lab.vip6), port: 80),
                 ]
                 for key in keys { snapshot.listeners[key] = listener }
-                try harness.maps.write(responder: snapshot, records: keys)
+                _ = try harness.maps.write(responder: snapshot, records: keys, after: .init())
                 var settings = FastPathSettings(
                     selfAddress: Self.self4, peers: harness.decider.peers, guePort: GUEPacket.port,
                     checkCookies: true, lookupsElsewhere: false)
@@ -100,7 +100,7 @@ extension FastPathParityTests {
             let wildcard = ListenerKey(address: .v4(IPv4Address(0)), port: Self.wildcardPort)
             snapshot.listeners[wildcard] = ResponderListener(
                 record: ListenerRecord(key: wildcard), windowScale: 7, receiveBuffer: 131072, acceptQueueFull: false)
-            try harness.maps.write(responder: snapshot, records: [wildcard])
+            _ = try harness.maps.write(responder: snapshot, records: [wildcard], after: .init())
             let (action, _) = try FastPathKernel.testRun(
                 programFD: harness.object.programFD, frame: harness.frame(foreign),
                 interfaceIndex: harness.interfaceIndex)
