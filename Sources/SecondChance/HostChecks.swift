@@ -378,6 +378,87 @@ public enum HostChecks {
         return true
     }
 
+    /// A tunnel device's state for kernel decapsulation: absent (its driver not loaded), down, up.
+    public enum TunnelState: Sendable, Equatable { case absent, down, up }
+
+    /// The state of `name` in this namespace (its IFF_UP flag).
+    public static func tunnelState(_ name: String) -> TunnelState {
+        guard let text = ProcFile.read("/sys/class/net/\(name)/flags", limit: 64) else { return .absent }
+        let digits = text.trimmingPrefix("0x").prefix { $0.isHexDigit }
+        return (UInt32(digits, radix: 16) ?? 0) & UInt32(IFF_UP) != 0 ? .up : .down
+    }
+
+    /// What kernel decapsulation needs beyond `ip fou add port P gue` (glb-director's proxy setup):
+    /// fou hands a decapsulated IPv4 packet to the ipip driver's `tunl0` and an IPv6 one to sit's
+    /// `sit0`, and a device that is missing or down drops it unseen. The packet then arrives on that
+    /// device, from a client whose route is not through it: strict rp_filter (1, the larger of `all`
+    /// and the device's) drops it too. The VIPs stay where they are (lo, or the tunnel devices).
+    public static func kernelDecapsulationChecks(
+        tunl0: TunnelState, sit0: TunnelState, rpFilterAll: Int?, rpFilterTunl0: Int?
+    ) -> [HostCheck] {
+        var checks: [HostCheck] = []
+        for (name, state, driver, family) in [("tunl0", tunl0, "ipip", "IPv4"), ("sit0", sit0, "sit", "IPv6")] {
+            switch state {
+            case .up:
+                checks.append(HostCheck(level: .ok, subject: name, finding: "up: fou delivers inner \(family) to it"))
+            case .down:
+                checks.append(
+                    HostCheck(
+                        level: family == "IPv4" ? .fail : .warn, subject: name,
+                        finding: "down: every \(family) packet fou decapsulates is dropped",
+                        fix: "ip link set \(name) up"))
+            case .absent:
+                checks.append(
+                    HostCheck(
+                        level: family == "IPv4" ? .fail : .warn, subject: name,
+                        finding:
+                            "missing (the \(driver) driver is not loaded): fou's \(family) packets have nowhere to go",
+                        fix: "modprobe \(driver) && ip link set \(name) up"))
+            }
+        }
+        let effective = max(rpFilterAll ?? 0, rpFilterTunl0 ?? 0)
+        if effective == 1 {
+            checks.append(
+                HostCheck(
+                    level: .fail, subject: "rp_filter on tunl0",
+                    finding:
+                        "strict (1): decapsulated packets arrive on tunl0 from clients routed elsewhere, and are dropped",
+                    fix: "sysctl -w net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.tunl0.rp_filter=0 (or 2, loose)"))
+        } else if tunl0 != .absent {
+            checks.append(
+                HostCheck(level: .ok, subject: "rp_filter on tunl0", finding: effective == 2 ? "loose (2)" : "off (0)"))
+        }
+        return checks
+    }
+
+    /// What the running kernel offers against what each feature needs (README, "Kernels").
+    public static func kernelFeatures(release: String) -> [HostCheck] {
+        let numbers = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
+        guard numbers.count == 2 else {
+            return [HostCheck(level: .warn, subject: "kernel", finding: "cannot read the release \(release)")]
+        }
+        let version = (numbers[0], numbers[1])
+        let needs: [(feature: String, helpers: String, minimum: (Int, Int))] = [
+            ("the SYN-cookie responder and cookie ACK checks", "bpf_tcp_raw_*_syncookie_ipv4/6", (6, 0)),
+            ("the tc fast path (--fast-path auto falls back to NFQUEUE)", "its program's helpers", (5, 19)),
+        ]
+        let missing = needs.filter { version < $0.minimum }
+        guard !missing.isEmpty else {
+            return [
+                HostCheck(
+                    level: .ok, subject: "kernel",
+                    finding: "Linux \(version.0).\(version.1): every feature's helpers (6.0 and older)")
+            ]
+        }
+        return missing.map {
+            HostCheck(
+                level: .warn, subject: "kernel",
+                finding:
+                    "Linux \(version.0).\(version.1): \($0.feature) needs \($0.minimum.0).\($0.minimum.1) (\($0.helpers))"
+            )
+        }
+    }
+
     /// `allowedSources`: the daemon's --allow-source prefixes, when the caller knows them.
     public static func run(
         port: UInt16, queues: [UInt16], namespace: String?, forwarding: ForwardingMode = .raw,
@@ -399,11 +480,20 @@ public enum HostChecks {
                     finding: "not available (/proc/net/netfilter/nfnetlink_queue missing)",
                     fix: "modprobe nfnetlink_queue xt_NFQUEUE (see kmod/modules-load.d/proxyside.conf)"))
 
+        var release = utsname()
+        uname(&release)
+        checks += kernelFeatures(
+            release: withUnsafeBytes(of: release.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) })
+
         switch Result(catching: { try FouStatus.query(port: port) }) {
         case .success(.gue):
             checks.append(
                 HostCheck(
                     level: .ok, subject: "fou", finding: "GUE on port \(port): --decap auto uses kernel decapsulation"))
+            checks += kernelDecapsulationChecks(
+                tunl0: tunnelState("tunl0"), sit0: tunnelState("sit0"),
+                rpFilterAll: readSysctl("net/ipv4/conf/all/rp_filter").flatMap { Int($0) },
+                rpFilterTunl0: readSysctl("net/ipv4/conf/tunl0/rp_filter").flatMap { Int($0) })
         case .success(let status):
             checks.append(
                 HostCheck(

@@ -55,6 +55,57 @@ final class KernelLabTests: XCTestCase {
         }
     }
 
+    /// What this machine's kernel cannot run, on Debian's: `--decap auto` choosing fou (tunl0 and
+    /// sit0 up) and the director/proxy scenarios passing through it (SYN, forward, drain, IPv6, GUE
+    /// from outside the peers dropped before fou); the shipped proxyside.nft queuing the same
+    /// scenarios to second-chance; doctor naming a down tunl0, then content once it is up; one
+    /// HAProxy reload under bindkeeper. NFQUEUE alone decides (`--fast-path off`): the tc program
+    /// would take the packets first.
+    func testKernelDecapsulationTheShippedNftRulesAndAReloadOnDebiansKernels() throws {
+        let bundle = Lab.binaries.appendingPathComponent("proxysidePackageTests.xctest").path
+        let doctor = Lab.binaries.appendingPathComponent("second-chance").path
+        let scenarios = [
+            "testSYNViaP1IsAnsweredByTheVIPOnP1", "testUnknownACKIsForwardedAlongTheHopsWithItsBytesIntact",
+            "testEstablishedFlowOnP2SurvivesWhenItsPacketsArriveAtP1", "testIPv6FlowSurvivesTheDrainToo",
+            "testIPv6SYNInsideIPv4GUEIsAnsweredOverIPv6",
+            "testGUEFromOutsideThePeersMeetsTheDropBeforeAnyDecapsulation",
+        ].map { "IntegrationTests.SecondChanceTests/" + $0 }.joined(separator: ",")
+        let reload = "IntegrationTests.HAProxyReloadTests/testAFailedCheckLeavesTheRunningInstanceServing"
+        for series in ["6.1", "6.12"] {
+            let (status, output) = try inGuest(
+                series,
+                """
+                set -e
+                uname -r
+                for m in fou ipip sit nfnetlink_queue nft_queue veth; do modprobe $m; done
+                ip netns add decap
+                ip -n decap fou add port 19523 gue
+                ip netns exec decap \(doctor) doctor --queue 0 > /tmp/down.txt 2>&1 || true
+                ip -n decap link set tunl0 up
+                ip -n decap link set sit0 up
+                ip netns exec decap \(doctor) doctor --queue 0 > /tmp/up.txt 2>&1 || true
+                ip netns del decap
+                grep -F '[FAIL] tunl0: down' /tmp/down.txt
+                grep -F '[ ok ] tunl0: up' /tmp/up.txt
+                grep -F '[ ok ] sit0: up' /tmp/up.txt
+                echo "kernel decapsulation:"
+                PROXYSIDE_FAST_PATH=off PROXYSIDE_FOU=1 \(bundle) \(scenarios) 2>&1 | grep -E 'error|Executed' | tail -3
+                echo "nft rules:"
+                PROXYSIDE_FAST_PATH=off PROXYSIDE_RULES=nft \(bundle) \(scenarios) 2>&1 | grep -E 'error|Executed' | tail -3
+                echo "reload:"
+                \(bundle) \(reload) 2>&1 | grep -E 'error|Executed' | tail -3
+                """, seconds: 480)
+            XCTAssertTrue(output.contains("\(series)."), "booted \(series): \(output)")
+            XCTAssertEqual(status, 0, "doctor named the down tunl0, then passed it: \(output)")
+            for part in ["kernel decapsulation:", "nft rules:"] {
+                let after = output.components(separatedBy: part).last ?? ""
+                XCTAssertTrue(after.contains("Executed 6 tests, with 0 failures"), "\(series), \(part) \(output)")
+            }
+            let reloaded = output.components(separatedBy: "reload:").last ?? ""
+            XCTAssertTrue(reloaded.contains("Executed 1 test, with 0 failures"), "\(series), reload: \(output)")
+        }
+    }
+
     func checkInGuest(_ series: String, _ tests: [String], count: Int) throws {
         let bundle = Lab.binaries.appendingPathComponent("proxysidePackageTests.xctest").path
         let filter = tests.map { "IntegrationTests." + $0 }.joined(separator: ",")

@@ -25,6 +25,12 @@ final class Lab {
     static let fastPathChoice =
         ProcessInfo.processInfo.environment["PROXYSIDE_FAST_PATH"].map { ["--fast-path", $0] } ?? []
     static var fastPathOn: Bool { ProcessInfo.processInfo.environment["PROXYSIDE_FAST_PATH"] != "off" }
+    /// The kernel lab runs suites again on Debian's kernels with what this machine lacks:
+    /// PROXYSIDE_FOU=1 sets the proxies up for kernel decapsulation (fou on the GUE port, tunl0 and
+    /// sit0 up), and the daemons' `--decap auto` must then choose it; PROXYSIDE_RULES=nft replaces
+    /// the topology's iptables rules with the shipped examples/iptables/proxyside.nft.
+    static var kernelDecapsulation: Bool { ProcessInfo.processInfo.environment["PROXYSIDE_FOU"] == "1" }
+    static var nftRules: Bool { ProcessInfo.processInfo.environment["PROXYSIDE_RULES"] == "nft" }
 
     static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent()
@@ -50,9 +56,43 @@ final class Lab {
         try Lab.shell(
             "LAB_PEERS=198.18.0.0/24 " + Lab.packageRoot.appendingPathComponent("examples/lab/topology.sh").path
                 + " up \(prefix)")
+        for proxy in ["p1", "p2"] {
+            let ns = "\(prefix)-\(proxy)"
+            if Lab.nftRules {
+                // The shipped file, unchanged, then its set filled in as its comment asks (its
+                // example peers replaced by the whole lab subnet, as the topology's iptables rules allow).
+                let rules = Lab.packageRoot.appendingPathComponent("examples/iptables/proxyside.nft").path
+                try Lab.shell(
+                    """
+                    ip netns exec \(ns) iptables -t raw -F PREROUTING && ip netns exec \(ns) nft -f \(rules) && \
+                    ip netns exec \(ns) nft flush set ip proxyside glb_peers && \
+                    ip netns exec \(ns) nft add element ip proxyside glb_peers '{ 198.18.0.0/24 }'
+                    """)
+            }
+            if Lab.kernelDecapsulation {
+                // glb-director's proxy setup: fou hands IPv4 to tunl0 and IPv6 to sit0, which must be up.
+                try Lab.shell(
+                    """
+                    ip -n \(ns) fou add port \(GUEPacket.port) gue && ip -n \(ns) link set tunl0 up && \
+                    ip -n \(ns) link set sit0 up && \
+                    ip netns exec \(ns) sysctl -qw net.ipv4.conf.tunl0.rp_filter=0 net.ipv4.conf.all.rp_filter=0
+                    """)
+            }
+        }
     }
 
     func namespace(_ host: String) -> String { "\(prefix)-\(host)" }
+
+    /// A counter of the host's /proc/net/snmp (Tcp, Ip) or netstat (TcpExt) by its name.
+    func tcpExtOrIP(_ host: String, _ name: String) throws -> UInt64 {
+        try inside(host) {
+            for (file, section) in [("snmp", "Tcp"), ("snmp", "Ip"), ("netstat", "TcpExt")] {
+                let text = try String(contentsOfFile: "/proc/thread-self/net/\(file)", encoding: .utf8)
+                if let value = ProcFile.counter(name, section: section, in: text) { return value }
+            }
+            throw LabError("no counter \(name)")
+        }
+    }
 
     func controlPath(_ host: String) -> String { directory.appendingPathComponent("\(host).sock").path }
 
@@ -124,6 +164,12 @@ final class Lab {
         // Loading the tc program (the kernel verifies it) takes seconds under software emulation.
         try waitFor("second-chance control socket on \(host)", seconds: 30) {
             FileManager.default.fileExists(atPath: self.controlPath(host))
+        }
+        if Lab.kernelDecapsulation && !extra.contains("--decap") {
+            let log = processes.filter { $0.name == "\(host) second-chance" }.map { self.log(of: $0.process) }.joined()
+            guard log.contains("decapsulation: kernel") else {
+                throw LabError("with fou on the port, --decap auto did not choose the kernel: \(log)")
+            }
         }
     }
 

@@ -40,6 +40,38 @@ final class SecondChanceTests: XCTestCase {
         XCTAssertEqual(try lab.stats("p2")["total_packets"], 0)
     }
 
+    /// GUE from outside the peers meets the rules' DROP before anything decapsulates it: not the
+    /// daemon, not fou (the kernel lab runs this with fou on the port); the tc program refuses it
+    /// before either.
+    func testGUEFromOutsideThePeersMeetsTheDropBeforeAnyDecapsulation() throws {
+        let outsider = IPv4Address("198.18.1.66")!
+        try Lab.shell("ip -n \(lab.namespace("c")) addr add \(outsider)/32 dev eth0")
+        let listener = try lab.inside("p1") { try LabSockets.listenTCP(on: .v4(Lab.vip), port: 8090) }
+        defer { close(listener) }
+        func dropped() throws -> Int {
+            let rules = try Lab.shell(
+                Lab.nftRules
+                    ? "ip netns exec \(lab.namespace("p1")) nft list ruleset"
+                    : "ip netns exec \(lab.namespace("p1")) iptables -t raw -L PREROUTING -v -x -n")
+            return rules.split(separator: "\n").filter { $0.contains("drop") || $0.contains("DROP") }.count
+        }
+        XCTAssertGreaterThan(try dropped(), 0, "the proxy's rules end in a DROP for the GUE port")
+        let before = try lab.tcpExtOrIP("p1", "InSegs")
+        for port in UInt16(41000)..<41010 {
+            let syn = PacketBuilder.tcp(
+                source: .v4(Lab.client), sourcePort: port, destination: .v4(Lab.vip), destinationPort: 8090,
+                flags: .syn, sequence: 1)
+            try sendGUE(lab, source: outsider, sourcePort: 30900, to: Lab.p1, inner: syn, hops: [])
+        }
+        usleep(500_000)
+        XCTAssertEqual(try lab.tcpExtOrIP("p1", "InSegs"), before, "no inner segment reached P1's TCP")
+        // The tc program, in front of netfilter, refuses them itself (the daemon's --allow-source); the
+        // queue never sees one.
+        let stats = try lab.stats("p1")
+        XCTAssertEqual(stats["total_packets"], stats["dropped_untrusted_source"], "\(stats)")
+        XCTAssertEqual(stats["queue_0_packets"], 0, "nothing passed the DROP to the queue")
+    }
+
     func testUnknownACKIsForwardedAlongTheHopsWithItsBytesIntact() throws {
         try checkForwardingAlongTheHops()
     }

@@ -7,6 +7,40 @@ import XCTest
 
 /// doctor's reading of the firewall rules that feed second-chance.
 final class HostCheckTests: XCTestCase {
+    /// Kernel decapsulation: fou alone is not enough; doctor names the missing part and its fix.
+    func testKernelDecapsulationNeedsTunl0AndSit0UpAndNoStrictReversePathFilter() {
+        func failing(_ checks: [HostCheck]) -> [String] { checks.filter { $0.level != .ok }.map(\.subject) }
+        XCTAssertEqual(
+            failing(HostChecks.kernelDecapsulationChecks(tunl0: .up, sit0: .up, rpFilterAll: 0, rpFilterTunl0: 0)), [])
+        XCTAssertEqual(
+            failing(HostChecks.kernelDecapsulationChecks(tunl0: .up, sit0: .up, rpFilterAll: 2, rpFilterTunl0: 0)), [])
+        let down = HostChecks.kernelDecapsulationChecks(tunl0: .down, sit0: .up, rpFilterAll: 0, rpFilterTunl0: 0)
+        XCTAssertEqual(down.first { $0.subject == "tunl0" }?.level, .fail)
+        XCTAssertEqual(down.first { $0.subject == "tunl0" }?.fix, "ip link set tunl0 up")
+        let absent = HostChecks.kernelDecapsulationChecks(
+            tunl0: .absent, sit0: .absent, rpFilterAll: 0, rpFilterTunl0: nil)
+        XCTAssertEqual(failing(absent), ["tunl0", "sit0"])
+        XCTAssertEqual(absent.first { $0.subject == "sit0" }?.fix, "modprobe sit && ip link set sit0 up")
+        // Strict on either side is strict: the larger of `all` and the device's counts.
+        XCTAssertEqual(
+            failing(HostChecks.kernelDecapsulationChecks(tunl0: .up, sit0: .up, rpFilterAll: 1, rpFilterTunl0: 0)),
+            ["rp_filter on tunl0"])
+        XCTAssertEqual(
+            failing(HostChecks.kernelDecapsulationChecks(tunl0: .up, sit0: .up, rpFilterAll: 0, rpFilterTunl0: 1)),
+            ["rp_filter on tunl0"])
+    }
+
+    /// The running kernel against what each feature needs.
+    func testTheKernelReleaseIsCheckedAgainstWhatEachFeatureNeeds() {
+        XCTAssertEqual(HostChecks.kernelFeatures(release: "6.1.0-57-amd64").map(\.level), [.ok])
+        XCTAssertEqual(HostChecks.kernelFeatures(release: "6.18.0").map(\.level), [.ok])
+        let old = HostChecks.kernelFeatures(release: "5.19.17")
+        XCTAssertEqual(old.map(\.level), [.warn])
+        XCTAssertTrue(old[0].finding.contains("needs 6.0"), old[0].finding)
+        XCTAssertEqual(HostChecks.kernelFeatures(release: "5.15.0-91-generic").count, 2, "no fast path either")
+        XCTAssertEqual(HostChecks.kernelFeatures(release: "garbage").map(\.level), [.warn])
+    }
+
     func testIPTablesRulesAreReadWithTheirSourceRestriction() {
         let shipped = """
             *raw
