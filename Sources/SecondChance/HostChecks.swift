@@ -422,7 +422,7 @@ public enum HostChecks {
                 HostCheck(
                     level: .fail, subject: "rp_filter on tunl0",
                     finding:
-                        "strict (1): decapsulated packets arrive on tunl0 from clients routed elsewhere, and are dropped",
+                        "strict (1): decapsulated packets arrive on tunl0 from clients routed elsewhere: dropped",
                     fix: "sysctl -w net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.tunl0.rp_filter=0 (or 2, loose)"))
         } else if tunl0 != .absent {
             checks.append(

@@ -89,10 +89,12 @@ final class KernelLabTests: XCTestCase {
                 grep -F '[ ok ] tunl0: up' /tmp/up.txt
                 grep -F '[ ok ] sit0: up' /tmp/up.txt
                 echo "kernel decapsulation:"
-                PROXYSIDE_FAST_PATH=off PROXYSIDE_FOU=1 \(bundle) \(scenarios) 2>&1 | grep -E 'error|Executed' | tail -3
+                export PROXYSIDE_FAST_PATH=off
+                PROXYSIDE_FOU=1 \(bundle) \(scenarios) 2>&1 | grep -E 'error|Executed' | tail -3
                 echo "nft rules:"
-                PROXYSIDE_FAST_PATH=off PROXYSIDE_RULES=nft \(bundle) \(scenarios) 2>&1 | grep -E 'error|Executed' | tail -3
+                PROXYSIDE_RULES=nft \(bundle) \(scenarios) 2>&1 | grep -E 'error|Executed' | tail -3
                 echo "reload:"
+                unset PROXYSIDE_FAST_PATH
                 \(bundle) \(reload) 2>&1 | grep -E 'error|Executed' | tail -3
                 """, seconds: 480)
             XCTAssertTrue(output.contains("\(series)."), "booted \(series): \(output)")
