@@ -450,12 +450,11 @@ public enum HostChecks {
                     finding: "Linux \(version.0).\(version.1): every feature's helpers (6.0 and older)")
             ]
         }
-        return missing.map {
-            HostCheck(
+        return missing.map { need in
+            let minimum = "\(need.minimum.0).\(need.minimum.1)"
+            return HostCheck(
                 level: .warn, subject: "kernel",
-                finding:
-                    "Linux \(version.0).\(version.1): \($0.feature) needs \($0.minimum.0).\($0.minimum.1) (\($0.helpers))"
-            )
+                finding: "Linux \(version.0).\(version.1): \(need.feature) needs \(minimum) (\(need.helpers))")
         }
     }
 
