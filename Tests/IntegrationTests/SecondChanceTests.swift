@@ -493,18 +493,25 @@ final class SecondChanceTests: XCTestCase {
         }
         for port in UInt16(41000)..<41004 { try send(port, .syn, seq: 100) }
         try lab.waitFor("the four SYNs to reach P1's stack") { try lab.stats("p1").value("accepted_syn") == 4 }
-        try send(41100, .syn, seq: 5000)  // the SYN queue is full now: this one gets a cookie
-        let cookieReply = capture.first {
-            $0.ipv4TCP.map { $0.0 == Lab.vip && $0.3 == 41100 && $0.4.contains([.syn, .ack]) } ?? false
+        // The SYN queue is full now: these get cookies. The valid ACK and the invalid one belong to
+        // two flows: the valid one makes a connection, which the other's 4-tuple would then find
+        // (the tc program takes the valid one at once while the invalid one goes up to the queue).
+        try send(41100, .syn, seq: 5000)
+        try send(41101, .syn, seq: 5000)
+        func cookie(_ port: UInt16) throws -> UInt32 {
+            let reply = capture.first {
+                $0.ipv4TCP.map { $0.0 == Lab.vip && $0.3 == port && $0.4.contains([.syn, .ack]) } ?? false
+            }
+            return try XCTUnwrap(reply?.ipv4TCP?.5, "P1's kernel sent no SYN-ACK for \(port)")
         }
-        let cookie = try XCTUnwrap(cookieReply?.ipv4TCP?.5, "P1's kernel sent no SYN-ACK")
+        let (cookie, otherCookie) = (try cookie(41100), try cookie(41101))
         let netstat = try Lab.shell("ip netns exec \(lab.namespace("p1")) cat /proc/net/netstat")
         XCTAssertGreaterThan(
             ProcFile.counter("SyncookiesSent", section: "TcpExt", in: netstat) ?? 0, 0, "the kernel issued cookies")
         sleep(1)  // let the daemon's once-a-second look at SyncookiesSent notice the rise
 
         let before = try lab.stats("p1")
-        try send(41100, .ack, seq: 5001, ack: cookie &+ 2)  // wrong cookie
+        try send(41101, .ack, seq: 5001, ack: otherCookie &+ 2)  // wrong cookie
         try send(41100, .ack, seq: 5001, ack: cookie &+ 1)  // the kernel's cookie
         // Counted once carried out: a forward when its batch is sent, after the packet's total.
         try lab.waitFor("both ACKs to be carried out") {
