@@ -477,6 +477,8 @@ final class SecondChanceTests: XCTestCase {
     }
 
     func testValidSYNCookieACKIsTakenAndAnInvalidOneForwarded() throws {
+        // The kernel's own cookies are the subject: the SYN-cookie responder stays off.
+        try lab.restartSecondChance("p1", Lab.p1, extra: ["--syn-cookies", "off"])
         // A listener that never accepts, with a one-entry SYN queue; the client never answers SYN-ACKs.
         let listener = try lab.inside("p1") { try LabSockets.listenTCP(on: .v4(Lab.vip), port: 8080, backlog: 1) }
         defer { close(listener) }
