@@ -129,7 +129,7 @@ public struct FastPathMaps: Sendable {
 
     /// Makes the map hold exactly `entries`: new and changed ones written, then others removed.
     func replace(_ fd: Int32, entries: [[UInt8]: [UInt8]]) throws {
-        guard let info = try? FastPathKernel.mapInfo(fd: fd) else { throw FastPathError("reading a map", errno: errno) }
+        let info = try FastPathKernel.mapInfo(fd: fd)
         let present = Self.keys(of: fd, size: Int(info.key_size))
         var current = [UInt8](repeating: 0, count: Int(info.value_size))
         for (key, value) in entries {
