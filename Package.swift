@@ -68,7 +68,7 @@ let package = Package(
         .target(name: "LabKit", dependencies: ["NetTypes", "LinuxSys", "SecondChanceCore"]),
 
         // The command-line forms of the shared types, for the three programs.
-        .target(name: "ProxysideArguments", dependencies: ["NetTypes", argumentParser]),
+        .target(name: "ProxysideArguments", dependencies: ["NetTypes", argumentParser, logging]),
 
         .executableTarget(
             name: "second-chance",

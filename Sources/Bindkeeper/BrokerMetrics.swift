@@ -1,6 +1,7 @@
 import CLinuxShims
 import Foundation
 import Glibc
+import LinuxSys
 import Logging
 import Synchronization
 import Telemetry
@@ -48,6 +49,9 @@ extension Broker {
         out.single(
             "bindkeeper_socket_limit_refusals_total", .counter,
             help: "Bind requests refused for --max-sockets-per-user.", s.socketLimitRefusals)
+        out.family("bindkeeper_build_info", .gauge, help: "The running release and build.")
+        out.sample("bindkeeper_build_info", ["version": ProxysideVersion.number, "build": ProgramImage.build], 1)
+        out.processStart()
         out.family("bindkeeper_socket_handed_out_total", .counter, help: "Times each socket was handed to a client.")
         for socket in s.sockets {
             out.sample("bindkeeper_socket_handed_out_total", ["key": socket.key], socket.handedOut)

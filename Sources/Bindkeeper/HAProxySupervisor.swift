@@ -62,9 +62,16 @@ public final class HAProxySupervisor {
     static let startupNanoseconds: UInt64 = 2_000_000_000
     static let maximumReplacements = 5
 
+    /// The service manager's notify socket (Type=notify): READY=1 once the first instance runs on
+    /// the broker's sockets (which listen already), RELOADING=1 and READY=1 around each reload.
+    private let notifier: SDNotify?
+
     public init(options: HAProxyOptions, logger: Logger) {
         self.options = options
         self.logger = logger
+        notifier = SDNotify(environment: ProgramImage.environment())
+        // HAProxy itself must not answer for the service (it would with -Ws).
+        unsetenv("NOTIFY_SOCKET")
     }
 
     /// A rendered configuration and the fds it names (still open, not close-on-exec).
@@ -133,15 +140,18 @@ public final class HAProxySupervisor {
             logger.info("start: \(error)")
             return 1
         }
+        try? notifier?.send("READY=1\nSTATUS=haproxy pid \(instances.last?.pid ?? 0)")
         var fds = [stop.fd, reload.fd, child.fd].map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
         while true {
             guard poll(&fds, 3, 1000) >= 0 || errno == EINTR else { return 1 }
             if fds[0].revents != 0 { return shutDown() }
             if fds[1].revents != 0 {
                 reload.consume()
+                try? notifier?.send("RELOADING=1\nMONOTONIC_USEC=\(MonotonicClock.nanoseconds() / 1000)")
                 do { try start(try templateText()) } catch {
                     logger.info("reload refused, the running instance keeps serving: \(error)")
                 }
+                try? notifier?.send("READY=1\nSTATUS=haproxy pid \(instances.last?.pid ?? 0)")
             }
             child.consume()
             reap()

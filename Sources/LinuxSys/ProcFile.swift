@@ -35,6 +35,30 @@ public enum ProcFile {
         return bytes
     }
 
+    /// When this process started, in seconds since the epoch (Prometheus'
+    /// process_start_time_seconds): /proc/stat's boot time plus /proc/self/stat's start time.
+    /// A re-exec keeps it, as it keeps the process.
+    public static func processStartSeconds() -> UInt64? {
+        guard let stat = read("/proc/self/stat"), let boot = read("/proc/stat") else { return nil }
+        let ticks = sysconf(Int32(_SC_CLK_TCK))
+        return processStartSeconds(selfStat: stat, systemStat: boot, ticksPerSecond: UInt64(max(0, ticks)))
+    }
+
+    /// The same from the files' text: the 22nd field of `selfStat` (clock ticks after boot; the
+    /// command name before it, in parentheses, may hold blanks) and `btime` of `systemStat`.
+    public static func processStartSeconds(selfStat: String, systemStat: String, ticksPerSecond: UInt64) -> UInt64? {
+        guard ticksPerSecond > 0, let close = selfStat.lastIndex(of: ")") else { return nil }
+        // Fields from the third (state) on; starttime is the 22nd.
+        let fields = selfStat[selfStat.index(after: close)...].split(separator: " ")
+        guard fields.count > 19, let ticks = UInt64(fields[19]) else { return nil }
+        guard
+            let line = systemStat.split(separator: "\n").first(where: { $0.hasPrefix("btime ") }),
+            let word = line.dropFirst(6).split(separator: " ").first, let boot = UInt64(word)
+        else { return nil }
+        let (sum, overflow) = boot.addingReportingOverflow(ticks / ticksPerSecond)
+        return overflow ? nil : sum
+    }
+
     /// The kernel's counters for every NFQUEUE queue of the calling thread's namespace.
     public static func kernelQueueStatistics() -> [UInt16: KernelQueueStatistics] {
         read("/proc/thread-self/net/netfilter/nfnetlink_queue").map { KernelQueueStatistics.parse($0) } ?? [:]

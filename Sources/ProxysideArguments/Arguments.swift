@@ -1,4 +1,5 @@
 import ArgumentParser
+import Logging
 import NetTypes
 
 // The command-line forms of the types the three programs share.
@@ -16,4 +17,15 @@ public struct CommandFailure: Error, CustomStringConvertible {
     public let description: String
 
     public init(_ description: String) { self.description = description }
+}
+
+/// --log-level: trace, debug, info (the default), notice, warning, error or critical.
+extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+/// The daemons' `--log-level`.
+public struct LoggingOptions: ParsableArguments {
+    @Option(help: "Log events at this level and above: trace, debug, info, notice, warning, error or critical.")
+    public var logLevel: Logger.Level = .info
+
+    public init() {}
 }

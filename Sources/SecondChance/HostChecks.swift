@@ -74,6 +74,14 @@ public enum HostChecks {
         /// A later rule drops the port's other traffic: what the queue rules do not take is not
         /// left to fou.
         public var dropsTheRest = false
+        /// A rule before the queue drops the port's packets whose source does not route back out
+        /// of the interface they came in on (`-m rpfilter --invert -j DROP`, nft `fib saddr . iif
+        /// oif missing drop`). raw PREROUTING runs before the kernel's rp_filter, so without it a
+        /// peer's address sent from anywhere is believed.
+        public var reversePathChecked = false
+        /// A rule before the queue keeps the port out of conntrack (`-j CT --notrack`, nft
+        /// `notrack`): an accepted packet would otherwise go on to make an entry per flow.
+        public var untracked = false
     }
 
     /// How a rule matches the outer source: not at all, to some sources (the peers, one hopes), or
@@ -103,6 +111,12 @@ public enum HostChecks {
         for line in rules.split(separator: "\n")
         where line.hasPrefix("-A PREROUTING") && line.contains("--dport \(port)") {
             let source = sourceMatch(iptablesWords: line.split(separator: " "))
+            if found.queueRules.isEmpty {
+                if line.contains("-m rpfilter --invert") && line.hasSuffix("-j DROP") {
+                    found.reversePathChecked = true
+                }
+                if line.contains("-j CT --notrack") || line.hasSuffix("-j NOTRACK") { found.untracked = true }
+            }
             if line.contains("-j NFQUEUE") {
                 found.queueRules.append(
                     QueueRule(rule: String(line), bypass: line.contains("--queue-bypass"), restricted: source == .only))
@@ -122,11 +136,16 @@ public enum HostChecks {
             let line = raw.trimmingPrefix(while: \.isWhitespace)
             let words = line.split(separator: " ")
             guard line.contains("dport \(port)"), !line.hasPrefix("#") else { continue }
-            let source = sourceMatch(nftWords: words)
+            if found.queueRules.isEmpty {
+                if line.contains("fib saddr . iif oif") && words.last == "drop" { found.reversePathChecked = true }
+                if words.contains("notrack") { found.untracked = true }
+            }
+            // `fib saddr` looks the source up; it does not restrict it.
+            let source = line.contains("fib saddr") ? SourceMatch.any : sourceMatch(nftWords: words)
             if words.contains("queue") {
                 found.queueRules.append(
                     QueueRule(rule: String(line), bypass: line.contains("bypass"), restricted: source == .only))
-            } else if words.last == "drop" && source != .only {
+            } else if words.last == "drop" && source != .only && !line.contains("fib saddr") {
                 found.dropsTheRest = !found.queueRules.isEmpty
             }
         }
@@ -161,7 +180,30 @@ public enum HostChecks {
                         rest of UDP \(port), as in examples/iptables
                         """
                 ))
-        } else if !rules.dropsTheRest {
+        }
+        if !rules.queueRules.isEmpty && !rules.reversePathChecked {
+            checks.append(
+                HostCheck(
+                    level: .warn, subject: tool,
+                    finding:
+                        """
+                        no reverse-path check before the queue: GUE with a peer's address as its source is believed \
+                        from any interface (raw PREROUTING runs before rp_filter)
+                        """,
+                    fix:
+                        """
+                        first: -A PREROUTING -p udp --dport \(port) -m rpfilter --invert -j DROP (nft: udp dport \
+                        \(port) fib saddr . iif oif missing drop), as in examples/iptables
+                        """
+                ))
+        }
+        if !rules.queueRules.isEmpty && !rules.untracked {
+            checks.append(
+                HostCheck(
+                    level: .warn, subject: tool, finding: "GUE from the peers goes on to conntrack after the queue",
+                    fix: "before the queue rules: -A PREROUTING -p udp --dport \(port) -j CT --notrack (nft: notrack)"))
+        }
+        if !rules.queueRules.contains(where: { !$0.restricted }) && !rules.dropsTheRest {
             checks.append(
                 HostCheck(
                     level: .warn, subject: tool,

@@ -25,6 +25,9 @@ public final class NetfilterQueue {
     public private(set) var adopted = false
     /// Failed reads and messages that were not packets; read by the stats server.
     public let receiveErrors = Atomic<UInt64>(0)
+    /// Turns of the read loop: one per batch, and at least one per receive timeout while idle, so
+    /// a count that stops moving means the thread is stuck (the service watchdog's evidence).
+    public let turns = Atomic<UInt64>(0)
     private let socket: OpaquePointer
     private let portID: UInt32
     /// One receive slot per packet of a batch: packets stay readable until their verdicts are sent.
@@ -235,6 +238,7 @@ public final class NetfilterQueue {
         var slotLengths = [Int](repeating: 0, count: Self.maximumBatch)
         var verdicts = VerdictWriter(buffer: verdictBuffer, capacity: Self.verdictBufferSize, queue: number)
         while true {
+            turns.add(1, ordering: .relaxed)
             // `stop` is looked at without waiting: after a read that found nothing (so at least once
             // per receive timeout while idle) and every `stopCheckNanoseconds` while packets keep coming.
             if !stopping {

@@ -34,20 +34,42 @@ public struct ImageReport: Sendable {
     /// Queue sockets taken over from an earlier process (re-exec or fd store) instead of bound anew.
     public var adoptedQueues: Int
 
-    public init(version: String, build: String, reexecs: UInt64, adoptedQueues: Int) {
+    /// How packets are handled: decapsulation (kernel, userspace), forwarding (raw, kernel) and
+    /// where they are decided (tc, off).
+    public var decapsulation: String
+    public var forwarding: String
+    public var fastPath: String
+
+    public init(
+        version: String, build: String, reexecs: UInt64, adoptedQueues: Int, decapsulation: String = "",
+        forwarding: String = "", fastPath: String = ""
+    ) {
         self.version = version
         self.build = build
         self.reexecs = reexecs
         self.adoptedQueues = adoptedQueues
+        self.decapsulation = decapsulation
+        self.forwarding = forwarding
+        self.fastPath = fastPath
     }
 
     public var text: String {
-        "version: \(version)\nbuild: \(build)\nreexecs: \(reexecs)\nadopted_queues: \(adoptedQueues)\n"
+        """
+        version: \(version)\nbuild: \(build)\nreexecs: \(reexecs)\nadopted_queues: \(adoptedQueues)\ndecapsulation: \
+        \(decapsulation)\nforwarding: \(forwarding)\n
+        """
     }
 
     public func write(to out: inout PrometheusText) {
         out.family("second_chance_build_info", .gauge, help: "The running release and build.")
         out.sample("second_chance_build_info", ["version": version, "build": build], 1)
+        out.family(
+            "second_chance_mode_info", .gauge,
+            help: "How packets are handled: decapsulation, forwarding and fast path (tc or off).")
+        out.sample(
+            "second_chance_mode_info",
+            ["decapsulation": decapsulation, "forwarding": forwarding, "fast_path": fastPath], 1)
+        out.processStart()
         out.single(
             "second_chance_reexecs", .gauge, help: "Re-executions of this process (SIGUSR1, second-chance reexec).",
             reexecs)

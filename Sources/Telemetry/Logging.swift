@@ -1,5 +1,6 @@
 import Glibc
 import Logging
+import Synchronization
 
 /// One line per event on stderr, `LABEL: message key=value ...`, written with one write(2) so
 /// that lines of several threads never interleave. Under systemd (JOURNAL_STREAM set) each line
@@ -10,7 +11,18 @@ import Logging
 /// (`LogText.escaped`): no text can end a line and start another, with a priority of its choosing.
 public struct LineLogHandler: LogHandler {
     public var metadata: Logger.Metadata = [:]
-    public var logLevel: Logger.Level = .info
+    /// The process's threshold (`--log-level`), shared by every logger of the process: the daemons'
+    /// loggers are made before their options are parsed.
+    public var logLevel: Logger.Level {
+        get { Logger.Level.allCases[Int(Self.threshold.load(ordering: .relaxed))] }
+        set { Self.setThreshold(newValue) }
+    }
+    private static let threshold = Atomic<UInt8>(UInt8(Logger.Level.allCases.firstIndex(of: .info)!))
+
+    /// Sets the level below which no logger of this process writes.
+    public static func setThreshold(_ level: Logger.Level) {
+        threshold.store(UInt8(Logger.Level.allCases.firstIndex(of: level)!), ordering: .relaxed)
+    }
     private let label: String
     private let priorityPrefix: Bool
 

@@ -1,3 +1,5 @@
+import LinuxSys
+
 /// The Prometheus text exposition format, for both daemons' metrics: each family once, with its
 /// HELP and TYPE lines before its samples, and label values escaped so that no value can end its
 /// label or its line early.
@@ -29,6 +31,15 @@ public struct PrometheusText {
     public mutating func single(_ name: String, _ kind: Kind, help: String, _ value: some BinaryInteger) {
         family(name, kind, help: help)
         sample(name, value)
+    }
+
+    /// process_start_time_seconds, as Prometheus' client libraries name it (for uptime and
+    /// restart alerts); nothing when /proc cannot say.
+    public mutating func processStart() {
+        guard let seconds = ProcFile.processStartSeconds() else { return }
+        single(
+            "process_start_time_seconds", .gauge, help: "Start time of the process since the epoch, in seconds.",
+            seconds)
     }
 
     /// A label value as the format requires: backslash, double quote and line feed escaped.

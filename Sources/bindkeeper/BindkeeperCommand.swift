@@ -16,6 +16,6 @@ struct BindkeeperCommand: ParsableCommand {
         subcommands: [Serve.self, List.self, Release.self, Reexec.self, Exec.self, HAProxy.self, Version.self])
 }
 
-let defaultSocket = ProcessInfo.processInfo.environment["BINDKEEPER_SOCKET"] ?? "/run/bindkeeper.sock"
+let defaultSocket = ProcessInfo.processInfo.environment["BINDKEEPER_SOCKET"] ?? "/run/bindkeeper/bindkeeper.sock"
 
 let logger = Logger.process("bindkeeper[\(getpid())]")

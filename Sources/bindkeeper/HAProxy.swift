@@ -2,6 +2,7 @@ import ArgumentParser
 import Bindkeeper
 import Glibc
 import ProxysideArguments
+import Telemetry
 
 struct HAProxy: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -34,7 +35,10 @@ struct HAProxy: ParsableCommand {
     @Argument(parsing: .captureForPassthrough, help: "-- HAPROXY [ARGUMENTS]")
     var command: [String] = []
 
+    @OptionGroup var logging: LoggingOptions
+
     func run() throws {
+        LineLogHandler.setThreshold(logging.logLevel)
         let haproxy = command.first == "--" ? Array(command.dropFirst()) : command
         guard !haproxy.isEmpty else {
             throw ValidationError("give the HAProxy binary after --, such as -- /usr/sbin/haproxy")

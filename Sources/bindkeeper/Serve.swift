@@ -5,6 +5,7 @@ import Foundation
 import Glibc
 import NetTypes
 import ProxysideArguments
+import Telemetry
 
 struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -34,7 +35,10 @@ struct Serve: ParsableCommand {
     @Option(help: "Sockets one uid other than root and the broker's own may have the broker create.")
     var maxSocketsPerUser = 256
 
+    @OptionGroup var logging: LoggingOptions
+
     func run() throws {
+        LineLogHandler.setThreshold(logging.logLevel)
         var policy = Policy(brokerUID: geteuid())
         if let config {
             guard let data = FileManager.default.contents(atPath: config) else {
@@ -62,6 +66,8 @@ struct Serve: ParsableCommand {
             guard metrics.ipv4 != nil else { throw ValidationError("--metrics takes IPv4:PORT") }
             options.metrics = metrics
         }
+        // Run by hand, where no RuntimeDirectory= made it.
+        if let slash = socket.lastIndex(of: "/"), slash != socket.startIndex { mkdir(String(socket[..<slash]), 0o755) }
         let broker = try Broker(options: options, logger: logger)
         logger.info("serving on \(socket)")
         broker.run()

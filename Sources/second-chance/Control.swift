@@ -20,9 +20,13 @@ struct Stats: ParsableCommand {
 
     @OptionGroup var daemon: ControlSocketOptions
 
+    @Flag(help: "Print one JSON object (numbers as numbers, the responder's listeners as a list).")
+    var json = false
+
     func run() throws {
         do {
-            print(try readControlSocket(daemon.path), terminator: "")
+            let text = try readControlSocket(daemon.path)
+            print(json ? StatsJSON.render(text) : text, terminator: "")
         } catch {
             throw CommandFailure("\(error)")
         }

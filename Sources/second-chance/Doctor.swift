@@ -25,24 +25,33 @@ struct Doctor: ParsableCommand {
     var fastPathInterfaces: [String] = []
 
     func run() throws {
+        let checks = Self.checks(
+            queues: queues, guePort: guePort, netns: netns, forward: forward,
+            allowSources: allowSourceLists.isEmpty ? nil : allowSourceLists.flatMap { $0 },
+            fastPathInterfaces: fastPathInterfaces)
+        for check in checks { print(check.line) }
+        if checks.contains(where: { $0.level == .fail }) { throw ExitCode(1) }
+    }
+
+    /// Every finding about this host for a daemon with these options (`run --preflight` looks at
+    /// the same). `allowSources`: nil when not given.
+    static func checks(
+        queues: [UInt16], guePort: UInt16, netns: String?, forward: ForwardingChoice, allowSources: [IPv4Prefix]?,
+        fastPathInterfaces: [String]
+    ) -> [HostCheck] {
         var mode: ForwardingMode = forward == .kernel ? .kernel : .raw
         var choice: HostCheck?
         // Where GUE from the peers arrives (the routes to them, read once); nil when not given.
-        let peerInterfaces =
-            allowSourceLists.isEmpty ? nil : HostChecks.gueInterfaces(from: allowSourceLists.flatMap { $0 })
+        let peerInterfaces = allowSources.map { HostChecks.gueInterfaces(from: $0) }
         if forward == .auto {
             let (automatic, reason) = HostChecks.automaticForwarding(interfaces: peerInterfaces)
             mode = automatic
             choice = HostCheck(
                 level: .info, subject: "forwarding", finding: "--forward auto picks \(automatic.rawValue): \(reason)")
         }
-        let checks =
-            HostChecks.run(
-                port: guePort, queues: queues, namespace: netns, forwarding: mode,
-                allowedSources: allowSourceLists.isEmpty ? nil : allowSourceLists.flatMap { $0 })
+        return HostChecks.run(
+            port: guePort, queues: queues, namespace: netns, forwarding: mode, allowedSources: allowSources)
             + (choice.map { [$0] } ?? [])
             + FastPathChecks.run(interfaces: fastPathInterfaces.isEmpty ? peerInterfaces ?? [] : fastPathInterfaces)
-        for check in checks { print(check.line) }
-        if checks.contains(where: { $0.level == .fail }) { throw ExitCode(1) }
     }
 }

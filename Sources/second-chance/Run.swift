@@ -162,6 +162,17 @@ struct Run: ParsableCommand {
     )
     var cookiePassMs: UInt64 = 1000
 
+    @Option(
+        help:
+            """
+            On a cold start (no queue taken over from an earlier process), look at the host as `doctor` does: off, \
+            warn (log what is wrong) or fail (also refuse to start on a failed check).
+            """
+    )
+    var preflight: PreflightChoice = .off
+
+    @OptionGroup var logging: LoggingOptions
+
     func validate() throws {
         guard !allowSources.isEmpty else {
             throw ValidationError(
@@ -237,7 +248,26 @@ struct Run: ParsableCommand {
         }
     }
 
+    /// What `--preflight` found; throws on a failed check under `fail`.
+    func runPreflight() throws {
+        let checks = Doctor.checks(
+            queues: queues, guePort: guePort, netns: netns, forward: forward, allowSources: allowSources,
+            fastPathInterfaces: fastPathInterfaces)
+        for check in checks where check.level == .warn || check.level == .fail {
+            logger.warning("preflight: \(check.line)")
+        }
+        let failed = checks.filter { $0.level == .fail }
+        if preflight == .fail && !failed.isEmpty {
+            logger.error(
+                "preflight: \(failed.count) check(s) failed (see above, or run second-chance doctor); not starting")
+            // EX_CONFIG: the unit does not restart into the same host (RestartPreventExitStatus=).
+            throw ExitCode(Self.configurationExitStatus)
+        }
+        logger.info("preflight: \(checks.count) checks, \(failed.count) failed")
+    }
+
     func run() throws {
+        LineLogHandler.setThreshold(logging.logLevel)
         let mode: DecapsulationMode
         switch decap {
         case .kernel: mode = .kernel
@@ -327,6 +357,12 @@ struct Run: ParsableCommand {
         for (fd, name) in ListenFDs.inherited(environment, pid: getpid()) { inherited[name] = fd }
         let inheritedNames = Set(inherited.keys)
         let reexecs = environment[Self.reexecsVariable].flatMap(UInt64.init) ?? 0
+        // A restart that takes the stored queue over skips it: packets wait meanwhile, and a rule
+        // dump of a large firewall is not what they should wait for.
+        let coldStart = reexecs == 0 && !queues.contains { inherited[Self.queueName($0)] != nil }
+        if preflight != .off {
+            if coldStart { try runPreflight() } else { logger.info("preflight: skipped (taking over a bound queue)") }
+        }
         for name in ListenFDs.variables + [Self.reexecsVariable, Self.forwardingVariable] { unsetenv(name) }
         let notifier = SDNotify(environment: environment)
 
@@ -399,7 +435,8 @@ struct Run: ParsableCommand {
             }
             let image = ImageReport(
                 version: ProxysideVersion.number, build: ProgramImage.build, reexecs: reexecs,
-                adoptedQueues: adoptedCount)
+                adoptedQueues: adoptedCount, decapsulation: mode.rawValue, forwarding: forwarding.rawValue,
+                fastPath: kernelPath.path == nil ? "off" : "tc")
             switch format {
             case .prometheus:
                 var out = PrometheusText()
@@ -479,15 +516,41 @@ struct Run: ParsableCommand {
         logger.info("\(ProgramImage.versionLine("second-chance") + took)")
         try? notifier?.send("READY=1\nSTATUS=serving queue(s) \(queues.map(String.init).joined(separator: ","))")
 
+        // With WatchdogSec= the watchdog hears from the daemon only while every queue thread comes
+        // round: a wedged one, holding its queue bound unanswered, gets the daemon restarted (the fd
+        // store keeps the queue and what waits in it).
+        let watchdog = WatchdogSettings(environment: environment, pid: getpid())
+        var progress = QueueProgress()
+        var lastWatchdogCheck: UInt64 = 0
+        var reportedStall = false
+        func tellWatchdog() {
+            guard let watchdog else { return }
+            let now = MonotonicClock.nanoseconds()
+            guard now &- lastWatchdogCheck >= UInt64(watchdog.checkMilliseconds) * 1_000_000 else { return }
+            lastWatchdogCheck = now
+            let stalled = progress.stalled(workers.map { $0.queue.turns.load(ordering: .relaxed) })
+            guard stalled.isEmpty else {
+                if !reportedStall {
+                    let names = stalled.map { String(workers[$0].queue.number) }.joined(separator: ",")
+                    logger.error("queue thread(s) \(names) stopped coming round: the watchdog is no longer told")
+                }
+                reportedStall = true
+                return
+            }
+            reportedStall = false
+            try? notifier?.send("WATCHDOG=1")
+        }
+
         var events = [
             pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0),
             pollfd(fd: reexecSignal.fd, events: Int16(POLLIN), revents: 0),
             pollfd(fd: reexecGo.fd, events: Int16(POLLIN), revents: 0),
         ]
         while true {
-            guard poll(&events, nfds_t(events.count), -1) >= 0 || errno == EINTR else {
+            guard poll(&events, nfds_t(events.count), watchdog?.checkMilliseconds ?? -1) >= 0 || errno == EINTR else {
                 throw CommandFailure("poll: \(SystemError("poll"))")
             }
+            tellWatchdog()
             if events[0].revents != 0 { break }
             if events[1].revents != 0 {
                 reexecSignal.consume()
@@ -584,6 +647,9 @@ struct Run: ParsableCommand {
             return (nil, "off (\(error))")
         }
     }
+
+    /// The exit status of a failed preflight (sysexits' EX_CONFIG).
+    static let configurationExitStatus: Int32 = 78
 
     /// How many times this process has re-executed itself, carried across exec(2).
     static let reexecsVariable = "SECOND_CHANCE_REEXECS"

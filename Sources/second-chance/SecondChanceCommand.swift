@@ -44,6 +44,11 @@ enum DecapsulationChoice: String, CaseIterable, ExpressibleByArgument {
     case auto, userspace, kernel
 }
 
+/// --preflight: whether a cold start looks at the host first, and what a failed check does.
+enum PreflightChoice: String, CaseIterable, ExpressibleByArgument {
+    case off, warn, fail
+}
+
 /// --forward: a mode, or `auto` to take the kernel's forwarding where the host allows it.
 enum ForwardingChoice: String, CaseIterable, ExpressibleByArgument {
     case auto, raw, kernel

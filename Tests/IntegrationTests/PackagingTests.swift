@@ -19,10 +19,10 @@ final class PackagingTests: XCTestCase {
                 contentsOf: Lab.packageRoot.appendingPathComponent("systemd/\(unit)"), encoding: .utf8
             )
             .replacingOccurrences(
-                of: "/usr/local/bin/bindkeeper", with: Lab.binaries.appendingPathComponent("bindkeeper").path
+                of: "/usr/bin/bindkeeper", with: Lab.binaries.appendingPathComponent("bindkeeper").path
             )
             .replacingOccurrences(
-                of: "/usr/local/sbin/second-chance", with: Lab.binaries.appendingPathComponent("second-chance").path)
+                of: "/usr/sbin/second-chance", with: Lab.binaries.appendingPathComponent("second-chance").path)
             try text.write(to: directory.appendingPathComponent(unit), atomically: true, encoding: .utf8)
         }
         let units = [
@@ -69,7 +69,7 @@ final class ShippedConfigurationTests: XCTestCase {
             return line.split(separator: " ").flatMap { word -> [String] in
                 let word = word.replacingOccurrences(of: "%i", with: "0")
                     .replacingOccurrences(
-                        of: "/usr/local/sbin/second-chance",
+                        of: "/usr/sbin/second-chance",
                         with: Lab.binaries.appendingPathComponent("second-chance").path
                     )
                     .replacingOccurrences(of: "/run/second-chance/queue-0.sock", with: lab.controlPath("p1"))
@@ -82,8 +82,14 @@ final class ShippedConfigurationTests: XCTestCase {
                 return [word]
             }
         }
+        // What the unit's --preflight looks at: doctor with the same queue and peers.
         let doctorLog = lab.directory.appendingPathComponent("doctor.log")
-        let doctor = try Lab.launch(inside: lab.namespace("p1"), try command("ExecStartPre"), log: doctorLog)
+        let doctor = try Lab.launch(
+            inside: lab.namespace("p1"),
+            [
+                Lab.binaries.appendingPathComponent("second-chance").path, "doctor", "--queue", "0", "--allow-source",
+                try XCTUnwrap(environment["SECOND_CHANCE_ALLOW_SOURCE"]),
+            ], log: doctorLog)
         doctor.waitUntilExit()
         let report = try String(contentsOf: doctorLog, encoding: .utf8)
         XCTAssertEqual(doctor.terminationStatus, 0, report)
@@ -109,23 +115,56 @@ final class ShippedConfigurationTests: XCTestCase {
         try sendGUE(lab, sourcePort: 30002, to: Lab.p1, inner: syn, hops: [])
         // The rules drop the client's GUE before it is queued (the tc program, which runs before
         // them, drops it first); the director's is heard.
-        func droppedByRule() throws -> UInt64 {
+        /// Packets each raw DROP rule took: the reverse-path check's, and the one for the rest of the port.
+        func droppedByRules() throws -> (reversePath: UInt64, rest: UInt64) {
             let output = try Lab.shell(
                 """
                 ip netns exec \(lab.namespace("p1")) iptables -t raw -L PREROUTING -v -x -n | awk '$3 == \"DROP\" \
-                {print $1}'
+                {print (/rpfilter/ ? "rp" : "rest"), $1}'
                 """
             )
-            return UInt64(output.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+            var counts: [String: UInt64] = [:]
+            for line in output.split(separator: "\n") {
+                let words = line.split(separator: " ")
+                if words.count == 2 { counts[String(words[0])] = UInt64(words[1]) }
+            }
+            return (counts["rp"] ?? 0, counts["rest"] ?? 0)
         }
         try lab.waitFor("the director's SYN taken, the client's packet dropped") {
             let stats = try lab.stats("p1")
             return try stats["accepted_syn"] == 1
-                && droppedByRule() + (stats["fast_path_dropped_untrusted_source"] ?? 0) == 1
+                && droppedByRules().rest + (stats["fast_path_dropped_untrusted_source"] ?? 0) == 1
         }
-        let stats = try lab.stats("p1")
+        var stats = try lab.stats("p1")
         let byProgram = stats["fast_path_dropped_untrusted_source"] ?? 0
-        XCTAssertEqual(try droppedByRule() + byProgram, 1, "the client's packet met the DROP rule or the program")
+        XCTAssertEqual(try droppedByRules().rest + byProgram, 1, "the client's packet met the DROP rule or the program")
+        XCTAssertEqual(stats["total_packets"], 1 + byProgram)
+
+        // The director's address from the wrong interface: a host on another link of P1's sends
+        // GUE as 198.18.0.2. The reverse-path rule drops it before the queue (P1 routes the
+        // director through eth0, where the tc program is; this link has none).
+        let attacker = lab.namespace("x"), p1 = lab.namespace("p1")
+        defer { _ = try? Lab.shell("ip netns del \(attacker)") }
+        try Lab.shell(
+            """
+            ip netns add \(attacker) && ip -n \(attacker) link add xa type veth peer name xb netns \(p1) && \
+            ip -n \(attacker) addr add \(Lab.director)/32 dev xa && ip -n \(attacker) link set xa up && \
+            ip -n \(p1) link set xb up && ip -n \(attacker) route add \(Lab.p1)/32 dev xa && \
+            ip -n \(attacker) neigh replace \(Lab.p1) dev xa lladdr \
+            $(ip -n \(p1) -o link show xb | sed 's/.*link.ether \\([^ ]*\\).*/\\1/')
+            """
+        )
+        let forged = PacketBuilder.tcp(
+            source: .v4(Lab.client), sourcePort: 40002, destination: .v4(Lab.vip), destinationPort: 80, flags: .syn)
+        for port in UInt16(30010)..<30013 {
+            try sendGUE(lab, from: "x", source: Lab.director, sourcePort: port, to: Lab.p1, inner: forged, hops: [])
+        }
+        try lab.waitFor("the forged director's packets dropped by the reverse-path rule") {
+            try droppedByRules().reversePath == 3
+        }
+        usleep(200_000)
+        stats = try lab.stats("p1")
+        XCTAssertEqual(stats["accepted_syn"], 1, "no forged SYN reached the queue")
         XCTAssertEqual(stats["total_packets"], 1 + byProgram)
     }
 }

@@ -18,7 +18,11 @@ final class RealSystemdTests: XCTestCase {
     override func setUpWithError() throws {
         lab = try Lab(prefix: "pssd")
         traffic = DatagramTraffic(lab: lab)
-        let units = Lab.packageRoot.appendingPathComponent("systemd").path
+        // The units as `make install` writes them for the container's /usr/local.
+        let units = lab.directory.appendingPathComponent("units").path
+        try Lab.shell(
+            Lab.packageRoot.appendingPathComponent("scripts/render-units.sh").path
+                + " \(units) /usr/local/sbin /usr/local/bin /usr/local/share/doc/proxyside")
         let answer = lab.directory.appendingPathComponent("answer.cfg.tmpl")
         let template = try String(
             contentsOf: Lab.packageRoot.appendingPathComponent("examples/lab/haproxy-answer.cfg.in"), encoding: .utf8)

@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 import LabKit
 import LinuxSys
@@ -129,8 +130,29 @@ final class HostCheckTests: XCTestCase {
             lines(noDrop).contains {
                 $0.hasPrefix("[warn] iptables: GUE from hosts that are not peers is not dropped")
             }, "\(lines(noDrop))")
+        let trusting = HostChecks.gueRules(
+            iptablesSave: """
+                -A PREROUTING -s 198.18.0.2/32 -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass
+                -A PREROUTING -p udp -m udp --dport 19523 -j DROP
+                """, port: 19523)
+        XCTAssertEqual(
+            lines(trusting).filter { $0.hasPrefix("[warn]") }.map { String($0.prefix(60)) },
+            [
+                "[warn] iptables: no reverse-path check before the queue: GUE",
+                "[warn] iptables: GUE from the peers goes on to conntrack aft",
+            ])
+        // The checks count only in front of the queue rule: behind it they see nothing it took.
+        let late = HostChecks.gueRules(
+            iptablesSave: """
+                -A PREROUTING -s 198.18.0.2/32 -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass
+                -A PREROUTING -p udp -m udp --dport 19523 -m rpfilter --invert -j DROP
+                -A PREROUTING -p udp -m udp --dport 19523 -j CT --notrack
+                """, port: 19523)
+        XCTAssertFalse(late.reversePathChecked || late.untracked)
         let good = HostChecks.gueRules(
             iptablesSave: """
+                -A PREROUTING -p udp -m udp --dport 19523 -m rpfilter --invert -j DROP
+                -A PREROUTING -p udp -m udp --dport 19523 -j CT --notrack
                 -A PREROUTING -s 198.18.0.2/32 -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass
                 -A PREROUTING -p udp -m udp --dport 19523 -j DROP
                 """, port: 19523)
@@ -144,6 +166,20 @@ final class HostCheckTests: XCTestCase {
             ])
         let otherQueue = HostChecks.ruleChecks(good, tool: "iptables", port: 19523, queues: [3]).map(\.line)
         XCTAssertTrue(otherQueue.first?.contains("does not feed queue(s) [3]") == true, "\(otherQueue)")
+    }
+
+    /// The shipped nft rules as nft lists them: anti-spoofing and notrack in front, the peers
+    /// queued, the rest dropped, and nothing to warn about.
+    func testTheShippedNftRulesPassDoctorsRuleChecks() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+        let text = try String(
+            contentsOf: root.appendingPathComponent("examples/iptables/proxyside.nft"), encoding: .utf8)
+        let rules = HostChecks.gueRules(nftRuleset: text, port: 19523)
+        XCTAssertTrue(rules.reversePathChecked && rules.untracked && rules.dropsTheRest, "\(rules)")
+        XCTAssertEqual(rules.queueRules.map(\.restricted), [true])
+        let checks = HostChecks.ruleChecks(rules, tool: "nft", port: 19523, queues: [0])
+        XCTAssertEqual(checks.filter { $0.level != .ok }.map(\.line), [])
     }
 }
 
