@@ -34,7 +34,8 @@ let package = Package(
         .target(name: "NetTypes"),
         // The thin system layer both daemons stand on: errors, descriptors, sockets, signals,
         // threads, namespaces, /proc, netlink and sock_diag.
-        .target(name: "LinuxSys", dependencies: ["NetTypes", "CLinuxShims", "CMnl"]),
+        .target(name: "LinuxSys", dependencies: ["NetTypes", "CLinuxShims", "CMnl"], plugins: ["VersionPlugin"]),
+        .plugin(name: "VersionPlugin", capability: .buildTool(), path: "Sources/VersionPlugin"),
         // Logging (swift-log, one line per event on stderr), metrics text, the stats and control server.
         .target(name: "Telemetry", dependencies: ["NetTypes", "LinuxSys", "CLinuxShims", logging]),
 

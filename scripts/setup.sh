@@ -6,9 +6,11 @@ set -euo pipefail
 # for the units' tests (RealSystemdTests); qemu-system-x86, busybox-static, cpio and xz-utils: the
 # kernel lab (scripts/kernel-lab.sh, KernelLabTests) boots Debian's kernels; nftables: nft, which loads the
 # shipped rules there; libbpf-dev: the tc fast path is loaded with libbpf (its object is compiled by the Swift
-# toolchain's clang).
+# toolchain's clang); prometheus: promtool checks and tests the shipped alerting rules; dpkg-dev,
+# debhelper and lintian build and check the Debian package, mmdebstrap makes the Debian root the
+# package test installs it into (PackageTests).
 packages=(libnetfilter-queue-dev libmnl-dev libbpf-dev pkg-config iptables iproute2 gcc haproxy ruby python3 util-linux systemd systemd-container
-    qemu-system-x86 busybox-static cpio xz-utils nftables)
+    qemu-system-x86 busybox-static cpio xz-utils nftables dpkg-dev debhelper lintian mmdebstrap git)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -18,5 +20,13 @@ if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if ! command -v promtool > /dev/null; then
+    # Only promtool is wanted: no exporter, and no server started by the install.
+    echo "setup: installing prometheus (for promtool)"
+    apt-get update -qq
+    policy=/usr/sbin/policy-rc.d
+    [ -e "$policy" ] || { printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && trap 'rm -f "$policy"' EXIT; }
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus > /dev/null
 fi
 command -v swift >/dev/null || { echo "setup: swift (6.0 or later) must be on PATH" >&2; exit 1; }

@@ -18,8 +18,9 @@ int proxyside_bpf_load_xdp(const proxyside_bpf_insn *insns, uint32_t count,
     attr.prog_type = BPF_PROG_TYPE_XDP;
     attr.insns = (uint64_t)(uintptr_t)insns;
     attr.insn_cnt = count;
-    /* The SYN-cookie helpers are GPL-only. */
-    attr.license = (uint64_t)(uintptr_t)"GPL";
+    /* The SYN-cookie helpers are GPL-only: the programs (SynCookiePrograms.swift) are offered
+     * under GPL-2.0-only or BSD-2-Clause, as the tc program is (LICENSE). */
+    attr.license = (uint64_t)(uintptr_t)"Dual BSD/GPL";
     if (log != NULL && log_size > 0) {
         log[0] = 0;
         attr.log_buf = (uint64_t)(uintptr_t)log;

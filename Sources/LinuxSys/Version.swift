@@ -1,4 +1,5 @@
-/// The release both daemons report (`version`, `stats`, the metrics' build_info).
+/// The release both daemons report (`version`, `stats`, the metrics' build_info): from git, by
+/// scripts/version.sh through VersionPlugin.
 public enum ProxysideVersion {
-    public static let number = "0.4.0"
+    public static let number = generatedVersion
 }

@@ -12,16 +12,19 @@ public struct QueueReport: Sendable {
     public var crashReplaysDropped: UInt64
     /// Absent when the kernel's table could not be read or does not list the queue.
     public var kernel: KernelQueueStatistics?
+    /// --queue-maxlen: past it the kernel drops (or, with --fail-open, accepts unchecked).
+    public var maximumLength: UInt32
 
     public init(
         queue: UInt16, packets: UInt64, receiveErrors: UInt64, crashReplaysDropped: UInt64 = 0,
-        kernel: KernelQueueStatistics?
+        kernel: KernelQueueStatistics?, maximumLength: UInt32 = 0
     ) {
         self.queue = queue
         self.packets = packets
         self.receiveErrors = receiveErrors
         self.crashReplaysDropped = crashReplaysDropped
         self.kernel = kernel
+        self.maximumLength = maximumLength
     }
 }
 
@@ -39,11 +42,14 @@ public struct ImageReport: Sendable {
     public var decapsulation: String
     public var forwarding: String
     public var fastPath: String
+    /// --fail-open: a full queue accepts packets unchecked instead of dropping them.
+    public var failOpen: Bool
 
     public init(
         version: String, build: String, reexecs: UInt64, adoptedQueues: Int, decapsulation: String = "",
-        forwarding: String = "", fastPath: String = ""
+        forwarding: String = "", fastPath: String = "", failOpen: Bool = false
     ) {
+        self.failOpen = failOpen
         self.version = version
         self.build = build
         self.reexecs = reexecs
@@ -65,10 +71,13 @@ public struct ImageReport: Sendable {
         out.sample("second_chance_build_info", ["version": version, "build": build], 1)
         out.family(
             "second_chance_mode_info", .gauge,
-            help: "How packets are handled: decapsulation, forwarding and fast path (tc or off).")
+            help: "How packets are handled: decapsulation, forwarding, fast path (tc or off), fail-open.")
         out.sample(
             "second_chance_mode_info",
-            ["decapsulation": decapsulation, "forwarding": forwarding, "fast_path": fastPath], 1)
+            [
+                "decapsulation": decapsulation, "forwarding": forwarding, "fast_path": fastPath,
+                "fail_open": failOpen ? "true" : "false",
+            ], 1)
         out.processStart()
         out.single(
             "second_chance_reexecs", .gauge, help: "Re-executions of this process (SIGUSR1, second-chance reexec).",
@@ -154,6 +163,10 @@ public enum CounterReport {
         family("second_chance_queue_waiting", .gauge, "Packets queued in the kernel, waiting for a verdict.") {
             $0.kernel?.waiting
         }
+        family(
+            "second_chance_queue_max_length", .gauge,
+            "Packets the kernel holds for the queue at most (--queue-maxlen); then it drops, or fails open."
+        ) { UInt64($0.maximumLength) }
     }
 
     /// `name value` lines, glb-redirect style, dropped counters summed into `dropped_malformed` too:

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause
+// (the BPF programs below run in the kernel beside its GPL-only SYN-cookie helpers)
+
 /// One eBPF instruction, encoded as struct bpf_insn.
 public struct BPFInstruction: Equatable, Sendable {
     public var code: UInt8

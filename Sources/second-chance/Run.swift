@@ -431,12 +431,12 @@ struct Run: ParsableCommand {
                     queue: worker.queue.number, packets: worker.counters.value(.total),
                     receiveErrors: worker.queue.receiveErrors.load(ordering: .relaxed),
                     crashReplaysDropped: worker.queue.crashReplaysDropped.load(ordering: .relaxed),
-                    kernel: kernel[worker.queue.number])
+                    kernel: kernel[worker.queue.number], maximumLength: configuration.queueMaximumLength)
             }
             let image = ImageReport(
                 version: ProxysideVersion.number, build: ProgramImage.build, reexecs: reexecs,
                 adoptedQueues: adoptedCount, decapsulation: mode.rawValue, forwarding: forwarding.rawValue,
-                fastPath: kernelPath.path == nil ? "off" : "tc")
+                fastPath: kernelPath.path == nil ? "off" : "tc", failOpen: configuration.failOpen)
             switch format {
             case .prometheus:
                 var out = PrometheusText()

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import LabKit
 import LinuxSys
+import NetTypes
 import SecondChanceCore
 import XCTest
 
@@ -27,9 +28,13 @@ struct DatagramTraffic {
         try DatagramTraffic.send(numbers, pace: pace, from: lab.namespace("c"))
     }
 
-    static func send(_ numbers: Range<UInt32>, pace: UInt32, from namespace: String) throws {
+    /// `source`: the outer source (the client's own by default; the director's to pass rules that
+    /// hear only the GLB peers, sent from the director's namespace).
+    static func send(
+        _ numbers: Range<UInt32>, pace: UInt32, from namespace: String, source: IPv4Address = Lab.client
+    ) throws {
         try NetworkNamespace(nameOrPath: namespace).run {
-            let fd = try LabSockets.bindUDP(.v4(Lab.client), port: 30100)
+            let fd = try LabSockets.bindUDP(.v4(source), port: 30100)
             defer { close(fd) }
             for number in numbers {
                 var datagram: [UInt8] = [

@@ -13,7 +13,7 @@ final class SystemdContainer {
     let log: URL
 
     /// `files`: (file on this machine, path inside) bound read-only, units included.
-    init(lab: Lab, host: String, files: [(String, String)]) throws {
+    convenience init(lab: Lab, host: String, files: [(String, String)]) throws {
         let directory = lab.directory.appendingPathComponent("container-\(host)")
         let sbin = directory.appendingPathComponent("sbin"), bin = directory.appendingPathComponent("bin")
         for folder in [sbin, bin] {
@@ -23,7 +23,25 @@ final class SystemdContainer {
             at: Lab.binaries.appendingPathComponent("second-chance"), to: sbin.appendingPathComponent("second-chance"))
         try FileManager.default.copyItem(
             at: Lab.binaries.appendingPathComponent("bindkeeper"), to: bin.appendingPathComponent("bindkeeper"))
-        log = directory.appendingPathComponent("boot.log")
+        let binds =
+            [
+                "--bind-ro=\(Self.swiftRuntime)", "--bind-ro=\(sbin.path):/usr/local/sbin",
+                "--bind-ro=\(bin.path):/usr/local/bin",
+            ] + files.map { "--bind-ro=\($0.0):\($0.1)" }
+        try self.init(lab: lab, host: host, root: ["-D", "/", "--volatile=yes"] + binds, log: directory)
+    }
+
+    /// A Debian root of its own (`directory`, written to by what runs inside), booted in the
+    /// host's namespace.
+    convenience init(lab: Lab, host: String, root directory: URL) throws {
+        try self.init(
+            lab: lab, host: host, root: ["-D", directory.path],
+            log: lab.directory.appendingPathComponent("boot-\(host)"))
+    }
+
+    private init(lab: Lab, host: String, root: [String], log folder: URL) throws {
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        log = folder.appendingPathComponent("boot.log")
         // The units this host's /usr would start and that have no place here stay masked.
         let masked = [
             "systemd-networkd.service", "systemd-networkd.socket", "nftables.service", "haproxy.service",
@@ -31,13 +49,13 @@ final class SystemdContainer {
             "console-getty.service", "systemd-firstboot.service", "apt-daily.timer", "apt-daily-upgrade.timer",
             "man-db.timer",
         ]
-        var arguments = [
-            "-D", "/", "--volatile=yes", "--register=no", "--keep-unit", "--machine=\(lab.namespace(host))",
-            "--capability=all", "--console=passive", "--network-namespace-path=/run/netns/\(lab.namespace(host))",
-            "--bind-ro=\(Self.swiftRuntime)", "--bind-ro=\(sbin.path):/usr/local/sbin",
-            "--bind-ro=\(bin.path):/usr/local/bin",
-        ]
-        arguments += files.map { "--bind-ro=\($0.0):\($0.1)" }
+        var arguments =
+            root + [
+                "--register=no", "--keep-unit", "--machine=\(lab.namespace(host))", "--capability=all",
+                "--console=passive", "--network-namespace-path=/run/netns/\(lab.namespace(host))",
+                // nspawn's own system-call filter refuses bpf(2): the units' sandbox is what is tested.
+                "--system-call-filter=bpf",
+            ]
         arguments += ["--boot", "systemd.firstboot=off"] + masked.map { "systemd.mask=\($0)" }
         process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/systemd-nspawn")

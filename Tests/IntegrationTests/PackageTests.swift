@@ -1,0 +1,158 @@
+import Foundation
+import Glibc
+import LabKit
+import LinuxSys
+import NetTypes
+import Synchronization
+import Telemetry
+import XCTest
+
+/// The Debian package as an operator meets it: built from this tree (and a newer build of it),
+/// installed into a Debian bookworm root (mmdebstrap) booted with systemd-nspawn as the lab's P1,
+/// run with the shipped configuration behind the shipped rules, upgraded while GUE and HTTP keep
+/// coming, then purged.
+final class PackageTests: XCTestCase {
+    var lab: Lab!
+    var container: SystemdContainer!
+
+    override func tearDown() {
+        if let container, testRun?.hasSucceeded == false { print(container.journal()) }
+        container?.stop()
+        lab?.tearDown()
+    }
+
+    /// Builds the package (scripts/build-deb.sh, lintian included) with `version` (nil: git's).
+    static func build(version: String?) throws -> URL {
+        var environment = ProcessInfo.processInfo.environment
+        if let version { environment["PROXYSIDE_VERSION"] = version }
+        let (status, output) = try Lab.run(
+            Lab.packageRoot.appendingPathComponent("scripts/build-deb.sh").path, [], environment: environment)
+        guard status == 0, let path = output.split(separator: "\n").last, path.hasSuffix(".deb") else {
+            throw LabError("scripts/build-deb.sh failed (\(status)): \(output)")
+        }
+        return Lab.packageRoot.appendingPathComponent(String(path))
+    }
+
+    func testInstallServeUpgradeUnderLoadAndPurge() throws {
+        let version = try Lab.shell(Lab.packageRoot.appendingPathComponent("scripts/version.sh").path)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let newer = version + "+rebuild1"
+        let first = try Self.build(version: version)
+        let second = try Self.build(version: newer)
+        let tarball = try Lab.shell(Lab.packageRoot.appendingPathComponent("scripts/debian-root.sh").path)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+
+        lab = try Lab(prefix: "psdb")
+        let root = lab.directory.appendingPathComponent("bookworm")
+        try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
+        try Lab.shell("tar -x -C \(root.path) -f \(tarball)")
+        for deb in [first, second] {
+            try FileManager.default.copyItem(
+                at: deb, to: root.appendingPathComponent("var/tmp/" + deb.lastPathComponent))
+        }
+        container = try SystemdContainer(lab: lab, host: "p1", root: root)
+        func inside(_ command: String) throws -> String {
+            let result = try container.run(["/bin/sh", "-c", command], seconds: 120)
+            guard result.status == 0 else { throw LabError("`\(command)` inside: \(result.output)") }
+            return result.output
+        }
+
+        // Installed: nothing starts by itself (the operator fills in /etc/default first).
+        _ = try inside("dpkg -i /var/tmp/\(first.lastPathComponent)")
+        XCTAssertEqual(try inside("second-chance version").split(separator: " ").dropFirst().first, Substring(version))
+        XCTAssertEqual(try container.property("second-chance@0.service", "ActiveState"), "inactive")
+        // minbase leaves documentation out (dpkg path-exclude): the package's list says what it holds.
+        let contents = try Lab.shell("dpkg-deb -c \(first.path)")
+        for file in [
+            "./usr/share/man/man8/second-chance.8.gz", "./usr/share/man/man1/bindkeeper.1.gz",
+            "./usr/share/bash-completion/completions/second-chance", "./usr/share/zsh/vendor-completions/_bindkeeper",
+            "./usr/share/fish/vendor_completions.d/second-chance.fish", "./usr/share/doc/proxyside/README.md",
+            "./usr/share/doc/proxyside/examples/monitoring/proxyside-dashboard.json",
+        ] {
+            XCTAssertTrue(contents.contains(" \(file)\n"), "\(file) is not in the package")
+        }
+        XCTAssertFalse(contents.contains("glb-lab") || contents.contains("nfq-baseline"), "lab programs packaged")
+
+        // The shipped configuration: /etc/default/second-chance names P1 and the lab's peers; the
+        // shipped rules hear only them, after the reverse-path check.
+        let docs = "/usr/share/doc/proxyside/examples"
+        _ = try inside("iptables-restore < \(docs)/iptables/rules.v4 && ip6tables-restore < \(docs)/iptables/rules.v6")
+        _ = try inside(
+            """
+            mkdir -p /etc/haproxy && sed 's|@BIND@|{{bind tcp://\(Lab.vip):8080?backlog=1024}}|' \
+            \(docs)/lab/haproxy-answer.cfg.in > /etc/haproxy/answer.cfg.tmpl
+            """)
+        try container.systemctl(
+            "start", "second-chance@0.service", "bindkeeper.service", "haproxy-multi@answer.service")
+        for unit in ["second-chance@0.service", "bindkeeper.service", "haproxy-multi@answer.service"] {
+            XCTAssertEqual(try container.property(unit, "ActiveState"), "active", container.journal(unit))
+        }
+        XCTAssertTrue(container.journal("second-chance@0.service").contains("preflight: "))
+        let control = container.path("/run/second-chance/queue-0.sock")
+        let pids = try ["second-chance@0.service", "bindkeeper.service"].map { try container.property($0, "MainPID") }
+
+        let traffic = DatagramTraffic(lab: lab)
+        let service = try traffic.openService()
+        defer { close(service) }
+        try DatagramTraffic.send(0..<200, pace: 0, from: lab.namespace("d"), source: Lab.director)
+        traffic.assertAllReceived(traffic.received(service), 0..<200, "the director's GUE, before the upgrade")
+        try lab.waitFor("HAProxy on bindkeeper's socket") {
+            (try? lab.inside("p1") { try Lab.httpGet(.v4(Lab.vip), port: 8080, path: "/") })?.contains("200") == true
+        }
+
+        // The upgrade, while the director's GUE and new HTTP connections keep coming.
+        let load = try lab.start(
+            "p1", "glb-lab", ["http-load", "--target", "\(Lab.vip):8080", "--seconds", "12", "--concurrency", "4"])
+        let failure = Mutex<String?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        let director = lab.namespace("d")
+        DispatchQueue.global().async {
+            do { try DatagramTraffic.send(1000..<9000, pace: 1000, from: director, source: Lab.director) } catch {
+                failure.withLock { $0 = "\(error)" }
+            }
+            done.signal()
+        }
+        usleep(1_000_000)
+        let upgrade = try inside("dpkg -i /var/tmp/\(second.lastPathComponent) 2>&1")
+        XCTAssertEqual(done.wait(timeout: .now() + 60), .success)
+        XCTAssertNil(failure.withLock { $0 })
+        load.waitUntilExit()
+        traffic.assertAllReceived(traffic.received(service), 1000..<9000, "the director's GUE across the upgrade")
+        let line = try XCTUnwrap(
+            lab.log(of: load).split(separator: "\n").last { $0.hasPrefix("http-load:") }, lab.log(of: load))
+        XCTAssertTrue(line.contains(" failed=0 "), "\(line)\n\(upgrade)")
+        XCTAssertTrue(upgrade.contains("second-chance@0.service re-executed the new version"), upgrade)
+        XCTAssertTrue(upgrade.contains("bindkeeper.service re-executed the new version"), upgrade)
+        XCTAssertEqual(
+            try ["second-chance@0.service", "bindkeeper.service"].map { try container.property($0, "MainPID") }, pids,
+            "re-executed in place, not restarted")
+        let stats = try readControlSocket(control)
+        XCTAssertTrue(stats.contains("version: \(newer)\n"), stats)
+        XCTAssertTrue(stats.contains("reexecs: 1\n"), stats)
+        // The shipped unit's sandbox (its capabilities, its system-call filter) lets the tc program load.
+        XCTAssertTrue(stats.contains("fast_path: tc on eth0"), stats)
+
+        // Purged: no unit, socket, queue, filter or file is left.
+        _ = try inside("dpkg --purge proxyside 2>&1")
+        try container.systemctl("daemon-reload")
+        XCTAssertEqual(
+            try inside(
+                "systemctl list-units --all --no-legend --plain 'second-chance@*' 'bindkeeper*' 'haproxy-multi@*'"
+            )
+            .trimmingCharacters(in: .whitespacesAndNewlines), "")
+        XCTAssertEqual(try inside("dpkg-query -W -f='${db:Status-Abbrev}' proxyside 2>/dev/null || true"), "")
+        for path in [
+            "/usr/sbin/second-chance", "/usr/bin/bindkeeper", "/usr/lib/systemd/system/second-chance@.service",
+            "/etc/default/second-chance", "/etc/default/bindkeeper", "/etc/bindkeeper",
+            "/etc/sysctl.d/60-proxyside.conf",
+            "/usr/share/doc/proxyside", "/run/second-chance", "/run/bindkeeper", "/run/haproxy-multi",
+        ] {
+            XCTAssertFalse(FileManager.default.fileExists(atPath: container.path(path)), "\(path) is left")
+        }
+        let queues = try lab.inside("p1") { ProcFile.kernelQueueStatistics() }
+        XCTAssertNil(queues[0], "queue 0 is no longer bound")
+        XCTAssertEqual(
+            try Lab.shell("ip netns exec \(lab.namespace("p1")) tc filter show dev eth0 ingress")
+                .trimmingCharacters(in: .whitespacesAndNewlines), "", "no tc program is left on eth0")
+    }
+}

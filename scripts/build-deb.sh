@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Builds the Debian package (dpkg-buildpackage -b) from this tree into .build-release/deb, and checks it
+# with lintian. Installs the build tools it lacks. PROXYSIDE_VERSION overrides the version.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+for tool in dpkg-buildpackage:dpkg-dev dh:debhelper lintian:lintian; do
+    command -v "${tool%%:*}" > /dev/null || need+=("${tool#*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" > /dev/null
+fi
+scripts/debian-changelog.sh
+mkdir -p .build-release
+version=$(dpkg-parsechangelog -S Version)
+dpkg-buildpackage -b -us -uc > .build-release/deb-build.log 2>&1 ||
+    { tail -40 .build-release/deb-build.log >&2; exit 1; }
+mkdir -p .build-release/deb
+arch=$(dpkg --print-architecture)
+for file in ../proxyside_"${version}"_"$arch".{deb,buildinfo,changes}; do
+    [ -e "$file" ] && mv -f "$file" .build-release/deb/
+done
+deb=.build-release/deb/proxyside_"${version}"_"$arch".deb
+[ -e "$deb" ] || { echo "build-deb.sh: $deb was not built" >&2; exit 1; }
+lintian --fail-on error,warning "$deb"
+echo "$deb"
