@@ -11,8 +11,11 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" > /dev/null
 fi
-scripts/debian-changelog.sh
 mkdir -p .build-release
+# One build at a time: two would share debian/ and the build folder.
+exec 9> .build-release/deb.lock
+flock 9
+scripts/debian-changelog.sh
 version=$(dpkg-parsechangelog -S Version)
 dpkg-buildpackage -b -us -uc > .build-release/deb-build.log 2>&1 ||
     { tail -40 .build-release/deb-build.log >&2; exit 1; }

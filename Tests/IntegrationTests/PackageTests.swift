@@ -114,6 +114,8 @@ final class PackageTests: XCTestCase {
         }
         usleep(1_000_000)
         let upgrade = try inside("dpkg -i /var/tmp/\(second.lastPathComponent) 2>&1")
+        // And HAProxy, on the re-executed broker's socket, reloaded under the same load.
+        try container.systemctl("reload", "haproxy-multi@answer.service")
         XCTAssertEqual(done.wait(timeout: .now() + 60), .success)
         XCTAssertNil(failure.withLock { $0 })
         load.waitUntilExit()
@@ -127,6 +129,10 @@ final class PackageTests: XCTestCase {
             try ["second-chance@0.service", "bindkeeper.service"].map { try container.property($0, "MainPID") }, pids,
             "re-executed in place, not restarted")
         let stats = try readControlSocket(control)
+        let json = try JSONSerialization.jsonObject(with: Data(try inside("second-chance stats --json").utf8))
+        XCTAssertEqual((json as? [String: Any])?["version"] as? String, newer, "stats --json")
+        // Counted since the re-exec: some of the upgrade's datagrams, as a number.
+        XCTAssertGreaterThan((json as? [String: Any])?["accepted_udp"] as? Int ?? 0, 0, "stats --json")
         XCTAssertTrue(stats.contains("version: \(newer)\n"), stats)
         XCTAssertTrue(stats.contains("reexecs: 1\n"), stats)
         // The shipped unit's sandbox (its capabilities, its system-call filter) lets the tc program load.

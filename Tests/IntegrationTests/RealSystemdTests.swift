@@ -103,6 +103,55 @@ final class RealSystemdTests: XCTestCase {
         XCTAssertEqual(try mainPID(unit), try mainPID(unit), "one process throughout")
     }
 
+    /// WatchdogSec: a queue thread stuck in a lookup (sock_diag made to block by a preloaded
+    /// library, Fixtures/wedge_sock_diag.c) while the process lives on gets the daemon killed by
+    /// the watchdog and restarted, with the stored queue, by systemd.
+    func testTheWatchdogRestartsADaemonWhoseQueueThreadIsStuck() throws {
+        let unit = "second-chance@0.service"
+        let library = lab.directory.appendingPathComponent("wedge_sock_diag.so").path
+        try Lab.shell(
+            """
+            gcc -shared -fPIC -o \(library) \
+            \(Lab.packageRoot.appendingPathComponent("Tests/IntegrationTests/Fixtures/wedge_sock_diag.c").path) -ldl
+            """
+        )
+        try FileManager.default.copyItem(atPath: library, toPath: container.path("/etc/wedge_sock_diag.so"))
+        // Every packet from the queue (no tc program), no responder (its monitor asks sock_diag too).
+        try container.write(
+            "SECOND_CHANCE_ARGS=--fast-path off --syn-cookies off\n", to: "/etc/second-chance-wedge.env")
+        try container.write(
+            """
+            [Service]
+            EnvironmentFile=/etc/second-chance-wedge.env
+            Environment=LD_PRELOAD=/etc/wedge_sock_diag.so WEDGE_FLAG=/run/wedge-sock-diag
+            WatchdogSec=3s
+
+            """, to: "/etc/systemd/system/\(unit).d/wedge.conf")
+        try container.systemctl("daemon-reload")
+        try container.systemctl("start", unit)
+        let control = container.path("/run/second-chance/queue-0.sock")
+        try lab.waitFor("the daemon's control socket") { (try? readControlSocket(control)) != nil }
+        let first = try mainPID(unit)
+        // Idle, the threads come round every 100 ms: the watchdog is told, the daemon stays.
+        sleep(5)
+        XCTAssertEqual(try mainPID(unit), first, container.journal(unit))
+
+        try container.write("", to: "/run/wedge-sock-diag")
+        let ack = PacketBuilder.tcp(
+            source: .v4(Lab.client), sourcePort: 40090, destination: .v4(Lab.vip), destinationPort: 80, flags: .ack)
+        try sendGUE(lab, from: "d", source: Lab.director, sourcePort: 30090, to: Lab.p1, inner: ack, hops: [Lab.p2])
+        try lab.waitFor("the watchdog to have the stuck daemon restarted", seconds: 15) {
+            let pid = try self.mainPID(unit)
+            return pid != 0 && pid != first
+        }
+        let journal = container.journal(unit)
+        XCTAssertTrue(journal.contains("queue thread(s) 0 stopped coming round"), journal)
+        XCTAssertTrue(journal.contains("Watchdog timeout"), journal)
+        try FileManager.default.removeItem(atPath: container.path("/run/wedge-sock-diag"))
+        try lab.waitFor("the restarted daemon to serve") { (try? readControlSocket(control)) != nil }
+        XCTAssertTrue(container.journal(unit).contains("took over 1 bound queue socket(s)"), container.journal(unit))
+    }
+
     /// kill -9 of bindkeeper under systemd: its sockets wait in the fd store, a connection made
     /// meanwhile is queued on them, and the restarted broker hands out the same kernel socket.
     func testBindkeeperSocketsSurviveKillDashNine() throws {
