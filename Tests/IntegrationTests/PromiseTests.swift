@@ -221,13 +221,13 @@ final class PromiseTests: XCTestCase {
 
     /// When the socket table cannot be asked, the packet is taken here: this host's flows live on,
     /// at the risk of resetting one another proxy owns. sock_diag is made to fail by a preloaded
-    /// library (Fixtures/fail_sock_diag.c).
+    /// library (Fixtures/sock_diag_fault.c).
     func testAPacketIsTakenHereWhenTheSocketTableCannotBeRead() throws {
-        let library = lab.directory.appendingPathComponent("fail_sock_diag.so").path
+        let library = lab.directory.appendingPathComponent("sock_diag_fault.so").path
         try Lab.shell(
             """
             gcc -shared -fPIC -o \(library) \
-            \(Lab.packageRoot.appendingPathComponent("Tests/IntegrationTests/Fixtures/fail_sock_diag.c").path) -ldl
+            \(Lab.packageRoot.appendingPathComponent("Tests/IntegrationTests/Fixtures/sock_diag_fault.c").path) -ldl
             """
         )
         for entry in lab.processes where entry.name == "p1 second-chance" && entry.process.isRunning {
@@ -242,7 +242,7 @@ final class PromiseTests: XCTestCase {
                 "--self", Lab.p1.description, "--control", lab.controlPath("p1"), "--syn-cookies", "off",
             ]
                 + Lab.labPeers, log: lab.directory.appendingPathComponent("failing.log"),
-            environment: ["LD_PRELOAD": library])
+            environment: ["LD_PRELOAD": library, "SOCK_DIAG_FAULT": "fail"])
         defer { daemon.terminate(); daemon.waitUntilExit() }
         try lab.waitFor("the daemon with failing lookups") {
             FileManager.default.fileExists(atPath: lab.controlPath("p1"))

@@ -104,18 +104,18 @@ final class RealSystemdTests: XCTestCase {
     }
 
     /// WatchdogSec: a queue thread stuck in a lookup (sock_diag made to block by a preloaded
-    /// library, Fixtures/wedge_sock_diag.c) while the process lives on gets the daemon killed by
+    /// library, Fixtures/sock_diag_fault.c) while the process lives on gets the daemon killed by
     /// the watchdog and restarted, with the stored queue, by systemd.
     func testTheWatchdogRestartsADaemonWhoseQueueThreadIsStuck() throws {
         let unit = "second-chance@0.service"
-        let library = lab.directory.appendingPathComponent("wedge_sock_diag.so").path
+        let library = lab.directory.appendingPathComponent("sock_diag_fault.so").path
         try Lab.shell(
             """
             gcc -shared -fPIC -o \(library) \
-            \(Lab.packageRoot.appendingPathComponent("Tests/IntegrationTests/Fixtures/wedge_sock_diag.c").path) -ldl
+            \(Lab.packageRoot.appendingPathComponent("Tests/IntegrationTests/Fixtures/sock_diag_fault.c").path) -ldl
             """
         )
-        try FileManager.default.copyItem(atPath: library, toPath: container.path("/etc/wedge_sock_diag.so"))
+        try FileManager.default.copyItem(atPath: library, toPath: container.path("/etc/sock_diag_fault.so"))
         // Every packet from the queue (no tc program), no responder (its monitor asks sock_diag too).
         try container.write(
             "SECOND_CHANCE_ARGS=--fast-path off --syn-cookies off\n", to: "/etc/second-chance-wedge.env")
@@ -123,7 +123,7 @@ final class RealSystemdTests: XCTestCase {
             """
             [Service]
             EnvironmentFile=/etc/second-chance-wedge.env
-            Environment=LD_PRELOAD=/etc/wedge_sock_diag.so WEDGE_FLAG=/run/wedge-sock-diag
+            Environment=LD_PRELOAD=/etc/sock_diag_fault.so SOCK_DIAG_FAULT=wedge:/run/wedge-sock-diag
             WatchdogSec=3s
 
             """, to: "/etc/systemd/system/\(unit).d/wedge.conf")
