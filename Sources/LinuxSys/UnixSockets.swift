@@ -26,6 +26,13 @@ public enum UnixAddress {
         }
     }
 
+    /// Makes the directory a socket path is in (0755; nothing if it exists), for a daemon run by
+    /// hand where no RuntimeDirectory= made it.
+    public static func makeDirectory(for path: String) {
+        guard let slash = path.lastIndex(of: "/"), slash != path.startIndex else { return }
+        mkdir(String(path[..<slash]), 0o755)
+    }
+
     public static func bind(_ fd: Int32, _ path: String) throws {
         guard try withAddress(path, { Glibc.bind(fd, $0, $1) }) == 0 else { throw SystemError("bind \(path)") }
     }

@@ -140,12 +140,12 @@ public enum HostChecks {
                 if line.contains("fib saddr . iif oif") && words.last == "drop" { found.reversePathChecked = true }
                 if words.contains("notrack") { found.untracked = true }
             }
-            // `fib saddr` looks the source up; it does not restrict it.
-            let source = line.contains("fib saddr") ? SourceMatch.any : sourceMatch(nftWords: words)
+            // A `fib saddr` rule reads as a source match: its drop is not the one for the rest of the port.
+            let source = sourceMatch(nftWords: words)
             if words.contains("queue") {
                 found.queueRules.append(
                     QueueRule(rule: String(line), bypass: line.contains("bypass"), restricted: source == .only))
-            } else if words.last == "drop" && source != .only && !line.contains("fib saddr") {
+            } else if words.last == "drop" && source != .only {
                 found.dropsTheRest = !found.queueRules.isEmpty
             }
         }

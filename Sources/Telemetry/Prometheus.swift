@@ -33,10 +33,13 @@ public struct PrometheusText {
         sample(name, value)
     }
 
+    /// Read once: a process's start does not move (a re-exec reads the same again).
+    private static let processStartSeconds = ProcFile.processStartSeconds()
+
     /// process_start_time_seconds, as Prometheus' client libraries name it (for uptime and
     /// restart alerts); nothing when /proc cannot say.
     public mutating func processStart() {
-        guard let seconds = ProcFile.processStartSeconds() else { return }
+        guard let seconds = Self.processStartSeconds else { return }
         single(
             "process_start_time_seconds", .gauge, help: "Start time of the process since the epoch, in seconds.",
             seconds)

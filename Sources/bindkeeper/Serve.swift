@@ -3,6 +3,7 @@ import Bindkeeper
 import BindkeeperCore
 import Foundation
 import Glibc
+import LinuxSys
 import NetTypes
 import ProxysideArguments
 import Telemetry
@@ -66,8 +67,7 @@ struct Serve: ParsableCommand {
             guard metrics.ipv4 != nil else { throw ValidationError("--metrics takes IPv4:PORT") }
             options.metrics = metrics
         }
-        // Run by hand, where no RuntimeDirectory= made it.
-        if let slash = socket.lastIndex(of: "/"), slash != socket.startIndex { mkdir(String(socket[..<slash]), 0o755) }
+        UnixAddress.makeDirectory(for: socket)
         let broker = try Broker(options: options, logger: logger)
         logger.info("serving on \(socket)")
         broker.run()

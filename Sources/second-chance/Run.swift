@@ -410,9 +410,7 @@ struct Run: ParsableCommand {
             replayCounters.append((counter.fd, name))
         }
         let controlPath = control ?? defaultControlPath(queue: queues[0])
-        if let slash = controlPath.lastIndex(of: "/"), slash != controlPath.startIndex {
-            mkdir(String(controlPath[..<slash]), 0o755)
-        }
+        UnixAddress.makeDirectory(for: controlPath)
         let adoptedCount = workers.filter(\.queue.adopted).count
         let executable = ProgramImage.startPath()
         let reexecGo = try EventFD()
