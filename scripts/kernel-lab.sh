@@ -4,6 +4,7 @@
 # top (as virtme does), and runs a command inside as root; prints what it printed and exits with
 # its status. The kernel's own modules are loadable in the guest (`modprobe NAME`). Bounded in
 # time (TIMEOUT seconds, default 300). Kernel packages are downloaded once into .build-kernels.
+# The command sees PROXYSIDE_WAIT_SCALE=5: the test suites' waits allow for software emulation.
 #   scripts/kernel-lab.sh VERSION COMMAND...     e.g. scripts/kernel-lab.sh 6.1 uname -r
 # VERSION: 6.1 or 6.12 (the newest package of that series in the apt sources), or a full package
 # version such as 6.1.0-47-amd64.
@@ -103,7 +104,8 @@ printf '#!/bin/sh\nexec chroot /newroot busybox modprobe "\$@"\n' > /bin/modprob
 echo /bin/modprobe-lab > /newroot/proc/sys/kernel/modprobe
 # Loopback up, as any booted system has it (Foundation's run loop, for one, talks to itself over it).
 busybox ip link set lo up
-chroot /newroot /bin/sh -c 'PATH=/run/kernel-lab:\$PATH; export PATH; busybox modprobe crc32c_generic 2>/dev/null; cd $PWD && bash $run/command'
+# Software emulation runs 10 to 20 times slower than the host: the tests' waits get 5 times as long.
+chroot /newroot /bin/sh -c 'PATH=/run/kernel-lab:\$PATH PROXYSIDE_WAIT_SCALE=5; export PATH PROXYSIDE_WAIT_SCALE; busybox modprobe crc32c_generic 2>/dev/null; cd $PWD && bash $run/command'
 echo "kernel-lab-status: \$?"
 poweroff -f
 INIT

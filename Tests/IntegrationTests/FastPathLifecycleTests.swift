@@ -19,9 +19,9 @@ final class FastPathLifecycleTests: XCTestCase {
 
     override func tearDown() { lab?.tearDown() }
 
-    /// How long a daemon may take to start and load its program: the kernel lab runs these tests
-    /// in software emulation, where the verifier alone takes seconds.
-    static let startup: Double = 30
+    /// How long a daemon may take to start and load its program (Lab.waitScale times that in the
+    /// kernel lab's software emulation, where the verifier alone takes seconds).
+    static let startup: Double = 10
 
     var arguments: [String] {
         ["run", "--queue", "0", "--self", Lab.p1.description, "--control", lab.controlPath("p1")] + Lab.labPeers
