@@ -172,6 +172,9 @@ final class RestartTests: XCTestCase {
         let pid = try manager.restartService(
             "second-chance", arguments, inside: lab.namespace("p1"), log: restartLog)
         defer { kill(pid, SIGTERM); _ = Spawn.wait(pid) }
+        // The service is read until it has been quiet for a second: not before the restarted
+        // daemon (which loads the tc program first) has answered what waited.
+        try lab.waitFor("the restarted daemon to answer the queue") { try self.traffic.waiting("p1") == 0 }
         traffic.assertAllReceived(traffic.received(service), 0..<500, "datagrams that arrived while no daemon ran")
         let stats = try lab.stats("p1")
         XCTAssertEqual(stats["adopted_queues"], 1)
