@@ -35,6 +35,20 @@ final class PackagingTests: XCTestCase {
             !$0.contains("FileDescriptorStorePreserve") && !$0.isEmpty
         }
         XCTAssertEqual(problems, [], output)
+
+        // The exposure the README gives for each unit is the one systemd-analyze reads now.
+        let readme = try String(contentsOf: Lab.packageRoot.appendingPathComponent("README.md"), encoding: .utf8)
+        for (template, instance) in [
+            ("second-chance@.service", "second-chance@0.service"), ("bindkeeper.service", "bindkeeper.service"),
+            ("haproxy-multi@.service", "haproxy-multi@www.service"),
+        ] {
+            let report = try Lab.shell(
+                "cd \(directory.path) && systemd-analyze security --offline=true --no-pager \(instance) 2>&1 || true")
+            let marker = "Overall exposure level for \(instance): "
+            let score = try XCTUnwrap(
+                report.components(separatedBy: marker).dropFirst().first?.split(separator: " ").first, report)
+            XCTAssertTrue(readme.contains("| `\(template)` | \(score) "), "\(template) scores \(score) now")
+        }
     }
 }
 
