@@ -58,6 +58,9 @@ public final class Broker: @unchecked Sendable {
     final class Client {
         let fd: Int32
         var reader: RequestReader
+        /// Replies not yet sent, each with its own duplicates of the sockets it hands over: a
+        /// release, or a socket closed and its number reused meanwhile, cannot change what a reply
+        /// carries. The broker closes them once sent or dropped.
         var outbox: [(bytes: [UInt8], offset: Int, fds: [Int32])] = []
         var unread = 0
         var incompleteSince: UInt64?
@@ -89,6 +92,8 @@ public final class Broker: @unchecked Sendable {
 
     let options: BrokerOptions
     var control: Int32 = -1
+    /// The control socket is in the service manager's fd store (its path then outlives a stop).
+    var controlStored = false
     var sockets: [String: Entry] = [:]
     var order: [String] = []
     var clients: [Int32: Client] = [:]
@@ -137,10 +142,16 @@ public final class Broker: @unchecked Sendable {
         // delivered to the handlers just installed instead of killing the new program.
         Signals.setHandledBlocked(false)
         try adopt(environment)
-        if control < 0 {
+        if control >= 0 {
+            try refreshAdoptedControl()
+            controlStored = notifier != nil
+        } else {
             control = try Self.listenControl(options)
             // In the store, the control socket outlives a crash too: clients queue, not fail, until the restart.
-            do { try notifier?.store(control, name: FDStoreName.control) } catch {
+            do {
+                try notifier?.store(control, name: FDStoreName.control)
+                controlStored = notifier != nil
+            } catch {
                 logger.info("fd store control socket: \(error)")
             }
         }
@@ -194,7 +205,7 @@ public final class Broker: @unchecked Sendable {
                 reexec()
             }
         }
-        for client in clients.values { flush(client); close(client.fd) }
+        for client in Array(clients.values) { flush(client); drop(client, nil) }
         clients.removeAll()
         closeControl()
         logger.info("stopped")

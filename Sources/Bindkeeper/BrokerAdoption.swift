@@ -88,8 +88,35 @@ extension Broker {
         return fd
     }
 
+    /// An adopted control socket must serve the configured path, with the configured mode and
+    /// group: a process that stopped outside the fd store's care (an older release) removed the
+    /// path, or the configuration changed. A missing path gets a new socket, and the clients
+    /// queued on the old one are served as clients of this process; a present one gets its mode
+    /// and group set through a handle of that very file (no path followed).
+    func refreshAdoptedControl() throws {
+        var status = stat()
+        guard lstat(options.controlPath, &status) == 0, status.st_mode & S_IFMT == S_IFSOCK else {
+            let fresh = try Self.listenControl(options)
+            acceptClients(from: control)
+            close(control)
+            control = fresh
+            logger.info("control socket \(options.controlPath) was gone; made anew")
+            do {
+                try notifier?.removeStored(name: FDStoreName.control)
+                try notifier?.store(control, name: FDStoreName.control)
+            } catch {
+                logger.info("fd store control socket: \(error)")
+            }
+            return
+        }
+        try OwnedSocket.setModeAndGroup(
+            options.controlPath, mode: options.policy.controlMode ?? 0o660, group: options.policy.controlGroup)
+    }
+
+    /// Stops serving. The path stays while the socket is in the service manager's store: a
+    /// restart adopts it, and clients that connect meanwhile wait in its queue instead of failing.
     func closeControl() {
         close(control)
-        unlink(options.controlPath)
+        if !controlStored { unlink(options.controlPath) }
     }
 }

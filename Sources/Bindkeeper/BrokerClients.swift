@@ -7,9 +7,9 @@ import Synchronization
 
 // The broker: clients.
 extension Broker {
-    func acceptClients() {
+    func acceptClients(from listener: Int32? = nil) {
         while clients.count < options.maximumClients {
-            let fd = accept(control, nil, nil)
+            let fd = accept(listener ?? control, nil, nil)
             guard fd >= 0 else { return }
             Descriptors.setCloseOnExec(fd, true)
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
@@ -117,29 +117,48 @@ extension Broker {
         }
     }
 
-    func enqueue(_ bytes: [UInt8], fds: [Int32], to client: Client) {
-        client.outbox.append((bytes, 0, fds))
+    /// Queues a reply. The reply takes duplicates of `fds` (the broker's own stay its own); when
+    /// the process has no descriptor left for them, the client gets an error instead.
+    func enqueue(_ bytes: [UInt8], fds: [Int32], to client: Client, orError error: () -> [UInt8] = { [] }) {
+        var copies: [Int32] = []
+        for fd in fds {
+            guard let copy = Descriptors.duplicate(fd) else {
+                copies.forEach { close($0) }
+                statistics.bindErrors += 1
+                logClientEvent("client pid \(client.peer.pid): no descriptor left to hand a socket over")
+                return enqueue(error(), fds: [], to: client)
+            }
+            copies.append(copy)
+        }
+        client.outbox.append((bytes, 0, copies))
         client.unread += bytes.count
         if client.unread > options.maximumUnreadReplies {
             statistics.clientsCutOff += 1
-            client.outbox.removeAll()
+            discardOutbox(client)
             client.closing = true
             logClientEvent("client pid \(client.peer.pid) does not read its replies; cut off")
         }
     }
 
-    func flush(_ client: Client) {
+    /// Sends what the client's outbox holds, as far as its socket takes it. `blocking`: waits for
+    /// room (up to the socket's send timeout) instead of stopping at the first full buffer.
+    func flush(_ client: Client, blocking: Bool = false) {
         while let first = client.outbox.first {
             let sent: Int
             do {
                 sent = try FDPassing.send(
                     client.fd, first.bytes[first.offset...], fds: first.offset == 0 ? first.fds : [],
-                    flags: Int32(MSG_DONTWAIT))
+                    flags: blocking ? 0 : Int32(MSG_DONTWAIT))
             } catch {
                 drop(client, nil)
                 return
             }
             if sent == 0 { return }
+            if first.offset == 0 {
+                // The descriptors went with the first byte: the client has them now.
+                first.fds.forEach { close($0) }
+                client.outbox[0].fds = []
+            }
             client.unread -= sent
             if first.offset + sent == first.bytes.count {
                 client.outbox.removeFirst()
@@ -150,10 +169,17 @@ extension Broker {
         if client.closing { drop(client, nil) }
     }
 
+    func discardOutbox(_ client: Client) {
+        for reply in client.outbox { reply.fds.forEach { close($0) } }
+        client.outbox.removeAll()
+        client.unread = 0
+    }
+
     func drop(_ client: Client, _ reason: String?) {
         if let reason { logClientEvent(reason) }
         guard clients.removeValue(forKey: client.fd) != nil else { return }
         if let count = clientsPerUser[client.peer.uid] { clientsPerUser[client.peer.uid] = count > 1 ? count - 1 : nil }
+        discardOutbox(client)
         close(client.fd)
     }
 }

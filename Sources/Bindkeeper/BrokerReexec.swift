@@ -8,25 +8,39 @@ import Synchronization
 
 // The broker: re-exec.
 extension Broker {
+    /// Runs the installed program as the re-exec would (these arguments) with `--check`: it reads
+    /// the policy and every flag and exits, printing its version line. A file that does not run,
+    /// or a configuration it refuses, keeps this process serving.
+    func checkReplacement() -> Result<String, SystemError> {
+        ProgramImage.check(executable, arguments: Array(CommandLine.arguments.dropFirst()) + ["--check"])
+    }
+
     /// Replaces the program in place: sockets, the control socket and connected clients stay open
     /// across exec(2), described in a memfd. On failure the broker goes on serving.
     func reexec() {
         // A file that does not run is found before this image is given up.
         let checked: String
-        switch checkedImage.map({ .success($0) }) ?? ProgramImage.check(executable) {
+        switch checkedImage.map({ .success($0) }) ?? checkReplacement() {
         case .success(let line): checked = line
         case .failure(let error):
             logger.info("re-exec refused: \(error); still serving")
             return
         }
         checkedImage = nil
-        for client in clients.values {
-            // Replies already promised go out first (briefly blocking); the client keeps its connection.
+        for client in Array(clients.values) {
+            // Replies already promised go out first (blocking, up to a second a client); the client
+            // keeps its connection. One that has not taken its replies by then is closed: carried
+            // on, it would read the rest of a reply as the start of the next, and the sockets the
+            // reply hands over would not survive the exec.
             let flags = fcntl(client.fd, F_GETFL)
             _ = fcntl(client.fd, F_SETFL, flags & ~O_NONBLOCK)
             SocketOptions.setTimeout(client.fd, SO_SNDTIMEO, seconds: 1)
-            flush(client)
+            flush(client, blocking: true)
             _ = fcntl(client.fd, F_SETFL, flags)
+            if !client.outbox.isEmpty {
+                statistics.clientsCutOff += 1
+                drop(client, "client pid \(client.peer.pid) did not take its replies before a re-exec; closed")
+            }
         }
         let state = BrokerState(
             control: control,

@@ -23,7 +23,9 @@ extension Broker {
                         return .init(
                             key: key, url: entry.request.url, backlog: entry.backlog, warning: entry.backlog?.warning)
                     })
-                enqueue(wire.result(id: request.id, result), fds: entries.map { sockets[$0]!.fd }, to: client)
+                enqueue(
+                    wire.result(id: request.id, result), fds: entries.map { sockets[$0]!.fd }, to: client,
+                    orError: { wire.error(id: request.id, .bindFailed("the broker has no descriptor left")) })
             case .failure(let error):
                 statistics.bindErrors += 1
                 logClientEvent("client pid \(client.peer.pid) uid \(client.peer.uid): \(error.message)")
@@ -48,8 +50,9 @@ extension Broker {
                     fds: [], to: client)
                 return
             }
-            // The installed file is checked before the answer, so the client learns of a bad upgrade.
-            switch ProgramImage.check(executable) {
+            // The installed file is run against the configuration it will read before the answer,
+            // so the client learns of a bad upgrade or a bad policy while this process still serves.
+            switch checkReplacement() {
             case .success(let line):
                 checkedImage = line
                 enqueue(wire.result(id: request.id, Reply.Reexec(pid: getpid(), image: line)), fds: [], to: client)
@@ -143,8 +146,9 @@ extension Broker {
         return .success(requests.map(\.key))
     }
 
-    /// All or none: every socket named must be the broker's, and the client must be allowed to
-    /// bind it as it is (its owner, group and mode included); then the broker closes its copy and
+    /// All or none: every socket named must be the broker's, the client must be allowed to bind it
+    /// as it is (its owner, group and mode included) and, unless root or the broker's own user,
+    /// must be the one whose request made it; then the broker closes its copy and
     /// takes it out of the service manager's store. Processes that hold the socket keep it; once
     /// the last one closes it the kernel refuses new connections (a Unix socket's path stays, a
     /// dead socket that the next bind of that path replaces). The socket no longer counts
@@ -156,6 +160,15 @@ extension Broker {
                 return .failure(.bindFailed("\(request.key): the broker holds no such socket"))
             }
             if let refusal = refusal(of: entry.request, to: peer) { return .failure(refusal) }
+            // Another process may hold a socket its grant shares with this client (root's
+            // supervisor on a port in a user's range): only its creator, root and the broker's
+            // own user end it. A socket recovered from the fd store has no known creator.
+            if peer.uid != 0, peer.uid != options.policy.brokerUID, entry.creator != peer.uid {
+                statistics.denied += 1
+                return .failure(
+                    .permissionDenied(
+                        "uid \(peer.uid) may release only sockets its own requests made; \(request.key) is not one"))
+            }
             keys.append(request.key)
         }
         for key in keys {

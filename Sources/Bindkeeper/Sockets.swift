@@ -150,6 +150,26 @@ public enum OwnedSocket {
         }
     }
 
+    /// Gives the socket file at `path` this mode and group, through an O_PATH handle of the file
+    /// itself (a symlink is not followed, and a file that is not a socket is left alone).
+    public static func setModeAndGroup(_ path: String, mode: UInt32, group: String?) throws {
+        let handle = Glibc.open(path, proxyside_o_path | O_NOFOLLOW | O_CLOEXEC)
+        guard handle >= 0 else { throw SystemError("open \(path)") }
+        defer { close(handle) }
+        var status = stat()
+        guard fstat(handle, &status) == 0, status.st_mode & S_IFMT == S_IFSOCK else {
+            throw SystemError("control socket \(path)", errno: EEXIST, hint: "the path is not a socket")
+        }
+        // No group named: the broker's own, as for a socket it makes.
+        let gid = try group.map { try Accounts.gid($0) } ?? getegid()
+        if status.st_mode & 0o7777 != mode, chmod("/proc/self/fd/\(handle)", mode_t(mode)) != 0 {
+            throw SystemError("chmod \(path)")
+        }
+        if status.st_gid != gid, fchownat(handle, "", uid_t.max, gid, proxyside_at_empty_path) != 0 {
+            throw SystemError("chown \(path)")
+        }
+    }
+
     static func setOption(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32, _ label: String) throws {
         guard SocketOptions.set(fd, level, name, value) else { throw SystemError("setsockopt \(label)") }
     }

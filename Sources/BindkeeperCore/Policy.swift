@@ -182,15 +182,21 @@ public struct Policy: Equatable, Sendable {
 }
 
 /// A pattern over bind keys: `tcp://*:443`, `udp://198.19.0.10:*`, `tcp://[::]:8000-8999`,
-/// `*://*:*`, `unix:/run/web/*` (in a path `*` matches within one component, `**` across them).
+/// `*://*:*` (TCP and UDP), `unix:/run/web/*` (in a path `*` matches within one component, `**`
+/// across them), `*` (everything, paths included).
 public struct BindPattern: Equatable, Sendable {
     public var kind: BindRequest.Kind?
     /// nil: any address (IP) or path; otherwise a canonical address or a path glob.
     public var address: String?
     public var ports: ClosedRange<UInt16>
+    /// Only the pattern `*` grants Unix paths besides `unix:` patterns: a port pattern with a
+    /// wildcard kind (`*://*:8443`) grants TCP and UDP, never a path.
+    public var includesUnix = false
 
     public static func parse(_ text: String) -> Result<BindPattern, BindError> {
-        if text == "*" { return .success(BindPattern(kind: nil, address: nil, ports: 0...UInt16.max)) }
+        if text == "*" {
+            return .success(BindPattern(kind: nil, address: nil, ports: 0...UInt16.max, includesUnix: true))
+        }
         if text.hasPrefix("unix:") {
             let glob = String(text.dropFirst(5))
             // The pattern must be a canonical path too, with `*` allowed: `/run/web/../etc/*` is not.
@@ -243,11 +249,11 @@ public struct BindPattern: Equatable, Sendable {
     }
 
     public func matches(_ request: BindRequest) -> Bool {
-        if let kind, kind != request.kind { return false }
-        if kind == nil && address == nil { return request.kind == .unix || ports.contains(request.port) }
         if request.kind == .unix {
-            return kind == .unix && (address.map { Self.glob($0, matches: request.address) } ?? true)
+            guard kind == .unix || includesUnix else { return false }
+            return address.map { Self.glob($0, matches: request.address) } ?? true
         }
+        if let kind, kind != request.kind { return false }
         if let address, address != request.address { return false }
         return ports.contains(request.port)
     }

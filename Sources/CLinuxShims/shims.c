@@ -231,6 +231,7 @@ int proxyside_peer_credentials(int socket, int32_t *pid, uint32_t *uid, uint32_t
 #include <stdio.h>
 
 _Static_assert(proxyside_o_path == O_PATH, "O_PATH");
+_Static_assert(proxyside_at_empty_path == AT_EMPTY_PATH, "AT_EMPTY_PATH");
 
 int proxyside_open_directory_no_symlinks(const char *path) {
     struct open_how how;

@@ -59,16 +59,21 @@ public enum ProgramImage {
     /// "NAME VERSION build HASH", as `NAME version` prints it.
     public static func versionLine(_ name: String) -> String { "\(name) \(ProxysideVersion.number) build \(build)" }
 
-    /// Runs `path version` and returns its first line if it exits 0 within `seconds`: a file that
-    /// does not start (wrong architecture, missing library, truncated copy) is found before the
-    /// running image is given up.
-    public static func check(_ path: String, seconds: Int = 5) -> Result<String, SystemError> {
+    /// Runs `path arguments` (`version` by default) and returns the first line it prints if it exits
+    /// 0 within `seconds`: a file that does not start (wrong architecture, missing library,
+    /// truncated copy), or that refuses the configuration it would be given, is found before the
+    /// running image is given up. On failure the error carries what it printed first (standard
+    /// output and standard error).
+    public static func check(_ path: String, arguments: [String] = ["version"], seconds: Int = 5)
+        -> Result<String, SystemError>
+    {
+        let command = ([path] + arguments).joined(separator: " ")
         var pipeFDs: [Int32] = [-1, -1]
         guard pipe(&pipeFDs) == 0 else { return .failure(SystemError("pipe")) }
         pipeFDs.forEach { Descriptors.setCloseOnExec($0, true) }
         let pid: pid_t
         do {
-            pid = try Spawn.run(path, ["version"], placing: [(pipeFDs[1], 1)])
+            pid = try Spawn.run(path, arguments, placing: [(pipeFDs[1], 1), (pipeFDs[1], 2)])
         } catch let error as SystemError {
             close(pipeFDs[0]); close(pipeFDs[1])
             return .failure(error)
@@ -103,13 +108,13 @@ public enum ProgramImage {
         if !exited {
             kill(pid, SIGKILL)
             _ = Spawn.wait(pid)
-            return .failure(SystemError("\(path) version did not finish in \(seconds) s", errno: ETIMEDOUT))
+            return .failure(SystemError("\(command) did not finish in \(seconds) s", errno: ETIMEDOUT))
         }
         let line = String(decoding: output.prefix { $0 != UInt8(ascii: "\n") }, as: UTF8.self)
         let code = Spawn.exitCode(status)
         guard code == 0, !line.isEmpty else {
             return .failure(
-                SystemError("\(path) version exited with \(code)" + (line.isEmpty ? "" : ": \(line)"), errno: ENOEXEC))
+                SystemError("\(command) exited with \(code)" + (line.isEmpty ? "" : ": \(line)"), errno: ENOEXEC))
         }
         return .success(line)
     }

@@ -20,6 +20,13 @@ public struct SystemError: Error, CustomStringConvertible, Equatable {
 
 /// File descriptor flags.
 public enum Descriptors {
+    /// A second descriptor for the same open file, close-on-exec, numbered from `minimum` on;
+    /// nil when the process has none left (EMFILE).
+    public static func duplicate(_ fd: Int32, minimum: Int32 = 0) -> Int32? {
+        let copy = fcntl(fd, F_DUPFD_CLOEXEC, minimum)
+        return copy >= 0 ? copy : nil
+    }
+
     public static func setCloseOnExec(_ fd: Int32, _ on: Bool) {
         let flags = fcntl(fd, F_GETFD)
         guard flags >= 0 else { return }

@@ -38,17 +38,22 @@ struct Serve: ParsableCommand {
 
     @OptionGroup var logging: LoggingOptions
 
+    @Flag(
+        help: """
+            Read the policy and every flag, print the version line and exit: 0 when a broker would \
+            start with them (a re-exec runs the new file this way first), 78 when not.
+            """)
+    var check = false
+
     func run() throws {
         LineLogHandler.setThreshold(logging.logLevel)
-        var policy = Policy(brokerUID: geteuid())
-        if let config {
-            guard let data = FileManager.default.contents(atPath: config) else {
-                throw CommandFailure("cannot read \(config)")
-            }
-            policy = try Policy.parse(
-                Array(data), brokerUID: geteuid(),
-                resolveUser: { try? Accounts.uid($0) }, resolveGroup: { try? Accounts.gid($0) }
-            ).get()
+        let policy: Policy
+        switch readPolicy() {
+        case .success(let value): policy = value
+        case .failure(let error):
+            // 78 (EX_CONFIG): the unit does not restart a broker whose configuration fails.
+            FileHandle.standardError.write(Data("Error: \(error)\n".utf8))
+            throw ExitCode(78)
         }
         var options = BrokerOptions(controlPath: socket, policy: policy)
         guard backlog > 0 else { throw ValidationError("--backlog must be positive") }
@@ -67,9 +72,23 @@ struct Serve: ParsableCommand {
             guard metrics.ipv4 != nil else { throw ValidationError("--metrics takes IPv4:PORT") }
             options.metrics = metrics
         }
+        if check {
+            print(ProgramImage.versionLine("bindkeeper"))
+            return
+        }
         UnixAddress.makeDirectory(for: socket)
         let broker = try Broker(options: options, logger: logger)
         logger.info("serving on \(socket)")
         broker.run()
+    }
+
+    func readPolicy() -> Result<Policy, BindError> {
+        guard let config else { return .success(Policy(brokerUID: geteuid())) }
+        guard let data = FileManager.default.contents(atPath: config) else {
+            return .failure(BindError("cannot read \(config)"))
+        }
+        return Policy.parse(
+            Array(data), brokerUID: geteuid(),
+            resolveUser: { try? Accounts.uid($0) }, resolveGroup: { try? Accounts.gid($0) })
     }
 }

@@ -231,6 +231,22 @@ final class PolicyAndHandoverTests: XCTestCase {
         }
     }
 
+    /// A port pattern with a wildcard kind grants sockets on that port, not every Unix path: only
+    /// `*` and `unix:` patterns reach the file system.
+    func testAPortPatternGrantsNoUnixPath() throws {
+        let policy = try self.policy(
+            #"{"allow":[{"uid":7,"binds":["*://*:8443","*://198.18.0.1:*"]},{"uid":8,"binds":["*"]}]}"#
+        ).get()
+        let url = { (text: String) in try! BindRequest.parse(url: text).get() }
+        XCTAssertNil(policy.denial(uid: 7, gid: 7, request: url("tcp://198.19.0.10:8443")))
+        XCTAssertNil(policy.denial(uid: 7, gid: 7, request: url("udp://[::]:8443")))
+        XCTAssertNil(policy.denial(uid: 7, gid: 7, request: url("tcp://198.18.0.1:99")))
+        for path in ["unix:/run/bindkeeper/bindkeeper.sock", "unix:/etc/x.sock", "unix:/run/web/a.sock"] {
+            XCTAssertNotNil(policy.denial(uid: 7, gid: 7, request: url(path)), path)
+            XCTAssertNil(policy.denial(uid: 8, gid: 8, request: url(path)), "* grants everything: \(path)")
+        }
+    }
+
     func testGlobs() {
         XCTAssertTrue(BindPattern.glob("/run/*.sock", matches: "/run/a.sock"))
         XCTAssertTrue(BindPattern.glob("/run/*", matches: "/run/"))

@@ -89,6 +89,35 @@ final class BrokerLab {
 
     func client() throws -> BindkeeperClient { try BindkeeperClient(path: socketPath) }
 
+    /// A connection to the control socket that `uid` and `gid` made (setpriv runs python3 as them,
+    /// which connects and hands the connected socket back over SCM_RIGHTS): the broker's peer
+    /// credentials are theirs, while the test speaks on it.
+    func connection(uid: UInt32, gid: UInt32) throws -> Int32 {
+        let handoff = directory.appendingPathComponent("handoff-\(UInt32.random(in: 0...UInt32.max)).sock").path
+        let listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        defer { close(listener); unlink(handoff) }
+        try UnixAddress.bind(listener, handoff)
+        guard chmod(handoff, 0o777) == 0, listen(listener, 1) == 0 else { throw SystemError("handoff socket") }
+        let script = """
+            import socket, sys
+            c = socket.socket(socket.AF_UNIX); c.connect(sys.argv[1])
+            h = socket.socket(socket.AF_UNIX); h.connect(sys.argv[2])
+            socket.send_fds(h, [b"c"], [c.fileno()])
+            """
+        let done = try run(
+            [
+                "setpriv", "--reuid=\(uid)", "--regid=\(gid)", "--clear-groups", "/usr/bin/python3", "-c", script,
+                socketPath,
+                handoff,
+            ])
+        guard done.status == 0 else { throw LabError("connecting as uid \(uid): \(done.output)") }
+        let handed = accept(listener, nil, nil)
+        guard handed >= 0 else { throw SystemError("accept handoff") }
+        defer { close(handed) }
+        guard let fd = try FDPassing.receive(handed).fds.first else { throw LabError("no connection handed over") }
+        return fd
+    }
+
     /// Everything logged so far, for failure messages.
     var allLogs: String {
         logs.map { "--- \($0.name)\n" + ((try? String(contentsOf: $0.url, encoding: .utf8)) ?? "") }.joined(

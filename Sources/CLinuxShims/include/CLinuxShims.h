@@ -67,6 +67,8 @@ int proxyside_memfd(const char *name);
 
 /// O_PATH, which glibc's headers show only with _GNU_SOURCE (shims.c checks the value).
 static const int proxyside_o_path = 010000000;
+/// AT_EMPTY_PATH, likewise.
+static const int proxyside_at_empty_path = 0x1000;
 
 /// An O_PATH descriptor of the directory `path` (absolute), resolved without following any symlink
 /// (openat2 RESOLVE_NO_SYMLINKS, or a component walk with O_NOFOLLOW). Returns the fd, or -errno.

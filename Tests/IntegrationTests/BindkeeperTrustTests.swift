@@ -1,0 +1,225 @@
+import Bindkeeper
+import BindkeeperCore
+import Foundation
+import Glibc
+import LinuxSys
+import NetTypes
+import XCTest
+
+/// The broker's trust model as a granted local user and an unlucky operator would try it: uid 4242
+/// may bind TCP ports 8000-8999 on the lab's address; root uses the same range for its own
+/// supervisor. docs/threat-model.md names these tests.
+final class BindkeeperTrustTests: XCTestCase {
+    var lab: BrokerLab!
+    static let grantee: (uid: UInt32, gid: UInt32) = (4242, 4242)
+    var range: String { "tcp://\(BrokerLab.address):8000-8999" }
+
+    override func setUpWithError() throws { lab = try BrokerLab(testName) }
+    override func tearDown() { lab?.tearDown() }
+
+    @discardableResult
+    func writePolicy(_ binds: [String], extra: String = "", name: String = "policy.json") throws -> String {
+        let policy = lab.directory.appendingPathComponent(name)
+        let patterns = binds.map { "\"\($0)\"" }.joined(separator: ",")
+        try #"{"control":{"mode":"0666"},"allow":[{"uid":4242,"binds":[\#(patterns)]\#(extra)}]}"#.write(
+            to: policy, atomically: true, encoding: .utf8)
+        return policy.path
+    }
+
+    func url(_ text: String) -> BindRequest { try! BindRequest.parse(url: text).get() }
+
+    func granteeConnection() throws -> Int32 {
+        let fd = try lab.connection(uid: Self.grantee.uid, gid: Self.grantee.gid)
+        SocketOptions.setTimeouts(fd, seconds: 5)
+        return fd
+    }
+
+    /// Every framed reply on `fd` until `count` arrived, with the fds that came with them.
+    func readReplies(_ fd: Int32, count: Int) throws -> (replies: [[String: Any]], fds: [Int32]) {
+        var reader = FrameReader(), replies: [[String: Any]] = [], fds: [Int32] = []
+        while replies.count < count {
+            if let body = try reader.next() {
+                replies.append(try XCTUnwrap(JSONSerialization.jsonObject(with: Data(body)) as? [String: Any]))
+                continue
+            }
+            let (bytes, received) = try FDPassing.receive(fd)
+            fds += received
+            guard !bytes.isEmpty else { break }
+            reader.append(bytes)
+        }
+        return (replies, fds)
+    }
+
+    /// The attack: a grantee queues hundreds of requests it does not read, then a bind, so that
+    /// the bind's reply waits in the broker's outbox; it releases that socket from a second
+    /// connection, and root binds a socket of its own, which the broker's lowest free descriptor
+    /// number now names. The reply, once read, must carry the socket it named, never root's.
+    func testAReplyWaitingForASlowReaderCarriesTheSocketItNamedNotOneMadeSince() throws {
+        try lab.startBroker(["--config", try writePolicy([range])])
+        let slow = try granteeConnection()
+        defer { close(slow) }
+        let mine = url("tcp://\(BrokerLab.address):8001")
+        let lists = 600
+        var burst: [UInt8] = []
+        for id in 0..<lists { burst += Wire.framed.request(id: .number(Int64(id)), method: "list") }
+        burst += Wire.framed.request(id: .number(Int64(lists)), method: "bind", binds: [mine])
+        XCTAssertTrue(SocketIO.sendAll(slow, burst))
+        try lab.waitFor("the grantee's bind to be made") {
+            try lab.client().list().sockets.contains { $0.key == mine.key }
+        }
+        let granted = try XCTUnwrap(try lab.client().list().sockets.first { $0.key == mine.key }?.cookie)
+
+        let other = try granteeConnection()
+        defer { close(other) }
+        XCTAssertTrue(SocketIO.sendAll(other, Wire.framed.request(id: .number(1), method: "release", binds: [mine])))
+        let released = try readReplies(other, count: 1)
+        XCTAssertNotNil(released.replies.first?["result"], "\(released.replies)")
+        let rootSocket = try lab.client().bind([url("tcp://\(BrokerLab.address):443")])
+        defer { rootSocket.forEach { close($0.fd) } }
+        let rootCookie = try XCTUnwrap(OwnedSocket.cookie(rootSocket[0].fd))
+
+        let drained = try readReplies(slow, count: lists + 1)
+        defer { drained.fds.forEach { close($0) } }
+        XCTAssertEqual(drained.replies.count, lists + 1, lab.allLogs)
+        XCTAssertEqual(drained.fds.count, 1, "one socket, with the bind's reply")
+        for fd in drained.fds {
+            XCTAssertNotEqual(OwnedSocket.cookie(fd), rootCookie, "root's socket reached the grantee")
+            XCTAssertEqual(OwnedSocket.cookie(fd), granted, "the socket the reply named")
+            let bound = try XCTUnwrap(SocketAddress.local(of: fd)?.endpoint)
+            XCTAssertEqual(bound.port, 8001)
+            XCTAssertTrue(isListening(fd))
+        }
+        XCTAssertTrue(isListening(rootSocket[0].fd), "root's socket still listens")
+    }
+
+    /// A grant shared with root's supervisor: the grantee may bind root's socket on a port of its
+    /// range (and get it), but not end it for everyone; its own it may release.
+    func testAGranteeReleasesOnlyTheSocketsItsRequestsMade() throws {
+        try lab.startBroker(["--config", try writePolicy([range])])
+        let rootsURL = url("tcp://\(BrokerLab.address):8002")
+        let roots = try lab.client().bind([rootsURL])
+        defer { roots.forEach { close($0.fd) } }
+        func request(_ method: String, _ binds: [BindRequest]) throws -> (reply: [String: Any], fds: [Int32]) {
+            let fd = try granteeConnection()
+            defer { close(fd) }
+            XCTAssertTrue(SocketIO.sendAll(fd, Wire.framed.request(id: .number(1), method: method, binds: binds)))
+            let read = try readReplies(fd, count: 1)
+            return (try XCTUnwrap(read.replies.first), read.fds)
+        }
+        let shared = try request("bind", [rootsURL])
+        XCTAssertEqual(shared.fds.map(OwnedSocket.cookie), [OwnedSocket.cookie(roots[0].fd)], "the grant shares it")
+        shared.fds.forEach { close($0) }
+        let refused = try request("release", [rootsURL])
+        XCTAssertNotNil(refused.reply["error"], "\(refused.reply)")
+        XCTAssertTrue("\(refused.reply)".contains("only sockets its own requests made"), "\(refused.reply)")
+        XCTAssertTrue(try lab.client().list().sockets.contains { $0.key == rootsURL.key }, "root's socket is kept")
+
+        let ownURL = url("tcp://\(BrokerLab.address):8003")
+        let own = try request("bind", [ownURL])
+        own.fds.forEach { close($0) }
+        XCTAssertNotNil(try request("release", [ownURL]).reply["result"])
+        XCTAssertFalse(try lab.client().list().sockets.contains { $0.key == ownURL.key })
+    }
+
+    /// A port pattern with a wildcard kind (`*://*:8443`) is no grant of a Unix path: not beside
+    /// the broker's control socket, not anywhere.
+    func testAPortPatternGrantsNoUnixPath() throws {
+        try lab.startBroker(["--config", try writePolicy(["*://*:8443"])])
+        for path in [lab.socketPath + ".planted", lab.directory.appendingPathComponent("planted.sock").path] {
+            let attempt = try lab.run(
+                BindkeeperHardeningTests.grantee + [
+                    lab.binary("bindkeeper"), "exec", "--socket", lab.socketPath, "--bind", "unix:\(path)", "--",
+                    "true",
+                ])
+            XCTAssertNotEqual(attempt.status, 0, attempt.output)
+            XCTAssertTrue(attempt.output.contains("may not bind"), attempt.output)
+            XCTAssertFalse(FileManager.default.fileExists(atPath: path), path)
+        }
+        let tcp = try lab.run(
+            BindkeeperHardeningTests.grantee + [
+                lab.binary("bindkeeper"), "exec", "--socket", lab.socketPath, "--bind",
+                "tcp://\(BrokerLab.address):8443", "--", "true",
+            ])
+        XCTAssertEqual(tcp.status, 0, tcp.output)
+    }
+
+    /// `bindkeeper reexec` runs the installed file against the policy it would read, and refuses
+    /// (the running broker serving on, its sockets listening) when that fails; once the policy is
+    /// mended it re-executes.
+    func testAReexecWhoseNewImageRefusesThePolicyKeepsTheBrokerServing() throws {
+        let policy = try writePolicy([range])
+        let broker = try lab.startBroker(["--config", policy])
+        let kept = try lab.client().bind([url("tcp://\(BrokerLab.address):8100")])
+        defer { kept.forEach { close($0.fd) } }
+        try #"{"allow":[{"user":"no-such-user-here","binds":["*"]}]}"#.write(
+            toFile: policy, atomically: true, encoding: .utf8)
+        let refused = try lab.run([lab.binary("bindkeeper"), "reexec", "--socket", lab.socketPath])
+        XCTAssertNotEqual(refused.status, 0, refused.output)
+        XCTAssertTrue(refused.output.contains("no such user no-such-user-here"), refused.output)
+        XCTAssertTrue(broker.isRunning, lab.allLogs)
+        XCTAssertEqual(try lab.client().list().pid, broker.processIdentifier, "the same broker answers")
+        XCTAssertTrue(isListening(kept[0].fd))
+        // SIGUSR1 checks the same way.
+        kill(broker.processIdentifier, SIGUSR1)
+        try lab.waitFor("the refusal of SIGUSR1's re-exec") { lab.allLogs.contains("re-exec refused") }
+        XCTAssertEqual(try lab.client().list().pid, broker.processIdentifier)
+
+        try writePolicy([range], name: "policy.json")
+        let done = try lab.run([lab.binary("bindkeeper"), "reexec", "--socket", lab.socketPath])
+        XCTAssertEqual(done.status, 0, done.output)
+        try lab.waitFor("the re-executed broker") { lab.allLogs.contains("re-executed: kept 1 sockets") }
+        XCTAssertEqual(try lab.client().list().sockets.map(\.key), [kept[0].key])
+    }
+
+    /// A clean stop under a service manager that keeps the control socket in its store, and a
+    /// start with a new control mode: the next broker answers on the path with that mode. A path
+    /// an older release removed on its way out is made anew, and what waited in the stored
+    /// socket's queue is answered.
+    func testARestartThroughTheFDStoreLeavesTheControlSocketAnswering() throws {
+        let manager = try ServiceManagerSocket(path: lab.directory.appendingPathComponent("notify.sock").path)
+        let first = try lab.startBroker(environment: ["NOTIFY_SOCKET": manager.path])
+        try manager.collect { $0.isReady }
+        let socket = try lab.client().bind([url("tcp://\(BrokerLab.address):8200")])
+        defer { socket.forEach { close($0.fd) } }
+        try manager.collect { $0.store.count == 2 }
+        kill(first.processIdentifier, SIGTERM)
+        first.waitUntilExit()
+        XCTAssertEqual(statMode(lab.socketPath), 0o660)
+
+        func restart(_ extra: [String]) throws -> pid_t {
+            let pid = try Spawn.run(
+                "/usr/bin/env",
+                [
+                    "ip", "netns", "exec", lab.namespace, "/bin/sh", "-c", "LISTEN_PID=$$ exec \"$0\" \"$@\"",
+                    lab.binary("bindkeeper"), "serve", "--socket", lab.socketPath,
+                ] + extra,
+                environment: ProcessInfo.processInfo.environment.merging(manager.listenEnvironment) { $1 },
+                placing: manager.placements)
+            return pid
+        }
+        let second = try restart(["--config", try writePolicy([range])])
+        try lab.waitForBroker()
+        XCTAssertEqual(try lab.client().list().sockets.map(\.key), [socket[0].key])
+        XCTAssertEqual(statMode(lab.socketPath), 0o666, "the new policy's control mode")
+        kill(second, SIGKILL)
+        _ = Spawn.wait(second)
+
+        // An older release removed the path when it stopped; a client waits in the stored queue.
+        let early = try RawControlClient(lab.socketPath)
+        early.send(Wire.multibinder.request(id: .number(1), method: "bind", binds: [url(socket[0].url)]))
+        unlink(lab.socketPath)
+        let third = try restart([])
+        defer { kill(third, SIGTERM); _ = Spawn.wait(third) }
+        try lab.waitForBroker()
+        XCTAssertEqual(try lab.client().list().sockets.map(\.key), [socket[0].key])
+        let answered = try XCTUnwrap(early.reply(), "the request that waited in the old socket's queue")
+        XCTAssertEqual(answered.fds.first.flatMap(OwnedSocket.cookie), OwnedSocket.cookie(socket[0].fd))
+        answered.fds.forEach { close($0) }
+        try manager.collect { $0.store.filter { $0.name == FDStoreName.control }.count == 1 }
+    }
+
+    func statMode(_ path: String) -> UInt32? {
+        var status = stat()
+        return lstat(path, &status) == 0 ? UInt32(status.st_mode & 0o7777) : nil
+    }
+}
