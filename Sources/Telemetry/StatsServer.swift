@@ -25,12 +25,32 @@ public final class StatsServer: @unchecked Sendable {
     public init(
         metrics: Endpoint?, controlPath: String?, inherited: [String: Int32] = [:],
         render: @escaping @Sendable (Format) -> String,
-        command: @escaping @Sendable (String) -> ControlReply? = { _ in nil }
+        command: @escaping @Sendable (String) -> ControlReply? = { _ in nil },
+        releaseInherited: (String) -> Void = { _ in }
     ) throws {
         self.render = render
         self.command = command
         self.controlPath = controlPath
-        if let metrics { listeners.append((try inherited[Self.metricsName] ?? Self.listenTCP(metrics), true)) }
+        var inherited = inherited
+        // An inherited socket serves only what this configuration names: a metrics socket bound
+        // elsewhere (the address changed) and a control socket whose path is gone are made anew,
+        // once `releaseInherited` has had every other copy (the service manager's store) let go.
+        for (name, fd) in inherited {
+            let matches =
+                name == Self.metricsName
+                ? SocketAddress.local(of: fd)?.endpoint == metrics : controlPath.map(Self.isSocketFile) == true
+            guard !matches else { continue }
+            close(fd)
+            releaseInherited(name)
+            inherited[name] = nil
+            replaced.insert(name)
+        }
+        if let metrics {
+            // The store's copy of a replaced socket goes when the service manager reads the removal,
+            // a moment after it was sent: until then its port is taken.
+            let patience = replaced.contains(Self.metricsName) ? 3 : 0
+            listeners.append((try inherited[Self.metricsName] ?? Self.listenTCP(metrics, patience: patience), true))
+        }
         if let controlPath {
             listeners.append((try inherited[Self.controlName] ?? Self.listenUnix(controlPath), false))
         }
@@ -40,7 +60,20 @@ public final class StatsServer: @unchecked Sendable {
 
     deinit {
         for listener in listeners { close(listener.fd) }
-        if let controlPath { unlink(controlPath) }
+        if let controlPath, !keepsControlPath { unlink(controlPath) }
+    }
+
+    /// Inherited sockets this server did not take as they were (they no longer matched the
+    /// configuration), by name: the service manager's store must get the new ones.
+    public private(set) var replaced: Set<String> = []
+
+    /// The control socket is in the service manager's store: its path stays when this server
+    /// ends, and clients connecting meanwhile wait for the next process instead of failing.
+    public var keepsControlPath = false
+
+    static func isSocketFile(_ path: String) -> Bool {
+        var status = stat()
+        return lstat(path, &status) == 0 && status.st_mode & S_IFMT == S_IFSOCK
     }
 
     /// The listening sockets by name, for the fd store and a re-exec.
@@ -48,11 +81,18 @@ public final class StatsServer: @unchecked Sendable {
         listeners.map { ($0.fd, $0.isHTTP ? Self.metricsName : Self.controlName) }
     }
 
-    static func listenTCP(_ endpoint: Endpoint) throws -> Int32 {
+    /// A listening TCP socket on `endpoint`; while the address is in use, tried again every 50 ms
+    /// for `patience` seconds.
+    static func listenTCP(_ endpoint: Endpoint, patience: Int = 0) throws -> Int32 {
         let fd = socket(endpoint.address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw SystemError("socket(metrics)") }
         SocketOptions.enable(fd, SOL_SOCKET, SO_REUSEADDR)
-        let bound = SocketAddress(endpoint).withSockaddr { bind(fd, $0, $1) }
+        let deadline = MonotonicClock.nanoseconds() + UInt64(patience) * 1_000_000_000
+        var bound = SocketAddress(endpoint).withSockaddr { bind(fd, $0, $1) }
+        while bound != 0, errno == EADDRINUSE, MonotonicClock.nanoseconds() < deadline {
+            usleep(50_000)
+            bound = SocketAddress(endpoint).withSockaddr { bind(fd, $0, $1) }
+        }
         guard bound == 0, listen(fd, 64) == 0 else {
             let error = SystemError("bind metrics \(endpoint)")
             close(fd)

@@ -456,7 +456,10 @@ struct Run: ParsableCommand {
         }
         let server = try StatsServer(
             metrics: metrics, controlPath: controlPath, inherited: serverInherited,
-            render: render, command: command)
+            render: render, command: command,
+            releaseInherited: { name in
+                do { try notifier?.removeStored(name: name) } catch { logger.info("fd store \(name): \(error)") }
+            })
         // A stored socket this configuration does not use (a queue no longer given, no --metrics)
         // leaves the store too: kept there, a queue would stay bound with no reader, so that
         // --queue-bypass never applied and its packets waited until they were dropped.
@@ -496,10 +499,15 @@ struct Run: ParsableCommand {
         var threads = try startQueueThreads()
         let local = watcher.addresses
         let queueSockets = workers.map { ($0.queue.fileDescriptor, Self.queueName($0.queue.number)) } + replayCounters
-        for (fd, name) in queueSockets + server.descriptors where !inheritedNames.contains(name) {
+        for (fd, name) in queueSockets + server.descriptors
+        where !inheritedNames.contains(name) || server.replaced.contains(name) {
             // In the service manager's store the queue outlives a crash: packets wait for the restart.
-            do { try notifier?.store(fd, name: name) } catch { logger.info("fd store \(name): \(error)") }
+            do {
+                if server.replaced.contains(name) { try notifier?.removeStored(name: name) }
+                try notifier?.store(fd, name: name)
+            } catch { logger.info("fd store \(name): \(error)") }
         }
+        server.keepsControlPath = notifier != nil
         let sources = peers.sources.prefixes.map(\.description).joined(separator: ",")
         let hops = peers.hops.prefixes.map(\.description).joined(separator: ",")
         let metricsURL = metrics.map { ", metrics http://\($0)/metrics" } ?? ""

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import LabKit
 import LinuxSys
+import NetTypes
 import SecondChance
 import Synchronization
 import Telemetry
@@ -214,6 +215,51 @@ final class RestartTests: XCTestCase {
             Set(manager.store.map(\.name)), ["nfqueue-0", "nfqueue-0-restarts", "control"], "\(manager.notices)")
         try lab.waitFor("queue 7 to be unbound") { try lab.inside("p1") { ProcFile.kernelQueueStatistics()[7] == nil } }
         XCTAssertNotNil(try lab.inside("p1") { ProcFile.kernelQueueStatistics()[0] }, "queue 0 is read on")
+    }
+
+    /// A clean stop under a service manager that keeps the control and metrics sockets, and a
+    /// start whose --metrics names another address: `stats` answers on the control path (the
+    /// stop leaves it to the stored socket), the metrics move to the new address and nothing
+    /// answers on the old one; the store holds the new socket, once. A control path removed
+    /// meanwhile is made anew.
+    func testARestartKeepsTheControlSocketAnsweringAndServesMetricsWhereTheNewConfigurationSays() throws {
+        let manager = try ServiceManagerSocket(path: lab.directory.appendingPathComponent("notify.sock").path)
+        let control = lab.controlPath("p1")
+        let arguments = ["run", "--queue", "0", "--self", Lab.p1.description, "--control", control] + Lab.labPeers
+        let first = try lab.start(
+            "p1", "second-chance", arguments + ["--metrics", "0.0.0.0:9526"],
+            environment: ["NOTIFY_SOCKET": manager.path])
+        try manager.collect { $0.isReady && $0.store.count == 4 }
+        kill(first.processIdentifier, SIGTERM)
+        first.waitUntilExit()
+        let loopback = IPAddress.v4(IPv4Address("127.0.0.1")!)
+
+        func restart(_ extra: [String]) throws -> pid_t {
+            try Spawn.run(
+                "/usr/bin/env",
+                [
+                    "ip", "netns", "exec", lab.namespace("p1"), "/bin/sh", "-c", "LISTEN_PID=$$ exec \"$0\" \"$@\"",
+                    Lab.binaries.appendingPathComponent("second-chance").path,
+                ] + arguments + extra,
+                environment: ProcessInfo.processInfo.environment.merging(manager.listenEnvironment) { $1 },
+                placing: manager.placements)
+        }
+        let second = try restart(["--metrics", "127.0.0.1:9526"])
+        try manager.collect { $0.notices.filter { $0.hasPrefix("READY=1") }.count == 2 }
+        XCTAssertNoThrow(try lab.stats(fromControl: control), "stats after a restart")
+        XCTAssertTrue(try lab.inside("p1") { try Lab.httpGet(loopback, port: 9526) }.contains("second_chance_"))
+        XCTAssertThrowsError(
+            try lab.inside("p1") { try Lab.httpGet(.v4(Lab.p1), port: 9526) }, "the old address answers no more")
+        XCTAssertEqual(manager.store.filter { $0.name == "metrics" }.count, 1, "\(manager.store.map(\.name))")
+        kill(second, SIGKILL)
+        _ = Spawn.wait(second)
+
+        unlink(control)
+        let third = try restart(["--metrics", "127.0.0.1:9526"])
+        defer { kill(third, SIGTERM); _ = Spawn.wait(third) }
+        try manager.collect { $0.notices.filter { $0.hasPrefix("READY=1") }.count == 3 }
+        XCTAssertNoThrow(try lab.stats(fromControl: control), "stats once the path was made anew")
+        XCTAssertEqual(manager.store.filter { $0.name == "control" }.count, 1, "\(manager.store.map(\.name))")
     }
 
     /// A reader that dies between reading packets and answering them (the test plays it: it reads
