@@ -22,14 +22,32 @@ public final class BindkeeperClient {
     private var nextID: Int64 = 1
     private var reader = FrameReader()
     private var received: [Int32] = []
+    /// How long one request may wait for its answer: a broker that stopped answering (stuck, or a
+    /// socket kept in a store with nobody serving it) fails the caller instead of hanging it.
+    public let timeoutSeconds: Int
 
-    public init(path: String) throws {
+    public init(path: String, timeoutSeconds: Int = 30) throws {
+        self.timeoutSeconds = timeoutSeconds
         do {
             fd = try UnixAddress.connect(path)
         } catch let error as SystemError {
             throw SystemError(
                 error.call, errno: error.errno,
                 hint: "is bindkeeper serving \(path)? (bindkeeper serve --socket \(path))")
+        }
+    }
+
+    /// Waits until the socket is ready for `events`, at most until `deadline`.
+    private func wait(for events: Int32, until deadline: UInt64) throws {
+        var descriptor = pollfd(fd: fd, events: Int16(events), revents: 0)
+        while true {
+            let now = MonotonicClock.nanoseconds()
+            guard now < deadline else {
+                throw ReplyError(code: -1, message: "the broker did not answer within \(timeoutSeconds) s")
+            }
+            let ready = poll(&descriptor, 1, Int32(min((deadline - now) / 1_000_000 + 1, 60_000)))
+            if ready > 0 { return }
+            if ready < 0 && errno != EINTR { throw SystemError("poll") }
         }
     }
 
@@ -82,9 +100,11 @@ public final class BindkeeperClient {
         let id = nextID
         nextID += 1
         let message = Wire.framed.request(id: .number(id), method: method, binds: binds)
+        let deadline = MonotonicClock.nanoseconds() + UInt64(timeoutSeconds) * 1_000_000_000
         var offset = 0
         while offset < message.count {
-            offset += try FDPassing.send(fd, message[offset...], fds: [])
+            try wait(for: POLLOUT, until: deadline)
+            offset += try FDPassing.send(fd, message[offset...], fds: [], flags: Int32(MSG_DONTWAIT))
         }
         while true {
             if let bytes = try reader.next() {
@@ -105,6 +125,7 @@ public final class BindkeeperClient {
                 }
                 return (result, fds)
             }
+            try wait(for: POLLIN, until: deadline)
             let (bytes, fds) = try FDPassing.receive(fd)
             received += fds
             // A reply never carries more fds than one batch of sockets: anything beyond is not ours to keep.

@@ -218,6 +218,23 @@ final class BindkeeperTrustTests: XCTestCase {
         try manager.collect { $0.store.filter { $0.name == FDStoreName.control }.count == 1 }
     }
 
+    /// A broker that never answers (stuck, or its socket kept in a store with nobody serving it)
+    /// fails the client within its timeout instead of hanging whoever asked (the HAProxy
+    /// supervisor in a reload, `bindkeeper exec` in a unit's start).
+    func testAClientOfABrokerThatNeverAnswersGivesUp() throws {
+        let path = lab.directory.appendingPathComponent("silent.sock").path
+        let silent = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        defer { close(silent) }
+        try UnixAddress.bind(silent, path)
+        XCTAssertEqual(listen(silent, 8), 0)
+        let client = try BindkeeperClient(path: path, timeoutSeconds: 1)
+        let start = MonotonicClock.nanoseconds()
+        XCTAssertThrowsError(try client.list()) {
+            XCTAssertTrue("\($0)".contains("did not answer within 1 s"), "\($0)")
+        }
+        XCTAssertLessThan(MonotonicClock.nanoseconds() - start, 10_000_000_000, "bounded by the timeout")
+    }
+
     func statMode(_ path: String) -> UInt32? {
         var status = stat()
         return lstat(path, &status) == 0 ? UInt32(status.st_mode & 0o7777) : nil
