@@ -53,7 +53,7 @@ public final class FastPath: @unchecked Sendable {
     }
 
     public init(
-        settings: FastPathSettings, local: LocalAddresses, interfaces: [String],
+        settings: FastPathSettings, local: LocalAddresses, reversePaths: ReversePaths = .none, interfaces: [String],
         pinDirectory: String? = FastPath.defaultPinDirectory(), logger: Logger
     ) throws {
         guard !interfaces.isEmpty else {
@@ -92,6 +92,7 @@ public final class FastPath: @unchecked Sendable {
         self.settings = Mutex(settings)
         // Maps first, then the attachment: the program decides nothing with a half-written map.
         try maps.write(local)
+        try maps.write(reversePaths)
         try maps.write(settings)
         var attached: [String] = []
         do {
@@ -185,17 +186,43 @@ public final class FastPath: @unchecked Sendable {
         writtenGeneration.withLock { written in
             guard written.map({ generation > $0 }) ?? true else { return }
             written = generation
-            write(local, logger: logger)
+            write("this host's addresses", logger: logger) { try maps.write(local) }
+            let changed = settings.withLock { settings -> FastPathSettings? in
+                let owned = local.ipv4.contains(settings.selfAddress)
+                guard owned != settings.selfOwned else { return nil }
+                settings.selfOwned = owned
+                return settings
+            }
+            guard let changed else { return }
+            logger.warning(
+                changed.selfOwned
+                    ? "--self \(changed.selfAddress) is this host's again: forwarding"
+                    : "--self \(changed.selfAddress) is no longer this host's: nothing is forwarded until it is again")
+            if !suspended.load(ordering: .acquiring) {
+                do { try maps.write(changed) } catch { logger.warning("fast path: \(error)") }
+            }
+        }
+    }
+
+    /// Writes the ways back to the peers, as `addressesChanged` writes the addresses.
+    public func reversePathsChanged(_ paths: ReversePaths, generation: UInt64, logger: Logger) {
+        writtenReverseGeneration.withLock { written in
+            guard written.map({ generation > $0 }) ?? true else { return }
+            written = generation
+            write("the ways back to the peers", logger: logger) { try maps.write(paths) }
         }
     }
 
     private let writtenGeneration = Mutex<UInt64?>(nil)
+    private let writtenReverseGeneration = Mutex<UInt64?>(nil)
 
-    private func write(_ local: LocalAddresses, logger: Logger) {
+    /// A map that cannot take what the watcher publishes would refuse what the queue accepts (or
+    /// hear what it refuses): the program then sends everything up until a write succeeds.
+    private func write(_ what: String, logger: Logger, _ body: () throws -> Void) {
         do {
-            try maps.write(local)
+            try body()
         } catch {
-            logger.warning("fast path: \(error); every packet goes up to NFQUEUE until the maps take the addresses")
+            logger.warning("fast path: \(error); every packet goes up to NFQUEUE until the maps take \(what)")
             suspended.store(true, ordering: .releasing)
             maps.suspend(settings.withLock { $0 })
             return
@@ -204,7 +231,7 @@ public final class FastPath: @unchecked Sendable {
         do {
             try maps.write(settings.withLock { $0 })
             suspended.store(false, ordering: .releasing)
-            logger.info("fast path: the maps hold this host's addresses again; deciding in the kernel")
+            logger.info("fast path: the maps hold \(what) again; deciding in the kernel")
         } catch {
             logger.warning("fast path: \(error)")
         }
@@ -216,7 +243,15 @@ public final class FastPath: @unchecked Sendable {
             logger.info("fast path: left attached (--fast-path-stop keep); the next daemon adopts it")
             return
         }
-        Self.remove(interfaces: interfaces, pinDirectory: pinDirectory, logger: logger)
+        // Only what is still this process's: another instance, or the next daemon, may have put
+        // its own program there since (same filter handle, same pin directory).
+        let mine = interfaces.filter { FastPathKernel.attachedProgram(interface: $0) == program.id }
+        let others = interfaces.filter { !mine.contains($0) }
+        if !others.isEmpty {
+            logger.info("fast path: \(others.joined(separator: ",")) carry another program now; left as they are")
+        }
+        let pins = pinDirectory.flatMap { FastPathKernel.pinnedProgram(at: $0 + "/program") == program.id ? $0 : nil }
+        Self.remove(interfaces: mine, pinDirectory: pins, logger: logger)
     }
 
     /// Removes second-chance's filter from `interfaces` and its pins.

@@ -30,6 +30,7 @@ public enum FastPathCounters {
         (FP_REFUSED_UNTRUSTED_HOP, .refused(.untrustedHop)),
         (FP_REFUSED_NOT_LOCAL_DESTINATION, .refused(.notLocalDestination)),
         (FP_REFUSED_MARTIAN_SOURCE, .refused(.martianSource)),
+        (FP_REFUSED_REVERSE_PATH, .refused(.reversePath)),
         (FP_COOKIE_CHECKS, .cookieChecks),
         (FP_COOKIE_ACKS_INVALID, .cookieAcksInvalid),
         (FP_COOKIES_SENT, .cookiesSent),
@@ -47,6 +48,8 @@ public enum FastPathCounters {
         (FP_UP_LOOKUP_ELSEWHERE, "lookup_in_other_netns"),
         (FP_UP_NO_ROUTE, "no_route_to_hop"),
         (FP_UP_FAILED, "helper_failed"),
+        (FP_UP_REVERSE_PATH_UNCHECKED, "reverse_path_unchecked"),
+        (FP_UP_SELF_GONE, "self_not_this_hosts"),
     ]
 
     /// The per-listener counts the program keeps (`enum fp_listener_count`), as the listener's record names them.

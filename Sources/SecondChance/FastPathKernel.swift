@@ -38,7 +38,7 @@ public final class FastPathObject: @unchecked Sendable {
     public static let probeName = "listener_probe"
     public static let mapNames = [
         "fp_config", "fp_sources", "fp_hops", "fp_local4", "fp_local6", "fp_broadcast4", "fp_counters",
-        "fp_listeners", "fp_listen_count", "fp_reply4", "fp_reply6",
+        "fp_listeners", "fp_listen_count", "fp_reply4", "fp_reply6", "fp_reverse4",
     ]
 
     /// Loads the embedded object (the kernel verifies it). `reusing`: maps by name, of the layout
@@ -250,6 +250,14 @@ public enum FastPathKernel {
     }
 
     /// Pins `fd` at `path` (on a bpffs), replacing what was pinned there.
+    /// The id of the program pinned at `path`; nil when none is.
+    public static func pinnedProgram(at path: String) -> UInt32? {
+        let fd = bpf_obj_get(path)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        return try? programInfo(fd: fd, id: 0).id
+    }
+
     public static func pin(_ fd: Int32, at path: String) throws {
         unlink(path)
         guard bpf_obj_pin(fd, path) == 0 else { throw FastPathError("pinning \(path)", errno: errno) }

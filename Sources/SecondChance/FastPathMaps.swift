@@ -19,6 +19,8 @@ public struct FastPathSettings: Equatable, Sendable {
     public var passIntervalNanoseconds: UInt64 = 1_000_000_000
     /// The host's TCP sysctls, as the monitor last read them.
     public var tcp = TCPHostSettings()
+    /// --self is one of this host's addresses now (the watcher follows it).
+    public var selfOwned = true
 
     public init(
         selfAddress: IPv4Address, peers: PeerPolicy, guePort: UInt16, checkCookies: Bool, lookupsElsewhere: Bool
@@ -35,6 +37,7 @@ public struct FastPathSettings: Equatable, Sendable {
         if checkCookies { flags |= UInt8(FP_F_CHECK_COOKIES) }
         if responderServing { flags |= UInt8(FP_F_RESPONDER) }
         if lookupsElsewhere { flags |= UInt8(FP_F_LOOKUPS_UP) }
+        if !selfOwned { flags |= UInt8(FP_F_SELF_GONE) }
         var options: UInt8 = 0
         if tcp.timestampsEncodable { options |= UInt8(FP_TCP_TIMESTAMPS_ENCODABLE) }
         if tcp.sack { options |= UInt8(FP_TCP_SACK) }
@@ -57,7 +60,7 @@ public struct FastPathSettings: Equatable, Sendable {
 /// a map that lacks an entry both the old and the new set have.
 public struct FastPathMaps: Sendable {
     let config: Int32, sources: Int32, hops: Int32, local4: Int32, local6: Int32, broadcast4: Int32, counters: Int32
-    let listeners: Int32, listenerCounts: Int32, replyRoutes4: Int32, replyRoutes6: Int32
+    let listeners: Int32, listenerCounts: Int32, replyRoutes4: Int32, replyRoutes6: Int32, reverse4: Int32
 
     public init(_ object: FastPathObject) {
         config = object.map("fp_config")
@@ -71,6 +74,26 @@ public struct FastPathMaps: Sendable {
         listenerCounts = object.map("fp_listen_count")
         replyRoutes4 = object.map("fp_reply4")
         replyRoutes6 = object.map("fp_reply6")
+        reverse4 = object.map("fp_reverse4")
+    }
+
+    /// The ways back to the peers (`fp_reverse4`).
+    public func write(_ paths: ReversePaths) throws {
+        try replace(
+            reverse4,
+            entries: Dictionary(uniqueKeysWithValues: paths.entries.map { (Self.key($0.prefix), Self.value($0.way)) }))
+    }
+
+    static func value(_ way: ReversePaths.Way) -> [UInt8] {
+        var slots = [UInt32](repeating: 0, count: Int(FP_REVERSE_WAYS))
+        switch way {
+        case .unchecked: slots[0] = FP_REVERSE_UNCHECKED
+        case .interfaces(let set):
+            for (slot, index) in set.sorted().prefix(slots.count).enumerated() { slots[slot] = index }
+        }
+        var value = fp_reverse_path()
+        withUnsafeMutableBytes(of: &value.ifindex) { $0.copyBytes(from: slots.withUnsafeBytes { Array($0) }) }
+        return bytes(of: value)
     }
 
     /// The prefix sets first, the configuration word (its layout tells the program it may decide) last.

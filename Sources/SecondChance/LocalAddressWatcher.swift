@@ -6,42 +6,48 @@ import NetTypes
 import SecondChanceCore
 import Synchronization
 
-/// This host's current addresses, published by `LocalAddressWatcher` and read by every queue
-/// thread once per batch (one atomic load; the lock only when something changed).
-public final class LocalAddressBoard: Sendable {
-    private let state: Mutex<(generation: UInt64, addresses: LocalAddresses)>
+/// A value the watcher keeps current (this host's addresses, the ways back to the peers),
+/// published for every queue thread, read once per batch (one atomic load; the lock only when
+/// something changed).
+public final class Board<Value: Equatable & Sendable>: Sendable {
+    private let state: Mutex<(generation: UInt64, value: Value)>
     private let published = Atomic<UInt64>(0)
 
-    public init(_ initial: LocalAddresses) {
+    public init(_ initial: Value) {
         state = Mutex((0, initial))
     }
 
     public var generation: UInt64 { published.load(ordering: .acquiring) }
 
-    public func snapshot() -> (generation: UInt64, addresses: LocalAddresses) { state.withLock { $0 } }
+    public func snapshot() -> (generation: UInt64, value: Value) { state.withLock { $0 } }
 
-    /// Replaces the addresses; false when nothing changed. The observer, if any, is then told, on
+    /// Replaces the value; false when nothing changed. The observer, if any, is then told, on
     /// the publishing thread: the tc fast path's maps follow the queue threads' view at once.
     @discardableResult
-    public func publish(_ addresses: LocalAddresses) -> Bool {
+    public func publish(_ value: Value) -> Bool {
         let generation = state.withLock { current -> UInt64? in
-            guard current.addresses != addresses else { return nil }
-            current = (current.generation + 1, addresses)
+            guard current.value != value else { return nil }
+            current = (current.generation + 1, value)
             published.store(current.generation, ordering: .releasing)
             return current.generation
         }
         guard let generation else { return false }
-        observer.withLock { $0 }?(generation, addresses)
+        observer.withLock { $0 }?(generation, value)
         return true
     }
 
-    /// Called with every new set of addresses and its generation, after it is published.
-    public func observe(_ body: @escaping @Sendable (UInt64, LocalAddresses) -> Void) {
+    /// Called with every new value and its generation, after it is published.
+    public func observe(_ body: @escaping @Sendable (UInt64, Value) -> Void) {
         observer.withLock { $0 = body }
     }
 
-    private let observer = Mutex<(@Sendable (UInt64, LocalAddresses) -> Void)?>(nil)
+    private let observer = Mutex<(@Sendable (UInt64, Value) -> Void)?>(nil)
 }
+
+/// This host's current addresses.
+public typealias LocalAddressBoard = Board<LocalAddresses>
+/// Where the routes back to the peers leave (`ReversePaths`).
+public typealias ReversePathBoard = Board<ReversePaths>
 
 /// Keeps a `LocalAddressBoard` current from rtnetlink: it subscribes to address and route changes
 /// (IPv4 and IPv6) in each namespace it watches and dumps every address and the local routing
@@ -53,14 +59,19 @@ public final class LocalAddressBoard: Sendable {
 /// threads read `board`, which is thread-safe.
 public final class LocalAddressWatcher: @unchecked Sendable {
     public let board: LocalAddressBoard
+    /// The ways back to `peers` in the first namespace (where GUE arrives), kept current from its
+    /// main table's routes and its rules.
+    public let reversePaths: ReversePathBoard
+    private let peers: [IPv4Prefix]
     private let namespaces: [NetworkNamespace?]
     private let subscriptions: [OpaquePointer]
     private let logger: Logger
 
     /// Watches the calling thread's namespace (nil) and any others given; their addresses are
-    /// taken together.
-    public init(namespaces: [NetworkNamespace?] = [nil], logger: Logger) throws {
+    /// taken together. `peers`: the --allow-source prefixes whose ways back are kept (none: none).
+    public init(namespaces: [NetworkNamespace?] = [nil], peers: [IPv4Prefix] = [], logger: Logger) throws {
         self.namespaces = namespaces
+        self.peers = peers
         self.logger = logger
         var opened: [OpaquePointer] = []
         do {
@@ -68,13 +79,17 @@ public final class LocalAddressWatcher: @unchecked Sendable {
                 // Subscribe before the first dump, so no change falls between the two.
                 let socket = try Netlink.open(
                     NETLINK_ROUTE, name: "NETLINK_ROUTE",
-                    groups: UInt32(RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE),
+                    groups: UInt32(
+                        RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE
+                            | RTMGRP_IPV4_RULE),
                     namespace: namespace)
                 opened.append(socket)
                 let fd = mnl_socket_get_fd(socket)
                 _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
             }
             board = LocalAddressBoard(try Self.current(namespaces))
+            reversePaths = ReversePathBoard(
+                try ReversePathReader.read(peers: peers, namespace: namespaces.first ?? nil))
         } catch {
             opened.forEach { mnl_socket_close($0) }
             throw error
@@ -84,48 +99,80 @@ public final class LocalAddressWatcher: @unchecked Sendable {
 
     deinit { subscriptions.forEach { mnl_socket_close($0) } }
 
-    public var addresses: LocalAddresses { board.snapshot().addresses }
+    public var addresses: LocalAddresses { board.snapshot().value }
 
-    /// Waits for address changes until `stop` is signalled. A dump that fails is retried every second.
+    /// Waits for address and route changes until `stop` is signalled. A dump that fails is retried
+    /// every second.
     public func run(stop: EventFD) {
         var fds = subscriptions.map { pollfd(fd: mnl_socket_get_fd($0), events: Int16(POLLIN), revents: 0) }
         fds.append(pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0))
-        var stale = false
+        var stale = (addresses: false, reversePaths: false)
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: 16384, alignment: 16)
         defer { buffer.deallocate() }
         while true {
-            let ready = poll(&fds, nfds_t(fds.count), stale ? 1000 : -1)
+            let ready = poll(&fds, nfds_t(fds.count), stale.addresses || stale.reversePaths ? 1000 : -1)
             if ready < 0 && errno != EINTR { logger.info("local addresses: poll: \(SystemError("poll"))"); return }
             if fds.last!.revents != 0 { return }
             for index in subscriptions.indices where fds[index].revents != 0 {
-                // What changed does not matter, only that an address or a local route did (a
-                // proxy's main table may change often, and none of that is ours): read the
-                // notifications away. ENOBUFS means some were lost, which a fresh dump covers.
-                while true {
-                    let count = recv(fds[index].fd, buffer, 16384, Int32(MSG_DONTWAIT))
-                    if count > 0 {
-                        if Self.concernsLocalAddresses(buffer, count) { stale = true }
-                    } else if count < 0 && errno == ENOBUFS {
-                        stale = true
-                    } else if count == 0 || errno != EINTR {
-                        break
-                    }
-                }
+                let changed = readNotifications(fds[index].fd, buffer, hostNamespace: index == 0)
+                stale.addresses = stale.addresses || changed.addresses
+                stale.reversePaths = stale.reversePaths || changed.reversePaths
             }
-            guard stale else { continue }
-            do {
-                let addresses = try Self.current(namespaces)
-                stale = false
-                if board.publish(addresses) {
-                    logger.info(
-                        """
-                        local addresses: \(addresses.ipv4.count) IPv4, \(addresses.ipv6.count) IPv6, local routes: \
-                        \(addresses.ipv4Ranges.count) IPv4, \(addresses.ipv6Ranges.count) IPv6
-                        """)
-                }
-            } catch {
-                logger.info("local addresses: \(error); keeping the previous set, retrying")
+            if stale.addresses { stale.addresses = !refreshAddresses() }
+            if stale.reversePaths { stale.reversePaths = !refreshReversePaths() }
+        }
+    }
+
+    /// Reads the notifications away and says what they concern: what changed does not matter,
+    /// only that an address or a local route did, or a route or rule that decides a peer's way
+    /// back (a proxy's main table may change often, and most of that is none of ours). ENOBUFS
+    /// means some were lost, which fresh dumps cover.
+    private func readNotifications(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, hostNamespace: Bool) -> (
+        addresses: Bool, reversePaths: Bool
+    ) {
+        var changed = (addresses: false, reversePaths: false)
+        while true {
+            let count = recv(fd, buffer, 16384, Int32(MSG_DONTWAIT))
+            if count > 0 {
+                changed.addresses = changed.addresses || Self.concernsLocalAddresses(buffer, count)
+                changed.reversePaths =
+                    changed.reversePaths || (hostNamespace && Self.concernsReversePaths(buffer, count, peers: peers))
+            } else if count < 0 && errno == ENOBUFS {
+                changed = (true, hostNamespace)
+            } else if count == 0 || errno != EINTR {
+                return changed
             }
+        }
+    }
+
+    /// True once the current addresses are published (or were the same).
+    private func refreshAddresses() -> Bool {
+        do {
+            let addresses = try Self.current(namespaces)
+            if board.publish(addresses) {
+                logger.info(
+                    """
+                    local addresses: \(addresses.ipv4.count) IPv4, \(addresses.ipv6.count) IPv6, local routes: \
+                    \(addresses.ipv4Ranges.count) IPv4, \(addresses.ipv6Ranges.count) IPv6
+                    """)
+            }
+            return true
+        } catch {
+            logger.info("local addresses: \(error); keeping the previous set, retrying")
+            return false
+        }
+    }
+
+    private func refreshReversePaths() -> Bool {
+        do {
+            let paths = try ReversePathReader.read(peers: peers, namespace: namespaces.first ?? nil)
+            if reversePaths.publish(paths) {
+                logger.info("ways back to the peers: \(paths.entries.count) prefixes")
+            }
+            return true
+        } catch {
+            logger.info("ways back to the peers: \(error); keeping the previous ones, retrying")
+            return false
         }
     }
 
@@ -144,6 +191,28 @@ public final class LocalAddressWatcher: @unchecked Sendable {
             switch Int32(current.pointee.nlmsg_type) {
             case Int32(RTM_NEWADDR), Int32(RTM_DELADDR): return true
             case Int32(RTM_NEWROUTE), Int32(RTM_DELROUTE): if localRoute(current) != nil { return true }
+            default: break
+            }
+        }
+        return false
+    }
+
+    /// Whether a datagram of notifications tells of a routing rule, or of a main-table route that
+    /// covers or lies inside a peer prefix.
+    static func concernsReversePaths(_ buffer: UnsafeMutableRawPointer, _ count: Int, peers: [IPv4Prefix]) -> Bool {
+        guard !peers.isEmpty else { return false }
+        var remaining = Int32(count)
+        var message: UnsafePointer<nlmsghdr>? = UnsafePointer(buffer.assumingMemoryBound(to: nlmsghdr.self))
+        while let current = message, mnl_nlmsg_ok(current, remaining) {
+            defer { message = UnsafePointer(mnl_nlmsg_next(current, &remaining)) }
+            switch Int32(current.pointee.nlmsg_type) {
+            case Int32(RTM_NEWRULE), Int32(RTM_DELRULE): return true
+            case Int32(RTM_NEWROUTE), Int32(RTM_DELROUTE):
+                if let route = ReversePathReader.mainRoute(current),
+                    ReversePathReader.concerns(route.prefix, peers: peers)
+                {
+                    return true
+                }
             default: break
             }
         }

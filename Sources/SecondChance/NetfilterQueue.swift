@@ -192,6 +192,8 @@ public final class NetfilterQueue {
     public struct QueuedPacket {
         public var id: UInt32
         public var payload: UnsafeMutableRawBufferPointer
+        /// The interface it arrived on (NFQA_IFINDEX_INDEV), when the kernel says.
+        public var arrival: UInt32? = nil
     }
 
     /// How long a stop may go on answering what is queued: under a sustained flood the queue never
@@ -346,7 +348,10 @@ public final class NetfilterQueue {
         }
         let payload = UnsafeMutableRawBufferPointer(
             start: mnl_attr_get_payload(payloadAttribute), count: Int(mnl_attr_get_payload_len(payloadAttribute)))
-        return (QueuedPacket(id: id, payload: payload), true)
+        let arrival = attributes[Int(NFQA_IFINDEX_INDEV.rawValue)].flatMap {
+            mnl_attr_get_payload_len($0) >= 4 ? UInt32(bigEndian: mnl_attr_get_u32($0)) : nil
+        }
+        return (QueuedPacket(id: id, payload: payload, arrival: arrival), true)
     }
 
     /// An answer to a message of ours. The requeue request's ENOENT only says nothing was left

@@ -114,7 +114,7 @@ public final class SecondChanceWorker: @unchecked Sendable {
     /// `adopting`: the queue's netlink socket, already bound by an earlier process.
     public init(
         queueNumber: UInt16, adopting adopted: Int32? = nil, configuration: SecondChanceConfiguration,
-        addresses: LocalAddressBoard,
+        addresses: LocalAddressBoard, reversePaths: ReversePathBoard = ReversePathBoard(.none),
         oracle: SynCookieOracle?, monitor: ListenerMonitor? = nil, epochs: FlowEpochs = FlowEpochs()
     ) throws {
         let namespace = try configuration.namespace.map { try NetworkNamespace(nameOrPath: $0) }
@@ -139,7 +139,7 @@ public final class SecondChanceWorker: @unchecked Sendable {
         state = State(
             configuration: configuration, counters: counters,
             decider: Decider(selfAddress: configuration.selfAddress, peers: configuration.peers, local: local),
-            addresses: addresses, addressGeneration: generation,
+            addresses: addresses, addressGeneration: generation, reversePaths: reversePaths,
             sender: try RawIPSender(ipv6: configuration.decapsulation == .userspace || responder != nil),
             ownership: KernelFlowOwnership(
                 sockDiag: try SockDiag(namespace: namespace), cookieState: try KernelCookieState(namespace: namespace),
@@ -170,6 +170,11 @@ public final class SecondChanceWorker: @unchecked Sendable {
         /// Where this host's current addresses come from, and the generation `decider.local` holds.
         let addresses: LocalAddressBoard
         var addressGeneration: UInt64
+        /// --self is this host's (as `decider.local` says): nothing is forwarded while it is not.
+        var selfOwned = true
+        /// Where the ways back to the peers come from; `decider.reversePaths` holds this generation.
+        let reversePaths: ReversePathBoard
+        var reversePathGeneration: UInt64?
         let sender: RawIPSender
         var forwards = ForwardBatch()
         var ownership: KernelFlowOwnership
@@ -182,9 +187,11 @@ public final class SecondChanceWorker: @unchecked Sendable {
 
         init(
             configuration: SecondChanceConfiguration, counters: CounterBlock, decider: Decider,
-            addresses: LocalAddressBoard, addressGeneration: UInt64, sender: RawIPSender,
-            ownership: KernelFlowOwnership
+            addresses: LocalAddressBoard, addressGeneration: UInt64, reversePaths: ReversePathBoard,
+            sender: RawIPSender, ownership: KernelFlowOwnership
         ) {
+            self.reversePaths = reversePaths
+            selfOwned = decider.local.ipv4.contains(configuration.selfAddress)
             self.configuration = configuration
             self.counters = counters
             self.decider = decider
@@ -215,6 +222,11 @@ public final class SecondChanceWorker: @unchecked Sendable {
             ownership.now = now
             if addresses.generation != addressGeneration {
                 (addressGeneration, self.decider.local) = addresses.snapshot()
+                selfOwned = decider.local.ipv4.contains(configuration.selfAddress)
+            }
+            if reversePaths.generation != reversePathGeneration {
+                let ways = reversePaths.snapshot()
+                (reversePathGeneration, self.decider.reversePaths) = (ways.generation, ways.value)
             }
             // A copy: the calls below mutate the state while they read it.
             let decider = self.decider
@@ -223,7 +235,7 @@ public final class SecondChanceWorker: @unchecked Sendable {
             pendingEpochs.removeAll(keepingCapacity: true)
             cachedFlows.removeAll(keepingCapacity: true)
             for packet in packets {
-                let result = decider.parse(UnsafeRawBufferPointer(packet.payload))
+                let result = decider.parse(UnsafeRawBufferPointer(packet.payload), arrival: packet.arrival)
                 parsed.append(result)
                 guard case .parsed(let parsedPacket) = result,
                     case .lookUp(let flow, _) = Decider.firstStep(parsedPacket.inner)
@@ -327,6 +339,11 @@ public final class SecondChanceWorker: @unchecked Sendable {
                 counters.add(.local(reason))
                 return deliverLocally(packet, decision.gue!)
             case .forward(let hop):
+                // A packet never leaves with a source this host does not own (`ip addr del` of --self).
+                guard selfOwned else {
+                    counters.add(.forwardFailed)
+                    return .drop
+                }
                 let gue = decision.gue!
                 if configuration.forwarding == .kernel && GUEForwarding.kernelCanForward(packet) {
                     GUEForwarding.rewrite(

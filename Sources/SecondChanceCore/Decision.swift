@@ -26,6 +26,9 @@ public enum Refusal: String, CaseIterable, Sendable {
     case notLocalDestination = "not_local_destination"
     /// Taken here, but from loopback, multicast or this host's own address.
     case martianSource = "martian_source"
+    /// From a peer's address, on an interface the route back to it does not leave by (strict
+    /// reverse path, as the shipped rules' rpfilter match).
+    case reversePath = "reverse_path"
 }
 
 public enum Verdict: Equatable, Sendable {
@@ -68,6 +71,8 @@ public struct Decider: Sendable {
     public var peers: PeerPolicy
     /// This host's addresses; the daemon replaces them when rtnetlink reports a change.
     public var local: LocalAddresses
+    /// The interfaces the routes back to the peers leave by; replaced likewise.
+    public var reversePaths = ReversePaths.none
 
     public init(selfAddress: IPv4Address, peers: PeerPolicy, local: LocalAddresses) {
         self.selfAddress = selfAddress
@@ -87,9 +92,10 @@ public struct Decider: Sendable {
         case rejected(Decision)
     }
 
-    /// Step 1 of the decision: a well-formed packet from a peer, with no more hops than a director
+    /// Step 1 of the decision: a well-formed packet from a peer, heard where its route back leads
+    /// (`arrival`: the interface it came in on, when known), with no more hops than a director
     /// sends.
-    public func parse(_ packet: UnsafeRawBufferPointer) -> Parsed {
+    public func parse(_ packet: UnsafeRawBufferPointer, arrival: UInt32? = nil) -> Parsed {
         let gue: GUEPacket
         switch GUEPacket.parse(packet) {
         case .failure(let reason): return .rejected(Decision(verdict: .drop(reason)))
@@ -97,6 +103,9 @@ public struct Decider: Sendable {
         }
         guard peers.sources.contains(gue.outerSource) else {
             return .rejected(Decision(verdict: .refuse(.untrustedSource), gue: gue))
+        }
+        if let arrival, reversePaths.check(gue.outerSource, arrival: arrival) == .refused {
+            return .rejected(Decision(verdict: .refuse(.reversePath), gue: gue))
         }
         guard gue.hopCount <= peers.maximumHops else {
             return .rejected(Decision(verdict: .refuse(.tooManyHops), gue: gue))
@@ -127,10 +136,10 @@ public struct Decider: Sendable {
     // The decision is generic over the socket table: inlinable, so that the worker's and the
     // tests' owners are specialized into it instead of being called through a witness table.
     @inlinable
-    public func decide<Ownership: FlowOwnership>(_ packet: UnsafeRawBufferPointer, ownership: inout Ownership)
-        -> Decision
-    {
-        switch parse(packet) {
+    public func decide<Ownership: FlowOwnership>(
+        _ packet: UnsafeRawBufferPointer, arrival: UInt32? = nil, ownership: inout Ownership
+    ) -> Decision {
+        switch parse(packet, arrival: arrival) {
         case .rejected(let decision): decision
         case .parsed(let parsed): decide(packet, parsed, ownership: &ownership)
         }

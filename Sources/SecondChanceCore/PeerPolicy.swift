@@ -140,7 +140,8 @@ public struct LocalAddresses: Sendable, Equatable {
     @inline(__always)
     public func isMartianSource(_ address: IPv4Address) -> Bool {
         let first = address.value >> 24
-        return first == 0 || first == 127 || first >= 224 || owns(address)
+        // A subnet's directed broadcast address sends nothing: a reply to it would reach every host there.
+        return first == 0 || first == 127 || first >= 224 || owns(address) || isBroadcast(address)
     }
 
     @inline(__always)

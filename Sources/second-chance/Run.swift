@@ -266,8 +266,31 @@ struct Run: ParsableCommand {
         logger.info("preflight: \(checks.count) checks, \(failed.count) failed")
     }
 
+    /// Serves; a start that fails after being handed stored queues lets them go: kept in the
+    /// service manager's store they would stay bound, read by nobody, through every restart that
+    /// fails the same way, so `--queue-bypass` would never apply and the packets the fast path
+    /// sends up would wait and be dropped.
     func run() throws {
         LineLogHandler.setThreshold(logging.logLevel)
+        let environment = ProgramImage.environment()
+        let stored = ListenFDs.inherited(environment, pid: getpid()).map(\.name).filter { $0.hasPrefix("nfqueue-") }
+        do {
+            try serve()
+        } catch {
+            guard !stored.isEmpty, let notifier = SDNotify(environment: environment) else { throw error }
+            logger.error(
+                """
+                not starting (\(error)); letting the stored queue socket(s) go so that --queue-bypass applies \
+                until a start succeeds: \(stored.joined(separator: ", "))
+                """)
+            for name in stored {
+                do { try notifier.removeStored(name: name) } catch { logger.info("fd store \(name): \(error)") }
+            }
+            throw error
+        }
+    }
+
+    func serve() throws {
         let mode: DecapsulationMode
         switch decap {
         case .kernel: mode = .kernel
@@ -340,7 +363,7 @@ struct Run: ParsableCommand {
             }
             let namespaces: [NetworkNamespace?] =
                 [nil] + (try netns.map { [try NetworkNamespace(nameOrPath: $0)] } ?? [])
-            watcher = try LocalAddressWatcher(namespaces: namespaces, logger: logger)
+            watcher = try LocalAddressWatcher(namespaces: namespaces, peers: peers.sources.prefixes, logger: logger)
         } catch let error as CommandFailure {
             throw error
         } catch {
@@ -387,14 +410,16 @@ struct Run: ParsableCommand {
                 let threadOracle = index == 0 ? oracle : try oracle.map { _ in try SynCookieOracle() }
                 return try SecondChanceWorker(
                     queueNumber: queue, adopting: inherited.removeValue(forKey: Self.queueName(queue)),
-                    configuration: configuration, addresses: watcher.board, oracle: threadOracle,
+                    configuration: configuration, addresses: watcher.board, reversePaths: watcher.reversePaths,
+                    oracle: threadOracle,
                     monitor: monitor, epochs: epochs)
             }
         } catch {
             throw CommandFailure("\(error)")
         }
         let kernelPath = try startFastPath(
-            peers: peers, peerInterfaces: peerInterfaces, addresses: watcher.board, responder: monitor,
+            peers: peers, peerInterfaces: peerInterfaces, addresses: watcher.board, reversePaths: watcher.reversePaths,
+            responder: monitor,
             reexecuted: environment[Self.reexecsVariable] != nil)
         // Each queue's count of restarts that found packets an earlier reader died with.
         var replayCounters: [(fd: Int32, name: String)] = []
@@ -612,8 +637,8 @@ struct Run: ParsableCommand {
 
     /// The tc program, as `--fast-path` asks: attached, or why not (said once).
     func startFastPath(
-        peers: PeerPolicy, peerInterfaces: [String], addresses: LocalAddressBoard, responder: ListenerMonitor?,
-        reexecuted: Bool
+        peers: PeerPolicy, peerInterfaces: [String], addresses: LocalAddressBoard, reversePaths: ReversePathBoard,
+        responder: ListenerMonitor?, reexecuted: Bool
     ) throws
         -> (path: FastPath?, status: String)
     {
@@ -629,12 +654,16 @@ struct Run: ParsableCommand {
             lookupsElsewhere: netns != nil)
         do {
             let path = try FastPath(
-                settings: settings, local: addresses.snapshot().addresses, interfaces: interfaces, logger: logger)
+                settings: settings, local: addresses.snapshot().value, reversePaths: reversePaths.snapshot().value,
+                interfaces: interfaces, logger: logger)
             // From now on the watcher writes every change into the maps as it publishes it; one that
             // came between the first write and this reaches them here.
             addresses.observe { path.addressesChanged($1, generation: $0, logger: logger) }
             let current = addresses.snapshot()
-            path.addressesChanged(current.addresses, generation: current.generation, logger: logger)
+            path.addressesChanged(current.value, generation: current.generation, logger: logger)
+            reversePaths.observe { path.reversePathsChanged($1, generation: $0, logger: logger) }
+            let ways = reversePaths.snapshot()
+            path.reversePathsChanged(ways.value, generation: ways.generation, logger: logger)
             if let responder {
                 let interval = responder.configuration.passIntervalNanoseconds
                 responder.board.observe { snapshot, records in

@@ -132,6 +132,39 @@ final class FastPathLifecycleTests: XCTestCase {
         XCTAssertFalse(try filterOnP1().contains("second_chance_f"), "a clean stop removes the program")
     }
 
+    /// Two instances on one interface (queues 0 and 1): the second takes the filter's place over.
+    /// A clean stop of the first leaves the second's program attached and pinned, and the second's
+    /// own stop removes it.
+    func testACleanStopRemovesOnlyItsOwnProgram() throws {
+        let first = try lab.start("p1", "second-chance", arguments)
+        try lab.waitFor("the first program", seconds: Self.startup) {
+            try self.filterOnP1().contains("second_chance_f")
+        }
+        let control = lab.directory.appendingPathComponent("p1-queue1.sock").path
+        let second = try lab.start(
+            "p1", "second-chance",
+            ["run", "--queue", "1", "--self", Lab.p1.description, "--control", control] + Lab.labPeers)
+        try lab.waitFor("the second instance", seconds: Self.startup) {
+            lab.log(of: second).contains("serving queue")
+        }
+        let secondStatus = try lab.runToEnd("p1", "second-chance", ["stats", "--control", control]).output
+        let program = try XCTUnwrap(
+            secondStatus.split(separator: "\n").first { $0.hasPrefix("fast_path: tc on") }.flatMap {
+                $0.split(separator: " ").drop { $0 != "(program" }.dropFirst().first.map { $0.filter(\.isNumber) }
+            }, secondStatus)
+        var filter = try filterOnP1()
+        XCTAssertTrue(filter.contains("id \(program)"), filter)
+
+        first.terminate()
+        first.waitUntilExit()
+        filter = try filterOnP1()
+        XCTAssertTrue(filter.contains("id \(program)"), "the second's program stays: \(filter)")
+        XCTAssertTrue(lab.log(of: first).contains("carry another program now"), lab.log(of: first))
+        second.terminate()
+        second.waitUntilExit()
+        XCTAssertFalse(try filterOnP1().contains("second_chance_f"), "its own stop removes it")
+    }
+
     func testFastPathOffRemovesAProgramAnEarlierDaemonLeft() throws {
         let kept = try lab.start("p1", "second-chance", arguments + ["--fast-path-stop", "keep"])
         try lab.waitFor("the program", seconds: Self.startup) { try self.filterOnP1().contains("second_chance_f") }

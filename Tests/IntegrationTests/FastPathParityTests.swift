@@ -24,6 +24,10 @@ final class FastPathParityTests: XCTestCase {
         let decider: Decider
         var ownership: KernelFlowOwnership
         let interfaceIndex: UInt32
+        /// An interface of p1's that no route to the peers leaves by.
+        let elsewhere: UInt32
+        /// The interface both are told the packet arrived on (eth0 unless a case says otherwise).
+        var arrival: UInt32
         let localMAC: [UInt8]
         /// p1's neighbours by address: where a forwarded packet must be sent.
         let neighbours: [IPv4Address: [UInt8]]
@@ -37,10 +41,10 @@ final class FastPathParityTests: XCTestCase {
             let frame = localMAC + [0x02, 0, 0, 0, 0, 0x02] + [0x08, 0x00] + packet
             let before = maps.readCounters()
             let (action, output) = try FastPathKernel.testRun(
-                programFD: object.programFD, frame: frame, interfaceIndex: interfaceIndex)
+                programFD: object.programFD, frame: frame, interfaceIndex: arrival)
             let after = maps.readCounters()
             let delta = zip(after.slots, before.slots).map { $0 &- $1 }
-            let decision = packet.withUnsafeBytes { decider.decide($0, ownership: &ownership) }
+            let decision = packet.withUnsafeBytes { decider.decide($0, arrival: arrival, ownership: &ownership) }
             let counted = delta.enumerated().filter { $0.element != 0 }.map { $0.offset }
             func fail(_ message: String) {
                 XCTFail(
@@ -127,6 +131,13 @@ final class FastPathParityTests: XCTestCase {
         let p2MAC = try Lab.shell("ip -n pspf-p2 -br link show eth0").split(separator: " ").filter { !$0.isEmpty }[2]
         try Lab.shell("ip -n pspf-p1 neigh replace \(Lab.p2) lladdr \(p2MAC) dev eth0 nud permanent")
         let p1MAC = try Lab.shell("ip -n pspf-p1 -br link show eth0").split(separator: " ").filter { !$0.isEmpty }[2]
+        // An interface no route to the peers leaves by, with eth0's MAC, so that a frame arriving
+        // there is for this host as on eth0.
+        try Lab.shell(
+            """
+            ip -n pspf-p1 link add elsewhere0 address \(p1MAC) type veth peer name elsewhere1 && \
+            ip -n pspf-p1 link set elsewhere0 up
+            """)
         func mac(_ text: Substring) -> [UInt8] { text.split(separator: ":").map { UInt8($0, radix: 16)! } }
         var neighbours: [IPv4Address: [UInt8]] = [:]
         for line in try Lab.shell("ip -n pspf-p1 -4 neigh show").split(separator: "\n") {
@@ -170,21 +181,27 @@ final class FastPathParityTests: XCTestCase {
         let harness = try lab.inside("p1") { () throws -> Harness in
             let peers = PeerPolicy(sources: [IPv4Prefix("198.18.0.0/24")!])
             let local = try LocalAddressWatcher.dump()
+            let reversePaths = try ReversePathReader.read(peers: peers.sources.prefixes)
             let object = try FastPathObject()
             let maps = FastPathMaps(object)
             try maps.write(local)
+            try maps.write(reversePaths)
             try maps.write(
                 FastPathSettings(
                     selfAddress: Self.self4, peers: peers, guePort: GUEPacket.port, checkCookies: true,
                     lookupsElsewhere: false))
             let counters = CounterBlock()
+            var decider = Decider(selfAddress: Self.self4, peers: peers, local: local)
+            decider.reversePaths = reversePaths
+            let eth0 = try FastPathKernel.interfaceIndex("eth0")
             return Harness(
-                object: object, maps: maps, decider: Decider(selfAddress: Self.self4, peers: peers, local: local),
+                object: object, maps: maps, decider: decider,
                 ownership: KernelFlowOwnership(
                     sockDiag: try SockDiag(), cookieState: try KernelCookieState(), oracle: try SynCookieOracle(),
                     counters: counters, responder: nil,
                     cache: FlowCache(positiveLifetime: 0, negativeLifetime: 0), epochs: FlowEpochs()),
-                interfaceIndex: try FastPathKernel.interfaceIndex("eth0"), localMAC: mac(p1MAC), neighbours: neighbours)
+                interfaceIndex: eth0, elsewhere: try FastPathKernel.interfaceIndex("elsewhere0"), arrival: eth0,
+                localMAC: mac(p1MAC), neighbours: neighbours)
         }
         return (harness, established, keep)
     }
@@ -247,6 +264,10 @@ final class FastPathParityTests: XCTestCase {
             ("martian source: loopback", gue(tcp(.v4(IPv4Address("127.0.0.1")!), 40020, vip, 80, .syn))),
             ("martian source: this host", gue(tcp(.v4(Lab.p1), 40021, vip, 80, .syn))),
             ("martian source: multicast", gue(tcp(.v4(IPv4Address("239.1.1.1")!), 40022, vip, 80, .syn))),
+            (
+                "martian source: the subnet's broadcast",
+                gue(tcp(.v4(IPv4Address("198.18.0.255")!), 40025, vip, 80, .syn))
+            ),
             (
                 "martian source: ::ffff:127.0.0.1",
                 gue(tcp(.v6(IPv6Address("::ffff:127.0.0.1")!), 40023, vip6, 80, .syn))
@@ -360,6 +381,19 @@ final class FastPathParityTests: XCTestCase {
             // kernel's broadcast route: no brd was given): no packet goes to any of them.
             XCTAssertEqual(harness.outcomes["untrusted_hop"], 4, "\(harness.outcomes)")
 
+            // The same packets arriving where the route back to the peers does not lead (another
+            // interface; eth0 carries it): every one that passed the source check is refused for it,
+            // by both.
+            let heard = harness.outcomes
+            harness.outcomes = [:]
+            harness.arrival = harness.elsewhere
+            for (name, packet) in Self.namedCases(established: established) { try harness.compare(packet, name) }
+            XCTAssertEqual(
+                harness.outcomes["reverse_path"], Self.namedCases(established: established).count - 2,
+                "all but the outsider's two: \(harness.outcomes)")
+            harness.arrival = harness.interfaceIndex
+            harness.outcomes = heard
+
             // While the responder serves listeners none of these packets reach, every decision
             // stays; with --netns every look-up goes up.
             let baseline = harness.outcomes
@@ -403,13 +437,16 @@ final class FastPathParityTests: XCTestCase {
             }
             for _ in 0..<6000 {
                 let packet = Self.mutate(seeds.randomElement(using: &random)!, &random)
+                // One in eight arrives where its route back does not lead.
+                harness.arrival = random.below(8) == 0 ? harness.elsewhere : harness.interfaceIndex
                 try harness.compare(packet, "mutated packet \(random.report)")
             }
+            harness.arrival = harness.interfaceIndex
             print("fast path parity: \(harness.outcomes.sorted { $0.key < $1.key })")
             // The random packets reach every kind of verdict in the program, not just "up".
             for verdict in [
                 "forwarded", "accepted_syn", "accepted_established", "untrusted_source", "untrusted_hop",
-                "too_many_hops", "martian_source", "not_local_destination", "accepted_last_resort",
+                "too_many_hops", "martian_source", "not_local_destination", "accepted_last_resort", "reverse_path",
             ] {
                 XCTAssertGreaterThan(
                     harness.outcomes[verdict] ?? 0, 0,

@@ -262,6 +262,33 @@ final class RestartTests: XCTestCase {
         XCTAssertEqual(manager.store.filter { $0.name == "control" }.count, 1, "\(manager.store.map(\.name))")
     }
 
+    /// A start that fails after being handed the stored queue (here `--self` names an address the
+    /// host no longer has) takes the queue out of the store before it exits: the queue unbinds, so
+    /// the rules' --queue-bypass applies until a start succeeds, instead of a queue bound with no
+    /// reader through every restart. The log says why.
+    func testAStartThatFailsWithTheStoredQueueLetsItGo() throws {
+        let manager = try ServiceManagerSocket(path: lab.directory.appendingPathComponent("notify.sock").path)
+        let arguments = ["run", "--queue", "0", "--control", lab.controlPath("p1")] + Lab.labPeers
+        let first = try lab.start(
+            "p1", "second-chance", arguments + ["--self", Lab.p1.description],
+            environment: ["NOTIFY_SOCKET": manager.path])
+        try manager.collect { $0.isReady && $0.store.contains { $0.name == "nfqueue-0" } }
+        kill(first.processIdentifier, SIGKILL)
+        first.waitUntilExit()
+
+        let log = lab.directory.appendingPathComponent("failed-start.log").path
+        let pid = try manager.restartService(
+            "second-chance", arguments + ["--self", "198.18.0.99"], inside: lab.namespace("p1"), log: log)
+        var status: Int32 = 0
+        try lab.waitFor("the failing start to exit") { waitpid(pid, &status, WNOHANG) == pid }
+        XCTAssertNotEqual(Spawn.exitCode(status), 0)
+        try manager.collect { !$0.store.contains { $0.name.hasPrefix("nfqueue-0") } }
+        try lab.waitFor("queue 0 to be unbound") { try lab.inside("p1") { ProcFile.kernelQueueStatistics()[0] == nil } }
+        let output = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        XCTAssertTrue(output.contains("letting the stored queue socket(s) go"), output)
+        XCTAssertTrue(output.contains("--self 198.18.0.99 is not an address of this host"), output)
+    }
+
     /// A reader that dies between reading packets and answering them (the test plays it: it reads
     /// five queued packets and never answers): the daemon that takes its socket over requeues them
     /// with the first packet it reads, and they reach the service.

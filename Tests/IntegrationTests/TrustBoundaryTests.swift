@@ -121,6 +121,41 @@ final class TrustBoundaryTests: XCTestCase {
         XCTAssertEqual(try counter("p2", "total_packets"), 0, "the five-hop packet was not passed on")
     }
 
+    /// --self removed from the host while the daemon runs: nothing is forwarded with it as the
+    /// source (in the queue's path, and the program sends forwards up), counted as failed
+    /// forwards; once it is back, forwarding resumes.
+    func testNothingIsForwardedFromASelfAddressTheHostNoLongerHas() throws {
+        let p1 = lab.namespace("p1"), selfAddress = IPv4Address("198.18.0.111")!
+        try Lab.shell("ip -n \(p1) addr add \(selfAddress)/24 dev eth0")
+        try lab.restartSecondChance("p1", selfAddress, extra: Self.peers)
+        let ack = tcp(.v4(Lab.client), 40301, .v4(Lab.vip), 80, .ack)
+        var port: UInt16 = 30300
+        func forward() throws {
+            port += 1
+            try fromDirector(ack, sourcePort: port, hops: [Lab.p2])
+        }
+        try forward()
+        try lab.waitFor("a forward from --self") { try counter("p2", "total_packets") == 1 }
+
+        try Lab.shell("ip -n \(p1) addr del \(selfAddress)/24 dev eth0")
+        try lab.waitFor("forwards refused once --self is gone") {
+            try forward()
+            usleep(100_000)
+            return try counter("p1", "forward_send_failures") >= 1
+        }
+        let reached = try counter("p2", "total_packets"), failed = try counter("p1", "forward_send_failures")
+        for _ in 0..<3 { try forward() }
+        try lab.waitFor("three more refused") { try counter("p1", "forward_send_failures") == failed + 3 }
+        XCTAssertEqual(try counter("p2", "total_packets"), reached, "nothing left with the address that is gone")
+
+        try Lab.shell("ip -n \(p1) addr add \(selfAddress)/24 dev eth0")
+        try lab.waitFor("forwarding again") {
+            try forward()
+            usleep(100_000)
+            return try counter("p2", "total_packets") > reached
+        }
+    }
+
     /// With forwarding on (as --forward kernel needs), an inner packet for someone else would be
     /// routed onwards; an inner IPv6 packet leaves through the raw socket whatever its destination.
     func testNothingLeavesForAnInnerDestinationThisHostDoesNotOwn() throws {

@@ -152,7 +152,7 @@ final class TrustBoundaryTests: XCTestCase {
     }
 
     func testMartianInnerSourcesAreNotDelivered() {
-        for source in ["127.0.0.1", "198.19.0.10", "198.18.0.11", "224.0.0.5", "0.0.0.0"] {
+        for source in ["127.0.0.1", "198.19.0.10", "198.18.0.11", "224.0.0.5", "0.0.0.0", "198.18.0.255"] {
             XCTAssertEqual(
                 decide(from(director, syn(.v4(IPv4Address(source)!), to: .v4(vip)))), .refuse(.martianSource), source)
         }

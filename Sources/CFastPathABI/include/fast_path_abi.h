@@ -18,7 +18,7 @@ typedef uint32_t __u32;
 typedef uint64_t __u64;
 #endif
 
-#define FP_LAYOUT 2
+#define FP_LAYOUT 3
 
 /* Addresses and ports are in network byte order unless a field says otherwise. */
 struct fp_config {
@@ -42,6 +42,9 @@ struct fp_config {
 #define FP_F_RESPONDER 0x02
 /* Sockets are looked up in another namespace (--netns): every look-up goes up. */
 #define FP_F_LOOKUPS_UP 0x04
+/* --self is not this host's address now: nothing may leave with it, so forwards go up (the queue
+ * drops them, counted as failed forwards) until it is again. */
+#define FP_F_SELF_GONE 0x08
 
 /* tcp_timestamps=2 (a TSval can carry the options to the kernel), tcp_sack, tcp_window_scaling. */
 #define FP_TCP_TIMESTAMPS_ENCODABLE 0x01
@@ -93,6 +96,21 @@ struct fp_reply_route {
 
 #define FP_MAX_ROUTES 16384
 
+/*
+ * Where the route back to an allowed peer leaves (strict reverse-path filtering, as the shipped
+ * rules' rpfilter match): the --allow-source prefixes split along the main table's routes
+ * (fp_reverse4, longest prefix). A packet from a peer must arrive on one of the interfaces its
+ * prefix names; none named: no route back, dropped. FP_REVERSE_UNCHECKED in the first slot: the
+ * daemon cannot say here (policy routing, more nexthops than slots), and the packet goes up to
+ * netfilter's own check.
+ */
+#define FP_REVERSE_WAYS 4
+#define FP_REVERSE_UNCHECKED 0xffffffffu
+
+struct fp_reverse_path {
+    __u32 ifindex[FP_REVERSE_WAYS]; /* 0: an unused slot */
+};
+
 struct fp_ip4_prefix {
     __u32 prefix_length; /* LPM trie key: the length comes first */
     __u32 address;
@@ -133,6 +151,7 @@ enum fp_counter {
     FP_REFUSED_UNTRUSTED_HOP,
     FP_REFUSED_NOT_LOCAL_DESTINATION,
     FP_REFUSED_MARTIAN_SOURCE,
+    FP_REFUSED_REVERSE_PATH,
     FP_COOKIE_CHECKS,
     FP_COOKIE_ACKS_INVALID,
     FP_COOKIES_SENT,
@@ -147,6 +166,8 @@ enum fp_counter {
     FP_UP_LOOKUP_ELSEWHERE,  /* --netns */
     FP_UP_NO_ROUTE,          /* no route or neighbour to the hop (the raw socket resolves it) */
     FP_UP_FAILED,            /* a helper failed (adjusting the packet) */
+    FP_UP_REVERSE_PATH_UNCHECKED, /* the peer's way back is netfilter's to judge (policy routing) */
+    FP_UP_SELF_GONE,         /* a forward while --self is not this host's */
     FP_COUNTER_COUNT
 };
 

@@ -9,6 +9,9 @@
  * decisions on the same packets.
  *
  *   malformed GUE, an outsider, too many hops   -> dropped, counted
+ *   a peer on an interface its route back does
+ *   not leave by (strict reverse path)         -> dropped, counted (netfilter judges where the
+ *                                                 daemon cannot: policy routing)
  *   SYN for a listener the responder serves     -> answered here with the kernel's cookie
  *   SYN                                         -> local
  *   a socket in any state but LISTEN            -> local
@@ -59,6 +62,15 @@ struct {
     __type(key, struct fp_ip4_prefix);
     __type(value, __u8);
 } fp_hops SEC(".maps");
+
+/* The interfaces the routes back to the peers leave by (fast_path_abi.h, fp_reverse_path). */
+struct {
+    __uint(type, BPF_MAP_TYPE_LPM_TRIE);
+    __uint(max_entries, FP_MAX_ROUTES);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, struct fp_ip4_prefix);
+    __type(value, struct fp_reverse_path);
+} fp_reverse4 SEC(".maps");
 
 /* This host's addresses (as /32 and /128) and its local routes, from the daemon's rtnetlink watcher. */
 struct {
@@ -188,11 +200,27 @@ static __always_inline int owns6(const struct in6_addr *address)
     return bpf_map_lookup_elem(&fp_local6, &key) != NULL;
 }
 
-/* LocalAddresses.isMartianSource: loopback, "this network", multicast, reserved, or ours. */
+/* ReversePaths.check: 0 when the route back to `source` leaves by `ifindex`, FP_REFUSED_REVERSE_PATH
+ * when it does not (or there is none), FP_UP_REVERSE_PATH_UNCHECKED when netfilter must judge. */
+static __always_inline enum fp_counter reverse_path(__u32 source, __u32 ifindex)
+{
+    struct fp_ip4_prefix key = { .prefix_length = 32, .address = source };
+    const struct fp_reverse_path *way = bpf_map_lookup_elem(&fp_reverse4, &key);
+    if (!way || way->ifindex[0] == FP_REVERSE_UNCHECKED)
+        return FP_UP_REVERSE_PATH_UNCHECKED;
+    for (int slot = 0; slot < FP_REVERSE_WAYS; slot++)
+        if (way->ifindex[slot] == ifindex && ifindex != 0)
+            return 0;
+    return FP_REFUSED_REVERSE_PATH;
+}
+
+/* LocalAddresses.isMartianSource: loopback, "this network", multicast, reserved, ours, or a
+ * subnet's directed broadcast address. */
 static __always_inline int martian4(__u32 address)
 {
     __u32 first = bpf_ntohl(address) >> 24;
-    return first == 0 || first == 127 || first >= 224 || owns4(address);
+    return first == 0 || first == 127 || first >= 224 || owns4(address) ||
+           bpf_map_lookup_elem(&fp_broadcast4, &address) != NULL;
 }
 
 /* ::/96 and ::ffff:0:0/96 (never a source on the wire), multicast, or ours. */
@@ -268,6 +296,8 @@ static __always_inline int deliver(struct __sk_buff *skb, __u32 hlen, int ipv6, 
  */
 static __always_inline int forward(struct __sk_buff *skb, const struct fp_config *config, __u32 hop, __u8 next_hop)
 {
+    if (config->flags & FP_F_SELF_GONE)
+        return up(FP_UP_SELF_GONE);
     void *data = (void *)(long)skb->data;
     void *end = (void *)(long)skb->data_end;
     if (data + HOPS_OFFSET > end)
@@ -763,7 +793,10 @@ int second_chance_fast_path(struct __sk_buff *skb)
     if (fold((__u32)bpf_csum_diff(NULL, 0, (__be32 *)ip, OUTER_IP_LENGTH, 0)) != 0xffff)
         return up(FP_UP_OUTER_UNCHECKED);
     /* Fragments meet the defragmenter before the queue; a GSO packet is many. */
-    if ((ip->frag_off & bpf_htons(0x3fff)) || skb->gso_segs > 1)
+    /* A GSO packet is many: gso_size marks one whose segments are not yet counted too (a
+     * virtio or tap frame, gso_segs 0). A tag the device took off belongs to a VLAN interface,
+     * not to the one this program delivers on. */
+    if ((ip->frag_off & bpf_htons(0x3fff)) || skb->gso_segs > 1 || skb->gso_size || skb->vlan_present)
         return up(FP_UP_OUTER_OPTIONS);
     if (!owns4(ip->daddr))
         return up(FP_UP_NOT_ADDRESSED_HERE);
@@ -811,6 +844,12 @@ int second_chance_fast_path(struct __sk_buff *skb)
         return drop(FP_DROP_INNER_PROTOCOL);
     if (!in_prefixes(&fp_sources, ip->saddr))
         return drop(FP_REFUSED_UNTRUSTED_SOURCE);
+    /* At tc ingress skb->ifindex is the interface the packet arrived on. */
+    enum fp_counter way = reverse_path(ip->saddr, skb->ifindex);
+    if (way == FP_REFUSED_REVERSE_PATH)
+        return drop(way);
+    if (way)
+        return up(way);
     if (hop_count > config->max_hops)
         return drop(FP_REFUSED_TOO_MANY_HOPS);
     __u8 next_hop = private[2];
