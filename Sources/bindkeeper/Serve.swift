@@ -52,7 +52,7 @@ struct Serve: ParsableCommand {
         case .success(let value): policy = value
         case .failure(let error):
             // 78 (EX_CONFIG): the unit does not restart a broker whose configuration fails.
-            FileHandle.standardError.write(Data("Error: \(error)\n".utf8))
+            StandardError.write("Error: \(error)\n")
             throw ExitCode(78)
         }
         var options = BrokerOptions(controlPath: socket, policy: policy)

@@ -126,6 +126,14 @@ struct Run: ParsableCommand {
     @Flag(help: "Do not recognise SYN-cookie ACKs (no BPF; also turns the responder off).")
     var noCookieCheck = false
 
+    @Flag(
+        help: """
+            Read every flag, check what a start checks before it takes the queues (--self is this host's, \
+            --netns exists, the durations), print the version line and exit: 0 when a start would go on, \
+            78 when not. A re-exec runs the new file this way first.
+            """)
+    var check = false
+
     @Option(
         help:
             """
@@ -272,6 +280,7 @@ struct Run: ParsableCommand {
     /// sends up would wait and be dropped.
     func run() throws {
         LineLogHandler.setThreshold(logging.logLevel)
+        if check { return try checkConfiguration() }
         let environment = ProgramImage.environment()
         let stored = ListenFDs.inherited(environment, pid: getpid()).map(\.name).filter { $0.hasPrefix("nfqueue-") }
         do {
@@ -288,6 +297,21 @@ struct Run: ParsableCommand {
             }
             throw error
         }
+    }
+
+    /// `--check`: what `serve` refuses before it takes any queue, without taking one.
+    func checkConfiguration() throws {
+        do {
+            _ = try durations()
+            guard try LocalAddressWatcher.dump().ipv4.contains(selfAddress) else {
+                throw CommandFailure("--self \(selfAddress) is not an address of this host")
+            }
+            if let netns { _ = try NetworkNamespace(nameOrPath: netns) }
+        } catch {
+            StandardError.write("Error: \(error)\n")
+            throw ExitCode(Self.configurationExitStatus)
+        }
+        print(ProgramImage.versionLine("second-chance"))
     }
 
     func serve() throws {
@@ -709,7 +733,9 @@ final class Reexecutor: Sendable {
 
     /// The answer for whoever asked (`by`, for the log), and whether the re-exec may go ahead.
     func check(by requester: String) -> (text: String, approved: Bool) {
-        switch ProgramImage.check(executable) {
+        // The installed file, with this process's flags: one that does not start, or refuses them
+        // (a newer release's stricter checks), is found while this process still serves.
+        switch ProgramImage.check(executable, arguments: Array(CommandLine.arguments.dropFirst()) + ["--check"]) {
         case .success(let line):
             lastCheck.withLock { $0 = line }
             return ("re-executing \(executable): \(line)\n", true)

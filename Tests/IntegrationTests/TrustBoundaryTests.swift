@@ -147,6 +147,11 @@ final class TrustBoundaryTests: XCTestCase {
         for _ in 0..<3 { try forward() }
         try lab.waitFor("three more refused") { try counter("p1", "forward_send_failures") == failed + 3 }
         XCTAssertEqual(try counter("p2", "total_packets"), reached, "nothing left with the address that is gone")
+        // A re-exec now would start an image that refuses --self: refused, and this one serves on.
+        let reexec = try lab.runToEnd("p1", "second-chance", ["reexec", "--control", lab.controlPath("p1")])
+        XCTAssertNotEqual(reexec.status, 0, reexec.output)
+        XCTAssertTrue(reexec.output.contains("--self \(selfAddress) is not an address of this host"), reexec.output)
+        XCTAssertEqual(try counter("p1", "reexecs"), 0, "still the same image")
 
         try Lab.shell("ip -n \(p1) addr add \(selfAddress)/24 dev eth0")
         try lab.waitFor("forwarding again") {

@@ -1,0 +1,179 @@
+import Bindkeeper
+import BindkeeperCore
+import Foundation
+import Glibc
+import LinuxSys
+import NetTypes
+import TestSupport
+import XCTest
+
+/// bindkeeper under random interleavings of what its clients and its operator do: two grantees
+/// (one of them never reading until told), root, binds inside and outside the grants, releases,
+/// bursts, re-execs and kill -9 with a restart from the fd store. After every step: each descriptor
+/// any client ever received is a listening socket bound to the key its reply named, inside that
+/// client's grant, and still listening. The seed is printed; PROXYSIDE_SEED=N replays a run.
+final class BindkeeperInterleavingTests: XCTestCase {
+    var lab: BrokerLab!
+    override func setUpWithError() throws { lab = try BrokerLab(testName) }
+    override func tearDown() { lab?.tearDown() }
+
+    /// One connection and what came over it.
+    final class Connection {
+        let uid: UInt32
+        let ports: ClosedRange<UInt16>
+        var fd: Int32 = -1
+        var reader = FrameReader()
+        /// Requests sent whose replies are not read yet: their methods, by id.
+        var pending: [Int64: String] = [:]
+        /// Descriptor batches received whose reply is not whole yet, oldest first: each came with
+        /// the first byte of a successful bind's reply.
+        var batches: [[Int32]] = []
+        var nextID: Int64 = 1
+        /// Every descriptor received, with the key its reply named.
+        var received: [(fd: Int32, key: String)] = []
+        init(uid: UInt32, ports: ClosedRange<UInt16>) { (self.uid, self.ports) = (uid, ports) }
+    }
+
+    static let grants: [(uid: UInt32, ports: ClosedRange<UInt16>)] = [(4242, 8000...8009), (4343, 8010...8019)]
+
+    func testRandomInterleavingsNeverHandAClientASocketOutsideItsGrant() throws {
+        var random = SeededGenerator.fromEnvironment(name: #function)
+        let policy = lab.directory.appendingPathComponent("policy.json")
+        let rules = Self.grants.map {
+            let range = "\($0.ports.lowerBound)-\($0.ports.upperBound)"
+            return #"{"uid":\#($0.uid),"binds":["tcp://\#(BrokerLab.address):\#(range)"]}"#
+        }
+        try #"{"control":{"mode":"0666"},"allow":[\#(rules.joined(separator: ","))]}"#.write(
+            to: policy, atomically: true, encoding: .utf8)
+        let manager = try ServiceManagerSocket(path: lab.directory.appendingPathComponent("notify.sock").path)
+        let arguments = ["--config", policy.path]
+        let first = try lab.startBroker(arguments, environment: ["NOTIFY_SOCKET": manager.path])
+        var broker = first.processIdentifier
+        var restarted: [pid_t] = []
+        defer {
+            restarted.forEach {
+                kill($0, SIGKILL); _ = Spawn.wait($0)
+            }
+        }
+        let clients = [
+            Connection(uid: 4242, ports: 8000...8009), Connection(uid: 4242, ports: 8000...8009),
+            Connection(uid: 4343, ports: 8010...8019), Connection(uid: 0, ports: 0...UInt16.max),
+        ]
+        defer { for client in clients { client.received.forEach { close($0.fd) }; close(client.fd) } }
+        for client in clients { try connect(client) }
+        let slow = clients[0]
+        var steps: [String] = []
+        for step in 0..<120 {
+            let client = clients[random.below(clients.count)]
+            let port = UInt16(7995 + random.below(30))
+            let url = try BindRequest.parse(url: "tcp://\(BrokerLab.address):\(port)").get()
+            switch random.below(10) {
+            case 0...3:
+                steps.append("uid \(client.uid) binds \(port)")
+                try request(client, "bind", [url], wait: client !== slow)
+            case 4, 5:
+                steps.append("uid \(client.uid) releases \(port)")
+                try request(client, "release", [url], wait: client !== slow)
+            case 6:
+                steps.append("the slow reader sends 40 lists")
+                for _ in 0..<40 { try request(slow, "list", [], wait: false) }
+            case 7:
+                steps.append("the slow reader reads")
+                try drain(slow)
+            case 8:
+                // Requests made meanwhile wait for the new image: the connections are carried.
+                steps.append("re-exec")
+                kill(broker, SIGUSR1)
+            default:
+                steps.append("kill -9 and a restart from the fd store")
+                try manager.collect { _ in true }
+                kill(broker, SIGKILL)
+                if broker == first.processIdentifier { first.waitUntilExit() } else { _ = Spawn.wait(broker) }
+                broker = try restart(manager, arguments)
+                restarted.append(broker)
+                try lab.waitForBroker()
+                for client in clients { try connect(client) }
+            }
+            let context = "after \(steps.suffix(6).joined(separator: "; ")) \(random.report)"
+            try check(clients, context)
+        }
+        try drain(slow)
+        try check(clients, "at the end \(random.report)")
+        XCTAssertGreaterThan(clients.map(\.received.count).reduce(0, +), 0, "some binds were granted")
+    }
+
+    // MARK: The clients' side
+
+    func connect(_ client: Connection) throws {
+        if client.fd >= 0 { close(client.fd) }
+        client.fd =
+            client.uid == 0
+            ? try UnixAddress.connect(lab.socketPath) : try lab.connection(uid: client.uid, gid: client.uid)
+        SocketOptions.setTimeouts(client.fd, seconds: 5)
+        client.reader = FrameReader()
+        client.pending = [:]
+        client.batches.forEach { $0.forEach { close($0) } }
+        client.batches = []
+    }
+
+    func request(_ client: Connection, _ method: String, _ binds: [BindRequest], wait: Bool) throws {
+        let id = client.nextID
+        client.nextID += 1
+        client.pending[id] = method
+        guard SocketIO.sendAll(client.fd, Wire.framed.request(id: .number(id), method: method, binds: binds)) else {
+            return try connect(client)  // closed by the broker (a restart, a cut-off): a new connection
+        }
+        if wait { try drain(client) }
+    }
+
+    /// Reads every pending reply. Each successful bind's reply names its keys, and its descriptors
+    /// came with its first byte: the oldest batch not yet paired.
+    func drain(_ client: Connection) throws {
+        while !client.pending.isEmpty {
+            if let body = try client.reader.next() {
+                let reply = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(body)) as? [String: Any])
+                let method = client.pending.removeValue(forKey: (reply["id"] as? NSNumber)?.int64Value ?? -1)
+                guard method == "bind" else { continue }
+                let keys = ((reply["result"] as? [String: Any])?["sockets"] as? [[String: Any]])?.compactMap {
+                    $0["key"] as? String
+                }
+                guard let keys, !keys.isEmpty else { continue }
+                let batch = client.batches.isEmpty ? [] : client.batches.removeFirst()
+                XCTAssertEqual(batch.count, keys.count, "a bind's reply and its descriptors")
+                for (fd, key) in zip(batch, keys) { client.received.append((fd, key)) }
+                batch.dropFirst(keys.count).forEach { close($0) }
+                continue
+            }
+            guard let (bytes, fds) = try? FDPassing.receive(client.fd), !bytes.isEmpty else {
+                return try connect(client)  // the broker closed it: what was pending is gone with it
+            }
+            if !fds.isEmpty { client.batches.append(fds) }
+            client.reader.append(bytes)
+        }
+    }
+
+    func check(_ clients: [Connection], _ context: String) throws {
+        for client in clients {
+            for (fd, key) in client.received {
+                let request = try BindRequest.parse(url: key).get()
+                let bound = SocketAddress.local(of: fd)?.endpoint
+                XCTAssertEqual(
+                    bound?.port, request.port, "uid \(client.uid) holds a socket of another key than \(key) \(context)")
+                XCTAssertEqual(bound.map { "\($0.address)" }, request.address, "\(key) \(context)")
+                XCTAssertTrue(client.ports.contains(request.port), "uid \(client.uid) got \(key) \(context)")
+                XCTAssertTrue(isListening(fd), "a socket uid \(client.uid) holds stopped listening: \(key) \(context)")
+            }
+        }
+    }
+
+    func restart(_ manager: ServiceManagerSocket, _ arguments: [String]) throws -> pid_t {
+        try Spawn.run(
+            "/usr/bin/env",
+            [
+                "ip", "netns", "exec", lab.namespace, "/bin/sh", "-c", "LISTEN_PID=$$ exec \"$0\" \"$@\"",
+                lab.binary("bindkeeper"), "serve", "--socket", lab.socketPath,
+            ] + arguments,
+            environment: ProcessInfo.processInfo.environment.merging(manager.listenEnvironment) { $1 },
+            placing: manager.placements)
+    }
+}
