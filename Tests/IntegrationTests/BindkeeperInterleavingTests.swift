@@ -63,30 +63,51 @@ final class BindkeeperInterleavingTests: XCTestCase {
         for client in clients { try connect(client) }
         let slow = clients[0]
         var steps: [String] = []
-        for step in 0..<120 {
+        // A few ports, in both grants and outside them, so that binds and releases of one port by
+        // different clients meet often.
+        let ports: [UInt16] = [8000, 8001, 8002, 8010, 8011, 7999, 8020]
+        for step in 0..<100 {
+            // The broker's notifications (fd store entries) are read as a service manager would:
+            // a full notify socket would block the broker.
+            try manager.collect { _ in true }
             let client = clients[random.below(clients.count)]
-            let port = UInt16(7995 + random.below(30))
+            let port = ports[random.below(ports.count)]
             let url = try BindRequest.parse(url: "tcp://\(BrokerLab.address):\(port)").get()
-            switch random.below(10) {
-            case 0...3:
+            switch random.below(16) {
+            case 0...4:
                 steps.append("uid \(client.uid) binds \(port)")
                 try request(client, "bind", [url], wait: client !== slow)
-            case 4, 5:
+                if client === slow { waitUntilListed(url.key) }
+            case 5...7:
                 steps.append("uid \(client.uid) releases \(port)")
                 try request(client, "release", [url], wait: client !== slow)
-            case 6:
-                steps.append("the slow reader sends 40 lists")
-                for _ in 0..<40 { try request(slow, "list", [], wait: false) }
-            case 7:
+            case 8, 9:
+                // More than the broker's socket buffer holds: its replies, and the descriptors of
+                // any bind behind them, wait in the broker's outbox.
+                steps.append("the slow reader sends 300 lists")
+                for _ in 0..<300 { try request(slow, "list", [], wait: false) }
+            case 10, 11:
                 steps.append("the slow reader reads")
                 try drain(slow)
-            case 8:
+            case 13, 14:
+                // The race a grantee can run on its own: a bind answered behind a backlog of
+                // replies, its socket released from another connection, root binding a socket
+                // of its own meanwhile; then the reply is read.
+                let mine = try BindRequest.parse(url: "tcp://\(BrokerLab.address):\(8000 + random.below(3))").get()
+                let roots = try BindRequest.parse(url: "tcp://\(BrokerLab.address):\(7990 + random.below(5))").get()
+                steps.append("race: \(mine.port) released behind a backlog, root binds \(roots.port)")
+                for _ in 0..<300 { try request(slow, "list", [], wait: false) }
+                try request(slow, "bind", [mine], wait: false)
+                waitUntilListed(mine.key)
+                try request(clients[1], "release", [mine], wait: true)
+                try request(clients[3], "bind", [roots], wait: true)
+                try drain(slow)
+            case 12:
                 // Requests made meanwhile wait for the new image: the connections are carried.
                 steps.append("re-exec")
                 kill(broker, SIGUSR1)
             default:
                 steps.append("kill -9 and a restart from the fd store")
-                try manager.collect { _ in true }
                 kill(broker, SIGKILL)
                 if broker == first.processIdentifier { first.waitUntilExit() } else { _ = Spawn.wait(broker) }
                 broker = try restart(manager, arguments)
@@ -100,6 +121,16 @@ final class BindkeeperInterleavingTests: XCTestCase {
         try drain(slow)
         try check(clients, "at the end \(random.report)")
         XCTAssertGreaterThan(clients.map(\.received.count).reduce(0, +), 0, "some binds were granted")
+    }
+
+    /// The slow reader's bind is answered once the broker reaches it, behind its other requests:
+    /// what follows should meet the socket made (or its reply waiting). Bounded; a refused bind
+    /// never shows.
+    func waitUntilListed(_ key: String) {
+        for _ in 0..<40 {
+            if (try? lab.client().list().sockets.contains { $0.key == key }) == true { return }
+            usleep(50_000)
+        }
     }
 
     // MARK: The clients' side
