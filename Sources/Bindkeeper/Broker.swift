@@ -111,6 +111,8 @@ public final class Broker: @unchecked Sendable {
     /// The loop's counters as the metrics thread last saw them.
     let published = Mutex(Statistics())
     var metricsServer: StatsServer?
+    /// The metrics socket an earlier process handed over, until `startMetrics` takes it.
+    var inheritedMetrics: Int32?
     let logger: Logger
     /// The program's path, resolved at start: a re-exec runs whatever is installed there now (after
     /// an upgrade, the new binary; /proc/self/exe would name the deleted old one).
@@ -155,11 +157,30 @@ public final class Broker: @unchecked Sendable {
                 logger.info("fd store control socket: \(error)")
             }
         }
-        if let metrics = options.metrics {
-            metricsServer = try StatsServer(metrics: metrics, controlPath: nil) { [unowned self] _ in self.prometheus()
+        try startMetrics()
+        try? notifier?.send("READY=1\nSTATUS=serving \(sockets.count) sockets on \(options.controlPath)")
+    }
+
+    /// The metrics socket: the one an earlier process handed over (a re-exec, the fd store) while it
+    /// is bound where --metrics says, else a new one. Kept across re-execs and in the store, so no
+    /// local user can take its port while the broker changes image.
+    func startMetrics() throws {
+        let inherited = inheritedMetrics.map { [StatsServer.metricsName: $0] } ?? [:]
+        inheritedMetrics = nil
+        guard options.metrics != nil || !inherited.isEmpty else { return }
+        let server = try StatsServer(
+            metrics: options.metrics, controlPath: nil, inherited: inherited,
+            render: { [unowned self] _ in self.prometheus() },
+            releaseInherited: { [notifier, logger] name in
+                do { try notifier?.removeStored(name: name) } catch { logger.info("fd store \(name): \(error)") }
+            })
+        guard let fd = server.descriptors.first?.fd else { return }
+        metricsServer = server
+        if inherited.isEmpty || server.replaced.contains(StatsServer.metricsName) {
+            do { try notifier?.store(fd, name: StatsServer.metricsName) } catch {
+                logger.info("fd store metrics socket: \(error)")
             }
         }
-        try? notifier?.send("READY=1\nSTATUS=serving \(sockets.count) sockets on \(options.controlPath)")
     }
 
     /// Serves until SIGTERM/SIGINT. Returns normally; the control socket file is removed.

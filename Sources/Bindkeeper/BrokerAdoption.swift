@@ -5,6 +5,7 @@ import Glibc
 import LinuxSys
 import Logging
 import Synchronization
+import Telemetry
 
 // The broker: start-up: what a previous broker left.
 extension Broker {
@@ -19,6 +20,8 @@ extension Broker {
             let state = try BrokerState.decode(bytes ?? []).get()
             control = state.control
             Descriptors.setCloseOnExec(control, true)
+            inheritedMetrics = state.metrics
+            if let metrics = state.metrics { Descriptors.setCloseOnExec(metrics, true) }
             for socket in state.sockets {
                 Descriptors.setCloseOnExec(socket.fd, true)
                 add(
@@ -48,6 +51,8 @@ extension Broker {
             Descriptors.setCloseOnExec(fd, true)
             if name == FDStoreName.control {
                 control = fd
+            } else if name == StatsServer.metricsName {
+                inheritedMetrics = fd
             } else if let request = FDStoreName.decode(name) {
                 add(Entry(request: request, fd: fd, handedOut: 0, backlog: backlogReport(for: request)), stored: true)
             } else {

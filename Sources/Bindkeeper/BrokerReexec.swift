@@ -42,7 +42,8 @@ extension Broker {
                 drop(client, "client pid \(client.peer.pid) did not take its replies before a re-exec; closed")
             }
         }
-        let state = BrokerState(
+        let metrics = metricsServer?.descriptors.first?.fd
+        var state = BrokerState(
             control: control,
             sockets: order.compactMap { sockets[$0] }.map {
                 .init(fd: $0.fd, request: $0.request, handedOut: $0.handedOut, creator: $0.creator)
@@ -50,6 +51,7 @@ extension Broker {
             clients: clients.values.filter { !$0.closing }.map {
                 .init(fd: $0.fd, wire: $0.reader.wire, pending: $0.reader.pending)
             })
+        state.metrics = metrics
         let memfd = proxyside_memfd("bindkeeper-state")
         guard memfd >= 0 else { logger.info("re-exec: memfd: \(String(cString: strerror(-memfd)))"); return }
         let bytes = state.encoded()
@@ -59,7 +61,8 @@ extension Broker {
             return
         }
         let kept =
-            [(control, "control")] + state.sockets.map { ($0.fd, "socket") } + state.clients.map { ($0.fd, "client") }
+            [(control, "control")] + (metrics.map { [($0, "metrics")] } ?? []) + state.sockets.map { ($0.fd, "socket") }
+            + state.clients.map { ($0.fd, "client") }
         statistics.reexecs += 1
         logger.info(
             """

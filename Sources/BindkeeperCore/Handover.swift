@@ -85,6 +85,8 @@ public struct BrokerState: Equatable, Sendable {
     public var control: Int32
     public var sockets: [Socket]
     public var clients: [Client]
+    /// The metrics listening socket, when the broker serves one.
+    public var metrics: Int32?
 
     public init(control: Int32, sockets: [Socket], clients: [Client]) {
         self.control = control
@@ -95,7 +97,7 @@ public struct BrokerState: Equatable, Sendable {
     public static let environmentName = "BINDKEEPER_STATE_FD"
 
     /// The JSON form: `{"control": FD, "sockets": [{"fd", "url", "handed_out", "creator"}],
-    /// "clients": [{"fd", "wire": "framed"|"multibinder"|"", "pending": BASE64}]}`. Broker
+    /// "clients": [{"fd", "wire": "framed"|"multibinder"|"", "pending": BASE64}], "metrics": FD}`. Broker
     /// releases read each other's state across an upgrade, so the form only grows.
     private struct Form: Codable {
         struct Socket: Codable {
@@ -115,6 +117,7 @@ public struct BrokerState: Equatable, Sendable {
         var control: Int32
         var sockets: [Socket]
         var clients: [Client]
+        var metrics: Int32?
     }
 
     public func encoded() -> [UInt8] {
@@ -128,7 +131,7 @@ public struct BrokerState: Equatable, Sendable {
                     .init(
                         fd: $0.fd, wire: $0.wire.map { $0 == .framed ? "framed" : "multibinder" } ?? "",
                         pending: Data($0.pending))
-                }))
+                }, metrics: metrics))
     }
 
     public static func decode(_ bytes: [UInt8]) -> Result<BrokerState, BindError> {
@@ -136,6 +139,7 @@ public struct BrokerState: Equatable, Sendable {
             return .failure(BindError("state: not a broker state"))
         }
         var state = BrokerState(control: form.control, sockets: [], clients: [])
+        state.metrics = form.metrics
         for socket in form.sockets {
             guard let request = try? BindRequest.parse(url: socket.url).get() else {
                 return .failure(BindError("state: bad socket entry"))

@@ -235,6 +235,54 @@ final class BindkeeperTrustTests: XCTestCase {
         XCTAssertLessThan(MonotonicClock.nanoseconds() - start, 10_000_000_000, "bounded by the timeout")
     }
 
+    /// The metrics socket is one kernel socket across a re-exec and a restart from the fd store (no
+    /// local user can take its port in between), and moves when --metrics does.
+    func testTheMetricsSocketIsKeptAcrossAReexecAndARestart() throws {
+        let manager = try ServiceManagerSocket(path: lab.directory.appendingPathComponent("notify.sock").path)
+        let first = try lab.startBroker(
+            ["--metrics", "\(BrokerLab.address):9531"], environment: ["NOTIFY_SOCKET": manager.path])
+        func inode(_ port: Int) throws -> String? {
+            let line = try Lab.shell("ip netns exec \(lab.namespace) ss -Htlne 'sport = :\(port)'")
+            return line.split(separator: " ").first { $0.hasPrefix("ino:") }.map(String.init)
+        }
+        let before = try XCTUnwrap(try inode(9531))
+        try manager.collect { $0.store.contains { $0.name == "metrics" } }
+        kill(first.processIdentifier, SIGUSR1)
+        try lab.waitFor("the re-exec") { lab.allLogs.contains("re-executed: kept") }
+        try lab.waitForBroker()
+        XCTAssertEqual(try inode(9531), before, "the same socket after the re-exec")
+        XCTAssertTrue(
+            try lab.inside { try Lab.httpGet(.v4(IPv4Address(BrokerLab.address)!), port: 9531) }.contains("bindkeeper_")
+        )
+
+        kill(first.processIdentifier, SIGKILL)
+        first.waitUntilExit()
+        func restart(_ metrics: String) throws -> pid_t {
+            try Spawn.run(
+                "/usr/bin/env",
+                [
+                    "ip", "netns", "exec", lab.namespace, "/bin/sh", "-c", "LISTEN_PID=$$ exec \"$0\" \"$@\"",
+                    lab.binary("bindkeeper"), "serve", "--socket", lab.socketPath, "--metrics", metrics,
+                ],
+                environment: ProcessInfo.processInfo.environment.merging(manager.listenEnvironment) { $1 },
+                placing: manager.placements)
+        }
+        let second = try restart("\(BrokerLab.address):9531")
+        try lab.waitForBroker()
+        XCTAssertEqual(try inode(9531), before, "the same socket after a restart from the store")
+        kill(second, SIGKILL)
+        _ = Spawn.wait(second)
+
+        let third = try restart("\(BrokerLab.address):9532")
+        defer { kill(third, SIGTERM); _ = Spawn.wait(third) }
+        try lab.waitForBroker()
+        try lab.waitFor("the metrics on the new port, and nothing on the old one (the store let it go)") {
+            try manager.collect { _ in true }
+            return try inode(9532) != nil && inode(9531) == nil
+        }
+        XCTAssertEqual(manager.store.filter { $0.name == "metrics" }.count, 1)
+    }
+
     func statMode(_ path: String) -> UInt32? {
         var status = stat()
         return lstat(path, &status) == 0 ? UInt32(status.st_mode & 0o7777) : nil
