@@ -105,8 +105,9 @@ public final class Broker: @unchecked Sendable {
     let shutdown: EventFD
     let reexecSignal: EventFD
     var reexecRequested = false
-    /// What `version` printed when a client's request checked the installed file.
-    var checkedImage: String?
+    /// accept(2) found no descriptor left (EMFILE, ENFILE): the control socket is not polled until
+    /// then, instead of waking the loop at once, again and again.
+    var acceptPausedUntil: UInt64 = 0
     var statistics = Statistics()
     /// The loop's counters as the metrics thread last saw them.
     let published = Mutex(Statistics())
@@ -197,7 +198,10 @@ public final class Broker: @unchecked Sendable {
             fds.append(pollfd(fd: shutdown.fd, events: Int16(POLLIN), revents: 0))
             fds.append(pollfd(fd: reexecSignal.fd, events: Int16(POLLIN), revents: 0))
             fds.append(
-                pollfd(fd: control, events: clients.count < options.maximumClients ? Int16(POLLIN) : 0, revents: 0))
+                pollfd(
+                    fd: control,
+                    events: clients.count < options.maximumClients && MonotonicClock.nanoseconds() >= acceptPausedUntil
+                        ? Int16(POLLIN) : 0, revents: 0))
             var backlog = false
             for client in clients.values {
                 backlog = backlog || client.backlogged

@@ -10,7 +10,13 @@ extension Broker {
     func acceptClients(from listener: Int32? = nil) {
         while clients.count < options.maximumClients {
             let fd = accept(listener ?? control, nil, nil)
-            guard fd >= 0 else { return }
+            guard fd >= 0 else {
+                if errno == EMFILE || errno == ENFILE {
+                    acceptPausedUntil = MonotonicClock.nanoseconds() + 100_000_000
+                    logClientEvent("accept: no descriptor left; new clients wait")
+                }
+                return
+            }
             Descriptors.setCloseOnExec(fd, true)
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
             let client = Client(fd: fd)
@@ -117,21 +123,26 @@ extension Broker {
         }
     }
 
+    /// What one descriptor held in an outbox weighs against --max-unread (a client that never reads
+    /// its replies may hold about 500 sockets' duplicates, not the process's every descriptor).
+    static let descriptorWeight = 2048
+
     /// Queues a reply. The reply takes duplicates of `fds` (the broker's own stay its own); when
-    /// the process has no descriptor left for them, the client gets an error instead.
-    func enqueue(_ bytes: [UInt8], fds: [Int32], to client: Client, orError error: () -> [UInt8] = { [] }) {
+    /// the process has no descriptor left for them, the client gets `error` instead.
+    func enqueue(_ bytes: [UInt8], fds: [Int32] = [], to client: Client, orError error: () -> [UInt8]? = { nil }) {
         var copies: [Int32] = []
         for fd in fds {
             guard let copy = Descriptors.duplicate(fd) else {
                 copies.forEach { close($0) }
                 statistics.bindErrors += 1
                 logClientEvent("client pid \(client.peer.pid): no descriptor left to hand a socket over")
-                return enqueue(error(), fds: [], to: client)
+                if let error = error() { enqueue(error, to: client) }
+                return
             }
             copies.append(copy)
         }
         client.outbox.append((bytes, 0, copies))
-        client.unread += bytes.count
+        client.unread += bytes.count + copies.count * Self.descriptorWeight
         if client.unread > options.maximumUnreadReplies {
             statistics.clientsCutOff += 1
             discardOutbox(client)
@@ -140,15 +151,14 @@ extension Broker {
         }
     }
 
-    /// Sends what the client's outbox holds, as far as its socket takes it. `blocking`: waits for
-    /// room (up to the socket's send timeout) instead of stopping at the first full buffer.
-    func flush(_ client: Client, blocking: Bool = false) {
+    /// Sends what the client's outbox holds, as far as its socket takes it now.
+    func flush(_ client: Client) {
         while let first = client.outbox.first {
             let sent: Int
             do {
                 sent = try FDPassing.send(
                     client.fd, first.bytes[first.offset...], fds: first.offset == 0 ? first.fds : [],
-                    flags: blocking ? 0 : Int32(MSG_DONTWAIT))
+                    flags: Int32(MSG_DONTWAIT))
             } catch {
                 drop(client, nil)
                 return
@@ -157,6 +167,7 @@ extension Broker {
             if first.offset == 0 {
                 // The descriptors went with the first byte: the client has them now.
                 first.fds.forEach { close($0) }
+                client.unread -= first.fds.count * Self.descriptorWeight
                 client.outbox[0].fds = []
             }
             client.unread -= sent

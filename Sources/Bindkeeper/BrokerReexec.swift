@@ -12,35 +12,49 @@ extension Broker {
     /// the policy and every flag and exits, printing its version line. A file that does not run,
     /// or a configuration it refuses, keeps this process serving.
     func checkReplacement() -> Result<String, SystemError> {
-        ProgramImage.check(executable, arguments: Array(CommandLine.arguments.dropFirst()) + ["--check"])
+        let checked = ProgramImage.check(executable, arguments: Array(CommandLine.arguments.dropFirst()) + ["--check"])
+        // A release older than `serve --check` refuses the flag as a usage error (64): it is
+        // checked as it always was, by running its `version`.
+        if case .failure(let error) = checked, error.description.contains("exited with 64") {
+            return ProgramImage.check(executable)
+        }
+        return checked
+    }
+
+    /// Sends every client's promised replies before the exec, within one second for all of them
+    /// together (a client reading a reply now and then cannot stretch it); a client that has not
+    /// taken its replies by then is closed: carried on, it would read the rest of a reply as the
+    /// start of the next, and the sockets the reply hands over would not survive the exec.
+    func flushBeforeReexec() {
+        let deadline = MonotonicClock.nanoseconds() + 1_000_000_000
+        var waiting = clients.values.filter { !$0.outbox.isEmpty }
+        while !waiting.isEmpty {
+            for client in waiting { flush(client) }
+            waiting = waiting.filter { !$0.outbox.isEmpty && clients[$0.fd] != nil }
+            let now = MonotonicClock.nanoseconds()
+            guard !waiting.isEmpty, now < deadline else { break }
+            var fds = waiting.map { pollfd(fd: $0.fd, events: Int16(POLLOUT), revents: 0) }
+            _ = poll(&fds, nfds_t(fds.count), Int32((deadline - now) / 1_000_000) + 1)
+        }
+        for client in waiting {
+            statistics.clientsCutOff += 1
+            drop(client, "client pid \(client.peer.pid) did not take its replies before a re-exec; closed")
+        }
     }
 
     /// Replaces the program in place: sockets, the control socket and connected clients stay open
     /// across exec(2), described in a memfd. On failure the broker goes on serving.
     func reexec() {
-        // A file that does not run is found before this image is given up.
+        // A file that does not run, or refuses the configuration, is found before this image is
+        // given up: checked again after the flush, right before the exec, so that a policy edited
+        // meanwhile is what was checked.
+        flushBeforeReexec()
         let checked: String
-        switch checkedImage.map({ .success($0) }) ?? checkReplacement() {
+        switch checkReplacement() {
         case .success(let line): checked = line
         case .failure(let error):
             logger.info("re-exec refused: \(error); still serving")
             return
-        }
-        checkedImage = nil
-        for client in Array(clients.values) {
-            // Replies already promised go out first (blocking, up to a second a client); the client
-            // keeps its connection. One that has not taken its replies by then is closed: carried
-            // on, it would read the rest of a reply as the start of the next, and the sockets the
-            // reply hands over would not survive the exec.
-            let flags = fcntl(client.fd, F_GETFL)
-            _ = fcntl(client.fd, F_SETFL, flags & ~O_NONBLOCK)
-            SocketOptions.setTimeout(client.fd, SO_SNDTIMEO, seconds: 1)
-            flush(client, blocking: true)
-            _ = fcntl(client.fd, F_SETFL, flags)
-            if !client.outbox.isEmpty {
-                statistics.clientsCutOff += 1
-                drop(client, "client pid \(client.peer.pid) did not take its replies before a re-exec; closed")
-            }
         }
         let metrics = metricsServer?.descriptors.first?.fd
         var state = BrokerState(

@@ -54,7 +54,6 @@ extension Broker {
             // so the client learns of a bad upgrade or a bad policy while this process still serves.
             switch checkReplacement() {
             case .success(let line):
-                checkedImage = line
                 enqueue(wire.result(id: request.id, Reply.Reexec(pid: getpid(), image: line)), fds: [], to: client)
                 reexecRequested = true
             case .failure(let error):

@@ -1,4 +1,5 @@
 import BindkeeperCore
+import CLinuxShims
 import Glibc
 import LinuxSys
 

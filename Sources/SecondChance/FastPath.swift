@@ -215,19 +215,25 @@ public final class FastPath: @unchecked Sendable {
 
     private let writtenGeneration = Mutex<UInt64?>(nil)
     private let writtenReverseGeneration = Mutex<UInt64?>(nil)
+    /// What could not be written last time it was published: the program stays suspended while
+    /// any of it is.
+    private let failing = Mutex<Set<String>>([])
 
     /// A map that cannot take what the watcher publishes would refuse what the queue accepts (or
-    /// hear what it refuses): the program then sends everything up until a write succeeds.
+    /// hear what it refuses): the program then sends everything up until every map that failed
+    /// (the addresses, the ways back) has taken what was published since.
     private func write(_ what: String, logger: Logger, _ body: () throws -> Void) {
         do {
             try body()
         } catch {
             logger.warning("fast path: \(error); every packet goes up to NFQUEUE until the maps take \(what)")
+            failing.withLock { _ = $0.insert(what) }
             suspended.store(true, ordering: .releasing)
             maps.suspend(settings.withLock { $0 })
             return
         }
-        guard suspended.load(ordering: .acquiring) else { return }
+        let resume = failing.withLock { failing -> Bool in failing.remove(what) != nil && failing.isEmpty }
+        guard resume else { return }
         do {
             try maps.write(settings.withLock { $0 })
             suspended.store(false, ordering: .releasing)

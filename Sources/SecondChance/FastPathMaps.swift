@@ -154,6 +154,12 @@ public struct FastPathMaps: Sendable {
     func replace(_ fd: Int32, entries: [[UInt8]: [UInt8]]) throws {
         let info = try FastPathKernel.mapInfo(fd: fd)
         let present = Self.keys(of: fd, size: Int(info.key_size))
+        let stale = present.filter { entries[$0] == nil }
+        if entries.count + stale.count > Int(info.max_entries) {
+            // Old and new together would not fit: the stale entries go first (a packet may meet
+            // a set with fewer entries meanwhile, never a write that failed half-way).
+            for key in stale { _ = key.withUnsafeBytes { bpf_map_delete_elem(fd, $0.baseAddress) } }
+        }
         var current = [UInt8](repeating: 0, count: Int(info.value_size))
         for (key, value) in entries {
             if present.contains(key),
@@ -166,9 +172,7 @@ public struct FastPathMaps: Sendable {
             }
             guard written == 0 else { throw FastPathError("adding a map entry", errno: errno) }
         }
-        for key in present where entries[key] == nil {
-            _ = key.withUnsafeBytes { bpf_map_delete_elem(fd, $0.baseAddress) }
-        }
+        for key in stale { _ = key.withUnsafeBytes { bpf_map_delete_elem(fd, $0.baseAddress) } }
     }
 
     static func key(_ listener: ListenerKey) -> [UInt8] {

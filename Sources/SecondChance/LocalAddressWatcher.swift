@@ -81,7 +81,7 @@ public final class LocalAddressWatcher: @unchecked Sendable {
                     NETLINK_ROUTE, name: "NETLINK_ROUTE",
                     groups: UInt32(
                         RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE
-                            | RTMGRP_IPV4_RULE),
+                            | RTMGRP_IPV4_RULE | RTMGRP_LINK),
                     namespace: namespace)
                 opened.append(socket)
                 let fd = mnl_socket_get_fd(socket)
@@ -134,9 +134,12 @@ public final class LocalAddressWatcher: @unchecked Sendable {
         while true {
             let count = recv(fd, buffer, 16384, Int32(MSG_DONTWAIT))
             if count > 0 {
-                changed.addresses = changed.addresses || Self.concernsLocalAddresses(buffer, count)
+                let local = Self.concernsLocalAddresses(buffer, count)
+                changed.addresses = changed.addresses || local
+                // This host's own addresses are in the ways back too.
                 changed.reversePaths =
-                    changed.reversePaths || (hostNamespace && Self.concernsReversePaths(buffer, count, peers: peers))
+                    changed.reversePaths
+                    || (hostNamespace && (local || Self.concernsReversePaths(buffer, count, peers: peers)))
             } else if count < 0 && errno == ENOBUFS {
                 changed = (true, hostNamespace)
             } else if count == 0 || errno != EINTR {
@@ -206,7 +209,8 @@ public final class LocalAddressWatcher: @unchecked Sendable {
         while let current = message, mnl_nlmsg_ok(current, remaining) {
             defer { message = UnsafePointer(mnl_nlmsg_next(current, &remaining)) }
             switch Int32(current.pointee.nlmsg_type) {
-            case Int32(RTM_NEWRULE), Int32(RTM_DELRULE): return true
+            // A link going down takes its IPv4 routes with it without a route notification.
+            case Int32(RTM_NEWRULE), Int32(RTM_DELRULE), Int32(RTM_NEWLINK), Int32(RTM_DELLINK): return true
             case Int32(RTM_NEWROUTE), Int32(RTM_DELROUTE):
                 if let route = ReversePathReader.mainRoute(current),
                     ReversePathReader.concerns(route.prefix, peers: peers)

@@ -55,27 +55,13 @@ public enum ReplyRoutesReader {
     static func mainRoute(_ message: UnsafePointer<nlmsghdr>, mtus: [UInt32: UInt32]) -> (
         destination: Destination, priority: UInt32, route: ReplyRoutes.Route
     )? {
-        guard Int(mnl_nlmsg_get_payload_len(message)) >= MemoryLayout<rtmsg>.size else { return nil }
-        let header = UnsafeRawPointer(mnl_nlmsg_get_payload(message)!).loadUnaligned(as: rtmsg.self)
-        let attributes = Netlink.attributes(of: message, after: MemoryLayout<rtmsg>.size)
-        let word = { (type: UInt32) -> UInt32? in
-            attributes[UInt16(type)].flatMap { $0.count >= 4 ? $0.loadUnaligned(as: UInt32.self) : nil }
-        }
-        let table = word(RTA_TABLE.rawValue) ?? UInt32(header.rtm_table)
-        guard table == RT_TABLE_MAIN.rawValue, header.rtm_type == UInt8(RTN_UNICAST) else { return nil }
+        guard let route = RouteMessage(message), route.table == RT_TABLE_MAIN.rawValue,
+            route.header.rtm_type == UInt8(RTN_UNICAST)
+        else { return nil }
+        let (header, attributes, word) = (route.header, route.attributes, route.word)
         let ipv6 = header.rtm_family == UInt8(AF_INET6)
         // The devices: RTA_OIF, or every nexthop of a multipath route (the smallest MTU counts).
-        var devices: [UInt32] = word(RTA_OIF.rawValue).map { [$0] } ?? []
-        if let multipath = attributes[UInt16(RTA_MULTIPATH.rawValue)] {
-            var offset = 0
-            let step = MemoryLayout<rtnexthop>.size
-            while offset + step <= multipath.count {
-                let hop = multipath.loadUnaligned(fromByteOffset: offset, as: rtnexthop.self)
-                guard Int(hop.rtnh_len) >= step else { break }
-                devices.append(UInt32(bitPattern: hop.rtnh_ifindex))
-                offset += (Int(hop.rtnh_len) + 3) & ~3
-            }
-        }
+        let devices = route.devices
         let deviceMTUs = devices.compactMap { mtus[$0] }
         guard !deviceMTUs.isEmpty, deviceMTUs.count == devices.count else { return nil }
         var advmss: UInt32?
@@ -122,5 +108,40 @@ public enum ReplyRoutesReader {
             offset += (length + 3) & ~3
         }
         return out
+    }
+}
+
+/// An RTM_NEWROUTE or RTM_DELROUTE message: its header and attributes, bounds-checked. Valid while
+/// the message is (inside a dump's or a notification's callback).
+struct RouteMessage {
+    let header: rtmsg
+    let attributes: [UInt16: UnsafeRawBufferPointer]
+
+    init?(_ message: UnsafePointer<nlmsghdr>) {
+        guard Int(mnl_nlmsg_get_payload_len(message)) >= MemoryLayout<rtmsg>.size else { return nil }
+        header = UnsafeRawPointer(mnl_nlmsg_get_payload(message)!).loadUnaligned(as: rtmsg.self)
+        attributes = Netlink.attributes(of: message, after: MemoryLayout<rtmsg>.size)
+    }
+
+    func word(_ type: UInt32) -> UInt32? {
+        attributes[UInt16(type)].flatMap { $0.count >= 4 ? $0.loadUnaligned(as: UInt32.self) : nil }
+    }
+
+    /// RTA_TABLE where present (tables above 255 have only it), else the header's.
+    var table: UInt32 { word(RTA_TABLE.rawValue) ?? UInt32(header.rtm_table) }
+
+    /// RTA_OIF, and every nexthop's interface of a multipath route.
+    var devices: [UInt32] {
+        var devices: [UInt32] = word(RTA_OIF.rawValue).map { [$0] } ?? []
+        guard let multipath = attributes[UInt16(RTA_MULTIPATH.rawValue)] else { return devices }
+        var offset = 0
+        let step = MemoryLayout<rtnexthop>.size
+        while offset + step <= multipath.count {
+            let hop = multipath.loadUnaligned(fromByteOffset: offset, as: rtnexthop.self)
+            guard Int(hop.rtnh_len) >= step else { break }
+            devices.append(UInt32(bitPattern: hop.rtnh_ifindex))
+            offset += (Int(hop.rtnh_len) + 3) & ~3
+        }
+        return devices
     }
 }

@@ -18,6 +18,17 @@ public enum ReversePathReader {
                 best[route.prefix] = (route.priority, route.way)
             }
         }
+        // This host's own and broadcast addresses inside a peer prefix: rpfilter hears no packet
+        // from them (the local table comes first), however the main table routes them.
+        try socket.routes(family: AF_INET, table: RT_TABLE_LOCAL.rawValue, sequence: 3) { message in
+            switch LocalAddressWatcher.localRoute(message) {
+            case .v4(let prefix) where prefix.length == 32 && peers.contains(where: { $0.contains(prefix.network) }):
+                best[prefix] = (0, .interfaces([]))
+            case .broadcast(let address) where peers.contains(where: { $0.contains(address) }):
+                best[IPv4Prefix(network: address, length: 32)] = (0, .interfaces([]))
+            default: break
+            }
+        }
         var policyRouting = false
         try socket.dump(
             RTM_GETRULE, sequence: 2, name: "RTM_GETRULE", rtmsg.self,
@@ -42,45 +53,29 @@ public enum ReversePathReader {
     static func mainRoute(_ message: UnsafePointer<nlmsghdr>) -> (
         prefix: IPv4Prefix, priority: UInt32, way: ReversePaths.Way
     )? {
-        guard Int(mnl_nlmsg_get_payload_len(message)) >= MemoryLayout<rtmsg>.size else { return nil }
-        let header = UnsafeRawPointer(mnl_nlmsg_get_payload(message)!).loadUnaligned(as: rtmsg.self)
-        let attributes = Netlink.attributes(of: message, after: MemoryLayout<rtmsg>.size)
-        let word = { (type: UInt32) -> UInt32? in
-            attributes[UInt16(type)].flatMap { $0.count >= 4 ? $0.loadUnaligned(as: UInt32.self) : nil }
-        }
-        let table = word(RTA_TABLE.rawValue) ?? UInt32(header.rtm_table)
-        guard table == RT_TABLE_MAIN.rawValue, header.rtm_family == UInt8(AF_INET), header.rtm_dst_len <= 32 else {
-            return nil
-        }
-        let destination = attributes[UInt16(RTA_DST.rawValue)]
+        guard let route = RouteMessage(message), route.table == RT_TABLE_MAIN.rawValue,
+            route.header.rtm_family == UInt8(AF_INET), route.header.rtm_dst_len <= 32
+        else { return nil }
         let network: UInt32
-        switch destination?.count {
-        case nil where header.rtm_dst_len == 0: network = 0
-        case 4?: network = destination!.be32(0)
+        switch route.attributes[UInt16(RTA_DST.rawValue)] {
+        case nil where route.header.rtm_dst_len == 0: network = 0
+        case let destination? where destination.count == 4: network = destination.be32(0)
         default: return nil
         }
-        let prefix = IPv4Prefix(network: IPv4Address(network), length: header.rtm_dst_len)
-        return (prefix, word(RTA_PRIORITY.rawValue) ?? 0, way(header.rtm_type, attributes, oif: word(RTA_OIF.rawValue)))
+        let prefix = IPv4Prefix(network: IPv4Address(network), length: route.header.rtm_dst_len)
+        // A route for one TOS only is not the one every packet's reply takes: netfilter judges.
+        let way = route.header.rtm_tos != 0 ? .unchecked : way(route)
+        return (prefix, route.word(RTA_PRIORITY.rawValue) ?? 0, way)
     }
 
     /// What rpfilter makes of a route of this type: a unicast route's nexthops' interfaces; no way
     /// back through a blackhole, unreachable, prohibit or local route; anything else (throw: the
     /// next rule's table decides) is netfilter's to judge.
-    static func way(_ type: UInt8, _ attributes: [UInt16: UnsafeRawBufferPointer], oif: UInt32?) -> ReversePaths.Way {
-        switch Int(type) {
+    static func way(_ route: RouteMessage) -> ReversePaths.Way {
+        switch Int(route.header.rtm_type) {
         case Int(RTN_UNICAST):
-            var devices: Set<UInt32> = oif.map { [$0] } ?? []
-            if let multipath = attributes[UInt16(RTA_MULTIPATH.rawValue)] {
-                var offset = 0
-                let step = MemoryLayout<rtnexthop>.size
-                while offset + step <= multipath.count {
-                    let hop = multipath.loadUnaligned(fromByteOffset: offset, as: rtnexthop.self)
-                    guard Int(hop.rtnh_len) >= step else { break }
-                    devices.insert(UInt32(bitPattern: hop.rtnh_ifindex))
-                    offset += (Int(hop.rtnh_len) + 3) & ~3
-                }
-            }
             // A nexthop object (RTA_NH_ID) names no device here: not guessed.
+            let devices = Set(route.devices)
             return devices.isEmpty ? .unchecked : .interfaces(devices)
         case Int(RTN_BLACKHOLE), Int(RTN_UNREACHABLE), Int(RTN_PROHIBIT), Int(RTN_LOCAL): return .interfaces([])
         default: return .unchecked

@@ -32,6 +32,8 @@ public struct ReversePaths: Equatable, Sendable {
     /// (the kernel's pick among routes to the same prefix). `policyRouting`: rules other than the
     /// default three (local, main, default) exist, so the main table may not be where a reply goes.
     public init(peers: [IPv4Prefix], routes: [IPv4Prefix: Way], policyRouting: Bool = false) {
+        // A prefix given twice (--allow-source in the defaults file and on the command line) is one.
+        let peers = Set(peers)
         var table: [IPv4Prefix: Way] = [:]
         for peer in peers {
             let covering = routes.filter { $0.key.length <= peer.length && $0.key.contains(peer.network) }

@@ -283,10 +283,15 @@ struct Run: ParsableCommand {
         if check { return try checkConfiguration() }
         let environment = ProgramImage.environment()
         let stored = ListenFDs.inherited(environment, pid: getpid()).map(\.name).filter { $0.hasPrefix("nfqueue-") }
+        let serving = Atomic<Bool>(false)
         do {
-            try serve()
+            try serve(serving: serving)
         } catch {
-            guard !stored.isEmpty, let notifier = SDNotify(environment: environment) else { throw error }
+            // Only a start that never served: a failure after that (a queue thread's error) ends
+            // a daemon whose queue the next start takes over, with what waits in it.
+            guard !stored.isEmpty, !serving.load(ordering: .acquiring),
+                let notifier = SDNotify(environment: environment)
+            else { throw error }
             logger.error(
                 """
                 not starting (\(error)); letting the stored queue socket(s) go so that --queue-bypass applies \
@@ -314,7 +319,7 @@ struct Run: ParsableCommand {
         print(ProgramImage.versionLine("second-chance"))
     }
 
-    func serve() throws {
+    func serve(serving: borrowing Atomic<Bool>) throws {
         let mode: DecapsulationMode
         switch decap {
         case .kernel: mode = .kernel
@@ -569,6 +574,7 @@ struct Run: ParsableCommand {
         )
         let took = adoptedCount > 0 ? "; took over \(adoptedCount) bound queue socket(s) with what they held" : ""
         logger.info("\(ProgramImage.versionLine("second-chance") + took)")
+        serving.store(true, ordering: .releasing)
         try? notifier?.send("READY=1\nSTATUS=serving queue(s) \(queues.map(String.init).joined(separator: ","))")
 
         // With WatchdogSec= the watchdog hears from the daemon only while every queue thread comes

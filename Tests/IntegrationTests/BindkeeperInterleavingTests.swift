@@ -90,18 +90,8 @@ final class BindkeeperInterleavingTests: XCTestCase {
                 steps.append("the slow reader reads")
                 try drain(slow)
             case 13, 14:
-                // The race a grantee can run on its own: a bind answered behind a backlog of
-                // replies, its socket released from another connection, root binding a socket
-                // of its own meanwhile; then the reply is read.
-                let mine = try BindRequest.parse(url: "tcp://\(BrokerLab.address):\(8000 + random.below(3))").get()
-                let roots = try BindRequest.parse(url: "tcp://\(BrokerLab.address):\(7990 + random.below(5))").get()
-                steps.append("race: \(mine.port) released behind a backlog, root binds \(roots.port)")
-                for _ in 0..<300 { try request(slow, "list", [], wait: false) }
-                try request(slow, "bind", [mine], wait: false)
-                waitUntilListed(mine.key)
-                try request(clients[1], "release", [mine], wait: true)
-                try request(clients[3], "bind", [roots], wait: true)
-                try drain(slow)
+                steps.append(
+                    try race(clients, mine: 8000 + UInt16(random.below(3)), roots: 7990 + UInt16(random.below(5))))
             case 12:
                 // Requests made meanwhile wait for the new image: the connections are carried.
                 steps.append("re-exec")
@@ -110,7 +100,7 @@ final class BindkeeperInterleavingTests: XCTestCase {
                 steps.append("kill -9 and a restart from the fd store")
                 kill(broker, SIGKILL)
                 if broker == first.processIdentifier { first.waitUntilExit() } else { _ = Spawn.wait(broker) }
-                broker = try restart(manager, arguments)
+                broker = try lab.restartBroker(manager, arguments)
                 restarted.append(broker)
                 try lab.waitForBroker()
                 for client in clients { try connect(client) }
@@ -121,6 +111,22 @@ final class BindkeeperInterleavingTests: XCTestCase {
         try drain(slow)
         try check(clients, "at the end \(random.report)")
         XCTAssertGreaterThan(clients.map(\.received.count).reduce(0, +), 0, "some binds were granted")
+    }
+
+    /// The race a grantee can run on its own: a bind answered behind a backlog of replies, its
+    /// socket released from another connection, root binding a socket of its own meanwhile; then
+    /// the reply is read.
+    func race(_ clients: [Connection], mine port: UInt16, roots rootsPort: UInt16) throws -> String {
+        let mine = try BindRequest.parse(url: "tcp://\(BrokerLab.address):\(port)").get()
+        let roots = try BindRequest.parse(url: "tcp://\(BrokerLab.address):\(rootsPort)").get()
+        let (slow, other, root) = (clients[0], clients[1], clients[3])
+        for _ in 0..<300 { try request(slow, "list", [], wait: false) }
+        try request(slow, "bind", [mine], wait: false)
+        waitUntilListed(mine.key)
+        try request(other, "release", [mine], wait: true)
+        try request(root, "bind", [roots], wait: true)
+        try drain(slow)
+        return "race: \(port) released behind a backlog, root binds \(rootsPort)"
     }
 
     /// The slow reader's bind is answered once the broker reaches it, behind its other requests:
@@ -195,16 +201,5 @@ final class BindkeeperInterleavingTests: XCTestCase {
                 XCTAssertTrue(isListening(fd), "a socket uid \(client.uid) holds stopped listening: \(key) \(context)")
             }
         }
-    }
-
-    func restart(_ manager: ServiceManagerSocket, _ arguments: [String]) throws -> pid_t {
-        try Spawn.run(
-            "/usr/bin/env",
-            [
-                "ip", "netns", "exec", lab.namespace, "/bin/sh", "-c", "LISTEN_PID=$$ exec \"$0\" \"$@\"",
-                lab.binary("bindkeeper"), "serve", "--socket", lab.socketPath,
-            ] + arguments,
-            environment: ProcessInfo.processInfo.environment.merging(manager.listenEnvironment) { $1 },
-            placing: manager.placements)
     }
 }

@@ -186,17 +186,7 @@ final class BindkeeperTrustTests: XCTestCase {
         first.waitUntilExit()
         XCTAssertEqual(statMode(lab.socketPath), 0o660)
 
-        func restart(_ extra: [String]) throws -> pid_t {
-            let pid = try Spawn.run(
-                "/usr/bin/env",
-                [
-                    "ip", "netns", "exec", lab.namespace, "/bin/sh", "-c", "LISTEN_PID=$$ exec \"$0\" \"$@\"",
-                    lab.binary("bindkeeper"), "serve", "--socket", lab.socketPath,
-                ] + extra,
-                environment: ProcessInfo.processInfo.environment.merging(manager.listenEnvironment) { $1 },
-                placing: manager.placements)
-            return pid
-        }
+        func restart(_ extra: [String]) throws -> pid_t { try lab.restartBroker(manager, extra) }
         let second = try restart(["--config", try writePolicy([range])])
         try lab.waitForBroker()
         XCTAssertEqual(try lab.client().list().sockets.map(\.key), [socket[0].key])
@@ -257,16 +247,7 @@ final class BindkeeperTrustTests: XCTestCase {
 
         kill(first.processIdentifier, SIGKILL)
         first.waitUntilExit()
-        func restart(_ metrics: String) throws -> pid_t {
-            try Spawn.run(
-                "/usr/bin/env",
-                [
-                    "ip", "netns", "exec", lab.namespace, "/bin/sh", "-c", "LISTEN_PID=$$ exec \"$0\" \"$@\"",
-                    lab.binary("bindkeeper"), "serve", "--socket", lab.socketPath, "--metrics", metrics,
-                ],
-                environment: ProcessInfo.processInfo.environment.merging(manager.listenEnvironment) { $1 },
-                placing: manager.placements)
-        }
+        func restart(_ metrics: String) throws -> pid_t { try lab.restartBroker(manager, ["--metrics", metrics]) }
         let second = try restart("\(BrokerLab.address):9531")
         try lab.waitForBroker()
         XCTAssertEqual(try inode(9531), before, "the same socket after a restart from the store")

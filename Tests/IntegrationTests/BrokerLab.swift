@@ -89,6 +89,19 @@ final class BrokerLab {
 
     func client() throws -> BindkeeperClient { try BindkeeperClient(path: socketPath) }
 
+    /// `bindkeeper serve` in the namespace as a service manager restarts it: handed what `manager`
+    /// stored (LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID) and notifying it.
+    func restartBroker(_ manager: ServiceManagerSocket, _ arguments: [String] = []) throws -> pid_t {
+        try Spawn.run(
+            "/usr/bin/env",
+            [
+                "ip", "netns", "exec", namespace, "/bin/sh", "-c", "LISTEN_PID=$$ exec \"$0\" \"$@\"",
+                binary("bindkeeper"), "serve", "--socket", socketPath,
+            ] + arguments,
+            environment: ProcessInfo.processInfo.environment.merging(manager.listenEnvironment) { $1 },
+            placing: manager.placements)
+    }
+
     /// A connection to the control socket that `uid` and `gid` made (setpriv runs python3 as them,
     /// which connects and hands the connected socket back over SCM_RIGHTS): the broker's peer
     /// credentials are theirs, while the test speaks on it.

@@ -36,8 +36,9 @@ final class ReversePathTests: XCTestCase {
         let peers = [prefix("198.18.0.0/24")]
         let wide = ReversePaths(peers: peers, routes: [prefix("198.18.0.0/24"): .interfaces([1, 2, 3, 4, 5])])
         XCTAssertEqual(wide.check(address("198.18.0.2"), arrival: 9), .unchecked, "more nexthops than slots")
-        let ruled = ReversePaths(peers: peers, routes: [prefix("198.18.0.0/24"): .interfaces([2])], policyRouting: true)
-        XCTAssertEqual(ruled.check(address("198.18.0.2"), arrival: 9), .unchecked, "policy routing")
+        let ruled = ReversePaths(
+            peers: peers + peers, routes: [prefix("198.18.0.0/24"): .interfaces([2])], policyRouting: true)
+        XCTAssertEqual(ruled.check(address("198.18.0.2"), arrival: 9), .unchecked, "policy routing, a peer given twice")
         let multipath = ReversePaths(peers: peers, routes: [prefix("198.18.0.0/24"): .interfaces([2, 5])])
         XCTAssertEqual(multipath.check(address("198.18.0.2"), arrival: 5), .heard, "any nexthop's interface")
         XCTAssertEqual(ReversePaths.none.check(address("198.18.0.2"), arrival: 5), .unchecked)
