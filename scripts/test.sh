@@ -21,5 +21,5 @@ swift test --skip-build --disable-swift-testing
 # The decision and responder suites again with NFQUEUE alone (--fast-path off): the queue's path
 # stays the reference, and its SYN-cookie responder is the one that answers there.
 PROXYSIDE_FAST_PATH=off swift test --skip-build --disable-swift-testing \
-    --filter 'IntegrationTests\.(SecondChanceTests|TrustBoundaryTests|PromiseTests|SynCookieResponderTests)'
+    --filter 'IntegrationTests\.(SecondChanceTests|TrustBoundaryTests|PromiseTests|SynCookieResponderTests|SpoofedPeerTests)'
 if [ "$PROXYSIDE_SLOW_TESTS" = 1 ]; then scripts/fuzz.sh "${PROXYSIDE_FUZZ_SECONDS:-30}"; fi
