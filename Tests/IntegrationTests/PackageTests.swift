@@ -138,8 +138,17 @@ final class PackageTests: XCTestCase {
         // The shipped unit's sandbox (its capabilities, its system-call filter) lets the tc program load.
         XCTAssertTrue(stats.contains("fast_path: tc on eth0"), stats)
 
-        // Purged: no unit, socket, queue, filter or file is left.
-        _ = try inside("dpkg --purge proxyside 2>&1")
+        // Purged: no unit, socket, queue, filter or file is left, also where the daemon was told to
+        // leave its program deciding at a stop (the package's removal takes it off).
+        _ = try inside(
+            """
+            sed -i 's/^SECOND_CHANCE_ARGS=.*/SECOND_CHANCE_ARGS="--fast-path-stop keep"/' \
+                /etc/default/second-chance && \
+            systemctl restart second-chance@0.service
+            """)
+        let filters = "ip netns exec \(lab.namespace("p1")) tc filter show dev eth0 ingress"
+        try lab.waitFor("the restarted daemon's program") { try Lab.shell(filters).contains("second_chance_f") }
+        let purge = try inside("dpkg --purge proxyside 2>&1")
         try container.systemctl("daemon-reload")
         XCTAssertEqual(
             try inside(
@@ -159,6 +168,6 @@ final class PackageTests: XCTestCase {
         XCTAssertNil(queues[0], "queue 0 is no longer bound")
         XCTAssertEqual(
             try Lab.shell("ip netns exec \(lab.namespace("p1")) tc filter show dev eth0 ingress")
-                .trimmingCharacters(in: .whitespacesAndNewlines), "", "no tc program is left on eth0")
+                .trimmingCharacters(in: .whitespacesAndNewlines), "", "no tc program is left on eth0: \(purge)")
     }
 }

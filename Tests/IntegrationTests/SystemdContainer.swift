@@ -120,12 +120,13 @@ final class SystemdContainer {
 
     var bootLog: String { (try? String(contentsOf: log, encoding: .utf8)) ?? "" }
 
-    /// Runs a command inside (mount, PID, UTS and IPC namespaces; the network is the host's of the lab).
+    /// Runs a command inside (mount, PID, UTS, IPC and network namespaces: the network is the lab
+    /// host's, so that rules loaded and filters removed inside are that host's, not this machine's).
     @discardableResult
     func run(_ command: [String], seconds: Double = 30) throws -> (status: Int32, output: String) {
         let child = Process()
         child.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
-        child.arguments = ["-t", String(pid1), "-m", "-p", "-u", "-i", "--"] + command
+        child.arguments = ["-t", String(pid1), "-m", "-p", "-u", "-i", "-n", "--"] + command
         let outputFile = log.deletingLastPathComponent().appendingPathComponent("command-\(UUID().uuidString).out")
         FileManager.default.createFile(atPath: outputFile.path, contents: nil)
         defer { try? FileManager.default.removeItem(at: outputFile) }
