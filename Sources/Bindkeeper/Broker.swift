@@ -151,12 +151,7 @@ public final class Broker: @unchecked Sendable {
         } else {
             control = try Self.listenControl(options)
             // In the store, the control socket outlives a crash too: clients queue, not fail, until the restart.
-            do {
-                try notifier?.store(control, name: FDStoreName.control)
-                controlStored = notifier != nil
-            } catch {
-                logger.info("fd store control socket: \(error)")
-            }
+            controlStored = notifier?.store(control, name: FDStoreName.control, reportingTo: logger) ?? false
         }
         try startMetrics()
         try? notifier?.send("READY=1\nSTATUS=serving \(sockets.count) sockets on \(options.controlPath)")
@@ -172,15 +167,11 @@ public final class Broker: @unchecked Sendable {
         let server = try StatsServer(
             metrics: options.metrics, controlPath: nil, inherited: inherited,
             render: { [unowned self] _ in self.prometheus() },
-            releaseInherited: { [notifier, logger] name in
-                do { try notifier?.removeStored(name: name) } catch { logger.info("fd store \(name): \(error)") }
-            })
+            releaseInherited: { [notifier, logger] in notifier?.removeStored(name: $0, reportingTo: logger) })
         guard let fd = server.descriptors.first?.fd else { return }
         metricsServer = server
         if inherited.isEmpty || server.replaced.contains(StatsServer.metricsName) {
-            do { try notifier?.store(fd, name: StatsServer.metricsName) } catch {
-                logger.info("fd store metrics socket: \(error)")
-            }
+            notifier?.store(fd, name: StatsServer.metricsName, reportingTo: logger)
         }
     }
 

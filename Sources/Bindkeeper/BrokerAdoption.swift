@@ -106,12 +106,7 @@ extension Broker {
             close(control)
             control = fresh
             logger.info("control socket \(options.controlPath) was gone; made anew")
-            do {
-                try notifier?.removeStored(name: FDStoreName.control)
-                try notifier?.store(control, name: FDStoreName.control)
-            } catch {
-                logger.info("fd store control socket: \(error)")
-            }
+            notifier?.replaceStored(control, name: FDStoreName.control, reportingTo: logger)
             return
         }
         try OwnedSocket.setModeAndGroup(

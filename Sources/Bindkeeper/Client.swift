@@ -40,15 +40,8 @@ public final class BindkeeperClient {
 
     /// Waits until the socket is ready for `events`, at most until `deadline`.
     private func wait(for events: Int32, until deadline: UInt64) throws {
-        var descriptor = pollfd(fd: fd, events: Int16(events), revents: 0)
-        while true {
-            let now = MonotonicClock.nanoseconds()
-            guard now < deadline else {
-                throw ReplyError(code: -1, message: "the broker did not answer within \(timeoutSeconds) s")
-            }
-            let ready = poll(&descriptor, 1, Int32(min((deadline - now) / 1_000_000 + 1, 60_000)))
-            if ready > 0 { return }
-            if ready < 0 && errno != EINTR { throw SystemError("poll") }
+        guard Descriptors.waitReady(fd, events: events, until: deadline) else {
+            throw ReplyError(code: -1, message: "the broker did not answer within \(timeoutSeconds) s")
         }
     }
 

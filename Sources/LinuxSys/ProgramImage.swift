@@ -85,14 +85,8 @@ public enum ProgramImage {
         defer { close(pipeFDs[0]) }
         var output: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 512)
-        var descriptor = pollfd(fd: pipeFDs[0], events: Int16(POLLIN), revents: 0)
         let deadline = MonotonicClock.nanoseconds() + UInt64(seconds) * 1_000_000_000
-        while output.count < 4096 {
-            let now = MonotonicClock.nanoseconds()
-            guard now < deadline else { break }
-            let ready = poll(&descriptor, 1, Int32((deadline - now) / 1_000_000) + 1)
-            if ready < 0 && errno == EINTR { continue }
-            guard ready > 0 else { break }
+        while output.count < 4096, Descriptors.waitReady(pipeFDs[0], events: POLLIN, until: deadline) {
             let count = retryingOnInterrupt { read(pipeFDs[0], &chunk, chunk.count) }
             if count <= 0 { break }
             output += chunk[0..<count]

@@ -20,11 +20,24 @@ public struct SystemError: Error, CustomStringConvertible, Equatable {
 
 /// File descriptor flags.
 public enum Descriptors {
-    /// A second descriptor for the same open file, close-on-exec, numbered from `minimum` on;
-    /// nil when the process has none left (EMFILE).
-    public static func duplicate(_ fd: Int32, minimum: Int32 = 0) -> Int32? {
-        let copy = fcntl(fd, F_DUPFD_CLOEXEC, minimum)
+    /// A second descriptor for the same open file, close-on-exec; nil when the process has none
+    /// left (EMFILE).
+    public static func duplicate(_ fd: Int32) -> Int32? {
+        let copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)
         return copy >= 0 ? copy : nil
+    }
+
+    /// Waits until `fd` is ready for `events` (poll(2)), interrupted calls retried; false once
+    /// `deadline` (MonotonicClock) passes first, or poll fails.
+    public static func waitReady(_ fd: Int32, events: Int32, until deadline: UInt64) -> Bool {
+        var descriptor = pollfd(fd: fd, events: Int16(events), revents: 0)
+        while true {
+            let now = MonotonicClock.nanoseconds()
+            guard now < deadline else { return false }
+            let ready = poll(&descriptor, 1, Int32(min((deadline - now) / 1_000_000 + 1, 60_000)))
+            if ready > 0 { return true }
+            if ready < 0 && errno != EINTR { return false }
+        }
     }
 
     public static func setCloseOnExec(_ fd: Int32, _ on: Bool) {

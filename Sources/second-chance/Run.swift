@@ -298,9 +298,16 @@ struct Run: ParsableCommand {
                 until a start succeeds: \(stored.joined(separator: ", "))
                 """)
             for name in stored {
-                do { try notifier.removeStored(name: name) } catch { logger.info("fd store \(name): \(error)") }
+                notifier.removeStored(name: name, reportingTo: logger)
             }
             throw error
+        }
+    }
+
+    /// Forwarded packets leave with --self as their source: it must be this host's own.
+    func requireSelfAddress() throws {
+        guard try LocalAddressWatcher.dump().ipv4.contains(selfAddress) else {
+            throw CommandFailure("--self \(selfAddress) is not an address of this host")
         }
     }
 
@@ -308,9 +315,7 @@ struct Run: ParsableCommand {
     func checkConfiguration() throws {
         do {
             _ = try durations()
-            guard try LocalAddressWatcher.dump().ipv4.contains(selfAddress) else {
-                throw CommandFailure("--self \(selfAddress) is not an address of this host")
-            }
+            try requireSelfAddress()
             if let netns { _ = try NetworkNamespace(nameOrPath: netns) }
         } catch {
             StandardError.write("Error: \(error)\n")
@@ -386,10 +391,7 @@ struct Run: ParsableCommand {
         let peers = PeerPolicy(sources: allowSources, hops: allowHops.isEmpty ? nil : allowHops, maximumHops: maxHops)
         let watcher: LocalAddressWatcher
         do {
-            // Forwarded packets leave with --self as their source: it must be this host's own.
-            guard try LocalAddressWatcher.dump().ipv4.contains(selfAddress) else {
-                throw CommandFailure("--self \(selfAddress) is not an address of this host")
-            }
+            try requireSelfAddress()
             let namespaces: [NetworkNamespace?] =
                 [nil] + (try netns.map { [try NetworkNamespace(nameOrPath: $0)] } ?? [])
             watcher = try LocalAddressWatcher(namespaces: namespaces, peers: peers.sources.prefixes, logger: logger)
@@ -511,9 +513,7 @@ struct Run: ParsableCommand {
         let server = try StatsServer(
             metrics: metrics, controlPath: controlPath, inherited: serverInherited,
             render: render, command: command,
-            releaseInherited: { name in
-                do { try notifier?.removeStored(name: name) } catch { logger.info("fd store \(name): \(error)") }
-            })
+            releaseInherited: { notifier?.removeStored(name: $0, reportingTo: logger) })
         // A stored socket this configuration does not use (a queue no longer given, no --metrics)
         // leaves the store too: kept there, a queue would stay bound with no reader, so that
         // --queue-bypass never applied and its packets waited until they were dropped.
@@ -521,7 +521,7 @@ struct Run: ParsableCommand {
             workers.map { Self.queueName($0.queue.number) } + replayCounters.map(\.name)
                 + server.descriptors.map(\.name))
         for name in inheritedNames.subtracting(used).sorted() {
-            do { try notifier?.removeStored(name: name) } catch { logger.info("fd store \(name): \(error)") }
+            notifier?.removeStored(name: name, reportingTo: logger)
         }
         // The stats and control server stops before an exec(2) and starts again if it fails: a
         // connection it accepted would be closed unanswered by the exec, while one left in the
@@ -556,10 +556,11 @@ struct Run: ParsableCommand {
         for (fd, name) in queueSockets + server.descriptors
         where !inheritedNames.contains(name) || server.replaced.contains(name) {
             // In the service manager's store the queue outlives a crash: packets wait for the restart.
-            do {
-                if server.replaced.contains(name) { try notifier?.removeStored(name: name) }
-                try notifier?.store(fd, name: name)
-            } catch { logger.info("fd store \(name): \(error)") }
+            if server.replaced.contains(name) {
+                notifier?.replaceStored(fd, name: name, reportingTo: logger)
+            } else {
+                notifier?.store(fd, name: name, reportingTo: logger)
+            }
         }
         server.keepsControlPath = notifier != nil
         let sources = peers.sources.prefixes.map(\.description).joined(separator: ",")
