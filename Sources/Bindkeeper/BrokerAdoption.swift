@@ -15,6 +15,8 @@ extension Broker {
         for name in ListenFDs.variables { unsetenv(name) }
         if let text = environment[BrokerState.environmentName], let fd = Int32(text) {
             unsetenv(BrokerState.environmentName)
+            reexecRequested = environment[Self.reexecPendingName] == "1"
+            unsetenv(Self.reexecPendingName)
             let bytes = ProcFile.bytes(fd: fd, limit: Int.max)
             close(fd)
             let state = try BrokerState.decode(bytes ?? []).get()

@@ -21,6 +21,9 @@ extension Broker {
         return checked
     }
 
+    /// Set in a re-executed image's environment when another re-exec was asked for meanwhile.
+    static let reexecPendingName = "BINDKEEPER_REEXEC_PENDING"
+
     /// Sends every client's promised replies before the exec, within one second for all of them
     /// together (a client reading a reply now and then cannot stretch it); a client that has not
     /// taken its replies by then is closed: carried on, it would read the rest of a reply as the
@@ -85,9 +88,14 @@ extension Broker {
             """
         )
         try? notifier?.send("RELOADING=1\nMONOTONIC_USEC=\(MonotonicClock.nanoseconds() / 1000)")
+        // A SIGUSR1 that came during the flush and the check asks for the file installed after
+        // them: the new image re-executes once more (the eventfd that holds it ends with this one).
+        var signalled = pollfd(fd: reexecSignal.fd, events: Int16(POLLIN), revents: 0)
+        let pending = poll(&signalled, 1, 0) > 0
         let failure = ProgramImage.execute(
             executable, arguments: CommandLine.arguments, keeping: kept,
-            extraEnvironment: [BrokerState.environmentName: String(memfd)])
+            extraEnvironment: [BrokerState.environmentName: String(memfd)]
+                .merging(pending ? [Self.reexecPendingName: "1"] : [:]) { $1 })
         statistics.reexecs -= 1
         close(memfd)
         try? notifier?.send("READY=1")
