@@ -11,3 +11,4 @@
 #include <linux/fou.h>
 #include <linux/rtnetlink.h>
 #include <linux/if_addr.h>
+#include <linux/net_namespace.h>

@@ -19,8 +19,9 @@ public enum Netlink {
         return socket
     }
 
-    /// Reads a dump's replies into `buffer` until NLMSG_DONE, handing every other message of
-    /// `sequence` to `each`; an NLMSG_ERROR reply throws with its errno.
+    /// Reads a dump's replies into `buffer` until NLMSG_DONE (a request's until its
+    /// acknowledgement), handing every other message of `sequence` to `each`; an NLMSG_ERROR reply
+    /// other than the acknowledgement throws with its errno.
     public static func receiveDump(
         _ socket: OpaquePointer, buffer: UnsafeMutableRawPointer, size: Int, sequence: UInt32, name: String,
         _ each: (UnsafePointer<nlmsghdr>) -> Void
@@ -35,7 +36,11 @@ public enum Netlink {
                 guard current.pointee.nlmsg_seq == sequence else { continue }
                 switch Int32(current.pointee.nlmsg_type) {
                 case NLMSG_DONE: return
-                case NLMSG_ERROR: throw SystemError(name, errno: -mnl_nlmsg_get_payload(current)!.load(as: Int32.self))
+                case NLMSG_ERROR:
+                    // Error 0 is the acknowledgement that ends a request made with NLM_F_ACK.
+                    let code = -mnl_nlmsg_get_payload(current)!.load(as: Int32.self)
+                    if code == 0 { return }
+                    throw SystemError(name, errno: code)
                 default: each(current)
                 }
             }
@@ -79,7 +84,8 @@ public enum Netlink {
     }
 }
 
-/// A NETLINK_ROUTE socket for dumps (addresses, links, one routing table), with its buffer.
+/// A NETLINK_ROUTE socket for dumps (addresses, links, one routing table) and single questions
+/// (one route, one link), with its buffer.
 /// Strict checking is on: the kernel then dumps the table asked for alone, not a main table that
 /// may hold the Internet (Linux 4.20; older kernels dump every table, which callers filter).
 public final class RouteDumpSocket {
@@ -113,6 +119,22 @@ public final class RouteDumpSocket {
             throw SystemError("\(name) request")
         }
         try Netlink.receiveDump(socket, buffer: buffer, size: Self.size, sequence: sequence, name: "\(name) dump", each)
+    }
+
+    /// Sends one request of `type` (not a dump) whose family header and attributes `fill` sets up
+    /// (the message is `buffer`'s, with room for a few attributes), and hands the answer to `each`.
+    public func request<Header>(
+        _ type: Int, sequence: UInt32, name: String, _ header: Header.Type,
+        fill: (UnsafeMutablePointer<nlmsghdr>, UnsafeMutablePointer<Header>) -> Void,
+        _ each: (UnsafePointer<nlmsghdr>) -> Void
+    ) throws {
+        let (message, request) = Netlink.putRequest(
+            at: buffer, type: UInt16(type), flags: NLM_F_REQUEST | NLM_F_ACK, sequence: sequence, Header.self)
+        fill(message, request)
+        guard mnl_socket_sendto(socket, message, Int(message.pointee.nlmsg_len)) >= 0 else {
+            throw SystemError("\(name) request")
+        }
+        try Netlink.receiveDump(socket, buffer: buffer, size: Self.size, sequence: sequence, name: name, each)
     }
 
     /// Every route of `table` in `family`, as RTM_NEWROUTE messages.

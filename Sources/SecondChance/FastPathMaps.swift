@@ -50,6 +50,7 @@ public struct FastPathSettings: Equatable, Sendable {
         value.flags = flags
         value.pass_interval_ns = passIntervalNanoseconds
         value.reply_ttl = tcp.defaultTTL
+        value.reply_hop_limit = tcp.defaultHopLimit
         value.tcp_options = options
         return value
     }
@@ -108,14 +109,26 @@ public struct FastPathMaps: Sendable {
     }
 
     public func write(_ local: LocalAddresses) throws {
-        let addresses4 = local.ipv4.map { IPv4Prefix(network: $0, length: 32) } + local.ipv4Ranges
-        let addresses6 = local.ipv6.map { IPv6Prefix(network: $0, length: 128) } + local.ipv6Ranges
-        try replace(local4, keys: Set(addresses4.map(Self.key)))
-        try replace(local6, keys: Set(addresses6.map(Self.key)))
+        // An address routed into the sockets' namespace is never one of the host's (the watcher
+        // leaves those out), so no deliverable /32 inside a local range hides the range's kind.
+        let own4 = local.ipv4.map { IPv4Prefix(network: $0, length: 32) } + local.ipv4Ranges
+        let own6 = local.ipv6.map { IPv6Prefix(network: $0, length: 128) } + local.ipv6Ranges
+        let deliverable4 = local.deliverableIPv4.map { IPv4Prefix(network: $0, length: 32) }
+        let deliverable6 = local.deliverableIPv6.map { IPv6Prefix(network: $0, length: 128) }
+        try replace(local4, entries: Self.kinds(own: own4.map(Self.key), deliverable: deliverable4.map(Self.key)))
+        try replace(local6, entries: Self.kinds(own: own6.map(Self.key), deliverable: deliverable6.map(Self.key)))
         try replace(broadcast4, keys: Set(local.broadcast.map { Self.bytes(of: $0.value.bigEndian) }))
     }
 
     static func bytes<T>(of value: T) -> [UInt8] { withUnsafeBytes(of: value) { Array($0) } }
+
+    /// fp_local4/6 entries: FP_LOCAL_OWN wins where a key is both.
+    static func kinds(own: [[UInt8]], deliverable: [[UInt8]]) -> [[UInt8]: [UInt8]] {
+        var entries = Dictionary(
+            deliverable.map { ($0, [UInt8(FP_LOCAL_DELIVERABLE)]) }, uniquingKeysWith: { a, _ in a })
+        for key in own { entries[key] = [UInt8(FP_LOCAL_OWN)] }
+        return entries
+    }
 
     static func key(_ prefix: IPv4Prefix) -> [UInt8] {
         bytes(of: fp_ip4_prefix(prefix_length: UInt32(prefix.length), address: prefix.network.value.bigEndian))

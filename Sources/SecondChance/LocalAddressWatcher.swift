@@ -67,8 +67,9 @@ public final class LocalAddressWatcher: @unchecked Sendable {
     private let subscriptions: [OpaquePointer]
     private let logger: Logger
 
-    /// Watches the calling thread's namespace (nil) and any others given; their addresses are
-    /// taken together. `peers`: the --allow-source prefixes whose ways back are kept (none: none).
+    /// Watches the calling thread's namespace (nil) and the sockets' namespace if given (its
+    /// addresses the host routes there are destinations, nothing more: `current`). `peers`: the
+    /// --allow-source prefixes whose ways back are kept (none: none).
     public init(namespaces: [NetworkNamespace?] = [nil], peers: [IPv4Prefix] = [], logger: Logger) throws {
         self.namespaces = namespaces
         self.peers = peers
@@ -134,7 +135,11 @@ public final class LocalAddressWatcher: @unchecked Sendable {
         while true {
             let count = recv(fd, buffer, 16384, Int32(MSG_DONTWAIT))
             if count > 0 {
-                let local = Self.concernsLocalAddresses(buffer, count)
+                // With a sockets' namespace, any route or link of the host's may change which of
+                // its addresses the host routes there.
+                let local =
+                    Self.concernsLocalAddresses(buffer, count)
+                    || (hostNamespace && namespaces.count > 1 && Self.concernsRoutesOrLinks(buffer, count))
                 changed.addresses = changed.addresses || local
                 // This host's own addresses are in the ways back too.
                 changed.reversePaths =
@@ -156,7 +161,7 @@ public final class LocalAddressWatcher: @unchecked Sendable {
                 logger.info(
                     """
                     local addresses: \(addresses.ipv4.count) IPv4, \(addresses.ipv6.count) IPv6, local routes: \
-                    \(addresses.ipv4Ranges.count) IPv4, \(addresses.ipv6Ranges.count) IPv6
+                    \(addresses.ipv4Ranges.count) IPv4, \(addresses.ipv6Ranges.count) IPv6\(namespaceSummary(addresses))
                     """)
             }
             return true
@@ -164,6 +169,12 @@ public final class LocalAddressWatcher: @unchecked Sendable {
             logger.info("local addresses: \(error); keeping the previous set, retrying")
             return false
         }
+    }
+
+    private func namespaceSummary(_ addresses: LocalAddresses) -> String {
+        guard namespaces.count > 1 else { return "" }
+        return ", routed into the sockets' namespace: \(addresses.deliverableIPv4.count) IPv4, "
+            + "\(addresses.deliverableIPv6.count) IPv6"
     }
 
     private func refreshReversePaths() -> Bool {
@@ -179,9 +190,20 @@ public final class LocalAddressWatcher: @unchecked Sendable {
         }
     }
 
+    /// The first namespace's addresses and local routes; of the others' (the sockets' namespace),
+    /// the single addresses the first routes into them, as destinations only.
     static func current(_ namespaces: [NetworkNamespace?]) throws -> LocalAddresses {
-        var all = LocalAddresses.none
-        for namespace in namespaces { all.formUnion(try dump(namespace: namespace)) }
+        let host = namespaces.first ?? nil
+        var all = try dump(namespace: host)
+        for case let namespace? in namespaces.dropFirst() {
+            let theirs = try dump(namespace: namespace)
+            let routed = try NamespaceRoutes.routedInto(
+                namespace, ipv4: theirs.ipv4.filter { !all.owns($0) && $0.value >> 24 != 127 },
+                ipv6: theirs.ipv6.filter { !all.owns($0) && !LocalAddresses.isLoopbackOrLinkLocal($0) },
+                from: host)
+            all.deliverableIPv4.formUnion(routed.ipv4)
+            all.deliverableIPv6.formUnion(routed.ipv6)
+        }
         return all
     }
 
@@ -194,6 +216,22 @@ public final class LocalAddressWatcher: @unchecked Sendable {
             switch Int32(current.pointee.nlmsg_type) {
             case Int32(RTM_NEWADDR), Int32(RTM_DELADDR): return true
             case Int32(RTM_NEWROUTE), Int32(RTM_DELROUTE): if localRoute(current) != nil { return true }
+            default: break
+            }
+        }
+        return false
+    }
+
+    /// Whether a datagram of notifications tells of any route, rule or link.
+    static func concernsRoutesOrLinks(_ buffer: UnsafeMutableRawPointer, _ count: Int) -> Bool {
+        var remaining = Int32(count)
+        var message: UnsafePointer<nlmsghdr>? = UnsafePointer(buffer.assumingMemoryBound(to: nlmsghdr.self))
+        while let current = message, mnl_nlmsg_ok(current, remaining) {
+            defer { message = UnsafePointer(mnl_nlmsg_next(current, &remaining)) }
+            switch Int32(current.pointee.nlmsg_type) {
+            case Int32(RTM_NEWROUTE), Int32(RTM_DELROUTE), Int32(RTM_NEWRULE), Int32(RTM_DELRULE), Int32(RTM_NEWLINK),
+                Int32(RTM_DELLINK):
+                return true
             default: break
             }
         }

@@ -157,7 +157,8 @@ struct SynCookieResponder {
         // The forwarding path takes one off the TTL: the client sees the kernel's own.
         let length = SynCookieReply.write(
             into: slot, answering: request.packet, request.segment, cookie: cookie, mss: ourMSS,
-            offer: offer, window: window, ttl: snapshot.settings.defaultTTL + (inVerdict ? 1 : 0))
+            offer: offer, window: window,
+            ttl: snapshot.settings.replyTTL(ipv6: ipv6) + (inVerdict ? 1 : 0))
         if inVerdict {
             replyLengths[index] = length
             listener.record.add(.cookiesSent)

@@ -6,7 +6,8 @@ import SecondChanceCore
 /// the namespace once and re-read on every refresh.
 final class TCPSettingsReader {
     private enum Field: CaseIterable {
-        case syncookies, timestamps, sack, windowScaling, tcpReceiveMemory, receiveMemoryMaximum, defaultTTL
+        case syncookies, timestamps, sack, windowScaling, tcpReceiveMemory, receiveMemoryMaximum, defaultTTL,
+            defaultHopLimit
 
         var path: String {
             switch self {
@@ -17,6 +18,7 @@ final class TCPSettingsReader {
             case .tcpReceiveMemory: "/proc/sys/net/ipv4/tcp_rmem"
             case .receiveMemoryMaximum: "/proc/sys/net/core/rmem_max"
             case .defaultTTL: "/proc/sys/net/ipv4/ip_default_ttl"
+            case .defaultHopLimit: "/proc/sys/net/ipv6/conf/default/hop_limit"
             }
         }
     }
@@ -49,6 +51,7 @@ final class TCPSettingsReader {
                 }
             case .receiveMemoryMaximum: settings.receiveMemoryMaximum = first
             case .defaultTTL: settings.defaultTTL = UInt8(clamping: first)
+            case .defaultHopLimit: settings.defaultHopLimit = UInt8(clamping: first)
             }
         }
         return settings

@@ -39,6 +39,16 @@ public struct LocalAddresses: Sendable, Equatable {
     /// at most, scanned after the addresses.
     public var ipv4Ranges: Set<IPv4Prefix> { didSet { ipv4RangeSet = IPv4PrefixSet(Self.ordered(ipv4Ranges)) } }
     public var ipv6Ranges: Set<IPv6Prefix> { didSet { ipv6RangeList = Self.ordered(ipv6Ranges) } }
+    /// Addresses of the sockets' namespace (`--netns`) that this host routes into it: a
+    /// destination a decapsulated packet may have, nothing more. They are not this host's, so
+    /// they neither make a source martian nor a hop this host: root in that namespace decides
+    /// what they are, and must not decide what the host refuses or forwards.
+    public var deliverableIPv4: Set<IPv4Address> {
+        didSet { deliverableIPv4Values = Self.sorted(deliverableIPv4.map(\.value)) }
+    }
+    public var deliverableIPv6: Set<IPv6Address> {
+        didSet { deliverableIPv6Values = Self.sorted(deliverableIPv6.map { Pair($0.high, $0.low) }) }
+    }
 
     /// The same, sorted, for the per-packet look-ups: a host has a handful of addresses, and a scan
     /// of a few words beats hashing them.
@@ -47,6 +57,8 @@ public struct LocalAddresses: Sendable, Equatable {
     private var broadcastValues: [UInt32] = []
     private var ipv4RangeSet = IPv4PrefixSet([])
     private var ipv6RangeList: [IPv6Prefix] = []
+    private var deliverableIPv4Values: [UInt32] = []
+    private var deliverableIPv6Values: [Pair] = []
 
     struct Pair: Comparable, Sendable {
         var high: UInt64, low: UInt64
@@ -56,13 +68,18 @@ public struct LocalAddresses: Sendable, Equatable {
 
     public init(
         ipv4: Set<IPv4Address> = [], ipv6: Set<IPv6Address> = [], broadcast: Set<IPv4Address> = [],
-        ipv4Ranges: Set<IPv4Prefix> = [], ipv6Ranges: Set<IPv6Prefix> = []
+        ipv4Ranges: Set<IPv4Prefix> = [], ipv6Ranges: Set<IPv6Prefix> = [],
+        deliverableIPv4: Set<IPv4Address> = [], deliverableIPv6: Set<IPv6Address> = []
     ) {
         self.ipv4 = ipv4
         self.ipv6 = ipv6
         self.broadcast = broadcast
         self.ipv4Ranges = ipv4Ranges
         self.ipv6Ranges = ipv6Ranges
+        self.deliverableIPv4 = deliverableIPv4
+        self.deliverableIPv6 = deliverableIPv6
+        deliverableIPv4Values = Self.sorted(deliverableIPv4.map(\.value))
+        deliverableIPv6Values = Self.sorted(deliverableIPv6.map { Pair($0.high, $0.low) })
         ipv4Values = Self.sorted(ipv4.map(\.value))
         ipv6Values = Self.sorted(ipv6.map { Pair($0.high, $0.low) })
         broadcastValues = Self.sorted(broadcast.map(\.value))
@@ -74,15 +91,8 @@ public struct LocalAddresses: Sendable, Equatable {
 
     public static func == (a: LocalAddresses, b: LocalAddresses) -> Bool {
         a.ipv4 == b.ipv4 && a.ipv6 == b.ipv6 && a.broadcast == b.broadcast && a.ipv4Ranges == b.ipv4Ranges
-            && a.ipv6Ranges == b.ipv6Ranges
-    }
-
-    public mutating func formUnion(_ other: LocalAddresses) {
-        ipv4.formUnion(other.ipv4)
-        ipv6.formUnion(other.ipv6)
-        broadcast.formUnion(other.broadcast)
-        ipv4Ranges.formUnion(other.ipv4Ranges)
-        ipv6Ranges.formUnion(other.ipv6Ranges)
+            && a.ipv6Ranges == b.ipv6Ranges && a.deliverableIPv4 == b.deliverableIPv4
+            && a.deliverableIPv6 == b.deliverableIPv6
     }
 
     static func sorted<T: Comparable>(_ values: [T]) -> [T] { values.sorted() }
@@ -122,12 +132,13 @@ public struct LocalAddresses: Sendable, Equatable {
     /// destination martian).
     @inline(__always)
     public func accepts(destination address: IPv4Address) -> Bool {
-        address.value >> 24 != 127 && owns(address)
+        address.value >> 24 != 127 && (owns(address) || Self.contains(deliverableIPv4Values, address.value))
     }
 
     @inline(__always)
     public func accepts(destination address: IPv6Address) -> Bool {
-        !Self.isLoopbackOrLinkLocal(address) && owns(address)
+        !Self.isLoopbackOrLinkLocal(address)
+            && (owns(address) || Self.contains(deliverableIPv6Values, Pair(address.high, address.low)))
     }
 
     /// Whether `address` may not stand as the source of a packet delivered here: loopback,
@@ -150,7 +161,7 @@ public struct LocalAddresses: Sendable, Equatable {
             || owns(address)
     }
 
-    static func isLoopbackOrLinkLocal(_ address: IPv6Address) -> Bool {
+    public static func isLoopbackOrLinkLocal(_ address: IPv6Address) -> Bool {
         (address.high == 0 && address.low == 1) || address.high >> 54 == 0x3fa  // ::1, fe80::/10
     }
 }

@@ -14,10 +14,16 @@ public struct TCPHostSettings: Equatable, Sendable {
     public var receiveMemoryMaximum: UInt32 = 212_992
     /// net.ipv4.tcp_rmem[1]: a listener's receive buffer unless the application set SO_RCVBUF.
     public var tcpReceiveMemoryDefault: UInt32 = 131_072
-    /// net.ipv4.ip_default_ttl (IPv6 replies use the same hop limit).
+    /// net.ipv4.ip_default_ttl: an IPv4 reply's TTL.
     public var defaultTTL: UInt8 = 64
+    /// net.ipv6.conf.default.hop_limit: an IPv6 reply's hop limit (what interfaces start with;
+    /// the kernel's own reply takes its interface's).
+    public var defaultHopLimit: UInt8 = 64
 
     public init() {}
+
+    /// The TTL or hop limit of a reply of this family, as the kernel's own.
+    public func replyTTL(ipv6: Bool) -> UInt8 { ipv6 ? defaultHopLimit : defaultTTL }
 
     /// Whether a cookie SYN-ACK can carry a timestamp the kernel will decode: the echoed TSval is
     /// taken minus a per-address offset, which is zero only with tcp_timestamps=2.

@@ -115,6 +115,8 @@ final class FastPathParityTests: XCTestCase {
     static let self4 = Lab.p1, wildcardPort: UInt16 = 8080, closedPort: UInt16 = 9999
     static let foreignVIP = IPv4Address("198.19.7.7")!
     static let outsider = IPv4Address("198.18.1.66")!
+    /// Addresses of a sockets' namespace (--netns) the host routes there: destinations only.
+    static let podVIP = IPv4Address("198.19.8.8")!, podVIP6 = IPv6Address("2001:db8::88")!
 
     /// p1 of the lab with listeners on the VIP (both families) and a wildcard one, one established
     /// connection per family from the client, and the program loaded with p1's configuration.
@@ -180,7 +182,8 @@ final class FastPathParityTests: XCTestCase {
         }
         let harness = try lab.inside("p1") { () throws -> Harness in
             let peers = PeerPolicy(sources: [IPv4Prefix("198.18.0.0/24")!])
-            let local = try LocalAddressWatcher.dump()
+            var local = try LocalAddressWatcher.dump()
+            (local.deliverableIPv4, local.deliverableIPv6) = ([Self.podVIP], [Self.podVIP6])
             let reversePaths = try ReversePathReader.read(peers: peers.sources.prefixes)
             let object = try FastPathObject()
             let maps = FastPathMaps(object)
@@ -261,6 +264,11 @@ final class FastPathParityTests: XCTestCase {
             ("wildcard listener, last resort", gue(tcp(client, 40018, .v4(foreignVIP), wildcardPort, .ack), hops: [])),
             ("SYN to loopback", gue(tcp(client, 40019, .v4(IPv4Address("127.0.0.1")!), 80, .syn))),
             ("SYN to ::1", gue(tcp(client6, 40019, .v6(IPv6Address("::1")!), 80, .syn))),
+            ("SYN to the sockets' namespace", gue(tcp(client, 40026, .v4(podVIP), 80, .syn))),
+            ("SYN to the sockets' namespace, IPv6", gue(tcp(client6, 40026, .v6(podVIP6), 80, .syn))),
+            ("SYN from the sockets' namespace", gue(tcp(.v4(podVIP), 40027, vip, 80, .syn))),
+            ("SYN from the sockets' namespace, IPv6", gue(tcp(.v6(podVIP6), 40027, vip6, 80, .syn))),
+            ("hop in the sockets' namespace", gue(tcp(client, 40028, vip, 80, .ack), hops: [podVIP])),
             ("martian source: loopback", gue(tcp(.v4(IPv4Address("127.0.0.1")!), 40020, vip, 80, .syn))),
             ("martian source: this host", gue(tcp(.v4(Lab.p1), 40021, vip, 80, .syn))),
             ("martian source: multicast", gue(tcp(.v4(IPv4Address("239.1.1.1")!), 40022, vip, 80, .syn))),
@@ -296,16 +304,18 @@ final class FastPathParityTests: XCTestCase {
     /// foreign and martian ones, every flag combination, the sockets p1 has and has not).
     static func randomPacket(_ random: inout SeededGenerator, established: [FlowKey]) -> [UInt8] {
         let sources4: [IPv4Address] = [
-            Lab.client, Lab.p1, foreignVIP, IPv4Address("127.0.0.1")!, IPv4Address("0.1.2.3")!,
+            Lab.client, Lab.p1, foreignVIP, IPv4Address("127.0.0.1")!, IPv4Address("0.1.2.3")!, podVIP,
         ]
-        let destinations4: [IPv4Address] = [Lab.vip, Lab.p1, foreignVIP, IPv4Address("127.0.0.1")!]
+        let destinations4: [IPv4Address] = [Lab.vip, Lab.p1, foreignVIP, IPv4Address("127.0.0.1")!, podVIP]
         let sources6: [IPv6Address] = [
-            Lab.client6, IPv6Address("::1")!, IPv6Address("::ffff:198.18.0.11")!, IPv6Address("fe80::1")!,
+            Lab.client6, IPv6Address("::1")!, IPv6Address("::ffff:198.18.0.11")!, IPv6Address("fe80::1")!, podVIP6,
         ]
-        let destinations6: [IPv6Address] = [Lab.vip6, IPv6Address("fe80::1")!, IPv6Address("2001:db8::99")!]
+        let destinations6: [IPv6Address] = [
+            Lab.vip6, IPv6Address("fe80::1")!, IPv6Address("2001:db8::99")!, podVIP6,
+        ]
         let hops: [IPv4Address] = [
             Lab.p2, Lab.p1, Lab.director, IPv4Address("198.18.9.9")!, IPv4Address("198.18.0.255")!,
-            IPv4Address("127.0.0.1")!,
+            IPv4Address("127.0.0.1")!, podVIP,
         ]
         let outer: [IPv4Address] = [Lab.director, Lab.p2, outsider]
         let ports: [UInt16] = [80, wildcardPort, closedPort] + established.map(\.destinationPort)
@@ -373,13 +383,14 @@ final class FastPathParityTests: XCTestCase {
         try lab.inside("p1") {
             for (name, packet) in Self.namedCases(established: established) { try harness.compare(packet, name) }
             // Every named case that the program decides is decided, not sent up: the cases above
-            // name 31 decided packets (forwarded, taken, dropped) and 2 inner non-TCP ones.
+            // name 36 decided packets (forwarded, taken, dropped) and 2 inner non-TCP ones.
             XCTAssertEqual(harness.outcomes["up"], 2, "\(harness.outcomes)")
             XCTAssertGreaterThanOrEqual(harness.outcomes["forwarded"] ?? 0, 5, "\(harness.outcomes)")
             XCTAssertEqual(harness.outcomes["accepted_established"], 3, "\(harness.outcomes)")
-            // Outside --allow-hop, loopback, multicast and the subnet's broadcast address (the
-            // kernel's broadcast route: no brd was given): no packet goes to any of them.
-            XCTAssertEqual(harness.outcomes["untrusted_hop"], 4, "\(harness.outcomes)")
+            // Outside --allow-hop, loopback, multicast, the subnet's broadcast address (the
+            // kernel's broadcast route: no brd was given) and the sockets' namespace: no packet
+            // goes to any of them.
+            XCTAssertEqual(harness.outcomes["untrusted_hop"], 5, "\(harness.outcomes)")
 
             // The same packets arriving where the route back to the peers does not lead (another
             // interface; eth0 carries it): every one that passed the source check is refused for it,
@@ -410,7 +421,7 @@ final class FastPathParityTests: XCTestCase {
             try harness.maps.write(settings)
             harness.outcomes = [:]
             for (name, packet) in Self.namedCases(established: established) { try harness.compare(packet, name) }
-            XCTAssertEqual(harness.outcomes["accepted_syn"], 2, "\(harness.outcomes)")
+            XCTAssertEqual(harness.outcomes["accepted_syn"], 6, "the SYNs decide no look-up: \(harness.outcomes)")
             XCTAssertNil(harness.outcomes["accepted_established"], "\(harness.outcomes)")
             XCTAssertNil(harness.outcomes["forwarded"], "\(harness.outcomes)")
             // Suspended (the address maps could not be written): every packet goes up, counted.

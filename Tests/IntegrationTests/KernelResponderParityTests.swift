@@ -34,6 +34,8 @@ extension FastPathParityTests {
                 var tcp = TCPHostSettings()
                 tcp.syncookies = 2
                 tcp.timestamps = timestamps
+                // Apart, so that a reply of either family taking the other's is seen.
+                (tcp.defaultTTL, tcp.defaultHopLimit) = (61, 47)
                 var snapshot = ResponderBoard.Snapshot()
                 snapshot.generation = 1
                 snapshot.settings = tcp
@@ -166,7 +168,7 @@ extension FastPathParityTests {
             let length = expected.withUnsafeMutableBytes {
                 SynCookieReply.write(
                     into: $0, answering: bytes, segment, cookie: cookie.cookie, mss: route.mss, offer: offer,
-                    window: window, ttl: snapshot.settings.defaultTTL)
+                    window: window, ttl: snapshot.settings.replyTTL(ipv6: ipv6))
             }
             XCTAssertEqual(
                 reply.hex, Array(expected[0..<length]).hex, "\(what): the program's SYN-ACK is the queue's responder's")

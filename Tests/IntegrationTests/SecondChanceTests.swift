@@ -703,16 +703,26 @@ final class SecondChanceTests: XCTestCase {
         XCTAssertEqual(stats["accepted_established"], 1, "the request socket was found: \(stats)")
     }
 
-    func testNetnsLooksSocketsUpInTheNamedNamespace() throws {
-        // A "pod" namespace holding an established connection 198.18.9.1 -> 198.18.9.10:80.
+    /// A "pod" namespace as a container runtime makes one: a veth pair from p1, 198.18.9.10 on its
+    /// `lo`, routed there by p1.
+    func makePod() throws -> String {
         let pod = lab.namespace("pod")
+        let p1 = lab.namespace("p1")
         try Lab.shell(
             """
-            ip netns add \(pod) && ip -n \(pod) link set lo up && ip -n \(pod) addr add 198.18.9.1/32 dev lo && ip -n \
-            \(pod) addr add 198.18.9.10/32 dev lo
+            ip netns add \(pod) && ip -n \(pod) link set lo up && ip -n \(pod) addr add 198.18.9.10/32 dev lo && \
+            ip -n \(p1) link add vpod type veth peer name eth0 netns \(pod) && ip -n \(p1) link set vpod up && \
+            ip -n \(pod) link set eth0 up && ip -n \(p1) route add 198.18.9.10/32 dev vpod
             """
         )
+        return pod
+    }
+
+    func testNetnsLooksSocketsUpInTheNamedNamespace() throws {
+        // The pod holds an established connection 198.18.9.1 -> 198.18.9.10:80.
+        let pod = try makePod()
         defer { _ = try? Lab.shell("ip netns del \(pod)") }
+        try Lab.shell("ip -n \(pod) addr add 198.18.9.1/32 dev lo")
         let (listener, clientFD, serverFD) = try lab.inside("pod") { () -> (Int32, Int32, Int32) in
             let listener = try LabSockets.listenTCP(on: .v4(IPv4Address("198.18.9.10")!), port: 80)
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -740,7 +750,7 @@ final class SecondChanceTests: XCTestCase {
             "p1", "second-chance",
             [
                 "run", "--queue", "5", "--self", Lab.p1.description, "--control", lab.controlPath("pod"),
-                "--netns", "/run/netns/\(pod)",
+                "--netns", "/run/netns/\(pod)", "--fast-path", "off",
             ] + Lab.labPeers)
         try lab.waitFor("the --netns daemon") { FileManager.default.fileExists(atPath: lab.controlPath("pod")) }
 
@@ -753,6 +763,64 @@ final class SecondChanceTests: XCTestCase {
         try sendGUE(lab, sourcePort: 30071, to: Lab.p2, inner: ack, hops: [Lab.client])
         try lab.waitFor("p2 to forward") { try lab.stats("p2")["forwarded"] == 1 }
         XCTAssertEqual(try lab.stats("pod")["forwarded"], 0)
+    }
+
+    /// Root in the sockets' namespace (`--netns`) owns that namespace's addresses and routes, not
+    /// the host's decisions: an address it adds is a destination only where the host routes it
+    /// there, never makes a client's source martian, never turns a hop into this host. The daemon
+    /// alone decides p1's GUE (its own program on eth0 with the fast path).
+    func testRootInTheSocketsNamespaceDecidesNothingForTheHost() throws {
+        for entry in lab.processes where entry.name == "p1 second-chance" {
+            entry.process.terminate()
+            entry.process.waitUntilExit()
+        }
+        let pod = try makePod()
+        defer { _ = try? Lab.shell("ip netns del \(pod)") }
+        try lab.startSecondChance("p1", Lab.p1, extra: ["--netns", "/run/netns/\(pod)"])
+        let client = IPv4Address("198.18.7.7")!
+        func syn(_ source: IPv4Address, to destination: IPv4Address, port: UInt16) throws {
+            let packet = PacketBuilder.tcp(
+                source: .v4(source), sourcePort: port, destination: .v4(destination), destinationPort: 80,
+                flags: .syn, sequence: 1, acknowledgement: 0)
+            try sendGUE(lab, sourcePort: port, to: Lab.p1, inner: packet, hops: [Lab.p2])
+        }
+        func counted(_ name: String, _ expected: UInt64) throws {
+            try lab.waitFor("\(name) = \(expected)") { (try lab.stats("p1")[name] ?? 0) == expected }
+        }
+        try syn(client, to: IPv4Address("198.18.9.10")!, port: 31001)
+        try counted("accepted_syn", 1)
+
+        // The pod's root: an address and a local range the host does not route there, the
+        // client's address, and p2's.
+        try Lab.shell(
+            """
+            ip -n \(pod) addr add 198.18.66.6/32 dev lo && ip -n \(pod) route add local 198.18.67.0/24 dev lo && \
+            ip -n \(pod) addr add \(client)/32 dev lo && ip -n \(pod) addr add \(Lab.p2)/32 dev lo
+            """)
+        usleep(300_000)
+        try syn(client, to: IPv4Address("198.18.9.10")!, port: 31002)
+        try counted("accepted_syn", 2)
+        try syn(client, to: IPv4Address("198.18.66.6")!, port: 31003)
+        try syn(client, to: IPv4Address("198.18.67.9")!, port: 31004)
+        try counted("dropped_not_local_destination", 2)
+        let before = try lab.stats("p1")["forwarded"] ?? 0
+        let ack = PacketBuilder.tcp(
+            source: .v4(client), sourcePort: 31005, destination: .v4(IPv4Address("198.18.9.10")!),
+            destinationPort: 80, flags: .ack, sequence: 1, acknowledgement: 1)
+        try sendGUE(lab, sourcePort: 31005, to: Lab.p1, inner: ack, hops: [Lab.p2])
+        try counted("forwarded", before + 1)
+        XCTAssertEqual(try lab.stats("p1")["dropped_martian_source"] ?? 0, 0)
+        XCTAssertEqual(try lab.stats("p1")["forwarded_to_self"] ?? 0, 0)
+
+        // The host's route is what counts, and it is followed.
+        try Lab.shell("ip -n \(lab.namespace("p1")) route del 198.18.9.10/32 dev vpod")
+        usleep(300_000)
+        try syn(client, to: IPv4Address("198.18.9.10")!, port: 31006)
+        try counted("dropped_not_local_destination", 3)
+        try Lab.shell("ip -n \(lab.namespace("p1")) route add 198.18.9.10/32 dev vpod")
+        usleep(300_000)
+        try syn(client, to: IPv4Address("198.18.9.10")!, port: 31007)
+        try counted("accepted_syn", 3)
     }
 
     func testDoctorPassesOnAProxyAndExplainsWhatIsMissingElsewhere() throws {

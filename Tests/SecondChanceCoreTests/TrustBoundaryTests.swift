@@ -151,6 +151,22 @@ final class TrustBoundaryTests: XCTestCase {
         }
     }
 
+    /// Addresses of the sockets' namespace (--netns) routed there by the host: a destination, and
+    /// nothing else (not this host's as a source or a hop).
+    func testAddressesRoutedIntoTheSocketsNamespaceAreDestinationsOnly() {
+        let pod = IPv4Address("198.19.8.8")!, pod6 = IPv6Address("2001:db8::88")!
+        let local = LocalAddresses(ipv4: [p1], deliverableIPv4: [pod], deliverableIPv6: [pod6])
+        XCTAssertTrue(local.accepts(destination: pod))
+        XCTAssertTrue(local.accepts(destination: pod6))
+        XCTAssertFalse(local.accepts(destination: IPv4Address("198.19.8.9")!))
+        XCTAssertFalse(local.owns(pod))
+        XCTAssertFalse(local.isMartianSource(pod))
+        XCTAssertFalse(local.isMartianSource(pod6))
+        XCTAssertNotEqual(local, LocalAddresses(ipv4: [p1]), "a change of them is published")
+        XCTAssertFalse(
+            LocalAddresses(deliverableIPv6: [IPv6Address("fe80::1")!]).accepts(destination: IPv6Address("fe80::1")!))
+    }
+
     func testMartianInnerSourcesAreNotDelivered() {
         for source in ["127.0.0.1", "198.19.0.10", "198.18.0.11", "224.0.0.5", "0.0.0.0", "198.18.0.255"] {
             XCTAssertEqual(

@@ -18,7 +18,7 @@ typedef uint32_t __u32;
 typedef uint64_t __u64;
 #endif
 
-#define FP_LAYOUT 3
+#define FP_LAYOUT 4
 
 /* Addresses and ports are in network byte order unless a field says otherwise. */
 struct fp_config {
@@ -30,10 +30,17 @@ struct fp_config {
     __u32 reserved;
     /* The SYN-cookie responder's (fp_listeners says which listeners it serves): */
     __u64 pass_interval_ns; /* --cookie-pass-ms: one SYN per listener, CPU and interval to the kernel */
-    __u8 reply_ttl;         /* net.ipv4.ip_default_ttl: the SYN-ACK's TTL or hop limit */
+    __u8 reply_ttl;         /* net.ipv4.ip_default_ttl: an IPv4 SYN-ACK's TTL */
     __u8 tcp_options;       /* FP_TCP_*: what the host's sysctls let a cookie SYN-ACK offer */
-    __u8 reserved2[6];
+    __u8 reply_hop_limit;   /* net.ipv6.conf.default.hop_limit: an IPv6 SYN-ACK's hop limit */
+    __u8 reserved2[5];
 };
+
+/* The values of fp_local4 and fp_local6: this host's own address or local route, or an address
+ * of the sockets' namespace (--netns) that the host routes there: a destination, nothing more
+ * (it neither makes a source martian nor a hop this host). */
+#define FP_LOCAL_OWN 1
+#define FP_LOCAL_DELIVERABLE 2
 
 /* Cookie ACKs may be taken here (--no-cookie-check clears it). */
 #define FP_F_CHECK_COOKIES 0x01

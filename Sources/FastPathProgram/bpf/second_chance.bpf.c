@@ -188,16 +188,31 @@ static __always_inline int in_prefixes(void *trie, __u32 address)
     return bpf_map_lookup_elem(trie, &key) != NULL;
 }
 
+/* FP_LOCAL_OWN or FP_LOCAL_DELIVERABLE for an address in fp_local4, else 0. */
+static __always_inline __u8 local4(__u32 address)
+{
+    struct fp_ip4_prefix key = { .prefix_length = 32, .address = address };
+    const __u8 *kind = bpf_map_lookup_elem(&fp_local4, &key);
+    return kind ? *kind : 0;
+}
+
+static __always_inline __u8 local6(const struct in6_addr *address)
+{
+    struct fp_ip6_prefix key = { .prefix_length = 128 };
+    __builtin_memcpy(key.address, address, 16);
+    const __u8 *kind = bpf_map_lookup_elem(&fp_local6, &key);
+    return kind ? *kind : 0;
+}
+
+/* LocalAddresses.owns: this host's own, not merely routed into the sockets' namespace. */
 static __always_inline int owns4(__u32 address)
 {
-    return in_prefixes(&fp_local4, address);
+    return local4(address) == FP_LOCAL_OWN;
 }
 
 static __always_inline int owns6(const struct in6_addr *address)
 {
-    struct fp_ip6_prefix key = { .prefix_length = 128 };
-    __builtin_memcpy(key.address, address, 16);
-    return bpf_map_lookup_elem(&fp_local6, &key) != NULL;
+    return local6(address) == FP_LOCAL_OWN;
 }
 
 /* ReversePaths.check: 0 when the route back to `source` leaves by `ifindex`, FP_REFUSED_REVERSE_PATH
@@ -252,14 +267,14 @@ static __always_inline enum fp_counter local_refusal(void *inner, void *end, int
             return FP_REFUSED_NOT_LOCAL_DESTINATION;
         if ((bpf_ntohl(destination[0]) >> 22) == 0x3fa)
             return FP_REFUSED_NOT_LOCAL_DESTINATION;
-        if (!owns6(&ip6->daddr))
+        if (!local6(&ip6->daddr))
             return FP_REFUSED_NOT_LOCAL_DESTINATION;
         return martian6(&ip6->saddr) ? FP_REFUSED_MARTIAN_SOURCE : 0;
     }
     struct iphdr *ip4 = inner;
     if ((void *)(ip4 + 1) > end)
         return FP_REFUSED_NOT_LOCAL_DESTINATION;
-    if ((bpf_ntohl(ip4->daddr) >> 24) == 127 || !owns4(ip4->daddr))
+    if ((bpf_ntohl(ip4->daddr) >> 24) == 127 || !local4(ip4->daddr))
         return FP_REFUSED_NOT_LOCAL_DESTINATION;
     return martian4(ip4->saddr) ? FP_REFUSED_MARTIAN_SOURCE : 0;
 }
@@ -688,7 +703,7 @@ static __always_inline enum answer respond(struct __sk_buff *skb, const struct f
         put32(ip, 0x60000000);
         put16(ip + 4, length);
         ip[6] = IPPROTO_TCP;
-        ip[7] = config->reply_ttl;
+        ip[7] = config->reply_hop_limit;
         __builtin_memcpy(ip + 8, &ip6->daddr, 16);
         __builtin_memcpy(ip + 24, &ip6->saddr, 16);
         __u16 checksum = tcp_checksum(ip + 8, 32, ip + 40, length);
