@@ -137,6 +137,22 @@ public final class RouteDumpSocket {
         try Netlink.receiveDump(socket, buffer: buffer, size: Self.size, sequence: sequence, name: name, each)
     }
 
+    /// The link type (ARPHRD_*) of interface `index`, as `ip -d link` shows it; nil when the
+    /// kernel does not answer for it.
+    public func linkType(index: UInt32, sequence: UInt32) -> UInt16? {
+        var type: UInt16?
+        try? request(
+            RTM_GETLINK, sequence: sequence, name: "RTM_GETLINK", ifinfomsg.self,
+            fill: { _, header in header.pointee.ifi_index = Int32(bitPattern: index) }
+        ) { message in
+            guard message.pointee.nlmsg_type == UInt16(RTM_NEWLINK),
+                Int(mnl_nlmsg_get_payload_len(message)) >= MemoryLayout<ifinfomsg>.size
+            else { return }
+            type = UnsafeRawPointer(mnl_nlmsg_get_payload(message)!).loadUnaligned(as: ifinfomsg.self).ifi_type
+        }
+        return type
+    }
+
     /// Every route of `table` in `family`, as RTM_NEWROUTE messages.
     public func routes(
         family: Int32, table: UInt32, sequence: UInt32, _ each: (UnsafePointer<nlmsghdr>) -> Void

@@ -60,7 +60,10 @@ public final class FastPath: @unchecked Sendable {
             throw FastPathError(
                 "no interface to attach to (no route to the peers; give --fast-path-interface)", errno: ENODEV)
         }
-        for interface in interfaces { _ = try FastPathKernel.interfaceIndex(interface) }
+        for interface in interfaces where try !FastPathKernel.isEthernet(interface) {
+            throw FastPathError(
+                "\(interface) is not an Ethernet device: the program reads an Ethernet header", errno: EPROTOTYPE)
+        }
         // The maps of the program already deciding, if it is ours and of this layout: counters
         // and sets carry on, and nothing is ever read under another layout.
         var reusable: [String: Int32] = [:]

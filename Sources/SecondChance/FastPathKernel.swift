@@ -133,6 +133,17 @@ public enum FastPathKernel {
         return index
     }
 
+    /// Whether an interface's frames carry an Ethernet header, which is what the program parses
+    /// (ARPHRD_ETHER: Ethernet, veth, bonds, bridges, VLANs, macvlan). An L3 device (WireGuard,
+    /// tun, ipip: ARPHRD_NONE and others) hands tc bare IP packets; its GUE is left to NFQUEUE.
+    public static func isEthernet(_ name: String) throws -> Bool {
+        let index = try interfaceIndex(name)
+        guard let type = try RouteDumpSocket().linkType(index: index, sequence: 1) else {
+            throw FastPathError("reading the link type of \(name)", errno: ENODEV)
+        }
+        return type == 1  // ARPHRD_ETHER (linux/if_arp.h)
+    }
+
     /// Attaches `programFD`, replacing in one step whatever program held the filter's place.
     public static func attach(programFD: Int32, interface: String) throws {
         let index = Int32(bitPattern: try interfaceIndex(interface))

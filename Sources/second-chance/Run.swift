@@ -673,13 +673,14 @@ struct Run: ParsableCommand {
     ) throws
         -> (path: FastPath?, status: String)
     {
-        let interfaces = fastPathInterfaces.isEmpty ? peerInterfaces : fastPathInterfaces
+        let candidates = fastPathInterfaces.isEmpty ? peerInterfaces : fastPathInterfaces
         guard fastPath != .off else {
             // A filter an earlier process kept (--fast-path-stop keep, or a crash) must not decide for this one.
-            FastPath.remove(interfaces: interfaces, pinDirectory: FastPath.defaultPinDirectory(), logger: logger)
+            FastPath.remove(interfaces: candidates, pinDirectory: FastPath.defaultPinDirectory(), logger: logger)
             logger.info("fast path: off (--fast-path off); every packet is decided from NFQUEUE")
             return (nil, "off (--fast-path off)")
         }
+        let interfaces = fastPathInterfaces.isEmpty ? ethernetOnly(peerInterfaces) : candidates
         var settings = FastPathSettings(
             selfAddress: selfAddress, peers: peers, guePort: guePort, checkCookies: !noCookieCheck,
             lookupsElsewhere: netns != nil)
@@ -707,10 +708,20 @@ struct Run: ParsableCommand {
             return (path, path.summary)
         } catch {
             // A program an earlier daemon left must not go on deciding with maps nobody keeps current.
-            FastPath.remove(interfaces: interfaces, pinDirectory: FastPath.defaultPinDirectory(), logger: logger)
+            FastPath.remove(interfaces: candidates, pinDirectory: FastPath.defaultPinDirectory(), logger: logger)
             guard fastPath == .auto else { throw CommandFailure("--fast-path tc: \(error)") }
             logger.warning("warning: fast path off, every packet is decided from NFQUEUE: \(error)")
             return (nil, "off (\(error))")
+        }
+    }
+
+    /// The interfaces the program can parse, of those the peers' routes leave by; the others' GUE
+    /// is decided from NFQUEUE, and said so.
+    func ethernetOnly(_ interfaces: [String]) -> [String] {
+        interfaces.filter { interface in
+            guard (try? FastPathKernel.isEthernet(interface)) == false else { return true }
+            logger.info("fast path: \(interface) is not an Ethernet device; its GUE is decided from NFQUEUE")
+            return false
         }
     }
 

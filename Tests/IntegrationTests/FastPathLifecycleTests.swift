@@ -165,6 +165,35 @@ final class FastPathLifecycleTests: XCTestCase {
         XCTAssertFalse(try filterOnP1().contains("second_chance_f"), "its own stop removes it")
     }
 
+    /// The program parses an Ethernet header: an L3 device (a tun here, as WireGuard or ipip) the
+    /// peers' routes leave by is left to the queue, and one named with --fast-path-interface is
+    /// refused.
+    func testTheProgramAttachesOnlyWhereFramesCarryAnEthernetHeader() throws {
+        let p1 = lab.namespace("p1")
+        try Lab.shell(
+            """
+            ip -n \(p1) tuntap add mode tun name tun9 && ip -n \(p1) addr add 198.18.4.254/24 dev tun9 && \
+            ip -n \(p1) link set tun9 up
+            """)
+        let base = ["run", "--queue", "0", "--self", Lab.p1.description, "--control", lab.controlPath("p1")]
+        let daemon = try lab.start("p1", "second-chance", base + ["--allow-source", "198.18.0.0/24,198.18.4.0/24"])
+        try lab.waitFor("the daemon", seconds: Self.startup) { lab.log(of: daemon).contains("serving queue") }
+        let log = lab.log(of: daemon)
+        XCTAssertTrue(log.contains("fast path: tun9 is not an Ethernet device; its GUE is decided from NFQUEUE"), log)
+        XCTAssertTrue(log.contains("fast path: tc on eth0 ("), log)
+        XCTAssertTrue(try filterOnP1().contains("second_chance_f"))
+        let tun = try Lab.shell("ip netns exec \(p1) tc filter show dev tun9 ingress 2>&1 || true")
+        XCTAssertFalse(tun.contains("second_chance_f"), tun)
+        daemon.terminate()
+        daemon.waitUntilExit()
+
+        let named = try lab.start(
+            "p1", "second-chance", base + Lab.labPeers + ["--fast-path", "tc", "--fast-path-interface", "tun9"])
+        try lab.waitFor("the refusal", seconds: Self.startup) { !named.isRunning }
+        XCTAssertNotEqual(named.terminationStatus, 0, lab.log(of: named))
+        XCTAssertTrue(lab.log(of: named).contains("tun9 is not an Ethernet device"), lab.log(of: named))
+    }
+
     func testFastPathOffRemovesAProgramAnEarlierDaemonLeft() throws {
         let kept = try lab.start("p1", "second-chance", arguments + ["--fast-path-stop", "keep"])
         try lab.waitFor("the program", seconds: Self.startup) { try self.filterOnP1().contains("second_chance_f") }
