@@ -6,11 +6,12 @@ public enum PacketBuilder {
     /// A Linux client's SYN options: MSS 1460, SACK permitted, timestamps (TSval 1), window scale 7.
     public static let linuxSYNOptions: [UInt8] = [2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7]
 
-    /// A TCP segment in an IPv4 or IPv6 packet, with correct checksums.
+    /// A TCP segment in an IPv4 or IPv6 packet, with correct checksums. `dataOffset` (in words)
+    /// replaces the header length the options make, for a damaged segment.
     public static func tcp(
         source: IPAddress, sourcePort: UInt16, destination: IPAddress, destinationPort: UInt16,
         flags: TCPFlags, sequence: UInt32 = 0, acknowledgement: UInt32 = 0, window: UInt16 = 65535,
-        options: [UInt8] = [], payload: [UInt8] = [], ttl: UInt8 = 64
+        options: [UInt8] = [], payload: [UInt8] = [], ttl: UInt8 = 64, dataOffset: UInt8? = nil
     ) -> [UInt8] {
         precondition(options.count % 4 == 0 && options.count <= 40)
         var segment: [UInt8] = []
@@ -18,7 +19,7 @@ public enum PacketBuilder {
         segment.appendBE16(destinationPort)
         segment.appendBE32(sequence)
         segment.appendBE32(acknowledgement)
-        segment.append(UInt8((20 + options.count) / 4) << 4)
+        segment.append((dataOffset ?? UInt8((20 + options.count) / 4)) << 4)
         segment.append(flags.rawValue)
         segment.appendBE16(window)
         segment.appendBE16(0)  // checksum

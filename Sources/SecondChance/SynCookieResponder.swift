@@ -94,6 +94,10 @@ struct SynCookieResponder {
                 let listener = snapshot.listener(for: segment.flow), !listener.acceptQueueFull,
                 decider.localRefusal(UnsafeRawBufferPointer(packets[index].payload), packet.gue) == nil
             else { continue }
+            let bytes = UnsafeRawBufferPointer(packets[index].payload)
+            // A SYN the kernel would drop (or one with data) is the kernel's, and is not the one
+            // that keeps its overflow mark either.
+            guard SynIntegrity.isAnswerable(bytes, segment) else { continue }
             let key = listener.record.key
             // The kernel accepts a cookie ACK only within two minutes of a cookie of its own for the
             // listener (tcp_synq_no_recent_overflow), with tcp_syncookies=2 too: one SYN per interval
@@ -103,7 +107,6 @@ struct SynCookieResponder {
                 listener.record.add(.synsPassedToKernel)
                 continue
             }
-            let bytes = UnsafeRawBufferPointer(packets[index].payload)
             guard let options = SynOptions.parse(bytes, tcpOffset: segment.tcpOffset, end: packet.gue.innerEnd) else {
                 outcomes[index] = .failed
                 continue

@@ -293,3 +293,37 @@ public enum SynCookieReply {
         return total
     }
 }
+
+/// What the kernel's receive path checks of a SYN before a listener sees it (ip_rcv, tcp_v4_rcv,
+/// tcp_v6_rcv). A responder answers only a SYN with no data whose TCP header ends where its IP
+/// packet does and whose checksums (IPv4 header, TCP) are right; any other SYN goes on to the
+/// kernel, which drops a damaged one and answers the rest itself. The tc program's
+/// `answerable_syn` is the same check.
+public enum SynIntegrity {
+    public static func isAnswerable(_ bytes: UnsafeRawBufferPointer, _ segment: TCPSegment) -> Bool {
+        let ip = segment.ipHeaderOffset, tcp = segment.tcpOffset
+        guard ip >= 0, tcp >= ip + 20, tcp + 20 <= bytes.count else { return false }
+        let ipv6 = bytes[ip] >> 4 == 6
+        guard !ipv6 || tcp >= ip + 40 else { return false }
+        let packetEnd = ipv6 ? ip + 40 + Int(bytes.be16(ip + 4)) : ip + Int(bytes.be16(ip + 2))
+        let tcpLength = Int(bytes[tcp + 12] >> 4) * 4
+        guard tcpLength >= 20, packetEnd == tcp + tcpLength, packetEnd <= bytes.count else { return false }
+        let segmentBytes = UnsafeRawBufferPointer(rebasing: bytes[tcp..<packetEnd])
+        let pseudo: UInt64
+        if ipv6 {
+            pseudo = InternetChecksum.pseudoHeaderSum(
+                source: IPv6Address(high: bytes.be64(ip + 8), low: bytes.be64(ip + 16)),
+                destination: IPv6Address(high: bytes.be64(ip + 24), low: bytes.be64(ip + 32)),
+                nextHeader: 6, length: tcpLength)
+        } else {
+            let headerLength = Int(bytes[ip] & 0x0f) * 4
+            guard headerLength >= 20, ip + headerLength <= tcp else { return false }
+            let header = UnsafeRawBufferPointer(rebasing: bytes[ip..<(ip + headerLength)])
+            guard InternetChecksum.fold(InternetChecksum.partialSum(header)) == 0xffff else { return false }
+            pseudo = InternetChecksum.pseudoHeaderSum(
+                source: IPv4Address(bytes.be32(ip + 12)), destination: IPv4Address(bytes.be32(ip + 16)),
+                protocol: 6, length: tcpLength)
+        }
+        return InternetChecksum.fold(InternetChecksum.partialSum(segmentBytes, initial: pseudo)) == 0xffff
+    }
+}

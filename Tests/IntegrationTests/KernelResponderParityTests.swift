@@ -82,6 +82,13 @@ extension FastPathParityTests {
                     }
                 }
             }
+            // SYNs the kernel would drop, and SYNs with data: neither responder answers them.
+            for (destination, client) in [
+                (IPAddress.v4(Lab.vip), IPAddress.v4(Lab.client)), (.v6(Lab.vip6), .v6(Lab.client6)),
+            ] {
+                try checkLeftToTheKernel(
+                    Self.damagedSYNs(from: client, to: destination), harness: &harness)
+            }
             // The attacker's SYNs. An outsider's, for a served listener: dropped, never answered.
             let outsider = Self.gue(
                 PacketBuilder.tcp(
@@ -124,6 +131,53 @@ extension FastPathParityTests {
         ("scale above 14, no MSS", [1, 1, 8, 10, 0, 0, 0x30, 0, 0, 0, 0, 0, 1, 3, 3, 15]),
         ("malformed after the MSS", [2, 4, 2, 0x18, 8, 0, 0, 0]),
     ]
+
+    /// SYNs a served listener's responder must leave to the kernel: a wrong TCP checksum, a wrong
+    /// IPv4 header checksum, a header length past the IP packet's end (with the bytes it names
+    /// there, as GUE padding), data.
+    static func damagedSYNs(from client: IPAddress, to destination: IPAddress) -> [(String, [UInt8])] {
+        func syn(_ port: UInt16, payload: [UInt8] = [], dataOffset: UInt8? = nil) -> [UInt8] {
+            PacketBuilder.tcp(
+                source: client, sourcePort: port, destination: destination, destinationPort: 80, flags: .syn,
+                sequence: 7, options: dataOffset == nil ? [2, 4, 5, 0xb4] : [], payload: payload,
+                dataOffset: dataOffset)
+        }
+        let ipv6: Bool
+        if case .v6 = destination { ipv6 = true } else { ipv6 = false }
+        let tcp = ipv6 ? 40 : 20
+        var badTCP = syn(41901)
+        badTCP[tcp + 16] ^= 0x5a
+        var cases = [
+            ("wrong TCP checksum", badTCP), ("data", syn(41902, payload: [1, 2, 3, 4])),
+            ("doff past the end", syn(41903, dataOffset: 15) + [UInt8](repeating: 0, count: 40)),
+        ]
+        if !ipv6 {
+            var badIP = syn(41904)
+            badIP[10] ^= 0x5a
+            cases.append(("wrong IPv4 header checksum", badIP))
+        }
+        return cases
+    }
+
+    /// Runs each SYN through the program: not answered (no cookie counted; delivered to the
+    /// kernel as a SYN), and the queue's responder would not answer it either.
+    func checkLeftToTheKernel(_ cases: [(String, [UInt8])], harness: inout Harness) throws {
+        for (what, syn) in cases {
+            let packet = Self.gue(syn)
+            let before = harness.maps.readCounters()
+            _ = try FastPathKernel.testRun(
+                programFD: harness.object.programFD, frame: harness.frame(packet),
+                interfaceIndex: harness.interfaceIndex)
+            let after = harness.maps.readCounters()
+            XCTAssertEqual(after[FP_COOKIES_SENT], before[FP_COOKIES_SENT], "\(what): no cookie from the program")
+            XCTAssertEqual(after[FP_LOCAL_SYN] - before[FP_LOCAL_SYN], 1, "\(what): delivered to the kernel")
+            packet.withUnsafeBytes { bytes in
+                guard case .parsed(let parsed) = harness.decider.parse(bytes), case .tcp(let segment) = parsed.inner
+                else { return XCTFail("\(what): the decider does not parse it") }
+                XCTAssertFalse(SynIntegrity.isAnswerable(bytes, segment), "\(what): nor from the queue's responder")
+            }
+        }
+    }
 
     func checkAnswer(
         to syn: [UInt8], _ what: String, harness: inout Harness, snapshot: ResponderBoard.Snapshot,

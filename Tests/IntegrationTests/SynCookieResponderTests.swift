@@ -488,6 +488,98 @@ final class SynCookieResponderTests: XCTestCase {
             "and the kernel dropped it")
     }
 
+    /// A SYN the kernel would drop (a wrong checksum, a header length past its packet's end) or
+    /// one with data is never answered, while the listener's good SYNs are: on the tc path and
+    /// on the queue's (the `--fast-path off` round).
+    func testASYNTheKernelWouldDropIsNeverAnswered() throws {
+        try listen(.v4(Lab.vip))
+        try startSecondChance(["--cookie-pass-ms", "60000"])
+        try flood(400)
+        try waitUntilActive("\(Lab.vip):\(Self.port)")
+        try flood(1, firstPort: 39000)  // the listener's one SYN for the kernel, should it be due
+        let capture = try lab.inside("c") { try Capture(protocol: Int32(IPPROTO_TCP)) }
+        func answered(_ port: UInt16, within seconds: Double) -> Bool {
+            capture.first(within: seconds) {
+                $0.ipv4TCP.map { $0.0 == Lab.vip && $0.3 == port && $0.4.contains([.syn, .ack]) } ?? false
+            } != nil
+        }
+        let good = { (port: UInt16) in
+            PacketBuilder.tcp(
+                source: .v4(Lab.client), sourcePort: port, destination: .v4(Lab.vip), destinationPort: Self.port,
+                flags: .syn, sequence: 9, options: [2, 4, 5, 0xb4])
+        }
+        try sendGUE(lab, sourcePort: 31200, to: Lab.p1, inner: good(43200), hops: [])
+        XCTAssertTrue(answered(43200, within: 5), "a good SYN is answered")
+        let sent = try lab.stats("p1").value("cookies_sent")
+
+        var badTCP = good(43201)
+        badTCP[36] ^= 0x5a
+        var badIP = good(43202)
+        badIP[10] ^= 0x5a
+        let longHeader =
+            PacketBuilder.tcp(
+                source: .v4(Lab.client), sourcePort: 43203, destination: .v4(Lab.vip), destinationPort: Self.port,
+                flags: .syn, sequence: 9, dataOffset: 15) + [UInt8](repeating: 0, count: 40)
+        let withData = PacketBuilder.tcp(
+            source: .v4(Lab.client), sourcePort: 43204, destination: .v4(Lab.vip), destinationPort: Self.port,
+            flags: .syn, sequence: 9, options: [2, 4, 5, 0xb4], payload: [1, 2, 3, 4])
+        for (index, inner) in [badTCP, badIP, longHeader, withData].enumerated() {
+            try sendGUE(lab, sourcePort: 31201 + UInt16(index), to: Lab.p1, inner: inner, hops: [])
+        }
+        try sendGUE(lab, sourcePort: 31205, to: Lab.p1, inner: good(43205), hops: [])
+        // Every SYN-ACK up to the last good SYN's: none for the damaged ones before it.
+        var answeredPorts: Set<UInt16> = []
+        XCTAssertNotNil(
+            capture.first(within: 5) {
+                guard let tcp = $0.ipv4TCP, tcp.0 == Lab.vip, tcp.4.contains([.syn, .ack]) else { return false }
+                answeredPorts.insert(tcp.3)
+                return tcp.3 == 43205
+            }, "the good SYN sent after them is answered")
+        XCTAssertTrue(answeredPorts.isDisjoint(with: 43201...43203), "the kernel dropped them: \(answeredPorts)")
+        XCTAssertEqual(try lab.stats("p1").value("cookies_sent"), sent + 1, "only the good SYN had a cookie")
+    }
+
+    /// Both responders answer a SYN before netfilter's INPUT chain sees it: a source an INPUT rule
+    /// refuses learns that an overflowing listener exists (a SYN-ACK), and gets no connection, as
+    /// its cookie ACK meets INPUT like any packet; the rule gone, the same handshake connects.
+    func testASourceThatINPUTRefusesGetsNoConnectionFromACookie() throws {
+        try listen(.v4(Lab.vip))
+        try startSecondChance(["--cookie-pass-ms", "60000"])
+        try flood(400)
+        try waitUntilActive("\(Lab.vip):\(Self.port)")
+        try flood(1, firstPort: 39000)  // the listener's one SYN for the kernel, should it be due
+        // The client's own stack knows nothing of these handshakes: its RSTs would end them.
+        try Lab.shell("ip netns exec \(lab.namespace("c")) iptables -A OUTPUT -p tcp --tcp-flags RST RST -j DROP")
+        let rule = "INPUT -p tcp -s \(Lab.client) --dport \(Self.port) -j DROP"
+        try Lab.shell("ip netns exec \(lab.namespace("p1")) iptables -I \(rule)")
+        let capture = try lab.inside("c") { try Capture(protocol: Int32(IPPROTO_TCP)) }
+        func handshake(_ port: UInt16) throws {
+            func segment(_ flags: TCPFlags, ack: UInt32 = 0) -> [UInt8] {
+                PacketBuilder.tcp(
+                    source: .v4(Lab.client), sourcePort: port, destination: .v4(Lab.vip), destinationPort: Self.port,
+                    flags: flags, sequence: flags == .syn ? 5000 : 5001, acknowledgement: ack,
+                    options: flags == .syn ? [2, 4, 0x05, 0xb4] : [])
+            }
+            let cookies = try lab.stats("p1").value("accepted_syn_cookie")
+            try sendGUE(lab, sourcePort: port, to: Lab.p1, inner: segment(.syn), hops: [Lab.p2])
+            let synAck = try XCTUnwrap(
+                capture.first {
+                    $0.ipv4TCP.map { $0.0 == Lab.vip && $0.3 == port && $0.4.contains([.syn, .ack]) } ?? false
+                }?.ipv4TCP, "port \(port): the responder answers before INPUT")
+            let ack = segment(.ack, ack: synAck.5 &+ 1)
+            try sendGUE(lab, sourcePort: port, to: Lab.p1, inner: ack, hops: [Lab.p2])
+            try lab.waitFor("the cookie ACK taken") {
+                try lab.stats("p1").value("accepted_syn_cookie") == cookies + 1
+            }
+        }
+        try handshake(43300)
+        XCTAssertThrowsError(try acceptConnection(listener, within: 1), "INPUT dropped the cookie ACK")
+        try Lab.shell("ip netns exec \(lab.namespace("p1")) iptables -D \(rule)")
+        try handshake(43301)
+        let accepted = try acceptConnection(listener)
+        close(accepted)
+    }
+
     /// --syn-cookies off: an overflowing listener is the kernel's alone, and its cookies still work.
     func testResponderOffLeavesTheKernelToAnswer() throws {
         try listen(.v4(Lab.vip))

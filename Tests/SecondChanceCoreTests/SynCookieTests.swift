@@ -55,6 +55,38 @@ final class SynCookieTests: XCTestCase {
 
     /// Random headers at random offsets: a result exactly when the header fits before `end`, and
     /// then only values the kernel would take.
+    /// The responders answer only SYNs the kernel would take to a listener: no data, the TCP
+    /// header inside the IP packet, both checksums right; a SYN damaged anywhere (every byte
+    /// flipped in turn) is the kernel's to drop.
+    func testOnlyAnIntactSYNWithoutDataIsAnswerable() throws {
+        for ipv6 in [false, true] {
+            let good = syn(options: Self.linuxOptions, ipv6: ipv6)
+            func answerable(_ packet: [UInt8]) -> Bool {
+                guard let segment = segment(of: packet, ipv6: ipv6) else { return false }
+                return packet.withUnsafeBytes { SynIntegrity.isAnswerable($0, segment) }
+            }
+            XCTAssertTrue(answerable(good), "ipv6 \(ipv6)")
+            for index in good.indices {
+                var damaged = good
+                damaged[index] ^= 0x40
+                // The IPv6 traffic class, flow label and hop limit are in no checksum.
+                if ipv6 && [1, 2, 3, 7].contains(index) { continue }
+                XCTAssertFalse(answerable(damaged), "ipv6 \(ipv6): byte \(index) flipped")
+            }
+            let source: IPAddress = ipv6 ? .v6(IPv6Address("2001:2::1")!) : Self.client
+            let destination: IPAddress = ipv6 ? .v6(IPv6Address("2001:2:0:ff::10")!) : Self.vip
+            let withData = PacketBuilder.tcp(
+                source: source, sourcePort: 40000, destination: destination, destinationPort: 443, flags: .syn,
+                options: [2, 4, 5, 0xb4], payload: [1, 2, 3, 4])
+            XCTAssertFalse(answerable(withData), "a SYN with data")
+            // A header length past the IP packet's end, the bytes it names there (GUE padding).
+            let longHeader = PacketBuilder.tcp(
+                source: source, sourcePort: 40000, destination: destination, destinationPort: 443, flags: .syn,
+                dataOffset: 15)
+            XCTAssertFalse(answerable(longHeader + [UInt8](repeating: 0, count: 40)), "doff past the end")
+        }
+    }
+
     func testSynOptionsParserSurvivesRandomHeaders() {
         var generator = SeededGenerator.fromEnvironment(name: #function)
         var parsed = 0

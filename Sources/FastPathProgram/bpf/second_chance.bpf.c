@@ -509,6 +509,51 @@ static __always_inline __u16 tcp_checksum(__u8 *addresses, __u32 address_bytes, 
     return ~fold((__u32)sum);
 }
 
+/*
+ * SynIntegrity.isAnswerable: what ip_rcv and tcp_v4_rcv/tcp_v6_rcv check of a SYN before a
+ * listener sees it, for a SYN with no data: its TCP header ends where the IP packet does (a doff
+ * past that end, or data, and the kernel decides), the IPv4 header checksum and the TCP checksum
+ * are right. 0 when the responder must leave the SYN to the kernel (which drops a damaged one).
+ * `scratch` is overwritten.
+ */
+static __always_inline int answerable_syn(struct __sk_buff *skb, __u8 *scratch, void *inner, void *end,
+                                          __u32 inner_offset, __u32 tcp_length, int ipv6)
+{
+    __u32 ip_length = ipv6 ? 40 : 20, packet_length;
+    __u8 *addresses;
+    if (ipv6) {
+        struct ipv6hdr *ip6 = inner;
+        if ((void *)(ip6 + 1) > end)
+            return 0;
+        packet_length = 40 + bpf_ntohs(ip6->payload_len);
+        addresses = (__u8 *)&ip6->saddr;
+    } else {
+        struct iphdr *ip4 = inner;
+        if ((void *)(ip4 + 1) > end)
+            return 0;
+        packet_length = bpf_ntohs(ip4->tot_len);
+        addresses = (__u8 *)&ip4->saddr;
+        if (bpf_skb_load_bytes(skb, inner_offset, scratch, 20))
+            return 0;
+        if (fold((__u32)bpf_csum_diff(NULL, 0, (__be32 *)scratch, 20, 0)) != 0xffff)
+            return 0;
+    }
+    if (packet_length != ip_length + tcp_length || tcp_length < 20 || tcp_length > 60)
+        return 0;
+    /* A length the verifier sees bounded and a multiple of 4, as the options' copy. */
+    __u32 load_length = tcp_length;
+    asm volatile("" : "+r"(load_length));
+    load_length = ((load_length - 20) & 0x3c) + 20;
+    if (bpf_skb_load_bytes(skb, inner_offset + ip_length, scratch, load_length))
+        return 0;
+    __be32 word = bpf_htonl(IPPROTO_TCP << 16 | tcp_length);
+    __s64 sum = ipv6 ? bpf_csum_diff(NULL, 0, (__be32 *)addresses, 32, 0)
+                     : bpf_csum_diff(NULL, 0, (__be32 *)addresses, 8, 0);
+    sum = bpf_csum_diff(NULL, 0, &word, 4, (__u32)sum);
+    sum = bpf_csum_diff(NULL, 0, (__be32 *)scratch, load_length, (__u32)sum);
+    return fold((__u32)sum) == 0xffff;
+}
+
 /* The listener as fp_listeners names it: its own bound address and port. */
 static __always_inline void listener_key(struct bpf_sock *socket, struct fp_listener_key *key)
 {
@@ -576,6 +621,12 @@ static __always_inline enum answer respond(struct __sk_buff *skb, const struct f
     if (!listener || (listener->flags & FP_L_ACCEPT_QUEUE_FULL))
         goto kernel;
     struct fp_listener_counts *counts = bpf_map_lookup_elem(&fp_listen_count, &key);
+    /* A SYN the kernel would drop (or one with data) is the kernel's, and is not the one that
+     * keeps its overflow mark either. */
+    __u8 scratch[SCRATCH] __attribute__((aligned(8))) = {};
+    __u32 tcp_length = tcp->doff * 4;
+    if (!answerable_syn(skb, scratch, inner, end, inner_offset, tcp_length, ipv6))
+        goto kernel;
     /* The kernel accepts a cookie ACK within two minutes of a cookie of its own (with
      * tcp_syncookies=2 too): one SYN per listener and interval goes to it, answered there (the
      * cookie helper refreshes that mark as well). The time is kept in the first CPU's slot, so
@@ -590,11 +641,7 @@ static __always_inline enum answer respond(struct __sk_buff *skb, const struct f
 
     struct reply_plan plan = { .client_port = tcp->source, .listener_port = tcp->dest,
                                .our_window_scale = listener->window_scale };
-    __u8 scratch[SCRATCH] __attribute__((aligned(8))) = {};
     struct syn_options options = {};
-    __u32 tcp_length = tcp->doff * 4;
-    if (tcp_length < 20)
-        goto kernel;
     __u32 tcp_offset = inner_offset + (ipv6 ? 40 : 20);
     __u32 options_length = (tcp_length - 20) & 0x3f;
     if (options_length > OPTIONS_MAX)

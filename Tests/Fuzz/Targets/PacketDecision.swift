@@ -40,7 +40,9 @@ public func fuzzPacketDecision(_ data: UnsafePointer<UInt8>, _ size: Int) -> CIn
             }
         }
         if case .local = decision.verdict, case .tcp(let segment)? = decision.inner {
+            // What the SYN-cookie responders read of a SYN they may answer.
             _ = packet.withUnsafeBytes { SynOptions.parse($0, tcpOffset: segment.tcpOffset, end: gue.innerEnd) }
+            _ = packet.withUnsafeBytes { SynIntegrity.isAnswerable($0, segment) }
         }
     }
     return 0
