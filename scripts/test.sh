@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 # Leftovers of an interrupted run would make the topology fail to come up.
 pkill -KILL -f 'systemd-nspawn .*--machine=pssd-' || true
-for ns in $(ip netns list | awk '/^(psit|psck|psbk|pstb|pspk|pspr|pslc|psrs|pssd|pspf|psfl|psrp|psmo|psdb)-/ {print $1}'); do
+for ns in $(ip netns list | awk '/^(psit|psck|psbk|pstb|pspk|pspr|pslc|psrs|pssd|pspf|psfl|psrp|psmo|psdb|psdx)-/ {print $1}'); do
     ip netns pids "$ns" | xargs -r kill -9
     ip netns del "$ns"
 done

@@ -59,9 +59,10 @@ final class KernelLabTests: XCTestCase {
     /// sit0 up) and the director/proxy scenarios passing through it (SYN, forward, drain, IPv6, GUE
     /// from outside the peers dropped before fou); the shipped proxyside.nft queuing the same
     /// scenarios to second-chance; doctor naming a down tunl0, then content (status 0) once it is up
-    /// behind the shipped nft rules; one HAProxy reload under bindkeeper. NFQUEUE alone decides
-    /// (`--fast-path off`): the tc program would take the packets first. Two guests a kernel, each
-    /// with half of it: one guest for all took 350 to over 480 s of emulation.
+    /// behind the shipped nft rules; one HAProxy reload under bindkeeper; on 6.12, the attacker's
+    /// packets of `DataPathMatrixTests` with fou decapsulating what the queue lets in. NFQUEUE alone
+    /// decides (`--fast-path off`): the tc program would take the packets first. Two guests a
+    /// kernel, each with half of it: one guest for all took 350 to over 480 s of emulation.
     func testKernelDecapsulationTheShippedNftRulesAndAReloadOnDebiansKernels() throws {
         let bundle = Lab.binaries.appendingPathComponent("proxysidePackageTests.xctest").path
         let doctor = Lab.binaries.appendingPathComponent("second-chance").path
@@ -72,6 +73,8 @@ final class KernelLabTests: XCTestCase {
             "testGUEFromOutsideThePeersMeetsTheDropBeforeAnyDecapsulation",
         ].map { "IntegrationTests.SecondChanceTests/" + $0 }.joined(separator: ",")
         let reload = "IntegrationTests.HAProxyReloadTests/testAFailedCheckLeavesTheRunningInstanceServing"
+        let matrix = "IntegrationTests.DataPathMatrixTests"
+        let lastLines = "grep -E 'error|Executed' | tail -3"
         let modules = "for m in fou ipip sit nfnetlink_queue nft_queue veth; do modprobe $m; done"
         for series in ["6.1", "6.12"] {
             let (status, output) = try inGuest(
@@ -96,11 +99,19 @@ final class KernelLabTests: XCTestCase {
                 grep -F '[ ok ] sit0: up' /tmp/up.txt
                 echo "kernel decapsulation:"
                 PROXYSIDE_FAST_PATH=off PROXYSIDE_FOU=1 \(bundle) \(scenarios) 2>&1 | grep -E 'error|Executed' | tail -3
+                echo "matrix:"
+                \(series == "6.12" ? "PROXYSIDE_FOU=1 \(bundle) \(matrix) 2>&1 | \(lastLines)" : "")
                 """, seconds: 480)
             XCTAssertTrue(output.contains("\(series)."), "booted \(series): \(output)")
             XCTAssertEqual(status, 0, "doctor named the down tunl0, then passed it: \(output)")
-            let decapsulated = output.components(separatedBy: "kernel decapsulation:").last ?? ""
+            let decapsulated =
+                output.components(separatedBy: "kernel decapsulation:").last?.components(separatedBy: "matrix:").first
+                ?? ""
             XCTAssertTrue(decapsulated.contains("Executed 6 tests, with 0 failures"), "\(series), fou: \(output)")
+            if series == "6.12" {
+                let matrixOutput = output.components(separatedBy: "matrix:").last ?? ""
+                XCTAssertTrue(matrixOutput.contains("Executed 1 test, with 0 failures"), "matrix, fou: \(output)")
+            }
 
             let (_, rules) = try inGuest(
                 series,

@@ -362,7 +362,7 @@ final class Capture {
         return nil
     }
 
-    /// Everything captured until nothing arrives for the receive timeout.
+    /// Everything captured so far.
     func drain() -> [[UInt8]] {
         var out: [[UInt8]] = []
         var buffer = [UInt8](repeating: 0, count: 65536)
@@ -387,6 +387,28 @@ extension Array where Element == UInt8 {
             IPv4Address(be32(12)), be16(ihl), IPv4Address(be32(16)), be16(ihl + 2), TCPFlags(rawValue: self[ihl + 13]),
             be32(ihl + 4), be32(ihl + 8), payload
         )
+    }
+}
+
+extension Lab {
+    static let outsideP1 = "198.18.3.11", outsideX = "198.18.3.1"
+
+    /// An outside host X on a second link of P1's (xb; X's end is xa), carrying P1's default route,
+    /// with the director's address as well: it sends what a spoofer elsewhere would. `tearDown`
+    /// leaves it; the test removes namespace "x".
+    func addOutsideHost() throws {
+        let p1 = namespace("p1"), outside = namespace("x")
+        try Lab.shell(
+            """
+            ip netns add \(outside) && ip -n \(outside) link set lo up && \
+            ip -n \(outside) link add xa type veth peer name xb netns \(p1) && \
+            ip -n \(outside) addr add \(Lab.outsideX)/24 dev xa && \
+            ip -n \(outside) addr add \(Lab.director)/32 dev xa && \
+            ip -n \(outside) link set xa up && ip -n \(p1) addr add \(Lab.outsideP1)/24 dev xb && \
+            ip -n \(p1) link set xb up && ip -n \(p1) route add default via \(Lab.outsideX) dev xb && \
+            ip -n \(outside) route add \(Lab.p1)/32 dev xa && ip -n \(outside) neigh replace \(Lab.p1) dev xa lladdr \
+            $(ip -n \(p1) -o link show xb | sed 's/.*link.ether \\([^ ]*\\).*/\\1/')
+            """)
     }
 }
 

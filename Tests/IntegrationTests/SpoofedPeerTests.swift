@@ -13,22 +13,11 @@ import XCTest
 final class SpoofedPeerTests: XCTestCase {
     var lab: Lab!
     var outside: String { lab.namespace("x") }
-    static let outsideP1 = "198.18.3.11", outsideX = "198.18.3.1"
+    static let outsideX = Lab.outsideX
 
     override func setUpWithError() throws {
         lab = try Lab(prefix: "psrp")
-        let p1 = lab.namespace("p1")
-        try Lab.shell(
-            """
-            ip netns add \(outside) && ip -n \(outside) link set lo up && \
-            ip -n \(outside) link add xa type veth peer name xb netns \(p1) && \
-            ip -n \(outside) addr add \(Self.outsideX)/24 dev xa && \
-            ip -n \(outside) addr add \(Lab.director)/32 dev xa && \
-            ip -n \(outside) link set xa up && ip -n \(p1) addr add \(Self.outsideP1)/24 dev xb && \
-            ip -n \(p1) link set xb up && ip -n \(p1) route add default via \(Self.outsideX) dev xb && \
-            ip -n \(outside) route add \(Lab.p1)/32 dev xa && ip -n \(outside) neigh replace \(Lab.p1) dev xa lladdr \
-            $(ip -n \(p1) -o link show xb | sed 's/.*link.ether \\([^ ]*\\).*/\\1/')
-            """)
+        try lab.addOutsideHost()
         try lab.startEcho("p1")
         try lab.startSecondChance(
             "p1", Lab.p1,
