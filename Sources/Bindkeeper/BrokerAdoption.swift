@@ -97,17 +97,21 @@ extension Broker {
 
     /// An adopted control socket must serve the configured path, with the configured mode and
     /// group: a process that stopped outside the fd store's care (an older release) removed the
-    /// path, or the configuration changed. A missing path gets a new socket, and the clients
-    /// queued on the old one are served as clients of this process; a present one gets its mode
-    /// and group set through a handle of that very file (no path followed).
+    /// path, or the configuration changed. A missing path (or another socket file there) gets a
+    /// new socket, and the clients queued on the old one are served as clients of this process; a
+    /// present one gets its mode and group set through a handle of that very file (no path
+    /// followed).
     func refreshAdoptedControl() throws {
         var status = stat()
-        guard lstat(options.controlPath, &status) == 0, status.st_mode & S_IFMT == S_IFSOCK else {
+        let present = lstat(options.controlPath, &status) == 0 && status.st_mode & S_IFMT == S_IFSOCK
+        // A socket file at the path is not the adopted socket's because it has its name: a dead
+        // one left there would take the clients' connections and refuse them.
+        guard present, UnixSocketFile.isBound(control, at: options.controlPath) ?? true else {
             let fresh = try Self.listenControl(options)
             acceptClients(from: control)
             close(control)
             control = fresh
-            logger.info("control socket \(options.controlPath) was gone; made anew")
+            logger.info("control socket \(options.controlPath) was gone or another file; made anew")
             notifier?.replaceStored(control, name: FDStoreName.control, reportingTo: logger)
             return
         }

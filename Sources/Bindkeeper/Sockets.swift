@@ -151,9 +151,20 @@ public enum OwnedSocket {
     }
 
     /// Gives the socket file at `path` this mode and group, through an O_PATH handle of the file
-    /// itself (a symlink is not followed, and a file that is not a socket is left alone).
+    /// itself (a symlink is followed in no component of the path, and a file that is not a socket
+    /// is left alone).
     public static func setModeAndGroup(_ path: String, mode: UInt32, group: String?) throws {
-        let handle = Glibc.open(path, proxyside_o_path | O_NOFOLLOW | O_CLOEXEC)
+        guard let slash = path.lastIndex(of: "/") else { throw SystemError("open \(path)", errno: EINVAL) }
+        let directoryPath = slash == path.startIndex ? "/" : String(path[..<slash])
+        let directory = proxyside_open_directory_no_symlinks(directoryPath)
+        guard directory >= 0 else {
+            throw SystemError(
+                "open \(directoryPath)", errno: -directory,
+                hint: -directory == ELOOP ? "a component of the path is a symlink" : nil)
+        }
+        defer { close(directory) }
+        let handle = openat(
+            directory, String(path[path.index(after: slash)...]), proxyside_o_path | O_NOFOLLOW | O_CLOEXEC)
         guard handle >= 0 else { throw SystemError("open \(path)") }
         defer { close(handle) }
         var status = stat()

@@ -12,3 +12,4 @@
 #include <linux/rtnetlink.h>
 #include <linux/if_addr.h>
 #include <linux/net_namespace.h>
+#include <linux/unix_diag.h>

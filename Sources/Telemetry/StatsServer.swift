@@ -33,12 +33,14 @@ public final class StatsServer: @unchecked Sendable {
         self.controlPath = controlPath
         var inherited = inherited
         // An inherited socket serves only what this configuration names: a metrics socket bound
-        // elsewhere (the address changed) and a control socket whose path is gone are made anew,
+        // elsewhere (the address changed) and a control socket whose path is gone (or holds
+        // another socket's file, such as a dead one) are made anew,
         // once `releaseInherited` has had every other copy (the service manager's store) let go.
         for (name, fd) in inherited {
             let matches =
                 name == Self.metricsName
-                ? SocketAddress.local(of: fd)?.endpoint == metrics : controlPath.map(Self.isSocketFile) == true
+                ? SocketAddress.local(of: fd)?.endpoint == metrics
+                : controlPath.map { UnixSocketFile.isBound(fd, at: $0) ?? Self.isSocketFile($0) } == true
             guard !matches else { continue }
             close(fd)
             releaseInherited(name)

@@ -199,13 +199,45 @@ final class BindkeeperTrustTests: XCTestCase {
         early.send(Wire.multibinder.request(id: .number(1), method: "bind", binds: [url(socket[0].url)]))
         unlink(lab.socketPath)
         let third = try restart([])
-        defer { kill(third, SIGTERM); _ = Spawn.wait(third) }
         try lab.waitForBroker()
         XCTAssertEqual(try lab.client().list().sockets.map(\.key), [socket[0].key])
         let answered = try XCTUnwrap(early.reply(), "the request that waited in the old socket's queue")
         XCTAssertEqual(answered.fds.first.flatMap(OwnedSocket.cookie), OwnedSocket.cookie(socket[0].fd))
         answered.fds.forEach { close($0) }
         try manager.collect { $0.store.filter { $0.name == FDStoreName.control }.count == 1 }
+        kill(third, SIGKILL)
+        _ = Spawn.wait(third)
+
+        // A dead socket file at the path (another process's, left by a crash): not the stored
+        // socket's file, however it is named; the broker makes its own there again.
+        let dead = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        let deadPath = lab.directory.appendingPathComponent("dead.sock").path
+        try UnixAddress.bind(dead, deadPath)
+        close(dead)
+        XCTAssertEqual(rename(deadPath, lab.socketPath), 0)
+        let fourth = try restart([])
+        defer { kill(fourth, SIGTERM); _ = Spawn.wait(fourth) }
+        try lab.waitForBroker()
+        XCTAssertEqual(try lab.client().list().sockets.map(\.key), [socket[0].key])
+    }
+
+    /// The control socket's mode and group are set through a handle of the file, reached with no
+    /// symlink in any component: a directory swapped for a symlink never turns root's chmod and
+    /// chown onto another file.
+    func testTheControlSocketsModeIsSetWithNoSymlinkFollowed() throws {
+        let real = lab.directory.appendingPathComponent("real").path
+        let link = lab.directory.appendingPathComponent("link").path
+        XCTAssertEqual(mkdir(real, 0o755), 0)
+        XCTAssertEqual(symlink(real, link), 0)
+        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        try UnixAddress.bind(fd, real + "/control.sock")
+        XCTAssertThrowsError(try OwnedSocket.setModeAndGroup(link + "/control.sock", mode: 0o600, group: nil)) {
+            XCTAssertTrue("\($0)".contains("symlink"), "\($0)")
+        }
+        XCTAssertNotEqual(statMode(real + "/control.sock"), 0o600, "nothing changed through the link")
+        try OwnedSocket.setModeAndGroup(real + "/control.sock", mode: 0o600, group: nil)
+        XCTAssertEqual(statMode(real + "/control.sock"), 0o600)
     }
 
     /// A broker that never answers (stuck, or its socket kept in a store with nobody serving it)

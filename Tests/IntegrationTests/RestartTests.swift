@@ -256,9 +256,21 @@ final class RestartTests: XCTestCase {
 
         unlink(control)
         let third = try restart(["--metrics", "127.0.0.1:9526"])
-        defer { kill(third, SIGTERM); _ = Spawn.wait(third) }
         try manager.collect { $0.notices.filter { $0.hasPrefix("READY=1") }.count == 3 }
         XCTAssertNoThrow(try lab.stats(fromControl: control), "stats once the path was made anew")
+        XCTAssertEqual(manager.store.filter { $0.name == "control" }.count, 1, "\(manager.store.map(\.name))")
+        kill(third, SIGKILL)
+        _ = Spawn.wait(third)
+
+        // A dead socket file at the path, under the control socket's name: not its file.
+        let dead = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        try UnixAddress.bind(dead, control + ".dead")
+        close(dead)
+        XCTAssertEqual(rename(control + ".dead", control), 0)
+        let fourth = try restart(["--metrics", "127.0.0.1:9526"])
+        defer { kill(fourth, SIGTERM); _ = Spawn.wait(fourth) }
+        try manager.collect { $0.notices.filter { $0.hasPrefix("READY=1") }.count == 4 }
+        XCTAssertNoThrow(try lab.stats(fromControl: control), "stats once the dead file was replaced")
         XCTAssertEqual(manager.store.filter { $0.name == "control" }.count, 1, "\(manager.store.map(\.name))")
     }
 

@@ -92,6 +92,31 @@ final class SocketTests: XCTestCase {
     }
 
     /// Bytes and fds over a socketpair: the fds arrive close-on-exec and are the same open files.
+    /// A socket's path proves nothing once another file is there: the one its bind made is known
+    /// by inode (unix_diag), whatever name it has now.
+    func testAUnixSocketKnowsWhetherItsPathIsStillItsFile() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("unixfile-\(getpid())").path
+        mkdir(directory, 0o700)
+        defer { _ = try? FileManager.default.removeItem(atPath: directory) }
+        func listener(_ path: String) throws -> Int32 {
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            try UnixAddress.bind(fd, path)
+            XCTAssertEqual(listen(fd, 1), 0)
+            return fd
+        }
+        let path = directory + "/control.sock"
+        let ours = try listener(directory + "/staged")
+        defer { close(ours) }
+        XCTAssertEqual(rename(directory + "/staged", path), 0)
+        XCTAssertEqual(UnixSocketFile.isBound(ours, at: path), true, "renamed into place, still its file")
+        let other = try listener(directory + "/other")
+        close(other)  // a dead socket file, such as a crashed process leaves
+        XCTAssertEqual(rename(directory + "/other", path), 0)
+        XCTAssertEqual(UnixSocketFile.isBound(ours, at: path), false, "another socket's file at the path")
+        unlink(path)
+        XCTAssertEqual(UnixSocketFile.isBound(ours, at: path), false, "the path gone")
+    }
+
     func testDescriptorsPassOverASocketpair() throws {
         var pair: [Int32] = [-1, -1]
         XCTAssertEqual(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &pair), 0)
