@@ -129,8 +129,9 @@ struct Run: ParsableCommand {
     @Flag(
         help: """
             Read every flag, check what a start checks before it takes the queues (--self is this host's, \
-            --netns exists, the durations), print the version line and exit: 0 when a start would go on, \
-            78 when not. A re-exec runs the new file this way first.
+            --netns exists, the durations; with --fast-path tc, the interfaces and the program's load), print \
+            the version line and exit: 0 when a start would go on, 78 when not. A re-exec runs the new file \
+            this way first.
             """)
     var check = false
 
@@ -317,11 +318,33 @@ struct Run: ParsableCommand {
             _ = try durations()
             try requireSelfAddress()
             if let netns { _ = try NetworkNamespace(nameOrPath: netns) }
+            if fastPath == .tc { try checkFastPath() }
         } catch {
             StandardError.write("Error: \(error)\n")
             throw ExitCode(Self.configurationExitStatus)
         }
         print(ProgramImage.versionLine("second-chance"))
+    }
+
+    /// `--fast-path tc` fails a start that cannot attach: the interfaces must be there and parse as
+    /// Ethernet, and the kernel's verifier must take this image's program (loaded, then let go).
+    /// `auto` would go on without it.
+    func checkFastPath() throws {
+        // As a start: of the interfaces the peers' routes leave by, the Ethernet ones; named ones
+        // must all be.
+        let interfaces =
+            fastPathInterfaces.isEmpty
+            ? HostChecks.gueInterfaces(from: allowSources).filter { (try? FastPathKernel.isEthernet($0)) != false }
+            : fastPathInterfaces
+        guard !interfaces.isEmpty else { throw CommandFailure("--fast-path tc: no interface to attach to") }
+        for interface in interfaces where try !FastPathKernel.isEthernet(interface) {
+            throw CommandFailure("--fast-path tc: \(interface) is not an Ethernet device")
+        }
+        do {
+            _ = try FastPathObject()
+        } catch {
+            throw CommandFailure("--fast-path tc: \(error)")
+        }
     }
 
     func serve(serving: borrowing Atomic<Bool>) throws {

@@ -192,6 +192,17 @@ final class FastPathLifecycleTests: XCTestCase {
         try lab.waitFor("the refusal", seconds: Self.startup) { !named.isRunning }
         XCTAssertNotEqual(named.terminationStatus, 0, lab.log(of: named))
         XCTAssertTrue(lab.log(of: named).contains("tun9 is not an Ethernet device"), lab.log(of: named))
+        // What a re-exec runs first: the new image refuses such a configuration before it replaces
+        // the running one, and takes one it can attach with.
+        let checked = try lab.runToEnd(
+            "p1", "second-chance",
+            base + Lab.labPeers + ["--fast-path", "tc", "--fast-path-interface", "tun9", "--check"])
+        XCTAssertEqual(checked.status, 78, checked.output)
+        XCTAssertTrue(checked.output.contains("tun9 is not an Ethernet device"), checked.output)
+        let good = try lab.runToEnd(
+            "p1", "second-chance",
+            base + Lab.labPeers + ["--fast-path", "tc", "--fast-path-interface", "eth0", "--check"])
+        XCTAssertEqual(good.status, 0, good.output)
     }
 
     func testFastPathOffRemovesAProgramAnEarlierDaemonLeft() throws {
