@@ -10,7 +10,8 @@ import XCTest
 /// The Debian package as an operator meets it: built from this tree (and a newer build of it),
 /// installed into a Debian bookworm root (mmdebstrap) booted with systemd-nspawn as the lab's P1,
 /// run with the shipped configuration behind the shipped rules, upgraded while GUE and HTTP keep
-/// coming, then purged.
+/// coming, then purged; and removed from a Debian trixie root, whose systemd keeps what a stopped
+/// unit preserved.
 final class PackageTests: XCTestCase {
     var lab: Lab!
     var container: SystemdContainer!
@@ -33,29 +34,57 @@ final class PackageTests: XCTestCase {
         return Lab.packageRoot.appendingPathComponent(String(path))
     }
 
+    /// Boots a Debian `suite` root (scripts/debian-root.sh) as the lab's P1, with `debs` in /var/tmp.
+    func boot(_ suite: String, debs: [URL]) throws {
+        let tarball = try Lab.shell(Lab.packageRoot.appendingPathComponent("scripts/debian-root.sh").path + " " + suite)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        lab = try Lab(prefix: "psdb")
+        let root = lab.directory.appendingPathComponent(suite)
+        try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
+        try Lab.shell("tar -x -C \(root.path) -f \(tarball)")
+        for deb in debs {
+            try FileManager.default.copyItem(
+                at: deb, to: root.appendingPathComponent("var/tmp/" + deb.lastPathComponent))
+        }
+        container = try SystemdContainer(lab: lab, host: "p1", root: root)
+    }
+
+    /// Runs a shell command in the container; its output, or an error with it.
+    func inside(_ command: String) throws -> String {
+        let result = try container.run(["/bin/sh", "-c", command], seconds: 120)
+        guard result.status == 0 else { throw LabError("`\(command)` inside: \(result.output)") }
+        return result.output
+    }
+
+    /// Debian 13's systemd (257) keeps a stopped unit's preserved fd store: bindkeeper's listening
+    /// sockets outlive its stop, and would go on completing handshakes for nobody. Removing the
+    /// package clears that store.
+    func testOnTrixieARemovalClosesTheSocketsSystemdPreserved() throws {
+        let version = try Lab.shell(Lab.packageRoot.appendingPathComponent("scripts/version.sh").path)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let deb = try Self.build(version: version)
+        try boot("trixie", debs: [deb])
+        _ = try inside("dpkg -i /var/tmp/\(deb.lastPathComponent)")
+        XCTAssertTrue(try inside("systemctl --version").contains("systemd 25"), "Debian 13's systemd")
+        // Enabled, as a fleet runs it: a stopped unit stays loaded, and with it its store.
+        try container.systemctl("enable", "--now", "bindkeeper.service")
+        _ = try inside("bindkeeper exec --bind tcp://\(Lab.vip):8090 -- true")
+        func listening() throws -> Bool { try inside("ss -Hltn 'sport = :8090'").contains(":8090") }
+        XCTAssertTrue(try listening(), "the broker holds the socket")
+        try container.systemctl("stop", "bindkeeper.service")
+        let unit = try inside("systemctl show bindkeeper.service -p NFileDescriptorStore -p UnitFileState")
+        XCTAssertTrue(try listening(), "PID 1 holds it past the stop (FileDescriptorStorePreserve=yes): \(unit)")
+        let removal = try inside("dpkg -r proxyside 2>&1")
+        XCTAssertFalse(try listening(), "the removal closed it: \(removal)")
+    }
+
     func testInstallServeUpgradeUnderLoadAndPurge() throws {
         let version = try Lab.shell(Lab.packageRoot.appendingPathComponent("scripts/version.sh").path)
             .trimmingCharacters(in: .whitespacesAndNewlines)
         let newer = version + "+rebuild1"
         let first = try Self.build(version: version)
         let second = try Self.build(version: newer)
-        let tarball = try Lab.shell(Lab.packageRoot.appendingPathComponent("scripts/debian-root.sh").path)
-            .trimmingCharacters(in: .whitespacesAndNewlines)
-
-        lab = try Lab(prefix: "psdb")
-        let root = lab.directory.appendingPathComponent("bookworm")
-        try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
-        try Lab.shell("tar -x -C \(root.path) -f \(tarball)")
-        for deb in [first, second] {
-            try FileManager.default.copyItem(
-                at: deb, to: root.appendingPathComponent("var/tmp/" + deb.lastPathComponent))
-        }
-        container = try SystemdContainer(lab: lab, host: "p1", root: root)
-        func inside(_ command: String) throws -> String {
-            let result = try container.run(["/bin/sh", "-c", command], seconds: 120)
-            guard result.status == 0 else { throw LabError("`\(command)` inside: \(result.output)") }
-            return result.output
-        }
+        try boot("bookworm", debs: [first, second])
 
         // Installed: nothing starts by itself (the operator fills in /etc/default first).
         _ = try inside("dpkg -i /var/tmp/\(first.lastPathComponent)")
