@@ -201,17 +201,66 @@ public enum OwnedSocket {
 
 /// Users and groups by name or number.
 public enum Accounts {
+    /// What the system's user and group databases answer for a name.
+    public enum Lookup: Equatable {
+        case found(UInt32)
+        case notFound
+        /// The databases could not answer (a directory service down, a file unreadable): errno.
+        case failed(Int32)
+    }
+
+    public static func user(_ name: String) -> Lookup {
+        if let number = uid_t(name) { return .found(number) }
+        return lookUp { buffer, size in
+            var entry = passwd()
+            var result: UnsafeMutablePointer<passwd>?
+            let status = getpwnam_r(name, &entry, buffer, size, &result)
+            return (status, result.map { $0.pointee.pw_uid })
+        }
+    }
+
+    public static func group(_ name: String) -> Lookup {
+        if let number = gid_t(name) { return .found(number) }
+        return lookUp { buffer, size in
+            var entry = Glibc.group()
+            var result: UnsafeMutablePointer<Glibc.group>?
+            let status = getgrnam_r(name, &entry, buffer, size, &result)
+            return (status, result.map { $0.pointee.gr_gid })
+        }
+    }
+
+    /// Runs a reentrant lookup with a buffer that grows while it is too small (ERANGE), up to 1 MiB.
+    private static func lookUp(
+        _ body: (UnsafeMutablePointer<CChar>, Int) -> (status: Int32, id: UInt32?)
+    ) -> Lookup {
+        var size = 16384
+        while true {
+            let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: size)
+            defer { buffer.deallocate() }
+            let (status, id) = body(buffer, size)
+            if status == ERANGE && size < 1 << 20 {
+                size *= 4
+                continue
+            }
+            if status != 0 { return .failed(status) }
+            return id.map(Lookup.found) ?? .notFound
+        }
+    }
+
     public static func uid(_ name: String) throws -> uid_t {
-        if let number = uid_t(name) { return number }
-        guard let entry = getpwnam(name) else { throw SystemError("user \(name)", errno: ENOENT, hint: "no such user") }
-        return entry.pointee.pw_uid
+        try resolved(user(name), "user", name)
     }
 
     public static func gid(_ name: String) throws -> gid_t {
-        if let number = gid_t(name) { return number }
-        guard let entry = getgrnam(name) else {
-            throw SystemError("group \(name)", errno: ENOENT, hint: "no such group")
+        try resolved(group(name), "group", name)
+    }
+
+    private static func resolved(_ lookup: Lookup, _ kind: String, _ name: String) throws -> UInt32 {
+        switch lookup {
+        case .found(let id): return id
+        case .notFound: throw SystemError("\(kind) \(name)", errno: ENOENT, hint: "no such \(kind)")
+        case .failed(let code):
+            throw SystemError("\(kind) \(name)", errno: code, hint: "the \(kind) database did not answer")
         }
-        return entry.pointee.gr_gid
     }
 }

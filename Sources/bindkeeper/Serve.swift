@@ -48,11 +48,17 @@ struct Serve: ParsableCommand {
     func run() throws {
         LineLogHandler.setThreshold(logging.logLevel)
         let policy: Policy
-        switch readPolicy() {
+        let (read, unanswered) = readPolicy()
+        switch read {
         case .success(let value): policy = value
         case .failure(let error):
-            // 78 (EX_CONFIG): the unit does not restart a broker whose configuration fails.
             StandardError.write("Error: \(error)\n")
+            // 75 (EX_TEMPFAIL) when a name could not be looked up at all (the unit restarts the
+            // broker: a directory service may be back), 78 (EX_CONFIG) otherwise (it does not).
+            if let name = unanswered {
+                StandardError.write("Error: the user and group databases did not answer for \(name)\n")
+                throw ExitCode(75)
+            }
             throw ExitCode(78)
         }
         var options = BrokerOptions(controlPath: socket, policy: policy)
@@ -82,13 +88,26 @@ struct Serve: ParsableCommand {
         broker.run()
     }
 
-    func readPolicy() -> Result<Policy, BindError> {
-        guard let config else { return .success(Policy(brokerUID: geteuid())) }
+    /// The policy file, its names resolved; and the first name the databases failed to look up
+    /// (rather than found missing), if one was.
+    func readPolicy() -> (Result<Policy, BindError>, unanswered: String?) {
+        guard let config else { return (.success(Policy(brokerUID: geteuid())), nil) }
         guard let data = FileManager.default.contents(atPath: config) else {
-            return .failure(BindError("cannot read \(config)"))
+            return (.failure(BindError("cannot read \(config)")), nil)
         }
-        return Policy.parse(
+        var unanswered: String?
+        func id(_ lookup: Accounts.Lookup, _ name: String) -> UInt32? {
+            switch lookup {
+            case .found(let id): return id
+            case .notFound: return nil
+            case .failed(let code):
+                unanswered = unanswered ?? "\(name) (\(String(cString: strerror(code))))"
+                return nil
+            }
+        }
+        let policy = Policy.parse(
             Array(data), brokerUID: geteuid(),
-            resolveUser: { try? Accounts.uid($0) }, resolveGroup: { try? Accounts.gid($0) })
+            resolveUser: { id(Accounts.user($0), $0) }, resolveGroup: { id(Accounts.group($0), $0) })
+        return (policy, unanswered)
     }
 }

@@ -171,6 +171,41 @@ final class BindkeeperTrustTests: XCTestCase {
         XCTAssertEqual(try lab.client().list().sockets.map(\.key), [kept[0].key])
     }
 
+    /// A name the user and group databases cannot answer for (a directory service down; here the
+    /// only database, /etc/passwd, unreadable) is not a policy error: the check exits 75, which
+    /// the unit restarts, instead of 78, which it does not (a broker gone until someone looks).
+    /// A name found missing stays 78.
+    func testAPolicyNameTheDatabasesCannotLookUpIsRetriedNotRefused() throws {
+        let policy = lab.directory.appendingPathComponent("names.json").path
+        try #"{"allow":[{"user":"daemon","binds":["*"]}]}"#.write(toFile: policy, atomically: true, encoding: .utf8)
+        let locked = lab.directory.appendingPathComponent("passwd.locked").path
+        let nsswitch = lab.directory.appendingPathComponent("nsswitch.conf").path
+        try "passwd: files\ngroup: files\n".write(toFile: nsswitch, atomically: true, encoding: .utf8)
+        XCTAssertTrue(FileManager.default.createFile(atPath: locked, contents: Data("root:x:0:0::/:/bin/sh\n".utf8)))
+        XCTAssertEqual(chmod(locked, 0), 0)
+        func check(_ mounts: String) throws -> (status: Int32, output: String) {
+            try Lab.run(
+                "/usr/bin/unshare",
+                [
+                    "-m", "/bin/sh", "-c",
+                    """
+                    \(mounts) mount --bind \(nsswitch) /etc/nsswitch.conf && \
+                    exec setpriv --reuid 65534 --regid 65534 --clear-groups \(lab.binary("bindkeeper")) serve \
+                    --config \(policy) --socket \(lab.socketPath) --check
+                    """,
+                ])
+        }
+        let answered = try check("")
+        XCTAssertEqual(answered.status, 0, answered.output)
+        let unanswered = try check("mount --bind \(locked) /etc/passwd &&")
+        XCTAssertEqual(unanswered.status, 75, unanswered.output)
+        XCTAssertTrue(unanswered.output.contains("did not answer for daemon"), unanswered.output)
+        try #"{"allow":[{"user":"no-such-user-here","binds":["*"]}]}"#.write(
+            toFile: policy, atomically: true, encoding: .utf8)
+        let missing = try check("")
+        XCTAssertEqual(missing.status, 78, missing.output)
+    }
+
     /// A clean stop under a service manager that keeps the control socket in its store, and a
     /// start with a new control mode: the next broker answers on the path with that mode. A path
     /// an older release removed on its way out is made anew, and what waited in the stored
