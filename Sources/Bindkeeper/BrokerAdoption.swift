@@ -55,8 +55,11 @@ extension Broker {
                 control = fd
             } else if name == StatsServer.metricsName {
                 inheritedMetrics = fd
-            } else if let request = FDStoreName.decode(name) {
-                add(Entry(request: request, fd: fd, handedOut: 0, backlog: backlogReport(for: request)), stored: true)
+            } else if let (request, creator) = FDStoreName.decodeEntry(name) {
+                add(
+                    Entry(
+                        request: request, fd: fd, handedOut: 0, backlog: backlogReport(for: request), creator: creator),
+                    stored: true)
             } else {
                 logger.info(
                     "passed fd \(fd) named \(name) is not a bindkeeper socket; closed and removed from the store")

@@ -161,7 +161,8 @@ extension Broker {
             if let refusal = refusal(of: entry.request, to: peer) { return .failure(refusal) }
             // Another process may hold a socket its grant shares with this client (root's
             // supervisor on a port in a user's range): only its creator, root and the broker's
-            // own user end it. A socket recovered from the fd store has no known creator.
+            // own user end it. A socket recovered from an older release's fd store has no known
+            // creator.
             if peer.uid != 0, peer.uid != options.policy.brokerUID, entry.creator != peer.uid {
                 statistics.denied += 1
                 return .failure(
@@ -174,8 +175,10 @@ extension Broker {
             let entry = sockets.removeValue(forKey: key)!
             order.removeAll { $0 == key }
             close(entry.fd)
-            if let notifier, let name = FDStoreName.encode(entry.request) {
-                do { try notifier.removeStored(name: name) } catch { logger.info("fd store \(key): \(error)") }
+            // Under the name it was stored with, and the one an older release stored it with.
+            let names = Set([entry.creator, nil].compactMap { FDStoreName.encode(entry.request, creator: $0) })
+            for name in names.sorted() {
+                do { try notifier?.removeStored(name: name) } catch { logger.info("fd store \(key): \(error)") }
             }
             statistics.released += 1
             logger.info("released \(entry.request.url) (uid \(peer.uid))")
@@ -194,7 +197,7 @@ extension Broker {
         sockets[entry.request.key] = entry
         order.append(entry.request.key)
         guard let notifier, !stored else { return }
-        if let name = FDStoreName.encode(entry.request) {
+        if let name = FDStoreName.encode(entry.request, creator: entry.creator) {
             do { try notifier.store(entry.fd, name: name) } catch {
                 logger.info("fd store \(entry.request.key): \(error)")
             }

@@ -18,14 +18,16 @@ public enum PassedSocketName {
     }
 }
 
-/// Names under which sockets go to systemd's fd store (FDNAME=): the socket's URL with ':' and '%'
-/// percent-encoded, since systemd refuses ':' in names. Decoding gives back the request, so a broker
-/// started after a crash knows every socket systemd hands back.
+/// Names under which sockets go to systemd's fd store (FDNAME=): the uid whose request made the
+/// socket and '@', where known, then the socket's URL with ':' and '%' percent-encoded, since
+/// systemd refuses ':' in names. Decoding gives back both, so a broker started after a crash knows
+/// every socket systemd hands back and who may release it. (A URL never starts with a digit: a
+/// name of an older release, the URL alone, decodes with no creator.)
 public enum FDStoreName {
     public static let control = "control"
 
-    public static func encode(_ request: BindRequest) -> String? {
-        var out = ""
+    public static func encode(_ request: BindRequest, creator: UInt32? = nil) -> String? {
+        var out = creator.map { "\($0)@" } ?? ""
         for byte in request.url.utf8 {
             if byte == UInt8(ascii: ":") || byte == UInt8(ascii: "%") || byte <= 0x20 || byte >= 0x7F {
                 out += "%" + String(byte, radix: 16, uppercase: true).leftPadded(to: 2)
@@ -36,9 +38,17 @@ public enum FDStoreName {
         return out.utf8.count <= 255 ? out : nil
     }
 
-    public static func decode(_ name: String) -> BindRequest? {
+    public static func decode(_ name: String) -> BindRequest? { decodeEntry(name)?.request }
+
+    public static func decodeEntry(_ name: String) -> (request: BindRequest, creator: UInt32?)? {
+        var rest = Substring(name)
+        var creator: UInt32?
+        if let at = name.firstIndex(of: "@"), name[..<at].allSatisfy(\.isASCII), let uid = UInt32(name[..<at]) {
+            creator = uid
+            rest = name[name.index(after: at)...]
+        }
         var bytes: [UInt8] = []
-        var iterator = Array(name.utf8).makeIterator()
+        var iterator = Array(rest.utf8).makeIterator()
         while let byte = iterator.next() {
             if byte == UInt8(ascii: "%") {
                 guard let high = iterator.next(), let low = iterator.next(),
@@ -49,7 +59,10 @@ public enum FDStoreName {
                 bytes.append(byte)
             }
         }
-        return try? BindRequest.parse(url: String(decoding: bytes, as: UTF8.self)).get()
+        guard let request = try? BindRequest.parse(url: String(decoding: bytes, as: UTF8.self)).get() else {
+            return nil
+        }
+        return (request, creator)
     }
 }
 

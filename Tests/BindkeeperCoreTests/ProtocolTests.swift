@@ -273,8 +273,15 @@ final class PolicyAndHandoverTests: XCTestCase {
             XCTAssertFalse(name.contains(":"), name)
             XCTAssertTrue(PassedSocketName.isValidName(name), name)
             XCTAssertEqual(FDStoreName.decode(name), request)
+            XCTAssertNil(try XCTUnwrap(FDStoreName.decodeEntry(name)).creator, "an older release's name: no creator")
+            let withCreator = try XCTUnwrap(FDStoreName.encode(request, creator: 4242))
+            XCTAssertTrue(PassedSocketName.isValidName(withCreator), withCreator)
+            let entry = try XCTUnwrap(FDStoreName.decodeEntry(withCreator))
+            XCTAssertEqual(entry.request, request)
+            XCTAssertEqual(entry.creator, 4242)
         }
         XCTAssertNil(FDStoreName.decode("control"))
+        XCTAssertNil(FDStoreName.decode("4242@control"))
     }
 
     func testBrokerStateSurvivesEncoding() throws {

@@ -121,6 +121,40 @@ final class BindkeeperTrustTests: XCTestCase {
         XCTAssertFalse(try lab.client().list().sockets.contains { $0.key == ownURL.key })
     }
 
+    /// Who made a socket is stored with it in the service manager's fd store: after a crash, the
+    /// broker that takes the store back lets the grantee release its own socket, and still not
+    /// root's.
+    func testAfterACrashAGranteeStillReleasesOnlyItsOwnSockets() throws {
+        let manager = try ServiceManagerSocket(path: lab.directory.appendingPathComponent("notify.sock").path)
+        let policy = try writePolicy([range])
+        let first = try lab.startBroker(["--config", policy], environment: ["NOTIFY_SOCKET": manager.path])
+        try manager.collect { $0.isReady }
+        let rootsURL = url("tcp://\(BrokerLab.address):8006"), ownURL = url("tcp://\(BrokerLab.address):8007")
+        let roots = try lab.client().bind([rootsURL])
+        defer { roots.forEach { close($0.fd) } }
+        func request(_ method: String, _ binds: [BindRequest]) throws -> [String: Any] {
+            let fd = try granteeConnection()
+            defer { close(fd) }
+            XCTAssertTrue(SocketIO.sendAll(fd, Wire.framed.request(id: .number(1), method: method, binds: binds)))
+            let read = try readReplies(fd, count: 1)
+            read.fds.forEach { close($0) }
+            return try XCTUnwrap(read.replies.first)
+        }
+        XCTAssertNotNil(try request("bind", [ownURL])["result"])
+        try manager.collect { $0.store.count == 3 }
+        kill(first.processIdentifier, SIGKILL)
+        first.waitUntilExit()
+
+        let second = try lab.restartBroker(manager, ["--config", policy])
+        defer { kill(second, SIGTERM); _ = Spawn.wait(second) }
+        try lab.waitForBroker()
+        XCTAssertEqual(Set(try lab.client().list().sockets.map(\.key)), [rootsURL.key, ownURL.key])
+        XCTAssertTrue("\(try request("release", [rootsURL]))".contains("only sockets its own requests made"))
+        XCTAssertNotNil(try request("release", [ownURL])["result"], "its own, made before the crash")
+        XCTAssertEqual(try lab.client().list().sockets.map(\.key), [rootsURL.key])
+        try manager.collect { $0.store.count == 2 }
+    }
+
     /// A port pattern with a wildcard kind (`*://*:8443`) is no grant of a Unix path: not beside
     /// the broker's control socket, not anywhere.
     func testAPortPatternGrantsNoUnixPath() throws {
