@@ -109,7 +109,12 @@ extension Broker {
         let present = lstat(options.controlPath, &status) == 0 && status.st_mode & S_IFMT == S_IFSOCK
         // A socket file at the path is not the adopted socket's because it has its name: a dead
         // one left there would take the clients' connections and refuse them.
-        guard present, UnixSocketFile.isBound(control, at: options.controlPath) ?? true else {
+        let ours = UnixSocketFile.isBound(control, at: options.controlPath)
+        if present && ours == nil {
+            logger.warning(
+                "control socket \(options.controlPath): unix_diag cannot say whether the file is this socket's; kept")
+        }
+        guard present, ours ?? true else {
             let fresh = try Self.listenControl(options)
             acceptClients(from: control)
             close(control)

@@ -2,8 +2,8 @@ import CMnl
 import Glibc
 
 /// Which file a listening Unix socket is bound at. A socket keeps its path's name after the file
-/// is gone or replaced, so the name proves nothing; sock_diag (UNIX_DIAG_VFS) gives the inode and
-/// device of the file the bind made, which `lstat` of the path must then show.
+/// is gone or replaced, so the name proves nothing; sock_diag (UNIX_DIAG_VFS) gives the inode of
+/// the file the bind made, which `lstat` of the path must then show.
 public enum UnixSocketFile {
     /// Whether the file at `path` is the one `fd` was bound at: nil when the kernel cannot say
     /// (no unix_diag), false for a path that is gone or holds another file (a dead socket left by
@@ -12,14 +12,9 @@ public enum UnixSocketFile {
         var file = stat()
         guard lstat(path, &file) == 0, file.st_mode & S_IFMT == S_IFSOCK else { return false }
         guard let bound = boundFile(of: fd) else { return nil }
-        return UInt64(bound.inode) == UInt64(file.st_ino) && bound.device == encodedDevice(file.st_dev)
-    }
-
-    /// A device number as UNIX_DIAG_VFS gives it: the kernel's own dev_t (major << 20 | minor).
-    static func encodedDevice(_ device: dev_t) -> UInt32 {
-        let major = UInt32(truncatingIfNeeded: (device >> 8) & 0xfff | (device >> 32) & ~0xfff)
-        let minor = UInt32(truncatingIfNeeded: device & 0xff | (device >> 12) & ~0xff)
-        return major << 20 | minor & 0xf_ffff
+        // The inode alone, in the 32 bits unix_diag gives: a device number from stat differs from
+        // the superblock's on btrfs subvolumes, and the path is one file system's anyway.
+        return bound.inode == UInt32(truncatingIfNeeded: file.st_ino)
     }
 
     /// UNIX_DIAG_VFS of the socket `fd`: its bound file's inode and device.

@@ -135,12 +135,12 @@ public final class LocalAddressWatcher: @unchecked Sendable {
         while true {
             let count = recv(fd, buffer, 16384, Int32(MSG_DONTWAIT))
             if count > 0 {
+                let local = Self.concernsLocalAddresses(buffer, count)
                 // With a sockets' namespace, any route or link of the host's may change which of
-                // its addresses the host routes there.
-                let local =
-                    Self.concernsLocalAddresses(buffer, count)
-                    || (hostNamespace && namespaces.count > 1 && Self.concernsRoutesOrLinks(buffer, count))
-                changed.addresses = changed.addresses || local
+                // its addresses the host routes there (the ways back to the peers are not theirs).
+                let routedThere =
+                    hostNamespace && namespaces.count > 1 && Self.concernsRoutesOrLinks(buffer, count)
+                changed.addresses = changed.addresses || local || routedThere
                 // This host's own addresses are in the ways back too.
                 changed.reversePaths =
                     changed.reversePaths
@@ -190,6 +190,9 @@ public final class LocalAddressWatcher: @unchecked Sendable {
         }
     }
 
+    /// Of the sockets' namespace's addresses, at most this many of each family are looked up.
+    static let maximumRouted = 1024
+
     /// The first namespace's addresses and local routes; of the others' (the sockets' namespace),
     /// the single addresses the first routes into them, as destinations only.
     static func current(_ namespaces: [NetworkNamespace?]) throws -> LocalAddresses {
@@ -197,10 +200,13 @@ public final class LocalAddressWatcher: @unchecked Sendable {
         var all = try dump(namespace: host)
         for case let namespace? in namespaces.dropFirst() {
             let theirs = try dump(namespace: namespace)
-            let routed = try NamespaceRoutes.routedInto(
-                namespace, ipv4: theirs.ipv4.filter { !all.owns($0) && $0.value >> 24 != 127 },
-                ipv6: theirs.ipv6.filter { !all.owns($0) && !LocalAddresses.isLoopbackOrLinkLocal($0) },
-                from: host)
+            // Root there decides how many addresses it has: the host asks about a bounded number
+            // (the program's map holds no more), each one route look-up per change.
+            let ipv4 = theirs.ipv4.filter { !all.owns($0) && $0.value >> 24 != 127 }.sorted { $0.value < $1.value }
+                .prefix(maximumRouted)
+            let ipv6 = theirs.ipv6.filter { !all.owns($0) && !LocalAddresses.isLoopbackOrLinkLocal($0) }
+                .sorted { ($0.high, $0.low) < ($1.high, $1.low) }.prefix(maximumRouted)
+            let routed = try NamespaceRoutes.routedInto(namespace, ipv4: Set(ipv4), ipv6: Set(ipv6), from: host)
             all.deliverableIPv4.formUnion(routed.ipv4)
             all.deliverableIPv6.formUnion(routed.ipv6)
         }

@@ -57,8 +57,9 @@ final class PackageTests: XCTestCase {
     }
 
     /// Debian 13's systemd (257) keeps a stopped unit's preserved fd store: bindkeeper's listening
-    /// sockets outlive its stop, and would go on completing handshakes for nobody. Removing the
-    /// package clears that store.
+    /// sockets outlive its stop (and a start finds them, and its control socket, again), and would
+    /// go on completing handshakes for nobody once the package is gone: removing it clears that
+    /// store.
     func testOnTrixieARemovalClosesTheSocketsSystemdPreserved() throws {
         let version = try Lab.shell(Lab.packageRoot.appendingPathComponent("scripts/version.sh").path)
             .trimmingCharacters(in: .whitespacesAndNewlines)
@@ -74,6 +75,18 @@ final class PackageTests: XCTestCase {
         try container.systemctl("stop", "bindkeeper.service")
         let unit = try inside("systemctl show bindkeeper.service -p NFileDescriptorStore -p UnitFileState")
         XCTAssertTrue(try listening(), "PID 1 holds it past the stop (FileDescriptorStorePreserve=yes): \(unit)")
+
+        // A dead socket file at the control path while it is stopped (the runtime directory is
+        // preserved): the next start, under the unit's sandbox, tells it from its stored socket's
+        // file (unix_diag) and answers there again.
+        let deadPath = container.path("/run/bindkeeper/dead.sock")
+        let dead = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        try UnixAddress.bind(dead, deadPath)
+        close(dead)
+        XCTAssertEqual(rename(deadPath, container.path("/run/bindkeeper/bindkeeper.sock")), 0)
+        try container.systemctl("start", "bindkeeper.service")
+        XCTAssertTrue(try inside("bindkeeper list").contains("8090"), container.journal("bindkeeper.service"))
+        try container.systemctl("stop", "bindkeeper.service")
         let removal = try inside("dpkg -r proxyside 2>&1")
         XCTAssertFalse(try listening(), "the removal closed it: \(removal)")
     }

@@ -605,7 +605,8 @@ static __always_inline enum answer respond(struct __sk_buff *skb, const struct f
                                            void *end, __u32 hlen, __u32 inner_offset, int ipv6, struct tcphdr *tcp,
                                            struct bpf_sock_tuple *tuple, __u32 tuple_size, int *verdict)
 {
-    /* The reply's source is the SYN's destination: only an address this host owns. */
+    /* The reply's source is the SYN's destination: only an address this host owns, or routes into
+     * the sockets' namespace (--netns), where its listener is. */
     if (local_refusal(inner, end, ipv6))
         return NOT_ANSWERED;
     struct bpf_sock *socket = bpf_skc_lookup_tcp(skb, tuple, tuple_size, BPF_F_CURRENT_NETNS, 0);
