@@ -73,12 +73,7 @@ public enum OwnedSocket {
     /// answers on it, checked through a handle of that very inode.
     public static func placeUnix(_ fd: Int32, _ request: BindRequest) throws {
         let (directoryPath, name) = request.unixLocation
-        let directory = proxyside_open_directory_no_symlinks(directoryPath)
-        guard directory >= 0 else {
-            throw SystemError(
-                "open \(directoryPath)", errno: -directory,
-                hint: -directory == ELOOP ? "a component of the path is a symlink" : nil)
-        }
+        let directory = try openDirectory(directoryPath)
         defer { close(directory) }
         try removeDeadSocket(directory, name, request)
         let uid = try request.owner.map { try Accounts.uid($0) } ?? uid_t.max
@@ -114,6 +109,17 @@ public enum OwnedSocket {
             unlinkat(privateDirectory, staged, 0)
             throw error
         }
+    }
+
+    /// A directory opened without following a symlink in any component of its path.
+    static func openDirectory(_ path: String) throws -> Int32 {
+        let directory = proxyside_open_directory_no_symlinks(path)
+        guard directory >= 0 else {
+            throw SystemError(
+                "open \(path)", errno: -directory,
+                hint: -directory == ELOOP ? "a component of the path is a symlink" : nil)
+        }
+        return directory
     }
 
     /// Binds at `path` with exactly `mode` (the process umask otherwise): the file is created with
@@ -155,13 +161,7 @@ public enum OwnedSocket {
     /// is left alone).
     public static func setModeAndGroup(_ path: String, mode: UInt32, group: String?) throws {
         guard let slash = path.lastIndex(of: "/") else { throw SystemError("open \(path)", errno: EINVAL) }
-        let directoryPath = slash == path.startIndex ? "/" : String(path[..<slash])
-        let directory = proxyside_open_directory_no_symlinks(directoryPath)
-        guard directory >= 0 else {
-            throw SystemError(
-                "open \(directoryPath)", errno: -directory,
-                hint: -directory == ELOOP ? "a component of the path is a symlink" : nil)
-        }
+        let directory = try openDirectory(slash == path.startIndex ? "/" : String(path[..<slash]))
         defer { close(directory) }
         let handle = openat(
             directory, String(path[path.index(after: slash)...]), proxyside_o_path | O_NOFOLLOW | O_CLOEXEC)

@@ -488,15 +488,20 @@ final class SynCookieResponderTests: XCTestCase {
             "and the kernel dropped it")
     }
 
-    /// A SYN the kernel would drop (a wrong checksum, a header length past its packet's end) or
-    /// one with data is never answered, while the listener's good SYNs are: on the tc path and
-    /// on the queue's (the `--fast-path off` round).
-    func testASYNTheKernelWouldDropIsNeverAnswered() throws {
+    /// The IPv4 listener flooded until the responder serves it, its one SYN for the kernel spent.
+    func serveAFloodedListener() throws {
         try listen(.v4(Lab.vip))
         try startSecondChance(["--cookie-pass-ms", "60000"])
         try flood(400)
         try waitUntilActive("\(Lab.vip):\(Self.port)")
         try flood(1, firstPort: 39000)  // the listener's one SYN for the kernel, should it be due
+    }
+
+    /// A SYN the kernel would drop (a wrong checksum, a header length past its packet's end) or
+    /// one with data is never answered, while the listener's good SYNs are: on the tc path and
+    /// on the queue's (the `--fast-path off` round).
+    func testASYNTheKernelWouldDropIsNeverAnswered() throws {
+        try serveAFloodedListener()
         let capture = try lab.inside("c") { try Capture(protocol: Int32(IPPROTO_TCP)) }
         func answered(_ port: UInt16, within seconds: Double) -> Bool {
             capture.first(within: seconds) {
@@ -543,11 +548,7 @@ final class SynCookieResponderTests: XCTestCase {
     /// refuses learns that an overflowing listener exists (a SYN-ACK), and gets no connection, as
     /// its cookie ACK meets INPUT like any packet; the rule gone, the same handshake connects.
     func testASourceThatINPUTRefusesGetsNoConnectionFromACookie() throws {
-        try listen(.v4(Lab.vip))
-        try startSecondChance(["--cookie-pass-ms", "60000"])
-        try flood(400)
-        try waitUntilActive("\(Lab.vip):\(Self.port)")
-        try flood(1, firstPort: 39000)  // the listener's one SYN for the kernel, should it be due
+        try serveAFloodedListener()
         // The client's own stack knows nothing of these handshakes: its RSTs would end them.
         try Lab.shell("ip netns exec \(lab.namespace("c")) iptables -A OUTPUT -p tcp --tcp-flags RST RST -j DROP")
         let rule = "INPUT -p tcp -s \(Lab.client) --dport \(Self.port) -j DROP"
