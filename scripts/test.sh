@@ -10,8 +10,9 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "test: run as root (network namespaces, NFQUEUE, BPF)" >&2; exit 1; }
 scripts/setup.sh
 # Leftovers of an interrupted run would make the topology fail to come up.
-pkill -KILL -f 'systemd-nspawn .*--machine=pssd-' || true
-for ns in $(ip netns list | awk '/^(psit|psck|psbk|pstb|pspk|pspr|pslc|psrs|pssd|pspf|psfl|psrp|psmo|psdb|psdx)-/ {print $1}'); do
+# Every test's namespaces are named "ps" + two letters + "-" (Lab.init and BrokerLab check it).
+pkill -KILL -f 'systemd-nspawn .*--machine=ps[a-z][a-z]-' || true
+for ns in $(ip netns list | awk '/^ps[a-z][a-z]-/ {print $1}'); do
     ip netns pids "$ns" | xargs -r kill -9
     ip netns del "$ns"
 done

@@ -153,7 +153,7 @@ final class BrokerLab {
 
     func tearDown() {
         for process in processes where process.isRunning { process.terminate() }
-        let deadline = Date().addingTimeInterval(3)
+        let deadline = Lab.deadline(after: 3)
         while processes.contains(where: \.isRunning) && Date() < deadline { usleep(20_000) }
         // Whatever is left in the namespace (HAProxy instances, children of killed supervisors).
         _ = try? Lab.shell("ip netns pids \(namespace) | xargs -r kill -9; ip netns del \(namespace)")

@@ -194,7 +194,7 @@ final class DataPathMatrixTests: XCTestCase {
         XCTAssertNotNil(
             client.first(within: 5) { $0.ipv4TCP.map { $0.3 == port && $0.4.contains([.syn, .ack]) } ?? false },
             "\(path): the director's SYN is answered")
-        usleep(300_000)  // the client's RST for it, before the rows count segments
+        usleep(UInt32(300_000 * Lab.waitScale))  // the client's RST for it, before the rows count segments
     }
 
     func check(_ row: Row, _ path: String) throws {
@@ -209,7 +209,7 @@ final class DataPathMatrixTests: XCTestCase {
             after = try observe()
             return after.seen >= before.seen + 1
         }
-        usleep(300_000)  // what a decision lets through has reached where it goes
+        usleep(UInt32(300_000 * Lab.waitScale))  // what a decision lets through has reached where it goes
         after = try observe()
         XCTAssertLessThanOrEqual(
             after.forwardedByKernel - before.forwardedByKernel, row.forwards, "\(what): forwarded by the kernel")

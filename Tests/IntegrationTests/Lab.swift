@@ -49,6 +49,8 @@ final class Lab {
         guard geteuid() == 0 else {
             throw LabError("needs root for network namespaces and NFQUEUE (scripts/test.sh runs as root)")
         }
+        // scripts/test.sh removes what an interrupted run left by this shape of name.
+        precondition(Lab.isTestPrefix(prefix), "a lab's prefix is ps and two letters: \(prefix)")
         self.prefix = prefix
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("proxyside-\(prefix)-\(getpid())")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -82,6 +84,11 @@ final class Lab {
     }
 
     func namespace(_ host: String) -> String { "\(prefix)-\(host)" }
+
+    /// "ps" and two lowercase letters: the names scripts/test.sh cleans up after an interrupted run.
+    static func isTestPrefix(_ prefix: String) -> Bool {
+        prefix.count == 4 && prefix.hasPrefix("ps") && prefix.dropFirst(2).allSatisfy { ("a"..."z").contains($0) }
+    }
 
     /// A counter of the host's /proc/net/snmp (Tcp, Ip) or netstat (TcpExt) by its name.
     func tcpExtOrIP(_ host: String, _ name: String) throws -> UInt64 {
@@ -219,7 +226,7 @@ final class Lab {
     func assertStats(
         _ host: String, _ expected: [String: UInt64], file: StaticString = #filePath, line: UInt = #line
     ) throws {
-        let deadline = Date().addingTimeInterval(2)
+        let deadline = Lab.deadline(after: 2)
         var stats = try stats(host)
         while Date() < deadline, expected.contains(where: { stats[$0.key] ?? 0 != $0.value }) {
             usleep(20_000)
@@ -240,7 +247,7 @@ final class Lab {
             entry.process.terminate()
         }
         for entry in processes {
-            let deadline = Date().addingTimeInterval(5)
+            let deadline = Lab.deadline(after: 5)
             while entry.process.isRunning && Date() < deadline { usleep(20_000) }
             if entry.process.isRunning { kill(entry.process.processIdentifier, SIGKILL) }
         }
@@ -285,12 +292,16 @@ final class Lab {
             min(max($0, 1), 20)
         } ?? 1
 
+    /// The end of a wait of `seconds` here: every wait in the tests ends at one of these, so that
+    /// `waitScale` lengthens them all alike.
+    static func deadline(after seconds: Double) -> Date { Date().addingTimeInterval(seconds * waitScale) }
+
     /// Polls `condition` every 20 ms, for `seconds` (times `waitScale`); the error names `what`
     /// and, when given, `context` (logs).
     static func waitFor(_ what: String, seconds: Double, context: () -> String = { "" }, _ condition: () throws -> Bool)
         throws
     {
-        let deadline = Date().addingTimeInterval(seconds * waitScale)
+        let deadline = deadline(after: seconds)
         while Date() < deadline {
             if try condition() { return }
             usleep(20_000)
@@ -322,7 +333,8 @@ func stopProcess(_ pid: pid_t) throws {
 /// instead of hanging the suite.
 func acceptConnection(_ listener: Int32, within seconds: Int32 = 5) throws -> Int32 {
     var ready = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
-    guard poll(&ready, 1, seconds * 1000) == 1 else { throw LabError("no connection to accept within \(seconds) s") }
+    let milliseconds = Int32(Lab.deadline(after: Double(seconds)).timeIntervalSinceNow * 1000)
+    guard poll(&ready, 1, milliseconds) == 1 else { throw LabError("no connection to accept within \(seconds) s") }
     let fd = accept(listener, nil, nil)
     guard fd >= 0 else { throw LabError("accept: \(String(cString: strerror(errno)))") }
     return fd
@@ -350,7 +362,7 @@ final class Capture {
     /// The first packet (IPv4: whole packet; IPv6: transport only, as the kernel gives it) that
     /// satisfies `match` within `seconds`.
     func first(within seconds: Double = 3, where match: ([UInt8]) -> Bool) -> [UInt8]? {
-        let deadline = Date().addingTimeInterval(seconds)
+        let deadline = Lab.deadline(after: seconds)
         var buffer = [UInt8](repeating: 0, count: 65536)
         while Date() < deadline {
             let count = recv(fd, &buffer, buffer.count, 0)

@@ -20,7 +20,7 @@ final class LabToolTests: XCTestCase {
             process.standardOutput = output
             process.standardError = output
             try process.run()
-            let deadline = Date().addingTimeInterval(10)
+            let deadline = Lab.deadline(after: 10)
             while process.isRunning && Date() < deadline { usleep(10_000) }
             if process.isRunning { process.terminate() }
             process.waitUntilExit()

@@ -136,7 +136,7 @@ final class SystemdContainer {
         child.standardError = handle
         child.standardInput = FileHandle.nullDevice
         try child.run()
-        let deadline = Date().addingTimeInterval(seconds)
+        let deadline = Lab.deadline(after: seconds)
         while child.isRunning && Date() < deadline { usleep(10_000) }
         if child.isRunning {
             child.terminate()
@@ -180,7 +180,7 @@ final class SystemdContainer {
     func stop() {
         guard process.isRunning else { return }
         process.terminate()
-        let deadline = Date().addingTimeInterval(10)
+        let deadline = Lab.deadline(after: 10)
         while process.isRunning && Date() < deadline { usleep(50_000) }
         if process.isRunning {
             kill(pid1, SIGKILL)
