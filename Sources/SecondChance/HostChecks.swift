@@ -325,7 +325,7 @@ public enum HostChecks {
     /// With the responder on (`responder`), its IPv4 SYN-ACKs ride in verdicts too: conntrack sees
     /// them after the queue (raw PREROUTING comes before it) as INVALID, a SYN-ACK without a SYN,
     /// so a rule after conntrack that drops INVALID (`invalidDrops`) would eat every one.
-    public static func automaticForwarding(interfaces: [String]? = nil, responder: Bool = true) -> (
+    public static func automaticForwarding(interfaces: [String]? = nil, responder: Bool) -> (
         mode: ForwardingMode, reason: String
     ) {
         let problems = kernelForwarding(interfaces: interfaces).filter { $0.level == .fail || $0.level == .warn }

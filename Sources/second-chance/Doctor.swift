@@ -23,28 +23,35 @@ struct Doctor: ParsableCommand {
         name: .customLong("fast-path-interface"),
         help: ArgumentHelp("The daemon's --fast-path-interface, where the tc program is attached.", valueName: "NAME"))
     var fastPathInterfaces: [String] = []
+    @Option(
+        help: """
+            The daemon's --syn-cookies: with the responder on, a rule that drops conntrack INVALID keeps \
+            --forward auto on raw.
+            """)
+    var synCookies: ResponderMode = .auto
 
     func run() throws {
         let checks = Self.checks(
             queues: queues, guePort: guePort, netns: netns, forward: forward,
             allowSources: allowSourceLists.isEmpty ? nil : allowSourceLists.flatMap { $0 },
-            fastPathInterfaces: fastPathInterfaces)
+            fastPathInterfaces: fastPathInterfaces, responder: synCookies != .off)
         for check in checks { print(check.line) }
         if checks.contains(where: { $0.level == .fail }) { throw ExitCode(1) }
     }
 
     /// Every finding about this host for a daemon with these options (`run --preflight` looks at
-    /// the same). `allowSources`: nil when not given.
+    /// the same). `allowSources`: nil when not given; `responder`: --syn-cookies is not off.
     static func checks(
         queues: [UInt16], guePort: UInt16, netns: String?, forward: ForwardingChoice, allowSources: [IPv4Prefix]?,
-        fastPathInterfaces: [String]
+        fastPathInterfaces: [String], responder: Bool
     ) -> [HostCheck] {
         var mode: ForwardingMode = forward == .kernel ? .kernel : .raw
         var choice: HostCheck?
         // Where GUE from the peers arrives (the routes to them, read once); nil when not given.
         let peerInterfaces = allowSources.map { HostChecks.gueInterfaces(from: $0) }
         if forward == .auto {
-            let (automatic, reason) = HostChecks.automaticForwarding(interfaces: peerInterfaces)
+            let (automatic, reason) = HostChecks.automaticForwarding(
+                interfaces: peerInterfaces, responder: responder)
             mode = automatic
             choice = HostCheck(
                 level: .info, subject: "forwarding", finding: "--forward auto picks \(automatic.rawValue): \(reason)")

@@ -261,7 +261,7 @@ struct Run: ParsableCommand {
     func runPreflight() throws {
         let checks = Doctor.checks(
             queues: queues, guePort: guePort, netns: netns, forward: forward, allowSources: allowSources,
-            fastPathInterfaces: fastPathInterfaces)
+            fastPathInterfaces: fastPathInterfaces, responder: synCookies != .off)
         for check in checks where check.level == .warn || check.level == .fail {
             logger.warning("preflight: \(check.line)")
         }

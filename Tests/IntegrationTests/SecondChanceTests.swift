@@ -165,10 +165,16 @@ final class SecondChanceTests: XCTestCase {
             "p1", "second-chance", ["doctor", "--forward", "kernel", "--allow-source", "198.18.0.0/24"])
         XCTAssertTrue(report.contains("[warn] conntrack: iptables -t mangle -A PREROUTING -m conntrack"), report)
         XCTAssertTrue(report.contains("[ ok ] accept_local: 1 on eth0, where GUE arrives"), report)
-        // Without the responder the SYN-ACKs do not exist: the kernel forwards.
+        // Without the responder the SYN-ACKs do not exist: the kernel forwards. Doctor, given the
+        // daemon's flags, makes the daemon's choice both ways.
         try lab.restartSecondChance("p1", Lab.p1, extra: ["--syn-cookies", "off"])
         log = try started()
         XCTAssertTrue(log.contains("forwarding: kernel ("), log)
+        for (flags, mode) in [([String](), "raw"), (["--syn-cookies", "off"], "kernel")] {
+            let (_, said) = try lab.runToEnd(
+                "p1", "second-chance", ["doctor", "--allow-source", "198.18.0.0/24"] + flags)
+            XCTAssertTrue(said.contains("--forward auto picks \(mode):"), "\(flags): \(said)")
+        }
     }
 
     /// Where the interface GUE arrives on forwards, the tc program sends the packet to the next hop
@@ -790,16 +796,33 @@ final class SecondChanceTests: XCTestCase {
         try syn(client, to: IPv4Address("198.18.9.10")!, port: 31001)
         try counted("accepted_syn", 1)
 
+        // Sends SYNs (a new port each, every 50 ms) until `counter` rises: the watcher has read
+        // what just changed. Bounded by the lab's wait.
+        func synsUntil(_ counter: String, risesFor destination: IPv4Address, from port: UInt16) throws {
+            let before = try lab.stats("p1")[counter] ?? 0
+            var port = port
+            try lab.waitFor("\(counter) to rise for SYNs to \(destination)") {
+                port += 1
+                try syn(client, to: destination, port: port)
+                usleep(50_000)
+                return (try lab.stats("p1")[counter] ?? 0) > before
+            }
+        }
+
         // The pod's root: an address and a local range the host does not route there, the
-        // client's address, and p2's.
+        // client's address, and p2's; then one more address the host does route there, whose
+        // first accepted SYN shows the watcher has read all of it.
+        let p1 = lab.namespace("p1")
         try Lab.shell(
             """
             ip -n \(pod) addr add 198.18.66.6/32 dev lo && ip -n \(pod) route add local 198.18.67.0/24 dev lo && \
-            ip -n \(pod) addr add \(client)/32 dev lo && ip -n \(pod) addr add \(Lab.p2)/32 dev lo
+            ip -n \(pod) addr add \(client)/32 dev lo && ip -n \(pod) addr add \(Lab.p2)/32 dev lo && \
+            ip -n \(pod) addr add 198.18.9.11/32 dev lo && ip -n \(p1) route add 198.18.9.11/32 dev vpod
             """)
-        usleep(300_000)
+        try synsUntil("accepted_syn", risesFor: IPv4Address("198.18.9.11")!, from: 31100)
+        let accepted = try lab.stats("p1")["accepted_syn"] ?? 0
         try syn(client, to: IPv4Address("198.18.9.10")!, port: 31002)
-        try counted("accepted_syn", 2)
+        try counted("accepted_syn", accepted + 1)
         try syn(client, to: IPv4Address("198.18.66.6")!, port: 31003)
         try syn(client, to: IPv4Address("198.18.67.9")!, port: 31004)
         try counted("dropped_not_local_destination", 2)
@@ -812,15 +835,11 @@ final class SecondChanceTests: XCTestCase {
         XCTAssertEqual(try lab.stats("p1")["dropped_martian_source"] ?? 0, 0)
         XCTAssertEqual(try lab.stats("p1")["forwarded_to_self"] ?? 0, 0)
 
-        // The host's route is what counts, and it is followed.
-        try Lab.shell("ip -n \(lab.namespace("p1")) route del 198.18.9.10/32 dev vpod")
-        usleep(300_000)
-        try syn(client, to: IPv4Address("198.18.9.10")!, port: 31006)
-        try counted("dropped_not_local_destination", 3)
-        try Lab.shell("ip -n \(lab.namespace("p1")) route add 198.18.9.10/32 dev vpod")
-        usleep(300_000)
-        try syn(client, to: IPv4Address("198.18.9.10")!, port: 31007)
-        try counted("accepted_syn", 3)
+        // The host's route is what counts, and it is followed, both ways.
+        try Lab.shell("ip -n \(p1) route del 198.18.9.10/32 dev vpod")
+        try synsUntil("dropped_not_local_destination", risesFor: IPv4Address("198.18.9.10")!, from: 31200)
+        try Lab.shell("ip -n \(p1) route add 198.18.9.10/32 dev vpod")
+        try synsUntil("accepted_syn", risesFor: IPv4Address("198.18.9.10")!, from: 31300)
     }
 
     func testDoctorPassesOnAProxyAndExplainsWhatIsMissingElsewhere() throws {
