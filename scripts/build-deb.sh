@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Debian package (dpkg-buildpackage -b) from this tree into .build-release/deb, and checks it
-# with lintian. Installs the build tools it lacks. PROXYSIDE_VERSION overrides the version.
+# with lintian. Installs the build tools it lacks. The version is git's (scripts/version.sh);
+# PROXYSIDE_VERSION overrides it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -15,6 +16,10 @@ mkdir -p .build-release
 # One build at a time: two would share debian/ and the build folder.
 exec 9> .build-release/deb.lock
 flock 9
+# The tracked changelog (the release's entry, for dpkg-buildpackage run by hand) gives way to one
+# made from git for this build, and comes back however the build ends.
+cp debian/changelog .build-release/changelog.tracked
+trap 'cp .build-release/changelog.tracked debian/changelog' EXIT
 scripts/debian-changelog.sh
 version=$(dpkg-parsechangelog -S Version)
 dpkg-buildpackage -b -us -uc > .build-release/deb-build.log 2>&1 ||

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Writes debian/changelog from git: one entry, versioned by scripts/version.sh, listing the
 # commits since the last release tag (the newest 40 when there is none), dated by HEAD.
+# scripts/build-deb.sh runs it for its build and then puts the tracked file back.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version=$(scripts/version.sh)

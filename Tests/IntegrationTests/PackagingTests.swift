@@ -5,6 +5,26 @@ import XCTest
 /// The systemd units as systemd itself reads them (`systemd-analyze verify`), with the built binary
 /// in place of the installed one.
 final class PackagingTests: XCTestCase {
+    /// A packager's own tools on a clean checkout: the tracked changelog names the release in
+    /// VERSION, and `dpkg-buildpackage` gets through it and the rules' clean step to a source
+    /// package (the binary build is `make deb`'s, which PackageTests builds).
+    func testDebiansOwnToolsBuildFromACleanCheckout() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("checkout-\(getpid())")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let checkout = directory.appendingPathComponent("proxyside").path
+        try Lab.shell("git clone -q \(Lab.packageRoot.path) \(checkout)")
+        let version = try String(contentsOfFile: checkout + "/VERSION", encoding: .utf8)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        XCTAssertEqual(
+            try Lab.shell("cd \(checkout) && dpkg-parsechangelog -S Version").trimmingCharacters(
+                in: .whitespacesAndNewlines),
+            version, "debian/changelog names the release in VERSION")
+        let built = try Lab.shell("cd \(checkout) && dpkg-buildpackage -S -us -uc -d 2>&1")
+        XCTAssertTrue(
+            FileManager.default.fileExists(atPath: directory.appendingPathComponent("proxyside_\(version).dsc").path),
+            built)
+    }
+
     func testSystemdUnitsVerify() throws {
         guard FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-analyze") else {
             throw LabError("systemd-analyze is not installed (scripts/setup.sh installs systemd)")
