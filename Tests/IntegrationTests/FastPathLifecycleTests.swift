@@ -172,6 +172,7 @@ final class FastPathLifecycleTests: XCTestCase {
         let p1 = lab.namespace("p1")
         try Lab.shell(
             """
+            { test -e /dev/net/tun || modprobe tun; } && \
             ip -n \(p1) tuntap add mode tun name tun9 && ip -n \(p1) addr add 198.18.4.254/24 dev tun9 && \
             ip -n \(p1) link set tun9 up
             """)

@@ -520,36 +520,41 @@ static __always_inline int answerable_syn(struct __sk_buff *skb, __u8 *scratch, 
                                           __u32 inner_offset, __u32 tcp_length, int ipv6)
 {
     __u32 ip_length = ipv6 ? 40 : 20, packet_length;
-    __u8 *addresses;
     if (ipv6) {
         struct ipv6hdr *ip6 = inner;
         if ((void *)(ip6 + 1) > end)
             return 0;
         packet_length = 40 + bpf_ntohs(ip6->payload_len);
-        addresses = (__u8 *)&ip6->saddr;
     } else {
         struct iphdr *ip4 = inner;
         if ((void *)(ip4 + 1) > end)
             return 0;
         packet_length = bpf_ntohs(ip4->tot_len);
-        addresses = (__u8 *)&ip4->saddr;
+    }
+    if (packet_length != ip_length + tcp_length || tcp_length < 20 || tcp_length > 60)
+        return 0;
+    /* The pseudo-header's addresses from a copy of the IP header on the stack (the verifier
+     * bounds a stack read by the buffer alone, whichever family the branch was). */
+    __s64 sum;
+    if (ipv6) {
+        if (bpf_skb_load_bytes(skb, inner_offset, scratch, 40))
+            return 0;
+        sum = bpf_csum_diff(NULL, 0, (__be32 *)(scratch + 8), 32, 0);
+    } else {
         if (bpf_skb_load_bytes(skb, inner_offset, scratch, 20))
             return 0;
         if (fold((__u32)bpf_csum_diff(NULL, 0, (__be32 *)scratch, 20, 0)) != 0xffff)
             return 0;
+        sum = bpf_csum_diff(NULL, 0, (__be32 *)(scratch + 12), 8, 0);
     }
-    if (packet_length != ip_length + tcp_length || tcp_length < 20 || tcp_length > 60)
-        return 0;
+    __be32 word = bpf_htonl(IPPROTO_TCP << 16 | tcp_length);
+    sum = bpf_csum_diff(NULL, 0, &word, 4, (__u32)sum);
     /* A length the verifier sees bounded and a multiple of 4, as the options' copy. */
     __u32 load_length = tcp_length;
     asm volatile("" : "+r"(load_length));
     load_length = ((load_length - 20) & 0x3c) + 20;
     if (bpf_skb_load_bytes(skb, inner_offset + ip_length, scratch, load_length))
         return 0;
-    __be32 word = bpf_htonl(IPPROTO_TCP << 16 | tcp_length);
-    __s64 sum = ipv6 ? bpf_csum_diff(NULL, 0, (__be32 *)addresses, 32, 0)
-                     : bpf_csum_diff(NULL, 0, (__be32 *)addresses, 8, 0);
-    sum = bpf_csum_diff(NULL, 0, &word, 4, (__u32)sum);
     sum = bpf_csum_diff(NULL, 0, (__be32 *)scratch, load_length, (__u32)sum);
     return fold((__u32)sum) == 0xffff;
 }
