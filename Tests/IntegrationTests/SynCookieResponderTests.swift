@@ -540,7 +540,12 @@ final class SynCookieResponderTests: XCTestCase {
                 answeredPorts.insert(tcp.3)
                 return tcp.3 == 43205
             }, "the good SYN sent after them is answered")
-        XCTAssertTrue(answeredPorts.isDisjoint(with: 43201...43203), "the kernel dropped them: \(answeredPorts)")
+        // TCP drops a wrong TCP checksum and a header past the packet on every path. The inner IPv4
+        // header's checksum is checked by ip_rcv where the inner packet passes it (the tc
+        // program's delivery, fou); decapsulated by the daemon it does not, and TCP answers that
+        // SYN itself (its own cookie: the responder's count above says it never did).
+        let dropped: Set<UInt16> = Lab.fastPathOn || Lab.kernelDecapsulation ? [43201, 43202, 43203] : [43201, 43203]
+        XCTAssertTrue(answeredPorts.isDisjoint(with: dropped), "the kernel dropped them: \(answeredPorts)")
         XCTAssertEqual(try lab.stats("p1").value("cookies_sent"), sent + 1, "only the good SYN had a cookie")
     }
 
