@@ -222,32 +222,12 @@ public enum HostChecks {
         return checks
     }
 
-    /// The interfaces GUE from `sources` arrives on: the ones this host routes them through
-    /// (`ip route get`, a look-up that sends nothing; the default route's for 0.0.0.0/0). Empty
-    /// when none is known.
-    public static func gueInterfaces(from sources: [IPv4Prefix]) -> [String] {
-        var interfaces: [String] = []
-        for prefix in sources {
-            let output =
-                prefix.length == 0
-                ? commandOutput("ip -o -4 route show default")
-                : commandOutput(
-                    "ip -o -4 route get \(IPv4Address(prefix.network.value | (prefix.length < 32 ? 1 : 0)))")
-            let words = (output ?? "").split(whereSeparator: \.isWhitespace)
-            if let index = words.firstIndex(of: "dev"), index + 1 < words.count {
-                let name = String(words[index + 1])
-                if name != "lo", !interfaces.contains(name) { interfaces.append(name) }
-            }
-        }
-        return interfaces
-    }
-
     /// What `--forward kernel` needs: the rewritten packet carries this host's address as its
     /// source and arrives from outside, so the kernel must forward (ip_forward) and accept a local
     /// source on the way in (accept_local on the interface it arrives on, or on all: the kernel
     /// checks only that one; strict rp_filter refuses it when the address is on another interface).
     /// Redirects would go to ourselves: they are only noise. `interfaces`: where GUE arrives
-    /// (`gueInterfaces`); nil or empty when unknown, and then any interface counts.
+    /// (`PeerInterfaces`); nil or empty when unknown, and then any interface counts.
     public static func kernelForwarding(interfaces: [String]? = nil) -> [HostCheck] {
         var checks: [HostCheck] = []
         let forward = readSysctl("net/ipv4/ip_forward") ?? "?"
@@ -609,7 +589,7 @@ public enum HostChecks {
                 : HostCheck(level: .ok, subject: "rp_filter", finding: "net.ipv4.conf.all.rp_filter = \(rpAll)"))
 
         if forwarding == .kernel {
-            checks += kernelForwarding(interfaces: allowedSources.map(gueInterfaces))
+            checks += kernelForwarding(interfaces: allowedSources.map(PeerInterfaces.of))
             let rules = invalidDrops(
                 nftRuleset: commandOutput("nft list ruleset"), iptablesSave: commandOutput("iptables-save"))
             for rule in rules {

@@ -48,7 +48,7 @@ struct Doctor: ParsableCommand {
         var mode: ForwardingMode = forward == .kernel ? .kernel : .raw
         var choice: HostCheck?
         // Where GUE from the peers arrives (the routes to them, read once); nil when not given.
-        let peerInterfaces = allowSources.map { HostChecks.gueInterfaces(from: $0) }
+        let peerInterfaces = allowSources.map(PeerInterfaces.of)
         if forward == .auto {
             let (automatic, reason) = HostChecks.automaticForwarding(
                 interfaces: peerInterfaces, responder: responder)

@@ -334,7 +334,7 @@ struct Run: ParsableCommand {
         // must all be.
         let interfaces =
             fastPathInterfaces.isEmpty
-            ? HostChecks.gueInterfaces(from: allowSources).filter { (try? FastPathKernel.isEthernet($0)) != false }
+            ? PeerInterfaces.of(allowSources).filter { (try? FastPathKernel.isEthernet($0)) != false }
             : fastPathInterfaces
         guard !interfaces.isEmpty else { throw CommandFailure("--fast-path tc: no interface to attach to") }
         for interface in interfaces where try !FastPathKernel.isEthernet(interface) {
@@ -370,7 +370,7 @@ struct Run: ParsableCommand {
         // Where GUE from the peers arrives (the routes to them, read once): accept_local counts
         // there, and the tc program goes there unless --fast-path-interface says otherwise.
         let peerInterfaces =
-            forward == .raw && !fastPathInterfaces.isEmpty ? [] : HostChecks.gueInterfaces(from: allowSources)
+            forward == .raw && !fastPathInterfaces.isEmpty ? [] : PeerInterfaces.of(allowSources)
         let gueInterfaces = forward == .raw ? [] : peerInterfaces
         switch forward {
         case .raw: forwarding = .raw
