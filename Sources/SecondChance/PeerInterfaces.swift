@@ -17,10 +17,11 @@ public enum PeerInterfaces {
                 found = defaultRoute(socket, sequence: sequence)
             } else {
                 let first = prefix.network.value | (prefix.length < 32 ? 1 : 0)
-                found = NamespaceRoutes.outputInterface(
-                    socket, family: AF_INET, destination: NamespaceRoutes.bytes(of: first.bigEndian),
-                    sequence: sequence
-                ).map { [$0] } ?? []
+                found =
+                    NamespaceRoutes.outputInterface(
+                        socket, family: AF_INET, destination: NamespaceRoutes.bytes(of: first.bigEndian),
+                        sequence: sequence
+                    ).map { [$0] } ?? []
             }
             for index in found where !indexes.contains(index) { indexes.append(index) }
         }
