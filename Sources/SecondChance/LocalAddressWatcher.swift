@@ -215,54 +215,48 @@ public final class LocalAddressWatcher: @unchecked Sendable {
 
     /// Whether a datagram of notifications tells of an address or a local route.
     static func concernsLocalAddresses(_ buffer: UnsafeMutableRawPointer, _ count: Int) -> Bool {
-        var remaining = Int32(count)
-        var message: UnsafePointer<nlmsghdr>? = UnsafePointer(buffer.assumingMemoryBound(to: nlmsghdr.self))
-        while let current = message, mnl_nlmsg_ok(current, remaining) {
-            defer { message = UnsafePointer(mnl_nlmsg_next(current, &remaining)) }
-            switch Int32(current.pointee.nlmsg_type) {
-            case Int32(RTM_NEWADDR), Int32(RTM_DELADDR): return true
-            case Int32(RTM_NEWROUTE), Int32(RTM_DELROUTE): if localRoute(current) != nil { return true }
-            default: break
+        anyMessage(buffer, count) { message in
+            switch Int32(message.pointee.nlmsg_type) {
+            case Int32(RTM_NEWADDR), Int32(RTM_DELADDR): true
+            case Int32(RTM_NEWROUTE), Int32(RTM_DELROUTE): localRoute(message) != nil
+            default: false
             }
         }
-        return false
     }
 
     /// Whether a datagram of notifications tells of any route, rule or link.
     static func concernsRoutesOrLinks(_ buffer: UnsafeMutableRawPointer, _ count: Int) -> Bool {
-        var remaining = Int32(count)
-        var message: UnsafePointer<nlmsghdr>? = UnsafePointer(buffer.assumingMemoryBound(to: nlmsghdr.self))
-        while let current = message, mnl_nlmsg_ok(current, remaining) {
-            defer { message = UnsafePointer(mnl_nlmsg_next(current, &remaining)) }
-            switch Int32(current.pointee.nlmsg_type) {
-            case Int32(RTM_NEWROUTE), Int32(RTM_DELROUTE), Int32(RTM_NEWRULE), Int32(RTM_DELRULE), Int32(RTM_NEWLINK),
-                Int32(RTM_DELLINK):
-                return true
-            default: break
-            }
+        anyMessage(buffer, count) { message in
+            [RTM_NEWROUTE, RTM_DELROUTE, RTM_NEWRULE, RTM_DELRULE, RTM_NEWLINK, RTM_DELLINK].map { Int32($0) }
+                .contains(Int32(message.pointee.nlmsg_type))
         }
-        return false
     }
 
     /// Whether a datagram of notifications tells of a routing rule, or of a main-table route that
     /// covers or lies inside a peer prefix.
     static func concernsReversePaths(_ buffer: UnsafeMutableRawPointer, _ count: Int, peers: [IPv4Prefix]) -> Bool {
         guard !peers.isEmpty else { return false }
+        return anyMessage(buffer, count) { message in
+            switch Int32(message.pointee.nlmsg_type) {
+            // A link going down takes its IPv4 routes with it without a route notification.
+            case Int32(RTM_NEWRULE), Int32(RTM_DELRULE), Int32(RTM_NEWLINK), Int32(RTM_DELLINK): true
+            case Int32(RTM_NEWROUTE), Int32(RTM_DELROUTE):
+                ReversePathReader.mainRoute(message).map { ReversePathReader.concerns($0.prefix, peers: peers) }
+                    ?? false
+            default: false
+            }
+        }
+    }
+
+    /// Whether any message of a datagram of notifications (`count` bytes at `buffer`) matches.
+    static func anyMessage(
+        _ buffer: UnsafeMutableRawPointer, _ count: Int, _ matches: (UnsafePointer<nlmsghdr>) -> Bool
+    ) -> Bool {
         var remaining = Int32(count)
         var message: UnsafePointer<nlmsghdr>? = UnsafePointer(buffer.assumingMemoryBound(to: nlmsghdr.self))
         while let current = message, mnl_nlmsg_ok(current, remaining) {
-            defer { message = UnsafePointer(mnl_nlmsg_next(current, &remaining)) }
-            switch Int32(current.pointee.nlmsg_type) {
-            // A link going down takes its IPv4 routes with it without a route notification.
-            case Int32(RTM_NEWRULE), Int32(RTM_DELRULE), Int32(RTM_NEWLINK), Int32(RTM_DELLINK): return true
-            case Int32(RTM_NEWROUTE), Int32(RTM_DELROUTE):
-                if let route = ReversePathReader.mainRoute(current),
-                    ReversePathReader.concerns(route.prefix, peers: peers)
-                {
-                    return true
-                }
-            default: break
-            }
+            if matches(current) { return true }
+            message = UnsafePointer(mnl_nlmsg_next(current, &remaining))
         }
         return false
     }
