@@ -137,10 +137,19 @@ public final class RouteDumpSocket {
         try Netlink.receiveDump(socket, buffer: buffer, size: Self.size, sequence: sequence, name: name, each)
     }
 
-    /// The link type (ARPHRD_*) of interface `index`, as `ip -d link` shows it; nil when the
-    /// kernel does not answer for it.
-    public func linkType(index: UInt32, sequence: UInt32) -> UInt16? {
-        var type: UInt16?
+    /// What `ip -d link` shows of a link that its users here need.
+    public struct Link: Sendable {
+        /// ARPHRD_*: 1 for Ethernet and everything that frames like it.
+        public var type: UInt16
+        /// IFLA_INFO_KIND: the driver ("veth", "gre", ...); nil for a physical device.
+        public var kind: String?
+        /// IFLA_LINK_NETNSID: the id, in this namespace, of the one the link's other end is in.
+        public var peerNamespace: Int32?
+    }
+
+    /// Interface `index` (RTM_GETLINK); nil when the kernel does not answer for it.
+    public func link(index: UInt32, sequence: UInt32) -> Link? {
+        var link: Link?
         try? request(
             RTM_GETLINK, sequence: sequence, name: "RTM_GETLINK", ifinfomsg.self,
             fill: { _, header in header.pointee.ifi_index = Int32(bitPattern: index) }
@@ -148,9 +157,31 @@ public final class RouteDumpSocket {
             guard message.pointee.nlmsg_type == UInt16(RTM_NEWLINK),
                 Int(mnl_nlmsg_get_payload_len(message)) >= MemoryLayout<ifinfomsg>.size
             else { return }
-            type = UnsafeRawPointer(mnl_nlmsg_get_payload(message)!).loadUnaligned(as: ifinfomsg.self).ifi_type
+            let header = UnsafeRawPointer(mnl_nlmsg_get_payload(message)!).loadUnaligned(as: ifinfomsg.self)
+            let attributes = Netlink.attributes(of: message, after: MemoryLayout<ifinfomsg>.size)
+            link = Link(
+                type: header.ifi_type, kind: attributes[UInt16(IFLA_LINKINFO)].flatMap(Self.kind),
+                peerNamespace: attributes[UInt16(IFLA_LINK_NETNSID)].flatMap {
+                    $0.count >= 4 ? $0.loadUnaligned(as: Int32.self) : nil
+                })
         }
-        return type
+        return link
+    }
+
+    /// IFLA_INFO_KIND inside an IFLA_LINKINFO attribute.
+    static func kind(_ info: UnsafeRawBufferPointer) -> String? {
+        var offset = 0
+        while offset + 4 <= info.count {
+            let length = Int(info.loadUnaligned(fromByteOffset: offset, as: UInt16.self))
+            let type = info.loadUnaligned(fromByteOffset: offset + 2, as: UInt16.self) & 0x3fff
+            guard length >= 4, offset + length <= info.count else { return nil }
+            if type == UInt16(IFLA_INFO_KIND) {
+                let bytes = info[(offset + 4)..<(offset + length)].prefix { $0 != 0 }
+                return String(decoding: bytes, as: UTF8.self)
+            }
+            offset += (length + 3) & ~3
+        }
+        return nil
     }
 
     /// Every route of `table` in `family`, as RTM_NEWROUTE messages.

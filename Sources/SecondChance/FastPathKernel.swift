@@ -138,7 +138,7 @@ public enum FastPathKernel {
     /// tun, ipip: ARPHRD_NONE and others) hands tc bare IP packets; its GUE is left to NFQUEUE.
     public static func isEthernet(_ name: String) throws -> Bool {
         let index = try interfaceIndex(name)
-        guard let type = try RouteDumpSocket().linkType(index: index, sequence: 1) else {
+        guard let type = try RouteDumpSocket().link(index: index, sequence: 1)?.type else {
             throw FastPathError("reading the link type of \(name)", errno: ENODEV)
         }
         return type == 1  // ARPHRD_ETHER (linux/if_arp.h)

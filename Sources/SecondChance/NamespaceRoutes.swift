@@ -71,35 +71,8 @@ enum NamespaceRoutes {
     /// The id, in the host's namespace, of the namespace a veth's other end is in; nil for any
     /// other link (a tunnel whose underlay is in another namespace carries nothing into it).
     static func linkNamespace(_ socket: RouteDumpSocket, interface: UInt32, sequence: UInt32) -> Int32? {
-        var id: Int32?
-        try? socket.request(
-            RTM_GETLINK, sequence: sequence, name: "RTM_GETLINK", ifinfomsg.self,
-            fill: { _, header in header.pointee.ifi_index = Int32(bitPattern: interface) }
-        ) { message in
-            guard message.pointee.nlmsg_type == UInt16(RTM_NEWLINK) else { return }
-            let attributes = Netlink.attributes(of: message, after: MemoryLayout<ifinfomsg>.size)
-            guard let info = attributes[UInt16(IFLA_LINKINFO)], kind(info) == "veth" else { return }
-            if let value = attributes[UInt16(IFLA_LINK_NETNSID)], value.count >= 4 {
-                id = value.loadUnaligned(as: Int32.self)
-            }
-        }
-        return id
-    }
-
-    /// IFLA_INFO_KIND inside an IFLA_LINKINFO attribute: the link's driver ("veth", "gre", ...).
-    static func kind(_ info: UnsafeRawBufferPointer) -> String? {
-        var offset = 0
-        while offset + 4 <= info.count {
-            let length = Int(info.loadUnaligned(fromByteOffset: offset, as: UInt16.self))
-            let type = info.loadUnaligned(fromByteOffset: offset + 2, as: UInt16.self) & 0x3fff
-            guard length >= 4, offset + length <= info.count else { return nil }
-            if type == UInt16(IFLA_INFO_KIND) {
-                let bytes = info[(offset + 4)..<(offset + length)].prefix { $0 != 0 }
-                return String(decoding: bytes, as: UTF8.self)
-            }
-            offset += (length + 3) & ~3
-        }
-        return nil
+        guard let link = socket.link(index: interface, sequence: sequence), link.kind == "veth" else { return nil }
+        return link.peerNamespace
     }
 
     /// The id the host's namespace gives `namespace` (RTM_GETNSID); -1 when it has none.
