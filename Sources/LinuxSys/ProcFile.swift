@@ -11,6 +11,26 @@ public enum ProcFile {
         return bytes(fd: fd, limit: limit).map { String(decoding: $0, as: UTF8.self) }
     }
 
+    /// The first line of a sysctl (`net/ipv4/ip_forward`), without leading blanks.
+    public static func sysctl(_ path: String) -> String? {
+        read("/proc/sys/" + path, limit: 256)
+            .flatMap { $0.trimmingPrefix(while: \.isWhitespace).split(separator: "\n").first.map(String.init) }
+    }
+
+    /// The names in a directory (/proc/sys/net/ipv4/conf, a bpffs pin directory), without "." and "..".
+    public static func entries(ofDirectory path: String) -> [String] {
+        guard let directory = opendir(path) else { return [] }
+        defer { closedir(directory) }
+        var names: [String] = []
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) {
+                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+
     /// The text of a file held open (a /proc file opened inside a namespace, read again on every
     /// refresh); nil when it cannot be read or is empty.
     public static func text(fd: Int32, limit: Int = 1 << 20) -> String? {

@@ -38,6 +38,21 @@ public enum Spawn {
         return pid
     }
 
+    /// A tool's standard output (`iptables-save`, `nft list ruleset`), run through the shell with
+    /// its standard error discarded; nil when it cannot run or fails. The commands are this
+    /// program's own constants, never outside text.
+    public static func output(_ command: String) -> String? {
+        guard let pipe = popen(command + " 2>/dev/null", "r") else { return nil }
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = fread(&chunk, 1, chunk.count, pipe)
+            if count <= 0 { break }
+            out += chunk[0..<count]
+        }
+        return pclose(pipe) == 0 ? String(decoding: out, as: UTF8.self) : nil
+    }
+
     /// Waits for a child; its exit status, or 128 + the signal that ended it.
     public static func wait(_ pid: pid_t) -> Int32 {
         var status: Int32 = 0

@@ -56,7 +56,7 @@ public enum FastPathChecks {
                         \(interface) ingress: program \(id) \(info?.name ?? "?") tag \(info?.tag ?? "?"); maps \
                         \(maps ?? "?")
                         """))
-            if HostChecks.readSysctl("net/ipv4/conf/\(interface)/forwarding") != "1" {
+            if ProcFile.sysctl("net/ipv4/conf/\(interface)/forwarding") != "1" {
                 checks.append(
                     HostCheck(
                         level: .info, subject: "fast path",
@@ -69,7 +69,7 @@ public enum FastPathChecks {
             }
         }
         let pins = FastPath.defaultPinDirectory()
-        let pinned = HostChecks.directoryEntries(pins)
+        let pinned = ProcFile.entries(ofDirectory: pins)
         if !pinned.isEmpty {
             checks.append(
                 HostCheck(

@@ -4,7 +4,7 @@ import LinuxSys
 import NetTypes
 
 /// What the kernel's fou module says about a UDP port, asked over generic netlink (as `ip fou show`).
-public enum FouStatus: Equatable, CustomStringConvertible {
+public enum FouStatus: Equatable, Sendable, CustomStringConvertible {
     /// The kernel has no fou family (CONFIG_NET_FOU off or module not loaded).
     case unavailable
     case portNotConfigured

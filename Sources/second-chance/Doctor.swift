@@ -12,6 +12,8 @@ struct Doctor: ParsableCommand {
     @Option(name: .customLong("queue")) var queues: [UInt16] = [0]
     @Option var guePort: UInt16 = GUEPacket.port
     @Option var netns: String?
+    @Option(help: "The daemon's --decap: the decapsulation to check the host for.")
+    var decap: DecapsulationChoice = .auto
     @Option(help: "The forwarding mode to check the host for: auto (what the daemon would pick), raw or kernel.")
     var forward: ForwardingChoice = .auto
     @Option(
@@ -29,36 +31,50 @@ struct Doctor: ParsableCommand {
             --forward auto on raw.
             """)
     var synCookies: ResponderMode = .auto
+    @Flag(help: "The daemon's --no-cookie-check (which turns the responder off too).")
+    var noCookieCheck = false
+
+    /// The daemon's flags as doctor was given them.
+    var options: DaemonOptions {
+        var options = DaemonOptions()
+        (options.decap, options.forward, options.synCookies) = (decap, forward, synCookies)
+        (options.checkCookies, options.guePort) = (!noCookieCheck, guePort)
+        options.allowSources = allowSourceLists.isEmpty ? nil : allowSourceLists.flatMap { $0 }
+        options.fastPathInterfaces = fastPathInterfaces
+        return options
+    }
 
     func run() throws {
-        let checks = Self.checks(
-            queues: queues, guePort: guePort, netns: netns, forward: forward,
-            allowSources: allowSourceLists.isEmpty ? nil : allowSourceLists.flatMap { $0 },
-            fastPathInterfaces: fastPathInterfaces, responder: synCookies != .off)
+        let options = options
+        let host = HostSnapshot.read(.all, port: guePort, peers: options.allowSources, namespace: netns)
+        let checks = Self.checks(options, host: host, queues: queues, netns: netns)
         for check in checks { print(check.line) }
         if checks.contains(where: { $0.level == .fail }) { throw ExitCode(1) }
     }
 
-    /// Every finding about this host for a daemon with these options (`run --preflight` looks at
-    /// the same). `allowSources`: nil when not given; `responder`: --syn-cookies is not off.
-    static func checks(
-        queues: [UInt16], guePort: UInt16, netns: String?, forward: ForwardingChoice, allowSources: [IPv4Prefix]?,
-        fastPathInterfaces: [String], responder: Bool
-    ) -> [HostCheck] {
-        var mode: ForwardingMode = forward == .kernel ? .kernel : .raw
-        var choice: HostCheck?
-        // Where GUE from the peers arrives (the routes to them, read once); nil when not given.
-        let peerInterfaces = allowSources.map(PeerInterfaces.of)
-        if forward == .auto {
-            let (automatic, reason) = HostChecks.automaticForwarding(
-                interfaces: peerInterfaces, responder: responder)
-            mode = automatic
-            choice = HostCheck(
-                level: .info, subject: "forwarding", finding: "--forward auto picks \(automatic.rawValue): \(reason)")
-        }
+    /// Every finding about `host` for a daemon with these options (`run --preflight` looks at the
+    /// same), with the plan a start would make.
+    static func checks(_ options: DaemonOptions, host: HostSnapshot, queues: [UInt16], netns: String?)
+        -> [HostCheck]
+    {
+        let plan = Result { () throws(PlanRefusal) in try DaemonPlan.make(options, host: host) }
+        // A refused --forward kernel is checked as kernel forwarding: the findings say why.
+        let forwarding = (try? plan.get().forwarding) ?? (options.forward == .kernel ? .kernel : .raw)
+        let fastPathInterfaces =
+            options.fastPathInterfaces.isEmpty ? host.peerInterfaces ?? [] : options.fastPathInterfaces
         return HostChecks.run(
-            port: guePort, queues: queues, namespace: netns, forwarding: mode, allowedSources: allowSources)
-            + (choice.map { [$0] } ?? [])
-            + FastPathChecks.run(interfaces: fastPathInterfaces.isEmpty ? peerInterfaces ?? [] : fastPathInterfaces)
+            host, port: options.guePort, queues: queues, namespace: netns, forwarding: forwarding,
+            allowedSources: options.allowSources) + planChecks(plan)
+            + FastPathChecks.run(interfaces: fastPathInterfaces)
+    }
+
+    /// What a start would choose, asked of the function a start asks.
+    static func planChecks(_ plan: Result<DaemonPlan, PlanRefusal>) -> [HostCheck] {
+        switch plan {
+        case .success(let plan):
+            plan.lines.map { HostCheck(level: .info, subject: "plan", finding: $0) }
+        case .failure(let refusal):
+            [HostCheck(level: .fail, subject: "plan", finding: "a start refuses: \(refusal)")]
+        }
     }
 }

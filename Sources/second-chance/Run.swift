@@ -222,17 +222,9 @@ struct Run: ParsableCommand {
         )
     }
 
-    /// The SYN-cookie responder's monitor, unless it is off or cannot work here.
-    func makeMonitor(oracle: SynCookieOracle?) throws -> ListenerMonitor? {
-        var mode = synCookies
-        if mode != .off && oracle == nil {
-            guard mode == .auto else {
-                throw CommandFailure("--syn-cookies always needs the BPF cookie programs (see the warning above)")
-            }
-            logger.warning("warning: SYN-cookie responder off: no BPF cookie programs")
-            mode = .off
-        }
-        guard mode != .off else { return nil }
+    /// The SYN-cookie responder's monitor, unless the plan has it off.
+    func makeMonitor(mode: ResponderMode, oracle: SynCookieOracle?) throws -> ListenerMonitor? {
+        guard mode != .off, oracle != nil else { return nil }
         var policy = OverflowPolicy()
         policy.activatePercent = cookieActivatePercent
         policy.deactivatePercent = cookieDeactivatePercent
@@ -259,9 +251,9 @@ struct Run: ParsableCommand {
 
     /// What `--preflight` found; throws on a failed check under `fail`.
     func runPreflight() throws {
-        let checks = Doctor.checks(
-            queues: queues, guePort: guePort, netns: netns, forward: forward, allowSources: allowSources,
-            fastPathInterfaces: fastPathInterfaces, responder: synCookies != .off)
+        let options = options(keptForwarding: nil)
+        let host = HostSnapshot.read(.all, port: guePort, peers: allowSources, namespace: netns)
+        let checks = Doctor.checks(options, host: host, queues: queues, netns: netns)
         for check in checks where check.level == .warn || check.level == .fail {
             logger.warning("preflight: \(check.line)")
         }
@@ -283,7 +275,7 @@ struct Run: ParsableCommand {
         LineLogHandler.setThreshold(logging.logLevel)
         if check { return try checkConfiguration() }
         let environment = ProgramImage.environment()
-        let stored = ListenFDs.inherited(environment, pid: getpid()).map(\.name).filter { $0.hasPrefix("nfqueue-") }
+        let stored = Handover(environment: environment).names.filter { $0.hasPrefix("nfqueue-") }.sorted()
         let serving = Atomic<Bool>(false)
         do {
             try serve(serving: serving)
@@ -347,61 +339,44 @@ struct Run: ParsableCommand {
         }
     }
 
-    func serve(serving: borrowing Atomic<Bool>) throws {
-        let mode: DecapsulationMode
-        switch decap {
-        case .kernel: mode = .kernel
-        case .userspace: mode = .userspace
-        case .auto:
-            let fou = (try? FouStatus.query(port: guePort)) ?? .unavailable
-            mode = fou == .gue ? .kernel : .userspace
-            logger.info("decapsulation: \(mode.rawValue) (\(fou))")
+    /// The flags that choose the daemon's modes (`doctor` takes the same).
+    func options(keptForwarding: ForwardingMode?) -> DaemonOptions {
+        var options = DaemonOptions()
+        (options.decap, options.forward, options.synCookies) = (decap, forward, synCookies)
+        (options.checkCookies, options.guePort) = (!noCookieCheck, guePort)
+        (options.allowSources, options.fastPathInterfaces) = (allowSources, fastPathInterfaces)
+        options.keptForwarding = keptForwarding
+        return options
+    }
+
+    /// The modes, chosen from the flags and the parts of the host they need (read here, once);
+    /// `oracle`: the cookie programs as they loaded, or nil.
+    func plan(keptForwarding: ForwardingMode?, oracle: Result<SynCookieOracle, HostSnapshot.Failure>) throws
+        -> DaemonPlan
+    {
+        let options = options(keptForwarding: keptForwarding)
+        var host = HostSnapshot.read(
+            DaemonPlan.parts(for: options).subtracting(.cookieHelpers), port: guePort, peers: allowSources)
+        host.cookieHelpers = oracle.map { _ in () }
+        do {
+            return try DaemonPlan.make(options, host: host)
+        } catch {
+            throw CommandFailure(error.description)
         }
-        var oracle: SynCookieOracle?
-        if !noCookieCheck {
-            do { oracle = try SynCookieOracle() } catch {
-                logger.warning("warning: SYN-cookie ACKs will not be recognised: \(error)")
-            }
-        }
-        // What an earlier process left: sockets (a re-exec of this one, or systemd's fd store after a
-        // crash), and from a re-exec its count and its forwarding choice.
-        let environment = ProgramImage.environment()
-        let forwarding: ForwardingMode
-        // Where GUE from the peers arrives (the routes to them, read once): accept_local counts
-        // there, and the tc program goes there unless --fast-path-interface says otherwise.
-        let peerInterfaces =
-            forward == .raw && !fastPathInterfaces.isEmpty ? [] : PeerInterfaces.of(allowSources)
-        let gueInterfaces = forward == .raw ? [] : peerInterfaces
-        switch forward {
-        case .raw: forwarding = .raw
-        case .kernel: forwarding = .kernel
-        case .auto:
-            // A re-exec keeps the choice: the firewall's rules, which can be long, are not read again
-            // while the queues wait for this image (the sysctls, quick to read, are).
-            let kept =
-                environment[Self.reexecsVariable] == nil
-                ? nil
-                : environment[Self.forwardingVariable].flatMap(ForwardingMode.init(rawValue:))
-            if let kept,
-                kept == .raw
-                    || HostChecks.kernelForwarding(interfaces: gueInterfaces).allSatisfy({
-                        $0.level != .fail && $0.level != .warn
-                    })
-            {
-                forwarding = kept
-                logger.info("forwarding: \(kept.rawValue) (as chosen before the re-exec)")
-            } else {
-                let (mode, reason) = HostChecks.automaticForwarding(
-                    interfaces: gueInterfaces, responder: synCookies != .off)
-                forwarding = mode
-                logger.info("forwarding: \(mode.rawValue) (\(reason))")
-            }
-        }
-        if forward == .kernel {
-            let problems = HostChecks.kernelForwarding(interfaces: gueInterfaces).filter { $0.level == .fail }
-            guard problems.isEmpty else {
-                throw CommandFailure("--forward kernel: " + problems.map(\.line).joined(separator: "\n"))
-            }
+    }
+
+    /// The cookie programs (one set; each queue thread loads its own), unless --no-cookie-check.
+    func loadOracle() -> Result<SynCookieOracle, HostSnapshot.Failure> {
+        guard !noCookieCheck else { return .failure(HostSnapshot.Failure("--no-cookie-check")) }
+        return Result { try SynCookieOracle() }.mapError { HostSnapshot.Failure("\($0)") }
+    }
+
+    /// Everything a start says about its choices before it serves.
+    func logChoices(_ plan: DaemonPlan, oracle: Result<SynCookieOracle, HostSnapshot.Failure>) {
+        for line in plan.lines { logger.info("\(line)") }
+        if case .failure(let failure) = oracle, !noCookieCheck {
+            logger.warning("warning: SYN-cookie ACKs will not be recognised: \(failure)")
+            if synCookies != .off { logger.warning("warning: SYN-cookie responder off: no BPF cookie programs") }
         }
         if allowSources.contains(.everything) {
             logger.warning(
@@ -411,282 +386,130 @@ struct Run: ParsableCommand {
                 """
             )
         }
-        let peers = PeerPolicy(sources: allowSources, hops: allowHops.isEmpty ? nil : allowHops, maximumHops: maxHops)
-        let watcher: LocalAddressWatcher
+    }
+
+    /// The address watcher, once --self is known to be this host's.
+    func makeWatcher(peers: PeerPolicy) throws -> LocalAddressWatcher {
         do {
             try requireSelfAddress()
             let namespaces: [NetworkNamespace?] =
                 [nil] + (try netns.map { [try NetworkNamespace(nameOrPath: $0)] } ?? [])
-            watcher = try LocalAddressWatcher(namespaces: namespaces, peers: peers.sources.prefixes, logger: logger)
+            return try LocalAddressWatcher(namespaces: namespaces, peers: peers.sources.prefixes, logger: logger)
         } catch let error as CommandFailure {
             throw error
         } catch {
             throw CommandFailure("\(error)")
         }
+    }
+
+    /// One worker per queue, each taking over its stored queue socket, if any.
+    func makeWorkers(
+        configuration: SecondChanceConfiguration, watcher: LocalAddressWatcher, oracle: SynCookieOracle?,
+        monitor: ListenerMonitor?, handover: inout Handover
+    ) throws -> [SecondChanceWorker] {
+        do {
+            // Each queue thread gets its own programs: a test run uses one scratch buffer per oracle.
+            let epochs = FlowEpochs()
+            return try queues.enumerated().map { index, queue in
+                let threadOracle = index == 0 ? oracle : try oracle.map { _ in try SynCookieOracle() }
+                return try SecondChanceWorker(
+                    queueNumber: queue, adopting: handover.claim(Self.queueName(queue)),
+                    configuration: configuration, addresses: watcher.board, reversePaths: watcher.reversePaths,
+                    oracle: threadOracle, monitor: monitor, epochs: epochs)
+            }
+        } catch {
+            throw CommandFailure("\(error)")
+        }
+    }
+
+    /// Each queue's count of restarts that found packets an earlier reader died with, kept across
+    /// restarts under its own name.
+    func installReplayGuards(_ workers: [SecondChanceWorker], handover: inout Handover) throws -> [(
+        fd: Int32, name: String
+    )] {
+        try workers.map { worker in
+            let name = ReplayGuard.storeName(queue: worker.queue.number)
+            do {
+                let counter = try handover.claim(name).map { try EventFD(adopting: $0) } ?? EventFD()
+                worker.queue.replayGuard = ReplayGuard(counter: counter)
+                return (counter.fd, name)
+            } catch {
+                throw CommandFailure("\(error)")
+            }
+        }
+    }
+
+    func serve(serving: borrowing Atomic<Bool>) throws {
+        let environment = ProgramImage.environment()
+        var handover = Handover(environment: environment)
+        let oracle = loadOracle()
+        let plan = try plan(keptForwarding: handover.keptForwarding, oracle: oracle)
+        logChoices(plan, oracle: oracle)
+        let peers = PeerPolicy(sources: allowSources, hops: allowHops.isEmpty ? nil : allowHops, maximumHops: maxHops)
+        let watcher = try makeWatcher(peers: peers)
         let durations = try durations()
         let configuration = SecondChanceConfiguration(
-            selfAddress: selfAddress, peers: peers, decapsulation: mode, namespace: netns,
+            selfAddress: selfAddress, peers: peers, decapsulation: plan.decapsulation, namespace: netns,
             cacheLifetimeNanoseconds: durations.flowCache, negativeCacheLifetimeNanoseconds: durations.negativeCache,
-            batchSize: batch, checkCookies: !noCookieCheck, forwarding: forwarding, queueMaximumLength: queueMaxlen,
-            failOpen: failOpen)
-
-        var inherited: [String: Int32] = [:]
-        for (fd, name) in ListenFDs.inherited(environment, pid: getpid()) { inherited[name] = fd }
-        let inheritedNames = Set(inherited.keys)
-        let reexecs = environment[Self.reexecsVariable].flatMap(UInt64.init) ?? 0
+            batchSize: batch, checkCookies: !noCookieCheck, forwarding: plan.forwarding,
+            queueMaximumLength: queueMaxlen, failOpen: failOpen)
         // A restart that takes the stored queue over skips it: packets wait meanwhile, and a rule
         // dump of a large firewall is not what they should wait for.
-        let coldStart = reexecs == 0 && !queues.contains { inherited[Self.queueName($0)] != nil }
         if preflight != .off {
-            if coldStart { try runPreflight() } else { logger.info("preflight: skipped (taking over a bound queue)") }
+            if handover.coldStart(queues: queues.map(Self.queueName)) {
+                try runPreflight()
+            } else {
+                logger.info("preflight: skipped (taking over a bound queue)")
+            }
         }
-        for name in ListenFDs.variables + [Self.reexecsVariable, Self.forwardingVariable] { unsetenv(name) }
-        let notifier = SDNotify(environment: environment)
-
-        let stop = try EventFD()
-        try Signals.install(shutdown: stop)
-        let reexecSignal = try EventFD()
-        try Signals.forward(SIGUSR1, to: reexecSignal)
-        // A re-exec blocks these across exec(2): one that came meanwhile is delivered now, to the handlers.
-        Signals.setHandledBlocked(false)
-        let monitor = try makeMonitor(oracle: configuration.checkCookies ? oracle : nil)
+        Handover.clearEnvironment()
+        let signals = try DaemonSignals()
+        let monitor = try makeMonitor(mode: plan.responder, oracle: try? oracle.get())
         if monitor != nil {
             logger.info(
                 configuration.forwarding == .kernel
                     ? "SYN-cookie responder: IPv4 SYN-ACKs replace their SYN in its verdict (the kernel forwards them)"
                     : "SYN-cookie responder: SYN-ACKs leave through the raw socket")
         }
-        let workers: [SecondChanceWorker]
-        do {
-            // Each queue thread gets its own programs: a test run uses one scratch buffer per oracle.
-            let epochs = FlowEpochs()
-            workers = try queues.enumerated().map { index, queue in
-                let threadOracle = index == 0 ? oracle : try oracle.map { _ in try SynCookieOracle() }
-                return try SecondChanceWorker(
-                    queueNumber: queue, adopting: inherited.removeValue(forKey: Self.queueName(queue)),
-                    configuration: configuration, addresses: watcher.board, reversePaths: watcher.reversePaths,
-                    oracle: threadOracle,
-                    monitor: monitor, epochs: epochs)
-            }
-        } catch {
-            throw CommandFailure("\(error)")
-        }
+        let workers = try makeWorkers(
+            configuration: configuration, watcher: watcher, oracle: try? oracle.get(), monitor: monitor,
+            handover: &handover)
         let kernelPath = try startFastPath(
-            peers: peers, peerInterfaces: peerInterfaces, addresses: watcher.board, reversePaths: watcher.reversePaths,
-            responder: monitor,
-            reexecuted: environment[Self.reexecsVariable] != nil)
-        // Each queue's count of restarts that found packets an earlier reader died with.
-        var replayCounters: [(fd: Int32, name: String)] = []
-        for worker in workers {
-            let name = ReplayGuard.storeName(queue: worker.queue.number)
-            let counter: EventFD
-            do {
-                counter = try inherited.removeValue(forKey: name).map { try EventFD(adopting: $0) } ?? EventFD()
-            } catch {
-                throw CommandFailure("\(error)")
-            }
-            worker.queue.replayGuard = ReplayGuard(counter: counter)
-            replayCounters.append((counter.fd, name))
-        }
-        let controlPath = control ?? defaultControlPath(queue: queues[0])
-        UnixAddress.makeDirectory(for: controlPath)
-        let adoptedCount = workers.filter(\.queue.adopted).count
-        let executable = ProgramImage.startPath()
-        let reexecGo = try EventFD()
-        let reexecutor = Reexecutor(executable: executable)
-        let serverInherited = inherited.filter { [StatsServer.metricsName, StatsServer.controlName].contains($0.key) }
-        for (name, fd) in inherited where serverInherited[name] == nil {
-            logger.info("an inherited socket named \(name) is not one of this configuration's; closed")
-            close(fd)
-        }
-        let render: @Sendable (StatsServer.Format) -> String = { format in
-            let values = CounterBlock.sum(workers.map(\.counters))
-            let fastPathReport = FastPathReport(status: kernelPath.status, counters: kernelPath.path?.counters())
-            let kernel = ProcFile.kernelQueueStatistics()
-            let queues = workers.map { worker in
-                QueueReport(
-                    queue: worker.queue.number, packets: worker.counters.value(.total),
-                    receiveErrors: worker.queue.receiveErrors.load(ordering: .relaxed),
-                    crashReplaysDropped: worker.queue.crashReplaysDropped.load(ordering: .relaxed),
-                    kernel: kernel[worker.queue.number], maximumLength: configuration.queueMaximumLength)
-            }
-            let image = ImageReport(
-                version: ProxysideVersion.number, build: ProgramImage.build, reexecs: reexecs,
-                adoptedQueues: adoptedCount, decapsulation: mode.rawValue, forwarding: forwarding.rawValue,
-                fastPath: kernelPath.path == nil ? "off" : "tc", failOpen: configuration.failOpen)
-            switch format {
-            case .prometheus:
-                var out = PrometheusText()
-                CounterReport.write(values, queues: queues, fastPath: fastPathReport, to: &out)
-                image.write(to: &out)
-                if let monitor { ResponderReport.write(monitor, kernel: kernelPath.path, to: &out) }
-                return out.text
-            case .text:
-                return image.text + CounterReport.text(values, queues: queues, fastPath: fastPathReport)
-                    + (monitor.map { ResponderReport.text($0, kernel: kernelPath.path) } ?? "")
-            }
-        }
-        let command: @Sendable (String) -> ControlReply? = { (line: String) -> ControlReply? in
-            guard line == "reexec" else { return nil }
-            // The answer goes out and the connection closes before the main thread may exec.
-            let checked = reexecutor.check(by: "the control socket")
-            guard checked.approved else { return ControlReply(checked.text) }
-            return ControlReply(checked.text, afterClose: { reexecGo.signal() })
-        }
-        let server = try StatsServer(
-            metrics: metrics, controlPath: controlPath, inherited: serverInherited,
-            render: render, command: command,
-            releaseInherited: { notifier?.removeStored(name: $0, reportingTo: logger) })
-        // A stored socket this configuration does not use (a queue no longer given, no --metrics)
-        // leaves the store too: kept there, a queue would stay bound with no reader, so that
-        // --queue-bypass never applied and its packets waited until they were dropped.
-        let used = Set(
-            workers.map { Self.queueName($0.queue.number) } + replayCounters.map(\.name)
-                + server.descriptors.map(\.name))
-        for name in inheritedNames.subtracting(used).sorted() {
-            notifier?.removeStored(name: name, reportingTo: logger)
-        }
-        // The stats and control server stops before an exec(2) and starts again if it fails: a
-        // connection it accepted would be closed unanswered by the exec, while one left in the
-        // listening socket's backlog is answered by the next image.
-        let serverStop = try EventFD()
-        var serverThread = try WorkerThread { server.serve(stop: serverStop) }
-        let monitorThread = try monitor.map { monitor in try WorkerThread { monitor.run(stop: stop) } }
-        let watcherThread = try WorkerThread { watcher.run(stop: stop) }
+            peers: peers, peerInterfaces: plan.peerInterfaces, addresses: watcher.board,
+            reversePaths: watcher.reversePaths, responder: monitor, reexecuted: handover.reexecuted)
+        let replayCounters = try installReplayGuards(workers, handover: &handover)
+        let report = DaemonReport(
+            workers: workers, kernelPath: kernelPath, monitor: monitor, configuration: configuration,
+            image: ImageReport(
+                version: ProxysideVersion.number, build: ProgramImage.build, reexecs: handover.reexecs,
+                adoptedQueues: workers.filter(\.queue.adopted).count, decapsulation: plan.decapsulation.rawValue,
+                forwarding: plan.forwarding.rawValue, fastPath: kernelPath.path == nil ? "off" : "tc",
+                failOpen: configuration.failOpen))
+        let daemon = try QueueDaemon(
+            run: self, plan: plan, queues: try QueueThreads(workers: workers, daemonStop: signals.stop),
+            replayCounters: replayCounters, watcher: watcher, monitor: monitor, report: report, signals: signals,
+            handover: &handover, environment: environment)
+        try daemon.start()
+        announce(peers: peers, local: watcher.addresses, adopted: report.image.adoptedQueues, daemon: daemon)
+        serving.store(true, ordering: .releasing)
+        try? daemon.notifier?.send("READY=1\nSTATUS=serving queue(s) \(queues.map(String.init).joined(separator: ","))")
+        try daemon.serveUntilStopped()
+    }
 
-        // The queue threads stop on their own event: for a re-exec only they stop, answering what
-        // they read; the kernel holds what comes meanwhile for the next image. Nothing else needs
-        // to cross the exec: the flow caches and epochs only spare sock_diag lookups (an empty
-        // cache asks the kernel), and the responder's monitor finds overflowing listeners again.
-        let queueStop = try EventFD()
-        let handingOver = Atomic<Bool>(false)
-        // Errors reported by the queue threads; the first one ends the daemon.
-        let failures = Mutex<[String]>([])
-        func startQueueThreads() throws -> [WorkerThread] {
-            try workers.map { worker in
-                try WorkerThread {
-                    do { try worker.run(stop: queueStop, drainOnStop: { !handingOver.load(ordering: .relaxed) }) } catch
-                    {
-                        failures.withLock { $0.append("queue \(worker.queue.number): \(error)") }
-                        stop.signal()
-                    }
-                }
-            }
-        }
-        var threads = try startQueueThreads()
-        let local = watcher.addresses
-        let queueSockets = workers.map { ($0.queue.fileDescriptor, Self.queueName($0.queue.number)) } + replayCounters
-        for (fd, name) in queueSockets + server.descriptors
-        where !inheritedNames.contains(name) || server.replaced.contains(name) {
-            // In the service manager's store the queue outlives a crash: packets wait for the restart.
-            if server.replaced.contains(name) {
-                notifier?.replaceStored(fd, name: name, reportingTo: logger)
-            } else {
-                notifier?.store(fd, name: name, reportingTo: logger)
-            }
-        }
-        server.keepsControlPath = notifier != nil
+    /// The log's account of a start that now serves.
+    func announce(peers: PeerPolicy, local: LocalAddresses, adopted: Int, daemon: QueueDaemon) {
         let sources = peers.sources.prefixes.map(\.description).joined(separator: ",")
         let hops = peers.hops.prefixes.map(\.description).joined(separator: ",")
         let metricsURL = metrics.map { ", metrics http://\($0)/metrics" } ?? ""
         logger.info(
             """
             serving queue(s) \(queues.map(String.init).joined(separator: ",")) as \(selfAddress), control \
-            \(controlPath); hearing \(sources), hops \(hops); delivering to \(local.ipv4.count) IPv4 and \
+            \(daemon.controlPath); hearing \(sources), hops \(hops); delivering to \(local.ipv4.count) IPv4 and \
             \(local.ipv6.count) IPv6 local addresses\(metricsURL)
             """
         )
-        let took = adoptedCount > 0 ? "; took over \(adoptedCount) bound queue socket(s) with what they held" : ""
+        let took = adopted > 0 ? "; took over \(adopted) bound queue socket(s) with what they held" : ""
         logger.info("\(ProgramImage.versionLine("second-chance") + took)")
-        serving.store(true, ordering: .releasing)
-        try? notifier?.send("READY=1\nSTATUS=serving queue(s) \(queues.map(String.init).joined(separator: ","))")
-
-        // With WatchdogSec= the watchdog hears from the daemon only while every queue thread comes
-        // round: a wedged one, holding its queue bound unanswered, gets the daemon restarted (the fd
-        // store keeps the queue and what waits in it).
-        let watchdog = WatchdogSettings(environment: environment, pid: getpid())
-        var progress = QueueProgress()
-        var lastWatchdogCheck: UInt64 = 0
-        var reportedStall = false
-        func tellWatchdog() {
-            guard let watchdog else { return }
-            let now = MonotonicClock.nanoseconds()
-            guard now &- lastWatchdogCheck >= UInt64(watchdog.checkMilliseconds) * 1_000_000 else { return }
-            lastWatchdogCheck = now
-            let stalled = progress.stalled(workers.map { $0.queue.turns.load(ordering: .relaxed) })
-            guard stalled.isEmpty else {
-                if !reportedStall {
-                    let names = stalled.map { String(workers[$0].queue.number) }.joined(separator: ",")
-                    logger.error("queue thread(s) \(names) stopped coming round: the watchdog is no longer told")
-                }
-                reportedStall = true
-                return
-            }
-            reportedStall = false
-            try? notifier?.send("WATCHDOG=1")
-        }
-
-        var events = [
-            pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0),
-            pollfd(fd: reexecSignal.fd, events: Int16(POLLIN), revents: 0),
-            pollfd(fd: reexecGo.fd, events: Int16(POLLIN), revents: 0),
-        ]
-        while true {
-            guard poll(&events, nfds_t(events.count), watchdog?.checkMilliseconds ?? -1) >= 0 || errno == EINTR else {
-                throw CommandFailure("poll: \(SystemError("poll"))")
-            }
-            tellWatchdog()
-            if events[0].revents != 0 { break }
-            if events[1].revents != 0 {
-                reexecSignal.consume()
-                if reexecutor.check(by: "SIGUSR1").approved { reexecGo.signal() }
-            }
-            guard events[2].revents != 0 else { continue }
-            reexecGo.consume()
-            // The server stops first, while the queues are still served: a slow control client
-            // delays the exec, not the packets.
-            serverStop.signal()
-            serverThread.join()
-            handingOver.store(true, ordering: .relaxed)
-            queueStop.signal()
-            threads.forEach { $0.join() }
-            if failures.withLock({ !$0.isEmpty }) {
-                serverStop.consume()
-                serverThread = try WorkerThread { server.serve(stop: serverStop) }  // stopped below, with the rest
-                break
-            }
-            try? notifier?.send("RELOADING=1\nMONOTONIC_USEC=\(MonotonicClock.nanoseconds() / 1000)")
-            logger.info(
-                """
-                re-executing \(executable) (\(reexecutor.checked)); the queue sockets stay bound, every packet read \
-                is answered
-                """
-            )
-            let failure = ProgramImage.execute(
-                executable, arguments: CommandLine.arguments, keeping: queueSockets + server.descriptors,
-                extraEnvironment: [
-                    Self.reexecsVariable: String(reexecs + 1), Self.forwardingVariable: forwarding.rawValue,
-                ])
-            logger.info("re-exec of \(executable) failed: \(String(cString: strerror(failure))); still serving")
-            queueStop.consume()
-            serverStop.consume()
-            serverThread = try WorkerThread { server.serve(stop: serverStop) }
-            handingOver.store(false, ordering: .relaxed)
-            threads = try startQueueThreads()
-            try? notifier?.send("READY=1")
-        }
-        // The program goes first, while the queues are still served: what it decided until now, the
-        // queues decide from here on.
-        kernelPath.path?.stop(fastPathStop, logger: logger)
-        queueStop.signal()
-        threads.forEach { $0.join() }
-        stop.signal()
-        serverStop.signal()
-        serverThread.join()
-        monitorThread?.join()
-        watcherThread.join()
-        if let failure = failures.withLock({ $0.first }) { throw CommandFailure(failure) }
-        logger.info("stopped; all read packets answered")
     }
 
     /// The tc program, as `--fast-path` asks: attached, or why not (said once).

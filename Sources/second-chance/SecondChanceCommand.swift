@@ -39,20 +39,13 @@ func nanoseconds(milliseconds value: UInt64, _ flag: String, limit: UInt64) thro
     return value * 1_000_000
 }
 
-/// --decap: a mode, or `auto` to pick one from the host's fou.
-enum DecapsulationChoice: String, CaseIterable, ExpressibleByArgument {
-    case auto, userspace, kernel
-}
-
 /// --preflight: whether a cold start looks at the host first, and what a failed check does.
 enum PreflightChoice: String, CaseIterable, ExpressibleByArgument {
     case off, warn, fail
 }
 
-/// --forward: a mode, or `auto` to take the kernel's forwarding where the host allows it.
-enum ForwardingChoice: String, CaseIterable, ExpressibleByArgument {
-    case auto, raw, kernel
-}
+extension DecapsulationChoice: ExpressibleByArgument {}
+extension ForwardingChoice: ExpressibleByArgument {}
 extension ResponderMode: ExpressibleByArgument {}
 extension FastPathChoice: ExpressibleByArgument {}
 extension FastPathStop: ExpressibleByArgument {}

@@ -173,7 +173,7 @@ final class SecondChanceTests: XCTestCase {
         for (flags, mode) in [([String](), "raw"), (["--syn-cookies", "off"], "kernel")] {
             let (_, said) = try lab.runToEnd(
                 "p1", "second-chance", ["doctor", "--allow-source", "198.18.0.0/24"] + flags)
-            XCTAssertTrue(said.contains("--forward auto picks \(mode):"), "\(flags): \(said)")
+            XCTAssertTrue(said.contains("[info] plan: forwarding: \(mode) ("), "\(flags): \(said)")
         }
     }
 

@@ -52,12 +52,12 @@ final class HostCheckTests: XCTestCase {
             -A PREROUTING -p udp -m udp --dport 19523 -j DROP
             COMMIT
             """
-        let rules = HostChecks.gueRules(iptablesSave: shipped, port: 19523)
+        let rules = FirewallRules.gueRules(iptablesSave: shipped, port: 19523)
         XCTAssertEqual(rules.queueRules.map(\.restricted), [true, true])
         XCTAssertEqual(rules.queueRules.map(\.bypass), [true, true])
         XCTAssertTrue(rules.dropsTheRest)
 
-        let open = HostChecks.gueRules(
+        let open = FirewallRules.gueRules(
             iptablesSave: "-A PREROUTING -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0\n", port: 19523)
         XCTAssertEqual(
             open.queueRules,
@@ -68,13 +68,13 @@ final class HostCheckTests: XCTestCase {
             ])
         XCTAssertFalse(open.dropsTheRest)
         // A DROP before any queue rule drops GUE from the peers too: it is not "the rest".
-        let dropFirst = HostChecks.gueRules(
+        let dropFirst = FirewallRules.gueRules(
             iptablesSave: "-A PREROUTING -p udp -m udp --dport 19523 -j DROP\n", port: 19523)
         XCTAssertFalse(dropFirst.dropsTheRest)
-        XCTAssertTrue(HostChecks.gueRules(iptablesSave: shipped, port: 6081).queueRules.isEmpty)
+        XCTAssertTrue(FirewallRules.gueRules(iptablesSave: shipped, port: 6081).queueRules.isEmpty)
 
         // A negated source hears every host but a few: no restriction. A negated DROP drops the rest.
-        let negated = HostChecks.gueRules(
+        let negated = FirewallRules.gueRules(
             iptablesSave: """
                 -A PREROUTING ! -s 198.18.0.0/24 -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass
                 -A PREROUTING -m set ! --match-set glb-peers src -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0
@@ -100,29 +100,29 @@ final class HostCheckTests: XCTestCase {
             \t}
             }
             """
-        let rules = HostChecks.gueRules(nftRuleset: ruleset, port: 19523)
+        let rules = FirewallRules.gueRules(nftRuleset: ruleset, port: 19523)
         XCTAssertEqual(rules.queueRules.count, 2)
         XCTAssertTrue(rules.queueRules.allSatisfy { $0.restricted && $0.bypass })
         XCTAssertTrue(rules.dropsTheRest)
-        let open = HostChecks.gueRules(nftRuleset: "udp dport 19523 queue num 0\n", port: 19523)
+        let open = FirewallRules.gueRules(nftRuleset: "udp dport 19523 queue num 0\n", port: 19523)
         XCTAssertEqual(open.queueRules.map(\.restricted), [false])
         XCTAssertEqual(open.queueRules.map(\.bypass), [false])
-        let negated = HostChecks.gueRules(
+        let negated = FirewallRules.gueRules(
             nftRuleset: "ip saddr != @glb_peers udp dport 19523 queue num 0 bypass\n", port: 19523)
         XCTAssertEqual(negated.queueRules.map(\.restricted), [false])
     }
 
     func testDoctorWarnsAboutRulesThatHearEveryone() {
-        func lines(_ rules: HostChecks.GUERules) -> [String] {
+        func lines(_ rules: FirewallRules.GUERules) -> [String] {
             HostChecks.ruleChecks(rules, tool: "iptables", port: 19523, queues: [0]).map(\.line)
         }
-        let open = HostChecks.gueRules(
+        let open = FirewallRules.gueRules(
             iptablesSave: "-A PREROUTING -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass\n",
             port: 19523)
         XCTAssertTrue(
             lines(open).contains { $0.hasPrefix("[warn] iptables: the NFQUEUE rule takes GUE from every host") },
             "\(lines(open))")
-        let noDrop = HostChecks.gueRules(
+        let noDrop = FirewallRules.gueRules(
             iptablesSave:
                 "-A PREROUTING -s 198.18.0.2/32 -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass\n",
             port: 19523)
@@ -130,7 +130,7 @@ final class HostCheckTests: XCTestCase {
             lines(noDrop).contains {
                 $0.hasPrefix("[warn] iptables: GUE from hosts that are not peers is not dropped")
             }, "\(lines(noDrop))")
-        let trusting = HostChecks.gueRules(
+        let trusting = FirewallRules.gueRules(
             iptablesSave: """
                 -A PREROUTING -s 198.18.0.2/32 -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass
                 -A PREROUTING -p udp -m udp --dport 19523 -j DROP
@@ -142,14 +142,14 @@ final class HostCheckTests: XCTestCase {
                 "[warn] iptables: GUE from the peers goes on to conntrack aft",
             ])
         // The checks count only in front of the queue rule: behind it they see nothing it took.
-        let late = HostChecks.gueRules(
+        let late = FirewallRules.gueRules(
             iptablesSave: """
                 -A PREROUTING -s 198.18.0.2/32 -p udp -m udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass
                 -A PREROUTING -p udp -m udp --dport 19523 -m rpfilter --invert -j DROP
                 -A PREROUTING -p udp -m udp --dport 19523 -j CT --notrack
                 """, port: 19523)
         XCTAssertFalse(late.reversePathChecked || late.untracked)
-        let good = HostChecks.gueRules(
+        let good = FirewallRules.gueRules(
             iptablesSave: """
                 -A PREROUTING -p udp -m udp --dport 19523 -m rpfilter --invert -j DROP
                 -A PREROUTING -p udp -m udp --dport 19523 -j CT --notrack
@@ -175,7 +175,7 @@ final class HostCheckTests: XCTestCase {
             .deletingLastPathComponent()
         let text = try String(
             contentsOf: root.appendingPathComponent("examples/iptables/proxyside.nft"), encoding: .utf8)
-        let rules = HostChecks.gueRules(nftRuleset: text, port: 19523)
+        let rules = FirewallRules.gueRules(nftRuleset: text, port: 19523)
         XCTAssertTrue(rules.reversePathChecked && rules.untracked && rules.dropsTheRest, "\(rules)")
         XCTAssertEqual(rules.queueRules.map(\.restricted), [true])
         let checks = HostChecks.ruleChecks(rules, tool: "nft", port: 19523, queues: [0])
@@ -288,9 +288,9 @@ final class NetlinkDumpTests: XCTestCase {
     /// `--forward auto` takes the kernel's forwarding only where nothing on the forward path can
     /// stop a packet: any rule or a drop policy, in nft or iptables, keeps the raw socket.
     func testForwardPathsThatFilterAreSeen() {
-        XCTAssertTrue(HostChecks.forwardHookAccepts(nftRuleset: ""))
+        XCTAssertTrue(FirewallRules.forwardHookAccepts(nftRuleset: ""))
         XCTAssertTrue(
-            HostChecks.forwardHookAccepts(
+            FirewallRules.forwardHookAccepts(
                 nftRuleset: """
                     table ip filter {
                     \tchain FORWARD {
@@ -303,7 +303,7 @@ final class NetlinkDumpTests: XCTestCase {
                     }
                     """))
         XCTAssertFalse(
-            HostChecks.forwardHookAccepts(
+            FirewallRules.forwardHookAccepts(
                 nftRuleset: """
                     table ip filter {
                     \tchain FORWARD {
@@ -312,7 +312,7 @@ final class NetlinkDumpTests: XCTestCase {
                     }
                     """), "a drop policy")
         XCTAssertFalse(
-            HostChecks.forwardHookAccepts(
+            FirewallRules.forwardHookAccepts(
                 nftRuleset: """
                     table inet fw {
                     \tchain fwd {
@@ -322,13 +322,15 @@ final class NetlinkDumpTests: XCTestCase {
                     }
                     """), "a rule")
         XCTAssertTrue(
-            HostChecks.forwardChainAccepts(iptablesSave: "*filter\n:INPUT DROP [0:0]\n:FORWARD ACCEPT [0:0]\nCOMMIT\n"))
+            FirewallRules.forwardChainAccepts(
+                iptablesSave: "*filter\n:INPUT DROP [0:0]\n:FORWARD ACCEPT [0:0]\nCOMMIT\n"))
         XCTAssertTrue(
-            HostChecks.forwardChainAccepts(iptablesSave: "*raw\n:PREROUTING ACCEPT [0:0]\n-A FORWARD -j DROP\nCOMMIT\n")
+            FirewallRules.forwardChainAccepts(
+                iptablesSave: "*raw\n:PREROUTING ACCEPT [0:0]\n-A FORWARD -j DROP\nCOMMIT\n")
         )
-        XCTAssertFalse(HostChecks.forwardChainAccepts(iptablesSave: "*filter\n:FORWARD DROP [0:0]\nCOMMIT\n"))
+        XCTAssertFalse(FirewallRules.forwardChainAccepts(iptablesSave: "*filter\n:FORWARD DROP [0:0]\nCOMMIT\n"))
         XCTAssertFalse(
-            HostChecks.forwardChainAccepts(
+            FirewallRules.forwardChainAccepts(
                 iptablesSave: "*filter\n:FORWARD ACCEPT [0:0]\n-A FORWARD -s 198.18.0.0/15 -j REJECT\n"))
     }
 
@@ -348,7 +350,7 @@ final class NetlinkDumpTests: XCTestCase {
             COMMIT
             """
         XCTAssertEqual(
-            HostChecks.invalidDrops(iptablesSave: iptables),
+            FirewallRules.invalidDrops(iptablesSave: iptables),
             [
                 "iptables -t mangle -A PREROUTING -m conntrack --ctstate INVALID -j DROP",
                 "iptables -t filter -A FORWARD -m state --state INVALID -j REJECT",
@@ -373,7 +375,7 @@ final class NetlinkDumpTests: XCTestCase {
             \t}
             }
             """
-        XCTAssertEqual(HostChecks.invalidDrops(nftRuleset: nft), ["nft: ct state invalid counter drop"])
+        XCTAssertEqual(FirewallRules.invalidDrops(nftRuleset: nft), ["nft: ct state invalid counter drop"])
     }
 
     /// GLB's outer packets are IPv4: fou decapsulates them only where the port is configured for

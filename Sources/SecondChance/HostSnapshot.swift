@@ -1,0 +1,126 @@
+import Glibc
+import LinuxSys
+import NetTypes
+import SecondChanceCore
+
+/// What this host is, read once: the sysctls, the firewall's rules, fou, the routes to the peers
+/// and what the kernel lets this process load. Every check doctor prints and every choice a start
+/// makes (`DaemonPlan`) is a function of it, so that the two cannot read the host differently, a
+/// large ruleset is dumped once, and both can be tested on a host written down.
+public struct HostSnapshot: Sendable {
+    /// Which parts to read: a start reads what its flags need, doctor reads all.
+    public struct Parts: OptionSet, Sendable {
+        public let rawValue: Int
+        public init(rawValue: Int) { self.rawValue = rawValue }
+        /// ip_forward and each interface's accept_local, rp_filter and send_redirects.
+        public static let forwarding = Parts(rawValue: 1)
+        /// `iptables-save` and `nft list ruleset`, dumped once each.
+        public static let rules = Parts(rawValue: 2)
+        /// fou's answer for the GUE port.
+        public static let fou = Parts(rawValue: 4)
+        /// Whether the BPF SYN-cookie helpers load.
+        public static let cookieHelpers = Parts(rawValue: 8)
+        /// The rest of doctor's look: privileges, nfnetlink_queue, the kernel, the tunnel devices,
+        /// TCP sysctls and a sock_diag look-up.
+        public static let doctor = Parts(rawValue: 16)
+        public static let all: Parts = [.forwarding, .rules, .fou, .cookieHelpers, .doctor]
+    }
+
+    /// Why a part could not be read, as the kernel or the tool said it.
+    public struct Failure: Error, Sendable, Equatable, CustomStringConvertible {
+        public var description: String
+        public init(_ description: String) { self.description = description }
+    }
+
+    /// Sysctl values by path under /proc/sys (`net/ipv4/ip_forward`); an absent key was not read
+    /// or does not exist.
+    public var sysctls: [String: String] = [:]
+    /// The interfaces under /proc/sys/net/ipv4/conf, without `all` and `default`.
+    public var devices: [String] = []
+    /// `iptables-save` and `nft list ruleset`; nil when the tool is missing or failed.
+    public var iptables: String?
+    public var nft: String?
+    public var fou: Result<FouStatus, Failure> = .success(.unavailable)
+    public var cookieHelpers: Result<Void, Failure> = .failure(Failure("not looked at"))
+    /// Where GUE from the peers arrives (`PeerInterfaces`); nil when the peers are not known.
+    public var peerInterfaces: [String]?
+    public var root = true
+    public var queueAvailable = true
+    public var kernelRelease = ""
+    public var tunl0 = HostChecks.TunnelState.absent
+    public var sit0 = HostChecks.TunnelState.absent
+    /// Whether an exact sock_diag look-up in the sockets' namespace answers.
+    public var sockDiag: Result<Bool, Failure> = .success(true)
+
+    public init() {}
+
+    public func sysctl(_ path: String) -> String? { sysctls[path] }
+
+    /// The `*raw` table of `iptables-save`: the rules before conntrack, where the queue rules are.
+    public var iptablesRaw: String? {
+        iptables.map { save in
+            var table = ""
+            return save.split(separator: "\n", omittingEmptySubsequences: false).filter { line in
+                if line.hasPrefix("*") { table = String(line.dropFirst()) }
+                return table == "raw"
+            }.joined(separator: "\n")
+        }
+    }
+
+    /// Reads `parts` of this host. `port`: the GUE port (fou); `peers`: --allow-source, when known;
+    /// `namespace`: --netns, where sock_diag looks.
+    public static func read(
+        _ parts: Parts, port: UInt16 = GUEPacket.port, peers: [IPv4Prefix]?, namespace: String? = nil
+    ) -> HostSnapshot {
+        var host = HostSnapshot()
+        host.peerInterfaces = peers.map(PeerInterfaces.of)
+        if parts.contains(.forwarding) { host.readForwarding() }
+        if parts.contains(.rules) {
+            host.iptables = Spawn.output("iptables-save")
+            host.nft = Spawn.output("nft list ruleset")
+        }
+        if parts.contains(.fou) {
+            host.fou = Result { try FouStatus.query(port: port) }.mapError { Failure("\($0)") }
+        }
+        if parts.contains(.cookieHelpers) {
+            host.cookieHelpers = Result { _ = try SynCookieOracle() }.mapError { Failure("\($0)") }
+        }
+        if parts.contains(.doctor) { host.readDoctorsRest(namespace: namespace) }
+        return host
+    }
+
+    mutating func readForwarding() {
+        devices = ProcFile.entries(ofDirectory: "/proc/sys/net/ipv4/conf").filter { $0 != "all" && $0 != "default" }
+        var paths = ["net/ipv4/ip_forward", "net/ipv4/conf/all/send_redirects"]
+        for device in ["all"] + devices {
+            paths += ["accept_local", "rp_filter"].map { "net/ipv4/conf/\(device)/\($0)" }
+        }
+        for path in paths { sysctls[path] = ProcFile.sysctl(path) }
+    }
+
+    mutating func readDoctorsRest(namespace: String?) {
+        root = geteuid() == 0
+        queueAvailable = access("/proc/net/netfilter/nfnetlink_queue", F_OK) == 0
+        var release = utsname()
+        uname(&release)
+        kernelRelease = withUnsafeBytes(of: release.release) {
+            String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+        }
+        tunl0 = HostChecks.tunnelState("tunl0")
+        sit0 = HostChecks.tunnelState("sit0")
+        for path in [
+            "net/ipv4/ip_forward", "net/ipv4/conf/all/rp_filter", "net/ipv4/conf/tunl0/rp_filter",
+            "net/ipv4/tcp_syncookies", "net/ipv4/tcp_timestamps",
+        ] {
+            sysctls[path] = ProcFile.sysctl(path)
+        }
+        sockDiag = Result {
+            let diag = try SockDiag(namespace: try namespace.map { try NetworkNamespace(nameOrPath: $0) })
+            // A flow no one has (198.18.255.255:1 to 198.18.255.254:1): the answer, not a socket, counts.
+            let probe = FlowKey(
+                source: IPv4Address(0xc612_ffff), sourcePort: 1, destination: IPv4Address(0xc612_fffe),
+                destinationPort: 1)
+            return diag.lookup(probe) != .failed
+        }.mapError { Failure("\($0)") }
+    }
+}

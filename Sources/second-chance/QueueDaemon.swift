@@ -1,0 +1,244 @@
+import Glibc
+import LinuxSys
+import ProxysideArguments
+import SecondChance
+import SecondChanceCore
+import Synchronization
+import Telemetry
+
+/// The queue threads. For a re-exec only they stop, answering what they read; the kernel holds
+/// what comes meanwhile for the next image. Nothing else needs to cross the exec: the flow caches
+/// and epochs only spare sock_diag lookups (an empty cache asks the kernel), and the responder's
+/// monitor finds overflowing listeners again.
+final class QueueThreads: Sendable {
+    let workers: [SecondChanceWorker]
+    /// Stops the queue threads alone (a re-exec, and last at a stop).
+    let stop: EventFD
+    /// Stops the daemon: the first failure of a queue thread signals it.
+    let daemonStop: EventFD
+    let handingOver = Atomic<Bool>(false)
+    /// Errors reported by the queue threads; the first one ends the daemon.
+    let failures = Mutex<[String]>([])
+
+    init(workers: [SecondChanceWorker], daemonStop: EventFD) throws {
+        (self.workers, self.daemonStop, stop) = (workers, daemonStop, try EventFD())
+    }
+
+    func start() throws -> [WorkerThread] {
+        try workers.map { worker in
+            try WorkerThread { [self] in
+                do {
+                    try worker.run(stop: stop, drainOnStop: { !self.handingOver.load(ordering: .relaxed) })
+                } catch {
+                    failures.withLock { $0.append("queue \(worker.queue.number): \(error)") }
+                    daemonStop.signal()
+                }
+            }
+        }
+    }
+
+    var firstFailure: String? { failures.withLock { $0.first } }
+}
+
+/// With WatchdogSec= the watchdog hears from the daemon only while every queue thread comes
+/// round: a wedged one, holding its queue bound unanswered, gets the daemon restarted (the fd
+/// store keeps the queue and what waits in it).
+struct WatchdogTeller {
+    let settings: WatchdogSettings?
+    private var progress = QueueProgress()
+    private var lastCheck: UInt64 = 0
+    private var reportedStall = false
+
+    init(environment: [String: String]) {
+        settings = WatchdogSettings(environment: environment, pid: getpid())
+    }
+
+    /// How long the main loop may wait for an event before it must come here again.
+    var pollMilliseconds: Int32 { settings.map { Int32(clamping: $0.checkMilliseconds) } ?? -1 }
+
+    mutating func tell(_ notifier: SDNotify?, workers: [SecondChanceWorker]) {
+        guard let settings else { return }
+        let now = MonotonicClock.nanoseconds()
+        guard now &- lastCheck >= UInt64(settings.checkMilliseconds) * 1_000_000 else { return }
+        lastCheck = now
+        let stalled = progress.stalled(workers.map { $0.queue.turns.load(ordering: .relaxed) })
+        guard stalled.isEmpty else {
+            if !reportedStall {
+                let names = stalled.map { String(workers[$0].queue.number) }.joined(separator: ",")
+                logger.error("queue thread(s) \(names) stopped coming round: the watchdog is no longer told")
+            }
+            reportedStall = true
+            return
+        }
+        reportedStall = false
+        try? notifier?.send("WATCHDOG=1")
+    }
+}
+
+/// A daemon that serves: its threads, the sockets it keeps in the service manager's store, and the
+/// main thread's loop that re-executes or stops it.
+final class QueueDaemon {
+    let queues: QueueThreads
+    let server: StatsServer
+    let notifier: SDNotify?
+    let reexecutor: Reexecutor
+    let controlPath: String
+    let signals: DaemonSignals
+    let watcher: LocalAddressWatcher
+    let monitor: ListenerMonitor?
+    let kernelPath: (path: FastPath?, status: String)
+    let fastPathStop: FastPathStop
+    /// The sockets a re-exec keeps and the store holds, by name.
+    let queueSockets: [(fd: Int32, name: String)]
+    let handedOver: Set<String>
+    let reexecGo: EventFD
+    /// Stops the stats and control server alone: before an exec(2), a connection it accepted would
+    /// be closed unanswered, while one left in the listening socket's backlog is answered by the
+    /// next image.
+    let serverStop: EventFD
+    /// What crosses exec(2) besides the sockets.
+    let reexecEnvironment: [String: String]
+    var watchdog: WatchdogTeller
+    private var threads: [WorkerThread] = []
+    private var serverThread: WorkerThread?
+    private var helperThreads: [WorkerThread] = []
+
+    init(
+        run: Run, plan: DaemonPlan, queues: QueueThreads, replayCounters: [(fd: Int32, name: String)],
+        watcher: LocalAddressWatcher, monitor: ListenerMonitor?, report: DaemonReport, signals: DaemonSignals,
+        handover: inout Handover, environment: [String: String]
+    ) throws {
+        (self.queues, self.watcher, self.monitor, self.signals) = (queues, watcher, monitor, signals)
+        (kernelPath, fastPathStop, handedOver) = (report.kernelPath, run.fastPathStop, handover.names)
+        controlPath = run.control ?? defaultControlPath(queue: run.queues[0])
+        UnixAddress.makeDirectory(for: controlPath)
+        let notifier = SDNotify(environment: environment)
+        let reexecutor = Reexecutor(executable: ProgramImage.startPath())
+        let reexecGo = try EventFD()
+        (self.notifier, self.reexecutor, self.reexecGo) = (notifier, reexecutor, reexecGo)
+        server = try StatsServer(
+            metrics: run.metrics, controlPath: controlPath, inherited: handover.claimServerSockets(),
+            render: { report.render($0) },
+            command: { line in
+                guard line == "reexec" else { return nil }
+                // The answer goes out and the connection closes before the main thread may exec.
+                let checked = reexecutor.check(by: "the control socket")
+                guard checked.approved else { return ControlReply(checked.text) }
+                return ControlReply(checked.text, afterClose: { reexecGo.signal() })
+            },
+            releaseInherited: { notifier?.removeStored(name: $0, reportingTo: logger) })
+        queueSockets = queues.workers.map { ($0.queue.fileDescriptor, Run.queueName($0.queue.number)) } + replayCounters
+        serverStop = try EventFD()
+        reexecEnvironment = [
+            Run.reexecsVariable: String(handover.reexecs + 1), Run.forwardingVariable: plan.forwarding.rawValue,
+        ]
+        watchdog = WatchdogTeller(environment: environment)
+        releaseUnused()
+    }
+
+    /// A stored socket this configuration does not use (a queue no longer given, no --metrics)
+    /// leaves the store: kept there, a queue would stay bound with no reader, so that
+    /// --queue-bypass never applied and its packets waited until they were dropped.
+    func releaseUnused() {
+        let used = Set((queueSockets + server.descriptors).map(\.name))
+        for name in handedOver.subtracting(used).sorted() {
+            notifier?.removeStored(name: name, reportingTo: logger)
+        }
+    }
+
+    func startServer() throws -> WorkerThread {
+        try WorkerThread { [server, serverStop] in server.serve(stop: serverStop) }
+    }
+
+    /// Every thread, and the sockets into the service manager's store, where a queue outlives a
+    /// crash: packets wait for the restart.
+    func start() throws {
+        serverThread = try startServer()
+        let (stop, monitor, watcher) = (signals.stop, monitor, watcher)
+        if let monitor { helperThreads.append(try WorkerThread { monitor.run(stop: stop) }) }
+        helperThreads.append(try WorkerThread { watcher.run(stop: stop) })
+        threads = try queues.start()
+        for (fd, name) in queueSockets + server.descriptors
+        where !handedOver.contains(name) || server.replaced.contains(name) {
+            if server.replaced.contains(name) {
+                notifier?.replaceStored(fd, name: name, reportingTo: logger)
+            } else {
+                notifier?.store(fd, name: name, reportingTo: logger)
+            }
+        }
+        server.keepsControlPath = notifier != nil
+    }
+
+    /// The main thread's loop: a signal or the control socket asks for a re-exec, a stop or a
+    /// failed queue thread ends it.
+    func serveUntilStopped() throws {
+        var events = [signals.stop.fd, signals.reexec.fd, reexecGo.fd].map {
+            pollfd(fd: $0, events: Int16(POLLIN), revents: 0)
+        }
+        while true {
+            guard poll(&events, nfds_t(events.count), watchdog.pollMilliseconds) >= 0 || errno == EINTR else {
+                throw CommandFailure("poll: \(SystemError("poll"))")
+            }
+            watchdog.tell(notifier, workers: queues.workers)
+            if events[0].revents != 0 { break }
+            if events[1].revents != 0 {
+                signals.reexec.consume()
+                if reexecutor.check(by: "SIGUSR1").approved { reexecGo.signal() }
+            }
+            guard events[2].revents != 0 else { continue }
+            reexecGo.consume()
+            guard try reexec() else { break }
+        }
+        try stop()
+    }
+
+    /// Stops what must not cross exec(2) and re-executes; false when a queue thread failed
+    /// meanwhile (the daemon then stops), true when the exec failed and this image serves on.
+    func reexec() throws -> Bool {
+        // The server stops first, while the queues are still served: a slow control client
+        // delays the exec, not the packets.
+        serverStop.signal()
+        serverThread?.join()
+        queues.handingOver.store(true, ordering: .relaxed)
+        queues.stop.signal()
+        threads.forEach { $0.join() }
+        guard queues.firstFailure == nil else {
+            serverStop.consume()
+            serverThread = try startServer()  // stopped with the rest
+            return false
+        }
+        try? notifier?.send("RELOADING=1\nMONOTONIC_USEC=\(MonotonicClock.nanoseconds() / 1000)")
+        let executable = reexecutor.executable
+        logger.info(
+            """
+            re-executing \(executable) (\(reexecutor.checked)); the queue sockets stay bound, every packet read is \
+            answered
+            """
+        )
+        let failure = ProgramImage.execute(
+            executable, arguments: CommandLine.arguments, keeping: queueSockets + server.descriptors,
+            extraEnvironment: reexecEnvironment)
+        logger.info("re-exec of \(executable) failed: \(String(cString: strerror(failure))); still serving")
+        queues.stop.consume()
+        serverStop.consume()
+        serverThread = try startServer()
+        queues.handingOver.store(false, ordering: .relaxed)
+        threads = try queues.start()
+        try? notifier?.send("READY=1")
+        return true
+    }
+
+    func stop() throws {
+        // The program goes first, while the queues are still served: what it decided until now, the
+        // queues decide from here on.
+        kernelPath.path?.stop(fastPathStop, logger: logger)
+        queues.stop.signal()
+        threads.forEach { $0.join() }
+        signals.stop.signal()
+        serverStop.signal()
+        serverThread?.join()
+        helperThreads.forEach { $0.join() }
+        if let failure = queues.firstFailure { throw CommandFailure(failure) }
+        logger.info("stopped; all read packets answered")
+    }
+}
