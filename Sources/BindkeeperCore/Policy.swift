@@ -81,103 +81,118 @@ public struct Policy: Equatable, Sendable {
         _ data: [UInt8], brokerUID: UInt32,
         resolveUser: (String) -> UInt32?, resolveGroup: (String) -> UInt32?
     ) -> Result<Policy, BindError> {
-        guard let root = JSONValue.parse(data)?.object else {
-            return .failure(BindError("policy: not a JSON object"))
+        Result { () throws(BindError) in
+            guard let root = JSONValue.parse(data)?.object else { throw BindError("policy: not a JSON object") }
+            if let unknown = root.keys.sorted().first(where: { $0 != "control" && $0 != "allow" }) {
+                throw BindError("policy: unknown key \(unknown)")
+            }
+            var policy = Policy(brokerUID: brokerUID)
+            if let control = root["control"] { try policy.parseControl(control, resolveGroup: resolveGroup) }
+            for (index, item) in (root["allow"]?.array ?? []).enumerated() {
+                policy.rules.append(
+                    try Rule.parse(item, index: index, resolveUser: resolveUser, resolveGroup: resolveGroup))
+            }
+            return policy
         }
-        if let unknown = root.keys.sorted().first(where: { $0 != "control" && $0 != "allow" }) {
-            return .failure(BindError("policy: unknown key \(unknown)"))
+    }
+
+    mutating func parseControl(_ control: JSONValue, resolveGroup: (String) -> UInt32?) throws(BindError) {
+        guard let control = control.object else { throw BindError("policy: control must be an object") }
+        if let mode = control["mode"] {
+            guard let text = mode.string, let value = UInt32(text, radix: 8), value <= 0o777 else {
+                throw BindError("policy: control.mode is an octal string such as \"0660\"")
+            }
+            controlMode = value
         }
-        var policy = Policy(brokerUID: brokerUID)
-        if let control = root["control"] {
-            guard let control = control.object else { return .failure(BindError("policy: control must be an object")) }
-            if let mode = control["mode"] {
-                guard let text = mode.string, let value = UInt32(text, radix: 8), value <= 0o777 else {
-                    return .failure(BindError("policy: control.mode is an octal string such as \"0660\""))
-                }
-                policy.controlMode = value
+        if let group = control["group"] {
+            guard let name = group.string, resolveGroup(name) != nil else {
+                throw BindError("policy: control.group: no such group")
             }
-            if let group = control["group"] {
-                guard let name = group.string, resolveGroup(name) != nil else {
-                    return .failure(BindError("policy: control.group: no such group"))
-                }
-                policy.controlGroup = name
+            controlGroup = name
+        }
+    }
+}
+
+extension Policy.Rule {
+    static let keys = ["user", "uid", "group", "gid", "anyone", "binds", "owners", "groups"]
+
+    /// One `allow` entry: whom it names, the patterns it grants, and the owners and groups a
+    /// granted unix socket may be given.
+    static func parse(
+        _ item: JSONValue, index: Int, resolveUser: (String) -> UInt32?, resolveGroup: (String) -> UInt32?
+    ) throws(BindError) -> Self {
+        guard let rule = item.object else { throw BindError("policy: allow[\(index)] must be an object") }
+        let subject = try self.subject(rule, index: index, resolveUser: resolveUser, resolveGroup: resolveGroup)
+        if let unknown = rule.keys.sorted().first(where: { !keys.contains($0) }) {
+            throw BindError("policy: allow[\(index)]: unknown key \(unknown)")
+        }
+        guard let patterns = rule["binds"]?.array?.compactMap(\.string),
+            patterns.count == rule["binds"]?.array?.count,
+            !patterns.isEmpty
+        else {
+            throw BindError("policy: allow[\(index)].binds must list patterns")
+        }
+        let owners = try ids(rule["owners"], "owners", index: index, resolveUser)
+        let groups = try ids(rule["groups"], "groups", index: index, resolveGroup)
+        var parsed: [BindPattern] = []
+        for pattern in patterns {
+            switch BindPattern.parse(pattern) {
+            case .success(let value): parsed.append(value)
+            case .failure(let error): throw BindError("policy: allow[\(index)]: \(error)")
             }
         }
-        for (index, item) in (root["allow"]?.array ?? []).enumerated() {
-            guard let rule = item.object else {
-                return .failure(BindError("policy: allow[\(index)] must be an object"))
+        return Self(subject: subject, patterns: parsed, owners: owners, groups: groups)
+    }
+
+    /// Exactly one of user, uid, group, gid or `"anyone": true`.
+    static func subject(
+        _ rule: [String: JSONValue], index: Int, resolveUser: (String) -> UInt32?, resolveGroup: (String) -> UInt32?
+    ) throws(BindError) -> Policy.Subject {
+        switch (
+            rule["user"], rule["uid"]?.integer.flatMap(UInt32.init(exactly:)), rule["group"],
+            rule["gid"]?.integer.flatMap(UInt32.init(exactly:)), rule["anyone"]
+        ) {
+        case (.string(let name)?, nil, nil, nil, nil) where rule["uid"] == nil:
+            guard let uid = resolveUser(name) else {
+                throw BindError("policy: allow[\(index)]: no such user \(name)")
             }
-            let subject: Subject
-            switch (
-                rule["user"], rule["uid"]?.integer.flatMap(UInt32.init(exactly:)), rule["group"],
-                rule["gid"]?.integer.flatMap(UInt32.init(exactly:)), rule["anyone"]
-            ) {
-            case (.string(let name)?, nil, nil, nil, nil) where rule["uid"] == nil:
-                guard let uid = resolveUser(name) else {
-                    return .failure(BindError("policy: allow[\(index)]: no such user \(name)"))
-                }
-                subject = .uid(uid)
-            case (nil, let uid?, nil, nil, nil): subject = .uid(uid)
-            case (nil, nil, .string(let name)?, nil, nil) where rule["gid"] == nil:
-                guard let gid = resolveGroup(name) else {
-                    return .failure(BindError("policy: allow[\(index)]: no such group \(name)"))
-                }
-                subject = .gid(gid)
-            case (nil, nil, nil, let gid?, nil): subject = .gid(gid)
-            case (nil, nil, nil, nil, .bool(true)?) where rule["uid"] == nil && rule["gid"] == nil: subject = .anyone
-            default:
-                return .failure(
-                    BindError("policy: allow[\(index)] names exactly one of user, uid, group, gid or \"anyone\": true"))
+            return .uid(uid)
+        case (nil, let uid?, nil, nil, nil): return .uid(uid)
+        case (nil, nil, .string(let name)?, nil, nil) where rule["gid"] == nil:
+            guard let gid = resolveGroup(name) else {
+                throw BindError("policy: allow[\(index)]: no such group \(name)")
             }
-            if let unknown = rule.keys.sorted().first(where: {
-                !["user", "uid", "group", "gid", "anyone", "binds", "owners", "groups"].contains($0)
-            }) {
-                return .failure(BindError("policy: allow[\(index)]: unknown key \(unknown)"))
-            }
-            guard let patterns = rule["binds"]?.array?.compactMap(\.string),
-                patterns.count == rule["binds"]?.array?.count,
-                !patterns.isEmpty
-            else {
-                return .failure(BindError("policy: allow[\(index)].binds must list patterns"))
-            }
-            func ids(_ key: String, _ resolve: (String) -> UInt32?) -> Result<Set<UInt32>, BindError> {
-                guard let list = rule[key] else { return .success([]) }
-                guard let names = list.array else {
-                    return .failure(BindError("policy: allow[\(index)].\(key) must list names or numbers"))
-                }
-                var out: Set<UInt32> = []
-                for name in names {
-                    if let number = name.integer, number >= 0, number < Int64(UInt32.max) {
-                        out.insert(UInt32(number))
-                        continue
-                    }
-                    switch name {
-                    case .string(let text):
-                        guard let id = resolve(text) else {
-                            return .failure(
-                                BindError("policy: allow[\(index)].\(key): no such \(key.dropLast()) \(text)"))
-                        }
-                        out.insert(id)
-                    default: return .failure(BindError("policy: allow[\(index)].\(key) must list names or numbers"))
-                    }
-                }
-                return .success(out)
-            }
-            let owners: Set<UInt32>, groups: Set<UInt32>
-            switch (ids("owners", resolveUser), ids("groups", resolveGroup)) {
-            case (.success(let o), .success(let g)): (owners, groups) = (o, g)
-            case (.failure(let error), _), (_, .failure(let error)): return .failure(error)
-            }
-            var parsed: [BindPattern] = []
-            for pattern in patterns {
-                switch BindPattern.parse(pattern) {
-                case .success(let value): parsed.append(value)
-                case .failure(let error): return .failure(BindError("policy: allow[\(index)]: \(error)"))
-                }
-            }
-            policy.rules.append(Rule(subject: subject, patterns: parsed, owners: owners, groups: groups))
+            return .gid(gid)
+        case (nil, nil, nil, let gid?, nil): return .gid(gid)
+        case (nil, nil, nil, nil, .bool(true)?) where rule["uid"] == nil && rule["gid"] == nil: return .anyone
+        default:
+            throw BindError("policy: allow[\(index)] names exactly one of user, uid, group, gid or \"anyone\": true")
         }
-        return .success(policy)
+    }
+
+    /// `owners` or `groups`: names resolved now, or numbers below 2^32 - 1.
+    static func ids(_ list: JSONValue?, _ key: String, index: Int, _ resolve: (String) -> UInt32?) throws(BindError)
+        -> Set<UInt32>
+    {
+        guard let list else { return [] }
+        guard let names = list.array else {
+            throw BindError("policy: allow[\(index)].\(key) must list names or numbers")
+        }
+        var out: Set<UInt32> = []
+        for name in names {
+            if let number = name.integer, number >= 0, number < Int64(UInt32.max) {
+                out.insert(UInt32(number))
+                continue
+            }
+            guard case .string(let text) = name else {
+                throw BindError("policy: allow[\(index)].\(key) must list names or numbers")
+            }
+            guard let id = resolve(text) else {
+                throw BindError("policy: allow[\(index)].\(key): no such \(key.dropLast()) \(text)")
+            }
+            out.insert(id)
+        }
+        return out
     }
 }
 
