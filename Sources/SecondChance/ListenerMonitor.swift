@@ -4,6 +4,7 @@ import LinuxSys
 import Logging
 import NetTypes
 import SecondChanceCore
+import Synchronization
 
 public struct ResponderConfiguration: Sendable {
     public var mode: ResponderMode
@@ -60,6 +61,7 @@ public final class ListenerMonitor: @unchecked Sendable {
         "SyncookiesFailed",
     ]
     private let kernelValues = AtomicWords(count: kernelCounters.count)
+    private let completedScans = Atomic<UInt64>(0)
 
     public init(configuration: ResponderConfiguration, namespace: String?, logger: Logger) throws {
         self.configuration = configuration
@@ -111,6 +113,10 @@ public final class ListenerMonitor: @unchecked Sendable {
     }
 
     public func kernelCounter(_ index: Int) -> UInt64 { kernelValues.load(index) }
+
+    /// Scans that read the listeners and published what they found: one that rose shows the
+    /// monitor alive, and everything before it seen.
+    public var scans: UInt64 { completedScans.load(ordering: .relaxed) }
 
     /// Scans until `stop` is signalled: every scan interval, and at once when overflow counters rise.
     public func run(stop: EventFD) {
@@ -244,6 +250,7 @@ public final class ListenerMonitor: @unchecked Sendable {
         }
         userMSS = userMSS.filter { published[$0.key] != nil }
         board.publish(published, settings: settings, replyRoutes: replyRoutes)
+        completedScans.add(1, ordering: .relaxed)
         if unserved != unservedListeners {
             unservedListeners = unserved
             if unserved > 0 {

@@ -37,6 +37,10 @@ public enum ResponderReport {
             }
         }
         out.family(
+            "second_chance_listener_scans_total", .counter,
+            help: "Scans of the listeners (sock_diag) the responder's monitor completed.")
+        out.sample("second_chance_listener_scans_total", [:], monitor.scans)
+        out.family(
             "second_chance_kernel_tcpext", .counter,
             help: "TcpExt counters of the namespace whose listeners are watched.")
         for (index, name) in ListenerMonitor.kernelCounters.enumerated() {
@@ -46,7 +50,7 @@ public enum ResponderReport {
 
     /// One line per listener the responder has seen overflow (or serves), then the kernel counters.
     public static func text(_ monitor: ListenerMonitor, kernel: FastPath?) -> String {
-        var out = "syn_cookies_mode: \(monitor.configuration.mode.rawValue)\n"
+        var out = "syn_cookies_mode: \(monitor.configuration.mode.rawValue)\nlistener_scans: \(monitor.scans)\n"
         for (record, values) in values(monitor, kernel: kernel) {
             out += "listener \(record.key) active \(record.isActive ? 1 : 0)"
             for counter in ListenerRecord.Counter.allCases {

@@ -57,13 +57,19 @@ final class SecondChanceTests: XCTestCase {
         }
         XCTAssertGreaterThan(try dropped(), 0, "the proxy's rules end in a DROP for the GUE port")
         let before = try lab.tcpExtOrIP("p1", "InSegs")
+        func arrived() throws -> UInt64 {
+            try lab.tcpExtOrIP("p1", "InReceives") + (lab.stats("p1")["dropped_untrusted_source"] ?? 0)
+        }
+        let arrivedBefore = try arrived()
         for port in UInt16(41000)..<41010 {
             let syn = PacketBuilder.tcp(
                 source: .v4(Lab.client), sourcePort: port, destination: .v4(Lab.vip), destinationPort: 8090,
                 flags: .syn, sequence: 1)
             try sendGUE(lab, source: outsider, sourcePort: 30900, to: Lab.p1, inner: syn, hops: [])
         }
-        usleep(500_000)
+        // Absence counts once all ten are there: refused by the tc program, or taken in by IP, whose
+        // raw PREROUTING pass drops them in the same go.
+        try lab.waitFor("the ten packets to reach P1") { try arrived() >= arrivedBefore + 10 }
         XCTAssertEqual(try lab.tcpExtOrIP("p1", "InSegs"), before, "no inner segment reached P1's TCP")
         // The tc program, in front of netfilter, refuses them itself (the daemon's --allow-source); the
         // queue never sees one.

@@ -391,7 +391,10 @@ final class SynCookieResponderTests: XCTestCase {
         try lab.waitFor("the SYN queue to drain", seconds: 20) {
             try !Lab.shell("ip netns exec \(lab.namespace("p1")) ss -tanH state syn-recv").contains(":\(Self.port)")
         }
-        sleep(2)  // four times --cookie-hold-ms (500 ms), scanned every 50 ms
+        // Four times --cookie-hold-ms (500 ms) of scans every 50 ms, each seen done: the monitor
+        // had every chance to turn it off, however slowly this machine ran it.
+        let scanned = try lab.stats("p1").value("listener_scans")
+        try lab.waitFor("40 more scans") { try lab.stats("p1").value("listener_scans") >= scanned + 40 }
         XCTAssertEqual(try listenerStats("\(Lab.vip):\(Self.port)")["active"], 1, "still on with an empty queue")
     }
 
@@ -473,7 +476,9 @@ final class SynCookieResponderTests: XCTestCase {
             }
                 && (try listenerStats("\(Lab.vip):\(Self.port)")["cookies_sent"] ?? 0) >= 17
         }
-        sleep(1)  // the monitor scans every 50 ms: it has seen the full accept queue many times over
+        // Scans completed since: the monitor has published the full accept queue.
+        let scanned = try lab.stats("p1").value("listener_scans")
+        try lab.waitFor("two more scans") { try lab.stats("p1").value("listener_scans") >= scanned + 2 }
         let before = try lab.stats("p1").value("cookies_sent")
         let capture = try lab.inside("c") { try Capture(protocol: Int32(IPPROTO_TCP)) }
         let syn = PacketBuilder.tcp(
