@@ -167,43 +167,76 @@ public struct BindRequest: Hashable, Sendable {
         return (directory.isEmpty ? "/" : directory, String(address[address.index(after: slash)...]))
     }
 
-    /// Sets one option by its name in URLs and JSON; an error message when it does not apply.
-    mutating func setOption(_ name: String, _ value: String) -> String? {
-        func flag() -> Bool? {
-            ["1", "true", "yes"].contains(value) ? true : ["0", "false", "no"].contains(value) ? false : nil
+    /// The options a URL's query and a JSON bind may set.
+    static let optionNames = ["backlog", "v6only", "freebind", "mode", "owner", "group"]
+
+    /// Why option `name` does not apply to this socket, or nil.
+    func optionProblem(_ name: String) -> String? {
+        switch name {
+        case "backlog": kind == .udp ? "backlog applies to stream sockets" : nil
+        case "v6only": isIPv6 ? nil : "v6only applies to IPv6 addresses"
+        case "freebind": kind == .unix ? "freebind applies to IP sockets" : nil
+        case "mode", "owner", "group": kind == .unix ? nil : "\(name) applies to Unix sockets"
+        default: "unknown option \(name)"
         }
+    }
+
+    /// Sets one option from its text (a URL's query, a JSON string): read into its type, then set
+    /// as a JSON number or boolean is. An error message when it does not apply or is not a value.
+    mutating func setOption(_ name: String, _ text: String) -> String? {
+        if let problem = optionProblem(name) { return problem }
         switch name {
         case "backlog":
-            guard kind != .udp else { return "backlog applies to stream sockets" }
-            guard let number = Int32(value), number > 0 else { return "backlog must be a positive integer" }
-            backlog = number
-        case "v6only":
-            guard isIPv6 else { return "v6only applies to IPv6 addresses" }
-            guard let flag = flag() else { return "v6only is 0 or 1" }
-            ipv6Only = flag
-        case "freebind":
-            guard kind != .unix else { return "freebind applies to IP sockets" }
-            guard let flag = flag() else { return "freebind is 0 or 1" }
-            freebind = flag
+            guard let number = Int64(text) else { return Self.backlogRange }
+            return setBacklog(number)
+        case "v6only", "freebind":
+            let on = ["1", "true", "yes"].contains(text) ? true : ["0", "false", "no"].contains(text) ? false : nil
+            guard let on else { return "\(name) is 0 or 1" }
+            return setFlag(name, on)
         case "mode":
-            guard kind == .unix else { return "mode applies to Unix sockets" }
-            // Permission bits only: no setuid, setgid or sticky bit on a file root makes for a client.
-            guard value.utf8.count <= 5, let number = UInt32(value, radix: 8), number <= 0o777 else {
-                return "mode is octal permission bits, at most 0777, such as 0660"
-            }
-            mode = number
-        case "owner", "group":
-            guard kind == .unix else { return "\(name) applies to Unix sockets" }
-            // 32 bytes, as useradd allows: so every URL, however long its parts, fits an fd-store name.
-            guard (1...32).contains(value.utf8.count),
-                value.allSatisfy({ $0.isLetter || $0.isNumber || "_-.".contains($0) })
-            else {
-                return "\(name) must be a user or group name or number (at most 32 characters)"
-            }
-            if name == "owner" { owner = value } else { group = value }
+            guard text.utf8.count <= 5, let bits = UInt32(text, radix: 8) else { return Self.modeRange }
+            return setMode(bits)
         default:
-            return "unknown option \(name)"
+            return setAccount(name, text)
         }
+    }
+
+    static let backlogRange = "backlog must be a positive integer"
+    static let modeRange = "mode is octal permission bits, at most 0777, such as 0660"
+
+    /// listen(2)'s backlog: 1 to 2^31 - 1 (the kernel caps it at somaxconn).
+    mutating func setBacklog(_ number: Int64) -> String? {
+        if let problem = optionProblem("backlog") { return problem }
+        guard let value = Int32(exactly: number), value > 0 else { return Self.backlogRange }
+        backlog = value
+        return nil
+    }
+
+    /// `v6only` or `freebind`.
+    mutating func setFlag(_ name: String, _ on: Bool) -> String? {
+        if let problem = optionProblem(name) { return problem }
+        if name == "v6only" { ipv6Only = on } else { freebind = on }
+        return nil
+    }
+
+    /// Permission bits only: no setuid, setgid or sticky bit on a file root makes for a client.
+    mutating func setMode(_ bits: UInt32) -> String? {
+        if let problem = optionProblem("mode") { return problem }
+        guard bits <= 0o777 else { return Self.modeRange }
+        mode = bits
+        return nil
+    }
+
+    /// `owner` or `group`: a name or number, 32 bytes at most, as useradd allows, so that every
+    /// URL, however long its parts, fits an fd-store name.
+    mutating func setAccount(_ name: String, _ value: String) -> String? {
+        if let problem = optionProblem(name) { return problem }
+        guard (1...32).contains(value.utf8.count),
+            value.allSatisfy({ $0.isLetter || $0.isNumber || "_-.".contains($0) })
+        else {
+            return "\(name) must be a user or group name or number (at most 32 characters)"
+        }
+        if name == "owner" { owner = value } else { group = value }
         return nil
     }
 

@@ -194,6 +194,41 @@ final class ProtocolTests: XCTestCase {
     }
 }
 
+/// A bind's options arrive as a URL's text or as JSON members: both set them through the same
+/// typed setters, so a value means the same, and is refused with the same words, either way.
+final class OptionSetterTests: XCTestCase {
+    func testJSONValuesAndTheirTextSetTheSameOptionsOrFailAlike() {
+        let sockets: [(url: String, json: [String: JSONValue])] = [
+            ("tcp://198.18.0.1:80", ["type": .string("tcp"), "address": .string("198.18.0.1"), "port": .integer(80)]),
+            (
+                "udp://[2001:db8::1]:53",
+                ["type": .string("udp"), "address": .string("2001:db8::1"), "port": .integer(53)]
+            ),
+            ("unix:/run/web/api.sock", ["type": .string("unix"), "address": .string("/run/web/api.sock")]),
+        ]
+        let values: [(String, JSONValue, String)] = [
+            ("backlog", .integer(128), "128"), ("backlog", .integer(0), "0"), ("backlog", .integer(-3), "-3"),
+            ("backlog", .integer(1 << 31), "2147483648"), ("backlog", .integer(Int64(Int32.max)), "2147483647"),
+            ("v6only", .bool(true), "1"), ("v6only", .bool(false), "0"), ("v6only", .integer(1), "1"),
+            ("v6only", .integer(2), "2"), ("freebind", .bool(true), "true"), ("freebind", .integer(0), "0"),
+            ("mode", .integer(0o660), "660"), ("mode", .integer(0o1777), "1777"), ("mode", .integer(0o777), "0777"),
+            ("owner", .string("www-data"), "www-data"), ("owner", .integer(33), "33"),
+            ("group", .string("a b"), "a b"),
+            ("group", .string(String(repeating: "g", count: 33)), String(repeating: "g", count: 33)),
+        ]
+        for socket in sockets {
+            for (name, json, text) in values {
+                let viaURL = BindRequest.parse(url: "\(socket.url)?\(name)=\(text)").mapError {
+                    // The URL's error names the URL first.
+                    BindError(String($0.description.dropFirst(socket.url.count + name.count + text.count + 4)))
+                }
+                let viaJSON = Wire.bindRequest(json: socket.json.merging([name: json]) { $1 })
+                XCTAssertEqual(viaURL, viaJSON, "\(socket.url) \(name)=\(text)")
+            }
+        }
+    }
+}
+
 final class PolicyAndHandoverTests: XCTestCase {
     func policy(_ text: String) -> Result<Policy, BindError> {
         Policy.parse(
