@@ -60,7 +60,10 @@ public struct DaemonPlan: Sendable, Equatable {
     public static func make(_ options: DaemonOptions, host: HostSnapshot) throws(PlanRefusal) -> DaemonPlan {
         let responder = try responderMode(options, host: host)
         let peers = host.peerInterfaces ?? []
-        let (forwarding, why) = try forwardingMode(options, host: host, responder: responder != .off)
+        // The flags, not whether the helpers loaded this time: a choice a re-exec keeps must hold
+        // for an image whose responder does come on.
+        let (forwarding, why) = try forwardingMode(
+            options, host: host, responder: options.checkCookies && options.synCookies != .off)
         let (decapsulation, because) = decapsulationMode(options, host: host)
         return DaemonPlan(
             decapsulation: decapsulation, decapsulationReason: because, forwarding: forwarding,
@@ -68,6 +71,10 @@ public struct DaemonPlan: Sendable, Equatable {
     }
 
     static func responderMode(_ options: DaemonOptions, host: HostSnapshot) throws(PlanRefusal) -> ResponderMode {
+        if !options.checkCookies && options.synCookies == .always {
+            throw PlanRefusal(
+                description: "--syn-cookies always answers with cookies --no-cookie-check would not accept")
+        }
         guard options.checkCookies, options.synCookies != .off else { return .off }
         guard case .failure(let failure) = host.cookieHelpers else { return options.synCookies }
         guard options.synCookies == .auto else {
@@ -113,7 +120,7 @@ public struct DaemonPlan: Sendable, Equatable {
         }
     }
 
-    /// What doctor and `run --check` print of the plan.
+    /// What doctor prints of the plan, and a start logs.
     public var lines: [String] {
         [
             "decapsulation: \(decapsulation.rawValue) (\(decapsulationReason))",

@@ -58,11 +58,13 @@ public final class FastPath: @unchecked Sendable {
     ) throws {
         guard !interfaces.isEmpty else {
             throw FastPathError(
-                "no interface to attach to (no route to the peers; give --fast-path-interface)", errno: ENODEV)
+                .interface, "no interface to attach to (no route to the peers; give --fast-path-interface)",
+                errno: ENODEV)
         }
         for interface in interfaces where try !FastPathKernel.isEthernet(interface) {
             throw FastPathError(
-                "\(interface) is not an Ethernet device: the program reads an Ethernet header", errno: EPROTOTYPE)
+                .interface, "\(interface) is not an Ethernet device: the program reads an Ethernet header",
+                errno: EPROTOTYPE)
         }
         // The maps of the program already deciding, if it is ours and of this layout: counters
         // and sets carry on, and nothing is ever read under another layout.
@@ -71,11 +73,11 @@ public final class FastPath: @unchecked Sendable {
         for interface in interfaces {
             guard let id = FastPathKernel.attachedProgram(interface: interface) else { continue }
             guard let maps = try? FastPathKernel.openMaps(ofProgram: id) else { continue }
-            let layout = maps["fp_config"].flatMap(FastPathKernel.configuredLayout)
-            if layout == UInt32(FP_LAYOUT), Set(maps.keys).isSuperset(of: FastPathObject.mapNames) {
+            let layout = maps[FastPathMap.config.rawValue].flatMap(FastPathKernel.configuredLayout)
+            if layout == UInt32(FP_LAYOUT), Set(maps.keys).isSuperset(of: FastPathMap.names) {
                 // Its read-only data (.rodata) is the object's own: only the named maps carry on.
-                for (name, fd) in maps where !FastPathObject.mapNames.contains(name) { close(fd) }
-                reusable = maps.filter { FastPathObject.mapNames.contains($0.key) }
+                for (name, fd) in maps where !FastPathMap.names.contains(name) { close(fd) }
+                reusable = maps.filter { FastPathMap.names.contains($0.key) }
                 adoptedFrom = id
                 break
             }
@@ -129,7 +131,7 @@ public final class FastPath: @unchecked Sendable {
         for part in path.split(separator: "/") {
             prefix += "/" + part
             guard mkdir(prefix, 0o700) == 0 || errno == EEXIST else {
-                throw FastPathError("mkdir \(prefix)", errno: errno)
+                throw FastPathError(.pin, "mkdir \(prefix)", errno: errno)
             }
         }
     }
@@ -269,7 +271,7 @@ public final class FastPath: @unchecked Sendable {
             do { try FastPathKernel.detach(interface: interface) } catch { logger.warning("fast path: \(error)") }
         }
         if let pinDirectory {
-            for name in ["program"] + FastPathObject.mapNames { unlink(pinDirectory + "/" + name) }
+            for name in ["program"] + FastPathMap.names { unlink(pinDirectory + "/" + name) }
             rmdir(pinDirectory)
         }
     }

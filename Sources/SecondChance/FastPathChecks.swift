@@ -22,9 +22,9 @@ public enum FastPathChecks {
             checks.append(
                 HostCheck(
                     level: .warn, subject: "fast path",
-                    finding: "the tc program does not load on this kernel (\(release)): \(error)",
-                    fix:
-                        """
+                    finding: "the tc program does not load here (Linux \(release)): \(error)",
+                    fix: (error as? FastPathError)?.advice
+                        ?? """
                         --fast-path auto decides every packet from NFQUEUE here; the README lists the kernel \
                         each helper needs (Linux 6.1 has them all)
                         """))

@@ -7,19 +7,6 @@ import LinuxSys
 import NetTypes
 
 /// What failed when the tc program was loaded, attached or read, with the kernel's words for it.
-public struct FastPathError: Error, CustomStringConvertible {
-    public var description: String
-    init(_ what: String, errno code: Int32, log: String = "") {
-        let verifier = log.isEmpty ? "" : "; verifier: " + Self.lastLines(log)
-        description = "\(what): \(String(cString: strerror(code)))\(verifier)"
-    }
-
-    /// The verifier's last lines say what it refused; the whole log can be megabytes.
-    static func lastLines(_ log: String) -> String {
-        log.split(separator: "\n").suffix(3).joined(separator: " | ")
-    }
-}
-
 /// The tc program loaded into the kernel, with its maps: libbpf's object, kept open while it is used.
 ///
 /// `@unchecked Sendable`: after `load` nothing here changes; the descriptors are the kernel's.
@@ -36,11 +23,6 @@ public final class FastPathObject: @unchecked Sendable {
     public static let programName = "second_chance_fast_path"
     /// Never attached: test-run by the listener monitor (`ListenerProbe`).
     public static let probeName = "listener_probe"
-    public static let mapNames = [
-        "fp_config", "fp_sources", "fp_hops", "fp_local4", "fp_local6", "fp_broadcast4", "fp_counters",
-        "fp_listeners", "fp_listen_count", "fp_reply4", "fp_reply6", "fp_reverse4",
-    ]
-
     /// Loads the embedded object (the kernel verifies it). `reusing`: maps by name, of the layout
     /// this build writes, that the new program is to use instead of new ones. `probeOnly`: the
     /// listener probe alone is loaded (`programFD` is then -1), which verifies in a fraction of
@@ -55,14 +37,14 @@ public final class FastPathObject: @unchecked Sendable {
         let opened = bytes.withUnsafeBytes { buffer in
             proxyside_bpf_open(buffer.baseAddress, buffer.count, "second-chance", log, logSize)
         }
-        guard let object = opened else { throw FastPathError("opening the embedded BPF object", errno: errno) }
+        guard let object = opened else { throw FastPathError(.load, "opening the embedded BPF object", errno: errno) }
         var reused = false
         for (name, fd) in reusing {
             guard let map = bpf_object__find_map_by_name(object, name) else { continue }
             let result = bpf_map__reuse_fd(map, fd)
             if result < 0 {
                 bpf_object__close(object)
-                throw FastPathError("reusing map \(name)", errno: -result)
+                throw FastPathError(.load, "reusing map \(name)", errno: -result)
             }
             reused = true
         }
@@ -73,21 +55,21 @@ public final class FastPathObject: @unchecked Sendable {
         if loaded < 0 {
             let text = String(cString: log)
             bpf_object__close(object)
-            throw FastPathError("loading the tc program", errno: -loaded, log: text)
+            throw FastPathError(.load, "loading the tc program", errno: -loaded, log: text)
         }
         guard let program = bpf_object__find_program_by_name(object, Self.programName) else {
             bpf_object__close(object)
-            throw FastPathError("the object has no program \(Self.programName)", errno: ENOENT)
+            throw FastPathError(.load, "the object has no program \(Self.programName)", errno: ENOENT)
         }
         guard let probe = bpf_object__find_program_by_name(object, Self.probeName) else {
             bpf_object__close(object)
-            throw FastPathError("the object has no program \(Self.probeName)", errno: ENOENT)
+            throw FastPathError(.load, "the object has no program \(Self.probeName)", errno: ENOENT)
         }
         var maps: [String: Int32] = [:]
-        for name in Self.mapNames {
+        for name in FastPathMap.names {
             guard let map = bpf_object__find_map_by_name(object, name) else {
                 bpf_object__close(object)
-                throw FastPathError("the object has no map \(name)", errno: ENOENT)
+                throw FastPathError(.load, "the object has no map \(name)", errno: ENOENT)
             }
             maps[name] = bpf_map__fd(map)
         }
@@ -100,7 +82,8 @@ public final class FastPathObject: @unchecked Sendable {
 
     deinit { bpf_object__close(object) }
 
-    public func map(_ name: String) -> Int32 { maps[name]! }
+    /// A map's descriptor: the loader found every one, or threw.
+    public func map(_ map: FastPathMap) -> Int32 { maps[map.rawValue]! }
 }
 
 /// The program's identity as the kernel reports it.
@@ -129,7 +112,7 @@ public enum FastPathKernel {
     public static func interfaceIndex(_ name: String) throws -> UInt32 {
         silenceLibbpf()
         let index = if_nametoindex(name)
-        guard index != 0 else { throw FastPathError("interface \(name)", errno: errno) }
+        guard index != 0 else { throw FastPathError(.interface, "interface \(name)", errno: errno) }
         return index
     }
 
@@ -139,7 +122,7 @@ public enum FastPathKernel {
     public static func isEthernet(_ name: String) throws -> Bool {
         let index = try interfaceIndex(name)
         guard let type = try RouteDumpSocket().link(index: index, sequence: 1)?.type else {
-            throw FastPathError("reading the link type of \(name)", errno: ENODEV)
+            throw FastPathError(.interface, "reading the link type of \(name)", errno: ENODEV)
         }
         return type == 1  // ARPHRD_ETHER (linux/if_arp.h)
     }
@@ -148,7 +131,7 @@ public enum FastPathKernel {
     public static func attach(programFD: Int32, interface: String) throws {
         let index = Int32(bitPattern: try interfaceIndex(interface))
         let attached = proxyside_tc_attach(index, programFD, filterHandle, filterPriority)
-        guard attached == 0 else { throw FastPathError("attaching to \(interface) ingress", errno: -attached) }
+        guard attached == 0 else { throw FastPathError(.attach, "attaching to \(interface) ingress", errno: -attached) }
     }
 
     /// The program in second-chance's filter place on `interface`, if there is one.
@@ -164,14 +147,14 @@ public enum FastPathKernel {
         let index = Int32(bitPattern: try interfaceIndex(interface))
         let result = proxyside_tc_detach(index, filterHandle, filterPriority)
         guard result == 0 || result == -ENOENT || result == -EINVAL else {
-            throw FastPathError("detaching from \(interface)", errno: -result)
+            throw FastPathError(.detach, "detaching from \(interface)", errno: -result)
         }
     }
 
     /// Name, tag and maps of program `id`.
     public static func programInfo(id: UInt32) throws -> FastPathProgramInfo {
         let fd = bpf_prog_get_fd_by_id(id)
-        guard fd >= 0 else { throw FastPathError("program \(id)", errno: errno) }
+        guard fd >= 0 else { throw FastPathError(.inspect, "program \(id)", errno: errno) }
         defer { close(fd) }
         return try programInfo(fd: fd, id: id)
     }
@@ -179,7 +162,9 @@ public enum FastPathKernel {
     static func programInfo(fd: Int32, id: UInt32) throws -> FastPathProgramInfo {
         var info = bpf_prog_info()
         var length = UInt32(MemoryLayout<bpf_prog_info>.size)
-        guard bpf_obj_get_info_by_fd(fd, &info, &length) == 0 else { throw FastPathError("program info", errno: errno) }
+        guard bpf_obj_get_info_by_fd(fd, &info, &length) == 0 else {
+            throw FastPathError(.inspect, "program info", errno: errno)
+        }
         var ids = [UInt32](repeating: 0, count: Int(info.nr_map_ids))
         if !ids.isEmpty {
             var again = bpf_prog_info()
@@ -189,7 +174,7 @@ public enum FastPathKernel {
                 length = UInt32(MemoryLayout<bpf_prog_info>.size)
                 return bpf_obj_get_info_by_fd(fd, &again, &length)
             }
-            guard result == 0 else { throw FastPathError("program map ids", errno: errno) }
+            guard result == 0 else { throw FastPathError(.inspect, "program map ids", errno: errno) }
         }
         var maps: [String: UInt32] = [:]
         for mapID in ids {
@@ -207,7 +192,9 @@ public enum FastPathKernel {
     static func mapInfo(fd: Int32) throws -> bpf_map_info {
         var info = bpf_map_info()
         var length = UInt32(MemoryLayout<bpf_map_info>.size)
-        guard bpf_obj_get_info_by_fd(fd, &info, &length) == 0 else { throw FastPathError("map info", errno: errno) }
+        guard bpf_obj_get_info_by_fd(fd, &info, &length) == 0 else {
+            throw FastPathError(.inspect, "map info", errno: errno)
+        }
         return info
     }
 
@@ -223,7 +210,7 @@ public enum FastPathKernel {
             let fd = bpf_map_get_fd_by_id(mapID)
             guard fd >= 0 else {
                 maps.values.forEach { close($0) }
-                throw FastPathError("map \(name) (id \(mapID))", errno: errno)
+                throw FastPathError(.inspect, "map \(name) (id \(mapID))", errno: errno)
             }
             maps[name] = fd
         }
@@ -256,7 +243,7 @@ public enum FastPathKernel {
                     fd, input.baseAddress, UInt32(input.count), out.baseAddress, &size, interfaceIndex, &action)
             }
         }
-        guard result == 0 else { throw FastPathError("BPF_PROG_TEST_RUN", errno: -result) }
+        guard result == 0 else { throw FastPathError(.testRun, "BPF_PROG_TEST_RUN", errno: -result) }
         return (action, Array(output.prefix(Int(size))))
     }
 
@@ -271,7 +258,7 @@ public enum FastPathKernel {
 
     public static func pin(_ fd: Int32, at path: String) throws {
         unlink(path)
-        guard bpf_obj_pin(fd, path) == 0 else { throw FastPathError("pinning \(path)", errno: errno) }
+        guard bpf_obj_pin(fd, path) == 0 else { throw FastPathError(.pin, "pinning \(path)", errno: errno) }
     }
 
     /// Whether a BPF filesystem is mounted at `path` (in this mount namespace), where objects can be pinned.

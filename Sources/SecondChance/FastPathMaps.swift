@@ -4,58 +4,6 @@ import Glibc
 import NetTypes
 import SecondChanceCore
 
-/// What the daemon tells the tc program about its configuration (`struct fp_config`).
-public struct FastPathSettings: Equatable, Sendable {
-    public var selfAddress: IPv4Address
-    public var peers: PeerPolicy
-    public var guePort: UInt16
-    /// Cookie ACKs may be recognised (not --no-cookie-check).
-    public var checkCookies: Bool
-    /// Sockets live in another namespace (--netns): every look-up goes up.
-    public var lookupsElsewhere: Bool
-    /// The SYN-cookie responder serves some listener (fp_listeners holds them).
-    public var responderServing: Bool = false
-    /// The responder's: one SYN per listener, CPU and interval goes to the kernel (--cookie-pass-ms).
-    public var passIntervalNanoseconds: UInt64 = 1_000_000_000
-    /// The host's TCP sysctls, as the monitor last read them.
-    public var tcp = TCPHostSettings()
-    /// --self is one of this host's addresses now (the watcher follows it).
-    public var selfOwned = true
-
-    public init(
-        selfAddress: IPv4Address, peers: PeerPolicy, guePort: UInt16, checkCookies: Bool, lookupsElsewhere: Bool
-    ) {
-        self.selfAddress = selfAddress
-        self.peers = peers
-        self.guePort = guePort
-        self.checkCookies = checkCookies
-        self.lookupsElsewhere = lookupsElsewhere
-    }
-
-    var configuration: fp_config {
-        var flags: UInt8 = 0
-        if checkCookies { flags |= UInt8(FP_F_CHECK_COOKIES) }
-        if responderServing { flags |= UInt8(FP_F_RESPONDER) }
-        if lookupsElsewhere { flags |= UInt8(FP_F_LOOKUPS_UP) }
-        if !selfOwned { flags |= UInt8(FP_F_SELF_GONE) }
-        var options: UInt8 = 0
-        if tcp.timestampsEncodable { options |= UInt8(FP_TCP_TIMESTAMPS_ENCODABLE) }
-        if tcp.sack { options |= UInt8(FP_TCP_SACK) }
-        if tcp.windowScaling { options |= UInt8(FP_TCP_WINDOW_SCALING) }
-        var value = fp_config()
-        value.layout = UInt32(FP_LAYOUT)
-        value.self_ip4 = selfAddress.value.bigEndian
-        value.gue_port = guePort.bigEndian
-        value.max_hops = peers.maximumHops
-        value.flags = flags
-        value.pass_interval_ns = passIntervalNanoseconds
-        value.reply_ttl = tcp.defaultTTL
-        value.reply_hop_limit = tcp.defaultHopLimit
-        value.tcp_options = options
-        return value
-    }
-}
-
 /// The program's maps, written from the daemon's configuration and its address watcher, and its
 /// counters read back. Sets are replaced entry by entry, additions first: a packet never meets
 /// a map that lacks an entry both the old and the new set have.
@@ -64,47 +12,30 @@ public struct FastPathMaps: Sendable {
     let listeners: Int32, listenerCounts: Int32, replyRoutes4: Int32, replyRoutes6: Int32, reverse4: Int32
 
     public init(_ object: FastPathObject) {
-        config = object.map("fp_config")
-        sources = object.map("fp_sources")
-        hops = object.map("fp_hops")
-        local4 = object.map("fp_local4")
-        local6 = object.map("fp_local6")
-        broadcast4 = object.map("fp_broadcast4")
-        counters = object.map("fp_counters")
-        listeners = object.map("fp_listeners")
-        listenerCounts = object.map("fp_listen_count")
-        replyRoutes4 = object.map("fp_reply4")
-        replyRoutes6 = object.map("fp_reply6")
-        reverse4 = object.map("fp_reverse4")
+        (config, sources, hops) = (object.map(.config), object.map(.sources), object.map(.hops))
+        (local4, local6, broadcast4) = (object.map(.local4), object.map(.local6), object.map(.broadcast4))
+        (counters, listeners, listenerCounts) = (
+            object.map(.counters), object.map(.listeners), object.map(.listenerCounts)
+        )
+        (replyRoutes4, replyRoutes6, reverse4) = (object.map(.reply4), object.map(.reply6), object.map(.reverse4))
     }
 
     /// The ways back to the peers (`fp_reverse4`).
     public func write(_ paths: ReversePaths) throws {
         try replace(
             reverse4,
-            entries: Dictionary(uniqueKeysWithValues: paths.entries.map { (Self.key($0.prefix), Self.value($0.way)) }))
-    }
-
-    static func value(_ way: ReversePaths.Way) -> [UInt8] {
-        var slots = [UInt32](repeating: 0, count: Int(FP_REVERSE_WAYS))
-        switch way {
-        case .unchecked: slots[0] = FP_REVERSE_UNCHECKED
-        case .interfaces(let set):
-            for (slot, index) in set.sorted().prefix(slots.count).enumerated() { slots[slot] = index }
-        }
-        var value = fp_reverse_path()
-        withUnsafeMutableBytes(of: &value.ifindex) { $0.copyBytes(from: slots.withUnsafeBytes { Array($0) }) }
-        return bytes(of: value)
+            entries: Dictionary(
+                uniqueKeysWithValues: paths.entries.map { (FastPathABI.key($0.prefix), FastPathABI.value($0.way)) }))
     }
 
     /// The prefix sets first, the configuration word (its layout tells the program it may decide) last.
     public func write(_ settings: FastPathSettings) throws {
-        try replace(sources, keys: Set(settings.peers.sources.prefixes.map(Self.key)))
-        try replace(hops, keys: Set(settings.peers.hops.prefixes.map(Self.key)))
+        try replace(sources, keys: Set(settings.peers.sources.prefixes.map(FastPathABI.key)))
+        try replace(hops, keys: Set(settings.peers.hops.prefixes.map(FastPathABI.key)))
         var zero: UInt32 = 0
         var value = settings.configuration
         guard bpf_map_update_elem(config, &zero, &value, UInt64(BPF_ANY)) == 0 else {
-            throw FastPathError("writing fp_config", errno: errno)
+            throw FastPathError(.maps, "writing fp_config", errno: errno)
         }
     }
 
@@ -115,28 +46,15 @@ public struct FastPathMaps: Sendable {
         let own6 = local.ipv6.map { IPv6Prefix(network: $0, length: 128) } + local.ipv6Ranges
         let deliverable4 = local.deliverableIPv4.map { IPv4Prefix(network: $0, length: 32) }
         let deliverable6 = local.deliverableIPv6.map { IPv6Prefix(network: $0, length: 128) }
-        try replace(local4, entries: Self.kinds(own: own4.map(Self.key), deliverable: deliverable4.map(Self.key)))
-        try replace(local6, entries: Self.kinds(own: own6.map(Self.key), deliverable: deliverable6.map(Self.key)))
-        try replace(broadcast4, keys: Set(local.broadcast.map { Self.bytes(of: $0.value.bigEndian) }))
-    }
-
-    static func bytes<T>(of value: T) -> [UInt8] { withUnsafeBytes(of: value) { Array($0) } }
-
-    /// fp_local4/6 entries: FP_LOCAL_OWN wins where a key is both.
-    static func kinds(own: [[UInt8]], deliverable: [[UInt8]]) -> [[UInt8]: [UInt8]] {
-        var entries = Dictionary(
-            deliverable.map { ($0, [UInt8(FP_LOCAL_DELIVERABLE)]) }, uniquingKeysWith: { a, _ in a })
-        for key in own { entries[key] = [UInt8(FP_LOCAL_OWN)] }
-        return entries
-    }
-
-    static func key(_ prefix: IPv4Prefix) -> [UInt8] {
-        bytes(of: fp_ip4_prefix(prefix_length: UInt32(prefix.length), address: prefix.network.value.bigEndian))
-    }
-
-    static func key(_ prefix: IPv6Prefix) -> [UInt8] {
-        bytes(of: UInt32(prefix.length)) + bytes(of: prefix.network.high.bigEndian)
-            + bytes(of: prefix.network.low.bigEndian)
+        try replace(
+            local4,
+            entries: FastPathABI.localKinds(
+                own: own4.map(FastPathABI.key), deliverable: deliverable4.map(FastPathABI.key)))
+        try replace(
+            local6,
+            entries: FastPathABI.localKinds(
+                own: own6.map(FastPathABI.key), deliverable: deliverable6.map(FastPathABI.key)))
+        try replace(broadcast4, keys: Set(local.broadcast.map { FastPathABI.bytes(of: $0.value.bigEndian) }))
     }
 
     /// Makes the map's keys exactly `keys` (values 1).
@@ -183,20 +101,9 @@ public struct FastPathMaps: Sendable {
             let written = key.withUnsafeBytes { key in
                 value.withUnsafeBytes { bpf_map_update_elem(fd, key.baseAddress, $0.baseAddress, UInt64(BPF_ANY)) }
             }
-            guard written == 0 else { throw FastPathError("adding a map entry", errno: errno) }
+            guard written == 0 else { throw FastPathError(.maps, "adding a map entry", errno: errno) }
         }
         for key in stale { _ = key.withUnsafeBytes { bpf_map_delete_elem(fd, $0.baseAddress) } }
-    }
-
-    static func key(_ listener: ListenerKey) -> [UInt8] {
-        var bytes: [UInt8] = [listener.isIPv6 ? 6 : 4, 0] + Self.bytes(of: listener.port.bigEndian)
-        if listener.isIPv6 {
-            bytes += Self.bytes(of: listener.address.high.bigEndian) + Self.bytes(of: listener.address.low.bigEndian)
-        } else {
-            bytes += Self.bytes(of: UInt32(truncatingIfNeeded: listener.address.low).bigEndian)
-            bytes += [UInt8](repeating: 0, count: 12)
-        }
-        return bytes
     }
 
     /// What `write(responder:records:after:)` last wrote: the next call writes only what changed
@@ -221,24 +128,22 @@ public struct FastPathMaps: Sendable {
             try replace(
                 replyRoutes4,
                 entries: Dictionary(
-                    uniqueKeysWithValues: snapshot.replyRoutes.ipv4.map { (Self.key($0.prefix), Self.value($0.route)) })
+                    uniqueKeysWithValues: snapshot.replyRoutes.ipv4.map {
+                        (FastPathABI.key($0.prefix), FastPathABI.value($0.route))
+                    })
             )
             try replace(
                 replyRoutes6,
                 entries: Dictionary(
-                    uniqueKeysWithValues: snapshot.replyRoutes.ipv6.map { (Self.key($0.prefix), Self.value($0.route)) })
+                    uniqueKeysWithValues: snapshot.replyRoutes.ipv6.map {
+                        (FastPathABI.key($0.prefix), FastPathABI.value($0.route))
+                    })
             )
             state.routes = snapshot.replyRoutes
         }
-        let wanted = Set(records.map(Self.key))
+        let wanted = Set(records.map(FastPathABI.key))
         var served: [[UInt8]: [UInt8]] = [:]
-        for (key, listener) in snapshot.listeners {
-            var value = fp_listener()
-            value.receive_buffer = listener.receiveBuffer
-            value.window_scale = listener.windowScale
-            value.flags = listener.acceptQueueFull ? UInt8(FP_L_ACCEPT_QUEUE_FULL) : 0
-            served[Self.key(key)] = Self.bytes(of: value)
-        }
+        for (key, listener) in snapshot.listeners { served[FastPathABI.key(key)] = FastPathABI.value(listener) }
         guard !previous.complete || wanted != previous.records || served != previous.served else {
             state.complete = true
             return state
@@ -250,7 +155,9 @@ public struct FastPathMaps: Sendable {
             let made = key.withUnsafeBytes {
                 bpf_map_update_elem(listenerCounts, $0.baseAddress, &zero, UInt64(BPF_NOEXIST))
             }
-            guard made == 0 || errno == EEXIST else { throw FastPathError("adding a listener's counts", errno: errno) }
+            guard made == 0 || errno == EEXIST else {
+                throw FastPathError(.maps, "adding a listener's counts", errno: errno)
+            }
         }
         try replace(listeners, entries: served)
         for key in present.subtracting(wanted) {
@@ -262,10 +169,6 @@ public struct FastPathMaps: Sendable {
         return state
     }
 
-    static func value(_ route: ReplyRoutes.Route) -> [UInt8] {
-        bytes(of: fp_reply_route(mss: route.mss, reserved: 0, ifindex: route.interfaceIndex))
-    }
-
     static let cpus = max(1, Int(libbpf_num_possible_cpus()))
 
     /// The program's counts per listener, summed over the CPUs, by `fp_listener_count` slot.
@@ -274,7 +177,7 @@ public struct FastPathMaps: Sendable {
         var perCPU = [UInt64](repeating: 0, count: Self.cpus * stride)
         var out: [ListenerKey: [UInt64]] = [:]
         for listener in keys {
-            let found = Self.key(listener).withUnsafeBytes {
+            let found = FastPathABI.key(listener).withUnsafeBytes {
                 bpf_map_lookup_elem(listenerCounts, $0.baseAddress, &perCPU)
             }
             guard found == 0 else { continue }

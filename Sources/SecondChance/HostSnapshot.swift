@@ -14,7 +14,7 @@ public struct HostSnapshot: Sendable {
         public init(rawValue: Int) { self.rawValue = rawValue }
         /// ip_forward and each interface's accept_local, rp_filter and send_redirects.
         public static let forwarding = Parts(rawValue: 1)
-        /// `iptables-save` and `nft list ruleset`, dumped once each.
+        /// `iptables-save` (and its raw table) and `nft list ruleset`, dumped once each.
         public static let rules = Parts(rawValue: 2)
         /// fou's answer for the GUE port.
         public static let fou = Parts(rawValue: 4)
@@ -37,8 +37,10 @@ public struct HostSnapshot: Sendable {
     public var sysctls: [String: String] = [:]
     /// The interfaces under /proc/sys/net/ipv4/conf, without `all` and `default`.
     public var devices: [String] = []
-    /// `iptables-save` and `nft list ruleset`; nil when the tool is missing or failed.
+    /// `iptables-save`, its raw table alone (`-t raw`: where the queue rules are, read even when
+    /// another table cannot be) and `nft list ruleset`; nil when the tool is missing or failed.
     public var iptables: String?
+    public var iptablesRaw: String?
     public var nft: String?
     public var fou: Result<FouStatus, Failure> = .success(.unavailable)
     public var cookieHelpers: Result<Void, Failure> = .failure(Failure("not looked at"))
@@ -56,17 +58,6 @@ public struct HostSnapshot: Sendable {
 
     public func sysctl(_ path: String) -> String? { sysctls[path] }
 
-    /// The `*raw` table of `iptables-save`: the rules before conntrack, where the queue rules are.
-    public var iptablesRaw: String? {
-        iptables.map { save in
-            var table = ""
-            return save.split(separator: "\n", omittingEmptySubsequences: false).filter { line in
-                if line.hasPrefix("*") { table = String(line.dropFirst()) }
-                return table == "raw"
-            }.joined(separator: "\n")
-        }
-    }
-
     /// Reads `parts` of this host. `port`: the GUE port (fou); `peers`: --allow-source, when known;
     /// `namespace`: --netns, where sock_diag looks.
     public static func read(
@@ -77,6 +68,7 @@ public struct HostSnapshot: Sendable {
         if parts.contains(.forwarding) { host.readForwarding() }
         if parts.contains(.rules) {
             host.iptables = Spawn.output("iptables-save")
+            host.iptablesRaw = Spawn.output("iptables-save -t raw")
             host.nft = Spawn.output("nft list ruleset")
         }
         if parts.contains(.fou) {

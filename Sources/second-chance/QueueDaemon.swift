@@ -130,7 +130,8 @@ final class QueueDaemon {
         queueSockets = queues.workers.map { ($0.queue.fileDescriptor, Run.queueName($0.queue.number)) } + replayCounters
         serverStop = try EventFD()
         reexecEnvironment = [
-            Run.reexecsVariable: String(handover.reexecs + 1), Run.forwardingVariable: plan.forwarding.rawValue,
+            Run.reexecsVariable: String(handover.reexecs == .max ? .max : handover.reexecs + 1),
+            Run.forwardingVariable: plan.forwarding.rawValue,
         ]
         watchdog = WatchdogTeller(environment: environment)
         releaseUnused()
@@ -202,6 +203,7 @@ final class QueueDaemon {
         queues.handingOver.store(true, ordering: .relaxed)
         queues.stop.signal()
         threads.forEach { $0.join() }
+        threads = []  // joined once: stop() must not join them again
         guard queues.firstFailure == nil else {
             serverStop.consume()
             serverThread = try startServer()  // stopped with the rest

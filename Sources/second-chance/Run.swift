@@ -250,10 +250,8 @@ struct Run: ParsableCommand {
     }
 
     /// What `--preflight` found; throws on a failed check under `fail`.
-    func runPreflight() throws {
-        let options = options(keptForwarding: nil)
-        let host = HostSnapshot.read(.all, port: guePort, peers: allowSources, namespace: netns)
-        let checks = Doctor.checks(options, host: host, queues: queues, netns: netns)
+    func runPreflight(host: HostSnapshot) throws {
+        let checks = Doctor.checks(options(keptForwarding: nil), host: host, queues: queues, netns: netns)
         for check in checks where check.level == .warn || check.level == .fail {
             logger.warning("preflight: \(check.line)")
         }
@@ -311,6 +309,11 @@ struct Run: ParsableCommand {
             try requireSelfAddress()
             if let netns { _ = try NetworkNamespace(nameOrPath: netns) }
             if fastPath == .tc { try checkFastPath() }
+            // What would refuse a start: --forward kernel on a host that does not forward, the
+            // responder's `always` without its programs. The firewall's rules only sway `auto`,
+            // which never refuses, and are not dumped here (the check has 5 s).
+            let options = options(keptForwarding: .raw)
+            _ = try plan(options, host: readHost(options, oracle: loadOracle(), all: false))
         } catch {
             StandardError.write("Error: \(error)\n")
             throw ExitCode(Self.configurationExitStatus)
@@ -335,7 +338,7 @@ struct Run: ParsableCommand {
         do {
             _ = try FastPathObject()
         } catch {
-            throw CommandFailure("--fast-path tc: \(error)")
+            throw CommandFailure("--fast-path tc: \((error as? FastPathError)?.explained ?? "\(error)")")
         }
     }
 
@@ -351,13 +354,19 @@ struct Run: ParsableCommand {
 
     /// The modes, chosen from the flags and the parts of the host they need (read here, once);
     /// `oracle`: the cookie programs as they loaded, or nil.
-    func plan(keptForwarding: ForwardingMode?, oracle: Result<SynCookieOracle, HostSnapshot.Failure>) throws
-        -> DaemonPlan
+    /// The parts of the host these options need, or all of it (`all`: a cold start's preflight
+    /// reads it once, for the plan and the preflight alike); the cookie helpers as `oracle` loaded.
+    func readHost(_ options: DaemonOptions, oracle: Result<SynCookieOracle, HostSnapshot.Failure>, all: Bool)
+        -> HostSnapshot
     {
-        let options = options(keptForwarding: keptForwarding)
-        var host = HostSnapshot.read(
-            DaemonPlan.parts(for: options).subtracting(.cookieHelpers), port: guePort, peers: allowSources)
+        let parts = all ? .all : DaemonPlan.parts(for: options).subtracting(.cookieHelpers)
+        var host = HostSnapshot.read(parts, port: guePort, peers: allowSources, namespace: netns)
         host.cookieHelpers = oracle.map { _ in () }
+        return host
+    }
+
+    /// The modes, chosen from the flags and the host, or the refusal as the command's failure.
+    func plan(_ options: DaemonOptions, host: HostSnapshot) throws -> DaemonPlan {
         do {
             return try DaemonPlan.make(options, host: host)
         } catch {
@@ -443,7 +452,12 @@ struct Run: ParsableCommand {
         let environment = ProgramImage.environment()
         var handover = Handover(environment: environment)
         let oracle = loadOracle()
-        let plan = try plan(keptForwarding: handover.keptForwarding, oracle: oracle)
+        let options = options(keptForwarding: handover.keptForwarding)
+        // A restart that takes the stored queue over skips the preflight: packets wait meanwhile,
+        // and a rule dump of a large firewall is not what they should wait for.
+        let preflightNow = preflight != .off && handover.coldStart(queues: queues.map(Self.queueName))
+        let host = readHost(options, oracle: oracle, all: preflightNow)
+        let plan = try plan(options, host: host)
         logChoices(plan, oracle: oracle)
         let peers = PeerPolicy(sources: allowSources, hops: allowHops.isEmpty ? nil : allowHops, maximumHops: maxHops)
         let watcher = try makeWatcher(peers: peers)
@@ -453,14 +467,10 @@ struct Run: ParsableCommand {
             cacheLifetimeNanoseconds: durations.flowCache, negativeCacheLifetimeNanoseconds: durations.negativeCache,
             batchSize: batch, checkCookies: !noCookieCheck, forwarding: plan.forwarding,
             queueMaximumLength: queueMaxlen, failOpen: failOpen)
-        // A restart that takes the stored queue over skips it: packets wait meanwhile, and a rule
-        // dump of a large firewall is not what they should wait for.
-        if preflight != .off {
-            if handover.coldStart(queues: queues.map(Self.queueName)) {
-                try runPreflight()
-            } else {
-                logger.info("preflight: skipped (taking over a bound queue)")
-            }
+        if preflightNow {
+            try runPreflight(host: host)
+        } else if preflight != .off {
+            logger.info("preflight: skipped (taking over a bound queue)")
         }
         Handover.clearEnvironment()
         let signals = try DaemonSignals()
@@ -555,8 +565,9 @@ struct Run: ParsableCommand {
         } catch {
             // A program an earlier daemon left must not go on deciding with maps nobody keeps current.
             FastPath.remove(interfaces: candidates, pinDirectory: FastPath.defaultPinDirectory(), logger: logger)
-            guard fastPath == .auto else { throw CommandFailure("--fast-path tc: \(error)") }
-            logger.warning("warning: fast path off, every packet is decided from NFQUEUE: \(error)")
+            let why = (error as? FastPathError)?.explained ?? "\(error)"
+            guard fastPath == .auto else { throw CommandFailure("--fast-path tc: \(why)") }
+            logger.warning("warning: fast path off, every packet is decided from NFQUEUE: \(why)")
             return (nil, "off (\(error))")
         }
     }

@@ -127,6 +127,14 @@ final class DaemonPlanTests: XCTestCase {
         XCTAssertEqual(try plan(hosts["INVALID dropped"]!) { $0.checkCookies = false }.forwarding, .kernel)
         XCTAssertEqual(try plan(hosts["no cookie helpers"]!).responder, .off)
         XCTAssertThrowsError(try plan(hosts["no cookie helpers"]!) { $0.synCookies = .always })
+        XCTAssertThrowsError(
+            try plan(hosts["forwarding"]!) {
+                ($0.synCookies, $0.checkCookies) = (.always, false)
+            }, "always answers with cookies no ACK check would accept")
+        // The flags, not this start's luck with the helpers, keep INVALID drops from kernel forwarding.
+        var unlucky = hosts["INVALID dropped"]!
+        unlucky.cookieHelpers = .failure(HostSnapshot.Failure("bpf: Operation not permitted"))
+        XCTAssertEqual(try plan(unlucky).forwarding, .raw)
         XCTAssertThrowsError(try plan(hosts["ip_forward=0"]!) { $0.forward = .kernel })
         XCTAssertEqual(try plan(hosts["FORWARD DROP"]!) { $0.forward = .kernel }.forwarding, .kernel)
         // A re-exec keeps its choice without the rules, while the sysctls still allow it.
@@ -134,6 +142,55 @@ final class DaemonPlanTests: XCTestCase {
         XCTAssertEqual(kept.forwarding, .kernel)
         XCTAssertEqual(kept.forwardingReason, "as chosen before the re-exec")
         XCTAssertEqual(try plan(hosts["ip_forward=0"]!) { $0.keptForwarding = .kernel }.forwarding, .raw)
+    }
+}
+
+/// The plan through the real binaries: `run --check` refuses what a start would refuse, and doctor
+/// says why a fast path does not load.
+final class DaemonPlanCommandTests: XCTestCase {
+    /// A re-exec runs the new image with `--check` first: a plan a start would refuse (the host
+    /// stopped forwarding under `--forward kernel`; `always` with no cookie check) fails it, and
+    /// the running daemon keeps its queues instead of exec'ing into a start that drops them.
+    func testRunCheckRefusesWhatTheStartWouldRefuse() throws {
+        let namespace = "psdp-check"
+        _ = try? Lab.shell("ip netns del \(namespace)")
+        try Lab.shell(
+            "ip netns add \(namespace) && ip -n \(namespace) link set lo up && "
+                + "ip -n \(namespace) addr add 198.18.9.1/32 dev lo")
+        defer { _ = try? Lab.shell("ip netns del \(namespace)") }
+        let binary = Lab.binaries.appendingPathComponent("second-chance").path
+        func check(_ flags: [String]) throws -> (Int32, String) {
+            try Lab.run(
+                "/usr/sbin/ip",
+                [
+                    "netns", "exec", namespace, binary, "run", "--queue", "0", "--self", "198.18.9.1", "--allow-source",
+                    "198.18.9.0/24", "--check",
+                ] + flags)
+        }
+        var (status, said) = try check(["--forward", "kernel"])
+        XCTAssertEqual(status, 78, said)
+        XCTAssertTrue(said.contains("--forward kernel: [FAIL] ip_forward"), said)
+        try Lab.shell(
+            "ip netns exec \(namespace) sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.accept_local=1")
+        (status, said) = try check(["--forward", "kernel"])
+        XCTAssertEqual(status, 0, said)
+        (status, said) = try check(["--syn-cookies", "always", "--no-cookie-check"])
+        XCTAssertEqual(status, 78, said)
+        (status, said) = try check([])
+        XCTAssertEqual(status, 0, said)
+    }
+
+    /// Without CAP_BPF the program does not load anywhere: doctor says so, not that the kernel
+    /// refuses it.
+    func testDoctorWithoutPrivilegesNamesThemForTheFastPath() throws {
+        let (_, said) = try Lab.run(
+            "/usr/bin/setpriv",
+            [
+                "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+                Lab.binaries.appendingPathComponent("second-chance").path, "doctor",
+            ])
+        XCTAssertTrue(said.contains("[FAIL] privileges: not running as root"), said)
+        XCTAssertTrue(said.contains("fix: the process lacks CAP_BPF and CAP_NET_ADMIN"), said)
     }
 }
 
@@ -146,7 +203,7 @@ extension HostSnapshot {
             seen.devices = devices
             seen.sysctls = sysctls
         }
-        if parts.contains(.rules) { (seen.iptables, seen.nft) = (iptables, nft) }
+        if parts.contains(.rules) { (seen.iptables, seen.iptablesRaw, seen.nft) = (iptables, iptablesRaw, nft) }
         if parts.contains(.fou) { seen.fou = fou }
         if parts.contains(.cookieHelpers) { seen.cookieHelpers = cookieHelpers }
         return seen
