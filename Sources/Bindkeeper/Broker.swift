@@ -200,9 +200,9 @@ public final class Broker: @unchecked Sendable {
                     (client.closing || client.backlogged ? 0 : POLLIN) | (client.outbox.isEmpty ? 0 : POLLOUT)
                 fds.append(pollfd(fd: client.fd, events: Int16(events), revents: 0))
             }
-            let ready = poll(&fds, nfds_t(fds.count), backlog ? 0 : 1000)
+            let polled = Result { () throws(SystemError) in try Syscall.poll(&fds, milliseconds: backlog ? 0 : 1000) }
             listenerQueuesThisTurn = nil
-            if ready < 0 && errno != EINTR { logger.info("poll: \(String(cString: strerror(errno)))"); break }
+            if case .failure(let error) = polled { logger.info("\(error)"); break }
             if fds[0].revents != 0 { break }
             if fds[1].revents != 0 { reexecSignal.consume(); reexecRequested = true }
             if fds[2].revents != 0 { acceptClients() }

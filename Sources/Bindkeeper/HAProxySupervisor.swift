@@ -143,7 +143,7 @@ public final class HAProxySupervisor {
         try? notifier?.send("READY=1\nSTATUS=haproxy pid \(instances.last?.pid ?? 0)")
         var fds = [stop.fd, reload.fd, child.fd].map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
         while true {
-            guard poll(&fds, 3, 1000) >= 0 || errno == EINTR else { return 1 }
+            guard (try? Syscall.poll(&fds, milliseconds: 1000)) != nil else { return 1 }
             if fds[0].revents != 0 { return shutDown() }
             if fds[1].revents != 0 {
                 reload.consume()

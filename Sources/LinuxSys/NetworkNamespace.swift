@@ -18,8 +18,7 @@ public final class NetworkNamespace: Sendable {
         let original = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)
         guard original >= 0 else { throw SystemError("open /proc/thread-self/ns/net") }
         defer { close(original) }
-        let entered = proxyside_setns_net(fd)
-        guard entered == 0 else { throw SystemError("setns \(path)", errno: -entered, hint: "needs CAP_SYS_ADMIN") }
+        _ = try Syscall.negated("setns \(path)", hint: "needs CAP_SYS_ADMIN") { proxyside_setns_net(fd) }
         defer { precondition(proxyside_setns_net(original) == 0, "cannot return to the original network namespace") }
         return try body()
     }

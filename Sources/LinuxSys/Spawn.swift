@@ -56,7 +56,7 @@ public enum Spawn {
     /// Waits for a child; its exit status, or 128 + the signal that ended it.
     public static func wait(_ pid: pid_t) -> Int32 {
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 { if errno != EINTR { return -1 } }
+        guard (try? Syscall.errno("waitpid", { waitpid(pid, &status, 0) })) != nil else { return -1 }
         return exitCode(status)
     }
 

@@ -76,13 +76,12 @@ public enum FDPassing {
         var bytes = [UInt8](repeating: 0, count: capacity)
         var fds = [Int32](repeating: -1, count: 253)
         var count: UInt32 = 0
-        while true {
-            let received = bytes.withUnsafeMutableBytes { buffer in
+        let received = try Syscall.negated("recvmsg") {
+            bytes.withUnsafeMutableBytes { buffer in
                 proxyside_receive_with_fds(
                     socket, buffer.baseAddress, buffer.count, &fds, UInt32(fds.count), &count, flags)
             }
-            if received >= 0 { return (Array(bytes[0..<received]), Array(fds[0..<Int(count)])) }
-            if -Int32(received) != EINTR { throw SystemError("recvmsg", errno: -Int32(received)) }
         }
+        return (Array(bytes[0..<received]), Array(fds[0..<Int(count)]))
     }
 }

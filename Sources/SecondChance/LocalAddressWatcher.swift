@@ -111,8 +111,11 @@ public final class LocalAddressWatcher: @unchecked Sendable {
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: 16384, alignment: 16)
         defer { buffer.deallocate() }
         while true {
-            let ready = poll(&fds, nfds_t(fds.count), stale.addresses || stale.reversePaths ? 1000 : -1)
-            if ready < 0 && errno != EINTR { logger.info("local addresses: poll: \(SystemError("poll"))"); return }
+            let timeout: Int32 = stale.addresses || stale.reversePaths ? 1000 : -1
+            guard (try? Syscall.poll(&fds, milliseconds: timeout)) != nil else {
+                logger.info("local addresses: poll: \(SystemError("poll"))")
+                return
+            }
             if fds.last!.revents != 0 { return }
             for index in subscriptions.indices where fds[index].revents != 0 {
                 let changed = readNotifications(fds[index].fd, buffer, hostNamespace: index == 0)

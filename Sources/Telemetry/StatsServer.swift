@@ -140,7 +140,7 @@ public final class StatsServer: @unchecked Sendable {
         var fds = listeners.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
         fds.append(pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0))
         while true {
-            guard poll(&fds, nfds_t(fds.count), -1) >= 0 || errno == EINTR else { return }
+            guard (try? Syscall.poll(&fds, milliseconds: -1)) != nil else { return }
             if fds.last!.revents != 0 { return }
             for (index, listener) in listeners.enumerated() where fds[index].revents != 0 {
                 // Close-on-exec: a connection open during a re-exec must end, not linger unanswered.

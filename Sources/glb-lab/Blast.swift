@@ -78,9 +78,9 @@ struct Blast: ParsableCommand {
             try frames == nil
             ? LabSockets.bindUDP(.v4(IPv4Address(0)), port: 0)
             : { () throws -> Int32 in
-                let fd = proxyside_frame_sender(Int32(if_nametoindex(interface!)))
-                guard fd >= 0 else { throw SystemError("packet socket on \(interface!)", errno: -fd) }
-                return fd
+                try Syscall.negated("packet socket on \(interface!)") {
+                    proxyside_frame_sender(Int32(if_nametoindex(interface!)))
+                }
             }()
         defer { close(fd) }
         var destination = sockaddr_in()

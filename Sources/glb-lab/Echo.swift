@@ -22,7 +22,7 @@ struct Echo: ParsableCommand {
                 pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0)
             ]
         while true {
-            guard poll(&pollfds, nfds_t(pollfds.count), -1) >= 0 || errno == EINTR else { break }
+            guard (try? Syscall.poll(&pollfds, milliseconds: -1)) != nil else { break }
             if pollfds.last!.revents != 0 { break }
             for index in fds.indices where pollfds[index].revents != 0 {
                 let client = accept(fds[index], nil, nil)

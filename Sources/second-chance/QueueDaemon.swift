@@ -177,8 +177,8 @@ final class QueueDaemon {
             pollfd(fd: $0, events: Int16(POLLIN), revents: 0)
         }
         while true {
-            guard poll(&events, nfds_t(events.count), watchdog.pollMilliseconds) >= 0 || errno == EINTR else {
-                throw CommandFailure("poll: \(SystemError("poll"))")
+            do { _ = try Syscall.poll(&events, milliseconds: watchdog.pollMilliseconds) } catch {
+                throw CommandFailure("\(error)")
             }
             watchdog.tell(notifier, workers: queues.workers)
             if events[0].revents != 0 { break }
