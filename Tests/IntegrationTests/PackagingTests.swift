@@ -72,6 +72,33 @@ final class PackagingTests: XCTestCase {
     }
 }
 
+/// The README's install steps, pasted on a host that has rules of its own.
+final class InstallStepsTests: XCTestCase {
+    /// The rule step adds the GUE rules and keeps what the host had, in the raw table and the others.
+    func testTheReadmesRuleStepKeepsTheRulesAHostHas() throws {
+        let readme = try String(contentsOf: Lab.packageRoot.appendingPathComponent("README.md"), encoding: .utf8)
+        let step = try XCTUnwrap(
+            readme.split(separator: "\n").first { $0.hasPrefix("    iptables-restore") }, "the README's rule step")
+        let command = String(step.split(separator: "#")[0]).trimmingCharacters(in: .whitespaces)
+            .replacingOccurrences(
+                of: "/usr/share/doc/proxyside/examples", with: Lab.packageRoot.appendingPathComponent("examples").path)
+        let namespace = "psin-paste"
+        _ = try? Lab.shell("ip netns del \(namespace)")
+        try Lab.shell("ip netns add \(namespace)")
+        defer { _ = try? Lab.shell("ip netns del \(namespace)") }
+        let inside = "ip netns exec \(namespace) "
+        try Lab.shell(
+            inside + "iptables -t raw -A PREROUTING -p udp --dport 53 -j CT --notrack && " + inside
+                + "iptables -A INPUT -p tcp --dport 22 -j ACCEPT")
+        try Lab.shell(inside + "bash -c '\(command)'")
+        let raw = try Lab.shell(inside + "iptables-save -t raw")
+        XCTAssertTrue(raw.contains("-A PREROUTING -p udp -m udp --dport 53 -j CT --notrack"), raw)
+        XCTAssertTrue(raw.contains("--dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass"), raw)
+        let filter = try Lab.shell(inside + "iptables-save -t filter")
+        XCTAssertTrue(filter.contains("-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT"), filter)
+    }
+}
+
 /// second-chance@.service with the shipped /etc/default/second-chance, as systemd would expand it,
 /// behind the shipped iptables rules, on a lab proxy whose address the examples name: doctor passes
 /// without a warning about the rules, and only the peers are heard.
