@@ -2,60 +2,6 @@ import LinuxSys
 import NetTypes
 import SecondChanceCore
 
-/// How a packet this host owns reaches the local stack.
-public enum DecapsulationMode: String, Sendable, CaseIterable {
-    /// fou (ip fou add port 19523 gue) decapsulates: accept the GUE packet unchanged.
-    case kernel
-    /// No fou: accept with the inner IPv4 packet as the new payload; inner IPv6 is sent to the
-    /// local stack through a raw IPv6 socket (an IPv4 hook cannot carry it) and the original dropped.
-    case userspace
-}
-
-/// How a packet for the next hop leaves.
-public enum ForwardingMode: String, Sendable, CaseIterable {
-    /// Sent from a raw socket; the queued original is dropped. Needs nothing of the host.
-    case raw
-    /// The rewritten packet is the verdict's payload and the kernel forwards it (no extra syscall or
-    /// copy per packet). Needs net.ipv4.ip_forward=1 and accept_local=1 on the interface GUE
-    /// arrives on (its source is now this host), and a FORWARD chain that lets it pass.
-    case kernel
-}
-
-public struct SecondChanceConfiguration: Sendable {
-    public var selfAddress: IPv4Address
-    /// The GLB peers: who is heard, who may be a hop.
-    public var peers: PeerPolicy
-    public var decapsulation: DecapsulationMode
-    public var namespace: String?
-    public var cacheLifetimeNanoseconds: UInt64
-    public var negativeCacheLifetimeNanoseconds: UInt64
-    public var batchSize: Int
-    public var checkCookies: Bool
-    public var forwarding: ForwardingMode
-    /// NFQUEUE's queue length and what the kernel does when it is reached.
-    public var queueMaximumLength: UInt32
-    public var failOpen: Bool
-
-    public init(
-        selfAddress: IPv4Address, peers: PeerPolicy, decapsulation: DecapsulationMode, namespace: String? = nil,
-        cacheLifetimeNanoseconds: UInt64 = 1_000_000_000, negativeCacheLifetimeNanoseconds: UInt64 = 1_000_000_000,
-        batchSize: Int = 64, checkCookies: Bool = true, forwarding: ForwardingMode = .raw,
-        queueMaximumLength: UInt32 = NetfilterQueue.defaultMaximumLength, failOpen: Bool = false
-    ) {
-        self.selfAddress = selfAddress
-        self.peers = peers
-        self.decapsulation = decapsulation
-        self.namespace = namespace
-        self.cacheLifetimeNanoseconds = cacheLifetimeNanoseconds
-        self.negativeCacheLifetimeNanoseconds = negativeCacheLifetimeNanoseconds
-        self.batchSize = batchSize
-        self.checkCookies = checkCookies
-        self.forwarding = forwarding
-        self.queueMaximumLength = queueMaximumLength
-        self.failOpen = failOpen
-    }
-}
-
 /// The host's answers to the decider: sock_diag with a per-thread cache, and the kernel's cookie check.
 struct KernelFlowOwnership: FlowOwnership {
     let sockDiag: SockDiag
@@ -179,11 +125,9 @@ public final class SecondChanceWorker: @unchecked Sendable {
         var forwards = ForwardBatch()
         var ownership: KernelFlowOwnership
         var parsed: [Decider.Parsed] = []
-        var pending: [FlowKey] = []
-        var pendingEpochs: [UInt64] = []
+        var lookups = BatchLookups()
         /// Flows of packets this batch lets make a local socket: their epochs go up again after the verdicts.
         var socketsMade: [FlowKey] = []
-        var cachedFlows: Set<FlowKey> = []
 
         init(
             configuration: SecondChanceConfiguration, counters: CounterBlock, decider: Decider,
@@ -231,40 +175,16 @@ public final class SecondChanceWorker: @unchecked Sendable {
             // A copy: the calls below mutate the state while they read it.
             let decider = self.decider
             parsed.removeAll(keepingCapacity: true)
-            pending.removeAll(keepingCapacity: true)
-            pendingEpochs.removeAll(keepingCapacity: true)
-            cachedFlows.removeAll(keepingCapacity: true)
+            lookups.start()
             for packet in packets {
                 let result = decider.parse(UnsafeRawBufferPointer(packet.payload), arrival: packet.arrival)
                 parsed.append(result)
                 guard case .parsed(let parsedPacket) = result,
                     case .lookUp(let flow, _) = Decider.firstStep(parsedPacket.inner)
                 else { continue }
-                // Cache hits count per packet, as without batching; each flow is looked up once.
-                if ownership.prefetched[flow] != nil {
-                    if cachedFlows.contains(flow) { counters.add(.lookupCacheHits) }
-                    continue
-                }
-                let epoch = ownership.epochs.current(flow)
-                if let cached = ownership.cache.answer(for: flow, now: now, epoch: epoch) {
-                    counters.add(.lookupCacheHits)
-                    ownership.prefetched[flow] = cached
-                    cachedFlows.insert(flow)
-                } else {
-                    ownership.prefetched[flow] = .failed  // a placeholder, replaced below
-                    pending.append(flow)
-                    pendingEpochs.append(epoch)
-                }
+                lookups.ask(flow, ownership: &ownership, counters: counters, now: now)
             }
-            if !pending.isEmpty {
-                counters.add(.lookups, UInt64(pending.count))
-                for ((flow, epoch), answer) in zip(
-                    zip(pending, pendingEpochs), ownership.sockDiag.lookup(batch: pending))
-                {
-                    ownership.prefetched[flow] = answer
-                    ownership.cache.remember(answer, for: flow, now: now, epoch: epoch)
-                }
-            }
+            lookups.answer(ownership: &ownership, counters: counters, now: now)
             ownership.responder?.prepare(packets, parsed, now: now, sender: sender, decider: decider)
             for (index, (packet, result)) in zip(packets, parsed).enumerated() {
                 actions.append(carryOut(packet.payload, result, index: index, decider: decider))
@@ -282,7 +202,8 @@ public final class SecondChanceWorker: @unchecked Sendable {
             if failed > 0 { counters.add(.forwardFailed, UInt64(failed)) }
         }
 
-        /// Decides one parsed packet and carries the decision out.
+        /// Decides one packet and carries the decision out: one refused or dropped at parsing is
+        /// only counted; one that parsed has its GUE header for delivery and forwarding.
         @inline(__always)
         mutating func carryOut(
             _ packet: UnsafeMutableRawBufferPointer, _ parsed: Decider.Parsed, index: Int, decider: Decider
@@ -290,38 +211,36 @@ public final class SecondChanceWorker: @unchecked Sendable {
             -> NetfilterQueue.Action
         {
             counters.add(.total)
-            let decision: Decision
             switch parsed {
-            case .rejected(let rejected): decision = rejected
+            case .rejected(let rejected):
+                return refuse(rejected.verdict)
             case .parsed(let parsedPacket):
-                decision = decider.decide(UnsafeRawBufferPointer(packet), parsedPacket, ownership: &ownership)
+                let decision = decider.decide(UnsafeRawBufferPointer(packet), parsedPacket, ownership: &ownership)
+                return carryOut(packet, decision, parsedPacket.gue, index: index)
             }
+        }
+
+        /// Counts a drop or a refusal: the packet goes nowhere.
+        @inline(__always)
+        func refuse(_ verdict: Verdict) -> NetfilterQueue.Action {
+            switch verdict {
+            case .drop(let reason): counters.add(.dropped(reason))
+            case .refuse(let refusal): counters.add(.refused(refusal))
+            case .local, .forward: break  // not a refusal: the callers pass none
+            }
+            return .drop
+        }
+
+        @inline(__always)
+        mutating func carryOut(
+            _ packet: UnsafeMutableRawBufferPointer, _ decision: Decision, _ gue: GUEPacket, index: Int
+        ) -> NetfilterQueue.Action {
             // What the responder did with a SYN; one it answered never reaches the kernel, so makes no socket.
             let responderOutcome = decision.verdict == .local(.syn) ? ownership.responder?.outcome(at: index) : nil
-            if case .tcp(let segment) = decision.inner {
-                if (decision.verdict == .local(.syn) && responderOutcome?.answersTheSYN != true)
-                    || decision.verdict == .local(.synCookie)
-                {
-                    // This packet may make a socket: no thread may trust a "not here" from before it.
-                    ownership.epochs.bump(segment.flow)
-                    socketsMade.append(segment.flow)
-                }
-                if !segment.flags.isDisjoint(with: [.syn, .fin, .rst]) {
-                    ownership.cache.forget(segment.flow)
-                } else if decision.verdict == .local(.synCookie) {
-                    // The kernel makes the connection when this verdict goes out; the client's data
-                    // often follows its ACK in the same batch, looked up before that happened.
-                    ownership.prefetched[segment.flow] = .connected
-                    ownership.cache.remember(.connected, for: segment.flow, now: ownership.now)
-                }
-            }
+            remember(decision, answeredByResponder: responderOutcome?.answersTheSYN == true)
             switch decision.verdict {
-            case .drop(let reason):
-                counters.add(.dropped(reason))
-                return .drop
-            case .refuse(let refusal):
-                counters.add(.refused(refusal))
-                return .drop
+            case .drop, .refuse:
+                return refuse(decision.verdict)
             case .local(.syn):
                 switch responderOutcome {
                 case .answered:
@@ -329,36 +248,62 @@ public final class SecondChanceWorker: @unchecked Sendable {
                     return .drop
                 case .answeredInVerdict:
                     counters.add(.cookiesSent)
-                    return .acceptReplacing(0..<ownership.responder!.moveReply(at: index, into: packet))
+                    let length = ownership.responder?.moveReply(at: index, into: packet) ?? 0
+                    return .acceptReplacing(0..<length)
                 case .failed: counters.add(.cookieReplyFailed)
                 case .toKernel, nil: break
                 }
                 counters.add(.local(.syn))
-                return deliverLocally(packet, decision.gue!)
+                return deliverLocally(packet, gue)
             case .local(let reason):
                 counters.add(.local(reason))
-                return deliverLocally(packet, decision.gue!)
+                return deliverLocally(packet, gue)
             case .forward(let hop):
-                // A packet never leaves with a source this host does not own (`ip addr del` of --self).
-                guard selfOwned else {
-                    counters.add(.forwardFailed)
-                    return .drop
-                }
-                let gue = decision.gue!
-                if configuration.forwarding == .kernel && GUEForwarding.kernelCanForward(packet) {
-                    GUEForwarding.rewrite(
-                        packet, gue, source: configuration.selfAddress, destination: hop, forKernelForwarding: true)
-                    counters.add(.forwarded)
-                    return .acceptReplacing(0..<gue.innerEnd)
-                }
-                GUEForwarding.rewrite(packet, gue, source: configuration.selfAddress, destination: hop)
-                let outgoing = UnsafeRawBufferPointer(rebasing: packet[0..<gue.innerEnd])
-                if !forwards.append(outgoing) {
-                    let error = sender.sendIPv4(outgoing)
-                    counters.add(error == 0 ? .forwarded : .forwardFailed)
-                }
+                return forward(packet, gue, to: hop)
+            }
+        }
+
+        /// What a decision tells the flow's cache and epoch.
+        @inline(__always)
+        mutating func remember(_ decision: Decision, answeredByResponder: Bool) {
+            guard case .tcp(let segment) = decision.inner else { return }
+            if (decision.verdict == .local(.syn) && !answeredByResponder) || decision.verdict == .local(.synCookie) {
+                // This packet may make a socket: no thread may trust a "not here" from before it.
+                ownership.epochs.bump(segment.flow)
+                socketsMade.append(segment.flow)
+            }
+            if !segment.flags.isDisjoint(with: [.syn, .fin, .rst]) {
+                ownership.cache.forget(segment.flow)
+            } else if decision.verdict == .local(.synCookie) {
+                // The kernel makes the connection when this verdict goes out; the client's data
+                // often follows its ACK in the same batch, looked up before that happened.
+                ownership.prefetched[segment.flow] = .connected
+                ownership.cache.remember(.connected, for: segment.flow, now: ownership.now)
+            }
+        }
+
+        @inline(__always)
+        mutating func forward(_ packet: UnsafeMutableRawBufferPointer, _ gue: GUEPacket, to hop: IPv4Address)
+            -> NetfilterQueue.Action
+        {
+            // A packet never leaves with a source this host does not own (`ip addr del` of --self).
+            guard selfOwned else {
+                counters.add(.forwardFailed)
                 return .drop
             }
+            if configuration.forwarding == .kernel && GUEForwarding.kernelCanForward(packet) {
+                GUEForwarding.rewrite(
+                    packet, gue, source: configuration.selfAddress, destination: hop, forKernelForwarding: true)
+                counters.add(.forwarded)
+                return .acceptReplacing(0..<gue.innerEnd)
+            }
+            GUEForwarding.rewrite(packet, gue, source: configuration.selfAddress, destination: hop)
+            let outgoing = UnsafeRawBufferPointer(rebasing: packet[0..<gue.innerEnd])
+            if !forwards.append(outgoing) {
+                let error = sender.sendIPv4(outgoing)
+                counters.add(error == 0 ? .forwarded : .forwardFailed)
+            }
+            return .drop
         }
 
         private mutating func deliverLocally(_ packet: UnsafeMutableRawBufferPointer, _ gue: GUEPacket)
