@@ -1,6 +1,7 @@
 import Glibc
 import LinuxSys
 import NetTypes
+import SecondChanceCore
 
 /// The checks `second-chance doctor` runs, each with a fix an operator can apply.
 public struct HostCheck: Sendable {
@@ -176,9 +177,10 @@ public enum HostChecks {
     /// as `forwarding`; `allowedSources`: its --allow-source prefixes, when known.
     public static func run(
         _ host: HostSnapshot, port: UInt16, queues: [UInt16], namespace: String?, forwarding: ForwardingMode,
-        allowedSources: [IPv4Prefix]?
+        allowedSources: [IPv4Prefix]?, maximumHops: UInt8 = PeerPolicy.defaultMaximumHops
     ) -> [HostCheck] {
         var checks = basics(host) + fou(host, port: port) + queueRules(host, port: port, queues: queues)
+        checks += pathMTU(host, hops: maximumHops)
         if let allowedSources { checks.append(allowSource(allowedSources)) }
         checks.append(rpFilter(host))
         if forwarding == .kernel {
@@ -378,5 +380,39 @@ public enum HostChecks {
                     fix: "modprobe inet_diag tcp_diag; check --netns"))
         }
         return checks
+    }
+
+    /// For each interface GUE arrives on: does a full-size segment, at the largest MSS any route
+    /// to clients advertises, fit once encapsulated with `hops` hops?
+    static func pathMTU(_ host: HostSnapshot, hops: UInt8) -> [HostCheck] {
+        guard let routes = host.replyRoutes else { return [] }
+        return (host.peerInterfaces ?? []).compactMap { name in
+            guard let mtu = host.linkMTUs[name] else { return nil }
+            let widest = [
+                routes.ipv4.max { $0.route.mss < $1.route.mss }.map { ($0.prefix.description, $0.route.mss, false) },
+                routes.ipv6.max { $0.route.mss < $1.route.mss }.map { ($0.prefix.description, $0.route.mss, true) },
+            ].compactMap { $0 }
+            let lost = widest.filter { Int($0.1) > GUEPathMTU.largestMSS(linkMTU: mtu, hops: hops, ipv6: $0.2) }
+            guard let (prefix, mss, ipv6) = lost.first else {
+                return HostCheck(
+                    level: .ok, subject: "GUE MTU",
+                    finding: "\(name) (MTU \(mtu)) carries full-size segments with \(hops) hops")
+            }
+            let largest = GUEPathMTU.largestMSS(linkMTU: mtu, hops: hops, ipv6: ipv6)
+            let size = Int(mss) + (ipv6 ? 60 : 40) + GUEPathMTU.overhead(hops: hops)
+            return HostCheck(
+                level: .warn, subject: "GUE MTU",
+                finding:
+                    """
+                    \(name) (MTU \(mtu)): the route to \(prefix) advertises MSS \(mss); a full-size segment arrives as \
+                    a \(size)-byte GUE packet with \(hops) hops and is lost (glb-director neither fragments nor sends \
+                    ICMP): uploads stall
+                    """,
+                fix:
+                    """
+                    advertise at most MSS \(largest): ip route change ROUTE advmss \(largest) for the routes to \
+                    clients, or HAProxy's `mss \(largest)` on its binds; or raise the MTU of the director's path
+                    """)
+        }
     }
 }

@@ -51,6 +51,10 @@ public struct HostSnapshot: Sendable {
     public var kernelRelease = ""
     public var tunl0 = HostChecks.TunnelState.absent
     public var sit0 = HostChecks.TunnelState.absent
+    /// The MSS the host advertises along each main-table route but loopback's, and the MTU of each
+    /// interface GUE from the peers arrives on.
+    public var replyRoutes: ReplyRoutes?
+    public var linkMTUs: [String: UInt32] = [:]
     /// Whether an exact sock_diag look-up in the sockets' namespace answers.
     public var sockDiag: Result<Bool, Failure> = .success(true)
 
@@ -97,6 +101,17 @@ public struct HostSnapshot: Sendable {
         uname(&release)
         kernelRelease = withUnsafeBytes(of: release.release) {
             String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+        }
+        // Routes that leave by loopback (a VIP's own) lead to no client.
+        let loopback = if_nametoindex("lo")
+        replyRoutes = (try? ReplyRoutesReader.read()).map { routes in
+            ReplyRoutes(
+                ipv4: routes.ipv4.filter { $0.route.interfaceIndex != loopback }.map { ($0.prefix, $0.route) },
+                ipv6: routes.ipv6.filter { $0.route.interfaceIndex != loopback }.map { ($0.prefix, $0.route) })
+        }
+        for name in peerInterfaces ?? [] {
+            let text = ProcFile.read("/sys/class/net/\(name)/mtu", limit: 32)
+            if let mtu = text.flatMap({ UInt32($0.split(separator: "\n").first ?? "") }) { linkMTUs[name] = mtu }
         }
         tunl0 = HostChecks.tunnelState("tunl0")
         sit0 = HostChecks.tunnelState("sit0")

@@ -93,3 +93,18 @@ public struct GUEPacket: Equatable, Sendable {
                 privateOffset: privateOffset, innerOffset: privateOffset + hlen * 4, innerEnd: end))
     }
 }
+
+/// What GLB's encapsulation adds to a client's segment between the director and this proxy, and
+/// the largest MSS whose full-size segments still fit the link GUE arrives on. glb-director
+/// neither fragments nor sends ICMP fragmentation-needed: a segment that does not fit is lost,
+/// every time, and the connection stalls (the GUE MTU black hole).
+public enum GUEPathMTU {
+    /// Outer IPv4 (20), UDP (8), GUE (4), GLB's private data (4) and 4 per hop it lists.
+    public static func overhead(hops: UInt8) -> Int { 20 + 8 + 4 + 4 + 4 * Int(hops) }
+
+    /// The largest MSS of a segment that, with its IP and TCP headers (40; IPv6 60) and `hops`
+    /// hops of GUE, fits `linkMTU`.
+    public static func largestMSS(linkMTU: UInt32, hops: UInt8, ipv6: Bool) -> Int {
+        Int(linkMTU) - overhead(hops: hops) - (ipv6 ? 60 : 40)
+    }
+}

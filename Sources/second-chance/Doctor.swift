@@ -31,6 +31,8 @@ struct Doctor: ParsableCommand {
             --forward auto on raw.
             """)
     var synCookies: ResponderMode = .auto
+    @Option(help: "The daemon's --max-hops: GUE listing this many hops must fit the interface it arrives on.")
+    var maxHops: UInt8 = PeerPolicy.defaultMaximumHops
     @Flag(help: "The daemon's --no-cookie-check (which turns the responder off too).")
     var noCookieCheck = false
 
@@ -47,16 +49,17 @@ struct Doctor: ParsableCommand {
     func run() throws {
         let options = options
         let host = HostSnapshot.read(.all, port: guePort, peers: options.allowSources, namespace: netns)
-        let checks = Self.checks(options, host: host, queues: queues, netns: netns)
+        let checks = Self.checks(options, host: host, queues: queues, netns: netns, maximumHops: maxHops)
         for check in checks { print(check.line) }
         if checks.contains(where: { $0.level == .fail }) { throw ExitCode(1) }
     }
 
     /// Every finding about `host` for a daemon with these options (`run --preflight` looks at the
     /// same), with the plan a start would make.
-    static func checks(_ options: DaemonOptions, host: HostSnapshot, queues: [UInt16], netns: String?)
-        -> [HostCheck]
-    {
+    static func checks(
+        _ options: DaemonOptions, host: HostSnapshot, queues: [UInt16], netns: String?,
+        maximumHops: UInt8 = PeerPolicy.defaultMaximumHops
+    ) -> [HostCheck] {
         let plan = Result { () throws(PlanRefusal) in try DaemonPlan.make(options, host: host) }
         // A refused --forward kernel is checked as kernel forwarding: the findings say why.
         let forwarding = (try? plan.get().forwarding) ?? (options.forward == .kernel ? .kernel : .raw)
@@ -64,7 +67,7 @@ struct Doctor: ParsableCommand {
             options.fastPathInterfaces.isEmpty ? host.peerInterfaces ?? [] : options.fastPathInterfaces
         return HostChecks.run(
             host, port: options.guePort, queues: queues, namespace: netns, forwarding: forwarding,
-            allowedSources: options.allowSources) + planChecks(plan)
+            allowedSources: options.allowSources, maximumHops: maximumHops) + planChecks(plan)
             + FastPathChecks.run(interfaces: fastPathInterfaces)
     }
 

@@ -251,7 +251,8 @@ struct Run: ParsableCommand {
 
     /// What `--preflight` found; throws on a failed check under `fail`.
     func runPreflight(host: HostSnapshot) throws {
-        let checks = Doctor.checks(options(keptForwarding: nil), host: host, queues: queues, netns: netns)
+        let checks = Doctor.checks(
+            options(keptForwarding: nil), host: host, queues: queues, netns: netns, maximumHops: maxHops)
         for check in checks where check.level == .warn || check.level == .fail {
             logger.warning("preflight: \(check.line)")
         }

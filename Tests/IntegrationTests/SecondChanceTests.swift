@@ -848,6 +848,28 @@ final class SecondChanceTests: XCTestCase {
         try synsUntil("accepted_syn", risesFor: IPv4Address("198.18.9.10")!, from: 31300)
     }
 
+    /// The GUE MTU black hole: with the director's link at MTU 1500 and two hops, the MSS the
+    /// proxy's routes advertise (1460) makes 1544-byte GUE packets; doctor names it and the MSS to
+    /// advertise instead, and is content once the routes advertise it.
+    func testDoctorFindsTheGUEMTUBlackHoleAndNamesTheMSS() throws {
+        let p1 = lab.namespace("p1")
+        try Lab.shell("ip -n \(p1) link set eth0 mtu 1500")
+        let flags = ["doctor", "--allow-source", "198.18.0.0/24", "--max-hops", "2"]
+        let (_, before) = try lab.runToEnd("p1", "second-chance", flags)
+        XCTAssertTrue(before.contains("[warn] GUE MTU: eth0 (MTU 1500): the route to"), before)
+        XCTAssertTrue(before.contains("advertises MSS 1460; a full-size segment arrives as a 1544-byte"), before)
+        XCTAssertTrue(before.contains("advmss 1416"), before)
+        for (family, mss) in [("-4", 1416), ("-6", 1396)] {
+            try Lab.shell(
+                """
+                ip -n \(p1) \(family) route show dev eth0 | while read -r route; do \
+                    ip -n \(p1) \(family) route change $route dev eth0 advmss \(mss); done
+                """)
+        }
+        let (_, after) = try lab.runToEnd("p1", "second-chance", flags)
+        XCTAssertTrue(after.contains("[ ok ] GUE MTU: eth0 (MTU 1500) carries full-size segments with 2 hops"), after)
+    }
+
     func testDoctorPassesOnAProxyAndExplainsWhatIsMissingElsewhere() throws {
         let (status, report) = try lab.runToEnd(
             "p1", "second-chance", ["doctor", "--allow-source", "198.18.0.2,198.18.0.11"])

@@ -3,8 +3,10 @@ import Glibc
 import LabKit
 import LinuxSys
 import NetTypes
-import SecondChance
+import SecondChanceCore
 import XCTest
+
+@testable import SecondChance
 
 /// doctor's reading of the firewall rules that feed second-chance.
 final class HostCheckTests: XCTestCase {
@@ -29,6 +31,34 @@ final class HostCheckTests: XCTestCase {
         XCTAssertEqual(
             failing(HostChecks.kernelDecapsulationChecks(tunl0: .up, sit0: .up, rpFilterAll: 0, rpFilterTunl0: 1)),
             ["rp_filter on tunl0"])
+    }
+
+    /// GLB's encapsulation on a full-size segment: with a 1500-byte link and two hops, MSS 1460
+    /// makes a 1544-byte GUE packet, lost; doctor names the MSS that fits, for each family.
+    func testAFullSizeSegmentMustFitTheGUELinkOnceEncapsulated() throws {
+        XCTAssertEqual(GUEPathMTU.overhead(hops: 2), 44)
+        XCTAssertEqual(GUEPathMTU.largestMSS(linkMTU: 1500, hops: 2, ipv6: false), 1416)
+        XCTAssertEqual(GUEPathMTU.largestMSS(linkMTU: 1500, hops: 2, ipv6: true), 1396)
+        var host = HostSnapshot()
+        (host.peerInterfaces, host.linkMTUs) = (["eth0"], ["eth0": 1500])
+        let everywhere4 = try XCTUnwrap(IPv4Prefix("0.0.0.0/0"))
+        let everywhere6 = IPv6Prefix(network: IPv6Address(high: 0, low: 0), length: 0)
+        host.replyRoutes = ReplyRoutes(ipv4: [(everywhere4, .init(mss: 1460, interfaceIndex: 2))])
+        let lost = HostChecks.pathMTU(host, hops: 2)
+        XCTAssertEqual(lost.map(\.level), [.warn])
+        XCTAssertTrue(lost[0].finding.contains("advertises MSS 1460; a full-size segment arrives as a 1544-byte"))
+        XCTAssertTrue(lost[0].fix?.contains("advmss 1416") == true, lost[0].line)
+        host.replyRoutes = ReplyRoutes(
+            ipv4: [(everywhere4, .init(mss: 1416, interfaceIndex: 2))],
+            ipv6: [(everywhere6, .init(mss: 1440, interfaceIndex: 2))])
+        XCTAssertTrue(HostChecks.pathMTU(host, hops: 2)[0].fix?.contains("advmss 1396") == true)
+        host.replyRoutes = ReplyRoutes(
+            ipv4: [(everywhere4, .init(mss: 1416, interfaceIndex: 2))],
+            ipv6: [(everywhere6, .init(mss: 1396, interfaceIndex: 2))])
+        XCTAssertEqual(HostChecks.pathMTU(host, hops: 2).map(\.level), [.ok])
+        XCTAssertEqual(HostChecks.pathMTU(host, hops: 3).map(\.level), [.warn], "one more hop no longer fits")
+        host.linkMTUs = ["eth0": 9000]
+        XCTAssertEqual(HostChecks.pathMTU(host, hops: 4).map(\.level), [.ok], "jumbo frames on the director's path")
     }
 
     /// The running kernel against what each feature needs.
