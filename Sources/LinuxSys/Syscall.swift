@@ -10,12 +10,7 @@ public enum Syscall {
     public static func errno<T: BinaryInteger>(
         _ call: @autoclosure () -> String, hint: String? = nil, _ body: () -> T
     ) throws(SystemError) -> T {
-        while true {
-            let result = body()
-            if result >= 0 { return result }
-            let code = Glibc.errno
-            if code != EINTR { throw SystemError(call(), errno: code, hint: hint) }
-        }
+        try retrying(call, hint: hint, body) { _ in Glibc.errno }
     }
 
     /// The shims' convention: a negative result is the negated errno.
@@ -23,11 +18,20 @@ public enum Syscall {
     public static func negated<T: BinaryInteger>(
         _ call: @autoclosure () -> String, hint: String? = nil, _ body: () -> T
     ) throws(SystemError) -> T {
+        try retrying(call, hint: hint, body) { Int32(truncatingIfNeeded: 0 - $0) }
+    }
+
+    /// Makes the call until it succeeds or fails with anything but EINTR (`code`: the errno of a
+    /// negative result, by the call's convention).
+    @inline(__always)
+    static func retrying<T: BinaryInteger>(
+        _ call: () -> String, hint: String?, _ body: () -> T, code: (T) -> Int32
+    ) throws(SystemError) -> T {
         while true {
             let result = body()
             if result >= 0 { return result }
-            let code = Int32(truncatingIfNeeded: 0 - result)
-            if code != EINTR { throw SystemError(call(), errno: code, hint: hint) }
+            let error = code(result)
+            if error != EINTR { throw SystemError(call(), errno: error, hint: hint) }
         }
     }
 

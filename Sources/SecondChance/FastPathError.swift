@@ -27,11 +27,12 @@ public struct FastPathError: Error, CustomStringConvertible, Equatable, Sendable
 
     /// What an operator does about it, when the errno says.
     public var advice: String? {
-        if code == EPERM || code == EACCES {
-            return "the process lacks CAP_BPF and CAP_NET_ADMIN (run as root, or grant them)"
-        }
+        // The verifier refuses with EACCES too: its lines, not the errno, say it was the verifier.
         if stage == .load && !verifier.isEmpty {
             return "this kernel's verifier refuses the program: the README's \"Kernels\" lists those it loads on"
+        }
+        if code == EPERM || code == EACCES {
+            return "the process lacks CAP_BPF and CAP_NET_ADMIN (run as root, or grant them)"
         }
         return nil
     }

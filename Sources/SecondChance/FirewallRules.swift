@@ -33,6 +33,9 @@ public enum FirewallRules {
         /// A rule before the queue keeps the port out of conntrack (`-j CT --notrack`, nft
         /// `notrack`): an accepted packet would otherwise go on to make an entry per flow.
         public var untracked = false
+        /// Queue rules after a rule that drops the whole port: never reached (rules appended by a
+        /// second `iptables-restore --noflush`, say), so their peers' GUE is dropped.
+        public var unreachable: [String] = []
     }
 
     /// How a rule matches the outer source: not at all, to some sources (the peers, one hopes), or
@@ -59,6 +62,7 @@ public enum FirewallRules {
     /// The NFQUEUE rules for the GUE port in `iptables-save -t raw` output.
     public static func gueRules(iptablesSave rules: String, port: UInt16) -> GUERules {
         var found = GUERules()
+        var droppedAll = false
         for line in rules.split(separator: "\n")
         where line.hasPrefix("-A PREROUTING") && line.contains("--dport \(port)") {
             let source = sourceMatch(iptablesWords: line.split(separator: " "))
@@ -69,9 +73,14 @@ public enum FirewallRules {
                 if line.contains("-j CT --notrack") || line.hasSuffix("-j NOTRACK") { found.untracked = true }
             }
             if line.contains("-j NFQUEUE") {
+                guard !droppedAll else {
+                    found.unreachable.append(String(line))
+                    continue
+                }
                 found.queueRules.append(
                     QueueRule(rule: String(line), bypass: line.contains("--queue-bypass"), restricted: source == .only))
             } else if line.hasSuffix("-j DROP") && source != .only {
+                droppedAll = droppedAll || line == "-A PREROUTING -p udp -m udp --dport \(port) -j DROP"
                 // `! -s PEERS -j DROP` drops all the queue rules do not take from the peers too.
                 found.dropsTheRest = !found.queueRules.isEmpty
             }
@@ -83,6 +92,7 @@ public enum FirewallRules {
     /// prints `queue num 0 bypass` or `queue flags bypass to 0` depending on its version).
     public static func gueRules(nftRuleset rules: String, port: UInt16) -> GUERules {
         var found = GUERules()
+        var droppedAll = false
         for raw in rules.split(separator: "\n") {
             let line = raw.trimmingPrefix(while: \.isWhitespace)
             let words = line.split(separator: " ")
@@ -94,9 +104,14 @@ public enum FirewallRules {
             // A `fib saddr` rule reads as a source match: its drop is not the one for the rest of the port.
             let source = sourceMatch(nftWords: words)
             if words.contains("queue") {
+                guard !droppedAll else {
+                    found.unreachable.append(String(line))
+                    continue
+                }
                 found.queueRules.append(
                     QueueRule(rule: String(line), bypass: line.contains("bypass"), restricted: source == .only))
             } else if words.last == "drop" && source != .only {
+                droppedAll = droppedAll || line == "udp dport \(port) drop"
                 found.dropsTheRest = !found.queueRules.isEmpty
             }
         }

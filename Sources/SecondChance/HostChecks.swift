@@ -52,6 +52,7 @@ public enum HostChecks {
                         """
                 ))
         }
+        checks += unreachable(rules, tool: tool, port: port)
         if !rules.queueRules.isEmpty && !rules.reversePathChecked {
             checks.append(
                 HostCheck(
@@ -382,37 +383,75 @@ public enum HostChecks {
         return checks
     }
 
-    /// For each interface GUE arrives on: does a full-size segment, at the largest MSS any route
-    /// to clients advertises, fit once encapsulated with `hops` hops?
-    static func pathMTU(_ host: HostSnapshot, hops: UInt8) -> [HostCheck] {
-        guard let routes = host.replyRoutes else { return [] }
-        return (host.peerInterfaces ?? []).compactMap { name in
-            guard let mtu = host.linkMTUs[name] else { return nil }
-            let widest = [
-                routes.ipv4.max { $0.route.mss < $1.route.mss }.map { ($0.prefix.description, $0.route.mss, false) },
-                routes.ipv6.max { $0.route.mss < $1.route.mss }.map { ($0.prefix.description, $0.route.mss, true) },
-            ].compactMap { $0 }
-            let lost = widest.filter { Int($0.1) > GUEPathMTU.largestMSS(linkMTU: mtu, hops: hops, ipv6: $0.2) }
-            guard let (prefix, mss, ipv6) = lost.first else {
-                return HostCheck(
-                    level: .ok, subject: "GUE MTU",
-                    finding: "\(name) (MTU \(mtu)) carries full-size segments with \(hops) hops")
-            }
-            let largest = GUEPathMTU.largestMSS(linkMTU: mtu, hops: hops, ipv6: ipv6)
-            let size = Int(mss) + (ipv6 ? 60 : 40) + GUEPathMTU.overhead(hops: hops)
-            return HostCheck(
-                level: .warn, subject: "GUE MTU",
-                finding:
-                    """
-                    \(name) (MTU \(mtu)): the route to \(prefix) advertises MSS \(mss); a full-size segment arrives as \
-                    a \(size)-byte GUE packet with \(hops) hops and is lost (glb-director neither fragments nor sends \
-                    ICMP): uploads stall
-                    """,
+    /// Queue rules a DROP of the whole port before them makes unreachable.
+    static func unreachable(_ rules: FirewallRules.GUERules, tool: String, port: UInt16) -> [HostCheck] {
+        rules.unreachable.map { rule in
+            HostCheck(
+                level: .fail, subject: tool,
+                finding: "\(rule): never reached, a rule before it drops all of UDP \(port)",
                 fix:
                     """
-                    advertise at most MSS \(largest): ip route change ROUTE advmss \(largest) for the routes to \
-                    clients, or HAProxy's `mss \(largest)` on its binds; or raise the MTU of the director's path
+                    delete it and insert it before the DROP (iptables -t raw -S PREROUTING shows the order; rules \
+                    applied twice with --noflush land after the first copy's DROP)
                     """)
         }
+    }
+
+    /// For each interface GUE arrives on: does a full-size segment, at the largest MSS any route
+    /// to clients advertises (of each family; link-local routes lead to none), fit once
+    /// encapsulated with `hops` hops?
+    static func pathMTU(_ host: HostSnapshot, hops: UInt8) -> [HostCheck] {
+        guard let routes = host.replyRoutes else { return [] }
+        guard !routes.truncated else {
+            return [
+                HostCheck(
+                    level: .info, subject: "GUE MTU",
+                    finding: "more than \(ReplyRoutes.maximumRoutes) routes in a family: the MSS is not checked")
+            ]
+        }
+        let linkLocal: UInt64 = 0xfe80_0000_0000_0000
+        let widest = [
+            routes.ipv4.max { $0.route.mss < $1.route.mss }.map { ($0.prefix.description, $0.route.mss, false) },
+            routes.ipv6.filter { $0.prefix.network.high & 0xffc0_0000_0000_0000 != linkLocal }
+                .max { $0.route.mss < $1.route.mss }.map { ($0.prefix.description, $0.route.mss, true) },
+        ].compactMap { $0 }
+        return (host.peerInterfaces ?? []).compactMap { name in
+            host.linkMTUs[name].map { pathMTU(interface: name, mtu: $0, widest: widest, hops: hops) }
+        }
+    }
+
+    static func pathMTU(interface name: String, mtu: UInt32, widest: [(String, UInt16, Bool)], hops: UInt8)
+        -> HostCheck
+    {
+        let lost = widest.filter { Int($0.1) > GUEPathMTU.largestMSS(linkMTU: mtu, hops: hops, ipv6: $0.2) }
+        guard !lost.isEmpty else {
+            return HostCheck(
+                level: .ok, subject: "GUE MTU",
+                finding: "\(name) (MTU \(mtu)) carries full-size segments with \(hops) hops")
+        }
+        let findings = lost.map { prefix, mss, ipv6 in
+            let size = Int(mss) + (ipv6 ? 60 : 40) + GUEPathMTU.overhead(hops: hops)
+            return
+                "the route to \(prefix) advertises MSS \(mss); a full-size segment arrives as a \(size)-byte GUE packet"
+        }
+        let limits = lost.map { _, _, ipv6 in (GUEPathMTU.largestMSS(linkMTU: mtu, hops: hops, ipv6: ipv6), ipv6) }
+        let fix =
+            limits.contains { $0.0 < ($0.1 ? 1220 : 256) }
+            ? "raise the MTU of the director's path: \(mtu) bytes carry no segment the kernel would send"
+            : limits.map { largest, ipv6 in
+                """
+                advertise at most MSS \(largest)\(lost.count > 1 ? (ipv6 ? " for IPv6" : " for IPv4") : ""): ip \
+                \(ipv6 ? "-6 " : "")route change ROUTE advmss \(largest) for the routes to clients, or HAProxy's \
+                `mss \(largest)` on its binds
+                """
+            }.joined(separator: "; ") + "; or raise the MTU of the director's path"
+        return HostCheck(
+            level: .warn, subject: "GUE MTU",
+            finding:
+                """
+                \(name) (MTU \(mtu)), \(hops) hops: \(findings.joined(separator: "; and ")); it is lost \
+                (glb-director neither fragments nor sends ICMP): uploads stall
+                """,
+            fix: fix)
     }
 }

@@ -62,6 +62,15 @@ public struct HostSnapshot: Sendable {
 
     public func sysctl(_ path: String) -> String? { sysctls[path] }
 
+    /// The `*raw` table of a whole `iptables-save`.
+    static func rawTable(_ save: String) -> String {
+        var table = ""
+        return save.split(separator: "\n", omittingEmptySubsequences: false).filter { line in
+            if line.hasPrefix("*") { table = String(line.dropFirst()) }
+            return table == "raw"
+        }.joined(separator: "\n")
+    }
+
     /// Reads `parts` of this host. `port`: the GUE port (fou); `peers`: --allow-source, when known;
     /// `namespace`: --netns, where sock_diag looks.
     public static func read(
@@ -72,7 +81,7 @@ public struct HostSnapshot: Sendable {
         if parts.contains(.forwarding) { host.readForwarding() }
         if parts.contains(.rules) {
             host.iptables = Spawn.output("iptables-save")
-            host.iptablesRaw = Spawn.output("iptables-save -t raw")
+            host.iptablesRaw = Spawn.output("iptables-save -t raw") ?? host.iptables.map(Self.rawTable)
             host.nft = Spawn.output("nft list ruleset")
         }
         if parts.contains(.fou) {
@@ -104,7 +113,9 @@ public struct HostSnapshot: Sendable {
         }
         // Routes that leave by loopback (a VIP's own) lead to no client.
         let loopback = if_nametoindex("lo")
-        replyRoutes = (try? ReplyRoutesReader.read()).map { routes in
+        // The sockets advertise along their own namespace's routes (--netns).
+        let sockets = namespace.flatMap { try? NetworkNamespace(nameOrPath: $0) }
+        replyRoutes = (try? ReplyRoutesReader.read(namespace: sockets)).map { routes in
             ReplyRoutes(
                 ipv4: routes.ipv4.filter { $0.route.interfaceIndex != loopback }.map { ($0.prefix, $0.route) },
                 ipv6: routes.ipv6.filter { $0.route.interfaceIndex != loopback }.map { ($0.prefix, $0.route) })

@@ -313,8 +313,10 @@ struct Run: ParsableCommand {
             // What would refuse a start: --forward kernel on a host that does not forward, the
             // responder's `always` without its programs. The firewall's rules only sway `auto`,
             // which never refuses, and are not dumped here (the check has 5 s).
+            // Only `always` refuses without the cookie programs: they are loaded for it alone.
             let options = options(keptForwarding: .raw)
-            _ = try plan(options, host: readHost(options, oracle: loadOracle(), all: false))
+            let oracle = synCookies == .always ? loadOracle() : .failure(HostSnapshot.Failure("not needed"))
+            _ = try plan(options, host: readHost(options, oracle: oracle, all: false))
         } catch {
             StandardError.write("Error: \(error)\n")
             throw ExitCode(Self.configurationExitStatus)

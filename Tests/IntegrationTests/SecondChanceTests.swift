@@ -856,7 +856,7 @@ final class SecondChanceTests: XCTestCase {
         try Lab.shell("ip -n \(p1) link set eth0 mtu 1500")
         let flags = ["doctor", "--allow-source", "198.18.0.0/24", "--max-hops", "2"]
         let (_, before) = try lab.runToEnd("p1", "second-chance", flags)
-        XCTAssertTrue(before.contains("[warn] GUE MTU: eth0 (MTU 1500): the route to"), before)
+        XCTAssertTrue(before.contains("[warn] GUE MTU: eth0 (MTU 1500), 2 hops: the route to"), before)
         XCTAssertTrue(before.contains("advertises MSS 1460; a full-size segment arrives as a 1544-byte"), before)
         XCTAssertTrue(before.contains("advmss 1416"), before)
         for (family, mss) in [("-4", 1416), ("-6", 1396)] {

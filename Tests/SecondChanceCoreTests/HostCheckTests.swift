@@ -59,6 +59,22 @@ final class HostCheckTests: XCTestCase {
         XCTAssertEqual(HostChecks.pathMTU(host, hops: 3).map(\.level), [.warn], "one more hop no longer fits")
         host.linkMTUs = ["eth0": 9000]
         XCTAssertEqual(HostChecks.pathMTU(host, hops: 4).map(\.level), [.ok], "jumbo frames on the director's path")
+        // Both families too wide: each is named with its own limit; link-local routes lead to no client.
+        host.linkMTUs = ["eth0": 1500]
+        let linkLocal = IPv6Prefix(network: try XCTUnwrap(IPv6Address("fe80::")), length: 64)
+        host.replyRoutes = ReplyRoutes(
+            ipv4: [(everywhere4, .init(mss: 1460, interfaceIndex: 2))],
+            ipv6: [
+                (everywhere6, .init(mss: 1440, interfaceIndex: 2)), (linkLocal, .init(mss: 8940, interfaceIndex: 2)),
+            ])
+        let both = try XCTUnwrap(HostChecks.pathMTU(host, hops: 2).first)
+        XCTAssertTrue(
+            both.fix?.contains("MSS 1416 for IPv4") == true && both.fix?.contains("MSS 1396 for IPv6") == true,
+            both.line)
+        XCTAssertFalse(both.finding.contains("fe80"), both.line)
+        // A link too small for any segment the kernel sends: the MTU is what must change.
+        host.linkMTUs = ["eth0": 300]
+        XCTAssertTrue(HostChecks.pathMTU(host, hops: 2).first?.fix?.hasPrefix("raise the MTU") == true)
     }
 
     /// The running kernel against what each feature needs.
@@ -70,6 +86,25 @@ final class HostCheckTests: XCTestCase {
         XCTAssertTrue(old[0].finding.contains("needs 6.0"), old[0].finding)
         XCTAssertEqual(HostChecks.kernelFeatures(release: "5.15.0-91-generic").count, 2, "no fast path either")
         XCTAssertEqual(HostChecks.kernelFeatures(release: "garbage").map(\.level), [.warn])
+    }
+
+    /// The shipped rules applied twice with --noflush: the second copy's queue rules come after
+    /// the first copy's DROP of the port and are never reached; doctor fails them.
+    func testQueueRulesAfterTheDropOfThePortAreNeverReached() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+        let file = try String(contentsOf: root.appendingPathComponent("examples/iptables/rules.v4"), encoding: .utf8)
+        let rules = file.split(separator: "\n").filter { $0.hasPrefix("-A PREROUTING") }.joined(separator: "\n")
+        let once = FirewallRules.gueRules(iptablesSave: "*raw\n\(rules)\nCOMMIT\n", port: 19523)
+        XCTAssertEqual(once.unreachable, [])
+        let twice = FirewallRules.gueRules(iptablesSave: "*raw\n\(rules)\n\(rules)\nCOMMIT\n", port: 19523)
+        XCTAssertEqual(twice.queueRules.count, 3)
+        XCTAssertEqual(twice.unreachable.count, 3)
+        let checks = HostChecks.ruleChecks(twice, tool: "iptables", port: 19523, queues: [0])
+        XCTAssertEqual(checks.filter { $0.level == .fail }.count, 3, checks.map(\.line).joined(separator: "\n"))
+        let nft = FirewallRules.gueRules(
+            nftRuleset: "udp dport 19523 drop\nip saddr @glb_peers udp dport 19523 queue num 0 bypass\n", port: 19523)
+        XCTAssertEqual(nft.unreachable.count, 1)
     }
 
     func testIPTablesRulesAreReadWithTheirSourceRestriction() {
