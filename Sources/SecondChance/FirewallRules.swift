@@ -36,6 +36,11 @@ public enum FirewallRules {
         /// Queue rules after a rule that drops the whole port: never reached (rules appended by a
         /// second `iptables-restore --noflush`, say), so their peers' GUE is dropped.
         public var unreachable: [String] = []
+
+        /// A queue rule, in force where no DROP of the whole port comes before it (`reached`).
+        mutating func add(_ rule: QueueRule, reached: Bool) {
+            if reached { queueRules.append(rule) } else { unreachable.append(rule.rule) }
+        }
     }
 
     /// How a rule matches the outer source: not at all, to some sources (the peers, one hopes), or
@@ -73,12 +78,9 @@ public enum FirewallRules {
                 if line.contains("-j CT --notrack") || line.hasSuffix("-j NOTRACK") { found.untracked = true }
             }
             if line.contains("-j NFQUEUE") {
-                guard !droppedAll else {
-                    found.unreachable.append(String(line))
-                    continue
-                }
-                found.queueRules.append(
-                    QueueRule(rule: String(line), bypass: line.contains("--queue-bypass"), restricted: source == .only))
+                found.add(
+                    QueueRule(rule: String(line), bypass: line.contains("--queue-bypass"), restricted: source == .only),
+                    reached: !droppedAll)
             } else if line.hasSuffix("-j DROP") && source != .only {
                 droppedAll = droppedAll || line == "-A PREROUTING -p udp -m udp --dport \(port) -j DROP"
                 // `! -s PEERS -j DROP` drops all the queue rules do not take from the peers too.
@@ -104,12 +106,9 @@ public enum FirewallRules {
             // A `fib saddr` rule reads as a source match: its drop is not the one for the rest of the port.
             let source = sourceMatch(nftWords: words)
             if words.contains("queue") {
-                guard !droppedAll else {
-                    found.unreachable.append(String(line))
-                    continue
-                }
-                found.queueRules.append(
-                    QueueRule(rule: String(line), bypass: line.contains("bypass"), restricted: source == .only))
+                found.add(
+                    QueueRule(rule: String(line), bypass: line.contains("bypass"), restricted: source == .only),
+                    reached: !droppedAll)
             } else if words.last == "drop" && source != .only {
                 droppedAll = droppedAll || line == "udp dport \(port) drop"
                 found.dropsTheRest = !found.queueRules.isEmpty
