@@ -64,6 +64,15 @@ public enum FirewallRules {
         return index + 1 < words.count && words[index + 1] == "!=" ? .allBut : .only
     }
 
+    /// One table of a whole `iptables-save` (`*raw` to its COMMIT).
+    static func table(_ name: String, iptablesSave save: String) -> String {
+        var table = ""
+        return save.split(separator: "\n", omittingEmptySubsequences: false).filter { line in
+            if line.hasPrefix("*") { table = String(line.dropFirst()) }
+            return table == name
+        }.joined(separator: "\n")
+    }
+
     /// The NFQUEUE rules for the GUE port in `iptables-save -t raw` output.
     public static func gueRules(iptablesSave rules: String, port: UInt16) -> GUERules {
         var found = GUERules()

@@ -62,15 +62,6 @@ public struct HostSnapshot: Sendable {
 
     public func sysctl(_ path: String) -> String? { sysctls[path] }
 
-    /// The `*raw` table of a whole `iptables-save`.
-    static func rawTable(_ save: String) -> String {
-        var table = ""
-        return save.split(separator: "\n", omittingEmptySubsequences: false).filter { line in
-            if line.hasPrefix("*") { table = String(line.dropFirst()) }
-            return table == "raw"
-        }.joined(separator: "\n")
-    }
-
     /// Reads `parts` of this host. `port`: the GUE port (fou); `peers`: --allow-source, when known;
     /// `namespace`: --netns, where sock_diag looks.
     public static func read(
@@ -81,7 +72,9 @@ public struct HostSnapshot: Sendable {
         if parts.contains(.forwarding) { host.readForwarding() }
         if parts.contains(.rules) {
             host.iptables = Spawn.output("iptables-save")
-            host.iptablesRaw = Spawn.output("iptables-save -t raw") ?? host.iptables.map(Self.rawTable)
+            host.iptablesRaw =
+                Spawn.output("iptables-save -t raw")
+                ?? host.iptables.map { FirewallRules.table("raw", iptablesSave: $0) }
             host.nft = Spawn.output("nft list ruleset")
         }
         if parts.contains(.fou) {
@@ -129,7 +122,7 @@ public struct HostSnapshot: Sendable {
         for path in [
             "net/ipv4/ip_forward", "net/ipv4/conf/all/rp_filter", "net/ipv4/conf/tunl0/rp_filter",
             "net/ipv4/tcp_syncookies", "net/ipv4/tcp_timestamps",
-        ] {
+        ] where sysctls[path] == nil {  // ip_forward and all's rp_filter: read already with .forwarding
             sysctls[path] = ProcFile.sysctl(path)
         }
         sockDiag = Result {
