@@ -163,13 +163,15 @@ final class Lab {
 
     func startSecondChance(_ host: String, _ selfAddress: IPv4Address, extra: [String] = []) throws {
         try? FileManager.default.removeItem(atPath: controlPath(host))
-        try start(
+        let daemon = try start(
             host, "second-chance",
             ["run", "--queue", "0", "--self", selfAddress.description, "--control", controlPath(host)]
                 + (extra.contains("--allow-source") ? [] : Lab.labPeers)
                 + (extra.contains("--fast-path") ? [] : Lab.fastPathChoice) + extra)
-        try waitFor("second-chance control socket on \(host)", seconds: 10) {
-            FileManager.default.fileExists(atPath: self.controlPath(host))
+        // A daemon that refused to start fails the wait at once; either way its log says why.
+        try Lab.waitFor("second-chance control socket on \(host)", seconds: 10, context: { self.log(of: daemon) }) {
+            guard daemon.isRunning else { throw LabError("second-chance on \(host) exited: \(self.log(of: daemon))") }
+            return FileManager.default.fileExists(atPath: self.controlPath(host))
         }
         if Lab.kernelDecapsulation && !extra.contains("--decap") {
             let log = processes.filter { $0.name == "\(host) second-chance" }.map { self.log(of: $0.process) }.joined()

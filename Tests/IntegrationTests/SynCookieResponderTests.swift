@@ -523,8 +523,12 @@ final class SynCookieResponderTests: XCTestCase {
                 source: .v4(Lab.client), sourcePort: port, destination: .v4(Lab.vip), destinationPort: Self.port,
                 flags: .syn, sequence: 9, options: [2, 4, 5, 0xb4])
         }
+        // The queue's responder counts a reply after the batch that sent it: the SYN-ACK can
+        // arrive first, so each count is awaited rather than read once.
+        let before = try lab.stats("p1").value("cookies_sent")
         try sendGUE(lab, sourcePort: 31200, to: Lab.p1, inner: good(43200), hops: [])
         XCTAssertTrue(answered(43200, within: 5), "a good SYN is answered")
+        try lab.waitFor("the good SYN's cookie counted") { try lab.stats("p1").value("cookies_sent") > before }
         let sent = try lab.stats("p1").value("cookies_sent")
 
         var badTCP = good(43201)
@@ -556,6 +560,7 @@ final class SynCookieResponderTests: XCTestCase {
         // SYN itself (its own cookie: the responder's count above says it never did).
         let dropped: Set<UInt16> = Lab.fastPathOn || Lab.kernelDecapsulation ? [43201, 43202, 43203] : [43201, 43203]
         XCTAssertTrue(answeredPorts.isDisjoint(with: dropped), "the kernel dropped them: \(answeredPorts)")
+        try lab.waitFor("the last good SYN's cookie counted") { try lab.stats("p1").value("cookies_sent") > sent }
         XCTAssertEqual(try lab.stats("p1").value("cookies_sent"), sent + 1, "only the good SYN had a cookie")
     }
 
