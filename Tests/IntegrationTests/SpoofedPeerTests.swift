@@ -82,9 +82,16 @@ final class SpoofedPeerTests: XCTestCase {
     func testPolicyRoutingLeavesTheReversePathToNetfilter() throws {
         try Lab.shell("ip -n \(lab.namespace("p1")) rule add from \(Lab.director) lookup main pref 100")
         // The queue path alone (--fast-path off): the same rule makes its check stand aside too.
+        let passed = Lab.fastPathOn ? "fast_path_up_reverse_path_unchecked" : "accepted_syn"
         try sendFromOutside(until: "the director's address passed on for netfilter to judge", from: 41100) {
-            try self.counter(Lab.fastPathOn ? "fast_path_up_reverse_path_unchecked" : "accepted_syn") >= 1
+            try self.counter(passed) >= 1
         }
-        XCTAssertEqual(try counter("fast_path_dropped_reverse_path"), 0)
+        // Packets sent before the daemon read the rule met the old judgement; from then on none does.
+        let (dropped, before) = (try counter("fast_path_dropped_reverse_path"), try counter(passed))
+        for port in UInt16(41190)..<41193 {
+            try sendGUE(lab, from: "x", source: Lab.director, sourcePort: port, to: Lab.p1, inner: syn(port), hops: [])
+        }
+        try lab.waitFor("each of them passed on") { try self.counter(passed) == before + 3 }
+        XCTAssertEqual(try counter("fast_path_dropped_reverse_path"), dropped, "none refused once the rule is read")
     }
 }
