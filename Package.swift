@@ -99,7 +99,7 @@ let package = Package(
             name: "SecondChanceCoreTests",
             dependencies: [
                 "SecondChanceCore", "SecondChance", "NetTypes", "LinuxSys", "Telemetry", "LabKit", "TestSupport",
-                "CFastPathABI",
+                "CFastPathABI", "FastPathProgram",
             ]),
         .testTarget(name: "LinuxSysTests", dependencies: ["LinuxSys", "NetTypes", "TestSupport"]),
         .testTarget(

@@ -6,8 +6,8 @@
 # time (TIMEOUT seconds, default 300). Kernel packages are downloaded once into .build-kernels.
 # The command sees PROXYSIDE_WAIT_SCALE=5: the test suites' waits allow for software emulation.
 #   scripts/kernel-lab.sh VERSION COMMAND...     e.g. scripts/kernel-lab.sh 6.1 uname -r
-# VERSION: 6.1 or 6.12 (the newest package of that series in the apt sources), or a full package
-# version such as 6.1.0-47-amd64.
+# VERSION: 5.10 (Debian 11's, from bullseye), 6.1 or 6.12 (the newest package of that series in the
+# apt sources), or a full package version such as 6.1.0-47-amd64.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 2 ] || { echo "usage: scripts/kernel-lab.sh VERSION COMMAND..." >&2; exit 64; }
@@ -27,25 +27,42 @@ fi
 
 store=$PWD/.build-kernels
 mkdir -p "$store"
+# Debian 11's 5.10 is in bullseye, which the machine's own sources do not list: a private apt state
+# names it (the same archive as the machine's sources), so the host's lists are left as they are.
+apt_options=()
+case $series in
+    5.10 | 5.10.*)
+        apt_state=$store/apt-bullseye
+        mkdir -p "$apt_state/lists/partial" "$apt_state/cache/archives/partial"
+        archive=$(cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null |
+            grep -oE 'https?://[^ ]+/debian/?$' | head -1 || true)
+        archive=${archive:-http://deb.debian.org/debian}
+        printf 'deb %s bullseye main\ndeb %s-security bullseye-security main\n' "${archive%/}" "${archive%/}" \
+            > "$apt_state/sources.list"
+        apt_options=(-o "Dir::Etc::SourceList=$apt_state/sources.list" -o "Dir::Etc::SourceParts=-"
+            -o "Dir::State::Lists=$apt_state/lists" -o "Dir::Cache=$apt_state/cache")
+        ;;
+esac
 case $series in
     *-amd64) release=$series ;;
-    6.1 | 6.12)
-        # The newest generic package of the series: linux-image-6.1.0-N-amd64, linux-image-6.12.N+debNN-amd64
-        # (not -cloud, -rt, -dbg or -unsigned).
+    5.10 | 6.1 | 6.12)
+        # The newest generic package of the series: linux-image-5.10.0-N-amd64, linux-image-6.1.0-N-amd64,
+        # linux-image-6.12.N+debNN-amd64 (not -cloud, -rt, -dbg or -unsigned).
         newest() {
-            apt-cache search --names-only "^linux-image-${series}[.][0-9]+(-[0-9]+|[+]deb[0-9]+)-amd64$" 2>/dev/null |
+            apt-cache "${apt_options[@]}" search --names-only \
+                "^linux-image-${series}[.][0-9]+(-[0-9]+|[+]deb[0-9]+)-amd64$" 2>/dev/null |
                 awk '{print $1}' | sed 's/^linux-image-//' | sort -V | tail -1
         }
         release=$(newest)
-        [ -n "$release" ] || { apt-get update -qq; release=$(newest); }
+        [ -n "$release" ] || { apt-get "${apt_options[@]}" update -qq; release=$(newest); }
         ;;
-    *) echo "kernel-lab: VERSION is 6.1, 6.12 or a package version such as 6.1.0-47-amd64" >&2; exit 64 ;;
+    *) echo "kernel-lab: VERSION is 5.10, 6.1, 6.12 or a package version such as 6.1.0-47-amd64" >&2; exit 64 ;;
 esac
 [ -n "$release" ] || { echo "kernel-lab: no linux-image package for $series in the apt sources" >&2; exit 1; }
 kernel=$store/$release
 if [ ! -e "$kernel/.complete" ]; then
     rm -rf "$kernel" && mkdir -p "$kernel/deb"
-    (cd "$kernel/deb" && apt-get download "linux-image-$release" >/dev/null 2>&1) ||
+    (cd "$kernel/deb" && apt-get "${apt_options[@]}" download "linux-image-$release" >/dev/null 2>&1) ||
         { echo "kernel-lab: apt-get download linux-image-$release failed" >&2; exit 1; }
     dpkg-deb -x "$kernel"/deb/*.deb "$kernel/root"
     rm -rf "$kernel/deb"

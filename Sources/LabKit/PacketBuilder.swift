@@ -81,6 +81,16 @@ public enum PacketBuilder {
         return header
     }
 
+    /// An ICMP echo request (type 8) carrying `payload`, with DF set, as glb-healthcheck's GUE
+    /// check sends it inside GUE (identifier and sequence 0, TTL 255, its check's id as payload).
+    public static func icmpEchoRequest(
+        from source: IPv4Address, to destination: IPv4Address, payload: [UInt8], ttl: UInt8 = 255
+    ) -> [UInt8] {
+        ip(
+            source: .v4(source), destination: .v4(destination), protocol: 1,
+            transport: [8, 0, 0, 0, 0, 0, 0, 0] + payload, checksumOffset: 2, ttl: ttl)
+    }
+
     /// ICMP "fragmentation needed" (type 3 code 4) quoting `original` (its first header bytes).
     public static func icmpFragmentationNeeded(
         from source: IPv4Address, to destination: IPv4Address, mtu: UInt16, original: [UInt8]

@@ -21,6 +21,9 @@ public struct DaemonOptions: Sendable, Equatable {
     public var guePort: UInt16 = GUEPacket.port
     /// --allow-source; nil for a doctor not told the peers.
     public var allowSources: [IPv4Prefix]?
+    public var fastPath: FastPathChoice = .auto
+    /// --fou-mark: what doctor checks the health-probe rule against.
+    public var fouMark: PacketMark = .default
     public var fastPathInterfaces: [String] = []
     /// The forwarding mode of the process that re-executed into this one: kept, while the host
     /// still allows it, so that a re-exec does not dump the firewall while the queues wait.
@@ -41,8 +44,11 @@ public struct DaemonPlan: Sendable, Equatable {
     public var decapsulationReason: String
     public var forwarding: ForwardingMode
     public var forwardingReason: String
-    /// The responder as it runs: off when the flags say so or the cookie helpers do not load.
+    /// The responder as it runs: off when the flags say so, or when neither the queue's cookie
+    /// helpers load nor the tc program may answer.
     public var responder: ResponderMode
+    /// Set when only the tc program answers (the queue's cookie helpers do not load): why.
+    public var responderNote: String?
     /// Where GUE from the peers arrives; where the tc program goes without --fast-path-interface.
     public var peerInterfaces: [String]
 
@@ -58,7 +64,7 @@ public struct DaemonPlan: Sendable, Equatable {
     }
 
     public static func make(_ options: DaemonOptions, host: HostSnapshot) throws(PlanRefusal) -> DaemonPlan {
-        let responder = try responderMode(options, host: host)
+        let (responder, note) = try responderMode(options, host: host)
         let peers = host.peerInterfaces ?? []
         // The flags, not whether the helpers loaded this time: a choice a re-exec keeps must hold
         // for an image whose responder does come on.
@@ -67,20 +73,30 @@ public struct DaemonPlan: Sendable, Equatable {
         let (decapsulation, because) = decapsulationMode(options, host: host)
         return DaemonPlan(
             decapsulation: decapsulation, decapsulationReason: because, forwarding: forwarding,
-            forwardingReason: why, responder: responder, peerInterfaces: peers)
+            forwardingReason: why, responder: responder, responderNote: note, peerInterfaces: peers)
     }
 
-    static func responderMode(_ options: DaemonOptions, host: HostSnapshot) throws(PlanRefusal) -> ResponderMode {
+    /// The responder's mode, and a note when the tc program alone answers. The queue's responder
+    /// and cookie-ACK check need the raw cookie helpers (Linux 6.0); the tc program's ask the
+    /// listener itself (bpf_tcp_gen_syncookie, 5.3), so without the helpers it still answers.
+    static func responderMode(_ options: DaemonOptions, host: HostSnapshot) throws(PlanRefusal) -> (
+        ResponderMode, String?
+    ) {
         if !options.checkCookies && options.synCookies == .always {
             throw PlanRefusal(
                 description: "--syn-cookies always answers with cookies --no-cookie-check would not accept")
         }
-        guard options.checkCookies, options.synCookies != .off else { return .off }
-        guard case .failure(let failure) = host.cookieHelpers else { return options.synCookies }
-        guard options.synCookies == .auto else {
-            throw PlanRefusal(description: "--syn-cookies always needs the BPF cookie programs: \(failure)")
+        guard options.checkCookies, options.synCookies != .off else { return (.off, nil) }
+        guard case .failure(let failure) = host.cookieHelpers else { return (options.synCookies, nil) }
+        // `always` promises every SYN an answer: only a fast path that must load can keep that.
+        if options.fastPath == .tc || (options.fastPath == .auto && options.synCookies == .auto) {
+            return (options.synCookies, "the tc program's only; the queue's SYNs go to the kernel: \(failure)")
         }
-        return .off
+        guard options.synCookies == .auto else {
+            throw PlanRefusal(
+                description: "--syn-cookies always needs the BPF cookie programs or --fast-path tc: \(failure)")
+        }
+        return (.off, nil)
     }
 
     static func decapsulationMode(_ options: DaemonOptions, host: HostSnapshot) -> (DecapsulationMode, String) {
@@ -125,7 +141,7 @@ public struct DaemonPlan: Sendable, Equatable {
         [
             "decapsulation: \(decapsulation.rawValue) (\(decapsulationReason))",
             "forwarding: \(forwarding.rawValue) (\(forwardingReason))",
-            "SYN-cookie responder: \(responder.rawValue)",
+            "SYN-cookie responder: \(responder.rawValue)" + (responderNote.map { " (\($0))" } ?? ""),
         ]
     }
 }

@@ -14,6 +14,7 @@ public enum FastPathMap: String, CaseIterable, Sendable {
     case counters = "fp_counters"
     case listeners = "fp_listeners"
     case listenerCounts = "fp_listen_count"
+    case listenerPass = "fp_listen_pass"
     case reply4 = "fp_reply4"
     case reply6 = "fp_reply6"
     case reverse4 = "fp_reverse4"

@@ -18,6 +18,7 @@ public enum FastPathCounters {
         (FP_DROP_UDP_TRUNCATED, .dropped(.udpTruncated)),
         (FP_DROP_GUE_TRUNCATED, .dropped(.gueTruncated)),
         (FP_DROP_GUE_VERSION, .dropped(.gueVersion)),
+        (FP_DROP_GUE_CONTROL, .dropped(.gueControl)),
         (FP_DROP_GUE_FLAGS, .dropped(.gueFlags)),
         (FP_DROP_GUE_HLEN, .dropped(.gueHeaderLength)),
         (FP_DROP_GUE_PRIVATE_TYPE, .dropped(.guePrivateType)),

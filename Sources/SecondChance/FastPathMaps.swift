@@ -9,14 +9,14 @@ import SecondChanceCore
 /// a map that lacks an entry both the old and the new set have.
 public struct FastPathMaps: Sendable {
     let config: Int32, sources: Int32, hops: Int32, local4: Int32, local6: Int32, broadcast4: Int32, counters: Int32
-    let listeners: Int32, listenerCounts: Int32, replyRoutes4: Int32, replyRoutes6: Int32, reverse4: Int32
+    let listeners: Int32, listenerCounts: Int32, listenerPass: Int32
+    let replyRoutes4: Int32, replyRoutes6: Int32, reverse4: Int32
 
     public init(_ object: FastPathObject) {
         (config, sources, hops) = (object.map(.config), object.map(.sources), object.map(.hops))
         (local4, local6, broadcast4) = (object.map(.local4), object.map(.local6), object.map(.broadcast4))
-        (counters, listeners, listenerCounts) = (
-            object.map(.counters), object.map(.listeners), object.map(.listenerCounts)
-        )
+        (counters, listeners) = (object.map(.counters), object.map(.listeners))
+        (listenerCounts, listenerPass) = (object.map(.listenerCounts), object.map(.listenerPass))
         (replyRoutes4, replyRoutes6, reverse4) = (object.map(.reply4), object.map(.reply6), object.map(.reverse4))
     }
 
@@ -148,25 +148,32 @@ public struct FastPathMaps: Sendable {
             state.complete = true
             return state
         }
-        // Counts before the listeners, so a served listener's first SYN finds its entry.
+        // Counts and pass times before the listeners, so a served listener's first SYN finds its entries.
         let present = Self.keys(of: listenerCounts, size: MemoryLayout<fp_listener_key>.size)
-        var zero = [UInt8](repeating: 0, count: Self.cpus * MemoryLayout<fp_listener_counts>.stride)
-        for key in wanted.subtracting(present) {
-            let made = key.withUnsafeBytes {
-                bpf_map_update_elem(listenerCounts, $0.baseAddress, &zero, UInt64(BPF_NOEXIST))
-            }
-            guard made == 0 || errno == EEXIST else {
-                throw FastPathError(.maps, "adding a listener's counts", errno: errno)
-            }
-        }
+        try make(
+            wanted.subtracting(present), in: listenerCounts, size: Self.cpus * MemoryLayout<fp_listener_counts>.stride)
+        let passing = Self.keys(of: listenerPass, size: MemoryLayout<fp_listener_key>.size)
+        try make(wanted.subtracting(passing), in: listenerPass, size: MemoryLayout<fp_listener_pass>.stride)
         try replace(listeners, entries: served)
-        for key in present.subtracting(wanted) {
+        for key in present.union(passing).subtracting(wanted) {
             _ = key.withUnsafeBytes { bpf_map_delete_elem(listenerCounts, $0.baseAddress) }
+            _ = key.withUnsafeBytes { bpf_map_delete_elem(listenerPass, $0.baseAddress) }
         }
         state.served = served
         state.records = wanted
         state.complete = true
         return state
+    }
+
+    /// A zeroed entry of `size` bytes for each key that has none (one the program made meanwhile is kept).
+    private func make(_ keys: Set<[UInt8]>, in map: Int32, size: Int) throws {
+        var zero = [UInt8](repeating: 0, count: size)
+        for key in keys {
+            let made = key.withUnsafeBytes { bpf_map_update_elem(map, $0.baseAddress, &zero, UInt64(BPF_NOEXIST)) }
+            guard made == 0 || errno == EEXIST else {
+                throw FastPathError(.maps, "adding a listener's entries", errno: errno)
+            }
+        }
     }
 
     static let cpus = max(1, Int(libbpf_num_possible_cpus()))
@@ -183,7 +190,7 @@ public struct FastPathMaps: Sendable {
             guard found == 0 else { continue }
             var sums = [UInt64](repeating: 0, count: Int(FP_L_COUNT.rawValue))
             for cpu in 0..<Self.cpus {
-                for slot in sums.indices { sums[slot] &+= perCPU[cpu * stride + 1 + slot] }
+                for slot in sums.indices { sums[slot] &+= perCPU[cpu * stride + slot] }
             }
             out[listener] = sums
         }

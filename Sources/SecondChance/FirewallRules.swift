@@ -126,6 +126,33 @@ public enum FirewallRules {
         return found
     }
 
+    /// The marks of raw PREROUTING rules that drop an ICMP echo request arriving on tunl0 without
+    /// them (`-i tunl0 ... --icmp-type 8 -m mark ! --mark V/M -j DROP`, as iptables-save prints
+    /// it): a health probe fou decapsulated that no daemon decided.
+    public static func probeDropMarks(iptablesSave rules: String) -> [PacketMark] {
+        rules.split(separator: "\n").compactMap { line in
+            let words = line.split(separator: " ")
+            guard line.hasPrefix("-A PREROUTING "), line.hasSuffix("-j DROP"), line.contains("-i tunl0 "),
+                line.contains("--icmp-type 8 "), let at = words.firstIndex(of: "--mark"), at > 0,
+                words[at - 1] == "!", at + 1 < words.count
+            else { return nil }
+            return PacketMark(words[at + 1])
+        }
+    }
+
+    /// The same rule as nft prints it: `iifname "tunl0" icmp type echo-request meta mark & M != V drop`.
+    public static func probeDropMarks(nftRuleset rules: String) -> [PacketMark] {
+        rules.split(separator: "\n").compactMap { raw in
+            let words = raw.split(separator: " ")
+            guard raw.contains("iifname \"tunl0\""), raw.contains("icmp type echo-request"), words.last == "drop",
+                let at = words.firstIndex(of: "mark"), at + 4 < words.count, words[at + 1] == "&",
+                words[at + 3] == "!=", let mask = PacketMark.number(words[at + 2]),
+                let value = PacketMark.number(words[at + 4]), mask != 0, value & ~mask == 0
+            else { return nil }
+            return PacketMark(value: value, mask: mask)
+        }
+    }
+
     /// Both tools' rules that drop conntrack INVALID after the queue (either may be unreadable).
     static func invalidDrops(nftRuleset: String?, iptablesSave: String?) -> [String] {
         invalidDrops(nftRuleset: nftRuleset ?? "") + invalidDrops(iptablesSave: iptablesSave ?? "")

@@ -10,6 +10,9 @@ public struct HostCheck: Sendable {
     public var subject: String
     public var finding: String
     public var fix: String?
+    /// A failure that `--preflight fail` refuses to start on; one whose cost is not starting's
+    /// (the GUE MTU: small requests still work) is reported and the start goes on.
+    public var blocksStart = true
 
     public init(level: Level, subject: String, finding: String, fix: String? = nil) {
         (self.level, self.subject, self.finding, self.fix) = (level, subject, finding, fix)
@@ -155,8 +158,11 @@ public enum HostChecks {
         }
         let version = (numbers[0], numbers[1])
         let needs: [(feature: String, helpers: String, minimum: (Int, Int))] = [
-            ("the SYN-cookie responder and cookie ACK checks", "bpf_tcp_raw_*_syncookie_ipv4/6", (6, 0)),
-            ("the tc fast path (--fast-path auto falls back to NFQUEUE)", "its program's helpers", (5, 19)),
+            (
+                "the queue's SYN-cookie responder and cookie ACK checks (the tc program's answer without them)",
+                "bpf_tcp_raw_*_syncookie_ipv4/6", (6, 0)
+            ),
+            ("the tc fast path (--fast-path auto falls back to NFQUEUE)", "its program's helpers", (5, 10)),
         ]
         let missing = needs.filter { version < $0.minimum }
         guard !missing.isEmpty else {
@@ -178,10 +184,12 @@ public enum HostChecks {
     /// as `forwarding`; `allowedSources`: its --allow-source prefixes, when known.
     public static func run(
         _ host: HostSnapshot, port: UInt16, queues: [UInt16], namespace: String?, forwarding: ForwardingMode,
-        allowedSources: [IPv4Prefix]?, maximumHops: UInt8 = PeerPolicy.defaultMaximumHops
+        allowedSources: [IPv4Prefix]?, maximumHops: UInt8 = PeerPolicy.defaultMaximumHops,
+        fouMark: PacketMark = .default
     ) -> [HostCheck] {
         var checks = basics(host) + fou(host, port: port) + queueRules(host, port: port, queues: queues)
-        checks += pathMTU(host, hops: maximumHops)
+        if case .success(.gue) = host.fou { checks.append(healthProbe(host, fouMark: fouMark)) }
+        checks += PathMTUChecks.run(host, hops: maximumHops)
         if let allowedSources { checks.append(allowSource(allowedSources)) }
         checks.append(rpFilter(host))
         if forwarding == .kernel {
@@ -260,6 +268,39 @@ public enum HostChecks {
                     fix: "apt-get install iptables"))
         }
         return checks
+    }
+
+    /// With fou on the port, a health checker's GUE probe (an echo request inside GUE) is
+    /// decapsulated and answered by the kernel even when it came through the queue's bypass with no
+    /// second-chance deciding: only a rule that drops it without the daemon's --fou-mark makes a
+    /// stopped daemon fail glb-healthcheck.
+    static func healthProbe(_ host: HostSnapshot, fouMark: PacketMark) -> HostCheck {
+        let marks =
+            (host.iptablesRaw.map(FirewallRules.probeDropMarks(iptablesSave:)) ?? [])
+            + (host.nft.map(FirewallRules.probeDropMarks(nftRuleset:)) ?? [])
+        let rule = "-A PREROUTING -i tunl0 -p icmp --icmp-type 8 -m mark ! --mark \(PacketMark.default) -j DROP"
+        if fouMark == .none {
+            return HostCheck(
+                level: .warn, subject: "health checks",
+                finding: "--fou-mark none: with second-chance down, fou still answers glb-healthcheck's GUE probe",
+                fix: "leave --fou-mark at its default and add the raw rule \(rule) (examples/iptables)")
+        }
+        if marks.contains(fouMark) {
+            return HostCheck(
+                level: .ok, subject: "health checks",
+                finding: "a GUE probe fou decapsulated without mark \(fouMark) is dropped: a stopped daemon fails it")
+        }
+        if let other = marks.first {
+            return HostCheck(
+                level: .fail, subject: "health checks",
+                finding:
+                    "the rules drop probes without mark \(other), second-chance sets \(fouMark): every probe fails",
+                fix: "make the rule's mark and --fou-mark the same")
+        }
+        return HostCheck(
+            level: .warn, subject: "health checks",
+            finding: "with second-chance down, fou still answers glb-healthcheck's GUE probe: the proxy looks healthy",
+            fix: "add the raw rule \(rule) (examples/iptables/rules.v4, item 5)")
     }
 
     static func allowSource(_ allowedSources: [IPv4Prefix]) -> HostCheck {
@@ -395,63 +436,5 @@ public enum HostChecks {
                     applied twice with --noflush land after the first copy's DROP)
                     """)
         }
-    }
-
-    /// For each interface GUE arrives on: does a full-size segment, at the largest MSS any route
-    /// to clients advertises (of each family; link-local routes lead to none), fit once
-    /// encapsulated with `hops` hops?
-    static func pathMTU(_ host: HostSnapshot, hops: UInt8) -> [HostCheck] {
-        guard let routes = host.replyRoutes else { return [] }
-        guard !routes.truncated else {
-            return [
-                HostCheck(
-                    level: .info, subject: "GUE MTU",
-                    finding: "more than \(ReplyRoutes.maximumRoutes) routes in a family: the MSS is not checked")
-            ]
-        }
-        let linkLocal: UInt64 = 0xfe80_0000_0000_0000
-        let widest = [
-            routes.ipv4.max { $0.route.mss < $1.route.mss }.map { ($0.prefix.description, $0.route.mss, false) },
-            routes.ipv6.filter { $0.prefix.network.high & 0xffc0_0000_0000_0000 != linkLocal }
-                .max { $0.route.mss < $1.route.mss }.map { ($0.prefix.description, $0.route.mss, true) },
-        ].compactMap { $0 }
-        return (host.peerInterfaces ?? []).compactMap { name in
-            host.linkMTUs[name].map { pathMTU(interface: name, mtu: $0, widest: widest, hops: hops) }
-        }
-    }
-
-    static func pathMTU(interface name: String, mtu: UInt32, widest: [(String, UInt16, Bool)], hops: UInt8)
-        -> HostCheck
-    {
-        let lost = widest.filter { Int($0.1) > GUEPathMTU.largestMSS(linkMTU: mtu, hops: hops, ipv6: $0.2) }
-        guard !lost.isEmpty else {
-            return HostCheck(
-                level: .ok, subject: "GUE MTU",
-                finding: "\(name) (MTU \(mtu)) carries full-size segments with \(hops) hops")
-        }
-        let findings = lost.map { prefix, mss, ipv6 in
-            let size = Int(mss) + (ipv6 ? 60 : 40) + GUEPathMTU.overhead(hops: hops)
-            return
-                "the route to \(prefix) advertises MSS \(mss); a full-size segment arrives as a \(size)-byte GUE packet"
-        }
-        let limits = lost.map { _, _, ipv6 in (GUEPathMTU.largestMSS(linkMTU: mtu, hops: hops, ipv6: ipv6), ipv6) }
-        let fix =
-            limits.contains { $0.0 < ($0.1 ? 1220 : 256) }
-            ? "raise the MTU of the director's path: \(mtu) bytes carry no segment the kernel would send"
-            : limits.map { largest, ipv6 in
-                """
-                advertise at most MSS \(largest)\(lost.count > 1 ? (ipv6 ? " for IPv6" : " for IPv4") : ""): ip \
-                \(ipv6 ? "-6 " : "")route change ROUTE advmss \(largest) for the routes to clients, or HAProxy's \
-                `mss \(largest)` on its binds
-                """
-            }.joined(separator: "; ") + "; or raise the MTU of the director's path"
-        return HostCheck(
-            level: .warn, subject: "GUE MTU",
-            finding:
-                """
-                \(name) (MTU \(mtu)), \(hops) hops: \(findings.joined(separator: "; and ")); it is lost \
-                (glb-director neither fragments nor sends ICMP): uploads stall
-                """,
-            fix: fix)
     }
 }

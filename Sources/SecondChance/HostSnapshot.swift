@@ -55,6 +55,9 @@ public struct HostSnapshot: Sendable {
     /// interface GUE from the peers arrives on.
     public var replyRoutes: ReplyRoutes?
     public var linkMTUs: [String: UInt32] = [:]
+    /// Each listener of the sockets' namespace but loopback's, with its TCP_MAXSEG (0: none set);
+    /// nil when they could not be read.
+    public var listenerMSS: [ListenerKey: UInt16]?
     /// Whether an exact sock_diag look-up in the sockets' namespace answers.
     public var sockDiag: Result<Bool, Failure> = .success(true)
 
@@ -96,6 +99,30 @@ public struct HostSnapshot: Sendable {
         for path in paths { sysctls[path] = ProcFile.sysctl(path) }
     }
 
+    /// The listeners a client can reach (not bound to loopback), at most `maximumListeners` of
+    /// them, each with the TCP_MAXSEG the listener probe reads (0 where it cannot).
+    static func listenerMSS(namespace: NetworkNamespace?) -> [ListenerKey: UInt16]? {
+        guard let listeners = try? SockDiag(namespace: namespace).dumpListeners(requestSockets: false) else {
+            return nil
+        }
+        let probe = try? ListenerProbe(namespace: namespace)
+        let loopback4 = IPv4Prefix(network: IPv4Address(0x7f00_0000), length: 8)
+        var found: [ListenerKey: UInt16] = [:]
+        for listener in listeners.prefix(maximumListeners) {
+            let key = listener.key
+            if key.isIPv6
+                ? key.address == IPv6Address(high: 0, low: 1)
+                : loopback4.contains(IPv4Address(UInt32(truncatingIfNeeded: key.address.low)))
+            {
+                continue
+            }
+            found[key] = probe?.userMSS(of: key) ?? 0
+        }
+        return found
+    }
+
+    static let maximumListeners = 4096
+
     mutating func readDoctorsRest(namespace: String?) {
         root = geteuid() == 0
         queueAvailable = access("/proc/net/netfilter/nfnetlink_queue", F_OK) == 0
@@ -113,6 +140,7 @@ public struct HostSnapshot: Sendable {
                 ipv4: routes.ipv4.filter { $0.route.interfaceIndex != loopback }.map { ($0.prefix, $0.route) },
                 ipv6: routes.ipv6.filter { $0.route.interfaceIndex != loopback }.map { ($0.prefix, $0.route) })
         }
+        listenerMSS = Self.listenerMSS(namespace: sockets)
         for name in peerInterfaces ?? [] {
             let text = ProcFile.read("/sys/class/net/\(name)/mtu", limit: 32)
             if let mtu = text.flatMap({ UInt32($0.split(separator: "\n").first ?? "") }) { linkMTUs[name] = mtu }

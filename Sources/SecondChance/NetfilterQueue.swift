@@ -15,6 +15,8 @@ let netlinkBufferSize = 8192
 public final class NetfilterQueue {
     public enum Action {
         case accept
+        /// Accept with the packet's mark set to this value (what goes to fou: `PacketMark`).
+        case acceptMarking(UInt32)
         /// Accept with bytes `range` of the queued packet as its new payload (userspace decapsulation).
         case acceptReplacing(Range<Int>)
         case drop
@@ -194,6 +196,8 @@ public final class NetfilterQueue {
         public var payload: UnsafeMutableRawBufferPointer
         /// The interface it arrived on (NFQA_IFINDEX_INDEV), when the kernel says.
         public var arrival: UInt32? = nil
+        /// Its mark (NFQA_MARK; the kernel leaves out a zero one).
+        public var mark: UInt32 = 0
     }
 
     /// How long a stop may go on answering what is queued: under a sustained flood the queue never
@@ -351,7 +355,10 @@ public final class NetfilterQueue {
         let arrival = attributes[Int(NFQA_IFINDEX_INDEV.rawValue)].flatMap {
             mnl_attr_get_payload_len($0) >= 4 ? UInt32(bigEndian: mnl_attr_get_u32($0)) : nil
         }
-        return (QueuedPacket(id: id, payload: payload, arrival: arrival), true)
+        let mark = attributes[Int(NFQA_MARK.rawValue)].flatMap {
+            mnl_attr_get_payload_len($0) >= 4 ? UInt32(bigEndian: mnl_attr_get_u32($0)) : nil
+        }
+        return (QueuedPacket(id: id, payload: payload, arrival: arrival, mark: mark ?? 0), true)
     }
 
     /// An answer to a message of ours. The requeue request's ENOENT only says nothing was left
@@ -423,6 +430,9 @@ private struct VerdictWriter {
             (buffer + length).assumingMemoryBound(to: CChar.self), Int32(NFQNL_MSG_VERDICT.rawValue), UInt32(queue))!
         switch action {
         case .accept: nfq_nlmsg_verdict_put(nlh, Int32(bitPattern: id), NF_ACCEPT)
+        case .acceptMarking(let mark):
+            nfq_nlmsg_verdict_put(nlh, Int32(bitPattern: id), NF_ACCEPT)
+            nfq_nlmsg_verdict_put_mark(nlh, mark)
         case .drop: nfq_nlmsg_verdict_put(nlh, Int32(bitPattern: id), NF_DROP)
         case .acceptReplacing:
             nfq_nlmsg_verdict_put(nlh, Int32(bitPattern: id), NF_ACCEPT)

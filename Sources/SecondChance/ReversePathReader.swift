@@ -18,12 +18,15 @@ public enum ReversePathReader {
                 best[route.prefix] = (route.priority, route.way)
             }
         }
-        // This host's own and broadcast addresses inside a peer prefix: rpfilter hears no packet
-        // from them (the local table comes first), however the main table routes them.
+        // This host's own and broadcast addresses inside a peer prefix, however the main table
+        // routes them: the local table comes first. The way back to an own address is loopback,
+        // where only this host sends from (a director or health checker on the proxy itself,
+        // glb-director #139); from any other interface it is a forgery. No packet is heard from a
+        // broadcast address.
         try socket.routes(family: AF_INET, table: RT_TABLE_LOCAL.rawValue, sequence: 3) { message in
             switch LocalAddressWatcher.localRoute(message) {
             case .v4(let prefix) where prefix.length == 32 && peers.contains(where: { $0.contains(prefix.network) }):
-                best[prefix] = (0, .interfaces([]))
+                best[prefix] = (0, .interfaces([ReversePaths.loopbackIndex]))
             case .broadcast(let address) where peers.contains(where: { $0.contains(address) }):
                 best[IPv4Prefix(network: address, length: 32)] = (0, .interfaces([]))
             default: break

@@ -186,8 +186,16 @@ public final class SecondChanceWorker: @unchecked Sendable {
             }
             lookups.answer(ownership: &ownership, counters: counters, now: now)
             ownership.responder?.prepare(packets, parsed, now: now, sender: sender, decider: decider)
+            let fouMark =
+                configuration.decapsulation == .kernel && configuration.fouMark != .none ? configuration.fouMark : nil
             for (index, (packet, result)) in zip(packets, parsed).enumerated() {
-                actions.append(carryOut(packet.payload, result, index: index, decider: decider))
+                let action = carryOut(packet.payload, result, index: index, decider: decider)
+                // With kernel decapsulation a plain accept is what hands the packet to fou.
+                if case .accept = action, let fouMark {
+                    actions.append(.acceptMarking(fouMark.applied(to: packet.mark)))
+                } else {
+                    actions.append(action)
+                }
             }
             ownership.prefetched.removeAll(keepingCapacity: true)
             flushForwards()
@@ -238,6 +246,7 @@ public final class SecondChanceWorker: @unchecked Sendable {
             // What the responder did with a SYN; one it answered never reaches the kernel, so makes no socket.
             let responderOutcome = decision.verdict == .local(.syn) ? ownership.responder?.outcome(at: index) : nil
             remember(decision, answeredByResponder: responderOutcome?.answersTheSYN == true)
+            if case .pathMTU = decision.inner { counters.add(.pathMTU(PathMTUOutcome(decision.verdict))) }
             switch decision.verdict {
             case .drop, .refuse:
                 return refuse(decision.verdict)
@@ -310,15 +319,36 @@ public final class SecondChanceWorker: @unchecked Sendable {
             -> NetfilterQueue.Action
         {
             switch (configuration.decapsulation, gue.innerFamily) {
+            case (.kernel, .ipv6) where Self.sitWouldRefuse(packet, gue):
+                return injectIPv6(packet, gue)
             case (.kernel, _):
                 return .accept
             case (.userspace, .ipv4):
                 return .acceptReplacing(gue.innerOffset..<gue.innerEnd)
             case (.userspace, .ipv6):
-                let error = sender.sendIPv6(UnsafeRawBufferPointer(rebasing: packet[gue.innerOffset..<gue.innerEnd]))
-                if error != 0 { counters.add(.injectFailed) }
-                return .drop
+                return injectIPv6(packet, gue)
             }
+        }
+
+        /// Hands the inner IPv6 packet to the local stack through the raw IPv6 socket (an IPv4
+        /// hook cannot carry it); the queued original is dropped.
+        private func injectIPv6(_ packet: UnsafeMutableRawBufferPointer, _ gue: GUEPacket) -> NetfilterQueue.Action {
+            let error = sender.sendIPv6(UnsafeRawBufferPointer(rebasing: packet[gue.innerOffset..<gue.innerEnd]))
+            if error != 0 { counters.add(.injectFailed) }
+            return .drop
+        }
+
+        /// Whether sit, given this inner IPv6 packet by fou, would drop it as spoofed: a 6to4
+        /// (2002::/16) source or destination whose embedded IPv4 address is not the outer
+        /// packet's (the director's, this proxy's). A client behind a 6to4 relay is real
+        /// (glb-director #64): such a packet reaches the stack as userspace decapsulation sends it.
+        static func sitWouldRefuse(_ packet: UnsafeMutableRawBufferPointer, _ gue: GUEPacket) -> Bool {
+            let bytes = UnsafeRawBufferPointer(packet), inner = gue.innerOffset
+            guard gue.innerEnd - inner >= 40 else { return false }
+            func embedded(_ at: Int) -> UInt32? { bytes.be16(at) == 0x2002 ? bytes.be32(at + 2) : nil }
+            if let source = embedded(inner + 8), source != gue.outerSource.value { return true }
+            if let destination = embedded(inner + 24), destination != gue.outerDestination.value { return true }
+            return false
         }
     }
 }

@@ -1,3 +1,19 @@
+/// What was decided for a path-MTU message (ICMP fragmentation needed, ICMPv6 Packet Too Big)
+/// about one of a flow's packets: it follows the flow, here or to the next hop.
+public enum PathMTUOutcome: String, CaseIterable, Sendable {
+    case local, forwarded, refused
+}
+
+extension PathMTUOutcome {
+    public init(_ verdict: Verdict) {
+        switch verdict {
+        case .local: self = .local
+        case .forward: self = .forwarded
+        case .drop, .refuse: self = .refused
+        }
+    }
+}
+
 /// Every counter the daemon keeps, in a fixed order so per-thread blocks can be plain arrays.
 public enum CounterName: Hashable, Sendable {
     case total
@@ -19,6 +35,8 @@ public enum CounterName: Hashable, Sendable {
     case cookiesSent
     /// SYNs the responder could not answer (cookie or send failed); they went to the kernel.
     case cookieReplyFailed
+    /// Path-MTU messages, by decision (counted in the decision's own counter as well).
+    case pathMTU(PathMTUOutcome)
 
     public static let all: [CounterName] =
         [.total] + LocalReason.allCases.map { .local($0) } + [.forwarded]
@@ -26,7 +44,7 @@ public enum CounterName: Hashable, Sendable {
         + [
             .forwardFailed, .injectFailed, .lookups, .lookupCacheHits, .cookieChecks, .cookieAcksInvalid, .cookiesSent,
             .cookieReplyFailed,
-        ]
+        ] + PathMTUOutcome.allCases.map { .pathMTU($0) }
 
     public static let count = all.count
 
@@ -52,6 +70,7 @@ public enum CounterName: Hashable, Sendable {
         case .cookieAcksInvalid: return tailBase + 5
         case .cookiesSent: return tailBase + 6
         case .cookieReplyFailed: return tailBase + 7
+        case .pathMTU(let outcome): return tailBase + 8 + PathMTUOutcome.allCases.firstIndex(of: outcome)!
         }
     }
 
@@ -71,6 +90,7 @@ public enum CounterName: Hashable, Sendable {
         case .cookieAcksInvalid: ("second_chance_syn_cookie_acks_invalid_total", nil)
         case .cookiesSent: ("second_chance_syn_cookies_sent_total", nil)
         case .cookieReplyFailed: ("second_chance_syn_cookie_reply_failures_total", nil)
+        case .pathMTU(let outcome): ("second_chance_path_mtu_messages_total", outcome.rawValue)
         }
     }
 
@@ -89,6 +109,8 @@ public enum CounterName: Hashable, Sendable {
         case .cookieAcksInvalid: "ACKs to a listener accepting cookies whose cookie was not valid."
         case .cookiesSent: "SYNs answered by the responder with a kernel cookie."
         case .cookieReplyFailed: "SYNs the responder could not answer (they went to the kernel)."
+        case .pathMTU:
+            "Path-MTU messages (ICMP fragmentation needed, Packet Too Big) by decision: local, forwarded, refused."
         }
     }
 
@@ -108,6 +130,7 @@ public enum CounterName: Hashable, Sendable {
         case .cookieAcksInvalid: "cookie_acks_invalid"
         case .cookiesSent: "cookies_sent"
         case .cookieReplyFailed: "cookie_reply_failures"
+        case .pathMTU(let outcome): "path_mtu_\(outcome.rawValue)"
         }
     }
 }

@@ -96,11 +96,12 @@ public struct Decider: Sendable {
     /// (`arrival`: the interface it came in on, when known), with no more hops than a director
     /// sends.
     public func parse(_ packet: UnsafeRawBufferPointer, arrival: UInt32? = nil) -> Parsed {
-        let gue: GUEPacket
+        var gue: GUEPacket
         switch GUEPacket.parse(packet) {
         case .failure(let reason): return .rejected(Decision(verdict: .drop(reason)))
         case .success(let parsed): gue = parsed
         }
+        gue.overLoopback = arrival == ReversePaths.loopbackIndex
         guard peers.sources.contains(gue.outerSource) else {
             return .rejected(Decision(verdict: .refuse(.untrustedSource), gue: gue))
         }
@@ -174,12 +175,16 @@ public struct Decider: Sendable {
         case .ipv4:
             guard gue.innerEnd - start >= 20 else { return .notLocalDestination }
             guard local.accepts(destination: IPv4Address(packet.be32(start + 16))) else { return .notLocalDestination }
-            return local.isMartianSource(IPv4Address(packet.be32(start + 12))) ? .martianSource : nil
+            let source = IPv4Address(packet.be32(start + 12))
+            // What this host sends itself over loopback comes from its own address (glb-director #139).
+            if gue.overLoopback && local.owns(source) { return nil }
+            return local.isMartianSource(source) ? .martianSource : nil
         case .ipv6:
             guard gue.innerEnd - start >= 40 else { return .notLocalDestination }
             let destination = IPv6Address(high: packet.be64(start + 24), low: packet.be64(start + 32))
             guard local.accepts(destination: destination) else { return .notLocalDestination }
             let source = IPv6Address(high: packet.be64(start + 8), low: packet.be64(start + 16))
+            if gue.overLoopback && local.owns(source) { return nil }
             return local.isMartianSource(source) ? .martianSource : nil
         }
     }

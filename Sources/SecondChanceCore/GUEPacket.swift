@@ -9,6 +9,9 @@ public enum DropReason: String, CaseIterable, Sendable, Error {
     case udpTruncated = "udp_truncated"
     case gueTruncated = "gue_truncated"
     case gueVersion = "gue_version"
+    /// A GUE control message (C bit): GLB sends none; glb-healthcheck's legacy "fou" check (GRE in
+    /// UDP on the GUE port, its first byte 0x20) reads as one.
+    case gueControl = "gue_control"
     case gueFlags = "gue_flags"
     case gueHeaderLength = "gue_hlen"
     case guePrivateType = "gue_private_type"
@@ -44,6 +47,8 @@ public struct GUEPacket: Equatable, Sendable {
     /// The inner packet spans innerOffset..<innerEnd.
     public var innerOffset: Int
     public var innerEnd: Int
+    /// Arrived over loopback: this host sent it (its own director or health checker).
+    public var overLoopback = false
 
     public var udpOffset: Int { outerHeaderLength }
     public var nextHopOffset: Int { privateOffset + 2 }
@@ -73,8 +78,9 @@ public struct GUEPacket: Equatable, Sendable {
         let gue = udp + 8
         guard end - gue >= 4 else { return .failure(.gueTruncated) }
         let first = bytes[gue]
-        // Version 0 (data message); C = 1 would be a control message, which GLB never sends.
-        guard first & 0xe0 == 0 else { return .failure(.gueVersion) }
+        // Version 0, and a data message: C = 1 would be a control message, which GLB never sends.
+        guard first & 0xc0 == 0 else { return .failure(.gueVersion) }
+        guard first & 0x20 == 0 else { return .failure(.gueControl) }
         let hlen = Int(first & 0x1f)
         guard bytes.be16(gue + 2) == 0 else { return .failure(.gueFlags) }
         guard hlen >= 1 else { return .failure(.gueHeaderLength) }

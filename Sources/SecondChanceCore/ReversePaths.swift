@@ -20,6 +20,10 @@ public struct ReversePaths: Equatable, Sendable {
 
     public enum Verdict: Equatable, Sendable { case heard, refused, unchecked }
 
+    /// Loopback's interface index in every network namespace (LOOPBACK_IFINDEX): the way back to
+    /// this host's own addresses.
+    public static let loopbackIndex: UInt32 = 1
+
     /// Longest prefix first.
     public private(set) var entries: [(prefix: IPv4Prefix, way: Way)]
 

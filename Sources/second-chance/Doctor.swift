@@ -21,6 +21,8 @@ struct Doctor: ParsableCommand {
         help: ArgumentHelp("The daemon's --allow-source, to check it too.", valueName: "CIDR"),
         transform: parsePrefixes)
     var allowSourceLists: [[IPv4Prefix]] = []
+    @Option(help: "The daemon's --fast-path: where the SYN-cookie responder can answer without the cookie helpers.")
+    var fastPath: FastPathChoice = .auto
     @Option(
         name: .customLong("fast-path-interface"),
         help: ArgumentHelp("The daemon's --fast-path-interface, where the tc program is attached.", valueName: "NAME"))
@@ -33,6 +35,8 @@ struct Doctor: ParsableCommand {
     var synCookies: ResponderMode = .auto
     @Option(help: "The daemon's --max-hops: GUE listing this many hops must fit the interface it arrives on.")
     var maxHops: UInt8 = PeerPolicy.defaultMaximumHops
+    @Option(help: ArgumentHelp("The daemon's --fou-mark. " + PacketMark.help, valueName: "mark"))
+    var fouMark: PacketMark = .default
     @Flag(help: "The daemon's --no-cookie-check (which turns the responder off too).")
     var noCookieCheck = false
 
@@ -42,7 +46,7 @@ struct Doctor: ParsableCommand {
         (options.decap, options.forward, options.synCookies) = (decap, forward, synCookies)
         (options.checkCookies, options.guePort) = (!noCookieCheck, guePort)
         options.allowSources = allowSourceLists.isEmpty ? nil : allowSourceLists.flatMap { $0 }
-        options.fastPathInterfaces = fastPathInterfaces
+        (options.fastPath, options.fastPathInterfaces, options.fouMark) = (fastPath, fastPathInterfaces, fouMark)
         return options
     }
 
@@ -67,7 +71,8 @@ struct Doctor: ParsableCommand {
             options.fastPathInterfaces.isEmpty ? host.peerInterfaces ?? [] : options.fastPathInterfaces
         return HostChecks.run(
             host, port: options.guePort, queues: queues, namespace: netns, forwarding: forwarding,
-            allowedSources: options.allowSources, maximumHops: maximumHops) + planChecks(plan)
+            allowedSources: options.allowSources, maximumHops: maximumHops, fouMark: options.fouMark)
+            + planChecks(plan)
             + FastPathChecks.run(interfaces: fastPathInterfaces)
     }
 

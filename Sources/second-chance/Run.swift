@@ -65,6 +65,9 @@ struct Run: ParsableCommand {
     @Option(help: "auto (kernel if fou decapsulates GUE on --gue-port), userspace or kernel.")
     var decap: DecapsulationChoice = .auto
 
+    @Option(help: ArgumentHelp(PacketMark.help, valueName: "mark"))
+    var fouMark: PacketMark = .default
+
     @Option(help: "The GUE UDP port.")
     var guePort: UInt16 = GUEPacket.port
 
@@ -223,8 +226,8 @@ struct Run: ParsableCommand {
     }
 
     /// The SYN-cookie responder's monitor, unless the plan has it off.
-    func makeMonitor(mode: ResponderMode, oracle: SynCookieOracle?) throws -> ListenerMonitor? {
-        guard mode != .off, oracle != nil else { return nil }
+    func makeMonitor(mode: ResponderMode) throws -> ListenerMonitor? {
+        guard mode != .off else { return nil }
         var policy = OverflowPolicy()
         policy.activatePercent = cookieActivatePercent
         policy.deactivatePercent = cookieDeactivatePercent
@@ -256,7 +259,7 @@ struct Run: ParsableCommand {
         for check in checks where check.level == .warn || check.level == .fail {
             logger.warning("preflight: \(check.line)")
         }
-        let failed = checks.filter { $0.level == .fail }
+        let failed = checks.filter { $0.level == .fail && $0.blocksStart }
         if preflight == .fail && !failed.isEmpty {
             logger.error(
                 "preflight: \(failed.count) check(s) failed (see above, or run second-chance doctor); not starting")
@@ -351,12 +354,10 @@ struct Run: ParsableCommand {
         (options.decap, options.forward, options.synCookies) = (decap, forward, synCookies)
         (options.checkCookies, options.guePort) = (!noCookieCheck, guePort)
         (options.allowSources, options.fastPathInterfaces) = (allowSources, fastPathInterfaces)
-        options.keptForwarding = keptForwarding
+        (options.fastPath, options.keptForwarding, options.fouMark) = (fastPath, keptForwarding, fouMark)
         return options
     }
 
-    /// The modes, chosen from the flags and the parts of the host they need (read here, once);
-    /// `oracle`: the cookie programs as they loaded, or nil.
     /// The parts of the host these options need, or all of it (`all`: a cold start's preflight
     /// reads it once, for the plan and the preflight alike); the cookie helpers as `oracle` loaded.
     func readHost(_ options: DaemonOptions, oracle: Result<SynCookieOracle, HostSnapshot.Failure>, all: Bool)
@@ -387,8 +388,10 @@ struct Run: ParsableCommand {
     func logChoices(_ plan: DaemonPlan, oracle: Result<SynCookieOracle, HostSnapshot.Failure>) {
         for line in plan.lines { logger.info("\(line)") }
         if case .failure(let failure) = oracle, !noCookieCheck {
-            logger.warning("warning: SYN-cookie ACKs will not be recognised: \(failure)")
-            if synCookies != .off { logger.warning("warning: SYN-cookie responder off: no BPF cookie programs") }
+            logger.warning("warning: SYN-cookie ACKs will not be recognised from the queue: \(failure)")
+            if synCookies != .off && plan.responder == .off {
+                logger.warning("warning: SYN-cookie responder off: no BPF cookie programs")
+            }
         }
         if allowSources.contains(.everything) {
             logger.warning(
@@ -469,7 +472,7 @@ struct Run: ParsableCommand {
             selfAddress: selfAddress, peers: peers, decapsulation: plan.decapsulation, namespace: netns,
             cacheLifetimeNanoseconds: durations.flowCache, negativeCacheLifetimeNanoseconds: durations.negativeCache,
             batchSize: batch, checkCookies: !noCookieCheck, forwarding: plan.forwarding,
-            queueMaximumLength: queueMaxlen, failOpen: failOpen)
+            queueMaximumLength: queueMaxlen, failOpen: failOpen, fouMark: fouMark)
         if preflightNow {
             try runPreflight(host: host)
         } else if preflight != .off {
@@ -477,8 +480,8 @@ struct Run: ParsableCommand {
         }
         Handover.clearEnvironment()
         let signals = try DaemonSignals()
-        let monitor = try makeMonitor(mode: plan.responder, oracle: try? oracle.get())
-        if monitor != nil {
+        var monitor = try makeMonitor(mode: plan.responder)
+        if monitor != nil, (try? oracle.get()) != nil {
             logger.info(
                 configuration.forwarding == .kernel
                     ? "SYN-cookie responder: IPv4 SYN-ACKs replace their SYN in its verdict (the kernel forwards them)"
@@ -490,6 +493,10 @@ struct Run: ParsableCommand {
         let kernelPath = try startFastPath(
             peers: peers, peerInterfaces: plan.peerInterfaces, addresses: watcher.board,
             reversePaths: watcher.reversePaths, responder: monitor, reexecuted: handover.reexecuted)
+        if monitor != nil, kernelPath.path == nil, (try? oracle.get()) == nil {
+            logger.warning("warning: SYN-cookie responder off: neither the tc program nor the cookie programs loaded")
+            monitor = nil
+        }
         let replayCounters = try installReplayGuards(workers, handover: &handover)
         let report = DaemonReport(
             workers: workers, kernelPath: kernelPath, monitor: monitor, configuration: configuration,

@@ -49,3 +49,20 @@ extension ForwardingChoice: ExpressibleByArgument {}
 extension ResponderMode: ExpressibleByArgument {}
 extension FastPathChoice: ExpressibleByArgument {}
 extension FastPathStop: ExpressibleByArgument {}
+
+/// --fou-mark: VALUE[/MASK], or none.
+extension PacketMark: ExpressibleByArgument {
+    public init?(argument: String) {
+        guard argument != "none" else {
+            self = .none
+            return
+        }
+        self.init(argument)
+    }
+
+    static let help = """
+        With kernel decapsulation, the mark bits set on every GUE packet handed to fou (VALUE[/MASK], or none): the \
+        shipped rules drop a health checker's probe that fou decapsulated without them, so a proxy whose \
+        second-chance is down fails glb-healthcheck.
+        """
+}

@@ -56,12 +56,14 @@ final class DaemonPlanTests: XCTestCase {
             for decap in DecapsulationChoice.allCases {
                 for cookies in ResponderMode.allCases {
                     for check in [[], ["--no-cookie-check"]] {
-                        combinations.append(
-                            [
-                                "--forward", forward.rawValue, "--decap", decap.rawValue, "--syn-cookies",
-                                cookies.rawValue,
-                            ]
-                                + check)
+                        for fastPath in FastPathChoice.allCases {
+                            combinations.append(
+                                [
+                                    "--forward", forward.rawValue, "--decap", decap.rawValue, "--syn-cookies",
+                                    cookies.rawValue, "--fast-path", fastPath.rawValue,
+                                ]
+                                    + check)
+                        }
                     }
                 }
             }
@@ -125,8 +127,15 @@ final class DaemonPlanTests: XCTestCase {
         // INVALID drops matter only while the responder can answer.
         XCTAssertEqual(try plan(hosts["INVALID dropped"]!) { $0.synCookies = .off }.forwarding, .kernel)
         XCTAssertEqual(try plan(hosts["INVALID dropped"]!) { $0.checkCookies = false }.forwarding, .kernel)
-        XCTAssertEqual(try plan(hosts["no cookie helpers"]!).responder, .off)
+        // Without the cookie helpers (Linux before 6.0) the tc program answers alone, where it may load.
+        let tcOnly = try plan(hosts["no cookie helpers"]!)
+        XCTAssertEqual(tcOnly.responder, .auto)
+        XCTAssertTrue(tcOnly.lines.contains { $0.contains("the tc program's only") }, "\(tcOnly.lines)")
+        XCTAssertEqual(try plan(hosts["no cookie helpers"]!) { $0.fastPath = .off }.responder, .off)
         XCTAssertThrowsError(try plan(hosts["no cookie helpers"]!) { $0.synCookies = .always })
+        XCTAssertEqual(
+            try plan(hosts["no cookie helpers"]!) { ($0.synCookies, $0.fastPath) = (.always, .tc) }.responder, .always)
+        XCTAssertNil(try plan(hosts["forwarding"]!).responderNote)
         XCTAssertThrowsError(
             try plan(hosts["forwarding"]!) {
                 ($0.synCookies, $0.checkCookies) = (.always, false)

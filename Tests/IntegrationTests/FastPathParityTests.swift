@@ -200,7 +200,7 @@ final class FastPathParityTests: XCTestCase {
             return Harness(
                 object: object, maps: maps, decider: decider,
                 ownership: KernelFlowOwnership(
-                    sockDiag: try SockDiag(), cookieState: try KernelCookieState(), oracle: try SynCookieOracle(),
+                    sockDiag: try SockDiag(), cookieState: try KernelCookieState(), oracle: try? SynCookieOracle(),
                     counters: counters, responder: nil,
                     cache: FlowCache(positiveLifetime: 0, negativeLifetime: 0), epochs: FlowEpochs()),
                 interfaceIndex: eth0, elsewhere: try FastPathKernel.interfaceIndex("elsewhere0"), arrival: eth0,

@@ -181,6 +181,26 @@ final class Lab {
         }
     }
 
+    /// Every route of the host's eth0 advertises at most these MSS values (advmss).
+    func clampRoutes(_ host: String, ipv4: Int, ipv6: Int) throws {
+        for (family, mss) in [("-4", ipv4), ("-6", ipv6)] {
+            try Lab.shell(
+                """
+                ip -n \(namespace(host)) \(family) route show dev eth0 | while read -r route; do \
+                    ip -n \(namespace(host)) \(family) route change $route dev eth0 advmss \(mss); done
+                """)
+        }
+    }
+
+    /// Sends `signal` to the host's second-chance and waits until it has exited.
+    func stopSecondChance(_ host: String, signal: Int32 = SIGTERM) throws {
+        for entry in processes where entry.name == "\(host) second-chance" && entry.process.isRunning {
+            // `ip netns exec` execs the daemon: the process is the daemon itself.
+            kill(entry.process.processIdentifier, signal)
+            try Lab.waitFor("second-chance on \(host) to exit", seconds: 10) { !entry.process.isRunning }
+        }
+    }
+
     /// Stops the host's second-chance and starts it again with `extra` flags.
     func restartSecondChance(_ host: String, _ selfAddress: IPv4Address, extra: [String]) throws {
         for entry in processes where entry.name == "\(host) second-chance" && entry.process.isRunning {

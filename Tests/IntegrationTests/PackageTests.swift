@@ -57,9 +57,9 @@ final class PackageTests: XCTestCase {
     }
 
     /// Debian 13's systemd (257) keeps a stopped unit's preserved fd store: bindkeeper's listening
-    /// sockets outlive its stop (and a start finds them, and its control socket, again), and would
-    /// go on completing handshakes for nobody once the package is gone: removing it clears that
-    /// store.
+    /// sockets outlive a restart and a stop (the same kernel socket, and its control socket
+    /// answering, after each start), and would go on completing handshakes for nobody once the
+    /// package is gone: removing it clears that store.
     func testOnTrixieARemovalClosesTheSocketsSystemdPreserved() throws {
         let version = try Lab.shell(Lab.packageRoot.appendingPathComponent("scripts/version.sh").path)
             .trimmingCharacters(in: .whitespacesAndNewlines)
@@ -71,7 +71,15 @@ final class PackageTests: XCTestCase {
         try container.systemctl("enable", "--now", "bindkeeper.service")
         _ = try inside("bindkeeper exec --bind tcp://\(Lab.vip):8090 -- true")
         func listening() throws -> Bool { try inside("ss -Hltn 'sport = :8090'").contains(":8090") }
+        // The kernel socket's inode: the same one after a restart is the same socket, not a new bind.
+        func inode() throws -> Substring? {
+            try inside("ss -Hltne 'sport = :8090'").split(separator: " ").first { $0.hasPrefix("ino:") }
+        }
         XCTAssertTrue(try listening(), "the broker holds the socket")
+        let held = try XCTUnwrap(try inode())
+        try container.systemctl("restart", "bindkeeper.service")
+        XCTAssertEqual(try inode(), held, "a restart keeps the socket")
+        XCTAssertTrue(try inside("bindkeeper list").contains("8090"), container.journal("bindkeeper.service"))
         try container.systemctl("stop", "bindkeeper.service")
         let unit = try inside("systemctl show bindkeeper.service -p NFileDescriptorStore -p UnitFileState")
         XCTAssertTrue(try listening(), "PID 1 holds it past the stop (FileDescriptorStorePreserve=yes): \(unit)")
@@ -86,18 +94,30 @@ final class PackageTests: XCTestCase {
         XCTAssertEqual(rename(deadPath, container.path("/run/bindkeeper/bindkeeper.sock")), 0)
         try container.systemctl("start", "bindkeeper.service")
         XCTAssertTrue(try inside("bindkeeper list").contains("8090"), container.journal("bindkeeper.service"))
+        XCTAssertEqual(try inode(), held, "a stop and a start keep it too")
         try container.systemctl("stop", "bindkeeper.service")
         let removal = try inside("dpkg -r proxyside 2>&1")
         XCTAssertFalse(try listening(), "the removal closed it: \(removal)")
     }
 
     func testInstallServeUpgradeUnderLoadAndPurge() throws {
+        try installServeUpgradeUnderLoadAndPurge(on: "bookworm")
+    }
+
+    /// The same on Debian 13, where new proxies are installed (systemd 257, the fd store preserved).
+    func testOnTrixieInstallServeUpgradeUnderLoadAndPurge() throws {
+        try installServeUpgradeUnderLoadAndPurge(on: "trixie")
+    }
+
+    /// Installed, serving the director's GUE and HTTP on bindkeeper's socket, upgraded while both
+    /// keep coming, purged without a trace, in a root of Debian's `suite`.
+    func installServeUpgradeUnderLoadAndPurge(on suite: String) throws {
         let version = try Lab.shell(Lab.packageRoot.appendingPathComponent("scripts/version.sh").path)
             .trimmingCharacters(in: .whitespacesAndNewlines)
         let newer = version + "+rebuild1"
         let first = try Self.build(version: version)
         let second = try Self.build(version: newer)
-        try boot("bookworm", debs: [first, second])
+        try boot(suite, debs: [first, second])
 
         // Installed: nothing starts by itself (the operator fills in /etc/default first).
         _ = try inside("dpkg -i /var/tmp/\(first.lastPathComponent)")

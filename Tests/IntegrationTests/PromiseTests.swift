@@ -182,6 +182,18 @@ final class PromiseTests: XCTestCase {
         XCTAssertEqual(stats["accepted_icmp"], 1)
         XCTAssertEqual(stats["forwarded"], 1, "no socket for the quoted flow here: on to the next proxy")
         XCTAssertEqual(stats["socket_lookups"], 1)
+        // Path-MTU messages are counted by decision as well: forwarded on P1, taken on P2.
+        XCTAssertEqual(stats["path_mtu_forwarded"], 1)
+        XCTAssertEqual(stats["path_mtu_local"], 0, "the echo is no path-MTU message")
+        XCTAssertEqual(try lab.stats("p2")["path_mtu_local"], 1)
+        // One for a flow whose destination is not this host's: refused, and counted so.
+        let foreign = PacketBuilder.icmpFragmentationNeeded(
+            from: Lab.director, to: IPv4Address("198.18.1.99")!, mtu: 1400,
+            original: PacketBuilder.tcp(
+                source: .v4(IPv4Address("198.18.1.99")!), sourcePort: 80, destination: .v4(Lab.client),
+                destinationPort: 40051, flags: .ack))
+        try sendGUE(lab, sourcePort: 30043, to: Lab.p1, inner: foreign, hops: [])
+        try lab.waitFor("the foreign one refused") { try lab.stats("p1")["path_mtu_refused"] == 1 }
     }
 
     /// With --forward kernel a packet whose TTL is 255 cannot have it raised by one: it goes the

@@ -40,6 +40,72 @@ final class SecondChanceTests: XCTestCase {
         XCTAssertEqual(try lab.stats("p2")["total_packets"], 0)
     }
 
+    /// glb-healthcheck's GUE check (an ICMP echo request from the checker to the proxy, inside GUE
+    /// with no hops, its check's id as payload) is answered only while second-chance decides.
+    /// Stopped, or killed with the tc program left deciding, the proxy fails it in every
+    /// decapsulation mode: without fou the bypassed probe reaches a closed UDP port; with fou (the
+    /// kernel lab) fou decapsulates it without --fou-mark's bit and the rules drop it. Started
+    /// again, the proxy passes.
+    func testGLBHealthchecksProbeFailsWhileSecondChanceIsDown() throws {
+        let capture = try lab.inside("d") { try Capture(protocol: Int32(IPPROTO_ICMP)) }
+        var checks: UInt16 = 0
+        func probeAnswered() throws -> Bool {
+            checks += 1
+            let id = Array("glbhc_\(getpid())_\(checks)".utf8)
+            let probe = PacketBuilder.icmpEchoRequest(from: Lab.director, to: Lab.p1, payload: id)
+            try sendGUE(
+                lab, from: "d", source: Lab.director, sourcePort: 41000 + checks, to: Lab.p1, inner: probe, hops: [])
+            return capture.first(within: 1) { packet in
+                packet.count >= 28 && packet[9] == 1 && packet[20] == 0 && packet.suffix(id.count).elementsEqual(id)
+            } != nil
+        }
+        XCTAssertTrue(try probeAnswered(), "the probe is answered while second-chance decides")
+        for signal in [SIGTERM, SIGKILL] {
+            try lab.stopSecondChance("p1", signal: signal)
+            XCTAssertFalse(try probeAnswered(), "signal \(signal): no echo reply while second-chance is down")
+            XCTAssertFalse(try probeAnswered(), "signal \(signal): nor for the checker's next probe")
+            try lab.startSecondChance("p1", Lab.p1)
+            XCTAssertTrue(try probeAnswered(), "signal \(signal): answered again once second-chance decides")
+        }
+    }
+
+    /// glb-director #139: a proxy that runs the director's health checker (or the director) itself
+    /// sends GUE from its own address, over loopback. That is where the way back to its own
+    /// address leads, so it is heard there and answered; from any other interface the proxy's
+    /// own address is a forgery and is refused.
+    func testTheProxysOwnHealthCheckIsHeardOverLoopbackAndItsAddressFromOutsideIsNot() throws {
+        let capture = try lab.inside("p1") { try Capture(protocol: Int32(IPPROTO_ICMP)) }
+        func answered(_ id: [UInt8]) -> Bool {
+            capture.first(within: 1) { packet in
+                packet.count >= 28 && packet[9] == 1 && packet[20] == 0 && packet.suffix(id.count).elementsEqual(id)
+            } != nil
+        }
+        let own = Array("glbhc_self".utf8)
+        let probe = PacketBuilder.icmpEchoRequest(from: Lab.p1, to: Lab.p1, payload: own)
+        try sendGUE(lab, from: "p1", source: Lab.p1, sourcePort: 41500, to: Lab.p1, inner: probe, hops: [])
+        XCTAssertTrue(answered(own), "the proxy's own check, over loopback, is answered")
+
+        let refused = try lab.stats("p1")["dropped_reverse_path"] ?? 0
+        let forged = Array("glbhc_forged".utf8)
+        let outside = PacketBuilder.icmpEchoRequest(from: Lab.p1, to: Lab.p1, payload: forged)
+        // The client sends it with P1's address as its source (IP_TRANSPARENT: a foreign source).
+        try lab.inside("c") {
+            let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+            defer { close(fd) }
+            var one: Int32 = 1
+            setsockopt(fd, Int32(IPPROTO_IP), IP_TRANSPARENT, &one, 4)
+            let payload = PacketBuilder.guePayload(inner: outside, hops: [])
+            let sent =
+                SocketAddress(.v4(Lab.p1), port: 41501).withSockaddr { bind(fd, $0, $1) } == 0
+                && SocketAddress(.v4(Lab.p1), port: GUEPacket.port).withSockaddr { address, length in
+                    payload.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, 0, address, length) }
+                } == payload.count
+            guard sent else { throw SystemError("sending GUE from P1's address") }
+        }
+        try lab.waitFor("the forged one refused") { try lab.stats("p1").value("dropped_reverse_path") == refused + 1 }
+        XCTAssertFalse(answered(forged), "the proxy's address from outside is not heard")
+    }
+
     /// GUE from outside the peers meets the rules' DROP before anything decapsulates it: not the
     /// daemon, not fou (the kernel lab runs this with fou on the port); the tc program refuses it
     /// before either.
@@ -411,7 +477,13 @@ final class SecondChanceTests: XCTestCase {
             (.gueTruncated, []),
             (.gueTruncated, [0x01, 0x04, 0x00]),
             (.gueVersion, edit(good) { $0[0] |= 0x40 }),
-            (.gueVersion, edit(good) { $0[0] |= 0x20 }),
+            (.gueControl, edit(good) { $0[0] |= 0x20 }),
+            // glb-healthcheck's legacy "fou" check: GRE (key bit, IPv4) in UDP on the GUE port.
+            (
+                .gueControl,
+                [0x20, 0, 0x08, 0, 0, 0, 0, 0]
+                    + PacketBuilder.icmpEchoRequest(from: Lab.director, to: Lab.p1, payload: Array("glbhc_fou".utf8))
+            ),
             (.gueFlags, edit(good) { $0[3] = 1 }),
             (.gueHeaderLength, edit(good) { $0[0] = 0 }),
             (.gueHeaderLength, edit(good) { $0[7] = 3 }),
@@ -485,6 +557,27 @@ final class SecondChanceTests: XCTestCase {
         let reply = capture.first { $0.count >= 20 && $0.be16(0) == 80 && $0.be16(2) == 40040 && $0[13] & 0x12 == 0x12 }
         let segment = try XCTUnwrap(reply, "no IPv6 SYN-ACK from the VIP")
         XCTAssertEqual(segment.be32(8), 78)
+        try lab.assertStats("p1", ["accepted_syn": 1])
+    }
+
+    /// glb-director #64: a client behind a 6to4 relay has a 2002::/16 address whose embedded IPv4
+    /// address is the relay's, not the director's. With fou, sit drops its packets as spoofed;
+    /// second-chance hands them to the stack itself. The client's address here is the 6to4 image
+    /// of the test range (198.18.0.1); the kernel lab runs this with fou.
+    func testASixToFourClientIsAnsweredInEveryDecapsulationMode() throws {
+        let client = try XCTUnwrap(IPv6Address("2002:c612:1::1"))
+        try Lab.shell(
+            """
+            ip -n \(lab.namespace("c")) -6 addr add \(client)/128 dev eth0 nodad && \
+            ip -n \(lab.namespace("p1")) -6 route add 2002:c612:1::/48 via \(Lab.client6)
+            """)
+        let capture = try lab.inside("c") { try Capture(protocol: Int32(IPPROTO_TCP), ipv6: true) }
+        let syn = PacketBuilder.tcp(
+            source: .v6(client), sourcePort: 40070, destination: .v6(Lab.vip6), destinationPort: 80, flags: .syn,
+            sequence: 700)
+        try sendGUE(lab, sourcePort: 30070, to: Lab.p1, inner: syn, hops: [Lab.p2])
+        let reply = capture.first { $0.count >= 20 && $0.be16(0) == 80 && $0.be16(2) == 40070 && $0[13] & 0x12 == 0x12 }
+        XCTAssertEqual(try XCTUnwrap(reply, "no SYN-ACK for the 6to4 client").be32(8), 701)
         try lab.assertStats("p1", ["accepted_syn": 1])
     }
 
@@ -848,29 +941,71 @@ final class SecondChanceTests: XCTestCase {
         try synsUntil("accepted_syn", risesFor: IPv4Address("198.18.9.10")!, from: 31300)
     }
 
-    /// The GUE MTU black hole: with the director's link at MTU 1500 and two hops, the MSS the
-    /// proxy's routes advertise (1460) makes 1544-byte GUE packets; doctor names it and the MSS to
-    /// advertise instead, and is content once the routes advertise it.
-    func testDoctorFindsTheGUEMTUBlackHoleAndNamesTheMSS() throws {
+    /// The GUE MTU black hole: with the director's path at MTU 1500 and two hops, the MSS the
+    /// proxy's routes advertise (1460) makes 1544-byte GUE packets. Doctor fails, names the MSS to
+    /// advertise instead and the listeners that would offer more (not one whose TCP_MAXSEG is
+    /// low enough), and is content once the routes advertise it. Through the director an upload
+    /// stalls before the clamp and 10 MiB arrive after it.
+    func testDoctorFindsTheGUEMTUBlackHoleAndTheClampCarriesAnUpload() throws {
         let p1 = lab.namespace("p1")
-        try Lab.shell("ip -n \(p1) link set eth0 mtu 1500")
+        for host in ["d", "p1"] { try Lab.shell("ip -n \(lab.namespace(host)) link set eth0 mtu 1500") }
+        let clamped = try lab.inside("p1") { try LabSockets.listenTCP(on: .v4(Lab.vip), port: 8443) }
+        defer { close(clamped) }
+        var mss: Int32 = 1400
+        XCTAssertEqual(setsockopt(clamped, Int32(IPPROTO_TCP), TCP_MAXSEG, &mss, 4), 0)
         let flags = ["doctor", "--allow-source", "198.18.0.0/24", "--max-hops", "2"]
-        let (_, before) = try lab.runToEnd("p1", "second-chance", flags)
-        XCTAssertTrue(before.contains("[warn] GUE MTU: eth0 (MTU 1500), 2 hops: the route to"), before)
-        XCTAssertTrue(before.contains("advertises MSS 1460; a full-size segment arrives as a 1544-byte"), before)
+        let (status, before) = try lab.runToEnd("p1", "second-chance", flags)
+        XCTAssertEqual(status, 1, before)
+        XCTAssertTrue(before.contains("[FAIL] GUE MTU: eth0 (MTU 1500), 2 hops: the route to"), before)
+        XCTAssertTrue(before.contains("advertises MSS 1460 and listeners 198.19.0.10:80 (MSS 1460)"), before)
+        XCTAssertTrue(before.contains("a full-size segment arrives as a 1544-byte"), before)
+        XCTAssertFalse(before.contains(":8443"), "TCP_MAXSEG 1400 fits: \(before)")
         XCTAssertTrue(before.contains("advmss 1416"), before)
-        for (family, mss) in [("-4", 1416), ("-6", 1396)] {
-            try Lab.shell(
-                """
-                ip -n \(p1) \(family) route show dev eth0 | while read -r route; do \
-                    ip -n \(p1) \(family) route change $route dev eth0 advmss \(mss); done
-                """)
-        }
+
+        let table = lab.directory.appendingPathComponent("table").path
+        try "\(Lab.p1)\n".write(toFile: table, atomically: true, encoding: .utf8)
+        let director = try lab.start(
+            "d", "glb-lab", ["director", "--self", Lab.director.description, "--table", table])
+        try lab.waitFor("the director") { lab.log(of: director).contains("director: serving queue") }
+        let stalled = try upload(1 << 20, port: 8081, seconds: 3)
+        XCTAssertLessThan(stalled, 1 << 20, "the full-size segments are lost on the director's path")
+
+        try lab.clampRoutes("p1", ipv4: 1416, ipv6: 1396)
         let (_, after) = try lab.runToEnd("p1", "second-chance", flags)
         XCTAssertTrue(after.contains("[ ok ] GUE MTU: eth0 (MTU 1500) carries full-size segments with 2 hops"), after)
+        XCTAssertEqual(try upload(10 << 20, port: 8082, seconds: 60), 10 << 20, "the clamped segments fit")
+    }
+
+    /// Sends `bytes` from the client to a listener on the VIP through the director, within
+    /// `seconds`; how many bytes the listener's connection read by then.
+    func upload(_ bytes: Int, port: UInt16, seconds: Double) throws -> Int {
+        let listener = try lab.inside("p1") { try LabSockets.listenTCP(on: .v4(Lab.vip), port: port) }
+        defer { close(listener) }
+        let client = try lab.inside("c") { try LabSockets.connectTCP(to: .v4(Lab.vip), port: port, timeoutSeconds: 5) }
+        defer { close(client) }
+        let accepted = try acceptConnection(listener)
+        defer { close(accepted) }
+        SocketOptions.setTimeouts(accepted, seconds: 1)
+        let received = ReceivedBytes()
+        let deadline = Lab.deadline(after: seconds)
+        let reader = try WorkerThread {
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            while received.value < bytes && Date() < deadline {
+                let count = recv(accepted, &buffer, buffer.count, 0)
+                if count > 0 { received.add(count) } else if count == 0 { break }
+            }
+        }
+        // The socket's buffer takes what the path does not: the sender never waits past the deadline.
+        SocketOptions.setTimeouts(client, seconds: Int(seconds.rounded(.up)))
+        _ = SocketIO.sendAll(client, [UInt8](repeating: 0x5a, count: bytes))
+        reader.join()
+        return received.value
     }
 
     func testDoctorPassesOnAProxyAndExplainsWhatIsMissingElsewhere() throws {
+        // The lab's 1600-byte links would carry 1560-byte segments no GLB path takes with four
+        // hops: the routes advertise what the clients' 1500-byte links carry, as a proxy's should.
+        try lab.clampRoutes("p1", ipv4: 1460, ipv6: 1440)
         let (status, report) = try lab.runToEnd(
             "p1", "second-chance", ["doctor", "--allow-source", "198.18.0.2,198.18.0.11"])
         XCTAssertEqual(status, 0, report)

@@ -1,4 +1,5 @@
 import CFastPathABI
+import FastPathProgram
 import NetTypes
 import SecondChanceCore
 import XCTest
@@ -41,4 +42,33 @@ final class FastPathABITests: XCTestCase {
         XCTAssertEqual(Set(object.maps.keys), Set(FastPathMap.names))
         for map in FastPathMap.allCases { XCTAssertGreaterThanOrEqual(object.map(map), 0, map.rawValue) }
     }
+
+    /// The object has no data section (.rodata from an initializer, .data, .bss): Linux 5.10
+    /// refuses the BTF of one without variables, libbpf then loads the program without BTF, and
+    /// its global function is verified as a static one, past the verifier's limit.
+    func testTheObjectHasNoDataSectionAnOldKernelsBTFWouldRefuse() throws {
+        let names = try Self.sectionNames(FastPathProgram.object)
+        XCTAssertTrue(names.contains("tc") && names.contains(".BTF"), "\(names)")
+        XCTAssertEqual(names.filter { [".rodata", ".data", ".bss"].contains($0) || $0.hasPrefix(".rodata.") }, [])
+    }
+
+    /// The section names of an ELF64 little-endian object.
+    static func sectionNames(_ bytes: [UInt8]) throws -> [String] {
+        func word(_ at: Int, _ size: Int) throws -> Int {
+            guard at >= 0, at + size <= bytes.count else { throw ELFError("ELF read past its end at \(at)") }
+            return (0..<size).reduce(0) { $0 | Int(bytes[at + $1]) << (8 * $1) }
+        }
+        guard bytes.starts(with: [0x7f, 0x45, 0x4c, 0x46, 2, 1]) else { throw ELFError("not ELF64 LE") }
+        let (table, entrySize, count, namesIndex) = (
+            try word(0x28, 8), try word(0x3a, 2), try word(0x3c, 2), try word(0x3e, 2)
+        )
+        let namesOffset = try word(table + namesIndex * entrySize + 0x18, 8)
+        return try (0..<count).map { index in
+            let start = namesOffset + (try word(table + index * entrySize, 4))
+            guard start < bytes.count, let end = bytes[start...].firstIndex(of: 0) else { throw ELFError("name") }
+            return String(decoding: bytes[start..<end], as: UTF8.self)
+        }
+    }
+
+    struct ELFError: Error { let text: String; init(_ text: String) { self.text = text } }
 }

@@ -44,21 +44,22 @@ final class HostCheckTests: XCTestCase {
         let everywhere4 = try XCTUnwrap(IPv4Prefix("0.0.0.0/0"))
         let everywhere6 = IPv6Prefix(network: IPv6Address(high: 0, low: 0), length: 0)
         host.replyRoutes = ReplyRoutes(ipv4: [(everywhere4, .init(mss: 1460, interfaceIndex: 2))])
-        let lost = HostChecks.pathMTU(host, hops: 2)
-        XCTAssertEqual(lost.map(\.level), [.warn])
+        let lost = PathMTUChecks.run(host, hops: 2)
+        XCTAssertEqual(lost.map(\.level), [.fail], "listeners unknown: the route alone")
+        XCTAssertFalse(lost[0].blocksStart, "a start goes on: small requests still work")
         XCTAssertTrue(lost[0].finding.contains("advertises MSS 1460; a full-size segment arrives as a 1544-byte"))
         XCTAssertTrue(lost[0].fix?.contains("advmss 1416") == true, lost[0].line)
         host.replyRoutes = ReplyRoutes(
             ipv4: [(everywhere4, .init(mss: 1416, interfaceIndex: 2))],
             ipv6: [(everywhere6, .init(mss: 1440, interfaceIndex: 2))])
-        XCTAssertTrue(HostChecks.pathMTU(host, hops: 2)[0].fix?.contains("advmss 1396") == true)
+        XCTAssertTrue(PathMTUChecks.run(host, hops: 2)[0].fix?.contains("advmss 1396") == true)
         host.replyRoutes = ReplyRoutes(
             ipv4: [(everywhere4, .init(mss: 1416, interfaceIndex: 2))],
             ipv6: [(everywhere6, .init(mss: 1396, interfaceIndex: 2))])
-        XCTAssertEqual(HostChecks.pathMTU(host, hops: 2).map(\.level), [.ok])
-        XCTAssertEqual(HostChecks.pathMTU(host, hops: 3).map(\.level), [.warn], "one more hop no longer fits")
+        XCTAssertEqual(PathMTUChecks.run(host, hops: 2).map(\.level), [.ok])
+        XCTAssertEqual(PathMTUChecks.run(host, hops: 3).map(\.level), [.fail], "one more hop no longer fits")
         host.linkMTUs = ["eth0": 9000]
-        XCTAssertEqual(HostChecks.pathMTU(host, hops: 4).map(\.level), [.ok], "jumbo frames on the director's path")
+        XCTAssertEqual(PathMTUChecks.run(host, hops: 4).map(\.level), [.ok], "jumbo frames on the director's path")
         // Both families too wide: each is named with its own limit; link-local routes lead to no client.
         host.linkMTUs = ["eth0": 1500]
         let linkLocal = IPv6Prefix(network: try XCTUnwrap(IPv6Address("fe80::")), length: 64)
@@ -67,14 +68,95 @@ final class HostCheckTests: XCTestCase {
             ipv6: [
                 (everywhere6, .init(mss: 1440, interfaceIndex: 2)), (linkLocal, .init(mss: 8940, interfaceIndex: 2)),
             ])
-        let both = try XCTUnwrap(HostChecks.pathMTU(host, hops: 2).first)
+        let both = try XCTUnwrap(PathMTUChecks.run(host, hops: 2).first)
         XCTAssertTrue(
             both.fix?.contains("MSS 1416 for IPv4") == true && both.fix?.contains("MSS 1396 for IPv6") == true,
             both.line)
         XCTAssertFalse(both.finding.contains("fe80"), both.line)
+        // The listeners: one clamped by TCP_MAXSEG (HAProxy's mss) loses nothing; one that is not
+        // is named; an IPv6 wildcard listener serves IPv4 clients too; none at all only warns.
+        host.replyRoutes = ReplyRoutes(ipv4: [(everywhere4, .init(mss: 1460, interfaceIndex: 2))])
+        let vip = ListenerKey(address: .v4(try XCTUnwrap(IPv4Address("198.19.0.10"))), port: 443)
+        let other = ListenerKey(address: .v4(try XCTUnwrap(IPv4Address("198.19.0.10"))), port: 80)
+        let dual = ListenerKey(address: .v6(IPv6Address(high: 0, low: 0)), port: 8443)
+        host.listenerMSS = [vip: 1400]
+        XCTAssertEqual(PathMTUChecks.run(host, hops: 2).map(\.level), [.ok], "TCP_MAXSEG 1400 fits")
+        host.listenerMSS = [vip: 1400, other: 0]
+        let named = try XCTUnwrap(PathMTUChecks.run(host, hops: 2).first)
+        XCTAssertEqual(named.level, .fail)
+        XCTAssertTrue(named.finding.contains("listeners 198.19.0.10:80 (MSS 1460)"), named.line)
+        XCTAssertFalse(named.finding.contains(":443"), named.line)
+        host.listenerMSS = [dual: 1500]
+        XCTAssertEqual(PathMTUChecks.run(host, hops: 2).first?.level, .fail, "the route's MSS, not a larger clamp")
+        host.listenerMSS = [:]
+        XCTAssertEqual(PathMTUChecks.run(host, hops: 2).map(\.level), [.warn], "no listener yet")
+        host.listenerMSS = nil
         // A link too small for any segment the kernel sends: the MTU is what must change.
         host.linkMTUs = ["eth0": 300]
-        XCTAssertTrue(HostChecks.pathMTU(host, hops: 2).first?.fix?.hasPrefix("raise the MTU") == true)
+        XCTAssertTrue(PathMTUChecks.run(host, hops: 2).first?.fix?.hasPrefix("raise the MTU") == true)
+    }
+
+    /// --fou-mark as operators write it; a value outside its mask, or no mask, is refused.
+    func testAFouMarkParsesAsOperatorsWriteItAndSetsOnlyItsBits() {
+        XCTAssertEqual(PacketMark("0x40000000"), PacketMark(value: 0x4000_0000, mask: 0x4000_0000))
+        XCTAssertEqual(PacketMark("0x10/0xf0"), PacketMark(value: 0x10, mask: 0xf0))
+        XCTAssertEqual(PacketMark("16/240"), PacketMark(value: 0x10, mask: 0xf0))
+        for bad in ["0x3/0x1", "0", "0x0/0x0", "", "/", "0x/0x1", "1/2/3", "-1", "0x100000000", "mark"] {
+            XCTAssertNil(PacketMark(bad), bad)
+        }
+        XCTAssertEqual(PacketMark(value: 0x10, mask: 0xf0).applied(to: 0xffff_ff0f), 0xffff_ff1f)
+        XCTAssertEqual(PacketMark(value: 0, mask: 0x1).applied(to: 0x3), 0x2)
+        XCTAssertEqual(PacketMark.none.applied(to: 0x1234), 0x1234)
+        XCTAssertEqual(PacketMark.default.description, "0x40000000/0x40000000")
+    }
+
+    /// With fou on the port, doctor looks for the rule that drops a health probe fou decapsulated
+    /// with no daemon deciding, in either tool's rules as it prints them, against --fou-mark.
+    func testTheHealthProbeRuleIsFoundAndCheckedAgainstTheFouMark() throws {
+        let iptables = """
+            *raw
+            -A PREROUTING -i tunl0 -p icmp -m icmp --icmp-type 8 -m mark ! --mark 0x40000000/0x40000000 -j DROP
+            COMMIT
+            """
+        let nft = """
+            table ip proxyside {
+                chain prerouting {
+                    iifname "tunl0" icmp type echo-request meta mark & 0x00000100 != 0x00000100 drop
+                }
+            }
+            """
+        XCTAssertEqual(FirewallRules.probeDropMarks(iptablesSave: iptables), [.default])
+        XCTAssertEqual(FirewallRules.probeDropMarks(nftRuleset: nft), [PacketMark(value: 0x100, mask: 0x100)])
+        // Not the rule: another interface, another ICMP type, a mark that must be set, no drop.
+        for other in [
+            "-A PREROUTING -i eth0 -p icmp -m icmp --icmp-type 8 -m mark ! --mark 0x1/0x1 -j DROP",
+            "-A PREROUTING -i tunl0 -p icmp -m icmp --icmp-type 0 -m mark ! --mark 0x1/0x1 -j DROP",
+            "-A PREROUTING -i tunl0 -p icmp -m icmp --icmp-type 8 -m mark --mark 0x1/0x1 -j DROP",
+            "-A PREROUTING -i tunl0 -p icmp -m icmp --icmp-type 8 -m mark ! --mark 0x1/0x1 -j ACCEPT",
+        ] {
+            XCTAssertEqual(FirewallRules.probeDropMarks(iptablesSave: other), [], other)
+        }
+        var host = HostSnapshot()
+        host.fou = .success(.gue)
+        host.iptablesRaw = iptables
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+        let shipped = try String(contentsOf: root.appendingPathComponent("examples/iptables/rules.v4"), encoding: .utf8)
+        func level(_ rules: String?, nft: String? = nil, mark: PacketMark = .default) -> HostCheck.Level {
+            (host.iptablesRaw, host.nft) = (rules, nft)
+            return HostChecks.healthProbe(host, fouMark: mark).level
+        }
+        XCTAssertEqual(level(iptables), .ok)
+        XCTAssertEqual(level(shipped), .ok, "the shipped rules have it")
+        XCTAssertEqual(level(nil, nft: nft, mark: PacketMark(value: 0x100, mask: 0x100)), .ok)
+        XCTAssertEqual(level(nil, nft: nft), .fail, "the rule's mark is not the daemon's: every probe dropped")
+        XCTAssertEqual(level("*raw\nCOMMIT\n"), .warn, "no rule: a stopped daemon looks healthy")
+        XCTAssertEqual(level(iptables, mark: .none), .warn, "--fou-mark none")
+        host.fou = .success(.portNotConfigured)
+        XCTAssertFalse(
+            HostChecks.run(
+                host, port: 19523, queues: [0], namespace: nil, forwarding: .raw, allowedSources: nil
+            ).contains { $0.subject == "health checks" }, "without fou the probe needs no rule")
     }
 
     /// The running kernel against what each feature needs.
@@ -84,7 +166,8 @@ final class HostCheckTests: XCTestCase {
         let old = HostChecks.kernelFeatures(release: "5.19.17")
         XCTAssertEqual(old.map(\.level), [.warn])
         XCTAssertTrue(old[0].finding.contains("needs 6.0"), old[0].finding)
-        XCTAssertEqual(HostChecks.kernelFeatures(release: "5.15.0-91-generic").count, 2, "no fast path either")
+        XCTAssertEqual(HostChecks.kernelFeatures(release: "5.10.0-46-amd64").count, 1, "the fast path loads on 5.10")
+        XCTAssertEqual(HostChecks.kernelFeatures(release: "5.4.0-216-generic").count, 2, "no fast path either")
         XCTAssertEqual(HostChecks.kernelFeatures(release: "garbage").map(\.level), [.warn])
     }
 

@@ -194,7 +194,7 @@ final class GUEParsingTests: XCTestCase {
             (.udpTruncated, edit { $0.setBE16(24, UInt16(good.count)) }),
             (.gueTruncated, edit { $0.setBE16(24, 10) }),
             (.gueVersion, edit { $0[28] |= 0x80 }),
-            (.gueVersion, edit { $0[28] |= 0x20 }),
+            (.gueControl, edit { $0[28] |= 0x20 }),
             (.gueFlags, edit { $0[31] = 0x80 }),
             (.gueHeaderLength, edit { $0[28] = 0 }),
             (.gueHeaderLength, edit { $0[35] = 0 }),

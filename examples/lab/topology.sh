@@ -62,6 +62,8 @@ for p in p1 p2; do
     ip -n "$ns" addr add "$VIP6/128" dev lo
     ip netns exec "$ns" iptables -t raw -A PREROUTING -s "$peers" -p udp --dport 19523 -j NFQUEUE --queue-num 0 --queue-bypass
     ip netns exec "$ns" iptables -t raw -A PREROUTING -p udp --dport 19523 -j DROP
+    ip netns exec "$ns" iptables -t raw -A PREROUTING -i tunl0 -p icmp --icmp-type echo-request \
+        -m mark ! --mark 0x40000000/0x40000000 -j DROP
     ip -n "$ns" neigh add 198.18.0.254 lladdr 02:00:00:00:00:fe dev eth0 nud permanent
     ip -n "$ns" route add 198.18.200.0/24 via 198.18.0.254
     ip -n "$ns" -6 neigh add 2001:2::fe lladdr 02:00:00:00:00:fe dev eth0 nud permanent

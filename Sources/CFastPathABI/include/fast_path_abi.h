@@ -18,7 +18,7 @@ typedef uint32_t __u32;
 typedef uint64_t __u64;
 #endif
 
-#define FP_LAYOUT 4
+#define FP_LAYOUT 5
 
 /* Addresses and ports are in network byte order unless a field says otherwise. */
 struct fp_config {
@@ -29,7 +29,7 @@ struct fp_config {
     __u8 flags;        /* FP_F_* */
     __u32 reserved;
     /* The SYN-cookie responder's (fp_listeners says which listeners it serves): */
-    __u64 pass_interval_ns; /* --cookie-pass-ms: one SYN per listener, CPU and interval to the kernel */
+    __u64 pass_interval_ns; /* --cookie-pass-ms: one SYN per listener and interval to the kernel */
     __u8 reply_ttl;         /* net.ipv4.ip_default_ttl: an IPv4 SYN-ACK's TTL */
     __u8 tcp_options;       /* FP_TCP_*: what the host's sysctls let a cookie SYN-ACK offer */
     __u8 reply_hop_limit;   /* net.ipv6.conf.default.hop_limit: an IPv6 SYN-ACK's hop limit */
@@ -87,8 +87,13 @@ enum fp_listener_count {
 };
 
 struct fp_listener_counts {
-    __u64 last_passed_ns; /* when this CPU last let one of the listener's SYNs through */
     __u64 count[FP_L_COUNT];
+};
+
+/* Per listener, shared by the CPUs (fp_listen_pass; the daemon makes and removes entries with the
+ * counts'): when the program last let one of its SYNs through to the kernel. */
+struct fp_listener_pass {
+    __u64 last_passed_ns;
 };
 
 #define FP_MAX_LISTENERS 65536
@@ -146,6 +151,7 @@ enum fp_counter {
     FP_DROP_UDP_TRUNCATED,
     FP_DROP_GUE_TRUNCATED,
     FP_DROP_GUE_VERSION,
+    FP_DROP_GUE_CONTROL,
     FP_DROP_GUE_FLAGS,
     FP_DROP_GUE_HLEN,
     FP_DROP_GUE_PRIVATE_TYPE,

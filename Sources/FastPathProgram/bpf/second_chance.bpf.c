@@ -115,6 +115,16 @@ struct {
     __type(value, struct fp_listener_counts);
 } fp_listen_count SEC(".maps");
 
+/* Shared by the CPUs, so the pass interval is the listener's whichever CPU its SYNs arrive on (a
+ * per-CPU value read on one CPU needs bpf_map_lookup_percpu_elem, Linux 5.19). */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, FP_MAX_LISTENERS);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, struct fp_listener_key);
+    __type(value, struct fp_listener_pass);
+} fp_listen_pass SEC(".maps");
+
 /* How a SYN-ACK reaches a client: the main table's routes, with their MSS (FP_MAX_ROUTES). */
 struct {
     __uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -198,7 +208,11 @@ static __always_inline __u8 local4(__u32 address)
 
 static __always_inline __u8 local6(const struct in6_addr *address)
 {
-    struct fp_ip6_prefix key = { .prefix_length = 128 };
+    /* Filled in field by field: an initializer with a non-zero field makes clang keep a copy in
+     * .rodata, a data section without variables whose BTF Linux 5.10 refuses (and with
+     * it the global function below: it would be verified as a static one, past the limit). */
+    struct fp_ip6_prefix key;
+    key.prefix_length = 128;
     __builtin_memcpy(key.address, address, 16);
     const __u8 *kind = bpf_map_lookup_elem(&fp_local6, &key);
     return kind ? *kind : 0;
@@ -400,14 +414,20 @@ struct syn_option_bytes {
     __u32 length;
 };
 
-/*
- * tcp_parse_options' walk; malformed options end it. A global function: the verifier checks it
- * once, on its own, rather than once for every path of the caller that reaches it.
- */
-__attribute__((noinline)) int parse_syn_options(const struct syn_option_bytes *copy, struct syn_options *out)
+/* parse_syn_options' answer, one word: what struct syn_options holds, or that the bytes could
+ * not be read. */
+#define SYN_OPTIONS_MSS 0xffffull              /* bits 0-15 */
+#define SYN_OPTIONS_SCALE_SHIFT 16             /* bits 16-19 */
+#define SYN_OPTIONS_HAS_SCALE (1ull << 20)
+#define SYN_OPTIONS_SACK (1ull << 21)
+#define SYN_OPTIONS_HAS_TIMESTAMP (1ull << 22)
+#define SYN_OPTIONS_UNREADABLE (1ull << 23)
+#define SYN_OPTIONS_TIMESTAMP_SHIFT 32         /* bits 32-63: TSval */
+
+/* tcp_parse_options' walk over bytes already copied; malformed options end it. */
+static __always_inline __u64 walk_syn_options(const struct syn_option_bytes *copy)
 {
-    if (!copy || !out)
-        return 0;
+    __u64 found = 0;
     __u32 length = copy->length > OPTIONS_MAX ? OPTIONS_MAX : copy->length;
     __u32 index = 0;
     for (int step = 0; step < OPTIONS_MAX && index < length; step++) {
@@ -432,19 +452,44 @@ __attribute__((noinline)) int parse_syn_options(const struct syn_option_bytes *c
         if (kind == 2 && size == 4) {
             __u16 mss = (__u16)option[2] << 8 | option[3];
             if (mss)
-                out->mss = mss;
+                found = (found & ~SYN_OPTIONS_MSS) | mss;
         } else if (kind == 3 && size == 3) {
-            out->window_scale = option[2] > 14 ? 14 : option[2];
-            out->has_window_scale = 1;
+            __u64 scale = option[2] > 14 ? 14 : option[2];
+            found = (found & ~(0xfull << SYN_OPTIONS_SCALE_SHIFT)) | scale << SYN_OPTIONS_SCALE_SHIFT |
+                    SYN_OPTIONS_HAS_SCALE;
         } else if (kind == 4 && size == 2) {
-            out->sack = 1;
+            found |= SYN_OPTIONS_SACK;
         } else if (kind == 8 && size == 10) {
-            out->timestamp = (__u32)option[2] << 24 | (__u32)option[3] << 16 | (__u32)option[4] << 8 | option[5];
-            out->has_timestamp = 1;
+            __u64 stamp = (__u32)option[2] << 24 | (__u32)option[3] << 16 | (__u32)option[4] << 8 | option[5];
+            found = (found & 0xffffffffull) | stamp << SYN_OPTIONS_TIMESTAMP_SHIFT | SYN_OPTIONS_HAS_TIMESTAMP;
         }
         index += size;
     }
-    return 0;
+    return found;
+}
+
+/*
+ * The options of the SYN whose TCP header starts at `tcp_offset`, `length` bytes of them, as
+ * parse_syn_options' word. A global function: the verifier checks it once, on its own, rather
+ * than once for every path of the caller that reaches it; and as one takes only the context and
+ * scalars before Linux 5.12, it reads the bytes itself and answers in one word.
+ */
+__attribute__((noinline)) __u64 parse_syn_options(struct __sk_buff *skb, __u32 tcp_offset, __u32 length)
+{
+    if (!skb || length > OPTIONS_MAX)
+        return SYN_OPTIONS_UNREADABLE;
+    struct syn_option_bytes copy = { .length = length };
+    /* Options come in words: none, or at least 4 bytes. The helper takes no empty copy, and the
+     * verifier must see that from the length register itself: hidden from the compiler (which
+     * would fold the arithmetic away), the length is rebuilt as 4 + a masked multiple of 4. */
+    if (length >= 4) {
+        __u32 load_length = length;
+        asm volatile("" : "+r"(load_length));
+        load_length = ((load_length - 4) & 0x3c) + 4;
+        if (bpf_skb_load_bytes(skb, tcp_offset + 20, copy.bytes, load_length))
+            return SYN_OPTIONS_UNREADABLE;
+    }
+    return walk_syn_options(&copy);
 }
 
 static __always_inline void put16(__u8 *at, __u16 value)
@@ -635,35 +680,33 @@ static __always_inline enum answer respond(struct __sk_buff *skb, const struct f
         goto kernel;
     /* The kernel accepts a cookie ACK within two minutes of a cookie of its own (with
      * tcp_syncookies=2 too): one SYN per listener and interval goes to it, answered there (the
-     * cookie helper refreshes that mark as well). The time is kept in the first CPU's slot, so
-     * the interval is the listener's, whichever CPU its SYNs arrive on. */
+     * cookie helper refreshes that mark as well). Two CPUs reading the same old time may both
+     * let a SYN through: one more for the kernel, never one fewer. */
     __u64 now = bpf_ktime_get_ns();
-    struct fp_listener_counts *first = bpf_map_lookup_percpu_elem(&fp_listen_count, &key, 0);
-    if (first && (first->last_passed_ns == 0 || now - first->last_passed_ns >= config->pass_interval_ns)) {
-        first->last_passed_ns = now;
+    struct fp_listener_pass *pass = bpf_map_lookup_elem(&fp_listen_pass, &key);
+    if (pass && (pass->last_passed_ns == 0 || now - pass->last_passed_ns >= config->pass_interval_ns)) {
+        pass->last_passed_ns = now;
         count_listener(counts, FP_L_SYNS_PASSED);
         goto kernel;
     }
 
     struct reply_plan plan = { .client_port = tcp->source, .listener_port = tcp->dest,
                                .our_window_scale = listener->window_scale };
-    struct syn_options options = {};
     __u32 tcp_offset = inner_offset + (ipv6 ? 40 : 20);
     __u32 options_length = (tcp_length - 20) & 0x3f;
     if (options_length > OPTIONS_MAX)
         goto kernel;
-    /* Options come in words: none, or at least 4 bytes. The helper takes no empty copy, and the
-     * verifier must see that from the length register itself: hidden from the compiler (which
-     * would fold the arithmetic away), the length is rebuilt as 4 + a masked multiple of 4. */
-    struct syn_option_bytes copy = { .length = options_length };
-    if (options_length >= 4) {
-        __u32 load_length = options_length;
-        asm volatile("" : "+r"(load_length));
-        load_length = ((load_length - 4) & 0x3c) + 4;
-        if (bpf_skb_load_bytes(skb, tcp_offset + 20, copy.bytes, load_length))
-            goto kernel;
-    }
-    parse_syn_options(&copy, &options);
+    __u64 parsed = parse_syn_options(skb, tcp_offset, options_length);
+    if (parsed & SYN_OPTIONS_UNREADABLE)
+        goto kernel;
+    struct syn_options options = {
+        .timestamp = parsed >> SYN_OPTIONS_TIMESTAMP_SHIFT,
+        .mss = parsed & SYN_OPTIONS_MSS,
+        .window_scale = (parsed >> SYN_OPTIONS_SCALE_SHIFT) & 0xf,
+        .has_window_scale = !!(parsed & SYN_OPTIONS_HAS_SCALE),
+        .sack = !!(parsed & SYN_OPTIONS_SACK),
+        .has_timestamp = !!(parsed & SYN_OPTIONS_HAS_TIMESTAMP),
+    };
 
     /* The route back to the client first: its advmss, clamped by TCP_MAXSEG, is the MSS offered. */
     struct fp_reply_route *route;
@@ -671,7 +714,8 @@ static __always_inline enum answer respond(struct __sk_buff *skb, const struct f
         struct ipv6hdr *ip6 = inner;
         if ((void *)(ip6 + 1) > end)
             goto kernel;
-        struct fp_ip6_prefix destination = { .prefix_length = 128 };
+        struct fp_ip6_prefix destination; /* field by field: see local6 */
+        destination.prefix_length = 128;
         __builtin_memcpy(destination.address, &ip6->saddr, 16);
         route = bpf_map_lookup_elem(&fp_reply6, &destination);
     } else {
@@ -892,8 +936,10 @@ int second_chance_fast_path(struct __sk_buff *skb)
     __u8 *gue = data + GUE_OFFSET;
     if (datagram < 4)
         return drop(FP_DROP_GUE_TRUNCATED);
-    if (gue[0] & 0xe0)
-        return drop(FP_DROP_GUE_VERSION); /* version 0 data messages only: GLB sends no control */
+    if (gue[0] & 0xc0)
+        return drop(FP_DROP_GUE_VERSION);
+    if (gue[0] & 0x20)
+        return drop(FP_DROP_GUE_CONTROL); /* GLB sends no control message; a GRE-in-UDP probe reads as one */
     __u32 hlen = gue[0] & 0x1f;
     if (gue[2] | gue[3])
         return drop(FP_DROP_GUE_FLAGS);
