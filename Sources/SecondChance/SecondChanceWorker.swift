@@ -318,15 +318,16 @@ public final class SecondChanceWorker: @unchecked Sendable {
         private mutating func deliverLocally(_ packet: UnsafeMutableRawBufferPointer, _ gue: GUEPacket)
             -> NetfilterQueue.Action
         {
-            switch (configuration.decapsulation, gue.innerFamily) {
-            case (.kernel, .ipv6) where Self.sitWouldRefuse(packet, gue):
-                return injectIPv6(packet, gue)
-            case (.kernel, _):
-                return .accept
-            case (.userspace, .ipv4):
-                return .acceptReplacing(gue.innerOffset..<gue.innerEnd)
-            case (.userspace, .ipv6):
-                return injectIPv6(packet, gue)
+            // With fou, what the tunnel devices would drop is decapsulated here instead: a packet
+            // this host sent itself over loopback would arrive on tunl0 from a local address (a
+            // martian there), and sit drops a 6to4 source it takes for spoofed.
+            let kernel =
+                configuration.decapsulation == .kernel && !gue.overLoopback
+                && !(gue.innerFamily == .ipv6 && Self.sitWouldRefuse(packet, gue))
+            switch (kernel, gue.innerFamily) {
+            case (true, _): return .accept
+            case (false, .ipv4): return .acceptReplacing(gue.innerOffset..<gue.innerEnd)
+            case (false, .ipv6): return injectIPv6(packet, gue)
             }
         }
 

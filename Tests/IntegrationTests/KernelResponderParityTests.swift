@@ -29,7 +29,13 @@ extension FastPathParityTests {
             let routes = try ReplyRoutesReader.read()
             XCTAssertEqual(routes.route(towards: .v4(Lab.client))?.mss, 1360)
             XCTAssertEqual(routes.route(towards: .v6(Lab.client6))?.mss, 1340, "IPv6: the route's MTU less 60")
-            let oracle = try SynCookieOracle()
+            // Before Linux 6.0 no raw helper computes the cookie: the program's, which its kernel
+            // computed, stands in for it, and everything else is still compared.
+            let oracle = try? SynCookieOracle()
+            if oracle == nil {
+                XCTAssertTrue(
+                    try Self.kernelVersion().lexicographicallyPrecedes([6, 0]), "the raw cookie helpers load")
+            }
             for timestamps in [2, 1] {
                 var tcp = TCPHostSettings()
                 tcp.syncookies = 2
@@ -181,7 +187,7 @@ extension FastPathParityTests {
 
     func checkAnswer(
         to syn: [UInt8], _ what: String, harness: inout Harness, snapshot: ResponderBoard.Snapshot,
-        listener: ResponderListener, oracle: SynCookieOracle
+        listener: ResponderListener, oracle: SynCookieOracle?
     ) throws {
         let packet = Self.gue(syn)
         let before = harness.maps.readCounters()[FP_COOKIES_SENT]
@@ -201,13 +207,17 @@ extension FastPathParityTests {
             guard case .parsed(let parsed) = harness.decider.parse(bytes), case .tcp(let segment) = parsed.inner,
                 let options = SynOptions.parse(bytes, tcpOffset: segment.tcpOffset, end: parsed.gue.innerEnd)
             else { return XCTFail("\(what): the decider does not parse it") }
-            var cookies: [(cookie: UInt32, mss: UInt16)?] = []
-            oracle.cookies(
-                forSYNs: [.init(packet: bytes, segment: segment, options: options)][...], ipv6: ipv6, into: &cookies)
-            let cookie = try XCTUnwrap(cookies.first ?? nil, what)
             let tcp = ipv6 ? 40 : 20
-            XCTAssertEqual(
-                reply.count >= tcp + 20 ? reply.be32(tcp + 4) : 0, cookie.cookie, "\(what): the kernel's cookie")
+            let answered = reply.count >= tcp + 20 ? reply.be32(tcp + 4) : 0
+            var cookie = answered
+            if let oracle {
+                var cookies: [(cookie: UInt32, mss: UInt16)?] = []
+                oracle.cookies(
+                    forSYNs: [.init(packet: bytes, segment: segment, options: options)][...], ipv6: ipv6, into: &cookies
+                )
+                cookie = try XCTUnwrap(cookies.first ?? nil, what).cookie
+                XCTAssertEqual(answered, cookie, "\(what): the kernel's cookie")
+            }
             // The TSval follows the MSS option: 01 01 08 0a, or 04 02 08 0a with SACK.
             let hasTimestamp =
                 reply.count >= tcp + 36
@@ -221,12 +231,24 @@ extension FastPathParityTests {
             var expected = [UInt8](repeating: 0, count: SynCookieReply.maximumLength)
             let length = expected.withUnsafeMutableBytes {
                 SynCookieReply.write(
-                    into: $0, answering: bytes, segment, cookie: cookie.cookie, mss: route.mss, offer: offer,
+                    into: $0, answering: bytes, segment, cookie: cookie, mss: route.mss, offer: offer,
                     window: window, ttl: snapshot.settings.replyTTL(ipv6: ipv6))
             }
             XCTAssertEqual(
                 reply.hex, Array(expected[0..<length]).hex, "\(what): the program's SYN-ACK is the queue's responder's")
         }
+    }
+}
+
+extension FastPathParityTests {
+    /// The running kernel's major and minor version.
+    static func kernelVersion() throws -> [Int] {
+        var name = utsname()
+        uname(&name)
+        let release = withUnsafeBytes(of: name.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let numbers = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
+        guard numbers.count == 2 else { throw LabError("kernel release \(release)") }
+        return numbers
     }
 }
 
