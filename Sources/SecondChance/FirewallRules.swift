@@ -147,7 +147,7 @@ public enum FirewallRules {
             guard raw.contains("iifname \"tunl0\""), raw.contains("icmp type echo-request"), words.last == "drop",
                 let at = words.firstIndex(of: "mark"), at + 4 < words.count, words[at + 1] == "&",
                 words[at + 3] == "!=", let mask = PacketMark.number(words[at + 2]),
-                let value = PacketMark.number(words[at + 4]), mask != 0, value & ~mask == 0
+                let value = PacketMark.number(words[at + 4]), value != 0, value & ~mask == 0
             else { return nil }
             return PacketMark(value: value, mask: mask)
         }

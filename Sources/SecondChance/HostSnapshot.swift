@@ -56,8 +56,10 @@ public struct HostSnapshot: Sendable {
     public var replyRoutes: ReplyRoutes?
     public var linkMTUs: [String: UInt32] = [:]
     /// Each listener of the sockets' namespace but loopback's, with its TCP_MAXSEG (0: none set);
-    /// nil when they could not be read.
+    /// nil when they could not be read (no sock_diag, or no listener probe to read TCP_MAXSEG).
     public var listenerMSS: [ListenerKey: UInt16]?
+    /// More listeners than `maximumListeners`: the rest were not read.
+    public var listenersTruncated = false
     /// Whether an exact sock_diag look-up in the sockets' namespace answers.
     public var sockDiag: Result<Bool, Failure> = .success(true)
 
@@ -100,25 +102,21 @@ public struct HostSnapshot: Sendable {
     }
 
     /// The listeners a client can reach (not bound to loopback), at most `maximumListeners` of
-    /// them, each with the TCP_MAXSEG the listener probe reads (0 where it cannot).
-    static func listenerMSS(namespace: NetworkNamespace?) -> [ListenerKey: UInt16]? {
-        guard let listeners = try? SockDiag(namespace: namespace).dumpListeners(requestSockets: false) else {
-            return nil
-        }
-        let probe = try? ListenerProbe(namespace: namespace)
+    /// them, each with the TCP_MAXSEG the listener probe reads; and whether there were more.
+    static func listenerMSS(namespace: NetworkNamespace?) -> ([ListenerKey: UInt16]?, Bool) {
+        guard let listeners = try? SockDiag(namespace: namespace).dumpListeners(requestSockets: false),
+            let probe = try? ListenerProbe(namespace: namespace)
+        else { return (nil, false) }
         let loopback4 = IPv4Prefix(network: IPv4Address(0x7f00_0000), length: 8)
-        var found: [ListenerKey: UInt16] = [:]
-        for listener in listeners.prefix(maximumListeners) {
-            let key = listener.key
-            if key.isIPv6
-                ? key.address == IPv6Address(high: 0, low: 1)
-                : loopback4.contains(IPv4Address(UInt32(truncatingIfNeeded: key.address.low)))
-            {
-                continue
-            }
-            found[key] = probe?.userMSS(of: key) ?? 0
+        let reachable = listeners.map(\.key).filter { key in
+            key.isIPv6
+                ? key.address != IPv6Address(high: 0, low: 1)
+                : !loopback4.contains(IPv4Address(UInt32(truncatingIfNeeded: key.address.low)))
         }
-        return found
+        var found: [ListenerKey: UInt16] = [:]
+        // A listener gone between the dump and the probe is left out.
+        for key in reachable.prefix(maximumListeners) { found[key] = probe.userMSS(of: key) }
+        return (found, reachable.count > maximumListeners)
     }
 
     static let maximumListeners = 4096
@@ -140,7 +138,7 @@ public struct HostSnapshot: Sendable {
                 ipv4: routes.ipv4.filter { $0.route.interfaceIndex != loopback }.map { ($0.prefix, $0.route) },
                 ipv6: routes.ipv6.filter { $0.route.interfaceIndex != loopback }.map { ($0.prefix, $0.route) })
         }
-        listenerMSS = Self.listenerMSS(namespace: sockets)
+        (listenerMSS, listenersTruncated) = Self.listenerMSS(namespace: sockets)
         for name in peerInterfaces ?? [] {
             let text = ProcFile.read("/sys/class/net/\(name)/mtu", limit: 32)
             if let mtu = text.flatMap({ UInt32($0.split(separator: "\n").first ?? "") }) { linkMTUs[name] = mtu }

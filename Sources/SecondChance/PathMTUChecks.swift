@@ -29,7 +29,13 @@ enum PathMTUChecks {
         }
         let families = families(routes, listeners: host.listenerMSS)
         return (host.peerInterfaces ?? []).compactMap { name in
-            host.linkMTUs[name].map { check(interface: name, mtu: $0, families: families, hops: hops) }
+            host.linkMTUs[name].map {
+                var check = check(interface: name, mtu: $0, families: families, hops: hops)
+                if host.listenersTruncated {
+                    check.finding += " (of the first \(HostSnapshot.maximumListeners) listeners only)"
+                }
+                return check
+            }
         }
     }
 

@@ -41,7 +41,8 @@ public struct PacketMark: Sendable, Equatable, CustomStringConvertible {
         let parts = String(text).split(separator: "/", omittingEmptySubsequences: false)
         guard (1...2).contains(parts.count), let value = Self.number(parts[0]) else { return nil }
         let mask = parts.count == 2 ? Self.number(parts[1]) : value
-        guard let mask, mask != 0, value & ~mask == 0 else { return nil }
+        // A zero value would tell nothing: every unmarked packet already has it.
+        guard let mask, mask != 0, value != 0, value & ~mask == 0 else { return nil }
         self.init(value: value, mask: mask)
     }
 

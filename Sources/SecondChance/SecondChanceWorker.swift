@@ -86,7 +86,9 @@ public final class SecondChanceWorker: @unchecked Sendable {
             configuration: configuration, counters: counters,
             decider: Decider(selfAddress: configuration.selfAddress, peers: configuration.peers, local: local),
             addresses: addresses, addressGeneration: generation, reversePaths: reversePaths,
-            sender: try RawIPSender(ipv6: configuration.decapsulation == .userspace || responder != nil),
+            // IPv6 is injected with userspace decapsulation, by the responder, and with fou for
+            // what sit would drop (6to4 sources).
+            sender: try RawIPSender(ipv6: true),
             ownership: KernelFlowOwnership(
                 sockDiag: try SockDiag(namespace: namespace), cookieState: try KernelCookieState(namespace: namespace),
                 oracle: configuration.checkCookies ? oracle : nil, counters: counters, responder: responder,

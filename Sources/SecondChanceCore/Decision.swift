@@ -102,6 +102,11 @@ public struct Decider: Sendable {
         case .success(let parsed): gue = parsed
         }
         gue.overLoopback = arrival == ReversePaths.loopbackIndex
+        // Over loopback, from this host's own address (its way back), only a health checker's
+        // probe is heard: any local user can send there, and nothing else of theirs may pass.
+        if gue.overLoopback && !Self.isOwnHealthProbe(packet, gue) {
+            return .rejected(Decision(verdict: .refuse(.reversePath), gue: gue))
+        }
         guard peers.sources.contains(gue.outerSource) else {
             return .rejected(Decision(verdict: .refuse(.untrustedSource), gue: gue))
         }
@@ -115,6 +120,19 @@ public struct Decider: Sendable {
         case .failure(let reason): return .rejected(Decision(verdict: .drop(reason), gue: gue))
         case .success(let inner): return .parsed(ParsedPacket(gue: gue, inner: inner))
         }
+    }
+
+    /// glb-healthcheck's GUE probe, sent by this host to itself: no hops, an inner IPv4 ICMP echo
+    /// request whose addresses are the outer packet's (so to this host, from this host).
+    @inline(__always)
+    static func isOwnHealthProbe(_ packet: UnsafeRawBufferPointer, _ gue: GUEPacket) -> Bool {
+        let start = gue.innerOffset
+        guard gue.hopCount == 0, gue.innerFamily == .ipv4, gue.innerEnd - start >= 28 else { return false }
+        let headerLength = Int(packet[start] & 0x0f) * 4
+        return packet[start] >> 4 == 4 && headerLength >= 20 && gue.innerEnd - start >= headerLength + 8
+            && packet[start + 9] == 1 && packet.be16(start + 6) & 0x3fff == 0 && packet[start + headerLength] == 8
+            && packet.be32(start + 12) == gue.outerSource.value
+            && packet.be32(start + 16) == gue.outerDestination.value
     }
 
     /// Steps 2-4: what is taken without asking the socket table, and otherwise the flow to ask about.
@@ -176,15 +194,14 @@ public struct Decider: Sendable {
             guard gue.innerEnd - start >= 20 else { return .notLocalDestination }
             guard local.accepts(destination: IPv4Address(packet.be32(start + 16))) else { return .notLocalDestination }
             let source = IPv4Address(packet.be32(start + 12))
-            // What this host sends itself over loopback comes from its own address (glb-director #139).
-            if gue.overLoopback && local.owns(source) { return nil }
+            // This host's own health probe comes from its own address (glb-director #139).
+            if gue.overLoopback && source == gue.outerSource { return nil }
             return local.isMartianSource(source) ? .martianSource : nil
         case .ipv6:
             guard gue.innerEnd - start >= 40 else { return .notLocalDestination }
             let destination = IPv6Address(high: packet.be64(start + 24), low: packet.be64(start + 32))
             guard local.accepts(destination: destination) else { return .notLocalDestination }
             let source = IPv6Address(high: packet.be64(start + 8), low: packet.be64(start + 16))
-            if gue.overLoopback && local.owns(source) { return nil }
             return local.isMartianSource(source) ? .martianSource : nil
         }
     }

@@ -85,6 +85,31 @@ final class SecondChanceTests: XCTestCase {
         try sendGUE(lab, from: "p1", source: Lab.p1, sourcePort: 41500, to: Lab.p1, inner: probe, hops: [])
         XCTAssertTrue(answered(own), "the proxy's own check, over loopback, is answered")
 
+        // Any local user can send there: nothing but the probe passes. Not a datagram from a
+        // forged source to a local service, not the probe from loopback's address or with a hop.
+        let service = try lab.inside("p1") { try LabSockets.bindUDP(.v4(Lab.p1), port: 7777, receiveTimeoutSeconds: 1) }
+        defer { close(service) }
+        var datagram: [UInt8] = [0x9c, 0x41, 0x1e, 0x61, 0, 13, 0, 0] + Array("forged".utf8)
+        datagram.setBE16(4, UInt16(datagram.count))
+        let local = try lab.stats("p1")["dropped_reverse_path"] ?? 0
+        for (port, inner, hops) in [
+            (
+                UInt16(41502),
+                PacketBuilder.ip(
+                    source: .v4(IPv4Address("198.18.0.77")!), destination: .v4(Lab.p1), protocol: 17,
+                    transport: datagram, checksumOffset: 6), [IPv4Address]()
+            ),
+            (41503, PacketBuilder.icmpEchoRequest(from: IPv4Address("127.0.0.1")!, to: Lab.p1, payload: own), []),
+            (41504, probe, [Lab.p2]),
+        ] {
+            try sendGUE(lab, from: "p1", source: Lab.p1, sourcePort: port, to: Lab.p1, inner: inner, hops: hops)
+        }
+        try lab.waitFor("the local user's packets refused") {
+            try lab.stats("p1").value("dropped_reverse_path") == local + 3
+        }
+        var buffer = [UInt8](repeating: 0, count: 64)
+        XCTAssertLessThan(recv(service, &buffer, buffer.count, 0), 0, "the forged datagram reached no socket")
+
         let refused = try lab.stats("p1")["dropped_reverse_path"] ?? 0
         let forged = Array("glbhc_forged".utf8)
         let outside = PacketBuilder.icmpEchoRequest(from: Lab.p1, to: Lab.p1, payload: forged)
@@ -563,13 +588,14 @@ final class SecondChanceTests: XCTestCase {
     /// glb-director #64: a client behind a 6to4 relay has a 2002::/16 address whose embedded IPv4
     /// address is the relay's, not the director's. With fou, sit drops its packets as spoofed;
     /// second-chance hands them to the stack itself. The client's address here is the 6to4 image
-    /// of the test range (198.18.0.1); the kernel lab runs this with fou.
+    /// of a test-range relay (198.18.0.99), the director's GUE comes from 198.18.0.1; the kernel
+    /// lab runs this with fou.
     func testASixToFourClientIsAnsweredInEveryDecapsulationMode() throws {
-        let client = try XCTUnwrap(IPv6Address("2002:c612:1::1"))
+        let client = try XCTUnwrap(IPv6Address("2002:c612:63::1"))
         try Lab.shell(
             """
             ip -n \(lab.namespace("c")) -6 addr add \(client)/128 dev eth0 nodad && \
-            ip -n \(lab.namespace("p1")) -6 route add 2002:c612:1::/48 via \(Lab.client6)
+            ip -n \(lab.namespace("p1")) -6 route add 2002:c612:63::/48 via \(Lab.client6)
             """)
         let capture = try lab.inside("c") { try Capture(protocol: Int32(IPPROTO_TCP), ipv6: true) }
         let syn = PacketBuilder.tcp(
@@ -963,7 +989,8 @@ final class SecondChanceTests: XCTestCase {
         XCTAssertTrue(before.contains("advmss 1416"), before)
 
         let table = lab.directory.appendingPathComponent("table").path
-        try "\(Lab.p1)\n".write(toFile: table, atomically: true, encoding: .utf8)
+        // P1 first for every flow, P2 its second chance: one hop in every GUE packet.
+        try "\(Lab.p1)\n\(Lab.p2) draining\n".write(toFile: table, atomically: true, encoding: .utf8)
         let director = try lab.start(
             "d", "glb-lab", ["director", "--self", Lab.director.description, "--table", table])
         try lab.waitFor("the director") { lab.log(of: director).contains("director: serving queue") }

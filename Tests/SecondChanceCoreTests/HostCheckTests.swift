@@ -101,7 +101,8 @@ final class HostCheckTests: XCTestCase {
         XCTAssertEqual(PacketMark("0x40000000"), PacketMark(value: 0x4000_0000, mask: 0x4000_0000))
         XCTAssertEqual(PacketMark("0x10/0xf0"), PacketMark(value: 0x10, mask: 0xf0))
         XCTAssertEqual(PacketMark("16/240"), PacketMark(value: 0x10, mask: 0xf0))
-        for bad in ["0x3/0x1", "0", "0x0/0x0", "", "/", "0x/0x1", "1/2/3", "-1", "0x100000000", "mark"] {
+        for bad in ["0x3/0x1", "0", "0x0/0x0", "0/0x40000000", "", "/", "0x/0x1", "1/2/3", "-1", "0x100000000", "mark"]
+        {
             XCTAssertNil(PacketMark(bad), bad)
         }
         XCTAssertEqual(PacketMark(value: 0x10, mask: 0xf0).applied(to: 0xffff_ff0f), 0xffff_ff1f)
