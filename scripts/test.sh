@@ -26,8 +26,9 @@ swift build --build-tests
 lab_pid=""
 if [ "$PROXYSIDE_SLOW_TESTS" = 1 ]; then
     lab_log=$(mktemp /tmp/proxyside-kernel-lab.XXXXXX)
-    # Its own process group: stopping the run stops its guests too.
-    trap '[ -z "$lab_pid" ] || kill -- -"$lab_pid" 2>/dev/null || true' EXIT
+    # Its own process group (setsid: this script runs without job control, so the bundle is not a
+    # group leader and keeps its pid): stopping the run stops its guests too.
+    trap '[ -z "$lab_pid" ] || kill -- -"$lab_pid" 2>/dev/null || true; rm -f "$lab_log"' EXIT
     bundle=$(swift build --show-bin-path)/proxysidePackageTests.xctest
     setsid "$bundle" IntegrationTests.KernelLabTests > "$lab_log" 2>&1 &
     lab_pid=$!
