@@ -127,7 +127,12 @@ final class SecondChanceTests: XCTestCase {
                 } == payload.count
             guard sent else { throw SystemError("sending GUE from P1's address") }
         }
-        try lab.waitFor("the forged one refused") { try lab.stats("p1").value("dropped_reverse_path") == refused + 1 }
+        // The shipped nft rules' reverse-path check (the kernel lab's) drops it before the queue.
+        if !Lab.nftRules {
+            try lab.waitFor("the forged one refused") {
+                try lab.stats("p1").value("dropped_reverse_path") == refused + 1
+            }
+        }
         XCTAssertFalse(answered(forged), "the proxy's address from outside is not heard")
     }
 
