@@ -152,11 +152,9 @@ public enum HostChecks {
 
     /// What the running kernel offers against what each feature needs (README, "Kernels").
     public static func kernelFeatures(release: String) -> [HostCheck] {
-        let numbers = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
-        guard numbers.count == 2 else {
+        guard let version = KernelRelease.version(of: release) else {
             return [HostCheck(level: .warn, subject: "kernel", finding: "cannot read the release \(release)")]
         }
-        let version = (numbers[0], numbers[1])
         let needs: [(feature: String, helpers: String, minimum: (Int, Int))] = [
             (
                 "the queue's SYN-cookie responder and cookie ACK checks (the tc program's answer without them)",

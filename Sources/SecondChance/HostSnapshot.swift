@@ -124,11 +124,7 @@ public struct HostSnapshot: Sendable {
     mutating func readDoctorsRest(namespace: String?) {
         root = geteuid() == 0
         queueAvailable = access("/proc/net/netfilter/nfnetlink_queue", F_OK) == 0
-        var release = utsname()
-        uname(&release)
-        kernelRelease = withUnsafeBytes(of: release.release) {
-            String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
-        }
+        kernelRelease = KernelRelease.current
         // Routes that leave by loopback (a VIP's own) lead to no client.
         let loopback = if_nametoindex("lo")
         // The sockets advertise along their own namespace's routes (--netns).
