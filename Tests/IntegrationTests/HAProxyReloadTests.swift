@@ -139,6 +139,8 @@ final class HAProxyReloadTests: XCTestCase {
     func testAFailedCheckLeavesTheRunningInstanceServing() throws {
         let template = try writeTemplate("guarded", bind: "{{bind tcp://\(BrokerLab.vip):82}}")
         let supervisor = try lab.startSupervisor("guarded", template: template)
+        // The pid file can appear before HAProxy binds: a load started then counts refusals.
+        try lab.waitUntilListening(port: 82)
         let firstPid = try String(contentsOfFile: supervisor.pidFile, encoding: .utf8)
 
         // A configuration HAProxy rejects: --check says so, and a reload does not proceed.
