@@ -223,7 +223,6 @@ final class ShippedConfigurationTests: XCTestCase {
         try lab.waitFor("the forged director's packets dropped by the reverse-path rule") {
             try droppedByRules().reversePath == 3
         }
-        usleep(200_000)
         stats = try lab.stats("p1")
         XCTAssertEqual(stats["accepted_syn"], 1, "no forged SYN reached the queue")
         XCTAssertEqual(stats["total_packets"], 1 + byProgram)

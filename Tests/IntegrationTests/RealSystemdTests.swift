@@ -107,7 +107,7 @@ final class RealSystemdTests: XCTestCase {
     /// library, Fixtures/sock_diag_fault.c) while the process lives on gets the daemon killed by
     /// the watchdog and restarted, with the stored queue, by systemd.
     func testTheWatchdogRestartsADaemonWhoseQueueThreadIsStuck() throws {
-        let unit = "second-chance@0.service"
+        let unit = "second-chance@0.service", watchdogSeconds = 3
         let library = lab.directory.appendingPathComponent("sock_diag_fault.so").path
         try Lab.shell(
             """
@@ -124,7 +124,7 @@ final class RealSystemdTests: XCTestCase {
             [Service]
             EnvironmentFile=/etc/second-chance-wedge.env
             Environment=LD_PRELOAD=/etc/sock_diag_fault.so SOCK_DIAG_FAULT=wedge:/run/wedge-sock-diag
-            WatchdogSec=3s
+            WatchdogSec=\(watchdogSeconds)s
 
             """, to: "/etc/systemd/system/\(unit).d/wedge.conf")
         try container.systemctl("daemon-reload")
@@ -132,8 +132,15 @@ final class RealSystemdTests: XCTestCase {
         let control = container.path("/run/second-chance/queue-0.sock")
         try lab.waitFor("the daemon's control socket") { (try? readControlSocket(control)) != nil }
         let first = try mainPID(unit)
-        // Idle, the threads come round every 100 ms: the watchdog is told, the daemon stays.
-        sleep(5)
+        // Idle, the threads come round every 100 ms: the watchdog is told, the daemon stays. Shown
+        // by systemd's own record of the last keep-alive, once it is a whole WatchdogSec after
+        // the daemon started (a daemon that never told it would have been killed by then).
+        func monotonic(_ property: String) throws -> UInt64 { UInt64(try container.property(unit, property)) ?? 0 }
+        let started = try monotonic("ExecMainStartTimestampMonotonic")
+        let period = UInt64(watchdogSeconds) * 1_000_000
+        try lab.waitFor("a keep-alive a whole WatchdogSec after the start", seconds: 15) {
+            try monotonic("WatchdogTimestampMonotonic") > started + period
+        }
         XCTAssertEqual(try mainPID(unit), first, container.journal(unit))
 
         try container.write("", to: "/run/wedge-sock-diag")

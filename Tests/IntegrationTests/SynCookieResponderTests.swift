@@ -496,15 +496,16 @@ final class SynCookieResponderTests: XCTestCase {
         try lab.waitFor("two more scans") { try lab.stats("p1").value("listener_scans") >= scanned + 2 }
         let before = try lab.stats("p1").value("cookies_sent")
         let capture = try lab.inside("c") { try Capture(protocol: Int32(IPPROTO_TCP)) }
+        // A source port above the ephemeral range: no connection of the client's can share it.
         let syn = PacketBuilder.tcp(
-            source: .v4(Lab.client), sourcePort: 43100, destination: .v4(Lab.vip), destinationPort: Self.port,
+            source: .v4(Lab.client), sourcePort: 61100, destination: .v4(Lab.vip), destinationPort: Self.port,
             flags: .syn,
             sequence: 1, options: [2, 4, 0x05, 0xb4])
         try sendGUE(lab, sourcePort: 31101, to: Lab.p1, inner: syn, hops: [])
         try lab.waitFor("the SYN") { try lab.stats("p1").value("accepted_syn") > 0 }
         XCTAssertEqual(try lab.stats("p1").value("cookies_sent"), before, "the responder left the SYN to the kernel")
         XCTAssertNil(
-            capture.first(within: 1) { $0.ipv4TCP.map { $0.0 == Lab.vip && $0.3 == 43100 } ?? false },
+            capture.first(within: 1) { $0.ipv4TCP.map { $0.0 == Lab.vip && $0.3 == 61100 } ?? false },
             "and the kernel dropped it")
     }
 
