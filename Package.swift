@@ -28,13 +28,15 @@ let package = Package(
         // The map layouts and counter slots the tc program and the daemon share.
         .target(name: "CFastPathABI"),
         // libbpf's option structs, which LIBBPF_OPTS fills as libbpf checks them.
-        .target(name: "CFastPathLoader", dependencies: ["CBPF"]),
+        .target(name: "CBPFShims", dependencies: ["CBPF"]),
 
         // Pure: addresses, flows, listener keys, prefixes, checksums, byte access. No system calls.
         .target(name: "NetTypes"),
         // The thin system layer both daemons stand on: errors, descriptors, sockets, signals,
-        // threads, namespaces, /proc, netlink and sock_diag.
-        .target(name: "LinuxSys", dependencies: ["NetTypes", "CLinuxShims", "CMnl"], plugins: ["VersionPlugin"]),
+        // threads, namespaces, /proc, netlink and sock_diag, BPF objects and tc filters (through libbpf).
+        .target(
+            name: "LinuxSys", dependencies: ["NetTypes", "CLinuxShims", "CMnl", "CBPF", "CBPFShims"],
+            plugins: ["VersionPlugin"]),
         .plugin(name: "VersionPlugin", capability: .buildTool(), path: "Sources/VersionPlugin"),
         // Logging (swift-log, one line per event on stderr), metrics text, the stats and control server.
         .target(name: "Telemetry", dependencies: ["NetTypes", "LinuxSys", "CLinuxShims", logging]),
@@ -54,7 +56,7 @@ let package = Package(
             name: "SecondChance",
             dependencies: [
                 "SecondChanceCore", "NetTypes", "LinuxSys", "Telemetry", "CNetfilterQueue", "CMnl", "CLinuxShims",
-                "CBPF", "CFastPathABI", "CFastPathLoader", "FastPathProgram", logging,
+                "CBPF", "CFastPathABI", "CBPFShims", "FastPathProgram", logging,
             ]),
 
         // bindkeeper's pure parts: requests, policy, templates, wire forms, hand-over state.

@@ -1,4 +1,4 @@
-#include "fast_path_loader.h"
+#include "bpf_shims.h"
 
 #include <errno.h>
 #include <linux/bpf.h>

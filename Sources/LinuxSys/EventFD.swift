@@ -10,8 +10,10 @@ public final class EventFD: Sendable {
         guard fd >= 0 else { throw SystemError("eventfd") }
     }
 
-    /// An eventfd handed over by an earlier process (its counter kept), checked to be one.
-    public init(adopting fd: Int32) throws {
+    /// An eventfd handed over by an earlier process (its counter kept), checked to be one; closed
+    /// when it is not.
+    public init(adopting descriptor: consuming OwnedDescriptor) throws {
+        let fd = descriptor.raw
         var target = [CChar](repeating: 0, count: 64)
         let length = readlink("/proc/self/fd/\(fd)", &target, target.count - 1)
         guard length > 0, String(cString: target).hasPrefix("anon_inode:[eventfd]") else {
@@ -19,7 +21,7 @@ public final class EventFD: Sendable {
         }
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
         Descriptors.setCloseOnExec(fd, true)
-        self.fd = fd
+        self.fd = descriptor.take()
     }
 
     /// The counter, left as it was (read resets it, so it is written back).

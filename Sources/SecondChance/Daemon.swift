@@ -1,7 +1,6 @@
 import Glibc
 import LinuxSys
-import ProxysideArguments
-import SecondChance
+import Logging
 import SecondChanceCore
 import Synchronization
 import Telemetry
@@ -9,34 +8,44 @@ import Telemetry
 /// What an earlier process left this one: sockets by name (a re-exec of this one, or systemd's fd
 /// store after a crash), and from a re-exec its count and its forwarding choice. Each socket is
 /// claimed once, by the part of the daemon that uses it.
-struct Handover {
+public struct Handover {
     private var sockets: [String: Int32] = [:]
     /// Every name handed over, claimed or not.
-    let names: Set<String>
-    let reexecuted: Bool
-    let reexecs: UInt64
-    let keptForwarding: ForwardingMode?
+    public let names: Set<String>
+    public let reexecuted: Bool
+    public let reexecs: UInt64
+    public let keptForwarding: ForwardingMode?
 
-    init(environment: [String: String]) {
+    /// How many times this process has re-executed itself, carried across exec(2).
+    public static let reexecsVariable = "SECOND_CHANCE_REEXECS"
+    /// The forwarding mode `--forward auto` chose, carried across exec(2).
+    public static let forwardingVariable = "SECOND_CHANCE_FORWARDING"
+
+    /// The name of queue `number`'s netlink socket in the fd store and across a re-exec.
+    public static func queueName(_ number: UInt16) -> String { "nfqueue-\(number)" }
+
+    public init(environment: [String: String]) {
         for (fd, name) in ListenFDs.inherited(environment, pid: getpid()) { sockets[name] = fd }
         names = Set(sockets.keys)
-        reexecuted = environment[Run.reexecsVariable] != nil
-        reexecs = environment[Run.reexecsVariable].flatMap(UInt64.init) ?? 0
+        reexecuted = environment[Self.reexecsVariable] != nil
+        reexecs = environment[Self.reexecsVariable].flatMap(UInt64.init) ?? 0
         // A re-exec keeps the choice: the firewall's rules, which can be long, are not read again
         // while the queues wait for this image (the sysctls, quick to read, are).
         keptForwarding =
-            reexecuted ? environment[Run.forwardingVariable].flatMap(ForwardingMode.init(rawValue:)) : nil
+            reexecuted ? environment[Self.forwardingVariable].flatMap(ForwardingMode.init(rawValue:)) : nil
     }
 
     /// The socket handed over as `name`, now this caller's.
-    mutating func claim(_ name: String) -> Int32? { sockets.removeValue(forKey: name) }
+    public mutating func claim(_ name: String) -> OwnedDescriptor? {
+        sockets.removeValue(forKey: name).map(OwnedDescriptor.init(adopting:))
+    }
 
     /// No earlier process: not a re-exec, and none of `queues` waits in the store.
-    func coldStart(queues: [String]) -> Bool { reexecs == 0 && !queues.contains { names.contains($0) } }
+    public func coldStart(queues: [String]) -> Bool { reexecs == 0 && !queues.contains { names.contains($0) } }
 
     /// The stats server's sockets; every other one not claimed by now is not this configuration's,
     /// and is closed.
-    mutating func claimServerSockets() -> [String: Int32] {
+    mutating func claimServerSockets(logger: Logger) -> [String: Int32] {
         let server = sockets.filter { [StatsServer.metricsName, StatsServer.controlName].contains($0.key) }
         for (name, fd) in sockets where server[name] == nil {
             logger.info("an inherited socket named \(name) is not one of this configuration's; closed")
@@ -47,19 +56,19 @@ struct Handover {
     }
 
     /// A child this process starts (a tool, a re-exec check) must not take these for its own.
-    static func clearEnvironment() {
-        for name in ListenFDs.variables + [Run.reexecsVariable, Run.forwardingVariable] { unsetenv(name) }
+    public static func clearEnvironment() {
+        for name in ListenFDs.variables + [Self.reexecsVariable, Self.forwardingVariable] { unsetenv(name) }
     }
 }
 
 /// The events that stop or re-execute the daemon, installed before anything is served.
-struct DaemonSignals {
+public struct DaemonSignals {
     /// SIGTERM and SIGINT.
-    let stop: EventFD
+    public let stop: EventFD
     /// SIGUSR1: re-execute, once the new image passes its check.
     let reexec: EventFD
 
-    init() throws {
+    public init() throws {
         stop = try EventFD()
         try Signals.install(shutdown: stop)
         reexec = try EventFD()
@@ -70,12 +79,20 @@ struct DaemonSignals {
 }
 
 /// What `stats` and the metrics port show: the counters of every part, read when asked.
-struct DaemonReport: Sendable {
+public struct DaemonReport: Sendable {
     let workers: [SecondChanceWorker]
     let kernelPath: (path: FastPath?, status: String)
     let monitor: ListenerMonitor?
     let configuration: SecondChanceConfiguration
-    let image: ImageReport
+    public let image: ImageReport
+
+    public init(
+        workers: [SecondChanceWorker], kernelPath: (path: FastPath?, status: String), monitor: ListenerMonitor?,
+        configuration: SecondChanceConfiguration, image: ImageReport
+    ) {
+        (self.workers, self.kernelPath, self.monitor) = (workers, kernelPath, monitor)
+        (self.configuration, self.image) = (configuration, image)
+    }
 
     func render(_ format: StatsServer.Format) -> String {
         let values = CounterBlock.sum(workers.map(\.counters))

@@ -34,7 +34,7 @@ public final class FastPath: @unchecked Sendable {
     public let object: FastPathObject
     public let maps: FastPathMaps
     public let interfaces: [String]
-    public let program: FastPathProgramInfo
+    public let program: BPFProgramInfo
     /// The id of the program this one replaced, when maps were adopted from it.
     public let adoptedFrom: UInt32?
     /// Where the program and maps are pinned, if a bpffs is mounted at /sys/fs/bpf.
@@ -44,6 +44,21 @@ public final class FastPath: @unchecked Sendable {
     private let suspended = Atomic<Bool>(false)
 
     public static let bpffs = "/sys/fs/bpf"
+
+    /// Where second-chance's filter sits in an interface's ingress list: a fixed place, so that a
+    /// new program replaces the old one in one step and a new process finds it.
+    public static let filter = TCIngressFilter(handle: 0x19523, priority: 1)
+
+    /// Where the program attaches: the interfaces named (`--fast-path-interface`, each must parse
+    /// as Ethernet), or else the Ethernet ones of those the peers' routes leave by; `notEthernet`
+    /// are the others, whose GUE is decided from NFQUEUE.
+    public static func interfaces(named: [String], peerInterfaces: [String]) -> (
+        attach: [String], notEthernet: [String]
+    ) {
+        guard named.isEmpty else { return (named, []) }
+        let ethernet = peerInterfaces.filter { (try? NetworkInterface.isEthernet($0)) != false }
+        return (ethernet, peerInterfaces.filter { !ethernet.contains($0) })
+    }
 
     /// The pin directory for this network namespace: one daemon's program per namespace.
     public static func defaultPinDirectory() -> String {
@@ -61,24 +76,22 @@ public final class FastPath: @unchecked Sendable {
                 .interface, "no interface to attach to (no route to the peers; give --fast-path-interface)",
                 errno: ENODEV)
         }
-        for interface in interfaces where try !FastPathKernel.isEthernet(interface) {
+        for interface in interfaces
+        where try FastPathError.at(.interface, { try !NetworkInterface.isEthernet(interface) }) {
             throw FastPathError(
                 .interface, "\(interface) is not an Ethernet device: the program reads an Ethernet header",
                 errno: EPROTOTYPE)
         }
         // The maps of the program already deciding, if it is ours and of this layout: counters
         // and sets carry on, and nothing is ever read under another layout.
-        var reusable: [String: Int32] = [:]
+        var reusable = NamedDescriptors(adopting: [:])
         var adoptedFrom: UInt32?
         for interface in interfaces {
-            guard let id = FastPathKernel.attachedProgram(interface: interface) else { continue }
-            guard let maps = try? FastPathKernel.openMaps(ofProgram: id) else { continue }
-            let layout = maps[FastPathMap.config.rawValue].flatMap(FastPathKernel.configuredLayout)
-            if layout == UInt32(FP_LAYOUT), Set(maps.keys).isSuperset(of: FastPathMap.names) {
-                // Its read-only data (.rodata) is the object's own: only the named maps carry on.
-                for (name, fd) in maps where !FastPathMap.names.contains(name) { close(fd) }
-                reusable = maps.filter { FastPathMap.names.contains($0.key) }
-                adoptedFrom = id
+            guard let id = Self.filter.program(on: interface) else { continue }
+            guard let maps = try? BPF.openMaps(ofProgram: id) else { continue }
+            let layout = maps[FastPathMap.config.rawValue].flatMap(FastPathMaps.configuredLayout)
+            if layout == UInt32(FP_LAYOUT), Set(maps.byName.keys).isSuperset(of: FastPathMap.names) {
+                (reusable, adoptedFrom) = (maps, id)
                 break
             }
             logger.info(
@@ -87,10 +100,10 @@ public final class FastPath: @unchecked Sendable {
                 (\(layout.map(String.init) ?? "unreadable")); it is replaced with new maps
                 """
             )
-            maps.values.forEach { close($0) }
         }
-        defer { reusable.values.forEach { close($0) } }
-        object = try FastPathObject(reusing: reusable)
+        // The loader takes its own copies of the named maps; its read-only data (.rodata, if any)
+        // is the object's own and does not carry on.
+        object = try FastPathObject(reusing: reusable.byName.filter { FastPathMap.names.contains($0.key) })
         maps = FastPathMaps(object)
         self.interfaces = interfaces
         self.adoptedFrom = adoptedFrom
@@ -102,7 +115,8 @@ public final class FastPath: @unchecked Sendable {
         var attached: [String] = []
         do {
             for interface in interfaces {
-                try FastPathKernel.attach(programFD: object.programFD, interface: interface)
+                let programFD = object.programFD
+                try FastPathError.at(.attach) { try Self.filter.attach(programFD: programFD, interface: interface) }
                 attached.append(interface)
             }
         } catch {
@@ -110,12 +124,13 @@ public final class FastPath: @unchecked Sendable {
             Self.remove(interfaces: attached, pinDirectory: nil, logger: logger)
             throw error
         }
-        program = try FastPathKernel.programInfo(fd: object.programFD, id: 0)
-        if let pinDirectory, FastPathKernel.isBPFFilesystem(FastPath.bpffs) {
+        let programFD = object.programFD
+        program = try FastPathError.at(.inspect) { try BPF.programInfo(fd: programFD) }
+        if let pinDirectory, BPF.isFilesystem(FastPath.bpffs) {
             do {
                 try Self.makeDirectories(pinDirectory)
-                try FastPathKernel.pin(object.programFD, at: pinDirectory + "/program")
-                for (name, fd) in object.maps { try FastPathKernel.pin(fd, at: pinDirectory + "/" + name) }
+                try BPF.pin(object.programFD, at: pinDirectory + "/program")
+                for (name, fd) in object.maps { try BPF.pin(fd, at: pinDirectory + "/" + name) }
                 self.pinDirectory = pinDirectory
             } catch {
                 logger.info("fast path: not pinned: \(error)")
@@ -256,19 +271,19 @@ public final class FastPath: @unchecked Sendable {
         }
         // Only what is still this process's: another instance, or the next daemon, may have put
         // its own program there since (same filter handle, same pin directory).
-        let mine = interfaces.filter { FastPathKernel.attachedProgram(interface: $0) == program.id }
+        let mine = interfaces.filter { Self.filter.program(on: $0) == program.id }
         let others = interfaces.filter { !mine.contains($0) }
         if !others.isEmpty {
             logger.info("fast path: \(others.joined(separator: ",")) carry another program now; left as they are")
         }
-        let pins = pinDirectory.flatMap { FastPathKernel.pinnedProgram(at: $0 + "/program") == program.id ? $0 : nil }
+        let pins = pinDirectory.flatMap { BPF.pinnedProgram(at: $0 + "/program") == program.id ? $0 : nil }
         Self.remove(interfaces: mine, pinDirectory: pins, logger: logger)
     }
 
     /// Removes second-chance's filter from `interfaces` and its pins.
     public static func remove(interfaces: [String], pinDirectory: String?, logger: Logger) {
         for interface in interfaces {
-            do { try FastPathKernel.detach(interface: interface) } catch { logger.warning("fast path: \(error)") }
+            do { try Self.filter.detach(from: interface) } catch { logger.warning("fast path: \(error)") }
         }
         if let pinDirectory {
             for name in ["program"] + FastPathMap.names { unlink(pinDirectory + "/" + name) }

@@ -38,12 +38,12 @@ public enum FastPathChecks {
                 ))
         }
         for interface in interfaces {
-            guard let id = FastPathKernel.attachedProgram(interface: interface) else {
+            guard let id = FastPath.filter.program(on: interface) else {
                 checks.append(
                     HostCheck(level: .info, subject: "fast path", finding: "nothing attached at \(interface) ingress"))
                 continue
             }
-            let info = try? FastPathKernel.programInfo(id: id)
+            let info = try? BPF.programInfo(id: id)
             let maps = info.map {
                 $0.maps.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
             }
@@ -75,7 +75,7 @@ public enum FastPathChecks {
                 HostCheck(
                     level: .info, subject: "fast path",
                     finding: "pinned in \(pins): \(pinned.sorted().joined(separator: " "))"))
-        } else if !FastPathKernel.isBPFFilesystem(FastPath.bpffs) {
+        } else if !BPF.isFilesystem(FastPath.bpffs) {
             checks.append(
                 HostCheck(
                     level: .info, subject: "fast path",

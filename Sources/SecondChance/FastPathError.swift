@@ -1,4 +1,5 @@
 import Glibc
+import LinuxSys
 
 /// Why the fast path could not do something, as the kernel said it: the stage, the errno, and for
 /// a refused load the verifier's last lines. A missing privilege and a program this kernel refuses
@@ -18,6 +19,13 @@ public struct FastPathError: Error, CustomStringConvertible, Equatable, Sendable
     init(_ stage: Stage, _ what: String, errno code: Int32, log: String = "") {
         (self.stage, self.what, self.code) = (stage, what, code)
         verifier = log.split(separator: "\n").suffix(3).map(String.init)
+    }
+
+    init(_ stage: Stage, _ error: SystemError) { self.init(stage, error.call, errno: error.errno) }
+
+    /// `body`'s system errors as this stage's.
+    static func at<T>(_ stage: Stage, _ body: () throws -> T) throws -> T {
+        do { return try body() } catch let error as SystemError { throw FastPathError(stage, error) }
     }
 
     public var description: String {

@@ -1,6 +1,7 @@
 import CBPF
 import CFastPathABI
 import Glibc
+import LinuxSys
 import NetTypes
 import SecondChanceCore
 
@@ -81,17 +82,28 @@ public struct FastPathMaps: Sendable {
         return present
     }
 
+    /// The layout written into a configuration map (0: none yet), or nil when it cannot be read as one.
+    public static func configuredLayout(configMap fd: Int32) -> UInt32? {
+        guard let info = try? BPF.mapInfo(fd: fd),
+            info.valueSize == UInt32(MemoryLayout<fp_config>.size), info.keySize == 4, info.maxEntries == 1
+        else { return nil }
+        var key: UInt32 = 0
+        var value = fp_config()
+        guard bpf_map_lookup_elem(fd, &key, &value) == 0 else { return nil }
+        return value.layout
+    }
+
     /// Makes the map hold exactly `entries`: new and changed ones written, then others removed.
     func replace(_ fd: Int32, entries: [[UInt8]: [UInt8]]) throws {
-        let info = try FastPathKernel.mapInfo(fd: fd)
-        let present = Self.keys(of: fd, size: Int(info.key_size))
+        let info = try FastPathError.at(.maps) { try BPF.mapInfo(fd: fd) }
+        let present = Self.keys(of: fd, size: Int(info.keySize))
         let stale = present.filter { entries[$0] == nil }
-        if entries.count + stale.count > Int(info.max_entries) {
+        if entries.count + stale.count > Int(info.maxEntries) {
             // Old and new together would not fit: the stale entries go first (a packet may meet
             // a set with fewer entries meanwhile, never a write that failed half-way).
             for key in stale { _ = key.withUnsafeBytes { bpf_map_delete_elem(fd, $0.baseAddress) } }
         }
-        var current = [UInt8](repeating: 0, count: Int(info.value_size))
+        var current = [UInt8](repeating: 0, count: Int(info.valueSize))
         for (key, value) in entries {
             if present.contains(key),
                 key.withUnsafeBytes({ bpf_map_lookup_elem(fd, $0.baseAddress, &current) }) == 0, current == value

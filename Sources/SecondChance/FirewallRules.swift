@@ -64,13 +64,18 @@ public enum FirewallRules {
         return index + 1 < words.count && words[index + 1] == "!=" ? .allBut : .only
     }
 
-    /// One table of a whole `iptables-save` (`*raw` to its COMMIT).
+    /// Every line of a whole `iptables-save` with the table it is in (`*raw` to its COMMIT).
+    static func lines(iptablesSave save: String) -> [(table: Substring, line: Substring)] {
+        var table: Substring = ""
+        return save.split(separator: "\n", omittingEmptySubsequences: false).map { line in
+            if line.hasPrefix("*") { table = line.dropFirst() }
+            return (table, line)
+        }
+    }
+
+    /// One table of a whole `iptables-save`.
     static func table(_ name: String, iptablesSave save: String) -> String {
-        var table = ""
-        return save.split(separator: "\n", omittingEmptySubsequences: false).filter { line in
-            if line.hasPrefix("*") { table = String(line.dropFirst()) }
-            return table == name
-        }.joined(separator: "\n")
+        lines(iptablesSave: save).filter { $0.table == name }.map(\.line).joined(separator: "\n")
     }
 
     /// The NFQUEUE rules for the GUE port in `iptables-save -t raw` output.
@@ -161,15 +166,10 @@ public enum FirewallRules {
     /// Rules after conntrack on the way in (any table but raw, PREROUTING or FORWARD) that drop or
     /// reject ctstate INVALID, as iptables-save prints them.
     public static func invalidDrops(iptablesSave rules: String) -> [String] {
-        var table = "", found: [String] = []
-        for line in rules.split(separator: "\n") {
-            if line.hasPrefix("*") { table = String(line.dropFirst()) }
-            guard table != "raw", line.hasPrefix("-A PREROUTING ") || line.hasPrefix("-A FORWARD "),
-                line.contains("INVALID"), line.contains("-j DROP") || line.contains("-j REJECT")
-            else { continue }
-            found.append("iptables -t \(table) \(line)")
-        }
-        return found
+        lines(iptablesSave: rules).filter { table, line in
+            table != "raw" && (line.hasPrefix("-A PREROUTING ") || line.hasPrefix("-A FORWARD "))
+                && line.contains("INVALID") && (line.contains("-j DROP") || line.contains("-j REJECT"))
+        }.map { "iptables -t \($0.table) \($0.line)" }
     }
 
     /// The same in `nft list ruleset` output: a rule with `invalid` and a drop or reject in a chain
@@ -216,13 +216,9 @@ public enum FirewallRules {
     /// Whether iptables' FORWARD chain (filter table) lets every packet through: policy ACCEPT and
     /// no rule.
     public static func forwardChainAccepts(iptablesSave rules: String) -> Bool {
-        var table = ""
-        for line in rules.split(separator: "\n") {
-            if line.hasPrefix("*") { table = String(line.dropFirst()) }
-            guard table == "filter" else { continue }
-            if line.hasPrefix(":FORWARD ") && !line.hasPrefix(":FORWARD ACCEPT") { return false }
-            if line.hasPrefix("-A FORWARD ") { return false }
+        !lines(iptablesSave: rules).contains { table, line in
+            table == "filter"
+                && (line.hasPrefix(":FORWARD ") && !line.hasPrefix(":FORWARD ACCEPT") || line.hasPrefix("-A FORWARD "))
         }
-        return true
     }
 }

@@ -34,7 +34,7 @@ final class ListenerProbe {
         frame.appendBE16(key.port)
         frame += [0, 0, 0, 0, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]
         let result = try? namespace.run {
-            try FastPathKernel.testRun(programFD: object.probeFD, frame: frame, interfaceIndex: 1)
+            try BPF.testRun(programFD: object.probeFD, frame: frame, interfaceIndex: 1)
         }
         guard let (action, output) = result, action == Self.tcOK, output.count >= 2 else { return nil }
         return output.withUnsafeBytes { $0.loadUnaligned(as: UInt16.self) }

@@ -78,9 +78,10 @@ public final class NetfilterQueue {
     /// read but never answered are requeued (NF_REPEAT) once the first packet shows where its
     /// reading stopped.
     public convenience init(
-        adopting fd: Int32, number: UInt16, maximumQueueLength: UInt32 = NetfilterQueue.defaultMaximumLength,
-        failOpen: Bool = false
+        adopting descriptor: consuming OwnedDescriptor, number: UInt16,
+        maximumQueueLength: UInt32 = NetfilterQueue.defaultMaximumLength, failOpen: Bool = false
     ) throws {
+        let fd = descriptor.raw
         // The name came from the environment: the fd must be what it claims before anything is sent to it.
         var domain: Int32 = 0, proto: Int32 = 0
         var length = socklen_t(MemoryLayout<Int32>.size)
@@ -89,6 +90,7 @@ public final class NetfilterQueue {
             domain == AF_NETLINK, proto == NETLINK_NETFILTER
         else { throw SystemError("adopt NFQUEUE \(number): fd \(fd) is not a netfilter netlink socket", errno: EINVAL) }
         guard let socket = mnl_socket_fdopen(fd) else { throw SystemError("adopt NFQUEUE \(number) socket (fd \(fd))") }
+        _ = descriptor.take()  // closed with the mnl socket from here on
         let boundPort = ProcFile.kernelQueueStatistics()[number]?.portID
         guard boundPort == mnl_socket_get_portid(socket) else {
             mnl_socket_close(socket)

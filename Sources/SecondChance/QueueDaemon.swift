@@ -1,16 +1,34 @@
 import Glibc
 import LinuxSys
-import ProxysideArguments
-import SecondChance
+import Logging
+import NetTypes
 import SecondChanceCore
 import Synchronization
 import Telemetry
+
+/// Where a serving daemon answers and what its stop does with the tc program.
+public struct DaemonEndpoints: Sendable {
+    /// The control socket's path (`stats`, `reexec`).
+    public var controlPath: String
+    /// The metrics port, if any.
+    public var metrics: Endpoint?
+    public var fastPathStop: FastPathStop
+
+    public init(controlPath: String, metrics: Endpoint?, fastPathStop: FastPathStop) {
+        (self.controlPath, self.metrics, self.fastPathStop) = (controlPath, metrics, fastPathStop)
+    }
+}
+
+/// What ends a daemon that served: the first failure of a queue thread.
+public struct DaemonFailure: Error, CustomStringConvertible {
+    public let description: String
+}
 
 /// The queue threads. For a re-exec only they stop, answering what they read; the kernel holds
 /// what comes meanwhile for the next image. Nothing else needs to cross the exec: the flow caches
 /// and epochs only spare sock_diag lookups (an empty cache asks the kernel), and the responder's
 /// monitor finds overflowing listeners again.
-final class QueueThreads: Sendable {
+public final class QueueThreads: Sendable {
     let workers: [SecondChanceWorker]
     /// Stops the queue threads alone (a re-exec, and last at a stop).
     let stop: EventFD
@@ -20,7 +38,7 @@ final class QueueThreads: Sendable {
     /// Errors reported by the queue threads; the first one ends the daemon.
     let failures = Mutex<[String]>([])
 
-    init(workers: [SecondChanceWorker], daemonStop: EventFD) throws {
+    public init(workers: [SecondChanceWorker], daemonStop: EventFD) throws {
         (self.workers, self.daemonStop, stop) = (workers, daemonStop, try EventFD())
     }
 
@@ -56,7 +74,7 @@ struct WatchdogTeller {
     /// How long the main loop may wait for an event before it must come here again.
     var pollMilliseconds: Int32 { settings.map { Int32(clamping: $0.checkMilliseconds) } ?? -1 }
 
-    mutating func tell(_ notifier: SDNotify?, workers: [SecondChanceWorker]) {
+    mutating func tell(_ notifier: SDNotify?, workers: [SecondChanceWorker], logger: Logger) {
         guard let settings else { return }
         let now = MonotonicClock.nanoseconds()
         guard now &- lastCheck >= UInt64(settings.checkMilliseconds) * 1_000_000 else { return }
@@ -77,12 +95,12 @@ struct WatchdogTeller {
 
 /// A daemon that serves: its threads, the sockets it keeps in the service manager's store, and the
 /// main thread's loop that re-executes or stops it.
-final class QueueDaemon {
+public final class QueueDaemon {
     let queues: QueueThreads
     let server: StatsServer
-    let notifier: SDNotify?
+    public let notifier: SDNotify?
     let reexecutor: Reexecutor
-    let controlPath: String
+    public let controlPath: String
     let signals: DaemonSignals
     let watcher: LocalAddressWatcher
     let monitor: ListenerMonitor?
@@ -99,25 +117,27 @@ final class QueueDaemon {
     /// What crosses exec(2) besides the sockets.
     let reexecEnvironment: [String: String]
     var watchdog: WatchdogTeller
+    let logger: Logger
     private var threads: [WorkerThread] = []
     private var serverThread: WorkerThread?
     private var helperThreads: [WorkerThread] = []
 
-    init(
-        run: Run, plan: DaemonPlan, queues: QueueThreads, replayCounters: [(fd: Int32, name: String)],
+    public init(
+        endpoints: DaemonEndpoints, plan: DaemonPlan, queues: QueueThreads, replayCounters: [(fd: Int32, name: String)],
         watcher: LocalAddressWatcher, monitor: ListenerMonitor?, report: DaemonReport, signals: DaemonSignals,
-        handover: inout Handover, environment: [String: String]
+        handover: inout Handover, environment: [String: String], logger: Logger
     ) throws {
         (self.queues, self.watcher, self.monitor, self.signals) = (queues, watcher, monitor, signals)
-        (kernelPath, fastPathStop, handedOver) = (report.kernelPath, run.fastPathStop, handover.names)
-        controlPath = run.control ?? defaultControlPath(queue: run.queues[0])
+        (kernelPath, fastPathStop, handedOver) = (report.kernelPath, endpoints.fastPathStop, handover.names)
+        (controlPath, self.logger) = (endpoints.controlPath, logger)
         UnixAddress.makeDirectory(for: controlPath)
         let notifier = SDNotify(environment: environment)
-        let reexecutor = Reexecutor(executable: ProgramImage.startPath())
+        let reexecutor = Reexecutor(executable: ProgramImage.startPath(), logger: logger)
         let reexecGo = try EventFD()
         (self.notifier, self.reexecutor, self.reexecGo) = (notifier, reexecutor, reexecGo)
         server = try StatsServer(
-            metrics: run.metrics, controlPath: controlPath, inherited: handover.claimServerSockets(),
+            metrics: endpoints.metrics, controlPath: controlPath,
+            inherited: handover.claimServerSockets(logger: logger),
             render: { report.render($0) },
             command: { line in
                 guard line == "reexec" else { return nil }
@@ -127,11 +147,12 @@ final class QueueDaemon {
                 return ControlReply(checked.text, afterClose: { reexecGo.signal() })
             },
             releaseInherited: { notifier?.removeStored(name: $0, reportingTo: logger) })
-        queueSockets = queues.workers.map { ($0.queue.fileDescriptor, Run.queueName($0.queue.number)) } + replayCounters
+        queueSockets =
+            queues.workers.map { ($0.queue.fileDescriptor, Handover.queueName($0.queue.number)) } + replayCounters
         serverStop = try EventFD()
         reexecEnvironment = [
-            Run.reexecsVariable: String(handover.reexecs == .max ? .max : handover.reexecs + 1),
-            Run.forwardingVariable: plan.forwarding.rawValue,
+            Handover.reexecsVariable: String(handover.reexecs == .max ? .max : handover.reexecs + 1),
+            Handover.forwardingVariable: plan.forwarding.rawValue,
         ]
         watchdog = WatchdogTeller(environment: environment)
         releaseUnused()
@@ -153,7 +174,7 @@ final class QueueDaemon {
 
     /// Every thread, and the sockets into the service manager's store, where a queue outlives a
     /// crash: packets wait for the restart.
-    func start() throws {
+    public func start() throws {
         serverThread = try startServer()
         let (stop, monitor, watcher) = (signals.stop, monitor, watcher)
         if let monitor { helperThreads.append(try WorkerThread { monitor.run(stop: stop) }) }
@@ -172,15 +193,13 @@ final class QueueDaemon {
 
     /// The main thread's loop: a signal or the control socket asks for a re-exec, a stop or a
     /// failed queue thread ends it.
-    func serveUntilStopped() throws {
+    public func serveUntilStopped() throws {
         var events = [signals.stop.fd, signals.reexec.fd, reexecGo.fd].map {
             pollfd(fd: $0, events: Int16(POLLIN), revents: 0)
         }
         while true {
-            do { _ = try Syscall.poll(&events, milliseconds: watchdog.pollMilliseconds) } catch {
-                throw CommandFailure("\(error)")
-            }
-            watchdog.tell(notifier, workers: queues.workers)
+            _ = try Syscall.poll(&events, milliseconds: watchdog.pollMilliseconds)
+            watchdog.tell(notifier, workers: queues.workers, logger: logger)
             if events[0].revents != 0 { break }
             if events[1].revents != 0 {
                 signals.reexec.consume()
@@ -240,7 +259,35 @@ final class QueueDaemon {
         serverStop.signal()
         serverThread?.join()
         helperThreads.forEach { $0.join() }
-        if let failure = queues.firstFailure { throw CommandFailure(failure) }
+        if let failure = queues.firstFailure { throw DaemonFailure(description: failure) }
         logger.info("stopped; all read packets answered")
+    }
+}
+
+/// Checks that the installed program runs before the main thread re-executes it.
+final class Reexecutor: Sendable {
+    let executable: String
+    private let lastCheck = Mutex<String>("")
+    private let logger: Logger
+
+    init(executable: String, logger: Logger) {
+        (self.executable, self.logger) = (executable, logger)
+    }
+
+    /// What the check printed (`second-chance version`), for the log.
+    var checked: String { lastCheck.withLock { $0 } }
+
+    /// The answer for whoever asked (`by`, for the log), and whether the re-exec may go ahead.
+    func check(by requester: String) -> (text: String, approved: Bool) {
+        // The installed file, with this process's flags: one that does not start, or refuses them
+        // (a newer release's stricter checks), is found while this process still serves.
+        switch ProgramImage.check(executable, arguments: Array(CommandLine.arguments.dropFirst()) + ["--check"]) {
+        case .success(let line):
+            lastCheck.withLock { $0 = line }
+            return ("re-executing \(executable): \(line)\n", true)
+        case .failure(let error):
+            logger.info("re-exec asked by \(requester) refused: \(error); still serving")
+            return ("error: \(error); still serving\n", false)
+        }
     }
 }

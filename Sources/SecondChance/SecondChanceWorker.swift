@@ -59,12 +59,13 @@ public final class SecondChanceWorker: @unchecked Sendable {
     /// `monitor`, when given, runs the SYN-cookie responder for the listeners it publishes.
     /// `adopting`: the queue's netlink socket, already bound by an earlier process.
     public init(
-        queueNumber: UInt16, adopting adopted: Int32? = nil, configuration: SecondChanceConfiguration,
+        queueNumber: UInt16, adopting adopted: consuming OwnedDescriptor? = nil,
+        configuration: SecondChanceConfiguration,
         addresses: LocalAddressBoard, reversePaths: ReversePathBoard = ReversePathBoard(.none),
         oracle: SynCookieOracle?, monitor: ListenerMonitor? = nil, epochs: FlowEpochs = FlowEpochs()
     ) throws {
         let namespace = try configuration.namespace.map { try NetworkNamespace(nameOrPath: $0) }
-        if let adopted {
+        if let adopted = adopted.take() {
             queue = try NetfilterQueue(
                 adopting: adopted, number: queueNumber, maximumQueueLength: configuration.queueMaximumLength,
                 failOpen: configuration.failOpen)

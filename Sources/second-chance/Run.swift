@@ -331,14 +331,11 @@ struct Run: ParsableCommand {
     /// Ethernet, and the kernel's verifier must take this image's program (loaded, then let go).
     /// `auto` would go on without it.
     func checkFastPath() throws {
-        // As a start: of the interfaces the peers' routes leave by, the Ethernet ones; named ones
-        // must all be.
-        let interfaces =
-            fastPathInterfaces.isEmpty
-            ? PeerInterfaces.of(allowSources).filter { (try? FastPathKernel.isEthernet($0)) != false }
-            : fastPathInterfaces
+        let interfaces = FastPath.interfaces(
+            named: fastPathInterfaces, peerInterfaces: PeerInterfaces.of(allowSources)
+        ).attach
         guard !interfaces.isEmpty else { throw CommandFailure("--fast-path tc: no interface to attach to") }
-        for interface in interfaces where try !FastPathKernel.isEthernet(interface) {
+        for interface in interfaces where try !NetworkInterface.isEthernet(interface) {
             throw CommandFailure("--fast-path tc: \(interface) is not an Ethernet device")
         }
         do {
@@ -428,7 +425,7 @@ struct Run: ParsableCommand {
             return try queues.enumerated().map { index, queue in
                 let threadOracle = index == 0 ? oracle : try oracle.map { _ in try SynCookieOracle() }
                 return try SecondChanceWorker(
-                    queueNumber: queue, adopting: handover.claim(Self.queueName(queue)),
+                    queueNumber: queue, adopting: handover.claim(Handover.queueName(queue)),
                     configuration: configuration, addresses: watcher.board, reversePaths: watcher.reversePaths,
                     oracle: threadOracle, monitor: monitor, epochs: epochs)
             }
@@ -445,7 +442,12 @@ struct Run: ParsableCommand {
         try workers.map { worker in
             let name = ReplayGuard.storeName(queue: worker.queue.number)
             do {
-                let counter = try handover.claim(name).map { try EventFD(adopting: $0) } ?? EventFD()
+                let counter: EventFD
+                if let stored = handover.claim(name) {
+                    counter = try EventFD(adopting: stored)
+                } else {
+                    counter = try EventFD()
+                }
                 worker.queue.replayGuard = ReplayGuard(counter: counter)
                 return (counter.fd, name)
             } catch {
@@ -461,7 +463,7 @@ struct Run: ParsableCommand {
         let options = options(keptForwarding: handover.keptForwarding)
         // A restart that takes the stored queue over skips the preflight: packets wait meanwhile,
         // and a rule dump of a large firewall is not what they should wait for.
-        let preflightNow = preflight != .off && handover.coldStart(queues: queues.map(Self.queueName))
+        let preflightNow = preflight != .off && handover.coldStart(queues: queues.map(Handover.queueName))
         let host = readHost(options, oracle: oracle, all: preflightNow)
         let plan = try plan(options, host: host)
         logChoices(plan, oracle: oracle)
@@ -505,10 +507,12 @@ struct Run: ParsableCommand {
                 adoptedQueues: workers.filter(\.queue.adopted).count, decapsulation: plan.decapsulation.rawValue,
                 forwarding: plan.forwarding.rawValue, fastPath: kernelPath.path == nil ? "off" : "tc",
                 failOpen: configuration.failOpen))
+        let endpoints = DaemonEndpoints(
+            controlPath: control ?? defaultControlPath(queue: queues[0]), metrics: metrics, fastPathStop: fastPathStop)
         let daemon = try QueueDaemon(
-            run: self, plan: plan, queues: try QueueThreads(workers: workers, daemonStop: signals.stop),
+            endpoints: endpoints, plan: plan, queues: try QueueThreads(workers: workers, daemonStop: signals.stop),
             replayCounters: replayCounters, watcher: watcher, monitor: monitor, report: report, signals: signals,
-            handover: &handover, environment: environment)
+            handover: &handover, environment: environment, logger: logger)
         try daemon.start()
         announce(peers: peers, local: watcher.addresses, adopted: report.image.adoptedQueues, daemon: daemon)
         serving.store(true, ordering: .releasing)
@@ -546,8 +550,11 @@ struct Run: ParsableCommand {
             logger.info("fast path: off (--fast-path off); every packet is decided from NFQUEUE")
             return (nil, "off (--fast-path off)")
         }
-        let interfaces = fastPathInterfaces.isEmpty ? ethernetOnly(peerInterfaces) : candidates
-        var settings = FastPathSettings(
+        let (interfaces, notEthernet) = FastPath.interfaces(named: fastPathInterfaces, peerInterfaces: peerInterfaces)
+        for interface in notEthernet {
+            logger.info("fast path: \(interface) is not an Ethernet device; its GUE is decided from NFQUEUE")
+        }
+        let settings = FastPathSettings(
             selfAddress: selfAddress, peers: peers, guePort: guePort, checkCookies: !noCookieCheck,
             lookupsElsewhere: netns != nil)
         do {
@@ -582,51 +589,6 @@ struct Run: ParsableCommand {
         }
     }
 
-    /// The interfaces the program can parse, of those the peers' routes leave by; the others' GUE
-    /// is decided from NFQUEUE, and said so.
-    func ethernetOnly(_ interfaces: [String]) -> [String] {
-        interfaces.filter { interface in
-            guard (try? FastPathKernel.isEthernet(interface)) == false else { return true }
-            logger.info("fast path: \(interface) is not an Ethernet device; its GUE is decided from NFQUEUE")
-            return false
-        }
-    }
-
     /// The exit status of a failed preflight (sysexits' EX_CONFIG).
     static let configurationExitStatus: Int32 = 78
-
-    /// How many times this process has re-executed itself, carried across exec(2).
-    static let reexecsVariable = "SECOND_CHANCE_REEXECS"
-    /// The forwarding mode `--forward auto` chose, carried across exec(2).
-    static let forwardingVariable = "SECOND_CHANCE_FORWARDING"
-
-    /// The name of queue `number`'s netlink socket in the fd store and across a re-exec.
-    static func queueName(_ number: UInt16) -> String { "nfqueue-\(number)" }
-}
-
-/// Checks that the installed program runs before the main thread re-executes it.
-final class Reexecutor: Sendable {
-    let executable: String
-    private let lastCheck = Mutex<String>("")
-
-    init(executable: String) {
-        self.executable = executable
-    }
-
-    /// What the check printed (`second-chance version`), for the log.
-    var checked: String { lastCheck.withLock { $0 } }
-
-    /// The answer for whoever asked (`by`, for the log), and whether the re-exec may go ahead.
-    func check(by requester: String) -> (text: String, approved: Bool) {
-        // The installed file, with this process's flags: one that does not start, or refuses them
-        // (a newer release's stricter checks), is found while this process still serves.
-        switch ProgramImage.check(executable, arguments: Array(CommandLine.arguments.dropFirst()) + ["--check"]) {
-        case .success(let line):
-            lastCheck.withLock { $0 = line }
-            return ("re-executing \(executable): \(line)\n", true)
-        case .failure(let error):
-            logger.info("re-exec asked by \(requester) refused: \(error); still serving")
-            return ("error: \(error); still serving\n", false)
-        }
-    }
 }

@@ -40,7 +40,7 @@ final class FastPathParityTests: XCTestCase {
         ) throws {
             let frame = localMAC + [0x02, 0, 0, 0, 0, 0x02] + [0x08, 0x00] + packet
             let before = maps.readCounters()
-            let (action, output) = try FastPathKernel.testRun(
+            let (action, output) = try BPF.testRun(
                 programFD: object.programFD, frame: frame, interfaceIndex: arrival)
             let after = maps.readCounters()
             let delta = zip(after.slots, before.slots).map { $0 &- $1 }
@@ -196,14 +196,14 @@ final class FastPathParityTests: XCTestCase {
             let counters = CounterBlock()
             var decider = Decider(selfAddress: Self.self4, peers: peers, local: local)
             decider.reversePaths = reversePaths
-            let eth0 = try FastPathKernel.interfaceIndex("eth0")
+            let eth0 = try NetworkInterface.index("eth0")
             return Harness(
                 object: object, maps: maps, decider: decider,
                 ownership: KernelFlowOwnership(
                     sockDiag: try SockDiag(), cookieState: try KernelCookieState(), oracle: try? SynCookieOracle(),
                     counters: counters, responder: nil,
                     cache: FlowCache(positiveLifetime: 0, negativeLifetime: 0), epochs: FlowEpochs()),
-                interfaceIndex: eth0, elsewhere: try FastPathKernel.interfaceIndex("elsewhere0"), arrival: eth0,
+                interfaceIndex: eth0, elsewhere: try NetworkInterface.index("elsewhere0"), arrival: eth0,
                 localMAC: mac(p1MAC), neighbours: neighbours)
         }
         return (harness, established, keep)

@@ -71,7 +71,7 @@ extension FastPathParityTests {
                         let syn = PacketBuilder.tcp(
                             source: client, sourcePort: 40999, destination: destination, destinationPort: 80,
                             flags: .syn)
-                        _ = try FastPathKernel.testRun(
+                        _ = try BPF.testRun(
                             programFD: harness.object.programFD, frame: harness.frame(Self.gue(syn)),
                             interfaceIndex: harness.interfaceIndex)
                         XCTAssertEqual(harness.maps.readCounters()[FP_LOCAL_SYN] - before[FP_LOCAL_SYN], 1)
@@ -100,7 +100,7 @@ extension FastPathParityTests {
                 PacketBuilder.tcp(
                     source: .v4(Lab.client), sourcePort: 41998, destination: .v4(Lab.vip), destinationPort: 80,
                     flags: .syn, options: [2, 4, 5, 0xb4]), from: Self.outsider)
-            let (refused, _) = try FastPathKernel.testRun(
+            let (refused, _) = try BPF.testRun(
                 programFD: harness.object.programFD, frame: harness.frame(outsider),
                 interfaceIndex: harness.interfaceIndex)
             XCTAssertEqual(refused, Self.tcShot, "an outsider's SYN is dropped")
@@ -116,7 +116,7 @@ extension FastPathParityTests {
             snapshot.listeners[wildcard] = ResponderListener(
                 record: ListenerRecord(key: wildcard), windowScale: 7, receiveBuffer: 131072, acceptQueueFull: false)
             _ = try harness.maps.write(responder: snapshot, records: [wildcard], after: .init())
-            let (action, _) = try FastPathKernel.testRun(
+            let (action, _) = try BPF.testRun(
                 programFD: harness.object.programFD, frame: harness.frame(foreign),
                 interfaceIndex: harness.interfaceIndex)
             XCTAssertEqual(action, Self.tcShot, "refused, never answered")
@@ -171,7 +171,7 @@ extension FastPathParityTests {
         for (what, syn) in cases {
             let packet = Self.gue(syn)
             let before = harness.maps.readCounters()
-            _ = try FastPathKernel.testRun(
+            _ = try BPF.testRun(
                 programFD: harness.object.programFD, frame: harness.frame(packet),
                 interfaceIndex: harness.interfaceIndex)
             let after = harness.maps.readCounters()
@@ -191,7 +191,7 @@ extension FastPathParityTests {
     ) throws {
         let packet = Self.gue(syn)
         let before = harness.maps.readCounters()[FP_COOKIES_SENT]
-        let (action, output) = try FastPathKernel.testRun(
+        let (action, output) = try BPF.testRun(
             programFD: harness.object.programFD, frame: harness.frame(packet), interfaceIndex: harness.interfaceIndex)
         guard action == Self.tcRedirect, harness.maps.readCounters()[FP_COOKIES_SENT] == before + 1 else {
             return XCTFail("\(what): not answered (action \(action))")

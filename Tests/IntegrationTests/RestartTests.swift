@@ -353,7 +353,9 @@ final class RestartTests: XCTestCase {
         for restart in 1...4 {
             // The next reader takes the socket over, reads one new packet (which shows where the
             // dead one stopped), answers it, and requeues or drops what the dead one held.
-            let queue = try lab.inside("p1") { try NetfilterQueue(adopting: dup(fd), number: 0) }
+            let queue = try lab.inside("p1") {
+                try NetfilterQueue(adopting: OwnedDescriptor(adopting: dup(fd)), number: 0)
+            }
             queue.replayGuard = ReplayGuard(counter: counter)
             try traffic.send(UInt32(4 + restart)..<UInt32(5 + restart))
             try lab.waitFor("the new packet") { try waiting() == 6 }

@@ -230,3 +230,29 @@ final class SockDiagTests: XCTestCase {
             "more flows than one round")
     }
 }
+
+/// A descriptor handed over by an earlier process belongs to whatever claims it: refused, it is
+/// closed on the path that refuses it; taken, it is its new owner's and stays open.
+final class OwnedDescriptorTests: XCTestCase {
+    func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) >= 0 }
+
+    func testARefusedHandOverIsClosedAndATakenOneStaysOpen() throws {
+        let pipeEnds = UnsafeMutablePointer<Int32>.allocate(capacity: 2)
+        defer { pipeEnds.deallocate() }
+        XCTAssertEqual(pipe(pipeEnds), 0)
+        let (notAnEventFD, other) = (pipeEnds[0], pipeEnds[1])
+        defer { close(other) }
+        XCTAssertThrowsError(try EventFD(adopting: OwnedDescriptor(adopting: notAnEventFD)))
+        XCTAssertFalse(isOpen(notAnEventFD), "a pipe refused as an eventfd is closed, not leaked")
+
+        let stored = try EventFD()
+        let handedOver = try XCTUnwrap(Descriptors.duplicate(stored.fd))
+        let adopted = try EventFD(adopting: OwnedDescriptor(adopting: handedOver))
+        XCTAssertEqual(adopted.fd, handedOver)
+        XCTAssertTrue(isOpen(handedOver))
+
+        let unused = try XCTUnwrap(Descriptors.duplicate(stored.fd))
+        do { _ = NamedDescriptors(adopting: ["unused": unused]) }
+        XCTAssertFalse(isOpen(unused), "a set of descriptors closes them with itself")
+    }
+}

@@ -1,6 +1,6 @@
 // libbpf's option structs, filled in C (LIBBPF_OPTS sizes and zeroes them as libbpf checks).
-#ifndef PROXYSIDE_FAST_PATH_LOADER_H
-#define PROXYSIDE_FAST_PATH_LOADER_H
+#ifndef PROXYSIDE_BPF_SHIMS_H
+#define PROXYSIDE_BPF_SHIMS_H
 
 #include <stddef.h>
 #include <stdint.h>

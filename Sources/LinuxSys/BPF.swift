@@ -1,0 +1,195 @@
+import CBPF
+import CBPFShims
+import Glibc
+
+/// A BPF program's identity as the kernel reports it.
+public struct BPFProgramInfo: Sendable, Equatable {
+    public var id: UInt32
+    /// The kernel's hash of the instructions: equal tags, equal programs.
+    public var tag: String
+    public var name: String
+    /// Map ids by name.
+    public var maps: [String: UInt32]
+}
+
+/// The kernel's BPF objects by descriptor, id and pin path (bpf(2), through libbpf): what a
+/// program is, which maps it uses, pinning, and running a program on given bytes. Failures are
+/// `SystemError`s with the kernel's errno; the caller says what it was doing.
+public enum BPF {
+    /// libbpf prints its own messages to stderr; failures are reported through errors instead.
+    public static func silenceLibbpf() { _ = silenced }
+    private static let silenced: Void = { _ = libbpf_set_print(nil) }()
+
+    /// Name, tag and maps of program `id`.
+    public static func programInfo(id: UInt32) throws -> BPFProgramInfo {
+        let fd = bpf_prog_get_fd_by_id(id)
+        guard fd >= 0 else { throw SystemError("program \(id)") }
+        defer { close(fd) }
+        return try programInfo(fd: fd, id: id)
+    }
+
+    /// The same of the program `fd` refers to (`id`, when known, stands in for a kernel that does
+    /// not report it).
+    public static func programInfo(fd: Int32, id: UInt32 = 0) throws -> BPFProgramInfo {
+        var info = bpf_prog_info()
+        var length = UInt32(MemoryLayout<bpf_prog_info>.size)
+        guard bpf_obj_get_info_by_fd(fd, &info, &length) == 0 else { throw SystemError("program info") }
+        var ids = [UInt32](repeating: 0, count: Int(info.nr_map_ids))
+        if !ids.isEmpty {
+            var again = bpf_prog_info()
+            again.nr_map_ids = UInt32(ids.count)
+            let result = ids.withUnsafeMutableBufferPointer { buffer in
+                again.map_ids = UInt64(UInt(bitPattern: buffer.baseAddress))
+                length = UInt32(MemoryLayout<bpf_prog_info>.size)
+                return bpf_obj_get_info_by_fd(fd, &again, &length)
+            }
+            guard result == 0 else { throw SystemError("program map ids") }
+        }
+        var maps: [String: UInt32] = [:]
+        for mapID in ids {
+            let mapFD = bpf_map_get_fd_by_id(mapID)
+            guard mapFD >= 0 else { continue }
+            if let name = try? mapInfo(fd: mapFD).name { maps[name] = mapID }
+            close(mapFD)
+        }
+        let tag = withUnsafeBytes(of: info.tag) { $0.map { hexByte($0) }.joined() }
+        return BPFProgramInfo(id: info.id == 0 ? id : info.id, tag: tag, name: cName(info.name), maps: maps)
+    }
+
+    /// The kernel's description of a map: name, key and value sizes, entries.
+    public struct MapInfo: Sendable, Equatable {
+        public var name: String
+        public var keySize: UInt32
+        public var valueSize: UInt32
+        public var maxEntries: UInt32
+        public var type: UInt32
+    }
+
+    public static func mapInfo(fd: Int32) throws -> MapInfo {
+        var info = bpf_map_info()
+        var length = UInt32(MemoryLayout<bpf_map_info>.size)
+        guard bpf_obj_get_info_by_fd(fd, &info, &length) == 0 else { throw SystemError("map info") }
+        return MapInfo(
+            name: cName(info.name), keySize: info.key_size, valueSize: info.value_size, maxEntries: info.max_entries,
+            type: info.type)
+    }
+
+    /// Descriptors of the maps of program `id`, by name, closed with the set.
+    public static func openMaps(ofProgram id: UInt32) throws -> NamedDescriptors {
+        var maps: [String: Int32] = [:]
+        for (name, mapID) in try programInfo(id: id).maps {
+            let fd = bpf_map_get_fd_by_id(mapID)
+            guard fd >= 0 else {
+                let error = SystemError("map \(name) (id \(mapID))")
+                _ = NamedDescriptors(adopting: maps)
+                throw error
+            }
+            maps[name] = fd
+        }
+        return NamedDescriptors(adopting: maps)
+    }
+
+    /// Runs tc program `fd` once on `frame` (an Ethernet frame) as if it had arrived on interface
+    /// `interfaceIndex` (BPF_PROG_TEST_RUN): the action it returned and the bytes it left. Nothing
+    /// is sent; the program's helpers see this namespace's sockets, routes and neighbours.
+    public static func testRun(programFD fd: Int32, frame: [UInt8], interfaceIndex: UInt32) throws -> (
+        action: UInt32, output: [UInt8]
+    ) {
+        var output = [UInt8](repeating: 0, count: frame.count + 256)
+        var size = UInt32(output.count)
+        var action: UInt32 = 0
+        let result = frame.withUnsafeBytes { input in
+            output.withUnsafeMutableBytes { out in
+                proxyside_tc_test_run(
+                    fd, input.baseAddress, UInt32(input.count), out.baseAddress, &size, interfaceIndex, &action)
+            }
+        }
+        guard result == 0 else { throw SystemError("BPF_PROG_TEST_RUN", errno: -result) }
+        return (action, Array(output.prefix(Int(size))))
+    }
+
+    /// The id of the program pinned at `path`; nil when none is.
+    public static func pinnedProgram(at path: String) -> UInt32? {
+        let fd = bpf_obj_get(path)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        return try? programInfo(fd: fd).id
+    }
+
+    /// Pins `fd` at `path` (on a bpffs), replacing what was pinned there.
+    public static func pin(_ fd: Int32, at path: String) throws {
+        unlink(path)
+        guard bpf_obj_pin(fd, path) == 0 else { throw SystemError("pinning \(path)") }
+    }
+
+    /// Whether a BPF filesystem is mounted at `path` (in this mount namespace), where objects can be pinned.
+    public static func isFilesystem(_ path: String) -> Bool {
+        (ProcFile.read("/proc/self/mounts") ?? "").split(separator: "\n").contains { line in
+            let fields = line.split(separator: " ")
+            return fields.count > 2 && fields[1] == path && fields[2] == "bpf"
+        }
+    }
+
+    private static func hexByte(_ byte: UInt8) -> String {
+        let text = String(byte, radix: 16)
+        return text.count == 2 ? text : "0" + text
+    }
+
+    private static func cName<T>(_ field: T) -> String {
+        withUnsafeBytes(of: field) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+    }
+}
+
+/// A place in an interface's tc ingress list (a clsact filter at a fixed handle and priority, as
+/// `tc filter add ... bpf da` makes: every kernel with BPF has it), where one program at a time
+/// decides: attaching replaces the one there in a single step, and a later process finds it.
+public struct TCIngressFilter: Sendable, Equatable {
+    public var handle: UInt32
+    public var priority: UInt32
+
+    public init(handle: UInt32, priority: UInt32) { (self.handle, self.priority) = (handle, priority) }
+
+    /// Attaches `programFD` here on `interface`, adding the clsact qdisc if needed.
+    public func attach(programFD: Int32, interface: String) throws {
+        let index = Int32(bitPattern: try NetworkInterface.index(interface))
+        let attached = proxyside_tc_attach(index, programFD, handle, priority)
+        guard attached == 0 else { throw SystemError("attaching to \(interface) ingress", errno: -attached) }
+    }
+
+    /// The id of the program here on `interface`, if there is one.
+    public func program(on interface: String) -> UInt32? {
+        guard let index = try? NetworkInterface.index(interface) else { return nil }
+        let id = proxyside_tc_query(Int32(bitPattern: index), handle, priority)
+        return id == 0 ? nil : id
+    }
+
+    /// Removes this filter (nothing else) from `interface`; the clsact qdisc stays, since other
+    /// filters may use it. No filter there is no error.
+    public func detach(from interface: String) throws {
+        let index = Int32(bitPattern: try NetworkInterface.index(interface))
+        let result = proxyside_tc_detach(index, handle, priority)
+        guard result == 0 || result == -ENOENT || result == -EINVAL else {
+            throw SystemError("detaching from \(interface)", errno: -result)
+        }
+    }
+}
+
+/// Network interfaces by name.
+public enum NetworkInterface {
+    public static func index(_ name: String) throws -> UInt32 {
+        let index = if_nametoindex(name)
+        guard index != 0 else { throw SystemError("interface \(name)") }
+        return index
+    }
+
+    /// Whether an interface's frames carry an Ethernet header (ARPHRD_ETHER: Ethernet, veth,
+    /// bonds, bridges, VLANs, macvlan), rather than bare IP packets (an L3 device: WireGuard, tun,
+    /// ipip).
+    public static func isEthernet(_ name: String) throws -> Bool {
+        let index = try Self.index(name)
+        guard let type = try RouteDumpSocket().link(index: index, sequence: 1)?.type else {
+            throw SystemError("reading the link type of \(name)", errno: ENODEV)
+        }
+        return type == 1  // ARPHRD_ETHER (linux/if_arp.h)
+    }
+}
