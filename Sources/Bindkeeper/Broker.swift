@@ -87,7 +87,20 @@ public final class Broker: @unchecked Sendable {
         /// --max-sockets-per-user.
         public var clientsOverLimit = 0, clientsIdle = 0, socketLimitRefusals = 0
         public var reexecs = 0
-        public var sockets: [(key: String, handedOut: UInt64)] = []
+        public var sockets: [SocketStatistics] = []
+    }
+
+    /// One socket's line in the metrics: the broker's count and, for a TCP listener, the kernel's
+    /// (read at most once a second: `kernelCountersRead`).
+    public struct SocketStatistics: Sendable {
+        public var key: String
+        public var handedOut: UInt64
+        /// SYNs and handshakes the socket dropped (its own `sk_drops`), since it was made: the
+        /// kernel socket, and so the count, outlives re-execs and restarts.
+        public var listenDrops: UInt32?
+        public var acceptQueue: (waiting: UInt32, limit: UInt32)?
+        /// Request sockets on the listener's address and port (shared by every socket bound there).
+        public var synQueue: UInt32?
     }
 
     let options: BrokerOptions
@@ -127,6 +140,8 @@ public final class Broker: @unchecked Sendable {
     var listenerQueuesThisTurn: [ListenerKey: ListenerObservation]?
     /// The SYN queues last counted, and when (`dumpListenerQueues`).
     var synQueuesCounted: (at: UInt64, queues: [ListenerKey: UInt32])?
+    /// When the metrics last had the kernel's per-socket counters, and what they were.
+    var kernelCountersRead: (at: UInt64, sockets: [String: SocketStatistics])?
 
     public init(
         options: BrokerOptions, environment: [String: String] = ProcessInfo.processInfo.environment,

@@ -8,11 +8,40 @@ import Telemetry
 
 // The broker: metrics.
 extension Broker {
-    /// The loop's counters, copied for the metrics thread once per loop turn.
+    /// The loop's counters, copied for the metrics thread once per loop turn; the kernel's
+    /// per-socket ones at most once a second (the SYN queues' count walks the namespace's
+    /// established sockets). The loop reads them, as it owns the descriptors: the metrics thread
+    /// could meet a number a release had just closed and another socket taken.
     func publishStatistics() {
         statistics.clientsConnected = clients.count
-        statistics.sockets = order.compactMap { key in sockets[key].map { (key, $0.handedOut) } }
+        let now = MonotonicClock.nanoseconds()
+        if kernelCountersRead.map({ now &- $0.at >= 1_000_000_000 }) ?? true {
+            kernelCountersRead = (now, readKernelCounters())
+        }
+        let kernel = kernelCountersRead?.sockets ?? [:]
+        statistics.sockets = order.compactMap { key in
+            guard let entry = sockets[key] else { return nil }
+            var socket = kernel[key] ?? SocketStatistics(key: key, handedOut: 0)
+            socket.handedOut = entry.handedOut
+            return socket
+        }
         published.withLock { [statistics] in $0 = statistics }
+    }
+
+    /// Each TCP listener's drops and accept queue through its descriptor, its SYN queue from
+    /// sock_diag by address and port.
+    func readKernelCounters() -> [String: SocketStatistics] {
+        let queues = listenerQueuesThisTurn ?? dumpListenerQueues()
+        listenerQueuesThisTurn = queues
+        var counters: [String: SocketStatistics] = [:]
+        for (key, entry) in sockets where entry.request.kind == .tcp {
+            var socket = SocketStatistics(key: key, handedOut: entry.handedOut)
+            socket.listenDrops = SocketCounters.drops(entry.fd)
+            socket.acceptQueue = SocketCounters.acceptQueue(entry.fd)
+            socket.synQueue = listenerKey(entry.request).flatMap { queues[$0]?.requestSockets }
+            counters[key] = socket
+        }
+        return counters
     }
 
     public func snapshot() -> Statistics { published.withLock { $0 } }
@@ -56,6 +85,40 @@ extension Broker {
         for socket in s.sockets {
             out.sample("bindkeeper_socket_handed_out_total", ["key": socket.key], socket.handedOut)
         }
+        writeKernelCounters(s.sockets, to: &out)
         return out.text
+    }
+
+    /// The kernel's counters of each TCP listener the broker owns, by the same key.
+    func writeKernelCounters(_ sockets: [SocketStatistics], to out: inout PrometheusText) {
+        let families: [(String, PrometheusText.Kind, String, (SocketStatistics) -> UInt32?)] = [
+            (
+                "bindkeeper_socket_listen_drops_total", .counter,
+                "SYNs and handshakes the kernel dropped at this listener (its own count; ListenDrops per socket).",
+                \.listenDrops
+            ),
+            (
+                "bindkeeper_socket_accept_queue", .gauge, "Connections waiting for accept(2) at this listener.",
+                {
+                    $0.acceptQueue?.waiting
+                }
+            ),
+            (
+                "bindkeeper_socket_accept_queue_limit", .gauge,
+                "The most connections this listener's accept queue holds.",
+                { $0.acceptQueue?.limit }
+            ),
+            (
+                "bindkeeper_socket_syn_queue", .gauge,
+                "Handshakes in progress (request sockets) on this listener's address and port.", \.synQueue
+            ),
+        ]
+        for (name, type, help, value) in families {
+            out.family(name, type, help: help)
+            for socket in sockets {
+                guard let number = value(socket) else { continue }
+                out.sample(name, ["key": socket.key], number)
+            }
+        }
     }
 }

@@ -210,7 +210,7 @@ extension Broker {
     /// Their SYN queues cost a walk of every established socket of the namespace (some 20 ms with
     /// 100 000, on the broker's only thread), so they are counted at most once a second and the
     /// count reused meanwhile; backlogs and accept queues are read fresh, once a turn.
-    private func dumpListenerQueues() -> [ListenerKey: ListenerObservation] {
+    func dumpListenerQueues() -> [ListenerKey: ListenerObservation] {
         let ports = Set(sockets.values.lazy.filter { $0.request.kind == .tcp }.map(\.request.port))
         let now = MonotonicClock.nanoseconds()
         let countRequests = synQueuesCounted.map { now &- $0.at >= 1_000_000_000 } ?? true
@@ -231,6 +231,13 @@ extension Broker {
         return listeners
     }
 
+    /// Where sock_diag reports a TCP socket's listener: its address (without a zone) and port.
+    func listenerKey(_ request: BindRequest) -> ListenerKey? {
+        IPAddress(request.address.split(separator: "%").first.map(String.init) ?? "").map {
+            ListenerKey(address: $0, port: request.port)
+        }
+    }
+
     func listing() -> Reply.Listing {
         let queues = listenerQueuesThisTurn ?? dumpListenerQueues()
         listenerQueuesThisTurn = queues
@@ -239,14 +246,12 @@ extension Broker {
             var item = Reply.Listing.Socket(
                 key: key, url: entry.request.url, fd: entry.fd, handedOut: entry.handedOut,
                 cookie: OwnedSocket.cookie(entry.fd) ?? 0, backlog: entry.backlog)
-            if entry.request.kind == .tcp,
-                let address = IPAddress(entry.request.address.split(separator: "%").first.map(String.init) ?? ""),
-                let observed = queues[ListenerKey(address: address, port: entry.request.port)]
-            {
+            if entry.request.kind == .tcp, let observed = listenerKey(entry.request).flatMap({ queues[$0] }) {
                 item.acceptQueue = observed.acceptQueue
                 item.synQueue = observed.requestSockets
                 item.kernelBacklog = observed.backlog
             }
+            if entry.request.kind == .tcp { item.listenDrops = SocketCounters.drops(entry.fd) }
             return item
         }
         return Reply.Listing(

@@ -31,11 +31,13 @@ public enum Reply {
             public var acceptQueue: UInt32?
             public var synQueue: UInt32?
             public var kernelBacklog: UInt32?
+            /// SYNs and handshakes the kernel dropped at this socket since it was made.
+            public var listenDrops: UInt32?
 
             enum CodingKeys: String, CodingKey {
                 case key, url, fd, cookie, backlog
                 case handedOut = "handed_out", acceptQueue = "accept_queue", synQueue = "syn_queue", kernelBacklog =
-                    "kernel_backlog"
+                    "kernel_backlog", listenDrops = "listen_drops"
             }
 
             public init(key: String, url: String, fd: Int32, handedOut: UInt64, cookie: UInt64, backlog: BacklogReport?)

@@ -32,13 +32,13 @@ struct List: ParsableCommand {
             text.padding(toLength: width, withPad: " ", startingAt: 0)
         }
         func text(_ value: (some CustomStringConvertible)?) -> String { value.map(\.description) ?? "-" }
-        print(column("SOCKET", width) + " BACKLOG(req/eff)  ACCEPTQ  SYNQ  HANDED-OUT  COOKIE")
+        print(column("SOCKET", width) + " BACKLOG(req/eff)  ACCEPTQ  SYNQ  DROPS       HANDED-OUT  COOKIE")
         for socket in listing.sockets {
             let backlog = socket.backlog.map { "\($0.requested)/\($0.effective)" } ?? "-"
             print(
                 [
                     column(socket.url, width), column(backlog, 17), column(text(socket.acceptQueue), 8),
-                    column(text(socket.synQueue), 5),
+                    column(text(socket.synQueue), 5), column(text(socket.listenDrops), 11),
                     column(String(socket.handedOut), 11), String(socket.cookie),
                 ].joined(separator: " "))
         }

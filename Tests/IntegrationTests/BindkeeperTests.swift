@@ -514,4 +514,49 @@ final class BindkeeperTests: XCTestCase {
         XCTAssertTrue(body.contains("bindkeeper_bad_requests_total 1\n"), body)
         XCTAssertTrue(body.contains("bindkeeper_socket_handed_out_total{key=\"tcp://198.18.2.1:8800\"} 1"), body)
     }
+
+    /// The kernel's listen drops per socket: two listeners nobody accepts from, one overloaded.
+    /// Its count in the metrics and in `list` is exactly the namespace's ListenDrops increase;
+    /// the other's stays 0.
+    func testListenDropsAreCountedPerSocketAndAddUpToTheNamespacesCount() throws {
+        try lab.startBroker(["--metrics", "\(BrokerLab.address):9525"])
+        let (busy, idle) = ("tcp://\(BrokerLab.address):8810", "tcp://\(BrokerLab.address):8811")
+        try lab.client().bind([url(busy + "?backlog=2"), url(idle + "?backlog=2")]).forEach { close($0.fd) }
+        func listenDrops() throws -> UInt64 {
+            let netstat = try Lab.shell("ip netns exec \(lab.namespace) cat /proc/net/netstat")
+            return try XCTUnwrap(ProcFile.counter("ListenDrops", section: "TcpExt", in: netstat))
+        }
+        func metric(_ key: String) throws -> UInt64? {
+            let body = try lab.inside { try Lab.httpGet(IPAddress(BrokerLab.address)!, port: 9525) }
+            let prefix = "bindkeeper_socket_listen_drops_total{key=\"\(key)\"} "
+            return body.split(separator: "\n").first { $0.hasPrefix(prefix) }.flatMap {
+                UInt64($0.dropFirst(prefix.count))
+            }
+        }
+        try lab.waitFor("both sockets in the metrics") { try metric(busy) == 0 && metric(idle) == 0 }
+        let before = try listenDrops()
+        // Nobody accepts: the accept queue holds backlog + 1, every further SYN (and its
+        // retransmissions) is dropped at the listener.
+        let clients: [Int32] = try lab.inside {
+            (0..<12).map { _ in
+                let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+                _ = SocketAddress(IPAddress(BrokerLab.address)!, port: 8810).withSockaddr { connect(fd, $0, $1) }
+                return fd
+            }
+        }
+        try lab.waitFor("SYNs dropped at the busy listener") { try listenDrops() > before }
+        usleep(1_500_000)  // a retransmission round too (1 s): more than one drop per client
+        clients.forEach { close($0) }
+        var dropped: UInt64 = 0
+        try lab.waitFor("the busy socket's count to equal the namespace's increase") {
+            dropped = try listenDrops() - before
+            return try metric(busy) == dropped
+        }
+        XCTAssertGreaterThanOrEqual(dropped, 9, "at least one drop for each of the 9 clients the queue could not take")
+        XCTAssertEqual(try metric(idle), 0, "the other listener dropped nothing")
+        let listed = try lab.client().list().sockets
+        XCTAssertEqual(listed.first { $0.key == busy }?.listenDrops.map(UInt64.init), dropped)
+        XCTAssertEqual(listed.first { $0.key == idle }?.listenDrops, 0)
+        XCTAssertEqual(listed.first { $0.key == busy }?.acceptQueue, 3, "backlog 2 holds 3")
+    }
 }

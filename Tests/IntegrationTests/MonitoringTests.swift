@@ -61,7 +61,7 @@ final class MonitoringTests: XCTestCase {
         let ruleQueries = rules.components(separatedBy: "expr:").dropFirst().map {
             $0.components(separatedBy: "labels:")[0]
         }
-        XCTAssertEqual(ruleQueries.count, 8)
+        XCTAssertEqual(ruleQueries.count, 9)
         for query in queries + ruleQueries {
             let names = Self.metricNames(query)
             XCTAssertFalse(names.isEmpty, query)
