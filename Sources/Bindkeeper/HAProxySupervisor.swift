@@ -14,6 +14,12 @@ public struct HAProxyOptions: Sendable {
     public var haproxy: [String]
     /// How long stopping instances may take to finish their connections before SIGTERM.
     public var stopTimeoutSeconds: Int = 30
+    /// The most older instances left finishing their connections after reloads; past it the
+    /// oldest is stopped (SIGTERM), so that a reload storm cannot pile up processes.
+    public var maxDraining: Int = 8
+    /// How long an older instance may finish its connections after a reload before SIGTERM; nil:
+    /// as long as they last (HAProxy's own `hard-stop-after`, if set, still applies).
+    public var drainSeconds: Int?
 
     public init(socketPath: String, template: String, rendered: String?, pidFile: String?, haproxy: [String]) {
         self.socketPath = socketPath
@@ -52,6 +58,10 @@ public final class HAProxySupervisor {
         /// The template text it was rendered from.
         var template: String
         var started: UInt64
+        /// When a newer instance took over and this one was told to finish (`-sf`).
+        var superseded: UInt64?
+        /// SIGTERM sent: past the drain deadline or the draining limit.
+        var terminated = false
     }
     /// Running instances, oldest first; the last one is the current one.
     private var instances: [Instance] = []
@@ -155,6 +165,7 @@ public final class HAProxySupervisor {
             }
             child.consume()
             reap()
+            governDraining()
             if let current = instances.last, MonotonicClock.nanoseconds() &- current.started >= Self.startupNanoseconds
             {
                 lastGoodTemplate = current.template
@@ -182,13 +193,43 @@ public final class HAProxySupervisor {
         var arguments = Array(options.haproxy.dropFirst()) + ["-db", "-f", options.rendered]
         if !running.isEmpty { arguments += ["-sf"] + running.map { String($0) } }
         let pid = try Spawn.run(options.haproxy[0], arguments)
-        instances.append(Instance(pid: pid, template: text, started: MonotonicClock.nanoseconds()))
+        let now = MonotonicClock.nanoseconds()
+        for index in instances.indices where instances[index].superseded == nil { instances[index].superseded = now }
+        instances.append(Instance(pid: pid, template: text, started: now))
         if running.isEmpty {
             logger.info("started haproxy pid \(pid)")
         } else {
             logger.info("reloaded: haproxy pid \(pid) replaces \(running.map(String.init).joined(separator: " "))")
         }
         writePidFile()
+    }
+
+    /// Older instances past the drain deadline, and the oldest beyond `maxDraining`, are stopped
+    /// (SIGTERM: their remaining connections are closed), each said once in the log.
+    private func governDraining() {
+        let now = MonotonicClock.nanoseconds()
+        let draining = instances.indices.dropLast().filter { !instances[$0].terminated }
+        for (rank, index) in draining.enumerated() {
+            let instance = instances[index]
+            let overLimit = draining.count - rank > options.maxDraining
+            let overdue =
+                options.drainSeconds.map { seconds in
+                    instance.superseded.map { now &- $0 >= UInt64(seconds) * 1_000_000_000 } ?? false
+                } ?? false
+            guard overLimit || overdue else { continue }
+            kill(instance.pid, SIGTERM)
+            instances[index].terminated = true
+            logger.info(
+                overLimit
+                    ? """
+                    haproxy pid \(instance.pid) stopped with its connections: more than \(options.maxDraining) older \
+                    instances were finishing (--max-draining)
+                    """
+                    : """
+                    haproxy pid \(instance.pid) stopped with its connections: still finishing \
+                    \(options.drainSeconds ?? 0) s after it was replaced (--drain-timeout)
+                    """)
+        }
     }
 
     private func reap() {

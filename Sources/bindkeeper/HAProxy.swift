@@ -29,6 +29,17 @@ struct HAProxy: ParsableCommand {
     @Option(help: "Seconds stopping instances may finish their connections before SIGTERM.")
     var stopTimeout = 30
 
+    @Option(
+        help: """
+            The most older instances left finishing their connections after reloads; past it the oldest is \
+            stopped (SIGTERM).
+            """)
+    var maxDraining = 8
+
+    @Option(
+        help: "Seconds an older instance may finish its connections after a reload before SIGTERM (default: no limit).")
+    var drainTimeout: Int?
+
     @Flag(help: "Render and have HAProxy check the result, then exit with its status (for ExecReload).")
     var check = false
 
@@ -48,7 +59,13 @@ struct HAProxy: ParsableCommand {
         }
         var options = HAProxyOptions(
             socketPath: socket, template: template, rendered: rendered, pidFile: pidFile, haproxy: haproxy)
+        guard (0...86_400).contains(stopTimeout) else { throw ValidationError("--stop-timeout is 0...86400 seconds") }
+        guard (0...1024).contains(maxDraining) else { throw ValidationError("--max-draining is 0...1024") }
+        guard drainTimeout.map({ (1...86_400).contains($0) }) ?? true else {
+            throw ValidationError("--drain-timeout is 1...86400 seconds")
+        }
         options.stopTimeoutSeconds = stopTimeout
+        (options.maxDraining, options.drainSeconds) = (maxDraining, drainTimeout)
         let supervisor = HAProxySupervisor(options: options, logger: logger)
         throw ExitCode(check ? supervisor.checkOnly() : supervisor.run())
     }

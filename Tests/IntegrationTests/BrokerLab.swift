@@ -40,7 +40,7 @@ final class BrokerLab {
     /// Starts a command inside the namespace, its output in a log file.
     @discardableResult
     /// `bindkeeper haproxy` on `template`, once HAProxy has written its pid file.
-    func startSupervisor(_ name: String, template: String, stopTimeoutSeconds: Int = 5) throws
+    func startSupervisor(_ name: String, template: String, stopTimeoutSeconds: Int = 5, extra: [String] = []) throws
         -> (process: Process, pidFile: String)
     {
         let pidFile = directory.appendingPathComponent("\(name).pid").path
@@ -48,8 +48,8 @@ final class BrokerLab {
             "supervisor-\(name)",
             [
                 binary("bindkeeper"), "haproxy", "--socket", socketPath, "-f", template,
-                "-p", pidFile, "--stop-timeout", String(stopTimeoutSeconds), "--", "/usr/sbin/haproxy",
-            ])
+                "-p", pidFile, "--stop-timeout", String(stopTimeoutSeconds),
+            ] + extra + ["--", "/usr/sbin/haproxy"])
         try waitFor("haproxy \(name) to start") { FileManager.default.fileExists(atPath: pidFile) }
         return (process, pidFile)
     }

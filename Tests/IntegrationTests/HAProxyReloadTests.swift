@@ -1,5 +1,8 @@
 import Foundation
 import Glibc
+import LabKit
+import LinuxSys
+import NetTypes
 import Telemetry
 import XCTest
 
@@ -187,5 +190,111 @@ final class HAProxyReloadTests: XCTestCase {
         supervisor.process.waitUntilExit()
         XCTAssertEqual(supervisor.process.terminationStatus, 0, lab.allLogs)
         XCTAssertFalse(FileManager.default.fileExists(atPath: supervisor.pidFile))
+    }
+
+    /// A TCP frontend whose sessions last: each reaches a backend listener of the test's that
+    /// accepts and never answers, so a replaced instance keeps finishing them.
+    func writeHoldingTemplate(_ name: String, port: Int, backend: Int) throws -> String {
+        let path = lab.directory.appendingPathComponent("\(name).cfg.tmpl").path
+        try """
+        global
+            maxconn 100
+        defaults
+            mode tcp
+            timeout connect 2s
+            timeout client 120s
+            timeout server 120s
+        frontend hold
+            bind {{bind tcp://\(BrokerLab.vip):\(port)}}
+            default_backend held
+        backend held
+            server s1 \(BrokerLab.address):\(backend)
+
+        """.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    /// The backend listener (non-blocking) and a supervisor with `extra` flags, once HAProxy listens.
+    func startHolding(_ name: String, port: Int, backend: UInt16, _ extra: [String]) throws -> (
+        supervisor: (process: Process, pidFile: String), backend: Int32
+    ) {
+        let listener = try lab.inside {
+            try LabSockets.listenTCP(on: IPAddress(BrokerLab.address)!, port: backend, backlog: 64)
+        }
+        _ = fcntl(listener, F_SETFL, fcntl(listener, F_GETFL) | O_NONBLOCK)
+        let template = try writeHoldingTemplate(name, port: port, backend: Int(backend))
+        do {
+            let supervisor = try lab.startSupervisor(name, template: template, extra: extra)
+            try lab.waitUntilListening(port: UInt16(port))
+            return (supervisor, listener)
+        } catch {
+            close(listener)
+            throw error
+        }
+    }
+
+    /// One session through the current instance, held open: its backend connection accepted.
+    func holdSession(port: Int, backend: Int32) throws -> (client: Int32, server: Int32) {
+        let client = try lab.inside { try LabSockets.connectTCP(to: IPAddress(BrokerLab.vip)!, port: UInt16(port)) }
+        var server: Int32 = -1
+        try lab.waitFor("HAProxy to open the session's backend connection") {
+            server = accept(backend, nil, nil)
+            return server >= 0
+        }
+        return (client, server)
+    }
+
+    func pids(_ pidFile: String) throws -> [Int32] {
+        try String(contentsOfFile: pidFile, encoding: .utf8).split(separator: "\n").compactMap { Int32($0) }
+    }
+
+    func isAlive(_ pid: Int32) -> Bool { kill(pid, 0) == 0 }
+
+    /// A reload storm with long sessions on every instance: never more than --max-draining older
+    /// instances finish at once; past it the oldest is stopped, and said so.
+    func testAReloadStormLeavesAtMostMaxDrainingInstancesFinishing() throws {
+        let (supervisor, backend) = try startHolding("storm", port: 8620, backend: 8699, ["--max-draining", "2"])
+        defer { close(backend) }
+        var sessions: [(client: Int32, server: Int32)] = []
+        defer {
+            sessions.forEach {
+                close($0.client); close($0.server)
+            }
+        }
+        var everyPid: [Int32] = []
+        for index in 1...6 {
+            let current = try XCTUnwrap(try pids(supervisor.pidFile).first)
+            everyPid.append(current)
+            sessions.append(try holdSession(port: 8620, backend: backend))
+            let before = reloads("storm")
+            kill(supervisor.process.processIdentifier, SIGUSR2)
+            try lab.waitFor("reload \(index)") { self.reloads("storm") > before }
+            try lab.waitFor("at most 2 older instances alive after reload \(index)") {
+                everyPid.filter(self.isAlive).count <= 2
+            }
+        }
+        // Six instances replaced: the last two still finish their sessions, the four before were stopped.
+        XCTAssertEqual(everyPid.filter(isAlive), Array(everyPid.suffix(2)))
+        XCTAssertEqual(lab.allLogs.components(separatedBy: "(--max-draining)").count - 1, 4, lab.allLogs)
+        XCTAssertTrue(supervisor.process.isRunning)
+    }
+
+    /// --drain-timeout: an instance still finishing a session that long after its replacement is
+    /// stopped, not before; the new one serves throughout.
+    func testAReplacedInstanceIsStoppedAtTheDrainDeadline() throws {
+        let (supervisor, backend) = try startHolding("deadline", port: 8621, backend: 8698, ["--drain-timeout", "3"])
+        defer { close(backend) }
+        let first = try XCTUnwrap(try pids(supervisor.pidFile).first)
+        let held = try holdSession(port: 8621, backend: backend)
+        defer { close(held.client); close(held.server) }
+        kill(supervisor.process.processIdentifier, SIGUSR2)
+        try lab.waitFor("the reload") { self.reloads("deadline") == 1 }
+        let replaced = MonotonicClock.nanoseconds()
+        try lab.waitFor("the replaced instance to be stopped at its deadline", seconds: 20) { !self.isAlive(first) }
+        XCTAssertGreaterThanOrEqual(MonotonicClock.nanoseconds() - replaced, 2_500_000_000, "not before the deadline")
+        XCTAssertTrue(lab.allLogs.contains("haproxy pid \(first) stopped with its connections"), lab.allLogs)
+        let next = try holdSession(port: 8621, backend: backend)
+        close(next.client)
+        close(next.server)
     }
 }

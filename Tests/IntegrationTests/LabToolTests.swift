@@ -4,17 +4,25 @@ import XCTest
 /// The lab tools refuse what they cannot honour with a usage error (status 64), not a trap.
 final class LabToolTests: XCTestCase {
     func testOutOfRangeFlagsAreUsageErrors() throws {
-        let glbLab = Lab.binaries.appendingPathComponent("glb-lab")
-        for arguments in [
-            ["blast", "--to", "198.18.0.1", "--client", "198.18.0.1", "--vip", "198.19.0.1", "--max-seconds=-1"],
-            ["clients", "--target", "198.18.0.1:80", "--connections", "0", "--seconds=-1"],
-            ["clients", "--target", "198.18.0.1:80", "--connections", "0", "--new-per-second=-5"],
-            ["http-load", "--target", "198.18.0.1:80", "--seconds=-1"],
-            ["watch", "--control", "/nonexistent", "--max-seconds=-1"],
-            ["director", "--self", "198.18.0.1", "--table", "/dev/null", "--hops=-1"],
+        // bindkeeper haproxy's durations and limits too: a negative --stop-timeout trapped at the stop.
+        let supervisor = ["bindkeeper", "haproxy", "-f", "/nonexistent.tmpl"]
+        for command in [
+            [
+                "glb-lab", "blast", "--to", "198.18.0.1", "--client", "198.18.0.1", "--vip", "198.19.0.1",
+                "--max-seconds=-1",
+            ],
+            ["glb-lab", "clients", "--target", "198.18.0.1:80", "--connections", "0", "--seconds=-1"],
+            ["glb-lab", "clients", "--target", "198.18.0.1:80", "--connections", "0", "--new-per-second=-5"],
+            ["glb-lab", "http-load", "--target", "198.18.0.1:80", "--seconds=-1"],
+            ["glb-lab", "watch", "--control", "/nonexistent", "--max-seconds=-1"],
+            ["glb-lab", "director", "--self", "198.18.0.1", "--table", "/dev/null", "--hops=-1"],
+            supervisor + ["--stop-timeout=-1", "--", "/bin/true"],
+            supervisor + ["--max-draining=-1", "--", "/bin/true"],
+            supervisor + ["--drain-timeout", "0", "--", "/bin/true"],
         ] {
+            let arguments = Array(command.dropFirst())
             let process = Process()
-            process.executableURL = glbLab
+            process.executableURL = Lab.binaries.appendingPathComponent(command[0])
             process.arguments = arguments
             let output = Pipe()
             process.standardOutput = output
