@@ -24,12 +24,8 @@ struct Stats: ParsableCommand {
     var json = false
 
     func run() throws {
-        do {
-            let text = try readControlSocket(daemon.path)
-            print(json ? StatsJSON.render(text) : text, terminator: "")
-        } catch {
-            throw CommandFailure("\(error)")
-        }
+        let text = try readControlSocket(daemon.path)
+        print(json ? StatsJSON.render(text) : text, terminator: "")
     }
 }
 
@@ -56,29 +52,25 @@ struct Reexec: ParsableCommand {
         func field(_ name: String, _ text: String) -> String? {
             text.split(separator: "\n").first { $0.hasPrefix(name + ": ") }.map { String($0.dropFirst(name.count + 2)) }
         }
-        do {
-            let before = try readControlSocket(path)
-            let reexecs = field("reexecs", before).flatMap(UInt64.init) ?? 0
-            let reply = try readControlSocket(path, request: "reexec")
-            guard reply.hasPrefix("re-executing") else {
-                if reply.isEmpty { logger.error("no answer to reexec") } else { StandardError.write(reply) }
-                throw ExitCode(1)
-            }
-            print(reply, terminator: "")
-            let deadline = MonotonicClock.nanoseconds() + UInt64(waitSeconds) * 1_000_000_000
-            while MonotonicClock.nanoseconds() < deadline {
-                if let now = try? readControlSocket(path), let count = field("reexecs", now).flatMap(UInt64.init),
-                    count > reexecs
-                {
-                    print("serving again: build \(field("build", now) ?? "unknown")")
-                    return
-                }
-                usleep(20_000)
-            }
-            logger.error("the daemon did not serve again within \(waitSeconds) s (see its log)")
+        let before = try readControlSocket(path)
+        let reexecs = field("reexecs", before).flatMap(UInt64.init) ?? 0
+        let reply = try readControlSocket(path, request: "reexec")
+        guard reply.hasPrefix("re-executing") else {
+            if reply.isEmpty { logger.error("no answer to reexec") } else { StandardError.write(reply) }
             throw ExitCode(1)
-        } catch let error as SystemError {
-            throw CommandFailure("\(error)")
         }
+        print(reply, terminator: "")
+        let deadline = MonotonicClock.nanoseconds() + UInt64(waitSeconds) * 1_000_000_000
+        while MonotonicClock.nanoseconds() < deadline {
+            if let now = try? readControlSocket(path), let count = field("reexecs", now).flatMap(UInt64.init),
+                count > reexecs
+            {
+                print("serving again: build \(field("build", now) ?? "unknown")")
+                return
+            }
+            usleep(20_000)
+        }
+        logger.error("the daemon did not serve again within \(waitSeconds) s (see its log)")
+        throw ExitCode(1)
     }
 }

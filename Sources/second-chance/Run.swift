@@ -236,20 +236,16 @@ struct Run: ParsableCommand {
         let configuration = ResponderConfiguration(
             mode: mode, policy: policy, scanIntervalNanoseconds: durations.scan,
             passIntervalNanoseconds: durations.pass)
-        do {
-            let monitor = try ListenerMonitor(configuration: configuration, namespace: netns, logger: logger)
-            if monitor.settings.syncookies == 1 && !monitor.settings.timestampsEncodable {
-                logger.info(
-                    """
-                    note: net.ipv4.tcp_timestamps=\(monitor.settings.timestamps): cookie handshakes from the \
-                    responder carry no timestamp, so no window scaling or SACK (set it to 2 to keep them)
-                    """
-                )
-            }
-            return monitor
-        } catch {
-            throw CommandFailure("\(error)")
+        let monitor = try ListenerMonitor(configuration: configuration, namespace: netns, logger: logger)
+        if monitor.settings.syncookies == 1 && !monitor.settings.timestampsEncodable {
+            logger.info(
+                """
+                note: net.ipv4.tcp_timestamps=\(monitor.settings.timestamps): cookie handshakes from the \
+                responder carry no timestamp, so no window scaling or SACK (set it to 2 to keep them)
+                """
+            )
         }
+        return monitor
     }
 
     /// What `--preflight` found; throws on a failed check under `fail`.
@@ -368,11 +364,7 @@ struct Run: ParsableCommand {
 
     /// The modes, chosen from the flags and the host, or the refusal as the command's failure.
     func plan(_ options: DaemonOptions, host: HostSnapshot) throws -> DaemonPlan {
-        do {
-            return try DaemonPlan.make(options, host: host)
-        } catch {
-            throw CommandFailure(error.description)
-        }
+        try DaemonPlan.make(options, host: host)
     }
 
     /// The cookie programs (one set; each queue thread loads its own), unless --no-cookie-check.
@@ -402,16 +394,9 @@ struct Run: ParsableCommand {
 
     /// The address watcher, once --self is known to be this host's.
     func makeWatcher(peers: PeerPolicy) throws -> LocalAddressWatcher {
-        do {
-            try requireSelfAddress()
-            let namespaces: [NetworkNamespace?] =
-                [nil] + (try netns.map { [try NetworkNamespace(nameOrPath: $0)] } ?? [])
-            return try LocalAddressWatcher(namespaces: namespaces, peers: peers.sources.prefixes, logger: logger)
-        } catch let error as CommandFailure {
-            throw error
-        } catch {
-            throw CommandFailure("\(error)")
-        }
+        try requireSelfAddress()
+        let namespaces: [NetworkNamespace?] = [nil] + (try netns.map { [try NetworkNamespace(nameOrPath: $0)] } ?? [])
+        return try LocalAddressWatcher(namespaces: namespaces, peers: peers.sources.prefixes, logger: logger)
     }
 
     /// One worker per queue, each taking over its stored queue socket, if any.
@@ -419,18 +404,14 @@ struct Run: ParsableCommand {
         configuration: SecondChanceConfiguration, watcher: LocalAddressWatcher, oracle: SynCookieOracle?,
         monitor: ListenerMonitor?, handover: inout Handover
     ) throws -> [SecondChanceWorker] {
-        do {
-            // Each queue thread gets its own programs: a test run uses one scratch buffer per oracle.
-            let epochs = FlowEpochs()
-            return try queues.enumerated().map { index, queue in
-                let threadOracle = index == 0 ? oracle : try oracle.map { _ in try SynCookieOracle() }
-                return try SecondChanceWorker(
-                    queueNumber: queue, adopting: handover.claim(Handover.queueName(queue)),
-                    configuration: configuration, addresses: watcher.board, reversePaths: watcher.reversePaths,
-                    oracle: threadOracle, monitor: monitor, epochs: epochs)
-            }
-        } catch {
-            throw CommandFailure("\(error)")
+        // Each queue thread gets its own programs: a test run uses one scratch buffer per oracle.
+        let epochs = FlowEpochs()
+        return try queues.enumerated().map { index, queue in
+            let threadOracle = index == 0 ? oracle : try oracle.map { _ in try SynCookieOracle() }
+            return try SecondChanceWorker(
+                queueNumber: queue, adopting: handover.claim(Handover.queueName(queue)),
+                configuration: configuration, addresses: watcher.board, reversePaths: watcher.reversePaths,
+                oracle: threadOracle, monitor: monitor, epochs: epochs)
         }
     }
 
@@ -441,18 +422,14 @@ struct Run: ParsableCommand {
     )] {
         try workers.map { worker in
             let name = ReplayGuard.storeName(queue: worker.queue.number)
-            do {
-                let counter: EventFD
-                if let stored = handover.claim(name) {
-                    counter = try EventFD(adopting: stored)
-                } else {
-                    counter = try EventFD()
-                }
-                worker.queue.replayGuard = ReplayGuard(counter: counter)
-                return (counter.fd, name)
-            } catch {
-                throw CommandFailure("\(error)")
+            let counter: EventFD
+            if let stored = handover.claim(name) {
+                counter = try EventFD(adopting: stored)
+            } else {
+                counter = try EventFD()
             }
+            worker.queue.replayGuard = ReplayGuard(counter: counter)
+            return (counter.fd, name)
         }
     }
 
