@@ -43,6 +43,11 @@ fi
 PROXYSIDE_FAST_PATH=off swift test --skip-build --disable-swift-testing \
     --filter 'IntegrationTests\.(SecondChanceTests|TrustBoundaryTests|PromiseTests|SynCookieResponderTests|SpoofedPeerTests)' ||
     status=1
+# Again with XDP in the driver beside tc (--fast-path xdp): what XDP decides itself it decides as tc
+# does, and everything else reaches tc and the queue as before.
+PROXYSIDE_FAST_PATH=xdp swift test --skip-build --disable-swift-testing \
+    --filter 'IntegrationTests\.(SecondChanceTests|TrustBoundaryTests|PromiseTests|SynCookieResponderTests|SpoofedPeerTests|DataPathMatrixTests)' ||
+    status=1
 if [ "$PROXYSIDE_SLOW_TESTS" = 1 ]; then
     scripts/fuzz.sh "${PROXYSIDE_FUZZ_SECONDS:-30}" || status=1
     echo "== the kernel lab (KernelLabTests, beside the rest) =="

@@ -89,19 +89,23 @@ public enum BPF {
         return NamedDescriptors(adopting: maps)
     }
 
-    /// Runs tc program `fd` once on `frame` (an Ethernet frame) as if it had arrived on interface
+    /// Where a program runs: its context, and so how a test run builds one.
+    public enum Hook: Sendable { case tc, xdp }
+
+    /// Runs program `fd` once on `frame` (an Ethernet frame) as if it had arrived on interface
     /// `interfaceIndex` (BPF_PROG_TEST_RUN): the action it returned and the bytes it left. Nothing
-    /// is sent; the program's helpers see this namespace's sockets, routes and neighbours.
-    public static func testRun(programFD fd: Int32, frame: [UInt8], interfaceIndex: UInt32) throws -> (
-        action: UInt32, output: [UInt8]
-    ) {
+    /// is sent; the program's helpers see this namespace's sockets, routes and neighbours (for
+    /// XDP, those of the interface's namespace; Linux 5.15 and later take its context).
+    public static func testRun(programFD fd: Int32, frame: [UInt8], interfaceIndex: UInt32, hook: Hook = .tc) throws
+        -> (action: UInt32, output: [UInt8])
+    {
         var output = [UInt8](repeating: 0, count: frame.count + 256)
         var size = UInt32(output.count)
         var action: UInt32 = 0
+        let run = hook == .tc ? proxyside_tc_test_run : proxyside_xdp_test_run
         let result = frame.withUnsafeBytes { input in
             output.withUnsafeMutableBytes { out in
-                proxyside_tc_test_run(
-                    fd, input.baseAddress, UInt32(input.count), out.baseAddress, &size, interfaceIndex, &action)
+                run(fd, input.baseAddress, UInt32(input.count), out.baseAddress, &size, interfaceIndex, &action)
             }
         }
         guard result == 0 else { throw SystemError("BPF_PROG_TEST_RUN", errno: -result) }
@@ -191,5 +195,38 @@ public enum NetworkInterface {
             throw SystemError("reading the link type of \(name)", errno: ENODEV)
         }
         return type == 1  // ARPHRD_ETHER (linux/if_arp.h)
+    }
+}
+
+/// An interface's XDP program in the driver's own (native) mode, run before an skb exists. The
+/// generic (skb) mode is never used: it runs once the skb is built, no earlier than tc.
+public enum NativeXDP {
+    /// Attaches `programFD` to `interface`: in place of program `replacing` in one step (and only
+    /// while that one is still attached), or where none is. EOPNOTSUPP: the driver has no native
+    /// XDP.
+    public static func attach(programFD: Int32, interface: String, replacing old: UInt32?) throws {
+        let index = Int32(bitPattern: try NetworkInterface.index(interface))
+        let oldFD = old.map { bpf_prog_get_fd_by_id($0) } ?? -1
+        if let old, oldFD < 0 { throw SystemError("XDP program \(old) on \(interface)") }
+        defer { if oldFD >= 0 { close(oldFD) } }
+        let result = proxyside_xdp_attach(index, programFD, oldFD)
+        guard result == 0 else { throw SystemError("attaching XDP to \(interface)", errno: -result) }
+    }
+
+    /// The id of the native XDP program on `interface`, if there is one.
+    public static func program(on interface: String) -> UInt32? {
+        guard let index = try? NetworkInterface.index(interface) else { return nil }
+        let id = proxyside_xdp_query(Int32(bitPattern: index))
+        return id == 0 ? nil : id
+    }
+
+    /// Removes program `id` from `interface`, only if it is still the one attached there.
+    public static func detach(_ id: UInt32, from interface: String) throws {
+        let index = Int32(bitPattern: try NetworkInterface.index(interface))
+        let fd = bpf_prog_get_fd_by_id(id)
+        guard fd >= 0 else { throw SystemError("XDP program \(id) on \(interface)") }
+        defer { close(fd) }
+        let result = proxyside_xdp_detach(index, fd)
+        guard result == 0 else { throw SystemError("detaching XDP from \(interface)", errno: -result) }
     }
 }

@@ -52,7 +52,7 @@ public enum SocketCounters {
     public static func acceptQueue(_ fd: Int32) -> (waiting: UInt32, limit: UInt32)? {
         var info = tcp_info()
         var length = socklen_t(MemoryLayout<tcp_info>.size)
-        guard getsockopt(fd, Int32(IPPROTO_TCP), TCP_INFO, &info, &length) == 0,
+        guard getsockopt(fd, SOL_TCP, TCP_INFO, &info, &length) == 0,
             length >= socklen_t(MemoryLayout<tcp_info>.offset(of: \.tcpi_sacked)! + 4),
             info.tcpi_state == 10  // TCP_LISTEN (the kernel's tcp_states.h)
         else { return nil }

@@ -89,12 +89,13 @@ public struct DaemonPlan: Sendable, Equatable {
         guard options.checkCookies, options.synCookies != .off else { return (.off, nil) }
         guard case .failure(let failure) = host.cookieHelpers else { return (options.synCookies, nil) }
         // `always` promises every SYN an answer: only a fast path that must load can keep that.
-        if options.fastPath == .tc || (options.fastPath == .auto && options.synCookies == .auto) {
+        if options.fastPath.mustLoad || (options.fastPath == .auto && options.synCookies == .auto) {
             return (options.synCookies, "the tc program's only; the queue's SYNs go to the kernel: \(failure)")
         }
         guard options.synCookies == .auto else {
             throw PlanRefusal(
-                description: "--syn-cookies always needs the BPF cookie programs or --fast-path tc: \(failure)")
+                description: "--syn-cookies always needs the BPF cookie programs or --fast-path tc (or xdp): \(failure)"
+            )
         }
         return (.off, nil)
     }

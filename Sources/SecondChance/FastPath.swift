@@ -8,12 +8,22 @@ import Synchronization
 
 /// `--fast-path`: where packets are decided.
 public enum FastPathChoice: String, Sendable, CaseIterable {
-    /// tc where the program loads and attaches, otherwise NFQUEUE alone (said once, with the reason).
+    /// tc where the program loads and attaches, otherwise NFQUEUE alone (said once, with the
+    /// reason). XDP stays opt-in until the bulk benchmark has measured it against tc.
     case auto
-    /// tc, or the daemon does not start.
+    /// XDP in the driver (native mode) beside tc, which decides what XDP passes on; or the
+    /// daemon does not start.
+    case xdp
+    /// tc alone, or the daemon does not start.
     case tc
-    /// NFQUEUE alone; a filter an earlier process left is removed.
+    /// NFQUEUE alone; a program an earlier process left is removed.
     case off
+
+    /// Whether a start fails without the program.
+    public var mustLoad: Bool { self == .tc || self == .xdp }
+
+    /// Whether the XDP entry point goes beside tc.
+    public var xdp: Bool { self == .xdp }
 }
 
 /// What a clean stop does with the program.
@@ -35,6 +45,8 @@ public final class FastPath: @unchecked Sendable {
     public let maps: FastPathMaps
     public let interfaces: [String]
     public let program: BPFProgramInfo
+    /// The XDP entry point, when it is attached in the driver on every interface (beside tc).
+    public let xdpProgram: BPFProgramInfo?
     /// The id of the program this one replaced, when maps were adopted from it.
     public let adoptedFrom: UInt32?
     /// Where the program and maps are pinned, if a bpffs is mounted at /sys/fs/bpf.
@@ -69,8 +81,32 @@ public final class FastPath: @unchecked Sendable {
 
     public init(
         settings: FastPathSettings, local: LocalAddresses, reversePaths: ReversePaths = .none, interfaces: [String],
-        pinDirectory: String? = FastPath.defaultPinDirectory(), logger: Logger
+        xdp: Bool = false, pinDirectory: String? = FastPath.defaultPinDirectory(), logger: Logger
     ) throws {
+        try Self.checkInterfaces(interfaces)
+        // The maps of the program already deciding, if it is ours and of this layout: counters
+        // and sets carry on, and nothing is ever read under another layout.
+        let (reusable, adoptedFrom) = Self.adoptableMaps(on: interfaces, logger: logger)
+        // The loader takes its own copies of the named maps; its read-only data (.rodata, if any)
+        // is the object's own and does not carry on.
+        object = try FastPathObject(reusing: reusable.byName.filter { FastPathMap.names.contains($0.key) }, xdp: xdp)
+        maps = FastPathMaps(object)
+        self.interfaces = interfaces
+        self.adoptedFrom = adoptedFrom
+        self.settings = Mutex(settings)
+        // Maps first, then the attachment: the program decides nothing with a half-written map.
+        try maps.write(local)
+        try maps.write(reversePaths)
+        try maps.write(settings)
+        try Self.attachTC(object, interfaces: interfaces, logger: logger)
+        let programFD = object.programFD
+        program = try FastPathError.at(.inspect) { try BPF.programInfo(fd: programFD) }
+        // XDP goes in after tc, which decides everything it passes on.
+        xdpProgram = try Self.attachXDP(object, interfaces: interfaces, wanted: xdp, logger: logger)
+        self.pinDirectory = Self.pin(object, xdp: xdpProgram != nil, in: pinDirectory, logger: logger)
+    }
+
+    static func checkInterfaces(_ interfaces: [String]) throws {
         guard !interfaces.isEmpty else {
             throw FastPathError(
                 .interface, "no interface to attach to (no route to the peers; give --fast-path-interface)",
@@ -82,17 +118,16 @@ public final class FastPath: @unchecked Sendable {
                 .interface, "\(interface) is not an Ethernet device: the program reads an Ethernet header",
                 errno: EPROTOTYPE)
         }
-        // The maps of the program already deciding, if it is ours and of this layout: counters
-        // and sets carry on, and nothing is ever read under another layout.
-        var reusable = NamedDescriptors(adopting: [:])
-        var adoptedFrom: UInt32?
+    }
+
+    /// The maps of the program attached to one of `interfaces`, when they have this build's layout.
+    static func adoptableMaps(on interfaces: [String], logger: Logger) -> (NamedDescriptors, UInt32?) {
         for interface in interfaces {
             guard let id = Self.filter.program(on: interface) else { continue }
             guard let maps = try? BPF.openMaps(ofProgram: id) else { continue }
             let layout = maps[FastPathMap.config.rawValue].flatMap(FastPathMaps.configuredLayout)
             if layout == UInt32(FP_LAYOUT), Set(maps.byName.keys).isSuperset(of: FastPathMap.names) {
-                (reusable, adoptedFrom) = (maps, id)
-                break
+                return (maps, id)
             }
             logger.info(
                 """
@@ -101,17 +136,11 @@ public final class FastPath: @unchecked Sendable {
                 """
             )
         }
-        // The loader takes its own copies of the named maps; its read-only data (.rodata, if any)
-        // is the object's own and does not carry on.
-        object = try FastPathObject(reusing: reusable.byName.filter { FastPathMap.names.contains($0.key) })
-        maps = FastPathMaps(object)
-        self.interfaces = interfaces
-        self.adoptedFrom = adoptedFrom
-        self.settings = Mutex(settings)
-        // Maps first, then the attachment: the program decides nothing with a half-written map.
-        try maps.write(local)
-        try maps.write(reversePaths)
-        try maps.write(settings)
+        return (NamedDescriptors(adopting: [:]), nil)
+    }
+
+    /// The tc program on every interface, in place of what held the filter's place: all or none.
+    static func attachTC(_ object: FastPathObject, interfaces: [String], logger: Logger) throws {
         var attached: [String] = []
         do {
             for interface in interfaces {
@@ -120,24 +149,25 @@ public final class FastPath: @unchecked Sendable {
                 attached.append(interface)
             }
         } catch {
-            // All or none: a program left on some interfaces would decide there unattended.
+            // A program left on some interfaces would decide there unattended.
             Self.remove(interfaces: attached, pinDirectory: nil, logger: logger)
             throw error
         }
-        let programFD = object.programFD
-        program = try FastPathError.at(.inspect) { try BPF.programInfo(fd: programFD) }
-        if let pinDirectory, BPF.isFilesystem(FastPath.bpffs) {
-            do {
-                try Self.makeDirectories(pinDirectory)
-                try BPF.pin(object.programFD, at: pinDirectory + "/program")
-                for (name, fd) in object.maps { try BPF.pin(fd, at: pinDirectory + "/" + name) }
-                self.pinDirectory = pinDirectory
-            } catch {
-                logger.info("fast path: not pinned: \(error)")
-                self.pinDirectory = nil
-            }
-        } else {
-            self.pinDirectory = nil
+    }
+
+    /// The program, the XDP entry point and the maps pinned in `directory` (on a bpffs); nil when
+    /// not pinned.
+    static func pin(_ object: FastPathObject, xdp: Bool, in directory: String?, logger: Logger) -> String? {
+        guard let directory, BPF.isFilesystem(FastPath.bpffs) else { return nil }
+        do {
+            try Self.makeDirectories(directory)
+            try BPF.pin(object.programFD, at: directory + "/program")
+            if xdp { try BPF.pin(object.xdpFD, at: directory + "/xdp") } else { unlink(directory + "/xdp") }
+            for (name, fd) in object.maps { try BPF.pin(fd, at: directory + "/" + name) }
+            return directory
+        } catch {
+            logger.info("fast path: not pinned: \(error)")
+            return nil
         }
     }
 
@@ -155,9 +185,14 @@ public final class FastPath: @unchecked Sendable {
     public var summary: String {
         let adopted = adoptedFrom.map { ", maps adopted from program \($0)" } ?? ""
         let pinned = pinDirectory.map { ", pinned in \($0)" } ?? ""
-        return
-            "tc on \(interfaces.joined(separator: ",")) (program \(program.id), tag \(program.tag)\(adopted)\(pinned))"
+        let where_ = xdpProgram == nil ? "tc" : "XDP (native) and tc"
+        let xdp = xdpProgram.map { ", XDP program \($0.id)" } ?? ""
+        let on = interfaces.joined(separator: ",")
+        return "\(where_) on \(on) (program \(program.id), tag \(program.tag)\(xdp)\(adopted)\(pinned))"
     }
+
+    /// Where packets are decided first, for `stats` and the metrics: xdp, or tc.
+    public var hook: String { xdpProgram == nil ? "tc" : "xdp" }
 
     /// Follows the responder's board (`ResponderBoard.observe`): the listeners it serves, their
     /// counts, the reply MSS table, then the configuration word with the host's TCP settings.
@@ -271,6 +306,13 @@ public final class FastPath: @unchecked Sendable {
         }
         // Only what is still this process's: another instance, or the next daemon, may have put
         // its own program there since (same filter handle, same pin directory).
+        if let xdpProgram {
+            for interface in interfaces where NativeXDP.program(on: interface) == xdpProgram.id {
+                do { try NativeXDP.detach(xdpProgram.id, from: interface) } catch {
+                    logger.warning("fast path: \(error)")
+                }
+            }
+        }
         let mine = interfaces.filter { Self.filter.program(on: $0) == program.id }
         let others = interfaces.filter { !mine.contains($0) }
         if !others.isEmpty {
@@ -280,13 +322,14 @@ public final class FastPath: @unchecked Sendable {
         Self.remove(interfaces: mine, pinDirectory: pins, logger: logger)
     }
 
-    /// Removes second-chance's filter from `interfaces` and its pins.
+    /// Removes second-chance's filter and XDP entry point from `interfaces`, and its pins.
     public static func remove(interfaces: [String], pinDirectory: String?, logger: Logger) {
+        removeXDP(interfaces: interfaces, logger: logger)
         for interface in interfaces {
             do { try Self.filter.detach(from: interface) } catch { logger.warning("fast path: \(error)") }
         }
         if let pinDirectory {
-            for name in ["program"] + FastPathMap.names { unlink(pinDirectory + "/" + name) }
+            for name in ["program", "xdp"] + FastPathMap.names { unlink(pinDirectory + "/" + name) }
             rmdir(pinDirectory)
         }
     }

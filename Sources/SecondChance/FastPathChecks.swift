@@ -37,37 +37,7 @@ public enum FastPathChecks {
                         "no interface: give --allow-source (the routes to the peers name them) or --fast-path-interface"
                 ))
         }
-        for interface in interfaces {
-            guard let id = FastPath.filter.program(on: interface) else {
-                checks.append(
-                    HostCheck(level: .info, subject: "fast path", finding: "nothing attached at \(interface) ingress"))
-                continue
-            }
-            let info = try? BPF.programInfo(id: id)
-            let maps = info.map {
-                $0.maps.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-            }
-            checks.append(
-                HostCheck(
-                    level: info?.name == String(FastPathObject.programName.prefix(15)) ? .ok : .warn,
-                    subject: "fast path",
-                    finding:
-                        """
-                        \(interface) ingress: program \(id) \(info?.name ?? "?") tag \(info?.tag ?? "?"); maps \
-                        \(maps ?? "?")
-                        """))
-            if ProcFile.sysctl("net/ipv4/conf/\(interface)/forwarding") != "1" {
-                checks.append(
-                    HostCheck(
-                        level: .info, subject: "fast path",
-                        finding:
-                            """
-                            \(interface) does not forward (conf.\(interface).forwarding=0): packets for the next \
-                            hop go up to second-chance's raw socket (bpf_fib_lookup answers only where the \
-                            interface forwards)
-                            """))
-            }
-        }
+        for interface in interfaces { checks += attached(on: interface) }
         let pins = FastPath.defaultPinDirectory()
         let pinned = ProcFile.entries(ofDirectory: pins)
         if !pinned.isEmpty {
@@ -82,6 +52,48 @@ public enum FastPathChecks {
                     finding:
                         "no bpffs at \(FastPath.bpffs): the program is not pinned (a new daemon finds it attached)",
                     fix: "mount -t bpf bpf \(FastPath.bpffs) (systemd mounts it at boot)"))
+        }
+        return checks
+    }
+
+    /// What is attached at `interface`: the tc program and the XDP entry point, and whether it forwards.
+    static func attached(on interface: String) -> [HostCheck] {
+        var checks: [HostCheck] = []
+        guard let id = FastPath.filter.program(on: interface) else {
+            return [HostCheck(level: .info, subject: "fast path", finding: "nothing attached at \(interface) ingress")]
+        }
+        let info = try? BPF.programInfo(id: id)
+        let maps = info.map {
+            $0.maps.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+        }
+        checks.append(
+            HostCheck(
+                level: info?.name == String(FastPathObject.programName.prefix(15)) ? .ok : .warn,
+                subject: "fast path",
+                finding:
+                    """
+                    \(interface) ingress: program \(id) \(info?.name ?? "?") tag \(info?.tag ?? "?"); maps \
+                    \(maps ?? "?")
+                    """))
+        if let xdp = NativeXDP.program(on: interface) {
+            let ours = FastPath.isOurXDP(xdp)
+            checks.append(
+                HostCheck(
+                    level: ours ? .ok : .warn, subject: "fast path",
+                    finding: ours
+                        ? "\(interface): XDP program \(xdp) in the driver decides first (local packets, drops)"
+                        : "\(interface): another XDP program (\(xdp)) runs in the driver, before second-chance's"))
+        }
+        if ProcFile.sysctl("net/ipv4/conf/\(interface)/forwarding") != "1" {
+            checks.append(
+                HostCheck(
+                    level: .info, subject: "fast path",
+                    finding:
+                        """
+                        \(interface) does not forward (conf.\(interface).forwarding=0): packets for the next \
+                        hop go up to second-chance's raw socket (bpf_fib_lookup answers only where the \
+                        interface forwards)
+                        """))
         }
         return checks
     }

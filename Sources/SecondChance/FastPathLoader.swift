@@ -14,19 +14,23 @@ public final class FastPathObject: @unchecked Sendable {
     public let programFD: Int32
     /// The listener probe (`listener_probe`), loaded with the program.
     public let probeFD: Int32
+    /// The XDP entry point (`second_chance_xdp`), when loaded (`xdp`); -1 otherwise.
+    public let xdpFD: Int32
     /// The map descriptors by name (fp_config, fp_sources, ...).
     public let maps: [String: Int32]
     /// Whether the maps are those of a program already attached (adopted), rather than new.
     public let adoptedMaps: Bool
 
     public static let programName = "second_chance_fast_path"
+    public static let xdpName = "second_chance_xdp"
     /// Never attached: test-run by the listener monitor (`ListenerProbe`).
     public static let probeName = "listener_probe"
     /// Loads the embedded object (the kernel verifies it). `reusing`: maps by name, of the layout
     /// this build writes, that the new program is to use instead of new ones. `probeOnly`: the
     /// listener probe alone is loaded (`programFD` is then -1), which verifies in a fraction of
-    /// the time the decision takes.
-    public init(reusing: [String: Int32] = [:], probeOnly: Bool = false) throws {
+    /// the time the decision takes. `xdp`: the XDP entry point is loaded too (verified apart, it
+    /// is left out unless asked for: a kernel that refuses it keeps the tc program).
+    public init(reusing: [String: Int32] = [:], probeOnly: Bool = false, xdp: Bool = false) throws {
         BPF.silenceLibbpf()
         let logSize = 1 << 20
         let log = UnsafeMutablePointer<CChar>.allocate(capacity: logSize)
@@ -49,6 +53,9 @@ public final class FastPathObject: @unchecked Sendable {
         }
         if probeOnly, let decision = bpf_object__find_program_by_name(object, Self.programName) {
             _ = bpf_program__set_autoload(decision, false)
+        }
+        if probeOnly || !xdp, let entry = bpf_object__find_program_by_name(object, Self.xdpName) {
+            _ = bpf_program__set_autoload(entry, false)
         }
         let loaded = bpf_object__load(object)
         if loaded < 0 {
@@ -73,6 +80,8 @@ public final class FastPathObject: @unchecked Sendable {
             maps[name] = bpf_map__fd(map)
         }
         self.object = object
+        xdpFD =
+            xdp && !probeOnly ? bpf_object__find_program_by_name(object, Self.xdpName).map(bpf_program__fd) ?? -1 : -1
         programFD = bpf_program__fd(program)
         probeFD = bpf_program__fd(probe)
         self.maps = maps

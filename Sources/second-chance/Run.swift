@@ -106,8 +106,9 @@ struct Run: ParsableCommand {
         help:
             """
             Where packets are decided: auto (a tc program decides in the kernel what needs no userspace where it \
-            loads and attaches, NFQUEUE the rest; otherwise NFQUEUE alone), tc (the same, or no start) or off \
-            (NFQUEUE alone).
+            loads and attaches, NFQUEUE the rest; otherwise NFQUEUE alone), tc (the same, or no start), xdp (an XDP \
+            program in every interface's driver decides local packets and drops before an skb exists, the tc program \
+            the rest; or no start) or off (NFQUEUE alone).
             """
     )
     var fastPath: FastPathChoice = .auto
@@ -132,7 +133,7 @@ struct Run: ParsableCommand {
     @Flag(
         help: """
             Read every flag, check what a start checks before it takes the queues (--self is this host's, \
-            --netns exists, the durations; with --fast-path tc, the interfaces and the program's load), print \
+            --netns exists, the durations; with --fast-path tc or xdp, the interfaces and the program's load), print \
             the version line and exit: 0 when a start would go on, 78 when not. A re-exec runs the new file \
             this way first.
             """)
@@ -308,7 +309,7 @@ struct Run: ParsableCommand {
             _ = try durations()
             try requireSelfAddress()
             if let netns { _ = try NetworkNamespace(nameOrPath: netns) }
-            if fastPath == .tc { try checkFastPath() }
+            if fastPath.mustLoad { try checkFastPath() }
             // What would refuse a start: --forward kernel on a host that does not forward, the
             // responder's `always` without its programs. The firewall's rules only sway `auto`,
             // which never refuses, and are not dumped here (the check has 5 s).
@@ -323,21 +324,21 @@ struct Run: ParsableCommand {
         print(ProgramImage.versionLine("second-chance"))
     }
 
-    /// `--fast-path tc` fails a start that cannot attach: the interfaces must be there and parse as
+    /// `--fast-path tc` or `xdp` fails a start that cannot attach: the interfaces must be there and parse as
     /// Ethernet, and the kernel's verifier must take this image's program (loaded, then let go).
     /// `auto` would go on without it.
     func checkFastPath() throws {
         let interfaces = FastPath.interfaces(
             named: fastPathInterfaces, peerInterfaces: PeerInterfaces.of(allowSources)
         ).attach
-        guard !interfaces.isEmpty else { throw CommandFailure("--fast-path tc: no interface to attach to") }
+        guard !interfaces.isEmpty else { throw CommandFailure("--fast-path \(fastPath): no interface to attach to") }
         for interface in interfaces where try !NetworkInterface.isEthernet(interface) {
-            throw CommandFailure("--fast-path tc: \(interface) is not an Ethernet device")
+            throw CommandFailure("--fast-path \(fastPath): \(interface) is not an Ethernet device")
         }
         do {
-            _ = try FastPathObject()
+            _ = try FastPathObject(xdp: fastPath == .xdp)
         } catch {
-            throw CommandFailure("--fast-path tc: \((error as? FastPathError)?.explained ?? "\(error)")")
+            throw CommandFailure("--fast-path \(fastPath): \((error as? FastPathError)?.explained ?? "\(error)")")
         }
     }
 
@@ -482,7 +483,7 @@ struct Run: ParsableCommand {
             image: ImageReport(
                 version: ProxysideVersion.number, build: ProgramImage.build, reexecs: handover.reexecs,
                 adoptedQueues: workers.filter(\.queue.adopted).count, decapsulation: plan.decapsulation.rawValue,
-                forwarding: plan.forwarding.rawValue, fastPath: kernelPath.path == nil ? "off" : "tc",
+                forwarding: plan.forwarding.rawValue, fastPath: kernelPath.path?.hook ?? "off",
                 failOpen: configuration.failOpen))
         let endpoints = DaemonEndpoints(
             controlPath: control ?? defaultControlPath(queue: queues[0]), metrics: metrics, fastPathStop: fastPathStop)
@@ -513,7 +514,7 @@ struct Run: ParsableCommand {
         logger.info("\(ProgramImage.versionLine("second-chance") + took)")
     }
 
-    /// The tc program, as `--fast-path` asks: attached, or why not (said once).
+    /// The fast path (tc, and XDP beside it), as `--fast-path` asks: attached, or why not (said once).
     func startFastPath(
         peers: PeerPolicy, peerInterfaces: [String], addresses: LocalAddressBoard, reversePaths: ReversePathBoard,
         responder: ListenerMonitor?, reexecuted: Bool
@@ -537,7 +538,7 @@ struct Run: ParsableCommand {
         do {
             let path = try FastPath(
                 settings: settings, local: addresses.snapshot().value, reversePaths: reversePaths.snapshot().value,
-                interfaces: interfaces, logger: logger)
+                interfaces: interfaces, xdp: fastPath.xdp, logger: logger)
             // From now on the watcher writes every change into the maps as it publishes it; one that
             // came between the first write and this reaches them here.
             addresses.observe { path.addressesChanged($1, generation: $0, logger: logger) }
@@ -560,7 +561,7 @@ struct Run: ParsableCommand {
             // A program an earlier daemon left must not go on deciding with maps nobody keeps current.
             FastPath.remove(interfaces: candidates, pinDirectory: FastPath.defaultPinDirectory(), logger: logger)
             let why = (error as? FastPathError)?.explained ?? "\(error)"
-            guard fastPath == .auto else { throw CommandFailure("--fast-path tc: \(why)") }
+            guard fastPath == .auto else { throw CommandFailure("--fast-path \(fastPath): \(why)") }
             logger.warning("warning: fast path off, every packet is decided from NFQUEUE: \(why)")
             return (nil, "off (\(error))")
         }

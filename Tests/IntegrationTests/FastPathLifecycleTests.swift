@@ -4,6 +4,7 @@ import LabKit
 import LinuxSys
 import NetTypes
 import SecondChance
+import Telemetry
 import XCTest
 
 /// The tc program across the daemon's life: established flows go on being decided in the kernel
@@ -130,6 +131,55 @@ final class FastPathLifecycleTests: XCTestCase {
         daemon.terminate()
         daemon.waitUntilExit()
         XCTAssertFalse(try filterOnP1().contains("second_chance_f"), "a clean stop removes the program")
+    }
+
+    func xdpOnP1() throws -> UInt32? { try lab.inside("p1") { NativeXDP.program(on: "eth0") } }
+
+    /// --fast-path xdp: the XDP entry point goes into p1's driver beside tc and decides the flow's
+    /// packets itself (with tc's filter taken away, the flow still moves and nothing reaches the
+    /// queue); a re-exec replaces it in place with the maps adopted; a clean stop removes it; and
+    /// a start with --fast-path tc removes one an earlier daemon left.
+    func testXDPDecidesLocalPacketsAndIsReplacedInPlaceAndRemoved() throws {
+        let daemon = try lab.start("p1", "second-chance", arguments + ["--fast-path", "xdp"])
+        try lab.waitFor("the XDP entry point", seconds: Self.startup) { try self.xdpOnP1() != nil }
+        let first = try XCTUnwrap(try xdpOnP1())
+        XCTAssertTrue(try filterOnP1().contains("second_chance_f"), "tc beside it")
+        let fd = try connectThroughDirector()
+        defer { close(fd) }
+        echo(fd, 0)
+        let status = try readControlSocket(lab.controlPath("p1"))
+        XCTAssertTrue(status.contains("XDP (native) and tc on eth0"), status)
+        kill(daemon.processIdentifier, SIGUSR1)
+        try lab.waitFor("the re-exec", seconds: Self.startup) { try self.lab.stats("p1")["reexecs"] == 1 }
+        let second = try XCTUnwrap(try xdpOnP1())
+        XCTAssertNotEqual(second, first, "a new program in the same place")
+        XCTAssertTrue(lab.log(of: daemon).contains("XDP (native) and tc on eth0"), lab.log(of: daemon))
+        XCTAssertTrue(lab.log(of: daemon).contains("after the re-exec"), lab.log(of: daemon))
+
+        // tc's filter gone, XDP alone decides the flow: it moves, and the queue sees none of it.
+        try Lab.shell(
+            "tc -n \(lab.namespace("p1")) filter del dev eth0 ingress handle 0x19523 prio 1 bpf")
+        let queueBefore = try queueOnP1()
+        let before = try lab.stats("p1").value("fast_path_accepted_established")
+        for index in 1..<20 { echo(fd, index) }
+        XCTAssertEqual(try queueOnP1().idSequence, queueBefore.idSequence, "no packet of the flow reached the queue")
+        XCTAssertGreaterThanOrEqual(
+            try lab.stats("p1").value("fast_path_accepted_established"), before + 19, "decided in XDP")
+
+        daemon.terminate()
+        daemon.waitUntilExit()
+        XCTAssertNil(try xdpOnP1(), "a clean stop removes it")
+
+        // One left by a daemon that was killed, removed by a start that does not want it.
+        let killed = try lab.start("p1", "second-chance", arguments + ["--fast-path", "xdp"])
+        try lab.waitFor("the XDP entry point again", seconds: Self.startup) { try self.xdpOnP1() != nil }
+        kill(killed.processIdentifier, SIGKILL)
+        killed.waitUntilExit()
+        let tcOnly = try lab.start("p1", "second-chance", arguments + ["--fast-path", "tc"])
+        try lab.waitFor("the tc-only start", seconds: Self.startup) { lab.log(of: tcOnly).contains("serving queue") }
+        XCTAssertNil(try xdpOnP1(), "removed by a start with --fast-path tc")
+        tcOnly.terminate()
+        tcOnly.waitUntilExit()
     }
 
     /// Two instances on one interface (queues 0 and 1): the second takes the filter's place over.

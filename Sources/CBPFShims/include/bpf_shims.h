@@ -25,4 +25,21 @@ int proxyside_tc_detach(int ifindex, uint32_t handle, uint32_t priority);
 int proxyside_tc_test_run(int program_fd, const void *frame, uint32_t frame_size, void *out, uint32_t *out_size,
                           uint32_t ifindex, uint32_t *action);
 
+/// Attaches XDP program `program_fd` to `ifindex` in the driver (native) mode only: in place of
+/// `old_fd`'s program in one step when `old_fd` >= 0 (and only if that one is still attached),
+/// else where none is attached. 0 or a negative errno (-EOPNOTSUPP: no native XDP in the driver).
+int proxyside_xdp_attach(int ifindex, int program_fd, int old_fd);
+
+/// The id of the native XDP program on `ifindex`: 0 when there is none.
+uint32_t proxyside_xdp_query(int ifindex);
+
+/// Removes the native XDP program from `ifindex` if it is still `expected_fd`'s. 0 or a negative
+/// errno (-EEXIST: another program is attached now).
+int proxyside_xdp_detach(int ifindex, int expected_fd);
+
+/// BPF_PROG_TEST_RUN of an XDP program on `frame`, as if it arrived on `ifindex` (its receive queue
+/// 0). 0 or a negative errno.
+int proxyside_xdp_test_run(int program_fd, const void *frame, uint32_t frame_size, void *out, uint32_t *out_size,
+                           uint32_t ifindex, uint32_t *action);
+
 #endif

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause
 /*
- * second-chance's decision at tc ingress, in front of the NFQUEUE rule.
+ * second-chance's decision in front of the NFQUEUE rule: at tc ingress, and before an skb exists
+ * in XDP where the driver runs it natively.
  *
  * The same decision as SecondChanceCore's Decider (glb-redirect's order inside the trust
  * boundary), for what can be decided here exactly as the daemon would: inner IPv4 and IPv6 TCP.
@@ -22,6 +23,12 @@
  *   next hop: anything else                     -> dropped, counted
  *   local: an inner destination this host owns, a source that is not martian, or dropped;
  *          decapsulated here and delivered on the interface it arrived on.
+ *
+ * One decision for both entry points, in named steps (process_outer, process_glb,
+ * process_inner, classify) that conclude a verdict; each entry point acts on it in one switch.
+ * XDP decides what it can exactly as tc would (drops, and local packets: decapsulated in place,
+ * so the inner flow meets GRO and the stack once) and passes the rest on unchanged and uncounted
+ * (forwards, the responder's SYNs, what goes up): tc then decides it, as it does without XDP.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -149,18 +156,42 @@ struct {
     __type(value, __u64);
 } fp_counters SEC(".maps");
 
-#define ETH_LENGTH 14
-#define OUTER_IP_LENGTH 20
+/* GUE's header (draft-ietf-intarea-gue, variant 0): version and control flag, hlen (the words
+ * of optional fields and private data after it), the inner protocol, flags. */
+struct gue_header {
+    __u8 version_control_hlen;
+    __u8 protocol;
+    __be16 flags;
+};
+
+/* GLB's private data (glb-director's glb_gue_hdr): a type, the index of the next hop and the
+ * count of hops, whose IPv4 addresses follow. */
+struct glb_private {
+    __be16 type;
+    __u8 next_hop;
+    __u8 hop_count;
+};
+
+/* What every GUE packet from a director carries after its Ethernet header, hops following: each
+ * member at its natural alignment, so none needs packing (and none is read a byte at a time). */
+struct outer_headers {
+    struct iphdr ip; /* no options: a packet with them goes up */
+    struct udphdr udp;
+    struct gue_header gue;
+    struct glb_private glb;
+};
+_Static_assert(sizeof(struct outer_headers) == 36, "GLB's outer headers: IPv4, UDP, GUE, private data");
+
+#define ETH_LENGTH sizeof(struct ethhdr)
+#define OUTER_IP_LENGTH sizeof(struct iphdr)
 #define UDP_OFFSET (ETH_LENGTH + OUTER_IP_LENGTH)
-#define GUE_OFFSET (UDP_OFFSET + 8)
-#define PRIVATE_OFFSET (GUE_OFFSET + 4)
-#define HOPS_OFFSET (PRIVATE_OFFSET + 4)
+#define HOPS_OFFSET (ETH_LENGTH + sizeof(struct outer_headers))
+#define GUE_VERSION_MASK 0xc0
+#define GUE_CONTROL 0x20
 /* hlen is 5 bits: at most 31 words of private data, so 30 hops. */
 #define MAX_HLEN 31
 
-#define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_SYN 0x02
-#define TCP_FLAG_RST 0x04
 #define TCP_FLAG_ACK 0x10
 
 static __always_inline void count(enum fp_counter slot)
@@ -293,24 +324,82 @@ static __always_inline enum fp_counter local_refusal(void *inner, void *end, int
     return martian4(ip4->saddr) ? FP_REFUSED_MARTIAN_SOURCE : 0;
 }
 
+/* What a step concluded; each entry point acts on it in one switch. */
+enum verdict_kind {
+    V_CONTINUE, /* nothing concluded yet: the next step decides */
+    V_NOT_GUE,  /* not for this program: on unchanged, uncounted */
+    V_UP,       /* to the queue unchanged, counted under `reason` */
+    V_DROP,     /* dropped, counted under `reason` */
+    V_LOCAL,    /* decapsulated and delivered here, counted under `reason` */
+    V_FORWARD,  /* rewritten and sent to the next hop (`packet.hop`) */
+    V_RESPOND,  /* a SYN the responder may answer; unanswered, a local SYN */
+};
+
+struct verdict {
+    enum verdict_kind kind;
+    enum fp_counter reason;
+};
+
+static __always_inline struct verdict conclude(enum verdict_kind kind, enum fp_counter reason)
+{
+    struct verdict verdict = { .kind = kind, .reason = reason };
+    return verdict;
+}
+
+/* The packet as the steps read it: its bounds and what each step found, for the next. */
+struct packet {
+    void *data;
+    void *end;
+    const struct fp_config *config;
+    __u32 ifindex;      /* the interface it arrived on */
+    __u32 frame_length; /* the whole frame, as the device received it */
+    __u8 foreign;       /* not addressed to this host's link address (ip_rcv drops it) */
+    __u8 segmented;     /* many packets in one (GSO), or a tag the device took off */
+    /* process_glb */
+    __u8 ipv6;
+    __u8 hop_count;
+    __u8 next_hop;
+    __u32 hlen;
+    __u32 datagram;
+    /* process_inner */
+    void *inner;
+    struct tcphdr *tcp;
+    __u32 inner_offset;
+    struct bpf_sock_tuple tuple;
+    /* classify */
+    __u32 hop;
+};
+
+/* The socket look-up's tuple size, a constant on each branch (the verifier bounds the look-up's
+ * read by it). */
+static __always_inline __u32 tuple_size(const struct packet *packet)
+{
+    return packet->ipv6 ? sizeof(packet->tuple.ipv6) : sizeof(packet->tuple.ipv4);
+}
+
+/* The outer headers' bytes between the Ethernet header and the inner packet. */
+static __always_inline __u32 outer_length(const struct packet *packet)
+{
+    return OUTER_IP_LENGTH + sizeof(struct udphdr) + sizeof(struct gue_header) + (packet->hlen & MAX_HLEN) * 4;
+}
+
 /*
  * Takes the outer IPv4, UDP, GUE and private headers off and hands the inner packet to the stack
  * on the interface the GUE packet arrived on, as cls_redirect does: the inner packet meets
  * PREROUTING, rp_filter and INPUT on that interface, as one decapsulated by the daemon does.
  */
-static __always_inline int deliver(struct __sk_buff *skb, __u32 hlen, int ipv6, enum fp_counter reason)
+static __always_inline int deliver(struct __sk_buff *skb, const struct packet *packet, enum fp_counter reason)
 {
-    __s32 outer = OUTER_IP_LENGTH + 8 + 4 + hlen * 4;
     /* No checksum flag: a CHECKSUM_UNNECESSARY mark for the outer UDP datagram goes, and the
      * stack verifies the inner segment itself. */
-    if (bpf_skb_adjust_room(skb, -outer, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO))
+    if (bpf_skb_adjust_room(skb, -(__s32)outer_length(packet), BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO))
         return up(FP_UP_FAILED);
     void *data = (void *)(long)skb->data;
     void *end = (void *)(long)skb->data_end;
     struct ethhdr *eth = data;
     if ((void *)(eth + 1) > end)
         return TC_ACT_SHOT; /* cannot happen: the MAC header stays */
-    if (ipv6)
+    if (packet->ipv6)
         eth->h_proto = bpf_htons(ETH_P_IPV6);
     count(FP_TOTAL);
     count(reason);
@@ -323,26 +412,26 @@ static __always_inline int deliver(struct __sk_buff *skb, __u32 hlen, int ipv6, 
  * packet the raw socket would have sent. The route and the neighbour come from the FIB; without
  * either the packet goes up, and the daemon's raw socket sends it.
  */
-static __always_inline int forward(struct __sk_buff *skb, const struct fp_config *config, __u32 hop, __u8 next_hop)
+static __always_inline int forward(struct __sk_buff *skb, const struct packet *packet)
 {
+    const struct fp_config *config = packet->config;
     if (config->flags & FP_F_SELF_GONE)
         return up(FP_UP_SELF_GONE);
     void *data = (void *)(long)skb->data;
     void *end = (void *)(long)skb->data_end;
-    if (data + HOPS_OFFSET > end)
-        return up(FP_UP_FAILED);
     struct ethhdr *eth = data;
-    struct iphdr *ip = data + ETH_LENGTH;
-    struct udphdr *udp = data + UDP_OFFSET;
-    __u8 *private = data + PRIVATE_OFFSET;
+    struct outer_headers *outer = data + ETH_LENGTH;
+    if ((void *)(outer + 1) > end)
+        return up(FP_UP_FAILED);
+    __u32 hop = packet->hop;
 
     struct bpf_fib_lookup route = {
         .family = 2 /* AF_INET */,
         .l4_protocol = IPPROTO_UDP,
-        .sport = udp->source,
-        .dport = udp->dest,
-        .tot_len = bpf_ntohs(ip->tot_len),
-        .tos = ip->tos,
+        .sport = outer->udp.source,
+        .dport = outer->udp.dest,
+        .tot_len = bpf_ntohs(outer->ip.tot_len),
+        .tos = outer->ip.tos,
         .ipv4_src = config->self_ip4,
         .ipv4_dst = hop,
         .ifindex = skb->ifindex, /* at tc ingress: the interface it arrived on */
@@ -353,21 +442,21 @@ static __always_inline int forward(struct __sk_buff *skb, const struct fp_config
     if (found != BPF_FIB_LKUP_RET_SUCCESS)
         return up(FP_UP_NO_ROUTE);
 
-    __u16 old_word = *(__u16 *)(private + 2); /* next_hop, then hop_count */
-    private[2] = next_hop + 1;
-    __u16 new_word = *(__u16 *)(private + 2);
-    __u32 old_source = ip->saddr, old_destination = ip->daddr;
-    ip->saddr = config->self_ip4;
-    ip->daddr = hop;
-    ip->check = 0;
-    ip->check = ~fold((__u32)bpf_csum_diff(NULL, 0, (__be32 *)ip, OUTER_IP_LENGTH, 0));
-    int udp_checksum = udp->check != 0;
+    __u16 old_word = *(__u16 *)&outer->glb.next_hop; /* next_hop, then hop_count */
+    outer->glb.next_hop = packet->next_hop + 1;
+    __u16 new_word = *(__u16 *)&outer->glb.next_hop;
+    __u32 old_source = outer->ip.saddr, old_destination = outer->ip.daddr;
+    outer->ip.saddr = config->self_ip4;
+    outer->ip.daddr = hop;
+    outer->ip.check = 0;
+    outer->ip.check = ~fold((__u32)bpf_csum_diff(NULL, 0, (__be32 *)&outer->ip, OUTER_IP_LENGTH, 0));
+    int udp_checksum = outer->udp.check != 0;
     __builtin_memcpy(eth->h_dest, route.dmac, ETH_ALEN);
     __builtin_memcpy(eth->h_source, route.smac, ETH_ALEN);
 
     if (udp_checksum) {
         /* The helpers keep a checksum the device is to finish (CHECKSUM_PARTIAL) right too. */
-        __u32 offset = UDP_OFFSET + 6;
+        __u32 offset = UDP_OFFSET + __builtin_offsetof(struct udphdr, check);
         __u64 flags = BPF_F_MARK_MANGLED_0;
         if (bpf_l4_csum_replace(skb, offset, old_word, new_word, flags | 2) ||
             bpf_l4_csum_replace(skb, offset, old_source, config->self_ip4, flags | BPF_F_PSEUDO_HDR | 4) ||
@@ -651,15 +740,18 @@ static __always_inline void count_listener(struct fp_listener_counts *counts, en
  * cookie's MSS to the listener's TCP_MAXSEG, and refreshes the listener's overflow mark, so the
  * kernel accepts the cookie's ACK.
  */
-static __always_inline enum answer respond(struct __sk_buff *skb, const struct fp_config *config, void *inner,
-                                           void *end, __u32 hlen, __u32 inner_offset, int ipv6, struct tcphdr *tcp,
-                                           struct bpf_sock_tuple *tuple, __u32 tuple_size, int *verdict)
+static __always_inline enum answer respond(struct __sk_buff *skb, struct packet *packet, int *verdict)
 {
+    const struct fp_config *config = packet->config;
+    void *inner = packet->inner, *end = packet->end;
+    struct tcphdr *tcp = packet->tcp;
+    __u32 inner_offset = packet->inner_offset;
+    int ipv6 = packet->ipv6;
     /* The reply's source is the SYN's destination: only an address this host owns, or routes into
      * the sockets' namespace (--netns), where its listener is. */
     if (local_refusal(inner, end, ipv6))
         return NOT_ANSWERED;
-    struct bpf_sock *socket = bpf_skc_lookup_tcp(skb, tuple, tuple_size, BPF_F_CURRENT_NETNS, 0);
+    struct bpf_sock *socket = bpf_skc_lookup_tcp(skb, &packet->tuple, tuple_size(packet), BPF_F_CURRENT_NETNS, 0);
     if (!socket)
         return NOT_ANSWERED;
     /* A request socket (the kernel answered this SYN before and waits for its ACK), a connection
@@ -829,7 +921,7 @@ static __always_inline enum answer respond(struct __sk_buff *skb, const struct f
     }
     if (frame_length > SCRATCH)
         goto failed;
-    __s32 outer = OUTER_IP_LENGTH + 8 + 4 + hlen * 4;
+    __s32 outer = outer_length(packet);
     /* An IPv6 SYN came in IPv4: the frame becomes IPv6 (skb->protocol included) before it is
      * written over. */
     if (bpf_skb_adjust_room(skb, -outer, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO) ||
@@ -859,264 +951,405 @@ kernel:
     return NOT_ANSWERED;
 }
 
-SEC("tc")
-int second_chance_fast_path(struct __sk_buff *skb)
+/*
+ * The outer headers (Ethernet, IPv4 without options, UDP to the GUE port), as far as the entry
+ * point has made them readable: what ip_rcv checks before any netfilter hook (the queue never
+ * sees a packet it drops, so neither is one decided here; padding after the datagram goes up
+ * too, since ip_rcv trims it), fragments (they meet the defragmenter before the queue), and
+ * whether the packet is addressed to this host.
+ */
+static __always_inline struct verdict process_outer(struct packet *packet)
+{
+    struct ethhdr *eth = packet->data;
+    struct outer_headers *outer = packet->data + ETH_LENGTH;
+    if ((void *)&outer->gue > packet->end)
+        return conclude(V_NOT_GUE, 0);
+    if (eth->h_proto != bpf_htons(ETH_P_IP) || outer->ip.protocol != IPPROTO_UDP || outer->ip.ihl != 5 ||
+        outer->udp.dest != packet->config->gue_port)
+        return conclude(V_NOT_GUE, 0);
+    if (packet->config->layout != FP_LAYOUT)
+        return conclude(V_UP, FP_UP_UNCONFIGURED);
+    __u32 total = bpf_ntohs(outer->ip.tot_len);
+    if (packet->foreign || outer->ip.version != 4 || total + ETH_LENGTH != packet->frame_length)
+        return conclude(V_UP, FP_UP_OUTER_UNCHECKED);
+    if (fold((__u32)bpf_csum_diff(NULL, 0, (__be32 *)&outer->ip, OUTER_IP_LENGTH, 0)) != 0xffff)
+        return conclude(V_UP, FP_UP_OUTER_UNCHECKED);
+    if ((outer->ip.frag_off & bpf_htons(0x3fff)) || packet->segmented)
+        return conclude(V_UP, FP_UP_OUTER_OPTIONS);
+    if (!owns4(outer->ip.daddr))
+        return conclude(V_UP, FP_UP_NOT_ADDRESSED_HERE);
+    return conclude(V_CONTINUE, 0);
+}
+
+/*
+ * GUEPacket.parse, check by check, then the trust boundary's first checks (Decider.parse): a
+ * peer, heard where its route back leads, with no more hops than --max-hops. Lengths are the
+ * datagram's; every access is also checked against the packet's end.
+ */
+static __always_inline struct verdict process_glb(struct packet *packet)
+{
+    struct outer_headers *outer = packet->data + ETH_LENGTH;
+    if ((void *)(outer + 1) > packet->end)
+        return conclude(V_UP, FP_UP_OUTER_UNCHECKED); /* too short for GLB's GUE: the queue says why */
+    __u32 total = bpf_ntohs(outer->ip.tot_len);
+    __u32 udp_length = bpf_ntohs(outer->udp.len);
+    if (udp_length < sizeof(struct udphdr) || OUTER_IP_LENGTH + udp_length > total)
+        return conclude(V_DROP, FP_DROP_UDP_TRUNCATED);
+    if (OUTER_IP_LENGTH + udp_length != total)
+        return conclude(V_UP, FP_UP_OUTER_UNCHECKED); /* bytes after the datagram: the queue sees them too */
+    __u32 datagram = udp_length - sizeof(struct udphdr);
+    if (datagram < sizeof(struct gue_header))
+        return conclude(V_DROP, FP_DROP_GUE_TRUNCATED);
+    __u8 first = outer->gue.version_control_hlen;
+    if (first & GUE_VERSION_MASK)
+        return conclude(V_DROP, FP_DROP_GUE_VERSION);
+    if (first & GUE_CONTROL)
+        return conclude(V_DROP, FP_DROP_GUE_CONTROL); /* GLB sends none; a GRE-in-UDP probe reads as one */
+    __u32 hlen = first & MAX_HLEN;
+    if (outer->gue.flags)
+        return conclude(V_DROP, FP_DROP_GUE_FLAGS);
+    if (hlen < 1)
+        return conclude(V_DROP, FP_DROP_GUE_HLEN);
+    if (datagram - sizeof(struct gue_header) < hlen * 4)
+        return conclude(V_DROP, FP_DROP_GUE_TRUNCATED);
+    if (hlen != (__u32)outer->glb.hop_count + 1)
+        return conclude(V_DROP, FP_DROP_GUE_HLEN);
+    if (outer->glb.type)
+        return conclude(V_DROP, FP_DROP_GUE_PRIVATE_TYPE);
+    if (outer->gue.protocol != IPPROTO_IPIP && outer->gue.protocol != IPPROTO_IPV6)
+        return conclude(V_DROP, FP_DROP_INNER_PROTOCOL);
+    if (!in_prefixes(&fp_sources, outer->ip.saddr))
+        return conclude(V_DROP, FP_REFUSED_UNTRUSTED_SOURCE);
+    enum fp_counter way = reverse_path(outer->ip.saddr, packet->ifindex);
+    if (way == FP_REFUSED_REVERSE_PATH)
+        return conclude(V_DROP, way);
+    if (way)
+        return conclude(V_UP, way);
+    if (outer->glb.hop_count > packet->config->max_hops)
+        return conclude(V_DROP, FP_REFUSED_TOO_MANY_HOPS);
+    packet->ipv6 = outer->gue.protocol == IPPROTO_IPV6;
+    packet->hop_count = outer->glb.hop_count;
+    packet->next_hop = outer->glb.next_hop;
+    packet->hlen = hlen;
+    packet->datagram = datagram;
+    return conclude(V_CONTINUE, 0);
+}
+
+/* InnerPacket.classify for inner IPv4: TCP is decided here, the rest goes up. */
+static __always_inline struct verdict process_inner4(struct packet *packet, __u32 available)
+{
+    struct iphdr *ip4 = packet->inner;
+    if (available < sizeof(*ip4))
+        return conclude(V_DROP, FP_DROP_INNER_TRUNCATED);
+    if ((void *)(ip4 + 1) > packet->end)
+        return conclude(V_UP, FP_UP_FAILED);
+    if (ip4->version != 4)
+        return conclude(V_DROP, FP_DROP_INNER_VERSION);
+    __u32 ihl = ip4->ihl * 4, length = bpf_ntohs(ip4->tot_len);
+    if (ihl < sizeof(*ip4) || length < ihl || length > available)
+        return conclude(V_DROP, FP_DROP_INNER_TRUNCATED);
+    __u16 fragment = bpf_ntohs(ip4->frag_off) & 0x3fff;
+    __u8 protocol = ip4->protocol;
+    if (fragment & 0x1fff) {
+        if (protocol == IPPROTO_TCP || protocol == IPPROTO_UDP || protocol == IPPROTO_ICMP)
+            return conclude(V_UP, FP_UP_INNER_FRAGMENT);
+        return conclude(V_DROP, FP_DROP_INNER_TRANSPORT);
+    }
+    if (protocol == IPPROTO_UDP || protocol == IPPROTO_ICMP)
+        return conclude(V_UP, FP_UP_INNER_NOT_TCP);
+    if (protocol != IPPROTO_TCP)
+        return conclude(V_DROP, FP_DROP_INNER_TRANSPORT);
+    if (length - ihl < sizeof(struct tcphdr))
+        return conclude(V_DROP, FP_DROP_INNER_TRUNCATED);
+    if (ihl != sizeof(*ip4))
+        return conclude(V_UP, FP_UP_INNER_NOT_TCP); /* inner IPv4 options */
+    if (fragment)
+        return conclude(V_UP, FP_UP_INNER_FRAGMENT); /* a first fragment */
+    struct tcphdr *tcp = (void *)(ip4 + 1);
+    if ((void *)(tcp + 1) > packet->end)
+        return conclude(V_UP, FP_UP_FAILED);
+    packet->tcp = tcp;
+    packet->tuple.ipv4.saddr = ip4->saddr;
+    packet->tuple.ipv4.daddr = ip4->daddr;
+    packet->tuple.ipv4.sport = tcp->source;
+    packet->tuple.ipv4.dport = tcp->dest;
+    return conclude(V_CONTINUE, 0);
+}
+
+/* InnerPacket.classify for inner IPv6. */
+static __always_inline struct verdict process_inner6(struct packet *packet, __u32 available)
+{
+    struct ipv6hdr *ip6 = packet->inner;
+    if (available < sizeof(*ip6))
+        return conclude(V_DROP, FP_DROP_INNER_TRUNCATED);
+    if ((void *)(ip6 + 1) > packet->end)
+        return conclude(V_UP, FP_UP_FAILED);
+    if (ip6->version != 6)
+        return conclude(V_DROP, FP_DROP_INNER_VERSION);
+    __u32 payload = bpf_ntohs(ip6->payload_len);
+    if (sizeof(*ip6) + payload > available)
+        return conclude(V_DROP, FP_DROP_INNER_TRUNCATED);
+    __u8 next = ip6->nexthdr;
+    /* Extension headers (hop-by-hop, routing, fragment, destination options), UDP, ICMPv6. */
+    if (next == 0 || next == 43 || next == 44 || next == 60 || next == IPPROTO_UDP || next == 58)
+        return conclude(V_UP, FP_UP_INNER_NOT_TCP);
+    if (next != IPPROTO_TCP)
+        return conclude(V_DROP, FP_DROP_INNER_TRANSPORT);
+    if (payload < sizeof(struct tcphdr))
+        return conclude(V_DROP, FP_DROP_INNER_TRUNCATED);
+    struct tcphdr *tcp = (void *)(ip6 + 1);
+    if ((void *)(tcp + 1) > packet->end)
+        return conclude(V_UP, FP_UP_FAILED);
+    packet->tcp = tcp;
+    __builtin_memcpy(packet->tuple.ipv6.saddr, &ip6->saddr, 16);
+    __builtin_memcpy(packet->tuple.ipv6.daddr, &ip6->daddr, 16);
+    packet->tuple.ipv6.sport = tcp->source;
+    packet->tuple.ipv6.dport = tcp->dest;
+    return conclude(V_CONTINUE, 0);
+}
+
+static __always_inline struct verdict process_inner(struct packet *packet)
+{
+    packet->inner_offset = HOPS_OFFSET + (packet->hop_count & MAX_HLEN) * 4;
+    packet->inner = packet->data + packet->inner_offset;
+    __u32 available = packet->datagram - sizeof(struct gue_header) - packet->hlen * 4;
+    return packet->ipv6 ? process_inner6(packet, available) : process_inner4(packet, available);
+}
+
+/* Taken here: for an inner destination this host owns from a source that is not martian. */
+static __always_inline struct verdict deliverable(const struct packet *packet, enum fp_counter reason)
+{
+    enum fp_counter refusal = local_refusal(packet->inner, packet->end, packet->ipv6);
+    return refusal ? conclude(V_DROP, refusal) : conclude(V_LOCAL, reason);
+}
+
+/* A socket of this host's for the flow: a connection, a request socket or TIME_WAIT is local,
+ * as is an ACK a listener accepts as its cookie; V_CONTINUE otherwise. */
+static __always_inline struct verdict owning_socket(void *ctx, struct packet *packet)
+{
+    struct tcphdr *tcp = packet->tcp;
+    struct bpf_sock *socket =
+        bpf_skc_lookup_tcp(ctx, &packet->tuple, tuple_size(packet), BPF_F_CURRENT_NETNS, 0);
+    if (!socket)
+        return conclude(V_CONTINUE, 0);
+    if (socket->state != BPF_TCP_LISTEN) {
+        /* Connected, a request socket (NEW_SYN_RECV) or TIME_WAIT: sock_diag's "connected". */
+        bpf_sk_release(socket);
+        return deliverable(packet, FP_LOCAL_ESTABLISHED);
+    }
+    if (tcp->ack && !tcp->syn && !tcp->fin && !tcp->rst && (packet->config->flags & FP_F_CHECK_COOKIES)) {
+        /* 0: a cookie this listener accepts; -EACCES: compared, not one; anything else: the
+         * listener takes no cookies now (no overflow in two minutes, tcp_syncookies=0). */
+        long checked = bpf_tcp_check_syncookie(socket, packet->inner,
+                                               packet->ipv6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr), tcp,
+                                               sizeof(*tcp));
+        struct fp_listener_counts *counts = NULL;
+        if (checked == 0 || checked == -13 /* EACCES */) {
+            count(FP_COOKIE_CHECKS);
+            if (packet->config->flags & FP_F_RESPONDER)
+                counts = served_counts(socket);
+        }
+        if (checked == 0) {
+            count_listener(counts, FP_L_COOKIE_ACKS_VALID);
+            bpf_sk_release(socket);
+            return deliverable(packet, FP_LOCAL_SYN_COOKIE);
+        }
+        if (checked == -13) {
+            count(FP_COOKIE_ACKS_INVALID);
+            count_listener(counts, FP_L_COOKIE_ACKS_INVALID);
+        }
+    }
+    bpf_sk_release(socket);
+    return conclude(V_CONTINUE, 0);
+}
+
+/* Decider.ownerVerdict: this host's flow, or the next hop's. */
+static __always_inline struct verdict classify(void *ctx, struct packet *packet)
+{
+    const struct fp_config *config = packet->config;
+    struct tcphdr *tcp = packet->tcp;
+    if (tcp->syn) {
+        if ((config->flags & FP_F_RESPONDER) && !tcp->ack && !tcp->fin && !tcp->rst)
+            return (config->flags & FP_F_LOOKUPS_UP) ? conclude(V_UP, FP_UP_LOOKUP_ELSEWHERE)
+                                                     : conclude(V_RESPOND, FP_LOCAL_SYN);
+        return deliverable(packet, FP_LOCAL_SYN);
+    }
+    if (config->flags & FP_F_LOOKUPS_UP)
+        return conclude(V_UP, FP_UP_LOOKUP_ELSEWHERE);
+    struct verdict owned = owning_socket(ctx, packet);
+    if (owned.kind != V_CONTINUE)
+        return owned;
+    if (packet->next_hop >= packet->hop_count)
+        return deliverable(packet, FP_LOCAL_LAST_RESORT);
+    __be32 *hops = packet->data + HOPS_OFFSET;
+    __u32 index = packet->next_hop & MAX_HLEN;
+    if ((void *)(hops + index + 1) > packet->end)
+        return conclude(V_UP, FP_UP_FAILED);
+    __u32 hop = hops[index];
+    if (forbidden_hop(hop))
+        return conclude(V_DROP, FP_REFUSED_UNTRUSTED_HOP);
+    /* Never to ourselves, under any of our addresses, as glb-redirect. */
+    struct outer_headers *outer = packet->data + ETH_LENGTH;
+    if ((void *)(outer + 1) > packet->end)
+        return conclude(V_UP, FP_UP_FAILED);
+    if (hop == config->self_ip4 || hop == outer->ip.daddr || owns4(hop))
+        return deliverable(packet, FP_LOCAL_FORWARDED_TO_SELF);
+    if (!in_prefixes(&fp_hops, hop))
+        return conclude(V_DROP, FP_REFUSED_UNTRUSTED_HOP);
+    packet->hop = hop;
+    return conclude(V_FORWARD, FP_FORWARDED);
+}
+
+/* Everything after the outer headers: the GLB header, the inner packet, its owner. */
+static __always_inline struct verdict decide(void *ctx, struct packet *packet)
+{
+    struct verdict verdict = process_glb(packet);
+    if (verdict.kind != V_CONTINUE)
+        return verdict;
+    verdict = process_inner(packet);
+    if (verdict.kind != V_CONTINUE)
+        return verdict;
+    return classify(ctx, packet);
+}
+
+/* tc: makes the outer headers readable and linear, so that the whole packet can be read and
+ * rewritten in place; V_CONTINUE when it is. */
+static __always_inline struct verdict tc_outer(struct __sk_buff *skb, struct packet *packet)
 {
     void *data = (void *)(long)skb->data;
     void *end = (void *)(long)skb->data_end;
-
     /* Everything that is not UDP over IPv4 leaves at once. */
-    if (data + UDP_OFFSET + 8 > end) {
-        if (skb->len < UDP_OFFSET + 8 || bpf_skb_pull_data(skb, UDP_OFFSET + 8))
-            return TC_ACT_OK;
+    if (data + UDP_OFFSET + sizeof(struct udphdr) > end) {
+        if (skb->len < UDP_OFFSET + sizeof(struct udphdr) || bpf_skb_pull_data(skb, UDP_OFFSET + 8))
+            return conclude(V_NOT_GUE, 0);
         data = (void *)(long)skb->data;
         end = (void *)(long)skb->data_end;
-        if (data + UDP_OFFSET + 8 > end)
-            return TC_ACT_OK;
+        if (data + UDP_OFFSET + sizeof(struct udphdr) > end)
+            return conclude(V_NOT_GUE, 0);
     }
-    struct ethhdr *eth = data;
     struct iphdr *ip = data + ETH_LENGTH;
-    if (eth->h_proto != bpf_htons(ETH_P_IP) || ip->protocol != IPPROTO_UDP)
-        return TC_ACT_OK;
-
-    __u32 zero = 0;
-    const struct fp_config *config = bpf_map_lookup_elem(&fp_config, &zero);
-    if (!config)
-        return TC_ACT_OK;
-    if (ip->ihl != 5) {
+    if (ip->ihl != 5 && ((struct ethhdr *)data)->h_proto == bpf_htons(ETH_P_IP) && ip->protocol == IPPROTO_UDP) {
         /* The UDP header is elsewhere: read its port to know whether this is GUE at all. */
         __u16 port = 0;
         if (bpf_skb_load_bytes(skb, ETH_LENGTH + (ip->ihl & 0xf) * 4 + 2, &port, sizeof(port)) == 0 &&
-            port == config->gue_port)
-            return up(FP_UP_OUTER_OPTIONS);
-        return TC_ACT_OK;
+            port == packet->config->gue_port)
+            return conclude(V_UP, FP_UP_OUTER_OPTIONS);
+        return conclude(V_NOT_GUE, 0);
     }
-    struct udphdr *udp = data + UDP_OFFSET;
-    if (udp->dest != config->gue_port)
-        return TC_ACT_OK;
-    if (config->layout != FP_LAYOUT)
-        return up(FP_UP_UNCONFIGURED);
-
-    /* What ip_rcv checks before any netfilter hook: the queue never sees a packet it drops, so
-     * neither is one decided here. Padding after the datagram goes up too (ip_rcv trims it). */
-    __u32 total = bpf_ntohs(ip->tot_len);
-    if (skb->pkt_type != PACKET_HOST || ip->version != 4 || total + ETH_LENGTH != skb->len)
-        return up(FP_UP_OUTER_UNCHECKED);
-    if (fold((__u32)bpf_csum_diff(NULL, 0, (__be32 *)ip, OUTER_IP_LENGTH, 0)) != 0xffff)
-        return up(FP_UP_OUTER_UNCHECKED);
-    /* Fragments meet the defragmenter before the queue; a GSO packet is many. */
-    /* A GSO packet is many: gso_size marks one whose segments are not yet counted too (a
-     * virtio or tap frame, gso_segs 0). A tag the device took off belongs to a VLAN interface,
-     * not to the one this program delivers on. */
-    if ((ip->frag_off & bpf_htons(0x3fff)) || skb->gso_segs > 1 || skb->gso_size || skb->vlan_present)
-        return up(FP_UP_OUTER_OPTIONS);
-    if (!owns4(ip->daddr))
-        return up(FP_UP_NOT_ADDRESSED_HERE);
-
-    /* From here the whole packet is read and maybe rewritten in place: make it linear. */
+    packet->data = data;
+    packet->end = end;
+    packet->frame_length = skb->len;
+    packet->foreign = skb->pkt_type != PACKET_HOST;
+    /* A GSO packet is many: gso_size marks one whose segments are not yet counted too (a virtio
+     * or tap frame, gso_segs 0). A tag the device took off belongs to a VLAN interface, not to
+     * the one this program delivers on. */
+    packet->segmented = skb->gso_segs > 1 || skb->gso_size || skb->vlan_present;
+    struct verdict verdict = process_outer(packet);
+    if (verdict.kind != V_CONTINUE)
+        return verdict;
     if (data + skb->len > end) {
         if (bpf_skb_pull_data(skb, skb->len))
-            return up(FP_UP_OUTER_OPTIONS);
-        data = (void *)(long)skb->data;
-        end = (void *)(long)skb->data_end;
+            return conclude(V_UP, FP_UP_OUTER_OPTIONS);
+        packet->data = (void *)(long)skb->data;
+        packet->end = (void *)(long)skb->data_end;
     }
-    if (data + HOPS_OFFSET > end)
-        return up(FP_UP_OUTER_UNCHECKED); /* too short for GLB's GUE: the queue says why */
-    ip = data + ETH_LENGTH;
-    udp = data + UDP_OFFSET;
+    return conclude(V_CONTINUE, 0);
+}
 
-    /* GUEPacket.parse, check by check. Lengths are the datagram's (`datagram` bytes from the
-     * GUE header on); every access is also checked against the packet's end. */
-    __u32 udp_length = bpf_ntohs(udp->len);
-    if (udp_length < 8 || OUTER_IP_LENGTH + udp_length > total)
-        return drop(FP_DROP_UDP_TRUNCATED);
-    if (OUTER_IP_LENGTH + udp_length != total)
-        return up(FP_UP_OUTER_UNCHECKED); /* bytes after the datagram: the queue sees them too */
-    __u32 datagram = udp_length - 8;
-    __u8 *gue = data + GUE_OFFSET;
-    if (datagram < 4)
-        return drop(FP_DROP_GUE_TRUNCATED);
-    if (gue[0] & 0xc0)
-        return drop(FP_DROP_GUE_VERSION);
-    if (gue[0] & 0x20)
-        return drop(FP_DROP_GUE_CONTROL); /* GLB sends no control message; a GRE-in-UDP probe reads as one */
-    __u32 hlen = gue[0] & 0x1f;
-    if (gue[2] | gue[3])
-        return drop(FP_DROP_GUE_FLAGS);
-    if (hlen < 1)
-        return drop(FP_DROP_GUE_HLEN);
-    if (datagram - 4 < hlen * 4)
-        return drop(FP_DROP_GUE_TRUNCATED);
-    __u8 *private = data + PRIVATE_OFFSET;
-    __u8 hop_count = private[3];
-    if (hlen != (__u32)hop_count + 1)
-        return drop(FP_DROP_GUE_HLEN);
-    if (private[0] | private[1])
-        return drop(FP_DROP_GUE_PRIVATE_TYPE);
-    __u8 inner_protocol = gue[1];
-    if (inner_protocol != 4 && inner_protocol != 41)
-        return drop(FP_DROP_INNER_PROTOCOL);
-    if (!in_prefixes(&fp_sources, ip->saddr))
-        return drop(FP_REFUSED_UNTRUSTED_SOURCE);
-    /* At tc ingress skb->ifindex is the interface the packet arrived on. */
-    enum fp_counter way = reverse_path(ip->saddr, skb->ifindex);
-    if (way == FP_REFUSED_REVERSE_PATH)
-        return drop(way);
-    if (way)
-        return up(way);
-    if (hop_count > config->max_hops)
-        return drop(FP_REFUSED_TOO_MANY_HOPS);
-    __u8 next_hop = private[2];
-    __u32 outer_destination = ip->daddr;
+SEC("tc")
+int second_chance_fast_path(struct __sk_buff *skb)
+{
+    __u32 zero = 0;
+    struct packet packet = { .ifindex = skb->ifindex }; /* at tc ingress: the arrival interface */
+    packet.config = bpf_map_lookup_elem(&fp_config, &zero);
+    if (!packet.config)
+        return TC_ACT_OK;
+    struct verdict verdict = tc_outer(skb, &packet);
+    if (verdict.kind == V_CONTINUE)
+        verdict = decide(skb, &packet);
+    if (verdict.kind == V_RESPOND) {
+        int action = TC_ACT_OK;
+        if (respond(skb, &packet, &action) == ANSWERED)
+            return action;
+        verdict = deliverable(&packet, FP_LOCAL_SYN);
+    }
+    switch (verdict.kind) {
+    case V_UP:
+        return up(verdict.reason);
+    case V_DROP:
+        return drop(verdict.reason);
+    case V_LOCAL:
+        return deliver(skb, &packet, verdict.reason);
+    case V_FORWARD:
+        return forward(skb, &packet);
+    default:
+        return TC_ACT_OK;
+    }
+}
 
-    /* InnerPacket.classify, for the TCP it decides; the rest goes up. */
-    int ipv6 = inner_protocol == 41;
-    __u32 inner_offset = PRIVATE_OFFSET + (hlen & MAX_HLEN) * 4;
-    __u32 available = datagram - 4 - hlen * 4; /* inner bytes */
-    void *inner = data + inner_offset;
-    struct tcphdr *tcp;
-    struct bpf_sock_tuple tuple = {};
-    __u32 tuple_size;
-    if (!ipv6) {
-        struct iphdr *ip4 = inner;
-        if (available < sizeof(*ip4))
-            return drop(FP_DROP_INNER_TRUNCATED);
-        if ((void *)(ip4 + 1) > end)
-            return up(FP_UP_FAILED);
-        if (ip4->version != 4)
-            return drop(FP_DROP_INNER_VERSION);
-        __u32 ihl = ip4->ihl * 4, length = bpf_ntohs(ip4->tot_len);
-        if (ihl < 20 || length < ihl || length > available)
-            return drop(FP_DROP_INNER_TRUNCATED);
-        __u16 fragment = bpf_ntohs(ip4->frag_off) & 0x3fff;
-        __u8 protocol = ip4->protocol;
-        if (fragment & 0x1fff) {
-            if (protocol == IPPROTO_TCP || protocol == IPPROTO_UDP || protocol == IPPROTO_ICMP)
-                return up(FP_UP_INNER_FRAGMENT);
-            return drop(FP_DROP_INNER_TRANSPORT);
-        }
-        if (protocol == IPPROTO_UDP || protocol == IPPROTO_ICMP)
-            return up(FP_UP_INNER_NOT_TCP);
-        if (protocol != IPPROTO_TCP)
-            return drop(FP_DROP_INNER_TRANSPORT);
-        if (length - ihl < sizeof(*tcp))
-            return drop(FP_DROP_INNER_TRUNCATED);
-        if (ihl != 20)
-            return up(FP_UP_INNER_NOT_TCP); /* inner IPv4 options */
-        if (fragment)
-            return up(FP_UP_INNER_FRAGMENT); /* a first fragment */
-        tcp = (void *)(ip4 + 1);
-        if ((void *)(tcp + 1) > end)
-            return up(FP_UP_FAILED);
-        tuple.ipv4.saddr = ip4->saddr;
-        tuple.ipv4.daddr = ip4->daddr;
-        tuple.ipv4.sport = tcp->source;
-        tuple.ipv4.dport = tcp->dest;
-        tuple_size = sizeof(tuple.ipv4);
-    } else {
-        struct ipv6hdr *ip6 = inner;
-        if (available < sizeof(*ip6))
-            return drop(FP_DROP_INNER_TRUNCATED);
-        if ((void *)(ip6 + 1) > end)
-            return up(FP_UP_FAILED);
-        if (ip6->version != 6)
-            return drop(FP_DROP_INNER_VERSION);
-        __u32 payload = bpf_ntohs(ip6->payload_len);
-        if (sizeof(*ip6) + payload > available)
-            return drop(FP_DROP_INNER_TRUNCATED);
-        __u8 next = ip6->nexthdr;
-        /* Extension headers (hop-by-hop, routing, fragment, destination options), UDP, ICMPv6. */
-        if (next == 0 || next == 43 || next == 44 || next == 60 || next == IPPROTO_UDP || next == 58)
-            return up(FP_UP_INNER_NOT_TCP);
-        if (next != IPPROTO_TCP)
-            return drop(FP_DROP_INNER_TRANSPORT);
-        if (payload < sizeof(*tcp))
-            return drop(FP_DROP_INNER_TRUNCATED);
-        tcp = (void *)(ip6 + 1);
-        if ((void *)(tcp + 1) > end)
-            return up(FP_UP_FAILED);
-        __builtin_memcpy(tuple.ipv6.saddr, &ip6->saddr, 16);
-        __builtin_memcpy(tuple.ipv6.daddr, &ip6->daddr, 16);
-        tuple.ipv6.sport = tcp->source;
-        tuple.ipv6.dport = tcp->dest;
-        tuple_size = sizeof(tuple.ipv6);
-    }
+/*
+ * XDP: takes the outer headers off a local packet in place (the Ethernet header moved up to the
+ * inner packet, its EtherType the inner family's) and passes it on: the stack builds its skb
+ * from the inner packet, which meets GRO and then PREROUTING, rp_filter and INPUT on the
+ * interface it arrived on, as the tc program's and the daemon's decapsulations do.
+ */
+static __always_inline int xdp_deliver(struct xdp_md *ctx, const struct packet *packet, enum fp_counter reason)
+{
+    struct ethhdr *eth = (void *)(long)ctx->data;
+    if ((void *)(eth + 1) > (void *)(long)ctx->data_end)
+        return XDP_PASS; /* cannot happen: process_outer read it */
+    struct ethhdr header = *eth;
+    if (packet->ipv6)
+        header.h_proto = bpf_htons(ETH_P_IPV6);
+    /* Nothing is changed until the head has moved: a failure leaves the packet to tc whole. */
+    if (bpf_xdp_adjust_head(ctx, (int)outer_length(packet)))
+        return XDP_PASS;
+    eth = (void *)(long)ctx->data;
+    if ((void *)(eth + 1) > (void *)(long)ctx->data_end)
+        return XDP_DROP; /* cannot happen: the inner packet's headers were read */
+    *eth = header;
+    count(FP_TOTAL);
+    count(reason);
+    return XDP_PASS;
+}
 
-    /* Decider.ownerVerdict. */
-    enum fp_counter reason;
-    __u8 flags = ((__u8 *)tcp)[13];
-    if (flags & TCP_FLAG_SYN) {
-        if ((config->flags & FP_F_RESPONDER) && !(flags & (TCP_FLAG_ACK | TCP_FLAG_FIN | TCP_FLAG_RST))) {
-            if (config->flags & FP_F_LOOKUPS_UP)
-                return up(FP_UP_LOOKUP_ELSEWHERE);
-            int verdict = TC_ACT_OK;
-            if (respond(skb, config, inner, end, hlen & MAX_HLEN, inner_offset, ipv6, tcp, &tuple, tuple_size,
-                        &verdict) == ANSWERED)
-                return verdict;
-        }
-        reason = FP_LOCAL_SYN;
-        goto local;
+SEC("xdp")
+int second_chance_xdp(struct xdp_md *ctx)
+{
+    __u32 zero = 0;
+    struct packet packet = {
+        .data = (void *)(long)ctx->data,
+        .end = (void *)(long)ctx->data_end,
+        .ifindex = ctx->ingress_ifindex,
+    };
+    packet.frame_length = packet.end - packet.data;
+    packet.config = bpf_map_lookup_elem(&fp_config, &zero);
+    if (!packet.config)
+        return XDP_PASS;
+    struct ethhdr *eth = packet.data;
+    if ((void *)(eth + 1) > packet.end)
+        return XDP_PASS;
+    /* Group addresses: ip_rcv takes no unicast IP from them. A tag the device took off cannot be
+     * seen here; see the README's limits. */
+    packet.foreign = eth->h_dest[0] & 1;
+    /* A frame longer than the device's MTU is many packets in one (a veth peer's GSO packet):
+     * tc sees its skb's GSO fields and sends it up. */
+    __u32 mtu_length = 0;
+    packet.segmented = bpf_check_mtu(ctx, 0, &mtu_length, 0, 0) != BPF_MTU_CHK_RET_SUCCESS;
+    struct verdict verdict = process_outer(&packet);
+    if (verdict.kind == V_CONTINUE)
+        verdict = decide(ctx, &packet);
+    switch (verdict.kind) {
+    case V_DROP:
+        drop(verdict.reason);
+        return XDP_DROP;
+    case V_LOCAL:
+        return xdp_deliver(ctx, &packet, verdict.reason);
+    default:
+        /* To the queue, forwards and the responder's SYNs: tc decides them, and counts them,
+         * as it would without this program. */
+        return XDP_PASS;
     }
-    if (config->flags & FP_F_LOOKUPS_UP)
-        return up(FP_UP_LOOKUP_ELSEWHERE);
-    struct bpf_sock *socket = bpf_skc_lookup_tcp(skb, &tuple, tuple_size, BPF_F_CURRENT_NETNS, 0);
-    if (socket) {
-        if (socket->state != BPF_TCP_LISTEN) {
-            /* Connected, a request socket (NEW_SYN_RECV) or TIME_WAIT: sock_diag's "connected". */
-            bpf_sk_release(socket);
-            reason = FP_LOCAL_ESTABLISHED;
-            goto local;
-        }
-        if ((flags & (TCP_FLAG_ACK | TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST)) == TCP_FLAG_ACK &&
-            (config->flags & FP_F_CHECK_COOKIES)) {
-            /* 0: a cookie this listener accepts; -EACCES: compared, not one; anything else: the
-             * listener takes no cookies now (no overflow in two minutes, tcp_syncookies=0). */
-            long checked = bpf_tcp_check_syncookie(socket, inner, ipv6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr),
-                                                   tcp, sizeof(*tcp));
-            struct fp_listener_counts *counts = NULL;
-            if (checked == 0 || checked == -13 /* EACCES */) {
-                count(FP_COOKIE_CHECKS);
-                if (config->flags & FP_F_RESPONDER)
-                    counts = served_counts(socket);
-            }
-            if (checked == 0) {
-                count_listener(counts, FP_L_COOKIE_ACKS_VALID);
-                bpf_sk_release(socket);
-                reason = FP_LOCAL_SYN_COOKIE;
-                goto local;
-            }
-            if (checked == -13) {
-                count(FP_COOKIE_ACKS_INVALID);
-                count_listener(counts, FP_L_COOKIE_ACKS_INVALID);
-            }
-        }
-        bpf_sk_release(socket);
-    }
-
-    if (next_hop >= hop_count) {
-        reason = FP_LOCAL_LAST_RESORT;
-        goto local;
-    }
-    __u32 hop_offset = HOPS_OFFSET + (next_hop & 0x1f) * 4;
-    if (data + hop_offset + 4 > end)
-        return up(FP_UP_FAILED);
-    __u32 hop = *(__u32 *)(data + hop_offset);
-    if (forbidden_hop(hop))
-        return drop(FP_REFUSED_UNTRUSTED_HOP);
-    /* Never to ourselves, under any of our addresses, as glb-redirect. */
-    if (hop == config->self_ip4 || hop == outer_destination || owns4(hop)) {
-        reason = FP_LOCAL_FORWARDED_TO_SELF;
-        goto local;
-    }
-    if (!in_prefixes(&fp_hops, hop))
-        return drop(FP_REFUSED_UNTRUSTED_HOP);
-    return forward(skb, config, hop, next_hop);
-
-local:;
-    enum fp_counter refusal = local_refusal(inner, end, ipv6);
-    if (refusal)
-        return drop(refusal);
-    return deliver(skb, hlen & MAX_HLEN, ipv6, reason);
 }
 
 /*

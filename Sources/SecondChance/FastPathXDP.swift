@@ -1,0 +1,50 @@
+import Glibc
+import LinuxSys
+import Logging
+
+extension FastPath {
+    /// The XDP entry point in the driver on every one of `interfaces`, beside tc, in place of one
+    /// an earlier daemon left: all or none (a driver without native XDP, or another program in
+    /// its place, fails the start). Not `wanted`, one an earlier daemon left is removed: it would
+    /// decide with maps nobody may keep current.
+    static func attachXDP(_ object: FastPathObject, interfaces: [String], wanted: Bool, logger: Logger) throws
+        -> BPFProgramInfo?
+    {
+        guard wanted, object.xdpFD >= 0 else {
+            removeXDP(interfaces: interfaces, logger: logger)
+            return nil
+        }
+        do {
+            for interface in interfaces {
+                let current = NativeXDP.program(on: interface)
+                if let current, !isOurXDP(current) {
+                    throw FastPathError(.attach, "\(interface) carries another XDP program (\(current))", errno: EEXIST)
+                }
+                let fd = object.xdpFD
+                try FastPathError.at(.attach) {
+                    try NativeXDP.attach(programFD: fd, interface: interface, replacing: current)
+                }
+            }
+            let fd = object.xdpFD
+            return try FastPathError.at(.inspect) { try BPF.programInfo(fd: fd) }
+        } catch {
+            // All or none, an earlier daemon's included; tc stays until the caller removes it.
+            removeXDP(interfaces: interfaces, logger: logger)
+            throw error
+        }
+    }
+
+    /// Whether program `id` is an XDP entry point of second-chance's (the kernel keeps 15
+    /// characters of a name).
+    static func isOurXDP(_ id: UInt32) -> Bool {
+        (try? BPF.programInfo(id: id).name) == String(FastPathObject.xdpName.prefix(15))
+    }
+
+    /// Removes second-chance's XDP entry point from `interfaces`; another program stays.
+    static func removeXDP(interfaces: [String], logger: Logger) {
+        for interface in interfaces {
+            guard let id = NativeXDP.program(on: interface), isOurXDP(id) else { continue }
+            do { try NativeXDP.detach(id, from: interface) } catch { logger.warning("fast path: \(error)") }
+        }
+    }
+}
