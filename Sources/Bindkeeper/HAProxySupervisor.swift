@@ -180,7 +180,8 @@ public final class HAProxySupervisor {
 
     /// Starts an instance rendered from `text`, telling the running ones to finish once it serves.
     private func start(_ text: String) throws {
-        let running = instances.map(\.pid)
+        // Not those stopped already: -sf would signal their pids after they are reaped, and reused.
+        let running = instances.filter { !$0.terminated }.map(\.pid)
         let next = options.rendered + ".next"
         let prepared = try prepare(text, to: next)
         defer { prepared.release() }
@@ -214,7 +215,7 @@ public final class HAProxySupervisor {
             let overLimit = draining.count - rank > options.maxDraining
             let overdue =
                 options.drainSeconds.map { seconds in
-                    instance.superseded.map { now &- $0 >= UInt64(seconds) * 1_000_000_000 } ?? false
+                    instance.superseded.map { now &- $0 >= UInt64(max(0, seconds)) * 1_000_000_000 } ?? false
                 } ?? false
             guard overLimit || overdue else { continue }
             kill(instance.pid, SIGTERM)
@@ -239,6 +240,8 @@ public final class HAProxySupervisor {
             guard pid > 0 else { return }
             guard let index = instances.firstIndex(where: { $0.pid == pid }) else { continue }
             let exited = instances.remove(at: index)
+            // An older one current again (its replacement died) is no longer finishing.
+            if let last = instances.indices.last { instances[last].superseded = nil }
             writePidFile()
             guard index == instances.count, !stopping else { continue }
             replace(exited, code: Spawn.exitCode(status))
@@ -278,7 +281,7 @@ public final class HAProxySupervisor {
     private func shutDown() -> Int32 {
         stopping = true
         for instance in instances { kill(instance.pid, SIGUSR1) }
-        let deadline = MonotonicClock.nanoseconds() + UInt64(options.stopTimeoutSeconds) * 1_000_000_000
+        let deadline = MonotonicClock.nanoseconds() + UInt64(max(0, options.stopTimeoutSeconds)) * 1_000_000_000
         while !instances.isEmpty && MonotonicClock.nanoseconds() < deadline {
             reap()
             usleep(50_000)

@@ -180,6 +180,19 @@ public struct TCIngressFilter: Sendable, Equatable {
 
 /// Network interfaces by name.
 public enum NetworkInterface {
+    /// Every interface of this thread's network namespace (if_nameindex: rtnetlink).
+    public static func all() -> [String] {
+        guard let list = if_nameindex() else { return [] }
+        defer { if_freenameindex(list) }
+        var names: [String] = []
+        var entry = list
+        while entry.pointee.if_index != 0 {
+            if let name = entry.pointee.if_name { names.append(String(cString: name)) }
+            entry += 1
+        }
+        return names
+    }
+
     public static func index(_ name: String) throws -> UInt32 {
         let index = if_nametoindex(name)
         guard index != 0 else { throw SystemError("interface \(name)") }

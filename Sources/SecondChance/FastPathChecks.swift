@@ -58,9 +58,11 @@ public enum FastPathChecks {
 
     /// What is attached at `interface`: the tc program and the XDP entry point, and whether it forwards.
     static func attached(on interface: String) -> [HostCheck] {
-        var checks: [HostCheck] = []
+        var checks = xdpAttached(on: interface)
         guard let id = FastPath.filter.program(on: interface) else {
-            return [HostCheck(level: .info, subject: "fast path", finding: "nothing attached at \(interface) ingress")]
+            return checks + [
+                HostCheck(level: .info, subject: "fast path", finding: "nothing attached at \(interface) ingress")
+            ]
         }
         let info = try? BPF.programInfo(id: id)
         let maps = info.map {
@@ -75,15 +77,6 @@ public enum FastPathChecks {
                     \(interface) ingress: program \(id) \(info?.name ?? "?") tag \(info?.tag ?? "?"); maps \
                     \(maps ?? "?")
                     """))
-        if let xdp = NativeXDP.program(on: interface) {
-            let ours = FastPath.isOurXDP(xdp)
-            checks.append(
-                HostCheck(
-                    level: ours ? .ok : .warn, subject: "fast path",
-                    finding: ours
-                        ? "\(interface): XDP program \(xdp) in the driver decides first (local packets, drops)"
-                        : "\(interface): another XDP program (\(xdp)) runs in the driver, before second-chance's"))
-        }
         if ProcFile.sysctl("net/ipv4/conf/\(interface)/forwarding") != "1" {
             checks.append(
                 HostCheck(
@@ -96,5 +89,18 @@ public enum FastPathChecks {
                         """))
         }
         return checks
+    }
+
+    /// The native XDP program on `interface`, second-chance's or another's.
+    static func xdpAttached(on interface: String) -> [HostCheck] {
+        guard let xdp = NativeXDP.program(on: interface) else { return [] }
+        let ours = FastPath.isOurXDP(xdp)
+        return [
+            HostCheck(
+                level: ours ? .ok : .warn, subject: "fast path",
+                finding: ours
+                    ? "\(interface): XDP program \(xdp) in the driver decides first (local packets, drops)"
+                    : "\(interface): another XDP program (\(xdp)) runs in the driver, before second-chance's")
+        ]
     }
 }

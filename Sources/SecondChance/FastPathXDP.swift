@@ -6,13 +6,17 @@ extension FastPath {
     /// The XDP entry point in the driver on every one of `interfaces`, beside tc, in place of one
     /// an earlier daemon left: all or none (a driver without native XDP, or another program in
     /// its place, fails the start). Not `wanted`, one an earlier daemon left is removed: it would
-    /// decide with maps nobody may keep current.
+    /// decide with maps nobody may keep current (from every interface: the routes, or the flags,
+    /// may name others than when it was attached).
     static func attachXDP(_ object: FastPathObject, interfaces: [String], wanted: Bool, logger: Logger) throws
         -> BPFProgramInfo?
     {
-        guard wanted, object.xdpFD >= 0 else {
-            removeXDP(interfaces: interfaces, logger: logger)
+        guard wanted else {
+            removeXDP(interfaces: NetworkInterface.all(), logger: logger)
             return nil
+        }
+        guard object.xdpFD >= 0 else {
+            throw FastPathError(.load, "the XDP entry point was not loaded", errno: ENOENT)
         }
         do {
             for interface in interfaces {
@@ -29,7 +33,7 @@ extension FastPath {
             return try FastPathError.at(.inspect) { try BPF.programInfo(fd: fd) }
         } catch {
             // All or none, an earlier daemon's included; tc stays until the caller removes it.
-            removeXDP(interfaces: interfaces, logger: logger)
+            removeXDP(interfaces: NetworkInterface.all(), logger: logger)
             throw error
         }
     }

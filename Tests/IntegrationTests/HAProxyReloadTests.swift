@@ -269,6 +269,11 @@ final class HAProxyReloadTests: XCTestCase {
             let before = reloads("storm")
             kill(supervisor.process.processIdentifier, SIGUSR2)
             try lab.waitFor("reload \(index)") { self.reloads("storm") > before }
+            // The replaced one stops listening on the shared socket before the next session, so
+            // that each instance holds one session of its own.
+            try lab.waitFor("instance \(current) to stop listening") {
+                self.lab.allLogs.contains("(\(current)) : Proxy hold stopped")
+            }
             try lab.waitFor("at most 2 older instances alive after reload \(index)") {
                 everyPid.filter(self.isAlive).count <= 2
             }

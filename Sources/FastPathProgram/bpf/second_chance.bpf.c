@@ -333,6 +333,7 @@ enum verdict_kind {
     V_LOCAL,    /* decapsulated and delivered here, counted under `reason` */
     V_FORWARD,  /* rewritten and sent to the next hop (`packet.hop`) */
     V_RESPOND,  /* a SYN the responder may answer; unanswered, a local SYN */
+    V_TC,       /* XDP only: what tc must judge (see second_chance_xdp); on unchanged, uncounted */
 };
 
 struct verdict {
@@ -1116,6 +1117,62 @@ static __always_inline struct verdict process_inner(struct packet *packet)
     return packet->ipv6 ? process_inner6(packet, available) : process_inner4(packet, available);
 }
 
+/* The longest inner segment XDP verifies (any that fits an MTU of 2000); a longer one goes to tc. */
+#define CHECKSUMMED_MAX 2048
+#define CHECKSUM_CHUNK 256
+
+/*
+ * The inner TCP segment's checksum, over the pseudo-header and the segment to the end of its IP
+ * packet, as tcp_v4_rcv and tcp_v6_rcv verify it. The bytes are copied out in chunks of at most
+ * CHECKSUM_CHUNK (bpf_xdp_load_bytes; the last zero-padded to whole words) and summed by
+ * bpf_csum_diff: a loop the verifier walks once per chunk count. Called, not inlined, so that the
+ * caller goes on from one answer.
+ */
+static __attribute__((noinline)) int inner_checksum_valid(struct xdp_md *ctx, const struct packet *packet)
+{
+    __u8 chunk[CHECKSUM_CHUNK + 4] __attribute__((aligned(4))) = {};
+    __u32 offset = packet->inner_offset, length, sum;
+    if (packet->ipv6) {
+        if (bpf_xdp_load_bytes(ctx, offset + 8, chunk, 32)) /* both addresses */
+            return 0;
+        sum = bpf_csum_diff(NULL, 0, (__be32 *)chunk, 32, 0);
+        if (bpf_xdp_load_bytes(ctx, offset + 4, chunk, 2))
+            return 0;
+        length = (__u32)chunk[0] << 8 | chunk[1];
+        offset += sizeof(struct ipv6hdr);
+    } else {
+        if (bpf_xdp_load_bytes(ctx, offset + 12, chunk, 8))
+            return 0;
+        sum = bpf_csum_diff(NULL, 0, (__be32 *)chunk, 8, 0);
+        if (bpf_xdp_load_bytes(ctx, offset + 2, chunk, 2))
+            return 0;
+        length = ((__u32)chunk[0] << 8 | chunk[1]) - sizeof(struct iphdr); /* no options: they went up */
+        offset += sizeof(struct iphdr);
+    }
+    if (length == 0 || length >= CHECKSUMMED_MAX)
+        return 0;
+    __be32 word = bpf_htonl(IPPROTO_TCP << 16 | length);
+    sum = bpf_csum_diff(NULL, 0, &word, 4, sum);
+    for (int index = 0; index < CHECKSUMMED_MAX / CHECKSUM_CHUNK; index++) {
+        __u32 done = index * CHECKSUM_CHUNK;
+        if (done >= length)
+            break;
+        __u32 size = length - done > CHECKSUM_CHUNK ? CHECKSUM_CHUNK : length - done;
+        /* 1 to CHECKSUM_CHUNK, as the verifier must see it from the register itself: hidden from
+         * the compiler (which would fold the arithmetic away), rebuilt as 1 + a masked rest. */
+        asm volatile("" : "+r"(size));
+        size = ((size - 1) & (CHECKSUM_CHUNK - 1)) + 1;
+        __u32 words = (size + 3) & ~3u;
+        asm volatile("" : "+r"(words));
+        words = ((words - 4) & (CHECKSUM_CHUNK - 4)) + 4; /* whole words: 4 to CHECKSUM_CHUNK */
+        *(__u32 *)(chunk + words - 4) = 0; /* the padding of a last partial word */
+        if (bpf_xdp_load_bytes(ctx, offset + done, chunk, size))
+            return 0;
+        sum = bpf_csum_diff(NULL, 0, (__be32 *)chunk, words, sum);
+    }
+    return fold(sum) == 0xffff;
+}
+
 /* Taken here: for an inner destination this host owns from a source that is not martian. */
 static __always_inline struct verdict deliverable(const struct packet *packet, enum fp_counter reason)
 {
@@ -1125,7 +1182,7 @@ static __always_inline struct verdict deliverable(const struct packet *packet, e
 
 /* A socket of this host's for the flow: a connection, a request socket or TIME_WAIT is local,
  * as is an ACK a listener accepts as its cookie; V_CONTINUE otherwise. */
-static __always_inline struct verdict owning_socket(void *ctx, struct packet *packet)
+static __always_inline struct verdict owning_socket(void *ctx, struct packet *packet, int xdp)
 {
     struct tcphdr *tcp = packet->tcp;
     struct bpf_sock *socket =
@@ -1143,6 +1200,12 @@ static __always_inline struct verdict owning_socket(void *ctx, struct packet *pa
         long checked = bpf_tcp_check_syncookie(socket, packet->inner,
                                                packet->ipv6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr), tcp,
                                                sizeof(*tcp));
+        /* An ACK compared and found no cookie is counted, and mostly forwarded: tc, which
+         * forwards, checks (and counts) it, once. */
+        if (xdp && checked == -13) {
+            bpf_sk_release(socket);
+            return conclude(V_TC, 0);
+        }
         struct fp_listener_counts *counts = NULL;
         if (checked == 0 || checked == -13 /* EACCES */) {
             count(FP_COOKIE_CHECKS);
@@ -1164,7 +1227,7 @@ static __always_inline struct verdict owning_socket(void *ctx, struct packet *pa
 }
 
 /* Decider.ownerVerdict: this host's flow, or the next hop's. */
-static __always_inline struct verdict classify(void *ctx, struct packet *packet)
+static __always_inline struct verdict classify(void *ctx, struct packet *packet, int xdp)
 {
     const struct fp_config *config = packet->config;
     struct tcphdr *tcp = packet->tcp;
@@ -1176,7 +1239,7 @@ static __always_inline struct verdict classify(void *ctx, struct packet *packet)
     }
     if (config->flags & FP_F_LOOKUPS_UP)
         return conclude(V_UP, FP_UP_LOOKUP_ELSEWHERE);
-    struct verdict owned = owning_socket(ctx, packet);
+    struct verdict owned = owning_socket(ctx, packet, xdp);
     if (owned.kind != V_CONTINUE)
         return owned;
     if (packet->next_hop >= packet->hop_count)
@@ -1201,7 +1264,7 @@ static __always_inline struct verdict classify(void *ctx, struct packet *packet)
 }
 
 /* Everything after the outer headers: the GLB header, the inner packet, its owner. */
-static __always_inline struct verdict decide(void *ctx, struct packet *packet)
+static __always_inline struct verdict decide(void *ctx, struct packet *packet, int xdp)
 {
     struct verdict verdict = process_glb(packet);
     if (verdict.kind != V_CONTINUE)
@@ -1209,7 +1272,11 @@ static __always_inline struct verdict decide(void *ctx, struct packet *packet)
     verdict = process_inner(packet);
     if (verdict.kind != V_CONTINUE)
         return verdict;
-    return classify(ctx, packet);
+    /* The driver's checksum verdict was the outer datagram's, and stays on what XDP passes up
+     * decapsulated: a segment XDP cannot verify goes to tc, whose decapsulation drops it. */
+    if (xdp && !inner_checksum_valid(ctx, packet))
+        return conclude(V_TC, 0);
+    return classify(ctx, packet, xdp);
 }
 
 /* tc: makes the outer headers readable and linear, so that the whole packet can be read and
@@ -1266,7 +1333,7 @@ int second_chance_fast_path(struct __sk_buff *skb)
         return TC_ACT_OK;
     struct verdict verdict = tc_outer(skb, &packet);
     if (verdict.kind == V_CONTINUE)
-        verdict = decide(skb, &packet);
+        verdict = decide(skb, &packet, 0);
     if (verdict.kind == V_RESPOND) {
         int action = TC_ACT_OK;
         if (respond(skb, &packet, &action) == ANSWERED)
@@ -1338,16 +1405,20 @@ int second_chance_xdp(struct xdp_md *ctx)
     packet.segmented = bpf_check_mtu(ctx, 0, &mtu_length, 0, 0) != BPF_MTU_CHK_RET_SUCCESS;
     struct verdict verdict = process_outer(&packet);
     if (verdict.kind == V_CONTINUE)
-        verdict = decide(ctx, &packet);
+        verdict = decide(ctx, &packet, 1);
     switch (verdict.kind) {
     case V_DROP:
+        /* The interface a bond's slave received on is not the bond the route back names: tc,
+         * which sees the bond, judges the way back. */
+        if (verdict.reason == FP_REFUSED_REVERSE_PATH)
+            return XDP_PASS;
         drop(verdict.reason);
         return XDP_DROP;
     case V_LOCAL:
         return xdp_deliver(ctx, &packet, verdict.reason);
     default:
-        /* To the queue, forwards and the responder's SYNs: tc decides them, and counts them,
-         * as it would without this program. */
+        /* To the queue, forwards, the responder's SYNs, and what XDP leaves to tc (V_TC):
+         * tc decides them, and counts them, as it would without this program. */
         return XDP_PASS;
     }
 }
