@@ -61,7 +61,8 @@ public final class FastPathObject: @unchecked Sendable {
         if loaded < 0 {
             let text = String(cString: log)
             bpf_object__close(object)
-            throw FastPathError(.load, "loading the tc program", errno: -loaded, log: text)
+            throw FastPathError(
+                .load, xdp ? "loading the tc and XDP programs" : "loading the tc program", errno: -loaded, log: text)
         }
         guard let program = bpf_object__find_program_by_name(object, Self.programName) else {
             bpf_object__close(object)
