@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The tc fast path against NFQUEUE, all rows in one run, for the established, forward and SYN
 # streams: the floor (the GUE dropped on arrival by a raw-table rule: the cost of sending and
-# receiving it), second-chance with the fast path (--fast-path tc), second-chance through NFQUEUE
-# (--fast-path off), and the bare C loop doing the same kernel work (nfq-baseline). Each row gives
+# receiving it), second-chance with the fast path (--fast-path tc), with XDP in the driver beside it
+# (--fast-path xdp: veth runs it natively), second-chance through NFQUEUE (--fast-path off), and the
+# bare C loop doing the same kernel work (nfq-baseline). Each row gives
 # packets/s decided and the whole machine's CPU time per packet (user, system, irq and softirq of
 # every CPU, the sender's included, from /proc/stat), and above the floor: what deciding costs.
 # Bounded: COUNT packets per run (default 500000), at most 10 s each; ROUNDS (default 3), medians.
@@ -47,7 +48,8 @@ mark() { awk -v a="$1" -v s="$(sed -n 's/.*rate=\([0-9]*\).*/\1/p' "$work/sent")
 
 rounds=${ROUNDS:-3}
 echo "$rounds rounds per stream, medians; packets/s and CPU microseconds per packet (whole machine)"
-printf '%-12s %-22s %-22s %-22s %-22s %10s %14s\n' stream floor fast-path nfqueue bare-loop "fast/nfq" "cpu-above-floor"
+printf '%-12s %-22s %-22s %-22s %-22s %-22s %10s %14s %14s\n' stream floor fast-path xdp nfqueue bare-loop "fast/nfq" \
+    "cpu-above-floor" "xdp/tc-above"
 for stream in ${STREAMS:-established forward syn}; do
     declare -A rates=() cpus=() marks=()
     for round in $(seq "$rounds"); do
@@ -56,6 +58,8 @@ for stream in ${STREAMS:-established forward syn}; do
         [ "$stream" = forward ] && fast_forwarding 1
         r=$(FAST_PATH=tc run_second_chance "$stream"); rates[fast]+=" $r"; cpus[fast]+=" $(cpu_per_packet "$(decided)")"
         marks[fast]+=$(mark "$r")
+        r=$(FAST_PATH=xdp run_second_chance "$stream"); rates[xdp]+=" $r"; cpus[xdp]+=" $(cpu_per_packet "$(decided)")"
+        marks[xdp]+=$(mark "$r")
         fast_forwarding 0
         grep -E "^(fast_path_total_packets|fast_path_up_[a-z_]*|queue_0_packets):" "$work/stats.$stream" |
             awk '$2 != 0' | tr '\n' ' ' > "$work/fast.$stream"
@@ -68,7 +72,9 @@ for stream in ${STREAMS:-established forward syn}; do
     cpu_of() { echo "${cpus[$1]}" | tr ' ' '\n' | grep -v '^$' | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
     ratio=$(awk -v a="$(echo "${rates[fast]}" | median)" -v b="$(echo "${rates[queue]}" | median)" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
     above=$(awk -v f="$(cpu_of fast)" -v q="$(cpu_of queue)" -v z="$(cpu_of floor)" 'BEGIN { printf "%.2f", (q - z > 0 ? (f - z) / (q - z) : 0) }')
-    printf '%-12s %-22s %-22s %-22s %-22s %9sx %13sx\n' "$stream" "$(cell floor)" "$(cell fast)" "$(cell queue)" "$(cell loop)" "$ratio" "$above"
+    xdp_above=$(awk -v x="$(cpu_of xdp)" -v f="$(cpu_of fast)" -v z="$(cpu_of floor)" 'BEGIN { printf "%.2f", (f - z > 0 ? (x - z) / (f - z) : 0) }')
+    printf '%-12s %-22s %-22s %-22s %-22s %-22s %9sx %13sx %13sx\n' "$stream" "$(cell floor)" "$(cell fast)" "$(cell xdp)" \
+        "$(cell queue)" "$(cell loop)" "$ratio" "$above" "$xdp_above"
     echo "             fast path, last run: $(cat "$work/fast.$stream")"
 done
 echo "* sender-bound in at least one round: that rate is the sender's"
