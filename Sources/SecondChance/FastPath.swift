@@ -324,7 +324,7 @@ public final class FastPath: @unchecked Sendable {
 
     /// Removes second-chance's filter and XDP entry point from `interfaces`, and its pins.
     public static func remove(interfaces: [String], pinDirectory: String?, logger: Logger) {
-        removeXDP(interfaces: NetworkInterface.all(), logger: logger)
+        removeXDP(logger: logger)
         for interface in interfaces {
             do { try Self.filter.detach(from: interface) } catch { logger.warning("fast path: \(error)") }
         }

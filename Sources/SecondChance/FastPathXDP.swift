@@ -12,7 +12,7 @@ extension FastPath {
         -> BPFProgramInfo?
     {
         guard wanted else {
-            removeXDP(interfaces: NetworkInterface.all(), logger: logger)
+            removeXDP(logger: logger)
             return nil
         }
         guard object.xdpFD >= 0 else {
@@ -33,7 +33,7 @@ extension FastPath {
             return try FastPathError.at(.inspect) { try BPF.programInfo(fd: fd) }
         } catch {
             // All or none, an earlier daemon's included; tc stays until the caller removes it.
-            removeXDP(interfaces: NetworkInterface.all(), logger: logger)
+            removeXDP(logger: logger)
             throw error
         }
     }
@@ -44,9 +44,10 @@ extension FastPath {
         (try? BPF.programInfo(id: id).name) == String(FastPathObject.xdpName.prefix(15))
     }
 
-    /// Removes second-chance's XDP entry point from `interfaces`; another program stays.
-    static func removeXDP(interfaces: [String], logger: Logger) {
-        for interface in interfaces {
+    /// Removes second-chance's XDP entry point from every interface of the namespace (the routes,
+    /// or the flags, may name others than when it was attached); another program stays.
+    static func removeXDP(logger: Logger) {
+        for interface in NetworkInterface.all() {
             guard let id = NativeXDP.program(on: interface), isOurXDP(id) else { continue }
             do { try NativeXDP.detach(id, from: interface) } catch { logger.warning("fast path: \(error)") }
         }
