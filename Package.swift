@@ -46,7 +46,9 @@ let package = Package(
         .target(name: "SecondChanceCore", dependencies: ["NetTypes"]),
         // second-chance's tc program, compiled from bpf/ with clang -target bpf by the build and
         // embedded (BPFObjectPlugin); the one deliberate second implementation of the decision.
-        .target(name: "FastPathProgram", exclude: ["bpf"], plugins: ["BPFObjectPlugin"]),
+        .target(
+            name: "FastPathProgram", dependencies: ["CFastPathABI", "NetTypes"], exclude: ["bpf"],
+            plugins: ["BPFObjectPlugin"]),
         .plugin(
             name: "BPFObjectPlugin", capability: .buildTool(), dependencies: ["bpf-embed"],
             path: "Sources/BPFObjectPlugin"),
@@ -89,8 +91,8 @@ let package = Package(
         .executableTarget(
             name: "glb-lab",
             dependencies: [
-                "LabKit", "SecondChance", "SecondChanceCore", "NetTypes", "LinuxSys", "Telemetry", "CLinuxShims",
-                "ProxysideArguments", argumentParser, logging,
+                "LabKit", "SecondChance", "SecondChanceCore", "NetTypes", "LinuxSys", "Telemetry",
+                "CLinuxShims", "ProxysideArguments", argumentParser, logging,
             ]),
         // The yardstick: a bare C libnetfilter_queue loop.
         .executableTarget(name: "nfq-baseline", dependencies: ["CNetfilterQueue", "CMnl"]),

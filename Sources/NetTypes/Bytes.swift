@@ -51,3 +51,28 @@ extension Array where Element == UInt8 {
         setBE16(offset + 2, UInt16(truncatingIfNeeded: value))
     }
 }
+
+/// Bytes written as hexadecimal text (how the build embeds its BPF objects: a string literal
+/// compiles in no time, an array literal of that size does not). Anything but a digit is skipped.
+public enum HexText {
+    public static func bytes(_ text: String) -> [UInt8] {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(text.utf8.count / 2)
+        var high: UInt8?
+        for character in text.utf8 {
+            let value: UInt8
+            switch character {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): value = character - UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): value = character - UInt8(ascii: "a") + 10
+            default: continue  // line breaks
+            }
+            if let first = high {
+                bytes.append(first << 4 | value)
+                high = nil
+            } else {
+                high = value
+            }
+        }
+        return bytes
+    }
+}
