@@ -71,6 +71,12 @@ let package = Package(
         // Packet builders, the rendezvous table and sockets for the lab, the tests and the
         // benchmarks only: no production target depends on it.
         .target(name: "LabKit", dependencies: ["NetTypes", "LinuxSys", "SecondChanceCore"]),
+        // The lab's director at kernel speed (tc, bpf/), with the layout its loader shares with it.
+        .target(name: "CLabDirectorABI"),
+        .target(
+            name: "LabDirectorProgram",
+            dependencies: ["CLabDirectorABI", "LabKit", "LinuxSys", "CBPF", "CBPFShims", "NetTypes"],
+            exclude: ["bpf"], plugins: ["BPFObjectPlugin"]),
 
         // The command-line forms of the shared types, for the three programs.
         .target(name: "ProxysideArguments", dependencies: ["NetTypes", argumentParser, logging]),
@@ -91,7 +97,7 @@ let package = Package(
         .executableTarget(
             name: "glb-lab",
             dependencies: [
-                "LabKit", "SecondChance", "SecondChanceCore", "NetTypes", "LinuxSys", "Telemetry",
+                "LabKit", "LabDirectorProgram", "SecondChance", "SecondChanceCore", "NetTypes", "LinuxSys", "Telemetry",
                 "CLinuxShims", "ProxysideArguments", argumentParser, logging,
             ]),
         // The yardstick: a bare C libnetfilter_queue loop.
@@ -113,7 +119,7 @@ let package = Package(
             name: "IntegrationTests",
             dependencies: [
                 "SecondChanceCore", "SecondChance", "BindkeeperCore", "Bindkeeper", "NetTypes", "LinuxSys", "Telemetry",
-                "LabKit", "TestSupport", "CFastPathABI", "second-chance", "glb-lab", "bindkeeper",
+                "LabKit", "LabDirectorProgram", "TestSupport", "CFastPathABI", "second-chance", "glb-lab", "bindkeeper",
             ],
             exclude: ["Fixtures"]),
         // Tests/Fuzz holds libFuzzer targets and their seeds, built by scripts/fuzz.sh with swiftc.

@@ -10,11 +10,11 @@ struct GLBLab: ParsableCommand {
         abstract:
             """
             Lab tools: a GLB director simulator, an echo service, long-lived clients, an HTTP connection load, a \
-            GUE sender and a timer of the SYN-cookie responder's BPF runs.
+            GUE sender, a director in BPF and a timer of the SYN-cookie responder's BPF runs.
             """,
         subcommands: [
             Director.self, Echo.self, Clients.self, HTTPLoad.self, Blast.self, Watch.self, Supervise.self,
-            CookieCost.self, SockDiagCost.self,
+            CookieCost.self, SockDiagCost.self, BPFDirector.self,
         ])
 }
 
