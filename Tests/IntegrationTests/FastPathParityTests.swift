@@ -68,6 +68,13 @@ final class FastPathParityTests: XCTestCase {
                 if xdp.action != FastPathParityTests.xdpPass || xdp.output != frame {
                     xdpDecided["\(action)", default: 0] += 1
                 }
+                // The driver's checksum verdict covered the outer datagram only, and stays on what
+                // XDP delivers: it must vouch for the inner segment itself.
+                if xdp.action == FastPathParityTests.xdpPass, xdp.output != frame,
+                    case .tcp(let segment) = decision.inner, !FastPathParityTests.checksumVerifiable(packet, segment)
+                {
+                    return fail("XDP: delivered a segment whose checksum it cannot vouch for")
+                }
             }
             switch action {
             case FastPathParityTests.tcOK:

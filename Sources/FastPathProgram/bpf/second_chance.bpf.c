@@ -1119,56 +1119,81 @@ static __always_inline struct verdict process_inner(struct packet *packet)
 
 /* The longest inner segment XDP verifies (any that fits an MTU of 2000); a longer one goes to tc. */
 #define CHECKSUMMED_MAX 2048
-#define CHECKSUM_CHUNK 256
+/* bpf_csum_diff sums at most 512 bytes a call. */
+#define CHECKSUM_CHUNK 512
+
+/* Adds the next `piece` bytes (a constant multiple of 4) at *cursor to *sum, if `remaining` has
+ * that bit; 0 when they would run past the frame. */
+static __always_inline int sum_piece(__u8 **cursor, void *end, __u32 remaining, __u32 piece, __u32 *sum)
+{
+    if (!(remaining & piece))
+        return 1;
+    if (*cursor + piece > (__u8 *)end)
+        return 0;
+    *sum = bpf_csum_diff(NULL, 0, (__be32 *)*cursor, piece, *sum);
+    *cursor += piece;
+    return 1;
+}
 
 /*
  * The inner TCP segment's checksum, over the pseudo-header and the segment to the end of its IP
- * packet, as tcp_v4_rcv and tcp_v6_rcv verify it. The bytes are copied out in chunks of at most
- * CHECKSUM_CHUNK (bpf_xdp_load_bytes; the last zero-padded to whole words) and summed by
- * bpf_csum_diff: a loop the verifier walks once per chunk count. Called, not inlined, so that the
- * caller goes on from one answer.
+ * packet, as tcp_v4_rcv and tcp_v6_rcv verify it, summed in place by bpf_csum_diff (no copy): whole
+ * chunks of CHECKSUM_CHUNK, then the rest in pieces of constant size (256, 128, ... 4 bytes, each
+ * checked against the frame's end), then the last 1 to 3 bytes zero-padded to a word. An XDP
+ * program without frags sees its whole frame linear. Called, not inlined, so that the caller goes
+ * on from one answer.
  */
 static __attribute__((noinline)) int inner_checksum_valid(struct xdp_md *ctx, const struct packet *packet)
 {
-    __u8 chunk[CHECKSUM_CHUNK + 4] __attribute__((aligned(4))) = {};
+    void *data = (void *)(long)ctx->data;
+    void *end = (void *)(long)ctx->data_end;
     __u32 offset = packet->inner_offset, length, sum;
+    if (offset > 256)
+        return 0;
+    __u8 *ip = data + offset, *cursor;
     if (packet->ipv6) {
-        if (bpf_xdp_load_bytes(ctx, offset + 8, chunk, 32)) /* both addresses */
+        if (ip + sizeof(struct ipv6hdr) > (__u8 *)end)
             return 0;
-        sum = bpf_csum_diff(NULL, 0, (__be32 *)chunk, 32, 0);
-        if (bpf_xdp_load_bytes(ctx, offset + 4, chunk, 2))
-            return 0;
-        length = (__u32)chunk[0] << 8 | chunk[1];
-        offset += sizeof(struct ipv6hdr);
+        sum = bpf_csum_diff(NULL, 0, (__be32 *)(ip + 8), 32, 0); /* both addresses */
+        length = (__u32)ip[4] << 8 | ip[5];
+        cursor = ip + sizeof(struct ipv6hdr);
     } else {
-        if (bpf_xdp_load_bytes(ctx, offset + 12, chunk, 8))
+        if (ip + sizeof(struct iphdr) > (__u8 *)end)
             return 0;
-        sum = bpf_csum_diff(NULL, 0, (__be32 *)chunk, 8, 0);
-        if (bpf_xdp_load_bytes(ctx, offset + 2, chunk, 2))
-            return 0;
-        length = ((__u32)chunk[0] << 8 | chunk[1]) - sizeof(struct iphdr); /* no options: they went up */
-        offset += sizeof(struct iphdr);
+        sum = bpf_csum_diff(NULL, 0, (__be32 *)(ip + 12), 8, 0);
+        length = ((__u32)ip[2] << 8 | ip[3]) - sizeof(struct iphdr); /* no options: they went up */
+        cursor = ip + sizeof(struct iphdr);
     }
     if (length == 0 || length >= CHECKSUMMED_MAX)
         return 0;
     __be32 word = bpf_htonl(IPPROTO_TCP << 16 | length);
     sum = bpf_csum_diff(NULL, 0, &word, 4, sum);
     for (int index = 0; index < CHECKSUMMED_MAX / CHECKSUM_CHUNK; index++) {
-        __u32 done = index * CHECKSUM_CHUNK;
-        if (done >= length)
-            break;
-        __u32 size = length - done > CHECKSUM_CHUNK ? CHECKSUM_CHUNK : length - done;
-        /* 1 to CHECKSUM_CHUNK, as the verifier must see it from the register itself: hidden from
-         * the compiler (which would fold the arithmetic away), rebuilt as 1 + a masked rest. */
-        asm volatile("" : "+r"(size));
-        size = ((size - 1) & (CHECKSUM_CHUNK - 1)) + 1;
-        __u32 words = (size + 3) & ~3u;
-        asm volatile("" : "+r"(words));
-        words = ((words - 4) & (CHECKSUM_CHUNK - 4)) + 4; /* whole words: 4 to CHECKSUM_CHUNK */
-        *(__u32 *)(chunk + words - 4) = 0; /* the padding of a last partial word */
-        if (bpf_xdp_load_bytes(ctx, offset + done, chunk, size))
+        if (!sum_piece(&cursor, end, length >= (index + 1) * CHECKSUM_CHUNK ? CHECKSUM_CHUNK : 0, CHECKSUM_CHUNK,
+                       &sum))
             return 0;
-        sum = bpf_csum_diff(NULL, 0, (__be32 *)chunk, words, sum);
+    }
+    if (!sum_piece(&cursor, end, length, 256, &sum) || !sum_piece(&cursor, end, length, 128, &sum) ||
+        !sum_piece(&cursor, end, length, 64, &sum) || !sum_piece(&cursor, end, length, 32, &sum) ||
+        !sum_piece(&cursor, end, length, 16, &sum) || !sum_piece(&cursor, end, length, 8, &sum) ||
+        !sum_piece(&cursor, end, length, 4, &sum))
+        return 0;
+    __u8 last[4] __attribute__((aligned(4))) = {};
+    __u32 tail = length & 3;
+    if (tail) {
+        if (cursor + 3 <= (__u8 *)end) {
+            last[0] = cursor[0];
+            last[1] = tail > 1 ? cursor[1] : 0;
+            last[2] = tail > 2 ? cursor[2] : 0;
+        } else if (tail == 1 && cursor + 1 <= (__u8 *)end) {
+            last[0] = cursor[0];
+        } else if (tail == 2 && cursor + 2 <= (__u8 *)end) {
+            last[0] = cursor[0];
+            last[1] = cursor[1];
+        } else {
+            return 0;
+        }
+        sum = bpf_csum_diff(NULL, 0, (__be32 *)last, 4, sum);
     }
     return fold(sum) == 0xffff;
 }
