@@ -139,11 +139,11 @@ final class FastPathLifecycleTests: XCTestCase {
     /// packets itself (with tc's filter taken away, the flow still moves and nothing reaches the
     /// queue); a re-exec replaces it in place with the maps adopted; a clean stop removes it; and
     /// a start with --fast-path tc removes one an earlier daemon left.
-    /// Before Linux 5.18 (which has its helpers) the XDP entry point does not load: a start that asks
-    /// for it fails, and leaves nothing attached.
+    /// Before Linux 5.12 (bpf_check_mtu) the XDP entry point does not load: a start that asks for
+    /// it fails, and leaves nothing attached.
     func testXDPDecidesLocalPacketsAndIsReplacedInPlaceAndRemoved() throws {
         let version = try XCTUnwrap(KernelRelease.version(of: KernelRelease.current))
-        guard version >= (5, 18) else {
+        guard version >= (5, 12) else {
             let refused = try lab.runToEnd("p1", "second-chance", arguments + ["--fast-path", "xdp"])
             XCTAssertNotEqual(refused.status, 0, refused.output)
             XCTAssertTrue(refused.output.contains("--fast-path xdp:"), refused.output)

@@ -156,13 +156,13 @@ final class FastPathParityTests: XCTestCase {
         }
     }
 
-    /// Whether this kernel loads the XDP entry point (its helpers: Linux 5.18) and runs it on given
+    /// Whether this kernel loads the XDP entry point (its helpers: Linux 5.12) and runs it on given
     /// bytes as if they arrived on a given interface (an xdp_md context: 5.15); where it does not,
     /// only the tc entry point is compared, and the test says so.
     static let xdpComparable: Bool = {
         let version = KernelRelease.version(of: KernelRelease.current) ?? (0, 0)
-        if version < (5, 18) { print("fast path parity: the XDP entry point is not compared on Linux \(version)") }
-        return version >= (5, 18)
+        if version < (5, 15) { print("fast path parity: the XDP entry point is not compared on Linux \(version)") }
+        return version >= (5, 15)
     }()
 
     /// Whether XDP verifies the inner segment's checksum and finds it right: over the
