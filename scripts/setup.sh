@@ -8,9 +8,10 @@ set -euo pipefail
 # shipped rules there; libbpf-dev: the tc fast path is loaded with libbpf (its object is compiled by the Swift
 # toolchain's clang); prometheus: promtool checks and tests the shipped alerting rules; dpkg-dev,
 # debhelper and lintian build and check the Debian package, mmdebstrap makes the Debian root the
-# package test installs it into (PackageTests).
+# package test installs it into (PackageTests); ethtool and iperf3: the bulk benchmark and the GRO test
+# (offloads set as a NIC's, a TCP upload).
 packages=(libnetfilter-queue-dev libmnl-dev libbpf-dev pkg-config iptables iproute2 gcc haproxy ruby python3 util-linux systemd systemd-container
-    qemu-system-x86 busybox-static cpio xz-utils nftables dpkg-dev debhelper lintian mmdebstrap git)
+    qemu-system-x86 busybox-static cpio xz-utils nftables dpkg-dev debhelper lintian mmdebstrap git ethtool iperf3)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
