@@ -1123,15 +1123,20 @@ static __always_inline struct verdict process_inner(struct packet *packet)
 #define CHECKSUM_CHUNK 512
 
 /* Adds the next `piece` bytes (a constant multiple of 4) at *cursor to *sum, if `remaining` has
- * that bit; 0 when they would run past the frame. */
+ * that bit; 0 when they would run past the frame. The cursor moves after the branch, by a step
+ * computed anew from `remaining` (hidden from the compiler, which would fold it into the branch):
+ * both ways then leave the same state, one variable offset, and the verifier walks the pieces
+ * once, not each combination of them. */
 static __always_inline int sum_piece(__u8 **cursor, void *end, __u32 remaining, __u32 piece, __u32 *sum)
 {
-    if (!(remaining & piece))
-        return 1;
-    if (*cursor + piece > (__u8 *)end)
-        return 0;
-    *sum = bpf_csum_diff(NULL, 0, (__be32 *)*cursor, piece, *sum);
-    *cursor += piece;
+    if (remaining & piece) {
+        if (*cursor + piece > (__u8 *)end)
+            return 0;
+        *sum = bpf_csum_diff(NULL, 0, (__be32 *)*cursor, piece, *sum);
+    }
+    __u32 bits = remaining;
+    asm volatile("" : "+r"(bits));
+    *cursor += bits & piece;
     return 1;
 }
 
@@ -1178,22 +1183,16 @@ static __attribute__((noinline)) int inner_checksum_valid(struct xdp_md *ctx, co
         !sum_piece(&cursor, end, length, 16, &sum) || !sum_piece(&cursor, end, length, 8, &sum) ||
         !sum_piece(&cursor, end, length, 4, &sum))
         return 0;
-    __u8 last[4] __attribute__((aligned(4))) = {};
     __u32 tail = length & 3;
     if (tail) {
-        if (cursor + 3 <= (__u8 *)end) {
-            last[0] = cursor[0];
-            last[1] = tail > 1 ? cursor[1] : 0;
-            last[2] = tail > 2 ? cursor[2] : 0;
-        } else if (tail == 1 && cursor + 1 <= (__u8 *)end) {
-            last[0] = cursor[0];
-        } else if (tail == 2 && cursor + 2 <= (__u8 *)end) {
-            last[0] = cursor[0];
-            last[1] = cursor[1];
-        } else {
+        /* The word that ends where the segment ends: its first 4 - tail bytes are summed already,
+         * so they are shifted out, and the last bytes become the first of a zero-padded word. */
+        __u8 *last = cursor + tail - 4;
+        if (last + 4 > (__u8 *)end)
             return 0;
-        }
-        sum = bpf_csum_diff(NULL, 0, (__be32 *)last, 4, sum);
+        __u32 word = (__u32)last[0] << 24 | (__u32)last[1] << 16 | (__u32)last[2] << 8 | last[3];
+        __be32 padded = bpf_htonl(word << (8 * (4 - tail)));
+        sum = bpf_csum_diff(NULL, 0, &padded, 4, sum);
     }
     return fold(sum) == 0xffff;
 }
