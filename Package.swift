@@ -74,7 +74,7 @@ let package = Package(
         // The lab's director at kernel speed (tc, bpf/), with the layout its loader shares with it.
         .target(name: "CLabDirectorABI"),
         .target(
-            name: "LabDirectorProgram",
+            name: "LabPrograms",
             dependencies: ["CLabDirectorABI", "LabKit", "LinuxSys", "CBPF", "CBPFShims", "NetTypes"],
             exclude: ["bpf"], plugins: ["BPFObjectPlugin"]),
 
@@ -97,7 +97,7 @@ let package = Package(
         .executableTarget(
             name: "glb-lab",
             dependencies: [
-                "LabKit", "LabDirectorProgram", "SecondChance", "SecondChanceCore", "NetTypes", "LinuxSys", "Telemetry",
+                "LabKit", "LabPrograms", "SecondChance", "SecondChanceCore", "NetTypes", "LinuxSys", "Telemetry",
                 "CLinuxShims", "ProxysideArguments", argumentParser, logging,
             ]),
         // The yardstick: a bare C libnetfilter_queue loop.
@@ -119,7 +119,7 @@ let package = Package(
             name: "IntegrationTests",
             dependencies: [
                 "SecondChanceCore", "SecondChance", "BindkeeperCore", "Bindkeeper", "NetTypes", "LinuxSys", "Telemetry",
-                "LabKit", "LabDirectorProgram", "TestSupport", "CFastPathABI", "second-chance", "glb-lab", "bindkeeper",
+                "LabKit", "LabPrograms", "TestSupport", "CFastPathABI", "second-chance", "glb-lab", "bindkeeper",
             ],
             exclude: ["Fixtures"]),
         // Tests/Fuzz holds libFuzzer targets and their seeds, built by scripts/fuzz.sh with swiftc.

@@ -20,6 +20,13 @@ public enum BPF {
     public static func silenceLibbpf() { _ = silenced }
     private static let silenced: Void = { _ = libbpf_set_print(nil) }()
 
+    /// A descriptor of program `id` (the caller closes it).
+    public static func openProgram(id: UInt32) throws -> Int32 {
+        let fd = bpf_prog_get_fd_by_id(id)
+        guard fd >= 0 else { throw SystemError("program \(id)") }
+        return fd
+    }
+
     /// Name, tag and maps of program `id`.
     public static func programInfo(id: UInt32) throws -> BPFProgramInfo {
         let fd = bpf_prog_get_fd_by_id(id)

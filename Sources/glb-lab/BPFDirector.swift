@@ -1,7 +1,7 @@
 import ArgumentParser
 import Glibc
-import LabDirectorProgram
 import LabKit
+import LabPrograms
 import LinuxSys
 import NetTypes
 import ProxysideArguments

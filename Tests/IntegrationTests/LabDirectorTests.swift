@@ -1,6 +1,6 @@
 import Foundation
-import LabDirectorProgram
 import LabKit
+import LabPrograms
 import LinuxSys
 import NetTypes
 import TestSupport

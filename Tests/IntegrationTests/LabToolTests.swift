@@ -16,6 +16,15 @@ final class LabToolTests: XCTestCase {
             ["glb-lab", "http-load", "--target", "198.18.0.1:80", "--seconds=-1"],
             ["glb-lab", "watch", "--control", "/nonexistent", "--max-seconds=-1"],
             ["glb-lab", "director", "--self", "198.18.0.1", "--table", "/dev/null", "--hops=-1"],
+            [
+                "glb-lab", "bpf-director", "--self", "198.18.0.1", "--table", "/dev/null", "--vip", "198.19.0.1",
+                "--hops", "9",
+            ],
+            ["glb-lab", "bpf-director", "--self", "198.18.0.1", "--table", "/dev/null"],
+            [
+                "glb-lab", "program-cost", "--self", "198.18.0.1", "--director", "198.18.0.2", "--vip", "198.19.0.1",
+                "--hop", "198.18.0.3", "--established", "198.18.0.4", "--established-port", "1", "--runs", "0",
+            ],
             supervisor + ["--stop-timeout=-1", "--", "/bin/true"],
             supervisor + ["--max-draining=-1", "--", "/bin/true"],
             supervisor + ["--drain-timeout", "0", "--", "/bin/true"],

@@ -1,5 +1,4 @@
 import CBPF
-import CBPFShims
 import CLabDirectorABI
 import Glibc
 import LabKit
@@ -8,6 +7,14 @@ import NetTypes
 
 /// The BPF objects this build compiled from `bpf/` (see BPFObjectPlugin), as hexadecimal text.
 enum EmbeddedBPFObjects {}
+
+/// Programs that decide nothing (`bpf/empty.bpf.c`): the floor a program's cost is taken above.
+public enum EmptyPrograms {
+    public static func load() throws -> (object: LabBPFObject, tc: Int32, xdp: Int32) {
+        let object = try LabBPFObject(elf: HexText.bytes(EmbeddedBPFObjects.empty), name: "empty")
+        return (object, try object.program("empty_tc"), try object.program("empty_xdp"))
+    }
+}
 
 /// The lab's director at kernel speed (`bpf/glb_director.bpf.c`): loaded, given a rendezvous table
 /// and the VIPs, attached at tc ingress of the director's interface. What `glb-lab director` does
@@ -21,36 +28,19 @@ public final class LabDirector: @unchecked Sendable {
     public static let maximumProxies = Int(LD_MAX_PROXIES)
     public static let maximumHops = Int(LD_MAX_HOPS)
 
-    private let object: OpaquePointer
+    private let object: LabBPFObject
     public let programFD: Int32
     private let configFD: Int32
     private let vipsFD: Int32
     private let countersFD: Int32
 
     public init() throws {
-        BPF.silenceLibbpf()
-        let bytes = HexText.bytes(EmbeddedBPFObjects.glbDirector)
-        var log = [CChar](repeating: 0, count: 1 << 16)
-        let opened = bytes.withUnsafeBytes { buffer in
-            proxyside_bpf_open(buffer.baseAddress, buffer.count, "glb-director", &log, log.count)
-        }
-        guard let object = opened else { throw SystemError("opening the lab director's object", errno: errno) }
-        let loaded = bpf_object__load(object)
-        func find(_ name: String) -> Int32 { bpf_object__find_map_by_name(object, name).map(bpf_map__fd) ?? -1 }
-        let program = bpf_object__find_program_by_name(object, Self.programName).map(bpf_program__fd) ?? -1
-        let maps = (find("ld_config"), find("ld_vips"), find("ld_counters"))
-        guard loaded == 0, program >= 0, maps.0 >= 0, maps.1 >= 0, maps.2 >= 0 else {
-            bpf_object__close(object)
-            let verifier = log.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
-            throw SystemError(
-                "loading the lab director: \(verifier.suffix(2000))", errno: loaded < 0 ? -loaded : ENOENT)
-        }
-        self.object = object
-        programFD = program
-        (configFD, vipsFD, countersFD) = maps
+        object = try LabBPFObject(elf: HexText.bytes(EmbeddedBPFObjects.glbDirector), name: "glb-director")
+        programFD = try object.program(Self.programName)
+        (configFD, vipsFD, countersFD) = (
+            try object.map("ld_config"), try object.map("ld_vips"), try object.map("ld_counters")
+        )
     }
-
-    deinit { bpf_object__close(object) }
 
     /// Puts `table` (at most `maximumProxies`, at most `maximumHops` per flow) and the director's
     /// address in place; the VIPs are added (a VIP is never removed: the lab's VIPs do not change).

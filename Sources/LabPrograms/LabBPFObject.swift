@@ -1,0 +1,93 @@
+import CBPF
+import CBPFShims
+import Glibc
+import LinuxSys
+
+/// A BPF object for the lab, loaded: one of the lab's own (`bpf/`, embedded) or one from a file
+/// (a yardstick built from elsewhere), with read-only globals (`volatile const`) set before the
+/// load by name.
+///
+/// `@unchecked Sendable`: after `init` nothing here changes; the descriptors are the kernel's.
+public final class LabBPFObject: @unchecked Sendable {
+    private let object: OpaquePointer
+
+    /// Opens and loads `elf`; `constants` sets read-only globals (their bytes, as the program
+    /// reads them) before the kernel verifies it.
+    public init(elf: [UInt8], name: String, constants: [String: [UInt8]] = [:]) throws {
+        BPF.silenceLibbpf()
+        var log = [CChar](repeating: 0, count: 1 << 16)
+        let opened = elf.withUnsafeBytes { buffer in
+            proxyside_bpf_open(buffer.baseAddress, buffer.count, name, &log, log.count)
+        }
+        guard let object = opened else { throw SystemError("opening BPF object \(name)", errno: errno) }
+        do {
+            try Self.set(constants, in: object)
+        } catch {
+            bpf_object__close(object)
+            throw error
+        }
+        let loaded = bpf_object__load(object)
+        guard loaded == 0 else {
+            bpf_object__close(object)
+            let verifier = log.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+            throw SystemError("loading BPF object \(name): \(verifier.suffix(2000))", errno: -loaded)
+        }
+        self.object = object
+    }
+
+    deinit { bpf_object__close(object) }
+
+    public func program(_ name: String) throws -> Int32 {
+        guard let program = bpf_object__find_program_by_name(object, name) else {
+            throw SystemError("the BPF object has no program \(name)", errno: ENOENT)
+        }
+        return bpf_program__fd(program)
+    }
+
+    public func map(_ name: String) throws -> Int32 {
+        guard let map = bpf_object__find_map_by_name(object, name) else {
+            throw SystemError("the BPF object has no map \(name)", errno: ENOENT)
+        }
+        return bpf_map__fd(map)
+    }
+
+    /// Writes each constant's bytes where BTF places it in the object's `.rodata`.
+    private static func set(_ constants: [String: [UInt8]], in object: OpaquePointer) throws {
+        guard !constants.isEmpty else { return }
+        var rodata: OpaquePointer?
+        var map = bpf_object__next_map(object, nil)
+        while let current = map {
+            if String(cString: bpf_map__name(current)).hasSuffix(".rodata") { rodata = current }
+            map = bpf_object__next_map(object, current)
+        }
+        var size = 0
+        guard let rodata, let btf = bpf_object__btf(object), let initial = bpf_map__initial_value(rodata, &size) else {
+            throw SystemError("the BPF object has no .rodata with BTF", errno: ENOENT)
+        }
+        var data = Array(UnsafeRawBufferPointer(start: initial, count: size))
+        let datasec: UInt32 = 15  // BTF_KIND_DATASEC: two headers declare it, which Swift cannot choose between
+        let section = btf__find_by_name_kind(btf, ".rodata", datasec)
+        guard section > 0, let type = btf__type_by_id(btf, UInt32(section)) else {
+            throw SystemError("the BPF object's BTF has no .rodata", errno: ENOENT)
+        }
+        var remaining = constants
+        let count = Int(type.pointee.info & 0xffff)  // vlen
+        let variables = UnsafeRawPointer(type.advanced(by: 1)).assumingMemoryBound(to: btf_var_secinfo.self)
+        for index in 0..<count {
+            let variable = variables[index]
+            guard let declaration = btf__type_by_id(btf, variable.type),
+                let name = btf__name_by_offset(btf, declaration.pointee.name_off).map({ String(cString: $0) }),
+                let bytes = remaining.removeValue(forKey: name)
+            else { continue }
+            guard bytes.count == Int(variable.size), Int(variable.offset) + bytes.count <= size else {
+                throw SystemError("constant \(name) is \(variable.size) bytes", errno: EINVAL)
+            }
+            data.replaceSubrange(Int(variable.offset)..<Int(variable.offset) + bytes.count, with: bytes)
+        }
+        guard remaining.isEmpty else {
+            throw SystemError("the BPF object has no constant \(remaining.keys.sorted())", errno: ENOENT)
+        }
+        let set = data.withUnsafeBytes { bpf_map__set_initial_value(rodata, $0.baseAddress, $0.count) }
+        guard set == 0 else { throw SystemError("setting the BPF object's constants", errno: -set) }
+    }
+}
