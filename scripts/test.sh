@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test: the format check, unit and fuzz tests, then integration tests in network
-# namespaces (root), including the slow one (a SYN flood of 150 s), then a bounded coverage-guided fuzzing run of each
+# namespaces (root), including the slow one (a SYN flood of over two minutes), then a bounded coverage-guided fuzzing run of each
 # libFuzzer target (scripts/fuzz.sh, PROXYSIDE_FUZZ_SECONDS each, default 30). --quick, for the
 # development loop, leaves out the slow test, the fuzzing run, the kernel lab (Debian's kernels under
 # qemu) and the package tests (Debian roots under systemd-nspawn); CI runs the whole command.

@@ -101,7 +101,9 @@ struct SynCookieResponder {
             let key = listener.record.key
             // The kernel accepts a cookie ACK only within two minutes of a cookie of its own for the
             // listener (tcp_synq_no_recent_overflow), with tcp_syncookies=2 too: one SYN per interval
-            // goes to the kernel, which answers it with a cookie and so keeps that mark.
+            // goes to the kernel, which answers it with a cookie while its queue is full and so keeps
+            // that mark. A queue not seen full for the mark's lifetime turns the responder off
+            // (ListenerOverflow), and the kernel's own cookies for the flood renew the mark.
             if now &- (lastPassed[key] ?? 0) >= passInterval {
                 lastPassed[key] = now
                 listener.record.add(.synsPassedToKernel)
