@@ -17,6 +17,7 @@
 # Bounded: SECONDS_PER_RUN (default 5) per run, ROUNDS (default 3), medians.
 #   scripts/bench-bulk.sh
 set -euo pipefail
+shopt -s inherit_errexit  # a failed step inside $(...) stops the script too
 cd "$(dirname "$0")/.."
 seconds=${SECONDS_PER_RUN:-5}
 rounds=${ROUNDS:-3}
@@ -32,15 +33,20 @@ command -v iperf3 >/dev/null && command -v ethtool >/dev/null || { echo "bench-b
 
 ip netns exec "$prefix-c" ethtool -K eth0 tso off gso off tx off >/dev/null
 ip netns exec "$prefix-sw" ethtool -K "$prefix-p1" tso off gso off >/dev/null
+# NAPI threads that exist before P1's interface gets its own: never touched here.
+others=" $(pgrep '^napi/' | tr '\n' ' ' || true) "
 ip netns exec "$P" ethtool -K eth0 gro on >/dev/null
 ip netns exec "$P" sh -c 'echo 1 > /sys/class/net/eth0/threaded'
 printf '198.18.0.11\n198.18.0.12 draining\n' > "$work/table"
 taskset -c "$client_cpu" ip netns exec "$prefix-d" "$bin/glb-lab" bpf-director --self 198.18.0.2 \
     --table "$work/table" --vip "$VIP" 2> "$work/director.log" & pids+=($!)
 
-# P1's NAPI threads (only P1's interface has NAPI here: GRO and XDP are on nowhere else) go to CPU 0.
+# P1's NAPI threads (made since `others` was read: only P1's interface has GRO or XDP in this lab)
+# go to CPU 0.
 pin_napi() {
-    for pid in $(pgrep '^napi/' || true); do taskset -pc "$proxy_cpu" "$pid" >/dev/null; done
+    for pid in $(pgrep '^napi/' || true); do
+        case "$others" in *" $pid "*) ;; *) taskset -pc "$proxy_cpu" "$pid" >/dev/null ;; esac
+    done
 }
 
 sc_pid=
@@ -48,6 +54,7 @@ start_daemon() {
     rm -f "$work/sc.sock"
     taskset -c "$proxy_cpu" ip netns exec "$P" "$bin/second-chance" run --queue 0 --self 198.18.0.11 \
         --allow-source 198.18.0.2 --fast-path "$1" --control "$work/sc.sock" 2>> "$work/sc.log" & sc_pid=$!
+    pids+=("$sc_pid")
     for _ in $(seq 100); do [ -S "$work/sc.sock" ] && break; sleep 0.1; done
     [ -S "$work/sc.sock" ] || { echo "bench-bulk: second-chance did not start" >&2; cat "$work/sc.log" >&2; exit 1; }
 }
@@ -68,13 +75,17 @@ received() {
 upload() {
     local connections=$1 hz
     hz=$(getconf CLK_TCK)
-    taskset -c "$proxy_cpu" ip netns exec "$P" iperf3 -s -B "$VIP" -1 >/dev/null 2>&1 & local server=$!
+    # One client, and never longer than the run and a margin: a client that cannot connect ends it.
+    taskset -c "$proxy_cpu" ip netns exec "$P" timeout $((seconds + 30)) iperf3 -s -B "$VIP" -1 >/dev/null 2>&1 &
+    local server=$!
+    pids+=("$server")
     sleep 0.5
     pin_napi
     local p0 m0 c0 s0 r0 d0
     p0=$(busy "cpu$proxy_cpu"); c0=$(busy "cpu$client_cpu"); m0=$(busy cpu); s0=$(segments); r0=$(received)
     d0=$(ring_drops)
-    taskset -c "$client_cpu" ip netns exec "$prefix-c" iperf3 -c "$VIP" -t "$seconds" -P "$connections" -J > "$work/run.json"
+    taskset -c "$client_cpu" ip netns exec "$prefix-c" timeout $((seconds + 30)) \
+        iperf3 -c "$VIP" -t "$seconds" -P "$connections" -J > "$work/run.json"
     local p1 m1 c1 s1 r1 d1
     p1=$(busy "cpu$proxy_cpu"); c1=$(busy "cpu$client_cpu"); m1=$(busy cpu); s1=$(segments); r1=$(received)
     d1=$(ring_drops)

@@ -33,6 +33,7 @@ yardstick_object() {
         -c "$dir/$selftests/test_cls_redirect.c" -o "$dir/cls_redirect.bpf.o"
     echo "$dir/cls_redirect.bpf.o"
 }
+scripts/setup.sh  # apt's lists, clang's headers and gcc before the yardstick is fetched and built
 yardstick=$(yardstick_object)
 
 count=0

@@ -15,9 +15,13 @@ public final class LabBPFObject: @unchecked Sendable {
     /// reads them) before the kernel verifies it.
     public init(elf: [UInt8], name: String, constants: [String: [UInt8]] = [:]) throws {
         BPF.silenceLibbpf()
-        var log = [CChar](repeating: 0, count: 1 << 16)
+        // libbpf keeps the log's address from the open to the load: memory of our own, not an array's.
+        let logSize = 1 << 16
+        let log = UnsafeMutablePointer<CChar>.allocate(capacity: logSize)
+        defer { log.deallocate() }
+        log[0] = 0
         let opened = elf.withUnsafeBytes { buffer in
-            proxyside_bpf_open(buffer.baseAddress, buffer.count, name, &log, log.count)
+            proxyside_bpf_open(buffer.baseAddress, buffer.count, name, log, logSize)
         }
         guard let object = opened else { throw SystemError("opening BPF object \(name)", errno: errno) }
         do {
@@ -29,7 +33,7 @@ public final class LabBPFObject: @unchecked Sendable {
         let loaded = bpf_object__load(object)
         guard loaded == 0 else {
             bpf_object__close(object)
-            let verifier = log.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+            let verifier = String(cString: log)
             throw SystemError("loading BPF object \(name): \(verifier.suffix(2000))", errno: -loaded)
         }
         self.object = object

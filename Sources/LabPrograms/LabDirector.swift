@@ -79,7 +79,8 @@ public final class LabDirector: @unchecked Sendable {
     /// The counters, summed over the CPUs: encapsulated, passed, segmented, malformed.
     public func counters() -> (encapsulated: UInt64, passed: UInt64, segmented: UInt64, malformed: UInt64) {
         let cpus = Int(libbpf_num_possible_cpus())
-        var values = [ld_counters](repeating: ld_counters(), count: max(cpus, 1))
+        guard cpus > 0 else { return (0, 0, 0, 0) }
+        var values = [ld_counters](repeating: ld_counters(), count: cpus)
         var key: UInt32 = 0
         guard bpf_map_lookup_elem(countersFD, &key, &values) == 0 else { return (0, 0, 0, 0) }
         return values.reduce((0, 0, 0, 0)) { sum, cpu in

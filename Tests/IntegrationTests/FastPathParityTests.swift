@@ -336,6 +336,10 @@ final class FastPathParityTests: XCTestCase {
             payload: [1, 2, 3])
     }
 
+    /// Data lengths around each piece of XDP's checksum: every tail, the pieces' edges, a full segment.
+    static let sweptLengths =
+        Array(0...70) + Array(250...262) + Array(506...520) + Array(1020...1030) + Array(1440...1460)
+
     /// The named cases: every verdict the program decides, the attacker's packets among them.
     static func namedCases(established: [FlowKey]) -> [(String, [UInt8])] {
         let client = IPAddress.v4(Lab.client), vip = IPAddress.v4(Lab.vip), vip6 = IPAddress.v6(Lab.vip6)
@@ -568,6 +572,20 @@ final class FastPathParityTests: XCTestCase {
                 try harness.compare(packet, "mutated packet \(random.report)")
             }
             harness.arrival = harness.interfaceIndex
+            // Every way XDP sums a segment (512-byte chunks, pieces of 256 down to 4 bytes, a tail
+            // of 1 to 3), its checksum right and wrong, in both families: XDP must deliver the
+            // first (tc delivers it) and leave the second to tc (the binding above fails either).
+            for length in Self.sweptLengths {
+                for flow in established.prefix(2) {
+                    var inner = PacketBuilder.tcp(
+                        source: flow.sourceAddress, sourcePort: flow.sourcePort, destination: flow.destinationAddress,
+                        destinationPort: flow.destinationPort, flags: .ack, sequence: 1000, acknowledgement: 2000,
+                        payload: Array(repeating: UInt8(truncatingIfNeeded: length), count: length))
+                    try harness.compare(Self.gue(inner), "ACK with \(length) bytes of data to \(flow)")
+                    inner[inner.count - 1] ^= 0x5a
+                    try harness.compare(Self.gue(inner), "ACK with \(length) bytes of data, checksum wrong")
+                }
+            }
             print("fast path parity: \(harness.outcomes.sorted { $0.key < $1.key })")
             if Self.xdpComparable {
                 print("fast path parity, decided in XDP by tc's action: \(harness.xdpDecided)")

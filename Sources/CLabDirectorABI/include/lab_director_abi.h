@@ -1,4 +1,4 @@
-// The lab director's map layouts, shared by its tc program (LabDirectorProgram/bpf) and its loader.
+// The lab director's map layouts, shared by its tc program (LabPrograms/bpf) and its loader.
 #ifndef PROXYSIDE_LAB_DIRECTOR_ABI_H
 #define PROXYSIDE_LAB_DIRECTOR_ABI_H
 
