@@ -132,7 +132,11 @@ public final class QueueDaemon {
         (controlPath, self.logger) = (endpoints.controlPath, logger)
         UnixAddress.makeDirectory(for: controlPath)
         let notifier = SDNotify(environment: environment)
-        let reexecutor = Reexecutor(executable: ProgramImage.startPath(), logger: logger)
+        let reexecutor = Reexecutor(
+            executable: ProgramImage.startPath(),
+            checkSeconds: WatchdogSettings.reexecCheckSeconds(
+                WatchdogSettings(environment: environment, pid: getpid())),
+            logger: logger)
         let reexecGo = try EventFD()
         (self.notifier, self.reexecutor, self.reexecGo) = (notifier, reexecutor, reexecGo)
         server = try StatsServer(
@@ -267,11 +271,13 @@ public final class QueueDaemon {
 /// Checks that the installed program runs before the main thread re-executes it.
 final class Reexecutor: Sendable {
     let executable: String
+    /// How long the check may take (it runs on the main loop, which tells the watchdog).
+    let checkSeconds: Int
     private let lastCheck = Mutex<String>("")
     private let logger: Logger
 
-    init(executable: String, logger: Logger) {
-        (self.executable, self.logger) = (executable, logger)
+    init(executable: String, checkSeconds: Int, logger: Logger) {
+        (self.executable, self.checkSeconds, self.logger) = (executable, checkSeconds, logger)
     }
 
     /// What the check printed (`second-chance version`), for the log.
@@ -281,7 +287,8 @@ final class Reexecutor: Sendable {
     func check(by requester: String) -> (text: String, approved: Bool) {
         // The installed file, with this process's flags: one that does not start, or refuses them
         // (a newer release's stricter checks), is found while this process still serves.
-        switch ProgramImage.check(executable, arguments: Array(CommandLine.arguments.dropFirst()) + ["--check"]) {
+        let arguments = Array(CommandLine.arguments.dropFirst()) + ["--check"]
+        switch ProgramImage.check(executable, arguments: arguments, seconds: checkSeconds) {
         case .success(let line):
             lastCheck.withLock { $0 = line }
             return ("re-executing \(executable): \(line)\n", true)

@@ -30,4 +30,12 @@ public struct WatchdogSettings: Sendable, Equatable {
         if let owner = environment["WATCHDOG_PID"], owner != String(pid) { return nil }
         checkMilliseconds = Int32(max(1, microseconds / 2000))
     }
+
+    /// How long one step of the main loop may take (a re-exec's check of the new program) and
+    /// the watchdog still hear from it in time: half the interval less a second, at least one.
+    public var longestStepSeconds: Int { max(1, Int(checkMilliseconds) / 1000 - 1) }
+
+    /// The deadline of a re-exec's check: it loads and verifies the BPF programs, seconds under
+    /// emulation or load; bounded by the watchdog where one watches, else by 30 s.
+    public static func reexecCheckSeconds(_ settings: WatchdogSettings?) -> Int { settings?.longestStepSeconds ?? 30 }
 }

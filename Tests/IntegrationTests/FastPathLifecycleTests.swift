@@ -161,7 +161,9 @@ final class FastPathLifecycleTests: XCTestCase {
         let status = try readControlSocket(lab.controlPath("p1"))
         XCTAssertTrue(status.contains("XDP (native) and tc on eth0"), status)
         kill(daemon.processIdentifier, SIGUSR1)
-        try lab.waitFor("the re-exec", seconds: Self.startup) { try self.lab.stats("p1")["reexecs"] == 1 }
+        try Lab.waitFor("the re-exec", seconds: Self.startup, context: { self.lab.log(of: daemon) }) {
+            try self.lab.stats("p1")["reexecs"] == 1
+        }
         let second = try XCTUnwrap(try xdpOnP1())
         XCTAssertNotEqual(second, first, "a new program in the same place")
         XCTAssertTrue(lab.log(of: daemon).contains("XDP (native) and tc on eth0"), lab.log(of: daemon))

@@ -24,6 +24,12 @@ final class OperationsTests: XCTestCase {
             WatchdogSettings(environment: ["WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "7"], pid: 7)?.checkMilliseconds,
             2000)
         XCTAssertNil(WatchdogSettings(environment: ["WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "8"], pid: 7))
+        // A re-exec's check may take what the watchdog allows: the shipped WatchdogSec=15s, 6 s.
+        let shipped = WatchdogSettings(environment: ["WATCHDOG_USEC": "15000000"], pid: 7)
+        XCTAssertEqual(WatchdogSettings.reexecCheckSeconds(shipped), 6)
+        XCTAssertEqual(
+            WatchdogSettings.reexecCheckSeconds(WatchdogSettings(environment: ["WATCHDOG_USEC": "1000"], pid: 7)), 1)
+        XCTAssertEqual(WatchdogSettings.reexecCheckSeconds(nil), 30)
         for bad in ["", "x", "-1", "999", "86400000001", "18446744073709551616"] {
             XCTAssertNil(WatchdogSettings(environment: ["WATCHDOG_USEC": bad], pid: 7), bad)
         }
