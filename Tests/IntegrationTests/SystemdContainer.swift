@@ -45,7 +45,7 @@ final class SystemdContainer {
         // The units this host's /usr would start and that have no place here stay masked.
         let masked = [
             "systemd-networkd.service", "systemd-networkd.socket", "nftables.service", "haproxy.service",
-            "postgresql.service",
+            "postgresql.service", "iperf3.service",
             "console-getty.service", "systemd-firstboot.service", "apt-daily.timer", "apt-daily-upgrade.timer",
             "man-db.timer",
         ]
