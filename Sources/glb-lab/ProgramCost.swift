@@ -103,13 +103,7 @@ struct ProgramCost: ParsableCommand {
     /// established connection, a SYN, an ACK of no connection with a next hop (forwarded), and
     /// one with no hops left (the last resort).
     func frames() throws -> [(String, [UInt8])] {
-        guard let text = ProcFile.read("/sys/class/net/\(interface)/address"),
-            case let octets = text.split(whereSeparator: { $0 == ":" || $0 == "\n" }).compactMap({
-                UInt8($0, radix: 16)
-            }),
-            octets.count == 6
-        else { throw CommandFailure("cannot read \(interface)'s address") }
-        let ethernet = octets + [0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00]
+        let ethernet = try Blast.mac(of: interface) + [0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00]
         func gue(_ source: IPv4Address, _ port: UInt16, _ flags: TCPFlags, hops: [IPv4Address], options: [UInt8] = [])
             -> [UInt8]
         {
