@@ -10,8 +10,8 @@ enum EmbeddedBPFObjects {}
 
 /// Programs that decide nothing (`bpf/empty.bpf.c`): the floor a program's cost is taken above.
 public enum EmptyPrograms {
-    public static func load() throws -> (object: LabBPFObject, tc: Int32, xdp: Int32) {
-        let object = try LabBPFObject(elf: HexText.bytes(EmbeddedBPFObjects.empty), name: "empty")
+    public static func load() throws -> (object: BPFObject, tc: Int32, xdp: Int32) {
+        let object = try BPFObject(elf: HexText.bytes(EmbeddedBPFObjects.empty), name: "empty")
         return (object, try object.program("empty_tc"), try object.program("empty_xdp"))
     }
 }
@@ -28,14 +28,14 @@ public final class LabDirector: @unchecked Sendable {
     public static let maximumProxies = Int(LD_MAX_PROXIES)
     public static let maximumHops = Int(LD_MAX_HOPS)
 
-    private let object: LabBPFObject
+    private let object: BPFObject
     public let programFD: Int32
     private let configFD: Int32
     private let vipsFD: Int32
     private let countersFD: Int32
 
     public init() throws {
-        object = try LabBPFObject(elf: HexText.bytes(EmbeddedBPFObjects.glbDirector), name: "glb-director")
+        object = try BPFObject(elf: HexText.bytes(EmbeddedBPFObjects.glbDirector), name: "glb-director")
         programFD = try object.program(Self.programName)
         (configFD, vipsFD, countersFD) = (
             try object.map("ld_config"), try object.map("ld_vips"), try object.map("ld_counters")

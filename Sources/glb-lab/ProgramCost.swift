@@ -66,7 +66,7 @@ struct ProgramCost: ParsableCommand {
 
     /// The attached programs, the empty ones and the yardstick; the descriptors to close and the
     /// objects to keep loaded while they run.
-    func loadPrograms() throws -> ([Program], [Int32], [LabBPFObject]) {
+    func loadPrograms() throws -> ([Program], [Int32], [BPFObject]) {
         guard let tcID = FastPath.filter.program(on: interface) else {
             throw CommandFailure("no second-chance tc program on \(interface)")
         }
@@ -90,7 +90,7 @@ struct ProgramCost: ParsableCommand {
             var port: [UInt8] = [], address: [UInt8] = []
             port.appendBE16(GUEPacket.port)
             address.appendBE32(selfAddress.value)
-            let object = try LabBPFObject(
+            let object = try BPFObject(
                 elf: Array(elf), name: "yardstick",
                 constants: ["ENCAPSULATION_PORT": port, "ENCAPSULATION_IP": address])
             objects.append(object)

@@ -1,14 +1,13 @@
 import CBPF
 import CBPFShims
 import Glibc
-import LinuxSys
 
-/// A BPF object for the lab, loaded: one of the lab's own (`bpf/`, embedded) or one from a file
-/// (a yardstick built from elsewhere), with read-only globals (`volatile const`) set before the
+/// A BPF object, loaded: one a target embeds (BPFObjectPlugin) or one from a file
+/// (the lab's yardsticks), with read-only globals (`volatile const`) set before the
 /// load by name.
 ///
 /// `@unchecked Sendable`: after `init` nothing here changes; the descriptors are the kernel's.
-public final class LabBPFObject: @unchecked Sendable {
+public final class BPFObject: @unchecked Sendable {
     private let object: OpaquePointer
 
     /// Opens and loads `elf`; `constants` sets read-only globals (their bytes, as the program
@@ -53,6 +52,15 @@ public final class LabBPFObject: @unchecked Sendable {
             throw SystemError("the BPF object has no map \(name)", errno: ENOENT)
         }
         return bpf_map__fd(map)
+    }
+
+    /// Sets `key` of the object's map `name` to `value` (for a socket array: a socket's fd).
+    public func update(map name: String, key: UInt32, value: UInt64) throws {
+        let fd = try map(name)
+        var key = key, value = value
+        guard bpf_map_update_elem(fd, &key, &value, UInt64(BPF_ANY)) == 0 else {
+            throw SystemError("setting \(name)[\(key)]", errno: errno)
+        }
     }
 
     /// Writes each constant's bytes where BTF places it in the object's `.rodata`.
