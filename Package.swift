@@ -63,10 +63,14 @@ let package = Package(
 
         // bindkeeper's pure parts: requests, policy, templates, wire forms, hand-over state.
         .target(name: "BindkeeperCore", dependencies: ["NetTypes"]),
+        // bindkeeper's reuseport program for socket groups, compiled from bpf/ and embedded.
+        .target(name: "ReuseportProgram", dependencies: ["NetTypes"], exclude: ["bpf"], plugins: ["BPFObjectPlugin"]),
         // bindkeeper on Linux: the broker, owned sockets, the client, the HAProxy supervisor.
         .target(
             name: "Bindkeeper",
-            dependencies: ["BindkeeperCore", "NetTypes", "LinuxSys", "Telemetry", "CLinuxShims", logging]),
+            dependencies: [
+                "BindkeeperCore", "NetTypes", "LinuxSys", "Telemetry", "CLinuxShims", "ReuseportProgram", logging,
+            ]),
 
         // Packet builders, the rendezvous table and sockets for the lab, the tests and the
         // benchmarks only: no production target depends on it.

@@ -84,7 +84,14 @@ extension Broker {
     /// All or none: every request is checked (policy, conflicts with the broker's sockets and
     /// within the batch, the user's socket limit) before any socket is made, and the new sockets
     /// are kept only once every one of them is made.
-    func bind(_ requests: [BindRequest], peer: Peer) -> Result<[String], Wire.RPCError> {
+    func bind(_ asked: [BindRequest], peer: Peer) -> Result<[String], Wire.RPCError> {
+        let requests: [BindRequest]
+        switch expandGroups(asked) {
+        case .success(let members): requests = members
+        case .failure(let error):
+            statistics.conflicts += 1
+            return .failure(error)
+        }
         var creating: Set<String> = []
         var inBatch: [String: BindRequest] = [:]
         for request in requests {
@@ -121,20 +128,10 @@ extension Broker {
                     ))
             }
         }
-        var made: [Entry] = []
-        for request in requests
-        where sockets[request.key] == nil && !made.contains(where: { $0.request.key == request.key }) {
-            let report = backlogReport(for: request)
-            do {
-                let fd = try OwnedSocket.open(request, backlog: report?.requested ?? 0)
-                made.append(Entry(request: request, fd: fd, handedOut: 0, backlog: report, creator: peer.uid))
-            } catch {
-                // A Unix socket made here leaves its path behind as a dead socket, inside the
-                // grant, which the next bind of that path replaces (no unlink by name here: the
-                // client may have swapped the path meanwhile).
-                for entry in made { close(entry.fd) }
-                return .failure(.bindFailed("\(error)"))
-            }
+        let made: [Entry]
+        switch make(requests, creator: peer.uid) {
+        case .success(let entries): made = entries
+        case .failure(let error): return .failure(error)
         }
         for entry in made {
             add(entry, stored: false)
@@ -143,6 +140,83 @@ extension Broker {
             logger.info("bound \(entry.request.url)\(entry.backlog.map { " (backlog \($0.effective))" } ?? "")")
         }
         return .success(requests.map(\.key))
+    }
+
+    /// Each request as the sockets it asks for: a group's members (`shards` resolved), checked
+    /// against what the broker holds at that address and port. A member is not asked for alone:
+    /// a group is made, handed out and released whole.
+    func expandGroups(_ requests: [BindRequest]) -> Result<[BindRequest], Wire.RPCError> {
+        var expanded: [BindRequest] = []
+        for request in requests {
+            if request.member != nil {
+                return .failure(.conflict("\(request.key): ask for the whole group (shards=N), not one member"))
+            }
+            let members = groupMembers(request.baseKey)
+            guard let shards = request.shards else {
+                if !members.isEmpty {
+                    return .failure(.conflict("\(request.baseKey) is a group of \(members.count) sockets (shards)"))
+                }
+                expanded.append(request)
+                continue
+            }
+            let count: UInt16
+            switch shards {
+            case .count(let number): count = number
+            case .auto: count = SocketGroupSteering.onlineCPUs()
+            }
+            if sockets[request.baseKey] != nil {
+                return .failure(.conflict("\(request.baseKey) exists as one socket, not a group"))
+            }
+            if !members.isEmpty, members.count != Int(count) {
+                return .failure(
+                    .conflict("\(request.baseKey) exists as a group of \(members.count) sockets, requested \(count)"))
+            }
+            expanded += request.members(count: count)
+        }
+        guard expanded.count <= Wire.maximumBatch else {
+            return .failure(
+                .limit("one reply hands out at most \(Wire.maximumBatch) sockets; asked for \(expanded.count)"))
+        }
+        return .success(expanded)
+    }
+
+    /// The keys of the group's members at `baseKey` that the broker holds, in member order.
+    func groupMembers(_ baseKey: String) -> [String] {
+        order.filter { key in sockets[key].map { $0.request.member != nil && $0.request.baseKey == baseKey } ?? false }
+            .sorted { sockets[$0]!.request.member! < sockets[$1]!.request.member! }
+    }
+
+    /// Makes the sockets `requests` name that the broker does not hold yet, all or none; a new
+    /// group's members are steered once all of them listen.
+    func make(_ requests: [BindRequest], creator: UInt32) -> Result<[Entry], Wire.RPCError> {
+        var made: [Entry] = []
+        func fail(_ error: Error) -> Result<[Entry], Wire.RPCError> {
+            // A Unix socket made here leaves its path behind as a dead socket, inside the grant,
+            // which the next bind of that path replaces (no unlink by name here: the client may
+            // have swapped the path meanwhile).
+            for entry in made { close(entry.fd) }
+            return .failure(.bindFailed("\(error)"))
+        }
+        for request in requests
+        where sockets[request.key] == nil && !made.contains(where: { $0.request.key == request.key }) {
+            let report = backlogReport(for: request)
+            do {
+                let fd = try OwnedSocket.open(request, backlog: report?.requested ?? 0)
+                made.append(Entry(request: request, fd: fd, handedOut: 0, backlog: report, creator: creator))
+            } catch {
+                return fail(error)
+            }
+        }
+        let groups = Dictionary(grouping: made.filter { $0.request.member != nil }, by: \.request.baseKey)
+        for members in groups.values {
+            do {
+                try SocketGroupSteering.attach(
+                    members: members.sorted { $0.request.member! < $1.request.member! }.map(\.fd))
+            } catch {
+                return fail(error)
+            }
+        }
+        return .success(made)
     }
 
     /// All or none: every socket named must be the broker's, the client must be allowed to bind it
@@ -154,7 +228,14 @@ extension Broker {
     /// against its creator's --max-sockets-per-user.
     func release(_ requests: [BindRequest], peer: Peer) -> Result<[String], Wire.RPCError> {
         var keys: [String] = []
-        for request in requests where !keys.contains(request.key) {
+        for request in requests where request.member != nil {
+            return .failure(.conflict("\(request.key): release the whole group, not one member"))
+        }
+        let named = requests.flatMap { request in
+            let members = groupMembers(request.baseKey)
+            return sockets[request.key] == nil && !members.isEmpty ? members.map { sockets[$0]!.request } : [request]
+        }
+        for request in named where !keys.contains(request.key) {
             guard let entry = sockets[request.key] else {
                 return .failure(.bindFailed("\(request.key): the broker holds no such socket"))
             }
@@ -250,6 +331,10 @@ extension Broker {
                 item.acceptQueue = observed.acceptQueue
                 item.synQueue = observed.requestSockets
                 item.kernelBacklog = observed.backlog
+            }
+            // A group's members share the address and port sock_diag reports by: each its own queue.
+            if entry.request.member != nil, let queue = SocketCounters.acceptQueue(entry.fd) {
+                (item.acceptQueue, item.kernelBacklog) = (queue.waiting, queue.limit)
             }
             if entry.request.kind == .tcp { item.listenDrops = SocketCounters.drops(entry.fd) }
             return item

@@ -52,9 +52,7 @@ public final class BindkeeperClient {
     public func bind(_ requests: [BindRequest]) throws -> [Bound] {
         var bound: [Bound] = []
         do {
-            var start = 0
-            while start < requests.count {
-                let batch = Array(requests[start..<min(requests.count, start + Wire.maximumBatch)])
+            for batch in Self.batches(requests) {
                 let (result, fds) = try call("bind", Reply.Bind.self, binds: batch)
                 let sockets = result.sockets
                 guard sockets.count == fds.count else {
@@ -65,13 +63,32 @@ public final class BindkeeperClient {
                 for (socket, fd) in zip(sockets, fds) {
                     bound.append(Bound(key: socket.key, url: socket.url, fd: fd, warning: socket.warning))
                 }
-                start += batch.count
             }
         } catch {
             for socket in bound { close(socket.fd) }
             throw error
         }
         return bound
+    }
+
+    /// Requests in batches of at most Wire.maximumBatch, a group alone in its own: one reply carries
+    /// at most that many fds, and a group may be that large.
+    static func batches(_ requests: [BindRequest]) -> [[BindRequest]] {
+        var batches: [[BindRequest]] = []
+        var current: [BindRequest] = []
+        for request in requests {
+            if request.shards != nil || current.count == Wire.maximumBatch {
+                if !current.isEmpty { batches.append(current) }
+                current = []
+            }
+            if request.shards != nil {
+                batches.append([request])
+            } else {
+                current.append(request)
+            }
+        }
+        if !current.isEmpty { batches.append(current) }
+        return batches
     }
 
     /// Has the broker close its sockets for `requests` (all or none); the keys it released.

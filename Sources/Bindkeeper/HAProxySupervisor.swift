@@ -103,7 +103,11 @@ public final class HAProxySupervisor {
             Descriptors.setCloseOnExec(socket.fd, false)
             if let warning = socket.warning { logger.info("\(socket.key): \(warning)") }
         }
-        let fds = Dictionary(zip(template.binds.map(\.url), bound.map(\.fd)), uniquingKeysWith: { first, _ in first })
+        // A group's members come in member order, each under its URL (member=K).
+        let fds = Dictionary(
+            bound.map { socket in
+                ((try? BindRequest.parse(url: socket.url).get())?.baseKey ?? socket.key, [socket.fd])
+            }, uniquingKeysWith: +)
         let prepared = Prepared(path: path, fds: bound.map(\.fd))
         do {
             try template.render(fds: fds).write(toFile: path, atomically: true, encoding: .utf8)

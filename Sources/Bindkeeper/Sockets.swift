@@ -32,6 +32,9 @@ public enum OwnedSocket {
 
     private static func bindIP(_ fd: Int32, _ request: BindRequest) throws {
         if request.kind == .tcp { try setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR") }
+        // A group's members share the address and port; only sockets of the broker's own uid can
+        // join them (the kernel's rule for SO_REUSEPORT).
+        if request.shards != nil { try setOption(fd, SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT") }
         if let ipv6Only = request.ipv6Only {
             try setOption(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, ipv6Only ? 1 : 0, "IPV6_V6ONLY")
         }

@@ -21,6 +21,29 @@ public struct BindRequest: Hashable, Sendable {
     public var mode: UInt32?
     public var owner: String?
     public var group: String?
+    /// A socket group (TCP): this many SO_REUSEPORT sockets under the address and port, made all
+    /// or none and handed out together, each for one thread of the server; nil: one socket.
+    public var shards: Shards?
+    /// Which member of its group this socket is (0-based). The broker names its members so; a
+    /// client asks for the whole group.
+    public var member: UInt16?
+
+    /// How many sockets a group has: a number, or one per online CPU (resolved by the broker).
+    public enum Shards: Hashable, Sendable, CustomStringConvertible {
+        case count(UInt16)
+        case auto
+
+        public var description: String {
+            switch self {
+            case .count(let count): "\(count)"
+            case .auto: "auto"
+            }
+        }
+    }
+
+    /// The most members a group may have (the reuseport program's socket array holds more).
+    /// A group is handed out in one reply: at most what one SCM_RIGHTS message carries.
+    public static let maximumShards = UInt16(Wire.maximumBatch)
 
     public init(
         kind: Kind, address: String, port: UInt16, backlog: Int32? = nil, ipv6Only: Bool? = nil,
@@ -40,8 +63,12 @@ public struct BindRequest: Hashable, Sendable {
     public var isIPv6: Bool { kind != .unix && address.contains(":") }
     public var isStream: Bool { kind != .udp }
 
-    /// The socket's identity: family, type, address and port. Options are compared separately.
-    public var key: String {
+    /// The socket's identity: family, type, address and port, and its place in a group. Options
+    /// are compared separately.
+    public var key: String { member.map { "\(baseKey)#\($0)" } ?? baseKey }
+
+    /// The address's identity, shared by every member of a group.
+    public var baseKey: String {
         switch kind {
         case .unix: "unix:\(address)"
         case .tcp, .udp: isIPv6 ? "\(kind.rawValue)://[\(address)]:\(port)" : "\(kind.rawValue)://\(address):\(port)"
@@ -57,7 +84,9 @@ public struct BindRequest: Hashable, Sendable {
         if let mode { options.append("mode=0\(String(mode, radix: 8))") }
         if let owner { options.append("owner=\(owner)") }
         if let group { options.append("group=\(group)") }
-        return options.isEmpty ? key : key + "?" + options.joined(separator: "&")
+        if let shards { options.append("shards=\(shards)") }
+        if let member { options.append("member=\(member)") }
+        return options.isEmpty ? baseKey : baseKey + "?" + options.joined(separator: "&")
     }
 
     /// Why `other` (same key) cannot be served by the socket made for `self`, or nil. An option the
@@ -73,6 +102,19 @@ public struct BindRequest: Hashable, Sendable {
             ?? differs("mode", mode, other.mode) { "0" + String($0, radix: 8) }
             ?? differs("owner", owner, other.owner) { $0 }
             ?? differs("group", group, other.group) { $0 }
+            ?? differs("shards", shards, other.shards) { "\($0)" }
+    }
+
+    /// The members of the group this request asks for, `count` of them (`shards` resolved), in
+    /// order; the request itself when it asks for one socket.
+    public func members(count: UInt16) -> [BindRequest] {
+        guard shards != nil else { return [self] }
+        return (0..<count).map { index in
+            var member = self
+            member.shards = .count(count)
+            member.member = index
+            return member
+        }
     }
 
     // MARK: Parsing
@@ -115,6 +157,7 @@ public struct BindRequest: Hashable, Sendable {
             let (name, value) = split(String(item), at: "=")
             if let error = request.setOption(name, value ?? "") { return .failure(BindError("\(text): \(error)")) }
         }
+        if let problem = request.groupProblem { return .failure(BindError("\(text): \(problem)")) }
         return .success(request)
     }
 
@@ -168,7 +211,7 @@ public struct BindRequest: Hashable, Sendable {
     }
 
     /// The options a URL's query and a JSON bind may set.
-    static let optionNames = ["backlog", "v6only", "freebind", "mode", "owner", "group"]
+    static let optionNames = ["backlog", "v6only", "freebind", "mode", "owner", "group", "shards", "member"]
 
     /// Why option `name` does not apply to this socket, or nil.
     func optionProblem(_ name: String) -> String? {
@@ -177,6 +220,7 @@ public struct BindRequest: Hashable, Sendable {
         case "v6only": isIPv6 ? nil : "v6only applies to IPv6 addresses"
         case "freebind": kind == .unix ? "freebind applies to IP sockets" : nil
         case "mode", "owner", "group": kind == .unix ? nil : "\(name) applies to Unix sockets"
+        case "shards", "member": kind == .tcp ? nil : "\(name) applies to TCP sockets"
         default: "unknown option \(name)"
         }
     }
@@ -196,6 +240,13 @@ public struct BindRequest: Hashable, Sendable {
         case "mode":
             guard text.utf8.count <= 5, let bits = UInt32(text, radix: 8) else { return Self.modeRange }
             return setMode(bits)
+        case "shards":
+            guard text != "auto" else { return setShards(.auto) }
+            guard let count = UInt16(text), (1...Self.maximumShards).contains(count) else { return Self.shardsRange }
+            return setShards(.count(count))
+        case "member":
+            guard let index = UInt16(text), index < Self.maximumShards else { return Self.memberRange }
+            return setMember(index)
         default:
             return setAccount(name, text)
         }
@@ -203,6 +254,30 @@ public struct BindRequest: Hashable, Sendable {
 
     static let backlogRange = "backlog must be a positive integer"
     static let modeRange = "mode is octal permission bits, at most 0777, such as 0660"
+    static let shardsRange = "shards is auto or a number of sockets, 1 to \(maximumShards)"
+    static let memberRange = "member is a group's socket, 0 to \(maximumShards - 1)"
+
+    /// A member names its group's size.
+    var groupProblem: String? {
+        guard member != nil else { return nil }
+        if case .count = shards { return nil }
+        return "member needs shards=N"
+    }
+
+    mutating func setShards(_ value: Shards) -> String? {
+        if let problem = optionProblem("shards") { return problem }
+        if let member, case .count(let count) = value, member >= count { return "member \(member) of \(count) sockets" }
+        shards = value
+        return nil
+    }
+
+    /// A member names one socket of a group of a known size.
+    mutating func setMember(_ index: UInt16) -> String? {
+        if let problem = optionProblem("member") { return problem }
+        if case .count(let count) = shards, index >= count { return "member \(index) of \(count) sockets" }
+        member = index
+        return nil
+    }
 
     /// listen(2)'s backlog: 1 to 2^31 - 1 (the kernel caps it at somaxconn).
     mutating func setBacklog(_ number: Int64) -> String? {

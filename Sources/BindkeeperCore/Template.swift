@@ -5,16 +5,28 @@
 ///     frontend www
 ///         bind {{bind tcp://198.19.0.10:80?backlog=10240}}
 ///         bind {{bind tcp://[::]:443?v6only=1}} ssl crt /etc/haproxy/site.pem
+///         bind {{bind tcp://198.19.0.10:8080?shards=auto}} alpn h2
+///
+/// A group's bind (`shards`) makes its line once per member, each bound to its own thread:
+/// `bind fd@7 thread 1 alpn h2`, `bind fd@8 thread 2 alpn h2`, and so on; such a line names no
+/// other socket.
 public struct ConfigTemplate: Equatable, Sendable {
-    enum Piece: Equatable, Sendable { case text(String), bind(BindRequest) }
+    enum Piece: Equatable, Sendable {
+        case text(String), bind(BindRequest)
+        /// A line with a group's bind: the text before it on the line and after it (with the newline).
+        case groupLine(prefix: String, request: BindRequest, suffix: String)
+    }
     let pieces: [Piece]
 
     /// Every socket the template names, each once, in order of first appearance.
     public var binds: [BindRequest] {
         var seen: Set<String> = []
         return pieces.compactMap { piece in
-            guard case .bind(let request) = piece, seen.insert(request.url).inserted else { return nil }
-            return request
+            switch piece {
+            case .bind(let request), .groupLine(_, let request, _):
+                seen.insert(request.url).inserted ? request : nil
+            case .text: nil
+            }
         }
     }
 
@@ -33,22 +45,60 @@ public struct ConfigTemplate: Equatable, Sendable {
                     BindError(
                         "line \(line): expected {{bind URL}}, found {{\(rest[open.upperBound..<close.lowerBound])}}"))
             }
+            let request: BindRequest
             switch BindRequest.parse(url: String(words[1])) {
-            case .success(let request): pieces.append(.bind(request))
+            case .success(let parsed): request = parsed
             case .failure(let error): return .failure(BindError("line \(line): \(error)"))
             }
             rest = rest[close.upperBound...]
+            guard request.shards != nil else {
+                pieces.append(.bind(request))
+                continue
+            }
+            guard let (before, after) = splitLine(&pieces, &rest) else {
+                return .failure(BindError("line \(line): a line with a group's bind (shards) names no other socket"))
+            }
+            pieces.append(.groupLine(prefix: before, request: request, suffix: after))
         }
         pieces.append(.text(String(rest)))
         return .success(ConfigTemplate(pieces: pieces))
     }
 
-    /// The configuration with each bind replaced by `fd@N`; `fds` maps a bind's URL to its fd.
-    public func render(fds: [String: Int32]) -> String {
+    /// Takes the rest of a group's line out of the last text piece and out of `rest`: the text
+    /// before the bind on its line, and after it up to and with the newline. nil when the line
+    /// names another socket.
+    private static func splitLine(_ pieces: inout [Piece], _ rest: inout Substring) -> (String, String)? {
+        guard case .text(let text) = pieces.removeLast() else { return nil }
+        let lineStart = text.lastIndex(of: "\n").map { text.index(after: $0) } ?? text.startIndex
+        // Without a newline, the text is all of the line before the bind only at the template's
+        // start or right after another group's line (which ends with its newline).
+        let atLineStart: Bool
+        switch pieces.last {
+        case nil, .groupLine?: atLineStart = true
+        default: atLineStart = false
+        }
+        guard text.contains("\n") || atLineStart else { return nil }
+        pieces.append(.text(String(text[..<lineStart])))
+        let lineEnd = rest.firstIndex(of: "\n").map { rest.index(after: $0) } ?? rest.endIndex
+        let after = rest[..<lineEnd]
+        guard !after.contains("{{") else { return nil }
+        rest = rest[lineEnd...]
+        return (String(text[lineStart...]), String(after))
+    }
+
+    /// The configuration with each bind replaced by `fd@N`; `fds` maps a socket's `baseKey` to its
+    /// fds (a group's in member order).
+    public func render(fds: [String: [Int32]]) -> String {
         pieces.map { piece in
             switch piece {
-            case .text(let text): text
-            case .bind(let request): fds[request.url].map { "fd@\($0)" } ?? "fd@-1"
+            case .text(let text): return text
+            case .bind(let request): return fds[request.baseKey]?.first.map { "fd@\($0)" } ?? "fd@-1"
+            case .groupLine(let prefix, let request, let suffix):
+                let members = fds[request.baseKey] ?? [-1]
+                let newline = suffix.hasSuffix("\n")
+                let body = newline ? suffix.dropLast() : Substring(suffix)
+                let lines = members.enumerated().map { "\(prefix)fd@\($1) thread \($0 + 1)\(body)" }
+                return lines.joined(separator: "\n") + (newline ? "\n" : "")
             }
         }.joined()
     }

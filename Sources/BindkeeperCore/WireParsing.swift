@@ -55,7 +55,9 @@ extension Wire {
     /// A bind in JSON: multibinder's `address`, `port`, `backlog`, plus `type`, `v6only`,
     /// `freebind`, `mode` (a number, or an octal string), `owner`, `group`.
     static func bindRequest(json params: [String: JSONValue]) -> Result<BindRequest, BindError> {
-        let known: Set<String> = ["type", "address", "port", "backlog", "v6only", "freebind", "mode", "owner", "group"]
+        let known: Set<String> = [
+            "type", "address", "port", "backlog", "v6only", "freebind", "mode", "owner", "group", "shards", "member",
+        ]
         if let unknown = params.keys.sorted().first(where: { !known.contains($0) }) {
             return .failure(BindError("unknown option \(unknown)"))
         }
@@ -85,6 +87,7 @@ extension Wire {
             guard let value = params[name], value != .null else { continue }
             if let error = setOption(name, value, on: &request) { return .failure(BindError(error)) }
         }
+        if let problem = request.groupProblem { return .failure(BindError(problem)) }
         return .success(request)
     }
 
@@ -103,6 +106,7 @@ extension Wire {
             case "mode":
                 guard let bits = UInt32(exactly: number) else { return "mode must be a permission number" }
                 return request.setMode(bits)
+            case "shards", "member": return request.setOption(name, String(number))
             case "v6only", "freebind":
                 if let problem = request.optionProblem(name) { return problem }
                 guard number == 0 || number == 1 else { return "\(name) is 0 or 1" }
@@ -123,6 +127,8 @@ extension Wire {
         if let mode = request.mode { params["mode"] = .string("0" + String(mode, radix: 8)) }
         if let owner = request.owner { params["owner"] = .string(owner) }
         if let group = request.group { params["group"] = .string(group) }
+        if let shards = request.shards { params["shards"] = .string("\(shards)") }
+        if let member = request.member { params["member"] = .integer(Int64(member)) }
         return params
     }
 }

@@ -91,6 +91,14 @@ int proxyside_setns_net(int fd) {
     return setns(fd, CLONE_NEWNET) == 0 ? 0 : -errno;
 }
 
+int proxyside_thread_cpus(uint64_t mask[16]) {
+    return sched_getaffinity(0, 16 * sizeof(uint64_t), (cpu_set_t *)mask) == 0 ? 0 : -errno;
+}
+
+int proxyside_set_thread_cpus(const uint64_t mask[16]) {
+    return sched_setaffinity(0, 16 * sizeof(uint64_t), (const cpu_set_t *)mask) == 0 ? 0 : -errno;
+}
+
 enum { max_batch = 256 };
 
 /* One iovec per message; lengths may be NULL (then every buffer is `size` bytes). */

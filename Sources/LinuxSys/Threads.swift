@@ -1,3 +1,4 @@
+import CLinuxShims
 import Glibc
 
 /// A joinable POSIX thread running one closure (queue workers and servers are long-lived loops).
@@ -23,4 +24,19 @@ public final class WorkerThread: @unchecked Sendable {
     }
 
     public func join() { pthread_join(thread, nil) }
+}
+
+/// The calling thread's CPUs.
+public enum CPUAffinity {
+    /// Runs `body` with the calling thread on `cpu` only (one of the first 1024), then restores its CPUs.
+    public static func onCPU<T>(_ cpu: Int, _ body: () throws -> T) throws -> T {
+        guard (0..<1024).contains(cpu) else { throw SystemError("sched_setaffinity \(cpu)", errno: EINVAL) }
+        var original = [UInt64](repeating: 0, count: 16)
+        _ = try Syscall.negated("sched_getaffinity") { proxyside_thread_cpus(&original) }
+        var only = [UInt64](repeating: 0, count: 16)
+        only[cpu / 64] = 1 << UInt64(cpu % 64)
+        _ = try Syscall.negated("sched_setaffinity \(cpu)") { proxyside_set_thread_cpus(only) }
+        defer { _ = proxyside_set_thread_cpus(original) }
+        return try body()
+    }
 }

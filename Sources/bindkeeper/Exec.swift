@@ -61,7 +61,12 @@ struct Exec: ParsableCommand {
             guard dup2(fd, ListenFDs.first + Int32(index)) >= 0 else { throw SystemError("dup2") }
             close(fd)
         }
-        for (name, value) in ListenFDs.environment(names: names, pid: getpid()) { setenv(name, value, 1) }
+        // A group's members come one after another, each under its group's name.
+        let nameOfKey = Dictionary(zip(requests.map(\.baseKey), names), uniquingKeysWith: { first, _ in first })
+        let passedNames = bound.map { socket in
+            (try? BindRequest.parse(url: socket.url).get()).flatMap { nameOfKey[$0.baseKey] } ?? socket.key
+        }
+        for (name, value) in ListenFDs.environment(names: passedNames, pid: getpid()) { setenv(name, value, 1) }
         Signals.restoreDefault(SIGPIPE)
         let argv: [UnsafeMutablePointer<CChar>?] = program.map { strdup($0) } + [nil]
         execvp(program[0], argv)

@@ -341,13 +341,49 @@ final class PolicyAndHandoverTests: XCTestCase {
         ).get()
         XCTAssertEqual(template.binds.map(\.url), ["tcp://127.0.0.1:80", "tcp://[::]:80?v6only=1"])
         XCTAssertEqual(
-            template.render(fds: ["tcp://127.0.0.1:80": 5, "tcp://[::]:80?v6only=1": 6]),
+            template.render(fds: ["tcp://127.0.0.1:80": [5], "tcp://[::]:80": [6]]),
             "frontend a\n  bind fd@5\n  bind fd@6 v4v6\n  bind fd@5\n")
         XCTAssertEqual(try ConfigTemplate.parse("no binds here {").get().binds, [])
         for (bad, line) in [("a\n{{bind tcp://x:1}}", 2), ("{{env HOME}}", 1), ("a\nb\n{{bind tcp://1.2.3.4:5", 3)] {
             XCTAssertThrowsError(try ConfigTemplate.parse(bad).get()) {
                 XCTAssertTrue("\($0)".contains("line \(line)"), "\($0)")
             }
+        }
+    }
+
+    /// A group's bind makes its line once per member, each for its own HAProxy thread; such a line
+    /// names nothing else, and a member is spelt in its URL so that it round-trips.
+    func testGroupsRenderALinePerMemberAndRoundTrip() throws {
+        let text =
+            "frontend a\n  bind {{bind tcp://10.0.0.1:80?shards=auto}} alpn h2\n  bind {{bind tcp://10.0.0.1:81}}\n"
+        let template = try ConfigTemplate.parse(text).get()
+        XCTAssertEqual(template.binds.map(\.url), ["tcp://10.0.0.1:80?shards=auto", "tcp://10.0.0.1:81"])
+        XCTAssertEqual(
+            template.render(fds: ["tcp://10.0.0.1:80": [7, 8], "tcp://10.0.0.1:81": [9]]),
+            "frontend a\n  bind fd@7 thread 1 alpn h2\n  bind fd@8 thread 2 alpn h2\n  bind fd@9\n")
+        XCTAssertEqual(
+            try ConfigTemplate.parse("{{bind tcp://10.0.0.1:80?shards=2}}").get().render(fds: [
+                "tcp://10.0.0.1:80": [3, 4]
+            ]),
+            "fd@3 thread 1\nfd@4 thread 2")
+        for bad in [
+            "bind {{bind tcp://10.0.0.1:80?shards=2}} {{bind tcp://10.0.0.1:81}}\n",
+            "bind {{bind tcp://10.0.0.1:81}} {{bind tcp://10.0.0.1:80?shards=2}}\n",
+        ] {
+            XCTAssertThrowsError(try ConfigTemplate.parse(bad).get(), bad)
+        }
+        let members = try BindRequest.parse(url: "tcp://10.0.0.1:80?backlog=9&shards=2").get().members(count: 2)
+        XCTAssertEqual(members.map(\.key), ["tcp://10.0.0.1:80#0", "tcp://10.0.0.1:80#1"])
+        for member in members {
+            XCTAssertEqual(try BindRequest.parse(url: member.url).get(), member)
+            XCTAssertEqual(FDStoreName.encode(member).flatMap(FDStoreName.decode), member)
+        }
+        for bad in [
+            "tcp://10.0.0.1:80?shards=0", "tcp://10.0.0.1:80?shards=251", "tcp://10.0.0.1:80?member=1",
+            "tcp://10.0.0.1:80?shards=auto&member=0", "tcp://10.0.0.1:80?shards=2&member=2",
+            "udp://10.0.0.1:80?shards=2", "unix:/run/a.sock?shards=2",
+        ] {
+            XCTAssertThrowsError(try BindRequest.parse(url: bad).get(), bad)
         }
     }
 

@@ -48,6 +48,11 @@ int proxyside_receive_batch(int fd, void *const *buffers, size_t size, size_t *l
 /// setns(2) for network namespaces (glibc hides setns and CLONE_NEWNET without _GNU_SOURCE).
 int proxyside_setns_net(int fd);
 
+/// The calling thread's CPU mask (the first 1024 CPUs, as 16 words), get and set (sched_getaffinity
+/// and sched_setaffinity need _GNU_SOURCE). Return 0 or -errno.
+int proxyside_thread_cpus(uint64_t mask[16]);
+int proxyside_set_thread_cpus(const uint64_t mask[16]);
+
 /// Makes signal `signo` write 8 bytes to an eventfd, async-signal-safely (SIGUSR1, SIGUSR2, ...).
 int proxyside_signal_to_eventfd(int signo, int fd);
 

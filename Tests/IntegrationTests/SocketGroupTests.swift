@@ -1,0 +1,242 @@
+import Bindkeeper
+import BindkeeperCore
+import Foundation
+import Glibc
+import LabKit
+import LinuxSys
+import NetTypes
+import XCTest
+
+/// Socket groups (`shards=N`) through the kernel: the reuseport program steers each SYN to the
+/// member of the CPU that received it; a member gone leaves the choice to the kernel.
+final class SocketGroupTests: XCTestCase {
+    var lab: BrokerLab!
+
+    override func setUpWithError() throws {
+        guard sysconf(Int32(_SC_NPROCESSORS_ONLN)) >= 2 else { throw XCTSkip("needs two CPUs") }
+        lab = try BrokerLab(testName)
+    }
+
+    override func tearDown() { lab?.tearDown() }
+
+    /// Connects from `cpu` (over loopback, whose receive runs on the sender's CPU) and tells which of
+    /// `listeners` holds the connection in its accept queue; the connection is accepted and closed.
+    func acceptingMember(from cpu: Int, port: UInt16, _ listeners: [Int32]) throws -> Int? {
+        let client = try lab.inside {
+            try CPUAffinity.onCPU(cpu) { try LabSockets.connectTCP(to: .v4(IPv4Address(BrokerLab.vip)!), port: port) }
+        }
+        defer { close(client) }
+        for _ in 0..<100 {
+            for (index, listener) in listeners.enumerated() {
+                let accepted = accept(listener, nil, nil)
+                if accepted >= 0 {
+                    close(accepted)
+                    return index
+                }
+            }
+            usleep(1000)
+        }
+        return nil
+    }
+
+    func testAGroupSteersEachSYNToTheMemberOfItsCPUAndFallsBackWhenOneIsGone() throws {
+        try lab.startBroker()
+        let request = try BindRequest.parse(url: "tcp://\(BrokerLab.vip):8600?shards=2").get()
+        let members = try lab.client().bind([request])
+        XCTAssertEqual(members.map(\.key), ["tcp://\(BrokerLab.vip):8600#0", "tcp://\(BrokerLab.vip):8600#1"])
+        let fds = members.map(\.fd)
+        for fd in fds { XCTAssertEqual(fcntl(fd, F_SETFL, O_NONBLOCK), 0) }
+        let listed = try lab.client().list().sockets.filter { $0.key.hasPrefix("tcp://\(BrokerLab.vip):8600") }
+        XCTAssertEqual(listed.map(\.url).sorted(), members.map(\.url).sorted(), "list shows the members")
+        XCTAssertEqual(Set(listed.map(\.cookie)).count, 2, "two kernel sockets")
+        // The kernel keeps the program with the group: a re-executed broker holds the same members
+        // and steers without loading anything again.
+        _ = try lab.client().reexec()
+        try lab.waitFor("the re-executed broker") { (try? lab.client().list().pid) != nil }
+        let kept = try lab.client().bind([request])
+        XCTAssertEqual(kept.map { OwnedSocket.cookie($0.fd) }, fds.map { OwnedSocket.cookie($0) }, "the same members")
+        kept.forEach { close($0.fd) }
+
+        var landed: [[Int?]] = [[], []]
+        for round in 0..<100 {
+            let cpu = round % 2
+            landed[cpu].append(try acceptingMember(from: cpu, port: 8600, fds))
+        }
+        XCTAssertEqual(landed[0], Array(repeating: 0, count: 50), "SYNs received on CPU 0 go to member 0")
+        XCTAssertEqual(landed[1], Array(repeating: 1, count: 50), "SYNs received on CPU 1 go to member 1")
+
+        // The group ends only whole; once the broker let go, the last holder of member 1 closes it:
+        // CPU 1's slot is empty and the kernel's hash picks among what is left.
+        XCTAssertEqual(try lab.client().release([request]).sorted(), members.map(\.key).sorted())
+        close(fds[1])
+        defer { close(fds[0]) }
+        for cpu in [1, 0, 1] {
+            XCTAssertEqual(try acceptingMember(from: cpu, port: 8600, [fds[0]]), 0, "the member left serves CPU \(cpu)")
+        }
+    }
+
+    /// A group is made, handed out and released whole, and nothing else binds its address and port.
+    func testAGroupIsOneUnit() throws {
+        try lab.startBroker()
+        func url(_ text: String) -> BindRequest { try! BindRequest.parse(url: text).get() }
+        let group = try lab.client().bind([url("tcp://\(BrokerLab.vip):8601?shards=3&backlog=64")])
+        defer { group.forEach { close($0.fd) } }
+        XCTAssertEqual(group.count, 3)
+        let again = try lab.client().bind([url("tcp://\(BrokerLab.vip):8601?shards=3")])
+        XCTAssertEqual(
+            again.map { OwnedSocket.cookie($0.fd) }, group.map { OwnedSocket.cookie($0.fd) }, "the same group")
+        again.forEach { close($0.fd) }
+        for refused in [
+            "tcp://\(BrokerLab.vip):8601", "tcp://\(BrokerLab.vip):8601?shards=2",
+            "tcp://\(BrokerLab.vip):8601?shards=3&member=1",
+        ] {
+            XCTAssertThrowsError(try lab.client().bind([url(refused)]), refused) { error in
+                XCTAssertTrue("\(error)".contains("Conflicting"), "\(refused): \(error)")
+            }
+        }
+        XCTAssertThrowsError(try lab.client().release([url("tcp://\(BrokerLab.vip):8601?shards=3&member=1")]))
+        // A plain socket's address and port takes no group either, and a failed group leaves nothing.
+        let plain = try lab.client().bind([url("tcp://\(BrokerLab.vip):8602")])
+        defer { plain.forEach { close($0.fd) } }
+        XCTAssertThrowsError(try lab.client().bind([url("tcp://\(BrokerLab.vip):8602?shards=2")]))
+        XCTAssertEqual(try lab.client().list().sockets.filter { $0.key.contains(":8602") }.count, 1)
+        XCTAssertEqual(try lab.client().release([url("tcp://\(BrokerLab.vip):8601")]).count, 3, "released whole")
+    }
+}
+
+/// Socket groups under real HAProxy: each member for one thread, pinned to one CPU.
+extension HAProxyReloadTests {
+    /// Two threads, thread K on CPU K-1, answering each request with the number of the thread
+    /// that serves it (0 or 1).
+    func writeThreadTemplate(_ name: String, bind: String) throws -> String {
+        let path = lab.directory.appendingPathComponent("\(name).cfg.tmpl").path
+        try """
+        global
+            maxconn 4000
+            nbthread 2
+            cpu-map 1/1 0
+            cpu-map 1/2 1
+        defaults
+            mode http
+            timeout connect 2s
+            timeout client 5s
+            timeout server 5s
+        frontend www
+            bind \(bind)
+            http-request return status 200 content-type text/plain lf-string "%[thread]"
+
+        """.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    /// The share of `count` requests sent from each CPU that the thread on that CPU answered, while
+    /// a load from either CPU keeps both threads busy (idle, the thread woken on the SYN's CPU tends
+    /// to take it even from a shared socket).
+    func locality(port: UInt16, count: Int) throws -> Double {
+        let busy = try load(port: Int(port), seconds: 30, concurrency: 16)
+        defer {
+            busy.terminate()
+            busy.waitUntilExit()
+        }
+        usleep(300_000)
+        var local = 0
+        for index in 0..<count {
+            let cpu = index % 2
+            let reply = try lab.inside {
+                try CPUAffinity.onCPU(cpu) {
+                    try Lab.httpGet(.v4(IPv4Address(BrokerLab.vip)!), port: port, path: "/")
+                }
+            }
+            if reply.hasSuffix("\r\n\r\n\(cpu)") { local += 1 }
+        }
+        return Double(local) / Double(count)
+    }
+
+    /// With `shards=2` every connection is accepted by the thread on the CPU that received its SYN;
+    /// with one socket for both threads, about half are. 50 reloads under load fail nothing.
+    func testAGroupKeepsEachConnectionOnTheThreadOfItsCPUAcrossReloads() throws {
+        guard sysconf(Int32(_SC_NPROCESSORS_ONLN)) >= 2 else { throw XCTSkip("needs two CPUs") }
+        let group = try writeThreadTemplate("group", bind: "{{bind tcp://\(BrokerLab.vip):84?shards=2&backlog=4096}}")
+        let single = try writeThreadTemplate("single", bind: "{{bind tcp://\(BrokerLab.vip):85?backlog=4096}}")
+        let supervisor = try lab.startSupervisor("group", template: group)
+        _ = try lab.startSupervisor("single", template: single)
+        try lab.waitUntilListening(port: 84)
+        try lab.waitUntilListening(port: 85)
+        let rendered = try String(contentsOfFile: HAProxyOptions.renderedPath(for: group), encoding: .utf8)
+        XCTAssertEqual(rendered.components(separatedBy: " thread ").count - 1, 2, rendered)
+
+        let grouped = try locality(port: 84, count: 400)
+        let shared = try locality(port: 85, count: 400)
+        print("socket groups: answered by the thread of the SYN's CPU: shards=2 \(grouped), one socket \(shared)")
+        XCTAssertGreaterThanOrEqual(grouped, 0.99, "shards=2")
+
+        let load = try load(port: 84, seconds: 14, concurrency: 64)
+        usleep(500_000)
+        try reload("group", supervisor.process, count: 50, intervalMs: 150)
+        let counts = try counts(load)
+        print("socket groups: 50 reloads under load: \(counts)")
+        XCTAssertEqual(reloads("group"), 50)
+        XCTAssertGreaterThan(counts["attempts"] ?? 0, 10_000, "the load ran")
+        XCTAssertEqual(counts["failed"], 0, "no connection fails across reloads of a group: \(counts)")
+        XCTAssertGreaterThanOrEqual(try locality(port: 84, count: 100), 0.99, "after the reloads")
+    }
+}
+
+/// A group's address and port belong to the broker's uid: nobody else joins it or splits it.
+extension BindkeeperTrustTests {
+    func testNoOneOutsideAGrantJoinsStealsFromOrSplitsAGroup() throws {
+        try lab.startBroker(["--config", try writePolicy([range])])
+        let group = url("tcp://\(BrokerLab.vip):8700?shards=2&freebind=1")
+        let members = try lab.client().bind([group])
+        defer { members.forEach { close($0.fd) } }
+        // A local user's own SO_REUSEPORT socket on the group's address and port: the kernel lets
+        // only the group's uid join, so it cannot take a share of the SYNs.
+        let join = """
+            import socket, sys
+            s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.setsockopt(socket.SOL_IP, 15, 1)
+            try:
+                s.bind((sys.argv[1], 8700)); s.listen(); print("joined")
+            except OSError as e:
+                print("refused", e.errno)
+            """
+        let attempt = try lab.run(
+            [
+                "setpriv", "--reuid=4242", "--regid=4242", "--clear-groups", "/usr/bin/python3", "-c", join,
+                BrokerLab.vip,
+            ])
+        XCTAssertEqual(attempt.output.trimmingCharacters(in: .whitespacesAndNewlines), "refused \(EADDRINUSE)")
+
+        func grantee(_ method: String, _ binds: [BindRequest]) throws -> (reply: [String: Any], fds: [Int32]) {
+            let fd = try granteeConnection()
+            defer { close(fd) }
+            XCTAssertTrue(SocketIO.sendAll(fd, Wire.framed.request(id: .number(1), method: method, binds: binds)))
+            let read = try readReplies(fd, count: 1)
+            return (try XCTUnwrap(read.replies.first), read.fds)
+        }
+        // Outside the grant (8700 is not in 8000-8999): no member, no group, no release.
+        for (method, binds) in [
+            ("bind", [group]), ("bind", [url("tcp://\(BrokerLab.vip):8700")]), ("release", [group]),
+            ("bind", [url("tcp://\(BrokerLab.vip):8700?shards=2&member=1")]),
+        ] {
+            let answer = try grantee(method, binds)
+            XCTAssertNotNil(answer.reply["error"], "\(method) \(binds): \(answer.reply)")
+            XCTAssertEqual(answer.fds, [], "\(method) \(binds)")
+        }
+        // Inside it: the grantee's own group, whole; one member alone, or a resize, is refused.
+        let own = url("tcp://\(BrokerLab.address):8100?shards=2")
+        let granted = try grantee("bind", [own])
+        XCTAssertEqual(granted.fds.count, 2, "\(granted.reply)")
+        granted.fds.forEach { close($0) }
+        for binds in [
+            [url("tcp://\(BrokerLab.address):8100?shards=2&member=0")],
+            [url("tcp://\(BrokerLab.address):8100?shards=3")],
+        ] {
+            let answer = try grantee("bind", binds)
+            XCTAssertNotNil(answer.reply["error"], "\(binds): \(answer.reply)")
+            XCTAssertEqual(answer.fds, [])
+        }
+        XCTAssertEqual(
+            try lab.client().list().sockets.filter { $0.key.contains(":8700") }.count, 2, "root's group is whole")
+    }
+}
