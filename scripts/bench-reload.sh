@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # HAProxy reloads under load: the same load and the same number of reloads for each way of
 # reloading: HAProxy on sockets bindkeeper owns ({{bind ...}} -> fd@N, one kernel socket handed to
-# every HAProxy); HAProxy binding its own SO_REUSEPORT sockets (plain -sf), without and with
+# every HAProxy); the same with a socket group (shards=2: one socket per HAProxy thread, two threads
+# pinned to the two CPUs); HAProxy binding its own SO_REUSEPORT sockets (plain -sf), without and with
 # net.ipv4.tcp_migrate_req=1; and HAProxy's own seamless reload (master-worker, the listeners handed
 # over the stats socket). Then a crash of each: every process killed mid-load, started again 1 s
 # later.
@@ -50,8 +51,13 @@ start_row() {  # start_row MODE NAME PORT
     local mode=$1 name=$2 port=$3
     log="$work/$name.log"
     case $mode in
-        bindkeeper|plain|migrate)
-            if [ "$mode" = bindkeeper ]; then template "$name" "{{bind tcp://$vip:$port?backlog=4096}}"; else template "$name" "$vip:$port"; fi
+        bindkeeper|group|plain|migrate)
+            case $mode in
+                bindkeeper) template "$name" "{{bind tcp://$vip:$port?backlog=4096}}" ;;
+                group) template "$name" "{{bind tcp://$vip:$port?backlog=4096\&shards=2}}" \
+                    'nbthread 2\n    cpu-map 1/1 0\n    cpu-map 1/2 1' ;;
+                *) template "$name" "$vip:$port" ;;
+            esac
             ip netns exec "$ns" sysctl -qw net.ipv4.tcp_migrate_req="$([ "$mode" = migrate ] && echo 1 || echo 0)"
             ip netns exec "$ns" "$bin/bindkeeper" haproxy --socket "$work/bk.sock" -f "$work/$name.cfg.tmpl" -p "$work/$name.pid" \
                 --stop-timeout 5 -- /usr/sbin/haproxy 2>>"$log" & supervisor=$!; pids+=($supervisor)
@@ -83,14 +89,16 @@ start_row() {  # start_row MODE NAME PORT
 seconds=$(( reloads * (interval_ms + 60) / 1000 + 3 ))
 echo "bench-reload: $reloads reloads per run, one every ${interval_ms} ms after the previous took effect;"
 echo "  load: new HTTP/1.0 connections from $concurrency threads for ${seconds} s ($(nproc) cores)"
-echo "  rows: bindkeeper (one socket shared by every HAProxy), plain SO_REUSEPORT sockets (-sf),"
+echo "  rows: bindkeeper (one socket shared by every HAProxy), bindkeeper's socket group (shards=2,"
+echo "  one socket per HAProxy thread), plain SO_REUSEPORT sockets (-sf),"
 echo "  the same with net.ipv4.tcp_migrate_req=1, HAProxy master-worker with expose-fd listeners"
 echo
 echo "| run | sockets | reloads | connections | ok | failed | refused | reset | timeout |"
 echo "|---|---|---|---|---|---|---|---|---|"
 label_of() {
     case $1 in
-        bindkeeper) echo "bindkeeper (shared)" ;; plain) echo "plain SO_REUSEPORT" ;;
+        bindkeeper) echo "bindkeeper (shared)" ;; group) echo "bindkeeper group (shards=2)" ;;
+        plain) echo "plain SO_REUSEPORT" ;;
         migrate) echo "SO_REUSEPORT + tcp_migrate_req" ;; master-worker) echo "HAProxy master-worker (-x)" ;;
     esac
 }
@@ -106,7 +114,7 @@ stop_row() {
 }
 port=8000
 for round in $(seq "$rounds"); do
-    for mode in bindkeeper plain migrate master-worker; do
+    for mode in bindkeeper group plain migrate master-worker; do
         port=$((port + 1)) name="$mode-$round"
         start_row "$mode" "$name" "$port"
         ip netns exec "$ns" "$bin/glb-lab" http-load --target "$vip:$port" --seconds "$seconds" --concurrency "$concurrency" > "$work/load" & load=$!
@@ -130,7 +138,7 @@ done
 echo
 echo "| crash | sockets | restarts | connections | ok | failed | refused | reset | timeout |"
 echo "|---|---|---|---|---|---|---|---|---|"
-for mode in bindkeeper plain migrate master-worker; do
+for mode in bindkeeper group plain migrate master-worker; do
     port=$((port + 1)) name="$mode-crash"
     start_row "$mode" "$name" "$port"
     ip netns exec "$ns" "$bin/glb-lab" http-load --target "$vip:$port" --seconds 6 --concurrency "$concurrency" --timeout-seconds 5 > "$work/load" & load=$!

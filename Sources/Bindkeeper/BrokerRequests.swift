@@ -14,6 +14,13 @@ extension Broker {
         switch request.method {
         case .bind(let binds):
             statistics.binds += binds.count
+            // multibinder's clients take one socket a bind; a group's other members would queue
+            // connections nobody accepts.
+            if wire == .multibinder, binds.contains(where: { $0.shards != nil || $0.member != nil }) {
+                statistics.badRequests += 1
+                enqueue(wire.error(id: request.id, .invalidParams("shards: the framed protocol's")), fds: [], to: client)
+                return
+            }
             switch bind(binds, peer: client.peer) {
             case .success(let entries):
                 for key in entries { sockets[key]!.handedOut += 1 }
@@ -85,6 +92,11 @@ extension Broker {
     /// within the batch, the user's socket limit) before any socket is made, and the new sockets
     /// are kept only once every one of them is made.
     func bind(_ asked: [BindRequest], peer: Peer) -> Result<[String], Wire.RPCError> {
+        // The grant first: whoever may not bind an address learns nothing of its groups, and
+        // costs the broker no expansion.
+        for request in asked {
+            if let refusal = refusal(of: request, to: peer) { return .failure(refusal) }
+        }
         let requests: [BindRequest]
         switch expandGroups(asked) {
         case .success(let members): requests = members
@@ -152,38 +164,50 @@ extension Broker {
                 return .failure(.conflict("\(request.key): ask for the whole group (shards=N), not one member"))
             }
             let members = groupMembers(request.baseKey)
-            guard let shards = request.shards else {
+            guard request.shards != nil else {
                 if !members.isEmpty {
                     return .failure(.conflict("\(request.baseKey) is a group of \(members.count) sockets (shards)"))
                 }
                 expanded.append(request)
                 continue
             }
-            let count: UInt16
-            switch shards {
-            case .count(let number): count = number
-            case .auto: count = SocketGroupSteering.onlineCPUs()
-            }
             if sockets[request.baseKey] != nil {
                 return .failure(.conflict("\(request.baseKey) exists as one socket, not a group"))
             }
-            if !members.isEmpty, members.count != Int(count) {
+            let count = memberCount(request, existing: members)
+            if !members.isEmpty, members.count != Int(count) || members.last != "\(request.baseKey)#\(count - 1)" {
                 return .failure(
-                    .conflict("\(request.baseKey) exists as a group of \(members.count) sockets, requested \(count)"))
+                    .conflict(
+                        """
+                        \(request.baseKey) exists as a group of \(members.count) sockets, requested \(count) \
+                        (a group is resized, or made again whole, only after its release)
+                        """))
+            }
+            guard expanded.count + Int(count) <= Wire.maximumBatch else {
+                return .failure(.limit("one reply hands out at most \(Wire.maximumBatch) sockets"))
             }
             expanded += request.members(count: count)
-        }
-        guard expanded.count <= Wire.maximumBatch else {
-            return .failure(
-                .limit("one reply hands out at most \(Wire.maximumBatch) sockets; asked for \(expanded.count)"))
         }
         return .success(expanded)
     }
 
-    /// The keys of the group's members at `baseKey` that the broker holds, in member order.
+    /// How many members a group request stands for: its number, or for `auto` the group that
+    /// exists (whatever the CPUs online now) or one member per online CPU.
+    func memberCount(_ request: BindRequest, existing members: [String]) -> UInt16 {
+        switch request.shards {
+        case .count(let number): number
+        case .auto where !members.isEmpty:
+            sockets[members[0]].flatMap { entry in
+                if case .count(let number) = entry.request.shards { number } else { nil }
+            } ?? UInt16(members.count)
+        case .auto, nil: SocketGroupSteering.onlineCPUs()
+        }
+    }
+
+    /// The keys of the group's members at `baseKey` that the broker holds, in member order: a
+    /// probe of each possible member, whatever the number of sockets the broker holds.
     func groupMembers(_ baseKey: String) -> [String] {
-        order.filter { key in sockets[key].map { $0.request.member != nil && $0.request.baseKey == baseKey } ?? false }
-            .sorted { sockets[$0]!.request.member! < sockets[$1]!.request.member! }
+        (0..<BindRequest.maximumShards).lazy.map { "\(baseKey)#\($0)" }.filter { self.sockets[$0] != nil }
     }
 
     /// Makes the sockets `requests` name that the broker does not hold yet, all or none; a new
@@ -197,11 +221,17 @@ extension Broker {
             for entry in made { close(entry.fd) }
             return .failure(.bindFailed("\(error)"))
         }
+        var groupOwners: [String: uid_t] = [:]
         for request in requests
         where sockets[request.key] == nil && !made.contains(where: { $0.request.key == request.key }) {
             let report = backlogReport(for: request)
+            // A new group's own owner (see OwnedSocket.open), the same for all its members.
+            let owner = request.member.map { _ in
+                groupOwners[request.baseKey, default: SocketGroupSteering.freshOwner()]
+            }
+            if let owner { groupOwners[request.baseKey] = owner }
             do {
-                let fd = try OwnedSocket.open(request, backlog: report?.requested ?? 0)
+                let fd = try OwnedSocket.open(request, backlog: report?.requested ?? 0, groupOwner: owner)
                 made.append(Entry(request: request, fd: fd, handedOut: 0, backlog: report, creator: creator))
             } catch {
                 return fail(error)

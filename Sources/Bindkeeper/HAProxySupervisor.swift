@@ -103,9 +103,11 @@ public final class HAProxySupervisor {
             Descriptors.setCloseOnExec(socket.fd, false)
             if let warning = socket.warning { logger.info("\(socket.key): \(warning)") }
         }
-        // A group's members come in member order, each under its URL (member=K).
+        // A group's members come in member order, each under its URL (member=K); a socket the
+        // template names twice (two spellings of one group) is rendered once per name, not twice.
+        var seen: Set<String> = []
         let fds = Dictionary(
-            bound.map { socket in
+            bound.filter { seen.insert($0.key).inserted }.map { socket in
                 ((try? BindRequest.parse(url: socket.url).get())?.baseKey ?? socket.key, [socket.fd])
             }, uniquingKeysWith: +)
         let prepared = Prepared(path: path, fds: bound.map(\.fd))

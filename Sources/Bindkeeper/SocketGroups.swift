@@ -27,6 +27,12 @@ enum SocketGroupSteering {
         }
     }
 
+    /// A uid for a new group's members to be owned by: in the upper half of the uid space, which
+    /// systemd and the distributions leave to no account (uids read as negative numbers there).
+    static func freshOwner() -> uid_t {
+        uid_t.random(in: 0x8000_0000...0xFFFF_FFFD)
+    }
+
     /// The number of members `shards=auto` makes: the online CPUs, within what a group may hold.
     static func onlineCPUs() -> UInt16 {
         let online = sysconf(Int32(_SC_NPROCESSORS_ONLN))

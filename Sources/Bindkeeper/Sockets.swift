@@ -10,7 +10,13 @@ import Telemetry
 public enum OwnedSocket {
     /// Opens, binds and (for stream sockets) listens, close-on-exec. `backlog` is what listen(2) is
     /// given; the kernel caps it at somaxconn.
-    public static func open(_ request: BindRequest, backlog: Int32) throws -> Int32 {
+    ///
+    /// A group's member is owned by `groupOwner`, a uid of the group's own that no account has:
+    /// the kernel lets SO_REUSEPORT sockets of one owner share, or overlap on, an address and port,
+    /// so with root as the owner any other group of root's (a grantee's on the specific address
+    /// under a wildcard group, one made after a release while holders keep the old members) and
+    /// any SO_REUSEPORT socket of a root process would join or shadow it and take its SYNs.
+    public static func open(_ request: BindRequest, backlog: Int32, groupOwner: uid_t? = nil) throws -> Int32 {
         let type =
             (request.kind == .udp ? Int32(SOCK_DGRAM.rawValue) : Int32(SOCK_STREAM.rawValue))
             | Int32(SOCK_CLOEXEC.rawValue)
@@ -18,6 +24,8 @@ public enum OwnedSocket {
         let fd = socket(family, type, 0)
         guard fd >= 0 else { throw SystemError("socket") }
         do {
+            // The socket's owner (sk_uid) follows its inode's (sockfs), before bind and listen.
+            if let groupOwner, fchown(fd, groupOwner, gid_t.max) != 0 { throw SystemError("chown \(request.key)") }
             switch request.kind {
             case .unix: try placeUnix(fd, request)
             case .tcp, .udp: try bindIP(fd, request)

@@ -34,7 +34,8 @@ public struct ConfigTemplate: Equatable, Sendable {
         var pieces: [Piece] = []
         var rest = Substring(text)
         while let open = rest.range(of: "{{") {
-            let line = text[..<open.lowerBound].reduce(1) { $1 == "\n" ? $0 + 1 : $0 }
+            // By scalars: "\r\n" is one Character, and a line ends at its "\n" either way.
+            let line = text.unicodeScalars[..<open.lowerBound].reduce(1) { $1 == "\n" ? $0 + 1 : $0 }
             pieces.append(.text(String(rest[..<open.lowerBound])))
             guard let close = rest[open.upperBound...].range(of: "}}") else {
                 return .failure(BindError("line \(line): '{{' without '}}'"))
@@ -69,7 +70,8 @@ public struct ConfigTemplate: Equatable, Sendable {
     /// names another socket.
     private static func splitLine(_ pieces: inout [Piece], _ rest: inout Substring) -> (String, String)? {
         guard case .text(let text) = pieces.removeLast() else { return nil }
-        let lineStart = text.lastIndex(of: "\n").map { text.index(after: $0) } ?? text.startIndex
+        let scalars = text.unicodeScalars
+        let lineStart = scalars.lastIndex(of: "\n").map { scalars.index(after: $0) } ?? scalars.startIndex
         // Without a newline, the text is all of the line before the bind only at the template's
         // start or right after another group's line (which ends with its newline).
         let atLineStart: Bool
@@ -77,13 +79,14 @@ public struct ConfigTemplate: Equatable, Sendable {
         case nil, .groupLine?: atLineStart = true
         default: atLineStart = false
         }
-        guard text.contains("\n") || atLineStart else { return nil }
-        pieces.append(.text(String(text[..<lineStart])))
-        let lineEnd = rest.firstIndex(of: "\n").map { rest.index(after: $0) } ?? rest.endIndex
-        let after = rest[..<lineEnd]
+        guard scalars.contains("\n") || atLineStart else { return nil }
+        pieces.append(.text(String(scalars[..<lineStart])))
+        let restScalars = rest.unicodeScalars
+        let lineEnd = restScalars.firstIndex(of: "\n").map { restScalars.index(after: $0) } ?? restScalars.endIndex
+        let after = String(restScalars[..<lineEnd])
         guard !after.contains("{{") else { return nil }
-        rest = rest[lineEnd...]
-        return (String(text[lineStart...]), String(after))
+        rest = Substring(restScalars[lineEnd...])
+        return (String(scalars[lineStart...]), after)
     }
 
     /// The configuration with each bind replaced by `fd@N`; `fds` maps a socket's `baseKey` to its
@@ -95,10 +98,12 @@ public struct ConfigTemplate: Equatable, Sendable {
             case .bind(let request): return fds[request.baseKey]?.first.map { "fd@\($0)" } ?? "fd@-1"
             case .groupLine(let prefix, let request, let suffix):
                 let members = fds[request.baseKey] ?? [-1]
-                let newline = suffix.hasSuffix("\n")
-                let body = newline ? suffix.dropLast() : Substring(suffix)
+                // The line's own ending, "\n" or "\r\n", after each copy.
+                let scalars = suffix.unicodeScalars
+                let ending = scalars.last != "\n" ? "" : scalars.dropLast().last == "\r" ? "\r\n" : "\n"
+                let body = String(scalars.dropLast(ending.unicodeScalars.count))
                 let lines = members.enumerated().map { "\(prefix)fd@\($1) thread \($0 + 1)\(body)" }
-                return lines.joined(separator: "\n") + (newline ? "\n" : "")
+                return lines.joined(separator: ending.isEmpty ? "\n" : ending) + ending
             }
         }.joined()
     }

@@ -61,15 +61,38 @@ struct Exec: ParsableCommand {
             guard dup2(fd, ListenFDs.first + Int32(index)) >= 0 else { throw SystemError("dup2") }
             close(fd)
         }
-        // A group's members come one after another, each under its group's name.
-        let nameOfKey = Dictionary(zip(requests.map(\.baseKey), names), uniquingKeysWith: { first, _ in first })
-        let passedNames = bound.map { socket in
-            (try? BindRequest.parse(url: socket.url).get()).flatMap { nameOfKey[$0.baseKey] } ?? socket.key
+        for (name, value) in ListenFDs.environment(
+            names: try Self.names(names, of: requests, for: bound), pid: getpid())
+        {
+            setenv(name, value, 1)
         }
-        for (name, value) in ListenFDs.environment(names: passedNames, pid: getpid()) { setenv(name, value, 1) }
         Signals.restoreDefault(SIGPIPE)
         let argv: [UnsafeMutablePointer<CChar>?] = program.map { strdup($0) } + [nil]
         execvp(program[0], argv)
         throw SystemError("exec \(program[0])")
+    }
+
+    /// Each received socket's name, by position: the reply holds one socket for each request, in
+    /// order, and for a group its members one after another (`KEY#0`, `KEY#1`, ...), each under
+    /// its group's name.
+    static func names(_ names: [String], of requests: [BindRequest], for bound: [BindkeeperClient.Bound]) throws
+        -> [String]
+    {
+        var passed: [String] = []
+        for (name, request) in zip(names, requests) {
+            guard request.shards != nil else {
+                passed.append(name)
+                continue
+            }
+            var member = 0
+            while passed.count < bound.count, bound[passed.count].key == "\(request.baseKey)#\(member)" {
+                passed.append(name)
+                member += 1
+            }
+        }
+        guard passed.count == bound.count else {
+            throw SystemError("the broker's reply", errno: EPROTO, hint: "its sockets do not match the binds asked for")
+        }
+        return passed
     }
 }

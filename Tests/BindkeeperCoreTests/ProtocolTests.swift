@@ -366,6 +366,14 @@ final class PolicyAndHandoverTests: XCTestCase {
                 "tcp://10.0.0.1:80": [3, 4]
             ]),
             "fd@3 thread 1\nfd@4 thread 2")
+        // CRLF lines (one Character in Swift) keep their ending, and the line count stays right.
+        XCTAssertEqual(
+            try ConfigTemplate.parse("global\r\n  bind {{bind tcp://10.0.0.1:80?shards=2}} x\r\nend\r\n").get()
+                .render(fds: ["tcp://10.0.0.1:80": [3, 4]]),
+            "global\r\n  bind fd@3 thread 1 x\r\n  bind fd@4 thread 2 x\r\nend\r\n")
+        XCTAssertThrowsError(try ConfigTemplate.parse("a\r\nb\r\n{{bind tcp://x:1}}").get()) {
+            XCTAssertTrue("\($0)".contains("line 3"), "\($0)")
+        }
         for bad in [
             "bind {{bind tcp://10.0.0.1:80?shards=2}} {{bind tcp://10.0.0.1:81}}\n",
             "bind {{bind tcp://10.0.0.1:81}} {{bind tcp://10.0.0.1:80?shards=2}}\n",

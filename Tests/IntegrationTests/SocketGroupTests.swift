@@ -100,7 +100,18 @@ final class SocketGroupTests: XCTestCase {
         defer { plain.forEach { close($0.fd) } }
         XCTAssertThrowsError(try lab.client().bind([url("tcp://\(BrokerLab.vip):8602?shards=2")]))
         XCTAssertEqual(try lab.client().list().sockets.filter { $0.key.contains(":8602") }.count, 1)
+        // `auto` names the group that exists, whatever the CPUs online now.
+        let auto = try lab.client().bind([url("tcp://\(BrokerLab.vip):8601?shards=auto")])
+        XCTAssertEqual(auto.map { OwnedSocket.cookie($0.fd) }, group.map { OwnedSocket.cookie($0.fd) })
+        auto.forEach { close($0.fd) }
         XCTAssertEqual(try lab.client().release([url("tcp://\(BrokerLab.vip):8601")]).count, 3, "released whole")
+        // `bindkeeper exec` names each member by its group's name, in order.
+        let exec = try lab.run([
+            lab.binary("bindkeeper"), "exec", "--socket", lab.socketPath, "--bind",
+            "web=tcp://\(BrokerLab.vip):8603?shards=2", "--bind", "admin=tcp://\(BrokerLab.vip):8604", "--", "/bin/sh",
+            "-c", "echo $LISTEN_FDS $LISTEN_FDNAMES",
+        ])
+        XCTAssertEqual(exec.output.trimmingCharacters(in: .whitespacesAndNewlines), "3 web:web:admin", exec.output)
     }
 }
 
@@ -238,5 +249,49 @@ extension BindkeeperTrustTests {
         }
         XCTAssertEqual(
             try lab.client().list().sockets.filter { $0.key.contains(":8700") }.count, 2, "root's group is whole")
+        try overlappingGroupsCannotShadowOthers(grantee)
+    }
+
+    /// Members are owned by a uid of their group's own, so no other SO_REUSEPORT socket shares or
+    /// shadows their address: not a grantee's group on the specific address under root's wildcard
+    /// group, not a root process's own SO_REUSEPORT listener, not a group made again after a release
+    /// while a holder keeps the old members; and multibinder's clients get no group.
+    func overlappingGroupsCannotShadowOthers(
+        _ grantee: (String, [BindRequest]) throws -> (reply: [String: Any], fds: [Int32])
+    ) throws {
+        let wildcard = try lab.client().bind([url("tcp://0.0.0.0:8200?shards=2")])
+        defer { wildcard.forEach { close($0.fd) } }
+        let shadow = try grantee("bind", [url("tcp://\(BrokerLab.address):8200?shards=1")])
+        XCTAssertNotNil(shadow.reply["error"], "a group under root's wildcard group: \(shadow.reply)")
+        XCTAssertEqual(shadow.fds, [])
+
+        let listener = """
+            import socket, sys, time
+            s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind((sys.argv[1], 8201)); s.listen(); print("listening", flush=True); time.sleep(30)
+            """
+        let outside = try lab.start("reuseport", ["/usr/bin/python3", "-c", listener, BrokerLab.address])
+        defer { outside.terminate() }
+        try lab.waitUntilListening(port: 8201)
+        let joined = try grantee("bind", [url("tcp://\(BrokerLab.address):8201?shards=2")])
+        XCTAssertNotNil(joined.reply["error"], "a group joining root's own listener: \(joined.reply)")
+        XCTAssertEqual(joined.fds, [])
+
+        let first = try grantee("bind", [url("tcp://\(BrokerLab.address):8202?shards=2")])
+        defer { first.fds.forEach { close($0) } }
+        XCTAssertEqual(first.fds.count, 2)
+        XCTAssertNotNil(try grantee("release", [url("tcp://\(BrokerLab.address):8202?shards=2")]).reply["result"])
+        let again = try grantee("bind", [url("tcp://\(BrokerLab.address):8202?shards=2")])
+        XCTAssertNotNil(again.reply["error"], "a new group over members still held: \(again.reply)")
+        XCTAssertEqual(again.fds, [])
+
+        let multibinder = try granteeConnection()
+        defer { close(multibinder) }
+        let json =
+            #"{"jsonrpc":"2.0","id":1,"method":"bind","params":[{"address":"\#(BrokerLab.address)","port":8203,"shards":2}]}"#
+        XCTAssertTrue(SocketIO.sendAll(multibinder, Array(json.utf8)))
+        let (bytes, fds) = try FDPassing.receive(multibinder)
+        XCTAssertEqual(fds, [])
+        XCTAssertTrue(String(decoding: bytes, as: UTF8.self).contains("error"), String(decoding: bytes, as: UTF8.self))
     }
 }
