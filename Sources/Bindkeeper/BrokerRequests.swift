@@ -18,7 +18,8 @@ extension Broker {
             // connections nobody accepts.
             if wire == .multibinder, binds.contains(where: { $0.shards != nil || $0.member != nil }) {
                 statistics.badRequests += 1
-                enqueue(wire.error(id: request.id, .invalidParams("shards: the framed protocol's")), fds: [], to: client)
+                enqueue(
+                    wire.error(id: request.id, .invalidParams("shards: the framed protocol's")), fds: [], to: client)
                 return
             }
             switch bind(binds, peer: client.peer) {

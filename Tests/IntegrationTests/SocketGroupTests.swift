@@ -288,7 +288,8 @@ extension BindkeeperTrustTests {
         let multibinder = try granteeConnection()
         defer { close(multibinder) }
         let json =
-            #"{"jsonrpc":"2.0","id":1,"method":"bind","params":[{"address":"\#(BrokerLab.address)","port":8203,"shards":2}]}"#
+            #"{"jsonrpc":"2.0","id":1,"method":"bind","params":"#
+            + #"[{"address":"\#(BrokerLab.address)","port":8203,"shards":2}]}"#
         XCTAssertTrue(SocketIO.sendAll(multibinder, Array(json.utf8)))
         let (bytes, fds) = try FDPassing.receive(multibinder)
         XCTAssertEqual(fds, [])
