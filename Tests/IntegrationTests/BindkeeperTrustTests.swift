@@ -34,6 +34,15 @@ final class BindkeeperTrustTests: XCTestCase {
         return fd
     }
 
+    /// One framed request on a connection of the grantee's own: its reply, and the fds that came with it.
+    func granteeRequest(_ method: String, _ binds: [BindRequest]) throws -> (reply: [String: Any], fds: [Int32]) {
+        let fd = try granteeConnection()
+        defer { close(fd) }
+        XCTAssertTrue(SocketIO.sendAll(fd, Wire.framed.request(id: .number(1), method: method, binds: binds)))
+        let read = try readReplies(fd, count: 1)
+        return (try XCTUnwrap(read.replies.first), read.fds)
+    }
+
     /// Every framed reply on `fd` until `count` arrived, with the fds that came with them.
     func readReplies(_ fd: Int32, count: Int) throws -> (replies: [[String: Any]], fds: [Int32]) {
         var reader = FrameReader(), replies: [[String: Any]] = [], fds: [Int32] = []
@@ -99,13 +108,7 @@ final class BindkeeperTrustTests: XCTestCase {
         let rootsURL = url("tcp://\(BrokerLab.address):8002")
         let roots = try lab.client().bind([rootsURL])
         defer { roots.forEach { close($0.fd) } }
-        func request(_ method: String, _ binds: [BindRequest]) throws -> (reply: [String: Any], fds: [Int32]) {
-            let fd = try granteeConnection()
-            defer { close(fd) }
-            XCTAssertTrue(SocketIO.sendAll(fd, Wire.framed.request(id: .number(1), method: method, binds: binds)))
-            let read = try readReplies(fd, count: 1)
-            return (try XCTUnwrap(read.replies.first), read.fds)
-        }
+        let request = granteeRequest
         let shared = try request("bind", [rootsURL])
         XCTAssertEqual(shared.fds.map(OwnedSocket.cookie), [OwnedSocket.cookie(roots[0].fd)], "the grant shares it")
         shared.fds.forEach { close($0) }

@@ -218,13 +218,7 @@ extension BindkeeperTrustTests {
             ])
         XCTAssertEqual(attempt.output.trimmingCharacters(in: .whitespacesAndNewlines), "refused \(EADDRINUSE)")
 
-        func grantee(_ method: String, _ binds: [BindRequest]) throws -> (reply: [String: Any], fds: [Int32]) {
-            let fd = try granteeConnection()
-            defer { close(fd) }
-            XCTAssertTrue(SocketIO.sendAll(fd, Wire.framed.request(id: .number(1), method: method, binds: binds)))
-            let read = try readReplies(fd, count: 1)
-            return (try XCTUnwrap(read.replies.first), read.fds)
-        }
+        let grantee = granteeRequest
         // Outside the grant (8700 is not in 8000-8999): no member, no group, no release.
         for (method, binds) in [
             ("bind", [group]), ("bind", [url("tcp://\(BrokerLab.vip):8700")]), ("release", [group]),
@@ -249,16 +243,15 @@ extension BindkeeperTrustTests {
         }
         XCTAssertEqual(
             try lab.client().list().sockets.filter { $0.key.contains(":8700") }.count, 2, "root's group is whole")
-        try overlappingGroupsCannotShadowOthers(grantee)
+        try overlappingGroupsCannotShadowOthers()
     }
 
     /// Members are owned by a uid of their group's own, so no other SO_REUSEPORT socket shares or
     /// shadows their address: not a grantee's group on the specific address under root's wildcard
     /// group, not a root process's own SO_REUSEPORT listener, not a group made again after a release
     /// while a holder keeps the old members; and multibinder's clients get no group.
-    func overlappingGroupsCannotShadowOthers(
-        _ grantee: (String, [BindRequest]) throws -> (reply: [String: Any], fds: [Int32])
-    ) throws {
+    func overlappingGroupsCannotShadowOthers() throws {
+        let grantee = granteeRequest
         let wildcard = try lab.client().bind([url("tcp://0.0.0.0:8200?shards=2")])
         defer { wildcard.forEach { close($0.fd) } }
         let shadow = try grantee("bind", [url("tcp://\(BrokerLab.address):8200?shards=1")])
