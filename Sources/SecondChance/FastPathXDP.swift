@@ -8,27 +8,13 @@ extension FastPath {
     /// its place, fails the start). Not `wanted`, one an earlier daemon left is removed: it would
     /// decide with maps nobody may keep current (from every interface: the routes, or the flags,
     /// may name others than when it was attached).
-    static func attachXDP(_ object: FastPathObject, interfaces: [String], wanted: XDPUse, logger: Logger) throws
+    static func attachXDP(_ object: FastPathObject, interfaces: [String], wanted: Bool, logger: Logger) throws
         -> BPFProgramInfo?
     {
-        guard wanted != .none, wanted == .required || object.xdpFD >= 0 else {
+        guard wanted else {
             removeXDP(logger: logger)
             return nil
         }
-        do {
-            return try attachXDP(object, interfaces: interfaces, logger: logger)
-        } catch  where wanted == .preferred {
-            // A driver without native XDP (generic mode is no fast path), or another program there.
-            let why = (error as? FastPathError)?.explained ?? "\(error)"
-            logger.info("fast path: XDP not attached, tc decides alone: \(why)")
-            return nil
-        }
-    }
-
-    /// Attaches the XDP entry point in the driver of every interface, all or none.
-    private static func attachXDP(_ object: FastPathObject, interfaces: [String], logger: Logger) throws
-        -> BPFProgramInfo?
-    {
         guard object.xdpFD >= 0 else {
             throw FastPathError(.load, "the XDP entry point was not loaded", errno: ENOENT)
         }

@@ -99,8 +99,7 @@ final class FastPathLifecycleTests: XCTestCase {
             "second-chance", arguments, inside: lab.namespace("p1"), log: restartLog)
         defer { kill(pid, SIGTERM); _ = Spawn.wait(pid) }
         try lab.waitFor("the restarted daemon", seconds: Self.startup) {
-            // "tc on eth0", or "XDP (native) and tc on eth0" where auto puts XDP beside it.
-            ((try? String(contentsOfFile: restartLog, encoding: .utf8)) ?? "").contains("tc on eth0 (program")
+            ((try? String(contentsOfFile: restartLog, encoding: .utf8)) ?? "").contains("fast path: tc on eth0")
         }
         let restarted = (try? String(contentsOfFile: restartLog, encoding: .utf8)) ?? ""
         XCTAssertTrue(restarted.contains("maps adopted from program"), restarted)
@@ -141,7 +140,7 @@ final class FastPathLifecycleTests: XCTestCase {
     /// queue); a re-exec replaces it in place with the maps adopted; a clean stop removes it; and
     /// a start with --fast-path tc removes one an earlier daemon left.
     /// Before Linux 5.12 (bpf_check_mtu) the XDP entry point does not load: a start that asks for
-    /// it fails, and leaves nothing attached; the default (auto) attaches tc alone.
+    /// it fails, and leaves nothing attached.
     func testXDPDecidesLocalPacketsAndIsReplacedInPlaceAndRemoved() throws {
         let version = try XCTUnwrap(KernelRelease.version(of: KernelRelease.current))
         guard version >= (5, 12) else {
@@ -149,14 +148,6 @@ final class FastPathLifecycleTests: XCTestCase {
             XCTAssertNotEqual(refused.status, 0, refused.output)
             XCTAssertTrue(refused.output.contains("--fast-path xdp:"), refused.output)
             XCTAssertFalse(try filterOnP1().contains("second_chance_f"), "all or none")
-            XCTAssertNil(try xdpOnP1())
-            // The default (auto) puts tc alone there, and says why.
-            let auto = try lab.start("p1", "second-chance", arguments)
-            defer { auto.terminate(); auto.waitUntilExit() }
-            try lab.waitFor("tc alone", seconds: Self.startup) {
-                lab.log(of: auto).contains("fast path: tc on eth0 (program")
-            }
-            XCTAssertTrue(lab.log(of: auto).contains("the XDP entry point does not load here, tc decides alone"))
             XCTAssertNil(try xdpOnP1())
             return
         }
@@ -221,7 +212,7 @@ final class FastPathLifecycleTests: XCTestCase {
         }
         let secondStatus = try lab.runToEnd("p1", "second-chance", ["stats", "--control", control]).output
         let program = try XCTUnwrap(
-            secondStatus.split(separator: "\n").first { $0.hasPrefix("fast_path: ") && $0.contains("tc on") }.flatMap {
+            secondStatus.split(separator: "\n").first { $0.hasPrefix("fast_path: tc on") }.flatMap {
                 $0.split(separator: " ").drop { $0 != "(program" }.dropFirst().first.map { $0.filter(\.isNumber) }
             }, secondStatus)
         var filter = try filterOnP1()
@@ -253,7 +244,7 @@ final class FastPathLifecycleTests: XCTestCase {
         try lab.waitFor("the daemon", seconds: Self.startup) { lab.log(of: daemon).contains("serving queue") }
         let log = lab.log(of: daemon)
         XCTAssertTrue(log.contains("fast path: tun9 is not an Ethernet device; its GUE is decided from NFQUEUE"), log)
-        XCTAssertTrue(log.contains("tc on eth0 (program"), log)
+        XCTAssertTrue(log.contains("fast path: tc on eth0 ("), log)
         XCTAssertTrue(try filterOnP1().contains("second_chance_f"))
         let tun = try Lab.shell("ip netns exec \(p1) tc filter show dev tun9 ingress 2>&1 || true")
         XCTAssertFalse(tun.contains("second_chance_f"), tun)

@@ -80,7 +80,7 @@ final class RealSystemdTests: XCTestCase {
         XCTAssertEqual(try lab.stats(fromControl: control)["accepted_udp"], 300)
         // Whether the container lets it load BPF or not, the daemon says where packets are decided.
         XCTAssertTrue(
-            journal.contains("tc on eth0 (program")
+            journal.contains("fast path: tc on eth0")
                 || journal.contains("warning: fast path off, every packet is decided from NFQUEUE: "), journal)
 
         let client = lab.namespace("c")
