@@ -254,8 +254,12 @@ final class Lab {
             usleep(20_000)
             stats = try self.stats(host)
         }
+        // On a mismatch, every counter that moved: where the packets went instead.
+        let moved = stats.filter { $0.value != 0 }.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
         for (name, value) in expected.sorted(by: { $0.key < $1.key }) {
-            XCTAssertEqual(stats[name] ?? 0, value, "\(host) \(name)", file: file, line: line)
+            XCTAssertEqual(
+                stats[name] ?? 0, value, "\(host) \(name); moved: \(moved.joined(separator: " "))", file: file,
+                line: line)
         }
     }
 
