@@ -117,7 +117,7 @@ for round in $(seq "$rounds"); do
     for mode in bindkeeper group plain migrate master-worker; do
         port=$((port + 1)) name="$mode-$round"
         start_row "$mode" "$name" "$port"
-        ip netns exec "$ns" "$bin/glb-lab" http-load --target "$vip:$port" --seconds "$seconds" --concurrency "$concurrency" > "$work/load" & load=$!
+        ip netns exec "$ns" "$bin/glb-lab" http-load --target "$vip:$port" --seconds "$seconds" --concurrency "$concurrency" --max-connections 10000000 > "$work/load" & load=$!
         sleep 0.5
         for _ in $(seq "$reloads"); do
             before=$(reloaded)
@@ -141,7 +141,7 @@ echo "|---|---|---|---|---|---|---|---|---|"
 for mode in bindkeeper group plain migrate master-worker; do
     port=$((port + 1)) name="$mode-crash"
     start_row "$mode" "$name" "$port"
-    ip netns exec "$ns" "$bin/glb-lab" http-load --target "$vip:$port" --seconds 6 --concurrency "$concurrency" --timeout-seconds 5 > "$work/load" & load=$!
+    ip netns exec "$ns" "$bin/glb-lab" http-load --target "$vip:$port" --seconds 6 --concurrency "$concurrency" --timeout-seconds 5 --max-connections 10000000 > "$work/load" & load=$!
     sleep 2
     kill -KILL "$supervisor" 2>/dev/null || true
     wait "$supervisor" 2>/dev/null || true  # reaped here, so the shell reports no "Killed"

@@ -164,7 +164,8 @@ extension Broker {
             if request.member != nil {
                 return .failure(.conflict("\(request.key): ask for the whole group (shards=N), not one member"))
             }
-            let members = groupMembers(request.baseKey)
+            // A plain request needs only to know whether a group is there (its first member).
+            let members = request.shards == nil ? groupMembers(request.baseKey, upTo: 1) : groupMembers(request.baseKey)
             guard request.shards != nil else {
                 if !members.isEmpty {
                     return .failure(.conflict("\(request.baseKey) is a group of \(members.count) sockets (shards)"))
@@ -205,10 +206,20 @@ extension Broker {
         }
     }
 
+    /// The owners of the groups the broker holds (their first members' files' owners).
+    func groupOwnersHeld() -> Set<uid_t> {
+        var owners: Set<uid_t> = []
+        for entry in sockets.values where entry.request.member == 0 {
+            var status = stat()
+            if fstat(entry.fd, &status) == 0 { owners.insert(status.st_uid) }
+        }
+        return owners
+    }
+
     /// The keys of the group's members at `baseKey` that the broker holds, in member order: a
     /// probe of each possible member, whatever the number of sockets the broker holds.
-    func groupMembers(_ baseKey: String) -> [String] {
-        (0..<BindRequest.maximumShards).lazy.map { "\(baseKey)#\($0)" }.filter { self.sockets[$0] != nil }
+    func groupMembers(_ baseKey: String, upTo count: UInt16 = BindRequest.maximumShards) -> [String] {
+        (0..<count).lazy.map { "\(baseKey)#\($0)" }.filter { self.sockets[$0] != nil }
     }
 
     /// Makes the sockets `requests` name that the broker does not hold yet, all or none; a new
@@ -227,11 +238,12 @@ extension Broker {
         where sockets[request.key] == nil && !made.contains(where: { $0.request.key == request.key }) {
             let report = backlogReport(for: request)
             // A new group's own owner (see OwnedSocket.open), the same for all its members.
-            let owner = request.member.map { _ in
-                groupOwners[request.baseKey, default: SocketGroupSteering.freshOwner()]
-            }
-            if let owner { groupOwners[request.baseKey] = owner }
             do {
+                let owner = try request.member.map { _ in
+                    try groupOwners[request.baseKey]
+                        ?? SocketGroupSteering.freshOwner(taken: groupOwnersHeld().union(groupOwners.values))
+                }
+                if let owner { groupOwners[request.baseKey] = owner }
                 let fd = try OwnedSocket.open(request, backlog: report?.requested ?? 0, groupOwner: owner)
                 made.append(Entry(request: request, fd: fd, handedOut: 0, backlog: report, creator: creator))
             } catch {
@@ -262,9 +274,13 @@ extension Broker {
         for request in requests where request.member != nil {
             return .failure(.conflict("\(request.key): release the whole group, not one member"))
         }
+        // The grant first, as for a bind: a client learns nothing of groups outside it.
+        for request in requests {
+            if let refusal = refusal(of: request, to: peer) { return .failure(refusal) }
+        }
         let named = requests.flatMap { request in
-            let members = groupMembers(request.baseKey)
-            return sockets[request.key] == nil && !members.isEmpty ? members.map { sockets[$0]!.request } : [request]
+            let members = sockets[request.key] == nil ? groupMembers(request.baseKey) : []
+            return members.isEmpty ? [request] : members.map { sockets[$0]!.request }
         }
         for request in named where !keys.contains(request.key) {
             guard let entry = sockets[request.key] else {

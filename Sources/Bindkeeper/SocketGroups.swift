@@ -1,4 +1,5 @@
 import BindkeeperCore
+import Foundation
 import Glibc
 import LinuxSys
 import ReuseportProgram
@@ -8,7 +9,7 @@ import ReuseportProgram
 /// group's sockets (and the array with the program), so the broker holds nothing of it: it
 /// outlives re-execs and restarts as the sockets do, and goes with the last of them. A member
 /// that closes leaves its slot empty, and the program then leaves the choice to the kernel.
-enum SocketGroupSteering {
+public enum SocketGroupSteering {
     /// Steers the group whose members listen on `fds`, member K at index K.
     static func attach(members fds: [Int32]) throws {
         guard let first = fds.first else { return }
@@ -27,10 +28,39 @@ enum SocketGroupSteering {
         }
     }
 
-    /// A uid for a new group's members to be owned by: in the upper half of the uid space, which
-    /// systemd and the distributions leave to no account (uids read as negative numbers there).
-    static func freshOwner() -> uid_t {
-        uid_t.random(in: 0x8000_0000...0xFFFF_FFFD)
+    /// A uid for a new group's members to be owned by, drawn from the upper half of the uid space
+    /// (which systemd and the distributions leave to no account) and drawn again while it is
+    /// someone's: an account's, inside a range /etc/subuid or /etc/subgid delegate (containers'
+    /// user namespaces), or another group's (`taken`). It must be mapped in the broker's user
+    /// namespace, or fchown refuses it.
+    public static func freshOwner(
+        taken: Set<uid_t>, delegations: [String] = ["/etc/subuid", "/etc/subgid"]
+    ) throws -> uid_t {
+        let delegated = delegations.flatMap { delegatedRanges($0) }
+        let mapped = delegatedRanges("/proc/self/uid_map", mapping: true)
+        for _ in 0..<64 {
+            let uid = uid_t.random(in: 0x8000_0000...0xFFFF_FFFD)
+            guard mapped.contains(where: { $0.contains(uid) }) else { continue }
+            guard !taken.contains(uid), !delegated.contains(where: { $0.contains(uid) }) else { continue }
+            guard case .notFound = Accounts.user(id: uid) else { continue }
+            return uid
+        }
+        throw SystemError(
+            "a group's owner", errno: EOVERFLOW,
+            hint: "no free uid above 2^31 is mapped in the broker's user namespace (/proc/self/uid_map)")
+    }
+
+    /// The uid ranges a file lists: `name:start:count` lines (/etc/subuid), or with `mapping`,
+    /// `inside outside count` lines (/proc/self/uid_map), whose inside ranges are what counts.
+    static func delegatedRanges(_ path: String, mapping: Bool = false) -> [ClosedRange<uid_t>] {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return [] }
+        return text.split(separator: "\n").compactMap { line in
+            let fields = mapping ? line.split(separator: " ") : line.split(separator: ":")
+            guard fields.count == 3, let start = UInt64(fields[mapping ? 0 : 1]), let count = UInt64(fields[2]),
+                count > 0, start + count - 1 <= UInt64(uid_t.max)
+            else { return nil }
+            return uid_t(start)...uid_t(start + count - 1)
+        }
     }
 
     /// The number of members `shards=auto` makes: the online CPUs, within what a group may hold.

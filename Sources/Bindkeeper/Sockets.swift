@@ -40,7 +40,7 @@ public enum OwnedSocket {
 
     private static func bindIP(_ fd: Int32, _ request: BindRequest) throws {
         if request.kind == .tcp { try setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR") }
-        // A group's members share the address and port; only sockets of the broker's own uid can
+        // A group's members share the address and port; only sockets of the group's owner can
         // join them (the kernel's rule for SO_REUSEPORT).
         if request.shards != nil { try setOption(fd, SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT") }
         if let ipv6Only = request.ipv6Only {
@@ -226,6 +226,16 @@ public enum Accounts {
             var entry = passwd()
             var result: UnsafeMutablePointer<passwd>?
             let status = getpwnam_r(name, &entry, buffer, size, &result)
+            return (status, result.map { $0.pointee.pw_uid })
+        }
+    }
+
+    /// Whether uid `id` has an account (getpwuid_r).
+    public static func user(id: uid_t) -> Lookup {
+        lookUp { buffer, size in
+            var entry = passwd()
+            var result: UnsafeMutablePointer<passwd>?
+            let status = getpwuid_r(id, &entry, buffer, size, &result)
             return (status, result.map { $0.pointee.pw_uid })
         }
     }

@@ -75,6 +75,19 @@ final class SocketGroupTests: XCTestCase {
         }
     }
 
+    /// A group's owner is no one else's: drawn again while it falls in a range delegated to
+    /// user namespaces (here everything from 0xC0000000 up) or is another group's.
+    func testAGroupsOwnerIsNoAccountsNoDelegatedRangesAndNoOtherGroups() throws {
+        let subuid = lab.directory.appendingPathComponent("subuid").path
+        try "podman:3221225472:1073741822\n".write(toFile: subuid, atomically: true, encoding: .utf8)
+        let taken: Set<uid_t> = [0x8000_0001]
+        for _ in 0..<200 {
+            let owner = try SocketGroupSteering.freshOwner(taken: taken, delegations: [subuid])
+            XCTAssertTrue((0x8000_0000..<0xC000_0000).contains(owner), "\(owner)")
+            XCTAssertFalse(taken.contains(owner))
+        }
+    }
+
     /// A group is made, handed out and released whole, and nothing else binds its address and port.
     func testAGroupIsOneUnit() throws {
         try lab.startBroker()
