@@ -55,7 +55,8 @@ final class KernelLabTests: XCTestCase {
     /// decided in the kernel while the daemon is killed and down, a re-exec, a clean stop. Then the
     /// SYN-cookie responder in the program on all three: a flood and a client's handshake and data,
     /// an IPv6 one, the MSS along the route back, a SYN whose request the kernel holds (on 5.10 the
-    /// program answers alone: the queue's cookie helpers need 6.0). Software emulation makes these
+    /// program answers alone: the queue's cookie helpers need 6.0). And bindkeeper's socket groups
+    /// (their reuseport program and socket array) on the oldest and the newest. Software emulation makes these
     /// minutes, not seconds: each guest gets 12 of them.
     func testTheFastPathAndItsDifferentialTestOnDebiansKernels() throws {
         let responder = [
@@ -64,9 +65,9 @@ final class KernelLabTests: XCTestCase {
         ].map { "SynCookieResponderTests/" + $0 }
         // One guest a kernel: each boot and start of the bundle costs most of a minute.
         for (series, tests) in [
-            ("5.10", ["FastPathParityTests", "FastPathLifecycleTests"] + responder),
+            ("5.10", ["FastPathParityTests", "FastPathLifecycleTests"] + responder + ["SocketGroupTests"]),
             ("6.1", ["FastPathParityTests", "FastPathLifecycleTests"] + responder),
-            ("6.12", ["FastPathParityTests"] + responder),
+            ("6.12", ["FastPathParityTests"] + responder + ["SocketGroupTests"]),
         ] {
             try checkInGuest(series, tests, seconds: 720)
         }
