@@ -53,7 +53,8 @@ extension Wire {
     }
 
     /// A bind in JSON: multibinder's `address`, `port`, `backlog`, plus `type`, `v6only`,
-    /// `freebind`, `mode` (a number, or an octal string), `owner`, `group`.
+    /// `freebind`, `mode` (a number, or an octal string), `owner`, `group`, and `shards` and
+    /// `member` (the broker refuses both from multibinder's clients, and `member` from anyone).
     static func bindRequest(json params: [String: JSONValue]) -> Result<BindRequest, BindError> {
         let known: Set<String> = [
             "type", "address", "port", "backlog", "v6only", "freebind", "mode", "owner", "group", "shards", "member",
