@@ -922,7 +922,13 @@ final class SecondChanceTests: XCTestCase {
             try sendGUE(lab, sourcePort: port, to: Lab.p1, inner: packet, hops: [Lab.p2])
         }
         func counted(_ name: String, _ expected: UInt64) throws {
-            try lab.waitFor("\(name) = \(expected)") { (try lab.stats("p1")[name] ?? 0) == expected }
+            do {
+                try lab.waitFor("\(name) = \(expected)") { (try lab.stats("p1")[name] ?? 0) == expected }
+            } catch {
+                // Where the packets went instead: every counter that moved.
+                let moved = try lab.stats("p1").filter { $0.value != 0 }.sorted { $0.key < $1.key }
+                throw LabError("\(error); moved: \(moved.map { "\($0.key)=\($0.value)" }.joined(separator: " "))")
+            }
         }
         try syn(client, to: IPv4Address("198.18.9.10")!, port: 31001)
         try counted("accepted_syn", 1)
