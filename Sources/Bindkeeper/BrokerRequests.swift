@@ -177,7 +177,9 @@ extension Broker {
                 return .failure(.conflict("\(request.baseKey) exists as one socket, not a group"))
             }
             let count = memberCount(request, existing: members)
-            if !members.isEmpty, members.count != Int(count) || members.last != "\(request.baseKey)#\(count - 1)" {
+            if !members.isEmpty,
+                members.count != Int(count) || members.last != BindRequest.memberKey(request.baseKey, count - 1)
+            {
                 return .failure(
                     .conflict(
                         """
@@ -219,7 +221,7 @@ extension Broker {
     /// The keys of the group's members at `baseKey` that the broker holds, in member order: a
     /// probe of each possible member, whatever the number of sockets the broker holds.
     func groupMembers(_ baseKey: String, upTo count: UInt16 = BindRequest.maximumShards) -> [String] {
-        (0..<count).lazy.map { "\(baseKey)#\($0)" }.filter { self.sockets[$0] != nil }
+        (0..<count).lazy.map { BindRequest.memberKey(baseKey, $0) }.filter { self.sockets[$0] != nil }
     }
 
     /// Makes the sockets `requests` name that the broker does not hold yet, all or none; a new

@@ -65,7 +65,10 @@ public struct BindRequest: Hashable, Sendable {
 
     /// The socket's identity: family, type, address and port, and its place in a group. Options
     /// are compared separately.
-    public var key: String { member.map { "\(baseKey)#\($0)" } ?? baseKey }
+    public var key: String { member.map { Self.memberKey(baseKey, $0) } ?? baseKey }
+
+    /// The key of member `index` of the group at `baseKey`: the one spelling of a member's key.
+    public static func memberKey(_ baseKey: String, _ index: UInt16) -> String { "\(baseKey)#\(index)" }
 
     /// The address's identity, shared by every member of a group.
     public var baseKey: String {

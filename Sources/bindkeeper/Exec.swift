@@ -84,8 +84,9 @@ struct Exec: ParsableCommand {
                 passed.append(name)
                 continue
             }
-            var member = 0
-            while passed.count < bound.count, bound[passed.count].key == "\(request.baseKey)#\(member)" {
+            var member: UInt16 = 0
+            while passed.count < bound.count, bound[passed.count].key == BindRequest.memberKey(request.baseKey, member)
+            {
                 passed.append(name)
                 member += 1
             }
