@@ -13,7 +13,7 @@ public struct FastPathSettings: Equatable, Sendable {
     public var lookupsElsewhere: Bool
     /// The SYN-cookie responder serves some listener (fp_listeners holds them).
     public var responderServing: Bool = false
-    /// The responder's: one SYN per listener, CPU and interval goes to the kernel (--cookie-pass-ms).
+    /// The responder's: one SYN per listener and interval goes to the kernel, whichever CPU (--cookie-pass-ms).
     public var passIntervalNanoseconds: UInt64 = 1_000_000_000
     /// The host's TCP sysctls, as the monitor last read them.
     public var tcp = TCPHostSettings()

@@ -156,13 +156,18 @@ final class SynCookieResponderTests: XCTestCase {
         }
     }
 
-    func checkCookieHandshake(vip: IPAddress, listenerName: String, ipv6: Bool) throws {
+    /// Floods the listener until the responder serves it, then spends its one SYN for the kernel
+    /// (with --cookie-pass-ms 60000, the next SYN is answered): the first SYN once served goes to
+    /// the kernel, and the flood may have ended before the responder began (a slow machine).
+    func floodUntilServed(_ listenerName: String, ipv6: Bool = false) throws {
         try flood(400, ipv6: ipv6)
         try waitUntilActive(listenerName)
-        // The listener's first SYN once served goes to the kernel: one more of the flood's takes
-        // that turn, should the flood have ended before the responder began (a slow machine).
         try flood(1, ipv6: ipv6, firstPort: 39000)
         try waitUntilActive(listenerName)
+    }
+
+    func checkCookieHandshake(vip: IPAddress, listenerName: String, ipv6: Bool) throws {
+        try floodUntilServed(listenerName, ipv6: ipv6)
         let before = try lab.stats("p1")
         let recvBefore = try tcpExt("SyncookiesRecv"), sentBefore = try tcpExt("SyncookiesSent")
         let windows = try connectAndTransfer(to: vip, bytes: 4 << 20)
@@ -203,8 +208,7 @@ final class SynCookieResponderTests: XCTestCase {
     /// connects once (answered by the responder) and moves 1 MiB.
     func floodThenConnectWithOurCookie() throws -> (client: (UInt8, UInt8, UInt32), server: (UInt8, UInt8, UInt32)) {
         try startSecondChance(["--cookie-pass-ms", "60000"])
-        try flood(400)
-        try waitUntilActive("\(Lab.vip):\(Self.port)")
+        try floodUntilServed("\(Lab.vip):\(Self.port)")
         let before = try lab.stats("p1").value("cookies_sent")
         let windows = try connectAndTransfer(to: .v4(Lab.vip), bytes: 1 << 20)
         XCTAssertTrue(
@@ -342,8 +346,7 @@ final class SynCookieResponderTests: XCTestCase {
     func checkWildcardListenerAnswersOnlyLocalAddresses(_ extra: [String]) throws {
         try listen(.v4(IPv4Address(0)))
         try startSecondChance(["--cookie-pass-ms", "60000"] + extra)
-        try flood(400)
-        try waitUntilActive("0.0.0.0:\(Self.port)")
+        try floodUntilServed("0.0.0.0:\(Self.port)")
         let capture = try lab.inside("d") { try Capture(protocol: Int32(IPPROTO_TCP)) }
         let before = try lab.stats("p1")
         func synAck(from source: IPv4Address, port: UInt16) -> [UInt8]? {
@@ -439,8 +442,7 @@ final class SynCookieResponderTests: XCTestCase {
     func testDataInTheSameBatchAsItsCookieACKReachesTheConnection() throws {
         try listen(.v4(Lab.vip))
         try startSecondChance(["--cookie-pass-ms", "60000"])
-        try flood(400)
-        try waitUntilActive("\(Lab.vip):\(Self.port)")
+        try floodUntilServed("\(Lab.vip):\(Self.port)")
         // The client's own stack knows nothing of this handshake: its RSTs would end it.
         try Lab.shell("ip netns exec \(lab.namespace("c")) iptables -A OUTPUT -p tcp --tcp-flags RST RST -j DROP")
         let capture = try lab.inside("c") { try Capture(protocol: Int32(IPPROTO_TCP)) }
@@ -517,9 +519,7 @@ final class SynCookieResponderTests: XCTestCase {
     func serveAFloodedListener() throws {
         try listen(.v4(Lab.vip))
         try startSecondChance(["--cookie-pass-ms", "60000"])
-        try flood(400)
-        try waitUntilActive("\(Lab.vip):\(Self.port)")
-        try flood(1, firstPort: 39000)  // the listener's one SYN for the kernel, should it be due
+        try floodUntilServed("\(Lab.vip):\(Self.port)")
     }
 
     /// A SYN the kernel would drop (a wrong checksum, a header length past its packet's end) or
