@@ -8,8 +8,10 @@ public struct BPFProgramInfo: Sendable, Equatable {
     /// The kernel's hash of the instructions: equal tags, equal programs.
     public var tag: String
     public var name: String
-    /// Map ids by name.
+    /// Map ids by name (only with CAP_SYS_ADMIN, which opening a map by id takes).
     public var maps: [String: UInt32]
+    /// The ids of every map the program uses.
+    public var mapIDs: [UInt32] = []
 }
 
 /// The kernel's BPF objects by descriptor, id and pin path (bpf(2), through libbpf): what a
@@ -60,11 +62,13 @@ public enum BPF {
             close(mapFD)
         }
         let tag = withUnsafeBytes(of: info.tag) { $0.map { hexByte($0) }.joined() }
-        return BPFProgramInfo(id: info.id == 0 ? id : info.id, tag: tag, name: cName(info.name), maps: maps)
+        return BPFProgramInfo(
+            id: info.id == 0 ? id : info.id, tag: tag, name: cName(info.name), maps: maps, mapIDs: ids)
     }
 
     /// The kernel's description of a map: name, key and value sizes, entries.
     public struct MapInfo: Sendable, Equatable {
+        public var id: UInt32
         public var name: String
         public var keySize: UInt32
         public var valueSize: UInt32
@@ -77,7 +81,8 @@ public enum BPF {
         var length = UInt32(MemoryLayout<bpf_map_info>.size)
         guard bpf_obj_get_info_by_fd(fd, &info, &length) == 0 else { throw SystemError("map info") }
         return MapInfo(
-            name: cName(info.name), keySize: info.key_size, valueSize: info.value_size, maxEntries: info.max_entries,
+            id: info.id, name: cName(info.name), keySize: info.key_size, valueSize: info.value_size,
+            maxEntries: info.max_entries,
             type: info.type)
     }
 
@@ -117,6 +122,29 @@ public enum BPF {
         }
         guard result == 0 else { throw SystemError("BPF_PROG_TEST_RUN", errno: -result) }
         return (action, Array(output.prefix(Int(size))))
+    }
+
+    /// What kind of BPF object a descriptor refers to. (BPF_OBJ_GET_INFO_BY_FD answers for any
+    /// kind, in that kind's layout: a map's info read as a program's would make a name of bytes.)
+    public enum ObjectKind: Sendable { case program, map }
+
+    /// The kind of `fd`'s object, from its anonymous inode's name; nil for anything else.
+    public static func kind(of fd: Int32) -> ObjectKind? {
+        var buffer = [CChar](repeating: 0, count: 64)
+        let length = readlink("/proc/self/fd/\(fd)", &buffer, buffer.count - 1)
+        guard length > 0 else { return nil }
+        switch String(decoding: buffer.prefix(length).map { UInt8(bitPattern: $0) }, as: UTF8.self) {
+        case "anon_inode:bpf-prog": return .program
+        case "anon_inode:bpf-map": return .map
+        default: return nil
+        }
+    }
+
+    /// A descriptor of the object pinned at `path` (the caller closes it); nil when none is. Unlike
+    /// opening by id, which takes CAP_SYS_ADMIN, this takes only the file's permissions.
+    public static func openPinned(_ path: String) -> Int32? {
+        let fd = bpf_obj_get(path)
+        return fd >= 0 ? fd : nil
     }
 
     /// The id of the program pinned at `path`; nil when none is.
@@ -221,15 +249,12 @@ public enum NetworkInterface {
 /// An interface's XDP program in the driver's own (native) mode, run before an skb exists. The
 /// generic (skb) mode is never used: it runs once the skb is built, no earlier than tc.
 public enum NativeXDP {
-    /// Attaches `programFD` to `interface`: in place of program `replacing` in one step (and only
-    /// while that one is still attached), or where none is. EOPNOTSUPP: the driver has no native
-    /// XDP.
-    public static func attach(programFD: Int32, interface: String, replacing old: UInt32?) throws {
+    /// Attaches `programFD` to `interface`: in place of the program `replacing` refers to, in one
+    /// step and only while that one is still attached, or where none is. EOPNOTSUPP: the driver
+    /// has no native XDP. (A descriptor, not an id: opening a program by id takes CAP_SYS_ADMIN.)
+    public static func attach(programFD: Int32, interface: String, replacing old: Int32?) throws {
         let index = Int32(bitPattern: try NetworkInterface.index(interface))
-        let oldFD = old.map { bpf_prog_get_fd_by_id($0) } ?? -1
-        if let old, oldFD < 0 { throw SystemError("XDP program \(old) on \(interface)") }
-        defer { if oldFD >= 0 { close(oldFD) } }
-        let result = proxyside_xdp_attach(index, programFD, oldFD)
+        let result = proxyside_xdp_attach(index, programFD, old ?? -1)
         guard result == 0 else { throw SystemError("attaching XDP to \(interface)", errno: -result) }
     }
 
@@ -240,13 +265,11 @@ public enum NativeXDP {
         return id == 0 ? nil : id
     }
 
-    /// Removes program `id` from `interface`, only if it is still the one attached there.
-    public static func detach(_ id: UInt32, from interface: String) throws {
+    /// Removes the program `programFD` refers to from `interface`, only if it is still the one
+    /// attached there.
+    public static func detach(programFD: Int32, from interface: String) throws {
         let index = Int32(bitPattern: try NetworkInterface.index(interface))
-        let fd = bpf_prog_get_fd_by_id(id)
-        guard fd >= 0 else { throw SystemError("XDP program \(id) on \(interface)") }
-        defer { close(fd) }
-        let result = proxyside_xdp_detach(index, fd)
+        let result = proxyside_xdp_detach(index, programFD)
         guard result == 0 else { throw SystemError("detaching XDP from \(interface)", errno: -result) }
     }
 }

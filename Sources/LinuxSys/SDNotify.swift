@@ -21,7 +21,15 @@ public final class SDNotify {
     /// Puts a socket in the service's fd store under `name` (systemd keeps it across restarts of the
     /// service, and with FileDescriptorStorePreserve=yes across stops).
     public func store(_ socket: Int32, name: String) throws {
-        try send("FDSTORE=1\nFDNAME=\(name)", fds: [socket])
+        try store([socket], name: name)
+    }
+
+    /// Puts several under one name, in one message (each is kept, and handed back, under it).
+    /// `watched`: systemd drops a stored fd that reports EPOLLERR or EPOLLHUP, as a socket whose
+    /// peer is gone does; a BPF map reports EPOLLERR to every poll, so its fds go unwatched
+    /// (FDPOLL=0, systemd 246 and later).
+    public func store(_ fds: [Int32], name: String, watched: Bool = true) throws {
+        try send("FDSTORE=1\nFDNAME=\(name)" + (watched ? "" : "\nFDPOLL=0"), fds: fds)
     }
 
     /// Takes every socket named `name` out of the fd store. Closing this process's copy is not

@@ -7,9 +7,10 @@ import Telemetry
 
 /// What an earlier process left this one: sockets by name (a re-exec of this one, or systemd's fd
 /// store after a crash), and from a re-exec its count and its forwarding choice. Each socket is
-/// claimed once, by the part of the daemon that uses it.
+/// claimed once, by the part of the daemon that uses it. A name may stand for several (the fast
+/// path's programs and maps, which the kernel names itself).
 public struct Handover {
-    private var sockets: [String: Int32] = [:]
+    private var sockets: [String: [Int32]] = [:]
     /// Every name handed over, claimed or not.
     public let names: Set<String>
     public let reexecuted: Bool
@@ -25,7 +26,7 @@ public struct Handover {
     public static func queueName(_ number: UInt16) -> String { "nfqueue-\(number)" }
 
     public init(environment: [String: String]) {
-        for (fd, name) in ListenFDs.inherited(environment, pid: getpid()) { sockets[name] = fd }
+        for (fd, name) in ListenFDs.inherited(environment, pid: getpid()) { sockets[name, default: []].append(fd) }
         names = Set(sockets.keys)
         reexecuted = environment[Self.reexecsVariable] != nil
         reexecs = environment[Self.reexecsVariable].flatMap(UInt64.init) ?? 0
@@ -37,8 +38,14 @@ public struct Handover {
 
     /// The socket handed over as `name`, now this caller's.
     public mutating func claim(_ name: String) -> OwnedDescriptor? {
-        sockets.removeValue(forKey: name).map(OwnedDescriptor.init(adopting:))
+        guard var fds = sockets[name], !fds.isEmpty else { return nil }
+        let fd = fds.removeFirst()
+        sockets[name] = fds.isEmpty ? nil : fds
+        return OwnedDescriptor(adopting: fd)
     }
+
+    /// Every descriptor handed over as `name`, now this caller's to close.
+    public mutating func claimAll(_ name: String) -> [Int32] { sockets.removeValue(forKey: name) ?? [] }
 
     /// No earlier process: not a re-exec, and none of `queues` waits in the store.
     public func coldStart(queues: [String]) -> Bool { reexecs == 0 && !queues.contains { names.contains($0) } }
@@ -46,10 +53,11 @@ public struct Handover {
     /// The stats server's sockets; every other one not claimed by now is not this configuration's,
     /// and is closed.
     mutating func claimServerSockets(logger: Logger) -> [String: Int32] {
-        let server = sockets.filter { [StatsServer.metricsName, StatsServer.controlName].contains($0.key) }
-        for (name, fd) in sockets where server[name] == nil {
+        var server: [String: Int32] = [:]
+        for name in [StatsServer.metricsName, StatsServer.controlName] { server[name] = claim(name)?.take() }
+        for (name, fds) in sockets {
             logger.info("an inherited socket named \(name) is not one of this configuration's; closed")
-            close(fd)
+            fds.forEach { close($0) }
         }
         sockets = [:]
         return server

@@ -81,12 +81,13 @@ public final class FastPath: @unchecked Sendable {
 
     public init(
         settings: FastPathSettings, local: LocalAddresses, reversePaths: ReversePaths = .none, interfaces: [String],
-        xdp: Bool = false, pinDirectory: String? = FastPath.defaultPinDirectory(), logger: Logger
+        xdp: Bool = false, pinDirectory: String? = FastPath.defaultPinDirectory(), handles: FastPathHandles = .none,
+        logger: Logger
     ) throws {
         try Self.checkInterfaces(interfaces)
         // The maps of the program already deciding, if it is ours and of this layout: counters
         // and sets carry on, and nothing is ever read under another layout.
-        let (reusable, adoptedFrom) = Self.adoptableMaps(on: interfaces, logger: logger)
+        let (reusable, adoptedFrom) = Self.adoptableMaps(on: interfaces, handles: handles, logger: logger)
         // The loader takes its own copies of the named maps; its read-only data (.rodata, if any)
         // is the object's own and does not carry on.
         object = try FastPathObject(reusing: reusable.byName.filter { FastPathMap.names.contains($0.key) }, xdp: xdp)
@@ -102,7 +103,7 @@ public final class FastPath: @unchecked Sendable {
         let programFD = object.programFD
         program = try FastPathError.at(.inspect) { try BPF.programInfo(fd: programFD) }
         // XDP goes in after tc, which decides everything it passes on.
-        xdpProgram = try Self.attachXDP(object, interfaces: interfaces, wanted: xdp, logger: logger)
+        xdpProgram = try Self.attachXDP(object, interfaces: interfaces, wanted: xdp, handles: handles, logger: logger)
         self.pinDirectory = Self.pin(object, xdp: xdpProgram != nil, in: pinDirectory, logger: logger)
     }
 
@@ -120,11 +121,22 @@ public final class FastPath: @unchecked Sendable {
         }
     }
 
-    /// The maps of the program attached to one of `interfaces`, when they have this build's layout.
-    static func adoptableMaps(on interfaces: [String], logger: Logger) -> (NamedDescriptors, UInt32?) {
+    /// The maps of the program attached to one of `interfaces`, when they have this build's layout:
+    /// those handed over with it, or else opened by its id (which takes CAP_SYS_ADMIN).
+    static func adoptableMaps(on interfaces: [String], handles: FastPathHandles, logger: Logger) -> (
+        NamedDescriptors, UInt32?
+    ) {
         for interface in interfaces {
             guard let id = Self.filter.program(on: interface) else { continue }
-            guard let maps = try? BPF.openMaps(ofProgram: id) else { continue }
+            guard let maps = handles.maps(ofProgram: id) ?? (try? BPF.openMaps(ofProgram: id)) else {
+                logger.info(
+                    """
+                    fast path: the program attached to \(interface) (id \(id)) was not handed over and cannot \
+                    be opened by id (CAP_SYS_ADMIN); it is replaced with new maps
+                    """
+                )
+                continue
+            }
             let layout = maps[FastPathMap.config.rawValue].flatMap(FastPathMaps.configuredLayout)
             if layout == UInt32(FP_LAYOUT), Set(maps.byName.keys).isSuperset(of: FastPathMap.names) {
                 return (maps, id)
@@ -150,7 +162,7 @@ public final class FastPath: @unchecked Sendable {
             }
         } catch {
             // A program left on some interfaces would decide there unattended.
-            Self.remove(interfaces: attached, pinDirectory: nil, logger: logger)
+            Self.removeTC(interfaces: attached, pinDirectory: nil, logger: logger)
             throw error
         }
     }
@@ -308,7 +320,7 @@ public final class FastPath: @unchecked Sendable {
         // its own program there since (same filter handle, same pin directory).
         if let xdpProgram {
             for interface in interfaces where NativeXDP.program(on: interface) == xdpProgram.id {
-                do { try NativeXDP.detach(xdpProgram.id, from: interface) } catch {
+                do { try NativeXDP.detach(programFD: object.xdpFD, from: interface) } catch {
                     logger.warning("fast path: \(error)")
                 }
             }
@@ -319,12 +331,20 @@ public final class FastPath: @unchecked Sendable {
             logger.info("fast path: \(others.joined(separator: ",")) carry another program now; left as they are")
         }
         let pins = pinDirectory.flatMap { BPF.pinnedProgram(at: $0 + "/program") == program.id ? $0 : nil }
-        Self.remove(interfaces: mine, pinDirectory: pins, logger: logger)
+        Self.removeTC(interfaces: mine, pinDirectory: pins, logger: logger)
     }
 
-    /// Removes second-chance's filter and XDP entry point from `interfaces`, and its pins.
-    public static func remove(interfaces: [String], pinDirectory: String?, logger: Logger) {
-        removeXDP(logger: logger)
+    /// What this daemon hands its successor (a re-exec, the fd store): its programs and maps.
+    public var handedOn: [Int32] { FastPathHandles.handedOn(object, xdp: xdpProgram != nil) }
+
+    /// Removes second-chance's XDP entry point and its filter from `interfaces`, and its pins.
+    public static func remove(interfaces: [String], pinDirectory: String?, handles: FastPathHandles, logger: Logger) {
+        removeXDP(handles: handles, logger: logger)
+        removeTC(interfaces: interfaces, pinDirectory: pinDirectory, logger: logger)
+    }
+
+    /// Removes second-chance's filter from `interfaces`, and its pins.
+    static func removeTC(interfaces: [String], pinDirectory: String?, logger: Logger) {
         for interface in interfaces {
             do { try Self.filter.detach(from: interface) } catch { logger.warning("fast path: \(error)") }
         }

@@ -8,11 +8,11 @@ extension FastPath {
     /// its place, fails the start). Not `wanted`, one an earlier daemon left is removed: it would
     /// decide with maps nobody may keep current (from every interface: the routes, or the flags,
     /// may name others than when it was attached).
-    static func attachXDP(_ object: FastPathObject, interfaces: [String], wanted: Bool, logger: Logger) throws
-        -> BPFProgramInfo?
-    {
+    static func attachXDP(
+        _ object: FastPathObject, interfaces: [String], wanted: Bool, handles: FastPathHandles, logger: Logger
+    ) throws -> BPFProgramInfo? {
         guard wanted else {
-            removeXDP(logger: logger)
+            removeXDP(handles: handles, logger: logger)
             return nil
         }
         guard object.xdpFD >= 0 else {
@@ -20,36 +20,70 @@ extension FastPath {
         }
         do {
             for interface in interfaces {
-                let current = NativeXDP.program(on: interface)
-                if let current, !isOurXDP(current) {
-                    throw FastPathError(.attach, "\(interface) carries another XDP program (\(current))", errno: EEXIST)
-                }
-                let fd = object.xdpFD
-                try FastPathError.at(.attach) {
-                    try NativeXDP.attach(programFD: fd, interface: interface, replacing: current)
-                }
+                try replaceXDP(with: object.xdpFD, on: interface, handles: handles)
             }
             let fd = object.xdpFD
             return try FastPathError.at(.inspect) { try BPF.programInfo(fd: fd) }
         } catch {
             // All or none, an earlier daemon's included; tc stays until the caller removes it.
-            removeXDP(logger: logger)
+            removeXDP(handles: handles, logger: logger)
             throw error
         }
     }
 
-    /// Whether program `id` is an XDP entry point of second-chance's (the kernel keeps 15
-    /// characters of a name).
+    /// Attaches `fd` to `interface`, in place of an earlier daemon's XDP entry point if one is there.
+    private static func replaceXDP(with fd: Int32, on interface: String, handles: FastPathHandles) throws {
+        guard let current = NativeXDP.program(on: interface) else {
+            try FastPathError.at(.attach) { try NativeXDP.attach(programFD: fd, interface: interface, replacing: nil) }
+            return
+        }
+        let replaced = try withOurXDP(current, handles: handles) { expected in
+            try FastPathError.at(.attach) {
+                try NativeXDP.attach(programFD: fd, interface: interface, replacing: expected)
+            }
+        }
+        guard replaced else {
+            throw FastPathError(
+                .attach, "\(interface) carries another XDP program (\(current)), or one not handed over",
+                errno: EEXIST)
+        }
+    }
+
+    /// Calls `body` with a descriptor of program `id` when it is an XDP entry point of
+    /// second-chance's: the one handed over, or else one whose name says so (the kernel keeps 15
+    /// characters), opened by id, which takes CAP_SYS_ADMIN. False when it is not ours, or cannot
+    /// be known to be.
+    @discardableResult
+    static func withOurXDP(_ id: UInt32, handles: FastPathHandles, _ body: (Int32) throws -> Void) rethrows -> Bool {
+        if let fd = handles.xdpDescriptor(ifID: id) {
+            try body(fd)
+            return true
+        }
+        guard let fd = try? BPF.openProgram(id: id) else { return false }
+        defer { close(fd) }
+        guard (try? BPF.programInfo(fd: fd, id: id).name) == String(FastPathObject.xdpName.prefix(15)) else {
+            return false
+        }
+        try body(fd)
+        return true
+    }
+
+    /// Whether program `id` is an XDP entry point of second-chance's (for doctor: the pins stand in
+    /// for a caller without CAP_SYS_ADMIN).
     static func isOurXDP(_ id: UInt32) -> Bool {
-        (try? BPF.programInfo(id: id).name) == String(FastPathObject.xdpName.prefix(15))
+        withOurXDP(id, handles: FastPathHandles.pinned(in: defaultPinDirectory())) { _ in }
     }
 
     /// Removes second-chance's XDP entry point from every interface of the namespace (the routes,
     /// or the flags, may name others than when it was attached); another program stays.
-    static func removeXDP(logger: Logger) {
+    static func removeXDP(handles: FastPathHandles, logger: Logger) {
         for interface in NetworkInterface.all() {
-            guard let id = NativeXDP.program(on: interface), isOurXDP(id) else { continue }
-            do { try NativeXDP.detach(id, from: interface) } catch { logger.warning("fast path: \(error)") }
+            guard let id = NativeXDP.program(on: interface) else { continue }
+            withOurXDP(id, handles: handles) { fd in
+                do { try NativeXDP.detach(programFD: fd, from: interface) } catch {
+                    logger.warning("fast path: \(error)")
+                }
+            }
         }
     }
 }

@@ -108,6 +108,9 @@ public final class QueueDaemon {
     let fastPathStop: FastPathStop
     /// The sockets a re-exec keeps and the store holds, by name.
     let queueSockets: [(fd: Int32, name: String)]
+    /// The programs and maps attached, kept across exec(2) and in the store: a successor without
+    /// CAP_SYS_ADMIN could not open them by id to adopt, replace or remove them.
+    let fastPathHandles: [Int32]
     let handedOver: Set<String>
     let reexecGo: EventFD
     /// Stops the stats and control server alone: before an exec(2), a connection it accepted would
@@ -153,6 +156,7 @@ public final class QueueDaemon {
             releaseInherited: { notifier?.removeStored(name: $0, reportingTo: logger) })
         queueSockets =
             queues.workers.map { ($0.queue.fileDescriptor, Handover.queueName($0.queue.number)) } + replayCounters
+        fastPathHandles = report.kernelPath.path?.handedOn ?? []
         serverStop = try EventFD()
         reexecEnvironment = [
             Handover.reexecsVariable: String(handover.reexecs == .max ? .max : handover.reexecs + 1),
@@ -166,7 +170,8 @@ public final class QueueDaemon {
     /// leaves the store: kept there, a queue would stay bound with no reader, so that
     /// --queue-bypass never applied and its packets waited until they were dropped.
     func releaseUnused() {
-        let used = Set((queueSockets + server.descriptors).map(\.name))
+        var used = Set((queueSockets + server.descriptors).map(\.name))
+        if !fastPathHandles.isEmpty { used.insert(FastPathHandles.storeName) }
         for name in handedOver.subtracting(used).sorted() {
             notifier?.removeStored(name: name, reportingTo: logger)
         }
@@ -191,6 +196,14 @@ public final class QueueDaemon {
             } else {
                 notifier?.store(fd, name: name, reportingTo: logger)
             }
+        }
+        // Each start loads its own program: what the store held is its predecessor's.
+        // Maps answer every poll with EPOLLERR: watched, systemd would drop them at once.
+        let name = FastPathHandles.storeName
+        if !fastPathHandles.isEmpty, handedOver.contains(name) {
+            notifier?.replaceStored(fastPathHandles, name: name, watched: false, reportingTo: logger)
+        } else if !fastPathHandles.isEmpty {
+            notifier?.store(fastPathHandles, name: name, watched: false, reportingTo: logger)
         }
         server.keepsControlPath = notifier != nil
     }
@@ -240,8 +253,9 @@ public final class QueueDaemon {
             answered
             """
         )
+        let programs = fastPathHandles.map { ($0, FastPathHandles.storeName) }
         let failure = ProgramImage.execute(
-            executable, arguments: CommandLine.arguments, keeping: queueSockets + server.descriptors,
+            executable, arguments: CommandLine.arguments, keeping: queueSockets + server.descriptors + programs,
             extraEnvironment: reexecEnvironment)
         logger.info("re-exec of \(executable) failed: \(String(cString: strerror(failure))); still serving")
         queues.stop.consume()

@@ -7,7 +7,13 @@ extension SDNotify {
     /// Whether the service manager was sent it.
     @discardableResult
     public func store(_ fd: Int32, name: String, reportingTo logger: Logger) -> Bool {
-        do { try store(fd, name: name) } catch {
+        store([fd], name: name, reportingTo: logger)
+    }
+
+    /// Several under one name, in one message.
+    @discardableResult
+    public func store(_ fds: [Int32], name: String, watched: Bool = true, reportingTo logger: Logger) -> Bool {
+        do { try store(fds, name: name, watched: watched) } catch {
             logger.info("fd store \(name): \(error)")
             return false
         }
@@ -20,7 +26,12 @@ extension SDNotify {
 
     /// Replaces whatever is stored as `name` with `fd`.
     public func replaceStored(_ fd: Int32, name: String, reportingTo logger: Logger) {
+        replaceStored([fd], name: name, reportingTo: logger)
+    }
+
+    /// Replaces whatever is stored as `name` with `fds`.
+    public func replaceStored(_ fds: [Int32], name: String, watched: Bool = true, reportingTo logger: Logger) {
         removeStored(name: name, reportingTo: logger)
-        store(fd, name: name, reportingTo: logger)
+        store(fds, name: name, watched: watched, reportingTo: logger)
     }
 }

@@ -4,9 +4,9 @@ import LinuxSys
 import ProxysideArguments
 
 /// Plays systemd for a Type=notify daemon with an fd store, where no systemd runs: the daemon gets
-/// NOTIFY_SOCKET, the fds it stores (FDSTORE=1, FDNAME=) are kept, and when it exits it is started
-/// again after --restart-ms with them (LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID). SIGTERM stops the
-/// daemon and then the supervisor.
+/// NOTIFY_SOCKET, the fds it stores (FDSTORE=1, FDNAME=) are kept until it removes them
+/// (FDSTOREREMOVE=1), and when it exits it is started again after --restart-ms with them
+/// (LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID). SIGTERM stops the daemon and then the supervisor.
 struct Supervise: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Restart a daemon when it exits, handing back the fds it stored (an fd store without systemd).")
@@ -61,14 +61,17 @@ struct Supervise: ParsableCommand {
                 _ = poll(&fds, 2, 50)
                 while let (bytes, received) = try? FDPassing.receive(notify, flags: Int32(MSG_DONTWAIT)) {
                     let lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n")
-                    guard lines.contains("FDSTORE=1"),
-                        let name = lines.first(where: { $0.hasPrefix("FDNAME=") }).map({ String($0.dropFirst(7)) })
-                    else { received.forEach { close($0) }; continue }
+                    let name = lines.first(where: { $0.hasPrefix("FDNAME=") }).map { String($0.dropFirst(7)) }
+                    if lines.contains("FDSTOREREMOVE=1"), let name {
+                        store.filter { $0.name == name }.forEach { close($0.fd) }
+                        store.removeAll { $0.name == name }
+                    }
+                    guard lines.contains("FDSTORE=1"), let name else { received.forEach { close($0) }; continue }
                     // systemd keeps one fd per socket; a daemon that stores again after a restart sends the same ones.
                     if store.contains(where: { $0.name == name }) {
                         received.forEach { close($0) }
-                    } else if let fd = received.first {
-                        store.append((name, fd))
+                    } else {
+                        store += received.map { (name, $0) }
                     }
                 }
                 if fds[1].revents != 0 && !stopping {

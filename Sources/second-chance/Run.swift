@@ -472,7 +472,7 @@ struct Run: ParsableCommand {
             handover: &handover)
         let kernelPath = try startFastPath(
             peers: peers, peerInterfaces: plan.peerInterfaces, addresses: watcher.board,
-            reversePaths: watcher.reversePaths, responder: monitor, reexecuted: handover.reexecuted)
+            reversePaths: watcher.reversePaths, responder: monitor, handover: &handover)
         if monitor != nil, kernelPath.path == nil, (try? oracle.get()) == nil {
             logger.warning("warning: SYN-cookie responder off: neither the tc program nor the cookie programs loaded")
             monitor = nil
@@ -517,14 +517,17 @@ struct Run: ParsableCommand {
     /// The fast path (tc, and XDP beside it), as `--fast-path` asks: attached, or why not (said once).
     func startFastPath(
         peers: PeerPolicy, peerInterfaces: [String], addresses: LocalAddressBoard, reversePaths: ReversePathBoard,
-        responder: ListenerMonitor?, reexecuted: Bool
+        responder: ListenerMonitor?, handover: inout Handover
     ) throws
         -> (path: FastPath?, status: String)
     {
         let candidates = fastPathInterfaces.isEmpty ? peerInterfaces : fastPathInterfaces
+        let pins = FastPath.defaultPinDirectory()
+        // What an earlier process attached: this one replaces or removes it, with its own descriptors.
+        let handles = FastPathHandles.inherited(from: &handover, pinDirectory: pins)
         guard fastPath != .off else {
             // A filter an earlier process kept (--fast-path-stop keep, or a crash) must not decide for this one.
-            FastPath.remove(interfaces: candidates, pinDirectory: FastPath.defaultPinDirectory(), logger: logger)
+            FastPath.remove(interfaces: candidates, pinDirectory: pins, handles: handles, logger: logger)
             logger.info("fast path: off (--fast-path off); every packet is decided from NFQUEUE")
             return (nil, "off (--fast-path off)")
         }
@@ -538,7 +541,7 @@ struct Run: ParsableCommand {
         do {
             let path = try FastPath(
                 settings: settings, local: addresses.snapshot().value, reversePaths: reversePaths.snapshot().value,
-                interfaces: interfaces, xdp: fastPath.xdp, logger: logger)
+                interfaces: interfaces, xdp: fastPath.xdp, handles: handles, logger: logger)
             // From now on the watcher writes every change into the maps as it publishes it; one that
             // came between the first write and this reaches them here.
             addresses.observe { path.addressesChanged($1, generation: $0, logger: logger) }
@@ -554,12 +557,12 @@ struct Run: ParsableCommand {
                         snapshot, records: records, passIntervalNanoseconds: interval, logger: logger)
                 }
             }
-            let how = path.adoptedFrom == nil ? "" : (reexecuted ? " after the re-exec" : " after a restart")
+            let how = path.adoptedFrom == nil ? "" : (handover.reexecuted ? " after the re-exec" : " after a restart")
             logger.info("fast path: \(path.summary)\(how); NFQUEUE decides what it sends up")
             return (path, path.summary)
         } catch {
             // A program an earlier daemon left must not go on deciding with maps nobody keeps current.
-            FastPath.remove(interfaces: candidates, pinDirectory: FastPath.defaultPinDirectory(), logger: logger)
+            FastPath.remove(interfaces: candidates, pinDirectory: pins, handles: handles, logger: logger)
             let why = (error as? FastPathError)?.explained ?? "\(error)"
             guard fastPath == .auto else { throw CommandFailure("--fast-path \(fastPath): \(why)") }
             logger.warning("warning: fast path off, every packet is decided from NFQUEUE: \(why)")

@@ -63,7 +63,11 @@ final class FastPathLifecycleTests: XCTestCase {
     func testEstablishedFlowsKeepMovingWhileTheDaemonIsKilledAndDown() throws {
         let manager = try ServiceManagerSocket(path: lab.directory.appendingPathComponent("notify.sock").path)
         let first = try lab.start("p1", "second-chance", arguments, environment: ["NOTIFY_SOCKET": manager.path])
-        try manager.collect(seconds: Self.startup) { $0.isReady && $0.store.count == 3 }
+        // The queue, its replay guard and the control socket; the programs and maps beside them.
+        try manager.collect(seconds: Self.startup) {
+            $0.isReady && $0.sockets.count == 3
+                && $0.store.filter { $0.name == FastPathHandles.storeName }.count == FastPathMap.allCases.count + 1
+        }
         let program = try filterOnP1()
         XCTAssertTrue(program.contains("second_chance_f"), program)
 
@@ -193,6 +197,109 @@ final class FastPathLifecycleTests: XCTestCase {
         XCTAssertNil(try xdpOnP1(), "removed by a start with --fast-path tc")
         tcOnly.terminate()
         tcOnly.waitUntilExit()
+    }
+
+    /// What runs a daemon with the shipped unit's capabilities (its CapabilityBoundingSet=).
+    static let unitCapabilities = [
+        "/usr/bin/setpriv", "--bounding-set=-all,+net_admin,+net_raw,+bpf,+perfmon", "--no-new-privs",
+    ]
+
+    /// With the unit's capabilities and a bpffs at /sys/fs/bpf (systemd mounts one): a stop that
+    /// leaves the programs deciding (--fast-path-stop keep) hands nothing on, and the next start
+    /// opens the pins instead: it adopts the maps and replaces the XDP entry point in place.
+    func testWithTheUnitsCapabilitiesAStartAfterAKeepingStopTakesThePinnedProgramsOver() throws {
+        guard try XCTUnwrap(KernelRelease.version(of: KernelRelease.current)) >= (5, 12) else {
+            throw XCTSkip("the XDP entry point needs Linux 5.12 (bpf_check_mtu)")
+        }
+        let bpffs = lab.directory.appendingPathComponent("bpffs").path
+        try FileManager.default.createDirectory(atPath: bpffs, withIntermediateDirectories: true)
+        try Lab.shell("mount -t bpf bpf \(bpffs)")
+        defer { _ = try? Lab.shell("umount \(bpffs)") }
+        func start(_ extra: [String]) throws -> Process {
+            let daemon = try lab.start(
+                "p1", program: "/bin/sh",
+                ["-c", "mount --bind \(bpffs) /sys/fs/bpf && exec \"$0\" \"$@\""] + Self.unitCapabilities
+                    + [Lab.binaries.appendingPathComponent("second-chance").path] + arguments + ["--fast-path", "xdp"]
+                    + extra)
+            try lab.waitFor("the daemon", seconds: Self.startup) { lab.log(of: daemon).contains("serving queue") }
+            return daemon
+        }
+        let kept = try start(["--fast-path-stop", "keep"])
+        XCTAssertTrue(lab.log(of: kept).contains("pinned in /sys/fs/bpf/proxyside"), lab.log(of: kept))
+        let original = try XCTUnwrap(try xdpOnP1())
+        kept.terminate()
+        kept.waitUntilExit()
+        XCTAssertEqual(try xdpOnP1(), original, "left deciding")
+
+        let next = try start([])
+        XCTAssertTrue(lab.log(of: next).contains("maps adopted from program"), lab.log(of: next))
+        let replaced = try XCTUnwrap(try xdpOnP1())
+        XCTAssertNotEqual(replaced, original, lab.log(of: next))
+        next.terminate()
+        next.waitUntilExit()
+        XCTAssertNil(try xdpOnP1(), "a clean stop removes it")
+    }
+
+    /// The shipped unit's capabilities (setpriv's bounding set as the unit's
+    /// CapabilityBoundingSet=): without CAP_SYS_ADMIN no program or map opens by id. A re-exec and
+    /// a restart after a crash still know the XDP entry point and the tc program they find for
+    /// their predecessor's, by the descriptors it handed over (across exec(2), and in the fd
+    /// store), adopt its maps and replace both in place; a clean stop removes them.
+    func testWithTheUnitsCapabilitiesAReexecAndARestartReplaceXDPAndAStopRemovesIt() throws {
+        guard try XCTUnwrap(KernelRelease.version(of: KernelRelease.current)) >= (5, 12) else {
+            throw XCTSkip("the XDP entry point needs Linux 5.12 (bpf_check_mtu)")
+        }
+        let unit = Self.unitCapabilities
+        let manager = try ServiceManagerSocket(path: lab.directory.appendingPathComponent("notify.sock").path)
+        let xdpArguments = arguments + ["--fast-path", "xdp"]
+        let first = try lab.start(
+            "p1", program: unit[0],
+            Array(unit.dropFirst()) + [Lab.binaries.appendingPathComponent("second-chance").path]
+                + xdpArguments, environment: ["NOTIFY_SOCKET": manager.path])
+        let xdpName = String(FastPathObject.xdpName.prefix(15))
+        try manager.collect(seconds: Self.startup) { $0.isReady && $0.storedPrograms[xdpName] != nil }
+        // NET_ADMIN, NET_RAW (bits 12, 13), PERFMON, BPF (38, 39), as the unit's daemon has them.
+        let capabilities = try Lab.shell("grep CapEff /proc/\(first.processIdentifier)/status")
+        XCTAssertTrue(capabilities.contains("000000c000003000"), capabilities)
+        let original = try XCTUnwrap(try xdpOnP1())
+        let fd = try connectThroughDirector()
+        defer { close(fd) }
+        echo(fd, 0)
+        let before = try lab.stats("p1").value("fast_path_accepted_established")
+
+        kill(first.processIdentifier, SIGUSR1)
+        try Lab.waitFor("the re-exec", seconds: Self.startup, context: { self.lab.log(of: first) }) {
+            try self.lab.stats("p1")["reexecs"] == 1
+        }
+        let reexecuted = try XCTUnwrap(try xdpOnP1(), lab.log(of: first))
+        XCTAssertNotEqual(reexecuted, original, "a new XDP program in the old one's place")
+        let log = lab.log(of: first)
+        XCTAssertTrue(log.contains("XDP (native) and tc on eth0") && log.contains("after the re-exec"), log)
+        for index in 1..<10 { echo(fd, index) }
+        XCTAssertGreaterThanOrEqual(
+            try lab.stats("p1").value("fast_path_accepted_established"), before + 9, "the maps' counts carried on")
+
+        // A crash: the restart finds the programs and maps in the store.
+        try manager.collect(seconds: Self.startup) { $0.storedPrograms[xdpName] == reexecuted }
+        kill(first.processIdentifier, SIGKILL)
+        first.waitUntilExit()
+        let restartLog = lab.directory.appendingPathComponent("restarted.log").path
+        let pid = try manager.restartService(
+            "second-chance", xdpArguments, inside: lab.namespace("p1"), log: restartLog, wrapper: unit)
+        try lab.waitFor("the restarted daemon", seconds: Self.startup) {
+            ((try? String(contentsOfFile: restartLog, encoding: .utf8)) ?? "").contains("serving queue")
+        }
+        let restarted = (try? String(contentsOfFile: restartLog, encoding: .utf8)) ?? ""
+        XCTAssertTrue(
+            restarted.contains("maps adopted from program") && restarted.contains("after a restart"), restarted)
+        let replaced = try XCTUnwrap(try xdpOnP1())
+        XCTAssertNotEqual(replaced, reexecuted, restarted)
+        echo(fd, 10)
+
+        kill(pid, SIGTERM)
+        XCTAssertEqual(Spawn.wait(pid), 0)
+        XCTAssertNil(try xdpOnP1(), "a clean stop removes it")
+        XCTAssertFalse(try filterOnP1().contains("second_chance_f"), "and the tc program")
     }
 
     /// Two instances on one interface (queues 0 and 1): the second takes the filter's place over.

@@ -159,8 +159,8 @@ final class RestartTests: XCTestCase {
         let control = lab.controlPath("p1")
         let arguments = ["run", "--queue", "0", "--self", Lab.p1.description, "--control", control] + Lab.labPeers
         let first = try lab.start("p1", "second-chance", arguments, environment: ["NOTIFY_SOCKET": manager.path])
-        try manager.collect { $0.isReady && $0.store.count == 3 }
-        XCTAssertEqual(Set(manager.store.map(\.name)), ["nfqueue-0", "nfqueue-0-restarts", "control"])
+        try manager.collect { $0.isReady && $0.sockets.count == 3 }
+        XCTAssertEqual(Set(manager.sockets.map(\.name)), ["nfqueue-0", "nfqueue-0-restarts", "control"])
 
         kill(first.processIdentifier, SIGKILL)
         first.waitUntilExit()
@@ -194,9 +194,9 @@ final class RestartTests: XCTestCase {
         let first = try lab.start(
             "p1", "second-chance", arguments + ["--queue", "7", "--metrics", "\(Lab.p1):9525"],
             environment: ["NOTIFY_SOCKET": manager.path])
-        try manager.collect { $0.isReady && $0.store.count == 6 }
+        try manager.collect { $0.isReady && $0.sockets.count == 6 }
         XCTAssertEqual(
-            Set(manager.store.map(\.name)),
+            Set(manager.sockets.map(\.name)),
             ["nfqueue-0", "nfqueue-0-restarts", "nfqueue-7", "nfqueue-7-restarts", "control", "metrics"])
         kill(first.processIdentifier, SIGKILL)
         first.waitUntilExit()
@@ -212,7 +212,7 @@ final class RestartTests: XCTestCase {
         defer { kill(pid, SIGTERM); _ = Spawn.wait(pid) }
         try manager.collect { $0.notices.filter { $0.hasPrefix("READY=1") }.count == 2 }
         XCTAssertEqual(
-            Set(manager.store.map(\.name)), ["nfqueue-0", "nfqueue-0-restarts", "control"], "\(manager.notices)")
+            Set(manager.sockets.map(\.name)), ["nfqueue-0", "nfqueue-0-restarts", "control"], "\(manager.notices)")
         try lab.waitFor("queue 7 to be unbound") { try lab.inside("p1") { ProcFile.kernelQueueStatistics()[7] == nil } }
         XCTAssertNotNil(try lab.inside("p1") { ProcFile.kernelQueueStatistics()[0] }, "queue 0 is read on")
     }
@@ -229,7 +229,7 @@ final class RestartTests: XCTestCase {
         let first = try lab.start(
             "p1", "second-chance", arguments + ["--metrics", "0.0.0.0:9526"],
             environment: ["NOTIFY_SOCKET": manager.path])
-        try manager.collect { $0.isReady && $0.store.count == 4 }
+        try manager.collect { $0.isReady && $0.sockets.count == 4 }
         kill(first.processIdentifier, SIGTERM)
         first.waitUntilExit()
         let loopback = IPAddress.v4(IPv4Address("127.0.0.1")!)

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import LinuxSys
+import SecondChance
 
 /// systemd's side of sd_notify, played by a test: a datagram socket at a path given to a daemon
 /// as NOTIFY_SOCKET, keeping the fds it stores (FDSTORE=1, FDNAME=) and closing those it removes
@@ -30,14 +31,14 @@ final class ServiceManagerSocket {
                 notices.append(text)
                 let lines = text.split(separator: "\n")
                 let name = lines.first(where: { $0.hasPrefix("FDNAME=") }).map { String($0.dropFirst(7)) }
-                if lines.contains("FDSTORE=1"), let name, let stored = fds.first {
-                    store.append((name, stored))
-                } else {
-                    fds.forEach { close($0) }
-                }
                 if lines.contains("FDSTOREREMOVE=1"), let name {
                     store.filter { $0.name == name }.forEach { close($0.fd) }
                     store.removeAll { $0.name == name }
+                }
+                if lines.contains("FDSTORE=1"), let name {
+                    store += fds.map { (name, $0) }
+                } else {
+                    fds.forEach { close($0) }
                 }
             }
             return done(self)
@@ -45,6 +46,17 @@ final class ServiceManagerSocket {
     }
 
     var isReady: Bool { notices.contains { $0.hasPrefix("READY=1") } }
+
+    /// What is stored but the fast path's programs and maps.
+    var sockets: [(name: String, fd: Int32)] { store.filter { $0.name != FastPathHandles.storeName } }
+
+    /// The ids of the fast path's programs in the store, by the kernel's name for them.
+    var storedPrograms: [String: UInt32] {
+        Dictionary(
+            store.filter { $0.name == FastPathHandles.storeName }.compactMap { entry in
+                (try? BPF.programInfo(fd: entry.fd)).map { ($0.name, $0.id) }
+            }, uniquingKeysWith: { first, _ in first })
+    }
 
     /// Puts `fd` in the store under `name`, as if the service had stored it (a stale entry).
     func storeAsTheService(_ fd: Int32, name: String) { store.append((name, dup(fd))) }
@@ -62,15 +74,15 @@ final class ServiceManagerSocket {
 
     /// Starts `binary` (from the build) with `arguments` inside `namespace`, handed the stored fds
     /// as systemd hands them to the service it restarts; its stderr goes to `log`.
-    func restartService(_ binary: String, _ arguments: [String], inside namespace: String, log: String) throws
-        -> pid_t
-    {
+    /// `wrapper`: a command that execs the program in its own process (setpriv).
+    func restartService(
+        _ binary: String, _ arguments: [String], inside namespace: String, log: String, wrapper: [String] = []
+    ) throws -> pid_t {
         try Spawn.run(
             "/usr/bin/env",
             [
                 "ip", "netns", "exec", namespace, "/bin/sh", "-c", "LISTEN_PID=$$ exec \"$0\" \"$@\" 2>\(log)",
-                Lab.binaries.appendingPathComponent(binary).path,
-            ] + arguments,
+            ] + wrapper + [Lab.binaries.appendingPathComponent(binary).path] + arguments,
             environment: ProcessInfo.processInfo.environment.merging(listenEnvironment) { $1 }, placing: placements)
     }
 }
