@@ -72,17 +72,35 @@ public final class FastPath: @unchecked Sendable {
         return (ethernet, peerInterfaces.filter { !ethernet.contains($0) })
     }
 
-    /// The pin directory for this network namespace: one daemon's program per namespace.
-    public static func defaultPinDirectory() -> String {
+    /// The pin directories of this network namespace: one for each instance (by its first queue),
+    /// so that one instance never takes another's objects for its predecessor's.
+    public static func namespacePinDirectory() -> String {
         var info = stat()
         let namespace = stat("/proc/self/ns/net", &info) == 0 ? String(info.st_ino) : "unknown"
         return "\(bpffs)/proxyside/second-chance/netns-\(namespace)"
     }
 
+    /// The pin directory of the instance that reads `queue` first.
+    public static func defaultPinDirectory(queue: UInt16) -> String { namespacePinDirectory() + "/queue-\(queue)" }
+
+    /// Whether every directory from the bpffs down to `path` is this user's and no one else may
+    /// write it (a bpffs mounted by hand lets anyone make directories at its top).
+    static func ownedDirectory(_ path: String) -> Bool {
+        guard path.hasPrefix(bpffs + "/") else { return false }
+        var prefix = bpffs
+        for part in path.dropFirst(bpffs.count).split(separator: "/") {
+            prefix += "/" + part
+            var info = stat()
+            guard lstat(prefix, &info) == 0, info.st_mode & S_IFMT == S_IFDIR, info.st_uid == geteuid(),
+                info.st_mode & 0o022 == 0
+            else { return false }
+        }
+        return true
+    }
+
     public init(
         settings: FastPathSettings, local: LocalAddresses, reversePaths: ReversePaths = .none, interfaces: [String],
-        xdp: Bool = false, pinDirectory: String? = FastPath.defaultPinDirectory(), handles: FastPathHandles = .none,
-        logger: Logger
+        xdp: Bool = false, pinDirectory: String?, handles: FastPathHandles = .none, logger: Logger
     ) throws {
         try Self.checkInterfaces(interfaces)
         // The maps of the program already deciding, if it is ours and of this layout: counters
@@ -173,6 +191,9 @@ public final class FastPath: @unchecked Sendable {
         guard let directory, BPF.isFilesystem(FastPath.bpffs) else { return nil }
         do {
             try Self.makeDirectories(directory)
+            guard ownedDirectory(directory) else {
+                throw FastPathError(.pin, "\(directory) or a directory above it is not only this user's", errno: EPERM)
+            }
             try BPF.pin(object.programFD, at: directory + "/program")
             if xdp { try BPF.pin(object.xdpFD, at: directory + "/xdp") } else { unlink(directory + "/xdp") }
             for (name, fd) in object.maps { try BPF.pin(fd, at: directory + "/" + name) }

@@ -38,8 +38,10 @@ public enum FastPathChecks {
                 ))
         }
         for interface in interfaces { checks += attached(on: interface) }
-        let pins = FastPath.defaultPinDirectory()
-        let pinned = ProcFile.entries(ofDirectory: pins)
+        let pins = FastPath.namespacePinDirectory()
+        let pinned = ProcFile.entries(ofDirectory: pins).flatMap { instance in
+            ProcFile.entries(ofDirectory: pins + "/" + instance).map { instance + "/" + $0 }
+        }
         if !pinned.isEmpty {
             checks.append(
                 HostCheck(

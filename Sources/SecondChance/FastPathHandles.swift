@@ -16,6 +16,10 @@ public final class FastPathHandles: @unchecked Sendable {
     let xdp: (fd: Int32, id: UInt32)?
     /// Map descriptors by map name (fp_config, ...).
     let maps: [String: Int32]
+    /// The pinned set, beside a handed-over one: a start that failed after it attached (or a crash
+    /// before it stored its own) leaves the store holding its predecessor's, while the pins name
+    /// what is attached.
+    let pinnedSet: FastPathHandles?
 
     /// The name they all go by, in the fd store and across a re-exec: each is told apart by the
     /// kernel's own name for it (the program's, the map's), and one message stores them all.
@@ -23,7 +27,8 @@ public final class FastPathHandles: @unchecked Sendable {
 
     /// Takes the descriptors over. One that is not what its name says (not a program, another
     /// map) is closed and left out.
-    init(program: Int32?, xdp: Int32?, maps: [String: Int32]) {
+    init(program: Int32?, xdp: Int32?, maps: [String: Int32], pinned: FastPathHandles? = nil) {
+        pinnedSet = pinned
         self.program = program.flatMap(Self.identified)
         self.xdp = xdp.flatMap(Self.identified)
         var named: [String: Int32] = [:]
@@ -69,14 +74,16 @@ public final class FastPathHandles: @unchecked Sendable {
         let program = programs.removeValue(forKey: String(FastPathObject.programName.prefix(15)))
         let xdp = programs.removeValue(forKey: String(FastPathObject.xdpName.prefix(15)))
         programs.values.forEach { close($0) }
-        guard program == nil, let pinDirectory else { return FastPathHandles(program: program, xdp: xdp, maps: maps) }
-        if let xdp { close(xdp) }
-        maps.values.forEach { close($0) }
-        return pinned(in: pinDirectory)
+        let pins = pinDirectory.map { pinned(in: $0) }
+        guard program != nil || xdp != nil || !maps.isEmpty else { return pins ?? .none }
+        return FastPathHandles(program: program, xdp: xdp, maps: maps, pinned: pins)
     }
 
-    /// The objects pinned in `directory` (FastPath.pin's names).
+    /// The objects pinned in `directory` (FastPath.pin's names), where every directory on its way
+    /// belongs to this user and no one else may write it: another local user's objects are never
+    /// taken for this daemon's.
     public static func pinned(in directory: String) -> FastPathHandles {
+        guard FastPath.ownedDirectory(directory) else { return .none }
         var maps: [String: Int32] = [:]
         for name in FastPathMap.names {
             if let fd = BPF.openPinned(directory + "/" + name) { maps[name] = fd }
@@ -88,7 +95,9 @@ public final class FastPathHandles: @unchecked Sendable {
     /// Copies of the maps, when program `id` is the tc program handed over and they are all its
     /// own; nil otherwise.
     func maps(ofProgram id: UInt32) -> NamedDescriptors? {
-        guard let program, program.id == id, let info = try? BPF.programInfo(fd: program.fd) else { return nil }
+        guard let program, program.id == id, let info = try? BPF.programInfo(fd: program.fd) else {
+            return pinnedSet?.maps(ofProgram: id)
+        }
         let used = Set(info.mapIDs)
         var copies: [String: Int32] = [:]
         for (name, fd) in maps {
@@ -100,7 +109,7 @@ public final class FastPathHandles: @unchecked Sendable {
     }
 
     /// The XDP entry point's descriptor, when program `id` is the one handed over.
-    func xdpDescriptor(ifID id: UInt32) -> Int32? { xdp?.id == id ? xdp?.fd : nil }
+    func xdpDescriptor(ifID id: UInt32) -> Int32? { xdp?.id == id ? xdp?.fd : pinnedSet?.xdpDescriptor(ifID: id) }
 
     /// What a daemon hands its successor of the programs and maps it attached.
     static func handedOn(_ object: FastPathObject, xdp: Bool) -> [Int32] {

@@ -18,14 +18,19 @@ extension FastPath {
         guard object.xdpFD >= 0 else {
             throw FastPathError(.load, "the XDP entry point was not loaded", errno: ENOENT)
         }
+        var attached: [String] = []
         do {
             for interface in interfaces {
                 try replaceXDP(with: object.xdpFD, on: interface, handles: handles)
+                attached.append(interface)
             }
             let fd = object.xdpFD
             return try FastPathError.at(.inspect) { try BPF.programInfo(fd: fd) }
         } catch {
-            // All or none, an earlier daemon's included; tc stays until the caller removes it.
+            // All or none: this program where it went in (by its own descriptor: without
+            // CAP_SYS_ADMIN it cannot be opened by id), and an earlier daemon's. tc stays until the
+            // caller removes it.
+            for interface in attached { try? NativeXDP.detach(programFD: object.xdpFD, from: interface) }
             removeXDP(handles: handles, logger: logger)
             throw error
         }
@@ -68,10 +73,14 @@ extension FastPath {
         return true
     }
 
-    /// Whether program `id` is an XDP entry point of second-chance's (for doctor: the pins stand in
-    /// for a caller without CAP_SYS_ADMIN).
+    /// Whether program `id` is an XDP entry point of second-chance's (for doctor: the pins of every
+    /// instance stand in for a caller without CAP_SYS_ADMIN).
     static func isOurXDP(_ id: UInt32) -> Bool {
-        withOurXDP(id, handles: FastPathHandles.pinned(in: defaultPinDirectory())) { _ in }
+        let namespace = namespacePinDirectory()
+        let instances = ProcFile.entries(ofDirectory: namespace).map {
+            FastPathHandles.pinned(in: namespace + "/" + $0)
+        }
+        return instances.contains { $0.xdpDescriptor(ifID: id) != nil } || withOurXDP(id, handles: .none) { _ in }
     }
 
     /// Removes second-chance's XDP entry point from every interface of the namespace (the routes,

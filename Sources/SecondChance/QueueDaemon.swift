@@ -108,8 +108,8 @@ public final class QueueDaemon {
     let fastPathStop: FastPathStop
     /// The sockets a re-exec keeps and the store holds, by name.
     let queueSockets: [(fd: Int32, name: String)]
-    /// The programs and maps attached, kept across exec(2) and in the store: a successor without
-    /// CAP_SYS_ADMIN could not open them by id to adopt, replace or remove them.
+    /// The programs and maps attached, kept across exec(2) (the start stored them): a successor
+    /// without CAP_SYS_ADMIN could not open them by id to adopt, replace or remove them.
     let fastPathHandles: [Int32]
     let handedOver: Set<String>
     let reexecGo: EventFD
@@ -196,14 +196,6 @@ public final class QueueDaemon {
             } else {
                 notifier?.store(fd, name: name, reportingTo: logger)
             }
-        }
-        // Each start loads its own program: what the store held is its predecessor's.
-        // Maps answer every poll with EPOLLERR: watched, systemd would drop them at once.
-        let name = FastPathHandles.storeName
-        if !fastPathHandles.isEmpty, handedOver.contains(name) {
-            notifier?.replaceStored(fastPathHandles, name: name, watched: false, reportingTo: logger)
-        } else if !fastPathHandles.isEmpty {
-            notifier?.store(fastPathHandles, name: name, watched: false, reportingTo: logger)
         }
         server.keepsControlPath = notifier != nil
     }

@@ -522,7 +522,7 @@ struct Run: ParsableCommand {
         -> (path: FastPath?, status: String)
     {
         let candidates = fastPathInterfaces.isEmpty ? peerInterfaces : fastPathInterfaces
-        let pins = FastPath.defaultPinDirectory()
+        let pins = FastPath.defaultPinDirectory(queue: queues[0])
         // What an earlier process attached: this one replaces or removes it, with its own descriptors.
         let handles = FastPathHandles.inherited(from: &handover, pinDirectory: pins)
         guard fastPath != .off else {
@@ -541,7 +541,11 @@ struct Run: ParsableCommand {
         do {
             let path = try FastPath(
                 settings: settings, local: addresses.snapshot().value, reversePaths: reversePaths.snapshot().value,
-                interfaces: interfaces, xdp: fastPath.xdp, handles: handles, logger: logger)
+                interfaces: interfaces, xdp: fastPath.xdp, pinDirectory: pins, handles: handles, logger: logger)
+            // Stored at once: a start that fails from here on (or a crash) leaves the next one
+            // the descriptors of what is attached, not of what this one replaced.
+            SDNotify(environment: ProgramImage.environment())?.replaceStored(
+                path.handedOn, name: FastPathHandles.storeName, watched: false, reportingTo: logger)
             // From now on the watcher writes every change into the maps as it publishes it; one that
             // came between the first write and this reaches them here.
             addresses.observe { path.addressesChanged($1, generation: $0, logger: logger) }

@@ -204,6 +204,55 @@ final class FastPathLifecycleTests: XCTestCase {
         "/usr/bin/setpriv", "--bounding-set=-all,+net_admin,+net_raw,+bpf,+perfmon", "--no-new-privs",
     ]
 
+    /// A bpffs of the test's own, which `startUnderTheUnit` puts at the daemon's /sys/fs/bpf.
+    func mountBPFFilesystem() throws -> String {
+        let bpffs = lab.directory.appendingPathComponent("bpffs").path
+        try FileManager.default.createDirectory(atPath: bpffs, withIntermediateDirectories: true)
+        try Lab.shell("mount -t bpf bpf \(bpffs)")
+        return bpffs
+    }
+
+    /// second-chance on p1 with the unit's capabilities, `bpffs` at its /sys/fs/bpf.
+    func startUnderTheUnit(bpffs: String, _ extra: [String]) throws -> Process {
+        try lab.start(
+            "p1", program: "/bin/sh",
+            ["-c", "mount --bind \(bpffs) /sys/fs/bpf && exec \"$0\" \"$@\""] + Self.unitCapabilities
+                + [Lab.binaries.appendingPathComponent("second-chance").path] + arguments + extra)
+    }
+
+    /// Pins in a directory another local user made (a bpffs mounted by hand lets anyone make one
+    /// at its top) are neither written nor believed; and an XDP attach that fails on one interface
+    /// (a bridge runs no native XDP) takes this daemon's program off the others again, by its own
+    /// descriptor, which is all the unit's capabilities allow.
+    func testWithTheUnitsCapabilitiesNoOneElsesPinsAreBelievedAndAFailedAttachLeavesNoXDP() throws {
+        guard try XCTUnwrap(KernelRelease.version(of: KernelRelease.current)) >= (5, 12) else {
+            throw XCTSkip("the XDP entry point needs Linux 5.12 (bpf_check_mtu)")
+        }
+        let bpffs = try mountBPFFilesystem()
+        defer { _ = try? Lab.shell("umount \(bpffs)") }
+        try Lab.shell(
+            "chmod 1777 \(bpffs) && setpriv --reuid=65534 --regid=65534 --clear-groups mkdir -m 777 \(bpffs)/proxyside")
+        let daemon = try startUnderTheUnit(bpffs: bpffs, ["--fast-path", "xdp"])
+        try lab.waitFor("the daemon", seconds: Self.startup) { lab.log(of: daemon).contains("serving queue") }
+        XCTAssertTrue(lab.log(of: daemon).contains("fast path: not pinned"), lab.log(of: daemon))
+        XCTAssertEqual(
+            try Lab.shell("find \(bpffs)/proxyside -type f | wc -l").trimmingCharacters(in: .whitespacesAndNewlines),
+            "0")
+        daemon.terminate()
+        daemon.waitUntilExit()
+        XCTAssertNil(try xdpOnP1())
+
+        try Lab.shell(
+            "ip -n \(lab.namespace("p1")) link add br9 type bridge && ip -n \(lab.namespace("p1")) link set br9 up")
+        let refused = try startUnderTheUnit(
+            bpffs: bpffs, ["--fast-path", "xdp", "--fast-path-interface", "eth0", "--fast-path-interface", "br9"])
+        refused.waitUntilExit()
+        XCTAssertNotEqual(refused.terminationStatus, 0, lab.log(of: refused))
+        XCTAssertTrue(lab.log(of: refused).contains("--fast-path xdp:"), lab.log(of: refused))
+        XCTAssertNil(try xdpOnP1(), "all or none: \(lab.log(of: refused))")
+        XCTAssertFalse(try filterOnP1().contains("second_chance_f"))
+    }
+
     /// With the unit's capabilities and a bpffs at /sys/fs/bpf (systemd mounts one): a stop that
     /// leaves the programs deciding (--fast-path-stop keep) hands nothing on, and the next start
     /// opens the pins instead: it adopts the maps and replaces the XDP entry point in place.
@@ -211,16 +260,10 @@ final class FastPathLifecycleTests: XCTestCase {
         guard try XCTUnwrap(KernelRelease.version(of: KernelRelease.current)) >= (5, 12) else {
             throw XCTSkip("the XDP entry point needs Linux 5.12 (bpf_check_mtu)")
         }
-        let bpffs = lab.directory.appendingPathComponent("bpffs").path
-        try FileManager.default.createDirectory(atPath: bpffs, withIntermediateDirectories: true)
-        try Lab.shell("mount -t bpf bpf \(bpffs)")
+        let bpffs = try mountBPFFilesystem()
         defer { _ = try? Lab.shell("umount \(bpffs)") }
         func start(_ extra: [String]) throws -> Process {
-            let daemon = try lab.start(
-                "p1", program: "/bin/sh",
-                ["-c", "mount --bind \(bpffs) /sys/fs/bpf && exec \"$0\" \"$@\""] + Self.unitCapabilities
-                    + [Lab.binaries.appendingPathComponent("second-chance").path] + arguments + ["--fast-path", "xdp"]
-                    + extra)
+            let daemon = try startUnderTheUnit(bpffs: bpffs, ["--fast-path", "xdp"] + extra)
             try lab.waitFor("the daemon", seconds: Self.startup) { lab.log(of: daemon).contains("serving queue") }
             return daemon
         }
