@@ -191,12 +191,12 @@ public final class FastPath: @unchecked Sendable {
         guard let directory, BPF.isFilesystem(FastPath.bpffs) else { return nil }
         do {
             try Self.makeDirectories(directory)
-            guard ownedDirectory(directory) else {
-                throw FastPathError(.pin, "\(directory) or a directory above it is not only this user's", errno: EPERM)
-            }
             try BPF.pin(object.programFD, at: directory + "/program")
             if xdp { try BPF.pin(object.xdpFD, at: directory + "/xdp") } else { unlink(directory + "/xdp") }
             for (name, fd) in object.maps { try BPF.pin(fd, at: directory + "/" + name) }
+            // A build before one directory per instance pinned in the namespace's: those pins
+            // would keep its objects loaded, and they were read once, above.
+            unlinkPins(in: namespacePinDirectory())
             return directory
         } catch {
             logger.info("fast path: not pinned: \(error)")
@@ -204,14 +204,28 @@ public final class FastPath: @unchecked Sendable {
         }
     }
 
+    /// Makes the directories below the bpffs down to `path`, each checked before the next is made
+    /// in it: one another user made (or a symbolic link) is never written through.
     static func makeDirectories(_ path: String) throws {
-        var prefix = ""
-        for part in path.split(separator: "/") {
+        guard path.hasPrefix(bpffs + "/") else {
+            throw FastPathError(.pin, "\(path) is not on \(bpffs)", errno: EINVAL)
+        }
+        var prefix = bpffs
+        for part in path.dropFirst(bpffs.count).split(separator: "/") {
             prefix += "/" + part
             guard mkdir(prefix, 0o700) == 0 || errno == EEXIST else {
                 throw FastPathError(.pin, "mkdir \(prefix)", errno: errno)
             }
+            guard ownedDirectory(prefix) else {
+                throw FastPathError(.pin, "\(prefix) is not a directory only this user may write", errno: EPERM)
+            }
         }
+    }
+
+    /// Removes this daemon's pins from `directory`, where every directory on the way is its own.
+    static func unlinkPins(in directory: String) {
+        guard ownedDirectory(directory) else { return }
+        for name in ["program", "xdp"] + FastPathMap.names { unlink(directory + "/" + name) }
     }
 
     /// One line for the log and `stats`.
@@ -369,8 +383,8 @@ public final class FastPath: @unchecked Sendable {
         for interface in interfaces {
             do { try Self.filter.detach(from: interface) } catch { logger.warning("fast path: \(error)") }
         }
-        if let pinDirectory {
-            for name in ["program", "xdp"] + FastPathMap.names { unlink(pinDirectory + "/" + name) }
+        if let pinDirectory, ownedDirectory(pinDirectory) {
+            unlinkPins(in: pinDirectory)
             rmdir(pinDirectory)
         }
     }

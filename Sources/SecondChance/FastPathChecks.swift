@@ -39,8 +39,10 @@ public enum FastPathChecks {
         }
         for interface in interfaces { checks += attached(on: interface) }
         let pins = FastPath.namespacePinDirectory()
-        let pinned = ProcFile.entries(ofDirectory: pins).flatMap { instance in
-            ProcFile.entries(ofDirectory: pins + "/" + instance).map { instance + "/" + $0 }
+        // An instance's directory, or a pin a build before them left in the namespace's.
+        let pinned = ProcFile.entries(ofDirectory: pins).flatMap { entry in
+            let inner = ProcFile.entries(ofDirectory: pins + "/" + entry).map { entry + "/" + $0 }
+            return inner.isEmpty ? [entry] : inner
         }
         if !pinned.isEmpty {
             checks.append(

@@ -74,7 +74,8 @@ public final class FastPathHandles: @unchecked Sendable {
         let program = programs.removeValue(forKey: String(FastPathObject.programName.prefix(15)))
         let xdp = programs.removeValue(forKey: String(FastPathObject.xdpName.prefix(15)))
         programs.values.forEach { close($0) }
-        let pins = pinDirectory.map { pinned(in: $0) }
+        // Then the namespace's directory, where a build before one directory per instance pinned.
+        let pins = pinDirectory.map { pinned(in: $0, before: pinned(in: FastPath.namespacePinDirectory())) }
         guard program != nil || xdp != nil || !maps.isEmpty else { return pins ?? .none }
         return FastPathHandles(program: program, xdp: xdp, maps: maps, pinned: pins)
     }
@@ -82,14 +83,15 @@ public final class FastPathHandles: @unchecked Sendable {
     /// The objects pinned in `directory` (FastPath.pin's names), where every directory on its way
     /// belongs to this user and no one else may write it: another local user's objects are never
     /// taken for this daemon's.
-    public static func pinned(in directory: String) -> FastPathHandles {
-        guard FastPath.ownedDirectory(directory) else { return .none }
+    public static func pinned(in directory: String, before next: FastPathHandles? = nil) -> FastPathHandles {
+        guard FastPath.ownedDirectory(directory) else { return next ?? .none }
         var maps: [String: Int32] = [:]
         for name in FastPathMap.names {
             if let fd = BPF.openPinned(directory + "/" + name) { maps[name] = fd }
         }
         return FastPathHandles(
-            program: BPF.openPinned(directory + "/program"), xdp: BPF.openPinned(directory + "/xdp"), maps: maps)
+            program: BPF.openPinned(directory + "/program"), xdp: BPF.openPinned(directory + "/xdp"), maps: maps,
+            pinned: next)
     }
 
     /// Copies of the maps, when program `id` is the tc program handed over and they are all its

@@ -30,7 +30,11 @@ extension FastPath {
             // All or none: this program where it went in (by its own descriptor: without
             // CAP_SYS_ADMIN it cannot be opened by id), and an earlier daemon's. tc stays until the
             // caller removes it.
-            for interface in attached { try? NativeXDP.detach(programFD: object.xdpFD, from: interface) }
+            for interface in attached {
+                do { try NativeXDP.detach(programFD: object.xdpFD, from: interface) } catch {
+                    logger.warning("fast path: \(error)")
+                }
+            }
             removeXDP(handles: handles, logger: logger)
             throw error
         }
@@ -77,10 +81,9 @@ extension FastPath {
     /// instance stand in for a caller without CAP_SYS_ADMIN).
     static func isOurXDP(_ id: UInt32) -> Bool {
         let namespace = namespacePinDirectory()
-        let instances = ProcFile.entries(ofDirectory: namespace).map {
-            FastPathHandles.pinned(in: namespace + "/" + $0)
-        }
-        return instances.contains { $0.xdpDescriptor(ifID: id) != nil } || withOurXDP(id, handles: .none) { _ in }
+        let directories = [namespace] + ProcFile.entries(ofDirectory: namespace).map { namespace + "/" + $0 }
+        let pinned = directories.map { FastPathHandles.pinned(in: $0) }
+        return pinned.contains { $0.xdpDescriptor(ifID: id) != nil } || withOurXDP(id, handles: .none) { _ in }
     }
 
     /// Removes second-chance's XDP entry point from every interface of the namespace (the routes,

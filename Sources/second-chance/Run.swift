@@ -544,8 +544,13 @@ struct Run: ParsableCommand {
                 interfaces: interfaces, xdp: fastPath.xdp, pinDirectory: pins, handles: handles, logger: logger)
             // Stored at once: a start that fails from here on (or a crash) leaves the next one
             // the descriptors of what is attached, not of what this one replaced.
-            SDNotify(environment: ProgramImage.environment())?.replaceStored(
-                path.handedOn, name: FastPathHandles.storeName, watched: false, reportingTo: logger)
+            let notifier = SDNotify(environment: ProgramImage.environment())
+            notifier?.removeStored(name: FastPathHandles.storeName, reportingTo: logger)
+            if notifier?.store(path.handedOn, name: FastPathHandles.storeName, watched: false, reportingTo: logger)
+                == false
+            {
+                logger.warning("warning: fast path: a restart after a crash may not find these programs for its own")
+            }
             // From now on the watcher writes every change into the maps as it publishes it; one that
             // came between the first write and this reaches them here.
             addresses.observe { path.addressesChanged($1, generation: $0, logger: logger) }

@@ -274,12 +274,27 @@ final class FastPathLifecycleTests: XCTestCase {
         kept.waitUntilExit()
         XCTAssertEqual(try xdpOnP1(), original, "left deciding")
 
-        let next = try start([])
+        let next = try start(["--fast-path-stop", "keep"])
         XCTAssertTrue(lab.log(of: next).contains("maps adopted from program"), lab.log(of: next))
         let replaced = try XCTUnwrap(try xdpOnP1())
         XCTAssertNotEqual(replaced, original, lab.log(of: next))
         next.terminate()
         next.waitUntilExit()
+
+        // Pins where a build before one directory per instance left them, in the namespace's: an
+        // upgrade takes them over as well, and leaves none there.
+        let instance = try Lab.shell("find \(bpffs) -type d -name queue-0").trimmingCharacters(
+            in: .whitespacesAndNewlines)
+        XCTAssertFalse(instance.isEmpty)
+        try Lab.shell("mv \(instance)/* \(instance)/.. && rmdir \(instance)")
+        let upgraded = try start([])
+        XCTAssertTrue(lab.log(of: upgraded).contains("maps adopted from program"), lab.log(of: upgraded))
+        XCTAssertNotEqual(try xdpOnP1(), replaced, lab.log(of: upgraded))
+        XCTAssertEqual(
+            try Lab.shell("find \(instance)/.. -maxdepth 1 -type f | wc -l").trimmingCharacters(
+                in: .whitespacesAndNewlines), "0")
+        upgraded.terminate()
+        upgraded.waitUntilExit()
         XCTAssertNil(try xdpOnP1(), "a clean stop removes it")
     }
 
