@@ -149,8 +149,7 @@ public enum BPF {
 
     /// The id of the program pinned at `path`; nil when none is.
     public static func pinnedProgram(at path: String) -> UInt32? {
-        let fd = bpf_obj_get(path)
-        guard fd >= 0 else { return nil }
+        guard let fd = openPinned(path) else { return nil }
         defer { close(fd) }
         return try? programInfo(fd: fd).id
     }

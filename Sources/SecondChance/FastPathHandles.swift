@@ -59,8 +59,9 @@ public final class FastPathHandles: @unchecked Sendable {
         var programs: [String: Int32] = [:]
         var maps: [String: Int32] = [:]
         for fd in handover.claimAll(storeName) {
+            let kind = BPF.kind(of: fd)
             let name: String? =
-                switch BPF.kind(of: fd) {
+                switch kind {
                 case .program: try? BPF.programInfo(fd: fd).name
                 case .map: try? BPF.mapInfo(fd: fd).name
                 case nil: nil
@@ -69,7 +70,7 @@ public final class FastPathHandles: @unchecked Sendable {
                 close(fd)
                 continue
             }
-            if BPF.kind(of: fd) == .map { maps[name] = fd } else { programs[name] = fd }
+            if kind == .map { maps[name] = fd } else { programs[name] = fd }
         }
         let program = programs.removeValue(forKey: String(FastPathObject.programName.prefix(15)))
         let xdp = programs.removeValue(forKey: String(FastPathObject.xdpName.prefix(15)))

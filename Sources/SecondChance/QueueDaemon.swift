@@ -110,7 +110,7 @@ public final class QueueDaemon {
     let queueSockets: [(fd: Int32, name: String)]
     /// The programs and maps attached, kept across exec(2) (the start stored them): a successor
     /// without CAP_SYS_ADMIN could not open them by id to adopt, replace or remove them.
-    let fastPathHandles: [Int32]
+    var fastPathHandles: [Int32] { kernelPath.path?.handedOn ?? [] }
     let handedOver: Set<String>
     let reexecGo: EventFD
     /// Stops the stats and control server alone: before an exec(2), a connection it accepted would
@@ -156,7 +156,6 @@ public final class QueueDaemon {
             releaseInherited: { notifier?.removeStored(name: $0, reportingTo: logger) })
         queueSockets =
             queues.workers.map { ($0.queue.fileDescriptor, Handover.queueName($0.queue.number)) } + replayCounters
-        fastPathHandles = report.kernelPath.path?.handedOn ?? []
         serverStop = try EventFD()
         reexecEnvironment = [
             Handover.reexecsVariable: String(handover.reexecs == .max ? .max : handover.reexecs + 1),

@@ -29,9 +29,10 @@ extension SDNotify {
         replaceStored([fd], name: name, reportingTo: logger)
     }
 
-    /// Replaces whatever is stored as `name` with `fds`.
-    public func replaceStored(_ fds: [Int32], name: String, watched: Bool = true, reportingTo logger: Logger) {
+    /// Replaces whatever is stored as `name` with `fds`; whether the service manager was sent them.
+    @discardableResult
+    public func replaceStored(_ fds: [Int32], name: String, watched: Bool = true, reportingTo logger: Logger) -> Bool {
         removeStored(name: name, reportingTo: logger)
-        store(fds, name: name, watched: watched, reportingTo: logger)
+        return store(fds, name: name, watched: watched, reportingTo: logger)
     }
 }

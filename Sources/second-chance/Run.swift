@@ -545,10 +545,9 @@ struct Run: ParsableCommand {
             // Stored at once: a start that fails from here on (or a crash) leaves the next one
             // the descriptors of what is attached, not of what this one replaced.
             let notifier = SDNotify(environment: ProgramImage.environment())
-            notifier?.removeStored(name: FastPathHandles.storeName, reportingTo: logger)
-            if notifier?.store(path.handedOn, name: FastPathHandles.storeName, watched: false, reportingTo: logger)
-                == false
-            {
+            let stored = notifier?.replaceStored(
+                path.handedOn, name: FastPathHandles.storeName, watched: false, reportingTo: logger)
+            if stored == false {
                 logger.warning("warning: fast path: a restart after a crash may not find these programs for its own")
             }
             // From now on the watcher writes every change into the maps as it publishes it; one that
