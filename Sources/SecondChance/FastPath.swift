@@ -8,8 +8,10 @@ import Synchronization
 
 /// `--fast-path`: where packets are decided.
 public enum FastPathChoice: String, Sendable, CaseIterable {
-    /// tc where the program loads and attaches, otherwise NFQUEUE alone (said once, with the
-    /// reason). XDP stays opt-in until the bulk benchmark has measured it against tc.
+    /// XDP in the driver beside tc where the interfaces run native XDP and the kernel verifies the
+    /// entry point (5.12 and later), tc alone where not, NFQUEUE alone where the tc program does
+    /// not load or attach (each said once, with the reason). The bulk benchmark measured XDP ahead
+    /// of tc in throughput and in CPU per byte (BENCHMARKS.md).
     case auto
     /// XDP in the driver (native mode) beside tc, which decides what XDP passes on; or the
     /// daemon does not start.
@@ -23,7 +25,22 @@ public enum FastPathChoice: String, Sendable, CaseIterable {
     public var mustLoad: Bool { self == .tc || self == .xdp }
 
     /// Whether the XDP entry point goes beside tc.
-    public var xdp: Bool { self == .xdp }
+    public var xdp: XDPUse {
+        switch self {
+        case .xdp: .required
+        case .auto: .preferred
+        case .tc, .off: .none
+        }
+    }
+}
+
+/// Whether the XDP entry point goes beside the tc program.
+public enum XDPUse: Sendable {
+    case none
+    /// Or the fast path does not start.
+    case required
+    /// Where it loads and attaches in every interface's driver; tc alone otherwise.
+    case preferred
 }
 
 /// What a clean stop does with the program.
@@ -100,7 +117,7 @@ public final class FastPath: @unchecked Sendable {
 
     public init(
         settings: FastPathSettings, local: LocalAddresses, reversePaths: ReversePaths = .none, interfaces: [String],
-        xdp: Bool = false, pinDirectory: String?, handles: FastPathHandles = .none, logger: Logger
+        xdp: XDPUse = .none, pinDirectory: String?, handles: FastPathHandles = .none, logger: Logger
     ) throws {
         try Self.checkInterfaces(interfaces)
         // The maps of the program already deciding, if it is ours and of this layout: counters
@@ -108,7 +125,8 @@ public final class FastPath: @unchecked Sendable {
         let (reusable, adoptedFrom) = Self.adoptableMaps(on: interfaces, handles: handles, logger: logger)
         // The loader takes its own copies of the named maps; its read-only data (.rodata, if any)
         // is the object's own and does not carry on.
-        object = try FastPathObject(reusing: reusable.byName.filter { FastPathMap.names.contains($0.key) }, xdp: xdp)
+        object = try Self.load(
+            reusing: reusable.byName.filter { FastPathMap.names.contains($0.key) }, xdp: xdp, logger: logger)
         maps = FastPathMaps(object)
         self.interfaces = interfaces
         self.adoptedFrom = adoptedFrom
@@ -122,7 +140,22 @@ public final class FastPath: @unchecked Sendable {
         program = try FastPathError.at(.inspect) { try BPF.programInfo(fd: programFD) }
         // XDP goes in after tc, which decides everything it passes on.
         xdpProgram = try Self.attachXDP(object, interfaces: interfaces, wanted: xdp, handles: handles, logger: logger)
+        if xdpProgram == nil { Self.warnOfOtherXDP(on: interfaces, logger: logger) }
         self.pinDirectory = Self.pin(object, xdp: xdpProgram != nil, in: pinDirectory, logger: logger)
+    }
+
+    /// The object, with the XDP entry point as `xdp` asks: one the kernel does not verify (before
+    /// 5.12) is left out when it is only preferred.
+    static func load(reusing maps: [String: Int32], xdp: XDPUse, logger: Logger) throws -> FastPathObject {
+        guard xdp == .preferred else { return try FastPathObject(reusing: maps, xdp: xdp == .required) }
+        do {
+            return try FastPathObject(reusing: maps, xdp: true)
+        } catch {
+            let tcAlone = try FastPathObject(reusing: maps, xdp: false)
+            let why = (error as? FastPathError)?.explained ?? "\(error)"
+            logger.info("fast path: the XDP entry point does not load here, tc decides alone: \(why)")
+            return tcAlone
+        }
     }
 
     static func checkInterfaces(_ interfaces: [String]) throws {

@@ -2,7 +2,7 @@ import CFastPathABI
 import Glibc
 import LinuxSys
 
-/// `doctor`'s look at the tc fast path: what is attached where, what is pinned, and what
+/// `doctor`'s look at the fast path (tc, and XDP beside it): what is attached where, what is pinned, and what
 /// `--fast-path auto` would choose on this kernel (the program is loaded, and so verified, to say).
 public enum FastPathChecks {
     public static func run(interfaces: [String]) -> [HostCheck] {
@@ -10,13 +10,21 @@ public enum FastPathChecks {
         let release = ProcFile.read("/proc/sys/kernel/osrelease", limit: 256)?.split(separator: "\n").first ?? "?"
         do {
             let object = try FastPathObject()
+            let xdp: String
+            do {
+                _ = try FastPathObject(xdp: true)
+                xdp = "with the XDP entry point beside it where every interface's driver runs native XDP"
+            } catch {
+                let why = (error as? FastPathError)?.explained ?? "\(error)"
+                xdp = "alone: the XDP entry point does not load here (\(why))"
+            }
             checks.append(
                 HostCheck(
                     level: .ok, subject: "fast path",
                     finding:
                         """
                         the tc program loads on this kernel (\(release)): --fast-path auto attaches it \
-                        (\(object.maps.count) maps, layout \(FP_LAYOUT))
+                        (\(object.maps.count) maps, layout \(FP_LAYOUT)), \(xdp)
                         """))
         } catch {
             checks.append(

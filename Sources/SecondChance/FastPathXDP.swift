@@ -4,17 +4,41 @@ import Logging
 
 extension FastPath {
     /// The XDP entry point in the driver on every one of `interfaces`, beside tc, in place of one
-    /// an earlier daemon left: all or none (a driver without native XDP, or another program in
-    /// its place, fails the start). Not `wanted`, one an earlier daemon left is removed: it would
-    /// decide with maps nobody may keep current (from every interface: the routes, or the flags,
-    /// may name others than when it was attached).
+    /// an earlier daemon left: all or none. `.required`: a driver without native XDP, or another
+    /// program in its place, fails the start; `.preferred`: tc decides alone then (said once, a
+    /// warning where another program runs before tc). `.none`, or not loaded: one an earlier
+    /// daemon left is removed, as it would decide with maps nobody may keep current (from every
+    /// interface: the routes, or the flags, may name others than when it was attached).
     static func attachXDP(
-        _ object: FastPathObject, interfaces: [String], wanted: Bool, handles: FastPathHandles, logger: Logger
+        _ object: FastPathObject, interfaces: [String], wanted: XDPUse, handles: FastPathHandles, logger: Logger
     ) throws -> BPFProgramInfo? {
-        guard wanted else {
+        guard wanted != .none, wanted == .required || object.xdpFD >= 0 else {
             removeXDP(handles: handles, logger: logger)
             return nil
         }
+        do {
+            return try attachXDPEverywhere(object, interfaces: interfaces, handles: handles, logger: logger)
+        } catch  where wanted == .preferred {
+            // A driver without native XDP (generic mode is no fast path), or another program there.
+            let why = (error as? FastPathError)?.explained ?? "\(error)"
+            logger.info("fast path: XDP not attached, tc decides alone: \(why)")
+            return nil
+        }
+    }
+
+    /// Warns of every XDP program left in the drivers when this daemon's is not there: it sees the
+    /// GLB peers' packets before the tc program does, and may pass, drop or rewrite them.
+    static func warnOfOtherXDP(on interfaces: [String], logger: Logger) {
+        for interface in interfaces {
+            guard let id = NativeXDP.program(on: interface) else { continue }
+            logger.warning("warning: fast path: another XDP program (\(id)) runs on \(interface) before the tc program")
+        }
+    }
+
+    /// Attaches the XDP entry point in the driver of every interface, all or none.
+    private static func attachXDPEverywhere(
+        _ object: FastPathObject, interfaces: [String], handles: FastPathHandles, logger: Logger
+    ) throws -> BPFProgramInfo? {
         guard object.xdpFD >= 0 else {
             throw FastPathError(.load, "the XDP entry point was not loaded", errno: ENOENT)
         }

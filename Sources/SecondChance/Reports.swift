@@ -71,7 +71,7 @@ public struct ImageReport: Sendable {
         out.sample("second_chance_build_info", ["version": version, "build": build], 1)
         out.family(
             "second_chance_mode_info", .gauge,
-            help: "How packets are handled: decapsulation, forwarding, fast path (tc or off), fail-open.")
+            help: "How packets are handled: decapsulation, forwarding, fast path (xdp, tc or off), fail-open.")
         out.sample(
             "second_chance_mode_info",
             [

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import LabKit
+import LabPrograms
 import LinuxSys
 import NetTypes
 import SecondChance
@@ -63,10 +64,13 @@ final class FastPathLifecycleTests: XCTestCase {
     func testEstablishedFlowsKeepMovingWhileTheDaemonIsKilledAndDown() throws {
         let manager = try ServiceManagerSocket(path: lab.directory.appendingPathComponent("notify.sock").path)
         let first = try lab.start("p1", "second-chance", arguments, environment: ["NOTIFY_SOCKET": manager.path])
-        // The queue, its replay guard and the control socket; the programs and maps beside them.
+        // The queue, its replay guard and the control socket; the programs and maps beside them
+        // (auto puts the XDP entry point beside tc from Linux 5.12).
+        let xdp = try XCTUnwrap(KernelRelease.version(of: KernelRelease.current)) >= (5, 12)
         try manager.collect(seconds: Self.startup) {
             $0.isReady && $0.sockets.count == 3
-                && $0.store.filter { $0.name == FastPathHandles.storeName }.count == FastPathMap.allCases.count + 1
+                && $0.store.filter { $0.name == FastPathHandles.storeName }.count
+                    == FastPathMap.allCases.count + (xdp ? 2 : 1)
         }
         let program = try filterOnP1()
         XCTAssertTrue(program.contains("second_chance_f"), program)
@@ -103,11 +107,15 @@ final class FastPathLifecycleTests: XCTestCase {
             "second-chance", arguments, inside: lab.namespace("p1"), log: restartLog)
         defer { kill(pid, SIGTERM); _ = Spawn.wait(pid) }
         try lab.waitFor("the restarted daemon", seconds: Self.startup) {
-            ((try? String(contentsOfFile: restartLog, encoding: .utf8)) ?? "").contains("fast path: tc on eth0")
+            // "tc on eth0", or "XDP (native) and tc on eth0" where auto puts XDP beside it.
+            ((try? String(contentsOfFile: restartLog, encoding: .utf8)) ?? "").contains("tc on eth0 (program")
         }
         let restarted = (try? String(contentsOfFile: restartLog, encoding: .utf8)) ?? ""
         XCTAssertTrue(restarted.contains("maps adopted from program"), restarted)
         XCTAssertTrue(restarted.contains("after a restart"), restarted)
+        // Where auto had put XDP beside tc, the restart replaced it through the stored descriptor.
+        XCTAssertEqual(restarted.contains("XDP (native) and tc on eth0"), xdp, restarted)
+        XCTAssertFalse(restarted.contains("XDP not attached"), restarted)
         echo(fd, index)
         XCTAssertGreaterThanOrEqual(
             try lab.stats("p1").value("fast_path_accepted_established"), decidedBefore + UInt64(index - 5),
@@ -144,7 +152,7 @@ final class FastPathLifecycleTests: XCTestCase {
     /// queue); a re-exec replaces it in place with the maps adopted; a clean stop removes it; and
     /// a start with --fast-path tc removes one an earlier daemon left.
     /// Before Linux 5.12 (bpf_check_mtu) the XDP entry point does not load: a start that asks for
-    /// it fails, and leaves nothing attached.
+    /// it fails, and leaves nothing attached; the default (auto) attaches tc alone.
     func testXDPDecidesLocalPacketsAndIsReplacedInPlaceAndRemoved() throws {
         let version = try XCTUnwrap(KernelRelease.version(of: KernelRelease.current))
         guard version >= (5, 12) else {
@@ -152,6 +160,14 @@ final class FastPathLifecycleTests: XCTestCase {
             XCTAssertNotEqual(refused.status, 0, refused.output)
             XCTAssertTrue(refused.output.contains("--fast-path xdp:"), refused.output)
             XCTAssertFalse(try filterOnP1().contains("second_chance_f"), "all or none")
+            XCTAssertNil(try xdpOnP1())
+            // The default (auto) puts tc alone there, and says why.
+            let auto = try lab.start("p1", "second-chance", arguments)
+            defer { auto.terminate(); auto.waitUntilExit() }
+            try lab.waitFor("tc alone", seconds: Self.startup) {
+                lab.log(of: auto).contains("fast path: tc on eth0 (program")
+            }
+            XCTAssertTrue(lab.log(of: auto).contains("the XDP entry point does not load here, tc decides alone"))
             XCTAssertNil(try xdpOnP1())
             return
         }
@@ -216,6 +232,28 @@ final class FastPathLifecycleTests: XCTestCase {
         XCTAssertTrue(lab.log(of: refused).contains("--fast-path xdp:"), lab.log(of: refused))
         XCTAssertFalse(try filterOnP1().contains("second_chance_f"), "all or none")
         XCTAssertNil(try xdpOnP1())
+    }
+
+    /// Another XDP program in p1's driver (one that passes everything): the default (auto) leaves
+    /// it there and attaches tc behind it, and says so, as doctor does; a clean stop leaves it too.
+    func testAnotherXDPProgramIsLeftInPlaceAndWarnedOf() throws {
+        try lab.inside("p1") {
+            let (object, _, xdp) = try EmptyPrograms.load()
+            try withExtendedLifetime(object) { try NativeXDP.attach(programFD: xdp, interface: "eth0", replacing: nil) }
+        }
+        let other = try XCTUnwrap(try xdpOnP1())
+        let daemon = try lab.start("p1", "second-chance", arguments)
+        try lab.waitFor("tc", seconds: Self.startup) { lab.log(of: daemon).contains("fast path: tc on eth0 (program") }
+        let log = lab.log(of: daemon)
+        XCTAssertTrue(
+            log.contains("warning: fast path: another XDP program (\(other)) runs on eth0 before the tc program"), log)
+        XCTAssertEqual(try xdpOnP1(), other)
+        let doctor = try lab.runToEnd("p1", "second-chance", ["doctor", "--queue", "0"] + Lab.labPeers).output
+        XCTAssertTrue(doctor.contains("eth0: another XDP program (\(other)) runs in the driver"), doctor)
+        daemon.terminate()
+        daemon.waitUntilExit()
+        XCTAssertEqual(try xdpOnP1(), other, "a clean stop leaves it")
+        XCTAssertFalse(try filterOnP1().contains("second_chance_f"))
     }
 
     /// A bpffs of the test's own, which `startUnderTheUnit` puts at the daemon's /sys/fs/bpf.
@@ -391,7 +429,7 @@ final class FastPathLifecycleTests: XCTestCase {
         }
         let secondStatus = try lab.runToEnd("p1", "second-chance", ["stats", "--control", control]).output
         let program = try XCTUnwrap(
-            secondStatus.split(separator: "\n").first { $0.hasPrefix("fast_path: tc on") }.flatMap {
+            secondStatus.split(separator: "\n").first { $0.hasPrefix("fast_path: ") && $0.contains("tc on") }.flatMap {
                 $0.split(separator: " ").drop { $0 != "(program" }.dropFirst().first.map { $0.filter(\.isNumber) }
             }, secondStatus)
         var filter = try filterOnP1()
@@ -423,7 +461,7 @@ final class FastPathLifecycleTests: XCTestCase {
         try lab.waitFor("the daemon", seconds: Self.startup) { lab.log(of: daemon).contains("serving queue") }
         let log = lab.log(of: daemon)
         XCTAssertTrue(log.contains("fast path: tun9 is not an Ethernet device; its GUE is decided from NFQUEUE"), log)
-        XCTAssertTrue(log.contains("fast path: tc on eth0 ("), log)
+        XCTAssertTrue(log.contains("tc on eth0 (program"), log)
         XCTAssertTrue(try filterOnP1().contains("second_chance_f"))
         let tun = try Lab.shell("ip netns exec \(p1) tc filter show dev tun9 ingress 2>&1 || true")
         XCTAssertFalse(tun.contains("second_chance_f"), tun)

@@ -209,8 +209,9 @@ final class PackageTests: XCTestCase {
             "stats --json: \(after)")
         XCTAssertTrue(stats.contains("version: \(newer)\n"), stats)
         XCTAssertTrue(stats.contains("reexecs: 1\n"), stats)
-        // The shipped unit's sandbox (its capabilities, its system-call filter) lets the tc program load.
-        XCTAssertTrue(stats.contains("fast_path: tc on eth0"), stats)
+        // The shipped unit's sandbox (its capabilities, its system-call filter) lets the programs load,
+        // and auto puts XDP in the veth's driver beside tc.
+        XCTAssertTrue(stats.contains("fast_path: XDP (native) and tc on eth0"), stats)
 
         // Purged: no unit, socket, queue, filter or file is left, also where the daemon was told to
         // leave its program deciding at a stop (the package's removal takes it off).

@@ -79,7 +79,7 @@ final class RealSystemdTests: XCTestCase {
         XCTAssertTrue(journal.contains("took over 1 bound queue socket(s)"), journal)
         XCTAssertEqual(try lab.stats(fromControl: control)["accepted_udp"], 300)
         // Whether the container lets it load BPF or not, the daemon says where packets are decided.
-        let fastPath = journal.contains("fast path: tc on eth0")
+        let fastPath = journal.contains("tc on eth0 (program")
         XCTAssertTrue(
             fastPath || journal.contains("warning: fast path off, every packet is decided from NFQUEUE: "), journal)
         // The unit grants no CAP_SYS_ADMIN: the restarted daemon knows its predecessor's program and
