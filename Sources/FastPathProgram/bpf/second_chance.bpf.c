@@ -732,81 +732,35 @@ static __always_inline void count_listener(struct fp_listener_counts *counts, en
         counts->count[slot] += 1;
 }
 
-/*
- * Answers a SYN for a served listener: `*verdict` is the tc action when ANSWERED. Nothing is
- * changed in the packet until everything the reply needs is known, so a SYN not answered goes on
- * untouched. Which listeners are served is the monitor's decision (its policy and counts); whether
- * a cookie may be given is the kernel's, through bpf_tcp_gen_syncookie: it answers -ENOENT unless
- * the SYN queue is full (or tcp_syncookies=2), refuses when the accept queue is full, clamps the
- * cookie's MSS to the listener's TCP_MAXSEG, and refreshes the listener's overflow mark, so the
- * kernel accepts the cookie's ACK.
- */
-static __always_inline enum answer respond(struct __sk_buff *skb, struct packet *packet, int *verdict)
+/* The SYN's options as the reply reads them (SynCookieReply): 0 when they cannot be read, and
+ * the kernel answers. */
+static __always_inline int read_syn_options(struct __sk_buff *skb, __u32 tcp_offset, __u32 tcp_length,
+                                            struct syn_options *options)
 {
-    const struct fp_config *config = packet->config;
-    void *inner = packet->inner, *end = packet->end;
-    struct tcphdr *tcp = packet->tcp;
-    __u32 inner_offset = packet->inner_offset;
-    int ipv6 = packet->ipv6;
-    /* The reply's source is the SYN's destination: only an address this host owns, or routes into
-     * the sockets' namespace (--netns), where its listener is. */
-    if (local_refusal(inner, end, ipv6))
-        return NOT_ANSWERED;
-    struct bpf_sock *socket = bpf_skc_lookup_tcp(skb, &packet->tuple, tuple_size(packet), BPF_F_CURRENT_NETNS, 0);
-    if (!socket)
-        return NOT_ANSWERED;
-    /* A request socket (the kernel answered this SYN before and waits for its ACK), a connection
-     * or TIME_WAIT: the kernel's to answer. */
-    if (socket->state != BPF_TCP_LISTEN)
-        goto kernel;
-    struct fp_listener_key key = {};
-    listener_key(socket, &key);
-    struct fp_listener *listener = bpf_map_lookup_elem(&fp_listeners, &key);
-    if (!listener || (listener->flags & FP_L_ACCEPT_QUEUE_FULL))
-        goto kernel;
-    struct fp_listener_counts *counts = bpf_map_lookup_elem(&fp_listen_count, &key);
-    /* A SYN the kernel would drop (or one with data) is the kernel's, and is not the one that
-     * keeps its overflow mark either. */
-    __u8 scratch[SCRATCH] __attribute__((aligned(8))) = {};
-    __u32 tcp_length = tcp->doff * 4;
-    if (!answerable_syn(skb, scratch, inner, end, inner_offset, tcp_length, ipv6))
-        goto kernel;
-    /* The kernel accepts a cookie ACK within two minutes of a cookie of its own (with
-     * tcp_syncookies=2 too): one SYN per listener and interval goes to it, answered there (the
-     * cookie helper refreshes that mark as well). Two CPUs reading the same old time may both
-     * let a SYN through: one more for the kernel, never one fewer. */
-    __u64 now = bpf_ktime_get_ns();
-    struct fp_listener_pass *pass = bpf_map_lookup_elem(&fp_listen_pass, &key);
-    if (pass && (pass->last_passed_ns == 0 || now - pass->last_passed_ns >= config->pass_interval_ns)) {
-        pass->last_passed_ns = now;
-        count_listener(counts, FP_L_SYNS_PASSED);
-        goto kernel;
-    }
-
-    struct reply_plan plan = { .client_port = tcp->source, .listener_port = tcp->dest,
-                               .our_window_scale = listener->window_scale };
-    __u32 tcp_offset = inner_offset + (ipv6 ? 40 : 20);
     __u32 options_length = (tcp_length - 20) & 0x3f;
     if (options_length > OPTIONS_MAX)
-        goto kernel;
+        return 0;
     __u64 parsed = parse_syn_options(skb, tcp_offset, options_length);
     if (parsed & SYN_OPTIONS_UNREADABLE)
-        goto kernel;
-    struct syn_options options = {
-        .timestamp = parsed >> SYN_OPTIONS_TIMESTAMP_SHIFT,
-        .mss = parsed & SYN_OPTIONS_MSS,
-        .window_scale = (parsed >> SYN_OPTIONS_SCALE_SHIFT) & 0xf,
-        .has_window_scale = !!(parsed & SYN_OPTIONS_HAS_SCALE),
-        .sack = !!(parsed & SYN_OPTIONS_SACK),
-        .has_timestamp = !!(parsed & SYN_OPTIONS_HAS_TIMESTAMP),
-    };
+        return 0;
+    options->timestamp = parsed >> SYN_OPTIONS_TIMESTAMP_SHIFT;
+    options->mss = parsed & SYN_OPTIONS_MSS;
+    options->window_scale = (parsed >> SYN_OPTIONS_SCALE_SHIFT) & 0xf;
+    options->has_window_scale = !!(parsed & SYN_OPTIONS_HAS_SCALE);
+    options->sack = !!(parsed & SYN_OPTIONS_SACK);
+    options->has_timestamp = !!(parsed & SYN_OPTIONS_HAS_TIMESTAMP);
+    return 1;
+}
 
-    /* The route back to the client first: its advmss, clamped by TCP_MAXSEG, is the MSS offered. */
+/* The route back to the client (the SYN's source) in the main table, as the daemon keeps it: its
+ * advmss is the MSS offered. NULL without one: the kernel's SYN-ACK would find none either. */
+static __always_inline struct fp_reply_route *reply_route(void *inner, void *end, int ipv6)
+{
     struct fp_reply_route *route;
     if (ipv6) {
         struct ipv6hdr *ip6 = inner;
         if ((void *)(ip6 + 1) > end)
-            goto kernel;
+            return NULL;
         struct fp_ip6_prefix destination; /* field by field: see local6 */
         destination.prefix_length = 128;
         __builtin_memcpy(destination.address, &ip6->saddr, 16);
@@ -814,82 +768,157 @@ static __always_inline enum answer respond(struct __sk_buff *skb, struct packet 
     } else {
         struct iphdr *ip4 = inner;
         if ((void *)(ip4 + 1) > end)
-            goto kernel;
+            return NULL;
         struct fp_ip4_prefix destination = { .prefix_length = 32, .address = ip4->saddr };
         route = bpf_map_lookup_elem(&fp_reply4, &destination);
     }
-    if (!route || route->mss == 0)
-        goto kernel; /* no route to the client in the main table: the kernel's SYN-ACK would find none */
-    __u32 egress = route->ifindex;
-    plan.mss = route->mss;
-    struct tcp_sock___proxyside *tp = (void *)bpf_skc_to_tcp_sock(socket);
-    if (tp) {
-        __u16 user_mss = tp->rx_opt.user_mss;
-        if (user_mss && user_mss < plan.mss)
-            plan.mss = user_mss;
-    }
+    return route && route->mss ? route : NULL;
+}
 
-    /* The cookie, from the SYN's addresses, ports, ISN and MSS option alone (the cookie depends
-     * on nothing else): IP header, then a 24-byte TCP header with that one option. */
+/*
+ * The cookie the kernel gives this SYN, from its addresses, ports, ISN and MSS option alone (the
+ * cookie depends on nothing else): a copy of the IP header, then a 24-byte TCP header with that
+ * one option, in `scratch`. Negative when it gives none.
+ */
+static __always_inline long make_cookie(struct __sk_buff *skb, struct bpf_sock *socket, __u8 *scratch,
+                                        __u32 tcp_offset, int ipv6, __u16 client_mss)
+{
     __u32 ip_length = ipv6 ? 40 : 20;
     if (bpf_skb_load_bytes(skb, tcp_offset - ip_length, scratch, ipv6 ? 40 : 20))
-        goto kernel;
+        return -1;
     if (!ipv6)
         scratch[0] = 0x45;
     if (bpf_skb_load_bytes(skb, tcp_offset, scratch + 40, 20))
-        goto kernel;
+        return -1;
     scratch[40 + 12] = (24 / 4) << 4;
-    if (options.mss)
-        put32(scratch + 40 + 20, 0x02040000 | options.mss);
+    if (client_mss)
+        put32(scratch + 40 + 20, 0x02040000 | client_mss);
     else
         put32(scratch + 40 + 20, 0x01010101); /* no MSS option: the kernel assumes 536 */
     /* The copy sits where the IP header of this family does (IPv4 at 20 of 40 bytes). */
-    long generated = ipv6 ? bpf_tcp_gen_syncookie(socket, scratch, 40, (struct tcphdr *)(scratch + 40), 24)
-                          : bpf_tcp_gen_syncookie(socket, scratch, 20, (struct tcphdr *)(scratch + 40), 24);
+    return ipv6 ? bpf_tcp_gen_syncookie(socket, scratch, 40, (struct tcphdr *)(scratch + 40), 24)
+                : bpf_tcp_gen_syncookie(socket, scratch, 20, (struct tcphdr *)(scratch + 40), 24);
+}
+
+/* The reply's options and window: SynCookieReply.offer (without a timestamp the kernel can decode,
+ * the MSS alone) and TCPWindow.synAckWindow. */
+static __always_inline void plan_options(const struct fp_config *config, const struct syn_options *options,
+                                         __u64 now, __u32 receive_buffer, struct reply_plan *plan)
+{
+    if ((config->tcp_options & FP_TCP_TIMESTAMPS_ENCODABLE) && options->has_timestamp) {
+        plan->has_timestamp = 1;
+        plan->sack = options->sack && (config->tcp_options & FP_TCP_SACK);
+        plan->has_window_scale = options->has_window_scale && (config->tcp_options & FP_TCP_WINDOW_SCALING);
+        /* CookieTimestamp.value: milliseconds with the options in the low 6 bits, never ahead. */
+        __u64 now_ms = now / 1000000;
+        __u64 stamp = (now_ms >> 6) << 6 | (plan->has_window_scale ? options->window_scale : 0xf) |
+                      (plan->sack ? 1 << 4 : 0);
+        if (stamp > now_ms)
+            stamp -= 1 << 6;
+        plan->timestamp_value = (__u32)stamp;
+        plan->timestamp_echo = options->timestamp;
+    }
+    /* The listener's full space in whole segments, at most 65535. */
+    __u32 space = receive_buffer / 2;
+    __u32 segment = plan->mss - (plan->has_timestamp ? 12 : 0);
+    if (segment > 0 && segment < 65536 && space > segment)
+        space -= space % segment;
+    plan->window = space > 65535 ? 65535 : space;
+}
+
+/*
+ * Whether a listener's SYN goes to the kernel all the same: the kernel accepts a cookie ACK within
+ * two minutes of a cookie of its own (with tcp_syncookies=2 too), so one SYN per listener and
+ * interval goes to it, answered there (the cookie helper refreshes that mark as well). Two CPUs
+ * reading the same old time may both let a SYN through: one more for the kernel, never one fewer.
+ */
+static __always_inline int passed_to_kernel(struct fp_listener_key *key, const struct fp_config *config, __u64 now,
+                                            struct fp_listener_counts *counts)
+{
+    struct fp_listener_pass *pass = bpf_map_lookup_elem(&fp_listen_pass, key);
+    if (!pass || (pass->last_passed_ns != 0 && now - pass->last_passed_ns < config->pass_interval_ns))
+        return 0;
+    pass->last_passed_ns = now;
+    count_listener(counts, FP_L_SYNS_PASSED);
+    return 1;
+}
+
+/*
+ * Everything the SYN-ACK needs, for a SYN to a served listener whose cookie the kernel gives now:
+ * 0 when the kernel answers (the socket is no listener, the listener is not served or its accept
+ * queue is full, the SYN is one the kernel would drop or has data, its interval's SYN, unreadable
+ * options, no route back, no cookie). `*counts` is the listener's, where it has one.
+ */
+static __always_inline int plan_reply(struct __sk_buff *skb, struct packet *packet, struct bpf_sock *socket,
+                                      __u8 *scratch, struct reply_plan *plan,
+                                      struct fp_listener_counts **counts, __u32 *egress)
+{
+    const struct fp_config *config = packet->config;
+    struct tcphdr *tcp = packet->tcp;
+    int ipv6 = packet->ipv6;
+    /* A request socket (the kernel answered this SYN before and waits for its ACK), a connection
+     * or TIME_WAIT: the kernel's to answer. */
+    if (socket->state != BPF_TCP_LISTEN)
+        return 0;
+    struct fp_listener_key key = {};
+    listener_key(socket, &key);
+    struct fp_listener *listener = bpf_map_lookup_elem(&fp_listeners, &key);
+    if (!listener || (listener->flags & FP_L_ACCEPT_QUEUE_FULL))
+        return 0;
+    *counts = bpf_map_lookup_elem(&fp_listen_count, &key);
+    __u32 tcp_length = tcp->doff * 4;
+    if (!answerable_syn(skb, scratch, packet->inner, packet->end, packet->inner_offset, tcp_length, ipv6))
+        return 0;
+    __u64 now = bpf_ktime_get_ns();
+    if (passed_to_kernel(&key, config, now, *counts))
+        return 0;
+    __u32 tcp_offset = packet->inner_offset + (ipv6 ? 40 : 20);
+    struct syn_options options = {};
+    if (!read_syn_options(skb, tcp_offset, tcp_length, &options))
+        return 0;
+    struct fp_reply_route *route = reply_route(packet->inner, packet->end, ipv6);
+    if (!route)
+        return 0;
+    *egress = route->ifindex;
+    plan->mss = route->mss;
+    struct tcp_sock___proxyside *tp = (void *)bpf_skc_to_tcp_sock(socket);
+    __u16 user_mss = tp ? tp->rx_opt.user_mss : 0; /* the listener's TCP_MAXSEG */
+    if (user_mss && user_mss < plan->mss)
+        plan->mss = user_mss;
+    long generated = make_cookie(skb, socket, scratch, tcp_offset, ipv6, options.mss);
     if (generated < 0) {
         if (generated != -2 /* ENOENT: the kernel would give no cookie now */)
             count(FP_COOKIE_REPLY_FAILED);
-        goto kernel;
+        return 0;
     }
-    bpf_sk_release(socket);
-    socket = NULL;
-    plan.cookie = (__u32)generated;
-    plan.client_isn = bpf_ntohl(tcp->seq);
+    plan->cookie = (__u32)generated;
+    plan->client_isn = bpf_ntohl(tcp->seq);
+    plan->client_port = tcp->source;
+    plan->listener_port = tcp->dest;
+    plan->our_window_scale = listener->window_scale;
+    plan_options(config, &options, now, listener->receive_buffer, plan);
+    return 1;
+}
 
-    /* SynCookieReply.offer: without a timestamp the kernel can decode, the MSS alone. */
-    if ((config->tcp_options & FP_TCP_TIMESTAMPS_ENCODABLE) && options.has_timestamp) {
-        plan.has_timestamp = 1;
-        plan.sack = options.sack && (config->tcp_options & FP_TCP_SACK);
-        plan.has_window_scale = options.has_window_scale && (config->tcp_options & FP_TCP_WINDOW_SCALING);
-        /* CookieTimestamp.value: milliseconds with the options in the low 6 bits, never ahead. */
-        __u64 now_ms = now / 1000000;
-        __u64 stamp = (now_ms >> 6) << 6 | (plan.has_window_scale ? options.window_scale : 0xf) |
-                      (plan.sack ? 1 << 4 : 0);
-        if (stamp > now_ms)
-            stamp -= 1 << 6;
-        plan.timestamp_value = (__u32)stamp;
-        plan.timestamp_echo = options.timestamp;
-    }
-    /* TCPWindow.synAckWindow: the listener's full space in whole segments, at most 65535. */
-    __u32 space = listener->receive_buffer / 2;
-    __u32 segment = plan.mss - (plan.has_timestamp ? 12 : 0);
-    if (segment > 0 && segment < 65536 && space > segment)
-        space -= space % segment;
-    plan.window = space > 65535 ? 65535 : space;
-
-    /* From here the SYN becomes its SYN-ACK. The Ethernet addresses stay zero: the neighbour
-     * subsystem fills them in (bpf_redirect_neigh). */
-    __builtin_memset(scratch, 0, sizeof(scratch));
+/*
+ * The SYN-ACK frame for `plan` in `scratch`, addressed back to the SYN's source from its
+ * destination: its length, 0 if it does not fit. The Ethernet addresses stay zero: the neighbour
+ * subsystem fills them in (bpf_redirect_neigh).
+ */
+static __always_inline __u32 write_synack_frame(__u8 *scratch, void *inner, void *end, int ipv6,
+                                                const struct fp_config *config, const struct reply_plan *plan)
+{
+    __builtin_memset(scratch, 0, SCRATCH);
+    __u8 *ip = scratch + ETH_LENGTH;
     __u32 frame_length;
     if (ipv6) {
         struct ipv6hdr *ip6 = inner;
         if ((void *)(ip6 + 1) > end)
-            goto failed;
+            return 0;
         *(__u16 *)(scratch + 12) = bpf_htons(ETH_P_IPV6);
-        __u8 *ip = scratch + ETH_LENGTH;
-        __u32 length = write_synack(ip + 40, &plan);
+        __u32 length = write_synack(ip + 40, plan);
         if (length > 40)
-            goto failed;
+            return 0;
         put32(ip, 0x60000000);
         put16(ip + 4, length);
         ip[6] = IPPROTO_TCP;
@@ -902,12 +931,11 @@ static __always_inline enum answer respond(struct __sk_buff *skb, struct packet 
     } else {
         struct iphdr *ip4 = inner;
         if ((void *)(ip4 + 1) > end)
-            goto failed;
+            return 0;
         *(__u16 *)(scratch + 12) = bpf_htons(ETH_P_IP);
-        __u8 *ip = scratch + ETH_LENGTH;
-        __u32 length = write_synack(ip + 20, &plan);
+        __u32 length = write_synack(ip + 20, plan);
         if (length > 40)
-            goto failed;
+            return 0;
         put32(ip, 0x45000000 | (20 + length));
         put32(ip + 4, 0x00004000); /* identification 0, don't fragment: the kernel's SYN-ACK */
         ip[8] = config->reply_ttl;
@@ -920,13 +948,47 @@ static __always_inline enum answer respond(struct __sk_buff *skb, struct packet 
         __builtin_memcpy(ip + 20 + 16, &checksum, 2);
         frame_length = ETH_LENGTH + 20 + length;
     }
-    if (frame_length > SCRATCH)
-        goto failed;
+    return frame_length > SCRATCH ? 0 : frame_length;
+}
+
+/*
+ * Answers a SYN for a served listener: `*verdict` is the tc action when ANSWERED. Nothing is
+ * changed in the packet until everything the reply needs is known, so a SYN not answered goes on
+ * untouched. Which listeners are served is the monitor's decision (its policy and counts); whether
+ * a cookie may be given is the kernel's, through bpf_tcp_gen_syncookie: it answers -ENOENT unless
+ * the SYN queue is full (or tcp_syncookies=2), refuses when the accept queue is full, clamps the
+ * cookie's MSS to the listener's TCP_MAXSEG, and refreshes the listener's overflow mark, so the
+ * kernel accepts the cookie's ACK.
+ */
+static __always_inline enum answer respond(struct __sk_buff *skb, struct packet *packet, int *verdict)
+{
+    /* The reply's source is the SYN's destination: only an address this host owns, or routes into
+     * the sockets' namespace (--netns), where its listener is. */
+    if (local_refusal(packet->inner, packet->end, packet->ipv6))
+        return NOT_ANSWERED;
+    struct bpf_sock *socket = bpf_skc_lookup_tcp(skb, &packet->tuple, tuple_size(packet), BPF_F_CURRENT_NETNS, 0);
+    if (!socket)
+        return NOT_ANSWERED;
+    __u8 scratch[SCRATCH] __attribute__((aligned(8))) = {};
+    struct reply_plan plan = {};
+    struct fp_listener_counts *counts = NULL;
+    __u32 egress = 0;
+    int planned = plan_reply(skb, packet, socket, scratch, &plan, &counts, &egress);
+    bpf_sk_release(socket);
+    if (!planned)
+        return NOT_ANSWERED;
+
+    /* From here the SYN becomes its SYN-ACK. */
+    __u32 frame_length = write_synack_frame(scratch, packet->inner, packet->end, packet->ipv6, packet->config, &plan);
+    if (!frame_length) {
+        count(FP_COOKIE_REPLY_FAILED);
+        return NOT_ANSWERED;
+    }
     __s32 outer = outer_length(packet);
     /* An IPv6 SYN came in IPv4: the frame becomes IPv6 (skb->protocol included) before it is
      * written over. */
     if (bpf_skb_adjust_room(skb, -outer, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO) ||
-        (ipv6 && bpf_skb_change_proto(skb, bpf_htons(ETH_P_IPV6), 0)) ||
+        (packet->ipv6 && bpf_skb_change_proto(skb, bpf_htons(ETH_P_IPV6), 0)) ||
         bpf_skb_change_tail(skb, frame_length, 0) ||
         bpf_skb_store_bytes(skb, 0, scratch, frame_length, BPF_F_RECOMPUTE_CSUM)) {
         /* Cannot happen for a SYN that arrived whole; it is lost, and counted. */
@@ -942,14 +1004,6 @@ static __always_inline enum answer respond(struct __sk_buff *skb, struct packet 
      * as this host's output, so forwarding need not be on. */
     *verdict = bpf_redirect_neigh(egress, NULL, 0, 0);
     return ANSWERED;
-
-failed:
-    count(FP_COOKIE_REPLY_FAILED);
-    return NOT_ANSWERED;
-kernel:
-    if (socket)
-        bpf_sk_release(socket);
-    return NOT_ANSWERED;
 }
 
 /*
