@@ -73,10 +73,10 @@ int proxyside_xdp_attach(int ifindex, int program_fd, int old_fd)
     return bpf_xdp_attach(ifindex, program_fd, flags, old_fd >= 0 ? &options : NULL);
 }
 
-uint32_t proxyside_xdp_query(int ifindex)
+uint32_t proxyside_xdp_query(int ifindex, int generic)
 {
     __u32 id = 0;
-    return bpf_xdp_query_id(ifindex, XDP_FLAGS_DRV_MODE, &id) == 0 ? id : 0;
+    return bpf_xdp_query_id(ifindex, generic ? XDP_FLAGS_SKB_MODE : XDP_FLAGS_DRV_MODE, &id) == 0 ? id : 0;
 }
 
 int proxyside_xdp_detach(int ifindex, int expected_fd)

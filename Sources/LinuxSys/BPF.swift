@@ -258,9 +258,15 @@ public enum NativeXDP {
     }
 
     /// The id of the native XDP program on `interface`, if there is one.
-    public static func program(on interface: String) -> UInt32? {
+    public static func program(on interface: String) -> UInt32? { query(interface, generic: false) }
+
+    /// The id of a generic-mode XDP program on `interface` (someone else's: it runs after the skb
+    /// is built, still before tc).
+    public static func genericProgram(on interface: String) -> UInt32? { query(interface, generic: true) }
+
+    static func query(_ interface: String, generic: Bool) -> UInt32? {
         guard let index = try? NetworkInterface.index(interface) else { return nil }
-        let id = proxyside_xdp_query(Int32(bitPattern: index))
+        let id = proxyside_xdp_query(Int32(bitPattern: index), generic ? 1 : 0)
         return id == 0 ? nil : id
     }
 

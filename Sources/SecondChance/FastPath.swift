@@ -123,10 +123,13 @@ public final class FastPath: @unchecked Sendable {
         // The maps of the program already deciding, if it is ours and of this layout: counters
         // and sets carry on, and nothing is ever read under another layout.
         let (reusable, adoptedFrom) = Self.adoptableMaps(on: interfaces, handles: handles, logger: logger)
-        // The loader takes its own copies of the named maps; its read-only data (.rodata, if any)
-        // is the object's own and does not carry on.
-        object = try Self.load(
-            reusing: reusable.byName.filter { FastPathMap.names.contains($0.key) }, xdp: xdp, logger: logger)
+        // The loader takes its own copies of the named maps (open until it has: the set closes
+        // them when it goes); its read-only data (.rodata, if any) is the object's own and does
+        // not carry on.
+        object = try withExtendedLifetime(reusable) {
+            try Self.load(
+                reusing: reusable.byName.filter { FastPathMap.names.contains($0.key) }, xdp: xdp, logger: logger)
+        }
         maps = FastPathMaps(object)
         self.interfaces = interfaces
         self.adoptedFrom = adoptedFrom
@@ -141,6 +144,7 @@ public final class FastPath: @unchecked Sendable {
         // XDP goes in after tc, which decides everything it passes on.
         xdpProgram = try Self.attachXDP(object, interfaces: interfaces, wanted: xdp, handles: handles, logger: logger)
         if xdpProgram == nil { Self.warnOfOtherXDP(on: interfaces, logger: logger) }
+        Self.removeLeftovers(outside: interfaces, handles: handles, logger: logger)
         self.pinDirectory = Self.pin(object, xdp: xdpProgram != nil, in: pinDirectory, logger: logger)
     }
 

@@ -105,14 +105,23 @@ public enum FastPathChecks {
 
     /// The native XDP program on `interface`, second-chance's or another's.
     static func xdpAttached(on interface: String) -> [HostCheck] {
-        guard let xdp = NativeXDP.program(on: interface) else { return [] }
-        let ours = FastPath.isOurXDP(xdp)
-        return [
-            HostCheck(
-                level: ours ? .ok : .warn, subject: "fast path",
-                finding: ours
-                    ? "\(interface): XDP program \(xdp) in the driver decides first (local packets, drops)"
-                    : "\(interface): another XDP program (\(xdp)) runs in the driver, before second-chance's")
-        ]
+        var checks: [HostCheck] = []
+        if let xdp = NativeXDP.program(on: interface) {
+            let ours = FastPath.isOurXDP(xdp)
+            checks.append(
+                HostCheck(
+                    level: ours ? .ok : .warn, subject: "fast path",
+                    finding: ours
+                        ? "\(interface): XDP program \(xdp) in the driver decides first (local packets, drops)"
+                        : "\(interface): another XDP program (\(xdp)) runs in the driver, before second-chance's"))
+        }
+        if let generic = NativeXDP.genericProgram(on: interface) {
+            checks.append(
+                HostCheck(
+                    level: .warn, subject: "fast path",
+                    finding:
+                        "\(interface): a generic-mode XDP program (\(generic)) runs before second-chance's tc program"))
+        }
+        return checks
     }
 }

@@ -111,6 +111,9 @@ public final class FastPathHandles: @unchecked Sendable {
         return NamedDescriptors(adopting: copies)
     }
 
+    /// Whether program `id` is the tc program handed over (or pinned).
+    func isHandedOverProgram(_ id: UInt32) -> Bool { program?.id == id || pinnedSet?.isHandedOverProgram(id) == true }
+
     /// The XDP entry point's descriptor, when program `id` is the one handed over.
     func xdpDescriptor(ifID id: UInt32) -> Int32? { xdp?.id == id ? xdp?.fd : pinnedSet?.xdpDescriptor(ifID: id) }
 

@@ -26,12 +26,22 @@ extension FastPath {
         }
     }
 
-    /// Warns of every XDP program left in the drivers when this daemon's is not there: it sees the
-    /// GLB peers' packets before the tc program does, and may pass, drop or rewrite them.
+    /// Warns of every XDP program left on the interfaces when this daemon's is not there (in the
+    /// driver, or generic): it sees the GLB peers' packets before the tc program does, and may pass,
+    /// drop or rewrite them. It may be an earlier second-chance's that was neither handed over nor
+    /// pinned, which without CAP_SYS_ADMIN cannot be told apart: doctor, as root, can.
     static func warnOfOtherXDP(on interfaces: [String], logger: Logger) {
         for interface in interfaces {
-            guard let id = NativeXDP.program(on: interface) else { continue }
-            logger.warning("warning: fast path: another XDP program (\(id)) runs on \(interface) before the tc program")
+            for (id, mode) in [
+                (NativeXDP.program(on: interface), ""), (NativeXDP.genericProgram(on: interface), "generic "),
+            ] {
+                guard let id else { continue }
+                logger.warning(
+                    """
+                    warning: fast path: another \(mode)XDP program (\(id)) runs on \(interface) before the tc program \
+                    (second-chance doctor, as root, says whether it is an earlier second-chance's)
+                    """)
+            }
         }
     }
 
@@ -61,6 +71,22 @@ extension FastPath {
             }
             removeXDP(handles: handles, logger: logger)
             throw error
+        }
+    }
+
+    /// Removes what an earlier daemon attached where this one does not (the routes, or the flags,
+    /// name other interfaces than when it started): its tc program and XDP entry point, known by
+    /// the descriptors it handed over or pinned only (by name, another instance's would match).
+    static func removeLeftovers(outside interfaces: [String], handles: FastPathHandles, logger: Logger) {
+        for interface in NetworkInterface.all() where !interfaces.contains(interface) {
+            if let id = filter.program(on: interface), handles.isHandedOverProgram(id) {
+                do { try filter.detach(from: interface) } catch { logger.warning("fast path: \(error)") }
+            }
+            if let id = NativeXDP.program(on: interface), let fd = handles.xdpDescriptor(ifID: id) {
+                do { try NativeXDP.detach(programFD: fd, from: interface) } catch {
+                    logger.warning("fast path: \(error)")
+                }
+            }
         }
     }
 

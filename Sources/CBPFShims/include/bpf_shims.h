@@ -31,7 +31,7 @@ int proxyside_tc_test_run(int program_fd, const void *frame, uint32_t frame_size
 int proxyside_xdp_attach(int ifindex, int program_fd, int old_fd);
 
 /// The id of the native XDP program on `ifindex`: 0 when there is none.
-uint32_t proxyside_xdp_query(int ifindex);
+uint32_t proxyside_xdp_query(int ifindex, int generic);
 
 /// Removes the native XDP program from `ifindex` if it is still `expected_fd`'s. 0 or a negative
 /// errno (-EEXIST: another program is attached now).
