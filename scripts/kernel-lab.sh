@@ -3,8 +3,8 @@
 # with this machine's filesystem as the guest's root, read-only over 9p with a tmpfs overlay on
 # top (as virtme does), and runs a command inside as root; prints what it printed and exits with
 # its status. The kernel's own modules are loadable in the guest (`modprobe NAME`). Bounded in
-# time (TIMEOUT seconds, default 300). Kernel packages are downloaded once into .build-kernels.
-# The command sees PROXYSIDE_WAIT_SCALE=5: the test suites' waits allow for software emulation.
+# time (TIMEOUT seconds, default 300); CPUS virtual CPUs (default 1). Kernel packages are
+# downloaded once into .build-kernels. The command sees PROXYSIDE_WAIT_SCALE=5: the test suites' waits allow for software emulation.
 #   scripts/kernel-lab.sh VERSION COMMAND...     e.g. scripts/kernel-lab.sh 6.1 uname -r
 # VERSION: 5.10 (Debian 11's, from bullseye), 6.1 or 6.12 (the newest package of that series in the
 # apt sources), or a full package version such as 6.1.0-47-amd64.
@@ -15,6 +15,10 @@ cd "$(dirname "$0")/.."
 series=$1
 shift
 timeout_seconds=${TIMEOUT:-300}
+# One virtual CPU unless CPUS says otherwise: two guests side by side on two cores, each with two
+# vCPUs, spend their time waiting for each other's preempted vCPUs (a 1-minute job took 2.5).
+cpus=${CPUS:-1}
+case $cpus in [1-8]) ;; *) echo "kernel-lab: CPUS is 1 to 8" >&2; exit 64 ;; esac
 missing=()
 for package in qemu-system-x86 busybox-static cpio xz-utils; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -27,6 +31,9 @@ fi
 
 store=$PWD/.build-kernels
 mkdir -p "$store"
+# Two guests may start at once (the test command's lab runners): one downloads, the other waits.
+exec 9> "$store/.lock"
+flock 9
 # Debian 11's 5.10 is in bullseye, which the machine's own sources do not list: a private apt state
 # names it (the same archive as the machine's sources), so the host's lists are left as they are.
 apt_options=()
@@ -72,6 +79,8 @@ if [ ! -e "$kernel/.complete" ]; then
     busybox depmod -b "$kernel/root" "$release"
     touch "$kernel/.complete"
 fi
+flock -u 9
+exec 9>&-
 modules=$kernel/root/lib/modules/$release
 
 # The initramfs: busybox, the modules that reach the 9p root, and an init that mounts it, lays a
@@ -130,7 +139,7 @@ chmod +x "$initrd/init"
 (cd "$initrd" && find . | cpio -o -H newc 2>/dev/null | gzip -1 > "$run/initrd.gz")
 output=$run/console
 set +e
-timeout "$timeout_seconds" qemu-system-x86_64 -accel tcg -cpu max -m 2048 -smp 2 -nographic -no-reboot \
+timeout "$timeout_seconds" qemu-system-x86_64 -accel tcg -cpu max -m 2048 -smp "$cpus" -nographic -no-reboot \
     -kernel "$kernel/root/boot/vmlinuz-$release" -initrd "$run/initrd.gz" \
     -append "console=ttyS0 panic=-1 quiet loglevel=3" \
     -virtfs "local,path=/,mount_tag=host,security_model=passthrough,readonly=on,multidevs=remap" \
