@@ -139,7 +139,8 @@ chmod +x "$initrd/init"
 (cd "$initrd" && find . | cpio -o -H newc 2>/dev/null | gzip -1 > "$run/initrd.gz")
 output=$run/console
 set +e
-timeout "$timeout_seconds" qemu-system-x86_64 -accel tcg -cpu max -m 2048 -smp "$cpus" -nographic -no-reboot \
+# In the foreground: qemu stays in this script's process group, which a stopped test run kills.
+timeout --foreground "$timeout_seconds" qemu-system-x86_64 -accel tcg -cpu max -m 2048 -smp "$cpus" -nographic -no-reboot \
     -kernel "$kernel/root/boot/vmlinuz-$release" -initrd "$run/initrd.gz" \
     -append "console=ttyS0 panic=-1 quiet loglevel=3" \
     -virtfs "local,path=/,mount_tag=host,security_model=passthrough,readonly=on,multidevs=remap" \

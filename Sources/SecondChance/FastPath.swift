@@ -409,10 +409,12 @@ public final class FastPath: @unchecked Sendable {
     /// What this daemon hands its successor (a re-exec, the fd store): its programs and maps.
     public var handedOn: [Int32] { FastPathHandles.handedOn(object, xdp: xdpProgram != nil) }
 
-    /// Removes second-chance's XDP entry point and its filter from `interfaces`, and its pins.
+    /// Removes second-chance's XDP entry point and its filter from `interfaces`, and its pins; and
+    /// what an earlier daemon of this instance attached elsewhere.
     public static func remove(interfaces: [String], pinDirectory: String?, handles: FastPathHandles, logger: Logger) {
-        removeXDP(handles: handles, logger: logger)
+        removeXDP(on: interfaces, handles: handles, logger: logger)
         removeTC(interfaces: interfaces, pinDirectory: pinDirectory, logger: logger)
+        removeLeftovers(outside: interfaces, handles: handles, logger: logger)
     }
 
     /// Removes second-chance's filter from `interfaces`, and its pins.

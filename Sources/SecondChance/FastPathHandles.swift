@@ -20,6 +20,10 @@ public final class FastPathHandles: @unchecked Sendable {
     /// before it stored its own) leaves the store holding its predecessor's, while the pins name
     /// what is attached.
     let pinnedSet: FastPathHandles?
+    /// Pinned where every instance in the namespace pinned before one directory per instance: a
+    /// predecessor's, or another instance's. Good for adopting what this start attaches over; never
+    /// a reason to remove anything elsewhere.
+    let shared: Bool
 
     /// The name they all go by, in the fd store and across a re-exec: each is told apart by the
     /// kernel's own name for it (the program's, the map's), and one message stores them all.
@@ -27,8 +31,9 @@ public final class FastPathHandles: @unchecked Sendable {
 
     /// Takes the descriptors over. One that is not what its name says (not a program, another
     /// map) is closed and left out.
-    init(program: Int32?, xdp: Int32?, maps: [String: Int32], pinned: FastPathHandles? = nil) {
+    init(program: Int32?, xdp: Int32?, maps: [String: Int32], pinned: FastPathHandles? = nil, shared: Bool = false) {
         pinnedSet = pinned
+        self.shared = shared
         self.program = program.flatMap(Self.identified)
         self.xdp = xdp.flatMap(Self.identified)
         var named: [String: Int32] = [:]
@@ -76,7 +81,9 @@ public final class FastPathHandles: @unchecked Sendable {
         let xdp = programs.removeValue(forKey: String(FastPathObject.xdpName.prefix(15)))
         programs.values.forEach { close($0) }
         // Then the namespace's directory, where a build before one directory per instance pinned.
-        let pins = pinDirectory.map { pinned(in: $0, before: pinned(in: FastPath.namespacePinDirectory())) }
+        let pins = pinDirectory.map {
+            pinned(in: $0, before: pinned(in: FastPath.namespacePinDirectory(), shared: true))
+        }
         guard program != nil || xdp != nil || !maps.isEmpty else { return pins ?? .none }
         return FastPathHandles(program: program, xdp: xdp, maps: maps, pinned: pins)
     }
@@ -84,7 +91,9 @@ public final class FastPathHandles: @unchecked Sendable {
     /// The objects pinned in `directory` (FastPath.pin's names), where every directory on its way
     /// belongs to this user and no one else may write it: another local user's objects are never
     /// taken for this daemon's.
-    public static func pinned(in directory: String, before next: FastPathHandles? = nil) -> FastPathHandles {
+    public static func pinned(in directory: String, before next: FastPathHandles? = nil, shared: Bool = false)
+        -> FastPathHandles
+    {
         guard FastPath.ownedDirectory(directory) else { return next ?? .none }
         var maps: [String: Int32] = [:]
         for name in FastPathMap.names {
@@ -92,7 +101,7 @@ public final class FastPathHandles: @unchecked Sendable {
         }
         return FastPathHandles(
             program: BPF.openPinned(directory + "/program"), xdp: BPF.openPinned(directory + "/xdp"), maps: maps,
-            pinned: next)
+            pinned: next, shared: shared)
     }
 
     /// Copies of the maps, when program `id` is the tc program handed over and they are all its
@@ -111,8 +120,16 @@ public final class FastPathHandles: @unchecked Sendable {
         return NamedDescriptors(adopting: copies)
     }
 
-    /// Whether program `id` is the tc program handed over (or pinned).
-    func isHandedOverProgram(_ id: UInt32) -> Bool { program?.id == id || pinnedSet?.isHandedOverProgram(id) == true }
+    /// Whether program `id` is this instance's predecessor's tc program: handed over, or pinned in
+    /// its own directory.
+    func isPredecessorsProgram(_ id: UInt32) -> Bool {
+        (!shared && program?.id == id) || pinnedSet?.isPredecessorsProgram(id) == true
+    }
+
+    /// The XDP entry point's descriptor, when program `id` is this instance's predecessor's.
+    func predecessorsXDP(ifID id: UInt32) -> Int32? {
+        !shared && xdp?.id == id ? xdp?.fd : pinnedSet?.predecessorsXDP(ifID: id)
+    }
 
     /// The XDP entry point's descriptor, when program `id` is the one handed over.
     func xdpDescriptor(ifID id: UInt32) -> Int32? { xdp?.id == id ? xdp?.fd : pinnedSet?.xdpDescriptor(ifID: id) }

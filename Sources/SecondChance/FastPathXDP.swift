@@ -7,13 +7,13 @@ extension FastPath {
     /// an earlier daemon left: all or none. `.required`: a driver without native XDP, or another
     /// program in its place, fails the start; `.preferred`: tc decides alone then (said once, a
     /// warning where another program runs before tc). `.none`, or not loaded: one an earlier
-    /// daemon left is removed, as it would decide with maps nobody may keep current (from every
-    /// interface: the routes, or the flags, may name others than when it was attached).
+    /// daemon left is removed, as it would decide with maps nobody may keep current (elsewhere,
+    /// where the routes or the flags named other interfaces, FastPath.init's removeLeftovers).
     static func attachXDP(
         _ object: FastPathObject, interfaces: [String], wanted: XDPUse, handles: FastPathHandles, logger: Logger
     ) throws -> BPFProgramInfo? {
         guard wanted != .none, wanted == .required || object.xdpFD >= 0 else {
-            removeXDP(handles: handles, logger: logger)
+            removeXDP(on: interfaces, handles: handles, logger: logger)
             return nil
         }
         do {
@@ -32,15 +32,18 @@ extension FastPath {
     /// pinned, which without CAP_SYS_ADMIN cannot be told apart: doctor, as root, can.
     static func warnOfOtherXDP(on interfaces: [String], logger: Logger) {
         for interface in interfaces {
-            for (id, mode) in [
-                (NativeXDP.program(on: interface), ""), (NativeXDP.genericProgram(on: interface), "generic "),
-            ] {
-                guard let id else { continue }
+            if let id = NativeXDP.program(on: interface) {
                 logger.warning(
                     """
-                    warning: fast path: another \(mode)XDP program (\(id)) runs on \(interface) before the tc program \
+                    warning: fast path: another XDP program (\(id)) runs on \(interface) before the tc program \
                     (second-chance doctor, as root, says whether it is an earlier second-chance's)
                     """)
+            }
+            // second-chance never attaches in generic mode.
+            if let id = NativeXDP.genericProgram(on: interface) {
+                logger.warning(
+                    "warning: fast path: another generic XDP program (\(id)) runs on \(interface) before the tc program"
+                )
             }
         }
     }
@@ -69,20 +72,21 @@ extension FastPath {
                     logger.warning("fast path: \(error)")
                 }
             }
-            removeXDP(handles: handles, logger: logger)
+            removeXDP(on: interfaces, handles: handles, logger: logger)
             throw error
         }
     }
 
     /// Removes what an earlier daemon attached where this one does not (the routes, or the flags,
     /// name other interfaces than when it started): its tc program and XDP entry point, known by
-    /// the descriptors it handed over or pinned only (by name, another instance's would match).
+    /// the descriptors it handed over or pinned in this instance's directory only (by name, or by
+    /// the namespace's shared pins of older builds, another instance's would match).
     static func removeLeftovers(outside interfaces: [String], handles: FastPathHandles, logger: Logger) {
         for interface in NetworkInterface.all() where !interfaces.contains(interface) {
-            if let id = filter.program(on: interface), handles.isHandedOverProgram(id) {
+            if let id = filter.program(on: interface), handles.isPredecessorsProgram(id) {
                 do { try filter.detach(from: interface) } catch { logger.warning("fast path: \(error)") }
             }
-            if let id = NativeXDP.program(on: interface), let fd = handles.xdpDescriptor(ifID: id) {
+            if let id = NativeXDP.program(on: interface), let fd = handles.predecessorsXDP(ifID: id) {
                 do { try NativeXDP.detach(programFD: fd, from: interface) } catch {
                     logger.warning("fast path: \(error)")
                 }
@@ -136,10 +140,10 @@ extension FastPath {
         return pinned.contains { $0.xdpDescriptor(ifID: id) != nil } || withOurXDP(id, handles: .none) { _ in }
     }
 
-    /// Removes second-chance's XDP entry point from every interface of the namespace (the routes,
-    /// or the flags, may name others than when it was attached); another program stays.
-    static func removeXDP(handles: FastPathHandles, logger: Logger) {
-        for interface in NetworkInterface.all() {
+    /// Removes second-chance's XDP entry point from `interfaces` (an earlier daemon's elsewhere is
+    /// removeLeftovers' to take off, by its descriptors alone); another program stays.
+    static func removeXDP(on interfaces: [String], handles: FastPathHandles, logger: Logger) {
+        for interface in interfaces {
             guard let id = NativeXDP.program(on: interface) else { continue }
             withOurXDP(id, handles: handles) { fd in
                 do { try NativeXDP.detach(programFD: fd, from: interface) } catch {

@@ -326,12 +326,55 @@ final class FastPathLifecycleTests: XCTestCase {
         return bpffs
     }
 
-    /// second-chance on p1 with the unit's capabilities, `bpffs` at its /sys/fs/bpf.
-    func startUnderTheUnit(bpffs: String, _ extra: [String]) throws -> Process {
+    /// second-chance on p1 with the unit's capabilities, `bpffs` at its /sys/fs/bpf; `base` in
+    /// place of the lab's arguments (queue 0).
+    func startUnderTheUnit(bpffs: String, base: [String]? = nil, _ extra: [String]) throws -> Process {
         try lab.start(
             "p1", program: "/bin/sh",
             ["-c", "mount --bind \(bpffs) /sys/fs/bpf && exec \"$0\" \"$@\""] + Self.unitCapabilities
-                + [Lab.binaries.appendingPathComponent("second-chance").path] + arguments + extra)
+                + [Lab.binaries.appendingPathComponent("second-chance").path] + (base ?? arguments) + extra)
+    }
+
+    /// Pins where builds before one directory per instance left them (the namespace's, shared by
+    /// every instance) name the programs a stopped first instance left deciding on eth0; a second
+    /// instance (queue 1) starting on another interface takes them for nothing it may remove:
+    /// eth0 keeps its programs through its start and its stop.
+    func testWithTheUnitsCapabilitiesAnotherInstanceLeavesWhatTheSharedPinsName() throws {
+        let xdp = try XCTUnwrap(KernelRelease.version(of: KernelRelease.current)) >= (5, 12)
+        let mode = ["--fast-path", xdp ? "xdp" : "tc"]
+        let bpffs = try mountBPFFilesystem()
+        defer { _ = try? Lab.shell("umount \(bpffs)") }
+        let first = try startUnderTheUnit(bpffs: bpffs, mode + ["--fast-path-stop", "keep"])
+        try lab.waitFor("the first instance", seconds: Self.startup) {
+            lab.log(of: first).contains("serving queue")
+        }
+        first.terminate()
+        first.waitUntilExit()
+        let instance = try Lab.shell("find \(bpffs) -type d -name queue-0").trimmingCharacters(
+            in: .whitespacesAndNewlines)
+        XCTAssertFalse(instance.isEmpty, lab.log(of: first))
+        try Lab.shell("mv \(instance)/* \(instance)/.. && rmdir \(instance)")
+        let (filter, program) = (try filterOnP1(), try xdpOnP1())
+        XCTAssertTrue(filter.contains("second_chance_f"))
+        XCTAssertEqual(program != nil, xdp)
+
+        let p1 = lab.namespace("p1")
+        try Lab.shell("ip -n \(p1) link add x9a type veth peer name x9b && ip -n \(p1) link set x9a up")
+        try Lab.shell("ip -n \(p1) link set x9b up")
+        let control = lab.directory.appendingPathComponent("second.sock").path
+        let second = try startUnderTheUnit(
+            bpffs: bpffs,
+            base: ["run", "--queue", "1", "--self", Lab.p1.description, "--control", control] + Lab.labPeers,
+            mode + ["--fast-path-interface", "x9a"])
+        try lab.waitFor("the second instance", seconds: Self.startup) {
+            lab.log(of: second).contains("serving queue")
+        }
+        XCTAssertEqual(try filterOnP1(), filter, lab.log(of: second))
+        XCTAssertEqual(try xdpOnP1(), program, lab.log(of: second))
+        second.terminate()
+        second.waitUntilExit()
+        XCTAssertEqual(try filterOnP1(), filter, lab.log(of: second))
+        XCTAssertEqual(try xdpOnP1(), program, lab.log(of: second))
     }
 
     /// Pins in a directory another local user made (a bpffs mounted by hand lets anyone make one
