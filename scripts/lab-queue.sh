@@ -16,13 +16,15 @@ dir=${2:-}
 # goes last, so a new one is never left out.
 order=(
     testSocketGroupsOnLinux5_10And6_12                                # 2, two CPUs: before a second runner
-    testTheFastPathOnLinux5_10                                        # 10
+    testTheFastPathsLifeOnLinux5_10                                   # 11
     testKernelDecapsulationAndTheAttackersPacketsOnLinux6_12          # 8
-    testTheFastPathOnLinux6_1                                         # 6
+    testTheFastPathsLifeOnLinux6_1                                    # 7
     testTheShippedNftRulesQueueTheScenariosAndAReloadOnLinux6_1       # 6
     testTheShippedNftRulesQueueTheScenariosAndAReloadOnLinux6_12      # 6
     testKernelDecapsulationOnLinux5_10                                # 5
     testKernelDecapsulationOnLinux6_1                                 # 5
+    testTheFastPathOnLinux5_10                                        # 4
+    testTheFastPathOnLinux6_1                                         # 4
     testTheFastPathOnLinux6_12                                        # 4
     testTheShippedNftRulesAndFouOnDebiansKernels                      # 1
 )
