@@ -46,7 +46,7 @@ case $command in
         bundle=$3
         runner=$4
         for job in "$dir"/todo/*; do
-            [ -e "$job" ] || break
+            [ -e "$job" ] || continue # taken by the other runner (or no job at all)
             id=${job##*/}
             mv "$job" "$dir/taken/$id" 2>/dev/null || continue
             name=$(cat "$dir/taken/$id")
