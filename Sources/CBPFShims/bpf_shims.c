@@ -79,6 +79,11 @@ uint32_t proxyside_xdp_query(int ifindex, int generic)
     return bpf_xdp_query_id(ifindex, generic ? XDP_FLAGS_SKB_MODE : XDP_FLAGS_DRV_MODE, &id) == 0 ? id : 0;
 }
 
+int proxyside_xdp_checks_mtu(void)
+{
+    return libbpf_probe_bpf_helper(BPF_PROG_TYPE_XDP, BPF_FUNC_check_mtu, NULL);
+}
+
 int proxyside_xdp_detach(int ifindex, int expected_fd)
 {
     LIBBPF_OPTS(bpf_xdp_attach_opts, options, .old_prog_fd = expected_fd);

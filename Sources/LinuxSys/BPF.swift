@@ -270,6 +270,13 @@ public enum NativeXDP {
         return id == 0 ? nil : id
     }
 
+    /// Whether this kernel lets XDP programs call bpf_check_mtu (Linux 5.12); nil when it could not
+    /// be asked (no CAP_BPF), as loading will then say.
+    public static var checksMTU: Bool? {
+        let answer = proxyside_xdp_checks_mtu()
+        return answer < 0 ? nil : answer == 1
+    }
+
     /// Removes the program `programFD` refers to from `interface`, only if it is still the one
     /// attached there.
     public static func detach(programFD: Int32, from interface: String) throws {

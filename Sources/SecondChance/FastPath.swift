@@ -152,14 +152,11 @@ public final class FastPath: @unchecked Sendable {
     /// 5.12) is left out when it is only preferred.
     static func load(reusing maps: [String: Int32], xdp: XDPUse, logger: Logger) throws -> FastPathObject {
         guard xdp == .preferred else { return try FastPathObject(reusing: maps, xdp: xdp == .required) }
-        do {
-            return try FastPathObject(reusing: maps, xdp: true)
-        } catch {
-            let tcAlone = try FastPathObject(reusing: maps, xdp: false)
-            let why = (error as? FastPathError)?.explained ?? "\(error)"
-            logger.info("fast path: the XDP entry point does not load here, tc decides alone: \(why)")
-            return tcAlone
+        let (object, refused) = try FastPathObject.preferringXDP(reusing: maps)
+        if let refused {
+            logger.info("fast path: the XDP entry point does not load here, tc decides alone: \(refused)")
         }
+        return object
     }
 
     static func checkInterfaces(_ interfaces: [String]) throws {

@@ -9,15 +9,10 @@ public enum FastPathChecks {
         var checks: [HostCheck] = []
         let release = ProcFile.read("/proc/sys/kernel/osrelease", limit: 256)?.split(separator: "\n").first ?? "?"
         do {
-            let object = try FastPathObject()
-            let xdp: String
-            do {
-                _ = try FastPathObject(xdp: true)
-                xdp = "with the XDP entry point beside it where every interface's driver runs native XDP"
-            } catch {
-                let why = (error as? FastPathError)?.explained ?? "\(error)"
-                xdp = "alone: the XDP entry point does not load here (\(why))"
-            }
+            let (object, refused) = try FastPathObject.preferringXDP()
+            let xdp =
+                refused.map { "alone: the XDP entry point does not load here (\($0))" }
+                ?? "with the XDP entry point beside it where every interface's driver runs native XDP"
             checks.append(
                 HostCheck(
                     level: .ok, subject: "fast path",

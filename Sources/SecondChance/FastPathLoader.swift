@@ -91,6 +91,25 @@ public final class FastPathObject: @unchecked Sendable {
 
     deinit { bpf_object__close(object) }
 
+    /// The object with the XDP entry point where this kernel verifies it, else the tc program
+    /// alone with the reason XDP was left out. A kernel without bpf_check_mtu for XDP (before 5.12)
+    /// is known by a probe, not by verifying the whole entry point to see it refused: on an old
+    /// kernel in a slow machine that verification alone takes seconds.
+    public static func preferringXDP(reusing maps: [String: Int32] = [:]) throws -> (
+        object: FastPathObject, xdpRefused: String?
+    ) {
+        if NativeXDP.checksMTU == false {
+            let why = "the kernel lets no XDP program call bpf_check_mtu (Linux 5.12)"
+            return (try FastPathObject(reusing: maps, xdp: false), why)
+        }
+        do {
+            return (try FastPathObject(reusing: maps, xdp: true), nil)
+        } catch {
+            let why = (error as? FastPathError)?.explained ?? "\(error)"
+            return (try FastPathObject(reusing: maps, xdp: false), why)
+        }
+    }
+
     /// A map's descriptor: the loader found every one, or threw.
     public func map(_ map: FastPathMap) -> Int32 { maps[map.rawValue]! }
 }

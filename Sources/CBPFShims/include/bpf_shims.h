@@ -37,6 +37,11 @@ uint32_t proxyside_xdp_query(int ifindex, int generic);
 /// errno (-EEXIST: another program is attached now).
 int proxyside_xdp_detach(int ifindex, int expected_fd);
 
+/// 1 when XDP programs may call bpf_check_mtu (Linux 5.12), which the XDP entry point does; 0
+/// when not, or a negative errno when the kernel could not be asked. A one-instruction program is
+/// verified to know: a fraction of the time the entry point itself takes to be refused.
+int proxyside_xdp_checks_mtu(void);
+
 /// BPF_PROG_TEST_RUN of an XDP program on `frame`, as if it arrived on `ifindex` (its receive queue
 /// 0). 0 or a negative errno.
 int proxyside_xdp_test_run(int program_fd, const void *frame, uint32_t frame_size, void *out, uint32_t *out_size,
