@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The kernel lab's job queue for scripts/test.sh: each test of KernelLabTests (a guest under qemu,
-# or a few) is one job; runners take them one at a time, longest first, so that a runner that
-# joins late finds the short ones. A job is taken by renaming its file out of todo/, which only
-# one runner can do.
+# or a few) is one job; runners take them one at a time, longest first, so that what is left
+# at the end is short and the runners finish together. A job is taken by renaming its file out of
+# todo/, which only one runner can do.
 #   scripts/lab-queue.sh init DIR BUNDLE     the queue: every KernelLabTests test the bundle lists
 #   scripts/lab-queue.sh run DIR BUNDLE N    runner N: runs jobs until none is left
 #   scripts/lab-queue.sh report DIR          each job's output and time; fails unless all passed
@@ -15,8 +15,8 @@ dir=${2:-}
 # Longest first, from the lab's own runs (minutes of emulation, about): a test not named here
 # goes last, so a new one is never left out.
 order=(
-    testSocketGroupsOnLinux5_10And6_12                                # 2, two CPUs: before a second runner
-    testTheFastPathsLifeOnLinux5_10                                   # 11
+    testSocketGroupsOnLinux5_10And6_12                                # 2, two CPUs: first, done early
+    testTheFastPathsLifeOnLinux5_10                                   # 9
     testKernelDecapsulationAndTheAttackersPacketsOnLinux6_12          # 8
     testTheFastPathsLifeOnLinux6_1                                    # 7
     testTheShippedNftRulesQueueTheScenariosAndAReloadOnLinux6_1       # 6

@@ -20,12 +20,12 @@ for ns in $(ip netns list | awk '/^ps[a-z][a-z]-/ {print $1}'); do
 done
 scripts/format.sh
 swift build --build-tests
-# The kernel lab (Debian's kernels under qemu, in their own kernels and namespaces, about 45
+# The kernel lab (Debian's kernels under qemu, in their own kernels and namespaces, about 50
 # minutes of emulation in all) runs beside the rest: straight from the test bundle, as swift test
 # would hold the build directory's lock. Its jobs (KernelLabTests' tests, a guest or a few each)
-# go to one runner from the start and to a second once the host's suites are done, which are
-# timing-bound and would share the two cores otherwise. Its output follows the others'; a failed
-# job fails the run.
+# go to two runners from the start, under nice: the host's suites are timing-bound and use well
+# under the two cores, and the guests take what they leave. Its output follows the others'; a
+# failed job fails the run.
 lab_runners=()
 if [ "$PROXYSIDE_SLOW_TESTS" = 1 ]; then
     lab=$(mktemp -d /tmp/proxyside-kernel-lab.XXXXXX)
@@ -34,8 +34,10 @@ if [ "$PROXYSIDE_SLOW_TESTS" = 1 ]; then
     trap 'for pid in "${lab_runners[@]}"; do kill -- -"$pid" 2>/dev/null || true; done; rm -rf "$lab"' EXIT
     bundle=$(swift build --show-bin-path)/proxysidePackageTests.xctest
     scripts/lab-queue.sh init "$lab" "$bundle"
-    setsid scripts/lab-queue.sh run "$lab" "$bundle" 1 &
-    lab_runners+=($!)
+    for runner in 1 2; do
+        setsid nice -n 10 scripts/lab-queue.sh run "$lab" "$bundle" "$runner" &
+        lab_runners+=($!)
+    done
 fi
 status=0
 swift test --skip-build --disable-swift-testing --skip 'IntegrationTests\.(KernelLabTests|PackageTests)' || status=1
@@ -54,8 +56,6 @@ PROXYSIDE_FAST_PATH=tc swift test --skip-build --disable-swift-testing \
     status=1
 if [ "$PROXYSIDE_SLOW_TESTS" = 1 ]; then
     scripts/fuzz.sh "${PROXYSIDE_FUZZ_SECONDS:-30}" || status=1
-    setsid scripts/lab-queue.sh run "$lab" "$bundle" 2 &
-    lab_runners+=($!)
     for pid in "${lab_runners[@]}"; do wait "$pid" || status=1; done
     lab_runners=()
     echo "== the kernel lab (KernelLabTests, beside the rest) =="
