@@ -5,7 +5,8 @@
 # neighbour known): BPF_PROG_TEST_RUN, single runs (RUNS, default 20000, per program, case and
 # round), each program above an empty program of its hook, medians of ROUNDS (default 5).
 # second-chance runs with --fast-path xdp, so the tc and XDP programs timed are the ones it
-# attached and configured. cls_redirect is built here from Debian's linux-source-6.1 package (its
+# attached and configured; --xdp-forward on, so XDP's forward is timed too (a test run sends
+# nothing, so the veth's peer need not take it). cls_redirect is built here from Debian's linux-source-6.1 package (its
 # BPF selftests), downloaded once into .build-kernels; none of it is committed.
 #   scripts/bench-programs.sh
 set -euo pipefail
@@ -42,7 +43,8 @@ host_forwarding on
 ip -n "$P" neigh replace 198.18.0.12 lladdr "$(ip -n "$prefix-p2" -br link show eth0 | awk '{ print $3 }')" \
     dev eth0 nud permanent
 ip netns exec "$P" "$bin/second-chance" run --queue 0 --self 198.18.0.11 --control "$work/sc.sock" \
-    "${lab_peers[@]}" --allow-source 198.18.0.1 --allow-hop 198.18.0.12 --fast-path xdp 2>"$work/sc.log" & pids+=($!)
+    "${lab_peers[@]}" --allow-source 198.18.0.1 --allow-hop 198.18.0.12 --fast-path xdp \
+    --xdp-forward on 2>"$work/sc.log" & pids+=($!)
 for _ in $(seq 100); do [ -S "$work/sc.sock" ] && break; sleep 0.1; done
 [ -S "$work/sc.sock" ] || { echo "bench-programs: second-chance did not start" >&2; cat "$work/sc.log" >&2; exit 1; }
 echo "Programs on the same frames, $(date -u +%Y-%m-%d), $(uname -r), $(nproc) CPUs"

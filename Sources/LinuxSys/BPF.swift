@@ -233,6 +233,16 @@ public enum NetworkInterface {
         return index
     }
 
+    /// An interface's driver as rtnetlink names it (IFLA_INFO_KIND: "veth", "bond", ...); nil for a
+    /// physical device.
+    public static func kind(_ name: String) throws -> String? {
+        let index = try Self.index(name)
+        guard let link = try RouteDumpSocket().link(index: index, sequence: 1) else {
+            throw SystemError("reading the link of \(name)", errno: ENODEV)
+        }
+        return link.kind
+    }
+
     /// Whether an interface's frames carry an Ethernet header (ARPHRD_ETHER: Ethernet, veth,
     /// bonds, bridges, VLANs, macvlan), rather than bare IP packets (an L3 device: WireGuard, tun,
     /// ipip).

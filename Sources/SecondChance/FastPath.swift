@@ -43,6 +43,27 @@ public enum XDPUse: Sendable {
     case preferred
 }
 
+/// Whether the XDP entry point sends a forward back out of the interface it arrived on (XDP_TX),
+/// rather than passing it to tc, which redirects it. Either way the same bytes go to the same hop.
+public enum XDPForwardChoice: String, Sendable, CaseIterable {
+    /// Where no interface is a veth: a veth's XDP_TX reaches its peer only while the peer runs an
+    /// XDP program of its own (its receive ring), which this side cannot see, and is lost otherwise.
+    case auto
+    /// On every interface (every veth's peer runs an XDP program).
+    case on
+    /// Never: tc forwards.
+    case off
+
+    /// Whether XDP may send forwards on `interfaces`.
+    public func allows(_ interfaces: [String]) -> Bool {
+        switch self {
+        case .on: true
+        case .off: false
+        case .auto: interfaces.allSatisfy { (try? NetworkInterface.kind($0)) != "veth" }
+        }
+    }
+}
+
 /// What a clean stop does with the program.
 public enum FastPathStop: String, Sendable, CaseIterable {
     /// Removed: after the stop every GUE packet meets the NFQUEUE rule.
@@ -117,9 +138,12 @@ public final class FastPath: @unchecked Sendable {
 
     public init(
         settings: FastPathSettings, local: LocalAddresses, reversePaths: ReversePaths = .none, interfaces: [String],
-        xdp: XDPUse = .none, pinDirectory: String?, handles: FastPathHandles = .none, logger: Logger
+        xdp: XDPUse = .none, xdpForward: XDPForwardChoice = .auto, pinDirectory: String?,
+        handles: FastPathHandles = .none, logger: Logger
     ) throws {
         try Self.checkInterfaces(interfaces)
+        var settings = settings
+        settings.xdpForward = xdp != .none && xdpForward.allows(interfaces)
         // The maps of the program already deciding, if it is ours and of this layout: counters
         // and sets carry on, and nothing is ever read under another layout.
         let (reusable, adoptedFrom) = Self.adoptableMaps(on: interfaces, handles: handles, logger: logger)
@@ -267,7 +291,8 @@ public final class FastPath: @unchecked Sendable {
         let adopted = adoptedFrom.map { ", maps adopted from program \($0)" } ?? ""
         let pinned = pinDirectory.map { ", pinned in \($0)" } ?? ""
         let where_ = xdpProgram == nil ? "tc" : "XDP (native) and tc"
-        let xdp = xdpProgram.map { ", XDP program \($0.id)" } ?? ""
+        let forwards = settings.withLock { $0.xdpForward } ? "XDP" : "tc"
+        let xdp = xdpProgram.map { ", XDP program \($0.id), forwards in \(forwards)" } ?? ""
         let on = interfaces.joined(separator: ",")
         return "\(where_) on \(on) (program \(program.id), tag \(program.tag)\(xdp)\(adopted)\(pinned))"
     }

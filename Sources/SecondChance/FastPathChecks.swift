@@ -107,8 +107,18 @@ public enum FastPathChecks {
                 HostCheck(
                     level: ours ? .ok : .warn, subject: "fast path",
                     finding: ours
-                        ? "\(interface): XDP program \(xdp) in the driver decides first (local packets, drops)"
+                        ? "\(interface): XDP program \(xdp) in the driver decides first (drops, local, forwards)"
                         : "\(interface): another XDP program (\(xdp)) runs in the driver, before second-chance's"))
+            if ours, (try? NetworkInterface.kind(interface)) == "veth" {
+                checks.append(
+                    HostCheck(
+                        level: .info, subject: "fast path",
+                        finding:
+                            """
+                            \(interface) is a veth: its forwards stay in tc unless --xdp-forward on, as a veth's \
+                            XDP_TX reaches its peer only while the peer runs an XDP program of its own
+                            """))
+            }
         }
         if let generic = NativeXDP.genericProgram(on: interface) {
             checks.append(

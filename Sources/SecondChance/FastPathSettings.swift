@@ -19,6 +19,8 @@ public struct FastPathSettings: Equatable, Sendable {
     public var tcp = TCPHostSettings()
     /// --self is one of this host's addresses now (the watcher follows it).
     public var selfOwned = true
+    /// The XDP entry point may send forwards back out of the interface they arrived on (XDP_TX).
+    public var xdpForward = false
 
     public init(
         selfAddress: IPv4Address, peers: PeerPolicy, guePort: UInt16, checkCookies: Bool, lookupsElsewhere: Bool
@@ -36,6 +38,7 @@ public struct FastPathSettings: Equatable, Sendable {
         if responderServing { flags |= UInt8(FP_F_RESPONDER) }
         if lookupsElsewhere { flags |= UInt8(FP_F_LOOKUPS_UP) }
         if !selfOwned { flags |= UInt8(FP_F_SELF_GONE) }
+        if xdpForward { flags |= UInt8(FP_F_XDP_FORWARD) }
         var options: UInt8 = 0
         if tcp.timestampsEncodable { options |= UInt8(FP_TCP_TIMESTAMPS_ENCODABLE) }
         if tcp.sack { options |= UInt8(FP_TCP_SACK) }

@@ -114,6 +114,16 @@ struct Run: ParsableCommand {
     var fastPath: FastPathChoice = .auto
 
     @Option(
+        help:
+            """
+            Whether the XDP entry point sends a forward back out of the interface it arrived on (XDP_TX): auto (where \
+            no interface is a veth, whose XDP_TX is lost unless its peer runs an XDP program), on (every veth's \
+            peer runs one) or off (tc forwards).
+            """
+    )
+    var xdpForward: XDPForwardChoice = .auto
+
+    @Option(
         name: .customLong("fast-path-interface"),
         help: ArgumentHelp(
             "Attach the tc program at ingress of this interface (repeat; default: the routes' to --allow-source).",
@@ -541,7 +551,8 @@ struct Run: ParsableCommand {
         do {
             let path = try FastPath(
                 settings: settings, local: addresses.snapshot().value, reversePaths: reversePaths.snapshot().value,
-                interfaces: interfaces, xdp: fastPath.xdp, pinDirectory: pins, handles: handles, logger: logger)
+                interfaces: interfaces, xdp: fastPath.xdp, xdpForward: xdpForward, pinDirectory: pins, handles: handles,
+                logger: logger)
             // Stored at once: a start that fails from here on (or a crash) leaves the next one
             // the descriptors of what is attached, not of what this one replaced.
             let notifier = SDNotify(environment: ProgramImage.environment())

@@ -49,6 +49,7 @@ extension ForwardingChoice: ExpressibleByArgument {}
 extension ResponderMode: ExpressibleByArgument {}
 extension FastPathChoice: ExpressibleByArgument {}
 extension FastPathStop: ExpressibleByArgument {}
+extension XDPForwardChoice: ExpressibleByArgument {}
 
 /// --fou-mark: VALUE[/MASK], or none.
 extension PacketMark: ExpressibleByArgument {

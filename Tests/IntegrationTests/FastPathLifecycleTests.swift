@@ -5,6 +5,7 @@ import LabPrograms
 import LinuxSys
 import NetTypes
 import SecondChance
+import SecondChanceCore
 import Telemetry
 import XCTest
 
@@ -257,6 +258,65 @@ final class FastPathLifecycleTests: XCTestCase {
         XCTAssertNil(try xdpOnP1(), "removed by a start with --fast-path tc")
         tcOnly.terminate()
         tcOnly.waitUntilExit()
+    }
+
+    /// --xdp-forward: XDP sends a forward back out of the interface it arrived on (XDP_TX). By
+    /// default p1's veth keeps its forwards in tc (its XDP_TX reaches the switch only while the
+    /// switch's end runs an XDP program); with one there and `on`, a forward to p2 goes from XDP
+    /// alone: with tc's filter taken away it arrives rewritten, and the queue sees none of it.
+    /// Before XDP loads (5.12), the flag changes nothing: tc alone, as ever.
+    func testXDPSendsForwardsBackOutOnlyWhereAllowed() throws {
+        let version = try XCTUnwrap(KernelRelease.version(of: KernelRelease.current))
+        guard version >= (5, 13) else {
+            let daemon = try lab.start("p1", "second-chance", arguments + ["--xdp-forward", "on"])
+            defer { daemon.terminate(); daemon.waitUntilExit() }
+            try lab.waitFor("tc alone", seconds: Self.startup) { lab.log(of: daemon).contains("fast path: tc on eth0") }
+            return
+        }
+        let auto = try lab.start("p1", "second-chance", arguments)
+        try Lab.waitFor("XDP by default", seconds: Self.startup, context: { self.lab.log(of: auto) }) {
+            self.lab.log(of: auto).contains("fast path: XDP (native) and tc on eth0")
+        }
+        XCTAssertTrue(lab.log(of: auto).contains("forwards in tc"), lab.log(of: auto))
+        auto.terminate()
+        auto.waitUntilExit()
+
+        // A program on the switch's end that passes everything: the frames XDP sends have a ring there.
+        let (empty, _, pass) = try EmptyPrograms.load()
+        defer { withExtendedLifetime(empty) {} }
+        try lab.inside("sw") { try NativeXDP.attach(programFD: pass, interface: "\(lab.prefix)-p1", replacing: nil) }
+        let daemon = try lab.start("p1", "second-chance", arguments + ["--fast-path", "xdp", "--xdp-forward", "on"])
+        defer { daemon.terminate(); daemon.waitUntilExit() }
+        try Lab.waitFor("the XDP entry point", seconds: Self.startup, context: { self.lab.log(of: daemon) }) {
+            self.lab.log(of: daemon).contains("serving queue")
+        }
+        XCTAssertTrue(lab.log(of: daemon).contains("forwards in XDP"), lab.log(of: daemon))
+        try Lab.shell("tc -n \(lab.namespace("p1")) filter del dev eth0 ingress handle 0x19523 prio 1 bpf")
+        // p2's neighbour entry, which the FIB answers with, and forwarding on eth0, without which
+        // it does not answer (and XDP and tc send the forward up).
+        try Lab.shell("ip netns exec \(lab.namespace("p1")) sysctl -qw net.ipv4.conf.eth0.forwarding=1")
+        let p2MAC = try Lab.shell("ip -n \(lab.namespace("p2")) -br link show eth0").split(separator: " ")
+            .filter { !$0.isEmpty }[2]
+        try Lab.shell("ip -n \(lab.namespace("p1")) neigh replace \(Lab.p2) lladdr \(p2MAC) dev eth0 nud permanent")
+        let capture = try lab.inside("p2") { try Capture(protocol: Int32(IPPROTO_UDP)) }
+        let queueBefore = try queueOnP1()
+        let before = try lab.stats("p1").value("fast_path_forwarded")
+        // An ACK of no flow, to a port nothing listens on: p1 forwards it to p2.
+        let inner = PacketBuilder.tcp(
+            source: .v4(Lab.client), sourcePort: 40123, destination: .v4(Lab.vip), destinationPort: 81, flags: .ack)
+        try sendGUE(
+            lab, from: "d", source: Lab.director, sourcePort: 40000, to: Lab.p1, inner: inner, hops: [Lab.p2],
+            zeroChecksum: true)
+        let fromP1: ([UInt8]) -> Bool = { packet in
+            packet.count > 36 && packet.be32(12) == Lab.p1.value && packet.be16(22) == GUEPacket.port
+        }
+        let forwarded = try XCTUnwrap(capture.first(where: fromP1), "the forward reached p2")
+        XCTAssertEqual(forwarded.be32(16), Lab.p2.value)
+        XCTAssertEqual(forwarded[34], 1, "the next hop moved on")
+        XCTAssertEqual(forwarded.be16(26), 0, "no UDP checksum stays none")
+        XCTAssertEqual(Array(forwarded.suffix(inner.count)), inner)
+        XCTAssertEqual(try queueOnP1().idSequence, queueBefore.idSequence, "the queue saw none of it")
+        XCTAssertEqual(try lab.stats("p1").value("fast_path_forwarded"), before + 1)
     }
 
     /// What runs a daemon with the shipped unit's capabilities (its CapabilityBoundingSet=).

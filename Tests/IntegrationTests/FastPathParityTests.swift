@@ -15,11 +15,12 @@ import XCTest
 /// and neighbours) and through the daemon's Decider with the daemon's own socket-table answers
 /// (sock_diag). The program must give the same verdict and the same bytes, or send the packet up
 /// unchanged. The program's counters say which verdict it reached. The XDP entry point runs on
-/// every packet too, bound to the tc one: a packet it drops or delivers, tc must drop or deliver
-/// alike (same counters, same bytes); any other it must pass on unchanged and uncounted.
+/// every packet too, bound to the tc one: a packet it drops, delivers or sends back out, tc must
+/// drop, deliver or forward alike (same counters, same bytes); any other it must pass on unchanged
+/// and uncounted.
 final class FastPathParityTests: XCTestCase {
     static let tcOK: UInt32 = 0, tcShot: UInt32 = 2, tcRedirect: UInt32 = 7
-    static let xdpDrop: UInt32 = 1, xdpPass: UInt32 = 2
+    static let xdpDrop: UInt32 = 1, xdpPass: UInt32 = 2, xdpTX: UInt32 = 3
 
     struct Harness {
         let object: FastPathObject
@@ -66,7 +67,7 @@ final class FastPathParityTests: XCTestCase {
                     return fail("XDP: \(failure)")
                 }
                 if xdp.action != FastPathParityTests.xdpPass || xdp.output != frame {
-                    xdpDecided["\(action)", default: 0] += 1
+                    xdpDecided[xdp.action == FastPathParityTests.xdpTX ? "forwarded" : "\(action)", default: 0] += 1
                 }
                 // The driver's checksum verdict covered the outer datagram only, and stays on what
                 // XDP delivers: it must vouch for the inner segment itself.
@@ -198,6 +199,10 @@ final class FastPathParityTests: XCTestCase {
         case xdpDrop:
             guard tc.action == tcShot else { return "dropped what tc does not drop" }
             return xdp.delta == tc.delta ? nil : "dropped, counted otherwise than tc"
+        case xdpTX:
+            guard tc.action == tcRedirect && forward else { return "sent back out what tc does not forward" }
+            guard xdp.output == tc.output else { return "forwarded bytes differ from tc's" }
+            return xdp.delta == tc.delta ? nil : "forwarded, counted otherwise than tc"
         case xdpPass where xdp.output != frame:
             guard decapsulated else { return "decapsulated what tc does not deliver" }
             guard xdp.output == tc.output else { return "decapsulated bytes differ from tc's" }
@@ -297,10 +302,11 @@ final class FastPathParityTests: XCTestCase {
             let maps = FastPathMaps(object)
             try maps.write(local)
             try maps.write(reversePaths)
-            try maps.write(
-                FastPathSettings(
-                    selfAddress: Self.self4, peers: peers, guePort: GUEPacket.port, checkCookies: true,
-                    lookupsElsewhere: false))
+            var settings = FastPathSettings(
+                selfAddress: Self.self4, peers: peers, guePort: GUEPacket.port, checkCookies: true,
+                lookupsElsewhere: false)
+            settings.xdpForward = true
+            try maps.write(settings)
             let counters = CounterBlock()
             var decider = Decider(selfAddress: Self.self4, peers: peers, local: local)
             decider.reversePaths = reversePaths
@@ -324,6 +330,13 @@ final class FastPathParityTests: XCTestCase {
         PacketBuilder.gue(
             from: source, to: self4, sourcePort: 50123, inner: inner, hops: hops, nextHop: nextHop,
             udpChecksum: checksum)
+    }
+
+    /// `packet` (outer IPv4 and UDP) with its UDP checksum off by one.
+    static func wrongUDPChecksum(_ packet: [UInt8]) -> [UInt8] {
+        var packet = packet
+        packet[27] ^= 1
+        return packet
     }
 
     static func tcp(
@@ -355,6 +368,7 @@ final class FastPathParityTests: XCTestCase {
             ("listener only: forwarded, IPv6", gue(tcp(client6, 40002, vip6, 80, .ack))),
             ("forwarded, no UDP checksum", gue(tcp(client, 40002, vip, 80, .ack), checksum: false)),
             ("forwarded, second hop", gue(tcp(client, 40002, vip, 80, .ack), hops: [Lab.p1, Lab.p2], nextHop: 1)),
+            ("forwarded, UDP checksum wrong", wrongUDPChecksum(gue(tcp(client, 40002, vip, 80, .ack)))),
             ("nothing listens: forwarded", gue(tcp(client, 40003, vip, closedPort, .ack))),
             ("no hops left", gue(tcp(client, 40004, vip, 80, .ack), hops: [Lab.p2], nextHop: 1)),
             ("no hops at all", gue(tcp(client, 40004, vip, 80, .ack), hops: [])),
@@ -499,6 +513,11 @@ final class FastPathParityTests: XCTestCase {
             XCTAssertEqual(harness.outcomes["up"], 2, "\(harness.outcomes)")
             XCTAssertGreaterThanOrEqual(harness.outcomes["forwarded"] ?? 0, 5, "\(harness.outcomes)")
             XCTAssertEqual(harness.outcomes["accepted_established"], 3, "\(harness.outcomes)")
+            if Self.xdpComparable {
+                // XDP sends back out every forward but the one whose UDP checksum it finds wrong.
+                XCTAssertEqual(
+                    harness.xdpDecided["forwarded"], (harness.outcomes["forwarded"] ?? 0) - 1, "\(harness.xdpDecided)")
+            }
             // Outside --allow-hop, loopback, multicast, the subnet's broadcast address (the
             // kernel's broadcast route: no brd was given) and the sockets' namespace: no packet
             // goes to any of them.
@@ -591,6 +610,7 @@ final class FastPathParityTests: XCTestCase {
                 print("fast path parity, decided in XDP by tc's action: \(harness.xdpDecided)")
                 XCTAssertGreaterThan(harness.xdpDecided["\(Self.tcShot)"] ?? 0, 0, "XDP drops what tc drops")
                 XCTAssertGreaterThan(harness.xdpDecided["\(Self.tcRedirect)"] ?? 0, 0, "XDP delivers what tc delivers")
+                XCTAssertGreaterThan(harness.xdpDecided["forwarded"] ?? 0, 0, "XDP forwards what tc forwards")
             }
             // The random packets reach every kind of verdict in the program, not just "up".
             for verdict in [

@@ -18,7 +18,7 @@ typedef uint32_t __u32;
 typedef uint64_t __u64;
 #endif
 
-#define FP_LAYOUT 5
+#define FP_LAYOUT 6
 
 /* Addresses and ports are in network byte order unless a field says otherwise. */
 struct fp_config {
@@ -52,6 +52,10 @@ struct fp_config {
 /* --self is not this host's address now: nothing may leave with it, so forwards go up (the queue
  * drops them, counted as failed forwards) until it is again. */
 #define FP_F_SELF_GONE 0x08
+/* The XDP entry point may send a forward back out of the interface it arrived on (XDP_TX):
+ * --xdp-forward on, or auto where no interface is a veth (whose XDP_TX is lost unless its peer
+ * runs an XDP program). */
+#define FP_F_XDP_FORWARD 0x10
 
 /* tcp_timestamps=2 (a TSval can carry the options to the kernel), tcp_sack, tcp_window_scaling. */
 #define FP_TCP_TIMESTAMPS_ENCODABLE 0x01

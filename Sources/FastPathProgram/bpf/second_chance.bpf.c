@@ -407,16 +407,65 @@ static __always_inline int deliver(struct __sk_buff *skb, const struct packet *p
     return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
 }
 
+/* The route to the next hop from the outer headers as they arrived, by the FIB of the interface
+ * the packet arrived on: BPF_FIB_LKUP_RET_SUCCESS with the neighbour's and the device's MACs, or
+ * why not. bpf_fib_lookup answers only where the arrival interface forwards (FWD_DISABLED
+ * otherwise, BPF_FIB_LOOKUP_OUTPUT or not). */
+static __always_inline long route_to_hop(void *ctx, const struct packet *packet, const struct outer_headers *outer,
+                                         struct bpf_fib_lookup *route)
+{
+    __builtin_memset(route, 0, sizeof(*route));
+    route->family = 2; /* AF_INET */
+    route->l4_protocol = IPPROTO_UDP;
+    route->sport = outer->udp.source;
+    route->dport = outer->udp.dest;
+    route->tot_len = bpf_ntohs(outer->ip.tot_len);
+    route->tos = outer->ip.tos;
+    route->ipv4_src = packet->config->self_ip4;
+    route->ipv4_dst = packet->hop;
+    route->ifindex = packet->ifindex;
+    return bpf_fib_lookup(ctx, route, sizeof(*route), 0);
+}
+
+/* What a forward changed in the outer headers, for the UDP checksum's update. */
+struct forward_change {
+    __u32 old_source, old_destination;
+    __u16 old_word, new_word; /* next_hop, then hop_count */
+};
+
 /*
- * GUEForwarding.rewrite: next_hop + 1, outer source --self, outer destination the hop, the IP
- * checksum recomputed, a UDP checksum updated (zero stays zero). The TTL stays: the hop sees the
- * packet the raw socket would have sent. The route and the neighbour come from the FIB; without
- * either the packet goes up, and the daemon's raw socket sends it.
+ * GUEForwarding.rewrite, for both entry points: next_hop + 1, outer source --self, outer
+ * destination the hop, the IP checksum recomputed, the route's MACs. The TTL stays: the hop sees
+ * the packet the raw socket would have sent. The UDP checksum is the caller's (the helpers differ).
+ */
+static __always_inline struct forward_change rewrite_outer(struct ethhdr *eth, struct outer_headers *outer,
+                                                           const struct packet *packet,
+                                                           const struct bpf_fib_lookup *route)
+{
+    struct forward_change change = {
+        .old_source = outer->ip.saddr,
+        .old_destination = outer->ip.daddr,
+        .old_word = *(__u16 *)&outer->glb.next_hop,
+    };
+    outer->glb.next_hop = packet->next_hop + 1;
+    change.new_word = *(__u16 *)&outer->glb.next_hop;
+    outer->ip.saddr = packet->config->self_ip4;
+    outer->ip.daddr = packet->hop;
+    outer->ip.check = 0;
+    outer->ip.check = ~fold((__u32)bpf_csum_diff(NULL, 0, (__be32 *)&outer->ip, OUTER_IP_LENGTH, 0));
+    __builtin_memcpy(eth->h_dest, route->dmac, ETH_ALEN);
+    __builtin_memcpy(eth->h_source, route->smac, ETH_ALEN);
+    return change;
+}
+
+/*
+ * tc: the packet rewritten (a UDP checksum updated, zero stays zero) and redirected to the
+ * route's device. Without a route or a neighbour the packet goes up, and the daemon's raw socket
+ * sends it.
  */
 static __always_inline int forward(struct __sk_buff *skb, const struct packet *packet)
 {
-    const struct fp_config *config = packet->config;
-    if (config->flags & FP_F_SELF_GONE)
+    if (packet->config->flags & FP_F_SELF_GONE)
         return up(FP_UP_SELF_GONE);
     void *data = (void *)(long)skb->data;
     void *end = (void *)(long)skb->data_end;
@@ -424,44 +473,19 @@ static __always_inline int forward(struct __sk_buff *skb, const struct packet *p
     struct outer_headers *outer = data + ETH_LENGTH;
     if ((void *)(outer + 1) > end)
         return up(FP_UP_FAILED);
-    __u32 hop = packet->hop;
-
-    struct bpf_fib_lookup route = {
-        .family = 2 /* AF_INET */,
-        .l4_protocol = IPPROTO_UDP,
-        .sport = outer->udp.source,
-        .dport = outer->udp.dest,
-        .tot_len = bpf_ntohs(outer->ip.tot_len),
-        .tos = outer->ip.tos,
-        .ipv4_src = config->self_ip4,
-        .ipv4_dst = hop,
-        .ifindex = skb->ifindex, /* at tc ingress: the interface it arrived on */
-    };
-    /* bpf_fib_lookup answers only where the arrival interface forwards (FWD_DISABLED otherwise,
-     * BPF_FIB_LOOKUP_OUTPUT or not): the packet then goes up, as without a neighbour. */
-    long found = bpf_fib_lookup(skb, &route, sizeof(route), 0);
-    if (found != BPF_FIB_LKUP_RET_SUCCESS)
+    struct bpf_fib_lookup route;
+    if (route_to_hop(skb, packet, outer, &route) != BPF_FIB_LKUP_RET_SUCCESS)
         return up(FP_UP_NO_ROUTE);
-
-    __u16 old_word = *(__u16 *)&outer->glb.next_hop; /* next_hop, then hop_count */
-    outer->glb.next_hop = packet->next_hop + 1;
-    __u16 new_word = *(__u16 *)&outer->glb.next_hop;
-    __u32 old_source = outer->ip.saddr, old_destination = outer->ip.daddr;
-    outer->ip.saddr = config->self_ip4;
-    outer->ip.daddr = hop;
-    outer->ip.check = 0;
-    outer->ip.check = ~fold((__u32)bpf_csum_diff(NULL, 0, (__be32 *)&outer->ip, OUTER_IP_LENGTH, 0));
     int udp_checksum = outer->udp.check != 0;
-    __builtin_memcpy(eth->h_dest, route.dmac, ETH_ALEN);
-    __builtin_memcpy(eth->h_source, route.smac, ETH_ALEN);
-
+    struct forward_change change = rewrite_outer(eth, outer, packet, &route);
     if (udp_checksum) {
         /* The helpers keep a checksum the device is to finish (CHECKSUM_PARTIAL) right too. */
         __u32 offset = UDP_OFFSET + __builtin_offsetof(struct udphdr, check);
         __u64 flags = BPF_F_MARK_MANGLED_0;
-        if (bpf_l4_csum_replace(skb, offset, old_word, new_word, flags | 2) ||
-            bpf_l4_csum_replace(skb, offset, old_source, config->self_ip4, flags | BPF_F_PSEUDO_HDR | 4) ||
-            bpf_l4_csum_replace(skb, offset, old_destination, hop, flags | BPF_F_PSEUDO_HDR | 4))
+        __u32 self = packet->config->self_ip4;
+        if (bpf_l4_csum_replace(skb, offset, change.old_word, change.new_word, flags | 2) ||
+            bpf_l4_csum_replace(skb, offset, change.old_source, self, flags | BPF_F_PSEUDO_HDR | 4) ||
+            bpf_l4_csum_replace(skb, offset, change.old_destination, packet->hop, flags | BPF_F_PSEUDO_HDR | 4))
             return TC_ACT_SHOT; /* cannot happen: the offset is inside the linear head */
     }
     count(FP_TOTAL);
@@ -1458,6 +1482,93 @@ static __always_inline int xdp_deliver(struct xdp_md *ctx, const struct packet *
     return XDP_PASS;
 }
 
+/* inet_proto_csum_replace4 on a checksum the packet carries whole (XDP sees no CHECKSUM_PARTIAL):
+ * RFC 1624's update, a zero result written as 0xffff, as BPF_F_MARK_MANGLED_0 has tc write it. Both
+ * arrive at the one representation in 1..0xffff of the same sum, so the bytes are tc's. */
+static __always_inline __u16 checksum_replaced(__u16 check, __u32 from, __u32 to)
+{
+    __u16 updated = ~fold((__u64)(__u16)~check + (__u32)~from + to);
+    return updated ? updated : 0xffff;
+}
+
+/*
+ * Whether the outer UDP checksum is right, from headers alone. XDP forwards only a packet whose
+ * inner segment's checksum it verified (decide), and that segment's sum is then the negation of
+ * its pseudo-header's: the datagram's sum is the UDP, GUE and GLB headers' and the inner IP
+ * header's, less the inner pseudo-header's share that is not the addresses (which cancel). On a
+ * veth a checksum the sender's stack left for the device to finish (CHECKSUM_PARTIAL) is not
+ * right here, and goes to tc, whose helpers update it. The inner packet must end the datagram.
+ */
+static __attribute__((noinline)) int outer_checksum_valid(struct xdp_md *ctx, const struct packet *packet)
+{
+    void *data = (void *)(long)ctx->data;
+    void *end = (void *)(long)ctx->data_end;
+    __u32 headers = sizeof(struct udphdr) + sizeof(struct gue_header) + (packet->hlen & MAX_HLEN) * 4;
+    __u8 *outer = data + ETH_LENGTH, *inner = data + ETH_LENGTH + OUTER_IP_LENGTH + headers;
+    __u8 *cursor = outer + OUTER_IP_LENGTH;
+    if (inner + sizeof(struct ipv6hdr) > (__u8 *)end || cursor + sizeof(struct udphdr) > (__u8 *)end)
+        return 0;
+    __u32 udp_length = (__u32)cursor[4] << 8 | cursor[5], segment, sum;
+    if (packet->ipv6) {
+        segment = (__u32)inner[4] << 8 | inner[5];
+        if (sizeof(struct ipv6hdr) + segment + headers != udp_length)
+            return 0;
+        sum = bpf_csum_diff(NULL, 0, (__be32 *)inner, 8, 0);
+    } else {
+        __u32 total = (__u32)inner[2] << 8 | inner[3];
+        if (total + headers != udp_length || total < sizeof(struct iphdr))
+            return 0;
+        segment = total - sizeof(struct iphdr);
+        sum = bpf_csum_diff(NULL, 0, (__be32 *)inner, 12, 0);
+    }
+    __be32 inner_word = bpf_htonl(IPPROTO_TCP << 16 | segment), outer_word = bpf_htonl(IPPROTO_UDP << 16 | udp_length);
+    sum = bpf_csum_diff(&inner_word, 4, &outer_word, 4, sum);
+    sum = bpf_csum_diff(NULL, 0, (__be32 *)(outer + 12), 8, sum); /* the outer addresses */
+    if (!sum_piece(&cursor, end, headers, 128, &sum) || !sum_piece(&cursor, end, headers, 64, &sum) ||
+        !sum_piece(&cursor, end, headers, 32, &sum) || !sum_piece(&cursor, end, headers, 16, &sum) ||
+        !sum_piece(&cursor, end, headers, 8, &sum) || !sum_piece(&cursor, end, headers, 4, &sum))
+        return 0;
+    return fold(sum) == 0xffff;
+}
+
+/*
+ * XDP: a forward whose route leaves by the interface it arrived on, where the daemon lets XDP
+ * send (FP_F_XDP_FORWARD: a driver whose XDP_TX reaches the wire; a veth's is lost unless its
+ * peer runs an XDP program, which this side cannot see), rewritten in place as tc would and sent back out
+ * (XDP_TX). Any other forward, one whose UDP checksum XDP cannot update as tc would, or one
+ * without route or neighbour goes on to tc unchanged and uncounted.
+ */
+static __always_inline int xdp_forward(struct xdp_md *ctx, const struct packet *packet)
+{
+    if ((packet->config->flags & (FP_F_SELF_GONE | FP_F_XDP_FORWARD)) != FP_F_XDP_FORWARD)
+        return XDP_PASS;
+    void *data = (void *)(long)ctx->data;
+    void *end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    struct outer_headers *outer = data + ETH_LENGTH;
+    if ((void *)(outer + 1) > end)
+        return XDP_PASS;
+    __u16 check = outer->udp.check;
+    if (check && !outer_checksum_valid(ctx, packet))
+        return XDP_PASS;
+    struct bpf_fib_lookup route;
+    if (route_to_hop(ctx, packet, outer, &route) != BPF_FIB_LKUP_RET_SUCCESS || route.ifindex != packet->ifindex)
+        return XDP_PASS;
+    eth = (void *)(long)ctx->data;
+    outer = (void *)(long)ctx->data + ETH_LENGTH;
+    if ((void *)(outer + 1) > (void *)(long)ctx->data_end)
+        return XDP_PASS;
+    struct forward_change change = rewrite_outer(eth, outer, packet, &route);
+    if (check) {
+        check = checksum_replaced(check, change.old_word, change.new_word);
+        check = checksum_replaced(check, change.old_source, packet->config->self_ip4);
+        outer->udp.check = checksum_replaced(check, change.old_destination, packet->hop);
+    }
+    count(FP_TOTAL);
+    count(FP_FORWARDED);
+    return XDP_TX;
+}
+
 SEC("xdp")
 int second_chance_xdp(struct xdp_md *ctx)
 {
@@ -1494,8 +1605,10 @@ int second_chance_xdp(struct xdp_md *ctx)
         return XDP_DROP;
     case V_LOCAL:
         return xdp_deliver(ctx, &packet, verdict.reason);
+    case V_FORWARD:
+        return xdp_forward(ctx, &packet);
     default:
-        /* To the queue, forwards, the responder's SYNs, and what XDP leaves to tc (V_TC):
+        /* To the queue, the responder's SYNs, and what XDP leaves to tc (V_TC):
          * tc decides them, and counts them, as it would without this program. */
         return XDP_PASS;
     }
