@@ -41,9 +41,6 @@ if [ "$PROXYSIDE_SLOW_TESTS" = 1 ]; then
 fi
 status=0
 swift test --skip-build --disable-swift-testing --skip 'IntegrationTests\.(KernelLabTests|PackageTests)' || status=1
-if [ "$PROXYSIDE_SLOW_TESTS" = 1 ]; then
-    swift test --skip-build --disable-swift-testing --filter 'IntegrationTests\.PackageTests' || status=1
-fi
 # The decision and responder suites again with NFQUEUE alone (--fast-path off): the queue's path
 # stays the reference, and its SYN-cookie responder is the one that answers there.
 PROXYSIDE_FAST_PATH=off swift test --skip-build --disable-swift-testing \
@@ -56,6 +53,9 @@ PROXYSIDE_FAST_PATH=tc swift test --skip-build --disable-swift-testing \
     status=1
 if [ "$PROXYSIDE_SLOW_TESTS" = 1 ]; then
     scripts/fuzz.sh "${PROXYSIDE_FUZZ_SECONDS:-30}" || status=1
+    # The package tests last: their release build and Debian roots slow most beside the guests,
+    # which are nearly done by now.
+    swift test --skip-build --disable-swift-testing --filter 'IntegrationTests\.PackageTests' || status=1
     for pid in "${lab_runners[@]}"; do wait "$pid" || status=1; done
     lab_runners=()
     echo "== the kernel lab (KernelLabTests, beside the rest) =="
