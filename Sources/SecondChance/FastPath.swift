@@ -59,8 +59,14 @@ public enum XDPForwardChoice: String, Sendable, CaseIterable {
         switch self {
         case .on: true
         case .off: false
-        case .auto: interfaces.allSatisfy { (try? NetworkInterface.kind($0)) != "veth" }
+        case .auto: interfaces.allSatisfy { Self.isVeth($0) == false }
         }
+    }
+
+    /// Whether `interface` is a veth; nil when its link cannot be read (gone, or netlink failed),
+    /// which `auto` takes as a veth.
+    static func isVeth(_ interface: String) -> Bool? {
+        do { return try NetworkInterface.kind(interface) == "veth" } catch { return nil }
     }
 }
 

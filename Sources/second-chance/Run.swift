@@ -535,6 +535,9 @@ struct Run: ParsableCommand {
         let pins = FastPath.defaultPinDirectory(queue: queues[0])
         // What an earlier process attached: this one replaces or removes it, with its own descriptors.
         let handles = FastPathHandles.inherited(from: &handover, pinDirectory: pins)
+        if xdpForward == .on, fastPath.xdp == .none {
+            logger.warning("warning: --xdp-forward on does nothing with --fast-path \(fastPath): no XDP program runs")
+        }
         guard fastPath != .off else {
             // A filter an earlier process kept (--fast-path-stop keep, or a crash) must not decide for this one.
             FastPath.remove(interfaces: candidates, pinDirectory: pins, handles: handles, logger: logger)

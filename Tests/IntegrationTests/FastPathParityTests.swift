@@ -44,7 +44,7 @@ final class FastPathParityTests: XCTestCase {
             _ packet: [UInt8], _ what: @autoclosure () -> String, to destination: [UInt8]? = nil,
             file: StaticString = #filePath, line: UInt = #line
         ) throws {
-            let frame = (destination ?? localMAC) + [0x02, 0, 0, 0, 0, 0x02] + [0x08, 0x00] + packet
+            let frame = frame(packet, to: destination)
             let xdp = try runXDP(frame)
             let before = maps.readCounters()
             let (action, output) = try BPF.testRun(
@@ -144,6 +144,11 @@ final class FastPathParityTests: XCTestCase {
                 return true
             }
             return !FastPathParityTests.checksumVerifiable(packet, segment)
+        }
+
+        /// `packet` (outer IPv4) in an Ethernet frame to `destination` (p1's MAC unless given).
+        func frame(_ packet: [UInt8], to destination: [UInt8]? = nil) -> [UInt8] {
+            (destination ?? localMAC) + [0x02, 0, 0, 0, 0, 0x02] + [0x08, 0x00] + packet
         }
 
         /// The XDP entry point's action, bytes and counters for `frame`; nil where it is not
@@ -251,7 +256,9 @@ final class FastPathParityTests: XCTestCase {
         try Lab.shell(
             """
             ip -n pspf-p1 link add elsewhere0 address \(p1MAC) type veth peer name elsewhere1 && \
-            ip -n pspf-p1 link set elsewhere0 up
+            ip -n pspf-p1 link set elsewhere0 up && ip -n pspf-p1 link set elsewhere1 up && \
+            ip -n pspf-p1 route add \(Self.elsewhereHop)/32 dev elsewhere0 && \
+            ip -n pspf-p1 neigh replace \(Self.elsewhereHop) lladdr 02:00:00:00:00:77 dev elsewhere0 nud permanent
             """)
         func mac(_ text: Substring) -> [UInt8] { text.split(separator: ":").map { UInt8($0, radix: 16)! } }
         var neighbours: [IPv4Address: [UInt8]] = [:]
@@ -330,6 +337,28 @@ final class FastPathParityTests: XCTestCase {
         PacketBuilder.gue(
             from: source, to: self4, sourcePort: 50123, inner: inner, hops: hops, nextHop: nextHop,
             udpChecksum: checksum)
+    }
+
+    /// An allowed hop whose route leaves by elsewhere0, not by eth0 where the GUE arrives.
+    static let elsewhereHop = IPv4Address("198.18.0.77")!
+
+    /// Forwards at the corners of the UDP checksum's update, found by trying source ports: one
+    /// carrying 0xffff, and one whose update sums to zero (sent as 0xffff); nil for one not found.
+    static func checksumCorners() -> (carrying: [UInt8]?, updatedToZero: [UInt8]?) {
+        let inner = tcp(.v4(Lab.client), 40002, .v4(Lab.vip), 80, .ack)
+        var carrying: [UInt8]?, updatedToZero: [UInt8]?
+        for port in UInt16(1)...UInt16.max where carrying == nil || updatedToZero == nil {
+            var packet = PacketBuilder.gue(
+                from: Lab.director, to: self4, sourcePort: port, inner: inner, hops: [Lab.p2])
+            if carrying == nil, packet.be16(26) == 0xffff { carrying = packet }
+            let original = packet
+            packet.withUnsafeMutableBytes { bytes in
+                guard case .success(let gue) = GUEPacket.parse(UnsafeRawBufferPointer(bytes)) else { return }
+                GUEForwarding.rewrite(bytes, gue, source: self4, destination: Lab.p2)
+            }
+            if updatedToZero == nil, packet.be16(26) == 0xffff { updatedToZero = original }
+        }
+        return (carrying, updatedToZero)
     }
 
     /// `packet` (outer IPv4 and UDP) with its UDP checksum off by one.
@@ -491,6 +520,18 @@ final class FastPathParityTests: XCTestCase {
                 }
             }
         }
+        // Half the time the UDP checksum is made right again, so that XDP forwards some.
+        if Bool.random(using: &random) && packet.count >= 28 {
+            let length = Int(packet.be16(24))
+            if length >= 8, 20 + length <= packet.count {
+                packet.setBE16(26, 0)
+                let pseudo = InternetChecksum.pseudoHeaderSum(
+                    source: IPv4Address(packet.be32(12)), destination: IPv4Address(packet.be32(16)), protocol: 17,
+                    length: length)
+                let check = InternetChecksum.checksum(Array(packet[20..<(20 + length)]), initial: pseudo)
+                packet.setBE16(26, check == 0 ? 0xffff : check)
+            }
+        }
         if Bool.random(using: &random) && packet.count >= 28 {
             packet.setBE16(2, UInt16(packet.count))
             packet.setBE16(10, 0)
@@ -518,6 +559,21 @@ final class FastPathParityTests: XCTestCase {
                 XCTAssertEqual(
                     harness.xdpDecided["forwarded"], (harness.outcomes["forwarded"] ?? 0) - 1, "\(harness.xdpDecided)")
             }
+            // The update's corners, bound to tc's bytes like every forward (outside the named
+            // cases' tally, which the passes below compare against).
+            let named = harness.outcomes
+            let corners = Self.checksumCorners()
+            try harness.compare(try XCTUnwrap(corners.carrying), "forwarded, UDP checksum 0xffff")
+            try harness.compare(try XCTUnwrap(corners.updatedToZero), "forwarded, UDP checksum updated to zero")
+            // What XDP leaves to tc although tc forwards it: a hop routed by another interface, and
+            // a frame to another host's MAC (tc sends that one up: the stack drops it).
+            let ack = Self.tcp(.v4(Lab.client), 40002, .v4(Lab.vip), 80, .ack)
+            let elsewhere = Self.gue(ack, hops: [Self.elsewhereHop])
+            try harness.compare(elsewhere, "forwarded by another interface")
+            XCTAssertNotEqual(try harness.runXDP(harness.frame(elsewhere))?.action, Self.xdpTX)
+            try harness.compare(
+                Self.gue(ack), "forwarded, to another host's MAC", to: [2, 0x11, 0x22, 0x33, 0x44, 0x55])
+            harness.outcomes = named
             // Outside --allow-hop, loopback, multicast, the subnet's broadcast address (the
             // kernel's broadcast route: no brd was given) and the sockets' namespace: no packet
             // goes to any of them.
@@ -549,6 +605,7 @@ final class FastPathParityTests: XCTestCase {
             var settings = FastPathSettings(
                 selfAddress: Self.self4, peers: harness.decider.peers, guePort: GUEPacket.port, checkCookies: true,
                 lookupsElsewhere: false)
+            settings.xdpForward = true
             settings.responderServing = true
             try harness.maps.write(settings)
             harness.outcomes = [:]
@@ -610,7 +667,7 @@ final class FastPathParityTests: XCTestCase {
                 print("fast path parity, decided in XDP by tc's action: \(harness.xdpDecided)")
                 XCTAssertGreaterThan(harness.xdpDecided["\(Self.tcShot)"] ?? 0, 0, "XDP drops what tc drops")
                 XCTAssertGreaterThan(harness.xdpDecided["\(Self.tcRedirect)"] ?? 0, 0, "XDP delivers what tc delivers")
-                XCTAssertGreaterThan(harness.xdpDecided["forwarded"] ?? 0, 0, "XDP forwards what tc forwards")
+                XCTAssertGreaterThan(harness.xdpDecided["forwarded"] ?? 0, 20, "XDP forwards what tc forwards")
             }
             // The random packets reach every kind of verdict in the program, not just "up".
             for verdict in [

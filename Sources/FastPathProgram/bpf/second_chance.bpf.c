@@ -1554,9 +1554,12 @@ static __always_inline int xdp_forward(struct xdp_md *ctx, const struct packet *
     struct bpf_fib_lookup route;
     if (route_to_hop(ctx, packet, outer, &route) != BPF_FIB_LKUP_RET_SUCCESS || route.ifindex != packet->ifindex)
         return XDP_PASS;
-    eth = (void *)(long)ctx->data;
-    outer = (void *)(long)ctx->data + ETH_LENGTH;
-    if ((void *)(outer + 1) > (void *)(long)ctx->data_end)
+    /* The route's source MAC is the arrival interface's own: a frame to another host's (a device
+     * in promiscuous mode) is one tc sends up and the stack drops, never one to send on. */
+    __u8 differs = 0;
+    for (int index = 0; index < ETH_ALEN; index++)
+        differs |= eth->h_dest[index] ^ route.smac[index];
+    if (differs)
         return XDP_PASS;
     struct forward_change change = rewrite_outer(eth, outer, packet, &route);
     if (check) {
