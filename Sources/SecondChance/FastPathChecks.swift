@@ -109,7 +109,7 @@ public enum FastPathChecks {
                     finding: ours
                         ? "\(interface): XDP program \(xdp) in the driver decides first (drops, local, forwards)"
                         : "\(interface): another XDP program (\(xdp)) runs in the driver, before second-chance's"))
-            if ours, (try? NetworkInterface.kind(interface)) == "veth" {
+            if ours, XDPForwardChoice.isVeth(interface) == true {
                 checks.append(
                     HostCheck(
                         level: .info, subject: "fast path",

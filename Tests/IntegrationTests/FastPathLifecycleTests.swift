@@ -278,6 +278,8 @@ final class FastPathLifecycleTests: XCTestCase {
             self.lab.log(of: auto).contains("fast path: XDP (native) and tc on eth0")
         }
         XCTAssertTrue(lab.log(of: auto).contains("forwards in tc"), lab.log(of: auto))
+        let doctor = try lab.runToEnd("p1", "second-chance", ["doctor", "--queue", "0"] + Lab.labPeers).output
+        XCTAssertTrue(doctor.contains("eth0 is a veth: its forwards stay in tc unless --xdp-forward on"), doctor)
         auto.terminate()
         auto.waitUntilExit()
 
