@@ -182,7 +182,8 @@ public final class ListenerMonitor: @unchecked Sendable {
         }
     }
 
-    /// Reads the TcpExt counters; true when a SYN-queue or accept-queue overflow counter rose.
+    /// Reads the TcpExt counters; true when a SYN-queue or accept-queue overflow counter rose, and
+    /// on the first read: a queue may have filled before the daemon started, with no rise after.
     private func readKernelCounters() -> Bool {
         guard let text = ProcFile.text(fd: netstatFD) else { return false }
         for (index, value) in ProcFile.counters(Self.kernelCounters, section: "TcpExt", in: text).enumerated() {
@@ -190,7 +191,7 @@ public final class ListenerMonitor: @unchecked Sendable {
         }
         let signal = kernelCounter(0) &+ kernelCounter(1) &+ kernelCounter(2)
         defer { overflowSignal = signal }
-        return overflowSignal.map { signal != $0 } ?? false
+        return overflowSignal.map { signal != $0 } ?? true
     }
 
     /// Reads the listeners and publishes what the responder serves. Their SYN queues (request

@@ -522,6 +522,19 @@ final class SynCookieResponderTests: XCTestCase {
         try floodUntilServed("\(Lab.vip):\(Self.port)")
     }
 
+    /// A SYN queue that filled before the daemon started, with no SYN since, is served: the
+    /// monitor's first scan counts request sockets though no overflow counter rises after it.
+    /// (A restart: the daemon before it had the responder off.)
+    func testAQueueFullBeforeTheDaemonStartsIsServed() throws {
+        try listen(.v4(Lab.vip))
+        try startSecondChance(["--syn-cookies", "off"])
+        try flood(400)
+        XCTAssertGreaterThan(try tcpExt("TCPReqQFullDoCookies"), 0, "the flood filled the SYN queue")
+        try lab.stopSecondChance("p1")
+        try startSecondChance()
+        try waitUntilActive("\(Lab.vip):\(Self.port)")
+    }
+
     /// A SYN the kernel would drop (a wrong checksum, a header length past its packet's end) or
     /// one with data is never answered, while the listener's good SYNs are: on the tc path and
     /// on the queue's (the `--fast-path off` round).
