@@ -58,32 +58,57 @@ final class FastPathParityTests: XCTestCase {
                     "\(what()): \(message); program action \(action), slots \(counted), decider \(decision.verdict)\n"
                         + "packet \(packet.map { String(format: "%02x", $0) }.joined())", file: file, line: line)
             }
-            let upSlots = Set(FastPathCounters.passedUp.map { Int($0.slot.rawValue) })
-            if let xdp {
-                if let failure = FastPathParityTests.xdpBinding(
-                    xdp, frame: frame, tc: (action, output, delta), forward: decision.verdict.isForward,
-                    leftToTC: leftToTC(packet, decision, tcCounted: counted))
-                {
-                    return fail("XDP: \(failure)")
-                }
-                if xdp.action != FastPathParityTests.xdpPass || xdp.output != frame {
-                    xdpDecided[xdp.action == FastPathParityTests.xdpTX ? "forwarded" : "\(action)", default: 0] += 1
-                }
-                // The driver's checksum verdict covered the outer datagram only, and stays on what
-                // XDP delivers: it must vouch for the inner segment itself.
-                if xdp.action == FastPathParityTests.xdpPass, xdp.output != frame,
-                    case .tcp(let segment) = decision.inner, !FastPathParityTests.checksumVerifiable(packet, segment)
-                {
-                    return fail("XDP: delivered a segment whose checksum it cannot vouch for")
-                }
+            if let xdp, let failure = xdpFailure(xdp, frame, packet, decision, tc: (action, output, delta)) {
+                return fail("XDP: \(failure)")
             }
+            switch tcOutcome(action, output, frame: frame, packet: packet, decision: decision, counted: counted) {
+            case .success(let label): outcomes[label, default: 0] += 1
+            case .failure(let failure): fail(failure.message)
+            }
+        }
+
+        struct Mismatch: Error { var message: String }
+
+        /// What is wrong with XDP's action on `frame` against tc's, if anything; tallies what XDP
+        /// decided itself.
+        mutating func xdpFailure(
+            _ xdp: (action: UInt32, output: [UInt8], delta: [UInt64]), _ frame: [UInt8], _ packet: [UInt8],
+            _ decision: Decision, tc: (action: UInt32, output: [UInt8], delta: [UInt64])
+        ) -> String? {
+            let counted = tc.delta.enumerated().filter { $0.element != 0 }.map { $0.offset }
+            if let failure = FastPathParityTests.xdpBinding(
+                xdp, frame: frame, tc: tc, forward: decision.verdict.isForward,
+                leftToTC: leftToTC(packet, decision, tcCounted: counted))
+            {
+                return failure
+            }
+            if xdp.action != FastPathParityTests.xdpPass || xdp.output != frame {
+                xdpDecided[xdp.action == FastPathParityTests.xdpTX ? "forwarded" : "\(tc.action)", default: 0] += 1
+            }
+            // The driver's checksum verdict covered the outer datagram only, and stays on what
+            // XDP delivers: it must vouch for the inner segment itself.
+            if xdp.action == FastPathParityTests.xdpPass, xdp.output != frame,
+                case .tcp(let segment) = decision.inner, !FastPathParityTests.checksumVerifiable(packet, segment)
+            {
+                return "delivered a segment whose checksum it cannot vouch for"
+            }
+            return nil
+        }
+
+        /// tc's action, output and counted slots against the decider's verdict: the outcome's
+        /// label, or what differs.
+        func tcOutcome(
+            _ action: UInt32, _ output: [UInt8], frame: [UInt8], packet: [UInt8], decision: Decision, counted: [Int]
+        ) -> Result<String, Mismatch> {
+            func fail(_ message: String) -> Result<String, Mismatch> { .failure(Mismatch(message: message)) }
+            let upSlots = Set(FastPathCounters.passedUp.map { Int($0.slot.rawValue) })
             switch action {
             case FastPathParityTests.tcOK:
                 guard output == frame else { return fail("sent up, but changed") }
                 guard counted.count <= 1, counted.allSatisfy(upSlots.contains) else {
                     return fail("sent up, miscounted")
                 }
-                outcomes["up", default: 0] += 1
+                return .success("up")
             case FastPathParityTests.tcShot:
                 let name: CounterName
                 let label: String
@@ -95,37 +120,46 @@ final class FastPathParityTests: XCTestCase {
                 guard let slot = FastPathCounters.slot(for: name), counted == [0, slot].sorted() else {
                     return fail("dropped for another reason than \(name)")
                 }
-                outcomes[label, default: 0] += 1
+                return .success(label)
             case FastPathParityTests.tcRedirect:
-                guard let gue = decision.gue else { return fail("redirected an unparsed packet") }
-                switch decision.verdict {
-                case .forward(let hop):
-                    guard counted == [0, Int(FP_FORWARDED.rawValue)].sorted() else { return fail("forward miscounted") }
-                    var expected = packet
-                    expected.withUnsafeMutableBytes {
-                        GUEForwarding.rewrite($0, gue, source: decider.selfAddress, destination: hop)
-                    }
-                    guard Array(output.dropFirst(14)) == Array(expected[0..<gue.innerEnd]) else {
-                        return fail("forwarded bytes differ from the queue's")
-                    }
-                    guard Array(output.prefix(6)) == neighbours[hop] else {
-                        return fail("forwarded to the wrong neighbour")
-                    }
-                    outcomes["forwarded", default: 0] += 1
-                case .local(let reason):
-                    guard let slot = FastPathCounters.slot(for: .local(reason)), counted == [0, slot].sorted() else {
-                        return fail("delivered for another reason than \(reason)")
-                    }
-                    let etherType: [UInt8] = gue.innerFamily == .ipv6 ? [0x86, 0xdd] : [0x08, 0x00]
-                    guard Array(output.dropFirst(14)) == Array(packet[gue.innerOffset..<gue.innerEnd]),
-                        Array(output[12..<14]) == etherType
-                    else { return fail("decapsulated bytes differ from the inner packet") }
-                    outcomes[reason.rawValue, default: 0] += 1
-                default:
-                    return fail("redirected, but the decider does not take or forward it")
-                }
+                return redirectOutcome(output, packet: packet, decision: decision, counted: counted)
             default:
-                fail("unexpected action")
+                return fail("unexpected action")
+            }
+        }
+
+        /// A redirect: a forward with the queue's bytes to the hop's neighbour, or a delivery of
+        /// the inner packet, each counted for its reason.
+        func redirectOutcome(
+            _ output: [UInt8], packet: [UInt8], decision: Decision, counted: [Int]
+        ) -> Result<String, Mismatch> {
+            func fail(_ message: String) -> Result<String, Mismatch> { .failure(Mismatch(message: message)) }
+            guard let gue = decision.gue else { return fail("redirected an unparsed packet") }
+            switch decision.verdict {
+            case .forward(let hop):
+                guard counted == [0, Int(FP_FORWARDED.rawValue)].sorted() else { return fail("forward miscounted") }
+                var expected = packet
+                expected.withUnsafeMutableBytes {
+                    GUEForwarding.rewrite($0, gue, source: decider.selfAddress, destination: hop)
+                }
+                guard Array(output.dropFirst(14)) == Array(expected[0..<gue.innerEnd]) else {
+                    return fail("forwarded bytes differ from the queue's")
+                }
+                guard Array(output.prefix(6)) == neighbours[hop] else {
+                    return fail("forwarded to the wrong neighbour")
+                }
+                return .success("forwarded")
+            case .local(let reason):
+                guard let slot = FastPathCounters.slot(for: .local(reason)), counted == [0, slot].sorted() else {
+                    return fail("delivered for another reason than \(reason)")
+                }
+                let etherType: [UInt8] = gue.innerFamily == .ipv6 ? [0x86, 0xdd] : [0x08, 0x00]
+                guard Array(output.dropFirst(14)) == Array(packet[gue.innerOffset..<gue.innerEnd]),
+                    Array(output[12..<14]) == etherType
+                else { return fail("decapsulated bytes differ from the inner packet") }
+                return .success(reason.rawValue)
+            default:
+                return fail("redirected, but the decider does not take or forward it")
             }
         }
 
@@ -236,10 +270,11 @@ final class FastPathParityTests: XCTestCase {
     /// Addresses of a sockets' namespace (--netns) the host routes there: destinations only.
     static let podVIP = IPv4Address("198.19.8.8")!, podVIP6 = IPv6Address("2001:db8::88")!
 
-    /// p1 of the lab with listeners on the VIP (both families) and a wildcard one, one established
-    /// connection per family from the client, and the program loaded with p1's configuration.
-    func makeHarness() throws -> (Harness, established: [FlowKey], keep: [Int32]) {
-        lab = try Lab(prefix: "pspf")
+    static func mac(_ text: Substring) -> [UInt8] { text.split(separator: ":").map { UInt8($0, radix: 16)! } }
+
+    /// p1 forwards, the client reaches the VIP through it, and an interface no route to the peers
+    /// leaves by is there: p1's MAC and its neighbours' by address.
+    func routeThroughP1() throws -> (Substring, [IPv4Address: [UInt8]]) {
         // The client reaches the VIP through p1 directly: real connections, with no director. p1
         // forwards (bpf_fib_lookup answers only where the interface does).
         try Lab.shell(
@@ -260,26 +295,21 @@ final class FastPathParityTests: XCTestCase {
             ip -n pspf-p1 route add \(Self.elsewhereHop)/32 dev elsewhere0 && \
             ip -n pspf-p1 neigh replace \(Self.elsewhereHop) lladdr 02:00:00:00:00:77 dev elsewhere0 nud permanent
             """)
-        func mac(_ text: Substring) -> [UInt8] { text.split(separator: ":").map { UInt8($0, radix: 16)! } }
         var neighbours: [IPv4Address: [UInt8]] = [:]
         for line in try Lab.shell("ip -n pspf-p1 -4 neigh show").split(separator: "\n") {
             let words = line.split(separator: " ")
             if let address = words.first.flatMap({ IPv4Address(String($0)) }), let at = words.firstIndex(of: "lladdr"),
                 at + 1 < words.count
             {
-                neighbours[address] = mac(words[at + 1])
+                neighbours[address] = Self.mac(words[at + 1])
             }
         }
+        return (p1MAC, neighbours)
+    }
 
-        var keep: [Int32] = []
-        let listeners = try lab.inside("p1") {
-            [
-                try LabSockets.listenTCP(on: .v4(Lab.vip), port: 80),
-                try LabSockets.listenTCP(on: .v6(Lab.vip6), port: 80),
-                try LabSockets.listenTCP(on: .v4(IPv4Address(0)), port: Self.wildcardPort),
-            ]
-        }
-        keep += listeners
+    /// One connection from the client to each listener (the first IPv4, the second IPv6): their
+    /// flows, their sockets kept open.
+    func connect(to listeners: [Int32], keeping keep: inout [Int32]) throws -> [FlowKey] {
         var established: [FlowKey] = []
         for (vip, listener) in [(IPAddress.v4(Lab.vip), listeners[0]), (.v6(Lab.vip6), listeners[1])] {
             let client = try lab.inside("c") { try LabSockets.connectTCP(to: vip, port: 80) }
@@ -300,6 +330,25 @@ final class FastPathParityTests: XCTestCase {
                     FlowKey(source: Lab.client6, sourcePort: port, destination: Lab.vip6, destinationPort: 80))
             }
         }
+        return established
+    }
+
+    /// p1 of the lab with listeners on the VIP (both families) and a wildcard one, one established
+    /// connection per family from the client, and the program loaded with p1's configuration.
+    func makeHarness() throws -> (Harness, established: [FlowKey], keep: [Int32]) {
+        lab = try Lab(prefix: "pspf")
+        let (p1MAC, neighbours) = try routeThroughP1()
+
+        var keep: [Int32] = []
+        let listeners = try lab.inside("p1") {
+            [
+                try LabSockets.listenTCP(on: .v4(Lab.vip), port: 80),
+                try LabSockets.listenTCP(on: .v6(Lab.vip6), port: 80),
+                try LabSockets.listenTCP(on: .v4(IPv4Address(0)), port: Self.wildcardPort),
+            ]
+        }
+        keep += listeners
+        let established = try connect(to: listeners, keeping: &keep)
         let harness = try lab.inside("p1") { () throws -> Harness in
             let peers = PeerPolicy(sources: [IPv4Prefix("198.18.0.0/24")!])
             var local = try LocalAddressWatcher.dump()
@@ -325,7 +374,7 @@ final class FastPathParityTests: XCTestCase {
                     counters: counters, responder: nil,
                     cache: FlowCache(positiveLifetime: 0, negativeLifetime: 0), epochs: FlowEpochs()),
                 interfaceIndex: eth0, elsewhere: try NetworkInterface.index("elsewhere0"), arrival: eth0,
-                localMAC: mac(p1MAC), neighbours: neighbours)
+                localMAC: Self.mac(p1MAC), neighbours: neighbours)
         }
         return (harness, established, keep)
     }
@@ -544,140 +593,167 @@ final class FastPathParityTests: XCTestCase {
         return packet
     }
 
+    /// The named cases bind both programs to the daemon; then arrivals elsewhere, the settings'
+    /// switches and random and mutated packets do, and every kind of verdict must have come up.
     func testTheProgramDecidesAsTheDaemonDoesOrSendsThePacketUp() throws {
         var (harness, established, keep) = try makeHarness()
         defer { keep.forEach { close($0) } }
         try lab.inside("p1") {
-            for (name, packet) in Self.namedCases(established: established) { try harness.compare(packet, name) }
-            // Every named case that the program decides is decided, not sent up: the cases above
-            // name 36 decided packets (forwarded, taken, dropped) and 2 inner non-TCP ones.
-            XCTAssertEqual(harness.outcomes["up"], 2, "\(harness.outcomes)")
-            XCTAssertGreaterThanOrEqual(harness.outcomes["forwarded"] ?? 0, 5, "\(harness.outcomes)")
-            XCTAssertEqual(harness.outcomes["accepted_established"], 3, "\(harness.outcomes)")
-            if Self.xdpComparable {
-                // XDP sends back out every forward but the one whose UDP checksum it finds wrong.
-                XCTAssertEqual(
-                    harness.xdpDecided["forwarded"], (harness.outcomes["forwarded"] ?? 0) - 1, "\(harness.xdpDecided)")
-            }
-            // The update's corners, bound to tc's bytes like every forward (outside the named
-            // cases' tally, which the passes below compare against).
-            let named = harness.outcomes
-            let corners = Self.checksumCorners()
-            try harness.compare(try XCTUnwrap(corners.carrying), "forwarded, UDP checksum 0xffff")
-            try harness.compare(try XCTUnwrap(corners.updatedToZero), "forwarded, UDP checksum updated to zero")
-            // What XDP leaves to tc although tc forwards it: a hop routed by another interface, and
-            // a frame to another host's MAC (tc sends that one up: the stack drops it).
-            let ack = Self.tcp(.v4(Lab.client), 40002, .v4(Lab.vip), 80, .ack)
-            let elsewhere = Self.gue(ack, hops: [Self.elsewhereHop])
-            try harness.compare(elsewhere, "forwarded by another interface")
-            XCTAssertNotEqual(try harness.runXDP(harness.frame(elsewhere))?.action, Self.xdpTX)
-            try harness.compare(
-                Self.gue(ack), "forwarded, to another host's MAC", to: [2, 0x11, 0x22, 0x33, 0x44, 0x55])
-            harness.outcomes = named
-            // Outside --allow-hop, loopback, multicast, the subnet's broadcast address (the
-            // kernel's broadcast route: no brd was given) and the sockets' namespace: no packet
-            // goes to any of them.
-            XCTAssertEqual(harness.outcomes["untrusted_hop"], 5, "\(harness.outcomes)")
+            try compareNamedCases(&harness, established)
+            try compareWhereTheyMayNotArrive(&harness, established)
+            try compareUnderEverySetting(&harness, established)
+            try compareRandomPackets(&harness, established)
+            checkEveryVerdictCameUp(harness)
+        }
+    }
 
-            // The same packets arriving where the route back to the peers does not lead (another
-            // interface; eth0 carries it): every one that passed the source check is refused for it,
-            // by both.
-            let heard = harness.outcomes
-            harness.outcomes = [:]
-            harness.arrival = harness.elsewhere
-            for (name, packet) in Self.namedCases(established: established) { try harness.compare(packet, name) }
+    /// The named cases and the forward's corners, tallied.
+    func compareNamedCases(_ harness: inout Harness, _ established: [FlowKey]) throws {
+        for (name, packet) in Self.namedCases(established: established) { try harness.compare(packet, name) }
+        // Every named case that the program decides is decided, not sent up: the cases above
+        // name 36 decided packets (forwarded, taken, dropped) and 2 inner non-TCP ones.
+        XCTAssertEqual(harness.outcomes["up"], 2, "\(harness.outcomes)")
+        XCTAssertGreaterThanOrEqual(harness.outcomes["forwarded"] ?? 0, 5, "\(harness.outcomes)")
+        XCTAssertEqual(harness.outcomes["accepted_established"], 3, "\(harness.outcomes)")
+        if Self.xdpComparable {
+            // XDP sends back out every forward but the one whose UDP checksum it finds wrong.
             XCTAssertEqual(
-                harness.outcomes["reverse_path"], Self.namedCases(established: established).count - 2,
-                "all but the outsider's two: \(harness.outcomes)")
-            harness.arrival = harness.interfaceIndex
-            // To a group MAC address: ip_rcv takes no unicast IP from it, and neither program
-            // decides one (tc sends it up, XDP passes it to tc).
-            harness.outcomes = [:]
-            for (name, packet) in Self.namedCases(established: established) {
-                try harness.compare(packet, "\(name), to a group MAC", to: [0x01, 0x00, 0x5e, 0x00, 0x00, 0x01])
-            }
-            XCTAssertEqual(harness.outcomes, ["up": Self.namedCases(established: established).count])
-            harness.outcomes = heard
+                harness.xdpDecided["forwarded"], (harness.outcomes["forwarded"] ?? 0) - 1, "\(harness.xdpDecided)")
+        }
+        // The update's corners, bound to tc's bytes like every forward (outside the named
+        // cases' tally, which the passes below compare against).
+        let named = harness.outcomes
+        let corners = Self.checksumCorners()
+        try harness.compare(try XCTUnwrap(corners.carrying), "forwarded, UDP checksum 0xffff")
+        try harness.compare(try XCTUnwrap(corners.updatedToZero), "forwarded, UDP checksum updated to zero")
+        // What XDP leaves to tc although tc forwards it: a hop routed by another interface, and
+        // a frame to another host's MAC (tc sends that one up: the stack drops it).
+        let ack = Self.tcp(.v4(Lab.client), 40002, .v4(Lab.vip), 80, .ack)
+        let elsewhere = Self.gue(ack, hops: [Self.elsewhereHop])
+        try harness.compare(elsewhere, "forwarded by another interface")
+        XCTAssertNotEqual(try harness.runXDP(harness.frame(elsewhere))?.action, Self.xdpTX)
+        try harness.compare(
+            Self.gue(ack), "forwarded, to another host's MAC", to: [2, 0x11, 0x22, 0x33, 0x44, 0x55])
+        harness.outcomes = named
+        // Outside --allow-hop, loopback, multicast, the subnet's broadcast address (the
+        // kernel's broadcast route: no brd was given) and the sockets' namespace: no packet
+        // goes to any of them.
+        XCTAssertEqual(harness.outcomes["untrusted_hop"], 5, "\(harness.outcomes)")
 
-            // While the responder serves listeners none of these packets reach, every decision
-            // stays; with --netns every look-up goes up.
-            let baseline = harness.outcomes
-            var settings = FastPathSettings(
-                selfAddress: Self.self4, peers: harness.decider.peers, guePort: GUEPacket.port, checkCookies: true,
-                lookupsElsewhere: false)
-            settings.xdpForward = true
-            settings.responderServing = true
-            try harness.maps.write(settings)
-            harness.outcomes = [:]
-            for (name, packet) in Self.namedCases(established: established) { try harness.compare(packet, name) }
-            XCTAssertEqual(harness.outcomes, baseline)
-            settings.responderServing = false
-            settings.lookupsElsewhere = true
-            try harness.maps.write(settings)
-            harness.outcomes = [:]
-            for (name, packet) in Self.namedCases(established: established) { try harness.compare(packet, name) }
-            XCTAssertEqual(harness.outcomes["accepted_syn"], 6, "the SYNs decide no look-up: \(harness.outcomes)")
-            XCTAssertNil(harness.outcomes["accepted_established"], "\(harness.outcomes)")
-            XCTAssertNil(harness.outcomes["forwarded"], "\(harness.outcomes)")
-            // Suspended (the address maps could not be written): every packet goes up, counted.
-            harness.maps.suspend(settings)
-            harness.outcomes = [:]
-            let before = harness.maps.readCounters()
-            for (name, packet) in Self.namedCases(established: established) { try harness.compare(packet, name) }
-            XCTAssertEqual(harness.outcomes, ["up": Self.namedCases(established: established).count])
-            XCTAssertEqual(
-                harness.maps.readCounters()[FP_UP_UNCONFIGURED] - before[FP_UP_UNCONFIGURED],
-                UInt64(Self.namedCases(established: established).count))
-            settings.lookupsElsewhere = false
-            try harness.maps.write(settings)
-            harness.outcomes = [:]
+    }
 
-            var random = SeededGenerator.fromEnvironment(name: #function)
-            var seeds = Self.namedCases(established: established).map(\.1)
-            let corpus = Lab.packageRoot.appendingPathComponent("Tests/Fuzz/corpus/PacketDecision")
-            for file in try FileManager.default.contentsOfDirectory(atPath: corpus.path).sorted() {
-                seeds.append(Array(try Data(contentsOf: corpus.appendingPathComponent(file))))
+    /// The named cases again where their route back does not lead, and to a group MAC address.
+    func compareWhereTheyMayNotArrive(_ harness: inout Harness, _ established: [FlowKey]) throws {
+        // The same packets arriving where the route back to the peers does not lead (another
+        // interface; eth0 carries it): every one that passed the source check is refused for it,
+        // by both.
+        let heard = harness.outcomes
+        harness.outcomes = [:]
+        harness.arrival = harness.elsewhere
+        for (name, packet) in Self.namedCases(established: established) { try harness.compare(packet, name) }
+        XCTAssertEqual(
+            harness.outcomes["reverse_path"], Self.namedCases(established: established).count - 2,
+            "all but the outsider's two: \(harness.outcomes)")
+        harness.arrival = harness.interfaceIndex
+        // To a group MAC address: ip_rcv takes no unicast IP from it, and neither program
+        // decides one (tc sends it up, XDP passes it to tc).
+        harness.outcomes = [:]
+        for (name, packet) in Self.namedCases(established: established) {
+            try harness.compare(packet, "\(name), to a group MAC", to: [0x01, 0x00, 0x5e, 0x00, 0x00, 0x01])
+        }
+        XCTAssertEqual(harness.outcomes, ["up": Self.namedCases(established: established).count])
+        harness.outcomes = heard
+
+    }
+
+    /// The named cases with the responder serving, with look-ups elsewhere, and suspended.
+    func compareUnderEverySetting(_ harness: inout Harness, _ established: [FlowKey]) throws {
+        // While the responder serves listeners none of these packets reach, every decision
+        // stays; with --netns every look-up goes up.
+        let baseline = harness.outcomes
+        var settings = FastPathSettings(
+            selfAddress: Self.self4, peers: harness.decider.peers, guePort: GUEPacket.port, checkCookies: true,
+            lookupsElsewhere: false)
+        settings.xdpForward = true
+        settings.responderServing = true
+        try harness.maps.write(settings)
+        harness.outcomes = [:]
+        for (name, packet) in Self.namedCases(established: established) { try harness.compare(packet, name) }
+        XCTAssertEqual(harness.outcomes, baseline)
+        settings.responderServing = false
+        settings.lookupsElsewhere = true
+        try harness.maps.write(settings)
+        harness.outcomes = [:]
+        for (name, packet) in Self.namedCases(established: established) { try harness.compare(packet, name) }
+        XCTAssertEqual(harness.outcomes["accepted_syn"], 6, "the SYNs decide no look-up: \(harness.outcomes)")
+        XCTAssertNil(harness.outcomes["accepted_established"], "\(harness.outcomes)")
+        XCTAssertNil(harness.outcomes["forwarded"], "\(harness.outcomes)")
+        // Suspended (the address maps could not be written): every packet goes up, counted.
+        harness.maps.suspend(settings)
+        harness.outcomes = [:]
+        let before = harness.maps.readCounters()
+        for (name, packet) in Self.namedCases(established: established) { try harness.compare(packet, name) }
+        XCTAssertEqual(harness.outcomes, ["up": Self.namedCases(established: established).count])
+        XCTAssertEqual(
+            harness.maps.readCounters()[FP_UP_UNCONFIGURED] - before[FP_UP_UNCONFIGURED],
+            UInt64(Self.namedCases(established: established).count))
+        settings.lookupsElsewhere = false
+        try harness.maps.write(settings)
+        harness.outcomes = [:]
+
+    }
+
+    /// Random packets, mutated seeds (the named cases and the fuzzer's corpus), and every length
+    /// XDP sums a segment in.
+    func compareRandomPackets(_ harness: inout Harness, _ established: [FlowKey]) throws {
+        var random = SeededGenerator.fromEnvironment(name: #function)
+        var seeds = Self.namedCases(established: established).map(\.1)
+        let corpus = Lab.packageRoot.appendingPathComponent("Tests/Fuzz/corpus/PacketDecision")
+        for file in try FileManager.default.contentsOfDirectory(atPath: corpus.path).sorted() {
+            seeds.append(Array(try Data(contentsOf: corpus.appendingPathComponent(file))))
+        }
+        for _ in 0..<3000 {
+            try harness.compare(Self.randomPacket(&random, established: established), "random GUE \(random.report)")
+        }
+        for _ in 0..<6000 {
+            let packet = Self.mutate(seeds.randomElement(using: &random)!, &random)
+            // One in eight arrives where its route back does not lead.
+            harness.arrival = random.below(8) == 0 ? harness.elsewhere : harness.interfaceIndex
+            try harness.compare(packet, "mutated packet \(random.report)")
+        }
+        harness.arrival = harness.interfaceIndex
+        // Every way XDP sums a segment (512-byte chunks, pieces of 256 down to 4 bytes, a tail
+        // of 1 to 3), its checksum right and wrong, in both families: XDP must deliver the
+        // first (tc delivers it) and leave the second to tc (the binding above fails either).
+        for length in Self.sweptLengths {
+            for flow in established.prefix(2) {
+                var inner = PacketBuilder.tcp(
+                    source: flow.sourceAddress, sourcePort: flow.sourcePort, destination: flow.destinationAddress,
+                    destinationPort: flow.destinationPort, flags: .ack, sequence: 1000, acknowledgement: 2000,
+                    payload: Array(repeating: UInt8(truncatingIfNeeded: length), count: length))
+                try harness.compare(Self.gue(inner), "ACK with \(length) bytes of data to \(flow)")
+                inner[inner.count - 1] ^= 0x5a
+                try harness.compare(Self.gue(inner), "ACK with \(length) bytes of data, checksum wrong")
             }
-            for _ in 0..<3000 {
-                try harness.compare(Self.randomPacket(&random, established: established), "random GUE \(random.report)")
-            }
-            for _ in 0..<6000 {
-                let packet = Self.mutate(seeds.randomElement(using: &random)!, &random)
-                // One in eight arrives where its route back does not lead.
-                harness.arrival = random.below(8) == 0 ? harness.elsewhere : harness.interfaceIndex
-                try harness.compare(packet, "mutated packet \(random.report)")
-            }
-            harness.arrival = harness.interfaceIndex
-            // Every way XDP sums a segment (512-byte chunks, pieces of 256 down to 4 bytes, a tail
-            // of 1 to 3), its checksum right and wrong, in both families: XDP must deliver the
-            // first (tc delivers it) and leave the second to tc (the binding above fails either).
-            for length in Self.sweptLengths {
-                for flow in established.prefix(2) {
-                    var inner = PacketBuilder.tcp(
-                        source: flow.sourceAddress, sourcePort: flow.sourcePort, destination: flow.destinationAddress,
-                        destinationPort: flow.destinationPort, flags: .ack, sequence: 1000, acknowledgement: 2000,
-                        payload: Array(repeating: UInt8(truncatingIfNeeded: length), count: length))
-                    try harness.compare(Self.gue(inner), "ACK with \(length) bytes of data to \(flow)")
-                    inner[inner.count - 1] ^= 0x5a
-                    try harness.compare(Self.gue(inner), "ACK with \(length) bytes of data, checksum wrong")
-                }
-            }
-            print("fast path parity: \(harness.outcomes.sorted { $0.key < $1.key })")
-            if Self.xdpComparable {
-                print("fast path parity, decided in XDP by tc's action: \(harness.xdpDecided)")
-                XCTAssertGreaterThan(harness.xdpDecided["\(Self.tcShot)"] ?? 0, 0, "XDP drops what tc drops")
-                XCTAssertGreaterThan(harness.xdpDecided["\(Self.tcRedirect)"] ?? 0, 0, "XDP delivers what tc delivers")
-                XCTAssertGreaterThan(harness.xdpDecided["forwarded"] ?? 0, 20, "XDP forwards what tc forwards")
-            }
-            // The random packets reach every kind of verdict in the program, not just "up".
-            for verdict in [
-                "forwarded", "accepted_syn", "accepted_established", "untrusted_source", "untrusted_hop",
-                "too_many_hops", "martian_source", "not_local_destination", "accepted_last_resort", "reverse_path",
-            ] {
-                XCTAssertGreaterThan(
-                    harness.outcomes[verdict] ?? 0, 0,
-                    "no \(verdict) in \(harness.outcomes)")
-            }
+        }
+    }
+
+    func checkEveryVerdictCameUp(_ harness: Harness) {
+        print("fast path parity: \(harness.outcomes.sorted { $0.key < $1.key })")
+        if Self.xdpComparable {
+            print("fast path parity, decided in XDP by tc's action: \(harness.xdpDecided)")
+            XCTAssertGreaterThan(harness.xdpDecided["\(Self.tcShot)"] ?? 0, 0, "XDP drops what tc drops")
+            XCTAssertGreaterThan(harness.xdpDecided["\(Self.tcRedirect)"] ?? 0, 0, "XDP delivers what tc delivers")
+            XCTAssertGreaterThan(harness.xdpDecided["forwarded"] ?? 0, 20, "XDP forwards what tc forwards")
+        }
+        // The random packets reach every kind of verdict in the program, not just "up".
+        for verdict in [
+            "forwarded", "accepted_syn", "accepted_established", "untrusted_source", "untrusted_hop",
+            "too_many_hops", "martian_source", "not_local_destination", "accepted_last_resort", "reverse_path",
+        ] {
+            XCTAssertGreaterThan(
+                harness.outcomes[verdict] ?? 0, 0,
+                "no \(verdict) in \(harness.outcomes)")
         }
     }
 }
