@@ -37,56 +37,7 @@ extension FastPathParityTests {
                 XCTAssertTrue(version < (6, 0), "the raw cookie helpers load on \(version)")
             }
             for timestamps in [2, 1] {
-                var tcp = TCPHostSettings()
-                tcp.syncookies = 2
-                tcp.timestamps = timestamps
-                // Apart, so that a reply of either family taking the other's is seen.
-                (tcp.defaultTTL, tcp.defaultHopLimit) = (61, 47)
-                var snapshot = ResponderBoard.Snapshot()
-                snapshot.generation = 1
-                snapshot.settings = tcp
-                snapshot.replyRoutes = routes
-                let listener = ResponderListener(
-                    record: ListenerRecord(key: ListenerKey(address: .v4(Lab.vip), port: 80)), windowScale: 7,
-                    receiveBuffer: 131072, acceptQueueFull: false)
-                let keys = [
-                    ListenerKey(address: .v4(Lab.vip), port: 80), ListenerKey(address: .v6(Lab.vip6), port: 80),
-                ]
-                for key in keys { snapshot.listeners[key] = listener }
-                _ = try harness.maps.write(responder: snapshot, records: keys, after: .init())
-                var settings = FastPathSettings(
-                    selfAddress: Self.self4, peers: harness.decider.peers, guePort: GUEPacket.port,
-                    checkCookies: true, lookupsElsewhere: false)
-                settings.responderServing = true
-                settings.tcp = tcp
-                settings.passIntervalNanoseconds = 3_600_000_000_000
-                try harness.maps.write(settings)
-                let destinations = [
-                    (IPAddress.v4(Lab.vip), IPAddress.v4(Lab.client)), (.v6(Lab.vip6), .v6(Lab.client6)),
-                ]
-                if timestamps == 2 {
-                    // A listener's first SYN goes to the kernel, which keeps its overflow mark.
-                    for (destination, client) in destinations {
-                        let before = harness.maps.readCounters()
-                        let syn = PacketBuilder.tcp(
-                            source: client, sourcePort: 40999, destination: destination, destinationPort: 80,
-                            flags: .syn)
-                        _ = try BPF.testRun(
-                            programFD: harness.object.programFD, frame: harness.frame(Self.gue(syn)),
-                            interfaceIndex: harness.interfaceIndex)
-                        XCTAssertEqual(harness.maps.readCounters()[FP_LOCAL_SYN] - before[FP_LOCAL_SYN], 1)
-                    }
-                }
-                for (index, (name, options)) in Self.optionShapes.enumerated() {
-                    for (destination, client) in destinations {
-                        let syn = PacketBuilder.tcp(
-                            source: client, sourcePort: 41000 + UInt16(index), destination: destination,
-                            destinationPort: 80, flags: .syn, sequence: 0x1234_5678 &+ UInt32(index), options: options)
-                        try checkAnswer(
-                            to: syn, "\(name), \(destination), tcp_timestamps=\(timestamps)", harness: &harness,
-                            snapshot: snapshot, listener: listener, oracle: oracle)
-                    }
-                }
+                try compareAnswers(timestamps: timestamps, routes: routes, oracle: oracle, harness: &harness)
             }
             // SYNs the kernel would drop, and SYNs with data: neither responder answers them.
             for (destination, client) in [
@@ -95,33 +46,96 @@ extension FastPathParityTests {
                 try checkLeftToTheKernel(
                     Self.damagedSYNs(from: client, to: destination), harness: &harness)
             }
-            // The attacker's SYNs. An outsider's, for a served listener: dropped, never answered.
-            let outsider = Self.gue(
-                PacketBuilder.tcp(
-                    source: .v4(Lab.client), sourcePort: 41998, destination: .v4(Lab.vip), destinationPort: 80,
-                    flags: .syn, options: [2, 4, 5, 0xb4]), from: Self.outsider)
-            let (refused, _) = try BPF.testRun(
-                programFD: harness.object.programFD, frame: harness.frame(outsider),
-                interfaceIndex: harness.interfaceIndex)
-            XCTAssertEqual(refused, Self.tcShot, "an outsider's SYN is dropped")
-            // An address the host does not own: the wildcard listener never makes it a reply's source.
-            let foreign = Self.gue(
-                PacketBuilder.tcp(
-                    source: .v4(Lab.client), sourcePort: 41999, destination: .v4(Self.foreignVIP),
-                    destinationPort: Self.wildcardPort, flags: .syn, options: [2, 4, 5, 0xb4]))
-            var snapshot = ResponderBoard.Snapshot()
-            snapshot.generation = 2
-            snapshot.replyRoutes = routes
-            let wildcard = ListenerKey(address: .v4(IPv4Address(0)), port: Self.wildcardPort)
-            snapshot.listeners[wildcard] = ResponderListener(
-                record: ListenerRecord(key: wildcard), windowScale: 7, receiveBuffer: 131072, acceptQueueFull: false)
-            _ = try harness.maps.write(responder: snapshot, records: [wildcard], after: .init())
-            let (action, _) = try BPF.testRun(
-                programFD: harness.object.programFD, frame: harness.frame(foreign),
-                interfaceIndex: harness.interfaceIndex)
-            XCTAssertEqual(action, Self.tcShot, "refused, never answered")
+            try checkTheAttackersSYNs(routes: routes, harness: &harness)
             XCTAssertEqual(harness.maps.readCounters()[FP_COOKIES_SENT], UInt64(Self.optionShapes.count * 4))
         }
+    }
+
+    /// Every option shape in both families, the reply compared byte for byte, with the kernel's
+    /// tcp_timestamps at `timestamps`.
+    func compareAnswers(
+        timestamps: Int, routes: ReplyRoutes, oracle: SynCookieOracle?, harness: inout Harness
+    ) throws {
+        var tcp = TCPHostSettings()
+        tcp.syncookies = 2
+        tcp.timestamps = timestamps
+        // Apart, so that a reply of either family taking the other's is seen.
+        (tcp.defaultTTL, tcp.defaultHopLimit) = (61, 47)
+        var snapshot = ResponderBoard.Snapshot()
+        snapshot.generation = 1
+        snapshot.settings = tcp
+        snapshot.replyRoutes = routes
+        let listener = ResponderListener(
+            record: ListenerRecord(key: ListenerKey(address: .v4(Lab.vip), port: 80)), windowScale: 7,
+            receiveBuffer: 131072, acceptQueueFull: false)
+        let keys = [
+            ListenerKey(address: .v4(Lab.vip), port: 80), ListenerKey(address: .v6(Lab.vip6), port: 80),
+        ]
+        for key in keys { snapshot.listeners[key] = listener }
+        _ = try harness.maps.write(responder: snapshot, records: keys, after: .init())
+        var settings = FastPathSettings(
+            selfAddress: Self.self4, peers: harness.decider.peers, guePort: GUEPacket.port,
+            checkCookies: true, lookupsElsewhere: false)
+        settings.responderServing = true
+        settings.tcp = tcp
+        settings.passIntervalNanoseconds = 3_600_000_000_000
+        try harness.maps.write(settings)
+        let destinations = [
+            (IPAddress.v4(Lab.vip), IPAddress.v4(Lab.client)), (.v6(Lab.vip6), .v6(Lab.client6)),
+        ]
+        if timestamps == 2 {
+            // A listener's first SYN goes to the kernel, which keeps its overflow mark.
+            for (destination, client) in destinations {
+                let before = harness.maps.readCounters()
+                let syn = PacketBuilder.tcp(
+                    source: client, sourcePort: 40999, destination: destination, destinationPort: 80,
+                    flags: .syn)
+                _ = try BPF.testRun(
+                    programFD: harness.object.programFD, frame: harness.frame(Self.gue(syn)),
+                    interfaceIndex: harness.interfaceIndex)
+                XCTAssertEqual(harness.maps.readCounters()[FP_LOCAL_SYN] - before[FP_LOCAL_SYN], 1)
+            }
+        }
+        for (index, (name, options)) in Self.optionShapes.enumerated() {
+            for (destination, client) in destinations {
+                let syn = PacketBuilder.tcp(
+                    source: client, sourcePort: 41000 + UInt16(index), destination: destination,
+                    destinationPort: 80, flags: .syn, sequence: 0x1234_5678 &+ UInt32(index), options: options)
+                try checkAnswer(
+                    to: syn, "\(name), \(destination), tcp_timestamps=\(timestamps)", harness: &harness,
+                    snapshot: snapshot, listener: listener, oracle: oracle)
+            }
+        }
+    }
+
+    /// An outsider's SYN for a served listener, and one to an address the host does not own for
+    /// a wildcard listener: dropped, never answered.
+    func checkTheAttackersSYNs(routes: ReplyRoutes, harness: inout Harness) throws {
+        // The attacker's SYNs. An outsider's, for a served listener: dropped, never answered.
+        let outsider = Self.gue(
+            PacketBuilder.tcp(
+                source: .v4(Lab.client), sourcePort: 41998, destination: .v4(Lab.vip), destinationPort: 80,
+                flags: .syn, options: [2, 4, 5, 0xb4]), from: Self.outsider)
+        let (refused, _) = try BPF.testRun(
+            programFD: harness.object.programFD, frame: harness.frame(outsider),
+            interfaceIndex: harness.interfaceIndex)
+        XCTAssertEqual(refused, Self.tcShot, "an outsider's SYN is dropped")
+        // An address the host does not own: the wildcard listener never makes it a reply's source.
+        let foreign = Self.gue(
+            PacketBuilder.tcp(
+                source: .v4(Lab.client), sourcePort: 41999, destination: .v4(Self.foreignVIP),
+                destinationPort: Self.wildcardPort, flags: .syn, options: [2, 4, 5, 0xb4]))
+        var snapshot = ResponderBoard.Snapshot()
+        snapshot.generation = 2
+        snapshot.replyRoutes = routes
+        let wildcard = ListenerKey(address: .v4(IPv4Address(0)), port: Self.wildcardPort)
+        snapshot.listeners[wildcard] = ResponderListener(
+            record: ListenerRecord(key: wildcard), windowScale: 7, receiveBuffer: 131072, acceptQueueFull: false)
+        _ = try harness.maps.write(responder: snapshot, records: [wildcard], after: .init())
+        let (action, _) = try BPF.testRun(
+            programFD: harness.object.programFD, frame: harness.frame(foreign),
+            interfaceIndex: harness.interfaceIndex)
+        XCTAssertEqual(action, Self.tcShot, "refused, never answered")
     }
 
     /// The option shapes a SYN comes with: none, MSS alone, Linux's, Windows', timestamps without
