@@ -123,27 +123,60 @@ final class ShippedConfigurationTests: XCTestCase {
         XCTAssertEqual(environment["SECOND_CHANCE_SELF"], Lab.p1.description, "the example names the lab's P1")
         let unit = try String(
             contentsOf: Lab.packageRoot.appendingPathComponent("systemd/second-chance@.service"), encoding: .utf8)
-        /// A command line of the unit with %i, ${VAR} (one word) and $VAR (split at blanks) expanded, as systemd does.
-        func command(_ key: String) throws -> [String] {
-            let line = try XCTUnwrap(unit.split(separator: "\n").first { $0.hasPrefix(key + "=") }).dropFirst(
-                key.count + 1)
-            return line.split(separator: " ").flatMap { word -> [String] in
-                let word = word.replacingOccurrences(of: "%i", with: "0")
-                    .replacingOccurrences(
-                        of: "/usr/sbin/second-chance",
-                        with: Lab.binaries.appendingPathComponent("second-chance").path
-                    )
-                    .replacingOccurrences(of: "/run/second-chance/queue-0.sock", with: lab.controlPath("p1"))
-                if word.hasPrefix("${"), word.hasSuffix("}") {
-                    return [environment[String(word.dropFirst(2).dropLast())] ?? ""]
-                }
-                if word.hasPrefix("$") {
-                    return (environment[String(word.dropFirst())] ?? "").split(separator: " ").map(String.init)
-                }
-                return [word]
-            }
+        try Self.checkDoctor(lab, environment: environment)
+
+        let start = try Self.command("ExecStart", of: unit, environment: environment, lab: lab)
+        XCTAssertTrue(start.contains("--allow-source"), "\(start)")
+        let daemon = try Lab.launch(
+            inside: lab.namespace("p1"), start, log: lab.directory.appendingPathComponent("daemon.log"))
+        defer { daemon.terminate(); daemon.waitUntilExit() }
+        try lab.waitFor("the unit's daemon") { FileManager.default.fileExists(atPath: lab.controlPath("p1")) }
+        let syn = PacketBuilder.tcp(
+            source: .v4(Lab.client), sourcePort: 40001, destination: .v4(Lab.vip), destinationPort: 80, flags: .syn)
+        try sendGUE(lab, from: "d", source: Lab.director, sourcePort: 30001, to: Lab.p1, inner: syn, hops: [])
+        try sendGUE(lab, sourcePort: 30002, to: Lab.p1, inner: syn, hops: [])
+        // The rules drop the client's GUE before it is queued (the tc program, which runs before
+        // them, drops it first); the director's is heard.
+        try lab.waitFor("the director's SYN taken, the client's packet dropped") {
+            let stats = try lab.stats("p1")
+            return try stats["accepted_syn"] == 1
+                && Self.droppedByRules(lab).rest + (stats["fast_path_dropped_untrusted_source"] ?? 0) == 1
         }
-        // What the unit's --preflight looks at: doctor with the same queue and peers.
+        let stats = try lab.stats("p1")
+        let byProgram = stats["fast_path_dropped_untrusted_source"] ?? 0
+        XCTAssertEqual(
+            try Self.droppedByRules(lab).rest + byProgram, 1, "the client's packet met the DROP rule or the program")
+        XCTAssertEqual(stats["total_packets"], 1 + byProgram)
+
+        try Self.checkForgedDirector(lab, byProgram: byProgram)
+    }
+
+    /// A command line of the unit with %i, ${VAR} (one word) and $VAR (split at blanks) expanded, as systemd does.
+    static func command(
+        _ key: String, of unit: String, environment: [String: String], lab: Lab
+    ) throws -> [String] {
+        let line = try XCTUnwrap(unit.split(separator: "\n").first { $0.hasPrefix(key + "=") }).dropFirst(
+            key.count + 1)
+        return line.split(separator: " ").flatMap { word -> [String] in
+            let word = word.replacingOccurrences(of: "%i", with: "0")
+                .replacingOccurrences(
+                    of: "/usr/sbin/second-chance",
+                    with: Lab.binaries.appendingPathComponent("second-chance").path
+                )
+                .replacingOccurrences(of: "/run/second-chance/queue-0.sock", with: lab.controlPath("p1"))
+            if word.hasPrefix("${"), word.hasSuffix("}") {
+                return [environment[String(word.dropFirst(2).dropLast())] ?? ""]
+            }
+            if word.hasPrefix("$") {
+                return (environment[String(word.dropFirst())] ?? "").split(separator: " ").map(String.init)
+            }
+            return [word]
+        }
+    }
+
+    /// What the unit's --preflight looks at: doctor with the same queue and peers passes, with no
+    /// warning about the rules.
+    static func checkDoctor(_ lab: Lab, environment: [String: String]) throws {
         let doctorLog = lab.directory.appendingPathComponent("doctor.log")
         let doctor = try Lab.launch(
             inside: lab.namespace("p1"),
@@ -163,47 +196,28 @@ final class ShippedConfigurationTests: XCTestCase {
                 """
             ), report)
         XCTAssertFalse(report.contains("[warn] iptables"), report)
+    }
 
-        let start = try command("ExecStart")
-        XCTAssertTrue(start.contains("--allow-source"), "\(start)")
-        let daemon = try Lab.launch(
-            inside: lab.namespace("p1"), start, log: lab.directory.appendingPathComponent("daemon.log"))
-        defer { daemon.terminate(); daemon.waitUntilExit() }
-        try lab.waitFor("the unit's daemon") { FileManager.default.fileExists(atPath: lab.controlPath("p1")) }
-        let syn = PacketBuilder.tcp(
-            source: .v4(Lab.client), sourcePort: 40001, destination: .v4(Lab.vip), destinationPort: 80, flags: .syn)
-        try sendGUE(lab, from: "d", source: Lab.director, sourcePort: 30001, to: Lab.p1, inner: syn, hops: [])
-        try sendGUE(lab, sourcePort: 30002, to: Lab.p1, inner: syn, hops: [])
-        // The rules drop the client's GUE before it is queued (the tc program, which runs before
-        // them, drops it first); the director's is heard.
-        /// Packets each raw DROP rule took: the reverse-path check's, and the one for the rest of the port.
-        func droppedByRules() throws -> (reversePath: UInt64, rest: UInt64) {
-            let output = try Lab.shell(
-                """
-                ip netns exec \(lab.namespace("p1")) iptables -t raw -L PREROUTING -v -x -n | awk '$3 == \"DROP\" \
-                {print (/rpfilter/ ? "rp" : "rest"), $1}'
-                """
-            )
-            var counts: [String: UInt64] = [:]
-            for line in output.split(separator: "\n") {
-                let words = line.split(separator: " ")
-                if words.count == 2 { counts[String(words[0])] = UInt64(words[1]) }
-            }
-            return (counts["rp"] ?? 0, counts["rest"] ?? 0)
+    /// Packets each raw DROP rule took: the reverse-path check's, and the one for the rest of the port.
+    static func droppedByRules(_ lab: Lab) throws -> (reversePath: UInt64, rest: UInt64) {
+        let output = try Lab.shell(
+            """
+            ip netns exec \(lab.namespace("p1")) iptables -t raw -L PREROUTING -v -x -n | awk '$3 == \"DROP\" \
+            {print (/rpfilter/ ? "rp" : "rest"), $1}'
+            """
+        )
+        var counts: [String: UInt64] = [:]
+        for line in output.split(separator: "\n") {
+            let words = line.split(separator: " ")
+            if words.count == 2 { counts[String(words[0])] = UInt64(words[1]) }
         }
-        try lab.waitFor("the director's SYN taken, the client's packet dropped") {
-            let stats = try lab.stats("p1")
-            return try stats["accepted_syn"] == 1
-                && droppedByRules().rest + (stats["fast_path_dropped_untrusted_source"] ?? 0) == 1
-        }
-        var stats = try lab.stats("p1")
-        let byProgram = stats["fast_path_dropped_untrusted_source"] ?? 0
-        XCTAssertEqual(try droppedByRules().rest + byProgram, 1, "the client's packet met the DROP rule or the program")
-        XCTAssertEqual(stats["total_packets"], 1 + byProgram)
+        return (counts["rp"] ?? 0, counts["rest"] ?? 0)
+    }
 
-        // The director's address from the wrong interface: a host on another link of P1's sends
-        // GUE as 198.18.0.2. The reverse-path rule drops it before the queue (P1 routes the
-        // director through eth0, where the tc program is; this link has none).
+    /// The director's address from the wrong interface: a host on another link of P1's sends GUE
+    /// as 198.18.0.2, and the reverse-path rule drops it before the queue (P1 routes the director
+    /// through eth0, where the tc program is; this link has none).
+    static func checkForgedDirector(_ lab: Lab, byProgram: UInt64) throws {
         let attacker = lab.namespace("x"), p1 = lab.namespace("p1")
         defer { _ = try? Lab.shell("ip netns del \(attacker)") }
         try Lab.shell(
@@ -221,9 +235,9 @@ final class ShippedConfigurationTests: XCTestCase {
             try sendGUE(lab, from: "x", source: Lab.director, sourcePort: port, to: Lab.p1, inner: forged, hops: [])
         }
         try lab.waitFor("the forged director's packets dropped by the reverse-path rule") {
-            try droppedByRules().reversePath == 3
+            try droppedByRules(lab).reversePath == 3
         }
-        stats = try lab.stats("p1")
+        let stats = try lab.stats("p1")
         XCTAssertEqual(stats["accepted_syn"], 1, "no forged SYN reached the queue")
         XCTAssertEqual(stats["total_packets"], 1 + byProgram)
     }
