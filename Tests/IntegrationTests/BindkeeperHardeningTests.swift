@@ -165,19 +165,8 @@ final class BindkeeperHardeningTests: XCTestCase {
         after.forEach { close($0.fd) }
     }
 
-    func testBadClientsCannotStallOrExhaustTheBroker() throws {
-        try startBroker(
-            ["--idle-seconds", "3", "--max-sockets-per-user", "3", "--metrics", "\(BrokerLab.address):9524"],
-            binds: ["tcp://\(BrokerLab.address):9000-9100"])
-        func metric(_ name: String) throws -> Int {
-            let text = try lab.inside { try Lab.httpGet(IPAddress(BrokerLab.address)!, port: 9524) }
-            return text.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap {
-                Int($0.split(separator: " ")[1])
-            } ?? -1
-        }
-        let request = #"{"jsonrpc":"2.0","method":"bind","id":7,"params":[{"address":"198.18.2.1","port":9050}]}"#
-
-        // 10 MB of blanks before a request, and a request one byte at a time: both answered.
+    /// 10 MB of blanks before a request, and a request one byte at a time: both answered.
+    func checkSlowAndBloatedRequestsAreAnswered(_ request: String) throws {
         let blanks = try RawControlClient(lab.socketPath)
         let chunk = [UInt8](repeating: 0x20, count: 1 << 20)
         for _ in 0..<10 { blanks.send(chunk) }
@@ -192,6 +181,21 @@ final class BindkeeperHardeningTests: XCTestCase {
         }
         let afterBytes = try XCTUnwrap(slow.reply(), "no reply to the byte-at-a-time client")
         afterBytes.fds.forEach { close($0) }
+    }
+
+    func testBadClientsCannotStallOrExhaustTheBroker() throws {
+        try startBroker(
+            ["--idle-seconds", "3", "--max-sockets-per-user", "3", "--metrics", "\(BrokerLab.address):9524"],
+            binds: ["tcp://\(BrokerLab.address):9000-9100"])
+        func metric(_ name: String) throws -> Int {
+            let text = try lab.inside { try Lab.httpGet(IPAddress(BrokerLab.address)!, port: 9524) }
+            return text.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap {
+                Int($0.split(separator: " ")[1])
+            } ?? -1
+        }
+        let request = #"{"jsonrpc":"2.0","method":"bind","id":7,"params":[{"address":"198.18.2.1","port":9050}]}"#
+
+        try checkSlowAndBloatedRequestsAreAnswered(request)
 
         // 5000 connections from one uid: 64 are kept, the rest refused at once, and others are served.
         let holder = """

@@ -125,12 +125,28 @@ final class PackageTests: XCTestCase {
         let second = try Self.build(version: newer)
         try boot(suite, debs: [first, second])
 
-        // Installed: nothing starts by itself (the operator fills in /etc/default first).
-        _ = try inside("dpkg -i /var/tmp/\(first.lastPathComponent)")
+        try checkInstalled(first, version: version)
+        let pids = try startTheShippedConfiguration()
+        let traffic = DatagramTraffic(lab: lab)
+        let service = try traffic.openService()
+        defer { close(service) }
+        try DatagramTraffic.send(0..<200, pace: 0, from: lab.namespace("d"), source: Lab.director)
+        traffic.assertAllReceived(traffic.received(service), 0..<200, "the director's GUE, before the upgrade")
+        try lab.waitFor("HAProxy on bindkeeper's socket") {
+            (try? lab.inside("p1") { try Lab.httpGet(.v4(Lab.vip), port: 8080, path: "/") })?.contains("200") == true
+        }
+
+        try upgradeUnderLoad(to: second, version: newer, pids: pids, traffic: traffic, service: service)
+        try checkPurgedWithoutATrace()
+    }
+
+    /// Installed: the package holds what it should, and nothing starts by itself.
+    func checkInstalled(_ deb: URL, version: String) throws {
+        _ = try inside("dpkg -i /var/tmp/\(deb.lastPathComponent)")
         XCTAssertEqual(try inside("second-chance version").split(separator: " ").dropFirst().first, Substring(version))
         XCTAssertEqual(try container.property("second-chance@0.service", "ActiveState"), "inactive")
         // minbase leaves documentation out (dpkg path-exclude): the package's list says what it holds.
-        let contents = try Lab.shell("dpkg-deb -c \(first.path)")
+        let contents = try Lab.shell("dpkg-deb -c \(deb.path)")
         for file in [
             "./usr/share/man/man8/second-chance.8.gz", "./usr/share/man/man1/bindkeeper.1.gz",
             "./usr/share/bash-completion/completions/second-chance", "./usr/share/zsh/vendor-completions/_bindkeeper",
@@ -140,7 +156,10 @@ final class PackageTests: XCTestCase {
             XCTAssertTrue(contents.contains(" \(file)\n"), "\(file) is not in the package")
         }
         XCTAssertFalse(contents.contains("glb-lab") || contents.contains("nfq-baseline"), "lab programs packaged")
+    }
 
+    /// The shipped configuration started: its services' main pids.
+    func startTheShippedConfiguration() throws -> [String] {
         // The shipped configuration: /etc/default/second-chance names P1 and the lab's peers; the
         // shipped rules hear only them, after the reverse-path check.
         let docs = "/usr/share/doc/proxyside/examples"
@@ -156,19 +175,15 @@ final class PackageTests: XCTestCase {
             XCTAssertEqual(try container.property(unit, "ActiveState"), "active", container.journal(unit))
         }
         XCTAssertTrue(container.journal("second-chance@0.service").contains("preflight: "))
+        return try ["second-chance@0.service", "bindkeeper.service"].map { try container.property($0, "MainPID") }
+    }
+
+    /// The upgrade to `deb`, while the director's GUE and new HTTP connections keep coming: every
+    /// datagram arrives, no connection fails, and both daemons re-execute in place.
+    func upgradeUnderLoad(
+        to deb: URL, version newer: String, pids: [String], traffic: DatagramTraffic, service: Int32
+    ) throws {
         let control = container.path("/run/second-chance/queue-0.sock")
-        let pids = try ["second-chance@0.service", "bindkeeper.service"].map { try container.property($0, "MainPID") }
-
-        let traffic = DatagramTraffic(lab: lab)
-        let service = try traffic.openService()
-        defer { close(service) }
-        try DatagramTraffic.send(0..<200, pace: 0, from: lab.namespace("d"), source: Lab.director)
-        traffic.assertAllReceived(traffic.received(service), 0..<200, "the director's GUE, before the upgrade")
-        try lab.waitFor("HAProxy on bindkeeper's socket") {
-            (try? lab.inside("p1") { try Lab.httpGet(.v4(Lab.vip), port: 8080, path: "/") })?.contains("200") == true
-        }
-
-        // The upgrade, while the director's GUE and new HTTP connections keep coming.
         let load = try lab.start(
             "p1", "glb-lab", ["http-load", "--target", "\(Lab.vip):8080", "--seconds", "12", "--concurrency", "4"])
         let failure = Mutex<String?>(nil)
@@ -181,7 +196,7 @@ final class PackageTests: XCTestCase {
             done.signal()
         }
         usleep(1_000_000)
-        let upgrade = try inside("dpkg -i /var/tmp/\(second.lastPathComponent) 2>&1")
+        let upgrade = try inside("dpkg -i /var/tmp/\(deb.lastPathComponent) 2>&1")
         // And HAProxy, on the re-executed broker's socket, reloaded under the same load.
         try container.systemctl("reload", "haproxy-multi@answer.service")
         XCTAssertEqual(done.wait(timeout: .now() + 60), .success)
@@ -212,9 +227,11 @@ final class PackageTests: XCTestCase {
         // The shipped unit's sandbox (its capabilities, its system-call filter) lets the programs load,
         // and auto puts XDP in the veth's driver beside tc.
         XCTAssertTrue(stats.contains("fast_path: XDP (native) and tc on eth0"), stats)
+    }
 
-        // Purged: no unit, socket, queue, filter or file is left, also where the daemon was told to
-        // leave its program deciding at a stop (the package's removal takes it off).
+    /// Purged: no unit, socket, queue, filter or file is left, also where the daemon was told to
+    /// leave its program deciding at a stop (the package's removal takes it off).
+    func checkPurgedWithoutATrace() throws {
         _ = try inside(
             """
             sed -i 's/^SECOND_CHANCE_ARGS=.*/SECOND_CHANCE_ARGS="--fast-path-stop keep"/' \

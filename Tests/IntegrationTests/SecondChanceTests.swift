@@ -493,7 +493,9 @@ final class SecondChanceTests: XCTestCase {
         XCTAssertEqual(lastResort, 2)
     }
 
-    func testMalformedPacketsAreDroppedAndCountedAndTheDaemonKeepsAnswering() throws {
+    /// Malformed GUE payloads, each with the reason it is dropped for: truncations, GUE's and the
+    /// inner packet's fields, and walks past their limits.
+    static func malformedPayloads() -> [(DropReason, [UInt8])] {
         let inner = PacketBuilder.tcp(
             source: .v4(Lab.client), sourcePort: 40030, destination: .v4(Lab.vip), destinationPort: 80, flags: .ack)
         let good = PacketBuilder.guePayload(inner: inner, hops: [Lab.p2])
@@ -504,7 +506,7 @@ final class SecondChanceTests: XCTestCase {
             var copy = bytes; change(&copy); return copy
         }
         let innerStart = 12
-        let cases: [(DropReason, [UInt8])] = [
+        return [
             (.gueTruncated, []),
             (.gueTruncated, [0x01, 0x04, 0x00]),
             (.gueVersion, edit(good) { $0[0] |= 0x40 }),
@@ -557,6 +559,10 @@ final class SecondChanceTests: XCTestCase {
                 }
             ),
         ]
+    }
+
+    func testMalformedPacketsAreDroppedAndCountedAndTheDaemonKeepsAnswering() throws {
+        let cases = Self.malformedPayloads()
         for (index, (_, payload)) in cases.enumerated() {
             try sendUDP(lab, sourcePort: 31000 + UInt16(index), to: Lab.p1, payload: payload)
         }
