@@ -61,7 +61,7 @@ case $series in
                 awk '{print $1}' | sed 's/^linux-image-//' | sort -V | tail -1
         }
         release=$(newest)
-        [ -n "$release" ] || { apt-get "${apt_options[@]}" update -qq; release=$(newest); }
+        [ -n "$release" ] || { timeout 600 apt-get "${apt_options[@]}" update -qq; release=$(newest); }
         ;;
     *) echo "kernel-lab: VERSION is 5.10, 6.1, 6.12 or a package version such as 6.1.0-47-amd64" >&2; exit 64 ;;
 esac
@@ -69,8 +69,9 @@ esac
 kernel=$store/$release
 if [ ! -e "$kernel/.complete" ]; then
     rm -rf "$kernel" && mkdir -p "$kernel/deb"
-    (cd "$kernel/deb" && apt-get "${apt_options[@]}" download "linux-image-$release" >/dev/null 2>&1) ||
-        { echo "kernel-lab: apt-get download linux-image-$release failed" >&2; exit 1; }
+    # Bounded: a mirror that stalls fails the lab with its reason, not the whole command's time.
+    (cd "$kernel/deb" && timeout 900 apt-get "${apt_options[@]}" download "linux-image-$release" >/dev/null 2>&1) ||
+        { echo "kernel-lab: apt-get download linux-image-$release failed or took over 15 minutes" >&2; exit 1; }
     dpkg-deb -x "$kernel"/deb/*.deb "$kernel/root"
     rm -rf "$kernel/deb"
     # Busybox's insmod and modprobe read plain modules (6.12's package has them xz-compressed), and
