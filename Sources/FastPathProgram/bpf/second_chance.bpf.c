@@ -1218,6 +1218,17 @@ static __always_inline int sum_piece(__u8 **cursor, void *end, __u32 remaining, 
     return 1;
 }
 
+/* Adds the words of `length`'s low bits (pieces of 256 down to 4 bytes, as its bits say) at
+ * *cursor to *sum; 0 when they would run past the frame. */
+static __always_inline int sum_pieces(__u8 **cursor, void *end, __u32 length, __u32 *sum)
+{
+#pragma unroll
+    for (__u32 piece = 256; piece >= 4; piece >>= 1)
+        if (!sum_piece(cursor, end, length, piece, sum))
+            return 0;
+    return 1;
+}
+
 /*
  * The inner TCP segment's checksum, over the pseudo-header and the segment to the end of its IP
  * packet, as tcp_v4_rcv and tcp_v6_rcv verify it, summed in place by bpf_csum_diff (no copy): whole
@@ -1256,10 +1267,7 @@ static __attribute__((noinline)) int inner_checksum_valid(struct xdp_md *ctx, co
                        &sum))
             return 0;
     }
-    if (!sum_piece(&cursor, end, length, 256, &sum) || !sum_piece(&cursor, end, length, 128, &sum) ||
-        !sum_piece(&cursor, end, length, 64, &sum) || !sum_piece(&cursor, end, length, 32, &sum) ||
-        !sum_piece(&cursor, end, length, 16, &sum) || !sum_piece(&cursor, end, length, 8, &sum) ||
-        !sum_piece(&cursor, end, length, 4, &sum))
+    if (!sum_pieces(&cursor, end, length, &sum))
         return 0;
     __u32 tail = length & 3;
     if (tail) {
@@ -1524,9 +1532,7 @@ static __attribute__((noinline)) int outer_checksum_valid(struct xdp_md *ctx, co
     __be32 inner_word = bpf_htonl(IPPROTO_TCP << 16 | segment), outer_word = bpf_htonl(IPPROTO_UDP << 16 | udp_length);
     sum = bpf_csum_diff(&inner_word, 4, &outer_word, 4, sum);
     sum = bpf_csum_diff(NULL, 0, (__be32 *)(outer + 12), 8, sum); /* the outer addresses */
-    if (!sum_piece(&cursor, end, headers, 128, &sum) || !sum_piece(&cursor, end, headers, 64, &sum) ||
-        !sum_piece(&cursor, end, headers, 32, &sum) || !sum_piece(&cursor, end, headers, 16, &sum) ||
-        !sum_piece(&cursor, end, headers, 8, &sum) || !sum_piece(&cursor, end, headers, 4, &sum))
+    if (!sum_pieces(&cursor, end, headers, &sum)) /* at most 136 bytes: no piece of 256 */
         return 0;
     return fold(sum) == 0xffff;
 }
