@@ -219,7 +219,9 @@ public final class FastPath: @unchecked Sendable {
                 )
                 continue
             }
-            let layout = maps[FastPathMap.config.rawValue].flatMap(FastPathMaps.configuredLayout)
+            let layout = maps[FastPathMap.config.rawValue].flatMap {
+                FastPathMaps.configuredLayout(configMap: $0, slotMap: maps[FastPathMap.configSlot.rawValue])
+            }
             if layout == UInt32(FP_LAYOUT), Set(maps.byName.keys).isSuperset(of: FastPathMap.names) {
                 return (maps, id)
             }

@@ -6,6 +6,7 @@ import SecondChanceCore
 /// loader finds each by it, the pins carry it, adoption checks a program has them all).
 public enum FastPathMap: String, CaseIterable, Sendable {
     case config = "fp_config"
+    case configSlot = "fp_config_slot"
     case sources = "fp_sources"
     case hops = "fp_hops"
     case local4 = "fp_local4"

@@ -4,17 +4,20 @@ import Glibc
 import LinuxSys
 import NetTypes
 import SecondChanceCore
+import Synchronization
 
 /// The program's maps, written from the daemon's configuration and its address watcher, and its
 /// counters read back. Sets are replaced entry by entry, additions first: a packet never meets
 /// a map that lacks an entry both the old and the new set have.
 public struct FastPathMaps: Sendable {
-    let config: Int32, sources: Int32, hops: Int32, local4: Int32, local6: Int32, broadcast4: Int32, counters: Int32
+    let config: Int32, configSlot: Int32, sources: Int32, hops: Int32, local4: Int32, local6: Int32, broadcast4: Int32,
+        counters: Int32
     let listeners: Int32, listenerCounts: Int32, listenerPass: Int32
     let replyRoutes4: Int32, replyRoutes6: Int32, reverse4: Int32
 
     public init(_ object: FastPathObject) {
-        (config, sources, hops) = (object.map(.config), object.map(.sources), object.map(.hops))
+        (config, configSlot) = (object.map(.config), object.map(.configSlot))
+        (sources, hops) = (object.map(.sources), object.map(.hops))
         (local4, local6, broadcast4) = (object.map(.local4), object.map(.local6), object.map(.broadcast4))
         (counters, listeners) = (object.map(.counters), object.map(.listeners))
         (listenerCounts, listenerPass) = (object.map(.listenerCounts), object.map(.listenerPass))
@@ -33,10 +36,31 @@ public struct FastPathMaps: Sendable {
     public func write(_ settings: FastPathSettings) throws {
         try replace(sources, keys: Set(settings.peers.sources.prefixes.map(FastPathABI.key)))
         try replace(hops, keys: Set(settings.peers.hops.prefixes.map(FastPathABI.key)))
-        var zero: UInt32 = 0
-        var value = settings.configuration
-        guard bpf_map_update_elem(config, &zero, &value, UInt64(BPF_ANY)) == 0 else {
-            throw FastPathError(.maps, "writing fp_config", errno: errno)
+        try writeConfiguration(settings.configuration)
+    }
+
+    /// Serializes writers of the configuration (the address watcher's thread, the ways back's,
+    /// the starting one): two at once would fill the same free slot.
+    private final class ConfigurationWriter: Sendable { let lock = Mutex(()) }
+    private let configurationWriter = ConfigurationWriter()
+
+    /// Writes `value` whole into the slot not in force, then puts it in force (fp_config_slot): a
+    /// packet meets the old configuration or the new one, never a mix of the two.
+    func writeConfiguration(_ value: fp_config) throws {
+        try configurationWriter.lock.withLock { _ in
+            var zero: UInt32 = 0
+            var current: UInt32 = 0
+            guard bpf_map_lookup_elem(configSlot, &zero, &current) == 0 else {
+                throw FastPathError(.maps, "reading fp_config_slot", errno: errno)
+            }
+            var next = (current & 1) ^ 1
+            var value = value
+            guard bpf_map_update_elem(config, &next, &value, UInt64(BPF_ANY)) == 0 else {
+                throw FastPathError(.maps, "writing fp_config", errno: errno)
+            }
+            guard bpf_map_update_elem(configSlot, &zero, &next, UInt64(BPF_ANY)) == 0 else {
+                throw FastPathError(.maps, "writing fp_config_slot", errno: errno)
+            }
         }
     }
 
@@ -82,12 +106,19 @@ public struct FastPathMaps: Sendable {
         return present
     }
 
-    /// The layout written into a configuration map (0: none yet), or nil when it cannot be read as one.
-    public static func configuredLayout(configMap fd: Int32) -> UInt32? {
+    /// The layout written into a configuration map (0: none yet), or nil when it cannot be read as
+    /// one: the slot in force where there are two (`slotMap`), the one entry of a configuration map
+    /// of a layout before slots.
+    public static func configuredLayout(configMap fd: Int32, slotMap: Int32?) -> UInt32? {
         guard let info = try? BPF.mapInfo(fd: fd),
-            info.valueSize == UInt32(MemoryLayout<fp_config>.size), info.keySize == 4, info.maxEntries == 1
+            info.valueSize == UInt32(MemoryLayout<fp_config>.size), info.keySize == 4,
+            info.maxEntries == 1 || info.maxEntries == 2
         else { return nil }
-        var key: UInt32 = 0
+        var (zero, key): (UInt32, UInt32) = (0, 0)
+        if info.maxEntries == 2 {
+            guard let slotMap, bpf_map_lookup_elem(slotMap, &zero, &key) == 0 else { return nil }
+            key &= 1
+        }
         var value = fp_config()
         guard bpf_map_lookup_elem(fd, &key, &value) == 0 else { return nil }
         return value.layout
@@ -224,16 +255,17 @@ public struct FastPathMaps: Sendable {
     /// Makes the program send every packet up (layout 0: not configured), counted as such (it still
     /// knows the GUE port), until `write` again.
     public func suspend(_ settings: FastPathSettings) {
-        var zero: UInt32 = 0
         var value = settings.configuration
         value.layout = 0
-        _ = bpf_map_update_elem(config, &zero, &value, UInt64(BPF_ANY))
+        try? writeConfiguration(value)
     }
 
-    /// The configuration word as the program reads it.
+    /// The configuration in force, as the program reads it.
     public func readConfiguration() -> fp_config? {
-        var zero: UInt32 = 0
+        var (zero, slot): (UInt32, UInt32) = (0, 0)
+        guard bpf_map_lookup_elem(configSlot, &zero, &slot) == 0 else { return nil }
+        var key = slot & 1
         var value = fp_config()
-        return bpf_map_lookup_elem(config, &zero, &value) == 0 ? value : nil
+        return bpf_map_lookup_elem(config, &key, &value) == 0 ? value : nil
     }
 }

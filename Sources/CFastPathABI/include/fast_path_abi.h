@@ -18,7 +18,7 @@ typedef uint32_t __u32;
 typedef uint64_t __u64;
 #endif
 
-#define FP_LAYOUT 6
+#define FP_LAYOUT 7
 
 /* Addresses and ports are in network byte order unless a field says otherwise. */
 struct fp_config {

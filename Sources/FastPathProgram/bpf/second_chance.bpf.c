@@ -46,12 +46,22 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+/* Two slots of the configuration and the index of the one in force: the daemon writes the other
+ * slot whole, then switches the index (one aligned word), so a packet reads one configuration
+ * from its first field to its last, never half of an update. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 2);
+    __type(key, __u32);
+    __type(value, struct fp_config);
+} fp_config SEC(".maps");
+
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
     __uint(max_entries, 1);
     __type(key, __u32);
-    __type(value, struct fp_config);
-} fp_config SEC(".maps");
+    __type(value, __u32);
+} fp_config_slot SEC(".maps");
 
 /* --allow-source and --allow-hop. */
 struct {
@@ -193,6 +203,17 @@ _Static_assert(sizeof(struct outer_headers) == 36, "GLB's outer headers: IPv4, U
 
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_ACK 0x10
+
+/* The configuration in force (fp_config_slot); NULL only if the maps could not be read. */
+static __always_inline const struct fp_config *current_config(void)
+{
+    __u32 zero = 0;
+    const __u32 *slot = bpf_map_lookup_elem(&fp_config_slot, &zero);
+    if (!slot)
+        return NULL;
+    __u32 index = *slot & 1;
+    return bpf_map_lookup_elem(&fp_config, &index);
+}
 
 static __always_inline void count(enum fp_counter slot)
 {
@@ -1436,9 +1457,8 @@ static __always_inline struct verdict tc_outer(struct __sk_buff *skb, struct pac
 SEC("tc")
 int second_chance_fast_path(struct __sk_buff *skb)
 {
-    __u32 zero = 0;
     struct packet packet = { .ifindex = skb->ifindex }; /* at tc ingress: the arrival interface */
-    packet.config = bpf_map_lookup_elem(&fp_config, &zero);
+    packet.config = current_config();
     if (!packet.config)
         return TC_ACT_OK;
     struct verdict verdict = tc_outer(skb, &packet);
@@ -1581,14 +1601,13 @@ static __always_inline int xdp_forward(struct xdp_md *ctx, const struct packet *
 SEC("xdp")
 int second_chance_xdp(struct xdp_md *ctx)
 {
-    __u32 zero = 0;
     struct packet packet = {
         .data = (void *)(long)ctx->data,
         .end = (void *)(long)ctx->data_end,
         .ifindex = ctx->ingress_ifindex,
     };
     packet.frame_length = packet.end - packet.data;
-    packet.config = bpf_map_lookup_elem(&fp_config, &zero);
+    packet.config = current_config();
     if (!packet.config)
         return XDP_PASS;
     struct ethhdr *eth = packet.data;
