@@ -453,26 +453,33 @@ extension Lab {
 /// Sends GUE payloads from the client's namespace, as a director would (UDP to port 19523).
 func sendGUE(
     _ lab: Lab, from host: String = "c", source: IPv4Address = Lab.client, sourcePort: UInt16, to proxy: IPv4Address,
-    inner: [UInt8], hops: [IPv4Address], nextHop: UInt8 = 0, zeroChecksum: Bool = false
+    inner: [UInt8], hops: [IPv4Address], nextHop: UInt8 = 0, zeroChecksum: Bool = false, zeroCopy: Bool = false
 ) throws {
     try sendUDP(
         lab, from: host, source: source, sourcePort: sourcePort, to: proxy,
-        payload: PacketBuilder.guePayload(inner: inner, hops: hops, nextHop: nextHop), zeroChecksum: zeroChecksum)
+        payload: PacketBuilder.guePayload(inner: inner, hops: hops, nextHop: nextHop), zeroChecksum: zeroChecksum,
+        zeroCopy: zeroCopy)
 }
 
+/// With `zeroCopy` (MSG_ZEROCOPY), the datagram's payload stays in the sender's pages: the skb
+/// carries its headers alone in its linear part, the rest in page fragments, as many NICs deliver.
 func sendUDP(
     _ lab: Lab, from host: String = "c", source: IPv4Address = Lab.client, sourcePort: UInt16, to proxy: IPv4Address,
-    payload: [UInt8], zeroChecksum: Bool = false
+    payload: [UInt8], zeroChecksum: Bool = false, zeroCopy: Bool = false
 ) throws {
     try lab.inside(host) {
         let fd = try LabSockets.bindUDP(.v4(source), port: sourcePort)
         defer { close(fd) }
-        if zeroChecksum {
-            var one: Int32 = 1
-            setsockopt(fd, SOL_SOCKET, SO_NO_CHECK, &one, socklen_t(MemoryLayout<Int32>.size))
+        var one: Int32 = 1
+        if zeroChecksum { setsockopt(fd, SOL_SOCKET, SO_NO_CHECK, &one, socklen_t(MemoryLayout<Int32>.size)) }
+        let soZeroCopy: Int32 = 60, msgZeroCopy: Int32 = 0x400_0000  // asm-generic/socket.h, linux/socket.h
+        if zeroCopy, setsockopt(fd, SOL_SOCKET, soZeroCopy, &one, socklen_t(MemoryLayout<Int32>.size)) != 0 {
+            throw SystemError("SO_ZEROCOPY")
         }
         let sent = SocketAddress(.v4(proxy), port: GUEPacket.port).withSockaddr { address, length in
-            payload.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, 0, address, length) }
+            payload.withUnsafeBytes {
+                sendto(fd, $0.baseAddress, $0.count, zeroCopy ? msgZeroCopy : 0, address, length)
+            }
         }
         guard sent == payload.count else { throw SystemError("sendto GUE") }
     }

@@ -200,6 +200,9 @@ _Static_assert(sizeof(struct outer_headers) == 36, "GLB's outer headers: IPv4, U
 #define GUE_CONTROL 0x20
 /* hlen is 5 bits: at most 31 words of private data, so 30 hops. */
 #define MAX_HLEN 31
+/* The most of a frame a decision reads in place: the outer headers with 30 hops, an inner IPv6
+ * header and TCP's fixed header (options are copied out, bpf_skb_load_bytes). */
+#define HEADERS_MAX (HOPS_OFFSET + MAX_HLEN * 4 + 40 + 20)
 
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_ACK 0x10
@@ -1410,8 +1413,9 @@ static __always_inline struct verdict decide(void *ctx, struct packet *packet, i
     return classify(ctx, packet, xdp);
 }
 
-/* tc: makes the outer headers readable and linear, so that the whole packet can be read and
- * rewritten in place; V_CONTINUE when it is. */
+/* tc: makes the headers a decision reads linear, so that they can be read and rewritten in place;
+ * V_CONTINUE when they are. The payload stays where the device put it (a NIC's pages, often):
+ * copying it out would cost more than the decision, and nothing reads it. */
 static __always_inline struct verdict tc_outer(struct __sk_buff *skb, struct packet *packet)
 {
     void *data = (void *)(long)skb->data;
@@ -1445,8 +1449,9 @@ static __always_inline struct verdict tc_outer(struct __sk_buff *skb, struct pac
     struct verdict verdict = process_outer(packet);
     if (verdict.kind != V_CONTINUE)
         return verdict;
-    if (data + skb->len > end) {
-        if (bpf_skb_pull_data(skb, skb->len))
+    __u32 wanted = skb->len < HEADERS_MAX ? skb->len : HEADERS_MAX;
+    if (data + wanted > end) {
+        if (bpf_skb_pull_data(skb, wanted))
             return conclude(V_UP, FP_UP_OUTER_OPTIONS);
         packet->data = (void *)(long)skb->data;
         packet->end = (void *)(long)skb->data_end;
