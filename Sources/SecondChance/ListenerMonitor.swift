@@ -51,6 +51,9 @@ public final class ListenerMonitor: @unchecked Sendable {
     static let userMSSLifetime: UInt64 = 10_000_000_000
     private var tracker: ListenerOverflowTracker
     private var overflowSignal: UInt64?
+    /// SYN queues are to be counted at the next scan that succeeds: from the start (a queue may
+    /// have filled before the daemon started, and no counter rise after) and after every rise.
+    private var requestsUncounted = true
     private let logger: Logger
     public private(set) var settings: TCPHostSettings
     /// Listeners the responder would serve but has no record for (past `maximumRecords`), at the last scan.
@@ -132,10 +135,11 @@ public final class ListenerMonitor: @unchecked Sendable {
                 if descriptors[1].revents != 0 { drainRouteEvents() }
             }
             let now = MonotonicClock.nanoseconds()
-            let overflowed = readKernelCounters()
-            if overflowed || now &- lastScan >= configuration.scanIntervalNanoseconds {
+            let rose = readKernelCounters()
+            if rose { requestsUncounted = true }
+            if rose || now &- lastScan >= configuration.scanIntervalNanoseconds {
                 lastScan = now
-                scan(now: now, overflowed: overflowed)
+                scan(now: now, overflowed: requestsUncounted)
             }
         }
     }
@@ -182,8 +186,7 @@ public final class ListenerMonitor: @unchecked Sendable {
         }
     }
 
-    /// Reads the TcpExt counters; true when a SYN-queue or accept-queue overflow counter rose, and
-    /// on the first read: a queue may have filled before the daemon started, with no rise after.
+    /// Reads the TcpExt counters; true when a SYN-queue or accept-queue overflow counter rose.
     private func readKernelCounters() -> Bool {
         guard let text = ProcFile.text(fd: netstatFD) else { return false }
         for (index, value) in ProcFile.counters(Self.kernelCounters, section: "TcpExt", in: text).enumerated() {
@@ -191,7 +194,7 @@ public final class ListenerMonitor: @unchecked Sendable {
         }
         let signal = kernelCounter(0) &+ kernelCounter(1) &+ kernelCounter(2)
         defer { overflowSignal = signal }
-        return overflowSignal.map { signal != $0 } ?? true
+        return overflowSignal.map { signal != $0 } ?? false
     }
 
     /// Reads the listeners and publishes what the responder serves. Their SYN queues (request
@@ -212,6 +215,7 @@ public final class ListenerMonitor: @unchecked Sendable {
             logger.info("listener scan failed, keeping the last one: \(error)")
             return
         }
+        if countRequests { requestsUncounted = false }
         for event in tracker.update(observations, now: now) {
             switch event {
             case .activated(let observation):
