@@ -61,7 +61,11 @@ case $series in
                 awk '{print $1}' | sed 's/^linux-image-//' | sort -V | tail -1
         }
         release=$(newest)
-        [ -n "$release" ] || { timeout 600 apt-get "${apt_options[@]}" update -qq; release=$(newest); }
+        if [ -z "$release" ]; then
+            timeout 600 apt-get "${apt_options[@]}" update -qq ||
+                { echo "kernel-lab: apt-get update failed or took over 10 minutes (status $?)" >&2; exit 1; }
+            release=$(newest)
+        fi
         ;;
     *) echo "kernel-lab: VERSION is 5.10, 6.1, 6.12 or a package version such as 6.1.0-47-amd64" >&2; exit 64 ;;
 esac
@@ -70,8 +74,12 @@ kernel=$store/$release
 if [ ! -e "$kernel/.complete" ]; then
     rm -rf "$kernel" && mkdir -p "$kernel/deb"
     # Bounded: a mirror that stalls fails the lab with its reason, not the whole command's time.
-    (cd "$kernel/deb" && timeout 900 apt-get "${apt_options[@]}" download "linux-image-$release" >/dev/null 2>&1) ||
-        { echo "kernel-lab: apt-get download linux-image-$release failed or took over 15 minutes" >&2; exit 1; }
+    if ! (cd "$kernel/deb" && timeout 900 apt-get "${apt_options[@]}" download "linux-image-$release" \
+        >/dev/null 2>"$store/apt-download.err"); then
+        echo "kernel-lab: apt-get download linux-image-$release failed or took over 15 minutes:" >&2
+        cat "$store/apt-download.err" >&2
+        exit 1
+    fi
     dpkg-deb -x "$kernel"/deb/*.deb "$kernel/root"
     rm -rf "$kernel/deb"
     # Busybox's insmod and modprobe read plain modules (6.12's package has them xz-compressed), and
