@@ -96,8 +96,6 @@ public final class FastPath: @unchecked Sendable {
     /// Where the program and maps are pinned, if a bpffs is mounted at /sys/fs/bpf.
     public let pinDirectory: String?
     private let settings: Mutex<FastPathSettings>
-    /// Set while the address maps could not be written: the configuration word stays cleared.
-    private let suspended = Atomic<Bool>(false)
 
     public static let bpffs = "/sys/fs/bpf"
 
@@ -333,9 +331,7 @@ public final class FastPath: @unchecked Sendable {
                 settings = next
                 return next
             }
-            if let changed, !suspended.load(ordering: .acquiring) {
-                do { try maps.write(changed) } catch { logger.warning("fast path: \(error)") }
-            }
+            if changed != nil { publishSettings(logger: logger) }
         }
     }
 
@@ -367,9 +363,7 @@ public final class FastPath: @unchecked Sendable {
                 changed.selfOwned
                     ? "--self \(changed.selfAddress) is this host's again: forwarding"
                     : "--self \(changed.selfAddress) is no longer this host's: nothing is forwarded until it is again")
-            if !suspended.load(ordering: .acquiring) {
-                do { try maps.write(changed) } catch { logger.warning("fast path: \(error)") }
-            }
+            publishSettings(logger: logger)
         }
     }
 
@@ -397,20 +391,36 @@ public final class FastPath: @unchecked Sendable {
         } catch {
             logger.warning("fast path: \(error); every packet goes up to NFQUEUE until the maps take \(what)")
             failing.withLock { _ = $0.insert(what) }
-            suspended.store(true, ordering: .releasing)
-            maps.suspend(settings.withLock { $0 })
+            publishSettings(logger: logger)
             return
         }
-        let resume = failing.withLock { failing -> Bool in failing.remove(what) != nil && failing.isEmpty }
-        guard resume else { return }
-        do {
-            try maps.write(settings.withLock { $0 })
-            suspended.store(false, ordering: .releasing)
+        guard failing.withLock({ $0.remove(what) != nil }) else { return }
+        if publishSettings(logger: logger) {
             logger.info("fast path: the maps hold \(what) again; deciding in the kernel")
-        } catch {
-            logger.warning("fast path: \(error)")
         }
     }
+
+    /// Writes the settings and the suspension as they are when it runs, whichever thread changed
+    /// them: one writer at a time, each reading the latest of both, so that an older configuration
+    /// never lands after a newer one (a lost FP_F_SELF_GONE, a suspension undone). True when the
+    /// program decides with them.
+    @discardableResult
+    private func publishSettings(logger: Logger) -> Bool {
+        publishing.withLock { _ in
+            let current = settings.withLock { $0 }
+            var suspend = failing.withLock { !$0.isEmpty }
+            if !suspend {
+                do { try maps.write(current) } catch {
+                    logger.warning("fast path: \(error); every packet goes up to NFQUEUE until it is written")
+                    suspend = true
+                }
+            }
+            if suspend { maps.suspend(current) }
+            return !suspend
+        }
+    }
+
+    private let publishing = Mutex(())
 
     /// The clean stop's choice; a crash leaves the program attached, like `keep`.
     public func stop(_ choice: FastPathStop, logger: Logger) {

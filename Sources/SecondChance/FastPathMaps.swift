@@ -39,15 +39,20 @@ public struct FastPathMaps: Sendable {
         try writeConfiguration(settings.configuration)
     }
 
-    /// Serializes writers of the configuration (the address watcher's thread, the ways back's,
-    /// the starting one): two at once would fill the same free slot.
-    private final class ConfigurationWriter: Sendable { let lock = Mutex(()) }
+    /// Serializes writers of the configuration (two at once would fill the same free slot), and
+    /// waits out the programs still reading the slot just taken out of force, so that the next
+    /// write may fill it.
+    private final class ConfigurationWriter: Sendable {
+        let lock = Mutex<BPFGracePeriod?>(nil)
+    }
     private let configurationWriter = ConfigurationWriter()
 
-    /// Writes `value` whole into the slot not in force, then puts it in force (fp_config_slot): a
-    /// packet meets the old configuration or the new one, never a mix of the two.
+    /// Writes `value` whole into the slot not in force, puts it in force (fp_config_slot), then
+    /// waits until no program still reads the other: a packet meets the old configuration or the
+    /// new one, never a mix of the two, however quickly writes follow each other.
     func writeConfiguration(_ value: fp_config) throws {
-        try configurationWriter.lock.withLock { _ in
+        try configurationWriter.lock.withLock { grace in
+            if grace == nil { grace = try FastPathError.at(.maps) { try BPFGracePeriod() } }
             var zero: UInt32 = 0
             var current: UInt32 = 0
             guard bpf_map_lookup_elem(configSlot, &zero, &current) == 0 else {
@@ -61,6 +66,7 @@ public struct FastPathMaps: Sendable {
             guard bpf_map_update_elem(configSlot, &zero, &next, UInt64(BPF_ANY)) == 0 else {
                 throw FastPathError(.maps, "writing fp_config_slot", errno: errno)
             }
+            try FastPathError.at(.maps) { try grace?.wait() }
         }
     }
 
