@@ -75,11 +75,12 @@ if [ ! -e "$kernel/.complete" ]; then
     rm -rf "$kernel" && mkdir -p "$kernel/deb"
     # Bounded: a mirror that stalls fails the lab with its reason, not the whole command's time.
     if ! (cd "$kernel/deb" && timeout 900 apt-get "${apt_options[@]}" download "linux-image-$release" \
-        >/dev/null 2>"$store/apt-download.err"); then
+        >/dev/null 2>"$kernel/download.err"); then
         echo "kernel-lab: apt-get download linux-image-$release failed or took over 15 minutes:" >&2
-        cat "$store/apt-download.err" >&2
+        cat "$kernel/download.err" >&2
         exit 1
     fi
+    rm -f "$kernel/download.err"
     dpkg-deb -x "$kernel"/deb/*.deb "$kernel/root"
     rm -rf "$kernel/deb"
     # Busybox's insmod and modprobe read plain modules (6.12's package has them xz-compressed), and
