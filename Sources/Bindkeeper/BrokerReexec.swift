@@ -12,14 +12,21 @@ extension Broker {
     /// the policy and every flag and exits, printing its version line. A file that does not run,
     /// or a configuration it refuses, keeps this process serving.
     func checkReplacement() -> Result<String, SystemError> {
-        let checked = ProgramImage.check(executable, arguments: Array(CommandLine.arguments.dropFirst()) + ["--check"])
+        let checked = ProgramImage.check(
+            executable, arguments: Array(CommandLine.arguments.dropFirst()) + ["--check"],
+            seconds: Self.checkSeconds)
         // A release older than `serve --check` refuses the flag as a usage error (64): it is
         // checked as it always was, by running its `version`.
         if case .failure(let error) = checked, error.description.contains("exited with 64") {
-            return ProgramImage.check(executable)
+            return ProgramImage.check(executable, seconds: Self.checkSeconds)
         }
         return checked
     }
+
+    /// How long the check may take: a start of the program, seconds on a loaded or emulated
+    /// machine, bounded as second-chance's is where no watchdog watches (bindkeeper's unit sets
+    /// none); the broker answers no one meanwhile.
+    static let checkSeconds = 30
 
     /// Set in a re-executed image's environment when another re-exec was asked for meanwhile.
     static let reexecPendingName = "BINDKEEPER_REEXEC_PENDING"
