@@ -53,12 +53,10 @@ public struct FastPathMaps: Sendable {
     func writeConfiguration(_ value: fp_config) throws {
         try configurationWriter.lock.withLock { grace in
             if grace == nil { grace = try FastPathError.at(.maps) { try BPFGracePeriod() } }
-            var zero: UInt32 = 0
-            var current: UInt32 = 0
-            guard bpf_map_lookup_elem(configSlot, &zero, &current) == 0 else {
+            guard let current = Self.slotInForce(configSlot) else {
                 throw FastPathError(.maps, "reading fp_config_slot", errno: errno)
             }
-            var next = (current & 1) ^ 1
+            var (zero, next): (UInt32, UInt32) = (0, current ^ 1)
             var value = value
             guard bpf_map_update_elem(config, &next, &value, UInt64(BPF_ANY)) == 0 else {
                 throw FastPathError(.maps, "writing fp_config", errno: errno)
@@ -112,6 +110,13 @@ public struct FastPathMaps: Sendable {
         return present
     }
 
+    /// The index of the configuration slot in force (0 or 1), as the program takes it from
+    /// `fp_config_slot`; nil when the map cannot be read.
+    static func slotInForce(_ slotMap: Int32) -> UInt32? {
+        var (zero, slot): (UInt32, UInt32) = (0, 0)
+        return bpf_map_lookup_elem(slotMap, &zero, &slot) == 0 ? slot & 1 : nil
+    }
+
     /// The layout written into a configuration map (0: none yet), or nil when it cannot be read as
     /// one: the slot in force where there are two (`slotMap`), the one entry of a configuration map
     /// of a layout before slots.
@@ -120,10 +125,10 @@ public struct FastPathMaps: Sendable {
             info.valueSize == UInt32(MemoryLayout<fp_config>.size), info.keySize == 4,
             info.maxEntries == 1 || info.maxEntries == 2
         else { return nil }
-        var (zero, key): (UInt32, UInt32) = (0, 0)
+        var key: UInt32 = 0
         if info.maxEntries == 2 {
-            guard let slotMap, bpf_map_lookup_elem(slotMap, &zero, &key) == 0 else { return nil }
-            key &= 1
+            guard let slot = slotMap.flatMap(slotInForce) else { return nil }
+            key = slot
         }
         var value = fp_config()
         guard bpf_map_lookup_elem(fd, &key, &value) == 0 else { return nil }
@@ -268,9 +273,7 @@ public struct FastPathMaps: Sendable {
 
     /// The configuration in force, as the program reads it.
     public func readConfiguration() -> fp_config? {
-        var (zero, slot): (UInt32, UInt32) = (0, 0)
-        guard bpf_map_lookup_elem(configSlot, &zero, &slot) == 0 else { return nil }
-        var key = slot & 1
+        guard var key = Self.slotInForce(configSlot) else { return nil }
         var value = fp_config()
         return bpf_map_lookup_elem(config, &key, &value) == 0 ? value : nil
     }
