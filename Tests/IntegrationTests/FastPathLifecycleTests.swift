@@ -163,7 +163,9 @@ final class FastPathLifecycleTests: XCTestCase {
 
     func testAReexecReplacesTheProgramInPlaceAndACleanStopRemovesIt() throws {
         let daemon = try lab.start("p1", "second-chance", arguments)
-        try lab.waitFor("the program", seconds: Self.startup) { try self.filterOnP1().contains("second_chance_f") }
+        try lab.waitFor("the program", seconds: Self.startup) {
+            try self.filterOnP1().contains("second_chance_f") && self.lab.log(of: daemon).contains("serving queue")
+        }
         let fd = try connectThroughDirector()
         defer { close(fd) }
         echo(fd, 0)
@@ -217,7 +219,10 @@ final class FastPathLifecycleTests: XCTestCase {
             return
         }
         let daemon = try lab.start("p1", "second-chance", arguments + ["--fast-path", "xdp"])
-        try lab.waitFor("the XDP entry point", seconds: Self.startup) { try self.xdpOnP1() != nil }
+        // The programs attach before the control socket is bound: the daemon serves once it says so.
+        try lab.waitFor("the XDP entry point", seconds: Self.startup) {
+            try self.xdpOnP1() != nil && self.lab.log(of: daemon).contains("serving queue")
+        }
         let first = try XCTUnwrap(try xdpOnP1())
         XCTAssertTrue(try filterOnP1().contains("second_chance_f"), "tc beside it")
         let fd = try connectThroughDirector()
