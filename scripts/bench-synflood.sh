@@ -5,8 +5,10 @@
 # SYN-ACKs through a raw socket (--forward raw) or (c) as the SYN's verdict, forwarded by the kernel
 # (--forward kernel; P1 forwards: ip_forward and accept_local on); with the tc program, (t0) the
 # kernel answers every SYN the program decapsulates (--syn-cookies off --fast-path tc) and (t) the
-# program answers them itself (--fast-path tc). Rows (a)-(c) run with --fast-path off. Same flood,
-# same run. A floor
+# program answers them itself (--fast-path tc), and (x) the XDP entry point answers them
+# (--fast-path xdp --xdp-forward on: the switch's end of P1's veth runs an XDP program that passes
+# everything, in every row, so that P1's XDP_TX arrives). Rows (a)-(c) run with --fast-path off.
+# Same flood, same run. A floor
 # row drops the flood in raw PREROUTING, before the queue: what sending and delivering it costs,
 # taken off every row to give what answering a SYN costs, and the ratios of those to the kernel's.
 # Prints legitimate-connection success and CPU per SYN (second-chance's own, and the namespace-
@@ -39,6 +41,7 @@ VIP=198.19.0.10
 ip netns exec "$P" sysctl -qw net.ipv4.tcp_timestamps=2 net.ipv4.ip_forward=1 net.ipv4.conf.eth0.accept_local=1 \
     net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.eth0.send_redirects=0
 ip netns exec "$P" "$bin/glb-lab" echo --listen "$VIP:8080" --backlog 16 2>/dev/null & pids+=($!)
+ip netns exec "$prefix-sw" "$bin/glb-lab" xdp-pass --interface "$P"
 echo 198.18.0.11 > "$work/table"
 ip netns exec "$prefix-d" "$bin/glb-lab" director --self 198.18.0.2 --table "$work/table" 2>/dev/null & pids+=($!)
 sleep 0.5
@@ -50,7 +53,7 @@ ticks=$(getconf CLK_TCK)
 
 printf '%-24s %8s %10s %12s %14s %14s %12s\n' mode syns syns/s legit_ok legit_failed cpu_us/syn sc_cpu_us/syn
 declare -A cost
-rows=(${ROWS:-floor off raw kernel tc-off tc} ${PREVIOUS:+previous})
+rows=(${ROWS:-floor off raw kernel tc-off tc xdp} ${PREVIOUS:+previous})
 flood_drop=(PREROUTING -s 198.18.0.1 -p udp --dport 19523 -j DROP)  # the floor row: the flood stops here
 for round in $(seq "${ROUNDS:-1}"); do
     if [ "${ROUNDS:-1}" -gt 1 ]; then echo "round $round"; fi
@@ -62,6 +65,7 @@ for round in $(seq "${ROUNDS:-1}"); do
             raw|kernel) flags=(--syn-cookies auto --forward "$mode" --fast-path off) ;;
             tc-off) flags=(--syn-cookies off --fast-path tc) ;;
             tc) flags=(--syn-cookies auto --fast-path tc) ;;
+            xdp) flags=(--syn-cookies auto --fast-path xdp --xdp-forward on) ;;
             previous) program=$PREVIOUS flags=(--syn-cookies auto) ;;
         esac
         ip netns exec "$P" "$program" run --queue 0 --self 198.18.0.11 "${lab_peers[@]}" --allow-source 198.18.0.1 --control "$work/sc.sock" "${flags[@]}" 2>"$work/sc.$mode.log" & sc=$!; pids+=($sc)
@@ -90,6 +94,7 @@ for round in $(seq "${ROUNDS:-1}"); do
             floor) label="(0) floor: flood dropped" ;;
             off) label="(a) kernel cookies" ;; raw) label="(b) responder, raw" ;; kernel) label="(c) responder, verdict" ;;
             tc-off) label="(t0) kernel cookies, tc" ;; tc) label="(t) responder in tc" ;;
+            xdp) label="(x) responder in XDP" ;;
             *) label="(d) previous build" ;;
         esac
         printf '%-24s %8s %10s %12s %14s %14s %12s\n' "$label" "$sent" "$sent_rate" "$ok" "$failed" "$per_syn" "$sc_per_syn"

@@ -298,7 +298,7 @@ public final class FastPath: @unchecked Sendable {
         let pinned = pinDirectory.map { ", pinned in \($0)" } ?? ""
         let where_ = xdpProgram == nil ? "tc" : "XDP (native) and tc"
         let forwards = settings.withLock { $0.xdpForward } ? "XDP" : "tc"
-        let xdp = xdpProgram.map { ", XDP program \($0.id), forwards in \(forwards)" } ?? ""
+        let xdp = xdpProgram.map { ", XDP program \($0.id), forwards and cookie answers in \(forwards)" } ?? ""
         let on = interfaces.joined(separator: ",")
         return "\(where_) on \(on) (program \(program.id), tag \(program.tag)\(xdp)\(adopted)\(pinned))"
     }

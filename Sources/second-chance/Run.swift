@@ -116,9 +116,9 @@ struct Run: ParsableCommand {
     @Option(
         help:
             """
-            Whether the XDP entry point sends a forward back out of the interface it arrived on (XDP_TX): auto (where \
-            no interface is a veth, whose XDP_TX is lost unless its peer runs an XDP program), on (every veth's \
-            peer runs one) or off (tc forwards).
+            Whether the XDP entry point sends forwards and SYN-cookie answers back out of the interface they arrived \
+            on (XDP_TX): auto (where no interface is a veth, whose XDP_TX is lost unless its peer runs an XDP \
+            program), on (every veth's peer runs one) or off (tc sends them).
             """
     )
     var xdpForward: XDPForwardChoice = .auto

@@ -282,7 +282,7 @@ final class FastPathLifecycleTests: XCTestCase {
         try Lab.waitFor("XDP by default", seconds: Self.startup, context: { self.lab.log(of: auto) }) {
             self.lab.log(of: auto).contains("fast path: XDP (native) and tc on eth0")
         }
-        XCTAssertTrue(lab.log(of: auto).contains("forwards in tc"), lab.log(of: auto))
+        XCTAssertTrue(lab.log(of: auto).contains("forwards and cookie answers in tc"), lab.log(of: auto))
         let doctor = try lab.runToEnd("p1", "second-chance", ["doctor", "--queue", "0"] + Lab.labPeers).output
         XCTAssertTrue(doctor.contains("eth0 is a veth: its forwards stay in tc unless --xdp-forward on"), doctor)
         auto.terminate()
@@ -297,7 +297,7 @@ final class FastPathLifecycleTests: XCTestCase {
         try Lab.waitFor("the XDP entry point", seconds: Self.startup, context: { self.lab.log(of: daemon) }) {
             self.lab.log(of: daemon).contains("serving queue")
         }
-        XCTAssertTrue(lab.log(of: daemon).contains("forwards in XDP"), lab.log(of: daemon))
+        XCTAssertTrue(lab.log(of: daemon).contains("forwards and cookie answers in XDP"), lab.log(of: daemon))
         try Lab.shell("tc -n \(lab.namespace("p1")) filter del dev eth0 ingress handle 0x19523 prio 1 bpf")
         // p2's neighbour entry, which the FIB answers with, and forwarding on eth0, without which
         // it does not answer (and XDP and tc send the forward up).

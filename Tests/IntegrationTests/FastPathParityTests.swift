@@ -33,6 +33,8 @@ final class FastPathParityTests: XCTestCase {
         /// The interface both are told the packet arrived on (eth0 unless a case says otherwise).
         var arrival: UInt32
         let localMAC: [UInt8]
+        /// The client's MAC, where a case made it p1's neighbour.
+        var clientMAC: [UInt8] = []
         /// p1's neighbours by address: where a forwarded packet must be sent.
         let neighbours: [IPv4Address: [UInt8]]
         var outcomes: [String: Int] = [:]

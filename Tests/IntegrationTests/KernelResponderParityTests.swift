@@ -9,10 +9,12 @@ import XCTest
 
 @testable import SecondChance
 
-/// The tc program's SYN-cookie responder against the queue's (SynCookieReply, the Swift
+/// The tc and XDP entry points' SYN-cookie responder against the queue's (SynCookieReply, the Swift
 /// reference), SYN by SYN through BPF_PROG_TEST_RUN in p1's namespace: the same SYN-ACK, byte for
 /// byte, for every option shape, both families and both timestamp modes, the cookie the kernel's
-/// own (the oracle's raw helpers compute the same one) and the MSS the route back advertises.
+/// own (the oracle's raw helpers compute the same one) and the MSS the route back advertises. XDP
+/// sends it back out itself (XDP_TX) with the route's MACs, where tc leaves them to the neighbour
+/// subsystem.
 extension FastPathParityTests {
     func testTheProgramAnswersSYNsAsTheQueuesResponderDoes() throws {
         var (harness, _, keep) = try makeHarness()
@@ -23,8 +25,17 @@ extension FastPathParityTests {
             """
             ip -n pspf-p1 route replace 198.18.0.0/24 dev eth0 advmss 1360 && \
             ip -n pspf-p1 -6 route replace 2001:2::/64 dev eth0 metric 256 mtu 1400 && \
-            ip netns exec pspf-p1 sysctl -qw net.ipv4.tcp_syncookies=2
+            ip netns exec pspf-p1 sysctl -qw net.ipv4.tcp_syncookies=2 && \
+            ip netns exec pspf-p1 sysctl -qw net.ipv6.conf.eth0.forwarding=1
             """)
+        // The client's neighbour entries, which XDP's route back answers with.
+        let clientMAC = try Lab.shell("ip -n pspf-c -br link show eth0").split(separator: " ").filter { !$0.isEmpty }[2]
+        try Lab.shell(
+            """
+            ip -n pspf-p1 neigh replace \(Lab.client) lladdr \(clientMAC) dev eth0 nud permanent && \
+            ip -n pspf-p1 -6 neigh replace \(Lab.client6) lladdr \(clientMAC) dev eth0 nud permanent
+            """)
+        harness.clientMAC = Self.mac(clientMAC)
         try lab.inside("p1") {
             let routes = try ReplyRoutesReader.read()
             XCTAssertEqual(routes.route(towards: .v4(Lab.client))?.mss, 1360)
@@ -47,7 +58,9 @@ extension FastPathParityTests {
                     Self.damagedSYNs(from: client, to: destination), harness: &harness)
             }
             try checkTheAttackersSYNs(routes: routes, harness: &harness)
-            XCTAssertEqual(harness.maps.readCounters()[FP_COOKIES_SENT], UInt64(Self.optionShapes.count * 4))
+            let entryPoints = harness.object.xdpFD >= 0 ? 2 : 1
+            XCTAssertEqual(
+                harness.maps.readCounters()[FP_COOKIES_SENT], UInt64(Self.optionShapes.count * 4 * entryPoints))
         }
     }
 
@@ -77,6 +90,7 @@ extension FastPathParityTests {
             selfAddress: Self.self4, peers: harness.decider.peers, guePort: GUEPacket.port,
             checkCookies: true, lookupsElsewhere: false)
         settings.responderServing = true
+        settings.xdpForward = harness.object.xdpFD >= 0
         settings.tcp = tcp
         settings.passIntervalNanoseconds = 3_600_000_000_000
         try harness.maps.write(settings)
@@ -120,6 +134,7 @@ extension FastPathParityTests {
             programFD: harness.object.programFD, frame: harness.frame(outsider),
             interfaceIndex: harness.interfaceIndex)
         XCTAssertEqual(refused, Self.tcShot, "an outsider's SYN is dropped")
+        XCTAssertNotEqual(try harness.runXDP(harness.frame(outsider))?.action, Self.xdpTX, "never answered in XDP")
         // An address the host does not own: the wildcard listener never makes it a reply's source.
         let foreign = Self.gue(
             PacketBuilder.tcp(
@@ -136,6 +151,7 @@ extension FastPathParityTests {
             programFD: harness.object.programFD, frame: harness.frame(foreign),
             interfaceIndex: harness.interfaceIndex)
         XCTAssertEqual(action, Self.tcShot, "refused, never answered")
+        XCTAssertNotEqual(try harness.runXDP(harness.frame(foreign))?.action, Self.xdpTX, "never answered in XDP")
     }
 
     /// The option shapes a SYN comes with: none, MSS alone, Linux's, Windows', timestamps without
@@ -184,6 +200,10 @@ extension FastPathParityTests {
     func checkLeftToTheKernel(_ cases: [(String, [UInt8])], harness: inout Harness) throws {
         for (what, syn) in cases {
             let packet = Self.gue(syn)
+            if let xdp = try harness.runXDP(harness.frame(packet)) {
+                XCTAssertEqual(xdp.action, Self.xdpPass, "\(what): XDP delivers it or leaves it to tc")
+                XCTAssertEqual(xdp.delta[Int(FP_COOKIES_SENT.rawValue)], 0, "\(what): no cookie from XDP")
+            }
             let before = harness.maps.readCounters()
             _ = try BPF.testRun(
                 programFD: harness.object.programFD, frame: harness.frame(packet),
@@ -199,22 +219,43 @@ extension FastPathParityTests {
         }
     }
 
+    /// The SYN answered by each entry point (XDP first: tc's plan would spend nothing either
+    /// did not), each reply the queue's responder's.
     func checkAnswer(
         to syn: [UInt8], _ what: String, harness: inout Harness, snapshot: ResponderBoard.Snapshot,
         listener: ResponderListener, oracle: SynCookieOracle?
     ) throws {
         let packet = Self.gue(syn)
+        let ipv6 = syn[0] >> 4 == 6
+        let etherType: [UInt8] = ipv6 ? [0x86, 0xdd] : [0x08, 0x00]
+        if let xdp = try harness.runXDP(harness.frame(packet)) {
+            guard xdp.action == Self.xdpTX, xdp.delta[Int(FP_COOKIES_SENT.rawValue)] == 1 else {
+                return XCTFail("\(what): not answered in XDP (action \(xdp.action))")
+            }
+            XCTAssertEqual(Array(xdp.output.prefix(14)), harness.clientMAC + harness.localMAC + etherType, what)
+            try checkReply(
+                Array(xdp.output.dropFirst(14)), to: packet, "XDP, \(what)", harness: harness, snapshot: snapshot,
+                listener: listener, oracle: oracle)
+        }
         let before = harness.maps.readCounters()[FP_COOKIES_SENT]
         let (action, output) = try BPF.testRun(
             programFD: harness.object.programFD, frame: harness.frame(packet), interfaceIndex: harness.interfaceIndex)
         guard action == Self.tcRedirect, harness.maps.readCounters()[FP_COOKIES_SENT] == before + 1 else {
             return XCTFail("\(what): not answered (action \(action))")
         }
-        let ipv6 = syn[0] >> 4 == 6
         XCTAssertEqual(Array(output[0..<12]), [UInt8](repeating: 0, count: 12), "\(what): the neighbour fills in MACs")
-        XCTAssertEqual(output[12...13].elementsEqual(ipv6 ? [0x86, 0xdd] : [0x08, 0x00]), true, what)
-        let reply = Array(output[14...])
+        XCTAssertEqual(Array(output[12...13]), etherType, what)
+        try checkReply(
+            Array(output[14...]), to: packet, what, harness: harness, snapshot: snapshot, listener: listener,
+            oracle: oracle)
+    }
 
+    /// `reply` (an IP packet) is the queue's responder's SYN-ACK for the GUE `packet`.
+    func checkReply(
+        _ reply: [UInt8], to packet: [UInt8], _ what: String, harness: Harness, snapshot: ResponderBoard.Snapshot,
+        listener: ResponderListener, oracle: SynCookieOracle?
+    ) throws {
+        let ipv6 = reply.first.map { $0 >> 4 == 6 } ?? false
         // The reference: the queue's responder's SYN-ACK for the same SYN, with the cookie the
         // oracle computes and the TSval the program chose (its option bits checked by the equality).
         try packet.withUnsafeBytes { bytes in

@@ -52,9 +52,9 @@ struct fp_config {
 /* --self is not this host's address now: nothing may leave with it, so forwards go up (the queue
  * drops them, counted as failed forwards) until it is again. */
 #define FP_F_SELF_GONE 0x08
-/* The XDP entry point may send a forward back out of the interface it arrived on (XDP_TX):
- * --xdp-forward on, or auto where no interface is a veth (whose XDP_TX is lost unless its peer
- * runs an XDP program). */
+/* The XDP entry point may send a forward or a SYN-cookie answer back out of the interface the
+ * packet arrived on (XDP_TX): --xdp-forward on, or auto where no interface is a veth (whose
+ * XDP_TX is lost unless its peer runs an XDP program). */
 #define FP_F_XDP_FORWARD 0x10
 
 /* tcp_timestamps=2 (a TSval can carry the options to the kernel), tcp_sack, tcp_window_scaling. */

@@ -630,6 +630,35 @@ __attribute__((noinline)) __u64 parse_syn_options(struct __sk_buff *skb, __u32 t
     return walk_syn_options(&copy);
 }
 
+/* walk_syn_options, verified on its own (Linux 5.12 takes a global function's pointer to memory):
+ * XDP's copy, byte by byte, leaves the verifier a state for each length, which it would otherwise
+ * carry through every path of the walk. */
+__attribute__((noinline)) __u64 walk_copied_options(const struct syn_option_bytes *copy)
+{
+    if (!copy)
+        return SYN_OPTIONS_UNREADABLE;
+    return walk_syn_options(copy);
+}
+
+/* parse_syn_options for XDP, whose frame is one buffer: the bytes copied out one by one, each
+ * checked against the frame's end. */
+__attribute__((noinline)) __u64 parse_syn_options_xdp(struct xdp_md *ctx, __u32 tcp_offset, __u32 length)
+{
+    if (!ctx || length > OPTIONS_MAX || tcp_offset > HEADERS_MAX)
+        return SYN_OPTIONS_UNREADABLE;
+    __u8 *options = (__u8 *)(long)ctx->data + tcp_offset + 20;
+    __u8 *end = (__u8 *)(long)ctx->data_end;
+    struct syn_option_bytes copy = { .length = length };
+    for (__u32 index = 0; index < OPTIONS_MAX; index++) {
+        if (index >= length)
+            break;
+        if (options + index + 1 > end)
+            return SYN_OPTIONS_UNREADABLE;
+        copy.bytes[index] = options[index];
+    }
+    return walk_copied_options(&copy);
+}
+
 static __always_inline void put16(__u8 *at, __u16 value)
 {
     at[0] = value >> 8;
@@ -693,24 +722,43 @@ static __always_inline __u16 tcp_checksum(__u8 *addresses, __u32 address_bytes, 
 }
 
 /*
+ * Copies `length` bytes (a constant at every call) at `offset` of the frame to `to`: 0 when they
+ * are not there. tc reads through the helper, since they may lie past the linear head; XDP's
+ * frame is one buffer, read in place.
+ */
+static __always_inline int load_bytes(void *ctx, int xdp, const struct packet *packet, __u32 offset, void *to,
+                                      __u32 length)
+{
+    if (!xdp)
+        return bpf_skb_load_bytes(ctx, offset, to, length) == 0;
+    if (offset > HEADERS_MAX)
+        return 0;
+    __u8 *from = (__u8 *)packet->data + offset;
+    if (from + length > (__u8 *)packet->end)
+        return 0;
+    __builtin_memcpy(to, from, length);
+    return 1;
+}
+
+/*
  * SynIntegrity.isAnswerable: what ip_rcv and tcp_v4_rcv/tcp_v6_rcv check of a SYN before a
  * listener sees it, for a SYN with no data: its TCP header ends where the IP packet does (a doff
  * past that end, or data, and the kernel decides), the IPv4 header checksum and the TCP checksum
- * are right. 0 when the responder must leave the SYN to the kernel (which drops a damaged one).
- * `scratch` is overwritten.
+ * are right (XDP verified the latter before it classified the packet: decide). 0 when the
+ * responder must leave the SYN to the kernel (which drops a damaged one). `scratch` is overwritten.
  */
-static __always_inline int answerable_syn(struct __sk_buff *skb, __u8 *scratch, void *inner, void *end,
-                                          __u32 inner_offset, __u32 tcp_length, int ipv6)
+static __always_inline int answerable_syn(void *ctx, int xdp, const struct packet *packet, __u8 *scratch,
+                                          __u32 tcp_length)
 {
-    __u32 ip_length = ipv6 ? 40 : 20, packet_length;
-    if (ipv6) {
-        struct ipv6hdr *ip6 = inner;
-        if ((void *)(ip6 + 1) > end)
+    __u32 ip_length = packet->ipv6 ? 40 : 20, packet_length;
+    if (packet->ipv6) {
+        struct ipv6hdr *ip6 = packet->inner;
+        if ((void *)(ip6 + 1) > packet->end)
             return 0;
         packet_length = 40 + bpf_ntohs(ip6->payload_len);
     } else {
-        struct iphdr *ip4 = inner;
-        if ((void *)(ip4 + 1) > end)
+        struct iphdr *ip4 = packet->inner;
+        if ((void *)(ip4 + 1) > packet->end)
             return 0;
         packet_length = bpf_ntohs(ip4->tot_len);
     }
@@ -719,24 +767,26 @@ static __always_inline int answerable_syn(struct __sk_buff *skb, __u8 *scratch, 
     /* The pseudo-header's addresses from a copy of the IP header on the stack (the verifier
      * bounds a stack read by the buffer alone, whichever family the branch was). */
     __s64 sum;
-    if (ipv6) {
-        if (bpf_skb_load_bytes(skb, inner_offset, scratch, 40))
+    if (packet->ipv6) {
+        if (!load_bytes(ctx, xdp, packet, packet->inner_offset, scratch, 40))
             return 0;
         sum = bpf_csum_diff(NULL, 0, (__be32 *)(scratch + 8), 32, 0);
     } else {
-        if (bpf_skb_load_bytes(skb, inner_offset, scratch, 20))
+        if (!load_bytes(ctx, xdp, packet, packet->inner_offset, scratch, 20))
             return 0;
         if (fold((__u32)bpf_csum_diff(NULL, 0, (__be32 *)scratch, 20, 0)) != 0xffff)
             return 0;
         sum = bpf_csum_diff(NULL, 0, (__be32 *)(scratch + 12), 8, 0);
     }
+    if (xdp)
+        return 1;
     __be32 word = bpf_htonl(IPPROTO_TCP << 16 | tcp_length);
     sum = bpf_csum_diff(NULL, 0, &word, 4, (__u32)sum);
     /* A length the verifier sees bounded and a multiple of 4, as the options' copy. */
     __u32 load_length = tcp_length;
     asm volatile("" : "+r"(load_length));
     load_length = ((load_length - 20) & 0x3c) + 20;
-    if (bpf_skb_load_bytes(skb, inner_offset + ip_length, scratch, load_length))
+    if (bpf_skb_load_bytes(ctx, packet->inner_offset + ip_length, scratch, load_length))
         return 0;
     sum = bpf_csum_diff(NULL, 0, (__be32 *)scratch, load_length, (__u32)sum);
     return fold((__u32)sum) == 0xffff;
@@ -772,6 +822,7 @@ static __always_inline struct fp_listener_counts *served_counts(struct bpf_sock 
 enum answer {
     NOT_ANSWERED, /* the SYN goes on as any SYN: to the kernel (or dropped, if not deliverable) */
     ANSWERED,
+    TO_TC, /* XDP only: an answer XDP cannot send, tc's to plan again (nothing of it was spent) */
 };
 
 static __always_inline void count_listener(struct fp_listener_counts *counts, enum fp_listener_count slot)
@@ -782,13 +833,14 @@ static __always_inline void count_listener(struct fp_listener_counts *counts, en
 
 /* The SYN's options as the reply reads them (SynCookieReply): 0 when they cannot be read, and
  * the kernel answers. */
-static __always_inline int read_syn_options(struct __sk_buff *skb, __u32 tcp_offset, __u32 tcp_length,
+static __always_inline int read_syn_options(void *ctx, int xdp, __u32 tcp_offset, __u32 tcp_length,
                                             struct syn_options *options)
 {
     __u32 options_length = (tcp_length - 20) & 0x3f;
     if (options_length > OPTIONS_MAX)
         return 0;
-    __u64 parsed = parse_syn_options(skb, tcp_offset, options_length);
+    __u64 parsed = xdp ? parse_syn_options_xdp(ctx, tcp_offset, options_length)
+                       : parse_syn_options(ctx, tcp_offset, options_length);
     if (parsed & SYN_OPTIONS_UNREADABLE)
         return 0;
     options->timestamp = parsed >> SYN_OPTIONS_TIMESTAMP_SHIFT;
@@ -828,15 +880,17 @@ static __always_inline struct fp_reply_route *reply_route(void *inner, void *end
  * cookie depends on nothing else): a copy of the IP header, then a 24-byte TCP header with that
  * one option, in `scratch`. Negative when it gives none.
  */
-static __always_inline long make_cookie(struct __sk_buff *skb, struct bpf_sock *socket, __u8 *scratch,
-                                        __u32 tcp_offset, int ipv6, __u16 client_mss)
+static __always_inline long make_cookie(void *ctx, int xdp, const struct packet *packet, struct bpf_sock *socket,
+                                        __u8 *scratch, __u16 client_mss)
 {
-    __u32 ip_length = ipv6 ? 40 : 20;
-    if (bpf_skb_load_bytes(skb, tcp_offset - ip_length, scratch, ipv6 ? 40 : 20))
+    int ipv6 = packet->ipv6;
+    __u32 tcp_offset = packet->inner_offset + (ipv6 ? 40 : 20);
+    if (ipv6 ? !load_bytes(ctx, xdp, packet, packet->inner_offset, scratch, 40)
+             : !load_bytes(ctx, xdp, packet, packet->inner_offset, scratch, 20))
         return -1;
     if (!ipv6)
         scratch[0] = 0x45;
-    if (bpf_skb_load_bytes(skb, tcp_offset, scratch + 40, 20))
+    if (!load_bytes(ctx, xdp, packet, tcp_offset, scratch + 40, 20))
         return -1;
     scratch[40 + 12] = (24 / 4) << 4;
     if (client_mss)
@@ -897,7 +951,7 @@ static __always_inline int passed_to_kernel(struct fp_listener_key *key, const s
  * queue is full, the SYN is one the kernel would drop or has data, its interval's SYN, unreadable
  * options, no route back, no cookie). `*counts` is the listener's, where it has one.
  */
-static __always_inline int plan_reply(struct __sk_buff *skb, struct packet *packet, struct bpf_sock *socket,
+static __always_inline int plan_reply(void *ctx, int xdp, struct packet *packet, struct bpf_sock *socket,
                                       __u8 *scratch, struct reply_plan *plan,
                                       struct fp_listener_counts **counts, __u32 *egress)
 {
@@ -915,14 +969,14 @@ static __always_inline int plan_reply(struct __sk_buff *skb, struct packet *pack
         return 0;
     *counts = bpf_map_lookup_elem(&fp_listen_count, &key);
     __u32 tcp_length = tcp->doff * 4;
-    if (!answerable_syn(skb, scratch, packet->inner, packet->end, packet->inner_offset, tcp_length, ipv6))
+    if (!answerable_syn(ctx, xdp, packet, scratch, tcp_length))
         return 0;
     __u64 now = bpf_ktime_get_ns();
     if (passed_to_kernel(&key, config, now, *counts))
         return 0;
     __u32 tcp_offset = packet->inner_offset + (ipv6 ? 40 : 20);
     struct syn_options options = {};
-    if (!read_syn_options(skb, tcp_offset, tcp_length, &options))
+    if (!read_syn_options(ctx, xdp, tcp_offset, tcp_length, &options))
         return 0;
     struct fp_reply_route *route = reply_route(packet->inner, packet->end, ipv6);
     if (!route)
@@ -933,7 +987,7 @@ static __always_inline int plan_reply(struct __sk_buff *skb, struct packet *pack
     __u16 user_mss = tp ? tp->rx_opt.user_mss : 0; /* the listener's TCP_MAXSEG */
     if (user_mss && user_mss < plan->mss)
         plan->mss = user_mss;
-    long generated = make_cookie(skb, socket, scratch, tcp_offset, ipv6, options.mss);
+    long generated = make_cookie(ctx, xdp, packet, socket, scratch, options.mss);
     if (generated < 0) {
         if (generated != -2 /* ENOENT: the kernel would give no cookie now */)
             count(FP_COOKIE_REPLY_FAILED);
@@ -999,31 +1053,49 @@ static __always_inline __u32 write_synack_frame(__u8 *scratch, void *inner, void
     return frame_length > SCRATCH ? 0 : frame_length;
 }
 
+/* A SYN-ACK sent, counted alike by both entry points. */
+static __always_inline void count_answer(struct fp_listener_counts *counts)
+{
+    count(FP_TOTAL);
+    count(FP_COOKIES_SENT);
+    count_listener(counts, FP_L_COOKIES_SENT);
+}
+
 /*
- * Answers a SYN for a served listener: `*verdict` is the tc action when ANSWERED. Nothing is
- * changed in the packet until everything the reply needs is known, so a SYN not answered goes on
- * untouched. Which listeners are served is the monitor's decision (its policy and counts); whether
- * a cookie may be given is the kernel's, through bpf_tcp_gen_syncookie: it answers -ENOENT unless
- * the SYN queue is full (or tcp_syncookies=2), refuses when the accept queue is full, clamps the
- * cookie's MSS to the listener's TCP_MAXSEG, and refreshes the listener's overflow mark, so the
- * kernel accepts the cookie's ACK.
+ * Everything the SYN-ACK for a served listener needs (plan_reply), in `*plan`: 0 when the SYN is
+ * not answered. Which listeners are served is the monitor's decision (its policy and counts);
+ * whether a cookie may be given is the kernel's, through bpf_tcp_gen_syncookie: it answers -ENOENT
+ * unless the SYN queue is full (or tcp_syncookies=2), refuses when the accept queue is full,
+ * clamps the cookie's MSS to the listener's TCP_MAXSEG, and refreshes the listener's overflow
+ * mark, so the kernel accepts the cookie's ACK. Nothing in the packet is changed.
  */
-static __always_inline enum answer respond(struct __sk_buff *skb, struct packet *packet, int *verdict)
+static __always_inline int prepare_answer(void *ctx, int xdp, struct packet *packet, __u8 *scratch,
+                                          struct reply_plan *plan, struct fp_listener_counts **counts, __u32 *egress)
 {
     /* The reply's source is the SYN's destination: only an address this host owns, or routes into
      * the sockets' namespace (--netns), where its listener is. */
     if (local_refusal(packet->inner, packet->end, packet->ipv6))
-        return NOT_ANSWERED;
-    struct bpf_sock *socket = bpf_skc_lookup_tcp(skb, &packet->tuple, tuple_size(packet), BPF_F_CURRENT_NETNS, 0);
+        return 0;
+    struct bpf_sock *socket = bpf_skc_lookup_tcp(ctx, &packet->tuple, tuple_size(packet), BPF_F_CURRENT_NETNS, 0);
     if (!socket)
-        return NOT_ANSWERED;
+        return 0;
+    int planned = plan_reply(ctx, xdp, packet, socket, scratch, plan, counts, egress);
+    bpf_sk_release(socket);
+    return planned;
+}
+
+/*
+ * tc: answers a SYN for a served listener: `*verdict` is the tc action when ANSWERED. Nothing is
+ * changed in the packet until everything the reply needs is known, so a SYN not answered goes on
+ * untouched.
+ */
+static __always_inline enum answer respond(struct __sk_buff *skb, struct packet *packet, int *verdict)
+{
     __u8 scratch[SCRATCH] __attribute__((aligned(8))) = {};
     struct reply_plan plan = {};
     struct fp_listener_counts *counts = NULL;
     __u32 egress = 0;
-    int planned = plan_reply(skb, packet, socket, scratch, &plan, &counts, &egress);
-    bpf_sk_release(socket);
-    if (!planned)
+    if (!prepare_answer(skb, 0, packet, scratch, &plan, &counts, &egress))
         return NOT_ANSWERED;
 
     /* From here the SYN becomes its SYN-ACK. */
@@ -1044,9 +1116,7 @@ static __always_inline enum answer respond(struct __sk_buff *skb, struct packet 
         *verdict = TC_ACT_SHOT;
         return ANSWERED;
     }
-    count(FP_TOTAL);
-    count(FP_COOKIES_SENT);
-    count_listener(counts, FP_L_COOKIES_SENT);
+    count_answer(counts);
     /* Out of the route's interface, with the neighbour (the client's, or its gateway's) the
      * kernel resolves as for its own SYN-ACK: bpf_redirect_neigh looks the route up itself,
      * as this host's output, so forwarding need not be on. */
@@ -1603,6 +1673,100 @@ static __always_inline int xdp_forward(struct xdp_md *ctx, const struct packet *
     return XDP_TX;
 }
 
+/* The route back to a SYN's source from its destination, as this host's own output by `egress`:
+ * BPF_FIB_LKUP_RET_SUCCESS with the neighbour's and the device's MACs, or why not (FWD_DISABLED
+ * where the interface does not forward, as for route_to_hop). */
+static __always_inline long route_back(struct xdp_md *ctx, const struct packet *packet, __u32 egress,
+                                       struct bpf_fib_lookup *route)
+{
+    __builtin_memset(route, 0, sizeof(*route));
+    route->l4_protocol = IPPROTO_TCP;
+    route->sport = packet->tcp->dest;
+    route->dport = packet->tcp->source;
+    route->ifindex = egress;
+    if (packet->ipv6) {
+        struct ipv6hdr *ip6 = packet->inner;
+        if ((void *)(ip6 + 1) > packet->end)
+            return -1;
+        route->family = 10; /* AF_INET6 */
+        __builtin_memcpy(route->ipv6_src, &ip6->daddr, 16);
+        __builtin_memcpy(route->ipv6_dst, &ip6->saddr, 16);
+    } else {
+        struct iphdr *ip4 = packet->inner;
+        if ((void *)(ip4 + 1) > packet->end)
+            return -1;
+        route->family = 2; /* AF_INET */
+        route->ipv4_src = ip4->daddr;
+        route->ipv4_dst = ip4->saddr;
+    }
+    return bpf_fib_lookup(ctx, route, sizeof(*route), BPF_FIB_LOOKUP_OUTPUT);
+}
+
+/*
+ * XDP: a SYN for a served listener becomes its SYN-ACK in place (the bytes tc's respond writes,
+ * the route's MACs) and goes back out of the interface it arrived on (XDP_TX), where the daemon
+ * lets XDP send (FP_F_XDP_FORWARD) and the route back leaves by that interface, its neighbour
+ * known. Any other answer is tc's (TO_TC: the packet on unchanged), which plans it again: a plan
+ * spends nothing of the listener's pass interval. `*action` is the XDP action when ANSWERED.
+ */
+static __always_inline enum answer xdp_respond(struct xdp_md *ctx, struct packet *packet, int *action)
+{
+    if (!(packet->config->flags & FP_F_XDP_FORWARD))
+        return TO_TC;
+    __u8 scratch[SCRATCH] __attribute__((aligned(8))) = {};
+    struct reply_plan plan = {};
+    struct fp_listener_counts *counts = NULL;
+    __u32 egress = 0;
+    if (!prepare_answer(ctx, 1, packet, scratch, &plan, &counts, &egress))
+        return NOT_ANSWERED;
+    /* The route is looked up in the scratch (the stack's 512 bytes are the program's and its
+     * calls'), its MACs kept before the frame is written there. */
+    _Static_assert(sizeof(struct bpf_fib_lookup) <= SCRATCH, "the route fits the scratch");
+    struct bpf_fib_lookup *route = (void *)scratch;
+    if (egress != packet->ifindex || route_back(ctx, packet, egress, route) != BPF_FIB_LKUP_RET_SUCCESS ||
+        route->ifindex != packet->ifindex)
+        return TO_TC;
+    struct ethhdr addresses;
+    __builtin_memcpy(addresses.h_dest, route->dmac, ETH_ALEN);
+    __builtin_memcpy(addresses.h_source, route->smac, ETH_ALEN);
+    /* A frame to another host's link address (a device in promiscuous mode) is never answered
+     * here: tc sees it as such. */
+    struct ethhdr *eth = packet->data;
+    if ((void *)(eth + 1) > packet->end)
+        return TO_TC;
+    __u8 differs = 0;
+    for (int index = 0; index < ETH_ALEN; index++)
+        differs |= eth->h_dest[index] ^ addresses.h_source[index];
+    if (differs)
+        return TO_TC;
+    __u32 frame_length = write_synack_frame(scratch, packet->inner, packet->end, packet->ipv6, packet->config, &plan);
+    if (!frame_length) {
+        count(FP_COOKIE_REPLY_FAILED);
+        return NOT_ANSWERED;
+    }
+    __builtin_memcpy(scratch, &addresses, 2 * ETH_ALEN);
+    /* The reply is shorter than the SYN with its outer headers: written over its start (whole
+     * words of the scratch, its tail zero), then the frame cut to its length. */
+    __u8 *data = packet->data;
+    if (packet->ipv6) {
+        if (data + ETH_LENGTH + 40 + 40 > (__u8 *)packet->end)
+            return TO_TC;
+        __builtin_memcpy(data, scratch, ETH_LENGTH + 40 + 40);
+    } else {
+        if (data + ETH_LENGTH + 20 + 40 > (__u8 *)packet->end)
+            return TO_TC;
+        __builtin_memcpy(data, scratch, ETH_LENGTH + 20 + 40);
+    }
+    if (bpf_xdp_adjust_tail(ctx, (int)frame_length - (int)packet->frame_length)) {
+        count(FP_COOKIE_REPLY_FAILED); /* cannot happen: the frame only shrinks */
+        *action = XDP_DROP;
+        return ANSWERED;
+    }
+    count_answer(counts);
+    *action = XDP_TX;
+    return ANSWERED;
+}
+
 SEC("xdp")
 int second_chance_xdp(struct xdp_md *ctx)
 {
@@ -1628,6 +1792,13 @@ int second_chance_xdp(struct xdp_md *ctx)
     struct verdict verdict = process_outer(&packet);
     if (verdict.kind == V_CONTINUE)
         verdict = decide(ctx, &packet, 1);
+    if (verdict.kind == V_RESPOND) {
+        int action = XDP_PASS;
+        enum answer answer = xdp_respond(ctx, &packet, &action);
+        if (answer == ANSWERED)
+            return action;
+        verdict = answer == TO_TC ? conclude(V_TC, 0) : deliverable(&packet, FP_LOCAL_SYN);
+    }
     switch (verdict.kind) {
     case V_DROP:
         /* The interface a bond's slave received on is not the bond the route back names: tc,
@@ -1641,7 +1812,7 @@ int second_chance_xdp(struct xdp_md *ctx)
     case V_FORWARD:
         return xdp_forward(ctx, &packet);
     default:
-        /* To the queue, the responder's SYNs, and what XDP leaves to tc (V_TC):
+        /* To the queue, and what XDP leaves to tc (V_TC, answers it cannot send included):
          * tc decides them, and counts them, as it would without this program. */
         return XDP_PASS;
     }

@@ -1,0 +1,62 @@
+import Foundation
+import Glibc
+import LabKit
+import LabPrograms
+import LinuxSys
+import NetTypes
+import Telemetry
+import XCTest
+
+/// The SYN-cookie responder in XDP, end to end: with `--xdp-forward on` (the switch's end of p1's
+/// veth runs an XDP program, so p1's XDP_TX arrives) and tc's filter taken away, a SYN for a served
+/// listener is answered by XDP alone (its SYN-ACK straight back to the client), the client's
+/// cookie ACK is taken in XDP, the connection carries data, and the queue sees none of it.
+extension FastPathLifecycleTests {
+    func testXDPAnswersSYNsWithTheKernelsCookiesWhereItMaySend() throws {
+        let version = try XCTUnwrap(KernelRelease.version(of: KernelRelease.current))
+        guard version >= (5, 13) else { return }  // no XDP entry point: the responder is tc's, tested apart
+        let p1 = lab.namespace("p1")
+        // tcp_syncookies=2: the kernel gives cookies with no overflow, so `always` serves the echo
+        // listener at once. Forwarding on eth0: bpf_fib_lookup answers only there.
+        try Lab.shell(
+            """
+            ip netns exec \(p1) sysctl -qw net.ipv4.tcp_syncookies=2 && \
+            ip netns exec \(p1) sysctl -qw net.ipv4.conf.eth0.forwarding=1
+            """)
+        let (empty, _, pass) = try EmptyPrograms.load()
+        defer { withExtendedLifetime(empty) {} }
+        try lab.inside("sw") { try NativeXDP.attach(programFD: pass, interface: "\(lab.prefix)-p1", replacing: nil) }
+        let daemon = try lab.start(
+            "p1", "second-chance",
+            arguments + [
+                "--fast-path", "xdp", "--xdp-forward", "on", "--syn-cookies", "always", "--cookie-pass-ms", "600000",
+            ])
+        defer { daemon.terminate(); daemon.waitUntilExit() }
+        try Lab.waitFor("the responder", seconds: Self.startup, context: { self.lab.log(of: daemon) }) {
+            guard self.lab.log(of: daemon).contains("serving queue") else { return false }
+            return try readControlSocket(self.lab.controlPath("p1")).split(separator: "\n").contains {
+                $0.hasPrefix("listener \(Lab.vip):80 ") && $0.contains(" active 1")
+            }
+        }
+        try Lab.shell("tc -n \(p1) filter del dev eth0 ingress handle 0x19523 prio 1 bpf")
+        let queueBefore = try queueOnP1()
+
+        // The listener's first SYN goes to the kernel, which answers it (and keeps its overflow
+        // mark); XDP delivers it, and the client's neighbour entry is made on the way back.
+        let first = try connectThroughDirector()
+        defer { close(first) }
+        echo(first, 0)
+        let before = try lab.stats("p1")
+        XCTAssertEqual(try before.value("fast_path_cookies_sent"), 0, "the kernel's SYN")
+
+        let second = try lab.inside("c") { try LabSockets.connectTCP(to: .v4(Lab.vip), port: 80) }
+        defer { close(second) }
+        for index in 1...3 { echo(second, index) }
+        let after = try lab.stats("p1")
+        XCTAssertEqual(try after.value("fast_path_cookies_sent"), 1, "answered in XDP: \(after)")
+        XCTAssertEqual(
+            try after.value("fast_path_accepted_syn_cookie") - before.value("fast_path_accepted_syn_cookie"), 1,
+            "its ACK taken as the cookie: \(after)")
+        XCTAssertEqual(try queueOnP1().idSequence, queueBefore.idSequence, "the queue saw none of it")
+    }
+}
