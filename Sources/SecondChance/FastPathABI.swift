@@ -9,6 +9,9 @@ public enum FastPathMap: String, CaseIterable, Sendable {
     case configSlot = "fp_config_slot"
     case sources = "fp_sources"
     case hops = "fp_hops"
+    case hosts4 = "fp_hosts4"
+    case hosts6 = "fp_hosts6"
+    case localRanges = "fp_local_ranges"
     case local4 = "fp_local4"
     case local6 = "fp_local6"
     case broadcast4 = "fp_broadcast4"
@@ -40,8 +43,13 @@ enum FastPathABI {
     static func key(_ prefix: IPv6Prefix) -> [UInt8] {
         var key = fp_ip6_prefix()
         key.prefix_length = UInt32(prefix.length)
-        fill(&key.address, with: bytes(of: prefix.network.high.bigEndian) + bytes(of: prefix.network.low.bigEndian))
+        fill(&key.address, with: bytes(of: prefix.network))
         return bytes(of: key)
+    }
+
+    /// An IPv6 address in network order, as the packet carries it.
+    static func bytes(of address: IPv6Address) -> [UInt8] {
+        bytes(of: address.high.bigEndian) + bytes(of: address.low.bigEndian)
     }
 
     /// A listener as sock_diag and bpf_sock name it: family 4 or 6, port, its own bound address
@@ -82,7 +90,7 @@ enum FastPathABI {
         return bytes(of: value)
     }
 
-    /// fp_local4/6 entries: FP_LOCAL_OWN wins where a key is both.
+    /// fp_hosts4/6 and fp_local4/6 entries: FP_LOCAL_OWN wins where a key is both.
     static func localKinds(own: [[UInt8]], deliverable: [[UInt8]]) -> [[UInt8]: [UInt8]] {
         var entries = Dictionary(
             deliverable.map { ($0, [UInt8(FP_LOCAL_DELIVERABLE)]) }, uniquingKeysWith: { a, _ in a })

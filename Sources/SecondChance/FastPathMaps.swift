@@ -11,7 +11,7 @@ import Synchronization
 /// a map that lacks an entry both the old and the new set have.
 public struct FastPathMaps: Sendable {
     let config: Int32, configSlot: Int32, sources: Int32, hops: Int32, local4: Int32, local6: Int32, broadcast4: Int32,
-        counters: Int32
+        counters: Int32, hosts4: Int32, hosts6: Int32, localRanges: Int32
     let listeners: Int32, listenerCounts: Int32, listenerPass: Int32
     let replyRoutes4: Int32, replyRoutes6: Int32, reverse4: Int32
 
@@ -19,6 +19,7 @@ public struct FastPathMaps: Sendable {
         (config, configSlot) = (object.map(.config), object.map(.configSlot))
         (sources, hops) = (object.map(.sources), object.map(.hops))
         (local4, local6, broadcast4) = (object.map(.local4), object.map(.local6), object.map(.broadcast4))
+        (hosts4, hosts6, localRanges) = (object.map(.hosts4), object.map(.hosts6), object.map(.localRanges))
         (counters, listeners) = (object.map(.counters), object.map(.listeners))
         (listenerCounts, listenerPass) = (object.map(.listenerCounts), object.map(.listenerPass))
         (replyRoutes4, replyRoutes6, reverse4) = (object.map(.reply4), object.map(.reply6), object.map(.reverse4))
@@ -68,27 +69,39 @@ public struct FastPathMaps: Sendable {
         }
     }
 
+    /// The host's addresses exactly (fp_hosts4/6) and its local routes (fp_local4/6). While the
+    /// sets change, the program consults the routes whatever they hold (fp_local_ranges), so an
+    /// address moving between the two is never missed; after, only where there are any.
     public func write(_ local: LocalAddresses) throws {
+        try writeLocalRanges(ipv4: true, ipv6: true)
         // An address routed into the sockets' namespace is never one of the host's (the watcher
-        // leaves those out), so no deliverable /32 inside a local range hides the range's kind.
-        let own4 = local.ipv4.map { IPv4Prefix(network: $0, length: 32) } + local.ipv4Ranges
-        let own6 = local.ipv6.map { IPv6Prefix(network: $0, length: 128) } + local.ipv6Ranges
-        let deliverable4 = local.deliverableIPv4.map { IPv4Prefix(network: $0, length: 32) }
-        let deliverable6 = local.deliverableIPv6.map { IPv6Prefix(network: $0, length: 128) }
+        // leaves those out), so no deliverable address inside a local range hides the range's kind.
         try replace(
-            local4,
+            hosts4,
             entries: FastPathABI.localKinds(
-                own: own4.map(FastPathABI.key), deliverable: deliverable4.map(FastPathABI.key)))
+                own: local.ipv4.map { FastPathABI.bytes(of: $0.value.bigEndian) },
+                deliverable: local.deliverableIPv4.map { FastPathABI.bytes(of: $0.value.bigEndian) }))
         try replace(
-            local6,
+            hosts6,
             entries: FastPathABI.localKinds(
-                own: own6.map(FastPathABI.key), deliverable: deliverable6.map(FastPathABI.key)))
+                own: local.ipv6.map { FastPathABI.bytes(of: $0) },
+                deliverable: local.deliverableIPv6.map { FastPathABI.bytes(of: $0) }))
+        try replace(local4, keys: Set(local.ipv4Ranges.map(FastPathABI.key)), value: UInt8(FP_LOCAL_OWN))
+        try replace(local6, keys: Set(local.ipv6Ranges.map(FastPathABI.key)), value: UInt8(FP_LOCAL_OWN))
+        try writeLocalRanges(ipv4: !local.ipv4Ranges.isEmpty, ipv6: !local.ipv6Ranges.isEmpty)
         try replace(broadcast4, keys: Set(local.broadcast.map { FastPathABI.bytes(of: $0.value.bigEndian) }))
     }
 
-    /// Makes the map's keys exactly `keys` (values 1).
-    func replace(_ fd: Int32, keys: Set<[UInt8]>) throws {
-        try replace(fd, entries: Dictionary(uniqueKeysWithValues: keys.map { ($0, [1]) }))
+    private func writeLocalRanges(ipv4: Bool, ipv6: Bool) throws {
+        var (zero, value) = (UInt32(0), fp_local_ranges(ipv4: ipv4 ? 1 : 0, ipv6: ipv6 ? 1 : 0))
+        guard bpf_map_update_elem(localRanges, &zero, &value, UInt64(BPF_ANY)) == 0 else {
+            throw FastPathError(.maps, "writing fp_local_ranges", errno: errno)
+        }
+    }
+
+    /// Makes the map's keys exactly `keys` (values `value`).
+    func replace(_ fd: Int32, keys: Set<[UInt8]>, value: UInt8 = 1) throws {
+        try replace(fd, entries: Dictionary(uniqueKeysWithValues: keys.map { ($0, [value]) }))
     }
 
     /// The keys the map holds now.

@@ -271,6 +271,8 @@ final class FastPathParityTests: XCTestCase {
     static let outsider = IPv4Address("198.18.1.66")!
     /// Addresses of a sockets' namespace (--netns) the host routes there: destinations only.
     static let podVIP = IPv4Address("198.19.8.8")!, podVIP6 = IPv6Address("2001:db8::88")!
+    /// In ranges p1 serves by local routes (AnyIP: `ip route add local PREFIX dev lo`).
+    static let rangeVIP = IPv4Address("198.19.9.5")!, rangeVIP6 = IPv6Address("2001:db8:99::5")!
 
     static func mac(_ text: Substring) -> [UInt8] { text.split(separator: ":").map { UInt8($0, radix: 16)! } }
 
@@ -282,6 +284,8 @@ final class FastPathParityTests: XCTestCase {
         try Lab.shell(
             """
             ip netns exec pspf-p1 sysctl -qw net.ipv4.conf.eth0.forwarding=1 && \
+            ip -n pspf-p1 route add local 198.19.9.0/24 dev lo && \
+            ip -n pspf-p1 -6 route add local 2001:db8:99::/64 dev lo && \
             ip -n pspf-c route replace \(Lab.vip)/32 via \(Lab.p1) && \
             ip -n pspf-c -6 route replace \(Lab.vip6)/128 via 2001:2::11
             """)
@@ -475,6 +479,9 @@ final class FastPathParityTests: XCTestCase {
             ("SYN from the sockets' namespace", gue(tcp(.v4(podVIP), 40027, vip, 80, .syn))),
             ("SYN from the sockets' namespace, IPv6", gue(tcp(.v6(podVIP6), 40027, vip6, 80, .syn))),
             ("hop in the sockets' namespace", gue(tcp(client, 40028, vip, 80, .ack), hops: [podVIP])),
+            ("SYN to a local route's range", gue(tcp(client, 40029, .v4(rangeVIP), 80, .syn))),
+            ("SYN to a local route's range, IPv6", gue(tcp(client6, 40029, .v6(rangeVIP6), 80, .syn))),
+            ("martian source: a local route's range", gue(tcp(.v4(rangeVIP), 40030, vip, 80, .syn))),
             ("martian source: loopback", gue(tcp(.v4(IPv4Address("127.0.0.1")!), 40020, vip, 80, .syn))),
             ("martian source: this host", gue(tcp(.v4(Lab.p1), 40021, vip, 80, .syn))),
             ("martian source: multicast", gue(tcp(.v4(IPv4Address("239.1.1.1")!), 40022, vip, 80, .syn))),
@@ -613,7 +620,7 @@ final class FastPathParityTests: XCTestCase {
     func compareNamedCases(_ harness: inout Harness, _ established: [FlowKey]) throws {
         for (name, packet) in Self.namedCases(established: established) { try harness.compare(packet, name) }
         // Every named case that the program decides is decided, not sent up: the cases above
-        // name 36 decided packets (forwarded, taken, dropped) and 2 inner non-TCP ones.
+        // name 39 decided packets (forwarded, taken, dropped) and 2 inner non-TCP ones.
         XCTAssertEqual(harness.outcomes["up"], 2, "\(harness.outcomes)")
         XCTAssertGreaterThanOrEqual(harness.outcomes["forwarded"] ?? 0, 5, "\(harness.outcomes)")
         XCTAssertEqual(harness.outcomes["accepted_established"], 3, "\(harness.outcomes)")
@@ -687,7 +694,7 @@ final class FastPathParityTests: XCTestCase {
         try harness.maps.write(settings)
         harness.outcomes = [:]
         for (name, packet) in Self.namedCases(established: established) { try harness.compare(packet, name) }
-        XCTAssertEqual(harness.outcomes["accepted_syn"], 6, "the SYNs decide no look-up: \(harness.outcomes)")
+        XCTAssertEqual(harness.outcomes["accepted_syn"], 8, "the SYNs decide no look-up: \(harness.outcomes)")
         XCTAssertNil(harness.outcomes["accepted_established"], "\(harness.outcomes)")
         XCTAssertNil(harness.outcomes["forwarded"], "\(harness.outcomes)")
         // Suspended (the address maps could not be written): every packet goes up, counted.

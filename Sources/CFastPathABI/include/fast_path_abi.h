@@ -18,7 +18,7 @@ typedef uint32_t __u32;
 typedef uint64_t __u64;
 #endif
 
-#define FP_LAYOUT 7
+#define FP_LAYOUT 8
 
 /* Addresses and ports are in network byte order unless a field says otherwise. */
 struct fp_config {
@@ -36,9 +36,9 @@ struct fp_config {
     __u8 reserved2[5];
 };
 
-/* The values of fp_local4 and fp_local6: this host's own address or local route, or an address
- * of the sockets' namespace (--netns) that the host routes there: a destination, nothing more
- * (it neither makes a source martian nor a hop this host). */
+/* The values of fp_hosts4/6 and fp_local4/6: this host's own address or local route, or an
+ * address of the sockets' namespace (--netns) that the host routes there: a destination, nothing
+ * more (it neither makes a source martian nor a hop this host). */
 #define FP_LOCAL_OWN 1
 #define FP_LOCAL_DELIVERABLE 2
 
@@ -135,6 +135,13 @@ struct fp_ip4_prefix {
 struct fp_ip6_prefix {
     __u32 prefix_length;
     __u8 address[16];
+};
+
+/* Whether fp_local4 and fp_local6 hold any local route (a range of addresses, not one): the
+ * program looks a missed address up there only then. */
+struct fp_local_ranges {
+    __u32 ipv4;
+    __u32 ipv6;
 };
 
 #define FP_MAX_PREFIXES 4096

@@ -89,7 +89,32 @@ struct {
     __type(value, struct fp_reverse_path);
 } fp_reverse4 SEC(".maps");
 
-/* This host's addresses (as /32 and /128) and its local routes, from the daemon's rtnetlink watcher. */
+/* This host's addresses, from the daemon's rtnetlink watcher: each one exactly (a hash, for the
+ * look-ups every packet makes), and its local routes (ranges, as AnyIP's `local 198.19.0.0/24`
+ * makes) in a trie, consulted only when fp_local_ranges says it holds any. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, FP_MAX_ADDRESSES);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, __u32);
+    __type(value, __u8);
+} fp_hosts4 SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, FP_MAX_ADDRESSES);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, struct in6_addr);
+    __type(value, __u8);
+} fp_hosts6 SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct fp_local_ranges);
+} fp_local_ranges SEC(".maps");
+
 struct {
     __uint(type, BPF_MAP_TYPE_LPM_TRIE);
     __uint(max_entries, FP_MAX_ADDRESSES);
@@ -253,23 +278,45 @@ static __always_inline int in_prefixes(void *trie, __u32 address)
     return bpf_map_lookup_elem(trie, &key) != NULL;
 }
 
-/* FP_LOCAL_OWN or FP_LOCAL_DELIVERABLE for an address in fp_local4, else 0. */
+/* Whether fp_local4 (ipv6: fp_local6) holds a local route. */
+static __always_inline int local_ranges(int ipv6)
+{
+    __u32 zero = 0;
+    const struct fp_local_ranges *ranges = bpf_map_lookup_elem(&fp_local_ranges, &zero);
+    return ranges && (ipv6 ? ranges->ipv6 : ranges->ipv4);
+}
+
+/* FP_LOCAL_OWN or FP_LOCAL_DELIVERABLE for an address of this host's, else 0: the address itself
+ * (fp_hosts4), else a local route that holds it. An address is never also a range's (a range's
+ * /32 is the address, more specific), so the order is the trie's own. */
 static __always_inline __u8 local4(__u32 address)
 {
+    const __u8 *kind = bpf_map_lookup_elem(&fp_hosts4, &address);
+    if (kind)
+        return *kind;
+    if (!local_ranges(0))
+        return 0;
     struct fp_ip4_prefix key = { .prefix_length = 32, .address = address };
-    const __u8 *kind = bpf_map_lookup_elem(&fp_local4, &key);
+    kind = bpf_map_lookup_elem(&fp_local4, &key);
     return kind ? *kind : 0;
 }
 
 static __always_inline __u8 local6(const struct in6_addr *address)
 {
+    struct in6_addr exact;
+    __builtin_memcpy(&exact, address, 16);
+    const __u8 *kind = bpf_map_lookup_elem(&fp_hosts6, &exact);
+    if (kind)
+        return *kind;
+    if (!local_ranges(1))
+        return 0;
     /* Filled in field by field: an initializer with a non-zero field makes clang keep a copy in
      * .rodata, a data section without variables whose BTF Linux 5.10 refuses (and with
      * it the global function below: it would be verified as a static one, past the limit). */
     struct fp_ip6_prefix key;
     key.prefix_length = 128;
     __builtin_memcpy(key.address, address, 16);
-    const __u8 *kind = bpf_map_lookup_elem(&fp_local6, &key);
+    kind = bpf_map_lookup_elem(&fp_local6, &key);
     return kind ? *kind : 0;
 }
 
@@ -1149,7 +1196,12 @@ static __always_inline struct verdict process_outer(struct packet *packet)
         return conclude(V_UP, FP_UP_OUTER_UNCHECKED);
     if ((outer->ip.frag_off & bpf_htons(0x3fff)) || packet->segmented)
         return conclude(V_UP, FP_UP_OUTER_OPTIONS);
-    if (!owns4(outer->ip.daddr))
+    /* Almost every GUE packet is addressed to --self, which is this host's own unless
+     * FP_F_SELF_GONE says otherwise (the daemon writes both from the same addresses): no
+     * look-up for those. */
+    const struct fp_config *config = packet->config;
+    int to_self = outer->ip.daddr == config->self_ip4 && !(config->flags & FP_F_SELF_GONE);
+    if (!to_self && !owns4(outer->ip.daddr))
         return conclude(V_UP, FP_UP_NOT_ADDRESSED_HERE);
     return conclude(V_CONTINUE, 0);
 }
