@@ -13,6 +13,9 @@ public struct DaemonEndpoints: Sendable {
     /// The metrics port, if any.
     public var metrics: Endpoint?
     public var fastPathStop: FastPathStop
+    /// How long this start took until it could serve (its programs loaded and verified): a
+    /// re-exec's check of the new image does the same work, and its deadline grows with it.
+    public var startupSeconds = 0
 
     public init(controlPath: String, metrics: Endpoint?, fastPathStop: FastPathStop) {
         (self.controlPath, self.metrics, self.fastPathStop) = (controlPath, metrics, fastPathStop)
@@ -138,7 +141,7 @@ public final class QueueDaemon {
         let reexecutor = Reexecutor(
             executable: ProgramImage.startPath(),
             checkSeconds: WatchdogSettings.reexecCheckSeconds(
-                WatchdogSettings(environment: environment, pid: getpid())),
+                WatchdogSettings(environment: environment, pid: getpid()), startupSeconds: endpoints.startupSeconds),
             logger: logger)
         let reexecGo = try EventFD()
         (self.notifier, self.reexecutor, self.reexecGo) = (notifier, reexecutor, reexecGo)

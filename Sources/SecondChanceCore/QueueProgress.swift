@@ -35,7 +35,12 @@ public struct WatchdogSettings: Sendable, Equatable {
     /// the watchdog still hear from it in time: half the interval less a second, at least one.
     public var longestStepSeconds: Int { max(1, Int(checkMilliseconds) / 1000 - 1) }
 
-    /// The deadline of a re-exec's check: it loads and verifies the BPF programs, seconds under
-    /// emulation or load; bounded by the watchdog where one watches, else by 30 s.
-    public static func reexecCheckSeconds(_ settings: WatchdogSettings?) -> Int { settings?.longestStepSeconds ?? 30 }
+    /// The deadline of a re-exec's check: it loads and verifies the BPF programs, as this start
+    /// did on the same kernel (seconds under emulation or load). Bounded by the watchdog where
+    /// one watches; else four times what this start took to serve (`startupSeconds`), at least
+    /// 30 s and at most 300.
+    public static func reexecCheckSeconds(_ settings: WatchdogSettings?, startupSeconds: Int = 0) -> Int {
+        settings?.longestStepSeconds
+            ?? min(300, max(30, min(startupSeconds, 300) * 4))
+    }
 }

@@ -445,6 +445,7 @@ struct Run: ParsableCommand {
     }
 
     func serve(serving: borrowing Atomic<Bool>) throws {
+        let started = ContinuousClock.now
         let environment = ProgramImage.environment()
         var handover = Handover(environment: environment)
         let oracle = loadOracle()
@@ -495,8 +496,9 @@ struct Run: ParsableCommand {
                 adoptedQueues: workers.filter(\.queue.adopted).count, decapsulation: plan.decapsulation.rawValue,
                 forwarding: plan.forwarding.rawValue, fastPath: kernelPath.path?.hook ?? "off",
                 failOpen: configuration.failOpen))
-        let endpoints = DaemonEndpoints(
+        var endpoints = DaemonEndpoints(
             controlPath: control ?? defaultControlPath(queue: queues[0]), metrics: metrics, fastPathStop: fastPathStop)
+        endpoints.startupSeconds = Int((ContinuousClock.now - started).components.seconds)
         let daemon = try QueueDaemon(
             endpoints: endpoints, plan: plan, queues: try QueueThreads(workers: workers, daemonStop: signals.stop),
             replayCounters: replayCounters, watcher: watcher, monitor: monitor, report: report, signals: signals,

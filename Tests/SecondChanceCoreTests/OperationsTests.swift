@@ -30,6 +30,10 @@ final class OperationsTests: XCTestCase {
         XCTAssertEqual(
             WatchdogSettings.reexecCheckSeconds(WatchdogSettings(environment: ["WATCHDOG_USEC": "1000"], pid: 7)), 1)
         XCTAssertEqual(WatchdogSettings.reexecCheckSeconds(nil), 30)
+        // Without a watchdog, four times what the start took (emulation: seconds of verification).
+        XCTAssertEqual(WatchdogSettings.reexecCheckSeconds(nil, startupSeconds: 20), 80)
+        XCTAssertEqual(WatchdogSettings.reexecCheckSeconds(nil, startupSeconds: Int.max), 300)
+        XCTAssertEqual(WatchdogSettings.reexecCheckSeconds(shipped, startupSeconds: 20), 6, "the watchdog bounds it")
         for bad in ["", "x", "-1", "999", "86400000001", "18446744073709551616"] {
             XCTAssertNil(WatchdogSettings(environment: ["WATCHDOG_USEC": bad], pid: 7), bad)
         }
