@@ -70,24 +70,27 @@ public struct FastPathMaps: Sendable {
     }
 
     /// The host's addresses exactly (fp_hosts4/6) and its local routes (fp_local4/6). While the
-    /// sets change, the program consults the routes whatever they hold (fp_local_ranges), so an
-    /// address moving between the two is never missed; after, only where there are any.
+    /// sets change, the program consults the routes whatever they hold (fp_local_ranges), and
+    /// every map gets its additions before any loses an entry, so an address moving between the
+    /// two is never missed; after, the routes are consulted only where there are any.
     public func write(_ local: LocalAddresses) throws {
         try writeLocalRanges(ipv4: true, ipv6: true)
         // An address routed into the sockets' namespace is never one of the host's (the watcher
         // leaves those out), so no deliverable address inside a local range hides the range's kind.
-        try replace(
-            hosts4,
-            entries: FastPathABI.localKinds(
-                own: local.ipv4.map { FastPathABI.bytes(of: $0.value.bigEndian) },
-                deliverable: local.deliverableIPv4.map { FastPathABI.bytes(of: $0.value.bigEndian) }))
-        try replace(
-            hosts6,
-            entries: FastPathABI.localKinds(
-                own: local.ipv6.map { FastPathABI.bytes(of: $0) },
-                deliverable: local.deliverableIPv6.map { FastPathABI.bytes(of: $0) }))
-        try replace(local4, keys: Set(local.ipv4Ranges.map(FastPathABI.key)), value: UInt8(FP_LOCAL_OWN))
-        try replace(local6, keys: Set(local.ipv6Ranges.map(FastPathABI.key)), value: UInt8(FP_LOCAL_OWN))
+        let hosts4Entries = FastPathABI.localKinds(
+            own: local.ipv4.map { FastPathABI.bytes(of: $0.value.bigEndian) },
+            deliverable: local.deliverableIPv4.map { FastPathABI.bytes(of: $0.value.bigEndian) })
+        let hosts6Entries = FastPathABI.localKinds(
+            own: local.ipv6.map { FastPathABI.bytes(of: $0) },
+            deliverable: local.deliverableIPv6.map { FastPathABI.bytes(of: $0) })
+        let own = [UInt8(FP_LOCAL_OWN)]
+        let ranges4 = Dictionary(uniqueKeysWithValues: local.ipv4Ranges.map { (FastPathABI.key($0), own) })
+        let ranges6 = Dictionary(uniqueKeysWithValues: local.ipv6Ranges.map { (FastPathABI.key($0), own) })
+        let stale = [
+            (hosts4, try add(hosts4, entries: hosts4Entries)), (hosts6, try add(hosts6, entries: hosts6Entries)),
+            (local4, try add(local4, entries: ranges4)), (local6, try add(local6, entries: ranges6)),
+        ]
+        for (fd, keys) in stale { remove(fd, keys) }
         try writeLocalRanges(ipv4: !local.ipv4Ranges.isEmpty, ipv6: !local.ipv6Ranges.isEmpty)
         try replace(broadcast4, keys: Set(local.broadcast.map { FastPathABI.bytes(of: $0.value.bigEndian) }))
     }
@@ -99,9 +102,9 @@ public struct FastPathMaps: Sendable {
         }
     }
 
-    /// Makes the map's keys exactly `keys` (values `value`).
-    func replace(_ fd: Int32, keys: Set<[UInt8]>, value: UInt8 = 1) throws {
-        try replace(fd, entries: Dictionary(uniqueKeysWithValues: keys.map { ($0, [value]) }))
+    /// Makes the map's keys exactly `keys` (values 1).
+    func replace(_ fd: Int32, keys: Set<[UInt8]>) throws {
+        try replace(fd, entries: Dictionary(uniqueKeysWithValues: keys.map { ($0, [1]) }))
     }
 
     /// The keys the map holds now.
@@ -150,6 +153,13 @@ public struct FastPathMaps: Sendable {
 
     /// Makes the map hold exactly `entries`: new and changed ones written, then others removed.
     func replace(_ fd: Int32, entries: [[UInt8]: [UInt8]]) throws {
+        remove(fd, try add(fd, entries: entries))
+    }
+
+    /// Writes `entries` (new and changed ones); returns the keys the map holds besides, for
+    /// `remove` once every map of a set has its additions (an entry moving between two maps is
+    /// then in one or both throughout, never in neither).
+    func add(_ fd: Int32, entries: [[UInt8]: [UInt8]]) throws -> [[UInt8]] {
         let info = try FastPathError.at(.maps) { try BPF.mapInfo(fd: fd) }
         let present = Self.keys(of: fd, size: Int(info.keySize))
         let stale = present.filter { entries[$0] == nil }
@@ -170,7 +180,11 @@ public struct FastPathMaps: Sendable {
             }
             guard written == 0 else { throw FastPathError(.maps, "adding a map entry", errno: errno) }
         }
-        for key in stale { _ = key.withUnsafeBytes { bpf_map_delete_elem(fd, $0.baseAddress) } }
+        return Array(stale)
+    }
+
+    func remove(_ fd: Int32, _ keys: [[UInt8]]) {
+        for key in keys { _ = key.withUnsafeBytes { bpf_map_delete_elem(fd, $0.baseAddress) } }
     }
 
     /// What `write(responder:records:after:)` last wrote: the next call writes only what changed

@@ -61,6 +61,7 @@ extension FastPathParityTests {
             let entryPoints = harness.object.xdpFD >= 0 ? 2 : 1
             XCTAssertEqual(
                 harness.maps.readCounters()[FP_COOKIES_SENT], UInt64(Self.optionShapes.count * 4 * entryPoints))
+            try checkXDPLeavesToTcWhatItCannotSend(harness: &harness)
         }
     }
 
@@ -120,6 +121,50 @@ extension FastPathParityTests {
                     snapshot: snapshot, listener: listener, oracle: oracle)
             }
         }
+    }
+
+    /// A served listener's SYN XDP cannot answer itself goes on to tc unchanged, spending nothing
+    /// (no cookie, none of the listener's interval): one in a frame to another host's MAC (a
+    /// device in promiscuous mode), one from a client whose neighbour entry is not known, and any
+    /// with --xdp-forward off. tc answers the second.
+    func checkXDPLeavesToTcWhatItCannotSend(harness: inout Harness) throws {
+        guard harness.object.xdpFD >= 0 else { return }
+        let stranger = IPv4Address("198.18.0.77")!  // on eth0's subnet, no neighbour entry
+        let key = ListenerKey(address: .v4(Lab.vip), port: 80)
+        func syn(_ source: IPv4Address, _ port: UInt16) -> [UInt8] {
+            Self.gue(
+                PacketBuilder.tcp(
+                    source: .v4(source), sourcePort: port, destination: .v4(Lab.vip), destinationPort: 80,
+                    flags: .syn, options: [2, 4, 5, 0xb4]))
+        }
+        let cases = [
+            ("to another host's MAC", harness.frame(syn(Lab.client, 41901), to: [0x02, 0, 0, 0, 0, 0x99])),
+            ("from a client whose neighbour is not known", harness.frame(syn(stranger, 41902))),
+        ]
+        for (what, frame) in cases {
+            let passedBefore = harness.maps.readListenerCounts([key])[key]?[Int(FP_L_SYNS_PASSED.rawValue)]
+            let xdp = try XCTUnwrap(try harness.runXDP(frame))
+            XCTAssertEqual(xdp.action, Self.xdpPass, what)
+            XCTAssertEqual(xdp.output, frame, "\(what): on to tc unchanged")
+            XCTAssertEqual(xdp.delta.reduce(0, +), 0, "\(what): nothing counted")
+            XCTAssertEqual(
+                harness.maps.readListenerCounts([key])[key]?[Int(FP_L_SYNS_PASSED.rawValue)], passedBefore,
+                "\(what): none of the interval spent")
+        }
+        let (action, _) = try BPF.testRun(
+            programFD: harness.object.programFD, frame: cases[1].1, interfaceIndex: harness.interfaceIndex)
+        XCTAssertEqual(action, Self.tcRedirect, "tc answers it (the neighbour subsystem resolves the client)")
+        var settings = try XCTUnwrap(harness.maps.readConfiguration())
+        settings.flags &= ~UInt8(FP_F_XDP_FORWARD)
+        try harness.maps.writeConfiguration(settings)
+        defer {
+            settings.flags |= UInt8(FP_F_XDP_FORWARD)
+            try? harness.maps.writeConfiguration(settings)
+        }
+        let frame = harness.frame(syn(Lab.client, 41903))
+        let xdp = try XCTUnwrap(try harness.runXDP(frame))
+        XCTAssertEqual(xdp.action, Self.xdpPass, "--xdp-forward off")
+        XCTAssertEqual(xdp.output, frame, "--xdp-forward off: on to tc unchanged")
     }
 
     /// An outsider's SYN for a served listener, and one to an address the host does not own for
@@ -219,8 +264,8 @@ extension FastPathParityTests {
         }
     }
 
-    /// The SYN answered by each entry point (XDP first: tc's plan would spend nothing either
-    /// did not), each reply the queue's responder's.
+    /// The SYN answered by each entry point (XDP first: a plan that answers spends nothing of the
+    /// listener's interval), each reply the queue's responder's.
     func checkAnswer(
         to syn: [UInt8], _ what: String, harness: inout Harness, snapshot: ResponderBoard.Snapshot,
         listener: ResponderListener, oracle: SynCookieOracle?
@@ -228,15 +273,7 @@ extension FastPathParityTests {
         let packet = Self.gue(syn)
         let ipv6 = syn[0] >> 4 == 6
         let etherType: [UInt8] = ipv6 ? [0x86, 0xdd] : [0x08, 0x00]
-        if let xdp = try harness.runXDP(harness.frame(packet)) {
-            guard xdp.action == Self.xdpTX, xdp.delta[Int(FP_COOKIES_SENT.rawValue)] == 1 else {
-                return XCTFail("\(what): not answered in XDP (action \(xdp.action))")
-            }
-            XCTAssertEqual(Array(xdp.output.prefix(14)), harness.clientMAC + harness.localMAC + etherType, what)
-            try checkReply(
-                Array(xdp.output.dropFirst(14)), to: packet, "XDP, \(what)", harness: harness, snapshot: snapshot,
-                listener: listener, oracle: oracle)
-        }
+        let xdp = try harness.runXDP(harness.frame(packet))
         let before = harness.maps.readCounters()[FP_COOKIES_SENT]
         let (action, output) = try BPF.testRun(
             programFD: harness.object.programFD, frame: harness.frame(packet), interfaceIndex: harness.interfaceIndex)
@@ -248,6 +285,17 @@ extension FastPathParityTests {
         try checkReply(
             Array(output[14...]), to: packet, what, harness: harness, snapshot: snapshot, listener: listener,
             oracle: oracle)
+        guard let xdp else { return }
+        guard xdp.action == Self.xdpTX, xdp.delta[Int(FP_COOKIES_SENT.rawValue)] == 1 else {
+            return XCTFail("\(what): not answered in XDP (action \(xdp.action))")
+        }
+        XCTAssertEqual(Array(xdp.output.prefix(14)), harness.clientMAC + harness.localMAC + etherType, what)
+        // Ethernet's shortest frame: padded with zeros where the reply is shorter.
+        XCTAssertEqual(xdp.output.count, max(60, output.count), what)
+        XCTAssertTrue(xdp.output.dropFirst(output.count).allSatisfy { $0 == 0 }, what)
+        try checkReply(
+            Array(xdp.output[14..<output.count]), to: packet, "XDP, \(what)", harness: harness, snapshot: snapshot,
+            listener: listener, oracle: oracle)
     }
 
     /// `reply` (an IP packet) is the queue's responder's SYN-ACK for the GUE `packet`.

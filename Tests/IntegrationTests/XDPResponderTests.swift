@@ -23,6 +23,10 @@ extension FastPathLifecycleTests {
             ip netns exec \(p1) sysctl -qw net.ipv4.tcp_syncookies=2 && \
             ip netns exec \(p1) sysctl -qw net.ipv4.conf.eth0.forwarding=1
             """)
+        // The client's neighbour entry: XDP answers only where the route back's neighbour is known.
+        let clientMAC = try Lab.shell("ip -n \(lab.namespace("c")) -br link show eth0").split(separator: " ")
+            .filter { !$0.isEmpty }[2]
+        try Lab.shell("ip -n \(p1) neigh replace \(Lab.client) lladdr \(clientMAC) dev eth0 nud permanent")
         let (empty, _, pass) = try EmptyPrograms.load()
         defer { withExtendedLifetime(empty) {} }
         try lab.inside("sw") { try NativeXDP.attach(programFD: pass, interface: "\(lab.prefix)-p1", replacing: nil) }

@@ -26,9 +26,10 @@
  *
  * One decision for both entry points, in named steps (process_outer, process_glb,
  * process_inner, classify) that conclude a verdict; each entry point acts on it in one switch.
- * XDP decides what it can exactly as tc would (drops, and local packets: decapsulated in place,
- * so the inner flow meets GRO and the stack once) and passes the rest on unchanged and uncounted
- * (forwards, the responder's SYNs, what goes up): tc then decides it, as it does without XDP.
+ * XDP decides what it can exactly as tc would (drops; local packets, decapsulated in place so
+ * that the inner flow meets GRO and the stack once; with FP_F_XDP_FORWARD, forwards and the
+ * responder's answers sent back out where they arrived) and passes the rest on unchanged and
+ * uncounted (what goes up, what it cannot send): tc then decides it, as it does without XDP.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -184,6 +185,21 @@ struct {
     __type(value, struct fp_reply_route);
 } fp_reply6 SEC(".maps");
 
+#define SCRATCH 96 /* the longest reply frame: Ethernet, IPv6, TCP with 20 bytes of options */
+
+/* The XDP responder's scratch, one per CPU (a program on one CPU runs to its end before the next
+ * starts there): its stack has no room left for it. Nothing in it outlives a packet. */
+struct fp_scratch_bytes {
+    __u8 bytes[SCRATCH];
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct fp_scratch_bytes);
+} fp_scratch SEC(".maps");
+
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
     __uint(max_entries, FP_COUNTER_COUNT);
@@ -228,6 +244,7 @@ _Static_assert(sizeof(struct outer_headers) == 36, "GLB's outer headers: IPv4, U
 /* The most of a frame a decision reads in place: the outer headers with 30 hops, an inner IPv6
  * header and TCP's fixed header (options are copied out, bpf_skb_load_bytes). */
 #define HEADERS_MAX (HOPS_OFFSET + MAX_HLEN * 4 + 40 + 20)
+_Static_assert(HEADERS_MAX <= 0xff, "an offset within the headers fits a byte's mask");
 
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_ACK 0x10
@@ -591,7 +608,6 @@ struct syn_options {
 };
 
 #define OPTIONS_MAX 40
-#define SCRATCH 96 /* the longest reply frame: Ethernet, IPv6, TCP with 20 bytes of options */
 
 /* A SYN's option bytes, copied out of the packet (zero past `length`). */
 struct syn_option_bytes {
@@ -693,7 +709,7 @@ __attribute__((noinline)) __u64 parse_syn_options_xdp(struct xdp_md *ctx, __u32 
 {
     if (!ctx || length > OPTIONS_MAX || tcp_offset > HEADERS_MAX)
         return SYN_OPTIONS_UNREADABLE;
-    __u8 *options = (__u8 *)(long)ctx->data + tcp_offset + 20;
+    __u8 *options = (__u8 *)(long)ctx->data + (tcp_offset & 0xff) + 20; /* masked: see load_bytes */
     __u8 *end = (__u8 *)(long)ctx->data_end;
     struct syn_option_bytes copy = { .length = length };
     for (__u32 index = 0; index < OPTIONS_MAX; index++) {
@@ -780,7 +796,9 @@ static __always_inline int load_bytes(void *ctx, int xdp, const struct packet *p
         return bpf_skb_load_bytes(ctx, offset, to, length) == 0;
     if (offset > HEADERS_MAX)
         return 0;
-    __u8 *from = (__u8 *)packet->data + offset;
+    /* Masked as well: the bound must travel with the value the pointer is made from (Linux 6.1's
+     * verifier does not carry a bound checked on one copy of a spilled value to another). */
+    __u8 *from = (__u8 *)packet->data + (offset & 0xff);
     if (from + length > (__u8 *)packet->end)
         return 0;
     __builtin_memcpy(to, from, length);
@@ -1196,12 +1214,7 @@ static __always_inline struct verdict process_outer(struct packet *packet)
         return conclude(V_UP, FP_UP_OUTER_UNCHECKED);
     if ((outer->ip.frag_off & bpf_htons(0x3fff)) || packet->segmented)
         return conclude(V_UP, FP_UP_OUTER_OPTIONS);
-    /* Almost every GUE packet is addressed to --self, which is this host's own unless
-     * FP_F_SELF_GONE says otherwise (the daemon writes both from the same addresses): no
-     * look-up for those. */
-    const struct fp_config *config = packet->config;
-    int to_self = outer->ip.daddr == config->self_ip4 && !(config->flags & FP_F_SELF_GONE);
-    if (!to_self && !owns4(outer->ip.daddr))
+    if (!owns4(outer->ip.daddr))
         return conclude(V_UP, FP_UP_NOT_ADDRESSED_HERE);
     return conclude(V_CONTINUE, 0);
 }
@@ -1765,24 +1778,24 @@ static __always_inline enum answer xdp_respond(struct xdp_md *ctx, struct packet
 {
     if (!(packet->config->flags & FP_F_XDP_FORWARD))
         return TO_TC;
-    __u8 scratch[SCRATCH] __attribute__((aligned(8))) = {};
-    struct reply_plan plan = {};
-    struct fp_listener_counts *counts = NULL;
-    __u32 egress = 0;
-    if (!prepare_answer(ctx, 1, packet, scratch, &plan, &counts, &egress))
-        return NOT_ANSWERED;
-    /* The route is looked up in the scratch (the stack's 512 bytes are the program's and its
-     * calls'), its MACs kept before the frame is written there. */
+    /* Whether XDP can send the answer at all, before a plan (which may spend the listener's
+     * interval, and asks the kernel for a cookie): the route back leaves by the arrival interface,
+     * its neighbour known, and the frame was addressed to that interface, not to another host's
+     * link address (a device in promiscuous mode: tc sees it as such). The route is looked up in
+     * the scratch, its MACs kept. The scratch is the CPU's fp_scratch, not the stack: the XDP
+     * program's 512 bytes of stack are spent, its calls' included. */
+    __u32 zero = 0;
+    __u8 *scratch = bpf_map_lookup_elem(&fp_scratch, &zero);
+    if (!scratch)
+        return TO_TC;
     _Static_assert(sizeof(struct bpf_fib_lookup) <= SCRATCH, "the route fits the scratch");
     struct bpf_fib_lookup *route = (void *)scratch;
-    if (egress != packet->ifindex || route_back(ctx, packet, egress, route) != BPF_FIB_LKUP_RET_SUCCESS ||
+    if (route_back(ctx, packet, packet->ifindex, route) != BPF_FIB_LKUP_RET_SUCCESS ||
         route->ifindex != packet->ifindex)
         return TO_TC;
     struct ethhdr addresses;
     __builtin_memcpy(addresses.h_dest, route->dmac, ETH_ALEN);
     __builtin_memcpy(addresses.h_source, route->smac, ETH_ALEN);
-    /* A frame to another host's link address (a device in promiscuous mode) is never answered
-     * here: tc sees it as such. */
     struct ethhdr *eth = packet->data;
     if ((void *)(eth + 1) > packet->end)
         return TO_TC;
@@ -1790,6 +1803,14 @@ static __always_inline enum answer xdp_respond(struct xdp_md *ctx, struct packet
     for (int index = 0; index < ETH_ALEN; index++)
         differs |= eth->h_dest[index] ^ addresses.h_source[index];
     if (differs)
+        return TO_TC;
+    struct reply_plan plan = {};
+    struct fp_listener_counts *counts = NULL;
+    __u32 egress = 0;
+    if (!prepare_answer(ctx, 1, packet, scratch, &plan, &counts, &egress))
+        return NOT_ANSWERED;
+    /* The daemon's route back (its MSS) by another interface than the FIB's now: tc's to send. */
+    if (egress != packet->ifindex)
         return TO_TC;
     __u32 frame_length = write_synack_frame(scratch, packet->inner, packet->end, packet->ipv6, packet->config, &plan);
     if (!frame_length) {
@@ -1809,7 +1830,10 @@ static __always_inline enum answer xdp_respond(struct xdp_md *ctx, struct packet
             return TO_TC;
         __builtin_memcpy(data, scratch, ETH_LENGTH + 20 + 40);
     }
-    if (bpf_xdp_adjust_tail(ctx, (int)frame_length - (int)packet->frame_length)) {
+    /* Ethernet's shortest frame: an IPv4 SYN-ACK without timestamps is 58 bytes, and a driver's
+     * XDP_TX need not pad what it sends (the scratch's zeros are the padding). */
+    __u32 wire_length = frame_length < ETH_ZLEN ? ETH_ZLEN : frame_length;
+    if (bpf_xdp_adjust_tail(ctx, (int)wire_length - (int)packet->frame_length)) {
         count(FP_COOKIE_REPLY_FAILED); /* cannot happen: the frame only shrinks */
         *action = XDP_DROP;
         return ANSWERED;
