@@ -190,8 +190,9 @@ public final class StatsServer: @unchecked Sendable {
                 then = reply?.afterClose
             }
         }
-        _ = SocketIO.sendAll(client, Array(body.utf8))
-        return then
+        // What follows the reply (a re-exec) follows only a reply the client got: one that gave
+        // up waiting was told nothing, and nothing is done.
+        return SocketIO.sendAll(client, Array(body.utf8)) ? then : nil
     }
 }
 
@@ -214,8 +215,10 @@ public func readControlSocket(_ path: String, request: String = "stats") throws 
         throw SystemError("connect \(path)", hint: "is second-chance running with this --control path?")
     }
     defer { close(fd) }
-    // A daemon answers within its 1 s read timeout, or 5 s more for a re-exec's check.
-    SocketOptions.setTimeouts(fd, seconds: 15)
+    // A daemon answers within its 1 s read timeout; a re-exec after its check of the new image,
+    // which may take up to 300 s (second-chance's deadline without a watchdog).
+    let seconds = request == "reexec" ? 310 : 15
+    SocketOptions.setTimeouts(fd, seconds: seconds)
     _ = SocketIO.sendAll(fd, Array((request + "\n").utf8))
     shutdown(fd, Int32(SHUT_WR))
     var out: [UInt8] = []
@@ -223,7 +226,7 @@ public func readControlSocket(_ path: String, request: String = "stats") throws 
     while true {
         let count = retryingOnInterrupt { read(fd, &chunk, chunk.count) }
         if count < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
-            throw SystemError("read \(path)", hint: "no answer within 15 s")
+            throw SystemError("read \(path)", hint: "no answer within \(seconds) s")
         }
         if count <= 0 { break }
         out += chunk[0..<count]
