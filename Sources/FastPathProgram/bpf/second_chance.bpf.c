@@ -1697,6 +1697,16 @@ static __attribute__((noinline)) int outer_checksum_valid(struct xdp_md *ctx, co
     return fold(sum) == 0xffff;
 }
 
+/* Whether the frame was sent to `mac` (XDP sees frames to any address where the device is in
+ * promiscuous mode; tc sees them marked PACKET_OTHERHOST). */
+static __always_inline int addressed_to(const struct ethhdr *eth, const __u8 *mac)
+{
+    __u8 differs = 0;
+    for (int index = 0; index < ETH_ALEN; index++)
+        differs |= eth->h_dest[index] ^ mac[index];
+    return !differs;
+}
+
 /*
  * XDP: a forward whose route leaves by the interface it arrived on, where the daemon lets XDP
  * send (FP_F_XDP_FORWARD: a driver whose XDP_TX reaches the wire; a veth's is lost unless its
@@ -1722,10 +1732,7 @@ static __always_inline int xdp_forward(struct xdp_md *ctx, const struct packet *
         return XDP_PASS;
     /* The route's source MAC is the arrival interface's own: a frame to another host's (a device
      * in promiscuous mode) is one tc sends up and the stack drops, never one to send on. */
-    __u8 differs = 0;
-    for (int index = 0; index < ETH_ALEN; index++)
-        differs |= eth->h_dest[index] ^ route.smac[index];
-    if (differs)
+    if (!addressed_to(eth, route.smac))
         return XDP_PASS;
     struct forward_change change = rewrite_outer(eth, outer, packet, &route);
     if (check) {
@@ -1799,10 +1806,7 @@ static __always_inline enum answer xdp_respond(struct xdp_md *ctx, struct packet
     struct ethhdr *eth = packet->data;
     if ((void *)(eth + 1) > packet->end)
         return TO_TC;
-    __u8 differs = 0;
-    for (int index = 0; index < ETH_ALEN; index++)
-        differs |= eth->h_dest[index] ^ addresses.h_source[index];
-    if (differs)
+    if (!addressed_to(eth, addresses.h_source))
         return TO_TC;
     struct reply_plan plan = {};
     struct fp_listener_counts *counts = NULL;
