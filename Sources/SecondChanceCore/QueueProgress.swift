@@ -38,9 +38,8 @@ public struct WatchdogSettings: Sendable, Equatable {
     /// The deadline of a re-exec's check: it loads and verifies the BPF programs, as this start
     /// did on the same kernel (seconds under emulation or load). Bounded by the watchdog where
     /// one watches; else four times what this start took to serve (`startupSeconds`), at least
-    /// 30 s and at most 300.
+    /// 30 s. Never over 300 s, which the control client waits for a re-exec's answer.
     public static func reexecCheckSeconds(_ settings: WatchdogSettings?, startupSeconds: Int = 0) -> Int {
-        settings?.longestStepSeconds
-            ?? min(300, max(30, min(startupSeconds, 300) * 4))
+        min(300, settings?.longestStepSeconds ?? max(30, min(startupSeconds, 300) * 4))
     }
 }

@@ -34,6 +34,8 @@ final class OperationsTests: XCTestCase {
         XCTAssertEqual(WatchdogSettings.reexecCheckSeconds(nil, startupSeconds: 20), 80)
         XCTAssertEqual(WatchdogSettings.reexecCheckSeconds(nil, startupSeconds: Int.max), 300)
         XCTAssertEqual(WatchdogSettings.reexecCheckSeconds(shipped, startupSeconds: 20), 6, "the watchdog bounds it")
+        let hour = WatchdogSettings(environment: ["WATCHDOG_USEC": "3600000000"], pid: 7)
+        XCTAssertEqual(WatchdogSettings.reexecCheckSeconds(hour), 300, "never longer than the client waits")
         for bad in ["", "x", "-1", "999", "86400000001", "18446744073709551616"] {
             XCTAssertNil(WatchdogSettings(environment: ["WATCHDOG_USEC": bad], pid: 7), bad)
         }

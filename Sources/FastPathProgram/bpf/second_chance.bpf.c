@@ -187,8 +187,9 @@ struct {
 
 #define SCRATCH 96 /* the longest reply frame: Ethernet, IPv6, TCP with 20 bytes of options */
 
-/* The XDP responder's scratch, one per CPU (a program on one CPU runs to its end before the next
- * starts there): its stack has no room left for it. Nothing in it outlives a packet. */
+/* The XDP responder's scratch, one per CPU (XDP runs in softirq, one packet at a time on a CPU;
+ * only a BPF_PROG_TEST_RUN of the program, which a softirq may interrupt, could see it
+ * overwritten): its stack has no room left for it. Nothing in it outlives a packet. */
 struct fp_scratch_bytes {
     __u8 bytes[SCRATCH];
 };
