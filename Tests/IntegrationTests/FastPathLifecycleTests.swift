@@ -25,6 +25,9 @@ final class FastPathLifecycleTests: XCTestCase {
     /// How long a daemon may take to start and load its program (Lab.waitScale times that in the
     /// kernel lab's software emulation, where the verifier alone takes seconds).
     static let startup: Double = 10
+    /// A re-exec loads and verifies the programs twice: its check of the new image, then the new
+    /// image's start.
+    static let reexec: Double = 2 * startup
 
     var arguments: [String] {
         ["run", "--queue", "0", "--self", Lab.p1.description, "--control", lab.controlPath("p1")] + Lab.labPeers
@@ -174,7 +177,7 @@ final class FastPathLifecycleTests: XCTestCase {
         kill(daemon.processIdentifier, SIGUSR1)
         // One read may go unanswered within its own bound while the new image loads and verifies
         // its programs (far slower under emulation, on one CPU); the wait's deadline bounds the re-exec.
-        try lab.waitFor("the re-exec", seconds: Self.startup) { (try? self.lab.stats("p1"))?["reexecs"] == 1 }
+        try lab.waitFor("the re-exec", seconds: Self.reexec) { (try? self.lab.stats("p1"))?["reexecs"] == 1 }
         for index in 1..<20 { echo(fd, index) }
         XCTAssertEqual(try queueOnP1().idSequence, queueBefore.idSequence, "no packet of the flow reached the queue")
         let after = try lab.stats("p1")
@@ -231,7 +234,7 @@ final class FastPathLifecycleTests: XCTestCase {
         let status = try readControlSocket(lab.controlPath("p1"))
         XCTAssertTrue(status.contains("XDP (native) and tc on eth0"), status)
         kill(daemon.processIdentifier, SIGUSR1)
-        try Lab.waitFor("the re-exec", seconds: Self.startup, context: { self.lab.log(of: daemon) }) {
+        try Lab.waitFor("the re-exec", seconds: Self.reexec, context: { self.lab.log(of: daemon) }) {
             (try? self.lab.stats("p1"))?["reexecs"] == 1
         }
         let second = try XCTUnwrap(try xdpOnP1())
@@ -554,7 +557,7 @@ final class FastPathLifecycleTests: XCTestCase {
         let before = try lab.stats("p1").value("fast_path_accepted_established")
 
         kill(first.processIdentifier, SIGUSR1)
-        try Lab.waitFor("the re-exec", seconds: Self.startup, context: { self.lab.log(of: first) }) {
+        try Lab.waitFor("the re-exec", seconds: Self.reexec, context: { self.lab.log(of: first) }) {
             (try? self.lab.stats("p1"))?["reexecs"] == 1
         }
         let reexecuted = try XCTUnwrap(try xdpOnP1(), lab.log(of: first))
