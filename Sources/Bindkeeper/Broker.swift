@@ -81,7 +81,9 @@ public final class Broker: @unchecked Sendable {
     }
 
     public struct Statistics: Sendable {
-        public var binds = 0, bindsCreated = 0, bindErrors = 0, denied = 0, conflicts = 0, badRequests = 0, released = 0
+        public var binds = 0, bindsCreated = 0, bindErrors = 0, denied = 0, conflicts = 0, badRequests = 0,
+            released = 0,
+            steers = 0
         public var clientsAccepted = 0, clientsConnected = 0, clientsCutOff = 0, incompleteAtEOF = 0
         /// Connections refused for --max-clients-per-user, idle clients cut off, binds refused for
         /// --max-sockets-per-user.

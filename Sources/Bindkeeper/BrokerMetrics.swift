@@ -56,6 +56,9 @@ extension Broker {
         out.single("bindkeeper_sockets_created_total", .counter, help: "Sockets made for a request.", s.bindsCreated)
         out.single("bindkeeper_bind_errors_total", .counter, help: "Bind requests that failed.", s.bindErrors)
         out.single("bindkeeper_sockets_released_total", .counter, help: "Sockets released on request.", s.released)
+        out.single(
+            "bindkeeper_group_steers_total", .counter,
+            help: "Socket groups steered to a generation, or a share to a candidate.", s.steers)
         out.single("bindkeeper_denied_total", .counter, help: "Requests the policy refused.", s.denied)
         out.single(
             "bindkeeper_conflicts_total", .counter, help: "Requests that conflicted with a socket's settings.",

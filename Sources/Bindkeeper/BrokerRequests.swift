@@ -47,6 +47,14 @@ extension Broker {
                 logClientEvent("client pid \(client.peer.pid) uid \(client.peer.uid): \(error.message)")
                 enqueue(wire.error(id: request.id, error), fds: [], to: client)
             }
+        case .steer(let steering):
+            switch steer(steering, peer: client.peer) {
+            case .success(let keys):
+                enqueue(wire.result(id: request.id, Reply.Steer(steered: keys)), fds: [], to: client)
+            case .failure(let error):
+                logClientEvent("client pid \(client.peer.pid) uid \(client.peer.uid): \(error.message)")
+                enqueue(wire.error(id: request.id, error), fds: [], to: client)
+            }
         case .list:
             enqueue(wire.result(id: request.id, listing()), fds: [], to: client)
         case .reexec:
@@ -104,6 +112,10 @@ extension Broker {
         case .failure(let error):
             statistics.conflicts += 1
             return .failure(error)
+        }
+        for request in asked where request.shards != nil {
+            let count = UInt16(requests.filter { $0.baseKey == request.baseKey }.count)
+            if let problem = generationProblem(request, count: count, peer: peer) { return .failure(problem) }
         }
         var creating: Set<String> = []
         var inBatch: [String: BindRequest] = [:]
@@ -173,8 +185,8 @@ extension Broker {
                 expanded.append(request)
                 continue
             }
-            if sockets[request.baseKey] != nil {
-                return .failure(.conflict("\(request.baseKey) exists as one socket, not a group"))
+            if sockets[request.addressKey] != nil {
+                return .failure(.conflict("\(request.addressKey) exists as one socket, not a group"))
             }
             let count = memberCount(request, existing: members)
             if !members.isEmpty,
@@ -204,6 +216,9 @@ extension Broker {
             sockets[members[0]].flatMap { entry in
                 if case .count(let number) = entry.request.shards { number } else { nil }
             } ?? UInt16(members.count)
+        // A new generation is as large as the one beside it.
+        case .auto where otherGeneration(of: request) != nil:
+            otherGeneration(of: request).map { groupMembers($0.request.baseKey).count }.map(UInt16.init) ?? 1
         case .auto, nil: SocketGroupSteering.onlineCPUs()
         }
     }
@@ -239,20 +254,24 @@ extension Broker {
         for request in requests
         where sockets[request.key] == nil && !made.contains(where: { $0.request.key == request.key }) {
             let report = backlogReport(for: request)
-            // A new group's own owner (see OwnedSocket.open), the same for all its members.
+            // A new group's own owner (see OwnedSocket.open), the same for all its members and
+            // generations: one SO_REUSEPORT group takes only sockets of one owner.
             do {
                 let owner = try request.member.map { _ in
-                    try groupOwners[request.baseKey]
+                    try groupOwners[request.addressKey] ?? otherGeneration(of: request).map(owner(of:))
                         ?? SocketGroupSteering.freshOwner(taken: groupOwnersHeld().union(groupOwners.values))
                 }
-                if let owner { groupOwners[request.baseKey] = owner }
+                if let owner { groupOwners[request.addressKey] = owner }
                 let fd = try OwnedSocket.open(request, backlog: report?.requested ?? 0, groupOwner: owner)
                 made.append(Entry(request: request, fd: fd, handedOut: 0, backlog: report, creator: creator))
             } catch {
                 return fail(error)
             }
         }
-        let groups = Dictionary(grouping: made.filter { $0.request.member != nil }, by: \.request.baseKey)
+        // A generation made beside another takes no connection until it is steered to.
+        let groups = Dictionary(
+            grouping: made.filter { $0.request.member != nil && otherGeneration(of: $0.request) == nil },
+            by: \.request.baseKey)
         for members in groups.values {
             do {
                 try SocketGroupSteering.attach(
@@ -293,12 +312,7 @@ extension Broker {
             // supervisor on a port in a user's range): only its creator, root and the broker's
             // own user end it. A socket recovered from an older release's fd store has no known
             // creator.
-            if peer.uid != 0, peer.uid != options.policy.brokerUID, entry.creator != peer.uid {
-                statistics.denied += 1
-                return .failure(
-                    .permissionDenied(
-                        "uid \(peer.uid) may release only sockets its own requests made; \(request.key) is not one"))
-            }
+            if let refusal = notCreator(peer, of: entry, "release") { return .failure(refusal) }
             keys.append(request.key)
         }
         for key in keys {

@@ -96,21 +96,30 @@ public final class BindkeeperClient {
         try call("release", Reply.Release.self, binds: requests).result.released
     }
 
+    /// Steers the group's new connections to `served` (a group's URL in one generation), or a
+    /// `percent` share of them to `candidate` (another generation of it); the members steered.
+    public func steer(served: BindRequest, candidate: BindRequest? = nil, percent: Int = 0) throws -> [String] {
+        try call(
+            "steer", Reply.Steer.self, binds: [served] + (candidate.map { [$0] } ?? []),
+            percent: candidate == nil ? nil : percent
+        ).result.steered
+    }
+
     public func list() throws -> Reply.Listing { try call("list", Reply.Listing.self).result }
 
     public func reexec() throws -> Reply.Reexec { try call("reexec", Reply.Reexec.self).result }
 
     /// One request and its reply. Fds that arrive with anything but a successful reply are closed.
-    private func call<Result: Codable>(_ method: String, _ type: Result.Type, binds: [BindRequest] = []) throws
-        -> (result: Result, fds: [Int32])
-    {
+    private func call<Result: Codable>(
+        _ method: String, _ type: Result.Type, binds: [BindRequest] = [], percent: Int? = nil
+    ) throws -> (result: Result, fds: [Int32]) {
         defer {
             for fd in received { close(fd) }
             received = []
         }
         let id = nextID
         nextID += 1
-        let message = Wire.framed.request(id: .number(id), method: method, binds: binds)
+        let message = Wire.framed.request(id: .number(id), method: method, binds: binds, percent: percent)
         let deadline = MonotonicClock.nanoseconds() + UInt64(timeoutSeconds) * 1_000_000_000
         var offset = 0
         while offset < message.count {

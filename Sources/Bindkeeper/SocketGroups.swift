@@ -12,19 +12,66 @@ import ReuseportProgram
 public enum SocketGroupSteering {
     /// Steers the group whose members listen on `fds`, member K at index K.
     static func attach(members fds: [Int32]) throws {
-        guard let first = fds.first else { return }
-        let count = UInt32(fds.count)
-        let object = try BPFObject(
-            elf: ReuseportProgram.object, name: "reuseport_cpu",
-            constants: ["member_count": withUnsafeBytes(of: count) { Array($0) }])
-        for (index, fd) in fds.enumerated() {
-            try object.update(map: "members", key: UInt32(index), value: UInt64(fd))
+        try steer(generations: [fds], served: 0, percent: 0)
+    }
+
+    /// Steers a group's new connections to generation `served` and `percent` of them to the other:
+    /// `generations[G]` lists generation G's members in order (none when it has none), each as
+    /// many as the served one's. The group keeps one socket array for its life (a socket is in
+    /// one array at most): the one the kernel holds for it is found by its members' cookies, the
+    /// members put in their slots, and a new program for the new steering loaded on it.
+    static func steer(generations: [[Int32]], served: UInt8, percent: UInt8) throws {
+        let count = generations[Int(served)].count
+        guard let first = generations[Int(served)].first,
+            generations.allSatisfy({ $0.isEmpty || $0.count == count }), count * 2 <= ReuseportProgram.maximumMembers
+        else { return }
+        let slots = generations.enumerated().flatMap { generation, fds in
+            fds.enumerated().map { (slot: UInt32(generation * count + $0), fd: $1) }
         }
-        var program = try object.program("select_by_cpu")
+        let reuseportSocketArray: UInt32 = 20  // BPF_MAP_TYPE_REUSEPORT_SOCKARRAY (linux/bpf.h)
+        let existing = slots.lazy.compactMap { slot in
+            OwnedSocket.cookie(slot.fd).flatMap { cookie in
+                BPF.findMap(
+                    type: reuseportSocketArray, name: "members", key: slot.slot, holding: cookie)
+            }
+        }.first
+        defer { existing.map { _ = close($0) } }
+        let (object, name) = try load(
+            count: UInt32(count), served: UInt32(served), percent: UInt32(generations.count > 1 ? percent : 0),
+            reusing: existing)
+        for slot in slots where try object.lookup(map: "members", key: slot.slot) != OwnedSocket.cookie(slot.fd) {
+            try object.update(map: "members", key: slot.slot, value: UInt64(slot.fd))
+        }
+        var program = try object.program(name)
         let attachReuseportEBPF: Int32 = 52  // SO_ATTACH_REUSEPORT_EBPF (asm-generic/socket.h)
         guard setsockopt(first, SOL_SOCKET, attachReuseportEBPF, &program, socklen_t(MemoryLayout<Int32>.size)) == 0
         else {
             throw SystemError("attaching the group's reuseport program")
+        }
+    }
+
+    /// The program for a steering, on the group's socket array when it has one. The migrate entry
+    /// point moves a closing listener's queue to the served generation; a kernel before 5.14
+    /// refuses it, and there a closing member's queued connections are reset.
+    private static func load(count: UInt32, served: UInt32, percent: UInt32, reusing map: Int32?) throws
+        -> (object: BPFObject, name: String)
+    {
+        let constants = [
+            "member_count": withUnsafeBytes(of: count) { Array($0) },
+            "served_generation": withUnsafeBytes(of: served) { Array($0) },
+            "candidate_percent": withUnsafeBytes(of: percent) { Array($0) },
+        ]
+        let reusing = map.map { ["members": $0] } ?? [:]
+        do {
+            let object = try BPFObject(
+                elf: ReuseportProgram.object, name: "reuseport_cpu", constants: constants,
+                skipping: ["select_by_cpu"], reusing: reusing)
+            return (object, "select_or_migrate")
+        } catch {
+            let object = try BPFObject(
+                elf: ReuseportProgram.object, name: "reuseport_cpu", constants: constants,
+                skipping: ["select_or_migrate"], reusing: reusing)
+            return (object, "select_by_cpu")
         }
     }
 

@@ -27,6 +27,11 @@ public struct BindRequest: Hashable, Sendable {
     /// Which member of its group this socket is (0-based). The broker names its members so; a
     /// client asks for the whole group.
     public var member: UInt16?
+    /// A group's generation: 0 (nil), the sockets it serves on, or 1, a second set of sockets in
+    /// the same SO_REUSEPORT group for a candidate server (a canary) that the group's steering
+    /// gives a share of new connections. Generations alternate: a candidate that passes becomes
+    /// the one served, and the other is released.
+    public var generation: UInt8?
 
     /// How many sockets a group has: a number, or one per online CPU (resolved by the broker).
     public enum Shards: Hashable, Sendable, CustomStringConvertible {
@@ -70,8 +75,12 @@ public struct BindRequest: Hashable, Sendable {
     /// The key of member `index` of the group at `baseKey`: the one spelling of a member's key.
     public static func memberKey(_ baseKey: String, _ index: UInt16) -> String { "\(baseKey)#\(index)" }
 
-    /// The address's identity, shared by every member of a group.
-    public var baseKey: String {
+    /// A group's identity: the address's, with the generation when it is not 0. Every member of
+    /// the group shares it.
+    public var baseKey: String { generation.map { "\(addressKey)~g\($0)" } ?? addressKey }
+
+    /// The address's identity, shared by every generation of a group.
+    public var addressKey: String {
         switch kind {
         case .unix: "unix:\(address)"
         case .tcp, .udp: isIPv6 ? "\(kind.rawValue)://[\(address)]:\(port)" : "\(kind.rawValue)://\(address):\(port)"
@@ -89,7 +98,8 @@ public struct BindRequest: Hashable, Sendable {
         if let group { options.append("group=\(group)") }
         if let shards { options.append("shards=\(shards)") }
         if let member { options.append("member=\(member)") }
-        return options.isEmpty ? baseKey : baseKey + "?" + options.joined(separator: "&")
+        if let generation { options.append("generation=\(generation)") }
+        return options.isEmpty ? addressKey : addressKey + "?" + options.joined(separator: "&")
     }
 
     /// Why `other` (same key) cannot be served by the socket made for `self`, or nil. An option the
@@ -106,6 +116,13 @@ public struct BindRequest: Hashable, Sendable {
             ?? differs("owner", owner, other.owner) { $0 }
             ?? differs("group", group, other.group) { $0 }
             ?? differs("shards", shards, other.shards) { "\($0)" }
+    }
+
+    /// This request for generation `number` (a group's), or for the group's usual sockets (0).
+    public func inGeneration(_ number: UInt8) -> BindRequest {
+        var request = self
+        request.generation = number == 0 ? nil : number
+        return request
     }
 
     /// The members of the group this request asks for, `count` of them (`shards` resolved), in
@@ -214,7 +231,9 @@ public struct BindRequest: Hashable, Sendable {
     }
 
     /// The options a URL's query and a JSON bind may set.
-    static let optionNames = ["backlog", "v6only", "freebind", "mode", "owner", "group", "shards", "member"]
+    static let optionNames = [
+        "backlog", "v6only", "freebind", "mode", "owner", "group", "shards", "member", "generation",
+    ]
 
     /// Why option `name` does not apply to this socket, or nil.
     func optionProblem(_ name: String) -> String? {
@@ -223,7 +242,7 @@ public struct BindRequest: Hashable, Sendable {
         case "v6only": isIPv6 ? nil : "v6only applies to IPv6 addresses"
         case "freebind": kind == .unix ? "freebind applies to IP sockets" : nil
         case "mode", "owner", "group": kind == .unix ? nil : "\(name) applies to Unix sockets"
-        case "shards", "member": kind == .tcp ? nil : "\(name) applies to TCP sockets"
+        case "shards", "member", "generation": kind == .tcp ? nil : "\(name) applies to TCP sockets"
         default: "unknown option \(name)"
         }
     }
@@ -250,6 +269,10 @@ public struct BindRequest: Hashable, Sendable {
         case "member":
             guard let index = UInt16(text), index < Self.maximumShards else { return Self.memberRange }
             return setMember(index)
+        case "generation":
+            guard let number = UInt8(text), number <= Self.maximumGeneration else { return Self.generationRange }
+            generation = number == 0 ? nil : number
+            return nil
         default:
             return setAccount(name, text)
         }
@@ -259,9 +282,13 @@ public struct BindRequest: Hashable, Sendable {
     static let modeRange = "mode is octal permission bits, at most 0777, such as 0660"
     static let shardsRange = "shards is auto or a number of sockets, 1 to \(maximumShards)"
     static let memberRange = "member is a group's socket, 0 to \(maximumShards - 1)"
+    static let generationRange = "generation is 0 or \(maximumGeneration)"
+    /// Two generations: the served one and a candidate.
+    public static let maximumGeneration: UInt8 = 1
 
     /// A member names its group's size.
     var groupProblem: String? {
+        if generation != nil, shards == nil { return "generation needs shards=N (a socket group)" }
         guard member != nil else { return nil }
         if case .count = shards { return nil }
         return "member needs shards=N"

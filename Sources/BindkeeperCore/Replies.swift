@@ -71,6 +71,13 @@ public enum Reply {
         public init(released: [String]) { self.released = released }
     }
 
+    /// `steer`: the keys of the members now steered, served generation first.
+    public struct Steer: Codable, Equatable, Sendable {
+        public var steered: [String]
+
+        public init(steered: [String]) { self.steered = steered }
+    }
+
     /// `reexec`: the broker that will re-execute, and the image it checked.
     public struct Reexec: Codable, Equatable, Sendable {
         public var pid: Int32

@@ -89,15 +89,15 @@ public struct ConfigTemplate: Equatable, Sendable {
         return (String(scalars[lineStart...]), after)
     }
 
-    /// The configuration with each bind replaced by `fd@N`; `fds` maps a socket's `baseKey` to its
+    /// The configuration with each bind replaced by `fd@N`; `fds` maps a socket's `addressKey` to its
     /// fds (a group's in member order).
     public func render(fds: [String: [Int32]]) -> String {
         pieces.map { piece in
             switch piece {
             case .text(let text): return text
-            case .bind(let request): return fds[request.baseKey]?.first.map { "fd@\($0)" } ?? "fd@-1"
+            case .bind(let request): return fds[request.addressKey]?.first.map { "fd@\($0)" } ?? "fd@-1"
             case .groupLine(let prefix, let request, let suffix):
-                let members = fds[request.baseKey] ?? [-1]
+                let members = fds[request.addressKey] ?? [-1]
                 // The line's own ending, "\n" or "\r\n", after each copy.
                 let scalars = suffix.unicodeScalars
                 let ending = scalars.last != "\n" ? "" : scalars.dropLast().last == "\r" ? "\r\n" : "\n"

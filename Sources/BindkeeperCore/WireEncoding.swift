@@ -14,6 +14,8 @@ extension Wire {
         public var params: [JSONValue]?
         /// The framed form's binds, as URLs.
         public var binds: [String]?
+        /// `steer`: the candidate's share of new connections.
+        public var percent: Int?
         public var result: Result?
         public var error: RPCError?
 
@@ -26,6 +28,7 @@ extension Wire {
             try container.encodeIfPresent(method, forKey: .method)
             try container.encodeIfPresent(params, forKey: .params)
             try container.encodeIfPresent(binds, forKey: .binds)
+            try container.encodeIfPresent(percent, forKey: .percent)
             try container.encodeIfPresent(result, forKey: .result)
             try container.encodeIfPresent(error, forKey: .error)
         }
@@ -54,9 +57,10 @@ extension Wire {
     }
 
     /// A request in this form (the client side of the framed form, and tests of both).
-    public func request(id: RequestID, method: String, binds: [BindRequest] = []) -> [UInt8] {
+    public func request(id: RequestID, method: String, binds: [BindRequest] = [], percent: Int? = nil) -> [UInt8] {
         var message: Envelope<Bool> = envelope(id: id)
         message.method = method
+        message.percent = percent
         switch self {
         case .multibinder: message.params = binds.map { .object(Wire.jsonParams($0)) }
         case .framed: message.binds = binds.map(\.url)

@@ -58,8 +58,22 @@ extension Wire {
         case bind([BindRequest])
         /// The broker lets go of these sockets: all or none, each by whoever may bind it.
         case release([BindRequest])
+        /// The group's new connections go to its served generation, a share to a candidate.
+        case steer(Steering)
         case list
         case reexec
+    }
+
+    /// Which of a group's generations takes its new connections.
+    public struct Steering: Equatable, Sendable {
+        /// The served generation, then at most one candidate (another generation, same address).
+        public var groups: [BindRequest]
+        /// The candidate's share of new connections, by the flow's hash; 0 without a candidate.
+        public var candidatePercent: UInt8
+
+        public init(groups: [BindRequest], candidatePercent: UInt8) {
+            (self.groups, self.candidatePercent) = (groups, candidatePercent)
+        }
     }
 
     public struct Request: Equatable, Sendable {

@@ -46,10 +46,42 @@ extension Wire {
             }
             return .success(
                 Request(wire: self, id: id, method: method == "bind" ? .bind(requests) : .release(requests)))
+        case (.framed, "steer"): return parseSteer(request, id: id)
         case (.framed, "list"): return .success(Request(wire: self, id: id, method: .list))
         case (.framed, "reexec"): return .success(Request(wire: self, id: id, method: .reexec))
         default: return fail(.methodNotFound)
         }
+    }
+
+    /// `steer`: `binds` names a group's served generation, then optionally a candidate generation
+    /// that takes `percent` of new connections (1 to 100).
+    func parseSteer(_ request: [String: JSONValue], id: RequestID) -> Result<Request, Failure> {
+        func fail(_ detail: String) -> Result<Request, Failure> {
+            .failure(Failure(wire: self, id: id, error: .invalidParams(detail)))
+        }
+        guard let binds = request["binds"]?.array, (1...2).contains(binds.count) else {
+            return fail("binds must name a group's served generation and at most one candidate")
+        }
+        var groups: [BindRequest] = []
+        for (index, item) in binds.enumerated() {
+            guard case .string(let url) = item else { return fail("binds[\(index)]: not a URL") }
+            switch BindRequest.parse(url: url) {
+            case .success(let group) where group.shards != nil && group.member == nil: groups.append(group)
+            case .success: return fail("binds[\(index)]: a group (shards=N) is steered, not one socket")
+            case .failure(let error): return fail("binds[\(index)]: \(error)")
+            }
+        }
+        let percent = request["percent"]?.integer ?? 0
+        guard groups.count == 2 ? (1...100).contains(percent) : percent == 0 else {
+            return fail("percent is 1 to 100 for a candidate, 0 or absent without one")
+        }
+        if groups.count == 2,
+            groups[0].addressKey != groups[1].addressKey || groups[0].generation == groups[1].generation
+        {
+            return fail("the candidate is another generation of the same address and port")
+        }
+        return .success(
+            Request(wire: self, id: id, method: .steer(Steering(groups: groups, candidatePercent: UInt8(percent)))))
     }
 
     /// A bind in JSON: multibinder's `address`, `port`, `backlog`, plus `type`, `v6only`,
@@ -58,6 +90,7 @@ extension Wire {
     static func bindRequest(json params: [String: JSONValue]) -> Result<BindRequest, BindError> {
         let known: Set<String> = [
             "type", "address", "port", "backlog", "v6only", "freebind", "mode", "owner", "group", "shards", "member",
+            "generation",
         ]
         if let unknown = params.keys.sorted().first(where: { !known.contains($0) }) {
             return .failure(BindError("unknown option \(unknown)"))
@@ -107,7 +140,7 @@ extension Wire {
             case "mode":
                 guard let bits = UInt32(exactly: number) else { return "mode must be a permission number" }
                 return request.setMode(bits)
-            case "shards", "member": return request.setOption(name, String(number))
+            case "shards", "member", "generation": return request.setOption(name, String(number))
             case "v6only", "freebind":
                 if let problem = request.optionProblem(name) { return problem }
                 guard number == 0 || number == 1 else { return "\(name) is 0 or 1" }
@@ -130,6 +163,7 @@ extension Wire {
         if let group = request.group { params["group"] = .string(group) }
         if let shards = request.shards { params["shards"] = .string("\(shards)") }
         if let member = request.member { params["member"] = .integer(Int64(member)) }
+        if let generation = request.generation { params["generation"] = .integer(Int64(generation)) }
         return params
     }
 }

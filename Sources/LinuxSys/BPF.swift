@@ -86,6 +86,26 @@ public enum BPF {
             type: info.type)
     }
 
+    /// A descriptor of the map of `type` named `name` whose `key` holds `value` (for a socket
+    /// array, a socket's SO_COOKIE): the kernel's maps searched by id, since a map a program
+    /// attached to sockets is reachable by nothing else. nil when there is none (the caller closes
+    /// it otherwise).
+    public static func findMap(type: UInt32, name: String, key: UInt32, holding value: UInt64) -> Int32? {
+        var id: UInt32 = 0
+        while bpf_map_get_next_id(id, &id) == 0 {
+            let fd = bpf_map_get_fd_by_id(id)
+            guard fd >= 0 else { continue }
+            if let info = try? mapInfo(fd: fd), info.type == type, info.name == name, info.keySize == 4,
+                info.valueSize == 8
+            {
+                var key = key, found: UInt64 = 0
+                if bpf_map_lookup_elem(fd, &key, &found) == 0, found == value { return fd }
+            }
+            close(fd)
+        }
+        return nil
+    }
+
     /// Descriptors of the maps of program `id`, by name, closed with the set.
     public static func openMaps(ofProgram id: UInt32) throws -> NamedDescriptors {
         var maps: [String: Int32] = [:]

@@ -11,8 +11,13 @@ public final class BPFObject: @unchecked Sendable {
     private let object: OpaquePointer
 
     /// Opens and loads `elf`; `constants` sets read-only globals (their bytes, as the program
-    /// reads them) before the kernel verifies it.
-    public init(elf: [UInt8], name: String, constants: [String: [UInt8]] = [:]) throws {
+    /// reads them) before the kernel verifies it; the programs named in `skipping` are not loaded
+    /// (one this kernel would refuse); the maps named in `reusing` are the kernel's maps given,
+    /// not new ones.
+    public init(
+        elf: [UInt8], name: String, constants: [String: [UInt8]] = [:], skipping: Set<String> = [],
+        reusing: [String: Int32] = [:]
+    ) throws {
         BPF.silenceLibbpf()
         // libbpf keeps the log's address from the open to the load: memory of our own, not an array's.
         let logSize = 1 << 16
@@ -25,6 +30,19 @@ public final class BPFObject: @unchecked Sendable {
         guard let object = opened else { throw SystemError("opening BPF object \(name)", errno: errno) }
         do {
             try Self.set(constants, in: object)
+            for program in skipping {
+                guard let found = bpf_object__find_program_by_name(object, program) else {
+                    throw SystemError("the BPF object has no program \(program)", errno: ENOENT)
+                }
+                bpf_program__set_autoload(found, false)
+            }
+            for (map, fd) in reusing {
+                guard let found = bpf_object__find_map_by_name(object, map) else {
+                    throw SystemError("the BPF object has no map \(map)", errno: ENOENT)
+                }
+                let reused = bpf_map__reuse_fd(found, fd)
+                guard reused == 0 else { throw SystemError("reusing map \(map)", errno: -reused) }
+            }
         } catch {
             bpf_object__close(object)
             throw error
@@ -61,6 +79,14 @@ public final class BPFObject: @unchecked Sendable {
         guard bpf_map_update_elem(fd, &key, &value, UInt64(BPF_ANY)) == 0 else {
             throw SystemError("setting \(name)[\(key)]", errno: errno)
         }
+    }
+
+    /// Key `key` of the object's map `name`: for a socket array, the SO_COOKIE of the socket
+    /// there; nil when the key is empty.
+    public func lookup(map name: String, key: UInt32) throws -> UInt64? {
+        let fd = try map(name)
+        var key = key, value: UInt64 = 0
+        return bpf_map_lookup_elem(fd, &key, &value) == 0 ? value : nil
     }
 
     /// Writes each constant's bytes where BTF places it in the object's `.rodata`.

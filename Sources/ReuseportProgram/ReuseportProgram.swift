@@ -7,6 +7,6 @@ enum EmbeddedBPFObjects {}
 /// that received the SYN.
 public enum ReuseportProgram {
     public static let object: [UInt8] = HexText.bytes(EmbeddedBPFObjects.reuseportCpu)
-    /// The most members a group may have: the program's socket array's size.
-    public static let maximumMembers = 256
+    /// The program's socket array's size: two generations of the largest group.
+    public static let maximumMembers = 512
 }

@@ -35,10 +35,13 @@ final class BindkeeperTrustTests: XCTestCase {
     }
 
     /// One framed request on a connection of the grantee's own: its reply, and the fds that came with it.
-    func granteeRequest(_ method: String, _ binds: [BindRequest]) throws -> (reply: [String: Any], fds: [Int32]) {
+    func granteeRequest(_ method: String, _ binds: [BindRequest], percent: Int? = nil) throws -> (
+        reply: [String: Any], fds: [Int32]
+    ) {
         let fd = try granteeConnection()
         defer { close(fd) }
-        XCTAssertTrue(SocketIO.sendAll(fd, Wire.framed.request(id: .number(1), method: method, binds: binds)))
+        XCTAssertTrue(
+            SocketIO.sendAll(fd, Wire.framed.request(id: .number(1), method: method, binds: binds, percent: percent)))
         let read = try readReplies(fd, count: 1)
         return (try XCTUnwrap(read.replies.first), read.fds)
     }
@@ -108,7 +111,7 @@ final class BindkeeperTrustTests: XCTestCase {
         let rootsURL = url("tcp://\(BrokerLab.address):8002")
         let roots = try lab.client().bind([rootsURL])
         defer { roots.forEach { close($0.fd) } }
-        let request = granteeRequest
+        let request = { try self.granteeRequest($0, $1) }
         let shared = try request("bind", [rootsURL])
         XCTAssertEqual(shared.fds.map(OwnedSocket.cookie), [OwnedSocket.cookie(roots[0].fd)], "the grant shares it")
         shared.fds.forEach { close($0) }
@@ -122,6 +125,47 @@ final class BindkeeperTrustTests: XCTestCase {
         own.fds.forEach { close($0) }
         XCTAssertNotNil(try request("release", [ownURL]).reply["result"])
         XCTAssertFalse(try lab.client().list().sockets.contains { $0.key == ownURL.key })
+    }
+
+    /// A grantee may bind root's socket group on a port of its range (and get it), but neither add
+    /// a generation to it (which would join its SO_REUSEPORT group) nor steer it; a group outside
+    /// its grant it cannot even name. Its own group it may do both with.
+    func testAGranteeNeitherJoinsNorSteersAnotherUsersGroup() throws {
+        try lab.startBroker(["--config", try writePolicy([range])])
+        let roots = url("tcp://\(BrokerLab.address):8010?shards=2"),
+            outside = url("tcp://\(BrokerLab.address):9010?shards=2")
+        for group in [roots, outside] { try lab.client().bind([group]).forEach { close($0.fd) } }
+        let before = try lab.client().list().sockets.map(\.key).sorted()
+        let shared = try granteeRequest("bind", [roots])
+        XCTAssertEqual(shared.fds.count, 2, "the grant shares root's group: \(shared.reply)")
+        shared.fds.forEach { close($0) }
+        let attempts: [(String, [BindRequest], Int?, String)] = [
+            ("bind", [roots.inGeneration(1)], nil, "may add a generation to only sockets its own requests made"),
+            ("steer", [roots], nil, "may steer only sockets its own requests made"),
+            ("bind", [outside.inGeneration(1)], nil, "Permission denied"),
+            ("steer", [outside], nil, "Permission denied"),
+        ]
+        for (method, binds, percent, expected) in attempts {
+            let refused = try granteeRequest(method, binds, percent: percent)
+            XCTAssertTrue("\(refused.reply)".contains(expected), "\(method) \(binds.map(\.url)): \(refused.reply)")
+            XCTAssertTrue(refused.fds.isEmpty)
+            refused.fds.forEach { close($0) }
+        }
+        XCTAssertEqual(try lab.client().list().sockets.map(\.key).sorted(), before, "nothing was added")
+
+        let own = url("tcp://\(BrokerLab.address):8011?shards=2")
+        for group in [own, own.inGeneration(1)] {
+            let made = try granteeRequest("bind", [group])
+            XCTAssertEqual(made.fds.count, 2, "\(made.reply)")
+            made.fds.forEach { close($0) }
+        }
+        let steered = try granteeRequest("steer", [own, own.inGeneration(1)], percent: 50)
+        XCTAssertEqual(
+            (steered.reply["result"] as? [String: Any])?["steered"] as? [String],
+            [
+                "tcp://\(BrokerLab.address):8011#0", "tcp://\(BrokerLab.address):8011#1",
+                "tcp://\(BrokerLab.address):8011~g1#0", "tcp://\(BrokerLab.address):8011~g1#1",
+            ], "\(steered.reply)")
     }
 
     /// Who made a socket is stored with it in the service manager's fd store: after a crash, the
