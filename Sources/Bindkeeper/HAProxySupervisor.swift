@@ -20,6 +20,8 @@ public struct HAProxyOptions: Sendable {
     /// How long an older instance may finish its connections after a reload before SIGTERM; nil:
     /// as long as they last (HAProxy's own `hard-stop-after`, if set, still applies).
     public var drainSeconds: Int?
+    /// Reloads as canaries: nil, a reload replaces the running instance at once.
+    public var canary: CanaryOptions?
 
     public init(socketPath: String, template: String, rendered: String?, pidFile: String?, haproxy: [String]) {
         self.socketPath = socketPath
@@ -51,10 +53,12 @@ public struct HAProxyOptions: Sendable {
 /// `maximumReplacements` a minute; past that the supervisor gives up as before when no instance
 /// is left, and the service manager restarts it.
 public final class HAProxySupervisor {
-    private let options: HAProxyOptions
-    private let logger: Logger
+    let options: HAProxyOptions
+    let logger: Logger
     struct Instance {
         var pid: pid_t
+        /// The generation of the broker's socket groups it serves (see `CanaryOptions`).
+        var generation: UInt8 = 0
         /// The template text it was rendered from.
         var template: String
         var started: UInt64
@@ -64,7 +68,14 @@ public final class HAProxySupervisor {
         var terminated = false
     }
     /// Running instances, oldest first; the last one is the current one.
-    private var instances: [Instance] = []
+    var instances: [Instance] = []
+    /// A reload's candidate while it serves its share, outside `instances` until it passes.
+    var canary: Canary?
+    /// The generation the current instance's groups are in; a candidate gets the other one.
+    var servedGeneration: UInt8 = 0
+    /// The text of the last template whose candidate failed: refused until it changes.
+    var failedTemplate: String?
+    var canariesFailed = 0
     /// The template of the newest instance that lived past `startupNanoseconds`.
     private var lastGoodTemplate: String?
     private var replacements: [UInt64] = []
@@ -94,11 +105,12 @@ public final class HAProxySupervisor {
     /// The template as it is on disk now.
     func templateText() throws -> String { try String(contentsOfFile: options.template, encoding: .utf8) }
 
-    /// Renders template `text` to `path` with sockets from the broker.
-    func prepare(_ text: String, to path: String) throws -> Prepared {
+    /// Renders template `text` to `path` with sockets from the broker, its groups' in `generation`.
+    func prepare(_ text: String, to path: String, generation: UInt8 = 0) throws -> Prepared {
         let template = try ConfigTemplate.parse(text).get()
+        let binds = template.binds.map { $0.shards == nil ? $0 : $0.inGeneration(generation) }
         // A template that binds nothing through the broker needs no broker.
-        let bound = template.binds.isEmpty ? [] : try BindkeeperClient(path: options.socketPath).bind(template.binds)
+        let bound = binds.isEmpty ? [] : try BindkeeperClient(path: options.socketPath).bind(binds)
         for socket in bound {
             Descriptors.setCloseOnExec(socket.fd, false)
             if let warning = socket.warning { logger.info("\(socket.key): \(warning)") }
@@ -108,7 +120,7 @@ public final class HAProxySupervisor {
         var seen: Set<String> = []
         let fds = Dictionary(
             bound.filter { seen.insert($0.key).inserted }.map { socket in
-                ((try? BindRequest.parse(url: socket.url).get())?.baseKey ?? socket.key, [socket.fd])
+                ((try? BindRequest.parse(url: socket.url).get())?.addressKey ?? socket.key, [socket.fd])
             }, uniquingKeysWith: +)
         let prepared = Prepared(path: path, fds: bound.map(\.fd))
         do {
@@ -121,8 +133,20 @@ public final class HAProxySupervisor {
     }
 
     /// HAProxy's own check of a rendered configuration: its exit status.
-    func check(_ path: String) throws -> Int32 {
-        Spawn.wait(try Spawn.run(options.haproxy[0], Array(options.haproxy.dropFirst()) + ["-c", "-q", "-f", path]))
+    func check(_ path: String, generation: UInt8 = 0) throws -> Int32 {
+        Spawn.wait(
+            try Spawn.run(
+                options.haproxy[0], Array(options.haproxy.dropFirst()) + ["-c", "-q", "-f", path],
+                environment: Self.environment(generation)))
+    }
+
+    /// HAProxy's environment: the supervisor's, and BINDKEEPER_GENERATION, which a configuration
+    /// can name ("${BINDKEEPER_GENERATION}") where two generations must not share a path, such
+    /// as a stats socket's.
+    static func environment(_ generation: UInt8) -> [String: String] {
+        var environment = ProgramImage.environment()
+        environment["BINDKEEPER_GENERATION"] = "\(generation)"
+        return environment
     }
 
     /// `--check`: renders and checks, as a reload would, without starting anything.
@@ -151,7 +175,9 @@ public final class HAProxySupervisor {
             try Signals.install(shutdown: stop, reload: reload)
             try Signals.forward(SIGUSR2, to: reload)
             try Signals.forward(SIGCHLD, to: child)
-            try start(try templateText())
+            let text = try templateText()
+            if options.canary != nil { _ = try Self.groups(text) }
+            try start(text)
         } catch {
             logger.info("start: \(error)")
             return 1
@@ -164,13 +190,17 @@ public final class HAProxySupervisor {
             if fds[1].revents != 0 {
                 reload.consume()
                 try? notifier?.send("RELOADING=1\nMONOTONIC_USEC=\(MonotonicClock.nanoseconds() / 1000)")
-                do { try start(try templateText()) } catch {
+                do {
+                    let text = try templateText()
+                    try options.canary == nil || instances.isEmpty ? start(text) : startCanary(text)
+                } catch {
                     logger.info("reload refused, the running instance keeps serving: \(error)")
                 }
                 try? notifier?.send("READY=1\nSTATUS=haproxy pid \(instances.last?.pid ?? 0)")
             }
             child.consume()
             reap()
+            if let canary, MonotonicClock.nanoseconds() >= canary.ends { judge(canary) }
             governDraining()
             if let current = instances.last, MonotonicClock.nanoseconds() &- current.started >= Self.startupNanoseconds
             {
@@ -189,9 +219,9 @@ public final class HAProxySupervisor {
         // Not those stopped already: -sf would signal their pids after they are reaped, and reused.
         let running = instances.filter { !$0.terminated }.map(\.pid)
         let next = options.rendered + ".next"
-        let prepared = try prepare(text, to: next)
+        let prepared = try prepare(text, to: next, generation: servedGeneration)
         defer { prepared.release() }
-        let status = try check(next)
+        let status = try check(next, generation: servedGeneration)
         guard status == 0 else {
             unlink(next)
             throw SystemError("configuration check", errno: EINVAL, hint: "haproxy -c exited \(status)")
@@ -199,11 +229,13 @@ public final class HAProxySupervisor {
         guard rename(next, options.rendered) == 0 else { throw SystemError("rename \(next)") }
         var arguments = Array(options.haproxy.dropFirst()) + ["-db", "-f", options.rendered]
         if !running.isEmpty { arguments += ["-sf"] + running.map { String($0) } }
-        let pid = try Spawn.run(options.haproxy[0], arguments)
+        let pid = try Spawn.run(options.haproxy[0], arguments, environment: Self.environment(servedGeneration))
         let now = MonotonicClock.nanoseconds()
         for index in instances.indices where instances[index].superseded == nil { instances[index].superseded = now }
-        instances.append(Instance(pid: pid, template: text, started: now))
+        instances.append(Instance(pid: pid, generation: servedGeneration, template: text, started: now))
         if running.isEmpty {
+            // Whatever an earlier supervisor left steered; a canary under way keeps its share.
+            if options.canary != nil, canary == nil { steerToServed(text) }
             logger.info("started haproxy pid \(pid)")
         } else {
             logger.info("reloaded: haproxy pid \(pid) replaces \(running.map(String.init).joined(separator: " "))")
@@ -213,7 +245,7 @@ public final class HAProxySupervisor {
 
     /// Older instances past the drain deadline, and the oldest beyond `maxDraining`, are stopped
     /// (SIGTERM: their remaining connections are closed), each said once in the log.
-    private func governDraining() {
+    func governDraining() {
         let now = MonotonicClock.nanoseconds()
         let draining = instances.indices.dropLast().filter { !instances[$0].terminated }
         for (rank, index) in draining.enumerated() {
@@ -244,6 +276,11 @@ public final class HAProxySupervisor {
             var status: Int32 = 0
             let pid = waitpid(-1, &status, WNOHANG)
             guard pid > 0 else { return }
+            if let canary, canary.pid == pid {
+                self.canary = nil
+                rollBack(canary, because: "it exited (\(Spawn.exitCode(status)))", running: false)
+                continue
+            }
             guard let index = instances.firstIndex(where: { $0.pid == pid }) else { continue }
             let exited = instances.remove(at: index)
             // An older one current again (its replacement died) is no longer finishing.
@@ -286,6 +323,10 @@ public final class HAProxySupervisor {
 
     private func shutDown() -> Int32 {
         stopping = true
+        if let canary {
+            instances.insert(Instance(pid: canary.pid, template: canary.template, started: canary.ends), at: 0)
+            self.canary = nil
+        }
         for instance in instances { kill(instance.pid, SIGUSR1) }
         let deadline = MonotonicClock.nanoseconds() + UInt64(max(0, options.stopTimeoutSeconds)) * 1_000_000_000
         while !instances.isEmpty && MonotonicClock.nanoseconds() < deadline {
@@ -300,7 +341,7 @@ public final class HAProxySupervisor {
     }
 
     /// The running pids, current first, replaced atomically (rename) so a reader never sees half.
-    private func writePidFile() {
+    func writePidFile() {
         guard let pidFile = options.pidFile else { return }
         let text = instances.reversed().map { String($0.pid) }.joined(separator: "\n") + "\n"
         try? text.write(toFile: pidFile, atomically: true, encoding: .utf8)

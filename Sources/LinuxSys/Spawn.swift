@@ -60,6 +60,22 @@ public enum Spawn {
         return exitCode(status)
     }
 
+    /// Waits for a child at most `seconds`: its exit status, or nil when it ran longer, in which
+    /// case it is killed (SIGKILL) and reaped.
+    public static func wait(_ pid: pid_t, atMostSeconds seconds: Int) -> Int32? {
+        let deadline = MonotonicClock.nanoseconds() + UInt64(max(0, seconds)) * 1_000_000_000
+        var status: Int32 = 0
+        while MonotonicClock.nanoseconds() < deadline {
+            let reaped = waitpid(pid, &status, WNOHANG)
+            if reaped == pid { return exitCode(status) }
+            if reaped < 0, errno != EINTR { return -1 }
+            usleep(20_000)
+        }
+        kill(pid, SIGKILL)
+        _ = wait(pid)
+        return nil
+    }
+
     public static func exitCode(_ status: Int32) -> Int32 {
         status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
     }

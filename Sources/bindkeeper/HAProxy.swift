@@ -40,6 +40,33 @@ struct HAProxy: ParsableCommand {
         help: "Seconds an older instance may finish its connections after a reload before SIGTERM (default: no limit).")
     var drainTimeout: Int?
 
+    @Option(
+        help: """
+            Reload as a canary: the new HAProxy takes this share of new connections (1 to 100 %) on a second \
+            generation of the sockets, and is judged before it takes them all (every bind must be a group, shards=N).
+            """)
+    var canaryPercent: Int?
+
+    @Option(help: "Seconds a canary takes its share before its verdict.")
+    var canarySeconds = 30
+
+    @Option(
+        help: """
+            The canary's HAProxy stats socket, read at the verdict (${BINDKEEPER_GENERATION} in it as in the \
+            configuration).
+            """)
+    var canaryStats: String?
+
+    @Option(help: "The most 5xx responses, and failed connections to servers, in % a canary may have.")
+    var canaryMaxErrors = 1
+
+    @Option(
+        help: """
+            A command (sh -c) run at the verdict with BINDKEEPER_CANDIDATE_PID and BINDKEEPER_GENERATION; the canary \
+            passes only if it exits 0 within 30 s.
+            """)
+    var canaryCheck: String?
+
     @Flag(help: "Render and have HAProxy check the result, then exit with its status (for ExecReload).")
     var check = false
 
@@ -64,9 +91,26 @@ struct HAProxy: ParsableCommand {
         guard drainTimeout.map({ (1...86_400).contains($0) }) ?? true else {
             throw ValidationError("--drain-timeout is 1...86400 seconds")
         }
+        options.canary = try canaryOptions()
         options.stopTimeoutSeconds = stopTimeout
         (options.maxDraining, options.drainSeconds) = (maxDraining, drainTimeout)
         let supervisor = HAProxySupervisor(options: options, logger: logger)
         throw ExitCode(check ? supervisor.checkOnly() : supervisor.run())
+    }
+
+    func canaryOptions() throws -> CanaryOptions? {
+        guard let canaryPercent else {
+            guard canaryStats == nil, canaryCheck == nil else {
+                throw ValidationError("--canary-stats and --canary-check judge a canary: give --canary-percent")
+            }
+            return nil
+        }
+        guard (1...100).contains(canaryPercent) else { throw ValidationError("--canary-percent is 1...100") }
+        guard (1...3600).contains(canarySeconds) else { throw ValidationError("--canary-seconds is 1...3600") }
+        guard (0...100).contains(canaryMaxErrors) else { throw ValidationError("--canary-max-errors is 0...100") }
+        var canary = CanaryOptions(percent: canaryPercent)
+        (canary.seconds, canary.stats, canary.check) = (canarySeconds, canaryStats, canaryCheck)
+        canary.maximumErrorPercent = canaryMaxErrors
+        return canary
     }
 }

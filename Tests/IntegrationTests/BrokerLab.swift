@@ -18,6 +18,8 @@ final class BrokerLab {
     var socketPath: String { directory.appendingPathComponent("bindkeeper.sock").path }
     private(set) var logs: [(name: String, url: URL)] = []
     private var processes: [Process] = []
+    /// The broker `startBroker` started last.
+    private(set) var broker: Process?
 
     init(_ name: String) throws {
         guard geteuid() == 0 else { throw LabError("needs root for network namespaces (scripts/test.sh runs as root)") }
@@ -75,6 +77,7 @@ final class BrokerLab {
     func startBroker(_ extra: [String] = [], environment: [String: String]? = nil) throws -> Process {
         let process = try start(
             "broker", [binary("bindkeeper"), "serve", "--socket", socketPath] + extra, environment: environment)
+        broker = process
         try waitForBroker()
         return process
     }

@@ -28,6 +28,11 @@ final class LabToolTests: XCTestCase {
             supervisor + ["--stop-timeout=-1", "--", "/bin/true"],
             supervisor + ["--max-draining=-1", "--", "/bin/true"],
             supervisor + ["--drain-timeout", "0", "--", "/bin/true"],
+            supervisor + ["--canary-percent", "0", "--", "/bin/true"],
+            supervisor + ["--canary-percent", "101", "--", "/bin/true"],
+            supervisor + ["--canary-percent", "5", "--canary-seconds", "0", "--", "/bin/true"],
+            supervisor + ["--canary-percent", "5", "--canary-max-errors=-1", "--", "/bin/true"],
+            supervisor + ["--canary-stats", "/run/x.sock", "--", "/bin/true"],
         ] {
             let arguments = Array(command.dropFirst())
             let process = Process()

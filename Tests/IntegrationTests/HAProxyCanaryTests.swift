@@ -1,0 +1,130 @@
+import Foundation
+import Glibc
+import LinuxSys
+import XCTest
+
+/// `bindkeeper haproxy --canary-percent` with real HAProxy under HTTP load: a template that
+/// passes `haproxy -c` and fails at run time (its backend on a port where nothing listens) is
+/// judged from its own stats socket and rolled back; a good one takes over after its window.
+extension HAProxyReloadTests {
+    static let canaryPort = 86
+    static let canarySeconds = 4
+
+    /// A frontend on a socket group proxying to `backendPort`; the origin is another frontend of
+    /// the same HAProxy on 8181 (every instance binds its own, SO_REUSEPORT). Each generation has
+    /// its stats socket (HAProxy expands the variable the supervisor sets).
+    func writeProxyTemplate(backendPort: Int, comment: String) throws -> String {
+        let path = lab.directory.appendingPathComponent("canary.cfg.tmpl").path
+        let stats = lab.directory.appendingPathComponent("stats-${BINDKEEPER_GENERATION}.sock").path
+        try """
+        # \(comment)
+        global
+            maxconn 4000
+            stats socket "\(stats)" mode 600 level admin
+        defaults
+            mode http
+            timeout connect 2s
+            timeout client 5s
+            timeout server 5s
+            retries 0
+        frontend www
+            bind {{bind tcp://\(BrokerLab.vip):\(Self.canaryPort)?shards=2&backlog=4096}}
+            default_backend app
+        backend app
+            server s1 \(BrokerLab.address):\(backendPort)
+        frontend origin
+            bind \(BrokerLab.address):8181
+            http-request return status 200 content-type text/plain string "ok\\n"
+
+        """.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    func canaryVerdicts(_ kind: String) -> Int { lab.allLogs.components(separatedBy: "canary \(kind)").count - 1 }
+
+    /// Reloads, loads the canary's window, and waits for its verdict: the load's counts. `midway`
+    /// runs halfway through the window.
+    func canaryRound(
+        _ supervisor: Process, expecting verdict: String, manager: ServiceManagerSocket, midway: () throws -> Void = {}
+    ) throws -> [String: Int] {
+        // The broker's notifications (its fd store) are read as a service manager would: unread,
+        // they would fill the socket's queue and block the broker.
+        func drain() { try? manager.collect(seconds: 0.01) { _ in true } }
+        drain()
+        let before = canaryVerdicts(verdict)
+        let window = try load(port: Self.canaryPort, seconds: Self.canarySeconds, concurrency: 16)
+        kill(supervisor.processIdentifier, SIGHUP)
+        usleep(UInt32(Self.canarySeconds) * 500_000)
+        drain()
+        try midway()
+        let counts = try counts(window)
+        try lab.waitFor("the canary's verdict (\(verdict))", seconds: 15) {
+            drain()
+            return self.canaryVerdicts(verdict) > before
+        }
+        return counts
+    }
+
+    /// The broker is re-executed in the middle of one canary and killed (-9) in the middle of
+    /// another: the sockets and generations come back from the re-exec's state and the service
+    /// manager's fd store, and the verdicts land as without.
+    func testACanaryThatFailsAtRunTimeIsRolledBackAndAGoodOneTakesOver() throws {
+        lab.broker?.terminate()
+        lab.broker?.waitUntilExit()
+        let manager = try ServiceManagerSocket(path: lab.directory.appendingPathComponent("notify.sock").path)
+        try lab.startBroker(environment: ["NOTIFY_SOCKET": manager.path])
+        try manager.collect { $0.isReady }
+        var restarted: pid_t?
+        defer { restarted.map { kill($0, SIGTERM); _ = Spawn.wait($0) } }
+        let template = try writeProxyTemplate(backendPort: 8181, comment: "good")
+        let stats = lab.directory.appendingPathComponent("stats-${BINDKEEPER_GENERATION}.sock").path
+        let supervisor = try lab.startSupervisor(
+            "canary", template: template,
+            extra: [
+                "--canary-percent", "5", "--canary-seconds", String(Self.canarySeconds), "--canary-stats", stats,
+            ])
+        try lab.waitUntilListening(port: UInt16(Self.canaryPort))
+        let served = try pids(supervisor.pidFile)
+        XCTAssertEqual(served.count, 1)
+
+        for round in 1...2 {
+            _ = try writeProxyTemplate(backendPort: 8182, comment: "bad \(round)")
+            let window = try canaryRound(supervisor.process, expecting: "failed and rolled back", manager: manager) {
+                if round == 2 { _ = try lab.client().reexec() }
+            }
+            let share = Double(window["failed"] ?? 0) / Double(max(1, window["attempts"] ?? 0))
+            print("canary: bad template round \(round): \(window); failed share \(share)")
+            XCTAssertGreaterThan(window["failed"] ?? 0, 0, "round \(round): the candidate served its share: \(window)")
+            XCTAssertLessThanOrEqual(share, 0.08, "round \(round): only the candidate's share failed: \(window)")
+            XCTAssertEqual(window["reset"], 0, "round \(round): nothing queued was reset: \(window)")
+            XCTAssertEqual(window["refused"], 0, "round \(round): \(window)")
+            let after = try counts(try load(port: Self.canaryPort, seconds: 2, concurrency: 16))
+            XCTAssertEqual(after["failed"], 0, "round \(round): nothing fails after the rollback: \(after)")
+            XCTAssertGreaterThan(after["ok"] ?? 0, 100, "round \(round): the load ran: \(after)")
+            XCTAssertEqual(try pids(supervisor.pidFile).first, served[0], "round \(round): the running one serves on")
+        }
+        // The same failed template again: refused, nothing started.
+        kill(supervisor.process.processIdentifier, SIGHUP)
+        try lab.waitFor("the refusal") { self.lab.allLogs.contains("this template failed its canary") }
+        XCTAssertEqual(canaryVerdicts("failed and rolled back"), 2, "no third candidate")
+
+        _ = try writeProxyTemplate(backendPort: 8181, comment: "good again")
+        let window = try canaryRound(supervisor.process, expecting: "passed", manager: manager) {
+            let broker = try XCTUnwrap(lab.broker)
+            kill(broker.processIdentifier, SIGKILL)
+            broker.waitUntilExit()
+            restarted = try lab.restartBroker(manager)
+            try lab.waitForBroker()
+        }
+        XCTAssertEqual(window["failed"], 0, "a good candidate fails nothing: \(window)")
+        let now = try pids(supervisor.pidFile)
+        XCTAssertNotEqual(now.first, served[0], "the candidate took over")
+        try lab.waitFor("the replaced instance to leave") { !self.isAlive(served[0]) }
+        let after = try counts(try load(port: Self.canaryPort, seconds: 2, concurrency: 16))
+        XCTAssertEqual(after["failed"], 0, "\(after)")
+        let listed = try lab.client().list().sockets.map(\.key).filter { $0.contains(":\(Self.canaryPort)") }
+        XCTAssertEqual(listed.sorted(), ["#0", "#1"].map { "tcp://\(BrokerLab.vip):\(Self.canaryPort)~g1\($0)" }, "the old generation was let go")
+        XCTAssertTrue(supervisor.process.isRunning)
+        print(lab.allLogs.split(separator: "\n").filter { $0.contains("canary") }.joined(separator: "\n"))
+    }
+}
