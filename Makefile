@@ -1,4 +1,4 @@
-.PHONY: all build test test-quick demo bench bench-fastpath bench-synflood bench-reload bench-lifecycle clean install deb
+.PHONY: all build test test-quick demo bench bench-fastpath bench-synflood bench-reload bench-canary bench-lifecycle clean install deb
 
 PREFIX ?= /usr/local
 
@@ -28,6 +28,9 @@ bench-synflood:
 
 bench-reload:
 	scripts/bench-reload.sh
+
+bench-canary:
+	scripts/bench-canary.sh
 
 bench-lifecycle:
 	scripts/bench-lifecycle.sh

@@ -42,12 +42,13 @@ extension Broker {
             return .failure(.bindFailed("\(error)"))
         }
         statistics.steers += 1
+        let (address, servedKey) = (served[0].request.addressKey, served[0].request.baseKey)
         logger.info(
             candidate.isEmpty
-                ? "\(served[0].request.addressKey): new connections go to \(served[0].request.baseKey) (uid \(peer.uid))"
+                ? "\(address): new connections go to \(servedKey) (uid \(peer.uid))"
                 : """
-                \(served[0].request.addressKey): \(steering.candidatePercent) % of new connections go to \
-                \(candidate[0].request.baseKey), the rest to \(served[0].request.baseKey) (uid \(peer.uid))
+                \(address): \(steering.candidatePercent) % of new connections go to \(candidate[0].request.baseKey), \
+                the rest to \(servedKey) (uid \(peer.uid))
                 """)
         return .success((served + candidate).map(\.request.key))
     }

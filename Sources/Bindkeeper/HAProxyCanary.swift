@@ -56,10 +56,12 @@ extension HAProxySupervisor {
         guard let settings = options.canary, let current = instances.last else { return }
         if let canary {
             throw SystemError(
-                "canary", errno: EBUSY, hint: "haproxy pid \(canary.pid) is a candidate until its verdict; reload after it")
+                "canary", errno: EBUSY,
+                hint: "haproxy pid \(canary.pid) is a candidate until its verdict; reload after it")
         }
         guard text != failedTemplate else {
-            throw SystemError("canary", errno: EINVAL, hint: "this template failed its canary; it is refused until it changes")
+            throw SystemError(
+                "canary", errno: EINVAL, hint: "this template failed its canary; it is refused until it changes")
         }
         let groups = try Self.groups(text)
         let generation = 1 - servedGeneration

@@ -16,7 +16,8 @@ final class CanaryTests: XCTestCase {
         let candidate = try BindRequest.parse(url: "tcp://198.19.2.10:80?shards=2&generation=1").get()
         XCTAssertEqual(candidate.baseKey, "tcp://198.19.2.10:80~g1")
         XCTAssertEqual(candidate.addressKey, "tcp://198.19.2.10:80")
-        XCTAssertEqual(candidate.members(count: 2).map(\.key), ["tcp://198.19.2.10:80~g1#0", "tcp://198.19.2.10:80~g1#1"])
+        XCTAssertEqual(
+            candidate.members(count: 2).map(\.key), ["tcp://198.19.2.10:80~g1#0", "tcp://198.19.2.10:80~g1#1"])
         XCTAssertEqual(try BindRequest.parse(url: candidate.url).get(), candidate)
         for member in candidate.members(count: 2) {
             XCTAssertEqual(try BindRequest.parse(url: member.url).get(), member)
@@ -32,11 +33,12 @@ final class CanaryTests: XCTestCase {
             XCTAssertThrowsError(try BindRequest.parse(url: bad).get(), bad)
         }
         // JSON sets it as the URL does.
-        guard case .success(let json) = Wire.bindRequest(
-            json: [
-                "address": .string("198.19.2.10"), "port": .integer(80), "shards": .integer(2),
-                "generation": .integer(1),
-            ])
+        guard
+            case .success(let json) = Wire.bindRequest(
+                json: [
+                    "address": .string("198.19.2.10"), "port": .integer(80), "shards": .integer(2),
+                    "generation": .integer(1),
+                ])
         else { return XCTFail() }
         XCTAssertEqual(json, candidate)
         XCTAssertEqual(Wire.jsonParams(candidate)["generation"], .integer(1))
@@ -59,8 +61,9 @@ final class CanaryTests: XCTestCase {
             ([served.members(count: 2)[0]], nil),
         ]
         for (binds, percent) in refused {
-            guard case .failure(let failure)? = read(
-                Wire.framed.request(id: .number(5), method: "steer", binds: binds, percent: percent))
+            guard
+                case .failure(let failure)? = read(
+                    Wire.framed.request(id: .number(5), method: "steer", binds: binds, percent: percent))
             else { return XCTFail("\(binds.map(\.url)) \(String(describing: percent))") }
             XCTAssertEqual(failure.id, .number(5))
             XCTAssertEqual(failure.error.code, -32602, "\(binds.map(\.url))")
@@ -71,7 +74,9 @@ final class CanaryTests: XCTestCase {
         "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,"
         + "hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,hrsp_other,"
 
-    func row(_ proxy: String, _ server: String, stot: Int = 0, econ: Int = 0, status: String, ok: Int = 0, errors: Int = 0)
+    func row(
+        _ proxy: String, _ server: String, stot: Int = 0, econ: Int = 0, status: String, ok: Int = 0, errors: Int = 0
+    )
         -> String
     {
         "\(proxy),\(server),0,0,0,0,0,\(stot),0,0,0,0,0,\(econ),0,0,0,\(status),0,\(ok),0,0,\(errors),0,"

@@ -10,33 +10,21 @@ extension HAProxyReloadTests {
     static let canaryPort = 86
     static let canarySeconds = 4
 
-    /// A frontend on a socket group proxying to `backendPort`; the origin is another frontend of
-    /// the same HAProxy on 8181 (every instance binds its own, SO_REUSEPORT). Each generation has
-    /// its stats socket (HAProxy expands the variable the supervisor sets).
+    /// The lab's canary configuration (`examples/lab/haproxy-canary.cfg.in`): a socket group's
+    /// frontend proxying to `backendPort`, the origin on 8181.
     func writeProxyTemplate(backendPort: Int, comment: String) throws -> String {
         let path = lab.directory.appendingPathComponent("canary.cfg.tmpl").path
         let stats = lab.directory.appendingPathComponent("stats-${BINDKEEPER_GENERATION}.sock").path
-        try """
-        # \(comment)
-        global
-            maxconn 4000
-            stats socket "\(stats)" mode 600 level admin
-        defaults
-            mode http
-            timeout connect 2s
-            timeout client 5s
-            timeout server 5s
-            retries 0
-        frontend www
-            bind {{bind tcp://\(BrokerLab.vip):\(Self.canaryPort)?shards=2&backlog=4096}}
-            default_backend app
-        backend app
-            server s1 \(BrokerLab.address):\(backendPort)
-        frontend origin
-            bind \(BrokerLab.address):8181
-            http-request return status 200 content-type text/plain string "ok\\n"
-
-        """.write(toFile: path, atomically: true, encoding: .utf8)
+        let text = try String(
+            contentsOf: Lab.packageRoot.appendingPathComponent("examples/lab/haproxy-canary.cfg.in"), encoding: .utf8)
+        try ("# \(comment)\n" + text)
+            .replacingOccurrences(
+                of: "@BIND@", with: "{{bind tcp://\(BrokerLab.vip):\(Self.canaryPort)?shards=2&backlog=4096}}"
+            )
+            .replacingOccurrences(of: "@BACKEND@", with: "\(BrokerLab.address):\(backendPort)")
+            .replacingOccurrences(of: "@ORIGIN@", with: "\(BrokerLab.address):8181")
+            .replacingOccurrences(of: "@STATS@", with: stats)
+            .write(toFile: path, atomically: true, encoding: .utf8)
         return path
     }
 
@@ -75,7 +63,11 @@ extension HAProxyReloadTests {
         try lab.startBroker(environment: ["NOTIFY_SOCKET": manager.path])
         try manager.collect { $0.isReady }
         var restarted: pid_t?
-        defer { restarted.map { kill($0, SIGTERM); _ = Spawn.wait($0) } }
+        defer {
+            restarted.map {
+                kill($0, SIGTERM); _ = Spawn.wait($0)
+            }
+        }
         let template = try writeProxyTemplate(backendPort: 8181, comment: "good")
         let stats = lab.directory.appendingPathComponent("stats-${BINDKEEPER_GENERATION}.sock").path
         let supervisor = try lab.startSupervisor(
@@ -123,7 +115,9 @@ extension HAProxyReloadTests {
         let after = try counts(try load(port: Self.canaryPort, seconds: 2, concurrency: 16))
         XCTAssertEqual(after["failed"], 0, "\(after)")
         let listed = try lab.client().list().sockets.map(\.key).filter { $0.contains(":\(Self.canaryPort)") }
-        XCTAssertEqual(listed.sorted(), ["#0", "#1"].map { "tcp://\(BrokerLab.vip):\(Self.canaryPort)~g1\($0)" }, "the old generation was let go")
+        XCTAssertEqual(
+            listed.sorted(), ["#0", "#1"].map { "tcp://\(BrokerLab.vip):\(Self.canaryPort)~g1\($0)" },
+            "the old generation was let go")
         XCTAssertTrue(supervisor.process.isRunning)
         print(lab.allLogs.split(separator: "\n").filter { $0.contains("canary") }.joined(separator: "\n"))
     }
