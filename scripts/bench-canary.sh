@@ -20,26 +20,9 @@ while [ $# -gt 0 ]; do
         *) echo "usage: $0 [--rounds N] [--percent P] [--seconds S] [--concurrency N]" >&2; exit 2 ;;
     esac
 done
-[ "$(id -u)" = 0 ] || { echo "bench-canary: run as root" >&2; exit 1; }
-scripts/setup.sh
-swift build -c release >/dev/null
-bin=$(swift build -c release --show-bin-path)
-ns=psbc-$$ work=$(mktemp -d) vip=198.19.2.10 origin=198.18.2.1
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
-    ip netns del "$ns" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-ip netns add "$ns"
-ip -n "$ns" link set lo up
-ip -n "$ns" addr add "$vip/32" dev lo
-ip -n "$ns" addr add "$origin/32" dev lo
-
-ip netns exec "$ns" "$bin/bindkeeper" serve --socket "$work/bk.sock" 2>>"$work/broker.log" & pids+=($!)
-for _ in $(seq 50); do [ -S "$work/bk.sock" ] && break; sleep 0.1; done
+vip=198.19.2.10 origin=198.18.2.1
+. scripts/lab-common.sh
+broker_lab_begin psbc "$vip" "$origin"
 
 template() {  # template NAME PORT BACKEND-PORT COMMENT
     { echo "# $4"; sed -e "s|@BIND@|{{bind tcp://$vip:$2?shards=2\&backlog=4096}}|" \

@@ -20,25 +20,9 @@ while [ $# -gt 0 ]; do
         *) echo "usage: $0 [--reloads N] [--rounds N] [--concurrency N] [--interval-ms N]" >&2; exit 2 ;;
     esac
 done
-[ "$(id -u)" = 0 ] || { echo "bench-reload: run as root" >&2; exit 1; }
-scripts/setup.sh
-swift build -c release >/dev/null
-bin=$(swift build -c release --show-bin-path)
-ns=psbr-$$ work=$(mktemp -d) vip=198.19.2.10
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
-    ip netns del "$ns" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-ip netns add "$ns"
-ip -n "$ns" link set lo up
-ip -n "$ns" addr add "$vip/32" dev lo
-
-ip netns exec "$ns" "$bin/bindkeeper" serve --socket "$work/bk.sock" 2>>"$work/broker.log" & pids+=($!)
-for _ in $(seq 50); do [ -S "$work/bk.sock" ] && break; sleep 0.1; done
+vip=198.19.2.10
+. scripts/lab-common.sh
+broker_lab_begin psbr "$vip"
 
 template() {  # template NAME BIND [GLOBAL-LINE]: the lab's HAProxy configuration
     sed "s|@BIND@|$2|" examples/lab/haproxy-answer.cfg.in > "$work/$1.cfg.tmpl"

@@ -129,6 +129,9 @@ public final class Broker: @unchecked Sendable {
     var metricsServer: StatsServer?
     /// The metrics socket an earlier process handed over, until `startMetrics` takes it.
     var inheritedMetrics: Int32?
+    /// Each socket group's socket array (its reuseport program's map), by the group's address:
+    /// steering it again needs it, and only CAP_SYS_ADMIN could find it otherwise.
+    var groupArrays: [String: Int32] = [:]
     let logger: Logger
     /// The program's path, resolved at start: a re-exec runs whatever is installed there now (after
     /// an upgrade, the new binary; /proc/self/exe would name the deleted old one).

@@ -32,6 +32,10 @@ extension Broker {
                         backlog: backlogReport(for: socket.request),
                         creator: socket.creator), stored: true)
             }
+            for (address, fd) in state.arrays {
+                Descriptors.setCloseOnExec(fd, true)
+                groupArrays[address] = fd
+            }
             for saved in state.clients {
                 Descriptors.setCloseOnExec(saved.fd, true)
                 let client = Client(fd: saved.fd, wire: saved.wire, pending: saved.pending)
@@ -55,6 +59,9 @@ extension Broker {
                 control = fd
             } else if name == StatsServer.metricsName {
                 inheritedMetrics = fd
+            } else if let address = FDStoreName.decodeArray(name), (try? BPF.mapInfo(fd: fd))?.type == 20 {
+                // BPF_MAP_TYPE_REUSEPORT_SOCKARRAY: a group's socket array.
+                groupArrays[address] = fd
             } else if let (request, creator) = FDStoreName.decodeEntry(name) {
                 add(
                     Entry(
@@ -67,6 +74,8 @@ extension Broker {
                 try? notifier?.removeStored(name: name)
             }
         }
+        // An array whose group did not come back with it steers nothing any more.
+        forgetUnusedArrays()
         logger.info(
             """
             recovered \(sockets.count) sockets from the service \

@@ -76,6 +76,7 @@ extension Broker {
                 .init(fd: $0.fd, wire: $0.reader.wire, pending: $0.reader.pending)
             })
         state.metrics = metrics
+        state.arrays = groupArrays
         let memfd = proxyside_memfd("bindkeeper-state")
         guard memfd >= 0 else { logger.info("re-exec: memfd: \(String(cString: strerror(-memfd)))"); return }
         let bytes = state.encoded()
@@ -86,7 +87,7 @@ extension Broker {
         }
         let kept =
             [(control, "control")] + (metrics.map { [($0, "metrics")] } ?? []) + state.sockets.map { ($0.fd, "socket") }
-            + state.clients.map { ($0.fd, "client") }
+            + state.clients.map { ($0.fd, "client") } + state.arrays.values.map { ($0, "socket array") }
         statistics.reexecs += 1
         logger.info(
             """

@@ -114,7 +114,12 @@ extension Broker {
             return .failure(error)
         }
         for request in asked where request.shards != nil {
-            let count = UInt16(requests.filter { $0.baseKey == request.baseKey }.count)
+            // One generation of an address a batch: two new ones would be sized by nothing but each other.
+            if asked.contains(where: { $0.addressKey == request.addressKey && $0.generation != request.generation }) {
+                statistics.conflicts += 1
+                return .failure(.conflict("\(request.addressKey): one generation of a group a request"))
+            }
+            let count = UInt16(Set(requests.filter { $0.baseKey == request.baseKey }.map(\.key)).count)
             if let problem = generationProblem(request, count: count, peer: peer) { return .failure(problem) }
         }
         var creating: Set<String> = []
@@ -248,6 +253,7 @@ extension Broker {
             // which the next bind of that path replaces (no unlink by name here: the client may
             // have swapped the path meanwhile).
             for entry in made { close(entry.fd) }
+            forgetUnusedArrays()
             return .failure(.bindFailed("\(error)"))
         }
         var groupOwners: [String: uid_t] = [:]
@@ -273,9 +279,13 @@ extension Broker {
             grouping: made.filter { $0.request.member != nil && otherGeneration(of: $0.request) == nil },
             by: \.request.baseKey)
         for members in groups.values {
+            let generation = members[0].request.generation ?? 0
+            var generations = Array(repeating: [Int32](), count: Int(BindRequest.maximumGeneration) + 1)
+            generations[Int(generation)] = members.sorted { $0.request.member! < $1.request.member! }.map(\.fd)
             do {
-                try SocketGroupSteering.attach(
-                    members: members.sorted { $0.request.member! < $1.request.member! }.map(\.fd))
+                try steerGroup(
+                    members[0].request.addressKey, generations: generations, served: generation, percent: 0,
+                    searching: false)
             } catch {
                 return fail(error)
             }
@@ -327,6 +337,7 @@ extension Broker {
             statistics.released += 1
             logger.info("released \(entry.request.url) (uid \(peer.uid))")
         }
+        forgetUnusedArrays()
         return .success(keys)
     }
 

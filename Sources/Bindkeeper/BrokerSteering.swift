@@ -36,8 +36,9 @@ extension Broker {
         generations[Int(servedGeneration)] = served.map(\.fd)
         if let other = candidate.first { generations[Int(other.request.generation ?? 0)] = candidate.map(\.fd) }
         do {
-            try SocketGroupSteering.steer(
-                generations: generations, served: servedGeneration, percent: steering.candidatePercent)
+            try steerGroup(
+                served[0].request.addressKey, generations: generations, served: servedGeneration,
+                percent: steering.candidatePercent)
         } catch {
             return .failure(.bindFailed("\(error)"))
         }
@@ -51,6 +52,35 @@ extension Broker {
                 the rest to \(servedKey) (uid \(peer.uid))
                 """)
         return .success((served + candidate).map(\.request.key))
+    }
+
+    /// Steers the group at `address` on the socket array the broker holds for it (see
+    /// SocketGroupSteering.steer), and holds the array a first steering made, in the fd store too.
+    /// A group just made has no array yet: `searching` looks for one only for a group that might
+    /// (one an older release made).
+    func steerGroup(_ address: String, generations: [[Int32]], served: UInt8, percent: UInt8, searching: Bool = true)
+        throws
+    {
+        let held = groupArrays[address]
+        let array = try SocketGroupSteering.steer(
+            generations: generations, served: served, percent: percent, array: held, searching: searching)
+        guard array != held else { return }
+        groupArrays[address] = array
+        if let name = FDStoreName.array(address) {
+            notifier?.replaceStored([array], name: name, watched: false, reportingTo: logger)
+        }
+    }
+
+    /// Lets go of the socket arrays of groups of which the broker holds no generation any more.
+    func forgetUnusedArrays() {
+        for (address, fd) in groupArrays
+        where (0...BindRequest.maximumGeneration).allSatisfy({
+            groupMembers(BindRequest.generationKey(address, $0), upTo: 1).isEmpty
+        }) {
+            close(fd)
+            groupArrays[address] = nil
+            if let name = FDStoreName.array(address) { notifier?.removeStored(name: name, reportingTo: logger) }
+        }
     }
 
     /// Why `peer` may not `action` a socket another's request made (only its creator, root and the

@@ -66,13 +66,8 @@ extension HAProxySupervisor {
         let groups = try Self.groups(text)
         let generation = 1 - servedGeneration
         let path = options.rendered + ".canary"
-        let prepared = try prepare(text, to: path, generation: generation)
+        let prepared = try renderChecked(text, to: path, generation: generation)
         defer { prepared.release() }
-        let status = try check(path, generation: generation)
-        guard status == 0 else {
-            unlink(path)
-            throw SystemError("configuration check", errno: EINVAL, hint: "haproxy -c exited \(status)")
-        }
         let pid = try Spawn.run(
             options.haproxy[0], Array(options.haproxy.dropFirst()) + ["-db", "-f", path],
             environment: Self.environment(generation))
@@ -82,7 +77,7 @@ extension HAProxySupervisor {
             ends: now + UInt64(settings.seconds) * 1_000_000_000)
         do {
             let served = Set(try Self.groups(current.template).map(\.addressKey))
-            let client = try BindkeeperClient(path: options.socketPath)
+            let client = try brokerClient()
             for group in groups {
                 // An address only the candidate binds is its alone.
                 _ =
@@ -121,6 +116,10 @@ extension HAProxySupervisor {
             let resolved = path.replacingOccurrences(of: "${BINDKEEPER_GENERATION}", with: "\(candidate.generation)")
             do {
                 let judgement = CanaryJudgement.parse(try HAProxyStatsSocket.showStat(resolved))
+                guard judgement.pid == candidate.pid else {
+                    let answered = judgement.pid.map(String.init) ?? "none"
+                    return "its stats socket answered for pid \(answered), not the candidate's"
+                }
                 if let failure = judgement.failure(maximumPercent: UInt64(settings.maximumErrorPercent)) {
                     return failure
                 }
@@ -132,7 +131,7 @@ extension HAProxySupervisor {
             var environment = Self.environment(candidate.generation)
             environment["BINDKEEPER_CANDIDATE_PID"] = "\(candidate.pid)"
             do {
-                let pid = try Spawn.run("/bin/sh", ["-c", command], environment: environment)
+                let pid = try Spawn.run("/bin/sh", ["-c", command], environment: environment, ownGroup: true)
                 let status = Spawn.wait(pid, atMostSeconds: CanaryOptions.checkSeconds)
                 guard status == 0 else {
                     return status == nil
@@ -150,7 +149,7 @@ extension HAProxySupervisor {
     func promote(_ candidate: Canary) {
         let old = servedGeneration
         do {
-            let client = try BindkeeperClient(path: options.socketPath)
+            let client = try brokerClient()
             for group in try Self.groups(candidate.template) {
                 _ = try client.steer(served: group.inGeneration(candidate.generation))
             }
@@ -183,7 +182,9 @@ extension HAProxySupervisor {
     func rollBack(_ candidate: Canary, because reason: String, running: Bool) {
         canariesFailed += 1
         failedTemplate = candidate.template
-        if let current = instances.last { steerToServed(current.template, releasingOther: false) }
+        if let current = instances.last, !steerToServed(current.template, releasingOther: false) {
+            steeringDue = current.template
+        }
         releaseGeneration(candidate.generation, of: candidate.template)
         if running {
             kill(candidate.pid, SIGUSR1)
@@ -204,19 +205,38 @@ extension HAProxySupervisor {
     /// Every new connection of `text`'s groups to the served generation; with `releasingOther`,
     /// the broker lets go of the other generation (left by an earlier supervisor, or a canary
     /// that was under way when it stopped).
-    func steerToServed(_ text: String, releasingOther: Bool = true) {
+    @discardableResult
+    func steerToServed(_ text: String, releasingOther: Bool = true) -> Bool {
         do {
-            let client = try BindkeeperClient(path: options.socketPath)
+            let client = try brokerClient()
             for group in try Self.groups(text) { _ = try client.steer(served: group.inGeneration(servedGeneration)) }
         } catch {
             logger.info("steering to generation \(servedGeneration): \(error)")
+            return false
         }
         if releasingOther { releaseGeneration(1 - servedGeneration, of: text, quietly: true) }
+        return true
     }
+
+    /// The generation of `text`'s groups the broker holds alone (1 after a canary passed), else 0.
+    func heldGeneration(_ text: String) -> UInt8 {
+        guard let groups = try? Self.groups(text), let listing = try? brokerClient().list() else { return 0 }
+        let held = Set(listing.sockets.map(\.key))
+        let onlyOther = groups.contains { group in
+            !held.contains(BindRequest.memberKey(group.baseKey, 0))
+                && held.contains(BindRequest.memberKey(group.inGeneration(1).baseKey, 0))
+        }
+        return onlyOther ? 1 : 0
+    }
+
+    /// The broker's client for a canary's steps: a broker that does not answer within 5 s (one
+    /// re-executing) fails the step, which is tried again (a steering back) or rolled back (a
+    /// promotion), rather than holding the supervisor.
+    func brokerClient() throws -> BindkeeperClient { try BindkeeperClient(path: options.socketPath, timeoutSeconds: 5) }
 
     /// The broker lets go of `generation` of `text`'s groups (each on its own: one may be gone).
     func releaseGeneration(_ generation: UInt8, of text: String, quietly: Bool = false) {
-        guard let groups = try? Self.groups(text), let client = try? BindkeeperClient(path: options.socketPath) else {
+        guard let groups = try? Self.groups(text), let client = try? brokerClient() else {
             return
         }
         for group in groups {
@@ -229,12 +249,14 @@ extension HAProxySupervisor {
 
 /// HAProxy's stats socket, read for a canary's verdict.
 enum HAProxyStatsSocket {
-    /// `show stat`'s text, read within five seconds and CanaryJudgement.maximumBytes.
+    /// `show info` and `show stat`'s text, read within five seconds and
+    /// CanaryJudgement.maximumBytes. The connection never blocks: a socket whose queue is full
+    /// fails at once.
     static func showStat(_ path: String) throws -> String {
-        let fd = try UnixAddress.connect(path)
+        let fd = try UnixAddress.connect(path, type: Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue))
         defer { close(fd) }
         let deadline = MonotonicClock.nanoseconds() + 5_000_000_000
-        let request = Array("show stat\n".utf8)
+        let request = Array("show info;show stat\n".utf8)
         guard send(fd, request, request.count, Int32(MSG_NOSIGNAL)) == request.count else {
             throw SystemError("sending show stat to \(path)")
         }

@@ -75,6 +75,9 @@ public final class HAProxySupervisor {
     var servedGeneration: UInt8 = 0
     /// The text of the last template whose candidate failed: refused until it changes.
     var failedTemplate: String?
+    /// A template whose groups must be steered back to the served generation: a rollback's
+    /// steering that failed (the broker restarting), tried again every turn until it holds.
+    var steeringDue: String?
     var canariesFailed = 0
     /// The template of the newest instance that lived past `startupNanoseconds`.
     private var lastGoodTemplate: String?
@@ -132,6 +135,23 @@ public final class HAProxySupervisor {
         return prepared
     }
 
+    /// Renders `text` to `path` (groups in `generation`) and has HAProxy check it: the sockets it
+    /// names, or an error when the check failed (nothing left at `path`).
+    func renderChecked(_ text: String, to path: String, generation: UInt8) throws -> Prepared {
+        let prepared = try prepare(text, to: path, generation: generation)
+        do {
+            let status = try check(path, generation: generation)
+            guard status == 0 else {
+                throw SystemError("configuration check", errno: EINVAL, hint: "haproxy -c exited \(status)")
+            }
+        } catch {
+            prepared.release()
+            unlink(path)
+            throw error
+        }
+        return prepared
+    }
+
     /// HAProxy's own check of a rendered configuration: its exit status.
     func check(_ path: String, generation: UInt8 = 0) throws -> Int32 {
         Spawn.wait(
@@ -154,9 +174,12 @@ public final class HAProxySupervisor {
         let path = options.rendered + ".check"
         defer { unlink(path) }
         do {
-            let prepared = try prepare(try templateText(), to: path)
+            let text = try templateText()
+            // On the generation served now: another would be made for the check and left held.
+            let generation = options.canary == nil ? 0 : heldGeneration(text)
+            let prepared = try prepare(text, to: path, generation: generation)
             defer { prepared.release() }
-            let status = try check(path)
+            let status = try check(path, generation: generation)
             logger.info(
                 "\(status == 0 ? "configuration is valid" : "configuration check failed (haproxy exited \(status))")")
             return status
@@ -176,7 +199,11 @@ public final class HAProxySupervisor {
             try Signals.forward(SIGUSR2, to: reload)
             try Signals.forward(SIGCHLD, to: child)
             let text = try templateText()
-            if options.canary != nil { _ = try Self.groups(text) }
+            if options.canary != nil {
+                _ = try Self.groups(text)
+                // A supervisor started again keeps the generation that serves.
+                servedGeneration = heldGeneration(text)
+            }
             try start(text)
         } catch {
             logger.info("start: \(error)")
@@ -201,6 +228,10 @@ public final class HAProxySupervisor {
             child.consume()
             reap()
             if let canary, MonotonicClock.nanoseconds() >= canary.ends { judge(canary) }
+            if let due = steeringDue, steerToServed(due, releasingOther: false) {
+                steeringDue = nil
+                logger.info("new connections go to generation \(servedGeneration) again")
+            }
             governDraining()
             if let current = instances.last, MonotonicClock.nanoseconds() &- current.started >= Self.startupNanoseconds
             {
@@ -219,13 +250,8 @@ public final class HAProxySupervisor {
         // Not those stopped already: -sf would signal their pids after they are reaped, and reused.
         let running = instances.filter { !$0.terminated }.map(\.pid)
         let next = options.rendered + ".next"
-        let prepared = try prepare(text, to: next, generation: servedGeneration)
+        let prepared = try renderChecked(text, to: next, generation: servedGeneration)
         defer { prepared.release() }
-        let status = try check(next, generation: servedGeneration)
-        guard status == 0 else {
-            unlink(next)
-            throw SystemError("configuration check", errno: EINVAL, hint: "haproxy -c exited \(status)")
-        }
         guard rename(next, options.rendered) == 0 else { throw SystemError("rename \(next)") }
         var arguments = Array(options.haproxy.dropFirst()) + ["-db", "-f", options.rendered]
         if !running.isEmpty { arguments += ["-sf"] + running.map { String($0) } }

@@ -4,41 +4,44 @@ import Glibc
 import LinuxSys
 import ReuseportProgram
 
-/// A socket group's steering: the reuseport program, loaded for the group's size, its socket
-/// array holding the members, attached to the group. The kernel keeps the program with the
-/// group's sockets (and the array with the program), so the broker holds nothing of it: it
-/// outlives re-execs and restarts as the sockets do, and goes with the last of them. A member
-/// that closes leaves its slot empty, and the program then leaves the choice to the kernel.
+/// A socket group's steering: the reuseport program, loaded for the group's size and the
+/// generation it serves, its socket array holding the members, attached to the group. The kernel
+/// keeps the program with the group's sockets (and the array with the program), so steering
+/// outlives re-execs and restarts as the sockets do, and goes with the last of them; the broker
+/// holds the array (across re-execs, and in the fd store) to steer again. A member that closes
+/// leaves its slot empty, and the program then leaves the choice to the kernel.
 public enum SocketGroupSteering {
-    /// Steers the group whose members listen on `fds`, member K at index K.
-    static func attach(members fds: [Int32]) throws {
-        try steer(generations: [fds], served: 0, percent: 0)
-    }
-
     /// Steers a group's new connections to generation `served` and `percent` of them to the other:
     /// `generations[G]` lists generation G's members in order (none when it has none), each as
     /// many as the served one's. The group keeps one socket array for its life (a socket is in
-    /// one array at most): the one the kernel holds for it is found by its members' cookies, the
-    /// members put in their slots, and a new program for the new steering loaded on it.
-    static func steer(generations: [[Int32]], served: UInt8, percent: UInt8) throws {
+    /// one array at most), `array`, which the broker holds; without it, when `searching` (a group
+    /// an older release made) the kernel's arrays are searched for the one holding each
+    /// generation's first member (CAP_SYS_ADMIN), else a new one is made. The members are put in
+    /// their slots and a new program for the new steering loaded on the array. Returns the array
+    /// to hold from now on: `array`, or a new descriptor the caller owns.
+    static func steer(generations: [[Int32]], served: UInt8, percent: UInt8, array: Int32?, searching: Bool) throws
+        -> Int32
+    {
         let count = generations[Int(served)].count
         guard let first = generations[Int(served)].first,
             generations.allSatisfy({ $0.isEmpty || $0.count == count }), count * 2 <= ReuseportProgram.maximumMembers
-        else { return }
+        else { throw SystemError("steering a group", errno: EINVAL, hint: "generations of different sizes") }
         let slots = generations.enumerated().flatMap { generation, fds in
             fds.enumerated().map { (slot: UInt32(generation * count + $0), fd: $1) }
         }
         let reuseportSocketArray: UInt32 = 20  // BPF_MAP_TYPE_REUSEPORT_SOCKARRAY (linux/bpf.h)
-        let existing = slots.lazy.compactMap { slot in
-            OwnedSocket.cookie(slot.fd).flatMap { cookie in
-                BPF.findMap(
-                    type: reuseportSocketArray, name: "members", key: slot.slot, holding: cookie)
-            }
-        }.first
-        defer { existing.map { _ = close($0) } }
+        let found =
+            array != nil || !searching
+            ? nil
+            : slots.lazy.filter { $0.slot % UInt32(count) == 0 }.compactMap { slot in
+                OwnedSocket.cookie(slot.fd).flatMap { cookie in
+                    BPF.findMap(type: reuseportSocketArray, name: "members", key: slot.slot, holding: cookie)
+                }
+            }.first
+        defer { found.map { _ = close($0) } }
         let (object, name) = try load(
             count: UInt32(count), served: UInt32(served), percent: UInt32(generations.count > 1 ? percent : 0),
-            reusing: existing)
+            reusing: array ?? found)
         for slot in slots where try object.lookup(map: "members", key: slot.slot) != OwnedSocket.cookie(slot.fd) {
             try object.update(map: "members", key: slot.slot, value: UInt64(slot.fd))
         }
@@ -48,6 +51,10 @@ public enum SocketGroupSteering {
         else {
             throw SystemError("attaching the group's reuseport program")
         }
+        if let array { return array }
+        let held = fcntl(try object.map("members"), F_DUPFD_CLOEXEC, 3)
+        guard held >= 0 else { throw SystemError("holding the group's socket array") }
+        return held
     }
 
     /// The program for a steering, on the group's socket array when it has one. The migrate entry

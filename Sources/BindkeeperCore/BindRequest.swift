@@ -77,7 +77,12 @@ public struct BindRequest: Hashable, Sendable {
 
     /// A group's identity: the address's, with the generation when it is not 0. Every member of
     /// the group shares it.
-    public var baseKey: String { generation.map { "\(addressKey)~g\($0)" } ?? addressKey }
+    public var baseKey: String { Self.generationKey(addressKey, generation ?? 0) }
+
+    /// The key of generation `number` of the group at `addressKey`: the one spelling of it.
+    public static func generationKey(_ addressKey: String, _ number: UInt8) -> String {
+        number == 0 ? addressKey : "\(addressKey)~g\(number)"
+    }
 
     /// The address's identity, shared by every generation of a group.
     public var addressKey: String {

@@ -10,18 +10,28 @@ public struct CanaryJudgement: Equatable, Sendable {
     public var connectionErrors: UInt64 = 0
     /// Backends HAProxy reports DOWN (no server left to send to).
     public var backendsDown: [String] = []
+    /// The process that answered (`show info`'s Pid): the candidate's, or the verdict is not its.
+    public var pid: Int32?
 
     public init() {}
 
     /// The most bytes of `show stat` read: a proxy's configuration of thousands of servers fits.
     public static let maximumBytes = 8 << 20
 
-    /// Reads `show stat`'s CSV (a `# ` header naming the columns, then one row a proxy or server).
-    /// Counters that do not parse count as 0; sums saturate.
+    /// Reads `show info`'s Pid line, then `show stat`'s CSV (a `# ` header naming the columns,
+    /// then one row a proxy or server). Counters that do not parse count as 0; sums saturate.
     public static func parse(_ text: String) -> CanaryJudgement {
         var judgement = CanaryJudgement()
         var lines = text.split(whereSeparator: { $0 == "\n" || $0 == "\r\n" }).makeIterator()
-        guard let header = lines.next(), header.hasPrefix("# ") else { return judgement }
+        var found: Substring?
+        while let line = lines.next() {
+            if line.hasPrefix("Pid: ") { judgement.pid = Int32(line.dropFirst(5)) }
+            if line.hasPrefix("# ") {
+                found = line
+                break
+            }
+        }
+        guard let header = found else { return judgement }
         let names = header.dropFirst(2).split(separator: ",", omittingEmptySubsequences: false)
         let column = Dictionary(names.enumerated().map { (String($1), $0) }, uniquingKeysWith: { first, _ in first })
         let responseColumns = ["hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other"]

@@ -27,14 +27,7 @@ public enum FDStoreName {
     public static let control = "control"
 
     public static func encode(_ request: BindRequest, creator: UInt32? = nil) -> String? {
-        var out = creator.map { "\($0)@" } ?? ""
-        for byte in request.url.utf8 {
-            if byte == UInt8(ascii: ":") || byte == UInt8(ascii: "%") || byte <= 0x20 || byte >= 0x7F {
-                out += "%" + String(byte, radix: 16, uppercase: true).leftPadded(to: 2)
-            } else {
-                out.unicodeScalars.append(Unicode.Scalar(byte))
-            }
-        }
+        let out = (creator.map { "\($0)@" } ?? "") + escaped(request.url)
         return out.utf8.count <= 255 ? out : nil
     }
 
@@ -47,8 +40,42 @@ public enum FDStoreName {
             creator = uid
             rest = name[name.index(after: at)...]
         }
+        guard let url = unescaped(rest), let request = try? BindRequest.parse(url: url).get() else { return nil }
+        return (request, creator)
+    }
+
+    /// A socket group's socket array (its reuseport program's map), by the group's address: the
+    /// one handle to it a broker without CAP_SYS_ADMIN has.
+    public static func array(_ addressKey: String) -> String? {
+        let out = arrayPrefix + escaped(addressKey)
+        return out.utf8.count <= 255 ? out : nil
+    }
+
+    /// The address of the group whose socket array is stored as `name`; nil for any other name.
+    public static func decodeArray(_ name: String) -> String? {
+        guard name.hasPrefix(arrayPrefix) else { return nil }
+        return unescaped(name.dropFirst(arrayPrefix.count))
+    }
+
+    static let arrayPrefix = "array@"
+
+    /// systemd's names take no ':' and no control characters: those, '%', spaces and non-ASCII
+    /// bytes are written %XX.
+    static func escaped(_ text: String) -> String {
+        var out = ""
+        for byte in text.utf8 {
+            if byte == UInt8(ascii: ":") || byte == UInt8(ascii: "%") || byte <= 0x20 || byte >= 0x7F {
+                out += "%" + String(byte, radix: 16, uppercase: true).leftPadded(to: 2)
+            } else {
+                out.unicodeScalars.append(Unicode.Scalar(byte))
+            }
+        }
+        return out
+    }
+
+    static func unescaped(_ text: Substring) -> String? {
         var bytes: [UInt8] = []
-        var iterator = Array(rest.utf8).makeIterator()
+        var iterator = Array(text.utf8).makeIterator()
         while let byte = iterator.next() {
             if byte == UInt8(ascii: "%") {
                 guard let high = iterator.next(), let low = iterator.next(),
@@ -59,10 +86,7 @@ public enum FDStoreName {
                 bytes.append(byte)
             }
         }
-        guard let request = try? BindRequest.parse(url: String(decoding: bytes, as: UTF8.self)).get() else {
-            return nil
-        }
-        return (request, creator)
+        return String(decoding: bytes, as: UTF8.self)
     }
 }
 
@@ -100,6 +124,8 @@ public struct BrokerState: Equatable, Sendable {
     public var clients: [Client]
     /// The metrics listening socket, when the broker serves one.
     public var metrics: Int32?
+    /// The socket groups' socket arrays, by the groups' addresses.
+    public var arrays: [String: Int32] = [:]
 
     public init(control: Int32, sockets: [Socket], clients: [Client]) {
         self.control = control
@@ -110,7 +136,8 @@ public struct BrokerState: Equatable, Sendable {
     public static let environmentName = "BINDKEEPER_STATE_FD"
 
     /// The JSON form: `{"control": FD, "sockets": [{"fd", "url", "handed_out", "creator"}],
-    /// "clients": [{"fd", "wire": "framed"|"multibinder"|"", "pending": BASE64}], "metrics": FD}`. Broker
+    /// "clients": [{"fd", "wire": "framed"|"multibinder"|"", "pending": BASE64}], "metrics": FD,
+    /// "arrays": {ADDRESS: FD}}`. Broker
     /// releases read each other's state across an upgrade, so the form only grows.
     private struct Form: Codable {
         struct Socket: Codable {
@@ -131,6 +158,7 @@ public struct BrokerState: Equatable, Sendable {
         var sockets: [Socket]
         var clients: [Client]
         var metrics: Int32?
+        var arrays: [String: Int32]?
     }
 
     public func encoded() -> [UInt8] {
@@ -144,7 +172,7 @@ public struct BrokerState: Equatable, Sendable {
                     .init(
                         fd: $0.fd, wire: $0.wire.map { $0 == .framed ? "framed" : "multibinder" } ?? "",
                         pending: Data($0.pending))
-                }, metrics: metrics))
+                }, metrics: metrics, arrays: arrays.isEmpty ? nil : arrays))
     }
 
     public static func decode(_ bytes: [UInt8]) -> Result<BrokerState, BindError> {
@@ -153,6 +181,7 @@ public struct BrokerState: Equatable, Sendable {
         }
         var state = BrokerState(control: form.control, sockets: [], clients: [])
         state.metrics = form.metrics
+        state.arrays = form.arrays ?? [:]
         for socket in form.sockets {
             guard let request = try? BindRequest.parse(url: socket.url).get() else {
                 return .failure(BindError("state: bad socket entry"))

@@ -2,10 +2,12 @@ import Glibc
 
 /// posix_spawn(3) with fds placed where the child expects them. Fds without close-on-exec are
 /// inherited at their own numbers; signals this program catches or ignores start at their defaults.
+/// With `ownGroup` the child leads a process group of its own, so that it can be killed with
+/// whatever it started.
 public enum Spawn {
     public static func run(
         _ path: String, _ arguments: [String], environment: [String: String]? = nil,
-        placing fds: [(from: Int32, to: Int32)] = []
+        placing fds: [(from: Int32, to: Int32)] = [], ownGroup: Bool = false
     ) throws -> pid_t {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -21,7 +23,10 @@ public enum Spawn {
         sigemptyset(&empty)
         posix_spawnattr_setsigdefault(&attributes, &defaults)
         posix_spawnattr_setsigmask(&attributes, &empty)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
+        posix_spawnattr_setpgroup(&attributes, 0)
+        posix_spawnattr_setflags(
+            &attributes,
+            Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK | (ownGroup ? POSIX_SPAWN_SETPGROUP : 0)))
         let argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
         defer { for pointer in argv { free(pointer) } }
         var envp: [UnsafeMutablePointer<CChar>?] =
@@ -61,7 +66,7 @@ public enum Spawn {
     }
 
     /// Waits for a child at most `seconds`: its exit status, or nil when it ran longer, in which
-    /// case it is killed (SIGKILL) and reaped.
+    /// case it is killed (SIGKILL), with its process group when it leads one, and reaped.
     public static func wait(_ pid: pid_t, atMostSeconds seconds: Int) -> Int32? {
         let deadline = MonotonicClock.nanoseconds() + UInt64(max(0, seconds)) * 1_000_000_000
         var status: Int32 = 0
@@ -71,6 +76,7 @@ public enum Spawn {
             if reaped < 0, errno != EINTR { return -1 }
             usleep(20_000)
         }
+        if getpgid(pid) == pid { kill(-pid, SIGKILL) }
         kill(pid, SIGKILL)
         _ = wait(pid)
         return nil

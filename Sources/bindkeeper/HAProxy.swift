@@ -47,8 +47,8 @@ struct HAProxy: ParsableCommand {
             """)
     var canaryPercent: Int?
 
-    @Option(help: "Seconds a canary takes its share before its verdict.")
-    var canarySeconds = 30
+    @Option(help: "Seconds a canary takes its share before its verdict (default 30).")
+    var canarySeconds: Int?
 
     @Option(
         help: """
@@ -57,8 +57,8 @@ struct HAProxy: ParsableCommand {
             """)
     var canaryStats: String?
 
-    @Option(help: "The most 5xx responses, and failed connections to servers, in % a canary may have.")
-    var canaryMaxErrors = 1
+    @Option(help: "The most 5xx responses, and failed connections to servers, in % a canary may have (default 1).")
+    var canaryMaxErrors: Int?
 
     @Option(
         help: """
@@ -100,17 +100,18 @@ struct HAProxy: ParsableCommand {
 
     func canaryOptions() throws -> CanaryOptions? {
         guard let canaryPercent else {
-            guard canaryStats == nil, canaryCheck == nil else {
-                throw ValidationError("--canary-stats and --canary-check judge a canary: give --canary-percent")
+            guard canaryStats == nil, canaryCheck == nil, canarySeconds == nil, canaryMaxErrors == nil else {
+                throw ValidationError("the --canary-* options shape a canary: give --canary-percent")
             }
             return nil
         }
         guard (1...100).contains(canaryPercent) else { throw ValidationError("--canary-percent is 1...100") }
-        guard (1...3600).contains(canarySeconds) else { throw ValidationError("--canary-seconds is 1...3600") }
-        guard (0...100).contains(canaryMaxErrors) else { throw ValidationError("--canary-max-errors is 0...100") }
+        let (seconds, maximumErrors) = (canarySeconds ?? 30, canaryMaxErrors ?? 1)
+        guard (1...3600).contains(seconds) else { throw ValidationError("--canary-seconds is 1...3600") }
+        guard (0...100).contains(maximumErrors) else { throw ValidationError("--canary-max-errors is 0...100") }
         var canary = CanaryOptions(percent: canaryPercent)
-        (canary.seconds, canary.stats, canary.check) = (canarySeconds, canaryStats, canaryCheck)
-        canary.maximumErrorPercent = canaryMaxErrors
+        (canary.seconds, canary.stats, canary.check) = (seconds, canaryStats, canaryCheck)
+        canary.maximumErrorPercent = maximumErrors
         return canary
     }
 }

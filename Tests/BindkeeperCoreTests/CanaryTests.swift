@@ -44,6 +44,24 @@ final class CanaryTests: XCTestCase {
         XCTAssertEqual(Wire.jsonParams(candidate)["generation"], .integer(1))
     }
 
+    /// A group's socket array is carried across a re-exec and named in the fd store by its address.
+    func testAGroupsSocketArrayIsNamedByItsAddressAndCarried() throws {
+        for address in ["tcp://198.19.2.10:80", "tcp://[2001:db8::1%eth0]:443"] {
+            let name = try XCTUnwrap(FDStoreName.array(address))
+            XCTAssertFalse(name.contains(":"), "systemd's names take no colon: \(name)")
+            XCTAssertEqual(FDStoreName.decodeArray(name), address)
+            XCTAssertNil(FDStoreName.decodeEntry(name), "not a socket's name")
+        }
+        XCTAssertNil(FDStoreName.decodeArray("0@tcp%3A//198.19.2.10%3A80"))
+        XCTAssertNil(FDStoreName.array(String(repeating: "x", count: 300)))
+        var state = BrokerState(control: 3, sockets: [], clients: [])
+        state.arrays = ["tcp://198.19.2.10:80": 9]
+        XCTAssertEqual(try BrokerState.decode(state.encoded()).get(), state)
+        // An older release's state, without arrays, still reads.
+        let older = Array(#"{"control":3,"sockets":[],"clients":[]}"#.utf8)
+        XCTAssertEqual(try BrokerState.decode(older).get().arrays, [:])
+    }
+
     func testSteerNamesAServedGenerationAndAtMostOneCandidateOfTheSameAddress() throws {
         let served = try BindRequest.parse(url: "tcp://198.19.2.10:80?shards=2").get()
         let candidate = served.inGeneration(1)
@@ -87,7 +105,9 @@ final class CanaryTests: XCTestCase {
             Self.header, row("www", "FRONTEND", status: "OPEN", ok: 990, errors: 10),
             row("app", "s1", stot: 1000, status: "UP"), row("app", "BACKEND", stot: 1000, econ: 5, status: "UP"),
         ].joined(separator: "\n")
-        let judged = CanaryJudgement.parse(healthy)
+        let judged = CanaryJudgement.parse("Name: HAProxy\nPid: 4242\nUptime_sec: 5\n\n" + healthy)
+        XCTAssertEqual(judged.pid, 4242, "show info's Pid, before the CSV")
+        XCTAssertNil(CanaryJudgement.parse(healthy).pid)
         XCTAssertEqual(judged.responses, 1000)
         XCTAssertEqual(judged.serverErrors, 10)
         XCTAssertEqual(judged.connectionErrors, 5)

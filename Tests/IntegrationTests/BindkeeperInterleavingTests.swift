@@ -9,7 +9,8 @@ import XCTest
 
 /// bindkeeper under random interleavings of what its clients and its operator do: two grantees
 /// (one of them never reading until told), root, binds inside and outside the grants, releases,
-/// bursts, re-execs and kill -9 with a restart from the fd store. After every step: each descriptor
+/// socket groups' generations bound, released and steered, bursts, re-execs and kill -9 with a
+/// restart from the fd store. After every step: each descriptor
 /// any client ever received is a listening socket bound to the key its reply named, inside that
 /// client's grant, and still listening. The seed is printed; PROXYSIDE_SEED=N replays a run.
 final class BindkeeperInterleavingTests: XCTestCase {
@@ -38,13 +39,7 @@ final class BindkeeperInterleavingTests: XCTestCase {
 
     func testRandomInterleavingsNeverHandAClientASocketOutsideItsGrant() throws {
         var random = SeededGenerator.fromEnvironment(name: #function)
-        let policy = lab.directory.appendingPathComponent("policy.json")
-        let rules = Self.grants.map {
-            let range = "\($0.ports.lowerBound)-\($0.ports.upperBound)"
-            return #"{"uid":\#($0.uid),"binds":["tcp://\#(BrokerLab.address):\#(range)"]}"#
-        }
-        try #"{"control":{"mode":"0666"},"allow":[\#(rules.joined(separator: ","))]}"#.write(
-            to: policy, atomically: true, encoding: .utf8)
+        let policy = try writeGrants()
         let manager = try ServiceManagerSocket(path: lab.directory.appendingPathComponent("notify.sock").path)
         let arguments = ["--config", policy.path]
         let first = try lab.startBroker(arguments, environment: ["NOTIFY_SOCKET": manager.path])
@@ -66,6 +61,9 @@ final class BindkeeperInterleavingTests: XCTestCase {
         // A few ports, in both grants and outside them, so that binds and releases of one port by
         // different clients meet often.
         let ports: [UInt16] = [8000, 8001, 8002, 8010, 8011, 7999, 8020]
+        // Socket groups, with a second generation and steering, on a port of each grant and one
+        // outside them.
+        let groupPorts: [UInt16] = [8003, 8012, 7998]
         for step in 0..<100 {
             // The broker's notifications (fd store entries) are read as a service manager would:
             // a full notify socket would block the broker.
@@ -73,7 +71,10 @@ final class BindkeeperInterleavingTests: XCTestCase {
             let client = clients[random.below(clients.count)]
             let port = ports[random.below(ports.count)]
             let url = try BindRequest.parse(url: "tcp://\(BrokerLab.address):\(port)").get()
-            switch random.below(16) {
+            switch random.below(20) {
+            case 16...19:
+                steps.append(
+                    try groupStep(client, port: groupPorts[random.below(groupPorts.count)], random.below(6), &random))
             case 0...4:
                 steps.append("uid \(client.uid) binds \(port)")
                 try request(client, "bind", [url], wait: client !== slow)
@@ -111,6 +112,40 @@ final class BindkeeperInterleavingTests: XCTestCase {
         try drain(slow)
         try check(clients, "at the end \(random.report)")
         XCTAssertGreaterThan(clients.map(\.received.count).reduce(0, +), 0, "some binds were granted")
+    }
+
+    /// The policy: each of `grants` its ports on the lab's address; anyone may connect.
+    func writeGrants() throws -> URL {
+        let policy = lab.directory.appendingPathComponent("policy.json")
+        let rules = Self.grants.map {
+            let range = "\($0.ports.lowerBound)-\($0.ports.upperBound)"
+            return #"{"uid":\#($0.uid),"binds":["tcp://\#(BrokerLab.address):\#(range)"]}"#
+        }
+        try #"{"control":{"mode":"0666"},"allow":[\#(rules.joined(separator: ","))]}"#.write(
+            to: policy, atomically: true, encoding: .utf8)
+        return policy
+    }
+
+    /// One request on a group: a generation bound or released, or the group steered to its served
+    /// generation alone or with a share to the other.
+    func groupStep(_ client: Connection, port: UInt16, _ action: Int, _ random: inout SeededGenerator) throws
+        -> String
+    {
+        let group = try BindRequest.parse(url: "tcp://\(BrokerLab.address):\(port)?shards=2").get()
+        let generation = UInt8(random.below(2))
+        let named = group.inGeneration(generation), other = group.inGeneration(1 - generation)
+        switch action {
+        case 0, 1:
+            try request(client, "bind", [named], wait: true)
+            return "uid \(client.uid) binds group \(port) generation \(generation)"
+        case 2:
+            try request(client, "release", [named], wait: true)
+            return "uid \(client.uid) releases group \(port) generation \(generation)"
+        default:
+            let percent = random.below(2) == 0 ? nil : 1 + random.below(100)
+            try request(client, "steer", percent == nil ? [named] : [named, other], percent: percent, wait: true)
+            return "uid \(client.uid) steers group \(port) to \(generation), \(percent ?? 0) % to the other"
+        }
     }
 
     /// The race a grantee can run on its own: a bind answered behind a backlog of replies, its
@@ -153,11 +188,14 @@ final class BindkeeperInterleavingTests: XCTestCase {
         client.batches = []
     }
 
-    func request(_ client: Connection, _ method: String, _ binds: [BindRequest], wait: Bool) throws {
+    func request(_ client: Connection, _ method: String, _ binds: [BindRequest], percent: Int? = nil, wait: Bool)
+        throws
+    {
         let id = client.nextID
         client.nextID += 1
         client.pending[id] = method
-        guard SocketIO.sendAll(client.fd, Wire.framed.request(id: .number(id), method: method, binds: binds)) else {
+        let message = Wire.framed.request(id: .number(id), method: method, binds: binds, percent: percent)
+        guard SocketIO.sendAll(client.fd, message) else {
             return try connect(client)  // closed by the broker (a restart, a cut-off): a new connection
         }
         if wait { try drain(client) }
@@ -192,7 +230,9 @@ final class BindkeeperInterleavingTests: XCTestCase {
     func check(_ clients: [Connection], _ context: String) throws {
         for client in clients {
             for (fd, key) in client.received {
-                let request = try BindRequest.parse(url: key).get()
+                // A group member's key is its address's, then its generation and member.
+                let address = key.prefix { $0 != "~" && $0 != "#" }
+                let request = try BindRequest.parse(url: String(address)).get()
                 let bound = SocketAddress.local(of: fd)?.endpoint
                 XCTAssertEqual(
                     bound?.port, request.port, "uid \(client.uid) holds a socket of another key than \(key) \(context)")

@@ -37,6 +37,9 @@ final class BrokerLab {
             """)
     }
 
+    /// Root without CAP_SYS_ADMIN, as bindkeeper's unit runs it: no BPF object is reachable by id.
+    static let unitCapabilities = ["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin"]
+
     func binary(_ name: String) -> String { Lab.binaries.appendingPathComponent(name).path }
 
     /// Starts a command inside the namespace, its output in a log file.
@@ -74,9 +77,13 @@ final class BrokerLab {
     }
 
     @discardableResult
-    func startBroker(_ extra: [String] = [], environment: [String: String]? = nil) throws -> Process {
+    func startBroker(_ extra: [String] = [], environment: [String: String]? = nil, asTheUnit: Bool = false) throws
+        -> Process
+    {
         let process = try start(
-            "broker", [binary("bindkeeper"), "serve", "--socket", socketPath] + extra, environment: environment)
+            "broker",
+            (asTheUnit ? Self.unitCapabilities : []) + [binary("bindkeeper"), "serve", "--socket", socketPath]
+                + extra, environment: environment)
         broker = process
         try waitForBroker()
         return process
@@ -94,13 +101,14 @@ final class BrokerLab {
 
     /// `bindkeeper serve` in the namespace as a service manager restarts it: handed what `manager`
     /// stored (LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID) and notifying it.
-    func restartBroker(_ manager: ServiceManagerSocket, _ arguments: [String] = []) throws -> pid_t {
+    func restartBroker(_ manager: ServiceManagerSocket, _ arguments: [String] = [], asTheUnit: Bool = false) throws
+        -> pid_t
+    {
         try Spawn.run(
             "/usr/bin/env",
-            [
-                "ip", "netns", "exec", namespace, "/bin/sh", "-c", "LISTEN_PID=$$ exec \"$0\" \"$@\"",
-                binary("bindkeeper"), "serve", "--socket", socketPath,
-            ] + arguments,
+            ["ip", "netns", "exec", namespace, "/bin/sh", "-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""]
+                + (asTheUnit ? Self.unitCapabilities : [])
+                + [binary("bindkeeper"), "serve", "--socket", socketPath] + arguments,
             environment: ProcessInfo.processInfo.environment.merging(manager.listenEnvironment) { $1 },
             placing: manager.placements)
     }

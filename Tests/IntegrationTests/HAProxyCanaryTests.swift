@@ -60,7 +60,7 @@ extension HAProxyReloadTests {
         lab.broker?.terminate()
         lab.broker?.waitUntilExit()
         let manager = try ServiceManagerSocket(path: lab.directory.appendingPathComponent("notify.sock").path)
-        try lab.startBroker(environment: ["NOTIFY_SOCKET": manager.path])
+        try lab.startBroker(environment: ["NOTIFY_SOCKET": manager.path], asTheUnit: true)
         try manager.collect { $0.isReady }
         var restarted: pid_t?
         defer {
@@ -105,7 +105,7 @@ extension HAProxyReloadTests {
             let broker = try XCTUnwrap(lab.broker)
             kill(broker.processIdentifier, SIGKILL)
             broker.waitUntilExit()
-            restarted = try lab.restartBroker(manager)
+            restarted = try lab.restartBroker(manager, asTheUnit: true)
             try lab.waitForBroker()
         }
         XCTAssertEqual(window["failed"], 0, "a good candidate fails nothing: \(window)")

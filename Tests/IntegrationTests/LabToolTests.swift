@@ -33,6 +33,7 @@ final class LabToolTests: XCTestCase {
             supervisor + ["--canary-percent", "5", "--canary-seconds", "0", "--", "/bin/true"],
             supervisor + ["--canary-percent", "5", "--canary-max-errors=-1", "--", "/bin/true"],
             supervisor + ["--canary-stats", "/run/x.sock", "--", "/bin/true"],
+            supervisor + ["--canary-seconds", "5", "--", "/bin/true"],
         ] {
             let arguments = Array(command.dropFirst())
             let process = Process()

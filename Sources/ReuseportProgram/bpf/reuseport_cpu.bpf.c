@@ -13,6 +13,10 @@
  * a listener that closes (a candidate rolled back, a generation replaced) are moved to the served
  * generation (the migrate entry point, Linux 5.14), never to the candidate.
  *
+ * A slot left empty (a served member closed by all its holders) leaves the choice to the kernel's
+ * hash over every listener of the group, a candidate's included: only a group's release empties
+ * the served slots, and whoever holds a member can replace this program anyway (the threat model).
+ *
  * The socket array is the group's for its whole life: generation G's member K stays at G * N + K,
  * and a change of steering is a new program on the same array (a socket is in one array at most).
  */
