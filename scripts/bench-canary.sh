@@ -71,6 +71,7 @@ round_row() {  # round_row ROUND KIND BACKEND-PORT VERDICT
     wait_verdict canary "$4" "$before"
     after=$(load 86 2)
     echo "| $1 | $2 | $(get "$window" attempts) | $(get "$window" failed) | $(share "$(get "$window" failed)" "$(get "$window" attempts)") | $(get "$window" reset) | $(get "$after" attempts) | $(get "$after" failed) |"
+    [ "$2" = bad ] || return 0
     total_failed=$((total_failed + $(get "$window" failed))) total=$((total + $(get "$window" attempts)))
     worst=$(awk -v w="$worst" -v f="$(get "$window" failed)" -v a="$(get "$window" attempts)" 'BEGIN { s = a ? 100 * f / a : 0; print (s > w ? s : w) }')
 }

@@ -45,6 +45,8 @@ broker_lab_begin() {
 broker_lab_end() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+    # Reaped here, so the shell reports no "Killed" for them.
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     ip netns del "$ns" 2>/dev/null || true
     rm -rf "$work"
 }
