@@ -12,12 +12,12 @@ extension HAProxyReloadTests {
 
     /// The lab's canary configuration (`examples/lab/haproxy-canary.cfg.in`): a socket group's
     /// frontend proxying to `backendPort`, the origin on 8181.
-    func writeProxyTemplate(backendPort: Int, comment: String) throws -> String {
+    func writeProxyTemplate(backendPort: Int, comment: String, extra: String = "") throws -> String {
         let path = lab.directory.appendingPathComponent("canary.cfg.tmpl").path
         let stats = lab.directory.appendingPathComponent("stats-${BINDKEEPER_GENERATION}.sock").path
         let text = try String(
             contentsOf: Lab.packageRoot.appendingPathComponent("examples/lab/haproxy-canary.cfg.in"), encoding: .utf8)
-        try ("# \(comment)\n" + text)
+        try ("# \(comment)\n" + text + extra)
             .replacingOccurrences(
                 of: "@BIND@", with: "{{bind tcp://\(BrokerLab.vip):\(Self.canaryPort)?shards=2&backlog=4096}}"
             )
@@ -99,6 +99,15 @@ extension HAProxyReloadTests {
         kill(supervisor.process.processIdentifier, SIGHUP)
         try lab.waitFor("the refusal") { self.lab.allLogs.contains("this template failed its canary") }
         XCTAssertEqual(canaryVerdicts("failed and rolled back"), 2, "no third candidate")
+
+        // A candidate that dies in start-up (an address it cannot bind, which `haproxy -c` does not
+        // try): rolled back at once, and what was queued on its sockets is served, nothing fails.
+        _ = try writeProxyTemplate(
+            backendPort: 8181, comment: "dies", extra: "frontend dead\n    bind 198.18.99.99:9\n")
+        let died = try canaryRound(supervisor.process, expecting: "failed and rolled back", manager: manager)
+        XCTAssertTrue(lab.allLogs.contains(": it exited ("), lab.allLogs)
+        XCTAssertEqual(died["failed"], 0, "a candidate that died in start-up costs nothing: \(died)")
+        XCTAssertGreaterThan(died["ok"] ?? 0, 100, "\(died)")
 
         _ = try writeProxyTemplate(backendPort: 8181, comment: "good again")
         let window = try canaryRound(supervisor.process, expecting: "passed", manager: manager) {
