@@ -132,6 +132,8 @@ public final class Broker: @unchecked Sendable {
     /// Each socket group's socket array (its reuseport program's map), by the group's address:
     /// steering it again needs it, and only CAP_SYS_ADMIN could find it otherwise.
     var groupArrays: [String: Int32] = [:]
+    /// Said once: the reuseport program could not be loaded with its migrate entry point.
+    var toldNoMigration = false
     let logger: Logger
     /// The program's path, resolved at start: a re-exec runs whatever is installed there now (after
     /// an upgrade, the new binary; /proc/self/exe would name the deleted old one).

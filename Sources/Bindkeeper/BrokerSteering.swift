@@ -62,8 +62,16 @@ extension Broker {
         throws
     {
         let held = groupArrays[address]
-        let array = try SocketGroupSteering.steer(
+        let (array, migrates) = try SocketGroupSteering.steer(
             generations: generations, served: served, percent: percent, array: held, searching: searching)
+        if !migrates, !toldNoMigration {
+            toldNoMigration = true
+            logger.info(
+                """
+                this kernel does not migrate a closing listener's queue (Linux 5.14): the connections queued \
+                on a group's generation when it is let go are reset
+                """)
+        }
         guard array != held else { return }
         groupArrays[address] = array
         if let name = FDStoreName.array(address) {

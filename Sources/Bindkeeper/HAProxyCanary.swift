@@ -51,32 +51,35 @@ extension HAProxySupervisor {
         return binds
     }
 
+    /// The socket groups a template binds, beside whatever else it binds.
+    static func groupBinds(_ text: String) -> [BindRequest] {
+        ((try? ConfigTemplate.parse(text).get())?.binds ?? []).filter { $0.shards != nil }
+    }
+
     /// A reload as a canary: the candidate starts on the other generation and takes its share.
     func startCanary(_ text: String) throws {
         guard let settings = options.canary, let current = instances.last else { return }
-        if let canary {
-            throw SystemError(
-                "canary", errno: EBUSY,
-                hint: "haproxy pid \(canary.pid) is a candidate until its verdict; reload after it")
-        }
-        guard text != failedTemplate else {
-            throw SystemError(
-                "canary", errno: EINVAL, hint: "this template failed its canary; it is refused until it changes")
-        }
+        try refuseCanary(text)
         let groups = try Self.groups(text)
         let generation = 1 - servedGeneration
         let path = options.rendered + ".canary"
-        let prepared = try renderChecked(text, to: path, generation: generation)
-        defer { prepared.release() }
-        let pid = try Spawn.run(
-            options.haproxy[0], Array(options.haproxy.dropFirst()) + ["-db", "-f", path],
-            environment: Self.environment(generation))
+        let pid: pid_t
+        do {
+            let prepared = try renderChecked(text, to: path, generation: generation)
+            defer { prepared.release() }
+            pid = try Spawn.run(
+                options.haproxy[0], Array(options.haproxy.dropFirst()) + ["-db", "-f", path],
+                environment: Self.environment(generation))
+        } catch {
+            releaseGeneration(generation, of: text, quietly: true)
+            throw error
+        }
         let now = MonotonicClock.nanoseconds()
         let candidate = Canary(
             pid: pid, generation: generation, template: text, started: now,
             ends: now + UInt64(settings.seconds) * 1_000_000_000)
         do {
-            let served = Set(try Self.groups(current.template).map(\.addressKey))
+            let served = Set(Self.groupBinds(current.template).map(\.addressKey))
             let client = try brokerClient()
             for group in groups {
                 // An address only the candidate binds is its alone.
@@ -88,7 +91,7 @@ extension HAProxySupervisor {
                     : client.steer(served: group.inGeneration(generation))
             }
         } catch {
-            rollBack(candidate, because: "its share could not be steered: \(error)", running: true)
+            rollBack(candidate, because: "its share could not be steered: \(error)", running: true, judged: false)
             throw error
         }
         canary = candidate
@@ -99,26 +102,71 @@ extension HAProxySupervisor {
             """)
     }
 
+    /// Why a canary of `text` may not start now.
+    func refuseCanary(_ text: String) throws {
+        if let canary {
+            throw SystemError(
+                "canary", errno: EBUSY,
+                hint: "haproxy pid \(canary.pid) is a candidate until its verdict; reload after it")
+        }
+        // A steering back still due would take the new candidate's share away in this turn.
+        guard steeringDue == nil, releasesDue.isEmpty else {
+            throw SystemError(
+                "canary", errno: EBUSY, hint: "the last rollback is not through (the broker did not answer)")
+        }
+        guard text != failedTemplate else {
+            throw SystemError(
+                "canary", errno: EINVAL, hint: "this template failed its canary; it is refused until it changes")
+        }
+    }
+
+    /// One turn's canary work: the verdict when the window is over, and what the broker is still
+    /// to do (a steering back, releases) tried again.
+    func tendCanary() {
+        if let canary, MonotonicClock.nanoseconds() >= canary.ends { judge(canary) }
+        if let due = steeringDue, steerToServed(due, releasingOther: false) {
+            steeringDue = nil
+            logger.info("new connections go to generation \(servedGeneration) again")
+        }
+        let due = releasesDue
+        releasesDue = []
+        for (generation, template) in due { releaseGeneration(generation, of: template) }
+    }
+
     /// The window is over: the candidate passes or is rolled back.
     func judge(_ candidate: Canary) {
         canary = nil
-        if let reason = verdict(candidate) {
-            rollBack(candidate, because: reason, running: true)
+        if let (reason, gone) = verdict(candidate) {
+            rollBack(candidate, because: reason, running: !gone, judged: true)
         } else {
             promote(candidate)
         }
     }
 
-    /// Why the candidate fails, or nil.
-    func verdict(_ candidate: Canary) -> String? {
+    /// The candidate's exit code when it has exited (it is reaped here, then).
+    func exited(_ candidate: Canary) -> Int32? {
+        var status: Int32 = 0
+        return waitpid(candidate.pid, &status, WNOHANG) == candidate.pid ? Spawn.exitCode(status) : nil
+    }
+
+    /// Why the candidate fails, and whether it is gone (exited, and reaped here), or nil.
+    func verdict(_ candidate: Canary) -> (reason: String, gone: Bool)? {
+        if let code = exited(candidate) { return ("it exited (\(code))", true) }
+        // It may die while it is judged.
+        return judgement(candidate).map { ($0, false) } ?? exited(candidate).map { ("it exited (\($0))", true) }
+    }
+
+    /// Why the candidate's counters or the check command fail it, or nil.
+    func judgement(_ candidate: Canary) -> String? {
         guard let settings = options.canary else { return nil }
         if let path = settings.stats {
             let resolved = path.replacingOccurrences(of: "${BINDKEEPER_GENERATION}", with: "\(candidate.generation)")
             do {
-                let judgement = CanaryJudgement.parse(try HAProxyStatsSocket.showStat(resolved))
-                guard judgement.pid == candidate.pid else {
-                    let answered = judgement.pid.map(String.init) ?? "none"
-                    return "its stats socket answered for pid \(answered), not the candidate's"
+                let (text, peer) = try HAProxyStatsSocket.showStat(resolved)
+                let judgement = CanaryJudgement.parse(text)
+                // The process that listens there, not what the text says.
+                guard peer == candidate.pid, judgement.pid == candidate.pid else {
+                    return "its stats socket is pid \(peer)'s, not the candidate's"
                 }
                 if let failure = judgement.failure(maximumPercent: UInt64(settings.maximumErrorPercent)) {
                     return failure
@@ -154,7 +202,9 @@ extension HAProxySupervisor {
                 _ = try client.steer(served: group.inGeneration(candidate.generation))
             }
         } catch {
-            rollBack(candidate, because: "every new connection could not be steered to it: \(error)", running: true)
+            rollBack(
+                candidate, because: "every new connection could not be steered to it: \(error)", running: true,
+                judged: false)
             return
         }
         let now = MonotonicClock.nanoseconds()
@@ -178,10 +228,14 @@ extension HAProxySupervisor {
     }
 
     /// New connections back to the running generation; the candidate's sockets let go of and the
-    /// candidate told to finish (when `running`), so that what was queued for it moves over.
-    func rollBack(_ candidate: Canary, because reason: String, running: Bool) {
-        canariesFailed += 1
-        failedTemplate = candidate.template
+    /// candidate told to finish (when `running`), so that what was queued for it moves over. A
+    /// `judged` failure (its verdict, its exit) keeps its template out until it changes; one the
+    /// broker caused (no answer while it re-executes) does not.
+    func rollBack(_ candidate: Canary, because reason: String, running: Bool, judged: Bool) {
+        if judged {
+            canariesFailed += 1
+            failedTemplate = candidate.template
+        }
         if let current = instances.last, !steerToServed(current.template, releasingOther: false) {
             steeringDue = current.template
         }
@@ -192,24 +246,29 @@ extension HAProxySupervisor {
                 pid: candidate.pid, generation: candidate.generation, template: candidate.template,
                 started: candidate.started)
             stopping.superseded = MonotonicClock.nanoseconds()
-            instances.insert(stopping, at: 0)
+            rolledBack.append(stopping)
         }
         unlink(options.rendered + ".canary")
         logger.info(
-            """
-            canary failed and rolled back: haproxy pid \(candidate.pid): \(reason); the template is refused until \
-            it changes (\(canariesFailed) failed since start)
-            """)
+            judged
+                ? """
+                canary failed and rolled back: haproxy pid \(candidate.pid): \(reason); the template is refused \
+                until it changes (\(canariesFailed) failed since start)
+                """
+                : "canary rolled back: haproxy pid \(candidate.pid): \(reason); the template may be reloaded again")
     }
 
     /// Every new connection of `text`'s groups to the served generation; with `releasingOther`,
     /// the broker lets go of the other generation (left by an earlier supervisor, or a canary
-    /// that was under way when it stopped).
+    /// that was under way when it stopped). Whether the broker steered them (true when the
+    /// template has no group).
     @discardableResult
     func steerToServed(_ text: String, releasingOther: Bool = true) -> Bool {
+        let groups = Self.groupBinds(text)
+        guard !groups.isEmpty else { return true }
         do {
             let client = try brokerClient()
-            for group in try Self.groups(text) { _ = try client.steer(served: group.inGeneration(servedGeneration)) }
+            for group in groups { _ = try client.steer(served: group.inGeneration(servedGeneration)) }
         } catch {
             logger.info("steering to generation \(servedGeneration): \(error)")
             return false
@@ -220,7 +279,8 @@ extension HAProxySupervisor {
 
     /// The generation of `text`'s groups the broker holds alone (1 after a canary passed), else 0.
     func heldGeneration(_ text: String) -> UInt8 {
-        guard let groups = try? Self.groups(text), let listing = try? brokerClient().list() else { return 0 }
+        let groups = Self.groupBinds(text)
+        guard !groups.isEmpty, let listing = try? brokerClient().list() else { return 0 }
         let held = Set(listing.sockets.map(\.key))
         let onlyOther = groups.contains { group in
             !held.contains(BindRequest.memberKey(group.baseKey, 0))
@@ -230,19 +290,29 @@ extension HAProxySupervisor {
     }
 
     /// The broker's client for a canary's steps: a broker that does not answer within 5 s (one
-    /// re-executing) fails the step, which is tried again (a steering back) or rolled back (a
-    /// promotion), rather than holding the supervisor.
+    /// re-executing) fails the step, which is tried again (a steering back, a release) or rolled
+    /// back (a promotion), rather than holding the supervisor.
     func brokerClient() throws -> BindkeeperClient { try BindkeeperClient(path: options.socketPath, timeoutSeconds: 5) }
 
     /// The broker lets go of `generation` of `text`'s groups (each on its own: one may be gone).
+    /// A broker that did not answer gets the release again next turn (`releasesDue`): until then
+    /// the generation's queued connections wait in its sockets.
     func releaseGeneration(_ generation: UInt8, of text: String, quietly: Bool = false) {
-        guard let groups = try? Self.groups(text), let client = try? brokerClient() else {
-            return
-        }
-        for group in groups {
-            do { _ = try client.release([group.inGeneration(generation)]) } catch {
-                if !quietly { logger.info("releasing \(group.inGeneration(generation).baseKey): \(error)") }
+        let groups = Self.groupBinds(text)
+        guard !groups.isEmpty else { return }
+        do {
+            let client = try brokerClient()
+            for group in groups {
+                do { _ = try client.release([group.inGeneration(generation)]) } catch let error
+                    as BindkeeperClient.ReplyError where error.code != -1
+                {
+                    // Answered: the broker holds no such group (or may not let it go).
+                    if !quietly { logger.info("releasing \(group.inGeneration(generation).baseKey): \(error)") }
+                }
             }
+        } catch {
+            logger.info("releasing generation \(generation): \(error); tried again")
+            releasesDue.append((generation, text))
         }
     }
 }
@@ -250,11 +320,14 @@ extension HAProxySupervisor {
 /// HAProxy's stats socket, read for a canary's verdict.
 enum HAProxyStatsSocket {
     /// `show info` and `show stat`'s text, read within five seconds and
-    /// CanaryJudgement.maximumBytes. The connection never blocks: a socket whose queue is full
-    /// fails at once.
-    static func showStat(_ path: String) throws -> String {
+    /// CanaryJudgement.maximumBytes, and the pid of the process that listens (SO_PEERCRED). The
+    /// connection never blocks: a socket whose queue is full fails at once.
+    static func showStat(_ path: String) throws -> (text: String, pid: Int32) {
         let fd = try UnixAddress.connect(path, type: Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue))
         defer { close(fd) }
+        var pid: Int32 = 0, uid: UInt32 = 0, gid: UInt32 = 0
+        let credentials = proxyside_peer_credentials(fd, &pid, &uid, &gid)
+        guard credentials == 0 else { throw SystemError("SO_PEERCRED of \(path)", errno: -credentials) }
         let deadline = MonotonicClock.nanoseconds() + 5_000_000_000
         let request = Array("show info;show stat\n".utf8)
         guard send(fd, request, request.count, Int32(MSG_NOSIGNAL)) == request.count else {
@@ -274,6 +347,6 @@ enum HAProxyStatsSocket {
             }
             text += buffer[..<count]
         }
-        return String(decoding: text, as: UTF8.self)
+        return (String(decoding: text, as: UTF8.self), pid)
     }
 }

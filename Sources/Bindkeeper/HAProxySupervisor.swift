@@ -71,6 +71,11 @@ public final class HAProxySupervisor {
     var instances: [Instance] = []
     /// A reload's candidate while it serves its share, outside `instances` until it passes.
     var canary: Canary?
+    /// Candidates rolled back and finishing what they accepted: never current, never a template
+    /// to start again from.
+    var rolledBack: [Instance] = []
+    /// Generations of a template's groups the broker is still to let go of (it did not answer).
+    var releasesDue: [(generation: UInt8, template: String)] = []
     /// The generation the current instance's groups are in; a candidate gets the other one.
     var servedGeneration: UInt8 = 0
     /// The text of the last template whose candidate failed: refused until it changes.
@@ -176,7 +181,7 @@ public final class HAProxySupervisor {
         do {
             let text = try templateText()
             // On the generation served now: another would be made for the check and left held.
-            let generation = options.canary == nil ? 0 : heldGeneration(text)
+            let generation = heldGeneration(text)
             let prepared = try prepare(text, to: path, generation: generation)
             defer { prepared.release() }
             let status = try check(path, generation: generation)
@@ -199,11 +204,9 @@ public final class HAProxySupervisor {
             try Signals.forward(SIGUSR2, to: reload)
             try Signals.forward(SIGCHLD, to: child)
             let text = try templateText()
-            if options.canary != nil {
-                _ = try Self.groups(text)
-                // A supervisor started again keeps the generation that serves.
-                servedGeneration = heldGeneration(text)
-            }
+            if options.canary != nil { _ = try Self.groups(text) }
+            // A supervisor started again (with or without canaries) keeps the generation that serves.
+            servedGeneration = heldGeneration(text)
             try start(text)
         } catch {
             logger.info("start: \(error)")
@@ -227,17 +230,15 @@ public final class HAProxySupervisor {
             }
             child.consume()
             reap()
-            if let canary, MonotonicClock.nanoseconds() >= canary.ends { judge(canary) }
-            if let due = steeringDue, steerToServed(due, releasingOther: false) {
-                steeringDue = nil
-                logger.info("new connections go to generation \(servedGeneration) again")
-            }
+            tendCanary()
             governDraining()
             if let current = instances.last, MonotonicClock.nanoseconds() &- current.started >= Self.startupNanoseconds
             {
                 lastGoodTemplate = current.template
             }
             if instances.isEmpty {
+                // A candidate is no instance to serve on: it goes with the supervisor.
+                for pid in [canary?.pid].compactMap({ $0 }) + rolledBack.map(\.pid) { kill(pid, SIGTERM) }
                 logger.info("no HAProxy instance is left; exiting")
                 removePidFile()
                 return 1
@@ -260,8 +261,9 @@ public final class HAProxySupervisor {
         for index in instances.indices where instances[index].superseded == nil { instances[index].superseded = now }
         instances.append(Instance(pid: pid, generation: servedGeneration, template: text, started: now))
         if running.isEmpty {
-            // Whatever an earlier supervisor left steered; a canary under way keeps its share.
-            if options.canary != nil, canary == nil { steerToServed(text) }
+            // Whatever an earlier supervisor left steered (a canary's share, the other generation
+            // served); a canary under way keeps its share. Tried again until it holds.
+            if canary == nil, !steerToServed(text) { steeringDue = text }
             logger.info("started haproxy pid \(pid)")
         } else {
             logger.info("reloaded: haproxy pid \(pid) replaces \(running.map(String.init).joined(separator: " "))")
@@ -273,6 +275,16 @@ public final class HAProxySupervisor {
     /// (SIGTERM: their remaining connections are closed), each said once in the log.
     func governDraining() {
         let now = MonotonicClock.nanoseconds()
+        // Rolled-back candidates: past the drain deadline, as older instances.
+        for index in rolledBack.indices where !rolledBack[index].terminated {
+            guard let seconds = options.drainSeconds, let since = rolledBack[index].superseded,
+                now &- since >= UInt64(seconds) * 1_000_000_000
+            else { continue }
+            kill(rolledBack[index].pid, SIGTERM)
+            rolledBack[index].terminated = true
+            logger.info(
+                "haproxy pid \(rolledBack[index].pid), rolled back, stopped with its connections (--drain-timeout)")
+        }
         let draining = instances.indices.dropLast().filter { !instances[$0].terminated }
         for (rank, index) in draining.enumerated() {
             let instance = instances[index]
@@ -304,7 +316,11 @@ public final class HAProxySupervisor {
             guard pid > 0 else { return }
             if let canary, canary.pid == pid {
                 self.canary = nil
-                rollBack(canary, because: "it exited (\(Spawn.exitCode(status)))", running: false)
+                rollBack(canary, because: "it exited (\(Spawn.exitCode(status)))", running: false, judged: true)
+                continue
+            }
+            if let index = rolledBack.firstIndex(where: { $0.pid == pid }) {
+                rolledBack.remove(at: index)
                 continue
             }
             guard let index = instances.firstIndex(where: { $0.pid == pid }) else { continue }
@@ -353,6 +369,8 @@ public final class HAProxySupervisor {
             instances.insert(Instance(pid: canary.pid, template: canary.template, started: canary.ends), at: 0)
             self.canary = nil
         }
+        instances.insert(contentsOf: rolledBack, at: 0)
+        rolledBack = []
         for instance in instances { kill(instance.pid, SIGUSR1) }
         let deadline = MonotonicClock.nanoseconds() + UInt64(max(0, options.stopTimeoutSeconds)) * 1_000_000_000
         while !instances.isEmpty && MonotonicClock.nanoseconds() < deadline {

@@ -18,9 +18,10 @@ public enum SocketGroupSteering {
     /// an older release made) the kernel's arrays are searched for the one holding each
     /// generation's first member (CAP_SYS_ADMIN), else a new one is made. The members are put in
     /// their slots and a new program for the new steering loaded on the array. Returns the array
-    /// to hold from now on: `array`, or a new descriptor the caller owns.
+    /// to hold from now on (`array`, or a new descriptor the caller owns), and whether the program
+    /// migrates a closing listener's queue (Linux 5.14).
     static func steer(generations: [[Int32]], served: UInt8, percent: UInt8, array: Int32?, searching: Bool) throws
-        -> Int32
+        -> (array: Int32, migrates: Bool)
     {
         let count = generations[Int(served)].count
         guard let first = generations[Int(served)].first,
@@ -51,10 +52,11 @@ public enum SocketGroupSteering {
         else {
             throw SystemError("attaching the group's reuseport program")
         }
-        if let array { return array }
+        let migrates = name == "select_or_migrate"
+        if let array { return (array, migrates) }
         let held = fcntl(try object.map("members"), F_DUPFD_CLOEXEC, 3)
         guard held >= 0 else { throw SystemError("holding the group's socket array") }
-        return held
+        return (held, migrates)
     }
 
     /// The program for a steering, on the group's socket array when it has one. The migrate entry

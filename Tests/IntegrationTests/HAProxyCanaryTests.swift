@@ -128,6 +128,18 @@ extension HAProxyReloadTests {
             listed.sorted(), ["#0", "#1"].map { "tcp://\(BrokerLab.vip):\(Self.canaryPort)~g1\($0)" },
             "the old generation was let go")
         XCTAssertTrue(supervisor.process.isRunning)
+
+        // A supervisor started again, now without canaries, serves on the generation that serves
+        // (generation 1 here): a new generation 0 would be steered nothing, or take everything.
+        supervisor.process.terminate()
+        supervisor.process.waitUntilExit()
+        _ = try lab.startSupervisor("again", template: template)
+        let again = try counts(try load(port: Self.canaryPort, seconds: 2, concurrency: 16))
+        XCTAssertEqual(again["failed"], 0, "\(again)")
+        XCTAssertGreaterThan(again["ok"] ?? 0, 100, "\(again)")
+        XCTAssertEqual(
+            try lab.client().list().sockets.map(\.key).filter { $0.contains(":\(Self.canaryPort)") }.count, 2,
+            "no generation was added")
         print(lab.allLogs.split(separator: "\n").filter { $0.contains("canary") }.joined(separator: "\n"))
     }
 }
