@@ -40,21 +40,9 @@ extension Broker {
                 enqueue(wire.error(id: request.id, error), fds: [], to: client)
             }
         case .release(let releases):
-            switch release(releases, peer: client.peer) {
-            case .success(let keys):
-                enqueue(wire.result(id: request.id, Reply.Release(released: keys)), fds: [], to: client)
-            case .failure(let error):
-                logClientEvent("client pid \(client.peer.pid) uid \(client.peer.uid): \(error.message)")
-                enqueue(wire.error(id: request.id, error), fds: [], to: client)
-            }
+            answer(request, release(releases, peer: client.peer).map { Reply.Release(released: $0) }, to: client)
         case .steer(let steering):
-            switch steer(steering, peer: client.peer) {
-            case .success(let keys):
-                enqueue(wire.result(id: request.id, Reply.Steer(steered: keys)), fds: [], to: client)
-            case .failure(let error):
-                logClientEvent("client pid \(client.peer.pid) uid \(client.peer.uid): \(error.message)")
-                enqueue(wire.error(id: request.id, error), fds: [], to: client)
-            }
+            answer(request, steer(steering, peer: client.peer).map { Reply.Steer(steered: $0) }, to: client)
         case .list:
             enqueue(wire.result(id: request.id, listing()), fds: [], to: client)
         case .reexec:
@@ -76,6 +64,17 @@ extension Broker {
                 logger.info("re-exec refused: \(error); still serving")
                 enqueue(wire.error(id: request.id, .reexecRefused("\(executable): \(error)")), fds: [], to: client)
             }
+        }
+    }
+
+    /// A reply without descriptors: the result, or the error, which is logged.
+    func answer(_ request: Wire.Request, _ outcome: Result<some Codable, Wire.RPCError>, to client: Client) {
+        switch outcome {
+        case .success(let result):
+            enqueue(request.wire.result(id: request.id, result), fds: [], to: client)
+        case .failure(let error):
+            logClientEvent("client pid \(client.peer.pid) uid \(client.peer.uid): \(error.message)")
+            enqueue(request.wire.error(id: request.id, error), fds: [], to: client)
         }
     }
 

@@ -101,12 +101,16 @@ extension HAProxyReloadTests {
         XCTAssertEqual(canaryVerdicts("failed and rolled back"), 2, "no third candidate")
 
         // A candidate that dies in start-up (an address it cannot bind, which `haproxy -c` does not
-        // try): rolled back at once, and what was queued on its sockets is served, nothing fails.
+        // try): rolled back at once, and what was queued on its sockets is served, none reset. The
+        // few it may accept before it dies (HAProxy's threads start before its last bind fails)
+        // are far below its share.
         _ = try writeProxyTemplate(
             backendPort: 8181, comment: "dies", extra: "frontend dead\n    bind 198.18.99.99:9\n")
         let died = try canaryRound(supervisor.process, expecting: "failed and rolled back", manager: manager)
         XCTAssertTrue(lab.allLogs.contains(": it exited ("), lab.allLogs)
-        XCTAssertEqual(died["failed"], 0, "a candidate that died in start-up costs nothing: \(died)")
+        XCTAssertLessThanOrEqual(
+            died["failed"] ?? 0, (died["attempts"] ?? 0) / 200, "a candidate dead in start-up costs little: \(died)")
+        XCTAssertEqual(died["reset"], 0, "\(died)")
         XCTAssertGreaterThan(died["ok"] ?? 0, 100, "\(died)")
 
         _ = try writeProxyTemplate(backendPort: 8181, comment: "good again")
