@@ -101,8 +101,8 @@ extension HAProxyReloadTests {
         XCTAssertEqual(canaryVerdicts("failed and rolled back"), 2, "no third candidate")
 
         // A candidate that dies in start-up (an address it cannot bind, which `haproxy -c` does not
-        // try): rolled back at once, and what was queued on its sockets is served, none reset. The
-        // few it may accept before it dies (HAProxy's threads start before its last bind fails)
+        // try): rolled back at once, and what was queued on its sockets is served, none reset. A
+        // few it accepts and closes before it exits (seen under load: empty answers, not resets)
         // are far below its share.
         _ = try writeProxyTemplate(
             backendPort: 8181, comment: "dies", extra: "frontend dead\n    bind 198.18.99.99:9\n")
