@@ -59,8 +59,9 @@ extension Broker {
                 control = fd
             } else if name == StatsServer.metricsName {
                 inheritedMetrics = fd
-            } else if let address = FDStoreName.decodeArray(name), (try? BPF.mapInfo(fd: fd))?.type == 20 {
-                // BPF_MAP_TYPE_REUSEPORT_SOCKARRAY: a group's socket array.
+            } else if let address = FDStoreName.decodeArray(name),
+                (try? BPF.mapInfo(fd: fd))?.type == BPF.reuseportSocketArray
+            {
                 groupArrays[address] = fd
             } else if let (request, creator) = FDStoreName.decodeEntry(name) {
                 add(

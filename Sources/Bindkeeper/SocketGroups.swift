@@ -30,13 +30,12 @@ public enum SocketGroupSteering {
         let slots = generations.enumerated().flatMap { generation, fds in
             fds.enumerated().map { (slot: UInt32(generation * count + $0), fd: $1) }
         }
-        let reuseportSocketArray: UInt32 = 20  // BPF_MAP_TYPE_REUSEPORT_SOCKARRAY (linux/bpf.h)
         let found =
             array != nil || !searching
             ? nil
             : slots.lazy.filter { $0.slot % UInt32(count) == 0 }.compactMap { slot in
                 OwnedSocket.cookie(slot.fd).flatMap { cookie in
-                    BPF.findMap(type: reuseportSocketArray, name: "members", key: slot.slot, holding: cookie)
+                    BPF.findMap(type: BPF.reuseportSocketArray, name: "members", key: slot.slot, holding: cookie)
                 }
             }.first
         defer { found.map { _ = close($0) } }

@@ -86,6 +86,9 @@ public enum BPF {
             type: info.type)
     }
 
+    /// BPF_MAP_TYPE_REUSEPORT_SOCKARRAY: a socket group's array, as `MapInfo.type` says it.
+    public static let reuseportSocketArray = BPF_MAP_TYPE_REUSEPORT_SOCKARRAY.rawValue
+
     /// A descriptor of the map of `type` named `name` whose `key` holds `value` (for a socket
     /// array, a socket's SO_COOKIE): the kernel's maps searched by id, since a map a program
     /// attached to sockets is reachable by nothing else. nil when there is none (the caller closes

@@ -91,21 +91,10 @@ public enum ProgramImage {
             if count <= 0 { break }
             output += chunk[0..<count]
         }
-        var status: Int32 = 0
-        var exited = false
-        while MonotonicClock.nanoseconds() < deadline {
-            let waited = waitpid(pid, &status, WNOHANG)
-            if waited == pid { exited = true; break }
-            if waited < 0 && errno != EINTR { break }
-            usleep(10_000)
-        }
-        if !exited {
-            kill(pid, SIGKILL)
-            _ = Spawn.wait(pid)
+        guard let code = Spawn.wait(pid, until: deadline) else {
             return .failure(SystemError("\(command) did not finish in \(seconds) s", errno: ETIMEDOUT))
         }
         let line = String(decoding: output.prefix { $0 != UInt8(ascii: "\n") }, as: UTF8.self)
-        let code = Spawn.exitCode(status)
         guard code == 0, !line.isEmpty else {
             return .failure(
                 SystemError("\(command) exited with \(code)" + (line.isEmpty ? "" : ": \(line)"), errno: ENOEXEC))

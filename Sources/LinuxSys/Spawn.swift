@@ -68,13 +68,17 @@ public enum Spawn {
     /// Waits for a child at most `seconds`: its exit status, or nil when it ran longer, in which
     /// case it is killed (SIGKILL), with its process group when it leads one, and reaped.
     public static func wait(_ pid: pid_t, atMostSeconds seconds: Int) -> Int32? {
-        let deadline = MonotonicClock.nanoseconds() + UInt64(max(0, seconds)) * 1_000_000_000
+        wait(pid, until: MonotonicClock.nanoseconds() + UInt64(max(0, seconds)) * 1_000_000_000)
+    }
+
+    /// The same, until the monotonic `deadline`.
+    public static func wait(_ pid: pid_t, until deadline: UInt64) -> Int32? {
         var status: Int32 = 0
         while MonotonicClock.nanoseconds() < deadline {
             let reaped = waitpid(pid, &status, WNOHANG)
             if reaped == pid { return exitCode(status) }
             if reaped < 0, errno != EINTR { return -1 }
-            usleep(20_000)
+            usleep(10_000)
         }
         if getpgid(pid) == pid { kill(-pid, SIGKILL) }
         kill(pid, SIGKILL)
