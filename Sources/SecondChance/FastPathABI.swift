@@ -14,7 +14,6 @@ public enum FastPathMap: String, CaseIterable, Sendable {
     case localRanges = "fp_local_ranges"
     case local4 = "fp_local4"
     case local6 = "fp_local6"
-    case broadcast4 = "fp_broadcast4"
     case counters = "fp_counters"
     case listeners = "fp_listeners"
     case listenerCounts = "fp_listen_count"
@@ -90,11 +89,13 @@ enum FastPathABI {
         return bytes(of: value)
     }
 
-    /// fp_hosts4/6 and fp_local4/6 entries: FP_LOCAL_OWN wins where a key is both.
-    static func localKinds(own: [[UInt8]], deliverable: [[UInt8]]) -> [[UInt8]: [UInt8]] {
+    /// fp_hosts4/6 and fp_local4/6 entries: FP_LOCAL_OWN wins where a key is both; a broadcast
+    /// address (fp_hosts4 only) adds FP_LOCAL_BROADCAST to whatever else it is.
+    static func localKinds(own: [[UInt8]], deliverable: [[UInt8]], broadcast: [[UInt8]] = []) -> [[UInt8]: [UInt8]] {
         var entries = Dictionary(
             deliverable.map { ($0, [UInt8(FP_LOCAL_DELIVERABLE)]) }, uniquingKeysWith: { a, _ in a })
         for key in own { entries[key] = [UInt8(FP_LOCAL_OWN)] }
+        for key in broadcast { entries[key] = [(entries[key]?[0] ?? 0) | UInt8(FP_LOCAL_BROADCAST)] }
         return entries
     }
 }

@@ -10,7 +10,7 @@ import Synchronization
 /// counters read back. Sets are replaced entry by entry, additions first: a packet never meets
 /// a map that lacks an entry both the old and the new set have.
 public struct FastPathMaps: Sendable {
-    let config: Int32, configSlot: Int32, sources: Int32, hops: Int32, local4: Int32, local6: Int32, broadcast4: Int32,
+    let config: Int32, configSlot: Int32, sources: Int32, hops: Int32, local4: Int32, local6: Int32,
         counters: Int32, hosts4: Int32, hosts6: Int32, localRanges: Int32
     let listeners: Int32, listenerCounts: Int32, listenerPass: Int32
     let replyRoutes4: Int32, replyRoutes6: Int32, reverse4: Int32
@@ -18,7 +18,7 @@ public struct FastPathMaps: Sendable {
     public init(_ object: FastPathObject) {
         (config, configSlot) = (object.map(.config), object.map(.configSlot))
         (sources, hops) = (object.map(.sources), object.map(.hops))
-        (local4, local6, broadcast4) = (object.map(.local4), object.map(.local6), object.map(.broadcast4))
+        (local4, local6) = (object.map(.local4), object.map(.local6))
         (hosts4, hosts6, localRanges) = (object.map(.hosts4), object.map(.hosts6), object.map(.localRanges))
         (counters, listeners) = (object.map(.counters), object.map(.listeners))
         (listenerCounts, listenerPass) = (object.map(.listenerCounts), object.map(.listenerPass))
@@ -79,7 +79,8 @@ public struct FastPathMaps: Sendable {
         // leaves those out), so no deliverable address inside a local range hides the range's kind.
         let hosts4Entries = FastPathABI.localKinds(
             own: local.ipv4.map { FastPathABI.bytes(of: $0.value.bigEndian) },
-            deliverable: local.deliverableIPv4.map { FastPathABI.bytes(of: $0.value.bigEndian) })
+            deliverable: local.deliverableIPv4.map { FastPathABI.bytes(of: $0.value.bigEndian) },
+            broadcast: local.broadcast.map { FastPathABI.bytes(of: $0.value.bigEndian) })
         let hosts6Entries = FastPathABI.localKinds(
             own: local.ipv6.map { FastPathABI.bytes(of: $0) },
             deliverable: local.deliverableIPv6.map { FastPathABI.bytes(of: $0) })
@@ -92,7 +93,6 @@ public struct FastPathMaps: Sendable {
         ]
         for (fd, keys) in stale { remove(fd, keys) }
         try writeLocalRanges(ipv4: !local.ipv4Ranges.isEmpty, ipv6: !local.ipv6Ranges.isEmpty)
-        try replace(broadcast4, keys: Set(local.broadcast.map { FastPathABI.bytes(of: $0.value.bigEndian) }))
     }
 
     private func writeLocalRanges(ipv4: Bool, ipv6: Bool) throws {

@@ -18,7 +18,7 @@ typedef uint32_t __u32;
 typedef uint64_t __u64;
 #endif
 
-#define FP_LAYOUT 8
+#define FP_LAYOUT 9
 
 /* Addresses and ports are in network byte order unless a field says otherwise. */
 struct fp_config {
@@ -41,6 +41,9 @@ struct fp_config {
  * more (it neither makes a source martian nor a hop this host). */
 #define FP_LOCAL_OWN 1
 #define FP_LOCAL_DELIVERABLE 2
+/* fp_hosts4 only, alone or beside one of the two: a directed broadcast address of one of this
+ * host's subnets, never a source or a hop. One look-up answers all three questions. */
+#define FP_LOCAL_BROADCAST 4
 
 /* Cookie ACKs may be taken here (--no-cookie-check clears it). */
 #define FP_F_CHECK_COOKIES 0x01

@@ -132,14 +132,6 @@ struct {
     __type(value, __u8);
 } fp_local6 SEC(".maps");
 
-/* Directed broadcast addresses of this host's subnets: never a hop. */
-struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, FP_MAX_PREFIXES);
-    __type(key, __u32);
-    __type(value, __u8);
-} fp_broadcast4 SEC(".maps");
-
 /* The listeners the SYN-cookie responder serves (the daemon's listener monitor decides), and
  * their counts. */
 struct {
@@ -290,6 +282,19 @@ static __always_inline __u16 fold(__u64 sum)
     return (__u16)sum;
 }
 
+/* The folded ones' complement sum of an IPv4 header without options: 0xffff where its checksum is
+ * right. Ten words added here cost less than a helper call; the sum does not depend on the byte
+ * order the words are read in (RFC 1071), so it is stored back as read. */
+static __always_inline __u16 ip4_header_sum(const struct iphdr *ip)
+{
+    const __u16 *words = (const __u16 *)ip;
+    __u32 sum = 0;
+#pragma unroll
+    for (int index = 0; index < (int)sizeof(struct iphdr) / 2; index++)
+        sum += words[index];
+    return fold(sum);
+}
+
 static __always_inline int in_prefixes(void *trie, __u32 address)
 {
     struct fp_ip4_prefix key = { .prefix_length = 32, .address = address };
@@ -304,19 +309,29 @@ static __always_inline int local_ranges(int ipv6)
     return ranges && (ipv6 ? ranges->ipv6 : ranges->ipv4);
 }
 
-/* FP_LOCAL_OWN or FP_LOCAL_DELIVERABLE for an address of this host's, else 0: the address itself
- * (fp_hosts4), else a local route that holds it. An address is never also a range's (a range's
- * /32 is the address, more specific), so the order is the trie's own. */
+/* fp_hosts4's flags for an address, 0 where it has none. */
+static __always_inline __u8 host4(__u32 address)
+{
+    const __u8 *flags = bpf_map_lookup_elem(&fp_hosts4, &address);
+    return flags ? *flags : 0;
+}
+
+/* FP_LOCAL_OWN or FP_LOCAL_DELIVERABLE for an address of this host's, else 0, given its fp_hosts4
+ * flags: the address itself, else a local route that holds it. An address is never also a
+ * range's (a range's /32 is the address, more specific), so the order is the trie's own. */
+static __always_inline __u8 local4_of(__u32 address, __u8 flags)
+{
+    __u8 kind = flags & (FP_LOCAL_OWN | FP_LOCAL_DELIVERABLE);
+    if (kind || !local_ranges(0))
+        return kind;
+    struct fp_ip4_prefix key = { .prefix_length = 32, .address = address };
+    const __u8 *range = bpf_map_lookup_elem(&fp_local4, &key);
+    return range ? *range : 0;
+}
+
 static __always_inline __u8 local4(__u32 address)
 {
-    const __u8 *kind = bpf_map_lookup_elem(&fp_hosts4, &address);
-    if (kind)
-        return *kind;
-    if (!local_ranges(0))
-        return 0;
-    struct fp_ip4_prefix key = { .prefix_length = 32, .address = address };
-    kind = bpf_map_lookup_elem(&fp_local4, &key);
-    return kind ? *kind : 0;
+    return local4_of(address, host4(address));
 }
 
 static __always_inline __u8 local6(const struct in6_addr *address)
@@ -368,8 +383,10 @@ static __always_inline enum fp_counter reverse_path(__u32 source, __u32 ifindex)
 static __always_inline int martian4(__u32 address)
 {
     __u32 first = bpf_ntohl(address) >> 24;
-    return first == 0 || first == 127 || first >= 224 || owns4(address) ||
-           bpf_map_lookup_elem(&fp_broadcast4, &address) != NULL;
+    if (first == 0 || first == 127 || first >= 224)
+        return 1;
+    __u8 flags = host4(address);
+    return (flags & FP_LOCAL_BROADCAST) || local4_of(address, flags) == FP_LOCAL_OWN;
 }
 
 /* ::/96 and ::ffff:0:0/96 (never a source on the wire), multicast, or ours. */
@@ -381,11 +398,12 @@ static __always_inline int martian6(const struct in6_addr *address)
     return address->in6_u.u6_addr8[0] == 0xff || owns6(address);
 }
 
-/* PeerPolicy.isForbiddenHop: 0/8, 127/8, 224/4 and 240/4, whatever --allow-hop says. */
-static __always_inline int forbidden_hop(__u32 hop)
+/* PeerPolicy.isForbiddenHop: 0/8, 127/8, 224/4 and 240/4, whatever --allow-hop says; and a
+ * broadcast address of this host's (`flags`: the hop's fp_hosts4 flags). */
+static __always_inline int forbidden_hop(__u32 hop, __u8 flags)
 {
     __u32 first = bpf_ntohl(hop) >> 24;
-    return first == 0 || first == 127 || first >= 224 || bpf_map_lookup_elem(&fp_broadcast4, &hop) != NULL;
+    return first == 0 || first == 127 || first >= 224 || (flags & FP_LOCAL_BROADCAST);
 }
 
 /* Decider.localRefusal, or 0 when the packet may be delivered here. */
@@ -541,7 +559,7 @@ static __always_inline struct forward_change rewrite_outer(struct ethhdr *eth, s
     outer->ip.saddr = packet->config->self_ip4;
     outer->ip.daddr = packet->hop;
     outer->ip.check = 0;
-    outer->ip.check = ~fold((__u32)bpf_csum_diff(NULL, 0, (__be32 *)&outer->ip, OUTER_IP_LENGTH, 0));
+    outer->ip.check = ~ip4_header_sum(&outer->ip);
     __builtin_memcpy(eth->h_dest, route->dmac, ETH_ALEN);
     __builtin_memcpy(eth->h_source, route->smac, ETH_ALEN);
     return change;
@@ -568,13 +586,17 @@ static __always_inline int forward(struct __sk_buff *skb, const struct packet *p
     int udp_checksum = outer->udp.check != 0;
     struct forward_change change = rewrite_outer(eth, outer, packet, &route);
     if (udp_checksum) {
-        /* The helpers keep a checksum the device is to finish (CHECKSUM_PARTIAL) right too. */
+        /* The helpers keep a checksum the device is to finish (CHECKSUM_PARTIAL) right too: the
+         * next_hop word is the datagram's, the addresses are the pseudo-header's, changed in one
+         * update (size 0: `to` is the difference). */
         __u32 offset = UDP_OFFSET + __builtin_offsetof(struct udphdr, check);
         __u64 flags = BPF_F_MARK_MANGLED_0;
-        __u32 self = packet->config->self_ip4;
+        __u64 addresses = (__u64)(__u32)~change.old_source + packet->config->self_ip4 +
+                          (__u32)~change.old_destination + packet->hop;
+        addresses = (addresses & 0xffffffff) + (addresses >> 32);
+        addresses = (addresses & 0xffffffff) + (addresses >> 32);
         if (bpf_l4_csum_replace(skb, offset, change.old_word, change.new_word, flags | 2) ||
-            bpf_l4_csum_replace(skb, offset, change.old_source, self, flags | BPF_F_PSEUDO_HDR | 4) ||
-            bpf_l4_csum_replace(skb, offset, change.old_destination, packet->hop, flags | BPF_F_PSEUDO_HDR | 4))
+            bpf_l4_csum_replace(skb, offset, 0, (__u32)addresses, flags | BPF_F_PSEUDO_HDR))
             return TC_ACT_SHOT; /* cannot happen: the offset is inside the linear head */
     }
     count(FP_TOTAL);
@@ -1211,7 +1233,7 @@ static __always_inline struct verdict process_outer(struct packet *packet)
     __u32 total = bpf_ntohs(outer->ip.tot_len);
     if (packet->foreign || outer->ip.version != 4 || total + ETH_LENGTH != packet->frame_length)
         return conclude(V_UP, FP_UP_OUTER_UNCHECKED);
-    if (fold((__u32)bpf_csum_diff(NULL, 0, (__be32 *)&outer->ip, OUTER_IP_LENGTH, 0)) != 0xffff)
+    if (ip4_header_sum(&outer->ip) != 0xffff)
         return conclude(V_UP, FP_UP_OUTER_UNCHECKED);
     if ((outer->ip.frag_off & bpf_htons(0x3fff)) || packet->segmented)
         return conclude(V_UP, FP_UP_OUTER_OPTIONS);
@@ -1519,13 +1541,14 @@ static __always_inline struct verdict classify(void *ctx, struct packet *packet,
     if ((void *)(hops + index + 1) > packet->end)
         return conclude(V_UP, FP_UP_FAILED);
     __u32 hop = hops[index];
-    if (forbidden_hop(hop))
+    __u8 flags = host4(hop);
+    if (forbidden_hop(hop, flags))
         return conclude(V_DROP, FP_REFUSED_UNTRUSTED_HOP);
     /* Never to ourselves, under any of our addresses, as glb-redirect. */
     struct outer_headers *outer = packet->data + ETH_LENGTH;
     if ((void *)(outer + 1) > packet->end)
         return conclude(V_UP, FP_UP_FAILED);
-    if (hop == config->self_ip4 || hop == outer->ip.daddr || owns4(hop))
+    if (hop == config->self_ip4 || hop == outer->ip.daddr || local4_of(hop, flags) == FP_LOCAL_OWN)
         return deliverable(packet, FP_LOCAL_FORWARDED_TO_SELF);
     if (!in_prefixes(&fp_hops, hop))
         return conclude(V_DROP, FP_REFUSED_UNTRUSTED_HOP);
