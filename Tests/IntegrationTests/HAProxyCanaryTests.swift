@@ -79,6 +79,18 @@ extension HAProxyReloadTests {
         let served = try pids(supervisor.pidFile)
         XCTAssertEqual(served.count, 1)
 
+        try twoBadTemplatesAreRolledBack(supervisor, served: served[0], manager: manager)
+        try aCandidateDyingInStartUpCostsLittle(supervisor, manager: manager)
+        try aGoodTemplateTakesOverThroughTheBrokersKill(
+            supervisor, served: served[0], manager: manager, restarted: &restarted)
+        try aRestartWithoutCanariesServesOnTheServedGeneration(supervisor, template: template)
+    }
+
+    /// Two bad templates in a row, the broker re-executed during the second: each candidate's
+    /// share fails, nothing is reset, nothing fails after, and the same template is refused again.
+    func twoBadTemplatesAreRolledBack(
+        _ supervisor: (process: Process, pidFile: String), served: pid_t, manager: ServiceManagerSocket
+    ) throws {
         for round in 1...2 {
             _ = try writeProxyTemplate(backendPort: 8182, comment: "bad \(round)")
             let window = try canaryRound(supervisor.process, expecting: "failed and rolled back", manager: manager) {
@@ -93,13 +105,20 @@ extension HAProxyReloadTests {
             let after = try counts(try load(port: Self.canaryPort, seconds: 2, concurrency: 16))
             XCTAssertEqual(after["failed"], 0, "round \(round): nothing fails after the rollback: \(after)")
             XCTAssertGreaterThan(after["ok"] ?? 0, 100, "round \(round): the load ran: \(after)")
-            XCTAssertEqual(try pids(supervisor.pidFile).first, served[0], "round \(round): the running one serves on")
+            XCTAssertEqual(try pids(supervisor.pidFile).first, served, "round \(round): the running one serves on")
         }
         // The same failed template again: refused, nothing started.
         kill(supervisor.process.processIdentifier, SIGHUP)
         try lab.waitFor("the refusal") { self.lab.allLogs.contains("this template failed its canary") }
         XCTAssertEqual(canaryVerdicts("failed and rolled back"), 2, "no third candidate")
 
+    }
+
+    /// A candidate that dies in start-up (an address it cannot bind, which `haproxy -c` does not
+    /// try): rolled back at once, and what was queued on its sockets is served, none reset.
+    func aCandidateDyingInStartUpCostsLittle(
+        _ supervisor: (process: Process, pidFile: String), manager: ServiceManagerSocket
+    ) throws {
         // A candidate that dies in start-up (an address it cannot bind, which `haproxy -c` does not
         // try): rolled back at once, and what was queued on its sockets is served, none reset. A
         // few it accepts and closes before it exits (seen under load: empty answers, not resets)
@@ -113,6 +132,14 @@ extension HAProxyReloadTests {
         XCTAssertEqual(died["reset"], 0, "\(died)")
         XCTAssertGreaterThan(died["ok"] ?? 0, 100, "\(died)")
 
+    }
+
+    /// A good template passes while the broker is killed (-9) and restarted from the fd store; the
+    /// old generation is let go. `restarted`: the restarted broker, for the caller to stop.
+    func aGoodTemplateTakesOverThroughTheBrokersKill(
+        _ supervisor: (process: Process, pidFile: String), served: pid_t, manager: ServiceManagerSocket,
+        restarted: inout pid_t?
+    ) throws {
         _ = try writeProxyTemplate(backendPort: 8181, comment: "good again")
         let window = try canaryRound(supervisor.process, expecting: "passed", manager: manager) {
             let broker = try XCTUnwrap(lab.broker)
@@ -123,8 +150,8 @@ extension HAProxyReloadTests {
         }
         XCTAssertEqual(window["failed"], 0, "a good candidate fails nothing: \(window)")
         let now = try pids(supervisor.pidFile)
-        XCTAssertNotEqual(now.first, served[0], "the candidate took over")
-        try lab.waitFor("the replaced instance to leave") { !self.isAlive(served[0]) }
+        XCTAssertNotEqual(now.first, served, "the candidate took over")
+        try lab.waitFor("the replaced instance to leave") { !self.isAlive(served) }
         let after = try counts(try load(port: Self.canaryPort, seconds: 2, concurrency: 16))
         XCTAssertEqual(after["failed"], 0, "\(after)")
         let listed = try lab.client().list().sockets.map(\.key).filter { $0.contains(":\(Self.canaryPort)") }
@@ -133,6 +160,11 @@ extension HAProxyReloadTests {
             "the old generation was let go")
         XCTAssertTrue(supervisor.process.isRunning)
 
+    }
+
+    func aRestartWithoutCanariesServesOnTheServedGeneration(
+        _ supervisor: (process: Process, pidFile: String), template: String
+    ) throws {
         // A supervisor started again, now without canaries, serves on the generation that serves
         // (generation 1 here): a new generation 0 would be steered nothing, or take everything.
         supervisor.process.terminate()
