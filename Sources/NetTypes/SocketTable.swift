@@ -21,6 +21,8 @@ public struct ListenerObservation: Equatable, Sendable {
     public var requestSockets: UInt32
     /// The listener's sk_rcvbuf, from which the kernel picks the child's window scale.
     public var receiveBuffer: UInt32
+    /// Sockets listening on this address and port: more than one is an SO_REUSEPORT group.
+    public var members: UInt32 = 1
 
     public init(key: ListenerKey, backlog: UInt32, acceptQueue: UInt32, requestSockets: UInt32, receiveBuffer: UInt32) {
         self.key = key
@@ -42,5 +44,6 @@ public struct ListenerObservation: Equatable, Sendable {
         acceptQueue = sum(acceptQueue, other.acceptQueue)
         requestSockets = sum(requestSockets, other.requestSockets)
         receiveBuffer = min(receiveBuffer, other.receiveBuffer)
+        members = sum(members, other.members)
     }
 }

@@ -115,7 +115,7 @@ public struct HostSnapshot: Sendable {
         }
         var found: [ListenerKey: UInt16] = [:]
         // A listener gone between the dump and the probe is left out.
-        for key in reachable.prefix(maximumListeners) { found[key] = probe.userMSS(of: key) }
+        for key in reachable.prefix(maximumListeners) { found[key] = probe.read(key)?.userMSS }
         return (found, reachable.count > maximumListeners)
     }
 

@@ -65,6 +65,7 @@ public final class ListenerMonitor: @unchecked Sendable {
     ]
     private let kernelValues = AtomicWords(count: kernelCounters.count)
     private let completedScans = Atomic<UInt64>(0)
+    private let completedWalks = Atomic<UInt64>(0)
 
     public init(configuration: ResponderConfiguration, namespace: String?, logger: Logger) throws {
         self.configuration = configuration
@@ -121,6 +122,9 @@ public final class ListenerMonitor: @unchecked Sendable {
     /// monitor alive, and everything before it seen.
     public var scans: UInt64 { completedScans.load(ordering: .relaxed) }
 
+    /// Walks of the established sockets to count SYN queues the probe could not read.
+    public var requestWalks: UInt64 { completedWalks.load(ordering: .relaxed) }
+
     /// Scans until `stop` is signalled: every scan interval, and at once when overflow counters rise.
     public func run(stop: EventFD) {
         var lastScan: UInt64 = 0
@@ -147,7 +151,7 @@ public final class ListenerMonitor: @unchecked Sendable {
     /// A served listener's TCP_MAXSEG, probed when first served and then every `userMSSLifetime`.
     private func listenerMSS(_ key: ListenerKey, now: UInt64) -> UInt16 {
         if let known = userMSS[key], now &- known.read < Self.userMSSLifetime { return known.value }
-        let value = probe?.userMSS(of: key) ?? 0
+        let value = probe?.read(key)?.userMSS ?? 0
         userMSS[key] = (value, now)
         return value
     }
@@ -197,9 +201,34 @@ public final class ListenerMonitor: @unchecked Sendable {
         return overflowSignal.map { signal != $0 } ?? false
     }
 
+    /// The listeners, with their SYN queues where `countingRequests`: read by the probe, one
+    /// test run per listener, where each is a single socket and there are at most
+    /// `probedListeners`; otherwise counted by sock_diag, which walks every established socket of
+    /// the host (`requestWalks`). During a flood the monitor counts them at every scan, and that
+    /// walk was most of its CPU.
+    private func observe(countingRequests: Bool) throws -> [ListenerObservation] {
+        var listeners = try sockDiag.dumpListeners(requestSockets: false)
+        guard countingRequests, !listeners.isEmpty else { return listeners }
+        if let probe, listeners.count <= Self.probedListeners, listeners.allSatisfy({ $0.members == 1 }) {
+            var index = listeners.startIndex
+            while index < listeners.endIndex, let reading = probe.read(listeners[index].key) {
+                listeners[index].requestSockets = reading.synQueue
+                index += 1
+            }
+            // A listener the probe did not find (gone, or replaced by a group) is counted below.
+            if index == listeners.endIndex { return listeners }
+        }
+        completedWalks.add(1, ordering: .relaxed)
+        return try sockDiag.dumpListeners(requestSockets: true)
+    }
+
+    /// More listeners than this are counted by the walk: one test run each costs microseconds,
+    /// the walk milliseconds on a host with many established sockets.
+    static let probedListeners = 256
+
     /// Reads the listeners and publishes what the responder serves. Their SYN queues (request
-    /// sockets) cost a walk of every established socket (`SockDiag.dumpListeners`), so they are
-    /// counted only where a count can change the outcome: while a listener is served, after the
+    /// sockets) may cost a walk of every established socket (`observe`), so they are counted only
+    /// where a count can change the outcome: while a listener is served, after the
     /// kernel's overflow counters rose (`overflowed`), or when activation comes before a full queue
     /// (`--cookie-activate-percent` below 100). Otherwise no SYN queue is full (a full one moves
     /// those counters), and the listeners alone are read: a busy proxy's idle scans cost next to
@@ -211,7 +240,7 @@ public final class ListenerMonitor: @unchecked Sendable {
         let countRequests =
             overflowed || configuration.policy.activatePercent < 100 || tracker.states.values.contains { $0.active }
         let observations: [ListenerObservation]
-        do { observations = try sockDiag.dumpListeners(requestSockets: countRequests) } catch {
+        do { observations = try observe(countingRequests: countRequests) } catch {
             logger.info("listener scan failed, keeping the last one: \(error)")
             return
         }

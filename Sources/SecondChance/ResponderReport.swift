@@ -41,6 +41,10 @@ public enum ResponderReport {
             help: "Scans of the listeners (sock_diag) the responder's monitor completed.")
         out.sample("second_chance_listener_scans_total", [:], monitor.scans)
         out.family(
+            "second_chance_listener_request_walks_total", .counter,
+            help: "Walks of every established socket (sock_diag) to count SYN queues the listener probe could not read.")
+        out.sample("second_chance_listener_request_walks_total", [:], monitor.requestWalks)
+        out.family(
             "second_chance_kernel_tcpext", .counter,
             help: "TcpExt counters of the namespace whose listeners are watched.")
         for (index, name) in ListenerMonitor.kernelCounters.enumerated() {
@@ -50,7 +54,12 @@ public enum ResponderReport {
 
     /// One line per listener the responder has seen overflow (or serves), then the kernel counters.
     public static func text(_ monitor: ListenerMonitor, kernel: FastPath?) -> String {
-        var out = "syn_cookies_mode: \(monitor.configuration.mode.rawValue)\nlistener_scans: \(monitor.scans)\n"
+        var out = """
+            syn_cookies_mode: \(monitor.configuration.mode.rawValue)
+            listener_scans: \(monitor.scans)
+            listener_request_walks: \(monitor.requestWalks)
+
+            """
         for (record, values) in values(monitor, kernel: kernel) {
             out += "listener \(record.key) active \(record.isActive ? 1 : 0)"
             for counter in ListenerRecord.Counter.allCases {

@@ -420,6 +420,40 @@ final class SynCookieResponderTests: XCTestCase {
         XCTAssertEqual(try listenerStats("\(Lab.vip):\(Self.port)")["active"], 1, "still on with an empty queue")
     }
 
+    /// A SYN queue is counted at every scan while its listener is served, and at every rise of
+    /// the overflow counters: by the listener probe, one test run per listener, never by walking
+    /// every established socket of the host (most of the monitor's CPU during a flood, BENCHMARKS.md).
+    /// An SO_REUSEPORT group, whose members the probe cannot add up, is still walked.
+    func testSYNQueuesAreReadByTheProbeAndOnlyGroupsAreWalked() throws {
+        try listen(.v4(Lab.vip))
+        try startSecondChance(["--syn-cookies", "off"])  // the kernel answers: its SYN queue fills
+        try flood(400)
+        let key = ListenerKey(address: .v4(Lab.vip), port: Self.port)
+        let walked = try SockDiag(namespace: NetworkNamespace(nameOrPath: lab.namespace("p1")))
+            .dumpListeners(requestSockets: true).first { $0.key == key }
+        XCTAssertGreaterThanOrEqual(walked?.requestSockets ?? 0, 16, "the flood filled the SYN queue: \(String(describing: walked))")
+        let monitor = try ListenerMonitor(
+            configuration: ResponderConfiguration(mode: .auto), namespace: lab.namespace("p1"),
+            logger: Logger(label: "test"))
+        monitor.scan(now: MonotonicClock.nanoseconds(), overflowed: true)
+        XCTAssertNotNil(monitor.board.snapshot().listeners[key], "the probe read the full SYN queue")
+        XCTAssertEqual(monitor.requestWalks, 0, "nothing was walked")
+
+        let group = try lab.inside("p1") {
+            try (0..<2).map { _ in
+                let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+                _ = SocketOptions.enable(fd, SOL_SOCKET, SO_REUSEPORT)
+                let bound = SocketAddress(.v4(Lab.vip), port: Self.port + 1).withSockaddr { bind(fd, $0, $1) == 0 }
+                guard fd >= 0, bound, Glibc.listen(fd, 16) == 0 else { throw LabError("a group member: errno \(errno)") }
+                return fd
+            }
+        }
+        defer { group.forEach { close($0) } }
+        monitor.scan(now: MonotonicClock.nanoseconds(), overflowed: true)
+        XCTAssertEqual(monitor.requestWalks, 1, "the group was counted by the walk")
+        XCTAssertNotNil(monitor.board.snapshot().listeners[key], "and the full queue still counted")
+    }
+
     func testResponderTurnsOffAfterTheQueueDrains() throws {
         // Request sockets of the spoofed SYNs expire after one SYN-ACK retransmission (about 3 s).
         try sysctl("p1", "net.ipv4.tcp_synack_retries=1")

@@ -610,13 +610,27 @@ static __always_inline int forward(struct __sk_buff *skb, const struct packet *p
  * never reaches the stack or the queue.
  */
 
-/* The listener's TCP_MAXSEG (tcp_sock.rx_opt.user_mss), read through BTF: libbpf relocates the
- * offsets to the running kernel's. */
+/* The listener's TCP_MAXSEG (tcp_sock.rx_opt.user_mss) and, for listener_probe, its SYN queue
+ * (icsk_accept_queue.qlen: its request sockets), read through BTF: libbpf relocates the offsets
+ * to the running kernel's. */
 struct tcp_options_received___proxyside {
     __u16 user_mss;
 } __attribute__((preserve_access_index));
 
+struct atomic___proxyside {
+    int counter;
+} __attribute__((preserve_access_index));
+
+struct request_sock_queue___proxyside {
+    struct atomic___proxyside qlen;
+} __attribute__((preserve_access_index));
+
+struct inet_connection_sock___proxyside {
+    struct request_sock_queue___proxyside icsk_accept_queue;
+} __attribute__((preserve_access_index));
+
 struct tcp_sock___proxyside {
+    struct inet_connection_sock___proxyside inet_conn;
     struct tcp_options_received___proxyside rx_opt;
 } __attribute__((preserve_access_index));
 
@@ -1923,11 +1937,19 @@ int second_chance_xdp(struct xdp_md *ctx)
 }
 
 /*
- * What the queue's responder cannot learn from sock_diag: a listener's TCP_MAXSEG. Run by the
- * daemon's listener monitor through BPF_PROG_TEST_RUN (never attached) on a frame holding an IP
- * and a TCP header towards the listener's address and port; it finds the listener as a SYN would
- * and writes its user_mss over the frame's first two bytes. TC_ACT_SHOT: no listener there.
+ * What sock_diag cannot tell the listener monitor cheaply: a listener's TCP_MAXSEG, which it does
+ * not report, and its SYN queue, which it counts only by walking every established socket. Run
+ * through BPF_PROG_TEST_RUN (never attached) on a frame holding an IP and a TCP header towards
+ * the listener's address and port; it finds the listener as a SYN would and writes its user_mss
+ * and its SYN queue's length (struct listener_reading) over the frame's first bytes. TC_ACT_SHOT:
+ * no listener there.
  */
+struct listener_reading {
+    __u16 user_mss;
+    __u16 reserved;
+    __u32 syn_queue;
+};
+
 SEC("tc")
 int listener_probe(struct __sk_buff *skb)
 {
@@ -1962,15 +1984,17 @@ int listener_probe(struct __sk_buff *skb)
     struct bpf_sock *socket = bpf_skc_lookup_tcp(skb, &tuple, tuple_size, BPF_F_CURRENT_NETNS, 0);
     if (!socket)
         return TC_ACT_SHOT;
-    __u16 user_mss = 0;
+    struct listener_reading reading = {};
     int found = socket->state == BPF_TCP_LISTEN;
     struct tcp_sock___proxyside *tp = found ? (void *)bpf_skc_to_tcp_sock(socket) : NULL;
-    if (tp)
-        user_mss = tp->rx_opt.user_mss;
+    if (tp) {
+        reading.user_mss = tp->rx_opt.user_mss;
+        reading.syn_queue = (__u32)tp->inet_conn.icsk_accept_queue.qlen.counter;
+    }
     bpf_sk_release(socket);
-    if (!found)
+    if (!tp)
         return TC_ACT_SHOT;
-    if (bpf_skb_store_bytes(skb, 0, &user_mss, sizeof(user_mss), 0))
+    if (bpf_skb_store_bytes(skb, 0, &reading, sizeof(reading), 0))
         return TC_ACT_SHOT;
     return TC_ACT_OK;
 }
