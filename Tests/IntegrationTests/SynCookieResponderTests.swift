@@ -431,7 +431,8 @@ final class SynCookieResponderTests: XCTestCase {
         let key = ListenerKey(address: .v4(Lab.vip), port: Self.port)
         let walked = try SockDiag(namespace: NetworkNamespace(nameOrPath: lab.namespace("p1")))
             .dumpListeners(requestSockets: true).first { $0.key == key }
-        XCTAssertGreaterThanOrEqual(walked?.requestSockets ?? 0, 16, "the flood filled the SYN queue: \(String(describing: walked))")
+        XCTAssertGreaterThanOrEqual(
+            walked?.requestSockets ?? 0, 16, "the flood filled the SYN queue: \(String(describing: walked))")
         let monitor = try ListenerMonitor(
             configuration: ResponderConfiguration(mode: .auto), namespace: lab.namespace("p1"),
             logger: Logger(label: "test"))
@@ -444,7 +445,9 @@ final class SynCookieResponderTests: XCTestCase {
                 let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
                 _ = SocketOptions.enable(fd, SOL_SOCKET, SO_REUSEPORT)
                 let bound = SocketAddress(.v4(Lab.vip), port: Self.port + 1).withSockaddr { bind(fd, $0, $1) == 0 }
-                guard fd >= 0, bound, Glibc.listen(fd, 16) == 0 else { throw LabError("a group member: errno \(errno)") }
+                guard fd >= 0, bound, Glibc.listen(fd, 16) == 0 else {
+                    throw LabError("a group member: errno \(errno)")
+                }
                 return fd
             }
         }
