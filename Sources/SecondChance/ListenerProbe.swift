@@ -49,7 +49,9 @@ final class ListenerProbe {
         // struct listener_reading: user_mss, two reserved bytes, syn_queue (host byte order).
         guard let (action, output) = result, action == Self.tcOK, output.count >= 8 else { return nil }
         return output.withUnsafeBytes {
-            Reading(userMSS: $0.loadUnaligned(as: UInt16.self), synQueue: $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self))
+            Reading(
+                userMSS: $0.loadUnaligned(as: UInt16.self),
+                synQueue: $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self))
         }
     }
 }

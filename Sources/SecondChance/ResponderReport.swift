@@ -42,7 +42,8 @@ public enum ResponderReport {
         out.sample("second_chance_listener_scans_total", [:], monitor.scans)
         out.family(
             "second_chance_listener_request_walks_total", .counter,
-            help: "Walks of every established socket (sock_diag) to count SYN queues the listener probe could not read.")
+            help: "Walks of every established socket (sock_diag) to count SYN queues the listener probe could not read."
+        )
         out.sample("second_chance_listener_request_walks_total", [:], monitor.requestWalks)
         out.family(
             "second_chance_kernel_tcpext", .counter,
