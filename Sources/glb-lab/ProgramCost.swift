@@ -99,19 +99,23 @@ struct ProgramCost: ParsableCommand {
         return (programs, keep, objects)
     }
 
-    /// The cases, as Ethernet frames to this interface's address from the director: an ACK of the
-    /// established connection, a SYN, an ACK of no connection with a next hop (forwarded), and
-    /// one with no hops left (the last resort).
+    /// The cases, as Ethernet frames to this interface's address from the director, without a UDP
+    /// checksum as glb-director sends them: an ACK of the established connection, a SYN, an ACK of
+    /// no connection with a next hop (forwarded), one with no hops left (the last resort), and the
+    /// forward again with a UDP checksum, as another encapsulator may send it.
     func frames() throws -> [(String, [UInt8])] {
         let ethernet = try Blast.mac(of: interface) + [0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00]
-        func gue(_ source: IPv4Address, _ port: UInt16, _ flags: TCPFlags, hops: [IPv4Address], options: [UInt8] = [])
-            -> [UInt8]
-        {
+        func gue(
+            _ source: IPv4Address, _ port: UInt16, _ flags: TCPFlags, hops: [IPv4Address], options: [UInt8] = [],
+            checksum: Bool = false
+        ) -> [UInt8] {
             let inner = PacketBuilder.tcp(
                 source: .v4(source), sourcePort: port, destination: .v4(vip), destinationPort: 80, flags: flags,
                 sequence: 1000, acknowledgement: flags.contains(.ack) ? 2000 : 0, options: options)
             return ethernet
-                + PacketBuilder.gue(from: director, to: selfAddress, sourcePort: 0x8123, inner: inner, hops: hops)
+                + PacketBuilder.gue(
+                    from: director, to: selfAddress, sourcePort: 0x8123, inner: inner, hops: hops,
+                    udpChecksum: checksum)
         }
         return [
             ("established ACK", gue(established, establishedPort, .ack, hops: [hop])),
@@ -121,6 +125,7 @@ struct ProgramCost: ParsableCommand {
             ),
             ("forward (no socket, next hop)", gue(IPv4Address("198.18.0.1")!, 40001, .ack, hops: [hop])),
             ("last hop (no socket, no hops)", gue(IPv4Address("198.18.0.1")!, 40002, .ack, hops: [])),
+            ("forward, UDP checksum", gue(IPv4Address("198.18.0.1")!, 40001, .ack, hops: [hop], checksum: true)),
         ]
     }
 

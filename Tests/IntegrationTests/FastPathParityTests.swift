@@ -423,6 +423,14 @@ final class FastPathParityTests: XCTestCase {
         return packet
     }
 
+    /// An inner IPv4 TCP segment whose checksum is wrong (tc forwards it all the same, reading
+    /// nothing of the segment; so does XDP, where no UDP checksum needs updating).
+    static func wrongTCPChecksum(_ inner: [UInt8]) -> [UInt8] {
+        var inner = inner
+        inner[20 + 16] ^= 1
+        return inner
+    }
+
     static func tcp(
         _ source: IPAddress, _ sourcePort: UInt16, _ destination: IPAddress, _ destinationPort: UInt16,
         _ flags: TCPFlags
@@ -451,6 +459,10 @@ final class FastPathParityTests: XCTestCase {
             ("listener only: forwarded", gue(tcp(client, 40002, vip, 80, .ack))),
             ("listener only: forwarded, IPv6", gue(tcp(client6, 40002, vip6, 80, .ack))),
             ("forwarded, no UDP checksum", gue(tcp(client, 40002, vip, 80, .ack), checksum: false)),
+            (
+                "forwarded, no UDP checksum, inner checksum wrong",
+                gue(wrongTCPChecksum(tcp(client, 40002, vip, 80, .ack)), checksum: false)
+            ),
             ("forwarded, second hop", gue(tcp(client, 40002, vip, 80, .ack), hops: [Lab.p1, Lab.p2], nextHop: 1)),
             ("forwarded, UDP checksum wrong", wrongUDPChecksum(gue(tcp(client, 40002, vip, 80, .ack)))),
             ("nothing listens: forwarded", gue(tcp(client, 40003, vip, closedPort, .ack))),
@@ -621,7 +633,7 @@ final class FastPathParityTests: XCTestCase {
     func compareNamedCases(_ harness: inout Harness, _ established: [FlowKey]) throws {
         for (name, packet) in Self.namedCases(established: established) { try harness.compare(packet, name) }
         // Every named case that the program decides is decided, not sent up: the cases above
-        // name 40 decided packets (forwarded, taken, dropped) and 2 inner non-TCP ones; a last
+        // name 41 decided packets (forwarded, taken, dropped) and 2 inner non-TCP ones; a last
         // hop's established segment counts as established, as glb-redirect counts it.
         XCTAssertEqual(harness.outcomes["up"], 2, "\(harness.outcomes)")
         XCTAssertGreaterThanOrEqual(harness.outcomes["forwarded"] ?? 0, 5, "\(harness.outcomes)")

@@ -1518,6 +1518,11 @@ static __always_inline struct verdict owning_socket(void *ctx, struct packet *pa
             if (packet->config->flags & FP_F_RESPONDER)
                 counts = served_counts(socket);
         }
+        /* XDP takes it only with its checksum verified (second_chance_xdp), before it counts. */
+        if (xdp && checked == 0 && !inner_checksum_valid(ctx, packet)) {
+            bpf_sk_release(socket);
+            return conclude(V_TC, 0);
+        }
         if (checked == 0) {
             count_listener(counts, FP_L_COOKIE_ACKS_VALID);
             bpf_sk_release(socket);
@@ -1579,10 +1584,6 @@ static __always_inline struct verdict decide(void *ctx, struct packet *packet, i
     verdict = process_inner(packet);
     if (verdict.kind != V_CONTINUE)
         return verdict;
-    /* The driver's checksum verdict was the outer datagram's, and stays on what XDP passes up
-     * decapsulated: a segment XDP cannot verify goes to tc, whose decapsulation drops it. */
-    if (xdp && !inner_checksum_valid(ctx, packet))
-        return conclude(V_TC, 0);
     return classify(ctx, packet, xdp);
 }
 
@@ -1698,8 +1699,8 @@ static __always_inline __u16 checksum_replaced(__u16 check, __u32 from, __u32 to
 }
 
 /*
- * Whether the outer UDP checksum is right, from headers alone. XDP forwards only a packet whose
- * inner segment's checksum it verified (decide), and that segment's sum is then the negation of
+ * Whether the outer UDP checksum is right, from headers alone. Called once the inner segment's
+ * checksum is verified (xdp_forward), so that segment's sum is the negation of
  * its pseudo-header's: the datagram's sum is the UDP, GUE and GLB headers' and the inner IP
  * header's, less the inner pseudo-header's share that is not the addresses (which cancel). On a
  * veth a checksum the sender's stack left for the device to finish (CHECKSUM_PARTIAL) is not
@@ -1763,7 +1764,7 @@ static __always_inline int xdp_forward(struct xdp_md *ctx, const struct packet *
     if ((void *)(outer + 1) > end)
         return XDP_PASS;
     __u16 check = outer->udp.check;
-    if (check && !outer_checksum_valid(ctx, packet))
+    if (check && (!inner_checksum_valid(ctx, packet) || !outer_checksum_valid(ctx, packet)))
         return XDP_PASS;
     struct bpf_fib_lookup route;
     if (route_to_hop(ctx, packet, outer, &route) != BPF_FIB_LKUP_RET_SUCCESS || route.ifindex != packet->ifindex)
@@ -1910,6 +1911,12 @@ int second_chance_xdp(struct xdp_md *ctx)
     struct verdict verdict = process_outer(&packet);
     if (verdict.kind == V_CONTINUE)
         verdict = decide(ctx, &packet, 1);
+    /* The driver's checksum verdict was the outer datagram's, and stays on what XDP passes up
+     * decapsulated: a segment XDP cannot verify goes to tc, whose decapsulation drops it, and
+     * none is answered. A forward needs it only to update a UDP checksum (xdp_forward; GLB's
+     * director sends none), a drop not at all: tc decides either without reading the segment. */
+    if ((verdict.kind == V_LOCAL || verdict.kind == V_RESPOND) && !inner_checksum_valid(ctx, &packet))
+        verdict = conclude(V_TC, 0);
     if (verdict.kind == V_RESPOND) {
         int action = XDP_PASS;
         enum answer answer = xdp_respond(ctx, &packet, &action);
