@@ -151,9 +151,10 @@ public final class SockDiag {
                             fromByteOffset: 4 * Self.skMemInfoReceiveBuffer, as: UInt32.self)
                     }
                     // For a listener, rqueue is the accept queue and wqueue its backlog (inet_diag_msg_common_fill).
-                    let listener = ListenerObservation(
+                    var listener = ListenerObservation(
                         key: key, backlog: message.idiag_wqueue, acceptQueue: message.idiag_rqueue, requestSockets: 0,
                         receiveBuffer: receiveBuffer)
+                    listener.boundDevice = message.id.idiag_if
                     if listeners[key] == nil { listeners[key] = listener } else { listeners[key]!.addMember(listener) }
                 }
             }

@@ -23,6 +23,9 @@ public struct ListenerObservation: Equatable, Sendable {
     public var receiveBuffer: UInt32
     /// Sockets listening on this address and port: more than one is an SO_REUSEPORT group.
     public var members: UInt32 = 1
+    /// The device a member is bound to (SO_BINDTODEVICE, or an IPv6 link-local address's
+    /// scope), 0 for none.
+    public var boundDevice: UInt32 = 0
 
     public init(key: ListenerKey, backlog: UInt32, acceptQueue: UInt32, requestSockets: UInt32, receiveBuffer: UInt32) {
         self.key = key
@@ -45,5 +48,6 @@ public struct ListenerObservation: Equatable, Sendable {
         requestSockets = sum(requestSockets, other.requestSockets)
         receiveBuffer = min(receiveBuffer, other.receiveBuffer)
         members = sum(members, other.members)
+        boundDevice = max(boundDevice, other.boundDevice)
     }
 }

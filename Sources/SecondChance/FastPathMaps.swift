@@ -280,12 +280,14 @@ public struct FastPathMaps: Sendable {
 
     /// Every slot summed over the CPUs.
     public func readCounters() -> FastPathCounterValues {
-        var perCPU = [UInt64](repeating: 0, count: Self.cpus)
-        var slots = [UInt64](repeating: 0, count: FastPathCounters.slotCount)
-        for slot in 0..<slots.count {
-            var key = UInt32(slot)
-            guard bpf_map_lookup_elem(counters, &key, &perCPU) == 0 else { continue }
-            slots[slot] = perCPU.reduce(0, &+)
+        // One struct fp_counter_block per CPU, whole words each.
+        let count = FastPathCounters.slotCount
+        var perCPU = [UInt64](repeating: 0, count: Self.cpus * count)
+        var slots = [UInt64](repeating: 0, count: count)
+        var key: UInt32 = 0
+        guard bpf_map_lookup_elem(counters, &key, &perCPU) == 0 else { return FastPathCounterValues(slots: slots) }
+        for cpu in 0..<Self.cpus {
+            for slot in 0..<count { slots[slot] &+= perCPU[cpu * count + slot] }
         }
         return FastPathCounterValues(slots: slots)
     }

@@ -202,21 +202,25 @@ public final class ListenerMonitor: @unchecked Sendable {
     }
 
     /// The listeners, with their SYN queues where `countingRequests`: read by the probe, one
-    /// test run per listener, where each is a single socket and there are at most
-    /// `probedListeners`; otherwise counted by sock_diag, which walks every established socket of
-    /// the host (`requestWalks`). During a flood the monitor counts them at every scan, and that
-    /// walk was most of its CPU.
+    /// test run per listener, where each is a single socket bound to no device and there are at
+    /// most `probedListeners`; otherwise counted by sock_diag, which walks every established
+    /// socket of the host (`requestWalks`). During a flood the monitor counts them at every scan,
+    /// and that walk was most of its CPU.
     private func observe(countingRequests: Bool) throws -> [ListenerObservation] {
         var listeners = try sockDiag.dumpListeners(requestSockets: false)
         guard countingRequests, !listeners.isEmpty else { return listeners }
-        if let probe, listeners.count <= Self.probedListeners, listeners.allSatisfy({ $0.members == 1 }) {
-            var index = listeners.startIndex
-            while index < listeners.endIndex, let reading = probe.read(listeners[index].key) {
-                listeners[index].requestSockets = reading.synQueue
-                index += 1
+        if let probe, listeners.count <= Self.probedListeners,
+            listeners.allSatisfy({ $0.members == 1 && $0.boundDevice == 0 })
+        {
+            let readings = probe.read(listeners.map(\.key)).compactMap { $0 }
+            // A listener the probe did not find as itself (gone, replaced, another socket
+            // answering for it) is counted by the walk, with all the others.
+            if readings.count == listeners.count {
+                for (index, reading) in zip(listeners.indices, readings) {
+                    listeners[index].requestSockets = reading.synQueue
+                }
+                return listeners
             }
-            // A listener the probe did not find (gone, or replaced by a group) is counted below.
-            if index == listeners.endIndex { return listeners }
         }
         completedWalks.add(1, ordering: .relaxed)
         return try sockDiag.dumpListeners(requestSockets: true)

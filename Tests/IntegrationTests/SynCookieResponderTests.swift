@@ -423,8 +423,10 @@ final class SynCookieResponderTests: XCTestCase {
     /// A SYN queue is counted at every scan while its listener is served, and at every rise of
     /// the overflow counters: by the listener probe, one test run per listener, never by walking
     /// every established socket of the host (most of the monitor's CPU during a flood, BENCHMARKS.md).
-    /// An SO_REUSEPORT group, whose members the probe cannot add up, is still walked.
-    func testSYNQueuesAreReadByTheProbeAndOnlyGroupsAreWalked() throws {
+    /// What the probe cannot read as itself is walked: an SO_REUSEPORT group (the probe finds one
+    /// member), a listener bound to a device (a local user's, on the listener's port, would
+    /// otherwise answer the probe in its place).
+    func testSYNQueuesAreReadByTheProbeAndOnlyWhatItCannotReadIsWalked() throws {
         try listen(.v4(Lab.vip))
         try startSecondChance(["--syn-cookies", "off"])  // the kernel answers: its SYN queue fills
         try flood(400)
@@ -433,28 +435,41 @@ final class SynCookieResponderTests: XCTestCase {
             .dumpListeners(requestSockets: true).first { $0.key == key }
         XCTAssertGreaterThanOrEqual(
             walked?.requestSockets ?? 0, 16, "the flood filled the SYN queue: \(String(describing: walked))")
-        let monitor = try ListenerMonitor(
-            configuration: ResponderConfiguration(mode: .auto), namespace: lab.namespace("p1"),
-            logger: Logger(label: "test"))
-        monitor.scan(now: MonotonicClock.nanoseconds(), overflowed: true)
-        XCTAssertNotNil(monitor.board.snapshot().listeners[key], "the probe read the full SYN queue")
-        XCTAssertEqual(monitor.requestWalks, 0, "nothing was walked")
-
-        let group = try lab.inside("p1") {
-            try (0..<2).map { _ in
-                let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-                _ = SocketOptions.enable(fd, SOL_SOCKET, SO_REUSEPORT)
-                let bound = SocketAddress(.v4(Lab.vip), port: Self.port + 1).withSockaddr { bind(fd, $0, $1) == 0 }
-                guard fd >= 0, bound, Glibc.listen(fd, 16) == 0 else {
-                    throw LabError("a group member: errno \(errno)")
-                }
-                return fd
-            }
+        // A monitor that has seen nothing yet: what it serves, it counted at this one scan.
+        func scanned() throws -> ListenerMonitor {
+            let monitor = try ListenerMonitor(
+                configuration: ResponderConfiguration(mode: .auto), namespace: lab.namespace("p1"),
+                logger: Logger(label: "test"))
+            monitor.scan(now: MonotonicClock.nanoseconds(), overflowed: true)
+            return monitor
         }
-        defer { group.forEach { close($0) } }
-        monitor.scan(now: MonotonicClock.nanoseconds(), overflowed: true)
-        XCTAssertEqual(monitor.requestWalks, 1, "the group was counted by the walk")
-        XCTAssertNotNil(monitor.board.snapshot().listeners[key], "and the full queue still counted")
+        let probed = try scanned()
+        XCTAssertNotNil(probed.board.snapshot().listeners[key], "the probe read the full SYN queue")
+        XCTAssertEqual(probed.requestWalks, 0, "nothing was walked")
+
+        for (name, members, device) in [("bound to a device", 1, "lo"), ("an SO_REUSEPORT group", 2, "")] {
+            let sockets = try lab.inside("p1") {
+                try (0..<members).map { _ in try otherListener(port: Self.port + 1, device: device) }
+            }
+            defer { sockets.forEach { close($0) } }
+            let monitor = try scanned()
+            XCTAssertEqual(monitor.requestWalks, 1, "\(name): walked")
+            XCTAssertNotNil(monitor.board.snapshot().listeners[key], "\(name): the walk counted the full queue")
+        }
+    }
+
+    /// A listener on the VIP's `port`, one of an SO_REUSEPORT group, bound to `device` if named.
+    func otherListener(port: UInt16, device: String) throws -> Int32 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        _ = SocketOptions.enable(fd, SOL_SOCKET, SO_REUSEPORT)
+        let named =
+            device.isEmpty || setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, device, socklen_t(device.utf8.count)) == 0
+        let bound = SocketAddress(.v4(Lab.vip), port: port).withSockaddr { bind(fd, $0, $1) == 0 }
+        guard fd >= 0, named, bound, Glibc.listen(fd, 16) == 0 else {
+            if fd >= 0 { close(fd) }
+            throw LabError("a listener on \(port): errno \(errno)")
+        }
+        return fd
     }
 
     func testResponderTurnsOffAfterTheQueueDrains() throws {

@@ -198,4 +198,22 @@ enum fp_counter {
     FP_COUNTER_COUNT
 };
 
+/* What listener_probe writes over the start of its frame: the listener it found, read. Its port,
+ * device, family and local address (IPv4: the first word, network order) let the caller check it
+ * is the one it asked about. */
+struct fp_listener_reading {
+    __u16 user_mss;
+    __u16 port; /* host order */
+    __u32 syn_queue;
+    __u32 bound_dev_if;
+    __u32 family;
+    __u32 address[4];
+};
+
+/* fp_counters' one entry, per CPU: every slot in one value, so that a packet's counts (the total
+ * and its reason) cost one look-up. */
+struct fp_counter_block {
+    __u64 slots[FP_COUNTER_COUNT];
+};
+
 #endif

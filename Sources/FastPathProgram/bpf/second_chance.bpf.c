@@ -195,9 +195,9 @@ struct {
 
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-    __uint(max_entries, FP_COUNTER_COUNT);
+    __uint(max_entries, 1);
     __type(key, __u32);
-    __type(value, __u64);
+    __type(value, struct fp_counter_block);
 } fp_counters SEC(".maps");
 
 /* GUE's header (draft-ietf-intarea-gue, variant 0): version and control flag, hlen (the words
@@ -255,10 +255,22 @@ static __always_inline const struct fp_config *current_config(void)
 
 static __always_inline void count(enum fp_counter slot)
 {
-    __u32 key = slot;
-    __u64 *value = bpf_map_lookup_elem(&fp_counters, &key);
-    if (value)
-        *value += 1;
+    __u32 zero = 0;
+    struct fp_counter_block *block = bpf_map_lookup_elem(&fp_counters, &zero);
+    if (block && slot < FP_COUNTER_COUNT)
+        block->slots[slot] += 1;
+}
+
+/* A decided packet: the total and its reason, in one look-up. */
+static __always_inline void count_decided(enum fp_counter reason)
+{
+    __u32 zero = 0;
+    struct fp_counter_block *block = bpf_map_lookup_elem(&fp_counters, &zero);
+    if (!block)
+        return;
+    block->slots[FP_TOTAL] += 1;
+    if (reason < FP_COUNTER_COUNT)
+        block->slots[reason] += 1;
 }
 
 static __always_inline int up(enum fp_counter reason)
@@ -269,8 +281,7 @@ static __always_inline int up(enum fp_counter reason)
 
 static __always_inline int drop(enum fp_counter reason)
 {
-    count(FP_TOTAL);
-    count(reason);
+    count_decided(reason);
     return TC_ACT_SHOT;
 }
 
@@ -476,6 +487,7 @@ struct packet {
     struct bpf_sock_tuple tuple;
     /* classify */
     __u32 hop;
+    __u8 inner_verified; /* XDP: 0 not yet, 1 the inner segment's checksum is right, 2 wrong */
 };
 
 /* The socket look-up's tuple size, a constant on each branch (the verifier bounds the look-up's
@@ -509,8 +521,7 @@ static __always_inline int deliver(struct __sk_buff *skb, const struct packet *p
         return TC_ACT_SHOT; /* cannot happen: the MAC header stays */
     if (packet->ipv6)
         eth->h_proto = bpf_htons(ETH_P_IPV6);
-    count(FP_TOTAL);
-    count(reason);
+    count_decided(reason);
     return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
 }
 
@@ -599,8 +610,7 @@ static __always_inline int forward(struct __sk_buff *skb, const struct packet *p
             bpf_l4_csum_replace(skb, offset, 0, (__u32)addresses, flags | BPF_F_PSEUDO_HDR))
             return TC_ACT_SHOT; /* cannot happen: the offset is inside the linear head */
     }
-    count(FP_TOTAL);
-    count(FP_FORWARDED);
+    count_decided(FP_FORWARDED);
     return bpf_redirect(route.ifindex, 0);
 }
 
@@ -1158,8 +1168,7 @@ static __always_inline __u32 write_synack_frame(__u8 *scratch, void *inner, void
 /* A SYN-ACK sent, counted alike by both entry points. */
 static __always_inline void count_answer(struct fp_listener_counts *counts)
 {
-    count(FP_TOTAL);
-    count(FP_COOKIES_SENT);
+    count_decided(FP_COOKIES_SENT);
     count_listener(counts, FP_L_COOKIES_SENT);
 }
 
@@ -1480,6 +1489,15 @@ static __attribute__((noinline)) int inner_checksum_valid(struct xdp_md *ctx, co
 }
 
 /* Taken here: for an inner destination this host owns from a source that is not martian. */
+/* inner_checksum_valid, once per packet: a cookie ACK's is verified before it is counted, and
+ * again before it is delivered. */
+static __always_inline int inner_verified(void *ctx, struct packet *packet)
+{
+    if (!packet->inner_verified)
+        packet->inner_verified = inner_checksum_valid(ctx, packet) ? 1 : 2;
+    return packet->inner_verified == 1;
+}
+
 static __always_inline struct verdict deliverable(const struct packet *packet, enum fp_counter reason)
 {
     enum fp_counter refusal = local_refusal(packet->inner, packet->end, packet->ipv6);
@@ -1508,7 +1526,9 @@ static __always_inline struct verdict owning_socket(void *ctx, struct packet *pa
                                                sizeof(*tcp));
         /* An ACK compared and found no cookie is counted, and mostly forwarded: tc, which
          * forwards, checks (and counts) it, once. */
-        if (xdp && checked == -13) {
+        /* And XDP takes a cookie ACK only with its checksum verified (second_chance_xdp), before
+         * anything is counted: one it cannot verify is tc's to check and count. */
+        if (xdp && (checked == -13 || (checked == 0 && !inner_verified(ctx, packet)))) {
             bpf_sk_release(socket);
             return conclude(V_TC, 0);
         }
@@ -1517,11 +1537,6 @@ static __always_inline struct verdict owning_socket(void *ctx, struct packet *pa
             count(FP_COOKIE_CHECKS);
             if (packet->config->flags & FP_F_RESPONDER)
                 counts = served_counts(socket);
-        }
-        /* XDP takes it only with its checksum verified (second_chance_xdp), before it counts. */
-        if (xdp && checked == 0 && !inner_checksum_valid(ctx, packet)) {
-            bpf_sk_release(socket);
-            return conclude(V_TC, 0);
         }
         if (checked == 0) {
             count_listener(counts, FP_L_COOKIE_ACKS_VALID);
@@ -1684,8 +1699,7 @@ static __always_inline int xdp_deliver(struct xdp_md *ctx, const struct packet *
     if ((void *)(eth + 1) > (void *)(long)ctx->data_end)
         return XDP_DROP; /* cannot happen: the inner packet's headers were read */
     *eth = header;
-    count(FP_TOTAL);
-    count(reason);
+    count_decided(reason);
     return XDP_PASS;
 }
 
@@ -1779,8 +1793,7 @@ static __always_inline int xdp_forward(struct xdp_md *ctx, const struct packet *
         check = checksum_replaced(check, change.old_source, packet->config->self_ip4);
         outer->udp.check = checksum_replaced(check, change.old_destination, packet->hop);
     }
-    count(FP_TOTAL);
-    count(FP_FORWARDED);
+    count_decided(FP_FORWARDED);
     return XDP_TX;
 }
 
@@ -1915,7 +1928,7 @@ int second_chance_xdp(struct xdp_md *ctx)
      * decapsulated: a segment XDP cannot verify goes to tc, whose decapsulation drops it, and
      * none is answered. A forward needs it only to update a UDP checksum (xdp_forward; GLB's
      * director sends none), a drop not at all: tc decides either without reading the segment. */
-    if ((verdict.kind == V_LOCAL || verdict.kind == V_RESPOND) && !inner_checksum_valid(ctx, &packet))
+    if ((verdict.kind == V_LOCAL || verdict.kind == V_RESPOND) && !inner_verified(ctx, &packet))
         verdict = conclude(V_TC, 0);
     if (verdict.kind == V_RESPOND) {
         int action = XDP_PASS;
@@ -1948,14 +1961,9 @@ int second_chance_xdp(struct xdp_md *ctx)
  * not report, and its SYN queue, which it counts only by walking every established socket. Run
  * through BPF_PROG_TEST_RUN (never attached) on a frame holding an IP and a TCP header towards
  * the listener's address and port; it finds the listener as a SYN would and writes its user_mss
- * and its SYN queue's length (struct listener_reading) over the frame's first bytes. TC_ACT_SHOT:
+ * and its SYN queue's length (struct fp_listener_reading) over the frame's first bytes. TC_ACT_SHOT:
  * no listener there.
  */
-struct listener_reading {
-    __u16 user_mss;
-    __u16 reserved;
-    __u32 syn_queue;
-};
 
 SEC("tc")
 int listener_probe(struct __sk_buff *skb)
@@ -1991,12 +1999,23 @@ int listener_probe(struct __sk_buff *skb)
     struct bpf_sock *socket = bpf_skc_lookup_tcp(skb, &tuple, tuple_size, BPF_F_CURRENT_NETNS, 0);
     if (!socket)
         return TC_ACT_SHOT;
-    struct listener_reading reading = {};
+    struct fp_listener_reading reading = {};
     int found = socket->state == BPF_TCP_LISTEN;
     struct tcp_sock___proxyside *tp = found ? (void *)bpf_skc_to_tcp_sock(socket) : NULL;
     if (tp) {
         reading.user_mss = tp->rx_opt.user_mss;
         reading.syn_queue = (__u32)tp->inet_conn.icsk_accept_queue.qlen.counter;
+        reading.port = (__u16)socket->src_port;
+        reading.bound_dev_if = socket->bound_dev_if;
+        reading.family = socket->family;
+        if (socket->family == 2 /* AF_INET */) {
+            reading.address[0] = socket->src_ip4;
+        } else {
+            reading.address[0] = socket->src_ip6[0];
+            reading.address[1] = socket->src_ip6[1];
+            reading.address[2] = socket->src_ip6[2];
+            reading.address[3] = socket->src_ip6[3];
+        }
     }
     bpf_sk_release(socket);
     if (!tp)
