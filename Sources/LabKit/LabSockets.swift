@@ -38,11 +38,21 @@ public enum LabSockets {
         return fd
     }
 
-    public static func listenTCP(on address: IPAddress, port: UInt16, backlog: Int32 = 1024) throws -> Int32 {
+    /// A listener; `reusePort` makes it one of an SO_REUSEPORT group, `device` binds it to that
+    /// device (SO_BINDTODEVICE).
+    public static func listenTCP(
+        on address: IPAddress, port: UInt16, backlog: Int32 = 1024, reusePort: Bool = false, device: String? = nil
+    ) throws -> Int32 {
         let fd = try makeSocket(address, SOCK_STREAM)
         SocketOptions.enable(fd, SOL_SOCKET, SO_REUSEADDR)
         // The VIP may not be configured yet when the service starts, as on a real proxy.
         SocketOptions.enable(fd, Int32(IPPROTO_IP), IP_FREEBIND)
+        if reusePort { SocketOptions.enable(fd, SOL_SOCKET, SO_REUSEPORT) }
+        if let device {
+            try orClose(fd, "SO_BINDTODEVICE \(device)") {
+                setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, device, socklen_t(device.utf8.count))
+            }
+        }
         try orClose(fd, "bind \(address):\(port)") {
             SocketAddress(address, port: port).withSockaddr { bind(fd, $0, $1) }
         }

@@ -206,7 +206,7 @@ public final class ListenerMonitor: @unchecked Sendable {
     /// most `probedListeners`; otherwise counted by sock_diag, which walks every established
     /// socket of the host (`requestWalks`). During a flood the monitor counts them at every scan,
     /// and that walk was most of its CPU.
-    private func observe(countingRequests: Bool) throws -> [ListenerObservation] {
+    private func observe(countingRequests: Bool, now: UInt64) throws -> [ListenerObservation] {
         var listeners = try sockDiag.dumpListeners(requestSockets: false)
         guard countingRequests, !listeners.isEmpty else { return listeners }
         if let probe, listeners.count <= Self.probedListeners,
@@ -218,6 +218,7 @@ public final class ListenerMonitor: @unchecked Sendable {
             if readings.count == listeners.count {
                 for (index, reading) in zip(listeners.indices, readings) {
                     listeners[index].requestSockets = reading.synQueue
+                    userMSS[listeners[index].key] = (reading.userMSS, now)  // read in the same run
                 }
                 return listeners
             }
@@ -244,7 +245,7 @@ public final class ListenerMonitor: @unchecked Sendable {
         let countRequests =
             overflowed || configuration.policy.activatePercent < 100 || tracker.states.values.contains { $0.active }
         let observations: [ListenerObservation]
-        do { observations = try observe(countingRequests: countRequests) } catch {
+        do { observations = try observe(countingRequests: countRequests, now: now) } catch {
             logger.info("listener scan failed, keeping the last one: \(error)")
             return
         }

@@ -447,29 +447,18 @@ final class SynCookieResponderTests: XCTestCase {
         XCTAssertNotNil(probed.board.snapshot().listeners[key], "the probe read the full SYN queue")
         XCTAssertEqual(probed.requestWalks, 0, "nothing was walked")
 
-        for (name, members, device) in [("bound to a device", 1, "lo"), ("an SO_REUSEPORT group", 2, "")] {
+        for (name, members, device) in [("bound to a device", 1, "lo"), ("an SO_REUSEPORT group", 2, nil)] {
             let sockets = try lab.inside("p1") {
-                try (0..<members).map { _ in try otherListener(port: Self.port + 1, device: device) }
+                try (0..<members).map { _ in
+                    try LabSockets.listenTCP(
+                        on: .v4(Lab.vip), port: Self.port + 1, backlog: 16, reusePort: true, device: device)
+                }
             }
             defer { sockets.forEach { close($0) } }
             let monitor = try scanned()
             XCTAssertEqual(monitor.requestWalks, 1, "\(name): walked")
             XCTAssertNotNil(monitor.board.snapshot().listeners[key], "\(name): the walk counted the full queue")
         }
-    }
-
-    /// A listener on the VIP's `port`, one of an SO_REUSEPORT group, bound to `device` if named.
-    func otherListener(port: UInt16, device: String) throws -> Int32 {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        _ = SocketOptions.enable(fd, SOL_SOCKET, SO_REUSEPORT)
-        let named =
-            device.isEmpty || setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, device, socklen_t(device.utf8.count)) == 0
-        let bound = SocketAddress(.v4(Lab.vip), port: port).withSockaddr { bind(fd, $0, $1) == 0 }
-        guard fd >= 0, named, bound, Glibc.listen(fd, 16) == 0 else {
-            if fd >= 0 { close(fd) }
-            throw LabError("a listener on \(port): errno \(errno)")
-        }
-        return fd
     }
 
     func testResponderTurnsOffAfterTheQueueDrains() throws {
