@@ -338,10 +338,12 @@ public final class HAProxySupervisor {
         let now = MonotonicClock.nanoseconds()
         replacements = replacements.filter { now &- $0 < 60_000_000_000 }
         // One that died in start-up had a configuration that passes the check and still fails:
-        // the replacement takes the one before it (still running, or the last that ran).
-        let livedPastStartup = now &- exited.started >= Self.startupNanoseconds
+        // the replacement takes the one before it (still running, or the last that ran). HAProxy
+        // exits 1 when it cannot start (a listener it cannot bind, a fatal error in the
+        // configuration), however long that took on a loaded host; a crash at run time is a signal.
+        let diedStarting = now &- exited.started < Self.startupNanoseconds || code == 1
         let template =
-            livedPastStartup ? exited.template : instances.last?.template ?? lastGoodTemplate ?? exited.template
+            diedStarting ? instances.last?.template ?? lastGoodTemplate ?? exited.template : exited.template
         guard replacements.count < Self.maximumReplacements else {
             logger.info(
                 """
