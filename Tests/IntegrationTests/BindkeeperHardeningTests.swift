@@ -539,6 +539,44 @@ final class BindkeeperPromiseTests: XCTestCase {
         still.forEach { close($0.fd) }
     }
 
+    /// A new HAProxy that cannot start but takes longer than the supervisor's two seconds of
+    /// start-up to say so (exit 1), as on a loaded host: replaced from the instance before it,
+    /// once, not from its own template again and again. A stand-in for HAProxy plays it.
+    func testAnInstanceSlowToFailIsReplacedFromTheOneBeforeIt() throws {
+        let script = lab.directory.appendingPathComponent("haproxy-stand-in").path
+        try """
+        #!/bin/bash
+        # Checks pass; a configuration naming fails-slowly exits 1 after 2.5 s; others serve.
+        for argument in "$@"; do [ "$argument" = -c ] && exit 0; done
+        while [ $# -gt 0 ]; do [ "$1" = -f ] && config=$2; shift; done
+        if grep -q fails-slowly "$config"; then sleep 2.5; exit 1; fi
+        trap 'exit 0' USR1 TERM
+        while true; do sleep 0.1; done
+
+        """.write(toFile: script, atomically: true, encoding: .utf8)
+        chmod(script, 0o755)
+        let template = lab.directory.appendingPathComponent("slow.cfg.tmpl").path
+        try "# serves\n".write(toFile: template, atomically: true, encoding: .utf8)
+        let pidFile = lab.directory.appendingPathComponent("slow.pid").path
+        let supervisor = try lab.start(
+            "supervisor-slow",
+            [
+                lab.binary("bindkeeper"), "haproxy", "--socket", lab.socketPath, "-f", template, "-p", pidFile, "--",
+                script,
+            ])
+        try lab.waitFor("the first instance") { FileManager.default.fileExists(atPath: pidFile) }
+        try "# fails-slowly\n".write(toFile: template, atomically: true, encoding: .utf8)
+        kill(supervisor.processIdentifier, SIGHUP)
+        try lab.waitFor("the failed instance's replacement", seconds: 20) { lab.allLogs.contains("replaced by pid") }
+        sleep(4)  // past a second slow failure, had the replacement taken the failing template
+        XCTAssertEqual(lab.allLogs.components(separatedBy: "replaced by pid").count - 1, 1, lab.allLogs)
+        let rendered = try String(contentsOfFile: HAProxyOptions.renderedPath(for: template), encoding: .utf8)
+        XCTAssertFalse(rendered.contains("fails-slowly"), "the replacement runs the configuration before: \(rendered)")
+        XCTAssertTrue(supervisor.isRunning)
+        supervisor.terminate()
+        supervisor.waitUntilExit()
+    }
+
     /// SIGHUP reloads like SIGUSR2; a new HAProxy that passes its check but dies while starting
     /// leaves the running one serving, and is replaced from the configuration before it (once:
     /// that one starts).
