@@ -30,13 +30,18 @@ struct DatagramTraffic {
 
     /// `source`: the outer source (the client's own by default; the director's to pass rules that
     /// hear only the GLB peers, sent from the director's namespace).
+    /// `proceed`: asked before each datagram; the first `false` ends the sending. Returns the
+    /// numbers sent.
+    @discardableResult
     static func send(
-        _ numbers: Range<UInt32>, pace: UInt32, from namespace: String, source: IPv4Address = Lab.client
-    ) throws {
+        _ numbers: Range<UInt32>, pace: UInt32, from namespace: String, source: IPv4Address = Lab.client,
+        while proceed: () -> Bool = { true }
+    ) throws -> Range<UInt32> {
         try NetworkNamespace(nameOrPath: namespace).run {
             let fd = try LabSockets.bindUDP(.v4(source), port: 30100)
             defer { close(fd) }
             for number in numbers {
+                guard proceed() else { return numbers.lowerBound..<number }
                 var datagram: [UInt8] = [
                     0x9c, 0x41, UInt8(DatagramTraffic.servicePort >> 8), UInt8(DatagramTraffic.servicePort & 0xff), 0,
                     12, 0, 0,
@@ -55,6 +60,7 @@ struct DatagramTraffic {
                 guard sent == payload.count else { throw SystemError("sendto GUE") }
                 if pace > 0 { usleep(pace) }
             }
+            return numbers
         }
     }
 
