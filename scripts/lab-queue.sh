@@ -16,9 +16,11 @@ dir=${2:-}
 # goes last, so a new one is never left out.
 order=(
     testSocketGroupsOnLinux5_10And6_12                                # 2, two CPUs: first, done early
-    testTheFastPathsLifeOnLinux5_10                                   # 9
     testKernelDecapsulationAndTheAttackersPacketsOnLinux6_12          # 8
-    testTheFastPathsLifeOnLinux6_1                                    # 7
+    testXDPsAndTheUnitsLifeOnLinux5_10                                # 7
+    testXDPsAndTheUnitsLifeOnLinux6_1                                 # 7
+    testTheFastPathsLifeOnLinux5_10                                   # 7
+    testTheFastPathsLifeOnLinux6_1                                    # 6
     testTheShippedNftRulesQueueTheScenariosAndAReloadOnLinux6_1       # 6
     testTheShippedNftRulesQueueTheScenariosAndAReloadOnLinux6_12      # 6
     testKernelDecapsulationOnLinux5_10                                # 5

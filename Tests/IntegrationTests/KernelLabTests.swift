@@ -75,12 +75,41 @@ final class KernelLabTests: XCTestCase {
 
     /// The program's life on 5.10, the oldest kernel it must load on, and on 6.1: established flows
     /// decided in the kernel while the daemon is killed and down, a re-exec, a restart, a clean
-    /// stop, under the unit's capabilities too. A guest of their own: on 5.10 they take 10 minutes.
+    /// stop (`lifeOfTheTCProgram`); XDP's and the unit's capabilities' (`lifeOfXDPAndUnderTheUnit`).
+    /// Two guests for each kernel: all of it in one took 13 to 15 minutes on 5.10 and on 6.1.
     func testTheFastPathsLifeOnLinux5_10() throws {
-        try checkInGuest("5.10", ["FastPathLifecycleTests"], seconds: 900)
+        let halves = Self.lifeOfTheTCProgram.count + Self.lifeOfXDPAndUnderTheUnit.count
+        XCTAssertEqual(try Self.count(of: ["FastPathLifecycleTests"]), halves, "a lifecycle test in neither half")
+        try checkInGuest("5.10", Self.lifeOfTheTCProgram, seconds: 600)
     }
 
-    func testTheFastPathsLifeOnLinux6_1() throws { try checkInGuest("6.1", ["FastPathLifecycleTests"], seconds: 900) }
+    func testTheFastPathsLifeOnLinux6_1() throws { try checkInGuest("6.1", Self.lifeOfTheTCProgram, seconds: 600) }
+
+    func testXDPsAndTheUnitsLifeOnLinux5_10() throws {
+        try checkInGuest("5.10", Self.lifeOfXDPAndUnderTheUnit, seconds: 600)
+    }
+
+    func testXDPsAndTheUnitsLifeOnLinux6_1() throws {
+        try checkInGuest("6.1", Self.lifeOfXDPAndUnderTheUnit, seconds: 600)
+    }
+
+    /// FastPathLifecycleTests in two halves of about 4.5 minutes each on 5.10: the tc program's
+    /// life, then XDP's and the unit's.
+    static let lifeOfTheTCProgram = [
+        "testEstablishedFlowsKeepMovingWhileTheDaemonIsKilledAndDown",
+        "testARestartTakesItsPredecessorsProgramsOffInterfacesItNoLongerUses",
+        "testAReexecReplacesTheProgramInPlaceAndACleanStopRemovesIt", "testACleanStopRemovesOnlyItsOwnProgram",
+        "testTheProgramAttachesOnlyWhereFramesCarryAnEthernetHeader",
+        "testFastPathOffRemovesAProgramAnEarlierDaemonLeft",
+    ].map { "FastPathLifecycleTests/" + $0 }
+    static let lifeOfXDPAndUnderTheUnit = [
+        "testXDPDecidesLocalPacketsAndIsReplacedInPlaceAndRemoved", "testXDPSendsForwardsBackOutOnlyWhereAllowed",
+        "testXDPAnswersSYNsWithTheKernelsCookiesWhereItMaySend", "testAnotherXDPProgramIsLeftInPlaceAndWarnedOf",
+        "testWithTheUnitsCapabilitiesAnotherInstanceLeavesWhatTheSharedPinsName",
+        "testWithTheUnitsCapabilitiesNoOneElsesPinsAreBelievedAndAFailedAttachLeavesNoXDP",
+        "testWithTheUnitsCapabilitiesAStartAfterAKeepingStopTakesThePinnedProgramsOver",
+        "testWithTheUnitsCapabilitiesAReexecAndARestartReplaceXDPAndAStopRemovesIt",
+    ].map { "FastPathLifecycleTests/" + $0 }
 
     func testTheFastPathOnLinux6_12() throws {
         try checkInGuest("6.12", ["FastPathParityTests"] + Self.responder, seconds: 900)
