@@ -90,6 +90,9 @@ public final class Broker: @unchecked Sendable {
         public var clientsOverLimit = 0, clientsIdle = 0, socketLimitRefusals = 0
         public var reexecs = 0
         public var sockets: [SocketStatistics] = []
+        /// Who holds the broker's sockets (`Broker.readHoldings`), or nil and why it is unknown.
+        public var holders: HoldingsReport?
+        public var holdersUnknown: String?
     }
 
     /// One socket's line in the metrics: the broker's count and, for a TCP listener, the kernel's
@@ -149,6 +152,10 @@ public final class Broker: @unchecked Sendable {
     var synQueuesCounted: (at: UInt64, queues: [ListenerKey: UInt32])?
     /// When the metrics last had the kernel's per-socket counters, and what they were.
     var kernelCountersRead: (at: UInt64, sockets: [String: SocketStatistics])?
+    /// Counts who holds the sockets, on its own thread (started by `run`).
+    var holdingsCounter: HoldingsCounter?
+    /// When the counter was last told which sockets to count for.
+    var unitsHandedToCounter: UInt64 = 0
 
     public init(
         options: BrokerOptions, environment: [String: String] = ProcessInfo.processInfo.environment,
@@ -204,6 +211,9 @@ public final class Broker: @unchecked Sendable {
             do { _ = try WorkerThread { metricsServer.serve(stop: stop) } } catch {
                 logger.error("metrics: no thread to serve them: \(error)")
             }
+        }
+        do { holdingsCounter = try HoldingsCounter(periodic: metricsServer != nil, logger: logger) } catch {
+            logger.error("no thread to count who holds the sockets: \(error)")
         }
         var fds: [pollfd] = []
         while true {

@@ -1,3 +1,4 @@
+import BindkeeperCore
 import CLinuxShims
 import Foundation
 import Glibc
@@ -25,6 +26,7 @@ extension Broker {
             socket.handedOut = entry.handedOut
             return socket
         }
+        (statistics.holders, statistics.holdersUnknown) = holdings(countingAgain: false)
         published.withLock { [statistics] in $0 = statistics }
     }
 
@@ -89,7 +91,52 @@ extension Broker {
             out.sample("bindkeeper_socket_handed_out_total", ["key": socket.key], socket.handedOut)
         }
         writeKernelCounters(s.sockets, to: &out)
+        writeHolders(s.holders, to: &out)
         return out.text
+    }
+
+    /// Per socket (a group's generation as one): the established connections of the processes
+    /// holding it and of those finishing what they accepted, and how many hold it; what the count
+    /// could not place. Nothing but `bindkeeper_holders_known 0` when there is no count.
+    func writeHolders(_ report: HoldingsReport?, to out: inout PrometheusText) {
+        out.single(
+            "bindkeeper_holders_known", .gauge, help: "1 when the last count of who holds the sockets succeeded.",
+            report == nil ? 0 : 1)
+        guard let report else { return }
+        out.single(
+            "bindkeeper_unattributed_established_connections", .gauge,
+            help: "Established connections through the sockets that no process seen holding them has.",
+            report.unattributed)
+        out.single(
+            "bindkeeper_unreadable_processes", .gauge,
+            help: "Processes whose descriptors the count could not read (CAP_SYS_PTRACE).",
+            report.unreadable)
+        let holders = report.holders
+        let keys = Set(holders.map(\.key)).sorted()
+        let families: [(String, String, (Holdings.Holder) -> UInt32)] = [
+            (
+                "bindkeeper_established_connections",
+                "Established connections through this socket (or generation), its holders' and draining ones'.",
+                \.established
+            ),
+            (
+                "bindkeeper_draining_established_connections",
+                "Of those, the connections of processes that let go of the socket and finish what they accepted.",
+                { $0.draining ? $0.established : 0 }
+            ),
+            (
+                "bindkeeper_holding_processes", "Processes holding this socket (a group's generation) now.",
+                { $0.draining ? 0 : 1 }
+            ),
+        ]
+        for (name, help, value) in families {
+            out.family(name, .gauge, help: help)
+            for key in keys {
+                var sum: UInt64 = 0
+                for holder in holders where holder.key == key { sum += UInt64(value(holder)) }
+                out.sample(name, ["key": key], sum)
+            }
+        }
     }
 
     /// The kernel's counters of each TCP listener the broker owns, by the same key.

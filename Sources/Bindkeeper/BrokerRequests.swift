@@ -412,8 +412,13 @@ extension Broker {
             if entry.request.kind == .tcp { item.listenDrops = SocketCounters.drops(entry.fd) }
             return item
         }
-        return Reply.Listing(
+        var listing = Reply.Listing(
             pid: getpid(), control: options.controlPath, sockets: items, clientsConnected: clients.count,
             clientsServed: statistics.clientsAccepted)
+        let (report, unknown) = holdings(countingAgain: true)
+        listing.holders = report?.holders
+        (listing.unattributedConnections, listing.unreadableProcesses) = (report?.unattributed, report?.unreadable)
+        listing.holdersUnknown = unknown
+        return listing
     }
 }

@@ -53,9 +53,20 @@ public enum Reply {
         public var sockets: [Socket]
         public var clientsConnected: Int
         public var clientsServed: Int
+        /// Who holds the TCP sockets, and their established connections through them
+        /// (`Holdings`); nil when the broker could not count, and `holdersUnknown` says why.
+        public var holders: [Holdings.Holder]?
+        /// Established connections through the sockets that no process seen holding them has,
+        /// and the processes whose descriptors the broker could not read (they may be theirs).
+        public var unattributedConnections: UInt32?
+        public var unreadableProcesses: Int?
+        public var holdersUnknown: String?
 
         enum CodingKeys: String, CodingKey {
-            case pid, control, sockets, clientsConnected = "clients_connected", clientsServed = "clients_served"
+            case pid, control, sockets, holders
+            case clientsConnected = "clients_connected", clientsServed = "clients_served"
+            case unattributedConnections = "unattributed_connections", unreadableProcesses = "unreadable_processes"
+            case holdersUnknown = "holders_unknown"
         }
 
         public init(pid: Int32, control: String, sockets: [Socket], clientsConnected: Int, clientsServed: Int) {

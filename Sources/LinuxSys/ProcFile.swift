@@ -67,10 +67,7 @@ public enum ProcFile {
     /// The same from the files' text: the 22nd field of `selfStat` (clock ticks after boot; the
     /// command name before it, in parentheses, may hold blanks) and `btime` of `systemStat`.
     public static func processStartSeconds(selfStat: String, systemStat: String, ticksPerSecond: UInt64) -> UInt64? {
-        guard ticksPerSecond > 0, let close = selfStat.lastIndex(of: ")") else { return nil }
-        // Fields from the third (state) on; starttime is the 22nd.
-        let fields = selfStat[selfStat.index(after: close)...].split(separator: " ")
-        guard fields.count > 19, let ticks = UInt64(fields[19]) else { return nil }
+        guard ticksPerSecond > 0, let ticks = commandAndStart(stat: selfStat)?.started else { return nil }
         guard
             let line = systemStat.split(separator: "\n").first(where: { $0.hasPrefix("btime ") }),
             let word = line.dropFirst(6).split(separator: " ").first, let boot = UInt64(word)
@@ -111,5 +108,17 @@ public enum ProcFile {
     /// The numbers of a sysctl file (`tcp_rmem` holds three); [] when it holds none.
     public static func sysctlNumbers(_ text: String) -> [UInt32] {
         text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).compactMap { UInt32($0) }
+    }
+
+    /// A /proc/PID/stat's command name (the 2nd field, in parentheses: it may hold blanks and
+    /// parentheses itself) and start time (the 22nd, clock ticks after boot).
+    public static func commandAndStart(stat: String) -> (command: String, started: UInt64)? {
+        guard let open = stat.firstIndex(of: "("), let close = stat.lastIndex(of: ")"), open < close else {
+            return nil
+        }
+        // Fields from the third (state) on; starttime is the 22nd.
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 19, let ticks = UInt64(fields[19]) else { return nil }
+        return (String(stat[stat.index(after: open)..<close]), ticks)
     }
 }

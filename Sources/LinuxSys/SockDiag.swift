@@ -115,6 +115,7 @@ public final class SockDiag {
 
     /// The kernel's TCP_NEW_SYN_RECV (request sockets), which no user-space header names.
     private static let tcpNewSynRecv: UInt8 = 12
+    private static let tcpEstablished = UInt8(TCP_ESTABLISHED)
     /// The receive buffer's index in INET_DIAG_SKMEMINFO.
     private static let skMemInfoReceiveBuffer = Int(SK_MEMINFO_RCVBUF)
 
@@ -179,6 +180,23 @@ public final class SockDiag {
             }
         }
         return Array(listeners.values)
+    }
+
+    /// The inode and local address and port of every established TCP socket on `ports`, both
+    /// families (an IPv4 client of a dual-stack listener is an IPv6 socket with a mapped address).
+    public func establishedSockets(ports: Set<UInt16>) throws -> [UInt64: ListenerKey] {
+        guard !ports.isEmpty else { return [:] }
+        var sockets: [UInt64: ListenerKey] = [:]
+        let filter = InetDiagFilter.localPort(in: ports)
+        for family in [UInt8(AF_INET), UInt8(AF_INET6)] {
+            try dump(family: family, states: 1 << UInt32(Self.tcpEstablished), filter: filter) { message, _ in
+                let key = ListenerKey(
+                    address: Self.localAddress(message), port: UInt16(bigEndian: message.id.idiag_sport))
+                guard ports.contains(key.port), message.idiag_inode != 0 else { return }
+                sockets[UInt64(message.idiag_inode)] = key
+            }
+        }
+        return sockets
     }
 
     private static func localAddress(_ message: inet_diag_msg) -> IPAddress {

@@ -42,5 +42,35 @@ struct List: ParsableCommand {
                     column(String(socket.handedOut), 11), String(socket.cookie),
                 ].joined(separator: " "))
         }
+        printHolders(listing, width: width)
+    }
+
+    /// Who holds each TCP socket (a group's generation as one) and its established connections
+    /// through it; a process finishing what it accepted after letting go is marked draining.
+    func printHolders(_ listing: Reply.Listing, width: Int) {
+        guard let holders = listing.holders else {
+            print("holders unknown: \(listing.holdersUnknown ?? "not reported")")
+            return
+        }
+        let unattributed = listing.unattributedConnections ?? 0, unreadable = listing.unreadableProcesses ?? 0
+        if unattributed > 0 || unreadable > 0 {
+            print(
+                """
+                \(unattributed) established connections held by no process seen holding these sockets; \
+                \(unreadable) processes' descriptors could not be read (CAP_SYS_PTRACE)
+                """)
+        }
+        guard !holders.isEmpty else { return }
+        print("")
+        print("HELD BY".padding(toLength: width, withPad: " ", startingAt: 0) + " PID      ESTABLISHED  COMMAND")
+        for holder in holders {
+            print(
+                [
+                    holder.key.padding(toLength: width, withPad: " ", startingAt: 0),
+                    String(holder.pid).padding(toLength: 8, withPad: " ", startingAt: 0),
+                    String(holder.established).padding(toLength: 12, withPad: " ", startingAt: 0),
+                    holder.command + (holder.draining ? " (draining)" : ""),
+                ].joined(separator: " "))
+        }
     }
 }

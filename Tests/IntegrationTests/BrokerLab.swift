@@ -37,8 +37,11 @@ final class BrokerLab {
             """)
     }
 
-    /// Root without CAP_SYS_ADMIN, as bindkeeper's unit runs it: no BPF object is reachable by id.
-    static let unitCapabilities = ["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin"]
+    /// Root without CAP_SYS_ADMIN and CAP_SYS_PTRACE, as bindkeeper's unit runs it: no BPF object
+    /// is reachable by id, no other user's descriptor table readable.
+    static let unitCapabilities = [
+        "setpriv", "--bounding-set=-sys_admin,-sys_ptrace", "--inh-caps=-sys_admin,-sys_ptrace",
+    ]
 
     func binary(_ name: String) -> String { Lab.binaries.appendingPathComponent(name).path }
 

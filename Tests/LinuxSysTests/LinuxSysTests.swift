@@ -194,6 +194,36 @@ final class ProcFileTests: XCTestCase {
         XCTAssertNotNil(ProcFile.read("/proc/sys/net/ipv4/tcp_syncookies").map(ProcFile.sysctlNumbers)?.first)
     }
 
+    /// A process names itself: its command may hold blanks, parentheses and a newline; the start
+    /// time is read after the last parenthesis.
+    func testAProcessStatLinesCommandAndStartTime() {
+        let fields = " S 1 1 1 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 424242 1 1"
+        XCTAssertEqual(ProcFile.commandAndStart(stat: "7 (haproxy)" + fields)?.command, "haproxy")
+        XCTAssertEqual(ProcFile.commandAndStart(stat: "7 (haproxy)" + fields)?.started, 424_242)
+        let hostile = ProcFile.commandAndStart(stat: "7 (a) (b\n 9 9)" + fields)
+        XCTAssertEqual(hostile?.command, "a) (b\n 9 9")
+        XCTAssertEqual(hostile?.started, 424_242)
+        XCTAssertNil(ProcFile.commandAndStart(stat: "7 (x) S 1 2"), "too few fields")
+        XCTAssertNil(ProcFile.commandAndStart(stat: ") 7 ("), "no command")
+        let mine = ProcessSockets.identity(of: getpid())
+        XCTAssertNotNil(mine)
+        XCTAssertEqual(mine?.started, ProcessSockets.identity(of: getpid())?.started)
+    }
+
+    /// This process's own sockets are found by their inodes (a process's own table is readable).
+    func testAProcessSocketsAreFoundByInode() throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var status = stat()
+        XCTAssertEqual(fstat(fd, &status), 0)
+        var mine: [UInt64] = []
+        let parent = getppid()
+        _ = try ProcessSockets.scan(excluding: parent, limit: 10_000_000) { process in
+            if process.pid == getpid() { mine = process.sockets }
+        }
+        XCTAssertTrue(mine.contains(UInt64(status.st_ino)), "\(mine)")
+    }
+
     func testKernelQueueTableLines() {
         let table = ProcFile.kernelQueueStatistics()
         // No queue is bound in this process's namespace unless a daemon runs; the read must not fail either way.

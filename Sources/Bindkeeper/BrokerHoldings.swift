@@ -1,0 +1,158 @@
+import BindkeeperCore
+import Glibc
+import LinuxSys
+import Logging
+import NetTypes
+import Synchronization
+import Telemetry
+
+/// Why the broker could not say who holds its sockets.
+public struct HoldingsUnknown: Error, CustomStringConvertible {
+    public var description: String
+}
+
+/// Who holds the broker's sockets (`Holdings`), and what the count could not place.
+public struct HoldingsReport: Sendable {
+    public var holders: [Holdings.Holder]
+    /// Established connections through the sockets that no process seen holding them has.
+    public var unattributed: UInt32
+    /// Processes whose descriptor tables could not be read: those connections may be theirs.
+    public var unreadable: Int
+}
+
+/// Counts who holds the broker's sockets, on a thread of its own: reading every process's
+/// descriptor table costs some 5 µs a descriptor (about a second for 200 000 on this machine
+/// kind), which the loop, answering clients, must not wait for; a local user who opens many
+/// descriptors slows the count, never the broker. The loop hands it the sockets to count for
+/// (`update`); `list` and the metrics read its last report (`latest`).
+final class HoldingsCounter: Sendable {
+    typealias Report = (at: UInt64, result: Result<HoldingsReport, HoldingsUnknown>)
+    private struct Shared {
+        var units: [Holdings.Unit] = []
+        var report: Report?
+    }
+    private let shared = Mutex(Shared())
+    private let wake: EventFD
+    /// Count every `intervalMilliseconds` (for the metrics), or only when `update` asks.
+    private let periodic: Bool
+    private let logger: Logger
+    static let intervalMilliseconds: Int32 = 10_000
+    /// The most descriptors one count reads (over every process): past it the count is unknown.
+    static let descriptorLimit = 4_000_000
+
+    init(periodic: Bool, logger: Logger) throws {
+        wake = try EventFD()
+        (self.periodic, self.logger) = (periodic, logger)
+        _ = try WorkerThread { [self] in run() }
+    }
+
+    /// The sockets to count for from now on; with `countNow`, a count starts at once (`list`).
+    func update(_ units: [Holdings.Unit], countNow: Bool) {
+        shared.withLock { $0.units = units }
+        if countNow { wake.signal() }
+    }
+
+    /// The last count and when it was made (MonotonicClock); nil before the first.
+    var latest: Report? { shared.withLock { $0.report } }
+
+    private func run() {
+        var heldBefore: [Int32: (started: UInt64, keys: Set<String>)] = [:]
+        var poller = [pollfd(fd: wake.fd, events: Int16(POLLIN), revents: 0)]
+        while true {
+            _ = try? Syscall.poll(&poller, milliseconds: periodic ? Self.intervalMilliseconds : -1)
+            wake.consume()
+            let result = Self.count(shared.withLock { $0.units }, heldBefore: &heldBefore)
+            let previous = shared.withLock { state in
+                defer { state.report = (MonotonicClock.nanoseconds(), result) }
+                return state.report?.result
+            }
+            switch (previous, result) {
+            case (.success, .failure(let why)), (nil, .failure(let why)):
+                logger.info("established connections per socket unknown: \(why)")
+            case (.failure, .success): logger.info("established connections per socket counted again")
+            default: break
+            }
+        }
+    }
+
+    /// Every process that holds one of `units`, or was last seen holding it (`heldBefore`, which
+    /// this count replaces) and finishes what it accepted, with its established connections
+    /// through it (`Holdings`): the kernel's established sockets on the units' ports, then every
+    /// process's descriptor table. Without CAP_SYS_PTRACE the tables of other users' processes
+    /// cannot be read, and their connections are counted as no holder's.
+    static func count(_ units: [Holdings.Unit], heldBefore: inout [Int32: (started: UInt64, keys: Set<String>)])
+        -> Result<HoldingsReport, HoldingsUnknown>
+    {
+        guard !units.isEmpty else {
+            heldBefore = [:]
+            return .success(HoldingsReport(holders: [], unattributed: 0, unreadable: 0))
+        }
+        var holdings: Holdings
+        do {
+            let ports = Set(units.map(\.listener.port))
+            holdings = Holdings(units: units, established: try SockDiag().establishedSockets(ports: ports))
+        } catch {
+            return .failure(HoldingsUnknown(description: "established sockets: \(error)"))
+        }
+        var seen: [Int32: (started: UInt64, keys: Set<String>)] = [:]
+        let unreadable: Int
+        do {
+            unreadable = try ProcessSockets.scan(excluding: getpid(), limit: descriptorLimit) { process in
+                let held = holdings.held(in: process.sockets)
+                let before = heldBefore[process.pid]
+                guard !held.isEmpty || before != nil, let identity = ProcessSockets.identity(of: process.pid) else {
+                    return
+                }
+                // A process that holds nothing now counts for what it held, if it is the same one.
+                let keys = !held.isEmpty ? held : before.flatMap { $0.started == identity.started ? $0.keys : nil } ?? []
+                guard !keys.isEmpty else { return }
+                seen[process.pid] = (identity.started, keys)
+                holdings.add(
+                    pid: process.pid, command: LogText.escaped(identity.command), sockets: process.sockets, keys: keys,
+                    draining: held.isEmpty)
+            }
+        } catch {
+            return .failure(HoldingsUnknown(description: "\(error)"))
+        }
+        heldBefore = seen
+        return .success(
+            HoldingsReport(
+                holders: holdings.holders.sorted { ($0.key, $0.pid) < ($1.key, $1.pid) },
+                unattributed: holdings.unattributed, unreadable: unreadable))
+    }
+}
+
+// The broker: the sockets whose holders are counted.
+extension Broker {
+    /// The broker's TCP sockets as units: each socket, every member of a group's generation in one.
+    func holdingUnits() -> [Holdings.Unit] {
+        var units: [String: Holdings.Unit] = [:]
+        for key in order {
+            guard let entry = sockets[key], entry.request.kind == .tcp, let listener = listenerKey(entry.request) else {
+                continue
+            }
+            var status = stat()
+            guard fstat(entry.fd, &status) == 0 else { continue }
+            let unit = entry.request.baseKey
+            units[unit, default: Holdings.Unit(key: unit, listener: listener, inodes: [])].inodes.append(
+                UInt64(status.st_ino))
+        }
+        return units.values.sorted { $0.key < $1.key }
+    }
+
+    /// The counter's last report for `list` (asking it for a new count) or the metrics: the
+    /// holders, or why there are none.
+    func holdings(countingAgain: Bool) -> (report: HoldingsReport?, unknown: String?) {
+        guard let holdingsCounter else { return (nil, "not counted: the counter did not start") }
+        let now = MonotonicClock.nanoseconds()
+        if countingAgain || now &- unitsHandedToCounter >= 1_000_000_000 {
+            unitsHandedToCounter = now
+            holdingsCounter.update(holdingUnits(), countNow: countingAgain)
+        }
+        switch holdingsCounter.latest?.result {
+        case .success(let report): return (report, nil)
+        case .failure(let why): return (nil, why.description)
+        case nil: return (nil, "not counted yet")
+        }
+    }
+}
