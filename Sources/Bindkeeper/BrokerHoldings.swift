@@ -104,7 +104,8 @@ final class HoldingsCounter: Sendable {
                     return
                 }
                 // A process that holds nothing now counts for what it held, if it is the same one.
-                let keys = !held.isEmpty ? held : before.flatMap { $0.started == identity.started ? $0.keys : nil } ?? []
+                let keys =
+                    !held.isEmpty ? held : before.flatMap { $0.started == identity.started ? $0.keys : nil } ?? []
                 guard !keys.isEmpty else { return }
                 seen[process.pid] = (identity.started, keys)
                 holdings.add(

@@ -21,13 +21,16 @@ final class HoldingsTests: XCTestCase {
         ]
         let established: [UInt64: ListenerKey] = [
             100: ListenerKey(address: vip, port: 80), 101: ListenerKey(address: other, port: 80),
-            102: ListenerKey(address: vip, port: 443), 103: ListenerKey(address: IPAddress("::ffff:198.18.4.10")!, port: 8080),
+            102: ListenerKey(address: vip, port: 443),
+            103: ListenerKey(address: IPAddress("::ffff:198.18.4.10")!, port: 8080),
             104: ListenerKey(address: vip, port: 8080), 105: ListenerKey(address: vip, port: 443),
             106: ListenerKey(address: vip, port: 9999),
         ]
         var holdings = Holdings(units: units, established: established)
         XCTAssertEqual(holdings.held(in: [1, 2, 50, 4]), ["exact", "any", "g0"])
-        holdings.add(pid: 10, command: "a", sockets: [1, 2, 100, 101, 103, 104, 7], keys: ["exact", "any", "v6"], draining: false)
+        holdings.add(
+            pid: 10, command: "a", sockets: [1, 2, 100, 101, 103, 104, 7], keys: ["exact", "any", "v6"], draining: false
+        )
         holdings.add(pid: 11, command: "b", sockets: [102], keys: ["g0", "g1"], draining: true)
         let counts = Dictionary(uniqueKeysWithValues: holdings.holders.map { ("\($0.key) \($0.pid)", $0.established) })
         XCTAssertEqual(counts["exact 10"], 1, "the exact listener's connection")

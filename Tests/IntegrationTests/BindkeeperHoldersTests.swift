@@ -47,7 +47,9 @@ final class BindkeeperHoldersTests: XCTestCase {
         try lab.inside {
             try (0..<count).map { _ in
                 let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-                let result = SocketAddress(IPAddress(BrokerLab.address)!, port: port).withSockaddr { Glibc.connect(fd, $0, $1) }
+                let result = SocketAddress(IPAddress(BrokerLab.address)!, port: port).withSockaddr {
+                    Glibc.connect(fd, $0, $1)
+                }
                 guard result == 0 else { throw SystemError("connect to \(port)") }
                 return fd
             }
