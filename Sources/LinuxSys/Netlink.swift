@@ -5,10 +5,13 @@ import Glibc
 public enum Netlink {
     /// A bound socket of netlink `family` (NETLINK_ROUTE, NETLINK_SOCK_DIAG, ...) in `namespace`
     /// (the calling thread's when nil), subscribed to multicast `groups`. `name` names it in errors.
+    /// Close-on-exec: one opened on another thread while the daemon re-executes or starts a
+    /// check must not leak into the new image (what a re-exec carries it marks itself).
     public static func open(_ family: Int32, name: String, groups: UInt32 = 0, namespace: NetworkNamespace? = nil)
         throws -> OpaquePointer
     {
-        guard let socket: OpaquePointer = try namespace.run({ mnl_socket_open(family) }) else {
+        let closeOnExec = Int32(SOCK_CLOEXEC.rawValue)
+        guard let socket: OpaquePointer = try namespace.run({ mnl_socket_open2(family, closeOnExec) }) else {
             throw SystemError("socket(\(name))")
         }
         guard mnl_socket_bind(socket, groups, pid_t(MNL_SOCKET_AUTOPID)) == 0 else {
