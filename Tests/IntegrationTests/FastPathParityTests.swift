@@ -25,7 +25,7 @@ final class FastPathParityTests: XCTestCase {
     struct Harness {
         let object: FastPathObject
         let maps: FastPathMaps
-        let decider: Decider
+        var decider: Decider
         var ownership: KernelFlowOwnership
         let interfaceIndex: UInt32
         /// An interface of p1's that no route to the peers leaves by.
@@ -624,6 +624,7 @@ final class FastPathParityTests: XCTestCase {
             try compareNamedCases(&harness, established)
             try compareWhereTheyMayNotArrive(&harness, established)
             try compareUnderEverySetting(&harness, established)
+            try compareAnAddressBothHostAndBroadcast(&harness)
             try compareRandomPackets(&harness, established)
             checkEveryVerdictCameUp(harness)
         }
@@ -724,6 +725,37 @@ final class FastPathParityTests: XCTestCase {
         try harness.maps.write(settings)
         harness.outcomes = [:]
 
+    }
+
+    /// An address that is this host's and a subnet's broadcast address at once (an operator gave
+    /// the host the subnet's last address: the kernel keeps both routes, and `fp_hosts4` both
+    /// flags): a SYN to it is delivered, a hop to it refused and a source of it martian, by the
+    /// decider, tc and XDP alike.
+    func compareAnAddressBothHostAndBroadcast(_ harness: inout Harness) throws {
+        let both = IPv4Address("198.18.0.255")!
+        let (saved, original) = (harness.outcomes, harness.decider.local)
+        func use(_ local: LocalAddresses) throws {
+            var local = local
+            (local.deliverableIPv4, local.deliverableIPv6) = ([Self.podVIP], [Self.podVIP6])
+            try harness.maps.write(local)
+            harness.decider.local = local
+        }
+        try Lab.shell("ip -n \(lab.namespace("p1")) addr add \(both)/32 dev lo")
+        defer {
+            _ = try? Lab.shell("ip -n \(lab.namespace("p1")) addr del \(both)/32 dev lo")
+            try? use(original)
+            harness.outcomes = saved
+        }
+        try use(try LocalAddressWatcher.dump())
+        XCTAssertTrue(harness.decider.local.owns(both) && harness.decider.local.isBroadcast(both), "both, as read")
+        harness.outcomes = [:]
+        let client = IPAddress.v4(Lab.client)
+        try harness.compare(Self.gue(Self.tcp(client, 40040, .v4(both), 80, .syn)), "SYN to an address both")
+        try harness.compare(
+            Self.gue(Self.tcp(client, 40041, .v4(Lab.vip), 80, .ack), hops: [both]), "hop to an address both")
+        try harness.compare(Self.gue(Self.tcp(.v4(both), 40042, .v4(Lab.vip), 80, .syn)), "source an address both")
+        XCTAssertEqual(
+            harness.outcomes, ["accepted_syn": 1, "untrusted_hop": 1, "martian_source": 1], "\(harness.outcomes)")
     }
 
     /// Random packets, mutated seeds (the named cases and the fuzzer's corpus), and every length
