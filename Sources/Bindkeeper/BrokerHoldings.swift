@@ -14,6 +14,8 @@ public struct HoldingsUnknown: Error, CustomStringConvertible {
 /// Who holds the broker's sockets (`Holdings`), and what the count could not place.
 public struct HoldingsReport: Sendable {
     public var holders: [Holdings.Holder]
+    /// Per socket (a group's generation as one), each connection once.
+    public var totals: [String: Holdings.Total]
     /// Established connections through the sockets that no process seen holding them has.
     public var unattributed: UInt32
     /// Processes whose descriptor tables could not be read: those connections may be theirs.
@@ -55,15 +57,27 @@ final class HoldingsCounter: Sendable {
     /// The last count and when it was made (MonotonicClock); nil before the first.
     var latest: Report? { shared.withLock { $0.report } }
 
+    /// Counts when woken or every interval (with `periodic`), never sooner than a second, or four
+    /// times the last count's length, after the last: a client calling `list` in a loop costs
+    /// the host at most a fifth of a core. The daemon's signals stay with its loop (blocked
+    /// here: a re-exec blocks them on its own thread only).
     private func run() {
+        Signals.setHandledBlocked(true)
         var heldBefore: [Int32: (started: UInt64, keys: Set<String>)] = [:]
         var poller = [pollfd(fd: wake.fd, events: Int16(POLLIN), revents: 0)]
+        var (ended, took): (UInt64, UInt64) = (0, 0)
         while true {
-            _ = try? Syscall.poll(&poller, milliseconds: periodic ? Self.intervalMilliseconds : -1)
+            let interval = max(UInt64(Self.intervalMilliseconds) * 1_000_000, took &* 10)
+            _ = try? Syscall.poll(&poller, milliseconds: periodic ? Int32(clamping: interval / 1_000_000) : -1)
             wake.consume()
+            let gap = max(1_000_000_000, took &* 4), since = MonotonicClock.nanoseconds() &- ended
+            if ended != 0, since < gap { usleep(UInt32(clamping: (gap - since) / 1000)) }
+            let started = MonotonicClock.nanoseconds()
             let result = Self.count(shared.withLock { $0.units }, heldBefore: &heldBefore)
+            ended = MonotonicClock.nanoseconds()
+            took = ended &- started
             let previous = shared.withLock { state in
-                defer { state.report = (MonotonicClock.nanoseconds(), result) }
+                defer { state.report = (ended, result) }
                 return state.report?.result
             }
             switch (previous, result) {
@@ -85,7 +99,7 @@ final class HoldingsCounter: Sendable {
     {
         guard !units.isEmpty else {
             heldBefore = [:]
-            return .success(HoldingsReport(holders: [], unattributed: 0, unreadable: 0))
+            return .success(HoldingsReport(holders: [], totals: [:], unattributed: 0, unreadable: 0))
         }
         var holdings: Holdings
         do {
@@ -100,17 +114,15 @@ final class HoldingsCounter: Sendable {
             unreadable = try ProcessSockets.scan(excluding: getpid(), limit: descriptorLimit) { process in
                 let held = holdings.held(in: process.sockets)
                 let before = heldBefore[process.pid]
-                guard !held.isEmpty || before != nil, let identity = ProcessSockets.identity(of: process.pid) else {
-                    return
-                }
-                // A process that holds nothing now counts for what it held, if it is the same one.
-                let keys =
-                    !held.isEmpty ? held : before.flatMap { $0.started == identity.started ? $0.keys : nil } ?? []
-                guard !keys.isEmpty else { return }
-                seen[process.pid] = (identity.started, keys)
+                guard !held.isEmpty || before != nil, let identity = process.identity() else { return }
+                // What the same process (not one that took its pid since) held and holds no more
+                // it drains.
+                let draining = (before?.started == identity.started ? before?.keys ?? [] : []).subtracting(held)
+                guard !held.isEmpty || !draining.isEmpty else { return }
+                seen[process.pid] = (identity.started, held.union(draining))
                 holdings.add(
-                    pid: process.pid, command: LogText.escaped(identity.command), sockets: process.sockets, keys: keys,
-                    draining: held.isEmpty)
+                    pid: process.pid, command: LogText.escaped(identity.command), sockets: process.sockets,
+                    holding: held, draining: draining)
             }
         } catch {
             return .failure(HoldingsUnknown(description: "\(error)"))
@@ -118,7 +130,7 @@ final class HoldingsCounter: Sendable {
         heldBefore = seen
         return .success(
             HoldingsReport(
-                holders: holdings.holders.sorted { ($0.key, $0.pid) < ($1.key, $1.pid) },
+                holders: holdings.holders.sorted { ($0.key, $0.pid) < ($1.key, $1.pid) }, totals: holdings.totals,
                 unattributed: holdings.unattributed, unreadable: unreadable))
     }
 }
@@ -142,18 +154,19 @@ extension Broker {
     }
 
     /// The counter's last report for `list` (asking it for a new count) or the metrics: the
-    /// holders, or why there are none.
-    func holdings(countingAgain: Bool) -> (report: HoldingsReport?, unknown: String?) {
-        guard let holdingsCounter else { return (nil, "not counted: the counter did not start") }
+    /// holders, or why there are none, and how many seconds ago it was counted.
+    func holdings(countingAgain: Bool) -> (report: HoldingsReport?, unknown: String?, age: UInt64?) {
+        guard let holdingsCounter else { return (nil, "not counted: the counter did not start", nil) }
         let now = MonotonicClock.nanoseconds()
         if countingAgain || now &- unitsHandedToCounter >= 1_000_000_000 {
             unitsHandedToCounter = now
             holdingsCounter.update(holdingUnits(), countNow: countingAgain)
         }
-        switch holdingsCounter.latest?.result {
-        case .success(let report): return (report, nil)
-        case .failure(let why): return (nil, why.description)
-        case nil: return (nil, "not counted yet")
+        guard let latest = holdingsCounter.latest else { return (nil, "not counted yet", nil) }
+        let age = (now &- min(now, latest.at)) / 1_000_000_000
+        switch latest.result {
+        case .success(let report): return (report, nil, age)
+        case .failure(let why): return (nil, why.description, age)
         }
     }
 }

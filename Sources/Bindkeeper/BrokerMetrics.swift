@@ -26,7 +26,7 @@ extension Broker {
             socket.handedOut = entry.handedOut
             return socket
         }
-        (statistics.holders, statistics.holdersUnknown) = holdings(countingAgain: false)
+        (statistics.holders, statistics.holdersUnknown, _) = holdings(countingAgain: false)
         published.withLock { [statistics] in $0 = statistics }
     }
 
@@ -111,9 +111,8 @@ extension Broker {
             "bindkeeper_unreadable_processes", .gauge,
             help: "Processes whose descriptors the count could not read (CAP_SYS_PTRACE).",
             report.unreadable)
-        let holders = report.holders
-        let keys = Set(holders.map(\.key)).sorted()
-        let families: [(String, String, (Holdings.Holder) -> UInt32)] = [
+        let totals = report.totals.sorted { $0.key < $1.key }
+        let families: [(String, String, (Holdings.Total) -> UInt32)] = [
             (
                 "bindkeeper_established_connections",
                 "Established connections through this socket (or generation), its holders' and draining ones'.",
@@ -121,21 +120,13 @@ extension Broker {
             ),
             (
                 "bindkeeper_draining_established_connections",
-                "Of those, the connections of processes that let go of the socket and finish what they accepted.",
-                { $0.draining ? $0.established : 0 }
+                "Of those, the connections only processes that let go of the socket and drain it have.", \.draining
             ),
-            (
-                "bindkeeper_holding_processes", "Processes holding this socket (a group's generation) now.",
-                { $0.draining ? 0 : 1 }
-            ),
+            ("bindkeeper_holding_processes", "Processes holding this socket (a group's generation) now.", \.holding),
         ]
         for (name, help, value) in families {
             out.family(name, .gauge, help: help)
-            for key in keys {
-                var sum: UInt64 = 0
-                for holder in holders where holder.key == key { sum += UInt64(value(holder)) }
-                out.sample(name, ["key": key], sum)
-            }
+            for (key, total) in totals { out.sample(name, ["key": key], value(total)) }
         }
     }
 

@@ -44,7 +44,7 @@ extension Broker {
         case .steer(let steering):
             answer(request, steer(steering, peer: client.peer).map { Reply.Steer(steered: $0) }, to: client)
         case .list:
-            enqueue(wire.result(id: request.id, listing()), fds: [], to: client)
+            enqueue(wire.result(id: request.id, listing(for: client.peer)), fds: [], to: client)
         case .reexec:
             guard client.peer.uid == 0 || client.peer.uid == options.policy.brokerUID else {
                 statistics.denied += 1
@@ -392,7 +392,9 @@ extension Broker {
         }
     }
 
-    func listing() -> Reply.Listing {
+    /// The sockets and their queues; who holds them (pids, commands, connections of any user)
+    /// for root and the broker's user only.
+    func listing(for peer: Peer) -> Reply.Listing {
         let queues = listenerQueuesThisTurn ?? dumpListenerQueues()
         listenerQueuesThisTurn = queues
         let items: [Reply.Listing.Socket] = order.compactMap { key in
@@ -415,10 +417,14 @@ extension Broker {
         var listing = Reply.Listing(
             pid: getpid(), control: options.controlPath, sockets: items, clientsConnected: clients.count,
             clientsServed: statistics.clientsAccepted)
-        let (report, unknown) = holdings(countingAgain: true)
+        guard peer.uid == 0 || peer.uid == options.policy.brokerUID else {
+            listing.holdersUnknown = "listed to root and the broker's user only"
+            return listing
+        }
+        let (report, unknown, age) = holdings(countingAgain: true)
         listing.holders = report?.holders
         (listing.unattributedConnections, listing.unreadableProcesses) = (report?.unattributed, report?.unreadable)
-        listing.holdersUnknown = unknown
+        (listing.holdersUnknown, listing.holdersAgeSeconds) = (unknown, age)
         return listing
     }
 }

@@ -5,12 +5,13 @@ import NetTypes
 /// kernel's established sockets and the processes' descriptor tables).
 ///
 /// A unit is a socket the broker owns, or one generation of a group (whoever holds one member
-/// holds them all). A connection's socket says only its local address and port, which every
-/// generation of a group shares: it counts for a unit its process holds, the one whose listener
-/// the address reaches first (the exact address, then the wildcards), or for each of the
-/// generations it holds there. A process that let go of its sockets (HAProxy after -sf,
-/// finishing what it accepted) counts for the units it was last seen holding; any other
-/// process's connections are no unit's.
+/// holds them all). A connection's socket says only its local address and port: it came through
+/// the units whose listener that address reaches first, as the kernel chose (the exact address,
+/// then the family's wildcard: an IPv4 client of a dual-stack listener is an IPv6 socket with a
+/// mapped address), and counts for those of them its process holds, or held: a process that let
+/// go of a unit's sockets (HAProxy after -sf, finishing what it accepted) is draining it. A
+/// connection in no table of such a process is unattributed. A connection is one however many
+/// descriptors and processes share it.
 public struct Holdings {
     public struct Unit: Sendable {
         public var key: String
@@ -23,7 +24,7 @@ public struct Holdings {
         }
     }
 
-    /// One process and one unit it holds, or held.
+    /// One process and one unit it holds, or drains.
     public struct Holder: Codable, Equatable, Sendable {
         public var key: String
         public var pid: Int32
@@ -40,13 +41,23 @@ public struct Holdings {
         }
     }
 
+    /// One unit's sums over its lines, each connection once.
+    public struct Total: Equatable, Sendable {
+        public var established: UInt32
+        /// Of those, connections only draining processes have.
+        public var draining: UInt32
+        /// Processes holding the unit now.
+        public var holding: UInt32
+    }
+
     let units: [Unit]
     private let unitByInode: [UInt64: Int]
+    private let unitsByListener: [ListenerKey: [Int]]
     private let established: [UInt64: ListenerKey]
     /// Every process's lines so far (`add`).
     public private(set) var holders: [Holder] = []
-    /// The established sockets some line counted.
-    private var counted: Set<UInt64> = []
+    /// Per unit: the connections counted by holding lines, by draining ones, and the holding lines.
+    private var counted: [(holding: Set<UInt64>, draining: Set<UInt64>, holders: UInt32)]
 
     /// `established`: the established sockets on the units' ports, by inode.
     public init(units: [Unit], established: [UInt64: ListenerKey]) {
@@ -54,7 +65,9 @@ public struct Holdings {
         var byInode: [UInt64: Int] = [:]
         for (index, unit) in units.enumerated() { for inode in unit.inodes { byInode[inode] = index } }
         unitByInode = byInode
+        unitsByListener = Dictionary(grouping: units.indices) { units[$0].listener }
         self.established = established
+        counted = Array(repeating: ([], [], 0), count: units.count)
     }
 
     /// The unit keys whose sockets are in a table of `sockets` (inodes).
@@ -62,33 +75,62 @@ public struct Holdings {
         Set(sockets.compactMap { unitByInode[$0].map { units[$0].key } })
     }
 
-    /// A process's lines: for each unit of `keys` (those it holds, or with `draining` those it
-    /// held), its established connections through it.
-    public mutating func add(pid: Int32, command: String, sockets: [UInt64], keys: Set<String>, draining: Bool) {
-        let mine = units.filter { keys.contains($0.key) }
+    /// The units a connection on `local` came through: those of the listener it reaches first.
+    func units(reachedFrom local: ListenerKey) -> [Int]? {
+        unitsByListener[local] ?? unitsByListener[local.wildcard]
+    }
+
+    /// A process's lines: one for each unit of `holding` (its sockets are in its table) and of
+    /// `draining` (it held them, and holds them no more), with its established connections
+    /// through it.
+    public mutating func add(
+        pid: Int32, command: String, sockets: [UInt64], holding: Set<String>, draining: Set<String>
+    ) {
+        let mine = units.indices.filter { holding.contains(units[$0].key) || draining.contains(units[$0].key) }
         guard !mine.isEmpty else { return }
-        let byListener = Dictionary(grouping: mine.indices) { mine[$0].listener }
-        var counts = [UInt32](repeating: 0, count: mine.count)
-        for inode in sockets {
-            guard let local = established[inode],
-                let reached = local.lookupOrder.lazy.compactMap({ byListener[$0] }).first
-            else { continue }
-            for index in reached { counts[index] &+= 1 }
-            counted.insert(inode)
+        let mineSet = Set(mine)
+        var counts: [Int: UInt32] = [:]
+        for inode in Set(sockets) {
+            guard let local = established[inode], let reached = units(reachedFrom: local) else { continue }
+            for index in reached where mineSet.contains(index) {
+                counts[index, default: 0] &+= 1
+                if holding.contains(units[index].key) {
+                    counted[index].holding.insert(inode)
+                } else {
+                    counted[index].draining.insert(inode)
+                }
+            }
         }
-        holders += mine.indices.map {
-            Holder(key: mine[$0].key, pid: pid, command: command, established: counts[$0], draining: draining)
+        for index in mine {
+            let isDraining = !holding.contains(units[index].key)
+            if !isDraining { counted[index].holders &+= 1 }
+            holders.append(
+                Holder(
+                    key: units[index].key, pid: pid, command: command, established: counts[index] ?? 0,
+                    draining: isDraining))
         }
     }
 
-    /// Established connections through the units (their address reaches a unit's listener) that
-    /// no line counted: those of processes never seen holding a unit, or whose descriptor table
-    /// could not be read.
+    /// Each unit's sums over the lines added, by key (units no process holds or drains: zeros).
+    public var totals: [String: Total] {
+        var totals: [String: Total] = [:]
+        for (index, unit) in units.enumerated() {
+            let (holding, draining, holders) = counted[index]
+            totals[unit.key] = Total(
+                established: UInt32(clamping: holding.union(draining).count),
+                draining: UInt32(clamping: draining.subtracting(holding).count), holding: holders)
+        }
+        return totals
+    }
+
+    /// Established connections through the units that no line counted: those of processes never
+    /// seen holding a unit, or whose descriptor table could not be read.
     public var unattributed: UInt32 {
-        let listeners = Set(units.map(\.listener))
+        var countedAnywhere = Set<UInt64>()
+        for entry in counted { countedAnywhere.formUnion(entry.holding.union(entry.draining)) }
         var count: UInt32 = 0
-        for (inode, local) in established where !counted.contains(inode) {
-            if local.lookupOrder.contains(where: listeners.contains) { count &+= 1 }
+        for (inode, local) in established where !countedAnywhere.contains(inode) && units(reachedFrom: local) != nil {
+            count &+= 1
         }
         return count
     }

@@ -61,12 +61,14 @@ public enum Reply {
         public var unattributedConnections: UInt32?
         public var unreadableProcesses: Int?
         public var holdersUnknown: String?
+        /// How long ago the holders were counted (a `list` asks for the next count), in seconds.
+        public var holdersAgeSeconds: UInt64?
 
         enum CodingKeys: String, CodingKey {
             case pid, control, sockets, holders
             case clientsConnected = "clients_connected", clientsServed = "clients_served"
             case unattributedConnections = "unattributed_connections", unreadableProcesses = "unreadable_processes"
-            case holdersUnknown = "holders_unknown"
+            case holdersUnknown = "holders_unknown", holdersAgeSeconds = "holders_age_seconds"
         }
 
         public init(pid: Int32, control: String, sockets: [Socket], clientsConnected: Int, clientsServed: Int) {

@@ -111,14 +111,17 @@ public enum ProcFile {
     }
 
     /// A /proc/PID/stat's command name (the 2nd field, in parentheses: it may hold blanks and
-    /// parentheses itself) and start time (the 22nd, clock ticks after boot).
+    /// parentheses itself) and start time (the 22nd, clock ticks after boot). Read as bytes: a
+    /// name ending in a character that joins the closing parenthesis into one grapheme must not
+    /// hide it and shift the fields.
     public static func commandAndStart(stat: String) -> (command: String, started: UInt64)? {
-        guard let open = stat.firstIndex(of: "("), let close = stat.lastIndex(of: ")"), open < close else {
-            return nil
-        }
+        let bytes = Array(stat.utf8)
+        guard let open = bytes.firstIndex(of: UInt8(ascii: "(")), let close = bytes.lastIndex(of: UInt8(ascii: ")")),
+            open < close
+        else { return nil }
         // Fields from the third (state) on; starttime is the 22nd.
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
-        guard fields.count > 19, let ticks = UInt64(fields[19]) else { return nil }
-        return (String(stat[stat.index(after: open)..<close]), ticks)
+        let fields = bytes[(close + 1)...].split(separator: UInt8(ascii: " "))
+        guard fields.count > 19, let ticks = UInt64(String(decoding: fields[19], as: UTF8.self)) else { return nil }
+        return (String(decoding: bytes[(open + 1)..<close], as: UTF8.self), ticks)
     }
 }

@@ -4,10 +4,14 @@ import Glibc
 /// one readlink each. Reading the table of a process of another user, or of one that changed its
 /// uid (HAProxy dropping root), takes CAP_SYS_PTRACE (the kernel's ptrace read check).
 public enum ProcessSockets {
-    /// One process: its pid and the inode numbers of the sockets it holds.
+    /// One process: its pid and the inode numbers of the sockets it holds (once per descriptor).
     public struct Process {
         public var pid: Int32
         public var sockets: [UInt64]
+        /// Its command name and start time, read through the /proc directory its table was read
+        /// through (a process that ended and whose pid was used again reads nothing); for the
+        /// scan's callback only.
+        public let identity: () -> (command: String, started: UInt64)?
     }
 
     /// More descriptors in all than a scan reads.
@@ -24,19 +28,24 @@ public enum ProcessSockets {
         var read = 0, unreadable = 0
         for name in ProcFile.entries(ofDirectory: "/proc") {
             guard let pid = Int32(name), pid > 0, pid != excluding else { continue }
+            let directory = open("/proc/\(pid)", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            guard directory >= 0 else { continue }  // ended
+            defer { close(directory) }
             var sockets: [UInt64] = []
-            if try !table(of: pid, read: &read, limit: limit, { sockets.append($0) }) { unreadable += 1 }
-            if !sockets.isEmpty { each(Process(pid: pid, sockets: sockets)) }
+            if try !table(in: directory, read: &read, limit: limit, { sockets.append($0) }) { unreadable += 1 }
+            if !sockets.isEmpty {
+                each(Process(pid: pid, sockets: sockets) { identity(in: directory) })
+            }
         }
         return unreadable
     }
 
-    /// Every socket inode in `pid`'s table, counted into `read`; false when the table cannot be
-    /// read.
-    private static func table(of pid: Int32, read: inout Int, limit: Int, _ each: (UInt64) -> Void) throws(TooMany)
-        -> Bool
+    /// Every socket inode in the table of the process whose /proc directory is `process`, counted
+    /// into `read`; false when the table cannot be read.
+    private static func table(in process: Int32, read: inout Int, limit: Int, _ each: (UInt64) -> Void)
+        throws(TooMany) -> Bool
     {
-        let directory = open("/proc/\(pid)/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        let directory = openat(process, "fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard directory >= 0 else {
             // Gone (ENOENT, ESRCH), or a kernel thread's: nothing held.
             return errno != EACCES && errno != EPERM
@@ -67,6 +76,14 @@ public enum ProcessSockets {
     /// again); nil once it has ended.
     public static func identity(of pid: Int32) -> (command: String, started: UInt64)? {
         ProcFile.read("/proc/\(pid)/stat", limit: 4096).flatMap { ProcFile.commandAndStart(stat: $0) }
+    }
+
+    /// The same through a process's /proc directory.
+    static func identity(in process: Int32) -> (command: String, started: UInt64)? {
+        let stat = openat(process, "stat", O_RDONLY | O_CLOEXEC)
+        guard stat >= 0 else { return nil }
+        defer { close(stat) }
+        return ProcFile.text(fd: stat, limit: 4096).flatMap { ProcFile.commandAndStart(stat: $0) }
     }
 
     /// The inode of an fd link's target "socket:[N]"; nil for anything else.

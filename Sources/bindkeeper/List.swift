@@ -62,6 +62,7 @@ struct List: ParsableCommand {
         }
         guard !holders.isEmpty else { return }
         print("")
+        print("counted \(listing.holdersAgeSeconds ?? 0) s ago; each list asks for the next count")
         print("HELD BY".padding(toLength: width, withPad: " ", startingAt: 0) + " PID      ESTABLISHED  COMMAND")
         for holder in holders {
             print(

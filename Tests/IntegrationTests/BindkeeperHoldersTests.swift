@@ -16,12 +16,15 @@ final class BindkeeperHoldersTests: XCTestCase {
     override func tearDown() { lab?.tearDown() }
 
     /// A holder (python3): names itself argv[1] (PR_SET_NAME: any bytes, a newline among them),
-    /// accepts on every passed socket and keeps each connection; SIGUSR1 closes its sockets (it
-    /// lets go of them) and it goes on holding what it accepted.
+    /// accepts on every passed socket whose name is not in argv[2:] and keeps each connection
+    /// under three descriptors (dup: still one connection); SIGUSR1 closes its sockets (it lets
+    /// go of them) and it goes on holding what it accepted.
     static let holder = """
         import ctypes, os, signal, socket, sys, time
         ctypes.CDLL(None).prctl(15, sys.argv[1].encode(), 0, 0, 0)
-        listeners = [socket.socket(fileno=3 + i) for i in range(int(os.environ["LISTEN_FDS"]))]
+        names = os.environ["LISTEN_FDNAMES"].split(":")
+        listeners = [socket.socket(fileno=3 + i) for i in range(int(os.environ["LISTEN_FDS"]))
+                     if names[i] not in sys.argv[2:]]
         held = []
         def let_go(*_):
             for listener in listeners: listener.close()
@@ -30,17 +33,22 @@ final class BindkeeperHoldersTests: XCTestCase {
         for listener in listeners: listener.setblocking(False)
         while True:
             for listener in list(listeners):
-                try: held.append(listener.accept()[0])
+                try:
+                    connection = listener.accept()[0]
+                    held += [connection, os.dup(connection.fileno()), os.dup(connection.fileno())]
                 except OSError: pass
             time.sleep(0.02)
         """
 
-    /// A holder of `urls` named `command`, run by `runner` (setpriv and its options) when given.
-    func startHolder(_ name: String, command: String, _ urls: [String], runner: [String] = []) throws -> Process {
+    /// A holder of `urls` named `command`, run by `runner` (setpriv and its options) when given;
+    /// it accepts on none of those whose names `idle` lists (`bindkeeper exec`'s names).
+    func startHolder(
+        _ name: String, command: String, _ urls: [String], runner: [String] = [], idle: [String] = []
+    ) throws -> Process {
         try lab.start(
             name,
             runner + [lab.binary("bindkeeper"), "exec", "--socket", lab.socketPath] + urls.flatMap { ["--bind", $0] }
-                + ["--", "/usr/bin/python3", "-c", Self.holder, command])
+                + ["--", "/usr/bin/python3", "-c", Self.holder, command] + idle)
     }
 
     func connect(_ count: Int, port: UInt16) throws -> [Int32] {
@@ -127,9 +135,11 @@ final class BindkeeperHoldersTests: XCTestCase {
             to: policy, atomically: true, encoding: .utf8)
         try lab.startBroker(["--config", policy.path, "--metrics", "\(BrokerLab.address):9528"], asTheUnit: true)
         // Root with the broker's capabilities (no more: the kernel lets a process read the table
-        // of one whose capabilities are within its own), and another user.
+        // of one whose capabilities are within its own), and another user. Root holds the other
+        // user's socket too, without accepting: the other user's connections are not root's.
         let root = try startHolder(
-            "root", command: "root", ["tcp://\(BrokerLab.address):8823"], runner: BrokerLab.unitCapabilities)
+            "root", command: "root", ["tcp://\(BrokerLab.address):8823", "idle=" + other],
+            runner: BrokerLab.unitCapabilities, idle: ["idle"])
         let grantee = try startHolder("grantee", command: "grantee", [other], runner: BindkeeperHardeningTests.grantee)
         try lab.waitFor("the grantee's holder") {
             ProcessSockets.identity(of: grantee.processIdentifier)?.command == "grantee"
@@ -143,12 +153,14 @@ final class BindkeeperHoldersTests: XCTestCase {
         }
         XCTAssertGreaterThanOrEqual(listing.unreadableProcesses ?? 0, 1)
         let holders = try XCTUnwrap(listing.holders)
-        XCTAssertEqual(holders.map(\.pid), [root.processIdentifier], "only the root holder is seen: \(holders)")
-        XCTAssertEqual(holders.first?.established, 1)
+        XCTAssertEqual(
+            holders.map(\.pid), [root.processIdentifier, root.processIdentifier], "only root is seen: \(holders)")
+        XCTAssertEqual(holders.first { $0.key == other }?.established, 0, "root holds it, but accepted none")
+        XCTAssertEqual(holders.first { $0.key != other }?.established, 1)
         try lab.waitFor("the metrics to say so", seconds: 25) {
             let body = try self.lab.inside { try Lab.httpGet(IPAddress(BrokerLab.address)!, port: 9528) }
             return body.contains("bindkeeper_unattributed_established_connections 2\n")
-                && !body.contains("bindkeeper_established_connections{key=\"\(other)\"}")
+                && body.contains("bindkeeper_established_connections{key=\"\(other)\"} 0\n")
         }
     }
 }

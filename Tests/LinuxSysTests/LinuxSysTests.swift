@@ -203,6 +203,10 @@ final class ProcFileTests: XCTestCase {
         let hostile = ProcFile.commandAndStart(stat: "7 (a) (b\n 9 9)" + fields)
         XCTAssertEqual(hostile?.command, "a) (b\n 9 9")
         XCTAssertEqual(hostile?.started, 424_242)
+        // U+0600 (a prepended concatenation mark) joins the ")" after it into one grapheme.
+        let joined = ProcFile.commandAndStart(stat: "7 (a) 1 2 3\u{600})" + fields)
+        XCTAssertEqual(joined?.started, 424_242, "the last parenthesis, by bytes")
+        XCTAssertEqual(joined?.command, "a) 1 2 3\u{600}")
         XCTAssertNil(ProcFile.commandAndStart(stat: "7 (x) S 1 2"), "too few fields")
         XCTAssertNil(ProcFile.commandAndStart(stat: ") 7 ("), "no command")
         let mine = ProcessSockets.identity(of: getpid())
