@@ -16,11 +16,11 @@ dir=${2:-}
 # goes last, so a new one is never left out.
 order=(
     testSocketGroupsOnLinux5_10And6_12                                # 2, two CPUs: first, done early
+    testXDPsAndTheUnitsLifeOnLinux6_1                                 # 9
     testKernelDecapsulationAndTheAttackersPacketsOnLinux6_12          # 8
-    testXDPsAndTheUnitsLifeOnLinux5_10                                # 7
-    testXDPsAndTheUnitsLifeOnLinux6_1                                 # 7
+    testTheFastPathsLifeOnLinux6_1                                    # 8
     testTheFastPathsLifeOnLinux5_10                                   # 7
-    testTheFastPathsLifeOnLinux6_1                                    # 6
+    testXDPsAndTheUnitsLifeOnLinux5_10                                # 6
     testTheShippedNftRulesQueueTheScenariosAndAReloadOnLinux6_1       # 6
     testTheShippedNftRulesQueueTheScenariosAndAReloadOnLinux6_12      # 6
     testKernelDecapsulationOnLinux5_10                                # 5
