@@ -28,7 +28,8 @@ public struct HoldingsReport: Sendable {
 /// descriptors slows the count, never the broker. The loop hands it the sockets to count for
 /// (`update`); `list` and the metrics read its last report (`latest`).
 final class HoldingsCounter: Sendable {
-    typealias Report = (at: UInt64, result: Result<HoldingsReport, HoldingsUnknown>)
+    /// A count: when it ended (MonotonicClock), how long it took, and what it found.
+    typealias Report = (at: UInt64, took: UInt64, result: Result<HoldingsReport, HoldingsUnknown>)
     private struct Shared {
         var units: [Holdings.Unit] = []
         var report: Report?
@@ -77,7 +78,7 @@ final class HoldingsCounter: Sendable {
             ended = MonotonicClock.nanoseconds()
             took = ended &- started
             let previous = shared.withLock { state in
-                defer { state.report = (ended, result) }
+                defer { state.report = (ended, took, result) }
                 return state.report?.result
             }
             switch (previous, result) {
@@ -154,19 +155,20 @@ extension Broker {
     }
 
     /// The counter's last report for `list` (asking it for a new count) or the metrics: the
-    /// holders, or why there are none, and how many seconds ago it was counted.
-    func holdings(countingAgain: Bool) -> (report: HoldingsReport?, unknown: String?, age: UInt64?) {
-        guard let holdingsCounter else { return (nil, "not counted: the counter did not start", nil) }
+    /// holders, or why there are none, how many seconds ago it was counted and how many
+    /// milliseconds the count took.
+    func holdings(countingAgain: Bool) -> (report: HoldingsReport?, unknown: String?, age: UInt64?, took: UInt64?) {
+        guard let holdingsCounter else { return (nil, "not counted: the counter did not start", nil, nil) }
         let now = MonotonicClock.nanoseconds()
         if countingAgain || now &- unitsHandedToCounter >= 1_000_000_000 {
             unitsHandedToCounter = now
             holdingsCounter.update(holdingUnits(), countNow: countingAgain)
         }
-        guard let latest = holdingsCounter.latest else { return (nil, "not counted yet", nil) }
+        guard let latest = holdingsCounter.latest else { return (nil, "not counted yet", nil, nil) }
         let age = (now &- min(now, latest.at)) / 1_000_000_000
         switch latest.result {
-        case .success(let report): return (report, nil, age)
-        case .failure(let why): return (nil, why.description, age)
+        case .success(let report): return (report, nil, age, latest.took / 1_000_000)
+        case .failure(let why): return (nil, why.description, age, latest.took / 1_000_000)
         }
     }
 }

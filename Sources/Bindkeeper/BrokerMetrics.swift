@@ -26,7 +26,7 @@ extension Broker {
             socket.handedOut = entry.handedOut
             return socket
         }
-        (statistics.holders, statistics.holdersUnknown, _) = holdings(countingAgain: false)
+        (statistics.holders, statistics.holdersUnknown, _, _) = holdings(countingAgain: false)
         published.withLock { [statistics] in $0 = statistics }
     }
 

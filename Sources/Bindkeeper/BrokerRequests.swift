@@ -421,10 +421,10 @@ extension Broker {
             listing.holdersUnknown = "listed to root and the broker's user only"
             return listing
         }
-        let (report, unknown, age) = holdings(countingAgain: true)
+        let (report, unknown, age, took) = holdings(countingAgain: true)
         listing.holders = report?.holders
         (listing.unattributedConnections, listing.unreadableProcesses) = (report?.unattributed, report?.unreadable)
-        (listing.holdersUnknown, listing.holdersAgeSeconds) = (unknown, age)
+        (listing.holdersUnknown, listing.holdersAgeSeconds, listing.holdersCountMilliseconds) = (unknown, age, took)
         return listing
     }
 }

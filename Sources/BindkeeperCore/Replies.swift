@@ -61,14 +61,17 @@ public enum Reply {
         public var unattributedConnections: UInt32?
         public var unreadableProcesses: Int?
         public var holdersUnknown: String?
-        /// How long ago the holders were counted (a `list` asks for the next count), in seconds.
+        /// How long ago the holders were counted (a `list` asks for the next count), in seconds,
+        /// and how long that count took, in milliseconds.
         public var holdersAgeSeconds: UInt64?
+        public var holdersCountMilliseconds: UInt64?
 
         enum CodingKeys: String, CodingKey {
             case pid, control, sockets, holders
             case clientsConnected = "clients_connected", clientsServed = "clients_served"
             case unattributedConnections = "unattributed_connections", unreadableProcesses = "unreadable_processes"
             case holdersUnknown = "holders_unknown", holdersAgeSeconds = "holders_age_seconds"
+            case holdersCountMilliseconds = "holders_count_milliseconds"
         }
 
         public init(pid: Int32, control: String, sockets: [Socket], clientsConnected: Int, clientsServed: Int) {

@@ -62,7 +62,11 @@ struct List: ParsableCommand {
         }
         guard !holders.isEmpty else { return }
         print("")
-        print("counted \(listing.holdersAgeSeconds ?? 0) s ago; each list asks for the next count")
+        print(
+            """
+            counted \(listing.holdersAgeSeconds ?? 0) s ago in \(listing.holdersCountMilliseconds ?? 0) ms; \
+            each list asks for the next count
+            """)
         print("HELD BY".padding(toLength: width, withPad: " ", startingAt: 0) + " PID      ESTABLISHED  COMMAND")
         for holder in holders {
             print(

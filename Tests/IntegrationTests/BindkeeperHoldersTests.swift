@@ -157,6 +157,12 @@ final class BindkeeperHoldersTests: XCTestCase {
             holders.map(\.pid), [root.processIdentifier, root.processIdentifier], "only root is seen: \(holders)")
         XCTAssertEqual(holders.first { $0.key == other }?.established, 0, "root holds it, but accepted none")
         XCTAssertEqual(holders.first { $0.key != other }?.established, 1)
+        // Another user's `list` shows the sockets, not who holds them.
+        let asGrantee = try lab.run(
+            BindkeeperHardeningTests.grantee + [lab.binary("bindkeeper"), "list", "--json", "--socket", lab.socketPath])
+        XCTAssertEqual(asGrantee.status, 0, asGrantee.output)
+        XCTAssertTrue(asGrantee.output.contains("listed to root and the broker's user only"), asGrantee.output)
+        XCTAssertFalse(asGrantee.output.contains("\"command\""), "no holder: \(asGrantee.output)")
         try lab.waitFor("the metrics to say so", seconds: 25) {
             let body = try self.lab.inside { try Lab.httpGet(IPAddress(BrokerLab.address)!, port: 9528) }
             return body.contains("bindkeeper_unattributed_established_connections 2\n")

@@ -214,6 +214,33 @@ final class ProcFileTests: XCTestCase {
         XCTAssertEqual(mine?.started, ProcessSockets.identity(of: getpid())?.started)
     }
 
+    /// Any bytes a process could leave in its stat line (its name is its own): the parser never
+    /// traps, and what it reads is the 20th field after the last parenthesis, the name what is
+    /// between the first and the last.
+    func testRandomAndMutatedStatLines() {
+        var random = SeededGenerator.fromEnvironment(name: #function)
+        let seed = Array("4242 (haproxy) S 1 1 1 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1 1".utf8)
+        let alphabet = Array("() 0123456789\n\u{1b}x".utf8) + [0xd8, 0x80, 0xff, 0]
+        for round in 0..<20_000 {
+            var bytes =
+                round % 4 == 0 ? (0..<random.below(120)).map { _ in alphabet[random.below(alphabet.count)] } : seed
+            for _ in 0..<random.below(6) where !bytes.isEmpty {
+                let at = random.below(bytes.count)
+                switch random.below(3) {
+                case 0: bytes[at] = alphabet[random.below(alphabet.count)]
+                case 1: bytes.insert(alphabet[random.below(alphabet.count)], at: at)
+                default: bytes.remove(at: at)
+                }
+            }
+            let text = String(decoding: bytes, as: UTF8.self)
+            guard let parsed = ProcFile.commandAndStart(stat: text) else { continue }
+            let utf8 = Array(text.utf8)
+            let close = utf8.lastIndex(of: UInt8(ascii: ")"))!
+            let fields = utf8[(close + 1)...].split(separator: UInt8(ascii: " "))
+            XCTAssertEqual(UInt64(String(decoding: fields[19], as: UTF8.self)), parsed.started, random.report)
+        }
+    }
+
     /// This process's own sockets are found by their inodes (a process's own table is readable).
     func testAProcessSocketsAreFoundByInode() throws {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
