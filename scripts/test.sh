@@ -31,7 +31,7 @@ if [ "$PROXYSIDE_SLOW_TESTS" = 1 ]; then
     lab=$(mktemp -d /tmp/proxyside-kernel-lab.XXXXXX)
     # Each runner in its own process group (setsid: this script runs without job control):
     # stopping the run stops its guests too.
-    trap 'for pid in "${lab_runners[@]}"; do kill -- -"$pid" 2>/dev/null || true; done; rm -rf "$lab"' EXIT
+    trap 'for pid in "${lab_runners[@]}" ${package_tests:-}; do kill -- -"$pid" 2>/dev/null || true; done; rm -rf "$lab"' EXIT
     bundle=$(swift build --show-bin-path)/proxysidePackageTests.xctest
     scripts/lab-queue.sh init "$lab" "$bundle"
     for runner in 1 2; do
@@ -57,11 +57,13 @@ if [ "$PROXYSIDE_SLOW_TESTS" = 1 ]; then
     # The package tests last, beside the fuzzing run (one core, compiled outside SwiftPM): their
     # release build and Debian roots slow most beside the guests, which are nearly done by now,
     # and much of their time is spent waiting for systemd in the roots.
-    swift test --skip-build --disable-swift-testing --filter 'IntegrationTests\.PackageTests' \
+    # In a process group of its own, as the runners: stopping the run stops its roots too.
+    setsid swift test --skip-build --disable-swift-testing --filter 'IntegrationTests\.PackageTests' \
         > "$lab/package-tests.log" 2>&1 &
     package_tests=$!
     scripts/fuzz.sh "${PROXYSIDE_FUZZ_SECONDS:-30}" || status=1
     wait "$package_tests" || status=1
+    package_tests=
     echo "== the package tests (beside the fuzzing run) =="
     cat "$lab/package-tests.log"
     for pid in "${lab_runners[@]}"; do wait "$pid" || status=1; done

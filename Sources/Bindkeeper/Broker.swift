@@ -206,6 +206,9 @@ public final class Broker: @unchecked Sendable {
 
     /// Serves until SIGTERM/SIGINT. Returns normally; the control socket file is removed.
     public func run() {
+        // The threads start with the daemon's signals blocked (they inherit the mask): each is
+        // the loop's, and one that reached another thread during a re-exec would be lost.
+        Signals.setHandledBlocked(true)
         if let metricsServer {
             let stop = shutdown
             do { _ = try WorkerThread { metricsServer.serve(stop: stop) } } catch {
@@ -215,6 +218,7 @@ public final class Broker: @unchecked Sendable {
         do { holdingsCounter = try HoldingsCounter(periodic: metricsServer != nil, logger: logger) } catch {
             logger.error("no thread to count who holds the sockets: \(error)")
         }
+        Signals.setHandledBlocked(false)
         var fds: [pollfd] = []
         while true {
             fds.removeAll(keepingCapacity: true)

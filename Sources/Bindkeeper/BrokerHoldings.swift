@@ -60,10 +60,9 @@ final class HoldingsCounter: Sendable {
 
     /// Counts when woken or every interval (with `periodic`), never sooner than a second, or four
     /// times the last count's length, after the last: a client calling `list` in a loop costs
-    /// the host at most a fifth of a core. The daemon's signals stay with its loop (blocked
-    /// here: a re-exec blocks them on its own thread only).
+    /// the host at most a fifth of a core. Started with the daemon's signals blocked (`Broker.run`):
+    /// they stay with its loop.
     private func run() {
-        Signals.setHandledBlocked(true)
         var heldBefore: [Int32: (started: UInt64, keys: Set<String>)] = [:]
         var poller = [pollfd(fd: wake.fd, events: Int16(POLLIN), revents: 0)]
         var (ended, took): (UInt64, UInt64) = (0, 0)
