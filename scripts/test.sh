@@ -31,13 +31,18 @@ if [ "$PROXYSIDE_SLOW_TESTS" = 1 ]; then
     lab=$(mktemp -d /tmp/proxyside-kernel-lab.XXXXXX)
     # Each runner in its own process group (setsid: this script runs without job control):
     # stopping the run stops its guests too.
-    trap 'for pid in "${lab_runners[@]}" ${package_tests:-}; do kill -- -"$pid" 2>/dev/null || true; done; rm -rf "$lab"' EXIT
+    trap 'for pid in "${lab_runners[@]}" ${fuzzing:-}; do kill -- -"$pid" 2>/dev/null || true; done; rm -rf "$lab"' EXIT
     bundle=$(swift build --show-bin-path)/proxysidePackageTests.xctest
     scripts/lab-queue.sh init "$lab" "$bundle"
     for runner in 1 2; do
         setsid nice -n 10 scripts/lab-queue.sh run "$lab" "$bundle" "$runner" &
         lab_runners+=($!)
     done
+    # The bounded fuzzing run beside them, under more nice still: libFuzzer's runs are bounded
+    # in time, not in inputs, and it compiles outside SwiftPM (nothing else compiles meanwhile:
+    # the package tests' release build waits for it below).
+    setsid nice -n 15 scripts/fuzz.sh "${PROXYSIDE_FUZZ_SECONDS:-30}" > "$lab/fuzz.log" 2>&1 &
+    fuzzing=$!
 fi
 status=0
 swift test --skip-build --disable-swift-testing --skip 'IntegrationTests\.(KernelLabTests|PackageTests)' || status=1
@@ -54,18 +59,13 @@ PROXYSIDE_SLOW_TESTS=0 PROXYSIDE_FAST_PATH=tc swift test --skip-build --disable-
     --filter 'IntegrationTests\.(SecondChanceTests|TrustBoundaryTests|PromiseTests|SynCookieResponderTests|SpoofedPeerTests|DataPathMatrixTests)' ||
     status=1
 if [ "$PROXYSIDE_SLOW_TESTS" = 1 ]; then
-    # The package tests last, beside the fuzzing run (one core, compiled outside SwiftPM): their
-    # release build and Debian roots slow most beside the guests, which are nearly done by now,
-    # and much of their time is spent waiting for systemd in the roots.
-    # In a process group of its own, as the runners: stopping the run stops its roots too.
-    setsid swift test --skip-build --disable-swift-testing --filter 'IntegrationTests\.PackageTests' \
-        > "$lab/package-tests.log" 2>&1 &
-    package_tests=$!
-    scripts/fuzz.sh "${PROXYSIDE_FUZZ_SECONDS:-30}" || status=1
-    wait "$package_tests" || status=1
-    package_tests=
-    echo "== the package tests (beside the fuzzing run) =="
-    cat "$lab/package-tests.log"
+    wait "$fuzzing" || status=1
+    fuzzing=
+    echo "== the fuzzing run (beside the rounds above) =="
+    cat "$lab/fuzz.log"
+    # The package tests last: their release build and Debian roots slow most beside the guests,
+    # which are nearly done by now.
+    swift test --skip-build --disable-swift-testing --filter 'IntegrationTests\.PackageTests' || status=1
     for pid in "${lab_runners[@]}"; do wait "$pid" || status=1; done
     lab_runners=()
     echo "== the kernel lab (KernelLabTests, beside the rest) =="

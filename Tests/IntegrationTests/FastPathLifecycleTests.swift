@@ -329,9 +329,12 @@ final class FastPathLifecycleTests: XCTestCase {
         XCTAssertEqual(try lab.stats("p1").value("fast_path_forwarded"), before + 1)
     }
 
-    /// What runs a daemon with the shipped unit's capabilities (its CapabilityBoundingSet=).
+    /// What runs a daemon with the shipped unit's capabilities (its CapabilityBoundingSet=) and
+    /// locked-memory limit (LimitMEMLOCK=infinity: before 5.11 the kernel charges BPF maps and
+    /// programs to it, and without CAP_SYS_RESOURCE the daemon cannot raise it itself).
     static let unitCapabilities = [
-        "/usr/bin/setpriv", "--bounding-set=-all,+net_admin,+net_raw,+bpf,+perfmon", "--no-new-privs",
+        "/usr/bin/prlimit", "--memlock=unlimited:unlimited", "/usr/bin/setpriv",
+        "--bounding-set=-all,+net_admin,+net_raw,+bpf,+perfmon", "--no-new-privs",
     ]
 
     /// Before Linux 5.12 (bpf_check_mtu) the XDP entry point does not load: with the unit's
@@ -419,7 +422,7 @@ final class FastPathLifecycleTests: XCTestCase {
         let bpffs = try mountBPFFilesystem()
         defer { _ = try? Lab.shell("umount \(bpffs)") }
         let first = try startUnderTheUnit(bpffs: bpffs, mode + ["--fast-path-stop", "keep"])
-        try lab.waitFor("the first instance", seconds: Self.startup) {
+        try Lab.waitFor("the first instance", seconds: Self.startup, context: { lab.log(of: first) }) {
             lab.log(of: first).contains("serving queue")
         }
         first.terminate()
@@ -440,7 +443,7 @@ final class FastPathLifecycleTests: XCTestCase {
             bpffs: bpffs,
             base: ["run", "--queue", "1", "--self", Lab.p1.description, "--control", control] + Lab.labPeers,
             mode + ["--fast-path-interface", "x9a"])
-        try lab.waitFor("the second instance", seconds: Self.startup) {
+        try Lab.waitFor("the second instance", seconds: Self.startup, context: { lab.log(of: second) }) {
             lab.log(of: second).contains("serving queue")
         }
         XCTAssertEqual(try filterOnP1(), filter, lab.log(of: second))
@@ -603,7 +606,7 @@ final class FastPathLifecycleTests: XCTestCase {
         let second = try lab.start(
             "p1", "second-chance",
             ["run", "--queue", "1", "--self", Lab.p1.description, "--control", control] + Lab.labPeers)
-        try lab.waitFor("the second instance", seconds: Self.startup) {
+        try Lab.waitFor("the second instance", seconds: Self.startup, context: { lab.log(of: second) }) {
             lab.log(of: second).contains("serving queue")
         }
         let secondStatus = try lab.runToEnd("p1", "second-chance", ["stats", "--control", control]).output
