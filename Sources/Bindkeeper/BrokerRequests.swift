@@ -392,6 +392,9 @@ extension Broker {
         }
     }
 
+    /// The most holders one `list` names (some 140 bytes each; a reply holds 1 MiB).
+    static let listedHolders = 1000
+
     /// The sockets and their queues; who holds them (pids, commands, connections of any user)
     /// for root and the broker's user only.
     func listing(for peer: Peer) -> Reply.Listing {
@@ -422,7 +425,10 @@ extension Broker {
             return listing
         }
         let (report, unknown, age, took) = holdings(countingAgain: true)
-        listing.holders = report?.holders
+        // Bounded: a grantee can fork thousands of processes holding its sockets, and a reply past
+        // the frame limit would be no listing at all. The metrics count them all.
+        listing.holders = report.map { Array($0.holders.prefix(Self.listedHolders)) }
+        listing.holdersLeftOut = report.map { max(0, $0.holders.count - Self.listedHolders) }
         (listing.unattributedConnections, listing.unreadableProcesses) = (report?.unattributed, report?.unreadable)
         (listing.holdersUnknown, listing.holdersAgeSeconds, listing.holdersCountMilliseconds) = (unknown, age, took)
         return listing

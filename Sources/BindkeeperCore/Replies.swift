@@ -61,6 +61,8 @@ public enum Reply {
         public var unattributedConnections: UInt32?
         public var unreadableProcesses: Int?
         public var holdersUnknown: String?
+        /// Holders beyond the most one listing names (`holders` is the first of them by socket and pid).
+        public var holdersLeftOut: Int?
         /// How long ago the holders were counted (a `list` asks for the next count), in seconds,
         /// and how long that count took, in milliseconds.
         public var holdersAgeSeconds: UInt64?
@@ -71,7 +73,7 @@ public enum Reply {
             case clientsConnected = "clients_connected", clientsServed = "clients_served"
             case unattributedConnections = "unattributed_connections", unreadableProcesses = "unreadable_processes"
             case holdersUnknown = "holders_unknown", holdersAgeSeconds = "holders_age_seconds"
-            case holdersCountMilliseconds = "holders_count_milliseconds"
+            case holdersCountMilliseconds = "holders_count_milliseconds", holdersLeftOut = "holders_left_out"
         }
 
         public init(pid: Int32, control: String, sockets: [Socket], clientsConnected: Int, clientsServed: Int) {

@@ -67,15 +67,19 @@ struct List: ParsableCommand {
             counted \(listing.holdersAgeSeconds ?? 0) s ago in \(listing.holdersCountMilliseconds ?? 0) ms; \
             each list asks for the next count
             """)
-        print("HELD BY".padding(toLength: width, withPad: " ", startingAt: 0) + " PID      ESTABLISHED  COMMAND")
+        print(
+            "HELD BY".padding(toLength: width, withPad: " ", startingAt: 0) + " PID      ESTABLISHED  STATE    COMMAND")
         for holder in holders {
             print(
                 [
                     holder.key.padding(toLength: width, withPad: " ", startingAt: 0),
                     String(holder.pid).padding(toLength: 8, withPad: " ", startingAt: 0),
                     String(holder.established).padding(toLength: 12, withPad: " ", startingAt: 0),
-                    holder.command + (holder.draining ? " (draining)" : ""),
+                    (holder.draining ? "draining " : "holding  ") + holder.command,
                 ].joined(separator: " "))
+        }
+        if let leftOut = listing.holdersLeftOut, leftOut > 0 {
+            print("... and \(leftOut) more (the metrics count them all)")
         }
     }
 }

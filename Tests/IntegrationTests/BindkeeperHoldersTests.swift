@@ -169,4 +169,36 @@ final class BindkeeperHoldersTests: XCTestCase {
                 && body.contains("bindkeeper_established_connections{key=\"\(other)\"} 0\n")
         }
     }
+
+    /// A grantee that forks many processes holding its sockets cannot make root's listing too
+    /// large to send (a line per process and socket: 8 sockets and 901 processes are over a
+    /// megabyte): `list` names the first holders and counts the rest.
+    func testAFloodOfHoldersLeavesTheListingWhole() throws {
+        try lab.startBroker()
+        let binds = (8824...8831).flatMap { ["--bind", "tcp://\(BrokerLab.address):\($0)"] }
+        let forker = try lab.start(
+            "forker",
+            [lab.binary("bindkeeper"), "exec", "--socket", lab.socketPath] + binds + [
+                "--", "/usr/bin/python3", "-c",
+                """
+                import os, time
+                for _ in range(900):
+                    if os.fork() == 0:
+                        time.sleep(600)
+                        os._exit(0)
+                time.sleep(600)
+                """,
+            ])
+        defer { _ = try? Lab.shell("pkill -KILL -P \(forker.processIdentifier); kill -9 \(forker.processIdentifier)") }
+        var listing = try lab.client().list()
+        try lab.waitFor("901 holders of 8 sockets", seconds: 30) {
+            listing = try self.lab.client().list()
+            return (listing.holders?.count ?? 0) + (listing.holdersLeftOut ?? 0) >= 901 * 8
+        }
+        XCTAssertEqual(listing.holders?.count, 1000)
+        XCTAssertGreaterThanOrEqual(listing.holdersLeftOut ?? 0, 901 * 8 - 1000)
+        let printed = try lab.run([lab.binary("bindkeeper"), "list", "--socket", lab.socketPath])
+        XCTAssertEqual(printed.status, 0, String(printed.output.suffix(500)))
+        XCTAssertTrue(printed.output.contains("more (the metrics count them all)"), String(printed.output.suffix(500)))
+    }
 }
