@@ -10,7 +10,9 @@ public enum Netlink {
     public static func open(_ family: Int32, name: String, groups: UInt32 = 0, namespace: NetworkNamespace? = nil)
         throws -> OpaquePointer
     {
-        let closeOnExec = Int32(SOCK_CLOEXEC.rawValue)
+        // SOCK_CLOEXEC by value: named in a file that imports CMnl, the socket type constants
+        // become CMnl's in a whole-module build, and the module's other files lose them.
+        let closeOnExec: Int32 = 0o2000000
         guard let socket: OpaquePointer = try namespace.run({ mnl_socket_open2(family, closeOnExec) }) else {
             throw SystemError("socket(\(name))")
         }
