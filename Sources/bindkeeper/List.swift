@@ -28,9 +28,6 @@ struct List: ParsableCommand {
             """
         )
         let width = listing.sockets.map(\.url.count).max().map { max($0, 28) } ?? 28
-        func column(_ text: String, _ width: Int) -> String {
-            text.padding(toLength: width, withPad: " ", startingAt: 0)
-        }
         func text(_ value: (some CustomStringConvertible)?) -> String { value.map(\.description) ?? "-" }
         print(column("SOCKET", width) + " BACKLOG(req/eff)  ACCEPTQ  SYNQ  DROPS       HANDED-OUT  COOKIE")
         for socket in listing.sockets {
@@ -44,6 +41,9 @@ struct List: ParsableCommand {
         }
         printHolders(listing, width: width)
     }
+
+    /// `text` padded with blanks to `width` columns, for the tables.
+    func column(_ text: String, _ width: Int) -> String { text.padding(toLength: width, withPad: " ", startingAt: 0) }
 
     /// Who holds each TCP socket (a group's generation as one) and its established connections
     /// through it; a process finishing what it accepted after letting go is marked draining.
@@ -67,15 +67,12 @@ struct List: ParsableCommand {
             counted \(listing.holdersAgeSeconds ?? 0) s ago in \(listing.holdersCountMilliseconds ?? 0) ms; \
             each list asks for the next count
             """)
-        print(
-            "HELD BY".padding(toLength: width, withPad: " ", startingAt: 0) + " PID      ESTABLISHED  STATE    COMMAND")
+        print(column("HELD BY", width) + " PID      ESTABLISHED  STATE    COMMAND")
         for holder in holders {
             print(
                 [
-                    holder.key.padding(toLength: width, withPad: " ", startingAt: 0),
-                    String(holder.pid).padding(toLength: 8, withPad: " ", startingAt: 0),
-                    String(holder.established).padding(toLength: 12, withPad: " ", startingAt: 0),
-                    (holder.draining ? "draining " : "holding  ") + holder.command,
+                    column(holder.key, width), column(String(holder.pid), 8), column(String(holder.established), 12),
+                    column(holder.draining ? "draining" : "holding", 9) + holder.command,
                 ].joined(separator: " "))
         }
         if let leftOut = listing.holdersLeftOut, leftOut > 0 {
