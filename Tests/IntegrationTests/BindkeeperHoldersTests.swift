@@ -146,10 +146,13 @@ final class BindkeeperHoldersTests: XCTestCase {
         }
         let clients = try connect(2, port: 8822) + connect(1, port: 8823)
         defer { clients.forEach { close($0) } }
+        // A count may be taken between a client's connect and the server's side of it: wait for
+        // one that saw all three.
         var listing = try lab.client().list()
-        try lab.waitFor("the grantee's two connections unattributed") {
+        try lab.waitFor("the grantee's two connections unattributed, root's one counted") {
             listing = try self.lab.client().list()
-            return listing.unattributedConnections == 2
+            let counted = listing.holders?.first { $0.key != other }?.established
+            return listing.unattributedConnections == 2 && counted == 1
         }
         XCTAssertGreaterThanOrEqual(listing.unreadableProcesses ?? 0, 1)
         let holders = try XCTUnwrap(listing.holders)
