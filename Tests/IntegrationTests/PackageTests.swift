@@ -239,7 +239,10 @@ final class PackageTests: XCTestCase {
             systemctl restart second-chance@0.service
             """)
         let filters = "ip netns exec \(lab.namespace("p1")) tc filter show dev eth0 ingress"
-        try lab.waitFor("the restarted daemon's program") { try Lab.shell(filters).contains("second_chance_f") }
+        try lab.waitFor("the restarted daemon's programs") {
+            try Lab.shell(filters).contains("second_chance_f")
+                && lab.inside("p1") { NativeXDP.program(on: "eth0") } != nil
+        }
         let purge = try inside("dpkg --purge proxyside 2>&1")
         try container.systemctl("daemon-reload")
         XCTAssertEqual(
@@ -261,5 +264,6 @@ final class PackageTests: XCTestCase {
         XCTAssertEqual(
             try Lab.shell("ip netns exec \(lab.namespace("p1")) tc filter show dev eth0 ingress")
                 .trimmingCharacters(in: .whitespacesAndNewlines), "", "no tc program is left on eth0: \(purge)")
+        XCTAssertNil(try lab.inside("p1") { NativeXDP.program(on: "eth0") }, "no XDP program is left on eth0: \(purge)")
     }
 }

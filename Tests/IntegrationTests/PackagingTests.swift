@@ -1,5 +1,6 @@
 import Foundation
 import LabKit
+import LinuxSys
 import XCTest
 
 /// The systemd units as systemd itself reads them (`systemd-analyze verify`), with the built binary
@@ -240,5 +241,46 @@ final class ShippedConfigurationTests: XCTestCase {
         let stats = try lab.stats("p1")
         XCTAssertEqual(stats["accepted_syn"], 1, "no forged SYN reached the queue")
         XCTAssertEqual(stats["total_packets"], 1 + byProgram)
+    }
+}
+
+/// The package's maintainer scripts run as dpkg runs them, on interfaces where second-chance
+/// decides.
+final class MaintainerScriptTests: XCTestCase {
+    /// dpkg runs the installed package's `prerm upgrade VERSION` before a downgrade: to a build
+    /// from before the XDP entry point (which would not know of the program in the driver, deciding
+    /// from maps it does not keep) the script takes XDP off and leaves tc; to a build that has it,
+    /// it leaves both.
+    func testADowngradeToABuildBeforeXDPTakesTheXDPProgramOff() throws {
+        guard let version = KernelRelease.version(of: KernelRelease.current), version >= (5, 12) else {
+            throw XCTSkip("the XDP entry point loads from Linux 5.12 (bpf_check_mtu)")
+        }
+        let lab = try Lab(prefix: "psms")
+        defer { lab.tearDown() }
+        let daemon = try lab.start(
+            "p1", "second-chance",
+            [
+                "run", "--queue", "0", "--self", Lab.p1.description, "--control", lab.controlPath("p1"), "--fast-path",
+                "xdp",
+            ] + Lab.labPeers)
+        defer { daemon.terminate(); daemon.waitUntilExit() }
+        let xdp = { try lab.inside("p1") { NativeXDP.program(on: "eth0") } }
+        try lab.waitFor("the XDP entry point", seconds: 20) { try xdp() != nil }
+        let prerm = Lab.packageRoot.appendingPathComponent("debian/proxyside.prerm").path
+        let run = { (to: String) in
+            try Lab.shell("ip netns exec \(lab.namespace("p1")) sh \(prerm) upgrade '\(to)' 2>&1")
+        }
+        let filters = { try Lab.shell("ip netns exec \(lab.namespace("p1")) tc filter show dev eth0 ingress") }
+
+        for newer in ["0.5.0~git265.cfaceac0a1b2", "0.5.0~git400.0123456789ab", "0.5.0", "0.6.0"] {
+            let output = try run(newer)
+            XCTAssertNotNil(try xdp(), "an upgrade or downgrade to \(newer) leaves XDP: \(output)")
+        }
+        let output = try run("0.5.0~git264.9bd0d1c2e3f4")
+        XCTAssertNil(try xdp(), "a downgrade to a build before XDP takes it off: \(output)")
+        XCTAssertTrue(try filters().contains("second_chance_f"), "tc stays, and decides alone")
+        XCTAssertTrue(daemon.isRunning, lab.log(of: daemon))
+        _ = try run("0.4.0")
+        XCTAssertTrue(try filters().contains("second_chance_f"), "a second downgrade's script leaves tc too")
     }
 }
