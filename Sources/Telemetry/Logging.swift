@@ -79,9 +79,12 @@ extension LoggingSystem {
 /// Text made safe for one log line.
 public enum LogText {
     /// `text` with every character that could end the line or disguise it written as an escape:
-    /// control characters (C0, DEL, C1) as `\n`, `\r`, `\t` or `\xNN`, the Unicode line and
-    /// paragraph separators and the bidirectional overrides as `\u{NNNN}`, and the backslash itself
-    /// doubled, so that an escape in the log always means the daemon wrote it. With
+    /// control characters (C0, DEL, C1) as `\n`, `\r`, `\t` or `\xNN`; as `\u{NNNN}` the Unicode
+    /// line and paragraph separators, the spaces other than ASCII's (one would pass for a field's
+    /// end), and what draws nothing or reorders what follows (format characters: the
+    /// bidirectional overrides and marks, zero-width spaces and joiners, the byte order mark;
+    /// default-ignorable code points: variation selectors, fillers, tags); and the backslash
+    /// itself doubled, so that an escape in the log always means the daemon wrote it. With
     /// `quotingSpaces` (a metadata value), a value with a space, `=` or `"` is put in quotes, so it
     /// cannot pass for more fields.
     public static func escaped(_ text: String, quotingSpaces: Bool = false) -> String {
@@ -111,11 +114,20 @@ public enum LogText {
     }
 
     @inline(__always)
-    static func needsEscape(_ scalar: Unicode.Scalar) -> Bool {
+    public static func needsEscape(_ scalar: Unicode.Scalar) -> Bool {
         switch scalar.value {
         case 0..<0x20, 0x7f...0x9f, 0x5c: true
-        case 0x2028, 0x2029, 0x202a...0x202e, 0x2066...0x2069: true
-        default: false
+        case 0x20..<0x7f: false
+        default: isInvisibleOrSeparator(scalar)
+        }
+    }
+
+    /// A character outside ASCII that a reader of the line would not see as itself.
+    static func isInvisibleOrSeparator(_ scalar: Unicode.Scalar) -> Bool {
+        let properties = scalar.properties
+        switch properties.generalCategory {
+        case .format, .spaceSeparator, .lineSeparator, .paragraphSeparator: return true
+        default: return properties.isDefaultIgnorableCodePoint
         }
     }
 

@@ -45,16 +45,20 @@ public struct PrometheusText {
             seconds)
     }
 
-    /// A label value as the format requires: backslash, double quote and line feed escaped.
+    /// A label value as the format requires: backslash, double quote and line feed escaped, by
+    /// Unicode scalar (a quote followed by a combining mark is one Character, and would otherwise
+    /// end the value unescaped). The format has no other escape: the rest of what a log would
+    /// escape (control characters, invisible ones) is written as U+FFFD.
     public static func escapeLabel(_ value: String) -> String {
         var out = ""
         out.reserveCapacity(value.utf8.count)
-        for character in value {
-            switch character {
+        for scalar in value.unicodeScalars {
+            switch scalar {
             case "\\": out += "\\\\"
             case "\"": out += "\\\""
             case "\n": out += "\\n"
-            default: out.append(character)
+            case _ where LogText.needsEscape(scalar): out.unicodeScalars.append("\u{FFFD}")
+            default: out.unicodeScalars.append(scalar)
             }
         }
         return out

@@ -22,6 +22,19 @@ final class HardeningTests: XCTestCase {
         XCTAssertEqual(LogText.escaped("a b=c", quotingSpaces: true), #""a b=c""#)
         XCTAssertEqual(LogText.escaped(#"say "x""#, quotingSpaces: true), #""say \"x\"""#)
         XCTAssertEqual(LogText.escaped("one", quotingSpaces: true), "one")
+        // What draws nothing, reorders what follows or passes for a space: a process's name or a
+        // client's text must not read as other text than it holds.
+        let invisible: [UInt32] = [
+            0xad, 0xa0, 0x61c, 0x180e, 0x200b, 0x200c, 0x200d, 0x200e, 0x200f, 0x2060, 0x2064, 0x3000, 0x3164,
+            0xfe0f, 0xfeff, 0xe0041, 0x1d173,
+        ]
+        for value in invisible {
+            let scalar = Unicode.Scalar(value)!
+            let expected =
+                value < 0x100 ? "a\\x" + String(value, radix: 16) + "b" : "a\\u{" + String(format: "%04x", value) + "}b"
+            XCTAssertEqual(LogText.escaped("a" + String(scalar) + "b"), expected, String(value, radix: 16))
+        }
+        XCTAssertEqual(LogText.escaped("日本語, e\u{301}, 🙂"), "日本語, e\u{301}, 🙂", "what is seen stays")
 
         let handler = LineLogHandler(label: "daemon", priorityPrefix: true)
         let line = handler.format(
@@ -159,6 +172,10 @@ final class HardeningTests: XCTestCase {
     func testLabelsAreEscapedAsTheTextFormatRequires() {
         XCTAssertEqual(PrometheusText.escapeLabel(#"a"b\c"# + "\nd"), #"a\"b\\c\nd"#)
         XCTAssertEqual(PrometheusText.escapeLabel("tcp://[::]:443"), "tcp://[::]:443")
+        // A quote and a combining mark are one Character, CR LF another: neither may pass whole.
+        XCTAssertEqual(PrometheusText.escapeLabel("a\"\u{301}} 1\r\nforged 2"), "a\\\"\u{301}} 1\u{FFFD}\\nforged 2")
+        XCTAssertEqual(PrometheusText.escapeLabel("x\u{202e}y\u{200b}z\u{1b}"), "x\u{FFFD}y\u{FFFD}z\u{FFFD}")
+        XCTAssertEqual(PrometheusText.escapeLabel("日本語"), "日本語")
     }
 
     /// CPU time per byte of a 4 MiB stream against a 64 KiB one, read 64 KiB at a time as the
