@@ -108,6 +108,7 @@ final class KernelLabTests: XCTestCase {
     static let lifeOfXDPAndUnderTheUnit = [
         "testXDPDecidesLocalPacketsAndIsReplacedInPlaceAndRemoved", "testXDPSendsForwardsBackOutOnlyWhereAllowed",
         "testXDPAnswersSYNsWithTheKernelsCookiesWhereItMaySend",
+        "testXDPLeavesASYNWhoseReplyRouteLeavesElsewhereToTcWithoutACookie",
         "testWithTheUnitsCapabilitiesAnotherInstanceLeavesWhatTheSharedPinsName",
         "testWithTheUnitsCapabilitiesAStartAfterAKeepingStopTakesThePinnedProgramsOver",
         "testWithTheUnitsCapabilitiesAReexecAndARestartReplaceXDPAndAStopRemovesIt",

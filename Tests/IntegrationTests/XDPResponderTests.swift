@@ -64,3 +64,66 @@ extension FastPathLifecycleTests {
         XCTAssertEqual(try queueOnP1().idSequence, queueBefore.idSequence, "the queue saw none of it")
     }
 }
+
+extension FastPathLifecycleTests {
+    /// A SYN whose route back leaves by the arrival interface as the kernel's routing sees it,
+    /// while the daemon's reply route leaves by another (the main table's first route, by a link
+    /// without carrier whose routes the kernel ignores): tc answers it, and XDP hands it on before asking the kernel for a cookie (each
+    /// cookie given counts in TCPReqQFullDoCookies, which operators watch: one SYN counts once).
+    func testXDPLeavesASYNWhoseReplyRouteLeavesElsewhereToTcWithoutACookie() throws {
+        let version = try XCTUnwrap(KernelRelease.version(of: KernelRelease.current))
+        guard version >= (5, 13) else { return }  // no XDP entry point
+        let p1 = lab.namespace("p1")
+        // A client outside the peers' prefix (the routes to the peers choose the interfaces).
+        let client = IPv4Address("198.19.5.1")!
+        let clientMAC = try Lab.shell("ip -n \(lab.namespace("c")) -br link show eth0").split(separator: " ")
+            .filter { !$0.isEmpty }[2]
+        try Lab.shell(
+            """
+            ip netns exec \(p1) sysctl -qw net.ipv4.tcp_syncookies=2 && \
+            ip netns exec \(p1) sysctl -qw net.ipv4.conf.eth0.forwarding=1 && \
+            ip -n \(p1) neigh replace \(client) lladdr \(clientMAC) dev eth0 nud permanent && \
+            ip -n \(p1) link add elsewhere type veth peer name elsewhere-peer && ip -n \(p1) link set elsewhere up && \
+            ip netns exec \(p1) sysctl -qw net.ipv4.conf.elsewhere.ignore_routes_with_linkdown=1 && \
+            ip -n \(p1) route add \(client)/32 dev elsewhere metric 10 && \
+            ip -n \(p1) route add \(client)/32 dev eth0 metric 20
+            """)
+        let daemon = try lab.start(
+            "p1", "second-chance",
+            arguments + [
+                "--fast-path", "xdp", "--xdp-forward", "on", "--syn-cookies", "always", "--cookie-pass-ms", "600000",
+            ])
+        defer { daemon.terminate(); daemon.waitUntilExit() }
+        try Lab.waitFor("the responder", seconds: Self.startup, context: { self.lab.log(of: daemon) }) {
+            guard self.lab.log(of: daemon).contains("serving queue"), try self.xdpOnP1() != nil else { return false }
+            return try readControlSocket(self.lab.controlPath("p1")).split(separator: "\n").contains {
+                $0.hasPrefix("listener \(Lab.vip):80 ") && $0.contains(" active 1")
+            }
+        }
+        let doCookies = {
+            let text = try self.lab.inside("p1") {
+                try String(contentsOfFile: "/proc/thread-self/net/netstat", encoding: .utf8)
+            }
+            return try XCTUnwrap(ProcFile.counter("TCPReqQFullDoCookies", section: "TcpExt", in: text))
+        }
+        func syn(_ port: UInt16) throws {
+            let segment = PacketBuilder.tcp(
+                source: .v4(client), sourcePort: port, destination: .v4(Lab.vip), destinationPort: 80,
+                flags: .syn, sequence: 1000, options: [2, 4, 0x05, 0xb4])
+            try sendGUE(lab, from: "d", source: Lab.director, sourcePort: port, to: Lab.p1, inner: segment, hops: [])
+        }
+        // The listener's first SYN goes to the kernel, which gives its own cookie (syncookies=2).
+        try syn(41001)
+        try Lab.waitFor("the kernel's SYN", seconds: 5, context: { "\((try? self.lab.stats("p1")) ?? [:])" }) {
+            try self.lab.stats("p1").value("fast_path_accepted_syn") >= 1
+        }
+        try lab.waitFor("the kernel's cookie") { try doCookies() >= 1 }
+        let (cookies, sent) = (try doCookies(), try lab.stats("p1").value("fast_path_cookies_sent"))
+
+        try syn(41002)
+        try lab.waitFor("tc's answer") { try self.lab.stats("p1").value("fast_path_cookies_sent") == sent + 1 }
+        usleep(200_000)
+        XCTAssertEqual(try doCookies() - cookies, 1, "one SYN, one cookie asked of the kernel")
+        XCTAssertEqual(try lab.stats("p1").value("fast_path_cookies_sent"), sent + 1)
+    }
+}
