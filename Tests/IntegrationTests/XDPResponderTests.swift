@@ -68,8 +68,9 @@ extension FastPathLifecycleTests {
 extension FastPathLifecycleTests {
     /// A SYN whose route back leaves by the arrival interface as the kernel's routing sees it,
     /// while the daemon's reply route leaves by another (the main table's first route, by a link
-    /// without carrier whose routes the kernel ignores): tc answers it, and XDP hands it on before asking the kernel for a cookie (each
-    /// cookie given counts in TCPReqQFullDoCookies, which operators watch: one SYN counts once).
+    /// without carrier whose routes the kernel ignores): tc answers it, and XDP hands it on
+    /// before asking the kernel for a cookie (each cookie given counts in TCPReqQFullDoCookies,
+    /// which operators watch: one SYN counts once).
     func testXDPLeavesASYNWhoseReplyRouteLeavesElsewhereToTcWithoutACookie() throws {
         let version = try XCTUnwrap(KernelRelease.version(of: KernelRelease.current))
         guard version >= (5, 13) else { return }  // no XDP entry point
