@@ -51,12 +51,13 @@ public enum ReplyRoutesReader {
     enum Destination { case v4(IPv4Prefix), v6(IPv6Prefix) }
 
     /// A unicast route of the main table: its prefix, priority, advertised MSS and interface; nil
-    /// for any other, or one whose devices are unknown (a nexthop object): nothing is guessed.
+    /// for any other, one the kernel passes over (dead), or one whose devices are unknown (a
+    /// nexthop object): nothing is guessed.
     static func mainRoute(_ message: UnsafePointer<nlmsghdr>, mtus: [UInt32: UInt32]) -> (
         destination: Destination, priority: UInt32, route: ReplyRoutes.Route
     )? {
         guard let route = RouteMessage(message), route.table == RT_TABLE_MAIN.rawValue,
-            route.header.rtm_type == UInt8(RTN_UNICAST)
+            route.header.rtm_type == UInt8(RTN_UNICAST), !route.isDead
         else { return nil }
         let (header, attributes, word) = (route.header, route.attributes, route.word)
         let ipv6 = header.rtm_family == UInt8(AF_INET6)
@@ -130,18 +131,34 @@ struct RouteMessage {
     /// RTA_TABLE where present (tables above 255 have only it), else the header's.
     var table: UInt32 { word(RTA_TABLE.rawValue) ?? UInt32(header.rtm_table) }
 
-    /// RTA_OIF, and every nexthop's interface of a multipath route.
-    var devices: [UInt32] {
-        var devices: [UInt32] = word(RTA_OIF.rawValue).map { [$0] } ?? []
-        guard let multipath = attributes[UInt16(RTA_MULTIPATH.rawValue)] else { return devices }
+    /// RTA_OIF, and every live nexthop's interface of a multipath route.
+    var devices: [UInt32] { nexthops.filter { !$0.dead }.map(\.device) }
+
+    /// Whether the kernel's look-ups pass over the route: every nexthop is dead (RTNH_F_DEAD: its
+    /// device is down, or has no carrier and ignores routes without one,
+    /// ignore_routes_with_linkdown, which a routing daemon's hosts often set). The next route to
+    /// the prefix, or a shorter prefix's, is the one packets take.
+    var isDead: Bool {
+        let hops = nexthops
+        return !hops.isEmpty && hops.allSatisfy(\.dead)
+    }
+
+    /// linux/rtnetlink.h: a nexthop the kernel does not use (dumped with RTNH_F_LINKDOWN too).
+    static let deadNexthop = 1
+
+    /// The route's one nexthop (RTA_OIF, its flags in the header's) or a multipath route's.
+    private var nexthops: [(device: UInt32, dead: Bool)] {
+        var hops: [(device: UInt32, dead: Bool)] =
+            word(RTA_OIF.rawValue).map { [($0, Int(header.rtm_flags) & Self.deadNexthop != 0)] } ?? []
+        guard let multipath = attributes[UInt16(RTA_MULTIPATH.rawValue)] else { return hops }
         var offset = 0
         let step = MemoryLayout<rtnexthop>.size
         while offset + step <= multipath.count {
             let hop = multipath.loadUnaligned(fromByteOffset: offset, as: rtnexthop.self)
             guard Int(hop.rtnh_len) >= step else { break }
-            devices.append(UInt32(bitPattern: hop.rtnh_ifindex))
+            hops.append((UInt32(bitPattern: hop.rtnh_ifindex), Int(hop.rtnh_flags) & Self.deadNexthop != 0))
             offset += (Int(hop.rtnh_len) + 3) & ~3
         }
-        return devices
+        return hops
     }
 }
