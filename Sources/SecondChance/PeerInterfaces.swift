@@ -33,8 +33,7 @@ public enum PeerInterfaces {
         var devices: [UInt32] = []
         try? socket.routes(family: AF_INET, table: RT_TABLE_MAIN.rawValue, sequence: sequence) { message in
             guard let route = RouteMessage(message), route.table == RT_TABLE_MAIN.rawValue,
-                route.header.rtm_dst_len == 0, route.header.rtm_type == UInt8(RTN_UNICAST), !route.isDead,
-                devices.isEmpty
+                route.header.rtm_dst_len == 0, route.header.rtm_type == UInt8(RTN_UNICAST), devices.isEmpty
             else { return }
             devices = route.devices
         }

@@ -61,8 +61,8 @@ public enum ReplyRoutesReader {
         else { return nil }
         let (header, attributes, word) = (route.header, route.attributes, route.word)
         let ipv6 = header.rtm_family == UInt8(AF_INET6)
-        // The devices: RTA_OIF, or every nexthop of a multipath route (the smallest MTU counts).
-        let devices = route.devices
+        // The devices: RTA_OIF, or every live nexthop of a multipath route (the smallest MTU counts).
+        let devices = route.liveDevices
         let deviceMTUs = devices.compactMap { mtus[$0] }
         guard !deviceMTUs.isEmpty, deviceMTUs.count == devices.count else { return nil }
         var advmss: UInt32?
@@ -131,13 +131,19 @@ struct RouteMessage {
     /// RTA_TABLE where present (tables above 255 have only it), else the header's.
     var table: UInt32 { word(RTA_TABLE.rawValue) ?? UInt32(header.rtm_table) }
 
-    /// RTA_OIF, and every live nexthop's interface of a multipath route.
-    var devices: [UInt32] { nexthops.filter { !$0.dead }.map(\.device) }
+    /// RTA_OIF, and every nexthop's interface of a multipath route. (The reverse path counts them
+    /// all, dead or not: a dead nexthop's link receives nothing, and a dead route kept as the way
+    /// back refuses at least what netfilter's rpfilter rule refuses, whichever way its look-up
+    /// treats a link's state.)
+    var devices: [UInt32] { nexthops.map(\.device) }
 
-    /// Whether the kernel's look-ups pass over the route: every nexthop is dead (RTNH_F_DEAD: its
+    /// The interfaces of the nexthops the kernel's own output uses: those not dead.
+    var liveDevices: [UInt32] { nexthops.filter { !$0.dead }.map(\.device) }
+
+    /// Whether the kernel's output passes over the route: every nexthop is dead (RTNH_F_DEAD: its
     /// device is down, or has no carrier and ignores routes without one,
     /// ignore_routes_with_linkdown, which a routing daemon's hosts often set). The next route to
-    /// the prefix, or a shorter prefix's, is the one packets take.
+    /// the prefix, or a shorter prefix's, is the one its packets take.
     var isDead: Bool {
         let hops = nexthops
         return !hops.isEmpty && hops.allSatisfy(\.dead)

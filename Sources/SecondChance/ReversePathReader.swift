@@ -52,13 +52,12 @@ public enum ReversePathReader {
         }
     }
 
-    /// An IPv4 route of the main table: its prefix, priority and way; nil for another table, or a
-    /// route the kernel's look-ups pass over (rp_filter's among them).
+    /// An IPv4 route of the main table: its prefix, priority and way; nil for another table.
     static func mainRoute(_ message: UnsafePointer<nlmsghdr>) -> (
         prefix: IPv4Prefix, priority: UInt32, way: ReversePaths.Way
     )? {
         guard let route = RouteMessage(message), route.table == RT_TABLE_MAIN.rawValue,
-            route.header.rtm_family == UInt8(AF_INET), route.header.rtm_dst_len <= 32, !route.isDead
+            route.header.rtm_family == UInt8(AF_INET), route.header.rtm_dst_len <= 32
         else { return nil }
         let network: UInt32
         switch route.attributes[UInt16(RTA_DST.rawValue)] {

@@ -122,8 +122,10 @@ public enum LogText {
         }
     }
 
-    /// A character outside ASCII that a reader of the line would not see as itself.
+    /// A character outside ASCII that a reader of the line would not see as itself (symbols that
+    /// draw a blank included: U+2800, the empty Braille pattern, and U+1D159, a null notehead).
     static func isInvisibleOrSeparator(_ scalar: Unicode.Scalar) -> Bool {
+        if scalar.value == 0x2800 || scalar.value == 0x1d159 { return true }
         let properties = scalar.properties
         switch properties.generalCategory {
         case .format, .spaceSeparator, .lineSeparator, .paragraphSeparator: return true

@@ -26,7 +26,7 @@ final class HardeningTests: XCTestCase {
         // client's text must not read as other text than it holds.
         let invisible: [UInt32] = [
             0xad, 0xa0, 0x61c, 0x180e, 0x200b, 0x200c, 0x200d, 0x200e, 0x200f, 0x2060, 0x2064, 0x3000, 0x3164,
-            0xfe0f, 0xfeff, 0xe0041, 0x1d173,
+            0xfe0f, 0xfeff, 0xe0041, 0x1d173, 0x2800, 0x1d159,
         ]
         for value in invisible {
             let scalar = Unicode.Scalar(value)!

@@ -109,6 +109,7 @@ final class KernelLabTests: XCTestCase {
         "testXDPDecidesLocalPacketsAndIsReplacedInPlaceAndRemoved", "testXDPSendsForwardsBackOutOnlyWhereAllowed",
         "testXDPAnswersSYNsWithTheKernelsCookiesWhereItMaySend",
         "testXDPLeavesASYNWhoseReplyRouteLeavesElsewhereToTcWithoutACookie",
+        "testTheRespondersRouteBackPassesOverARouteTheKernelIgnores",
         "testWithTheUnitsCapabilitiesAnotherInstanceLeavesWhatTheSharedPinsName",
         "testWithTheUnitsCapabilitiesAStartAfterAKeepingStopTakesThePinnedProgramsOver",
         "testWithTheUnitsCapabilitiesAReexecAndARestartReplaceXDPAndAStopRemovesIt",

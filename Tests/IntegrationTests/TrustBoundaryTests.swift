@@ -233,47 +233,6 @@ final class TrustBoundaryTests: XCTestCase {
         }
     }
 
-    /// The way back to a peer as the kernel's own look-ups find it: a route whose link lost its
-    /// carrier, on an interface that ignores such routes (ignore_routes_with_linkdown, as hosts
-    /// of a routing daemon set it), is passed over for the next, so the peer is heard where that
-    /// one leads. While the link has carrier, its route is the way back, and the peer's GUE on
-    /// another interface is refused.
-    func testAPeersWayBackPassesOverARouteTheKernelIgnores() throws {
-        let p1 = lab.namespace("p1")
-        try Lab.shell(
-            """
-            ip -n \(p1) link add elsewhere type veth peer name elsewhere-peer && \
-            ip -n \(p1) link set elsewhere up && ip -n \(p1) link set elsewhere-peer up && \
-            ip netns exec \(p1) sysctl -qw net.ipv4.conf.elsewhere.ignore_routes_with_linkdown=1 && \
-            ip -n \(p1) route add \(Lab.director)/32 dev elsewhere metric 10
-            """)
-        var port: UInt16 = 40450
-        func syn() throws {
-            port += 1
-            try fromDirector(tcp(.v4(Lab.client), port, .v4(Lab.vip), 80, .syn), sourcePort: 30450, hops: [])
-            usleep(50_000)
-        }
-        try lab.waitFor("the director's GUE refused: its way back leaves by elsewhere") {
-            try syn()
-            return try counter("p1", "dropped_reverse_path") > 0
-        }
-        let accepted = try counter("p1", "accepted_syn")
-        // The link loses its carrier: the kernel marks the route dead and routes by eth0 again.
-        try Lab.shell("ip -n \(p1) link set elsewhere-peer down")
-        XCTAssertTrue(try Lab.shell("ip -n \(p1) route show \(Lab.director)/32").contains("dead"))
-        try lab.waitFor("the director heard again by eth0") {
-            try syn()
-            return try counter("p1", "accepted_syn") > accepted
-        }
-        // Carrier back: the route is the way back again.
-        let refused = try counter("p1", "dropped_reverse_path")
-        try Lab.shell("ip -n \(p1) link set elsewhere-peer up")
-        try lab.waitFor("the director's GUE refused again") {
-            try syn()
-            return try counter("p1", "dropped_reverse_path") > refused
-        }
-    }
-
     /// A VIP range served by a local route (`ip route add local PREFIX dev lo`), IPv4 and IPv6, is
     /// this host's: taken while the route exists, refused again once it is gone.
     func testVIPRangesOfLocalRoutesAreServed() throws {

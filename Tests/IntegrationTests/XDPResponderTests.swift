@@ -132,3 +132,57 @@ extension FastPathLifecycleTests {
         XCTAssertEqual(try lab.stats("p1").value("fast_path_cookies_sent"), sent + 1, "answered by tc")
     }
 }
+
+extension FastPathLifecycleTests {
+    /// The responder's route back is the one the kernel's own output takes: a route dead to the
+    /// kernel (its link without carrier, on an interface that ignores such routes, as hosts of a
+    /// routing daemon set them) is passed over for the next, so a SYN the kernel would answer by
+    /// eth0 is answered by eth0, not sent to the dead link.
+    func testTheRespondersRouteBackPassesOverARouteTheKernelIgnores() throws {
+        let version = try XCTUnwrap(KernelRelease.version(of: KernelRelease.current))
+        guard version >= (5, 13) else { return }  // no XDP entry point
+        let (p1, c) = (lab.namespace("p1"), lab.namespace("c"))
+        let client = IPv4Address("198.19.5.1")!  // outside the peers' prefix
+        let clientMAC = try Lab.shell("ip -n \(c) -br link show eth0").split(separator: " ")
+            .filter { !$0.isEmpty }[2]
+        try Lab.shell(
+            """
+            ip -n \(c) addr add \(client)/32 dev eth0 && \
+            ip netns exec \(p1) sysctl -qw net.ipv4.tcp_syncookies=2 && \
+            ip netns exec \(p1) sysctl -qw net.ipv4.conf.eth0.forwarding=1 && \
+            ip -n \(p1) link add elsewhere type veth peer name elsewhere-peer && ip -n \(p1) link set elsewhere up && \
+            ip netns exec \(p1) sysctl -qw net.ipv4.conf.elsewhere.ignore_routes_with_linkdown=1 && \
+            ip -n \(p1) route add \(client)/32 dev elsewhere metric 10 && \
+            ip -n \(p1) route add \(client)/32 dev eth0 metric 20 && \
+            ip -n \(p1) neigh replace \(client) lladdr \(clientMAC) dev eth0 nud permanent
+            """)
+        XCTAssertTrue(try Lab.shell("ip -n \(p1) route show \(client)/32").contains("dead"))
+        let (empty, _, pass) = try EmptyPrograms.load()
+        defer { withExtendedLifetime(empty) {} }
+        try lab.inside("sw") { try NativeXDP.attach(programFD: pass, interface: "\(lab.prefix)-p1", replacing: nil) }
+        let daemon = try lab.start(
+            "p1", "second-chance",
+            arguments + [
+                "--fast-path", "xdp", "--xdp-forward", "on", "--syn-cookies", "always", "--cookie-pass-ms", "600000",
+            ])
+        defer { daemon.terminate(); daemon.waitUntilExit() }
+        try Lab.waitFor("the responder", seconds: Self.startup, context: { self.lab.log(of: daemon) }) {
+            guard self.lab.log(of: daemon).contains("serving queue"), try self.xdpOnP1() != nil else { return false }
+            return try readControlSocket(self.lab.controlPath("p1")).split(separator: "\n").contains {
+                $0.hasPrefix("listener \(Lab.vip):80 ") && $0.contains(" active 1")
+            }
+        }
+        let capture = try lab.inside("c") { try Capture(protocol: Int32(IPPROTO_TCP)) }
+        func answered(_ port: UInt16) throws -> Bool {
+            let segment = PacketBuilder.tcp(
+                source: .v4(client), sourcePort: port, destination: .v4(Lab.vip), destinationPort: 80,
+                flags: .syn, sequence: 1000, options: [2, 4, 0x05, 0xb4])
+            try sendGUE(lab, from: "d", source: Lab.director, sourcePort: port, to: Lab.p1, inner: segment, hops: [])
+            return capture.first(within: 3) { $0.ipv4TCP.map { $0.0 == Lab.vip && $0.3 == port } ?? false } != nil
+        }
+        XCTAssertTrue(try answered(41001), "the kernel answers its SYN by eth0")
+        let sent = try lab.stats("p1").value("fast_path_cookies_sent")
+        XCTAssertTrue(try answered(41002), "the responder's SYN-ACK leaves by eth0 too")
+        XCTAssertEqual(try lab.stats("p1").value("fast_path_cookies_sent"), sent + 1, lab.log(of: daemon))
+    }
+}

@@ -1061,9 +1061,9 @@ static __always_inline int passed_to_kernel(struct fp_listener_key *key, const s
  * Everything the SYN-ACK needs, for a SYN to a served listener whose cookie the kernel gives now:
  * 0 when the kernel answers (the socket is no listener, the listener is not served or its accept
  * queue is full, the SYN is one the kernel would drop or has data, its interval's SYN, unreadable
- * options, no route back, no cookie); -1 in XDP when the route back leaves by another interface
- * than the SYN's (tc's to answer: known before the kernel is asked for a cookie, since every
- * cookie it gives counts in its TCPReqQFullDoCookies, and tc asks again). `*counts` is the
+ * options, no route back, no cookie; in XDP, a route back by another interface than the SYN's,
+ * `*egress` then saying so: tc's to answer, known before the kernel is asked for a cookie, since
+ * every cookie it gives counts in its TCPReqQFullDoCookies, and tc asks again). `*counts` is the
  * listener's, where it has one.
  */
 static __always_inline int plan_reply(void *ctx, int xdp, struct packet *packet, struct bpf_sock *socket,
@@ -1098,7 +1098,7 @@ static __always_inline int plan_reply(void *ctx, int xdp, struct packet *packet,
         return 0;
     *egress = route->ifindex;
     if (xdp && route->ifindex != packet->ifindex)
-        return -1;
+        return 0;
     plan->mss = route->mss;
     struct tcp_sock___proxyside *tp = (void *)bpf_skc_to_tcp_sock(socket);
     __u16 user_mss = tp ? tp->rx_opt.user_mss : 0; /* the listener's TCP_MAXSEG */
@@ -1179,7 +1179,7 @@ static __always_inline void count_answer(struct fp_listener_counts *counts)
 
 /*
  * Everything the SYN-ACK for a served listener needs (plan_reply), in `*plan`: 0 when the SYN is
- * not answered, -1 when XDP leaves it to tc. Which listeners are served is the monitor's decision (its policy and counts);
+ * not answered. Which listeners are served is the monitor's decision (its policy and counts);
  * whether a cookie may be given is the kernel's, through bpf_tcp_gen_syncookie: it answers -ENOENT
  * unless the SYN queue is full (or tcp_syncookies=2), refuses when the accept queue is full,
  * clamps the cookie's MSS to the listener's TCP_MAXSEG, and refreshes the listener's overflow
@@ -1211,7 +1211,7 @@ static __always_inline enum answer respond(struct __sk_buff *skb, struct packet 
     struct reply_plan plan = {};
     struct fp_listener_counts *counts = NULL;
     __u32 egress = 0;
-    if (prepare_answer(skb, 0, packet, scratch, &plan, &counts, &egress) <= 0)
+    if (!prepare_answer(skb, 0, packet, scratch, &plan, &counts, &egress))
         return NOT_ANSWERED;
 
     /* From here the SYN becomes its SYN-ACK. */
@@ -1868,12 +1868,10 @@ static __always_inline enum answer xdp_respond(struct xdp_md *ctx, struct packet
     struct reply_plan plan = {};
     struct fp_listener_counts *counts = NULL;
     __u32 egress = 0;
-    int planned = prepare_answer(ctx, 1, packet, scratch, &plan, &counts, &egress);
-    /* The daemon's route back (its MSS) by another interface than the FIB's now: tc's to send. */
-    if (planned < 0)
-        return TO_TC;
-    if (!planned)
-        return NOT_ANSWERED;
+    /* Unanswered because the daemon's route back (its MSS) leaves by another interface than the
+     * FIB's now: tc's to send. (No variable more: the XDP program's stack is at its limit.) */
+    if (!prepare_answer(ctx, 1, packet, scratch, &plan, &counts, &egress))
+        return egress && egress != packet->ifindex ? TO_TC : NOT_ANSWERED;
     __u32 frame_length = write_synack_frame(scratch, packet->inner, packet->end, packet->ipv6, packet->config, &plan);
     if (!frame_length) {
         count(FP_COOKIE_REPLY_FAILED);
