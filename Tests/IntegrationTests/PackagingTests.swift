@@ -250,7 +250,8 @@ final class MaintainerScriptTests: XCTestCase {
     /// dpkg runs the installed package's `prerm upgrade VERSION` before a downgrade: to a build
     /// from before the XDP entry point (which would not know of the program in the driver, deciding
     /// from maps it does not keep) the script takes XDP off and leaves tc; to a build that has it,
-    /// it leaves both.
+    /// it leaves both. Where the defaults file names an XDP flag the older build does not know,
+    /// the downgrade says so (the daemon would not start again with it).
     func testADowngradeToABuildBeforeXDPTakesTheXDPProgramOff() throws {
         guard let version = KernelRelease.version(of: KernelRelease.current), version >= (5, 12) else {
             throw XCTSkip("the XDP entry point loads from Linux 5.12 (bpf_check_mtu)")
@@ -267,8 +268,15 @@ final class MaintainerScriptTests: XCTestCase {
         let xdp = { try lab.inside("p1") { NativeXDP.program(on: "eth0") } }
         try lab.waitFor("the XDP entry point", seconds: 20) { try xdp() != nil }
         let prerm = Lab.packageRoot.appendingPathComponent("debian/proxyside.prerm").path
+        // The script runs with a defaults file of its own: /etc/default a tmpfs in a mount namespace.
+        var defaults = #"SECOND_CHANCE_ARGS="--fast-path tc""#
         let run = { (to: String) in
-            try Lab.shell("ip netns exec \(lab.namespace("p1")) sh \(prerm) upgrade '\(to)' 2>&1")
+            try Lab.shell(
+                """
+                unshare -m --propagation private sh -c 'mount -t tmpfs none /etc/default && \
+                printf "%s\\n" "$1" > /etc/default/second-chance && \
+                ip netns exec \(lab.namespace("p1")) sh \(prerm) upgrade "$2" 2>&1' _ '\(defaults)' '\(to)'
+                """)
         }
         let filters = { try Lab.shell("ip netns exec \(lab.namespace("p1")) tc filter show dev eth0 ingress") }
 
@@ -278,9 +286,14 @@ final class MaintainerScriptTests: XCTestCase {
         }
         let output = try run("0.5.0~git264.9bd0d1c2e3f4")
         XCTAssertNil(try xdp(), "a downgrade to a build before XDP takes it off: \(output)")
+        XCTAssertFalse(output.contains("does not know"), output)
         XCTAssertTrue(try filters().contains("second_chance_f"), "tc stays, and decides alone")
         XCTAssertTrue(daemon.isRunning, lab.log(of: daemon))
-        _ = try run("0.4.0")
+        defaults = #"SECOND_CHANCE_ARGS="--allow-source 198.18.0.0/24 --fast-path=xdp""#
+        let warned = try run("0.4.0")
+        XCTAssertTrue(warned.contains("names --fast-path xdp or --xdp-forward, which 0.4.0 does not know"), warned)
         XCTAssertTrue(try filters().contains("second_chance_f"), "a second downgrade's script leaves tc too")
+        defaults = #"SECOND_CHANCE_ARGS="--xdp-forward on""#
+        XCTAssertFalse(try run("0.6.0").contains("does not know"), "an upgrade says nothing")
     }
 }
