@@ -41,7 +41,9 @@ public final class NetfilterQueue {
     public static let maximumBatch = 64
     private let verdictBuffer: UnsafeMutableRawPointer
     private static let verdictBufferSize = 1 << 21
-    private var sequence: UInt32 = 1
+    /// Requests' sequence numbers, from a random start: an adopted socket may still hold the answer
+    /// to a request of the image before, which must not pass for one of this image's.
+    private var sequence = UInt32.random(in: 1...UInt32.max / 2)
     /// Set on an adopted socket until the first packet read: see `init(adopting:)`.
     private var requeueUnanswered = false
     /// The sequence number of the requeue request, whose answer is awaited among the packets.
@@ -366,7 +368,16 @@ public final class NetfilterQueue {
     /// An answer to a message of ours. The requeue request's ENOENT only says nothing was left
     /// unanswered; any other error is a receive error.
     private func noteError(_ nlh: UnsafePointer<nlmsghdr>) {
-        let error = mnl_nlmsg_get_payload(nlh).assumingMemoryBound(to: nlmsgerr.self).pointee.error
+        guard Int(mnl_nlmsg_get_payload_len(nlh)) >= MemoryLayout<nlmsgerr>.size else {
+            receiveErrors.add(1, ordering: .relaxed)
+            return
+        }
+        let answer = UnsafeRawPointer(mnl_nlmsg_get_payload(nlh)).loadUnaligned(as: nlmsgerr.self)
+        let error = answer.error
+        // The answer to an earlier image's requeue, left in the socket when it re-executed before
+        // reading it: nothing was left unanswered then, and this image asks for itself.
+        let batch = UInt16(NFNL_SUBSYS_QUEUE) << 8 | UInt16(NFQNL_MSG_VERDICT_BATCH.rawValue)
+        if error == -ENOENT && answer.msg.nlmsg_type == batch && nlh.pointee.nlmsg_seq != requeueSequence { return }
         if requeueSequence != 0 && nlh.pointee.nlmsg_seq == requeueSequence {
             requeueSequence = 0
             // Nothing was left unanswered: the earlier reader did not die with packets in hand

@@ -144,6 +144,9 @@ final class BindkeeperHoldersTests: XCTestCase {
         try lab.waitFor("the grantee's holder") {
             ProcessSockets.identity(of: grantee.processIdentifier)?.command == "grantee"
         }
+        // Each holder's sockets listen once the broker has answered its bind.
+        try lab.waitUntilListening(port: 8822)
+        try lab.waitUntilListening(port: 8823)
         let clients = try connect(2, port: 8822) + connect(1, port: 8823)
         defer { clients.forEach { close($0) } }
         // A count may be taken between a client's connect and the server's side of it: wait for
