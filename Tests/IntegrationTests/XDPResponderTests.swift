@@ -30,18 +30,8 @@ extension FastPathLifecycleTests {
         let (empty, _, pass) = try EmptyPrograms.load()
         defer { withExtendedLifetime(empty) {} }
         try lab.inside("sw") { try NativeXDP.attach(programFD: pass, interface: "\(lab.prefix)-p1", replacing: nil) }
-        let daemon = try lab.start(
-            "p1", "second-chance",
-            arguments + [
-                "--fast-path", "xdp", "--xdp-forward", "on", "--syn-cookies", "always", "--cookie-pass-ms", "600000",
-            ])
+        let daemon = try startXDPResponder()
         defer { daemon.terminate(); daemon.waitUntilExit() }
-        try Lab.waitFor("the responder", seconds: Self.startup, context: { self.lab.log(of: daemon) }) {
-            guard self.lab.log(of: daemon).contains("serving queue") else { return false }
-            return try readControlSocket(self.lab.controlPath("p1")).split(separator: "\n").contains {
-                $0.hasPrefix("listener \(Lab.vip):80 ") && $0.contains(" active 1")
-            }
-        }
         try Lab.shell("tc -n \(p1) filter del dev eth0 ingress handle 0x19523 prio 1 bpf")
         let queueBefore = try queueOnP1()
 
@@ -88,21 +78,11 @@ extension FastPathLifecycleTests {
             ip -n \(p1) neigh replace \(client) lladdr \(clientMAC) dev eth0 nud permanent && \
             ip -n \(p1) route add \(client)/32 dev elsewhere
             """)
-        let daemon = try lab.start(
-            "p1", "second-chance",
-            arguments + [
-                "--fast-path", "xdp", "--xdp-forward", "on", "--syn-cookies", "always", "--cookie-pass-ms", "600000",
-            ])
+        let daemon = try startXDPResponder()
         defer {
             kill(daemon.processIdentifier, SIGCONT)
             daemon.terminate()
             daemon.waitUntilExit()
-        }
-        try Lab.waitFor("the responder", seconds: Self.startup, context: { self.lab.log(of: daemon) }) {
-            guard self.lab.log(of: daemon).contains("serving queue"), try self.xdpOnP1() != nil else { return false }
-            return try readControlSocket(self.lab.controlPath("p1")).split(separator: "\n").contains {
-                $0.hasPrefix("listener \(Lab.vip):80 ") && $0.contains(" active 1")
-            }
         }
         let doCookies = {
             let text = try self.lab.inside("p1") {
@@ -160,18 +140,8 @@ extension FastPathLifecycleTests {
         let (empty, _, pass) = try EmptyPrograms.load()
         defer { withExtendedLifetime(empty) {} }
         try lab.inside("sw") { try NativeXDP.attach(programFD: pass, interface: "\(lab.prefix)-p1", replacing: nil) }
-        let daemon = try lab.start(
-            "p1", "second-chance",
-            arguments + [
-                "--fast-path", "xdp", "--xdp-forward", "on", "--syn-cookies", "always", "--cookie-pass-ms", "600000",
-            ])
+        let daemon = try startXDPResponder()
         defer { daemon.terminate(); daemon.waitUntilExit() }
-        try Lab.waitFor("the responder", seconds: Self.startup, context: { self.lab.log(of: daemon) }) {
-            guard self.lab.log(of: daemon).contains("serving queue"), try self.xdpOnP1() != nil else { return false }
-            return try readControlSocket(self.lab.controlPath("p1")).split(separator: "\n").contains {
-                $0.hasPrefix("listener \(Lab.vip):80 ") && $0.contains(" active 1")
-            }
-        }
         let capture = try lab.inside("c") { try Capture(protocol: Int32(IPPROTO_TCP)) }
         func answered(_ port: UInt16) throws -> Bool {
             let segment = PacketBuilder.tcp(
@@ -184,5 +154,33 @@ extension FastPathLifecycleTests {
         let sent = try lab.stats("p1").value("fast_path_cookies_sent")
         XCTAssertTrue(try answered(41002), "the responder's SYN-ACK leaves by eth0 too")
         XCTAssertEqual(try lab.stats("p1").value("fast_path_cookies_sent"), sent + 1, lab.log(of: daemon))
+    }
+}
+
+extension FastPathLifecycleTests {
+    /// second-chance on p1 deciding in XDP, which may send (`--xdp-forward on`), its responder
+    /// serving the VIP's listener at once (`always`; one SYN every ten minutes left to the kernel),
+    /// once it says so.
+    func startXDPResponder() throws -> Process {
+        let daemon = try lab.start(
+            "p1", "second-chance",
+            arguments + [
+                "--fast-path", "xdp", "--xdp-forward", "on", "--syn-cookies", "always", "--cookie-pass-ms", "600000",
+            ])
+        do {
+            try Lab.waitFor("the responder", seconds: Self.startup, context: { self.lab.log(of: daemon) }) {
+                guard self.lab.log(of: daemon).contains("serving queue"), try self.xdpOnP1() != nil else {
+                    return false
+                }
+                return try readControlSocket(self.lab.controlPath("p1")).split(separator: "\n").contains {
+                    $0.hasPrefix("listener \(Lab.vip):80 ") && $0.contains(" active 1")
+                }
+            }
+        } catch {
+            daemon.terminate()
+            daemon.waitUntilExit()
+            throw error
+        }
+        return daemon
     }
 }
