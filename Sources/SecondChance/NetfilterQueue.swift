@@ -365,8 +365,8 @@ public final class NetfilterQueue {
         return (QueuedPacket(id: id, payload: payload, arrival: arrival, mark: mark ?? 0), true)
     }
 
-    /// An answer to a message of ours. The requeue request's ENOENT only says nothing was left
-    /// unanswered; any other error is a receive error.
+    /// An answer to a message of ours, or of the image before ours on an adopted socket. A requeue
+    /// request's ENOENT only says nothing was left unanswered; any other error is a receive error.
     private func noteError(_ nlh: UnsafePointer<nlmsghdr>) {
         guard Int(mnl_nlmsg_get_payload_len(nlh)) >= MemoryLayout<nlmsgerr>.size else {
             receiveErrors.add(1, ordering: .relaxed)

@@ -226,6 +226,12 @@ final class Lab {
         return (try? String(contentsOf: entry.log, encoding: .utf8)) ?? ""
     }
 
+    /// A TcpExt counter of `host`'s namespace (its /proc/net/netstat).
+    func tcpExt(_ name: String, _ host: String = "p1") throws -> UInt64 {
+        let text = try inside(host) { try String(contentsOfFile: "/proc/thread-self/net/netstat", encoding: .utf8) }
+        return try XCTUnwrap(ProcFile.counter(name, section: "TcpExt", in: text), name)
+    }
+
     /// Counters of a proxy's second-chance, by short name.
     func stats(_ host: String) throws -> [String: UInt64] {
         try stats(fromControl: controlPath(host))

@@ -73,11 +73,6 @@ final class SynCookieResponderTests: XCTestCase {
             "p1", Lab.p1, extra: ["--listener-scan-ms", "50", "--cookie-hold-ms", "500"] + fastPath + extra)
     }
 
-    func tcpExt(_ name: String, _ host: String = "p1") throws -> UInt64 {
-        let text = try lab.inside(host) { try String(contentsOfFile: "/proc/thread-self/net/netstat", encoding: .utf8) }
-        return try XCTUnwrap(ProcFile.counter(name, section: "TcpExt", in: text), name)
-    }
-
     /// The responder's line for the test listener: field -> value.
     func listenerStats(_ address: String) throws -> [String: UInt64] {
         let text = try readControlSocket(lab.controlPath("p1"))
@@ -169,12 +164,12 @@ final class SynCookieResponderTests: XCTestCase {
     func checkCookieHandshake(vip: IPAddress, listenerName: String, ipv6: Bool) throws {
         try floodUntilServed(listenerName, ipv6: ipv6)
         let before = try lab.stats("p1")
-        let recvBefore = try tcpExt("SyncookiesRecv"), sentBefore = try tcpExt("SyncookiesSent")
+        let recvBefore = try lab.tcpExt("SyncookiesRecv"), sentBefore = try lab.tcpExt("SyncookiesSent")
         let windows = try connectAndTransfer(to: vip, bytes: 4 << 20)
         let after = try lab.stats("p1")
         // The answered GUE SYN was dropped: the kernel, whose queue is full, made no cookie of its own.
         XCTAssertEqual(
-            try tcpExt("SyncookiesSent"), sentBefore, "the SYN the responder answered never reached the kernel")
+            try lab.tcpExt("SyncookiesSent"), sentBefore, "the SYN the responder answered never reached the kernel")
 
         // A SYN retransmitted before its SYN-ACK arrived is answered again: one or two, not none or many.
         XCTAssertTrue(
@@ -188,7 +183,7 @@ final class SynCookieResponderTests: XCTestCase {
         XCTAssertGreaterThan(
             try after.value("accepted_established") - before.value("accepted_established"), 100,
             "the data went to the connection")
-        XCTAssertGreaterThan(try tcpExt("SyncookiesRecv"), recvBefore, "the kernel validated the cookie")
+        XCTAssertGreaterThan(try lab.tcpExt("SyncookiesRecv"), recvBefore, "the kernel validated the cookie")
         XCTAssertEqual(try listenerStats(listenerName)["cookie_acks_valid"], 1)
         // With the tc program, the kernel's path answered: the queue never saw the SYN.
         if Lab.fastPathOn {
@@ -312,12 +307,12 @@ final class SynCookieResponderTests: XCTestCase {
         try sysctl("p1", "net.ipv4.tcp_timestamps=2")
         try listen(.v4(Lab.vip))
         try startSecondChance()
-        let sent = try tcpExt("SyncookiesSent")
+        let sent = try lab.tcpExt("SyncookiesSent")
         let windows = try connectAndTransfer(to: .v4(Lab.vip), bytes: 256 << 10)
         let stats = try lab.stats("p1")
         XCTAssertEqual(stats["cookies_sent"], 0, "the kernel answered the SYN")
         XCTAssertEqual(stats["accepted_syn"], 1)
-        XCTAssertEqual(try tcpExt("SyncookiesSent"), sent, "and not with a cookie")
+        XCTAssertEqual(try lab.tcpExt("SyncookiesSent"), sent, "and not with a cookie")
         XCTAssertEqual(try listenerStats("\(Lab.vip):\(Self.port)"), [:], "the listener never overflowed")
         XCTAssertEqual(windows.client.0, windows.server.1)
     }
@@ -568,7 +563,7 @@ final class SynCookieResponderTests: XCTestCase {
         try listen(.v4(Lab.vip))
         try startSecondChance(["--syn-cookies", "off"])
         try flood(400)
-        XCTAssertGreaterThan(try tcpExt("TCPReqQFullDoCookies"), 0, "the flood filled the SYN queue")
+        XCTAssertGreaterThan(try lab.tcpExt("TCPReqQFullDoCookies"), 0, "the flood filled the SYN queue")
         try lab.stopSecondChance("p1")
         try startSecondChance()
         try waitUntilActive("\(Lab.vip):\(Self.port)")
@@ -673,11 +668,11 @@ final class SynCookieResponderTests: XCTestCase {
         try listen(.v4(Lab.vip))
         try startSecondChance(["--syn-cookies", "off"])
         try flood(400)
-        let sent = try tcpExt("SyncookiesSent")
+        let sent = try lab.tcpExt("SyncookiesSent")
         _ = try connectAndTransfer(to: .v4(Lab.vip), bytes: 64 << 10)
         let stats = try lab.stats("p1")
         XCTAssertEqual(stats["cookies_sent"], 0)
-        XCTAssertGreaterThan(try tcpExt("SyncookiesSent"), sent, "the kernel answered with its own cookie")
+        XCTAssertGreaterThan(try lab.tcpExt("SyncookiesSent"), sent, "the kernel answered with its own cookie")
         XCTAssertEqual(try listenerStats("\(Lab.vip):\(Self.port)"), [:], "no listener is watched")
     }
 
@@ -814,10 +809,10 @@ final class SynCookieResponderTests: XCTestCase {
         try listen(.v4(Lab.vip))
         try startSecondChance(["--no-cookie-check"])
         try flood(400)
-        let sent = try tcpExt("SyncookiesSent")
+        let sent = try lab.tcpExt("SyncookiesSent")
         _ = try connectAndTransfer(to: .v4(Lab.vip), bytes: 64 << 10)
         let stats = try lab.stats("p1")
-        XCTAssertGreaterThan(try tcpExt("SyncookiesSent"), sent, "the kernel issued the cookie")
+        XCTAssertGreaterThan(try lab.tcpExt("SyncookiesSent"), sent, "the kernel issued the cookie")
         XCTAssertEqual(stats["syn_cookie_checks"], 0)
         XCTAssertEqual(stats["accepted_syn_cookie"], 0)
         XCTAssertEqual(stats["cookies_sent"], 0)
@@ -866,7 +861,7 @@ final class SynCookieResponderTests: XCTestCase {
         }
         try lab.waitFor("responder on", seconds: 10) { try listenerStats("\(Lab.vip):\(Self.port)")["active"] == 1 }
         let before = try lab.stats("p1")
-        let recvBefore = try tcpExt("SyncookiesRecv")
+        let recvBefore = try lab.tcpExt("SyncookiesRecv")
         // Only the client completes handshakes (the flood's sources are spoofed), so an ACK with a
         // valid cookie is the client's: its SYN was answered from a cookie, and the kernel took the
         // connection. The client's SYN may be the one let through to the kernel; a few settle it.
@@ -877,7 +872,7 @@ final class SynCookieResponderTests: XCTestCase {
         }
         XCTAssertTrue(answered, "a client answered with a cookie after 125 s of flood, its ACK taken")
         XCTAssertTrue(sender.isRunning, "the client connected during the flood")
-        XCTAssertGreaterThan(try tcpExt("SyncookiesRecv"), recvBefore, "the kernel accepted the cookie")
+        XCTAssertGreaterThan(try lab.tcpExt("SyncookiesRecv"), recvBefore, "the kernel accepted the cookie")
         XCTAssertGreaterThan(
             try listenerStats("\(Lab.vip):\(Self.port)").value("syns_passed_to_kernel"), 100,
             "about one SYN a second went to the kernel")

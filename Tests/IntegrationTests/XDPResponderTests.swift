@@ -16,17 +16,7 @@ extension FastPathLifecycleTests {
         let version = try XCTUnwrap(KernelRelease.version(of: KernelRelease.current))
         guard version >= (5, 13) else { return }  // no XDP entry point: the responder is tc's, tested apart
         let p1 = lab.namespace("p1")
-        // tcp_syncookies=2: the kernel gives cookies with no overflow, so `always` serves the echo
-        // listener at once. Forwarding on eth0: bpf_fib_lookup answers only there.
-        try Lab.shell(
-            """
-            ip netns exec \(p1) sysctl -qw net.ipv4.tcp_syncookies=2 && \
-            ip netns exec \(p1) sysctl -qw net.ipv4.conf.eth0.forwarding=1
-            """)
-        // The client's neighbour entry: XDP answers only where the route back's neighbour is known.
-        let clientMAC = try Lab.shell("ip -n \(lab.namespace("c")) -br link show eth0").split(separator: " ")
-            .filter { !$0.isEmpty }[2]
-        try Lab.shell("ip -n \(p1) neigh replace \(Lab.client) lladdr \(clientMAC) dev eth0 nud permanent")
+        try letXDPAnswer(Lab.client)
         let (empty, _, pass) = try EmptyPrograms.load()
         defer { withExtendedLifetime(empty) {} }
         try lab.inside("sw") { try NativeXDP.attach(programFD: pass, interface: "\(lab.prefix)-p1", replacing: nil) }
@@ -67,15 +57,11 @@ extension FastPathLifecycleTests {
         let p1 = lab.namespace("p1")
         // A client outside the peers' prefix (the routes to the peers choose the interfaces).
         let client = IPv4Address("198.19.5.1")!
-        let clientMAC = try Lab.shell("ip -n \(lab.namespace("c")) -br link show eth0").split(separator: " ")
-            .filter { !$0.isEmpty }[2]
+        try letXDPAnswer(client)
         try Lab.shell(
             """
-            ip netns exec \(p1) sysctl -qw net.ipv4.tcp_syncookies=2 && \
-            ip netns exec \(p1) sysctl -qw net.ipv4.conf.eth0.forwarding=1 && \
             ip -n \(p1) link add elsewhere type veth peer name elsewhere-peer && \
             ip -n \(p1) link set elsewhere up && ip -n \(p1) link set elsewhere-peer up && \
-            ip -n \(p1) neigh replace \(client) lladdr \(clientMAC) dev eth0 nud permanent && \
             ip -n \(p1) route add \(client)/32 dev elsewhere
             """)
         let daemon = try startXDPResponder()
@@ -84,12 +70,7 @@ extension FastPathLifecycleTests {
             daemon.terminate()
             daemon.waitUntilExit()
         }
-        let doCookies = {
-            let text = try self.lab.inside("p1") {
-                try String(contentsOfFile: "/proc/thread-self/net/netstat", encoding: .utf8)
-            }
-            return try XCTUnwrap(ProcFile.counter("TCPReqQFullDoCookies", section: "TcpExt", in: text))
-        }
+        let doCookies = { try self.lab.tcpExt("TCPReqQFullDoCookies") }
         func syn(_ port: UInt16) throws {
             let segment = PacketBuilder.tcp(
                 source: .v4(client), sourcePort: port, destination: .v4(Lab.vip), destinationPort: 80,
@@ -123,18 +104,14 @@ extension FastPathLifecycleTests {
         guard version >= (5, 13) else { return }  // no XDP entry point
         let (p1, c) = (lab.namespace("p1"), lab.namespace("c"))
         let client = IPv4Address("198.19.5.1")!  // outside the peers' prefix
-        let clientMAC = try Lab.shell("ip -n \(c) -br link show eth0").split(separator: " ")
-            .filter { !$0.isEmpty }[2]
+        try letXDPAnswer(client)
         try Lab.shell(
             """
             ip -n \(c) addr add \(client)/32 dev eth0 && \
-            ip netns exec \(p1) sysctl -qw net.ipv4.tcp_syncookies=2 && \
-            ip netns exec \(p1) sysctl -qw net.ipv4.conf.eth0.forwarding=1 && \
             ip -n \(p1) link add elsewhere type veth peer name elsewhere-peer && ip -n \(p1) link set elsewhere up && \
             ip netns exec \(p1) sysctl -qw net.ipv4.conf.elsewhere.ignore_routes_with_linkdown=1 && \
             ip -n \(p1) route add \(client)/32 dev elsewhere metric 10 && \
-            ip -n \(p1) route add \(client)/32 dev eth0 metric 20 && \
-            ip -n \(p1) neigh replace \(client) lladdr \(clientMAC) dev eth0 nud permanent
+            ip -n \(p1) route add \(client)/32 dev eth0 metric 20
             """)
         XCTAssertTrue(try Lab.shell("ip -n \(p1) route show \(client)/32").contains("dead"))
         let (empty, _, pass) = try EmptyPrograms.load()
@@ -158,6 +135,22 @@ extension FastPathLifecycleTests {
 }
 
 extension FastPathLifecycleTests {
+    /// What XDP needs on p1 to answer a SYN from `client`: the kernel's cookies without an
+    /// overflow (tcp_syncookies=2, so `always` serves the echo listener at once), forwarding on
+    /// eth0 (bpf_fib_lookup answers only there), and the client's neighbour entry with the client
+    /// namespace's MAC (XDP answers only where the route back's neighbour is known).
+    func letXDPAnswer(_ client: IPv4Address) throws {
+        let p1 = lab.namespace("p1")
+        let clientMAC = try Lab.shell("ip -n \(lab.namespace("c")) -br link show eth0").split(separator: " ")
+            .filter { !$0.isEmpty }[2]
+        try Lab.shell(
+            """
+            ip netns exec \(p1) sysctl -qw net.ipv4.tcp_syncookies=2 && \
+            ip netns exec \(p1) sysctl -qw net.ipv4.conf.eth0.forwarding=1 && \
+            ip -n \(p1) neigh replace \(client) lladdr \(clientMAC) dev eth0 nud permanent
+            """)
+    }
+
     /// second-chance on p1 deciding in XDP, which may send (`--xdp-forward on`), its responder
     /// serving the VIP's listener at once (`always`; one SYN every ten minutes left to the kernel),
     /// once it says so.
