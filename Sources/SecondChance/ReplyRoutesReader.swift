@@ -51,13 +51,14 @@ public enum ReplyRoutesReader {
     enum Destination { case v4(IPv4Prefix), v6(IPv6Prefix) }
 
     /// A unicast route of the main table: its prefix, priority, advertised MSS and interface; nil
-    /// for any other, one the kernel passes over (dead), or one whose devices are unknown (a
-    /// nexthop object): nothing is guessed.
+    /// for any other, one the kernel passes over (dead), one for a single TOS (a SYN-ACK, the
+    /// kernel's or the responder's, has TOS 0, which only routes without one carry), or one whose
+    /// devices are unknown (a nexthop object): nothing is guessed.
     static func mainRoute(_ message: UnsafePointer<nlmsghdr>, mtus: [UInt32: UInt32]) -> (
         destination: Destination, priority: UInt32, route: ReplyRoutes.Route
     )? {
         guard let route = RouteMessage(message), route.table == RT_TABLE_MAIN.rawValue,
-            route.header.rtm_type == UInt8(RTN_UNICAST), !route.isDead
+            route.header.rtm_type == UInt8(RTN_UNICAST), route.header.rtm_tos == 0, !route.isDead
         else { return nil }
         let (header, attributes, word) = (route.header, route.attributes, route.word)
         let ipv6 = header.rtm_family == UInt8(AF_INET6)

@@ -118,6 +118,7 @@ final class KernelLabTests: XCTestCase {
     static let lifeOnTheHostOnly = [
         "testXDPLeavesASYNWhoseReplyRouteLeavesElsewhereToTcWithoutACookie",
         "testTheRespondersRouteBackPassesOverARouteTheKernelIgnores",
+        "testTheRespondersRouteBackPassesOverARouteForOneTOS",
     ]
 
     func testTheFastPathOnLinux6_12() throws {

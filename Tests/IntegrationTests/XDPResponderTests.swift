@@ -100,6 +100,41 @@ extension FastPathLifecycleTests {
     /// routing daemon set them) is passed over for the next, so a SYN the kernel would answer by
     /// eth0 is answered by eth0, not sent to the dead link.
     func testTheRespondersRouteBackPassesOverARouteTheKernelIgnores() throws {
+        try assertTheRespondersRouteBackIsEth0(
+            routes: { p1, client in
+                """
+                ip netns exec \(p1) sysctl -qw net.ipv4.conf.elsewhere.ignore_routes_with_linkdown=1 && \
+                ip -n \(p1) route add \(client)/32 dev elsewhere metric 10 && \
+                ip -n \(p1) route add \(client)/32 dev eth0 metric 20
+                """
+            },
+            check: { p1, client in
+                XCTAssertTrue(try Lab.shell("ip -n \(p1) route show \(client)/32").contains("dead"))
+            })
+    }
+
+    /// A route for one TOS only carries only that TOS's packets; a SYN-ACK (TOS 0, the kernel's
+    /// and the responder's) takes the route without one, however low the other's metric.
+    func testTheRespondersRouteBackPassesOverARouteForOneTOS() throws {
+        try assertTheRespondersRouteBackIsEth0(
+            routes: { p1, client in
+                """
+                ip -n \(p1) link set elsewhere-peer up && \
+                ip -n \(p1) route add \(client)/32 tos 0x10 dev elsewhere metric 10 && \
+                ip -n \(p1) route add \(client)/32 dev eth0 metric 20
+                """
+            },
+            check: { p1, client in
+                XCTAssertTrue(try Lab.shell("ip -n \(p1) route show \(client)/32").contains("tos"))
+            })
+    }
+
+    /// Adds p1's link `elsewhere` (its peer down) and the routes `routes` makes to a client outside
+    /// the peers' prefix, then checks that the kernel and the XDP responder both answer that
+    /// client's SYNs by eth0.
+    private func assertTheRespondersRouteBackIsEth0(
+        routes: (String, IPv4Address) -> String, check: (String, IPv4Address) throws -> Void
+    ) throws {
         let version = try XCTUnwrap(KernelRelease.version(of: KernelRelease.current))
         guard version >= (5, 13) else { return }  // no XDP entry point
         let (p1, c) = (lab.namespace("p1"), lab.namespace("c"))
@@ -109,11 +144,9 @@ extension FastPathLifecycleTests {
             """
             ip -n \(c) addr add \(client)/32 dev eth0 && \
             ip -n \(p1) link add elsewhere type veth peer name elsewhere-peer && ip -n \(p1) link set elsewhere up && \
-            ip netns exec \(p1) sysctl -qw net.ipv4.conf.elsewhere.ignore_routes_with_linkdown=1 && \
-            ip -n \(p1) route add \(client)/32 dev elsewhere metric 10 && \
-            ip -n \(p1) route add \(client)/32 dev eth0 metric 20
+            \(routes(p1, client))
             """)
-        XCTAssertTrue(try Lab.shell("ip -n \(p1) route show \(client)/32").contains("dead"))
+        try check(p1, client)
         let (empty, _, pass) = try EmptyPrograms.load()
         defer { withExtendedLifetime(empty) {} }
         try lab.inside("sw") { try NativeXDP.attach(programFD: pass, interface: "\(lab.prefix)-p1", replacing: nil) }
