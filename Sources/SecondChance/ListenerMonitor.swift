@@ -72,9 +72,12 @@ public final class ListenerMonitor: @unchecked Sendable {
         self.logger = logger
         let namespace = try namespace.map { try NetworkNamespace(nameOrPath: $0) }
         self.namespace = namespace
+        // Netconf too: ignore_routes_with_linkdown changes which routes the kernel's output
+        // takes (and which a dump calls dead) with no route event.
+        let netconf = [RTNLGRP_IPV4_NETCONF, RTNLGRP_IPV6_NETCONF].reduce(UInt32(0)) { $0 | 1 << ($1.rawValue - 1) }
         routeEvents = try Netlink.open(
             NETLINK_ROUTE, name: "NETLINK_ROUTE",
-            groups: UInt32(RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE), namespace: namespace)
+            groups: UInt32(RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE) | netconf, namespace: namespace)
         let events = mnl_socket_get_fd(routeEvents)
         _ = fcntl(events, F_SETFL, fcntl(events, F_GETFL) | O_NONBLOCK)
         sockDiag = try SockDiag(namespace: namespace)
@@ -170,7 +173,7 @@ public final class ListenerMonitor: @unchecked Sendable {
         }
     }
 
-    /// The reply routes, read again when routes or links changed and a second has passed.
+    /// The reply routes, read again when routes, links or their netconf changed and a second has passed.
     private func refreshReplyRoutes(now: UInt64) {
         guard replyRoutesStale, replyRoutesRead == 0 || now &- replyRoutesRead >= 1_000_000_000 else { return }
         replyRoutesRead = now

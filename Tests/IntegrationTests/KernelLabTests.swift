@@ -119,6 +119,7 @@ final class KernelLabTests: XCTestCase {
         "testXDPLeavesASYNWhoseReplyRouteLeavesElsewhereToTcWithoutACookie",
         "testTheRespondersRouteBackPassesOverARouteTheKernelIgnores",
         "testTheRespondersRouteBackPassesOverARouteForOneTOS",
+        "testTheRespondersRouteBackFollowsIgnoreRoutesWithLinkdown",
     ]
 
     func testTheFastPathOnLinux6_12() throws {

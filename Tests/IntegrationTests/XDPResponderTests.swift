@@ -1,3 +1,4 @@
+import CFastPathABI
 import Foundation
 import Glibc
 import LabKit
@@ -6,6 +7,8 @@ import LinuxSys
 import NetTypes
 import Telemetry
 import XCTest
+
+@testable import SecondChance
 
 /// The SYN-cookie responder in XDP, end to end: with `--xdp-forward on` (the switch's end of p1's
 /// veth runs an XDP program, so p1's XDP_TX arrives) and tc's filter taken away, a SYN for a served
@@ -129,11 +132,34 @@ extension FastPathLifecycleTests {
             })
     }
 
+    /// A change of ignore_routes_with_linkdown changes the kernel's output at once, with no route
+    /// event (a dump computes a route's `dead` from the setting): the responder reads its routes
+    /// again on the setting's netconf event.
+    func testTheRespondersRouteBackFollowsIgnoreRoutesWithLinkdown() throws {
+        try assertTheRespondersRouteBackIsEth0(
+            routes: { p1, client in
+                """
+                ip -n \(p1) route add \(client)/32 dev elsewhere metric 10 && \
+                ip -n \(p1) route add \(client)/32 dev eth0 metric 20
+                """
+            },
+            check: { p1, client in
+                let route = try Lab.shell("ip -n \(p1) route show \(client)/32")
+                XCTAssertTrue(route.contains("linkdown") && !route.contains("dead"), route)
+            },
+            afterStart: { p1 in
+                try Lab.shell("ip netns exec \(p1) sysctl -qw net.ipv4.conf.elsewhere.ignore_routes_with_linkdown=1")
+                // The monitor reads routes at most once a second, at its next poll after an event.
+                usleep(2_500_000)
+            })
+    }
+
     /// Adds p1's link `elsewhere` (its peer down) and the routes `routes` makes to a client outside
-    /// the peers' prefix, then checks that the kernel and the XDP responder both answer that
-    /// client's SYNs by eth0.
+    /// the peers' prefix, starts the responder (then `afterStart`), and checks that the kernel and
+    /// the XDP responder both answer that client's SYNs by eth0.
     private func assertTheRespondersRouteBackIsEth0(
-        routes: (String, IPv4Address) -> String, check: (String, IPv4Address) throws -> Void
+        routes: (String, IPv4Address) -> String, check: (String, IPv4Address) throws -> Void,
+        afterStart: (String) throws -> Void = { _ in }
     ) throws {
         let version = try XCTUnwrap(KernelRelease.version(of: KernelRelease.current))
         guard version >= (5, 13) else { return }  // no XDP entry point
@@ -152,6 +178,7 @@ extension FastPathLifecycleTests {
         try lab.inside("sw") { try NativeXDP.attach(programFD: pass, interface: "\(lab.prefix)-p1", replacing: nil) }
         let daemon = try startXDPResponder()
         defer { daemon.terminate(); daemon.waitUntilExit() }
+        try afterStart(p1)
         let capture = try lab.inside("c") { try Capture(protocol: Int32(IPPROTO_TCP)) }
         func answered(_ port: UInt16) throws -> Bool {
             let segment = PacketBuilder.tcp(
@@ -168,6 +195,16 @@ extension FastPathLifecycleTests {
 }
 
 extension FastPathLifecycleTests {
+    /// Whether p1's XDP program has a listener to serve: the monitor says a listener is active
+    /// before the program's map has it, and a SYN between the two goes to the kernel without
+    /// spending the listener's pass.
+    private func programServesAListener() throws -> Bool {
+        guard let id = try xdpOnP1() else { return false }
+        let maps = try BPF.openMaps(ofProgram: id)
+        let listeners = try XCTUnwrap(maps["fp_listeners"])
+        return !FastPathMaps.keys(of: listeners, size: MemoryLayout<fp_listener_key>.size).isEmpty
+    }
+
     /// What XDP needs on p1 to answer a SYN from `client`: the kernel's cookies without an
     /// overflow (tcp_syncookies=2, so `always` serves the echo listener at once), forwarding on
     /// eth0 (bpf_fib_lookup answers only there), and the client's neighbour entry with the client
@@ -198,9 +235,10 @@ extension FastPathLifecycleTests {
                 guard self.lab.log(of: daemon).contains("serving queue"), try self.xdpOnP1() != nil else {
                     return false
                 }
-                return try readControlSocket(self.lab.controlPath("p1")).split(separator: "\n").contains {
+                let active = try readControlSocket(self.lab.controlPath("p1")).split(separator: "\n").contains {
                     $0.hasPrefix("listener \(Lab.vip):80 ") && $0.contains(" active 1")
                 }
+                return try active && self.programServesAListener()
             }
         } catch {
             daemon.terminate()
