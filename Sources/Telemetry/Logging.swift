@@ -83,34 +83,79 @@ public enum LogText {
     /// line and paragraph separators, the spaces other than ASCII's (one would pass for a field's
     /// end), and what draws nothing or reorders what follows (format characters: the
     /// bidirectional overrides and marks, zero-width spaces and joiners, the byte order mark;
-    /// default-ignorable code points: variation selectors, fillers, tags); and the backslash
-    /// itself doubled, so that an escape in the log always means the daemon wrote it. With
-    /// `quotingSpaces` (a metadata value), a value with a space, `=` or `"` is put in quotes, so it
-    /// cannot pass for more fields.
+    /// default-ignorable code points: variation selectors, fillers, tags; letters of the
+    /// right-to-left scripts, which make a bidirectional viewer reorder the line's numbers and
+    /// punctuation around them); a combining mark that would draw over the line's own text (one
+    /// after a space, punctuation or an escape, as at a value's start) or that stacks past four;
+    /// and the backslash itself doubled, so that an escape in the log always means the daemon
+    /// wrote it. With `quotingSpaces` (a metadata value), a value with a space, `=` or `"` is put
+    /// in quotes, so it cannot pass for more fields.
     public static func escaped(_ text: String, quotingSpaces: Bool = false) -> String {
         var needsQuotes = false
         var clean = true
+        var context = MarkContext()
         for scalar in text.unicodeScalars {
-            if needsEscape(scalar) { clean = false }
+            if context.escapes(scalar) { clean = false }
             if scalar == " " || scalar == "=" || scalar == "\"" { needsQuotes = true }
         }
         needsQuotes = needsQuotes && quotingSpaces
         if clean && !needsQuotes { return text }
         var out = needsQuotes ? "\"" : ""
+        context = MarkContext()
         for scalar in text.unicodeScalars {
+            let escape = context.escapes(scalar)
             switch scalar {
             case "\\": out += "\\\\"
             case "\n": out += "\\n"
             case "\r": out += "\\r"
             case "\t": out += "\\t"
             case "\"" where needsQuotes: out += "\\\""
-            case _ where scalar.value < 0x100 && needsEscape(scalar):
-                out += "\\x" + hex(scalar.value, digits: 2)
-            case _ where needsEscape(scalar): out += "\\u{" + hex(scalar.value, digits: 4) + "}"
+            case _ where escape && scalar.value < 0x100: out += "\\x" + hex(scalar.value, digits: 2)
+            case _ where escape: out += "\\u{" + hex(scalar.value, digits: 4) + "}"
             default: out.unicodeScalars.append(scalar)
             }
         }
         return out + (needsQuotes ? "\"" : "")
+    }
+
+    /// What a combining mark would draw on: the scalar before it, as the line shows it.
+    struct MarkContext {
+        /// Whether the last scalar shown as itself is a letter or number a mark may combine with.
+        private var base = false
+        /// Marks shown on that base so far.
+        private var marks = 0
+
+        /// Whether `scalar`, following what this context saw, is written as an escape.
+        mutating func escapes(_ scalar: Unicode.Scalar) -> Bool {
+            let value = scalar.value
+            if value < 0x80 {
+                (base, marks) = ((0x30...0x39).contains(value) || (0x41...0x5a).contains(value & ~0x20), 0)
+                return LogText.needsEscape(scalar)
+            }
+            let escape = LogText.needsEscape(scalar) || LogText.isRightToLeft(scalar)
+            switch scalar.properties.generalCategory {
+            case .nonspacingMark, .spacingMark, .enclosingMark:
+                let shown = base && marks < 4 && !escape
+                if shown { marks += 1 } else { base = false }
+                return !shown
+            case .uppercaseLetter, .lowercaseLetter, .titlecaseLetter, .modifierLetter, .otherLetter,
+                .decimalNumber, .letterNumber, .otherNumber:
+                (base, marks) = (!escape, 0)
+            default:
+                (base, marks) = (false, 0)
+            }
+            return escape
+        }
+    }
+
+    /// A scalar of the blocks of the right-to-left scripts (Hebrew, Arabic, Syriac, Thaana, N'Ko,
+    /// Samaritan, Mandaic, their presentation forms, and the supplementary planes' ranges that
+    /// Unicode sets aside for such scripts).
+    static func isRightToLeft(_ scalar: Unicode.Scalar) -> Bool {
+        switch scalar.value {
+        case 0x0590...0x08ff, 0xfb1d...0xfdff, 0xfe70...0xfeff, 0x10800...0x10fff, 0x1e800...0x1efff: true
+        default: false
+        }
     }
 
     @inline(__always)

@@ -35,6 +35,24 @@ final class HardeningTests: XCTestCase {
             XCTAssertEqual(LogText.escaped("a" + String(scalar) + "b"), expected, String(value, radix: 16))
         }
         XCTAssertEqual(LogText.escaped("日本語, e\u{301}, 🙂"), "日本語, e\u{301}, 🙂", "what is seen stays")
+        XCTAssertEqual(LogText.escaped("ế ệ क्षि"), "ế ệ क्षि", "marks on letters, as written")
+        // A combining mark drawn over the line's own text (a value's first character after the
+        // daemon's space, quote or `=`), over an escape, or stacked past four, is escaped.
+        XCTAssertEqual(LogText.escaped("peer: \u{338}ok"), #"peer: \u{0338}ok"#)
+        XCTAssertEqual(LogText.escaped("x=\u{20dd}\u{301}"), #"x=\u{20dd}\u{0301}"#)
+        XCTAssertEqual(LogText.escaped("\u{301}a"), #"\u{0301}a"#)
+        XCTAssertEqual(LogText.escaped("a\u{200b}\u{301}"), #"a\u{200b}\u{0301}"#)
+        XCTAssertEqual(
+            LogText.escaped("a" + String(repeating: "\u{301}", count: 6)),
+            "a" + String(repeating: "\u{301}", count: 4) + #"\u{0301}\u{0301}"#)
+        XCTAssertEqual(
+            LogText.escaped("ok", quotingSpaces: true) + LogText.escaped("\u{338} z", quotingSpaces: true),
+            #"ok"\u{0338} z""#, "a quoted value's first mark too")
+        // Right-to-left letters reorder the numbers and punctuation around them in a
+        // bidirectional viewer: a value's text cannot move the daemon's.
+        XCTAssertEqual(LogText.escaped("peer 1 \u{5d0} 2"), #"peer 1 \u{05d0} 2"#)
+        XCTAssertEqual(LogText.escaped("\u{627}\u{64b}"), #"\u{0627}\u{064b}"#)
+        XCTAssertEqual(LogText.escaped("\u{10900}"), #"\u{10900}"#)
 
         let handler = LineLogHandler(label: "daemon", priorityPrefix: true)
         let line = handler.format(
