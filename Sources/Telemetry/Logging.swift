@@ -83,10 +83,12 @@ public enum LogText {
     /// line and paragraph separators, the spaces other than ASCII's (one would pass for a field's
     /// end), and what draws nothing or reorders what follows (format characters: the
     /// bidirectional overrides and marks, zero-width spaces and joiners, the byte order mark;
-    /// default-ignorable code points: variation selectors, fillers, tags; letters of the
-    /// right-to-left scripts, which make a bidirectional viewer reorder the line's numbers and
-    /// punctuation around them); a combining mark that would draw over the line's own text (one
-    /// after a space, punctuation or an escape, as at a value's start) or that stacks past four;
+    /// default-ignorable code points: variation selectors, fillers, tags; the characters of the
+    /// right-to-left scripts' blocks, which make a bidirectional viewer reorder the line's numbers
+    /// and punctuation around them; code points this build's Unicode tables leave unassigned); a
+    /// combining mark (or another character that joins the one before it) that would draw over
+    /// the line's own text: one after anything but a letter or number, as at a value's start, a
+    /// double diacritic (it spans the next character too), a fifth nonspacing mark on one letter;
     /// and the backslash itself doubled, so that an escape in the log always means the daemon
     /// wrote it. With `quotingSpaces` (a metadata value), a value with a space, `=` or `"` is put
     /// in quotes, so it cannot pass for more fields.
@@ -122,29 +124,57 @@ public enum LogText {
     struct MarkContext {
         /// Whether the last scalar shown as itself is a letter or number a mark may combine with.
         private var base = false
-        /// Marks shown on that base so far.
+        /// Whether it is an emoji a skin tone may follow.
+        private var emoji = false
+        /// Nonspacing and enclosing marks shown on that base so far.
         private var marks = 0
 
         /// Whether `scalar`, following what this context saw, is written as an escape.
         mutating func escapes(_ scalar: Unicode.Scalar) -> Bool {
             let value = scalar.value
             if value < 0x80 {
-                (base, marks) = ((0x30...0x39).contains(value) || (0x41...0x5a).contains(value & ~0x20), 0)
+                (base, emoji, marks) = (
+                    (0x30...0x39).contains(value) || (0x41...0x5a).contains(value & ~0x20), false, 0
+                )
                 return LogText.needsEscape(scalar)
             }
-            let escape = LogText.needsEscape(scalar) || LogText.isRightToLeft(scalar)
-            switch scalar.properties.generalCategory {
-            case .nonspacingMark, .spacingMark, .enclosingMark:
-                let shown = base && marks < 4 && !escape
-                if shown { marks += 1 } else { base = false }
+            let properties = scalar.properties
+            let category = properties.generalCategory
+            // Unassigned in this build's tables: a later Unicode's may make it a mark.
+            let escape =
+                LogText.needsEscape(scalar) || LogText.isRightToLeft(scalar) || category == .unassigned
+                || LogText.spansTheNextCharacter(scalar)
+            if properties.isEmojiModifier {
+                defer { (base, emoji) = (false, false) }
+                return escape || !emoji
+            }
+            // What joins the character before it (marks; the extenders that are not marks, such
+            // as the half-width sound marks) needs a base of the text's own, and nonspacing marks
+            // stack four deep at most.
+            if properties.isGraphemeExtend || category == .spacingMark {
+                let stacking = category == .nonspacingMark || category == .enclosingMark
+                let shown = base && !escape && !(stacking && marks >= 4)
+                if !shown { (base, emoji) = (false, false) } else if stacking { marks += 1 }
                 return !shown
+            }
+            switch category {
             case .uppercaseLetter, .lowercaseLetter, .titlecaseLetter, .modifierLetter, .otherLetter,
                 .decimalNumber, .letterNumber, .otherNumber:
-                (base, marks) = (!escape, 0)
+                base = !escape
             default:
-                (base, marks) = (false, 0)
+                base = false
             }
+            (emoji, marks) = (!escape && properties.isEmojiModifierBase, 0)
             return escape
+        }
+    }
+
+    /// The double diacritics, drawn over the character before them and the one after: the
+    /// line's own next character, after a value's last.
+    static func spansTheNextCharacter(_ scalar: Unicode.Scalar) -> Bool {
+        switch scalar.value {
+        case 0x035c...0x0362, 0x1dcd, 0x1dfc: true
+        default: false
         }
     }
 

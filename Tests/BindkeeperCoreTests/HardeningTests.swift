@@ -35,7 +35,10 @@ final class HardeningTests: XCTestCase {
             XCTAssertEqual(LogText.escaped("a" + String(scalar) + "b"), expected, String(value, radix: 16))
         }
         XCTAssertEqual(LogText.escaped("日本語, e\u{301}, 🙂"), "日本語, e\u{301}, 🙂", "what is seen stays")
-        XCTAssertEqual(LogText.escaped("ế ệ क्षि"), "ế ệ क्षि", "marks on letters, as written")
+        for text in ["e\u{302}\u{301} \u{1ec7}", "क्षि", "လျှော့", "👍🏽"] {
+            XCTAssertEqual(
+                Array(LogText.escaped(text).unicodeScalars), Array(text.unicodeScalars), "as written: \(text)")
+        }
         // A combining mark drawn over the line's own text (a value's first character after the
         // daemon's space, quote or `=`), over an escape, or stacked past four, is escaped.
         XCTAssertEqual(LogText.escaped("peer: \u{338}ok"), #"peer: \u{0338}ok"#)
@@ -53,6 +56,12 @@ final class HardeningTests: XCTestCase {
         XCTAssertEqual(LogText.escaped("peer 1 \u{5d0} 2"), #"peer 1 \u{05d0} 2"#)
         XCTAssertEqual(LogText.escaped("\u{627}\u{64b}"), #"\u{0627}\u{064b}"#)
         XCTAssertEqual(LogText.escaped("\u{10900}"), #"\u{10900}"#)
+        // A double diacritic draws over the next character too; a sound mark or a skin tone
+        // joins whatever comes before it; an unassigned code point may be a later Unicode's mark.
+        XCTAssertEqual(LogText.escaped("k=x\u{361} "), #"k=x\u{0361} "#)
+        XCTAssertEqual(LogText.escaped("=\u{ff9e}"), #"=\u{ff9e}"#)
+        XCTAssertEqual(LogText.escaped("=\u{1f3fd}"), #"=\u{1f3fd}"#)
+        XCTAssertEqual(LogText.escaped("a\u{378}"), #"a\u{0378}"#)
 
         let handler = LineLogHandler(label: "daemon", priorityPrefix: true)
         let line = handler.format(
