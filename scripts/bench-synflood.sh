@@ -13,7 +13,8 @@
 # taken off every row to give what answering a SYN costs, and the ratios of those to the kernel's.
 # Prints legitimate-connection success and CPU per SYN (second-chance's own, and the namespace-
 # independent total from /proc/stat, which includes softirq work). Bounded in count and time.
-# PREVIOUS=/path/to/an/earlier/second-chance adds (d): that build's responder, same flood.
+# PREVIOUS=/path/to/an/earlier/second-chance adds (d): that build's responder, same flood, with
+# PREVIOUS_FLAGS added to its --syn-cookies auto (e.g. "--fast-path xdp --xdp-forward on", row (x)'s).
 # ROWS="off kernel" runs some rows only; ROUNDS=N runs the rows N times, interleaved, and the
 # summary takes each row's median (machine noise moves single runs by several percent).
 # CPU_QUOTA=N holds second-chance to N % of one core (a cgroup v1 cpu controller group): both paths
@@ -66,7 +67,7 @@ for round in $(seq "${ROUNDS:-1}"); do
             tc-off) flags=(--syn-cookies off --fast-path tc) ;;
             tc) flags=(--syn-cookies auto --fast-path tc) ;;
             xdp) flags=(--syn-cookies auto --fast-path xdp --xdp-forward on) ;;
-            previous) program=$PREVIOUS flags=(--syn-cookies auto) ;;
+            previous) program=$PREVIOUS flags=(--syn-cookies auto ${PREVIOUS_FLAGS:-}) ;;
         esac
         ip netns exec "$P" "$program" run --queue 0 --self 198.18.0.11 "${lab_peers[@]}" --allow-source 198.18.0.1 --control "$work/sc.sock" "${flags[@]}" 2>"$work/sc.$mode.log" & sc=$!; pids+=($sc)
         [ -n "$cg" ] && echo "$sc" > "$cg/cgroup.procs"
@@ -98,7 +99,7 @@ for round in $(seq "${ROUNDS:-1}"); do
             *) label="(d) previous build" ;;
         esac
         printf '%-24s %8s %10s %12s %14s %14s %12s\n' "$label" "$sent" "$sent_rate" "$ok" "$failed" "$per_syn" "$sc_per_syn"
-        grep -E "^(cookies_sent|fast_path_cookies_sent|accepted_syn|accepted_syn_cookie|fast_path):" "$work/stats.$mode" \
+        grep -E "^(cookies_sent|fast_path_cookies_sent|accepted_syn|accepted_syn_cookie|fast_path|listener_scans):" "$work/stats.$mode" \
             | tr '\n' ' ' | sed 's/^/    counters: /'
         echo "kernel SyncookiesSent +$kernel_sent SyncookiesRecv +$kernel_recv"
         grep -E "SYN cookies (on|off)" "$work/sc.$mode.log" | head -3 | sed 's/^/    /' || true

@@ -156,6 +156,12 @@ public final class SockDiag {
                         key: key, backlog: message.idiag_wqueue, acceptQueue: message.idiag_rqueue, requestSockets: 0,
                         receiveBuffer: receiveBuffer)
                     listener.boundDevice = message.id.idiag_if
+                    // A dual-stack socket's IPv4 replies carry its IP_TOS, its IPv6 ones its traffic class.
+                    for type in [INET_DIAG_TOS, INET_DIAG_TCLASS] {
+                        if let value = attributes[UInt16(type)], value.count >= 1 {
+                            listener.dscp = max(listener.dscp, value[0] & 0xfc)
+                        }
+                    }
                     if listeners[key] == nil { listeners[key] = listener } else { listeners[key]!.addMember(listener) }
                 }
             }
@@ -222,7 +228,8 @@ public final class SockDiag {
             inet_diag_req_v2.self)
         request.pointee.sdiag_family = family
         request.pointee.sdiag_protocol = UInt8(IPPROTO_TCP)
-        request.pointee.idiag_ext = UInt8(1 << (INET_DIAG_SKMEMINFO - 1))
+        request.pointee.idiag_ext = UInt8(
+            1 << (INET_DIAG_SKMEMINFO - 1) | 1 << (INET_DIAG_TOS - 1) | 1 << (INET_DIAG_TCLASS - 1))
         request.pointee.idiag_states = states
         request.pointee.id.idiag_cookie = (UInt32.max, UInt32.max)  // INET_DIAG_NOCOOKIE
         // A filter longer than the request buffer holds (over 661 ports) is left out: the dump is

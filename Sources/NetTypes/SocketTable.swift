@@ -26,6 +26,9 @@ public struct ListenerObservation: Equatable, Sendable {
     /// The device a member is bound to (SO_BINDTODEVICE, or an IPv6 link-local address's
     /// scope), 0 for none.
     public var boundDevice: UInt32 = 0
+    /// The DSCP a member's replies carry and its IPv4 routes are chosen by (IP_TOS; IPV6_TCLASS
+    /// for an IPv6 socket), ECN's bits left out; 0 for none.
+    public var dscp: UInt8 = 0
 
     public init(key: ListenerKey, backlog: UInt32, acceptQueue: UInt32, requestSockets: UInt32, receiveBuffer: UInt32) {
         self.key = key
@@ -49,5 +52,6 @@ public struct ListenerObservation: Equatable, Sendable {
         receiveBuffer = min(receiveBuffer, other.receiveBuffer)
         members = sum(members, other.members)
         boundDevice = max(boundDevice, other.boundDevice)
+        dscp = max(dscp, other.dscp)
     }
 }

@@ -48,9 +48,15 @@ public final class ListenerMonitor: @unchecked Sendable {
     /// every `userMSSLifetime`.
     private let probe: ListenerProbe?
     private var userMSS: [ListenerKey: (value: UInt16, read: UInt64)] = [:]
+    /// Listeners the responder would serve but leaves to the kernel for their DSCP (logged once).
+    private var markedListeners: Set<ListenerKey> = []
     static let userMSSLifetime: UInt64 = 10_000_000_000
+    static let replyRoutesLifetime: UInt64 = 30_000_000_000
     private var tracker: ListenerOverflowTracker
-    private var overflowSignal: UInt64?
+    private var overflowSignal = OverflowSignal()
+    /// The fast path's cookies sent (FP_COOKIES_SENT), once it runs: their share of the kernel's
+    /// TCPReqQFullDoCookies is no news (`OverflowSignal`).
+    private let ownCookies = Mutex<(@Sendable () -> UInt64)?>(nil)
     /// SYN queues are to be counted at the next scan that succeeds: from the start (a queue may
     /// have filled before the daemon started, and no counter rise after) and after every rise.
     private var requestsUncounted = true
@@ -151,6 +157,26 @@ public final class ListenerMonitor: @unchecked Sendable {
         }
     }
 
+    /// Whether the responder answers this listener's SYNs: in `always` mode, or while it
+    /// overflows in `auto`; never for one that sets a DSCP (IP_TOS, IPV6_TCLASS). The kernel's
+    /// SYN-ACK carries that DSCP and takes the routes for its TOS; the responder's carries none
+    /// and takes the routes for none, so such a listener's SYNs are left to the kernel (said once).
+    private func serves(_ key: ListenerKey, _ state: ListenerOverflowTracker.State) -> Bool {
+        let wanted = configuration.mode == .always || (configuration.mode == .auto && state.active)
+        guard wanted, state.observation.dscp != 0 else {
+            markedListeners.remove(key)
+            return wanted
+        }
+        if markedListeners.insert(key).inserted {
+            logger.info(
+                """
+                SYN cookies left to the kernel for \(key): it sets DSCP \(state.observation.dscp >> 2) \
+                (IP_TOS or IPV6_TCLASS), which the responder's SYN-ACKs would not carry
+                """)
+        }
+        return false
+    }
+
     /// A served listener's TCP_MAXSEG, probed when first served and then every `userMSSLifetime`.
     private func listenerMSS(_ key: ListenerKey, now: UInt64) -> UInt16 {
         if let known = userMSS[key], now &- known.read < Self.userMSSLifetime { return known.value }
@@ -173,9 +199,15 @@ public final class ListenerMonitor: @unchecked Sendable {
         }
     }
 
-    /// The reply routes, read again when routes, links or their netconf changed and a second has passed.
+    /// The reply routes, read again when routes, links or their netconf changed and a second has
+    /// passed, and every `replyRoutesLifetime` whatever: a change of an IPv6 interface's own
+    /// ignore_routes_with_linkdown sends no event (only `all` and `default` do).
     private func refreshReplyRoutes(now: UInt64) {
-        guard replyRoutesStale, replyRoutesRead == 0 || now &- replyRoutesRead >= 1_000_000_000 else { return }
+        let elapsed = now &- replyRoutesRead
+        guard
+            replyRoutesRead == 0 || (replyRoutesStale && elapsed >= 1_000_000_000)
+                || elapsed >= Self.replyRoutesLifetime
+        else { return }
         replyRoutesRead = now
         do {
             let table = try ReplyRoutesReader.read(namespace: namespace)
@@ -193,16 +225,22 @@ public final class ListenerMonitor: @unchecked Sendable {
         }
     }
 
-    /// Reads the TcpExt counters; true when a SYN-queue or accept-queue overflow counter rose.
+    /// Reads the TcpExt counters; true when a SYN-queue or accept-queue overflow counter rose by
+    /// more than the fast path's own cookies account for.
     private func readKernelCounters() -> Bool {
         guard let text = ProcFile.text(fd: netstatFD) else { return false }
         for (index, value) in ProcFile.counters(Self.kernelCounters, section: "TcpExt", in: text).enumerated() {
             if let value { kernelValues.store(index, value) }
         }
-        let signal = kernelCounter(0) &+ kernelCounter(1) &+ kernelCounter(2)
-        defer { overflowSignal = signal }
-        return overflowSignal.map { signal != $0 } ?? false
+        // Read after the kernel's: an answer counted in it is counted there first.
+        let own = ownCookies.withLock { $0 }?() ?? 0
+        return overflowSignal.rose(
+            kernelCookies: kernelCounter(0), drops: kernelCounter(1) &+ kernelCounter(2), ownCookies: own)
     }
+
+    /// Where the fast path's cookies sent are read (each one the kernel counted as
+    /// TCPReqQFullDoCookies).
+    public func countOwnCookies(_ read: @escaping @Sendable () -> UInt64) { ownCookies.withLock { $0 = read } }
 
     /// The listeners, with their SYN queues where `countingRequests`: read by the probe, one
     /// test run per listener, where each is a single socket bound to no device and there are at
@@ -271,7 +309,7 @@ public final class ListenerMonitor: @unchecked Sendable {
         var published: [ListenerKey: ResponderListener] = [:]
         var unserved = 0
         for (key, state) in tracker.states {
-            let serve = configuration.mode == .always || (configuration.mode == .auto && state.active)
+            let serve = serves(key, state)
             let record = board.record(for: key, create: serve)
             record?.setActive(serve)
             if serve && record == nil { unserved += 1 }
@@ -291,6 +329,7 @@ public final class ListenerMonitor: @unchecked Sendable {
                 userMSS: listenerMSS(key, now: now))
         }
         userMSS = userMSS.filter { published[$0.key] != nil }
+        markedListeners = markedListeners.filter { tracker.states[$0] != nil }
         board.publish(published, settings: settings, replyRoutes: replyRoutes)
         completedScans.add(1, ordering: .relaxed)
         if unserved != unservedListeners {

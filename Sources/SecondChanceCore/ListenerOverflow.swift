@@ -28,6 +28,39 @@ public struct OverflowPolicy: Equatable, Sendable {
     func calmThreshold(_ backlog: UInt32) -> UInt64 { UInt64(backlog) * UInt64(deactivatePercent) / 100 }
 }
 
+/// Whether the kernel's overflow counters say something the listener monitor has not seen, poll by
+/// poll: TcpExt's TCPReqQFullDrop or ListenOverflows moved, or TCPReqQFullDoCookies rose by more
+/// than the cookies the fast path asked the kernel for (bpf_tcp_gen_syncookie counts each there,
+/// through tcp_syn_flood_action). While the fast path answers a flood its own cookies raise that
+/// counter at every poll, and a scan at once for each would find what the last one found; the
+/// monitor's regular scans go on.
+public struct OverflowSignal: Sendable {
+    private var last: (drops: UInt64, own: UInt64)?
+    /// The highest excess of the kernel's cookies over the fast path's seen while the fast path
+    /// gave cookies. Reading the two counters one after the other leaves a few answers counted in
+    /// one and not yet in the other; the mark absorbs that, and only an excess above it (cookies
+    /// the kernel gave for someone else) is news.
+    private var highest: Int64 = 0
+
+    public init() {}
+
+    /// Takes one poll's readings: the kernel's TCPReqQFullDoCookies, its TCPReqQFullDrop plus
+    /// ListenOverflows, and the fast path's cookies sent (0 without one). False at the first.
+    public mutating func rose(kernelCookies: UInt64, drops: UInt64, ownCookies: UInt64) -> Bool {
+        let excess = Int64(bitPattern: kernelCookies &- ownCookies)
+        defer { last = (drops, ownCookies) }
+        guard let last else {
+            highest = excess
+            return false
+        }
+        let rose = drops != last.drops || excess > highest
+        // Without a cookie of the fast path's since the last poll the excess is exact: the mark
+        // starts again from it, so that no earlier reading's skew hides a later overflow.
+        highest = ownCookies == last.own ? excess : max(highest, excess)
+        return rose
+    }
+}
+
 /// Decides, from periodic sock_diag observations, which listeners the responder serves.
 public struct ListenerOverflowTracker: Sendable {
     public struct State: Sendable {

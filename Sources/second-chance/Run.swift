@@ -580,6 +580,7 @@ struct Run: ParsableCommand {
                     path.responderChanged(
                         snapshot, records: records, passIntervalNanoseconds: interval, logger: logger)
                 }
+                responder.countOwnCookies { path.cookiesSent() }
             }
             let how = path.adoptedFrom == nil ? "" : (handover.reexecuted ? " after the re-exec" : " after a restart")
             logger.info("fast path: \(path.summary)\(how); NFQUEUE decides what it sends up")

@@ -56,6 +56,36 @@ final class SynCookieResponderTests: XCTestCase {
         }
     }
 
+    /// A listener that sets a DSCP (IP_TOS; IPV6_TCLASS on an IPv6 socket) is left to the kernel,
+    /// even in `always` mode: the kernel's SYN-ACK carries that DSCP and takes the routes for its
+    /// TOS, the responder's would carry none and take the routes for none. Read through sock_diag.
+    func testAListenerThatSetsADSCPIsLeftToTheKernel() throws {
+        try sysctl("p1", "net.ipv4.tcp_syncookies=2")
+        let monitor = try ListenerMonitor(
+            configuration: ResponderConfiguration(mode: .always), namespace: lab.namespace("p1"),
+            logger: Logger(label: "test"))
+        let (plain, marked, marked6) = try lab.inside("p1") {
+            (
+                try LabSockets.listenTCP(on: .v4(Lab.vip), port: 8081),
+                try LabSockets.listenTCP(on: .v4(Lab.vip), port: 8082),
+                try LabSockets.listenTCP(on: .v6(Lab.vip6), port: 8083)
+            )
+        }
+        defer { [plain, marked, marked6].forEach { close($0) } }
+        var tos: Int32 = 0x28  // AF11
+        XCTAssertEqual(setsockopt(marked, Int32(IPPROTO_IP), IP_TOS, &tos, 4), 0)
+        XCTAssertEqual(setsockopt(marked6, Int32(IPPROTO_IPV6), IPV6_TCLASS, &tos, 4), 0)
+        monitor.scan(now: MonotonicClock.nanoseconds())
+        let served = Set(monitor.board.snapshot().listeners.keys.map(\.port))
+        XCTAssertTrue(served.contains(8081), "\(served)")
+        XCTAssertFalse(served.contains(8082), "IP_TOS: \(served)")
+        XCTAssertFalse(served.contains(8083), "IPV6_TCLASS: \(served)")
+        tos = 0
+        XCTAssertEqual(setsockopt(marked, Int32(IPPROTO_IP), IP_TOS, &tos, 4), 0)
+        monitor.scan(now: MonotonicClock.nanoseconds())
+        XCTAssertTrue(monitor.board.snapshot().listeners.keys.contains { $0.port == 8082 }, "served once unmarked")
+    }
+
     func sysctl(_ host: String, _ setting: String) throws {
         try Lab.shell("ip netns exec \(lab.namespace(host)) sysctl -qw \(setting)")
     }

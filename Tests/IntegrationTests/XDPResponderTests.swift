@@ -154,9 +154,10 @@ extension FastPathLifecycleTests {
             })
     }
 
-    /// Adds p1's link `elsewhere` (its peer down) and the routes `routes` makes to a client outside
-    /// the peers' prefix, starts the responder (then `afterStart`), and checks that the kernel and
-    /// the XDP responder both answer that client's SYNs by eth0.
+    /// Adds p1's link `elsewhere` (its peer down, unless `routes` brings it up) and the routes
+    /// `routes` makes to a client outside the peers' prefix, starts the responder (then
+    /// `afterStart`), and checks that the kernel and the XDP responder both answer that client's
+    /// SYNs by eth0.
     private func assertTheRespondersRouteBackIsEth0(
         routes: (String, IPv4Address) -> String, check: (String, IPv4Address) throws -> Void,
         afterStart: (String) throws -> Void = { _ in }

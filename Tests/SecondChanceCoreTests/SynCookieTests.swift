@@ -282,6 +282,60 @@ final class SynCookieTests: XCTestCase {
         XCTAssertEqual(InternetChecksum.checksum(Array(reply[20...]), initial: pseudo), 0, "TCP checksum")
     }
 
+    /// The monitor's poll-by-poll signal, against a model of the readings: the fast path's
+    /// answers count in the kernel's TCPReqQFullDoCookies first and in its own counter after, so
+    /// a poll (kernel's counter read, then the fast path's) sees up to three answers in one and
+    /// not the other, either way. Cookies the kernel gives for another listener, and any move of
+    /// the drop counters, are news at the poll that reads them; the fast path's own answers are
+    /// not, beyond a few polls whose skew is the largest yet; once they stop, the next quiet
+    /// poll starts from the exact excess, so nothing earlier hides a single foreign cookie.
+    func testTheOverflowSignalIgnoresTheFastPathsOwnCookiesAndNothingElse() {
+        var random = SeededGenerator.fromEnvironment(name: #function)
+        for round in 0..<200 {
+            var signal = OverflowSignal()
+            var (answers, foreign, drops): (UInt64, UInt64, UInt64) = (UInt64(random.below(1 << 20)), 0, 0)
+            var poll = 0
+            func read(inFlight: UInt64, completing: UInt64) -> Bool {
+                poll += 1
+                return signal.rose(
+                    kernelCookies: answers &- completing &+ foreign, drops: drops, ownCookies: answers &- inFlight)
+            }
+            let context = "round \(round) \(random.report)"
+            XCTAssertFalse(read(inFlight: 0, completing: 0), "the first poll: \(context)")
+            var spurious = 0
+            for _ in 0..<300 {
+                answers += 1 + UInt64(random.below(3000))
+                let (inFlight, completing) = (UInt64(random.below(4)), UInt64(random.below(4)))
+                switch random.below(10) {
+                case 0:
+                    foreign += 7 + UInt64(random.below(100))
+                    XCTAssertTrue(read(inFlight: inFlight, completing: completing), "foreign cookies: \(context)")
+                case 1:
+                    drops += 1
+                    XCTAssertTrue(read(inFlight: inFlight, completing: completing), "a drop: \(context)")
+                default:
+                    if read(inFlight: inFlight, completing: completing) { spurious += 1 }
+                }
+            }
+            // Each spurious rise lifts the mark, which a skew of at most 3 + 3 bounds above the
+            // excess the last foreign cookies set.
+            XCTAssertLessThan(spurious, 300 / 4, "most of the flood's polls scan no sooner: \(context)")
+            _ = read(inFlight: 0, completing: 0)
+            XCTAssertFalse(read(inFlight: 0, completing: 0), "quiet: \(context)")
+            foreign += 1
+            XCTAssertTrue(read(inFlight: 0, completing: 0), "one foreign cookie after the flood: \(context)")
+            XCTAssertFalse(read(inFlight: 0, completing: 0), context)
+        }
+        // Without a fast path (its count stays 0), any move of either counter is news, as it was.
+        var signal = OverflowSignal()
+        XCTAssertFalse(signal.rose(kernelCookies: 10, drops: 5, ownCookies: 0))
+        XCTAssertFalse(signal.rose(kernelCookies: 10, drops: 5, ownCookies: 0))
+        XCTAssertTrue(signal.rose(kernelCookies: 11, drops: 5, ownCookies: 0))
+        XCTAssertTrue(signal.rose(kernelCookies: 11, drops: 6, ownCookies: 0))
+        XCTAssertTrue(signal.rose(kernelCookies: 11, drops: 5, ownCookies: 0), "a counter read lower moved")
+        XCTAssertTrue(signal.rose(kernelCookies: 0, drops: UInt64.max, ownCookies: 0), "wrapped: no trap")
+    }
+
     func testTrackerActivatesOnAFullQueueAndHoldsBeforeTurningOff() {
         var policy = OverflowPolicy()
         policy.holdNanoseconds = 5
