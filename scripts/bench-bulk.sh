@@ -4,6 +4,10 @@
 #   x  through GUE from the lab's director in BPF (glb-lab bpf-director), decided in XDP (--fast-path xdp)
 #   t  the same, decided at tc (--fast-path tc)
 #   q  the same, decided through NFQUEUE (--fast-path off)
+# and again, as U, X and T, with the lab's wire into P1 (glb-lab xdp-wire): the switch's port from
+# the sender redirects P1's frames in XDP into the port toward P1, whose veth then receives XDP
+# frames as a NIC's ring holds them, instead of skbs it copies into pages of its own before its
+# XDP program runs (the copy is then made on the sender's CPU, where a NIC's DMA would be);
 # over 1 and over 8 connections (iperf3, cubic). The client sends MTU-sized frames with full
 # checksums (TSO, GSO and checksum offload off), as a NIC delivers them; the switch's port
 # toward P1 does not aggregate either (it stands for the wire); P1's interface has GRO on, as a NIC
@@ -45,7 +49,7 @@ taskset -c "$client_cpu" ip netns exec "$prefix-d" "$bin/glb-lab" bpf-director -
 # go to CPU 0.
 pin_napi() {
     for pid in $(pgrep '^napi/' || true); do
-        case "$others" in *" $pid "*) ;; *) taskset -pc "$proxy_cpu" "$pid" >/dev/null ;; esac
+        case "$others" in *" $pid "*) ;; *) taskset -pc "$proxy_cpu" "$pid" >/dev/null; chrt -f -p 50 "$pid" ;; esac
     done
 }
 
@@ -58,6 +62,11 @@ start_daemon() {
     for _ in $(seq 100); do [ -S "$work/sc.sock" ] && break; sleep 0.1; done
     [ -S "$work/sc.sock" ] || { echo "bench-bulk: second-chance did not start" >&2; cat "$work/sc.log" >&2; exit 1; }
 }
+# The wire into P1 from one switch port (U, X, T), and none (u, x, t, q).
+p1_mac=$(ip -n "$P" -br link show eth0 | awk '{ print $3 }')
+wire_from() { ip netns exec "$prefix-sw" "$bin/glb-lab" xdp-wire --interface "$prefix-$1" --to "$prefix-p1" --mac "$p1_mac"; }
+wire_off() { for port in c d; do ip -n "$prefix-sw" link set dev "$prefix-$port" xdpdrv off; done; }
+
 stop_daemon() { [ -n "$sc_pid" ] && kill "$sc_pid" && wait "$sc_pid" 2>/dev/null; sc_pid=; }
 
 # Busy jiffies (user, nice, system, irq, softirq) of one CPU, or of all with "cpu".
@@ -65,8 +74,11 @@ busy() { awk -v cpu="$1" '$1 == cpu { print $2 + $3 + $4 + $7 + $8 }' /proc/stat
 segments() {
     ip netns exec "$P" awk '/^IpExt:/ { if (!h) { for (i = 1; i <= NF; i++) n[i] = $i; h = 1 } else { for (i = 1; i <= NF; i++) if (n[i] ~ /^In(NoECT|ECT0|ECT1|CE)Pkts$/) s += $i } } END { print s }' /proc/net/netstat
 }
-# Frames the switch's port could not hand to P1's interface (its receive ring full).
-ring_drops() { ip -n "$prefix-sw" -s -j link show "$prefix-p1" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["stats64"]["tx"]["dropped"])'; }
+# Frames the switch's port could not hand to P1's interface (its receive ring full): skbs the port
+# dropped, and XDP frames the wire redirected that P1's ring had no room for.
+ring_drops() {
+    ip -n "$prefix-sw" -s -j link show "$prefix-p1" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["stats64"]["tx"]["dropped"])'
+}
 received() {
     ip netns exec "$P" awk '/^Ip:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "InReceives") c = i; h = 1 } else print $c }' /proc/net/snmp
 }
@@ -111,17 +123,21 @@ route_director() { ip -n "$prefix-c" route replace "$VIP/32" via 198.18.0.2; }
 
 declare -A results
 for round in $(seq "$rounds"); do
-    for row in u x t q; do
+    for row in u x t q U X T; do
         case $row in
             u) route_direct ;;
             x) route_director; start_daemon xdp ;;
             t) route_director; start_daemon tc ;;
             q) route_director; start_daemon off ;;
+            U) route_direct; wire_from c ;;
+            X) route_director; wire_from d; start_daemon xdp ;;
+            T) route_director; wire_from d; start_daemon tc ;;
         esac
         for connections in 1 8; do
             results[$row,$connections]+="$(upload "$connections")"$'\n'
         done
         stop_daemon
+        case $row in U|X|T) wire_off ;; esac
     done
     echo "bench-bulk: round $round of $rounds done" >&2
 done
@@ -129,16 +145,19 @@ done
 echo "Bulk upload to the VIP, $seconds s a run, medians of $rounds rounds ($(nproc) CPUs; proxy on CPU $proxy_cpu)"
 printf '%-28s %5s %7s %7s %10s %8s %10s %8s %7s %8s %7s %7s  %s\n' row conns Gbit/s "x of u" "proxy s/GiB" \
     "x of u" "machine s/GiB" "frames/skb" "proxy%" "client%" "drop%" "retx%" pace
+echo "(the wire's rows U, X and T: \"x of u\" against the wire's unencapsulated row)"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
 declare -a base_rate base_cpu
-declare -A names=([u]="unencapsulated (the limit)" [x]="GUE, decided in XDP" [t]="GUE, decided at tc" [q]="GUE, NFQUEUE")
-for row in u x t q; do
+declare -A names=([u]="unencapsulated (the limit)" [x]="GUE, decided in XDP" [t]="GUE, decided at tc" [q]="GUE, NFQUEUE"
+    [U]="wire: unencapsulated" [X]="wire: GUE, decided in XDP" [T]="wire: GUE, decided at tc")
+for row in u x t q U X T; do
     for connections in 1 8; do
         read -r gbps proxy machine frames proxy_busy client_busy drops retransmits < <(
             for column in 1 2 3 4 5 6 7 8; do
                 printf '%s\n' "${results[$row,$connections]}" | awk -v c="$column" 'NF { print $c }' | median
             done | paste -sd' ')
-        [ "$row" = u ] && base_rate[$connections]=$gbps base_cpu[$connections]=$proxy
+        # The wire's rows are taken against the wire's unencapsulated row.
+        case $row in u|U) base_rate[$connections]=$gbps base_cpu[$connections]=$proxy ;; esac
         pace=receiver
         [ "${client_busy%.*}" -gt "${proxy_busy%.*}" ] && pace=sender
         [ "${client_busy%.*}" -lt 90 ] && [ "${proxy_busy%.*}" -lt 90 ] && pace=losses

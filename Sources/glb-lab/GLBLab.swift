@@ -14,7 +14,7 @@ struct GLBLab: ParsableCommand {
             """,
         subcommands: [
             Director.self, Echo.self, Clients.self, HTTPLoad.self, Blast.self, Watch.self, Supervise.self,
-            CookieCost.self, SockDiagCost.self, BPFDirector.self, ProgramCost.self, XDPPass.self,
+            CookieCost.self, SockDiagCost.self, BPFDirector.self, ProgramCost.self, XDPPass.self, XDPWire.self,
         ])
 }
 

@@ -18,3 +18,26 @@ struct XDPPass: ParsableCommand {
         }
     }
 }
+
+/// The lab's wire into a proxy (LabWire): on a switch port, frames to the proxy's link address go
+/// straight into the port toward it as XDP frames, the way a NIC's ring hands them over.
+struct XDPWire: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "xdp-wire", abstract: "Attach the lab's wire: frames to a link address redirected into a port.")
+
+    @Option(help: "The switch port the sender's frames arrive on (in this namespace).") var interface: String
+    @Option(help: "The switch port toward the proxy.") var to: String
+    @Option(help: "The proxy's link address (aa:bb:cc:dd:ee:ff).") var mac: String
+
+    var bytes: [UInt8]? {
+        let parts = mac.split(separator: ":", omittingEmptySubsequences: false)
+        let bytes = parts.compactMap { $0.count == 2 ? UInt8($0, radix: 16) : nil }
+        return parts.count == 6 && bytes.count == 6 ? bytes : nil
+    }
+
+    func validate() throws {
+        guard bytes != nil else { throw ValidationError("--mac: six hexadecimal bytes separated by colons") }
+    }
+
+    func run() throws { try LabWire.attach(on: interface, to: to, mac: bytes ?? []) }
+}

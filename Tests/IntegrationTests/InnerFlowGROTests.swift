@@ -17,7 +17,9 @@ final class InnerFlowGROTests: XCTestCase {
     /// The client sends MTU-sized frames with full checksums (TSO, GSO and checksum offload off),
     /// the lab's BPF director encapsulates them, and p1's interface has GRO on, as a NIC has.
     /// Decapsulated in XDP, the inner segments meet GRO and reach IP coalesced, many frames per skb;
-    /// decapsulated at tc (re-injected past GRO), one frame per skb.
+    /// decapsulated at tc (re-injected past GRO), one frame per skb. Over the lab's wire (the
+    /// switch port redirecting the director's frames into p1's port in XDP, so p1 receives XDP
+    /// frames as from a NIC's ring), XDP's segments reach IP coalesced too.
     func testSegmentsDecapsulatedInXDPReachIPCoalescedAndAtTCOneByOne() throws {
         lab = try Lab(prefix: "psgr")
         try Lab.shell(
@@ -35,8 +37,12 @@ final class InnerFlowGROTests: XCTestCase {
         defer { close(listener) }
 
         var framesPerSKB: [String: Double] = [:]
-        for mode in ["xdp", "tc"] {
-            try lab.startSecondChance("p1", Lab.p1, extra: ["--fast-path", mode, "--allow-source", "\(Lab.director)"])
+        let wirePort = "\(lab.prefix)-d"
+        for mode in ["xdp", "tc", "xdp over the wire"] {
+            if mode.hasSuffix("wire") { try attachTheWire(on: wirePort) }
+            let fastPath = String(mode.prefix(while: { $0 != " " }))
+            try lab.startSecondChance(
+                "p1", Lab.p1, extra: ["--fast-path", fastPath, "--allow-source", "\(Lab.director)"])
             let before = try ipCounters()
             let received = try upload(megabytes: 16, listener: listener)
             let after = try ipCounters()
@@ -48,6 +54,21 @@ final class InnerFlowGROTests: XCTestCase {
         }
         XCTAssertGreaterThan(framesPerSKB["xdp"]!, 4, "GRO coalesced what XDP decapsulated: \(framesPerSKB)")
         XCTAssertLessThan(framesPerSKB["tc"]!, 1.2, "what tc re-injects bypasses GRO: \(framesPerSKB)")
+        XCTAssertGreaterThan(framesPerSKB["xdp over the wire"]!, 4, "XDP frames as from a NIC: \(framesPerSKB)")
+        // The wire (bench-bulk.sh's rows U, X and T) sent the upload's frames as XDP frames.
+        let redirected = try Lab.shell("ip netns exec \(lab.namespace("sw")) ethtool -S \(wirePort)")
+            .split(separator: "\n").first { $0.contains("rx_queue_0_xdp_redirect:") }
+            .flatMap { UInt64($0.split(separator: " ").last ?? "") }
+        XCTAssertGreaterThan(redirected ?? 0, UInt64(16 << 20) / 1500, "the wire redirected the upload's frames")
+    }
+
+    /// The lab's wire into p1 from a switch port (`glb-lab xdp-wire`).
+    func attachTheWire(on port: String) throws {
+        let mac = try Lab.shell("ip -n \(lab.namespace("p1")) -br link show eth0").split(separator: " ")
+            .filter { !$0.isEmpty }[2]
+        let wire = try lab.runToEnd(
+            "sw", "glb-lab", ["xdp-wire", "--interface", port, "--to", "\(lab.prefix)-p1", "--mac", String(mac)])
+        XCTAssertEqual(wire.status, 0, wire.output)
     }
 
     /// p1's segments and skbs reaching IP: the ECN classes of IpExt count segments (a GRO skb adds

@@ -21,6 +21,8 @@ final class LabToolTests: XCTestCase {
                 "--hops", "9",
             ],
             ["glb-lab", "bpf-director", "--self", "198.18.0.1", "--table", "/dev/null"],
+            ["glb-lab", "xdp-wire", "--interface", "lo", "--to", "lo", "--mac", "02:00:00:00:00"],
+            ["glb-lab", "xdp-wire", "--interface", "lo", "--to", "lo", "--mac", "02:00:00:00:00:0g"],
             [
                 "glb-lab", "program-cost", "--self", "198.18.0.1", "--director", "198.18.0.2", "--vip", "198.19.0.1",
                 "--hop", "198.18.0.3", "--established", "198.18.0.4", "--established-port", "1", "--runs", "0",

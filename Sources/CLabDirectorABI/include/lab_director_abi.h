@@ -1,4 +1,5 @@
-// The lab director's map layouts, shared by its tc program (LabPrograms/bpf) and its loader.
+// The lab's map layouts, shared by its programs (LabPrograms/bpf: the director, the wire) and
+// their loaders.
 #ifndef PROXYSIDE_LAB_DIRECTOR_ABI_H
 #define PROXYSIDE_LAB_DIRECTOR_ABI_H
 
@@ -24,6 +25,13 @@ struct ld_counters {
     __u64 passed;       /* not for a VIP, or not IPv4: left to the stack */
     __u64 segmented;    /* a GSO packet for a VIP: left to the stack (the client must send MTU frames) */
     __u64 malformed;    /* for a VIP but shorter than its IPv4 header says: dropped */
+};
+
+/* The wire's one value (wire.bpf.c): frames to `mac` go to interface `ifindex`. */
+struct ld_wire_target {
+    __u8 mac[6];
+    __u16 reserved;
+    __u32 ifindex;
 };
 
 #endif
