@@ -18,7 +18,9 @@
 # per-segment counts over Ip InReceives), the frames the switch's port dropped because P1's receive
 # ring was full and the client's retransmissions (both per 100 frames received), and what set the
 # pace: the busier CPU, or "losses" where neither CPU reached 90 %.
-# Bounded: SECONDS_PER_RUN (default 5) per run, ROUNDS (default 3), medians.
+# Bounded: SECONDS_PER_RUN (default 5) per run, ROUNDS (default 3), medians. ROWS (default
+# "u x t q U X T") runs some rows only; PERF_DIR=DIR records CPU 0 (perf, call graphs) through each
+# upload into DIR/ROW-CONNECTIONS.data.
 #   scripts/bench-bulk.sh
 set -euo pipefail
 shopt -s inherit_errexit  # a failed step inside $(...) stops the script too
@@ -39,6 +41,13 @@ ip netns exec "$prefix-c" ethtool -K eth0 tso off gso off tx off >/dev/null
 ip netns exec "$prefix-sw" ethtool -K "$prefix-p1" tso off gso off >/dev/null
 # NAPI threads that exist before P1's interface gets its own: never touched here.
 others=" $(pgrep '^napi/' | tr '\n' ' ' || true) "
+# What P1 sends (its ACKs) is received by the switch, the client and the director on the last CPU
+# (RPS on their veths, which take frames through the backlog of the CPU that sent them): otherwise
+# the switch's forwarding and the client's TCP (which sends new data as ACKs arrive, and with it
+# the director's and the wire's work) would run on P1's CPU and count as the proxy's.
+client_mask=$(printf '%x' $((1 << client_cpu)))
+ip netns exec "$prefix-sw" sh -c "echo $client_mask > /sys/class/net/$prefix-p1/queues/rx-0/rps_cpus"
+for host in c d; do ip netns exec "$prefix-$host" sh -c "echo $client_mask > /sys/class/net/eth0/queues/rx-0/rps_cpus"; done
 ip netns exec "$P" ethtool -K eth0 gro on >/dev/null
 ip netns exec "$P" sh -c 'echo 1 > /sys/class/net/eth0/threaded'
 printf '198.18.0.11\n198.18.0.12 draining\n' > "$work/table"
@@ -96,8 +105,13 @@ upload() {
     local p0 m0 c0 s0 r0 d0
     p0=$(busy "cpu$proxy_cpu"); c0=$(busy "cpu$client_cpu"); m0=$(busy cpu); s0=$(segments); r0=$(received)
     d0=$(ring_drops)
+    local perf=
+    if [ -n "${PERF_DIR:-}" ]; then
+        perf record -q -C "$proxy_cpu" -g -o "$PERF_DIR/$row-$connections.data" -- sleep "$seconds" 2>/dev/null & perf=$!
+    fi
     taskset -c "$client_cpu" ip netns exec "$prefix-c" timeout $((seconds + 30)) \
         iperf3 -c "$VIP" -t "$seconds" -P "$connections" -J > "$work/run.json"
+    [ -z "$perf" ] || wait "$perf" || true
     local p1 m1 c1 s1 r1 d1
     p1=$(busy "cpu$proxy_cpu"); c1=$(busy "cpu$client_cpu"); m1=$(busy cpu); s1=$(segments); r1=$(received)
     d1=$(ring_drops)
@@ -123,7 +137,7 @@ route_director() { ip -n "$prefix-c" route replace "$VIP/32" via 198.18.0.2; }
 
 declare -A results
 for round in $(seq "$rounds"); do
-    for row in u x t q U X T; do
+    for row in ${ROWS:-u x t q U X T}; do
         case $row in
             u) route_direct ;;
             x) route_director; start_daemon xdp ;;
@@ -146,11 +160,11 @@ echo "Bulk upload to the VIP, $seconds s a run, medians of $rounds rounds ($(npr
 printf '%-28s %5s %7s %7s %10s %8s %10s %8s %7s %8s %7s %7s  %s\n' row conns Gbit/s "x of u" "proxy s/GiB" \
     "x of u" "machine s/GiB" "frames/skb" "proxy%" "client%" "drop%" "retx%" pace
 echo "(the wire's rows U, X and T: \"x of u\" against the wire's unencapsulated row)"
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
+ratio() { [ -n "$2" ] || { echo -; return; }; awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
 declare -a base_rate base_cpu
 declare -A names=([u]="unencapsulated (the limit)" [x]="GUE, decided in XDP" [t]="GUE, decided at tc" [q]="GUE, NFQUEUE"
     [U]="wire: unencapsulated" [X]="wire: GUE, decided in XDP" [T]="wire: GUE, decided at tc")
-for row in u x t q U X T; do
+for row in ${ROWS:-u x t q U X T}; do
     for connections in 1 8; do
         read -r gbps proxy machine frames proxy_busy client_busy drops retransmits < <(
             for column in 1 2 3 4 5 6 7 8; do
