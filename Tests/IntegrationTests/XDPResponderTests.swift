@@ -104,32 +104,16 @@ extension FastPathLifecycleTests {
     /// eth0 is answered by eth0, not sent to the dead link.
     func testTheRespondersRouteBackPassesOverARouteTheKernelIgnores() throws {
         try assertTheRespondersRouteBackIsEth0(
-            routes: { p1, client in
-                """
-                ip netns exec \(p1) sysctl -qw net.ipv4.conf.elsewhere.ignore_routes_with_linkdown=1 && \
-                ip -n \(p1) route add \(client)/32 dev elsewhere metric 10 && \
-                ip -n \(p1) route add \(client)/32 dev eth0 metric 20
-                """
-            },
-            check: { p1, client in
-                XCTAssertTrue(try Lab.shell("ip -n \(p1) route show \(client)/32").contains("dead"))
-            })
+            prepare: "sysctl -qw net.ipv4.conf.elsewhere.ignore_routes_with_linkdown=1", elsewhere: "dev elsewhere",
+            shown: { $0.contains("dead") })
     }
 
     /// A route for one TOS only carries only that TOS's packets; a SYN-ACK (TOS 0, the kernel's
     /// and the responder's) takes the route without one, however low the other's metric.
     func testTheRespondersRouteBackPassesOverARouteForOneTOS() throws {
         try assertTheRespondersRouteBackIsEth0(
-            routes: { p1, client in
-                """
-                ip -n \(p1) link set elsewhere-peer up && \
-                ip -n \(p1) route add \(client)/32 tos 0x10 dev elsewhere metric 10 && \
-                ip -n \(p1) route add \(client)/32 dev eth0 metric 20
-                """
-            },
-            check: { p1, client in
-                XCTAssertTrue(try Lab.shell("ip -n \(p1) route show \(client)/32").contains("tos"))
-            })
+            prepare: "ip link set elsewhere-peer up", elsewhere: "tos 0x10 dev elsewhere",
+            shown: { $0.contains("tos") })
     }
 
     /// A change of ignore_routes_with_linkdown changes the kernel's output at once, with no route
@@ -137,16 +121,7 @@ extension FastPathLifecycleTests {
     /// again on the setting's netconf event.
     func testTheRespondersRouteBackFollowsIgnoreRoutesWithLinkdown() throws {
         try assertTheRespondersRouteBackIsEth0(
-            routes: { p1, client in
-                """
-                ip -n \(p1) route add \(client)/32 dev elsewhere metric 10 && \
-                ip -n \(p1) route add \(client)/32 dev eth0 metric 20
-                """
-            },
-            check: { p1, client in
-                let route = try Lab.shell("ip -n \(p1) route show \(client)/32")
-                XCTAssertTrue(route.contains("linkdown") && !route.contains("dead"), route)
-            },
+            prepare: "true", elsewhere: "dev elsewhere", shown: { $0.contains("linkdown") && !$0.contains("dead") },
             afterStart: { p1 in
                 try Lab.shell("ip netns exec \(p1) sysctl -qw net.ipv4.conf.elsewhere.ignore_routes_with_linkdown=1")
                 // The monitor reads routes at most once a second, at its next poll after an event.
@@ -154,13 +129,13 @@ extension FastPathLifecycleTests {
             })
     }
 
-    /// Adds p1's link `elsewhere` (its peer down, unless `routes` brings it up) and the routes
-    /// `routes` makes to a client outside the peers' prefix, starts the responder (then
+    /// Adds p1's link `elsewhere` (its peer down), runs `prepare` in p1, and routes a client
+    /// outside the peers' prefix by `elsewhere` (a route's options, metric 10) and by eth0
+    /// (metric 20); checks the route as `ip` shows it (`shown`), starts the responder (then
     /// `afterStart`), and checks that the kernel and the XDP responder both answer that client's
     /// SYNs by eth0.
     private func assertTheRespondersRouteBackIsEth0(
-        routes: (String, IPv4Address) -> String, check: (String, IPv4Address) throws -> Void,
-        afterStart: (String) throws -> Void = { _ in }
+        prepare: String, elsewhere: String, shown: (String) -> Bool, afterStart: (String) throws -> Void = { _ in }
     ) throws {
         let version = try XCTUnwrap(KernelRelease.version(of: KernelRelease.current))
         guard version >= (5, 13) else { return }  // no XDP entry point
@@ -171,9 +146,12 @@ extension FastPathLifecycleTests {
             """
             ip -n \(c) addr add \(client)/32 dev eth0 && \
             ip -n \(p1) link add elsewhere type veth peer name elsewhere-peer && ip -n \(p1) link set elsewhere up && \
-            \(routes(p1, client))
+            ip netns exec \(p1) \(prepare) && \
+            ip -n \(p1) route add \(client)/32 \(elsewhere) metric 10 && \
+            ip -n \(p1) route add \(client)/32 dev eth0 metric 20
             """)
-        try check(p1, client)
+        let route = try Lab.shell("ip -n \(p1) route show \(client)/32")
+        XCTAssertTrue(shown(route), route)
         let (empty, _, pass) = try EmptyPrograms.load()
         defer { withExtendedLifetime(empty) {} }
         try lab.inside("sw") { try NativeXDP.attach(programFD: pass, interface: "\(lab.prefix)-p1", replacing: nil) }
