@@ -101,21 +101,24 @@ final class KernelLabTests: XCTestCase {
         "testEstablishedFlowsKeepMovingWhileTheDaemonIsKilledAndDown",
         "testARestartTakesItsPredecessorsProgramsOffInterfacesItNoLongerUses",
         "testAReexecReplacesTheProgramInPlaceAndACleanStopRemovesIt", "testACleanStopRemovesOnlyItsOwnProgram",
-        "testTheProgramAttachesOnlyWhereFramesCarryAnEthernetHeader",
-        "testFastPathOffRemovesAProgramAnEarlierDaemonLeft", "testAnotherXDPProgramIsLeftInPlaceAndWarnedOf",
+        "testAnotherXDPProgramIsLeftInPlaceAndWarnedOf",
         "testWithTheUnitsCapabilitiesNoOneElsesPinsAreBelievedAndAFailedAttachLeavesNoXDP",
     ].map { "FastPathLifecycleTests/" + $0 }
     static let lifeOfXDPAndUnderTheUnit = [
         "testXDPDecidesLocalPacketsAndIsReplacedInPlaceAndRemoved", "testXDPSendsForwardsBackOutOnlyWhereAllowed",
         "testXDPAnswersSYNsWithTheKernelsCookiesWhereItMaySend",
-        "testWithTheUnitsCapabilitiesAnotherInstanceLeavesWhatTheSharedPinsName",
         "testWithTheUnitsCapabilitiesAStartAfterAKeepingStopTakesThePinnedProgramsOver",
         "testWithTheUnitsCapabilitiesAReexecAndARestartReplaceXDPAndAStopRemovesIt",
     ].map { "FastPathLifecycleTests/" + $0 }
-    /// Lifecycle tests of how the responder follows routes: the programs they load are loaded and
-    /// verified by the halves' tests on every kernel, and the routing they read is the same there
-    /// (each costs the 6.1 guest a minute the kernel lab's length has no room for).
+    /// Lifecycle tests whose kernel side the halves' tests exercise on every kernel: how the
+    /// responder follows routes (the programs they load are loaded and verified there, and the
+    /// routing they read is the same), and the daemon's own choices of where to attach, what an
+    /// earlier daemon left and whose pins to leave (the same attach, detach and pin calls). Each
+    /// costs a guest one to two minutes the kernel lab's length has no room for.
     static let lifeOnTheHostOnly = [
+        "testTheProgramAttachesOnlyWhereFramesCarryAnEthernetHeader",
+        "testFastPathOffRemovesAProgramAnEarlierDaemonLeft",
+        "testWithTheUnitsCapabilitiesAnotherInstanceLeavesWhatTheSharedPinsName",
         "testXDPLeavesASYNWhoseReplyRouteLeavesElsewhereToTcWithoutACookie",
         "testTheRespondersRouteBackPassesOverARouteTheKernelIgnores",
         "testTheRespondersRouteBackPassesOverARouteForOneTOS",
