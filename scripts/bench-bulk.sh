@@ -107,7 +107,9 @@ upload() {
     d0=$(ring_drops)
     local perf=
     if [ -n "${PERF_DIR:-}" ]; then
-        perf record -q -C "$proxy_cpu" -g -o "$PERF_DIR/$row-$connections.data" -- sleep "$seconds" 2>/dev/null & perf=$!
+        mkdir -p "$PERF_DIR"
+        perf record -q -C "$proxy_cpu" -g -o "$PERF_DIR/$row-$connections.data" -- sleep "$seconds" & perf=$!
+        pids+=("$perf")
     fi
     taskset -c "$client_cpu" ip netns exec "$prefix-c" timeout $((seconds + 30)) \
         iperf3 -c "$VIP" -t "$seconds" -P "$connections" -J > "$work/run.json"

@@ -344,8 +344,8 @@ public final class FastPath: @unchecked Sendable {
     public func counters() -> FastPathCounterValues { maps.readCounters() }
 
     /// The SYN-ACKs the programs sent: each carries a cookie the kernel gave through the listener
-    /// and counted in TcpExt's TCPReqQFullDoCookies.
-    public func cookiesSent() -> UInt64 { maps.readCounters().slots[Int(FP_COOKIES_SENT.rawValue)] }
+    /// and counted in TcpExt's TCPReqQFullDoCookies. Nil when the counters cannot be read.
+    public func cookiesSent() -> UInt64? { maps.readCounterSlots()?[Int(FP_COOKIES_SENT.rawValue)] }
 
     /// Writes this host's addresses into the maps (the watcher's board calls it as it publishes;
     /// `LocalAddressBoard.observe`). A map that cannot take them would refuse what the queue

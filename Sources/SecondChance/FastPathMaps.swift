@@ -278,18 +278,24 @@ public struct FastPathMaps: Sendable {
         return out
     }
 
-    /// Every slot summed over the CPUs.
+    /// Every slot summed over the CPUs (all 0 when the map cannot be read).
     public func readCounters() -> FastPathCounterValues {
+        FastPathCounterValues(slots: readCounterSlots() ?? [])
+    }
+
+    /// Every slot summed over the CPUs; nil when the map cannot be read (the kernel allocates its
+    /// per-CPU copy, which can fail).
+    func readCounterSlots() -> [UInt64]? {
         // One struct fp_counter_block per CPU, whole words each.
         let count = FastPathCounters.slotCount
         var perCPU = [UInt64](repeating: 0, count: Self.cpus * count)
         var slots = [UInt64](repeating: 0, count: count)
         var key: UInt32 = 0
-        guard bpf_map_lookup_elem(counters, &key, &perCPU) == 0 else { return FastPathCounterValues(slots: slots) }
+        guard bpf_map_lookup_elem(counters, &key, &perCPU) == 0 else { return nil }
         for cpu in 0..<Self.cpus {
             for slot in 0..<count { slots[slot] &+= perCPU[cpu * count + slot] }
         }
-        return FastPathCounterValues(slots: slots)
+        return slots
     }
 
     /// Makes the program send every packet up (layout 0: not configured), counted as such (it still

@@ -5,6 +5,7 @@ import Logging
 import NetTypes
 import SecondChanceCore
 import Synchronization
+import Telemetry
 
 public struct ResponderConfiguration: Sendable {
     public var mode: ResponderMode
@@ -50,13 +51,14 @@ public final class ListenerMonitor: @unchecked Sendable {
     private var userMSS: [ListenerKey: (value: UInt16, read: UInt64)] = [:]
     /// Listeners the responder would serve but leaves to the kernel for their DSCP (logged once).
     private var markedListeners: Set<ListenerKey> = []
+    private var markedLog = LogBudget(linesPerSecond: 1)
     static let userMSSLifetime: UInt64 = 10_000_000_000
     static let replyRoutesLifetime: UInt64 = 30_000_000_000
     private var tracker: ListenerOverflowTracker
     private var overflowSignal = OverflowSignal()
     /// The fast path's cookies sent (FP_COOKIES_SENT), once it runs: their share of the kernel's
     /// TCPReqQFullDoCookies is no news (`OverflowSignal`).
-    private let ownCookies = Mutex<(@Sendable () -> UInt64)?>(nil)
+    private let ownCookies = Mutex<(@Sendable () -> UInt64?)?>(nil)
     /// SYN queues are to be counted at the next scan that succeeds: from the start (a queue may
     /// have filled before the daemon started, and no counter rise after) and after every rise.
     private var requestsUncounted = true
@@ -161,17 +163,19 @@ public final class ListenerMonitor: @unchecked Sendable {
     /// overflows in `auto`; never for one that sets a DSCP (IP_TOS, IPV6_TCLASS). The kernel's
     /// SYN-ACK carries that DSCP and takes the routes for its TOS; the responder's carries none
     /// and takes the routes for none, so such a listener's SYNs are left to the kernel (said once).
-    private func serves(_ key: ListenerKey, _ state: ListenerOverflowTracker.State) -> Bool {
+    private func serves(_ key: ListenerKey, _ state: ListenerOverflowTracker.State, now: UInt64) -> Bool {
         let wanted = configuration.mode == .always || (configuration.mode == .auto && state.active)
         guard wanted, state.observation.dscp != 0 else {
             markedListeners.remove(key)
             return wanted
         }
-        if markedListeners.insert(key).inserted {
+        // A local user may open, mark and close listeners in a loop: these lines have a budget.
+        if markedListeners.insert(key).inserted, let held = markedLog.admit(now: now) {
             logger.info(
                 """
                 SYN cookies left to the kernel for \(key): it sets DSCP \(state.observation.dscp >> 2) \
-                (IP_TOS or IPV6_TCLASS), which the responder's SYN-ACKs would not carry
+                (IP_TOS or IPV6_TCLASS), which the responder's SYN-ACKs would not carry\
+                \(held > 0 ? " (\(held) more such lines held back)" : "")
                 """)
         }
         return false
@@ -232,15 +236,16 @@ public final class ListenerMonitor: @unchecked Sendable {
         for (index, value) in ProcFile.counters(Self.kernelCounters, section: "TcpExt", in: text).enumerated() {
             if let value { kernelValues.store(index, value) }
         }
-        // Read after the kernel's: an answer counted in it is counted there first.
-        let own = ownCookies.withLock { $0 }?() ?? 0
+        // Read after the kernel's: an answer counted in it is counted there first. Without a
+        // fast path, 0; nil when its counters could not be read.
+        let own = ownCookies.withLock { $0 }.map { $0() } ?? 0
         return overflowSignal.rose(
             kernelCookies: kernelCounter(0), drops: kernelCounter(1) &+ kernelCounter(2), ownCookies: own)
     }
 
     /// Where the fast path's cookies sent are read (each one the kernel counted as
     /// TCPReqQFullDoCookies).
-    public func countOwnCookies(_ read: @escaping @Sendable () -> UInt64) { ownCookies.withLock { $0 = read } }
+    public func countOwnCookies(_ read: @escaping @Sendable () -> UInt64?) { ownCookies.withLock { $0 = read } }
 
     /// The listeners, with their SYN queues where `countingRequests`: read by the probe, one
     /// test run per listener, where each is a single socket bound to no device and there are at
@@ -293,6 +298,8 @@ public final class ListenerMonitor: @unchecked Sendable {
         if countRequests { requestsUncounted = false }
         for event in tracker.update(observations, now: now) {
             switch event {
+            case .activated(let observation) where observation.dscp != 0:
+                break  // never served (`serves`)
             case .activated(let observation):
                 board.record(for: observation.key)?.add(.activations)
                 logger.info(
@@ -309,7 +316,7 @@ public final class ListenerMonitor: @unchecked Sendable {
         var published: [ListenerKey: ResponderListener] = [:]
         var unserved = 0
         for (key, state) in tracker.states {
-            let serve = serves(key, state)
+            let serve = serves(key, state, now: now)
             let record = board.record(for: key, create: serve)
             record?.setActive(serve)
             if serve && record == nil { unserved += 1 }

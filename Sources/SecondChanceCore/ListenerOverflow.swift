@@ -35,7 +35,7 @@ public struct OverflowPolicy: Equatable, Sendable {
 /// counter at every poll, and a scan at once for each would find what the last one found; the
 /// monitor's regular scans go on.
 public struct OverflowSignal: Sendable {
-    private var last: (drops: UInt64, own: UInt64)?
+    private var last: (kernel: UInt64, drops: UInt64, own: UInt64)?
     /// The highest excess of the kernel's cookies over the fast path's seen while the fast path
     /// gave cookies. Reading the two counters one after the other leaves a few answers counted in
     /// one and not yet in the other; the mark absorbs that, and only an excess above it (cookies
@@ -45,14 +45,23 @@ public struct OverflowSignal: Sendable {
     public init() {}
 
     /// Takes one poll's readings: the kernel's TCPReqQFullDoCookies, its TCPReqQFullDrop plus
-    /// ListenOverflows, and the fast path's cookies sent (0 without one). False at the first.
-    public mutating func rose(kernelCookies: UInt64, drops: UInt64, ownCookies: UInt64) -> Bool {
-        let excess = Int64(bitPattern: kernelCookies &- ownCookies)
-        defer { last = (drops, ownCookies) }
+    /// ListenOverflows, and the fast path's cookies sent (0 without one; nil when they could not
+    /// be read: then any move of the kernel's counters is news, and the mark stays). False at the
+    /// first.
+    public mutating func rose(kernelCookies: UInt64, drops: UInt64, ownCookies: UInt64?) -> Bool {
         guard let last else {
-            highest = excess
+            if let ownCookies {
+                self.last = (kernelCookies, drops, ownCookies)
+                highest = Int64(bitPattern: kernelCookies &- ownCookies)
+            }
             return false
         }
+        guard let ownCookies else {
+            self.last = (kernelCookies, drops, last.own)
+            return kernelCookies != last.kernel || drops != last.drops
+        }
+        self.last = (kernelCookies, drops, ownCookies)
+        let excess = Int64(bitPattern: kernelCookies &- ownCookies)
         let rose = drops != last.drops || excess > highest
         // Without a cookie of the fast path's since the last poll the excess is exact: the mark
         // starts again from it, so that no earlier reading's skew hides a later overflow.

@@ -5,6 +5,7 @@ import LinuxSys
 import Logging
 import NetTypes
 import SecondChance
+import Synchronization
 import Telemetry
 import XCTest
 
@@ -84,6 +85,32 @@ final class SynCookieResponderTests: XCTestCase {
         XCTAssertEqual(setsockopt(marked, Int32(IPPROTO_IP), IP_TOS, &tos, 4), 0)
         monitor.scan(now: MonotonicClock.nanoseconds())
         XCTAssertTrue(monitor.board.snapshot().listeners.keys.contains { $0.port == 8082 }, "served once unmarked")
+    }
+
+    /// A local user who opens, marks and closes listeners in a loop makes the monitor say so at
+    /// most once a second, not once a listener.
+    func testMarkedListenersInALoopCannotFloodTheLog() throws {
+        try sysctl("p1", "net.ipv4.tcp_syncookies=2")
+        let lines = LineCounter()
+        let monitor = try ListenerMonitor(
+            configuration: ResponderConfiguration(mode: .always), namespace: lab.namespace("p1"),
+            logger: Logger(label: "test") { _ in lines })
+        let start = MonotonicClock.nanoseconds()
+        for round in 0..<3 {
+            let fds = try lab.inside("p1") {
+                try (0..<20).map { try LabSockets.listenTCP(on: .v4(Lab.vip), port: UInt16(9000 + round * 20 + $0)) }
+            }
+            for fd in fds {
+                var tos: Int32 = 0x28
+                XCTAssertEqual(setsockopt(fd, Int32(IPPROTO_IP), IP_TOS, &tos, 4), 0)
+            }
+            monitor.scan(now: MonotonicClock.nanoseconds())
+            fds.forEach { close($0) }
+        }
+        let seconds = (MonotonicClock.nanoseconds() - start) / 1_000_000_000 + 1
+        let said = lines.lines.withLock { $0 }.filter { $0.contains("left to the kernel") }
+        XCTAssertGreaterThanOrEqual(said.count, 1, "said at all")
+        XCTAssertLessThanOrEqual(UInt64(said.count), seconds, "60 marked listeners in \(seconds) s: \(said)")
     }
 
     func sysctl(_ host: String, _ setting: String) throws {
@@ -922,5 +949,24 @@ final class ReceivedBytes: @unchecked Sendable {
         pthread_mutex_lock(&lock)
         defer { pthread_mutex_unlock(&lock) }
         return total
+    }
+}
+
+/// Keeps the messages a logger writes.
+final class LineCounter: LogHandler, @unchecked Sendable {
+    let lines = Mutex<[String]>([])
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .info
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(
+        level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String,
+        function: String, line: UInt
+    ) {
+        lines.withLock { $0.append(message.description) }
     }
 }
