@@ -319,8 +319,7 @@ final class FastPathLifecycleTests: XCTestCase {
         // p2's neighbour entry, which the FIB answers with, and forwarding on eth0, without which
         // it does not answer (and XDP and tc send the forward up).
         try Lab.shell("ip netns exec \(lab.namespace("p1")) sysctl -qw net.ipv4.conf.eth0.forwarding=1")
-        let p2MAC = try Lab.shell("ip -n \(lab.namespace("p2")) -br link show eth0").split(separator: " ")
-            .filter { !$0.isEmpty }[2]
+        let p2MAC = try Lab.linkAddress(in: lab.namespace("p2"))
         try Lab.shell("ip -n \(lab.namespace("p1")) neigh replace \(Lab.p2) lladdr \(p2MAC) dev eth0 nud permanent")
         let capture = try lab.inside("p2") { try Capture(protocol: Int32(IPPROTO_UDP)) }
         let queueBefore = try queueOnP1()

@@ -20,8 +20,7 @@ final class FastPathPagedFrameTests: XCTestCase {
         lab = try Lab(prefix: "pspg")
         try lab.startEcho("p1")
         // Forwarding on eth0 and p2's neighbour known: the FIB answers, and tc forwards itself.
-        let p2MAC = try Lab.shell("ip -n \(lab.namespace("p2")) -br link show eth0").split(separator: " ")
-            .filter { !$0.isEmpty }[2]
+        let p2MAC = try Lab.linkAddress(in: lab.namespace("p2"))
         try Lab.shell(
             """
             ip netns exec \(lab.namespace("p1")) sysctl -qw net.ipv4.conf.eth0.forwarding=1 && \

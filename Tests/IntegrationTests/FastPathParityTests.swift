@@ -274,11 +274,11 @@ final class FastPathParityTests: XCTestCase {
     /// In ranges p1 serves by local routes (AnyIP: `ip route add local PREFIX dev lo`).
     static let rangeVIP = IPv4Address("198.19.9.5")!, rangeVIP6 = IPv6Address("2001:db8:99::5")!
 
-    static func mac(_ text: Substring) -> [UInt8] { text.split(separator: ":").map { UInt8($0, radix: 16)! } }
+    static func mac(_ text: some StringProtocol) -> [UInt8] { text.split(separator: ":").map { UInt8($0, radix: 16)! } }
 
     /// p1 forwards, the client reaches the VIP through it, and an interface no route to the peers
     /// leaves by is there: p1's MAC and its neighbours' by address.
-    func routeThroughP1() throws -> (Substring, [IPv4Address: [UInt8]]) {
+    func routeThroughP1() throws -> (String, [IPv4Address: [UInt8]]) {
         // The client reaches the VIP through p1 directly: real connections, with no director. p1
         // forwards (bpf_fib_lookup answers only where the interface does).
         try Lab.shell(
@@ -289,9 +289,9 @@ final class FastPathParityTests: XCTestCase {
             ip -n pspf-c route replace \(Lab.vip)/32 via \(Lab.p1) && \
             ip -n pspf-c -6 route replace \(Lab.vip6)/128 via 2001:2::11
             """)
-        let p2MAC = try Lab.shell("ip -n pspf-p2 -br link show eth0").split(separator: " ").filter { !$0.isEmpty }[2]
+        let p2MAC = try Lab.linkAddress(in: "pspf-p2")
         try Lab.shell("ip -n pspf-p1 neigh replace \(Lab.p2) lladdr \(p2MAC) dev eth0 nud permanent")
-        let p1MAC = try Lab.shell("ip -n pspf-p1 -br link show eth0").split(separator: " ").filter { !$0.isEmpty }[2]
+        let p1MAC = try Lab.linkAddress(in: "pspf-p1")
         // An interface no route to the peers leaves by, with eth0's MAC, so that a frame arriving
         // there is for this host as on eth0.
         try Lab.shell(

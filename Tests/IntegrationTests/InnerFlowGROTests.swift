@@ -64,10 +64,9 @@ final class InnerFlowGROTests: XCTestCase {
 
     /// The lab's wire into p1 from a switch port (`glb-lab xdp-wire`).
     func attachTheWire(on port: String) throws {
-        let mac = try Lab.shell("ip -n \(lab.namespace("p1")) -br link show eth0").split(separator: " ")
-            .filter { !$0.isEmpty }[2]
+        let mac = try Lab.linkAddress(in: lab.namespace("p1"))
         let wire = try lab.runToEnd(
-            "sw", "glb-lab", ["xdp-wire", "--interface", port, "--to", "\(lab.prefix)-p1", "--mac", String(mac)])
+            "sw", "glb-lab", ["xdp-wire", "--interface", port, "--to", "\(lab.prefix)-p1", "--mac", mac])
         XCTAssertEqual(wire.status, 0, wire.output)
     }
 

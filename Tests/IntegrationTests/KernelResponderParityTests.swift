@@ -29,7 +29,7 @@ extension FastPathParityTests {
             ip netns exec pspf-p1 sysctl -qw net.ipv6.conf.eth0.forwarding=1
             """)
         // The client's neighbour entries, which XDP's route back answers with.
-        let clientMAC = try Lab.shell("ip -n pspf-c -br link show eth0").split(separator: " ").filter { !$0.isEmpty }[2]
+        let clientMAC = try Lab.linkAddress(in: "pspf-c")
         try Lab.shell(
             """
             ip -n pspf-p1 neigh replace \(Lab.client) lladdr \(clientMAC) dev eth0 nud permanent && \

@@ -288,6 +288,11 @@ final class Lab {
     }
 
     @discardableResult
+    /// The link address of eth0 in `namespace` (aa:bb:cc:dd:ee:ff), as `ip -br link` shows it.
+    static func linkAddress(in namespace: String) throws -> String {
+        String(try shell("ip -n \(namespace) -br link show eth0").split(separator: " ").filter { !$0.isEmpty }[2])
+    }
+
     static func shell(_ command: String) throws -> String {
         let (status, output) = try run("/bin/bash", ["-c", command])
         guard status == 0 else { throw LabError("`\(command)` failed (\(status)): \(output)") }

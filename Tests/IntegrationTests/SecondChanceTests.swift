@@ -290,8 +290,7 @@ final class SecondChanceTests: XCTestCase {
         // A hop whose neighbour entry the kernel has not resolved yet goes up, to the raw socket,
         // whose send resolves it: here the hops are known first.
         for (host, hop, address) in [("p1", "p2", Lab.p2), ("p2", "c", Lab.client)] {
-            let mac = try Lab.shell("ip -n \(lab.namespace(hop)) -br link show eth0").split(separator: " ")
-                .filter { !$0.isEmpty }[2]
+            let mac = try Lab.linkAddress(in: lab.namespace(hop))
             try Lab.shell("ip -n \(lab.namespace(host)) neigh replace \(address) lladdr \(mac) dev eth0 nud permanent")
         }
         try checkForwardingAlongTheHops()

@@ -190,8 +190,7 @@ extension FastPathLifecycleTests {
     /// namespace's MAC (XDP answers only where the route back's neighbour is known).
     func letXDPAnswer(_ client: IPv4Address) throws {
         let p1 = lab.namespace("p1")
-        let clientMAC = try Lab.shell("ip -n \(lab.namespace("c")) -br link show eth0").split(separator: " ")
-            .filter { !$0.isEmpty }[2]
+        let clientMAC = try Lab.linkAddress(in: lab.namespace("c"))
         try Lab.shell(
             """
             ip netns exec \(p1) sysctl -qw net.ipv4.tcp_syncookies=2 && \
